@@ -1,0 +1,336 @@
+//! Bodies of the HTTP API under `/api/v1`.
+//!
+//! Times are RFC 3339 strings; identifiers are UUIDs; secrets handed to a client (session tokens,
+//! invite links, participant tokens, TOTP secrets, recovery codes) appear only in the one response
+//! that creates them.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// The body of every failed request: `{ "error": { "code": "...", "message": "..." } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case: clients branch on it (`invalid_credentials`, `invite_in_use`, ...).
+    pub code: String,
+    /// A sentence a person can read; may change between releases.
+    pub message: String,
+}
+
+/// Who an account is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A clinician who holds consultations. Must use a second factor.
+    Doctor,
+    /// Manages accounts. Must use a second factor.
+    Admin,
+}
+
+impl Role {
+    /// The snake_case name used on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Doctor => "doctor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "doctor" => Ok(Role::Doctor),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?} (expected doctor or admin)")),
+        }
+    }
+}
+
+/// A signed-in account, as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    /// Account id.
+    pub id: Uuid,
+    /// Sign-in email, lower-cased.
+    pub email: String,
+    /// Name shown to patients ("Dr Ada Lovelace").
+    pub display_name: String,
+    /// Role of the account.
+    pub role: Role,
+}
+
+/// `POST /api/v1/auth/enrol`: set the password of a new account from its one-time enrolment link.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnrolRequest {
+    /// The token from the enrolment link.
+    pub token: String,
+    /// The new password (at least 12 characters).
+    pub password: String,
+}
+
+/// Answer to a successful enrolment: sign in next, which starts the second-factor enrolment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnrolResponse {
+    /// The account's email, to pre-fill the sign-in form.
+    pub email: String,
+}
+
+/// `POST /api/v1/auth/login`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// Account email (case-insensitive).
+    pub email: String,
+    /// Account password.
+    pub password: String,
+    /// The current six-digit TOTP code, once a second factor is enrolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
+    /// A single-use recovery code, instead of `totp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_code: Option<String>,
+}
+
+/// Answer to a correct password: either a session, or the second-factor enrolment to complete first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum LoginResponse {
+    /// Signed in. A session cookie was set as well.
+    SignedIn {
+        /// The new session.
+        session: Session,
+    },
+    /// The account has no second factor yet: enrol one with `POST /api/v1/auth/mfa/enrol`.
+    MfaEnrolmentRequired {
+        /// What the authenticator app needs.
+        enrolment: MfaEnrolment,
+    },
+}
+
+/// A session, as returned at sign-in (with its bearer token) or by `GET /api/v1/auth/session`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    /// The signed-in account.
+    pub user: User,
+    /// Bearer form of the session for non-browser clients (`Authorization: Bearer ...`).
+    /// Present only in the sign-in response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Send as `X-CSRF-Token` with every state-changing request authenticated by the cookie.
+    pub csrf_token: String,
+    /// The session ends if unused until then; every request moves it forward.
+    #[serde(with = "time::serde::rfc3339")]
+    pub idle_expires_at: OffsetDateTime,
+    /// The session ends then, however active.
+    #[serde(with = "time::serde::rfc3339")]
+    pub absolute_expires_at: OffsetDateTime,
+}
+
+/// A TOTP secret to enrol, with a QR code rendered by the service (nothing leaves the machine).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MfaEnrolment {
+    /// Short-lived token that proves the password was checked; only good for `mfa/enrol`.
+    pub mfa_token: String,
+    /// The TOTP secret, base32, for manual entry.
+    pub totp_secret: String,
+    /// `otpauth://totp/...` URI (SHA1, 6 digits, 30 s).
+    pub otpauth_uri: String,
+    /// The URI as a QR code, an SVG document.
+    pub qr_svg: String,
+}
+
+/// `POST /api/v1/auth/mfa/enrol`: confirm the authenticator with a first code.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MfaEnrolRequest {
+    /// From [`MfaEnrolment::mfa_token`].
+    pub mfa_token: String,
+    /// The code the authenticator shows now.
+    pub totp: String,
+}
+
+/// Second factor enrolled: a session and recovery codes, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MfaEnrolResponse {
+    /// The new session. A session cookie was set as well.
+    pub session: Session,
+    /// Ten single-use recovery codes. They are stored hashed and never shown again.
+    pub recovery_codes: Vec<String>,
+}
+
+/// Whether a consultation may be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsultationMode {
+    /// Nothing is recorded, ever.
+    #[default]
+    LiveOnly,
+    /// Recorded into encrypted storage, with the patient's consent.
+    Recorded,
+}
+
+/// Whether a consultation can still be joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsultationStatus {
+    /// Open: patients can join with a valid invite.
+    Open,
+    /// Ended: everyone was disconnected and the invite no longer works.
+    Ended,
+}
+
+/// `POST /api/v1/consultations`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CreateConsultationRequest {
+    /// Shown to the doctor only, e.g. "Follow-up, knee". At most 200 characters.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// When the consultation is planned.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub scheduled_at: Option<OffsetDateTime>,
+    /// Live-only (default) or recorded.
+    #[serde(default)]
+    pub mode: Option<ConsultationMode>,
+}
+
+/// A consultation, as its doctor sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Consultation {
+    /// Consultation id.
+    pub id: Uuid,
+    /// Doctor's title for it.
+    pub title: Option<String>,
+    /// When it is planned.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub scheduled_at: Option<OffsetDateTime>,
+    /// Live-only or recorded.
+    pub mode: ConsultationMode,
+    /// Open or ended.
+    pub status: ConsultationStatus,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it ended.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    /// State of the current patient invite, if one was issued.
+    pub invite: Option<InviteStatus>,
+    /// The patient invite link. Present only in the response that issues it: the service keeps
+    /// only a hash, so reissue to get a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_url: Option<String>,
+    /// Patients in the waiting room now.
+    pub waiting: Vec<WaitingPatient>,
+}
+
+/// State of a patient invite.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InviteStatus {
+    /// When it was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    /// When it stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Whether a patient device holds it now.
+    pub in_use: bool,
+    /// Whether it was revoked or its consultation ended.
+    pub revoked: bool,
+}
+
+/// A freshly issued invite link.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Invite {
+    /// The link to send to the patient.
+    pub invite_url: String,
+    /// When it stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// A patient in a waiting room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WaitingPatient {
+    /// Participant id, to admit or decline.
+    pub participant_id: Uuid,
+    /// The consultation they wait for.
+    pub consultation_id: Uuid,
+    /// Name the patient entered.
+    pub name: String,
+    /// Since when they wait.
+    #[serde(with = "time::serde::rfc3339")]
+    pub waiting_since: OffsetDateTime,
+    /// Whether their device is connected right now.
+    pub connected: bool,
+}
+
+/// `POST /api/v1/invites/inspect`: what a patient sees before joining.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InspectInviteRequest {
+    /// The invite token from the link.
+    pub invite: String,
+}
+
+/// What the invite leads to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InviteInfo {
+    /// The consultation.
+    pub consultation_id: Uuid,
+    /// "Dr Ada Lovelace".
+    pub doctor_name: String,
+    /// Live-only or recorded: shown before the patient joins.
+    pub mode: ConsultationMode,
+    /// When the link stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `POST /api/v1/invites/redeem`: exchange an invite for a participant token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RedeemInviteRequest {
+    /// The invite token from the link.
+    pub invite: String,
+    /// The patient's name, shown to the doctor (1 to 80 characters).
+    pub name: String,
+}
+
+/// A patient's place in a consultation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RedeemInviteResponse {
+    /// Secret that identifies this patient device; send it in the signaling `join` message.
+    pub participant_token: String,
+    /// The patient's participant id.
+    pub participant_id: Uuid,
+    /// What the invite leads to.
+    pub invite: InviteInfo,
+}
+
+/// One entry of `GET /api/v1/ice-servers`, shaped like the browser's `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IceServer {
+    /// `stun:` or `turn:`/`turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN REST username, `expiry:user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN REST password: base64 HMAC-SHA1 of the username with the shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// `GET /api/v1/ice-servers`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IceServers {
+    /// Servers to pass as `iceServers`.
+    pub ice_servers: Vec<IceServer>,
+    /// How long the TURN credentials stay valid, in seconds.
+    pub ttl_secs: u64,
+}

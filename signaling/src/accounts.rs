@@ -1,0 +1,259 @@
+//! Accounts: creation (by an operator, with a one-time enrolment link), lookup, and the demo
+//! doctor.
+
+use consult_proto::api::{Role, User};
+use serde::Serialize;
+use sqlx::{Row, SqlitePool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::audit::{Action, AuditLog};
+use crate::auth::{password, totp};
+use crate::db::{from_unix, to_unix};
+use crate::secrets::Token;
+
+/// An account as stored.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Public view.
+    pub user: User,
+    /// Argon2id PHC string; `None` until enrolled.
+    pub password_hash: Option<String>,
+    /// Base32 TOTP secret; `None` until the second factor is enrolled.
+    pub totp_secret: Option<String>,
+    /// Step of the last accepted TOTP code.
+    pub totp_last_step: Option<u64>,
+    /// Consecutive failed sign-ins.
+    pub failed_logins: u32,
+    /// Locked until then, after too many failures.
+    pub locked_until: Option<OffsetDateTime>,
+}
+
+const ACCOUNT_COLUMNS: &str = "id, email, display_name, role, password_hash, totp_secret, \
+     totp_last_step, failed_logins, locked_until";
+
+fn account_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<Account> {
+    let id: String = row.get(0);
+    let role: String = row.get(3);
+    Ok(Account {
+        user: User {
+            id: Uuid::parse_str(&id)?,
+            email: row.get(1),
+            display_name: row.get(2),
+            role: role.parse().map_err(anyhow::Error::msg)?,
+        },
+        password_hash: row.get(4),
+        totp_secret: row.get(5),
+        totp_last_step: row.get::<Option<i64>, _>(6).map(|s| s as u64),
+        failed_logins: row.get::<i64, _>(7) as u32,
+        locked_until: row.get::<Option<i64>, _>(8).map(from_unix),
+    })
+}
+
+/// Normalise an email for lookup and storage.
+pub fn normalise_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// Find an account by email (case-insensitive).
+pub async fn find_by_email(pool: &SqlitePool, email: &str) -> anyhow::Result<Option<Account>> {
+    let row = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM users WHERE email = ?"
+    ))
+    .bind(normalise_email(email))
+    .fetch_optional(pool)
+    .await?;
+    row.map(account_from_row).transpose()
+}
+
+/// Find an account by id.
+pub async fn find_by_id(pool: &SqlitePool, id: Uuid) -> anyhow::Result<Option<Account>> {
+    let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM users WHERE id = ?"))
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await?;
+    row.map(account_from_row).transpose()
+}
+
+/// Why an account could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateUserError {
+    /// The email is not plausible.
+    #[error("{0:?} is not an email address")]
+    InvalidEmail(String),
+    /// Someone has it already.
+    #[error("an account with email {0} already exists")]
+    Exists(String),
+    /// Database or hashing failure.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// A created account and the one-time link its owner uses to set a password.
+#[derive(Debug)]
+pub struct CreatedUser {
+    /// The account.
+    pub user: User,
+    /// `PUBLIC_URL/enrol#TOKEN`.
+    pub enrolment_url: String,
+}
+
+/// What an operator says about a new account.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Sign-in email.
+    pub email: String,
+    /// Name shown to patients.
+    pub display_name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// Create an account without a password, and an enrolment link valid for `link_ttl`.
+pub async fn create_user(
+    pool: &SqlitePool,
+    audit: &AuditLog,
+    now: OffsetDateTime,
+    new: &NewUser,
+    public_url: &str,
+    link_ttl: std::time::Duration,
+) -> Result<CreatedUser, CreateUserError> {
+    let (display_name, role) = (new.display_name.as_str(), new.role);
+    let email = normalise_email(&new.email);
+    let plausible = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !plausible {
+        return Err(CreateUserError::InvalidEmail(email));
+    }
+    if find_by_email(pool, &email).await?.is_some() {
+        return Err(CreateUserError::Exists(email));
+    }
+    let user = User {
+        id: Uuid::new_v4(),
+        email: email.clone(),
+        display_name: display_name.trim().to_owned(),
+        role,
+    };
+    let token = Token::generate();
+    let mut tx = pool.begin().await.map_err(anyhow::Error::from)?;
+    sqlx::query(
+        "INSERT INTO users (id, email, display_name, role, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(user.id.to_string())
+    .bind(&user.email)
+    .bind(&user.display_name)
+    .bind(role.as_str())
+    .bind(to_unix(now))
+    .execute(&mut *tx)
+    .await
+    .map_err(anyhow::Error::from)?;
+    sqlx::query("INSERT INTO enrolment_tokens (token_hash, user_id, expires_at) VALUES (?, ?, ?)")
+        .bind(token.hash().0)
+        .bind(user.id.to_string())
+        .bind(to_unix(now + link_ttl))
+        .execute(&mut *tx)
+        .await
+        .map_err(anyhow::Error::from)?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    audit
+        .record(
+            now,
+            "system",
+            Action::UserCreated,
+            None,
+            serde_json::json!({ "user_id": user.id, "role": role.as_str() }),
+        )
+        .await?;
+    Ok(CreatedUser {
+        enrolment_url: format!(
+            "{}/enrol#{}",
+            public_url.trim_end_matches('/'),
+            token.expose()
+        ),
+        user,
+    })
+}
+
+/// Sign-in details of the demo doctor, as written to `DATA_DIR/demo-credentials.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DemoCredentials {
+    /// Sign-in email.
+    pub email: String,
+    /// Password.
+    pub password: String,
+    /// Base32 TOTP secret (add it to an authenticator app, or compute codes from it).
+    pub totp_secret: String,
+    /// Where to sign in.
+    pub url: String,
+}
+
+/// Email of the demo doctor.
+pub const DEMO_EMAIL: &str = "demo.doctor@consult.localhost";
+
+/// Seed (or reuse) the demo doctor, with password and TOTP already enrolled. Reusing keeps the
+/// secret the operator's authenticator app already has.
+pub async fn seed_demo_doctor(
+    pool: &SqlitePool,
+    audit: &AuditLog,
+    now: OffsetDateTime,
+    existing: Option<&DemoCredentials>,
+    url: &str,
+) -> anyhow::Result<DemoCredentials> {
+    if let (Some(creds), Some(account)) = (existing, find_by_email(pool, DEMO_EMAIL).await?) {
+        let password_ok = password::verify(&creds.password, account.password_hash.as_deref());
+        if password_ok && account.totp_secret.as_deref() == Some(creds.totp_secret.as_str()) {
+            return Ok(DemoCredentials {
+                url: url.to_owned(),
+                ..creds.clone()
+            });
+        }
+    }
+    let password = Token::generate().expose()[..20].to_owned();
+    let totp_secret = totp::generate_secret();
+    let hash = password::hash(&password)?;
+    match find_by_email(pool, DEMO_EMAIL).await? {
+        Some(account) => {
+            sqlx::query(
+                "UPDATE users SET password_hash = ?, totp_secret = ?, totp_last_step = NULL,
+                 failed_logins = 0, locked_until = NULL WHERE id = ?",
+            )
+            .bind(&hash)
+            .bind(&totp_secret)
+            .bind(account.user.id.to_string())
+            .execute(pool)
+            .await?;
+        }
+        None => {
+            let id = Uuid::new_v4();
+            sqlx::query(
+                "INSERT INTO users (id, email, display_name, role, password_hash, totp_secret, created_at)
+                 VALUES (?, ?, 'Dr Demo', 'doctor', ?, ?, ?)",
+            )
+            .bind(id.to_string())
+            .bind(DEMO_EMAIL)
+            .bind(&hash)
+            .bind(&totp_secret)
+            .bind(to_unix(now))
+            .execute(pool)
+            .await?;
+            audit
+                .record(
+                    now,
+                    "system",
+                    Action::UserCreated,
+                    None,
+                    serde_json::json!({ "user_id": id, "role": "doctor", "demo": true }),
+                )
+                .await?;
+        }
+    }
+    Ok(DemoCredentials {
+        email: DEMO_EMAIL.to_owned(),
+        password,
+        totp_secret,
+        url: url.to_owned(),
+    })
+}

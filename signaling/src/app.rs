@@ -1,0 +1,178 @@
+//! The HTTP router, assembled in one place: API routes, the signaling socket, the web demo,
+//! health, metrics, the OpenAPI document, and the layers every response goes through.
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{auth, consultations, ice, invites, signal, web};
+
+/// Largest request body the API reads.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The OpenAPI document of the HTTP API, with the signaling messages as components.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Consult API", description = "Signaling service of Consult, a peer-to-peer encrypted video consultation engine. \
+        Every error answers `{ \"error\": { \"code\", \"message\" } }`. Browser requests authenticated by the session cookie \
+        must send `X-CSRF-Token` on state-changing methods; non-browser clients use `Authorization: Bearer <token>`. \
+        The signaling WebSocket is at `/api/v1/signal`; its messages are the `ClientMessage` and `ServerMessage` schemas."),
+    paths(
+        auth::enrol, auth::login, auth::mfa_enrol, auth::current_session, auth::logout,
+        consultations::create, consultations::list, consultations::get, consultations::end,
+        consultations::reissue_invite, consultations::revoke_invite, consultations::waiting_room,
+        consultations::admit, consultations::decline,
+        invites::inspect, invites::redeem,
+        ice::get,
+    ),
+    components(schemas(
+        consult_proto::signal::ClientMessage,
+        consult_proto::signal::ServerMessage,
+        consult_proto::signal::SignalErrorCode,
+    )),
+    tags((name = "auth"), (name = "consultations"), (name = "patients"), (name = "media")),
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+/// `/api/v1/signal/schema.json`: the JSON schemas of the signaling messages, for browser clients.
+async fn signal_schema() -> impl IntoResponse {
+    let doc = ApiDoc::openapi();
+    let schemas = doc.components.map(|c| c.schemas).unwrap_or_default();
+    Json(serde_json::json!({
+        "$comment": "Signaling protocol of Consult. Every message also carries \"v\": 1.",
+        "protocol_version": consult_proto::signal::PROTOCOL_VERSION,
+        "max_message_bytes": consult_proto::signal::DEFAULT_MAX_MESSAGE_BYTES,
+        "schemas": schemas,
+    }))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match sqlx::query_scalar::<_, i64>("SELECT 1")
+        .fetch_one(&state.pool)
+        .await
+    {
+        Ok(_) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn api_not_found() -> ApiError {
+    ApiError::NotFound("endpoint")
+}
+
+const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; \
+    connect-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; \
+    frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// The whole service.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/auth/enrol", post(auth::enrol))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/mfa/enrol", post(auth::mfa_enrol))
+        .route("/auth/session", get(auth::current_session))
+        .route("/auth/logout", post(auth::logout))
+        .route(
+            "/consultations",
+            post(consultations::create).get(consultations::list),
+        )
+        .route("/consultations/{id}", get(consultations::get))
+        .route("/consultations/{id}/end", post(consultations::end))
+        .route(
+            "/consultations/{id}/invite",
+            post(consultations::reissue_invite).delete(consultations::revoke_invite),
+        )
+        .route(
+            "/consultations/{id}/participants/{pid}/admit",
+            post(consultations::admit),
+        )
+        .route(
+            "/consultations/{id}/participants/{pid}/decline",
+            post(consultations::decline),
+        )
+        .route("/waiting-room", get(consultations::waiting_room))
+        .route("/invites/inspect", post(invites::inspect))
+        .route("/invites/redeem", post(invites::redeem))
+        .route("/ice-servers", get(ice::get))
+        .route("/openapi.json", get(openapi))
+        .route("/signal/schema.json", get(signal_schema))
+        .fallback(api_not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+
+    let tls = state.config.tls;
+    let mut router = Router::new()
+        // The WebSocket lives outside the timeout layer: it is meant to stay open.
+        .route("/api/v1/signal", get(signal::socket::upgrade))
+        .nest("/api/v1", api)
+        .route("/", get(web::doctor_page))
+        .route("/join", get(web::patient_page))
+        .route("/enrol", get(web::enrol_page))
+        .route("/assets/{*path}", get(web::asset))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("permissions-policy"),
+            HeaderValue::from_static("camera=(self), microphone=(self), display-capture=()"),
+        ))
+        .layer(TraceLayer::new_for_http());
+    if tls {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ));
+    }
+    router
+}

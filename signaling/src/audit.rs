@@ -1,0 +1,378 @@
+//! The audit trail: an append-only, hash-chained log of every security-relevant event.
+//!
+//! Each entry stores the SHA-256 of the entry before it (`prev_hash`) and its own `hash` over its
+//! fields and `prev_hash`, so editing, inserting or deleting any entry breaks the chain at that
+//! point. [`verify`] walks the chain and names the first broken entry. Entries hold ids, names of
+//! actions and non-secret details only: never a password, token, code or SDP.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{Row, SqlitePool};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::secrets::hex_sha256;
+
+/// `prev_hash` of the first entry.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened. The snake_case name is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// An account was created.
+    UserCreated,
+    /// An account's password was set from its enrolment link.
+    AccountEnrolled,
+    /// Successful sign-in.
+    SignIn,
+    /// Failed sign-in (wrong password, wrong or replayed code, locked).
+    SignInFailed,
+    /// An account or address was locked after repeated failures.
+    SignInLocked,
+    /// A second factor was enrolled.
+    MfaEnrolled,
+    /// A recovery code was used.
+    RecoveryCodeUsed,
+    /// Sign-out.
+    SignOut,
+    /// A consultation was created.
+    ConsultationCreated,
+    /// A consultation was ended.
+    ConsultationEnded,
+    /// A patient invite was issued.
+    InviteIssued,
+    /// A patient invite was revoked.
+    InviteRevoked,
+    /// A patient invite was redeemed by a device.
+    InviteUsed,
+    /// A redemption was refused (expired, revoked, in use).
+    InviteRefused,
+    /// A patient was admitted.
+    Admitted,
+    /// A patient was declined.
+    Declined,
+    /// A participant connected to the consultation.
+    Joined,
+    /// A participant left or was disconnected for good.
+    Left,
+}
+
+/// One stored entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// When, RFC 3339.
+    pub at: String,
+    /// Who: `user:<id>`, `participant:<id>`, `address:<ip>` or `system`.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// The consultation concerned, if any.
+    pub consultation_id: Option<String>,
+    /// Non-secret details.
+    pub detail: Value,
+    /// Hash of the previous entry.
+    pub prev_hash: String,
+    /// Hash of this entry.
+    pub hash: String,
+}
+
+/// Why the chain is not intact.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// An entry's `prev_hash` is not the hash of the entry before it (an entry was removed or
+    /// inserted, or the previous one rewritten).
+    #[error("entry {seq}: prev_hash does not match the entry before it")]
+    BrokenLink {
+        /// The first entry that fails.
+        seq: i64,
+    },
+    /// An entry's content does not hash to its stored hash (it was edited).
+    #[error("entry {seq}: content does not match its hash (edited)")]
+    Tampered {
+        /// The first entry that fails.
+        seq: i64,
+    },
+    /// Sequence numbers skip (an entry was deleted).
+    #[error("entry {seq}: expected sequence number {expected} (an entry is missing)")]
+    Gap {
+        /// The first entry that fails.
+        seq: i64,
+        /// What it should have been.
+        expected: i64,
+    },
+}
+
+impl ChainError {
+    /// The first broken entry.
+    pub fn seq(&self) -> i64 {
+        match self {
+            Self::BrokenLink { seq } | Self::Tampered { seq } | Self::Gap { seq, .. } => *seq,
+        }
+    }
+}
+
+fn entry_hash(
+    seq: i64,
+    at: &str,
+    actor: &str,
+    action: &str,
+    consultation_id: Option<&str>,
+    detail: &str,
+    prev_hash: &str,
+) -> String {
+    // A JSON array is an unambiguous encoding of the fields.
+    let canonical =
+        serde_json::json!([seq, at, actor, action, consultation_id, detail, prev_hash]).to_string();
+    hex_sha256(canonical.as_bytes())
+}
+
+/// Appends entries; one writer at a time so the chain stays linear.
+pub struct AuditLog {
+    pool: SqlitePool,
+    writer: Mutex<()>,
+}
+
+impl AuditLog {
+    /// An audit log writing to `pool`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self {
+            pool,
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// Append one entry. Failures are returned: an event that cannot be audited must not pass
+    /// silently.
+    pub async fn record(
+        &self,
+        at: OffsetDateTime,
+        actor: &str,
+        action: Action,
+        consultation_id: Option<Uuid>,
+        detail: Value,
+    ) -> anyhow::Result<()> {
+        let _guard = self.writer.lock().await;
+        let action = serde_json::to_value(action)?
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned();
+        let at = at.format(&Rfc3339)?;
+        let consultation_id = consultation_id.map(|id| id.to_string());
+        let detail = detail.to_string();
+        let mut tx = self.pool.begin().await?;
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (seq, prev_hash) = match last {
+            Some(row) => (row.get::<i64, _>(0) + 1, row.get::<String, _>(1)),
+            None => (1, GENESIS_HASH.to_owned()),
+        };
+        let hash = entry_hash(
+            seq,
+            &at,
+            actor,
+            &action,
+            consultation_id.as_deref(),
+            &detail,
+            &prev_hash,
+        );
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, action, consultation_id, detail, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(seq)
+        .bind(&at)
+        .bind(actor)
+        .bind(&action)
+        .bind(&consultation_id)
+        .bind(&detail)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Every entry, in order.
+pub async fn entries(pool: &SqlitePool) -> anyhow::Result<Vec<Entry>> {
+    let rows = sqlx::query(
+        "SELECT seq, at, actor, action, consultation_id, detail, prev_hash, hash
+         FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let detail: String = row.get(5);
+            Ok(Entry {
+                seq: row.get(0),
+                at: row.get(1),
+                actor: row.get(2),
+                action: row.get(3),
+                consultation_id: row.get(4),
+                detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
+                prev_hash: row.get(6),
+                hash: row.get(7),
+            })
+        })
+        .collect()
+}
+
+/// Walk the whole chain; `Ok(n)` is the number of intact entries, the error names the first
+/// broken one.
+pub async fn verify(pool: &SqlitePool) -> anyhow::Result<Result<usize, ChainError>> {
+    let rows = sqlx::query(
+        "SELECT seq, at, actor, action, consultation_id, detail, prev_hash, hash
+         FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut expected_prev = GENESIS_HASH.to_owned();
+    for (index, row) in rows.iter().enumerate() {
+        let seq: i64 = row.get(0);
+        let expected_seq = index as i64 + 1;
+        if seq != expected_seq {
+            return Ok(Err(ChainError::Gap {
+                seq,
+                expected: expected_seq,
+            }));
+        }
+        let prev_hash: String = row.get(6);
+        let stored: String = row.get(7);
+        let consultation_id: Option<String> = row.get(4);
+        let computed = entry_hash(
+            seq,
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            consultation_id.as_deref(),
+            row.get(5),
+            &prev_hash,
+        );
+        if computed != stored {
+            return Ok(Err(ChainError::Tampered { seq }));
+        }
+        if prev_hash != expected_prev {
+            return Ok(Err(ChainError::BrokenLink { seq }));
+        }
+        expected_prev = stored;
+    }
+    Ok(Ok(rows.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn log_with_entries(n: usize) -> (tempfile::TempDir, SqlitePool, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::db::open(dir.path()).await.unwrap();
+        let log = AuditLog::new(pool.clone());
+        for i in 0..n {
+            log.record(
+                OffsetDateTime::now_utc(),
+                "system",
+                Action::SignIn,
+                None,
+                json!({ "i": i }),
+            )
+            .await
+            .unwrap();
+        }
+        (dir, pool, log)
+    }
+
+    async fn unprotect(pool: &SqlitePool) {
+        sqlx::query("DROP TRIGGER audit_log_no_update")
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("DROP TRIGGER audit_log_no_delete")
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn intact_chain_verifies() {
+        let (_dir, pool, _log) = log_with_entries(5).await;
+        assert_eq!(verify(&pool).await.unwrap(), Ok(5));
+        assert_eq!(entries(&pool).await.unwrap()[0].prev_hash, GENESIS_HASH);
+    }
+
+    #[tokio::test]
+    async fn the_service_cannot_rewrite_or_delete_entries() {
+        let (_dir, pool, _log) = log_with_entries(2).await;
+        let update = sqlx::query("UPDATE audit_log SET actor = 'x' WHERE seq = 1")
+            .execute(&pool)
+            .await;
+        assert!(update.unwrap_err().to_string().contains("append-only"));
+        let delete = sqlx::query("DELETE FROM audit_log WHERE seq = 1")
+            .execute(&pool)
+            .await;
+        assert!(delete.unwrap_err().to_string().contains("append-only"));
+    }
+
+    #[tokio::test]
+    async fn edited_entry_is_named() {
+        let (_dir, pool, _log) = log_with_entries(5).await;
+        unprotect(&pool).await;
+        sqlx::query("UPDATE audit_log SET detail = '{\"i\":99}' WHERE seq = 3")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            verify(&pool).await.unwrap(),
+            Err(ChainError::Tampered { seq: 3 })
+        );
+    }
+
+    #[tokio::test]
+    async fn rehashed_edit_breaks_the_next_link() {
+        let (_dir, pool, _log) = log_with_entries(4).await;
+        unprotect(&pool).await;
+        // A forger who recomputes the edited entry's hash still breaks the link after it.
+        let row = sqlx::query("SELECT at, prev_hash FROM audit_log WHERE seq = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let (at, prev): (String, String) = (row.get(0), row.get(1));
+        let forged = entry_hash(2, &at, "system", "sign_out", None, "{}", &prev);
+        sqlx::query(
+            "UPDATE audit_log SET action = 'sign_out', detail = '{}', hash = ? WHERE seq = 2",
+        )
+        .bind(&forged)
+        .execute(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            verify(&pool).await.unwrap(),
+            Err(ChainError::BrokenLink { seq: 3 })
+        );
+    }
+
+    #[tokio::test]
+    async fn deleted_entry_is_named() {
+        let (_dir, pool, _log) = log_with_entries(4).await;
+        unprotect(&pool).await;
+        sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            verify(&pool).await.unwrap(),
+            Err(ChainError::Gap {
+                seq: 3,
+                expected: 2
+            })
+        );
+    }
+}

@@ -1,0 +1,590 @@
+//! Sign-in: enrolment links, password + TOTP, recovery codes, sessions and throttling.
+
+pub mod password;
+pub mod sessions;
+pub mod throttle;
+pub mod totp;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use consult_proto::api::{
+    EnrolRequest, EnrolResponse, ErrorBody, LoginRequest, LoginResponse, MfaEnrolRequest,
+    MfaEnrolResponse, MfaEnrolment, Session, User,
+};
+use rand::rngs::OsRng;
+use rand::Rng;
+use serde_json::json;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::accounts::{self, Account};
+use crate::audit::Action;
+use crate::db::{from_unix, to_unix};
+use crate::error::{ApiError, ApiJson};
+use crate::secrets::{hex_sha256, Token};
+use crate::state::AppState;
+use sessions::{unix_now, CurrentUser};
+
+/// How long the password-checked token for second-factor enrolment lives.
+const MFA_ENROLMENT_TTL: Duration = Duration::from_secs(10 * 60);
+/// Recovery codes issued at enrolment.
+const RECOVERY_CODES: usize = 10;
+
+/// `POST /api/v1/auth/enrol`: set a new account's password from its enrolment link.
+#[utoipa::path(post, path = "/api/v1/auth/enrol", tag = "auth", request_body = EnrolRequest,
+    responses((status = 200, body = EnrolResponse),
+              (status = 400, body = ErrorBody, description = "weak password"),
+              (status = 410, body = ErrorBody, description = "link unknown, used or expired")))]
+pub async fn enrol(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<EnrolRequest>,
+) -> Result<Json<EnrolResponse>, ApiError> {
+    password::check_policy(&req.password)
+        .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))?;
+    let now = state.clock.now();
+    let token = Token::from_client(&req.token);
+    let row = sqlx::query(
+        "SELECT e.user_id, e.expires_at, e.used_at, u.email FROM enrolment_tokens e
+         JOIN users u ON u.id = e.user_id WHERE e.token_hash = ?",
+    )
+    .bind(token.hash().0)
+    .fetch_optional(&state.pool)
+    .await?;
+    let gone = || {
+        ApiError::gone(
+            "enrolment_link_invalid",
+            "this enrolment link is unknown, used or expired; ask your administrator for a new one",
+        )
+    };
+    let row = row.ok_or_else(gone)?;
+    let (user_id, expires_at, used_at, email): (String, i64, Option<i64>, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if used_at.is_some() || from_unix(expires_at) <= now {
+        return Err(gone());
+    }
+    let password = req.password.clone();
+    let hash = tokio::task::spawn_blocking(move || password::hash(&password))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut tx = state.pool.begin().await?;
+    let used = sqlx::query(
+        "UPDATE enrolment_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+    )
+    .bind(to_unix(now))
+    .bind(token.hash().0)
+    .execute(&mut *tx)
+    .await?;
+    if used.rows_affected() != 1 {
+        return Err(gone());
+    }
+    sqlx::query("UPDATE users SET password_hash = ?, totp_secret = NULL, totp_last_step = NULL WHERE id = ?")
+        .bind(&hash)
+        .bind(&user_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state
+        .audit
+        .record(
+            now,
+            &format!("user:{user_id}"),
+            Action::AccountEnrolled,
+            None,
+            json!({}),
+        )
+        .await?;
+    Ok(Json(EnrolResponse { email }))
+}
+
+/// `POST /api/v1/auth/login`.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse, description = "signed in (cookie set), or second-factor enrolment needed"),
+              (status = 401, body = ErrorBody, description = "invalid_credentials, mfa_required, invalid_totp or totp_replayed"),
+              (status = 429, body = ErrorBody, description = "too_many_attempts; see Retry-After")))]
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let now = state.clock.now();
+    let address = peer.ip();
+    if let Some(secs) = state.address_throttle.locked_for(address, now) {
+        state.metrics.failed_signins.inc();
+        audit_failure(&state, address, None, "address_locked").await?;
+        return Err(ApiError::TooManyAttempts {
+            retry_after_secs: secs,
+        });
+    }
+    let account = accounts::find_by_email(&state.pool, &req.email).await?;
+    if let Some(until) = account.as_ref().and_then(|a| a.locked_until) {
+        if until > now {
+            state.metrics.failed_signins.inc();
+            audit_failure(&state, address, account.as_ref(), "account_locked").await?;
+            return Err(ApiError::TooManyAttempts {
+                retry_after_secs: throttle::seconds_until(now, until),
+            });
+        }
+    }
+    let stored = account.as_ref().and_then(|a| a.password_hash.clone());
+    let password = req.password.clone();
+    let password_ok =
+        tokio::task::spawn_blocking(move || password::verify(&password, stored.as_deref()))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+    let account = match account {
+        Some(account) if password_ok => account,
+        account => {
+            return Err(fail(
+                &state,
+                address,
+                account.as_ref(),
+                "wrong_password",
+                ApiError::InvalidCredentials,
+            )
+            .await);
+        }
+    };
+
+    let Some(secret) = account.totp_secret.clone() else {
+        return start_mfa_enrolment(&state, &account).await;
+    };
+    if let Some(code) = req.recovery_code.as_deref() {
+        if !use_recovery_code(&state, &account, code).await? {
+            return Err(fail(
+                &state,
+                address,
+                Some(&account),
+                "wrong_recovery_code",
+                ApiError::InvalidTotp,
+            )
+            .await);
+        }
+    } else if let Some(code) = req.totp.as_deref() {
+        match totp::verify(&secret, code, unix_now(now), account.totp_last_step) {
+            Ok(step) => {
+                // Compare-and-set, so two concurrent requests cannot both spend one step.
+                let stored = sqlx::query(
+                    "UPDATE users SET totp_last_step = ? WHERE id = ?
+                     AND (totp_last_step IS NULL OR totp_last_step < ?)",
+                )
+                .bind(step as i64)
+                .bind(account.user.id.to_string())
+                .bind(step as i64)
+                .execute(&state.pool)
+                .await?;
+                if stored.rows_affected() != 1 {
+                    return Err(fail(
+                        &state,
+                        address,
+                        Some(&account),
+                        "totp_replayed",
+                        ApiError::TotpReplayed,
+                    )
+                    .await);
+                }
+            }
+            Err(totp::TotpError::Replayed) => {
+                return Err(fail(
+                    &state,
+                    address,
+                    Some(&account),
+                    "totp_replayed",
+                    ApiError::TotpReplayed,
+                )
+                .await);
+            }
+            Err(_) => {
+                return Err(fail(
+                    &state,
+                    address,
+                    Some(&account),
+                    "wrong_totp",
+                    ApiError::InvalidTotp,
+                )
+                .await);
+            }
+        }
+    } else {
+        return Err(ApiError::MfaRequired);
+    }
+    sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?")
+        .bind(account.user.id.to_string())
+        .execute(&state.pool)
+        .await?;
+    let (token, session) = sessions::create(&state, &account.user).await?;
+    state
+        .audit
+        .record(
+            now,
+            &actor(&account.user),
+            Action::SignIn,
+            None,
+            json!({ "address": address.to_string() }),
+        )
+        .await?;
+    Ok(signed_in(
+        &state,
+        &token,
+        LoginResponse::SignedIn { session },
+        StatusCode::OK,
+    ))
+}
+
+fn actor(user: &User) -> String {
+    format!("user:{}", user.id)
+}
+
+fn signed_in<T: serde::Serialize>(
+    state: &AppState,
+    token: &Token,
+    body: T,
+    status: StatusCode,
+) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, sessions::session_cookie(state, token));
+    response
+}
+
+async fn audit_failure(
+    state: &AppState,
+    address: IpAddr,
+    account: Option<&Account>,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let actor = account.map_or_else(|| format!("address:{address}"), |a| actor(&a.user));
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            &actor,
+            Action::SignInFailed,
+            None,
+            json!({ "reason": reason, "address": address.to_string() }),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Count a failed attempt against the address and the account, lock either if it crossed its
+/// threshold, audit it, and return `error` (or the audit failure).
+async fn fail(
+    state: &AppState,
+    address: IpAddr,
+    account: Option<&Account>,
+    reason: &str,
+    error: ApiError,
+) -> ApiError {
+    match record_failure(state, address, account, reason).await {
+        Ok(()) => error,
+        Err(e) => e,
+    }
+}
+
+async fn record_failure(
+    state: &AppState,
+    address: IpAddr,
+    account: Option<&Account>,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let now = state.clock.now();
+    state.metrics.failed_signins.inc();
+    audit_failure(state, address, account, reason).await?;
+    if let Some(lock) = state.address_throttle.record_failure(address, now) {
+        state
+            .audit
+            .record(
+                now,
+                &format!("address:{address}"),
+                Action::SignInLocked,
+                None,
+                json!({ "scope": "address", "seconds": lock.as_secs() }),
+            )
+            .await?;
+    }
+    if let Some(account) = account {
+        let row = sqlx::query("UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ? RETURNING failed_logins")
+            .bind(account.user.id.to_string())
+            .fetch_one(&state.pool)
+            .await?;
+        let failures = row.get::<i64, _>(0) as u32;
+        let login = &state.config.login;
+        if let Some(lock) = throttle::lockout_after(
+            failures,
+            login.max_failures_per_account,
+            login.lockout_base,
+            login.lockout_max,
+        ) {
+            sqlx::query("UPDATE users SET locked_until = ? WHERE id = ?")
+                .bind(to_unix(now + lock))
+                .bind(account.user.id.to_string())
+                .execute(&state.pool)
+                .await?;
+            state
+                .audit
+                .record(
+                    now,
+                    &actor(&account.user),
+                    Action::SignInLocked,
+                    None,
+                    json!({ "scope": "account", "seconds": lock.as_secs() }),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn start_mfa_enrolment(state: &AppState, account: &Account) -> Result<Response, ApiError> {
+    let now = state.clock.now();
+    let token = Token::generate();
+    let secret = totp::generate_secret();
+    let internal = |e: totp::TotpError| ApiError::Internal(e.into());
+    let uri = totp::otpauth_uri(&secret, &account.user.email).map_err(internal)?;
+    let qr_svg = totp::qr_svg(&uri).map_err(internal)?;
+    sqlx::query("DELETE FROM mfa_enrolments WHERE user_id = ? OR expires_at <= ?")
+        .bind(account.user.id.to_string())
+        .bind(to_unix(now))
+        .execute(&state.pool)
+        .await?;
+    sqlx::query("INSERT INTO mfa_enrolments (token_hash, user_id, totp_secret, expires_at) VALUES (?, ?, ?, ?)")
+        .bind(token.hash().0)
+        .bind(account.user.id.to_string())
+        .bind(&secret)
+        .bind(to_unix(now + MFA_ENROLMENT_TTL))
+        .execute(&state.pool)
+        .await?;
+    let body = LoginResponse::MfaEnrolmentRequired {
+        enrolment: MfaEnrolment {
+            mfa_token: token.expose().to_owned(),
+            totp_secret: secret,
+            otpauth_uri: uri,
+            qr_svg,
+        },
+    };
+    Ok(Json(body).into_response())
+}
+
+/// `POST /api/v1/auth/mfa/enrol`: confirm the authenticator app with its first code.
+#[utoipa::path(post, path = "/api/v1/auth/mfa/enrol", tag = "auth", request_body = MfaEnrolRequest,
+    responses((status = 200, body = MfaEnrolResponse, description = "enrolled and signed in (cookie set)"),
+              (status = 401, body = ErrorBody, description = "invalid_totp, or the enrolment expired"),
+              (status = 429, body = ErrorBody)))]
+pub async fn mfa_enrol(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<MfaEnrolRequest>,
+) -> Result<Response, ApiError> {
+    let now = state.clock.now();
+    let address = peer.ip();
+    if let Some(secs) = state.address_throttle.locked_for(address, now) {
+        return Err(ApiError::TooManyAttempts {
+            retry_after_secs: secs,
+        });
+    }
+    let token = Token::from_client(&req.mfa_token);
+    let row = sqlx::query(
+        "SELECT user_id, totp_secret, expires_at FROM mfa_enrolments WHERE token_hash = ?",
+    )
+    .bind(token.hash().0)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some(row) = row else {
+        return Err(ApiError::Unauthenticated);
+    };
+    let (user_id, secret, expires_at): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+    if from_unix(expires_at) <= now {
+        return Err(ApiError::Unauthenticated);
+    }
+    let user_uuid = Uuid::parse_str(&user_id).map_err(|e| ApiError::Internal(e.into()))?;
+    let account = accounts::find_by_id(&state.pool, user_uuid)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let step = match totp::verify(&secret, &req.totp, unix_now(now), None) {
+        Ok(step) => step,
+        Err(_) => {
+            return Err(fail(
+                &state,
+                address,
+                Some(&account),
+                "wrong_totp_at_enrolment",
+                ApiError::InvalidTotp,
+            )
+            .await)
+        }
+    };
+    let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
+    let mut tx = state.pool.begin().await?;
+    let claimed = sqlx::query("DELETE FROM mfa_enrolments WHERE token_hash = ?")
+        .bind(token.hash().0)
+        .execute(&mut *tx)
+        .await?;
+    if claimed.rows_affected() != 1 {
+        return Err(ApiError::Unauthenticated);
+    }
+    sqlx::query("UPDATE users SET totp_secret = ?, totp_last_step = ?, failed_logins = 0, locked_until = NULL WHERE id = ?")
+        .bind(&secret)
+        .bind(step as i64)
+        .bind(&user_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
+        .bind(&user_id)
+        .execute(&mut *tx)
+        .await?;
+    for code in &codes {
+        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)")
+            .bind(&user_id)
+            .bind(hash_recovery_code(code))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    state
+        .audit
+        .record(
+            now,
+            &actor(&account.user),
+            Action::MfaEnrolled,
+            None,
+            json!({ "method": "totp" }),
+        )
+        .await?;
+    let (session_token, session) = sessions::create(&state, &account.user).await?;
+    state
+        .audit
+        .record(
+            now,
+            &actor(&account.user),
+            Action::SignIn,
+            None,
+            json!({ "address": address.to_string() }),
+        )
+        .await?;
+    Ok(signed_in(
+        &state,
+        &session_token,
+        MfaEnrolResponse {
+            session,
+            recovery_codes: codes,
+        },
+        StatusCode::OK,
+    ))
+}
+
+/// A recovery code: 16 characters from an unambiguous alphabet (80 bits), grouped for reading.
+fn recovery_code() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let chars: String = (0..16)
+        .map(|_| ALPHABET[OsRng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!(
+        "{}-{}-{}-{}",
+        &chars[0..4],
+        &chars[4..8],
+        &chars[8..12],
+        &chars[12..16]
+    )
+}
+
+/// Recovery codes carry 80 random bits, so a plain SHA-256 is enough to keep them (a slow hash
+/// protects guessable secrets). Case and separators are ignored.
+fn hash_recovery_code(code: &str) -> String {
+    let normalised: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    hex_sha256(format!("consult-recovery\0{normalised}").as_bytes())
+}
+
+async fn use_recovery_code(
+    state: &AppState,
+    account: &Account,
+    code: &str,
+) -> Result<bool, ApiError> {
+    let now = state.clock.now();
+    let used = sqlx::query(
+        "UPDATE recovery_codes SET used_at = ? WHERE user_id = ? AND code_hash = ? AND used_at IS NULL",
+    )
+    .bind(to_unix(now))
+    .bind(account.user.id.to_string())
+    .bind(hash_recovery_code(code))
+    .execute(&state.pool)
+    .await?;
+    if used.rows_affected() == 1 {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL",
+        )
+        .bind(account.user.id.to_string())
+        .fetch_one(&state.pool)
+        .await?;
+        state
+            .audit
+            .record(
+                now,
+                &actor(&account.user),
+                Action::RecoveryCodeUsed,
+                None,
+                json!({ "codes_left": left }),
+            )
+            .await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// `GET /api/v1/auth/session`: the current session (and its CSRF token).
+#[utoipa::path(get, path = "/api/v1/auth/session", tag = "auth",
+    responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
+pub async fn current_session(current: CurrentUser) -> Json<Session> {
+    Json(current.session)
+}
+
+/// `POST /api/v1/auth/logout`: revoke the session and clear the cookie.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "csrf_rejected")))]
+pub async fn logout(
+    State(state): State<AppState>,
+    current: CurrentUser,
+) -> Result<Response, ApiError> {
+    sessions::revoke(&state, current.session_id).await?;
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            &actor(&current.user),
+            Action::SignOut,
+            None,
+            json!({}),
+        )
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, sessions::clearing_cookie(&state));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_codes_are_random_and_normalised_when_hashed() {
+        let a = recovery_code();
+        assert_eq!(a.len(), 19);
+        assert_ne!(a, recovery_code());
+        assert_eq!(
+            hash_recovery_code(&a),
+            hash_recovery_code(&a.to_lowercase().replace('-', " "))
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! Sign-in sessions: an opaque random token, kept by the browser in an HttpOnly, SameSite=Strict
+//! cookie (Secure under TLS) or sent by other clients as `Authorization: Bearer`. The database
+//! holds only the token's hash. A session ends when idle too long, at its absolute timeout, or at
+//! sign-out.
+//!
+//! CSRF: a request authenticated by the cookie that changes state must carry `X-CSRF-Token`, a
+//! value derived from the session token that only a page of ours can learn (it is in the sign-in
+//! response and `GET /api/v1/auth/session`). Bearer requests carry no ambient credential and need
+//! none.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use consult_proto::api::{Role, Session, User};
+use sqlx::Row;
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::accounts;
+use crate::db::{from_unix, to_unix};
+use crate::error::ApiError;
+use crate::secrets::{hex_sha256, Token};
+use crate::state::AppState;
+
+/// Name of the session cookie.
+pub const COOKIE_NAME: &str = "consult_session";
+/// Header carrying the CSRF token.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Only write `last_seen_at` when it moved by more than this, so reads do not all become writes.
+const LAST_SEEN_GRANULARITY_SECS: i64 = 5;
+
+/// The CSRF token of a session.
+pub fn csrf_token(token: &Token) -> String {
+    hex_sha256(format!("consult-csrf\0{}", token.expose()).as_bytes())
+}
+
+/// A signed-in request's account and session.
+#[derive(Debug, Clone)]
+pub struct CurrentUser {
+    /// The account.
+    pub user: User,
+    /// Session id (not the token).
+    pub session_id: Uuid,
+    /// As returned to the client.
+    pub session: Session,
+}
+
+/// Start a session for `user`; returns the token to hand out and the session view.
+pub async fn create(state: &AppState, user: &User) -> Result<(Token, Session), ApiError> {
+    let now = state.clock.now();
+    let token = Token::generate();
+    let absolute = now + state.config.session.absolute_timeout;
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, absolute_expires_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .bind(token.hash().0)
+    .bind(user.id.to_string())
+    .bind(to_unix(now))
+    .bind(to_unix(now))
+    .bind(to_unix(absolute))
+    .execute(&state.pool)
+    .await?;
+    let session = Session {
+        user: user.clone(),
+        token: Some(token.expose().to_owned()),
+        csrf_token: csrf_token(&token),
+        idle_expires_at: (now + state.config.session.idle_timeout).min(absolute),
+        absolute_expires_at: absolute,
+    };
+    Ok((token, session))
+}
+
+/// Look up a live session by its token, moving its idle deadline forward.
+pub async fn authenticate(state: &AppState, token: &Token) -> Result<CurrentUser, ApiError> {
+    let now = state.clock.now();
+    let row = sqlx::query(
+        "SELECT id, user_id, last_seen_at, absolute_expires_at, revoked_at
+         FROM sessions WHERE token_hash = ?",
+    )
+    .bind(token.hash().0)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::Unauthenticated)?;
+    let session_id: String = row.get(0);
+    let user_id: String = row.get(1);
+    let last_seen = from_unix(row.get(2));
+    let absolute = from_unix(row.get(3));
+    let revoked: Option<i64> = row.get(4);
+    let idle_deadline = last_seen + state.config.session.idle_timeout;
+    if revoked.is_some() || now >= absolute || now >= idle_deadline {
+        return Err(ApiError::Unauthenticated);
+    }
+    if to_unix(now) - to_unix(last_seen) >= LAST_SEEN_GRANULARITY_SECS {
+        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id = ?")
+            .bind(to_unix(now))
+            .bind(&session_id)
+            .execute(&state.pool)
+            .await?;
+    }
+    let user_id = Uuid::parse_str(&user_id).map_err(|e| ApiError::Internal(e.into()))?;
+    let account = accounts::find_by_id(&state.pool, user_id)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    Ok(CurrentUser {
+        session_id: Uuid::parse_str(&session_id).map_err(|e| ApiError::Internal(e.into()))?,
+        session: Session {
+            user: account.user.clone(),
+            token: None,
+            csrf_token: csrf_token(token),
+            idle_expires_at: (now + state.config.session.idle_timeout).min(absolute),
+            absolute_expires_at: absolute,
+        },
+        user: account.user,
+    })
+}
+
+/// End a session.
+pub async fn revoke(state: &AppState, session_id: Uuid) -> Result<(), ApiError> {
+    sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+        .bind(to_unix(state.clock.now()))
+        .bind(session_id.to_string())
+        .execute(&state.pool)
+        .await?;
+    Ok(())
+}
+
+/// The `Set-Cookie` value carrying a new session.
+pub fn session_cookie(state: &AppState, token: &Token) -> HeaderValue {
+    let secure = if state.config.tls { "; Secure" } else { "" };
+    let max_age = state.config.session.absolute_timeout.as_secs();
+    HeaderValue::from_str(&format!(
+        "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        token.expose()
+    ))
+    .unwrap_or_else(|_| clearing_cookie(state))
+}
+
+/// The `Set-Cookie` value that removes the session cookie.
+pub fn clearing_cookie(state: &AppState) -> HeaderValue {
+    let secure = if state.config.tls { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"
+    ))
+    .unwrap_or(HeaderValue::from_static("consult_session=; Max-Age=0"))
+}
+
+/// The session token from the cookie, if any.
+pub fn token_from_cookie(headers: &HeaderMap) -> Option<Token> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| Token::from_client(value))
+}
+
+/// The token from `Authorization: Bearer`, if any.
+pub fn token_from_bearer(headers: &HeaderMap) -> Option<Token> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|t| Token::from_client(t.trim()))
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(token) = token_from_bearer(&parts.headers) {
+            return authenticate(state, &token).await;
+        }
+        let token = token_from_cookie(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        let current = authenticate(state, &token).await?;
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if !safe {
+            let sent = parts
+                .headers
+                .get(CSRF_HEADER)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            if !bool::from(sent.ct_eq(current.session.csrf_token.as_bytes())) {
+                return Err(ApiError::CsrfRejected);
+            }
+        }
+        Ok(current)
+    }
+}
+
+/// A signed-in doctor.
+#[derive(Debug, Clone)]
+pub struct CurrentDoctor(pub CurrentUser);
+
+impl FromRequestParts<AppState> for CurrentDoctor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let current = CurrentUser::from_request_parts(parts, state).await?;
+        if current.user.role != Role::Doctor {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(Self(current))
+    }
+}
+
+/// Seconds since the Unix epoch, for `now`.
+pub fn unix_now(now: OffsetDateTime) -> u64 {
+    now.unix_timestamp().max(0) as u64
+}

@@ -1,0 +1,293 @@
+//! Service configuration: embedded defaults, then a TOML file, then `CONSULT_*` environment
+//! variables, then command-line flags — each layer overriding the one before.
+//!
+//! Nested keys use a double underscore in the environment: `CONSULT_SESSION__IDLE_TIMEOUT=10m`.
+//! Durations are human-readable (`90s`, `15m`, `12h`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything the service can be told. Every field has a default that works with no file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Where the database, TLS certificate and keys live.
+    pub data_dir: PathBuf,
+    /// Serve HTTPS with a self-signed certificate kept in the data directory.
+    pub tls: bool,
+    /// The address people reach the service at, for invite and enrolment links. Defaults to the
+    /// bound address (with the machine's LAN address when bound to all interfaces).
+    pub public_url: Option<String>,
+    /// Sign-in sessions.
+    pub session: SessionConfig,
+    /// Sign-in throttling.
+    pub login: LoginConfig,
+    /// Patient invites.
+    pub invite: InviteConfig,
+    /// The signaling WebSocket.
+    pub signaling: SignalingConfig,
+    /// STUN and TURN servers handed to clients.
+    pub ice: IceConfig,
+    /// Log filter, in `RUST_LOG` syntax.
+    pub log: String,
+}
+
+/// Sign-in sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// A session unused for this long ends.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after sign-in, however active.
+    #[serde(with = "humantime_serde")]
+    pub absolute_timeout: Duration,
+}
+
+/// Sign-in throttling: failures lock an account or an address with exponential back-off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginConfig {
+    /// Consecutive failures for one account before it is locked.
+    pub max_failures_per_account: u32,
+    /// Failures from one address (across accounts) before it is locked.
+    pub max_failures_per_address: u32,
+    /// First lockout; doubles with each further failure.
+    #[serde(with = "humantime_serde")]
+    pub lockout_base: Duration,
+    /// Longest lockout.
+    #[serde(with = "humantime_serde")]
+    pub lockout_max: Duration,
+}
+
+/// Patient invites.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InviteConfig {
+    /// How long an invite link works after it is issued.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long an account enrolment link works.
+    #[serde(with = "humantime_serde")]
+    pub enrolment_ttl: Duration,
+}
+
+/// The signaling WebSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalingConfig {
+    /// How often clients are asked to send `ping`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A connection silent for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// How long a dropped participant's place is kept for them to reconnect.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_grace: Duration,
+    /// Largest message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Messages per second one connection may send (sustained); bursts of twice that pass.
+    pub max_messages_per_second: u32,
+}
+
+/// STUN and TURN servers handed to clients by `GET /api/v1/ice-servers`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IceConfig {
+    /// `stun:host:port` URLs.
+    pub stun_urls: Vec<String>,
+    /// `turn:`/`turns:` URLs of a TURN server checking REST credentials (coturn `use-auth-secret`).
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (`static-auth-secret`). Required with `turn_urls`.
+    pub turn_shared_secret: Option<String>,
+    /// How long TURN credentials stay valid.
+    #[serde(with = "humantime_serde")]
+    pub turn_credential_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("consult-data"),
+            tls: false,
+            public_url: None,
+            session: SessionConfig::default(),
+            login: LoginConfig::default(),
+            invite: InviteConfig::default(),
+            signaling: SignalingConfig::default(),
+            ice: IceConfig {
+                turn_credential_ttl: Duration::from_secs(3600),
+                ..IceConfig::default()
+            },
+            log: "info".into(),
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(15 * 60),
+            absolute_timeout: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            max_failures_per_account: 5,
+            max_failures_per_address: 20,
+            lockout_base: Duration::from_secs(30),
+            lockout_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for InviteConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(24 * 3600),
+            enrolment_ttl: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(45),
+            reconnect_grace: Duration::from_secs(30),
+            max_message_bytes: consult_proto::signal::DEFAULT_MAX_MESSAGE_BYTES,
+            max_messages_per_second: 50,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable could not be read or has a wrong value.
+    #[error("configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// Values that do not make sense together.
+    #[error("configuration: {0}")]
+    Inconsistent(String),
+}
+
+impl Config {
+    /// Load defaults, then `file` (if given), then `CONSULT_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Inconsistent(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("CONSULT_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Inconsistent(m.into()));
+        if !self.ice.turn_urls.is_empty() && self.ice.turn_shared_secret.is_none() {
+            return bad("ice.turn_urls needs ice.turn_shared_secret");
+        }
+        if self
+            .ice
+            .turn_shared_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 16)
+        {
+            return bad("ice.turn_shared_secret must be at least 16 characters");
+        }
+        if self.signaling.heartbeat_timeout <= self.signaling.heartbeat_interval {
+            return bad("signaling.heartbeat_timeout must be longer than heartbeat_interval");
+        }
+        if self.signaling.max_message_bytes < 1024 {
+            return bad("signaling.max_message_bytes must be at least 1024");
+        }
+        if self.session.idle_timeout > self.session.absolute_timeout {
+            return bad("session.idle_timeout must not exceed session.absolute_timeout");
+        }
+        if self.login.max_failures_per_account == 0 || self.login.max_failures_per_address == 0 {
+            return bad("login.max_failures_* must be at least 1");
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("public_url must start with http:// or https://");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documentation() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.session.idle_timeout, Duration::from_secs(900));
+        assert_eq!(config.session.absolute_timeout, Duration::from_secs(43200));
+    }
+
+    #[test]
+    fn file_and_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "consult.toml",
+                "bind = \"127.0.0.1:9000\"\n[session]\nidle_timeout = \"5m\"\n",
+            )?;
+            jail.set_env("CONSULT_SESSION__ABSOLUTE_TIMEOUT", "1h");
+            jail.set_env("CONSULT_ICE__STUN_URLS", "[\"stun:127.0.0.1:3478\"]");
+            let config =
+                Config::load(Some(Path::new("consult.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.bind.port(), 9000);
+            assert_eq!(config.session.idle_timeout, Duration::from_secs(300));
+            assert_eq!(config.session.absolute_timeout, Duration::from_secs(3600));
+            assert_eq!(
+                config.ice.stun_urls,
+                vec!["stun:127.0.0.1:3478".to_string()]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_inconsistent_values_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "bnid = \"127.0.0.1:9000\"\n")?;
+            let err = Config::load(Some(Path::new("a.toml"))).unwrap_err();
+            assert!(err.to_string().contains("bnid"), "{err}");
+            jail.create_file("b.toml", "[ice]\nturn_urls = [\"turn:127.0.0.1\"]\n")?;
+            let err = Config::load(Some(Path::new("b.toml"))).unwrap_err();
+            assert!(err.to_string().contains("turn_shared_secret"), "{err}");
+            let err = Config::load(Some(Path::new("missing.toml"))).unwrap_err();
+            assert!(err.to_string().contains("does not exist"), "{err}");
+            Ok(())
+        });
+    }
+}

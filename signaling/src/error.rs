@@ -1,0 +1,198 @@
+//! The one error type of the HTTP API: each failure maps to a status code and the JSON body
+//! `{ "error": { "code": "...", "message": "..." } }`.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use consult_proto::api::{ErrorBody, ErrorDetail};
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request body or parameters are wrong.
+    #[error("{message}")]
+    BadRequest {
+        /// Stable code.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// No valid session or token.
+    #[error("sign in first")]
+    Unauthenticated,
+    /// Email or password wrong (never says which).
+    #[error("email or password is wrong")]
+    InvalidCredentials,
+    /// Password right; a TOTP or recovery code is needed.
+    #[error("enter the code from your authenticator app")]
+    MfaRequired,
+    /// The TOTP or recovery code is wrong.
+    #[error("that code is wrong or expired")]
+    InvalidTotp,
+    /// The TOTP code was already used.
+    #[error("that code was already used; wait for the next one")]
+    TotpReplayed,
+    /// The state-changing request lacks a valid `X-CSRF-Token`.
+    #[error("missing or wrong X-CSRF-Token header")]
+    CsrfRejected,
+    /// Authenticated, but not allowed.
+    #[error("you are not allowed to do that")]
+    Forbidden,
+    /// Nothing there (or not yours: the two look the same).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The state forbids it now.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// Was valid once, is not any more.
+    #[error("{message}")]
+    Gone {
+        /// Stable code.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// Throttled; try again after the given seconds.
+    #[error("too many attempts; try again in {retry_after_secs} s")]
+    TooManyAttempts {
+        /// When to try again.
+        retry_after_secs: u64,
+    },
+    /// The request body is over the size limit.
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    /// A fault of ours. Details go to the log, not to the client.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 400 with a code and a message.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 409 with a code and a message.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 410 with a code and a message.
+    pub fn gone(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Gone {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated
+            | Self::InvalidCredentials
+            | Self::MfaRequired
+            | Self::InvalidTotp
+            | Self::TotpReplayed => StatusCode::UNAUTHORIZED,
+            Self::CsrfRejected | Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Gone { .. } => StatusCode::GONE,
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Gone { code, .. } => code,
+            Self::Unauthenticated => "unauthenticated",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::MfaRequired => "mfa_required",
+            Self::InvalidTotp => "invalid_totp",
+            Self::TotpReplayed => "totp_replayed",
+            Self::CsrfRejected => "csrf_rejected",
+            Self::Forbidden => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::TooManyAttempts { .. } => "too_many_attempts",
+            Self::PayloadTooLarge => "body_too_large",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::PayloadTooLarge;
+        }
+        Self::bad_request("invalid_body", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request("invalid_path", rejection.body_text())
+    }
+}
+
+/// `axum::Json` whose rejections answer with the API's error body.
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Path` whose rejections answer with the API's error body.
+#[derive(Debug, Clone, Copy, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(e) = &self {
+            tracing::error!(error = format!("{e:#}"), "request failed");
+        }
+        let status = self.status();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Self::TooManyAttempts { retry_after_secs } = self {
+            if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,375 @@
+//! Patient invites from the patient's side: inspect a link, redeem it for a participant token,
+//! and the rule that one device holds a link at a time.
+//!
+//! A redeemed invite is held by its participant until they leave, are declined or removed, stay
+//! away longer than the reconnect grace period, or the consultation ends. While it is held, a
+//! second device gets `409 invite_in_use`; the first keeps working.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use consult_proto::api::{
+    ConsultationStatus, ErrorBody, InspectInviteRequest, InviteInfo, RedeemInviteRequest,
+    RedeemInviteResponse,
+};
+use consult_proto::signal::{ParticipantRole, ServerMessage, SignalErrorCode};
+use serde_json::json;
+use sqlx::{Row, SqlitePool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::audit::Action;
+use crate::consultations::{self, ConsultationRecord};
+use crate::db::{from_unix, to_unix};
+use crate::error::{ApiError, ApiJson};
+use crate::secrets::Token;
+use crate::signal::hub::Departure;
+use crate::state::AppState;
+
+/// Longest patient name accepted.
+const MAX_NAME_CHARS: usize = 80;
+
+/// An invite row.
+#[derive(Debug, Clone)]
+pub struct InviteRecord {
+    /// Id.
+    pub id: Uuid,
+    /// Its consultation.
+    pub consultation_id: Uuid,
+    /// Issued.
+    pub issued_at: OffsetDateTime,
+    /// Expires.
+    pub expires_at: OffsetDateTime,
+    /// Revoked.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Held by a device now.
+    pub in_use: bool,
+}
+
+const SELECT: &str = "SELECT i.id, i.consultation_id, i.issued_at, i.expires_at, i.revoked_at, \
+     EXISTS (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL) \
+     FROM invites i";
+
+fn record_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<InviteRecord> {
+    let id: String = row.get(0);
+    let consultation_id: String = row.get(1);
+    Ok(InviteRecord {
+        id: Uuid::parse_str(&id)?,
+        consultation_id: Uuid::parse_str(&consultation_id)?,
+        issued_at: from_unix(row.get(2)),
+        expires_at: from_unix(row.get(3)),
+        revoked_at: row.get::<Option<i64>, _>(4).map(from_unix),
+        in_use: row.get::<i64, _>(5) != 0,
+    })
+}
+
+/// The most recently issued invite of a consultation.
+pub async fn latest(
+    pool: &SqlitePool,
+    consultation_id: Uuid,
+) -> anyhow::Result<Option<InviteRecord>> {
+    let row = sqlx::query(&format!(
+        "{SELECT} WHERE i.consultation_id = ? ORDER BY i.issued_at DESC, i.rowid DESC LIMIT 1"
+    ))
+    .bind(consultation_id.to_string())
+    .fetch_optional(pool)
+    .await?;
+    row.map(record_from_row).transpose()
+}
+
+/// Find the invite a link names and check it can be used now.
+async fn usable_invite(
+    state: &AppState,
+    token: &str,
+) -> Result<(InviteRecord, ConsultationRecord), ApiError> {
+    let row = sqlx::query(&format!("{SELECT} WHERE i.token_hash = ?"))
+        .bind(Token::from_client(token).hash().0)
+        .fetch_optional(&state.pool)
+        .await?;
+    let not_found = || ApiError::NotFound("invite");
+    let invite = row
+        .map(record_from_row)
+        .transpose()?
+        .ok_or_else(not_found)?;
+    let consultation = consultations::find(&state.pool, invite.consultation_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if consultation.status == ConsultationStatus::Ended {
+        return Err(ApiError::gone(
+            "consultation_ended",
+            "this consultation has ended",
+        ));
+    }
+    if invite.revoked_at.is_some() {
+        return Err(ApiError::gone(
+            "invite_revoked",
+            "this invite link was withdrawn; ask your clinic for a new one",
+        ));
+    }
+    if invite.expires_at <= state.clock.now() {
+        return Err(ApiError::gone(
+            "invite_expired",
+            "this invite link has expired; ask your clinic for a new one",
+        ));
+    }
+    Ok((invite, consultation))
+}
+
+fn info(invite: &InviteRecord, consultation: &ConsultationRecord) -> InviteInfo {
+    InviteInfo {
+        consultation_id: consultation.id,
+        doctor_name: consultation.doctor_name.clone(),
+        mode: consultation.mode,
+        expires_at: invite.expires_at,
+    }
+}
+
+/// Map "not found" to the patient-facing code.
+fn patient_facing(e: ApiError) -> ApiError {
+    match e {
+        ApiError::NotFound(_) => ApiError::Gone {
+            code: "invite_not_found",
+            message: "this invite link is not valid; check that you copied all of it".into(),
+        },
+        other => other,
+    }
+}
+
+/// `POST /api/v1/invites/inspect`: where an invite leads, before the patient joins.
+#[utoipa::path(post, path = "/api/v1/invites/inspect", tag = "patients", request_body = InspectInviteRequest,
+    responses((status = 200, body = InviteInfo),
+              (status = 410, body = ErrorBody, description = "invite_not_found, invite_expired, invite_revoked or consultation_ended")))]
+pub async fn inspect(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<InspectInviteRequest>,
+) -> Result<Json<InviteInfo>, ApiError> {
+    let (invite, consultation) = usable_invite(&state, &req.invite)
+        .await
+        .map_err(patient_facing)?;
+    Ok(Json(info(&invite, &consultation)))
+}
+
+/// `POST /api/v1/invites/redeem`: take the patient's place in the consultation.
+#[utoipa::path(post, path = "/api/v1/invites/redeem", tag = "patients", request_body = RedeemInviteRequest,
+    responses((status = 201, body = RedeemInviteResponse),
+              (status = 400, body = ErrorBody, description = "invalid_name"),
+              (status = 409, body = ErrorBody, description = "invite_in_use: another device holds the link"),
+              (status = 410, body = ErrorBody, description = "invite_not_found, invite_expired, invite_revoked or consultation_ended")))]
+pub async fn redeem(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RedeemInviteRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = req.name.trim().to_owned();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("enter a name of 1 to {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    let now = state.clock.now();
+    let (invite, consultation) = match usable_invite(&state, &req.invite).await {
+        Ok(found) => found,
+        Err(e) => {
+            let e = patient_facing(e);
+            state
+                .audit
+                .record(
+                    now,
+                    "anonymous",
+                    Action::InviteRefused,
+                    None,
+                    json!({ "reason": e.code() }),
+                )
+                .await?;
+            return Err(e);
+        }
+    };
+    let participant_id = Uuid::new_v4();
+    let token = Token::generate();
+    let inserted = sqlx::query(
+        "INSERT INTO participants (id, consultation_id, invite_id, name, token_hash, created_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(participant_id.to_string())
+    .bind(consultation.id.to_string())
+    .bind(invite.id.to_string())
+    .bind(&name)
+    .bind(token.hash().0)
+    .bind(to_unix(now))
+    .execute(&state.pool)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            state
+                .audit
+                .record(
+                    now,
+                    "anonymous",
+                    Action::InviteRefused,
+                    Some(consultation.id),
+                    json!({ "reason": "invite_in_use", "invite_id": invite.id }),
+                )
+                .await?;
+            return Err(ApiError::conflict(
+                "invite_in_use",
+                "this link is already in use on another device",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    state
+        .audit
+        .record(
+            now,
+            &format!("participant:{participant_id}"),
+            Action::InviteUsed,
+            Some(consultation.id),
+            json!({ "invite_id": invite.id }),
+        )
+        .await?;
+    // A device that redeems but never connects must not hold the link for ever.
+    let grace = state.config.signaling.reconnect_grace;
+    let state_for_timer = state.clone();
+    let consultation_id = consultation.id;
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if !state_for_timer
+            .hub
+            .is_present(consultation_id, participant_id)
+        {
+            if let Err(e) = release(&state_for_timer, participant_id).await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "could not release an unused invite"
+                );
+            }
+        }
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(RedeemInviteResponse {
+            participant_token: token.expose().to_owned(),
+            participant_id,
+            invite: info(&invite, &consultation),
+        }),
+    ))
+}
+
+/// A patient's place, looked up by participant token.
+#[derive(Debug, Clone)]
+pub struct ParticipantRecord {
+    /// Participant id.
+    pub id: Uuid,
+    /// Name entered.
+    pub name: String,
+    /// The consultation.
+    pub consultation: ConsultationRecord,
+}
+
+/// The unreleased participant a token belongs to.
+pub async fn find_participant(
+    state: &AppState,
+    token: &Token,
+) -> Result<Option<ParticipantRecord>, ApiError> {
+    let row = sqlx::query("SELECT id, consultation_id, name FROM participants WHERE token_hash = ? AND released_at IS NULL")
+        .bind(token.hash().0)
+        .fetch_optional(&state.pool)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let id: String = row.get(0);
+    let consultation_id: String = row.get(1);
+    let parse = |s: &str| Uuid::parse_str(s).map_err(|e| ApiError::Internal(e.into()));
+    let Some(consultation) = consultations::find(&state.pool, parse(&consultation_id)?).await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(ParticipantRecord {
+        id: parse(&id)?,
+        name: row.get(2),
+        consultation,
+    }))
+}
+
+/// Release a patient's hold on their invite; their token stops working.
+pub async fn release(state: &AppState, participant_id: Uuid) -> anyhow::Result<()> {
+    sqlx::query("UPDATE participants SET released_at = ? WHERE id = ? AND released_at IS NULL")
+        .bind(to_unix(state.clock.now()))
+        .bind(participant_id.to_string())
+        .execute(&state.pool)
+        .await?;
+    Ok(())
+}
+
+/// Release every patient of a consultation (it ended).
+pub async fn release_all(state: &AppState, consultation_id: Uuid) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE participants SET released_at = ? WHERE consultation_id = ? AND released_at IS NULL",
+    )
+    .bind(to_unix(state.clock.now()))
+    .bind(consultation_id.to_string())
+    .execute(&state.pool)
+    .await?;
+    Ok(())
+}
+
+/// Release the patients holding a revoked invite and disconnect them.
+pub async fn remove_holders(
+    state: &AppState,
+    consultation_id: Uuid,
+    invite_id: &str,
+) -> anyhow::Result<()> {
+    let holders: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM participants WHERE invite_id = ? AND released_at IS NULL",
+    )
+    .bind(invite_id)
+    .fetch_all(&state.pool)
+    .await?;
+    for holder in holders {
+        let participant_id = Uuid::parse_str(&holder)?;
+        let last_words = ServerMessage::Error {
+            code: SignalErrorCode::Unauthorized,
+            message: "your invite link was withdrawn by the clinic".into(),
+            fatal: true,
+        };
+        match state
+            .hub
+            .remove(consultation_id, participant_id, last_words)
+        {
+            Some(departure) => depart(state, &departure).await?,
+            None => release(state, participant_id).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Record that someone left for good: release a patient's invite and audit it.
+pub async fn depart(state: &AppState, departure: &Departure) -> anyhow::Result<()> {
+    if departure.role == ParticipantRole::Patient {
+        release(state, departure.participant_id).await?;
+    }
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            &format!("participant:{}", departure.participant_id),
+            Action::Left,
+            Some(departure.consultation_id),
+            json!({ "role": departure.role, "reason": departure.reason }),
+        )
+        .await
+}
+
+/// At start-up no device is connected: release every hold so links work again. Tokens of
+/// released participants stop working, so a patient page redeems its link again.
+pub async fn release_stale_holds(pool: &SqlitePool, now: OffsetDateTime) -> anyhow::Result<u64> {
+    let done = sqlx::query("UPDATE participants SET released_at = ? WHERE released_at IS NULL")
+        .bind(to_unix(now))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}

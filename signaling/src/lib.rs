@@ -1,0 +1,41 @@
+//! The Consult signaling service: accounts with a second factor, consultations and patient
+//! invites, the waiting room, the signaling WebSocket, TURN credentials and a hash-chained audit
+//! trail — one axum service over SQLite, whose binary is `consult`.
+//!
+//! ```text
+//!   browser / native peer ── HTTPS ──► app::router ──► auth, consultations, invites, ice
+//!                         ── WS ─────► signal::socket ──► signal::hub (rooms: waiting, admitted)
+//!                                              │
+//!                  db (SQLite: accounts, sessions, consultations, invites, participants)
+//!                  audit (append-only hash chain)      metrics (Prometheus)
+//! ```
+//!
+//! Start a service in-process (what the integration tests do):
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use consult_signaling::{clock::SystemClock, config::Config, server};
+//! let config = Config { bind: "127.0.0.1:0".parse()?, ..Config::default() };
+//! let running = server::start(config, std::sync::Arc::new(SystemClock)).await?;
+//! println!("Consult is running at {}/", running.url);
+//! running.run_until_signal().await
+//! # }
+//! ```
+
+pub mod accounts;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod consultations;
+pub mod db;
+pub mod error;
+pub mod ice;
+pub mod invites;
+pub mod metrics;
+pub mod secrets;
+pub mod server;
+pub mod signal;
+pub mod state;
+pub mod web;

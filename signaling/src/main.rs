@@ -1,0 +1,252 @@
+//! `consult`: the one binary operators run. Argument parsing and wiring only; the work is in the
+//! `consult_signaling` library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use consult_proto::api::Role;
+use consult_signaling::accounts::{self, DemoCredentials, NewUser};
+use consult_signaling::audit::{self, AuditLog};
+use consult_signaling::clock::{Clock, SystemClock};
+use consult_signaling::config::Config;
+use consult_signaling::{db, server};
+use tracing_subscriber::EnvFilter;
+
+/// Consult: peer-to-peer encrypted video consultations.
+#[derive(Parser)]
+#[command(name = "consult", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Manage accounts.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Check or export the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
+}
+
+/// Where to find the configuration and data; shared by every subcommand.
+#[derive(Args, Clone)]
+struct Location {
+    /// Data directory (database, TLS certificate). Default: ./consult-data
+    #[arg(long, env = "CONSULT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl Location {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    location: Location,
+    /// Address to listen on. Default: 127.0.0.1:8080
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    /// Seed a demo doctor and write its sign-in details to DATA_DIR/demo-credentials.json.
+    #[arg(long)]
+    demo: bool,
+    /// Serve HTTPS with a self-signed certificate kept in the data directory.
+    #[arg(long)]
+    tls: bool,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an account and print its one-time enrolment link.
+    CreateUser {
+        #[command(flatten)]
+        location: Location,
+        /// doctor or admin.
+        #[arg(long)]
+        role: Role,
+        /// Sign-in email.
+        #[arg(long)]
+        email: String,
+        /// Name shown to patients. Default: the part of the email before '@'.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit 1 naming the first broken entry.
+    Verify {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Write every entry as JSON lines (to standard output, or --output).
+    Export {
+        #[command(flatten)]
+        location: Location,
+        /// File to write instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Admin(AdminCommand::CreateUser {
+            location,
+            role,
+            email,
+            name,
+        }) => {
+            let config = location.load()?;
+            init_logging("warn");
+            let pool = db::open(&config.data_dir).await?;
+            let audit = AuditLog::new(pool.clone());
+            let public_url = server::public_url(&config, config.bind);
+            let name =
+                name.unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_owned());
+            let new = NewUser {
+                email,
+                display_name: name,
+                role,
+            };
+            let created = accounts::create_user(
+                &pool,
+                &audit,
+                SystemClock.now(),
+                &new,
+                &public_url,
+                config.invite.enrolment_ttl,
+            )
+            .await?;
+            println!(
+                "Created {} {} ({}).",
+                role.as_str(),
+                created.user.email,
+                created.user.display_name
+            );
+            println!(
+                "Send them this one-time enrolment link (valid {}):",
+                humantime::format_duration(config.invite.enrolment_ttl)
+            );
+            println!("{}", created.enrolment_url);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { location }) => {
+            let config = location.load()?;
+            let pool = db::open(&config.data_dir).await?;
+            match audit::verify(&pool).await? {
+                Ok(n) => {
+                    println!("audit chain intact: {n} entries");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(broken) => {
+                    println!("audit chain BROKEN at entry {}: {broken}", broken.seq());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Export { location, output }) => {
+            let config = location.load()?;
+            let pool = db::open(&config.data_dir).await?;
+            let mut out: Box<dyn Write> = match &output {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            for entry in audit::entries(&pool).await? {
+                serde_json::to_writer(&mut out, &entry)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            use utoipa::OpenApi;
+            println!(
+                "{}",
+                consult_signaling::app::ApiDoc::openapi().to_pretty_json()?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = args.location.load()?;
+    if let Some(bind) = args.bind {
+        config.bind = bind;
+    }
+    config.tls |= args.tls;
+    init_logging(&config.log);
+    let data_dir = config.data_dir.clone();
+    let running = server::start(config, Arc::new(SystemClock)).await?;
+    if args.demo {
+        let path = data_dir.join("demo-credentials.json");
+        let existing: Option<DemoCredentials> = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let state = &running.state;
+        let creds = accounts::seed_demo_doctor(
+            &state.pool,
+            &state.audit,
+            state.clock.now(),
+            existing.as_ref(),
+            &format!("{}/", running.url),
+        )
+        .await?;
+        server::write_private(&path, serde_json::to_string_pretty(&creds)?.as_bytes())?;
+        println!("Demo doctor (also in {}):", path.display());
+        println!("  email:       {}", creds.email);
+        println!("  password:    {}", creds.password);
+        println!(
+            "  TOTP secret: {}  (add it to an authenticator app)",
+            creds.totp_secret
+        );
+    }
+    println!("Consult is running at {}/", running.url);
+    let _ = std::io::stdout().flush();
+    running.run_until_signal().await?;
+    Ok(ExitCode::SUCCESS)
+}

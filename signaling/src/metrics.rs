@@ -1,0 +1,93 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Every metric the service exports. Cheap to clone (the metrics are shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open signaling WebSockets.
+    pub connected_sockets: IntGauge,
+    /// Consultations with at least one participant present.
+    pub active_consultations: IntGauge,
+    /// Successful `join`s, by role.
+    pub joins: IntCounterVec,
+    /// Failed sign-in attempts (wrong password or code, locked).
+    pub failed_signins: IntCounter,
+    /// Signaling messages accepted, by type.
+    pub signal_messages: IntCounterVec,
+    /// Signaling messages refused, by reason.
+    pub signal_rejected: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        // Names and label sets are constants: these cannot fail.
+        let connected_sockets =
+            IntGauge::new("consult_ws_connected_sockets", "Open signaling WebSockets")
+                .expect("valid metric");
+        let active_consultations = IntGauge::new(
+            "consult_active_consultations",
+            "Consultations with at least one participant present",
+        )
+        .expect("valid metric");
+        let joins = IntCounterVec::new(
+            Opts::new("consult_joins_total", "Successful signaling joins"),
+            &["role"],
+        )
+        .expect("valid metric");
+        let failed_signins =
+            IntCounter::new("consult_failed_signins_total", "Failed sign-in attempts")
+                .expect("valid metric");
+        let signal_messages = IntCounterVec::new(
+            Opts::new(
+                "consult_signal_messages_total",
+                "Signaling messages accepted, by type",
+            ),
+            &["type"],
+        )
+        .expect("valid metric");
+        let signal_rejected = IntCounterVec::new(
+            Opts::new(
+                "consult_signal_rejected_total",
+                "Signaling messages refused, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(connected_sockets.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(active_consultations.clone()),
+            Box::new(joins.clone()),
+            Box::new(failed_signins.clone()),
+            Box::new(signal_messages.clone()),
+            Box::new(signal_rejected.clone()),
+        ] {
+            registry.register(metric).expect("metric registered once");
+        }
+        Self {
+            registry,
+            connected_sockets,
+            active_consultations,
+            joins,
+            failed_signins,
+            signal_messages,
+            signal_rejected,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,183 @@
+//! Running the service: open the database, bind, optionally serve TLS with a self-signed
+//! certificate kept in the data directory, and shut down gracefully.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum_server::tls_rustls::RustlsConfig;
+use axum_server::Handle;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::state::AppState;
+use crate::{app, db, invites};
+
+/// A service that is listening.
+pub struct RunningServer {
+    /// The bound address (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    /// The URL people open.
+    pub url: String,
+    /// The shared state (for tests and seeding).
+    pub state: AppState,
+    handle: Handle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stop accepting, give open connections `grace` to finish, then stop.
+    pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
+        self.handle.graceful_shutdown(Some(grace));
+        self.task.await??;
+        Ok(())
+    }
+
+    /// Run until the process gets SIGINT or SIGTERM, then shut down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown(Duration::from_secs(5)).await
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+/// The URL links should use: the configured one, or the bound address (a LAN address when bound
+/// to all interfaces, so a phone on the same network can open it).
+pub fn public_url(config: &Config, addr: SocketAddr) -> String {
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let scheme = if config.tls { "https" } else { "http" };
+    let ip = if addr.ip().is_unspecified() {
+        lan_addresses()
+            .into_iter()
+            .next()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        addr.ip()
+    };
+    match ip {
+        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}", addr.port()),
+        IpAddr::V4(v4) => format!("{scheme}://{v4}:{}", addr.port()),
+    }
+}
+
+fn lan_addresses() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .map(|ifs| {
+            ifs.into_iter()
+                .filter(|i| !i.is_loopback() && i.ip().is_ipv4())
+                .map(|i| i.ip())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Open the database, bind and start serving in the background.
+pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<RunningServer> {
+    // rustls may see more than one crypto backend in one build; pick one explicitly.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pool = db::open(&config.data_dir)
+        .await
+        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let released = invites::release_stale_holds(&pool, clock.now()).await?;
+    if released > 0 {
+        tracing::info!(released, "released invite holds left from the previous run");
+    }
+    let listener =
+        TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let url = public_url(&config, addr);
+    let tls = if config.tls {
+        Some(tls_config(&config.data_dir, addr).await?)
+    } else {
+        None
+    };
+    let state = AppState::new(config, pool, clock, url.clone());
+    let service = app::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = Handle::new();
+    let task = match tls {
+        Some(tls) => tokio::spawn(
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle.clone())
+                .serve(service),
+        ),
+        None => tokio::spawn(
+            axum_server::from_tcp(listener)
+                .handle(handle.clone())
+                .serve(service),
+        ),
+    };
+    Ok(RunningServer {
+        addr,
+        url,
+        state,
+        handle,
+        task,
+    })
+}
+
+/// Load the self-signed certificate from `DATA_DIR/tls/`, creating it on first run.
+async fn tls_config(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<RustlsConfig> {
+    let dir = data_dir.join("tls");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if !cert_path.exists() || !key_path.exists() {
+        std::fs::create_dir_all(&dir)?;
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        if !addr.ip().is_unspecified() {
+            names.push(addr.ip().to_string());
+        }
+        names.extend(lan_addresses().into_iter().map(|ip| ip.to_string()));
+        names.dedup();
+        let certified = rcgen::generate_simple_self_signed(names)
+            .context("generating a self-signed certificate")?;
+        write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())?;
+        std::fs::write(&cert_path, certified.cert.pem())?;
+        tracing::info!(path = %cert_path.display(), "generated a self-signed TLS certificate");
+    }
+    RustlsConfig::from_pem_file(&cert_path, &key_path)
+        .await
+        .context("loading the TLS certificate")
+}
+
+/// Write a file only its owner can read.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents)
+}

@@ -1,0 +1,854 @@
+//! Who is in which consultation right now: connected, waiting, admitted, or away within the
+//! reconnect grace period. Every rule about who may talk to whom is enforced here, under one lock
+//! held only for in-memory work (sends are non-blocking), so one consultation never waits on
+//! another.
+//!
+//! The hub knows nothing of the database: callers pass in what a room needs and act on what it
+//! returns (a [`Departure`] to release and audit).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use consult_proto::api::{ConsultationMode, WaitingPatient};
+use consult_proto::signal::{
+    ConsultationSummary, LeaveReason, ParticipantRole, Peer, ServerMessage, SignalErrorCode,
+};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+/// What a connection's writer task is told to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Send this message.
+    Message(ServerMessage),
+    /// Close the socket (after what was queued before).
+    Close,
+}
+
+/// A connection's sending side, as the hub holds it.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    id: u64,
+    tx: mpsc::Sender<Outbound>,
+}
+
+impl Connection {
+    /// The connection's id, to tell an old connection from its replacement.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Queue a message for this connection; false if its queue is full or it is closed.
+    pub fn send(&self, message: ServerMessage) -> bool {
+        self.tx.try_send(Outbound::Message(message)).is_ok()
+    }
+
+    /// Ask the writer to close the socket after what is queued.
+    pub fn close(&self) {
+        let _ = self.tx.try_send(Outbound::Close);
+    }
+}
+
+/// What a room needs to know about its consultation.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    /// The consultation.
+    pub consultation_id: Uuid,
+    /// Its doctor's account.
+    pub doctor_user_id: Uuid,
+    /// "Dr Ada Lovelace".
+    pub doctor_name: String,
+    /// Live-only or recorded.
+    pub mode: ConsultationMode,
+}
+
+/// Who is joining.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// The consultation's doctor (the caller checked the session and ownership).
+    Doctor,
+    /// A patient (the caller checked the participant token).
+    Patient {
+        /// From the participant record.
+        participant_id: Uuid,
+        /// The name they entered.
+        name: String,
+    },
+}
+
+/// Someone who left a consultation for good; the caller releases and audits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    /// The consultation.
+    pub consultation_id: Uuid,
+    /// Who.
+    pub participant_id: Uuid,
+    /// Doctor or patient.
+    pub role: ParticipantRole,
+    /// Why.
+    pub reason: LeaveReason,
+}
+
+/// Why an admit or decline was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    /// No such patient is waiting in that consultation.
+    #[error("that patient is not in the waiting room")]
+    NotWaiting,
+    /// The doctor has an admitted patient in another consultation.
+    #[error("you are already in a call in another consultation; end or leave it first")]
+    DoctorBusy,
+}
+
+impl AdmissionError {
+    /// The signaling error code for it.
+    pub fn code(self) -> SignalErrorCode {
+        match self {
+            Self::NotWaiting => SignalErrorCode::OutsideConsultation,
+            Self::DoctorBusy => SignalErrorCode::DoctorBusy,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    id: Uuid,
+    role: ParticipantRole,
+    name: String,
+    admitted: bool,
+    waiting_since: OffsetDateTime,
+    conn: Option<Connection>,
+    /// Id of the last connection that held this place.
+    conn_id: u64,
+    /// Moves on every connect and disconnect, so a stale grace timer does nothing.
+    generation: u64,
+}
+
+impl Member {
+    fn peer(&self) -> Peer {
+        Peer {
+            participant_id: self.id,
+            role: self.role,
+            name: self.name.clone(),
+        }
+    }
+
+    fn online(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Queue a message; a connection whose queue is full is too slow and is dropped (its writer
+    /// closes the socket; the client reconnects and resumes).
+    fn send(&mut self, message: ServerMessage) {
+        if let Some(conn) = &self.conn {
+            if conn.tx.try_send(Outbound::Message(message)).is_err() {
+                tracing::warn!(participant = %self.id, "dropping a connection that does not keep up");
+                self.conn = None;
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.tx.try_send(Outbound::Close);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Room {
+    info: RoomInfo,
+    doctor_participant_id: Uuid,
+    members: HashMap<Uuid, Member>,
+}
+
+impl Room {
+    fn admitted_peers_except(&self, id: Uuid) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = self
+            .members
+            .values()
+            .filter(|m| m.admitted && m.id != id)
+            .map(Member::peer)
+            .collect();
+        peers.sort_by_key(|p| p.participant_id);
+        peers
+    }
+
+    fn broadcast_admitted(&mut self, except: Uuid, message: &ServerMessage) {
+        for member in self.members.values_mut() {
+            if member.admitted && member.id != except {
+                member.send(message.clone());
+            }
+        }
+    }
+
+    fn waiting(&self) -> Vec<WaitingPatient> {
+        let mut entries: Vec<WaitingPatient> = self
+            .members
+            .values()
+            .filter(|m| !m.admitted)
+            .map(|m| WaitingPatient {
+                participant_id: m.id,
+                consultation_id: self.info.consultation_id,
+                name: m.name.clone(),
+                waiting_since: m.waiting_since,
+                connected: m.online(),
+            })
+            .collect();
+        entries.sort_by_key(|e| (e.waiting_since, e.participant_id));
+        entries
+    }
+
+    fn notify_waiting_room(&mut self) {
+        let entries = self.waiting();
+        if let Some(doctor) = self.members.get_mut(&self.doctor_participant_id) {
+            doctor.send(ServerMessage::WaitingRoom { entries });
+        }
+    }
+
+    fn has_admitted_patient(&self) -> bool {
+        self.members
+            .values()
+            .any(|m| m.role == ParticipantRole::Patient && m.admitted)
+    }
+
+    fn summary(&self) -> ConsultationSummary {
+        ConsultationSummary {
+            id: self.info.consultation_id,
+            doctor_name: self.info.doctor_name.clone(),
+            mode: self.info.mode,
+        }
+    }
+}
+
+/// The live state of every consultation with someone in it.
+pub struct Hub {
+    rooms: Mutex<HashMap<Uuid, Room>>,
+    next_connection: AtomicU64,
+    metrics: Metrics,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// A new connection handle and the receiving end its writer task drains.
+    pub fn connection(&self, queue: usize) -> (Connection, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        (Connection { id, tx }, rx)
+    }
+
+    fn with_rooms<T>(&self, f: impl FnOnce(&mut HashMap<Uuid, Room>) -> T) -> T {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let result = f(&mut rooms);
+        self.metrics.active_consultations.set(rooms.len() as i64);
+        result
+    }
+
+    /// Put `conn` in its place in the consultation and send it `joined` (and a doctor the waiting
+    /// room). Returns the participant id. A connection already holding that place is told
+    /// `replaced` and closed.
+    pub fn join(
+        &self,
+        info: RoomInfo,
+        identity: Identity,
+        conn: Connection,
+        now: OffsetDateTime,
+        heartbeat_interval_ms: u64,
+    ) -> Uuid {
+        self.with_rooms(|rooms| {
+            let room = rooms.entry(info.consultation_id).or_insert_with(|| Room {
+                doctor_participant_id: Uuid::new_v4(),
+                members: HashMap::new(),
+                info,
+            });
+            let (id, role, name) = match identity {
+                Identity::Doctor => (
+                    room.doctor_participant_id,
+                    ParticipantRole::Doctor,
+                    room.info.doctor_name.clone(),
+                ),
+                Identity::Patient {
+                    participant_id,
+                    name,
+                } => (participant_id, ParticipantRole::Patient, name),
+            };
+            let conn_id = conn.id;
+            let resumed = match room.members.get_mut(&id) {
+                Some(member) => {
+                    let was_online = member.online();
+                    if let Some(old) = member.conn.take() {
+                        let _ = old
+                            .tx
+                            .try_send(Outbound::Message(ServerMessage::Replaced {}));
+                        let _ = old.tx.try_send(Outbound::Close);
+                    }
+                    member.conn = Some(conn);
+                    member.conn_id = conn_id;
+                    member.generation += 1;
+                    let admitted = member.admitted;
+                    if admitted && !was_online {
+                        room.broadcast_admitted(
+                            id,
+                            &ServerMessage::PeerPresence {
+                                participant_id: id,
+                                online: true,
+                            },
+                        );
+                    }
+                    true
+                }
+                None => {
+                    let admitted = role == ParticipantRole::Doctor;
+                    let member = Member {
+                        id,
+                        role,
+                        name,
+                        admitted,
+                        waiting_since: now,
+                        conn: Some(conn),
+                        conn_id,
+                        generation: 0,
+                    };
+                    let peer = member.peer();
+                    room.members.insert(id, member);
+                    if admitted {
+                        room.broadcast_admitted(id, &ServerMessage::PeerJoined { peer });
+                    }
+                    false
+                }
+            };
+            let summary = room.summary();
+            let peers_for = |room: &Room, admitted: bool| {
+                if admitted {
+                    room.admitted_peers_except(id)
+                } else {
+                    Vec::new()
+                }
+            };
+            let admitted = room.members.get(&id).is_some_and(|m| m.admitted);
+            let joined = ServerMessage::Joined {
+                participant_id: id,
+                role,
+                consultation: summary,
+                admitted,
+                resumed,
+                polite: role == ParticipantRole::Patient,
+                heartbeat_interval_ms,
+                peers: peers_for(room, admitted),
+            };
+            if let Some(member) = room.members.get_mut(&id) {
+                member.send(joined);
+            }
+            // The doctor learns of a newly waiting (or reconnected) patient; a joining doctor
+            // gets the current list.
+            room.notify_waiting_room();
+            id
+        })
+    }
+
+    /// The connection `conn_id` of a participant closed. Returns the generation to pass to
+    /// [`Hub::expire`] when the grace period is over, or `None` if a newer connection already
+    /// holds the place.
+    pub fn disconnect(
+        &self,
+        consultation_id: Uuid,
+        participant_id: Uuid,
+        conn_id: u64,
+    ) -> Option<u64> {
+        self.with_rooms(|rooms| {
+            let room = rooms.get_mut(&consultation_id)?;
+            let member = room.members.get_mut(&participant_id)?;
+            if member.conn_id != conn_id {
+                return None;
+            }
+            member.conn = None;
+            member.generation += 1;
+            let generation = member.generation;
+            if member.admitted {
+                room.broadcast_admitted(
+                    participant_id,
+                    &ServerMessage::PeerPresence {
+                        participant_id,
+                        online: false,
+                    },
+                );
+            } else {
+                room.notify_waiting_room();
+            }
+            Some(generation)
+        })
+    }
+
+    /// The grace period after a disconnect is over: if the participant did not come back,
+    /// remove them.
+    pub fn expire(
+        &self,
+        consultation_id: Uuid,
+        participant_id: Uuid,
+        generation: u64,
+    ) -> Option<Departure> {
+        self.with_rooms(|rooms| {
+            let room = rooms.get_mut(&consultation_id)?;
+            let member = room.members.get(&participant_id)?;
+            if member.generation != generation || member.online() {
+                return None;
+            }
+            Some(remove_member(
+                rooms,
+                consultation_id,
+                participant_id,
+                LeaveReason::ConnectionLost,
+            ))
+        })
+        .flatten()
+    }
+
+    /// A participant hung up: remove them and close their connection.
+    pub fn leave(&self, consultation_id: Uuid, participant_id: Uuid) -> Option<Departure> {
+        self.with_rooms(|rooms| {
+            remove_member(rooms, consultation_id, participant_id, LeaveReason::Left)
+        })
+    }
+
+    /// Remove a participant with a last message to them (invite revoked).
+    pub fn remove(
+        &self,
+        consultation_id: Uuid,
+        participant_id: Uuid,
+        last_words: ServerMessage,
+    ) -> Option<Departure> {
+        self.with_rooms(|rooms| {
+            let member = rooms
+                .get_mut(&consultation_id)?
+                .members
+                .get_mut(&participant_id)?;
+            member.send(last_words);
+            remove_member(rooms, consultation_id, participant_id, LeaveReason::Removed)
+        })
+    }
+
+    /// Doctor `doctor_user_id` admits a waiting patient of consultation `consultation_id`.
+    pub fn admit(
+        &self,
+        consultation_id: Uuid,
+        doctor_user_id: Uuid,
+        participant_id: Uuid,
+    ) -> Result<(), AdmissionError> {
+        self.with_rooms(|rooms| {
+            let busy = rooms.values().any(|room| {
+                room.info.doctor_user_id == doctor_user_id
+                    && room.info.consultation_id != consultation_id
+                    && room.has_admitted_patient()
+            });
+            let room = rooms
+                .get_mut(&consultation_id)
+                .filter(|room| room.info.doctor_user_id == doctor_user_id)
+                .ok_or(AdmissionError::NotWaiting)?;
+            let waiting = room
+                .members
+                .get(&participant_id)
+                .is_some_and(|m| m.role == ParticipantRole::Patient && !m.admitted);
+            if !waiting {
+                return Err(AdmissionError::NotWaiting);
+            }
+            if busy {
+                return Err(AdmissionError::DoctorBusy);
+            }
+            let peers = room.admitted_peers_except(participant_id);
+            let Some(member) = room.members.get_mut(&participant_id) else {
+                return Err(AdmissionError::NotWaiting);
+            };
+            member.admitted = true;
+            member.send(ServerMessage::Admitted { peers });
+            let peer = member.peer();
+            room.broadcast_admitted(participant_id, &ServerMessage::PeerJoined { peer });
+            room.notify_waiting_room();
+            Ok(())
+        })
+    }
+
+    /// Doctor `doctor_user_id` turns a waiting patient away.
+    pub fn decline(
+        &self,
+        consultation_id: Uuid,
+        doctor_user_id: Uuid,
+        participant_id: Uuid,
+    ) -> Result<Departure, AdmissionError> {
+        self.with_rooms(|rooms| {
+            let member = rooms
+                .get_mut(&consultation_id)
+                .filter(|room| room.info.doctor_user_id == doctor_user_id)
+                .and_then(|room| room.members.get_mut(&participant_id))
+                .filter(|m| m.role == ParticipantRole::Patient && !m.admitted)
+                .ok_or(AdmissionError::NotWaiting)?;
+            member.send(ServerMessage::Declined {});
+            Ok(remove_member(
+                rooms,
+                consultation_id,
+                participant_id,
+                LeaveReason::Removed,
+            ))
+        })
+        .and_then(|d| d.ok_or(AdmissionError::NotWaiting))
+    }
+
+    /// Pass `message` from one admitted participant to another admitted participant of the same
+    /// consultation. Anything else is refused and nothing is sent.
+    pub fn relay(
+        &self,
+        consultation_id: Uuid,
+        from: Uuid,
+        to: Uuid,
+        message: ServerMessage,
+    ) -> Result<(), SignalErrorCode> {
+        self.with_rooms(|rooms| {
+            let room = rooms
+                .get_mut(&consultation_id)
+                .ok_or(SignalErrorCode::ConsultationEnded)?;
+            let sender_admitted = room.members.get(&from).is_some_and(|m| m.admitted);
+            if !sender_admitted {
+                return Err(SignalErrorCode::NotAdmitted);
+            }
+            match room.members.get_mut(&to) {
+                Some(recipient) if recipient.admitted && to != from => {
+                    // A recipient within its grace period misses this; it renegotiates on return.
+                    recipient.send(message);
+                    Ok(())
+                }
+                _ => Err(SignalErrorCode::OutsideConsultation),
+            }
+        })
+    }
+
+    /// The consultation ended: tell everyone, close every connection, forget the room.
+    pub fn end(&self, consultation_id: Uuid) -> Vec<Departure> {
+        self.with_rooms(|rooms| {
+            let Some(mut room) = rooms.remove(&consultation_id) else {
+                return Vec::new();
+            };
+            room.members
+                .values_mut()
+                .map(|member| {
+                    member.send(ServerMessage::ConsultationEnded {});
+                    member.close();
+                    Departure {
+                        consultation_id,
+                        participant_id: member.id,
+                        role: member.role,
+                        reason: LeaveReason::Removed,
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// Patients waiting for one doctor, across their consultations, longest-waiting first.
+    pub fn waiting_for(&self, doctor_user_id: Uuid) -> Vec<WaitingPatient> {
+        self.with_rooms(|rooms| {
+            let mut entries: Vec<WaitingPatient> = rooms
+                .values()
+                .filter(|room| room.info.doctor_user_id == doctor_user_id)
+                .flat_map(Room::waiting)
+                .collect();
+            entries.sort_by_key(|e| (e.waiting_since, e.participant_id));
+            entries
+        })
+    }
+
+    /// Whether the participant holds a place (connected, or away within the grace period).
+    pub fn is_present(&self, consultation_id: Uuid, participant_id: Uuid) -> bool {
+        self.with_rooms(|rooms| {
+            rooms
+                .get(&consultation_id)
+                .is_some_and(|room| room.members.contains_key(&participant_id))
+        })
+    }
+
+    /// Whether the participant is admitted.
+    pub fn is_admitted(&self, consultation_id: Uuid, participant_id: Uuid) -> bool {
+        self.with_rooms(|rooms| {
+            rooms
+                .get(&consultation_id)
+                .and_then(|room| room.members.get(&participant_id))
+                .is_some_and(|m| m.admitted)
+        })
+    }
+}
+
+fn remove_member(
+    rooms: &mut HashMap<Uuid, Room>,
+    consultation_id: Uuid,
+    participant_id: Uuid,
+    reason: LeaveReason,
+) -> Option<Departure> {
+    let room = rooms.get_mut(&consultation_id)?;
+    let mut member = room.members.remove(&participant_id)?;
+    member.close();
+    if member.admitted {
+        room.broadcast_admitted(
+            participant_id,
+            &ServerMessage::PeerLeft {
+                participant_id,
+                reason,
+            },
+        );
+    } else {
+        room.notify_waiting_room();
+    }
+    if room.members.is_empty() {
+        rooms.remove(&consultation_id);
+    }
+    Some(Departure {
+        consultation_id,
+        participant_id,
+        role: member.role,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        hub: Hub,
+        info: RoomInfo,
+        doctor: Uuid,
+    }
+
+    fn fixture() -> Fixture {
+        let doctor = Uuid::new_v4();
+        Fixture {
+            hub: Hub::new(Metrics::new()),
+            info: RoomInfo {
+                consultation_id: Uuid::new_v4(),
+                doctor_user_id: doctor,
+                doctor_name: "Dr Who".into(),
+                mode: ConsultationMode::LiveOnly,
+            },
+            doctor,
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<ServerMessage> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            if let Outbound::Message(m) = o {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    fn join_patient(f: &Fixture, info: &RoomInfo) -> (Uuid, mpsc::Receiver<Outbound>) {
+        let (conn, rx) = f.hub.connection(64);
+        let id = Uuid::new_v4();
+        let identity = Identity::Patient {
+            participant_id: id,
+            name: "Pat".into(),
+        };
+        f.hub.join(
+            info.clone(),
+            identity,
+            conn,
+            OffsetDateTime::now_utc(),
+            15_000,
+        );
+        (id, rx)
+    }
+
+    fn join_doctor(f: &Fixture, info: &RoomInfo) -> (Uuid, mpsc::Receiver<Outbound>) {
+        let (conn, rx) = f.hub.connection(64);
+        let id = f.hub.join(
+            info.clone(),
+            Identity::Doctor,
+            conn,
+            OffsetDateTime::now_utc(),
+            15_000,
+        );
+        (id, rx)
+    }
+
+    fn candidate(from: Uuid) -> ServerMessage {
+        ServerMessage::Candidate {
+            from,
+            candidate: None,
+        }
+    }
+
+    #[test]
+    fn nothing_is_relayed_before_admission_in_either_direction() {
+        let f = fixture();
+        let (doctor_id, mut doctor_rx) = join_doctor(&f, &f.info);
+        let (patient_id, mut patient_rx) = join_patient(&f, &f.info);
+        let cid = f.info.consultation_id;
+        assert_eq!(
+            f.hub
+                .relay(cid, patient_id, doctor_id, candidate(patient_id)),
+            Err(SignalErrorCode::NotAdmitted)
+        );
+        assert_eq!(
+            f.hub
+                .relay(cid, doctor_id, patient_id, candidate(doctor_id)),
+            Err(SignalErrorCode::OutsideConsultation)
+        );
+        let doctor_saw = drain(&mut doctor_rx);
+        assert!(doctor_saw
+            .iter()
+            .all(|m| !matches!(m, ServerMessage::Candidate { .. })));
+        assert!(matches!(
+            doctor_saw.last(),
+            Some(ServerMessage::WaitingRoom { entries }) if entries.len() == 1
+        ));
+        let patient_saw = drain(&mut patient_rx);
+        assert!(matches!(
+            patient_saw.as_slice(),
+            [ServerMessage::Joined { admitted: false, peers, .. }] if peers.is_empty()
+        ));
+
+        f.hub.admit(cid, f.doctor, patient_id).unwrap();
+        assert!(matches!(
+            drain(&mut patient_rx).as_slice(),
+            [ServerMessage::Admitted { peers }] if peers[0].participant_id == doctor_id
+        ));
+        f.hub
+            .relay(cid, patient_id, doctor_id, candidate(patient_id))
+            .unwrap();
+        assert!(drain(&mut doctor_rx).contains(&candidate(patient_id)));
+    }
+
+    #[test]
+    fn consultations_are_isolated() {
+        let f = fixture();
+        let other = RoomInfo {
+            consultation_id: Uuid::new_v4(),
+            doctor_user_id: Uuid::new_v4(),
+            ..f.info.clone()
+        };
+        let (doctor_a, _a) = join_doctor(&f, &f.info);
+        let (doctor_b, mut b_rx) = join_doctor(&f, &other);
+        let (patient_a, _pa) = join_patient(&f, &f.info);
+        f.hub
+            .admit(f.info.consultation_id, f.doctor, patient_a)
+            .unwrap();
+        drain(&mut b_rx);
+        for (from, to) in [(doctor_a, doctor_b), (patient_a, doctor_b)] {
+            assert_eq!(
+                f.hub
+                    .relay(f.info.consultation_id, from, to, candidate(from)),
+                Err(SignalErrorCode::OutsideConsultation)
+            );
+        }
+        assert!(drain(&mut b_rx).is_empty());
+        // Another doctor cannot admit or decline in a consultation that is not theirs.
+        let (patient_b, _pb) = join_patient(&f, &f.info);
+        assert_eq!(
+            f.hub
+                .admit(f.info.consultation_id, other.doctor_user_id, patient_b),
+            Err(AdmissionError::NotWaiting)
+        );
+    }
+
+    #[test]
+    fn a_doctor_admits_one_patient_at_a_time() {
+        let f = fixture();
+        let second = RoomInfo {
+            consultation_id: Uuid::new_v4(),
+            ..f.info.clone()
+        };
+        let (p1, _r1) = join_patient(&f, &f.info);
+        let (p2, _r2) = join_patient(&f, &second);
+        assert_eq!(f.hub.waiting_for(f.doctor).len(), 2);
+        f.hub.admit(f.info.consultation_id, f.doctor, p1).unwrap();
+        assert_eq!(
+            f.hub.admit(second.consultation_id, f.doctor, p2),
+            Err(AdmissionError::DoctorBusy)
+        );
+        f.hub.leave(f.info.consultation_id, p1).unwrap();
+        f.hub.admit(second.consultation_id, f.doctor, p2).unwrap();
+    }
+
+    #[test]
+    fn reconnect_within_grace_resumes_and_a_stale_timer_does_nothing() {
+        let f = fixture();
+        let cid = f.info.consultation_id;
+        let (doctor_id, mut doctor_rx) = join_doctor(&f, &f.info);
+        let (patient_id, _rx) = join_patient(&f, &f.info);
+        f.hub.admit(cid, f.doctor, patient_id).unwrap();
+        drain(&mut doctor_rx);
+
+        let (conn, mut rx2) = f.hub.connection(64);
+        let conn2 = conn.id();
+        // The patient's new connection arrives before the old one is noticed as closed.
+        let identity = Identity::Patient {
+            participant_id: patient_id,
+            name: "Pat".into(),
+        };
+        f.hub.join(
+            f.info.clone(),
+            identity,
+            conn,
+            OffsetDateTime::now_utc(),
+            15_000,
+        );
+        assert!(matches!(
+            drain(&mut rx2).as_slice(),
+            [ServerMessage::Joined {
+                admitted: true,
+                resumed: true,
+                ..
+            }]
+        ));
+        // The old connection's close must not take the place from the new one.
+        assert_eq!(f.hub.disconnect(cid, patient_id, conn2 - 1), None);
+        let generation = f.hub.disconnect(cid, patient_id, conn2).unwrap();
+        assert!(
+            drain(&mut doctor_rx).contains(&ServerMessage::PeerPresence {
+                participant_id: patient_id,
+                online: false
+            })
+        );
+        assert_eq!(f.hub.expire(cid, patient_id, generation - 1), None);
+        let departure = f.hub.expire(cid, patient_id, generation).unwrap();
+        assert_eq!(departure.reason, LeaveReason::ConnectionLost);
+        assert!(drain(&mut doctor_rx).contains(&ServerMessage::PeerLeft {
+            participant_id: patient_id,
+            reason: LeaveReason::ConnectionLost
+        }));
+        assert!(!f.hub.is_admitted(cid, patient_id));
+        let _ = doctor_id;
+    }
+
+    #[test]
+    fn ending_closes_everyone() {
+        let f = fixture();
+        let (_d, mut doctor_rx) = join_doctor(&f, &f.info);
+        let (_p, mut patient_rx) = join_patient(&f, &f.info);
+        assert_eq!(f.hub.end(f.info.consultation_id).len(), 2);
+        for rx in [&mut doctor_rx, &mut patient_rx] {
+            let mut saw_end = false;
+            let mut closed = false;
+            while let Ok(o) = rx.try_recv() {
+                match o {
+                    Outbound::Message(ServerMessage::ConsultationEnded {}) => saw_end = true,
+                    Outbound::Close => closed = true,
+                    _ => {}
+                }
+            }
+            assert!(saw_end && closed);
+        }
+        assert!(f.hub.waiting_for(f.doctor).is_empty());
+    }
+}

@@ -1,0 +1,548 @@
+//! One signaling connection: authenticate with `join`, then relay, admit, heartbeat and leave.
+//!
+//! Each connection has a reader (this loop) and a writer task draining a bounded queue, so a slow
+//! client never blocks the hub or anyone else. Bad messages are answered with an `error` and
+//! counted; only authentication failures, heartbeat timeouts and frames over the hard limit end
+//! the connection.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use consult_proto::api::{ConsultationStatus, Role};
+use consult_proto::signal::{
+    decode_client_message, encode_server_message, ClientMessage, ParticipantRole, ServerMessage,
+    SignalErrorCode,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::audit::Action;
+use crate::auth::sessions;
+use crate::consultations;
+use crate::error::ApiError;
+use crate::invites;
+use crate::secrets::Token;
+use crate::signal::hub::{Connection, Identity, Outbound};
+use crate::state::AppState;
+
+/// Messages queued for one client before it counts as too slow.
+const OUTBOUND_QUEUE: usize = 256;
+/// Frames beyond this many times the message limit close the connection (code 1009) instead of
+/// being read and refused.
+const HARD_LIMIT_FACTOR: usize = 4;
+
+/// `GET /api/v1/signal`: upgrade to the signaling WebSocket.
+///
+/// A browser always sends `Origin`; one from another site is refused, so a page elsewhere cannot
+/// ride on the session cookie.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers, &state.public_url) {
+        state
+            .metrics
+            .signal_rejected
+            .with_label_values(&["foreign_origin"])
+            .inc();
+        return ApiError::Forbidden.into_response();
+    }
+    let cookie = sessions::token_from_cookie(&headers);
+    let hard_limit = state.config.signaling.max_message_bytes * HARD_LIMIT_FACTOR;
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| run(state, socket, cookie))
+}
+
+/// Whether a request's `Origin` (if any) is this service: the same host as `Host`, or the
+/// configured public URL.
+pub fn origin_allowed(headers: &HeaderMap, public_url: &str) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if origin.trim_end_matches('/') == public_url.trim_end_matches('/') {
+        return true;
+    }
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| host.eq_ignore_ascii_case(origin_host))
+}
+
+/// Where a joined connection sits.
+struct Place {
+    consultation_id: Uuid,
+    participant_id: Uuid,
+    role: ParticipantRole,
+    /// The doctor's account and session token, re-checked on every heartbeat so that signing out
+    /// (or the session timing out) also ends the signaling connection.
+    doctor: Option<(Uuid, Token)>,
+}
+
+/// Whether to keep reading.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// A token bucket: a sustained rate with bursts of twice that.
+struct RateLimit {
+    tokens: f64,
+    capacity: f64,
+    per_second: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self {
+            tokens: per_second * 2.0,
+            capacity: per_second * 2.0,
+            per_second,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + (now - self.last).as_secs_f64() * self.per_second).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Connected {
+    state: AppState,
+    conn: Connection,
+    cookie: Option<Token>,
+    place: Option<Place>,
+    rate: RateLimit,
+}
+
+async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>) {
+    state.metrics.connected_sockets.inc();
+    let (conn, mut outbound) = state.hub.connection(OUTBOUND_QUEUE);
+    let (mut sink, mut stream) = socket.split();
+    let writer = tokio::spawn(async move {
+        while let Some(out) = outbound.recv().await {
+            let frame = match out {
+                Outbound::Message(message) => Message::Text(encode_server_message(&message).into()),
+                Outbound::Close => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            };
+            if sink.send(frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let signaling = state.config.signaling.clone();
+    let mut connected = Connected {
+        rate: RateLimit::new(signaling.max_messages_per_second),
+        state: state.clone(),
+        conn,
+        cookie,
+        place: None,
+    };
+    let opened = Instant::now();
+    let mut last_heard = Instant::now();
+    let mut tick =
+        tokio::time::interval((signaling.heartbeat_interval / 2).max(Duration::from_millis(50)));
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = Instant::now();
+                    if connected.handle_text(text.as_str()).await == Flow::Close {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    last_heard = Instant::now();
+                    connected.reject(SignalErrorCode::Malformed, "binary frames are not part of the protocol; send JSON text", false);
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_heard = Instant::now(),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    // Includes frames over the hard limit: the socket is closed with 1009.
+                    connected.state.metrics.signal_rejected.with_label_values(&["transport"]).inc();
+                    tracing::debug!(error = %e, "signaling socket error");
+                    break;
+                }
+            },
+            _ = tick.tick() => {
+                if last_heard.elapsed() > signaling.heartbeat_timeout {
+                    connected.reject(SignalErrorCode::HeartbeatTimeout, "no message within the heartbeat timeout", true);
+                    break;
+                }
+                if connected.place.is_none() && opened.elapsed() > signaling.heartbeat_timeout {
+                    connected.reject(SignalErrorCode::NotJoined, "no join within the heartbeat timeout", true);
+                    break;
+                }
+            }
+        }
+    }
+    connected.conn.close();
+    if let Some(place) = connected.place.take() {
+        if let Some(generation) = state.hub.disconnect(
+            place.consultation_id,
+            place.participant_id,
+            connected.conn.id(),
+        ) {
+            schedule_expiry(
+                state.clone(),
+                place.consultation_id,
+                place.participant_id,
+                generation,
+            );
+        }
+    }
+    drop(connected);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    state.metrics.connected_sockets.dec();
+}
+
+/// After the grace period, remove a participant who did not come back.
+fn schedule_expiry(state: AppState, consultation_id: Uuid, participant_id: Uuid, generation: u64) {
+    tokio::spawn(async move {
+        tokio::time::sleep(state.config.signaling.reconnect_grace).await;
+        if let Some(departure) = state
+            .hub
+            .expire(consultation_id, participant_id, generation)
+        {
+            if let Err(e) = invites::depart(&state, &departure).await {
+                tracing::error!(error = format!("{e:#}"), "could not record a departure");
+            }
+        }
+    });
+}
+
+impl Connected {
+    fn reject(&self, code: SignalErrorCode, message: &str, fatal: bool) {
+        self.state
+            .metrics
+            .signal_rejected
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.conn.send(ServerMessage::Error {
+            code,
+            message: message.to_owned(),
+            fatal,
+        });
+        if fatal {
+            self.conn.close();
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) -> Flow {
+        if !self.rate.allow() {
+            self.reject(
+                SignalErrorCode::RateLimited,
+                "too many messages; slow down",
+                false,
+            );
+            return Flow::Continue;
+        }
+        let message =
+            match decode_client_message(text, self.state.config.signaling.max_message_bytes) {
+                Ok(message) => message,
+                Err(e) => {
+                    self.reject(e.code(), &e.to_string(), false);
+                    return Flow::Continue;
+                }
+            };
+        let type_name = message.type_name();
+        let flow = match (&self.place, message) {
+            (
+                None,
+                ClientMessage::Join {
+                    token,
+                    consultation_id,
+                },
+            ) => self.join(token, consultation_id).await,
+            (None, _) => Err((
+                SignalErrorCode::NotJoined,
+                "send join first".to_owned(),
+                false,
+            )),
+            (Some(_), ClientMessage::Join { .. }) => Err((
+                SignalErrorCode::AlreadyJoined,
+                "this connection has already joined".to_owned(),
+                false,
+            )),
+            (Some(place), message) => self.joined_message(place, message).await,
+        };
+        match flow {
+            Ok(flow) => {
+                self.state
+                    .metrics
+                    .signal_messages
+                    .with_label_values(&[type_name])
+                    .inc();
+                flow
+            }
+            Err((code, message, fatal)) => {
+                self.reject(code, &message, fatal);
+                if fatal {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                }
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        token: Option<String>,
+        consultation_id: Option<Uuid>,
+    ) -> Result<Flow, (SignalErrorCode, String, bool)> {
+        let state = self.state.clone();
+        let fatal = |code, message: &str| (code, message.to_owned(), true);
+        let internal = |e: ApiError| {
+            tracing::error!(error = %e, "join failed");
+            (
+                SignalErrorCode::Internal,
+                "could not join; try again".to_owned(),
+                true,
+            )
+        };
+        let now = state.clock.now();
+        let heartbeat_ms = state.config.signaling.heartbeat_interval.as_millis() as u64;
+        let place = if let Some(consultation_id) = consultation_id {
+            let token = token
+                .map(|t| Token::from_client(&t))
+                .or_else(|| self.cookie.clone())
+                .ok_or_else(|| fatal(SignalErrorCode::Unauthorized, "sign in first"))?;
+            let current = match sessions::authenticate(&state, &token).await {
+                Ok(current) => current,
+                Err(ApiError::Unauthenticated) => {
+                    return Err(fatal(
+                        SignalErrorCode::Unauthorized,
+                        "your session is invalid or expired; sign in again",
+                    ))
+                }
+                Err(e) => return Err(internal(e)),
+            };
+            if current.user.role != Role::Doctor {
+                return Err(fatal(
+                    SignalErrorCode::Forbidden,
+                    "only the consultation's doctor can join this way",
+                ));
+            }
+            let record = consultations::find(&state.pool, consultation_id)
+                .await
+                .map_err(|e| internal(e.into()))?
+                .filter(|c| c.doctor_id == current.user.id)
+                .ok_or_else(|| {
+                    fatal(SignalErrorCode::Forbidden, "no such consultation of yours")
+                })?;
+            if record.status == ConsultationStatus::Ended {
+                return Err(fatal(
+                    SignalErrorCode::ConsultationEnded,
+                    "this consultation has ended",
+                ));
+            }
+            let participant_id = state.hub.join(
+                record.room_info(),
+                Identity::Doctor,
+                self.conn.clone(),
+                now,
+                heartbeat_ms,
+            );
+            Place {
+                consultation_id,
+                participant_id,
+                role: ParticipantRole::Doctor,
+                doctor: Some((current.user.id, token)),
+            }
+        } else {
+            let token = token.ok_or_else(|| {
+                fatal(
+                    SignalErrorCode::Unauthorized,
+                    "join needs a participant token or a consultation id",
+                )
+            })?;
+            let participant = invites::find_participant(&state, &Token::from_client(&token))
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| {
+                    fatal(
+                        SignalErrorCode::Unauthorized,
+                        "this place is no longer valid; open your invite link again",
+                    )
+                })?;
+            if participant.consultation.status == ConsultationStatus::Ended {
+                return Err(fatal(
+                    SignalErrorCode::ConsultationEnded,
+                    "this consultation has ended",
+                ));
+            }
+            let identity = Identity::Patient {
+                participant_id: participant.id,
+                name: participant.name.clone(),
+            };
+            state.hub.join(
+                participant.consultation.room_info(),
+                identity,
+                self.conn.clone(),
+                now,
+                heartbeat_ms,
+            );
+            Place {
+                consultation_id: participant.consultation.id,
+                participant_id: participant.id,
+                role: ParticipantRole::Patient,
+                doctor: None,
+            }
+        };
+        let role = match place.role {
+            ParticipantRole::Doctor => "doctor",
+            ParticipantRole::Patient => "patient",
+        };
+        state.metrics.joins.with_label_values(&[role]).inc();
+        let actor = match &place.doctor {
+            Some((user_id, _)) => format!("user:{user_id}"),
+            None => format!("participant:{}", place.participant_id),
+        };
+        let audited = state
+            .audit
+            .record(
+                now,
+                &actor,
+                Action::Joined,
+                Some(place.consultation_id),
+                json!({ "participant_id": place.participant_id, "role": role }),
+            )
+            .await;
+        if let Err(e) = audited {
+            tracing::error!(error = format!("{e:#}"), "could not audit a join");
+        }
+        self.place = Some(place);
+        Ok(Flow::Continue)
+    }
+
+    async fn joined_message(
+        &self,
+        place: &Place,
+        message: ClientMessage,
+    ) -> Result<Flow, (SignalErrorCode, String, bool)> {
+        let state = &self.state;
+        let refuse = |code: SignalErrorCode, message: &str| (code, message.to_owned(), false);
+        match message {
+            ClientMessage::Join { .. } => {
+                Err(refuse(SignalErrorCode::AlreadyJoined, "already joined"))
+            }
+            ClientMessage::Admit { participant_id } | ClientMessage::Decline { participant_id }
+                if place.doctor.is_none() =>
+            {
+                let _ = participant_id;
+                Err(refuse(
+                    SignalErrorCode::Forbidden,
+                    "only the doctor can admit or decline",
+                ))
+            }
+            ClientMessage::Admit { participant_id } => {
+                let doctor = place.doctor.as_ref().map(|(id, _)| *id).unwrap_or_default();
+                consultations::admit_patient(state, doctor, place.consultation_id, participant_id)
+                    .await
+                    .map_err(|e| refuse(e.code(), &e.to_string()))?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Decline { participant_id } => {
+                let doctor = place.doctor.as_ref().map(|(id, _)| *id).unwrap_or_default();
+                consultations::decline_patient(
+                    state,
+                    doctor,
+                    place.consultation_id,
+                    participant_id,
+                )
+                .await
+                .map_err(|e| refuse(e.code(), &e.to_string()))?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Description { to, description } => {
+                let relayed = ServerMessage::Description {
+                    from: place.participant_id,
+                    description,
+                };
+                state
+                    .hub
+                    .relay(place.consultation_id, place.participant_id, to, relayed)
+                    .map_err(|code| refuse(code, relay_refusal(code)))?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Candidate { to, candidate } => {
+                let relayed = ServerMessage::Candidate {
+                    from: place.participant_id,
+                    candidate,
+                };
+                state
+                    .hub
+                    .relay(place.consultation_id, place.participant_id, to, relayed)
+                    .map_err(|code| refuse(code, relay_refusal(code)))?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Ping {} => {
+                if let Some((_, token)) = &place.doctor {
+                    if sessions::authenticate(state, token).await.is_err() {
+                        return Err((
+                            SignalErrorCode::Unauthorized,
+                            "your session ended; sign in again".into(),
+                            true,
+                        ));
+                    }
+                }
+                self.conn.send(ServerMessage::Pong {
+                    server_time: state.clock.now(),
+                });
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Leave {} => {
+                if let Some(departure) =
+                    state.hub.leave(place.consultation_id, place.participant_id)
+                {
+                    if let Err(e) = invites::depart(state, &departure).await {
+                        tracing::error!(error = format!("{e:#}"), "could not record a departure");
+                    }
+                }
+                Ok(Flow::Close)
+            }
+        }
+    }
+}
+
+fn relay_refusal(code: SignalErrorCode) -> &'static str {
+    match code {
+        SignalErrorCode::NotAdmitted => "you have not been admitted yet",
+        SignalErrorCode::OutsideConsultation => {
+            "the recipient is not an admitted participant of your consultation"
+        }
+        SignalErrorCode::ConsultationEnded => "this consultation has ended",
+        _ => "message refused",
+    }
+}

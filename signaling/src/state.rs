@@ -1,0 +1,66 @@
+//! The one shared state every handler gets through `State<AppState>`.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use sqlx::SqlitePool;
+
+use crate::audit::AuditLog;
+use crate::auth::throttle::AddressThrottle;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::signal::hub::Hub;
+
+/// Cheap to clone: everything lives behind one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] holds.
+pub struct Shared {
+    /// The loaded configuration.
+    pub config: Config,
+    /// The database.
+    pub pool: SqlitePool,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
+    /// The audit trail.
+    pub audit: AuditLog,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Live consultations: who is connected, waiting and admitted.
+    pub hub: Hub,
+    /// Sign-in failures per client address.
+    pub address_throttle: AddressThrottle,
+    /// Base URL for links, without a trailing slash.
+    pub public_url: String,
+}
+
+impl AppState {
+    /// Assemble the state.
+    pub fn new(
+        config: Config,
+        pool: SqlitePool,
+        clock: Arc<dyn Clock>,
+        public_url: String,
+    ) -> Self {
+        let metrics = Metrics::new();
+        Self(Arc::new(Shared {
+            audit: AuditLog::new(pool.clone()),
+            hub: Hub::new(metrics.clone()),
+            address_throttle: AddressThrottle::new(config.login.clone()),
+            metrics,
+            config,
+            pool,
+            clock,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}

@@ -1,0 +1,54 @@
+//! The web demo, embedded in the binary so `consult serve` needs no other files.
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rust_embed::RustEmbed;
+
+#[derive(RustEmbed)]
+#[folder = "../web-demo/"]
+#[include = "*.html"]
+#[include = "assets/**"]
+struct WebDemo;
+
+fn serve(path: &str) -> Response {
+    match WebDemo::get(path) {
+        Some(file) => {
+            let mime = mime_guess::from_path(path).first_or_octet_stream();
+            let mut response = Response::new(Body::from(file.data.into_owned()));
+            if let Ok(value) = HeaderValue::from_str(mime.as_ref()) {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            // The pages change with each release; let the browser revalidate.
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+/// `/`: the doctor's pages.
+pub async fn doctor_page() -> Response {
+    serve("index.html")
+}
+
+/// `/join`: the patient's pages (the invite token is in the fragment).
+pub async fn patient_page() -> Response {
+    serve("join.html")
+}
+
+/// `/enrol`: set a password from an enrolment link.
+pub async fn enrol_page() -> Response {
+    serve("enrol.html")
+}
+
+/// `/assets/*path`: scripts, styles and images.
+pub async fn asset(Path(path): Path<String>) -> Response {
+    if path.split('/').any(|segment| segment == "..") {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    serve(&format!("assets/{path}"))
+}
