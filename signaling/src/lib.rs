@@ -16,9 +16,10 @@
 //! # async fn demo() -> anyhow::Result<()> {
 //! use consult_signaling::{clock::SystemClock, config::Config, server};
 //! let config = Config { bind: "127.0.0.1:0".parse()?, ..Config::default() };
+//! let shutdown = server::ShutdownSignal::listen()?;
 //! let running = server::start(config, std::sync::Arc::new(SystemClock)).await?;
 //! println!("Consult is running at {}/", running.url);
-//! running.run_until_signal().await
+//! running.run_until(shutdown).await
 //! # }
 //! ```
 

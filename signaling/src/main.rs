@@ -221,6 +221,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.tls |= args.tls;
     init_logging(&config.log);
     let data_dir = config.data_dir.clone();
+    let shutdown = server::ShutdownSignal::listen()?;
     let running = server::start(config, Arc::new(SystemClock)).await?;
     if args.demo {
         let path = data_dir.join("demo-credentials.json");
@@ -247,6 +248,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     println!("Consult is running at {}/", running.url);
     let _ = std::io::stdout().flush();
-    running.run_until_signal().await?;
+    running.run_until(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

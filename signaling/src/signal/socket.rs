@@ -195,12 +195,12 @@ async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>) {
                 }
             },
             _ = tick.tick() => {
-                if last_heard.elapsed() > signaling.heartbeat_timeout {
-                    connected.reject(SignalErrorCode::HeartbeatTimeout, "no message within the heartbeat timeout", true);
-                    break;
-                }
                 if connected.place.is_none() && opened.elapsed() > signaling.heartbeat_timeout {
                     connected.reject(SignalErrorCode::NotJoined, "no join within the heartbeat timeout", true);
+                    break;
+                }
+                if last_heard.elapsed() > signaling.heartbeat_timeout {
+                    connected.reject(SignalErrorCode::HeartbeatTimeout, "no message within the heartbeat timeout", true);
                     break;
                 }
             }

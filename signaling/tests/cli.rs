@@ -1,0 +1,252 @@
+//! The `consult` binary as operators use it: serve (plain and TLS, with the demo), admin
+//! create-user, audit verify and audit export.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_consult");
+
+fn consult(args: &[&str], data_dir: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// Start `consult serve` and return it with the URL it printed.
+fn serve(data_dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no URL printed: {lines:?}");
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "serve exited: {lines:?}"
+        );
+        if let Some(url) = line.trim().strip_prefix("Consult is running at ") {
+            let url = url.to_owned();
+            lines.push(line);
+            return (child, url, lines);
+        }
+        lines.push(line);
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_with_demo_writes_credentials_and_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url, lines) = serve(dir.path(), &["--demo"]);
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("demo-credentials.json")).unwrap())
+            .unwrap();
+    let printed = lines.join("");
+    for key in ["email", "password", "totp_secret"] {
+        let value = creds[key].as_str().unwrap();
+        assert!(printed.contains(value), "{key} not printed");
+    }
+    assert_eq!(creds["url"].as_str().unwrap(), url);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("demo-credentials.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "credentials must be private");
+    }
+    let body = reqwest::blocking::get(format!("{url}healthz"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(body, "ok");
+    let status = terminate(&mut child);
+    assert!(status.success(), "{status:?}");
+
+    // A second start keeps the same demo secret (the operator's authenticator still works).
+    let (mut child, _, _) = serve(dir.path(), &["--demo"]);
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("demo-credentials.json")).unwrap())
+            .unwrap();
+    assert_eq!(again["totp_secret"], creds["totp_secret"]);
+    assert!(terminate(&mut child).success());
+}
+
+#[test]
+fn serve_with_tls_generates_and_keeps_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url, _) = serve(dir.path(), &["--tls"]);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let cert = std::fs::read(dir.path().join("tls/cert.pem")).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+        .build()
+        .unwrap();
+    let response = client.get(format!("{url}healthz")).send().unwrap();
+    assert_eq!(response.text().unwrap(), "ok");
+    assert!(terminate(&mut child).success());
+    let (mut child, _, _) = serve(dir.path(), &["--tls"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("tls/cert.pem")).unwrap(),
+        cert,
+        "the certificate is kept"
+    );
+    assert!(terminate(&mut child).success());
+}
+
+#[test]
+fn create_user_prints_a_one_time_enrolment_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = consult(
+        &[
+            "admin",
+            "create-user",
+            "--role",
+            "doctor",
+            "--email",
+            "Ada@Clinic.test",
+            "--name",
+            "Dr Ada",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let link = stdout
+        .lines()
+        .find(|l| l.contains("/enrol#"))
+        .expect("link printed");
+    assert_eq!(link.split_once('#').unwrap().1.len(), 43);
+    let again = consult(
+        &[
+            "admin",
+            "create-user",
+            "--role",
+            "doctor",
+            "--email",
+            "ada@clinic.test",
+        ],
+        dir.path(),
+    );
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad = consult(
+        &[
+            "admin",
+            "create-user",
+            "--role",
+            "nurse",
+            "--email",
+            "x@clinic.test",
+        ],
+        dir.path(),
+    );
+    assert!(!bad.status.success());
+    let bad = consult(
+        &[
+            "admin",
+            "create-user",
+            "--role",
+            "doctor",
+            "--email",
+            "not an email",
+        ],
+        dir.path(),
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an email address"));
+}
+
+#[test]
+fn audit_verify_names_the_first_tampered_entry_and_export_writes_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        let out = consult(
+            &[
+                "admin",
+                "create-user",
+                "--role",
+                "doctor",
+                "--email",
+                &format!("d{i}@clinic.test"),
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success());
+    }
+    let ok = consult(&["audit", "verify"], dir.path());
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact: 4 entries"));
+    let export = consult(&["audit", "export"], dir.path());
+    let lines: Vec<serde_json::Value> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[2]["seq"], 3);
+    assert_eq!(lines[2]["prev_hash"], lines[1]["hash"]);
+
+    // Someone with the database file drops the guard and edits entry 3.
+    let db = dir.path().join("consult.db");
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('DROP TRIGGER audit_log_no_update'); \
+             c.execute(\"UPDATE audit_log SET actor='user:someone-else' WHERE seq=3\"); c.commit()",
+        )
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let broken = consult(&["audit", "verify"], dir.path());
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&broken.stdout).contains("BROKEN at entry 3"),
+        "{}",
+        String::from_utf8_lossy(&broken.stdout)
+    );
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for sub in ["serve", "admin", "audit", "openapi"] {
+        assert!(help.contains(sub), "{sub} missing from --help");
+    }
+}

@@ -1,0 +1,380 @@
+//! Test harness: a real service on a loopback port with a manual clock, real HTTP and WebSocket
+//! clients, and doctors enrolled through the same API a person uses.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consult_proto::api::{
+    Consultation, LoginResponse, MfaEnrolResponse, RedeemInviteResponse, Role,
+};
+use consult_proto::signal::{
+    decode_server_message, encode_client_message, ClientMessage, ServerMessage,
+};
+use consult_signaling::accounts::{self, NewUser};
+use consult_signaling::auth::totp;
+use consult_signaling::clock::{Clock, ManualClock};
+use consult_signaling::config::Config;
+use consult_signaling::server::{self, RunningServer};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+pub struct TestService {
+    pub running: RunningServer,
+    pub clock: ManualClock,
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestService {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            log: "warn".into(),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let clock = ManualClock::starting_now();
+        let running = server::start(config, Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        let base = running.url.clone();
+        Self {
+            running,
+            clock,
+            base,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("{}/api/v1/signal", self.base.replacen("http", "ws", 1))
+    }
+
+    pub fn state(&self) -> &consult_signaling::state::AppState {
+        &self.running.state
+    }
+
+    pub fn now_unix(&self) -> u64 {
+        self.clock.now().unix_timestamp() as u64
+    }
+
+    /// Create an account the way an operator does, and return its enrolment token.
+    pub async fn create_account(&self, email: &str, role: Role) -> String {
+        let state = self.state();
+        let new = NewUser {
+            email: email.into(),
+            display_name: format!("Dr {}", email.split('@').next().unwrap()),
+            role,
+        };
+        let created = accounts::create_user(
+            &state.pool,
+            &state.audit,
+            self.clock.now(),
+            &new,
+            &self.base,
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        created.enrolment_url.split_once('#').unwrap().1.to_owned()
+    }
+
+    /// A doctor enrolled through the API: password, TOTP enrolment, recovery codes, session.
+    pub async fn doctor(&self, email: &str) -> Doctor {
+        let token = self.create_account(email, Role::Doctor).await;
+        let client = http_client();
+        let password = "a long enough password".to_owned();
+        let r = client
+            .post(self.url("/api/v1/auth/enrol"))
+            .json(&json!({ "token": token, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = client
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        let LoginResponse::MfaEnrolmentRequired { enrolment } = r.json().await.unwrap() else {
+            panic!("expected MFA enrolment")
+        };
+        let code = totp::code_at(&enrolment.totp_secret, self.now_unix()).unwrap();
+        let r = client
+            .post(self.url("/api/v1/auth/mfa/enrol"))
+            .json(&json!({ "mfa_token": enrolment.mfa_token, "totp": code }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let enrolled: MfaEnrolResponse = r.json().await.unwrap();
+        Doctor {
+            email: email.into(),
+            password,
+            totp_secret: enrolment.totp_secret,
+            token: enrolled.session.token.clone().unwrap(),
+            csrf: enrolled.session.csrf_token.clone(),
+            recovery_codes: enrolled.recovery_codes,
+            client,
+            base: self.base.clone(),
+        }
+    }
+
+    /// Move the clock past the current TOTP step, so a new code can be used.
+    pub fn next_totp_step(&self) {
+        self.clock.advance(Duration::from_secs(totp::STEP_SECS));
+    }
+
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        totp_code: Option<&str>,
+    ) -> reqwest::Response {
+        let mut body = json!({ "email": email, "password": password });
+        if let Some(code) = totp_code {
+            body["totp"] = json!(code);
+        }
+        http_client()
+            .post(self.url("/api/v1/auth/login"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn redeem(&self, invite: &str, name: &str) -> reqwest::Response {
+        http_client()
+            .post(self.url("/api/v1/invites/redeem"))
+            .json(&json!({ "invite": invite, "name": name }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn patient(&self, invite: &str, name: &str) -> RedeemInviteResponse {
+        let r = self.redeem(invite, name).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn connect(&self) -> Signal {
+        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url())
+            .await
+            .unwrap();
+        Signal { ws }
+    }
+
+    /// A patient connected and joined (waiting).
+    pub async fn join_patient(&self, participant_token: &str) -> (Signal, ServerMessage) {
+        let mut ws = self.connect().await;
+        ws.send(&ClientMessage::Join {
+            token: Some(participant_token.into()),
+            consultation_id: None,
+        })
+        .await;
+        let joined = ws.recv_type("joined").await;
+        (ws, joined)
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}
+
+pub struct Doctor {
+    pub email: String,
+    pub password: String,
+    pub totp_secret: String,
+    pub token: String,
+    pub csrf: String,
+    pub recovery_codes: Vec<String>,
+    /// Holds the session cookie.
+    pub client: reqwest::Client,
+    base: String,
+}
+
+impl Doctor {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request authenticated by the bearer token.
+    pub fn bearer(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn create_consultation(&self) -> (Consultation, String) {
+        let r = self
+            .bearer(reqwest::Method::POST, "/api/v1/consultations")
+            .json(&json!({ "title": "Follow-up" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let c: Consultation = r.json().await.unwrap();
+        let invite = c
+            .invite_url
+            .as_deref()
+            .unwrap()
+            .split_once('#')
+            .unwrap()
+            .1
+            .to_owned();
+        (c, invite)
+    }
+
+    pub async fn join(
+        &self,
+        service: &TestService,
+        consultation_id: uuid::Uuid,
+    ) -> (Signal, ServerMessage) {
+        let mut ws = service.connect().await;
+        ws.send(&ClientMessage::Join {
+            token: Some(self.token.clone()),
+            consultation_id: Some(consultation_id),
+        })
+        .await;
+        let joined = ws.recv_type("joined").await;
+        (ws, joined)
+    }
+}
+
+pub struct Signal {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+fn type_of(message: &ServerMessage) -> String {
+    serde_json::to_value(message).unwrap()["type"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+impl Signal {
+    pub async fn send(&mut self, message: &ClientMessage) {
+        self.send_text(encode_client_message(message)).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    /// The next protocol message, or `None` if the socket closed. Panics after 5 s.
+    pub async fn recv(&mut self) -> Option<ServerMessage> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("no message within 5 s");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(decode_server_message(&text).unwrap())
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Skip messages until one of this type arrives.
+    pub async fn recv_type(&mut self, wanted: &str) -> ServerMessage {
+        loop {
+            let message = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("closed while waiting for {wanted}"));
+            if type_of(&message) == wanted {
+                return message;
+            }
+        }
+    }
+
+    /// Messages that arrive within `window`, without failing when none do.
+    pub async fn drain(&mut self, window: Duration) -> Vec<ServerMessage> {
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(window, self.ws.next()).await
+        {
+            out.push(decode_server_message(&text).unwrap());
+        }
+        out
+    }
+
+    /// Expect an error of this code; return whether it is fatal.
+    pub async fn expect_error(&mut self, code: &str) -> bool {
+        match self.recv_type("error").await {
+            ServerMessage::Error {
+                code: got,
+                fatal,
+                message,
+            } => {
+                assert_eq!(got.as_str(), code, "{message}");
+                fatal
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// The socket still answers: ping gets pong.
+    pub async fn assert_alive(&mut self) {
+        self.send(&ClientMessage::Ping {}).await;
+        assert!(matches!(
+            self.recv_type("pong").await,
+            ServerMessage::Pong { .. }
+        ));
+    }
+
+    /// Wait until the service closes the socket, skipping messages; panics after 5 s.
+    pub async fn expect_closed(&mut self) {
+        while self.recv().await.is_some() {}
+    }
+}
+
+pub fn participant_id(joined: &ServerMessage) -> uuid::Uuid {
+    match joined {
+        ServerMessage::Joined { participant_id, .. } => *participant_id,
+        other => panic!("not joined: {other:?}"),
+    }
+}
+
+pub async fn error_code(response: reqwest::Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
