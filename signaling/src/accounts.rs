@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::audit::{Action, AuditLog};
 use crate::auth::{password, totp};
-use crate::db::{from_unix, to_unix};
+use crate::db::{self, from_unix, to_unix};
 use crate::secrets::Token;
 
 /// An account as stored.
@@ -138,7 +138,9 @@ pub async fn create_user(
         role,
     };
     let token = Token::generate();
-    let mut tx = pool.begin().await.map_err(anyhow::Error::from)?;
+    let mut tx = db::write_transaction(pool)
+        .await
+        .map_err(anyhow::Error::from)?;
     sqlx::query(
         "INSERT INTO users (id, email, display_name, role, created_at) VALUES (?, ?, ?, ?, ?)",
     )

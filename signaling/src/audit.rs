@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::db;
 use crate::secrets::hex_sha256;
 
 /// `prev_hash` of the first entry.
@@ -164,7 +165,7 @@ impl AuditLog {
         let at = at.format(&Rfc3339)?;
         let consultation_id = consultation_id.map(|id| id.to_string());
         let detail = detail.to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::write_transaction(&self.pool).await?;
         let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;

@@ -35,3 +35,12 @@ pub fn to_unix(t: OffsetDateTime) -> i64 {
 pub fn from_unix(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
+
+/// Start a transaction that writes. `BEGIN IMMEDIATE` takes the write lock up front (waiting up
+/// to the busy timeout), instead of failing with "database is locked" when a read transaction
+/// later tries to become a write under concurrent load.
+pub async fn write_transaction(
+    pool: &SqlitePool,
+) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}

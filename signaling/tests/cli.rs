@@ -18,7 +18,9 @@ fn consult(args: &[&str], data_dir: &Path) -> std::process::Output {
         .unwrap()
 }
 
-/// Start `consult serve` and return it with the URL it printed.
+/// Start `consult serve` and return it with the URL it printed. The caller stops it with
+/// [`terminate`], which waits for it.
+#[allow(clippy::zombie_processes)]
 fn serve(data_dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])

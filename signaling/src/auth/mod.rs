@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::accounts::{self, Account};
 use crate::audit::Action;
-use crate::db::{from_unix, to_unix};
+use crate::db::{self, from_unix, to_unix};
 use crate::error::{ApiError, ApiJson};
 use crate::secrets::{hex_sha256, Token};
 use crate::state::AppState;
@@ -72,7 +72,7 @@ pub async fn enrol(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = db::write_transaction(&state.pool).await?;
     let used = sqlx::query(
         "UPDATE enrolment_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
     )
@@ -421,7 +421,7 @@ pub async fn mfa_enrol(
         }
     };
     let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
-    let mut tx = state.pool.begin().await?;
+    let mut tx = db::write_transaction(&state.pool).await?;
     let claimed = sqlx::query("DELETE FROM mfa_enrolments WHERE token_hash = ?")
         .bind(token.hash().0)
         .execute(&mut *tx)

@@ -32,6 +32,8 @@ use crate::state::AppState;
 
 /// Messages queued for one client before it counts as too slow.
 const OUTBOUND_QUEUE: usize = 256;
+/// Initial read and write buffer of a socket.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames beyond this many times the message limit close the connection (code 1009) instead of
 /// being read and refused.
 const HARD_LIMIT_FACTOR: usize = 4;
@@ -55,8 +57,12 @@ pub async fn upgrade(
     }
     let cookie = sessions::token_from_cookie(&headers);
     let hard_limit = state.config.signaling.max_message_bytes * HARD_LIMIT_FACTOR;
+    // Signaling messages are small: modest buffers (instead of tungstenite's 128 KiB each) keep
+    // an idle connection cheap; larger messages still arrive, the buffer grows for them.
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
         .on_upgrade(move |socket| run(state, socket, cookie))
 }
 
