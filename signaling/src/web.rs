@@ -10,14 +10,17 @@ use rust_embed::RustEmbed;
 #[folder = "../web-demo/"]
 #[include = "*.html"]
 #[include = "assets/**"]
+#[exclude = "node_modules/*"]
 struct WebDemo;
 
 fn serve(path: &str) -> Response {
     match WebDemo::get(path) {
         Some(file) => {
             let mime = mime_guess::from_path(path).first_or_octet_stream();
+            let text = mime.type_() == "text" || mime.subtype() == "javascript";
+            let content_type = if text { format!("{mime}; charset=utf-8") } else { mime.to_string() };
             let mut response = Response::new(Body::from(file.data.into_owned()));
-            if let Ok(value) = HeaderValue::from_str(mime.as_ref()) {
+            if let Ok(value) = HeaderValue::from_str(&content_type) {
                 response.headers_mut().insert(header::CONTENT_TYPE, value);
             }
             // The pages change with each release; let the browser revalidate.

@@ -1,0 +1,132 @@
+// End-to-end test of a consultation in two headless Chromium browsers with fake devices:
+// sign-in with TOTP, invite, device check, waiting room, admit, media both ways, a third device
+// refused, end. Plus the browser-visible bad paths (wrong code, unknown invite).
+//
+// Run: cd tests/browser && npm install && npm test
+// Needs the service binary (CONSULT_BIN, default target/debug/consult) and /usr/bin/chromium.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import {
+  byTestId,
+  closeAll,
+  cspViolations,
+  diagnostics,
+  launchParticipant,
+  passDeviceCheck,
+  runAdmitScenario,
+  startService,
+  submitSignIn,
+  wrongTotp,
+} from "./harness.mjs";
+
+describe("consultation in the browser", { timeout: 300_000 }, () => {
+  /** @type {import('./harness.mjs').Service | null} */
+  let service = null;
+  /** @type {(import('./harness.mjs').Participant | null)[]} */
+  const open = [];
+
+  before(async () => {
+    service = await startService();
+  });
+
+  after(async () => {
+    await closeAll(open);
+    await service?.stop();
+  });
+
+  test("doctor admits a patient; video and audio flow both ways; a second device is refused; ending reaches the patient", { timeout: 180_000 }, async (t) => {
+    assert.ok(service);
+    const scenario = await runAdmitScenario(service, { title: "Knee follow-up", patientName: "Pat Example" });
+    const { doctor, patient } = scenario;
+    open.push(doctor, patient);
+    try {
+      console.log(`FIRST_FRAME_MS=${scenario.firstFrameMs}`);
+      t.diagnostic(`FIRST_FRAME_MS=${scenario.firstFrameMs} (first presented frame after ${scenario.firstPaintMs} ms)`);
+      t.diagnostic(`patient inbound: ${JSON.stringify(scenario.patientMedia)}`);
+      t.diagnostic(`doctor inbound: ${JSON.stringify(scenario.doctorMedia)}`);
+      assert.ok(scenario.patientMedia.framesDecoded > 0, "patient decodes the doctor's video");
+      assert.ok(scenario.patientMedia.audioPackets > 0, "patient receives the doctor's audio");
+      assert.ok(scenario.doctorMedia.framesDecoded > 0, "doctor decodes the patient's video");
+      assert.ok(scenario.doctorMedia.audioPackets > 0, "doctor receives the patient's audio");
+
+      // Both call views show the remote video element playing, the badge and the quality line.
+      for (const p of [doctor, patient]) {
+        await byTestId(p.page, "remote-video").waitFor({ state: "visible" });
+        await p.page.waitForFunction(() => {
+          const v = /** @type {HTMLVideoElement | null} */ (document.querySelector('[data-testid="remote-video"]'));
+          return !!v && v.videoWidth > 0 && v.readyState >= 2;
+        });
+        assert.equal((await byTestId(p.page, "recording-badge").textContent())?.trim(), "Live only — not recorded");
+        await p.page.waitForFunction(
+          () => /RTT \d+ ms/.test(document.querySelector('[data-testid="quality"]')?.textContent ?? ""),
+          null,
+          { timeout: 10_000 },
+        );
+        const label = await byTestId(p.page, "quality").getAttribute("data-label");
+        assert.ok(["good", "fair", "poor"].includes(label ?? ""), `${p.label} quality label ${label}`);
+      }
+
+      // A third browser with the same link gets the "already in use" page.
+      const intruder = await launchParticipant("third device", { origin: service.url });
+      open.push(intruder);
+      await intruder.page.goto(scenario.inviteUrl);
+      const inUse = byTestId(intruder.page, "in-use-message");
+      await intruder.page
+        .locator('[data-testid="in-use-message"]:visible, [data-testid="patient-name"]:visible')
+        .first()
+        .waitFor({ state: "visible" });
+      if (!(await inUse.isVisible())) {
+        await passDeviceCheck(intruder.page, "Someone Else");
+        await byTestId(intruder.page, "join-button").click();
+      }
+      await inUse.waitFor({ state: "visible" });
+      assert.match((await inUse.textContent()) ?? "", /already in use on another device/);
+      // ... and the patient is still in the call.
+      assert.ok((await byTestId(patient.page, "ended-message").isHidden()), "patient still in the call");
+
+      // The doctor ends the consultation; the patient sees it.
+      await byTestId(doctor.page, "end-button").click();
+      await byTestId(doctor.page, "end-confirm").click();
+      await byTestId(patient.page, "ended-message").waitFor({ state: "visible", timeout: 15_000 });
+      assert.equal((await byTestId(patient.page, "ended-message").textContent())?.trim(), "The consultation has ended.");
+      await byTestId(doctor.page, "ended-message").waitFor({ state: "visible", timeout: 15_000 });
+      assert.equal(await patient.page.evaluate(() => /** @type {any} */ (window).consultPc ?? null), null);
+
+      for (const p of [doctor, patient, intruder]) {
+        assert.deepEqual(cspViolations(p), [], `${p.label}: no Content-Security-Policy violations`);
+      }
+    } catch (err) {
+      if (err instanceof Error) err.message += diagnostics(service, [doctor, patient]);
+      throw err;
+    }
+  });
+
+  test("a wrong TOTP code shows an error and stays on sign-in", { timeout: 60_000 }, async () => {
+    assert.ok(service);
+    const doctor = await launchParticipant("doctor (wrong code)", { origin: service.url });
+    open.push(doctor);
+    await submitSignIn(doctor.page, service, wrongTotp(service.credentials.totp_secret));
+    const error = byTestId(doctor.page, "signin-error");
+    await error.waitFor({ state: "visible" });
+    assert.match((await error.textContent()) ?? "", /code is not correct/i);
+    assert.ok(await byTestId(doctor.page, "login-submit").isVisible(), "still on the sign-in form");
+    assert.ok(await byTestId(doctor.page, "create-title").isHidden(), "not signed in");
+    assert.equal(await byTestId(doctor.page, "login-email").inputValue(), service.credentials.email);
+    assert.deepEqual(cspViolations(doctor), []);
+  });
+
+  test("an unknown invite shows the not-found page", { timeout: 60_000 }, async () => {
+    assert.ok(service);
+    const patient = await launchParticipant("patient (bad link)", { origin: service.url });
+    open.push(patient);
+    await patient.page.goto(`${service.url}/join#this-is-not-a-valid-invite-token`);
+    const notFound = byTestId(patient.page, "not-found-message");
+    await notFound.waitFor({ state: "visible" });
+    assert.match((await notFound.textContent()) ?? "", /link does not work/);
+    assert.equal(new URL(patient.page.url()).hash, "", "the token is removed from the address bar");
+    assert.ok(await byTestId(patient.page, "patient-name").isHidden());
+    assert.deepEqual(cspViolations(patient), []);
+  });
+});

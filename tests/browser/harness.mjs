@@ -1,0 +1,612 @@
+// Helpers of the browser end-to-end test: start the service in demo mode, compute TOTP codes,
+// launch headless Chromium with fake camera and microphone, and drive the doctor and patient pages.
+
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+
+import { chromium } from "playwright-core";
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const CONSULT_BIN = process.env.CONSULT_BIN ?? join(REPO_ROOT, "target", "debug", "consult");
+export const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+
+/** Default bound of every single wait on a page, in ms. */
+export const STEP_TIMEOUT_MS = 20_000;
+
+// -------------------------------------------------------------------------------------------------
+// The service
+// -------------------------------------------------------------------------------------------------
+
+/**
+ * @typedef {object} DemoCredentials
+ * @property {string} email
+ * @property {string} password
+ * @property {string} totp_secret
+ * @property {string} url
+ */
+
+/**
+ * @typedef {object} Service
+ * @property {string} url Origin, without a trailing slash.
+ * @property {DemoCredentials} credentials
+ * @property {string} dataDir
+ * @property {string[]} logs Last lines of the service's output.
+ * @property {() => Promise<void>} stop
+ */
+
+const ANSI = /\x1b\[[0-9;]*m/g;
+
+/**
+ * Start `consult serve --demo` on a free port with a fresh data directory.
+ * @param {{ timeoutMs?: number }} [options]
+ * @returns {Promise<Service>}
+ */
+export async function startService({ timeoutMs = 60_000 } = {}) {
+  const dataDir = await mkdtemp(join(tmpdir(), "consult-e2e-"));
+  const child = spawn(CONSULT_BIN, ["serve", "--demo", "--bind", "127.0.0.1:0", "--data-dir", dataDir], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1" },
+  });
+  /** @type {string[]} */
+  const logs = [];
+  let exited = false;
+  /** @type {(url: string) => void} */
+  let foundUrl = () => {};
+  /** @type {(err: Error) => void} */
+  let failed = () => {};
+  const ready = new Promise((res, rej) => {
+    foundUrl = res;
+    failed = rej;
+  });
+  /** @param {string} stream */
+  const reader = (stream) => {
+    let buffer = "";
+    return (/** @type {Buffer} */ chunk) => {
+      buffer += chunk.toString("utf8");
+      let newline;
+      while ((newline = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, newline).replace(ANSI, "");
+        buffer = buffer.slice(newline + 1);
+        logs.push(`[${stream}] ${line}`);
+        if (logs.length > 400) logs.shift();
+        if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[consult ${stream}] ${line}\n`);
+        const match = /Consult is running at\s+(\S+)/.exec(line);
+        if (match) foundUrl(match[1].replace(/[.,;)\]>]+$/, ""));
+      }
+    };
+  };
+  child.stdout.on("data", reader("stdout"));
+  child.stderr.on("data", reader("stderr"));
+  child.on("error", (err) => failed(new Error(`could not start ${CONSULT_BIN}: ${err.message}`)));
+  child.on("exit", (code, signal) => {
+    exited = true;
+    failed(new Error(`the service exited early (code ${code}, signal ${signal}):\n${logs.join("\n")}`));
+  });
+
+  const stop = async () => {
+    if (!exited && child.exitCode === null) {
+      child.kill("SIGTERM");
+      const deadline = Date.now() + 5000;
+      while (!exited && child.exitCode === null && Date.now() < deadline) await sleep(50);
+      if (!exited && child.exitCode === null) child.kill("SIGKILL");
+    }
+    if (!process.env.CONSULT_E2E_KEEP_DATA) await rm(dataDir, { recursive: true, force: true }).catch(() => {});
+  };
+  process.once("exit", () => {
+    if (child.exitCode === null) child.kill("SIGKILL");
+  });
+
+  let timer;
+  const timeout = new Promise((_, rej) => {
+    timer = setTimeout(
+      () => rej(new Error(`no "Consult is running at" line within ${timeoutMs} ms:\n${logs.join("\n")}`)),
+      timeoutMs,
+    );
+  });
+  try {
+    const printed = /** @type {string} */ (await Promise.race([ready, timeout]));
+    const url = new URL(printed).origin;
+    const credentials = await readCredentials(dataDir);
+    return { url, credentials, dataDir, logs, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * @param {string} dataDir
+ * @returns {Promise<DemoCredentials>}
+ */
+async function readCredentials(dataDir) {
+  const path = join(dataDir, "demo-credentials.json");
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      const parsed = JSON.parse(await readFile(path, "utf8"));
+      for (const key of ["email", "password", "totp_secret"]) {
+        if (typeof parsed[key] !== "string" || !parsed[key]) throw new Error(`${path} has no ${key}`);
+      }
+      return parsed;
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`could not read ${path}: ${err}`);
+      await sleep(100);
+    }
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+// TOTP (RFC 6238: HMAC-SHA1, 6 digits, 30 s steps, base32 secret)
+// -------------------------------------------------------------------------------------------------
+
+/**
+ * @param {string} secret RFC 4648 base32, any case, spaces and padding ignored.
+ * @returns {Buffer}
+ */
+export function base32Decode(secret) {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  const clean = secret.toUpperCase().replace(/[\s=-]/g, "");
+  let bits = 0;
+  let value = 0;
+  const out = [];
+  for (const char of clean) {
+    const index = alphabet.indexOf(char);
+    if (index < 0) throw new Error(`not base32: ${char}`);
+    value = (value << 5) | index;
+    bits += 5;
+    if (bits >= 8) {
+      out.push((value >>> (bits - 8)) & 0xff);
+      bits -= 8;
+    }
+  }
+  return Buffer.from(out);
+}
+
+/**
+ * The TOTP code of a time step.
+ * @param {string} secret
+ * @param {number} counter
+ * @returns {string}
+ */
+export function hotp(secret, counter) {
+  const message = Buffer.alloc(8);
+  message.writeBigUInt64BE(BigInt(counter));
+  const digest = createHmac("sha1", base32Decode(secret)).update(message).digest();
+  const offset = digest[digest.length - 1] & 0x0f;
+  const binary = digest.readUInt32BE(offset) & 0x7fffffff;
+  return String(binary % 1_000_000).padStart(6, "0");
+}
+
+/**
+ * @param {string} secret
+ * @param {number} [timeMs]
+ * @returns {string}
+ */
+export function totp(secret, timeMs = Date.now()) {
+  return hotp(secret, Math.floor(timeMs / 30_000));
+}
+
+/** Time steps already used per secret: a code is accepted only once. */
+const usedSteps = new Map();
+
+/**
+ * A code that is not about to expire and was not used by this process before (waits for the next
+ * 30 s step when needed).
+ * @param {string} secret
+ * @returns {Promise<string>}
+ */
+export async function freshTotp(secret) {
+  for (;;) {
+    const now = Date.now();
+    const step = Math.floor(now / 30_000);
+    const left = (step + 1) * 30_000 - now;
+    const used = usedSteps.get(secret) ?? new Set();
+    if (left > 5000 && !used.has(step)) {
+      used.add(step);
+      usedSteps.set(secret, used);
+      return hotp(secret, step);
+    }
+    await sleep(left + 300);
+  }
+}
+
+/**
+ * A six-digit code that is wrong now and in the neighbouring steps.
+ * @param {string} secret
+ * @returns {string}
+ */
+export function wrongTotp(secret) {
+  const step = Math.floor(Date.now() / 30_000);
+  const near = new Set([-2, -1, 0, 1, 2].map((d) => hotp(secret, step + d)));
+  for (let n = 123456; ; n = (n + 111111) % 1_000_000) {
+    const candidate = String(n).padStart(6, "0");
+    if (!near.has(candidate)) return candidate;
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Browsers
+// -------------------------------------------------------------------------------------------------
+
+export const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--use-fake-device-for-media-stream",
+  "--use-fake-ui-for-media-stream",
+  "--allow-loopback-in-peer-connection",
+];
+
+/**
+ * @typedef {object} Participant
+ * @property {import('playwright-core').Browser} browser
+ * @property {import('playwright-core').BrowserContext} context
+ * @property {import('playwright-core').Page} page
+ * @property {string[]} console Console messages and page errors, for diagnostics.
+ * @property {string} label
+ */
+
+/**
+ * A fresh headless Chromium (its own temporary profile: playwright's `launch()` creates a new
+ * `--user-data-dir` and deletes it on close) with one page.
+ * @param {string} label For messages ("doctor", "patient").
+ * @param {{ origin?: string }} [options]
+ * @returns {Promise<Participant>}
+ */
+export async function launchParticipant(label, options = {}) {
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    timeout: 60_000,
+  });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    if (options.origin) {
+      await context
+        .grantPermissions(["camera", "microphone", "clipboard-read", "clipboard-write"], { origin: options.origin })
+        .catch(() => context.grantPermissions(["camera", "microphone"], { origin: options.origin }));
+    }
+    const page = await context.newPage();
+    page.setDefaultTimeout(STEP_TIMEOUT_MS);
+    /** @type {string[]} */
+    const consoleLines = [];
+    page.on("console", (m) => consoleLines.push(`[${label} console.${m.type()}] ${m.text()}`));
+    page.on("pageerror", (e) => consoleLines.push(`[${label} pageerror] ${e.message}`));
+    return { browser, context, page, console: consoleLines, label };
+  } catch (err) {
+    await browser.close().catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * Close browsers, ignoring errors (for `finally`).
+ * @param {(Participant | null | undefined)[]} participants
+ */
+export async function closeAll(participants) {
+  await Promise.all(
+    participants.map(async (p) => {
+      if (!p) return;
+      await Promise.race([p.browser.close().catch(() => {}), sleep(10_000)]);
+    }),
+  );
+}
+
+/**
+ * Content-Security-Policy violations reported on a page's console.
+ * @param {Participant} p
+ */
+export function cspViolations(p) {
+  return p.console.filter((line) => /Content Security Policy|Refused to (apply|load|execute|evaluate|connect)/i.test(line));
+}
+
+/**
+ * @param {import('playwright-core').Page} page
+ * @param {string} testid
+ */
+export function byTestId(page, testid) {
+  return page.locator(`[data-testid="${testid}"]`);
+}
+
+// -------------------------------------------------------------------------------------------------
+// Doctor
+// -------------------------------------------------------------------------------------------------
+
+/**
+ * Fill and submit the sign-in form.
+ * @param {import('playwright-core').Page} page
+ * @param {Service} service
+ * @param {string} code
+ */
+export async function submitSignIn(page, service, code) {
+  await page.goto(`${service.url}/`);
+  await byTestId(page, "login-email").waitFor({ state: "visible" });
+  await byTestId(page, "login-email").fill(service.credentials.email);
+  await byTestId(page, "login-password").fill(service.credentials.password);
+  await byTestId(page, "login-totp").fill(code);
+  await byTestId(page, "login-submit").click();
+}
+
+/**
+ * Sign the demo doctor in with a fresh TOTP code.
+ * @param {import('playwright-core').Page} page
+ * @param {Service} service
+ */
+export async function signInDoctor(page, service) {
+  await submitSignIn(page, service, await freshTotp(service.credentials.totp_secret));
+  await byTestId(page, "create-title").waitFor({ state: "visible" });
+}
+
+/**
+ * Create a consultation; returns its invite link.
+ * @param {import('playwright-core').Page} page
+ * @param {string} title
+ * @returns {Promise<string>}
+ */
+export async function createConsultation(page, title) {
+  await byTestId(page, "create-title").fill(title);
+  await byTestId(page, "create-submit").click();
+  await byTestId(page, "invite-panel").waitFor({ state: "visible" });
+  const inviteUrl = await byTestId(page, "invite-url").inputValue();
+  if (!/\/join#.+/.test(inviteUrl)) throw new Error(`unexpected invite link ${JSON.stringify(inviteUrl)}`);
+  return inviteUrl;
+}
+
+/**
+ * Open the consultation from the invite panel and wait until the doctor is connected to signaling.
+ * @param {import('playwright-core').Page} page
+ */
+export async function openConsultation(page) {
+  await byTestId(page, "start-call").click();
+  await byTestId(page, "local-video").waitFor({ state: "visible" });
+  await page.waitForFunction(
+    () => (document.querySelector('[data-testid="call-status"]')?.textContent ?? "").includes("Admit them"),
+    null,
+    { timeout: STEP_TIMEOUT_MS },
+  );
+}
+
+// -------------------------------------------------------------------------------------------------
+// Patient
+// -------------------------------------------------------------------------------------------------
+
+/**
+ * Open the invite, enter the name, pass the device check (camera preview playing) and join the
+ * waiting room.
+ * @param {import('playwright-core').Page} page
+ * @param {string} inviteUrl
+ * @param {string} name
+ */
+export async function patientJoin(page, inviteUrl, name) {
+  await page.goto(inviteUrl);
+  await byTestId(page, "patient-name").waitFor({ state: "visible" });
+  await passDeviceCheck(page, name);
+  await byTestId(page, "join-button").click();
+  await byTestId(page, "waiting-message").waitFor({ state: "visible" });
+}
+
+/**
+ * From the landing page: enter the name, wait for the camera preview and the device lists.
+ * @param {import('playwright-core').Page} page
+ * @param {string} name
+ */
+export async function passDeviceCheck(page, name) {
+  await byTestId(page, "patient-name").fill(name);
+  await byTestId(page, "name-continue").click();
+  await byTestId(page, "device-preview").waitFor({ state: "visible" });
+  await page.waitForFunction(
+    () => {
+      const video = /** @type {HTMLVideoElement | null} */ (document.querySelector('[data-testid="device-preview"]'));
+      const cameras = document.querySelectorAll('[data-testid="camera-select"] option').length;
+      return !!video && video.videoWidth > 0 && cameras > 0;
+    },
+    null,
+    { timeout: STEP_TIMEOUT_MS },
+  );
+}
+
+// -------------------------------------------------------------------------------------------------
+// Media checks
+// -------------------------------------------------------------------------------------------------
+
+/**
+ * Inbound RTP counters of the page's live connection (`window.consultPc`).
+ * @param {import('playwright-core').Page} page
+ * @returns {Promise<{ pc: boolean, state?: string, framesDecoded: number, videoBytes: number, audioPackets: number, audioBytes: number } | null>}
+ */
+export function inboundStats(page) {
+  return page.evaluate(async () => {
+    /** @type {RTCPeerConnection | null} */
+    const pc = /** @type {any} */ (window).consultPc ?? null;
+    if (!pc) return { pc: false, framesDecoded: 0, videoBytes: 0, audioPackets: 0, audioBytes: 0 };
+    const report = await pc.getStats();
+    let framesDecoded = 0;
+    let videoBytes = 0;
+    let audioPackets = 0;
+    let audioBytes = 0;
+    report.forEach((/** @type {any} */ s) => {
+      if (s.type !== "inbound-rtp") return;
+      if (s.kind === "video") {
+        framesDecoded += s.framesDecoded ?? 0;
+        videoBytes += s.bytesReceived ?? 0;
+      } else if (s.kind === "audio") {
+        audioPackets += s.packetsReceived ?? 0;
+        audioBytes += s.bytesReceived ?? 0;
+      }
+    });
+    return { pc: true, state: pc.connectionState, framesDecoded, videoBytes, audioPackets, audioBytes };
+  });
+}
+
+/**
+ * Wait until the page decodes remote video and receives remote audio.
+ * @param {import('playwright-core').Page} page
+ * @param {number} [timeoutMs]
+ */
+export async function waitForRemoteMedia(page, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last = null;
+  while (Date.now() < deadline) {
+    last = await inboundStats(page).catch((err) => ({ error: String(err) }));
+    if (last && "framesDecoded" in last && last.framesDecoded > 0 && last.audioPackets > 0 && last.audioBytes > 0) {
+      return last;
+    }
+    await sleep(200);
+  }
+  throw new Error(`no remote media within ${timeoutMs} ms; last stats ${JSON.stringify(last)}`);
+}
+
+/**
+ * Record, in the doctor's page, the time of the first click on an Admit button.
+ * @param {import('playwright-core').Page} page
+ */
+export async function installAdmitClickProbe(page) {
+  await page.evaluate(() => {
+    const w = /** @type {any} */ (window);
+    w.__admitClickAt = null;
+    document.addEventListener(
+      "click",
+      (event) => {
+        const target = /** @type {Element | null} */ (event.target);
+        if (w.__admitClickAt === null && target && target.closest('[data-testid="admit-button"]')) {
+          w.__admitClickAt = Date.now();
+        }
+      },
+      true,
+    );
+  });
+}
+
+/**
+ * Record, in the patient's page, when the first remote video frame was decoded (getStats polled
+ * every 50 ms) and when it was first presented (requestVideoFrameCallback).
+ * @param {import('playwright-core').Page} page
+ */
+export async function installFirstFrameProbe(page) {
+  await page.evaluate(() => {
+    const w = /** @type {any} */ (window);
+    w.__firstFrameAt = null;
+    w.__firstPaintAt = null;
+    const timer = setInterval(async () => {
+      const pc = w.consultPc;
+      if (!pc || w.__firstFrameAt !== null) return;
+      try {
+        const report = await pc.getStats();
+        report.forEach((/** @type {any} */ s) => {
+          if (w.__firstFrameAt === null && s.type === "inbound-rtp" && s.kind === "video" && (s.framesDecoded ?? 0) > 0) {
+            w.__firstFrameAt = Date.now();
+            clearInterval(timer);
+          }
+        });
+      } catch {
+        // The connection was replaced meanwhile; try again.
+      }
+    }, 50);
+    const video = /** @type {HTMLVideoElement | null} */ (document.querySelector('[data-testid="remote-video"]'));
+    if (video && "requestVideoFrameCallback" in video) {
+      video.requestVideoFrameCallback(() => {
+        w.__firstPaintAt = Date.now();
+      });
+    }
+  });
+}
+
+/**
+ * The whole admit scenario: doctor signs in, creates a consultation and opens it; the patient opens
+ * the invite, passes the device check and waits; the doctor admits; both sides get media.
+ * Returns the participants (still open: close them) and the measured times.
+ * @param {Service} service
+ * @param {{ title?: string, patientName?: string }} [options]
+ */
+export async function runAdmitScenario(service, options = {}) {
+  const title = options.title ?? "Knee follow-up";
+  const patientName = options.patientName ?? "Pat Example";
+  /** @type {Participant | null} */
+  let doctor = null;
+  /** @type {Participant | null} */
+  let patient = null;
+  try {
+    [doctor, patient] = await Promise.all([
+      launchParticipant("doctor", { origin: service.url }),
+      launchParticipant("patient", { origin: service.url }),
+    ]);
+    await signInDoctor(doctor.page, service);
+    const inviteUrl = await createConsultation(doctor.page, title);
+    await openConsultation(doctor.page);
+
+    await patientJoin(patient.page, inviteUrl, patientName);
+
+    const entry = byTestId(doctor.page, "waiting-entry").filter({ hasText: patientName });
+    await entry.waitFor({ state: "visible" });
+    await installAdmitClickProbe(doctor.page);
+    await installFirstFrameProbe(patient.page);
+    await entry.locator('[data-testid="admit-button"]').click();
+
+    const patientMedia = await waitForRemoteMedia(patient.page);
+    const doctorMedia = await waitForRemoteMedia(doctor.page);
+
+    const deadline = Date.now() + 10_000;
+    let firstFrameAt = null;
+    while (Date.now() < deadline) {
+      firstFrameAt = await patient.page.evaluate(() => /** @type {any} */ (window).__firstFrameAt);
+      if (firstFrameAt) break;
+      await sleep(50);
+    }
+    const admitClickAt = await doctor.page.evaluate(() => /** @type {any} */ (window).__admitClickAt);
+    const firstPaintAt = await patient.page.evaluate(() => /** @type {any} */ (window).__firstPaintAt);
+    if (!admitClickAt || !firstFrameAt) {
+      throw new Error(`timing probes incomplete: admit click ${admitClickAt}, first frame ${firstFrameAt}`);
+    }
+    return {
+      doctor,
+      patient,
+      inviteUrl,
+      patientName,
+      patientMedia,
+      doctorMedia,
+      firstFrameMs: firstFrameAt - admitClickAt,
+      firstPaintMs: firstPaintAt ? firstPaintAt - admitClickAt : null,
+    };
+  } catch (err) {
+    await closeAll([doctor, patient]);
+    if (err instanceof Error) {
+      err.message += diagnostics(service, [doctor, patient]);
+    }
+    throw err;
+  }
+}
+
+/**
+ * Service log and browser consoles, appended to a failure message.
+ * @param {Service | null} service
+ * @param {(Participant | null)[]} participants
+ */
+export function diagnostics(service, participants) {
+  const parts = [];
+  for (const p of participants) {
+    if (p && p.console.length) parts.push(`--- ${p.label} console ---\n${p.console.slice(-60).join("\n")}`);
+  }
+  if (service) parts.push(`--- service log (tail) ---\n${service.logs.slice(-80).join("\n")}`);
+  return parts.length ? `\n${parts.join("\n")}` : "";
+}
+
+/**
+ * @param {number[]} values
+ */
+export function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}

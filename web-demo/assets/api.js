@@ -1,0 +1,303 @@
+// @ts-check
+/**
+ * The REST API under `/api/v1`: one fetch wrapper and a typed function per endpoint.
+ *
+ * State-changing requests carry `X-CSRF-Token` (set from the session with `setCsrfToken`); a failed
+ * request throws an `ApiError` whose `code` is the service's stable error code.
+ */
+
+/** @typedef {import('./protocol.js').Session} Session */
+/** @typedef {import('./protocol.js').LoginRequest} LoginRequest */
+/** @typedef {import('./protocol.js').LoginResponse} LoginResponse */
+/** @typedef {import('./protocol.js').MfaEnrolResponse} MfaEnrolResponse */
+/** @typedef {import('./protocol.js').EnrolResponse} EnrolResponse */
+/** @typedef {import('./protocol.js').Consultation} Consultation */
+/** @typedef {import('./protocol.js').CreateConsultationRequest} CreateConsultationRequest */
+/** @typedef {import('./protocol.js').Invite} Invite */
+/** @typedef {import('./protocol.js').WaitingPatient} WaitingPatient */
+/** @typedef {import('./protocol.js').InviteInfo} InviteInfo */
+/** @typedef {import('./protocol.js').RedeemInviteResponse} RedeemInviteResponse */
+/** @typedef {import('./protocol.js').IceServers} IceServers */
+
+/** A failed API request. */
+export class ApiError extends Error {
+  /**
+   * @param {number} status HTTP status, or 0 when the service could not be reached.
+   * @param {string} code The service's error code (`network` when unreachable).
+   * @param {string} message A sentence for people.
+   * @param {number | null} [retryAfterSecs] From `Retry-After`, when present.
+   */
+  constructor(status, code, message, retryAfterSecs = null) {
+    super(asSentence(message));
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.retryAfterSecs = retryAfterSecs;
+  }
+}
+
+/**
+ * The service's messages are lower-case clauses ("enter a name of 1 to 80 characters"): show them
+ * as sentences.
+ * @param {string} text
+ * @returns {string}
+ */
+function asSentence(text) {
+  const trimmed = text.trim();
+  if (!trimmed) return trimmed;
+  const first = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+  return /[.!?…]$/.test(first) ? first : `${first}.`;
+}
+
+/** @type {string | null} */
+let csrfToken = null;
+
+/**
+ * Remember the CSRF token of the current session (or forget it with `null`).
+ * @param {string | null} token
+ */
+export function setCsrfToken(token) {
+  csrfToken = token;
+}
+
+const STATE_CHANGING = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+
+/**
+ * Call the API. Resolves with the decoded JSON body (or `undefined` for 204).
+ * @template T
+ * @param {string} method
+ * @param {string} path Starting with `/api/v1/`.
+ * @param {{ body?: unknown, bearer?: string, signal?: AbortSignal }} [options]
+ * @returns {Promise<T>}
+ */
+export async function request(method, path, options = {}) {
+  /** @type {Record<string, string>} */
+  const headers = { Accept: "application/json" };
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  if (STATE_CHANGING.has(method) && csrfToken) headers["X-CSRF-Token"] = csrfToken;
+  if (options.bearer) headers.Authorization = `Bearer ${options.bearer}`;
+  /** @type {Response} */
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: options.body === undefined ? undefined : JSON.stringify(options.body),
+      credentials: "same-origin",
+      cache: "no-store",
+      signal: options.signal,
+    });
+  } catch (err) {
+    if (err instanceof DOMException && err.name === "AbortError") throw err;
+    throw new ApiError(0, "network", "The service could not be reached. Check your internet connection and try again.");
+  }
+  if (response.ok) {
+    if (response.status === 204) return /** @type {T} */ (undefined);
+    const text = await response.text();
+    return /** @type {T} */ (text ? JSON.parse(text) : undefined);
+  }
+  let code = `http_${response.status}`;
+  let message = `The request failed (HTTP ${response.status}).`;
+  try {
+    const body = await response.json();
+    if (body && typeof body === "object" && body.error && typeof body.error.code === "string") {
+      code = body.error.code;
+      if (typeof body.error.message === "string") message = body.error.message;
+    }
+  } catch {
+    // Not JSON: keep the generic code and message.
+  }
+  const retryAfter = response.headers.get("Retry-After");
+  const retryAfterSecs = retryAfter && /^\d+$/.test(retryAfter) ? Number(retryAfter) : null;
+  throw new ApiError(response.status, code, message, retryAfterSecs);
+}
+
+// --- Accounts ---------------------------------------------------------------------------------
+
+/**
+ * @param {string} token From the enrolment link.
+ * @param {string} password
+ * @returns {Promise<EnrolResponse>}
+ */
+export function enrol(token, password) {
+  return request("POST", "/api/v1/auth/enrol", { body: { token, password } });
+}
+
+/**
+ * @param {LoginRequest} body
+ * @returns {Promise<LoginResponse>}
+ */
+export function login(body) {
+  return request("POST", "/api/v1/auth/login", { body });
+}
+
+/**
+ * @param {string} mfaToken
+ * @param {string} totp
+ * @returns {Promise<MfaEnrolResponse>}
+ */
+export function enrolMfa(mfaToken, totp) {
+  return request("POST", "/api/v1/auth/mfa/enrol", { body: { mfa_token: mfaToken, totp } });
+}
+
+/** @returns {Promise<Session>} */
+export function getSession() {
+  return request("GET", "/api/v1/auth/session");
+}
+
+/** @returns {Promise<void>} */
+export function logout() {
+  return request("POST", "/api/v1/auth/logout");
+}
+
+// --- Consultations ----------------------------------------------------------------------------
+
+/**
+ * @param {CreateConsultationRequest} body
+ * @returns {Promise<Consultation>}
+ */
+export function createConsultation(body) {
+  return request("POST", "/api/v1/consultations", { body });
+}
+
+/** @returns {Promise<Consultation[]>} */
+export function listConsultations() {
+  return request("GET", "/api/v1/consultations");
+}
+
+/**
+ * @param {string} id
+ * @returns {Promise<Consultation>}
+ */
+export function getConsultation(id) {
+  return request("GET", `/api/v1/consultations/${encodeURIComponent(id)}`);
+}
+
+/**
+ * @param {string} id
+ * @returns {Promise<Consultation>}
+ */
+export function endConsultation(id) {
+  return request("POST", `/api/v1/consultations/${encodeURIComponent(id)}/end`);
+}
+
+/**
+ * Issue a new invite link; the previous one stops working.
+ * @param {string} id
+ * @returns {Promise<Invite>}
+ */
+export function reissueInvite(id) {
+  return request("POST", `/api/v1/consultations/${encodeURIComponent(id)}/invite`);
+}
+
+/**
+ * @param {string} id
+ * @returns {Promise<void>}
+ */
+export function revokeInvite(id) {
+  return request("DELETE", `/api/v1/consultations/${encodeURIComponent(id)}/invite`);
+}
+
+/** @returns {Promise<WaitingPatient[]>} */
+export function waitingRoom() {
+  return request("GET", "/api/v1/waiting-room");
+}
+
+/**
+ * @param {string} consultationId
+ * @param {string} participantId
+ * @returns {Promise<void>}
+ */
+export function admit(consultationId, participantId) {
+  return request(
+    "POST",
+    `/api/v1/consultations/${encodeURIComponent(consultationId)}/participants/${encodeURIComponent(participantId)}/admit`,
+  );
+}
+
+/**
+ * @param {string} consultationId
+ * @param {string} participantId
+ * @returns {Promise<void>}
+ */
+export function decline(consultationId, participantId) {
+  return request(
+    "POST",
+    `/api/v1/consultations/${encodeURIComponent(consultationId)}/participants/${encodeURIComponent(participantId)}/decline`,
+  );
+}
+
+// --- Patients ---------------------------------------------------------------------------------
+
+/**
+ * @param {string} invite
+ * @returns {Promise<InviteInfo>}
+ */
+export function inspectInvite(invite) {
+  return request("POST", "/api/v1/invites/inspect", { body: { invite } });
+}
+
+/**
+ * @param {string} invite
+ * @param {string} name
+ * @returns {Promise<RedeemInviteResponse>}
+ */
+export function redeemInvite(invite, name) {
+  return request("POST", "/api/v1/invites/redeem", { body: { invite, name } });
+}
+
+// --- ICE servers ------------------------------------------------------------------------------
+
+/**
+ * STUN/TURN servers: with the session cookie (doctor) or a participant token (patient).
+ * @param {string} [participantToken]
+ * @returns {Promise<IceServers>}
+ */
+export function iceServers(participantToken) {
+  return request("GET", "/api/v1/ice-servers", participantToken ? { bearer: participantToken } : {});
+}
+
+/**
+ * Cache of the ICE servers, fetched again when half their lifetime has passed. A failure gives an
+ * empty list (host candidates still work on one network) rather than blocking the call.
+ */
+export class IceServerCache {
+  /** @param {string} [participantToken] */
+  constructor(participantToken) {
+    this.participantToken = participantToken;
+    /** @type {RTCIceServer[] | null} */
+    this.servers = null;
+    this.fetchedAt = 0;
+    this.ttlMs = 0;
+    /** @type {Promise<RTCIceServer[]> | null} */
+    this.pending = null;
+  }
+
+  /** @returns {Promise<RTCIceServer[]>} */
+  get() {
+    if (this.servers && Date.now() - this.fetchedAt < this.ttlMs / 2) return Promise.resolve(this.servers);
+    if (!this.pending) {
+      this.pending = iceServers(this.participantToken)
+        .then((answer) => {
+          this.servers = answer.ice_servers.map((s) => {
+            /** @type {RTCIceServer} */
+            const server = { urls: s.urls };
+            if (s.username !== undefined) server.username = s.username;
+            if (s.credential !== undefined) server.credential = s.credential;
+            return server;
+          });
+          this.fetchedAt = Date.now();
+          this.ttlMs = Math.max(answer.ttl_secs, 60) * 1000;
+          return this.servers;
+        })
+        .catch((err) => {
+          console.warn("Could not fetch ICE servers; using none", err);
+          return this.servers ?? [];
+        })
+        .finally(() => {
+          this.pending = null;
+        });
+    }
+    return this.pending;
+  }
+}

@@ -1,0 +1,1071 @@
+// @ts-check
+/**
+ * The doctor's app (`/`): sign in (with the second factor, enrolling it the first time), the
+ * consultation list with its waiting rooms, invite links, and the call view.
+ *
+ * Routes live in the fragment: `#/` is the list, `#/c/<consultation id>` a consultation's call.
+ */
+
+import * as api from "./api.js";
+import { ApiError, IceServerCache } from "./api.js";
+import { CallController } from "./call.js";
+import { CallView } from "./call-view.js";
+import { openMedia, stopStream } from "./media.js";
+import { SignalingClient } from "./signaling.js";
+import {
+  announce,
+  byId,
+  confirmInline,
+  formatDateTime,
+  h,
+  showError,
+  showView,
+  svgDataUrl,
+  waitedFor,
+} from "./ui.js";
+
+/** @typedef {import('./protocol.js').Session} Session */
+/** @typedef {import('./protocol.js').MfaEnrolment} MfaEnrolment */
+/** @typedef {import('./protocol.js').Consultation} Consultation */
+/** @typedef {import('./protocol.js').WaitingPatient} WaitingPatient */
+/** @typedef {import('./protocol.js').ServerMessage} ServerMessage */
+/** @typedef {import('./protocol.js').Peer} Peer */
+/** @typedef {import('./call.js').MediaState} MediaState */
+
+const views = {
+  loading: byId("view-loading", HTMLElement),
+  signin: byId("view-signin", HTMLElement),
+  mfa: byId("view-mfa", HTMLElement),
+  recovery: byId("view-recovery", HTMLElement),
+  list: byId("view-list", HTMLElement),
+  call: byId("view-call", HTMLElement),
+  callOver: byId("view-call-over", HTMLElement),
+};
+
+/** @type {Session | null} */
+let session = null;
+
+// ---------------------------------------------------------------------------------------------
+// Session
+// ---------------------------------------------------------------------------------------------
+
+/** @param {Session} s */
+function setSession(s) {
+  session = s;
+  api.setCsrfToken(s.csrf_token);
+  byId("user-name", HTMLElement).textContent = s.user.display_name;
+  byId("user-info", HTMLElement).hidden = false;
+}
+
+function clearSession() {
+  session = null;
+  api.setCsrfToken(null);
+  byId("user-info", HTMLElement).hidden = true;
+}
+
+/**
+ * Handle an error from any request made while signed in: an ended session leads back to sign-in.
+ * Returns true when it did.
+ * @param {unknown} err
+ */
+function handleSessionLoss(err) {
+  if (err instanceof ApiError && err.status === 401) {
+    leaveCall({ tellService: false });
+    stopListPolling();
+    clearSession();
+    showSignIn("Your session has ended. Please sign in again.");
+    return true;
+  }
+  return false;
+}
+
+/**
+ * A readable message for an API error.
+ * @param {unknown} err
+ * @returns {string}
+ */
+function messageOf(err) {
+  if (err instanceof ApiError) return err.message;
+  return "Something went wrong. Please try again.";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign in
+// ---------------------------------------------------------------------------------------------
+
+const signinForm = byId("signin-form", HTMLFormElement);
+const emailInput = byId("login-email", HTMLInputElement);
+const passwordInput = byId("login-password", HTMLInputElement);
+const totpInput = byId("login-totp", HTMLInputElement);
+const recoveryInput = byId("login-recovery", HTMLInputElement);
+const totpGroup = byId("totp-group", HTMLElement);
+const recoveryGroup = byId("recovery-group", HTMLElement);
+const toggleRecovery = byId("toggle-recovery", HTMLButtonElement);
+const signinError = byId("signin-error", HTMLElement);
+const signinSubmit = byId("login-submit", HTMLButtonElement);
+let useRecovery = false;
+
+/** @param {string} [notice] */
+function showSignIn(notice) {
+  const noticeEl = byId("signin-notice", HTMLElement);
+  noticeEl.textContent = notice ?? "";
+  noticeEl.hidden = !notice;
+  showError(signinError, null);
+  passwordInput.value = "";
+  totpInput.value = "";
+  recoveryInput.value = "";
+  showView(views.signin, { focus: false });
+  (emailInput.value ? passwordInput : emailInput).focus();
+}
+
+toggleRecovery.addEventListener("click", () => {
+  useRecovery = !useRecovery;
+  totpGroup.hidden = useRecovery;
+  recoveryGroup.hidden = !useRecovery;
+  toggleRecovery.textContent = useRecovery ? "Use a code from the authenticator app instead" : "Use a recovery code instead";
+  (useRecovery ? recoveryInput : totpInput).focus();
+});
+
+signinForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const email = emailInput.value.trim();
+  const password = passwordInput.value;
+  if (!email || !password) {
+    showError(signinError, "Enter your email and password.");
+    (email ? passwordInput : emailInput).focus();
+    return;
+  }
+  /** @type {import('./protocol.js').LoginRequest} */
+  const body = { email, password };
+  const code = totpInput.value.replace(/\s+/g, "");
+  const recovery = recoveryInput.value.trim();
+  if (useRecovery) {
+    if (recovery) body.recovery_code = recovery;
+  } else if (code) {
+    if (!/^\d{6}$/.test(code)) {
+      showError(signinError, "The code has six digits.");
+      totpInput.focus();
+      return;
+    }
+    body.totp = code;
+  }
+  showError(signinError, null);
+  signinSubmit.disabled = true;
+  signinSubmit.textContent = "Signing in…";
+  try {
+    const answer = await api.login(body);
+    passwordInput.value = "";
+    totpInput.value = "";
+    recoveryInput.value = "";
+    if (answer.status === "signed_in") {
+      setSession(answer.session);
+      announce(`Signed in as ${answer.session.user.display_name}.`);
+      route();
+    } else {
+      showMfaEnrolment(answer.enrolment);
+    }
+  } catch (err) {
+    showSignInError(err);
+  } finally {
+    signinSubmit.disabled = false;
+    signinSubmit.textContent = "Sign in";
+  }
+});
+
+/** @param {unknown} err */
+function showSignInError(err) {
+  const code = err instanceof ApiError ? err.code : "";
+  /** @type {HTMLInputElement} */
+  let focus = passwordInput;
+  let message;
+  switch (code) {
+    case "invalid_credentials":
+      message = "The email or password is not correct.";
+      break;
+    case "mfa_required":
+      message = useRecovery
+        ? "Enter one of your recovery codes."
+        : "Enter the six-digit code from your authenticator app.";
+      focus = useRecovery ? recoveryInput : totpInput;
+      break;
+    case "invalid_totp":
+      message = "That code is not correct. Enter the code your authenticator app shows now.";
+      totpInput.value = "";
+      focus = totpInput;
+      break;
+    case "totp_replayed":
+      message = "That code was already used. Wait for the next code and enter it.";
+      totpInput.value = "";
+      focus = totpInput;
+      break;
+    case "invalid_recovery_code":
+      message = "That recovery code is not correct or was already used.";
+      focus = recoveryInput;
+      break;
+    case "too_many_attempts": {
+      const secs = err instanceof ApiError ? err.retryAfterSecs : null;
+      message = secs
+        ? `Too many attempts. Try again in ${secs > 90 ? `${Math.ceil(secs / 60)} minutes` : `${secs} seconds`}.`
+        : "Too many attempts. Wait a few minutes and try again.";
+      break;
+    }
+    default:
+      message = messageOf(err);
+  }
+  if (focus === passwordInput && code === "invalid_credentials") passwordInput.value = "";
+  showError(signinError, message);
+  focus.focus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Second factor enrolment and recovery codes
+// ---------------------------------------------------------------------------------------------
+
+/** @type {MfaEnrolment | null} */
+let enrolment = null;
+const mfaForm = byId("mfa-form", HTMLFormElement);
+const mfaCode = byId("mfa-code", HTMLInputElement);
+const mfaError = byId("mfa-error", HTMLElement);
+const mfaSubmit = byId("mfa-submit", HTMLButtonElement);
+
+/** @param {MfaEnrolment} e */
+function showMfaEnrolment(e) {
+  enrolment = e;
+  byId("mfa-qr", HTMLImageElement).src = svgDataUrl(e.qr_svg);
+  byId("mfa-secret", HTMLElement).textContent = e.totp_secret.replace(/(.{4})/g, "$1 ").trim();
+  mfaCode.value = "";
+  showError(mfaError, null);
+  showView(views.mfa);
+}
+
+mfaForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!enrolment) return;
+  const code = mfaCode.value.replace(/\s+/g, "");
+  if (!/^\d{6}$/.test(code)) {
+    showError(mfaError, "Enter the six-digit code your authenticator app shows.");
+    mfaCode.focus();
+    return;
+  }
+  mfaSubmit.disabled = true;
+  try {
+    const answer = await api.enrolMfa(enrolment.mfa_token, code);
+    enrolment = null;
+    setSession(answer.session);
+    showRecoveryCodes(answer.recovery_codes);
+  } catch (err) {
+    const apiCode = err instanceof ApiError ? err.code : "";
+    if (apiCode === "invalid_totp" || apiCode === "totp_replayed") {
+      showError(mfaError, "That code is not correct. Check that the app shows “Consult” and enter its current code.");
+    } else if (err instanceof ApiError && (err.status === 401 || err.status === 410)) {
+      showSignIn("Setting up took too long. Sign in again to restart.");
+      return;
+    } else {
+      showError(mfaError, messageOf(err));
+    }
+    mfaCode.value = "";
+    mfaCode.focus();
+  } finally {
+    mfaSubmit.disabled = false;
+  }
+});
+
+/** @param {string[]} codes */
+function showRecoveryCodes(codes) {
+  const list = byId("recovery-codes", HTMLOListElement);
+  list.replaceChildren(...codes.map((c) => h("li", {}, [h("code", { text: c })])));
+  const copy = byId("copy-codes", HTMLButtonElement);
+  copy.onclick = async () => {
+    try {
+      await navigator.clipboard.writeText(codes.join("\n"));
+      announce("Recovery codes copied.");
+      copy.textContent = "Copied";
+    } catch {
+      announce("Copying failed: select the codes and copy them yourself.");
+    }
+  };
+  showView(views.recovery);
+}
+
+byId("codes-saved", HTMLButtonElement).addEventListener("click", () => {
+  byId("recovery-codes", HTMLOListElement).replaceChildren();
+  navigate("#/");
+});
+
+byId("signout-button", HTMLButtonElement).addEventListener("click", async () => {
+  leaveCall({ tellService: true });
+  stopListPolling();
+  try {
+    await api.logout();
+  } catch (err) {
+    console.warn("Sign-out failed", err);
+  }
+  clearSession();
+  history.replaceState(null, "", "/");
+  showSignIn("You are signed out.");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------------
+
+/** @param {string} hash */
+function navigate(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+window.addEventListener("hashchange", () => route());
+
+function route() {
+  if (!session) return;
+  const match = /^#\/c\/([0-9a-fA-F-]{36})$/.exec(location.hash);
+  if (match) {
+    const id = match[1];
+    stopListPolling();
+    if (!call || call.id !== id) {
+      leaveCall({ tellService: true });
+      openCall(id);
+    }
+  } else {
+    leaveCall({ tellService: true });
+    showList();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consultation list
+// ---------------------------------------------------------------------------------------------
+
+const rowsBody = byId("consultation-rows", HTMLTableSectionElement);
+const listError = byId("list-error", HTMLElement);
+/** @type {ReturnType<typeof setInterval> | undefined} */
+let listTimer = undefined;
+/** @type {Map<string, WaitingPatient[]>} */
+let waitingByConsultation = new Map();
+/** @type {Set<string>} */
+let knownIds = new Set();
+
+function showList() {
+  showView(views.list, { focus: document.activeElement === document.body });
+  loadList();
+  stopListPolling();
+  pollWaitingRoom();
+  listTimer = setInterval(pollWaitingRoom, 2000);
+}
+
+function stopListPolling() {
+  if (listTimer !== undefined) clearInterval(listTimer);
+  listTimer = undefined;
+}
+
+async function loadList() {
+  try {
+    const consultations = await api.listConsultations();
+    consultations.sort((a, b) => Date.parse(b.created_at) - Date.parse(a.created_at));
+    knownIds = new Set(consultations.map((c) => c.id));
+    waitingByConsultation = new Map(consultations.map((c) => [c.id, c.waiting]));
+    renderRows(consultations);
+    showError(listError, null);
+  } catch (err) {
+    if (!handleSessionLoss(err)) showError(listError, `The consultations could not be loaded: ${messageOf(err)}`);
+  }
+}
+
+async function pollWaitingRoom() {
+  try {
+    const entries = await api.waitingRoom();
+    /** @type {Map<string, WaitingPatient[]>} */
+    const grouped = new Map();
+    for (const e of entries) {
+      const list = grouped.get(e.consultation_id) ?? [];
+      list.push(e);
+      grouped.set(e.consultation_id, list);
+    }
+    waitingByConsultation = grouped;
+    if ([...grouped.keys()].some((id) => !knownIds.has(id))) {
+      await loadList();
+    } else {
+      renderWaitingCells();
+    }
+  } catch (err) {
+    handleSessionLoss(err);
+  }
+}
+
+/** @param {import('./protocol.js').InviteStatus | null} invite */
+function describeInvite(invite) {
+  if (!invite) return "None";
+  if (invite.revoked) return "Withdrawn";
+  if (Date.parse(invite.expires_at) < Date.now()) return "Expired";
+  if (invite.in_use) return "In use by the patient";
+  return `Valid until ${formatDateTime(invite.expires_at)}`;
+}
+
+/** @param {Consultation[]} consultations */
+function renderRows(consultations) {
+  const focusedKey = document.activeElement instanceof HTMLElement ? document.activeElement.dataset.key : undefined;
+  rowsBody.replaceChildren(...consultations.map(renderRow));
+  byId("list-empty", HTMLElement).hidden = consultations.length > 0;
+  byId("table-wrap", HTMLElement).hidden = consultations.length === 0;
+  if (focusedKey) {
+    const again = rowsBody.querySelector(`[data-key="${CSS.escape(focusedKey)}"]`);
+    if (again instanceof HTMLElement) again.focus();
+  }
+}
+
+/**
+ * @param {Consultation} c
+ * @returns {HTMLTableRowElement}
+ */
+function renderRow(c) {
+  const title = c.title || "Untitled consultation";
+  const open = c.status === "open";
+  const titleCell = h("td", {}, [
+    h("span", { className: "row-title", text: title }),
+    h("span", {
+      className: `badge small ${c.mode === "live_only" ? "badge-live" : "badge-recorded"}`,
+      text: c.mode === "live_only" ? "Live only" : "Recorded",
+    }),
+  ]);
+  const statusCell = h("td", {}, [
+    h("span", { className: `status-pill ${open ? "open" : "ended"}`, text: open ? "Open" : "Ended" }),
+  ]);
+  if (!open && c.ended_at) statusCell.append(h("span", { className: "hint status-when", text: formatDateTime(c.ended_at) }));
+  const waitingCell = h("td", { className: "waiting-cell", testid: "waiting-cell" });
+  waitingCell.dataset.consultationId = c.id;
+  const actions = h("div", { className: "row-actions" });
+  if (open) {
+    const openButton = h("button", {
+      className: "button small primary",
+      text: "Open",
+      testid: "open-button",
+      attrs: { type: "button", "aria-label": `Open ${title}` },
+    });
+    openButton.dataset.key = `open-${c.id}`;
+    openButton.addEventListener("click", () => navigate(`#/c/${c.id}`));
+    const reissue = h("button", {
+      className: "button small",
+      text: "New link",
+      testid: "reissue-button",
+      attrs: { type: "button", "aria-label": `New invite link for ${title}` },
+    });
+    reissue.dataset.key = `reissue-${c.id}`;
+    reissue.addEventListener("click", () => reissueInvite(c, reissue));
+    const revoke = h("button", {
+      className: "button small",
+      text: "Withdraw link",
+      testid: "revoke-button",
+      attrs: { type: "button", "aria-label": `Withdraw the invite link of ${title}` },
+    });
+    revoke.dataset.key = `revoke-${c.id}`;
+    revoke.disabled = !c.invite || c.invite.revoked;
+    revoke.addEventListener("click", () => revokeInvite(c, revoke));
+    const end = h("button", {
+      className: "button small danger-outline",
+      text: "End",
+      testid: "end-row-button",
+      attrs: { type: "button", "aria-label": `End ${title}` },
+    });
+    end.dataset.key = `end-${c.id}`;
+    end.addEventListener("click", () => endFromList(c, end));
+    actions.append(openButton, reissue, revoke, end);
+  }
+  const row = h("tr", { testid: "consultation-row" }, [
+    titleCell,
+    statusCell,
+    h("td", { text: formatDateTime(c.created_at) }),
+    h("td", { text: open ? describeInvite(c.invite) : "—" }),
+    waitingCell,
+    h("td", { className: "actions-cell" }, [actions]),
+  ]);
+  row.dataset.id = c.id;
+  fillWaitingCell(waitingCell, waitingByConsultation.get(c.id) ?? []);
+  return row;
+}
+
+/**
+ * @param {HTMLElement} cell
+ * @param {WaitingPatient[]} entries
+ */
+function fillWaitingCell(cell, entries) {
+  if (entries.length === 0) {
+    cell.replaceChildren(h("span", { className: "muted", text: "—" }));
+    return;
+  }
+  cell.replaceChildren(
+    ...entries.map((e) =>
+      h("span", { className: `waiting-chip${e.connected ? "" : " offline"}`, testid: "list-waiting-entry" }, [
+        h("span", { className: "dot", attrs: { "aria-hidden": "true" } }),
+        `${e.name} · waiting ${waitedFor(e.waiting_since)}${e.connected ? "" : " (offline)"}`,
+      ]),
+    ),
+  );
+}
+
+function renderWaitingCells() {
+  for (const cell of rowsBody.querySelectorAll("td.waiting-cell")) {
+    if (cell instanceof HTMLElement && cell.dataset.consultationId) {
+      fillWaitingCell(cell, waitingByConsultation.get(cell.dataset.consultationId) ?? []);
+    }
+  }
+}
+
+// Create
+const createForm = byId("create-form", HTMLFormElement);
+const createTitle = byId("create-title", HTMLInputElement);
+const createMode = byId("create-mode", HTMLSelectElement);
+const createSubmit = byId("create-submit", HTMLButtonElement);
+const createError = byId("create-error", HTMLElement);
+
+createForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const title = createTitle.value.trim();
+  const mode = createMode.value === "recorded" ? "recorded" : "live_only";
+  createSubmit.disabled = true;
+  showError(createError, null);
+  try {
+    const c = await api.createConsultation({ title: title || null, mode });
+    createTitle.value = "";
+    if (c.invite_url) showInvitePanel(c.id, c.title, c.invite_url, c.invite ? c.invite.expires_at : null);
+    await loadList();
+  } catch (err) {
+    if (!handleSessionLoss(err)) showError(createError, messageOf(err));
+  } finally {
+    createSubmit.disabled = false;
+  }
+});
+
+// Invite panel
+const invitePanel = byId("invite-panel", HTMLElement);
+const inviteUrl = byId("invite-url", HTMLInputElement);
+const copyInvite = byId("copy-invite", HTMLButtonElement);
+let invitePanelConsultation = "";
+
+/**
+ * @param {string} id
+ * @param {string | null} title
+ * @param {string} url
+ * @param {string | null} expiresAt
+ */
+function showInvitePanel(id, title, url, expiresAt) {
+  invitePanelConsultation = id;
+  byId("invite-heading", HTMLElement).textContent = `Invite link for “${title || "Untitled consultation"}”`;
+  inviteUrl.value = url;
+  byId("invite-expiry", HTMLElement).textContent = expiresAt ? `The link works until ${formatDateTime(expiresAt)}.` : "";
+  copyInvite.textContent = "Copy invite link";
+  invitePanel.hidden = false;
+  copyInvite.focus();
+  announce("Invite link created. Copy it and send it to your patient.");
+}
+
+copyInvite.addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText(inviteUrl.value);
+    copyInvite.textContent = "Copied ✓";
+    announce("Invite link copied.");
+  } catch {
+    inviteUrl.focus();
+    inviteUrl.select();
+    announce("Copying is not possible here: the link is selected, copy it with Ctrl+C (⌘C on a Mac).");
+  }
+});
+inviteUrl.addEventListener("focus", () => inviteUrl.select());
+
+byId("start-call", HTMLButtonElement).addEventListener("click", () => {
+  const id = invitePanelConsultation;
+  hideInvitePanel();
+  if (id) navigate(`#/c/${id}`);
+});
+byId("invite-done", HTMLButtonElement).addEventListener("click", () => {
+  hideInvitePanel();
+  createTitle.focus();
+});
+
+function hideInvitePanel() {
+  invitePanel.hidden = true;
+  inviteUrl.value = "";
+  invitePanelConsultation = "";
+}
+
+/**
+ * @param {Consultation} c
+ * @param {HTMLButtonElement} button
+ */
+async function reissueInvite(c, button) {
+  const active = c.invite && !c.invite.revoked && Date.parse(c.invite.expires_at) > Date.now();
+  if (active && !(await confirmInline(button, "The current link stops working.", "Issue new link", { testid: "reissue-confirm" }))) return;
+  try {
+    const invite = await api.reissueInvite(c.id);
+    showInvitePanel(c.id, c.title, invite.invite_url, invite.expires_at);
+    await loadList();
+  } catch (err) {
+    if (!handleSessionLoss(err)) showError(listError, `No new link: ${messageOf(err)}`);
+  }
+}
+
+/**
+ * @param {Consultation} c
+ * @param {HTMLButtonElement} button
+ */
+async function revokeInvite(c, button) {
+  if (!(await confirmInline(button, "The patient can no longer use the link.", "Withdraw", { testid: "revoke-confirm", danger: true }))) return;
+  try {
+    await api.revokeInvite(c.id);
+    if (invitePanelConsultation === c.id) hideInvitePanel();
+    announce("Invite link withdrawn.");
+    await loadList();
+  } catch (err) {
+    if (!handleSessionLoss(err)) showError(listError, `The link was not withdrawn: ${messageOf(err)}`);
+  }
+}
+
+/**
+ * @param {Consultation} c
+ * @param {HTMLButtonElement} button
+ */
+async function endFromList(c, button) {
+  if (!(await confirmInline(button, "End it for everyone?", "End consultation", { testid: "end-row-confirm", danger: true }))) return;
+  try {
+    await api.endConsultation(c.id);
+    if (invitePanelConsultation === c.id) hideInvitePanel();
+    announce("Consultation ended.");
+    await loadList();
+  } catch (err) {
+    if (!handleSessionLoss(err)) showError(listError, `The consultation was not ended: ${messageOf(err)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Call
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * @typedef {object} ActiveCall
+ * @property {string} id
+ * @property {SignalingClient | null} signaling
+ * @property {CallController | null} controller
+ * @property {MediaStream | null} stream
+ * @property {WaitingPatient[]} waiting
+ * @property {ReturnType<typeof setInterval>} timer
+ * @property {"connecting" | "open" | "reconnecting" | "closed"} signalingState
+ * @property {MediaState} mediaState
+ * @property {string} presenceNote
+ * @property {boolean} over
+ */
+
+/** @type {ActiveCall | null} */
+let call = null;
+const callView = new CallView({ onHangUp: () => hangUp() });
+const waitingList = byId("waiting-list", HTMLUListElement);
+const waitingEmpty = byId("waiting-empty", HTMLElement);
+const admitError = byId("admit-error", HTMLElement);
+const mediaError = byId("media-error", HTMLElement);
+const endButton = byId("end-button", HTMLButtonElement);
+
+/** @param {string} id */
+async function openCall(id) {
+  /** @type {ActiveCall} */
+  const active = {
+    id,
+    signaling: null,
+    controller: null,
+    stream: null,
+    waiting: [],
+    timer: setInterval(() => updateWaitingTimes(), 1000),
+    signalingState: "connecting",
+    mediaState: "waiting",
+    presenceNote: "",
+    over: false,
+  };
+  call = active;
+  byId("call-title", HTMLElement).textContent = "Consultation";
+  showError(mediaError, null);
+  showError(admitError, null);
+  renderWaiting([]);
+  callView.setRemoteStream(null, "Waiting for your patient…");
+  showView(views.call);
+
+  /** @type {Consultation} */
+  let consultation;
+  try {
+    consultation = await api.getConsultation(id);
+  } catch (err) {
+    if (handleSessionLoss(err)) return;
+    clearInterval(active.timer);
+    call = null;
+    showCallOver(err instanceof ApiError && err.status === 404 ? "This consultation does not exist." : messageOf(err), "");
+    return;
+  }
+  if (call !== active) return;
+  byId("call-title", HTMLElement).textContent = consultation.title || "Untitled consultation";
+  callView.setMode(consultation.mode);
+  if (consultation.status === "ended") {
+    clearInterval(active.timer);
+    call = null;
+    showCallOver("The consultation has ended.", "ended-message");
+    return;
+  }
+  renderWaiting(consultation.waiting);
+
+  const ice = new IceServerCache();
+  ice.get(); // Fetch early: the connection starts the moment a patient is admitted.
+  try {
+    active.stream = await openMedia();
+  } catch (err) {
+    showError(mediaError, `${err instanceof Error ? err.message : String(err)} You can still admit the patient; they will not see or hear you.`);
+  }
+  if (call !== active) {
+    stopStream(active.stream);
+    return;
+  }
+  callView.setLocalStream(active.stream);
+
+  const controller = new CallController({
+    send: (m) => (active.signaling ? active.signaling.send(m) : false),
+    getIceServers: () => ice.get(),
+    localStream: active.stream,
+    onRemoteStream: (stream, peer) => {
+      callView.setRemoteStream(stream, "Waiting for your patient…", peer ? peer.name : "");
+    },
+    onMediaState: (state, peer) => {
+      active.mediaState = state;
+      if (state === "connected") {
+        active.presenceNote = "";
+        if (!callView.hasRemoteVideo) callView.setPlaceholder(`${peer && peer.name ? peer.name : "Your patient"} has no camera on.`);
+      }
+      updateCallStatus();
+    },
+    onPeerPresence: (peer, online) => {
+      active.presenceNote = online ? "" : `${peer.name || "The patient"}’s connection dropped — waiting for them to come back…`;
+      updateCallStatus();
+    },
+    onPeerLeft: (peer, reason) => {
+      const name = peer.name || "The patient";
+      active.presenceNote =
+        reason === "left" ? `${name} left the consultation.` : reason === "connection_lost" ? `${name} lost their connection.` : `${name} was removed.`;
+      callView.setPlaceholder(active.presenceNote);
+      updateCallStatus();
+    },
+  });
+  active.controller = controller;
+  callView.startQuality(() => controller.pc);
+
+  const signaling = new SignalingClient({
+    join: { type: "join", consultation_id: id },
+    onMessage: (m) => onSignal(active, m),
+    onState: (state) => {
+      active.signalingState = state;
+      updateCallStatus();
+    },
+  });
+  active.signaling = signaling;
+  signaling.start();
+}
+
+/**
+ * @param {ActiveCall} active
+ * @param {ServerMessage} m
+ */
+function onSignal(active, m) {
+  if (call !== active || !active.controller) return;
+  const controller = active.controller;
+  switch (m.type) {
+    case "joined":
+      callView.setMode(m.consultation.mode);
+      controller.joined(m);
+      if (m.resumed) announce("Reconnected.");
+      refreshWaitingRoom(active);
+      break;
+    case "waiting_room":
+      renderWaiting(m.entries.filter((e) => e.consultation_id === active.id));
+      break;
+    case "peer_joined":
+      active.presenceNote = "";
+      controller.peerJoined(m.peer);
+      announce(`${m.peer.name} joined the call.`);
+      break;
+    case "peer_presence":
+      controller.peerPresence(m.participant_id, m.online);
+      break;
+    case "peer_left":
+      controller.peerLeft(m.participant_id, m.reason);
+      break;
+    case "description":
+      controller.description(m.from, m.description);
+      break;
+    case "candidate":
+      controller.candidate(m.from, m.candidate);
+      break;
+    case "consultation_ended":
+      finishCall("The consultation has ended.", "ended-message");
+      break;
+    case "replaced":
+      finishCall("This consultation was opened in another tab or window, so it was closed here.", "replaced-message", true);
+      break;
+    case "error":
+      if (m.code === "doctor_busy") {
+        showError(admitError, "You are already in a call in another consultation. Hang up there first.");
+      } else if (m.fatal) {
+        finishCall(
+          m.code === "consultation_ended" ? "The consultation has ended." : `The call could not continue: ${m.message}`,
+          m.code === "consultation_ended" ? "ended-message" : "call-error-message",
+        );
+      } else {
+        console.warn("Signaling error", m.code, m.message);
+      }
+      break;
+    case "pong":
+    case "admitted":
+    case "declined":
+      break;
+  }
+}
+
+/** @param {ActiveCall} active */
+async function refreshWaitingRoom(active) {
+  try {
+    const entries = await api.waitingRoom();
+    if (call === active) renderWaiting(entries.filter((e) => e.consultation_id === active.id));
+  } catch (err) {
+    handleSessionLoss(err);
+  }
+}
+
+function updateCallStatus() {
+  const active = call;
+  if (!active) return;
+  if (active.signalingState === "reconnecting") {
+    callView.setStatus("Connection lost — reconnecting…", "warning");
+    return;
+  }
+  if (!navigator.onLine) {
+    callView.setStatus("Your device is offline. Connection lost — reconnecting…", "warning");
+    return;
+  }
+  if (active.presenceNote) {
+    callView.setStatus(active.presenceNote, "warning");
+    return;
+  }
+  switch (active.mediaState) {
+    case "waiting":
+      callView.setStatus(
+        active.signalingState === "open" ? "Waiting for your patient. Admit them from the waiting room." : "Connecting…",
+      );
+      break;
+    case "connecting":
+      callView.setStatus("Connecting the call…");
+      break;
+    case "reconnecting":
+      callView.setStatus("Connection lost — reconnecting…", "warning");
+      break;
+    case "connected": {
+      const peer = active.controller?.currentPeer;
+      callView.setStatus(peer && peer.name ? `In the call with ${peer.name}.` : "In the call.");
+      break;
+    }
+  }
+}
+
+window.addEventListener("online", () => {
+  updateCallStatus();
+  call?.controller?.restartIce();
+});
+window.addEventListener("offline", () => updateCallStatus());
+
+/** @param {WaitingPatient[]} entries */
+function renderWaiting(entries) {
+  if (!call) return;
+  const before = call.waiting.map((e) => `${e.participant_id}:${e.connected}`).join(",");
+  const after = entries.map((e) => `${e.participant_id}:${e.connected}`).join(",");
+  call.waiting = entries;
+  waitingEmpty.hidden = entries.length > 0;
+  if (before === after && waitingList.children.length === entries.length) {
+    updateWaitingTimes();
+    return;
+  }
+  const hadFocus = waitingList.contains(document.activeElement);
+  waitingList.replaceChildren(
+    ...entries.map((e) => {
+      const admitButton = h("button", {
+        className: "button small primary",
+        text: "Admit",
+        testid: "admit-button",
+        attrs: { type: "button", "aria-label": `Admit ${e.name}` },
+      });
+      const declineButton = h("button", {
+        className: "button small",
+        text: "Decline",
+        testid: "decline-button",
+        attrs: { type: "button", "aria-label": `Decline ${e.name}` },
+      });
+      admitButton.addEventListener("click", () => admitPatient(e, admitButton));
+      declineButton.addEventListener("click", () => declinePatient(e, declineButton));
+      const time = h("span", { className: "waiting-time", testid: "waiting-time" });
+      time.dataset.since = e.waiting_since;
+      time.textContent = `waiting ${waitedFor(e.waiting_since)}`;
+      const item = h("li", { className: "waiting-entry", testid: "waiting-entry" }, [
+        h("div", { className: "waiting-who" }, [
+          h("span", { className: "waiting-name", text: e.name, testid: "waiting-name" }),
+          time,
+          e.connected ? "" : h("span", { className: "muted", text: " · offline" }),
+        ]),
+        h("div", { className: "waiting-actions" }, [admitButton, declineButton]),
+      ]);
+      item.dataset.participantId = e.participant_id;
+      return item;
+    }),
+  );
+  if (entries.length > 0 && call.waiting.length > 0 && before !== after) {
+    const newest = entries[entries.length - 1];
+    if (!before.includes(newest.participant_id)) announce(`${newest.name} is waiting.`);
+  }
+  if (hadFocus) {
+    const first = waitingList.querySelector("button");
+    if (first instanceof HTMLElement) first.focus();
+    else endButton.focus();
+  }
+}
+
+function updateWaitingTimes() {
+  for (const el of waitingList.querySelectorAll(".waiting-time")) {
+    if (el instanceof HTMLElement && el.dataset.since) el.textContent = `waiting ${waitedFor(el.dataset.since)}`;
+  }
+}
+
+/**
+ * @param {WaitingPatient} entry
+ * @param {HTMLButtonElement} button
+ */
+async function admitPatient(entry, button) {
+  const active = call;
+  if (!active) return;
+  button.disabled = true;
+  showError(admitError, null);
+  try {
+    await api.admit(active.id, entry.participant_id);
+    announce(`${entry.name} admitted.`);
+  } catch (err) {
+    button.disabled = false;
+    if (handleSessionLoss(err)) return;
+    const code = err instanceof ApiError ? err.code : "";
+    showError(
+      admitError,
+      code === "doctor_busy"
+        ? "You are already in a call in another consultation. Hang up there first."
+        : `${entry.name} could not be admitted: ${messageOf(err)}`,
+    );
+  }
+}
+
+/**
+ * @param {WaitingPatient} entry
+ * @param {HTMLButtonElement} button
+ */
+async function declinePatient(entry, button) {
+  const active = call;
+  if (!active) return;
+  if (!(await confirmInline(button, `Decline ${entry.name}?`, "Decline", { testid: "decline-confirm", danger: true }))) return;
+  showError(admitError, null);
+  try {
+    await api.decline(active.id, entry.participant_id);
+    announce(`${entry.name} declined.`);
+  } catch (err) {
+    if (!handleSessionLoss(err)) showError(admitError, `${entry.name} could not be declined: ${messageOf(err)}`);
+  }
+}
+
+endButton.addEventListener("click", async () => {
+  const active = call;
+  if (!active) return;
+  if (!(await confirmInline(endButton, "End for everyone? The invite link stops working.", "Yes, end it", { testid: "end-confirm", danger: true }))) return;
+  try {
+    await api.endConsultation(active.id);
+    finishCall("The consultation has ended.", "ended-message");
+  } catch (err) {
+    if (!handleSessionLoss(err)) callView.setStatus(`The consultation was not ended: ${messageOf(err)}`, "error");
+  }
+});
+
+function hangUp() {
+  navigate("#/");
+}
+
+byId("back-button", HTMLButtonElement).addEventListener("click", () => navigate("#/"));
+
+/**
+ * Leave the current call (if any): hang up on the service, close the connection, release media.
+ * @param {{ tellService: boolean }} options
+ */
+function leaveCall({ tellService }) {
+  const active = call;
+  if (!active) return;
+  call = null;
+  clearInterval(active.timer);
+  if (active.signaling) {
+    if (tellService) active.signaling.leave();
+    else active.signaling.close();
+  }
+  active.controller?.close();
+  callView.stop();
+  callView.setStatus("");
+  stopStream(active.stream);
+  /** @type {any} */ (window).consultPc = null;
+}
+
+/**
+ * The call is over (ended, replaced, refused): show why, with a way back.
+ * @param {string} message
+ * @param {string} testid
+ * @param {boolean} [canRetry]
+ */
+function finishCall(message, testid, canRetry = false) {
+  const id = call ? call.id : "";
+  leaveCall({ tellService: false });
+  showCallOver(message, testid, canRetry ? id : "");
+}
+
+/**
+ * @param {string} message
+ * @param {string} testid
+ * @param {string} [retryId]
+ */
+function showCallOver(message, testid, retryId = "") {
+  const text = byId("call-over-message", HTMLElement);
+  text.textContent = message;
+  text.dataset.testid = testid || "call-over-message";
+  const retry = byId("call-over-retry", HTMLButtonElement);
+  retry.hidden = !retryId;
+  retry.onclick = () => {
+    if (retryId) openCall(retryId);
+  };
+  showView(views.callOver);
+  announce(message);
+}
+
+byId("call-over-back", HTMLButtonElement).addEventListener("click", () => {
+  if (location.hash === "#/") route();
+  else navigate("#/");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Start
+// ---------------------------------------------------------------------------------------------
+
+async function start() {
+  const params = new URLSearchParams(location.search);
+  const email = params.get("email");
+  if (email) {
+    emailInput.value = email;
+    history.replaceState(null, "", `/${location.hash}`);
+  }
+  try {
+    setSession(await api.getSession());
+    route();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) showSignIn();
+    else showSignIn(`The service could not be reached (${messageOf(err)}). Try again in a moment.`);
+  }
+}
+
+start();

@@ -1,0 +1,198 @@
+// @ts-check
+/**
+ * The call screen shared by the doctor and patient pages: local and remote video, mute, camera,
+ * hang up, the recording badge, the connection status line and the quality indicator.
+ *
+ * Both pages carry the same markup (ids `local-video`, `remote-video`, `mute-button`,
+ * `camera-button`, `hangup-button`, `recording-badge`, `call-status`, `quality`, `quality-label`,
+ * `remote-placeholder`, `remote-sound`).
+ */
+
+import { announce, byId } from "./ui.js";
+import { describeQuality, LABELS, monitorQuality } from "./stats.js";
+
+/** @typedef {import('./protocol.js').ConsultationMode} ConsultationMode */
+/** @typedef {import('./stats.js').Quality} Quality */
+
+export class CallView {
+  /** @param {{ onHangUp: () => void }} options */
+  constructor({ onHangUp }) {
+    this.localVideo = byId("local-video", HTMLVideoElement);
+    this.remoteVideo = byId("remote-video", HTMLVideoElement);
+    this.muteButton = byId("mute-button", HTMLButtonElement);
+    this.cameraButton = byId("camera-button", HTMLButtonElement);
+    this.hangUpButton = byId("hangup-button", HTMLButtonElement);
+    this.badge = byId("recording-badge", HTMLElement);
+    this.status = byId("call-status", HTMLElement);
+    this.quality = byId("quality", HTMLElement);
+    this.qualityLabel = byId("quality-label", HTMLElement);
+    this.qualityText = byId("quality-text", HTMLElement);
+    this.placeholder = byId("remote-placeholder", HTMLElement);
+    this.remoteName = byId("remote-name", HTMLElement);
+    this.soundButton = byId("remote-sound", HTMLButtonElement);
+    /** @type {MediaStream | null} */
+    this.localStream = null;
+    /** @type {(() => void) | null} */
+    this.stopQuality = null;
+
+    this.muteButton.addEventListener("click", () => this.toggleTrack("audio"));
+    this.cameraButton.addEventListener("click", () => this.toggleTrack("video"));
+    this.hangUpButton.addEventListener("click", () => onHangUp());
+    this.soundButton.addEventListener("click", () => {
+      this.remoteVideo.muted = false;
+      this.remoteVideo.play().catch(() => {});
+      this.soundButton.hidden = true;
+    });
+  }
+
+  /** @param {ConsultationMode} mode */
+  setMode(mode) {
+    const live = mode === "live_only";
+    this.badge.textContent = live ? "Live only — not recorded" : "Recorded";
+    this.badge.classList.toggle("badge-live", live);
+    this.badge.classList.toggle("badge-recorded", !live);
+  }
+
+  /** @param {MediaStream | null} stream */
+  setLocalStream(stream) {
+    this.localStream = stream;
+    this.localVideo.srcObject = stream;
+    if (stream) this.localVideo.play().catch(() => {});
+    const hasAudio = !!stream && stream.getAudioTracks().length > 0;
+    const hasVideo = !!stream && stream.getVideoTracks().length > 0;
+    this.muteButton.disabled = !hasAudio;
+    this.cameraButton.disabled = !hasVideo;
+    this.renderToggles();
+  }
+
+  /**
+   * @private
+   * @param {"audio" | "video"} kind
+   */
+  toggleTrack(kind) {
+    const stream = this.localStream;
+    if (!stream) return;
+    const tracks = kind === "audio" ? stream.getAudioTracks() : stream.getVideoTracks();
+    if (tracks.length === 0) return;
+    const enable = !tracks[0].enabled;
+    for (const track of tracks) track.enabled = enable;
+    this.renderToggles();
+    if (kind === "audio") announce(enable ? "Microphone on." : "Microphone muted.");
+    else announce(enable ? "Camera on." : "Camera off.");
+  }
+
+  /** @private */
+  renderToggles() {
+    const stream = this.localStream;
+    const hasAudio = !!stream && stream.getAudioTracks().length > 0;
+    const hasVideo = !!stream && stream.getVideoTracks().length > 0;
+    const audioOn = hasAudio && !!stream && stream.getAudioTracks().some((t) => t.enabled);
+    const videoOn = hasVideo && !!stream && stream.getVideoTracks().some((t) => t.enabled);
+    if (hasAudio) {
+      this.muteButton.textContent = audioOn ? "Mute" : "Unmute";
+      this.muteButton.setAttribute("aria-pressed", String(!audioOn));
+    } else {
+      this.muteButton.textContent = "No microphone";
+      this.muteButton.removeAttribute("aria-pressed");
+    }
+    if (hasVideo) {
+      this.cameraButton.textContent = videoOn ? "Camera off" : "Camera on";
+      this.cameraButton.setAttribute("aria-pressed", String(!videoOn));
+    } else {
+      this.cameraButton.textContent = "No camera";
+      this.cameraButton.removeAttribute("aria-pressed");
+    }
+    this.localVideo.hidden = !hasVideo;
+    this.localVideo.classList.toggle("video-off", !videoOn);
+  }
+
+  /**
+   * @param {MediaStream | null} stream
+   * @param {string} [placeholderText] Shown while there is no remote video.
+   * @param {string} [name] The other participant's name, shown over their video.
+   */
+  setRemoteStream(stream, placeholderText, name = "") {
+    if (this.remoteVideo.srcObject !== stream) this.remoteVideo.srcObject = stream;
+    const hasVideo = !!stream && stream.getVideoTracks().length > 0;
+    this.placeholder.hidden = hasVideo;
+    if (stream && !hasVideo) this.placeholder.textContent = name ? `${name} has no camera on.` : "No video.";
+    else if (placeholderText && (!stream || !this.placeholder.textContent)) this.placeholder.textContent = placeholderText;
+    this.remoteName.textContent = name;
+    this.remoteName.hidden = !stream || !name;
+    this.remoteVideo.setAttribute("aria-label", name ? `Video of ${name}` : "Remote video");
+    if (!stream) {
+      this.soundButton.hidden = true;
+      return;
+    }
+    this.remoteVideo.muted = false;
+    this.remoteVideo.play().catch((err) => {
+      if (err instanceof DOMException && err.name === "NotAllowedError") {
+        // Autoplay with sound refused: play muted and offer to turn the sound on.
+        this.remoteVideo.muted = true;
+        this.remoteVideo.play().catch(() => {});
+        this.soundButton.hidden = false;
+      }
+    });
+  }
+
+  /** @param {string} text */
+  setPlaceholder(text) {
+    this.placeholder.textContent = text;
+  }
+
+  /** Whether remote video is showing. */
+  get hasRemoteVideo() {
+    const stream = this.remoteVideo.srcObject;
+    return stream instanceof MediaStream && stream.getVideoTracks().length > 0;
+  }
+
+  /**
+   * The status line above the videos; announced to screen readers.
+   * @param {string} text Empty to clear it.
+   * @param {"info" | "warning" | "error"} [kind]
+   */
+  setStatus(text, kind = "info") {
+    if (this.status.textContent === text) return;
+    this.status.textContent = text;
+    this.status.hidden = !text;
+    this.status.classList.toggle("status-warning", kind === "warning");
+    this.status.classList.toggle("status-error", kind === "error");
+    if (text) announce(text);
+  }
+
+  /** @param {() => RTCPeerConnection | null} getPc */
+  startQuality(getPc) {
+    this.stopQuality?.();
+    this.stopQuality = monitorQuality(getPc, (q) => this.renderQuality(q));
+  }
+
+  /**
+   * @private
+   * @param {Quality | null} q
+   */
+  renderQuality(q) {
+    this.qualityLabel.classList.remove("quality-good", "quality-fair", "quality-poor", "quality-unknown");
+    if (!q) {
+      this.quality.dataset.label = "none";
+      this.qualityLabel.textContent = "Not connected";
+      this.qualityLabel.classList.add("quality-unknown");
+      this.qualityText.textContent = "";
+      return;
+    }
+    this.quality.dataset.label = q.label;
+    this.qualityLabel.textContent = LABELS[q.label];
+    this.qualityLabel.classList.add(`quality-${q.label}`);
+    this.qualityText.textContent = describeQuality(q);
+  }
+
+  /** Stop the quality monitor and release the videos (the caller stops the tracks). */
+  stop() {
+    this.stopQuality?.();
+    this.stopQuality = null;
+    this.renderQuality(null);
+    this.remoteVideo.srcObject = null;
+    this.remoteName.hidden = true;
+    this.localVideo.srcObject = null;
+    this.soundButton.hidden = true;
+  }
+}

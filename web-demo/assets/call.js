@@ -1,0 +1,544 @@
+// @ts-check
+/**
+ * The call: one RTCPeerConnection per remote participant, negotiated with the W3C "perfect
+ * negotiation" pattern (both sides add their tracks and may offer; the polite side rolls back its
+ * own offer on glare), with ICE restart when the connection fails.
+ *
+ * `CallController` takes the peer-related signaling messages (`joined`, `admitted`, `peer_joined`,
+ * `peer_presence`, `peer_left`, `description`, `candidate`) and keeps the connections; the page
+ * handles the rest and shows what the callbacks report.
+ */
+
+/** @typedef {import('./protocol.js').ClientMessage} ClientMessage */
+/** @typedef {import('./protocol.js').Peer} Peer */
+/** @typedef {import('./protocol.js').JoinedMessage} JoinedMessage */
+/** @typedef {import('./protocol.js').SessionDescription} SessionDescription */
+/** @typedef {import('./protocol.js').IceCandidate} IceCandidate */
+
+/**
+ * What the page is told about the media connection.
+ * `waiting`: nobody to talk to; `connecting`: negotiating; `connected`: media flows;
+ * `reconnecting`: the network dropped, ICE is being restored.
+ * @typedef {"waiting" | "connecting" | "connected" | "reconnecting"} MediaState
+ */
+
+/** How long "disconnected" may last before an ICE restart is forced. */
+const DISCONNECTED_RESTART_MS = 4000;
+
+/** How long a connection may stay "new"/"connecting" with both descriptions set before ICE restarts. */
+const STUCK_RESTART_MS = 8000;
+
+/**
+ * How long the polite side waits for the other side's offer before offering itself. Both sides
+ * learn about each other at the same moment; letting the impolite side offer alone avoids a glare
+ * (and its rollback) on every call start. Perfect negotiation still copes if both offer.
+ */
+const POLITE_OFFER_WAIT_MS = 1500;
+
+/**
+ * The `a=fingerprint` lines of an SDP: a different set means a different peer connection (the
+ * other side reloaded or recreated it), which cannot be renegotiated onto the old one.
+ * @param {string | undefined} sdp
+ * @returns {string}
+ */
+function fingerprints(sdp) {
+  if (!sdp) return "";
+  return sdp
+    .split(/\r?\n/)
+    .filter((line) => line.startsWith("a=fingerprint:"))
+    .sort()
+    .join("\n");
+}
+
+/**
+ * One RTCPeerConnection to one remote participant.
+ */
+export class PeerLink {
+  /**
+   * @param {object} options
+   * @param {string} options.peerId
+   * @param {boolean} options.polite
+   * @param {RTCIceServer[]} options.iceServers
+   * @param {MediaStream | null} options.localStream
+   * @param {(message: ClientMessage) => boolean} options.send
+   * @param {(stream: MediaStream) => void} options.onRemoteStream
+   * @param {(link: PeerLink) => void} options.onStateChange
+   */
+  constructor({ peerId, polite, iceServers, localStream, send, onRemoteStream, onStateChange }) {
+    this.peerId = peerId;
+    this.polite = polite;
+    this.send = send;
+    this.onRemoteStream = onRemoteStream;
+    this.onStateChange = onStateChange;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.isSettingRemoteAnswerPending = false;
+    this.closed = false;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.disconnectTimer = undefined;
+    this.remoteStream = new MediaStream();
+    this.pc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
+    const pc = this.pc;
+
+    if (localStream) {
+      for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
+    }
+    // Without a camera or microphone, still ask for the other side's audio and video (this also
+    // makes sure this side starts negotiating when it is the one to offer).
+    for (const kind of ["audio", "video"]) {
+      if (!localStream || localStream.getTracks().every((t) => t.kind !== kind)) {
+        pc.addTransceiver(kind, { direction: "recvonly" });
+      }
+    }
+
+    pc.ontrack = ({ track, streams }) => {
+      const stream = streams[0];
+      if (stream && this.remoteStream !== stream) {
+        this.remoteStream = stream;
+      } else if (!this.remoteStream.getTracks().includes(track)) {
+        this.remoteStream.addTrack(track);
+      }
+      this.onRemoteStream(this.remoteStream);
+    };
+
+    pc.onnegotiationneeded = async () => {
+      try {
+        this.makingOffer = true;
+        await pc.setLocalDescription();
+        if (this.closed || !pc.localDescription) return;
+        this.sendDescription(pc.localDescription);
+      } catch (err) {
+        console.error("Could not create an offer", err);
+      } finally {
+        this.makingOffer = false;
+      }
+    };
+
+    pc.onicecandidate = ({ candidate }) => {
+      if (this.closed) return;
+      /** @type {IceCandidate | null} */
+      let wire = null;
+      if (candidate) {
+        const json = candidate.toJSON();
+        wire = { candidate: json.candidate ?? "" };
+        if (json.sdpMid != null) wire.sdpMid = json.sdpMid;
+        if (json.sdpMLineIndex != null) wire.sdpMLineIndex = json.sdpMLineIndex;
+        if (json.usernameFragment != null) wire.usernameFragment = json.usernameFragment;
+      }
+      this.send({ type: "candidate", to: this.peerId, candidate: wire });
+    };
+
+    pc.onconnectionstatechange = () => this.checkState();
+    pc.oniceconnectionstatechange = () => this.checkState();
+
+    // A connection that never gets going (lost candidates, a browser stuck gathering after a
+    // rollback) is restarted rather than left hanging.
+    this.notConnectedSince = Date.now();
+    this.watchdog = setInterval(() => {
+      if (this.closed) return;
+      const state = pc.connectionState;
+      if (state === "connected") {
+        this.notConnectedSince = Date.now();
+        return;
+      }
+      const negotiated = pc.signalingState === "stable" && !!pc.remoteDescription && !!pc.localDescription;
+      if (!negotiated) return;
+      if ((state === "new" || state === "connecting") && Date.now() - this.notConnectedSince > STUCK_RESTART_MS) {
+        console.warn(`Connection still ${state} after ${STUCK_RESTART_MS} ms; restarting ICE`);
+        this.notConnectedSince = Date.now();
+        pc.restartIce();
+      }
+    }, 1000);
+  }
+
+  /** @private */
+  checkState() {
+    const pc = this.pc;
+    if (this.closed) return;
+    const state = pc.connectionState;
+    const ice = pc.iceConnectionState;
+    if (state === "failed" || ice === "failed") {
+      console.warn("Connection failed; restarting ICE");
+      pc.restartIce();
+    }
+    if (state === "disconnected" || ice === "disconnected") {
+      if (this.disconnectTimer === undefined) {
+        this.disconnectTimer = setTimeout(() => {
+          this.disconnectTimer = undefined;
+          if (!this.closed && (pc.iceConnectionState === "disconnected" || pc.connectionState === "disconnected")) {
+            console.warn("Still disconnected; restarting ICE");
+            pc.restartIce();
+          }
+        }, DISCONNECTED_RESTART_MS);
+      }
+    } else if (this.disconnectTimer !== undefined) {
+      clearTimeout(this.disconnectTimer);
+      this.disconnectTimer = undefined;
+    }
+    this.onStateChange(this);
+  }
+
+  /** @returns {MediaState} */
+  get mediaState() {
+    const pc = this.pc;
+    const state = pc.connectionState;
+    if (state === "connected") return "connected";
+    if (state === "disconnected" || state === "failed") return "reconnecting";
+    const ice = pc.iceConnectionState;
+    if (ice === "disconnected" || ice === "failed") return "reconnecting";
+    return "connecting";
+  }
+
+  /**
+   * @private
+   * @param {RTCSessionDescription} description
+   */
+  sendDescription(description) {
+    const type = /** @type {SessionDescription["type"]} */ (description.type);
+    this.send({ type: "description", to: this.peerId, description: { type, sdp: description.sdp } });
+  }
+
+  /**
+   * Whether a remote offer comes from a different RTCPeerConnection than the one negotiated so far.
+   * @param {SessionDescription} description
+   */
+  isFromNewPeerConnection(description) {
+    const current = this.pc.currentRemoteDescription ?? this.pc.remoteDescription;
+    if (!current || description.type !== "offer") return false;
+    return fingerprints(current.sdp) !== fingerprints(description.sdp);
+  }
+
+  /**
+   * A remote description (perfect negotiation).
+   * @param {SessionDescription} description
+   */
+  async handleDescription(description) {
+    const pc = this.pc;
+    if (description.type === "rollback") return;
+    const readyForOffer =
+      !this.makingOffer && (pc.signalingState === "stable" || this.isSettingRemoteAnswerPending);
+    const offerCollision = description.type === "offer" && !readyForOffer;
+    this.ignoreOffer = !this.polite && offerCollision;
+    if (this.ignoreOffer) return;
+    this.isSettingRemoteAnswerPending = description.type === "answer";
+    try {
+      await pc.setRemoteDescription(description);
+    } finally {
+      this.isSettingRemoteAnswerPending = false;
+    }
+    if (description.type === "offer") {
+      await pc.setLocalDescription();
+      if (!this.closed && pc.localDescription) this.sendDescription(pc.localDescription);
+    }
+  }
+
+  /**
+   * A trickled remote candidate; `null` (end of candidates) needs nothing.
+   * @param {IceCandidate | null} candidate
+   */
+  async handleCandidate(candidate) {
+    if (!candidate) return;
+    try {
+      await this.pc.addIceCandidate(candidate);
+    } catch (err) {
+      if (!this.ignoreOffer) console.warn("Could not add a remote candidate", err);
+    }
+  }
+
+  /** Restart ICE (after a network change); negotiationneeded sends the new offer. */
+  restartIce() {
+    if (!this.closed) this.pc.restartIce();
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.disconnectTimer !== undefined) clearTimeout(this.disconnectTimer);
+    clearInterval(this.watchdog);
+    this.pc.ontrack = null;
+    this.pc.onnegotiationneeded = null;
+    this.pc.onicecandidate = null;
+    this.pc.onconnectionstatechange = null;
+    this.pc.oniceconnectionstatechange = null;
+    this.pc.close();
+  }
+}
+
+/**
+ * Keeps the peer connections of a two-party call in step with the signaling messages.
+ */
+export class CallController {
+  /**
+   * @param {object} options
+   * @param {(message: ClientMessage) => boolean} options.send Send a signaling message.
+   * @param {() => Promise<RTCIceServer[]>} options.getIceServers
+   * @param {MediaStream | null} options.localStream
+   * @param {(stream: MediaStream | null, peer: Peer | null) => void} options.onRemoteStream
+   * @param {(state: MediaState, peer: Peer | null) => void} options.onMediaState
+   * @param {(peer: Peer, online: boolean) => void} [options.onPeerPresence]
+   * @param {(peer: Peer, reason: string) => void} [options.onPeerLeft]
+   */
+  constructor({ send, getIceServers, localStream, onRemoteStream, onMediaState, onPeerPresence, onPeerLeft }) {
+    this.send = send;
+    this.getIceServers = getIceServers;
+    this.localStream = localStream;
+    this.onRemoteStream = onRemoteStream;
+    this.onMediaState = onMediaState;
+    this.onPeerPresence = onPeerPresence ?? (() => {});
+    this.onPeerLeft = onPeerLeft ?? (() => {});
+    this.polite = false;
+    /** @type {PeerLink | null} */
+    this.link = null;
+    /** @type {Map<string, Peer>} */
+    this.peers = new Map();
+    /** @type {Promise<void>} Serializes everything that touches the peer connection. */
+    this.queue = Promise.resolve();
+    this.closed = false;
+    /** @type {MediaState} */
+    this.lastState = "waiting";
+    /** @type {{ peerId: string, timer: ReturnType<typeof setTimeout> } | null} */
+    this.awaitingOffer = null;
+  }
+
+  /** The participant the current connection is with, if any. */
+  get currentPeer() {
+    return this.link ? this.peerOf(this.link.peerId) : null;
+  }
+
+  /** The live RTCPeerConnection, if any. */
+  get pc() {
+    return this.link ? this.link.pc : null;
+  }
+
+  /**
+   * @private
+   * @param {() => Promise<void> | void} task
+   */
+  enqueue(task) {
+    this.queue = this.queue.then(task).catch((err) => console.error("Call error", err));
+    return this.queue;
+  }
+
+  /**
+   * @private
+   * @param {string} peerId
+   */
+  peerOf(peerId) {
+    return this.peers.get(peerId) ?? { participant_id: peerId, role: "patient", name: "" };
+  }
+
+  /**
+   * @private
+   * @param {MediaState} state
+   */
+  report(state) {
+    this.lastState = state;
+    const peer = this.link ? this.peerOf(this.link.peerId) : null;
+    this.onMediaState(state, peer);
+  }
+
+  /**
+   * Start a fresh connection to a peer, replacing any earlier one.
+   * @private
+   * @param {string} peerId
+   */
+  async connect(peerId) {
+    this.cancelAwaitingOffer();
+    const iceServers = await this.getIceServers();
+    if (this.closed) return;
+    this.dropLink();
+    const link = new PeerLink({
+      peerId,
+      polite: this.polite,
+      iceServers,
+      localStream: this.localStream,
+      send: this.send,
+      onRemoteStream: (stream) => {
+        if (this.link === link) this.onRemoteStream(stream, this.peerOf(peerId));
+      },
+      onStateChange: (l) => {
+        if (this.link === l) this.report(l.mediaState);
+      },
+    });
+    this.link = link;
+    /** @type {any} */ (window).consultPc = link.pc;
+    this.report("connecting");
+  }
+
+  /**
+   * Begin talking to a peer both sides just learnt about: the impolite side connects (and offers)
+   * at once; the polite side waits a moment for that offer, then connects anyway.
+   * @private
+   * @param {string} peerId
+   */
+  async begin(peerId) {
+    this.cancelAwaitingOffer();
+    if (!this.polite) {
+      await this.connect(peerId);
+      return;
+    }
+    this.dropLink();
+    this.report("connecting");
+    void this.getIceServers(); // Warm the cache meanwhile.
+    const timer = setTimeout(() => {
+      this.enqueue(async () => {
+        if (this.awaitingOffer && this.awaitingOffer.timer === timer) {
+          this.awaitingOffer = null;
+          await this.connect(peerId);
+        }
+      });
+    }, POLITE_OFFER_WAIT_MS);
+    this.awaitingOffer = { peerId, timer };
+  }
+
+  /** @private */
+  cancelAwaitingOffer() {
+    if (this.awaitingOffer) clearTimeout(this.awaitingOffer.timer);
+    this.awaitingOffer = null;
+  }
+
+  /** @private */
+  dropLink() {
+    if (!this.link) return;
+    const old = this.link;
+    this.link = null;
+    old.close();
+    if (/** @type {any} */ (window).consultPc === old.pc) /** @type {any} */ (window).consultPc = null;
+    this.onRemoteStream(null, null);
+  }
+
+  /**
+   * `joined` (first time or after a signaling reconnect).
+   * @param {JoinedMessage} joined
+   */
+  joined(joined) {
+    return this.enqueue(async () => {
+      this.polite = joined.polite;
+      for (const peer of joined.peers) this.peers.set(peer.participant_id, peer);
+      if (!joined.admitted) return;
+      const present = joined.peers.find((p) => p.participant_id !== joined.participant_id);
+      if (!present) {
+        if (this.link) this.dropLink();
+        this.report("waiting");
+        return;
+      }
+      if (this.link && this.link.peerId === present.participant_id) {
+        // Signaling came back and the peer is still here: keep the media connection, and restart
+        // ICE if it suffered meanwhile.
+        if (this.link.mediaState !== "connected") this.link.restartIce();
+        return;
+      }
+      if (joined.resumed) {
+        // This page took back a place it held (a reload): the other side still has its old
+        // connection and will not start anew by itself, so offer a fresh one right away.
+        await this.connect(present.participant_id);
+      } else {
+        await this.begin(present.participant_id);
+      }
+    });
+  }
+
+  /**
+   * Patient: `admitted`.
+   * @param {Peer[]} peers
+   */
+  admitted(peers) {
+    return this.enqueue(async () => {
+      for (const peer of peers) this.peers.set(peer.participant_id, peer);
+      const first = peers[0];
+      if (first) await this.begin(first.participant_id);
+    });
+  }
+
+  /**
+   * `peer_joined`: a new participant, or one back after the grace period: always a fresh connection.
+   * @param {Peer} peer
+   */
+  peerJoined(peer) {
+    return this.enqueue(async () => {
+      this.peers.set(peer.participant_id, peer);
+      await this.begin(peer.participant_id);
+    });
+  }
+
+  /**
+   * @param {string} peerId
+   * @param {boolean} online
+   */
+  peerPresence(peerId, online) {
+    return this.enqueue(() => {
+      this.onPeerPresence(this.peerOf(peerId), online);
+    });
+  }
+
+  /**
+   * @param {string} peerId
+   * @param {string} reason
+   */
+  peerLeft(peerId, reason) {
+    return this.enqueue(() => {
+      const peer = this.peerOf(peerId);
+      if (this.awaitingOffer && this.awaitingOffer.peerId === peerId) this.cancelAwaitingOffer();
+      if (this.link && this.link.peerId === peerId) {
+        this.dropLink();
+        this.report("waiting");
+      }
+      this.peers.delete(peerId);
+      this.onPeerLeft(peer, reason);
+    });
+  }
+
+  /**
+   * @param {string} from
+   * @param {SessionDescription} description
+   */
+  description(from, description) {
+    return this.enqueue(async () => {
+      if (!this.link || this.link.peerId !== from || this.link.isFromNewPeerConnection(description)) {
+        // The other side (re)created its connection: follow with a fresh one.
+        await this.connect(from);
+      }
+      const link = this.link;
+      if (!link) return;
+      try {
+        await link.handleDescription(description);
+      } catch (err) {
+        if (description.type === "offer") {
+          // An offer the current connection cannot take: start afresh and answer it there.
+          console.warn("Remote offer refused; starting a fresh connection", err);
+          await this.connect(from);
+          if (this.link) await this.link.handleDescription(description);
+        } else {
+          // An answer that does not fit (the other side changed connections meanwhile): start
+          // afresh; the new connection offers again.
+          console.warn("Remote answer refused; starting a fresh connection", err);
+          await this.connect(from);
+        }
+      }
+    });
+  }
+
+  /**
+   * @param {string} from
+   * @param {IceCandidate | null} candidate
+   */
+  candidate(from, candidate) {
+    return this.enqueue(async () => {
+      if (this.link && this.link.peerId === from) await this.link.handleCandidate(candidate);
+    });
+  }
+
+  /** Restart ICE now (for example when the browser reports it is online again). */
+  restartIce() {
+    return this.enqueue(() => {
+      if (this.link) this.link.restartIce();
+    });
+  }
+
+  /** Close every connection (hang up, ended). */
+  close() {
+    this.closed = true;
+    this.cancelAwaitingOffer();
+    this.dropLink();
+  }
+}

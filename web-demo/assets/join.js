@@ -1,0 +1,653 @@
+// @ts-check
+/**
+ * The patient's page (`/join#<invite>`): invite landing, name, device check, waiting room, call.
+ *
+ * The invite comes in the fragment (never sent to the service in a URL) and is removed from the
+ * address bar at once. Once redeemed, the participant token is kept in sessionStorage so that a
+ * reload of this tab takes back the same place.
+ */
+
+import * as api from "./api.js";
+import { ApiError, IceServerCache } from "./api.js";
+import { CallController } from "./call.js";
+import { CallView } from "./call-view.js";
+import { deviceIdOf, fillDeviceSelect, LevelMeter, listDevices, openMedia, stopStream } from "./media.js";
+import { SignalingClient } from "./signaling.js";
+import { announce, byId, formatDateTime, showError, showView } from "./ui.js";
+
+/** @typedef {import('./protocol.js').InviteInfo} InviteInfo */
+/** @typedef {import('./protocol.js').ConsultationMode} ConsultationMode */
+/** @typedef {import('./protocol.js').ServerMessage} ServerMessage */
+/** @typedef {import('./call.js').MediaState} MediaState */
+
+/**
+ * What sessionStorage keeps for this tab.
+ * @typedef {object} StoredPlace
+ * @property {string} token Participant token.
+ * @property {string} participantId
+ * @property {string} name
+ * @property {InviteInfo} invite
+ */
+
+const INVITE_KEY = "consult.invite";
+const PLACE_KEY = "consult.place";
+
+const views = {
+  loading: byId("view-loading", HTMLElement),
+  landing: byId("view-landing", HTMLElement),
+  devices: byId("view-devices", HTMLElement),
+  waiting: byId("view-waiting", HTMLElement),
+  call: byId("view-call", HTMLElement),
+  notice: byId("view-notice", HTMLElement),
+};
+
+/** @type {string} */
+let invite = "";
+/** @type {InviteInfo | null} */
+let info = null;
+let patientName = "";
+/** @type {MediaStream | null} */
+let stream = null;
+/** @type {LevelMeter | null} */
+let meter = null;
+/** @type {SignalingClient | null} */
+let signaling = null;
+/** @type {CallController | null} */
+let controller = null;
+/** @type {"connecting" | "open" | "reconnecting" | "closed"} */
+let signalingState = "closed";
+/** @type {MediaState} */
+let mediaState = "waiting";
+let presenceNote = "";
+let inCall = false;
+
+// ---------------------------------------------------------------------------------------------
+// Storage
+// ---------------------------------------------------------------------------------------------
+
+/** @returns {StoredPlace | null} */
+function loadPlace() {
+  try {
+    const raw = sessionStorage.getItem(PLACE_KEY);
+    return raw ? /** @type {StoredPlace} */ (JSON.parse(raw)) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** @param {StoredPlace | null} place */
+function savePlace(place) {
+  try {
+    if (place) sessionStorage.setItem(PLACE_KEY, JSON.stringify(place));
+    else sessionStorage.removeItem(PLACE_KEY);
+  } catch {
+    // Storage unavailable (private mode): a reload then starts over.
+  }
+}
+
+/** Forget everything about this consultation (it is over for this tab). */
+function forgetAll() {
+  savePlace(null);
+  try {
+    sessionStorage.removeItem(INVITE_KEY);
+  } catch {
+    // Ignore.
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notices
+// ---------------------------------------------------------------------------------------------
+
+const NOTICE_IDS = [
+  "not-found-message",
+  "no-link-message",
+  "expired-message",
+  "revoked-message",
+  "ended-message",
+  "in-use-message",
+  "declined-message",
+  "left-message",
+  "replaced-message",
+  "error-message",
+];
+
+const NOTICE_TITLES = /** @type {Record<string, string>} */ ({
+  "not-found-message": "This link does not work",
+  "no-link-message": "Video consultation",
+  "expired-message": "This link has expired",
+  "revoked-message": "This link was withdrawn",
+  "ended-message": "Video consultation",
+  "in-use-message": "This link is already in use",
+  "declined-message": "You were not let in",
+  "left-message": "You left the consultation",
+  "replaced-message": "Opened somewhere else",
+  "error-message": "Something went wrong",
+});
+
+/**
+ * Show one of the full-page notices.
+ * @param {string} id
+ * @param {{ text?: string, retry?: () => void }} [options]
+ */
+function showNotice(id, options = {}) {
+  for (const other of NOTICE_IDS) byId(other, HTMLElement).hidden = other !== id;
+  if (options.text) byId(id, HTMLElement).textContent = options.text;
+  byId("notice-heading", HTMLElement).textContent = NOTICE_TITLES[id] ?? "Video consultation";
+  byId("notice-close-hint", HTMLElement).hidden = !["ended-message", "left-message", "declined-message"].includes(id);
+  const retry = byId("notice-retry", HTMLButtonElement);
+  retry.hidden = !options.retry;
+  retry.onclick = options.retry ?? null;
+  showView(views.notice);
+}
+
+/**
+ * The notice for an invite error, or null if it is not one.
+ * @param {unknown} err
+ * @returns {string | null}
+ */
+function inviteNotice(err) {
+  if (!(err instanceof ApiError)) return null;
+  switch (err.code) {
+    case "invite_not_found":
+      return "not-found-message";
+    case "invite_expired":
+      return "expired-message";
+    case "invite_revoked":
+      return "revoked-message";
+    case "consultation_ended":
+      return "ended-message";
+    case "invite_in_use":
+      return "in-use-message";
+    default:
+      return err.status === 404 ? "not-found-message" : null;
+  }
+}
+
+/** @param {ConsultationMode} mode */
+function modeBadge(mode) {
+  return mode === "live_only" ? "Live only — not recorded" : "Recorded";
+}
+
+/**
+ * @param {HTMLElement} badge
+ * @param {ConsultationMode} mode
+ */
+function setBadge(badge, mode) {
+  badge.textContent = modeBadge(mode);
+  badge.classList.toggle("badge-live", mode === "live_only");
+  badge.classList.toggle("badge-recorded", mode !== "live_only");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Landing and name
+// ---------------------------------------------------------------------------------------------
+
+const nameForm = byId("name-form", HTMLFormElement);
+const nameInput = byId("patient-name", HTMLInputElement);
+const nameError = byId("name-error", HTMLElement);
+
+/** @param {string} [notice] Shown above the name field (why the patient is back here). */
+async function showLanding(notice) {
+  showView(views.loading, { focus: false });
+  const noticeEl = byId("landing-notice", HTMLElement);
+  noticeEl.textContent = notice ?? "";
+  noticeEl.hidden = !notice;
+  try {
+    info = await api.inspectInvite(invite);
+  } catch (err) {
+    const notice = inviteNotice(err);
+    if (notice) {
+      if (notice !== "in-use-message") forgetAll();
+      showNotice(notice);
+    } else {
+      showNotice("error-message", {
+        text: `Your link could not be checked: ${err instanceof Error ? err.message : String(err)}`,
+        retry: () => showLanding(),
+      });
+    }
+    return;
+  }
+  byId("landing-heading", HTMLElement).textContent = `Video consultation with ${info.doctor_name}`;
+  setBadge(byId("landing-mode", HTMLElement), info.mode);
+  byId("landing-mode-text", HTMLElement).textContent =
+    info.mode === "live_only"
+      ? "Nothing of this consultation is recorded: the video goes directly between you and your doctor, encrypted."
+      : "Your doctor records this consultation, with your consent, into encrypted storage.";
+  byId("landing-expiry", HTMLElement).textContent = `This link works until ${formatDateTime(info.expires_at)}.`;
+  showView(views.landing, { focus: false });
+  nameInput.focus();
+}
+
+nameForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = nameInput.value.trim();
+  if (!name) {
+    showError(nameError, "Enter your name, so that your doctor knows who is waiting.");
+    nameInput.focus();
+    return;
+  }
+  if (name.length > 80) {
+    showError(nameError, "Use at most 80 characters.");
+    nameInput.focus();
+    return;
+  }
+  showError(nameError, null);
+  patientName = name;
+  showDeviceCheck();
+});
+
+// ---------------------------------------------------------------------------------------------
+// Device check
+// ---------------------------------------------------------------------------------------------
+
+const preview = byId("device-preview", HTMLVideoElement);
+const previewPlaceholder = byId("preview-placeholder", HTMLElement);
+const cameraSelect = byId("camera-select", HTMLSelectElement);
+const micSelect = byId("mic-select", HTMLSelectElement);
+const deviceErrorBox = byId("device-error-box", HTMLElement);
+const deviceError = byId("device-error", HTMLElement);
+const joinButton = byId("join-button", HTMLButtonElement);
+const joinError = byId("join-error", HTMLElement);
+
+/** Whether the device check follows a reload of an already redeemed place. */
+let resuming = false;
+
+function showDeviceCheck() {
+  showError(joinError, null);
+  joinButton.disabled = false;
+  joinButton.textContent = resuming ? "Rejoin consultation" : "Join consultation";
+  showView(views.devices);
+  startPreview({});
+}
+
+/** @param {import('./media.js').DeviceChoice} choice */
+async function startPreview(choice) {
+  stopMeter();
+  stopStream(stream);
+  stream = null;
+  preview.srcObject = null;
+  deviceErrorBox.hidden = true;
+  try {
+    stream = await openMedia(choice);
+  } catch (err) {
+    deviceError.textContent = `${err instanceof Error ? err.message : String(err)} You can still join, but your doctor will not see or hear you.`;
+    deviceErrorBox.hidden = false;
+    previewPlaceholder.hidden = false;
+    previewPlaceholder.textContent = "No camera";
+    await refreshDeviceLists();
+    return;
+  }
+  const hasVideo = stream.getVideoTracks().length > 0;
+  preview.srcObject = hasVideo ? stream : null;
+  previewPlaceholder.hidden = hasVideo;
+  previewPlaceholder.textContent = "No camera found — your doctor will only hear you";
+  if (hasVideo) preview.play().catch(() => {});
+  meter = new LevelMeter(stream, byId("mic-meter-fill", HTMLElement), byId("mic-meter", HTMLElement));
+  await refreshDeviceLists();
+}
+
+async function refreshDeviceLists() {
+  try {
+    const { cameras, microphones } = await listDevices();
+    fillDeviceSelect(cameraSelect, cameras, deviceIdOf(stream, "video"), "Camera");
+    fillDeviceSelect(micSelect, microphones, deviceIdOf(stream, "audio"), "Microphone");
+  } catch (err) {
+    console.warn("enumerateDevices failed", err);
+  }
+}
+
+function stopMeter() {
+  meter?.stop();
+  meter = null;
+}
+
+cameraSelect.addEventListener("change", () =>
+  startPreview({ videoDeviceId: cameraSelect.value || undefined, audioDeviceId: micSelect.value || undefined }),
+);
+micSelect.addEventListener("change", () =>
+  startPreview({ videoDeviceId: cameraSelect.value || undefined, audioDeviceId: micSelect.value || undefined }),
+);
+byId("device-retry", HTMLButtonElement).addEventListener("click", () => startPreview({}));
+byId("devices-back", HTMLButtonElement).addEventListener("click", () => {
+  stopMeter();
+  stopStream(stream);
+  stream = null;
+  if (resuming) {
+    leave();
+    return;
+  }
+  showView(views.landing);
+});
+
+joinButton.addEventListener("click", async () => {
+  joinButton.disabled = true;
+  showError(joinError, null);
+  const existing = loadPlace();
+  if (existing) {
+    stopMeter();
+    enterWaiting(existing);
+    return;
+  }
+  joinButton.textContent = "Joining…";
+  try {
+    const answer = await api.redeemInvite(invite, patientName);
+    info = answer.invite;
+    /** @type {StoredPlace} */
+    const place = { token: answer.participant_token, participantId: answer.participant_id, name: patientName, invite: answer.invite };
+    savePlace(place);
+    stopMeter();
+    enterWaiting(place);
+  } catch (err) {
+    joinButton.disabled = false;
+    joinButton.textContent = "Join consultation";
+    const notice = inviteNotice(err);
+    if (notice) {
+      stopMeter();
+      stopStream(stream);
+      stream = null;
+      if (notice !== "in-use-message") forgetAll();
+      showNotice(notice);
+    } else if (err instanceof ApiError && (err.status === 400 || err.status === 422)) {
+      showError(joinError, err.message);
+    } else {
+      showError(joinError, `You could not join: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Waiting room and call
+// ---------------------------------------------------------------------------------------------
+
+const callView = new CallView({ onHangUp: () => leave() });
+const waitingMessage = byId("waiting-message", HTMLElement);
+const waitingStatus = byId("waiting-status", HTMLElement);
+
+function doctorName() {
+  return info ? info.doctor_name : "your doctor";
+}
+
+/** @param {StoredPlace} place */
+function enterWaiting(place) {
+  info = place.invite;
+  patientName = place.name;
+  waitingMessage.textContent = `Waiting for ${doctorName()} to let you in…`;
+  waitingStatus.textContent = "Connecting…";
+  setBadge(byId("waiting-mode", HTMLElement), place.invite.mode);
+  showView(views.waiting);
+
+  const ice = new IceServerCache(place.token);
+  ice.get(); // Fetch early: the connection starts the moment the doctor admits.
+  const localStream = stream;
+  controller = new CallController({
+    send: (m) => (signaling ? signaling.send(m) : false),
+    getIceServers: () => ice.get(),
+    localStream,
+    onRemoteStream: (remote, peer) => {
+      callView.setRemoteStream(remote, `Waiting for ${doctorName()}…`, peer ? peer.name || doctorName() : "");
+    },
+    onMediaState: (state) => {
+      mediaState = state;
+      if (state === "connected") {
+        presenceNote = "";
+        if (!callView.hasRemoteVideo) callView.setPlaceholder(`${doctorName()} has no camera on.`);
+      }
+      updateStatus();
+    },
+    onPeerPresence: (peer, online) => {
+      presenceNote = online ? "" : `${peer.name || doctorName()}’s connection dropped — waiting for them to come back…`;
+      updateStatus();
+    },
+    onPeerLeft: (peer, reason) => {
+      const who = peer.name || doctorName();
+      presenceNote =
+        reason === "connection_lost"
+          ? `${who} lost their connection. Please wait here: they may come back.`
+          : `${who} left the call. Please wait here: they may come back.`;
+      callView.setPlaceholder(presenceNote);
+      updateStatus();
+    },
+  });
+  signalingState = "connecting";
+  signaling = new SignalingClient({
+    join: { type: "join", token: place.token },
+    onMessage: onSignal,
+    onState: (state) => {
+      signalingState = state;
+      updateStatus();
+    },
+  });
+  signaling.start();
+}
+
+/** @param {ServerMessage} m */
+function onSignal(m) {
+  const c = controller;
+  if (!c) return;
+  switch (m.type) {
+    case "joined":
+      if (info) info = { ...info, doctor_name: m.consultation.doctor_name, mode: m.consultation.mode };
+      c.joined(m);
+      if (m.admitted) enterCall(m.consultation.mode);
+      else {
+        waitingMessage.textContent = `Waiting for ${m.consultation.doctor_name} to let you in…`;
+        updateStatus();
+      }
+      break;
+    case "admitted":
+      enterCall(info ? info.mode : "live_only");
+      c.admitted(m.peers);
+      break;
+    case "declined":
+      finish("declined-message");
+      break;
+    case "peer_joined":
+      presenceNote = "";
+      c.peerJoined(m.peer);
+      break;
+    case "peer_presence":
+      c.peerPresence(m.participant_id, m.online);
+      break;
+    case "peer_left":
+      c.peerLeft(m.participant_id, m.reason);
+      break;
+    case "description":
+      c.description(m.from, m.description);
+      break;
+    case "candidate":
+      c.candidate(m.from, m.candidate);
+      break;
+    case "consultation_ended":
+      finish("ended-message");
+      break;
+    case "replaced":
+      finish("replaced-message", { keepPlace: true, retry: () => resume() });
+      break;
+    case "error":
+      if (!m.fatal) {
+        console.warn("Signaling error", m.code, m.message);
+      } else if (m.code === "consultation_ended") {
+        finish("ended-message");
+      } else if (m.code === "unauthorized" || m.code === "forbidden") {
+        // The place is gone (removed, or the link was withdrawn): look at the link again.
+        const wasInCall = inCall;
+        finish(null, { keepPlace: true });
+        savePlace(null);
+        if (invite) {
+          nameInput.value = patientName;
+          showLanding(
+            wasInCall
+              ? "Your connection was lost for too long. Join again and your doctor can let you back in."
+              : "Your place in the waiting room was lost. Join again to wait for your doctor.",
+          );
+        } else {
+          showNotice("not-found-message");
+        }
+      } else {
+        finish("error-message", { keepPlace: true, text: `The connection was refused: ${m.message}`, retry: () => resume() });
+      }
+      break;
+    case "waiting_room":
+    case "pong":
+      break;
+  }
+}
+
+/** @param {ConsultationMode} mode */
+function enterCall(mode) {
+  if (inCall) return;
+  inCall = true;
+  byId("call-title", HTMLElement).textContent = `Video consultation with ${doctorName()}`;
+  callView.setMode(mode);
+  callView.setLocalStream(stream);
+  callView.setRemoteStream(null, "Connecting…");
+  callView.startQuality(() => (controller ? controller.pc : null));
+  showView(views.call);
+  announce(`${doctorName()} let you in.`);
+}
+
+function updateStatus() {
+  if (!inCall) {
+    waitingStatus.textContent =
+      signalingState === "reconnecting"
+        ? "Connection lost — reconnecting…"
+        : signalingState === "open"
+          ? "Keep this page open. Your doctor has been told you are here."
+          : "Connecting…";
+    waitingStatus.classList.toggle("status-warning", signalingState === "reconnecting");
+    return;
+  }
+  if (signalingState === "reconnecting" || !navigator.onLine) {
+    callView.setStatus("Connection lost — reconnecting…", "warning");
+  } else if (presenceNote) {
+    callView.setStatus(presenceNote, "warning");
+  } else if (mediaState === "reconnecting") {
+    callView.setStatus("Connection lost — reconnecting…", "warning");
+  } else if (mediaState === "connecting") {
+    callView.setStatus(`Connecting to ${doctorName()}…`);
+  } else if (mediaState === "waiting") {
+    callView.setStatus(`Waiting for ${doctorName()}…`);
+  } else {
+    callView.setStatus(`In the call with ${doctorName()}.`);
+  }
+}
+
+window.addEventListener("online", () => {
+  updateStatus();
+  controller?.restartIce();
+});
+window.addEventListener("offline", () => updateStatus());
+
+/**
+ * End this tab's part: close everything and show a notice (or nothing with `null`).
+ * @param {string | null} notice
+ * @param {{ keepPlace?: boolean, text?: string, retry?: () => void, leave?: boolean }} [options]
+ */
+function finish(notice, options = {}) {
+  if (signaling) {
+    if (options.leave) signaling.leave();
+    else signaling.close();
+  }
+  signaling = null;
+  controller?.close();
+  controller = null;
+  callView.stop();
+  stopMeter();
+  stopStream(stream);
+  stream = null;
+  inCall = false;
+  presenceNote = "";
+  mediaState = "waiting";
+  /** @type {any} */ (window).consultPc = null;
+  if (!options.keepPlace) forgetAll();
+  if (notice) {
+    /** @type {{ text?: string, retry?: () => void }} */
+    const noticeOptions = {};
+    if (options.text) noticeOptions.text = options.text;
+    if (options.retry) noticeOptions.retry = options.retry;
+    showNotice(notice, noticeOptions);
+  }
+}
+
+/** Hang up (or leave the waiting room) for good. */
+function leave() {
+  finish("left-message", { leave: true });
+}
+
+byId("waiting-leave", HTMLButtonElement).addEventListener("click", () => leave());
+
+/** Take the stored place back: camera first (quietly when allowed), then the waiting room or call. */
+async function resume() {
+  const place = loadPlace();
+  if (!place) {
+    start();
+    return;
+  }
+  info = place.invite;
+  patientName = place.name;
+  resuming = true;
+  showView(views.loading, { focus: false });
+  try {
+    stream = await openMedia();
+  } catch {
+    // Ask on the device check page, which explains the problem.
+    showDeviceCheck();
+    return;
+  }
+  enterWaiting(place);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+// ---------------------------------------------------------------------------------------------
+
+function start() {
+  let fromLink = "";
+  try {
+    fromLink = decodeURIComponent(location.hash.replace(/^#/, "")).trim();
+  } catch {
+    fromLink = location.hash.replace(/^#/, "").trim();
+  }
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+  let stored = "";
+  try {
+    stored = sessionStorage.getItem(INVITE_KEY) ?? "";
+  } catch {
+    stored = "";
+  }
+  if (fromLink && fromLink !== stored) {
+    // A new link: forget any place taken with an older one in this tab.
+    savePlace(null);
+    try {
+      sessionStorage.setItem(INVITE_KEY, fromLink);
+    } catch {
+      // Ignore.
+    }
+  }
+  invite = fromLink || stored;
+  if (loadPlace()) {
+    resume();
+  } else if (invite) {
+    showLanding();
+  } else {
+    showNotice("no-link-message");
+  }
+}
+
+// A new link opened in this tab while it shows a notice or the landing page: start over with it.
+window.addEventListener("hashchange", () => {
+  if (!location.hash || location.hash === "#") return;
+  if (signaling) {
+    // In the waiting room or a call: keep it, and keep the token out of the address bar.
+    history.replaceState(null, "", location.pathname + location.search);
+    return;
+  }
+  stopMeter();
+  stopStream(stream);
+  stream = null;
+  resuming = false;
+  start();
+});
+
+start();

@@ -1,0 +1,237 @@
+// @ts-check
+/**
+ * Types of the Consult wire protocol, mirroring `crates/proto/src/api.rs` (REST bodies) and
+ * `crates/proto/src/signal.rs` (signaling WebSocket messages). Times are RFC 3339 strings and
+ * identifiers are UUID strings. Keep this file in step with those two files.
+ *
+ * Import a type elsewhere with `@typedef {import('./protocol.js').Session} Session`.
+ */
+
+/** The protocol version every signaling message carries as `v`. */
+export const PROTOCOL_VERSION = 1;
+
+// ---------------------------------------------------------------------------------------------
+// REST (api.rs)
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The body of every failed request.
+ * @typedef {{ error: ErrorDetail }} ErrorBody
+ */
+
+/**
+ * @typedef {object} ErrorDetail
+ * @property {string} code Stable snake_case code (`invalid_credentials`, `invite_in_use`, ...).
+ * @property {string} message A sentence for people.
+ */
+
+/** @typedef {"doctor" | "admin"} Role */
+
+/**
+ * @typedef {object} User
+ * @property {string} id
+ * @property {string} email
+ * @property {string} display_name "Dr Ada Lovelace"
+ * @property {Role} role
+ */
+
+/**
+ * `POST /api/v1/auth/enrol`.
+ * @typedef {object} EnrolRequest
+ * @property {string} token
+ * @property {string} password At least 12 characters.
+ */
+
+/** @typedef {{ email: string }} EnrolResponse */
+
+/**
+ * `POST /api/v1/auth/login`.
+ * @typedef {object} LoginRequest
+ * @property {string} email
+ * @property {string} password
+ * @property {string} [totp]
+ * @property {string} [recovery_code]
+ */
+
+/**
+ * @typedef {{ status: "signed_in", session: Session }
+ *   | { status: "mfa_enrolment_required", enrolment: MfaEnrolment }} LoginResponse
+ */
+
+/**
+ * @typedef {object} Session
+ * @property {User} user
+ * @property {string} [token] Bearer token; only in the sign-in response.
+ * @property {string} csrf_token Send as `X-CSRF-Token` on state-changing requests.
+ * @property {string} idle_expires_at
+ * @property {string} absolute_expires_at
+ */
+
+/**
+ * @typedef {object} MfaEnrolment
+ * @property {string} mfa_token
+ * @property {string} totp_secret Base32.
+ * @property {string} otpauth_uri
+ * @property {string} qr_svg An SVG document.
+ */
+
+/** @typedef {{ mfa_token: string, totp: string }} MfaEnrolRequest */
+
+/** @typedef {{ session: Session, recovery_codes: string[] }} MfaEnrolResponse */
+
+/** @typedef {"live_only" | "recorded"} ConsultationMode */
+
+/** @typedef {"open" | "ended"} ConsultationStatus */
+
+/**
+ * `POST /api/v1/consultations`.
+ * @typedef {object} CreateConsultationRequest
+ * @property {string | null} [title]
+ * @property {string | null} [scheduled_at]
+ * @property {ConsultationMode | null} [mode]
+ */
+
+/**
+ * @typedef {object} Consultation
+ * @property {string} id
+ * @property {string | null} title
+ * @property {string | null} [scheduled_at]
+ * @property {ConsultationMode} mode
+ * @property {ConsultationStatus} status
+ * @property {string} created_at
+ * @property {string | null} [ended_at]
+ * @property {InviteStatus | null} invite
+ * @property {string} [invite_url] Only in the response that issues it.
+ * @property {WaitingPatient[]} waiting
+ */
+
+/**
+ * @typedef {object} InviteStatus
+ * @property {string} issued_at
+ * @property {string} expires_at
+ * @property {boolean} in_use
+ * @property {boolean} revoked
+ */
+
+/** @typedef {{ invite_url: string, expires_at: string }} Invite */
+
+/**
+ * @typedef {object} WaitingPatient
+ * @property {string} participant_id
+ * @property {string} consultation_id
+ * @property {string} name
+ * @property {string} waiting_since
+ * @property {boolean} connected
+ */
+
+/** @typedef {{ invite: string }} InspectInviteRequest */
+
+/**
+ * @typedef {object} InviteInfo
+ * @property {string} consultation_id
+ * @property {string} doctor_name
+ * @property {ConsultationMode} mode
+ * @property {string} expires_at
+ */
+
+/** @typedef {{ invite: string, name: string }} RedeemInviteRequest */
+
+/**
+ * @typedef {object} RedeemInviteResponse
+ * @property {string} participant_token
+ * @property {string} participant_id
+ * @property {InviteInfo} invite
+ */
+
+/**
+ * @typedef {object} IceServer
+ * @property {string[]} urls
+ * @property {string} [username]
+ * @property {string} [credential]
+ */
+
+/** @typedef {{ ice_servers: IceServer[], ttl_secs: number }} IceServers */
+
+// ---------------------------------------------------------------------------------------------
+// Signaling (signal.rs)
+// ---------------------------------------------------------------------------------------------
+
+/** @typedef {"doctor" | "patient"} ParticipantRole */
+
+/** @typedef {"left" | "connection_lost" | "removed"} LeaveReason */
+
+/**
+ * @typedef {object} Peer
+ * @property {string} participant_id
+ * @property {ParticipantRole} role
+ * @property {string} name
+ */
+
+/**
+ * @typedef {object} ConsultationSummary
+ * @property {string} id
+ * @property {string} doctor_name
+ * @property {ConsultationMode} mode
+ */
+
+/**
+ * `RTCSessionDescriptionInit` as it travels.
+ * @typedef {{ type: "offer" | "answer" | "pranswer" | "rollback", sdp: string }} SessionDescription
+ */
+
+/**
+ * `RTCIceCandidateInit` as it travels.
+ * @typedef {object} IceCandidate
+ * @property {string} candidate
+ * @property {string | null} [sdpMid]
+ * @property {number | null} [sdpMLineIndex]
+ * @property {string | null} [usernameFragment]
+ */
+
+/**
+ * @typedef {"malformed" | "unknown_type" | "too_large" | "unsupported_version" | "not_joined"
+ *   | "already_joined" | "unauthorized" | "forbidden" | "not_admitted" | "outside_consultation"
+ *   | "consultation_ended" | "doctor_busy" | "rate_limited" | "heartbeat_timeout" | "internal"
+ * } SignalErrorCode
+ */
+
+/**
+ * A message from a client to the service (without `v`, which the signaling client adds).
+ * @typedef {{ type: "join", token?: string, consultation_id?: string }
+ *   | { type: "admit", participant_id: string }
+ *   | { type: "decline", participant_id: string }
+ *   | { type: "description", to: string, description: SessionDescription }
+ *   | { type: "candidate", to: string, candidate: IceCandidate | null }
+ *   | { type: "ping" }
+ *   | { type: "leave" }} ClientMessage
+ */
+
+/**
+ * @typedef {object} JoinedMessage
+ * @property {"joined"} type
+ * @property {string} participant_id
+ * @property {ParticipantRole} role
+ * @property {ConsultationSummary} consultation
+ * @property {boolean} admitted
+ * @property {boolean} resumed
+ * @property {boolean} polite
+ * @property {number} heartbeat_interval_ms
+ * @property {Peer[]} peers
+ */
+
+/**
+ * A message from the service to a client (`v` removed).
+ * @typedef {JoinedMessage
+ *   | { type: "waiting_room", entries: WaitingPatient[] }
+ *   | { type: "admitted", peers: Peer[] }
+ *   | { type: "declined" }
+ *   | { type: "peer_joined", peer: Peer }
+ *   | { type: "peer_presence", participant_id: string, online: boolean }
+ *   | { type: "peer_left", participant_id: string, reason: LeaveReason }
+ *   | { type: "description", from: string, description: SessionDescription }
+ *   | { type: "candidate", from: string, candidate: IceCandidate | null }
+ *   | { type: "pong", server_time: string }
+ *   | { type: "consultation_ended" }
+ *   | { type: "replaced" }
+ *   | { type: "error", code: SignalErrorCode, message: string, fatal: boolean }} ServerMessage
+ */
