@@ -1,0 +1,5 @@
+//! The Consult media core: a WebRTC peer that talks to browsers and other stacks as an equal.
+pub mod chat;
+pub mod file_transfer;
+pub mod peer;
+pub mod simulated;

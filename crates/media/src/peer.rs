@@ -1,0 +1,794 @@
+//! The sans-IO peer: one WebRTC session on str0m plus Consult's chat and file channels.
+//!
+//! Nothing here opens a socket, spawns a task or reads the clock: datagrams and time come in
+//! through [`Peer::handle_receive`] and [`Peer::handle_timeout`], and everything goes out through
+//! [`Peer::poll_output`] — datagrams to send, [`PeerEvent`]s, and when to call again. After every
+//! input, drain `poll_output` until it returns [`Output::Timeout`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
+use str0m::net::Protocol;
+use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
+use uuid::Uuid;
+
+use crate::chat::{self, ChatError, CHAT_CHANNEL_LABEL, DEFAULT_MAX_CHAT_BYTES};
+use crate::file_transfer::{
+    FileError, FileEvent, FileTransfers, Frame, Limits, FILE_CHANNEL_LABEL,
+};
+
+/// A video codec the peer can negotiate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VideoCodec {
+    /// H.264, constrained baseline, packetization mode 1.
+    H264,
+    /// VP8.
+    Vp8,
+}
+
+/// How a peer is set up.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Send and receive audio (Opus).
+    pub audio: bool,
+    /// Send and receive video.
+    pub video: bool,
+    /// Video codecs in order of preference; the remote side's preference wins when it offers.
+    pub video_codecs: Vec<VideoCodec>,
+    /// Largest chat message.
+    pub chat_max_bytes: usize,
+    /// File transfer limits.
+    pub file_limits: Limits,
+    /// Most file bytes let queue on the data channel (STACK-NOTES: larger queues are slower).
+    pub max_buffered_bytes: usize,
+    /// How often to emit [`PeerEvent::Stats`].
+    pub stats_interval: Duration,
+    /// Starting point of bandwidth estimation.
+    pub initial_bitrate_bps: u64,
+    /// Perfect negotiation: a polite peer gives way when both offer at once.
+    pub polite: bool,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            audio: true,
+            video: true,
+            video_codecs: vec![VideoCodec::H264, VideoCodec::Vp8],
+            chat_max_bytes: DEFAULT_MAX_CHAT_BYTES,
+            file_limits: Limits::default(),
+            max_buffered_bytes: 64 * 1024,
+            stats_interval: Duration::from_secs(1),
+            initial_bitrate_bps: 600_000,
+            polite: false,
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Local address (a host candidate, or a TURN relay address) to send from.
+    pub source: SocketAddr,
+    /// Where to.
+    pub destination: SocketAddr,
+    /// The bytes.
+    pub contents: Vec<u8>,
+}
+
+/// What [`Peer::poll_output`] produces.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this datagram.
+    Transmit(Transmit),
+    /// Something happened.
+    Event(PeerEvent),
+    /// Call [`Peer::handle_timeout`] at this time (or earlier, with a datagram).
+    Timeout(Instant),
+}
+
+/// Which kind of media a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackKind {
+    /// Opus audio.
+    Audio,
+    /// Video.
+    Video(VideoCodec),
+}
+
+/// An encoded frame that arrived.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    /// Audio or video, and the codec.
+    pub kind: TrackKind,
+    /// RTP time (90 kHz for video, 48 kHz for audio).
+    pub rtp_time: u64,
+    /// Whether a keyframe (video).
+    pub keyframe: bool,
+    /// False if packets were lost before this frame: decoders should wait for a keyframe.
+    pub contiguous: bool,
+    /// The frame (Annex-B for H.264, a raw VP8 frame, an Opus packet).
+    pub data: Vec<u8>,
+}
+
+/// Connection statistics, for integrators and quality indicators.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Round-trip time on the selected candidate pair.
+    pub rtt: Option<Duration>,
+    /// Fraction of our packets the remote reports lost (0..1).
+    pub egress_loss: Option<f32>,
+    /// Fraction of the remote's packets we lost (0..1).
+    pub ingress_loss: Option<f32>,
+    /// Interarrival jitter of received video, in seconds.
+    pub video_jitter: Option<f64>,
+    /// Bytes received and sent at this moment.
+    pub bytes_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Receive bitrate since the previous stats, bits per second.
+    pub receive_bps: u64,
+    /// Send bitrate since the previous stats, bits per second.
+    pub send_bps: u64,
+    /// Bandwidth estimate for sending, bits per second.
+    pub estimated_send_bps: Option<u64>,
+    /// Selected candidate pair: local and remote address.
+    pub selected_pair: Option<(SocketAddr, SocketAddr)>,
+    /// NACKs we received for our video.
+    pub nacks_received: u64,
+    /// PLIs we received.
+    pub plis_received: u64,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// ICE state changed.
+    IceState(IceConnectionState),
+    /// ICE and DTLS are up: media and data can flow.
+    Connected,
+    /// The connection dropped (ICE disconnected); restart ICE if it does not come back.
+    Disconnected,
+    /// The chat or file channel is open.
+    ChannelOpen {
+        /// Its label.
+        label: String,
+    },
+    /// A chat message.
+    Chat(String),
+    /// A chat message was refused (too long, not text). The call goes on.
+    ChatRejected(ChatError),
+    /// File transfer progress, offers, results.
+    File(FileEvent),
+    /// An encoded frame arrived.
+    Frame(EncodedFrame),
+    /// The remote asked for a keyframe: encode the next video frame as one.
+    KeyframeRequested,
+    /// Periodic statistics.
+    Stats(Stats),
+    /// The send bandwidth estimate changed: adapt the encoder's bitrate.
+    BitrateEstimate(u64),
+}
+
+/// Why a call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// str0m refused (malformed SDP, unsupported codecs, a state error).
+    #[error("webrtc: {0}")]
+    Rtc(#[from] str0m::RtcError),
+    /// The SDP text could not be parsed.
+    #[error("invalid SDP: {0}")]
+    Sdp(#[from] str0m::error::SdpError),
+    /// A candidate line could not be parsed.
+    #[error("invalid ICE candidate: {0}")]
+    Candidate(String),
+    /// The datagram is not STUN, DTLS, RTP or RTCP.
+    #[error("unrecognised datagram: {0}")]
+    Datagram(String),
+    /// An answer arrived without an offer of ours.
+    #[error("an answer arrived but no offer is pending")]
+    UnexpectedAnswer,
+    /// No common codec for a track, or the track is not negotiated yet.
+    #[error("{0} is not negotiated")]
+    NotNegotiated(&'static str),
+    /// The chat or file channel is not open yet.
+    #[error("the {0} channel is not open")]
+    ChannelNotOpen(&'static str),
+    /// The data channel is full; try again after [`PeerEvent`]s show progress.
+    #[error("the data channel is full")]
+    ChannelFull,
+    /// A chat message was refused.
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    /// A file call was refused.
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// What to do after a remote description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteDescriptionOutcome {
+    /// Send this answer.
+    Answer(String),
+    /// The answer to our offer was applied.
+    Applied,
+    /// Ignored: both sides offered and this side is impolite; the remote will roll back.
+    IgnoredGlare,
+}
+
+/// One WebRTC session.
+pub struct Peer {
+    rtc: Rtc,
+    config: PeerConfig,
+    pending_offer: Option<SdpPendingOffer>,
+    /// Mids and channels in an offer not yet answered.
+    offered_audio: Option<Mid>,
+    offered_video: Option<Mid>,
+    channels_offered: bool,
+    audio_mid: Option<Mid>,
+    video_mid: Option<Mid>,
+    chat: Option<ChannelId>,
+    file: Option<ChannelId>,
+    files: FileTransfers,
+    events: VecDeque<PeerEvent>,
+    stats: Stats,
+    last_stats_at: Option<Instant>,
+    connected: bool,
+}
+
+fn codec_of(codec: Codec) -> Option<TrackKind> {
+    match codec {
+        Codec::Opus => Some(TrackKind::Audio),
+        Codec::H264 => Some(TrackKind::Video(VideoCodec::H264)),
+        Codec::Vp8 => Some(TrackKind::Video(VideoCodec::Vp8)),
+        _ => None,
+    }
+}
+
+impl Peer {
+    /// A new peer; `now` starts its clock.
+    pub fn new(config: PeerConfig, now: Instant) -> Self {
+        let mut rtc_config = RtcConfig::new()
+            .clear_codecs()
+            .set_stats_interval(Some(config.stats_interval))
+            .enable_bwe(Some(Bitrate::bps(config.initial_bitrate_bps)))
+            // Our own limit (max_buffered_bytes) bounds file chunks; the SCTP buffer is larger so
+            // that small control messages always fit behind them.
+            .set_sctp_max_buffered_amount(config.max_buffered_bytes * 4);
+        if config.audio {
+            rtc_config = rtc_config.enable_opus(true, false);
+        }
+        if config.video {
+            for codec in &config.video_codecs {
+                rtc_config = match codec {
+                    VideoCodec::H264 => rtc_config.enable_h264(true),
+                    VideoCodec::Vp8 => rtc_config.enable_vp8(true),
+                };
+            }
+        }
+        let files = FileTransfers::new(config.file_limits);
+        Self {
+            rtc: rtc_config.build(now),
+            config,
+            pending_offer: None,
+            offered_audio: None,
+            offered_video: None,
+            channels_offered: false,
+            audio_mid: None,
+            video_mid: None,
+            chat: None,
+            file: None,
+            files,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            last_stats_at: None,
+            connected: false,
+        }
+    }
+
+    /// Whether ICE and DTLS are up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// This side's role in perfect negotiation.
+    pub fn is_polite(&self) -> bool {
+        self.config.polite
+    }
+
+    /// Change the role in perfect negotiation (it is assigned by the signaling service).
+    pub fn set_polite(&mut self, polite: bool) {
+        self.config.polite = polite;
+    }
+
+    /// Add a local candidate; returns its `candidate:` line to trickle to the remote.
+    pub fn add_local_candidate(&mut self, candidate: Candidate) -> Option<String> {
+        self.rtc
+            .add_local_candidate(candidate)
+            .map(|c| c.to_sdp_string())
+    }
+
+    /// Add a host candidate for a local UDP socket address.
+    pub fn add_host_candidate(&mut self, addr: SocketAddr) -> Result<Option<String>, PeerError> {
+        let candidate =
+            Candidate::host(addr, "udp").map_err(|e| PeerError::Candidate(e.to_string()))?;
+        Ok(self.add_local_candidate(candidate))
+    }
+
+    /// Add a trickled remote candidate (`candidate:...`, with or without `a=`); an empty line
+    /// (end of candidates) is accepted and ignored.
+    pub fn add_remote_candidate(&mut self, line: &str) -> Result<(), PeerError> {
+        let line = line.trim().trim_start_matches("a=");
+        if line.is_empty() {
+            return Ok(());
+        }
+        let candidate =
+            Candidate::from_sdp_string(line).map_err(|e| PeerError::Candidate(e.to_string()))?;
+        self.rtc.add_remote_candidate(candidate);
+        Ok(())
+    }
+
+    /// Whether an offer from this side is needed: tracks or channels we want are not negotiated.
+    pub fn needs_negotiation(&self) -> bool {
+        if self.pending_offer.is_some() {
+            return false;
+        }
+        (self.config.audio && self.audio_mid.is_none())
+            || (self.config.video && self.video_mid.is_none())
+            || (self.chat.is_none() && !self.channels_offered)
+    }
+
+    /// Make an offer with whatever is not negotiated yet (tracks, the chat and file channels).
+    /// `None` if nothing needs negotiating or an offer is already pending.
+    pub fn create_offer(&mut self) -> Result<Option<String>, PeerError> {
+        if self.pending_offer.is_some() {
+            return Ok(None);
+        }
+        let mut api = self.rtc.sdp_api();
+        if self.config.audio && self.audio_mid.is_none() {
+            self.offered_audio =
+                Some(api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None));
+        }
+        if self.config.video && self.video_mid.is_none() {
+            self.offered_video =
+                Some(api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None));
+        }
+        if self.chat.is_none() && self.file.is_none() && !self.channels_offered {
+            api.add_channel_with_config(ChannelConfig {
+                label: CHAT_CHANNEL_LABEL.into(),
+                ..ChannelConfig::default()
+            });
+            api.add_channel_with_config(ChannelConfig {
+                label: FILE_CHANNEL_LABEL.into(),
+                ..ChannelConfig::default()
+            });
+            self.channels_offered = true;
+        }
+        // Changes live in this `SdpApi`: apply them on it.
+        let Some((offer, pending)) = api.apply() else {
+            return Ok(None);
+        };
+        self.pending_offer = Some(pending);
+        Ok(Some(offer.to_sdp_string()))
+    }
+
+    /// Restart ICE (after the connection failed): returns the offer to send.
+    pub fn restart_ice(&mut self) -> Result<Option<String>, PeerError> {
+        self.rollback();
+        let mut api = self.rtc.sdp_api();
+        api.ice_restart(true);
+        let Some((offer, pending)) = api.apply() else {
+            return Ok(None);
+        };
+        self.pending_offer = Some(pending);
+        Ok(Some(offer.to_sdp_string()))
+    }
+
+    fn rollback(&mut self) {
+        self.pending_offer = None;
+        self.offered_audio = None;
+        self.offered_video = None;
+        if self.chat.is_none() {
+            self.channels_offered = false;
+        }
+    }
+
+    /// Apply a remote offer or answer (perfect negotiation: an impolite peer with a pending offer
+    /// ignores a colliding offer; a polite one rolls its own back).
+    pub fn handle_remote_offer(
+        &mut self,
+        sdp: &str,
+    ) -> Result<RemoteDescriptionOutcome, PeerError> {
+        let offer = SdpOffer::from_sdp_string(sdp)?;
+        if self.pending_offer.is_some() {
+            if !self.config.polite {
+                return Ok(RemoteDescriptionOutcome::IgnoredGlare);
+            }
+            self.rollback();
+        }
+        let answer = self.rtc.sdp_api().accept_offer(offer)?;
+        Ok(RemoteDescriptionOutcome::Answer(answer.to_sdp_string()))
+    }
+
+    /// Apply the remote answer to our pending offer.
+    pub fn handle_remote_answer(
+        &mut self,
+        sdp: &str,
+    ) -> Result<RemoteDescriptionOutcome, PeerError> {
+        let answer = SdpAnswer::from_sdp_string(sdp)?;
+        let pending = self
+            .pending_offer
+            .take()
+            .ok_or(PeerError::UnexpectedAnswer)?;
+        self.rtc.sdp_api().accept_answer(pending, answer)?;
+        if let Some(mid) = self.offered_audio.take() {
+            self.audio_mid = Some(mid);
+        }
+        if let Some(mid) = self.offered_video.take() {
+            self.video_mid = Some(mid);
+        }
+        Ok(RemoteDescriptionOutcome::Applied)
+    }
+
+    /// The remote rolled back its offer (nothing to do on our side but forget nothing).
+    pub fn handle_remote_rollback(&mut self) {}
+
+    /// A datagram arrived on a local socket (or through a TURN relay) at `now`.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), PeerError> {
+        let receive = str0m::net::Receive::new(Protocol::Udp, source, destination, bytes)
+            .map_err(|e| PeerError::Datagram(e.to_string()))?;
+        self.rtc.handle_input(str0m::Input::Receive(now, receive))?;
+        Ok(())
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        self.rtc.handle_input(str0m::Input::Timeout(now))?;
+        Ok(())
+    }
+
+    /// The next thing to do. Drain until [`Output::Timeout`] after every input.
+    pub fn poll_output(&mut self) -> Result<Output, PeerError> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(Output::Event(event));
+            }
+            match self.rtc.poll_output()? {
+                str0m::Output::Transmit(t) => {
+                    return Ok(Output::Transmit(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }))
+                }
+                str0m::Output::Event(event) => self.handle_event(event),
+                str0m::Output::Timeout(at) => {
+                    // Before sleeping, move file frames onto the channel if there is room; that
+                    // makes more output.
+                    if self.pump_files()? {
+                        continue;
+                    }
+                    return Ok(Output::Timeout(at));
+                }
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => {
+                self.connected = true;
+                self.events.push_back(PeerEvent::Connected);
+            }
+            Event::IceConnectionStateChange(state) => {
+                if state == IceConnectionState::Disconnected {
+                    self.connected = false;
+                    self.events.push_back(PeerEvent::Disconnected);
+                } else if matches!(
+                    state,
+                    IceConnectionState::Connected | IceConnectionState::Completed
+                ) {
+                    self.connected = true;
+                }
+                self.events.push_back(PeerEvent::IceState(state));
+            }
+            Event::MediaAdded(added) => match added.kind {
+                MediaKind::Audio if self.audio_mid.is_none() => self.audio_mid = Some(added.mid),
+                MediaKind::Video if self.video_mid.is_none() => self.video_mid = Some(added.mid),
+                _ => {}
+            },
+            Event::MediaData(data) => {
+                let Some(kind) = codec_of(data.params.spec().codec) else {
+                    return;
+                };
+                let keyframe = data.is_keyframe();
+                self.events.push_back(PeerEvent::Frame(EncodedFrame {
+                    kind,
+                    rtp_time: data.time.numer(),
+                    keyframe,
+                    contiguous: data.contiguous,
+                    data: data.data.to_vec(),
+                }));
+            }
+            Event::KeyframeRequest(_) => self.events.push_back(PeerEvent::KeyframeRequested),
+            Event::ChannelOpen(id, label) => {
+                if label == CHAT_CHANNEL_LABEL {
+                    self.chat = Some(id);
+                } else if label == FILE_CHANNEL_LABEL {
+                    self.file = Some(id);
+                    if let Some(mut channel) = self.rtc.channel(id) {
+                        channel
+                            .set_buffered_amount_low_threshold(self.config.max_buffered_bytes / 2);
+                    }
+                }
+                self.events.push_back(PeerEvent::ChannelOpen { label });
+            }
+            Event::ChannelData(data) => {
+                if Some(data.id) == self.chat {
+                    match chat::decode_incoming(data.binary, &data.data, self.config.chat_max_bytes)
+                    {
+                        Ok(text) => self.events.push_back(PeerEvent::Chat(text)),
+                        Err(e) => self.events.push_back(PeerEvent::ChatRejected(e)),
+                    }
+                } else if Some(data.id) == self.file {
+                    self.files
+                        .handle_frame(Frame::decode(data.binary, &data.data));
+                    self.drain_file_events();
+                }
+            }
+            Event::ChannelClose(id) => {
+                if Some(id) == self.file {
+                    self.file = None;
+                    self.files.channel_lost();
+                    self.drain_file_events();
+                } else if Some(id) == self.chat {
+                    self.chat = None;
+                }
+            }
+            Event::PeerStats(peer) => {
+                let now_stats = peer.timestamp;
+                let elapsed = self
+                    .last_stats_at
+                    .map(|t| now_stats.saturating_duration_since(t).as_secs_f64())
+                    .filter(|s| *s > 0.0);
+                if let Some(secs) = elapsed {
+                    self.stats.receive_bps =
+                        ((peer.bytes_rx.saturating_sub(self.stats.bytes_received)) as f64 * 8.0
+                            / secs) as u64;
+                    self.stats.send_bps =
+                        ((peer.bytes_tx.saturating_sub(self.stats.bytes_sent)) as f64 * 8.0 / secs)
+                            as u64;
+                }
+                self.last_stats_at = Some(now_stats);
+                self.stats.bytes_received = peer.bytes_rx;
+                self.stats.bytes_sent = peer.bytes_tx;
+                self.stats.rtt = peer
+                    .selected_candidate_pair
+                    .as_ref()
+                    .and_then(|p| p.current_round_trip_time)
+                    .or(peer.rtt);
+                self.stats.egress_loss = peer.egress_loss_fraction;
+                self.stats.ingress_loss = peer.ingress_loss_fraction;
+                self.stats.estimated_send_bps = peer.bwe_tx.map(|b| b.as_u64());
+                self.stats.selected_pair = peer
+                    .selected_candidate_pair
+                    .as_ref()
+                    .map(|p| (p.local.addr, p.remote.addr));
+                self.events.push_back(PeerEvent::Stats(self.stats.clone()));
+            }
+            Event::MediaIngressStats(ingress) if Some(ingress.mid) == self.video_mid => {
+                self.stats.video_jitter = Some(f64::from(ingress.jitter) / 90_000.0);
+            }
+            Event::MediaEgressStats(egress) if Some(egress.mid) == self.video_mid => {
+                self.stats.nacks_received = egress.nacks;
+                self.stats.plis_received = egress.plis;
+            }
+            Event::EgressBitrateEstimate(estimate) => {
+                let bps = match estimate {
+                    str0m::bwe::BweKind::Twcc { estimate, .. } => estimate.as_u64(),
+                    str0m::bwe::BweKind::Remb { estimate, .. } => estimate.as_u64(),
+                    _ => return,
+                };
+                self.events.push_back(PeerEvent::BitrateEstimate(bps));
+            }
+            _ => {}
+        }
+    }
+
+    fn drain_file_events(&mut self) {
+        while let Some(event) = self.files.poll_event() {
+            self.events.push_back(PeerEvent::File(event));
+        }
+    }
+
+    /// Move file frames onto the file channel while it has room; true if anything was written.
+    fn pump_files(&mut self) -> Result<bool, PeerError> {
+        self.drain_file_events();
+        let Some(id) = self.file else {
+            return Ok(false);
+        };
+        let max = self.config.max_buffered_bytes;
+        let mut wrote = false;
+        loop {
+            let Some(mut channel) = self.rtc.channel(id) else {
+                return Ok(wrote);
+            };
+            let space = max.saturating_sub(channel.buffered_amount());
+            let Some(frame) = self.files.poll_frame(space) else {
+                break;
+            };
+            let (binary, bytes) = frame.encode();
+            if !channel.write(binary, &bytes)? {
+                // The SCTP buffer is four times our limit, so this only happens if a control
+                // frame meets a full queue; losing it would desynchronise the transfer.
+                tracing::warn!("file channel refused a frame");
+                return Err(PeerError::ChannelFull);
+            }
+            wrote = true;
+        }
+        self.drain_file_events();
+        Ok(wrote)
+    }
+
+    /// Send a chat message.
+    pub fn send_chat(&mut self, text: &str) -> Result<(), PeerError> {
+        chat::check_outgoing(text, self.config.chat_max_bytes)?;
+        let id = self.chat.ok_or(PeerError::ChannelNotOpen("chat"))?;
+        let mut channel = self
+            .rtc
+            .channel(id)
+            .ok_or(PeerError::ChannelNotOpen("chat"))?;
+        if !channel.write(false, text.as_bytes())? {
+            return Err(PeerError::ChannelFull);
+        }
+        Ok(())
+    }
+
+    /// Offer a file to the remote; progress and the result arrive as [`PeerEvent::File`].
+    pub fn offer_file(&mut self, name: &str, mime: &str, data: Vec<u8>) -> Result<Uuid, PeerError> {
+        if self.file.is_none() {
+            return Err(PeerError::ChannelNotOpen("file"));
+        }
+        Ok(self.files.offer(name, mime, data)?)
+    }
+
+    /// Offer a file again under its id, to resume after a reconnect.
+    pub fn resume_file(
+        &mut self,
+        id: Uuid,
+        name: &str,
+        mime: &str,
+        data: Vec<u8>,
+    ) -> Result<Uuid, PeerError> {
+        if self.file.is_none() {
+            return Err(PeerError::ChannelNotOpen("file"));
+        }
+        Ok(self.files.offer_with_id(id, name, mime, data)?)
+    }
+
+    /// Accept an offered file.
+    pub fn accept_file(&mut self, id: Uuid) -> Result<(), PeerError> {
+        Ok(self.files.accept(id)?)
+    }
+
+    /// Decline an offered file.
+    pub fn reject_file(&mut self, id: Uuid) -> Result<(), PeerError> {
+        Ok(self.files.reject(id)?)
+    }
+
+    /// Cancel a transfer in either direction.
+    pub fn cancel_file(&mut self, id: Uuid) -> Result<(), PeerError> {
+        Ok(self.files.cancel(id)?)
+    }
+
+    /// The remote went away (signaling says it left): interrupt transfers in flight.
+    pub fn remote_gone(&mut self) {
+        self.files.channel_lost();
+        self.drain_file_events();
+    }
+
+    /// The negotiated video codec we send with (the first of ours the remote accepted, in the
+    /// remote's order of preference when it offered).
+    pub fn video_codec(&mut self) -> Option<VideoCodec> {
+        let mid = self.video_mid?;
+        let preferred = self.config.video_codecs.clone();
+        let writer = self.rtc.writer(mid)?;
+        let codec = writer
+            .payload_params()
+            .find_map(|p| match codec_of(p.spec().codec) {
+                Some(TrackKind::Video(codec)) if preferred.contains(&codec) => Some(codec),
+                _ => None,
+            });
+        codec
+    }
+
+    /// Send an encoded video frame (Annex-B H.264 or a VP8 frame) captured at `wallclock`,
+    /// with a 90 kHz RTP timestamp.
+    pub fn write_video(
+        &mut self,
+        wallclock: Instant,
+        rtp_time: u64,
+        codec: VideoCodec,
+        frame: &[u8],
+    ) -> Result<(), PeerError> {
+        let mid = self.video_mid.ok_or(PeerError::NotNegotiated("video"))?;
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("video"))?;
+        let wanted = match codec {
+            VideoCodec::H264 => Codec::H264,
+            VideoCodec::Vp8 => Codec::Vp8,
+        };
+        let pt = writer
+            .payload_params()
+            .filter(|p| p.spec().codec == wanted)
+            // H.264 needs packetization mode 1 (what browsers send and expect).
+            .find(|p| wanted != Codec::H264 || p.spec().format.packetization_mode == Some(1))
+            .map(|p| p.pt())
+            .ok_or(PeerError::NotNegotiated("video codec"))?;
+        writer.write(
+            pt,
+            wallclock,
+            MediaTime::new(rtp_time, Frequency::NINETY_KHZ),
+            frame.to_vec(),
+        )?;
+        Ok(())
+    }
+
+    /// Send an Opus packet with a 48 kHz RTP timestamp.
+    pub fn write_audio(
+        &mut self,
+        wallclock: Instant,
+        rtp_time: u64,
+        packet: &[u8],
+    ) -> Result<(), PeerError> {
+        let mid = self.audio_mid.ok_or(PeerError::NotNegotiated("audio"))?;
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("audio"))?;
+        let pt = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+            .ok_or(PeerError::NotNegotiated("audio codec"))?;
+        writer.write(
+            pt,
+            wallclock,
+            MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
+            packet.to_vec(),
+        )?;
+        Ok(())
+    }
+
+    /// Ask the remote for a video keyframe (after loss broke decoding).
+    pub fn request_keyframe(&mut self) -> Result<(), PeerError> {
+        let mid = self.video_mid.ok_or(PeerError::NotNegotiated("video"))?;
+        let mut writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("video"))?;
+        if writer.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+            writer.request_keyframe(None, KeyframeRequestKind::Pli)?;
+        }
+        Ok(())
+    }
+
+    /// The latest statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}

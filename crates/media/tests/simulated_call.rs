@@ -1,0 +1,250 @@
+//! Whole calls between two sans-IO peers over a simulated link on a virtual clock.
+
+use std::time::Duration;
+
+use consult_media::file_transfer::FileEvent;
+use consult_media::peer::{PeerConfig, PeerEvent, TrackKind, VideoCodec};
+use consult_media::simulated::{Link, SimulatedCall};
+use rand::{RngCore, SeedableRng};
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; n];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+fn vp8_only() -> PeerConfig {
+    PeerConfig {
+        video_codecs: vec![VideoCodec::Vp8],
+        ..PeerConfig::default()
+    }
+}
+
+fn channels_open(call: &SimulatedCall) -> bool {
+    [&call.a, &call.b].iter().all(|side| {
+        side.events
+            .iter()
+            .filter(|(_, e)| matches!(e, PeerEvent::ChannelOpen { .. }))
+            .count()
+            == 2
+    })
+}
+
+/// A synthetic VP8 frame: the first byte's low bit clear marks a keyframe; the rest is random.
+fn vp8_frame(index: u64, keyframe: bool) -> Vec<u8> {
+    let mut frame = random_bytes(3000 + (index as usize % 7) * 500, index);
+    frame[0] = if keyframe {
+        frame[0] & !1
+    } else {
+        frame[0] | 1
+    };
+    frame
+}
+
+#[test]
+fn a_call_over_a_lossy_link_connects_and_keeps_media_and_files_intact() {
+    let lossy = Link {
+        loss: 0.10,
+        delay: Duration::from_millis(50),
+    }; // 100 ms round trip
+    let mut call = SimulatedCall::new(vp8_only(), vp8_only(), lossy, 42);
+    call.negotiate().unwrap();
+    assert!(
+        call.run_until(Duration::from_secs(20), |c| c.a.connected
+            && c.b.connected
+            && channels_open(c))
+            .unwrap(),
+        "did not connect within 20 virtual seconds"
+    );
+    let connected_at = call.elapsed();
+
+    // 10 seconds of 30 fps video from a to b, and a file alongside. (SCTP recovers slowly from
+    // 10% random loss — a few KB/s — so the file is modest; clean-link throughput is benchmarked.)
+    let file = random_bytes(300_000, 9);
+    let id = call
+        .a
+        .peer
+        .offer_file("scan.png", "image/png", file.clone())
+        .unwrap();
+    let mut sent_frames = Vec::new();
+    let frame_interval = Duration::from_millis(33);
+    let mut next_frame = call.now();
+    let mut index = 0u64;
+    while call.elapsed() < connected_at + Duration::from_secs(10) {
+        if call.now() >= next_frame {
+            let frame = vp8_frame(index, index % 90 == 0);
+            call.a
+                .peer
+                .write_video(call.now(), index * 3000, VideoCodec::Vp8, &frame)
+                .unwrap();
+            sent_frames.push(frame);
+            index += 1;
+            next_frame += frame_interval;
+        }
+        // Accept the file as soon as it is offered.
+        let offered = call
+            .b
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Offered { .. })));
+        if offered {
+            let _ = call.b.peer.accept_file(id);
+        }
+        call.step().unwrap();
+    }
+    let file_done = call
+        .run_until(Duration::from_secs(180), |c| {
+            c.b.events
+                .iter()
+                .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Received { .. })))
+        })
+        .unwrap();
+    if !file_done {
+        for (t, e) in call.a.events.iter().chain(call.b.events.iter()) {
+            if matches!(
+                e,
+                PeerEvent::File(_) | PeerEvent::ChannelOpen { .. } | PeerEvent::Connected
+            ) {
+                eprintln!("{t:?} {e:?}");
+            }
+        }
+    }
+    assert!(file_done, "the file did not arrive");
+    call.run_until(Duration::from_secs(2), |_| false).unwrap();
+
+    let received: Vec<&Vec<u8>> = call
+        .b
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::Frame(f) if f.kind == TrackKind::Video(VideoCodec::Vp8) => Some(&f.data),
+            _ => None,
+        })
+        .collect();
+    let intact = sent_frames.iter().filter(|f| received.contains(f)).count();
+    println!(
+        "connected after {:?}; a sent {} datagrams ({} dropped); {intact}/{} frames intact",
+        connected_at,
+        call.a.sent,
+        call.a.dropped,
+        sent_frames.len()
+    );
+    assert!(
+        call.a.dropped as f64 / call.a.sent as f64 > 0.07,
+        "the link really lost packets"
+    );
+    // NACK/RTX recover the losses: (nearly) every frame arrives whole.
+    assert!(
+        intact as f64 >= sent_frames.len() as f64 * 0.97,
+        "{intact} of {} frames intact",
+        sent_frames.len()
+    );
+    let got = call
+        .b
+        .events
+        .iter()
+        .find_map(|(_, e)| match e {
+            PeerEvent::File(FileEvent::Received { data, offer }) => Some((data, offer)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(got.0, &file);
+    assert_eq!(got.1.name, "scan.png");
+    assert!(call
+        .a
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Sent { .. }))));
+    let nacks = call
+        .a
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::Stats(s) => Some(s.nacks_received),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(nacks > 0, "the receiver asked for retransmissions");
+}
+
+#[test]
+fn chat_flows_both_ways_and_an_oversized_message_is_refused() {
+    let mut call = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig {
+            chat_max_bytes: 16,
+            ..PeerConfig::default()
+        },
+        Link::perfect(),
+        1,
+    );
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    call.a.peer.send_chat("hello doctor").unwrap();
+    call.b.peer.send_chat("hello patient").unwrap();
+    // Too long for b's limit: a may send it (its limit is larger), b refuses it on arrival.
+    call.a
+        .peer
+        .send_chat("this message is far too long for b")
+        .unwrap();
+    assert!(call
+        .b
+        .peer
+        .send_chat("this message is far too long for b")
+        .is_err());
+    call.run_until(Duration::from_secs(2), |_| false).unwrap();
+    let chats = |events: &Vec<(Duration, PeerEvent)>| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                PeerEvent::Chat(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(chats(&call.b.events), vec!["hello doctor".to_string()]);
+    assert_eq!(chats(&call.a.events), vec!["hello patient".to_string()]);
+    assert!(call
+        .b
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, PeerEvent::ChatRejected(_))));
+    // The call goes on after the refusal.
+    call.a.peer.send_chat("still here").unwrap();
+    call.run_until(Duration::from_secs(1), |_| false).unwrap();
+    assert_eq!(
+        chats(&call.b.events).last().map(String::as_str),
+        Some("still here")
+    );
+}
+
+#[test]
+fn garbage_datagrams_do_not_break_the_call() {
+    let mut call = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        3,
+    );
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    for n in [0usize, 1, 3, 12, 100, 1500] {
+        call.inject_to_b(random_bytes(n, n as u64));
+    }
+    // Truncated DTLS/RTP-looking datagrams.
+    call.inject_to_b(vec![0x16, 0xfe, 0xfd]);
+    call.inject_to_b(vec![0x80, 0x60, 0x00]);
+    call.run_until(Duration::from_secs(1), |_| false).unwrap();
+    call.a.peer.send_chat("after the garbage").unwrap();
+    call.run_until(Duration::from_secs(1), |_| false).unwrap();
+    assert!(call
+        .b
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, PeerEvent::Chat(t) if t == "after the garbage")));
+}
