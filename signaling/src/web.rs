@@ -18,7 +18,11 @@ fn serve(path: &str) -> Response {
         Some(file) => {
             let mime = mime_guess::from_path(path).first_or_octet_stream();
             let text = mime.type_() == "text" || mime.subtype() == "javascript";
-            let content_type = if text { format!("{mime}; charset=utf-8") } else { mime.to_string() };
+            let content_type = if text {
+                format!("{mime}; charset=utf-8")
+            } else {
+                mime.to_string()
+            };
             let mut response = Response::new(Body::from(file.data.into_owned()));
             if let Ok(value) = HeaderValue::from_str(&content_type) {
                 response.headers_mut().insert(header::CONTENT_TYPE, value);

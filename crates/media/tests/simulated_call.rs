@@ -72,7 +72,7 @@ fn a_call_over_a_lossy_link_connects_and_keeps_media_and_files_intact() {
     let mut index = 0u64;
     while call.elapsed() < connected_at + Duration::from_secs(10) {
         if call.now() >= next_frame {
-            let frame = vp8_frame(index, index % 90 == 0);
+            let frame = vp8_frame(index, index.is_multiple_of(90));
             call.a
                 .peer
                 .write_video(call.now(), index * 3000, VideoCodec::Vp8, &frame)
