@@ -12,10 +12,16 @@ as_root() {
     echo "need root (or sudo) to install: $*" >&2; return 1; fi
 }
 
-# --- System packages: Chromium for the browser tests, pkg-config for -sys crates. --------------
+# --- System packages: Chromium for the browser tests; libopus, libvpx, nasm (OpenH264's assembly)
+# and pkg-config for the media core's codecs. -------------------------------------------------------
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v nasm >/dev/null || missing+=(nasm)
+command -v g++ >/dev/null || missing+=(g++)
+for pkg in libopus-dev libvpx-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
 command -v node >/dev/null || missing+=(nodejs npm)
 command -v python3 >/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,75 @@
+//! Opus with libopus: 48 kHz mono, 20 ms frames, VoIP mode with in-band FEC.
+
+use super::CodecError;
+
+/// Samples in one 20 ms frame at 48 kHz.
+pub const FRAME_SAMPLES: usize = 960;
+/// Opus RTP clock rate.
+pub const SAMPLE_RATE: u32 = 48_000;
+
+/// Opus encoder for one 20 ms mono frame at a time.
+pub struct OpusEncoder {
+    encoder: opus::Encoder,
+    buffer: Vec<u8>,
+}
+
+impl OpusEncoder {
+    /// An encoder at `bitrate_bps`.
+    pub fn new(bitrate_bps: i32) -> Result<Self, CodecError> {
+        let mut encoder =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .map_err(|e| CodecError::library("opus", e))?;
+        encoder
+            .set_bitrate(opus::Bitrate::Bits(bitrate_bps))
+            .map_err(|e| CodecError::library("opus", e))?;
+        encoder
+            .set_inband_fec(true)
+            .map_err(|e| CodecError::library("opus", e))?;
+        Ok(Self {
+            encoder,
+            buffer: vec![0; 4000],
+        })
+    }
+
+    /// Encode exactly [`FRAME_SAMPLES`] samples.
+    pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, CodecError> {
+        if pcm.len() != FRAME_SAMPLES {
+            return Err(CodecError::InvalidFrame(format!(
+                "{} samples, expected {FRAME_SAMPLES} (20 ms)",
+                pcm.len()
+            )));
+        }
+        let n = self
+            .encoder
+            .encode(pcm, &mut self.buffer)
+            .map_err(|e| CodecError::library("opus", e))?;
+        Ok(self.buffer[..n].to_vec())
+    }
+}
+
+/// Opus decoder to 48 kHz mono.
+pub struct OpusDecoder {
+    decoder: opus::Decoder,
+    buffer: Vec<i16>,
+}
+
+impl OpusDecoder {
+    /// A decoder.
+    pub fn new() -> Result<Self, CodecError> {
+        let decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
+            .map_err(|e| CodecError::library("opus", e))?;
+        Ok(Self {
+            decoder,
+            buffer: vec![0; 5760],
+        })
+    }
+
+    /// Decode one packet (an empty packet conceals a lost one).
+    pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<i16>, CodecError> {
+        let n = self
+            .decoder
+            .decode(packet, &mut self.buffer, false)
+            .map_err(|e| CodecError::library("opus", e))?;
+        Ok(self.buffer[..n].to_vec())
+    }
+}
