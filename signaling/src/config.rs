@@ -185,6 +185,20 @@ pub enum ConfigError {
     Inconsistent(String),
 }
 
+/// The top-level keys of [`Config`], as read from the environment.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "bind",
+    "data_dir",
+    "tls",
+    "public_url",
+    "session",
+    "login",
+    "invite",
+    "signaling",
+    "ice",
+    "log",
+];
+
 impl Config {
     /// Load defaults, then `file` (if given), then `CONSULT_*` variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -198,10 +212,19 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        let config: Config = figment
-            .merge(Env::prefixed("CONSULT_").split("__"))
-            .extract()
-            .map_err(Box::new)?;
+        // Only variables naming a known top-level setting are read: an unrelated `CONSULT_*`
+        // variable in the environment (a test harness's, say) must not stop the service, while a
+        // typo inside a known section (`CONSULT_SESSION__IDLE_TIMEUT`) is still refused.
+        let env = Env::prefixed("CONSULT_").filter(|key| {
+            let first = key
+                .as_str()
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            TOP_LEVEL_KEYS.contains(&first.as_str())
+        });
+        let config: Config = figment.merge(env.split("__")).extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
     }
@@ -265,6 +288,8 @@ mod tests {
             )?;
             jail.set_env("CONSULT_SESSION__ABSOLUTE_TIMEOUT", "1h");
             jail.set_env("CONSULT_ICE__STUN_URLS", "[\"stun:127.0.0.1:3478\"]");
+            // Unrelated variables with the prefix are not settings.
+            jail.set_env("CONSULT_BIN", "/usr/local/bin/consult");
             let config =
                 Config::load(Some(Path::new("consult.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.bind.port(), 9000);
@@ -287,6 +312,11 @@ mod tests {
             jail.create_file("b.toml", "[ice]\nturn_urls = [\"turn:127.0.0.1\"]\n")?;
             let err = Config::load(Some(Path::new("b.toml"))).unwrap_err();
             assert!(err.to_string().contains("turn_shared_secret"), "{err}");
+            let err = Config::load(Some(Path::new("missing.toml"))).unwrap_err();
+            assert!(err.to_string().contains("does not exist"), "{err}");
+            jail.set_env("CONSULT_SESSION__IDLE_TIMEUT", "5m");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("idle_timeut"), "{err}");
             let err = Config::load(Some(Path::new("missing.toml"))).unwrap_err();
             assert!(err.to_string().contains("does not exist"), "{err}");
             Ok(())

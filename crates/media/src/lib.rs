@@ -3,4 +3,6 @@ pub mod chat;
 pub mod codec;
 pub mod file_transfer;
 pub mod peer;
+pub mod session;
+pub mod signal_client;
 pub mod simulated;

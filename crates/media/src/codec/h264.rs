@@ -26,7 +26,8 @@ impl H264Encoder {
             .max_frame_rate(FrameRate::from_hz(fps))
             .rate_control_mode(RateControlMode::Bitrate)
             .usage_type(UsageType::CameraVideoRealTime)
-            .skip_frames(false);
+            // Rate control only holds the bitrate when it may skip frames (skips yield `None`).
+            .skip_frames(true);
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| CodecError::library("openh264", e))?;
         Ok(Self { encoder })

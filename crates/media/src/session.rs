@@ -1,0 +1,1037 @@
+//! The tokio driver: joins a consultation through the signaling service and runs a [`Peer`] on
+//! real UDP sockets, with perfect negotiation, trickled candidates, ICE restart, codecs, chat and
+//! files. One task owns everything (`&mut self`, no locks); the [`Session`] handle talks to it
+//! with messages and hands out [`SessionEvent`]s.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consult_proto::signal::{
+    ClientMessage, IceCandidate, SdpKind, ServerMessage, SessionDescription,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES};
+use crate::codec::{
+    video_decoder, video_encoder, CodecError, EncodedVideo, VideoDecoder, VideoEncoder, VideoFrame,
+};
+use crate::file_transfer::FileEvent;
+use crate::peer::{
+    EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent, RemoteDescriptionOutcome, Stats,
+    TrackKind, VideoCodec,
+};
+use crate::signal_client::{
+    join_message, redeem_invite, Credentials, PatientPlace, SignalConnection, SignalError,
+};
+
+/// How received media is handed to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReceiveMode {
+    /// Decode: [`SessionEvent::Video`] (I420) and [`SessionEvent::Audio`] (PCM).
+    #[default]
+    Decoded,
+    /// Hand over encoded frames as they arrive: [`SessionEvent::EncodedFrame`].
+    Encoded,
+}
+
+/// What the session sends when the application gives it raw frames.
+#[derive(Debug, Clone, Copy)]
+pub struct VideoSendConfig {
+    /// Width of the frames the application will send.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+    /// Frames per second.
+    pub fps: f32,
+    /// Starting bitrate; bandwidth estimation adapts it between a tenth and twice this.
+    pub bitrate_bps: u32,
+}
+
+impl Default for VideoSendConfig {
+    fn default() -> Self {
+        Self {
+            width: 640,
+            height: 480,
+            fps: 30.0,
+            bitrate_bps: 800_000,
+        }
+    }
+}
+
+/// How a session is set up.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Who joins.
+    pub credentials: Credentials,
+    /// The WebRTC peer (tracks, codecs, limits).
+    pub peer: PeerConfig,
+    /// Decoded or encoded media out.
+    pub receive: ReceiveMode,
+    /// Raw video the application sends.
+    pub video: VideoSendConfig,
+    /// Local addresses to gather host candidates on (one UDP socket each). Empty: loopback
+    /// and every non-loopback IPv4 interface.
+    pub bind_ips: Vec<IpAddr>,
+    /// Restart ICE when the connection stays down this long.
+    pub ice_restart_after: Duration,
+    /// A polite peer waits this long for the other side's offer before offering itself, which
+    /// avoids needless glare with browsers.
+    pub polite_offer_delay: Duration,
+}
+
+impl SessionConfig {
+    /// Defaults for these credentials.
+    pub fn new(credentials: Credentials) -> Self {
+        Self {
+            credentials,
+            peer: PeerConfig::default(),
+            receive: ReceiveMode::Decoded,
+            video: VideoSendConfig::default(),
+            bind_ips: Vec::new(),
+            ice_restart_after: Duration::from_secs(5),
+            polite_offer_delay: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// What happened in the consultation.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// In the consultation; a patient waits until [`SessionEvent::Admitted`].
+    Joined {
+        /// Our participant id.
+        participant_id: Uuid,
+        /// Whether already admitted.
+        admitted: bool,
+        /// The doctor's name.
+        doctor_name: String,
+    },
+    /// The doctor let us in.
+    Admitted,
+    /// The doctor turned us away; the session ends.
+    Declined,
+    /// The other participant is here; media negotiation starts.
+    PeerJoined {
+        /// Their name.
+        name: String,
+    },
+    /// The other participant left for good.
+    PeerLeft,
+    /// Media and data flow.
+    Connected,
+    /// The connection dropped; an ICE restart follows if it does not come back.
+    Disconnected,
+    /// A decoded video frame.
+    Video(VideoFrame),
+    /// 20 ms of decoded 48 kHz mono audio.
+    Audio(Vec<i16>),
+    /// An encoded frame (in [`ReceiveMode::Encoded`]).
+    EncodedFrame(EncodedFrame),
+    /// A chat message.
+    Chat(String),
+    /// An incoming chat message was refused (too long, not text).
+    ChatRejected(String),
+    /// File transfer offers, progress and results.
+    File(FileEvent),
+    /// Connection statistics, once a second.
+    Stats(Stats),
+    /// The consultation ended; the session is over.
+    Ended,
+    /// Something went wrong that the call survives (a bad datagram, a decode error).
+    Warning(String),
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Signaling failed.
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    /// The peer refused.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// A codec failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Sockets.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The session task is gone.
+    #[error("the session has ended")]
+    Ended,
+}
+
+enum Command {
+    Video(VideoFrame),
+    EncodedVideo(EncodedVideo),
+    Audio(Vec<i16>),
+    Chat(String, oneshot::Sender<Result<(), PeerError>>),
+    OfferFile(
+        String,
+        String,
+        Vec<u8>,
+        oneshot::Sender<Result<Uuid, PeerError>>,
+    ),
+    AcceptFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
+    RejectFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
+    CancelFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
+    Leave,
+}
+
+/// A running session. Dropping it leaves the consultation.
+pub struct Session {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<SessionEvent>,
+    task: tokio::task::JoinHandle<Result<(), SessionError>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl Session {
+    /// Join: redeem the invite (patient), connect to signaling, bind sockets, start the task.
+    pub async fn start(config: SessionConfig) -> Result<Self, SessionError> {
+        let http = reqwest::Client::new();
+        let (base_url, patient) = match &config.credentials {
+            Credentials::Patient { invite_url, name } => {
+                let (base, place) = redeem_invite(&http, invite_url, name).await?;
+                (base, Some(place))
+            }
+            Credentials::Clinician { base_url, .. } => {
+                (base_url.trim_end_matches('/').to_owned(), None)
+            }
+        };
+        let join = join_message(&config.credentials, patient.as_ref());
+        let signal = SignalConnection::join(&base_url, join.clone()).await?;
+        let ips = if config.bind_ips.is_empty() {
+            default_ips()
+        } else {
+            config.bind_ips.clone()
+        };
+        let (datagrams_tx, datagrams_rx) = mpsc::channel(1024);
+        let mut sockets = Vec::new();
+        for ip in ips {
+            let socket = Arc::new(UdpSocket::bind(SocketAddr::new(ip, 0)).await?);
+            let local = socket.local_addr()?;
+            tokio::spawn(read_socket(socket.clone(), local, datagrams_tx.clone()));
+            sockets.push((local, socket));
+        }
+        let local_addrs = sockets.iter().map(|(a, _)| *a).collect();
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let runner = Runner::new(config, base_url, join, patient, signal, sockets, events_tx)?;
+        let task = tokio::spawn(runner.run(commands_rx, datagrams_rx));
+        Ok(Self {
+            commands: commands_tx,
+            events: events_rx,
+            task,
+            local_addrs,
+        })
+    }
+
+    /// The local UDP addresses (host candidates).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The next event; `None` when the session is over.
+    pub async fn next_event(&mut self) -> Option<SessionEvent> {
+        self.events.recv().await
+    }
+
+    async fn command(&self, command: Command) -> Result<(), SessionError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| SessionError::Ended)
+    }
+
+    /// Send a raw I420 frame; the session encodes it with the negotiated codec.
+    pub async fn send_video(&self, frame: VideoFrame) -> Result<(), SessionError> {
+        frame.validate()?;
+        self.command(Command::Video(frame)).await
+    }
+
+    /// Send a frame the application encoded itself (its codec must be the negotiated one).
+    pub async fn send_encoded_video(&self, frame: EncodedVideo) -> Result<(), SessionError> {
+        self.command(Command::EncodedVideo(frame)).await
+    }
+
+    /// Send 20 ms of 48 kHz mono PCM (960 samples); the session encodes it with Opus.
+    pub async fn send_audio(&self, pcm: Vec<i16>) -> Result<(), SessionError> {
+        if pcm.len() != FRAME_SAMPLES {
+            return Err(CodecError::InvalidFrame(format!(
+                "{} samples, expected {FRAME_SAMPLES}",
+                pcm.len()
+            ))
+            .into());
+        }
+        self.command(Command::Audio(pcm)).await
+    }
+
+    /// Send a chat message.
+    pub async fn send_chat(&self, text: &str) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Chat(text.to_owned(), tx)).await?;
+        Ok(rx.await.map_err(|_| SessionError::Ended)??)
+    }
+
+    /// Offer a file; progress and the result arrive as [`SessionEvent::File`].
+    pub async fn offer_file(
+        &self,
+        name: &str,
+        mime: &str,
+        data: Vec<u8>,
+    ) -> Result<Uuid, SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::OfferFile(
+            name.to_owned(),
+            mime.to_owned(),
+            data,
+            tx,
+        ))
+        .await?;
+        Ok(rx.await.map_err(|_| SessionError::Ended)??)
+    }
+
+    /// Accept an offered file.
+    pub async fn accept_file(&self, id: Uuid) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::AcceptFile(id, tx)).await?;
+        Ok(rx.await.map_err(|_| SessionError::Ended)??)
+    }
+
+    /// Decline an offered file.
+    pub async fn reject_file(&self, id: Uuid) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::RejectFile(id, tx)).await?;
+        Ok(rx.await.map_err(|_| SessionError::Ended)??)
+    }
+
+    /// Cancel a transfer.
+    pub async fn cancel_file(&self, id: Uuid) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::CancelFile(id, tx)).await?;
+        Ok(rx.await.map_err(|_| SessionError::Ended)??)
+    }
+
+    /// Hang up and wait for the task to finish.
+    pub async fn leave(self) -> Result<(), SessionError> {
+        let _ = self.commands.send(Command::Leave).await;
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Ok(()),
+        }
+    }
+}
+
+fn default_ips() -> Vec<IpAddr> {
+    let mut ips = vec![IpAddr::from([127, 0, 0, 1])];
+    if let Ok(interfaces) = if_addrs::get_if_addrs() {
+        ips.extend(
+            interfaces
+                .into_iter()
+                .filter(|i| !i.is_loopback() && i.ip().is_ipv4())
+                .map(|i| i.ip()),
+        );
+    }
+    ips
+}
+
+struct Datagram {
+    local: SocketAddr,
+    source: SocketAddr,
+    at: Instant,
+    bytes: Vec<u8>,
+}
+
+async fn read_socket(socket: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender<Datagram>) {
+    let mut buffer = vec![0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buffer).await {
+            Ok((n, source)) => {
+                let datagram = Datagram {
+                    local,
+                    source,
+                    at: Instant::now(),
+                    bytes: buffer[..n].to_vec(),
+                };
+                if tx.send(datagram).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // ICMP port unreachable and the like surface here on some systems; keep reading.
+                tracing::debug!(error = %e, "udp receive error");
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Runner {
+    config: SessionConfig,
+    base_url: String,
+    join: ClientMessage,
+    _patient: Option<PatientPlace>,
+    signal: Option<SignalConnection>,
+    sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    events: mpsc::Sender<SessionEvent>,
+    peer: Option<Peer>,
+    remote: Option<Uuid>,
+    pending_candidates: Vec<String>,
+    polite: bool,
+    admitted: bool,
+    heartbeat: Duration,
+    next_timeout: Instant,
+    offer_at: Option<Instant>,
+    down_since: Option<Instant>,
+    started: Instant,
+    video_encoder: Option<Box<dyn VideoEncoder>>,
+    force_keyframe: bool,
+    audio_encoder: OpusEncoder,
+    audio_decoder: OpusDecoder,
+    video_decoder: Option<(VideoCodec, Box<dyn VideoDecoder>)>,
+    waiting_for_keyframe: bool,
+    last_keyframe_request: Instant,
+    audio_rtp: u64,
+}
+
+impl Runner {
+    fn new(
+        config: SessionConfig,
+        base_url: String,
+        join: ClientMessage,
+        patient: Option<PatientPlace>,
+        signal: SignalConnection,
+        sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
+        events: mpsc::Sender<SessionEvent>,
+    ) -> Result<Self, SessionError> {
+        let now = Instant::now();
+        Ok(Self {
+            config,
+            base_url,
+            join,
+            _patient: patient,
+            signal: Some(signal),
+            sockets,
+            events,
+            peer: None,
+            remote: None,
+            pending_candidates: Vec::new(),
+            polite: false,
+            admitted: false,
+            heartbeat: Duration::from_secs(15),
+            next_timeout: now + Duration::from_secs(3600),
+            offer_at: None,
+            down_since: None,
+            started: now,
+            video_encoder: None,
+            force_keyframe: true,
+            audio_encoder: OpusEncoder::new(32_000)?,
+            audio_decoder: OpusDecoder::new()?,
+            video_decoder: None,
+            waiting_for_keyframe: true,
+            last_keyframe_request: now,
+            audio_rtp: 0,
+        })
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut datagrams: mpsc::Receiver<Datagram>,
+    ) -> Result<(), SessionError> {
+        let result = self.run_loop(&mut commands, &mut datagrams).await;
+        if let Some(signal) = self.signal.take() {
+            signal.close().await;
+        }
+        if let Err(e) = &result {
+            emit(
+                &self.events,
+                SessionEvent::Warning(format!("session ended: {e}")),
+            )
+            .await;
+        }
+        result
+    }
+
+    async fn run_loop(
+        &mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        datagrams: &mut mpsc::Receiver<Datagram>,
+    ) -> Result<(), SessionError> {
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                message = recv_signal(&mut self.signal) => {
+                    match message {
+                        Ok(message) => {
+                            if !self.handle_signal(message).await? {
+                                return Ok(());
+                            }
+                            if heartbeat.period() != self.heartbeat {
+                                heartbeat = tokio::time::interval(self.heartbeat);
+                            }
+                        }
+                        Err(e) => {
+                            emit(&self.events, SessionEvent::Warning(format!("signaling lost ({e}); reconnecting"))).await;
+                            self.reconnect_signal().await?;
+                        }
+                    }
+                }
+                Some(datagram) = datagrams.recv() => {
+                    if let Some(peer) = &mut self.peer {
+                        if let Err(e) = peer.handle_receive(datagram.at, datagram.source, datagram.local, &datagram.bytes) {
+                            tracing::debug!(error = %e, "dropped a datagram");
+                        }
+                    }
+                }
+                command = commands.recv() => {
+                    match command {
+                        None | Some(Command::Leave) => {
+                            if let Some(signal) = &mut self.signal {
+                                let _ = signal.send(&ClientMessage::Leave {}).await;
+                            }
+                            return Ok(());
+                        }
+                        Some(command) => self.handle_command(command)?,
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if let Some(signal) = &mut self.signal {
+                        if signal.send(&ClientMessage::Ping {}).await.is_err() {
+                            self.reconnect_signal().await?;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if let Some(peer) = &mut self.peer {
+                        peer.handle_timeout(now)?;
+                    }
+                    if self.offer_at.is_some_and(|at| at <= now) {
+                        self.offer_at = None;
+                        self.make_offer().await?;
+                    }
+                    if self.down_since.is_some_and(|since| now - since >= self.config.ice_restart_after) {
+                        self.down_since = Some(now);
+                        self.restart_ice().await?;
+                    }
+                }
+            }
+            self.drain_peer().await?;
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = self.next_timeout;
+        if let Some(at) = self.offer_at {
+            wake = wake.min(at);
+        }
+        if let Some(since) = self.down_since {
+            wake = wake.min(since + self.config.ice_restart_after);
+        }
+        wake.max(Instant::now())
+    }
+
+    async fn reconnect_signal(&mut self) -> Result<(), SessionError> {
+        self.signal = None;
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..8 {
+            tokio::time::sleep(delay).await;
+            if let Ok(signal) = SignalConnection::join(&self.base_url, self.join.clone()).await {
+                self.signal = Some(signal);
+                return Ok(());
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        Err(SignalError::Closed.into())
+    }
+
+    async fn send_signal(&mut self, message: ClientMessage) -> Result<(), SessionError> {
+        match &mut self.signal {
+            Some(signal) => signal.send(&message).await.map_err(Into::into),
+            None => Err(SignalError::Closed.into()),
+        }
+    }
+
+    /// Handle a signaling message; false when the session is over.
+    async fn handle_signal(&mut self, message: ServerMessage) -> Result<bool, SessionError> {
+        match message {
+            ServerMessage::Joined {
+                participant_id,
+                admitted,
+                polite,
+                heartbeat_interval_ms,
+                peers,
+                consultation,
+                ..
+            } => {
+                self.polite = polite;
+                self.admitted = admitted;
+                self.heartbeat = Duration::from_millis(heartbeat_interval_ms.max(1000));
+                emit(
+                    &self.events,
+                    SessionEvent::Joined {
+                        participant_id,
+                        admitted,
+                        doctor_name: consultation.doctor_name,
+                    },
+                )
+                .await;
+                if let Some(peer) = peers.into_iter().next() {
+                    self.start_peer(peer.participant_id, peer.name).await?;
+                }
+            }
+            ServerMessage::Admitted { peers } => {
+                self.admitted = true;
+                emit(&self.events, SessionEvent::Admitted).await;
+                if let Some(peer) = peers.into_iter().next() {
+                    self.start_peer(peer.participant_id, peer.name).await?;
+                }
+            }
+            ServerMessage::PeerJoined { peer } => {
+                self.start_peer(peer.participant_id, peer.name).await?;
+            }
+            ServerMessage::PeerLeft { participant_id, .. }
+                if self.remote == Some(participant_id) =>
+            {
+                if let Some(peer) = &mut self.peer {
+                    peer.remote_gone();
+                }
+                self.drain_peer().await?;
+                self.peer = None;
+                self.remote = None;
+                emit(&self.events, SessionEvent::PeerLeft).await;
+            }
+            ServerMessage::Description { from, description } if Some(from) == self.remote => {
+                self.handle_description(description).await?;
+            }
+            ServerMessage::Candidate { from, candidate } if Some(from) == self.remote => {
+                if let (Some(peer), Some(candidate)) = (&mut self.peer, candidate) {
+                    if let Err(e) = peer.add_remote_candidate(&candidate.candidate) {
+                        emit(
+                            &self.events,
+                            SessionEvent::Warning(format!("ignored a remote candidate: {e}")),
+                        )
+                        .await;
+                    }
+                }
+            }
+            ServerMessage::Declined {} => {
+                emit(&self.events, SessionEvent::Declined).await;
+                return Ok(false);
+            }
+            ServerMessage::ConsultationEnded {} => {
+                emit(&self.events, SessionEvent::Ended).await;
+                return Ok(false);
+            }
+            ServerMessage::Replaced {} => {
+                emit(
+                    &self.events,
+                    SessionEvent::Warning("another connection took this place".into()),
+                )
+                .await;
+                return Ok(false);
+            }
+            ServerMessage::Error {
+                code,
+                message,
+                fatal,
+            } => {
+                emit(
+                    &self.events,
+                    SessionEvent::Warning(format!("{}: {message}", code.as_str())),
+                )
+                .await;
+                if fatal {
+                    return Err(SignalError::Refused {
+                        code: code.as_str().into(),
+                        message,
+                    }
+                    .into());
+                }
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    /// A (new) remote participant: a fresh peer connection, host candidates, and an offer
+    /// (right away if impolite, after a short wait if polite).
+    async fn start_peer(&mut self, remote: Uuid, name: String) -> Result<(), SessionError> {
+        let now = Instant::now();
+        let mut peer = Peer::new(
+            PeerConfig {
+                polite: self.polite,
+                ..self.config.peer.clone()
+            },
+            now,
+        );
+        let mut candidates = Vec::new();
+        for (addr, _) in &self.sockets {
+            if let Some(line) = peer.add_host_candidate(*addr)? {
+                candidates.push(line);
+            }
+        }
+        self.peer = Some(peer);
+        self.remote = Some(remote);
+        self.video_encoder = None;
+        self.video_decoder = None;
+        self.force_keyframe = true;
+        self.waiting_for_keyframe = true;
+        self.next_timeout = now;
+        emit(&self.events, SessionEvent::PeerJoined { name }).await;
+        // Browsers refuse candidates before a remote description: they go after our first
+        // offer or answer.
+        self.pending_candidates = candidates;
+        self.offer_at = Some(if self.polite {
+            now + self.config.polite_offer_delay
+        } else {
+            now
+        });
+        Ok(())
+    }
+
+    /// Send a description, then any candidates held back until now.
+    async fn send_description(&mut self, kind: SdpKind, sdp: String) -> Result<(), SessionError> {
+        let Some(to) = self.remote else { return Ok(()) };
+        self.send_signal(ClientMessage::Description {
+            to,
+            description: SessionDescription { kind, sdp },
+        })
+        .await?;
+        for line in std::mem::take(&mut self.pending_candidates) {
+            let candidate = IceCandidate {
+                candidate: line,
+                sdp_mid: None,
+                sdp_m_line_index: Some(0),
+                username_fragment: None,
+            };
+            self.send_signal(ClientMessage::Candidate {
+                to,
+                candidate: Some(candidate),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn make_offer(&mut self) -> Result<(), SessionError> {
+        let Some(peer) = &mut self.peer else {
+            return Ok(());
+        };
+        if let Some(sdp) = peer.create_offer()? {
+            self.send_description(SdpKind::Offer, sdp).await?;
+        }
+        Ok(())
+    }
+
+    async fn restart_ice(&mut self) -> Result<(), SessionError> {
+        emit(
+            &self.events,
+            SessionEvent::Warning("connection down: restarting ICE".into()),
+        )
+        .await;
+        let Some(peer) = &mut self.peer else {
+            return Ok(());
+        };
+        if let Some(sdp) = peer.restart_ice()? {
+            self.send_description(SdpKind::Offer, sdp).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_description(
+        &mut self,
+        description: SessionDescription,
+    ) -> Result<(), SessionError> {
+        let Some(peer) = &mut self.peer else {
+            return Ok(());
+        };
+        let outcome = match description.kind {
+            SdpKind::Offer => peer.handle_remote_offer(&description.sdp),
+            SdpKind::Answer | SdpKind::Pranswer => peer.handle_remote_answer(&description.sdp),
+            SdpKind::Rollback => {
+                peer.handle_remote_rollback();
+                return Ok(());
+            }
+        };
+        match outcome {
+            Ok(RemoteDescriptionOutcome::Answer(sdp)) => {
+                // The remote offered: no need for ours (unless something is still missing).
+                self.offer_at = None;
+                self.send_description(SdpKind::Answer, sdp).await?;
+            }
+            Ok(RemoteDescriptionOutcome::Applied) => {}
+            Ok(RemoteDescriptionOutcome::IgnoredGlare) => return Ok(()),
+            Err(e) => {
+                // A bad or incompatible SDP: say so and keep the session.
+                emit(
+                    &self.events,
+                    SessionEvent::Warning(format!("remote description refused: {e}")),
+                )
+                .await;
+                return Ok(());
+            }
+        }
+        if self.peer.as_ref().is_some_and(Peer::needs_negotiation) {
+            self.offer_at = Some(Instant::now() + Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn handle_command(&mut self, command: Command) -> Result<(), SessionError> {
+        let now = Instant::now();
+        let rtp_90k =
+            |started: Instant| ((now - started).as_micros() as u64 * 9 / 100) & 0xffff_ffff;
+        match command {
+            Command::Video(frame) => {
+                let Some(peer) = &mut self.peer else {
+                    return Ok(());
+                };
+                if !peer.is_connected() {
+                    return Ok(());
+                }
+                let Some(codec) = peer.video_codec() else {
+                    return Ok(());
+                };
+                if self
+                    .video_encoder
+                    .as_ref()
+                    .is_none_or(|e| e.codec() != codec)
+                {
+                    let v = self.config.video;
+                    self.video_encoder = Some(video_encoder(
+                        codec,
+                        frame.width,
+                        frame.height,
+                        v.bitrate_bps,
+                        v.fps,
+                    )?);
+                    self.force_keyframe = true;
+                }
+                if let Some(encoder) = &mut self.video_encoder {
+                    if let Some(encoded) = encoder.encode(&frame, self.force_keyframe)? {
+                        self.force_keyframe = false;
+                        peer.write_video(now, rtp_90k(self.started), codec, &encoded.data)?;
+                    }
+                }
+            }
+            Command::EncodedVideo(encoded) => {
+                if let Some(peer) = &mut self.peer {
+                    if peer.is_connected() {
+                        peer.write_video(now, rtp_90k(self.started), encoded.codec, &encoded.data)?;
+                    }
+                }
+            }
+            Command::Audio(pcm) => {
+                let Some(peer) = &mut self.peer else {
+                    return Ok(());
+                };
+                if !peer.is_connected() {
+                    return Ok(());
+                }
+                let packet = self.audio_encoder.encode(&pcm)?;
+                peer.write_audio(now, self.audio_rtp, &packet)?;
+                self.audio_rtp = (self.audio_rtp + FRAME_SAMPLES as u64) & 0xffff_ffff;
+            }
+            Command::Chat(text, reply) => {
+                let result = self
+                    .peer
+                    .as_mut()
+                    .ok_or(PeerError::ChannelNotOpen("chat"))
+                    .and_then(|p| p.send_chat(&text));
+                let _ = reply.send(result);
+            }
+            Command::OfferFile(name, mime, data, reply) => {
+                let result = self
+                    .peer
+                    .as_mut()
+                    .ok_or(PeerError::ChannelNotOpen("file"))
+                    .and_then(|p| p.offer_file(&name, &mime, data));
+                let _ = reply.send(result);
+            }
+            Command::AcceptFile(id, reply) => {
+                let result = self
+                    .peer
+                    .as_mut()
+                    .ok_or(PeerError::ChannelNotOpen("file"))
+                    .and_then(|p| p.accept_file(id));
+                let _ = reply.send(result);
+            }
+            Command::RejectFile(id, reply) => {
+                let result = self
+                    .peer
+                    .as_mut()
+                    .ok_or(PeerError::ChannelNotOpen("file"))
+                    .and_then(|p| p.reject_file(id));
+                let _ = reply.send(result);
+            }
+            Command::CancelFile(id, reply) => {
+                let result = self
+                    .peer
+                    .as_mut()
+                    .ok_or(PeerError::ChannelNotOpen("file"))
+                    .and_then(|p| p.cancel_file(id));
+                let _ = reply.send(result);
+            }
+            Command::Leave => {}
+        }
+        Ok(())
+    }
+
+    /// Send what the peer wants sent, and turn its events into session events.
+    async fn drain_peer(&mut self) -> Result<(), SessionError> {
+        loop {
+            let Some(peer) = &mut self.peer else {
+                return Ok(());
+            };
+            match peer.poll_output()? {
+                Output::Timeout(at) => {
+                    self.next_timeout = at;
+                    return Ok(());
+                }
+                Output::Transmit(transmit) => {
+                    if let Some((_, socket)) = self
+                        .sockets
+                        .iter()
+                        .find(|(addr, _)| *addr == transmit.source)
+                    {
+                        if let Err(e) = socket.try_send_to(&transmit.contents, transmit.destination)
+                        {
+                            tracing::debug!(error = %e, "udp send failed");
+                        }
+                    }
+                }
+                Output::Event(event) => self.handle_peer_event(event).await?,
+            }
+        }
+    }
+
+    async fn handle_peer_event(&mut self, event: PeerEvent) -> Result<(), SessionError> {
+        match event {
+            PeerEvent::Connected => {
+                self.down_since = None;
+                self.force_keyframe = true;
+                emit(&self.events, SessionEvent::Connected).await;
+            }
+            PeerEvent::Disconnected => {
+                self.down_since.get_or_insert(Instant::now());
+                emit(&self.events, SessionEvent::Disconnected).await;
+            }
+            PeerEvent::IceState(state) => {
+                if matches!(
+                    state,
+                    str0m::IceConnectionState::Connected | str0m::IceConnectionState::Completed
+                ) {
+                    self.down_since = None;
+                }
+            }
+            PeerEvent::ChannelOpen { .. } => {}
+            PeerEvent::Chat(text) => emit(&self.events, SessionEvent::Chat(text)).await,
+            PeerEvent::ChatRejected(e) => {
+                emit(&self.events, SessionEvent::ChatRejected(e.to_string())).await
+            }
+            PeerEvent::File(event) => emit(&self.events, SessionEvent::File(event)).await,
+            PeerEvent::KeyframeRequested => self.force_keyframe = true,
+            PeerEvent::BitrateEstimate(bps) => {
+                if let Some(encoder) = &mut self.video_encoder {
+                    let target = self.config.video.bitrate_bps;
+                    let bps = (bps as u32).clamp(target / 10, target.saturating_mul(2));
+                    if let Err(e) = encoder.set_bitrate(bps) {
+                        tracing::debug!(error = %e, "could not adapt the bitrate");
+                    }
+                }
+            }
+            PeerEvent::Stats(stats) => emit(&self.events, SessionEvent::Stats(stats)).await,
+            PeerEvent::Frame(frame) => self.handle_frame(frame).await?,
+        }
+        Ok(())
+    }
+
+    async fn handle_frame(&mut self, frame: EncodedFrame) -> Result<(), SessionError> {
+        if self.config.receive == ReceiveMode::Encoded {
+            emit(&self.events, SessionEvent::EncodedFrame(frame)).await;
+            return Ok(());
+        }
+        match frame.kind {
+            TrackKind::Audio => match self.audio_decoder.decode(&frame.data) {
+                Ok(pcm) => emit(&self.events, SessionEvent::Audio(pcm)).await,
+                Err(e) => {
+                    emit(
+                        &self.events,
+                        SessionEvent::Warning(format!("audio decode: {e}")),
+                    )
+                    .await
+                }
+            },
+            TrackKind::Video(codec) => {
+                if self.video_decoder.as_ref().is_none_or(|(c, _)| *c != codec) {
+                    self.video_decoder = Some((codec, video_decoder(codec)?));
+                    self.waiting_for_keyframe = true;
+                }
+                if !frame.contiguous && !frame.keyframe {
+                    self.waiting_for_keyframe = true;
+                }
+                if self.waiting_for_keyframe && !frame.keyframe {
+                    self.request_keyframe();
+                    return Ok(());
+                }
+                let Some((_, decoder)) = &mut self.video_decoder else {
+                    return Ok(());
+                };
+                match decoder.decode(&frame.data) {
+                    Ok(Some(picture)) => {
+                        self.waiting_for_keyframe = false;
+                        emit(&self.events, SessionEvent::Video(picture)).await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.waiting_for_keyframe = true;
+                        self.last_keyframe_request = Instant::now() - Duration::from_secs(1);
+                        self.request_keyframe();
+                        emit(
+                            &self.events,
+                            SessionEvent::Warning(format!("video decode: {e}")),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ask for a keyframe, at most every 250 ms (a lost request is repeated).
+    fn request_keyframe(&mut self) {
+        let now = Instant::now();
+        if now - self.last_keyframe_request < Duration::from_millis(250) {
+            return;
+        }
+        self.last_keyframe_request = now;
+        if let Some(peer) = &mut self.peer {
+            if let Err(e) = peer.request_keyframe() {
+                tracing::debug!(error = %e, "keyframe request failed");
+            }
+        }
+    }
+}
+
+/// Hand an event to the application (borrowing only the sender, so the runner need not be
+/// `Sync` across the await).
+async fn emit(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
+    let _ = events.send(event).await;
+}
+
+async fn recv_signal(signal: &mut Option<SignalConnection>) -> Result<ServerMessage, SignalError> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}

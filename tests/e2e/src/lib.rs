@@ -1,0 +1,124 @@
+//! Harness for end-to-end tests: a real signaling service on loopback with a signed-in doctor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consult_proto::api::{Consultation, LoginResponse, WaitingPatient};
+use consult_signaling::accounts;
+use consult_signaling::auth::totp;
+use consult_signaling::clock::{Clock, SystemClock};
+use consult_signaling::config::Config;
+use consult_signaling::server::{self, RunningServer};
+
+/// A running service and a signed-in doctor.
+pub struct Clinic {
+    /// The service.
+    pub server: RunningServer,
+    /// Its base URL.
+    pub base: String,
+    /// The doctor's bearer token.
+    pub token: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Clinic {
+    /// Start a service on 127.0.0.1 and sign the demo doctor in.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Config {
+            bind: "127.0.0.1:0".parse().expect("address"),
+            data_dir: dir.path().to_path_buf(),
+            log: "warn".into(),
+            ..Config::default()
+        };
+        let server = server::start(config, Arc::new(SystemClock))
+            .await
+            .expect("service starts");
+        let state = &server.state;
+        let creds = accounts::seed_demo_doctor(
+            &state.pool,
+            &state.audit,
+            state.clock.now(),
+            None,
+            &server.url,
+        )
+        .await
+        .expect("demo doctor");
+        let http = reqwest::Client::new();
+        let code = totp::code_at(
+            &creds.totp_secret,
+            SystemClock.now().unix_timestamp() as u64,
+        )
+        .expect("code");
+        let response: LoginResponse = http
+            .post(format!("{}/api/v1/auth/login", server.url))
+            .json(&serde_json::json!({ "email": creds.email, "password": creds.password, "totp": code }))
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("login body");
+        let LoginResponse::SignedIn { session } = response else {
+            panic!("not signed in")
+        };
+        Self {
+            base: server.url.clone(),
+            token: session.token.expect("bearer token"),
+            server,
+            http,
+            _dir: dir,
+        }
+    }
+
+    /// Create a consultation; returns it and its invite link.
+    pub async fn consultation(&self) -> (Consultation, String) {
+        let consultation: Consultation = self
+            .http
+            .post(format!("{}/api/v1/consultations", self.base))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "title": "e2e" }))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("consultation");
+        let invite = consultation.invite_url.clone().expect("invite");
+        (consultation, invite)
+    }
+
+    /// Wait until someone waits, then admit them.
+    pub async fn admit_first_waiting(&self, consultation: &Consultation) {
+        for _ in 0..100 {
+            let waiting: Vec<WaitingPatient> = self
+                .http
+                .get(format!("{}/api/v1/waiting-room", self.base))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .expect("waiting room")
+                .json()
+                .await
+                .expect("waiting body");
+            if let Some(patient) = waiting.first() {
+                let status = self
+                    .http
+                    .post(format!(
+                        "{}/api/v1/consultations/{}/participants/{}/admit",
+                        self.base, consultation.id, patient.participant_id
+                    ))
+                    .bearer_auth(&self.token)
+                    .send()
+                    .await
+                    .expect("admit")
+                    .status();
+                assert!(status.is_success(), "admit: {status}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nobody came to the waiting room");
+    }
+}

@@ -1,0 +1,172 @@
+//! Two native peers (the media core) hold a consultation through a running signaling service:
+//! video and audio decoded both ways, chat, and a 20 MB file with an equal SHA-256.
+
+use std::time::{Duration, Instant};
+
+use consult_e2e::Clinic;
+use consult_media::codec::pattern::{TestPattern, Tone};
+use consult_media::file_transfer::FileEvent;
+use consult_media::session::{Session, SessionConfig, SessionEvent};
+use consult_media::signal_client::Credentials;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+#[derive(Default)]
+struct Seen {
+    joined: bool,
+    admitted: bool,
+    connected: bool,
+    video: usize,
+    audio: usize,
+    chats: Vec<String>,
+    offered: Option<uuid::Uuid>,
+    received: Option<Vec<u8>>,
+    sent: bool,
+    warnings: Vec<String>,
+}
+
+fn record(seen: &mut Seen, event: SessionEvent) {
+    match event {
+        SessionEvent::Joined { .. } => seen.joined = true,
+        SessionEvent::Admitted => seen.admitted = true,
+        SessionEvent::Connected => seen.connected = true,
+        SessionEvent::Video(frame) => {
+            assert_eq!((frame.width, frame.height), (320, 240));
+            seen.video += 1;
+        }
+        SessionEvent::Audio(pcm) => {
+            assert_eq!(pcm.len(), 960);
+            seen.audio += 1;
+        }
+        SessionEvent::Chat(text) => seen.chats.push(text),
+        SessionEvent::File(FileEvent::Offered { offer }) => seen.offered = Some(offer.id),
+        SessionEvent::File(FileEvent::Received { data, .. }) => seen.received = Some(data),
+        SessionEvent::File(FileEvent::Sent { .. }) => seen.sent = true,
+        SessionEvent::Warning(w) => seen.warnings.push(w),
+        _ => {}
+    }
+}
+
+async fn pump(session: &mut Session, seen: &mut Seen, window: Duration) {
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, session.next_event()).await {
+        record(seen, event);
+    }
+}
+
+fn config(credentials: Credentials) -> SessionConfig {
+    let mut config = SessionConfig::new(credentials);
+    config.bind_ips = vec!["127.0.0.1".parse().unwrap()];
+    config.video.width = 320;
+    config.video.height = 240;
+    config.video.bitrate_bps = 300_000;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_native_peers_hold_a_consultation_through_the_service() {
+    let clinic = Clinic::start().await;
+    let (consultation, invite) = clinic.consultation().await;
+    let mut patient = Session::start(config(Credentials::Patient {
+        invite_url: invite,
+        name: "Kiosk 3".into(),
+    }))
+    .await
+    .unwrap();
+    let mut doctor = Session::start(config(Credentials::Clinician {
+        base_url: clinic.base.clone(),
+        token: clinic.token.clone(),
+        consultation_id: consultation.id,
+    }))
+    .await
+    .unwrap();
+    let (mut p, mut d) = (Seen::default(), Seen::default());
+    pump(&mut patient, &mut p, Duration::from_millis(300)).await;
+    assert!(p.joined && !p.admitted, "the patient waits");
+    clinic.admit_first_waiting(&consultation).await;
+
+    // Connect, then three seconds of a moving pattern and a tone from both sides.
+    let started = Instant::now();
+    while !(p.connected && d.connected) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no connection: {:?} / {:?}",
+            p.warnings,
+            d.warnings
+        );
+        pump(&mut patient, &mut p, Duration::from_millis(20)).await;
+        pump(&mut doctor, &mut d, Duration::from_millis(20)).await;
+    }
+    println!("admitted to connected: {:?}", started.elapsed());
+    let (mut pattern_p, mut pattern_d) = (TestPattern::new(320, 240), TestPattern::new(320, 240));
+    let (mut tone_p, mut tone_d) = (Tone::new(440.0), Tone::new(660.0));
+    let media_start = Instant::now();
+    let mut tick = 0u64;
+    while media_start.elapsed() < Duration::from_secs(3) {
+        if tick.is_multiple_of(3) {
+            patient.send_video(pattern_p.next_frame()).await.unwrap();
+            doctor.send_video(pattern_d.next_frame()).await.unwrap();
+        }
+        if tick.is_multiple_of(2) {
+            patient.send_audio(tone_p.next_frame()).await.unwrap();
+            doctor.send_audio(tone_d.next_frame()).await.unwrap();
+        }
+        tick += 1;
+        pump(&mut patient, &mut p, Duration::from_millis(5)).await;
+        pump(&mut doctor, &mut d, Duration::from_millis(5)).await;
+    }
+    pump(&mut patient, &mut p, Duration::from_millis(300)).await;
+    pump(&mut doctor, &mut d, Duration::from_millis(300)).await;
+    println!(
+        "patient decoded {} video / {} audio frames; doctor {} / {}",
+        p.video, p.audio, d.video, d.audio
+    );
+    assert!(p.video > 30 && d.video > 30, "video decoded both ways");
+    assert!(p.audio > 50 && d.audio > 50, "audio decoded both ways");
+
+    // Chat both ways.
+    patient.send_chat("Good morning, doctor").await.unwrap();
+    doctor
+        .send_chat("Good morning! How is the knee?")
+        .await
+        .unwrap();
+    assert!(
+        patient.send_chat(&"x".repeat(5000)).await.is_err(),
+        "over the chat limit"
+    );
+
+    // A 20 MB random file from the patient to the doctor.
+    let mut file = vec![0u8; 20 * 1024 * 1024];
+    rand::thread_rng().fill_bytes(&mut file);
+    let started = Instant::now();
+    let id = patient
+        .offer_file("knee-scan.bin", "application/octet-stream", file.clone())
+        .await
+        .unwrap();
+    while d.offered != Some(id) {
+        assert!(started.elapsed() < Duration::from_secs(10), "no offer");
+        pump(&mut doctor, &mut d, Duration::from_millis(20)).await;
+        pump(&mut patient, &mut p, Duration::from_millis(1)).await;
+    }
+    doctor.accept_file(id).await.unwrap();
+    while d.received.is_none() || !p.sent {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the file did not arrive"
+        );
+        pump(&mut doctor, &mut d, Duration::from_millis(10)).await;
+        pump(&mut patient, &mut p, Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "20 MB in {:?} ({:.1} MB/s)",
+        elapsed,
+        20.0 / elapsed.as_secs_f64()
+    );
+    let received = d.received.take().unwrap();
+    assert_eq!(Sha256::digest(&received), Sha256::digest(&file));
+    assert_eq!(d.chats, vec!["Good morning, doctor".to_string()]);
+    assert_eq!(p.chats, vec!["Good morning! How is the knee?".to_string()]);
+    patient.leave().await.unwrap();
+    doctor.leave().await.unwrap();
+}
