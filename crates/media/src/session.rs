@@ -125,7 +125,12 @@ pub enum SessionEvent {
     /// The connection dropped; an ICE restart follows if it does not come back.
     Disconnected,
     /// A decoded video frame.
-    Video(VideoFrame),
+    Video {
+        /// The picture (I420).
+        frame: VideoFrame,
+        /// The codec it arrived in.
+        codec: VideoCodec,
+    },
     /// 20 ms of decoded 48 kHz mono audio.
     Audio(Vec<i16>),
     /// An encoded frame (in [`ReceiveMode::Encoded`]).
@@ -989,7 +994,14 @@ impl Runner {
                 match decoder.decode(&frame.data) {
                     Ok(Some(picture)) => {
                         self.waiting_for_keyframe = false;
-                        emit(&self.events, SessionEvent::Video(picture)).await;
+                        emit(
+                            &self.events,
+                            SessionEvent::Video {
+                                frame: picture,
+                                codec,
+                            },
+                        )
+                        .await;
                     }
                     Ok(None) => {}
                     Err(e) => {

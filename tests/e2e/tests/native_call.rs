@@ -30,7 +30,7 @@ fn record(seen: &mut Seen, event: SessionEvent) {
         SessionEvent::Joined { .. } => seen.joined = true,
         SessionEvent::Admitted => seen.admitted = true,
         SessionEvent::Connected => seen.connected = true,
-        SessionEvent::Video(frame) => {
+        SessionEvent::Video { frame, .. } => {
             assert_eq!((frame.width, frame.height), (320, 240));
             seen.video += 1;
         }
