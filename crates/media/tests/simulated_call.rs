@@ -348,3 +348,187 @@ fn real_h264_keeps_decoding_over_a_lossy_link_with_nack_rtx_and_pli() {
     );
     assert_eq!(errors, 0, "a corrupt frame reached the decoder");
 }
+
+#[test]
+fn bad_or_incompatible_sdp_gets_an_error_and_the_peer_stays_usable() {
+    use consult_media::peer::{Peer, PeerError, RemoteDescriptionOutcome};
+    let now = std::time::Instant::now();
+    let mut peer = Peer::new(PeerConfig::default(), now);
+    assert!(matches!(
+        peer.handle_remote_offer("this is not sdp"),
+        Err(PeerError::Sdp(_))
+    ));
+    assert!(matches!(peer.handle_remote_answer("v=0"), Err(_)));
+    assert!(matches!(
+        peer.add_remote_candidate("candidate:garbage"),
+        Err(PeerError::Candidate(_))
+    ));
+    assert!(
+        peer.add_remote_candidate("").is_ok(),
+        "end-of-candidates is fine"
+    );
+
+    // A VP8-only offer to an H.264-only peer: answered, but no video codec in common.
+    let mut vp8 = Peer::new(
+        PeerConfig {
+            video_codecs: vec![VideoCodec::Vp8],
+            ..PeerConfig::default()
+        },
+        now,
+    );
+    let mut h264 = Peer::new(
+        PeerConfig {
+            video_codecs: vec![VideoCodec::H264],
+            ..PeerConfig::default()
+        },
+        now,
+    );
+    let offer = vp8.create_offer().unwrap().unwrap();
+    let RemoteDescriptionOutcome::Answer(answer) = h264.handle_remote_offer(&offer).unwrap() else {
+        panic!()
+    };
+    vp8.handle_remote_answer(&answer).unwrap();
+    assert_eq!(vp8.video_codec(), None, "nothing to send video with");
+    assert!(matches!(
+        vp8.write_video(now, 0, VideoCodec::Vp8, b"frame"),
+        Err(PeerError::NotNegotiated(_))
+    ));
+
+    // Conflicting codecs: one payload type claimed by two codecs.
+    let mut offerer = Peer::new(PeerConfig::default(), now);
+    let offer = offerer.create_offer().unwrap().unwrap();
+    let conflicting = offer.replacen(
+        "a=rtpmap:96 VP8/90000",
+        "a=rtpmap:96 VP8/90000\r\na=rtpmap:96 H264/90000",
+        1,
+    );
+    assert_ne!(conflicting, offer, "the offer maps VP8 to payload type 96");
+    let mut answerer = Peer::new(PeerConfig::default(), now);
+    // Refused, or answered without the conflicting entry — never a panic.
+    if let Ok(RemoteDescriptionOutcome::Answer(answer)) = answerer.handle_remote_offer(&conflicting)
+    {
+        assert!(
+            !answer.contains("a=rtpmap:96 H264"),
+            "the conflicting mapping is not echoed"
+        );
+    }
+    // An answer with no pending offer.
+    assert!(matches!(
+        Peer::new(PeerConfig::default(), now).handle_remote_answer(&answer),
+        Err(PeerError::UnexpectedAnswer)
+    ));
+}
+
+#[test]
+fn the_call_comes_back_after_the_link_dies_and_ice_restarts() {
+    let mut call = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        5,
+    );
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    // The network goes away entirely.
+    call.a_to_b.loss = 1.0;
+    call.b_to_a.loss = 1.0;
+    let down = call.run_until(Duration::from_secs(30), |c| {
+        c.a.events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::Disconnected))
+    });
+    assert!(down.unwrap(), "the loss is noticed");
+    // It comes back; the side that noticed restarts ICE (its driver does this after a while).
+    call.a_to_b.loss = 0.0;
+    call.b_to_a.loss = 0.0;
+    let offer = call
+        .a
+        .peer
+        .restart_ice()
+        .unwrap()
+        .expect("an ICE restart offer");
+    let consult_media::peer::RemoteDescriptionOutcome::Answer(answer) =
+        call.b.peer.handle_remote_offer(&offer).unwrap()
+    else {
+        panic!("no answer")
+    };
+    call.a.peer.handle_remote_answer(&answer).unwrap();
+    let reconnected = call.run_until(Duration::from_secs(20), |c| {
+        c.a.events.iter().rev().take_while(|(_, e)| !matches!(e, PeerEvent::Disconnected)).any(|(_, e)| {
+            matches!(e, PeerEvent::IceState(s) if matches!(s, str0m::IceConnectionState::Connected | str0m::IceConnectionState::Completed))
+        })
+    });
+    assert!(reconnected.unwrap(), "ICE reconnects after the restart");
+    call.a.peer.send_chat("back again").unwrap();
+    call.run_until(Duration::from_secs(5), |c| {
+        c.b.events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::Chat(t) if t == "back again"))
+    })
+    .unwrap();
+    assert!(call
+        .b
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, PeerEvent::Chat(t) if t == "back again")));
+}
+
+#[test]
+fn a_remote_that_vanishes_mid_transfer_never_yields_a_partial_file() {
+    let mut call = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        11,
+    );
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    let id = call
+        .a
+        .peer
+        .offer_file(
+            "big.bin",
+            "application/octet-stream",
+            random_bytes(5_000_000, 4),
+        )
+        .unwrap();
+    call.run_until(Duration::from_secs(5), |c| {
+        c.b.events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Offered { .. })))
+    })
+    .unwrap();
+    call.b.peer.accept_file(id).unwrap();
+    call.run_until(Duration::from_secs(10), |c| {
+        c.b.events.iter().any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Progress { bytes, .. }) if *bytes >= 262_144))
+    })
+    .unwrap();
+    // The sender vanishes: packets stop, and signaling reports it gone.
+    call.a_to_b.loss = 1.0;
+    call.b_to_a.loss = 1.0;
+    call.run_until(Duration::from_secs(2), |_| false).unwrap();
+    call.b.peer.remote_gone();
+    call.run_until(Duration::from_secs(1), |_| false).unwrap();
+    let events: Vec<&FileEvent> = call
+        .b
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::File(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, FileEvent::Interrupted { id: i, .. } if *i == id)));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, FileEvent::Received { .. })),
+        "a partial file was presented"
+    );
+}
