@@ -13,11 +13,12 @@ as_root() {
 }
 
 # --- System packages: Chromium for the browser tests; libopus, libvpx, nasm (OpenH264's assembly)
-# and pkg-config for the media core's codecs. -------------------------------------------------------
+# and pkg-config for the media core's codecs; coturn for the relay tests. ---------------------------
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v nasm >/dev/null || missing+=(nasm)
+command -v turnserver >/dev/null || missing+=(coturn)
 command -v g++ >/dev/null || missing+=(g++)
 for pkg in libopus-dev libvpx-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

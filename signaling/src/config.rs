@@ -111,6 +111,9 @@ pub struct IceConfig {
     /// How long TURN credentials stay valid.
     #[serde(with = "humantime_serde")]
     pub turn_credential_ttl: Duration,
+    /// Tell clients to use relay candidates only (media through TURN; participants never learn
+    /// each other's IP address). Needs `turn_urls`.
+    pub relay_only: bool,
 }
 
 impl Default for Config {
@@ -232,6 +235,9 @@ impl Config {
     /// Check values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Inconsistent(m.into()));
+        if self.ice.relay_only && self.ice.turn_urls.is_empty() {
+            return bad("ice.relay_only needs ice.turn_urls");
+        }
         if !self.ice.turn_urls.is_empty() && self.ice.turn_shared_secret.is_none() {
             return bad("ice.turn_urls needs ice.turn_shared_secret");
         }

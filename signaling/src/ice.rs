@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use consult_proto::api::{ErrorBody, IceServer, IceServers};
+use consult_proto::api::{ErrorBody, IceServer, IceServers, IceTransportPolicy};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
@@ -56,6 +56,11 @@ pub fn ice_servers(config: &IceConfig, now_unix: i64, user: &str) -> IceServers 
     IceServers {
         ice_servers: servers,
         ttl_secs: config.turn_credential_ttl.as_secs(),
+        ice_transport_policy: if config.relay_only {
+            IceTransportPolicy::Relay
+        } else {
+            IceTransportPolicy::All
+        },
     }
 }
 
@@ -105,6 +110,7 @@ mod tests {
             turn_urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
             turn_shared_secret: Some("secret-of-sixteen+".into()),
             turn_credential_ttl: Duration::from_secs(3600),
+            relay_only: true,
         };
         let servers = ice_servers(&config, 1_700_000_000, "u1");
         assert_eq!(servers.ice_servers.len(), 2);
@@ -115,6 +121,7 @@ mod tests {
         let expected = STANDARD.encode(mac.finalize().into_bytes());
         assert_eq!(turn.credential.as_deref(), Some(expected.as_str()));
         assert_eq!(servers.ttl_secs, 3600);
+        assert_eq!(servers.ice_transport_policy, IceTransportPolicy::Relay);
     }
 
     #[test]

@@ -80,6 +80,10 @@ pub struct SessionConfig {
     /// A polite peer waits this long for the other side's offer before offering itself, which
     /// avoids needless glare with browsers.
     pub polite_offer_delay: Duration,
+    /// Use the STUN and TURN servers the service hands out (`GET /api/v1/ice-servers`).
+    pub use_service_ice_servers: bool,
+    /// Force relay candidates only (`None`: follow the service's policy).
+    pub relay_only: Option<bool>,
 }
 
 impl SessionConfig {
@@ -93,6 +97,8 @@ impl SessionConfig {
             bind_ips: Vec::new(),
             ice_restart_after: Duration::from_secs(5),
             polite_offer_delay: Duration::from_millis(1500),
+            use_service_ice_servers: true,
+            relay_only: None,
         }
     }
 }
@@ -207,6 +213,20 @@ impl Session {
                 (base_url.trim_end_matches('/').to_owned(), None)
             }
         };
+        let bearer = match (&config.credentials, &patient) {
+            (Credentials::Clinician { token, .. }, _) => Some(token.clone()),
+            (_, Some(place)) => Some(place.participant_token.clone()),
+            _ => None,
+        };
+        let ice = match (config.use_service_ice_servers, bearer) {
+            (true, Some(bearer)) => Some(fetch_ice_servers(&http, &base_url, &bearer).await?),
+            _ => None,
+        };
+        let relay_only = config.relay_only.unwrap_or_else(|| {
+            ice.as_ref().is_some_and(|i| {
+                i.ice_transport_policy == consult_proto::api::IceTransportPolicy::Relay
+            })
+        });
         let join = join_message(&config.credentials, patient.as_ref());
         let signal = SignalConnection::join(&base_url, join.clone()).await?;
         let ips = if config.bind_ips.is_empty() {
@@ -223,9 +243,52 @@ impl Session {
             sockets.push((local, socket));
         }
         let local_addrs = sockets.iter().map(|(a, _)| *a).collect();
+        let mut relays = Vec::new();
+        let mut reflexive = Vec::new();
+        if let Some(ice) = &ice {
+            for server in &ice.ice_servers {
+                for url in &server.urls {
+                    match (turn_address(url), &server.username, &server.credential) {
+                        (Some(address), Some(username), Some(password)) => {
+                            match Relay::allocate(
+                                &address,
+                                username,
+                                password,
+                                datagrams_tx.clone(),
+                            )
+                            .await
+                            {
+                                Ok(relay) => relays.push(relay),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, server = %address, "TURN allocation failed")
+                                }
+                            }
+                        }
+                        _ => {
+                            if let (Some(address), false) = (stun_address(url), relay_only) {
+                                if let Some((local, socket)) = sockets.first() {
+                                    match stun_binding(socket, &address).await {
+                                        Ok(mapped) if mapped != *local => {
+                                            reflexive.push((mapped, *local))
+                                        }
+                                        Ok(_) => {}
+                                        Err(e) => {
+                                            tracing::debug!(error = %e, "STUN binding failed")
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::channel(1024);
-        let runner = Runner::new(config, base_url, join, patient, signal, sockets, events_tx)?;
+        let mut runner = Runner::new(config, base_url, join, patient, signal, sockets, events_tx)?;
+        runner.relays = relays;
+        runner.reflexive = reflexive;
+        runner.relay_only = relay_only;
         let task = tokio::spawn(runner.run(commands_rx, datagrams_rx));
         Ok(Self {
             commands: commands_tx,
@@ -384,6 +447,9 @@ struct Runner {
     _patient: Option<PatientPlace>,
     signal: Option<SignalConnection>,
     sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    relays: Vec<Relay>,
+    reflexive: Vec<(SocketAddr, SocketAddr)>,
+    relay_only: bool,
     events: mpsc::Sender<SessionEvent>,
     peer: Option<Peer>,
     remote: Option<Uuid>,
@@ -423,6 +489,9 @@ impl Runner {
             _patient: patient,
             signal: Some(signal),
             sockets,
+            relays: Vec::new(),
+            reflexive: Vec::new(),
+            relay_only: false,
             events,
             peer: None,
             remote: None,
@@ -679,9 +748,21 @@ impl Runner {
             now,
         );
         let mut candidates = Vec::new();
-        for (addr, _) in &self.sockets {
-            if let Some(line) = peer.add_host_candidate(*addr)? {
-                candidates.push(line);
+        if !self.relay_only {
+            for (addr, _) in &self.sockets {
+                if let Some(line) = peer.add_host_candidate(*addr)? {
+                    candidates.push(line);
+                }
+            }
+            for (mapped, base) in &self.reflexive {
+                if let Ok(candidate) = str0m::Candidate::server_reflexive(*mapped, *base, "udp") {
+                    candidates.extend(peer.add_local_candidate(candidate));
+                }
+            }
+        }
+        for relay in &self.relays {
+            if let Ok(candidate) = str0m::Candidate::relayed(relay.relayed, relay.local, "udp") {
+                candidates.extend(peer.add_local_candidate(candidate));
             }
         }
         self.peer = Some(peer);
@@ -903,7 +984,9 @@ impl Runner {
                     return Ok(());
                 }
                 Output::Transmit(transmit) => {
-                    if let Some((_, socket)) = self
+                    if let Some(relay) = self.relays.iter().find(|r| r.relayed == transmit.source) {
+                        relay.send(transmit.contents, transmit.destination);
+                    } else if let Some((_, socket)) = self
                         .sockets
                         .iter()
                         .find(|(addr, _)| *addr == transmit.source)
@@ -1032,6 +1115,167 @@ impl Runner {
                 tracing::debug!(error = %e, "keyframe request failed");
             }
         }
+    }
+}
+
+async fn fetch_ice_servers(
+    http: &reqwest::Client,
+    base_url: &str,
+    bearer: &str,
+) -> Result<consult_proto::api::IceServers, SignalError> {
+    let response = http
+        .get(format!("{base_url}/api/v1/ice-servers"))
+        .bearer_auth(bearer)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        return Err(SignalError::Refused {
+            code: response.status().as_u16().to_string(),
+            message: "could not get ICE servers".into(),
+        });
+    }
+    Ok(response.json().await?)
+}
+
+/// `host:port` of a `turn:` URL over UDP (`turns:` and TCP are not supported by this client).
+fn turn_address(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("turn:")?;
+    let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if !query.is_empty() && query != "transport=udp" {
+        return None;
+    }
+    Some(if address.contains(':') {
+        address.to_owned()
+    } else {
+        format!("{address}:3478")
+    })
+}
+
+/// `host:port` of a `stun:` URL.
+fn stun_address(url: &str) -> Option<String> {
+    let address = url.strip_prefix("stun:")?;
+    Some(if address.contains(':') {
+        address.to_owned()
+    } else {
+        format!("{address}:3478")
+    })
+}
+
+/// Ask a STUN server for our mapped address, from the socket the candidates use.
+async fn stun_binding(socket: &UdpSocket, server: &str) -> Result<SocketAddr, SessionError> {
+    // A separate socket would see a different mapping; instead, use a throwaway TURN client on a
+    // temporary socket bound to the same IP, which is what matters for a NAT's address mapping.
+    let local = socket.local_addr()?;
+    let probe = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.to_owned(),
+        turn_serv_addr: String::new(),
+        username: String::new(),
+        password: String::new(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(probe),
+        vnet: None,
+    })
+    .await
+    .map_err(|e| SessionError::Io(std::io::Error::other(e.to_string())))?;
+    client
+        .listen()
+        .await
+        .map_err(|e| SessionError::Io(std::io::Error::other(e.to_string())))?;
+    let mapped = tokio::time::timeout(Duration::from_secs(3), client.send_binding_request())
+        .await
+        .map_err(|_| SessionError::Io(std::io::Error::other("STUN timeout")))?
+        .map_err(|e| SessionError::Io(std::io::Error::other(e.to_string())))?;
+    let _ = client.close().await;
+    Ok(SocketAddr::new(mapped.ip(), local.port()))
+}
+
+/// A TURN allocation: the relayed address peers send to, and a task that sends through it.
+struct Relay {
+    relayed: SocketAddr,
+    local: SocketAddr,
+    outgoing: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
+    _client: Arc<turn::client::Client>,
+}
+
+impl Relay {
+    /// Allocate on `server` with TURN REST credentials; received datagrams go to `datagrams`.
+    async fn allocate(
+        server: &str,
+        username: &str,
+        password: &str,
+        datagrams: mpsc::Sender<Datagram>,
+    ) -> Result<Self, SessionError> {
+        use webrtc_util::Conn;
+        let io = |e: String| SessionError::Io(std::io::Error::other(e));
+        let server_addr: SocketAddr = tokio::net::lookup_host(server)
+            .await?
+            .next()
+            .ok_or_else(|| io(format!("cannot resolve {server}")))?;
+        let bind_ip: IpAddr = if server_addr.ip().is_loopback() {
+            server_addr.ip()
+        } else {
+            IpAddr::from([0, 0, 0, 0])
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
+        let local = socket.local_addr()?;
+        let client = turn::client::Client::new(turn::client::ClientConfig {
+            stun_serv_addr: server_addr.to_string(),
+            turn_serv_addr: server_addr.to_string(),
+            username: username.to_owned(),
+            password: password.to_owned(),
+            realm: String::new(),
+            software: "consult-media".into(),
+            rto_in_ms: 0,
+            conn: Arc::new(socket),
+            vnet: None,
+        })
+        .await
+        .map_err(|e| io(e.to_string()))?;
+        client.listen().await.map_err(|e| io(e.to_string()))?;
+        let relay_conn = tokio::time::timeout(Duration::from_secs(5), client.allocate())
+            .await
+            .map_err(|_| io(format!("TURN allocation on {server} timed out")))?
+            .map_err(|e| io(e.to_string()))?;
+        let relayed = relay_conn.local_addr().map_err(|e| io(e.to_string()))?;
+        let relay_conn: Arc<dyn Conn + Send + Sync> = Arc::new(relay_conn);
+        let reader = relay_conn.clone();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 2048];
+            while let Ok((n, source)) = reader.recv_from(&mut buffer).await {
+                let datagram = Datagram {
+                    local: relayed,
+                    source,
+                    at: Instant::now(),
+                    bytes: buffer[..n].to_vec(),
+                };
+                if datagrams.send(datagram).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Sending through TURN may wait for a permission round trip: a task keeps the order and
+        // keeps the session loop free.
+        let (outgoing, mut queue) = mpsc::unbounded_channel::<(Vec<u8>, SocketAddr)>();
+        tokio::spawn(async move {
+            while let Some((bytes, destination)) = queue.recv().await {
+                if let Err(e) = relay_conn.send_to(&bytes, destination).await {
+                    tracing::debug!(error = %e, "TURN send failed");
+                }
+            }
+        });
+        Ok(Self {
+            relayed,
+            local,
+            outgoing,
+            _client: Arc::new(client),
+        })
+    }
+
+    fn send(&self, bytes: Vec<u8>, destination: SocketAddr) {
+        let _ = self.outgoing.send((bytes, destination));
     }
 }
 

@@ -326,11 +326,26 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// Which candidates a client may use, like the browser's `RTCIceTransportPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IceTransportPolicy {
+    /// Host, server-reflexive and relay candidates.
+    #[default]
+    All,
+    /// Relay candidates only: media goes through TURN and neither side learns the other's
+    /// address.
+    Relay,
+}
+
 /// `GET /api/v1/ice-servers`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IceServers {
     /// Servers to pass as `iceServers`.
     pub ice_servers: Vec<IceServer>,
+    /// Pass as `iceTransportPolicy`.
+    #[serde(default)]
+    pub ice_transport_policy: IceTransportPolicy,
     /// How long the TURN credentials stay valid, in seconds.
     pub ttl_secs: u64,
 }

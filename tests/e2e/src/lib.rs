@@ -25,13 +25,19 @@ pub struct Clinic {
 impl Clinic {
     /// Start a service on 127.0.0.1 and sign the demo doctor in.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Clinic::start`], with configuration changes.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = Config {
+        let mut config = Config {
             bind: "127.0.0.1:0".parse().expect("address"),
             data_dir: dir.path().to_path_buf(),
             log: "warn".into(),
             ..Config::default()
         };
+        tweak(&mut config);
         let server = server::start(config, Arc::new(SystemClock))
             .await
             .expect("service starts");
