@@ -1,23 +1,30 @@
 // End-to-end test of a consultation in two headless Chromium browsers with fake devices:
 // sign-in with TOTP, invite, device check, waiting room, admit, media both ways, a third device
-// refused, end. Plus the browser-visible bad paths (wrong code, unknown invite).
+// refused, end. Plus the browser-visible bad paths (wrong code, unknown invite). Chat both ways and
+// a file from the patient to the doctor over the data channels.
 //
 // Run: cd tests/browser && npm install && npm test
 // Needs the service binary (CONSULT_BIN, default target/debug/consult) and /usr/bin/chromium.
 
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 
 import {
+  acceptAndDownload,
   byTestId,
   closeAll,
   cspViolations,
   diagnostics,
   launchParticipant,
+  offerFile,
   passDeviceCheck,
   runAdmitScenario,
+  sendChat,
+  sha256Hex,
   startService,
   submitSignIn,
+  waitForChat,
   wrongTotp,
 } from "./harness.mjs";
 
@@ -67,6 +74,44 @@ describe("consultation in the browser", { timeout: 300_000 }, () => {
         const label = await byTestId(p.page, "quality").getAttribute("data-label");
         assert.ok(["good", "fair", "poor"].includes(label ?? ""), `${p.label} quality label ${label}`);
       }
+
+      // Chat both ways over the data channel (Enter sends).
+      const fromPatient = "Hello doctor, the knee is much better.";
+      const fromDoctor = "Good to hear — ünïcödé and emoji 👍 arrive intact.";
+      await sendChat(patient.page, fromPatient);
+      await waitForChat(doctor.page, "in", fromPatient);
+      await sendChat(doctor.page, fromDoctor);
+      await waitForChat(patient.page, "in", fromDoctor);
+      // A message over 4096 bytes is refused before it is sent.
+      await byTestId(doctor.page, "chat-input").fill("é".repeat(2049));
+      await byTestId(doctor.page, "chat-send").click();
+      await byTestId(doctor.page, "chat-send-error").waitFor({ state: "visible" });
+      assert.match((await byTestId(doctor.page, "chat-send-error").textContent()) ?? "", /message too long/i);
+      assert.equal(await byTestId(patient.page, "chat-message").count(), 2, "nothing more reached the patient");
+
+      // A 300 KB file from the patient: the doctor accepts it, and the saved bytes match.
+      const file = randomBytes(300_000);
+      await offerFile(patient.page, "knee-photo.bin", file);
+      const saved = await acceptAndDownload(doctor.page, "knee-photo.bin");
+      t.diagnostic(`file: ${saved.bytes.length} bytes saved as ${saved.suggestedFilename}, sha256 ${saved.sha256}`);
+      assert.equal(saved.sha256, sha256Hex(file), "the link's verified SHA-256 is the original's");
+      assert.equal(saved.bytes.length, file.length);
+      assert.equal(sha256Hex(saved.bytes), sha256Hex(file), "the saved bytes are the original's");
+      assert.equal(saved.name, "knee-photo.bin");
+      assert.equal(saved.suggestedFilename, "knee-photo.bin");
+      assert.equal(saved.rel, "noopener");
+      assert.match(saved.href, /^blob:/);
+      await patient.page.locator('[data-testid="file-outgoing"][data-state="done"]').waitFor({ state: "visible" });
+      // The other way, declined: nothing is saved, the doctor is told.
+      await offerFile(doctor.page, "referral.pdf", randomBytes(5000), "application/pdf");
+      const offered = patient.page.locator('[data-testid="file-offer"][data-name="referral.pdf"]');
+      await offered.waitFor({ state: "visible" });
+      assert.match((await offered.textContent()) ?? "", /5\.0 KB · application\/pdf/);
+      await offered.locator('[data-testid="file-decline"]').click();
+      const declined = doctor.page.locator('[data-testid="file-outgoing"][data-name="referral.pdf"] [data-testid="file-failed"]');
+      await declined.waitFor({ state: "visible" });
+      assert.match((await declined.textContent()) ?? "", /declined/);
+      assert.equal(await offered.locator('[data-testid="file-download"]').count(), 0);
 
       // A third browser with the same link gets the "already in use" page.
       const intruder = await launchParticipant("third device", { origin: service.url });

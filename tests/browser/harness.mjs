@@ -2,7 +2,7 @@
 // launch headless Chromium with fake camera and microphone, and drive the doctor and patient pages.
 
 import { spawn } from "node:child_process";
-import { createHmac } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -609,4 +609,89 @@ export function median(values) {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Chat and files (data channels)
+// -------------------------------------------------------------------------------------------------
+
+/**
+ * Send a chat message from the call view (typed, then Enter) and wait until it shows as sent.
+ * @param {import('playwright-core').Page} page
+ * @param {string} text
+ */
+export async function sendChat(page, text) {
+  await page.locator('[data-testid="chat-send"]:enabled').waitFor({ state: "visible" });
+  await byTestId(page, "chat-input").fill(text);
+  await byTestId(page, "chat-input").press("Enter");
+  await waitForChat(page, "out", text);
+}
+
+/**
+ * Wait for a chat message with exactly this text in the page's chat list.
+ * @param {import('playwright-core').Page} page
+ * @param {"in" | "out"} direction
+ * @param {string} text
+ * @param {number} [timeoutMs]
+ */
+export async function waitForChat(page, direction, text, timeoutMs = STEP_TIMEOUT_MS) {
+  await page.waitForFunction(
+    ([dir, want]) =>
+      [...document.querySelectorAll(`[data-testid="chat-message"][data-direction="${dir}"] [data-testid="chat-text"]`)].some(
+        (el) => el.textContent === want,
+      ),
+    [direction, text],
+    { timeout: timeoutMs },
+  );
+}
+
+/**
+ * Pick a file in the page's "Send a file" input (once the file channel is open).
+ * @param {import('playwright-core').Page} page
+ * @param {string} name
+ * @param {Buffer} buffer
+ * @param {string} [mimeType]
+ */
+export async function offerFile(page, name, buffer, mimeType = "application/octet-stream") {
+  await page.locator('[data-testid="file-button"]:enabled').waitFor({ state: "visible" });
+  await byTestId(page, "file-input").setInputFiles({ name, mimeType, buffer });
+}
+
+/**
+ * The SHA-256 (hex) of a buffer.
+ * @param {Uint8Array} data
+ */
+export function sha256Hex(data) {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+/**
+ * Accept the incoming file offer with this name, wait for the verified download link, and save it
+ * the way a person would (a click on the link). Returns the link's attributes and the saved bytes.
+ * @param {import('playwright-core').Page} page
+ * @param {string} name
+ * @param {number} [timeoutMs]
+ */
+export async function acceptAndDownload(page, name, timeoutMs = 60_000) {
+  const row = page.locator(`[data-testid="file-offer"][data-name="${name}"]`).last();
+  await row.waitFor({ state: "visible", timeout: timeoutMs });
+  await row.locator('[data-testid="file-accept"]').click();
+  const link = row.locator('[data-testid="file-download"]');
+  try {
+    await link.waitFor({ state: "visible", timeout: timeoutMs });
+  } catch (err) {
+    const state = await row.evaluate((el) => ({ state: el.getAttribute("data-state"), reason: el.getAttribute("data-reason"), text: el.textContent }));
+    throw new Error(`no download link for ${name}: ${JSON.stringify(state)} (${err})`);
+  }
+  const attributes = await link.evaluate((el) => ({
+    sha256: el.getAttribute("data-sha256") ?? "",
+    name: el.getAttribute("data-name") ?? "",
+    download: el.getAttribute("download") ?? "",
+    rel: el.getAttribute("rel") ?? "",
+    href: el.getAttribute("href") ?? "",
+  }));
+  const [download] = await Promise.all([page.waitForEvent("download", { timeout: timeoutMs }), link.click()]);
+  const path = await download.path();
+  const bytes = await readFile(path);
+  return { ...attributes, suggestedFilename: download.suggestedFilename(), bytes };
 }

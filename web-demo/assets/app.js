@@ -10,6 +10,7 @@ import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController } from "./call.js";
 import { CallView } from "./call-view.js";
+import { MessagingView } from "./messaging-view.js";
 import { openMedia, stopStream } from "./media.js";
 import { SignalingClient } from "./signaling.js";
 import {
@@ -657,6 +658,12 @@ async function endFromList(c, button) {
 /** @type {ActiveCall | null} */
 let call = null;
 const callView = new CallView({ onHangUp: () => hangUp() });
+const messagingView = new MessagingView({
+  peerName: () => {
+    const peer = call && call.controller ? call.controller.currentPeer : null;
+    return peer && peer.name ? peer.name : "Your patient";
+  },
+});
 const waitingList = byId("waiting-list", HTMLUListElement);
 const waitingEmpty = byId("waiting-empty", HTMLElement);
 const admitError = byId("admit-error", HTMLElement);
@@ -684,6 +691,7 @@ async function openCall(id) {
   showError(admitError, null);
   renderWaiting([]);
   callView.setRemoteStream(null, "Waiting for your patient…");
+  messagingView.reset();
   showView(views.call);
 
   /** @type {Consultation} */
@@ -746,6 +754,13 @@ async function openCall(id) {
         reason === "left" ? `${name} left the consultation.` : reason === "connection_lost" ? `${name} lost their connection.` : `${name} was removed.`;
       callView.setPlaceholder(active.presenceNote);
       updateCallStatus();
+    },
+    onDataChannel: (channel) => {
+      if (call === active) messagingView.addChannel(channel);
+      else channel.close();
+    },
+    onConnectionClosed: () => {
+      if (call === active) messagingView.connectionClosed();
     },
   });
   active.controller = controller;
@@ -1009,6 +1024,7 @@ function leaveCall({ tellService }) {
   active.controller?.close();
   callView.stop();
   callView.setStatus("");
+  messagingView.reset();
   stopStream(active.stream);
   /** @type {any} */ (window).consultPc = null;
 }

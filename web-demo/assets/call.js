@@ -7,7 +7,18 @@
  * `CallController` takes the peer-related signaling messages (`joined`, `admitted`, `peer_joined`,
  * `peer_presence`, `peer_left`, `description`, `candidate`) and keeps the connections; the page
  * handles the rest and shows what the callbacks report.
+ *
+ * Data channels (`consult-chat`, `consult-file`, see `messaging.js`): the side that makes the first
+ * offer of a connection includes them. A connection therefore creates both channels (in-band,
+ * reliable, ordered) unless it is started to answer a remote offer that already carries an
+ * `m=application` section (then they arrive through `datachannel`). That is the doctor (impolite,
+ * offers first) in the usual case, the patient when it offers after its wait, and interoperates
+ * with the native media core, which creates both channels in its own first offer and otherwise
+ * takes what `datachannel` brings. Every channel, created or announced, goes to `onDataChannel`.
  */
+
+/** Labels of the channels a connection opens when it offers first. */
+const DATA_CHANNEL_LABELS = ["consult-chat", "consult-file"];
 
 /** @typedef {import('./protocol.js').ClientMessage} ClientMessage */
 /** @typedef {import('./protocol.js').Peer} Peer */
@@ -63,8 +74,10 @@ export class PeerLink {
    * @param {(message: ClientMessage) => boolean} options.send
    * @param {(stream: MediaStream) => void} options.onRemoteStream
    * @param {(link: PeerLink) => void} options.onStateChange
+   * @param {boolean} [options.createChannels] Create the chat and file channels (this side offers first).
+   * @param {(channel: RTCDataChannel) => void} [options.onDataChannel]
    */
-  constructor({ peerId, polite, iceServers, localStream, send, onRemoteStream, onStateChange }) {
+  constructor({ peerId, polite, iceServers, localStream, send, onRemoteStream, onStateChange, createChannels = true, onDataChannel }) {
     this.peerId = peerId;
     this.polite = polite;
     this.send = send;
@@ -89,6 +102,14 @@ export class PeerLink {
       if (!localStream || localStream.getTracks().every((t) => t.kind !== kind)) {
         pc.addTransceiver(kind, { direction: "recvonly" });
       }
+    }
+
+    const takeChannel = onDataChannel ?? ((/** @type {RTCDataChannel} */ channel) => channel.close());
+    pc.ondatachannel = ({ channel }) => {
+      if (!this.closed) takeChannel(channel);
+    };
+    if (createChannels) {
+      for (const label of DATA_CHANNEL_LABELS) takeChannel(pc.createDataChannel(label, { ordered: true }));
     }
 
     pc.ontrack = ({ track, streams }) => {
@@ -256,6 +277,7 @@ export class PeerLink {
     if (this.disconnectTimer !== undefined) clearTimeout(this.disconnectTimer);
     clearInterval(this.watchdog);
     this.pc.ontrack = null;
+    this.pc.ondatachannel = null;
     this.pc.onnegotiationneeded = null;
     this.pc.onicecandidate = null;
     this.pc.onconnectionstatechange = null;
@@ -277,8 +299,12 @@ export class CallController {
    * @param {(state: MediaState, peer: Peer | null) => void} options.onMediaState
    * @param {(peer: Peer, online: boolean) => void} [options.onPeerPresence]
    * @param {(peer: Peer, reason: string) => void} [options.onPeerLeft]
+   * @param {(channel: RTCDataChannel) => void} [options.onDataChannel] A data channel of the current
+   *   connection (created here or announced by the other side).
+   * @param {() => void} [options.onConnectionClosed] The current connection was closed or replaced
+   *   (its data channels are gone).
    */
-  constructor({ send, getIceServers, localStream, onRemoteStream, onMediaState, onPeerPresence, onPeerLeft }) {
+  constructor({ send, getIceServers, localStream, onRemoteStream, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed }) {
     this.send = send;
     this.getIceServers = getIceServers;
     this.localStream = localStream;
@@ -286,6 +312,8 @@ export class CallController {
     this.onMediaState = onMediaState;
     this.onPeerPresence = onPeerPresence ?? (() => {});
     this.onPeerLeft = onPeerLeft ?? (() => {});
+    this.onDataChannel = onDataChannel;
+    this.onConnectionClosed = onConnectionClosed ?? (() => {});
     this.polite = false;
     /** @type {PeerLink | null} */
     this.link = null;
@@ -341,18 +369,24 @@ export class CallController {
    * Start a fresh connection to a peer, replacing any earlier one.
    * @private
    * @param {string} peerId
+   * @param {SessionDescription} [answering] The remote offer this connection is started for.
    */
-  async connect(peerId) {
+  async connect(peerId, answering) {
     this.cancelAwaitingOffer();
     const iceServers = await this.getIceServers();
     if (this.closed) return;
     this.dropLink();
+    // The first offer carries the data channels: create them unless the offer being answered has.
+    const channelsComing = !!answering && answering.type === "offer" && /^m=application /m.test(answering.sdp ?? "");
+    const onDataChannel = this.onDataChannel;
     const link = new PeerLink({
       peerId,
       polite: this.polite,
       iceServers,
       localStream: this.localStream,
       send: this.send,
+      createChannels: !channelsComing && !!onDataChannel,
+      ...(onDataChannel ? { onDataChannel } : {}),
       onRemoteStream: (stream) => {
         if (this.link === link) this.onRemoteStream(stream, this.peerOf(peerId));
       },
@@ -404,6 +438,7 @@ export class CallController {
     this.link = null;
     old.close();
     if (/** @type {any} */ (window).consultPc === old.pc) /** @type {any} */ (window).consultPc = null;
+    this.onConnectionClosed();
     this.onRemoteStream(null, null);
   }
 
@@ -496,7 +531,7 @@ export class CallController {
     return this.enqueue(async () => {
       if (!this.link || this.link.peerId !== from || this.link.isFromNewPeerConnection(description)) {
         // The other side (re)created its connection: follow with a fresh one.
-        await this.connect(from);
+        await this.connect(from, description);
       }
       const link = this.link;
       if (!link) return;
@@ -506,7 +541,7 @@ export class CallController {
         if (description.type === "offer") {
           // An offer the current connection cannot take: start afresh and answer it there.
           console.warn("Remote offer refused; starting a fresh connection", err);
-          await this.connect(from);
+          await this.connect(from, description);
           if (this.link) await this.link.handleDescription(description);
         } else {
           // An answer that does not fit (the other side changed connections meanwhile): start

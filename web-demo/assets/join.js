@@ -11,6 +11,7 @@ import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController } from "./call.js";
 import { CallView } from "./call-view.js";
+import { MessagingView } from "./messaging-view.js";
 import { deviceIdOf, fillDeviceSelect, LevelMeter, listDevices, openMedia, stopStream } from "./media.js";
 import { SignalingClient } from "./signaling.js";
 import { announce, byId, formatDateTime, showError, showView } from "./ui.js";
@@ -361,6 +362,7 @@ joinButton.addEventListener("click", async () => {
 // ---------------------------------------------------------------------------------------------
 
 const callView = new CallView({ onHangUp: () => leave() });
+const messagingView = new MessagingView({ peerName: () => doctorName() });
 const waitingMessage = byId("waiting-message", HTMLElement);
 const waitingStatus = byId("waiting-status", HTMLElement);
 
@@ -380,7 +382,9 @@ function enterWaiting(place) {
   const ice = new IceServerCache(place.token);
   ice.get(); // Fetch early: the connection starts the moment the doctor admits.
   const localStream = stream;
-  controller = new CallController({
+  messagingView.reset();
+  /** @type {CallController} */
+  const created = new CallController({
     send: (m) => (signaling ? signaling.send(m) : false),
     getIceServers: () => ice.get(),
     localStream,
@@ -408,7 +412,15 @@ function enterWaiting(place) {
       callView.setPlaceholder(presenceNote);
       updateStatus();
     },
+    onDataChannel: (channel) => {
+      if (controller === created) messagingView.addChannel(channel);
+      else channel.close();
+    },
+    onConnectionClosed: () => {
+      if (controller === created) messagingView.connectionClosed();
+    },
   });
+  controller = created;
   signalingState = "connecting";
   signaling = new SignalingClient({
     join: { type: "join", token: place.token },
@@ -553,6 +565,7 @@ function finish(notice, options = {}) {
   controller?.close();
   controller = null;
   callView.stop();
+  messagingView.reset();
   stopMeter();
   stopStream(stream);
   stream = null;
