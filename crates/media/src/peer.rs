@@ -144,6 +144,10 @@ pub struct Stats {
     pub nacks_received: u64,
     /// PLIs we received.
     pub plis_received: u64,
+    /// Video frames encoded by the session (filled in by [`crate::session::Session`]).
+    pub frames_encoded: u64,
+    /// Video frames decoded by the session (filled in by [`crate::session::Session`]).
+    pub frames_decoded: u64,
 }
 
 /// What happened.

@@ -469,6 +469,8 @@ struct Runner {
     waiting_for_keyframe: bool,
     last_keyframe_request: Instant,
     audio_rtp: u64,
+    frames_encoded: u64,
+    frames_decoded: u64,
 }
 
 impl Runner {
@@ -511,6 +513,8 @@ impl Runner {
             waiting_for_keyframe: true,
             last_keyframe_request: now,
             audio_rtp: 0,
+            frames_encoded: 0,
+            frames_decoded: 0,
         })
     }
 
@@ -905,6 +909,7 @@ impl Runner {
                 if let Some(encoder) = &mut self.video_encoder {
                     if let Some(encoded) = encoder.encode(&frame, self.force_keyframe)? {
                         self.force_keyframe = false;
+                        self.frames_encoded += 1;
                         peer.write_video(now, rtp_90k(self.started), codec, &encoded.data)?;
                     }
                 }
@@ -1037,7 +1042,11 @@ impl Runner {
                     }
                 }
             }
-            PeerEvent::Stats(stats) => emit(&self.events, SessionEvent::Stats(stats)).await,
+            PeerEvent::Stats(mut stats) => {
+                stats.frames_encoded = self.frames_encoded;
+                stats.frames_decoded = self.frames_decoded;
+                emit(&self.events, SessionEvent::Stats(stats)).await
+            }
             PeerEvent::Frame(frame) => self.handle_frame(frame).await?,
         }
         Ok(())
@@ -1077,6 +1086,7 @@ impl Runner {
                 match decoder.decode(&frame.data) {
                     Ok(Some(picture)) => {
                         self.waiting_for_keyframe = false;
+                        self.frames_decoded += 1;
                         emit(
                             &self.events,
                             SessionEvent::Video {

@@ -23,6 +23,7 @@ struct Seen {
     received: Option<Vec<u8>>,
     sent: bool,
     warnings: Vec<String>,
+    stats: Option<consult_media::peer::Stats>,
 }
 
 fn record(seen: &mut Seen, event: SessionEvent) {
@@ -43,6 +44,7 @@ fn record(seen: &mut Seen, event: SessionEvent) {
         SessionEvent::File(FileEvent::Received { data, .. }) => seen.received = Some(data),
         SessionEvent::File(FileEvent::Sent { .. }) => seen.sent = true,
         SessionEvent::Warning(w) => seen.warnings.push(w),
+        SessionEvent::Stats(stats) => seen.stats = Some(stats),
         _ => {}
     }
 }
@@ -123,6 +125,17 @@ async fn two_native_peers_hold_a_consultation_through_the_service() {
     );
     assert!(p.video > 30 && d.video > 30, "video decoded both ways");
     assert!(p.audio > 50 && d.audio > 50, "audio decoded both ways");
+    // The statistics an integrator's quality indicator reads.
+    let stats = d.stats.clone().expect("stats arrive once a second");
+    assert!(
+        stats.frames_encoded > 30 && stats.frames_decoded > 30,
+        "{stats:?}"
+    );
+    assert!(
+        stats.rtt.is_some() && stats.selected_pair.is_some(),
+        "{stats:?}"
+    );
+    assert!(stats.receive_bps > 0 && stats.send_bps > 0, "{stats:?}");
 
     // Chat both ways.
     patient.send_chat("Good morning, doctor").await.unwrap();

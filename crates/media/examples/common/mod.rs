@@ -106,6 +106,9 @@ pub fn print_event(json: bool, event: &SessionEvent) {
             "receive_kbps": stats.receive_bps / 1000,
             "send_kbps": stats.send_bps / 1000,
             "pair": stats.selected_pair.map(|(l, r)| format!("{l} -> {r}")),
+            "frames_encoded": stats.frames_encoded,
+            "frames_decoded": stats.frames_decoded,
+            "jitter_ms": stats.video_jitter.map(|j| j * 1000.0),
         }),
         // Media and progress are summarised by the caller.
         _ => return,
