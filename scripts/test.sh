@@ -44,4 +44,6 @@ log "web demo type check"
 # --- Browser end to end: the real service, two or three real Chromiums. ---------------------
 log "browser end-to-end tests"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
-CONSULT_BIN="$PWD/target/debug/consult" npm --prefix tests/browser test
+# The browser-to-native test needs the echo-bot example (built above with --all-targets): never skip it.
+CONSULT_BIN="$PWD/target/debug/consult" ECHO_BOT_BIN="$PWD/target/debug/examples/echo-bot" \
+  CONSULT_REQUIRE_NATIVE=1 npm --prefix tests/browser test

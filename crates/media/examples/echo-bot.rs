@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut counters = Counters::default();
     let mut codec = None;
+    let mut echoing = std::collections::HashMap::new();
     loop {
         tokio::select! {
             event = session.next_event() => {
@@ -60,9 +61,20 @@ async fn main() -> anyhow::Result<()> {
                     SessionEvent::File(FileEvent::Received { offer, data }) => {
                         let sha256 = hex::encode(sha2::Sha256::digest(&data));
                         match session.offer_file(&offer.name, &offer.mime, data).await {
-                            Ok(_) if json => println!("{}", serde_json::json!({ "event": "file_sent", "name": offer.name, "sha256": sha256 })),
-                            Ok(_) => println!("file_sent      name={} sha256={sha256}", offer.name),
+                            Ok(id) => {
+                                echoing.insert(id, (offer.name, sha256));
+                            }
                             Err(e) => print_event(json, &SessionEvent::Warning(format!("could not echo the file: {e}"))),
+                        }
+                    }
+                    // Reported once the other side verified the echoed file.
+                    SessionEvent::File(FileEvent::Sent { id }) => {
+                        if let Some((name, sha256)) = echoing.remove(&id) {
+                            if json {
+                                println!("{}", serde_json::json!({ "event": "file_sent", "name": name, "sha256": sha256 }));
+                            } else {
+                                println!("file_sent      name={name} sha256={sha256}");
+                            }
                         }
                     }
                     SessionEvent::Ended | SessionEvent::Declined => break,

@@ -237,8 +237,14 @@ pub struct Peer {
     channels_offered: bool,
     audio_mid: Option<Mid>,
     video_mid: Option<Mid>,
+    /// Channel to send chat on: the latest open one with the label.
     chat: Option<ChannelId>,
+    /// Channel to send file frames on.
     file: Option<ChannelId>,
+    /// Every open channel per label: after glare both sides may have created one, and data is
+    /// accepted on any of them.
+    chat_ids: Vec<ChannelId>,
+    file_ids: Vec<ChannelId>,
     files: FileTransfers,
     events: VecDeque<PeerEvent>,
     stats: Stats,
@@ -292,6 +298,8 @@ impl Peer {
             video_mid: None,
             chat: None,
             file: None,
+            chat_ids: Vec::new(),
+            file_ids: Vec::new(),
             files,
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -535,8 +543,10 @@ impl Peer {
             Event::ChannelOpen(id, label) => {
                 if label == CHAT_CHANNEL_LABEL {
                     self.chat = Some(id);
+                    self.chat_ids.push(id);
                 } else if label == FILE_CHANNEL_LABEL {
                     self.file = Some(id);
+                    self.file_ids.push(id);
                     if let Some(mut channel) = self.rtc.channel(id) {
                         channel
                             .set_buffered_amount_low_threshold(self.config.max_buffered_bytes / 2);
@@ -545,25 +555,30 @@ impl Peer {
                 self.events.push_back(PeerEvent::ChannelOpen { label });
             }
             Event::ChannelData(data) => {
-                if Some(data.id) == self.chat {
+                if self.chat_ids.contains(&data.id) {
                     match chat::decode_incoming(data.binary, &data.data, self.config.chat_max_bytes)
                     {
                         Ok(text) => self.events.push_back(PeerEvent::Chat(text)),
                         Err(e) => self.events.push_back(PeerEvent::ChatRejected(e)),
                     }
-                } else if Some(data.id) == self.file {
+                } else if self.file_ids.contains(&data.id) {
                     self.files
                         .handle_frame(Frame::decode(data.binary, &data.data));
                     self.drain_file_events();
                 }
             }
             Event::ChannelClose(id) => {
-                if Some(id) == self.file {
-                    self.file = None;
-                    self.files.channel_lost();
-                    self.drain_file_events();
-                } else if Some(id) == self.chat {
-                    self.chat = None;
+                if self.file_ids.contains(&id) {
+                    self.file_ids.retain(|c| *c != id);
+                    self.file = self.file_ids.last().copied();
+                    // Transfers are interrupted only when no file channel is left.
+                    if self.file.is_none() {
+                        self.files.channel_lost();
+                        self.drain_file_events();
+                    }
+                } else if self.chat_ids.contains(&id) {
+                    self.chat_ids.retain(|c| *c != id);
+                    self.chat = self.chat_ids.last().copied();
                 }
             }
             Event::PeerStats(peer) => {

@@ -1,0 +1,283 @@
+// Interoperability of the web demo with the native media core: the doctor is headless Chromium,
+// the patient is the `echo-bot` example (crates/media/examples/echo-bot.rs) joining through the
+// invite link. Once with H.264 and once with VP8 (echo-bot's `--codec` forces it both ways):
+// video and audio decode on both sides, a chat message comes back as "echo: ...", and a file sent
+// by the browser comes back under the same name with the same SHA-256.
+//
+// Run: cd tests/browser && npm test   (or: node --test native.test.mjs)
+// Needs the service (CONSULT_BIN, default target/debug/consult), echo-bot (ECHO_BOT_BIN, default
+// target/debug/examples/echo-bot: cargo build -p consult-media --examples) and /usr/bin/chromium.
+// Without the echo-bot binary the tests are skipped (with a note), unless CONSULT_REQUIRE_NATIVE=1.
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { describe, test } from "node:test";
+
+import {
+  acceptAndDownload,
+  byTestId,
+  closeAll,
+  createConsultation,
+  cspViolations,
+  diagnostics,
+  inboundStats,
+  launchParticipant,
+  offerFile,
+  openConsultation,
+  REPO_ROOT,
+  sendChat,
+  sha256Hex,
+  signInDoctor,
+  startService,
+  waitForChat,
+} from "./harness.mjs";
+
+export const ECHO_BOT_BIN = process.env.ECHO_BOT_BIN ?? join(REPO_ROOT, "target", "debug", "examples", "echo-bot");
+const BOT_NAME = "Echo bot";
+const MISSING = existsSync(ECHO_BOT_BIN) || process.env.CONSULT_REQUIRE_NATIVE === "1"
+  ? false
+  : `no echo-bot at ${ECHO_BOT_BIN} (cargo build -p consult-media --examples, or set ECHO_BOT_BIN)`;
+
+/**
+ * @typedef {object} EchoBot
+ * @property {any[]} events Every JSON line printed so far, in order.
+ * @property {string[]} output The last lines of stdout and stderr, for diagnostics.
+ * @property {(predicate: (event: any) => boolean, timeoutMs: number, what: string) => Promise<any>} waitFor
+ * @property {() => Promise<void>} stop
+ */
+
+/**
+ * Start echo-bot with `--json` and collect its events.
+ * @param {string} inviteUrl
+ * @param {string} codec
+ * @returns {EchoBot}
+ */
+function startEchoBot(inviteUrl, codec) {
+  const args = ["--invite", inviteUrl, "--name", BOT_NAME, "--codec", codec, "--seconds", "600", "--json"];
+  const child = spawn(ECHO_BOT_BIN, args, {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", NO_COLOR: "1" },
+  });
+  /** @type {any[]} */
+  const events = [];
+  /** @type {string[]} */
+  const output = [];
+  /** @type {string | null} */
+  let exited = null;
+  /** @param {string} stream */
+  const reader = (stream) => {
+    let buffer = "";
+    return (/** @type {Buffer} */ chunk) => {
+      buffer += chunk.toString("utf8");
+      let newline;
+      while ((newline = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, newline).trimEnd();
+        buffer = buffer.slice(newline + 1);
+        if (!line) continue;
+        if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[echo-bot ${stream}] ${line}\n`);
+        // The per-second stats lines would drown everything else: keep only the latest few.
+        const isStats = stream === "stdout" && line.startsWith('{"event":"stats"');
+        if (!isStats || output.filter((l) => l.includes('"event":"stats"')).length < 3) output.push(`[${stream}] ${line}`);
+        else output.splice(output.findLastIndex((l) => l.includes('"event":"stats"')), 1, `[${stream}] ${line}`);
+        if (output.length > 300) output.shift();
+        if (stream === "stdout" && line.startsWith("{")) {
+          try {
+            events.push(JSON.parse(line));
+          } catch {
+            // Not JSON after all: only in the output.
+          }
+        }
+      }
+    };
+  };
+  child.stdout.on("data", reader("stdout"));
+  child.stderr.on("data", reader("stderr"));
+  child.on("error", (err) => {
+    exited = `could not start ${ECHO_BOT_BIN}: ${err.message}`;
+  });
+  child.on("exit", (code, signal) => {
+    exited = `echo-bot exited (code ${code}, signal ${signal})`;
+  });
+  const killOnExit = () => {
+    if (child.exitCode === null) child.kill("SIGKILL");
+  };
+  process.once("exit", killOnExit);
+
+  return {
+    events,
+    output,
+    async waitFor(predicate, timeoutMs, what) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const found = events.find(predicate);
+        if (found) return found;
+        if (exited) throw new Error(`${exited} before ${what}`);
+        if (Date.now() > deadline) throw new Error(`echo-bot: no ${what} within ${timeoutMs} ms`);
+        await sleep(100);
+      }
+    },
+    async stop() {
+      process.removeListener("exit", killOnExit);
+      if (exited || child.exitCode !== null) return;
+      child.kill("SIGTERM");
+      const deadline = Date.now() + 5000;
+      while (!exited && child.exitCode === null && Date.now() < deadline) await sleep(50);
+      if (!exited && child.exitCode === null) child.kill("SIGKILL");
+    },
+  };
+}
+
+/**
+ * The doctor page's inbound and outbound video codecs (from the `codecId` of the RTP reports).
+ * @param {import('playwright-core').Page} page
+ */
+function videoCodecs(page) {
+  return page.evaluate(async () => {
+    /** @type {RTCPeerConnection | null} */
+    const pc = /** @type {any} */ (window).consultPc ?? null;
+    if (!pc) return null;
+    const report = await pc.getStats();
+    /** @type {any} */
+    const out = { inbound: null, outbound: null };
+    report.forEach((/** @type {any} */ s) => {
+      if (s.kind !== "video" || (s.type !== "inbound-rtp" && s.type !== "outbound-rtp")) return;
+      const codec = s.codecId ? report.get(s.codecId) : null;
+      const entry = {
+        mimeType: codec ? codec.mimeType : null,
+        fmtp: codec ? codec.sdpFmtpLine ?? null : null,
+        frames: s.type === "inbound-rtp" ? s.framesDecoded ?? 0 : s.framesEncoded ?? 0,
+        width: s.frameWidth ?? null,
+        height: s.frameHeight ?? null,
+      };
+      if (s.type === "inbound-rtp") out.inbound = entry;
+      else out.outbound = entry;
+    });
+    return out;
+  });
+}
+
+/**
+ * The data channels of the doctor page's connection (label, id, state, messages each way), from
+ * `getStats()`: shows whether both sides created channels (glare) and which ones carried traffic.
+ * @param {import('playwright-core').Page} page
+ */
+function dataChannelStats(page) {
+  return page.evaluate(async () => {
+    /** @type {RTCPeerConnection | null} */
+    const pc = /** @type {any} */ (window).consultPc ?? null;
+    if (!pc) return [];
+    const report = await pc.getStats();
+    /** @type {any[]} */
+    const channels = [];
+    report.forEach((/** @type {any} */ s) => {
+      if (s.type === "data-channel") {
+        channels.push({ label: s.label, id: s.dataChannelIdentifier, state: s.state, sent: s.messagesSent, received: s.messagesReceived });
+      }
+    });
+    return channels;
+  });
+}
+
+/**
+ * @param {EchoBot | null} bot
+ */
+function botDiagnostics(bot) {
+  return bot ? `\n--- echo-bot output (tail) ---\n${bot.output.slice(-80).join("\n")}` : "";
+}
+
+describe("browser doctor with the native echo-bot as the patient", { timeout: 600_000 }, () => {
+  for (const codec of ["h264", "vp8"]) {
+    const mime = codec === "h264" ? "video/H264" : "video/VP8";
+    test(`${codec}: media both ways, chat echo and file echo`, { timeout: 240_000, skip: MISSING }, async (t) => {
+      /** @type {import('./harness.mjs').Service | null} */
+      let service = null;
+      /** @type {import('./harness.mjs').Participant | null} */
+      let doctor = null;
+      /** @type {EchoBot | null} */
+      let bot = null;
+      try {
+        service = await startService();
+        doctor = await launchParticipant(`doctor (${codec})`, { origin: service.url });
+        await signInDoctor(doctor.page, service);
+        const inviteUrl = await createConsultation(doctor.page, `Echo test ${codec}`);
+        await openConsultation(doctor.page);
+
+        bot = startEchoBot(inviteUrl, codec);
+        await bot.waitFor((e) => e.event === "joined", 30_000, "joined event");
+        const entry = byTestId(doctor.page, "waiting-entry").filter({ hasText: BOT_NAME });
+        await entry.waitFor({ state: "visible" });
+        await entry.locator('[data-testid="admit-button"]').click();
+        await bot.waitFor((e) => e.event === "admitted" || (e.event === "joined" && e.admitted), 20_000, "admitted event");
+        await bot.waitFor((e) => e.event === "connected", 30_000, "connected event");
+
+        // The browser decodes the native video and receives its audio, with the forced codec.
+        const deadline = Date.now() + 30_000;
+        /** @type {any} */
+        let media = null;
+        /** @type {any} */
+        let codecs = null;
+        while (Date.now() < deadline) {
+          media = await inboundStats(doctor.page).catch((err) => ({ error: String(err) }));
+          codecs = await videoCodecs(doctor.page).catch((err) => ({ error: String(err) }));
+          if (media && media.framesDecoded > 0 && media.audioPackets > 0 && codecs && codecs.inbound && codecs.inbound.mimeType) break;
+          await sleep(250);
+        }
+        t.diagnostic(`browser inbound: ${JSON.stringify(media)}`);
+        t.diagnostic(`browser video codecs: ${JSON.stringify(codecs)}`);
+        assert.ok(media && media.framesDecoded > 0, `the browser decodes echo-bot's video: ${JSON.stringify(media)}`);
+        assert.ok(media.audioPackets > 0, `the browser receives echo-bot's audio: ${JSON.stringify(media)}`);
+        assert.equal(codecs?.inbound?.mimeType, mime, "inbound video codec");
+        if (codecs?.outbound?.mimeType) assert.equal(codecs.outbound.mimeType, mime, "outbound video codec");
+
+        // echo-bot decodes the browser's 640x480 video and its audio.
+        const stats = await bot.waitFor(
+          (e) => e.event === "stats" && e.video_decoded > 0 && e.audio_decoded > 0 && e.width === 640 && e.height === 480,
+          30_000,
+          "stats line with decoded 640x480 video and decoded audio",
+        );
+        t.diagnostic(`echo-bot stats: ${JSON.stringify(stats)}`);
+        assert.equal(stats.codec, codec, "echo-bot decoded the forced codec");
+
+        // Chat: the message comes back prefixed.
+        const text = `Hello from Chromium (${codec}) — ünïcödé ✓`;
+        await sendChat(doctor.page, text);
+        await bot.waitFor((e) => e.event === "chat" && e.text === text, 20_000, `chat event ${JSON.stringify(text)}`);
+        await waitForChat(doctor.page, "in", `echo: ${text}`);
+
+        // A 200 KB file goes to echo-bot and comes back under the same name.
+        const name = `echo-${codec}.bin`;
+        const file = randomBytes(200_000);
+        const hash = sha256Hex(file);
+        await offerFile(doctor.page, name, file);
+        const received = await bot.waitFor((e) => e.event === "file_received" && e.name === name, 60_000, `file_received ${name}`);
+        assert.equal(received.sha256, hash, "echo-bot received the file intact");
+        assert.equal(received.size, file.length);
+        await doctor.page.locator(`[data-testid="file-outgoing"][data-name="${name}"][data-state="done"]`).waitFor({ state: "visible" });
+        const saved = await acceptAndDownload(doctor.page, name);
+        const sent = await bot.waitFor((e) => e.event === "file_sent" && e.name === name, 10_000, `file_sent ${name}`);
+        assert.equal(sent.sha256, hash);
+        assert.equal(saved.sha256, hash, "the echoed file's verified SHA-256 is the original's");
+        assert.equal(sha256Hex(saved.bytes), hash, "the saved echoed bytes are the original's");
+        assert.equal(saved.suggestedFilename, name);
+
+        t.diagnostic(`browser data channels: ${JSON.stringify(await dataChannelStats(doctor.page))}`);
+        const pageWarnings = doctor.console.filter((line) => /console\.(warn|error)\]|pageerror/.test(line) && !/status of 401/.test(line));
+        if (pageWarnings.length) t.diagnostic(`doctor page warnings: ${JSON.stringify(pageWarnings)}`);
+        const warnings = bot.events.filter((e) => e.event === "warning" || e.event === "chat_rejected" || e.event === "file_failed");
+        if (warnings.length) t.diagnostic(`echo-bot warnings: ${JSON.stringify(warnings)}`);
+        assert.deepEqual(cspViolations(doctor), [], "no Content-Security-Policy violations");
+      } catch (err) {
+        if (err instanceof Error) err.message += diagnostics(service, [doctor]) + botDiagnostics(bot);
+        throw err;
+      } finally {
+        await bot?.stop();
+        await closeAll([doctor]);
+        await service?.stop();
+      }
+    });
+  }
+});
