@@ -307,7 +307,17 @@ pub enum FileEvent {
         /// Why.
         reason: FailReason,
     },
-    /// The channel went away mid-transfer; offering the same id again resumes it.
+    /// A transfer interrupted by a reconnect picked up again from `bytes`.
+    Resumed {
+        /// Transfer id.
+        id: Uuid,
+        /// Which way.
+        direction: Direction,
+        /// Where it continues.
+        bytes: u64,
+    },
+    /// The channel went away mid-transfer. It resumes by itself when a file channel opens again
+    /// (the sender re-offers under the same id, the receiver continues from what it holds).
     Interrupted {
         /// Transfer id.
         id: Uuid,
@@ -358,6 +368,8 @@ struct Incoming {
     data: Vec<u8>,
     hasher: Sha256,
     accepted: bool,
+    /// Accepted before an interruption: a re-offer resumes without asking again.
+    accepted_before: bool,
     last_ack: u64,
 }
 
@@ -371,6 +383,8 @@ pub struct FileTransfers {
     incoming: HashMap<Uuid, Incoming>,
     /// Partial incoming data kept after an interruption, for a resume.
     suspended: HashMap<Uuid, Incoming>,
+    /// Outgoing transfers interrupted by a lost channel, re-offered when one opens again.
+    suspended_outgoing: HashMap<Uuid, Outgoing>,
     frames: VecDeque<Frame>,
     events: VecDeque<FileEvent>,
 }
@@ -394,6 +408,7 @@ impl FileTransfers {
             send_order: VecDeque::new(),
             incoming: HashMap::new(),
             suspended: HashMap::new(),
+            suspended_outgoing: HashMap::new(),
             frames: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -431,6 +446,8 @@ impl FileTransfers {
         };
         self.frames
             .push_back(Frame::Control(Control::Offer(offer.clone())));
+        // A manual re-offer supersedes the automatic one.
+        self.suspended_outgoing.remove(&id);
         self.outgoing.insert(
             id,
             Outgoing {
@@ -475,7 +492,9 @@ impl FileTransfers {
 
     /// Cancel a transfer in either direction.
     pub fn cancel(&mut self, id: Uuid) -> Result<(), FileError> {
-        let direction = if self.outgoing.remove(&id).is_some() {
+        let direction = if self.outgoing.remove(&id).is_some()
+            || self.suspended_outgoing.remove(&id).is_some()
+        {
             self.send_order.retain(|t| *t != id);
             Direction::Outgoing
         } else if self.incoming.remove(&id).is_some() || self.suspended.remove(&id).is_some() {
@@ -552,12 +571,15 @@ impl FileTransfers {
     /// The channel closed or the peer went away: every transfer in flight is interrupted. Incoming
     /// partial data is kept (not presented) so that a re-offer with the same id resumes it.
     pub fn channel_lost(&mut self) {
-        for (id, transfer) in self.outgoing.drain() {
+        for (id, mut transfer) in self.outgoing.drain() {
             self.events.push_back(FileEvent::Interrupted {
                 id,
                 direction: Direction::Outgoing,
                 bytes: transfer.acked,
             });
+            transfer.next = None;
+            transfer.done_sent = false;
+            self.suspended_outgoing.insert(id, transfer);
         }
         self.send_order.clear();
         for (id, mut transfer) in self.incoming.drain() {
@@ -567,10 +589,22 @@ impl FileTransfers {
                 direction: Direction::Incoming,
                 bytes,
             });
+            transfer.accepted_before = transfer.accepted;
             transfer.accepted = false;
             self.suspended.insert(id, transfer);
         }
         self.frames.clear();
+    }
+
+    /// A file channel is open (again): re-offer every interrupted outgoing transfer under its id,
+    /// so the receiver continues from what it holds.
+    pub fn channel_opened(&mut self) {
+        for (id, transfer) in self.suspended_outgoing.drain() {
+            self.frames
+                .push_back(Frame::Control(Control::Offer(transfer.offer.clone())));
+            self.outgoing.insert(id, transfer);
+            self.send_order.push_back(id);
+        }
     }
 
     /// Feed a frame received on the file channel.
@@ -644,6 +678,13 @@ impl FileTransfers {
                 }
                 transfer.next = Some(offset);
                 transfer.acked = offset;
+                if offset > 0 {
+                    self.events.push_back(FileEvent::Resumed {
+                        id,
+                        direction: Direction::Outgoing,
+                        bytes: offset,
+                    });
+                }
             }
             Control::Reject { id, .. } => {
                 if self.outgoing.remove(&id).is_some() {
@@ -754,9 +795,28 @@ impl FileTransfers {
                 data: Vec::new(),
                 hasher: Sha256::new(),
                 accepted: false,
+                accepted_before: false,
                 last_ack: 0,
             },
         };
+        if transfer.accepted_before {
+            let offset = transfer.data.len() as u64;
+            self.incoming.insert(
+                id,
+                Incoming {
+                    accepted: true,
+                    ..transfer
+                },
+            );
+            self.frames
+                .push_back(Frame::Control(Control::Accept { id, offset }));
+            self.events.push_back(FileEvent::Resumed {
+                id,
+                direction: Direction::Incoming,
+                bytes: offset,
+            });
+            return;
+        }
         self.incoming.insert(id, transfer);
         self.events.push_back(FileEvent::Offered { offer });
     }
@@ -1086,6 +1146,56 @@ mod tests {
     }
 
     #[test]
+    fn after_a_reconnect_transfers_resume_by_themselves() {
+        let (mut a, mut b) = (
+            FileTransfers::new(Limits::default()),
+            FileTransfers::new(Limits::default()),
+        );
+        let data = random_bytes(700_000);
+        let id = a
+            .offer("x.bin", "application/octet-stream", data.clone())
+            .unwrap();
+        pump(&mut a, &mut b);
+        offered(&mut b);
+        b.accept(id).unwrap();
+        pump(&mut b, &mut a);
+        for _ in 0..25 {
+            let frame = a.poll_frame(usize::MAX).unwrap();
+            b.handle_frame(frame);
+        }
+        a.channel_lost();
+        b.channel_lost();
+        events(&mut a);
+        events(&mut b);
+        // A new channel opens: no user action on either side.
+        a.channel_opened();
+        b.channel_opened();
+        run(&mut a, &mut b);
+        let received = events(&mut b);
+        assert!(received.contains(&FileEvent::Resumed {
+            id,
+            direction: Direction::Incoming,
+            bytes: 25 * CHUNK_BYTES as u64
+        }));
+        assert!(
+            !received
+                .iter()
+                .any(|e| matches!(e, FileEvent::Offered { .. })),
+            "no second question to the user"
+        );
+        assert!(received
+            .iter()
+            .any(|e| matches!(e, FileEvent::Received { data: d, .. } if *d == data)));
+        assert!(events(&mut a).iter().any(|e| matches!(
+            e,
+            FileEvent::Resumed {
+                direction: Direction::Outgoing,
+                ..
+            }
+        )));
+    }
+
+    #[test]
     fn an_interrupted_transfer_resumes_from_the_receivers_offset() {
         let (mut a, mut b) = (
             FileTransfers::new(Limits::default()),
@@ -1122,12 +1232,16 @@ mod tests {
             })
             .unwrap();
         assert_eq!(held, 20 * CHUNK_BYTES as u64);
-        // After the reconnect, the sender offers the same id; the receiver asks for the rest.
+        // After the reconnect, the sender offers the same id; the receiver, which had accepted,
+        // asks for the rest without asking the user again.
         a.offer_with_id(id, "video.mp4", "video/mp4", data.clone())
             .unwrap();
         pump(&mut a, &mut b);
-        offered(&mut b);
-        b.accept(id).unwrap();
+        assert!(events(&mut b).contains(&FileEvent::Resumed {
+            id,
+            direction: Direction::Incoming,
+            bytes: held
+        }));
         assert_eq!(
             b.poll_frame(0),
             Some(Frame::Control(Control::Accept { id, offset: held }))

@@ -547,6 +547,7 @@ impl Peer {
                 } else if label == FILE_CHANNEL_LABEL {
                     self.file = Some(id);
                     self.file_ids.push(id);
+                    self.files.channel_opened();
                     if let Some(mut channel) = self.rtc.channel(id) {
                         channel
                             .set_buffered_amount_low_threshold(self.config.max_buffered_bytes / 2);
@@ -733,6 +734,19 @@ impl Peer {
     pub fn remote_gone(&mut self) {
         self.files.channel_lost();
         self.drain_file_events();
+    }
+
+    /// Hand over the file transfers (with interrupted ones) to carry them to the next connection.
+    pub fn take_file_transfers(&mut self) -> FileTransfers {
+        self.files.channel_lost();
+        self.drain_file_events();
+        std::mem::replace(&mut self.files, FileTransfers::new(self.config.file_limits))
+    }
+
+    /// Continue the transfers of an earlier connection: interrupted ones resume when this
+    /// connection's file channel opens.
+    pub fn adopt_file_transfers(&mut self, files: FileTransfers) {
+        self.files = files;
     }
 
     /// The negotiated video codec we send with (the first of ours the remote accepted, in the

@@ -452,6 +452,8 @@ struct Runner {
     relay_only: bool,
     events: mpsc::Sender<SessionEvent>,
     peer: Option<Peer>,
+    /// File transfers of a connection that ended, resumed by the next one.
+    parked_files: Option<crate::file_transfer::FileTransfers>,
     remote: Option<Uuid>,
     pending_candidates: Vec<String>,
     polite: bool,
@@ -496,6 +498,7 @@ impl Runner {
             relay_only: false,
             events,
             peer: None,
+            parked_files: None,
             remote: None,
             pending_candidates: Vec::new(),
             polite: false,
@@ -743,6 +746,11 @@ impl Runner {
     /// A (new) remote participant: a fresh peer connection, host candidates, and an offer
     /// (right away if impolite, after a short wait if polite).
     async fn start_peer(&mut self, remote: Uuid, name: String) -> Result<(), SessionError> {
+        // Transfers of the previous connection (to this or an earlier peer) resume on the new one.
+        if let Some(old) = &mut self.peer {
+            self.parked_files = Some(old.take_file_transfers());
+            self.drain_peer().await?;
+        }
         let now = Instant::now();
         let mut peer = Peer::new(
             PeerConfig {
@@ -751,6 +759,9 @@ impl Runner {
             },
             now,
         );
+        if let Some(files) = self.parked_files.take() {
+            peer.adopt_file_transfers(files);
+        }
         let mut candidates = Vec::new();
         if !self.relay_only {
             for (addr, _) in &self.sockets {

@@ -532,3 +532,77 @@ fn a_remote_that_vanishes_mid_transfer_never_yields_a_partial_file() {
         "a partial file was presented"
     );
 }
+
+#[test]
+fn a_transfer_resumes_on_the_next_connection_from_the_receivers_offset() {
+    let mut first = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        21,
+    );
+    first.negotiate().unwrap();
+    assert!(first
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    let data = random_bytes(3_000_000, 8);
+    let id = first
+        .a
+        .peer
+        .offer_file("mri.zip", "application/zip", data.clone())
+        .unwrap();
+    first
+        .run_until(Duration::from_secs(5), |c| {
+            c.b.events
+                .iter()
+                .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Offered { .. })))
+        })
+        .unwrap();
+    first.b.peer.accept_file(id).unwrap();
+    first
+        .run_until(Duration::from_secs(10), |c| {
+            c.b.events.iter().any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Progress { bytes, .. }) if *bytes >= 524_288))
+        })
+        .unwrap();
+    // The connection is lost; each side keeps its transfers for the next one.
+    let (files_a, files_b) = (
+        first.a.peer.take_file_transfers(),
+        first.b.peer.take_file_transfers(),
+    );
+    let mut second = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        22,
+    );
+    second.a.peer.adopt_file_transfers(files_a);
+    second.b.peer.adopt_file_transfers(files_b);
+    second.negotiate().unwrap();
+    let done = second.run_until(Duration::from_secs(30), |c| {
+        c.b.events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Received { .. })))
+    });
+    assert!(done.unwrap(), "the transfer finished on the new connection");
+    let resumed_at = second.b.events.iter().find_map(|(_, e)| match e {
+        PeerEvent::File(FileEvent::Resumed { bytes, .. }) => Some(*bytes),
+        _ => None,
+    });
+    assert!(
+        resumed_at.is_some_and(|b| b >= 524_288),
+        "resumed from the receiver's offset: {resumed_at:?}"
+    );
+    assert!(
+        !second
+            .b
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Offered { .. }))),
+        "not asked again"
+    );
+    let received = second.b.events.iter().find_map(|(_, e)| match e {
+        PeerEvent::File(FileEvent::Received { data, .. }) => Some(data.clone()),
+        _ => None,
+    });
+    assert_eq!(received.as_deref(), Some(&data[..]));
+}
