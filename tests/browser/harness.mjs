@@ -2,7 +2,9 @@
 // launch headless Chromium with fake camera and microphone, and drive the doctor and patient pages.
 
 import { spawn } from "node:child_process";
-import { createHash, createHmac } from "node:crypto";
+import { createHash, createHmac, randomBytes } from "node:crypto";
+import { createSocket } from "node:dgram";
+import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -43,14 +45,15 @@ const ANSI = /\x1b\[[0-9;]*m/g;
 
 /**
  * Start `consult serve --demo` on a free port with a fresh data directory.
- * @param {{ timeoutMs?: number }} [options]
+ * @param {{ timeoutMs?: number, env?: Record<string, string> }} [options] `env`: extra environment
+ *   variables, for example `CONSULT_ICE__RELAY_ONLY: "true"` (`CONSULT_` + config path with `__`).
  * @returns {Promise<Service>}
  */
-export async function startService({ timeoutMs = 60_000 } = {}) {
+export async function startService({ timeoutMs = 60_000, env = {} } = {}) {
   const dataDir = await mkdtemp(join(tmpdir(), "consult-e2e-"));
   const child = spawn(CONSULT_BIN, ["serve", "--demo", "--bind", "127.0.0.1:0", "--data-dir", dataDir], {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1" },
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1", ...env },
   });
   /** @type {string[]} */
   const logs = [];
@@ -140,6 +143,180 @@ async function readCredentials(dataDir) {
       await sleep(100);
     }
   }
+}
+
+// -------------------------------------------------------------------------------------------------
+// TURN server (coturn, for relay-only calls)
+// -------------------------------------------------------------------------------------------------
+
+export const TURNSERVER_BIN = process.env.TURNSERVER_BIN ?? "/usr/bin/turnserver";
+
+/** The relay ports coturn hands out (`--min-port`/`--max-port`): every relay candidate is in here. */
+export const TURN_RELAY_PORTS = Object.freeze({ min: 52000, max: 52999 });
+
+/**
+ * @typedef {object} TurnServer
+ * @property {number} port The UDP port it listens on, on 127.0.0.1.
+ * @property {string} url `turn:127.0.0.1:<port>?transport=udp`
+ * @property {string} secret The TURN REST shared secret (`--static-auth-secret`).
+ * @property {string[]} logs Last lines of its output (`--verbose`: one line per allocation,
+ *   permission and refused request).
+ * @property {() => Promise<void>} stop
+ */
+
+/**
+ * A UDP port on 127.0.0.1 that was free a moment ago.
+ * @returns {Promise<number>}
+ */
+function freeUdpPort() {
+  return new Promise((res, rej) => {
+    const socket = createSocket("udp4");
+    socket.once("error", rej);
+    socket.bind(0, "127.0.0.1", () => {
+      const { port } = socket.address();
+      socket.close(() => res(port));
+    });
+  });
+}
+
+/**
+ * Whether a STUN Binding request to 127.0.0.1:`port` gets a Binding success response (RFC 5389).
+ * @param {number} port
+ * @param {number} timeoutMs
+ * @returns {Promise<boolean>}
+ */
+function stunAnswers(port, timeoutMs) {
+  return new Promise((res) => {
+    const socket = createSocket("udp4");
+    const transaction = randomBytes(12);
+    const request = Buffer.concat([Buffer.from([0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42]), transaction]);
+    let done = false;
+    /** @param {boolean} ok */
+    const finish = (ok) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.close();
+      res(ok);
+    };
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    socket.on("error", () => finish(false));
+    socket.on("message", (msg) => {
+      if (msg.length >= 20 && msg.readUInt16BE(0) === 0x0101 && msg.subarray(8, 20).equals(transaction)) finish(true);
+    });
+    socket.send(request, port, "127.0.0.1", (err) => {
+      if (err) finish(false);
+    });
+  });
+}
+
+/**
+ * Start coturn on 127.0.0.1 (a free UDP port, a fresh temporary directory for its pid file and
+ * user database) with TURN REST authentication and relay ports `TURN_RELAY_PORTS`. Ready once it
+ * answers a STUN Binding request on its port.
+ * @param {{ timeoutMs?: number }} [options]
+ * @returns {Promise<TurnServer>}
+ */
+export async function startTurnServer({ timeoutMs = 20_000 } = {}) {
+  if (!existsSync(TURNSERVER_BIN)) {
+    throw new Error(`no TURN server at ${TURNSERVER_BIN} (apt-get install coturn, or set TURNSERVER_BIN)`);
+  }
+  const secret = `consult-test-${randomBytes(12).toString("hex")}`;
+  for (let attempt = 1; ; attempt += 1) {
+    const port = await freeUdpPort();
+    const dir = await mkdtemp(join(tmpdir(), "consult-turn-"));
+    const args = [
+      "-n",
+      "--verbose",
+      "--listening-ip=127.0.0.1",
+      "--relay-ip=127.0.0.1",
+      `--listening-port=${port}`,
+      "--use-auth-secret",
+      `--static-auth-secret=${secret}`,
+      "--realm=consult.test",
+      "--no-tls",
+      "--no-dtls",
+      "--no-cli",
+      // Without it coturn refuses every permission towards 127.0.0.1 (403 Forbidden IP), and all
+      // the peers here are on 127.0.0.1.
+      "--allow-loopback-peers",
+      `--min-port=${TURN_RELAY_PORTS.min}`,
+      `--max-port=${TURN_RELAY_PORTS.max}`,
+      "--log-file=stdout",
+      "--simple-log",
+      `--pidfile=${join(dir, "pid")}`,
+      `--userdb=${join(dir, "db")}`,
+    ];
+    const child = spawn(TURNSERVER_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
+    /** @type {string[]} */
+    const logs = [];
+    /** @type {string | null} */
+    let exited = null;
+    /** @param {string} stream */
+    const reader = (stream) => {
+      let buffer = "";
+      return (/** @type {Buffer} */ chunk) => {
+        buffer += chunk.toString("utf8");
+        let newline;
+        while ((newline = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, newline).trimEnd();
+          buffer = buffer.slice(newline + 1);
+          if (!line) continue;
+          logs.push(`[${stream}] ${line}`);
+          if (logs.length > 2000) logs.shift();
+          if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[turnserver ${stream}] ${line}\n`);
+        }
+      };
+    };
+    child.stdout.on("data", reader("stdout"));
+    child.stderr.on("data", reader("stderr"));
+    child.on("error", (err) => {
+      exited = `could not start ${TURNSERVER_BIN}: ${err.message}`;
+    });
+    child.on("exit", (code, signal) => {
+      exited = `turnserver exited (code ${code}, signal ${signal})`;
+    });
+    const killOnExit = () => {
+      if (child.exitCode === null) child.kill("SIGKILL");
+    };
+    process.once("exit", killOnExit);
+    const stop = async () => {
+      process.removeListener("exit", killOnExit);
+      if (!exited && child.exitCode === null) {
+        child.kill("SIGTERM");
+        const deadline = Date.now() + 5000;
+        while (!exited && child.exitCode === null && Date.now() < deadline) await sleep(50);
+        if (!exited && child.exitCode === null) child.kill("SIGKILL");
+      }
+      await rm(dir, { recursive: true, force: true }).catch(() => {});
+    };
+
+    const deadline = Date.now() + timeoutMs;
+    let ready = false;
+    while (!ready && !exited && Date.now() < deadline) {
+      ready = await stunAnswers(port, 300);
+      if (!ready) await sleep(100);
+    }
+    if (ready && !exited) {
+      return { port, url: `turn:127.0.0.1:${port}?transport=udp`, secret, logs, stop };
+    }
+    await stop();
+    const why = exited ?? `no STUN answer on 127.0.0.1:${port} within ${timeoutMs} ms`;
+    if (attempt >= 3) throw new Error(`${why}; turnserver output:\n${logs.slice(-40).join("\n")}`);
+  }
+}
+
+/**
+ * The service's environment for relay-only calls through this TURN server.
+ * @param {TurnServer} turn
+ * @returns {Record<string, string>}
+ */
+export function relayOnlyServiceEnv(turn) {
+  return {
+    CONSULT_ICE__TURN_URLS: JSON.stringify([turn.url]),
+    CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
+    CONSULT_ICE__RELAY_ONLY: "true",
+  };
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -468,6 +645,132 @@ export async function waitForRemoteMedia(page, timeoutMs = 30_000) {
   throw new Error(`no remote media within ${timeoutMs} ms; last stats ${JSON.stringify(last)}`);
 }
 
+
+/**
+ * @typedef {object} CandidateInfo
+ * @property {string} candidateType `host`, `srflx`, `prflx` or `relay`.
+ * @property {string} address
+ * @property {number} port
+ * @property {string} protocol
+ * @property {string | null} relayProtocol Local relay candidates: how the browser talks to TURN.
+ * @property {string | null} url Local candidates: the STUN/TURN server they came from.
+ */
+
+/**
+ * @typedef {object} IceStats
+ * @property {boolean} pc Whether the page has a live connection.
+ * @property {string | null} policy The connection's `getConfiguration().iceTransportPolicy`.
+ * @property {string | null} connectionState
+ * @property {{ via: "transport" | "candidate-pair", id: string, state: string, nominated: boolean, bytesSent: number, bytesReceived: number, local: CandidateInfo | null, remote: CandidateInfo | null } | null} selected
+ *   The selected candidate pair: the `transport` report's `selectedCandidatePairId`, or else the
+ *   nominated, succeeded `candidate-pair` that carried the most bytes.
+ * @property {CandidateInfo[]} localCandidates Every local candidate in `getStats()`.
+ * @property {CandidateInfo[]} remoteCandidates Every remote candidate in `getStats()`.
+ * @property {{ id: string, state: string, nominated: boolean, bytesSent: number, bytesReceived: number, local: CandidateInfo | null, remote: CandidateInfo | null }[]} trafficPairs
+ *   Every candidate pair that carried bytes either way (media may arrive on another pair than the
+ *   selected one when the other side picked a different pair).
+ */
+
+/**
+ * ICE view of the page's live connection (`window.consultPc`): policy, selected pair, candidates.
+ * @param {import('playwright-core').Page} page
+ * @returns {Promise<IceStats>}
+ */
+export function iceStats(page) {
+  return page.evaluate(async () => {
+    /** @type {RTCPeerConnection | null} */
+    const pc = /** @type {any} */ (window).consultPc ?? null;
+    if (!pc) return { pc: false, policy: null, connectionState: null, selected: null, localCandidates: [], remoteCandidates: [], trafficPairs: [] };
+    const report = await pc.getStats();
+    /** @param {any} c */
+    const info = (c) =>
+      c
+        ? {
+            candidateType: c.candidateType,
+            address: c.address ?? c.ip ?? "",
+            port: c.port,
+            protocol: c.protocol,
+            relayProtocol: c.relayProtocol ?? null,
+            url: c.url ?? null,
+          }
+        : null;
+    /** @type {any[]} */
+    const localCandidates = [];
+    /** @type {any[]} */
+    const remoteCandidates = [];
+    /** @type {any[]} */
+    const trafficPairs = [];
+    /** @type {any} */
+    let pair = null;
+    /** @type {"transport" | "candidate-pair"} */
+    let via = "transport";
+    report.forEach((/** @type {any} */ s) => {
+      if (s.type === "local-candidate") localCandidates.push(info(s));
+      else if (s.type === "remote-candidate") remoteCandidates.push(info(s));
+      else if (s.type === "transport" && s.selectedCandidatePairId && !pair) pair = report.get(s.selectedCandidatePairId) ?? null;
+      else if (s.type === "candidate-pair" && ((s.bytesSent ?? 0) > 0 || (s.bytesReceived ?? 0) > 0)) {
+        trafficPairs.push({
+          id: s.id,
+          state: s.state,
+          nominated: !!s.nominated,
+          bytesSent: s.bytesSent ?? 0,
+          bytesReceived: s.bytesReceived ?? 0,
+          local: info(report.get(s.localCandidateId)),
+          remote: info(report.get(s.remoteCandidateId)),
+        });
+      }
+    });
+    if (!pair) {
+      via = "candidate-pair";
+      report.forEach((/** @type {any} */ s) => {
+        if (s.type !== "candidate-pair" || !s.nominated || s.state !== "succeeded") return;
+        const bytes = (s.bytesSent ?? 0) + (s.bytesReceived ?? 0);
+        if (bytes > 0 && (!pair || bytes > (pair.bytesSent ?? 0) + (pair.bytesReceived ?? 0))) pair = s;
+      });
+    }
+    return {
+      pc: true,
+      policy: pc.getConfiguration().iceTransportPolicy ?? null,
+      connectionState: pc.connectionState,
+      selected: pair
+        ? {
+            via,
+            id: pair.id,
+            state: pair.state,
+            nominated: !!pair.nominated,
+            bytesSent: pair.bytesSent ?? 0,
+            bytesReceived: pair.bytesReceived ?? 0,
+            local: info(report.get(pair.localCandidateId)),
+            remote: info(report.get(pair.remoteCandidateId)),
+          }
+        : null,
+      localCandidates,
+      remoteCandidates,
+      trafficPairs,
+    };
+  });
+}
+
+/**
+ * Wait until the page's connection has a selected candidate pair that carried bytes both ways
+ * (or only sent them, with `bothWays: false`: the other side may send on another pair).
+ * @param {import('playwright-core').Page} page
+ * @param {{ timeoutMs?: number, bothWays?: boolean }} [options]
+ * @returns {Promise<IceStats>}
+ */
+export async function waitForSelectedPair(page, { timeoutMs = 15_000, bothWays = true } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  /** @type {any} */
+  let last = null;
+  while (Date.now() < deadline) {
+    last = await iceStats(page).catch((err) => ({ error: String(err) }));
+    const selected = last && last.selected;
+    if (selected && selected.local && selected.remote && selected.bytesSent > 0 && (!bothWays || selected.bytesReceived > 0)) return last;
+    await sleep(250);
+  }
+  throw new Error(`no selected candidate pair with traffic${bothWays ? " both ways" : ""} within ${timeoutMs} ms; last ${JSON.stringify(last)}`);
+}
+
 /**
  * Record, in the doctor's page, the time of the first click on an Admit button.
  * @param {import('playwright-core').Page} page
@@ -694,4 +997,131 @@ export async function acceptAndDownload(page, name, timeoutMs = 60_000) {
   const path = await download.path();
   const bytes = await readFile(path);
   return { ...attributes, suggestedFilename: download.suggestedFilename(), bytes };
+}
+
+// -------------------------------------------------------------------------------------------------
+// The native echo-bot (crates/media/examples/echo-bot.rs)
+// -------------------------------------------------------------------------------------------------
+
+export const ECHO_BOT_BIN = process.env.ECHO_BOT_BIN ?? join(REPO_ROOT, "target", "debug", "examples", "echo-bot");
+
+/**
+ * The `skip` of a test that needs echo-bot: false when it is there or required
+ * (`CONSULT_REQUIRE_NATIVE=1`: then `startEchoBot` fails with a clear message), else the note.
+ * @type {false | string}
+ */
+export const ECHO_BOT_MISSING =
+  existsSync(ECHO_BOT_BIN) || process.env.CONSULT_REQUIRE_NATIVE === "1"
+    ? false
+    : `no echo-bot at ${ECHO_BOT_BIN} (cargo build -p consult-media --examples, or set ECHO_BOT_BIN)`;
+
+/**
+ * @typedef {object} EchoBot
+ * @property {any[]} events Every JSON line printed so far, in order.
+ * @property {string[]} output The last lines of stdout and stderr, for diagnostics.
+ * @property {(predicate: (event: any) => boolean, timeoutMs: number, what: string) => Promise<any>} waitFor
+ * @property {() => Promise<void>} stop
+ */
+
+/** JSON events echo-bot prints every second: only the latest few are kept in `output`. */
+const PERIODIC_EVENTS = ["stats", "connection"];
+
+/**
+ * Start echo-bot with `--json` and collect its events.
+ * @param {string} inviteUrl
+ * @param {{ name?: string, codec?: string, seconds?: number }} [options] `codec`: `--codec` (both
+ *   codecs offered without it); `seconds`: `--seconds` (default 600).
+ * @returns {EchoBot}
+ */
+export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 600 } = {}) {
+  if (!existsSync(ECHO_BOT_BIN)) {
+    throw new Error(
+      `echo-bot is required${process.env.CONSULT_REQUIRE_NATIVE === "1" ? " (CONSULT_REQUIRE_NATIVE=1)" : ""} but there is no ${ECHO_BOT_BIN}: ` +
+        "build it with cargo build -p consult-media --examples, or set ECHO_BOT_BIN",
+    );
+  }
+  const args = ["--invite", inviteUrl, "--name", name, ...(codec ? ["--codec", codec] : []), "--seconds", String(seconds), "--json"];
+  const child = spawn(ECHO_BOT_BIN, args, {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", NO_COLOR: "1" },
+  });
+  /** @type {any[]} */
+  const events = [];
+  /** @type {string[]} */
+  const output = [];
+  /** @type {string | null} */
+  let exited = null;
+  /** @param {string} stream */
+  const reader = (stream) => {
+    let buffer = "";
+    return (/** @type {Buffer} */ chunk) => {
+      buffer += chunk.toString("utf8");
+      let newline;
+      while ((newline = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, newline).trimEnd();
+        buffer = buffer.slice(newline + 1);
+        if (!line) continue;
+        if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[echo-bot ${stream}] ${line}\n`);
+        /** @type {any} */
+        let event = null;
+        if (stream === "stdout" && line.startsWith("{")) {
+          try {
+            event = JSON.parse(line);
+            events.push(event);
+          } catch {
+            // Not JSON after all: only in the output.
+          }
+        }
+        // The per-second lines would drown everything else: keep only the latest few of each.
+        const periodic = event && PERIODIC_EVENTS.includes(event.event) ? event.event : null;
+        const marker = `"event":"${periodic}"`;
+        if (!periodic || output.filter((l) => l.includes(marker)).length < 3) output.push(`[${stream}] ${line}`);
+        else output.splice(output.findLastIndex((l) => l.includes(marker)), 1, `[${stream}] ${line}`);
+        if (output.length > 300) output.shift();
+      }
+    };
+  };
+  child.stdout.on("data", reader("stdout"));
+  child.stderr.on("data", reader("stderr"));
+  child.on("error", (err) => {
+    exited = `could not start ${ECHO_BOT_BIN}: ${err.message}`;
+  });
+  child.on("exit", (code, signal) => {
+    exited = `echo-bot exited (code ${code}, signal ${signal})`;
+  });
+  const killOnExit = () => {
+    if (child.exitCode === null) child.kill("SIGKILL");
+  };
+  process.once("exit", killOnExit);
+
+  return {
+    events,
+    output,
+    async waitFor(predicate, timeoutMs, what) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const found = events.find(predicate);
+        if (found) return found;
+        if (exited) throw new Error(`${exited} before ${what}`);
+        if (Date.now() > deadline) throw new Error(`echo-bot: no ${what} within ${timeoutMs} ms`);
+        await sleep(100);
+      }
+    },
+    async stop() {
+      process.removeListener("exit", killOnExit);
+      if (exited || child.exitCode !== null) return;
+      child.kill("SIGTERM");
+      const deadline = Date.now() + 5000;
+      while (!exited && child.exitCode === null && Date.now() < deadline) await sleep(50);
+      if (!exited && child.exitCode === null) child.kill("SIGKILL");
+    },
+  };
+}
+
+/**
+ * echo-bot's output, appended to a failure message.
+ * @param {EchoBot | null} bot
+ */
+export function botDiagnostics(bot) {
+  return bot ? `\n--- echo-bot output (tail) ---\n${bot.output.slice(-80).join("\n")}` : "";
 }

@@ -10,126 +10,32 @@
 // Without the echo-bot binary the tests are skipped (with a note), unless CONSULT_REQUIRE_NATIVE=1.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
 
 import {
   acceptAndDownload,
+  botDiagnostics,
   byTestId,
   closeAll,
   createConsultation,
   cspViolations,
   diagnostics,
+  ECHO_BOT_MISSING,
   inboundStats,
   launchParticipant,
   offerFile,
   openConsultation,
-  REPO_ROOT,
   sendChat,
   sha256Hex,
   signInDoctor,
+  startEchoBot,
   startService,
   waitForChat,
 } from "./harness.mjs";
 
-export const ECHO_BOT_BIN = process.env.ECHO_BOT_BIN ?? join(REPO_ROOT, "target", "debug", "examples", "echo-bot");
 const BOT_NAME = "Echo bot";
-const MISSING = existsSync(ECHO_BOT_BIN) || process.env.CONSULT_REQUIRE_NATIVE === "1"
-  ? false
-  : `no echo-bot at ${ECHO_BOT_BIN} (cargo build -p consult-media --examples, or set ECHO_BOT_BIN)`;
-
-/**
- * @typedef {object} EchoBot
- * @property {any[]} events Every JSON line printed so far, in order.
- * @property {string[]} output The last lines of stdout and stderr, for diagnostics.
- * @property {(predicate: (event: any) => boolean, timeoutMs: number, what: string) => Promise<any>} waitFor
- * @property {() => Promise<void>} stop
- */
-
-/**
- * Start echo-bot with `--json` and collect its events.
- * @param {string} inviteUrl
- * @param {string} codec
- * @returns {EchoBot}
- */
-function startEchoBot(inviteUrl, codec) {
-  const args = ["--invite", inviteUrl, "--name", BOT_NAME, "--codec", codec, "--seconds", "600", "--json"];
-  const child = spawn(ECHO_BOT_BIN, args, {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", NO_COLOR: "1" },
-  });
-  /** @type {any[]} */
-  const events = [];
-  /** @type {string[]} */
-  const output = [];
-  /** @type {string | null} */
-  let exited = null;
-  /** @param {string} stream */
-  const reader = (stream) => {
-    let buffer = "";
-    return (/** @type {Buffer} */ chunk) => {
-      buffer += chunk.toString("utf8");
-      let newline;
-      while ((newline = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, newline).trimEnd();
-        buffer = buffer.slice(newline + 1);
-        if (!line) continue;
-        if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[echo-bot ${stream}] ${line}\n`);
-        // The per-second stats lines would drown everything else: keep only the latest few.
-        const isStats = stream === "stdout" && line.startsWith('{"event":"stats"');
-        if (!isStats || output.filter((l) => l.includes('"event":"stats"')).length < 3) output.push(`[${stream}] ${line}`);
-        else output.splice(output.findLastIndex((l) => l.includes('"event":"stats"')), 1, `[${stream}] ${line}`);
-        if (output.length > 300) output.shift();
-        if (stream === "stdout" && line.startsWith("{")) {
-          try {
-            events.push(JSON.parse(line));
-          } catch {
-            // Not JSON after all: only in the output.
-          }
-        }
-      }
-    };
-  };
-  child.stdout.on("data", reader("stdout"));
-  child.stderr.on("data", reader("stderr"));
-  child.on("error", (err) => {
-    exited = `could not start ${ECHO_BOT_BIN}: ${err.message}`;
-  });
-  child.on("exit", (code, signal) => {
-    exited = `echo-bot exited (code ${code}, signal ${signal})`;
-  });
-  const killOnExit = () => {
-    if (child.exitCode === null) child.kill("SIGKILL");
-  };
-  process.once("exit", killOnExit);
-
-  return {
-    events,
-    output,
-    async waitFor(predicate, timeoutMs, what) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const found = events.find(predicate);
-        if (found) return found;
-        if (exited) throw new Error(`${exited} before ${what}`);
-        if (Date.now() > deadline) throw new Error(`echo-bot: no ${what} within ${timeoutMs} ms`);
-        await sleep(100);
-      }
-    },
-    async stop() {
-      process.removeListener("exit", killOnExit);
-      if (exited || child.exitCode !== null) return;
-      child.kill("SIGTERM");
-      const deadline = Date.now() + 5000;
-      while (!exited && child.exitCode === null && Date.now() < deadline) await sleep(50);
-      if (!exited && child.exitCode === null) child.kill("SIGKILL");
-    },
-  };
-}
 
 /**
  * The doctor page's inbound and outbound video codecs (from the `codecId` of the RTP reports).
@@ -182,22 +88,15 @@ function dataChannelStats(page) {
   });
 }
 
-/**
- * @param {EchoBot | null} bot
- */
-function botDiagnostics(bot) {
-  return bot ? `\n--- echo-bot output (tail) ---\n${bot.output.slice(-80).join("\n")}` : "";
-}
-
 describe("browser doctor with the native echo-bot as the patient", { timeout: 600_000 }, () => {
   for (const codec of ["h264", "vp8"]) {
     const mime = codec === "h264" ? "video/H264" : "video/VP8";
-    test(`${codec}: media both ways, chat echo and file echo`, { timeout: 240_000, skip: MISSING }, async (t) => {
+    test(`${codec}: media both ways, chat echo and file echo`, { timeout: 240_000, skip: ECHO_BOT_MISSING }, async (t) => {
       /** @type {import('./harness.mjs').Service | null} */
       let service = null;
       /** @type {import('./harness.mjs').Participant | null} */
       let doctor = null;
-      /** @type {EchoBot | null} */
+      /** @type {import('./harness.mjs').EchoBot | null} */
       let bot = null;
       try {
         service = await startService();
@@ -206,7 +105,7 @@ describe("browser doctor with the native echo-bot as the patient", { timeout: 60
         const inviteUrl = await createConsultation(doctor.page, `Echo test ${codec}`);
         await openConsultation(doctor.page);
 
-        bot = startEchoBot(inviteUrl, codec);
+        bot = startEchoBot(inviteUrl, { name: BOT_NAME, codec });
         await bot.waitFor((e) => e.event === "joined", 30_000, "joined event");
         const entry = byTestId(doctor.page, "waiting-entry").filter({ hasText: BOT_NAME });
         await entry.waitFor({ state: "visible" });

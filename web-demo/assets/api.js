@@ -258,41 +258,60 @@ export function iceServers(participantToken) {
 }
 
 /**
- * Cache of the ICE servers, fetched again when half their lifetime has passed. A failure gives an
- * empty list (host candidates still work on one network) rather than blocking the call.
+ * What a new `RTCPeerConnection` is configured with, from `GET /api/v1/ice-servers`.
+ * @typedef {object} IceConfig
+ * @property {RTCIceServer[]} iceServers
+ * @property {RTCIceTransportPolicy} iceTransportPolicy `relay` when the service allows relay
+ *   (TURN) candidates only, so that participants never learn each other's IP address.
+ */
+
+/**
+ * Cache of the ICE configuration, fetched again when half the TURN credentials' lifetime has
+ * passed. A failure keeps the last answer (its policy included: a service that asked for relay
+ * only keeps getting it). Without any answer yet, a failure gives no servers and policy `all`
+ * (host candidates still work on one network) rather than blocking the call; the next connection
+ * asks again.
  */
 export class IceServerCache {
   /** @param {string} [participantToken] */
   constructor(participantToken) {
     this.participantToken = participantToken;
-    /** @type {RTCIceServer[] | null} */
-    this.servers = null;
+    /** @type {IceConfig | null} */
+    this.config = null;
     this.fetchedAt = 0;
     this.ttlMs = 0;
-    /** @type {Promise<RTCIceServer[]> | null} */
+    /** @type {Promise<IceConfig> | null} */
     this.pending = null;
   }
 
-  /** @returns {Promise<RTCIceServer[]>} */
+  /** @returns {Promise<IceConfig>} */
   get() {
-    if (this.servers && Date.now() - this.fetchedAt < this.ttlMs / 2) return Promise.resolve(this.servers);
+    if (this.config && Date.now() - this.fetchedAt < this.ttlMs / 2) return Promise.resolve(this.config);
     if (!this.pending) {
       this.pending = iceServers(this.participantToken)
         .then((answer) => {
-          this.servers = answer.ice_servers.map((s) => {
+          const servers = answer.ice_servers.map((s) => {
             /** @type {RTCIceServer} */
             const server = { urls: s.urls };
             if (s.username !== undefined) server.username = s.username;
             if (s.credential !== undefined) server.credential = s.credential;
             return server;
           });
+          /** @type {IceConfig} */
+          const config = {
+            iceServers: servers,
+            // Anything but an explicit "all" (or a service too old to send the field) is relay:
+            // when in doubt, do not hand out addresses.
+            iceTransportPolicy: answer.ice_transport_policy === undefined || answer.ice_transport_policy === "all" ? "all" : "relay",
+          };
+          this.config = config;
           this.fetchedAt = Date.now();
           this.ttlMs = Math.max(answer.ttl_secs, 60) * 1000;
-          return this.servers;
+          return config;
         })
         .catch((err) => {
-          console.warn("Could not fetch ICE servers; using none", err);
-          return this.servers ?? [];
+          console.warn("Could not fetch ICE servers", err);
+          return this.config ?? { iceServers: [], iceTransportPolicy: /** @type {RTCIceTransportPolicy} */ ("all") };
         })
         .finally(() => {
           this.pending = null;

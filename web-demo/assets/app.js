@@ -32,6 +32,7 @@ import {
 /** @typedef {import('./protocol.js').ServerMessage} ServerMessage */
 /** @typedef {import('./protocol.js').Peer} Peer */
 /** @typedef {import('./call.js').MediaState} MediaState */
+/** @typedef {import('./call.js').IceProblem} IceProblem */
 
 const views = {
   loading: byId("view-loading", HTMLElement),
@@ -652,6 +653,7 @@ async function endFromList(c, button) {
  * @property {"connecting" | "open" | "reconnecting" | "closed"} signalingState
  * @property {MediaState} mediaState
  * @property {string} presenceNote
+ * @property {IceProblem | null} iceProblem Why the connection cannot work, shown as an error.
  * @property {boolean} over
  */
 
@@ -683,6 +685,7 @@ async function openCall(id) {
     signalingState: "connecting",
     mediaState: "waiting",
     presenceNote: "",
+    iceProblem: null,
     over: false,
   };
   call = active;
@@ -731,7 +734,7 @@ async function openCall(id) {
 
   const controller = new CallController({
     send: (m) => (active.signaling ? active.signaling.send(m) : false),
-    getIceServers: () => ice.get(),
+    getIceConfig: () => ice.get(),
     localStream: active.stream,
     onRemoteStream: (stream, peer) => {
       callView.setRemoteStream(stream, "Waiting for your patient…", peer ? peer.name : "");
@@ -761,6 +764,10 @@ async function openCall(id) {
     },
     onConnectionClosed: () => {
       if (call === active) messagingView.connectionClosed();
+    },
+    onIceProblem: (problem) => {
+      active.iceProblem = problem;
+      updateCallStatus();
     },
   });
   active.controller = controller;
@@ -847,6 +854,14 @@ async function refreshWaitingRoom(active) {
   }
 }
 
+/** What the doctor is told when the connection cannot work with the service's ICE configuration. */
+const ICE_PROBLEMS = /** @type {Record<IceProblem, string>} */ ({
+  "relay-not-configured":
+    "The call cannot connect: this service only allows calls through a relay (TURN) server, and none is configured. Ask the service’s administrator to set one up.",
+  "relay-unreachable":
+    "The call cannot connect: the relay (TURN) server this service requires could not be reached. Check your network; if that does not help, tell the service’s administrator.",
+});
+
 function updateCallStatus() {
   const active = call;
   if (!active) return;
@@ -856,6 +871,10 @@ function updateCallStatus() {
   }
   if (!navigator.onLine) {
     callView.setStatus("Your device is offline. Connection lost — reconnecting…", "warning");
+    return;
+  }
+  if (active.iceProblem) {
+    callView.setStatus(ICE_PROBLEMS[active.iceProblem], "error");
     return;
   }
   if (active.presenceNote) {

@@ -25,6 +25,29 @@ const DATA_CHANNEL_LABELS = ["consult-chat", "consult-file"];
 /** @typedef {import('./protocol.js').JoinedMessage} JoinedMessage */
 /** @typedef {import('./protocol.js').SessionDescription} SessionDescription */
 /** @typedef {import('./protocol.js').IceCandidate} IceCandidate */
+/** @typedef {import('./api.js').IceConfig} IceConfig */
+
+/**
+ * Why a connection cannot get going, for the page to explain:
+ * `relay-not-configured`: the service allows relay (TURN) candidates only but gave no TURN server;
+ * `relay-unreachable`: relay only, and no relay candidate came (gathering ended without one, or
+ * went on for `RELAY_GATHER_TIMEOUT_MS` without one): the TURN server cannot be reached or refused
+ * the credentials.
+ * @typedef {"relay-not-configured" | "relay-unreachable"} IceProblem
+ */
+
+/**
+ * The problem an ICE configuration has before any connection is tried, or null.
+ * @param {IceConfig} config
+ * @returns {IceProblem | null}
+ */
+export function iceConfigProblem(config) {
+  if (config.iceTransportPolicy !== "relay") return null;
+  const hasTurn = config.iceServers.some((server) =>
+    (Array.isArray(server.urls) ? server.urls : [server.urls]).some((url) => /^turns?:/i.test(url)),
+  );
+  return hasTurn ? null : "relay-not-configured";
+}
 
 /**
  * What the page is told about the media connection.
@@ -40,6 +63,14 @@ const DISCONNECTED_RESTART_MS = 4000;
 const STUCK_RESTART_MS = 8000;
 
 /**
+ * Relay only: how long gathering may go on without a single relay candidate before the page is
+ * told the TURN server is out of reach (a reachable one answers in well under a second; the
+ * browser itself gives up on an allocation only after about 40 s, and the ICE restarts above
+ * start it over).
+ */
+const RELAY_GATHER_TIMEOUT_MS = 10_000;
+
+/**
  * How long the polite side waits for the other side's offer before offering itself. Both sides
  * learn about each other at the same moment; letting the impolite side offer alone avoids a glare
  * (and its rollback) on every call start. Perfect negotiation still copes if both offer.
@@ -47,18 +78,20 @@ const STUCK_RESTART_MS = 8000;
 const POLITE_OFFER_WAIT_MS = 1500;
 
 /**
- * The `a=fingerprint` lines of an SDP: a different set means a different peer connection (the
- * other side reloaded or recreated it), which cannot be renegotiated onto the old one.
+ * The distinct `a=fingerprint` lines of an SDP: a different set means a different peer connection
+ * (the other side reloaded or recreated it), which cannot be renegotiated onto the old one. A set,
+ * not a list: the lines repeat once per m-section, and a renegotiation that adds m-sections (the
+ * native media core adds its own audio and video sections after answering) keeps the connection.
  * @param {string | undefined} sdp
  * @returns {string}
  */
 function fingerprints(sdp) {
   if (!sdp) return "";
-  return sdp
+  const lines = sdp
     .split(/\r?\n/)
     .filter((line) => line.startsWith("a=fingerprint:"))
-    .sort()
-    .join("\n");
+    .map((line) => line.trim());
+  return [...new Set(lines)].sort().join("\n");
 }
 
 /**
@@ -69,15 +102,17 @@ export class PeerLink {
    * @param {object} options
    * @param {string} options.peerId
    * @param {boolean} options.polite
-   * @param {RTCIceServer[]} options.iceServers
+   * @param {IceConfig} options.iceConfig Servers and transport policy.
    * @param {MediaStream | null} options.localStream
    * @param {(message: ClientMessage) => boolean} options.send
    * @param {(stream: MediaStream) => void} options.onRemoteStream
    * @param {(link: PeerLink) => void} options.onStateChange
    * @param {boolean} [options.createChannels] Create the chat and file channels (this side offers first).
    * @param {(channel: RTCDataChannel) => void} [options.onDataChannel]
+   * @param {(problem: IceProblem) => void} [options.onIceProblem] Relay only, and no relay
+   *   candidate came (gathering ended without one, or went on too long without one).
    */
-  constructor({ peerId, polite, iceServers, localStream, send, onRemoteStream, onStateChange, createChannels = true, onDataChannel }) {
+  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onStateChange, createChannels = true, onDataChannel, onIceProblem }) {
     this.peerId = peerId;
     this.polite = polite;
     this.send = send;
@@ -90,8 +125,25 @@ export class PeerLink {
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this.disconnectTimer = undefined;
     this.remoteStream = new MediaStream();
-    this.pc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
+    this.pc = new RTCPeerConnection({
+      iceServers: iceConfig.iceServers,
+      iceTransportPolicy: iceConfig.iceTransportPolicy,
+      bundlePolicy: "max-bundle",
+    });
     const pc = this.pc;
+    /** Relay only with a TURN server: gathering without any candidate means it is out of reach. */
+    const expectRelay = iceConfig.iceTransportPolicy === "relay" && iceConfigProblem(iceConfig) === null;
+    /** Local candidates of this connection so far (ICE restarts included). */
+    this.candidatesGathered = 0;
+    /** @type {number | null} When gathering first started. */
+    this.gatheringSince = null;
+    this.relayProblemReported = false;
+    const reportRelayProblem = () => {
+      if (this.relayProblemReported || this.closed) return;
+      this.relayProblemReported = true;
+      console.warn("Relay only, and no relay candidate could be gathered: is the TURN server reachable?");
+      onIceProblem?.("relay-unreachable");
+    };
 
     if (localStream) {
       for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
@@ -140,6 +192,7 @@ export class PeerLink {
       /** @type {IceCandidate | null} */
       let wire = null;
       if (candidate) {
+        this.candidatesGathered += 1;
         const json = candidate.toJSON();
         wire = { candidate: json.candidate ?? "" };
         if (json.sdpMid != null) wire.sdpMid = json.sdpMid;
@@ -149,6 +202,14 @@ export class PeerLink {
       this.send({ type: "candidate", to: this.peerId, candidate: wire });
     };
 
+    pc.onicegatheringstatechange = () => {
+      if (this.closed || !expectRelay) return;
+      if (pc.iceGatheringState === "gathering" && this.gatheringSince === null) this.gatheringSince = Date.now();
+      if (pc.iceGatheringState === "complete" && this.candidatesGathered === 0) reportRelayProblem();
+    };
+    pc.onicecandidateerror = (event) => {
+      if (!this.closed) console.warn(`ICE server ${event.url}: ${event.errorCode} ${event.errorText}`);
+    };
     pc.onconnectionstatechange = () => this.checkState();
     pc.oniceconnectionstatechange = () => this.checkState();
 
@@ -157,6 +218,14 @@ export class PeerLink {
     this.notConnectedSince = Date.now();
     this.watchdog = setInterval(() => {
       if (this.closed) return;
+      if (
+        expectRelay &&
+        this.candidatesGathered === 0 &&
+        this.gatheringSince !== null &&
+        Date.now() - this.gatheringSince > RELAY_GATHER_TIMEOUT_MS
+      ) {
+        reportRelayProblem();
+      }
       const state = pc.connectionState;
       if (state === "connected") {
         this.notConnectedSince = Date.now();
@@ -280,6 +349,8 @@ export class PeerLink {
     this.pc.ondatachannel = null;
     this.pc.onnegotiationneeded = null;
     this.pc.onicecandidate = null;
+    this.pc.onicegatheringstatechange = null;
+    this.pc.onicecandidateerror = null;
     this.pc.onconnectionstatechange = null;
     this.pc.oniceconnectionstatechange = null;
     this.pc.close();
@@ -293,7 +364,8 @@ export class CallController {
   /**
    * @param {object} options
    * @param {(message: ClientMessage) => boolean} options.send Send a signaling message.
-   * @param {() => Promise<RTCIceServer[]>} options.getIceServers
+   * @param {() => Promise<IceConfig>} options.getIceConfig ICE servers and transport policy, asked
+   *   for before every new connection.
    * @param {MediaStream | null} options.localStream
    * @param {(stream: MediaStream | null, peer: Peer | null) => void} options.onRemoteStream
    * @param {(state: MediaState, peer: Peer | null) => void} options.onMediaState
@@ -303,10 +375,13 @@ export class CallController {
    *   connection (created here or announced by the other side).
    * @param {() => void} [options.onConnectionClosed] The current connection was closed or replaced
    *   (its data channels are gone).
+   * @param {(problem: IceProblem | null) => void} [options.onIceProblem] The connection cannot work
+   *   with the ICE configuration (show it: otherwise the call just never connects), or null once
+   *   that is over.
    */
-  constructor({ send, getIceServers, localStream, onRemoteStream, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed }) {
+  constructor({ send, getIceConfig, localStream, onRemoteStream, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem }) {
     this.send = send;
-    this.getIceServers = getIceServers;
+    this.getIceConfig = getIceConfig;
     this.localStream = localStream;
     this.onRemoteStream = onRemoteStream;
     this.onMediaState = onMediaState;
@@ -314,6 +389,9 @@ export class CallController {
     this.onPeerLeft = onPeerLeft ?? (() => {});
     this.onDataChannel = onDataChannel;
     this.onConnectionClosed = onConnectionClosed ?? (() => {});
+    this.onIceProblem = onIceProblem ?? (() => {});
+    /** @type {IceProblem | null} */
+    this.iceProblem = null;
     this.polite = false;
     /** @type {PeerLink | null} */
     this.link = null;
@@ -357,6 +435,16 @@ export class CallController {
 
   /**
    * @private
+   * @param {IceProblem | null} problem
+   */
+  setIceProblem(problem) {
+    if (this.iceProblem === problem) return;
+    this.iceProblem = problem;
+    this.onIceProblem(problem);
+  }
+
+  /**
+   * @private
    * @param {MediaState} state
    */
   report(state) {
@@ -373,16 +461,19 @@ export class CallController {
    */
   async connect(peerId, answering) {
     this.cancelAwaitingOffer();
-    const iceServers = await this.getIceServers();
+    const iceConfig = await this.getIceConfig();
     if (this.closed) return;
     this.dropLink();
+    const problem = iceConfigProblem(iceConfig);
+    if (problem) console.error("Relay only, but no TURN server is configured: the call cannot connect");
+    this.setIceProblem(problem);
     // The first offer carries the data channels: create them unless the offer being answered has.
     const channelsComing = !!answering && answering.type === "offer" && /^m=application /m.test(answering.sdp ?? "");
     const onDataChannel = this.onDataChannel;
     const link = new PeerLink({
       peerId,
       polite: this.polite,
-      iceServers,
+      iceConfig,
       localStream: this.localStream,
       send: this.send,
       createChannels: !channelsComing && !!onDataChannel,
@@ -391,7 +482,12 @@ export class CallController {
         if (this.link === link) this.onRemoteStream(stream, this.peerOf(peerId));
       },
       onStateChange: (l) => {
-        if (this.link === l) this.report(l.mediaState);
+        if (this.link !== l) return;
+        if (l.mediaState === "connected") this.setIceProblem(null);
+        this.report(l.mediaState);
+      },
+      onIceProblem: (p) => {
+        if (this.link === link) this.setIceProblem(p);
       },
     });
     this.link = link;
@@ -413,7 +509,7 @@ export class CallController {
     }
     this.dropLink();
     this.report("connecting");
-    void this.getIceServers(); // Warm the cache meanwhile.
+    void this.getIceConfig(); // Warm the cache meanwhile.
     const timer = setTimeout(() => {
       this.enqueue(async () => {
         if (this.awaitingOffer && this.awaitingOffer.timer === timer) {
@@ -437,6 +533,7 @@ export class CallController {
     const old = this.link;
     this.link = null;
     old.close();
+    this.setIceProblem(null);
     if (/** @type {any} */ (window).consultPc === old.pc) /** @type {any} */ (window).consultPc = null;
     this.onConnectionClosed();
     this.onRemoteStream(null, null);

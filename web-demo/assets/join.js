@@ -20,6 +20,7 @@ import { announce, byId, formatDateTime, showError, showView } from "./ui.js";
 /** @typedef {import('./protocol.js').ConsultationMode} ConsultationMode */
 /** @typedef {import('./protocol.js').ServerMessage} ServerMessage */
 /** @typedef {import('./call.js').MediaState} MediaState */
+/** @typedef {import('./call.js').IceProblem} IceProblem */
 
 /**
  * What sessionStorage keeps for this tab.
@@ -60,6 +61,8 @@ let signalingState = "closed";
 /** @type {MediaState} */
 let mediaState = "waiting";
 let presenceNote = "";
+/** @type {IceProblem | null} Why the connection cannot work, shown as an error. */
+let iceProblem = null;
 let inCall = false;
 
 // ---------------------------------------------------------------------------------------------
@@ -386,7 +389,7 @@ function enterWaiting(place) {
   /** @type {CallController} */
   const created = new CallController({
     send: (m) => (signaling ? signaling.send(m) : false),
-    getIceServers: () => ice.get(),
+    getIceConfig: () => ice.get(),
     localStream,
     onRemoteStream: (remote, peer) => {
       callView.setRemoteStream(remote, `Waiting for ${doctorName()}…`, peer ? peer.name || doctorName() : "");
@@ -418,6 +421,11 @@ function enterWaiting(place) {
     },
     onConnectionClosed: () => {
       if (controller === created) messagingView.connectionClosed();
+    },
+    onIceProblem: (problem) => {
+      if (controller !== created) return;
+      iceProblem = problem;
+      updateStatus();
     },
   });
   controller = created;
@@ -519,6 +527,14 @@ function enterCall(mode) {
   announce(`${doctorName()} let you in.`);
 }
 
+/** What the patient is told when the connection cannot work with the service's ICE configuration. */
+const ICE_PROBLEMS = /** @type {Record<IceProblem, string>} */ ({
+  "relay-not-configured":
+    "The call cannot connect: this service sends calls through a relay server, and none is set up. Please tell your clinic.",
+  "relay-unreachable":
+    "The call cannot connect: the relay server for calls could not be reached. Check your internet connection; if that does not help, please tell your clinic.",
+});
+
 function updateStatus() {
   if (!inCall) {
     waitingStatus.textContent =
@@ -532,6 +548,8 @@ function updateStatus() {
   }
   if (signalingState === "reconnecting" || !navigator.onLine) {
     callView.setStatus("Connection lost — reconnecting…", "warning");
+  } else if (iceProblem) {
+    callView.setStatus(ICE_PROBLEMS[iceProblem], "error");
   } else if (presenceNote) {
     callView.setStatus(presenceNote, "warning");
   } else if (mediaState === "reconnecting") {
@@ -571,6 +589,7 @@ function finish(notice, options = {}) {
   stream = null;
   inCall = false;
   presenceNote = "";
+  iceProblem = null;
   mediaState = "waiting";
   /** @type {any} */ (window).consultPc = null;
   if (!options.keepPlace) forgetAll();

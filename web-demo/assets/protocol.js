@@ -150,7 +150,20 @@ export const PROTOCOL_VERSION = 1;
  * @property {string} [credential]
  */
 
-/** @typedef {{ ice_servers: IceServer[], ttl_secs: number }} IceServers */
+/**
+ * Which candidates a client may use, passed as `iceTransportPolicy`: `relay` means TURN relay
+ * candidates only (media goes through TURN and neither side learns the other's address).
+ * @typedef {"all" | "relay"} IceTransportPolicy
+ */
+
+/**
+ * `GET /api/v1/ice-servers`.
+ * @typedef {object} IceServers
+ * @property {IceServer[]} ice_servers Servers to pass as `iceServers`.
+ * @property {IceTransportPolicy} ice_transport_policy Pass as `iceTransportPolicy` (a service
+ *   older than this field leaves it out: then `all`).
+ * @property {number} ttl_secs How long the TURN credentials stay valid, in seconds.
+ */
 
 // ---------------------------------------------------------------------------------------------
 // Signaling (signal.rs)

@@ -249,7 +249,10 @@ pub struct Peer {
     events: VecDeque<PeerEvent>,
     stats: Stats,
     last_stats_at: Option<Instant>,
-    connected: bool,
+    /// DTLS finished (SRTP keys set); stays true across ICE restarts.
+    dtls_up: bool,
+    /// ICE has a working pair.
+    ice_up: bool,
     video_stream_configured: bool,
 }
 
@@ -304,14 +307,15 @@ impl Peer {
             events: VecDeque::new(),
             stats: Stats::default(),
             last_stats_at: None,
-            connected: false,
+            dtls_up: false,
+            ice_up: false,
             video_stream_configured: false,
         }
     }
 
     /// Whether ICE and DTLS are up.
     pub fn is_connected(&self) -> bool {
-        self.connected
+        self.dtls_up && self.ice_up
     }
 
     /// This side's role in perfect negotiation.
@@ -506,18 +510,21 @@ impl Peer {
     fn handle_event(&mut self, event: Event) {
         match event {
             Event::Connected => {
-                self.connected = true;
+                self.dtls_up = true;
+                self.ice_up = true;
                 self.events.push_back(PeerEvent::Connected);
             }
             Event::IceConnectionStateChange(state) => {
                 if state == IceConnectionState::Disconnected {
-                    self.connected = false;
+                    self.ice_up = false;
                     self.events.push_back(PeerEvent::Disconnected);
                 } else if matches!(
                     state,
                     IceConnectionState::Connected | IceConnectionState::Completed
                 ) {
-                    self.connected = true;
+                    // ICE alone is not "connected": media needs the DTLS-SRTP keys too. After an
+                    // ICE restart DTLS is still up, so this is the reconnection.
+                    self.ice_up = true;
                 }
                 self.events.push_back(PeerEvent::IceState(state));
             }
