@@ -311,7 +311,10 @@ export class IceServerCache {
         })
         .catch((err) => {
           console.warn("Could not fetch ICE servers", err);
-          return this.config ?? { iceServers: [], iceTransportPolicy: /** @type {RTCIceTransportPolicy} */ ("all") };
+          // Fail closed: without the service's answer we cannot know whether it forbids sharing
+          // addresses, so nothing but a relay is used (the call shows why it cannot connect, and
+          // the next attempt asks again).
+          return this.config ?? { iceServers: [], iceTransportPolicy: /** @type {RTCIceTransportPolicy} */ ("relay") };
         })
         .finally(() => {
           this.pending = null;
