@@ -217,23 +217,33 @@ pub async fn login(
         .bind(account.user.id.to_string())
         .execute(&state.pool)
         .await?;
-    let (token, session) = sessions::create(&state, &account.user).await?;
-    state
-        .audit
-        .record(
-            now,
-            &actor(&account.user),
-            Action::SignIn,
-            None,
-            json!({ "address": address.to_string() }),
-        )
-        .await?;
+    let (token, session) = start_session(&state, &account.user, address).await?;
     Ok(signed_in(
         &state,
         &token,
         LoginResponse::SignedIn { session },
         StatusCode::OK,
     ))
+}
+
+/// Open a session for a user who passed every factor, and audit the sign-in.
+async fn start_session(
+    state: &AppState,
+    user: &User,
+    address: IpAddr,
+) -> Result<(Token, Session), ApiError> {
+    let (token, session) = sessions::create(state, user).await?;
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            &actor(user),
+            Action::SignIn,
+            None,
+            json!({ "address": address.to_string() }),
+        )
+        .await?;
+    Ok((token, session))
 }
 
 fn actor(user: &User) -> String {
@@ -457,17 +467,7 @@ pub async fn mfa_enrol(
             json!({ "method": "totp" }),
         )
         .await?;
-    let (session_token, session) = sessions::create(&state, &account.user).await?;
-    state
-        .audit
-        .record(
-            now,
-            &actor(&account.user),
-            Action::SignIn,
-            None,
-            json!({ "address": address.to_string() }),
-        )
-        .await?;
+    let (session_token, session) = start_session(&state, &account.user, address).await?;
     Ok(signed_in(
         &state,
         &session_token,
