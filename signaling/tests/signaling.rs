@@ -432,17 +432,9 @@ async fn a_reconnect_within_the_grace_period_gets_its_place_back() {
 #[tokio::test]
 async fn ending_a_consultation_disconnects_everyone_and_kills_the_link() {
     let svc = TestService::start().await;
-    let doctor = svc.doctor("eve@clinic.test").await;
-    let (consultation, invite) = doctor.create_consultation().await;
-    let (mut doc_ws, _) = doctor.join(&svc, consultation.id).await;
-    let patient = svc.patient(&invite, "Pat").await;
-    let (mut pat_ws, _) = svc.join_patient(&patient.participant_token).await;
-    doc_ws
-        .send(&ClientMessage::Admit {
-            participant_id: patient.participant_id,
-        })
-        .await;
-    pat_ws.recv_type("admitted").await;
+    let call = svc.admitted_call("eve@clinic.test").await;
+    let (doctor, consultation, invite) = (call.doctor, call.consultation, call.invite);
+    let (mut doc_ws, mut pat_ws) = (call.doctor_ws, call.patient_ws);
     let r = doctor
         .bearer(
             Method::POST,
@@ -607,21 +599,14 @@ async fn a_websocket_from_another_origin_is_refused() {
 #[tokio::test]
 async fn a_whole_consultation_leaves_an_intact_audit_chain_without_secrets() {
     let svc = TestService::start().await;
-    let doctor = svc.doctor("jo@clinic.test").await;
-    let (consultation, invite) = doctor.create_consultation().await;
-    let (mut doc_ws, doctor_joined) = doctor.join(&svc, consultation.id).await;
-    let patient = svc.patient(&invite, "Pat").await;
-    let (mut pat_ws, _) = svc.join_patient(&patient.participant_token).await;
-    doc_ws
-        .send(&ClientMessage::Admit {
-            participant_id: patient.participant_id,
-        })
-        .await;
-    pat_ws.recv_type("admitted").await;
+    let call = svc.admitted_call("jo@clinic.test").await;
+    let (doctor, consultation, invite, patient) =
+        (call.doctor, call.consultation, call.invite, call.patient);
+    let (mut doc_ws, mut pat_ws, doctor_id) = (call.doctor_ws, call.patient_ws, call.doctor_id);
     let sdp_marker = "a=fingerprint:sha-256 SECRET-SDP-MARKER";
     pat_ws
         .send(&ClientMessage::Description {
-            to: participant_id(&doctor_joined),
+            to: doctor_id,
             description: SessionDescription {
                 kind: SdpKind::Offer,
                 sdp: sdp_marker.into(),

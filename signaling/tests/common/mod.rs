@@ -201,6 +201,45 @@ impl TestService {
     }
 }
 
+/// A consultation with its doctor and an admitted patient, both connected to signaling.
+pub struct AdmittedCall {
+    pub doctor: Doctor,
+    pub consultation: Consultation,
+    pub invite: String,
+    pub doctor_ws: Signal,
+    pub doctor_id: uuid::Uuid,
+    pub patient: RedeemInviteResponse,
+    pub patient_ws: Signal,
+}
+
+impl TestService {
+    /// A doctor (`email`) joins a new consultation, a patient redeems its invite and joins, and
+    /// the doctor admits them over the socket.
+    pub async fn admitted_call(&self, email: &str) -> AdmittedCall {
+        let doctor = self.doctor(email).await;
+        let (consultation, invite) = doctor.create_consultation().await;
+        let (mut doctor_ws, joined) = doctor.join(self, consultation.id).await;
+        let patient = self.patient(&invite, "Pat").await;
+        let (mut patient_ws, _) = self.join_patient(&patient.participant_token).await;
+        doctor_ws
+            .send(&ClientMessage::Admit {
+                participant_id: patient.participant_id,
+            })
+            .await;
+        patient_ws.recv_type("admitted").await;
+        doctor_ws.recv_type("peer_joined").await;
+        AdmittedCall {
+            doctor_id: participant_id(&joined),
+            doctor,
+            consultation,
+            invite,
+            doctor_ws,
+            patient,
+            patient_ws,
+        }
+    }
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .cookie_store(true)
