@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::audit::{Action, AuditLog};
 use crate::auth::{password, totp};
 use crate::db::{self, from_unix, to_unix};
-use crate::secrets::Token;
+use crate::secrets::{SealingKey, Token};
 
 /// An account as stored.
 #[derive(Debug, Clone)]
@@ -19,7 +19,8 @@ pub struct Account {
     pub user: User,
     /// Argon2id PHC string; `None` until enrolled.
     pub password_hash: Option<String>,
-    /// Base32 TOTP secret; `None` until the second factor is enrolled.
+    /// The base32 TOTP secret, sealed with the service's [`SealingKey`] for [`totp_owner`];
+    /// `None` until the second factor is enrolled.
     pub totp_secret: Option<String>,
     /// Step of the last accepted TOTP code.
     pub totp_last_step: Option<u64>,
@@ -48,6 +49,11 @@ fn account_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<Account> {
         failed_logins: row.get::<i64, _>(7) as u32,
         locked_until: row.get::<Option<i64>, _>(8).map(from_unix),
     })
+}
+
+/// The associated data a user's sealed TOTP secret is bound to.
+pub fn totp_owner(user_id: Uuid) -> String {
+    format!("totp:{user_id}")
 }
 
 /// Normalise an email for lookup and storage.
@@ -200,13 +206,18 @@ pub const DEMO_EMAIL: &str = "demo.doctor@consult.localhost";
 pub async fn seed_demo_doctor(
     pool: &SqlitePool,
     audit: &AuditLog,
+    sealing_key: &SealingKey,
     now: OffsetDateTime,
     existing: Option<&DemoCredentials>,
     url: &str,
 ) -> anyhow::Result<DemoCredentials> {
     if let (Some(creds), Some(account)) = (existing, find_by_email(pool, DEMO_EMAIL).await?) {
         let password_ok = password::verify(&creds.password, account.password_hash.as_deref());
-        if password_ok && account.totp_secret.as_deref() == Some(creds.totp_secret.as_str()) {
+        let stored = account
+            .totp_secret
+            .as_deref()
+            .and_then(|sealed| sealing_key.open(sealed, &totp_owner(account.user.id)).ok());
+        if password_ok && stored.as_deref() == Some(creds.totp_secret.as_str()) {
             return Ok(DemoCredentials {
                 url: url.to_owned(),
                 ..creds.clone()
@@ -223,7 +234,7 @@ pub async fn seed_demo_doctor(
                  failed_logins = 0, locked_until = NULL WHERE id = ?",
             )
             .bind(&hash)
-            .bind(&totp_secret)
+            .bind(sealing_key.seal(&totp_secret, &totp_owner(account.user.id)))
             .bind(account.user.id.to_string())
             .execute(pool)
             .await?;
@@ -237,7 +248,7 @@ pub async fn seed_demo_doctor(
             .bind(id.to_string())
             .bind(DEMO_EMAIL)
             .bind(&hash)
-            .bind(&totp_secret)
+            .bind(sealing_key.seal(&totp_secret, &totp_owner(id)))
             .bind(to_unix(now))
             .execute(pool)
             .await?;

@@ -232,6 +232,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let creds = accounts::seed_demo_doctor(
             &state.pool,
             &state.audit,
+            &state.sealing_key,
             state.clock.now(),
             existing.as_ref(),
             &format!("{}/", running.url),

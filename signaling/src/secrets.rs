@@ -96,3 +96,160 @@ mod tests {
         );
     }
 }
+
+/// Seals secrets the service must be able to read back (TOTP seeds) with AES-256-GCM under a key
+/// kept in the data directory, outside the database: a copy of the database alone (a backup, a
+/// leaked file) does not reveal them. Each sealed value is bound to what it belongs to (the
+/// associated data), so it cannot be moved to another row.
+pub struct SealingKey(aes_gcm::Aes256Gcm);
+
+/// Why a sealed value could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// Not of the form `v1:<base64>`, or too short.
+    #[error("malformed sealed value")]
+    Malformed,
+    /// Wrong key, wrong owner, or tampered with.
+    #[error("sealed value does not authenticate")]
+    Unauthentic,
+    /// The key file could not be read or written.
+    #[error("sealing key: {0}")]
+    Key(#[from] std::io::Error),
+}
+
+const SEALED_PREFIX: &str = "v1:";
+
+impl SealingKey {
+    /// Load `DATA_DIR/keys/seal.key`, creating it (owner-only) on first use.
+    pub fn load_or_create(data_dir: &std::path::Path) -> Result<Self, SealError> {
+        use aes_gcm::KeyInit;
+        let dir = data_dir.join("keys");
+        let path = dir.join("seal.key");
+        let mut key = [0u8; 32];
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let bytes = URL_SAFE_NO_PAD
+                    .decode(text.trim())
+                    .map_err(|_| SealError::Malformed)?;
+                if bytes.len() != 32 {
+                    return Err(SealError::Malformed);
+                }
+                key.copy_from_slice(&bytes);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir)?;
+                OsRng.fill_bytes(&mut key);
+                crate::server::write_private(&path, URL_SAFE_NO_PAD.encode(key).as_bytes())?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).map_err(|_| SealError::Malformed)?;
+        key.zeroize();
+        Ok(Self(cipher))
+    }
+
+    /// Seal `plaintext` for `owner` (associated data).
+    pub fn seal(&self, plaintext: &str, owner: &str) -> String {
+        use aes_gcm::aead::{Aead, Payload};
+        let mut nonce = [0u8; 12];
+        OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .0
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: owner.as_bytes(),
+                },
+            )
+            // AES-GCM encryption only fails for inputs far beyond a TOTP seed's size.
+            .unwrap_or_default();
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        format!("{SEALED_PREFIX}{}", URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// Open a value sealed for `owner`.
+    pub fn open(&self, sealed: &str, owner: &str) -> Result<String, SealError> {
+        use aes_gcm::aead::{Aead, Payload};
+        let encoded = sealed
+            .strip_prefix(SEALED_PREFIX)
+            .ok_or(SealError::Malformed)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| SealError::Malformed)?;
+        if bytes.len() < 12 + 16 {
+            return Err(SealError::Malformed);
+        }
+        let (nonce, ciphertext) = bytes.split_at(12);
+        let plain = self
+            .0
+            .decrypt(
+                nonce.into(),
+                Payload {
+                    msg: ciphertext,
+                    aad: owner.as_bytes(),
+                },
+            )
+            .map_err(|_| SealError::Unauthentic)?;
+        String::from_utf8(plain).map_err(|_| SealError::Malformed)
+    }
+}
+
+#[cfg(test)]
+mod sealing_tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_with_the_key_and_for_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SealingKey::load_or_create(dir.path()).unwrap();
+        let sealed = key.seal("JBSWY3DPEHPK3PXP", "totp:alice");
+        assert!(sealed.starts_with("v1:") && !sealed.contains("JBSWY3DPEHPK3PXP"));
+        assert_ne!(
+            sealed,
+            key.seal("JBSWY3DPEHPK3PXP", "totp:alice"),
+            "fresh nonce each time"
+        );
+        assert_eq!(key.open(&sealed, "totp:alice").unwrap(), "JBSWY3DPEHPK3PXP");
+        assert!(matches!(
+            key.open(&sealed, "totp:mallory"),
+            Err(SealError::Unauthentic)
+        ));
+        // The key persists across restarts; another data directory has another key.
+        let again = SealingKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(
+            again.open(&sealed, "totp:alice").unwrap(),
+            "JBSWY3DPEHPK3PXP"
+        );
+        let other = SealingKey::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert!(matches!(
+            other.open(&sealed, "totp:alice"),
+            Err(SealError::Unauthentic)
+        ));
+        // Tampering and garbage are refused.
+        let mut tampered = sealed.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        assert!(key
+            .open(std::str::from_utf8(&tampered).unwrap(), "totp:alice")
+            .is_err());
+        assert!(matches!(
+            key.open("JBSWY3DPEHPK3PXP", "totp:alice"),
+            Err(SealError::Malformed)
+        ));
+        assert!(matches!(
+            key.open("v1:AAAA", "totp:alice"),
+            Err(SealError::Malformed)
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("keys/seal.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0);
+        }
+    }
+}

@@ -132,7 +132,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     } else {
         None
     };
-    let state = AppState::new(config, pool, clock, url.clone());
+    let sealing_key = crate::secrets::SealingKey::load_or_create(&config.data_dir)
+        .context("loading the sealing key")?;
+    let state = AppState::new(config, pool, clock, url.clone(), sealing_key);
     let service = app::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = Handle::new();
     let task = match tls {

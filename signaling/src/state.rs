@@ -10,6 +10,7 @@ use crate::auth::throttle::AddressThrottle;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::secrets::SealingKey;
 use crate::signal::hub::Hub;
 
 /// Cheap to clone: everything lives behind one `Arc`.
@@ -34,6 +35,8 @@ pub struct Shared {
     pub address_throttle: AddressThrottle,
     /// Base URL for links, without a trailing slash.
     pub public_url: String,
+    /// Seals TOTP seeds at rest (the key lives outside the database).
+    pub sealing_key: SealingKey,
 }
 
 impl AppState {
@@ -43,6 +46,7 @@ impl AppState {
         pool: SqlitePool,
         clock: Arc<dyn Clock>,
         public_url: String,
+        sealing_key: SealingKey,
     ) -> Self {
         let metrics = Metrics::new();
         Self(Arc::new(Shared {
@@ -54,6 +58,7 @@ impl AppState {
             pool,
             clock,
             public_url: public_url.trim_end_matches('/').to_owned(),
+            sealing_key,
         }))
     }
 }

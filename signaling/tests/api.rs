@@ -93,6 +93,38 @@ async fn enrolment_link_sets_a_password_once_and_totp_enrolment_yields_a_session
 }
 
 #[tokio::test]
+async fn totp_seeds_are_sealed_in_the_database() {
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("seal@clinic.test").await;
+    let stored: String = sqlx::query_scalar("SELECT totp_secret FROM users WHERE email = ?")
+        .bind(&doctor.email)
+        .fetch_one(&svc.state().pool)
+        .await
+        .unwrap();
+    assert!(stored.starts_with("v1:"), "sealed, not the seed itself");
+    assert!(!stored.contains(&doctor.totp_secret));
+    // Moving a sealed seed to another account does not work: it is bound to its owner.
+    let other = svc.create_account("other@clinic.test", Role::Doctor).await;
+    let _ = other;
+    sqlx::query("UPDATE users SET totp_secret = ?, password_hash = (SELECT password_hash FROM users WHERE email = ?) WHERE email = 'other@clinic.test'")
+        .bind(&stored)
+        .bind(&doctor.email)
+        .execute(&svc.state().pool)
+        .await
+        .unwrap();
+    svc.next_totp_step();
+    let code = totp::code_at(&doctor.totp_secret, svc.now_unix()).unwrap();
+    let r = svc
+        .login("other@clinic.test", &doctor.password, Some(&code))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "a transplanted seed does not open"
+    );
+}
+
+#[tokio::test]
 async fn sign_in_needs_the_totp_code_and_refuses_wrong_and_replayed_codes() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("bo@clinic.test").await;

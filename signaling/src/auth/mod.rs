@@ -151,9 +151,13 @@ pub async fn login(
         }
     };
 
-    let Some(secret) = account.totp_secret.clone() else {
+    let Some(sealed) = account.totp_secret.as_deref() else {
         return start_mfa_enrolment(&state, &account).await;
     };
+    let secret = state
+        .sealing_key
+        .open(sealed, &accounts::totp_owner(account.user.id))
+        .map_err(|e| ApiError::Internal(e.into()))?;
     if let Some(code) = req.recovery_code.as_deref() {
         if !use_recovery_code(&state, &account, code).await? {
             return Err(fail(
@@ -367,7 +371,7 @@ async fn start_mfa_enrolment(state: &AppState, account: &Account) -> Result<Resp
     sqlx::query("INSERT INTO mfa_enrolments (token_hash, user_id, totp_secret, expires_at) VALUES (?, ?, ?, ?)")
         .bind(token.hash().0)
         .bind(account.user.id.to_string())
-        .bind(&secret)
+        .bind(state.sealing_key.seal(&secret, &accounts::totp_owner(account.user.id)))
         .bind(to_unix(now + MFA_ENROLMENT_TTL))
         .execute(&state.pool)
         .await?;
@@ -409,7 +413,7 @@ pub async fn mfa_enrol(
     let Some(row) = row else {
         return Err(ApiError::Unauthenticated);
     };
-    let (user_id, secret, expires_at): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+    let (user_id, sealed, expires_at): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
     if from_unix(expires_at) <= now {
         return Err(ApiError::Unauthenticated);
     }
@@ -417,6 +421,10 @@ pub async fn mfa_enrol(
     let account = accounts::find_by_id(&state.pool, user_uuid)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
+    let secret = state
+        .sealing_key
+        .open(&sealed, &accounts::totp_owner(account.user.id))
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let step = match totp::verify(&secret, &req.totp, unix_now(now), None) {
         Ok(step) => step,
         Err(_) => {
@@ -439,8 +447,9 @@ pub async fn mfa_enrol(
     if claimed.rows_affected() != 1 {
         return Err(ApiError::Unauthenticated);
     }
+    // Stored as sealed, for the same owner.
     sqlx::query("UPDATE users SET totp_secret = ?, totp_last_step = ?, failed_logins = 0, locked_until = NULL WHERE id = ?")
-        .bind(&secret)
+        .bind(&sealed)
         .bind(step as i64)
         .bind(&user_id)
         .execute(&mut *tx)

@@ -45,6 +45,7 @@ impl Clinic {
         let creds = accounts::seed_demo_doctor(
             &state.pool,
             &state.audit,
+            &state.sealing_key,
             state.clock.now(),
             None,
             &server.url,
