@@ -13,6 +13,25 @@ import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
 
+/**
+ * A `data` listener that hands complete lines (without the newline) to `onLine`, keeping a
+ * partial last line until the rest arrives.
+ * @param {(line: string) => void} onLine
+ * @returns {(chunk: Buffer) => void}
+ */
+export function lineSplitter(onLine) {
+  let buffer = "";
+  return (chunk) => {
+    buffer += chunk.toString("utf8");
+    let newline;
+    while ((newline = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, newline);
+      buffer = buffer.slice(newline + 1);
+      onLine(line);
+    }
+  };
+}
+
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const CONSULT_BIN = process.env.CONSULT_BIN ?? join(REPO_ROOT, "target", "debug", "consult");
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -67,22 +86,15 @@ export async function startService({ timeoutMs = 60_000, env = {} } = {}) {
     failed = rej;
   });
   /** @param {string} stream */
-  const reader = (stream) => {
-    let buffer = "";
-    return (/** @type {Buffer} */ chunk) => {
-      buffer += chunk.toString("utf8");
-      let newline;
-      while ((newline = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, newline).replace(ANSI, "");
-        buffer = buffer.slice(newline + 1);
-        logs.push(`[${stream}] ${line}`);
-        if (logs.length > 400) logs.shift();
-        if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[consult ${stream}] ${line}\n`);
-        const match = /Consult is running at\s+(\S+)/.exec(line);
-        if (match) foundUrl(match[1].replace(/[.,;)\]>]+$/, ""));
-      }
-    };
-  };
+  const reader = (stream) =>
+    lineSplitter((raw) => {
+      const line = raw.replace(ANSI, "");
+      logs.push(`[${stream}] ${line}`);
+      if (logs.length > 400) logs.shift();
+      if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[consult ${stream}] ${line}\n`);
+      const match = /Consult is running at\s+(\S+)/.exec(line);
+      if (match) foundUrl(match[1].replace(/[.,;)\]>]+$/, ""));
+    });
   child.stdout.on("data", reader("stdout"));
   child.stderr.on("data", reader("stderr"));
   child.on("error", (err) => failed(new Error(`could not start ${CONSULT_BIN}: ${err.message}`)));
@@ -253,21 +265,14 @@ export async function startTurnServer({ timeoutMs = 20_000 } = {}) {
     /** @type {string | null} */
     let exited = null;
     /** @param {string} stream */
-    const reader = (stream) => {
-      let buffer = "";
-      return (/** @type {Buffer} */ chunk) => {
-        buffer += chunk.toString("utf8");
-        let newline;
-        while ((newline = buffer.indexOf("\n")) >= 0) {
-          const line = buffer.slice(0, newline).trimEnd();
-          buffer = buffer.slice(newline + 1);
-          if (!line) continue;
-          logs.push(`[${stream}] ${line}`);
-          if (logs.length > 2000) logs.shift();
-          if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[turnserver ${stream}] ${line}\n`);
-        }
-      };
-    };
+    const reader = (stream) =>
+      lineSplitter((raw) => {
+        const line = raw.trimEnd();
+        if (!line) return;
+        logs.push(`[${stream}] ${line}`);
+        if (logs.length > 2000) logs.shift();
+        if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[turnserver ${stream}] ${line}\n`);
+      });
     child.stdout.on("data", reader("stdout"));
     child.stderr.on("data", reader("stderr"));
     child.on("error", (err) => {
@@ -1052,35 +1057,28 @@ export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 60
   /** @type {string | null} */
   let exited = null;
   /** @param {string} stream */
-  const reader = (stream) => {
-    let buffer = "";
-    return (/** @type {Buffer} */ chunk) => {
-      buffer += chunk.toString("utf8");
-      let newline;
-      while ((newline = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, newline).trimEnd();
-        buffer = buffer.slice(newline + 1);
-        if (!line) continue;
-        if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[echo-bot ${stream}] ${line}\n`);
-        /** @type {any} */
-        let event = null;
-        if (stream === "stdout" && line.startsWith("{")) {
-          try {
-            event = JSON.parse(line);
-            events.push(event);
-          } catch {
-            // Not JSON after all: only in the output.
-          }
+  const reader = (stream) =>
+    lineSplitter((raw) => {
+      const line = raw.trimEnd();
+      if (!line) return;
+      if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[echo-bot ${stream}] ${line}\n`);
+      /** @type {any} */
+      let event = null;
+      if (stream === "stdout" && line.startsWith("{")) {
+        try {
+          event = JSON.parse(line);
+          events.push(event);
+        } catch {
+          // Not JSON after all: only in the output.
         }
-        // The per-second lines would drown everything else: keep only the latest few of each.
-        const periodic = event && PERIODIC_EVENTS.includes(event.event) ? event.event : null;
-        const marker = `"event":"${periodic}"`;
-        if (!periodic || output.filter((l) => l.includes(marker)).length < 3) output.push(`[${stream}] ${line}`);
-        else output.splice(output.findLastIndex((l) => l.includes(marker)), 1, `[${stream}] ${line}`);
-        if (output.length > 300) output.shift();
       }
-    };
-  };
+      // The per-second lines would drown everything else: keep only the latest few of each.
+      const periodic = event && PERIODIC_EVENTS.includes(event.event) ? event.event : null;
+      const marker = `"event":"${periodic}"`;
+      if (!periodic || output.filter((l) => l.includes(marker)).length < 3) output.push(`[${stream}] ${line}`);
+      else output.splice(output.findLastIndex((l) => l.includes(marker)), 1, `[${stream}] ${line}`);
+      if (output.length > 300) output.shift();
+    });
   child.stdout.on("data", reader("stdout"));
   child.stderr.on("data", reader("stderr"));
   child.on("error", (err) => {

@@ -170,10 +170,8 @@ export class Messaging {
     return null;
   }
 
-  /**
-   * The peer connection was closed or replaced: forget its channels; transfers in flight fail.
-   */
-  connectionClosed() {
+  /** Stop listening to every channel and forget them. */
+  detachChannels() {
     for (const channel of this.channels) {
       channel.onopen = null;
       channel.onclose = null;
@@ -184,22 +182,20 @@ export class Messaging {
     this.channels.clear();
     this.chatChannels = [];
     this.fileChannels = [];
+  }
+
+  /**
+   * The peer connection was closed or replaced: forget its channels; transfers in flight fail.
+   */
+  connectionClosed() {
+    this.detachChannels();
     this.files.connectionLost();
     this.onChannels();
   }
 
   /** The call is over: forget channels and transfers without reporting anything. */
   clear() {
-    for (const channel of this.channels) {
-      channel.onopen = null;
-      channel.onclose = null;
-      channel.onmessage = null;
-      channel.onerror = null;
-      channel.onbufferedamountlow = null;
-    }
-    this.channels.clear();
-    this.chatChannels = [];
-    this.fileChannels = [];
+    this.detachChannels();
     this.files.clear();
     this.onChannels();
   }
