@@ -35,6 +35,8 @@ pub struct Config {
     pub signaling: SignalingConfig,
     /// STUN and TURN servers handed to clients.
     pub ice: IceConfig,
+    /// The organisation's policy.
+    pub policy: PolicyConfig,
     /// Log filter, in `RUST_LOG` syntax.
     pub log: String,
 }
@@ -98,6 +100,15 @@ pub struct SignalingConfig {
     pub max_messages_per_second: u32,
 }
 
+/// The organisation's policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Every consultation is end-to-end encrypted (SFrame): creating one without is refused, and
+    /// a client that cannot do it gets no media.
+    pub e2ee_required: bool,
+}
+
 /// STUN and TURN servers handed to clients by `GET /api/v1/ice-servers`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -131,6 +142,7 @@ impl Default for Config {
                 turn_credential_ttl: Duration::from_secs(3600),
                 ..IceConfig::default()
             },
+            policy: PolicyConfig::default(),
             log: "info".into(),
         }
     }
@@ -199,6 +211,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "invite",
     "signaling",
     "ice",
+    "policy",
     "log",
 ];
 

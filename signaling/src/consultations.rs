@@ -41,6 +41,8 @@ pub struct ConsultationRecord {
     pub scheduled_at: Option<OffsetDateTime>,
     /// Mode.
     pub mode: ConsultationMode,
+    /// End-to-end encrypted.
+    pub e2ee: bool,
     /// Status.
     pub status: ConsultationStatus,
     /// Created.
@@ -57,6 +59,7 @@ impl ConsultationRecord {
             doctor_user_id: self.doctor_id,
             doctor_name: self.doctor_name.clone(),
             mode: self.mode,
+            e2ee: self.e2ee,
         }
     }
 }
@@ -69,7 +72,7 @@ fn mode_str(mode: ConsultationMode) -> &'static str {
 }
 
 const SELECT: &str = "SELECT c.id, c.doctor_id, u.display_name, c.title, c.scheduled_at, c.mode, \
-     c.status, c.created_at, c.ended_at FROM consultations c JOIN users u ON u.id = c.doctor_id";
+     c.status, c.created_at, c.ended_at, c.e2ee FROM consultations c JOIN users u ON u.id = c.doctor_id";
 
 fn record_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<ConsultationRecord> {
     let id: String = row.get(0);
@@ -94,6 +97,7 @@ fn record_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<ConsultationR
         },
         created_at: from_unix(row.get(7)),
         ended_at: row.get::<Option<i64>, _>(8).map(from_unix),
+        e2ee: row.get::<i64, _>(9) != 0,
     })
 }
 
@@ -145,6 +149,7 @@ async fn view(
         title: record.title.clone(),
         scheduled_at: record.scheduled_at,
         mode: record.mode,
+        e2ee: record.e2ee,
         status: record.status,
         created_at: record.created_at,
         ended_at: record.ended_at,
@@ -190,11 +195,19 @@ pub async fn create(
             "recorded consultations are not available on this service yet; use live_only",
         ));
     }
+    let e2ee_required = state.config.policy.e2ee_required;
+    if e2ee_required && req.e2ee == Some(false) {
+        return Err(ApiError::bad_request(
+            "e2ee_required",
+            "this organisation requires end-to-end encryption for every consultation",
+        ));
+    }
+    let e2ee = req.e2ee.unwrap_or(e2ee_required);
     let now = state.clock.now();
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO consultations (id, doctor_id, title, scheduled_at, mode, status, created_at)
-         VALUES (?, ?, ?, ?, ?, 'open', ?)",
+        "INSERT INTO consultations (id, doctor_id, title, scheduled_at, mode, status, created_at, e2ee)
+         VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
     )
     .bind(id.to_string())
     .bind(doctor.0.user.id.to_string())
@@ -202,6 +215,7 @@ pub async fn create(
     .bind(req.scheduled_at.map(to_unix))
     .bind(mode_str(mode))
     .bind(to_unix(now))
+    .bind(i64::from(e2ee))
     .execute(&state.pool)
     .await?;
     state
@@ -211,7 +225,7 @@ pub async fn create(
             &actor(&doctor),
             Action::ConsultationCreated,
             Some(id),
-            json!({ "mode": mode_str(mode) }),
+            json!({ "mode": mode_str(mode), "e2ee": e2ee }),
         )
         .await?;
     let invite = issue_invite(&state, &doctor, id).await?;

@@ -121,6 +121,7 @@ fn info(invite: &InviteRecord, consultation: &ConsultationRecord) -> InviteInfo 
         consultation_id: consultation.id,
         doctor_name: consultation.doctor_name.clone(),
         mode: consultation.mode,
+        e2ee: consultation.e2ee,
         expires_at: invite.expires_at,
     }
 }

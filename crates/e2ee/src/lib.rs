@@ -103,9 +103,12 @@
 //! connection. The transcript hash is SHA-256 of `"consult-e2ee/transcript/v1"` followed by the
 //! two DTLS fingerprints and then the two public keys, each pair sorted bytewise and each item
 //! prefixed with its u16 big-endian length; a fingerprint's bytes are the lower-case hash name,
-//! one zero byte, and the digest. `Z = X25519(own secret, peer public)`;
-//! `wrap_key(from→to) = HKDF-SHA256(salt = transcript hash, ikm = Z,
-//! info = "consult-e2ee/wrap/v1|" + from + "|" + to)`, 32 bytes. A sender's base key for an
+//! one zero byte, and the digest. `Z = X25519(own secret, peer public)`; the key hash is SHA-256
+//! of `"consult-e2ee/keys/v1"` followed by the two public keys (sorted, length-prefixed as
+//! above); `wrap_key(from→to) = HKDF-SHA256(salt = key hash, ikm = Z,
+//! info = "consult-e2ee/wrap/v1|" + from + "|" + to)`, 32 bytes. The wrap keys deliberately
+//! leave the DTLS fingerprints out: a middle that terminates DTLS and relays the key messages
+//! unchanged learns nothing (it lacks both X25519 secrets) and is exposed by the SAS instead. A sender's base key for an
 //! epoch (16 bytes for suite 4, 32 for suite 5) travels in `key {from, to, epoch, suite, nonce,
 //! wrapped}`, sealed with AES-256-GCM under `wrap_key(from→to)` with a random 12-byte nonce and
 //! AAD `"consult-e2ee/key/v1|" + from + "|" + to + "|" + epoch + "|" + suite`. The receiver answers
@@ -115,7 +118,8 @@
 //! **SAS.** `HKDF-SHA256(salt = empty, ikm = transcript hash, info = "consult-e2ee/sas/v1")`,
 //! 5 bytes as a big-endian integer modulo 10⁸, shown as two groups of four digits. Both DTLS
 //! fingerprints are in the transcript: a service that substitutes its own certificate in the
-//! SDP to sit in the middle gives the two sides different strings (and different wrap keys).
+//! SDP to sit in the middle gives the two sides different strings; one that also substitutes
+//! its own X25519 keys changes the public keys in the transcript as well.
 //!
 //! **Epochs.** A sender starts a new epoch when a peer connects (join), when it disconnects
 //! (leave), every [`ScheduleConfig::rotate_every`] (10 minutes by default), and when a counter

@@ -91,6 +91,15 @@ pub fn transcript_hash(
     Sha256::digest(&transcript).into()
 }
 
+/// SHA-256 of the two key-agreement public keys (sorted): the salt of the wrap keys.
+pub fn key_hash(local_public_key: &[u8], remote_public_key: &[u8]) -> [u8; 32] {
+    let mut input = b"consult-e2ee/keys/v1".to_vec();
+    for item in sorted(local_public_key, remote_public_key) {
+        push_item(&mut input, item);
+    }
+    Sha256::digest(&input).into()
+}
+
 /// A short authentication string: eight digits, shown as `NNNN NNNN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sas(u32);

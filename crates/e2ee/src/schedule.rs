@@ -16,7 +16,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::format::{self, FormatError, MediaFormat, ProtectedFrame};
-use crate::sas::{transcript_hash, Fingerprint, Sas};
+use crate::sas::{key_hash, transcript_hash, Fingerprint, Sas};
 use crate::sframe::{BaseKey, ReceiverKey, SenderKey, Suite};
 use crate::wire::{KeyMessage, WireError};
 
@@ -87,6 +87,8 @@ pub enum Rejection {
     KeyMalformed,
     /// A key message whose wrapped key did not decrypt (wrong transcript, tampering).
     KeyUndecryptable,
+    /// A frame or message that arrived unprotected while end-to-end encryption is on.
+    Unprotected,
 }
 
 impl Rejection {
@@ -102,6 +104,7 @@ impl Rejection {
             Rejection::KeyReplayed => "key_replayed",
             Rejection::KeyMalformed => "key_malformed",
             Rejection::KeyUndecryptable => "key_undecryptable",
+            Rejection::Unprotected => "unprotected",
         }
     }
 }
@@ -378,6 +381,16 @@ impl KeySchedule {
         self.start_epoch_if_wanted(now, rng);
     }
 
+    /// Count a frame or message the transport delivered unprotected (and that was dropped).
+    pub fn note_unprotected(&mut self) -> E2eeError {
+        *self
+            .stats
+            .rejected
+            .entry(Rejection::Unprotected)
+            .or_insert(0) += 1;
+        E2eeError::Rejected(Rejection::Unprotected)
+    }
+
     fn reject<T>(&mut self, reason: Rejection) -> Result<T, E2eeError> {
         *self.stats.rejected.entry(reason).or_insert(0) += 1;
         Err(E2eeError::Rejected(reason))
@@ -447,18 +460,9 @@ impl KeySchedule {
             conn.public.as_bytes(),
             remote_public.as_bytes(),
         );
-        let wrap_out = wrap_key(
-            shared.as_bytes(),
-            &transcript,
-            &self.local_id,
-            &conn.remote_id,
-        );
-        let wrap_in = wrap_key(
-            shared.as_bytes(),
-            &transcript,
-            &conn.remote_id,
-            &self.local_id,
-        );
+        let keys = key_hash(conn.public.as_bytes(), remote_public.as_bytes());
+        let wrap_out = wrap_key(shared.as_bytes(), &keys, &self.local_id, &conn.remote_id);
+        let wrap_in = wrap_key(shared.as_bytes(), &keys, &conn.remote_id, &self.local_id);
         let sas = Sas::from_transcript(&transcript);
         if let Some(conn) = self.conn.as_mut() {
             conn.agreed = Some(Agreed {
@@ -809,11 +813,11 @@ impl KeySchedule {
     }
 }
 
-fn wrap_key(shared: &[u8], transcript: &[u8; 32], from: &str, to: &str) -> Zeroizing<[u8; 32]> {
+fn wrap_key(shared: &[u8], key_hash: &[u8; 32], from: &str, to: &str) -> Zeroizing<[u8; 32]> {
     let mut okm = Zeroizing::new([0u8; 32]);
     let info = format!("consult-e2ee/wrap/v1|{from}|{to}");
     // 32 bytes are far below HKDF-SHA256's limit, so expand cannot fail.
-    let _ = Hkdf::<Sha256>::new(Some(transcript), shared).expand(info.as_bytes(), okm.as_mut());
+    let _ = Hkdf::<Sha256>::new(Some(key_hash), shared).expand(info.as_bytes(), okm.as_mut());
     okm
 }
 
@@ -845,7 +849,12 @@ pub mod vectors {
             public.as_bytes(),
             remote.as_bytes(),
         );
-        let wrap = wrap_key(shared.as_bytes(), &transcript, from, to);
+        let wrap = wrap_key(
+            shared.as_bytes(),
+            &key_hash(public.as_bytes(), remote.as_bytes()),
+            from,
+            to,
+        );
         (
             *public.as_bytes(),
             transcript,
@@ -1179,36 +1188,57 @@ mod tests {
     }
 
     #[test]
-    fn a_man_in_the_middle_with_its_own_certificates_gets_no_keys_and_differing_sas() {
+    fn a_man_in_the_middle_with_its_own_certificates_shows_differing_sas() {
         // The service swapped both DTLS fingerprints and relays every key message unchanged:
-        // each side sees the middle's certificate as the remote one.
+        // each side sees the middle's certificate as the remote one. The keys still agree end
+        // to end (the middle has neither X25519 secret), and the two SAS differ.
         let now = Instant::now();
         let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
         let mut b = KeySchedule::new(ScheduleConfig::default(), "patient");
         a.connect(now, &mut OsRng, "patient", fp(1), fp(0xee));
         b.connect(now, &mut OsRng, "doctor", fp(2), fp(0xef));
-        let mut undecryptable = 0;
         for _ in 0..3 {
             while let ScheduleOutput::Send(m) = a.poll_output() {
-                if b.handle_message(now, &mut OsRng, &m)
-                    == Err(E2eeError::Rejected(Rejection::KeyUndecryptable))
-                {
-                    undecryptable += 1;
-                }
+                b.handle_message(now, &mut OsRng, &m).unwrap();
             }
             while let ScheduleOutput::Send(m) = b.poll_output() {
-                if a.handle_message(now, &mut OsRng, &m)
-                    == Err(E2eeError::Rejected(Rejection::KeyUndecryptable))
-                {
-                    undecryptable += 1;
+                a.handle_message(now, &mut OsRng, &m).unwrap();
+            }
+        }
+        assert!(a.sas().is_some() && b.sas().is_some());
+        assert_ne!(a.sas(), b.sas());
+        assert!(a.can_receive() && b.can_receive());
+    }
+
+    #[test]
+    fn a_middle_that_substitutes_its_own_key_agreement_shows_differing_sas() {
+        // The middle runs its own schedules towards each side: it gets keys, but each side's
+        // transcript names the middle's public key and certificate, so the SAS differ.
+        let now = Instant::now();
+        let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        let mut m_a = KeySchedule::new(ScheduleConfig::default(), "patient");
+        let mut m_b = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        let mut b = KeySchedule::new(ScheduleConfig::default(), "patient");
+        a.connect(now, &mut OsRng, "patient", fp(1), fp(0xee));
+        m_a.connect(now, &mut OsRng, "doctor", fp(0xee), fp(1));
+        m_b.connect(now, &mut OsRng, "patient", fp(0xef), fp(2));
+        b.connect(now, &mut OsRng, "doctor", fp(2), fp(0xef));
+        for _ in 0..3 {
+            for (x, y) in [(&mut a, &mut m_a), (&mut m_b, &mut b)] {
+                while let ScheduleOutput::Send(msg) = x.poll_output() {
+                    y.handle_message(now, &mut OsRng, &msg).unwrap();
+                }
+                while let ScheduleOutput::Send(msg) = y.poll_output() {
+                    x.handle_message(now, &mut OsRng, &msg).unwrap();
                 }
             }
         }
-        assert_ne!(a.sas(), b.sas());
-        assert_eq!(
-            undecryptable, 2,
-            "each side's key fails to unwrap on the other"
+        assert_eq!(a.sas(), m_a.sas());
+        assert_eq!(b.sas(), m_b.sas());
+        assert_ne!(
+            a.sas(),
+            b.sas(),
+            "the people comparing their strings notice"
         );
-        assert!(!a.can_receive() && !b.can_receive());
     }
 }

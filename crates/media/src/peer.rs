@@ -18,6 +18,12 @@ use str0m::net::Protocol;
 use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
 use uuid::Uuid;
 
+use consult_e2ee::wire::E2EE_CHANNEL_LABEL;
+use consult_e2ee::{
+    E2eeError, E2eeEvent, E2eeStats, Fingerprint, KeySchedule, MediaFormat, ScheduleConfig,
+    ScheduleOutput,
+};
+
 use crate::chat::{self, ChatError, CHAT_CHANNEL_LABEL, DEFAULT_MAX_CHAT_BYTES};
 use crate::file_transfer::{
     FileError, FileEvent, FileTransfers, Frame, Limits, FILE_CHANNEL_LABEL,
@@ -53,6 +59,20 @@ pub struct PeerConfig {
     pub initial_bitrate_bps: u64,
     /// Perfect negotiation: a polite peer gives way when both offer at once.
     pub polite: bool,
+    /// End-to-end encryption (SFrame) with this remote participant; `None`: off.
+    pub e2ee: Option<E2eeSetup>,
+}
+
+/// End-to-end encryption for one connection: who we are, who the remote is (participant ids
+/// from the signaling service), and the key schedule's timers.
+#[derive(Debug, Clone)]
+pub struct E2eeSetup {
+    /// Our participant id.
+    pub local_id: String,
+    /// The remote participant's id: key messages from anyone else are refused.
+    pub remote_id: String,
+    /// Epoch timers and limits.
+    pub schedule: ScheduleConfig,
 }
 
 impl Default for PeerConfig {
@@ -67,6 +87,7 @@ impl Default for PeerConfig {
             stats_interval: Duration::from_secs(1),
             initial_bitrate_bps: 600_000,
             polite: false,
+            e2ee: None,
         }
     }
 }
@@ -148,6 +169,8 @@ pub struct Stats {
     pub frames_encoded: u64,
     /// Video frames decoded by the session (filled in by [`crate::session::Session`]).
     pub frames_decoded: u64,
+    /// End-to-end encryption counters (frames protected, opened, refused by reason), when on.
+    pub e2ee: Option<E2eeStats>,
 }
 
 /// What happened.
@@ -178,6 +201,8 @@ pub enum PeerEvent {
     Stats(Stats),
     /// The send bandwidth estimate changed: adapt the encoder's bitrate.
     BitrateEstimate(u64),
+    /// End-to-end encryption: the SAS to show, keys switched or installed.
+    E2ee(E2eeEvent),
 }
 
 /// Why a call was refused.
@@ -213,6 +238,10 @@ pub enum PeerError {
     /// A file call was refused.
     #[error(transparent)]
     File(#[from] FileError),
+    /// End-to-end encryption refused (keys not agreed yet for chat or files, or a frame of ours
+    /// that cannot be protected). Media frames without a key are dropped, not errors.
+    #[error("end-to-end encryption: {0}")]
+    E2ee(#[from] E2eeError),
 }
 
 /// What to do after a remote description.
@@ -254,6 +283,48 @@ pub struct Peer {
     /// ICE has a working pair.
     ice_up: bool,
     video_stream_configured: bool,
+    /// The latest time handed in, for work done while draining outputs.
+    now: Instant,
+    /// End-to-end encryption, when on.
+    e2ee: Option<E2ee>,
+}
+
+/// The key schedule and the `consult-e2ee` channels of one connection.
+struct E2ee {
+    remote_id: String,
+    schedule: KeySchedule,
+    /// Every open key channel (after glare both sides may have created one).
+    channels: Vec<ChannelId>,
+    /// Key agreement started on this connection.
+    connected: bool,
+    /// When the schedule wants [`KeySchedule::handle_timeout`].
+    timeout: Option<Instant>,
+}
+
+fn format_of(kind: TrackKind) -> MediaFormat {
+    match kind {
+        TrackKind::Audio => MediaFormat::Opus,
+        TrackKind::Video(VideoCodec::H264) => MediaFormat::H264,
+        TrackKind::Video(VideoCodec::Vp8) => MediaFormat::Vp8,
+    }
+}
+
+/// The frame to send: as is without end-to-end encryption; protected with it, or `None`
+/// (dropped, counted) while no key is agreed — media never goes out unprotected.
+fn protect_frame(
+    e2ee: &mut Option<E2ee>,
+    now: Instant,
+    kind: TrackKind,
+    frame: &[u8],
+) -> Result<Option<Vec<u8>>, PeerError> {
+    let Some(e2ee) = e2ee else {
+        return Ok(Some(frame.to_vec()));
+    };
+    match e2ee.schedule.protect(now, format_of(kind), frame) {
+        Ok(sealed) => Ok(Some(sealed)),
+        Err(E2eeError::NoSendKey) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn codec_of(codec: Codec) -> Option<TrackKind> {
@@ -290,6 +361,13 @@ impl Peer {
             }
         }
         let files = FileTransfers::new(config.file_limits);
+        let e2ee = config.e2ee.as_ref().map(|setup| E2ee {
+            remote_id: setup.remote_id.clone(),
+            schedule: KeySchedule::new(setup.schedule.clone(), &setup.local_id),
+            channels: Vec::new(),
+            connected: false,
+            timeout: None,
+        });
         Self {
             rtc: rtc_config.build(now),
             config,
@@ -310,6 +388,38 @@ impl Peer {
             dtls_up: false,
             ice_up: false,
             video_stream_configured: false,
+            now,
+            e2ee,
+        }
+    }
+
+    /// Whether end-to-end encryption is on for this connection.
+    pub fn e2ee_enabled(&self) -> bool {
+        self.e2ee.is_some()
+    }
+
+    /// The short authentication string to show, once keys are agreed.
+    pub fn e2ee_sas(&self) -> Option<consult_e2ee::Sas> {
+        self.e2ee.as_ref()?.schedule.sas()
+    }
+
+    /// Whether our frames go out protected now, and the remote's keys are installed.
+    pub fn e2ee_ready(&self) -> bool {
+        self.e2ee
+            .as_ref()
+            .is_some_and(|e| e.schedule.can_send() && e.schedule.can_receive())
+    }
+
+    /// End-to-end encryption counters.
+    pub fn e2ee_stats(&self) -> Option<E2eeStats> {
+        self.e2ee.as_ref().map(|e| e.schedule.stats().clone())
+    }
+
+    /// Start a new key epoch now (the schedule also rotates by itself).
+    pub fn e2ee_rotate(&mut self) {
+        let now = self.now;
+        if let Some(e2ee) = &mut self.e2ee {
+            e2ee.schedule.rotate(now, &mut rand::rngs::OsRng);
         }
     }
 
@@ -389,6 +499,12 @@ impl Peer {
                 label: FILE_CHANNEL_LABEL.into(),
                 ..ChannelConfig::default()
             });
+            if self.e2ee.is_some() {
+                api.add_channel_with_config(ChannelConfig {
+                    label: E2EE_CHANNEL_LABEL.into(),
+                    ..ChannelConfig::default()
+                });
+            }
             self.channels_offered = true;
         }
         // Changes live in this `SdpApi`: apply them on it.
@@ -468,6 +584,7 @@ impl Peer {
         destination: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), PeerError> {
+        self.now = self.now.max(now);
         let receive = str0m::net::Receive::new(Protocol::Udp, source, destination, bytes)
             .map_err(|e| PeerError::Datagram(e.to_string()))?;
         self.rtc.handle_input(str0m::Input::Receive(now, receive))?;
@@ -476,7 +593,13 @@ impl Peer {
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        self.now = self.now.max(now);
         self.rtc.handle_input(str0m::Input::Timeout(now))?;
+        if let Some(e2ee) = &mut self.e2ee {
+            if e2ee.timeout.is_some_and(|at| now >= at) {
+                e2ee.schedule.handle_timeout(now, &mut rand::rngs::OsRng);
+            }
+        }
         Ok(())
     }
 
@@ -496,11 +619,15 @@ impl Peer {
                 }
                 str0m::Output::Event(event) => self.handle_event(event),
                 str0m::Output::Timeout(at) => {
-                    // Before sleeping, move file frames onto the channel if there is room; that
-                    // makes more output.
-                    if self.pump_files()? {
+                    // Before sleeping, move key messages and file frames onto their channels
+                    // if there is room; that makes more output.
+                    if self.pump_e2ee()? | self.pump_files()? {
                         continue;
                     }
+                    let at = match self.e2ee.as_ref().and_then(|e| e.timeout) {
+                        Some(e2ee_at) => at.min(e2ee_at),
+                        None => at,
+                    };
                     return Ok(Output::Timeout(at));
                 }
             }
@@ -538,12 +665,29 @@ impl Peer {
                     return;
                 };
                 let keyframe = data.is_keyframe();
+                let bytes = match &mut self.e2ee {
+                    None => data.data.to_vec(),
+                    // Refused frames (tampered, replayed, unknown key...) are counted by the
+                    // schedule and never reach a decoder.
+                    Some(e2ee) => {
+                        match e2ee
+                            .schedule
+                            .unprotect(self.now, format_of(kind), &data.data)
+                        {
+                            Ok(frame) => frame,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "dropped a media frame");
+                                return;
+                            }
+                        }
+                    }
+                };
                 self.events.push_back(PeerEvent::Frame(EncodedFrame {
                     kind,
                     rtp_time: data.time.numer(),
                     keyframe,
                     contiguous: data.contiguous,
-                    data: data.data.to_vec(),
+                    data: bytes,
                 }));
             }
             Event::KeyframeRequest(_) => self.events.push_back(PeerEvent::KeyframeRequested),
@@ -551,6 +695,8 @@ impl Peer {
                 if label == CHAT_CHANNEL_LABEL {
                     self.chat = Some(id);
                     self.chat_ids.push(id);
+                } else if label == E2EE_CHANNEL_LABEL {
+                    self.e2ee_channel_open(id);
                 } else if label == FILE_CHANNEL_LABEL {
                     self.file = Some(id);
                     self.file_ids.push(id);
@@ -563,19 +709,36 @@ impl Peer {
                 self.events.push_back(PeerEvent::ChannelOpen { label });
             }
             Event::ChannelData(data) => {
-                if self.chat_ids.contains(&data.id) {
-                    match chat::decode_incoming(data.binary, &data.data, self.config.chat_max_bytes)
-                    {
+                let is_chat = self.chat_ids.contains(&data.id);
+                let is_file = self.file_ids.contains(&data.id);
+                if self
+                    .e2ee
+                    .as_ref()
+                    .is_some_and(|e| e.channels.contains(&data.id))
+                {
+                    self.e2ee_message(data.binary, &data.data);
+                    return;
+                }
+                if !is_chat && !is_file {
+                    return;
+                }
+                let Some((binary, bytes)) = self.open_message(data.binary, &data.data) else {
+                    return;
+                };
+                if is_chat {
+                    match chat::decode_incoming(binary, &bytes, self.config.chat_max_bytes) {
                         Ok(text) => self.events.push_back(PeerEvent::Chat(text)),
                         Err(e) => self.events.push_back(PeerEvent::ChatRejected(e)),
                     }
-                } else if self.file_ids.contains(&data.id) {
-                    self.files
-                        .handle_frame(Frame::decode(data.binary, &data.data));
+                } else {
+                    self.files.handle_frame(Frame::decode(binary, &bytes));
                     self.drain_file_events();
                 }
             }
             Event::ChannelClose(id) => {
+                if let Some(e2ee) = &mut self.e2ee {
+                    e2ee.channels.retain(|c| *c != id);
+                }
                 if self.file_ids.contains(&id) {
                     self.file_ids.retain(|c| *c != id);
                     self.file = self.file_ids.last().copied();
@@ -604,6 +767,7 @@ impl Peer {
                             as u64;
                 }
                 self.last_stats_at = Some(now_stats);
+                self.stats.e2ee = self.e2ee_stats();
                 self.stats.bytes_received = peer.bytes_rx;
                 self.stats.bytes_sent = peer.bytes_tx;
                 self.stats.rtt = peer
@@ -651,6 +815,117 @@ impl Peer {
         }
     }
 
+    /// A key channel opened: start key agreement on this connection (once) with the DTLS
+    /// fingerprints str0m verified.
+    fn e2ee_channel_open(&mut self, id: ChannelId) {
+        let now = self.now;
+        let local = self.rtc.direct_api().local_dtls_fingerprint().clone();
+        let remote = self.rtc.direct_api().remote_dtls_fingerprint().cloned();
+        let Some(e2ee) = &mut self.e2ee else {
+            return;
+        };
+        e2ee.channels.push(id);
+        if e2ee.connected {
+            return;
+        }
+        let Some(remote) = remote else {
+            tracing::warn!("key channel open without a remote DTLS fingerprint");
+            return;
+        };
+        e2ee.connected = true;
+        let remote_id = e2ee.remote_id.clone();
+        e2ee.schedule.connect(
+            now,
+            &mut rand::rngs::OsRng,
+            &remote_id,
+            Fingerprint::new(&local.hash_func, local.bytes),
+            Fingerprint::new(&remote.hash_func, remote.bytes),
+        );
+    }
+
+    fn e2ee_message(&mut self, binary: bool, bytes: &[u8]) {
+        let now = self.now;
+        let Some(e2ee) = &mut self.e2ee else {
+            return;
+        };
+        let result = match (binary, std::str::from_utf8(bytes)) {
+            (false, Ok(text)) => e2ee
+                .schedule
+                .handle_message(now, &mut rand::rngs::OsRng, text),
+            _ => e2ee
+                .schedule
+                .handle_message(now, &mut rand::rngs::OsRng, "not text"),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "refused a key message");
+        }
+    }
+
+    /// Open a chat or file message: as is without end-to-end encryption; with it, only a
+    /// protected one (others are counted and dropped).
+    fn open_message(&mut self, binary: bool, bytes: &[u8]) -> Option<(bool, Vec<u8>)> {
+        let now = self.now;
+        let Some(e2ee) = &mut self.e2ee else {
+            return Some((binary, bytes.to_vec()));
+        };
+        if !binary {
+            e2ee.schedule.note_unprotected();
+            return None;
+        }
+        match e2ee.schedule.unprotect_message(now, bytes) {
+            Ok(opened) => Some(opened),
+            Err(e) => {
+                tracing::debug!(error = %e, "dropped a data message");
+                None
+            }
+        }
+    }
+
+    /// Seal a chat or file message for the wire when end-to-end encryption is on.
+    fn seal_message(&mut self, binary: bool, bytes: Vec<u8>) -> Result<(bool, Vec<u8>), PeerError> {
+        let now = self.now;
+        match &mut self.e2ee {
+            None => Ok((binary, bytes)),
+            Some(e2ee) => Ok((true, e2ee.schedule.protect_message(now, binary, &bytes)?)),
+        }
+    }
+
+    /// Move key messages onto the key channel and schedule events into peer events; true if
+    /// anything was written.
+    fn pump_e2ee(&mut self) -> Result<bool, PeerError> {
+        let Some(e2ee) = &mut self.e2ee else {
+            return Ok(false);
+        };
+        let mut wrote = false;
+        loop {
+            match e2ee.schedule.poll_output() {
+                ScheduleOutput::Send(text) => {
+                    let Some(id) = e2ee.channels.last().copied() else {
+                        continue;
+                    };
+                    if let Some(mut channel) = self.rtc.channel(id) {
+                        if !channel.write(false, text.as_bytes())? {
+                            tracing::warn!("key channel refused a message");
+                        }
+                        wrote = true;
+                    }
+                }
+                ScheduleOutput::Event(event) => {
+                    if matches!(event, E2eeEvent::SendKeyActive { .. }) {
+                        // Frames before the key were dropped: start the picture afresh.
+                        self.events.push_back(PeerEvent::KeyframeRequested);
+                    }
+                    self.events.push_back(PeerEvent::E2ee(event));
+                }
+                ScheduleOutput::Timeout(at) => {
+                    e2ee.timeout = at;
+                    break;
+                }
+            }
+        }
+        Ok(wrote)
+    }
+
     fn drain_file_events(&mut self) {
         while let Some(event) = self.files.poll_event() {
             self.events.push_back(PeerEvent::File(event));
@@ -665,6 +940,10 @@ impl Peer {
         };
         let max = self.config.max_buffered_bytes;
         let mut wrote = false;
+        // Under end-to-end encryption, file frames wait for the keys.
+        if self.e2ee.as_ref().is_some_and(|e| !e.schedule.can_send()) {
+            return Ok(false);
+        }
         loop {
             let Some(mut channel) = self.rtc.channel(id) else {
                 return Ok(wrote);
@@ -674,6 +953,10 @@ impl Peer {
                 break;
             };
             let (binary, bytes) = frame.encode();
+            let (binary, bytes) = self.seal_message(binary, bytes)?;
+            let Some(mut channel) = self.rtc.channel(id) else {
+                return Ok(wrote);
+            };
             if !channel.write(binary, &bytes)? {
                 // The SCTP buffer is four times our limit, so this only happens if a control
                 // frame meets a full queue; losing it would desynchronise the transfer.
@@ -690,11 +973,12 @@ impl Peer {
     pub fn send_chat(&mut self, text: &str) -> Result<(), PeerError> {
         chat::check_outgoing(text, self.config.chat_max_bytes)?;
         let id = self.chat.ok_or(PeerError::ChannelNotOpen("chat"))?;
+        let (binary, bytes) = self.seal_message(false, text.as_bytes().to_vec())?;
         let mut channel = self
             .rtc
             .channel(id)
             .ok_or(PeerError::ChannelNotOpen("chat"))?;
-        if !channel.write(false, text.as_bytes())? {
+        if !channel.write(binary, &bytes)? {
             return Err(PeerError::ChannelFull);
         }
         Ok(())
@@ -797,11 +1081,19 @@ impl Peer {
             .find(|p| wanted != Codec::H264 || p.spec().format.packetization_mode == Some(1))
             .map(|p| p.pt())
             .ok_or(PeerError::NotNegotiated("video codec"))?;
+        let Some(frame) = protect_frame(&mut self.e2ee, self.now, TrackKind::Video(codec), frame)?
+        else {
+            return Ok(());
+        };
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("video"))?;
         writer.write(
             pt,
             wallclock,
             MediaTime::new(rtp_time, Frequency::NINETY_KHZ),
-            frame.to_vec(),
+            frame,
         )?;
         Ok(())
     }
@@ -823,11 +1115,19 @@ impl Peer {
             .find(|p| p.spec().codec == Codec::Opus)
             .map(|p| p.pt())
             .ok_or(PeerError::NotNegotiated("audio codec"))?;
+        let Some(packet) = protect_frame(&mut self.e2ee, self.now, TrackKind::Audio, packet)?
+        else {
+            return Ok(());
+        };
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("audio"))?;
         writer.write(
             pt,
             wallclock,
             MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
-            packet.to_vec(),
+            packet,
         )?;
         Ok(())
     }

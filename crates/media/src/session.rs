@@ -20,12 +20,13 @@ use crate::codec::{
 };
 use crate::file_transfer::FileEvent;
 use crate::peer::{
-    EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent, RemoteDescriptionOutcome, Stats,
-    TrackKind, VideoCodec,
+    E2eeSetup, EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent,
+    RemoteDescriptionOutcome, Stats, TrackKind, VideoCodec,
 };
 use crate::signal_client::{
     join_message, redeem_invite, Credentials, PatientPlace, SignalConnection, SignalError,
 };
+use consult_e2ee::{E2eeEvent, ScheduleConfig};
 
 /// How received media is handed to the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,6 +85,12 @@ pub struct SessionConfig {
     pub use_service_ice_servers: bool,
     /// Force relay candidates only (`None`: follow the service's policy).
     pub relay_only: Option<bool>,
+    /// End-to-end encryption (SFrame): `None` follows the consultation (the service says
+    /// whether it is end-to-end encrypted); `Some(false)` never agrees keys — a participant
+    /// that receives only ciphertext, for tests.
+    pub e2ee: Option<bool>,
+    /// Key-schedule timers and limits.
+    pub e2ee_schedule: ScheduleConfig,
 }
 
 impl SessionConfig {
@@ -99,6 +106,8 @@ impl SessionConfig {
             polite_offer_delay: Duration::from_millis(1500),
             use_service_ice_servers: true,
             relay_only: None,
+            e2ee: None,
+            e2ee_schedule: ScheduleConfig::default(),
         }
     }
 }
@@ -149,6 +158,9 @@ pub enum SessionEvent {
     File(FileEvent),
     /// Connection statistics, once a second.
     Stats(Stats),
+    /// End-to-end encryption: the SAS to show the person ([`E2eeEvent::SasReady`]), keys
+    /// switched or installed.
+    E2ee(E2eeEvent),
     /// The consultation ended; the session is over.
     Ended,
     /// Something went wrong that the call survives (a bad datagram, a decode error).
@@ -189,6 +201,7 @@ enum Command {
     AcceptFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
     RejectFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
     CancelFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
+    RotateKeys,
     Leave,
 }
 
@@ -384,6 +397,12 @@ impl Session {
         Ok(rx.await.map_err(|_| SessionError::Ended)??)
     }
 
+    /// Start a new end-to-end key epoch now (the schedule also rotates on join, leave, a timer
+    /// and counter limits).
+    pub async fn rotate_e2ee_keys(&self) -> Result<(), SessionError> {
+        self.command(Command::RotateKeys).await
+    }
+
     /// Hang up and wait for the task to finish.
     pub async fn leave(self) -> Result<(), SessionError> {
         let _ = self.commands.send(Command::Leave).await;
@@ -473,7 +492,17 @@ struct Runner {
     audio_rtp: u64,
     frames_encoded: u64,
     frames_decoded: u64,
+    /// Our participant id, once joined.
+    local_id: Option<Uuid>,
+    /// Whether this consultation is end-to-end encrypted.
+    e2ee: bool,
+    /// When the current connection came up, to notice a remote that never agrees keys.
+    connected_at: Option<Instant>,
+    e2ee_warned: bool,
 }
+
+/// How long after connecting the remote may take to start key agreement before we say so.
+const E2EE_AGREEMENT_WARNING: Duration = Duration::from_secs(10);
 
 impl Runner {
     fn new(
@@ -518,6 +547,10 @@ impl Runner {
             audio_rtp: 0,
             frames_encoded: 0,
             frames_decoded: 0,
+            local_id: None,
+            e2ee: false,
+            connected_at: None,
+            e2ee_warned: false,
         })
     }
 
@@ -655,6 +688,8 @@ impl Runner {
             } => {
                 self.polite = polite;
                 self.admitted = admitted;
+                self.local_id = Some(participant_id);
+                self.e2ee = self.config.e2ee.unwrap_or(consultation.e2ee);
                 self.heartbeat = Duration::from_millis(heartbeat_interval_ms.max(1000));
                 emit(
                     &self.events,
@@ -752,13 +787,24 @@ impl Runner {
             self.drain_peer().await?;
         }
         let now = Instant::now();
+        let e2ee = match (self.e2ee, self.local_id) {
+            (true, Some(local)) => Some(E2eeSetup {
+                local_id: local.to_string(),
+                remote_id: remote.to_string(),
+                schedule: self.config.e2ee_schedule.clone(),
+            }),
+            _ => None,
+        };
         let mut peer = Peer::new(
             PeerConfig {
                 polite: self.polite,
+                e2ee,
                 ..self.config.peer.clone()
             },
             now,
         );
+        self.connected_at = None;
+        self.e2ee_warned = false;
         if let Some(files) = self.parked_files.take() {
             peer.adopt_file_transfers(files);
         }
@@ -921,14 +967,24 @@ impl Runner {
                     if let Some(encoded) = encoder.encode(&frame, self.force_keyframe)? {
                         self.force_keyframe = false;
                         self.frames_encoded += 1;
-                        peer.write_video(now, rtp_90k(self.started), codec, &encoded.data)?;
+                        survivable(peer.write_video(
+                            now,
+                            rtp_90k(self.started),
+                            codec,
+                            &encoded.data,
+                        ))?;
                     }
                 }
             }
             Command::EncodedVideo(encoded) => {
                 if let Some(peer) = &mut self.peer {
                     if peer.is_connected() {
-                        peer.write_video(now, rtp_90k(self.started), encoded.codec, &encoded.data)?;
+                        survivable(peer.write_video(
+                            now,
+                            rtp_90k(self.started),
+                            encoded.codec,
+                            &encoded.data,
+                        ))?;
                     }
                 }
             }
@@ -940,7 +996,7 @@ impl Runner {
                     return Ok(());
                 }
                 let packet = self.audio_encoder.encode(&pcm)?;
-                peer.write_audio(now, self.audio_rtp, &packet)?;
+                survivable(peer.write_audio(now, self.audio_rtp, &packet))?;
                 self.audio_rtp = (self.audio_rtp + FRAME_SAMPLES as u64) & 0xffff_ffff;
             }
             Command::Chat(text, reply) => {
@@ -983,6 +1039,11 @@ impl Runner {
                     .and_then(|p| p.cancel_file(id));
                 let _ = reply.send(result);
             }
+            Command::RotateKeys => {
+                if let Some(peer) = &mut self.peer {
+                    peer.e2ee_rotate();
+                }
+            }
             Command::Leave => {}
         }
         Ok(())
@@ -1022,6 +1083,7 @@ impl Runner {
         match event {
             PeerEvent::Connected => {
                 self.down_since = None;
+                self.connected_at.get_or_insert(Instant::now());
                 self.force_keyframe = true;
                 emit(&self.events, SessionEvent::Connected).await;
             }
@@ -1053,9 +1115,27 @@ impl Runner {
                     }
                 }
             }
+            PeerEvent::E2ee(event) => emit(&self.events, SessionEvent::E2ee(event)).await,
             PeerEvent::Stats(mut stats) => {
                 stats.frames_encoded = self.frames_encoded;
                 stats.frames_decoded = self.frames_decoded;
+                let silent_remote = self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.e2ee_enabled() && p.e2ee_sas().is_none())
+                    && self
+                        .connected_at
+                        .is_some_and(|t| t.elapsed() >= E2EE_AGREEMENT_WARNING);
+                if silent_remote && !self.e2ee_warned {
+                    self.e2ee_warned = true;
+                    emit(
+                        &self.events,
+                        SessionEvent::Warning(
+                            "the other side has not started end-to-end encryption: no media is sent or shown until it does".into(),
+                        ),
+                    )
+                    .await;
+                }
                 emit(&self.events, SessionEvent::Stats(stats)).await
             }
             PeerEvent::Frame(frame) => self.handle_frame(frame).await?,
@@ -1297,6 +1377,17 @@ impl Relay {
 
     fn send(&self, bytes: Vec<u8>, destination: SocketAddr) {
         let _ = self.outgoing.send((bytes, destination));
+    }
+}
+
+/// A media frame that could not be protected is dropped with a log line; the call goes on.
+fn survivable(result: Result<(), PeerError>) -> Result<(), PeerError> {
+    match result {
+        Err(PeerError::E2ee(e)) => {
+            tracing::warn!(error = %e, "dropped a frame that could not be protected");
+            Ok(())
+        }
+        other => other,
     }
 }
 

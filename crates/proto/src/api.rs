@@ -199,6 +199,10 @@ pub struct CreateConsultationRequest {
     /// Live-only (default) or recorded.
     #[serde(default)]
     pub mode: Option<ConsultationMode>,
+    /// End-to-end encryption (SFrame) for this consultation. Defaults to the organisation's
+    /// policy (`policy.e2ee_required`); `false` is refused when the policy requires it.
+    #[serde(default)]
+    pub e2ee: Option<bool>,
 }
 
 /// A consultation, as its doctor sees it.
@@ -213,6 +217,8 @@ pub struct Consultation {
     pub scheduled_at: Option<OffsetDateTime>,
     /// Live-only or recorded.
     pub mode: ConsultationMode,
+    /// End-to-end encrypted (SFrame).
+    pub e2ee: bool,
     /// Open or ended.
     pub status: ConsultationStatus,
     /// When it was created.
@@ -288,6 +294,9 @@ pub struct InviteInfo {
     pub doctor_name: String,
     /// Live-only or recorded: shown before the patient joins.
     pub mode: ConsultationMode,
+    /// End-to-end encrypted: shown before the patient joins (their browser must support it).
+    #[serde(default)]
+    pub e2ee: bool,
     /// When the link stops working.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,

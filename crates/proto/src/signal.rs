@@ -166,6 +166,10 @@ pub struct ConsultationSummary {
     pub doctor_name: String,
     /// Live-only or recorded; the web demo shows it as a badge.
     pub mode: ConsultationMode,
+    /// End-to-end encryption (SFrame) is on: clients agree keys over their data channel,
+    /// protect every frame, and send no media unprotected.
+    #[serde(default)]
+    pub e2ee: bool,
 }
 
 /// A message from the service to a client.

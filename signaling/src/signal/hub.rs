@@ -64,6 +64,8 @@ pub struct RoomInfo {
     pub doctor_name: String,
     /// Live-only or recorded.
     pub mode: ConsultationMode,
+    /// End-to-end encrypted.
+    pub e2ee: bool,
 }
 
 /// Who is joining.
@@ -221,6 +223,7 @@ impl Room {
             id: self.info.consultation_id,
             doctor_name: self.info.doctor_name.clone(),
             mode: self.info.mode,
+            e2ee: self.info.e2ee,
         }
     }
 }
@@ -637,6 +640,7 @@ mod tests {
                 doctor_user_id: doctor,
                 doctor_name: "Dr Who".into(),
                 mode: ConsultationMode::LiveOnly,
+                e2ee: false,
             },
             doctor,
         }

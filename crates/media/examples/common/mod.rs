@@ -1,6 +1,7 @@
 //! What the examples share: command-line options for joining, and printing events.
 #![allow(dead_code)] // Each example uses a different part of this module.
 
+use consult_e2ee::E2eeEvent;
 use consult_media::file_transfer::FileEvent;
 use consult_media::peer::{PeerConfig, VideoCodec};
 use consult_media::session::{SessionConfig, SessionEvent};
@@ -24,6 +25,10 @@ pub struct JoinArgs {
     /// Print one JSON object per line instead of sentences.
     #[arg(long)]
     pub json: bool,
+    /// Never agree end-to-end keys, even in an end-to-end encrypted consultation: this peer then
+    /// receives only ciphertext (to show that it can see nothing).
+    #[arg(long)]
+    pub without_e2ee_keys: bool,
 }
 
 fn parse_codec(s: &str) -> Result<VideoCodec, String> {
@@ -41,6 +46,9 @@ impl JoinArgs {
             invite_url: self.invite.clone(),
             name: self.name.clone(),
         });
+        if self.without_e2ee_keys {
+            config.e2ee = Some(false);
+        }
         if let Some(codec) = self.codec {
             config.peer = PeerConfig {
                 video_codecs: vec![codec],
@@ -99,6 +107,15 @@ pub fn print_event(json: bool, event: &SessionEvent) {
         SessionEvent::File(FileEvent::Sent { id }) => {
             serde_json::json!({ "event": "file_delivered", "id": id })
         }
+        SessionEvent::E2ee(E2eeEvent::SasReady(sas)) => {
+            serde_json::json!({ "event": "e2ee_sas", "sas": sas.to_string() })
+        }
+        SessionEvent::E2ee(E2eeEvent::SendKeyActive { epoch }) => {
+            serde_json::json!({ "event": "e2ee_send_key", "epoch": epoch })
+        }
+        SessionEvent::E2ee(E2eeEvent::ReceiveKeyInstalled { epoch }) => {
+            serde_json::json!({ "event": "e2ee_receive_key", "epoch": epoch })
+        }
         SessionEvent::Stats(stats) => serde_json::json!({
             "event": "connection",
             "rtt_ms": stats.rtt.map(|d| d.as_secs_f64() * 1000.0),
@@ -109,6 +126,13 @@ pub fn print_event(json: bool, event: &SessionEvent) {
             "frames_encoded": stats.frames_encoded,
             "frames_decoded": stats.frames_decoded,
             "jitter_ms": stats.video_jitter.map(|j| j * 1000.0),
+            "e2ee": stats.e2ee.as_ref().map(|e| serde_json::json!({
+                "protected": e.protected, "opened": e.opened,
+                "dropped_without_key": e.dropped_without_key,
+                "send_epoch": e.send_epoch, "receive_epoch": e.receive_epoch,
+                "rejected": e.rejected.iter().map(|(r, n)| (r.name().to_string(), serde_json::json!(n)))
+                    .collect::<serde_json::Map<_, _>>(),
+            })),
         }),
         // Media and progress are summarised by the caller.
         _ => return,
