@@ -203,6 +203,16 @@ pub enum PeerEvent {
     BitrateEstimate(u64),
     /// End-to-end encryption: the SAS to show, keys switched or installed.
     E2ee(E2eeEvent),
+    /// A message on a channel this peer does not handle itself (for example the key channel
+    /// when end-to-end encryption is off): for relays and custom protocols.
+    ChannelMessage {
+        /// The channel's label.
+        label: String,
+        /// Binary or text.
+        binary: bool,
+        /// The message.
+        data: Vec<u8>,
+    },
 }
 
 /// Why a call was refused.
@@ -287,6 +297,8 @@ pub struct Peer {
     now: Instant,
     /// End-to-end encryption, when on.
     e2ee: Option<E2ee>,
+    /// Open channels this peer does not handle itself, by label.
+    other_channels: Vec<(ChannelId, String)>,
 }
 
 /// The key schedule and the `consult-e2ee` channels of one connection.
@@ -390,6 +402,7 @@ impl Peer {
             video_stream_configured: false,
             now,
             e2ee,
+            other_channels: Vec::new(),
         }
     }
 
@@ -695,9 +708,11 @@ impl Peer {
                 if label == CHAT_CHANNEL_LABEL {
                     self.chat = Some(id);
                     self.chat_ids.push(id);
-                } else if label == E2EE_CHANNEL_LABEL {
+                } else if label == E2EE_CHANNEL_LABEL && self.e2ee.is_some() {
                     self.e2ee_channel_open(id);
-                } else if label == FILE_CHANNEL_LABEL {
+                } else if label != FILE_CHANNEL_LABEL {
+                    self.other_channels.push((id, label.clone()));
+                } else {
                     self.file = Some(id);
                     self.file_ids.push(id);
                     self.files.channel_opened();
@@ -720,6 +735,15 @@ impl Peer {
                     return;
                 }
                 if !is_chat && !is_file {
+                    if let Some((_, label)) =
+                        self.other_channels.iter().find(|(c, _)| *c == data.id)
+                    {
+                        self.events.push_back(PeerEvent::ChannelMessage {
+                            label: label.clone(),
+                            binary: data.binary,
+                            data: data.data.to_vec(),
+                        });
+                    }
                     return;
                 }
                 let Some((binary, bytes)) = self.open_message(data.binary, &data.data) else {
@@ -739,6 +763,7 @@ impl Peer {
                 if let Some(e2ee) = &mut self.e2ee {
                     e2ee.channels.retain(|c| *c != id);
                 }
+                self.other_channels.retain(|(c, _)| *c != id);
                 if self.file_ids.contains(&id) {
                     self.file_ids.retain(|c| *c != id);
                     self.file = self.file_ids.last().copied();
@@ -979,6 +1004,31 @@ impl Peer {
             .channel(id)
             .ok_or(PeerError::ChannelNotOpen("chat"))?;
         if !channel.write(binary, &bytes)? {
+            return Err(PeerError::ChannelFull);
+        }
+        Ok(())
+    }
+
+    /// Write a message on an open channel this peer does not handle itself (see
+    /// [`PeerEvent::ChannelMessage`]); the latest channel with the label is used.
+    pub fn write_channel(
+        &mut self,
+        label: &str,
+        binary: bool,
+        data: &[u8],
+    ) -> Result<(), PeerError> {
+        let id = self
+            .other_channels
+            .iter()
+            .rev()
+            .find(|(_, l)| l == label)
+            .map(|(id, _)| *id)
+            .ok_or(PeerError::ChannelNotOpen("requested"))?;
+        let mut channel = self
+            .rtc
+            .channel(id)
+            .ok_or(PeerError::ChannelNotOpen("requested"))?;
+        if !channel.write(binary, data)? {
             return Err(PeerError::ChannelFull);
         }
         Ok(())

@@ -1099,7 +1099,7 @@ impl Runner {
                     self.down_since = None;
                 }
             }
-            PeerEvent::ChannelOpen { .. } => {}
+            PeerEvent::ChannelOpen { .. } | PeerEvent::ChannelMessage { .. } => {}
             PeerEvent::Chat(text) => emit(&self.events, SessionEvent::Chat(text)).await,
             PeerEvent::ChatRejected(e) => {
                 emit(&self.events, SessionEvent::ChatRejected(e.to_string())).await

@@ -1,0 +1,390 @@
+//! End-to-end encryption between sans-IO peers on a simulated link: real H.264 frames protected
+//! with SFrame, keys agreed over the peer-to-peer channel, and a middle that terminates DTLS on
+//! both sides (as a service rewriting fingerprints would) and sees only ciphertext.
+
+use std::time::Duration;
+
+use consult_e2ee::{E2eeEvent, Rejection, Sas, ScheduleConfig};
+use consult_media::codec::{pattern::TestPattern, video_decoder, video_encoder, VideoDecoder};
+use consult_media::file_transfer::FileEvent;
+use consult_media::peer::{E2eeSetup, PeerConfig, PeerEvent, TrackKind, VideoCodec};
+use consult_media::simulated::{Link, Side, SimulatedCall};
+
+fn config(local: &str, remote: &str, codec: VideoCodec, schedule: ScheduleConfig) -> PeerConfig {
+    PeerConfig {
+        video_codecs: vec![codec],
+        e2ee: Some(E2eeSetup {
+            local_id: local.into(),
+            remote_id: remote.into(),
+            schedule,
+        }),
+        ..PeerConfig::default()
+    }
+}
+
+fn plain(codec: VideoCodec) -> PeerConfig {
+    PeerConfig {
+        video_codecs: vec![codec],
+        ..PeerConfig::default()
+    }
+}
+
+fn sas(side: &Side) -> Option<Sas> {
+    side.events.iter().rev().find_map(|(_, e)| match e {
+        PeerEvent::E2ee(E2eeEvent::SasReady(sas)) => Some(*sas),
+        _ => None,
+    })
+}
+
+/// Decodes the video frames a side received since the last call; counts pictures and errors.
+struct Receiver {
+    decoder: Box<dyn VideoDecoder>,
+    seen: usize,
+    decoded: u64,
+    errors: u64,
+    frames: u64,
+}
+
+impl Receiver {
+    fn new(codec: VideoCodec) -> Self {
+        Self {
+            decoder: video_decoder(codec).unwrap(),
+            seen: 0,
+            decoded: 0,
+            errors: 0,
+            frames: 0,
+        }
+    }
+
+    /// New video frames of `side` (also returned, for relaying).
+    fn take(&mut self, side: &Side) -> Vec<consult_media::peer::EncodedFrame> {
+        let frames: Vec<_> = side.events[self.seen..]
+            .iter()
+            .filter_map(|(_, e)| match e {
+                PeerEvent::Frame(f) if matches!(f.kind, TrackKind::Video(_)) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        self.seen = side.events.len();
+        for frame in &frames {
+            self.frames += 1;
+            match self.decoder.decode(&frame.data) {
+                Ok(Some(picture)) => {
+                    assert_eq!((picture.width, picture.height), (320, 240));
+                    self.decoded += 1;
+                }
+                Ok(None) => {}
+                Err(_) => self.errors += 1,
+            }
+        }
+        frames
+    }
+}
+
+#[test]
+fn an_e2ee_call_protects_video_chat_and_files_and_both_sides_show_the_same_sas() {
+    let codec = VideoCodec::H264;
+    let a = config("doctor", "patient", codec, ScheduleConfig::default());
+    let b = config("patient", "doctor", codec, ScheduleConfig::default());
+    let link = Link {
+        loss: 0.0,
+        delay: Duration::from_millis(20),
+    };
+    let mut call = SimulatedCall::new(a, b, link, 3);
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), |c| c.a.peer.e2ee_ready()
+            && c.b.peer.e2ee_ready())
+        .unwrap());
+    let (sas_a, sas_b) = (sas(&call.a), sas(&call.b));
+    assert!(sas_a.is_some());
+    assert_eq!(sas_a, sas_b, "both people see the same string");
+    assert_eq!(call.a.peer.e2ee_sas(), sas_a);
+
+    let mut pattern = TestPattern::new(320, 240);
+    let mut encoder = video_encoder(codec, 320, 240, 400_000, 30.0).unwrap();
+    let mut receiver = Receiver::new(codec);
+    let mut next = call.now();
+    let mut sent = 0u64;
+    let start = call.elapsed();
+    call.a.peer.send_chat("Bonjour, docteur").unwrap();
+    let file = vec![0x5a; 100_000];
+    call.b
+        .peer
+        .offer_file("scan.pdf", "application/pdf", file.clone())
+        .unwrap();
+    while call.elapsed() < start + Duration::from_secs(3) {
+        if call.now() >= next {
+            if let Some(encoded) = encoder.encode(&pattern.next_frame(), sent == 0).unwrap() {
+                call.a
+                    .peer
+                    .write_video(call.now(), sent * 3000, codec, &encoded.data)
+                    .unwrap();
+            }
+            sent += 1;
+            next += Duration::from_millis(33);
+        }
+        call.step().unwrap();
+        for (_, event) in &call.a.events {
+            if let PeerEvent::File(FileEvent::Offered { offer }) = event {
+                let id = offer.id;
+                let _ = call.a.peer.accept_file(id);
+            }
+        }
+        receiver.take(&call.b);
+    }
+    assert!(
+        receiver.decoded >= sent * 8 / 10,
+        "{} of {sent} decoded",
+        receiver.decoded
+    );
+    assert_eq!(receiver.errors, 0);
+    assert!(call
+        .b
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, PeerEvent::Chat(t) if t == "Bonjour, docteur")));
+    assert!(call.a.events.iter().any(
+        |(_, e)| matches!(e, PeerEvent::File(FileEvent::Received { data, .. }) if *data == file)
+    ));
+    let a = call.a.peer.e2ee_stats().unwrap();
+    let b = call.b.peer.e2ee_stats().unwrap();
+    assert!(a.protected >= sent, "every frame and message protected");
+    assert!(b.opened >= receiver.frames);
+    assert!(
+        b.rejected.is_empty() && a.rejected.is_empty(),
+        "{a:?} {b:?}"
+    );
+}
+
+/// Step whichever call is behind, so the two virtual clocks stay together.
+fn step_both(left: &mut SimulatedCall, right: &mut SimulatedCall) {
+    if left.elapsed() <= right.elapsed() {
+        left.step().unwrap();
+    } else {
+        right.step().unwrap();
+    }
+}
+
+/// Relay key-channel messages from one middle peer to the other, as a malicious service would.
+fn relay_messages(from: &mut Side, seen: &mut usize, to: &mut Side) {
+    let messages: Vec<_> = from.events[*seen..]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::ChannelMessage {
+                label,
+                binary,
+                data,
+            } => Some((label.clone(), *binary, data.clone())),
+            _ => None,
+        })
+        .collect();
+    *seen = from.events.len();
+    for (label, binary, data) in messages {
+        to.peer.write_channel(&label, binary, &data).unwrap();
+    }
+}
+
+#[test]
+fn a_middle_that_terminates_dtls_on_both_sides_decodes_nothing_and_the_sas_differ() {
+    // The "service" gives the doctor and the patient each a peer of its own (its own DTLS
+    // certificate, so its own fingerprint in the SDP) and relays everything between them:
+    // key messages unchanged, media frames as they arrive. It has no end-to-end keys.
+    let codec = VideoCodec::H264;
+    let link = Link::perfect();
+    let doctor = config("doctor", "patient", codec, ScheduleConfig::default());
+    let patient = config("patient", "doctor", codec, ScheduleConfig::default());
+    let mut left = SimulatedCall::new(doctor, plain(codec), link, 1); // doctor ↔ middle
+    let mut right = SimulatedCall::new(patient, plain(codec), link, 2); // patient ↔ middle
+    left.negotiate().unwrap();
+    right.negotiate().unwrap();
+    let (mut seen_left, mut seen_right) = (0, 0);
+    let deadline = Duration::from_secs(10);
+    while !(left.a.peer.e2ee_ready() && right.a.peer.e2ee_ready()) {
+        assert!(
+            left.elapsed() < deadline,
+            "keys were not agreed through the middle"
+        );
+        step_both(&mut left, &mut right);
+        relay_messages(&mut left.b, &mut seen_left, &mut right.b);
+        relay_messages(&mut right.b, &mut seen_right, &mut left.b);
+    }
+    let (doctor_sas, patient_sas) = (sas(&left.a).unwrap(), sas(&right.a).unwrap());
+    assert_ne!(
+        doctor_sas, patient_sas,
+        "the middle shows as differing strings"
+    );
+
+    // The doctor sends real H.264; the middle decodes what it gets and passes it on.
+    let mut pattern = TestPattern::new(320, 240);
+    let mut encoder = video_encoder(codec, 320, 240, 400_000, 30.0).unwrap();
+    let mut middle = Receiver::new(codec);
+    let mut patient = Receiver::new(codec);
+    let mut next = left.now();
+    let mut sent = 0u64;
+    let start = left.elapsed();
+    while left.elapsed() < start + Duration::from_secs(3) {
+        if left.now() >= next {
+            if let Some(encoded) = encoder.encode(&pattern.next_frame(), sent == 0).unwrap() {
+                left.a
+                    .peer
+                    .write_video(left.now(), sent * 3000, codec, &encoded.data)
+                    .unwrap();
+            }
+            sent += 1;
+            next += Duration::from_millis(33);
+        }
+        step_both(&mut left, &mut right);
+        relay_messages(&mut left.b, &mut seen_left, &mut right.b);
+        relay_messages(&mut right.b, &mut seen_right, &mut left.b);
+        for frame in middle.take(&left.b) {
+            let now = right.now();
+            right
+                .b
+                .peer
+                .write_video(now, frame.rtp_time, codec, &frame.data)
+                .unwrap();
+        }
+        patient.take(&right.a);
+    }
+    println!(
+        "middle: {} frames received, {} decoded, {} errors; patient: {} decoded of {sent} sent",
+        middle.frames, middle.decoded, middle.errors, patient.decoded
+    );
+    assert!(middle.frames >= sent * 8 / 10, "the middle saw the media");
+    assert_eq!(middle.decoded, 0, "the middle decoded a frame");
+    assert!(
+        patient.decoded >= sent * 7 / 10,
+        "the call itself worked through the middle: {} of {sent}",
+        patient.decoded
+    );
+}
+
+#[test]
+fn frames_tampered_replayed_truncated_or_forged_in_the_middle_are_refused_and_the_call_goes_on() {
+    // The same middle as above, now changing what it relays.
+    let codec = VideoCodec::H264;
+    let link = Link::perfect();
+    let doctor = config("doctor", "patient", codec, ScheduleConfig::default());
+    let patient = config("patient", "doctor", codec, ScheduleConfig::default());
+    let mut left = SimulatedCall::new(doctor, plain(codec), link, 5);
+    let mut right = SimulatedCall::new(patient, plain(codec), link, 6);
+    left.negotiate().unwrap();
+    right.negotiate().unwrap();
+    let (mut seen_left, mut seen_right) = (0, 0);
+    while !(left.a.peer.e2ee_ready() && right.a.peer.e2ee_ready()) {
+        assert!(left.elapsed() < Duration::from_secs(10));
+        step_both(&mut left, &mut right);
+        relay_messages(&mut left.b, &mut seen_left, &mut right.b);
+        relay_messages(&mut right.b, &mut seen_right, &mut left.b);
+    }
+    let forger = consult_e2ee::sframe::SenderKey::new(
+        consult_e2ee::Suite::Aes128Gcm,
+        0x0bad_0001,
+        &consult_e2ee::sframe::BaseKey::new(vec![9; 16]),
+    )
+    .unwrap();
+    let mut pattern = TestPattern::new(320, 240);
+    let mut encoder = video_encoder(codec, 320, 240, 400_000, 30.0).unwrap();
+    let mut middle = Receiver::new(codec);
+    let mut patient = Receiver::new(codec);
+    let (mut next, mut sent, mut relayed) = (left.now(), 0u64, 0u64);
+    let mut previous: Option<Vec<u8>> = None;
+    let mut sent_frames = std::collections::HashSet::new();
+    let mut delivered = 0u64;
+    let start = left.elapsed();
+    while left.elapsed() < start + Duration::from_secs(4) {
+        if left.now() >= next {
+            // Periodic keyframes, so that the picture recovers after a refused frame.
+            if let Some(encoded) = encoder
+                .encode(&pattern.next_frame(), sent % 15 == 0)
+                .unwrap()
+            {
+                sent_frames.insert(encoded.data.clone());
+                left.a
+                    .peer
+                    .write_video(left.now(), sent * 3000, codec, &encoded.data)
+                    .unwrap();
+            }
+            sent += 1;
+            next += Duration::from_millis(33);
+        }
+        step_both(&mut left, &mut right);
+        relay_messages(&mut left.b, &mut seen_left, &mut right.b);
+        relay_messages(&mut right.b, &mut seen_right, &mut left.b);
+        for frame in middle.take(&left.b) {
+            relayed += 1;
+            let mut data = frame.data.clone();
+            // One frame in ten is interfered with, in turn tampered, truncated, forged, replayed.
+            let interference = (relayed % 10 == 0).then_some(relayed / 10 % 4);
+            match interference {
+                Some(0) => {
+                    let at = data.len() - 20;
+                    data[at] ^= 0x01; // tampered
+                }
+                Some(1) => data.truncate(12), // truncated (start code, NAL header, a few bytes)
+                Some(2) => {
+                    // forged under a key nobody announced
+                    let fake = [0, 0, 0, 1, 0x65, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+                    data = consult_e2ee::format::protect(
+                        consult_e2ee::MediaFormat::H264,
+                        &forger,
+                        relayed,
+                        &fake,
+                    )
+                    .unwrap();
+                }
+                Some(_) => {
+                    // replayed: the previous frame again, after this one
+                    if let Some(old) = previous.clone() {
+                        let now = right.now();
+                        right
+                            .b
+                            .peer
+                            .write_video(now, frame.rtp_time, codec, &data)
+                            .unwrap();
+                        data = old;
+                    }
+                }
+                _ => {}
+            }
+            previous = Some(frame.data.clone());
+            let now = right.now();
+            right
+                .b
+                .peer
+                .write_video(now, frame.rtp_time + 1, codec, &data)
+                .unwrap();
+        }
+        for frame in patient.take(&right.a) {
+            delivered += 1;
+            assert!(
+                sent_frames.contains(&frame.data),
+                "a frame the doctor never sent reached the patient's decoder"
+            );
+        }
+    }
+    let stats = right.a.peer.e2ee_stats().unwrap();
+    println!(
+        "patient refused {:?}; decoded {} of {sent}",
+        stats.rejected, patient.decoded
+    );
+    for reason in [
+        Rejection::Tampered,
+        Rejection::Truncated,
+        Rejection::UnknownKid,
+        Rejection::Replayed,
+    ] {
+        assert!(
+            stats.rejected(reason) > 0,
+            "{reason:?} not counted: {stats:?}"
+        );
+    }
+    assert_eq!(delivered, stats.opened, "only opened frames are delivered");
+    assert!(
+        patient.decoded >= sent / 2,
+        "the call went on: {} of {sent} decoded",
+        patient.decoded
+    );
+    assert_eq!(middle.decoded, 0);
+}
