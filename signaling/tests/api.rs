@@ -713,3 +713,67 @@ async fn health_metrics_and_openapi_are_served() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn e2ee_is_chosen_per_consultation_and_reaches_both_participants() {
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("e2ee@clinic.test").await;
+    let r = doctor
+        .bearer(Method::POST, "/api/v1/consultations")
+        .json(&json!({ "e2ee": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Consultation = r.json().await.unwrap();
+    assert!(created.e2ee);
+    let invite = created
+        .invite_url
+        .as_deref()
+        .unwrap()
+        .split_once('#')
+        .unwrap()
+        .1
+        .to_owned();
+    let info: serde_json::Value = http_client()
+        .post(svc.url("/api/v1/invites/inspect"))
+        .json(&json!({ "invite": invite }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["e2ee"], true, "the patient learns it before joining");
+    let (_ws, joined) = doctor.join(&svc, created.id).await;
+    let consult_proto::signal::ServerMessage::Joined { consultation, .. } = joined else {
+        panic!("not joined: {joined:?}");
+    };
+    assert!(consultation.e2ee);
+    let (plain, _) = doctor.create_consultation().await;
+    assert!(!plain.e2ee, "off unless asked for or required");
+}
+
+#[tokio::test]
+async fn an_organisation_that_requires_e2ee_gets_it_everywhere_and_refuses_opting_out() {
+    let svc = TestService::start_with(|c| c.policy.e2ee_required = true).await;
+    let doctor = svc.doctor("policy@clinic.test").await;
+    let (c, _) = doctor.create_consultation().await;
+    assert!(c.e2ee, "on by default under the policy");
+    let r = doctor
+        .bearer(Method::POST, "/api/v1/consultations")
+        .json(&json!({ "e2ee": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "e2ee_required".into())
+    );
+    let entries = consult_signaling::audit::entries(&svc.state().pool)
+        .await
+        .unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e.action == "consultation_created" && e.detail["e2ee"] == true));
+}
