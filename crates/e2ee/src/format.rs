@@ -183,18 +183,12 @@ struct NalUnit {
 /// Split an Annex-B access unit at its start codes.
 fn split_annexb(frame: &[u8]) -> Result<Vec<NalUnit>, FormatError> {
     let mut codes = Vec::new(); // (first zero of the start code, first byte after 00 00 01)
-    let mut i = 0;
-    while i + 2 < frame.len() {
-        if frame[i] == 0 && frame[i + 1] == 0 && frame[i + 2] == 1 {
-            let mut start = i;
-            while start > 0 && frame[start - 1] == 0 {
-                start -= 1;
-            }
-            codes.push((start, i + 3));
-            i += 3;
-        } else {
-            i += 1;
+    for i in memchr::memmem::find_iter(frame, &[0, 0, 1]) {
+        let mut start = i;
+        while start > 0 && frame[start - 1] == 0 {
+            start -= 1;
         }
+        codes.push((start, i + 3));
     }
     match codes.first() {
         Some((0, _)) => {}
@@ -236,19 +230,42 @@ fn trailing_zeros(bytes: &[u8]) -> usize {
 /// Emulation prevention: insert `03` after `00 00` when the next byte is `00`–`03`. `zeros` is
 /// the number of zero bytes just before `bytes` (at most 2 matter).
 fn escape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) {
-    for &b in bytes {
-        if zeros >= 2 && b <= 3 {
-            out.push(3);
-            zeros = 0;
+    out.reserve(bytes.len() + bytes.len() / 128 + 2);
+    let mut i = 0;
+    while i < bytes.len() {
+        if zeros >= 2 {
+            let b = bytes[i];
+            if b <= 3 {
+                out.push(3);
+            }
+            out.push(b);
+            zeros = usize::from(b == 0);
+            i += 1;
+            continue;
         }
-        out.push(b);
-        zeros = if b == 0 { zeros + 1 } else { 0 };
+        // Fewer than two zeros behind: copy up to and including the next zero in one go.
+        match memchr::memchr(0, &bytes[i..]) {
+            None => {
+                out.extend_from_slice(&bytes[i..]);
+                return;
+            }
+            Some(k) => {
+                out.extend_from_slice(&bytes[i..=i + k]);
+                zeros = if k == 0 { zeros + 1 } else { 1 };
+                i += k + 1;
+            }
+        }
     }
 }
 
+/// Undo [`escape_into`]: drop each `03` that follows `00 00`.
 fn unescape(mut zeros: usize, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
-    for &b in bytes {
+    let mut i = 0;
+    // Byte by byte while zeros from the clear part are still behind us...
+    while i < bytes.len() && zeros > 0 {
+        let b = bytes[i];
+        i += 1;
         if zeros >= 2 && b == 3 {
             zeros = 0;
             continue;
@@ -256,6 +273,14 @@ fn unescape(mut zeros: usize, bytes: &[u8]) -> Vec<u8> {
         out.push(b);
         zeros = if b == 0 { zeros + 1 } else { 0 };
     }
+    // ...then copy the stretches between `00 00 03`, leaving out each `03`.
+    let rest = &bytes[i..];
+    let mut from = 0;
+    for at in memchr::memmem::find_iter(rest, &[0, 0, 3]) {
+        out.extend_from_slice(&rest[from..at + 2]);
+        from = at + 3;
+    }
+    out.extend_from_slice(&rest[from..]);
     out
 }
 
@@ -506,6 +531,55 @@ mod tests {
             );
             let parsed = ProtectedFrame::parse(MediaFormat::H264, &sealed).unwrap();
             assert_eq!(parsed.open(&r).unwrap(), frame);
+        }
+    }
+
+    /// The definition, byte by byte, that the fast versions must match.
+    fn escape_slowly(mut zeros: usize, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if zeros >= 2 && b <= 3 {
+                out.push(3);
+                zeros = 0;
+            }
+            out.push(b);
+            zeros = if b == 0 { zeros + 1 } else { 0 };
+        }
+        out
+    }
+
+    #[test]
+    fn escaping_matches_its_definition_and_round_trips() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for case in 0..3000 {
+            // Zero-heavy inputs, where emulation prevention has work to do.
+            let len = rng.gen_range(0..64);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    *[0u8, 0, 0, 1, 2, 3, 4, 0x80]
+                        .get(rng.gen_range(0..8))
+                        .unwrap()
+                })
+                .collect();
+            let zeros = case % 3;
+            let mut fast = Vec::new();
+            escape_into(zeros, &bytes, &mut fast);
+            assert_eq!(
+                fast,
+                escape_slowly(zeros, &bytes),
+                "{bytes:?} after {zeros} zeros"
+            );
+            assert_eq!(
+                unescape(zeros, &fast),
+                bytes,
+                "{bytes:?} after {zeros} zeros"
+            );
+            let mut framed = vec![0; zeros];
+            framed.extend_from_slice(&fast);
+            assert!(!framed
+                .windows(3)
+                .any(|w| w[0] == 0 && w[1] == 0 && w[2] <= 2));
         }
     }
 

@@ -388,3 +388,71 @@ fn frames_tampered_replayed_truncated_or_forged_in_the_middle_are_refused_and_th
     );
     assert_eq!(middle.decoded, 0);
 }
+
+#[test]
+fn keys_rotating_on_a_timer_and_on_request_leave_no_video_gap() {
+    let codec = VideoCodec::Vp8;
+    let schedule = ScheduleConfig {
+        rotate_every: Duration::from_secs(2),
+        ..ScheduleConfig::default()
+    };
+    let a = config("doctor", "patient", codec, schedule.clone());
+    let b = config("patient", "doctor", codec, schedule);
+    let link = Link {
+        loss: 0.0,
+        delay: Duration::from_millis(40),
+    };
+    let mut call = SimulatedCall::new(a, b, link, 11);
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), |c| c.a.peer.e2ee_ready()
+            && c.b.peer.e2ee_ready())
+        .unwrap());
+    let mut pattern = TestPattern::new(320, 240);
+    let mut encoder = video_encoder(codec, 320, 240, 400_000, 30.0).unwrap();
+    let mut receiver = Receiver::new(codec);
+    let (mut next, mut sent) = (call.now(), 0u64);
+    let start = call.elapsed();
+    let mut last_decoded_at = start;
+    let mut longest_gap = Duration::ZERO;
+    let mut rotated_on_request = false;
+    while call.elapsed() < start + Duration::from_secs(7) {
+        if call.now() >= next {
+            if let Some(encoded) = encoder.encode(&pattern.next_frame(), sent == 0).unwrap() {
+                call.a
+                    .peer
+                    .write_video(call.now(), sent * 3000, codec, &encoded.data)
+                    .unwrap();
+            }
+            sent += 1;
+            next += Duration::from_millis(33);
+        }
+        if !rotated_on_request && call.elapsed() > start + Duration::from_secs(3) {
+            call.a.peer.e2ee_rotate();
+            rotated_on_request = true;
+        }
+        call.step().unwrap();
+        let before = receiver.decoded;
+        receiver.take(&call.b);
+        if receiver.decoded > before {
+            longest_gap = longest_gap.max(call.elapsed() - last_decoded_at);
+            last_decoded_at = call.elapsed();
+        }
+    }
+    let stats = call.a.peer.e2ee_stats().unwrap();
+    println!(
+        "rotation: {} epochs, longest gap between decoded frames {longest_gap:?}, {} of {sent} decoded",
+        stats.send_epoch, receiver.decoded
+    );
+    assert!(
+        stats.send_epoch >= 4,
+        "timer and request rotations: {stats:?}"
+    );
+    assert!(
+        longest_gap < Duration::from_secs(1),
+        "video gap {longest_gap:?}"
+    );
+    assert_eq!(receiver.errors, 0);
+    let b = call.b.peer.e2ee_stats().unwrap();
+    assert!(b.rejected.is_empty(), "{b:?}");
+}
