@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use consult_media::file_transfer::FileEvent;
+use consult_media::session::{Session, SessionConfig, SessionEvent};
+use consult_media::signal_client::Credentials;
 use consult_proto::api::{Consultation, LoginResponse, WaitingPatient};
 use consult_signaling::accounts;
 use consult_signaling::auth::totp;
@@ -128,4 +131,66 @@ impl Clinic {
         }
         panic!("nobody came to the waiting room");
     }
+}
+
+/// What a session reported, for assertions.
+#[derive(Default)]
+pub struct Seen {
+    pub joined: bool,
+    pub admitted: bool,
+    pub connected: bool,
+    pub video: usize,
+    pub audio: usize,
+    pub chats: Vec<String>,
+    pub offered: Option<uuid::Uuid>,
+    pub received: Option<Vec<u8>>,
+    pub sent: bool,
+    pub warnings: Vec<String>,
+    pub stats: Option<consult_media::peer::Stats>,
+    pub sas: Option<String>,
+}
+
+/// Note one session event.
+pub fn record(seen: &mut Seen, event: SessionEvent) {
+    match event {
+        SessionEvent::Joined { .. } => seen.joined = true,
+        SessionEvent::Admitted => seen.admitted = true,
+        SessionEvent::Connected => seen.connected = true,
+        SessionEvent::Video { frame, .. } => {
+            assert_eq!((frame.width, frame.height), (320, 240));
+            seen.video += 1;
+        }
+        SessionEvent::Audio(pcm) => {
+            assert_eq!(pcm.len(), 960);
+            seen.audio += 1;
+        }
+        SessionEvent::Chat(text) => seen.chats.push(text),
+        SessionEvent::File(FileEvent::Offered { offer }) => seen.offered = Some(offer.id),
+        SessionEvent::File(FileEvent::Received { data, .. }) => seen.received = Some(data),
+        SessionEvent::File(FileEvent::Sent { .. }) => seen.sent = true,
+        SessionEvent::Warning(w) => seen.warnings.push(w),
+        SessionEvent::Stats(stats) => seen.stats = Some(stats),
+        SessionEvent::E2ee(consult_e2ee::E2eeEvent::SasReady(sas)) => {
+            seen.sas = Some(sas.to_string())
+        }
+        _ => {}
+    }
+}
+
+/// Collect a session's events for `window`.
+pub async fn pump(session: &mut Session, seen: &mut Seen, window: Duration) {
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, session.next_event()).await {
+        record(seen, event);
+    }
+}
+
+/// A session on loopback sending 320x240 video.
+pub fn config(credentials: Credentials) -> SessionConfig {
+    let mut config = SessionConfig::new(credentials);
+    config.bind_ips = vec!["127.0.0.1".parse().unwrap()];
+    config.video.width = 320;
+    config.video.height = 240;
+    config.video.bitrate_bps = 300_000;
+    config
 }

@@ -3,67 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use consult_e2e::Clinic;
+use consult_e2e::{config, pump, Clinic, Seen};
 use consult_media::codec::pattern::{TestPattern, Tone};
-use consult_media::file_transfer::FileEvent;
-use consult_media::session::{Session, SessionConfig, SessionEvent};
+use consult_media::session::Session;
 use consult_media::signal_client::Credentials;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-
-#[derive(Default)]
-struct Seen {
-    joined: bool,
-    admitted: bool,
-    connected: bool,
-    video: usize,
-    audio: usize,
-    chats: Vec<String>,
-    offered: Option<uuid::Uuid>,
-    received: Option<Vec<u8>>,
-    sent: bool,
-    warnings: Vec<String>,
-    stats: Option<consult_media::peer::Stats>,
-}
-
-fn record(seen: &mut Seen, event: SessionEvent) {
-    match event {
-        SessionEvent::Joined { .. } => seen.joined = true,
-        SessionEvent::Admitted => seen.admitted = true,
-        SessionEvent::Connected => seen.connected = true,
-        SessionEvent::Video { frame, .. } => {
-            assert_eq!((frame.width, frame.height), (320, 240));
-            seen.video += 1;
-        }
-        SessionEvent::Audio(pcm) => {
-            assert_eq!(pcm.len(), 960);
-            seen.audio += 1;
-        }
-        SessionEvent::Chat(text) => seen.chats.push(text),
-        SessionEvent::File(FileEvent::Offered { offer }) => seen.offered = Some(offer.id),
-        SessionEvent::File(FileEvent::Received { data, .. }) => seen.received = Some(data),
-        SessionEvent::File(FileEvent::Sent { .. }) => seen.sent = true,
-        SessionEvent::Warning(w) => seen.warnings.push(w),
-        SessionEvent::Stats(stats) => seen.stats = Some(stats),
-        _ => {}
-    }
-}
-
-async fn pump(session: &mut Session, seen: &mut Seen, window: Duration) {
-    let deadline = tokio::time::Instant::now() + window;
-    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, session.next_event()).await {
-        record(seen, event);
-    }
-}
-
-fn config(credentials: Credentials) -> SessionConfig {
-    let mut config = SessionConfig::new(credentials);
-    config.bind_ips = vec!["127.0.0.1".parse().unwrap()];
-    config.video.width = 320;
-    config.video.height = 240;
-    config.video.bitrate_bps = 300_000;
-    config
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_native_peers_hold_a_consultation_through_the_service() {
