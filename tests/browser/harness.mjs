@@ -1034,18 +1034,19 @@ const PERIODIC_EVENTS = ["stats", "connection"];
 /**
  * Start echo-bot with `--json` and collect its events.
  * @param {string} inviteUrl
- * @param {{ name?: string, codec?: string, seconds?: number }} [options] `codec`: `--codec` (both
- *   codecs offered without it); `seconds`: `--seconds` (default 600).
+ * @param {{ name?: string, codec?: string, seconds?: number, extraArgs?: string[] }} [options] `codec`:
+ *   `--codec` (both codecs offered without it); `seconds`: `--seconds` (default 600); `extraArgs`:
+ *   more flags (for example `--without-e2ee-keys`).
  * @returns {EchoBot}
  */
-export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 600 } = {}) {
+export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 600, extraArgs = [] } = {}) {
   if (!existsSync(ECHO_BOT_BIN)) {
     throw new Error(
       `echo-bot is required${process.env.CONSULT_REQUIRE_NATIVE === "1" ? " (CONSULT_REQUIRE_NATIVE=1)" : ""} but there is no ${ECHO_BOT_BIN}: ` +
         "build it with cargo build -p consult-media --examples, or set ECHO_BOT_BIN",
     );
   }
-  const args = ["--invite", inviteUrl, "--name", name, ...(codec ? ["--codec", codec] : []), "--seconds", String(seconds), "--json"];
+  const args = ["--invite", inviteUrl, "--name", name, ...(codec ? ["--codec", codec] : []), "--seconds", String(seconds), "--json", ...extraArgs];
   const child = spawn(ECHO_BOT_BIN, args, {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", NO_COLOR: "1" },

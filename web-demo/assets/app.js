@@ -10,6 +10,7 @@ import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController } from "./call.js";
 import { CallView } from "./call-view.js";
+import { E2eeCall } from "./e2ee/call-e2ee.js";
 import { MessagingView } from "./messaging-view.js";
 import { openMedia, stopStream } from "./media.js";
 import { SignalingClient } from "./signaling.js";
@@ -33,6 +34,7 @@ import {
 /** @typedef {import('./protocol.js').Peer} Peer */
 /** @typedef {import('./call.js').MediaState} MediaState */
 /** @typedef {import('./call.js').IceProblem} IceProblem */
+/** @typedef {import('./e2ee/call-e2ee.js').E2eeProblem} E2eeProblem */
 
 const views = {
   loading: byId("view-loading", HTMLElement),
@@ -429,6 +431,7 @@ function renderRow(c) {
       className: `badge small ${c.mode === "live_only" ? "badge-live" : "badge-recorded"}`,
       text: c.mode === "live_only" ? "Live only" : "Recorded",
     }),
+    c.e2ee ? h("span", { className: "badge small badge-e2ee", text: "End-to-end encrypted", testid: "row-e2ee" }) : "",
   ]);
   const statusCell = h("td", {}, [
     h("span", { className: `status-pill ${open ? "open" : "ended"}`, text: open ? "Open" : "Ended" }),
@@ -517,6 +520,7 @@ function renderWaitingCells() {
 const createForm = byId("create-form", HTMLFormElement);
 const createTitle = byId("create-title", HTMLInputElement);
 const createMode = byId("create-mode", HTMLSelectElement);
+const createE2ee = byId("create-e2ee", HTMLInputElement);
 const createSubmit = byId("create-submit", HTMLButtonElement);
 const createError = byId("create-error", HTMLElement);
 
@@ -527,7 +531,8 @@ createForm.addEventListener("submit", async (event) => {
   createSubmit.disabled = true;
   showError(createError, null);
   try {
-    const c = await api.createConsultation({ title: title || null, mode });
+    // Unticked means "the organisation's default", not "off": a policy that requires E2EE refuses `false`.
+    const c = await api.createConsultation({ title: title || null, mode, ...(createE2ee.checked ? { e2ee: true } : {}) });
     createTitle.value = "";
     if (c.invite_url) showInvitePanel(c.id, c.title, c.invite_url, c.invite ? c.invite.expires_at : null);
     await loadList();
@@ -654,6 +659,8 @@ async function endFromList(c, button) {
  * @property {MediaState} mediaState
  * @property {string} presenceNote
  * @property {IceProblem | null} iceProblem Why the connection cannot work, shown as an error.
+ * @property {E2eeCall | null} e2ee End-to-end encryption, when the consultation has it.
+ * @property {E2eeProblem | null} e2eeProblem Why an end-to-end encrypted call carries no media.
  * @property {boolean} over
  */
 
@@ -686,6 +693,8 @@ async function openCall(id) {
     mediaState: "waiting",
     presenceNote: "",
     iceProblem: null,
+    e2ee: null,
+    e2eeProblem: null,
     over: false,
   };
   call = active;
@@ -795,6 +804,7 @@ function onSignal(active, m) {
   switch (m.type) {
     case "joined":
       callView.setMode(m.consultation.mode);
+      setUpE2ee(active, m);
       controller.joined(m);
       if (m.resumed) announce("Reconnected.");
       refreshWaitingRoom(active);
@@ -844,6 +854,31 @@ function onSignal(active, m) {
   }
 }
 
+/**
+ * Turn on end-to-end encryption when the consultation has it (before any connection is made;
+ * a later `joined` after a signaling reconnect keeps the one there is).
+ * @param {ActiveCall} active
+ * @param {import('./protocol.js').JoinedMessage} joined
+ */
+function setUpE2ee(active, joined) {
+  if (joined.consultation.e2ee !== true || active.e2ee || !active.controller) {
+    if (!active.e2ee) callView.setE2ee(null);
+    return;
+  }
+  active.e2ee = new E2eeCall({
+    localId: joined.participant_id,
+    onView: (view) => {
+      if (call !== active) return;
+      callView.setE2ee(view);
+      if (active.e2eeProblem !== view.problem) {
+        active.e2eeProblem = view.problem;
+        updateCallStatus();
+      }
+    },
+  });
+  active.controller.setE2ee(active.e2ee);
+}
+
 /** @param {ActiveCall} active */
 async function refreshWaitingRoom(active) {
   try {
@@ -862,6 +897,16 @@ const ICE_PROBLEMS = /** @type {Record<IceProblem, string>} */ ({
     "The call cannot connect: the relay (TURN) server this service requires could not be reached. Check your network; if that does not help, tell the service’s administrator.",
 });
 
+/** What the doctor is told when an end-to-end encrypted call cannot carry media. */
+const E2EE_PROBLEMS = /** @type {Record<E2eeProblem, string>} */ ({
+  "browser-unsupported":
+    "This consultation is end-to-end encrypted, and this browser cannot encrypt calls that way, so no audio or video is exchanged. Use an up-to-date Chrome, Edge or Safari.",
+  "peer-unsupported":
+    "This consultation is end-to-end encrypted, and your patient’s browser or app cannot encrypt calls that way, so no audio or video is exchanged. Ask them to use an up-to-date Chrome, Edge or Safari.",
+  "keys-failed":
+    "This consultation is end-to-end encrypted, and the encryption keys could not be agreed, so no audio or video is exchanged. Hang up and open the consultation again.",
+});
+
 function updateCallStatus() {
   const active = call;
   if (!active) return;
@@ -875,6 +920,10 @@ function updateCallStatus() {
   }
   if (active.iceProblem) {
     callView.setStatus(ICE_PROBLEMS[active.iceProblem], "error");
+    return;
+  }
+  if (active.e2eeProblem && active.mediaState !== "waiting") {
+    callView.setStatus(E2EE_PROBLEMS[active.e2eeProblem], "error");
     return;
   }
   if (active.presenceNote) {
@@ -1041,6 +1090,7 @@ function leaveCall({ tellService }) {
     else active.signaling.close();
   }
   active.controller?.close();
+  active.e2ee?.close();
   callView.stop();
   callView.setStatus("");
   messagingView.reset();

@@ -5,7 +5,8 @@
  *
  * Both pages carry the same markup (ids `local-video`, `remote-video`, `mute-button`,
  * `camera-button`, `hangup-button`, `recording-badge`, `call-status`, `quality`, `quality-label`,
- * `remote-placeholder`, `remote-sound`).
+ * `remote-placeholder`, `remote-sound`, and for end-to-end encryption `e2ee-badge`, `e2ee-panel`,
+ * `e2ee-sas`, `e2ee-hint`).
  */
 
 import { announce, byId } from "./ui.js";
@@ -13,6 +14,11 @@ import { describeQuality, LABELS, monitorQuality } from "./stats.js";
 
 /** @typedef {import('./protocol.js').ConsultationMode} ConsultationMode */
 /** @typedef {import('./stats.js').Quality} Quality */
+/** @typedef {import('./e2ee/call-e2ee.js').E2eeView} E2eeView */
+
+/** The hint under the security code once keys are agreed. */
+export const SAS_HINT =
+  "Compare these numbers with the other person. If they match, nobody — not even the service — can see or hear this call.";
 
 export class CallView {
   /** @param {{ onHangUp: () => void }} options */
@@ -30,6 +36,10 @@ export class CallView {
     this.placeholder = byId("remote-placeholder", HTMLElement);
     this.remoteName = byId("remote-name", HTMLElement);
     this.soundButton = byId("remote-sound", HTMLButtonElement);
+    this.e2eeBadge = byId("e2ee-badge", HTMLElement);
+    this.e2eePanel = byId("e2ee-panel", HTMLElement);
+    this.e2eeSas = byId("e2ee-sas", HTMLElement);
+    this.e2eeHint = byId("e2ee-hint", HTMLElement);
     /** @type {MediaStream | null} */
     this.localStream = null;
     /** @type {(() => void) | null} */
@@ -51,6 +61,24 @@ export class CallView {
     this.badge.textContent = live ? "Live only — not recorded" : "Recorded";
     this.badge.classList.toggle("badge-live", live);
     this.badge.classList.toggle("badge-recorded", !live);
+  }
+
+  /**
+   * End-to-end encryption: the lock badge (only while everything is protected) and the security
+   * code with its hint; null for a call without it.
+   * @param {E2eeView | null} view
+   */
+  setE2ee(view) {
+    const badge = !!view && view.badge;
+    if (badge !== !this.e2eeBadge.hidden) {
+      this.e2eeBadge.hidden = !badge;
+      if (badge) announce("The call is end-to-end encrypted.");
+    }
+    this.e2eePanel.hidden = !view || !view.linked || !!view.problem;
+    const sas = view ? view.sas : null;
+    this.e2eeSas.textContent = sas ?? "…";
+    this.e2eeHint.textContent = sas ? SAS_HINT : "Setting up end-to-end encryption…";
+    this.e2eePanel.dataset.state = sas ? "agreed" : "pending";
   }
 
   /** @param {MediaStream | null} stream */
@@ -194,5 +222,6 @@ export class CallView {
     this.remoteName.hidden = true;
     this.localVideo.srcObject = null;
     this.soundButton.hidden = true;
+    this.setE2ee(null);
   }
 }

@@ -15,7 +15,16 @@
  * offers first) in the usual case, the patient when it offers after its wait, and interoperates
  * with the native media core, which creates both channels in its own first offer and otherwise
  * takes what `datachannel` brings. Every channel, created or announced, goes to `onDataChannel`.
+ *
+ * End-to-end encryption (`e2ee/call-e2ee.js`), when the consultation has it: the connection also
+ * creates `consult-e2ee` (the key schedule's channel) with the others, every sender and receiver
+ * gets the SFrame transform the moment it exists, video is limited to VP8 and H.264, the chat and
+ * file channels handed to `onDataChannel` are sealed, and a browser that cannot transform frames
+ * sends and shows no media at all.
  */
+
+import { applyVideoCodecPreferences, E2eeLink } from "./e2ee/call-e2ee.js";
+import { E2EE_CHANNEL_LABEL } from "./e2ee/schedule.js";
 
 /** Labels of the channels a connection opens when it offers first. */
 const DATA_CHANNEL_LABELS = ["consult-chat", "consult-file"];
@@ -26,6 +35,8 @@ const DATA_CHANNEL_LABELS = ["consult-chat", "consult-file"];
 /** @typedef {import('./protocol.js').SessionDescription} SessionDescription */
 /** @typedef {import('./protocol.js').IceCandidate} IceCandidate */
 /** @typedef {import('./api.js').IceConfig} IceConfig */
+/** @typedef {import('./e2ee/call-e2ee.js').E2eeCall} E2eeCall */
+/** @typedef {import('./messaging.js').ChannelLike} ChannelLike */
 
 /**
  * Why a connection cannot get going, for the page to explain:
@@ -108,11 +119,12 @@ export class PeerLink {
    * @param {(stream: MediaStream) => void} options.onRemoteStream
    * @param {(link: PeerLink) => void} options.onStateChange
    * @param {boolean} [options.createChannels] Create the chat and file channels (this side offers first).
-   * @param {(channel: RTCDataChannel) => void} [options.onDataChannel]
+   * @param {(channel: ChannelLike) => void} [options.onDataChannel] Chat and file channels (sealed with E2EE).
+   * @param {E2eeCall | null} [options.e2ee] The call's end-to-end encryption, if it has it.
    * @param {(problem: IceProblem) => void} [options.onIceProblem] Relay only, and no relay
    *   candidate came (gathering ended without one, or went on too long without one).
    */
-  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onStateChange, createChannels = true, onDataChannel, onIceProblem }) {
+  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onStateChange, createChannels = true, onDataChannel, onIceProblem, e2ee = null }) {
     this.peerId = peerId;
     this.polite = polite;
     this.send = send;
@@ -125,12 +137,19 @@ export class PeerLink {
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this.disconnectTimer = undefined;
     this.remoteStream = new MediaStream();
-    this.pc = new RTCPeerConnection({
-      iceServers: iceConfig.iceServers,
-      iceTransportPolicy: iceConfig.iceTransportPolicy,
-      bundlePolicy: "max-bundle",
-    });
+    this.pc = new RTCPeerConnection(
+      /** @type {RTCConfiguration} */ ({
+        iceServers: iceConfig.iceServers,
+        iceTransportPolicy: iceConfig.iceTransportPolicy,
+        bundlePolicy: "max-bundle",
+        ...(e2ee ? E2eeLink.configuration() : {}),
+      }),
+    );
     const pc = this.pc;
+    /** @type {E2eeLink | null} */
+    this.e2ee = e2ee ? e2ee.newLink(pc, peerId) : null;
+    // With E2EE on but no way to protect frames here, no media may leave or be shown.
+    const mediaAllowed = !this.e2ee || this.e2ee.canTransform;
     /** Relay only with a TURN server: gathering without any candidate means it is out of reach. */
     const expectRelay = iceConfig.iceTransportPolicy === "relay" && iceConfigProblem(iceConfig) === null;
     /** Local candidates of this connection so far (ICE restarts included). */
@@ -145,26 +164,43 @@ export class PeerLink {
       onIceProblem?.("relay-unreachable");
     };
 
-    if (localStream) {
-      for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
+    const sending = mediaAllowed ? localStream : null;
+    if (sending) {
+      for (const track of sending.getTracks()) pc.addTrack(track, sending);
     }
     // Without a camera or microphone, still ask for the other side's audio and video (this also
     // makes sure this side starts negotiating when it is the one to offer).
     for (const kind of ["audio", "video"]) {
-      if (!localStream || localStream.getTracks().every((t) => t.kind !== kind)) {
+      if (!sending || sending.getTracks().every((t) => t.kind !== kind)) {
         pc.addTransceiver(kind, { direction: "recvonly" });
       }
     }
+    for (const transceiver of pc.getTransceivers()) {
+      if (transceiver.receiver.track.kind === "video") applyVideoCodecPreferences(transceiver, !!this.e2ee);
+    }
+    // Before any frame flows: every sender and receiver protects and opens frames.
+    this.e2ee?.attachAll();
 
-    const takeChannel = onDataChannel ?? ((/** @type {RTCDataChannel} */ channel) => channel.close());
+    const e2eeLink = this.e2ee;
+    const giveChannel = onDataChannel ?? ((/** @type {ChannelLike} */ channel) => channel.close());
+    /** @param {RTCDataChannel} channel */
+    const takeChannel = (channel) => {
+      if (e2eeLink && channel.label === E2EE_CHANNEL_LABEL) e2eeLink.takeKeyChannel(channel);
+      else if (e2eeLink && DATA_CHANNEL_LABELS.includes(channel.label)) giveChannel(e2eeLink.seal(channel));
+      else giveChannel(channel);
+    };
     pc.ondatachannel = ({ channel }) => {
       if (!this.closed) takeChannel(channel);
     };
     if (createChannels) {
-      for (const label of DATA_CHANNEL_LABELS) takeChannel(pc.createDataChannel(label, { ordered: true }));
+      const labels = e2eeLink ? [...DATA_CHANNEL_LABELS, E2EE_CHANNEL_LABEL] : DATA_CHANNEL_LABELS;
+      for (const label of labels) takeChannel(pc.createDataChannel(label, { ordered: true }));
     }
 
-    pc.ontrack = ({ track, streams }) => {
+    pc.ontrack = ({ track, streams, receiver }) => {
+      // The transform goes on before the first frame is decoded.
+      this.e2ee?.attach(receiver, "receive", track.kind === "audio" ? "audio" : "video");
+      if (!mediaAllowed) return;
       const stream = streams[0];
       if (stream && this.remoteStream !== stream) {
         this.remoteStream = stream;
@@ -343,6 +379,7 @@ export class PeerLink {
   close() {
     if (this.closed) return;
     this.closed = true;
+    this.e2ee?.close();
     if (this.disconnectTimer !== undefined) clearTimeout(this.disconnectTimer);
     clearInterval(this.watchdog);
     this.pc.ontrack = null;
@@ -371,8 +408,8 @@ export class CallController {
    * @param {(state: MediaState, peer: Peer | null) => void} options.onMediaState
    * @param {(peer: Peer, online: boolean) => void} [options.onPeerPresence]
    * @param {(peer: Peer, reason: string) => void} [options.onPeerLeft]
-   * @param {(channel: RTCDataChannel) => void} [options.onDataChannel] A data channel of the current
-   *   connection (created here or announced by the other side).
+   * @param {(channel: ChannelLike) => void} [options.onDataChannel] A chat or file channel of the
+   *   current connection (created here or announced by the other side; sealed with E2EE).
    * @param {() => void} [options.onConnectionClosed] The current connection was closed or replaced
    *   (its data channels are gone).
    * @param {(problem: IceProblem | null) => void} [options.onIceProblem] The connection cannot work
@@ -399,11 +436,22 @@ export class CallController {
     this.peers = new Map();
     /** @type {Promise<void>} Serializes everything that touches the peer connection. */
     this.queue = Promise.resolve();
+    /** @type {E2eeCall | null} End-to-end encryption of the call's connections, once known. */
+    this.e2ee = null;
     this.closed = false;
     /** @type {MediaState} */
     this.lastState = "waiting";
     /** @type {{ peerId: string, timer: ReturnType<typeof setTimeout> } | null} */
     this.awaitingOffer = null;
+  }
+
+  /**
+   * Protect the media and messages of every connection made from now on (the consultation has
+   * end-to-end encryption; set it before the first connection, from `joined`).
+   * @param {E2eeCall | null} e2ee
+   */
+  setE2ee(e2ee) {
+    this.e2ee = e2ee;
   }
 
   /** The participant the current connection is with, if any. */
@@ -477,6 +525,7 @@ export class CallController {
       localStream: this.localStream,
       send: this.send,
       createChannels: !channelsComing && !!onDataChannel,
+      e2ee: this.e2ee,
       ...(onDataChannel ? { onDataChannel } : {}),
       onRemoteStream: (stream) => {
         if (this.link === link) this.onRemoteStream(stream, this.peerOf(peerId));

@@ -21,6 +21,8 @@
  * `onUpdate`, and the page shows it.
  */
 
+/** @typedef {import('./messaging.js').ChannelLike} ChannelLike */
+
 export const FILE_CHANNEL_LABEL = "consult-file";
 /** Largest chunk payload. */
 export const CHUNK_BYTES = 16 * 1024;
@@ -254,7 +256,7 @@ const KNOWN_ERROR_REASONS = new Set(["too_large", "hash_mismatch", "out_of_order
 export class FileTransfers {
   /**
    * @param {object} options
-   * @param {() => RTCDataChannel | null} options.getChannel The open file channel to send on.
+   * @param {() => ChannelLike | null} options.getChannel The open file channel to send on.
    * @param {(transfer: Transfer) => void} options.onUpdate A transfer appeared or changed.
    * @param {(message: string) => void} [options.onProtocolError] A frame that made no sense.
    */
@@ -400,7 +402,7 @@ export class FileTransfers {
    * Round-robin between accepted outgoing transfers, one chunk at a time. True while chunks are
    * left waiting for room.
    * @private
-   * @param {RTCDataChannel} channel
+   * @param {ChannelLike} channel
    */
   pumpOn(channel) {
     const limit = MAX_BUFFERED_BYTES - CONTROL_RESERVE_BYTES;

@@ -11,6 +11,7 @@ import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController } from "./call.js";
 import { CallView } from "./call-view.js";
+import { E2eeCall, transformApi } from "./e2ee/call-e2ee.js";
 import { MessagingView } from "./messaging-view.js";
 import { deviceIdOf, fillDeviceSelect, LevelMeter, listDevices, openMedia, stopStream } from "./media.js";
 import { SignalingClient } from "./signaling.js";
@@ -21,6 +22,7 @@ import { announce, byId, formatDateTime, showError, showView } from "./ui.js";
 /** @typedef {import('./protocol.js').ServerMessage} ServerMessage */
 /** @typedef {import('./call.js').MediaState} MediaState */
 /** @typedef {import('./call.js').IceProblem} IceProblem */
+/** @typedef {import('./e2ee/call-e2ee.js').E2eeProblem} E2eeProblem */
 
 /**
  * What sessionStorage keeps for this tab.
@@ -64,6 +66,10 @@ let presenceNote = "";
 /** @type {IceProblem | null} Why the connection cannot work, shown as an error. */
 let iceProblem = null;
 let inCall = false;
+/** @type {E2eeCall | null} End-to-end encryption, when the consultation has it. */
+let e2ee = null;
+/** @type {E2eeProblem | null} Why an end-to-end encrypted call carries no media. */
+let e2eeProblem = null;
 
 // ---------------------------------------------------------------------------------------------
 // Storage
@@ -218,6 +224,14 @@ async function showLanding(notice) {
     info.mode === "live_only"
       ? "Nothing of this consultation is recorded: the video goes directly between you and your doctor, encrypted."
       : "Your doctor records this consultation, with your consent, into encrypted storage.";
+  const e2eeNote = byId("landing-e2ee", HTMLElement);
+  e2eeNote.hidden = !info.e2ee;
+  e2eeNote.classList.toggle("error", !!info.e2ee && !transformApi());
+  e2eeNote.textContent = !info.e2ee
+    ? ""
+    : transformApi()
+      ? "This consultation is end-to-end encrypted: only you and your doctor can see and hear it, not even the service."
+      : "This consultation is end-to-end encrypted, and this browser cannot do that: you would not see or hear your doctor. Please open the link in an up-to-date Chrome, Edge or Safari.";
   byId("landing-expiry", HTMLElement).textContent = `This link works until ${formatDateTime(info.expires_at)}.`;
   showView(views.landing, { focus: false });
   nameInput.focus();
@@ -448,6 +462,7 @@ function onSignal(m) {
   switch (m.type) {
     case "joined":
       if (info) info = { ...info, doctor_name: m.consultation.doctor_name, mode: m.consultation.mode };
+      setUpE2ee(c, m);
       c.joined(m);
       if (m.admitted) enterCall(m.consultation.mode);
       else {
@@ -514,6 +529,29 @@ function onSignal(m) {
   }
 }
 
+/**
+ * Turn on end-to-end encryption when the consultation has it (before any connection is made;
+ * a later `joined` after a signaling reconnect keeps the one there is).
+ * @param {CallController} c
+ * @param {import('./protocol.js').JoinedMessage} joined
+ */
+function setUpE2ee(c, joined) {
+  if (joined.consultation.e2ee !== true || e2ee) return;
+  const created = new E2eeCall({
+    localId: joined.participant_id,
+    onView: (view) => {
+      if (e2ee !== created) return;
+      callView.setE2ee(view);
+      if (e2eeProblem !== view.problem) {
+        e2eeProblem = view.problem;
+        updateStatus();
+      }
+    },
+  });
+  e2ee = created;
+  c.setE2ee(created);
+}
+
 /** @param {ConsultationMode} mode */
 function enterCall(mode) {
   if (inCall) return;
@@ -526,6 +564,16 @@ function enterCall(mode) {
   showView(views.call);
   announce(`${doctorName()} let you in.`);
 }
+
+/** What the patient is told when an end-to-end encrypted call cannot carry media. */
+const E2EE_PROBLEMS = /** @type {Record<E2eeProblem, string>} */ ({
+  "browser-unsupported":
+    "This consultation is end-to-end encrypted, and this browser cannot encrypt calls that way, so no audio or video is exchanged. Please open the link in an up-to-date Chrome, Edge or Safari.",
+  "peer-unsupported":
+    "This consultation is end-to-end encrypted, and your doctor’s browser or app cannot encrypt calls that way, so no audio or video is exchanged. Please tell your clinic.",
+  "keys-failed":
+    "This consultation is end-to-end encrypted, and the encryption keys could not be agreed, so no audio or video is exchanged. Please leave and open the link again.",
+});
 
 /** What the patient is told when the connection cannot work with the service's ICE configuration. */
 const ICE_PROBLEMS = /** @type {Record<IceProblem, string>} */ ({
@@ -550,6 +598,8 @@ function updateStatus() {
     callView.setStatus("Connection lost — reconnecting…", "warning");
   } else if (iceProblem) {
     callView.setStatus(ICE_PROBLEMS[iceProblem], "error");
+  } else if (e2eeProblem && mediaState !== "waiting") {
+    callView.setStatus(E2EE_PROBLEMS[e2eeProblem], "error");
   } else if (presenceNote) {
     callView.setStatus(presenceNote, "warning");
   } else if (mediaState === "reconnecting") {
@@ -582,6 +632,9 @@ function finish(notice, options = {}) {
   signaling = null;
   controller?.close();
   controller = null;
+  e2ee?.close();
+  e2ee = null;
+  e2eeProblem = null;
   callView.stop();
   messagingView.reset();
   stopMeter();

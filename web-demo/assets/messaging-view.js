@@ -239,7 +239,7 @@ export class MessagingView {
 
   /**
    * A data channel of the current peer connection.
-   * @param {RTCDataChannel} channel
+   * @param {import('./messaging.js').ChannelLike} channel
    */
   addChannel(channel) {
     this.messaging.addChannel(channel);

@@ -17,6 +17,27 @@ import { BUFFERED_LOW_BYTES, FILE_CHANNEL_LABEL, FileTransfers } from "./file-tr
 
 /** @typedef {import('./file-transfer.js').Transfer} Transfer */
 
+/**
+ * What chat and files use of a data channel: an `RTCDataChannel`, or one sealed with end-to-end
+ * encryption (`e2ee/sealed-channel.js`), which behaves the same.
+ * @typedef {{
+ *   readonly label: string,
+ *   readonly readyState: RTCDataChannelState,
+ *   readonly bufferedAmount: number,
+ *   bufferedAmountLowThreshold: number,
+ *   binaryType: BinaryType,
+ *   onopen: ((ev: Event) => any) | null,
+ *   onclose: ((ev: Event) => any) | null,
+ *   onerror: ((ev: RTCErrorEvent) => any) | null,
+ *   onbufferedamountlow: ((ev: Event) => any) | null,
+ *   onmessage: ((ev: MessageEvent) => any) | null,
+ *   send(data: string): void,
+ *   send(data: ArrayBuffer): void,
+ *   send(data: ArrayBufferView<ArrayBuffer>): void,
+ *   close(): void,
+ * }} ChannelLike
+ */
+
 export const CHAT_CHANNEL_LABEL = "consult-chat";
 /** Largest chat message, in bytes of UTF-8. */
 export const MAX_CHAT_BYTES = 4096;
@@ -63,11 +84,11 @@ export class Messaging {
     this.onChat = onChat;
     this.onChatRefused = onChatRefused;
     this.onChannels = onChannels;
-    /** @type {Set<RTCDataChannel>} Every channel adopted for the current connection. */
+    /** @type {Set<ChannelLike>} Every channel adopted for the current connection. */
     this.channels = new Set();
-    /** @type {RTCDataChannel[]} Open chat channels, in the order they opened. */
+    /** @type {ChannelLike[]} Open chat channels, in the order they opened. */
     this.chatChannels = [];
-    /** @type {RTCDataChannel[]} Open file channels, in the order they opened. */
+    /** @type {ChannelLike[]} Open file channels, in the order they opened. */
     this.fileChannels = [];
     this.files = new FileTransfers({
       getChannel: () => this.current(this.fileChannels),
@@ -78,7 +99,7 @@ export class Messaging {
   /**
    * The most recently opened channel of a list that is still open.
    * @private
-   * @param {RTCDataChannel[]} list
+   * @param {ChannelLike[]} list
    */
   current(list) {
     for (let i = list.length - 1; i >= 0; i--) {
@@ -100,7 +121,7 @@ export class Messaging {
   /**
    * Take a channel of the current peer connection (created here or announced by `datachannel`).
    * Channels with other labels are closed.
-   * @param {RTCDataChannel} channel
+   * @param {ChannelLike} channel
    */
   addChannel(channel) {
     const label = channel.label;
@@ -135,7 +156,7 @@ export class Messaging {
       this.onChannels();
     };
     channel.onerror = (event) => {
-      const error = /** @type {RTCErrorEvent} */ (event).error;
+      const error = event.error;
       console.warn(`Data channel ${label} error`, error ? error.message : event);
     };
     channel.onmessage = (event) => {

@@ -89,6 +89,8 @@ export const PROTOCOL_VERSION = 1;
  * @property {string | null} [title]
  * @property {string | null} [scheduled_at]
  * @property {ConsultationMode | null} [mode]
+ * @property {boolean} [e2ee] End-to-end encryption (the organisation may require it: then the
+ *   service sets it whatever is asked).
  */
 
 /**
@@ -102,6 +104,7 @@ export const PROTOCOL_VERSION = 1;
  * @property {string | null} [ended_at]
  * @property {InviteStatus | null} invite
  * @property {string} [invite_url] Only in the response that issues it.
+ * @property {boolean} [e2ee] End-to-end encrypted (absent from services before it existed).
  * @property {WaitingPatient[]} waiting
  */
 
@@ -131,6 +134,7 @@ export const PROTOCOL_VERSION = 1;
  * @property {string} consultation_id
  * @property {string} doctor_name
  * @property {ConsultationMode} mode
+ * @property {boolean} [e2ee] End-to-end encrypted: the patient's browser must support it.
  * @property {string} expires_at
  */
 
@@ -185,6 +189,8 @@ export const PROTOCOL_VERSION = 1;
  * @property {string} id
  * @property {string} doctor_name
  * @property {ConsultationMode} mode
+ * @property {boolean} [e2ee] Media, chat and files are end-to-end encrypted (SFrame): a peer that
+ *   cannot do it gets no media. Absent from services before it existed: treated as false.
  */
 
 /**

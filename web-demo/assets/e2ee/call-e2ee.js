@@ -1,0 +1,644 @@
+// @ts-check
+/**
+ * End-to-end encryption of a call in the page: one {@link E2eeCall} per call (it owns the key
+ * schedule, whose epochs go on across connections) and one {@link E2eeLink} per peer connection
+ * (its transform worker, its `consult-e2ee` channels, the data protector of its chat and file
+ * channels).
+ *
+ * What the link does to a connection (`call.js` calls it):
+ * - every sender and receiver, including ones added later, gets the worker's transform
+ *   (`RTCRtpScriptTransform`, or `createEncodedStreams()` posted to the same worker);
+ * - video is negotiated as VP8 or H.264 only (the codecs with an E2EE frame format);
+ * - the `consult-e2ee` channel carries the key schedule; chat and file channels are wrapped in
+ *   {@link SealedChannel}s.
+ *
+ * The lock badge shows only while every flowing track, both ways, is protected: each kind this
+ * side sends was protected within {@link RECENT_MS}, and each kind that arrives was opened within
+ * it. When the browser cannot transform frames, or no hello comes from the peer within
+ * {@link HELLO_TIMEOUT_MS} of connecting, the call carries no media and says why.
+ */
+
+import { FrameProtector, protectMessage, unprotectMessage, RejectedError } from "./protector.js";
+import { fingerprintFromSdp, KeySchedule } from "./schedule.js";
+import { SealedChannel } from "./sealed-channel.js";
+
+/** @typedef {import('./schedule.js').KeyEvent} KeyEvent */
+/** @typedef {import('./schedule.js').ScheduleConfig} ScheduleConfig */
+
+/** A flow counts as protected when its last protected (or opened) frame is at most this old. */
+const RECENT_MS = 2000;
+/** How long after connecting the peer's hello may take before the call is refused as not E2EE. */
+export const HELLO_TIMEOUT_MS = 10_000;
+/** How long a key channel may be open before both DTLS fingerprints are known. */
+const FINGERPRINT_WAIT_MS = 5000;
+/** How long a key installation in the worker may take before the link gives up on it. */
+const INSTALL_TIMEOUT_MS = 5000;
+
+/**
+ * Why an E2EE call carries no media: `browser-unsupported` (no encoded-transform API here),
+ * `peer-unsupported` (no hello from the other side), `keys-failed` (keys could not be agreed).
+ * @typedef {"browser-unsupported" | "peer-unsupported" | "keys-failed"} E2eeProblem
+ */
+
+/**
+ * What the page shows.
+ * @typedef {object} E2eeView
+ * @property {boolean} enabled
+ * @property {boolean} linked A connection to the other participant exists (keys are being agreed or are).
+ * @property {string | null} sas "1234 5678" once keys are agreed.
+ * @property {boolean} badge Every flowing track both ways is protected, now.
+ * @property {E2eeProblem | null} problem
+ */
+
+/**
+ * Which encoded-transform API this browser has.
+ * @returns {"script-transform" | "encoded-streams" | null}
+ */
+export function transformApi() {
+  if (typeof RTCRtpScriptTransform === "function") return "script-transform";
+  const sender = /** @type {any} */ (globalThis.RTCRtpSender);
+  if (sender && typeof sender.prototype.createEncodedStreams === "function") return "encoded-streams";
+  return null;
+}
+
+/** Video codecs with an E2EE frame format, and what travels with them. */
+const E2EE_VIDEO_CODECS = ["video/vp8", "video/h264", "video/rtx", "video/red", "video/ulpfec", "video/flexfec-03"];
+
+/**
+ * The video codec a developer or test asked for (`localStorage["consult.videoCodec"]`: `vp8` or
+ * `h264`), or null.
+ * @returns {"vp8" | "h264" | null}
+ */
+export function preferredVideoCodec() {
+  try {
+    const value = localStorage.getItem("consult.videoCodec");
+    return value === "vp8" || value === "h264" ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Restrict a video transceiver to the codecs with an E2EE format (with E2EE) and put the
+ * preferred codec first (when one is set). Without either, nothing changes.
+ * @param {RTCRtpTransceiver} transceiver
+ * @param {boolean} e2ee
+ */
+export function applyVideoCodecPreferences(transceiver, e2ee) {
+  const preferred = preferredVideoCodec();
+  if (!e2ee && !preferred) return;
+  const capabilities = RTCRtpReceiver.getCapabilities("video");
+  if (!capabilities || typeof transceiver.setCodecPreferences !== "function") return;
+  let codecs = capabilities.codecs;
+  if (e2ee) codecs = codecs.filter((c) => E2EE_VIDEO_CODECS.includes(c.mimeType.toLowerCase()));
+  if (preferred) {
+    const first = `video/${preferred}`;
+    codecs = [...codecs.filter((c) => c.mimeType.toLowerCase() === first), ...codecs.filter((c) => c.mimeType.toLowerCase() !== first)];
+  }
+  try {
+    transceiver.setCodecPreferences(codecs);
+  } catch (err) {
+    console.warn("Could not set the video codec preferences", err);
+  }
+}
+
+/**
+ * Payload type → frame format, from the `a=rtpmap` lines of SDPs (for frames whose metadata
+ * carries no MIME type).
+ * @param {(string | undefined)[]} sdps
+ */
+function payloadTypesOf(sdps) {
+  /** @type {Record<string, string>} */
+  const map = {};
+  for (const sdp of sdps) {
+    for (const match of (sdp ?? "").matchAll(/^a=rtpmap:(\d+) (VP8|H264|opus)\//gim)) {
+      map[match[1]] = match[2].toLowerCase();
+    }
+  }
+  return map;
+}
+
+/**
+ * End-to-end encryption of one call (one participant's page).
+ */
+export class E2eeCall {
+  /**
+   * @param {object} options
+   * @param {string} options.localId This participant's id.
+   * @param {(view: E2eeView) => void} options.onView The SAS, badge or problem changed.
+   * @param {Partial<ScheduleConfig>} [options.config]
+   */
+  constructor({ localId, onView, config }) {
+    this.localId = localId;
+    this.onView = onView;
+    this.schedule = new KeySchedule(localId, config);
+    this.api = transformApi();
+    /** @type {E2eeLink | null} */
+    this.link = null;
+    /** @type {E2eeView} */
+    this.view = { enabled: true, linked: false, sas: null, badge: false, problem: this.api ? null : "browser-unsupported" };
+    this.closed = false;
+    /**
+     * @type {Promise<void>} Serializes everything that touches the schedule, across links: a
+     * replaced connection's late work must never interleave with its successor's.
+     */
+    this.queue = Promise.resolve();
+    this.exposeHook();
+    // After the constructor returns, so that the caller has its reference to this call.
+    queueMicrotask(() => {
+      if (!this.closed) this.onView({ ...this.view });
+    });
+  }
+
+  /** Whether media may flow at all: the browser can protect it. */
+  get canTransform() {
+    return this.api !== null;
+  }
+
+  /**
+   * A new peer connection: its E2EE (the previous link, if any, is over).
+   * @param {RTCPeerConnection} pc
+   * @param {string} peerId
+   */
+  newLink(pc, peerId) {
+    this.link?.close();
+    this.link = new E2eeLink(this, pc, peerId);
+    this.update({ linked: true, sas: null, badge: false });
+    return this.link;
+  }
+
+  /**
+   * A link ended (closed or replaced).
+   * @param {E2eeLink} link
+   */
+  linkClosed(link) {
+    if (this.link !== link) return;
+    this.link = null;
+    this.update({ linked: false, sas: null, badge: false, problem: this.api ? null : "browser-unsupported" });
+  }
+
+  /**
+   * @param {Partial<E2eeView>} change
+   */
+  update(change) {
+    const next = { ...this.view, ...change };
+    const same = next.linked === this.view.linked && next.sas === this.view.sas && next.badge === this.view.badge && next.problem === this.view.problem;
+    if (same) return;
+    this.view = next;
+    if (!this.closed) this.onView({ ...next });
+  }
+
+  /**
+   * Run `task` after every schedule task queued before it.
+   * @param {() => Promise<void>} task
+   */
+  enqueue(task) {
+    this.queue = this.queue.then(task).catch((err) => {
+      if (!(err instanceof RejectedError)) console.error("E2EE error", err);
+    });
+    return this.queue;
+  }
+
+  /** Start a new epoch now (the test hook; the schedule also rotates by itself). */
+  async rotateNow() {
+    await this.link?.rotateNow();
+  }
+
+  /** What tests and curious people may read (never a key). */
+  snapshot() {
+    const link = this.link;
+    return {
+      enabled: true,
+      api: this.api,
+      sas: this.view.sas,
+      badge: this.view.badge,
+      problem: this.view.problem,
+      epochs: {
+        send: this.schedule.stats.sendEpoch,
+        announced: this.schedule.stats.announcedEpoch,
+        receive: this.schedule.stats.receiveEpoch,
+      },
+      keyRejections: { ...this.schedule.stats.rejected },
+      data: link ? link.dataStats() : null,
+      worker: link ? link.workerStats : null,
+    };
+  }
+
+  /** @private */
+  exposeHook() {
+    const call = this;
+    /** @type {any} */ (window).consultE2ee = Object.freeze({
+      get enabled() {
+        return !call.closed;
+      },
+      snapshot: () => (call.closed ? null : call.snapshot()),
+      rotateNow: () => call.rotateNow(),
+    });
+  }
+
+  close() {
+    this.closed = true;
+    this.link?.close();
+    this.link = null;
+    const w = /** @type {any} */ (window);
+    if (w.consultE2ee && w.consultE2ee.enabled === false) w.consultE2ee = null;
+  }
+}
+
+/**
+ * End-to-end encryption of one peer connection.
+ */
+export class E2eeLink {
+  /**
+   * @param {E2eeCall} call
+   * @param {RTCPeerConnection} pc
+   * @param {string} peerId
+   */
+  constructor(call, pc, peerId) {
+    this.call = call;
+    this.pc = pc;
+    this.peerId = peerId;
+    this.closed = false;
+    /** @type {Worker | null} */
+    this.worker = call.api ? new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "consult-e2ee" }) : null;
+    /** @type {any} The worker's latest stats. */
+    this.workerStats = null;
+    this.data = new FrameProtector();
+    /** @type {Set<RTCDataChannel>} */
+    this.keyChannels = new Set();
+    /** @type {RTCDataChannel[]} Open key channels, in the order they opened. */
+    this.openKeyChannels = [];
+    /** @type {Set<SealedChannel>} */
+    this.sealed = new Set();
+    this.connected = false;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.scheduleTimer = undefined;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.helloTimer = undefined;
+    /** @type {Map<number, () => void>} */
+    this.installs = new Map();
+    this.nextInstall = 1;
+    /** @type {WeakSet<RTCRtpSender | RTCRtpReceiver>} */
+    this.transformed = new WeakSet();
+
+    if (this.worker) {
+      this.worker.onmessage = (event) => this.fromWorker(event.data);
+      this.worker.onerror = (event) => console.error("E2EE worker error", event.message);
+    }
+    this.watchConnection = () => this.connectionChanged();
+    pc.addEventListener("connectionstatechange", this.watchConnection);
+    this.watchNegotiation = () => this.postCodecs();
+    pc.addEventListener("signalingstatechange", this.watchNegotiation);
+    this.badgeTimer = setInterval(() => this.refreshBadge(), 500);
+  }
+
+  /** Whether this link's media can be protected (else no media may flow). */
+  get canTransform() {
+    return this.worker !== null;
+  }
+
+  /**
+   * The peer connection's configuration needs for this browser: `encodedInsertableStreams` for
+   * the older API (it must be set when the connection is made).
+   */
+  static configuration() {
+    return transformApi() === "encoded-streams" ? { encodedInsertableStreams: true } : {};
+  }
+
+  /**
+   * Give a sender or receiver the worker's transform (once each).
+   * @param {RTCRtpSender | RTCRtpReceiver} endpoint
+   * @param {"send" | "receive"} side
+   * @param {"audio" | "video"} kind
+   */
+  attach(endpoint, side, kind) {
+    if (!this.worker || this.closed || this.transformed.has(endpoint)) return;
+    this.transformed.add(endpoint);
+    const options = { side, kind };
+    if (this.call.api === "script-transform") {
+      endpoint.transform = new RTCRtpScriptTransform(this.worker, options);
+    } else {
+      const { readable, writable } = /** @type {any} */ (endpoint).createEncodedStreams();
+      this.worker.postMessage({ type: "streams", side, kind, readable, writable }, [readable, writable]);
+    }
+  }
+
+  /** Attach transforms to every sender and receiver of the connection that has none yet. */
+  attachAll() {
+    for (const t of this.pc.getTransceivers()) {
+      const kind = t.receiver.track.kind === "audio" ? "audio" : "video";
+      this.attach(t.sender, "send", kind);
+      this.attach(t.receiver, "receive", kind);
+    }
+  }
+
+  /**
+   * A `consult-e2ee` channel of this connection (created here or announced).
+   * @param {RTCDataChannel} channel
+   */
+  takeKeyChannel(channel) {
+    // Without a way to protect media, no hello: the other side then tells its person why.
+    if (this.closed || !this.worker || this.keyChannels.has(channel)) return;
+    this.keyChannels.add(channel);
+    const opened = () => {
+      if (this.closed) return;
+      this.openKeyChannels = [...this.openKeyChannels.filter((c) => c !== channel), channel];
+      if (!this.connected) {
+        this.connected = true;
+        this.enqueue(() => this.connectSchedule());
+      }
+    };
+    channel.onopen = opened;
+    channel.onclose = () => {
+      this.openKeyChannels = this.openKeyChannels.filter((c) => c !== channel);
+    };
+    channel.onmessage = (event) => {
+      if (this.closed) return;
+      const text = event.data;
+      if (typeof text !== "string") {
+        // Binary frames are not key messages: count as malformed through the schedule.
+        this.enqueue(() => this.handleKeyMessage(""));
+        return;
+      }
+      this.enqueue(() => this.handleKeyMessage(text));
+    };
+    if (channel.readyState === "open") opened();
+  }
+
+  /**
+   * Wrap a chat or file channel of this connection.
+   * @param {RTCDataChannel} channel
+   */
+  seal(channel) {
+    const sealed = new SealedChannel(channel, {
+      canSend: () => !this.closed && this.data.send !== null,
+      seal: (binary, bytes) => protectMessage(this.data, binary, bytes),
+      open: (bytes) => unprotectMessage(this.data, bytes, performance.now()),
+      refusedUnprotected: () => {
+        this.data.noteUnprotected();
+        console.warn(`Refused a message on ${channel.label} that was not end-to-end encrypted`);
+      },
+    });
+    this.sealed.add(sealed);
+    return sealed;
+  }
+
+  /**
+   * Queue schedule work of this link; it is skipped once the link is closed or replaced.
+   * @private
+   * @param {() => Promise<void>} task
+   */
+  enqueue(task) {
+    return this.call.enqueue(async () => {
+      if (!this.closed && this.call.link === this) await task();
+    });
+  }
+
+  /**
+   * This connection's DTLS fingerprints, local and remote, from its session descriptions.
+   * @private
+   */
+  fingerprints() {
+    return {
+      local: fingerprintFromSdp(this.pc.currentLocalDescription?.sdp ?? this.pc.localDescription?.sdp),
+      remote: fingerprintFromSdp(this.pc.currentRemoteDescription?.sdp ?? this.pc.remoteDescription?.sdp),
+    };
+  }
+
+  /** @private */
+  async connectSchedule() {
+    let { local, remote } = this.fingerprints();
+    // Both descriptions are normally set long before a channel opens; if not yet, wait a little
+    // (key messages queued behind this task wait too, so none is refused for coming early).
+    for (let waited = 0; (!local || !remote) && waited < FINGERPRINT_WAIT_MS && !this.closed; waited += 100) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      ({ local, remote } = this.fingerprints());
+    }
+    if (this.closed) return;
+    if (!local || !remote) {
+      console.error(
+        `E2EE: no DTLS fingerprint (local ${!!local}, remote ${!!remote}; signaling ${this.pc.signalingState}, ` +
+          `descriptions ${!!this.pc.currentLocalDescription}/${!!this.pc.localDescription} ${!!this.pc.currentRemoteDescription}/${!!this.pc.remoteDescription}, closed ${this.closed})`,
+      );
+      this.call.update({ problem: "keys-failed" });
+      return;
+    }
+    await this.call.schedule.connect(performance.now(), this.peerId, local, remote);
+    // Closed meanwhile: the close already disconnected the schedule, and this hello must not go.
+    if (this.closed) {
+      this.call.schedule.disconnect();
+      return;
+    }
+    await this.drain();
+  }
+
+  /**
+   * @private
+   * @param {string} text
+   */
+  async handleKeyMessage(text) {
+    try {
+      await this.call.schedule.handleMessage(performance.now(), text);
+    } catch (err) {
+      if (err instanceof RejectedError) console.warn(`E2EE: key message refused (${err.reason})`);
+      else throw err;
+    } finally {
+      await this.drain();
+    }
+  }
+
+  /** Start a new epoch now. */
+  rotateNow() {
+    return this.enqueue(async () => {
+      await this.call.schedule.rotate(performance.now());
+      await this.drain();
+    });
+  }
+
+  /**
+   * Carry out the schedule's outputs in order: keys are installed before what follows goes out.
+   * @private
+   */
+  async drain() {
+    const schedule = this.call.schedule;
+    for (let out = schedule.pollOutput(); out; out = schedule.pollOutput()) {
+      if (this.closed) return;
+      if (out.type === "send") {
+        const channel = this.openKeyChannels[this.openKeyChannels.length - 1];
+        if (channel && channel.readyState === "open") channel.send(out.text);
+        continue;
+      }
+      const event = out.event;
+      if (event.kind === "sas") {
+        if (this.helloTimer !== undefined) clearTimeout(this.helloTimer);
+        this.call.update({ sas: event.sas, problem: this.call.api ? null : "browser-unsupported" });
+      } else if (event.kind === "send-key") {
+        await this.install(event);
+        await this.data.setSendKey(event.suite, event.dataKid, event.epoch, event.baseKey);
+        for (const s of this.sealed) s.announceOpen();
+      } else {
+        await this.install(event);
+        await this.data.addReceiveKey(event.suite, event.dataKid, event.epoch, event.baseKey, performance.now());
+      }
+    }
+    this.armScheduleTimer();
+  }
+
+  /**
+   * Give a key to the worker and wait until it can use it.
+   * @private
+   * @param {KeyEvent} event
+   */
+  install(event) {
+    const worker = this.worker;
+    if (!worker) return Promise.resolve();
+    const id = this.nextInstall++;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.installs.delete(id);
+        console.warn("E2EE: the worker did not confirm a key in time");
+        resolve(undefined);
+      }, INSTALL_TIMEOUT_MS);
+      this.installs.set(id, () => {
+        clearTimeout(timer);
+        resolve(undefined);
+      });
+      worker.postMessage({ type: event.kind, id, kid: event.mediaKid, epoch: event.epoch, suite: event.suite.id, baseKey: event.baseKey });
+    });
+  }
+
+  /** @private */
+  armScheduleTimer() {
+    if (this.scheduleTimer !== undefined) clearTimeout(this.scheduleTimer);
+    this.scheduleTimer = undefined;
+    if (this.closed) return;
+    const at = this.call.schedule.nextTimeout();
+    if (at === null) return;
+    // Timers may fire late, never early; cap the wait so a sleeping tab catches up soon after.
+    const wait = Math.min(Math.max(0, at - performance.now()), 60_000);
+    this.scheduleTimer = setTimeout(() => {
+      this.enqueue(async () => {
+        await this.call.schedule.handleTimeout(performance.now());
+        await this.drain();
+      });
+    }, wait);
+  }
+
+  /**
+   * @private
+   * @param {any} m
+   */
+  fromWorker(m) {
+    if (!m || typeof m !== "object" || this.closed) return;
+    if (m.type === "stats") {
+      this.workerStats = m.stats;
+    } else if (m.type === "installed") {
+      this.installs.get(m.id)?.();
+      this.installs.delete(m.id);
+    } else if (m.type === "rotate-wanted") {
+      this.requestRotation();
+    }
+  }
+
+  /** @private */
+  requestRotation() {
+    this.call.schedule.requestRotation();
+    this.enqueue(async () => {
+      await this.call.schedule.handleTimeout(performance.now());
+      await this.drain();
+    });
+  }
+
+  /** @private */
+  connectionChanged() {
+    if (this.closed) return;
+    // This browser's own shortcoming (no worker) is the reason shown then, not the other side's.
+    if (this.worker && this.pc.connectionState === "connected" && this.helloTimer === undefined && !this.call.view.sas) {
+      this.helloTimer = setTimeout(() => {
+        if (!this.closed && this.call.link === this && !this.call.schedule.sas) {
+          console.warn("E2EE: no key agreement with the other side");
+          this.call.update({ problem: "peer-unsupported" });
+        }
+      }, HELLO_TIMEOUT_MS);
+    }
+  }
+
+  /** @private */
+  postCodecs() {
+    if (this.closed || !this.worker || this.pc.signalingState !== "stable") return;
+    const payloadTypes = payloadTypesOf([this.pc.currentLocalDescription?.sdp, this.pc.currentRemoteDescription?.sdp]);
+    this.worker.postMessage({ type: "codecs", payloadTypes });
+    this.attachAll();
+  }
+
+  /** @private */
+  refreshBadge() {
+    if (this.closed || this.call.link !== this) return;
+    if (this.data.rotateWanted) this.requestRotation();
+    this.data.tick(performance.now());
+    this.call.update({ badge: this.allProtected() });
+  }
+
+  /**
+   * Whether every flowing track, both ways, is protected now.
+   * @private
+   */
+  allProtected() {
+    const stats = this.workerStats;
+    if (!stats || !this.call.schedule.sas || this.pc.connectionState !== "connected") return false;
+    const recent = (/** @type {number | null} */ ago) => ago !== null && ago < RECENT_MS;
+    /** @type {("audio" | "video")[]} */
+    const kinds = ["audio", "video"];
+    // Sending: every kind with a live local track was protected recently.
+    const sending = this.pc.getSenders().filter((s) => s.track && s.track.readyState === "live");
+    if (sending.length === 0 && this.pc.getSenders().some((s) => s.track)) return false;
+    for (const s of sending) {
+      const kind = s.track && s.track.kind === "audio" ? "audio" : "video";
+      if (!recent(stats.send[kind].lastOkAgoMs)) return false;
+    }
+    // Receiving: every kind that arrives was opened recently, and something arrives.
+    let receiving = 0;
+    for (const kind of kinds) {
+      const flow = stats.receive[kind];
+      if (!recent(flow.lastFrameAgoMs)) continue;
+      if (!recent(flow.lastOkAgoMs)) return false;
+      receiving += 1;
+    }
+    return receiving > 0;
+  }
+
+  /** Counters of the chat and file channels. */
+  dataStats() {
+    return {
+      protected: this.data.stats.protected,
+      opened: this.data.stats.opened,
+      rejected: { ...this.data.stats.rejected },
+      sendEpoch: this.data.stats.sendEpoch,
+      receiveEpochs: this.data.receiveEpochs,
+    };
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.badgeTimer);
+    if (this.scheduleTimer !== undefined) clearTimeout(this.scheduleTimer);
+    if (this.helloTimer !== undefined) clearTimeout(this.helloTimer);
+    this.pc.removeEventListener("connectionstatechange", this.watchConnection);
+    this.pc.removeEventListener("signalingstatechange", this.watchNegotiation);
+    for (const channel of this.keyChannels) {
+      channel.onopen = null;
+      channel.onclose = null;
+      channel.onmessage = null;
+    }
+    this.keyChannels.clear();
+    this.openKeyChannels = [];
+    this.sealed.clear();
+    this.data.clear();
+    // Ending the worker erases its keys with it.
+    this.worker?.terminate();
+    this.worker = null;
+    if (this.call.link === this) this.call.schedule.disconnect();
+    this.call.linkClosed(this);
+  }
+}
