@@ -96,6 +96,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             h264_access_unit(),
         ),
         (
+            "h264 tiny slices (shorter than their clear part)",
+            MediaFormat::H264,
+            Suite::Aes128Gcm,
+            kid(0x0a0b, STREAM_MEDIA, 4),
+            77,
+            vec![0, 0, 0, 1, 0x41, 0x9a, 0x02, 0, 0, 1, 0x41, 0x9a, 0x21, 0x6c, 0, 0, 1, 0x41, 0x9b],
+        ),
+        (
             "chat message",
             MediaFormat::Data,
             Suite::Aes128Gcm,

@@ -32,8 +32,10 @@ pub const H264_CLEAR_SLICE_BYTES: usize = 6;
 pub const VP8_KEYFRAME_CLEAR_BYTES: usize = 10;
 /// Clear bytes at the start of a VP8 delta frame: the frame tag.
 pub const VP8_DELTA_CLEAR_BYTES: usize = 3;
-/// The byte that ends every protected H.264 NAL unit.
-const H264_STOP_BYTE: u8 = 0x80;
+/// The high bit of the trailer byte that ends every protected H.264 NAL unit; its low bits
+/// carry the unit's clear length, which the receiver cannot infer when a unit is shorter than
+/// its usual clear part (the SFrame header or tag then follow the clear bytes directly).
+const H264_TRAILER: u8 = 0x80;
 
 /// What kind of frame is protected, which decides what stays in the clear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -355,7 +357,8 @@ fn protect_h264(
             out,
         );
         cursor += take;
-        out.push(H264_STOP_BYTE);
+        // `clear` is at most 1 + H264_CLEAR_SLICE_BYTES, well within the low seven bits.
+        out.push(H264_TRAILER | clear as u8);
     }
     Ok(())
 }
@@ -395,13 +398,20 @@ fn parse_h264(data: &[u8]) -> Result<ProtectedFrame<'_>, FormatError> {
         let unit = &data[u.unit.clone()];
         match h264_clear_len(unit[0]) {
             None => clears.push(u.unit.clone()),
-            Some(clear) => {
-                let Some((&H264_STOP_BYTE, body)) = unit.split_last() else {
-                    return Err(FormatError::MalformedH264(
-                        "protected unit without stop byte",
-                    ));
+            Some(max_clear) => {
+                let Some((&trailer, body)) = unit.split_last() else {
+                    return Err(FormatError::MalformedH264("empty NAL unit"));
                 };
-                let clear = clear.min(body.len());
+                let clear = usize::from(trailer & !H264_TRAILER);
+                if trailer & H264_TRAILER == 0
+                    || clear == 0
+                    || clear > max_clear
+                    || clear > body.len()
+                {
+                    return Err(FormatError::MalformedH264(
+                        "protected unit without a valid trailer",
+                    ));
+                }
                 clears.push(u.unit.start..u.unit.start + clear);
                 pieces.push((n, unescape(trailing_zeros(&body[..clear]), &body[clear..])));
             }
@@ -580,6 +590,24 @@ mod tests {
             assert!(!framed
                 .windows(3)
                 .any(|w| w[0] == 0 && w[1] == 0 && w[2] <= 2));
+        }
+    }
+
+    #[test]
+    fn h264_units_shorter_than_their_clear_part_round_trip() {
+        // Tiny slices (an all-skip P slice of a still scene) first, last and alone.
+        let (s, r) = keys(3);
+        for frame in [
+            vec![0, 0, 0, 1, 0x41, 0x9a, 0x02],
+            vec![
+                0, 0, 1, 0x41, 0x9a, 0, 0, 1, 0x41, 0x9a, 1, 2, 3, 4, 5, 6, 7, 8,
+            ],
+            vec![0, 0, 1, 0x65, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 1, 0x41, 0x9a],
+            vec![0, 0, 1, 0x06, 0x05, 0, 0, 1, 0x41],
+        ] {
+            let sealed = protect(MediaFormat::H264, &s, 1, &frame).unwrap();
+            let parsed = ProtectedFrame::parse(MediaFormat::H264, &sealed).unwrap();
+            assert_eq!(parsed.open(&r).unwrap(), frame);
         }
     }
 

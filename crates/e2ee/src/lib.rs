@@ -78,8 +78,8 @@
 //! the SFrame header, and are the SFrame *metadata* (authenticated, not encrypted):
 //! * `Opus`: nothing in the clear: `header ‖ ciphertext ‖ tag`.
 //! * `Vp8`: the first 10 bytes of a keyframe (frame tag, start code, dimensions) or the first 3
-//!   bytes of a delta frame (the frame tag; keyframe when bit 0 of byte 0 is 0) — fewer if the
-//!   frame is shorter: `clear ‖ header ‖ ciphertext ‖ tag`, metadata = `clear`.
+//!   bytes of a delta frame (the frame tag; keyframe when bit 0 of byte 0 is 0); a shorter frame
+//!   is refused: `clear ‖ header ‖ ciphertext ‖ tag`, metadata = `clear`.
 //! * `Data` (chat, file frames): nothing in the clear; the plaintext is one kind byte (0 text,
 //!   1 binary) followed by the message.
 //! * `H264` (Annex-B): the frame is split into NAL units at start codes (`00 00 01`, with any
@@ -92,8 +92,9 @@
 //!   `header ‖ ciphertext ‖ tag` is cut back into pieces of the same lengths, with the SFrame
 //!   header in front of the first piece and the tag after the last. Each piece is then escaped
 //!   (insert `03` after `00 00` when the next byte is `00`–`03`, counting the zeros that end the
-//!   unit's clear part) and followed by one stop byte `80`, so no start code can appear in
-//!   ciphertext and no unit ends in a zero byte. The metadata is, for every unit in order:
+//!   unit's clear part) and followed by one trailer byte, `0x80 | clear length`, which tells the
+//!   receiver where the clear part ends even in a unit shorter than usual; no start code can
+//!   appear in ciphertext and no unit ends in a zero byte. The metadata is, for every unit in order:
 //!   `u8 protected(0|1) ‖ u32 clear length ‖ clear bytes ‖ (u32 piece length, if protected)`,
 //!   all big-endian, so moving bytes between units or between clear and encrypted fails
 //!   authentication. A frame with no protected unit is refused.
@@ -112,7 +113,7 @@
 //! epoch (16 bytes for suite 4, 32 for suite 5) travels in `key {from, to, epoch, suite, nonce,
 //! wrapped}`, sealed with AES-256-GCM under `wrap_key(from→to)` with a random 12-byte nonce and
 //! AAD `"consult-e2ee/key/v1|" + from + "|" + to + "|" + epoch + "|" + suite`. The receiver answers
-//! `ack {epoch}`; the sender switches to the new key when acknowledged (or after
+//! `ack {from, epoch}`; the sender switches to the new key when acknowledged (or after
 //! [`ScheduleConfig::switch_after`]).
 //!
 //! **SAS.** `HKDF-SHA256(salt = empty, ikm = transcript hash, info = "consult-e2ee/sas/v1")`,

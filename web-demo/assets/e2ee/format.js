@@ -13,7 +13,7 @@
  *   other units their header byte; the rest of each unit is its piece. The pieces, concatenated,
  *   are the plaintext; `header ‖ ciphertext ‖ tag` is cut back into pieces of the same lengths
  *   (header before the first, tag after the last), each escaped against start-code emulation and
- *   ended with the stop byte `80`. Metadata: per unit `u8 protected ‖ u32 clear length ‖ clear ‖
+ *   ended with the trailer byte `0x80 | clear length`. Metadata: per unit `u8 protected ‖ u32 clear length ‖ clear ‖
  *   (u32 piece length)`.
  */
 
@@ -30,12 +30,16 @@ export const H264_CLEAR_SLICE_BYTES = 6;
 export const VP8_KEYFRAME_CLEAR_BYTES = 10;
 /** Clear bytes at the start of a VP8 delta frame: the frame tag. */
 export const VP8_DELTA_CLEAR_BYTES = 3;
-/** The byte that ends every protected H.264 NAL unit. */
-const H264_STOP_BYTE = 0x80;
+/**
+ * High bit of the trailer byte that ends every protected H.264 NAL unit; its low bits carry the
+ * unit's clear length, which a receiver cannot infer when a unit is shorter than its usual clear
+ * part (the SFrame header or tag then follow the clear bytes directly).
+ */
+const H264_TRAILER = 0x80;
 
 /**
  * Why a frame could not be protected or parsed: `truncated` (too short for its format),
- * `malformed` (H.264 that is not Annex-B, or a protected unit without its stop byte),
+ * `malformed` (H.264 that is not Annex-B, or a protected unit without a valid trailer),
  * `no-protected-unit` (H.264 with nothing to encrypt).
  */
 export class FormatError extends Error {
@@ -368,7 +372,7 @@ async function protectH264(key, ctr, frame) {
     if (n === last) take += TAG_BYTES;
     escapeInto(trailingZeros(clearBytes), sealed.subarray(cursor, cursor + take), out);
     cursor += take;
-    out.u8(H264_STOP_BYTE);
+    out.u8(H264_TRAILER | clear);
   }
   return out.finish();
 }
@@ -391,9 +395,12 @@ function parseH264(data) {
       clears.push({ start: u.start, end: u.end });
       continue;
     }
-    if (unit[unit.length - 1] !== H264_STOP_BYTE) throw new FormatError("malformed", "protected unit without stop byte");
+    const trailer = unit[unit.length - 1];
     const body = unit.subarray(0, unit.length - 1);
-    const clear = Math.min(clearLength, body.length);
+    const clear = trailer & ~H264_TRAILER & 0xff;
+    if ((trailer & H264_TRAILER) === 0 || clear === 0 || clear > clearLength || clear > body.length) {
+      throw new FormatError("malformed", "protected unit without a valid trailer");
+    }
     clears.push({ start: u.start, end: u.start + clear });
     pieces.push({ unit: n, bytes: unescape(trailingZeros(body.subarray(0, clear)), body.subarray(clear)) });
   }
