@@ -101,7 +101,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Suite::Aes128Gcm,
             kid(0x0a0b, STREAM_MEDIA, 4),
             77,
-            vec![0, 0, 0, 1, 0x41, 0x9a, 0x02, 0, 0, 1, 0x41, 0x9a, 0x21, 0x6c, 0, 0, 1, 0x41, 0x9b],
+            vec![
+                0, 0, 0, 1, 0x41, 0x9a, 0x02, 0, 0, 1, 0x41, 0x9a, 0x21, 0x6c, 0, 0, 1, 0x41, 0x9b,
+            ],
         ),
         (
             "chat message",

@@ -271,9 +271,14 @@ pub struct KeySchedule {
     outbox: VecDeque<String>,
     events: VecDeque<E2eeEvent>,
     stats: E2eeStats,
+    /// Key messages that arrived before [`KeySchedule::connect`] (the remote's channel can be
+    /// faster than ours), handled once it is called.
+    early: VecDeque<String>,
 }
 
 const EXPIRED_KIDS_REMEMBERED: usize = 64;
+/// Key messages kept from before `connect`: a hello and a key, with room to spare.
+const EARLY_MESSAGES_KEPT: usize = 4;
 
 impl KeySchedule {
     /// A schedule for the participant `local_id` (its participant id from the signaling service).
@@ -292,6 +297,7 @@ impl KeySchedule {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: E2eeStats::default(),
+            early: VecDeque::new(),
         }
     }
 
@@ -325,6 +331,10 @@ impl KeySchedule {
             public,
             agreed: None,
         });
+        for text in std::mem::take(&mut self.early) {
+            // Refusals are counted like any other.
+            let _ = self.handle_message(now, rng, &text);
+        }
     }
 
     /// The remote left or the connection closed: erase every key it knew or gave us. A new
@@ -403,6 +413,13 @@ impl KeySchedule {
         rng: &mut dyn CryptoRngCore,
         text: &str,
     ) -> Result<(), E2eeError> {
+        if self.conn.is_none() {
+            if self.early.len() >= EARLY_MESSAGES_KEPT {
+                return self.reject(Rejection::KeyMalformed);
+            }
+            self.early.push_back(text.to_owned());
+            return Ok(());
+        }
         let message = match KeyMessage::decode(text) {
             Ok(message) => message,
             Err(WireError::TooLong | WireError::Malformed(_) | WireError::Version(_)) => {
@@ -945,6 +962,36 @@ mod tests {
             (false, b"chat".to_vec())
         );
         assert_eq!(pair.a.stats().send_epoch, 1);
+    }
+
+    #[test]
+    fn a_hello_that_arrives_before_connect_is_kept_until_then() {
+        let now = Instant::now();
+        let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        let mut b = KeySchedule::new(ScheduleConfig::default(), "patient");
+        a.connect(now, &mut OsRng, "patient", fp(1), fp(2));
+        let ScheduleOutput::Send(hello) = a.poll_output() else {
+            panic!("no hello");
+        };
+        b.handle_message(now, &mut OsRng, &hello).unwrap();
+        b.connect(now, &mut OsRng, "doctor", fp(2), fp(1));
+        assert!(b.sas().is_some(), "the early hello was handled at connect");
+        for _ in 0..3 {
+            while let ScheduleOutput::Send(m) = b.poll_output() {
+                a.handle_message(now, &mut OsRng, &m).unwrap();
+            }
+            while let ScheduleOutput::Send(m) = a.poll_output() {
+                b.handle_message(now, &mut OsRng, &m).unwrap();
+            }
+        }
+        assert_eq!(a.sas(), b.sas());
+        assert!(a.can_send() && b.can_send());
+        // Not an unbounded buffer: a flood before connect is refused.
+        let mut c = KeySchedule::new(ScheduleConfig::default(), "x");
+        for _ in 0..EARLY_MESSAGES_KEPT {
+            c.handle_message(now, &mut OsRng, "{}").unwrap();
+        }
+        assert!(c.handle_message(now, &mut OsRng, "{}").is_err());
     }
 
     #[test]
