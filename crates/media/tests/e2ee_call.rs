@@ -101,11 +101,8 @@ fn an_e2ee_call_protects_video_chat_and_files_and_both_sides_show_the_same_sas()
     assert_eq!(sas_a, sas_b, "both people see the same string");
     assert_eq!(call.a.peer.e2ee_sas(), sas_a);
 
-    let mut pattern = TestPattern::new(320, 240);
-    let mut encoder = video_encoder(codec, 320, 240, 400_000, 30.0).unwrap();
+    let mut camera = VideoSource::new(codec, u64::MAX);
     let mut receiver = Receiver::new(codec);
-    let mut next = call.now();
-    let mut sent = 0u64;
     let start = call.elapsed();
     call.a.peer.send_chat("Bonjour, docteur").unwrap();
     let file = vec![0x5a; 100_000];
@@ -114,16 +111,7 @@ fn an_e2ee_call_protects_video_chat_and_files_and_both_sides_show_the_same_sas()
         .offer_file("scan.pdf", "application/pdf", file.clone())
         .unwrap();
     while call.elapsed() < start + Duration::from_secs(3) {
-        if call.now() >= next {
-            if let Some(encoded) = encoder.encode(&pattern.next_frame(), sent == 0).unwrap() {
-                call.a
-                    .peer
-                    .write_video(call.now(), sent * 3000, codec, &encoded.data)
-                    .unwrap();
-            }
-            sent += 1;
-            next += Duration::from_millis(33);
-        }
+        camera.tick(&mut call);
         call.step().unwrap();
         for (_, event) in &call.a.events {
             if let PeerEvent::File(FileEvent::Offered { offer }) = event {
@@ -133,6 +121,7 @@ fn an_e2ee_call_protects_video_chat_and_files_and_both_sides_show_the_same_sas()
         }
         receiver.take(&call.b);
     }
+    let sent = camera.sent;
     assert!(
         receiver.decoded >= sent * 8 / 10,
         "{} of {sent} decoded",
@@ -157,16 +146,110 @@ fn an_e2ee_call_protects_video_chat_and_files_and_both_sides_show_the_same_sas()
     );
 }
 
-/// Step whichever call is behind, so the two virtual clocks stay together.
-fn step_both(left: &mut SimulatedCall, right: &mut SimulatedCall) {
-    if left.elapsed() <= right.elapsed() {
-        left.step().unwrap();
-    } else {
-        right.step().unwrap();
+/// The doctor's camera: a moving pattern encoded at 30 fps, sent by side `a` of a call.
+struct VideoSource {
+    codec: VideoCodec,
+    pattern: TestPattern,
+    encoder: Box<dyn consult_media::codec::VideoEncoder>,
+    next: Option<std::time::Instant>,
+    sent: u64,
+    /// A keyframe every this many frames (the first frame always is one).
+    keyframe_every: u64,
+}
+
+impl VideoSource {
+    fn new(codec: VideoCodec, keyframe_every: u64) -> Self {
+        Self {
+            codec,
+            pattern: TestPattern::new(320, 240),
+            encoder: video_encoder(codec, 320, 240, 400_000, 30.0).unwrap(),
+            next: None,
+            sent: 0,
+            keyframe_every,
+        }
+    }
+
+    /// Send a frame from `call.a` if one is due; the encoded bytes.
+    fn tick(&mut self, call: &mut SimulatedCall) -> Option<Vec<u8>> {
+        let next = *self.next.get_or_insert(call.now());
+        if call.now() < next {
+            return None;
+        }
+        self.next = Some(next + Duration::from_millis(33));
+        let keyframe = self.sent.is_multiple_of(self.keyframe_every);
+        let encoded = self
+            .encoder
+            .encode(&self.pattern.next_frame(), keyframe)
+            .unwrap();
+        let rtp_time = self.sent * 3000;
+        self.sent += 1;
+        let encoded = encoded?;
+        let now = call.now();
+        call.a
+            .peer
+            .write_video(now, rtp_time, self.codec, &encoded.data)
+            .unwrap();
+        Some(encoded.data)
     }
 }
 
-/// Relay key-channel messages from one middle peer to the other, as a malicious service would.
+/// The doctor and the patient each connected to a middle of the service's making — its own
+/// peers, with their own DTLS certificates (so its own fingerprints in the SDP) and no end-to-end
+/// keys — which relays key messages unchanged between them. `left.a` is the doctor, `right.a`
+/// the patient, `left.b` and `right.b` the middle.
+struct MiddleCall {
+    left: SimulatedCall,
+    right: SimulatedCall,
+    seen_left: usize,
+    seen_right: usize,
+}
+
+impl MiddleCall {
+    /// Connected, with keys agreed through the middle.
+    fn agreed(codec: VideoCodec, seed: u64) -> Self {
+        let doctor = config("doctor", "patient", codec, ScheduleConfig::default());
+        let patient = config("patient", "doctor", codec, ScheduleConfig::default());
+        let mut call = Self {
+            left: SimulatedCall::new(doctor, plain(codec), Link::perfect(), seed),
+            right: SimulatedCall::new(patient, plain(codec), Link::perfect(), seed + 1),
+            seen_left: 0,
+            seen_right: 0,
+        };
+        call.left.negotiate().unwrap();
+        call.right.negotiate().unwrap();
+        while !(call.left.a.peer.e2ee_ready() && call.right.a.peer.e2ee_ready()) {
+            assert!(
+                call.left.elapsed() < Duration::from_secs(10),
+                "keys were not agreed through the middle"
+            );
+            call.step();
+        }
+        call
+    }
+
+    /// Step whichever call is behind (so the two virtual clocks stay together) and relay.
+    fn step(&mut self) {
+        if self.left.elapsed() <= self.right.elapsed() {
+            self.left.step().unwrap();
+        } else {
+            self.right.step().unwrap();
+        }
+        relay_messages(&mut self.left.b, &mut self.seen_left, &mut self.right.b);
+        relay_messages(&mut self.right.b, &mut self.seen_right, &mut self.left.b);
+    }
+
+    /// The middle sends a frame on to the patient.
+    fn forward(&mut self, rtp_time: u64, codec: VideoCodec, data: &[u8]) {
+        let now = self.right.now();
+        self.right
+            .b
+            .peer
+            .write_video(now, rtp_time, codec, data)
+            .unwrap();
+    }
+}
+
+/// Relay channel messages from one middle peer to the other, as a malicious service would.
 fn relay_messages(from: &mut Side, seen: &mut usize, to: &mut Side) {
     let messages: Vec<_> = from.events[*seen..]
         .iter()
@@ -187,66 +270,26 @@ fn relay_messages(from: &mut Side, seen: &mut usize, to: &mut Side) {
 
 #[test]
 fn a_middle_that_terminates_dtls_on_both_sides_decodes_nothing_and_the_sas_differ() {
-    // The "service" gives the doctor and the patient each a peer of its own (its own DTLS
-    // certificate, so its own fingerprint in the SDP) and relays everything between them:
-    // key messages unchanged, media frames as they arrive. It has no end-to-end keys.
+    // The middle also decodes every frame it relays, with real decoders.
     let codec = VideoCodec::H264;
-    let link = Link::perfect();
-    let doctor = config("doctor", "patient", codec, ScheduleConfig::default());
-    let patient = config("patient", "doctor", codec, ScheduleConfig::default());
-    let mut left = SimulatedCall::new(doctor, plain(codec), link, 1); // doctor ↔ middle
-    let mut right = SimulatedCall::new(patient, plain(codec), link, 2); // patient ↔ middle
-    left.negotiate().unwrap();
-    right.negotiate().unwrap();
-    let (mut seen_left, mut seen_right) = (0, 0);
-    let deadline = Duration::from_secs(10);
-    while !(left.a.peer.e2ee_ready() && right.a.peer.e2ee_ready()) {
-        assert!(
-            left.elapsed() < deadline,
-            "keys were not agreed through the middle"
-        );
-        step_both(&mut left, &mut right);
-        relay_messages(&mut left.b, &mut seen_left, &mut right.b);
-        relay_messages(&mut right.b, &mut seen_right, &mut left.b);
-    }
-    let (doctor_sas, patient_sas) = (sas(&left.a).unwrap(), sas(&right.a).unwrap());
+    let mut call = MiddleCall::agreed(codec, 1);
+    let (doctor_sas, patient_sas) = (sas(&call.left.a).unwrap(), sas(&call.right.a).unwrap());
     assert_ne!(
         doctor_sas, patient_sas,
         "the middle shows as differing strings"
     );
-
-    // The doctor sends real H.264; the middle decodes what it gets and passes it on.
-    let mut pattern = TestPattern::new(320, 240);
-    let mut encoder = video_encoder(codec, 320, 240, 400_000, 30.0).unwrap();
-    let mut middle = Receiver::new(codec);
-    let mut patient = Receiver::new(codec);
-    let mut next = left.now();
-    let mut sent = 0u64;
-    let start = left.elapsed();
-    while left.elapsed() < start + Duration::from_secs(3) {
-        if left.now() >= next {
-            if let Some(encoded) = encoder.encode(&pattern.next_frame(), sent == 0).unwrap() {
-                left.a
-                    .peer
-                    .write_video(left.now(), sent * 3000, codec, &encoded.data)
-                    .unwrap();
-            }
-            sent += 1;
-            next += Duration::from_millis(33);
+    let mut camera = VideoSource::new(codec, u64::MAX);
+    let (mut middle, mut patient) = (Receiver::new(codec), Receiver::new(codec));
+    let start = call.left.elapsed();
+    while call.left.elapsed() < start + Duration::from_secs(3) {
+        camera.tick(&mut call.left);
+        call.step();
+        for frame in middle.take(&call.left.b) {
+            call.forward(frame.rtp_time, codec, &frame.data);
         }
-        step_both(&mut left, &mut right);
-        relay_messages(&mut left.b, &mut seen_left, &mut right.b);
-        relay_messages(&mut right.b, &mut seen_right, &mut left.b);
-        for frame in middle.take(&left.b) {
-            let now = right.now();
-            right
-                .b
-                .peer
-                .write_video(now, frame.rtp_time, codec, &frame.data)
-                .unwrap();
-        }
-        patient.take(&right.a);
+        patient.take(&call.right.a);
     }
+    let sent = camera.sent;
     println!(
         "middle: {} frames received, {} decoded, {} errors; patient: {} decoded of {sent} sent",
         middle.frames, middle.decoded, middle.errors, patient.decoded
@@ -262,61 +305,33 @@ fn a_middle_that_terminates_dtls_on_both_sides_decodes_nothing_and_the_sas_diffe
 
 #[test]
 fn frames_tampered_replayed_truncated_or_forged_in_the_middle_are_refused_and_the_call_goes_on() {
-    // The same middle as above, now changing what it relays.
+    // The same middle as above, now changing what it relays. Periodic keyframes let the
+    // picture recover after a refused frame.
     let codec = VideoCodec::H264;
-    let link = Link::perfect();
-    let doctor = config("doctor", "patient", codec, ScheduleConfig::default());
-    let patient = config("patient", "doctor", codec, ScheduleConfig::default());
-    let mut left = SimulatedCall::new(doctor, plain(codec), link, 5);
-    let mut right = SimulatedCall::new(patient, plain(codec), link, 6);
-    left.negotiate().unwrap();
-    right.negotiate().unwrap();
-    let (mut seen_left, mut seen_right) = (0, 0);
-    while !(left.a.peer.e2ee_ready() && right.a.peer.e2ee_ready()) {
-        assert!(left.elapsed() < Duration::from_secs(10));
-        step_both(&mut left, &mut right);
-        relay_messages(&mut left.b, &mut seen_left, &mut right.b);
-        relay_messages(&mut right.b, &mut seen_right, &mut left.b);
-    }
+    let mut call = MiddleCall::agreed(codec, 5);
     let forger = consult_e2ee::sframe::SenderKey::new(
         consult_e2ee::Suite::Aes128Gcm,
         0x0bad_0001,
         &consult_e2ee::sframe::BaseKey::new(vec![9; 16]),
     )
     .unwrap();
-    let mut pattern = TestPattern::new(320, 240);
-    let mut encoder = video_encoder(codec, 320, 240, 400_000, 30.0).unwrap();
-    let mut middle = Receiver::new(codec);
-    let mut patient = Receiver::new(codec);
-    let (mut next, mut sent, mut relayed) = (left.now(), 0u64, 0u64);
+    let mut camera = VideoSource::new(codec, 15);
+    let (mut middle, mut patient) = (Receiver::new(codec), Receiver::new(codec));
+    let mut relayed = 0u64;
     let mut previous: Option<Vec<u8>> = None;
     let mut sent_frames = std::collections::HashSet::new();
     let mut delivered = 0u64;
-    let start = left.elapsed();
-    while left.elapsed() < start + Duration::from_secs(4) {
-        if left.now() >= next {
-            // Periodic keyframes, so that the picture recovers after a refused frame.
-            if let Some(encoded) = encoder
-                .encode(&pattern.next_frame(), sent % 15 == 0)
-                .unwrap()
-            {
-                sent_frames.insert(encoded.data.clone());
-                left.a
-                    .peer
-                    .write_video(left.now(), sent * 3000, codec, &encoded.data)
-                    .unwrap();
-            }
-            sent += 1;
-            next += Duration::from_millis(33);
+    let start = call.left.elapsed();
+    while call.left.elapsed() < start + Duration::from_secs(4) {
+        if let Some(data) = camera.tick(&mut call.left) {
+            sent_frames.insert(data);
         }
-        step_both(&mut left, &mut right);
-        relay_messages(&mut left.b, &mut seen_left, &mut right.b);
-        relay_messages(&mut right.b, &mut seen_right, &mut left.b);
-        for frame in middle.take(&left.b) {
+        call.step();
+        for frame in middle.take(&call.left.b) {
             relayed += 1;
             let mut data = frame.data.clone();
             // One frame in ten is interfered with, in turn tampered, truncated, forged, replayed.
-            let interference = (relayed % 10 == 0).then_some(relayed / 10 % 4);
+            let interference = relayed.is_multiple_of(10).then_some(relayed / 10 % 4);
             match interference {
                 Some(0) => {
                     let at = data.len() - 20;
@@ -337,26 +352,16 @@ fn frames_tampered_replayed_truncated_or_forged_in_the_middle_are_refused_and_th
                 Some(_) => {
                     // replayed: the previous frame again, after this one
                     if let Some(old) = previous.clone() {
-                        let now = right.now();
-                        right
-                            .b
-                            .peer
-                            .write_video(now, frame.rtp_time, codec, &data)
-                            .unwrap();
+                        call.forward(frame.rtp_time, codec, &data);
                         data = old;
                     }
                 }
                 _ => {}
             }
             previous = Some(frame.data.clone());
-            let now = right.now();
-            right
-                .b
-                .peer
-                .write_video(now, frame.rtp_time + 1, codec, &data)
-                .unwrap();
+            call.forward(frame.rtp_time + 1, codec, &data);
         }
-        for frame in patient.take(&right.a) {
+        for frame in patient.take(&call.right.a) {
             delivered += 1;
             assert!(
                 sent_frames.contains(&frame.data),
@@ -364,7 +369,8 @@ fn frames_tampered_replayed_truncated_or_forged_in_the_middle_are_refused_and_th
             );
         }
     }
-    let stats = right.a.peer.e2ee_stats().unwrap();
+    let stats = call.right.a.peer.e2ee_stats().unwrap();
+    let sent = camera.sent;
     println!(
         "patient refused {:?}; decoded {} of {sent}",
         stats.rejected, patient.decoded
@@ -408,25 +414,14 @@ fn keys_rotating_on_a_timer_and_on_request_leave_no_video_gap() {
         .run_until(Duration::from_secs(10), |c| c.a.peer.e2ee_ready()
             && c.b.peer.e2ee_ready())
         .unwrap());
-    let mut pattern = TestPattern::new(320, 240);
-    let mut encoder = video_encoder(codec, 320, 240, 400_000, 30.0).unwrap();
+    let mut camera = VideoSource::new(codec, u64::MAX);
     let mut receiver = Receiver::new(codec);
-    let (mut next, mut sent) = (call.now(), 0u64);
     let start = call.elapsed();
     let mut last_decoded_at = start;
     let mut longest_gap = Duration::ZERO;
     let mut rotated_on_request = false;
     while call.elapsed() < start + Duration::from_secs(7) {
-        if call.now() >= next {
-            if let Some(encoded) = encoder.encode(&pattern.next_frame(), sent == 0).unwrap() {
-                call.a
-                    .peer
-                    .write_video(call.now(), sent * 3000, codec, &encoded.data)
-                    .unwrap();
-            }
-            sent += 1;
-            next += Duration::from_millis(33);
-        }
+        camera.tick(&mut call);
         if !rotated_on_request && call.elapsed() > start + Duration::from_secs(3) {
             call.a.peer.e2ee_rotate();
             rotated_on_request = true;
@@ -440,6 +435,7 @@ fn keys_rotating_on_a_timer_and_on_request_leave_no_video_gap() {
         }
     }
     let stats = call.a.peer.e2ee_stats().unwrap();
+    let sent = camera.sent;
     println!(
         "rotation: {} epochs, longest gap between decoded frames {longest_gap:?}, {} of {sent} decoded",
         stats.send_epoch, receiver.decoded
