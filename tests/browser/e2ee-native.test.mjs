@@ -20,6 +20,8 @@ import {
   acceptAndDownload,
   botDiagnostics,
   byTestId,
+  createE2eeConsultation,
+  e2eeSnapshot,
   closeAll,
   cspViolations,
   diagnostics,
@@ -37,31 +39,6 @@ import {
 } from "./harness.mjs";
 
 const BOT_NAME = "Echo bot";
-
-/**
- * Create an end-to-end encrypted consultation; returns its invite link.
- * @param {import('playwright-core').Page} page
- * @param {string} title
- */
-async function createE2eeConsultation(page, title) {
-  await byTestId(page, "create-title").fill(title);
-  await byTestId(page, "create-e2ee").check();
-  await byTestId(page, "create-submit").click();
-  await byTestId(page, "invite-panel").waitFor({ state: "visible" });
-  return byTestId(page, "invite-url").inputValue();
-}
-
-/**
- * The page's E2EE debugging view (`window.consultE2ee.snapshot()`), or null.
- * @param {import('playwright-core').Page} page
- * @returns {Promise<any>}
- */
-function e2ee(page) {
-  return page.evaluate(() => {
-    const hook = /** @type {any} */ (window).consultE2ee;
-    return hook ? hook.snapshot() : null;
-  });
-}
 
 /**
  * Doctor signed in with an E2EE consultation open; echo-bot joined and admitted.
@@ -117,7 +94,7 @@ describe("end-to-end encryption between the browser and the native echo-bot", { 
         let snapshot = null;
         while (Date.now() < deadline) {
           media = await inboundStats(page).catch((err) => ({ error: String(err) }));
-          snapshot = await e2ee(page).catch(() => null);
+          snapshot = await e2eeSnapshot(page).catch(() => null);
           const w = snapshot && snapshot.worker;
           if (media && media.framesDecoded > 0 && media.audioPackets > 0 && w && w.receive.video.ok > 0 && w.receive.audio.ok > 0 && w.send.video.ok > 0 && w.send.audio.ok > 0 && snapshot.badge) break;
           await sleep(250);
@@ -157,7 +134,7 @@ describe("end-to-end encryption between the browser and the native echo-bot", { 
         await page.locator(`[data-testid="file-outgoing"][data-name="${name}"][data-state="done"]`).waitFor({ state: "visible" });
         const saved = await acceptAndDownload(page, name);
         assert.equal(sha256Hex(saved.bytes), sha256Hex(file), "the echoed file is intact");
-        const data = (await e2ee(page)).data;
+        const data = (await e2eeSnapshot(page)).data;
         assert.ok(data.protected > 0 && data.opened > 0, `messages sealed both ways: ${JSON.stringify(data)}`);
         assert.equal(data.rejected.tampered + data.rejected.unprotected, 0);
 
@@ -189,7 +166,7 @@ describe("end-to-end encryption between the browser and the native echo-bot", { 
         null,
         { timeout: 30_000 },
       );
-      const snapshot = await e2ee(page);
+      const snapshot = await e2eeSnapshot(page);
       t.diagnostic(`browser e2ee: ${JSON.stringify(snapshot)}`);
       assert.equal(snapshot.problem, "peer-unsupported");
       assert.equal(snapshot.badge, false);

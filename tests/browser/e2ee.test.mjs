@@ -18,6 +18,8 @@ import { describe, test } from "node:test";
 
 import {
   byTestId,
+  createE2eeConsultation,
+  e2eeSnapshot,
   closeAll,
   cspViolations,
   diagnostics,
@@ -53,31 +55,6 @@ async function launchWithCodec(label, service, codec, { encodedStreams = false }
 }
 
 /**
- * Create an end-to-end encrypted consultation; returns its invite link.
- * @param {import('playwright-core').Page} page
- * @param {string} title
- */
-async function createE2eeConsultation(page, title) {
-  await byTestId(page, "create-title").fill(title);
-  await byTestId(page, "create-e2ee").check();
-  await byTestId(page, "create-submit").click();
-  await byTestId(page, "invite-panel").waitFor({ state: "visible" });
-  return byTestId(page, "invite-url").inputValue();
-}
-
-/**
- * The page's E2EE debugging view (`window.consultE2ee.snapshot()`), or null.
- * @param {import('playwright-core').Page} page
- * @returns {Promise<any>}
- */
-function e2ee(page) {
-  return page.evaluate(() => {
-    const hook = /** @type {any} */ (window).consultE2ee;
-    return hook ? hook.snapshot() : null;
-  });
-}
-
-/**
  * Wait until the page's E2EE snapshot satisfies `predicate`.
  * @param {import('playwright-core').Page} page
  * @param {(s: any) => boolean} predicate
@@ -88,7 +65,7 @@ async function waitForE2ee(page, predicate, what, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
   let last = null;
   while (Date.now() < deadline) {
-    last = await e2ee(page).catch((err) => ({ error: String(err) }));
+    last = await e2eeSnapshot(page).catch((err) => ({ error: String(err) }));
     if (last && !last.error && predicate(last)) return last;
     await sleep(200);
   }
@@ -236,14 +213,14 @@ describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () =
         await sendChat(patient.page, "Sealed reply ✓");
         await waitForChat(doctor.page, "in", "Sealed reply ✓");
         for (const p of people) {
-          const s = await e2ee(p.page);
+          const s = await e2eeSnapshot(p.page);
           assert.ok(s.data.protected >= 1 && s.data.opened >= 1, `${p.label} chat sealed both ways: ${JSON.stringify(s.data)}`);
           assert.equal(s.data.rejected.unprotected, 0);
         }
 
         // Let latency samples accumulate, then report them.
         await sleep(3000);
-        for (const p of people) logLatency(`${codec}, ${p.label}`, await e2ee(p.page));
+        for (const p of people) logLatency(`${codec}, ${p.label}`, await e2eeSnapshot(p.page));
         for (const p of people) assert.deepEqual(cspViolations(p), [], `${p.label}: no CSP violations`);
       } catch (err) {
         if (err instanceof Error) err.message += diagnostics(service, people);
@@ -309,8 +286,8 @@ describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () =
         p.page.waitForFunction((source) => new RegExp(source, "i").test(document.querySelector('[data-testid="call-status"]')?.textContent ?? ""), pattern.source, { timeout: 30_000 });
       await status(/this browser cannot encrypt/)(patient);
       await status(/patient.s browser or app cannot encrypt/)(doctor);
-      const d = await e2ee(doctor.page);
-      const p = await e2ee(patient.page);
+      const d = await e2eeSnapshot(doctor.page);
+      const p = await e2eeSnapshot(patient.page);
       assert.equal(p.problem, "browser-unsupported");
       assert.equal(p.api, null);
       assert.equal(d.problem, "peer-unsupported");
@@ -349,7 +326,7 @@ describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () =
       await sleep(1500);
       for (let round = 0; round < 2; round++) {
         for (const [from, to] of [[doctor, patient], [patient, doctor]]) {
-          const before = (await e2ee(from.page)).epochs.send;
+          const before = (await e2eeSnapshot(from.page)).epochs.send;
           await from.page.evaluate(() => /** @type {any} */ (window).consultE2ee.rotateNow());
           await waitForE2ee(from.page, (s) => s.epochs.send === before + 1 && s.worker.sendEpoch === before + 1, `${from.label} sending under epoch ${before + 1}`, 10_000);
           await waitForE2ee(to.page, (s) => s.epochs.receive === before + 1, `${to.label} holding epoch ${before + 1}`, 10_000);
@@ -369,11 +346,11 @@ describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () =
         assert.ok(gap.samples > 20, `${p.label}: video kept decoding (${gap.samples} samples)`);
         assert.ok(gap.longestGapMs < 1000, `${p.label}: no video gap over one second during rotation (longest ${gap.longestGapMs} ms)`);
       }
-      for (const p of people) assert.ok((await e2ee(p.page)).badge, `${p.label}: the badge stayed`);
+      for (const p of people) assert.ok((await e2eeSnapshot(p.page)).badge, `${p.label}: the badge stayed`);
 
       // A leave and a join: the patient reloads and takes its place back on a new connection.
-      const sasBefore = (await e2ee(doctor.page)).sas;
-      const doctorEpoch = (await e2ee(doctor.page)).epochs.send;
+      const sasBefore = (await e2eeSnapshot(doctor.page)).sas;
+      const doctorEpoch = (await e2eeSnapshot(doctor.page)).epochs.send;
       await patient.page.reload();
       await byTestId(patient.page, "remote-video").waitFor({ state: "visible", timeout: 30_000 });
       for (const p of people) await waitForRemoteMedia(p.page, 45_000);

@@ -1124,3 +1124,28 @@ export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 60
 export function botDiagnostics(bot) {
   return bot ? `\n--- echo-bot output (tail) ---\n${bot.output.slice(-80).join("\n")}` : "";
 }
+
+/**
+ * Create an end-to-end encrypted consultation; returns its invite link.
+ * @param {import('playwright-core').Page} page
+ * @param {string} title
+ */
+export async function createE2eeConsultation(page, title) {
+  await byTestId(page, "create-title").fill(title);
+  await byTestId(page, "create-e2ee").check();
+  await byTestId(page, "create-submit").click();
+  await byTestId(page, "invite-panel").waitFor({ state: "visible" });
+  return byTestId(page, "invite-url").inputValue();
+}
+
+/**
+ * The page's E2EE debugging view (`window.consultE2ee.snapshot()`), or null.
+ * @param {import('playwright-core').Page} page
+ * @returns {Promise<any>}
+ */
+export function e2eeSnapshot(page) {
+  return page.evaluate(() => {
+    const hook = /** @type {any} */ (window).consultE2ee;
+    return hook ? hook.snapshot() : null;
+  });
+}

@@ -194,3 +194,37 @@ pub fn config(credentials: Credentials) -> SessionConfig {
     config.video.bitrate_bps = 300_000;
     config
 }
+
+/// Send a moving pattern (every third 5 ms tick) and a tone (every second) both ways for
+/// `secs`, collecting events.
+pub async fn media_both_ways(
+    patient: &mut Session,
+    doctor: &mut Session,
+    p: &mut Seen,
+    d: &mut Seen,
+    secs: u64,
+) {
+    let (mut pattern_p, mut pattern_d) = (
+        consult_media::codec::pattern::TestPattern::new(320, 240),
+        consult_media::codec::pattern::TestPattern::new(320, 240),
+    );
+    let (mut tone_p, mut tone_d) = (
+        consult_media::codec::pattern::Tone::new(440.0),
+        consult_media::codec::pattern::Tone::new(660.0),
+    );
+    let started = std::time::Instant::now();
+    let mut tick = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        if tick.is_multiple_of(3) {
+            patient.send_video(pattern_p.next_frame()).await.unwrap();
+            doctor.send_video(pattern_d.next_frame()).await.unwrap();
+        }
+        if tick.is_multiple_of(2) {
+            patient.send_audio(tone_p.next_frame()).await.unwrap();
+            doctor.send_audio(tone_d.next_frame()).await.unwrap();
+        }
+        tick += 1;
+        pump(patient, p, Duration::from_millis(5)).await;
+        pump(doctor, d, Duration::from_millis(5)).await;
+    }
+}

@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use consult_e2e::{config, pump, Clinic, Seen};
-use consult_media::codec::pattern::{TestPattern, Tone};
+use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
 use consult_media::session::Session;
 use consult_media::signal_client::Credentials;
 
@@ -34,33 +33,6 @@ async fn start(clinic: &Clinic, keyless_patient: bool) -> (Session, Session, See
     pump(&mut patient, &mut p, Duration::from_millis(300)).await;
     clinic.admit_first_waiting(&consultation).await;
     (patient, doctor, p, Seen::default())
-}
-
-/// Send a pattern and a tone both ways for `secs`.
-async fn media_both_ways(
-    patient: &mut Session,
-    doctor: &mut Session,
-    p: &mut Seen,
-    d: &mut Seen,
-    secs: u64,
-) {
-    let (mut pattern_p, mut pattern_d) = (TestPattern::new(320, 240), TestPattern::new(320, 240));
-    let (mut tone_p, mut tone_d) = (Tone::new(440.0), Tone::new(660.0));
-    let started = Instant::now();
-    let mut tick = 0u64;
-    while started.elapsed() < Duration::from_secs(secs) {
-        if tick.is_multiple_of(3) {
-            patient.send_video(pattern_p.next_frame()).await.unwrap();
-            doctor.send_video(pattern_d.next_frame()).await.unwrap();
-        }
-        if tick.is_multiple_of(2) {
-            patient.send_audio(tone_p.next_frame()).await.unwrap();
-            doctor.send_audio(tone_d.next_frame()).await.unwrap();
-        }
-        tick += 1;
-        pump(patient, p, Duration::from_millis(5)).await;
-        pump(doctor, d, Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

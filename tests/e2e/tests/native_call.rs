@@ -3,8 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use consult_e2e::{config, pump, Clinic, Seen};
-use consult_media::codec::pattern::{TestPattern, Tone};
+use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
 use consult_media::session::Session;
 use consult_media::signal_client::Credentials;
 use rand::RngCore;
@@ -45,23 +44,7 @@ async fn two_native_peers_hold_a_consultation_through_the_service() {
         pump(&mut doctor, &mut d, Duration::from_millis(20)).await;
     }
     println!("admitted to connected: {:?}", started.elapsed());
-    let (mut pattern_p, mut pattern_d) = (TestPattern::new(320, 240), TestPattern::new(320, 240));
-    let (mut tone_p, mut tone_d) = (Tone::new(440.0), Tone::new(660.0));
-    let media_start = Instant::now();
-    let mut tick = 0u64;
-    while media_start.elapsed() < Duration::from_secs(3) {
-        if tick.is_multiple_of(3) {
-            patient.send_video(pattern_p.next_frame()).await.unwrap();
-            doctor.send_video(pattern_d.next_frame()).await.unwrap();
-        }
-        if tick.is_multiple_of(2) {
-            patient.send_audio(tone_p.next_frame()).await.unwrap();
-            doctor.send_audio(tone_d.next_frame()).await.unwrap();
-        }
-        tick += 1;
-        pump(&mut patient, &mut p, Duration::from_millis(5)).await;
-        pump(&mut doctor, &mut d, Duration::from_millis(5)).await;
-    }
+    media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 3).await;
     pump(&mut patient, &mut p, Duration::from_millis(300)).await;
     pump(&mut doctor, &mut d, Duration::from_millis(300)).await;
     println!(
