@@ -718,23 +718,10 @@ async fn health_metrics_and_openapi_are_served() {
 async fn e2ee_is_chosen_per_consultation_and_reaches_both_participants() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("e2ee@clinic.test").await;
-    let r = doctor
-        .bearer(Method::POST, "/api/v1/consultations")
-        .json(&json!({ "e2ee": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let created: Consultation = r.json().await.unwrap();
+    let (created, invite) = doctor
+        .create_consultation_with(json!({ "e2ee": true }))
+        .await;
     assert!(created.e2ee);
-    let invite = created
-        .invite_url
-        .as_deref()
-        .unwrap()
-        .split_once('#')
-        .unwrap()
-        .1
-        .to_owned();
     let info: serde_json::Value = http_client()
         .post(svc.url("/api/v1/invites/inspect"))
         .json(&json!({ "invite": invite }))

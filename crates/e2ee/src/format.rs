@@ -162,14 +162,13 @@ impl<'a> ProtectedFrame<'a> {
 
     /// Decrypt and authenticate with `key`; the original frame.
     pub fn open(&self, key: &ReceiverKey) -> Result<Vec<u8>, FormatError> {
-        let plaintext = key.open(&self.metadata, &self.sframe)?;
+        // `metadata ‖ plaintext`: for Opus, VP8 and data the metadata is the clear prefix, so
+        // this is the frame itself.
+        let mut opened = Vec::with_capacity(self.metadata.len() + self.sframe.len());
+        key.open_into(&self.metadata, &self.sframe, &mut opened)?;
         match &self.h264 {
-            None => {
-                let mut frame = self.metadata.clone();
-                frame.extend_from_slice(&plaintext);
-                Ok(frame)
-            }
-            Some(layout) => layout.rebuild(&plaintext),
+            None => Ok(opened),
+            Some(layout) => layout.rebuild(&opened[self.metadata.len()..]),
         }
     }
 }

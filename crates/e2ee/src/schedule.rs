@@ -2,7 +2,7 @@
 //! peer-to-peer data channel, per-sender base keys per epoch, KIDs and counters, replay windows,
 //! rotation and erasure. Sans-IO: `now` and a random number generator are arguments.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -49,7 +49,7 @@ pub struct ScheduleConfig {
     pub grace: Duration,
     /// Start a new epoch when a counter reaches this (long before any counter could repeat).
     pub max_counter: u64,
-    /// Out-of-order tolerance of the replay check, in counter values.
+    /// Out-of-order tolerance of the replay check, in counter values (at most 65,536).
     pub replay_window: u64,
 }
 
@@ -214,43 +214,66 @@ struct ReceiveKey {
     expires_at: Option<Instant>,
 }
 
-/// Counters seen under one key: the highest, and which of the `size` below it.
+/// Counters seen under one key: the highest, and a bitmap of the `size` below it (bit `i` of
+/// the ring is counter `i mod capacity`), as in SRTP's replay list.
 struct ReplayWindow {
     size: u64,
     highest: Option<u64>,
-    seen: BTreeSet<u64>,
+    bits: Vec<u64>,
 }
 
 impl ReplayWindow {
     fn new(size: u64) -> Self {
+        let size = size.clamp(1, MAX_REPLAY_WINDOW);
         Self {
             size,
             highest: None,
-            seen: BTreeSet::new(),
+            bits: vec![0; size.div_ceil(64) as usize + 1],
         }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.bits.len() as u64 * 64
+    }
+
+    fn bit(&self, ctr: u64) -> (usize, u64) {
+        let slot = ctr % self.capacity();
+        ((slot / 64) as usize, 1 << (slot % 64))
     }
 
     fn is_fresh(&self, ctr: u64) -> bool {
         match self.highest {
             None => true,
             Some(high) if ctr > high => true,
-            Some(high) => high - ctr < self.size && !self.seen.contains(&ctr),
+            Some(high) if high - ctr >= self.size => false,
+            Some(_) => {
+                let (word, mask) = self.bit(ctr);
+                self.bits[word] & mask == 0
+            }
         }
     }
 
     fn record(&mut self, ctr: u64) {
-        self.seen.insert(ctr);
-        let high = self.highest.map_or(ctr, |h| h.max(ctr));
-        self.highest = Some(high);
-        let floor = high.saturating_sub(self.size);
-        while let Some(&lowest) = self.seen.first() {
-            if lowest >= floor {
-                break;
+        match self.highest {
+            Some(high) if ctr <= high => {}
+            Some(high) => {
+                // Clear the slots the window moves over (they held counters now too old).
+                let cleared = (ctr - high).min(self.capacity());
+                for old in (ctr - cleared + 1)..=ctr {
+                    let (word, mask) = self.bit(old);
+                    self.bits[word] &= !mask;
+                }
+                self.highest = Some(ctr);
             }
-            self.seen.pop_first();
+            None => self.highest = Some(ctr),
         }
+        let (word, mask) = self.bit(ctr);
+        self.bits[word] |= mask;
     }
 }
+
+/// The largest replay window accepted in [`ScheduleConfig::replay_window`].
+const MAX_REPLAY_WINDOW: u64 = 1 << 16;
 
 /// The key schedule of one participant. See the crate docs for the protocol.
 pub struct KeySchedule {
@@ -1102,6 +1125,37 @@ mod tests {
             .b
             .unprotect(now, MediaFormat::Opus, &frames[19])
             .is_ok());
+    }
+
+    #[test]
+    fn the_replay_window_matches_a_set_of_seen_counters() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        for size in [1u64, 8, 64, 100, 1024] {
+            let mut window = ReplayWindow::new(size);
+            let mut seen = std::collections::BTreeSet::new();
+            let mut high = 0u64;
+            for _ in 0..5000 {
+                // Mostly forward, sometimes far ahead, sometimes back into or past the window.
+                let ctr = match rng.gen_range(0..10) {
+                    0 => high + rng.gen_range(1..3000),
+                    1..=3 => high.saturating_sub(rng.gen_range(0..size * 2 + 1)),
+                    _ => high + rng.gen_range(0..3),
+                };
+                let expected =
+                    seen.is_empty() || ctr > high || (high - ctr < size && !seen.contains(&ctr));
+                assert_eq!(
+                    window.is_fresh(ctr),
+                    expected,
+                    "size {size} ctr {ctr} high {high}"
+                );
+                if expected {
+                    window.record(ctr);
+                    seen.insert(ctr);
+                    high = high.max(ctr);
+                }
+            }
+        }
     }
 
     #[test]

@@ -196,16 +196,30 @@ impl ReceiverKey {
 
     /// Open `sframe` (`header ‖ ciphertext ‖ tag`) whose metadata is `metadata`; the plaintext.
     pub fn open(&self, metadata: &[u8], sframe: &[u8]) -> Result<Vec<u8>, SframeError> {
+        let mut out = Vec::new();
+        self.open_into(metadata, sframe, &mut out)?;
+        out.drain(..metadata.len());
+        Ok(out)
+    }
+
+    /// Like [`ReceiverKey::open`], but replaces `out` with `metadata ‖ plaintext` — for frames
+    /// whose clear prefix is the metadata, the original frame, without another copy.
+    pub fn open_into(
+        &self,
+        metadata: &[u8],
+        sframe: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SframeError> {
         let frame = EncryptedFrameView::try_with_meta_data(sframe, metadata)
             .map_err(|_| SframeError::Malformed)?;
         if frame.header().key_id() != self.kid {
             return Err(SframeError::Authentication);
         }
-        let mut buffer = Vec::with_capacity(sframe.len() + metadata.len());
-        let opened = frame
-            .decrypt_into(&self.key, &mut buffer)
+        out.clear();
+        frame
+            .decrypt_into(&self.key, out)
             .map_err(|_| SframeError::Authentication)?;
-        Ok(opened.payload().to_vec())
+        Ok(())
     }
 }
 

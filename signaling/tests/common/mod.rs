@@ -272,9 +272,18 @@ impl Doctor {
     }
 
     pub async fn create_consultation(&self) -> (Consultation, String) {
+        self.create_consultation_with(json!({ "title": "Follow-up" }))
+            .await
+    }
+
+    /// Create a consultation from this request body; the consultation and its invite token.
+    pub async fn create_consultation_with(
+        &self,
+        body: serde_json::Value,
+    ) -> (Consultation, String) {
         let r = self
             .bearer(reqwest::Method::POST, "/api/v1/consultations")
-            .json(&json!({ "title": "Follow-up" }))
+            .json(&body)
             .send()
             .await
             .unwrap();
