@@ -280,6 +280,8 @@ fn a_middle_that_terminates_dtls_on_both_sides_decodes_nothing_and_the_sas_diffe
     );
     let mut camera = VideoSource::new(codec, u64::MAX);
     let (mut middle, mut patient) = (Receiver::new(codec), Receiver::new(codec));
+    let secret = "Diagnosis: confidential";
+    call.left.a.peer.send_chat(secret).unwrap();
     let start = call.left.elapsed();
     while call.left.elapsed() < start + Duration::from_secs(3) {
         camera.tick(&mut call.left);
@@ -296,6 +298,17 @@ fn a_middle_that_terminates_dtls_on_both_sides_decodes_nothing_and_the_sas_diffe
     );
     assert!(middle.frames >= sent * 8 / 10, "the middle saw the media");
     assert_eq!(middle.decoded, 0, "the middle decoded a frame");
+    // The chat reached the middle as a binary SFrame message it cannot read.
+    let middle_chat: Vec<_> = call
+        .left
+        .b
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, PeerEvent::Chat(_) | PeerEvent::ChatRejected(_)))
+        .map(|(_, e)| format!("{e:?}"))
+        .collect();
+    assert_eq!(middle_chat.len(), 1, "{middle_chat:?}");
+    assert!(middle_chat[0].contains("NotText") && !middle_chat[0].contains(secret));
     assert!(
         patient.decoded >= sent * 7 / 10,
         "the call itself worked through the middle: {} of {sent}",
