@@ -8,47 +8,30 @@
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
 import {
   acceptAndDownload,
   byTestId,
-  closeAll,
   cspViolations,
-  diagnostics,
   launchParticipant,
   offerFile,
   passDeviceCheck,
   runAdmitScenario,
   sendChat,
   sha256Hex,
-  startService,
   submitSignIn,
   waitForChat,
+  withService,
   wrongTotp,
 } from "./harness.mjs";
 
 describe("consultation in the browser", { timeout: 300_000 }, () => {
-  /** @type {import('./harness.mjs').Service | null} */
-  let service = null;
-  /** @type {(import('./harness.mjs').Participant | null)[]} */
-  const open = [];
-
-  before(async () => {
-    service = await startService();
-  });
-
-  after(async () => {
-    await closeAll(open);
-    await service?.stop();
-  });
-
   test("doctor admits a patient; video and audio flow both ways; a second device is refused; ending reaches the patient", { timeout: 180_000 }, async (t) => {
-    assert.ok(service);
-    const scenario = await runAdmitScenario(service, { title: "Knee follow-up", patientName: "Pat Example" });
-    const { doctor, patient } = scenario;
-    open.push(doctor, patient);
-    try {
+    await withService({}, async ({ service, people }) => {
+      const scenario = await runAdmitScenario(service, { title: "Knee follow-up", patientName: "Pat Example" });
+      const { doctor, patient } = scenario;
+      people.push(doctor, patient);
       console.log(`FIRST_FRAME_MS=${scenario.firstFrameMs}`);
       t.diagnostic(`FIRST_FRAME_MS=${scenario.firstFrameMs} (first presented frame after ${scenario.firstPaintMs} ms)`);
       t.diagnostic(`patient inbound: ${JSON.stringify(scenario.patientMedia)}`);
@@ -115,7 +98,7 @@ describe("consultation in the browser", { timeout: 300_000 }, () => {
 
       // A third browser with the same link gets the "already in use" page.
       const intruder = await launchParticipant("third device", { origin: service.url });
-      open.push(intruder);
+      people.push(intruder);
       await intruder.page.goto(scenario.inviteUrl);
       const inUse = byTestId(intruder.page, "in-use-message");
       await intruder.page
@@ -142,36 +125,35 @@ describe("consultation in the browser", { timeout: 300_000 }, () => {
       for (const p of [doctor, patient, intruder]) {
         assert.deepEqual(cspViolations(p), [], `${p.label}: no Content-Security-Policy violations`);
       }
-    } catch (err) {
-      if (err instanceof Error) err.message += diagnostics(service, [doctor, patient]);
-      throw err;
-    }
+    });
   });
 
   test("a wrong TOTP code shows an error and stays on sign-in", { timeout: 60_000 }, async () => {
-    assert.ok(service);
-    const doctor = await launchParticipant("doctor (wrong code)", { origin: service.url });
-    open.push(doctor);
-    await submitSignIn(doctor.page, service, wrongTotp(service.credentials.totp_secret));
-    const error = byTestId(doctor.page, "signin-error");
-    await error.waitFor({ state: "visible" });
-    assert.match((await error.textContent()) ?? "", /code is not correct/i);
-    assert.ok(await byTestId(doctor.page, "login-submit").isVisible(), "still on the sign-in form");
-    assert.ok(await byTestId(doctor.page, "create-title").isHidden(), "not signed in");
-    assert.equal(await byTestId(doctor.page, "login-email").inputValue(), service.credentials.email);
-    assert.deepEqual(cspViolations(doctor), []);
+    await withService({}, async ({ service, people }) => {
+      const doctor = await launchParticipant("doctor (wrong code)", { origin: service.url });
+      people.push(doctor);
+      await submitSignIn(doctor.page, service, wrongTotp(service.credentials.totp_secret));
+      const error = byTestId(doctor.page, "signin-error");
+      await error.waitFor({ state: "visible" });
+      assert.match((await error.textContent()) ?? "", /code is not correct/i);
+      assert.ok(await byTestId(doctor.page, "login-submit").isVisible(), "still on the sign-in form");
+      assert.ok(await byTestId(doctor.page, "create-title").isHidden(), "not signed in");
+      assert.equal(await byTestId(doctor.page, "login-email").inputValue(), service.credentials.email);
+      assert.deepEqual(cspViolations(doctor), []);
+    });
   });
 
   test("an unknown invite shows the not-found page", { timeout: 60_000 }, async () => {
-    assert.ok(service);
-    const patient = await launchParticipant("patient (bad link)", { origin: service.url });
-    open.push(patient);
-    await patient.page.goto(`${service.url}/join#this-is-not-a-valid-invite-token`);
-    const notFound = byTestId(patient.page, "not-found-message");
-    await notFound.waitFor({ state: "visible" });
-    assert.match((await notFound.textContent()) ?? "", /link does not work/);
-    assert.equal(new URL(patient.page.url()).hash, "", "the token is removed from the address bar");
-    assert.ok(await byTestId(patient.page, "patient-name").isHidden());
-    assert.deepEqual(cspViolations(patient), []);
+    await withService({}, async ({ service, people }) => {
+      const patient = await launchParticipant("patient (bad link)", { origin: service.url });
+      people.push(patient);
+      await patient.page.goto(`${service.url}/join#this-is-not-a-valid-invite-token`);
+      const notFound = byTestId(patient.page, "not-found-message");
+      await notFound.waitFor({ state: "visible" });
+      assert.match((await notFound.textContent()) ?? "", /link does not work/);
+      assert.equal(new URL(patient.page.url()).hash, "", "the token is removed from the address bar");
+      assert.ok(await byTestId(patient.page, "patient-name").isHidden());
+      assert.deepEqual(cspViolations(patient), []);
+    });
   });
 });

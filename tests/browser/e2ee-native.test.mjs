@@ -18,65 +18,24 @@ import { describe, test } from "node:test";
 
 import {
   acceptAndDownload,
-  botDiagnostics,
   byTestId,
-  createE2eeConsultation,
+  doctorWithEchoBot,
   e2eeSnapshot,
-  closeAll,
   cspViolations,
-  diagnostics,
   ECHO_BOT_MISSING,
   inboundStats,
-  launchParticipant,
   offerFile,
-  openConsultation,
   sendChat,
   sha256Hex,
-  signInDoctor,
-  startEchoBot,
-  startService,
   waitForChat,
+  withService,
 } from "./harness.mjs";
-
-const BOT_NAME = "Echo bot";
-
-/**
- * Doctor signed in with an E2EE consultation open; echo-bot joined and admitted.
- * @param {import('./harness.mjs').Service} service
- * @param {{ codec?: string, withoutKeys?: boolean }} options
- */
-async function doctorWithBot(service, { codec, withoutKeys = false }) {
-  const doctor = await launchParticipant(`doctor (${codec ?? "any"})`, { origin: service.url });
-  await signInDoctor(doctor.page, service);
-  const inviteUrl = await createE2eeConsultation(doctor.page, `E2EE echo ${codec ?? ""}`);
-  await openConsultation(doctor.page);
-  const bot = startEchoBot(inviteUrl, { name: BOT_NAME, ...(codec ? { codec } : {}), ...(withoutKeys ? { extraArgs: ["--without-e2ee-keys"] } : {}) });
-  try {
-    await bot.waitFor((e) => e.event === "joined", 30_000, "joined event");
-    const entry = byTestId(doctor.page, "waiting-entry").filter({ hasText: BOT_NAME });
-    await entry.waitFor({ state: "visible" });
-    await entry.locator('[data-testid="admit-button"]').click();
-    await bot.waitFor((e) => e.event === "connected", 30_000, "connected event");
-  } catch (err) {
-    await bot.stop();
-    await closeAll([doctor]);
-    throw err;
-  }
-  return { doctor, bot };
-}
 
 describe("end-to-end encryption between the browser and the native echo-bot", { timeout: 600_000 }, () => {
   for (const codec of ["h264", "vp8"]) {
     test(`${codec}: equal codes, media both ways through SFrame, sealed chat and file`, { timeout: 240_000, skip: ECHO_BOT_MISSING }, async (t) => {
-      /** @type {import('./harness.mjs').Service | null} */
-      let service = null;
-      /** @type {import('./harness.mjs').Participant | null} */
-      let doctor = null;
-      /** @type {import('./harness.mjs').EchoBot | null} */
-      let bot = null;
-      try {
-        service = await startService();
-        ({ doctor, bot } = await doctorWithBot(service, { codec }));
+      await withService({}, async (scope) => {
+        const { doctor, bot } = await doctorWithEchoBot(scope, { label: `doctor (${codec})`, title: `E2EE echo ${codec}`, e2ee: true, bot: { codec } });
         const page = doctor.page;
 
         // The same security code on both sides.
@@ -139,27 +98,18 @@ describe("end-to-end encryption between the browser and the native echo-bot", { 
         assert.equal(data.rejected.tampered + data.rejected.unprotected, 0);
 
         assert.deepEqual(cspViolations(doctor), [], "no Content-Security-Policy violations");
-      } catch (err) {
-        if (err instanceof Error) err.message += diagnostics(service, [doctor]) + botDiagnostics(bot);
-        throw err;
-      } finally {
-        await bot?.stop();
-        await closeAll([doctor]);
-        await service?.stop();
-      }
+      });
     });
   }
 
   test("a peer that cannot do E2EE gets no media either way, and the page says why", { timeout: 180_000, skip: ECHO_BOT_MISSING }, async (t) => {
-    /** @type {import('./harness.mjs').Service | null} */
-    let service = null;
-    /** @type {import('./harness.mjs').Participant | null} */
-    let doctor = null;
-    /** @type {import('./harness.mjs').EchoBot | null} */
-    let bot = null;
-    try {
-      service = await startService();
-      ({ doctor, bot } = await doctorWithBot(service, { codec: "vp8", withoutKeys: true }));
+    await withService({}, async (scope) => {
+      const { doctor, bot } = await doctorWithEchoBot(scope, {
+        label: "doctor (vp8)",
+        title: "E2EE echo vp8",
+        e2ee: true,
+        bot: { codec: "vp8", extraArgs: ["--without-e2ee-keys"] },
+      });
       const page = doctor.page;
       await page.waitForFunction(
         () => /end-to-end encrypted.*cannot encrypt/i.test(document.querySelector('[data-testid="call-status"]')?.textContent ?? ""),
@@ -179,13 +129,6 @@ describe("end-to-end encryption between the browser and the native echo-bot", { 
       assert.ok(snapshot.worker.send.video.droppedWithoutKey > 0, "the browser's frames were dropped, not sent in the clear");
       const botStats = bot.events.filter((e) => e.event === "stats");
       assert.ok(botStats.every((e) => !(e.video_decoded > 0)), `echo-bot decoded no video: ${JSON.stringify(botStats.at(-1))}`);
-    } catch (err) {
-      if (err instanceof Error) err.message += diagnostics(service, [doctor]) + botDiagnostics(bot);
-      throw err;
-    } finally {
-      await bot?.stop();
-      await closeAll([doctor]);
-      await service?.stop();
-    }
+    });
   });
 });

@@ -8,7 +8,10 @@
 //
 // Then rotation: new epochs mid-call on both sides leave no gap over one second in the decoded
 // video, and a reload of the patient's page (a leave and a join) brings a new epoch, a new
-// code, and protected media again.
+// code, and protected media again. And rotation by itself, with the pages' test settings
+// (`consult.e2eeRotateMs`, `consult.e2eeMaxCounter`): a call on a 3 s timer, and one with a
+// counter limit of 150 frames, go through new epochs on both sides with the badge on, the same
+// code, no tampered or expired frame and no video gap over one second.
 //
 // Run: cd tests/browser && node --test e2ee.test.mjs   (CONSULT_BIN: a service with the e2ee flag)
 
@@ -17,35 +20,44 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
 
 import {
+  admitFromWaitingRoom,
   byTestId,
   createE2eeConsultation,
   e2eeSnapshot,
-  closeAll,
   cspViolations,
-  diagnostics,
   inboundStats,
   launchParticipant,
   openConsultation,
   patientJoin,
   sendChat,
   signInDoctor,
-  startService,
   STEP_TIMEOUT_MS,
   waitForChat,
   waitForRemoteMedia,
+  withService,
 } from "./harness.mjs";
 
 /**
- * A participant whose pages prefer `codec` for video; with `encodedStreams`, a browser that has
- * only the older `createEncodedStreams()` API (no `RTCRtpScriptTransform`).
+ * @typedef {object} CallOptions
+ * @property {boolean} [encodedStreams] A browser that has only the older `createEncodedStreams()`
+ *   API (no `RTCRtpScriptTransform`).
+ * @property {Record<string, string>} [storage] More `localStorage` settings of the web demo (for
+ *   example `consult.e2eeRotateMs`).
+ */
+
+/**
+ * A participant whose pages prefer `codec` for video.
  * @param {string} label
  * @param {import('./harness.mjs').Service} service
  * @param {"vp8" | "h264"} codec
- * @param {{ encodedStreams?: boolean }} [options]
+ * @param {CallOptions} [options]
  */
-async function launchWithCodec(label, service, codec, { encodedStreams = false } = {}) {
+async function launchWithCodec(label, service, codec, { encodedStreams = false, storage = {} } = {}) {
   const p = await launchParticipant(label, { origin: service.url });
-  await p.context.addInitScript((c) => localStorage.setItem("consult.videoCodec", c), codec);
+  const settings = { "consult.videoCodec": codec, ...storage };
+  await p.context.addInitScript((entries) => {
+    for (const [key, value] of Object.entries(entries)) localStorage.setItem(key, value);
+  }, settings);
   if (encodedStreams) {
     await p.context.addInitScript(() => {
       delete (/** @type {any} */ (window)).RTCRtpScriptTransform;
@@ -139,22 +151,87 @@ function stopGapProbe(page) {
 }
 
 /**
- * Doctor and patient in an E2EE consultation with media both ways.
- * @param {import('./harness.mjs').Service} service
- * @param {"vp8" | "h264"} codec
- * @param {{ encodedStreams?: boolean }} [options]
+ * Stop the pages' gap probes; print and check the longest time without a decoded frame.
+ * @param {import('./harness.mjs').Participant[]} people
+ * @param {string} what What went on meanwhile ("rotation").
  */
-async function e2eeCall(service, codec, options = {}) {
-  const doctor = await launchWithCodec(`doctor (${codec})`, service, codec, options);
-  const patient = await launchWithCodec(`patient (${codec})`, service, codec, options);
+async function assertNoVideoGap(people, what) {
+  for (const p of people) {
+    const gap = await stopGapProbe(p.page);
+    console.log(`E2EE ${what} (${p.label}): longest time without a decoded frame ${gap.longestGapMs} ms over ${gap.samples} samples`);
+    assert.ok(gap.samples > 20, `${p.label}: video kept decoding (${gap.samples} samples)`);
+    assert.ok(gap.longestGapMs < 1000, `${p.label}: no video gap over one second during ${what} (longest ${gap.longestGapMs} ms)`);
+  }
+}
+
+/**
+ * The doctor signs in and opens a new E2EE consultation; the patient joins it and is admitted.
+ * @param {import('./harness.mjs').Service} service
+ * @param {import('./harness.mjs').Participant} doctor
+ * @param {import('./harness.mjs').Participant} patient
+ * @param {{ title: string, patientName: string }} names
+ */
+async function joinE2eeCall(service, doctor, patient, { title, patientName }) {
   await signInDoctor(doctor.page, service);
-  const inviteUrl = await createE2eeConsultation(doctor.page, `E2EE ${codec}`);
+  const inviteUrl = await createE2eeConsultation(doctor.page, title);
   await openConsultation(doctor.page);
-  await patientJoin(patient.page, inviteUrl, "Pat Secure");
-  const entry = byTestId(doctor.page, "waiting-entry").filter({ hasText: "Pat Secure" });
-  await entry.waitFor({ state: "visible" });
-  await entry.locator('[data-testid="admit-button"]').click();
+  await patientJoin(patient.page, inviteUrl, patientName);
+  await admitFromWaitingRoom(doctor.page, patientName);
+  return inviteUrl;
+}
+
+/**
+ * Doctor and patient, both preferring `codec`, in an E2EE consultation (admitted; media follows).
+ * Both go into the scope's `people`.
+ * @param {import('./harness.mjs').ServiceScope} scope
+ * @param {"vp8" | "h264"} codec
+ * @param {CallOptions} [options]
+ */
+async function e2eeCall({ service, people }, codec, options = {}) {
+  const doctor = await launchWithCodec(`doctor (${codec})`, service, codec, options);
+  people.push(doctor);
+  const patient = await launchWithCodec(`patient (${codec})`, service, codec, options);
+  people.push(patient);
+  const inviteUrl = await joinE2eeCall(service, doctor, patient, { title: `E2EE ${codec}`, patientName: "Pat Secure" });
   return { doctor, patient, inviteUrl };
+}
+
+/**
+ * Wait until each page decodes remote media and its worker protects and opens frames both ways
+ * with the badge on; returns their snapshots.
+ * @param {import('./harness.mjs').Participant[]} people
+ */
+async function protectedBothWays(people) {
+  for (const p of people) await waitForRemoteMedia(p.page, 45_000);
+  return Promise.all(people.map((p) => waitForE2ee(p.page, (s) => allFlowsProtected(s) && s.badge, "protected media both ways")));
+}
+
+/**
+ * @typedef {object} E2eeSample
+ * @property {number} at Milliseconds since the watch started.
+ * @property {number} send The epoch this side sends under.
+ * @property {boolean} badge
+ * @property {string | null} sas
+ */
+
+/**
+ * Sample each page's send epoch, badge and code every ~200 ms for `durationMs`.
+ * @param {import('./harness.mjs').Participant[]} people
+ * @param {number} durationMs
+ * @returns {Promise<E2eeSample[][]>} One timeline per participant.
+ */
+async function watchE2ee(people, durationMs) {
+  const started = Date.now();
+  /** @type {E2eeSample[][]} */
+  const timelines = people.map(() => []);
+  while (Date.now() - started < durationMs) {
+    for (const [i, p] of people.entries()) {
+      const s = await e2eeSnapshot(p.page);
+      timelines[i].push({ at: Date.now() - started, send: s.epochs.send, badge: s.badge, sas: s.sas });
+    }
+    await sleep(200);
+  }
+  return timelines;
 }
 
 /**
@@ -171,17 +248,35 @@ function logLatency(who, snapshot) {
   );
 }
 
+/**
+ * Calls that rotate by themselves, with the same settings on both pages (read when the call
+ * starts). `timer`: a new epoch every 3 s, the counter limit left at 2^32. `counter`: a new epoch
+ * once 150 frames went under one key (audio and video share the worker's counter: about every
+ * 2 s), the timer left at 10 minutes.
+ */
+const SELF_ROTATION = /** @type {const} */ ([
+  {
+    cause: "timer",
+    storage: { "consult.e2eeRotateMs": "3000" },
+    rotation: { everyMs: 3000, maxCounter: 2 ** 32 },
+    watchMs: 10_000,
+    minNewEpochs: 2,
+  },
+  {
+    cause: "counter limit",
+    storage: { "consult.e2eeMaxCounter": "150" },
+    rotation: { everyMs: 600_000, maxCounter: 150 },
+    watchMs: 6_000,
+    minNewEpochs: 1,
+  },
+]);
+
 describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () => {
   for (const codec of /** @type {const} */ (["vp8", "h264"])) {
     test(`${codec}: media both ways through SFrame, badge on both sides, equal security codes`, { timeout: 180_000 }, async () => {
-      /** @type {import('./harness.mjs').Service | null} */
-      let service = null;
-      /** @type {import('./harness.mjs').Participant[]} */
-      let people = [];
-      try {
-        service = await startService();
-        const { doctor, patient } = await e2eeCall(service, codec);
-        people = [doctor, patient];
+      await withService({}, async (scope) => {
+        const { doctor, patient } = await e2eeCall(scope, codec);
+        const people = [doctor, patient];
         for (const p of people) await waitForRemoteMedia(p.page, 45_000);
 
         for (const p of people) {
@@ -222,65 +317,37 @@ describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () =
         await sleep(3000);
         for (const p of people) logLatency(`${codec}, ${p.label}`, await e2eeSnapshot(p.page));
         for (const p of people) assert.deepEqual(cspViolations(p), [], `${p.label}: no CSP violations`);
-      } catch (err) {
-        if (err instanceof Error) err.message += diagnostics(service, people);
-        throw err;
-      } finally {
-        await closeAll(people);
-        await service?.stop();
-      }
+      });
     });
   }
 
   test("browsers with only createEncodedStreams() use it in the same worker", { timeout: 180_000 }, async () => {
-    /** @type {import('./harness.mjs').Service | null} */
-    let service = null;
-    /** @type {import('./harness.mjs').Participant[]} */
-    let people = [];
-    try {
-      service = await startService();
-      const { doctor, patient } = await e2eeCall(service, "vp8", { encodedStreams: true });
-      people = [doctor, patient];
-      for (const p of people) await waitForRemoteMedia(p.page, 45_000);
-      const [d, p] = await Promise.all(people.map((x) => waitForE2ee(x.page, (s) => allFlowsProtected(s) && s.badge, "protected media both ways")));
+    await withService({}, async (scope) => {
+      const { doctor, patient } = await e2eeCall(scope, "vp8", { encodedStreams: true });
+      const people = [doctor, patient];
+      const [d, p] = await protectedBothWays(people);
       for (const s of [d, p]) {
         assert.equal(s.api, "encoded-streams");
         assert.equal(s.worker.rejected.tampered, 0);
       }
       assert.equal(d.sas, p.sas);
       for (const x of people) assert.deepEqual(cspViolations(x), [], `${x.label}: no CSP violations`);
-    } catch (err) {
-      if (err instanceof Error) err.message += diagnostics(service, people);
-      throw err;
-    } finally {
-      await closeAll(people);
-      await service?.stop();
-    }
+    });
   });
 
   test("a browser without encoded transforms gets no media, and both sides say why", { timeout: 180_000 }, async () => {
-    /** @type {import('./harness.mjs').Service | null} */
-    let service = null;
-    /** @type {import('./harness.mjs').Participant[]} */
-    let people = [];
-    try {
-      service = await startService();
+    await withService({}, async ({ service, people }) => {
       const doctor = await launchParticipant("doctor", { origin: service.url });
+      people.push(doctor);
       const patient = await launchParticipant("patient (no transforms)", { origin: service.url });
-      people = [doctor, patient];
+      people.push(patient);
       // An older browser: neither RTCRtpScriptTransform nor createEncodedStreams.
       await patient.context.addInitScript(() => {
         delete (/** @type {any} */ (window)).RTCRtpScriptTransform;
         delete (/** @type {any} */ (RTCRtpSender.prototype)).createEncodedStreams;
         delete (/** @type {any} */ (RTCRtpReceiver.prototype)).createEncodedStreams;
       });
-      await signInDoctor(doctor.page, service);
-      const inviteUrl = await createE2eeConsultation(doctor.page, "E2EE, old browser");
-      await openConsultation(doctor.page);
-      await patientJoin(patient.page, inviteUrl, "Pat Old");
-      const entry = byTestId(doctor.page, "waiting-entry").filter({ hasText: "Pat Old" });
-      await entry.waitFor({ state: "visible" });
-      await entry.locator('[data-testid="admit-button"]').click();
+      await joinE2eeCall(service, doctor, patient, { title: "E2EE, old browser", patientName: "Pat Old" });
 
       const status = (/** @type {RegExp} */ pattern) => (/** @type {import('./harness.mjs').Participant} */ p) =>
         p.page.waitForFunction((source) => new RegExp(source, "i").test(document.querySelector('[data-testid="call-status"]')?.textContent ?? ""), pattern.source, { timeout: 30_000 });
@@ -300,29 +367,16 @@ describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () =
       }
       assert.equal(d.worker.send.video.ok, 0, "the doctor protected nothing: no key");
       assert.ok(d.worker.send.video.droppedWithoutKey > 0, "the doctor's frames were dropped, not sent in the clear");
-    } catch (err) {
-      if (err instanceof Error) err.message += diagnostics(service, people);
-      throw err;
-    } finally {
-      await closeAll(people);
-      await service?.stop();
-    }
+    });
   });
 
   test("rotation mid-call leaves no video gap over one second; a leave and join starts a new epoch", { timeout: 240_000 }, async () => {
-    /** @type {import('./harness.mjs').Service | null} */
-    let service = null;
-    /** @type {import('./harness.mjs').Participant[]} */
-    let people = [];
-    try {
-      service = await startService();
-      const { doctor, patient } = await e2eeCall(service, "vp8");
-      people = [doctor, patient];
-      for (const p of people) await waitForRemoteMedia(p.page, 45_000);
-      for (const p of people) await waitForE2ee(p.page, (s) => allFlowsProtected(s) && s.badge, "protected media both ways");
+    await withService({}, async (scope) => {
+      const { doctor, patient } = await e2eeCall(scope, "vp8");
+      const people = [doctor, patient];
+      await protectedBothWays(people);
 
-      await startGapProbe(doctor.page);
-      await startGapProbe(patient.page);
+      for (const p of people) await startGapProbe(p.page);
       await sleep(1500);
       for (let round = 0; round < 2; round++) {
         for (const [from, to] of [[doctor, patient], [patient, doctor]]) {
@@ -340,12 +394,7 @@ describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () =
         assert.equal(s.worker.rejected.tampered, 0);
       }
       await sleep(1000);
-      for (const p of people) {
-        const gap = await stopGapProbe(p.page);
-        console.log(`E2EE rotation (${p.label}): longest time without a decoded frame ${gap.longestGapMs} ms over ${gap.samples} samples`);
-        assert.ok(gap.samples > 20, `${p.label}: video kept decoding (${gap.samples} samples)`);
-        assert.ok(gap.longestGapMs < 1000, `${p.label}: no video gap over one second during rotation (longest ${gap.longestGapMs} ms)`);
-      }
+      await assertNoVideoGap(people, "rotation");
       for (const p of people) assert.ok((await e2eeSnapshot(p.page)).badge, `${p.label}: the badge stayed`);
 
       // A leave and a join: the patient reloads and takes its place back on a new connection.
@@ -358,12 +407,47 @@ describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () =
       const patientAfter = await waitForE2ee(patient.page, (s) => s.badge && allFlowsProtected(s), "protected media after the rejoin");
       assert.equal(patientAfter.sas, after.sas, "equal codes after the rejoin");
       for (const p of people) assert.deepEqual(cspViolations(p), [], `${p.label}: no CSP violations`);
-    } catch (err) {
-      if (err instanceof Error) err.message += diagnostics(service, people);
-      throw err;
-    } finally {
-      await closeAll(people);
-      await service?.stop();
-    }
+    });
   });
+
+  for (const run of SELF_ROTATION) {
+    test(`rotation by itself (${run.cause}): new epochs both ways, badge on, same code, no tampered or expired frame, no video gap over one second`, { timeout: 60_000 }, async () => {
+      await withService({}, async (scope) => {
+        const { doctor, patient } = await e2eeCall(scope, "vp8", { storage: run.storage });
+        const people = [doctor, patient];
+        const start = await protectedBothWays(people);
+        for (const [i, s] of start.entries()) assert.deepEqual(s.rotation, run.rotation, `${people[i].label}: the rotation settings in effect`);
+        const sas = start[0].sas;
+        assert.equal(start[1].sas, sas, "equal codes");
+
+        for (const p of people) await startGapProbe(p.page);
+        const timelines = await watchE2ee(people, run.watchMs);
+        await assertNoVideoGap(people, `${run.cause} rotation`);
+
+        for (const [i, p] of people.entries()) {
+          const other = people[1 - i];
+          const timeline = timelines[i];
+          const first = timeline[0].send;
+          const last = timeline[timeline.length - 1].send;
+          const switches = timeline.filter((x, j) => j > 0 && x.send !== timeline[j - 1].send).map((x) => x.at);
+          const s = await e2eeSnapshot(p.page);
+          console.log(
+            `E2EE ${run.cause} rotation (${p.label}): send epoch ${first} -> ${last} in ${run.watchMs} ms, switches seen at ${switches.join(", ")} ms; ` +
+              `counter asked for ${s.worker.rotationsAsked} epochs; rejected ${JSON.stringify(s.worker.rejected)}`,
+          );
+          assert.ok(last - first >= run.minNewEpochs, `${p.label}: at least ${run.minNewEpochs} new epochs by the ${run.cause} (${first} -> ${last})`);
+          assert.ok(timeline.every((x, j) => j === 0 || x.send >= timeline[j - 1].send), `${p.label}: epochs only go up`);
+          const off = timeline.filter((x) => !x.badge).map((x) => x.at);
+          assert.deepEqual(off, [], `${p.label}: the badge stayed on (off at ${off.join(", ")} ms)`);
+          assert.ok(timeline.every((x) => x.sas === sas), `${p.label}: the code did not change`);
+          await waitForE2ee(other.page, (x) => x.epochs.receive >= last, `${other.label} holding epoch ${last}`, 5000);
+          assert.equal(s.worker.rejected.tampered, 0, `${p.label}: no tampered frames`);
+          assert.equal(s.worker.rejected.expired_kid, 0, `${p.label}: no frame under an expired key`);
+          if (run.cause === "timer") assert.equal(s.worker.rotationsAsked, 0, `${p.label}: the counter asked for no epoch`);
+          else assert.ok(s.worker.rotationsAsked >= last - first, `${p.label}: the counter asked for every new epoch (${s.worker.rotationsAsked} asks)`);
+        }
+        for (const p of people) assert.deepEqual(cspViolations(p), [], `${p.label}: no CSP violations`);
+      });
+    });
+  }
 });

@@ -560,6 +560,17 @@ export async function openConsultation(page) {
   );
 }
 
+/**
+ * Admit the participant with this name from the doctor's waiting room.
+ * @param {import('playwright-core').Page} page
+ * @param {string} name
+ */
+export async function admitFromWaitingRoom(page, name) {
+  const entry = byTestId(page, "waiting-entry").filter({ hasText: name });
+  await entry.waitFor({ state: "visible" });
+  await entry.locator('[data-testid="admit-button"]').click();
+}
+
 // -------------------------------------------------------------------------------------------------
 // Patient
 // -------------------------------------------------------------------------------------------------
@@ -911,6 +922,64 @@ export function diagnostics(service, participants) {
 }
 
 /**
+ * Something a test runs next to the service: stopped when the test ends, its output appended to a
+ * failure message. An {@link EchoBot} is one.
+ * @typedef {object} Companion
+ * @property {() => Promise<void>} [stop]
+ * @property {() => string} [diagnostics] Text for a failure message (empty when there is nothing).
+ */
+
+/**
+ * What {@link withService} hands to a test.
+ * @typedef {object} ServiceScope
+ * @property {Service} service The service, started for this test.
+ * @property {Participant[]} people Push every participant launched: each is closed when the test
+ *   ends, and its console goes into a failure message.
+ * @property {<T extends Companion>(companion: T) => T} own Register a companion (echo-bot…) and
+ *   return it: it is stopped when the test ends (before the browsers close, the last registered
+ *   first), and its diagnostics go into a failure message.
+ */
+
+/**
+ * Run `body` with a fresh service (`startService(options)`), then clean up whatever happens: stop
+ * the companions, close the participants in `people`, stop the service. A failure's message gets
+ * the participants' consoles and the service log, then each companion's diagnostics, then
+ * `options.diagnostics()` (for what outlives the test, such as a TURN server shared by a file).
+ * @template T
+ * @param {{ timeoutMs?: number, env?: Record<string, string>, diagnostics?: () => string }} options
+ * @param {(scope: ServiceScope) => Promise<T>} body
+ * @returns {Promise<T>}
+ */
+export async function withService({ diagnostics: moreDiagnostics, ...serviceOptions }, body) {
+  /** @type {Service | null} */
+  let service = null;
+  /** @type {Participant[]} */
+  const people = [];
+  /** @type {Companion[]} */
+  const companions = [];
+  try {
+    service = await startService(serviceOptions);
+    return await body({
+      service,
+      people,
+      own(companion) {
+        companions.push(companion);
+        return companion;
+      },
+    });
+  } catch (err) {
+    if (err instanceof Error) {
+      err.message += diagnostics(service, people) + companions.map((c) => c.diagnostics?.() ?? "").join("") + (moreDiagnostics?.() ?? "");
+    }
+    throw err;
+  } finally {
+    for (const companion of [...companions].reverse()) await companion.stop?.().catch(() => {});
+    await closeAll(people);
+    await service?.stop();
+  }
+}
+
+/**
  * @param {number[]} values
  */
 export function median(values) {
@@ -1026,6 +1095,7 @@ export const ECHO_BOT_MISSING =
  * @property {string[]} output The last lines of stdout and stderr, for diagnostics.
  * @property {(predicate: (event: any) => boolean, timeoutMs: number, what: string) => Promise<any>} waitFor
  * @property {() => Promise<void>} stop
+ * @property {() => string} diagnostics The tail of its output, for a failure message.
  */
 
 /** JSON events echo-bot prints every second: only the latest few are kept in `output`. */
@@ -1114,15 +1184,33 @@ export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 60
       while (!exited && child.exitCode === null && Date.now() < deadline) await sleep(50);
       if (!exited && child.exitCode === null) child.kill("SIGKILL");
     },
+    diagnostics() {
+      return `\n--- echo-bot output (tail) ---\n${output.slice(-80).join("\n")}`;
+    },
   };
 }
 
 /**
- * echo-bot's output, appended to a failure message.
- * @param {EchoBot | null} bot
+ * The doctor signed in with a new consultation open, and echo-bot joined through its invite,
+ * admitted and connected. The doctor goes into the scope's `people`, echo-bot is owned by it.
+ * @param {ServiceScope} scope
+ * @param {{ label: string, title: string, e2ee?: boolean, bot?: Parameters<typeof startEchoBot>[1] }} options
+ *   `label`: the doctor's; `e2ee`: an end-to-end encrypted consultation; `bot`: echo-bot's options
+ *   (its name defaults to "Echo bot").
  */
-export function botDiagnostics(bot) {
-  return bot ? `\n--- echo-bot output (tail) ---\n${bot.output.slice(-80).join("\n")}` : "";
+export async function doctorWithEchoBot({ service, people, own }, { label, title, e2ee = false, bot: botOptions = {} }) {
+  const doctor = await launchParticipant(label, { origin: service.url });
+  people.push(doctor);
+  await signInDoctor(doctor.page, service);
+  const inviteUrl = e2ee ? await createE2eeConsultation(doctor.page, title) : await createConsultation(doctor.page, title);
+  await openConsultation(doctor.page);
+  const name = botOptions.name ?? "Echo bot";
+  const bot = own(startEchoBot(inviteUrl, { ...botOptions, name }));
+  await bot.waitFor((e) => e.event === "joined", 30_000, "joined event");
+  await admitFromWaitingRoom(doctor.page, name);
+  await bot.waitFor((e) => e.event === "admitted" || (e.event === "joined" && e.admitted), 20_000, "admitted event");
+  await bot.waitFor((e) => e.event === "connected", 30_000, "connected event");
+  return { doctor, bot, inviteUrl };
 }
 
 /**

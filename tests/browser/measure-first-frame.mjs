@@ -4,7 +4,7 @@
 //
 // Run: cd tests/browser && node measure-first-frame.mjs [runs]   (default 5)
 
-import { closeAll, median, runAdmitScenario, startService } from "./harness.mjs";
+import { median, runAdmitScenario, withService } from "./harness.mjs";
 
 const runs = Number(process.argv[2] ?? process.env.RUNS ?? 5);
 if (!Number.isInteger(runs) || runs < 1) {
@@ -15,22 +15,19 @@ if (!Number.isInteger(runs) || runs < 1) {
 /** @type {number[]} */
 const values = [];
 for (let i = 1; i <= runs; i++) {
-  const service = await startService();
-  /** @type {Awaited<ReturnType<typeof runAdmitScenario>> | null} */
-  let scenario = null;
   try {
-    scenario = await runAdmitScenario(service, { title: `Measurement ${i}`, patientName: `Patient ${i}` });
-    values.push(scenario.firstFrameMs);
-    console.log(
-      `run ${i}/${runs}: FIRST_FRAME_MS=${scenario.firstFrameMs}` +
-        (scenario.firstPaintMs !== null ? ` (first presented frame: ${scenario.firstPaintMs} ms)` : ""),
-    );
+    await withService({}, async ({ service, people }) => {
+      const scenario = await runAdmitScenario(service, { title: `Measurement ${i}`, patientName: `Patient ${i}` });
+      people.push(scenario.doctor, scenario.patient);
+      values.push(scenario.firstFrameMs);
+      console.log(
+        `run ${i}/${runs}: FIRST_FRAME_MS=${scenario.firstFrameMs}` +
+          (scenario.firstPaintMs !== null ? ` (first presented frame: ${scenario.firstPaintMs} ms)` : ""),
+      );
+    });
   } catch (err) {
     console.error(`run ${i}/${runs} failed: ${err instanceof Error ? err.stack ?? err.message : err}`);
     process.exitCode = 1;
-  } finally {
-    if (scenario) await closeAll([scenario.doctor, scenario.patient]);
-    await service.stop();
   }
 }
 

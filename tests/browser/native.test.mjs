@@ -16,26 +16,16 @@ import { describe, test } from "node:test";
 
 import {
   acceptAndDownload,
-  botDiagnostics,
-  byTestId,
-  closeAll,
-  createConsultation,
   cspViolations,
-  diagnostics,
+  doctorWithEchoBot,
   ECHO_BOT_MISSING,
   inboundStats,
-  launchParticipant,
   offerFile,
-  openConsultation,
   sendChat,
   sha256Hex,
-  signInDoctor,
-  startEchoBot,
-  startService,
   waitForChat,
+  withService,
 } from "./harness.mjs";
-
-const BOT_NAME = "Echo bot";
 
 /**
  * The doctor page's inbound and outbound video codecs (from the `codecId` of the RTP reports).
@@ -92,26 +82,8 @@ describe("browser doctor with the native echo-bot as the patient", { timeout: 60
   for (const codec of ["h264", "vp8"]) {
     const mime = codec === "h264" ? "video/H264" : "video/VP8";
     test(`${codec}: media both ways, chat echo and file echo`, { timeout: 240_000, skip: ECHO_BOT_MISSING }, async (t) => {
-      /** @type {import('./harness.mjs').Service | null} */
-      let service = null;
-      /** @type {import('./harness.mjs').Participant | null} */
-      let doctor = null;
-      /** @type {import('./harness.mjs').EchoBot | null} */
-      let bot = null;
-      try {
-        service = await startService();
-        doctor = await launchParticipant(`doctor (${codec})`, { origin: service.url });
-        await signInDoctor(doctor.page, service);
-        const inviteUrl = await createConsultation(doctor.page, `Echo test ${codec}`);
-        await openConsultation(doctor.page);
-
-        bot = startEchoBot(inviteUrl, { name: BOT_NAME, codec });
-        await bot.waitFor((e) => e.event === "joined", 30_000, "joined event");
-        const entry = byTestId(doctor.page, "waiting-entry").filter({ hasText: BOT_NAME });
-        await entry.waitFor({ state: "visible" });
-        await entry.locator('[data-testid="admit-button"]').click();
-        await bot.waitFor((e) => e.event === "admitted" || (e.event === "joined" && e.admitted), 20_000, "admitted event");
-        await bot.waitFor((e) => e.event === "connected", 30_000, "connected event");
+      await withService({}, async (scope) => {
+        const { doctor, bot } = await doctorWithEchoBot(scope, { label: `doctor (${codec})`, title: `Echo test ${codec}`, bot: { codec } });
 
         // The browser decodes the native video and receives its audio, with the forced codec.
         const deadline = Date.now() + 30_000;
@@ -169,14 +141,7 @@ describe("browser doctor with the native echo-bot as the patient", { timeout: 60
         const warnings = bot.events.filter((e) => e.event === "warning" || e.event === "chat_rejected" || e.event === "file_failed");
         if (warnings.length) t.diagnostic(`echo-bot warnings: ${JSON.stringify(warnings)}`);
         assert.deepEqual(cspViolations(doctor), [], "no Content-Security-Policy violations");
-      } catch (err) {
-        if (err instanceof Error) err.message += diagnostics(service, [doctor]) + botDiagnostics(bot);
-        throw err;
-      } finally {
-        await bot?.stop();
-        await closeAll([doctor]);
-        await service?.stop();
-      }
+      });
     });
   }
 });

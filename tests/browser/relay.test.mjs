@@ -19,30 +19,26 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
 
 import {
-  botDiagnostics,
+  admitFromWaitingRoom,
   byTestId,
-  closeAll,
   createConsultation,
   cspViolations,
-  diagnostics,
+  doctorWithEchoBot,
   ECHO_BOT_MISSING,
   iceStats,
   inboundStats,
   launchParticipant,
   openConsultation,
-  passDeviceCheck,
+  patientJoin,
   relayOnlyServiceEnv,
   runAdmitScenario,
   signInDoctor,
-  startEchoBot,
-  startService,
   startTurnServer,
   STEP_TIMEOUT_MS,
   TURN_RELAY_PORTS,
   waitForSelectedPair,
+  withService,
 } from "./harness.mjs";
-
-const BOT_NAME = "Echo bot";
 
 /** @param {number} port */
 function inRelayRange(port) {
@@ -67,10 +63,15 @@ function turnRequestLines(turn) {
 }
 
 /**
- * @param {import('./harness.mjs').TurnServer | null} turn
+ * `withService` options for a relay-only service through this TURN server; a failure's message
+ * gets the tail of the TURN server's log.
+ * @param {import('./harness.mjs').TurnServer} turn
  */
-function turnDiagnostics(turn) {
-  return turn ? `\n--- turnserver log (tail) ---\n${turn.logs.slice(-60).join("\n")}` : "";
+function relayOnly(turn) {
+  return {
+    env: relayOnlyServiceEnv(turn),
+    diagnostics: () => `\n--- turnserver log (tail) ---\n${turn.logs.slice(-60).join("\n")}`,
+  };
 }
 
 /**
@@ -128,14 +129,10 @@ describe("relay-only calls through a TURN server (coturn on 127.0.0.1)", { timeo
 
   test("doctor and patient browsers: media both ways over relay <-> relay", { timeout: 180_000 }, async (t) => {
     assert.ok(turn);
-    /** @type {import('./harness.mjs').Service | null} */
-    let service = null;
-    /** @type {any} */
-    let scenario = null;
-    try {
-      service = await startService({ env: relayOnlyServiceEnv(turn) });
-      scenario = await runAdmitScenario(service, { title: "Relay check", patientName: "Pat Relay" });
+    await withService(relayOnly(turn), async ({ service, people }) => {
+      const scenario = await runAdmitScenario(service, { title: "Relay check", patientName: "Pat Relay" });
       const { doctor, patient } = scenario;
+      people.push(doctor, patient);
       t.diagnostic(`patient inbound: ${JSON.stringify(scenario.patientMedia)}`);
       t.diagnostic(`doctor inbound: ${JSON.stringify(scenario.doctorMedia)}`);
       assert.ok(scenario.patientMedia.framesDecoded > 0, "patient decodes the doctor's video");
@@ -166,39 +163,13 @@ describe("relay-only calls through a TURN server (coturn on 127.0.0.1)", { timeo
       t.diagnostic(`turnserver: ${allocations} allocations, ${permissions} permissions granted`);
       assert.ok(allocations >= 2, `coturn logged an allocation for each browser:\n${requests.slice(-30).join("\n")}`);
       for (const p of [doctor, patient]) assert.deepEqual(cspViolations(p), [], `${p.label}: no Content-Security-Policy violations`);
-    } catch (err) {
-      if (err instanceof Error) {
-        err.message += diagnostics(service, scenario ? [scenario.doctor, scenario.patient] : []) + turnDiagnostics(turn);
-      }
-      throw err;
-    } finally {
-      if (scenario) await closeAll([scenario.doctor, scenario.patient]);
-      await service?.stop();
-    }
+    });
   });
 
   test("doctor browser and native echo-bot: relay on both sides", { timeout: 180_000, skip: ECHO_BOT_MISSING }, async (t) => {
     assert.ok(turn);
-    /** @type {import('./harness.mjs').Service | null} */
-    let service = null;
-    /** @type {import('./harness.mjs').Participant | null} */
-    let doctor = null;
-    /** @type {import('./harness.mjs').EchoBot | null} */
-    let bot = null;
-    try {
-      service = await startService({ env: relayOnlyServiceEnv(turn) });
-      doctor = await launchParticipant("doctor (echo-bot)", { origin: service.url });
-      await signInDoctor(doctor.page, service);
-      const inviteUrl = await createConsultation(doctor.page, "Relay echo test");
-      await openConsultation(doctor.page);
-
-      bot = startEchoBot(inviteUrl, { name: BOT_NAME, seconds: 120 });
-      await bot.waitFor((e) => e.event === "joined", 30_000, "joined event");
-      const entry = byTestId(doctor.page, "waiting-entry").filter({ hasText: BOT_NAME });
-      await entry.waitFor({ state: "visible" });
-      await entry.locator('[data-testid="admit-button"]').click();
-      await bot.waitFor((e) => e.event === "admitted" || (e.event === "joined" && e.admitted), 20_000, "admitted event");
-      await bot.waitFor((e) => e.event === "connected", 30_000, "connected event");
+    await withService(relayOnly(turn), async (scope) => {
+      const { doctor, bot } = await doctorWithEchoBot(scope, { label: "doctor (echo-bot)", title: "Relay echo test", bot: { seconds: 120 } });
 
       // The browser decodes echo-bot's video (and gets its audio).
       const deadline = Date.now() + 30_000;
@@ -245,30 +216,17 @@ describe("relay-only calls through a TURN server (coturn on 127.0.0.1)", { timeo
       const warnings = bot.events.filter((e) => e.event === "warning");
       if (warnings.length) t.diagnostic(`echo-bot warnings: ${JSON.stringify(warnings)}`);
       assert.deepEqual(cspViolations(doctor), [], "no Content-Security-Policy violations");
-    } catch (err) {
-      if (err instanceof Error) err.message += diagnostics(service, [doctor]) + botDiagnostics(bot) + turnDiagnostics(turn);
-      throw err;
-    } finally {
-      await bot?.stop();
-      await closeAll([doctor]);
-      await service?.stop();
-    }
+    });
   });
 
   test("relay only without a usable TURN server: the call status says so", { timeout: 120_000 }, async (t) => {
     assert.ok(turn);
-    /** @type {import('./harness.mjs').Service | null} */
-    let service = null;
-    /** @type {import('./harness.mjs').Participant | null} */
-    let doctor = null;
-    /** @type {import('./harness.mjs').Participant | null} */
-    let patient = null;
-    try {
-      service = await startService({ env: relayOnlyServiceEnv(turn) });
-      [doctor, patient] = await Promise.all([
+    await withService(relayOnly(turn), async ({ service, people }) => {
+      const [doctor, patient] = await Promise.all([
         launchParticipant("doctor (no TURN)", { origin: service.url }),
         launchParticipant("patient (TURN unreachable)", { origin: service.url }),
       ]);
+      people.push(doctor, patient);
       // The doctor's page is told "relay" with no TURN server at all; the patient's page gets a
       // TURN server on a port nothing listens on (the port of this service's HTTP listener: TCP,
       // so UDP there is closed).
@@ -285,14 +243,8 @@ describe("relay-only calls through a TURN server (coturn on 127.0.0.1)", { timeo
       await signInDoctor(doctor.page, service);
       const inviteUrl = await createConsultation(doctor.page, "No relay");
       await openConsultation(doctor.page);
-      await patient.page.goto(inviteUrl);
-      await byTestId(patient.page, "patient-name").waitFor({ state: "visible" });
-      await passDeviceCheck(patient.page, "Pat NoRelay");
-      await byTestId(patient.page, "join-button").click();
-      await byTestId(patient.page, "waiting-message").waitFor({ state: "visible" });
-      const entry = byTestId(doctor.page, "waiting-entry").filter({ hasText: "Pat NoRelay" });
-      await entry.waitFor({ state: "visible" });
-      await entry.locator('[data-testid="admit-button"]').click();
+      await patientJoin(patient.page, inviteUrl, "Pat NoRelay");
+      await admitFromWaitingRoom(doctor.page, "Pat NoRelay");
 
       /**
        * @param {import('./harness.mjs').Participant} p
@@ -328,12 +280,6 @@ describe("relay-only calls through a TURN server (coturn on 127.0.0.1)", { timeo
         assert.deepEqual(stats.localCandidates, [], `${p.label}: no candidate gathered (no host or server-reflexive address handed out)`);
       }
       assert.ok(doctor.console.some((l) => /no TURN server is configured/.test(l)), "the doctor's console names the cause");
-    } catch (err) {
-      if (err instanceof Error) err.message += diagnostics(service, [doctor, patient]);
-      throw err;
-    } finally {
-      await closeAll([doctor, patient]);
-      await service?.stop();
-    }
+    });
   });
 });

@@ -18,12 +18,13 @@
  * {@link HELLO_TIMEOUT_MS} of connecting, the call carries no media and says why.
  */
 
-import { FrameProtector, protectMessage, unprotectMessage, RejectedError } from "./protector.js";
-import { fingerprintFromSdp, KeySchedule } from "./schedule.js";
+import { DEFAULT_PROTECTOR_CONFIG, FrameProtector, protectMessage, unprotectMessage, RejectedError } from "./protector.js";
+import { DEFAULT_SCHEDULE_CONFIG, fingerprintFromSdp, KeySchedule } from "./schedule.js";
 import { SealedChannel } from "./sealed-channel.js";
 
 /** @typedef {import('./schedule.js').KeyEvent} KeyEvent */
 /** @typedef {import('./schedule.js').ScheduleConfig} ScheduleConfig */
+/** @typedef {import('./protector.js').ProtectorConfig} ProtectorConfig */
 
 /** A flow counts as protected when its last protected (or opened) frame is at most this old. */
 const RECENT_MS = 2000;
@@ -79,6 +80,33 @@ export function preferredVideoCodec() {
 }
 
 /**
+ * Faster rotation a developer or test asked for, read when a call starts:
+ * `localStorage["consult.e2eeRotateMs"]` (start a new epoch this often, in ms) and
+ * `localStorage["consult.e2eeMaxCounter"]` (ask for a new epoch when a send counter reaches this).
+ * Each must be a whole number from 1 up to the default (10 minutes, 2^32): a setting can only make
+ * keys change more often. Anything else is ignored.
+ * @returns {{ rotateEveryMs?: number, maxCounter?: number }}
+ */
+export function rotationOverrides() {
+  /**
+   * @param {string} key
+   * @param {number} max
+   */
+  const read = (key, max) => {
+    try {
+      const text = localStorage.getItem(key);
+      const value = text !== null && /^[0-9]{1,10}$/.test(text) ? Number(text) : NaN;
+      return value >= 1 && value <= max ? value : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const rotateEveryMs = read("consult.e2eeRotateMs", DEFAULT_SCHEDULE_CONFIG.rotateEveryMs);
+  const maxCounter = read("consult.e2eeMaxCounter", DEFAULT_PROTECTOR_CONFIG.maxCounter);
+  return { ...(rotateEveryMs ? { rotateEveryMs } : {}), ...(maxCounter ? { maxCounter } : {}) };
+}
+
+/**
  * Restrict a video transceiver to the codecs with an E2EE format (with E2EE) and put the
  * preferred codec first (when one is set). Without either, nothing changes.
  * @param {RTCRtpTransceiver} transceiver
@@ -126,12 +154,15 @@ export class E2eeCall {
    * @param {object} options
    * @param {string} options.localId This participant's id.
    * @param {(view: E2eeView) => void} options.onView The SAS, badge or problem changed.
-   * @param {Partial<ScheduleConfig>} [options.config]
+   * @param {Partial<ScheduleConfig>} [options.config] Over the defaults and {@link rotationOverrides}.
    */
   constructor({ localId, onView, config }) {
     this.localId = localId;
     this.onView = onView;
-    this.schedule = new KeySchedule(localId, config);
+    const { maxCounter, ...scheduleOverrides } = rotationOverrides();
+    this.schedule = new KeySchedule(localId, { ...scheduleOverrides, ...config });
+    /** @type {Partial<ProtectorConfig>} Of every link's protectors: the worker's and the page's. */
+    this.protectorConfig = maxCounter ? { maxCounter } : {};
     this.api = transformApi();
     /** @type {E2eeLink | null} */
     this.link = null;
@@ -219,6 +250,10 @@ export class E2eeCall {
         receive: this.schedule.stats.receiveEpoch,
       },
       keyRejections: { ...this.schedule.stats.rejected },
+      rotation: {
+        everyMs: this.schedule.config.rotateEveryMs,
+        maxCounter: this.protectorConfig.maxCounter ?? DEFAULT_PROTECTOR_CONFIG.maxCounter,
+      },
       data: link ? link.dataStats() : null,
       worker: link ? link.workerStats : null,
     };
@@ -263,7 +298,7 @@ export class E2eeLink {
     this.worker = call.api ? new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "consult-e2ee" }) : null;
     /** @type {any} The worker's latest stats. */
     this.workerStats = null;
-    this.data = new FrameProtector();
+    this.data = new FrameProtector(call.protectorConfig);
     /** @type {Set<RTCDataChannel>} */
     this.keyChannels = new Set();
     /** @type {RTCDataChannel[]} Open key channels, in the order they opened. */
@@ -284,6 +319,8 @@ export class E2eeLink {
     if (this.worker) {
       this.worker.onmessage = (event) => this.fromWorker(event.data);
       this.worker.onerror = (event) => console.error("E2EE worker error", event.message);
+      // Before any key: the worker's protector is made anew with it.
+      if (Object.keys(call.protectorConfig).length > 0) this.worker.postMessage({ type: "config", config: call.protectorConfig });
     }
     this.watchConnection = () => this.connectionChanged();
     pc.addEventListener("connectionstatechange", this.watchConnection);

@@ -15,8 +15,8 @@
  * Messages from the page: `config`, `codecs` (payload type → codec, from the SDP, for frames
  * whose metadata has no MIME type), `send-key`, `receive-key` (answered with `installed`),
  * `clear`, `streams`. To the page, every {@link STATS_EVERY_MS}: `stats` (counts per direction
- * and kind, rejections, the added latency of protect and unprotect), and `rotate-wanted` when
- * the counter nears its limit. Keys never leave this worker, and nothing here logs them.
+ * and kind, rejections, how often a new epoch was asked for, the added latency of protect and
+ * unprotect), and `rotate-wanted` when the counter nears its limit. Keys never leave this worker, and nothing here logs them.
  */
 
 import { FrameProtector, NoSendKeyError, RejectedError, FRAME_REJECTIONS } from "./protector.js";
@@ -42,6 +42,8 @@ const scope = self;
 let protector = new FrameProtector();
 /** Whether the page was told that the counter nears its limit (once per send key). */
 let rotationAsked = false;
+/** How often the page was told so. */
+let rotationsAsked = 0;
 /** @type {Map<number, MediaFormat>} */
 let payloadTypes = new Map();
 
@@ -151,6 +153,7 @@ function frameTransform(side, kind) {
           frame.data = exactBuffer(sealed);
           if (protector.rotateWanted && !rotationAsked) {
             rotationAsked = true;
+            rotationsAsked += 1;
             scope.postMessage({ type: "rotate-wanted" });
           }
         } else {
@@ -242,6 +245,7 @@ function stats() {
     droppedWithoutKey: protector.stats.droppedWithoutKey,
     sendEpoch: protector.stats.sendEpoch,
     receiveEpochs: protector.receiveEpochs,
+    rotationsAsked,
     latency: { protect: summary(latency.protect), unprotect: summary(latency.unprotect) },
   };
 }
