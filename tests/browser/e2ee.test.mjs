@@ -261,6 +261,8 @@ const SELF_ROTATION = /** @type {const} */ ([
     rotation: { everyMs: 3000, maxCounter: 2 ** 32 },
     watchMs: 10_000,
     minNewEpochs: 2,
+    // One epoch per expiry: 10 s of a 3 s timer is at most four (a second epoch per expiry was a bug).
+    maxNewEpochs: 4,
   },
   {
     cause: "counter limit",
@@ -436,6 +438,9 @@ describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () =
               `counter asked for ${s.worker.rotationsAsked} epochs; rejected ${JSON.stringify(s.worker.rejected)}`,
           );
           assert.ok(last - first >= run.minNewEpochs, `${p.label}: at least ${run.minNewEpochs} new epochs by the ${run.cause} (${first} -> ${last})`);
+          if (run.maxNewEpochs !== undefined) {
+            assert.ok(last - first <= run.maxNewEpochs, `${p.label}: at most ${run.maxNewEpochs} new epochs by the ${run.cause} (${first} -> ${last})`);
+          }
           assert.ok(timeline.every((x, j) => j === 0 || x.send >= timeline[j - 1].send), `${p.label}: epochs only go up`);
           const off = timeline.filter((x) => !x.badge).map((x) => x.at);
           assert.deepEqual(off, [], `${p.label}: the badge stayed on (off at ${off.join(", ")} ms)`);

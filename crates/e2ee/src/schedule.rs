@@ -705,7 +705,8 @@ impl KeySchedule {
                 self.switch_to_pending();
             }
         }
-        if let Some(send) = &self.send {
+        // While an epoch waits for its acknowledgement the timer has done its work already.
+        if let (Some(send), None) = (&self.send, &self.pending) {
             if now >= send.since + self.config.rotate_every {
                 self.rotate_wanted = true;
             }
@@ -735,7 +736,7 @@ impl KeySchedule {
         if let Some(pending) = &self.pending {
             consider(pending.announced_at + self.config.switch_after);
         }
-        if let Some(send) = &self.send {
+        if let (Some(send), None) = (&self.send, &self.pending) {
             consider(send.since + self.config.rotate_every);
         }
         for key in self.receive.values() {
@@ -755,6 +756,7 @@ impl KeySchedule {
         frame: &[u8],
     ) -> Result<Vec<u8>, E2eeError> {
         let max = self.config.max_counter;
+        let announced = self.pending.is_some();
         let Some(send) = self.send.as_mut() else {
             self.stats.dropped_without_key += 1;
             return Err(E2eeError::NoSendKey);
@@ -766,8 +768,9 @@ impl KeySchedule {
         };
         let sealed = format::protect(format, key, *ctr, frame).map_err(E2eeError::Format)?;
         *ctr += 1;
-        if *ctr >= max {
-            // Rotate long before the counter could wrap: the next timeout starts a new epoch.
+        if *ctr >= max && !announced {
+            // Rotate long before the counter could wrap: the next timeout starts a new epoch
+            // (unless one is already announced, which is that new key).
             self.rotate_wanted = true;
         }
         self.stats.protected += 1;
@@ -1228,8 +1231,17 @@ mod tests {
             .protect(start, MediaFormat::Opus, b"epoch 1")
             .unwrap();
         let t = start + config.rotate_every;
+        // The timer fires before the acknowledgement arrives, and again while it is awaited.
+        pair.a.handle_timeout(t, &mut OsRng);
+        pair.a
+            .handle_timeout(t + Duration::from_millis(10), &mut OsRng);
         pair.tick(t);
-        assert_eq!(pair.a.stats().send_epoch, 2, "acknowledged, switched");
+        pair.tick(t + Duration::from_millis(20));
+        assert_eq!(
+            pair.a.stats().send_epoch,
+            2,
+            "one rotation per expiry, switched on ack"
+        );
         // Every frame after the switch opens: no gap.
         for i in 0..50u8 {
             assert_eq!(a_to_b(&mut pair, t, &[i]).unwrap(), [i]);
@@ -1261,8 +1273,18 @@ mod tests {
         for i in 0..10u8 {
             a_to_b(&mut pair, now, &[i]).unwrap();
         }
+        pair.a.handle_timeout(now, &mut OsRng); // announces epoch 2
+        for i in 0..5u8 {
+            // Frames still go out under epoch 1 past the limit until the switch.
+            a_to_b(&mut pair, now, &[i]).unwrap();
+        }
         pair.tick(now);
-        assert_eq!(pair.a.stats().send_epoch, 2);
+        pair.tick(now);
+        assert_eq!(
+            pair.a.stats().send_epoch,
+            2,
+            "one rotation for the limit, not two"
+        );
         assert_eq!(a_to_b(&mut pair, now, b"fresh").unwrap(), b"fresh");
     }
 

@@ -428,7 +428,8 @@ export class KeySchedule {
 
   /** Ask for a new epoch at the next timeout (a counter reached its limit). */
   requestRotation() {
-    this.rotateWanted = true;
+    // An epoch already announced is the new key asked for: one rotation, not two.
+    if (!this.pending) this.rotateWanted = true;
   }
 
   /**
@@ -639,7 +640,8 @@ export class KeySchedule {
    */
   async handleTimeout(now) {
     if (this.pending && now >= this.pending.announcedAt + this.config.switchAfterMs) this.switchToPending();
-    if (this.send && now >= this.send.since + this.config.rotateEveryMs) this.rotateWanted = true;
+    // While an epoch waits for its acknowledgement the timer has done its work already.
+    if (this.send && !this.pending && now >= this.send.since + this.config.rotateEveryMs) this.rotateWanted = true;
     await this.startEpochIfWanted(now);
   }
 
@@ -651,7 +653,7 @@ export class KeySchedule {
     /** @type {number[]} */
     const times = [];
     if (this.pending) times.push(this.pending.announcedAt + this.config.switchAfterMs);
-    if (this.send) times.push(this.send.since + this.config.rotateEveryMs);
+    if (this.send && !this.pending) times.push(this.send.since + this.config.rotateEveryMs);
     if (this.rotateWanted && this.conn && this.conn.agreed && !this.pending) times.push(0);
     return times.length ? Math.min(...times) : null;
   }
