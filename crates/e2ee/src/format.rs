@@ -22,7 +22,7 @@
 
 use std::ops::Range;
 
-use crate::sframe::{Header, ReceiverKey, SenderKey, SframeError};
+use crate::sframe::{Header, ReceiverKey, SenderKey, SframeError, TAG_LEN};
 
 /// Bytes of a slice NAL unit after its header byte that stay in the clear: enough for
 /// `first_mb_in_slice`, `slice_type` and `pic_parameter_set_id`, which receivers (Chromium's
@@ -139,7 +139,7 @@ impl<'a> ProtectedFrame<'a> {
         }
         let (metadata, sframe) = data.split_at(clear);
         let header = Header::parse(sframe).map_err(|_| FormatError::Truncated)?;
-        if sframe.len() < header.len + 16 {
+        if sframe.len() < header.len + TAG_LEN {
             return Err(FormatError::Truncated);
         }
         Ok(Self {
@@ -424,7 +424,6 @@ fn parse_h264(data: &[u8]) -> Result<ProtectedFrame<'_>, FormatError> {
         sealed.extend_from_slice(piece);
     }
     let header = Header::parse(&sealed).map_err(|_| FormatError::Truncated)?;
-    let tag_len = 16;
     let last = pieces.len() - 1;
     let mut piece_lens = Vec::with_capacity(pieces.len());
     for (i, (_, piece)) in pieces.iter().enumerate() {
@@ -433,7 +432,7 @@ fn parse_h264(data: &[u8]) -> Result<ProtectedFrame<'_>, FormatError> {
             overhead += header.len;
         }
         if i == last {
-            overhead += tag_len;
+            overhead += TAG_LEN;
         }
         let len = piece
             .len()

@@ -414,19 +414,16 @@ impl KeySchedule {
         self.start_epoch_if_wanted(now, rng);
     }
 
-    /// Count a frame or message the transport delivered unprotected (and that was dropped).
-    pub fn note_unprotected(&mut self) -> E2eeError {
-        *self
-            .stats
-            .rejected
-            .entry(Rejection::Unprotected)
-            .or_insert(0) += 1;
-        E2eeError::Rejected(Rejection::Unprotected)
+    /// Count something the transport delivered that the caller refused before it reached the
+    /// schedule — a chat or file message in the clear ([`Rejection::Unprotected`]), a binary
+    /// message on the key channel ([`Rejection::KeyMalformed`]) — and return the error.
+    pub fn note_refused(&mut self, reason: Rejection) -> E2eeError {
+        *self.stats.rejected.entry(reason).or_insert(0) += 1;
+        E2eeError::Rejected(reason)
     }
 
     fn reject<T>(&mut self, reason: Rejection) -> Result<T, E2eeError> {
-        *self.stats.rejected.entry(reason).or_insert(0) += 1;
-        Err(E2eeError::Rejected(reason))
+        Err(self.note_refused(reason))
     }
 
     /// A text message arrived on the `consult-e2ee` channel.
@@ -1018,6 +1015,71 @@ mod tests {
             c.handle_message(now, &mut OsRng, "{}").unwrap();
         }
         assert!(c.handle_message(now, &mut OsRng, "{}").is_err());
+    }
+
+    #[test]
+    fn malformed_hellos_and_keys_out_of_order_are_refused_and_agreement_still_works() {
+        let now = Instant::now();
+        let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        let mut b = KeySchedule::new(ScheduleConfig::default(), "patient");
+        a.connect(now, &mut OsRng, "patient", fp(1), fp(2));
+        b.connect(now, &mut OsRng, "doctor", fp(2), fp(1));
+        let hello = |key: &[u8]| {
+            KeyMessage::Hello {
+                participant: "patient".into(),
+                public_key: BASE64.encode(key),
+            }
+            .encode()
+        };
+        let reject = |r| Err(E2eeError::Rejected(r));
+        // Too short, not base64, and a low-order point (a shared secret of zeros).
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &hello(&[7; 31])),
+            reject(Rejection::KeyMalformed)
+        );
+        let not_base64 = hello(&[7; 32]).replace(r#""public_key":""#, r#""public_key":"!"#);
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &not_base64),
+            reject(Rejection::KeyMalformed)
+        );
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &hello(&[0; 32])),
+            reject(Rejection::KeyMalformed)
+        );
+        // A key or an ack before any hello.
+        let early_key = KeyMessage::Key {
+            from: "patient".into(),
+            to: "doctor".into(),
+            epoch: 1,
+            suite: 4,
+            nonce: BASE64.encode([0u8; 12]),
+            wrapped: BASE64.encode([0u8; 32]),
+        };
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &early_key.encode()),
+            reject(Rejection::KeyMalformed)
+        );
+        let early_ack = KeyMessage::Ack {
+            from: "patient".into(),
+            epoch: 1,
+        };
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &early_ack.encode()),
+            reject(Rejection::KeyReplayed)
+        );
+        assert_eq!(a.stats().rejected(Rejection::KeyMalformed), 4);
+        assert!(a.sas().is_none(), "nothing was agreed from bad input");
+        // The real hello still works afterwards.
+        for _ in 0..3 {
+            while let ScheduleOutput::Send(m) = a.poll_output() {
+                b.handle_message(now, &mut OsRng, &m).unwrap();
+            }
+            while let ScheduleOutput::Send(m) = b.poll_output() {
+                a.handle_message(now, &mut OsRng, &m).unwrap();
+            }
+        }
+        assert_eq!(a.sas(), b.sas());
+        assert!(a.can_send() && a.can_receive());
     }
 
     #[test]

@@ -11,6 +11,9 @@ use ::sframe::key::{DecryptionKey, EncryptionKey};
 use ::sframe::CipherSuite;
 use zeroize::Zeroizing;
 
+/// Length of the authentication tag of every suite Consult supports (both are `_128`).
+pub const TAG_LEN: usize = 16;
+
 /// An SFrame cipher suite Consult supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Suite {
@@ -49,7 +52,7 @@ impl Suite {
 
     /// Length of the authentication tag.
     pub fn tag_len(self) -> usize {
-        16
+        TAG_LEN
     }
 
     fn cipher_suite(self) -> CipherSuite {

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use consult_e2ee::wire::E2EE_CHANNEL_LABEL;
 use consult_e2ee::{
-    E2eeError, E2eeEvent, E2eeStats, Fingerprint, KeySchedule, MediaFormat, ScheduleConfig,
-    ScheduleOutput,
+    E2eeError, E2eeEvent, E2eeStats, Fingerprint, KeySchedule, MediaFormat, Rejection,
+    ScheduleConfig, ScheduleOutput,
 };
 
 use crate::chat::{self, ChatError, CHAT_CHANNEL_LABEL, DEFAULT_MAX_CHAT_BYTES};
@@ -873,13 +873,12 @@ impl Peer {
         let Some(e2ee) = &mut self.e2ee else {
             return;
         };
+        // Key messages are JSON text; anything else is malformed.
         let result = match (binary, std::str::from_utf8(bytes)) {
             (false, Ok(text)) => e2ee
                 .schedule
                 .handle_message(now, &mut rand::rngs::OsRng, text),
-            _ => e2ee
-                .schedule
-                .handle_message(now, &mut rand::rngs::OsRng, "not text"),
+            _ => Err(e2ee.schedule.note_refused(Rejection::KeyMalformed)),
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "refused a key message");
@@ -888,17 +887,21 @@ impl Peer {
 
     /// Open a chat or file message: as is without end-to-end encryption; with it, only a
     /// protected one (others are counted and dropped).
-    fn open_message(&mut self, binary: bool, bytes: &[u8]) -> Option<(bool, Vec<u8>)> {
+    fn open_message<'a>(
+        &mut self,
+        binary: bool,
+        bytes: &'a [u8],
+    ) -> Option<(bool, std::borrow::Cow<'a, [u8]>)> {
         let now = self.now;
         let Some(e2ee) = &mut self.e2ee else {
-            return Some((binary, bytes.to_vec()));
+            return Some((binary, std::borrow::Cow::Borrowed(bytes)));
         };
         if !binary {
-            e2ee.schedule.note_unprotected();
+            e2ee.schedule.note_refused(Rejection::Unprotected);
             return None;
         }
         match e2ee.schedule.unprotect_message(now, bytes) {
-            Ok(opened) => Some(opened),
+            Ok((binary, opened)) => Some((binary, std::borrow::Cow::Owned(opened))),
             Err(e) => {
                 tracing::debug!(error = %e, "dropped a data message");
                 None
