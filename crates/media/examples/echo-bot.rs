@@ -29,10 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let json = args.join.json;
     let mut session = Session::start(args.join.session_config()).await?;
     let mut report = tokio::time::interval(Duration::from_secs(1));
-    let deadline = args
-        .join
-        .seconds
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args.join.deadline();
     let mut counters = Counters::default();
     let mut codec = None;
     let mut echoing = std::collections::HashMap::new();

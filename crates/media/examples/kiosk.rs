@@ -39,10 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let mut video = tokio::time::interval(Duration::from_millis(33));
     let mut audio = tokio::time::interval(Duration::from_millis(20));
     let mut report = tokio::time::interval(Duration::from_secs(1));
-    let deadline = args
-        .join
-        .seconds
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args.join.deadline();
     let mut counters = Counters::default();
     let mut codec = None;
     let mut connected = false;

@@ -40,6 +40,12 @@ fn parse_codec(s: &str) -> Result<VideoCodec, String> {
 }
 
 impl JoinArgs {
+    /// When to leave, if `--seconds` was given.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.seconds
+            .map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s))
+    }
+
     /// The session configuration these options describe.
     pub fn session_config(&self) -> SessionConfig {
         let mut config = SessionConfig::new(Credentials::Patient {
