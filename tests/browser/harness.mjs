@@ -63,6 +63,20 @@ export const STEP_TIMEOUT_MS = 20_000;
 const ANSI = /\x1b\[[0-9;]*m/g;
 
 /**
+ * Stop a child process: SIGTERM, then SIGKILL if it is still running after `graceMs`.
+ * @param {import('node:child_process').ChildProcess} child
+ * @param {number} [graceMs]
+ */
+export async function terminate(child, graceMs = 5000) {
+  const gone = () => child.exitCode !== null || child.signalCode !== null;
+  if (gone()) return;
+  child.kill("SIGTERM");
+  const deadline = Date.now() + graceMs;
+  while (!gone() && Date.now() < deadline) await sleep(50);
+  if (!gone()) child.kill("SIGKILL");
+}
+
+/**
  * Start `consult serve --demo` on a free port with a fresh data directory.
  * @param {{ timeoutMs?: number, env?: Record<string, string> }} [options] `env`: extra environment
  *   variables, for example `CONSULT_ICE__RELAY_ONLY: "true"` (`CONSULT_` + config path with `__`).
@@ -76,7 +90,6 @@ export async function startService({ timeoutMs = 60_000, env = {} } = {}) {
   });
   /** @type {string[]} */
   const logs = [];
-  let exited = false;
   /** @type {(url: string) => void} */
   let foundUrl = () => {};
   /** @type {(err: Error) => void} */
@@ -99,17 +112,11 @@ export async function startService({ timeoutMs = 60_000, env = {} } = {}) {
   child.stderr.on("data", reader("stderr"));
   child.on("error", (err) => failed(new Error(`could not start ${CONSULT_BIN}: ${err.message}`)));
   child.on("exit", (code, signal) => {
-    exited = true;
     failed(new Error(`the service exited early (code ${code}, signal ${signal}):\n${logs.join("\n")}`));
   });
 
   const stop = async () => {
-    if (!exited && child.exitCode === null) {
-      child.kill("SIGTERM");
-      const deadline = Date.now() + 5000;
-      while (!exited && child.exitCode === null && Date.now() < deadline) await sleep(50);
-      if (!exited && child.exitCode === null) child.kill("SIGKILL");
-    }
+    await terminate(child);
     if (!process.env.CONSULT_E2E_KEEP_DATA) await rm(dataDir, { recursive: true, force: true }).catch(() => {});
   };
   process.once("exit", () => {
@@ -287,12 +294,7 @@ export async function startTurnServer({ timeoutMs = 20_000 } = {}) {
     process.once("exit", killOnExit);
     const stop = async () => {
       process.removeListener("exit", killOnExit);
-      if (!exited && child.exitCode === null) {
-        child.kill("SIGTERM");
-        const deadline = Date.now() + 5000;
-        while (!exited && child.exitCode === null && Date.now() < deadline) await sleep(50);
-        if (!exited && child.exitCode === null) child.kill("SIGKILL");
-      }
+      await terminate(child);
       await rm(dir, { recursive: true, force: true }).catch(() => {});
     };
 
@@ -1178,11 +1180,7 @@ export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 60
     },
     async stop() {
       process.removeListener("exit", killOnExit);
-      if (exited || child.exitCode !== null) return;
-      child.kill("SIGTERM");
-      const deadline = Date.now() + 5000;
-      while (!exited && child.exitCode === null && Date.now() < deadline) await sleep(50);
-      if (!exited && child.exitCode === null) child.kill("SIGKILL");
+      await terminate(child);
     },
     diagnostics() {
       return `\n--- echo-bot output (tail) ---\n${output.slice(-80).join("\n")}`;
