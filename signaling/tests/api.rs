@@ -513,16 +513,10 @@ async fn invites_expire_are_revoked_by_reissue_and_die_with_the_consultation() {
     .await;
     let doctor = svc.doctor("gil@clinic.test").await;
     let (consultation, invite) = doctor.create_consultation().await;
-    let inspect = |invite: String| {
-        http_client()
-            .post(svc.url("/api/v1/invites/inspect"))
-            .json(&json!({ "invite": invite }))
-            .send()
-    };
-    let info: InviteInfo = inspect(invite.clone()).await.unwrap().json().await.unwrap();
+    let info: InviteInfo = svc.inspect(&invite).await.json().await.unwrap();
     assert_eq!(info.doctor_name, "Dr gil");
     assert_eq!(
-        error_code(inspect("x".repeat(43)).await.unwrap()).await,
+        error_code(svc.inspect(&"x".repeat(43)).await).await,
         (StatusCode::GONE, "invite_not_found".into())
     );
     let r = svc.redeem(&invite, "").await;
@@ -722,16 +716,8 @@ async fn e2ee_is_chosen_per_consultation_and_reaches_both_participants() {
         .create_consultation_with(json!({ "e2ee": true }))
         .await;
     assert!(created.e2ee);
-    let info: serde_json::Value = http_client()
-        .post(svc.url("/api/v1/invites/inspect"))
-        .json(&json!({ "invite": invite }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(info["e2ee"], true, "the patient learns it before joining");
+    let info: InviteInfo = svc.inspect(&invite).await.json().await.unwrap();
+    assert!(info.e2ee, "the patient learns it before joining");
     let (_ws, joined) = doctor.join(&svc, created.id).await;
     let consult_proto::signal::ServerMessage::Joined { consultation, .. } = joined else {
         panic!("not joined: {joined:?}");

@@ -157,6 +157,16 @@ impl TestService {
             .unwrap()
     }
 
+    /// `POST /api/v1/invites/inspect` for this invite token.
+    pub async fn inspect(&self, invite: &str) -> reqwest::Response {
+        http_client()
+            .post(self.url("/api/v1/invites/inspect"))
+            .json(&json!({ "invite": invite }))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn redeem(&self, invite: &str, name: &str) -> reqwest::Response {
         http_client()
             .post(self.url("/api/v1/invites/redeem"))
