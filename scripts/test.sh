@@ -20,6 +20,7 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v nasm >/dev/null || missing+=(nasm)
 command -v turnserver >/dev/null || missing+=(coturn)
 command -v g++ >/dev/null || missing+=(g++)
+command -v ffprobe >/dev/null || missing+=(ffmpeg)
 for pkg in libopus-dev libvpx-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done

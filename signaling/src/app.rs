@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -15,7 +15,7 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{auth, consultations, ice, invites, signal, web};
+use crate::{auth, consultations, ice, invites, recording, signal, web};
 
 /// Largest request body the API reads.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -34,13 +34,15 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
         consultations::admit, consultations::decline,
         invites::inspect, invites::redeem,
         ice::get,
+        recording::api::list, recording::api::download, recording::api::shred,
     ),
     components(schemas(
         consult_proto::signal::ClientMessage,
         consult_proto::signal::ServerMessage,
         consult_proto::signal::SignalErrorCode,
     )),
-    tags((name = "auth"), (name = "consultations"), (name = "patients"), (name = "media")),
+    tags((name = "auth"), (name = "consultations"), (name = "patients"), (name = "media"),
+         (name = "recordings")),
 )]
 pub struct ApiDoc;
 
@@ -115,6 +117,9 @@ pub fn router(state: AppState) -> Router {
             "/consultations/{id}/participants/{pid}/decline",
             post(consultations::decline),
         )
+        .route("/consultations/{id}/recordings", get(recording::api::list))
+        .route("/recordings/{id}/export", get(recording::api::download))
+        .route("/recordings/{id}", delete(recording::api::shred))
         .route("/waiting-room", get(consultations::waiting_room))
         .route("/invites/inspect", post(invites::inspect))
         .route("/invites/redeem", post(invites::redeem))

@@ -59,6 +59,28 @@ pub enum Action {
     Joined,
     /// A participant left or was disconnected for good.
     Left,
+    /// A patient consented to recording, refused, or withdrew consent.
+    RecordingConsent,
+    /// The policy decided the consultation is recorded (or no longer), with its reasons.
+    RecordingDecision,
+    /// A recorder started writing a recording.
+    RecordingStarted,
+    /// A recording stopped (complete, withdrawn, failed, interrupted).
+    RecordingStopped,
+    /// A recording failed (storage full or broken): the loss is reported to the participants.
+    RecordingFailed,
+    /// Recordings were listed.
+    RecordingListed,
+    /// A recording was exported (or an export refused).
+    RecordingExported,
+    /// A recording was played (or playing refused).
+    RecordingPlayed,
+    /// A recording was shredded (its key destroyed), by a clinician, an operator or retention.
+    RecordingShredded,
+    /// An access to a recording was refused by the policy.
+    RecordingAccessDenied,
+    /// The vault's key-encryption keys were rotated.
+    KeysRotated,
 }
 
 /// One stored entry.

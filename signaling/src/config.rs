@@ -37,6 +37,8 @@ pub struct Config {
     pub ice: IceConfig,
     /// The organisation's policy.
     pub policy: PolicyConfig,
+    /// The recorder and the vault.
+    pub recording: RecordingConfig,
     /// Log filter, in `RUST_LOG` syntax.
     pub log: String,
 }
@@ -101,12 +103,53 @@ pub struct SignalingConfig {
 }
 
 /// The organisation's policy.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Every consultation is end-to-end encrypted (SFrame): creating one without is refused, and
     /// a client that cannot do it gets no media.
     pub e2ee_required: bool,
+    /// Consultations may be recorded (with the patient's consent). When false, creating a
+    /// recorded consultation is refused and nothing is ever recorded.
+    pub recording_allowed: bool,
+    /// Recordings are shredded this many days after they end.
+    pub retention_days: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            e2ee_required: false,
+            recording_allowed: true,
+            retention_days: 30,
+        }
+    }
+}
+
+/// The recorder and the vault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// The address the recorder receives media on (its ICE host candidate). Defaults to the
+    /// bound address, or the machine's LAN address when bound to all interfaces.
+    pub media_address: Option<std::net::IpAddr>,
+    /// How much media the recorder gathers before sealing a chunk: at most this much is lost if
+    /// the process dies.
+    #[serde(with = "humantime_serde")]
+    pub chunk_interval: Duration,
+    /// How often the retention job looks for recordings past their retention.
+    #[serde(with = "humantime_serde")]
+    pub retention_sweep_interval: Duration,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            media_address: None,
+            chunk_interval: Duration::from_secs(1),
+            retention_sweep_interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// STUN and TURN servers handed to clients by `GET /api/v1/ice-servers`.
@@ -143,6 +186,7 @@ impl Default for Config {
                 ..IceConfig::default()
             },
             policy: PolicyConfig::default(),
+            recording: RecordingConfig::default(),
             log: "info".into(),
         }
     }
@@ -212,6 +256,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "signaling",
     "ice",
     "policy",
+    "recording",
     "log",
 ];
 

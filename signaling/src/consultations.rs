@@ -187,12 +187,10 @@ pub async fn create(
         ));
     }
     let mode = req.mode.unwrap_or_default();
-    if mode == ConsultationMode::Recorded {
-        // Recording needs the policy module and the vault; until they exist, refuse rather than
-        // pretend.
+    if mode == ConsultationMode::Recorded && !state.config.policy.recording_allowed {
         return Err(ApiError::bad_request(
-            "recording_unavailable",
-            "recorded consultations are not available on this service yet; use live_only",
+            "recording_not_allowed",
+            "this organisation does not allow recording consultations; use live_only",
         ));
     }
     let e2ee_required = state.config.policy.e2ee_required;
@@ -200,6 +198,14 @@ pub async fn create(
         return Err(ApiError::bad_request(
             "e2ee_required",
             "this organisation requires end-to-end encryption for every consultation",
+        ));
+    }
+    if mode == ConsultationMode::Recorded && req.e2ee.unwrap_or(e2ee_required) {
+        // Zero-knowledge recording needs every client to wrap its SFrame keys to the
+        // clinician's recording key; until clients do, refuse rather than record nothing.
+        return Err(ApiError::bad_request(
+            "recording_unavailable",
+            "recording an end-to-end encrypted consultation is not available yet; choose one or the other",
         ));
     }
     let e2ee = req.e2ee.unwrap_or(e2ee_required);
@@ -461,6 +467,7 @@ pub async fn admit_patient(
     if let Err(e) = audit {
         tracing::error!(error = format!("{e:#}"), "could not audit an admission");
     }
+    crate::recording::reconcile(state, consultation_id).await;
     Ok(())
 }
 

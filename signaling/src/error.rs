@@ -40,6 +40,9 @@ pub enum ApiError {
     /// Authenticated, but not allowed.
     #[error("you are not allowed to do that")]
     Forbidden,
+    /// The policy refuses this access; the message says why.
+    #[error("{0}")]
+    Denied(String),
     /// Nothing there (or not yours: the two look the same).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -107,7 +110,7 @@ impl ApiError {
             | Self::MfaRequired
             | Self::InvalidTotp
             | Self::TotpReplayed => StatusCode::UNAUTHORIZED,
-            Self::CsrfRejected | Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::CsrfRejected | Self::Forbidden | Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Gone { .. } => StatusCode::GONE,
@@ -130,6 +133,7 @@ impl ApiError {
             Self::TotpReplayed => "totp_replayed",
             Self::CsrfRejected => "csrf_rejected",
             Self::Forbidden => "forbidden",
+            Self::Denied(_) => "access_denied",
             Self::NotFound(_) => "not_found",
             Self::TooManyAttempts { .. } => "too_many_attempts",
             Self::PayloadTooLarge => "body_too_large",

@@ -353,6 +353,10 @@ pub async fn depart(state: &AppState, departure: &Departure) -> anyhow::Result<(
     if departure.role == ParticipantRole::Patient {
         release(state, departure.participant_id).await?;
     }
+    if departure.role != ParticipantRole::Recorder {
+        // A patient gone may end the recording; the recorder's own departure is its doing.
+        crate::recording::reconcile(state, departure.consultation_id).await;
+    }
     state
         .audit
         .record(

@@ -35,6 +35,7 @@ pub mod error;
 pub mod ice;
 pub mod invites;
 pub mod metrics;
+pub mod recording;
 pub mod secrets;
 pub mod server;
 pub mod signal;

@@ -13,7 +13,7 @@ use consult_signaling::accounts::{self, DemoCredentials, NewUser};
 use consult_signaling::audit::{self, AuditLog};
 use consult_signaling::clock::{Clock, SystemClock};
 use consult_signaling::config::Config;
-use consult_signaling::{db, server};
+use consult_signaling::{db, recording, server};
 use tracing_subscriber::EnvFilter;
 
 /// Consult: peer-to-peer encrypted video consultations.
@@ -34,8 +34,54 @@ enum Command {
     /// Check or export the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// List, export or shred recordings.
+    #[command(subcommand)]
+    Recording(RecordingCommand),
+    /// Manage the vault's key-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum RecordingCommand {
+    /// Every recording's metadata, as JSON lines (operators may list).
+    List {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Write a recording as a playable file: WebM (VP8 + Opus) or Matroska (H.264). Only the
+    /// consultation's clinician may: give their session token (from `POST /api/v1/auth/login`).
+    Export {
+        #[command(flatten)]
+        location: Location,
+        /// The recording id.
+        id: uuid::Uuid,
+        /// The file to write (it appears only when the export is whole).
+        #[arg(long)]
+        out: PathBuf,
+        /// A file holding the clinician's session token.
+        #[arg(long, env = "CONSULT_SESSION_TOKEN_FILE")]
+        session_token_file: Option<PathBuf>,
+    },
+    /// Destroy a recording's key: every copy of it, backups included, becomes unreadable.
+    Shred {
+        #[command(flatten)]
+        location: Location,
+        /// The recording id.
+        id: uuid::Uuid,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a key-encryption key version, re-wrap every recording's data key under it, and
+    /// destroy the old versions (media is not re-encrypted). Stop the service first.
+    Rotate {
+        #[command(flatten)]
+        location: Location,
+    },
 }
 
 /// Where to find the configuration and data; shared by every subcommand.
@@ -202,6 +248,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Recording(command) => recording_command(command).await,
+        Command::Keys(KeysCommand::Rotate { location }) => {
+            let config = location.load()?;
+            let rotation = recording::cli::rotate_keys(&config).await?;
+            println!(
+                "keys rotated: version {} is current; {} data keys re-wrapped; retired versions {:?}",
+                rotation.new_version, rotation.rewrapped, rotation.retired
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Openapi => {
             use utoipa::OpenApi;
             println!(
@@ -211,6 +267,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn recording_command(command: RecordingCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        RecordingCommand::List { location } => {
+            let state = recording::cli::open_state(location.load()?).await?;
+            recording::cli::list(&state, &mut std::io::stdout().lock()).await?;
+        }
+        RecordingCommand::Export {
+            location,
+            id,
+            out,
+            session_token_file,
+        } => {
+            let state = recording::cli::open_state(location.load()?).await?;
+            let token = match &session_token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let summary = recording::cli::export(&state, id, &out, token.as_deref()).await?;
+            println!(
+                "exported {} ({} tracks, {} frames, {:.1} s, {}) to {}",
+                id,
+                summary.tracks,
+                summary.frames,
+                summary.duration_ms as f64 / 1000.0,
+                summary.container.extension(),
+                out.display()
+            );
+        }
+        RecordingCommand::Shred { location, id } => {
+            let state = recording::cli::open_state(location.load()?).await?;
+            recording::cli::shred(&state, id).await?;
+            println!("recording {id} shredded");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

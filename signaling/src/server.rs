@@ -30,6 +30,8 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stop accepting, give open connections `grace` to finish, then stop.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
+        // Recorders seal their last chunk before the process goes.
+        self.state.recordings.stop_all().await;
         self.handle.graceful_shutdown(Some(grace));
         self.task.await??;
         Ok(())
@@ -111,6 +113,50 @@ fn lan_addresses() -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// The vault in the data directory, and recordings the previous run left open marked
+/// interrupted (audited): they keep everything up to their last sealed chunk.
+async fn open_recordings(
+    config: &Config,
+    pool: &sqlx::SqlitePool,
+    clock: &Arc<dyn Clock>,
+    addr: SocketAddr,
+) -> anyhow::Result<crate::recording::Recordings> {
+    let vault_dir = config.data_dir.join("vault");
+    let vault = tokio::task::spawn_blocking(move || consult_vault::Vault::open(&vault_dir))
+        .await?
+        .context("opening the vault")?;
+    let media_address = config.recording.media_address.unwrap_or_else(|| {
+        if addr.ip().is_unspecified() {
+            lan_addresses()
+                .into_iter()
+                .next()
+                .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        } else {
+            addr.ip()
+        }
+    });
+    let now = clock.now();
+    for id in crate::recording::rows::mark_interrupted(pool, now).await? {
+        let bytes = vault.media_size(id)?.unwrap_or(0);
+        sqlx::query("UPDATE recordings SET bytes = ? WHERE id = ?")
+            .bind(bytes as i64)
+            .bind(id.to_string())
+            .execute(pool)
+            .await?;
+        crate::audit::AuditLog::new(pool.clone())
+            .record(
+                now,
+                "system",
+                crate::audit::Action::RecordingStopped,
+                None,
+                serde_json::json!({ "recording_id": id, "state": "interrupted", "bytes": bytes }),
+            )
+            .await?;
+        tracing::warn!(recording = %id, "a recording was interrupted by the previous run's end");
+    }
+    Ok(crate::recording::Recordings::new(vault, media_address))
+}
+
 /// Open the database, bind and start serving in the background.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<RunningServer> {
     // rustls may see more than one crypto backend in one build; pick one explicitly.
@@ -134,7 +180,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     };
     let sealing_key = crate::secrets::SealingKey::load_or_create(&config.data_dir)
         .context("loading the sealing key")?;
-    let state = AppState::new(config, pool, clock, url.clone(), sealing_key);
+    let recordings = open_recordings(&config, &pool, &clock, addr).await?;
+    let retention_sweep = config.recording.retention_sweep_interval;
+    let state = AppState::new(config, pool, clock, url.clone(), sealing_key, recordings);
+    crate::recording::spawn_retention_job(state.clone(), retention_sweep);
     let service = app::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = Handle::new();
     let task = match tls {

@@ -10,6 +10,7 @@ use crate::auth::throttle::AddressThrottle;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::recording::Recordings;
 use crate::secrets::SealingKey;
 use crate::signal::hub::Hub;
 
@@ -37,6 +38,8 @@ pub struct Shared {
     pub public_url: String,
     /// Seals TOTP seeds at rest (the key lives outside the database).
     pub sealing_key: SealingKey,
+    /// Recorders and the vault.
+    pub recordings: Recordings,
 }
 
 impl AppState {
@@ -47,6 +50,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
         public_url: String,
         sealing_key: SealingKey,
+        recordings: Recordings,
     ) -> Self {
         let metrics = Metrics::new();
         Self(Arc::new(Shared {
@@ -59,6 +63,7 @@ impl AppState {
             clock,
             public_url: public_url.trim_end_matches('/').to_owned(),
             sealing_key,
+            recordings,
         }))
     }
 }

@@ -446,7 +446,7 @@ async fn consultations_belong_to_their_doctor() {
 
     let r = alice
         .bearer(Method::POST, "/api/v1/consultations")
-        .json(&json!({ "mode": "recorded" }))
+        .json(&json!({ "mode": "recorded", "e2ee": true }))
         .send()
         .await
         .unwrap();

@@ -14,6 +14,7 @@ import {
   acceptAndDownload,
   byTestId,
   cspViolations,
+  endConsultation,
   launchParticipant,
   offerFile,
   passDeviceCheck,
@@ -48,7 +49,9 @@ describe("consultation in the browser", { timeout: 300_000 }, () => {
           const v = /** @type {HTMLVideoElement | null} */ (document.querySelector('[data-testid="remote-video"]'));
           return !!v && v.videoWidth > 0 && v.readyState >= 2;
         });
-        assert.equal((await byTestId(p.page, "recording-badge").textContent())?.trim(), "Live only — not recorded");
+        const recording = byTestId(p.page, "recording-indicator");
+        assert.equal((await recording.textContent())?.trim(), "Live only — not recorded");
+        assert.equal(await recording.getAttribute("data-state"), "live_only");
         await p.page.waitForFunction(
           () => /RTT \d+ ms/.test(document.querySelector('[data-testid="quality"]')?.textContent ?? ""),
           null,
@@ -115,11 +118,8 @@ describe("consultation in the browser", { timeout: 300_000 }, () => {
       assert.ok((await byTestId(patient.page, "ended-message").isHidden()), "patient still in the call");
 
       // The doctor ends the consultation; the patient sees it.
-      await byTestId(doctor.page, "end-button").click();
-      await byTestId(doctor.page, "end-confirm").click();
-      await byTestId(patient.page, "ended-message").waitFor({ state: "visible", timeout: 15_000 });
+      await endConsultation(doctor.page, patient.page);
       assert.equal((await byTestId(patient.page, "ended-message").textContent())?.trim(), "The consultation has ended.");
-      await byTestId(doctor.page, "ended-message").waitFor({ state: "visible", timeout: 15_000 });
       assert.equal(await patient.page.evaluate(() => /** @type {any} */ (window).consultPc ?? null), null);
 
       for (const p of [doctor, patient, intruder]) {

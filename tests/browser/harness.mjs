@@ -77,6 +77,35 @@ export async function terminate(child, graceMs = 5000) {
 }
 
 /**
+ * Run a program to the end (no shell). Fails after `timeoutMs`.
+ * @param {string} command
+ * @param {string[]} args
+ * @param {{ timeoutMs?: number }} [options]
+ * @returns {Promise<{ code: number | null, stdout: string, stderr: string }>}
+ */
+export function runCommand(command, args, { timeoutMs = 60_000 } = {}) {
+  return new Promise((res, rej) => {
+    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, NO_COLOR: "1" } });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk) => (stdout += chunk));
+    child.stderr.on("data", (chunk) => (stderr += chunk));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      rej(new Error(`${command} ${args.join(" ")}: no exit within ${timeoutMs} ms\n${stderr}`));
+    }, timeoutMs);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      rej(new Error(`could not run ${command}: ${err.message}`));
+    });
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      res({ code, stdout, stderr });
+    });
+  });
+}
+
+/**
  * Start `consult serve --demo` on a free port with a fresh data directory.
  * @param {{ timeoutMs?: number, env?: Record<string, string> }} [options] `env`: extra environment
  *   variables, for example `CONSULT_ICE__RELAY_ONLY: "true"` (`CONSULT_` + config path with `__`).
@@ -504,6 +533,55 @@ export function byTestId(page, testid) {
   return page.locator(`[data-testid="${testid}"]`);
 }
 
+/**
+ * @typedef {object} SignalFrame
+ * @property {"in" | "out"} direction `in`: from the service.
+ * @property {number} at `Date.now()` when playwright saw it.
+ * @property {any} message The parsed JSON (null if it was not JSON).
+ */
+
+/**
+ * Every signaling message the page sends and receives from now on (on every WebSocket it opens,
+ * reconnections included), in order. Start it before the page joins.
+ * @param {import('playwright-core').Page} page
+ * @returns {SignalFrame[]}
+ */
+export function watchSignaling(page) {
+  /** @type {SignalFrame[]} */
+  const frames = [];
+  /**
+   * @param {"in" | "out"} direction
+   * @param {string | Buffer} payload
+   */
+  const note = (direction, payload) => {
+    let message = null;
+    try {
+      message = JSON.parse(payload.toString());
+    } catch {
+      // Not JSON.
+    }
+    frames.push({ direction, at: Date.now(), message });
+  };
+  page.on("websocket", (ws) => {
+    if (!ws.url().endsWith("/api/v1/signal")) return;
+    ws.on("framereceived", ({ payload }) => note("in", payload));
+    ws.on("framesent", ({ payload }) => note("out", payload));
+  });
+  return frames;
+}
+
+/**
+ * Every participant the service announced to a page (`joined.peers`, `admitted.peers`,
+ * `peer_joined.peer`), from what {@link watchSignaling} collected.
+ * @param {SignalFrame[]} frames
+ * @returns {{ participant_id: string, role: string, name: string }[]}
+ */
+export function announcedPeers(frames) {
+  return frames
+    .filter((f) => f.direction === "in" && f.message)
+    .flatMap((f) => f.message.peers ?? (f.message.peer ? [f.message.peer] : []));
+}
+
 // -------------------------------------------------------------------------------------------------
 // Doctor
 // -------------------------------------------------------------------------------------------------
@@ -537,10 +615,14 @@ export async function signInDoctor(page, service) {
  * Create a consultation; returns its invite link.
  * @param {import('playwright-core').Page} page
  * @param {string} title
+ * @param {{ mode?: "live_only" | "recorded", e2ee?: boolean }} [options] `mode`: the *Recording*
+ *   choice (the form's default, live only, without it); `e2ee`: tick *End-to-end encryption*.
  * @returns {Promise<string>}
  */
-export async function createConsultation(page, title) {
+export async function createConsultation(page, title, { mode, e2ee = false } = {}) {
   await byTestId(page, "create-title").fill(title);
+  if (mode) await byTestId(page, "create-mode").selectOption(mode);
+  if (e2ee) await byTestId(page, "create-e2ee").check();
   await byTestId(page, "create-submit").click();
   await byTestId(page, "invite-panel").waitFor({ state: "visible" });
   const inviteUrl = await byTestId(page, "invite-url").inputValue();
@@ -560,6 +642,54 @@ export async function openConsultation(page) {
     null,
     { timeout: STEP_TIMEOUT_MS },
   );
+}
+
+/**
+ * The id of the consultation the doctor's page has open (its route is `#/c/<id>`).
+ * @param {import('playwright-core').Page} page
+ * @returns {string}
+ */
+export function openConsultationId(page) {
+  const match = /#\/c\/([0-9a-fA-F-]{36})$/.exec(page.url());
+  if (!match) throw new Error(`the doctor's page has no consultation open: ${page.url()}`);
+  return match[1];
+}
+
+/**
+ * End the consultation from the doctor's call view (End consultation, then confirm) and wait until
+ * both pages say it has ended. Returns when the confirmation was clicked (`Date.now()`).
+ * @param {import('playwright-core').Page} doctorPage
+ * @param {import('playwright-core').Page} patientPage
+ */
+export async function endConsultation(doctorPage, patientPage) {
+  await byTestId(doctorPage, "end-button").click();
+  const confirm = byTestId(doctorPage, "end-confirm");
+  await confirm.waitFor({ state: "visible" });
+  const endedAt = Date.now();
+  await confirm.click();
+  await byTestId(patientPage, "ended-message").waitFor({ state: "visible", timeout: 15_000 });
+  await byTestId(doctorPage, "ended-message").waitFor({ state: "visible", timeout: 15_000 });
+  return endedAt;
+}
+
+/**
+ * A GET of the service's API from the page (its session cookie, same origin), parsed as JSON.
+ * @param {import('playwright-core').Page} page
+ * @param {string} path For example `/api/v1/consultations`.
+ * @returns {Promise<{ status: number, body: any }>}
+ */
+export function apiGet(page, path) {
+  return page.evaluate(async (url) => {
+    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    const text = await response.text();
+    let body = text;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      // Not JSON: keep the text for the message.
+    }
+    return { status: response.status, body };
+  }, path);
 }
 
 /**
@@ -1200,7 +1330,7 @@ export async function doctorWithEchoBot({ service, people, own }, { label, title
   const doctor = await launchParticipant(label, { origin: service.url });
   people.push(doctor);
   await signInDoctor(doctor.page, service);
-  const inviteUrl = e2ee ? await createE2eeConsultation(doctor.page, title) : await createConsultation(doctor.page, title);
+  const inviteUrl = await createConsultation(doctor.page, title, { e2ee });
   await openConsultation(doctor.page);
   const name = botOptions.name ?? "Echo bot";
   const bot = own(startEchoBot(inviteUrl, { ...botOptions, name }));
@@ -1216,12 +1346,8 @@ export async function doctorWithEchoBot({ service, people, own }, { label, title
  * @param {import('playwright-core').Page} page
  * @param {string} title
  */
-export async function createE2eeConsultation(page, title) {
-  await byTestId(page, "create-title").fill(title);
-  await byTestId(page, "create-e2ee").check();
-  await byTestId(page, "create-submit").click();
-  await byTestId(page, "invite-panel").waitFor({ state: "visible" });
-  return byTestId(page, "invite-url").inputValue();
+export function createE2eeConsultation(page, title) {
+  return createConsultation(page, title, { e2ee: true });
 }
 
 /**

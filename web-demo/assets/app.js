@@ -31,6 +31,8 @@ import {
 /** @typedef {import('./protocol.js').Consultation} Consultation */
 /** @typedef {import('./protocol.js').WaitingPatient} WaitingPatient */
 /** @typedef {import('./protocol.js').ServerMessage} ServerMessage */
+/** @typedef {import('./protocol.js').ConsultationMode} ConsultationMode */
+/** @typedef {import('./protocol.js').RecordingMessage} RecordingMessage */
 /** @typedef {import('./protocol.js').Peer} Peer */
 /** @typedef {import('./call.js').MediaState} MediaState */
 /** @typedef {import('./call.js').IceProblem} IceProblem */
@@ -661,12 +663,14 @@ async function endFromList(c, button) {
  * @property {IceProblem | null} iceProblem Why the connection cannot work, shown as an error.
  * @property {E2eeCall | null} e2ee End-to-end encryption, when the consultation has it.
  * @property {E2eeProblem | null} e2eeProblem Why an end-to-end encrypted call carries no media.
+ * @property {ConsultationMode | null} mode Live only or recorded, once known.
+ * @property {RecordingMessage | null} recording What the service last said about recording.
  * @property {boolean} over
  */
 
 /** @type {ActiveCall | null} */
 let call = null;
-const callView = new CallView({ onHangUp: () => hangUp() });
+const callView = new CallView({ onHangUp: () => hangUp(), viewer: "doctor" });
 const messagingView = new MessagingView({
   peerName: () => {
     const peer = call && call.controller ? call.controller.currentPeer : null;
@@ -695,6 +699,8 @@ async function openCall(id) {
     iceProblem: null,
     e2ee: null,
     e2eeProblem: null,
+    mode: null,
+    recording: null,
     over: false,
   };
   call = active;
@@ -719,7 +725,8 @@ async function openCall(id) {
   }
   if (call !== active) return;
   byId("call-title", HTMLElement).textContent = consultation.title || "Untitled consultation";
-  callView.setMode(consultation.mode);
+  active.mode = consultation.mode;
+  renderRecording(active);
   if (consultation.status === "ended") {
     clearInterval(active.timer);
     call = null;
@@ -778,8 +785,12 @@ async function openCall(id) {
       active.iceProblem = problem;
       updateCallStatus();
     },
+    onRecorder: (recorder) => {
+      if (call === active) callView.setRecorderPresent(!!recorder);
+    },
   });
   active.controller = controller;
+  renderRecording(active);
   callView.startQuality(() => controller.pc);
 
   const signaling = new SignalingClient({
@@ -803,7 +814,8 @@ function onSignal(active, m) {
   const controller = active.controller;
   switch (m.type) {
     case "joined":
-      callView.setMode(m.consultation.mode);
+      active.mode = m.consultation.mode;
+      renderRecording(active);
       setUpE2ee(active, m);
       controller.joined(m);
       if (m.resumed) announce("Reconnected.");
@@ -813,9 +825,11 @@ function onSignal(active, m) {
       renderWaiting(m.entries.filter((e) => e.consultation_id === active.id));
       break;
     case "peer_joined":
-      active.presenceNote = "";
+      if (m.peer.role !== "recorder") {
+        active.presenceNote = "";
+        announce(`${m.peer.name} joined the call.`);
+      }
       controller.peerJoined(m.peer);
-      announce(`${m.peer.name} joined the call.`);
       break;
     case "peer_presence":
       controller.peerPresence(m.participant_id, m.online);
@@ -828,6 +842,10 @@ function onSignal(active, m) {
       break;
     case "candidate":
       controller.candidate(m.from, m.candidate);
+      break;
+    case "recording":
+      active.recording = m;
+      renderRecording(active);
       break;
     case "consultation_ended":
       finishCall("The consultation has ended.", "ended-message");
@@ -877,6 +895,17 @@ function setUpE2ee(active, joined) {
     },
   });
   active.controller.setE2ee(active.e2ee);
+}
+
+/**
+ * Show the recording state, and let media go to the recorder only while the service says the
+ * consultation is being recorded.
+ * @param {ActiveCall} active
+ */
+function renderRecording(active) {
+  const state = active.recording ? active.recording.state : active.mode === "live_only" ? "live_only" : null;
+  callView.setRecording(state, active.recording?.problem);
+  active.controller?.allowRecorder(state === "recording");
 }
 
 /** @param {ActiveCall} active */

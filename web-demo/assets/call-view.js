@@ -1,34 +1,106 @@
 // @ts-check
 /**
  * The call screen shared by the doctor and patient pages: local and remote video, mute, camera,
- * hang up, the recording badge, the connection status line and the quality indicator.
+ * hang up, the recording indicator, the connection status line and the quality indicator.
  *
  * Both pages carry the same markup (ids `local-video`, `remote-video`, `mute-button`,
- * `camera-button`, `hangup-button`, `recording-badge`, `call-status`, `quality`, `quality-label`,
- * `remote-placeholder`, `remote-sound`, and for end-to-end encryption `e2ee-badge`, `e2ee-panel`,
- * `e2ee-sas`, `e2ee-hint`).
+ * `camera-button`, `hangup-button`, `recording-indicator`, `participant-recorder`, `call-status`,
+ * `quality`, `quality-label`, `remote-placeholder`, `remote-sound`, and for end-to-end encryption
+ * `e2ee-badge`, `e2ee-panel`, `e2ee-sas`, `e2ee-hint`).
  */
 
-import { announce, byId } from "./ui.js";
+import { announce, byId, h } from "./ui.js";
 import { describeQuality, LABELS, monitorQuality } from "./stats.js";
 
-/** @typedef {import('./protocol.js').ConsultationMode} ConsultationMode */
+/** @typedef {import('./protocol.js').RecordingState} RecordingState */
 /** @typedef {import('./stats.js').Quality} Quality */
 /** @typedef {import('./e2ee/call-e2ee.js').E2eeView} E2eeView */
+
+/**
+ * Whose page shows a recording state: the doctor waits for the patient's consent; the patient is
+ * asked for it (in the consent dialog).
+ * @typedef {"doctor" | "patient"} Viewer
+ */
+
+/** What "Recording" starts with: decoration, hidden from screen readers. */
+const RECORDING_DOT = "● ";
+
+/** The badge colour of each recording state (`badge-<tone>`). */
+const RECORDING_TONES = /** @type {Record<RecordingState, string>} */ ({
+  live_only: "live",
+  awaiting_consent: "pending",
+  recording: "recorded",
+  declined: "live",
+  withdrawn: "live",
+  failed: "failed",
+});
+
+/**
+ * What a recording state says, in words.
+ * @param {RecordingState | null} state null: a recorded consultation whose state the service has
+ *   not told yet.
+ * @param {Viewer} viewer
+ * @param {string} [problem] What went wrong (with `failed`).
+ * @returns {string}
+ */
+export function describeRecording(state, viewer, problem) {
+  switch (state) {
+    case "live_only":
+      return "Live only — not recorded";
+    case "awaiting_consent":
+      return viewer === "doctor" ? "Waiting for the patient’s consent to record" : "Not recorded yet — your answer is needed";
+    case "recording":
+      return `${RECORDING_DOT}Recording`;
+    case "declined":
+      return "Not recorded — the patient declined";
+    case "withdrawn":
+      return "Recording stopped — consent withdrawn";
+    case "failed":
+      return problem ? `Recording failed: ${problem}` : "Recording failed";
+    default:
+      return "Recorded only with the patient’s consent";
+  }
+}
+
+/**
+ * Show a recording state on a badge: the words, the colour, and the raw state as `data-state`
+ * (none while unknown).
+ * @param {HTMLElement} badge
+ * @param {RecordingState | null} state
+ * @param {Viewer} viewer
+ * @param {string} [problem]
+ */
+export function showRecordingState(badge, state, viewer, problem) {
+  const text = describeRecording(state, viewer, problem);
+  // Unchanged: leave the live region alone (rewriting it can make screen readers say it again).
+  if (badge.textContent === text && (badge.dataset.state ?? null) === state) return;
+  if (text.startsWith(RECORDING_DOT)) {
+    const dot = h("span", { className: "recording-dot", text: RECORDING_DOT, attrs: { "aria-hidden": "true" } });
+    badge.replaceChildren(dot, text.slice(RECORDING_DOT.length));
+  } else {
+    badge.textContent = text;
+  }
+  const tone = state ? RECORDING_TONES[state] : "pending";
+  for (const t of new Set(Object.values(RECORDING_TONES))) badge.classList.toggle(`badge-${t}`, t === tone);
+  if (state) badge.dataset.state = state;
+  else delete badge.dataset.state;
+}
 
 /** The hint under the security code once keys are agreed. */
 export const SAS_HINT =
   "Compare these numbers with the other person. If they match, nobody — not even the service — can see or hear this call.";
 
 export class CallView {
-  /** @param {{ onHangUp: () => void }} options */
-  constructor({ onHangUp }) {
+  /** @param {{ onHangUp: () => void, viewer: Viewer }} options */
+  constructor({ onHangUp, viewer }) {
+    this.viewer = viewer;
     this.localVideo = byId("local-video", HTMLVideoElement);
     this.remoteVideo = byId("remote-video", HTMLVideoElement);
     this.muteButton = byId("mute-button", HTMLButtonElement);
     this.cameraButton = byId("camera-button", HTMLButtonElement);
     this.hangUpButton = byId("hangup-button", HTMLButtonElement);
-    this.badge = byId("recording-badge", HTMLElement);
+    this.recording = byId("recording-indicator", HTMLElement);
+    this.recorderLabel = byId("participant-recorder", HTMLElement);
     this.status = byId("call-status", HTMLElement);
     this.quality = byId("quality", HTMLElement);
     this.qualityLabel = byId("quality-label", HTMLElement);
@@ -55,12 +127,23 @@ export class CallView {
     });
   }
 
-  /** @param {ConsultationMode} mode */
-  setMode(mode) {
-    const live = mode === "live_only";
-    this.badge.textContent = live ? "Live only — not recorded" : "Recorded";
-    this.badge.classList.toggle("badge-live", live);
-    this.badge.classList.toggle("badge-recorded", !live);
+  /**
+   * The recording indicator (one per call, on both pages; announced when it changes).
+   * @param {RecordingState | null} state As the service last said; before it says anything, from
+   *   the consultation's mode (`live_only`, or null for a recorded one).
+   * @param {string} [problem] What went wrong (with `failed`).
+   */
+  setRecording(state, problem) {
+    showRecordingState(this.recording, state, this.viewer, problem);
+    this.recording.hidden = false;
+  }
+
+  /**
+   * Whether the service's recorder is among the participants (the label next to the indicator).
+   * @param {boolean} present
+   */
+  setRecorderPresent(present) {
+    this.recorderLabel.hidden = !present;
   }
 
   /**
@@ -223,5 +306,8 @@ export class CallView {
     this.localVideo.srcObject = null;
     this.soundButton.hidden = true;
     this.setE2ee(null);
+    showRecordingState(this.recording, null, this.viewer);
+    this.recording.hidden = true;
+    this.setRecorderPresent(false);
   }
 }

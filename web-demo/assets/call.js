@@ -8,6 +8,13 @@
  * `peer_presence`, `peer_left`, `description`, `candidate`) and keeps the connections; the page
  * handles the rest and shows what the callbacks report.
  *
+ * Recording: while the consultation is recorded, the service's recorder (role `recorder`) is one
+ * of the participants. It gets a second connection of its own (`RecorderLink`): send-only, always
+ * offered from here, without data channels, and it never replaces, renegotiates or shows up in the
+ * main connection with the other person. The page says when its media may go to the recorder
+ * (`allowRecorder`: while the service says `recording`), so a recorder that turns up when the
+ * consultation is not being recorded gets nothing.
+ *
  * Data channels (`consult-chat`, `consult-file`, see `messaging.js`): the side that makes the first
  * offer of a connection includes them. A connection therefore creates both channels (in-band,
  * reliable, ordered) unless it is started to answer a remote offer that already carries an
@@ -106,6 +113,89 @@ function fingerprints(sdp) {
 }
 
 /**
+ * A new RTCPeerConnection with the service's ICE servers and transport policy.
+ * @param {IceConfig} iceConfig
+ * @param {object} [extra] More of the configuration (the E2EE transform's encoded insertable streams).
+ */
+function newPeerConnection(iceConfig, extra = {}) {
+  return new RTCPeerConnection(
+    /** @type {RTCConfiguration} */ ({
+      iceServers: iceConfig.iceServers,
+      iceTransportPolicy: iceConfig.iceTransportPolicy,
+      bundlePolicy: "max-bundle",
+      ...extra,
+    }),
+  );
+}
+
+/**
+ * A local candidate as it travels (`null`: end of candidates).
+ * @param {RTCIceCandidate | null} candidate
+ * @returns {IceCandidate | null}
+ */
+function wireCandidate(candidate) {
+  if (!candidate) return null;
+  const json = candidate.toJSON();
+  /** @type {IceCandidate} */
+  const wire = { candidate: json.candidate ?? "" };
+  if (json.sdpMid != null) wire.sdpMid = json.sdpMid;
+  if (json.sdpMLineIndex != null) wire.sdpMLineIndex = json.sdpMLineIndex;
+  if (json.usernameFragment != null) wire.usernameFragment = json.usernameFragment;
+  return wire;
+}
+
+/**
+ * A local description as it travels.
+ * @param {RTCSessionDescription} description
+ * @returns {SessionDescription}
+ */
+function wireDescription(description) {
+  return { type: /** @type {SessionDescription["type"]} */ (description.type), sdp: description.sdp };
+}
+
+/**
+ * Restarts ICE on a connection that failed, or that stayed disconnected for
+ * `DISCONNECTED_RESTART_MS` (the restart's offer goes out through `negotiationneeded`).
+ */
+class IceRestarter {
+  /** @param {RTCPeerConnection} pc */
+  constructor(pc) {
+    this.pc = pc;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.disconnectTimer = undefined;
+  }
+
+  /** Call on every connection and ICE connection state change. */
+  check() {
+    const pc = this.pc;
+    const state = pc.connectionState;
+    const ice = pc.iceConnectionState;
+    if (state === "failed" || ice === "failed") {
+      console.warn("Connection failed; restarting ICE");
+      pc.restartIce();
+    }
+    if (state === "disconnected" || ice === "disconnected") {
+      if (this.disconnectTimer === undefined) {
+        this.disconnectTimer = setTimeout(() => {
+          this.disconnectTimer = undefined;
+          if (pc.iceConnectionState === "disconnected" || pc.connectionState === "disconnected") {
+            console.warn("Still disconnected; restarting ICE");
+            pc.restartIce();
+          }
+        }, DISCONNECTED_RESTART_MS);
+      }
+    } else {
+      this.stop();
+    }
+  }
+
+  stop() {
+    if (this.disconnectTimer !== undefined) clearTimeout(this.disconnectTimer);
+    this.disconnectTimer = undefined;
+  }
+}
+
+/**
  * One RTCPeerConnection to one remote participant.
  */
 export class PeerLink {
@@ -134,18 +224,10 @@ export class PeerLink {
     this.ignoreOffer = false;
     this.isSettingRemoteAnswerPending = false;
     this.closed = false;
-    /** @type {ReturnType<typeof setTimeout> | undefined} */
-    this.disconnectTimer = undefined;
     this.remoteStream = new MediaStream();
-    this.pc = new RTCPeerConnection(
-      /** @type {RTCConfiguration} */ ({
-        iceServers: iceConfig.iceServers,
-        iceTransportPolicy: iceConfig.iceTransportPolicy,
-        bundlePolicy: "max-bundle",
-        ...(e2ee ? E2eeLink.configuration() : {}),
-      }),
-    );
+    this.pc = newPeerConnection(iceConfig, e2ee ? E2eeLink.configuration() : {});
     const pc = this.pc;
+    this.iceRestarter = new IceRestarter(pc);
     /** @type {E2eeLink | null} */
     this.e2ee = e2ee ? e2ee.newLink(pc, peerId) : null;
     // With E2EE on but no way to protect frames here, no media may leave or be shown.
@@ -225,17 +307,8 @@ export class PeerLink {
 
     pc.onicecandidate = ({ candidate }) => {
       if (this.closed) return;
-      /** @type {IceCandidate | null} */
-      let wire = null;
-      if (candidate) {
-        this.candidatesGathered += 1;
-        const json = candidate.toJSON();
-        wire = { candidate: json.candidate ?? "" };
-        if (json.sdpMid != null) wire.sdpMid = json.sdpMid;
-        if (json.sdpMLineIndex != null) wire.sdpMLineIndex = json.sdpMLineIndex;
-        if (json.usernameFragment != null) wire.usernameFragment = json.usernameFragment;
-      }
-      this.send({ type: "candidate", to: this.peerId, candidate: wire });
+      if (candidate) this.candidatesGathered += 1;
+      this.send({ type: "candidate", to: this.peerId, candidate: wireCandidate(candidate) });
     };
 
     pc.onicegatheringstatechange = () => {
@@ -279,28 +352,8 @@ export class PeerLink {
 
   /** @private */
   checkState() {
-    const pc = this.pc;
     if (this.closed) return;
-    const state = pc.connectionState;
-    const ice = pc.iceConnectionState;
-    if (state === "failed" || ice === "failed") {
-      console.warn("Connection failed; restarting ICE");
-      pc.restartIce();
-    }
-    if (state === "disconnected" || ice === "disconnected") {
-      if (this.disconnectTimer === undefined) {
-        this.disconnectTimer = setTimeout(() => {
-          this.disconnectTimer = undefined;
-          if (!this.closed && (pc.iceConnectionState === "disconnected" || pc.connectionState === "disconnected")) {
-            console.warn("Still disconnected; restarting ICE");
-            pc.restartIce();
-          }
-        }, DISCONNECTED_RESTART_MS);
-      }
-    } else if (this.disconnectTimer !== undefined) {
-      clearTimeout(this.disconnectTimer);
-      this.disconnectTimer = undefined;
-    }
+    this.iceRestarter.check();
     this.onStateChange(this);
   }
 
@@ -320,8 +373,7 @@ export class PeerLink {
    * @param {RTCSessionDescription} description
    */
   sendDescription(description) {
-    const type = /** @type {SessionDescription["type"]} */ (description.type);
-    this.send({ type: "description", to: this.peerId, description: { type, sdp: description.sdp } });
+    this.send({ type: "description", to: this.peerId, description: wireDescription(description) });
   }
 
   /**
@@ -380,7 +432,7 @@ export class PeerLink {
     if (this.closed) return;
     this.closed = true;
     this.e2ee?.close();
-    if (this.disconnectTimer !== undefined) clearTimeout(this.disconnectTimer);
+    this.iceRestarter.stop();
     clearInterval(this.watchdog);
     this.pc.ontrack = null;
     this.pc.ondatachannel = null;
@@ -395,7 +447,102 @@ export class PeerLink {
 }
 
 /**
- * Keeps the peer connections of a two-party call in step with the signaling messages.
+ * A send-only connection to the service's recorder (the participant with role `recorder`). This
+ * side always offers — the recorder only answers — with one `sendonly` audio and one `sendonly`
+ * video section (the local tracks; a section without a track for a kind there is none of) and no
+ * data channels, so the recorder always sees the same two sections. Nothing comes back, so
+ * nothing is shown. Unprotected: only for consultations without end-to-end encryption.
+ */
+export class RecorderLink {
+  /**
+   * @param {object} options
+   * @param {string} options.peerId The recorder's participant id.
+   * @param {IceConfig} options.iceConfig Servers and transport policy.
+   * @param {MediaStream | null} options.localStream
+   * @param {(message: ClientMessage) => boolean} options.send
+   */
+  constructor({ peerId, iceConfig, localStream, send }) {
+    this.peerId = peerId;
+    this.send = send;
+    this.closed = false;
+    this.pc = newPeerConnection(iceConfig);
+    const pc = this.pc;
+    this.iceRestarter = new IceRestarter(pc);
+    for (const kind of ["audio", "video"]) {
+      const track = localStream?.getTracks().find((t) => t.kind === kind) ?? null;
+      pc.addTransceiver(track ?? kind, { direction: "sendonly", streams: localStream ? [localStream] : [] });
+    }
+    // The first offer, and the one of every ICE restart.
+    pc.onnegotiationneeded = async () => {
+      try {
+        await pc.setLocalDescription();
+        if (!this.closed && pc.localDescription) {
+          this.send({ type: "description", to: this.peerId, description: wireDescription(pc.localDescription) });
+        }
+      } catch (err) {
+        if (!this.closed) console.error("Could not create an offer for the recorder", err);
+      }
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      if (!this.closed) this.send({ type: "candidate", to: this.peerId, candidate: wireCandidate(candidate) });
+    };
+    pc.onconnectionstatechange = () => {
+      if (!this.closed) this.iceRestarter.check();
+    };
+  }
+
+  /**
+   * The recorder's answer. It never offers: anything else is ignored.
+   * @param {SessionDescription} description
+   */
+  async handleDescription(description) {
+    if (description.type !== "answer") {
+      if (description.type !== "rollback") console.warn(`Ignored a description of type ${description.type} from the recorder: it only answers`);
+      return;
+    }
+    if (this.closed || this.pc.signalingState !== "have-local-offer") return; // Stale: an offer was replaced.
+    try {
+      await this.pc.setRemoteDescription(description);
+    } catch (err) {
+      if (!this.closed) throw err;
+    }
+  }
+
+  /**
+   * A trickled candidate of the recorder; `null` (end of candidates) needs nothing.
+   * @param {IceCandidate | null} candidate
+   */
+  async handleCandidate(candidate) {
+    if (!candidate || this.closed) return;
+    try {
+      await this.pc.addIceCandidate(candidate);
+    } catch (err) {
+      if (!this.closed) console.warn("Could not add a candidate of the recorder", err);
+    }
+  }
+
+  /** Restart ICE (after a network change); negotiationneeded sends the new offer. */
+  restartIce() {
+    if (!this.closed) this.pc.restartIce();
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.iceRestarter.stop();
+    this.pc.onnegotiationneeded = null;
+    this.pc.onicecandidate = null;
+    this.pc.onconnectionstatechange = null;
+    this.pc.close();
+  }
+}
+
+/** Whether a participant is the service's recorder (which never takes part in the main connection). */
+const isRecorder = (/** @type {Peer} */ peer) => peer.role === "recorder";
+
+/**
+ * Keeps the peer connections of a two-party call in step with the signaling messages: the main
+ * connection with the other person, and, while the consultation is recorded, the recorder's.
  */
 export class CallController {
   /**
@@ -415,8 +562,10 @@ export class CallController {
    * @param {(problem: IceProblem | null) => void} [options.onIceProblem] The connection cannot work
    *   with the ICE configuration (show it: otherwise the call just never connects), or null once
    *   that is over.
+   * @param {(recorder: Peer | null) => void} [options.onRecorder] The service's recorder joined the
+   *   call (it is recorded), or left it.
    */
-  constructor({ send, getIceConfig, localStream, onRemoteStream, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem }) {
+  constructor({ send, getIceConfig, localStream, onRemoteStream, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder }) {
     this.send = send;
     this.getIceConfig = getIceConfig;
     this.localStream = localStream;
@@ -427,6 +576,7 @@ export class CallController {
     this.onDataChannel = onDataChannel;
     this.onConnectionClosed = onConnectionClosed ?? (() => {});
     this.onIceProblem = onIceProblem ?? (() => {});
+    this.onRecorder = onRecorder ?? (() => {});
     /** @type {IceProblem | null} */
     this.iceProblem = null;
     this.polite = false;
@@ -443,6 +593,17 @@ export class CallController {
     this.lastState = "waiting";
     /** @type {{ peerId: string, timer: ReturnType<typeof setTimeout> } | null} */
     this.awaitingOffer = null;
+    /** Whether this participant is admitted (connections only start then). */
+    this.isAdmitted = false;
+    /** @type {Peer | null} The service's recorder, while it is in the call. */
+    this.recorder = null;
+    /** @type {Set<string>} Every recorder id seen: their messages never reach the main connection. */
+    this.recorderIds = new Set();
+    /** @type {RecorderLink | null} */
+    this.recorderLink = null;
+    /** Whether this page's media may go to the recorder now (`allowRecorder`). */
+    this.recorderAllowed = false;
+    this.warnedRecorderE2ee = false;
   }
 
   /**
@@ -452,6 +613,24 @@ export class CallController {
    */
   setE2ee(e2ee) {
     this.e2ee = e2ee;
+  }
+
+  /**
+   * Whether this page's media may go to the recorder: the page allows it while the service says
+   * the consultation is being recorded, and refuses it as soon as that ends (the patient's page:
+   * the moment the patient withdraws). Refusing closes the recorder's connection at once.
+   * @param {boolean} allowed
+   */
+  allowRecorder(allowed) {
+    if (this.recorderAllowed === allowed) return;
+    this.recorderAllowed = allowed;
+    if (allowed) void this.enqueue(() => this.syncRecorder());
+    else this.dropRecorderLink();
+  }
+
+  /** The recorder's live RTCPeerConnection, if any. */
+  get recorderPc() {
+    return this.recorderLink ? this.recorderLink.pc : null;
   }
 
   /** The participant the current connection is with, if any. */
@@ -596,27 +775,43 @@ export class CallController {
     return this.enqueue(async () => {
       this.polite = joined.polite;
       for (const peer of joined.peers) this.peers.set(peer.participant_id, peer);
-      if (!joined.admitted) return;
-      const present = joined.peers.find((p) => p.participant_id !== joined.participant_id);
-      if (!present) {
-        if (this.link) this.dropLink();
-        this.report("waiting");
-        return;
-      }
-      if (this.link && this.link.peerId === present.participant_id) {
-        // Signaling came back and the peer is still here: keep the media connection, and restart
-        // ICE if it suffered meanwhile.
-        if (this.link.mediaState !== "connected") this.link.restartIce();
-        return;
-      }
-      if (joined.resumed) {
-        // This page took back a place it held (a reload): the other side still has its old
-        // connection and will not start anew by itself, so offer a fresh one right away.
-        await this.connect(present.participant_id);
-      } else {
-        await this.begin(present.participant_id);
-      }
+      this.isAdmitted = joined.admitted;
+      const recorder = joined.peers.find(isRecorder) ?? null;
+      // Back after a signaling drop with a recorder connection that suffered meanwhile: what was
+      // sent during the drop is lost, so offer it a fresh one.
+      if (recorder && this.recorderLink && this.recorderLink.pc.connectionState !== "connected") this.dropRecorderLink();
+      this.setRecorder(recorder);
+      await this.joinedMain(joined);
+      await this.syncRecorder();
     });
+  }
+
+  /**
+   * The main connection's part of `joined`.
+   * @private
+   * @param {JoinedMessage} joined
+   */
+  async joinedMain(joined) {
+    if (!joined.admitted) return;
+    const present = joined.peers.find((p) => p.participant_id !== joined.participant_id && !isRecorder(p));
+    if (!present) {
+      if (this.link) this.dropLink();
+      this.report("waiting");
+      return;
+    }
+    if (this.link && this.link.peerId === present.participant_id) {
+      // Signaling came back and the peer is still here: keep the media connection, and restart
+      // ICE if it suffered meanwhile.
+      if (this.link.mediaState !== "connected") this.link.restartIce();
+      return;
+    }
+    if (joined.resumed) {
+      // This page took back a place it held (a reload): the other side still has its old
+      // connection and will not start anew by itself, so offer a fresh one right away.
+      await this.connect(present.participant_id);
+    } else {
+      await this.begin(present.participant_id);
+    }
   }
 
   /**
@@ -626,8 +821,11 @@ export class CallController {
   admitted(peers) {
     return this.enqueue(async () => {
       for (const peer of peers) this.peers.set(peer.participant_id, peer);
-      const first = peers[0];
+      this.isAdmitted = true;
+      this.setRecorder(peers.find(isRecorder) ?? null);
+      const first = peers.find((p) => !isRecorder(p));
       if (first) await this.begin(first.participant_id);
+      await this.syncRecorder();
     });
   }
 
@@ -638,6 +836,12 @@ export class CallController {
   peerJoined(peer) {
     return this.enqueue(async () => {
       this.peers.set(peer.participant_id, peer);
+      if (isRecorder(peer)) {
+        this.dropRecorderLink();
+        this.setRecorder(peer);
+        await this.syncRecorder();
+        return;
+      }
       await this.begin(peer.participant_id);
     });
   }
@@ -648,7 +852,7 @@ export class CallController {
    */
   peerPresence(peerId, online) {
     return this.enqueue(() => {
-      this.onPeerPresence(this.peerOf(peerId), online);
+      if (!this.recorderIds.has(peerId)) this.onPeerPresence(this.peerOf(peerId), online);
     });
   }
 
@@ -658,6 +862,12 @@ export class CallController {
    */
   peerLeft(peerId, reason) {
     return this.enqueue(() => {
+      if (this.recorderIds.has(peerId)) {
+        if (this.recorderLink && this.recorderLink.peerId === peerId) this.dropRecorderLink();
+        if (this.recorder && this.recorder.participant_id === peerId) this.setRecorder(null);
+        this.peers.delete(peerId);
+        return;
+      }
       const peer = this.peerOf(peerId);
       if (this.awaitingOffer && this.awaitingOffer.peerId === peerId) this.cancelAwaitingOffer();
       if (this.link && this.link.peerId === peerId) {
@@ -675,6 +885,10 @@ export class CallController {
    */
   description(from, description) {
     return this.enqueue(async () => {
+      if (this.recorderIds.has(from)) {
+        if (this.recorderLink && this.recorderLink.peerId === from) await this.recorderLink.handleDescription(description);
+        return;
+      }
       if (!this.link || this.link.peerId !== from || this.link.isFromNewPeerConnection(description)) {
         // The other side (re)created its connection: follow with a fresh one.
         await this.connect(from, description);
@@ -706,6 +920,7 @@ export class CallController {
   candidate(from, candidate) {
     return this.enqueue(async () => {
       if (this.link && this.link.peerId === from) await this.link.handleCandidate(candidate);
+      else if (this.recorderLink && this.recorderLink.peerId === from) await this.recorderLink.handleCandidate(candidate);
     });
   }
 
@@ -713,6 +928,7 @@ export class CallController {
   restartIce() {
     return this.enqueue(() => {
       if (this.link) this.link.restartIce();
+      if (this.recorderLink) this.recorderLink.restartIce();
     });
   }
 
@@ -721,5 +937,52 @@ export class CallController {
     this.closed = true;
     this.cancelAwaitingOffer();
     this.dropLink();
+    this.dropRecorderLink();
+  }
+
+  /**
+   * The recorder now in the call (or none), told to the page when it changes.
+   * @private
+   * @param {Peer | null} recorder
+   */
+  setRecorder(recorder) {
+    if (recorder) this.recorderIds.add(recorder.participant_id);
+    const before = this.recorder ? this.recorder.participant_id : null;
+    this.recorder = recorder;
+    if (before !== (recorder ? recorder.participant_id : null)) this.onRecorder(recorder);
+  }
+
+  /**
+   * Make the recorder's connection match what should be: one to the recorder while there is one,
+   * this participant is admitted and the page allows it; none otherwise.
+   * @private
+   */
+  async syncRecorder() {
+    const wanted = () => (this.recorder && this.isAdmitted && this.recorderAllowed && !this.closed ? this.recorder.participant_id : null);
+    let peerId = wanted();
+    if (peerId && this.e2ee) {
+      // An unprotected copy of an end-to-end encrypted call would defeat it; the service starts no
+      // recorder for such consultations until clients can send it ciphertext.
+      if (!this.warnedRecorderE2ee) console.warn("zero-knowledge recording not available in this client yet");
+      this.warnedRecorderE2ee = true;
+      peerId = null;
+    }
+    if (this.recorderLink && this.recorderLink.peerId !== peerId) this.dropRecorderLink();
+    if (!peerId || this.recorderLink) return;
+    const iceConfig = await this.getIceConfig();
+    // allowRecorder(false) and close() act at once, outside the queue: look again.
+    if (wanted() !== peerId || this.recorderLink) return;
+    const link = new RecorderLink({ peerId, iceConfig, localStream: this.localStream, send: this.send });
+    this.recorderLink = link;
+    /** @type {any} */ (window).consultRecorderPc = link.pc;
+  }
+
+  /** @private */
+  dropRecorderLink() {
+    const old = this.recorderLink;
+    if (!old) return;
+    this.recorderLink = null;
+    old.close();
+    if (/** @type {any} */ (window).consultRecorderPc === old.pc) /** @type {any} */ (window).consultRecorderPc = null;
   }
 }

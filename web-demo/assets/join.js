@@ -10,7 +10,8 @@
 import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController } from "./call.js";
-import { CallView } from "./call-view.js";
+import { CallView, showRecordingState } from "./call-view.js";
+import { ConsentDialog } from "./consent-dialog.js";
 import { E2eeCall, transformApi } from "./e2ee/call-e2ee.js";
 import { MessagingView } from "./messaging-view.js";
 import { deviceIdOf, fillDeviceSelect, LevelMeter, listDevices, openMedia, stopStream } from "./media.js";
@@ -20,6 +21,7 @@ import { announce, byId, formatDateTime, showError, showView } from "./ui.js";
 /** @typedef {import('./protocol.js').InviteInfo} InviteInfo */
 /** @typedef {import('./protocol.js').ConsultationMode} ConsultationMode */
 /** @typedef {import('./protocol.js').ServerMessage} ServerMessage */
+/** @typedef {import('./protocol.js').RecordingMessage} RecordingMessage */
 /** @typedef {import('./call.js').MediaState} MediaState */
 /** @typedef {import('./call.js').IceProblem} IceProblem */
 /** @typedef {import('./e2ee/call-e2ee.js').E2eeProblem} E2eeProblem */
@@ -70,6 +72,12 @@ let inCall = false;
 let e2ee = null;
 /** @type {E2eeProblem | null} Why an end-to-end encrypted call carries no media. */
 let e2eeProblem = null;
+/** @type {RecordingMessage | null} What the service last said about recording. */
+let recording = null;
+/** @type {boolean | null} The patient's answer to the recording question in this page, if any. */
+let consentAnswer = null;
+/** Whether that answer could not be sent (signaling was down): it goes again after the next `joined`. */
+let consentUndelivered = false;
 
 // ---------------------------------------------------------------------------------------------
 // Storage
@@ -176,7 +184,7 @@ function inviteNotice(err) {
 
 /** @param {ConsultationMode} mode */
 function modeBadge(mode) {
-  return mode === "live_only" ? "Live only — not recorded" : "Recorded";
+  return mode === "live_only" ? "Live only — not recorded" : "Recorded only with your consent";
 }
 
 /**
@@ -223,7 +231,7 @@ async function showLanding(notice) {
   byId("landing-mode-text", HTMLElement).textContent =
     info.mode === "live_only"
       ? "Nothing of this consultation is recorded: the video goes directly between you and your doctor, encrypted."
-      : "Your doctor records this consultation, with your consent, into encrypted storage.";
+      : "Your doctor would like to record this consultation. You will be asked first: nothing is recorded unless you allow it, and saying no does not affect your care.";
   const e2eeNote = byId("landing-e2ee", HTMLElement);
   e2eeNote.hidden = !info.e2ee;
   e2eeNote.classList.toggle("error", !!info.e2ee && !transformApi());
@@ -378,7 +386,7 @@ joinButton.addEventListener("click", async () => {
 // Waiting room and call
 // ---------------------------------------------------------------------------------------------
 
-const callView = new CallView({ onHangUp: () => leave() });
+const callView = new CallView({ onHangUp: () => leave(), viewer: "patient" });
 const messagingView = new MessagingView({ peerName: () => doctorName() });
 const waitingMessage = byId("waiting-message", HTMLElement);
 const waitingStatus = byId("waiting-status", HTMLElement);
@@ -393,8 +401,8 @@ function enterWaiting(place) {
   patientName = place.name;
   waitingMessage.textContent = `Waiting for ${doctorName()} to let you in…`;
   waitingStatus.textContent = "Connecting…";
-  setBadge(byId("waiting-mode", HTMLElement), place.invite.mode);
   showView(views.waiting);
+  renderRecording();
 
   const ice = new IceServerCache(place.token);
   ice.get(); // Fetch early: the connection starts the moment the doctor admits.
@@ -441,6 +449,9 @@ function enterWaiting(place) {
       iceProblem = problem;
       updateStatus();
     },
+    onRecorder: (recorder) => {
+      if (controller === created) callView.setRecorderPresent(!!recorder);
+    },
   });
   controller = created;
   signalingState = "connecting";
@@ -464,21 +475,22 @@ function onSignal(m) {
       if (info) info = { ...info, doctor_name: m.consultation.doctor_name, mode: m.consultation.mode };
       setUpE2ee(c, m);
       c.joined(m);
-      if (m.admitted) enterCall(m.consultation.mode);
+      if (consentUndelivered && consentAnswer !== null) sendConsent(consentAnswer);
+      if (m.admitted) enterCall();
       else {
         waitingMessage.textContent = `Waiting for ${m.consultation.doctor_name} to let you in…`;
         updateStatus();
       }
       break;
     case "admitted":
-      enterCall(info ? info.mode : "live_only");
+      enterCall();
       c.admitted(m.peers);
       break;
     case "declined":
       finish("declined-message");
       break;
     case "peer_joined":
-      presenceNote = "";
+      if (m.peer.role !== "recorder") presenceNote = "";
       c.peerJoined(m.peer);
       break;
     case "peer_presence":
@@ -492,6 +504,10 @@ function onSignal(m) {
       break;
     case "candidate":
       c.candidate(m.from, m.candidate);
+      break;
+    case "recording":
+      recording = m;
+      renderRecording();
       break;
     case "consultation_ended":
       finish("ended-message");
@@ -552,17 +568,58 @@ function setUpE2ee(c, joined) {
   c.setE2ee(created);
 }
 
-/** @param {ConsultationMode} mode */
-function enterCall(mode) {
+function enterCall() {
   if (inCall) return;
   inCall = true;
   byId("call-title", HTMLElement).textContent = `Video consultation with ${doctorName()}`;
-  callView.setMode(mode);
+  renderRecording();
   callView.setLocalStream(stream);
   callView.setRemoteStream(null, "Connecting…");
   callView.startQuality(() => (controller ? controller.pc : null));
   showView(views.call);
   announce(`${doctorName()} let you in.`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording: the question, the indicator, and stopping
+// ---------------------------------------------------------------------------------------------
+
+const consentDialog = new ConsentDialog({ onAnswer: (allow) => sendConsent(allow) });
+const waitingRecordingBadge = byId("waiting-mode", HTMLElement);
+const stopRecordingButton = byId("recording-stop", HTMLButtonElement);
+// At once, without a confirmation: stopping must be as easy as allowing was.
+stopRecordingButton.addEventListener("click", () => sendConsent(false));
+
+/**
+ * Answer the recording question, or withdraw (`false` while recording). Refusing takes effect in
+ * this page at once: its media stops going to the recorder before the service has answered.
+ * @param {boolean} allow
+ */
+function sendConsent(allow) {
+  consentAnswer = allow;
+  consentUndelivered = !(signaling && signaling.send({ type: "consent", recording: allow }));
+  if (consentUndelivered) console.warn("Not connected: the recording answer goes when the connection is back");
+  renderRecording();
+}
+
+/**
+ * Show the recording state (waiting room and call), ask when the service asks, and let this
+ * page's media go to the recorder only while it records and the patient has not said no here.
+ */
+function renderRecording() {
+  const mode = info ? info.mode : "live_only";
+  const state = recording ? recording.state : mode === "live_only" ? "live_only" : null;
+  const problem = recording?.problem;
+  showRecordingState(waitingRecordingBadge, state, "patient", problem);
+  callView.setRecording(state, problem);
+  controller?.allowRecorder(state === "recording" && consentAnswer !== false);
+  stopRecordingButton.hidden = state !== "recording";
+  stopRecordingButton.disabled = consentAnswer === false;
+  if (state === "awaiting_consent" && consentAnswer === null && signaling) {
+    consentDialog.open({ doctorName: doctorName(), retentionDays: recording?.retention_days });
+  } else {
+    consentDialog.close();
+  }
 }
 
 /** What the patient is told when an end-to-end encrypted call cannot carry media. */
@@ -644,6 +701,11 @@ function finish(notice, options = {}) {
   presenceNote = "";
   iceProblem = null;
   mediaState = "waiting";
+  recording = null;
+  consentAnswer = null;
+  consentUndelivered = false;
+  consentDialog.close();
+  stopRecordingButton.hidden = true;
   /** @type {any} */ (window).consultPc = null;
   if (!options.keepPlace) forgetAll();
   if (notice) {

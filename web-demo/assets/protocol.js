@@ -173,7 +173,19 @@ export const PROTOCOL_VERSION = 1;
 // Signaling (signal.rs)
 // ---------------------------------------------------------------------------------------------
 
-/** @typedef {"doctor" | "patient"} ParticipantRole */
+/**
+ * `recorder`: the service's recorder, present only while the consultation is recorded. It is
+ * receive-only: clients offer it a send-only connection; it never offers and never sends media.
+ * @typedef {"doctor" | "patient" | "recorder"} ParticipantRole
+ */
+
+/**
+ * Whether the consultation is recorded: `live_only` (nothing is or will be recorded),
+ * `awaiting_consent` (the doctor chose to record; the patient is asked), `recording`, `declined`
+ * (the patient said no), `withdrawn` (the patient took consent back: recording stopped, what was
+ * recorded before stays, flagged), `failed` (the call goes on, unrecorded from then).
+ * @typedef {"live_only" | "awaiting_consent" | "recording" | "declined" | "withdrawn" | "failed"} RecordingState
+ */
 
 /** @typedef {"left" | "connection_lost" | "removed"} LeaveReason */
 
@@ -215,14 +227,30 @@ export const PROTOCOL_VERSION = 1;
  */
 
 /**
+ * `recording`: sent after `joined` (to admitted participants and waiting patients) and on every
+ * change.
+ * @typedef {object} RecordingMessage
+ * @property {"recording"} type
+ * @property {RecordingState} state
+ * @property {string[]} reasons The policy's reasons (`consent_withdrawn`, `all_patients_consented`, ...).
+ * @property {number} [retention_days] Days the recording is kept before it is shredded (when recorded).
+ * @property {boolean} zero_knowledge End-to-end encrypted: the recorder stores ciphertext only the
+ *   doctor's key opens.
+ * @property {string} [problem] What went wrong, for people (with `failed`).
+ */
+
+/**
  * A message from a client to the service (without `v`, which the signaling client adds).
+ * `consent` (patient only): `true` agrees to be recorded, `false` refuses (before recording) or
+ * withdraws (while recording); declining and withdrawing are final for the consultation.
  * @typedef {{ type: "join", token?: string, consultation_id?: string }
  *   | { type: "admit", participant_id: string }
  *   | { type: "decline", participant_id: string }
  *   | { type: "description", to: string, description: SessionDescription }
  *   | { type: "candidate", to: string, candidate: IceCandidate | null }
  *   | { type: "ping" }
- *   | { type: "leave" }} ClientMessage
+ *   | { type: "leave" }
+ *   | { type: "consent", recording: boolean }} ClientMessage
  */
 
 /**
@@ -250,6 +278,7 @@ export const PROTOCOL_VERSION = 1;
  *   | { type: "description", from: string, description: SessionDescription }
  *   | { type: "candidate", from: string, candidate: IceCandidate | null }
  *   | { type: "pong", server_time: string }
+ *   | RecordingMessage
  *   | { type: "consultation_ended" }
  *   | { type: "replaced" }
  *   | { type: "error", code: SignalErrorCode, message: string, fatal: boolean }} ServerMessage

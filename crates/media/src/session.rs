@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consult_proto::signal::{
-    ClientMessage, IceCandidate, SdpKind, ServerMessage, SessionDescription,
+    ClientMessage, IceCandidate, ParticipantRole, SdpKind, ServerMessage, SessionDescription,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -700,17 +700,26 @@ impl Runner {
                     },
                 )
                 .await;
-                if let Some(peer) = peers.into_iter().next() {
+                if let Some(peer) = peers
+                    .into_iter()
+                    .find(|p| p.role != ParticipantRole::Recorder)
+                {
                     self.start_peer(peer.participant_id, peer.name).await?;
                 }
             }
             ServerMessage::Admitted { peers } => {
                 self.admitted = true;
                 emit(&self.events, SessionEvent::Admitted).await;
-                if let Some(peer) = peers.into_iter().next() {
+                if let Some(peer) = peers
+                    .into_iter()
+                    .find(|p| p.role != ParticipantRole::Recorder)
+                {
                     self.start_peer(peer.participant_id, peer.name).await?;
                 }
             }
+            // The service's recorder: this session does not send to it (yet), and it must not
+            // take the place of the call's other participant.
+            ServerMessage::PeerJoined { peer } if peer.role == ParticipantRole::Recorder => {}
             ServerMessage::PeerJoined { peer } => {
                 self.start_peer(peer.participant_id, peer.name).await?;
             }

@@ -76,6 +76,13 @@ pub enum ClientMessage {
     Ping {},
     /// Leave for good (hang up). A doctor leaving does not end the consultation.
     Leave {},
+    /// Patient: answer the recording question, or withdraw consent (`recording: false` while
+    /// recording). Declining and withdrawing are final for the consultation. Anyone else
+    /// sending it is refused with `forbidden`.
+    Consent {
+        /// True: the patient agrees to be recorded. False: they refuse or withdraw.
+        recording: bool,
+    },
 }
 
 /// `RTCSessionDescriptionInit`.
@@ -132,6 +139,28 @@ pub enum ParticipantRole {
     Doctor,
     /// A patient who came through the invite link; waits until admitted.
     Patient,
+    /// The service's recorder: receive-only, present only while the consultation is recorded.
+    /// Clients offer it a send-only connection; it never offers and never sends media.
+    Recorder,
+}
+
+/// Whether the consultation is being recorded, as every participant is told (`recording`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Live only: nothing is or will be recorded (the doctor's choice or the organisation's
+    /// policy).
+    LiveOnly,
+    /// The doctor chose to record; waiting for the patient's answer (the patient is asked).
+    AwaitingConsent,
+    /// Recording now.
+    Recording,
+    /// The patient refused: not recorded.
+    Declined,
+    /// The patient withdrew consent: recording stopped; what was recorded before stays, flagged.
+    Withdrawn,
+    /// Recording failed (for example the disk is full): the call goes on, unrecorded from then.
+    Failed,
 }
 
 /// Another admitted participant.
@@ -246,6 +275,23 @@ pub enum ServerMessage {
         #[serde(with = "time::serde::rfc3339")]
         server_time: OffsetDateTime,
     },
+    /// Whether the consultation is recorded: sent after `joined` (to admitted participants and
+    /// waiting patients) and on every change.
+    Recording {
+        /// The state.
+        state: RecordingState,
+        /// Why, as the policy's reasons (`consent_withdrawn`, `all_patients_consented`, ...).
+        reasons: Vec<String>,
+        /// Days the recording is kept before it is shredded (when recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention_days: Option<u32>,
+        /// End-to-end encrypted: the recorder stores ciphertext only the doctor's key opens.
+        #[serde(default)]
+        zero_knowledge: bool,
+        /// What went wrong, for people (with `failed`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        problem: Option<String>,
+    },
     /// The consultation ended; the connection closes after this.
     ConsultationEnded {},
     /// A newer connection took over this participant's place; this one closes.
@@ -329,6 +375,7 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "candidate",
     "ping",
     "leave",
+    "consent",
 ];
 
 impl ClientMessage {
@@ -342,6 +389,7 @@ impl ClientMessage {
             Self::Candidate { .. } => "candidate",
             Self::Ping {} => "ping",
             Self::Leave {} => "leave",
+            Self::Consent { .. } => "consent",
         }
     }
 }

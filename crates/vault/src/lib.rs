@@ -122,6 +122,9 @@ pub enum VaultError {
     /// A chunk over [`chunks::MAX_CHUNK_BYTES`].
     #[error("a chunk of {0} bytes is over the limit")]
     ChunkTooLarge(usize),
+    /// Another process holds the vault (key rotation needs it to itself).
+    #[error("the vault is in use by another process (stop the service first)")]
+    InUse,
     /// A record inside a chunk does not parse.
     #[error("malformed recording record: {0}")]
     Malformed(String),
@@ -197,6 +200,8 @@ impl RecordingWriter {
 /// The vault: a keyring, wrapped data keys, and a media store.
 #[derive(Debug)]
 pub struct Vault {
+    /// Held for the vault's life: shared by users, exclusive for key rotation.
+    _lock: File,
     keys_dir: PathBuf,
     keyring: Mutex<Keyring>,
     media: Box<dyn MediaStore>,
@@ -204,17 +209,46 @@ pub struct Vault {
 
 impl Vault {
     /// Open (creating on first use) the vault in `dir`: `keyring.json`, `keys/` and, as the
-    /// media store, `media/`.
+    /// media store, `media/`. Several processes may use a vault at once (a shared lock), but
+    /// not while one rotates its keys.
     pub fn open(dir: &Path) -> Result<Self, VaultError> {
         let media = LocalDirectory::new(&dir.join("media"))?;
         Self::with_media_store(dir, Box::new(media))
     }
 
+    /// Open the vault in `dir` for key rotation: refused with [`VaultError::InUse`] while any
+    /// other process (the service) has it open, since it keeps the keyring in memory.
+    pub fn open_exclusive(dir: &Path) -> Result<Self, VaultError> {
+        let media = LocalDirectory::new(&dir.join("media"))?;
+        Self::opened(dir, Box::new(media), true)
+    }
+
     /// Open the vault in `dir`, keeping media in `media`.
     pub fn with_media_store(dir: &Path, media: Box<dyn MediaStore>) -> Result<Self, VaultError> {
+        Self::opened(dir, media, false)
+    }
+
+    fn opened(dir: &Path, media: Box<dyn MediaStore>, exclusive: bool) -> Result<Self, VaultError> {
         fs::create_dir_all(dir.join("keys"))?;
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(".lock"))?;
+        let locked = if exclusive {
+            lock.try_lock()
+        } else {
+            lock.try_lock_shared()
+        };
+        match locked {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(VaultError::InUse),
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         let keyring = Keyring::open_or_create(&dir.join("keyring.json"))?;
         Ok(Self {
+            _lock: lock,
             keys_dir: dir.join("keys"),
             keyring: Mutex::new(keyring),
             media,

@@ -527,3 +527,18 @@ proptest! {
         prop_assert!(!whole);
     }
 }
+
+#[test]
+fn key_rotation_needs_the_vault_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Vault::open(dir.path()).unwrap();
+    let export_tool = Vault::open(dir.path()).unwrap();
+    assert!(matches!(
+        Vault::open_exclusive(dir.path()),
+        Err(VaultError::InUse)
+    ));
+    drop((service, export_tool));
+    let rotating = Vault::open_exclusive(dir.path()).unwrap();
+    assert!(matches!(Vault::open(dir.path()), Err(VaultError::InUse)));
+    assert_eq!(rotating.rotate_keys().unwrap().new_version, 2);
+}

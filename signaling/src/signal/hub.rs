@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use consult_policy::{Consent, Participant, Role};
 use consult_proto::api::{ConsultationMode, WaitingPatient};
 use consult_proto::signal::{
     ConsultationSummary, LeaveReason, ParticipantRole, Peer, ServerMessage, SignalErrorCode,
@@ -80,6 +81,22 @@ pub enum Identity {
         /// The name they entered.
         name: String,
     },
+    /// The service's recorder (started by the recording orchestrator); admitted by right.
+    Recorder {
+        /// Its participant id.
+        participant_id: Uuid,
+    },
+}
+
+/// Why a consent message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConsentError {
+    /// Only a patient answers the recording question.
+    #[error("only the patient can give or withdraw consent to recording")]
+    NotAPatient,
+    /// The patient already refused or withdrew; that stands for this consultation.
+    #[error("you already refused recording; that stands for this consultation")]
+    Final,
 }
 
 /// Someone who left a consultation for good; the caller releases and audits them.
@@ -166,6 +183,11 @@ struct Room {
     info: RoomInfo,
     doctor_participant_id: Uuid,
     members: HashMap<Uuid, Member>,
+    /// Each patient's answer to the recording question (by participant id; kept while the
+    /// room lives, so a reconnect does not ask again).
+    consents: HashMap<Uuid, Consent>,
+    /// The last `recording` message, sent to everyone who joins.
+    recording: Option<ServerMessage>,
 }
 
 impl Room {
@@ -178,6 +200,14 @@ impl Room {
             .collect();
         peers.sort_by_key(|p| p.participant_id);
         peers
+    }
+
+    fn broadcast_all(&mut self, message: &ServerMessage) {
+        for member in self.members.values_mut() {
+            if member.role != ParticipantRole::Recorder {
+                member.send(message.clone());
+            }
+        }
     }
 
     fn broadcast_admitted(&mut self, except: Uuid, message: &ServerMessage) {
@@ -274,6 +304,8 @@ impl Hub {
             let room = rooms.entry(info.consultation_id).or_insert_with(|| Room {
                 doctor_participant_id: Uuid::new_v4(),
                 members: HashMap::new(),
+                consents: HashMap::new(),
+                recording: None,
                 info,
             });
             let (id, role, name) = match identity {
@@ -286,6 +318,11 @@ impl Hub {
                     participant_id,
                     name,
                 } => (participant_id, ParticipantRole::Patient, name),
+                Identity::Recorder { participant_id } => (
+                    participant_id,
+                    ParticipantRole::Recorder,
+                    "Recorder".to_owned(),
+                ),
             };
             let conn_id = conn.id;
             let resumed = match room.members.get_mut(&id) {
@@ -313,7 +350,7 @@ impl Hub {
                     true
                 }
                 None => {
-                    let admitted = role == ParticipantRole::Doctor;
+                    let admitted = role != ParticipantRole::Patient;
                     let member = Member {
                         id,
                         role,
@@ -347,12 +384,16 @@ impl Hub {
                 consultation: summary,
                 admitted,
                 resumed,
-                polite: role == ParticipantRole::Patient,
+                polite: role != ParticipantRole::Doctor,
                 heartbeat_interval_ms,
                 peers: peers_for(room, admitted),
             };
+            let recording = room.recording.clone();
             if let Some(member) = room.members.get_mut(&id) {
                 member.send(joined);
+                if let Some(recording) = recording {
+                    member.send(recording);
+                }
             }
             // The doctor learns of a newly waiting (or reconnected) patient; a joining doctor
             // gets the current list.
@@ -555,6 +596,84 @@ impl Hub {
                 })
                 .collect()
         })
+    }
+
+    /// A patient answers the recording question (`true`: consent; `false`: refuse, or withdraw
+    /// a consent given). Refusing and withdrawing are final for the consultation.
+    pub fn set_consent(
+        &self,
+        consultation_id: Uuid,
+        participant_id: Uuid,
+        recording: bool,
+    ) -> Result<Consent, ConsentError> {
+        self.with_rooms(|rooms| {
+            let room = rooms
+                .get_mut(&consultation_id)
+                .ok_or(ConsentError::NotAPatient)?;
+            let is_patient = room
+                .members
+                .get(&participant_id)
+                .is_some_and(|m| m.role == ParticipantRole::Patient);
+            if !is_patient {
+                return Err(ConsentError::NotAPatient);
+            }
+            let current = room
+                .consents
+                .get(&participant_id)
+                .copied()
+                .unwrap_or(Consent::NotAsked);
+            let next = match (current, recording) {
+                (Consent::Declined | Consent::Withdrawn, true) => return Err(ConsentError::Final),
+                (Consent::Declined | Consent::Withdrawn, false) => current,
+                (_, true) => Consent::Given,
+                (Consent::Given, false) => Consent::Withdrawn,
+                (_, false) => Consent::Declined,
+            };
+            room.consents.insert(participant_id, next);
+            Ok(next)
+        })
+    }
+
+    /// What the recording policy needs of a live consultation: its facts, and every admitted
+    /// doctor and patient with their consent. `None` if nobody is in it.
+    pub fn recording_facts(&self, consultation_id: Uuid) -> Option<(RoomInfo, Vec<Participant>)> {
+        self.with_rooms(|rooms| {
+            let room = rooms.get(&consultation_id)?;
+            let participants = room
+                .members
+                .values()
+                .filter(|m| m.admitted)
+                .filter_map(|m| match m.role {
+                    ParticipantRole::Doctor => Some(Participant {
+                        role: Role::Clinician,
+                        consent: Consent::NotAsked,
+                    }),
+                    ParticipantRole::Patient => Some(Participant {
+                        role: Role::Patient,
+                        consent: room
+                            .consents
+                            .get(&m.id)
+                            .copied()
+                            .unwrap_or(Consent::NotAsked),
+                    }),
+                    ParticipantRole::Recorder => None,
+                })
+                .collect();
+            Some((room.info.clone(), participants))
+        })
+    }
+
+    /// Tell everyone in the consultation (waiting patients too) whether it is recorded, and
+    /// remember it for whoever joins later. Nothing is sent if it did not change.
+    pub fn announce_recording(&self, consultation_id: Uuid, message: ServerMessage) {
+        self.with_rooms(|rooms| {
+            if let Some(room) = rooms.get_mut(&consultation_id) {
+                if room.recording.as_ref() != Some(&message) {
+                    room.broadcast_all(&message);
+                    room.recording = Some(message);
+                }
+            }
+        });
     }
 
     /// Patients waiting for one doctor, across their consultations, longest-waiting first.

@@ -27,7 +27,7 @@ use crate::consultations;
 use crate::error::ApiError;
 use crate::invites;
 use crate::secrets::Token;
-use crate::signal::hub::{Connection, Identity, Outbound};
+use crate::signal::hub::{Connection, ConsentError, Identity, Outbound};
 use crate::state::AppState;
 
 /// Messages queued for one client before it counts as too slow.
@@ -429,6 +429,7 @@ impl Connected {
         let role = match place.role {
             ParticipantRole::Doctor => "doctor",
             ParticipantRole::Patient => "patient",
+            ParticipantRole::Recorder => "recorder",
         };
         state.metrics.joins.with_label_values(&[role]).inc();
         let actor = match &place.doctor {
@@ -448,7 +449,9 @@ impl Connected {
         if let Err(e) = audited {
             tracing::error!(error = format!("{e:#}"), "could not audit a join");
         }
+        let consultation_id = place.consultation_id;
         self.place = Some(place);
+        crate::recording::reconcile(&self.state, consultation_id).await;
         Ok(Flow::Continue)
     }
 
@@ -526,6 +529,33 @@ impl Connected {
                 self.conn.send(ServerMessage::Pong {
                     server_time: state.clock.now(),
                 });
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Consent { recording } => {
+                let consent = state
+                    .hub
+                    .set_consent(place.consultation_id, place.participant_id, recording)
+                    .map_err(|e| {
+                        let code = match e {
+                            ConsentError::NotAPatient => SignalErrorCode::Forbidden,
+                            ConsentError::Final => SignalErrorCode::Forbidden,
+                        };
+                        refuse(code, &e.to_string())
+                    })?;
+                let audited = state
+                    .audit
+                    .record(
+                        state.clock.now(),
+                        &format!("participant:{}", place.participant_id),
+                        Action::RecordingConsent,
+                        Some(place.consultation_id),
+                        json!({ "consent": consent }),
+                    )
+                    .await;
+                if let Err(e) = audited {
+                    tracing::error!(error = format!("{e:#}"), "could not audit a consent");
+                }
+                crate::recording::reconcile(state, place.consultation_id).await;
                 Ok(Flow::Continue)
             }
             ClientMessage::Leave {} => {

@@ -1,0 +1,288 @@
+//! The recordings API: list, download (export) and shred, each decided by the policy and
+//! audited, allowed or not.
+
+use std::io::Cursor;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use consult_policy::{decide_access, Access, Action as PolicyAction, RecordingFacts, Relation};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::export::{self, ExportError};
+use super::rows::{self, RecordingRow, RecordingStatus};
+use crate::audit::Action;
+use crate::auth::sessions::CurrentDoctor;
+use crate::consultations;
+use consult_proto::api::ErrorBody;
+
+use crate::error::{ApiError, ApiPath};
+use crate::state::AppState;
+
+/// A consultation's recordings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordingList {
+    /// Oldest first.
+    pub recordings: Vec<RecordingRow>,
+}
+
+fn facts(row: Option<&RecordingRow>) -> RecordingFacts {
+    RecordingFacts {
+        shredded: row.is_some_and(|r| r.state == RecordingStatus::Shredded),
+        zero_knowledge: row.is_some_and(|r| r.zero_knowledge),
+    }
+}
+
+fn audit_action(action: PolicyAction) -> Action {
+    match action {
+        PolicyAction::List => Action::RecordingListed,
+        PolicyAction::Play => Action::RecordingPlayed,
+        PolicyAction::Export => Action::RecordingExported,
+        PolicyAction::Delete => Action::RecordingShredded,
+    }
+}
+
+/// Ask the policy whether `who` may do `action` on a recording of `consultation_id`; a refusal
+/// is audited and becomes a 403 naming the reason.
+pub async fn check_access(
+    state: &AppState,
+    actor: &str,
+    who: Relation,
+    action: PolicyAction,
+    consultation_id: Uuid,
+    row: Option<&RecordingRow>,
+) -> Result<(), ApiError> {
+    match decide_access(who, action, facts(row)) {
+        Access::Allowed { .. } => Ok(()),
+        Access::Denied { reason } => {
+            state
+                .audit
+                .record(
+                    state.clock.now(),
+                    actor,
+                    Action::RecordingAccessDenied,
+                    Some(consultation_id),
+                    json!({ "action": action, "recording_id": row.map(|r| r.id),
+                            "reason": reason }),
+                )
+                .await?;
+            Err(ApiError::Denied(reason.to_string()))
+        }
+    }
+}
+
+async fn relation(
+    state: &AppState,
+    doctor: &CurrentDoctor,
+    consultation_id: Uuid,
+) -> Result<Relation, ApiError> {
+    let consultation = consultations::find(&state.pool, consultation_id)
+        .await?
+        .ok_or(ApiError::NotFound("consultation"))?;
+    Ok(if consultation.doctor_id == doctor.0.user.id {
+        Relation::OwnerClinician
+    } else {
+        Relation::OtherClinician
+    })
+}
+
+fn actor(doctor: &CurrentDoctor) -> String {
+    format!("user:{}", doctor.0.user.id)
+}
+
+async fn audited(
+    state: &AppState,
+    actor: &str,
+    action: PolicyAction,
+    row: &RecordingRow,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            actor,
+            audit_action(action),
+            Some(row.consultation_id),
+            json!({ "recording_id": row.id, "detail": detail }),
+        )
+        .await?;
+    Ok(())
+}
+
+/// `GET /api/v1/consultations/{id}/recordings`: the consultation's recordings (metadata only).
+#[utoipa::path(get, path = "/api/v1/consultations/{id}/recordings", tag = "recordings",
+    params(("id" = Uuid, Path, description = "consultation id")),
+    responses((status = 200, body = RecordingList), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    doctor: CurrentDoctor,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<RecordingList>, ApiError> {
+    let who = relation(&state, &doctor, id).await?;
+    let actor = actor(&doctor);
+    check_access(&state, &actor, who, PolicyAction::List, id, None).await?;
+    let recordings = rows::of_consultation(&state.pool, id).await?;
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            &actor,
+            Action::RecordingListed,
+            Some(id),
+            json!({ "count": recordings.len() }),
+        )
+        .await?;
+    Ok(Json(RecordingList { recordings }))
+}
+
+async fn find_row(state: &AppState, id: Uuid) -> Result<RecordingRow, ApiError> {
+    rows::find(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("recording"))
+}
+
+/// `GET /api/v1/recordings/{id}/export`: download the recording as a playable file (WebM, or
+/// Matroska for H.264).
+#[utoipa::path(get, path = "/api/v1/recordings/{id}/export", tag = "recordings",
+    params(("id" = Uuid, Path, description = "recording id")),
+    responses((status = 200, description = "video/webm or video/x-matroska"),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
+pub async fn download(
+    State(state): State<AppState>,
+    doctor: CurrentDoctor,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let row = find_row(&state, id).await?;
+    let who = relation(&state, &doctor, row.consultation_id).await?;
+    let actor = actor(&doctor);
+    check_access(
+        &state,
+        &actor,
+        who,
+        PolicyAction::Export,
+        row.consultation_id,
+        Some(&row),
+    )
+    .await?;
+    let vault = state.recordings.vault.clone();
+    let exported = {
+        let row = row.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Cursor::new(Vec::new());
+            export::export(&vault, &row, &mut out).map(|summary| (summary, out.into_inner()))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+    };
+    let (summary, bytes) = match exported {
+        Ok(done) => done,
+        Err(e) => {
+            audited(
+                &state,
+                &actor,
+                PolicyAction::Export,
+                &row,
+                json!({ "refused": e.to_string() }),
+            )
+            .await?;
+            return Err(export_error(e));
+        }
+    };
+    audited(
+        &state,
+        &actor,
+        PolicyAction::Export,
+        &row,
+        json!({ "frames": summary.frames, "duration_ms": summary.duration_ms }),
+    )
+    .await?;
+    let mime = match summary.container {
+        consult_vault::matroska::Container::WebM => "video/webm",
+        consult_vault::matroska::Container::Matroska => "video/x-matroska",
+    };
+    let disposition = format!(
+        "attachment; filename=\"recording-{id}.{}\"",
+        summary.container.extension()
+    );
+    let mut response = (StatusCode::OK, bytes).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// The API error for an export that could not be made.
+pub fn export_error(e: ExportError) -> ApiError {
+    match e {
+        ExportError::Shredded(_) => ApiError::Gone {
+            code: "recording_shredded",
+            message: e.to_string(),
+        },
+        ExportError::StillRecording(_) => ApiError::conflict("still_recording", e.to_string()),
+        ExportError::NeedsClinicianKey(_) => {
+            ApiError::conflict("needs_clinician_key", e.to_string())
+        }
+        ExportError::Empty(_) => ApiError::conflict("recording_empty", e.to_string()),
+        ExportError::Vault { .. } => ApiError::conflict("recording_damaged", e.to_string()),
+    }
+}
+
+/// `DELETE /api/v1/recordings/{id}`: shred the recording (destroy its key).
+#[utoipa::path(delete, path = "/api/v1/recordings/{id}", tag = "recordings",
+    params(("id" = Uuid, Path, description = "recording id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn shred(
+    State(state): State<AppState>,
+    doctor: CurrentDoctor,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let row = find_row(&state, id).await?;
+    let who = relation(&state, &doctor, row.consultation_id).await?;
+    let actor = actor(&doctor);
+    check_access(
+        &state,
+        &actor,
+        who,
+        PolicyAction::Delete,
+        row.consultation_id,
+        Some(&row),
+    )
+    .await?;
+    if row.state == RecordingStatus::Recording {
+        return Err(ApiError::conflict(
+            "still_recording",
+            "the recording is still being made; end the consultation first",
+        ));
+    }
+    shred_row(&state, &row, &actor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Destroy a recording's key and media, mark it shredded, and audit who did it.
+pub async fn shred_row(state: &AppState, row: &RecordingRow, actor: &str) -> Result<(), ApiError> {
+    let vault = state.recordings.vault.clone();
+    let id = row.id;
+    tokio::task::spawn_blocking(move || vault.shred(id))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    rows::set_shredded(&state.pool, id, state.clock.now()).await?;
+    audited(
+        state,
+        actor,
+        PolicyAction::Delete,
+        row,
+        json!({ "reason": "request" }),
+    )
+    .await
+}

@@ -1,0 +1,207 @@
+//! The operator's recording commands: `consult recording list|export|shred` and
+//! `consult keys rotate`. Each asks the policy as the service would and is audited.
+//!
+//! An operator may list and shred, never play or export: `recording export` acts for a
+//! clinician, identified by their session token (`--session-token-file`, or
+//! `CONSULT_SESSION_TOKEN`), and is refused for anyone but the consultation's clinician.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use consult_policy::{Action as PolicyAction, Relation};
+use consult_vault::Vault;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::rows::{self, RecordingStatus};
+use super::{api, export, Recordings};
+use crate::audit::Action;
+use crate::auth::sessions;
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::consultations;
+use crate::secrets::{SealingKey, Token};
+use crate::state::AppState;
+
+/// The service's state, opened by a command-line tool beside (or instead of) the service.
+pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
+    let pool = crate::db::open(&config.data_dir).await?;
+    let sealing_key = SealingKey::load_or_create(&config.data_dir)?;
+    let vault_dir = config.data_dir.join("vault");
+    let vault = tokio::task::spawn_blocking(move || Vault::open(&vault_dir))
+        .await?
+        .context("opening the vault")?;
+    let recordings = Recordings::new(vault, IpAddr::from([127, 0, 0, 1]));
+    let url = crate::server::public_url(&config, config.bind);
+    Ok(AppState::new(
+        config,
+        pool,
+        Arc::new(SystemClock),
+        url,
+        sealing_key,
+        recordings,
+    ))
+}
+
+const OPERATOR: &str = "operator";
+
+/// `consult recording list`: every recording (metadata only), as JSON lines.
+pub async fn list(state: &AppState, out: &mut dyn std::io::Write) -> anyhow::Result<usize> {
+    let rows = rows::all(&state.pool).await?;
+    for row in &rows {
+        serde_json::to_writer(&mut *out, row)?;
+        writeln!(out)?;
+    }
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            OPERATOR,
+            Action::RecordingListed,
+            None,
+            json!({ "count": rows.len(), "via": "cli" }),
+        )
+        .await?;
+    Ok(rows.len())
+}
+
+/// `consult recording export ID --out FILE`: as the clinician whose session token is given
+/// (none: as the operator, which the policy refuses). The file appears only when whole: it is
+/// written beside `out` and renamed at the end.
+pub async fn export(
+    state: &AppState,
+    id: Uuid,
+    out: &Path,
+    session_token: Option<&str>,
+) -> anyhow::Result<consult_vault::matroska::ExportSummary> {
+    let row = rows::find(&state.pool, id)
+        .await?
+        .with_context(|| format!("no recording {id}"))?;
+    let (actor, who) = match session_token {
+        None => (OPERATOR.to_owned(), Relation::Operator),
+        Some(token) => {
+            let user = sessions::authenticate(state, &Token::from_client(token.trim()))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("the session token is not valid (expired or signed out?)")
+                })?;
+            let consultation = consultations::find(&state.pool, row.consultation_id)
+                .await?
+                .context("the recording's consultation is missing")?;
+            let who = if consultation.doctor_id == user.user.id {
+                Relation::OwnerClinician
+            } else {
+                Relation::OtherClinician
+            };
+            (format!("user:{}", user.user.id), who)
+        }
+    };
+    api::check_access(
+        state,
+        &actor,
+        who,
+        PolicyAction::Export,
+        row.consultation_id,
+        Some(&row),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("export refused: {e}"))?;
+    let partial = out.with_extension("partial");
+    let vault = state.recordings.vault.clone();
+    let result = {
+        let row = row.clone();
+        let partial = partial.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let file = File::create(&partial)
+                .with_context(|| format!("creating {}", partial.display()))?;
+            let mut writer = BufWriter::new(file);
+            let summary = export::export(&vault, &row, &mut writer)?;
+            let file = writer.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok(summary)
+        })
+        .await?
+    };
+    let detail = match &result {
+        Ok(summary) => json!({ "frames": summary.frames, "duration_ms": summary.duration_ms,
+                               "via": "cli" }),
+        Err(e) => json!({ "refused": format!("{e:#}"), "via": "cli" }),
+    };
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            &actor,
+            Action::RecordingExported,
+            Some(row.consultation_id),
+            json!({ "recording_id": id, "detail": detail }),
+        )
+        .await?;
+    match result {
+        Ok(summary) => {
+            std::fs::rename(&partial, out)
+                .with_context(|| format!("moving the export to {}", out.display()))?;
+            if row.state.may_be_unfinished() {
+                eprintln!(
+                    "warning: recording {id} was cut short ({}); exported up to its last sealed chunk",
+                    row.note.as_deref().unwrap_or("see its state")
+                );
+            }
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+/// `consult recording shred ID`: destroy a recording's key (an operator may).
+pub async fn shred(state: &AppState, id: Uuid) -> anyhow::Result<()> {
+    let row = rows::find(&state.pool, id)
+        .await?
+        .with_context(|| format!("no recording {id}"))?;
+    api::check_access(
+        state,
+        OPERATOR,
+        Relation::Operator,
+        PolicyAction::Delete,
+        row.consultation_id,
+        Some(&row),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("shredding refused: {e}"))?;
+    if row.state == RecordingStatus::Recording {
+        anyhow::bail!("recording {id} is still being made; end its consultation first");
+    }
+    api::shred_row(state, &row, OPERATOR)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `consult keys rotate`: a new key-encryption key version; every data key re-wrapped under it;
+/// the old versions destroyed. Needs the vault to itself (the service stopped).
+pub async fn rotate_keys(config: &Config) -> anyhow::Result<consult_vault::Rotation> {
+    let vault_dir = config.data_dir.join("vault");
+    let rotation = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let vault = Vault::open_exclusive(&vault_dir)?;
+        Ok(vault.rotate_keys()?)
+    })
+    .await??;
+    let pool = crate::db::open(&config.data_dir).await?;
+    crate::audit::AuditLog::new(pool)
+        .record(
+            time::OffsetDateTime::now_utc(),
+            OPERATOR,
+            Action::KeysRotated,
+            None,
+            json!({ "new_version": rotation.new_version, "rewrapped": rotation.rewrapped,
+                    "retired": rotation.retired }),
+        )
+        .await?;
+    Ok(rotation)
+}

@@ -1,0 +1,350 @@
+//! Recording orchestration: the policy decides, the service obeys.
+//!
+//! On every change that can matter — a patient admitted, a consent given, refused or withdrawn,
+//! someone leaving — [`reconcile`] asks `consult_policy::decide_recording` again, starts or
+//! stops the consultation's [`recorder`] to match, tells every participant (`recording`
+//! message) and audits the decision. A live-only consultation never has a recorder and never
+//! writes anything. A recording that fails (storage full) is not restarted in that
+//! consultation: the call goes on, and the loss is reported and audited.
+
+pub mod api;
+pub mod cli;
+pub mod export;
+pub mod recorder;
+pub mod rows;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use consult_policy::{
+    decide_recording, Decision, Mode, OrganisationPolicy, Reason, RecordingInput,
+};
+use consult_proto::api::ConsultationMode;
+use consult_proto::signal::{RecordingState, ServerMessage};
+use consult_vault::Vault;
+use serde_json::json;
+use time::Duration as TimeDuration;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::audit::Action;
+use crate::state::AppState;
+
+/// Why a recorder is told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The patient withdrew consent: what was recorded stays, flagged `withdrawn`.
+    ConsentWithdrawn,
+    /// The policy no longer records (the patient left, the consultation ended): `complete`.
+    Ended,
+}
+
+struct Running {
+    recording_id: Uuid,
+    stop: Option<oneshot::Sender<StopReason>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// The recorders of every live consultation, and the vault they write into.
+pub struct Recordings {
+    /// The encrypted store.
+    pub vault: Arc<Vault>,
+    /// The address recorders receive media on.
+    pub media_address: IpAddr,
+    running: Mutex<HashMap<Uuid, Running>>,
+    failed: Mutex<HashSet<Uuid>>,
+    last_decision: Mutex<HashMap<Uuid, Decision>>,
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+impl Recordings {
+    /// Recordings over `vault`, with recorders receiving on `media_address`.
+    pub fn new(vault: Vault, media_address: IpAddr) -> Self {
+        Self {
+            vault: Arc::new(vault),
+            media_address,
+            running: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashSet::new()),
+            last_decision: Mutex::new(HashMap::new()),
+            reconciling: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The recording being written in a consultation now, if any.
+    pub fn active(&self, consultation_id: Uuid) -> Option<Uuid> {
+        Self::lock(&self.running)
+            .get(&consultation_id)
+            .map(|r| r.recording_id)
+    }
+
+    /// Stop every recorder and wait for them to seal their last chunk (service shutdown).
+    pub async fn stop_all(&self) {
+        let running: Vec<Running> = Self::lock(&self.running).drain().map(|(_, r)| r).collect();
+        for mut r in running {
+            if let Some(stop) = r.stop.take() {
+                let _ = stop.send(StopReason::Ended);
+            }
+            let _ = r.done.await;
+        }
+    }
+}
+
+fn organisation(state: &AppState) -> OrganisationPolicy {
+    OrganisationPolicy {
+        recording_allowed: state.config.policy.recording_allowed,
+        e2ee_required: state.config.policy.e2ee_required,
+        retention_days: state.config.policy.retention_days,
+    }
+}
+
+/// What participants are told, from the decision (and whether recording failed).
+fn announcement(decision: &Decision, failed: Option<&str>) -> ServerMessage {
+    let reasons: Vec<String> = decision
+        .reasons()
+        .iter()
+        .map(|r| {
+            serde_json::to_value(r)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        })
+        .collect();
+    let has = |r: Reason| decision.reasons().contains(&r);
+    let (state, retention_days, zero_knowledge) = match decision {
+        _ if failed.is_some() => (RecordingState::Failed, None, false),
+        Decision::Record(plan) => (
+            RecordingState::Recording,
+            Some(plan.retention_days),
+            plan.zero_knowledge,
+        ),
+        Decision::LiveOnly { .. } if has(Reason::ConsentWithdrawn) => {
+            (RecordingState::Withdrawn, None, false)
+        }
+        Decision::LiveOnly { .. }
+            if has(Reason::OrganisationForbidsRecording) || has(Reason::ModeLiveOnly) =>
+        {
+            (RecordingState::LiveOnly, None, false)
+        }
+        Decision::LiveOnly { .. } if has(Reason::ConsentDeclined) => {
+            (RecordingState::Declined, None, false)
+        }
+        Decision::LiveOnly { .. } => (RecordingState::AwaitingConsent, None, false),
+    };
+    ServerMessage::Recording {
+        state,
+        reasons,
+        retention_days,
+        zero_knowledge,
+        problem: failed.map(str::to_owned),
+    }
+}
+
+/// Decide again whether `consultation_id` is recorded, and make it so.
+pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
+    let recordings = &state.recordings;
+    let _serial = recordings.reconciling.lock().await;
+    let Some((info, participants)) = state.hub.recording_facts(consultation_id) else {
+        stop(state, consultation_id, StopReason::Ended).await;
+        Recordings::lock(&recordings.last_decision).remove(&consultation_id);
+        return;
+    };
+    let decision = decide_recording(&RecordingInput {
+        org: organisation(state),
+        mode: match info.mode {
+            ConsultationMode::LiveOnly => Mode::LiveOnly,
+            ConsultationMode::Recorded => Mode::Recorded,
+        },
+        e2ee: info.e2ee,
+        participants: &participants,
+    });
+    let changed = Recordings::lock(&recordings.last_decision)
+        .insert(consultation_id, decision.clone())
+        .as_ref()
+        != Some(&decision);
+    if changed {
+        let audited = state
+            .audit
+            .record(
+                state.clock.now(),
+                "system",
+                Action::RecordingDecision,
+                Some(consultation_id),
+                json!({ "decision": decision }),
+            )
+            .await;
+        if let Err(e) = audited {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "could not audit a recording decision"
+            );
+        }
+    }
+    let failed = Recordings::lock(&recordings.failed).contains(&consultation_id);
+    let running = recordings.active(consultation_id).is_some();
+    let mut problem = failed.then(|| "the recording stopped after a storage failure".to_owned());
+    let mut stopping = None;
+    match &decision {
+        Decision::Record(plan) if !running && !failed => {
+            if let Err(e) = start(state, &info, plan).await {
+                tracing::error!(error = format!("{e:#}"), "could not start a recorder");
+                problem = Some("the recorder could not start".to_owned());
+                mark_failed(state, consultation_id, &format!("{e:#}")).await;
+            }
+        }
+        Decision::LiveOnly { reasons } if running => {
+            let reason = if reasons.contains(&Reason::ConsentWithdrawn) {
+                StopReason::ConsentWithdrawn
+            } else {
+                StopReason::Ended
+            };
+            // Told at once; everyone hears before the last chunk is sealed.
+            stopping = Recordings::lock(&recordings.running).remove(&consultation_id);
+            if let Some(running) = &mut stopping {
+                if let Some(stop) = running.stop.take() {
+                    let _ = stop.send(reason);
+                }
+            }
+        }
+        _ => {}
+    }
+    state
+        .hub
+        .announce_recording(consultation_id, announcement(&decision, problem.as_deref()));
+    if let Some(running) = stopping {
+        let _ = running.done.await;
+    }
+}
+
+async fn start(
+    state: &AppState,
+    info: &crate::signal::hub::RoomInfo,
+    plan: &consult_policy::RecordingPlan,
+) -> anyhow::Result<()> {
+    let recording_id = Uuid::new_v4();
+    let now = state.clock.now();
+    let retain_until = now + TimeDuration::days(i64::from(plan.retention_days));
+    let vault = state.recordings.vault.clone();
+    let writer =
+        tokio::task::spawn_blocking(move || vault.create_recording(recording_id)).await??;
+    rows::insert(
+        &state.pool,
+        recording_id,
+        info.consultation_id,
+        plan.zero_knowledge,
+        now,
+        retain_until,
+    )
+    .await?;
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let done = recorder::spawn(state.clone(), info.clone(), recording_id, writer, stop_rx);
+    Recordings::lock(&state.recordings.running).insert(
+        info.consultation_id,
+        Running {
+            recording_id,
+            stop: Some(stop_tx),
+            done,
+        },
+    );
+    state
+        .audit
+        .record(
+            now,
+            "system",
+            Action::RecordingStarted,
+            Some(info.consultation_id),
+            json!({ "recording_id": recording_id, "zero_knowledge": plan.zero_knowledge,
+                    "retain_until": retain_until.unix_timestamp() }),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Stop the consultation's recorder, if any, and wait until its last chunk is sealed.
+async fn stop(state: &AppState, consultation_id: Uuid, reason: StopReason) {
+    let running = Recordings::lock(&state.recordings.running).remove(&consultation_id);
+    if let Some(mut running) = running {
+        if let Some(stop) = running.stop.take() {
+            let _ = stop.send(reason);
+        }
+        let _ = running.done.await;
+    }
+}
+
+/// The recorder of `consultation_id` could not write: no more recording in this consultation.
+async fn mark_failed(state: &AppState, consultation_id: Uuid, problem: &str) {
+    Recordings::lock(&state.recordings.failed).insert(consultation_id);
+    let audited = state
+        .audit
+        .record(
+            state.clock.now(),
+            "system",
+            Action::RecordingFailed,
+            Some(consultation_id),
+            json!({ "problem": problem }),
+        )
+        .await;
+    if let Err(e) = audited {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "could not audit a recording failure"
+        );
+    }
+}
+
+/// Called by a recorder whose storage failed: the consultation goes on unrecorded, everyone is
+/// told, and it is audited.
+pub async fn recorder_failed(state: &AppState, consultation_id: Uuid, problem: &str) {
+    mark_failed(state, consultation_id, problem).await;
+    Recordings::lock(&state.recordings.running).remove(&consultation_id);
+    let decision = Recordings::lock(&state.recordings.last_decision)
+        .get(&consultation_id)
+        .cloned();
+    if let Some(decision) = decision {
+        let problem = format!("recording stopped: {problem}; the call goes on unrecorded");
+        state
+            .hub
+            .announce_recording(consultation_id, announcement(&decision, Some(&problem)));
+    }
+}
+
+/// Shred every recording past its retention (the retention job).
+pub async fn shred_expired(state: &AppState) -> anyhow::Result<usize> {
+    let expired = rows::past_retention(&state.pool, state.clock.now()).await?;
+    for row in &expired {
+        let vault = state.recordings.vault.clone();
+        let id = row.id;
+        tokio::task::spawn_blocking(move || vault.shred(id)).await??;
+        rows::set_shredded(&state.pool, id, state.clock.now()).await?;
+        state
+            .audit
+            .record(
+                state.clock.now(),
+                "system",
+                Action::RecordingShredded,
+                Some(row.consultation_id),
+                json!({ "recording_id": id, "reason": "retention" }),
+            )
+            .await?;
+    }
+    Ok(expired.len())
+}
+
+/// Run [`shred_expired`] now and then every `interval`, until the process ends.
+pub fn spawn_retention_job(state: AppState, interval: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            match shred_expired(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(shredded = n, "retention: shredded recordings"),
+                Err(e) => tracing::error!(error = format!("{e:#}"), "retention job failed"),
+            }
+        }
+    });
+}

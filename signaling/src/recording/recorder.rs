@@ -1,0 +1,569 @@
+//! The recorder: a receive-only participant built on the media core.
+//!
+//! It takes a place in the consultation's room like anyone else (everyone sees it in the
+//! participant list), answers each participant's send-only offer with its own peer connection
+//! and UDP socket, and writes every encoded frame as it arrives — never decoding, never
+//! sending media. Frames are batched into records and sealed into the vault every
+//! `recording.chunk_interval` on a writer thread, so a crash loses at most one interval. With
+//! end-to-end encryption the frames stay SFrame ciphertext: the recorder holds no key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consult_media::peer::{
+    EncodedFrame, Output, Peer, PeerConfig, PeerEvent, RemoteDescriptionOutcome, TrackKind,
+    VideoCodec,
+};
+use consult_proto::signal::{
+    IceCandidate, ParticipantRole, SdpKind, ServerMessage, SessionDescription,
+};
+use consult_vault::recording::{Codec, Frame, Record, RecordBatch, Track, TrackRole};
+use consult_vault::RecordingWriter;
+use serde_json::json;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::rows::{self, RecordingStatus};
+use super::StopReason;
+use crate::audit::Action;
+use crate::signal::hub::{Identity, Outbound, RoomInfo};
+use crate::state::AppState;
+
+/// Seal a chunk early once this much is batched.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Ask a sender for a keyframe at most this often while waiting for one.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+enum Sealing {
+    Append(Vec<u8>),
+    Finish(Vec<u8>),
+}
+
+/// What the writer thread did.
+struct Sealed {
+    chunks: u64,
+    bytes: u64,
+    finished: bool,
+}
+
+/// The writer thread: seals and syncs each batch; reports the first storage failure.
+fn spawn_writer(
+    mut writer: RecordingWriter,
+    failures: mpsc::UnboundedSender<String>,
+) -> (
+    std::sync::mpsc::Sender<Sealing>,
+    std::thread::JoinHandle<Sealed>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<Sealing>();
+    let handle = std::thread::spawn(move || {
+        let mut sealed = Sealed {
+            chunks: 0,
+            bytes: 32,
+            finished: false,
+        };
+        for job in rx {
+            let (bytes, result) = match &job {
+                Sealing::Append(b) => (b.len(), writer.append(b)),
+                Sealing::Finish(b) => (b.len(), writer.finish(b)),
+            };
+            if let Err(e) = result {
+                let _ = failures.send(e.to_string());
+                break;
+            }
+            sealed.chunks = writer.chunks();
+            sealed.bytes += (bytes + 4 + consult_vault::chunks::TAG_LEN) as u64;
+            if matches!(job, Sealing::Finish(_)) {
+                sealed.finished = true;
+                break;
+            }
+        }
+        sealed
+    });
+    (tx, handle)
+}
+
+struct RemotePeer {
+    peer: Peer,
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    next_timeout: Instant,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RemotePeer {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+struct TrackState {
+    id: u8,
+    codec: Codec,
+    /// RTP time and recording time (µs) of the frame the timeline is anchored on.
+    anchor: Option<(u64, u64)>,
+    waiting_for_keyframe: bool,
+    last_keyframe_request: Option<Instant>,
+}
+
+struct Datagram {
+    from: Uuid,
+    source: SocketAddr,
+    bytes: Vec<u8>,
+    at: Instant,
+}
+
+struct Recorder {
+    state: AppState,
+    info: RoomInfo,
+    me: Uuid,
+    roles: HashMap<Uuid, ParticipantRole>,
+    peers: HashMap<Uuid, RemotePeer>,
+    tracks: HashMap<(Uuid, bool), TrackState>,
+    next_track: u8,
+    batch: RecordBatch,
+    started: Instant,
+    datagrams: mpsc::Sender<Datagram>,
+    frames: u64,
+}
+
+/// Join the consultation as its recorder and record until told to stop (or the consultation
+/// ends). Returns the task, which has sealed the stream and updated the recording's row when it
+/// finishes.
+pub fn spawn(
+    state: AppState,
+    info: RoomInfo,
+    recording_id: Uuid,
+    writer: RecordingWriter,
+    stop: oneshot::Receiver<StopReason>,
+) -> tokio::task::JoinHandle<()> {
+    let (conn, outbound) = state.hub.connection(256);
+    let me = Uuid::new_v4();
+    state.hub.join(
+        info.clone(),
+        Identity::Recorder { participant_id: me },
+        conn,
+        state.clock.now(),
+        state.config.signaling.heartbeat_interval.as_millis() as u64,
+    );
+    let (datagrams_tx, datagrams) = mpsc::channel(1024);
+    let recorder = Recorder {
+        state: state.clone(),
+        info,
+        me,
+        roles: HashMap::new(),
+        peers: HashMap::new(),
+        tracks: HashMap::new(),
+        next_track: 0,
+        batch: RecordBatch::default(),
+        started: Instant::now(),
+        datagrams: datagrams_tx,
+        frames: 0,
+    };
+    tokio::spawn(recorder.run(recording_id, writer, outbound, datagrams, stop))
+}
+
+enum Ending {
+    Stop(StopReason),
+    Failed(String),
+}
+
+impl Recorder {
+    async fn run(
+        mut self,
+        recording_id: Uuid,
+        writer: RecordingWriter,
+        mut outbound: mpsc::Receiver<Outbound>,
+        mut datagrams: mpsc::Receiver<Datagram>,
+        mut stop: oneshot::Receiver<StopReason>,
+    ) {
+        let (failures_tx, mut failures) = mpsc::unbounded_channel();
+        let (sealing, sealer) = spawn_writer(writer, failures_tx);
+        let mut seal_tick = tokio::time::interval(self.state.config.recording.chunk_interval);
+        seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ending = loop {
+            let wake = self
+                .peers
+                .values()
+                .map(|p| p.next_timeout)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+                .max(Instant::now());
+            tokio::select! {
+                message = outbound.recv() => match message {
+                    Some(Outbound::Message(ServerMessage::ConsultationEnded {}))
+                    | Some(Outbound::Close)
+                    | None => break Ending::Stop(StopReason::Ended),
+                    Some(Outbound::Message(message)) => self.handle_signal(message).await,
+                },
+                Some(datagram) = datagrams.recv() => {
+                    if let Some(remote) = self.peers.get_mut(&datagram.from) {
+                        if let Err(e) = remote.peer.handle_receive(datagram.at, datagram.source, remote.local, &datagram.bytes) {
+                            tracing::debug!(error = %e, "recorder dropped a datagram");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    for remote in self.peers.values_mut() {
+                        if remote.next_timeout <= now {
+                            if let Err(e) = remote.peer.handle_timeout(now) {
+                                tracing::debug!(error = %e, "recorder peer timeout failed");
+                            }
+                        }
+                    }
+                }
+                _ = seal_tick.tick() => {
+                    if !self.batch.is_empty() && sealing.send(Sealing::Append(self.batch.take())).is_err() {
+                        // The writer stopped: its failure arrives on `failures`.
+                    }
+                }
+                Some(problem) = failures.recv() => break Ending::Failed(problem),
+                reason = &mut stop => break Ending::Stop(reason.unwrap_or(StopReason::Ended)),
+            }
+            self.drain();
+            if self.batch.len() >= MAX_BATCH_BYTES {
+                let _ = sealing.send(Sealing::Append(self.batch.take()));
+            }
+        };
+        self.peers.clear();
+        if let Ending::Stop(StopReason::ConsentWithdrawn) = ending {
+            self.batch.push(&Record::Note {
+                at_us: self.started.elapsed().as_micros() as u64,
+                text: "consent withdrawn: recording stopped".into(),
+            });
+        }
+        if !matches!(ending, Ending::Failed(_)) {
+            let _ = sealing.send(Sealing::Finish(self.batch.take()));
+        }
+        drop(sealing);
+        let sealed = tokio::task::spawn_blocking(move || sealer.join())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        // A failure reported while finishing counts too.
+        let ending = match failures.try_recv() {
+            Ok(problem) => Ending::Failed(problem),
+            Err(_) => ending,
+        };
+        let state = self.state.clone();
+        let consultation_id = self.info.consultation_id;
+        if let Some(departure) = state.hub.leave(consultation_id, self.me) {
+            if let Err(e) = crate::invites::depart(&state, &departure).await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "could not record the recorder leaving"
+                );
+            }
+        }
+        let (status, note) = match &ending {
+            Ending::Stop(StopReason::Ended) => (RecordingStatus::Complete, None),
+            Ending::Stop(StopReason::ConsentWithdrawn) => (
+                RecordingStatus::Withdrawn,
+                Some("the patient withdrew consent; recording stopped".to_owned()),
+            ),
+            Ending::Failed(problem) => (
+                RecordingStatus::Failed,
+                Some(format!(
+                    "storage failed while recording ({problem}); kept up to the last sealed chunk"
+                )),
+            ),
+        };
+        let (chunks, bytes, finished) =
+            sealed.map_or((0, 0, false), |s| (s.chunks, s.bytes, s.finished));
+        let now = state.clock.now();
+        if let Err(e) = rows::finish(
+            &state.pool,
+            recording_id,
+            status,
+            now,
+            chunks,
+            bytes,
+            note.as_deref(),
+        )
+        .await
+        {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "could not close a recording's row"
+            );
+        }
+        let audited = state
+            .audit
+            .record(
+                now,
+                "system",
+                Action::RecordingStopped,
+                Some(consultation_id),
+                json!({ "recording_id": recording_id, "state": status, "chunks": chunks,
+                        "bytes": bytes, "frames": self.frames, "sealed_whole": finished }),
+            )
+            .await;
+        if let Err(e) = audited {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "could not audit a recording's end"
+            );
+        }
+        if let Ending::Failed(problem) = ending {
+            super::recorder_failed(&state, consultation_id, &problem).await;
+        }
+    }
+
+    async fn handle_signal(&mut self, message: ServerMessage) {
+        match message {
+            ServerMessage::Joined { peers, .. } => {
+                for peer in peers {
+                    self.roles.insert(peer.participant_id, peer.role);
+                }
+            }
+            ServerMessage::PeerJoined { peer } => {
+                self.roles.insert(peer.participant_id, peer.role);
+            }
+            ServerMessage::PeerLeft { participant_id, .. } => {
+                self.peers.remove(&participant_id);
+            }
+            ServerMessage::Description { from, description }
+                if description.kind == SdpKind::Offer =>
+            {
+                if let Err(e) = self.answer(from, &description.sdp).await {
+                    tracing::warn!(error = %e, "recorder could not answer an offer");
+                }
+            }
+            ServerMessage::Candidate {
+                from,
+                candidate: Some(candidate),
+            } => {
+                if let Some(remote) = self.peers.get_mut(&from) {
+                    if let Err(e) = remote.peer.add_remote_candidate(&candidate.candidate) {
+                        tracing::debug!(error = %e, "recorder ignored a candidate");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn relay(&self, to: Uuid, message: ServerMessage) {
+        if let Err(code) = self
+            .state
+            .hub
+            .relay(self.info.consultation_id, self.me, to, message)
+        {
+            tracing::debug!(code = code.as_str(), "recorder message not relayed");
+        }
+    }
+
+    /// A participant offers its media: answer with a fresh receive-only connection (or apply it
+    /// to the existing one, for an ICE restart).
+    async fn answer(&mut self, from: Uuid, sdp: &str) -> anyhow::Result<()> {
+        if !matches!(
+            self.roles.get(&from),
+            Some(ParticipantRole::Doctor | ParticipantRole::Patient)
+        ) {
+            anyhow::bail!("an offer from someone who is not a doctor or patient here");
+        }
+        if let Some(remote) = self.peers.get_mut(&from) {
+            if let Ok(RemoteDescriptionOutcome::Answer(answer)) =
+                remote.peer.handle_remote_offer(sdp)
+            {
+                self.send_answer(from, answer, None);
+                return Ok(());
+            }
+            // The participant started a new connection: follow with a new one.
+            self.peers.remove(&from);
+        }
+        let socket = Arc::new(
+            UdpSocket::bind(SocketAddr::new(self.state.recordings.media_address, 0)).await?,
+        );
+        let local = socket.local_addr()?;
+        let now = Instant::now();
+        let mut peer = Peer::new(
+            PeerConfig {
+                video_codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
+                polite: true,
+                e2ee: None,
+                ..PeerConfig::default()
+            },
+            now,
+        );
+        let candidate = peer.add_host_candidate(local)?;
+        let RemoteDescriptionOutcome::Answer(answer) = peer.handle_remote_offer(sdp)? else {
+            anyhow::bail!("the offer produced no answer");
+        };
+        let reader = {
+            let socket = socket.clone();
+            let tx = self.datagrams.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok((n, source)) = socket.recv_from(&mut buf).await {
+                    let datagram = Datagram {
+                        from,
+                        source,
+                        bytes: buf[..n].to_vec(),
+                        at: Instant::now(),
+                    };
+                    if tx.send(datagram).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        self.peers.insert(
+            from,
+            RemotePeer {
+                peer,
+                socket,
+                local,
+                next_timeout: now,
+                reader,
+            },
+        );
+        self.send_answer(from, answer, candidate);
+        Ok(())
+    }
+
+    fn send_answer(&self, to: Uuid, sdp: String, candidate: Option<String>) {
+        self.relay(
+            to,
+            ServerMessage::Description {
+                from: self.me,
+                description: SessionDescription {
+                    kind: SdpKind::Answer,
+                    sdp,
+                },
+            },
+        );
+        if let Some(line) = candidate {
+            self.relay(
+                to,
+                ServerMessage::Candidate {
+                    from: self.me,
+                    candidate: Some(IceCandidate {
+                        candidate: line,
+                        sdp_mid: None,
+                        sdp_m_line_index: Some(0),
+                        username_fragment: None,
+                    }),
+                },
+            );
+        }
+    }
+
+    /// Run every peer until it waits for time or input: send its datagrams, record its frames.
+    fn drain(&mut self) {
+        let ids: Vec<Uuid> = self.peers.keys().copied().collect();
+        for id in ids {
+            while let Some(remote) = self.peers.get_mut(&id) {
+                match remote.peer.poll_output() {
+                    Ok(Output::Timeout(at)) => {
+                        remote.next_timeout = at;
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => {
+                        let _ = remote.socket.try_send_to(&t.contents, t.destination);
+                    }
+                    Ok(Output::Event(PeerEvent::Frame(frame))) => self.record(id, frame),
+                    Ok(Output::Event(PeerEvent::Connected)) => {
+                        let _ = remote.peer.request_keyframe();
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recorder peer failed; dropping it");
+                        self.peers.remove(&id);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, from: Uuid, frame: EncodedFrame) {
+        let codec = match frame.kind {
+            TrackKind::Audio => Codec::Opus,
+            TrackKind::Video(VideoCodec::Vp8) => Codec::Vp8,
+            TrackKind::Video(VideoCodec::H264) => Codec::H264,
+        };
+        let role = match self.roles.get(&from) {
+            Some(ParticipantRole::Doctor) => TrackRole::Doctor,
+            Some(ParticipantRole::Patient) => TrackRole::Patient,
+            _ => return,
+        };
+        let key = (from, codec.is_video());
+        let needs_track = self.tracks.get(&key).is_none_or(|t| t.codec != codec);
+        if needs_track {
+            let id = self.next_track;
+            self.next_track = self.next_track.wrapping_add(1);
+            self.batch.push(&Record::Track(Track {
+                id,
+                codec,
+                role,
+                participant: from,
+                protected: self.info.e2ee,
+            }));
+            self.tracks.insert(
+                key,
+                TrackState {
+                    id,
+                    codec,
+                    anchor: None,
+                    waiting_for_keyframe: codec.is_video(),
+                    last_keyframe_request: None,
+                },
+            );
+        }
+        let Some(track) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        if codec.is_video() {
+            if !frame.contiguous && !frame.keyframe {
+                track.waiting_for_keyframe = true;
+            }
+            if track.waiting_for_keyframe {
+                if !frame.keyframe {
+                    let due = track
+                        .last_keyframe_request
+                        .is_none_or(|at| at.elapsed() >= KEYFRAME_REQUEST_INTERVAL);
+                    if due {
+                        track.last_keyframe_request = Some(Instant::now());
+                        if let Some(remote) = self.peers.get_mut(&from) {
+                            let _ = remote.peer.request_keyframe();
+                        }
+                    }
+                    return;
+                }
+                track.waiting_for_keyframe = false;
+            }
+        }
+        // Frame times follow the sender's RTP clock from an anchor at arrival, re-anchored if
+        // they drift more than a second from arrival (a sender restart, a long gap).
+        let arrival = self.started.elapsed().as_micros() as u64;
+        let clock: i128 = if codec.is_video() { 90_000 } else { 48_000 };
+        let at_us = match track.anchor {
+            Some((rtp0, at0)) => {
+                let t = i128::from(at0)
+                    + (i128::from(frame.rtp_time) - i128::from(rtp0)) * 1_000_000 / clock;
+                if t < 0 || (t - i128::from(arrival)).abs() > 1_000_000 {
+                    track.anchor = Some((frame.rtp_time, arrival));
+                    arrival
+                } else {
+                    t as u64
+                }
+            }
+            None => {
+                track.anchor = Some((frame.rtp_time, arrival));
+                arrival
+            }
+        };
+        self.batch.push(&Record::Frame(Frame {
+            track: track.id,
+            at_us,
+            keyframe: frame.keyframe,
+            data: frame.data,
+        }));
+        self.frames += 1;
+    }
+}

@@ -1,0 +1,235 @@
+//! What the database knows about recordings (the media and keys are in the vault).
+
+use serde::{Deserialize, Serialize};
+use sqlx::{Row, SqlitePool};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::db::{from_unix, to_unix};
+
+/// Where a recording is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingStatus {
+    /// Being written now.
+    Recording,
+    /// Ended normally: whole.
+    Complete,
+    /// Stopped because the patient withdrew consent; what came before is kept and flagged.
+    Withdrawn,
+    /// Storage failed while recording; everything up to the last sealed chunk is kept.
+    Failed,
+    /// The service stopped without closing it (a crash); everything up to the last sealed chunk
+    /// is kept.
+    Interrupted,
+    /// Its key is destroyed: nothing can be read any more.
+    Shredded,
+}
+
+impl RecordingStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Recording => "recording",
+            Self::Complete => "complete",
+            Self::Withdrawn => "withdrawn",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+            Self::Shredded => "shredded",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "recording" => Self::Recording,
+            "complete" => Self::Complete,
+            "withdrawn" => Self::Withdrawn,
+            "failed" => Self::Failed,
+            "interrupted" => Self::Interrupted,
+            "shredded" => Self::Shredded,
+            other => anyhow::bail!("unknown recording state {other:?}"),
+        })
+    }
+
+    /// Whether its stream may end without a final chunk (it was cut short, and says so).
+    pub fn may_be_unfinished(self) -> bool {
+        matches!(self, Self::Failed | Self::Interrupted)
+    }
+}
+
+/// A recording, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecordingRow {
+    /// Id.
+    pub id: Uuid,
+    /// Its consultation.
+    pub consultation_id: Uuid,
+    /// Where it is in its life.
+    pub state: RecordingStatus,
+    /// SFrame ciphertext only the clinician's recording key opens.
+    pub zero_knowledge: bool,
+    /// When recording started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// When it stopped.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    /// When the retention job shreds it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub retain_until: OffsetDateTime,
+    /// Sealed chunks.
+    pub chunks: i64,
+    /// Bytes of sealed media.
+    pub bytes: i64,
+    /// Why it stopped, for people.
+    pub note: Option<String>,
+}
+
+const SELECT: &str = "SELECT id, consultation_id, state, zero_knowledge, started_at, ended_at, \
+                      retain_until, chunks, bytes, note FROM recordings";
+
+fn from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<RecordingRow> {
+    Ok(RecordingRow {
+        id: Uuid::parse_str(row.get::<&str, _>(0))?,
+        consultation_id: Uuid::parse_str(row.get::<&str, _>(1))?,
+        state: RecordingStatus::parse(row.get::<&str, _>(2))?,
+        zero_knowledge: row.get::<i64, _>(3) != 0,
+        started_at: from_unix(row.get(4)),
+        ended_at: row.get::<Option<i64>, _>(5).map(from_unix),
+        retain_until: from_unix(row.get(6)),
+        chunks: row.get(7),
+        bytes: row.get(8),
+        note: row.get(9),
+    })
+}
+
+/// A new recording, in state `recording`.
+pub async fn insert(
+    pool: &SqlitePool,
+    id: Uuid,
+    consultation_id: Uuid,
+    zero_knowledge: bool,
+    started_at: OffsetDateTime,
+    retain_until: OffsetDateTime,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO recordings (id, consultation_id, state, zero_knowledge, started_at, retain_until)
+         VALUES (?, ?, 'recording', ?, ?, ?)",
+    )
+    .bind(id.to_string())
+    .bind(consultation_id.to_string())
+    .bind(i64::from(zero_knowledge))
+    .bind(to_unix(started_at))
+    .bind(to_unix(retain_until))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The recording stopped.
+pub async fn finish(
+    pool: &SqlitePool,
+    id: Uuid,
+    state: RecordingStatus,
+    ended_at: OffsetDateTime,
+    chunks: u64,
+    bytes: u64,
+    note: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE recordings SET state = ?, ended_at = ?, chunks = ?, bytes = ?, note = ? WHERE id = ?",
+    )
+    .bind(state.as_str())
+    .bind(to_unix(ended_at))
+    .bind(chunks as i64)
+    .bind(bytes as i64)
+    .bind(note)
+    .bind(id.to_string())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One recording.
+pub async fn find(pool: &SqlitePool, id: Uuid) -> anyhow::Result<Option<RecordingRow>> {
+    sqlx::query(&format!("{SELECT} WHERE id = ?"))
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await?
+        .map(from_row)
+        .transpose()
+}
+
+/// A consultation's recordings, oldest first.
+pub async fn of_consultation(
+    pool: &SqlitePool,
+    consultation_id: Uuid,
+) -> anyhow::Result<Vec<RecordingRow>> {
+    sqlx::query(&format!(
+        "{SELECT} WHERE consultation_id = ? ORDER BY started_at, id"
+    ))
+    .bind(consultation_id.to_string())
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(from_row)
+    .collect()
+}
+
+/// Every recording, newest first (operators).
+pub async fn all(pool: &SqlitePool) -> anyhow::Result<Vec<RecordingRow>> {
+    sqlx::query(&format!("{SELECT} ORDER BY started_at DESC, id"))
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(from_row)
+        .collect()
+}
+
+/// Recordings past their retention and not yet shredded (nor being written).
+pub async fn past_retention(
+    pool: &SqlitePool,
+    now: OffsetDateTime,
+) -> anyhow::Result<Vec<RecordingRow>> {
+    sqlx::query(&format!(
+        "{SELECT} WHERE retain_until <= ? AND state NOT IN ('shredded', 'recording')"
+    ))
+    .bind(to_unix(now))
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(from_row)
+    .collect()
+}
+
+/// The recording's key is destroyed.
+pub async fn set_shredded(pool: &SqlitePool, id: Uuid, at: OffsetDateTime) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE recordings SET state = 'shredded', ended_at = COALESCE(ended_at, ?) WHERE id = ?",
+    )
+    .bind(to_unix(at))
+    .bind(id.to_string())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// At start-up nothing is being recorded: recordings the previous process left open were
+/// interrupted. Returns their ids.
+pub async fn mark_interrupted(pool: &SqlitePool, now: OffsetDateTime) -> anyhow::Result<Vec<Uuid>> {
+    let open: Vec<Uuid> = sqlx::query("SELECT id FROM recordings WHERE state = 'recording'")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|row| Uuid::parse_str(row.get::<&str, _>(0)))
+        .collect::<Result<_, _>>()?;
+    sqlx::query(
+        "UPDATE recordings SET state = 'interrupted', ended_at = ?,
+         note = 'the service stopped while recording; kept up to the last sealed chunk'
+         WHERE state = 'recording'",
+    )
+    .bind(to_unix(now))
+    .execute(pool)
+    .await?;
+    Ok(open)
+}
