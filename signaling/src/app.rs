@@ -35,6 +35,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
         invites::inspect, invites::redeem,
         ice::get,
         recording::api::list, recording::api::download, recording::api::shred,
+        recording::api::get_recording_key, recording::api::put_recording_key,
     ),
     components(schemas(
         consult_proto::signal::ClientMessage,
@@ -120,6 +121,10 @@ pub fn router(state: AppState) -> Router {
         .route("/consultations/{id}/recordings", get(recording::api::list))
         .route("/recordings/{id}/export", get(recording::api::download))
         .route("/recordings/{id}", delete(recording::api::shred))
+        .route(
+            "/account/recording-key",
+            get(recording::api::get_recording_key).put(recording::api::put_recording_key),
+        )
         .route("/waiting-room", get(consultations::waiting_room))
         .route("/invites/inspect", post(invites::inspect))
         .route("/invites/redeem", post(invites::redeem))

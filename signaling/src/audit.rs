@@ -81,6 +81,8 @@ pub enum Action {
     RecordingAccessDenied,
     /// The vault's key-encryption keys were rotated.
     KeysRotated,
+    /// A clinician registered (or removed) their recording public key.
+    RecordingKeyRegistered,
 }
 
 /// One stored entry.

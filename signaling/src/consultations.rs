@@ -200,12 +200,17 @@ pub async fn create(
             "this organisation requires end-to-end encryption for every consultation",
         ));
     }
-    if mode == ConsultationMode::Recorded && req.e2ee.unwrap_or(e2ee_required) {
-        // Zero-knowledge recording needs every client to wrap its SFrame keys to the
-        // clinician's recording key; until clients do, refuse rather than record nothing.
+    if mode == ConsultationMode::Recorded
+        && req.e2ee.unwrap_or(e2ee_required)
+        && crate::recording::api::recording_key_of(&state.pool, doctor.0.user.id)
+            .await?
+            .is_none()
+    {
+        // A zero-knowledge recording is wrapped to the clinician's recording key: without
+        // one, nobody could ever open it.
         return Err(ApiError::bad_request(
-            "recording_unavailable",
-            "recording an end-to-end encrypted consultation is not available yet; choose one or the other",
+            "recording_key_missing",
+            "register your recording key (consult recording keygen) before recording end-to-end encrypted consultations",
         ));
     }
     let e2ee = req.e2ee.unwrap_or(e2ee_required);

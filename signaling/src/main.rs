@@ -64,6 +64,23 @@ enum RecordingCommand {
         /// A file holding the clinician's session token.
         #[arg(long, env = "CONSULT_SESSION_TOKEN_FILE")]
         session_token_file: Option<PathBuf>,
+        /// End-to-end encrypted recordings: the clinician's key file (`recording keygen`).
+        #[arg(long, requires = "passphrase_file")]
+        key_file: Option<PathBuf>,
+        /// The file whose first line is the key file's passphrase.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Create a clinician's recording key: writes the key file (private key sealed under the
+    /// passphrase with Argon2id) and prints the public key to register in the web demo
+    /// (`PUT /api/v1/account/recording-key`).
+    Keygen {
+        /// The key file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The file whose first line is the passphrase (at least 12 characters).
+        #[arg(long)]
+        passphrase_file: PathBuf,
     },
     /// Destroy a recording's key: every copy of it, backups included, becomes unreadable.
     Shred {
@@ -280,6 +297,8 @@ async fn recording_command(command: RecordingCommand) -> anyhow::Result<ExitCode
             id,
             out,
             session_token_file,
+            key_file,
+            passphrase_file,
         } => {
             let state = recording::cli::open_state(location.load()?).await?;
             let token = match &session_token_file {
@@ -289,7 +308,13 @@ async fn recording_command(command: RecordingCommand) -> anyhow::Result<ExitCode
                 ),
                 None => None,
             };
-            let summary = recording::cli::export(&state, id, &out, token.as_deref()).await?;
+            let key = match (&key_file, &passphrase_file) {
+                (Some(key), Some(passphrase)) => {
+                    Some(recording::cli::unlock_key_file(key, passphrase)?)
+                }
+                _ => None,
+            };
+            let summary = recording::cli::export(&state, id, &out, token.as_deref(), key).await?;
             println!(
                 "exported {} ({} tracks, {} frames, {:.1} s, {}) to {}",
                 id,
@@ -299,6 +324,14 @@ async fn recording_command(command: RecordingCommand) -> anyhow::Result<ExitCode
                 summary.container.extension(),
                 out.display()
             );
+        }
+        RecordingCommand::Keygen {
+            out,
+            passphrase_file,
+        } => {
+            let public = recording::cli::keygen(&out, &passphrase_file)?;
+            println!("wrote {}", out.display());
+            println!("recording public key: {public}");
         }
         RecordingCommand::Shred { location, id } => {
             let state = recording::cli::open_state(location.load()?).await?;

@@ -452,7 +452,7 @@ async fn consultations_belong_to_their_doctor() {
         .unwrap();
     assert_eq!(
         error_code(r).await,
-        (StatusCode::BAD_REQUEST, "recording_unavailable".into())
+        (StatusCode::BAD_REQUEST, "recording_key_missing".into())
     );
     let r = alice
         .bearer(Method::POST, "/api/v1/consultations")

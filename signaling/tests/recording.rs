@@ -236,3 +236,280 @@ async fn a_refusal_is_final_and_recording_can_be_forbidden_by_the_organisation()
         (StatusCode::BAD_REQUEST, "recording_not_allowed".into())
     );
 }
+
+/// A stand-in for a client of an end-to-end encrypted consultation: a native peer that offers
+/// the recorder a connection and sends it SFrame-protected frames under a key it wrapped to the
+/// clinician's recording key. Its frames carry a marker the test then looks for.
+mod protected_sender {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use base64::Engine as _;
+    use consult_e2ee::format::protect;
+    use consult_e2ee::recording_key::{EpochKeyBinding, RecordingPublicKey};
+    use consult_e2ee::sframe::{BaseKey, SenderKey, Suite};
+    use consult_e2ee::MediaFormat;
+    use consult_media::peer::{Output, Peer, PeerConfig, VideoCodec};
+    use consult_proto::signal::{ClientMessage, SdpKind, ServerMessage, SessionDescription};
+    use tokio::net::UdpSocket;
+    use uuid::Uuid;
+
+    pub const MARKER: &[u8] = b"CONSULT-PLAINTEXT-MARKER";
+
+    /// A VP8 keyframe header (tag, start code, 64x48) followed by the marker, repeated.
+    fn vp8_keyframe() -> Vec<u8> {
+        let mut frame = vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 64, 0, 48, 0];
+        for _ in 0..20 {
+            frame.extend_from_slice(MARKER);
+        }
+        frame
+    }
+
+    /// Offer the recorder a connection from `me`, wrap one epoch key, send `frames` protected
+    /// frames; returns how many were written.
+    pub async fn send(
+        ws: &mut super::common::Signal,
+        me: Uuid,
+        recorder: Uuid,
+        recording_id: Uuid,
+        recording_key: &str,
+        frames: usize,
+    ) -> usize {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local: SocketAddr = socket.local_addr().unwrap();
+        let start = Instant::now();
+        let mut peer = Peer::new(
+            PeerConfig {
+                audio: false,
+                video_codecs: vec![VideoCodec::Vp8],
+                ..PeerConfig::default()
+            },
+            start,
+        );
+        let candidate = peer.add_host_candidate(local).unwrap().unwrap();
+        let offer = peer.create_offer().unwrap().unwrap();
+        ws.send(&ClientMessage::Description {
+            to: recorder,
+            description: SessionDescription {
+                kind: SdpKind::Offer,
+                sdp: offer,
+            },
+        })
+        .await;
+        ws.send(&ClientMessage::Candidate {
+            to: recorder,
+            candidate: Some(consult_proto::signal::IceCandidate {
+                candidate,
+                sdp_mid: None,
+                sdp_m_line_index: Some(0),
+                username_fragment: None,
+            }),
+        })
+        .await;
+
+        // The key: wrapped to the clinician and sent before any frame uses it.
+        let suite = Suite::Aes128Gcm;
+        let kid = (0x5a << 24) | 1;
+        let base = BaseKey::new(vec![0x42; 16]);
+        let binding = EpochKeyBinding {
+            recording: *recording_id.as_bytes(),
+            sender: *me.as_bytes(),
+            kid,
+            suite,
+        };
+        let public = RecordingPublicKey::from_base64(recording_key).unwrap();
+        let wrapped = binding
+            .wrap(&public, &base, &mut rand::rngs::OsRng)
+            .unwrap();
+        ws.send(&ClientMessage::RecordingKey {
+            recording_id,
+            kid,
+            suite: suite.id(),
+            wrapped: base64::engine::general_purpose::STANDARD.encode(wrapped),
+        })
+        .await;
+        let sender = SenderKey::new(suite, kid, &base).unwrap();
+
+        let mut buf = vec![0u8; 2048];
+        let mut written = 0;
+        let deadline = start + Duration::from_secs(20);
+        while written < frames && Instant::now() < deadline {
+            for message in ws.drain(Duration::from_millis(2)).await {
+                match message {
+                    ServerMessage::Description { from, description } if from == recorder => {
+                        peer.handle_remote_answer(&description.sdp).unwrap();
+                    }
+                    ServerMessage::Candidate {
+                        from,
+                        candidate: Some(c),
+                    } if from == recorder => {
+                        peer.add_remote_candidate(&c.candidate).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+            while let Ok(Ok((n, source))) =
+                tokio::time::timeout(Duration::from_millis(2), socket.recv_from(&mut buf)).await
+            {
+                peer.handle_receive(Instant::now(), source, local, &buf[..n])
+                    .unwrap();
+            }
+            peer.handle_timeout(Instant::now()).unwrap();
+            if peer.is_connected() {
+                let protected =
+                    protect(MediaFormat::Vp8, &sender, written as u64, &vp8_keyframe()).unwrap();
+                let rtp = 3000 * written as u64;
+                if peer
+                    .write_video(Instant::now(), rtp, VideoCodec::Vp8, &protected)
+                    .is_ok()
+                {
+                    written += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            loop {
+                match peer.poll_output().unwrap() {
+                    Output::Transmit(t) => {
+                        socket.send_to(&t.contents, t.destination).await.unwrap();
+                    }
+                    Output::Timeout(_) => break,
+                    Output::Event(_) => {}
+                }
+            }
+        }
+        written
+    }
+}
+
+#[tokio::test]
+async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_clinicians_key() {
+    use consult_e2ee::recording_key::RecordingKeyPair;
+    use consult_signaling::recording::export::{self, ExportError};
+    use consult_signaling::recording::rows;
+    use consult_vault::recording::RecordingContents;
+    use protected_sender::MARKER;
+
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("ann@clinic.test").await;
+    let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    let r = doctor
+        .bearer(Method::PUT, "/api/v1/account/recording-key")
+        .json(&json!({ "public_key": clinician.public().to_base64() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (consultation, invite) = doctor
+        .create_consultation_with(json!({ "mode": "recorded", "e2ee": true }))
+        .await;
+    let (mut doctor_ws, _) = doctor.join(&svc, consultation.id).await;
+    let patient = svc.patient(&invite, "Pat").await;
+    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
+    doctor_ws
+        .send(&ClientMessage::Admit {
+            participant_id: patient.participant_id,
+        })
+        .await;
+    patient_ws.recv_type("admitted").await;
+    patient_ws.send(&consent(true)).await;
+    let ServerMessage::PeerJoined { peer: recorder } = patient_ws.recv_type("peer_joined").await
+    else {
+        unreachable!()
+    };
+    let (recording_id, recording_key) = loop {
+        if let ServerMessage::Recording {
+            state: RecordingState::Recording,
+            recording_id: Some(id),
+            recording_key: Some(key),
+            zero_knowledge: true,
+            ..
+        } = patient_ws.recv_type("recording").await
+        {
+            break (id, key);
+        }
+    };
+    assert_eq!(recording_key, clinician.public().to_base64());
+    // A key for another recording is refused.
+    patient_ws
+        .send(&ClientMessage::RecordingKey {
+            recording_id: uuid::Uuid::new_v4(),
+            kid: 1,
+            suite: 4,
+            wrapped: "AAAA".into(),
+        })
+        .await;
+    assert!(!patient_ws.expect_error("outside_consultation").await);
+
+    let sent = protected_sender::send(
+        &mut patient_ws,
+        patient.participant_id,
+        recorder.participant_id,
+        recording_id,
+        &recording_key,
+        40,
+    )
+    .await;
+    assert_eq!(sent, 40, "frames written to the recorder");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let r = doctor
+        .bearer(
+            Method::POST,
+            &format!("/api/v1/consultations/{}/end", consultation.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    // What the operator holds — the vault opened with its keyring — is ciphertext only.
+    let state = svc.state();
+    let vault = state.recordings.vault.clone();
+    let row = loop {
+        let row = rows::find(&state.pool, recording_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if row.state != rows::RecordingStatus::Recording {
+            break row;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(row.zero_knowledge);
+    let contents =
+        RecordingContents::read(vault.open_recording(recording_id).unwrap(), false).unwrap();
+    assert!(
+        contents.frames.len() >= 30,
+        "{} frames recorded",
+        contents.frames.len()
+    );
+    assert_eq!(contents.epoch_keys.len(), 1);
+    let contains = |bytes: &[u8]| bytes.windows(MARKER.len()).any(|w| w == MARKER);
+    assert!(
+        contents.frames.iter().all(|f| !contains(&f.data)),
+        "no plaintext in the recorder's output"
+    );
+    let media = std::fs::read(
+        state
+            .config
+            .data_dir
+            .join("vault/media")
+            .join(format!("{recording_id}.cvlt")),
+    )
+    .unwrap();
+    assert!(!contains(&media));
+
+    // The operator's keyring alone does not open it; another clinician's key does not either.
+    let mut out = std::io::Cursor::new(Vec::new());
+    let err = export::export(&vault, &row, None, &mut out).unwrap_err();
+    assert!(matches!(err, ExportError::NeedsClinicianKey(_)), "{err}");
+    let stranger = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    let err = export::export(&vault, &row, Some(&stranger), &mut out).unwrap_err();
+    assert!(matches!(err, ExportError::DoesNotOpen { .. }), "{err}");
+    assert!(err.to_string().contains("does not open"));
+
+    // The clinician's key opens every frame: the plaintext is in the export.
+    let mut out = std::io::Cursor::new(Vec::new());
+    let summary = export::export(&vault, &row, Some(&clinician), &mut out).unwrap();
+    assert_eq!(summary.frames, contents.frames.len());
+    assert!(contains(&out.into_inner()));
+}

@@ -131,6 +131,7 @@
 //! the last one accepted from that sender are refused as replays.
 
 pub mod format;
+pub mod recording_key;
 pub mod sas;
 pub mod schedule;
 pub mod sframe;

@@ -83,6 +83,22 @@ pub enum ClientMessage {
         /// True: the patient agrees to be recorded. False: they refuse or withdraw.
         recording: bool,
     },
+    /// Zero-knowledge recording: one SFrame base key of the media this client sends to the
+    /// recorder, wrapped to the clinician's recording key with HPKE (RFC 9180; X25519,
+    /// HKDF-SHA256, AES-256-GCM; base mode) — `info` = "consult recording epoch key v1",
+    /// `aad` = recording id (16 bytes) ‖ sender participant id (16) ‖ kid (u64) ‖ suite (u16),
+    /// big-endian. Send one before the first frame under each key. The service hands it to the
+    /// recorder, which stores it beside the ciphertext; neither can open it.
+    RecordingKey {
+        /// The recording (from the `recording` message).
+        recording_id: uuid::Uuid,
+        /// The SFrame KID the key is for.
+        kid: u64,
+        /// The SFrame cipher suite (4: AES_128_GCM_SHA256_128, 5: AES_256_GCM_SHA512_128).
+        suite: u16,
+        /// Base64 of the HPKE `enc` (32 bytes) followed by the ciphertext.
+        wrapped: String,
+    },
 }
 
 /// `RTCSessionDescriptionInit`.
@@ -291,6 +307,26 @@ pub enum ServerMessage {
         /// What went wrong, for people (with `failed`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         problem: Option<String>,
+        /// The recording being made (with `recording`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recording_id: Option<uuid::Uuid>,
+        /// Zero-knowledge: the clinician's recording public key (X25519, base64) that every
+        /// client wraps its SFrame keys to (`recording_key` messages).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recording_key: Option<String>,
+    },
+    /// Recorder only: a client's wrapped SFrame key (see [`ClientMessage::RecordingKey`]).
+    RecordingKey {
+        /// Who sent it.
+        from: uuid::Uuid,
+        /// The recording.
+        recording_id: uuid::Uuid,
+        /// The SFrame KID.
+        kid: u64,
+        /// The SFrame cipher suite.
+        suite: u16,
+        /// Base64 of `enc` ‖ ciphertext.
+        wrapped: String,
     },
     /// The consultation ended; the connection closes after this.
     ConsultationEnded {},
@@ -376,6 +412,7 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "ping",
     "leave",
     "consent",
+    "recording_key",
 ];
 
 impl ClientMessage {
@@ -390,6 +427,7 @@ impl ClientMessage {
             Self::Ping {} => "ping",
             Self::Leave {} => "leave",
             Self::Consent { .. } => "consent",
+            Self::RecordingKey { .. } => "recording_key",
         }
     }
 }

@@ -7,7 +7,8 @@
 //! 1 track      id u8 | codec u8 | role u8 | flags u8 (bit 0: SFrame-protected) | participant (16)
 //! 2 frame      track u8 | flags u8 (bit 0: keyframe) | time µs u64 | length u32 | bytes
 //! 3 note       time µs u64 | length u16 | UTF-8 text (consent withdrawn, loss, ...)
-//! 4 epoch key  track u8 | length u32 | bytes (an SFrame base key wrapped to the clinician)
+//! 4 epoch key  sender (16) | kid u64 | suite u16 | length u32 | bytes (an SFrame base key
+//!              wrapped to the clinician's recording key; opaque here)
 //! ```
 //!
 //! Times are microseconds since the recording started. Records never span chunks.
@@ -92,6 +93,19 @@ pub struct Frame {
     pub data: Vec<u8>,
 }
 
+/// A wrapped SFrame base key, as the recorder received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochKey {
+    /// The participant whose frames it opens (their tracks' `participant`).
+    pub sender: Uuid,
+    /// The SFrame KID.
+    pub kid: u64,
+    /// The SFrame suite id.
+    pub suite: u16,
+    /// The wrapped key.
+    pub wrapped: Vec<u8>,
+}
+
 /// A record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -106,13 +120,9 @@ pub enum Record {
         /// What.
         text: String,
     },
-    /// An SFrame base key of a protected track, wrapped to the clinician's recording key.
-    EpochKey {
-        /// The track whose frames it opens.
-        track: u8,
-        /// The wrapped key (opaque to the vault).
-        wrapped: Vec<u8>,
-    },
+    /// An SFrame base key of a sender's protected tracks, wrapped to the clinician's recording
+    /// key (opaque to the vault).
+    EpochKey(EpochKey),
 }
 
 impl Record {
@@ -145,11 +155,13 @@ impl Record {
                 out.extend_from_slice(&(text.len() as u16).to_be_bytes());
                 out.extend_from_slice(text);
             }
-            Self::EpochKey { track, wrapped } => {
+            Self::EpochKey(key) => {
                 out.push(4);
-                out.push(*track);
-                out.extend_from_slice(&(wrapped.len() as u32).to_be_bytes());
-                out.extend_from_slice(wrapped);
+                out.extend_from_slice(key.sender.as_bytes());
+                out.extend_from_slice(&key.kid.to_be_bytes());
+                out.extend_from_slice(&key.suite.to_be_bytes());
+                out.extend_from_slice(&(key.wrapped.len() as u32).to_be_bytes());
+                out.extend_from_slice(&key.wrapped);
             }
         }
     }
@@ -202,12 +214,16 @@ impl Record {
                 Self::Note { at_us, text }
             }
             4 => {
-                let [track] = take::<1>(bytes)?;
+                let sender = Uuid::from_bytes(take::<16>(bytes)?);
+                let kid = u64::from_be_bytes(take::<8>(bytes)?);
+                let suite = u16::from_be_bytes(take::<2>(bytes)?);
                 let len = u32::from_be_bytes(take::<4>(bytes)?) as usize;
-                Self::EpochKey {
-                    track,
+                Self::EpochKey(EpochKey {
+                    sender,
+                    kid,
+                    suite,
                     wrapped: take_vec(bytes, len)?,
-                }
+                })
             }
             other => return Err(VaultError::Malformed(format!("unknown record tag {other}"))),
         })
@@ -272,7 +288,7 @@ pub struct RecordingContents {
     /// Notes in recording order.
     pub notes: Vec<(u64, String)>,
     /// Wrapped epoch keys in recording order.
-    pub epoch_keys: Vec<(u8, Vec<u8>)>,
+    pub epoch_keys: Vec<EpochKey>,
     /// Chunks read.
     pub chunks: u64,
     /// Whether the stream had its final chunk.
@@ -307,9 +323,7 @@ impl RecordingContents {
                         frames.push(Some(f));
                     }
                     Record::Note { at_us, text } => contents.notes.push((at_us, text)),
-                    Record::EpochKey { track, wrapped } => {
-                        contents.epoch_keys.push((track, wrapped))
-                    }
+                    Record::EpochKey(key) => contents.epoch_keys.push(key),
                 }
             }
         }

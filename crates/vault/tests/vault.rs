@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use consult_vault::recording::{
-    Codec, Frame, Record, RecordBatch, RecordingContents, Track, TrackRole,
+    Codec, EpochKey, Frame, Record, RecordBatch, RecordingContents, Track, TrackRole,
 };
 use consult_vault::{
     ChunkReader, ChunkWriter, DataKey, LocalDirectory, MediaAppender, MediaStore, StreamEnd, Vault,
@@ -501,8 +501,20 @@ fn any_record() -> impl Strategy<Value = Record> {
                 data
             })),
         (any::<u64>(), "\\PC{0,40}").prop_map(|(at_us, text)| Record::Note { at_us, text }),
-        (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..80))
-            .prop_map(|(track, wrapped)| Record::EpochKey { track, wrapped }),
+        (
+            any::<[u8; 16]>(),
+            any::<u64>(),
+            any::<u16>(),
+            proptest::collection::vec(any::<u8>(), 0..80)
+        )
+            .prop_map(|(sender, kid, suite, wrapped)| {
+                Record::EpochKey(EpochKey {
+                    sender: Uuid::from_bytes(sender),
+                    kid,
+                    suite,
+                    wrapped,
+                })
+            },),
     ]
 }
 

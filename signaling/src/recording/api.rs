@@ -176,7 +176,7 @@ pub async fn download(
         let row = row.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = Cursor::new(Vec::new());
-            export::export(&vault, &row, &mut out).map(|summary| (summary, out.into_inner()))
+            export::export(&vault, &row, None, &mut out).map(|summary| (summary, out.into_inner()))
         })
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
@@ -233,6 +233,7 @@ pub fn export_error(e: ExportError) -> ApiError {
         }
         ExportError::Empty(_) => ApiError::conflict("recording_empty", e.to_string()),
         ExportError::Vault { .. } => ApiError::conflict("recording_damaged", e.to_string()),
+        ExportError::DoesNotOpen { .. } => ApiError::conflict("wrong_recording_key", e.to_string()),
     }
 }
 
@@ -285,4 +286,73 @@ pub async fn shred_row(state: &AppState, row: &RecordingRow, actor: &str) -> Res
         json!({ "reason": "request" }),
     )
     .await
+}
+
+/// A clinician's recording public key.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct RecordingKeyBody {
+    /// X25519 public key, base64 (from `consult recording keygen`); `null` when none is
+    /// registered.
+    pub public_key: Option<String>,
+}
+
+/// The recording public key registered for a clinician, if any.
+pub async fn recording_key_of(
+    pool: &sqlx::SqlitePool,
+    user_id: Uuid,
+) -> anyhow::Result<Option<String>> {
+    let key: Option<Option<String>> =
+        sqlx::query_scalar("SELECT recording_public_key FROM users WHERE id = ?")
+            .bind(user_id.to_string())
+            .fetch_optional(pool)
+            .await?;
+    Ok(key.flatten())
+}
+
+/// `GET /api/v1/account/recording-key`: the clinician's registered recording public key.
+#[utoipa::path(get, path = "/api/v1/account/recording-key", tag = "recordings",
+    responses((status = 200, body = RecordingKeyBody), (status = 401, body = ErrorBody)))]
+pub async fn get_recording_key(
+    State(state): State<AppState>,
+    doctor: CurrentDoctor,
+) -> Result<Json<RecordingKeyBody>, ApiError> {
+    Ok(Json(RecordingKeyBody {
+        public_key: recording_key_of(&state.pool, doctor.0.user.id).await?,
+    }))
+}
+
+/// `PUT /api/v1/account/recording-key`: register the clinician's recording public key (its
+/// private half stays in their key file). Recordings of their end-to-end encrypted
+/// consultations are wrapped to it from then on.
+#[utoipa::path(put, path = "/api/v1/account/recording-key", tag = "recordings",
+    request_body = RecordingKeyBody,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn put_recording_key(
+    State(state): State<AppState>,
+    doctor: CurrentDoctor,
+    crate::error::ApiJson(body): crate::error::ApiJson<RecordingKeyBody>,
+) -> Result<StatusCode, ApiError> {
+    let key = body
+        .public_key
+        .as_deref()
+        .map(consult_e2ee::recording_key::RecordingPublicKey::from_base64)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_recording_key", e.to_string()))?;
+    let key = key.map(|k| k.to_base64());
+    sqlx::query("UPDATE users SET recording_public_key = ? WHERE id = ?")
+        .bind(&key)
+        .bind(doctor.0.user.id.to_string())
+        .execute(&state.pool)
+        .await?;
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            &actor(&doctor),
+            Action::RecordingKeyRegistered,
+            None,
+            json!({ "public_key": key }),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use consult_e2ee::recording_key::{RecordingKeyFile, RecordingKeyPair};
 use consult_policy::{Action as PolicyAction, Relation};
 use consult_vault::Vault;
 use serde_json::json;
@@ -77,6 +78,7 @@ pub async fn export(
     id: Uuid,
     out: &Path,
     session_token: Option<&str>,
+    clinician_key: Option<RecordingKeyPair>,
 ) -> anyhow::Result<consult_vault::matroska::ExportSummary> {
     let row = rows::find(&state.pool, id)
         .await?
@@ -119,7 +121,7 @@ pub async fn export(
             let file = File::create(&partial)
                 .with_context(|| format!("creating {}", partial.display()))?;
             let mut writer = BufWriter::new(file);
-            let summary = export::export(&vault, &row, &mut writer)?;
+            let summary = export::export(&vault, &row, clinician_key.as_ref(), &mut writer)?;
             let file = writer.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
             Ok(summary)
@@ -158,6 +160,43 @@ pub async fn export(
             Err(e)
         }
     }
+}
+
+/// Unlock the clinician's key file with the passphrase in `passphrase_file` (first line).
+pub fn unlock_key_file(
+    key_file: &Path,
+    passphrase_file: &Path,
+) -> anyhow::Result<RecordingKeyPair> {
+    let text = std::fs::read_to_string(key_file)
+        .with_context(|| format!("reading {}", key_file.display()))?;
+    let file = RecordingKeyFile::from_json(&text)?;
+    let passphrase = read_passphrase(passphrase_file)?;
+    Ok(file.unlock(&passphrase)?)
+}
+
+fn read_passphrase(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    let passphrase = zeroize::Zeroizing::new(text.lines().next().unwrap_or_default().to_owned());
+    if passphrase.chars().count() < 12 {
+        anyhow::bail!("the passphrase must have at least 12 characters");
+    }
+    Ok(passphrase)
+}
+
+/// `consult recording keygen`: a new recording key pair, its private half sealed under the
+/// passphrase (Argon2id) in `out` (mode 0600). Returns the public key to register.
+pub fn keygen(out: &Path, passphrase_file: &Path) -> anyhow::Result<String> {
+    if out.exists() {
+        anyhow::bail!("{} exists; refusing to overwrite a key file", out.display());
+    }
+    let passphrase = read_passphrase(passphrase_file)?;
+    let pair = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    let file = RecordingKeyFile::seal(&pair, &passphrase, &mut rand::rngs::OsRng)?;
+    crate::server::write_private(out, file.to_json().as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(file.public_key)
 }
 
 /// `consult recording shred ID`: destroy a recording's key (an operator may).

@@ -1,11 +1,17 @@
 //! Opening a recording into a playable file, for the HTTP download and `consult recording
 //! export`. The caller has already checked the policy and audits the outcome.
 
+use std::collections::HashMap;
 use std::io::{Seek, Write};
 
+use consult_e2ee::format::ProtectedFrame;
+use consult_e2ee::recording_key::{EpochKeyBinding, RecordingKeyPair};
+use consult_e2ee::sframe::{ReceiverKey, Suite};
+use consult_e2ee::MediaFormat;
 use consult_vault::matroska::{self, ExportSummary};
-use consult_vault::recording::RecordingContents;
+use consult_vault::recording::{Codec, RecordingContents};
 use consult_vault::{Vault, VaultError};
+use uuid::Uuid;
 
 use super::rows::{RecordingRow, RecordingStatus};
 
@@ -24,6 +30,14 @@ pub enum ExportError {
     /// Nothing to play.
     #[error("recording {0} holds no media")]
     Empty(uuid::Uuid),
+    /// The clinician's key does not open the recording's wrapped keys or frames.
+    #[error("recording {id} does not open with this recording key: {why}")]
+    DoesNotOpen {
+        /// The recording.
+        id: uuid::Uuid,
+        /// What did not open.
+        why: String,
+    },
     /// The vault refused (damaged, truncated, wrong key, ...).
     #[error("recording {id} cannot be opened: {source}")]
     Vault {
@@ -40,6 +54,7 @@ pub enum ExportError {
 pub fn export<W: Write + Seek>(
     vault: &Vault,
     row: &RecordingRow,
+    clinician_key: Option<&RecordingKeyPair>,
     out: W,
 ) -> Result<ExportSummary, ExportError> {
     let id = row.id;
@@ -49,17 +64,76 @@ pub fn export<W: Write + Seek>(
         RecordingStatus::Recording => return Err(ExportError::StillRecording(id)),
         _ => {}
     }
-    if row.zero_knowledge {
+    if row.zero_knowledge && clinician_key.is_none() {
         return Err(ExportError::NeedsClinicianKey(id));
     }
     let reader = vault.open_recording(id).map_err(|e| match e {
         VaultError::Shredded { .. } => ExportError::Shredded(id),
         other => vault_error(other),
     })?;
-    let contents =
+    let mut contents =
         RecordingContents::read(reader, row.state.may_be_unfinished()).map_err(vault_error)?;
     if contents.frames.is_empty() {
         return Err(ExportError::Empty(id));
     }
+    if let Some(key) = clinician_key {
+        open_frames(id, &mut contents, key)?;
+    }
     matroska::export(&contents, out).map_err(vault_error)
+}
+
+/// Zero-knowledge: unwrap every epoch key with the clinician's key, then open every protected
+/// frame (SFrame, in the call's frame formats). A frame that does not open is an error: never a
+/// partial file.
+fn open_frames(
+    id: Uuid,
+    contents: &mut RecordingContents,
+    clinician_key: &RecordingKeyPair,
+) -> Result<(), ExportError> {
+    let fail = |why: String| ExportError::DoesNotOpen { id, why };
+    let mut keys: HashMap<(Uuid, u64), ReceiverKey> = HashMap::new();
+    for epoch in &contents.epoch_keys {
+        let suite = Suite::from_id(epoch.suite)
+            .ok_or_else(|| fail(format!("unknown SFrame suite {}", epoch.suite)))?;
+        let binding = EpochKeyBinding {
+            recording: *id.as_bytes(),
+            sender: *epoch.sender.as_bytes(),
+            kid: epoch.kid,
+            suite,
+        };
+        let base = clinician_key
+            .unwrap_epoch_key(&binding, &epoch.wrapped)
+            .map_err(|e| fail(format!("the wrapped key for KID {:#x}: {e}", epoch.kid)))?;
+        let receiver = ReceiverKey::new(suite, epoch.kid, &base)
+            .map_err(|e| fail(format!("KID {:#x}: {e}", epoch.kid)))?;
+        keys.insert((epoch.sender, epoch.kid), receiver);
+    }
+    let tracks = contents.tracks.clone();
+    for (n, frame) in contents.frames.iter_mut().enumerate() {
+        let Some(track) = tracks.get(&frame.track).filter(|t| t.protected) else {
+            continue;
+        };
+        let format = match track.codec {
+            Codec::Opus => MediaFormat::Opus,
+            Codec::Vp8 => MediaFormat::Vp8,
+            Codec::H264 => MediaFormat::H264,
+        };
+        let protected = ProtectedFrame::parse(format, &frame.data)
+            .map_err(|e| fail(format!("frame {n} is not an SFrame frame: {e}")))?;
+        let key = keys
+            .get(&(track.participant, protected.kid()))
+            .ok_or_else(|| {
+                fail(format!(
+                    "no wrapped key for KID {:#x} (frame {n})",
+                    protected.kid()
+                ))
+            })?;
+        frame.data = protected
+            .open(key)
+            .map_err(|e| fail(format!("frame {n} (KID {:#x}): {e}", protected.kid())))?;
+    }
+    for track in contents.tracks.values_mut() {
+        track.protected = false;
+    }
+    Ok(())
 }

@@ -42,6 +42,10 @@ pub enum StopReason {
 
 struct Running {
     recording_id: Uuid,
+    /// The recorder's participant id.
+    recorder: Uuid,
+    /// Zero-knowledge: the clinician's recording public key clients wrap their keys to.
+    recording_key: Option<String>,
     stop: Option<oneshot::Sender<StopReason>>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -82,6 +86,21 @@ impl Recordings {
             .map(|r| r.recording_id)
     }
 
+    /// The recording being written in a consultation now and its recorder's participant id,
+    /// if it is zero-knowledge (clients send it wrapped keys).
+    pub fn zero_knowledge_recorder(&self, consultation_id: Uuid) -> Option<(Uuid, Uuid)> {
+        Self::lock(&self.running)
+            .get(&consultation_id)
+            .filter(|r| r.recording_key.is_some())
+            .map(|r| (r.recording_id, r.recorder))
+    }
+
+    fn current(&self, consultation_id: Uuid) -> Option<(Uuid, Option<String>)> {
+        Self::lock(&self.running)
+            .get(&consultation_id)
+            .map(|r| (r.recording_id, r.recording_key.clone()))
+    }
+
     /// Stop every recorder and wait for them to seal their last chunk (service shutdown).
     pub async fn stop_all(&self) {
         let running: Vec<Running> = Self::lock(&self.running).drain().map(|(_, r)| r).collect();
@@ -102,8 +121,13 @@ fn organisation(state: &AppState) -> OrganisationPolicy {
     }
 }
 
-/// What participants are told, from the decision (and whether recording failed).
-fn announcement(decision: &Decision, failed: Option<&str>) -> ServerMessage {
+/// What participants are told, from the decision (and whether recording failed), with the
+/// recording being made (its id and, zero-knowledge, the key to wrap to).
+fn announcement(
+    decision: &Decision,
+    failed: Option<&str>,
+    current: Option<(Uuid, Option<String>)>,
+) -> ServerMessage {
     let reasons: Vec<String> = decision
         .reasons()
         .iter()
@@ -141,6 +165,13 @@ fn announcement(decision: &Decision, failed: Option<&str>) -> ServerMessage {
         retention_days,
         zero_knowledge,
         problem: failed.map(str::to_owned),
+        recording_id: current
+            .as_ref()
+            .filter(|_| state == RecordingState::Recording)
+            .map(|(id, _)| *id),
+        recording_key: current
+            .and_then(|(_, key)| key)
+            .filter(|_| state == RecordingState::Recording),
     }
 }
 
@@ -212,9 +243,11 @@ pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
         }
         _ => {}
     }
-    state
-        .hub
-        .announce_recording(consultation_id, announcement(&decision, problem.as_deref()));
+    let current = recordings.current(consultation_id);
+    state.hub.announce_recording(
+        consultation_id,
+        announcement(&decision, problem.as_deref(), current),
+    );
     if let Some(running) = stopping {
         let _ = running.done.await;
     }
@@ -227,6 +260,12 @@ async fn start(
 ) -> anyhow::Result<()> {
     let recording_id = Uuid::new_v4();
     let now = state.clock.now();
+    let recording_key = if plan.zero_knowledge {
+        let key = api::recording_key_of(&state.pool, info.doctor_user_id).await?;
+        Some(key.ok_or_else(|| anyhow::anyhow!("the clinician has no recording key"))?)
+    } else {
+        None
+    };
     let retain_until = now + TimeDuration::days(i64::from(plan.retention_days));
     let vault = state.recordings.vault.clone();
     let writer =
@@ -241,11 +280,21 @@ async fn start(
     )
     .await?;
     let (stop_tx, stop_rx) = oneshot::channel();
-    let done = recorder::spawn(state.clone(), info.clone(), recording_id, writer, stop_rx);
+    let recorder = Uuid::new_v4();
+    let done = recorder::spawn(
+        state.clone(),
+        info.clone(),
+        recorder,
+        recording_id,
+        writer,
+        stop_rx,
+    );
     Recordings::lock(&state.recordings.running).insert(
         info.consultation_id,
         Running {
             recording_id,
+            recorder,
+            recording_key,
             stop: Some(stop_tx),
             done,
         },
@@ -306,9 +355,10 @@ pub async fn recorder_failed(state: &AppState, consultation_id: Uuid, problem: &
         .cloned();
     if let Some(decision) = decision {
         let problem = format!("recording stopped: {problem}; the call goes on unrecorded");
-        state
-            .hub
-            .announce_recording(consultation_id, announcement(&decision, Some(&problem)));
+        state.hub.announce_recording(
+            consultation_id,
+            announcement(&decision, Some(&problem), None),
+        );
     }
 }
 

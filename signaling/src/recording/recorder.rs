@@ -19,7 +19,7 @@ use consult_media::peer::{
 use consult_proto::signal::{
     IceCandidate, ParticipantRole, SdpKind, ServerMessage, SessionDescription,
 };
-use consult_vault::recording::{Codec, Frame, Record, RecordBatch, Track, TrackRole};
+use consult_vault::recording::{Codec, EpochKey, Frame, Record, RecordBatch, Track, TrackRole};
 use consult_vault::RecordingWriter;
 use serde_json::json;
 use tokio::net::UdpSocket;
@@ -120,6 +120,7 @@ struct Recorder {
     state: AppState,
     info: RoomInfo,
     me: Uuid,
+    recording_id: Uuid,
     roles: HashMap<Uuid, ParticipantRole>,
     peers: HashMap<Uuid, RemotePeer>,
     tracks: HashMap<(Uuid, bool), TrackState>,
@@ -136,12 +137,12 @@ struct Recorder {
 pub fn spawn(
     state: AppState,
     info: RoomInfo,
+    me: Uuid,
     recording_id: Uuid,
     writer: RecordingWriter,
     stop: oneshot::Receiver<StopReason>,
 ) -> tokio::task::JoinHandle<()> {
     let (conn, outbound) = state.hub.connection(256);
-    let me = Uuid::new_v4();
     state.hub.join(
         info.clone(),
         Identity::Recorder { participant_id: me },
@@ -154,6 +155,7 @@ pub fn spawn(
         state: state.clone(),
         info,
         me,
+        recording_id,
         roles: HashMap::new(),
         peers: HashMap::new(),
         tracks: HashMap::new(),
@@ -322,6 +324,24 @@ impl Recorder {
             }
             ServerMessage::PeerJoined { peer } => {
                 self.roles.insert(peer.participant_id, peer.role);
+            }
+            ServerMessage::RecordingKey {
+                from,
+                recording_id,
+                kid,
+                suite,
+                wrapped,
+            } if recording_id == self.recording_id => {
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD.decode(wrapped) {
+                    Ok(wrapped) => self.batch.push(&Record::EpochKey(EpochKey {
+                        sender: from,
+                        kid,
+                        suite,
+                        wrapped,
+                    })),
+                    Err(_) => tracing::warn!("recorder got a wrapped key that is not base64"),
+                }
             }
             ServerMessage::PeerLeft { participant_id, .. } => {
                 self.peers.remove(&participant_id);

@@ -558,6 +558,53 @@ impl Connected {
                 crate::recording::reconcile(state, place.consultation_id).await;
                 Ok(Flow::Continue)
             }
+            ClientMessage::RecordingKey {
+                recording_id,
+                kid,
+                suite,
+                wrapped,
+            } => {
+                let Some((active, recorder)) = state
+                    .recordings
+                    .zero_knowledge_recorder(place.consultation_id)
+                else {
+                    return Err(refuse(
+                        SignalErrorCode::OutsideConsultation,
+                        "no zero-knowledge recording is being made in this consultation",
+                    ));
+                };
+                if active != recording_id {
+                    return Err(refuse(
+                        SignalErrorCode::OutsideConsultation,
+                        "that is not the recording being made now",
+                    ));
+                }
+                if wrapped.len() > MAX_WRAPPED_KEY_CHARS
+                    || consult_e2ee::sframe::Suite::from_id(suite).is_none()
+                {
+                    return Err(refuse(
+                        SignalErrorCode::Malformed,
+                        "a wrapped key must be base64 of at most 256 bytes, for suite 4 or 5",
+                    ));
+                }
+                let relayed = ServerMessage::RecordingKey {
+                    from: place.participant_id,
+                    recording_id,
+                    kid,
+                    suite,
+                    wrapped,
+                };
+                state
+                    .hub
+                    .relay(
+                        place.consultation_id,
+                        place.participant_id,
+                        recorder,
+                        relayed,
+                    )
+                    .map_err(|code| refuse(code, relay_refusal(code)))?;
+                Ok(Flow::Continue)
+            }
             ClientMessage::Leave {} => {
                 if let Some(departure) =
                     state.hub.leave(place.consultation_id, place.participant_id)
@@ -571,6 +618,9 @@ impl Connected {
         }
     }
 }
+
+/// Longest `wrapped` accepted in a `recording_key` message (base64 of 256 bytes).
+const MAX_WRAPPED_KEY_CHARS: usize = 344;
 
 fn relay_refusal(code: SignalErrorCode) -> &'static str {
     match code {
