@@ -513,3 +513,50 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
     assert_eq!(summary.frames, contents.frames.len());
     assert!(contains(&out.into_inner()));
 }
+
+#[tokio::test]
+async fn the_retention_job_shreds_recordings_past_their_retention() {
+    let svc = TestService::start_with(|c| {
+        c.policy.retention_days = 0;
+        c.recording.retention_sweep_interval = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let doctor = svc.doctor("ann@clinic.test").await;
+    let (consultation, invite) = doctor
+        .create_consultation_with(json!({ "mode": "recorded" }))
+        .await;
+    let (mut doctor_ws, _) = doctor.join(&svc, consultation.id).await;
+    let patient = svc.patient(&invite, "Pat").await;
+    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
+    doctor_ws
+        .send(&ClientMessage::Admit {
+            participant_id: patient.participant_id,
+        })
+        .await;
+    patient_ws.recv_type("admitted").await;
+    patient_ws.send(&consent(true)).await;
+    patient_ws.recv_type("peer_joined").await;
+    // While it is being made, a recording is never shredded, whatever its retention.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let vault = svc.state().recordings.vault.clone();
+    assert_eq!(vault.recordings().unwrap().len(), 1);
+    let id = vault.recordings().unwrap()[0];
+    patient_ws.send(&consent(false)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !vault.is_shredded(id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not shredded by the retention job"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let entries = consult_signaling::audit::entries(&svc.state().pool)
+        .await
+        .unwrap();
+    let shredded = entries
+        .iter()
+        .find(|e| e.action == "recording_shredded")
+        .expect("audited");
+    assert_eq!(shredded.actor, "system");
+    assert_eq!(shredded.detail["reason"], "retention");
+}
