@@ -21,6 +21,7 @@ import { describe, test } from "node:test";
 
 import {
   admitFromWaitingRoom,
+  allFlowsProtected,
   byTestId,
   createE2eeConsultation,
   e2eeSnapshot,
@@ -29,10 +30,12 @@ import {
   launchParticipant,
   openConsultation,
   patientJoin,
+  protectedBothWays,
   sendChat,
   signInDoctor,
   STEP_TIMEOUT_MS,
   waitForChat,
+  waitForE2ee,
   waitForRemoteMedia,
   withService,
 } from "./harness.mjs";
@@ -53,11 +56,7 @@ import {
  * @param {CallOptions} [options]
  */
 async function launchWithCodec(label, service, codec, { encodedStreams = false, storage = {} } = {}) {
-  const p = await launchParticipant(label, { origin: service.url });
-  const settings = { "consult.videoCodec": codec, ...storage };
-  await p.context.addInitScript((entries) => {
-    for (const [key, value] of Object.entries(entries)) localStorage.setItem(key, value);
-  }, settings);
+  const p = await launchParticipant(label, { origin: service.url, storage: { "consult.videoCodec": codec, ...storage } });
   if (encodedStreams) {
     await p.context.addInitScript(() => {
       delete (/** @type {any} */ (window)).RTCRtpScriptTransform;
@@ -65,28 +64,6 @@ async function launchWithCodec(label, service, codec, { encodedStreams = false, 
   }
   return p;
 }
-
-/**
- * Wait until the page's E2EE snapshot satisfies `predicate`.
- * @param {import('playwright-core').Page} page
- * @param {(s: any) => boolean} predicate
- * @param {string} what
- * @param {number} [timeoutMs]
- */
-async function waitForE2ee(page, predicate, what, timeoutMs = 30_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last = null;
-  while (Date.now() < deadline) {
-    last = await e2eeSnapshot(page).catch((err) => ({ error: String(err) }));
-    if (last && !last.error && predicate(last)) return last;
-    await sleep(200);
-  }
-  throw new Error(`E2EE: no ${what} within ${timeoutMs} ms; last ${JSON.stringify(last)}`);
-}
-
-/** Every flow of a worker carried protected (sent) or opened (received) frames. */
-const allFlowsProtected = (/** @type {any} */ s) =>
-  !!s.worker && ["send", "receive"].every((side) => ["audio", "video"].every((kind) => s.worker[side][kind].ok > 0));
 
 /**
  * The inbound video codec of the page's connection.
@@ -194,16 +171,6 @@ async function e2eeCall({ service, people }, codec, options = {}) {
   people.push(patient);
   const inviteUrl = await joinE2eeCall(service, doctor, patient, { title: `E2EE ${codec}`, patientName: "Pat Secure" });
   return { doctor, patient, inviteUrl };
-}
-
-/**
- * Wait until each page decodes remote media and its worker protects and opens frames both ways
- * with the badge on; returns their snapshots.
- * @param {import('./harness.mjs').Participant[]} people
- */
-async function protectedBothWays(people) {
-  for (const p of people) await waitForRemoteMedia(p.page, 45_000);
-  return Promise.all(people.map((p) => waitForE2ee(p.page, (s) => allFlowsProtected(s) && s.badge, "protected media both ways")));
 }
 
 /**

@@ -1,11 +1,12 @@
 // Helpers of the browser end-to-end test: start the service in demo mode, compute TOTP codes,
 // launch headless Chromium with fake camera and microphone, and drive the doctor and patient pages.
 
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import { createSocket } from "node:dgram";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -56,11 +57,23 @@ export const STEP_TIMEOUT_MS = 20_000;
  * @property {string} url Origin, without a trailing slash.
  * @property {DemoCredentials} credentials
  * @property {string} dataDir
+ * @property {number | undefined} pid The service's process id.
  * @property {string[]} logs Last lines of the service's output.
  * @property {() => Promise<void>} stop
  */
 
 const ANSI = /\x1b\[[0-9;]*m/g;
+
+/**
+ * CPU time (user + system, in milliseconds) a process has used so far, from /proc (Linux).
+ * @param {number | undefined} pid
+ */
+export async function cpuMillis(pid) {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // utime and stime are fields 14 and 15 of the whole line (11 and 12 after the name), in ticks.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+}
 
 /**
  * Stop a child process: SIGTERM, then SIGKILL if it is still running after `graceMs`.
@@ -163,7 +176,7 @@ export async function startService({ timeoutMs = 60_000, env = {} } = {}) {
     const printed = /** @type {string} */ (await Promise.race([ready, timeout]));
     const url = new URL(printed).origin;
     const credentials = await readCredentials(dataDir);
-    return { url, credentials, dataDir, logs, stop };
+    return { url, credentials, dataDir, logs, stop, pid: child.pid };
   } catch (err) {
     await stop();
     throw err;
@@ -474,7 +487,9 @@ export const CHROMIUM_ARGS = [
  * A fresh headless Chromium (its own temporary profile: playwright's `launch()` creates a new
  * `--user-data-dir` and deletes it on close) with one page.
  * @param {string} label For messages ("doctor", "patient").
- * @param {{ origin?: string }} [options]
+ * @param {{ origin?: string, storage?: Record<string, string> }} [options] `storage`: the web
+ *   demo's `localStorage` settings, set in every document before its scripts run (for example
+ *   `consult.videoCodec`, `consult.e2eeRotateMs`).
  * @returns {Promise<Participant>}
  */
 export async function launchParticipant(label, options = {}) {
@@ -486,6 +501,11 @@ export async function launchParticipant(label, options = {}) {
   });
   try {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    if (options.storage && Object.keys(options.storage).length > 0) {
+      await context.addInitScript((entries) => {
+        for (const [key, value] of Object.entries(entries)) localStorage.setItem(key, value);
+      }, options.storage);
+    }
     if (options.origin) {
       await context
         .grantPermissions(["camera", "microphone", "clipboard-read", "clipboard-write"], { origin: options.origin })
@@ -1360,4 +1380,282 @@ export function e2eeSnapshot(page) {
     const hook = /** @type {any} */ (window).consultE2ee;
     return hook ? hook.snapshot() : null;
   });
+}
+
+/**
+ * Wait until the page's E2EE snapshot satisfies `predicate`.
+ * @param {import('playwright-core').Page} page
+ * @param {(s: any) => boolean} predicate
+ * @param {string} what
+ * @param {number} [timeoutMs]
+ */
+export async function waitForE2ee(page, predicate, what, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last = null;
+  while (Date.now() < deadline) {
+    last = await e2eeSnapshot(page).catch((err) => ({ error: String(err) }));
+    if (last && !last.error && predicate(last)) return last;
+    await sleep(200);
+  }
+  throw new Error(`E2EE: no ${what} within ${timeoutMs} ms; last ${JSON.stringify(last)}`);
+}
+
+/** Every flow of a worker carried protected (sent) or opened (received) frames. */
+export const allFlowsProtected = (/** @type {any} */ s) =>
+  !!s.worker && ["send", "receive"].every((side) => ["audio", "video"].every((kind) => s.worker[side][kind].ok > 0));
+
+/**
+ * Wait until each page decodes remote media and its worker protects and opens frames both ways
+ * with the badge on; returns their snapshots.
+ * @param {Participant[]} people
+ */
+export async function protectedBothWays(people) {
+  for (const p of people) await waitForRemoteMedia(p.page, 45_000);
+  return Promise.all(people.map((p) => waitForE2ee(p.page, (s) => allFlowsProtected(s) && s.badge, "protected media both ways")));
+}
+
+// -------------------------------------------------------------------------------------------------
+// Recording
+// -------------------------------------------------------------------------------------------------
+
+export const FFMPEG_BIN = process.env.FFMPEG_BIN ?? "ffmpeg";
+export const FFPROBE_BIN = process.env.FFPROBE_BIN ?? "ffprobe";
+
+/**
+ * @typedef {Participant & { frames: SignalFrame[] }} Watched A participant whose signaling is
+ *   recorded and whose page notes every recording state and every recorder connection (see
+ *   {@link installRecordingProbe}).
+ */
+
+/**
+ * @typedef {object} RecordingProbe
+ * @property {{ state: string | null, at: number }[]} states Each change of the indicator's `data-state`.
+ * @property {{ present: boolean, at: number }[]} recorderPcs Each assignment of `window.consultRecorderPc`.
+ */
+
+/**
+ * Runs in every document of a participant, before the page's scripts: notes each change of the
+ * recording indicator's `data-state` and each assignment of `window.consultRecorderPc`, with
+ * `Date.now()` (the same clock as the test's: one machine).
+ */
+function installRecordingProbe() {
+  const w = /** @type {any} */ (window);
+  /** @type {RecordingProbe} */
+  const probe = { states: [], recorderPcs: [] };
+  w.__recordingProbe = probe;
+  /** @type {RTCPeerConnection | null} */
+  let recorderPc = null;
+  Object.defineProperty(window, "consultRecorderPc", {
+    configurable: true,
+    get: () => recorderPc,
+    set: (value) => {
+      recorderPc = value ?? null;
+      probe.recorderPcs.push({ present: !!recorderPc, at: Date.now() });
+    },
+  });
+  document.addEventListener("DOMContentLoaded", () => {
+    const indicator = document.querySelector('[data-testid="recording-indicator"]');
+    if (!indicator) return;
+    const note = () => {
+      const state = indicator.getAttribute("data-state");
+      const last = probe.states[probe.states.length - 1];
+      if (!last || last.state !== state) probe.states.push({ state, at: Date.now() });
+    };
+    new MutationObserver(note).observe(indicator, { attributes: true, attributeFilter: ["data-state"] });
+    note();
+  });
+}
+
+/**
+ * Launch a participant with the recording probe and a signaling watch, pushed into `people`.
+ * @param {ServiceScope} scope
+ * @param {string} label
+ * @param {{ storage?: Record<string, string> }} [options] As for {@link launchParticipant}.
+ * @returns {Promise<Watched>}
+ */
+export async function launchWatched({ service, people }, label, { storage } = {}) {
+  const p = await launchParticipant(label, { origin: service.url, ...(storage ? { storage } : {}) });
+  people.push(p);
+  await p.context.addInitScript(installRecordingProbe);
+  return { ...p, frames: watchSignaling(p.page) };
+}
+
+/**
+ * @param {import('playwright-core').Page} page
+ * @returns {Promise<RecordingProbe>}
+ */
+export function probeOf(page) {
+  return page.evaluate(() => /** @type {any} */ (window).__recordingProbe);
+}
+
+/**
+ * The doctor signed in with a new consultation open, the patient admitted, media flowing both ways.
+ * @param {ServiceScope} scope
+ * @param {{ title: string, mode: "live_only" | "recorded", e2ee?: boolean, doctor?: Watched, patient?: Watched }} options
+ *   `doctor`, `patient`: participants launched already (with {@link launchWatched}); the doctor
+ *   may be signed in already.
+ */
+export async function startCall(scope, { title, mode, e2ee = false, ...launched }) {
+  const [doctor, patient] = await Promise.all([launched.doctor ?? launchWatched(scope, "doctor"), launched.patient ?? launchWatched(scope, "patient")]);
+  if (!(await byTestId(doctor.page, "create-title").isVisible())) await signInDoctor(doctor.page, scope.service);
+  const inviteUrl = await createConsultation(doctor.page, title, { mode, e2ee });
+  await openConsultation(doctor.page);
+  const id = openConsultationId(doctor.page);
+  await patientJoin(patient.page, inviteUrl, "Pat Example");
+  await admitFromWaitingRoom(doctor.page, "Pat Example");
+  await waitForRemoteMedia(patient.page);
+  await waitForRemoteMedia(doctor.page);
+  return { doctor, patient, id };
+}
+
+/**
+ * Wait until the page's recording indicator shows `state`; returns when it first did.
+ * @param {import('playwright-core').Page} page
+ * @param {string} state
+ * @param {number} [timeoutMs]
+ */
+export async function waitForRecordingState(page, state, timeoutMs = 20_000) {
+  await page.locator(`[data-testid="recording-indicator"][data-state="${state}"]`).waitFor({ state: "visible", timeout: timeoutMs });
+  const reached = (await probeOf(page)).states.find((s) => s.state === state);
+  if (!reached) throw new Error(`the probe missed the indicator's ${state}`);
+  return reached.at;
+}
+
+/**
+ * @param {import('playwright-core').Page} page
+ * @returns {Promise<string>}
+ */
+export async function indicatorText(page) {
+  return ((await byTestId(page, "recording-indicator").textContent()) ?? "").trim();
+}
+
+/**
+ * Wait until the page's connection to the recorder is connected.
+ * @param {import('playwright-core').Page} page
+ * @param {number} [timeoutMs]
+ */
+export async function waitForRecorderConnected(page, timeoutMs = 20_000) {
+  await page.waitForFunction(
+    () => /** @type {any} */ (window).consultRecorderPc?.connectionState === "connected",
+    null,
+    { timeout: timeoutMs },
+  );
+}
+
+/**
+ * The patient allows recording: the dialog was asked properly, goes away, and both pages record,
+ * each with its connection to the recorder up. Returns when both pages first showed `recording`.
+ * @param {Watched} doctor
+ * @param {Watched} patient
+ */
+export async function allowRecording(doctor, patient) {
+  const dialog = byTestId(patient.page, "consent-dialog");
+  await dialog.waitFor({ state: "visible" });
+  await byTestId(patient.page, "consent-allow").click();
+  await dialog.waitFor({ state: "hidden" });
+  const [doctorAt, patientAt] = await Promise.all([
+    waitForRecordingState(doctor.page, "recording"),
+    waitForRecordingState(patient.page, "recording"),
+  ]);
+  await Promise.all([waitForRecorderConnected(doctor.page), waitForRecorderConnected(patient.page)]);
+  return Math.max(doctorAt, patientAt);
+}
+
+/**
+ * The consultation's recordings, as the doctor lists them.
+ * @param {import('playwright-core').Page} page
+ * @param {string} consultationId
+ * @returns {Promise<any[]>}
+ */
+export async function listRecordings(page, consultationId) {
+  const { status, body } = await apiGet(page, `/api/v1/consultations/${consultationId}/recordings`);
+  if (status !== 200) throw new Error(`GET recordings: ${status} ${JSON.stringify(body)}`);
+  return body.recordings;
+}
+
+/**
+ * Wait until the consultation has exactly one recording, in `state` (it may be finishing first).
+ * @param {import('playwright-core').Page} page
+ * @param {string} consultationId
+ * @param {string} state
+ * @param {number} [timeoutMs]
+ */
+export async function waitForOneRecording(page, consultationId, state, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  /** @type {any} */
+  let last = null;
+  while (Date.now() < deadline) {
+    last = await listRecordings(page, consultationId);
+    if (last.length === 1 && last[0].state === state) return last[0];
+    if (last.length > 1) break;
+    await sleep(500);
+  }
+  throw new Error(`expected one recording in state ${state}; last answer ${JSON.stringify(last)}`);
+}
+
+/**
+ * Write the doctor's session token (the HttpOnly session cookie of their page) to a file only the
+ * owner reads, for the CLI's `--session-token-file`; returns its path.
+ * @param {import('playwright-core').Page} doctorPage
+ * @param {string} dir
+ */
+export async function sessionTokenFile(doctorPage, dir) {
+  const cookie = (await doctorPage.context().cookies()).find((c) => c.name === "consult_session");
+  if (!cookie) throw new Error("the doctor's page has no session cookie");
+  const file = join(dir, "session-token");
+  await writeFile(file, cookie.value, { mode: 0o600 });
+  return file;
+}
+
+/**
+ * `consult recording export ID --out FILE --data-dir DIR [args…]`, run to the end.
+ * @param {Service} service
+ * @param {string} recordingId
+ * @param {string} file
+ * @param {string[]} [args] More arguments (`--session-token-file`, `--key-file`, `--passphrase-file`).
+ */
+export function exportRecording(service, recordingId, file, args = []) {
+  return runCommand(CONSULT_BIN, ["recording", "export", recordingId, "--out", file, "--data-dir", service.dataDir, ...args]);
+}
+
+/**
+ * Look at an exported recording with ffprobe (streams, duration) and decode it all with ffmpeg.
+ * @param {string} file
+ */
+export async function inspectRecording(file) {
+  const run = async (/** @type {string} */ bin, /** @type {string[]} */ args) => {
+    try {
+      return await runCommand(bin, args);
+    } catch (err) {
+      throw new Error(`${err instanceof Error ? err.message : err} (apt-get install ffmpeg, or set FFMPEG_BIN / FFPROBE_BIN)`);
+    }
+  };
+  const probed = await run(FFPROBE_BIN, ["-v", "error", "-show_entries", "stream=codec_type,codec_name", "-show_entries", "format=duration", "-of", "json", file]);
+  if (probed.code !== 0) throw new Error(`ffprobe failed:\n${probed.stderr}`);
+  const info = JSON.parse(probed.stdout);
+  const decoded = await run(FFMPEG_BIN, ["-v", "error", "-xerror", "-i", file, "-f", "null", "-"]);
+  return {
+    streams: /** @type {{ codec_type: string, codec_name: string }[]} */ (info.streams ?? []),
+    durationMs: Number(info.format?.duration) * 1000,
+    decoded,
+  };
+}
+
+/**
+ * The export holds VP8 video and Opus audio, decodes without a single error, and lasts about
+ * `expectedMs`.
+ * @param {Awaited<ReturnType<typeof inspectRecording>>} media
+ * @param {number} expectedMs
+ * @param {number} toleranceMs
+ */
+export function assertRecordingMedia(media, expectedMs, toleranceMs) {
+  const kinds = media.streams.map((s) => `${s.codec_type}/${s.codec_name}`);
+  assert.ok(kinds.includes("video/vp8"), `a VP8 video stream (streams: ${kinds.join(", ")})`);
+  assert.ok(kinds.includes("audio/opus"), `an Opus audio stream (streams: ${kinds.join(", ")})`);
+  assert.ok(
+    Math.abs(media.durationMs - expectedMs) <= toleranceMs,
+    `duration ${Math.round(media.durationMs)} ms, recorded ${expectedMs} ms (± ${Math.round(toleranceMs)} ms)`,
+  );
+  assert.equal(media.decoded.code, 0, `ffmpeg decodes the whole file:\n${media.decoded.stderr}`);
+  assert.equal(media.decoded.stderr, "", "ffmpeg reports no error");
 }

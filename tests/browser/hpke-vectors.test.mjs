@@ -1,6 +1,8 @@
 // The web demo's HPKE (web-demo/assets/e2ee/hpke.js) in Node: RFC 9180 Appendix A.1.1 byte for
 // byte (crates/e2ee/test-vectors/hpke.json), a round trip with Consult's AES-256-GCM suite, and
-// every kind of mismatch refused with a clear error.
+// every kind of mismatch refused with a clear error. Then the zero-knowledge recording's key wrap
+// (web-demo/assets/e2ee/recording-key.js): the `consult_epoch_key` vector, which the Rust side
+// opens too, reproduced byte for byte, and the key-file and recording-key checks of the pages.
 //
 // Run: cd tests/browser && node --test hpke-vectors.test.mjs   (Node 20: WebCrypto with X25519)
 
@@ -14,9 +16,13 @@ import { REPO_ROOT } from "./harness.mjs";
 const E2EE = join(REPO_ROOT, "web-demo", "assets", "e2ee");
 const { fromHex, toHex, utf8 } = await import(join(E2EE, "bytes.js"));
 const hpke = await import(join(E2EE, "hpke.js"));
+const recordingKey = await import(join(E2EE, "recording-key.js"));
+const { kidOf, STREAM_MEDIA } = await import(join(E2EE, "schedule.js"));
+const { toBase64 } = await import(join(E2EE, "bytes.js"));
 
 const VECTORS = JSON.parse(readFileSync(join(REPO_ROOT, "crates", "e2ee", "test-vectors", "hpke.json"), "utf8"));
 const A11 = VECTORS.rfc9180_a1_1;
+const EPOCH_KEY = VECTORS.consult_epoch_key;
 
 /**
  * The open must fail as an authentication failure, with a message that says so.
@@ -166,6 +172,106 @@ describe("Consult's suite (AES-256-GCM): round trip and refusals", () => {
     for (const point of [new Uint8Array(32), Uint8Array.of(1, ...new Array(31).fill(0))]) {
       await assert.rejects(hpke.seal(point, info, aad, plaintext), malformed, `seal to small-order ${toHex(point.subarray(0, 1))}`);
       await assert.rejects(hpke.open(recipient.privateKey, point, info, aad, ciphertext), malformed, `enc of small order ${toHex(point.subarray(0, 1))}`);
+    }
+  });
+});
+
+describe("zero-knowledge recording: an SFrame base key wrapped to the clinician's recording key (consult_epoch_key)", () => {
+  const v = EPOCH_KEY;
+  const context = { recordingId: v.recording_id, participantId: v.participant_id, kid: BigInt(v.kid), suite: v.suite };
+
+  test("the vector holds Consult's suite, a 16-byte suite-4 base key, and the KID of tag and epoch", () => {
+    assert.deepEqual([v.mode, v.kem_id, v.kdf_id, v.aead_id], [0, hpke.KEM_ID, hpke.KDF_ID, hpke.AEAD_ID.AES_256_GCM]);
+    const lengths = { skRm: 32, pkRm: 32, skEm: 32, pkEm: 32, base_key: 16, aad: 42 };
+    for (const [name, bytes] of Object.entries(lengths)) assert.equal(fromHex(v[name]).length, bytes, name);
+    assert.equal(v.suite, 4, "AES_128_GCM_SHA256_128");
+    assert.equal(fromHex(v.wrapped).length, hpke.ENC_BYTES + 16 + hpke.TAG_BYTES, "enc ‖ ciphertext of the 16-byte key ‖ tag");
+    assert.equal(v.kid, Number(kidOf(v.kid_tag, STREAM_MEDIA, v.kid_epoch)), "KID = tag << 24 | 0 << 16 | epoch");
+    assert.equal(v.kid, v.kid_tag * 2 ** 24 + v.kid_epoch);
+    assert.equal(v.info, toHex(utf8(v.info_text)));
+    assert.equal(toHex(recordingKey.RECORDING_KEY_INFO), v.info, "the info the pages seal with");
+  });
+
+  test("the aad is recording id ‖ participant id ‖ KID (u64) ‖ suite (u16), big-endian", () => {
+    const aad = recordingKey.recordingKeyAad(context);
+    assert.equal(toHex(aad), v.aad);
+    assert.equal(toHex(aad.subarray(0, 16)), v.recording_id.replace(/-/g, ""));
+    assert.equal(toHex(aad.subarray(16, 32)), v.participant_id.replace(/-/g, ""));
+    assert.equal(toHex(aad.subarray(32, 40)), v.kid.toString(16).padStart(16, "0"));
+    assert.equal(toHex(aad.subarray(40)), "0004");
+  });
+
+  test("the pages' wrap with the fixed ephemeral key gives `wrapped`, and the recording key opens it", async () => {
+    const skR = await hpke.importRecipientPrivateKey(fromHex(v.skRm));
+    assert.equal(toHex(await hpke.publicKeyOf(skR)), v.pkRm);
+    assert.equal(toBase64(fromHex(v.pkRm)), v.recording_key_base64);
+    const pkR = recordingKey.parseRecordingPublicKey(v.recording_key_base64);
+    assert.equal(toHex(pkR), v.pkRm, "the key as the service sends it");
+
+    const skE = await hpke.importRecipientPrivateKey(fromHex(v.skEm));
+    const ephemeral = { privateKey: skE, publicKey: fromHex(v.pkEm) };
+    const wrapped = await recordingKey.wrapEpochKey(pkR, context, fromHex(v.base_key), { ephemeral });
+    assert.equal(toHex(wrapped), v.wrapped);
+    assert.equal(toBase64(wrapped), v.wrapped_base64);
+    assert.equal(toHex(wrapped.subarray(0, hpke.ENC_BYTES)), v.pkEm, "enc is the ephemeral public key");
+
+    const opened = await hpke.openFromBytes(skR, fromHex(v.wrapped), recordingKey.RECORDING_KEY_INFO, fromHex(v.aad));
+    assert.equal(toHex(opened), v.base_key);
+
+    // A real wrap has its own ephemeral key, and opens the same way.
+    const fresh = await recordingKey.wrapEpochKey(pkR, context, fromHex(v.base_key));
+    assert.notEqual(toHex(fresh), v.wrapped);
+    assert.equal(toHex(await hpke.openFromBytes(skR, fresh, recordingKey.RECORDING_KEY_INFO, recordingKey.recordingKeyAad(context))), v.base_key);
+  });
+
+  test("bound to the recording, the sender, the KID and the suite: any other one does not open", async () => {
+    const skR = await hpke.importRecipientPrivateKey(fromHex(v.skRm));
+    const others = {
+      "another recording": { ...context, recordingId: "0b8e7c1a-5d2f-4e63-9a41-7c3b2d1e0f9b" },
+      "another sender": { ...context, participantId: v.recording_id },
+      "another KID": { ...context, kid: context.kid + 1n },
+      "another suite": { ...context, suite: 5 },
+    };
+    for (const [what, other] of Object.entries(others)) {
+      await refusedAsUnauthentic(hpke.openFromBytes(skR, fromHex(v.wrapped), recordingKey.RECORDING_KEY_INFO, recordingKey.recordingKeyAad(other)), what);
+    }
+    await refusedAsUnauthentic(hpke.openFromBytes(skR, fromHex(v.wrapped), utf8("consult recording epoch key v2"), fromHex(v.aad)), "another info");
+    const stranger = await hpke.generateRecipientKeyPair();
+    await refusedAsUnauthentic(hpke.openFromBytes(stranger.privateKey, fromHex(v.wrapped), recordingKey.RECORDING_KEY_INFO, fromHex(v.aad)), "another recording key");
+  });
+
+  test("malformed ids and recording keys are refused before anything is sealed", async () => {
+    for (const id of ["", "0b8e7c1a5d2f4e639a417c3b2d1e0f9a", "0b8e7c1a-5d2f-4e63-9a41-7c3b2d1e0f9", "zb8e7c1a-5d2f-4e63-9a41-7c3b2d1e0f9a"]) {
+      assert.throws(() => recordingKey.uuidBytes(id), recordingKey.RecordingKeyError, JSON.stringify(id));
+    }
+    assert.throws(() => recordingKey.recordingKeyAad({ ...context, participantId: "patient" }), recordingKey.RecordingKeyError);
+    for (const key of [undefined, null, "", "not base64!", toBase64(new Uint8Array(31)), toBase64(new Uint8Array(33)), v.recording_key_base64.replace(/=$/, "")]) {
+      assert.throws(() => recordingKey.parseRecordingPublicKey(key), recordingKey.RecordingKeyError, JSON.stringify(key));
+    }
+    // A small-order point is no recording key: sealing to it fails rather than wrapping to nobody.
+    await assert.rejects(recordingKey.wrapEpochKey(new Uint8Array(32), context, fromHex(v.base_key)), (/** @type {any} */ err) => err instanceof hpke.HpkeError && err.reason === "malformed");
+  });
+
+  test("a key file gives its public key only; anything else is refused with a message for people", () => {
+    const keyFile = {
+      format: 1,
+      kind: "consult-recording-key",
+      public_key: v.recording_key_base64,
+      kdf: { algorithm: "argon2id", salt: "c2FsdA==", m_cost: 19456, t_cost: 2, p_cost: 1 },
+      nonce: "AAAAAAAAAAAAAAAA",
+      ciphertext: "c2VhbGVkIHByaXZhdGUga2V5",
+    };
+    assert.equal(recordingKey.publicKeyOfKeyFile(JSON.stringify(keyFile)), v.recording_key_base64);
+    assert.equal(recordingKey.recordingKeyFingerprint(v.recording_key_base64), v.recording_key_base64.slice(0, 8));
+    const refused = {
+      "not JSON": "recording public key: " + v.recording_key_base64,
+      "JSON of another kind": JSON.stringify({ ...keyFile, kind: "consult-session" }),
+      "a later format": JSON.stringify({ ...keyFile, format: 2 }),
+      "a short public key": JSON.stringify({ ...keyFile, public_key: toBase64(new Uint8Array(16)) }),
+      "no public key": JSON.stringify({ ...keyFile, public_key: undefined }),
+    };
+    for (const [what, text] of Object.entries(refused)) {
+      assert.throws(() => recordingKey.publicKeyOfKeyFile(text), (/** @type {any} */ err) => err instanceof recordingKey.RecordingKeyError && /[A-Z].*\.$/.test(err.message), what);
     }
   });
 });

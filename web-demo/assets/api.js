@@ -18,6 +18,7 @@
 /** @typedef {import('./protocol.js').InviteInfo} InviteInfo */
 /** @typedef {import('./protocol.js').RedeemInviteResponse} RedeemInviteResponse */
 /** @typedef {import('./protocol.js').IceServers} IceServers */
+/** @typedef {import('./protocol.js').RecordingKeyBody} RecordingKeyBody */
 
 /** A failed API request. */
 export class ApiError extends Error {
@@ -148,6 +149,25 @@ export function getSession() {
 /** @returns {Promise<void>} */
 export function logout() {
   return request("POST", "/api/v1/auth/logout");
+}
+
+/**
+ * The signed-in doctor's recording public key (base64), or null when none is registered.
+ * @returns {Promise<string | null>}
+ */
+export async function getRecordingKey() {
+  /** @type {RecordingKeyBody} */
+  const body = await request("GET", "/api/v1/account/recording-key");
+  return body && typeof body.public_key === "string" ? body.public_key : null;
+}
+
+/**
+ * Register (or replace) the signed-in doctor's recording public key: only the public key is sent.
+ * @param {string} publicKey Standard base64 of the 32-byte X25519 key.
+ * @returns {Promise<void>}
+ */
+export function setRecordingKey(publicKey) {
+  return request("PUT", "/api/v1/account/recording-key", { body: { public_key: publicKey } });
 }
 
 // --- Consultations ----------------------------------------------------------------------------

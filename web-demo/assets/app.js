@@ -8,9 +8,10 @@
 
 import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
-import { CallController } from "./call.js";
+import { CallController, recorderPermit } from "./call.js";
 import { CallView } from "./call-view.js";
 import { E2eeCall } from "./e2ee/call-e2ee.js";
+import { publicKeyOfKeyFile, RECORDING_KEY_FILE_MAX_BYTES, RecordingKeyError, recordingKeyFingerprint } from "./e2ee/recording-key.js";
 import { MessagingView } from "./messaging-view.js";
 import { openMedia, stopStream } from "./media.js";
 import { SignalingClient } from "./signaling.js";
@@ -355,6 +356,7 @@ let knownIds = new Set();
 function showList() {
   showView(views.list, { focus: document.activeElement === document.body });
   loadList();
+  loadRecordingKey();
   stopListPolling();
   pollWaitingRoom();
   listTimer = setInterval(pollWaitingRoom, 2000);
@@ -539,9 +541,85 @@ createForm.addEventListener("submit", async (event) => {
     if (c.invite_url) showInvitePanel(c.id, c.title, c.invite_url, c.invite ? c.invite.expires_at : null);
     await loadList();
   } catch (err) {
-    if (!handleSessionLoss(err)) showError(createError, messageOf(err));
+    if (err instanceof ApiError && err.code === "recording_key_missing") {
+      showError(createError, RECORDING_KEY_MISSING);
+      recordingKey = null;
+      renderRecordingKey();
+    } else if (!handleSessionLoss(err)) {
+      showError(createError, messageOf(err));
+    }
   } finally {
     createSubmit.disabled = false;
+  }
+});
+
+// Recording key: the public key recordings of end-to-end encrypted consultations are sealed to.
+const RECORDING_KEY_MISSING =
+  "This consultation cannot be recorded yet: it is end-to-end encrypted, and you have not registered a recording key. Register one under “Recording key”, below.";
+const recordingKeyStatus = byId("recording-key-status", HTMLElement);
+const recordingKeyFile = byId("recording-key-file", HTMLInputElement);
+const recordingKeyError = byId("recording-key-error", HTMLElement);
+const createRecordingKeyNote = byId("create-recording-key-note", HTMLElement);
+/** @type {string | null | undefined} The registered recording public key (base64); null: none; undefined: not known. */
+let recordingKey = undefined;
+
+async function loadRecordingKey() {
+  try {
+    recordingKey = await api.getRecordingKey();
+  } catch (err) {
+    if (handleSessionLoss(err)) return;
+    console.warn("Could not check the recording key", err);
+    recordingKey = undefined;
+  }
+  renderRecordingKey();
+}
+
+function renderRecordingKey() {
+  if (recordingKey) {
+    recordingKeyStatus.dataset.state = "registered";
+    recordingKeyStatus.replaceChildren(
+      "Registered. Fingerprint: ",
+      h("code", { text: recordingKeyFingerprint(recordingKey), testid: "recording-key-fingerprint" }),
+      " (the start of the public key “consult recording keygen” printed). Choose another key file to replace it; keep the old one for the recordings made until then.",
+    );
+  } else if (recordingKey === null) {
+    recordingKeyStatus.dataset.state = "missing";
+    recordingKeyStatus.textContent = "No recording key registered: end-to-end encrypted consultations cannot be recorded until you register one.";
+  } else {
+    recordingKeyStatus.dataset.state = "unknown";
+    recordingKeyStatus.textContent = "Whether you have a recording key registered could not be checked.";
+  }
+  updateCreateNote();
+}
+
+/** Say, next to the button, that a recorded end-to-end encrypted consultation needs a recording key. */
+function updateCreateNote() {
+  createRecordingKeyNote.hidden = !(createMode.value === "recorded" && createE2ee.checked && recordingKey === null);
+}
+createMode.addEventListener("change", updateCreateNote);
+createE2ee.addEventListener("change", updateCreateNote);
+
+// The key file is read here; only its public key goes to the service.
+recordingKeyFile.addEventListener("change", async () => {
+  const file = recordingKeyFile.files ? recordingKeyFile.files[0] : undefined;
+  if (!file) return;
+  showError(recordingKeyError, null);
+  recordingKeyFile.disabled = true;
+  try {
+    if (file.size > RECORDING_KEY_FILE_MAX_BYTES) throw new RecordingKeyError("This file is too large to be a recording key file.");
+    const publicKey = publicKeyOfKeyFile(await file.text());
+    const replacing = !!recordingKey && recordingKey !== publicKey;
+    await api.setRecordingKey(publicKey);
+    recordingKey = publicKey;
+    renderRecordingKey();
+    if (createError.textContent === RECORDING_KEY_MISSING) showError(createError, null);
+    announce(replacing ? "Recording key replaced. Keep the old key file: the recordings made until now need it." : "Recording key registered.");
+  } catch (err) {
+    if (err instanceof RecordingKeyError) showError(recordingKeyError, err.message);
+    else if (!handleSessionLoss(err)) showError(recordingKeyError, `The recording key was not registered: ${messageOf(err)}`);
+  } finally {
+    recordingKeyFile.value = "";
+    recordingKeyFile.disabled = false;
   }
 });
 
@@ -905,7 +983,7 @@ function setUpE2ee(active, joined) {
 function renderRecording(active) {
   const state = active.recording ? active.recording.state : active.mode === "live_only" ? "live_only" : null;
   callView.setRecording(state, active.recording?.problem);
-  active.controller?.allowRecorder(state === "recording");
+  active.controller?.allowRecorder(state === "recording" && active.recording ? recorderPermit(active.recording) : null);
 }
 
 /** @param {ActiveCall} active */

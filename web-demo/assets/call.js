@@ -13,7 +13,10 @@
  * offered from here, without data channels, and it never replaces, renegotiates or shows up in the
  * main connection with the other person. The page says when its media may go to the recorder
  * (`allowRecorder`: while the service says `recording`), so a recorder that turns up when the
- * consultation is not being recorded gets nothing.
+ * consultation is not being recorded gets nothing. A zero-knowledge recording (an end-to-end
+ * encrypted consultation) gets SFrame-protected media only, under keys of its own wrapped to the
+ * clinician's recording key (`e2ee/recording-protection.js`); an end-to-end encrypted call never
+ * sends the recorder anything else.
  *
  * Data channels (`consult-chat`, `consult-file`, see `messaging.js`): the side that makes the first
  * offer of a connection includes them. A connection therefore creates both channels (in-band,
@@ -31,6 +34,8 @@
  */
 
 import { applyVideoCodecPreferences, E2eeLink } from "./e2ee/call-e2ee.js";
+import { parseRecordingPublicKey, uuidBytes } from "./e2ee/recording-key.js";
+import { RecordingProtection } from "./e2ee/recording-protection.js";
 import { E2EE_CHANNEL_LABEL } from "./e2ee/schedule.js";
 
 /** Labels of the channels a connection opens when it offers first. */
@@ -41,6 +46,8 @@ const DATA_CHANNEL_LABELS = ["consult-chat", "consult-file"];
 /** @typedef {import('./protocol.js').JoinedMessage} JoinedMessage */
 /** @typedef {import('./protocol.js').SessionDescription} SessionDescription */
 /** @typedef {import('./protocol.js').IceCandidate} IceCandidate */
+/** @typedef {import('./protocol.js').RecordingMessage} RecordingMessage */
+/** @typedef {import('./e2ee/recording-protection.js').RecordingTarget} RecordingTarget */
 /** @typedef {import('./api.js').IceConfig} IceConfig */
 /** @typedef {import('./e2ee/call-e2ee.js').E2eeCall} E2eeCall */
 /** @typedef {import('./messaging.js').ChannelLike} ChannelLike */
@@ -451,27 +458,45 @@ export class PeerLink {
  * side always offers — the recorder only answers — with one `sendonly` audio and one `sendonly`
  * video section (the local tracks; a section without a track for a kind there is none of) and no
  * data channels, so the recorder always sees the same two sections. Nothing comes back, so
- * nothing is shown. Unprotected: only for consultations without end-to-end encryption.
+ * nothing is shown. VP8 is offered first: the exporter writes VP8 and Opus as WebM.
+ *
+ * With a `target` (zero-knowledge recording) every frame goes through a
+ * {@link RecordingProtection} before it leaves, and none leaves without a key: the recorder stores
+ * ciphertext only the clinician's recording key opens. Without one, media goes as it is (only for
+ * consultations without end-to-end encryption).
  */
 export class RecorderLink {
   /**
+   * Throws when a `target` is given and this browser cannot protect frames (nothing is sent then).
    * @param {object} options
    * @param {string} options.peerId The recorder's participant id.
    * @param {IceConfig} options.iceConfig Servers and transport policy.
    * @param {MediaStream | null} options.localStream
    * @param {(message: ClientMessage) => boolean} options.send
+   * @param {RecordingTarget | null} [options.target] Zero-knowledge: where the keys are wrapped to.
+   * @param {ReadonlySet<number>} [options.avoidTags] Zero-knowledge: KID tags earlier connections
+   *   of this participant used in the same recording.
+   * @param {string} [options.permitKey] What the page allowed ({@link permitKeyOf}), to tell when it changes.
    */
-  constructor({ peerId, iceConfig, localStream, send }) {
+  constructor({ peerId, iceConfig, localStream, send, target = null, avoidTags, permitKey = "" }) {
     this.peerId = peerId;
     this.send = send;
+    this.permitKey = permitKey;
     this.closed = false;
-    this.pc = newPeerConnection(iceConfig);
+    // Made before any track is added: it refuses to exist in a browser that cannot protect frames.
+    /** @type {RecordingProtection | null} */
+    this.protection = target ? new RecordingProtection({ target, send, ...(avoidTags ? { avoidTags } : {}) }) : null;
+    this.pc = newPeerConnection(iceConfig, this.protection ? RecordingProtection.configuration() : {});
     const pc = this.pc;
     this.iceRestarter = new IceRestarter(pc);
     for (const kind of ["audio", "video"]) {
       const track = localStream?.getTracks().find((t) => t.kind === kind) ?? null;
-      pc.addTransceiver(track ?? kind, { direction: "sendonly", streams: localStream ? [localStream] : [] });
+      const transceiver = pc.addTransceiver(track ?? kind, { direction: "sendonly", streams: localStream ? [localStream] : [] });
+      if (kind === "video") applyVideoCodecPreferences(transceiver, !!this.protection, "vp8");
     }
+    // Before negotiation, so before any frame: every sender protects, and drops frames until its
+    // first key is installed.
+    this.protection?.attach(pc);
     // The first offer, and the one of every ICE restart.
     pc.onnegotiationneeded = async () => {
       try {
@@ -526,9 +551,18 @@ export class RecorderLink {
     if (!this.closed) this.pc.restartIce();
   }
 
+  /**
+   * Signaling is back after a drop: a key message may have been lost with the old socket, so a
+   * zero-knowledge link starts a new epoch (whose key message goes on the new one).
+   */
+  signalingResumed() {
+    if (!this.closed) void this.protection?.rotate();
+  }
+
   close() {
     if (this.closed) return;
     this.closed = true;
+    this.protection?.close();
     this.iceRestarter.stop();
     this.pc.onnegotiationneeded = null;
     this.pc.onicecandidate = null;
@@ -539,6 +573,33 @@ export class RecorderLink {
 
 /** Whether a participant is the service's recorder (which never takes part in the main connection). */
 const isRecorder = (/** @type {Peer} */ peer) => peer.role === "recorder";
+
+/**
+ * What a page lets go to the recorder while the service says `recording`: its media as it is
+ * (`zeroKnowledge: null`), or only media protected under keys wrapped to the clinician's
+ * recording key, for this recording.
+ * @typedef {object} RecorderPermit
+ * @property {{ recordingId: string, recordingKey: string } | null} zeroKnowledge
+ */
+
+/**
+ * The permit a `recording` message (state `recording`) gives.
+ * @param {RecordingMessage} m
+ * @returns {RecorderPermit}
+ */
+export function recorderPermit(m) {
+  const zeroKnowledge = m.zero_knowledge === true || m.recording_key != null;
+  return { zeroKnowledge: zeroKnowledge ? { recordingId: m.recording_id ?? "", recordingKey: m.recording_key ?? "" } : null };
+}
+
+/**
+ * A permit as a string, to tell when it changed: a new recording or key needs a new connection.
+ * @param {RecorderPermit} permit
+ */
+function permitKeyOf(permit) {
+  const zk = permit.zeroKnowledge;
+  return zk ? `zero-knowledge ${zk.recordingId} ${zk.recordingKey}` : "plain";
+}
 
 /**
  * Keeps the peer connections of a two-party call in step with the signaling messages: the main
@@ -601,9 +662,16 @@ export class CallController {
     this.recorderIds = new Set();
     /** @type {RecorderLink | null} */
     this.recorderLink = null;
-    /** Whether this page's media may go to the recorder now (`allowRecorder`). */
-    this.recorderAllowed = false;
-    this.warnedRecorderE2ee = false;
+    /** @type {RecorderPermit | null} Whether and how this page's media may go to the recorder now (`allowRecorder`). */
+    this.recorderPermit = null;
+    /** @type {string | null} {@link permitKeyOf} the permit. */
+    this.recorderPermitKey = null;
+    /** @type {string | null} The last reason logged for sending the recorder nothing (logged once). */
+    this.recorderRefusal = null;
+    /** @type {string | null} This participant's id, from `joined` (bound into recording keys). */
+    this.localId = null;
+    /** @type {Map<string, Set<number>>} Per recording, the KID tags this page's recorder connections used. */
+    this.recorderTags = new Map();
   }
 
   /**
@@ -616,15 +684,19 @@ export class CallController {
   }
 
   /**
-   * Whether this page's media may go to the recorder: the page allows it while the service says
-   * the consultation is being recorded, and refuses it as soon as that ends (the patient's page:
-   * the moment the patient withdraws). Refusing closes the recorder's connection at once.
-   * @param {boolean} allowed
+   * Whether and how this page's media may go to the recorder: the page allows it while the
+   * service says the consultation is being recorded ({@link recorderPermit} of that message), and
+   * refuses it (null) as soon as that ends (the patient's page: the moment the patient
+   * withdraws). Refusing closes the recorder's connection at once; a permit for another recording
+   * or key replaces it.
+   * @param {RecorderPermit | null} permit
    */
-  allowRecorder(allowed) {
-    if (this.recorderAllowed === allowed) return;
-    this.recorderAllowed = allowed;
-    if (allowed) void this.enqueue(() => this.syncRecorder());
+  allowRecorder(permit) {
+    const key = permit ? permitKeyOf(permit) : null;
+    if (this.recorderPermitKey === key) return;
+    this.recorderPermit = permit;
+    this.recorderPermitKey = key;
+    if (permit) void this.enqueue(() => this.syncRecorder());
     else this.dropRecorderLink();
   }
 
@@ -774,12 +846,15 @@ export class CallController {
   joined(joined) {
     return this.enqueue(async () => {
       this.polite = joined.polite;
+      this.localId = joined.participant_id;
       for (const peer of joined.peers) this.peers.set(peer.participant_id, peer);
       this.isAdmitted = joined.admitted;
       const recorder = joined.peers.find(isRecorder) ?? null;
       // Back after a signaling drop with a recorder connection that suffered meanwhile: what was
       // sent during the drop is lost, so offer it a fresh one.
       if (recorder && this.recorderLink && this.recorderLink.pc.connectionState !== "connected") this.dropRecorderLink();
+      // Kept: its keys go on under a new epoch announced on this socket.
+      if (recorder) this.recorderLink?.signalingResumed();
       this.setRecorder(recorder);
       await this.joinedMain(joined);
       await this.syncRecorder();
@@ -958,23 +1033,59 @@ export class CallController {
    * @private
    */
   async syncRecorder() {
-    const wanted = () => (this.recorder && this.isAdmitted && this.recorderAllowed && !this.closed ? this.recorder.participant_id : null);
+    const permitKey = this.recorderPermitKey;
+    const wanted = () =>
+      this.recorder && this.isAdmitted && this.recorderPermit && this.recorderPermitKey === permitKey && !this.closed ? this.recorder.participant_id : null;
     let peerId = wanted();
-    if (peerId && this.e2ee) {
-      // An unprotected copy of an end-to-end encrypted call would defeat it; the service starts no
-      // recorder for such consultations until clients can send it ciphertext.
-      if (!this.warnedRecorderE2ee) console.warn("zero-knowledge recording not available in this client yet");
-      this.warnedRecorderE2ee = true;
-      peerId = null;
+    /** @type {RecordingTarget | null} */
+    let target = null;
+    if (peerId && this.recorderPermit) {
+      const decided = this.recordingTarget(this.recorderPermit);
+      if (decided.refusal !== null) {
+        if (this.recorderRefusal !== decided.refusal) console.warn(`Nothing goes to the recorder: ${decided.refusal}`);
+        this.recorderRefusal = decided.refusal;
+        peerId = null;
+      }
+      target = decided.target;
     }
-    if (this.recorderLink && this.recorderLink.peerId !== peerId) this.dropRecorderLink();
+    if (this.recorderLink && (this.recorderLink.peerId !== peerId || this.recorderLink.permitKey !== permitKey)) this.dropRecorderLink();
     if (!peerId || this.recorderLink) return;
     const iceConfig = await this.getIceConfig();
-    // allowRecorder(false) and close() act at once, outside the queue: look again.
+    // allowRecorder(null) and close() act at once, outside the queue: look again.
     if (wanted() !== peerId || this.recorderLink) return;
-    const link = new RecorderLink({ peerId, iceConfig, localStream: this.localStream, send: this.send });
+    const usedTags = target ? this.recorderTags.get(target.recordingId) ?? new Set() : undefined;
+    const link = new RecorderLink({ peerId, iceConfig, localStream: this.localStream, send: this.send, target, avoidTags: usedTags, permitKey: permitKey ?? "" });
     this.recorderLink = link;
-    /** @type {any} */ (window).consultRecorderPc = link.pc;
+    if (target && usedTags && link.protection) this.recorderTags.set(target.recordingId, usedTags.add(link.protection.tag));
+    const w = /** @type {any} */ (window);
+    w.consultRecorderPc = link.pc;
+    const protection = link.protection;
+    w.consultRecorderE2ee = protection ? Object.freeze({ snapshot: () => protection.snapshot() }) : null;
+  }
+
+  /**
+   * Where the recorder's keys go under a permit (null: media goes as it is), or why nothing may go
+   * to the recorder at all.
+   * @private
+   * @param {RecorderPermit} permit
+   * @returns {{ target: RecordingTarget | null, refusal: string | null }}
+   */
+  recordingTarget(permit) {
+    const zk = permit.zeroKnowledge;
+    if (!zk) {
+      // An unprotected copy of an end-to-end encrypted call would defeat it.
+      return this.e2ee
+        ? { target: null, refusal: "the service records this end-to-end encrypted consultation without a recording key" }
+        : { target: null, refusal: null };
+    }
+    if (!RecordingProtection.supported) return { target: null, refusal: "this browser cannot protect frames for a zero-knowledge recording" };
+    if (!this.localId) return { target: null, refusal: "this participant's id is not known yet" };
+    try {
+      uuidBytes(zk.recordingId);
+      return { target: { recordingId: zk.recordingId, participantId: this.localId, recordingKey: parseRecordingPublicKey(zk.recordingKey) }, refusal: null };
+    } catch (err) {
+      return { target: null, refusal: `the recording id or key from the service cannot be used (${err instanceof Error ? err.message : err})` };
+    }
   }
 
   /** @private */
@@ -983,6 +1094,8 @@ export class CallController {
     if (!old) return;
     this.recorderLink = null;
     old.close();
-    if (/** @type {any} */ (window).consultRecorderPc === old.pc) /** @type {any} */ (window).consultRecorderPc = null;
+    const w = /** @type {any} */ (window);
+    if (w.consultRecorderPc === old.pc) w.consultRecorderPc = null;
+    if (old.protection) w.consultRecorderE2ee = null;
   }
 }

@@ -9,7 +9,7 @@
 
 import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
-import { CallController } from "./call.js";
+import { CallController, recorderPermit } from "./call.js";
 import { CallView, showRecordingState } from "./call-view.js";
 import { ConsentDialog } from "./consent-dialog.js";
 import { E2eeCall, transformApi } from "./e2ee/call-e2ee.js";
@@ -612,7 +612,7 @@ function renderRecording() {
   const problem = recording?.problem;
   showRecordingState(waitingRecordingBadge, state, "patient", problem);
   callView.setRecording(state, problem);
-  controller?.allowRecorder(state === "recording" && consentAnswer !== false);
+  controller?.allowRecorder(state === "recording" && recording && consentAnswer !== false ? recorderPermit(recording) : null);
   stopRecordingButton.hidden = state !== "recording";
   stopRecordingButton.disabled = consentAnswer === false;
   if (state === "awaiting_consent" && consentAnswer === null && signaling) {

@@ -127,6 +127,13 @@ export const PROTOCOL_VERSION = 1;
  * @property {boolean} connected
  */
 
+/**
+ * `GET /api/v1/account/recording-key` (and the body of `PUT`, where `public_key` is a string): the
+ * doctor's X25519 recording public key, standard base64 of 32 bytes, that recordings of their
+ * end-to-end encrypted consultations are encrypted to; null when none is registered.
+ * @typedef {{ public_key: string | null }} RecordingKeyBody
+ */
+
 /** @typedef {{ invite: string }} InspectInviteRequest */
 
 /**
@@ -237,12 +244,19 @@ export const PROTOCOL_VERSION = 1;
  * @property {boolean} zero_knowledge End-to-end encrypted: the recorder stores ciphertext only the
  *   doctor's key opens.
  * @property {string} [problem] What went wrong, for people (with `failed`).
+ * @property {string} [recording_id] The recording being made (with `recording`).
+ * @property {string} [recording_key] Zero-knowledge (with `recording`): the clinician's X25519
+ *   recording public key, standard base64 of 32 bytes, that every client wraps its SFrame keys to
+ *   (`recording_key` messages).
  */
 
 /**
  * A message from a client to the service (without `v`, which the signaling client adds).
  * `consent` (patient only): `true` agrees to be recorded, `false` refuses (before recording) or
  * withdraws (while recording); declining and withdrawing are final for the consultation.
+ * `recording_key` (zero-knowledge recording): one SFrame base key of the media this client sends to
+ * the recorder, wrapped to the clinician's recording key with HPKE (see `e2ee/recording-key.js`):
+ * `wrapped` is base64 of `enc (32) ‖ ciphertext`; sent before the first frame under `kid`.
  * @typedef {{ type: "join", token?: string, consultation_id?: string }
  *   | { type: "admit", participant_id: string }
  *   | { type: "decline", participant_id: string }
@@ -250,7 +264,8 @@ export const PROTOCOL_VERSION = 1;
  *   | { type: "candidate", to: string, candidate: IceCandidate | null }
  *   | { type: "ping" }
  *   | { type: "leave" }
- *   | { type: "consent", recording: boolean }} ClientMessage
+ *   | { type: "consent", recording: boolean }
+ *   | { type: "recording_key", recording_id: string, kid: number, suite: number, wrapped: string }} ClientMessage
  */
 
 /**
@@ -279,6 +294,7 @@ export const PROTOCOL_VERSION = 1;
  *   | { type: "candidate", from: string, candidate: IceCandidate | null }
  *   | { type: "pong", server_time: string }
  *   | RecordingMessage
+ *   | { type: "recording_key", from: string, recording_id: string, kid: number, suite: number, wrapped: string }
  *   | { type: "consultation_ended" }
  *   | { type: "replaced" }
  *   | { type: "error", code: SignalErrorCode, message: string, fatal: boolean }} ServerMessage

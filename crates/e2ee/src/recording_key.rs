@@ -497,3 +497,44 @@ mod tests {
         assert!(RecordingPublicKey::from_base64("AAAA").is_err());
     }
 }
+
+#[cfg(test)]
+mod vectors {
+    use super::*;
+
+    fn hex(s: &serde_json::Value) -> Vec<u8> {
+        hex::decode(s.as_str().unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// The browser's wrapping (web-demo/assets/e2ee/hpke.js), sealed with a fixed ephemeral key,
+    /// opens here byte for byte: the exporter reads what browsers send.
+    #[test]
+    fn a_key_wrapped_by_the_browser_opens_here() {
+        let text = include_str!("../test-vectors/hpke.json");
+        let all: serde_json::Value = serde_json::from_str(text).unwrap();
+        let v = &all["consult_epoch_key"];
+        let sk: [u8; 32] = hex(&v["skRm"]).try_into().unwrap();
+        let pair = RecordingKeyPair::from_private_bytes(&sk).unwrap();
+        assert_eq!(pair.public().as_bytes().to_vec(), hex(&v["pkRm"]));
+        assert_eq!(
+            pair.public().to_base64(),
+            v["recording_key_base64"].as_str().unwrap()
+        );
+        let uuid = |key: &str| {
+            let h = v[key].as_str().unwrap().replace('-', "");
+            <[u8; 16]>::try_from(hex::decode(h).unwrap()).unwrap()
+        };
+        let binding = EpochKeyBinding {
+            recording: uuid("recording_id"),
+            sender: uuid("participant_id"),
+            kid: v["kid"].as_u64().unwrap(),
+            suite: Suite::from_id(v["suite"].as_u64().unwrap() as u16).unwrap(),
+        };
+        assert_eq!(binding.aad(), hex(&v["aad"]));
+        assert_eq!(EPOCH_KEY_INFO.to_vec(), hex(&v["info"]));
+        let base = pair
+            .unwrap_epoch_key(&binding, &hex(&v["wrapped"]))
+            .unwrap();
+        assert_eq!(base.expose(), hex(&v["base_key"]).as_slice());
+    }
+}

@@ -91,7 +91,9 @@ fn open_frames(
     clinician_key: &RecordingKeyPair,
 ) -> Result<(), ExportError> {
     let fail = |why: String| ExportError::DoesNotOpen { id, why };
-    let mut keys: HashMap<(Uuid, u64), ReceiverKey> = HashMap::new();
+    // A sender's KIDs may repeat across its connections (a reloaded page draws a new tag that
+    // can collide): keep every key of a (sender, KID) and use the one that opens the frame.
+    let mut keys: HashMap<(Uuid, u64), Vec<ReceiverKey>> = HashMap::new();
     for epoch in &contents.epoch_keys {
         let suite = Suite::from_id(epoch.suite)
             .ok_or_else(|| fail(format!("unknown SFrame suite {}", epoch.suite)))?;
@@ -106,7 +108,9 @@ fn open_frames(
             .map_err(|e| fail(format!("the wrapped key for KID {:#x}: {e}", epoch.kid)))?;
         let receiver = ReceiverKey::new(suite, epoch.kid, &base)
             .map_err(|e| fail(format!("KID {:#x}: {e}", epoch.kid)))?;
-        keys.insert((epoch.sender, epoch.kid), receiver);
+        keys.entry((epoch.sender, epoch.kid))
+            .or_default()
+            .push(receiver);
     }
     let tracks = contents.tracks.clone();
     for (n, frame) in contents.frames.iter_mut().enumerate() {
@@ -120,17 +124,22 @@ fn open_frames(
         };
         let protected = ProtectedFrame::parse(format, &frame.data)
             .map_err(|e| fail(format!("frame {n} is not an SFrame frame: {e}")))?;
-        let key = keys
-            .get(&(track.participant, protected.kid()))
-            .ok_or_else(|| {
-                fail(format!(
-                    "no wrapped key for KID {:#x} (frame {n})",
-                    protected.kid()
-                ))
-            })?;
-        frame.data = protected
-            .open(key)
-            .map_err(|e| fail(format!("frame {n} (KID {:#x}): {e}", protected.kid())))?;
+        let kid = protected.kid();
+        let candidates = keys
+            .get(&(track.participant, kid))
+            .ok_or_else(|| fail(format!("no wrapped key for KID {kid:#x} (frame {n})")))?;
+        let mut last_error = None;
+        let opened = candidates.iter().find_map(|key| match protected.open(key) {
+            Ok(plain) => Some(plain),
+            Err(e) => {
+                last_error = Some(e);
+                None
+            }
+        });
+        frame.data = opened.ok_or_else(|| {
+            let why = last_error.map(|e| e.to_string()).unwrap_or_default();
+            fail(format!("frame {n} (KID {kid:#x}): {why}"))
+        })?;
     }
     for track in contents.tracks.values_mut() {
         track.protected = false;

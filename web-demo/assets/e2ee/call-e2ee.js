@@ -18,6 +18,7 @@
  * {@link HELLO_TIMEOUT_MS} of connecting, the call carries no media and says why.
  */
 
+import { MediaWorker, transformApi, transformConfiguration } from "./media-worker.js";
 import { DEFAULT_PROTECTOR_CONFIG, FrameProtector, protectMessage, unprotectMessage, RejectedError } from "./protector.js";
 import { DEFAULT_SCHEDULE_CONFIG, fingerprintFromSdp, KeySchedule } from "./schedule.js";
 import { SealedChannel } from "./sealed-channel.js";
@@ -32,8 +33,6 @@ const RECENT_MS = 2000;
 export const HELLO_TIMEOUT_MS = 10_000;
 /** How long a key channel may be open before both DTLS fingerprints are known. */
 const FINGERPRINT_WAIT_MS = 5000;
-/** How long a key installation in the worker may take before the link gives up on it. */
-const INSTALL_TIMEOUT_MS = 5000;
 
 /**
  * Why an E2EE call carries no media: `browser-unsupported` (no encoded-transform API here),
@@ -51,16 +50,7 @@ const INSTALL_TIMEOUT_MS = 5000;
  * @property {E2eeProblem | null} problem
  */
 
-/**
- * Which encoded-transform API this browser has.
- * @returns {"script-transform" | "encoded-streams" | null}
- */
-export function transformApi() {
-  if (typeof RTCRtpScriptTransform === "function") return "script-transform";
-  const sender = /** @type {any} */ (globalThis.RTCRtpSender);
-  if (sender && typeof sender.prototype.createEncodedStreams === "function") return "encoded-streams";
-  return null;
-}
+export { transformApi };
 
 /** Video codecs with an E2EE frame format, and what travels with them. */
 const E2EE_VIDEO_CODECS = ["video/vp8", "video/h264", "video/rtx", "video/red", "video/ulpfec", "video/flexfec-03"];
@@ -111,9 +101,10 @@ export function rotationOverrides() {
  * preferred codec first (when one is set). Without either, nothing changes.
  * @param {RTCRtpTransceiver} transceiver
  * @param {boolean} e2ee
+ * @param {"vp8" | "h264" | null} [preferred] The codec to put first; by default the one a developer
+ *   or test asked for ({@link preferredVideoCodec}).
  */
-export function applyVideoCodecPreferences(transceiver, e2ee) {
-  const preferred = preferredVideoCodec();
+export function applyVideoCodecPreferences(transceiver, e2ee, preferred = preferredVideoCodec()) {
   if (!e2ee && !preferred) return;
   const capabilities = RTCRtpReceiver.getCapabilities("video");
   if (!capabilities || typeof transceiver.setCodecPreferences !== "function") return;
@@ -128,22 +119,6 @@ export function applyVideoCodecPreferences(transceiver, e2ee) {
   } catch (err) {
     console.warn("Could not set the video codec preferences", err);
   }
-}
-
-/**
- * Payload type → frame format, from the `a=rtpmap` lines of SDPs (for frames whose metadata
- * carries no MIME type).
- * @param {(string | undefined)[]} sdps
- */
-function payloadTypesOf(sdps) {
-  /** @type {Record<string, string>} */
-  const map = {};
-  for (const sdp of sdps) {
-    for (const match of (sdp ?? "").matchAll(/^a=rtpmap:(\d+) (VP8|H264|opus)\//gim)) {
-      map[match[1]] = match[2].toLowerCase();
-    }
-  }
-  return map;
 }
 
 /**
@@ -294,10 +269,8 @@ export class E2eeLink {
     this.pc = pc;
     this.peerId = peerId;
     this.closed = false;
-    /** @type {Worker | null} */
-    this.worker = call.api ? new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "consult-e2ee" }) : null;
-    /** @type {any} The worker's latest stats. */
-    this.workerStats = null;
+    /** The transform worker of this connection's media, both ways (null: this browser has none). */
+    this.media = call.api ? MediaWorker.create({ config: call.protectorConfig, onRotateWanted: () => this.requestRotation() }) : null;
     this.data = new FrameProtector(call.protectorConfig);
     /** @type {Set<RTCDataChannel>} */
     this.keyChannels = new Set();
@@ -310,18 +283,6 @@ export class E2eeLink {
     this.scheduleTimer = undefined;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this.helloTimer = undefined;
-    /** @type {Map<number, () => void>} */
-    this.installs = new Map();
-    this.nextInstall = 1;
-    /** @type {WeakSet<RTCRtpSender | RTCRtpReceiver>} */
-    this.transformed = new WeakSet();
-
-    if (this.worker) {
-      this.worker.onmessage = (event) => this.fromWorker(event.data);
-      this.worker.onerror = (event) => console.error("E2EE worker error", event.message);
-      // Before any key: the worker's protector is made anew with it.
-      if (Object.keys(call.protectorConfig).length > 0) this.worker.postMessage({ type: "config", config: call.protectorConfig });
-    }
     this.watchConnection = () => this.connectionChanged();
     pc.addEventListener("connectionstatechange", this.watchConnection);
     this.watchNegotiation = () => this.postCodecs();
@@ -331,7 +292,12 @@ export class E2eeLink {
 
   /** Whether this link's media can be protected (else no media may flow). */
   get canTransform() {
-    return this.worker !== null;
+    return this.media !== null && !this.media.closed;
+  }
+
+  /** The worker's latest stats (its last ones once the link is closed), or null. */
+  get workerStats() {
+    return this.media ? this.media.stats : null;
   }
 
   /**
@@ -339,7 +305,7 @@ export class E2eeLink {
    * the older API (it must be set when the connection is made).
    */
   static configuration() {
-    return transformApi() === "encoded-streams" ? { encodedInsertableStreams: true } : {};
+    return transformConfiguration();
   }
 
   /**
@@ -349,24 +315,12 @@ export class E2eeLink {
    * @param {"audio" | "video"} kind
    */
   attach(endpoint, side, kind) {
-    if (!this.worker || this.closed || this.transformed.has(endpoint)) return;
-    this.transformed.add(endpoint);
-    const options = { side, kind };
-    if (this.call.api === "script-transform") {
-      endpoint.transform = new RTCRtpScriptTransform(this.worker, options);
-    } else {
-      const { readable, writable } = /** @type {any} */ (endpoint).createEncodedStreams();
-      this.worker.postMessage({ type: "streams", side, kind, readable, writable }, [readable, writable]);
-    }
+    if (!this.closed) this.media?.attach(endpoint, side, kind);
   }
 
   /** Attach transforms to every sender and receiver of the connection that has none yet. */
   attachAll() {
-    for (const t of this.pc.getTransceivers()) {
-      const kind = t.receiver.track.kind === "audio" ? "audio" : "video";
-      this.attach(t.sender, "send", kind);
-      this.attach(t.receiver, "receive", kind);
-    }
+    if (!this.closed) this.media?.attachAll(this.pc);
   }
 
   /**
@@ -375,7 +329,7 @@ export class E2eeLink {
    */
   takeKeyChannel(channel) {
     // Without a way to protect media, no hello: the other side then tells its person why.
-    if (this.closed || !this.worker || this.keyChannels.has(channel)) return;
+    if (this.closed || !this.media || this.keyChannels.has(channel)) return;
     this.keyChannels.add(channel);
     const opened = () => {
       if (this.closed) return;
@@ -526,22 +480,8 @@ export class E2eeLink {
    * @private
    * @param {KeyEvent} event
    */
-  install(event) {
-    const worker = this.worker;
-    if (!worker) return Promise.resolve();
-    const id = this.nextInstall++;
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.installs.delete(id);
-        console.warn("E2EE: the worker did not confirm a key in time");
-        resolve(undefined);
-      }, INSTALL_TIMEOUT_MS);
-      this.installs.set(id, () => {
-        clearTimeout(timer);
-        resolve(undefined);
-      });
-      worker.postMessage({ type: event.kind, id, kid: event.mediaKid, epoch: event.epoch, suite: event.suite.id, baseKey: event.baseKey });
-    });
+  async install(event) {
+    await this.media?.install({ kind: event.kind, kid: event.mediaKid, epoch: event.epoch, suite: event.suite, baseKey: event.baseKey });
   }
 
   /** @private */
@@ -561,24 +501,9 @@ export class E2eeLink {
     }, wait);
   }
 
-  /**
-   * @private
-   * @param {any} m
-   */
-  fromWorker(m) {
-    if (!m || typeof m !== "object" || this.closed) return;
-    if (m.type === "stats") {
-      this.workerStats = m.stats;
-    } else if (m.type === "installed") {
-      this.installs.get(m.id)?.();
-      this.installs.delete(m.id);
-    } else if (m.type === "rotate-wanted") {
-      this.requestRotation();
-    }
-  }
-
   /** @private */
   requestRotation() {
+    if (this.closed) return;
     this.call.schedule.requestRotation();
     this.enqueue(async () => {
       await this.call.schedule.handleTimeout(performance.now());
@@ -590,7 +515,7 @@ export class E2eeLink {
   connectionChanged() {
     if (this.closed) return;
     // This browser's own shortcoming (no worker) is the reason shown then, not the other side's.
-    if (this.worker && this.pc.connectionState === "connected" && this.helloTimer === undefined && !this.call.view.sas) {
+    if (this.media && this.pc.connectionState === "connected" && this.helloTimer === undefined && !this.call.view.sas) {
       this.helloTimer = setTimeout(() => {
         if (!this.closed && this.call.link === this && !this.call.schedule.sas) {
           console.warn("E2EE: no key agreement with the other side");
@@ -602,9 +527,8 @@ export class E2eeLink {
 
   /** @private */
   postCodecs() {
-    if (this.closed || !this.worker || this.pc.signalingState !== "stable") return;
-    const payloadTypes = payloadTypesOf([this.pc.currentLocalDescription?.sdp, this.pc.currentRemoteDescription?.sdp]);
-    this.worker.postMessage({ type: "codecs", payloadTypes });
+    if (this.closed || !this.media || this.pc.signalingState !== "stable") return;
+    this.media.postCodecs(this.pc);
     this.attachAll();
   }
 
@@ -673,8 +597,7 @@ export class E2eeLink {
     this.sealed.clear();
     this.data.clear();
     // Ending the worker erases its keys with it.
-    this.worker?.terminate();
-    this.worker = null;
+    this.media?.terminate();
     if (this.call.link === this) this.call.schedule.disconnect();
     this.call.linkClosed(this);
   }
