@@ -512,6 +512,44 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
     let summary = export::export(&vault, &row, Some(&clinician), &mut out).unwrap();
     assert_eq!(summary.frames, contents.frames.len());
     assert!(contains(&out.into_inner()));
+
+    // Damage to the stored stream is named, and nothing is exported: a flipped byte, then the
+    // final chunk cut off a recording that says it is whole.
+    let path = state
+        .config
+        .data_dir
+        .join("vault/media")
+        .join(format!("{recording_id}.cvlt"));
+    let mut flipped = media.clone();
+    flipped[60] ^= 0x20;
+    std::fs::write(&path, &flipped).unwrap();
+    let err = export::export(
+        &vault,
+        &row,
+        Some(&clinician),
+        std::io::Cursor::new(Vec::new()),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("chunk 0 fails authentication"),
+        "{err}"
+    );
+    let mut offset = 32;
+    let mut last_chunk_at = offset;
+    while offset < media.len() {
+        last_chunk_at = offset;
+        let len = u32::from_be_bytes(media[offset..offset + 4].try_into().unwrap()) as usize;
+        offset += 4 + len;
+    }
+    std::fs::write(&path, &media[..last_chunk_at]).unwrap();
+    let err = export::export(
+        &vault,
+        &row,
+        Some(&clinician),
+        std::io::Cursor::new(Vec::new()),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
 }
 
 #[tokio::test]
