@@ -82,6 +82,7 @@ pub mod chat;
 pub mod codec;
 pub mod file_transfer;
 pub mod peer;
+mod recorder_link;
 pub mod session;
 pub mod signal_client;
 pub mod simulated;

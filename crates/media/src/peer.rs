@@ -604,6 +604,15 @@ impl Peer {
         Ok(())
     }
 
+    /// Whether a datagram that arrived on a local socket belongs to this peer's connection
+    /// (for several peers sharing sockets).
+    pub fn accepts(&self, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) -> bool {
+        match str0m::net::Receive::new(Protocol::Udp, source, destination, bytes) {
+            Ok(receive) => self.rtc.accepts(&str0m::Input::Receive(self.now, receive)),
+            Err(_) => false,
+        }
+    }
+
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
         self.now = self.now.max(now);

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consult_proto::signal::{
-    ClientMessage, IceCandidate, ParticipantRole, SdpKind, ServerMessage, SessionDescription,
+    ClientMessage, IceCandidate, ParticipantRole, RecordingState, SdpKind, ServerMessage,
+    SessionDescription,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +24,7 @@ use crate::peer::{
     E2eeSetup, EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent,
     RemoteDescriptionOutcome, Stats, TrackKind, VideoCodec,
 };
+use crate::recorder_link::{RecorderLink, RecordingTarget};
 use crate::signal_client::{
     join_message, redeem_invite, Credentials, PatientPlace, SignalConnection, SignalError,
 };
@@ -161,6 +163,9 @@ pub enum SessionEvent {
     /// End-to-end encryption: the SAS to show the person ([`E2eeEvent::SasReady`]), keys
     /// switched or installed.
     E2ee(E2eeEvent),
+    /// Whether the consultation is recorded now (show it to the person). While it is, the
+    /// session also sends its media to the recorder.
+    Recording(RecordingState),
     /// The consultation ended; the session is over.
     Ended,
     /// Something went wrong that the call survives (a bad datagram, a decode error).
@@ -202,6 +207,7 @@ enum Command {
     RejectFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
     CancelFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
     RotateKeys,
+    Consent(bool),
     Leave,
 }
 
@@ -403,6 +409,13 @@ impl Session {
         self.command(Command::RotateKeys).await
     }
 
+    /// Patient: answer the recording question (`true`: agree to be recorded; `false`: refuse,
+    /// or withdraw a consent given). The service answers every participant with a
+    /// [`SessionEvent::Recording`].
+    pub async fn consent_to_recording(&self, recording: bool) -> Result<(), SessionError> {
+        self.command(Command::Consent(recording)).await
+    }
+
     /// Hang up and wait for the task to finish.
     pub async fn leave(self) -> Result<(), SessionError> {
         let _ = self.commands.send(Command::Leave).await;
@@ -499,6 +512,12 @@ struct Runner {
     /// When the current connection came up, to notice a remote that never agrees keys.
     connected_at: Option<Instant>,
     e2ee_warned: bool,
+    /// The consultation's recorder, when one is present.
+    recorder_id: Option<Uuid>,
+    /// The recording being made, from the last `recording` message.
+    recording: Option<RecordingTarget>,
+    /// The send-only connection to the recorder.
+    recorder: Option<RecorderLink>,
 }
 
 /// How long after connecting the remote may take to start key agreement before we say so.
@@ -551,6 +570,9 @@ impl Runner {
             e2ee: false,
             connected_at: None,
             e2ee_warned: false,
+            recorder_id: None,
+            recording: None,
+            recorder: None,
         })
     }
 
@@ -599,7 +621,14 @@ impl Runner {
                     }
                 }
                 Some(datagram) = datagrams.recv() => {
-                    if let Some(peer) = &mut self.peer {
+                    let for_recorder = self.recorder.as_mut().filter(|link| {
+                        link.peer.accepts(datagram.source, datagram.local, &datagram.bytes)
+                    });
+                    if let Some(link) = for_recorder {
+                        if let Err(e) = link.peer.handle_receive(datagram.at, datagram.source, datagram.local, &datagram.bytes) {
+                            tracing::debug!(error = %e, "recorder link dropped a datagram");
+                        }
+                    } else if let Some(peer) = &mut self.peer {
                         if let Err(e) = peer.handle_receive(datagram.at, datagram.source, datagram.local, &datagram.bytes) {
                             tracing::debug!(error = %e, "dropped a datagram");
                         }
@@ -612,6 +641,9 @@ impl Runner {
                                 let _ = signal.send(&ClientMessage::Leave {}).await;
                             }
                             return Ok(());
+                        }
+                        Some(Command::Consent(recording)) => {
+                            self.send_signal(ClientMessage::Consent { recording }).await?;
                         }
                         Some(command) => self.handle_command(command)?,
                     }
@@ -627,6 +659,12 @@ impl Runner {
                     let now = Instant::now();
                     if let Some(peer) = &mut self.peer {
                         peer.handle_timeout(now)?;
+                    }
+                    if let Some(link) = self.recorder.as_mut().filter(|l| l.next_timeout <= now) {
+                        if let Err(e) = link.peer.handle_timeout(now) {
+                            tracing::warn!(error = %e, "recorder link failed; dropping it");
+                            self.recorder = None;
+                        }
                     }
                     if self.offer_at.is_some_and(|at| at <= now) {
                         self.offer_at = None;
@@ -644,6 +682,9 @@ impl Runner {
 
     fn next_wake(&self) -> Instant {
         let mut wake = self.next_timeout;
+        if let Some(link) = &self.recorder {
+            wake = wake.min(link.next_timeout);
+        }
         if let Some(at) = self.offer_at {
             wake = wake.min(at);
         }
@@ -700,26 +741,79 @@ impl Runner {
                     },
                 )
                 .await;
+                self.note_recorder(&peers);
                 if let Some(peer) = peers
                     .into_iter()
                     .find(|p| p.role != ParticipantRole::Recorder)
                 {
                     self.start_peer(peer.participant_id, peer.name).await?;
                 }
+                self.start_recorder_link().await?;
             }
             ServerMessage::Admitted { peers } => {
                 self.admitted = true;
                 emit(&self.events, SessionEvent::Admitted).await;
+                self.note_recorder(&peers);
                 if let Some(peer) = peers
                     .into_iter()
                     .find(|p| p.role != ParticipantRole::Recorder)
                 {
                     self.start_peer(peer.participant_id, peer.name).await?;
                 }
+                self.start_recorder_link().await?;
             }
-            // The service's recorder: this session does not send to it (yet), and it must not
-            // take the place of the call's other participant.
-            ServerMessage::PeerJoined { peer } if peer.role == ParticipantRole::Recorder => {}
+            // The service's recorder: a send-only connection of its own, beside the call.
+            ServerMessage::PeerJoined { peer } if peer.role == ParticipantRole::Recorder => {
+                self.recorder_id = Some(peer.participant_id);
+                self.start_recorder_link().await?;
+            }
+            ServerMessage::PeerLeft { participant_id, .. }
+                if self.recorder_id == Some(participant_id) =>
+            {
+                self.recorder_id = None;
+                self.recorder = None;
+            }
+            ServerMessage::Recording {
+                state,
+                recording_id,
+                recording_key,
+                ..
+            } => {
+                let target = match (state, recording_id) {
+                    (RecordingState::Recording, Some(recording_id)) => Some(RecordingTarget {
+                        recording_id,
+                        recording_key,
+                    }),
+                    _ => None,
+                };
+                if target != self.recording {
+                    self.recorder = None;
+                    self.recording = target;
+                }
+                emit(&self.events, SessionEvent::Recording(state)).await;
+                self.start_recorder_link().await?;
+            }
+            ServerMessage::Description { from, description }
+                if Some(from) == self.recorder_id && description.kind == SdpKind::Answer =>
+            {
+                if let Some(link) = &mut self.recorder {
+                    if let Err(e) = link.peer.handle_remote_answer(&description.sdp) {
+                        tracing::warn!(error = %e, "the recorder's answer does not fit; dropping the link");
+                        self.recorder = None;
+                    }
+                }
+            }
+            ServerMessage::Candidate {
+                from,
+                candidate: Some(candidate),
+            } if Some(from) == self.recorder_id => {
+                if let Some(link) = &mut self.recorder {
+                    if let Err(e) = link.peer.add_remote_candidate(&candidate.candidate) {
+                        tracing::debug!(error = %e, "ignored a recorder candidate");
+                    }
+                }
+            }
+
             ServerMessage::PeerJoined { peer } => {
                 self.start_peer(peer.participant_id, peer.name).await?;
             }
@@ -787,6 +881,12 @@ impl Runner {
         Ok(true)
     }
 
+    fn note_recorder(&mut self, peers: &[consult_proto::signal::Peer]) {
+        if let Some(recorder) = peers.iter().find(|p| p.role == ParticipantRole::Recorder) {
+            self.recorder_id = Some(recorder.participant_id);
+        }
+    }
+
     /// A (new) remote participant: a fresh peer connection, host candidates, and an offer
     /// (right away if impolite, after a short wait if polite).
     async fn start_peer(&mut self, remote: Uuid, name: String) -> Result<(), SessionError> {
@@ -817,24 +917,7 @@ impl Runner {
         if let Some(files) = self.parked_files.take() {
             peer.adopt_file_transfers(files);
         }
-        let mut candidates = Vec::new();
-        if !self.relay_only {
-            for (addr, _) in &self.sockets {
-                if let Some(line) = peer.add_host_candidate(*addr)? {
-                    candidates.push(line);
-                }
-            }
-            for (mapped, base) in &self.reflexive {
-                if let Ok(candidate) = str0m::Candidate::server_reflexive(*mapped, *base, "udp") {
-                    candidates.extend(peer.add_local_candidate(candidate));
-                }
-            }
-        }
-        for relay in &self.relays {
-            if let Ok(candidate) = str0m::Candidate::relayed(relay.relayed, relay.local, "udp") {
-                candidates.extend(peer.add_local_candidate(candidate));
-            }
-        }
+        let candidates = self.local_candidates(&mut peer)?;
         self.peer = Some(peer);
         self.remote = Some(remote);
         self.video_encoder = None;
@@ -982,6 +1065,14 @@ impl Runner {
                             codec,
                             &encoded.data,
                         ))?;
+                        if let Some(link) = &mut self.recorder {
+                            survivable(link.write_video(
+                                now,
+                                rtp_90k(self.started),
+                                codec,
+                                &encoded.data,
+                            ))?;
+                        }
                     }
                 }
             }
@@ -994,6 +1085,14 @@ impl Runner {
                             encoded.codec,
                             &encoded.data,
                         ))?;
+                        if let Some(link) = &mut self.recorder {
+                            survivable(link.write_video(
+                                now,
+                                rtp_90k(self.started),
+                                encoded.codec,
+                                &encoded.data,
+                            ))?;
+                        }
                     }
                 }
             }
@@ -1006,6 +1105,9 @@ impl Runner {
                 }
                 let packet = self.audio_encoder.encode(&pcm)?;
                 survivable(peer.write_audio(now, self.audio_rtp, &packet))?;
+                if let Some(link) = &mut self.recorder {
+                    survivable(link.write_audio(now, self.audio_rtp, &packet))?;
+                }
                 self.audio_rtp = (self.audio_rtp + FRAME_SAMPLES as u64) & 0xffff_ffff;
             }
             Command::Chat(text, reply) => {
@@ -1053,13 +1155,15 @@ impl Runner {
                     peer.e2ee_rotate();
                 }
             }
-            Command::Leave => {}
+            Command::Consent(_) | Command::Leave => {}
         }
         Ok(())
     }
 
-    /// Send what the peer wants sent, and turn its events into session events.
+    /// Send what the peer (and the recorder link) want sent, and turn the peer's events into
+    /// session events.
     async fn drain_peer(&mut self) -> Result<(), SessionError> {
+        self.drain_recorder();
         loop {
             let Some(peer) = &mut self.peer else {
                 return Ok(());
@@ -1069,23 +1173,130 @@ impl Runner {
                     self.next_timeout = at;
                     return Ok(());
                 }
-                Output::Transmit(transmit) => {
-                    if let Some(relay) = self.relays.iter().find(|r| r.relayed == transmit.source) {
-                        relay.send(transmit.contents, transmit.destination);
-                    } else if let Some((_, socket)) = self
-                        .sockets
-                        .iter()
-                        .find(|(addr, _)| *addr == transmit.source)
-                    {
-                        if let Err(e) = socket.try_send_to(&transmit.contents, transmit.destination)
-                        {
-                            tracing::debug!(error = %e, "udp send failed");
-                        }
-                    }
-                }
+                Output::Transmit(transmit) => self.transmit(transmit),
                 Output::Event(event) => self.handle_peer_event(event).await?,
             }
         }
+    }
+
+    /// Send one datagram from a local candidate address.
+    fn transmit(&self, transmit: crate::peer::Transmit) {
+        if let Some(relay) = self.relays.iter().find(|r| r.relayed == transmit.source) {
+            relay.send(transmit.contents, transmit.destination);
+        } else if let Some((_, socket)) = self
+            .sockets
+            .iter()
+            .find(|(addr, _)| *addr == transmit.source)
+        {
+            if let Err(e) = socket.try_send_to(&transmit.contents, transmit.destination) {
+                tracing::debug!(error = %e, "udp send failed");
+            }
+        }
+    }
+
+    /// Run the recorder link until it waits: send its datagrams; it has no events we use.
+    fn drain_recorder(&mut self) {
+        loop {
+            let Some(link) = &mut self.recorder else {
+                return;
+            };
+            match link.peer.poll_output() {
+                Ok(Output::Timeout(at)) => {
+                    link.next_timeout = at;
+                    return;
+                }
+                Ok(Output::Transmit(transmit)) => self.transmit(transmit),
+                Ok(Output::Event(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "recorder link failed; dropping it");
+                    self.recorder = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Local candidates for a new connection: host and server-reflexive (unless relay-only),
+    /// and relayed.
+    fn local_candidates(&self, peer: &mut Peer) -> Result<Vec<String>, SessionError> {
+        let mut candidates = Vec::new();
+        if !self.relay_only {
+            for (addr, _) in &self.sockets {
+                if let Some(line) = peer.add_host_candidate(*addr)? {
+                    candidates.push(line);
+                }
+            }
+            for (mapped, base) in &self.reflexive {
+                if let Ok(candidate) = str0m::Candidate::server_reflexive(*mapped, *base, "udp") {
+                    candidates.extend(peer.add_local_candidate(candidate));
+                }
+            }
+        }
+        for relay in &self.relays {
+            if let Ok(candidate) = str0m::Candidate::relayed(relay.relayed, relay.local, "udp") {
+                candidates.extend(peer.add_local_candidate(candidate));
+            }
+        }
+        Ok(candidates)
+    }
+
+    /// Offer the recorder a send-only connection, if one is present, we are admitted, and the
+    /// consultation is being recorded; with a zero-knowledge recording, the wrapped key first.
+    async fn start_recorder_link(&mut self) -> Result<(), SessionError> {
+        let (Some(recorder), Some(target), Some(me)) =
+            (self.recorder_id, self.recording.clone(), self.local_id)
+        else {
+            return Ok(());
+        };
+        if !self.admitted
+            || self
+                .recorder
+                .as_ref()
+                .is_some_and(|l| l.recorder == recorder)
+        {
+            return Ok(());
+        }
+        let (mut link, key_message) =
+            match RecorderLink::new(recorder, me, &target, &self.config.peer, Instant::now()) {
+                Ok(made) => made,
+                Err(e) => {
+                    emit(
+                        &self.events,
+                        SessionEvent::Warning(format!("not sending to the recorder: {e}")),
+                    )
+                    .await;
+                    return Ok(());
+                }
+            };
+        if let Some(message) = key_message {
+            self.send_signal(message).await?;
+        }
+        let candidates = self.local_candidates(&mut link.peer)?;
+        let Some(offer) = link.peer.create_offer()? else {
+            return Ok(());
+        };
+        self.recorder = Some(link);
+        self.send_signal(ClientMessage::Description {
+            to: recorder,
+            description: SessionDescription {
+                kind: SdpKind::Offer,
+                sdp: offer,
+            },
+        })
+        .await?;
+        for line in candidates {
+            self.send_signal(ClientMessage::Candidate {
+                to: recorder,
+                candidate: Some(IceCandidate {
+                    candidate: line,
+                    sdp_mid: None,
+                    sdp_m_line_index: Some(0),
+                    username_fragment: None,
+                }),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn handle_peer_event(&mut self, event: PeerEvent) -> Result<(), SessionError> {

@@ -84,11 +84,17 @@ impl Clinic {
 
     /// Create a consultation; returns it and its invite link.
     pub async fn consultation(&self) -> (Consultation, String) {
+        self.consultation_with(serde_json::json!({ "title": "e2e" }))
+            .await
+    }
+
+    /// Create a consultation from this request body; returns it and its invite link.
+    pub async fn consultation_with(&self, body: serde_json::Value) -> (Consultation, String) {
         let consultation: Consultation = self
             .http
             .post(format!("{}/api/v1/consultations", self.base))
             .bearer_auth(&self.token)
-            .json(&serde_json::json!({ "title": "e2e" }))
+            .json(&body)
             .send()
             .await
             .expect("create")
@@ -148,6 +154,7 @@ pub struct Seen {
     pub warnings: Vec<String>,
     pub stats: Option<consult_media::peer::Stats>,
     pub sas: Option<String>,
+    pub recording: Option<consult_proto::signal::RecordingState>,
 }
 
 /// Note one session event.
@@ -170,6 +177,7 @@ pub fn record(seen: &mut Seen, event: SessionEvent) {
         SessionEvent::File(FileEvent::Sent { .. }) => seen.sent = true,
         SessionEvent::Warning(w) => seen.warnings.push(w),
         SessionEvent::Stats(stats) => seen.stats = Some(stats),
+        SessionEvent::Recording(state) => seen.recording = Some(state),
         SessionEvent::E2ee(consult_e2ee::E2eeEvent::SasReady(sas)) => {
             seen.sas = Some(sas.to_string())
         }

@@ -1,0 +1,177 @@
+//! Two native peers (the media core) in a recorded consultation: the patient consents through
+//! the session, both send their media to the service's recorder beside the call, and the
+//! recording exports to a file ffprobe and ffmpeg accept — plain, and zero-knowledge (E2EE) with
+//! the clinician's key only.
+
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
+use consult_e2ee::recording_key::RecordingKeyPair;
+use consult_media::session::Session;
+use consult_media::signal_client::Credentials;
+use consult_proto::signal::RecordingState;
+use consult_signaling::recording::export::{self, ExportError};
+use consult_signaling::recording::rows::{self, RecordingRow, RecordingStatus};
+
+/// A consultation created with `body`, a native patient who consents and a native doctor, three
+/// seconds of media both ways, then the end; returns the finished recording's row.
+async fn recorded_call(clinic: &Clinic, body: serde_json::Value) -> RecordingRow {
+    let (consultation, invite) = clinic.consultation_with(body).await;
+    let mut patient = Session::start(config(Credentials::Patient {
+        invite_url: invite,
+        name: "Kiosk 3".into(),
+    }))
+    .await
+    .unwrap();
+    let mut doctor = Session::start(config(Credentials::Clinician {
+        base_url: clinic.base.clone(),
+        token: clinic.token.clone(),
+        consultation_id: consultation.id,
+    }))
+    .await
+    .unwrap();
+    let (mut p, mut d) = (Seen::default(), Seen::default());
+    pump(&mut patient, &mut p, Duration::from_millis(300)).await;
+    clinic.admit_first_waiting(&consultation).await;
+    patient.consent_to_recording(true).await.unwrap();
+    let started = Instant::now();
+    while !(p.connected && d.connected)
+        || p.recording != Some(RecordingState::Recording)
+        || d.recording != Some(RecordingState::Recording)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not connected and recording: {:?} / {:?}",
+            p.warnings,
+            d.warnings
+        );
+        pump(&mut patient, &mut p, Duration::from_millis(20)).await;
+        pump(&mut doctor, &mut d, Duration::from_millis(20)).await;
+    }
+    // The recorder's connections come up beside the call; give them a moment.
+    pump(&mut patient, &mut p, Duration::from_millis(500)).await;
+    pump(&mut doctor, &mut d, Duration::from_millis(500)).await;
+    media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 3).await;
+    assert!(p.video > 30 && d.video > 30, "the call itself goes on");
+    let status = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/consultations/{}/end",
+            clinic.base, consultation.id
+        ))
+        .bearer_auth(&clinic.token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success());
+    let state = &clinic.server.state;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let recordings = rows::of_consultation(&state.pool, consultation.id)
+            .await
+            .unwrap();
+        if let [row] = recordings.as_slice() {
+            if row.state == RecordingStatus::Complete {
+                return row.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no complete recording: {recordings:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// ffprobe's stream codecs and duration; ffmpeg must decode every frame without a word.
+fn probe(bytes: &[u8]) -> (Vec<String>, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("recording.mkv");
+    std::fs::write(&path, bytes).unwrap();
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_name"])
+        .args(["-show_entries", "format=duration", "-of", "json"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe (Debian's ffmpeg package)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut codecs: Vec<String> = info["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["codec_name"].as_str().unwrap().to_owned())
+        .collect();
+    codecs.sort();
+    let decoded = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    let duration = info["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (codecs, duration)
+}
+
+fn assert_plays(bytes: &[u8]) {
+    let (codecs, duration) = probe(bytes);
+    assert_eq!(
+        codecs,
+        ["h264", "h264", "opus", "opus"],
+        "both participants' audio and video"
+    );
+    assert!(
+        (2.0..=5.0).contains(&duration),
+        "about the three seconds sent: {duration} s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_peers_are_recorded_with_consent() {
+    let clinic = Clinic::start().await;
+    let row = recorded_call(&clinic, serde_json::json!({ "mode": "recorded" })).await;
+    let mut out = Cursor::new(Vec::new());
+    export::export(&clinic.server.state.recordings.vault, &row, None, &mut out).unwrap();
+    assert_plays(&out.into_inner());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_peers_make_a_zero_knowledge_recording_only_the_clinician_opens() {
+    let clinic = Clinic::start().await;
+    let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    let status = reqwest::Client::new()
+        .put(format!("{}/api/v1/account/recording-key", clinic.base))
+        .bearer_auth(&clinic.token)
+        .json(&serde_json::json!({ "public_key": clinician.public().to_base64() }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success());
+    let row = recorded_call(
+        &clinic,
+        serde_json::json!({ "mode": "recorded", "e2ee": true }),
+    )
+    .await;
+    assert!(row.zero_knowledge);
+    let vault = &clinic.server.state.recordings.vault;
+    let err = export::export(vault, &row, None, Cursor::new(Vec::new())).unwrap_err();
+    assert!(matches!(err, ExportError::NeedsClinicianKey(_)), "{err}");
+    let mut out = Cursor::new(Vec::new());
+    export::export(vault, &row, Some(&clinician), &mut out).unwrap();
+    assert_plays(&out.into_inner());
+}
