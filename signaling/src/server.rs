@@ -135,24 +135,47 @@ async fn open_recordings(
             addr.ip()
         }
     });
-    let now = clock.now();
-    for id in crate::recording::rows::mark_interrupted(pool, now).await? {
+    let vault = Arc::new(vault);
+    for row in crate::recording::rows::left_open(pool).await? {
+        let (id, started_at) = (row.id, row.started_at);
+        let reader = vault.clone();
+        // What survived: every sealed chunk; the recording ends with its last frame.
+        let survived = tokio::task::spawn_blocking(move || {
+            let contents = consult_vault::recording::RecordingContents::read(
+                reader.open_recording(id)?,
+                true,
+            )?;
+            let last_us = contents.frames.iter().map(|f| f.at_us).max().unwrap_or(0);
+            Ok::<_, consult_vault::VaultError>((contents.chunks, last_us))
+        })
+        .await?;
         let bytes = vault.media_size(id)?.unwrap_or(0);
-        sqlx::query("UPDATE recordings SET bytes = ? WHERE id = ?")
-            .bind(bytes as i64)
-            .bind(id.to_string())
-            .execute(pool)
+        let (chunks, ended_at, note) = match survived {
+            Ok((chunks, last_us)) => (
+                chunks,
+                started_at + std::time::Duration::from_micros(last_us),
+                "the service stopped while recording; kept up to the last sealed chunk".to_owned(),
+            ),
+            Err(e) => (
+                0,
+                started_at,
+                format!("the service stopped while recording, and what it left does not open: {e}"),
+            ),
+        };
+        let status = crate::recording::rows::RecordingStatus::Interrupted;
+        crate::recording::rows::finish(pool, id, status, ended_at, chunks, bytes, Some(&note))
             .await?;
         crate::audit::AuditLog::new(pool.clone())
             .record(
-                now,
+                clock.now(),
                 "system",
                 crate::audit::Action::RecordingStopped,
-                None,
-                serde_json::json!({ "recording_id": id, "state": "interrupted", "bytes": bytes }),
+                Some(row.consultation_id),
+                serde_json::json!({ "recording_id": id, "state": status, "chunks": chunks,
+                                    "bytes": bytes }),
             )
             .await?;
-        tracing::warn!(recording = %id, "a recording was interrupted by the previous run's end");
+        tracing::warn!(recording = %id, chunks, "a recording was interrupted by the previous run's end");
     }
     Ok(crate::recording::Recordings::new(vault, media_address))
 }

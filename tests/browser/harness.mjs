@@ -6,7 +6,7 @@ import { spawn } from "node:child_process";
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import { createSocket } from "node:dgram";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -54,12 +54,30 @@ export const STEP_TIMEOUT_MS = 20_000;
 
 /**
  * @typedef {object} Service
- * @property {string} url Origin, without a trailing slash.
+ * @property {string} url Origin, without a trailing slash (a new port after each restart).
  * @property {DemoCredentials} credentials
  * @property {string} dataDir
- * @property {number | undefined} pid The service's process id.
- * @property {string[]} logs Last lines of the service's output.
- * @property {() => Promise<void>} stop
+ * @property {number | undefined} pid The service's process id (of the current run).
+ * @property {string[]} logs Last lines of the service's output (every run's).
+ * @property {(options?: { signal?: "SIGTERM" | "SIGKILL" }) => Promise<void>} halt End the process
+ *   and keep the data directory: `SIGTERM` (the default) shuts down cleanly (SIGKILL after 5 s),
+ *   `SIGKILL` is a crash. Resolves once it is gone.
+ * @property {() => Promise<void>} restart Start it again (halting it first if it runs) on the same
+ *   data directory, with the same environment and wrapper, on a new free port; resolves once it
+ *   runs. The doctor's sessions survive it.
+ * @property {(argv: string[]) => string[]} enter The command line that runs `argv` where this
+ *   service sees its data directory (inside its wrapper's namespace, if it has one; else `argv`).
+ * @property {() => Promise<void>} stop End the process and delete the data directory.
+ */
+
+/**
+ * A command the service runs inside, for example a mount namespace with a small tmpfs.
+ * @typedef {object} ServiceWrapper
+ * @property {(argv: string[], dataDir: string) => string[] | Promise<string[]>} start The command
+ *   line that runs the service's own (`argv`) inside the wrapper.
+ * @property {(argv: string[], pid: number) => string[]} [enter] The command line that runs `argv`
+ *   next to the running service (process `pid`), seeing the files as it does: the CLI
+ *   ({@link runConsult}) goes through it.
  */
 
 const ANSI = /\x1b\[[0-9;]*m/g;
@@ -76,14 +94,16 @@ export async function cpuMillis(pid) {
 }
 
 /**
- * Stop a child process: SIGTERM, then SIGKILL if it is still running after `graceMs`.
+ * Stop a child process: `signal` (SIGTERM), then SIGKILL if it is still running after `graceMs`.
+ * Resolves once it is gone (or SIGKILL was sent).
  * @param {import('node:child_process').ChildProcess} child
  * @param {number} [graceMs]
+ * @param {NodeJS.Signals} [signal]
  */
-export async function terminate(child, graceMs = 5000) {
+export async function terminate(child, graceMs = 5000, signal = "SIGTERM") {
   const gone = () => child.exitCode !== null || child.signalCode !== null;
   if (gone()) return;
-  child.kill("SIGTERM");
+  child.kill(signal);
   const deadline = Date.now() + graceMs;
   while (!gone() && Date.now() < deadline) await sleep(50);
   if (!gone()) child.kill("SIGKILL");
@@ -119,69 +139,118 @@ export function runCommand(command, args, { timeoutMs = 60_000 } = {}) {
 }
 
 /**
+ * `consult ARGS --data-dir DIR` on the service's data directory, run to the end: where the service
+ * sees it (inside its wrapper, see {@link ServiceWrapper}), whether the service runs or not.
+ * @param {Service} service
+ * @param {string[]} args For example `["keys", "rotate"]`.
+ */
+export function runConsult(service, args) {
+  const [command, ...rest] = service.enter([CONSULT_BIN, ...args, "--data-dir", service.dataDir]);
+  return runCommand(command, rest);
+}
+
+/**
  * Start `consult serve --demo` on a free port with a fresh data directory.
- * @param {{ timeoutMs?: number, env?: Record<string, string> }} [options] `env`: extra environment
- *   variables, for example `CONSULT_ICE__RELAY_ONLY: "true"` (`CONSULT_` + config path with `__`).
+ * @param {{ timeoutMs?: number, env?: Record<string, string>, wrapper?: ServiceWrapper }} [options]
+ *   `env`: extra environment variables, for example `CONSULT_ICE__RELAY_ONLY: "true"` (`CONSULT_` +
+ *   config path with `__`); `wrapper`: run it inside another command.
  * @returns {Promise<Service>}
  */
-export async function startService({ timeoutMs = 60_000, env = {} } = {}) {
+export async function startService({ timeoutMs = 60_000, env = {}, wrapper } = {}) {
   const dataDir = await mkdtemp(join(tmpdir(), "consult-e2e-"));
-  const child = spawn(CONSULT_BIN, ["serve", "--demo", "--bind", "127.0.0.1:0", "--data-dir", dataDir], {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1", ...env },
-  });
   /** @type {string[]} */
   const logs = [];
-  /** @type {(url: string) => void} */
-  let foundUrl = () => {};
-  /** @type {(err: Error) => void} */
-  let failed = () => {};
-  const ready = new Promise((res, rej) => {
-    foundUrl = res;
-    failed = rej;
-  });
-  /** @param {string} stream */
-  const reader = (stream) =>
-    lineSplitter((raw) => {
-      const line = raw.replace(ANSI, "");
-      logs.push(`[${stream}] ${line}`);
-      if (logs.length > 400) logs.shift();
-      if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[consult ${stream}] ${line}\n`);
-      const match = /Consult is running at\s+(\S+)/.exec(line);
-      if (match) foundUrl(match[1].replace(/[.,;)\]>]+$/, ""));
-    });
-  child.stdout.on("data", reader("stdout"));
-  child.stderr.on("data", reader("stderr"));
-  child.on("error", (err) => failed(new Error(`could not start ${CONSULT_BIN}: ${err.message}`)));
-  child.on("exit", (code, signal) => {
-    failed(new Error(`the service exited early (code ${code}, signal ${signal}):\n${logs.join("\n")}`));
-  });
-
-  const stop = async () => {
-    await terminate(child);
-    if (!process.env.CONSULT_E2E_KEEP_DATA) await rm(dataDir, { recursive: true, force: true }).catch(() => {});
+  /** @type {import('node:child_process').ChildProcess | null} */
+  let child = null;
+  const killOnExit = () => {
+    if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   };
-  process.once("exit", () => {
-    if (child.exitCode === null) child.kill("SIGKILL");
-  });
+  process.on("exit", killOnExit);
 
-  let timer;
-  const timeout = new Promise((_, rej) => {
-    timer = setTimeout(
-      () => rej(new Error(`no "Consult is running at" line within ${timeoutMs} ms:\n${logs.join("\n")}`)),
-      timeoutMs,
-    );
-  });
+  /** Start the process; resolves with the URL it prints. */
+  const launch = async () => {
+    const own = [CONSULT_BIN, "serve", "--demo", "--bind", "127.0.0.1:0", "--data-dir", dataDir];
+    const [command, ...args] = wrapper ? await wrapper.start(own, dataDir) : own;
+    const running = spawn(command, args, {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1", ...env },
+    });
+    child = running;
+    /** @type {(url: string) => void} */
+    let foundUrl = () => {};
+    /** @type {(err: Error) => void} */
+    let failed = () => {};
+    const ready = new Promise((res, rej) => {
+      foundUrl = res;
+      failed = rej;
+    });
+    /** @param {string} stream */
+    const reader = (stream) =>
+      lineSplitter((raw) => {
+        const line = raw.replace(ANSI, "");
+        logs.push(`[${stream}] ${line}`);
+        if (logs.length > 400) logs.shift();
+        if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[consult ${stream}] ${line}\n`);
+        const match = /Consult is running at\s+(\S+)/.exec(line);
+        if (match) foundUrl(match[1].replace(/[.,;)\]>]+$/, ""));
+      });
+    running.stdout.on("data", reader("stdout"));
+    running.stderr.on("data", reader("stderr"));
+    running.on("error", (err) => failed(new Error(`could not start ${command}: ${err.message}`)));
+    running.on("exit", (code, signal) => {
+      failed(new Error(`the service exited early (code ${code}, signal ${signal}):\n${logs.join("\n")}`));
+    });
+    let timer;
+    const timeout = new Promise((_, rej) => {
+      timer = setTimeout(
+        () => rej(new Error(`no "Consult is running at" line within ${timeoutMs} ms:\n${logs.join("\n")}`)),
+        timeoutMs,
+      );
+    });
+    try {
+      const printed = /** @type {string} */ (await Promise.race([ready, timeout]));
+      service.url = new URL(printed).origin;
+      service.pid = running.pid;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  /** @type {Service} */
+  const service = {
+    url: "",
+    credentials: { email: "", password: "", totp_secret: "", url: "" },
+    dataDir,
+    pid: undefined,
+    logs,
+    async halt({ signal = "SIGTERM" } = {}) {
+      const running = child;
+      child = null;
+      if (running) await terminate(running, 5000, signal);
+    },
+    async restart() {
+      await service.halt();
+      logs.push("--- the service starts again on the same data directory ---");
+      await launch();
+    },
+    enter(argv) {
+      if (!wrapper?.enter) return argv;
+      if (!child || service.pid === undefined) throw new Error("the service is not running: nothing to enter");
+      return wrapper.enter(argv, service.pid);
+    },
+    async stop() {
+      await service.halt();
+      process.removeListener("exit", killOnExit);
+      if (!process.env.CONSULT_E2E_KEEP_DATA) await rm(dataDir, { recursive: true, force: true }).catch(() => {});
+    },
+  };
   try {
-    const printed = /** @type {string} */ (await Promise.race([ready, timeout]));
-    const url = new URL(printed).origin;
-    const credentials = await readCredentials(dataDir);
-    return { url, credentials, dataDir, logs, stop, pid: child.pid };
+    await launch();
+    service.credentials = await readCredentials(dataDir);
+    return service;
   } catch (err) {
-    await stop();
+    await service.stop();
     throw err;
-  } finally {
-    clearTimeout(timer);
   }
 }
 
@@ -813,6 +882,29 @@ export async function waitForRemoteMedia(page, timeoutMs = 30_000) {
   throw new Error(`no remote media within ${timeoutMs} ms; last stats ${JSON.stringify(last)}`);
 }
 
+/**
+ * The call goes on: each page decodes remote media now, and every second for `ms` it has decoded
+ * more video frames and received more audio packets than the second before, its connection
+ * still connected.
+ * @param {Participant[]} people
+ * @param {number} ms
+ */
+export async function assertMediaKeepsFlowing(people, ms) {
+  let last = await Promise.all(people.map((p) => waitForRemoteMedia(p.page)));
+  for (let second = 1; second <= Math.ceil(ms / 1000); second += 1) {
+    await sleep(1000);
+    const now = await Promise.all(people.map((p) => inboundStats(p.page)));
+    people.forEach((p, i) => {
+      const [before, after] = [last[i], now[i]];
+      const what = `${p.label}, second ${second}: ${JSON.stringify(before)} → ${JSON.stringify(after)}`;
+      assert.equal(after?.state, "connected", `the call is connected (${what})`);
+      assert.ok((after?.framesDecoded ?? 0) > (before?.framesDecoded ?? 0), `remote video still decoding (${what})`);
+      assert.ok((after?.audioPackets ?? 0) > (before?.audioPackets ?? 0), `remote audio still arriving (${what})`);
+    });
+    last = now;
+  }
+}
+
 
 /**
  * @typedef {object} CandidateInfo
@@ -1098,7 +1190,7 @@ export function diagnostics(service, participants) {
  * the participants' consoles and the service log, then each companion's diagnostics, then
  * `options.diagnostics()` (for what outlives the test, such as a TURN server shared by a file).
  * @template T
- * @param {{ timeoutMs?: number, env?: Record<string, string>, diagnostics?: () => string }} options
+ * @param {{ timeoutMs?: number, env?: Record<string, string>, wrapper?: ServiceWrapper, diagnostics?: () => string }} options
  * @param {(scope: ServiceScope) => Promise<T>} body
  * @returns {Promise<T>}
  */
@@ -1562,6 +1654,22 @@ export async function allowRecording(doctor, patient) {
 }
 
 /**
+ * A recorded consultation from beginning to end: the call, the patient allows recording, about
+ * `recordMs` of it is recorded, the doctor ends it, and its one recording is `complete`.
+ * `recordedMs`: from both pages showing the recording to the doctor's confirmation of the end.
+ * @param {ServiceScope} scope
+ * @param {{ title: string, recordMs: number }} options
+ */
+export async function recordedCall(scope, { title, recordMs }) {
+  const { doctor, patient, id } = await startCall(scope, { title, mode: "recorded" });
+  const recordingSince = await allowRecording(doctor, patient);
+  await sleep(Math.max(0, recordingSince + recordMs - Date.now()));
+  const endedAt = await endConsultation(doctor.page, patient.page);
+  const recording = await waitForOneRecording(doctor.page, id, "complete");
+  return { doctor, patient, id, recording, recordedMs: endedAt - recordingSince };
+}
+
+/**
  * The consultation's recordings, as the doctor lists them.
  * @param {import('playwright-core').Page} page
  * @param {string} consultationId
@@ -1594,6 +1702,29 @@ export async function waitForOneRecording(page, consultationId, state, timeoutMs
 }
 
 /**
+ * From the doctor's consultation list (loaded from `service.url`), open a consultation's
+ * recordings through its *Recordings* link; resolves once the view has loaded them.
+ * @param {import('playwright-core').Page} page
+ * @param {Service} service
+ * @param {string} consultationId
+ */
+export async function openRecordings(page, service, consultationId) {
+  await page.goto(`${service.url}/#/`);
+  const row = page.locator(`[data-testid="consultation-row"][data-id="${consultationId}"]`);
+  await row.locator('[data-testid="recordings-link"]').click();
+  await page.locator(`[data-testid="recordings-${consultationId}"][data-state="loaded"]`).waitFor();
+}
+
+/**
+ * A recording's row in the recordings view (`data-state`: its state).
+ * @param {import('playwright-core').Page} page
+ * @param {string} recordingId
+ */
+export function recordingRow(page, recordingId) {
+  return page.locator(`[data-testid="recording-row"][data-id="${recordingId}"]`);
+}
+
+/**
  * Write the doctor's session token (the HttpOnly session cookie of their page) to a file only the
  * owner reads, for the CLI's `--session-token-file`; returns its path.
  * @param {import('playwright-core').Page} doctorPage
@@ -1608,14 +1739,38 @@ export async function sessionTokenFile(doctorPage, dir) {
 }
 
 /**
- * `consult recording export ID --out FILE --data-dir DIR [args…]`, run to the end.
+ * `consult recording export ID --out FILE --data-dir DIR [args…]`, run to the end (through
+ * {@link runConsult}).
  * @param {Service} service
  * @param {string} recordingId
  * @param {string} file
  * @param {string[]} [args] More arguments (`--session-token-file`, `--key-file`, `--passphrase-file`).
  */
 export function exportRecording(service, recordingId, file, args = []) {
-  return runCommand(CONSULT_BIN, ["recording", "export", recordingId, "--out", file, "--data-dir", service.dataDir, ...args]);
+  return runConsult(service, ["recording", "export", recordingId, "--out", file, ...args]);
+}
+
+/**
+ * Export a recording with the CLI as the consultation's clinician (the session of the doctor's
+ * page) into a temporary directory, removed again. `media`: what {@link inspectRecording} finds in
+ * the file when the export succeeded; `files`: what the export left in the directory (the file
+ * alone, or nothing).
+ * @param {Service} service
+ * @param {string} recordingId
+ * @param {import('playwright-core').Page} doctorPage
+ */
+export async function exportAsClinician(service, recordingId, doctorPage) {
+  const dir = await mkdtemp(join(tmpdir(), "consult-recording-"));
+  try {
+    const token = await sessionTokenFile(doctorPage, dir);
+    const file = join(dir, "recording.webm");
+    const exported = await exportRecording(service, recordingId, file, ["--session-token-file", token]);
+    const files = (await readdir(dir)).filter((name) => join(dir, name) !== token);
+    const media = exported.code === 0 && files.includes("recording.webm") ? await inspectRecording(file) : null;
+    return { ...exported, files, media };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 /**
@@ -1633,7 +1788,13 @@ export async function inspectRecording(file) {
   const probed = await run(FFPROBE_BIN, ["-v", "error", "-show_entries", "stream=codec_type,codec_name", "-show_entries", "format=duration", "-of", "json", file]);
   if (probed.code !== 0) throw new Error(`ffprobe failed:\n${probed.stderr}`);
   const info = JSON.parse(probed.stdout);
-  const decoded = await run(FFMPEG_BIN, ["-v", "error", "-xerror", "-i", file, "-f", "null", "-"]);
+  // `-enc_time_base -1`: the null output keeps the file's millisecond timestamps. Without it
+  // ffmpeg (5.1) gives the null output a time base of 1 / the frame rate it guesses (20 fps for
+  // the fake camera) and complains "non monotonically increasing dts to muxer" whenever two frames
+  // of the variable-rate WebRTC video, 47–49 ms apart, round to the same tick: about one export in
+  // three on a busy machine, with strictly increasing timestamps in the file. Decoding errors are
+  // reported as before.
+  const decoded = await run(FFMPEG_BIN, ["-v", "error", "-xerror", "-i", file, "-enc_time_base", "-1", "-f", "null", "-"]);
   return {
     streams: /** @type {{ codec_type: string, codec_name: string }[]} */ (info.streams ?? []),
     durationMs: Number(info.format?.duration) * 1000,
@@ -1642,20 +1803,28 @@ export async function inspectRecording(file) {
 }
 
 /**
- * The export holds VP8 video and Opus audio, decodes without a single error, and lasts about
- * `expectedMs`.
+ * The export holds VP8 video and Opus audio, decodes without a single error, and lasts from
+ * `minMs` to `maxMs`.
  * @param {Awaited<ReturnType<typeof inspectRecording>>} media
- * @param {number} expectedMs
- * @param {number} toleranceMs
+ * @param {{ minMs: number, maxMs: number }} duration
  */
-export function assertRecordingMedia(media, expectedMs, toleranceMs) {
+export function assertRecordingMedia(media, { minMs, maxMs }) {
   const kinds = media.streams.map((s) => `${s.codec_type}/${s.codec_name}`);
   assert.ok(kinds.includes("video/vp8"), `a VP8 video stream (streams: ${kinds.join(", ")})`);
   assert.ok(kinds.includes("audio/opus"), `an Opus audio stream (streams: ${kinds.join(", ")})`);
   assert.ok(
-    Math.abs(media.durationMs - expectedMs) <= toleranceMs,
-    `duration ${Math.round(media.durationMs)} ms, recorded ${expectedMs} ms (± ${Math.round(toleranceMs)} ms)`,
+    media.durationMs >= minMs && media.durationMs <= maxMs,
+    `duration ${Math.round(media.durationMs)} ms, expected ${Math.round(minMs)} to ${Math.round(maxMs)} ms`,
   );
   assert.equal(media.decoded.code, 0, `ffmpeg decodes the whole file:\n${media.decoded.stderr}`);
   assert.equal(media.decoded.stderr, "", "ffmpeg reports no error");
+}
+
+/**
+ * What {@link assertRecordingMedia} expects of a recording that lasted `ms`, give or take `toleranceMs`.
+ * @param {number} ms
+ * @param {number} toleranceMs
+ */
+export function about(ms, toleranceMs) {
+  return { minMs: ms - toleranceMs, maxMs: ms + toleranceMs };
 }

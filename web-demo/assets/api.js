@@ -19,6 +19,8 @@
 /** @typedef {import('./protocol.js').RedeemInviteResponse} RedeemInviteResponse */
 /** @typedef {import('./protocol.js').IceServers} IceServers */
 /** @typedef {import('./protocol.js').RecordingKeyBody} RecordingKeyBody */
+/** @typedef {import('./protocol.js').Recording} Recording */
+/** @typedef {import('./protocol.js').RecordingList} RecordingList */
 
 /** A failed API request. */
 export class ApiError extends Error {
@@ -43,7 +45,7 @@ export class ApiError extends Error {
  * @param {string} text
  * @returns {string}
  */
-function asSentence(text) {
+export function asSentence(text) {
   const trimmed = text.trim();
   if (!trimmed) return trimmed;
   const first = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
@@ -245,6 +247,38 @@ export function decline(consultationId, participantId) {
     "POST",
     `/api/v1/consultations/${encodeURIComponent(consultationId)}/participants/${encodeURIComponent(participantId)}/decline`,
   );
+}
+
+// --- Recordings -------------------------------------------------------------------------------
+
+/**
+ * A consultation's recordings (metadata only), oldest first.
+ * @param {string} consultationId
+ * @returns {Promise<Recording[]>}
+ */
+export async function listRecordings(consultationId) {
+  /** @type {RecordingList} */
+  const body = await request("GET", `/api/v1/consultations/${encodeURIComponent(consultationId)}/recordings`);
+  return body.recordings;
+}
+
+/**
+ * Where the browser downloads a recording as a playable file (a plain link: the session cookie
+ * goes with it, and a GET needs no CSRF token). Refused for zero-knowledge recordings.
+ * @param {string} recordingId
+ * @returns {string}
+ */
+export function recordingExportUrl(recordingId) {
+  return `/api/v1/recordings/${encodeURIComponent(recordingId)}/export`;
+}
+
+/**
+ * Shred a recording: its key is destroyed, and nothing of it can be read any more.
+ * @param {string} recordingId
+ * @returns {Promise<void>}
+ */
+export function shredRecording(recordingId) {
+  return request("DELETE", `/api/v1/recordings/${encodeURIComponent(recordingId)}`);
 }
 
 // --- Patients ---------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 // @ts-check
 /**
  * The doctor's app (`/`): sign in (with the second factor, enrolling it the first time), the
- * consultation list with its waiting rooms, invite links, and the call view.
+ * consultation list with its waiting rooms, invite links, the call view, and each consultation's
+ * recordings.
  *
- * Routes live in the fragment: `#/` is the list, `#/c/<consultation id>` a consultation's call.
+ * Routes live in the fragment: `#/` is the list, `#/c/<consultation id>` a consultation's call,
+ * `#/recordings/<consultation id>` its recordings.
  */
 
 import * as api from "./api.js";
@@ -14,6 +16,7 @@ import { E2eeCall } from "./e2ee/call-e2ee.js";
 import { publicKeyOfKeyFile, RECORDING_KEY_FILE_MAX_BYTES, RecordingKeyError, recordingKeyFingerprint } from "./e2ee/recording-key.js";
 import { MessagingView } from "./messaging-view.js";
 import { openMedia, stopStream } from "./media.js";
+import { RecordingsView } from "./recordings-view.js";
 import { SignalingClient } from "./signaling.js";
 import {
   announce,
@@ -21,6 +24,7 @@ import {
   confirmInline,
   formatDateTime,
   h,
+  replaceKeepingFocus,
   showError,
   showView,
   svgDataUrl,
@@ -79,6 +83,7 @@ function handleSessionLoss(err) {
   if (err instanceof ApiError && err.status === 401) {
     leaveCall({ tellService: false });
     stopListPolling();
+    recordingsView.hide();
     clearSession();
     showSignIn("Your session has ended. Please sign in again.");
     return true;
@@ -302,6 +307,7 @@ byId("codes-saved", HTMLButtonElement).addEventListener("click", () => {
 byId("signout-button", HTMLButtonElement).addEventListener("click", async () => {
   leaveCall({ tellService: true });
   stopListPolling();
+  recordingsView.hide();
   try {
     await api.logout();
   } catch (err) {
@@ -327,18 +333,27 @@ window.addEventListener("hashchange", () => route());
 function route() {
   if (!session) return;
   const match = /^#\/c\/([0-9a-fA-F-]{36})$/.exec(location.hash);
+  const recordings = /^#\/recordings\/([0-9a-fA-F-]{36})$/.exec(location.hash);
   if (match) {
     const id = match[1];
     stopListPolling();
+    recordingsView.hide();
     if (!call || call.id !== id) {
       leaveCall({ tellService: true });
       openCall(id);
     }
+  } else if (recordings) {
+    leaveCall({ tellService: true });
+    stopListPolling();
+    recordingsView.show(recordings[1]);
   } else {
     leaveCall({ tellService: true });
+    recordingsView.hide();
     showList();
   }
 }
+
+const recordingsView = new RecordingsView({ onError: (err) => handleSessionLoss(err) });
 
 // ---------------------------------------------------------------------------------------------
 // Consultation list
@@ -412,14 +427,9 @@ function describeInvite(invite) {
 
 /** @param {Consultation[]} consultations */
 function renderRows(consultations) {
-  const focusedKey = document.activeElement instanceof HTMLElement ? document.activeElement.dataset.key : undefined;
-  rowsBody.replaceChildren(...consultations.map(renderRow));
+  replaceKeepingFocus(rowsBody, consultations.map(renderRow));
   byId("list-empty", HTMLElement).hidden = consultations.length > 0;
   byId("table-wrap", HTMLElement).hidden = consultations.length === 0;
-  if (focusedKey) {
-    const again = rowsBody.querySelector(`[data-key="${CSS.escape(focusedKey)}"]`);
-    if (again instanceof HTMLElement) again.focus();
-  }
 }
 
 /**
@@ -480,6 +490,15 @@ function renderRow(c) {
     end.addEventListener("click", () => endFromList(c, end));
     actions.append(openButton, reissue, revoke, end);
   }
+  // Open or ended: what was recorded stays until it is shredded.
+  const recordings = h("a", {
+    className: "button small",
+    text: "Recordings",
+    testid: "recordings-link",
+    attrs: { href: `#/recordings/${c.id}`, "aria-label": `Recordings of ${title}` },
+  });
+  recordings.dataset.key = `recordings-${c.id}`;
+  actions.append(recordings);
   const row = h("tr", { testid: "consultation-row" }, [
     titleCell,
     statusCell,

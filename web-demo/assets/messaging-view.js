@@ -10,20 +10,10 @@
 
 import { Messaging } from "./messaging.js";
 import { FileTransferError } from "./file-transfer.js";
-import { announce, byId, h } from "./ui.js";
+import { announce, byId, formatBytes, h } from "./ui.js";
 
 /** @typedef {import('./file-transfer.js').Transfer} Transfer */
 /** @typedef {import('./file-transfer.js').FailReason} FailReason */
-
-/**
- * "1.4 MB", "300 KB", "12 bytes".
- * @param {number} bytes
- */
-export function formatBytes(bytes) {
-  if (bytes < 1000) return `${bytes} ${bytes === 1 ? "byte" : "bytes"}`;
-  if (bytes < 1000 * 1000) return `${(bytes / 1000).toFixed(bytes < 10_000 ? 1 : 0)} KB`;
-  return `${(bytes / 1000 / 1000).toFixed(1)} MB`;
-}
 
 /**
  * A sentence for a failed transfer.

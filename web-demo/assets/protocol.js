@@ -134,6 +134,33 @@ export const PROTOCOL_VERSION = 1;
  * @typedef {{ public_key: string | null }} RecordingKeyBody
  */
 
+/**
+ * Where a stored recording is in its life (`signaling/src/recording/rows.rs`): `recording` (being
+ * written), `complete`, `withdrawn` (stopped when the patient withdrew consent; what came before is
+ * kept), `failed` (storage failed; kept up to the last sealed chunk), `interrupted` (the service
+ * stopped without closing it; kept up to the last sealed chunk), `shredded` (its key is destroyed:
+ * nothing can be read any more).
+ * @typedef {"recording" | "complete" | "withdrawn" | "failed" | "interrupted" | "shredded"} RecordingStatus
+ */
+
+/**
+ * A stored recording, as `GET /api/v1/consultations/{id}/recordings` lists it (metadata only).
+ * @typedef {object} Recording
+ * @property {string} id
+ * @property {string} consultation_id
+ * @property {RecordingStatus} state
+ * @property {boolean} zero_knowledge SFrame ciphertext only the clinician's recording key opens:
+ *   exported with the CLI and the key file, never downloaded from the service.
+ * @property {string} started_at
+ * @property {string | null} ended_at
+ * @property {string} retain_until When the retention job shreds it.
+ * @property {number} chunks Sealed chunks (one a second).
+ * @property {number} bytes Bytes of sealed media.
+ * @property {string | null} note Why it stopped, for people ("the patient withdrew consent; …").
+ */
+
+/** @typedef {{ recordings: Recording[] }} RecordingList */
+
 /** @typedef {{ invite: string }} InspectInviteRequest */
 
 /**

@@ -36,6 +36,21 @@ export function h(tag, props = {}, children = []) {
 }
 
 /**
+ * Replace an element's children (a list rendered again), keeping the focus on the control with
+ * the same `data-key` if it had it, so that keyboard users do not lose their place.
+ * @param {HTMLElement} parent
+ * @param {(Node | string)[]} children
+ */
+export function replaceKeepingFocus(parent, children) {
+  const focused = document.activeElement;
+  const key = focused instanceof HTMLElement && parent.contains(focused) ? focused.dataset.key : undefined;
+  parent.replaceChildren(...children);
+  if (!key) return;
+  const again = parent.querySelector(`[data-key="${CSS.escape(key)}"]`);
+  if (again instanceof HTMLElement) again.focus();
+}
+
+/**
  * Show one `.view` section of the page and hide the others; move focus to its heading so keyboard
  * and screen-reader users land in the new content.
  * @param {HTMLElement} view
@@ -98,6 +113,17 @@ export function formatDuration(ms) {
  */
 export function waitedFor(since) {
   return formatDuration(Date.now() - Date.parse(since));
+}
+
+/**
+ * "1.4 MB", "300 KB", "12 bytes".
+ * @param {number} bytes
+ * @returns {string}
+ */
+export function formatBytes(bytes) {
+  if (bytes < 1000) return `${bytes} ${bytes === 1 ? "byte" : "bytes"}`;
+  if (bytes < 1000 * 1000) return `${(bytes / 1000).toFixed(bytes < 10_000 ? 1 : 0)} KB`;
+  return `${(bytes / 1000 / 1000).toFixed(1)} MB`;
 }
 
 const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });

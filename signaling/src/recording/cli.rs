@@ -36,7 +36,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     let vault = tokio::task::spawn_blocking(move || Vault::open(&vault_dir))
         .await?
         .context("opening the vault")?;
-    let recordings = Recordings::new(vault, IpAddr::from([127, 0, 0, 1]));
+    let recordings = Recordings::new(Arc::new(vault), IpAddr::from([127, 0, 0, 1]));
     let url = crate::server::public_url(&config, config.bind);
     Ok(AppState::new(
         config,

@@ -13,7 +13,7 @@ pub mod export;
 pub mod recorder;
 pub mod rows;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -57,19 +57,20 @@ pub struct Recordings {
     /// The address recorders receive media on.
     pub media_address: IpAddr,
     running: Mutex<HashMap<Uuid, Running>>,
-    failed: Mutex<HashSet<Uuid>>,
+    /// Consultations whose recording failed, with what participants were told.
+    failed: Mutex<HashMap<Uuid, String>>,
     last_decision: Mutex<HashMap<Uuid, Decision>>,
     reconciling: tokio::sync::Mutex<()>,
 }
 
 impl Recordings {
     /// Recordings over `vault`, with recorders receiving on `media_address`.
-    pub fn new(vault: Vault, media_address: IpAddr) -> Self {
+    pub fn new(vault: Arc<Vault>, media_address: IpAddr) -> Self {
         Self {
-            vault: Arc::new(vault),
+            vault,
             media_address,
             running: Mutex::new(HashMap::new()),
-            failed: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
             last_decision: Mutex::new(HashMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
         }
@@ -215,16 +216,19 @@ pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
             );
         }
     }
-    let failed = Recordings::lock(&recordings.failed).contains(&consultation_id);
+    let mut problem = Recordings::lock(&recordings.failed)
+        .get(&consultation_id)
+        .cloned();
+    let failed = problem.is_some();
     let running = recordings.active(consultation_id).is_some();
-    let mut problem = failed.then(|| "the recording stopped after a storage failure".to_owned());
     let mut stopping = None;
     match &decision {
         Decision::Record(plan) if !running && !failed => {
             if let Err(e) = start(state, &info, plan).await {
                 tracing::error!(error = format!("{e:#}"), "could not start a recorder");
-                problem = Some("the recorder could not start".to_owned());
-                mark_failed(state, consultation_id, &format!("{e:#}")).await;
+                let told = "the recorder could not start; the call goes on unrecorded";
+                mark_failed(state, consultation_id, &format!("{e:#}"), told).await;
+                problem = Some(told.to_owned());
             }
         }
         Decision::LiveOnly { reasons } if running => {
@@ -325,8 +329,9 @@ async fn stop(state: &AppState, consultation_id: Uuid, reason: StopReason) {
 }
 
 /// The recorder of `consultation_id` could not write: no more recording in this consultation.
-async fn mark_failed(state: &AppState, consultation_id: Uuid, problem: &str) {
-    Recordings::lock(&state.recordings.failed).insert(consultation_id);
+/// `problem` is audited; `told` is what participants are told, now and on every later change.
+async fn mark_failed(state: &AppState, consultation_id: Uuid, problem: &str, told: &str) {
+    Recordings::lock(&state.recordings.failed).insert(consultation_id, told.to_owned());
     let audited = state
         .audit
         .record(
@@ -348,17 +353,16 @@ async fn mark_failed(state: &AppState, consultation_id: Uuid, problem: &str) {
 /// Called by a recorder whose storage failed: the consultation goes on unrecorded, everyone is
 /// told, and it is audited.
 pub async fn recorder_failed(state: &AppState, consultation_id: Uuid, problem: &str) {
-    mark_failed(state, consultation_id, problem).await;
+    let told = format!("recording stopped: {problem}; the call goes on unrecorded");
+    mark_failed(state, consultation_id, problem, &told).await;
     Recordings::lock(&state.recordings.running).remove(&consultation_id);
     let decision = Recordings::lock(&state.recordings.last_decision)
         .get(&consultation_id)
         .cloned();
     if let Some(decision) = decision {
-        let problem = format!("recording stopped: {problem}; the call goes on unrecorded");
-        state.hub.announce_recording(
-            consultation_id,
-            announcement(&decision, Some(&problem), None),
-        );
+        state
+            .hub
+            .announce_recording(consultation_id, announcement(&decision, Some(&told), None));
     }
 }
 

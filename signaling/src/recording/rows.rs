@@ -214,22 +214,13 @@ pub async fn set_shredded(pool: &SqlitePool, id: Uuid, at: OffsetDateTime) -> an
     Ok(())
 }
 
-/// At start-up nothing is being recorded: recordings the previous process left open were
-/// interrupted. Returns their ids.
-pub async fn mark_interrupted(pool: &SqlitePool, now: OffsetDateTime) -> anyhow::Result<Vec<Uuid>> {
-    let open: Vec<Uuid> = sqlx::query("SELECT id FROM recordings WHERE state = 'recording'")
+/// Recordings the previous process left in state `recording` (it stopped without closing
+/// them), found at start-up.
+pub async fn left_open(pool: &SqlitePool) -> anyhow::Result<Vec<RecordingRow>> {
+    sqlx::query(&format!("{SELECT} WHERE state = 'recording'"))
         .fetch_all(pool)
         .await?
         .into_iter()
-        .map(|row| Uuid::parse_str(row.get::<&str, _>(0)))
-        .collect::<Result<_, _>>()?;
-    sqlx::query(
-        "UPDATE recordings SET state = 'interrupted', ended_at = ?,
-         note = 'the service stopped while recording; kept up to the last sealed chunk'
-         WHERE state = 'recording'",
-    )
-    .bind(to_unix(now))
-    .execute(pool)
-    .await?;
-    Ok(open)
+        .map(from_row)
+        .collect()
 }

@@ -109,7 +109,9 @@ fn probe(path: &std::path::Path) -> (Vec<(String, String)>, f64) {
     let decoded = Command::new("ffmpeg")
         .args(["-v", "error", "-xerror", "-i"])
         .arg(path)
-        .args(["-f", "null", "-"])
+        // Keep the input time base: the null muxer's guessed 1/fps base can merge frames
+        // recorded 47 ms apart into one timestamp and complain (ffmpeg 5.1).
+        .args(["-enc_time_base", "-1", "-f", "null", "-"])
         .output()
         .unwrap();
     assert!(

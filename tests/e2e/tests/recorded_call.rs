@@ -111,7 +111,9 @@ fn probe(bytes: &[u8]) -> (Vec<String>, f64) {
     let decoded = std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-xerror", "-i"])
         .arg(&path)
-        .args(["-f", "null", "-"])
+        // Keep the input time base: the null muxer's guessed 1/fps base can merge frames
+        // recorded 47 ms apart into one timestamp and complain (ffmpeg 5.1).
+        .args(["-enc_time_base", "-1", "-f", "null", "-"])
         .output()
         .unwrap();
     assert!(
