@@ -88,17 +88,22 @@ pub fn public_url(config: &Config, addr: SocketAddr) -> String {
         return url.trim_end_matches('/').to_owned();
     }
     let scheme = if config.tls { "https" } else { "http" };
-    let ip = if addr.ip().is_unspecified() {
+    match reachable_ip(addr) {
+        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}", addr.port()),
+        IpAddr::V4(v4) => format!("{scheme}://{v4}:{}", addr.port()),
+    }
+}
+
+/// The address others reach a service bound to `addr` at: the bound address, or the machine's
+/// first LAN address when bound to all interfaces (loopback if it has none).
+fn reachable_ip(addr: SocketAddr) -> IpAddr {
+    if addr.ip().is_unspecified() {
         lan_addresses()
             .into_iter()
             .next()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]))
     } else {
         addr.ip()
-    };
-    match ip {
-        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}", addr.port()),
-        IpAddr::V4(v4) => format!("{scheme}://{v4}:{}", addr.port()),
     }
 }
 
@@ -125,16 +130,10 @@ async fn open_recordings(
     let vault = tokio::task::spawn_blocking(move || consult_vault::Vault::open(&vault_dir))
         .await?
         .context("opening the vault")?;
-    let media_address = config.recording.media_address.unwrap_or_else(|| {
-        if addr.ip().is_unspecified() {
-            lan_addresses()
-                .into_iter()
-                .next()
-                .unwrap_or(IpAddr::from([127, 0, 0, 1]))
-        } else {
-            addr.ip()
-        }
-    });
+    let media_address = config
+        .recording
+        .media_address
+        .unwrap_or_else(|| reachable_ip(addr));
     let vault = Arc::new(vault);
     for row in crate::recording::rows::left_open(pool).await? {
         let (id, started_at) = (row.id, row.started_at);

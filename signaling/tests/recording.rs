@@ -34,6 +34,45 @@ fn consent(recording: bool) -> ClientMessage {
     ClientMessage::Consent { recording }
 }
 
+/// A consultation created with `body`, its patient admitted and consenting: the sockets, the
+/// patient's place and the recorder that joined.
+struct ConsentedCall {
+    consultation: consult_proto::api::Consultation,
+    doctor_ws: common::Signal,
+    patient: consult_proto::api::RedeemInviteResponse,
+    patient_ws: common::Signal,
+    recorder: consult_proto::signal::Peer,
+}
+
+async fn consented_call(
+    svc: &TestService,
+    doctor: &common::Doctor,
+    body: serde_json::Value,
+) -> ConsentedCall {
+    let (consultation, invite) = doctor.create_consultation_with(body).await;
+    let (mut doctor_ws, _) = doctor.join(svc, consultation.id).await;
+    let patient = svc.patient(&invite, "Pat").await;
+    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
+    doctor_ws
+        .send(&ClientMessage::Admit {
+            participant_id: patient.participant_id,
+        })
+        .await;
+    patient_ws.recv_type("admitted").await;
+    patient_ws.send(&consent(true)).await;
+    let ServerMessage::PeerJoined { peer: recorder } = patient_ws.recv_type("peer_joined").await
+    else {
+        unreachable!()
+    };
+    ConsentedCall {
+        consultation,
+        doctor_ws,
+        patient,
+        patient_ws,
+        recorder,
+    }
+}
+
 #[tokio::test]
 async fn a_live_only_consultation_says_so_and_records_nothing() {
     let svc = TestService::start().await;
@@ -399,23 +438,13 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let (consultation, invite) = doctor
-        .create_consultation_with(json!({ "mode": "recorded", "e2ee": true }))
-        .await;
-    let (mut doctor_ws, _) = doctor.join(&svc, consultation.id).await;
-    let patient = svc.patient(&invite, "Pat").await;
-    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
-    doctor_ws
-        .send(&ClientMessage::Admit {
-            participant_id: patient.participant_id,
-        })
-        .await;
-    patient_ws.recv_type("admitted").await;
-    patient_ws.send(&consent(true)).await;
-    let ServerMessage::PeerJoined { peer: recorder } = patient_ws.recv_type("peer_joined").await
-    else {
-        unreachable!()
-    };
+    let ConsentedCall {
+        consultation,
+        patient,
+        mut patient_ws,
+        recorder,
+        doctor_ws: _doctor_ws,
+    } = consented_call(&svc, &doctor, json!({ "mode": "recorded", "e2ee": true })).await;
     let (recording_id, recording_key) = loop {
         if let ServerMessage::Recording {
             state: RecordingState::Recording,
@@ -560,20 +589,12 @@ async fn the_retention_job_shreds_recordings_past_their_retention() {
     })
     .await;
     let doctor = svc.doctor("ann@clinic.test").await;
-    let (consultation, invite) = doctor
-        .create_consultation_with(json!({ "mode": "recorded" }))
-        .await;
-    let (mut doctor_ws, _) = doctor.join(&svc, consultation.id).await;
-    let patient = svc.patient(&invite, "Pat").await;
-    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
-    doctor_ws
-        .send(&ClientMessage::Admit {
-            participant_id: patient.participant_id,
-        })
-        .await;
-    patient_ws.recv_type("admitted").await;
-    patient_ws.send(&consent(true)).await;
-    patient_ws.recv_type("peer_joined").await;
+    // The doctor's socket stays open for the whole test, as in a real call.
+    let ConsentedCall {
+        mut patient_ws,
+        doctor_ws: _doctor_ws,
+        ..
+    } = consented_call(&svc, &doctor, json!({ "mode": "recorded" })).await;
     // While it is being made, a recording is never shredded, whatever its retention.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let vault = svc.state().recordings.vault.clone();

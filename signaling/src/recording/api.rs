@@ -141,10 +141,20 @@ pub async fn list(
     Ok(Json(RecordingList { recordings }))
 }
 
-async fn find_row(state: &AppState, id: Uuid) -> Result<RecordingRow, ApiError> {
-    rows::find(&state.pool, id)
+/// The recording `id`, if the policy lets this doctor do `action` on it; and the audit actor.
+async fn authorised(
+    state: &AppState,
+    doctor: &CurrentDoctor,
+    id: Uuid,
+    action: PolicyAction,
+) -> Result<(RecordingRow, String), ApiError> {
+    let row = rows::find(&state.pool, id)
         .await?
-        .ok_or(ApiError::NotFound("recording"))
+        .ok_or(ApiError::NotFound("recording"))?;
+    let who = relation(state, doctor, row.consultation_id).await?;
+    let actor = actor(doctor);
+    check_access(state, &actor, who, action, row.consultation_id, Some(&row)).await?;
+    Ok((row, actor))
 }
 
 /// `GET /api/v1/recordings/{id}/export`: download the recording as a playable file (WebM, or
@@ -159,18 +169,7 @@ pub async fn download(
     doctor: CurrentDoctor,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let row = find_row(&state, id).await?;
-    let who = relation(&state, &doctor, row.consultation_id).await?;
-    let actor = actor(&doctor);
-    check_access(
-        &state,
-        &actor,
-        who,
-        PolicyAction::Export,
-        row.consultation_id,
-        Some(&row),
-    )
-    .await?;
+    let (row, actor) = authorised(&state, &doctor, id, PolicyAction::Export).await?;
     let vault = state.recordings.vault.clone();
     let exported = {
         let row = row.clone();
@@ -247,18 +246,7 @@ pub async fn shred(
     doctor: CurrentDoctor,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let row = find_row(&state, id).await?;
-    let who = relation(&state, &doctor, row.consultation_id).await?;
-    let actor = actor(&doctor);
-    check_access(
-        &state,
-        &actor,
-        who,
-        PolicyAction::Delete,
-        row.consultation_id,
-        Some(&row),
-    )
-    .await?;
+    let (row, actor) = authorised(&state, &doctor, id, PolicyAction::Delete).await?;
     if row.state == RecordingStatus::Recording {
         return Err(ApiError::conflict(
             "still_recording",
