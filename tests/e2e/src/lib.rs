@@ -105,6 +105,29 @@ impl Clinic {
         (consultation, invite)
     }
 
+    /// A native patient ("Kiosk 3") through the invite, then the doctor, joining `consultation`
+    /// with [`config`] sessions; returns (patient, doctor).
+    pub async fn patient_and_doctor(
+        &self,
+        consultation: &Consultation,
+        invite: String,
+    ) -> (Session, Session) {
+        let patient = Session::start(config(Credentials::Patient {
+            invite_url: invite,
+            name: "Kiosk 3".into(),
+        }))
+        .await
+        .expect("patient session");
+        let doctor = Session::start(config(Credentials::Clinician {
+            base_url: self.base.clone(),
+            token: self.token.clone(),
+            consultation_id: consultation.id,
+        }))
+        .await
+        .expect("doctor session");
+        (patient, doctor)
+    }
+
     /// Wait until someone waits, then admit them.
     pub async fn admit_first_waiting(&self, consultation: &Consultation) {
         for _ in 0..100 {

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
-use consult_media::session::Session;
-use consult_media::signal_client::Credentials;
+use consult_e2e::{media_both_ways, pump, Clinic, Seen};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -13,19 +11,7 @@ use sha2::{Digest, Sha256};
 async fn two_native_peers_hold_a_consultation_through_the_service() {
     let clinic = Clinic::start().await;
     let (consultation, invite) = clinic.consultation().await;
-    let mut patient = Session::start(config(Credentials::Patient {
-        invite_url: invite,
-        name: "Kiosk 3".into(),
-    }))
-    .await
-    .unwrap();
-    let mut doctor = Session::start(config(Credentials::Clinician {
-        base_url: clinic.base.clone(),
-        token: clinic.token.clone(),
-        consultation_id: consultation.id,
-    }))
-    .await
-    .unwrap();
+    let (mut patient, mut doctor) = clinic.patient_and_doctor(&consultation, invite).await;
     let (mut p, mut d) = (Seen::default(), Seen::default());
     pump(&mut patient, &mut p, Duration::from_millis(300)).await;
     assert!(p.joined && !p.admitted, "the patient waits");

@@ -6,10 +6,8 @@
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
+use consult_e2e::{media_both_ways, pump, Clinic, Seen};
 use consult_e2ee::recording_key::RecordingKeyPair;
-use consult_media::session::Session;
-use consult_media::signal_client::Credentials;
 use consult_proto::signal::RecordingState;
 use consult_signaling::recording::export::{self, ExportError};
 use consult_signaling::recording::rows::{self, RecordingRow, RecordingStatus};
@@ -18,19 +16,7 @@ use consult_signaling::recording::rows::{self, RecordingRow, RecordingStatus};
 /// seconds of media both ways, then the end; returns the finished recording's row.
 async fn recorded_call(clinic: &Clinic, body: serde_json::Value) -> RecordingRow {
     let (consultation, invite) = clinic.consultation_with(body).await;
-    let mut patient = Session::start(config(Credentials::Patient {
-        invite_url: invite,
-        name: "Kiosk 3".into(),
-    }))
-    .await
-    .unwrap();
-    let mut doctor = Session::start(config(Credentials::Clinician {
-        base_url: clinic.base.clone(),
-        token: clinic.token.clone(),
-        consultation_id: consultation.id,
-    }))
-    .await
-    .unwrap();
+    let (mut patient, mut doctor) = clinic.patient_and_doctor(&consultation, invite).await;
     let (mut p, mut d) = (Seen::default(), Seen::default());
     pump(&mut patient, &mut p, Duration::from_millis(300)).await;
     clinic.admit_first_waiting(&consultation).await;
