@@ -171,6 +171,28 @@ impl AuditLog {
         }
     }
 
+    /// Append one entry where the event has already happened and cannot be undone (a join, a
+    /// recorder's end): a failure to audit it is logged as an error rather than returned.
+    pub async fn record_or_log(
+        &self,
+        at: OffsetDateTime,
+        actor: &str,
+        action: Action,
+        consultation_id: Option<Uuid>,
+        detail: Value,
+    ) {
+        if let Err(e) = self
+            .record(at, actor, action, consultation_id, detail)
+            .await
+        {
+            tracing::error!(
+                error = format!("{e:#}"),
+                ?action,
+                "could not audit an event"
+            );
+        }
+    }
+
     /// Append one entry. Failures are returned: an event that cannot be audited must not pass
     /// silently.
     pub async fn record(

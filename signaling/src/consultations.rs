@@ -459,9 +459,9 @@ pub async fn admit_patient(
     state
         .hub
         .admit(consultation_id, doctor_user_id, participant_id)?;
-    let audit = state
+    state
         .audit
-        .record(
+        .record_or_log(
             state.clock.now(),
             &format!("user:{doctor_user_id}"),
             Action::Admitted,
@@ -469,9 +469,6 @@ pub async fn admit_patient(
             json!({ "participant_id": participant_id }),
         )
         .await;
-    if let Err(e) = audit {
-        tracing::error!(error = format!("{e:#}"), "could not audit an admission");
-    }
     crate::recording::reconcile(state, consultation_id).await;
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The `consult` binary as operators use it: serve (plain and TLS, with the demo), admin
-//! create-user, audit verify and audit export.
+//! create-user, audit verify and audit export, recording keygen and export refusals.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -248,7 +248,98 @@ fn audit_verify_names_the_first_tampered_entry_and_export_writes_json_lines() {
 fn help_lists_every_subcommand() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for sub in ["serve", "admin", "audit", "openapi"] {
+    for sub in ["serve", "admin", "audit", "recording", "keys", "openapi"] {
         assert!(help.contains(sub), "{sub} missing from --help");
     }
+}
+
+#[test]
+fn recording_keygen_writes_a_private_key_file_and_refuses_weak_or_clobbering_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let passphrase = dir.path().join("passphrase");
+    std::fs::write(&passphrase, "a long enough passphrase\n").unwrap();
+    let key = dir.path().join("clinician.key");
+    let keygen = |key: &Path, passphrase: &Path| {
+        Command::new(BIN)
+            .args(["recording", "keygen", "--out"])
+            .arg(key)
+            .arg("--passphrase-file")
+            .arg(passphrase)
+            .output()
+            .unwrap()
+    };
+    let out = keygen(&key, &passphrase);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let public = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("recording public key: "))
+        .expect("the public key is printed");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    assert_eq!(file["public_key"], public);
+    assert_eq!(file["kdf"]["algorithm"], "argon2id");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // An existing key file is never overwritten; a short passphrase is refused.
+    let before = std::fs::read(&key).unwrap();
+    let out = keygen(&key, &passphrase);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    std::fs::write(&passphrase, "short\n").unwrap();
+    let out = keygen(&dir.path().join("other.key"), &passphrase);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 12 characters"));
+    assert!(!dir.path().join("other.key").exists());
+}
+
+#[test]
+fn recording_export_names_what_is_wrong_and_writes_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let out_file = data.path().join("out.webm");
+    let out = out_file.to_str().unwrap();
+    let unknown = "3f1b0c9e-4a6d-4c2e-9b7a-2d5e8f1a6c3b";
+    // No such recording.
+    let result = consult(&["recording", "export", unknown, "--out", out], data.path());
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains(&format!("no recording {unknown}")));
+    // A key file with the wrong passphrase is refused before anything is read.
+    let passphrase = data.path().join("passphrase");
+    std::fs::write(&passphrase, "a long enough passphrase").unwrap();
+    let key = data.path().join("clinician.key");
+    let made = Command::new(BIN)
+        .args(["recording", "keygen", "--out"])
+        .arg(&key)
+        .arg("--passphrase-file")
+        .arg(&passphrase)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    std::fs::write(&passphrase, "another long passphrase").unwrap();
+    let result = consult(
+        &[
+            "recording",
+            "export",
+            unknown,
+            "--out",
+            out,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--passphrase-file",
+            passphrase.to_str().unwrap(),
+        ],
+        data.path(),
+    );
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("passphrase does not open"));
+    assert!(!out_file.exists());
 }

@@ -44,15 +44,31 @@ struct ConsentedCall {
     recorder: consult_proto::signal::Peer,
 }
 
+/// A consultation created with `body`: the doctor in it, the patient in its waiting room.
+async fn waiting_call(
+    svc: &TestService,
+    doctor: &common::Doctor,
+    body: serde_json::Value,
+) -> (
+    consult_proto::api::Consultation,
+    common::Signal,
+    consult_proto::api::RedeemInviteResponse,
+    common::Signal,
+) {
+    let (consultation, invite) = doctor.create_consultation_with(body).await;
+    let (doctor_ws, _) = doctor.join(svc, consultation.id).await;
+    let patient = svc.patient(&invite, "Pat").await;
+    let (patient_ws, _) = svc.join_patient(&patient.participant_token).await;
+    (consultation, doctor_ws, patient, patient_ws)
+}
+
 async fn consented_call(
     svc: &TestService,
     doctor: &common::Doctor,
     body: serde_json::Value,
 ) -> ConsentedCall {
-    let (consultation, invite) = doctor.create_consultation_with(body).await;
-    let (mut doctor_ws, _) = doctor.join(svc, consultation.id).await;
-    let patient = svc.patient(&invite, "Pat").await;
-    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
+    let (consultation, mut doctor_ws, patient, mut patient_ws) =
+        waiting_call(svc, doctor, body).await;
     doctor_ws
         .send(&ClientMessage::Admit {
             participant_id: patient.participant_id,
@@ -115,12 +131,8 @@ async fn a_live_only_consultation_says_so_and_records_nothing() {
 async fn consent_starts_a_visible_recorder_and_withdrawal_stops_it() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("ann@clinic.test").await;
-    let (consultation, invite) = doctor
-        .create_consultation_with(json!({ "mode": "recorded" }))
-        .await;
-    let (mut doctor_ws, _) = doctor.join(&svc, consultation.id).await;
-    let patient = svc.patient(&invite, "Pat").await;
-    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
+    let (consultation, mut doctor_ws, patient, mut patient_ws) =
+        waiting_call(&svc, &doctor, json!({ "mode": "recorded" })).await;
     // A waiting patient is asked already.
     assert_eq!(
         recording_state(&mut patient_ws).await,
@@ -239,12 +251,8 @@ async fn consent_starts_a_visible_recorder_and_withdrawal_stops_it() {
 async fn a_refusal_is_final_and_recording_can_be_forbidden_by_the_organisation() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("ann@clinic.test").await;
-    let (consultation, invite) = doctor
-        .create_consultation_with(json!({ "mode": "recorded" }))
-        .await;
-    let (mut doctor_ws, _) = doctor.join(&svc, consultation.id).await;
-    let patient = svc.patient(&invite, "Pat").await;
-    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
+    let (_, mut doctor_ws, patient, mut patient_ws) =
+        waiting_call(&svc, &doctor, json!({ "mode": "recorded" })).await;
     patient_ws.send(&consent(false)).await;
     doctor_ws
         .send(&ClientMessage::Admit {
@@ -431,6 +439,28 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
     let svc = TestService::start().await;
     let doctor = svc.doctor("ann@clinic.test").await;
     let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    // Not a key, or not 32 bytes: refused, and nothing is registered.
+    for bad in ["not base64!", "AAAA"] {
+        let r = doctor
+            .bearer(Method::PUT, "/api/v1/account/recording-key")
+            .json(&json!({ "public_key": bad }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::BAD_REQUEST, "invalid_recording_key".into())
+        );
+    }
+    let registered: serde_json::Value = doctor
+        .bearer(Method::GET, "/api/v1/account/recording-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(registered, json!({ "public_key": null }));
     let r = doctor
         .bearer(Method::PUT, "/api/v1/account/recording-key")
         .json(&json!({ "public_key": clinician.public().to_base64() }))
@@ -468,6 +498,19 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
         })
         .await;
     assert!(!patient_ws.expect_error("outside_consultation").await);
+    // So is an oversized wrapped key, or one for an SFrame suite that does not exist; the
+    // socket stays.
+    for (suite, wrapped) in [(4, "A".repeat(400)), (9, "AAAA".to_owned())] {
+        patient_ws
+            .send(&ClientMessage::RecordingKey {
+                recording_id,
+                kid: 1,
+                suite,
+                wrapped,
+            })
+            .await;
+        assert!(!patient_ws.expect_error("malformed").await);
+    }
 
     let sent = protected_sender::send(
         &mut patient_ws,

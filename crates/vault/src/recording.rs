@@ -13,7 +13,7 @@
 //!
 //! Times are microseconds since the recording started. Records never span chunks.
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::io::Read;
 
 use uuid::Uuid;
@@ -304,8 +304,6 @@ impl RecordingContents {
         accept_unfinished: bool,
     ) -> Result<Self, VaultError> {
         let mut contents = Self::default();
-        let mut ordered: BinaryHeap<std::cmp::Reverse<(u64, u64)>> = BinaryHeap::new();
-        let mut frames = Vec::new();
         while let Some(chunk) = reader.next_chunk()? {
             for record in Record::decode_all(&chunk)? {
                 match record {
@@ -319,8 +317,7 @@ impl RecordingContents {
                                 f.track
                             )));
                         }
-                        ordered.push(std::cmp::Reverse((f.at_us, frames.len() as u64)));
-                        frames.push(Some(f));
+                        contents.frames.push(f);
                     }
                     Record::Note { at_us, text } => contents.notes.push((at_us, text)),
                     Record::EpochKey(key) => contents.epoch_keys.push(key),
@@ -340,11 +337,8 @@ impl RecordingContents {
             }
             None => return Err(VaultError::Truncated { chunks: 0 }),
         }
-        while let Some(std::cmp::Reverse((_, index))) = ordered.pop() {
-            if let Some(frame) = frames.get_mut(index as usize).and_then(Option::take) {
-                contents.frames.push(frame);
-            }
-        }
+        // Stable: frames with the same time keep their recording order.
+        contents.frames.sort_by_key(|f| f.at_us);
         Ok(contents)
     }
 }

@@ -199,9 +199,9 @@ pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
         .as_ref()
         != Some(&decision);
     if changed {
-        let audited = state
+        state
             .audit
-            .record(
+            .record_or_log(
                 state.clock.now(),
                 "system",
                 Action::RecordingDecision,
@@ -209,12 +209,6 @@ pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
                 json!({ "decision": decision }),
             )
             .await;
-        if let Err(e) = audited {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "could not audit a recording decision"
-            );
-        }
     }
     let mut problem = Recordings::lock(&recordings.failed)
         .get(&consultation_id)
@@ -332,9 +326,9 @@ async fn stop(state: &AppState, consultation_id: Uuid, reason: StopReason) {
 /// `problem` is audited; `told` is what participants are told, now and on every later change.
 async fn mark_failed(state: &AppState, consultation_id: Uuid, problem: &str, told: &str) {
     Recordings::lock(&state.recordings.failed).insert(consultation_id, told.to_owned());
-    let audited = state
+    state
         .audit
-        .record(
+        .record_or_log(
             state.clock.now(),
             "system",
             Action::RecordingFailed,
@@ -342,12 +336,6 @@ async fn mark_failed(state: &AppState, consultation_id: Uuid, problem: &str, tol
             json!({ "problem": problem }),
         )
         .await;
-    if let Err(e) = audited {
-        tracing::error!(
-            error = format!("{e:#}"),
-            "could not audit a recording failure"
-        );
-    }
 }
 
 /// Called by a recorder whose storage failed: the consultation goes on unrecorded, everyone is

@@ -46,7 +46,6 @@ enum Sealing {
 /// What the writer thread did.
 struct Sealed {
     chunks: u64,
-    bytes: u64,
     finished: bool,
 }
 
@@ -62,20 +61,18 @@ fn spawn_writer(
     let handle = std::thread::spawn(move || {
         let mut sealed = Sealed {
             chunks: 0,
-            bytes: 32,
             finished: false,
         };
         for job in rx {
-            let (bytes, result) = match &job {
-                Sealing::Append(b) => (b.len(), writer.append(b)),
-                Sealing::Finish(b) => (b.len(), writer.finish(b)),
+            let result = match &job {
+                Sealing::Append(b) => writer.append(b),
+                Sealing::Finish(b) => writer.finish(b),
             };
             if let Err(e) = result {
                 let _ = failures.send(e.to_string());
                 break;
             }
             sealed.chunks = writer.chunks();
-            sealed.bytes += (bytes + 4 + consult_vault::chunks::TAG_LEN) as u64;
             if matches!(job, Sealing::Finish(_)) {
                 sealed.finished = true;
                 break;
@@ -274,8 +271,15 @@ impl Recorder {
                 )),
             ),
         };
-        let (chunks, bytes, finished) =
-            sealed.map_or((0, 0, false), |s| (s.chunks, s.bytes, s.finished));
+        let (chunks, finished) = sealed.map_or((0, false), |s| (s.chunks, s.finished));
+        // What storage holds, torn bytes of a failed write included.
+        let bytes = match state.recordings.vault.media_size(recording_id) {
+            Ok(size) => size.unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not size a recording");
+                0
+            }
+        };
         let now = state.clock.now();
         if let Err(e) = rows::finish(
             &state.pool,
@@ -293,9 +297,9 @@ impl Recorder {
                 "could not close a recording's row"
             );
         }
-        let audited = state
+        state
             .audit
-            .record(
+            .record_or_log(
                 now,
                 "system",
                 Action::RecordingStopped,
@@ -304,12 +308,6 @@ impl Recorder {
                         "bytes": bytes, "frames": self.frames, "sealed_whole": finished }),
             )
             .await;
-        if let Err(e) = audited {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "could not audit a recording's end"
-            );
-        }
         if let Ending::Failed(problem) = ending {
             super::recorder_failed(&state, consultation_id, &problem).await;
         }

@@ -436,9 +436,9 @@ impl Connected {
             Some((user_id, _)) => format!("user:{user_id}"),
             None => format!("participant:{}", place.participant_id),
         };
-        let audited = state
+        state
             .audit
-            .record(
+            .record_or_log(
                 now,
                 &actor,
                 Action::Joined,
@@ -446,9 +446,6 @@ impl Connected {
                 json!({ "participant_id": place.participant_id, "role": role }),
             )
             .await;
-        if let Err(e) = audited {
-            tracing::error!(error = format!("{e:#}"), "could not audit a join");
-        }
         let consultation_id = place.consultation_id;
         self.place = Some(place);
         crate::recording::reconcile(&self.state, consultation_id).await;
@@ -542,9 +539,9 @@ impl Connected {
                         };
                         refuse(code, &e.to_string())
                     })?;
-                let audited = state
+                state
                     .audit
-                    .record(
+                    .record_or_log(
                         state.clock.now(),
                         &format!("participant:{}", place.participant_id),
                         Action::RecordingConsent,
@@ -552,9 +549,6 @@ impl Connected {
                         json!({ "consent": consent }),
                     )
                     .await;
-                if let Err(e) = audited {
-                    tracing::error!(error = format!("{e:#}"), "could not audit a consent");
-                }
                 crate::recording::reconcile(state, place.consultation_id).await;
                 Ok(Flow::Continue)
             }
