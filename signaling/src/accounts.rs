@@ -224,10 +224,30 @@ pub async fn seed_demo_doctor(
             });
         }
     }
+    let (password, totp_secret) =
+        seed_doctor(pool, audit, sealing_key, now, DEMO_EMAIL, "Dr Demo").await?;
+    Ok(DemoCredentials {
+        email: DEMO_EMAIL.to_owned(),
+        password,
+        totp_secret,
+        url: url.to_owned(),
+    })
+}
+
+/// Create (or reset) a doctor with a fresh random password and TOTP secret, already enrolled;
+/// returns them.
+async fn seed_doctor(
+    pool: &SqlitePool,
+    audit: &AuditLog,
+    sealing_key: &SealingKey,
+    now: OffsetDateTime,
+    email: &str,
+    display_name: &str,
+) -> anyhow::Result<(String, String)> {
     let password = Token::generate().expose()[..20].to_owned();
     let totp_secret = totp::generate_secret();
     let hash = password::hash(&password)?;
-    match find_by_email(pool, DEMO_EMAIL).await? {
+    match find_by_email(pool, email).await? {
         Some(account) => {
             sqlx::query(
                 "UPDATE users SET password_hash = ?, totp_secret = ?, totp_last_step = NULL,
@@ -243,10 +263,11 @@ pub async fn seed_demo_doctor(
             let id = Uuid::new_v4();
             sqlx::query(
                 "INSERT INTO users (id, email, display_name, role, password_hash, totp_secret, created_at)
-                 VALUES (?, ?, 'Dr Demo', 'doctor', ?, ?, ?)",
+                 VALUES (?, ?, ?, 'doctor', ?, ?, ?)",
             )
             .bind(id.to_string())
-            .bind(DEMO_EMAIL)
+            .bind(email)
+            .bind(display_name)
             .bind(&hash)
             .bind(sealing_key.seal(&totp_secret, &totp_owner(id)))
             .bind(to_unix(now))
@@ -258,15 +279,37 @@ pub async fn seed_demo_doctor(
                     "system",
                     Action::UserCreated,
                     None,
-                    serde_json::json!({ "user_id": id, "role": "doctor", "demo": true }),
+                    serde_json::json!({ "user_id": id, "role": "doctor", "seeded": true }),
                 )
                 .await?;
         }
     }
-    Ok(DemoCredentials {
-        email: DEMO_EMAIL.to_owned(),
-        password,
-        totp_secret,
-        url: url.to_owned(),
-    })
+    Ok((password, totp_secret))
+}
+
+/// Seed `count` doctors for the load generator (`load-1@load.consult.localhost`, ...), each
+/// with a fresh password and TOTP secret: a doctor admits one patient at a time, so a run of N
+/// consultations needs N of them. Existing ones are reset.
+pub async fn seed_load_clinicians(
+    pool: &SqlitePool,
+    audit: &AuditLog,
+    sealing_key: &SealingKey,
+    now: OffsetDateTime,
+    count: usize,
+    url: &str,
+) -> anyhow::Result<Vec<DemoCredentials>> {
+    let mut seeded = Vec::with_capacity(count);
+    for i in 1..=count {
+        let email = format!("load-{i}@load.consult.localhost");
+        let name = format!("Dr Load {i}");
+        let (password, totp_secret) =
+            seed_doctor(pool, audit, sealing_key, now, &email, &name).await?;
+        seeded.push(DemoCredentials {
+            email,
+            password,
+            totp_secret,
+            url: url.to_owned(),
+        });
+    }
+    Ok(seeded)
 }

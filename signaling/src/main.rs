@@ -16,6 +16,8 @@ use consult_signaling::config::Config;
 use consult_signaling::{db, recording, server};
 use tracing_subscriber::EnvFilter;
 
+mod load_cli;
+
 /// Consult: peer-to-peer encrypted video consultations.
 #[derive(Parser)]
 #[command(name = "consult", version, about, long_about = None)]
@@ -40,6 +42,9 @@ enum Command {
     /// Manage the vault's key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Load-test a service with many real consultations (QA): two native peers each, through
+    /// invite, waiting room and admission; writes report.json and report.html.
+    Load(load_cli::LoadArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
 }
@@ -135,6 +140,10 @@ struct ServeArgs {
     /// Serve HTTPS with a self-signed certificate kept in the data directory.
     #[arg(long)]
     tls: bool,
+    /// Seed N load-test clinicians (`consult load`) and write their sign-in details to
+    /// DATA_DIR/load-credentials.json. For test deployments only.
+    #[arg(long, value_name = "N")]
+    seed_load_clinicians: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -275,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Load(args) => load_cli::load(args).await,
         Command::Openapi => {
             use utoipa::OpenApi;
             println!(
@@ -375,6 +385,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "  TOTP secret: {}  (add it to an authenticator app)",
             creds.totp_secret
         );
+    }
+    if let Some(count) = args.seed_load_clinicians {
+        let state = &running.state;
+        let creds = accounts::seed_load_clinicians(
+            &state.pool,
+            &state.audit,
+            &state.sealing_key,
+            state.clock.now(),
+            count,
+            &format!("{}/", running.url),
+        )
+        .await?;
+        let path = data_dir.join("load-credentials.json");
+        server::write_private(&path, serde_json::to_string_pretty(&creds)?.as_bytes())?;
+        println!("{count} load-test clinicians in {}", path.display());
     }
     println!("Consult is running at {}/", running.url);
     let _ = std::io::stdout().flush();

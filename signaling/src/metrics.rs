@@ -1,6 +1,8 @@
 //! Prometheus metrics, served at `/metrics`.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Every metric the service exports. Cheap to clone (the metrics are shared handles).
 #[derive(Clone)]
@@ -18,6 +20,9 @@ pub struct Metrics {
     pub signal_messages: IntCounterVec,
     /// Signaling messages refused, by reason.
     pub signal_rejected: IntCounterVec,
+    /// CPU time the process used, to the microsecond (`process_cpu_seconds_total` counts whole
+    /// seconds, too coarse for the load generator's per-second cost figures).
+    cpu_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,6 +68,11 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let cpu_seconds = Gauge::new(
+            "consult_process_cpu_seconds",
+            "CPU time (user and system) the service used, in seconds, to the microsecond",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(connected_sockets.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(active_consultations.clone()),
@@ -70,9 +80,18 @@ impl Metrics {
             Box::new(failed_signins.clone()),
             Box::new(signal_messages.clone()),
             Box::new(signal_rejected.clone()),
+            Box::new(cpu_seconds.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }
+        // The service's own CPU seconds and resident memory (`process_*`), which the load
+        // generator reads to report cost per consultation. Linux only.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registered once");
         Self {
             registry,
             connected_sockets,
@@ -81,11 +100,18 @@ impl Metrics {
             failed_signins,
             signal_messages,
             signal_rejected,
+            cpu_seconds,
         }
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        {
+            let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            self.cpu_seconds
+                .set(secs(usage.user_time()) + secs(usage.system_time()));
+        }
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
         String::from_utf8(buffer).unwrap_or_default()

@@ -137,6 +137,8 @@ pub enum SessionEvent {
     },
     /// The other participant left for good.
     PeerLeft,
+    /// ICE found a working candidate pair; the DTLS handshake follows (then [`SessionEvent::Connected`]).
+    IceConnected,
     /// Media and data flow.
     Connected,
     /// The connection dropped; an ICE restart follows if it does not come back.
@@ -152,6 +154,10 @@ pub enum SessionEvent {
     Audio(Vec<i16>),
     /// An encoded frame (in [`ReceiveMode::Encoded`]).
     EncodedFrame(EncodedFrame),
+    /// The remote asked for a keyframe. The session handles it for raw frames it encodes; an
+    /// application sending its own encoded video ([`Session::send_encoded_video`]) should send
+    /// a keyframe next.
+    KeyframeRequested,
     /// A chat message.
     Chat(String),
     /// An incoming chat message was refused (too long, not text).
@@ -196,6 +202,8 @@ enum Command {
     Video(VideoFrame),
     EncodedVideo(EncodedVideo),
     Audio(Vec<i16>),
+    EncodedAudio(Vec<u8>),
+    RequestKeyframe,
     Chat(String, oneshot::Sender<Result<(), PeerError>>),
     OfferFile(
         String,
@@ -357,6 +365,18 @@ impl Session {
         self.command(Command::Audio(pcm)).await
     }
 
+    /// Send an Opus packet the application encoded itself (20 ms, 48 kHz).
+    pub async fn send_encoded_audio(&self, packet: Vec<u8>) -> Result<(), SessionError> {
+        self.command(Command::EncodedAudio(packet)).await
+    }
+
+    /// Ask the remote for a keyframe (the session does it itself when it decodes; in
+    /// [`ReceiveMode::Encoded`] the application decides, e.g. after a gap). Requests closer
+    /// than 250 ms apart are merged.
+    pub async fn request_keyframe(&self) -> Result<(), SessionError> {
+        self.command(Command::RequestKeyframe).await
+    }
+
     /// Send a chat message.
     pub async fn send_chat(&self, text: &str) -> Result<(), SessionError> {
         let (tx, rx) = oneshot::channel();
@@ -416,12 +436,18 @@ impl Session {
         self.command(Command::Consent(recording)).await
     }
 
-    /// Hang up and wait for the task to finish.
-    pub async fn leave(self) -> Result<(), SessionError> {
-        let _ = self.commands.send(Command::Leave).await;
-        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+    /// Hang up and wait for the task to finish; a task that has not finished within 5 s (busy
+    /// reconnecting to a service that is gone, say) is stopped, so nothing is left running.
+    pub async fn leave(mut self) -> Result<(), SessionError> {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.commands.send(Command::Leave)).await;
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Ok(()),
+            Ok(Err(_)) => Ok(()),
+            Err(_) => {
+                self.task.abort();
+                Ok(())
+            }
         }
     }
 }
@@ -518,7 +544,21 @@ struct Runner {
     recording: Option<RecordingTarget>,
     /// The send-only connection to the recorder.
     recorder: Option<RecorderLink>,
+    /// Signaling is down and being re-established, while media goes on peer to peer.
+    reconnect: Option<Reconnect>,
+    /// Signaling messages written while reconnecting, sent once back.
+    unsent: Vec<ClientMessage>,
 }
+
+/// Re-establishing the signaling connection: when to try next, and how often we have.
+struct Reconnect {
+    next_at: Instant,
+    delay: Duration,
+    attempts: u32,
+}
+
+/// Attempts to re-establish signaling before the session gives up (about 20 s in all).
+const RECONNECT_ATTEMPTS: u32 = 8;
 
 /// How long after connecting the remote may take to start key agreement before we say so.
 const E2EE_AGREEMENT_WARNING: Duration = Duration::from_secs(10);
@@ -573,6 +613,8 @@ impl Runner {
             recorder_id: None,
             recording: None,
             recorder: None,
+            reconnect: None,
+            unsent: Vec::new(),
         })
     }
 
@@ -616,7 +658,7 @@ impl Runner {
                         }
                         Err(e) => {
                             emit(&self.events, SessionEvent::Warning(format!("signaling lost ({e}); reconnecting"))).await;
-                            self.reconnect_signal().await?;
+                            self.start_reconnect();
                         }
                     }
                 }
@@ -651,7 +693,7 @@ impl Runner {
                 _ = heartbeat.tick() => {
                     if let Some(signal) = &mut self.signal {
                         if signal.send(&ClientMessage::Ping {}).await.is_err() {
-                            self.reconnect_signal().await?;
+                            self.start_reconnect();
                         }
                     }
                 }
@@ -665,6 +707,9 @@ impl Runner {
                             tracing::warn!(error = %e, "recorder link failed; dropping it");
                             self.recorder = None;
                         }
+                    }
+                    if self.reconnect.as_ref().is_some_and(|r| r.next_at <= now) {
+                        self.try_reconnect().await?;
                     }
                     if self.offer_at.is_some_and(|at| at <= now) {
                         self.offer_at = None;
@@ -688,29 +733,68 @@ impl Runner {
         if let Some(at) = self.offer_at {
             wake = wake.min(at);
         }
+        if let Some(reconnect) = &self.reconnect {
+            wake = wake.min(reconnect.next_at);
+        }
         if let Some(since) = self.down_since {
             wake = wake.min(since + self.config.ice_restart_after);
         }
         wake.max(Instant::now())
     }
 
-    async fn reconnect_signal(&mut self) -> Result<(), SessionError> {
+    /// Signaling dropped: retry with back-off from the run loop, so media, timers and
+    /// commands go on meanwhile.
+    fn start_reconnect(&mut self) {
         self.signal = None;
-        let mut delay = Duration::from_millis(200);
-        for _ in 0..8 {
-            tokio::time::sleep(delay).await;
-            if let Ok(signal) = SignalConnection::join(&self.base_url, self.join.clone()).await {
-                self.signal = Some(signal);
-                return Ok(());
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
+        if self.reconnect.is_none() {
+            let delay = Duration::from_millis(200);
+            self.reconnect = Some(Reconnect {
+                next_at: Instant::now() + delay,
+                delay,
+                attempts: 0,
+            });
         }
-        Err(SignalError::Closed.into())
+    }
+
+    async fn try_reconnect(&mut self) -> Result<(), SessionError> {
+        let Some(mut reconnect) = self.reconnect.take() else {
+            return Ok(());
+        };
+        let attempt = SignalConnection::join(&self.base_url, self.join.clone());
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(Ok(mut signal)) => {
+                for message in std::mem::take(&mut self.unsent) {
+                    signal.send(&message).await?;
+                }
+                self.signal = Some(signal);
+                Ok(())
+            }
+            Ok(Err(_)) | Err(_) => {
+                reconnect.attempts += 1;
+                if reconnect.attempts >= RECONNECT_ATTEMPTS {
+                    return Err(SignalError::Closed.into());
+                }
+                reconnect.delay = (reconnect.delay * 2).min(Duration::from_secs(5));
+                reconnect.next_at = Instant::now() + reconnect.delay;
+                self.reconnect = Some(reconnect);
+                Ok(())
+            }
+        }
     }
 
     async fn send_signal(&mut self, message: ClientMessage) -> Result<(), SessionError> {
         match &mut self.signal {
-            Some(signal) => signal.send(&message).await.map_err(Into::into),
+            Some(signal) => {
+                if signal.send(&message).await.is_err() {
+                    self.start_reconnect();
+                    self.unsent.push(message);
+                }
+                Ok(())
+            }
+            None if self.reconnect.is_some() => {
+                self.unsent.push(message);
+                Ok(())
+            }
             None => Err(SignalError::Closed.into()),
         }
     }
@@ -1110,6 +1194,20 @@ impl Runner {
                 }
                 self.audio_rtp = (self.audio_rtp + FRAME_SAMPLES as u64) & 0xffff_ffff;
             }
+            Command::EncodedAudio(packet) => {
+                let Some(peer) = &mut self.peer else {
+                    return Ok(());
+                };
+                if !peer.is_connected() {
+                    return Ok(());
+                }
+                survivable(peer.write_audio(now, self.audio_rtp, &packet))?;
+                if let Some(link) = &mut self.recorder {
+                    survivable(link.write_audio(now, self.audio_rtp, &packet))?;
+                }
+                self.audio_rtp = (self.audio_rtp + FRAME_SAMPLES as u64) & 0xffff_ffff;
+            }
+            Command::RequestKeyframe => self.request_keyframe(),
             Command::Chat(text, reply) => {
                 let result = self
                     .peer
@@ -1317,6 +1415,7 @@ impl Runner {
                     str0m::IceConnectionState::Connected | str0m::IceConnectionState::Completed
                 ) {
                     self.down_since = None;
+                    emit(&self.events, SessionEvent::IceConnected).await;
                 }
             }
             PeerEvent::ChannelOpen { .. } | PeerEvent::ChannelMessage { .. } => {}
@@ -1325,7 +1424,10 @@ impl Runner {
                 emit(&self.events, SessionEvent::ChatRejected(e.to_string())).await
             }
             PeerEvent::File(event) => emit(&self.events, SessionEvent::File(event)).await,
-            PeerEvent::KeyframeRequested => self.force_keyframe = true,
+            PeerEvent::KeyframeRequested => {
+                self.force_keyframe = true;
+                emit(&self.events, SessionEvent::KeyframeRequested).await;
+            }
             PeerEvent::BitrateEstimate(bps) => {
                 if let Some(encoder) = &mut self.video_encoder {
                     let target = self.config.video.bitrate_bps;

@@ -1,0 +1,908 @@
+//! One consultation of a run: a clinician and a patient, both native peers, through the real
+//! service — create, invite, waiting room, admission, media, teardown — measured at each step.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consult_media::codec::opus::OpusDecoder;
+use consult_media::codec::{video_decoder, EncodedVideo, VideoDecoder};
+use consult_media::peer::{EncodedFrame, PeerConfig, Stats, TrackKind, VideoCodec};
+use consult_media::session::{ReceiveMode, Session, SessionConfig, SessionEvent};
+use consult_media::signal_client::{
+    join_message, redeem_invite, Credentials, SignalConnection, SignalError,
+};
+use consult_proto::signal::{ClientMessage, RecordingState, ServerMessage};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::live::{LiveState, Side};
+use crate::media::MediaLoop;
+use crate::plan::{Plan, VIDEO_FPS};
+use crate::report::{ConsultationRow, Failure, FailureCause, ReceiverRow};
+use crate::service::{ServiceClient, ServiceError};
+use crate::stamp::{nal_units, stamp_frame, verify_frame, Stamp, Verdict};
+
+/// Everything a consultation task shares with the run.
+pub(crate) struct Shared {
+    pub plan: Plan,
+    pub service: ServiceClient,
+    pub media: Arc<MediaLoop>,
+    pub epoch: Instant,
+    /// When every consultation hangs up.
+    pub end_at: tokio::time::Instant,
+    /// The user stopped the run (Ctrl-C): hang up now.
+    pub interrupted: CancellationToken,
+    /// The run gave up (the service stopped answering): fail and hang up now.
+    pub aborted: CancellationToken,
+    /// Why the run gave up, and when.
+    pub abort_reason: Mutex<Option<(String, Instant)>>,
+    pub live: Arc<Mutex<LiveState>>,
+    pub bind_ip: Option<IpAddr>,
+}
+
+impl Shared {
+    fn secs(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.epoch).as_secs_f64()
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What a finished consultation hands back.
+pub(crate) struct Outcome {
+    pub row: ConsultationRow,
+    pub samples: Samples,
+    /// Successful signaling joins it made.
+    pub joins: u64,
+}
+
+/// Raw samples for the run's distributions.
+#[derive(Default)]
+pub(crate) struct Samples {
+    pub rtt_ms: Vec<f64>,
+    pub jitter_ms: Vec<f64>,
+    pub frame_delay_ms: Vec<f64>,
+}
+
+/// A failure, and when it happened (teardown comes later).
+struct Failed(FailureCause, String, Instant);
+
+impl Failed {
+    fn now(cause: FailureCause, message: String) -> Self {
+        Self(cause, message, Instant::now())
+    }
+}
+
+fn signaling(e: impl std::fmt::Display) -> Failed {
+    Failed::now(FailureCause::Signaling, e.to_string())
+}
+
+/// Run consultation `index` with a signed-in clinician's token.
+pub(crate) async fn run(shared: Arc<Shared>, index: usize, token: String) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        row: ConsultationRow {
+            index,
+            started_at_secs: shared.secs(started),
+            ..Default::default()
+        },
+        samples: Samples::default(),
+        joins: 0,
+    };
+    shared.live().started += 1;
+    let created = shared
+        .service
+        .create_consultation(
+            &token,
+            &format!("Load test {index}"),
+            shared.plan.e2ee,
+            shared.plan.recorded,
+        )
+        .await;
+    let result = match created {
+        Err(e) => Err(signaling(format!("creating the consultation: {e}"))),
+        Ok((id, invite)) => {
+            outcome.row.id = Some(id);
+            shared.live().created += 1;
+            if shared.plan.signaling_only {
+                signaling_only(&shared, &mut outcome, &token, id, &invite).await
+            } else {
+                with_media(&shared, &mut outcome, &token, id, &invite).await
+            }
+        }
+    };
+    let result = match result {
+        Ok(()) if shared.aborted.is_cancelled() => {
+            let (reason, at) = shared
+                .abort_reason
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_else(|| ("the run was aborted".into(), Instant::now()));
+            Err(Failed(FailureCause::Signaling, reason, at))
+        }
+        other => other,
+    };
+    if let Err(Failed(cause, message, at)) = result {
+        let failure = Failure {
+            consultation: index,
+            cause,
+            message,
+            at_secs: shared.secs(at),
+        };
+        shared.live().fail(&failure);
+        outcome.row.failure = Some(failure);
+    }
+    if let Some(id) = outcome.row.id {
+        outcome.row.ended = shared.service.end(&token, id).await.is_ok();
+    }
+    shared.live().finished(outcome.row.failure.is_none());
+    outcome
+}
+
+/// Wait until the run's end, an interruption or an abort.
+async fn hold(shared: &Shared) {
+    tokio::select! {
+        _ = tokio::time::sleep_until(shared.end_at) => {}
+        _ = shared.interrupted.cancelled() => {}
+        _ = shared.aborted.cancelled() => {}
+    }
+}
+
+fn stopping(shared: &Shared) -> bool {
+    shared.interrupted.is_cancelled() || shared.aborted.is_cancelled()
+}
+
+async fn signaling_only(
+    shared: &Shared,
+    outcome: &mut Outcome,
+    token: &str,
+    id: Uuid,
+    invite: &str,
+) -> Result<(), Failed> {
+    let http = reqwest::Client::new();
+    let opened = Instant::now();
+    let name = format!("Load patient {}", outcome.row.index);
+    let (base, place) = redeem_invite(&http, invite, &name)
+        .await
+        .map_err(|e| signaling(format!("redeeming the invite: {e}")))?;
+    let patient_credentials = Credentials::Patient {
+        invite_url: invite.to_owned(),
+        name,
+    };
+    let mut patient =
+        SignalConnection::join(&base, join_message(&patient_credentials, Some(&place)))
+            .await
+            .map_err(|e| signaling(format!("patient joining: {e}")))?;
+    let (participant, heartbeat) = wait_joined(&mut patient).await?;
+    outcome.joins += 1;
+    shared.live().joins += 1;
+    outcome.row.waiting_room_ms = Some(ms(opened.elapsed()));
+    let doctor_credentials = Credentials::Clinician {
+        base_url: base.clone(),
+        token: token.to_owned(),
+        consultation_id: id,
+    };
+    let mut doctor = SignalConnection::join(&base, join_message(&doctor_credentials, None))
+        .await
+        .map_err(|e| signaling(format!("clinician joining: {e}")))?;
+    wait_joined(&mut doctor).await?;
+    outcome.joins += 1;
+    shared.live().joins += 1;
+    let admitting = Instant::now();
+    shared
+        .service
+        .admit(token, id, participant)
+        .await
+        .map_err(|e| signaling(format!("admitting: {e}")))?;
+    loop {
+        match recv_within(&mut patient, Duration::from_secs(10)).await? {
+            ServerMessage::Admitted { .. } => break,
+            ServerMessage::Declined {} | ServerMessage::ConsultationEnded {} => {
+                return Err(signaling("turned away instead of admitted"))
+            }
+            _ => {}
+        }
+    }
+    let admitted = Instant::now();
+    outcome.row.admission_ms = Some(ms(admitted - admitting));
+    outcome.row.admitted_at_secs = Some(shared.secs(admitted));
+    {
+        let mut live = shared.live();
+        live.admitted += 1;
+        live.connected += 1;
+        live.admission_ms.push(ms(admitted - admitting));
+    }
+    let mut ping = tokio::time::interval(heartbeat);
+    let held = async {
+        loop {
+            tokio::select! {
+                _ = ping.tick() => {
+                    patient.send(&ClientMessage::Ping {}).await.map_err(|e| signaling(format!("patient signaling lost: {e}")))?;
+                    doctor.send(&ClientMessage::Ping {}).await.map_err(|e| signaling(format!("clinician signaling lost: {e}")))?;
+                }
+                message = patient.recv() => {
+                    if let Err(e) | Ok(Err(e)) = message.map(|m| ended(&m)) {
+                        return Err(signaling(format!("patient: {e}")));
+                    }
+                }
+                message = doctor.recv() => {
+                    if let Err(e) | Ok(Err(e)) = message.map(|m| ended(&m)) {
+                        return Err(signaling(format!("clinician: {e}")));
+                    }
+                }
+                _ = hold(shared) => return Ok(()),
+            }
+        }
+    };
+    let result = held.await;
+    shared.live().connected -= 1;
+    let _ = patient.send(&ClientMessage::Leave {}).await;
+    let _ = doctor.send(&ClientMessage::Leave {}).await;
+    patient.close().await;
+    doctor.close().await;
+    result
+}
+
+fn ended(message: &ServerMessage) -> Result<(), SignalError> {
+    match message {
+        ServerMessage::ConsultationEnded {} => Err(SignalError::Refused {
+            code: "consultation_ended".into(),
+            message: "the service ended the consultation".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+async fn recv_within(
+    connection: &mut SignalConnection,
+    timeout: Duration,
+) -> Result<ServerMessage, Failed> {
+    match tokio::time::timeout(timeout, connection.recv()).await {
+        Ok(Ok(message)) => Ok(message),
+        Ok(Err(e)) => Err(signaling(e)),
+        Err(_) => Err(signaling(format!(
+            "no answer from signaling within {timeout:?}"
+        ))),
+    }
+}
+
+async fn wait_joined(connection: &mut SignalConnection) -> Result<(Uuid, Duration), Failed> {
+    loop {
+        match recv_within(connection, Duration::from_secs(10)).await? {
+            ServerMessage::Joined {
+                participant_id,
+                heartbeat_interval_ms,
+                ..
+            } => {
+                return Ok((
+                    participant_id,
+                    Duration::from_millis(heartbeat_interval_ms.max(1000)),
+                ))
+            }
+            ServerMessage::Error { code, message, .. } => {
+                return Err(signaling(format!("join refused: {code:?}: {message}")))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn session_config(shared: &Shared, credentials: Credentials) -> SessionConfig {
+    let mut config = SessionConfig::new(credentials);
+    config.receive = ReceiveMode::Encoded;
+    config.peer = PeerConfig {
+        audio: shared.plan.audio,
+        video: shared.plan.video.dimensions().is_some(),
+        video_codecs: vec![VideoCodec::H264],
+        ..PeerConfig::default()
+    };
+    if let Some(ip) = shared.bind_ip {
+        config.bind_ips = vec![ip];
+    }
+    config
+}
+
+/// One side of the call: its session, what it sends and what it receives.
+struct Peer {
+    side: Side,
+    session: Session,
+    sender: Sender,
+    receiver: Receiver,
+    admitted_at: Option<Instant>,
+    negotiating_since: Option<Instant>,
+    ice_connected: bool,
+    connected_at: Option<Instant>,
+    recording: Option<RecordingState>,
+    consent_due: bool,
+    ended: Option<String>,
+}
+
+struct Sender {
+    stream: u32,
+    counter: u64,
+    position: usize,
+    audio_position: usize,
+    video_sent: u64,
+    audio_sent: u64,
+}
+
+impl Sender {
+    fn new(stream: u32, audio_phase: usize) -> Self {
+        Self {
+            stream,
+            counter: 0,
+            position: 0,
+            audio_position: audio_phase,
+            video_sent: 0,
+            audio_sent: 0,
+        }
+    }
+
+    fn next_video(&mut self, media: &MediaLoop, epoch: Instant) -> Option<EncodedVideo> {
+        if media.video.is_empty() {
+            return None;
+        }
+        let frame = &media.video[self.position % media.video.len()];
+        self.position = (self.position + 1) % media.video.len();
+        let stamp = Stamp {
+            stream: self.stream,
+            counter: self.counter,
+            sent_micros: epoch.elapsed().as_micros() as u64,
+        };
+        self.counter += 1;
+        self.video_sent += 1;
+        Some(EncodedVideo {
+            codec: VideoCodec::H264,
+            data: stamp_frame(&frame.data, &stamp),
+            keyframe: frame.keyframe,
+        })
+    }
+
+    fn next_audio(&mut self, media: &MediaLoop) -> Option<Vec<u8>> {
+        let packet = media
+            .audio
+            .get(self.audio_position % media.audio.len().max(1))?;
+        self.audio_position += 1;
+        self.audio_sent += 1;
+        Some(packet.clone())
+    }
+}
+
+/// A picture interval longer than this is a freeze (WebRTC's rule with a nominal frame rate:
+/// the larger of three frame intervals and one interval plus 150 ms).
+fn freeze_threshold() -> Duration {
+    let interval = Duration::from_secs_f64(1.0 / VIDEO_FPS as f64);
+    (interval * 3).max(interval + Duration::from_millis(150))
+}
+
+struct Receiver {
+    expected_stream: u32,
+    next_counter: Option<u64>,
+    waiting_for_keyframe: bool,
+    wants_keyframe: bool,
+    last_shown: Option<Instant>,
+    frozen: Duration,
+    first_frame_at: Option<Instant>,
+    row: ReceiverRow,
+    video_decoder: Option<Box<dyn VideoDecoder>>,
+    audio_decoder: Option<OpusDecoder>,
+    receive_kbps: Vec<f64>,
+    frame_delays: Vec<f64>,
+}
+
+impl Receiver {
+    fn new(side: Side, expected_stream: u32, decode: bool) -> Self {
+        Self {
+            expected_stream,
+            next_counter: None,
+            waiting_for_keyframe: true,
+            wants_keyframe: false,
+            last_shown: None,
+            frozen: Duration::ZERO,
+            first_frame_at: None,
+            row: ReceiverRow {
+                side: side.as_str().into(),
+                ..Default::default()
+            },
+            video_decoder: decode
+                .then(|| video_decoder(VideoCodec::H264).ok())
+                .flatten(),
+            audio_decoder: decode.then(|| OpusDecoder::new().ok()).flatten(),
+            receive_kbps: Vec::new(),
+            frame_delays: Vec::new(),
+        }
+    }
+
+    fn on_frame(&mut self, frame: EncodedFrame, media: &MediaLoop, epoch: Instant, video: bool) {
+        let now = Instant::now();
+        match frame.kind {
+            TrackKind::Audio => {
+                if media.is_audio_packet(&frame.data) {
+                    self.row.audio_packets_intact += 1;
+                    if !video {
+                        self.first_frame_at.get_or_insert(now);
+                    }
+                    if let Some(decoder) = &mut self.audio_decoder {
+                        if decoder.decode(&frame.data).is_err() {
+                            self.row.decode_errors += 1;
+                        }
+                    }
+                } else {
+                    self.row.audio_packets_corrupt += 1;
+                }
+            }
+            TrackKind::Video(_) => self.on_video(frame, epoch, now),
+        }
+    }
+
+    fn on_video(&mut self, frame: EncodedFrame, epoch: Instant, now: Instant) {
+        let stamp = match verify_frame(&frame.data) {
+            Verdict::Intact(stamp) if stamp.stream == self.expected_stream => stamp,
+            Verdict::Intact(_) | Verdict::Corrupt(_) | Verdict::Unstamped => {
+                self.row.video_frames_corrupt += 1;
+                self.waiting_for_keyframe = true;
+                self.wants_keyframe = true;
+                return;
+            }
+        };
+        self.row.video_frames_intact += 1;
+        let keyframe = frame.keyframe || nal_units(&frame.data).iter().any(|u| u[0] & 0x1f == 5);
+        match self.next_counter {
+            Some(next) if stamp.counter > next => {
+                self.row.video_frames_missing += stamp.counter - next;
+                self.waiting_for_keyframe = true;
+            }
+            Some(next) if stamp.counter < next => return, // late duplicate
+            _ => {}
+        }
+        if !frame.contiguous {
+            self.waiting_for_keyframe = true;
+        }
+        self.next_counter = Some(stamp.counter + 1);
+        let sent = epoch + Duration::from_micros(stamp.sent_micros);
+        self.frame_delays
+            .push(ms(now.saturating_duration_since(sent)));
+        if self.waiting_for_keyframe && !keyframe {
+            self.wants_keyframe = true;
+            return;
+        }
+        self.waiting_for_keyframe = false;
+        if let Some(decoder) = &mut self.video_decoder {
+            match decoder.decode(&frame.data) {
+                Ok(Some(_)) => self.row.video_frames_decoded += 1,
+                Ok(None) => {}
+                Err(_) => {
+                    self.row.decode_errors += 1;
+                    self.waiting_for_keyframe = true;
+                    self.wants_keyframe = true;
+                }
+            }
+        }
+        self.shown(now);
+    }
+
+    fn shown(&mut self, now: Instant) {
+        self.first_frame_at.get_or_insert(now);
+        if let Some(last) = self.last_shown {
+            let gap = now - last;
+            if gap > freeze_threshold() {
+                self.frozen += gap;
+            }
+        }
+        self.last_shown = Some(now);
+    }
+
+    fn on_stats(&mut self, stats: &Stats, samples: &mut Samples) {
+        if let Some(rtt) = stats.rtt {
+            samples.rtt_ms.push(ms(rtt));
+        }
+        if let Some(jitter) = stats.video_jitter {
+            samples.jitter_ms.push(jitter * 1000.0);
+        }
+        if let Some(loss) = stats.ingress_loss {
+            self.row.packet_loss_percent = Some(f64::from(loss) * 100.0);
+        }
+        if stats.receive_bps > 0 || !self.receive_kbps.is_empty() {
+            self.receive_kbps.push(stats.receive_bps as f64 / 1000.0);
+        }
+    }
+
+    fn finish(&mut self, video: bool, now: Instant, samples: &mut Samples) -> ReceiverRow {
+        if let (true, Some(last)) = (video, self.last_shown) {
+            let gap = now - last;
+            if gap > freeze_threshold() {
+                self.frozen += gap;
+            }
+        }
+        let mut row = self.row.clone();
+        if video && self.first_frame_at.is_some() {
+            row.frozen_ms = Some(ms(self.frozen));
+        }
+        row.received_kbps = (!self.receive_kbps.is_empty())
+            .then(|| self.receive_kbps.iter().sum::<f64>() / self.receive_kbps.len() as f64);
+        row.frame_delay_ms = median(&mut self.frame_delays.clone());
+        samples.frame_delay_ms.append(&mut self.frame_delays);
+        row
+    }
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+impl Peer {
+    fn on_event(&mut self, event: SessionEvent, shared: &Shared, samples: &mut Samples) {
+        match event {
+            SessionEvent::PeerJoined { .. } => {
+                self.negotiating_since.get_or_insert(Instant::now());
+            }
+            SessionEvent::Admitted => {
+                self.admitted_at.get_or_insert(Instant::now());
+            }
+            SessionEvent::IceConnected => self.ice_connected = true,
+            SessionEvent::Connected => {
+                self.ice_connected = true;
+                self.connected_at.get_or_insert(Instant::now());
+            }
+            SessionEvent::EncodedFrame(frame) => self.receiver.on_frame(
+                frame,
+                &shared.media,
+                shared.epoch,
+                shared.plan.video.dimensions().is_some(),
+            ),
+            SessionEvent::KeyframeRequested => self.sender.position = 0,
+            SessionEvent::Stats(stats) => {
+                self.receiver.on_stats(&stats, samples);
+                shared.live().receiver_stats(
+                    self.sender.stream,
+                    stats.receive_bps,
+                    stats.ingress_loss,
+                );
+            }
+            SessionEvent::Recording(state) => {
+                self.consent_due = state == RecordingState::AwaitingConsent
+                    && self.side == Side::Patient
+                    && shared.plan.recorded;
+                self.recording = Some(state);
+            }
+            SessionEvent::Warning(w) if w.starts_with("signaling lost") => {
+                shared.live().reconnects += 1;
+            }
+            SessionEvent::Warning(w) if w.starts_with("session ended") => {
+                self.ended = Some(w);
+            }
+            SessionEvent::Ended => {
+                self.ended
+                    .get_or_insert_with(|| "the service ended the consultation".into());
+            }
+            SessionEvent::Declined => {
+                self.ended = Some("the patient was turned away".into());
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn start_session(
+    shared: &Shared,
+    side: Side,
+    credentials: Credentials,
+    stream: u32,
+    remote_stream: u32,
+    decode: bool,
+    audio_phase: usize,
+) -> Result<Peer, Failed> {
+    let session = Session::start(session_config(shared, credentials))
+        .await
+        .map_err(|e| signaling(format!("{} joining: {e}", side.as_str())))?;
+    Ok(Peer {
+        side,
+        session,
+        sender: Sender::new(stream, audio_phase),
+        receiver: Receiver::new(side, remote_stream, decode),
+        admitted_at: None,
+        negotiating_since: None,
+        ice_connected: false,
+        connected_at: None,
+        recording: None,
+        consent_due: false,
+        ended: None,
+    })
+}
+
+/// Until `until`: take both sessions' events, and send media once both are connected.
+/// `done` says when to stop early; `None` from it means "keep going".
+async fn drive(
+    shared: &Shared,
+    patient: &mut Peer,
+    doctor: &mut Peer,
+    samples: &mut Samples,
+    until: tokio::time::Instant,
+    mut done: impl FnMut(&Peer, &Peer) -> bool,
+) -> Result<(), Failed> {
+    let mut video_tick = tokio::time::interval(Duration::from_secs_f64(1.0 / VIDEO_FPS as f64));
+    video_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+    audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let media = shared.media.clone();
+    loop {
+        if done(patient, doctor) {
+            return Ok(());
+        }
+        if std::mem::take(&mut patient.consent_due) {
+            let _ = patient.session.consent_to_recording(true).await;
+        }
+        for peer in [&*patient, &*doctor] {
+            if let Some(why) = &peer.ended {
+                return Err(signaling(format!("{}: {why}", peer.side.as_str())));
+            }
+        }
+        let sending = patient.connected_at.is_some() && doctor.connected_at.is_some();
+        tokio::select! {
+            event = patient.session.next_event() => match event {
+                Some(event) => patient.on_event(event, shared, samples),
+                None => gone(patient),
+            },
+            event = doctor.session.next_event() => match event {
+                Some(event) => doctor.on_event(event, shared, samples),
+                None => gone(doctor),
+            },
+            _ = video_tick.tick(), if sending && !media.video.is_empty() => {
+                for peer in [&mut *patient, &mut *doctor] {
+                    if let Some(frame) = peer.sender.next_video(&media, shared.epoch) {
+                        let _ = peer.session.send_encoded_video(frame).await;
+                    }
+                    if std::mem::take(&mut peer.receiver.wants_keyframe) {
+                        shared.live().keyframe_requests += 1;
+                        let _ = peer.session.request_keyframe().await;
+                    }
+                }
+            }
+            _ = audio_tick.tick(), if sending && !media.audio.is_empty() => {
+                for peer in [&mut *patient, &mut *doctor] {
+                    if let Some(packet) = peer.sender.next_audio(&media) {
+                        let _ = peer.session.send_encoded_audio(packet).await;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(until) => return Ok(()),
+            _ = shared.interrupted.cancelled() => return Ok(()),
+            _ = shared.aborted.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// The session's task is over; keep the first reason it gave.
+fn gone(peer: &mut Peer) {
+    peer.ended.get_or_insert_with(|| "the session ended".into());
+}
+
+async fn with_media(
+    shared: &Shared,
+    outcome: &mut Outcome,
+    token: &str,
+    id: Uuid,
+    invite: &str,
+) -> Result<(), Failed> {
+    let index = outcome.row.index;
+    let decode = index < shared.plan.decode;
+    let (patient_stream, doctor_stream) = (2 * index as u32, 2 * index as u32 + 1);
+    let opened = Instant::now();
+    let mut patient = start_session(
+        shared,
+        Side::Patient,
+        Credentials::Patient {
+            invite_url: invite.to_owned(),
+            name: format!("Load patient {index}"),
+        },
+        patient_stream,
+        doctor_stream,
+        decode,
+        index * 7,
+    )
+    .await?;
+    let mut samples = Samples::default();
+    // The patient is in the waiting room once the service says so.
+    let participant = match waiting(shared, &mut patient, &mut samples).await {
+        Ok(participant) => participant,
+        Err(failed) => {
+            let _ = patient.session.leave().await;
+            return Err(failed);
+        }
+    };
+    outcome.joins += 1;
+    shared.live().joins += 1;
+    outcome.row.waiting_room_ms = Some(ms(opened.elapsed()));
+    let doctor = start_session(
+        shared,
+        Side::Clinician,
+        Credentials::Clinician {
+            base_url: shared.service.base_url().to_owned(),
+            token: token.to_owned(),
+            consultation_id: id,
+        },
+        doctor_stream,
+        patient_stream,
+        decode,
+        index * 7 + 25,
+    )
+    .await;
+    let mut doctor = match doctor {
+        Ok(doctor) => doctor,
+        Err(failed) => {
+            let _ = patient.session.leave().await;
+            return Err(failed);
+        }
+    };
+    outcome.joins += 1;
+    shared.live().joins += 1;
+    let result = media_call(
+        shared,
+        outcome,
+        &mut patient,
+        &mut doctor,
+        token,
+        id,
+        participant,
+        &mut samples,
+    )
+    .await;
+    let now = Instant::now();
+    let video = shared.plan.video.dimensions().is_some();
+    let mut patient_row = patient.receiver.finish(video, now, &mut samples);
+    let mut doctor_row = doctor.receiver.finish(video, now, &mut samples);
+    // What each receiver could have received is what the other side sent.
+    patient_row.video_frames_sent = doctor.sender.video_sent;
+    patient_row.audio_packets_sent = doctor.sender.audio_sent;
+    doctor_row.video_frames_sent = patient.sender.video_sent;
+    doctor_row.audio_packets_sent = patient.sender.audio_sent;
+    outcome.row.receivers = vec![patient_row, doctor_row];
+    outcome.row.recording = patient.recording.map(|s| format!("{s:?}").to_lowercase());
+    outcome.samples = samples;
+    {
+        let mut live = shared.live();
+        if outcome.row.connect_ms.is_some() {
+            live.connected -= 1;
+        }
+        live.forget_receivers(&[patient_stream, doctor_stream]);
+    }
+    let _ = tokio::join!(patient.session.leave(), doctor.session.leave());
+    result
+}
+
+/// Until the patient is in the waiting room; their participant id.
+async fn waiting(
+    shared: &Shared,
+    patient: &mut Peer,
+    samples: &mut Samples,
+) -> Result<Uuid, Failed> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), patient.session.next_event()).await {
+            Ok(Some(SessionEvent::Joined { participant_id, .. })) => return Ok(participant_id),
+            Ok(Some(SessionEvent::Warning(w))) if w.starts_with("session ended") => {
+                return Err(signaling(format!("patient: {w}")))
+            }
+            Ok(Some(other)) => patient.on_event(other, shared, samples),
+            Ok(None) => return Err(signaling("patient: the session ended before joining")),
+            Err(_) => return Err(signaling("patient: no answer from signaling within 10 s")),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn media_call(
+    shared: &Shared,
+    outcome: &mut Outcome,
+    patient: &mut Peer,
+    doctor: &mut Peer,
+    token: &str,
+    id: Uuid,
+    participant: Uuid,
+    samples: &mut Samples,
+) -> Result<(), Failed> {
+    let admitting = Instant::now();
+    shared
+        .service
+        .admit(token, id, participant)
+        .await
+        .map_err(|e: ServiceError| signaling(format!("admitting: {e}")))?;
+    // Both sessions' events are taken as they come, so every moment is measured when it
+    // happens, not when someone gets round to looking.
+    let admit_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    drive(shared, patient, doctor, samples, admit_by, |p, _| {
+        p.admitted_at.is_some()
+    })
+    .await?;
+    if stopping(shared) {
+        return Ok(());
+    }
+    let Some(admitted_at) = patient.admitted_at else {
+        return Err(signaling(
+            "patient: not admitted within 10 s of the admit request",
+        ));
+    };
+    outcome.row.admission_ms = Some(ms(admitted_at - admitting));
+    outcome.row.admitted_at_secs = Some(shared.secs(admitted_at));
+    {
+        let mut live = shared.live();
+        live.admitted += 1;
+        live.admission_ms.push(ms(admitted_at - admitting));
+    }
+    patient.negotiating_since.get_or_insert(admitted_at);
+    let connect_by = tokio::time::Instant::now() + shared.plan.connect_timeout;
+    drive(shared, patient, doctor, samples, connect_by, |p, d| {
+        p.connected_at.is_some() && d.connected_at.is_some()
+    })
+    .await?;
+    if stopping(shared) {
+        return Ok(());
+    }
+    let (Some(p), Some(d)) = (patient.connected_at, doctor.connected_at) else {
+        let ice = patient.ice_connected && doctor.ice_connected;
+        let waited = shared.plan.connect_timeout;
+        return Err(if ice {
+            Failed::now(
+                FailureCause::Dtls,
+                format!("ICE connected but DTLS did not complete within {waited:?} of admission"),
+            )
+        } else {
+            Failed::now(
+                FailureCause::Ice,
+                format!("no working ICE candidate pair within {waited:?} of admission"),
+            )
+        });
+    };
+    let since =
+        |peer: &Peer, at: Instant| at - peer.negotiating_since.unwrap_or(admitted_at).min(at);
+    let connect = since(patient, p).max(since(doctor, d));
+    outcome.row.connect_ms = Some(ms(connect));
+    {
+        let mut live = shared.live();
+        live.connected += 1;
+        live.connect_ms.push(ms(connect));
+    }
+    let media_by = tokio::time::Instant::now() + shared.plan.media_timeout;
+    let first = drive(shared, patient, doctor, samples, media_by, |p, d| {
+        p.receiver.first_frame_at.is_some() && d.receiver.first_frame_at.is_some()
+    })
+    .await;
+    first?;
+    if stopping(shared) {
+        return Ok(());
+    }
+    let (Some(p), Some(d)) = (
+        patient.receiver.first_frame_at,
+        doctor.receiver.first_frame_at,
+    ) else {
+        return Err(Failed::now(
+            FailureCause::MediaTimeout,
+            format!(
+                "connected, but no intact remote frame within {:?} (patient got {}, clinician got {})",
+                shared.plan.media_timeout,
+                patient.receiver.row.video_frames_intact + patient.receiver.row.audio_packets_intact,
+                doctor.receiver.row.video_frames_intact + doctor.receiver.row.audio_packets_intact,
+            ),
+        ));
+    };
+    let first_frame = ms(p.max(d) - admitted_at);
+    outcome.row.first_frame_ms = Some(first_frame);
+    {
+        let mut live = shared.live();
+        live.first_frame += 1;
+        live.first_frame_ms.push(first_frame);
+    }
+    // Hold until the run ends.
+    drive(shared, patient, doctor, samples, shared.end_at, |_, _| {
+        false
+    })
+    .await
+}
