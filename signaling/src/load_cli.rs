@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -123,11 +125,21 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let interrupt = CancellationToken::new();
     let mut signal = consult_signaling::server::ShutdownSignal::listen()?;
     let on_signal = interrupt.clone();
+    // A service started here, killed too if a second Ctrl-C quits at once.
+    let service_pid = Arc::new(AtomicU32::new(0));
+    let local_pid = service_pid.clone();
     tokio::spawn(async move {
         signal.recv().await;
         eprintln!("load: interrupted — hanging up and ending every consultation (Ctrl-C again to quit at once)");
         on_signal.cancel();
         signal.recv().await;
+        let pid = local_pid.load(Ordering::SeqCst);
+        if pid != 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         std::process::exit(130);
     });
     let (target, local) = match (&args.url, &args.credentials) {
@@ -147,7 +159,12 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
                 "load: starting a local service with {} clinicians",
                 plan.consultations
             );
-            let local = LocalService::start(plan.consultations, &args.report).await?;
+            // Dropping the start on Ctrl-C kills the child (`kill_on_drop`).
+            let local = tokio::select! {
+                local = LocalService::start(plan.consultations, &args.report) => local?,
+                _ = interrupt.cancelled() => return Ok(ExitCode::from(130)),
+            };
+            service_pid.store(local.child.id().unwrap_or(0), Ordering::SeqCst);
             let target = Target {
                 base_url: local.url.clone(),
                 clinicians: local.clinicians.clone(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use consult_media::codec::opus::OpusDecoder;
 use consult_media::codec::{video_decoder, EncodedVideo, VideoDecoder};
 use consult_media::peer::{EncodedFrame, PeerConfig, Stats, TrackKind, VideoCodec};
-use consult_media::session::{ReceiveMode, Session, SessionConfig, SessionEvent};
+use consult_media::session::{ReceiveMode, Session, SessionConfig, SessionError, SessionEvent};
 use consult_media::signal_client::{
     join_message, redeem_invite, Credentials, SignalConnection, SignalError,
 };
@@ -81,11 +81,17 @@ fn signaling(e: impl std::fmt::Display) -> Failed {
 }
 
 /// Run consultation `index` with a signed-in clinician's token.
-pub(crate) async fn run(shared: Arc<Shared>, index: usize, token: String) -> Outcome {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    index: usize,
+    token: String,
+    sign_in_ms: f64,
+) -> Outcome {
     let started = Instant::now();
     let mut outcome = Outcome {
         row: ConsultationRow {
             index,
+            sign_in_ms: Some(sign_in_ms),
             started_at_secs: shared.secs(started),
             ..Default::default()
         },
@@ -113,18 +119,6 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, token: String) -> Out
                 with_media(&shared, &mut outcome, &token, id, &invite).await
             }
         }
-    };
-    let result = match result {
-        Ok(()) if shared.aborted.is_cancelled() => {
-            let (reason, at) = shared
-                .abort_reason
-                .lock()
-                .ok()
-                .and_then(|r| r.clone())
-                .unwrap_or_else(|| ("the run was aborted".into(), Instant::now()));
-            Err(Failed(FailureCause::Signaling, reason, at))
-        }
-        other => other,
     };
     if let Err(Failed(cause, message, at)) = result {
         let failure = Failure {
@@ -156,6 +150,53 @@ fn stopping(shared: &Shared) -> bool {
     shared.interrupted.is_cancelled() || shared.aborted.is_cancelled()
 }
 
+/// Longest wait for the service to answer one step (a join, a redemption).
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait to hand a frame or a command to a session: a session that does not take it in
+/// time (it is far behind) loses it rather than stalling the whole consultation.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// `step`, failing as `signaling` when it takes longer than [`STEP_TIMEOUT`], and giving up
+/// at once when the run stops.
+async fn bounded<T, E: std::fmt::Display>(
+    shared: &Shared,
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Failed> {
+    tokio::select! {
+        result = tokio::time::timeout(STEP_TIMEOUT, step) => match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(signaling(format!("{what}: {e}"))),
+            Err(_) => Err(signaling(format!("{what}: no answer within {STEP_TIMEOUT:?}"))),
+        },
+        _ = shared.interrupted.cancelled() => Err(signaling(format!("{what}: interrupted"))),
+        _ = shared.aborted.cancelled() => Err(signaling(format!("{what}: the run was aborted"))),
+    }
+}
+
+/// Hand something to a session without ever waiting long; whether it was taken.
+async fn hand_over(command: impl std::future::Future<Output = Result<(), SessionError>>) -> bool {
+    matches!(
+        tokio::time::timeout(COMMAND_TIMEOUT, command).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Fail if the run was aborted while this consultation held (recorded when it stopped, before
+/// the teardown).
+fn check_abort(shared: &Shared) -> Result<(), Failed> {
+    if !shared.aborted.is_cancelled() {
+        return Ok(());
+    }
+    let (reason, at) = shared
+        .abort_reason
+        .lock()
+        .ok()
+        .and_then(|r| r.clone())
+        .unwrap_or_else(|| ("the run was aborted".into(), Instant::now()));
+    Err(Failed(FailureCause::Signaling, reason, at))
+}
+
 async fn signaling_only(
     shared: &Shared,
     outcome: &mut Outcome,
@@ -166,17 +207,22 @@ async fn signaling_only(
     let http = reqwest::Client::new();
     let opened = Instant::now();
     let name = format!("Load patient {}", outcome.row.index);
-    let (base, place) = redeem_invite(&http, invite, &name)
-        .await
-        .map_err(|e| signaling(format!("redeeming the invite: {e}")))?;
+    let (base, place) = bounded(
+        shared,
+        "redeeming the invite",
+        redeem_invite(&http, invite, &name),
+    )
+    .await?;
     let patient_credentials = Credentials::Patient {
         invite_url: invite.to_owned(),
         name,
     };
-    let mut patient =
-        SignalConnection::join(&base, join_message(&patient_credentials, Some(&place)))
-            .await
-            .map_err(|e| signaling(format!("patient joining: {e}")))?;
+    let mut patient = bounded(
+        shared,
+        "patient joining",
+        SignalConnection::join(&base, join_message(&patient_credentials, Some(&place))),
+    )
+    .await?;
     let (participant, heartbeat) = wait_joined(&mut patient).await?;
     outcome.joins += 1;
     shared.live().joins += 1;
@@ -186,9 +232,12 @@ async fn signaling_only(
         token: token.to_owned(),
         consultation_id: id,
     };
-    let mut doctor = SignalConnection::join(&base, join_message(&doctor_credentials, None))
-        .await
-        .map_err(|e| signaling(format!("clinician joining: {e}")))?;
+    let mut doctor = bounded(
+        shared,
+        "clinician joining",
+        SignalConnection::join(&base, join_message(&doctor_credentials, None)),
+    )
+    .await?;
     wait_joined(&mut doctor).await?;
     outcome.joins += 1;
     shared.live().joins += 1;
@@ -238,7 +287,7 @@ async fn signaling_only(
             }
         }
     };
-    let result = held.await;
+    let result = held.await.and_then(|()| check_abort(shared));
     shared.live().connected -= 1;
     let _ = patient.send(&ClientMessage::Leave {}).await;
     let _ = doctor.send(&ClientMessage::Leave {}).await;
@@ -351,7 +400,7 @@ impl Sender {
             return None;
         }
         let frame = &media.video[self.position % media.video.len()];
-        self.position = (self.position + 1) % media.video.len();
+        self.position += 1;
         let stamp = Stamp {
             stream: self.stream,
             counter: self.counter,
@@ -364,6 +413,19 @@ impl Sender {
             data: stamp_frame(&frame.data, &stamp),
             keyframe: frame.keyframe,
         })
+    }
+
+    /// The last video frame was not sent after all: the next one takes its place.
+    fn take_back_video(&mut self) {
+        self.counter = self.counter.saturating_sub(1);
+        self.video_sent = self.video_sent.saturating_sub(1);
+        self.position = self.position.saturating_sub(1);
+    }
+
+    /// The last audio packet was not sent after all.
+    fn take_back_audio(&mut self) {
+        self.audio_position = self.audio_position.saturating_sub(1);
+        self.audio_sent = self.audio_sent.saturating_sub(1);
     }
 
     fn next_audio(&mut self, media: &MediaLoop) -> Option<Vec<u8>> {
@@ -396,6 +458,10 @@ struct Receiver {
     audio_decoder: Option<OpusDecoder>,
     receive_kbps: Vec<f64>,
     frame_delays: Vec<f64>,
+    rtt_ms: Vec<f64>,
+    jitter_ms: Vec<f64>,
+    loss_percent: Vec<f64>,
+    last_intact: Option<Instant>,
 }
 
 impl Receiver {
@@ -418,6 +484,10 @@ impl Receiver {
             audio_decoder: decode.then(|| OpusDecoder::new().ok()).flatten(),
             receive_kbps: Vec::new(),
             frame_delays: Vec::new(),
+            rtt_ms: Vec::new(),
+            jitter_ms: Vec::new(),
+            loss_percent: Vec::new(),
+            last_intact: None,
         }
     }
 
@@ -427,6 +497,7 @@ impl Receiver {
             TrackKind::Audio => {
                 if media.is_audio_packet(&frame.data) {
                     self.row.audio_packets_intact += 1;
+                    self.last_intact = Some(now);
                     if !video {
                         self.first_frame_at.get_or_insert(now);
                     }
@@ -454,13 +525,18 @@ impl Receiver {
             }
         };
         self.row.video_frames_intact += 1;
+        self.last_intact = Some(now);
         let keyframe = frame.keyframe || nal_units(&frame.data).iter().any(|u| u[0] & 0x1f == 5);
         match self.next_counter {
             Some(next) if stamp.counter > next => {
                 self.row.video_frames_missing += stamp.counter - next;
                 self.waiting_for_keyframe = true;
             }
-            Some(next) if stamp.counter < next => return, // late duplicate
+            Some(next) if stamp.counter < next => {
+                // Late, after its successors: it was counted missing then.
+                self.row.video_frames_missing = self.row.video_frames_missing.saturating_sub(1);
+                return;
+            }
             _ => {}
         }
         if !frame.contiguous {
@@ -500,15 +576,23 @@ impl Receiver {
         self.last_shown = Some(now);
     }
 
+    /// How long since the last intact frame or packet (none before the first).
+    fn silent_for(&self, now: Instant) -> Option<Duration> {
+        self.last_intact.map(|at| now.saturating_duration_since(at))
+    }
+
     fn on_stats(&mut self, stats: &Stats, samples: &mut Samples) {
         if let Some(rtt) = stats.rtt {
             samples.rtt_ms.push(ms(rtt));
+            self.rtt_ms.push(ms(rtt));
         }
         if let Some(jitter) = stats.video_jitter {
             samples.jitter_ms.push(jitter * 1000.0);
+            self.jitter_ms.push(jitter * 1000.0);
         }
+        // Each report covers the interval since the last: the call's loss is their mean.
         if let Some(loss) = stats.ingress_loss {
-            self.row.packet_loss_percent = Some(f64::from(loss) * 100.0);
+            self.loss_percent.push(f64::from(loss) * 100.0);
         }
         if stats.receive_bps > 0 || !self.receive_kbps.is_empty() {
             self.receive_kbps.push(stats.receive_bps as f64 / 1000.0);
@@ -529,9 +613,16 @@ impl Receiver {
         row.received_kbps = (!self.receive_kbps.is_empty())
             .then(|| self.receive_kbps.iter().sum::<f64>() / self.receive_kbps.len() as f64);
         row.frame_delay_ms = median(&mut self.frame_delays.clone());
+        row.rtt_ms = median(&mut self.rtt_ms);
+        row.jitter_ms = mean(&self.jitter_ms);
+        row.packet_loss_percent = mean(&self.loss_percent);
         samples.frame_delay_ms.append(&mut self.frame_delays);
         row
     }
+}
+
+fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
@@ -584,6 +675,9 @@ impl Peer {
                 self.ended
                     .get_or_insert_with(|| "the service ended the consultation".into());
             }
+            SessionEvent::PeerLeft => {
+                self.ended = Some("the other participant left".into());
+            }
             SessionEvent::Declined => {
                 self.ended = Some("the patient was turned away".into());
             }
@@ -601,9 +695,13 @@ async fn start_session(
     decode: bool,
     audio_phase: usize,
 ) -> Result<Peer, Failed> {
-    let session = Session::start(session_config(shared, credentials))
-        .await
-        .map_err(|e| signaling(format!("{} joining: {e}", side.as_str())))?;
+    let what = format!("{} joining", side.as_str());
+    let session = bounded(
+        shared,
+        &what,
+        Session::start(session_config(shared, credentials)),
+    )
+    .await?;
     Ok(Peer {
         side,
         session,
@@ -620,13 +718,15 @@ async fn start_session(
 }
 
 /// Until `until`: take both sessions' events, and send media once both are connected.
-/// `done` says when to stop early; `None` from it means "keep going".
+/// `done` says when to stop early. With `stall_after`, a receiver that gets no intact frame
+/// for that long fails the consultation (`media_timeout`).
 async fn drive(
     shared: &Shared,
     patient: &mut Peer,
     doctor: &mut Peer,
     samples: &mut Samples,
     until: tokio::time::Instant,
+    stall_after: Option<Duration>,
     mut done: impl FnMut(&Peer, &Peer) -> bool,
 ) -> Result<(), Failed> {
     let mut video_tick = tokio::time::interval(Duration::from_secs_f64(1.0 / VIDEO_FPS as f64));
@@ -638,8 +738,23 @@ async fn drive(
         if done(patient, doctor) {
             return Ok(());
         }
-        if std::mem::take(&mut patient.consent_due) {
-            let _ = patient.session.consent_to_recording(true).await;
+        if patient.consent_due && hand_over(patient.session.consent_to_recording(true)).await {
+            patient.consent_due = false;
+        }
+        if let Some(limit) = stall_after {
+            for peer in [&*patient, &*doctor] {
+                let silent = peer.receiver.silent_for(Instant::now());
+                if let Some(silent) = silent.filter(|s| *s > limit) {
+                    return Err(Failed::now(
+                        FailureCause::MediaTimeout,
+                        format!(
+                            "media stopped: the {} received no intact frame for {:.1} s",
+                            peer.side.as_str(),
+                            silent.as_secs_f64()
+                        ),
+                    ));
+                }
+            }
         }
         for peer in [&*patient, &*doctor] {
             if let Some(why) = &peer.ended {
@@ -659,18 +774,25 @@ async fn drive(
             _ = video_tick.tick(), if sending && !media.video.is_empty() => {
                 for peer in [&mut *patient, &mut *doctor] {
                     if let Some(frame) = peer.sender.next_video(&media, shared.epoch) {
-                        let _ = peer.session.send_encoded_video(frame).await;
+                        if !hand_over(peer.session.send_encoded_video(frame)).await {
+                            peer.sender.take_back_video();
+                            shared.live().sends_dropped += 1;
+                        }
                     }
-                    if std::mem::take(&mut peer.receiver.wants_keyframe) {
+                    if std::mem::take(&mut peer.receiver.wants_keyframe)
+                        && hand_over(peer.session.request_keyframe()).await
+                    {
                         shared.live().keyframe_requests += 1;
-                        let _ = peer.session.request_keyframe().await;
                     }
                 }
             }
             _ = audio_tick.tick(), if sending && !media.audio.is_empty() => {
                 for peer in [&mut *patient, &mut *doctor] {
                     if let Some(packet) = peer.sender.next_audio(&media) {
-                        let _ = peer.session.send_encoded_audio(packet).await;
+                        if !hand_over(peer.session.send_encoded_audio(packet)).await {
+                            peer.sender.take_back_audio();
+                            shared.live().sends_dropped += 1;
+                        }
                     }
                 }
             }
@@ -755,7 +877,8 @@ async fn with_media(
         participant,
         &mut samples,
     )
-    .await;
+    .await
+    .and_then(|()| check_abort(shared));
     let now = Instant::now();
     let video = shared.plan.video.dimensions().is_some();
     let mut patient_row = patient.receiver.finish(video, now, &mut samples);
@@ -818,7 +941,7 @@ async fn media_call(
     // Both sessions' events are taken as they come, so every moment is measured when it
     // happens, not when someone gets round to looking.
     let admit_by = tokio::time::Instant::now() + Duration::from_secs(10);
-    drive(shared, patient, doctor, samples, admit_by, |p, _| {
+    drive(shared, patient, doctor, samples, admit_by, None, |p, _| {
         p.admitted_at.is_some()
     })
     .await?;
@@ -839,9 +962,15 @@ async fn media_call(
     }
     patient.negotiating_since.get_or_insert(admitted_at);
     let connect_by = tokio::time::Instant::now() + shared.plan.connect_timeout;
-    drive(shared, patient, doctor, samples, connect_by, |p, d| {
-        p.connected_at.is_some() && d.connected_at.is_some()
-    })
+    drive(
+        shared,
+        patient,
+        doctor,
+        samples,
+        connect_by,
+        None,
+        |p, d| p.connected_at.is_some() && d.connected_at.is_some(),
+    )
     .await?;
     if stopping(shared) {
         return Ok(());
@@ -871,7 +1000,7 @@ async fn media_call(
         live.connect_ms.push(ms(connect));
     }
     let media_by = tokio::time::Instant::now() + shared.plan.media_timeout;
-    let first = drive(shared, patient, doctor, samples, media_by, |p, d| {
+    let first = drive(shared, patient, doctor, samples, media_by, None, |p, d| {
         p.receiver.first_frame_at.is_some() && d.receiver.first_frame_at.is_some()
     })
     .await;
@@ -901,8 +1030,15 @@ async fn media_call(
         live.first_frame_ms.push(first_frame);
     }
     // Hold until the run ends.
-    drive(shared, patient, doctor, samples, shared.end_at, |_, _| {
-        false
-    })
+    let stall = Some(shared.plan.media_timeout);
+    drive(
+        shared,
+        patient,
+        doctor,
+        samples,
+        shared.end_at,
+        stall,
+        |_, _| false,
+    )
     .await
 }

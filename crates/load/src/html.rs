@@ -463,6 +463,10 @@ fn media(out: &mut String, report: &Report) {
             ("Decode errors", m.decode_errors.to_string()),
             ("Keyframe requests", m.keyframe_requests.to_string()),
             ("Signaling reconnects", m.signaling_reconnects.to_string()),
+            (
+                "Sends dropped (generator overloaded)",
+                m.sends_dropped.to_string(),
+            ),
         ],
     );
 }

@@ -73,7 +73,13 @@ pub enum LoadError {
     },
     /// Encoding the media loops failed.
     #[error("encoding the media loops: {0}")]
-    Media(String),
+    Media(#[from] consult_media::codec::CodecError),
+    /// The encoding task died.
+    #[error("encoding the media loops: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The HTTP client could not be set up.
+    #[error(transparent)]
+    Service(#[from] service::ServiceError),
     /// Writing the report.
     #[error("writing {path}: {source}")]
     Write {

@@ -53,6 +53,8 @@ pub struct LiveState {
     pub reconnects: u64,
     /// Keyframe requests sent.
     pub keyframe_requests: u64,
+    /// Frames and packets a session did not take in time (the generator is overloaded).
+    pub sends_dropped: u64,
     /// Admission latencies so far.
     pub admission_ms: Vec<f64>,
     /// Connect times so far.

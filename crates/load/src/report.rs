@@ -311,6 +311,9 @@ pub struct MediaTotals {
     pub keyframe_requests: u64,
     /// Times a session lost its signaling connection and reconnected.
     pub signaling_reconnects: u64,
+    /// Frames and packets a session did not take in time and the generator skipped: the
+    /// generator itself is overloaded, and its figures understate the service.
+    pub sends_dropped: u64,
 }
 
 /// The state of the run at one second.

@@ -84,7 +84,7 @@ pub async fn run(
     }
     let epoch = Instant::now();
     let cpu_at_start = crate::usage::cpu_secs();
-    let service = ServiceClient::new(&target.base_url);
+    let service = ServiceClient::new(&target.base_url)?;
     let mut report = empty_report(&plan, &target);
     let progress = Progress::new(&plan, show_progress);
 
@@ -105,22 +105,29 @@ pub async fn run(
     } else {
         video
     };
-    let media = tokio::task::spawn_blocking(move || MediaLoop::encode(video, audio, seed))
-        .await
-        .map_err(|e| LoadError::Media(e.to_string()))?
-        .map_err(|e| LoadError::Media(e.to_string()))?;
+    let media =
+        tokio::task::spawn_blocking(move || MediaLoop::encode(video, audio, seed)).await??;
 
     progress.phase("signing in");
     let live = Arc::new(Mutex::new(LiveState::default()));
     let recording_keys = plan.e2ee && plan.recorded && !plan.signaling_only;
-    let signed = sign_in(
+    let signing_in = sign_in(
         &service,
         &target.clinicians[..plan.consultations],
         recording_keys,
         &progress,
         &live,
-    )
-    .await;
+    );
+    let signed = tokio::select! {
+        signed = signing_in => signed,
+        _ = interrupt.cancelled() => {
+            report.outcome = Outcome::Interrupted;
+            report.message = Some("interrupted while signing in: no consultation was started".into());
+            report.elapsed_secs = epoch.elapsed().as_secs_f64();
+            progress.finish();
+            return Ok(report);
+        }
+    };
     let mut sign_in_ms = Vec::new();
     let mut tokens = Vec::new();
     let mut refusal = None;
@@ -128,7 +135,7 @@ pub async fn run(
         match result {
             SignIn::Done { token, took } => {
                 sign_in_ms.push(took);
-                tokens.push(Some(token));
+                tokens.push(Some((token, took)));
             }
             SignIn::Failed(e) => {
                 refusal.get_or_insert_with(|| {
@@ -152,7 +159,7 @@ pub async fn run(
     }
     report.figures.sign_in_ms = Distribution::of("ms", sign_in_ms);
     report.counts.signed_in = tokens.iter().flatten().count() as u64;
-    let signed_in: Vec<String> = tokens.iter().flatten().cloned().collect();
+    let signed_in: Vec<String> = tokens.iter().flatten().map(|(t, _)| t.clone()).collect();
     if let Some(why) = refusal {
         sign_out(&service, &signed_in).await;
         report.counts.failed = report.consultations.len() as u64;
@@ -201,13 +208,13 @@ pub async fn run(
     ));
     let mut calls = JoinSet::new();
     for (index, token) in tokens.into_iter().enumerate() {
-        let Some(token) = token else { continue };
+        let Some((token, took)) = token else { continue };
         tokio::select! {
             _ = tokio::time::sleep_until(ramp_start + offsets[index]) => {}
             _ = interrupt.cancelled() => break,
             _ = shared.aborted.cancelled() => break,
         }
-        calls.spawn(consultation::run(shared.clone(), index, token));
+        calls.spawn(consultation::run(shared.clone(), index, token, took));
     }
     let mut outcomes = Vec::new();
     while let Some(done) = calls.join_next().await {
@@ -249,6 +256,7 @@ pub async fn run(
         &target,
     );
     report.media.keyframe_requests = live.keyframe_requests;
+    report.media.sends_dropped = live.sends_dropped;
     report.media.signaling_reconnects = live.reconnects;
     drop(live);
     report.generator = crate::usage::process_usage(cpu_at_start, epoch.elapsed());
@@ -340,12 +348,13 @@ async fn sign_in(
             }
         });
     }
-    let mut results: Vec<(usize, SignIn)> = Vec::new();
-    while let Some(Ok(result)) = tasks.join_next().await {
-        results.push(result);
+    let mut results: Vec<SignIn> = clinicians.iter().map(|_| SignIn::Skipped).collect();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, result)) = joined {
+            results[index] = result;
+        }
     }
-    results.sort_by_key(|(index, _)| *index);
-    results.into_iter().map(|(_, r)| r).collect()
+    results
 }
 
 /// What the monitor saw.
@@ -395,7 +404,10 @@ async fn monitor(
             Err(e) => {
                 unanswered += 1;
                 watched.healthz_failures += 1;
-                if unanswered >= UNREACHABLE_PROBES && !shared.aborted.is_cancelled() {
+                // Only while consultations hold: a service slow to answer during the
+                // teardown does not turn a completed run into an aborted one.
+                let holding = tokio::time::Instant::now() < shared.end_at;
+                if unanswered >= UNREACHABLE_PROBES && holding && !shared.aborted.is_cancelled() {
                     if let Ok(mut reason) = shared.abort_reason.lock() {
                         *reason = Some((
                             format!(
@@ -409,6 +421,7 @@ async fn monitor(
             }
         }
         if let Ok(metrics) = shared.service.metrics().await {
+            let now = Instant::now();
             let base = baseline.clone().unwrap_or_default();
             point.service_active_consultations =
                 Some(metrics.active_consultations - base.active_consultations);
@@ -426,6 +439,7 @@ async fn monitor(
             }
         }
         let own = crate::usage::cpu_secs();
+        let now = Instant::now();
         let secs = (now - last_own.0).as_secs_f64();
         if secs > 0.0 {
             point.generator_cpu_percent = Some((own - last_own.1) / secs * 100.0);
@@ -566,9 +580,19 @@ fn fill_counts(report: &mut Report, live: &LiveState) {
     };
     counts.first_frame = rows.iter().filter(|r| r.first_frame_ms.is_some()).count() as u64;
     counts.failed = rows.iter().filter(|r| r.failure.is_some()).count() as u64;
+    // Succeeded: reached media (or admission, signaling only) and did not fail. A consultation
+    // cut short by Ctrl-C before that neither failed nor succeeded.
+    let signaling_only = report.plan.signaling_only;
     counts.succeeded = rows
         .iter()
-        .filter(|r| r.failure.is_none() && r.id.is_some())
+        .filter(|r| r.failure.is_none())
+        .filter(|r| {
+            if signaling_only {
+                r.admission_ms.is_some()
+            } else {
+                r.first_frame_ms.is_some()
+            }
+        })
         .count() as u64;
     counts.ended = rows.iter().filter(|r| r.ended).count() as u64;
     counts.not_ended = rows.iter().filter(|r| r.id.is_some() && !r.ended).count() as u64;

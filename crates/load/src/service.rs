@@ -121,17 +121,21 @@ pub struct ServiceClient {
 }
 
 impl ServiceClient {
-    /// A client of the service at `base_url` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base_url: &str) -> Self {
+    /// A client of the service at `base_url` (e.g. `http://127.0.0.1:8080`); every request
+    /// has a time limit.
+    pub fn new(base_url: &str) -> Result<Self, ServiceError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .unwrap_or_default();
-        Self {
+            .map_err(|e| ServiceError::Protocol {
+                url: base_url.to_owned(),
+                reason: format!("cannot set up an HTTP client: {e}"),
+            })?;
+        Ok(Self {
             base: base_url.trim_end_matches('/').to_owned(),
             http,
-        }
+        })
     }
 
     /// The base URL.

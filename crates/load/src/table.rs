@@ -107,8 +107,8 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out, "\n{media}");
     let _ = writeln!(
         out,
-        "Decode errors {}, keyframe requests {}, signaling reconnects {}",
-        m.decode_errors, m.keyframe_requests, m.signaling_reconnects
+        "Decode errors {}, keyframe requests {}, signaling reconnects {}, sends dropped by an overloaded generator {}",
+        m.decode_errors, m.keyframe_requests, m.signaling_reconnects, m.sends_dropped
     );
 
     let s = &report.service;

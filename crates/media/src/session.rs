@@ -263,10 +263,15 @@ impl Session {
         };
         let (datagrams_tx, datagrams_rx) = mpsc::channel(1024);
         let mut sockets = Vec::new();
+        let mut readers = Vec::new();
         for ip in ips {
             let socket = Arc::new(UdpSocket::bind(SocketAddr::new(ip, 0)).await?);
             let local = socket.local_addr()?;
-            tokio::spawn(read_socket(socket.clone(), local, datagrams_tx.clone()));
+            readers.push(tokio::spawn(read_socket(
+                socket.clone(),
+                local,
+                datagrams_tx.clone(),
+            )));
             sockets.push((local, socket));
         }
         let local_addrs = sockets.iter().map(|(a, _)| *a).collect();
@@ -316,6 +321,7 @@ impl Session {
         runner.relays = relays;
         runner.reflexive = reflexive;
         runner.relay_only = relay_only;
+        runner.readers = AbortOnDrop(readers);
         let task = tokio::spawn(runner.run(commands_rx, datagrams_rx));
         Ok(Self {
             commands: commands_tx,
@@ -546,18 +552,44 @@ struct Runner {
     recorder: Option<RecorderLink>,
     /// Signaling is down and being re-established, while media goes on peer to peer.
     reconnect: Option<Reconnect>,
+    /// Signaling losses and failed attempts since the service last said `joined`.
+    signal_failures: u32,
     /// Signaling messages written while reconnecting, sent once back.
     unsent: Vec<ClientMessage>,
+    /// The socket readers: they end with the session, even when its task is aborted.
+    readers: AbortOnDrop,
 }
 
-/// Re-establishing the signaling connection: when to try next, and how often we have.
+/// Tasks that end when their owner is dropped.
+#[derive(Default)]
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Re-establishing the signaling connection: when to try next, and the attempt under way (its
+/// own task, so a service that does not answer never stalls the media).
 struct Reconnect {
     next_at: Instant,
     delay: Duration,
-    attempts: u32,
+    attempt: Option<tokio::task::JoinHandle<Result<SignalConnection, SignalError>>>,
 }
 
-/// Attempts to re-establish signaling before the session gives up (about 20 s in all).
+impl Drop for Reconnect {
+    fn drop(&mut self) {
+        if let Some(attempt) = &self.attempt {
+            attempt.abort();
+        }
+    }
+}
+
+/// Signaling losses and failed attempts, without the service saying `joined` in between, before
+/// the session gives up (about 20 s of back-off in all).
 const RECONNECT_ATTEMPTS: u32 = 8;
 
 /// How long after connecting the remote may take to start key agreement before we say so.
@@ -614,7 +646,9 @@ impl Runner {
             recording: None,
             recorder: None,
             reconnect: None,
+            signal_failures: 0,
             unsent: Vec::new(),
+            readers: AbortOnDrop::default(),
         })
     }
 
@@ -646,6 +680,7 @@ impl Runner {
         loop {
             let wake = self.next_wake();
             tokio::select! {
+                attempt = reconnect_attempt(&mut self.reconnect) => self.reconnect_attempted(attempt).await?,
                 message = recv_signal(&mut self.signal) => {
                     match message {
                         Ok(message) => {
@@ -656,10 +691,7 @@ impl Runner {
                                 heartbeat = tokio::time::interval(self.heartbeat);
                             }
                         }
-                        Err(e) => {
-                            emit(&self.events, SessionEvent::Warning(format!("signaling lost ({e}); reconnecting"))).await;
-                            self.start_reconnect();
-                        }
+                        Err(e) => self.start_reconnect(&e.to_string()).await?,
                     }
                 }
                 Some(datagram) = datagrams.recv() => {
@@ -692,8 +724,8 @@ impl Runner {
                 }
                 _ = heartbeat.tick() => {
                     if let Some(signal) = &mut self.signal {
-                        if signal.send(&ClientMessage::Ping {}).await.is_err() {
-                            self.start_reconnect();
+                        if let Err(e) = signal.send(&ClientMessage::Ping {}).await {
+                            self.start_reconnect(&e.to_string()).await?;
                         }
                     }
                 }
@@ -708,8 +740,13 @@ impl Runner {
                             self.recorder = None;
                         }
                     }
-                    if self.reconnect.as_ref().is_some_and(|r| r.next_at <= now) {
-                        self.try_reconnect().await?;
+                    if let Some(reconnect) = self.reconnect.as_mut().filter(|r| r.next_at <= now && r.attempt.is_none()) {
+                        let (base, join) = (self.base_url.clone(), self.join.clone());
+                        reconnect.attempt = Some(tokio::spawn(async move {
+                            tokio::time::timeout(Duration::from_secs(2), SignalConnection::join(&base, join))
+                                .await
+                                .unwrap_or(Err(SignalError::Closed))
+                        }));
                     }
                     if self.offer_at.is_some_and(|at| at <= now) {
                         self.offer_at = None;
@@ -733,7 +770,7 @@ impl Runner {
         if let Some(at) = self.offer_at {
             wake = wake.min(at);
         }
-        if let Some(reconnect) = &self.reconnect {
+        if let Some(reconnect) = self.reconnect.as_ref().filter(|r| r.attempt.is_none()) {
             wake = wake.min(reconnect.next_at);
         }
         if let Some(since) = self.down_since {
@@ -743,35 +780,65 @@ impl Runner {
     }
 
     /// Signaling dropped: retry with back-off from the run loop, so media, timers and
-    /// commands go on meanwhile.
-    fn start_reconnect(&mut self) {
+    /// commands go on meanwhile. Gives up after [`RECONNECT_ATTEMPTS`] losses and failed
+    /// attempts without a `joined` in between (a service that accepts and hangs up at once
+    /// cannot keep us trying for ever).
+    async fn start_reconnect(&mut self, why: &str) -> Result<(), SessionError> {
         self.signal = None;
-        if self.reconnect.is_none() {
-            let delay = Duration::from_millis(200);
-            self.reconnect = Some(Reconnect {
-                next_at: Instant::now() + delay,
-                delay,
-                attempts: 0,
-            });
+        if self.reconnect.is_some() {
+            return Ok(());
         }
+        self.signal_failures += 1;
+        if self.signal_failures >= RECONNECT_ATTEMPTS {
+            return Err(SignalError::Closed.into());
+        }
+        emit(
+            &self.events,
+            SessionEvent::Warning(format!("signaling lost ({why}); reconnecting")),
+        )
+        .await;
+        let delay = Duration::from_millis(200);
+        self.reconnect = Some(Reconnect {
+            next_at: Instant::now() + delay,
+            delay,
+            attempt: None,
+        });
+        Ok(())
     }
 
-    async fn try_reconnect(&mut self) -> Result<(), SessionError> {
+    async fn reconnect_attempted(
+        &mut self,
+        attempt: Result<SignalConnection, SignalError>,
+    ) -> Result<(), SessionError> {
         let Some(mut reconnect) = self.reconnect.take() else {
             return Ok(());
         };
-        let attempt = SignalConnection::join(&self.base_url, self.join.clone());
-        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
-            Ok(Ok(mut signal)) => {
-                for message in std::mem::take(&mut self.unsent) {
-                    signal.send(&message).await?;
+        reconnect.attempt = None;
+        match attempt {
+            Ok(mut signal) => {
+                // Descriptions and candidates of the old connection mean nothing to the next
+                // one: `joined` starts a new negotiation. Anything else still matters.
+                let unsent: Vec<ClientMessage> = std::mem::take(&mut self.unsent)
+                    .into_iter()
+                    .filter(|m| {
+                        !matches!(
+                            m,
+                            ClientMessage::Description { .. } | ClientMessage::Candidate { .. }
+                        )
+                    })
+                    .collect();
+                for (i, message) in unsent.iter().enumerate() {
+                    if let Err(e) = signal.send(message).await {
+                        self.unsent = unsent[i..].to_vec();
+                        return self.start_reconnect(&e.to_string()).await;
+                    }
                 }
                 self.signal = Some(signal);
                 Ok(())
             }
-            Ok(Err(_)) | Err(_) => {
-                reconnect.attempts += 1;
-                if reconnect.attempts >= RECONNECT_ATTEMPTS {
+            Err(_) => {
+                self.signal_failures += 1;
+                if self.signal_failures >= RECONNECT_ATTEMPTS {
                     return Err(SignalError::Closed.into());
                 }
                 reconnect.delay = (reconnect.delay * 2).min(Duration::from_secs(5));
@@ -785,9 +852,9 @@ impl Runner {
     async fn send_signal(&mut self, message: ClientMessage) -> Result<(), SessionError> {
         match &mut self.signal {
             Some(signal) => {
-                if signal.send(&message).await.is_err() {
-                    self.start_reconnect();
+                if let Err(e) = signal.send(&message).await {
                     self.unsent.push(message);
+                    self.start_reconnect(&e.to_string()).await?;
                 }
                 Ok(())
             }
@@ -811,6 +878,7 @@ impl Runner {
                 consultation,
                 ..
             } => {
+                self.signal_failures = 0;
                 self.polite = polite;
                 self.admitted = admitted;
                 self.local_id = Some(participant_id);
@@ -1717,6 +1785,16 @@ fn survivable(result: Result<(), PeerError>) -> Result<(), PeerError> {
 /// `Sync` across the await).
 async fn emit(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
     let _ = events.send(event).await;
+}
+
+/// The outcome of the reconnection attempt under way; pending while there is none.
+async fn reconnect_attempt(
+    reconnect: &mut Option<Reconnect>,
+) -> Result<SignalConnection, SignalError> {
+    match reconnect.as_mut().and_then(|r| r.attempt.as_mut()) {
+        Some(attempt) => attempt.await.unwrap_or(Err(SignalError::Closed)),
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_signal(signal: &mut Option<SignalConnection>) -> Result<ServerMessage, SignalError> {

@@ -12,8 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-/// Who joins.
-#[derive(Debug, Clone)]
+/// Who joins. Its `Debug` leaves the invite token and the bearer token out.
+#[derive(Clone)]
 pub enum Credentials {
     /// A patient with an invite link (`https://host/join#TOKEN`) and the name to show.
     Patient {
@@ -61,8 +61,8 @@ pub enum SignalError {
     Protocol(String),
 }
 
-/// What a patient learns when redeeming the invite.
-#[derive(Debug, Clone)]
+/// What a patient learns when redeeming the invite. Its `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct PatientPlace {
     /// Their participant token (to rejoin after a dropped connection).
     pub participant_token: String,
@@ -70,6 +70,39 @@ pub struct PatientPlace {
     pub participant_id: Uuid,
     /// What the invite leads to.
     pub invite: InviteInfo,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Patient { invite_url, name } => f
+                .debug_struct("Patient")
+                .field(
+                    "invite_url",
+                    &invite_url.split('#').next().unwrap_or_default(),
+                )
+                .field("name", name)
+                .finish_non_exhaustive(),
+            Credentials::Clinician {
+                base_url,
+                consultation_id,
+                ..
+            } => f
+                .debug_struct("Clinician")
+                .field("base_url", base_url)
+                .field("consultation_id", consultation_id)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PatientPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatientPlace")
+            .field("participant_id", &self.participant_id)
+            .field("invite", &self.invite)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Split an invite link into the service base URL and the token.
@@ -204,6 +237,22 @@ pub fn join_message(credentials: &Credentials, patient: Option<&PatientPlace>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_holds_no_token() {
+        let patient = Credentials::Patient {
+            invite_url: "https://c.example/join#SECRET-INVITE".into(),
+            name: "Kiosk".into(),
+        };
+        let clinician = Credentials::Clinician {
+            base_url: "https://c.example".into(),
+            token: "SECRET-BEARER".into(),
+            consultation_id: Uuid::nil(),
+        };
+        let shown = format!("{patient:?} {clinician:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("Kiosk") && shown.contains("https://c.example"));
+    }
 
     #[test]
     fn invite_links_are_parsed_strictly() {

@@ -68,9 +68,8 @@ pub async fn enrol(
         return Err(gone());
     }
     let password = req.password.clone();
-    let hash = tokio::task::spawn_blocking(move || password::hash(&password))
+    let hash = password::hash_off_thread(password)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut tx = db::write_transaction(&state.pool).await?;
     let used = sqlx::query(
@@ -133,10 +132,7 @@ pub async fn login(
     }
     let stored = account.as_ref().and_then(|a| a.password_hash.clone());
     let password = req.password.clone();
-    let password_ok =
-        tokio::task::spawn_blocking(move || password::verify(&password, stored.as_deref()))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
+    let password_ok = password::verify_off_thread(password, stored).await;
     let account = match account {
         Some(account) if password_ok => account,
         account => {

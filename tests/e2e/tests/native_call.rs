@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use consult_e2e::{media_both_ways, pump, Clinic, Seen};
+use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
+use consult_media::session::{Session, SessionEvent};
+use consult_media::signal_client::Credentials;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -94,6 +96,144 @@ async fn two_native_peers_hold_a_consultation_through_the_service() {
     assert_eq!(Sha256::digest(&received), Sha256::digest(&file));
     assert_eq!(d.chats, vec!["Good morning, doctor".to_string()]);
     assert_eq!(p.chats, vec!["Good morning! How is the knee?".to_string()]);
+    patient.leave().await.unwrap();
+    doctor.leave().await.unwrap();
+}
+
+/// `target/<profile>/consult`, built by `cargo build --workspace`.
+fn consult_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = profile.join("consult");
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build -p consult-signaling`",
+        path.display()
+    );
+    path
+}
+
+/// Media goes peer to peer: when the service process dies mid-call, both sides say signaling
+/// is lost and keep trying to reconnect, and meanwhile the pictures and the sound keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_keeps_flowing_while_the_service_is_gone() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = tokio::process::Command::new(consult_binary())
+        .args(["serve", "--demo", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(service.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("serve printed its URL");
+        if let Some(url) = line.strip_prefix("Consult is running at ") {
+            break url.trim_end_matches('/').to_owned();
+        }
+    };
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("demo-credentials.json")).unwrap())
+            .unwrap();
+    let secret = creds["totp_secret"].as_str().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({
+            "email": creds["email"], "password": creds["password"],
+            "totp": consult_signaling::auth::totp::code_at(secret, now).unwrap(),
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["session"]["token"].as_str().unwrap().to_owned();
+    let consultation: serde_json::Value = http
+        .post(format!("{base}/api/v1/consultations"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id: uuid::Uuid = consultation["id"].as_str().unwrap().parse().unwrap();
+    let invite = consultation["invite_url"].as_str().unwrap().to_owned();
+    let mut patient = Session::start(config(Credentials::Patient {
+        invite_url: invite,
+        name: "Kiosk 3".into(),
+    }))
+    .await
+    .unwrap();
+    let mut doctor = Session::start(config(Credentials::Clinician {
+        base_url: base.clone(),
+        token: token.clone(),
+        consultation_id: id,
+    }))
+    .await
+    .unwrap();
+    let (mut p, mut d) = (Seen::default(), Seen::default());
+    let participant = loop {
+        match tokio::time::timeout(Duration::from_secs(10), patient.next_event()).await {
+            Ok(Some(SessionEvent::Joined { participant_id, .. })) => break participant_id,
+            Ok(Some(_)) => {}
+            other => panic!("patient never waited: {other:?}"),
+        }
+    };
+    let admitted = http
+        .post(format!(
+            "{base}/api/v1/consultations/{id}/participants/{participant}/admit"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(admitted.status().is_success());
+    let started = Instant::now();
+    while !(p.connected && d.connected) {
+        assert!(started.elapsed() < Duration::from_secs(20), "no connection");
+        pump(&mut patient, &mut p, Duration::from_millis(20)).await;
+        pump(&mut doctor, &mut d, Duration::from_millis(20)).await;
+    }
+    media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 1).await;
+    assert!(p.video > 0 && d.video > 0, "video before the outage");
+
+    service.kill().await.unwrap();
+    let (mut p_after, mut d_after) = (Seen::default(), Seen::default());
+    media_both_ways(&mut patient, &mut doctor, &mut p_after, &mut d_after, 3).await;
+    for (side, seen) in [("patient", &p_after), ("doctor", &d_after)] {
+        assert!(
+            seen.warnings
+                .iter()
+                .any(|w| w.starts_with("signaling lost")),
+            "{side} was not told: {:?}",
+            seen.warnings
+        );
+        assert!(
+            seen.video > 30 && seen.audio > 50,
+            "{side} stopped receiving while signaling was down: {} video, {} audio",
+            seen.video,
+            seen.audio
+        );
+    }
     patient.leave().await.unwrap();
     doctor.leave().await.unwrap();
 }
