@@ -363,7 +363,7 @@ pub struct ServiceReport {
     pub cpu_secs: Option<f64>,
     /// Peak resident memory seen, MiB.
     pub peak_rss_mib: Option<f64>,
-    /// Resident memory before the run, MiB.
+    /// Resident memory once every clinician had signed in, before the first consultation, MiB.
     pub baseline_rss_mib: Option<f64>,
     /// CPU (percent of one core) per connected consultation during the hold.
     pub cpu_percent_per_consultation: Option<f64>,

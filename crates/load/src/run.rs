@@ -183,6 +183,9 @@ pub async fn run(
         }
         offsets.push(Duration::from_secs_f64(at));
     }
+    // Memory is compared with what the service held once everyone had signed in: sign-in
+    // costs (Argon2) are not the consultations'.
+    let before_ramp = service.metrics().await.ok();
     let ramp_start = tokio::time::Instant::now();
     let ramp_end = ramp_start + offsets.last().copied().unwrap_or_default();
     let end_at = ramp_end + plan.duration;
@@ -250,6 +253,7 @@ pub async fn run(
     report.service = service_report(
         &watched,
         baseline.as_ref(),
+        before_ramp.as_ref(),
         after.as_ref(),
         joins,
         live.reconnects,
@@ -602,6 +606,7 @@ fn fill_counts(report: &mut Report, live: &LiveState) {
 fn service_report(
     watched: &Watched,
     baseline: Option<&MetricsSnapshot>,
+    before_ramp: Option<&MetricsSnapshot>,
     after: Option<&MetricsSnapshot>,
     expected_joins: u64,
     reconnects: u64,
@@ -618,8 +623,11 @@ fn service_report(
     if let (Some(before), Some(after)) = (baseline, after) {
         service.joins = Some(after.joins.saturating_sub(before.joins));
         service.cpu_secs = after.cpu_secs.zip(before.cpu_secs).map(|(a, b)| a - b);
-        service.baseline_rss_mib = before.rss_bytes.map(|b| b / 1_048_576.0);
     }
+    service.baseline_rss_mib = before_ramp
+        .or(baseline)
+        .and_then(|m| m.rss_bytes)
+        .map(|b| b / 1_048_576.0);
     let mut problems = Vec::new();
     match service.joins {
         Some(joins) if joins == expected_joins => {}
@@ -794,18 +802,26 @@ mod tests {
             active_at_hold: Some((4, 4)),
             ..Default::default()
         };
-        let agreeing = service_report(&watched, Some(&before), Some(&after), 8, 0, &target());
+        let agreeing = service_report(&watched, Some(&before), None, Some(&after), 8, 0, &target());
         assert_eq!(agreeing.metrics_agree, Some(true));
         assert_eq!(agreeing.joins, Some(8));
         assert_eq!(agreeing.cpu_secs, Some(3.0));
-        let short = service_report(&watched, Some(&before), Some(&after), 10, 0, &target());
+        let short = service_report(
+            &watched,
+            Some(&before),
+            None,
+            Some(&after),
+            10,
+            0,
+            &target(),
+        );
         assert_eq!(short.metrics_agree, Some(false));
         assert!(short.disagreement.unwrap().contains("counted 8 joins"));
         let watched = Watched {
             active_at_hold: Some((3, 4)),
             ..Default::default()
         };
-        let fewer = service_report(&watched, Some(&before), Some(&after), 8, 0, &target());
+        let fewer = service_report(&watched, Some(&before), None, Some(&after), 8, 0, &target());
         assert!(fewer
             .disagreement
             .unwrap()

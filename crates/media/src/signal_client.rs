@@ -178,7 +178,8 @@ impl SignalConnection {
     /// Connect to `base_url`'s signaling endpoint and send `join`.
     pub async fn join(base_url: &str, join: ClientMessage) -> Result<Self, SignalError> {
         let ws_url = format!("{}/api/v1/signal", base_url.replacen("http", "ws", 1));
-        let (socket, _) = tokio_tungstenite::connect_async(ws_url)
+        // Signaling messages are small and must go at once: no Nagle.
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(ws_url, None, true)
             .await
             .map_err(Box::new)?;
         let mut connection = Self { socket };
