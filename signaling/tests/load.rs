@@ -53,6 +53,18 @@ impl Service {
         self.dir.path().join("load-credentials.json")
     }
 
+    /// `consult load` options against this service with its clinicians, then `more`.
+    fn load_args(&self, more: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--url".to_owned(),
+            self.url.clone(),
+            "--credentials".to_owned(),
+            self.credentials().display().to_string(),
+        ];
+        args.extend(more.iter().map(|a| a.to_string()));
+        args
+    }
+
     fn joins(&self) -> u64 {
         reqwest::blocking::get(format!("{}/metrics", self.url))
             .and_then(|r| r.text())
@@ -80,7 +92,7 @@ struct Run {
     stderr: String,
 }
 
-fn load_command(report: &Path, args: &[&str]) -> Command {
+fn load_command<S: AsRef<std::ffi::OsStr>>(report: &Path, args: &[S]) -> Command {
     let mut command = Command::new(BIN);
     command
         .arg("load")
@@ -126,7 +138,7 @@ fn finish(mut child: Child, limit: Duration) -> Run {
     }
 }
 
-fn load(report: &Path, args: &[&str], limit: Duration) -> Run {
+fn load<S: AsRef<std::ffi::OsStr>>(report: &Path, args: &[S], limit: Duration) -> Run {
     finish(load_command(report, args).spawn().unwrap(), limit)
 }
 
@@ -342,21 +354,9 @@ fn signaling_only_runs_admit_everyone_and_a_crossed_threshold_fails_the_run() {
 fn the_service_stopping_halfway_is_reported_by_cause_with_a_non_zero_exit() {
     let mut service = Service::start(6, None);
     let dir = tempfile::tempdir().unwrap();
-    let credentials = service.credentials();
     let child = load_command(
         dir.path(),
-        &[
-            "--url",
-            &service.url,
-            "--credentials",
-            credentials.to_str().unwrap(),
-            "-n",
-            "6",
-            "--ramp",
-            "1",
-            "--duration",
-            "30s",
-        ],
+        &service.load_args(&["-n", "6", "--ramp", "1", "--duration", "30s"]),
     )
     .spawn()
     .unwrap();
@@ -471,17 +471,9 @@ fn wrong_credentials_stop_the_run_before_any_consultation() {
 fn too_few_clinicians_for_the_consultations_is_refused_up_front() {
     let service = Service::start(1, None);
     let dir = tempfile::tempdir().unwrap();
-    let credentials = service.credentials();
     let run = load(
         dir.path(),
-        &[
-            "--url",
-            &service.url,
-            "--credentials",
-            credentials.to_str().unwrap(),
-            "-n",
-            "2",
-        ],
+        &service.load_args(&["-n", "2"]),
         Duration::from_secs(30),
     );
     assert_eq!(run.status.code(), Some(2));
@@ -504,14 +496,9 @@ fn peers_that_cannot_connect_fail_as_ice_and_their_consultations_are_ended() {
         ),
     );
     let dir = tempfile::tempdir().unwrap();
-    let credentials = service.credentials();
     let run = load(
         dir.path(),
-        &[
-            "--url",
-            &service.url,
-            "--credentials",
-            credentials.to_str().unwrap(),
+        &service.load_args(&[
             "-n",
             "2",
             "--ramp",
@@ -520,7 +507,7 @@ fn peers_that_cannot_connect_fail_as_ice_and_their_consultations_are_ended() {
             "2s",
             "--connect-timeout",
             "3s",
-        ],
+        ]),
         Duration::from_secs(90),
     );
     assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);

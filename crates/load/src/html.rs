@@ -1,6 +1,7 @@
 //! The HTML report: one self-contained page (inline CSS and SVG plots, no scripts, fonts or
 //! images from elsewhere) showing every figure of a [`Report`].
 
+use crate::report::text::{num, opt, DASH};
 use std::fmt::Write;
 use std::ops::Range;
 
@@ -9,9 +10,6 @@ use plotters::prelude::*;
 use crate::report::{
     ConsultationRow, Distribution, FailureCause, Figures, Outcome, Report, TimelinePoint,
 };
-
-/// What a missing value looks like.
-const DASH: &str = "–";
 
 /// Size of a wide plot (timelines), in pixels.
 const WIDE: (u32, u32) = (620, 330);
@@ -102,7 +100,7 @@ fn header(out: &mut String, report: &Report) {
             "Outcome",
             format!(
                 "<span class=\"{outcome_class}\">{}</span>",
-                outcome_str(report.outcome)
+                crate::report::outcome_str(report.outcome)
             ),
         ),
     ];
@@ -164,7 +162,7 @@ fn verdict(out: &mut String, report: &Report) {
         (outcome, _) => (
             "fail",
             "INCOMPLETE",
-            format!("The run was {}.", outcome_str(outcome)),
+            format!("The run was {}.", crate::report::outcome_str(outcome)),
         ),
     };
     let _ = writeln!(out, "<section class=\"verdict {class}\">\n<h2>Verdict</h2>");
@@ -886,33 +884,11 @@ fn percent(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 * 100.0 / whole as f64)
 }
 
-/// A number with one decimal.
-fn num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.1}")
-    } else {
-        DASH.to_owned()
-    }
-}
-
-/// A number with one decimal, or a dash.
-fn opt(v: Option<f64>) -> String {
-    v.map_or_else(|| DASH.to_owned(), num)
-}
-
 fn yes_no(b: bool) -> &'static str {
     if b {
         "yes"
     } else {
         "no"
-    }
-}
-
-fn outcome_str(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Completed => "completed",
-        Outcome::Interrupted => "interrupted",
-        Outcome::Aborted => "aborted",
     }
 }
 

@@ -483,3 +483,32 @@ pub struct ReceiverRow {
     /// Frozen time, ms.
     pub frozen_ms: Option<f64>,
 }
+
+/// The name of an outcome, as in the JSON file.
+pub fn outcome_str(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Completed => "completed",
+        Outcome::Interrupted => "interrupted",
+        Outcome::Aborted => "aborted",
+    }
+}
+
+/// How the terminal table and the HTML report write numbers.
+pub mod text {
+    /// What stands for a figure that was not measured.
+    pub const DASH: &str = "–";
+
+    /// A number with one decimal (a dash when not finite).
+    pub fn num(v: f64) -> String {
+        if v.is_finite() {
+            format!("{v:.1}")
+        } else {
+            DASH.to_owned()
+        }
+    }
+
+    /// A number with one decimal, or a dash.
+    pub fn opt(v: Option<f64>) -> String {
+        v.map_or_else(|| DASH.to_owned(), num)
+    }
+}

@@ -1,14 +1,12 @@
 //! The terminal summary of a run: a few plain-text tables (comfy-table) drawn from a [`Report`].
 
+use crate::report::text::{num, opt, DASH};
 use std::fmt::Write;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
 
-use crate::report::{Distribution, FailureCause, Outcome, Report};
-
-/// What a missing value looks like.
-const DASH: &str = "–";
+use crate::report::{Distribution, FailureCause, Report};
 
 /// Renders `report` as plain text for the terminal: the outcome, the counts, failures by cause,
 /// one row per figure, media totals, the service's figures and the thresholds.
@@ -17,7 +15,7 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         out,
         "Outcome: {} – {} of {} consultations succeeded, {} failed",
-        outcome_str(report.outcome),
+        crate::report::outcome_str(report.outcome),
         report.counts.succeeded,
         report.counts.planned,
         report.counts.failed,
@@ -203,34 +201,13 @@ fn figure_row(name: &str, d: &Distribution) -> Vec<String> {
     ]
 }
 
-/// A number with one decimal.
-fn num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.1}")
-    } else {
-        DASH.to_owned()
-    }
-}
-
-/// A number with one decimal, or a dash.
-fn opt(v: Option<f64>) -> String {
-    v.map_or_else(|| DASH.to_owned(), num)
-}
-
-fn outcome_str(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Completed => "completed",
-        Outcome::Interrupted => "interrupted",
-        Outcome::Aborted => "aborted",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
     use crate::plan::Plan;
+    use crate::report::Outcome;
     use crate::report::{
         Counts, Figures, MediaTotals, ProcessUsage, ServiceReport, ThresholdResult, REPORT_FORMAT,
     };
