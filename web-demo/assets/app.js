@@ -753,6 +753,8 @@ async function endFromList(c, button) {
  * @property {CallController | null} controller
  * @property {MediaStream | null} stream
  * @property {WaitingPatient[]} waiting
+ * @property {number} waitingUpdates Waiting-room lists the service pushed, so that an older answer
+ *   to a request cannot overwrite a newer push.
  * @property {ReturnType<typeof setInterval>} timer
  * @property {"connecting" | "open" | "reconnecting" | "closed"} signalingState
  * @property {MediaState} mediaState
@@ -789,6 +791,7 @@ async function openCall(id) {
     controller: null,
     stream: null,
     waiting: [],
+    waitingUpdates: 0,
     timer: setInterval(() => updateWaitingTimes(), 1000),
     signalingState: "connecting",
     mediaState: "waiting",
@@ -919,6 +922,7 @@ function onSignal(active, m) {
       refreshWaitingRoom(active);
       break;
     case "waiting_room":
+      active.waitingUpdates += 1;
       renderWaiting(m.entries.filter((e) => e.consultation_id === active.id));
       break;
     case "peer_joined":
@@ -1007,9 +1011,14 @@ function renderRecording(active) {
 
 /** @param {ActiveCall} active */
 async function refreshWaitingRoom(active) {
+  const pushedBefore = active.waitingUpdates;
   try {
     const entries = await api.waitingRoom();
-    if (call === active) renderWaiting(entries.filter((e) => e.consultation_id === active.id));
+    // A list the service pushed while this request was under way is newer than its answer
+    // (a patient who joined meanwhile would otherwise vanish from the list).
+    if (call === active && active.waitingUpdates === pushedBefore) {
+      renderWaiting(entries.filter((e) => e.consultation_id === active.id));
+    }
   } catch (err) {
     handleSessionLoss(err);
   }
