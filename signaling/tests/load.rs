@@ -588,3 +588,34 @@ fn ctrl_c_hangs_up_ends_every_consultation_and_leaves_no_process() {
     assert!(process_is_gone(report.service.pid.expect("service pid")));
     assert_html_names_every_figure(&read_html(dir.path()));
 }
+
+#[test]
+fn a_malformed_credentials_file_or_an_unknown_profile_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials.json");
+    std::fs::write(&credentials, r#"{"email": "not a list"}"#).unwrap();
+    let report_dir = dir.path().join("report");
+    let args = [
+        "--url",
+        "http://127.0.0.1:9",
+        "--credentials",
+        credentials.to_str().unwrap(),
+    ];
+    let run = load(&report_dir, &args, Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        run.stderr
+            .contains("is not a list of {email, password, totp_secret}"),
+        "{}",
+        run.stderr
+    );
+    let run = load(&report_dir, &["--video", "1080p"], Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        run.stderr.contains("unknown video profile"),
+        "{}",
+        run.stderr
+    );
+    // Nothing was started, so nothing was reported.
+    assert!(!report_dir.join("report.json").exists());
+}

@@ -6,10 +6,9 @@ use std::time::Duration;
 use consult_media::file_transfer::FileEvent;
 use consult_media::session::{Session, SessionConfig, SessionEvent};
 use consult_media::signal_client::Credentials;
-use consult_proto::api::{Consultation, LoginResponse, WaitingPatient};
+use consult_proto::api::{Consultation, WaitingPatient};
 use consult_signaling::accounts;
-use consult_signaling::auth::totp;
-use consult_signaling::clock::{Clock, SystemClock};
+use consult_signaling::clock::SystemClock;
 use consult_signaling::config::Config;
 use consult_signaling::server::{self, RunningServer};
 
@@ -55,27 +54,20 @@ impl Clinic {
         )
         .await
         .expect("demo doctor");
-        let http = reqwest::Client::new();
-        let code = totp::code_at(
-            &creds.totp_secret,
-            SystemClock.now().unix_timestamp() as u64,
-        )
-        .expect("code");
-        let response: LoginResponse = http
-            .post(format!("{}/api/v1/auth/login", server.url))
-            .json(&serde_json::json!({ "email": creds.email, "password": creds.password, "totp": code }))
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("login body");
-        let LoginResponse::SignedIn { session } = response else {
-            panic!("not signed in")
+        let login = consult_load::service::ClinicianLogin {
+            email: creds.email,
+            password: creds.password,
+            totp_secret: creds.totp_secret,
         };
+        let token = consult_load::service::ServiceClient::new(&server.url)
+            .expect("http client")
+            .sign_in(&login)
+            .await
+            .expect("the demo doctor signs in");
+        let http = reqwest::Client::new();
         Self {
             base: server.url.clone(),
-            token: session.token.expect("bearer token"),
+            token,
             server,
             http,
             _dir: dir,

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
+use consult_load::service::{ClinicianLogin, ServiceClient};
 use consult_media::session::{Session, SessionEvent};
 use consult_media::signal_client::Credentials;
 use rand::RngCore;
@@ -143,40 +144,16 @@ async fn media_keeps_flowing_while_the_service_is_gone() {
             break url.trim_end_matches('/').to_owned();
         }
     };
-    let creds: serde_json::Value =
+    // The service's API as the load generator speaks it: sign-in with TOTP, create, admit.
+    let creds: ClinicianLogin =
         serde_json::from_slice(&std::fs::read(dir.path().join("demo-credentials.json")).unwrap())
             .unwrap();
-    let secret = creds["totp_secret"].as_str().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let http = reqwest::Client::new();
-    let login: serde_json::Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&serde_json::json!({
-            "email": creds["email"], "password": creds["password"],
-            "totp": consult_signaling::auth::totp::code_at(secret, now).unwrap(),
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let api = ServiceClient::new(&base).unwrap();
+    let token = api.sign_in(&creds).await.unwrap();
+    let (id, invite) = api
+        .create_consultation(&token, "outage", false, false)
         .await
         .unwrap();
-    let token = login["session"]["token"].as_str().unwrap().to_owned();
-    let consultation: serde_json::Value = http
-        .post(format!("{base}/api/v1/consultations"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id: uuid::Uuid = consultation["id"].as_str().unwrap().parse().unwrap();
-    let invite = consultation["invite_url"].as_str().unwrap().to_owned();
     let mut patient = Session::start(config(Credentials::Patient {
         invite_url: invite,
         name: "Kiosk 3".into(),
@@ -198,15 +175,7 @@ async fn media_keeps_flowing_while_the_service_is_gone() {
             other => panic!("patient never waited: {other:?}"),
         }
     };
-    let admitted = http
-        .post(format!(
-            "{base}/api/v1/consultations/{id}/participants/{participant}/admit"
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert!(admitted.status().is_success());
+    api.admit(&token, id, participant).await.unwrap();
     let started = Instant::now();
     while !(p.connected && d.connected) {
         assert!(started.elapsed() < Duration::from_secs(20), "no connection");
