@@ -644,25 +644,8 @@ async fn the_retention_job_shreds_recordings_past_their_retention() {
     assert_eq!(vault.recordings().unwrap().len(), 1);
     let id = vault.recordings().unwrap()[0];
     patient_ws.send(&consent(false)).await;
-    // The job shreds the media first and audits it afterwards: wait for the audit entry, which
-    // the job writes last, so the test never reads between the two.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let shredded = loop {
-        let entries = consult_signaling::audit::entries(&svc.state().pool)
-            .await
-            .unwrap();
-        if let Some(entry) = entries
-            .into_iter()
-            .find(|e| e.action == "recording_shredded")
-        {
-            break entry;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not shredded and audited by the retention job"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    // The job shreds the media first and audits it last: wait for the audit entry.
+    let shredded = svc.audited("recording_shredded", None).await;
     assert!(vault.is_shredded(id));
     assert_eq!(shredded.actor, "system");
     assert_eq!(shredded.detail["reason"], "retention");

@@ -325,6 +325,7 @@ async fn an_invite_is_held_by_one_device_at_a_time() {
     // Once it hangs up, the link is free again, and the old token is dead.
     first_ws.send(&ClientMessage::Leave {}).await;
     first_ws.expect_closed().await;
+    // At once: the link is released before the connection closes.
     let second = svc.patient(&invite, "Pat again").await;
     assert_ne!(second.participant_id, first.participant_id);
     let mut stale = svc.connect().await;
@@ -343,11 +344,14 @@ async fn an_invite_is_held_by_one_device_at_a_time() {
         svc.redeem(&invite2, "Other").await.status(),
         StatusCode::CONFLICT
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        svc.redeem(&invite2, "Other").await.status(),
-        StatusCode::CREATED
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while svc.redeem(&invite2, "Other").await.status() != StatusCode::CREATED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an unused hold was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -420,6 +424,9 @@ async fn a_reconnect_within_the_grace_period_gets_its_place_back() {
             reason: LeaveReason::ConnectionLost
         }
     );
+    // The doctor hears first; the place is released and audited right after.
+    let actor = format!("participant:{}", patient.participant_id);
+    svc.audited("left", Some(&actor)).await;
     let mut late = svc.connect().await;
     late.send(&ClientMessage::Join {
         token: Some(patient.participant_token.clone()),
@@ -616,6 +623,11 @@ async fn a_whole_consultation_leaves_an_intact_audit_chain_without_secrets() {
     doc_ws.recv_type("description").await;
     pat_ws.send(&ClientMessage::Leave {}).await;
     doc_ws.recv_type("peer_left").await;
+    svc.audited(
+        "left",
+        Some(&format!("participant:{}", patient.participant_id)),
+    )
+    .await;
     doctor
         .bearer(
             Method::POST,
@@ -625,12 +637,16 @@ async fn a_whole_consultation_leaves_an_intact_audit_chain_without_secrets() {
         .await
         .unwrap();
 
+    // The doctor's own departure may still be appended meanwhile: the chain verified covers at
+    // least every entry read before it.
     let pool = &svc.state().pool;
-    assert_eq!(
-        consult_signaling::audit::verify(pool).await.unwrap(),
-        Ok(consult_signaling::audit::entries(pool).await.unwrap().len())
-    );
     let entries = consult_signaling::audit::entries(pool).await.unwrap();
+    let verified = consult_signaling::audit::verify(pool).await.unwrap();
+    assert!(
+        matches!(verified, Ok(n) if n >= entries.len()),
+        "{verified:?} of {} entries",
+        entries.len()
+    );
     let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
     for action in [
         "user_created",

@@ -46,7 +46,7 @@ impl Shared {
         at.saturating_duration_since(self.epoch).as_secs_f64()
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, LiveState> {
+    pub(crate) fn live(&self) -> std::sync::MutexGuard<'_, LiveState> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -80,6 +80,25 @@ impl LiveState {
         }
     }
 
+    /// Consultations connected now, if every one of the run's `planned` consultations has
+    /// started and is either connected or finished: only then does the service's count of
+    /// active consultations have to equal it. While one is still joining or tearing down, the
+    /// service may count its room already, or still.
+    ///
+    /// ```
+    /// use consult_load::live::LiveState;
+    ///
+    /// let mut live = LiveState::default();
+    /// (live.started, live.connected) = (2, 1);
+    /// assert_eq!(live.settled_connected(2), None, "one still joining");
+    /// live.connected = 2;
+    /// assert_eq!(live.settled_connected(2), Some(2));
+    /// ```
+    pub fn settled_connected(&self, planned: u64) -> Option<u64> {
+        (self.started == planned && self.connected + self.finished == self.started)
+            .then_some(self.connected)
+    }
+
     /// A receiver's latest statistics.
     pub fn receiver_stats(&mut self, stream: u32, receive_bps: u64, loss: Option<f32>) {
         self.receivers.insert(stream, (receive_bps, loss));

@@ -424,7 +424,13 @@ async fn monitor(
                 }
             }
         }
-        if let Ok(metrics) = shared.service.metrics().await {
+        let planned = shared.plan.consultations as u64;
+        let settled_before = shared.live().settled_connected(planned);
+        let metrics = shared.service.metrics().await;
+        // Compared only when nothing changed on our side while the service answered.
+        let settled =
+            settled_before.filter(|&c| shared.live().settled_connected(planned) == Some(c));
+        if let Ok(metrics) = metrics {
             let now = Instant::now();
             let base = baseline.clone().unwrap_or_default();
             point.service_active_consultations =
@@ -449,8 +455,8 @@ async fn monitor(
             point.generator_cpu_percent = Some((own - last_own.1) / secs * 100.0);
         }
         last_own = (now, own);
-        let (joined, active) = {
-            let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        let active = {
+            let live = shared.live();
             let (kbps, loss) = live.receiving();
             point.joined = live.admitted;
             point.active = live.connected;
@@ -458,7 +464,7 @@ async fn monitor(
             point.received_kbps = kbps;
             point.packet_loss_percent = loss;
             progress.update(&live, &point, shared.end_at);
-            (live.admitted, live.connected)
+            live.connected
         };
         let holding =
             tokio::time::Instant::now() >= ramp_end && tokio::time::Instant::now() < shared.end_at;
@@ -467,12 +473,12 @@ async fn monitor(
                 watched.hold_cpu_per_consultation.push(cpu / active as f64);
             }
         }
-        if watched.active_at_hold.is_none()
-            && tokio::time::Instant::now() >= hold_middle
-            && joined > 0
+        if watched.active_at_hold.is_none() && holding && tokio::time::Instant::now() >= hold_middle
         {
-            if let Some(service_active) = point.service_active_consultations {
-                watched.active_at_hold = Some((service_active, active));
+            if let (Some(service_active), Some(ours @ 1..)) =
+                (point.service_active_consultations, settled)
+            {
+                watched.active_at_hold = Some((service_active, ours));
             }
         }
         watched.timeline.push(point);

@@ -600,6 +600,13 @@ impl Connected {
                 Ok(Flow::Continue)
             }
             ClientMessage::Leave {} => {
+                // A patient's link is free again before anyone hears they left: a patient who
+                // hangs up and reopens the link at once must not find it "in use".
+                if place.role == ParticipantRole::Patient {
+                    if let Err(e) = invites::release(state, place.participant_id).await {
+                        tracing::error!(error = format!("{e:#}"), "could not release an invite");
+                    }
+                }
                 if let Some(departure) =
                     state.hub.leave(place.consultation_id, place.participant_id)
                 {

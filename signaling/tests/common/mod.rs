@@ -191,6 +191,33 @@ impl TestService {
             .unwrap()
     }
 
+    /// The first audit entry of `action` by `actor` (any actor if `None`), waiting for it: many
+    /// entries are written after the event a test observes (a departure after `peer_left`, a
+    /// shredding after the media is gone).
+    pub async fn audited(
+        &self,
+        action: &str,
+        actor: Option<&str>,
+    ) -> consult_signaling::audit::Entry {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let entries = consult_signaling::audit::entries(&self.state().pool)
+                .await
+                .unwrap();
+            if let Some(entry) = entries
+                .into_iter()
+                .find(|e| e.action == action && actor.is_none_or(|a| e.actor == a))
+            {
+                return entry;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {action} entry by {actor:?} in the audit log"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn connect(&self) -> Signal {
         let (ws, _) = tokio_tungstenite::connect_async(self.ws_url())
             .await
