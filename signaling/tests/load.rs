@@ -231,26 +231,38 @@ fn a_short_run_connects_every_consultation_with_intact_frames_and_reports_it() {
         .collect();
     assert_eq!(receivers.len(), 10);
     for r in &receivers {
-        assert!(r.video_frames_intact >= 150, "{r:?}");
+        assert!(r.counts.video_frames_intact >= 150, "{r:?}");
         assert_eq!(
-            (r.video_frames_corrupt, r.audio_packets_corrupt),
+            (
+                r.counts.video_frames_corrupt,
+                r.counts.audio_packets_corrupt
+            ),
             (0, 0),
             "{r:?}"
         );
-        assert!(r.audio_packets_intact >= 250, "{r:?}");
-        assert!(r.video_frames_intact <= r.video_frames_sent, "{r:?}");
+        assert!(r.counts.audio_packets_intact >= 250, "{r:?}");
+        assert!(
+            r.counts.video_frames_intact <= r.counts.video_frames_sent,
+            "{r:?}"
+        );
     }
     let m = &report.media;
     assert_eq!(
-        m.video_frames_intact,
-        receivers.iter().map(|r| r.video_frames_intact).sum::<u64>()
+        m.counts.video_frames_intact,
+        receivers
+            .iter()
+            .map(|r| r.counts.video_frames_intact)
+            .sum::<u64>()
     );
     assert!(
-        m.video_frames_missing * 50 <= m.video_frames_intact,
+        m.counts.video_frames_missing * 50 <= m.counts.video_frames_intact,
         "over 2% of frames missing on loopback: {m:?}"
     );
-    assert!(m.video_frames_decoded > 0, "the first consultation decodes");
-    assert_eq!(m.decode_errors, 0);
+    assert!(
+        m.counts.video_frames_decoded > 0,
+        "the first consultation decodes"
+    );
+    assert_eq!(m.counts.decode_errors, 0);
     // The service agrees, and its log is clean.
     let service = &report.service;
     assert_eq!(service.joins, Some(10));
@@ -296,7 +308,7 @@ fn e2ee_recorded_consultations_consent_and_still_deliver_intact_frames() {
         assert_eq!(row.recording.as_deref(), Some("recording"), "{row:?}");
         for r in &row.receivers {
             assert!(
-                r.video_frames_intact > 0 && r.video_frames_corrupt == 0,
+                r.counts.video_frames_intact > 0 && r.counts.video_frames_corrupt == 0,
                 "{r:?}"
             );
         }

@@ -496,18 +496,18 @@ impl Receiver {
         match frame.kind {
             TrackKind::Audio => {
                 if media.is_audio_packet(&frame.data) {
-                    self.row.audio_packets_intact += 1;
+                    self.row.counts.audio_packets_intact += 1;
                     self.last_intact = Some(now);
                     if !video {
                         self.first_frame_at.get_or_insert(now);
                     }
                     if let Some(decoder) = &mut self.audio_decoder {
                         if decoder.decode(&frame.data).is_err() {
-                            self.row.decode_errors += 1;
+                            self.row.counts.decode_errors += 1;
                         }
                     }
                 } else {
-                    self.row.audio_packets_corrupt += 1;
+                    self.row.counts.audio_packets_corrupt += 1;
                 }
             }
             TrackKind::Video(_) => self.on_video(frame, epoch, now),
@@ -518,23 +518,24 @@ impl Receiver {
         let stamp = match verify_frame(&frame.data) {
             Verdict::Intact(stamp) if stamp.stream == self.expected_stream => stamp,
             Verdict::Intact(_) | Verdict::Corrupt(_) | Verdict::Unstamped => {
-                self.row.video_frames_corrupt += 1;
+                self.row.counts.video_frames_corrupt += 1;
                 self.waiting_for_keyframe = true;
                 self.wants_keyframe = true;
                 return;
             }
         };
-        self.row.video_frames_intact += 1;
+        self.row.counts.video_frames_intact += 1;
         self.last_intact = Some(now);
         let keyframe = frame.keyframe || nal_units(&frame.data).iter().any(|u| u[0] & 0x1f == 5);
         match self.next_counter {
             Some(next) if stamp.counter > next => {
-                self.row.video_frames_missing += stamp.counter - next;
+                self.row.counts.video_frames_missing += stamp.counter - next;
                 self.waiting_for_keyframe = true;
             }
             Some(next) if stamp.counter < next => {
                 // Late, after its successors: it was counted missing then.
-                self.row.video_frames_missing = self.row.video_frames_missing.saturating_sub(1);
+                self.row.counts.video_frames_missing =
+                    self.row.counts.video_frames_missing.saturating_sub(1);
                 return;
             }
             _ => {}
@@ -553,10 +554,10 @@ impl Receiver {
         self.waiting_for_keyframe = false;
         if let Some(decoder) = &mut self.video_decoder {
             match decoder.decode(&frame.data) {
-                Ok(Some(_)) => self.row.video_frames_decoded += 1,
+                Ok(Some(_)) => self.row.counts.video_frames_decoded += 1,
                 Ok(None) => {}
                 Err(_) => {
-                    self.row.decode_errors += 1;
+                    self.row.counts.decode_errors += 1;
                     self.waiting_for_keyframe = true;
                     self.wants_keyframe = true;
                 }
@@ -884,10 +885,10 @@ async fn with_media(
     let mut patient_row = patient.receiver.finish(video, now, &mut samples);
     let mut doctor_row = doctor.receiver.finish(video, now, &mut samples);
     // What each receiver could have received is what the other side sent.
-    patient_row.video_frames_sent = doctor.sender.video_sent;
-    patient_row.audio_packets_sent = doctor.sender.audio_sent;
-    doctor_row.video_frames_sent = patient.sender.video_sent;
-    doctor_row.audio_packets_sent = patient.sender.audio_sent;
+    patient_row.counts.video_frames_sent = doctor.sender.video_sent;
+    patient_row.counts.audio_packets_sent = doctor.sender.audio_sent;
+    doctor_row.counts.video_frames_sent = patient.sender.video_sent;
+    doctor_row.counts.audio_packets_sent = patient.sender.audio_sent;
     outcome.row.receivers = vec![patient_row, doctor_row];
     outcome.row.recording = patient.recording.map(|s| format!("{s:?}").to_lowercase());
     outcome.samples = samples;
@@ -1017,8 +1018,8 @@ async fn media_call(
             format!(
                 "connected, but no intact remote frame within {:?} (patient got {}, clinician got {})",
                 shared.plan.media_timeout,
-                patient.receiver.row.video_frames_intact + patient.receiver.row.audio_packets_intact,
-                doctor.receiver.row.video_frames_intact + doctor.receiver.row.audio_packets_intact,
+                patient.receiver.row.counts.video_frames_intact + patient.receiver.row.counts.audio_packets_intact,
+                doctor.receiver.row.counts.video_frames_intact + doctor.receiver.row.counts.audio_packets_intact,
             ),
         ));
     };

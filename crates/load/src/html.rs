@@ -437,28 +437,34 @@ fn media(out: &mut String, report: &Report) {
         "<tr><th>Video frames</th><td class=\"num\">{}</td><td class=\"num\">{}</td>\
          <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
          <td class=\"num\">{}</td></tr>",
-        m.video_frames_sent,
-        m.video_frames_intact,
-        m.video_frames_missing,
-        m.video_frames_corrupt,
-        m.video_frames_decoded,
-        opt(percent(m.video_frames_intact, m.video_frames_sent)),
+        m.counts.video_frames_sent,
+        m.counts.video_frames_intact,
+        m.counts.video_frames_missing,
+        m.counts.video_frames_corrupt,
+        m.counts.video_frames_decoded,
+        opt(percent(
+            m.counts.video_frames_intact,
+            m.counts.video_frames_sent
+        )),
     );
     let _ = writeln!(
         out,
         "<tr><th>Audio packets</th><td class=\"num\">{}</td><td class=\"num\">{}</td>\
          <td class=\"num\">{DASH}</td><td class=\"num\">{}</td><td class=\"num\">{DASH}</td>\
          <td class=\"num\">{}</td></tr>",
-        m.audio_packets_sent,
-        m.audio_packets_intact,
-        m.audio_packets_corrupt,
-        opt(percent(m.audio_packets_intact, m.audio_packets_sent)),
+        m.counts.audio_packets_sent,
+        m.counts.audio_packets_intact,
+        m.counts.audio_packets_corrupt,
+        opt(percent(
+            m.counts.audio_packets_intact,
+            m.counts.audio_packets_sent
+        )),
     );
     out.push_str("</table>\n");
     kv_table(
         out,
         &[
-            ("Decode errors", m.decode_errors.to_string()),
+            ("Decode errors", m.counts.decode_errors.to_string()),
             ("Keyframe requests", m.keyframe_requests.to_string()),
             ("Signaling reconnects", m.signaling_reconnects.to_string()),
             (
@@ -631,9 +637,9 @@ fn consultation_row(out: &mut String, row: &ConsultationRow) {
         opt(row.first_frame_ms),
         yes_no(row.ended),
         stacked(&|r| escape(&r.side)),
-        stacked(&|r| r.video_frames_intact.to_string()),
-        stacked(&|r| r.video_frames_missing.to_string()),
-        stacked(&|r| r.video_frames_corrupt.to_string()),
+        stacked(&|r| r.counts.video_frames_intact.to_string()),
+        stacked(&|r| r.counts.video_frames_missing.to_string()),
+        stacked(&|r| r.counts.video_frames_corrupt.to_string()),
         stacked(&|r| opt(r.packet_loss_percent)),
         stacked(&|r| opt(r.frozen_ms)),
     );
@@ -915,8 +921,8 @@ mod tests {
     use super::*;
     use crate::plan::Plan;
     use crate::report::{
-        Counts, Failure, MediaTotals, ProcessUsage, ReceiverRow, ServiceLog, ServiceReport,
-        ThresholdResult, REPORT_FORMAT,
+        Counts, Failure, MediaCounts, MediaTotals, ProcessUsage, ReceiverRow, ServiceLog,
+        ServiceReport, ThresholdResult, REPORT_FORMAT,
     };
 
     /// A report with `n` consultations (the last one failed) and `seconds` timeline points.
@@ -930,10 +936,13 @@ mod tests {
         };
         let receiver = |side: &str| ReceiverRow {
             side: side.to_owned(),
-            video_frames_sent: 300,
-            video_frames_intact: 297,
-            video_frames_missing: 2,
-            video_frames_corrupt: 1,
+            counts: MediaCounts {
+                video_frames_sent: 300,
+                video_frames_intact: 297,
+                video_frames_missing: 2,
+                video_frames_corrupt: 1,
+                ..MediaCounts::default()
+            },
             packet_loss_percent: Some(0.4),
             frozen_ms: Some(120.0),
             ..ReceiverRow::default()
@@ -995,8 +1004,11 @@ mod tests {
                 ..Figures::default()
             },
             media: MediaTotals {
-                video_frames_sent: 600 * n as u64,
-                video_frames_intact: 594 * n as u64,
+                counts: MediaCounts {
+                    video_frames_sent: 600 * n as u64,
+                    video_frames_intact: 594 * n as u64,
+                    ..MediaCounts::default()
+                },
                 ..MediaTotals::default()
             },
             timeline,

@@ -286,10 +286,10 @@ impl Figures {
     }
 }
 
-/// Media counters, summed over every receiver.
+/// Frame and packet counts of one receiver, or summed over receivers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MediaTotals {
-    /// Video frames the senders sent.
+pub struct MediaCounts {
+    /// Video frames the other side sent.
     pub video_frames_sent: u64,
     /// Video frames that arrived with their stamp and hash intact.
     pub video_frames_intact: u64,
@@ -301,12 +301,34 @@ pub struct MediaTotals {
     pub video_frames_decoded: u64,
     /// Decoder errors.
     pub decode_errors: u64,
-    /// Audio packets sent.
+    /// Audio packets the other side sent.
     pub audio_packets_sent: u64,
     /// Audio packets that arrived intact (byte for byte one of the packets sent).
     pub audio_packets_intact: u64,
     /// Audio packets that matched none.
     pub audio_packets_corrupt: u64,
+}
+
+impl std::ops::AddAssign<&MediaCounts> for MediaCounts {
+    fn add_assign(&mut self, other: &MediaCounts) {
+        self.video_frames_sent += other.video_frames_sent;
+        self.video_frames_intact += other.video_frames_intact;
+        self.video_frames_corrupt += other.video_frames_corrupt;
+        self.video_frames_missing += other.video_frames_missing;
+        self.video_frames_decoded += other.video_frames_decoded;
+        self.decode_errors += other.decode_errors;
+        self.audio_packets_sent += other.audio_packets_sent;
+        self.audio_packets_intact += other.audio_packets_intact;
+        self.audio_packets_corrupt += other.audio_packets_corrupt;
+    }
+}
+
+/// Media counters, summed over every receiver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaTotals {
+    /// Frames and packets, summed over every receiver (flat in the JSON file).
+    #[serde(flatten)]
+    pub counts: MediaCounts,
     /// Keyframes receivers asked for.
     pub keyframe_requests: u64,
     /// Times a session lost its signaling connection and reconnected.
@@ -452,24 +474,9 @@ pub struct ConsultationRow {
 pub struct ReceiverRow {
     /// "patient" or "clinician".
     pub side: String,
-    /// Video frames the other side sent.
-    pub video_frames_sent: u64,
-    /// Received intact.
-    pub video_frames_intact: u64,
-    /// Received damaged.
-    pub video_frames_corrupt: u64,
-    /// Gaps in the counter.
-    pub video_frames_missing: u64,
-    /// Decoded (decoding receivers only).
-    pub video_frames_decoded: u64,
-    /// Decoder errors (decoding receivers only).
-    pub decode_errors: u64,
-    /// Audio packets the other side sent.
-    pub audio_packets_sent: u64,
-    /// Received intact.
-    pub audio_packets_intact: u64,
-    /// Received damaged.
-    pub audio_packets_corrupt: u64,
+    /// Frames and packets (flat in the JSON file).
+    #[serde(flatten)]
+    pub counts: MediaCounts,
     /// Last RTCP packet loss, percent.
     pub packet_loss_percent: Option<f64>,
     /// Mean video jitter, ms.

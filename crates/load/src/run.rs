@@ -554,8 +554,8 @@ fn fill_figures(report: &mut Report, samples: consultation::Samples) {
     figures.frame_loss_percent = Distribution::of(
         "%",
         per_receiver(&|r| {
-            let seen = r.video_frames_intact + r.video_frames_missing;
-            (seen > 0).then(|| r.video_frames_missing as f64 * 100.0 / seen as f64)
+            let seen = r.counts.video_frames_intact + r.counts.video_frames_missing;
+            (seen > 0).then(|| r.counts.video_frames_missing as f64 * 100.0 / seen as f64)
         }),
     );
     figures.received_kbps = Distribution::of("kbit/s", per_receiver(&|r| r.received_kbps));
@@ -563,17 +563,8 @@ fn fill_figures(report: &mut Report, samples: consultation::Samples) {
     figures.jitter_ms = thin(Distribution::of("ms", samples.jitter_ms));
     figures.rtt_ms = thin(Distribution::of("ms", samples.rtt_ms));
     figures.frame_delay_ms = thin(Distribution::of("ms", samples.frame_delay_ms));
-    let media = &mut report.media;
     for r in &receivers {
-        media.video_frames_sent += r.video_frames_sent;
-        media.video_frames_intact += r.video_frames_intact;
-        media.video_frames_corrupt += r.video_frames_corrupt;
-        media.video_frames_missing += r.video_frames_missing;
-        media.video_frames_decoded += r.video_frames_decoded;
-        media.decode_errors += r.decode_errors;
-        media.audio_packets_sent += r.audio_packets_sent;
-        media.audio_packets_intact += r.audio_packets_intact;
-        media.audio_packets_corrupt += r.audio_packets_corrupt;
+        report.media.counts += &r.counts;
     }
 }
 

@@ -87,18 +87,18 @@ pub fn render(report: &Report) -> String {
     let mut media = table(&["Media", "Sent", "Intact", "Missing", "Corrupt", "Decoded"]);
     media.add_row(vec![
         "video frames".to_owned(),
-        m.video_frames_sent.to_string(),
-        m.video_frames_intact.to_string(),
-        m.video_frames_missing.to_string(),
-        m.video_frames_corrupt.to_string(),
-        m.video_frames_decoded.to_string(),
+        m.counts.video_frames_sent.to_string(),
+        m.counts.video_frames_intact.to_string(),
+        m.counts.video_frames_missing.to_string(),
+        m.counts.video_frames_corrupt.to_string(),
+        m.counts.video_frames_decoded.to_string(),
     ]);
     media.add_row(vec![
         "audio packets".to_owned(),
-        m.audio_packets_sent.to_string(),
-        m.audio_packets_intact.to_string(),
+        m.counts.audio_packets_sent.to_string(),
+        m.counts.audio_packets_intact.to_string(),
         DASH.to_owned(),
-        m.audio_packets_corrupt.to_string(),
+        m.counts.audio_packets_corrupt.to_string(),
         DASH.to_owned(),
     ]);
     right_align(&mut media, 1..6);
@@ -106,7 +106,7 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         out,
         "Decode errors {}, keyframe requests {}, signaling reconnects {}, sends dropped by an overloaded generator {}",
-        m.decode_errors, m.keyframe_requests, m.signaling_reconnects, m.sends_dropped
+        m.counts.decode_errors, m.keyframe_requests, m.signaling_reconnects, m.sends_dropped
     );
 
     let s = &report.service;
@@ -209,7 +209,8 @@ mod tests {
     use crate::plan::Plan;
     use crate::report::Outcome;
     use crate::report::{
-        Counts, Figures, MediaTotals, ProcessUsage, ServiceReport, ThresholdResult, REPORT_FORMAT,
+        Counts, Figures, MediaCounts, MediaTotals, ProcessUsage, ServiceReport, ThresholdResult,
+        REPORT_FORMAT,
     };
 
     fn report(outcome: Outcome, samples: bool) -> Report {
@@ -236,8 +237,11 @@ mod tests {
                 ..Figures::default()
             },
             media: MediaTotals {
-                video_frames_sent: 900,
-                video_frames_intact: 880,
+                counts: MediaCounts {
+                    video_frames_sent: 900,
+                    video_frames_intact: 880,
+                    ..MediaCounts::default()
+                },
                 ..MediaTotals::default()
             },
             timeline: vec![],
