@@ -1050,6 +1050,28 @@ mod tests {
     }
 
     #[test]
+    fn the_json_file_keeps_media_counts_flat_and_reads_back() {
+        let report = sample_report(2, 4);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["media"]["video_frames_sent"], 1200);
+        let receiver = &json["consultations"][0]["receivers"][0];
+        assert_eq!(
+            (
+                &receiver["video_frames_intact"],
+                &receiver["video_frames_corrupt"]
+            ),
+            (&serde_json::json!(297), &serde_json::json!(1))
+        );
+        assert!(json["media"].get("counts").is_none());
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back.media, report.media);
+        assert_eq!(
+            back.consultations[0].receivers,
+            report.consultations[0].receivers
+        );
+    }
+
+    #[test]
     fn renders_a_full_report() {
         let html = render(&sample_report(4, 12));
         assert_well_formed(&html);
