@@ -2,10 +2,21 @@
 # Runs every test of Consult: Rust unit, integration and doc tests; the type check of the web demo;
 # and the browser end-to-end tests in Debian's headless Chromium. Installs what it needs first
 # (idempotently, quietly when already present). Builds once and reuses the build.
+#
+#   scripts/test.sh           everything (what CI runs)
+#   scripts/test.sh --quick   the inner loop: unit, sans-IO and API tests (no media end to end,
+#                             no load runs, no browsers, no doc tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\n==> %s\n' "$*"; }
+quick=false
+case "${1:-}" in
+  --quick) quick=true ;;
+  "") ;;
+  *) echo "usage: scripts/test.sh [--quick]" >&2; exit 2 ;;
+esac
+
+log() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS"; }
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -13,30 +24,45 @@ as_root() {
 }
 
 # --- System packages: Chromium for the browser tests; libopus, libvpx, nasm (OpenH264's assembly)
-# and pkg-config for the media core's codecs; coturn for the relay tests. ---------------------------
+# and pkg-config for the media client's codecs (never the service's); coturn for the relay tests. -
 missing=()
-command -v chromium >/dev/null || missing+=(chromium)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v nasm >/dev/null || missing+=(nasm)
-command -v turnserver >/dev/null || missing+=(coturn)
 command -v g++ >/dev/null || missing+=(g++)
-command -v ffprobe >/dev/null || missing+=(ffmpeg)
 for pkg in libopus-dev libvpx-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-command -v node >/dev/null || missing+=(nodejs npm)
-command -v python3 >/dev/null || missing+=(python3)
+if ! $quick; then
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v turnserver >/dev/null || missing+=(coturn)
+  command -v ffprobe >/dev/null || missing+=(ffmpeg)
+  command -v node >/dev/null || missing+=(nodejs npm)
+  command -v python3 >/dev/null || missing+=(python3)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# cargo-nextest runs the tests of every crate in parallel, each in its own process.
+if ! command -v cargo-nextest >/dev/null; then
+  log "installing cargo-nextest"
+  cargo install --locked --quiet cargo-nextest
+fi
+
 # --- Rust: build everything once, then run every test against that build. --------------------
 log "cargo build (all targets)"
 cargo build --workspace --all-targets --locked --quiet
-log "cargo test"
-cargo test --workspace --locked
+if $quick; then
+  log "cargo nextest (quick tier)"
+  cargo nextest run --workspace --locked --profile quick
+  exit 0
+fi
+log "cargo nextest"
+cargo nextest run --workspace --locked
+log "doc tests"
+cargo test --workspace --doc --locked --quiet
 
 # --- Web demo: JSDoc types checked by tsc. -------------------------------------------------------
 log "web demo type check"
@@ -48,3 +74,4 @@ log "browser end-to-end tests"
 # The browser-to-native test needs the echo-bot example (built above with --all-targets): never skip it.
 CONSULT_BIN="$PWD/target/debug/consult" ECHO_BOT_BIN="$PWD/target/debug/examples/echo-bot" \
   CONSULT_REQUIRE_NATIVE=1 npm --prefix tests/browser test
+log "all tests passed"

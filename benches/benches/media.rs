@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consult_benches::{channels_open, negotiated_pair, run_until};
-use consult_media::codec::pattern::TestPattern;
-use consult_media::codec::{video_decoder, video_encoder};
-use consult_media::file_transfer::FileEvent;
-use consult_media::peer::{PeerConfig, PeerEvent, VideoCodec};
+use consult_codec::pattern::TestPattern;
+use consult_codec::{video_decoder, video_encoder};
+use consult_peer::file_transfer::FileEvent;
+use consult_peer::{PeerConfig, PeerEvent, VideoCodec};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn srtp(c: &mut Criterion) {

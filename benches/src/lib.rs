@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use consult_media::peer::{Output, Peer, PeerConfig, PeerEvent, RemoteDescriptionOutcome};
+use consult_peer::{Output, Peer, PeerConfig, PeerEvent, RemoteDescriptionOutcome};
 use std::net::UdpSocket;
 
 /// A peer with its own non-blocking UDP socket on 127.0.0.1.

@@ -16,8 +16,6 @@ use consult_signaling::config::Config;
 use consult_signaling::{db, recording, server};
 use tracing_subscriber::EnvFilter;
 
-mod load_cli;
-
 /// Consult: peer-to-peer encrypted video consultations.
 #[derive(Parser)]
 #[command(name = "consult", version, about, long_about = None)]
@@ -43,8 +41,15 @@ enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Load-test a service with many real consultations (QA): two native peers each, through
-    /// invite, waiting room and admission; writes report.json and report.html.
-    Load(load_cli::LoadArgs),
+    /// invite, waiting room and admission; writes report.json and report.html. Runs the
+    /// `consult-load` binary (it needs the codecs, which this one never links):
+    /// `consult load --help` lists its options.
+    #[command(disable_help_flag = true)]
+    Load {
+        /// Everything after `load`, passed on to `consult-load`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
 }
@@ -192,6 +197,30 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `consult load ARGS`: replace this process with `consult-load ARGS` (from beside this binary, or
+/// from `PATH`), telling it which `consult` to start for a local run. Signals then reach the
+/// generator directly, as if it had been started itself.
+fn run_load_generator(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let this = std::env::current_exe().context("locating the consult binary")?;
+    let beside = this.with_file_name("consult-load");
+    let generator = if beside.exists() {
+        beside
+    } else {
+        PathBuf::from("consult-load")
+    };
+    let error = std::process::Command::new(&generator)
+        .args(args)
+        .env("CONSULT_BIN", &this)
+        .exec();
+    anyhow::bail!(
+        "could not run the load generator {} ({error}); it is a separate binary because it \
+         needs the codec libraries: build it with `cargo build --release -p consult-load` \
+         (Debian: libopus-dev libvpx-dev nasm pkg-config)",
+        generator.display()
+    )
+}
+
 fn init_logging(filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let _ = tracing_subscriber::fmt()
@@ -284,7 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Load(args) => load_cli::load(args).await,
+        Command::Load { args } => run_load_generator(&args),
         Command::Openapi => {
             use utoipa::OpenApi;
             println!(

@@ -296,7 +296,7 @@ mod protected_sender {
     use consult_e2ee::recording_key::{EpochKeyBinding, RecordingPublicKey};
     use consult_e2ee::sframe::{BaseKey, SenderKey, Suite};
     use consult_e2ee::MediaFormat;
-    use consult_media::peer::{Output, Peer, PeerConfig, VideoCodec};
+    use consult_peer::{Output, Peer, PeerConfig, VideoCodec};
     use consult_proto::signal::{ClientMessage, SdpKind, ServerMessage, SessionDescription};
     use tokio::net::UdpSocket;
     use uuid::Uuid;

@@ -1,5 +1,5 @@
 // End-to-end encryption between the web demo and the native media core: the doctor is headless
-// Chromium, the patient the `echo-bot` example (crates/media/examples/echo-bot.rs), in a
+// Chromium, the patient the `echo-bot` example (crates/client/examples/echo-bot.rs), in a
 // consultation created with "End-to-end encryption". Once with H.264 and once with VP8: both
 // show the same security code, the browser decodes echo-bot's video and audio through its SFrame
 // worker and shows the lock badge, echo-bot decodes the browser's 640x480 video and audio

@@ -1318,7 +1318,7 @@ export async function acceptAndDownload(page, name, timeoutMs = 60_000) {
 }
 
 // -------------------------------------------------------------------------------------------------
-// The native echo-bot (crates/media/examples/echo-bot.rs)
+// The native echo-bot (crates/client/examples/echo-bot.rs)
 // -------------------------------------------------------------------------------------------------
 
 export const ECHO_BOT_BIN = process.env.ECHO_BOT_BIN ?? join(REPO_ROOT, "target", "debug", "examples", "echo-bot");
@@ -1331,7 +1331,7 @@ export const ECHO_BOT_BIN = process.env.ECHO_BOT_BIN ?? join(REPO_ROOT, "target"
 export const ECHO_BOT_MISSING =
   existsSync(ECHO_BOT_BIN) || process.env.CONSULT_REQUIRE_NATIVE === "1"
     ? false
-    : `no echo-bot at ${ECHO_BOT_BIN} (cargo build -p consult-media --examples, or set ECHO_BOT_BIN)`;
+    : `no echo-bot at ${ECHO_BOT_BIN} (cargo build -p consult-client --examples, or set ECHO_BOT_BIN)`;
 
 /**
  * @typedef {object} EchoBot
@@ -1357,7 +1357,7 @@ export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 60
   if (!existsSync(ECHO_BOT_BIN)) {
     throw new Error(
       `echo-bot is required${process.env.CONSULT_REQUIRE_NATIVE === "1" ? " (CONSULT_REQUIRE_NATIVE=1)" : ""} but there is no ${ECHO_BOT_BIN}: ` +
-        "build it with cargo build -p consult-media --examples, or set ECHO_BOT_BIN",
+        "build it with cargo build -p consult-client --examples, or set ECHO_BOT_BIN",
     );
   }
   const args = ["--invite", inviteUrl, "--name", name, ...(codec ? ["--codec", codec] : []), "--seconds", String(seconds), "--json", ...extraArgs];

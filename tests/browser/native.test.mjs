@@ -1,12 +1,12 @@
 // Interoperability of the web demo with the native media core: the doctor is headless Chromium,
-// the patient is the `echo-bot` example (crates/media/examples/echo-bot.rs) joining through the
+// the patient is the `echo-bot` example (crates/client/examples/echo-bot.rs) joining through the
 // invite link. Once with H.264 and once with VP8 (echo-bot's `--codec` forces it both ways):
 // video and audio decode on both sides, a chat message comes back as "echo: ...", and a file sent
 // by the browser comes back under the same name with the same SHA-256.
 //
 // Run: cd tests/browser && npm test   (or: node --test native.test.mjs)
 // Needs the service (CONSULT_BIN, default target/debug/consult), echo-bot (ECHO_BOT_BIN, default
-// target/debug/examples/echo-bot: cargo build -p consult-media --examples) and /usr/bin/chromium.
+// target/debug/examples/echo-bot: cargo build -p consult-client --examples) and /usr/bin/chromium.
 // Without the echo-bot binary the tests are skipped (with a note), unless CONSULT_REQUIRE_NATIVE=1.
 
 import assert from "node:assert/strict";

@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use consult_media::codec::opus::OpusDecoder;
-use consult_media::codec::{video_decoder, EncodedVideo, VideoDecoder};
-use consult_media::peer::{EncodedFrame, PeerConfig, Stats, TrackKind, VideoCodec};
-use consult_media::session::{ReceiveMode, Session, SessionConfig, SessionError, SessionEvent};
-use consult_media::signal_client::{
+use consult_client::codec::opus::OpusDecoder;
+use consult_client::codec::{video_decoder, EncodedVideo, VideoDecoder};
+use consult_client::peer::{EncodedFrame, PeerConfig, Stats, TrackKind, VideoCodec};
+use consult_client::session::{ReceiveMode, Session, SessionConfig, SessionError, SessionEvent};
+use consult_client::signal_client::{
     join_message, redeem_invite, Credentials, SignalConnection, SignalError,
 };
 use consult_proto::signal::{ClientMessage, RecordingState, ServerMessage};

@@ -1,5 +1,5 @@
 //! The Consult QA load generator: many real consultations at once through the real service,
-//! each with two native peers from `consult-media`, measured end to end, with a report people
+//! each with two native peers from `consult-client`, measured end to end, with a report people
 //! can read.
 //!
 //! A run ([`run::run`]) follows a [`Plan`]:
@@ -73,7 +73,7 @@ pub enum LoadError {
     },
     /// Encoding the media loops failed.
     #[error("encoding the media loops: {0}")]
-    Media(#[from] consult_media::codec::CodecError),
+    Media(#[from] consult_client::codec::CodecError),
     /// The encoding task died.
     #[error("encoding the media loops: {0}")]
     Task(#[from] tokio::task::JoinError),

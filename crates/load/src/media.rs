@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use consult_media::codec::opus::OpusEncoder;
-use consult_media::codec::pattern::{TestPattern, Tone};
-use consult_media::codec::{video_encoder, CodecError};
-use consult_media::peer::VideoCodec;
+use consult_client::codec::opus::OpusEncoder;
+use consult_client::codec::pattern::{TestPattern, Tone};
+use consult_client::codec::{video_encoder, CodecError};
+use consult_client::peer::VideoCodec;
 use rand::{Rng, SeedableRng};
 
 use crate::plan::{VideoProfile, VIDEO_FPS};
@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn stamped_frames_still_decode() {
         let media = MediaLoop::encode(VideoProfile::P360, false, 1).unwrap();
-        let mut decoder = consult_media::codec::video_decoder(VideoCodec::H264).unwrap();
+        let mut decoder = consult_client::codec::video_decoder(VideoCodec::H264).unwrap();
         let mut pictures = 0;
         for (i, frame) in media.video.iter().enumerate() {
             let stamp = Stamp {

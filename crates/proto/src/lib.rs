@@ -4,6 +4,7 @@
 //!
 //! * [`api`]: request and response bodies of the HTTP API under `/api/v1`, and the
 //!   [`api::ErrorBody`] every failing request answers with.
+//! * [`media`]: the media vocabulary the peer and the codecs share ([`media::VideoCodec`]).
 //! * [`signal`]: the JSON messages of the signaling WebSocket at `/api/v1/signal`. Every message
 //!   is an object with a `type` and the protocol version `v` ([`signal::PROTOCOL_VERSION`]).
 //!
@@ -18,4 +19,5 @@
 //! ```
 
 pub mod api;
+pub mod media;
 pub mod signal;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consult_media::peer::{
+use consult_peer::{
     EncodedFrame, Output, Peer, PeerConfig, PeerEvent, RemoteDescriptionOutcome, TrackKind,
     VideoCodec,
 };

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use consult_media::file_transfer::FileEvent;
-use consult_media::session::{Session, SessionConfig, SessionEvent};
-use consult_media::signal_client::Credentials;
+use consult_client::peer::file_transfer::FileEvent;
+use consult_client::session::{Session, SessionConfig, SessionEvent};
+use consult_client::signal_client::Credentials;
 use consult_proto::api::{Consultation, WaitingPatient};
 use consult_signaling::accounts;
 use consult_signaling::clock::SystemClock;
@@ -167,7 +167,7 @@ pub struct Seen {
     pub received: Option<Vec<u8>>,
     pub sent: bool,
     pub warnings: Vec<String>,
-    pub stats: Option<consult_media::peer::Stats>,
+    pub stats: Option<consult_client::peer::Stats>,
     pub sas: Option<String>,
     pub recording: Option<consult_proto::signal::RecordingState>,
 }
@@ -228,12 +228,12 @@ pub async fn media_both_ways(
     secs: u64,
 ) {
     let (mut pattern_p, mut pattern_d) = (
-        consult_media::codec::pattern::TestPattern::new(320, 240),
-        consult_media::codec::pattern::TestPattern::new(320, 240),
+        consult_client::codec::pattern::TestPattern::new(320, 240),
+        consult_client::codec::pattern::TestPattern::new(320, 240),
     );
     let (mut tone_p, mut tone_d) = (
-        consult_media::codec::pattern::Tone::new(440.0),
-        consult_media::codec::pattern::Tone::new(660.0),
+        consult_client::codec::pattern::Tone::new(440.0),
+        consult_client::codec::pattern::Tone::new(660.0),
     );
     let started = std::time::Instant::now();
     let mut tick = 0u64;

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use consult_client::session::Session;
+use consult_client::signal_client::Credentials;
 use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
-use consult_media::session::Session;
-use consult_media::signal_client::Credentials;
 
 async fn start(clinic: &Clinic, keyless_patient: bool) -> (Session, Session, Seen, Seen) {
     let (consultation, invite) = clinic.consultation().await;

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use consult_client::peer::file_transfer::FileEvent;
+use consult_client::session::{Session, SessionConfig, SessionEvent};
+use consult_client::signal_client::Credentials;
 use consult_e2e::Clinic;
-use consult_media::file_transfer::FileEvent;
-use consult_media::session::{Session, SessionConfig, SessionEvent};
-use consult_media::signal_client::Credentials;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -22,7 +22,7 @@ fn example(name: &str) -> PathBuf {
     let path = profile.join("examples").join(name);
     assert!(
         path.exists(),
-        "{} missing: run `cargo build -p consult-media --examples`",
+        "{} missing: run `cargo build -p consult-client --examples`",
         path.display()
     );
     path

@@ -4,10 +4,10 @@
 
 use std::process::Command;
 
-use consult_media::codec::opus::OpusEncoder;
-use consult_media::codec::pattern::{TestPattern, Tone};
-use consult_media::codec::video_encoder;
-use consult_media::peer::VideoCodec;
+use consult_client::codec::opus::OpusEncoder;
+use consult_client::codec::pattern::{TestPattern, Tone};
+use consult_client::codec::video_encoder;
+use consult_client::peer::VideoCodec;
 use consult_vault::matroska::{self, Container};
 use consult_vault::recording::{Codec, Frame, RecordingContents, Track, TrackRole};
 use uuid::Uuid;

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use consult_client::session::{Session, SessionEvent};
+use consult_client::signal_client::Credentials;
 use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
 use consult_load::service::{ClinicianLogin, ServiceClient};
-use consult_media::session::{Session, SessionEvent};
-use consult_media::signal_client::Credentials;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 

@@ -5,10 +5,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use consult_client::codec::pattern::TestPattern;
+use consult_client::session::{Session, SessionConfig, SessionEvent};
+use consult_client::signal_client::Credentials;
 use consult_e2e::Clinic;
-use consult_media::codec::pattern::TestPattern;
-use consult_media::session::{Session, SessionConfig, SessionEvent};
-use consult_media::signal_client::Credentials;
 
 const SECRET: &str = "a-shared-secret-for-turn-tests";
 const RELAY_PORTS: std::ops::RangeInclusive<u16> = 51000..=51999;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use consult_media::peer::{
+use consult_client::peer::{
     Output, Peer, PeerConfig, PeerEvent, RemoteDescriptionOutcome, TrackKind, VideoCodec,
 };
 use tokio::net::UdpSocket;

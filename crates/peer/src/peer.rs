@@ -1,0 +1,1207 @@
+//! The sans-IO peer: one WebRTC session on str0m plus Consult's chat and file channels.
+//!
+//! Nothing here opens a socket, spawns a task or reads the clock: datagrams and time come in
+//! through [`Peer::handle_receive`] and [`Peer::handle_timeout`], and everything goes out through
+//! [`Peer::poll_output`] — datagrams to send, [`PeerEvent`]s, and when to call again. After every
+//! input, drain `poll_output` until it returns [`Output::Timeout`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
+use str0m::net::Protocol;
+use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
+use uuid::Uuid;
+
+pub use consult_proto::media::VideoCodec;
+
+use consult_e2ee::wire::E2EE_CHANNEL_LABEL;
+use consult_e2ee::{
+    E2eeError, E2eeEvent, E2eeStats, Fingerprint, KeySchedule, MediaFormat, Rejection,
+    ScheduleConfig, ScheduleOutput,
+};
+
+use crate::chat::{self, ChatError, CHAT_CHANNEL_LABEL, DEFAULT_MAX_CHAT_BYTES};
+use crate::file_transfer::{
+    FileError, FileEvent, FileTransfers, Frame, Limits, FILE_CHANNEL_LABEL,
+};
+
+/// How a peer is set up.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Send and receive audio (Opus).
+    pub audio: bool,
+    /// Send and receive video.
+    pub video: bool,
+    /// Video codecs in order of preference; the remote side's preference wins when it offers.
+    pub video_codecs: Vec<VideoCodec>,
+    /// Largest chat message.
+    pub chat_max_bytes: usize,
+    /// File transfer limits.
+    pub file_limits: Limits,
+    /// Most file bytes let queue on the data channel (STACK-NOTES: larger queues are slower).
+    pub max_buffered_bytes: usize,
+    /// How often to emit [`PeerEvent::Stats`].
+    pub stats_interval: Duration,
+    /// Starting point of bandwidth estimation.
+    pub initial_bitrate_bps: u64,
+    /// Perfect negotiation: a polite peer gives way when both offer at once.
+    pub polite: bool,
+    /// End-to-end encryption (SFrame) with this remote participant; `None`: off.
+    pub e2ee: Option<E2eeSetup>,
+}
+
+/// End-to-end encryption for one connection: who we are, who the remote is (participant ids
+/// from the signaling service), and the key schedule's timers.
+#[derive(Debug, Clone)]
+pub struct E2eeSetup {
+    /// Our participant id.
+    pub local_id: String,
+    /// The remote participant's id: key messages from anyone else are refused.
+    pub remote_id: String,
+    /// Epoch timers and limits.
+    pub schedule: ScheduleConfig,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            audio: true,
+            video: true,
+            video_codecs: vec![VideoCodec::H264, VideoCodec::Vp8],
+            chat_max_bytes: DEFAULT_MAX_CHAT_BYTES,
+            file_limits: Limits::default(),
+            max_buffered_bytes: 64 * 1024,
+            stats_interval: Duration::from_secs(1),
+            initial_bitrate_bps: 600_000,
+            polite: false,
+            e2ee: None,
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Local address (a host candidate, or a TURN relay address) to send from.
+    pub source: SocketAddr,
+    /// Where to.
+    pub destination: SocketAddr,
+    /// The bytes.
+    pub contents: Vec<u8>,
+}
+
+/// What [`Peer::poll_output`] produces.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this datagram.
+    Transmit(Transmit),
+    /// Something happened.
+    Event(PeerEvent),
+    /// Call [`Peer::handle_timeout`] at this time (or earlier, with a datagram).
+    Timeout(Instant),
+}
+
+/// Which kind of media a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackKind {
+    /// Opus audio.
+    Audio,
+    /// Video.
+    Video(VideoCodec),
+}
+
+/// An encoded frame that arrived.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    /// Audio or video, and the codec.
+    pub kind: TrackKind,
+    /// RTP time (90 kHz for video, 48 kHz for audio).
+    pub rtp_time: u64,
+    /// Whether a keyframe (video).
+    pub keyframe: bool,
+    /// False if packets were lost before this frame: decoders should wait for a keyframe.
+    pub contiguous: bool,
+    /// The frame (Annex-B for H.264, a raw VP8 frame, an Opus packet).
+    pub data: Vec<u8>,
+}
+
+/// Connection statistics, for integrators and quality indicators.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Round-trip time on the selected candidate pair.
+    pub rtt: Option<Duration>,
+    /// Fraction of our packets the remote reports lost (0..1).
+    pub egress_loss: Option<f32>,
+    /// Fraction of the remote's packets we lost (0..1).
+    pub ingress_loss: Option<f32>,
+    /// Interarrival jitter of received video, in seconds.
+    pub video_jitter: Option<f64>,
+    /// Bytes received and sent at this moment.
+    pub bytes_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Receive bitrate since the previous stats, bits per second.
+    pub receive_bps: u64,
+    /// Send bitrate since the previous stats, bits per second.
+    pub send_bps: u64,
+    /// Bandwidth estimate for sending, bits per second.
+    pub estimated_send_bps: Option<u64>,
+    /// Selected candidate pair: local and remote address.
+    pub selected_pair: Option<(SocketAddr, SocketAddr)>,
+    /// NACKs we received for our video.
+    pub nacks_received: u64,
+    /// PLIs we received.
+    pub plis_received: u64,
+    /// Video frames encoded by the session (filled in by [`crate::session::Session`]).
+    pub frames_encoded: u64,
+    /// Video frames decoded by the session (filled in by [`crate::session::Session`]).
+    pub frames_decoded: u64,
+    /// End-to-end encryption counters (frames protected, opened, refused by reason), when on.
+    pub e2ee: Option<E2eeStats>,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// ICE state changed.
+    IceState(IceConnectionState),
+    /// ICE and DTLS are up: media and data can flow.
+    Connected,
+    /// The connection dropped (ICE disconnected); restart ICE if it does not come back.
+    Disconnected,
+    /// The chat or file channel is open.
+    ChannelOpen {
+        /// Its label.
+        label: String,
+    },
+    /// A chat message.
+    Chat(String),
+    /// A chat message was refused (too long, not text). The call goes on.
+    ChatRejected(ChatError),
+    /// File transfer progress, offers, results.
+    File(FileEvent),
+    /// An encoded frame arrived.
+    Frame(EncodedFrame),
+    /// The remote asked for a keyframe: encode the next video frame as one.
+    KeyframeRequested,
+    /// Periodic statistics.
+    Stats(Stats),
+    /// The send bandwidth estimate changed: adapt the encoder's bitrate.
+    BitrateEstimate(u64),
+    /// End-to-end encryption: the SAS to show, keys switched or installed.
+    E2ee(E2eeEvent),
+    /// A message on a channel this peer does not handle itself (for example the key channel
+    /// when end-to-end encryption is off): for relays and custom protocols.
+    ChannelMessage {
+        /// The channel's label.
+        label: String,
+        /// Binary or text.
+        binary: bool,
+        /// The message.
+        data: Vec<u8>,
+    },
+}
+
+/// Why a call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// str0m refused (malformed SDP, unsupported codecs, a state error).
+    #[error("webrtc: {0}")]
+    Rtc(#[from] str0m::RtcError),
+    /// The SDP text could not be parsed.
+    #[error("invalid SDP: {0}")]
+    Sdp(#[from] str0m::error::SdpError),
+    /// A candidate line could not be parsed.
+    #[error("invalid ICE candidate: {0}")]
+    Candidate(String),
+    /// The datagram is not STUN, DTLS, RTP or RTCP.
+    #[error("unrecognised datagram: {0}")]
+    Datagram(String),
+    /// An answer arrived without an offer of ours.
+    #[error("an answer arrived but no offer is pending")]
+    UnexpectedAnswer,
+    /// No common codec for a track, or the track is not negotiated yet.
+    #[error("{0} is not negotiated")]
+    NotNegotiated(&'static str),
+    /// The chat or file channel is not open yet.
+    #[error("the {0} channel is not open")]
+    ChannelNotOpen(&'static str),
+    /// The data channel is full; try again after [`PeerEvent`]s show progress.
+    #[error("the data channel is full")]
+    ChannelFull,
+    /// A chat message was refused.
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    /// A file call was refused.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// End-to-end encryption refused (keys not agreed yet for chat or files, or a frame of ours
+    /// that cannot be protected). Media frames without a key are dropped, not errors.
+    #[error("end-to-end encryption: {0}")]
+    E2ee(#[from] E2eeError),
+}
+
+/// What to do after a remote description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteDescriptionOutcome {
+    /// Send this answer.
+    Answer(String),
+    /// The answer to our offer was applied.
+    Applied,
+    /// Ignored: both sides offered and this side is impolite; the remote will roll back.
+    IgnoredGlare,
+}
+
+/// One WebRTC session.
+pub struct Peer {
+    rtc: Rtc,
+    config: PeerConfig,
+    pending_offer: Option<SdpPendingOffer>,
+    /// Mids and channels in an offer not yet answered.
+    offered_audio: Option<Mid>,
+    offered_video: Option<Mid>,
+    channels_offered: bool,
+    audio_mid: Option<Mid>,
+    video_mid: Option<Mid>,
+    /// Channel to send chat on: the latest open one with the label.
+    chat: Option<ChannelId>,
+    /// Channel to send file frames on.
+    file: Option<ChannelId>,
+    /// Every open channel per label: after glare both sides may have created one, and data is
+    /// accepted on any of them.
+    chat_ids: Vec<ChannelId>,
+    file_ids: Vec<ChannelId>,
+    files: FileTransfers,
+    events: VecDeque<PeerEvent>,
+    stats: Stats,
+    last_stats_at: Option<Instant>,
+    /// DTLS finished (SRTP keys set); stays true across ICE restarts.
+    dtls_up: bool,
+    /// ICE has a working pair.
+    ice_up: bool,
+    video_stream_configured: bool,
+    /// The latest time handed in, for work done while draining outputs.
+    now: Instant,
+    /// End-to-end encryption, when on.
+    e2ee: Option<E2ee>,
+    /// Open channels this peer does not handle itself, by label.
+    other_channels: Vec<(ChannelId, String)>,
+}
+
+/// The key schedule and the `consult-e2ee` channels of one connection.
+struct E2ee {
+    remote_id: String,
+    schedule: KeySchedule,
+    /// Every open key channel (after glare both sides may have created one).
+    channels: Vec<ChannelId>,
+    /// Key agreement started on this connection.
+    connected: bool,
+    /// When the schedule wants [`KeySchedule::handle_timeout`].
+    timeout: Option<Instant>,
+}
+
+fn format_of(kind: TrackKind) -> MediaFormat {
+    match kind {
+        TrackKind::Audio => MediaFormat::Opus,
+        TrackKind::Video(VideoCodec::H264) => MediaFormat::H264,
+        TrackKind::Video(VideoCodec::Vp8) => MediaFormat::Vp8,
+    }
+}
+
+/// The frame to send: as is without end-to-end encryption; protected with it, or `None`
+/// (dropped, counted) while no key is agreed — media never goes out unprotected.
+fn protect_frame(
+    e2ee: &mut Option<E2ee>,
+    now: Instant,
+    kind: TrackKind,
+    frame: &[u8],
+) -> Result<Option<Vec<u8>>, PeerError> {
+    let Some(e2ee) = e2ee else {
+        return Ok(Some(frame.to_vec()));
+    };
+    match e2ee.schedule.protect(now, format_of(kind), frame) {
+        Ok(sealed) => Ok(Some(sealed)),
+        Err(E2eeError::NoSendKey) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn codec_of(codec: Codec) -> Option<TrackKind> {
+    match codec {
+        Codec::Opus => Some(TrackKind::Audio),
+        Codec::H264 => Some(TrackKind::Video(VideoCodec::H264)),
+        Codec::Vp8 => Some(TrackKind::Video(VideoCodec::Vp8)),
+        _ => None,
+    }
+}
+
+impl Peer {
+    /// A new peer; `now` starts its clock.
+    pub fn new(config: PeerConfig, now: Instant) -> Self {
+        let mut rtc_config = RtcConfig::new()
+            .clear_codecs()
+            .set_stats_interval(Some(config.stats_interval))
+            .enable_bwe(Some(Bitrate::bps(config.initial_bitrate_bps)))
+            // Our own limit (max_buffered_bytes) bounds file chunks; the SCTP buffer is larger so
+            // that small control messages always fit behind them.
+            .set_sctp_max_buffered_amount(config.max_buffered_bytes * 4)
+            // Give up on an unrecoverable frame after ~10 frames instead of 30 (a second at
+            // 30 fps): the receiver then asks for a keyframe sooner, which is a shorter freeze.
+            .set_reordering_size_video(10);
+        if config.audio {
+            rtc_config = rtc_config.enable_opus(true, false);
+        }
+        if config.video {
+            for codec in &config.video_codecs {
+                rtc_config = match codec {
+                    VideoCodec::H264 => rtc_config.enable_h264(true),
+                    VideoCodec::Vp8 => rtc_config.enable_vp8(true),
+                };
+            }
+        }
+        let files = FileTransfers::new(config.file_limits);
+        let e2ee = config.e2ee.as_ref().map(|setup| E2ee {
+            remote_id: setup.remote_id.clone(),
+            schedule: KeySchedule::new(setup.schedule.clone(), &setup.local_id),
+            channels: Vec::new(),
+            connected: false,
+            timeout: None,
+        });
+        Self {
+            rtc: rtc_config.build(now),
+            config,
+            pending_offer: None,
+            offered_audio: None,
+            offered_video: None,
+            channels_offered: false,
+            audio_mid: None,
+            video_mid: None,
+            chat: None,
+            file: None,
+            chat_ids: Vec::new(),
+            file_ids: Vec::new(),
+            files,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            last_stats_at: None,
+            dtls_up: false,
+            ice_up: false,
+            video_stream_configured: false,
+            now,
+            e2ee,
+            other_channels: Vec::new(),
+        }
+    }
+
+    /// Whether end-to-end encryption is on for this connection.
+    pub fn e2ee_enabled(&self) -> bool {
+        self.e2ee.is_some()
+    }
+
+    /// The short authentication string to show, once keys are agreed.
+    pub fn e2ee_sas(&self) -> Option<consult_e2ee::Sas> {
+        self.e2ee.as_ref()?.schedule.sas()
+    }
+
+    /// Whether our frames go out protected now, and the remote's keys are installed.
+    pub fn e2ee_ready(&self) -> bool {
+        self.e2ee
+            .as_ref()
+            .is_some_and(|e| e.schedule.can_send() && e.schedule.can_receive())
+    }
+
+    /// End-to-end encryption counters.
+    pub fn e2ee_stats(&self) -> Option<E2eeStats> {
+        self.e2ee.as_ref().map(|e| e.schedule.stats().clone())
+    }
+
+    /// Start a new key epoch now (the schedule also rotates by itself).
+    pub fn e2ee_rotate(&mut self) {
+        let now = self.now;
+        if let Some(e2ee) = &mut self.e2ee {
+            e2ee.schedule.rotate(now, &mut rand::rngs::OsRng);
+        }
+    }
+
+    /// Whether ICE and DTLS are up.
+    pub fn is_connected(&self) -> bool {
+        self.dtls_up && self.ice_up
+    }
+
+    /// This side's role in perfect negotiation.
+    pub fn is_polite(&self) -> bool {
+        self.config.polite
+    }
+
+    /// Change the role in perfect negotiation (it is assigned by the signaling service).
+    pub fn set_polite(&mut self, polite: bool) {
+        self.config.polite = polite;
+    }
+
+    /// Add a local candidate; returns its `candidate:` line to trickle to the remote.
+    pub fn add_local_candidate(&mut self, candidate: Candidate) -> Option<String> {
+        self.rtc
+            .add_local_candidate(candidate)
+            .map(|c| c.to_sdp_string())
+    }
+
+    /// Add a host candidate for a local UDP socket address.
+    pub fn add_host_candidate(&mut self, addr: SocketAddr) -> Result<Option<String>, PeerError> {
+        let candidate =
+            Candidate::host(addr, "udp").map_err(|e| PeerError::Candidate(e.to_string()))?;
+        Ok(self.add_local_candidate(candidate))
+    }
+
+    /// Add a trickled remote candidate (`candidate:...`, with or without `a=`); an empty line
+    /// (end of candidates) is accepted and ignored.
+    pub fn add_remote_candidate(&mut self, line: &str) -> Result<(), PeerError> {
+        let line = line.trim().trim_start_matches("a=");
+        if line.is_empty() {
+            return Ok(());
+        }
+        let candidate =
+            Candidate::from_sdp_string(line).map_err(|e| PeerError::Candidate(e.to_string()))?;
+        self.rtc.add_remote_candidate(candidate);
+        Ok(())
+    }
+
+    /// Whether an offer from this side is needed: tracks or channels we want are not negotiated.
+    pub fn needs_negotiation(&self) -> bool {
+        if self.pending_offer.is_some() {
+            return false;
+        }
+        (self.config.audio && self.audio_mid.is_none())
+            || (self.config.video && self.video_mid.is_none())
+            || (self.chat.is_none() && !self.channels_offered)
+    }
+
+    /// Make an offer with whatever is not negotiated yet (tracks, the chat and file channels).
+    /// `None` if nothing needs negotiating or an offer is already pending.
+    pub fn create_offer(&mut self) -> Result<Option<String>, PeerError> {
+        if self.pending_offer.is_some() {
+            return Ok(None);
+        }
+        let mut api = self.rtc.sdp_api();
+        if self.config.audio && self.audio_mid.is_none() {
+            self.offered_audio =
+                Some(api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None));
+        }
+        if self.config.video && self.video_mid.is_none() {
+            self.offered_video =
+                Some(api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None));
+        }
+        if self.chat.is_none() && self.file.is_none() && !self.channels_offered {
+            api.add_channel_with_config(ChannelConfig {
+                label: CHAT_CHANNEL_LABEL.into(),
+                ..ChannelConfig::default()
+            });
+            api.add_channel_with_config(ChannelConfig {
+                label: FILE_CHANNEL_LABEL.into(),
+                ..ChannelConfig::default()
+            });
+            if self.e2ee.is_some() {
+                api.add_channel_with_config(ChannelConfig {
+                    label: E2EE_CHANNEL_LABEL.into(),
+                    ..ChannelConfig::default()
+                });
+            }
+            self.channels_offered = true;
+        }
+        // Changes live in this `SdpApi`: apply them on it.
+        let Some((offer, pending)) = api.apply() else {
+            return Ok(None);
+        };
+        self.pending_offer = Some(pending);
+        Ok(Some(offer.to_sdp_string()))
+    }
+
+    /// Restart ICE (after the connection failed): returns the offer to send.
+    pub fn restart_ice(&mut self) -> Result<Option<String>, PeerError> {
+        self.rollback();
+        let mut api = self.rtc.sdp_api();
+        api.ice_restart(true);
+        let Some((offer, pending)) = api.apply() else {
+            return Ok(None);
+        };
+        self.pending_offer = Some(pending);
+        Ok(Some(offer.to_sdp_string()))
+    }
+
+    fn rollback(&mut self) {
+        self.pending_offer = None;
+        self.offered_audio = None;
+        self.offered_video = None;
+        if self.chat.is_none() {
+            self.channels_offered = false;
+        }
+    }
+
+    /// Apply a remote offer or answer (perfect negotiation: an impolite peer with a pending offer
+    /// ignores a colliding offer; a polite one rolls its own back).
+    pub fn handle_remote_offer(
+        &mut self,
+        sdp: &str,
+    ) -> Result<RemoteDescriptionOutcome, PeerError> {
+        let offer = SdpOffer::from_sdp_string(sdp)?;
+        if self.pending_offer.is_some() {
+            if !self.config.polite {
+                return Ok(RemoteDescriptionOutcome::IgnoredGlare);
+            }
+            self.rollback();
+        }
+        let answer = self.rtc.sdp_api().accept_offer(offer)?;
+        Ok(RemoteDescriptionOutcome::Answer(answer.to_sdp_string()))
+    }
+
+    /// Apply the remote answer to our pending offer.
+    pub fn handle_remote_answer(
+        &mut self,
+        sdp: &str,
+    ) -> Result<RemoteDescriptionOutcome, PeerError> {
+        let answer = SdpAnswer::from_sdp_string(sdp)?;
+        let pending = self
+            .pending_offer
+            .take()
+            .ok_or(PeerError::UnexpectedAnswer)?;
+        self.rtc.sdp_api().accept_answer(pending, answer)?;
+        if let Some(mid) = self.offered_audio.take() {
+            self.audio_mid = Some(mid);
+        }
+        if let Some(mid) = self.offered_video.take() {
+            self.video_mid = Some(mid);
+        }
+        Ok(RemoteDescriptionOutcome::Applied)
+    }
+
+    /// The remote rolled back its offer (nothing to do on our side but forget nothing).
+    pub fn handle_remote_rollback(&mut self) {}
+
+    /// A datagram arrived on a local socket (or through a TURN relay) at `now`.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), PeerError> {
+        self.now = self.now.max(now);
+        let receive = str0m::net::Receive::new(Protocol::Udp, source, destination, bytes)
+            .map_err(|e| PeerError::Datagram(e.to_string()))?;
+        self.rtc.handle_input(str0m::Input::Receive(now, receive))?;
+        Ok(())
+    }
+
+    /// Whether a datagram that arrived on a local socket belongs to this peer's connection
+    /// (for several peers sharing sockets).
+    pub fn accepts(&self, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) -> bool {
+        match str0m::net::Receive::new(Protocol::Udp, source, destination, bytes) {
+            Ok(receive) => self.rtc.accepts(&str0m::Input::Receive(self.now, receive)),
+            Err(_) => false,
+        }
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        self.now = self.now.max(now);
+        self.rtc.handle_input(str0m::Input::Timeout(now))?;
+        if let Some(e2ee) = &mut self.e2ee {
+            if e2ee.timeout.is_some_and(|at| now >= at) {
+                e2ee.schedule.handle_timeout(now, &mut rand::rngs::OsRng);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next thing to do. Drain until [`Output::Timeout`] after every input.
+    pub fn poll_output(&mut self) -> Result<Output, PeerError> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(Output::Event(event));
+            }
+            match self.rtc.poll_output()? {
+                str0m::Output::Transmit(t) => {
+                    return Ok(Output::Transmit(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }))
+                }
+                str0m::Output::Event(event) => self.handle_event(event),
+                str0m::Output::Timeout(at) => {
+                    // Before sleeping, move key messages and file frames onto their channels
+                    // if there is room; that makes more output.
+                    if self.pump_e2ee()? | self.pump_files()? {
+                        continue;
+                    }
+                    let at = match self.e2ee.as_ref().and_then(|e| e.timeout) {
+                        Some(e2ee_at) => at.min(e2ee_at),
+                        None => at,
+                    };
+                    return Ok(Output::Timeout(at));
+                }
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => {
+                self.dtls_up = true;
+                self.ice_up = true;
+                self.events.push_back(PeerEvent::Connected);
+            }
+            Event::IceConnectionStateChange(state) => {
+                if state == IceConnectionState::Disconnected {
+                    self.ice_up = false;
+                    self.events.push_back(PeerEvent::Disconnected);
+                } else if matches!(
+                    state,
+                    IceConnectionState::Connected | IceConnectionState::Completed
+                ) {
+                    // ICE alone is not "connected": media needs the DTLS-SRTP keys too. After an
+                    // ICE restart DTLS is still up, so this is the reconnection.
+                    self.ice_up = true;
+                }
+                self.events.push_back(PeerEvent::IceState(state));
+            }
+            Event::MediaAdded(added) => match added.kind {
+                MediaKind::Audio if self.audio_mid.is_none() => self.audio_mid = Some(added.mid),
+                MediaKind::Video if self.video_mid.is_none() => self.video_mid = Some(added.mid),
+                _ => {}
+            },
+            Event::MediaData(data) => {
+                let Some(kind) = codec_of(data.params.spec().codec) else {
+                    return;
+                };
+                let keyframe = data.is_keyframe();
+                let bytes = match &mut self.e2ee {
+                    None => data.data.to_vec(),
+                    // Refused frames (tampered, replayed, unknown key...) are counted by the
+                    // schedule and never reach a decoder.
+                    Some(e2ee) => {
+                        match e2ee
+                            .schedule
+                            .unprotect(self.now, format_of(kind), &data.data)
+                        {
+                            Ok(frame) => frame,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "dropped a media frame");
+                                return;
+                            }
+                        }
+                    }
+                };
+                self.events.push_back(PeerEvent::Frame(EncodedFrame {
+                    kind,
+                    rtp_time: data.time.numer(),
+                    keyframe,
+                    contiguous: data.contiguous,
+                    data: bytes,
+                }));
+            }
+            Event::KeyframeRequest(_) => self.events.push_back(PeerEvent::KeyframeRequested),
+            Event::ChannelOpen(id, label) => {
+                if label == CHAT_CHANNEL_LABEL {
+                    self.chat = Some(id);
+                    self.chat_ids.push(id);
+                } else if label == E2EE_CHANNEL_LABEL && self.e2ee.is_some() {
+                    self.e2ee_channel_open(id);
+                } else if label != FILE_CHANNEL_LABEL {
+                    self.other_channels.push((id, label.clone()));
+                } else {
+                    self.file = Some(id);
+                    self.file_ids.push(id);
+                    self.files.channel_opened();
+                    if let Some(mut channel) = self.rtc.channel(id) {
+                        channel
+                            .set_buffered_amount_low_threshold(self.config.max_buffered_bytes / 2);
+                    }
+                }
+                self.events.push_back(PeerEvent::ChannelOpen { label });
+            }
+            Event::ChannelData(data) => {
+                let is_chat = self.chat_ids.contains(&data.id);
+                let is_file = self.file_ids.contains(&data.id);
+                if self
+                    .e2ee
+                    .as_ref()
+                    .is_some_and(|e| e.channels.contains(&data.id))
+                {
+                    self.e2ee_message(data.binary, &data.data);
+                    return;
+                }
+                if !is_chat && !is_file {
+                    if let Some((_, label)) =
+                        self.other_channels.iter().find(|(c, _)| *c == data.id)
+                    {
+                        self.events.push_back(PeerEvent::ChannelMessage {
+                            label: label.clone(),
+                            binary: data.binary,
+                            data: data.data.to_vec(),
+                        });
+                    }
+                    return;
+                }
+                let Some((binary, bytes)) = self.open_message(data.binary, &data.data) else {
+                    return;
+                };
+                if is_chat {
+                    match chat::decode_incoming(binary, &bytes, self.config.chat_max_bytes) {
+                        Ok(text) => self.events.push_back(PeerEvent::Chat(text)),
+                        Err(e) => self.events.push_back(PeerEvent::ChatRejected(e)),
+                    }
+                } else {
+                    self.files.handle_frame(Frame::decode(binary, &bytes));
+                    self.drain_file_events();
+                }
+            }
+            Event::ChannelClose(id) => {
+                if let Some(e2ee) = &mut self.e2ee {
+                    e2ee.channels.retain(|c| *c != id);
+                }
+                self.other_channels.retain(|(c, _)| *c != id);
+                if self.file_ids.contains(&id) {
+                    self.file_ids.retain(|c| *c != id);
+                    self.file = self.file_ids.last().copied();
+                    // Transfers are interrupted only when no file channel is left.
+                    if self.file.is_none() {
+                        self.files.channel_lost();
+                        self.drain_file_events();
+                    }
+                } else if self.chat_ids.contains(&id) {
+                    self.chat_ids.retain(|c| *c != id);
+                    self.chat = self.chat_ids.last().copied();
+                }
+            }
+            Event::PeerStats(peer) => {
+                let now_stats = peer.timestamp;
+                let elapsed = self
+                    .last_stats_at
+                    .map(|t| now_stats.saturating_duration_since(t).as_secs_f64())
+                    .filter(|s| *s > 0.0);
+                if let Some(secs) = elapsed {
+                    self.stats.receive_bps =
+                        ((peer.bytes_rx.saturating_sub(self.stats.bytes_received)) as f64 * 8.0
+                            / secs) as u64;
+                    self.stats.send_bps =
+                        ((peer.bytes_tx.saturating_sub(self.stats.bytes_sent)) as f64 * 8.0 / secs)
+                            as u64;
+                }
+                self.last_stats_at = Some(now_stats);
+                self.stats.e2ee = self.e2ee_stats();
+                self.stats.bytes_received = peer.bytes_rx;
+                self.stats.bytes_sent = peer.bytes_tx;
+                self.stats.rtt = peer
+                    .selected_candidate_pair
+                    .as_ref()
+                    .and_then(|p| p.current_round_trip_time)
+                    .or(peer.rtt);
+                self.stats.egress_loss = peer.egress_loss_fraction;
+                self.stats.ingress_loss = peer.ingress_loss_fraction;
+                self.stats.estimated_send_bps = peer.bwe_tx.map(|b| b.as_u64());
+                self.stats.selected_pair = peer
+                    .selected_candidate_pair
+                    .as_ref()
+                    .map(|p| (p.local.addr, p.remote.addr));
+                self.events.push_back(PeerEvent::Stats(self.stats.clone()));
+            }
+            Event::MediaIngressStats(ingress) if Some(ingress.mid) == self.video_mid => {
+                self.stats.video_jitter = Some(f64::from(ingress.jitter) / 90_000.0);
+            }
+            Event::MediaEgressStats(egress) if Some(egress.mid) == self.video_mid => {
+                self.stats.nacks_received = egress.nacks;
+                self.stats.plis_received = egress.plis;
+            }
+            Event::EgressBitrateEstimate(estimate) => {
+                let bps = match estimate {
+                    str0m::bwe::BweKind::Twcc { estimate, .. } => estimate.as_u64(),
+                    str0m::bwe::BweKind::Remb { estimate, .. } => estimate.as_u64(),
+                    _ => return,
+                };
+                self.events.push_back(PeerEvent::BitrateEstimate(bps));
+            }
+            _ => {}
+        }
+    }
+
+    /// Let retransmissions use up to half of the video bandwidth (str0m's default cap of 15%
+    /// starves NACK recovery on a lossy 1:1 link), once the send stream exists.
+    fn configure_video_stream(&mut self, mid: Mid) {
+        if self.video_stream_configured {
+            return;
+        }
+        if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+            stream.set_rtx_cache(1024, Duration::from_secs(3), Some(0.5));
+            self.video_stream_configured = true;
+        }
+    }
+
+    /// A key channel opened: start key agreement on this connection (once) with the DTLS
+    /// fingerprints str0m verified.
+    fn e2ee_channel_open(&mut self, id: ChannelId) {
+        let now = self.now;
+        let local = self.rtc.direct_api().local_dtls_fingerprint().clone();
+        let remote = self.rtc.direct_api().remote_dtls_fingerprint().cloned();
+        let Some(e2ee) = &mut self.e2ee else {
+            return;
+        };
+        e2ee.channels.push(id);
+        if e2ee.connected {
+            return;
+        }
+        let Some(remote) = remote else {
+            tracing::warn!("key channel open without a remote DTLS fingerprint");
+            return;
+        };
+        e2ee.connected = true;
+        let remote_id = e2ee.remote_id.clone();
+        e2ee.schedule.connect(
+            now,
+            &mut rand::rngs::OsRng,
+            &remote_id,
+            Fingerprint::new(&local.hash_func, local.bytes),
+            Fingerprint::new(&remote.hash_func, remote.bytes),
+        );
+    }
+
+    fn e2ee_message(&mut self, binary: bool, bytes: &[u8]) {
+        let now = self.now;
+        let Some(e2ee) = &mut self.e2ee else {
+            return;
+        };
+        // Key messages are JSON text; anything else is malformed.
+        let result = match (binary, std::str::from_utf8(bytes)) {
+            (false, Ok(text)) => e2ee
+                .schedule
+                .handle_message(now, &mut rand::rngs::OsRng, text),
+            _ => Err(e2ee.schedule.note_refused(Rejection::KeyMalformed)),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "refused a key message");
+        }
+    }
+
+    /// Open a chat or file message: as is without end-to-end encryption; with it, only a
+    /// protected one (others are counted and dropped).
+    fn open_message<'a>(
+        &mut self,
+        binary: bool,
+        bytes: &'a [u8],
+    ) -> Option<(bool, std::borrow::Cow<'a, [u8]>)> {
+        let now = self.now;
+        let Some(e2ee) = &mut self.e2ee else {
+            return Some((binary, std::borrow::Cow::Borrowed(bytes)));
+        };
+        if !binary {
+            e2ee.schedule.note_refused(Rejection::Unprotected);
+            return None;
+        }
+        match e2ee.schedule.unprotect_message(now, bytes) {
+            Ok((binary, opened)) => Some((binary, std::borrow::Cow::Owned(opened))),
+            Err(e) => {
+                tracing::debug!(error = %e, "dropped a data message");
+                None
+            }
+        }
+    }
+
+    /// Seal a chat or file message for the wire when end-to-end encryption is on.
+    fn seal_message(&mut self, binary: bool, bytes: Vec<u8>) -> Result<(bool, Vec<u8>), PeerError> {
+        let now = self.now;
+        match &mut self.e2ee {
+            None => Ok((binary, bytes)),
+            Some(e2ee) => Ok((true, e2ee.schedule.protect_message(now, binary, &bytes)?)),
+        }
+    }
+
+    /// Move key messages onto the key channel and schedule events into peer events; true if
+    /// anything was written.
+    fn pump_e2ee(&mut self) -> Result<bool, PeerError> {
+        let Some(e2ee) = &mut self.e2ee else {
+            return Ok(false);
+        };
+        let mut wrote = false;
+        loop {
+            match e2ee.schedule.poll_output() {
+                ScheduleOutput::Send(text) => {
+                    let Some(id) = e2ee.channels.last().copied() else {
+                        continue;
+                    };
+                    if let Some(mut channel) = self.rtc.channel(id) {
+                        if !channel.write(false, text.as_bytes())? {
+                            tracing::warn!("key channel refused a message");
+                        }
+                        wrote = true;
+                    }
+                }
+                ScheduleOutput::Event(event) => {
+                    if matches!(event, E2eeEvent::SendKeyActive { .. }) {
+                        // Frames before the key were dropped: start the picture afresh.
+                        self.events.push_back(PeerEvent::KeyframeRequested);
+                    }
+                    self.events.push_back(PeerEvent::E2ee(event));
+                }
+                ScheduleOutput::Timeout(at) => {
+                    e2ee.timeout = at;
+                    break;
+                }
+            }
+        }
+        Ok(wrote)
+    }
+
+    fn drain_file_events(&mut self) {
+        while let Some(event) = self.files.poll_event() {
+            self.events.push_back(PeerEvent::File(event));
+        }
+    }
+
+    /// Move file frames onto the file channel while it has room; true if anything was written.
+    fn pump_files(&mut self) -> Result<bool, PeerError> {
+        self.drain_file_events();
+        let Some(id) = self.file else {
+            return Ok(false);
+        };
+        let max = self.config.max_buffered_bytes;
+        let mut wrote = false;
+        // Under end-to-end encryption, file frames wait for the keys.
+        if self.e2ee.as_ref().is_some_and(|e| !e.schedule.can_send()) {
+            return Ok(false);
+        }
+        loop {
+            let Some(mut channel) = self.rtc.channel(id) else {
+                return Ok(wrote);
+            };
+            let space = max.saturating_sub(channel.buffered_amount());
+            let Some(frame) = self.files.poll_frame(space) else {
+                break;
+            };
+            let (binary, bytes) = frame.encode();
+            let (binary, bytes) = self.seal_message(binary, bytes)?;
+            let Some(mut channel) = self.rtc.channel(id) else {
+                return Ok(wrote);
+            };
+            if !channel.write(binary, &bytes)? {
+                // The SCTP buffer is four times our limit, so this only happens if a control
+                // frame meets a full queue; losing it would desynchronise the transfer.
+                tracing::warn!("file channel refused a frame");
+                return Err(PeerError::ChannelFull);
+            }
+            wrote = true;
+        }
+        self.drain_file_events();
+        Ok(wrote)
+    }
+
+    /// Send a chat message.
+    pub fn send_chat(&mut self, text: &str) -> Result<(), PeerError> {
+        chat::check_outgoing(text, self.config.chat_max_bytes)?;
+        let id = self.chat.ok_or(PeerError::ChannelNotOpen("chat"))?;
+        let (binary, bytes) = self.seal_message(false, text.as_bytes().to_vec())?;
+        let mut channel = self
+            .rtc
+            .channel(id)
+            .ok_or(PeerError::ChannelNotOpen("chat"))?;
+        if !channel.write(binary, &bytes)? {
+            return Err(PeerError::ChannelFull);
+        }
+        Ok(())
+    }
+
+    /// Write a message on an open channel this peer does not handle itself (see
+    /// [`PeerEvent::ChannelMessage`]); the latest channel with the label is used.
+    pub fn write_channel(
+        &mut self,
+        label: &str,
+        binary: bool,
+        data: &[u8],
+    ) -> Result<(), PeerError> {
+        let id = self
+            .other_channels
+            .iter()
+            .rev()
+            .find(|(_, l)| l == label)
+            .map(|(id, _)| *id)
+            .ok_or(PeerError::ChannelNotOpen("requested"))?;
+        let mut channel = self
+            .rtc
+            .channel(id)
+            .ok_or(PeerError::ChannelNotOpen("requested"))?;
+        if !channel.write(binary, data)? {
+            return Err(PeerError::ChannelFull);
+        }
+        Ok(())
+    }
+
+    /// Offer a file to the remote; progress and the result arrive as [`PeerEvent::File`].
+    pub fn offer_file(&mut self, name: &str, mime: &str, data: Vec<u8>) -> Result<Uuid, PeerError> {
+        if self.file.is_none() {
+            return Err(PeerError::ChannelNotOpen("file"));
+        }
+        Ok(self.files.offer(name, mime, data)?)
+    }
+
+    /// Offer a file again under its id, to resume after a reconnect.
+    pub fn resume_file(
+        &mut self,
+        id: Uuid,
+        name: &str,
+        mime: &str,
+        data: Vec<u8>,
+    ) -> Result<Uuid, PeerError> {
+        if self.file.is_none() {
+            return Err(PeerError::ChannelNotOpen("file"));
+        }
+        Ok(self.files.offer_with_id(id, name, mime, data)?)
+    }
+
+    /// Accept an offered file.
+    pub fn accept_file(&mut self, id: Uuid) -> Result<(), PeerError> {
+        Ok(self.files.accept(id)?)
+    }
+
+    /// Decline an offered file.
+    pub fn reject_file(&mut self, id: Uuid) -> Result<(), PeerError> {
+        Ok(self.files.reject(id)?)
+    }
+
+    /// Cancel a transfer in either direction.
+    pub fn cancel_file(&mut self, id: Uuid) -> Result<(), PeerError> {
+        Ok(self.files.cancel(id)?)
+    }
+
+    /// The remote went away (signaling says it left): interrupt transfers in flight.
+    pub fn remote_gone(&mut self) {
+        self.files.channel_lost();
+        self.drain_file_events();
+    }
+
+    /// Hand over the file transfers (with interrupted ones) to carry them to the next connection.
+    pub fn take_file_transfers(&mut self) -> FileTransfers {
+        self.files.channel_lost();
+        self.drain_file_events();
+        std::mem::replace(&mut self.files, FileTransfers::new(self.config.file_limits))
+    }
+
+    /// Continue the transfers of an earlier connection: interrupted ones resume when this
+    /// connection's file channel opens.
+    pub fn adopt_file_transfers(&mut self, files: FileTransfers) {
+        self.files = files;
+    }
+
+    /// The negotiated video codec we send with (the first of ours the remote accepted, in the
+    /// remote's order of preference when it offered).
+    pub fn video_codec(&mut self) -> Option<VideoCodec> {
+        let mid = self.video_mid?;
+        let preferred = self.config.video_codecs.clone();
+        let writer = self.rtc.writer(mid)?;
+        let codec = writer
+            .payload_params()
+            .find_map(|p| match codec_of(p.spec().codec) {
+                Some(TrackKind::Video(codec)) if preferred.contains(&codec) => Some(codec),
+                _ => None,
+            });
+        codec
+    }
+
+    /// Send an encoded video frame (Annex-B H.264 or a VP8 frame) captured at `wallclock`,
+    /// with a 90 kHz RTP timestamp.
+    pub fn write_video(
+        &mut self,
+        wallclock: Instant,
+        rtp_time: u64,
+        codec: VideoCodec,
+        frame: &[u8],
+    ) -> Result<(), PeerError> {
+        let mid = self.video_mid.ok_or(PeerError::NotNegotiated("video"))?;
+        self.configure_video_stream(mid);
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("video"))?;
+        let wanted = match codec {
+            VideoCodec::H264 => Codec::H264,
+            VideoCodec::Vp8 => Codec::Vp8,
+        };
+        let pt = writer
+            .payload_params()
+            .filter(|p| p.spec().codec == wanted)
+            // H.264 needs packetization mode 1 (what browsers send and expect).
+            .find(|p| wanted != Codec::H264 || p.spec().format.packetization_mode == Some(1))
+            .map(|p| p.pt())
+            .ok_or(PeerError::NotNegotiated("video codec"))?;
+        let Some(frame) = protect_frame(&mut self.e2ee, self.now, TrackKind::Video(codec), frame)?
+        else {
+            return Ok(());
+        };
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("video"))?;
+        writer.write(
+            pt,
+            wallclock,
+            MediaTime::new(rtp_time, Frequency::NINETY_KHZ),
+            frame,
+        )?;
+        Ok(())
+    }
+
+    /// Send an Opus packet with a 48 kHz RTP timestamp.
+    pub fn write_audio(
+        &mut self,
+        wallclock: Instant,
+        rtp_time: u64,
+        packet: &[u8],
+    ) -> Result<(), PeerError> {
+        let mid = self.audio_mid.ok_or(PeerError::NotNegotiated("audio"))?;
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("audio"))?;
+        let pt = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+            .ok_or(PeerError::NotNegotiated("audio codec"))?;
+        let Some(packet) = protect_frame(&mut self.e2ee, self.now, TrackKind::Audio, packet)?
+        else {
+            return Ok(());
+        };
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("audio"))?;
+        writer.write(
+            pt,
+            wallclock,
+            MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
+            packet,
+        )?;
+        Ok(())
+    }
+
+    /// Ask the remote for a video keyframe (after loss broke decoding).
+    pub fn request_keyframe(&mut self) -> Result<(), PeerError> {
+        let mid = self.video_mid.ok_or(PeerError::NotNegotiated("video"))?;
+        let mut writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(PeerError::NotNegotiated("video"))?;
+        if writer.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+            writer.request_keyframe(None, KeyframeRequestKind::Pli)?;
+        }
+        Ok(())
+    }
+
+    /// The latest statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}

@@ -1,0 +1,608 @@
+//! Whole calls between two sans-IO peers over a simulated link on a virtual clock.
+
+use std::time::Duration;
+
+use consult_peer::file_transfer::FileEvent;
+use consult_peer::simulated::{Link, SimulatedCall};
+use consult_peer::{PeerConfig, PeerEvent, TrackKind, VideoCodec};
+use rand::{RngCore, SeedableRng};
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; n];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+fn vp8_only() -> PeerConfig {
+    PeerConfig {
+        video_codecs: vec![VideoCodec::Vp8],
+        ..PeerConfig::default()
+    }
+}
+
+fn channels_open(call: &SimulatedCall) -> bool {
+    [&call.a, &call.b].iter().all(|side| {
+        side.events
+            .iter()
+            .filter(|(_, e)| matches!(e, PeerEvent::ChannelOpen { .. }))
+            .count()
+            == 2
+    })
+}
+
+/// A synthetic VP8 frame: the first byte's low bit clear marks a keyframe; the rest is random.
+fn vp8_frame(index: u64, keyframe: bool) -> Vec<u8> {
+    let mut frame = random_bytes(3000 + (index as usize % 7) * 500, index);
+    frame[0] = if keyframe {
+        frame[0] & !1
+    } else {
+        frame[0] | 1
+    };
+    frame
+}
+
+#[test]
+fn a_call_over_a_lossy_link_connects_and_keeps_media_and_files_intact() {
+    let lossy = Link {
+        loss: 0.10,
+        delay: Duration::from_millis(50),
+    }; // 100 ms round trip
+    let mut call = SimulatedCall::new(vp8_only(), vp8_only(), lossy, 42);
+    call.negotiate().unwrap();
+    assert!(
+        call.run_until(Duration::from_secs(20), |c| c.a.connected
+            && c.b.connected
+            && channels_open(c))
+            .unwrap(),
+        "did not connect within 20 virtual seconds"
+    );
+    let connected_at = call.elapsed();
+
+    // 10 seconds of 30 fps video from a to b, and a file alongside. (SCTP recovers slowly from
+    // 10% random loss — a few KB/s — so the file is modest; clean-link throughput is benchmarked.)
+    let file = random_bytes(300_000, 9);
+    let id = call
+        .a
+        .peer
+        .offer_file("scan.png", "image/png", file.clone())
+        .unwrap();
+    let mut sent_frames = Vec::new();
+    let frame_interval = Duration::from_millis(33);
+    let mut next_frame = call.now();
+    let mut index = 0u64;
+    while call.elapsed() < connected_at + Duration::from_secs(10) {
+        if call.now() >= next_frame {
+            let frame = vp8_frame(index, index.is_multiple_of(90));
+            call.a
+                .peer
+                .write_video(call.now(), index * 3000, VideoCodec::Vp8, &frame)
+                .unwrap();
+            sent_frames.push(frame);
+            index += 1;
+            next_frame += frame_interval;
+        }
+        // Accept the file as soon as it is offered.
+        let offered = call
+            .b
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Offered { .. })));
+        if offered {
+            let _ = call.b.peer.accept_file(id);
+        }
+        call.step().unwrap();
+    }
+    let file_done = call
+        .run_until(Duration::from_secs(180), |c| {
+            c.b.events
+                .iter()
+                .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Received { .. })))
+        })
+        .unwrap();
+    if !file_done {
+        for (t, e) in call.a.events.iter().chain(call.b.events.iter()) {
+            if matches!(
+                e,
+                PeerEvent::File(_) | PeerEvent::ChannelOpen { .. } | PeerEvent::Connected
+            ) {
+                eprintln!("{t:?} {e:?}");
+            }
+        }
+    }
+    assert!(file_done, "the file did not arrive");
+    call.run_until(Duration::from_secs(2), |_| false).unwrap();
+
+    let received: Vec<&Vec<u8>> = call
+        .b
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::Frame(f) if f.kind == TrackKind::Video(VideoCodec::Vp8) => Some(&f.data),
+            _ => None,
+        })
+        .collect();
+    let intact = sent_frames.iter().filter(|f| received.contains(f)).count();
+    println!(
+        "connected after {:?}; a sent {} datagrams ({} dropped); {intact}/{} frames intact",
+        connected_at,
+        call.a.sent,
+        call.a.dropped,
+        sent_frames.len()
+    );
+    assert!(
+        call.a.dropped as f64 / call.a.sent as f64 > 0.07,
+        "the link really lost packets"
+    );
+    // NACK/RTX recover the losses: (nearly) every frame arrives whole.
+    assert!(
+        intact as f64 >= sent_frames.len() as f64 * 0.97,
+        "{intact} of {} frames intact",
+        sent_frames.len()
+    );
+    let got = call
+        .b
+        .events
+        .iter()
+        .find_map(|(_, e)| match e {
+            PeerEvent::File(FileEvent::Received { data, offer }) => Some((data, offer)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(got.0, &file);
+    assert_eq!(got.1.name, "scan.png");
+    assert!(call
+        .a
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Sent { .. }))));
+    let nacks = call
+        .a
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::Stats(s) => Some(s.nacks_received),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(nacks > 0, "the receiver asked for retransmissions");
+}
+
+#[test]
+fn chat_flows_both_ways_and_an_oversized_message_is_refused() {
+    let mut call = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig {
+            chat_max_bytes: 16,
+            ..PeerConfig::default()
+        },
+        Link::perfect(),
+        1,
+    );
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    call.a.peer.send_chat("hello doctor").unwrap();
+    call.b.peer.send_chat("hello patient").unwrap();
+    // Too long for b's limit: a may send it (its limit is larger), b refuses it on arrival.
+    call.a
+        .peer
+        .send_chat("this message is far too long for b")
+        .unwrap();
+    assert!(call
+        .b
+        .peer
+        .send_chat("this message is far too long for b")
+        .is_err());
+    call.run_until(Duration::from_secs(2), |_| false).unwrap();
+    let chats = |events: &Vec<(Duration, PeerEvent)>| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                PeerEvent::Chat(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(chats(&call.b.events), vec!["hello doctor".to_string()]);
+    assert_eq!(chats(&call.a.events), vec!["hello patient".to_string()]);
+    assert!(call
+        .b
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, PeerEvent::ChatRejected(_))));
+    // The call goes on after the refusal.
+    call.a.peer.send_chat("still here").unwrap();
+    call.run_until(Duration::from_secs(1), |_| false).unwrap();
+    assert_eq!(
+        chats(&call.b.events).last().map(String::as_str),
+        Some("still here")
+    );
+}
+
+#[test]
+fn garbage_datagrams_do_not_break_the_call() {
+    let mut call = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        3,
+    );
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    for n in [0usize, 1, 3, 12, 100, 1500] {
+        call.inject_to_b(random_bytes(n, n as u64));
+    }
+    // Truncated DTLS/RTP-looking datagrams.
+    call.inject_to_b(vec![0x16, 0xfe, 0xfd]);
+    call.inject_to_b(vec![0x80, 0x60, 0x00]);
+    call.run_until(Duration::from_secs(1), |_| false).unwrap();
+    call.a.peer.send_chat("after the garbage").unwrap();
+    call.run_until(Duration::from_secs(1), |_| false).unwrap();
+    assert!(call
+        .b
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, PeerEvent::Chat(t) if t == "after the garbage")));
+}
+
+#[test]
+fn real_h264_keeps_decoding_over_a_lossy_link_with_nack_rtx_and_pli() {
+    use consult_codec::{pattern::TestPattern, video_decoder, video_encoder};
+    let lossy = Link {
+        loss: 0.10,
+        delay: Duration::from_millis(50),
+    };
+    let h264 = || PeerConfig {
+        video_codecs: vec![VideoCodec::H264],
+        ..PeerConfig::default()
+    };
+    let mut call = SimulatedCall::new(h264(), h264(), lossy, 7);
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(20), |c| c.a.connected && c.b.connected)
+        .unwrap());
+    assert_eq!(call.a.peer.video_codec(), Some(VideoCodec::H264));
+    let mut pattern = TestPattern::new(320, 240);
+    let mut encoder = video_encoder(VideoCodec::H264, 320, 240, 400_000, 30.0).unwrap();
+    let mut decoder = video_decoder(VideoCodec::H264).unwrap();
+    let start = call.elapsed();
+    let mut next_frame = call.now();
+    let (mut sent, mut decoded, mut errors, mut keyframes_sent) = (0u64, 0u64, 0u64, 0u64);
+    let (mut seen_a, mut seen_b) = (0, 0);
+    let mut force_keyframe = true;
+    let mut waiting_for_keyframe = false;
+    let mut last_request = call.now();
+    while call.elapsed() < start + Duration::from_secs(10) {
+        if call.now() >= next_frame {
+            if let Some(encoded) = encoder
+                .encode(&pattern.next_frame(), force_keyframe)
+                .unwrap()
+            {
+                keyframes_sent += u64::from(encoded.keyframe);
+                call.a
+                    .peer
+                    .write_video(call.now(), sent * 3000, VideoCodec::H264, &encoded.data)
+                    .unwrap();
+            }
+            force_keyframe = false;
+            sent += 1;
+            next_frame += Duration::from_millis(33);
+        }
+        call.step().unwrap();
+        // The sender answers keyframe requests.
+        force_keyframe |= call.a.events[seen_a..]
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::KeyframeRequested));
+        seen_a = call.a.events.len();
+        // The receiver decodes as frames arrive, and asks for a keyframe when decoding breaks.
+        let frames: Vec<_> = call.b.events[seen_b..]
+            .iter()
+            .filter_map(|(_, e)| match e {
+                PeerEvent::Frame(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        seen_b = call.b.events.len();
+        for frame in frames {
+            if !frame.contiguous && !frame.keyframe {
+                waiting_for_keyframe = true;
+            }
+            if waiting_for_keyframe && !frame.keyframe {
+                // A lost request is repeated, as browsers do.
+                if call.now() - last_request > Duration::from_millis(250) {
+                    call.b.peer.request_keyframe().unwrap();
+                    last_request = call.now();
+                }
+                continue;
+            }
+            match decoder.decode(&frame.data) {
+                Ok(Some(picture)) => {
+                    assert_eq!((picture.width, picture.height), (320, 240));
+                    decoded += 1;
+                    waiting_for_keyframe = false;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    errors += 1;
+                    waiting_for_keyframe = true;
+                    call.b.peer.request_keyframe().unwrap();
+                    last_request = call.now();
+                }
+            }
+        }
+    }
+    println!(
+        "h264 over 10% loss: {decoded}/{sent} frames decoded, {errors} decode errors, {keyframes_sent} keyframes sent, {} of {} datagrams dropped",
+        call.a.dropped, call.a.sent
+    );
+    assert!(call.a.dropped > 50, "the link really lost packets");
+    // NACK/RTX repair most losses; a frame lost for good costs a keyframe round trip. Over 25
+    // runs: 80-99% decoded, mean 94%. No frame that decodes is corrupt.
+    assert!(
+        decoded as f64 >= sent as f64 * 0.75,
+        "{decoded} of {sent} decoded"
+    );
+    assert_eq!(errors, 0, "a corrupt frame reached the decoder");
+}
+
+#[test]
+fn bad_or_incompatible_sdp_gets_an_error_and_the_peer_stays_usable() {
+    use consult_peer::{Peer, PeerError, RemoteDescriptionOutcome};
+    let now = std::time::Instant::now();
+    let mut peer = Peer::new(PeerConfig::default(), now);
+    assert!(matches!(
+        peer.handle_remote_offer("this is not sdp"),
+        Err(PeerError::Sdp(_))
+    ));
+    assert!(peer.handle_remote_answer("v=0").is_err());
+    assert!(matches!(
+        peer.add_remote_candidate("candidate:garbage"),
+        Err(PeerError::Candidate(_))
+    ));
+    assert!(
+        peer.add_remote_candidate("").is_ok(),
+        "end-of-candidates is fine"
+    );
+
+    // A VP8-only offer to an H.264-only peer: answered, but no video codec in common.
+    let mut vp8 = Peer::new(
+        PeerConfig {
+            video_codecs: vec![VideoCodec::Vp8],
+            ..PeerConfig::default()
+        },
+        now,
+    );
+    let mut h264 = Peer::new(
+        PeerConfig {
+            video_codecs: vec![VideoCodec::H264],
+            ..PeerConfig::default()
+        },
+        now,
+    );
+    let offer = vp8.create_offer().unwrap().unwrap();
+    let RemoteDescriptionOutcome::Answer(answer) = h264.handle_remote_offer(&offer).unwrap() else {
+        panic!()
+    };
+    vp8.handle_remote_answer(&answer).unwrap();
+    assert_eq!(vp8.video_codec(), None, "nothing to send video with");
+    assert!(matches!(
+        vp8.write_video(now, 0, VideoCodec::Vp8, b"frame"),
+        Err(PeerError::NotNegotiated(_))
+    ));
+
+    // Conflicting codecs: one payload type claimed by two codecs.
+    let mut offerer = Peer::new(PeerConfig::default(), now);
+    let offer = offerer.create_offer().unwrap().unwrap();
+    let conflicting = offer.replacen(
+        "a=rtpmap:96 VP8/90000",
+        "a=rtpmap:96 VP8/90000\r\na=rtpmap:96 H264/90000",
+        1,
+    );
+    assert_ne!(conflicting, offer, "the offer maps VP8 to payload type 96");
+    let mut answerer = Peer::new(PeerConfig::default(), now);
+    // Refused, or answered without the conflicting entry — never a panic.
+    if let Ok(RemoteDescriptionOutcome::Answer(answer)) = answerer.handle_remote_offer(&conflicting)
+    {
+        assert!(
+            !answer.contains("a=rtpmap:96 H264"),
+            "the conflicting mapping is not echoed"
+        );
+    }
+    // An answer with no pending offer.
+    assert!(matches!(
+        Peer::new(PeerConfig::default(), now).handle_remote_answer(&answer),
+        Err(PeerError::UnexpectedAnswer)
+    ));
+}
+
+#[test]
+fn the_call_comes_back_after_the_link_dies_and_ice_restarts() {
+    let mut call = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        5,
+    );
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    // The network goes away entirely.
+    call.a_to_b.loss = 1.0;
+    call.b_to_a.loss = 1.0;
+    let down = call.run_until(Duration::from_secs(30), |c| {
+        c.a.events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::Disconnected))
+    });
+    assert!(down.unwrap(), "the loss is noticed");
+    // It comes back; the side that noticed restarts ICE (its driver does this after a while).
+    call.a_to_b.loss = 0.0;
+    call.b_to_a.loss = 0.0;
+    let offer = call
+        .a
+        .peer
+        .restart_ice()
+        .unwrap()
+        .expect("an ICE restart offer");
+    let consult_peer::RemoteDescriptionOutcome::Answer(answer) =
+        call.b.peer.handle_remote_offer(&offer).unwrap()
+    else {
+        panic!("no answer")
+    };
+    call.a.peer.handle_remote_answer(&answer).unwrap();
+    let reconnected = call.run_until(Duration::from_secs(20), |c| {
+        c.a.events.iter().rev().take_while(|(_, e)| !matches!(e, PeerEvent::Disconnected)).any(|(_, e)| {
+            matches!(e, PeerEvent::IceState(s) if matches!(s, str0m::IceConnectionState::Connected | str0m::IceConnectionState::Completed))
+        })
+    });
+    assert!(reconnected.unwrap(), "ICE reconnects after the restart");
+    call.a.peer.send_chat("back again").unwrap();
+    call.run_until(Duration::from_secs(5), |c| {
+        c.b.events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::Chat(t) if t == "back again"))
+    })
+    .unwrap();
+    assert!(call
+        .b
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, PeerEvent::Chat(t) if t == "back again")));
+}
+
+#[test]
+fn a_remote_that_vanishes_mid_transfer_never_yields_a_partial_file() {
+    let mut call = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        11,
+    );
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    let id = call
+        .a
+        .peer
+        .offer_file(
+            "big.bin",
+            "application/octet-stream",
+            random_bytes(5_000_000, 4),
+        )
+        .unwrap();
+    call.run_until(Duration::from_secs(5), |c| {
+        c.b.events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Offered { .. })))
+    })
+    .unwrap();
+    call.b.peer.accept_file(id).unwrap();
+    call.run_until(Duration::from_secs(10), |c| {
+        c.b.events.iter().any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Progress { bytes, .. }) if *bytes >= 262_144))
+    })
+    .unwrap();
+    // The sender vanishes: packets stop, and signaling reports it gone.
+    call.a_to_b.loss = 1.0;
+    call.b_to_a.loss = 1.0;
+    call.run_until(Duration::from_secs(2), |_| false).unwrap();
+    call.b.peer.remote_gone();
+    call.run_until(Duration::from_secs(1), |_| false).unwrap();
+    let events: Vec<&FileEvent> = call
+        .b
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::File(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, FileEvent::Interrupted { id: i, .. } if *i == id)));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, FileEvent::Received { .. })),
+        "a partial file was presented"
+    );
+}
+
+#[test]
+fn a_transfer_resumes_on_the_next_connection_from_the_receivers_offset() {
+    let mut first = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        21,
+    );
+    first.negotiate().unwrap();
+    assert!(first
+        .run_until(Duration::from_secs(10), channels_open)
+        .unwrap());
+    let data = random_bytes(3_000_000, 8);
+    let id = first
+        .a
+        .peer
+        .offer_file("mri.zip", "application/zip", data.clone())
+        .unwrap();
+    first
+        .run_until(Duration::from_secs(5), |c| {
+            c.b.events
+                .iter()
+                .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Offered { .. })))
+        })
+        .unwrap();
+    first.b.peer.accept_file(id).unwrap();
+    first
+        .run_until(Duration::from_secs(10), |c| {
+            c.b.events.iter().any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Progress { bytes, .. }) if *bytes >= 524_288))
+        })
+        .unwrap();
+    // The connection is lost; each side keeps its transfers for the next one.
+    let (files_a, files_b) = (
+        first.a.peer.take_file_transfers(),
+        first.b.peer.take_file_transfers(),
+    );
+    let mut second = SimulatedCall::new(
+        PeerConfig::default(),
+        PeerConfig::default(),
+        Link::perfect(),
+        22,
+    );
+    second.a.peer.adopt_file_transfers(files_a);
+    second.b.peer.adopt_file_transfers(files_b);
+    second.negotiate().unwrap();
+    let done = second.run_until(Duration::from_secs(30), |c| {
+        c.b.events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Received { .. })))
+    });
+    assert!(done.unwrap(), "the transfer finished on the new connection");
+    let resumed_at = second.b.events.iter().find_map(|(_, e)| match e {
+        PeerEvent::File(FileEvent::Resumed { bytes, .. }) => Some(*bytes),
+        _ => None,
+    });
+    assert!(
+        resumed_at.is_some_and(|b| b >= 524_288),
+        "resumed from the receiver's offset: {resumed_at:?}"
+    );
+    assert!(
+        !second
+            .b
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, PeerEvent::File(FileEvent::Offered { .. }))),
+        "not asked again"
+    );
+    let received = second.b.events.iter().find_map(|(_, e)| match e {
+        PeerEvent::File(FileEvent::Received { data, .. }) => Some(data.clone()),
+        _ => None,
+    });
+    assert_eq!(received.as_deref(), Some(&data[..]));
+}
