@@ -64,9 +64,10 @@ cargo nextest run --workspace --locked
 log "doc tests"
 cargo test --workspace --doc --locked --quiet
 
-# --- Web demo: JSDoc types checked by tsc. -------------------------------------------------------
-log "web demo type check"
-(cd web-demo && npm ci --no-audit --no-fund --loglevel=error && npx --no-install tsc --noEmit -p .)
+# --- Web demo: JSDoc types checked by tsc, and its protocol types against the service's schemas. ---
+log "web demo type check and protocol check"
+(cd web-demo && npm ci --no-audit --no-fund --loglevel=error && npx --no-install tsc --noEmit -p . &&
+  CONSULT_BIN="$PWD/../target/debug/consult" npm test --silent)
 
 # --- Browser end to end: the real service, two or three real Chromiums. ---------------------
 log "browser end-to-end tests"

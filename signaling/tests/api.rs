@@ -713,7 +713,10 @@ async fn e2ee_is_chosen_per_consultation_and_reaches_both_participants() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("e2ee@clinic.test").await;
     let (created, invite) = doctor
-        .create_consultation_with(json!({ "e2ee": true }))
+        .create_consultation_with(consult_proto::api::CreateConsultationRequest {
+            e2ee: Some(true),
+            ..Default::default()
+        })
         .await;
     assert!(created.e2ee);
     let info: InviteInfo = svc.inspect(&invite).await.json().await.unwrap();

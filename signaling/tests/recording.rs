@@ -5,6 +5,7 @@
 mod common;
 
 use common::{error_code, TestService};
+use consult_proto::api::{ConsultationMode, CreateConsultationRequest};
 use consult_proto::signal::{ClientMessage, ParticipantRole, RecordingState, ServerMessage};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -30,32 +31,41 @@ async fn until_state(ws: &mut common::Signal, wanted: RecordingState) {
     panic!("no {wanted:?}");
 }
 
+/// A recorded consultation, end-to-end encrypted or not.
+fn recorded(e2ee: bool) -> CreateConsultationRequest {
+    CreateConsultationRequest {
+        mode: Some(ConsultationMode::Recorded),
+        e2ee: e2ee.then_some(true),
+        ..Default::default()
+    }
+}
+
 fn consent(recording: bool) -> ClientMessage {
     ClientMessage::Consent { recording }
 }
 
-/// A consultation created with `body`, its patient admitted and consenting: the sockets, the
+/// A consultation created with `request`, its patient admitted and consenting: the sockets, the
 /// patient's place and the recorder that joined.
 struct ConsentedCall {
     consultation: consult_proto::api::Consultation,
     doctor_ws: common::Signal,
-    patient: consult_proto::api::RedeemInviteResponse,
+    patient: consult_api_client::PatientPlace,
     patient_ws: common::Signal,
     recorder: consult_proto::signal::Peer,
 }
 
-/// A consultation created with `body`: the doctor in it, the patient in its waiting room.
+/// A consultation created with `request`: the doctor in it, the patient in its waiting room.
 async fn waiting_call(
     svc: &TestService,
     doctor: &common::Doctor,
-    body: serde_json::Value,
+    request: CreateConsultationRequest,
 ) -> (
     consult_proto::api::Consultation,
     common::Signal,
-    consult_proto::api::RedeemInviteResponse,
+    consult_api_client::PatientPlace,
     common::Signal,
 ) {
-    let (consultation, invite) = doctor.create_consultation_with(body).await;
+    let (consultation, invite) = doctor.create_consultation_with(request).await;
     let (doctor_ws, _) = doctor.join(svc, consultation.id).await;
     let patient = svc.patient(&invite, "Pat").await;
     let (patient_ws, _) = svc.join_patient(&patient.participant_token).await;
@@ -65,10 +75,10 @@ async fn waiting_call(
 async fn consented_call(
     svc: &TestService,
     doctor: &common::Doctor,
-    body: serde_json::Value,
+    request: CreateConsultationRequest,
 ) -> ConsentedCall {
     let (consultation, mut doctor_ws, patient, mut patient_ws) =
-        waiting_call(svc, doctor, body).await;
+        waiting_call(svc, doctor, request).await;
     doctor_ws
         .send(&ClientMessage::Admit {
             participant_id: patient.participant_id,
@@ -132,7 +142,7 @@ async fn consent_starts_a_visible_recorder_and_withdrawal_stops_it() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("ann@clinic.test").await;
     let (consultation, mut doctor_ws, patient, mut patient_ws) =
-        waiting_call(&svc, &doctor, json!({ "mode": "recorded" })).await;
+        waiting_call(&svc, &doctor, recorded(false)).await;
     // A waiting patient is asked already.
     assert_eq!(
         recording_state(&mut patient_ws).await,
@@ -252,7 +262,7 @@ async fn a_refusal_is_final_and_recording_can_be_forbidden_by_the_organisation()
     let svc = TestService::start().await;
     let doctor = svc.doctor("ann@clinic.test").await;
     let (_, mut doctor_ws, patient, mut patient_ws) =
-        waiting_call(&svc, &doctor, json!({ "mode": "recorded" })).await;
+        waiting_call(&svc, &doctor, recorded(false)).await;
     patient_ws.send(&consent(false)).await;
     doctor_ws
         .send(&ClientMessage::Admit {
@@ -474,7 +484,7 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
         mut patient_ws,
         recorder,
         doctor_ws: _doctor_ws,
-    } = consented_call(&svc, &doctor, json!({ "mode": "recorded", "e2ee": true })).await;
+    } = consented_call(&svc, &doctor, recorded(true)).await;
     let (recording_id, recording_key) = loop {
         if let ServerMessage::Recording {
             state: RecordingState::Recording,
@@ -637,7 +647,7 @@ async fn the_retention_job_shreds_recordings_past_their_retention() {
         mut patient_ws,
         doctor_ws: _doctor_ws,
         ..
-    } = consented_call(&svc, &doctor, json!({ "mode": "recorded" })).await;
+    } = consented_call(&svc, &doctor, recorded(false)).await;
     // While it is being made, a recording is never shredded, whatever its retention.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let vault = svc.state().recordings.vault.clone();

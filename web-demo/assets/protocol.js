@@ -2,7 +2,8 @@
 /**
  * Types of the Consult wire protocol, mirroring `crates/proto/src/api.rs` (REST bodies) and
  * `crates/proto/src/signal.rs` (signaling WebSocket messages). Times are RFC 3339 strings and
- * identifiers are UUID strings. Keep this file in step with those two files.
+ * identifiers are UUID strings. `web-demo/protocol.test.mjs` checks every type here against the
+ * schemas the service publishes (`/api/v1/openapi.json`), field by field and message by message.
  *
  * Import a type elsewhere with `@typedef {import('./protocol.js').Session} Session`.
  */

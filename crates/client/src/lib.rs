@@ -19,7 +19,7 @@
 //!        ▲                                                                │
 //!        └──────────── SessionEvent (Video, Audio, Chat, File, Stats) ◄───┤
 //!                                                                         │ owns
-//!      signal_client ◄── WebSocket ──► signaling service                  ▼
+//!      consult-api-client ◄── REST, WebSocket ──► signaling service       ▼
 //!      UDP sockets / TURN relays ◄── Transmit / Receive ──►  Peer (consult-peer, sans-IO, str0m)
 //!                                                              ├── chat channel  (chat)
 //!                                                              ├── file channel  (file_transfer)
@@ -31,7 +31,7 @@
 //! ```no_run
 //! use consult_client::codec::pattern::{TestPattern, Tone};
 //! use consult_client::session::{Session, SessionConfig, SessionEvent};
-//! use consult_client::signal_client::Credentials;
+//! use consult_client::Credentials;
 //!
 //! # async fn kiosk() -> Result<(), consult_client::session::SessionError> {
 //! let credentials = Credentials::Patient {
@@ -62,6 +62,11 @@
 //! cargo run --release -p consult-client --example kiosk -- --invite 'http://127.0.0.1:8080/join#TOKEN'
 //! ```
 
+/// The typed client of the service (`consult-api-client`), re-exported so an integrator needs
+/// one dependency.
+pub use consult_api_client as api;
+/// Who joins: a patient with an invite link, or a clinician with a session token.
+pub use consult_api_client::Credentials;
 /// The codecs (`consult-codec`), re-exported so an integrator needs one dependency.
 pub use consult_codec as codec;
 /// The sans-IO peer (`consult-peer`), re-exported so an integrator needs one dependency.
@@ -69,4 +74,3 @@ pub use consult_peer as peer;
 
 mod recorder_link;
 pub mod session;
-pub mod signal_client;

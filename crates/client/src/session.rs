@@ -16,9 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::recorder_link::{RecorderLink, RecordingTarget};
-use crate::signal_client::{
-    join_message, redeem_invite, Credentials, PatientPlace, SignalConnection, SignalError,
-};
+use consult_api_client::{ApiClient, ApiError, Credentials, PatientPlace, SignalConnection};
 use consult_codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES};
 use consult_codec::{
     video_decoder, video_encoder, CodecError, EncodedVideo, VideoDecoder, VideoEncoder, VideoFrame,
@@ -183,7 +181,7 @@ pub enum SessionEvent {
 pub enum SessionError {
     /// Signaling failed.
     #[error(transparent)]
-    Signal(#[from] SignalError),
+    Signal(#[from] ApiError),
     /// The peer refused.
     #[error(transparent)]
     Peer(#[from] PeerError),
@@ -230,23 +228,22 @@ pub struct Session {
 impl Session {
     /// Join: redeem the invite (patient), connect to signaling, bind sockets, start the task.
     pub async fn start(config: SessionConfig) -> Result<Self, SessionError> {
-        let http = reqwest::Client::new();
-        let (base_url, patient) = match &config.credentials {
+        let (api, patient) = match &config.credentials {
             Credentials::Patient { invite_url, name } => {
-                let (base, place) = redeem_invite(&http, invite_url, name).await?;
-                (base, Some(place))
+                let (api, invite) = ApiClient::for_invite(invite_url)?;
+                let place = api.redeem_invite(&invite, name).await?;
+                (api, Some(place))
             }
-            Credentials::Clinician { base_url, .. } => {
-                (base_url.trim_end_matches('/').to_owned(), None)
-            }
+            Credentials::Clinician { base_url, .. } => (ApiClient::new(base_url)?, None),
         };
+        let base_url = api.base_url().to_owned();
         let bearer = match (&config.credentials, &patient) {
             (Credentials::Clinician { token, .. }, _) => Some(token.clone()),
             (_, Some(place)) => Some(place.participant_token.clone()),
             _ => None,
         };
         let ice = match (config.use_service_ice_servers, bearer) {
-            (true, Some(bearer)) => Some(fetch_ice_servers(&http, &base_url, &bearer).await?),
+            (true, Some(bearer)) => Some(api.ice_servers(&bearer).await?),
             _ => None,
         };
         let relay_only = config.relay_only.unwrap_or_else(|| {
@@ -254,7 +251,7 @@ impl Session {
                 i.ice_transport_policy == consult_proto::api::IceTransportPolicy::Relay
             })
         });
-        let join = join_message(&config.credentials, patient.as_ref());
+        let join = config.credentials.join_message(patient.as_ref());
         let signal = SignalConnection::join(&base_url, join.clone()).await?;
         let ips = if config.bind_ips.is_empty() {
             default_ips()
@@ -577,7 +574,7 @@ impl Drop for AbortOnDrop {
 struct Reconnect {
     next_at: Instant,
     delay: Duration,
-    attempt: Option<tokio::task::JoinHandle<Result<SignalConnection, SignalError>>>,
+    attempt: Option<tokio::task::JoinHandle<Result<SignalConnection, ApiError>>>,
 }
 
 impl Drop for Reconnect {
@@ -745,7 +742,7 @@ impl Runner {
                         reconnect.attempt = Some(tokio::spawn(async move {
                             tokio::time::timeout(Duration::from_secs(2), SignalConnection::join(&base, join))
                                 .await
-                                .unwrap_or(Err(SignalError::Closed))
+                                .unwrap_or(Err(ApiError::Closed))
                         }));
                     }
                     if self.offer_at.is_some_and(|at| at <= now) {
@@ -790,7 +787,7 @@ impl Runner {
         }
         self.signal_failures += 1;
         if self.signal_failures >= RECONNECT_ATTEMPTS {
-            return Err(SignalError::Closed.into());
+            return Err(ApiError::Closed.into());
         }
         emit(
             &self.events,
@@ -808,7 +805,7 @@ impl Runner {
 
     async fn reconnect_attempted(
         &mut self,
-        attempt: Result<SignalConnection, SignalError>,
+        attempt: Result<SignalConnection, ApiError>,
     ) -> Result<(), SessionError> {
         let Some(mut reconnect) = self.reconnect.take() else {
             return Ok(());
@@ -839,7 +836,7 @@ impl Runner {
             Err(_) => {
                 self.signal_failures += 1;
                 if self.signal_failures >= RECONNECT_ATTEMPTS {
-                    return Err(SignalError::Closed.into());
+                    return Err(ApiError::Closed.into());
                 }
                 reconnect.delay = (reconnect.delay * 2).min(Duration::from_secs(5));
                 reconnect.next_at = Instant::now() + reconnect.delay;
@@ -862,7 +859,7 @@ impl Runner {
                 self.unsent.push(message);
                 Ok(())
             }
-            None => Err(SignalError::Closed.into()),
+            None => Err(ApiError::Closed.into()),
         }
     }
 
@@ -1021,7 +1018,7 @@ impl Runner {
                 )
                 .await;
                 if fatal {
-                    return Err(SignalError::Refused {
+                    return Err(ApiError::Rejected {
                         code: code.as_str().into(),
                         message,
                     }
@@ -1614,25 +1611,6 @@ impl Runner {
     }
 }
 
-async fn fetch_ice_servers(
-    http: &reqwest::Client,
-    base_url: &str,
-    bearer: &str,
-) -> Result<consult_proto::api::IceServers, SignalError> {
-    let response = http
-        .get(format!("{base_url}/api/v1/ice-servers"))
-        .bearer_auth(bearer)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        return Err(SignalError::Refused {
-            code: response.status().as_u16().to_string(),
-            message: "could not get ICE servers".into(),
-        });
-    }
-    Ok(response.json().await?)
-}
-
 /// `host:port` of a `turn:` URL over UDP (`turns:` and TCP are not supported by this client).
 fn turn_address(url: &str) -> Option<String> {
     let rest = url.strip_prefix("turn:")?;
@@ -1795,14 +1773,14 @@ async fn emit(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
 /// The outcome of the reconnection attempt under way; pending while there is none.
 async fn reconnect_attempt(
     reconnect: &mut Option<Reconnect>,
-) -> Result<SignalConnection, SignalError> {
+) -> Result<SignalConnection, ApiError> {
     match reconnect.as_mut().and_then(|r| r.attempt.as_mut()) {
-        Some(attempt) => attempt.await.unwrap_or(Err(SignalError::Closed)),
+        Some(attempt) => attempt.await.unwrap_or(Err(ApiError::Closed)),
         None => std::future::pending().await,
     }
 }
 
-async fn recv_signal(signal: &mut Option<SignalConnection>) -> Result<ServerMessage, SignalError> {
+async fn recv_signal(signal: &mut Option<SignalConnection>) -> Result<ServerMessage, ApiError> {
     match signal {
         Some(signal) => signal.recv().await,
         None => std::future::pending().await,

@@ -5,13 +5,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use consult_api_client::{ApiClient, ApiError, Credentials, SignalConnection};
 use consult_client::codec::opus::OpusDecoder;
 use consult_client::codec::{video_decoder, EncodedVideo, VideoDecoder};
 use consult_client::peer::{EncodedFrame, PeerConfig, Stats, TrackKind, VideoCodec};
 use consult_client::session::{ReceiveMode, Session, SessionConfig, SessionError, SessionEvent};
-use consult_client::signal_client::{
-    join_message, redeem_invite, Credentials, SignalConnection, SignalError,
-};
+use consult_proto::api::{ConsultationMode, CreateConsultationRequest};
 use consult_proto::signal::{ClientMessage, RecordingState, ServerMessage};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -20,13 +19,12 @@ use crate::live::{LiveState, Side};
 use crate::media::MediaLoop;
 use crate::plan::{Plan, VIDEO_FPS};
 use crate::report::{ConsultationRow, Failure, FailureCause, ReceiverRow};
-use crate::service::{ServiceClient, ServiceError};
 use crate::stamp::{nal_units, stamp_frame, verify_frame, Stamp, Verdict};
 
 /// Everything a consultation task shares with the run.
 pub(crate) struct Shared {
     pub plan: Plan,
-    pub service: ServiceClient,
+    pub service: ApiClient,
     pub media: Arc<MediaLoop>,
     pub epoch: Instant,
     /// When every consultation hangs up.
@@ -103,11 +101,25 @@ pub(crate) async fn run(
         .service
         .create_consultation(
             &token,
-            &format!("Load test {index}"),
-            shared.plan.e2ee,
-            shared.plan.recorded,
+            &CreateConsultationRequest {
+                title: Some(format!("Load test {index}")),
+                e2ee: Some(shared.plan.e2ee),
+                mode: Some(if shared.plan.recorded {
+                    ConsultationMode::Recorded
+                } else {
+                    ConsultationMode::LiveOnly
+                }),
+                scheduled_at: None,
+            },
         )
-        .await;
+        .await
+        .and_then(|consultation| match consultation.invite_url {
+            Some(invite) => Ok((consultation.id, invite)),
+            None => Err(ApiError::Protocol {
+                url: shared.service.base_url().to_owned(),
+                reason: "no invite link in the answer".into(),
+            }),
+        });
     let result = match created {
         Err(e) => Err(signaling(format!("creating the consultation: {e}"))),
         Ok((id, invite)) => {
@@ -204,13 +216,14 @@ async fn signaling_only(
     id: Uuid,
     invite: &str,
 ) -> Result<(), Failed> {
-    let http = reqwest::Client::new();
     let opened = Instant::now();
     let name = format!("Load patient {}", outcome.row.index);
-    let (base, place) = bounded(
+    let (api, invite_token) = ApiClient::for_invite(invite)
+        .map_err(|e| signaling(format!("redeeming the invite: {e}")))?;
+    let place = bounded(
         shared,
         "redeeming the invite",
-        redeem_invite(&http, invite, &name),
+        api.redeem_invite(&invite_token, &name),
     )
     .await?;
     let patient_credentials = Credentials::Patient {
@@ -220,7 +233,7 @@ async fn signaling_only(
     let mut patient = bounded(
         shared,
         "patient joining",
-        SignalConnection::join(&base, join_message(&patient_credentials, Some(&place))),
+        api.signal(patient_credentials.join_message(Some(&place))),
     )
     .await?;
     let (participant, heartbeat) = wait_joined(&mut patient).await?;
@@ -228,14 +241,14 @@ async fn signaling_only(
     shared.live().joins += 1;
     outcome.row.waiting_room_ms = Some(ms(opened.elapsed()));
     let doctor_credentials = Credentials::Clinician {
-        base_url: base.clone(),
+        base_url: api.base_url().to_owned(),
         token: token.to_owned(),
         consultation_id: id,
     };
     let mut doctor = bounded(
         shared,
         "clinician joining",
-        SignalConnection::join(&base, join_message(&doctor_credentials, None)),
+        api.signal(doctor_credentials.join_message(None)),
     )
     .await?;
     wait_joined(&mut doctor).await?;
@@ -296,9 +309,9 @@ async fn signaling_only(
     result
 }
 
-fn ended(message: &ServerMessage) -> Result<(), SignalError> {
+fn ended(message: &ServerMessage) -> Result<(), ApiError> {
     match message {
-        ServerMessage::ConsultationEnded {} => Err(SignalError::Refused {
+        ServerMessage::ConsultationEnded {} => Err(ApiError::Rejected {
             code: "consultation_ended".into(),
             message: "the service ended the consultation".into(),
         }),
@@ -938,7 +951,7 @@ async fn media_call(
         .service
         .admit(token, id, participant)
         .await
-        .map_err(|e: ServiceError| signaling(format!("admitting: {e}")))?;
+        .map_err(|e: ApiError| signaling(format!("admitting: {e}")))?;
     // Both sessions' events are taken as they come, so every moment is measured when it
     // happens, not when someone gets round to looking.
     let admit_by = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -20,7 +20,7 @@
 //! ```no_run
 //! use consult_load::plan::Plan;
 //! use consult_load::run::{run, Target, Thresholds};
-//! use consult_load::service::ClinicianLogin;
+//! use consult_api_client::ClinicianLogin;
 //! use tokio_util::sync::CancellationToken;
 //!
 //! # async fn qa(clinicians: Vec<ClinicianLogin>) -> Result<(), consult_load::LoadError> {
@@ -49,7 +49,6 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod run;
-pub mod service;
 pub mod stamp;
 pub mod table;
 pub mod usage;
@@ -79,7 +78,7 @@ pub enum LoadError {
     Task(#[from] tokio::task::JoinError),
     /// The HTTP client could not be set up.
     #[error(transparent)]
-    Service(#[from] service::ServiceError),
+    Service(#[from] consult_api_client::ApiError),
     /// Writing the report.
     #[error("writing {path}: {source}")]
     Write {

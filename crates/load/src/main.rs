@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, ValueEnum};
+use consult_api_client::ClinicianLogin;
 use consult_load::plan::{Plan, VideoProfile};
 use consult_load::run::{Target, Thresholds};
-use consult_load::service::ClinicianLogin;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 

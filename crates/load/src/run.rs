@@ -21,8 +21,8 @@ use crate::report::{
     ConsultationRow, Counts, Distribution, Failure, FailureCause, Figures, MediaTotals, Outcome,
     ProcessUsage, Report, ServiceLog, ServiceReport, ThresholdResult, TimelinePoint, REPORT_FORMAT,
 };
-use crate::service::{ClinicianLogin, MetricsSnapshot, ServiceClient, ServiceError};
 use crate::LoadError;
+use consult_api_client::{ApiClient, ApiError, ClinicianLogin, MetricsSnapshot};
 
 /// The service to load, and who may sign in to it.
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ pub async fn run(
     }
     let epoch = Instant::now();
     let cpu_at_start = crate::usage::cpu_secs();
-    let service = ServiceClient::new(&target.base_url)?;
+    let service = ApiClient::new(&target.base_url)?;
     let mut report = empty_report(&plan, &target);
     let progress = Progress::new(&plan, show_progress);
 
@@ -295,7 +295,7 @@ pub async fn run(
 }
 
 /// Sign every clinician out again (best effort: the service may be gone).
-async fn sign_out(service: &ServiceClient, tokens: &[String]) {
+async fn sign_out(service: &ApiClient, tokens: &[String]) {
     let mut tasks = JoinSet::new();
     for token in tokens {
         let (service, token) = (service.clone(), token.clone());
@@ -306,12 +306,12 @@ async fn sign_out(service: &ServiceClient, tokens: &[String]) {
 
 enum SignIn {
     Done { token: String, took: f64 },
-    Failed(ServiceError),
+    Failed(ApiError),
     Skipped,
 }
 
 async fn sign_in(
-    service: &ServiceClient,
+    service: &ApiClient,
     clinicians: &[ClinicianLogin],
     recording_keys: bool,
     progress: &Progress,
@@ -334,7 +334,7 @@ async fn sign_in(
             let started = Instant::now();
             let mut result = service.sign_in(&login).await;
             if let (Ok(token), true) = (&result, recording_keys) {
-                if let Err(e) = service.ensure_recording_key(token).await {
+                if let Err(e) = ensure_recording_key(&service, token).await {
                     result = Err(e);
                 }
             }
@@ -706,6 +706,19 @@ fn judge(mut report: Report, thresholds: &Thresholds) -> Report {
         });
     }
     report
+}
+
+/// End-to-end encrypted recordings need the clinician's recording key. When the account has
+/// none, register a throwaway one whose private half is dropped at once: such load recordings
+/// can never be opened. An account that has a key keeps it.
+async fn ensure_recording_key(service: &ApiClient, token: &str) -> Result<(), ApiError> {
+    if service.recording_key(token).await?.is_some() {
+        return Ok(());
+    }
+    let throwaway = consult_e2ee::recording_key::RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    service
+        .set_recording_key(token, &throwaway.public().to_base64())
+        .await
 }
 
 #[cfg(test)]

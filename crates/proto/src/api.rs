@@ -358,3 +358,11 @@ pub struct IceServers {
     /// How long the TURN credentials stay valid, in seconds.
     pub ttl_secs: u64,
 }
+
+/// `GET`/`PUT /api/v1/account/recording-key`: a clinician's recording public key.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecordingKeyBody {
+    /// X25519 public key, base64 (from `consult recording keygen`); `null` when none is
+    /// registered.
+    pub public_key: Option<String>,
+}

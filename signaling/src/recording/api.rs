@@ -18,7 +18,7 @@ use super::rows::{self, RecordingRow, RecordingStatus};
 use crate::audit::Action;
 use crate::auth::sessions::CurrentDoctor;
 use crate::consultations;
-use consult_proto::api::ErrorBody;
+use consult_proto::api::{ErrorBody, RecordingKeyBody};
 
 use crate::error::{ApiError, ApiPath};
 use crate::state::AppState;
@@ -274,14 +274,6 @@ pub async fn shred_row(state: &AppState, row: &RecordingRow, actor: &str) -> Res
         json!({ "reason": "request" }),
     )
     .await
-}
-
-/// A clinician's recording public key.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct RecordingKeyBody {
-    /// X25519 public key, base64 (from `consult recording keygen`); `null` when none is
-    /// registered.
-    pub public_key: Option<String>,
 }
 
 /// The recording public key registered for a clinician, if any.

@@ -1,30 +1,33 @@
 //! Test harness: a real service on a loopback port with a manual clock, real HTTP and WebSocket
 //! clients, and doctors enrolled through the same API a person uses.
+//!
+//! Well-formed calls go through the typed client every Rust caller uses (`consult-api-client`);
+//! raw HTTP stays where a test needs what a typed client cannot send or see — cookies and CSRF,
+//! malformed and hostile bodies, exact status codes.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use consult_api_client::{ApiClient, ApiError, PatientPlace, SignalConnection};
 use consult_proto::api::{
-    Consultation, LoginResponse, MfaEnrolResponse, RedeemInviteResponse, Role,
+    Consultation, CreateConsultationRequest, LoginResponse, MfaEnrolResponse, Role,
 };
-use consult_proto::signal::{
-    decode_server_message, encode_client_message, ClientMessage, ServerMessage,
-};
+use consult_proto::signal::{ClientMessage, ServerMessage};
 use consult_signaling::accounts::{self, NewUser};
 use consult_signaling::auth::totp;
 use consult_signaling::clock::{Clock, ManualClock};
 use consult_signaling::config::Config;
 use consult_signaling::server::{self, RunningServer};
-use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 pub struct TestService {
     pub running: RunningServer,
     pub clock: ManualClock,
     pub base: String,
+    /// The typed client of its API.
+    pub api: ApiClient,
     _dir: tempfile::TempDir,
 }
 
@@ -47,10 +50,12 @@ impl TestService {
             .await
             .unwrap();
         let base = running.url.clone();
+        let api = ApiClient::new(&base).unwrap();
         Self {
             running,
             clock,
             base,
+            api,
             _dir: dir,
         }
     }
@@ -59,6 +64,7 @@ impl TestService {
         format!("{}{path}", self.base)
     }
 
+    /// The signaling endpoint, for tests that open the WebSocket by hand (a foreign `Origin`).
     pub fn ws_url(&self) -> String {
         format!("{}/api/v1/signal", self.base.replacen("http", "ws", 1))
     }
@@ -176,10 +182,9 @@ impl TestService {
             .unwrap()
     }
 
-    pub async fn patient(&self, invite: &str, name: &str) -> RedeemInviteResponse {
-        let r = self.redeem(invite, name).await;
-        assert_eq!(r.status(), StatusCode::CREATED);
-        r.json().await.unwrap()
+    /// A patient's place from redeeming this invite token.
+    pub async fn patient(&self, invite: &str, name: &str) -> PatientPlace {
+        self.api.redeem_invite(invite, name).await.unwrap()
     }
 
     pub async fn metrics(&self) -> String {
@@ -219,10 +224,9 @@ impl TestService {
     }
 
     pub async fn connect(&self) -> Signal {
-        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url())
-            .await
-            .unwrap();
-        Signal { ws }
+        Signal {
+            connection: SignalConnection::connect(&self.base).await.unwrap(),
+        }
     }
 
     /// A patient connected and joined (waiting).
@@ -245,7 +249,7 @@ pub struct AdmittedCall {
     pub invite: String,
     pub doctor_ws: Signal,
     pub doctor_id: uuid::Uuid,
-    pub patient: RedeemInviteResponse,
+    pub patient: PatientPlace,
     pub patient_ws: Signal,
 }
 
@@ -309,23 +313,23 @@ impl Doctor {
     }
 
     pub async fn create_consultation(&self) -> (Consultation, String) {
-        self.create_consultation_with(json!({ "title": "Follow-up" }))
-            .await
+        self.create_consultation_with(CreateConsultationRequest {
+            title: Some("Follow-up".into()),
+            ..Default::default()
+        })
+        .await
     }
 
-    /// Create a consultation from this request body; the consultation and its invite token.
+    /// Create a consultation from this request; the consultation and its invite token.
     pub async fn create_consultation_with(
         &self,
-        body: serde_json::Value,
+        request: CreateConsultationRequest,
     ) -> (Consultation, String) {
-        let r = self
-            .bearer(reqwest::Method::POST, "/api/v1/consultations")
-            .json(&body)
-            .send()
+        let c = ApiClient::new(&self.base)
+            .unwrap()
+            .create_consultation(&self.token, &request)
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let c: Consultation = r.json().await.unwrap();
         let invite = c
             .invite_url
             .as_deref()
@@ -353,10 +357,9 @@ impl Doctor {
     }
 }
 
+/// A signaling connection whose every wait is bounded.
 pub struct Signal {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    connection: SignalConnection,
 }
 
 fn type_of(message: &ServerMessage) -> String {
@@ -368,26 +371,23 @@ fn type_of(message: &ServerMessage) -> String {
 
 impl Signal {
     pub async fn send(&mut self, message: &ClientMessage) {
-        self.send_text(encode_client_message(message)).await;
+        self.connection.send(message).await.unwrap();
     }
 
     pub async fn send_text(&mut self, text: String) {
-        self.ws.send(Message::Text(text.into())).await.unwrap();
+        self.connection.send_text(text).await.unwrap();
     }
 
-    /// The next protocol message, or `None` if the socket closed. Panics after 5 s.
+    /// The next protocol message, or `None` if the socket closed. Panics after 5 s, and on a
+    /// message that is not of the protocol.
     pub async fn recv(&mut self) -> Option<ServerMessage> {
-        loop {
-            let frame = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
-                .await
-                .expect("no message within 5 s");
-            match frame {
-                Some(Ok(Message::Text(text))) => {
-                    return Some(decode_server_message(&text).unwrap())
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            }
+        let received = tokio::time::timeout(Duration::from_secs(5), self.connection.recv())
+            .await
+            .expect("no message within 5 s");
+        match received {
+            Ok(message) => Some(message),
+            Err(ApiError::Closed | ApiError::WebSocket(_)) => None,
+            Err(other) => panic!("{other}"),
         }
     }
 
@@ -407,10 +407,8 @@ impl Signal {
     /// Messages that arrive within `window`, without failing when none do.
     pub async fn drain(&mut self, window: Duration) -> Vec<ServerMessage> {
         let mut out = Vec::new();
-        while let Ok(Some(Ok(Message::Text(text)))) =
-            tokio::time::timeout(window, self.ws.next()).await
-        {
-            out.push(decode_server_message(&text).unwrap());
+        while let Ok(Ok(message)) = tokio::time::timeout(window, self.connection.recv()).await {
+            out.push(message);
         }
         out
     }

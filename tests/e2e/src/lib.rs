@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use consult_client::api::{ApiClient, ClinicianLogin};
 use consult_client::peer::file_transfer::FileEvent;
 use consult_client::session::{Session, SessionConfig, SessionEvent};
-use consult_client::signal_client::Credentials;
-use consult_proto::api::{Consultation, WaitingPatient};
+use consult_client::Credentials;
+use consult_proto::api::{Consultation, CreateConsultationRequest};
 use consult_signaling::accounts;
 use consult_signaling::clock::SystemClock;
 use consult_signaling::config::Config;
@@ -20,7 +21,8 @@ pub struct Clinic {
     pub base: String,
     /// The doctor's bearer token.
     pub token: String,
-    http: reqwest::Client,
+    /// The typed client of its API.
+    pub api: ApiClient,
     _dir: tempfile::TempDir,
 }
 
@@ -54,45 +56,41 @@ impl Clinic {
         )
         .await
         .expect("demo doctor");
-        let login = consult_load::service::ClinicianLogin {
+        let login = ClinicianLogin {
             email: creds.email,
             password: creds.password,
             totp_secret: creds.totp_secret,
         };
-        let token = consult_load::service::ServiceClient::new(&server.url)
-            .expect("http client")
-            .sign_in(&login)
-            .await
-            .expect("the demo doctor signs in");
-        let http = reqwest::Client::new();
+        let api = ApiClient::new(&server.url).expect("http client");
+        let token = api.sign_in(&login).await.expect("the demo doctor signs in");
         Self {
             base: server.url.clone(),
             token,
             server,
-            http,
+            api,
             _dir: dir,
         }
     }
 
     /// Create a consultation; returns it and its invite link.
     pub async fn consultation(&self) -> (Consultation, String) {
-        self.consultation_with(serde_json::json!({ "title": "e2e" }))
-            .await
+        self.consultation_with(CreateConsultationRequest {
+            title: Some("e2e".into()),
+            ..Default::default()
+        })
+        .await
     }
 
-    /// Create a consultation from this request body; returns it and its invite link.
-    pub async fn consultation_with(&self, body: serde_json::Value) -> (Consultation, String) {
-        let consultation: Consultation = self
-            .http
-            .post(format!("{}/api/v1/consultations", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
+    /// Create a consultation from this request; returns it and its invite link.
+    pub async fn consultation_with(
+        &self,
+        request: CreateConsultationRequest,
+    ) -> (Consultation, String) {
+        let consultation = self
+            .api
+            .create_consultation(&self.token, &request)
             .await
-            .expect("create")
-            .json()
-            .await
-            .expect("consultation");
+            .expect("create");
         let invite = consultation.invite_url.clone().expect("invite");
         (consultation, invite)
     }
@@ -123,29 +121,16 @@ impl Clinic {
     /// Wait until someone waits, then admit them.
     pub async fn admit_first_waiting(&self, consultation: &Consultation) {
         for _ in 0..100 {
-            let waiting: Vec<WaitingPatient> = self
-                .http
-                .get(format!("{}/api/v1/waiting-room", self.base))
-                .bearer_auth(&self.token)
-                .send()
+            let waiting = self
+                .api
+                .waiting_room(&self.token)
                 .await
-                .expect("waiting room")
-                .json()
-                .await
-                .expect("waiting body");
+                .expect("waiting room");
             if let Some(patient) = waiting.first() {
-                let status = self
-                    .http
-                    .post(format!(
-                        "{}/api/v1/consultations/{}/participants/{}/admit",
-                        self.base, consultation.id, patient.participant_id
-                    ))
-                    .bearer_auth(&self.token)
-                    .send()
+                self.api
+                    .admit(&self.token, consultation.id, patient.participant_id)
                     .await
-                    .expect("admit")
-                    .status();
-                assert!(status.is_success(), "admit: {status}");
+                    .expect("admit");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use consult_client::session::Session;
-use consult_client::signal_client::Credentials;
+use consult_client::Credentials;
 use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
 
 async fn start(clinic: &Clinic, keyless_patient: bool) -> (Session, Session, Seen, Seen) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use consult_client::peer::file_transfer::FileEvent;
 use consult_client::session::{Session, SessionConfig, SessionEvent};
-use consult_client::signal_client::Credentials;
+use consult_client::Credentials;
 use consult_e2e::Clinic;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use consult_client::api::{ApiClient, ClinicianLogin};
 use consult_client::session::{Session, SessionEvent};
-use consult_client::signal_client::Credentials;
+use consult_client::Credentials;
 use consult_e2e::{config, media_both_ways, pump, Clinic, Seen};
-use consult_load::service::{ClinicianLogin, ServiceClient};
+use consult_proto::api::CreateConsultationRequest;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -148,12 +149,19 @@ async fn media_keeps_flowing_while_the_service_is_gone() {
     let creds: ClinicianLogin =
         serde_json::from_slice(&std::fs::read(dir.path().join("demo-credentials.json")).unwrap())
             .unwrap();
-    let api = ServiceClient::new(&base).unwrap();
+    let api = ApiClient::new(&base).unwrap();
     let token = api.sign_in(&creds).await.unwrap();
-    let (id, invite) = api
-        .create_consultation(&token, "outage", false, false)
+    let created = api
+        .create_consultation(
+            &token,
+            &CreateConsultationRequest {
+                title: Some("outage".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
+    let (id, invite) = (created.id, created.invite_url.expect("an invite link"));
     let mut patient = Session::start(config(Credentials::Patient {
         invite_url: invite,
         name: "Kiosk 3".into(),

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use consult_e2e::{media_both_ways, pump, Clinic, Seen};
 use consult_e2ee::recording_key::RecordingKeyPair;
+use consult_proto::api::{ConsultationMode, CreateConsultationRequest};
 use consult_proto::signal::RecordingState;
 use consult_signaling::recording::export::{self, ExportError};
 use consult_signaling::recording::rows::{self, RecordingRow, RecordingStatus};
 
-/// A consultation created with `body`, a native patient who consents and a native doctor, three
+/// A consultation created with `request`, a native patient who consents and a native doctor, three
 /// seconds of media both ways, then the end; returns the finished recording's row.
-async fn recorded_call(clinic: &Clinic, body: serde_json::Value) -> RecordingRow {
-    let (consultation, invite) = clinic.consultation_with(body).await;
+async fn recorded_call(clinic: &Clinic, request: CreateConsultationRequest) -> RecordingRow {
+    let (consultation, invite) = clinic.consultation_with(request).await;
     let (mut patient, mut doctor) = clinic.patient_and_doctor(&consultation, invite).await;
     let (mut p, mut d) = (Seen::default(), Seen::default());
     pump(&mut patient, &mut p, Duration::from_millis(300)).await;
@@ -40,17 +41,11 @@ async fn recorded_call(clinic: &Clinic, body: serde_json::Value) -> RecordingRow
     pump(&mut doctor, &mut d, Duration::from_millis(500)).await;
     media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 3).await;
     assert!(p.video > 30 && d.video > 30, "the call itself goes on");
-    let status = reqwest::Client::new()
-        .post(format!(
-            "{}/api/v1/consultations/{}/end",
-            clinic.base, consultation.id
-        ))
-        .bearer_auth(&clinic.token)
-        .send()
+    clinic
+        .api
+        .end(&clinic.token, consultation.id)
         .await
-        .unwrap()
-        .status();
-    assert!(status.is_success());
+        .expect("the consultation ends");
     let state = &clinic.server.state;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -131,7 +126,14 @@ fn assert_plays(bytes: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_peers_are_recorded_with_consent() {
     let clinic = Clinic::start().await;
-    let row = recorded_call(&clinic, serde_json::json!({ "mode": "recorded" })).await;
+    let row = recorded_call(
+        &clinic,
+        CreateConsultationRequest {
+            mode: Some(ConsultationMode::Recorded),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut out = Cursor::new(Vec::new());
     export::export(&clinic.server.state.recordings.vault, &row, None, &mut out).unwrap();
     assert_plays(&out.into_inner());
@@ -141,18 +143,18 @@ async fn native_peers_are_recorded_with_consent() {
 async fn native_peers_make_a_zero_knowledge_recording_only_the_clinician_opens() {
     let clinic = Clinic::start().await;
     let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
-    let status = reqwest::Client::new()
-        .put(format!("{}/api/v1/account/recording-key", clinic.base))
-        .bearer_auth(&clinic.token)
-        .json(&serde_json::json!({ "public_key": clinician.public().to_base64() }))
-        .send()
+    clinic
+        .api
+        .set_recording_key(&clinic.token, &clinician.public().to_base64())
         .await
-        .unwrap()
-        .status();
-    assert!(status.is_success());
+        .expect("the recording key is registered");
     let row = recorded_call(
         &clinic,
-        serde_json::json!({ "mode": "recorded", "e2ee": true }),
+        CreateConsultationRequest {
+            mode: Some(ConsultationMode::Recorded),
+            e2ee: Some(true),
+            ..Default::default()
+        },
     )
     .await;
     assert!(row.zero_knowledge);

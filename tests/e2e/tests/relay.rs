@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use consult_client::codec::pattern::TestPattern;
 use consult_client::session::{Session, SessionConfig, SessionEvent};
-use consult_client::signal_client::Credentials;
+use consult_client::Credentials;
 use consult_e2e::Clinic;
 
 const SECRET: &str = "a-shared-secret-for-turn-tests";

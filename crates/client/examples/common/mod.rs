@@ -4,7 +4,7 @@
 use consult_client::peer::file_transfer::FileEvent;
 use consult_client::peer::{PeerConfig, VideoCodec};
 use consult_client::session::{SessionConfig, SessionEvent};
-use consult_client::signal_client::Credentials;
+use consult_client::Credentials;
 use consult_e2ee::E2eeEvent;
 
 /// How to join.

@@ -1,0 +1,338 @@
+//! The REST API under `/api/v1`, plus `/healthz` and `/metrics`.
+
+use std::time::{Duration, Instant};
+
+use consult_proto::api::{
+    Consultation, CreateConsultationRequest, ErrorBody, IceServers, InspectInviteRequest,
+    InviteInfo, LoginRequest, LoginResponse, RecordingKeyBody, RedeemInviteRequest,
+    RedeemInviteResponse, WaitingPatient,
+};
+use consult_proto::signal::ClientMessage;
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use totp_rs::{Algorithm, Secret, TOTP};
+use uuid::Uuid;
+
+use crate::{parse_invite, ApiError, MetricsSnapshot, PatientPlace, SignalConnection};
+
+/// A clinician's sign-in details, as in `demo-credentials.json` or `load-credentials.json`.
+/// Its `Debug` shows the email only.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ClinicianLogin {
+    /// Sign-in email.
+    pub email: String,
+    /// Password.
+    pub password: String,
+    /// Base32 TOTP secret.
+    pub totp_secret: String,
+}
+
+impl std::fmt::Debug for ClinicianLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClinicianLogin")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client of one service. Cheap to clone; every request has a time limit.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client of the service at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ApiError::Protocol {
+                url: base_url.to_owned(),
+                reason: format!("cannot set up an HTTP client: {e}"),
+            })?;
+        Ok(Self {
+            base: base_url.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    /// The client of the service an invite link (`https://host/join#TOKEN`) leads to, and the
+    /// invite token.
+    pub fn for_invite(invite_url: &str) -> Result<(Self, String), ApiError> {
+        let (base, token) = parse_invite(invite_url)?;
+        Ok((Self::new(&base)?, token))
+    }
+
+    /// The base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let request = self.http.request(method, self.url(path));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Send, and turn a refusal into [`ApiError::Refused`] with the service's code and message.
+    async fn send(&self, path: &str, request: RequestBuilder) -> Result<Response, ApiError> {
+        let response = request.send().await.map_err(|e| ApiError::Unreachable {
+            url: self.url(path),
+            reason: chain(&e),
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(error) => (error.error.code, error.error.message),
+            Err(_) => (
+                status.canonical_reason().unwrap_or("error").to_owned(),
+                body.chars().take(200).collect(),
+            ),
+        };
+        Err(ApiError::Refused {
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: RequestBuilder,
+    ) -> Result<T, ApiError> {
+        let response = self.send(path, request).await?;
+        response.json().await.map_err(|e| ApiError::Protocol {
+            url: self.url(path),
+            reason: chain(&e),
+        })
+    }
+
+    async fn no_content(&self, path: &str, request: RequestBuilder) -> Result<(), ApiError> {
+        self.send(path, request).await.map(drop)
+    }
+
+    /// `GET /healthz`; how long it took.
+    pub async fn healthz(&self) -> Result<Duration, ApiError> {
+        let started = Instant::now();
+        let request = self
+            .request(Method::GET, "/healthz", None)
+            .timeout(Duration::from_secs(2));
+        self.no_content("/healthz", request).await?;
+        Ok(started.elapsed())
+    }
+
+    /// `GET /metrics`.
+    pub async fn metrics(&self) -> Result<MetricsSnapshot, ApiError> {
+        let path = "/metrics";
+        let request = self
+            .request(Method::GET, path, None)
+            .timeout(Duration::from_secs(2));
+        let text =
+            self.send(path, request)
+                .await?
+                .text()
+                .await
+                .map_err(|e| ApiError::Unreachable {
+                    url: self.url(path),
+                    reason: chain(&e),
+                })?;
+        Ok(MetricsSnapshot::parse(&text))
+    }
+
+    /// `POST /api/v1/auth/login` as it is.
+    pub async fn login(&self, login: &LoginRequest) -> Result<LoginResponse, ApiError> {
+        let path = "/api/v1/auth/login";
+        self.json(path, self.request(Method::POST, path, None).json(login))
+            .await
+    }
+
+    /// Sign a clinician in with password and a TOTP code computed from their secret; returns
+    /// the bearer token. A code refused as already used (another sign-in within 30 s) is
+    /// retried once with the next step's code, which the service accepts within its skew.
+    pub async fn sign_in(&self, login: &ClinicianLogin) -> Result<String, ApiError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+        match self.sign_in_at(login, now).await {
+            Err(error) if error.code() == Some("totp_replayed") => {
+                self.sign_in_at(login, now + 30).await
+            }
+            other => other,
+        }
+    }
+
+    async fn sign_in_at(&self, login: &ClinicianLogin, unix: u64) -> Result<String, ApiError> {
+        let totp = totp_code(&login.totp_secret, unix)
+            .ok_or_else(|| ApiError::BadSecret(login.email.clone()))?;
+        let request = LoginRequest {
+            email: login.email.clone(),
+            password: login.password.clone(),
+            totp: Some(totp),
+            recovery_code: None,
+        };
+        match self.login(&request).await? {
+            LoginResponse::SignedIn { session } => {
+                session.token.ok_or_else(|| ApiError::Protocol {
+                    url: self.url("/api/v1/auth/login"),
+                    reason: "no bearer token in the sign-in answer".into(),
+                })
+            }
+            LoginResponse::MfaEnrolmentRequired { .. } => Err(ApiError::Refused {
+                status: 200,
+                code: "mfa_enrolment_required".into(),
+                message: format!("{} has not enrolled a second factor yet", login.email),
+            }),
+        }
+    }
+
+    /// `POST /api/v1/auth/logout`: end a session.
+    pub async fn sign_out(&self, token: &str) -> Result<(), ApiError> {
+        let path = "/api/v1/auth/logout";
+        let request = self
+            .request(Method::POST, path, Some(token))
+            .timeout(Duration::from_secs(5));
+        self.no_content(path, request).await
+    }
+
+    /// `GET /api/v1/account/recording-key`: the clinician's recording public key, if any.
+    pub async fn recording_key(&self, token: &str) -> Result<Option<String>, ApiError> {
+        let path = "/api/v1/account/recording-key";
+        let body: RecordingKeyBody = self
+            .json(path, self.request(Method::GET, path, Some(token)))
+            .await?;
+        Ok(body.public_key)
+    }
+
+    /// `PUT /api/v1/account/recording-key`: register the clinician's recording public key
+    /// (X25519, base64).
+    pub async fn set_recording_key(&self, token: &str, public_key: &str) -> Result<(), ApiError> {
+        let path = "/api/v1/account/recording-key";
+        let body = RecordingKeyBody {
+            public_key: Some(public_key.to_owned()),
+        };
+        let request = self.request(Method::PUT, path, Some(token)).json(&body);
+        self.no_content(path, request).await
+    }
+
+    /// `POST /api/v1/consultations`. The answer carries the invite link (shown once).
+    pub async fn create_consultation(
+        &self,
+        token: &str,
+        request: &CreateConsultationRequest,
+    ) -> Result<Consultation, ApiError> {
+        let path = "/api/v1/consultations";
+        let request = self.request(Method::POST, path, Some(token)).json(request);
+        self.json(path, request).await
+    }
+
+    /// `GET /api/v1/consultations/{id}`.
+    pub async fn consultation(&self, token: &str, id: Uuid) -> Result<Consultation, ApiError> {
+        let path = format!("/api/v1/consultations/{id}");
+        self.json(&path, self.request(Method::GET, &path, Some(token)))
+            .await
+    }
+
+    /// `GET /api/v1/waiting-room`: patients waiting across the clinician's consultations.
+    pub async fn waiting_room(&self, token: &str) -> Result<Vec<WaitingPatient>, ApiError> {
+        let path = "/api/v1/waiting-room";
+        self.json(path, self.request(Method::GET, path, Some(token)))
+            .await
+    }
+
+    /// `POST /api/v1/consultations/{id}/participants/{pid}/admit`.
+    pub async fn admit(
+        &self,
+        token: &str,
+        consultation: Uuid,
+        participant: Uuid,
+    ) -> Result<(), ApiError> {
+        let path = format!("/api/v1/consultations/{consultation}/participants/{participant}/admit");
+        self.no_content(&path, self.request(Method::POST, &path, Some(token)))
+            .await
+    }
+
+    /// `POST /api/v1/consultations/{id}/end`: everyone in it is told.
+    pub async fn end(&self, token: &str, consultation: Uuid) -> Result<(), ApiError> {
+        let path = format!("/api/v1/consultations/{consultation}/end");
+        let request = self
+            .request(Method::POST, &path, Some(token))
+            .timeout(Duration::from_secs(5));
+        self.no_content(&path, request).await
+    }
+
+    /// `POST /api/v1/invites/inspect`: what an invite token leads to, without using it.
+    pub async fn inspect_invite(&self, invite: &str) -> Result<InviteInfo, ApiError> {
+        let path = "/api/v1/invites/inspect";
+        let body = InspectInviteRequest {
+            invite: invite.to_owned(),
+        };
+        self.json(path, self.request(Method::POST, path, None).json(&body))
+            .await
+    }
+
+    /// `POST /api/v1/invites/redeem`: a patient's place for an invite token and their name.
+    pub async fn redeem_invite(&self, invite: &str, name: &str) -> Result<PatientPlace, ApiError> {
+        let path = "/api/v1/invites/redeem";
+        let body = RedeemInviteRequest {
+            invite: invite.to_owned(),
+            name: name.to_owned(),
+        };
+        let redeemed: RedeemInviteResponse = self
+            .json(path, self.request(Method::POST, path, None).json(&body))
+            .await?;
+        Ok(PatientPlace {
+            participant_token: redeemed.participant_token,
+            participant_id: redeemed.participant_id,
+            invite: redeemed.invite,
+        })
+    }
+
+    /// `GET /api/v1/ice-servers` with a clinician's session or a patient's participant token.
+    pub async fn ice_servers(&self, token: &str) -> Result<IceServers, ApiError> {
+        let path = "/api/v1/ice-servers";
+        self.json(path, self.request(Method::GET, path, Some(token)))
+            .await
+    }
+
+    /// Open the signaling WebSocket and send `join`.
+    pub async fn signal(&self, join: ClientMessage) -> Result<SignalConnection, ApiError> {
+        SignalConnection::join(&self.base, join).await
+    }
+}
+
+/// An error with its causes, which reqwest keeps apart ("error sending request: … refused").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut reason = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        reason = format!("{reason}: {inner}");
+        source = inner.source();
+    }
+    reason
+}
+
+/// The TOTP code (SHA-1, 6 digits, 30 s) of a base32 secret at a Unix time.
+///
+/// ```
+/// // RFC 6238 appendix B, SHA-1, T = 59 s (8 digits there; the last 6 here).
+/// let secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"; // "12345678901234567890"
+/// assert_eq!(consult_api_client::totp_code(secret, 59).as_deref(), Some("287082"));
+/// assert_eq!(consult_api_client::totp_code("not base32!", 59), None);
+/// ```
+pub fn totp_code(secret_b32: &str, unix: u64) -> Option<String> {
+    let bytes = Secret::Encoded(secret_b32.to_owned()).to_bytes().ok()?;
+    let totp = TOTP::new_unchecked(Algorithm::SHA1, 6, 1, 30, bytes, None, String::new());
+    Some(totp.generate(unix))
+}
