@@ -7,7 +7,7 @@ use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::{Action, AuditLog};
+use crate::audit::{Action, Actor, AuditLog};
 use crate::auth::{password, totp};
 use crate::db::{self, from_unix, to_unix};
 use crate::secrets::{SealingKey, Token};
@@ -169,7 +169,7 @@ pub async fn create_user(
     audit
         .record(
             now,
-            "system",
+            &Actor::System,
             Action::UserCreated,
             None,
             serde_json::json!({ "user_id": user.id, "role": role.as_str() }),
@@ -276,7 +276,7 @@ async fn seed_doctor(
             audit
                 .record(
                     now,
-                    "system",
+                    &Actor::System,
                     Action::UserCreated,
                     None,
                     serde_json::json!({ "user_id": id, "role": "doctor", "seeded": true }),

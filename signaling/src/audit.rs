@@ -19,6 +19,45 @@ use crate::secrets::hex_sha256;
 /// `prev_hash` of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// Who did something, as the audit log names them (`user:ID`, `participant:ID`,
+/// `address:IP`, `anonymous`, `system`, `operator`).
+///
+/// ```
+/// use consult_signaling::audit::Actor;
+///
+/// assert_eq!(Actor::User(uuid::Uuid::nil()).to_string(), "user:00000000-0000-0000-0000-000000000000");
+/// assert_eq!(Actor::Address("192.0.2.1".parse().unwrap()).to_string(), "address:192.0.2.1");
+/// assert_eq!(Actor::System.to_string(), "system");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    /// A signed-in account (a clinician or an administrator).
+    User(Uuid),
+    /// A patient (or the recorder) by participant id.
+    Participant(Uuid),
+    /// An unauthenticated client, by address (failed sign-ins, lockouts).
+    Address(std::net::IpAddr),
+    /// Someone holding an invite link nobody has redeemed yet.
+    Anonymous,
+    /// The service itself: jobs, start-up, the recorder.
+    System,
+    /// The operator at the command line.
+    Operator,
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::User(id) => write!(f, "user:{id}"),
+            Actor::Participant(id) => write!(f, "participant:{id}"),
+            Actor::Address(ip) => write!(f, "address:{ip}"),
+            Actor::Anonymous => f.write_str("anonymous"),
+            Actor::System => f.write_str("system"),
+            Actor::Operator => f.write_str("operator"),
+        }
+    }
+}
+
 /// What happened. The snake_case name is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -176,7 +215,7 @@ impl AuditLog {
     pub async fn record_or_log(
         &self,
         at: OffsetDateTime,
-        actor: &str,
+        actor: &Actor,
         action: Action,
         consultation_id: Option<Uuid>,
         detail: Value,
@@ -194,26 +233,79 @@ impl AuditLog {
     }
 
     /// Append one entry. Failures are returned: an event that cannot be audited must not pass
-    /// silently.
+    /// silently. For an entry that records a change to the database, make the change and the
+    /// entry in one [`AuditLog::begin`] transaction instead, so neither exists without the other.
     pub async fn record(
         &self,
         at: OffsetDateTime,
-        actor: &str,
+        actor: &Actor,
         action: Action,
         consultation_id: Option<Uuid>,
         detail: Value,
     ) -> anyhow::Result<()> {
-        let _guard = self.writer.lock().await;
+        let mut tx = self.begin().await?;
+        tx.record(at, actor, action, consultation_id, detail)
+            .await?;
+        tx.commit().await
+    }
+
+    /// A write transaction in which changes and the audit entries that record them commit
+    /// together or not at all. It holds the log's writer until it ends, so the chain stays
+    /// linear: do not call [`AuditLog::record`] while one is open.
+    ///
+    /// ```no_run
+    /// # async fn create(audit: &consult_signaling::audit::AuditLog) -> anyhow::Result<()> {
+    /// use consult_signaling::audit::{Action, Actor};
+    ///
+    /// let mut tx = audit.begin().await?;
+    /// sqlx::query("UPDATE consultations SET title = 'x' WHERE id = 'y'")
+    ///     .execute(tx.connection())
+    ///     .await?;
+    /// let now = time::OffsetDateTime::now_utc();
+    /// tx.record(now, &Actor::System, Action::ConsultationCreated, None, serde_json::json!({})).await?;
+    /// tx.commit().await // or drop it: neither the change nor the entry is kept
+    /// # }
+    /// ```
+    pub async fn begin(&self) -> anyhow::Result<AuditedTransaction<'_>> {
+        let guard = self.writer.lock().await;
+        let tx = db::write_transaction(&self.pool).await?;
+        Ok(AuditedTransaction { tx, _writer: guard })
+    }
+}
+
+/// A database write transaction that also appends audit entries; see [`AuditLog::begin`].
+/// Dropped without [`AuditedTransaction::commit`], it rolls back, entries included.
+pub struct AuditedTransaction<'a> {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _writer: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl AuditedTransaction<'_> {
+    /// The connection to run the change's queries on.
+    pub fn connection(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.tx
+    }
+
+    /// Append one entry, committed with the rest of the transaction.
+    pub async fn record(
+        &mut self,
+        at: OffsetDateTime,
+        actor: &Actor,
+        action: Action,
+        consultation_id: Option<Uuid>,
+        detail: Value,
+    ) -> anyhow::Result<()> {
         let action = serde_json::to_value(action)?
             .as_str()
             .unwrap_or("unknown")
             .to_owned();
+        let actor = actor.to_string();
+        let actor = actor.as_str();
         let at = at.format(&Rfc3339)?;
         let consultation_id = consultation_id.map(|id| id.to_string());
         let detail = detail.to_string();
-        let mut tx = db::write_transaction(&self.pool).await?;
         let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *self.tx)
             .await?;
         let (seq, prev_hash) = match last {
             Some(row) => (row.get::<i64, _>(0) + 1, row.get::<String, _>(1)),
@@ -240,9 +332,14 @@ impl AuditLog {
         .bind(&detail)
         .bind(&prev_hash)
         .bind(&hash)
-        .execute(&mut *tx)
+        .execute(&mut *self.tx)
         .await?;
-        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Commit the changes and their entries together.
+    pub async fn commit(self) -> anyhow::Result<()> {
+        self.tx.commit().await?;
         Ok(())
     }
 }
@@ -326,7 +423,7 @@ mod tests {
         for i in 0..n {
             log.record(
                 OffsetDateTime::now_utc(),
-                "system",
+                &Actor::System,
                 Action::SignIn,
                 None,
                 json!({ "i": i }),

@@ -19,7 +19,7 @@ use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::Action;
+use crate::audit::{Action, Actor};
 use crate::consultations::{self, ConsultationRecord};
 use crate::db::{from_unix, to_unix};
 use crate::error::{ApiError, ApiJson};
@@ -180,7 +180,7 @@ pub async fn redeem(
                 .audit
                 .record(
                     now,
-                    "anonymous",
+                    &Actor::Anonymous,
                     Action::InviteRefused,
                     None,
                     json!({ "reason": e.code() }),
@@ -210,7 +210,7 @@ pub async fn redeem(
                 .audit
                 .record(
                     now,
-                    "anonymous",
+                    &Actor::Anonymous,
                     Action::InviteRefused,
                     Some(consultation.id),
                     json!({ "reason": "invite_in_use", "invite_id": invite.id }),
@@ -227,7 +227,7 @@ pub async fn redeem(
         .audit
         .record(
             now,
-            &format!("participant:{participant_id}"),
+            &Actor::Participant(participant_id),
             Action::InviteUsed,
             Some(consultation.id),
             json!({ "invite_id": invite.id }),
@@ -361,7 +361,7 @@ pub async fn depart(state: &AppState, departure: &Departure) -> anyhow::Result<(
         .audit
         .record(
             state.clock.now(),
-            &format!("participant:{}", departure.participant_id),
+            &Actor::Participant(departure.participant_id),
             Action::Left,
             Some(departure.consultation_id),
             json!({ "role": departure.role, "reason": departure.reason }),

@@ -11,6 +11,7 @@ use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::Handle;
 
+use crate::audit::Actor;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::state::AppState;
@@ -168,7 +169,7 @@ async fn open_recordings(
         crate::audit::AuditLog::new(pool.clone())
             .record(
                 clock.now(),
-                "system",
+                &Actor::System,
                 crate::audit::Action::RecordingStopped,
                 Some(row.consultation_id),
                 serde_json::json!({ "recording_id": id, "state": status, "chunks": chunks,

@@ -753,3 +753,73 @@ async fn an_organisation_that_requires_e2ee_gets_it_everywhere_and_refuses_optin
         .iter()
         .any(|e| e.action == "consultation_created" && e.detail["e2ee"] == true));
 }
+
+/// Stop every audit write, as a full or failing audit store would.
+async fn break_the_audit_log(svc: &TestService) {
+    sqlx::query(
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit down'); END",
+    )
+    .execute(&svc.state().pool)
+    .await
+    .unwrap();
+}
+
+async fn count(svc: &TestService, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(&svc.state().pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_consultation_that_cannot_be_audited_is_not_created() {
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("audit@example.org").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    let (consultations, invites) = (
+        count(&svc, "consultations").await,
+        count(&svc, "invites").await,
+    );
+    break_the_audit_log(&svc).await;
+    let r = doctor
+        .bearer(Method::POST, "/api/v1/consultations")
+        .json(&json!({ "title": "never audited" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    // Neither the consultation nor its invite exists without its audit entries.
+    assert_eq!(count(&svc, "consultations").await, consultations);
+    assert_eq!(count(&svc, "invites").await, invites);
+    // Ending and re-inviting roll back the same way: the consultation stays open, its invite live.
+    let r = doctor
+        .bearer(
+            Method::POST,
+            &format!("/api/v1/consultations/{}/end", consultation.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let r = doctor
+        .bearer(
+            Method::POST,
+            &format!("/api/v1/consultations/{}/invite", consultation.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let read = doctor
+        .bearer(
+            Method::GET,
+            &format!("/api/v1/consultations/{}", consultation.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(read["status"], "open");
+    assert_eq!(read["invite"]["revoked"], false);
+    assert_eq!(count(&svc, "invites").await, invites);
+}

@@ -641,3 +641,33 @@ fn a_malformed_credentials_file_or_an_unknown_profile_is_refused_before_anything
     // Nothing was started, so nothing was reported.
     assert!(!report_dir.join("report.json").exists());
 }
+
+#[test]
+fn consult_without_the_generator_beside_it_says_how_to_build_it() {
+    // A `consult` alone, as on a machine where only the service was built.
+    let dir = tempfile::tempdir().unwrap();
+    let lonely = dir.path().join("consult");
+    std::fs::copy(&*BIN, &lonely).unwrap();
+    let output = Command::new(&lonely)
+        .args(["load", "-n", "1"])
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cargo build --release -p consult-load"),
+        "{stderr}"
+    );
+    // And through `consult load`, the generator's own help is what answers.
+    let help = Command::new(&*BIN)
+        .args(["load", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("consult-load") && help.contains("--signaling-only"),
+        "{help}"
+    );
+}

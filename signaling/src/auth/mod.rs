@@ -23,8 +23,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::accounts::{self, Account};
-use crate::audit::Action;
-use crate::db::{self, from_unix, to_unix};
+use crate::audit::{Action, Actor};
+use crate::db::{from_unix, to_unix};
 use crate::error::{ApiError, ApiJson};
 use crate::secrets::{hex_sha256, Token};
 use crate::state::AppState;
@@ -71,13 +71,15 @@ pub async fn enrol(
     let hash = password::hash_off_thread(password)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let mut tx = db::write_transaction(&state.pool).await?;
+    let user_uuid = Uuid::parse_str(&user_id).map_err(|e| ApiError::Internal(e.into()))?;
+    // The link used, the password set and the enrolment audited, together.
+    let mut tx = state.audit.begin().await?;
     let used = sqlx::query(
         "UPDATE enrolment_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
     )
     .bind(to_unix(now))
     .bind(token.hash().0)
-    .execute(&mut *tx)
+    .execute(tx.connection())
     .await?;
     if used.rows_affected() != 1 {
         return Err(gone());
@@ -85,19 +87,17 @@ pub async fn enrol(
     sqlx::query("UPDATE users SET password_hash = ?, totp_secret = NULL, totp_last_step = NULL WHERE id = ?")
         .bind(&hash)
         .bind(&user_id)
-        .execute(&mut *tx)
+        .execute(tx.connection())
         .await?;
+    tx.record(
+        now,
+        &Actor::User(user_uuid),
+        Action::AccountEnrolled,
+        None,
+        json!({}),
+    )
+    .await?;
     tx.commit().await?;
-    state
-        .audit
-        .record(
-            now,
-            &format!("user:{user_id}"),
-            Action::AccountEnrolled,
-            None,
-            json!({}),
-        )
-        .await?;
     Ok(Json(EnrolResponse { email }))
 }
 
@@ -108,18 +108,10 @@ pub async fn enrol(
               (status = 429, body = ErrorBody, description = "too_many_attempts; see Retry-After")))]
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    UnlockedAddress(address): UnlockedAddress,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
-    let address = peer.ip();
-    if let Some(secs) = state.address_throttle.locked_for(address, now) {
-        state.metrics.failed_signins.inc();
-        audit_failure(&state, address, None, "address_locked").await?;
-        return Err(ApiError::TooManyAttempts {
-            retry_after_secs: secs,
-        });
-    }
     let account = accounts::find_by_email(&state.pool, &req.email).await?;
     if let Some(until) = account.as_ref().and_then(|a| a.locked_until) {
         if until > now {
@@ -246,8 +238,8 @@ async fn start_session(
     Ok((token, session))
 }
 
-fn actor(user: &User) -> String {
-    format!("user:{}", user.id)
+fn actor(user: &User) -> Actor {
+    Actor::User(user.id)
 }
 
 fn signed_in<T: serde::Serialize>(
@@ -263,13 +255,45 @@ fn signed_in<T: serde::Serialize>(
     response
 }
 
+/// The client's address, for an endpoint that guesses could be tried against (a password, a
+/// TOTP code): refused with `429 too_many_attempts` while the address is locked out, the refusal
+/// counted in `consult_failed_signins_total` and audited. Sign-in and TOTP enrolment share it.
+pub struct UnlockedAddress(pub IpAddr);
+
+impl axum::extract::FromRequestParts<AppState> for UnlockedAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let ConnectInfo(peer) = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .copied()
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no client address")))?;
+        let address = peer.ip();
+        if let Some(secs) = state
+            .address_throttle
+            .locked_for(address, state.clock.now())
+        {
+            state.metrics.failed_signins.inc();
+            audit_failure(state, address, None, "address_locked").await?;
+            return Err(ApiError::TooManyAttempts {
+                retry_after_secs: secs,
+            });
+        }
+        Ok(Self(address))
+    }
+}
+
 async fn audit_failure(
     state: &AppState,
     address: IpAddr,
     account: Option<&Account>,
     reason: &str,
 ) -> Result<(), ApiError> {
-    let actor = account.map_or_else(|| format!("address:{address}"), |a| actor(&a.user));
+    let actor = account.map_or(Actor::Address(address), |a| actor(&a.user));
     state
         .audit
         .record(
@@ -312,7 +336,7 @@ async fn record_failure(
             .audit
             .record(
                 now,
-                &format!("address:{address}"),
+                &Actor::Address(address),
                 Action::SignInLocked,
                 None,
                 json!({ "scope": "address", "seconds": lock.as_secs() }),
@@ -389,16 +413,10 @@ async fn start_mfa_enrolment(state: &AppState, account: &Account) -> Result<Resp
               (status = 429, body = ErrorBody)))]
 pub async fn mfa_enrol(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    UnlockedAddress(address): UnlockedAddress,
     ApiJson(req): ApiJson<MfaEnrolRequest>,
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
-    let address = peer.ip();
-    if let Some(secs) = state.address_throttle.locked_for(address, now) {
-        return Err(ApiError::TooManyAttempts {
-            retry_after_secs: secs,
-        });
-    }
     let token = Token::from_client(&req.mfa_token);
     let row = sqlx::query(
         "SELECT user_id, totp_secret, expires_at FROM mfa_enrolments WHERE token_hash = ?",
@@ -435,10 +453,11 @@ pub async fn mfa_enrol(
         }
     };
     let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
-    let mut tx = db::write_transaction(&state.pool).await?;
+    // The factor, the recovery codes and the enrolment's audit entry commit together.
+    let mut tx = state.audit.begin().await?;
     let claimed = sqlx::query("DELETE FROM mfa_enrolments WHERE token_hash = ?")
         .bind(token.hash().0)
-        .execute(&mut *tx)
+        .execute(tx.connection())
         .await?;
     if claimed.rows_affected() != 1 {
         return Err(ApiError::Unauthenticated);
@@ -448,30 +467,28 @@ pub async fn mfa_enrol(
         .bind(&sealed)
         .bind(step as i64)
         .bind(&user_id)
-        .execute(&mut *tx)
+        .execute(tx.connection())
         .await?;
     sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
         .bind(&user_id)
-        .execute(&mut *tx)
+        .execute(tx.connection())
         .await?;
     for code in &codes {
         sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)")
             .bind(&user_id)
             .bind(hash_recovery_code(code))
-            .execute(&mut *tx)
+            .execute(tx.connection())
             .await?;
     }
+    tx.record(
+        now,
+        &actor(&account.user),
+        Action::MfaEnrolled,
+        None,
+        json!({ "method": "totp" }),
+    )
+    .await?;
     tx.commit().await?;
-    state
-        .audit
-        .record(
-            now,
-            &actor(&account.user),
-            Action::MfaEnrolled,
-            None,
-            json!({ "method": "totp" }),
-        )
-        .await?;
     let (session_token, session) = start_session(&state, &account.user, address).await?;
     Ok(signed_in(
         &state,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::export::{self, ExportError};
 use super::rows::{self, RecordingRow, RecordingStatus};
-use crate::audit::Action;
+use crate::audit::{Action, Actor};
 use crate::auth::sessions::CurrentDoctor;
 use crate::consultations;
 use consult_proto::api::{ErrorBody, RecordingKeyBody};
@@ -50,7 +50,7 @@ fn audit_action(action: PolicyAction) -> Action {
 /// is audited and becomes a 403 naming the reason.
 pub async fn check_access(
     state: &AppState,
-    actor: &str,
+    actor: &Actor,
     who: Relation,
     action: PolicyAction,
     consultation_id: Uuid,
@@ -90,13 +90,13 @@ async fn relation(
     })
 }
 
-fn actor(doctor: &CurrentDoctor) -> String {
-    format!("user:{}", doctor.0.user.id)
+fn actor(doctor: &CurrentDoctor) -> Actor {
+    Actor::User(doctor.0.user.id)
 }
 
 async fn audited(
     state: &AppState,
-    actor: &str,
+    actor: &Actor,
     action: PolicyAction,
     row: &RecordingRow,
     detail: serde_json::Value,
@@ -147,7 +147,7 @@ async fn authorised(
     doctor: &CurrentDoctor,
     id: Uuid,
     action: PolicyAction,
-) -> Result<(RecordingRow, String), ApiError> {
+) -> Result<(RecordingRow, Actor), ApiError> {
     let row = rows::find(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound("recording"))?;
@@ -258,7 +258,11 @@ pub async fn shred(
 }
 
 /// Destroy a recording's key and media, mark it shredded, and audit who did it.
-pub async fn shred_row(state: &AppState, row: &RecordingRow, actor: &str) -> Result<(), ApiError> {
+pub async fn shred_row(
+    state: &AppState,
+    row: &RecordingRow,
+    actor: &Actor,
+) -> Result<(), ApiError> {
     let vault = state.recordings.vault.clone();
     let id = row.id;
     tokio::task::spawn_blocking(move || vault.shred(id))

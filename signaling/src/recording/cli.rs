@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::rows::{self, RecordingStatus};
 use super::{api, export, Recordings};
-use crate::audit::Action;
+use crate::audit::{Action, Actor};
 use crate::auth::sessions;
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -48,7 +48,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     ))
 }
 
-const OPERATOR: &str = "operator";
+const OPERATOR: Actor = Actor::Operator;
 
 /// `consult recording list`: every recording (metadata only), as JSON lines.
 pub async fn list(state: &AppState, out: &mut dyn std::io::Write) -> anyhow::Result<usize> {
@@ -61,7 +61,7 @@ pub async fn list(state: &AppState, out: &mut dyn std::io::Write) -> anyhow::Res
         .audit
         .record(
             state.clock.now(),
-            OPERATOR,
+            &OPERATOR,
             Action::RecordingListed,
             None,
             json!({ "count": rows.len(), "via": "cli" }),
@@ -84,7 +84,7 @@ pub async fn export(
         .await?
         .with_context(|| format!("no recording {id}"))?;
     let (actor, who) = match session_token {
-        None => (OPERATOR.to_owned(), Relation::Operator),
+        None => (OPERATOR, Relation::Operator),
         Some(token) => {
             let user = sessions::authenticate(state, &Token::from_client(token.trim()))
                 .await
@@ -99,7 +99,7 @@ pub async fn export(
             } else {
                 Relation::OtherClinician
             };
-            (format!("user:{}", user.user.id), who)
+            (Actor::User(user.user.id), who)
         }
     };
     api::check_access(
@@ -206,7 +206,7 @@ pub async fn shred(state: &AppState, id: Uuid) -> anyhow::Result<()> {
         .with_context(|| format!("no recording {id}"))?;
     api::check_access(
         state,
-        OPERATOR,
+        &OPERATOR,
         Relation::Operator,
         PolicyAction::Delete,
         row.consultation_id,
@@ -217,7 +217,7 @@ pub async fn shred(state: &AppState, id: Uuid) -> anyhow::Result<()> {
     if row.state == RecordingStatus::Recording {
         anyhow::bail!("recording {id} is still being made; end its consultation first");
     }
-    api::shred_row(state, &row, OPERATOR)
+    api::shred_row(state, &row, &OPERATOR)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -235,7 +235,7 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<consult_vault::Rotat
     crate::audit::AuditLog::new(pool)
         .record(
             time::OffsetDateTime::now_utc(),
-            OPERATOR,
+            &OPERATOR,
             Action::KeysRotated,
             None,
             json!({ "new_version": rotation.new_version, "rewrapped": rotation.rewrapped,

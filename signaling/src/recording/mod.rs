@@ -28,7 +28,7 @@ use time::Duration as TimeDuration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::audit::Action;
+use crate::audit::{Action, Actor};
 use crate::state::AppState;
 
 /// Why a recorder is told to stop.
@@ -203,7 +203,7 @@ pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
             .audit
             .record_or_log(
                 state.clock.now(),
-                "system",
+                &Actor::System,
                 Action::RecordingDecision,
                 Some(consultation_id),
                 json!({ "decision": decision }),
@@ -301,7 +301,7 @@ async fn start(
         .audit
         .record(
             now,
-            "system",
+            &Actor::System,
             Action::RecordingStarted,
             Some(info.consultation_id),
             json!({ "recording_id": recording_id, "zero_knowledge": plan.zero_knowledge,
@@ -330,7 +330,7 @@ async fn mark_failed(state: &AppState, consultation_id: Uuid, problem: &str, tol
         .audit
         .record_or_log(
             state.clock.now(),
-            "system",
+            &Actor::System,
             Action::RecordingFailed,
             Some(consultation_id),
             json!({ "problem": problem }),
@@ -366,7 +366,7 @@ pub async fn shred_expired(state: &AppState) -> anyhow::Result<usize> {
             .audit
             .record(
                 state.clock.now(),
-                "system",
+                &Actor::System,
                 Action::RecordingShredded,
                 Some(row.consultation_id),
                 json!({ "recording_id": id, "reason": "retention" }),

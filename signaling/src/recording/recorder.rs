@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use super::rows::{self, RecordingStatus};
 use super::StopReason;
-use crate::audit::Action;
+use crate::audit::{Action, Actor};
 use crate::signal::hub::{Identity, Outbound, RoomInfo};
 use crate::state::AppState;
 
@@ -301,7 +301,7 @@ impl Recorder {
             .audit
             .record_or_log(
                 now,
-                "system",
+                &Actor::System,
                 Action::RecordingStopped,
                 Some(consultation_id),
                 json!({ "recording_id": recording_id, "state": status, "chunks": chunks,

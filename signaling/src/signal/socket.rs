@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::audit::Action;
+use crate::audit::{Action, Actor};
 use crate::auth::sessions;
 use crate::consultations;
 use crate::error::ApiError;
@@ -433,8 +433,8 @@ impl Connected {
         };
         state.metrics.joins.with_label_values(&[role]).inc();
         let actor = match &place.doctor {
-            Some((user_id, _)) => format!("user:{user_id}"),
-            None => format!("participant:{}", place.participant_id),
+            Some((user_id, _)) => Actor::User(*user_id),
+            None => Actor::Participant(place.participant_id),
         };
         state
             .audit
@@ -543,7 +543,7 @@ impl Connected {
                     .audit
                     .record_or_log(
                         state.clock.now(),
-                        &format!("participant:{}", place.participant_id),
+                        &Actor::Participant(place.participant_id),
                         Action::RecordingConsent,
                         Some(place.consultation_id),
                         json!({ "consent": consent }),

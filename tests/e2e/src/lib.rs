@@ -142,18 +142,31 @@ impl Clinic {
 /// What a session reported, for assertions.
 #[derive(Default)]
 pub struct Seen {
+    /// `Joined` arrived.
     pub joined: bool,
+    /// `Admitted` arrived.
     pub admitted: bool,
+    /// `Connected` arrived.
     pub connected: bool,
+    /// Decoded video frames.
     pub video: usize,
+    /// Decoded audio frames.
     pub audio: usize,
+    /// Chat messages, in order.
     pub chats: Vec<String>,
+    /// The file last offered.
     pub offered: Option<uuid::Uuid>,
+    /// The bytes of the file last received whole.
     pub received: Option<Vec<u8>>,
+    /// A file was sent whole.
     pub sent: bool,
+    /// Warnings, in order.
     pub warnings: Vec<String>,
+    /// The latest statistics.
     pub stats: Option<consult_client::peer::Stats>,
+    /// The short authentication string, once keys were agreed.
     pub sas: Option<String>,
+    /// The latest recording state.
     pub recording: Option<consult_proto::signal::RecordingState>,
 }
 

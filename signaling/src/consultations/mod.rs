@@ -10,105 +10,24 @@ use consult_proto::api::{
     Invite, InviteStatus, WaitingPatient,
 };
 use serde_json::json;
-use sqlx::{Row, SqlitePool};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::Action;
+use crate::audit::{Action, Actor, AuditedTransaction};
 use crate::auth::sessions::CurrentDoctor;
-use crate::db::{from_unix, to_unix};
+use crate::db::to_unix;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::invites;
 use crate::secrets::Token;
-use crate::signal::hub::{AdmissionError, RoomInfo};
+use crate::signal::hub::AdmissionError;
 use crate::state::AppState;
+
+pub mod rows;
+
+use rows::mode_str;
+pub use rows::{find, ConsultationRecord};
 
 /// Longest title accepted.
 const MAX_TITLE_CHARS: usize = 200;
-
-/// A consultation row.
-#[derive(Debug, Clone)]
-pub struct ConsultationRecord {
-    /// Id.
-    pub id: Uuid,
-    /// Owner.
-    pub doctor_id: Uuid,
-    /// Owner's display name.
-    pub doctor_name: String,
-    /// Title.
-    pub title: Option<String>,
-    /// Planned time.
-    pub scheduled_at: Option<OffsetDateTime>,
-    /// Mode.
-    pub mode: ConsultationMode,
-    /// End-to-end encrypted.
-    pub e2ee: bool,
-    /// Status.
-    pub status: ConsultationStatus,
-    /// Created.
-    pub created_at: OffsetDateTime,
-    /// Ended.
-    pub ended_at: Option<OffsetDateTime>,
-}
-
-impl ConsultationRecord {
-    /// What the signaling hub needs for its room.
-    pub fn room_info(&self) -> RoomInfo {
-        RoomInfo {
-            consultation_id: self.id,
-            doctor_user_id: self.doctor_id,
-            doctor_name: self.doctor_name.clone(),
-            mode: self.mode,
-            e2ee: self.e2ee,
-        }
-    }
-}
-
-fn mode_str(mode: ConsultationMode) -> &'static str {
-    match mode {
-        ConsultationMode::LiveOnly => "live_only",
-        ConsultationMode::Recorded => "recorded",
-    }
-}
-
-const SELECT: &str = "SELECT c.id, c.doctor_id, u.display_name, c.title, c.scheduled_at, c.mode, \
-     c.status, c.created_at, c.ended_at, c.e2ee FROM consultations c JOIN users u ON u.id = c.doctor_id";
-
-fn record_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<ConsultationRecord> {
-    let id: String = row.get(0);
-    let doctor_id: String = row.get(1);
-    let mode: String = row.get(5);
-    let status: String = row.get(6);
-    Ok(ConsultationRecord {
-        id: Uuid::parse_str(&id)?,
-        doctor_id: Uuid::parse_str(&doctor_id)?,
-        doctor_name: row.get(2),
-        title: row.get(3),
-        scheduled_at: row.get::<Option<i64>, _>(4).map(from_unix),
-        mode: if mode == "recorded" {
-            ConsultationMode::Recorded
-        } else {
-            ConsultationMode::LiveOnly
-        },
-        status: if status == "ended" {
-            ConsultationStatus::Ended
-        } else {
-            ConsultationStatus::Open
-        },
-        created_at: from_unix(row.get(7)),
-        ended_at: row.get::<Option<i64>, _>(8).map(from_unix),
-        e2ee: row.get::<i64, _>(9) != 0,
-    })
-}
-
-/// Load a consultation by id.
-pub async fn find(pool: &SqlitePool, id: Uuid) -> anyhow::Result<Option<ConsultationRecord>> {
-    let row = sqlx::query(&format!("{SELECT} WHERE c.id = ?"))
-        .bind(id.to_string())
-        .fetch_optional(pool)
-        .await?;
-    row.map(record_from_row).transpose()
-}
 
 /// Load a consultation that belongs to `doctor`; someone else's looks like a missing one.
 async fn find_owned(
@@ -159,8 +78,8 @@ async fn view(
     })
 }
 
-fn actor(doctor: &CurrentDoctor) -> String {
-    format!("user:{}", doctor.0.user.id)
+fn actor(doctor: &CurrentDoctor) -> Actor {
+    Actor::User(doctor.0.user.id)
 }
 
 /// `POST /api/v1/consultations`: create a consultation and its first invite link.
@@ -216,30 +135,31 @@ pub async fn create(
     let e2ee = req.e2ee.unwrap_or(e2ee_required);
     let now = state.clock.now();
     let id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO consultations (id, doctor_id, title, scheduled_at, mode, status, created_at, e2ee)
-         VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
+    // The consultation, its first invite and their audit entries commit together.
+    let mut tx = state.audit.begin().await?;
+    rows::insert(
+        tx.connection(),
+        &rows::NewConsultation {
+            id,
+            doctor_id: doctor.0.user.id,
+            title: title.as_deref(),
+            scheduled_at: req.scheduled_at,
+            mode,
+            e2ee,
+            created_at: now,
+        },
     )
-    .bind(id.to_string())
-    .bind(doctor.0.user.id.to_string())
-    .bind(&title)
-    .bind(req.scheduled_at.map(to_unix))
-    .bind(mode_str(mode))
-    .bind(to_unix(now))
-    .bind(i64::from(e2ee))
-    .execute(&state.pool)
     .await?;
-    state
-        .audit
-        .record(
-            now,
-            &actor(&doctor),
-            Action::ConsultationCreated,
-            Some(id),
-            json!({ "mode": mode_str(mode), "e2ee": e2ee }),
-        )
-        .await?;
-    let invite = issue_invite(&state, &doctor, id).await?;
+    tx.record(
+        now,
+        &actor(&doctor),
+        Action::ConsultationCreated,
+        Some(id),
+        json!({ "mode": mode_str(mode), "e2ee": e2ee }),
+    )
+    .await?;
+    let invite = insert_invite(&state, &mut tx, &doctor, id).await?;
+    tx.commit().await?;
     let record = find_owned(&state, &doctor, id).await?;
     Ok((
         StatusCode::CREATED,
@@ -249,34 +169,49 @@ pub async fn create(
 
 /// Revoke any live invite of the consultation (disconnecting the device holding it) and issue a
 /// new one.
+/// Revoke the live invites (disconnecting a device holding one) and issue a new one, audited in
+/// one transaction.
 async fn issue_invite(
     state: &AppState,
     doctor: &CurrentDoctor,
     consultation_id: Uuid,
 ) -> Result<Invite, ApiError> {
-    revoke_invites(state, doctor, consultation_id).await?;
+    let mut tx = state.audit.begin().await?;
+    let revoked = revoke_invites(state, &mut tx, doctor, consultation_id).await?;
+    let invite = insert_invite(state, &mut tx, doctor, consultation_id).await?;
+    tx.commit().await?;
+    remove_holders(state, consultation_id, &revoked).await?;
+    Ok(invite)
+}
+
+/// A new invite of the consultation in `tx`, audited there.
+async fn insert_invite(
+    state: &AppState,
+    tx: &mut AuditedTransaction<'_>,
+    doctor: &CurrentDoctor,
+    consultation_id: Uuid,
+) -> Result<Invite, ApiError> {
     let now = state.clock.now();
     let token = Token::generate();
     let expires_at = now + state.config.invite.ttl;
     let invite_id = Uuid::new_v4();
-    sqlx::query("INSERT INTO invites (id, consultation_id, token_hash, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(invite_id.to_string())
-        .bind(consultation_id.to_string())
-        .bind(token.hash().0)
-        .bind(to_unix(now))
-        .bind(to_unix(expires_at))
-        .execute(&state.pool)
-        .await?;
-    state
-        .audit
-        .record(
-            now,
-            &actor(doctor),
-            Action::InviteIssued,
-            Some(consultation_id),
-            json!({ "invite_id": invite_id, "expires_at": to_unix(expires_at) }),
-        )
-        .await?;
+    rows::insert_invite(
+        tx.connection(),
+        invite_id,
+        consultation_id,
+        &token.hash().0,
+        now,
+        expires_at,
+    )
+    .await?;
+    tx.record(
+        now,
+        &actor(doctor),
+        Action::InviteIssued,
+        Some(consultation_id),
+        json!({ "invite_id": invite_id, "expires_at": to_unix(expires_at) }),
+    )
+    .await?;
     Ok(Invite {
         // The token travels in the fragment: browsers never send it to a server or in a Referer.
         invite_url: format!("{}/join#{}", state.public_url, token.expose()),
@@ -284,34 +219,39 @@ async fn issue_invite(
     })
 }
 
-/// Revoke every live invite; returns how many were revoked.
+/// Revoke every live invite in `tx`, each audited there; the ids revoked. Their holders are
+/// removed once the transaction has committed ([`remove_holders`]).
 async fn revoke_invites(
     state: &AppState,
+    tx: &mut AuditedTransaction<'_>,
     doctor: &CurrentDoctor,
     consultation_id: Uuid,
-) -> Result<u64, ApiError> {
+) -> Result<Vec<String>, ApiError> {
     let now = state.clock.now();
-    let revoked: Vec<String> = sqlx::query_scalar(
-        "UPDATE invites SET revoked_at = ? WHERE consultation_id = ? AND revoked_at IS NULL RETURNING id",
-    )
-    .bind(to_unix(now))
-    .bind(consultation_id.to_string())
-    .fetch_all(&state.pool)
-    .await?;
+    let revoked = rows::revoke_invites(tx.connection(), consultation_id, now).await?;
     for invite_id in &revoked {
-        state
-            .audit
-            .record(
-                now,
-                &actor(doctor),
-                Action::InviteRevoked,
-                Some(consultation_id),
-                json!({ "invite_id": invite_id }),
-            )
-            .await?;
+        tx.record(
+            now,
+            &actor(doctor),
+            Action::InviteRevoked,
+            Some(consultation_id),
+            json!({ "invite_id": invite_id }),
+        )
+        .await?;
+    }
+    Ok(revoked)
+}
+
+/// Disconnect the devices that held these (now revoked) invites.
+async fn remove_holders(
+    state: &AppState,
+    consultation_id: Uuid,
+    revoked: &[String],
+) -> Result<(), ApiError> {
+    for invite_id in revoked {
         invites::remove_holders(state, consultation_id, invite_id).await?;
     }
-    Ok(revoked.len() as u64)
+    Ok(())
 }
 
 /// `GET /api/v1/consultations`: the doctor's consultations, newest first.
@@ -321,16 +261,10 @@ pub async fn list(
     State(state): State<AppState>,
     doctor: CurrentDoctor,
 ) -> Result<Json<Vec<Consultation>>, ApiError> {
-    let rows = sqlx::query(&format!(
-        "{SELECT} WHERE c.doctor_id = ? ORDER BY c.created_at DESC, c.id LIMIT 500"
-    ))
-    .bind(doctor.0.user.id.to_string())
-    .fetch_all(&state.pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let record = record_from_row(row)?;
-        out.push(view(&state, &record, None).await?);
+    let records = rows::of_doctor(&state.pool, doctor.0.user.id).await?;
+    let mut out = Vec::with_capacity(records.len());
+    for record in &records {
+        out.push(view(&state, record, None).await?);
     }
     Ok(Json(out))
 }
@@ -360,25 +294,12 @@ pub async fn end(
     let record = find_owned(&state, &doctor, id).await?;
     if record.status == ConsultationStatus::Open {
         let now = state.clock.now();
-        sqlx::query("UPDATE consultations SET status = 'ended', ended_at = ? WHERE id = ? AND status = 'open'")
-            .bind(to_unix(now))
-            .bind(id.to_string())
-            .execute(&state.pool)
-            .await?;
-        sqlx::query(
-            "UPDATE invites SET revoked_at = ? WHERE consultation_id = ? AND revoked_at IS NULL",
-        )
-        .bind(to_unix(now))
-        .bind(id.to_string())
-        .execute(&state.pool)
-        .await?;
-        for departure in state.hub.end(id) {
-            invites::depart(&state, &departure).await?;
-        }
-        invites::release_all(&state, id).await?;
-        state
-            .audit
-            .record(
+        // Ended, its invites dead and the end audited, together; then everyone is told.
+        let mut tx = state.audit.begin().await?;
+        let ended = rows::mark_ended(tx.connection(), id, now).await?;
+        rows::revoke_invites(tx.connection(), id, now).await?;
+        if ended {
+            tx.record(
                 now,
                 &actor(&doctor),
                 Action::ConsultationEnded,
@@ -386,6 +307,12 @@ pub async fn end(
                 json!({}),
             )
             .await?;
+        }
+        tx.commit().await?;
+        for departure in state.hub.end(id) {
+            invites::depart(&state, &departure).await?;
+        }
+        invites::release_all(&state, id).await?;
     }
     let record = find_owned(&state, &doctor, id).await?;
     Ok(Json(view(&state, &record, None).await?))
@@ -433,9 +360,13 @@ pub async fn revoke_invite(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     find_owned(&state, &doctor, id).await?;
-    if revoke_invites(&state, &doctor, id).await? == 0 {
+    let mut tx = state.audit.begin().await?;
+    let revoked = revoke_invites(&state, &mut tx, &doctor, id).await?;
+    if revoked.is_empty() {
         return Err(ApiError::NotFound("live invite"));
     }
+    tx.commit().await?;
+    remove_holders(&state, id, &revoked).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -463,7 +394,7 @@ pub async fn admit_patient(
         .audit
         .record_or_log(
             state.clock.now(),
-            &format!("user:{doctor_user_id}"),
+            &Actor::User(doctor_user_id),
             Action::Admitted,
             Some(consultation_id),
             json!({ "participant_id": participant_id }),
@@ -489,7 +420,7 @@ pub async fn decline_patient(
             .audit
             .record(
                 now,
-                &format!("user:{doctor_user_id}"),
+                &Actor::User(doctor_user_id),
                 Action::Declined,
                 Some(consultation_id),
                 json!({ "participant_id": participant_id }),
