@@ -52,17 +52,20 @@ if ! command -v cargo-nextest >/dev/null; then
 fi
 
 # --- Rust: build everything once, then run every test against that build. --------------------
+# The benchmarks (criterion, `cargo bench -p consult-benches`) are not tests: clippy checks that
+# they build, and leaving them out here saves building criterion.
+rust=(--workspace --exclude consult-benches --locked)
 log "cargo build (all targets)"
-cargo build --workspace --all-targets --locked --quiet
+cargo build "${rust[@]}" --all-targets --quiet
 if $quick; then
   log "cargo nextest (quick tier)"
-  cargo nextest run --workspace --locked --profile quick
+  cargo nextest run "${rust[@]}" --profile quick
   exit 0
 fi
 log "cargo nextest"
-cargo nextest run --workspace --locked
+cargo nextest run "${rust[@]}"
 log "doc tests"
-cargo test --workspace --doc --locked --quiet
+cargo test "${rust[@]}" --doc --quiet
 
 # --- Web demo: JSDoc types checked by tsc, and its protocol types against the service's schemas. ---
 log "web demo type check and protocol check"
