@@ -72,5 +72,6 @@ pub use consult_codec as codec;
 /// The sans-IO peer (`consult-peer`), re-exported so an integrator needs one dependency.
 pub use consult_peer as peer;
 
+mod reconnect;
 mod recorder_link;
 pub mod session;

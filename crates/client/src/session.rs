@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::reconnect::{GaveUp, SignalLink};
 use crate::recorder_link::{RecorderLink, RecordingTarget};
 use consult_api_client::{ApiClient, ApiError, Credentials, PatientPlace, SignalConnection};
 use consult_codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES};
@@ -547,12 +548,11 @@ struct Runner {
     recording: Option<RecordingTarget>,
     /// The send-only connection to the recorder.
     recorder: Option<RecorderLink>,
-    /// Signaling is down and being re-established, while media goes on peer to peer.
-    reconnect: Option<Reconnect>,
-    /// Signaling losses and failed attempts since the service last said `joined`.
-    signal_failures: u32,
-    /// Signaling messages written while reconnecting, sent once back.
-    unsent: Vec<ClientMessage>,
+    /// When to re-establish signaling while media goes on peer to peer, and what to send then.
+    link: SignalLink,
+    /// The reconnection attempt under way (its own task, so a service that does not answer
+    /// never stalls the media).
+    attempt: Option<Attempt>,
     /// The socket readers: they end with the session, even when its task is aborted.
     readers: AbortOnDrop,
 }
@@ -569,25 +569,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Re-establishing the signaling connection: when to try next, and the attempt under way (its
-/// own task, so a service that does not answer never stalls the media).
-struct Reconnect {
-    next_at: Instant,
-    delay: Duration,
-    attempt: Option<tokio::task::JoinHandle<Result<SignalConnection, ApiError>>>,
-}
+/// A reconnection attempt's task, aborted when the session ends.
+struct Attempt(tokio::task::JoinHandle<Result<SignalConnection, ApiError>>);
 
-impl Drop for Reconnect {
+impl Drop for Attempt {
     fn drop(&mut self) {
-        if let Some(attempt) = &self.attempt {
-            attempt.abort();
-        }
+        self.0.abort();
     }
 }
-
-/// Signaling losses and failed attempts, without the service saying `joined` in between, before
-/// the session gives up (about 20 s of back-off in all).
-const RECONNECT_ATTEMPTS: u32 = 8;
 
 /// How long after connecting the remote may take to start key agreement before we say so.
 const E2EE_AGREEMENT_WARNING: Duration = Duration::from_secs(10);
@@ -642,9 +631,8 @@ impl Runner {
             recorder_id: None,
             recording: None,
             recorder: None,
-            reconnect: None,
-            signal_failures: 0,
-            unsent: Vec::new(),
+            link: SignalLink::new(),
+            attempt: None,
             readers: AbortOnDrop::default(),
         })
     }
@@ -677,7 +665,7 @@ impl Runner {
         loop {
             let wake = self.next_wake();
             tokio::select! {
-                attempt = reconnect_attempt(&mut self.reconnect) => self.reconnect_attempted(attempt).await?,
+                attempt = reconnect_attempt(&mut self.attempt) => self.reconnect_attempted(attempt).await?,
                 message = recv_signal(&mut self.signal) => {
                     match message {
                         Ok(message) => {
@@ -737,13 +725,13 @@ impl Runner {
                             self.recorder = None;
                         }
                     }
-                    if let Some(reconnect) = self.reconnect.as_mut().filter(|r| r.next_at <= now && r.attempt.is_none()) {
+                    if self.link.handle_timeout(now) {
                         let (base, join) = (self.base_url.clone(), self.join.clone());
-                        reconnect.attempt = Some(tokio::spawn(async move {
+                        self.attempt = Some(Attempt(tokio::spawn(async move {
                             tokio::time::timeout(Duration::from_secs(2), SignalConnection::join(&base, join))
                                 .await
                                 .unwrap_or(Err(ApiError::Closed))
-                        }));
+                        })));
                     }
                     if self.offer_at.is_some_and(|at| at <= now) {
                         self.offer_at = None;
@@ -767,8 +755,8 @@ impl Runner {
         if let Some(at) = self.offer_at {
             wake = wake.min(at);
         }
-        if let Some(reconnect) = self.reconnect.as_ref().filter(|r| r.attempt.is_none()) {
-            wake = wake.min(reconnect.next_at);
+        if let Some(at) = self.link.poll_timeout() {
+            wake = wake.min(at);
         }
         if let Some(since) = self.down_since {
             wake = wake.min(since + self.config.ice_restart_after);
@@ -776,73 +764,47 @@ impl Runner {
         wake.max(Instant::now())
     }
 
-    /// Signaling dropped: retry with back-off from the run loop, so media, timers and
-    /// commands go on meanwhile. Gives up after [`RECONNECT_ATTEMPTS`] losses and failed
-    /// attempts without a `joined` in between (a service that accepts and hangs up at once
-    /// cannot keep us trying for ever).
+    /// Signaling dropped: retry with back-off from the run loop (the policy is
+    /// [`SignalLink`]), so media, timers and commands go on meanwhile.
     async fn start_reconnect(&mut self, why: &str) -> Result<(), SessionError> {
         self.signal = None;
-        if self.reconnect.is_some() {
-            return Ok(());
+        match self.link.lost(Instant::now()) {
+            Err(GaveUp) => Err(ApiError::Closed.into()),
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                emit(
+                    &self.events,
+                    SessionEvent::Warning(format!("signaling lost ({why}); reconnecting")),
+                )
+                .await;
+                Ok(())
+            }
         }
-        self.signal_failures += 1;
-        if self.signal_failures >= RECONNECT_ATTEMPTS {
-            return Err(ApiError::Closed.into());
-        }
-        emit(
-            &self.events,
-            SessionEvent::Warning(format!("signaling lost ({why}); reconnecting")),
-        )
-        .await;
-        let delay = Duration::from_millis(200);
-        self.reconnect = Some(Reconnect {
-            next_at: Instant::now() + delay,
-            delay,
-            attempt: None,
-        });
-        Ok(())
     }
 
     async fn reconnect_attempted(
         &mut self,
         attempt: Result<SignalConnection, ApiError>,
     ) -> Result<(), SessionError> {
-        let Some(mut reconnect) = self.reconnect.take() else {
-            return Ok(());
-        };
-        reconnect.attempt = None;
+        self.attempt = None;
         match attempt {
             Ok(mut signal) => {
-                // Descriptions and candidates of the old connection mean nothing to the next
-                // one: `joined` starts a new negotiation. Anything else still matters.
-                let unsent: Vec<ClientMessage> = std::mem::take(&mut self.unsent)
-                    .into_iter()
-                    .filter(|m| {
-                        !matches!(
-                            m,
-                            ClientMessage::Description { .. } | ClientMessage::Candidate { .. }
-                        )
-                    })
-                    .collect();
+                let unsent = self.link.reconnected();
                 for (i, message) in unsent.iter().enumerate() {
                     if let Err(e) = signal.send(message).await {
-                        self.unsent = unsent[i..].to_vec();
+                        for message in &unsent[i..] {
+                            self.link.queue(message.clone());
+                        }
                         return self.start_reconnect(&e.to_string()).await;
                     }
                 }
                 self.signal = Some(signal);
                 Ok(())
             }
-            Err(_) => {
-                self.signal_failures += 1;
-                if self.signal_failures >= RECONNECT_ATTEMPTS {
-                    return Err(ApiError::Closed.into());
-                }
-                reconnect.delay = (reconnect.delay * 2).min(Duration::from_secs(5));
-                reconnect.next_at = Instant::now() + reconnect.delay;
-                self.reconnect = Some(reconnect);
-                Ok(())
-            }
+            Err(_) => match self.link.attempt_failed(Instant::now()) {
+                Ok(()) => Ok(()),
+                Err(GaveUp) => Err(ApiError::Closed.into()),
+            },
         }
     }
 
@@ -850,13 +812,13 @@ impl Runner {
         match &mut self.signal {
             Some(signal) => {
                 if let Err(e) = signal.send(&message).await {
-                    self.unsent.push(message);
+                    self.link.queue(message);
                     self.start_reconnect(&e.to_string()).await?;
                 }
                 Ok(())
             }
-            None if self.reconnect.is_some() => {
-                self.unsent.push(message);
+            None if !self.link.is_up() => {
+                self.link.queue(message);
                 Ok(())
             }
             None => Err(ApiError::Closed.into()),
@@ -875,7 +837,7 @@ impl Runner {
                 consultation,
                 ..
             } => {
-                self.signal_failures = 0;
+                self.link.joined();
                 self.polite = polite;
                 self.admitted = admitted;
                 self.local_id = Some(participant_id);
@@ -1771,11 +1733,9 @@ async fn emit(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
 }
 
 /// The outcome of the reconnection attempt under way; pending while there is none.
-async fn reconnect_attempt(
-    reconnect: &mut Option<Reconnect>,
-) -> Result<SignalConnection, ApiError> {
-    match reconnect.as_mut().and_then(|r| r.attempt.as_mut()) {
-        Some(attempt) => attempt.await.unwrap_or(Err(ApiError::Closed)),
+async fn reconnect_attempt(attempt: &mut Option<Attempt>) -> Result<SignalConnection, ApiError> {
+    match attempt {
+        Some(Attempt(task)) => task.await.unwrap_or(Err(ApiError::Closed)),
         None => std::future::pending().await,
     }
 }
