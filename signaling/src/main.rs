@@ -211,7 +211,7 @@ fn run_load_generator(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
     };
     let error = std::process::Command::new(&generator)
         .args(args)
-        .env("CONSULT_BIN", &this)
+        .env("CONSULT_LOAD_SERVICE_BIN", &this)
         .exec();
     anyhow::bail!(
         "could not run the load generator {} ({error}); it is a separate binary because it \

@@ -791,7 +791,8 @@ async fn a_consultation_that_cannot_be_audited_is_not_created() {
     // Neither the consultation nor its invite exists without its audit entries.
     assert_eq!(count(&svc, "consultations").await, consultations);
     assert_eq!(count(&svc, "invites").await, invites);
-    // Ending and re-inviting roll back the same way: the consultation stays open, its invite live.
+    // Ending, re-inviting and revoking roll back the same way: the consultation stays open, its
+    // invite live.
     let r = doctor
         .bearer(
             Method::POST,
@@ -804,6 +805,15 @@ async fn a_consultation_that_cannot_be_audited_is_not_created() {
     let r = doctor
         .bearer(
             Method::POST,
+            &format!("/api/v1/consultations/{}/invite", consultation.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let r = doctor
+        .bearer(
+            Method::DELETE,
             &format!("/api/v1/consultations/{}/invite", consultation.id),
         )
         .send()

@@ -1,7 +1,7 @@
 // @ts-check
 /**
  * File transfer over the `consult-file` data channel: the same protocol as the native media core
- * (`crates/media/src/file_transfer.rs`, the reference; keep the two in step).
+ * (`crates/peer/src/file_transfer.rs`, the reference; keep the two in step).
  *
  * Wire format (reliable, ordered channel):
  *

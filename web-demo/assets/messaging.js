@@ -1,7 +1,7 @@
 // @ts-check
 /**
  * Chat and file transfer over the call's data channels, speaking the native media core's protocol
- * (`crates/media/src/chat.rs`, `crates/media/src/file_transfer.rs`):
+ * (`crates/peer/src/chat.rs`, `crates/peer/src/file_transfer.rs`):
  *
  * - `consult-chat` (reliable, ordered): one UTF-8 text frame per message, at most
  *   {@link MAX_CHAT_BYTES} bytes; binary frames and longer messages are refused;

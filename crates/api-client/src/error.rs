@@ -38,7 +38,8 @@ pub enum ApiError {
         /// Why.
         reason: String,
     },
-    /// The invite link is not of the form `http(s)://host/join#token`.
+    /// The invite link is not of the form `http(s)://host/join#token` (the link is named
+    /// without its token).
     #[error("not an invite link: {0}")]
     BadInvite(String),
     /// The TOTP secret is not base32.

@@ -14,7 +14,7 @@
 //!
 //! It gives up after [`RECONNECT_ATTEMPTS`] losses and failed attempts without the service
 //! saying `joined` in between, so a service that accepts and hangs up at once cannot keep a
-//! session trying for ever (about 20 s of back-off in all).
+//! session trying for ever (about 16 s of back-off in all).
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //!
 //! It is a binary of its own because it needs the codecs, which the service never links. `consult
 //! load ARGS` runs this binary from beside `consult` (or from `PATH`) and tells it, in
-//! `CONSULT_BIN`, which `consult` to start for a local run.
+//! `CONSULT_LOAD_SERVICE_BIN`, which `consult` to start for a local run.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -316,10 +316,10 @@ impl LocalService {
     }
 }
 
-/// The `consult` binary to start for a local run: `CONSULT_BIN` (set by `consult load`), else the
-/// one beside this binary, else `consult` on `PATH`.
+/// The `consult` binary to start for a local run: `CONSULT_LOAD_SERVICE_BIN` (set by
+/// `consult load`), else the one beside this binary, else `consult` on `PATH`.
 fn service_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("CONSULT_BIN") {
+    if let Some(path) = std::env::var_os("CONSULT_LOAD_SERVICE_BIN") {
         return Ok(PathBuf::from(path));
     }
     let beside = std::env::current_exe()?.with_file_name("consult");

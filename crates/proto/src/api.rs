@@ -9,6 +9,21 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+/// `Debug` that names the secret fields but prints `<redacted>` for them, so a request or an
+/// answer that holds a password, a code or a token can be logged without leaking it.
+macro_rules! redacted_debug {
+    ($ty:ident { shown: [$($shown:ident),*], secret: [$($secret:ident),*] }) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut out = f.debug_struct(stringify!($ty));
+                $(out.field(stringify!($shown), &self.$shown);)*
+                $(out.field(stringify!($secret), &"<redacted>");)*
+                out.finish()
+            }
+        }
+    };
+}
+
 /// The body of every failed request: `{ "error": { "code": "...", "message": "..." } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
@@ -70,7 +85,7 @@ pub struct User {
 }
 
 /// `POST /api/v1/auth/enrol`: set the password of a new account from its one-time enrolment link.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnrolRequest {
     /// The token from the enrolment link.
     pub token: String,
@@ -86,7 +101,7 @@ pub struct EnrolResponse {
 }
 
 /// `POST /api/v1/auth/login`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginRequest {
     /// Account email (case-insensitive).
     pub email: String,
@@ -117,7 +132,7 @@ pub enum LoginResponse {
 }
 
 /// A session, as returned at sign-in (with its bearer token) or by `GET /api/v1/auth/session`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct Session {
     /// The signed-in account.
     pub user: User,
@@ -136,7 +151,7 @@ pub struct Session {
 }
 
 /// A TOTP secret to enrol, with a QR code rendered by the service (nothing leaves the machine).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct MfaEnrolment {
     /// Short-lived token that proves the password was checked; only good for `mfa/enrol`.
     pub mfa_token: String,
@@ -149,7 +164,7 @@ pub struct MfaEnrolment {
 }
 
 /// `POST /api/v1/auth/mfa/enrol`: confirm the authenticator with a first code.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct MfaEnrolRequest {
     /// From [`MfaEnrolment::mfa_token`].
     pub mfa_token: String,
@@ -158,7 +173,7 @@ pub struct MfaEnrolRequest {
 }
 
 /// Second factor enrolled: a session and recovery codes, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct MfaEnrolResponse {
     /// The new session. A session cookie was set as well.
     pub session: Session,
@@ -279,7 +294,7 @@ pub struct WaitingPatient {
 }
 
 /// `POST /api/v1/invites/inspect`: what a patient sees before joining.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct InspectInviteRequest {
     /// The invite token from the link.
     pub invite: String,
@@ -303,7 +318,7 @@ pub struct InviteInfo {
 }
 
 /// `POST /api/v1/invites/redeem`: exchange an invite for a participant token.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct RedeemInviteRequest {
     /// The invite token from the link.
     pub invite: String,
@@ -312,7 +327,7 @@ pub struct RedeemInviteRequest {
 }
 
 /// A patient's place in a consultation.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct RedeemInviteResponse {
     /// Secret that identifies this patient device; send it in the signaling `join` message.
     pub participant_token: String,
@@ -365,4 +380,66 @@ pub struct RecordingKeyBody {
     /// X25519 public key, base64 (from `consult recording keygen`); `null` when none is
     /// registered.
     pub public_key: Option<String>,
+}
+
+redacted_debug!(EnrolRequest {
+    shown: [],
+    secret: [token, password]
+});
+redacted_debug!(LoginRequest {
+    shown: [email],
+    secret: [password, totp, recovery_code]
+});
+redacted_debug!(Session {
+    shown: [user, idle_expires_at, absolute_expires_at],
+    secret: [token, csrf_token]
+});
+redacted_debug!(MfaEnrolment {
+    shown: [],
+    secret: [mfa_token, totp_secret, otpauth_uri, qr_svg]
+});
+redacted_debug!(MfaEnrolRequest {
+    shown: [],
+    secret: [mfa_token, totp]
+});
+redacted_debug!(MfaEnrolResponse {
+    shown: [session],
+    secret: [recovery_codes]
+});
+redacted_debug!(InspectInviteRequest {
+    shown: [],
+    secret: [invite]
+});
+redacted_debug!(RedeemInviteRequest {
+    shown: [name],
+    secret: [invite]
+});
+redacted_debug!(RedeemInviteResponse {
+    shown: [participant_id, invite],
+    secret: [participant_token]
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_of_requests_and_answers_holds_no_secret() {
+        let login = LoginRequest {
+            email: "dr@example.org".into(),
+            password: "SECRET-PASSWORD".into(),
+            totp: Some("SECRET-CODE".into()),
+            recovery_code: None,
+        };
+        let redeem = RedeemInviteRequest {
+            invite: "SECRET-INVITE".into(),
+            name: "Pat".into(),
+        };
+        let shown = format!("{login:?} {redeem:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(
+            shown.contains("dr@example.org") && shown.contains("Pat"),
+            "{shown}"
+        );
+    }
 }

@@ -258,6 +258,7 @@ fn signed_in<T: serde::Serialize>(
 /// The client's address, for an endpoint that guesses could be tried against (a password, a
 /// TOTP code): refused with `429 too_many_attempts` while the address is locked out, the refusal
 /// counted in `consult_failed_signins_total` and audited. Sign-in and TOTP enrolment share it.
+/// It runs before the body is read: a locked address is refused whatever it sends.
 pub struct UnlockedAddress(pub IpAddr);
 
 impl axum::extract::FromRequestParts<AppState> for UnlockedAddress {

@@ -180,7 +180,7 @@ async fn issue_invite(
     let revoked = revoke_invites(state, &mut tx, doctor, consultation_id).await?;
     let invite = insert_invite(state, &mut tx, doctor, consultation_id).await?;
     tx.commit().await?;
-    remove_holders(state, consultation_id, &revoked).await?;
+    remove_holders(state, consultation_id, &revoked).await;
     Ok(invite)
 }
 
@@ -242,16 +242,15 @@ async fn revoke_invites(
     Ok(revoked)
 }
 
-/// Disconnect the devices that held these (now revoked) invites.
-async fn remove_holders(
-    state: &AppState,
-    consultation_id: Uuid,
-    revoked: &[String],
-) -> Result<(), ApiError> {
+/// Disconnect the devices that held these (now revoked and committed) invites. Each is tried:
+/// a failure is logged, never returned, because the revocation stands and the answer (a new
+/// invite link, shown once) must reach the doctor.
+async fn remove_holders(state: &AppState, consultation_id: Uuid, revoked: &[String]) {
     for invite_id in revoked {
-        invites::remove_holders(state, consultation_id, invite_id).await?;
+        if let Err(e) = invites::remove_holders(state, consultation_id, invite_id).await {
+            tracing::error!(error = format!("{e:#}"), %consultation_id, "could not disconnect the holder of a revoked invite");
+        }
     }
-    Ok(())
 }
 
 /// `GET /api/v1/consultations`: the doctor's consultations, newest first.
@@ -309,10 +308,15 @@ pub async fn end(
             .await?;
         }
         tx.commit().await?;
+        // The end stands once committed: telling everyone is tried in full, failures logged.
         for departure in state.hub.end(id) {
-            invites::depart(&state, &departure).await?;
+            if let Err(e) = invites::depart(&state, &departure).await {
+                tracing::error!(error = format!("{e:#}"), consultation_id = %id, "could not record a departure at the end");
+            }
         }
-        invites::release_all(&state, id).await?;
+        if let Err(e) = invites::release_all(&state, id).await {
+            tracing::error!(error = format!("{e:#}"), consultation_id = %id, "could not release the invite holds at the end");
+        }
     }
     let record = find_owned(&state, &doctor, id).await?;
     Ok(Json(view(&state, &record, None).await?))
@@ -366,7 +370,7 @@ pub async fn revoke_invite(
         return Err(ApiError::NotFound("live invite"));
     }
     tx.commit().await?;
-    remove_holders(&state, id, &revoked).await?;
+    remove_holders(&state, id, &revoked).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
