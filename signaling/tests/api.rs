@@ -793,33 +793,15 @@ async fn a_consultation_that_cannot_be_audited_is_not_created() {
     assert_eq!(count(&svc, "invites").await, invites);
     // Ending, re-inviting and revoking roll back the same way: the consultation stays open, its
     // invite live.
-    let r = doctor
-        .bearer(
-            Method::POST,
-            &format!("/api/v1/consultations/{}/end", consultation.id),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let r = doctor
-        .bearer(
-            Method::POST,
-            &format!("/api/v1/consultations/{}/invite", consultation.id),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let r = doctor
-        .bearer(
-            Method::DELETE,
-            &format!("/api/v1/consultations/{}/invite", consultation.id),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let id = consultation.id;
+    for (method, path) in [
+        (Method::POST, format!("/api/v1/consultations/{id}/end")),
+        (Method::POST, format!("/api/v1/consultations/{id}/invite")),
+        (Method::DELETE, format!("/api/v1/consultations/{id}/invite")),
+    ] {
+        let r = doctor.bearer(method, &path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+    }
     let read = doctor
         .bearer(
             Method::GET,
