@@ -281,6 +281,59 @@ async fn one_address_guessing_many_accounts_is_locked_out() {
 }
 
 #[tokio::test]
+async fn a_locked_out_address_cannot_guess_totp_codes_at_enrolment_either() {
+    let svc = TestService::start_with(|c| c.login.max_failures_per_address = 5).await;
+    let token = svc.create_account("new@clinic.test", Role::Doctor).await;
+    let client = http_client();
+    let r = client
+        .post(svc.url("/api/v1/auth/enrol"))
+        .json(&json!({ "token": token, "password": "a long enough password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = svc
+        .login("new@clinic.test", "a long enough password", None)
+        .await;
+    let LoginResponse::MfaEnrolmentRequired { enrolment } = r.json().await.unwrap() else {
+        panic!("expected MFA enrolment")
+    };
+    // Five wrong codes lock the address out.
+    let enrol_mfa = |code: String| {
+        client
+            .post(svc.url("/api/v1/auth/mfa/enrol"))
+            .json(&json!({ "mfa_token": enrolment.mfa_token, "totp": code }))
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            error_code(enrol_mfa("000000".into()).await.unwrap()).await,
+            (StatusCode::UNAUTHORIZED, "invalid_totp".into())
+        );
+    }
+    let failed = |text: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("consult_failed_signins_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = failed(svc.metrics().await);
+    // Even the right code is refused now, counted and audited, and the enrolment waits.
+    let code = totp::code_at(&enrolment.totp_secret, svc.now_unix()).unwrap();
+    let r = enrol_mfa(code).await.unwrap();
+    assert!(r.headers().contains_key(header::RETRY_AFTER));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts".into())
+    );
+    assert_eq!(failed(svc.metrics().await), before + 1.0);
+    let entry = svc
+        .audited("sign_in_failed", Some("address:127.0.0.1"))
+        .await;
+    assert_eq!(entry.detail["reason"], "address_locked");
+}
+
+#[tokio::test]
 async fn sessions_end_when_idle_at_the_absolute_timeout_and_at_sign_out() {
     let svc = TestService::start_with(|c| {
         c.session.idle_timeout = Duration::from_secs(15 * 60);

@@ -237,7 +237,6 @@ impl Session {
             }
             Credentials::Clinician { base_url, .. } => (ApiClient::new(base_url)?, None),
         };
-        let base_url = api.base_url().to_owned();
         let bearer = match (&config.credentials, &patient) {
             (Credentials::Clinician { token, .. }, _) => Some(token.clone()),
             (_, Some(place)) => Some(place.participant_token.clone()),
@@ -253,7 +252,7 @@ impl Session {
             })
         });
         let join = config.credentials.join_message(patient.as_ref());
-        let signal = SignalConnection::join(&base_url, join.clone()).await?;
+        let signal = api.signal(join.clone()).await?;
         let ips = if config.bind_ips.is_empty() {
             default_ips()
         } else {
@@ -315,7 +314,7 @@ impl Session {
         }
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::channel(1024);
-        let mut runner = Runner::new(config, base_url, join, patient, signal, sockets, events_tx)?;
+        let mut runner = Runner::new(config, api, join, patient, signal, sockets, events_tx)?;
         runner.relays = relays;
         runner.reflexive = reflexive;
         runner.relay_only = relay_only;
@@ -504,7 +503,8 @@ async fn read_socket(socket: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender
 
 struct Runner {
     config: SessionConfig,
-    base_url: String,
+    /// The service, for reconnecting.
+    api: ApiClient,
     join: ClientMessage,
     _patient: Option<PatientPlace>,
     signal: Option<SignalConnection>,
@@ -584,7 +584,7 @@ const E2EE_AGREEMENT_WARNING: Duration = Duration::from_secs(10);
 impl Runner {
     fn new(
         config: SessionConfig,
-        base_url: String,
+        api: ApiClient,
         join: ClientMessage,
         patient: Option<PatientPlace>,
         signal: SignalConnection,
@@ -594,7 +594,7 @@ impl Runner {
         let now = Instant::now();
         Ok(Self {
             config,
-            base_url,
+            api,
             join,
             _patient: patient,
             signal: Some(signal),
@@ -726,9 +726,9 @@ impl Runner {
                         }
                     }
                     if self.link.handle_timeout(now) {
-                        let (base, join) = (self.base_url.clone(), self.join.clone());
+                        let (api, join) = (self.api.clone(), self.join.clone());
                         self.attempt = Some(Attempt(tokio::spawn(async move {
-                            tokio::time::timeout(Duration::from_secs(2), SignalConnection::join(&base, join))
+                            tokio::time::timeout(Duration::from_secs(2), api.signal(join))
                                 .await
                                 .unwrap_or(Err(ApiError::Closed))
                         })));

@@ -136,6 +136,7 @@ impl TestService {
             csrf: enrolled.session.csrf_token.clone(),
             recovery_codes: enrolled.recovery_codes,
             client,
+            api: self.api.clone(),
             base: self.base.clone(),
         }
     }
@@ -297,6 +298,8 @@ pub struct Doctor {
     pub recovery_codes: Vec<String>,
     /// Holds the session cookie.
     pub client: reqwest::Client,
+    /// The typed client, with the bearer token passed per call.
+    pub api: ApiClient,
     base: String,
 }
 
@@ -325,8 +328,8 @@ impl Doctor {
         &self,
         request: CreateConsultationRequest,
     ) -> (Consultation, String) {
-        let c = ApiClient::new(&self.base)
-            .unwrap()
+        let c = self
+            .api
             .create_consultation(&self.token, &request)
             .await
             .unwrap();
