@@ -10,20 +10,23 @@
 //! * [`codec`] (`consult-codec`) holds the real codecs (Opus, H.264, VP8) and a test pattern: the
 //!   only crate that links C libraries.
 //! * this crate's [`session::Session`] is the **tokio driver**: it joins through the signaling
-//!   service (as a patient from an invite link, or as a clinician), owns the UDP sockets, TURN
-//!   allocations and timers, runs perfect negotiation, encodes and decodes, and hands out
-//!   [`session::SessionEvent`]s.
+//!   service (as a patient from an invite link, or as a clinician), owns the WebSocket, the UDP
+//!   sockets, TURN allocations, timers and codecs, and hands out [`session::SessionEvent`]s.
+//!   What to do — perfect negotiation, when to restart ICE, which frames can be decoded and
+//!   when to ask for a keyframe, the recorder link, when to reconnect to the service — is
+//!   decided by two sans-IO state machines inside it (the call and the signaling link), which
+//!   this crate's unit tests drive on a virtual clock.
 //!
 //! ```text
 //!   application ── send_video / send_audio / send_chat / offer_file ──► Session (tokio task)
 //!        ▲                                                                │
-//!        └──────────── SessionEvent (Video, Audio, Chat, File, Stats) ◄───┤
-//!                                                                         │ owns
-//!      consult-api-client ◄── REST, WebSocket ──► signaling service       ▼
-//!      UDP sockets / TURN relays ◄── Transmit / Receive ──►  Peer (consult-peer, sans-IO, str0m)
-//!                                                              ├── chat channel  (chat)
-//!                                                              ├── file channel  (file_transfer)
-//!                                                              └── audio, video  (consult-codec)
+//!        └──────────── SessionEvent (Video, Audio, Chat, File, Stats) ◄───┤ owns
+//!                                                                         ▼
+//!      consult-api-client ◄── REST, WebSocket ──► SignalLink (reconnect policy, sans-IO)
+//!      UDP sockets / TURN relays ◄── datagrams ──► Call (decisions, sans-IO)
+//!                                                    ├── Peer (consult-peer, str0m): chat, files, E2EE
+//!                                                    └── recorder link (send-only Peer)
+//!      consult-codec ◄── frames the call lets through / frames to send
 //! ```
 //!
 //! # Joining as a patient (active)
@@ -72,6 +75,9 @@ pub use consult_codec as codec;
 /// The sans-IO peer (`consult-peer`), re-exported so an integrator needs one dependency.
 pub use consult_peer as peer;
 
+mod call;
+mod events;
+mod net;
 mod reconnect;
 mod recorder_link;
 pub mod session;

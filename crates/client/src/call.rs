@@ -1,0 +1,875 @@
+//! The decisions of a call, sans-IO: perfect negotiation (the impolite side offers at once,
+//! the polite one after a pause unless an offer came first; glare), candidates held back until
+//! the first description, ICE restart when the connection stays down, keyframe gating and
+//! keyframe requests, the recorder link's lifecycle, and the warning about a remote that never
+//! agrees end-to-end keys.
+//!
+//! Like [`Peer`], a [`Call`] has no sockets, tasks or clock: signaling messages, datagrams and
+//! time go in, [`Call::poll_output`] says what to send where, what to tell the application, and
+//! when to call again. The session's tokio loop ([`crate::session`]) owns the WebSocket, the
+//! UDP sockets, TURN and the codecs around it; the tests drive two calls over a simulated
+//! network on a virtual clock.
+//!
+//! ```text
+//!   handle_signal(now, ServerMessage) ─┐                 ┌─► Signal(ClientMessage)  → WebSocket
+//!   handle_receive(now, datagram)  ────┼─► Call ─poll──► ├─► Transmit               → UDP / TURN
+//!   handle_timeout(now)  ──────────────┤   ├─ Peer       ├─► Event(SessionEvent)    → application
+//!   write_video / write_audio  ────────┘   └─ recorder   ├─► Frame(EncodedFrame)    → decoder
+//!                                               link     ├─► Bitrate(bps)           → encoder
+//!                                                        └─► Timeout(at)
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use consult_e2ee::ScheduleConfig;
+use consult_peer::file_transfer::FileTransfers;
+use consult_peer::{
+    E2eeSetup, EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent,
+    RemoteDescriptionOutcome, TrackKind, Transmit, VideoCodec,
+};
+use consult_proto::signal::{
+    ClientMessage, IceCandidate, ParticipantRole, RecordingState, SdpKind, ServerMessage,
+    SessionDescription,
+};
+use uuid::Uuid;
+
+use crate::events::{ReceiveMode, SessionEvent};
+use crate::recorder_link::{RecorderLink, RecordingTarget};
+
+/// How long after connecting the remote may take to start key agreement before we say so.
+pub(crate) const E2EE_AGREEMENT_WARNING: Duration = Duration::from_secs(10);
+/// Keyframe requests closer together than this are merged (a lost request is repeated).
+pub(crate) const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+/// After a remote description that leaves something unnegotiated, offer again this soon.
+const RENEGOTIATION_DELAY: Duration = Duration::from_millis(50);
+/// The heartbeat until the service says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// How far ahead to wake when nothing is due.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
+
+/// What the call decides with: the parts of the session's configuration it needs.
+#[derive(Debug, Clone)]
+pub(crate) struct CallConfig {
+    /// The WebRTC peer (tracks, codecs, limits); politeness and E2EE are set per connection.
+    pub peer: PeerConfig,
+    /// Whether received video is decoded (then it is gated on keyframes) or handed over.
+    pub receive: ReceiveMode,
+    /// Restart ICE when the connection stays down this long.
+    pub ice_restart_after: Duration,
+    /// A polite peer waits this long for the other side's offer before offering itself.
+    pub polite_offer_delay: Duration,
+    /// End-to-end encryption: `None` follows the consultation.
+    pub e2ee: Option<bool>,
+    /// Key-schedule timers and limits.
+    pub e2ee_schedule: ScheduleConfig,
+    /// The video encoder's target; bandwidth estimates are clamped to a tenth to twice this.
+    pub video_bitrate_bps: u32,
+}
+
+/// The local addresses a new connection offers as candidates.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LocalCandidates {
+    /// Host candidates (one per bound UDP socket).
+    pub host: Vec<SocketAddr>,
+    /// Server-reflexive candidates: (mapped address, the local base it maps).
+    pub reflexive: Vec<(SocketAddr, SocketAddr)>,
+    /// Relayed candidates: (relayed address on the TURN server, the local socket to it).
+    pub relayed: Vec<(SocketAddr, SocketAddr)>,
+    /// Offer relayed candidates only.
+    pub relay_only: bool,
+}
+
+/// What the call wants done.
+#[derive(Debug)]
+pub(crate) enum CallOutput {
+    /// Send this on the signaling connection (queue it while the connection is down).
+    Signal(ClientMessage),
+    /// Send this datagram from its source address.
+    Transmit(Transmit),
+    /// Tell the application.
+    Event(SessionEvent),
+    /// A received frame to decode (in [`ReceiveMode::Decoded`], video only once decodable) or
+    /// to hand over as it is (in [`ReceiveMode::Encoded`]).
+    Frame(EncodedFrame),
+    /// Set the video encoder's bitrate to this (bits per second).
+    Bitrate(u32),
+    /// Nothing more until this time, a signaling message or a datagram.
+    Timeout(Instant),
+}
+
+/// Why the call is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CallEnd {
+    /// Declined, ended, or replaced by another connection (the application was told).
+    Finished,
+    /// The service refused us with a fatal error.
+    Rejected {
+        /// The error code.
+        code: String,
+        /// What it said.
+        message: String,
+    },
+}
+
+/// Whether received video can be decoded: after a codec change, a loss or a decode error,
+/// nothing but a keyframe.
+#[derive(Debug, Default)]
+struct KeyframeGate {
+    codec: Option<VideoCodec>,
+    decodable: bool,
+}
+
+impl KeyframeGate {
+    /// Whether to decode this frame (false: drop it and ask for a keyframe).
+    fn admit(&mut self, codec: VideoCodec, frame: &EncodedFrame) -> bool {
+        if self.codec != Some(codec) {
+            self.codec = Some(codec);
+            self.decodable = false;
+        }
+        if !frame.contiguous && !frame.keyframe {
+            self.decodable = false;
+        }
+        frame.keyframe || self.decodable
+    }
+}
+
+/// One participant's call: the connection to the other participant and, while the
+/// consultation is recorded, the send-only link to the recorder.
+pub(crate) struct Call {
+    config: CallConfig,
+    candidates: LocalCandidates,
+    now: Instant,
+    started: Instant,
+    queue: VecDeque<CallOutput>,
+    end: Option<CallEnd>,
+    // Who we are, from `joined`.
+    local_id: Option<Uuid>,
+    polite: bool,
+    admitted: bool,
+    e2ee: bool,
+    heartbeat: Duration,
+    // The connection to the other participant.
+    peer: Option<Peer>,
+    peer_timeout: Instant,
+    remote: Option<Uuid>,
+    /// File transfers of a connection that ended, resumed by the next one.
+    parked_files: Option<FileTransfers>,
+    /// Candidates held back until our first description (browsers refuse them before).
+    pending_candidates: Vec<String>,
+    offer_at: Option<Instant>,
+    down_since: Option<Instant>,
+    /// When the current connection came up, to notice a remote that never agrees keys.
+    connected_at: Option<Instant>,
+    e2ee_warned: bool,
+    // Media.
+    keyframe_due: bool,
+    gate: KeyframeGate,
+    last_keyframe_request: Option<Instant>,
+    audio_rtp: u64,
+    frames_encoded: u64,
+    frames_decoded: u64,
+    // The recorder.
+    recorder_id: Option<Uuid>,
+    recording: Option<RecordingTarget>,
+    recorder: Option<RecorderLink>,
+}
+
+impl Call {
+    /// A call that has not joined yet.
+    pub fn new(config: CallConfig, candidates: LocalCandidates, now: Instant) -> Self {
+        Self {
+            config,
+            candidates,
+            now,
+            started: now,
+            queue: VecDeque::new(),
+            end: None,
+            local_id: None,
+            polite: false,
+            admitted: false,
+            e2ee: false,
+            heartbeat: DEFAULT_HEARTBEAT,
+            peer: None,
+            peer_timeout: now,
+            remote: None,
+            parked_files: None,
+            pending_candidates: Vec::new(),
+            offer_at: None,
+            down_since: None,
+            connected_at: None,
+            e2ee_warned: false,
+            keyframe_due: true,
+            gate: KeyframeGate::default(),
+            last_keyframe_request: None,
+            audio_rtp: 0,
+            frames_encoded: 0,
+            frames_decoded: 0,
+            recorder_id: None,
+            recording: None,
+            recorder: None,
+        }
+    }
+
+    /// Send `ping` at least this often (the service says how often in `joined`).
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// Why the call is over, once it is.
+    pub fn end(&self) -> Option<&CallEnd> {
+        self.end.as_ref()
+    }
+
+    /// Whether media flows to the other participant.
+    pub fn is_connected(&self) -> bool {
+        self.peer.as_ref().is_some_and(Peer::is_connected)
+    }
+
+    /// The connection to the other participant (chat, files, key rotation), if there is one.
+    pub fn peer_mut(&mut self) -> Option<&mut Peer> {
+        self.peer.as_mut()
+    }
+
+    /// The video codec to encode with: the negotiated one, once connected.
+    pub fn video_codec(&mut self) -> Option<VideoCodec> {
+        self.peer
+            .as_mut()
+            .filter(|p| p.is_connected())
+            .and_then(Peer::video_codec)
+    }
+
+    fn emit(&mut self, event: SessionEvent) {
+        self.queue.push_back(CallOutput::Event(event));
+    }
+
+    fn warn(&mut self, warning: impl Into<String>) {
+        self.emit(SessionEvent::Warning(warning.into()));
+    }
+
+    fn signal(&mut self, message: ClientMessage) {
+        self.queue.push_back(CallOutput::Signal(message));
+    }
+
+    /// A message from the signaling service.
+    pub fn handle_signal(&mut self, now: Instant, message: ServerMessage) -> Result<(), PeerError> {
+        self.now = now;
+        match message {
+            ServerMessage::Joined {
+                participant_id,
+                admitted,
+                polite,
+                heartbeat_interval_ms,
+                peers,
+                consultation,
+                ..
+            } => {
+                self.polite = polite;
+                self.admitted = admitted;
+                self.local_id = Some(participant_id);
+                self.e2ee = self.config.e2ee.unwrap_or(consultation.e2ee);
+                self.heartbeat = Duration::from_millis(heartbeat_interval_ms.max(1000));
+                self.emit(SessionEvent::Joined {
+                    participant_id,
+                    admitted,
+                    doctor_name: consultation.doctor_name,
+                });
+                self.met(peers)?;
+            }
+            ServerMessage::Admitted { peers } => {
+                self.admitted = true;
+                self.emit(SessionEvent::Admitted);
+                self.met(peers)?;
+            }
+            // The service's recorder: a send-only connection of its own, beside the call.
+            ServerMessage::PeerJoined { peer } if peer.role == ParticipantRole::Recorder => {
+                self.recorder_id = Some(peer.participant_id);
+                self.start_recorder_link()?;
+            }
+            ServerMessage::PeerLeft { participant_id, .. }
+                if self.recorder_id == Some(participant_id) =>
+            {
+                self.recorder_id = None;
+                self.recorder = None;
+            }
+            ServerMessage::Recording {
+                state,
+                recording_id,
+                recording_key,
+                ..
+            } => {
+                let target = match (state, recording_id) {
+                    (RecordingState::Recording, Some(recording_id)) => Some(RecordingTarget {
+                        recording_id,
+                        recording_key,
+                    }),
+                    _ => None,
+                };
+                if target != self.recording {
+                    self.recorder = None;
+                    self.recording = target;
+                }
+                self.emit(SessionEvent::Recording(state));
+                self.start_recorder_link()?;
+            }
+            ServerMessage::Description { from, description }
+                if Some(from) == self.recorder_id && description.kind == SdpKind::Answer =>
+            {
+                if let Some(link) = &mut self.recorder {
+                    if let Err(e) = link.peer.handle_remote_answer(&description.sdp) {
+                        tracing::warn!(error = %e, "the recorder's answer does not fit; dropping the link");
+                        self.recorder = None;
+                    }
+                }
+            }
+            ServerMessage::Candidate {
+                from,
+                candidate: Some(candidate),
+            } if Some(from) == self.recorder_id => {
+                if let Some(link) = &mut self.recorder {
+                    if let Err(e) = link.peer.add_remote_candidate(&candidate.candidate) {
+                        tracing::debug!(error = %e, "ignored a recorder candidate");
+                    }
+                }
+            }
+            ServerMessage::PeerJoined { peer } => {
+                self.start_peer(peer.participant_id, peer.name)?;
+            }
+            ServerMessage::PeerLeft { participant_id, .. }
+                if self.remote == Some(participant_id) =>
+            {
+                if let Some(peer) = &mut self.peer {
+                    peer.remote_gone();
+                }
+                self.drain_peer()?;
+                self.peer = None;
+                self.remote = None;
+                self.offer_at = None;
+                self.down_since = None;
+                self.emit(SessionEvent::PeerLeft);
+            }
+            ServerMessage::Description { from, description } if Some(from) == self.remote => {
+                self.handle_description(description)?;
+            }
+            ServerMessage::Candidate { from, candidate } if Some(from) == self.remote => {
+                if let (Some(peer), Some(candidate)) = (&mut self.peer, candidate) {
+                    if let Err(e) = peer.add_remote_candidate(&candidate.candidate) {
+                        self.warn(format!("ignored a remote candidate: {e}"));
+                    }
+                }
+            }
+            ServerMessage::Declined {} => {
+                self.emit(SessionEvent::Declined);
+                self.end = Some(CallEnd::Finished);
+            }
+            ServerMessage::ConsultationEnded {} => {
+                self.emit(SessionEvent::Ended);
+                self.end = Some(CallEnd::Finished);
+            }
+            ServerMessage::Replaced {} => {
+                self.warn("another connection took this place");
+                self.end = Some(CallEnd::Finished);
+            }
+            ServerMessage::Error {
+                code,
+                message,
+                fatal,
+            } => {
+                self.warn(format!("{}: {message}", code.as_str()));
+                if fatal {
+                    self.end = Some(CallEnd::Rejected {
+                        code: code.as_str().into(),
+                        message,
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `joined` or `admitted`: the recorder, the other participant, and the recorder link.
+    fn met(&mut self, peers: Vec<consult_proto::signal::Peer>) -> Result<(), PeerError> {
+        if let Some(recorder) = peers.iter().find(|p| p.role == ParticipantRole::Recorder) {
+            self.recorder_id = Some(recorder.participant_id);
+        }
+        if let Some(peer) = peers
+            .into_iter()
+            .find(|p| p.role != ParticipantRole::Recorder)
+        {
+            self.start_peer(peer.participant_id, peer.name)?;
+        }
+        self.start_recorder_link()
+    }
+
+    /// A (new) remote participant: a fresh peer connection, our candidates held back, and an
+    /// offer (right away if impolite, after a pause if polite).
+    fn start_peer(&mut self, remote: Uuid, name: String) -> Result<(), PeerError> {
+        // Transfers of the previous connection (to this or an earlier peer) resume on the new one.
+        if let Some(old) = &mut self.peer {
+            self.parked_files = Some(old.take_file_transfers());
+            self.drain_peer()?;
+        }
+        let now = self.now;
+        let e2ee = match (self.e2ee, self.local_id) {
+            (true, Some(local)) => Some(E2eeSetup {
+                local_id: local.to_string(),
+                remote_id: remote.to_string(),
+                schedule: self.config.e2ee_schedule.clone(),
+            }),
+            _ => None,
+        };
+        let mut peer = Peer::new(
+            PeerConfig {
+                polite: self.polite,
+                e2ee,
+                ..self.config.peer.clone()
+            },
+            now,
+        );
+        if let Some(files) = self.parked_files.take() {
+            peer.adopt_file_transfers(files);
+        }
+        self.pending_candidates = self.candidates.offer(&mut peer)?;
+        self.peer = Some(peer);
+        self.peer_timeout = now;
+        self.remote = Some(remote);
+        self.connected_at = None;
+        self.down_since = None;
+        self.e2ee_warned = false;
+        self.keyframe_due = true;
+        self.gate = KeyframeGate::default();
+        self.emit(SessionEvent::PeerJoined { name });
+        self.offer_at = Some(if self.polite {
+            now + self.config.polite_offer_delay
+        } else {
+            now
+        });
+        Ok(())
+    }
+
+    /// Send a description, then the candidates held back until now.
+    fn send_description(&mut self, kind: SdpKind, sdp: String) {
+        let Some(to) = self.remote else { return };
+        self.signal(ClientMessage::Description {
+            to,
+            description: SessionDescription { kind, sdp },
+        });
+        for line in std::mem::take(&mut self.pending_candidates) {
+            self.signal(candidate_message(to, line));
+        }
+    }
+
+    fn make_offer(&mut self) -> Result<(), PeerError> {
+        let Some(peer) = &mut self.peer else {
+            return Ok(());
+        };
+        if let Some(sdp) = peer.create_offer()? {
+            self.send_description(SdpKind::Offer, sdp);
+        }
+        Ok(())
+    }
+
+    fn restart_ice(&mut self) -> Result<(), PeerError> {
+        self.warn("connection down: restarting ICE");
+        let Some(peer) = &mut self.peer else {
+            return Ok(());
+        };
+        if let Some(sdp) = peer.restart_ice()? {
+            self.send_description(SdpKind::Offer, sdp);
+        }
+        Ok(())
+    }
+
+    fn handle_description(&mut self, description: SessionDescription) -> Result<(), PeerError> {
+        let Some(peer) = &mut self.peer else {
+            return Ok(());
+        };
+        let outcome = match description.kind {
+            SdpKind::Offer => peer.handle_remote_offer(&description.sdp),
+            SdpKind::Answer | SdpKind::Pranswer => peer.handle_remote_answer(&description.sdp),
+            SdpKind::Rollback => {
+                peer.handle_remote_rollback();
+                return Ok(());
+            }
+        };
+        match outcome {
+            Ok(RemoteDescriptionOutcome::Answer(sdp)) => {
+                // The remote offered: no need for ours (unless something is still missing).
+                self.offer_at = None;
+                self.send_description(SdpKind::Answer, sdp);
+            }
+            Ok(RemoteDescriptionOutcome::Applied) => {}
+            Ok(RemoteDescriptionOutcome::IgnoredGlare) => return Ok(()),
+            Err(e) => {
+                // A bad or incompatible SDP: say so and keep the call.
+                self.warn(format!("remote description refused: {e}"));
+                return Ok(());
+            }
+        }
+        if self.peer.as_ref().is_some_and(Peer::needs_negotiation) {
+            self.offer_at = Some(self.now + RENEGOTIATION_DELAY);
+        }
+        Ok(())
+    }
+
+    /// Offer the recorder a send-only connection, if one is present, we are admitted, and the
+    /// consultation is being recorded; with a zero-knowledge recording, the wrapped key first.
+    fn start_recorder_link(&mut self) -> Result<(), PeerError> {
+        let (Some(recorder), Some(target), Some(me)) =
+            (self.recorder_id, self.recording.clone(), self.local_id)
+        else {
+            return Ok(());
+        };
+        if !self.admitted
+            || self
+                .recorder
+                .as_ref()
+                .is_some_and(|l| l.recorder == recorder)
+        {
+            return Ok(());
+        }
+        let (mut link, key_message) =
+            match RecorderLink::new(recorder, me, &target, &self.config.peer, self.now) {
+                Ok(made) => made,
+                Err(e) => {
+                    self.warn(format!("not sending to the recorder: {e}"));
+                    return Ok(());
+                }
+            };
+        let candidates = self.candidates.offer(&mut link.peer)?;
+        let Some(offer) = link.peer.create_offer()? else {
+            return Ok(());
+        };
+        if let Some(message) = key_message {
+            self.signal(message);
+        }
+        self.recorder = Some(link);
+        self.signal(ClientMessage::Description {
+            to: recorder,
+            description: SessionDescription {
+                kind: SdpKind::Offer,
+                sdp: offer,
+            },
+        });
+        for line in candidates {
+            self.signal(candidate_message(recorder, line));
+        }
+        Ok(())
+    }
+
+    /// A datagram arrived on one of our addresses: for the recorder link or the call.
+    pub fn handle_receive(
+        &mut self,
+        at: Instant,
+        source: SocketAddr,
+        local: SocketAddr,
+        bytes: &[u8],
+    ) {
+        self.now = self.now.max(at);
+        let for_recorder = self
+            .recorder
+            .as_mut()
+            .filter(|link| link.peer.accepts(source, local, bytes));
+        if let Some(link) = for_recorder {
+            if let Err(e) = link.peer.handle_receive(at, source, local, bytes) {
+                tracing::debug!(error = %e, "recorder link dropped a datagram");
+            }
+        } else if let Some(peer) = &mut self.peer {
+            if let Err(e) = peer.handle_receive(at, source, local, bytes) {
+                tracing::debug!(error = %e, "dropped a datagram");
+            }
+        }
+    }
+
+    /// Time passed: the peers' timers, a pending offer, an ICE restart.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        self.now = now;
+        if let Some(peer) = self.peer.as_mut().filter(|_| self.peer_timeout <= now) {
+            peer.handle_timeout(now)?;
+        }
+        if let Some(link) = self.recorder.as_mut().filter(|l| l.next_timeout <= now) {
+            if let Err(e) = link.peer.handle_timeout(now) {
+                tracing::warn!(error = %e, "recorder link failed; dropping it");
+                self.recorder = None;
+            }
+        }
+        if self.offer_at.is_some_and(|at| at <= now) {
+            self.offer_at = None;
+            self.make_offer()?;
+        }
+        if self
+            .down_since
+            .is_some_and(|since| now - since >= self.config.ice_restart_after)
+        {
+            self.down_since = Some(now);
+            self.restart_ice()?;
+        }
+        Ok(())
+    }
+
+    /// The next thing to do; [`CallOutput::Timeout`] when there is nothing until then.
+    pub fn poll_output(&mut self) -> Result<CallOutput, PeerError> {
+        loop {
+            if let Some(output) = self.queue.pop_front() {
+                return Ok(output);
+            }
+            if let Some(peer) = &mut self.peer {
+                match peer.poll_output()? {
+                    Output::Transmit(transmit) => return Ok(CallOutput::Transmit(transmit)),
+                    Output::Event(event) => {
+                        self.handle_peer_event(event);
+                        continue;
+                    }
+                    Output::Timeout(at) => self.peer_timeout = at,
+                }
+            }
+            if let Some(link) = &mut self.recorder {
+                match link.peer.poll_output() {
+                    Ok(Output::Transmit(transmit)) => return Ok(CallOutput::Transmit(transmit)),
+                    // The recorder only answers and never sends media: nothing to tell.
+                    Ok(Output::Event(_)) => continue,
+                    Ok(Output::Timeout(at)) => link.next_timeout = at,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recorder link failed; dropping it");
+                        self.recorder = None;
+                        continue;
+                    }
+                }
+            }
+            return Ok(CallOutput::Timeout(self.next_timeout()));
+        }
+    }
+
+    fn next_timeout(&self) -> Instant {
+        let mut at = self.now + IDLE_WAKE;
+        if self.peer.is_some() {
+            at = at.min(self.peer_timeout);
+        }
+        if let Some(link) = &self.recorder {
+            at = at.min(link.next_timeout);
+        }
+        if let Some(offer_at) = self.offer_at {
+            at = at.min(offer_at);
+        }
+        if let Some(since) = self.down_since {
+            at = at.min(since + self.config.ice_restart_after);
+        }
+        at
+    }
+
+    /// Move what the current peer has to say into the queue (before it is replaced or dropped).
+    fn drain_peer(&mut self) -> Result<(), PeerError> {
+        while let Some(peer) = &mut self.peer {
+            match peer.poll_output()? {
+                Output::Transmit(transmit) => self.queue.push_back(CallOutput::Transmit(transmit)),
+                Output::Event(event) => self.handle_peer_event(event),
+                Output::Timeout(at) => {
+                    self.peer_timeout = at;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_peer_event(&mut self, event: PeerEvent) {
+        let now = self.now;
+        match event {
+            PeerEvent::Connected => {
+                self.down_since = None;
+                self.connected_at.get_or_insert(now);
+                self.keyframe_due = true;
+                self.emit(SessionEvent::Connected);
+            }
+            PeerEvent::Disconnected => {
+                self.down_since.get_or_insert(now);
+                self.emit(SessionEvent::Disconnected);
+            }
+            PeerEvent::IceState(state) => {
+                if matches!(
+                    state,
+                    consult_peer::str0m::IceConnectionState::Connected
+                        | consult_peer::str0m::IceConnectionState::Completed
+                ) {
+                    self.down_since = None;
+                    self.emit(SessionEvent::IceConnected);
+                }
+            }
+            PeerEvent::ChannelOpen { .. } | PeerEvent::ChannelMessage { .. } => {}
+            PeerEvent::Chat(text) => self.emit(SessionEvent::Chat(text)),
+            PeerEvent::ChatRejected(e) => self.emit(SessionEvent::ChatRejected(e.to_string())),
+            PeerEvent::File(event) => self.emit(SessionEvent::File(event)),
+            PeerEvent::KeyframeRequested => {
+                self.keyframe_due = true;
+                self.emit(SessionEvent::KeyframeRequested);
+            }
+            PeerEvent::BitrateEstimate(bps) => {
+                let target = self.config.video_bitrate_bps;
+                let bps = u32::try_from(bps)
+                    .unwrap_or(u32::MAX)
+                    .clamp(target / 10, target.saturating_mul(2));
+                self.queue.push_back(CallOutput::Bitrate(bps));
+            }
+            PeerEvent::E2ee(event) => self.emit(SessionEvent::E2ee(event)),
+            PeerEvent::Stats(mut stats) => {
+                stats.frames_encoded = self.frames_encoded;
+                stats.frames_decoded = self.frames_decoded;
+                let silent_remote = self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.e2ee_enabled() && p.e2ee_sas().is_none())
+                    && self
+                        .connected_at
+                        .is_some_and(|t| now - t >= E2EE_AGREEMENT_WARNING);
+                if silent_remote && !self.e2ee_warned {
+                    self.e2ee_warned = true;
+                    self.warn("the other side has not started end-to-end encryption: no media is sent or shown until it does");
+                }
+                self.emit(SessionEvent::Stats(stats));
+            }
+            PeerEvent::Frame(frame) => self.handle_frame(frame),
+        }
+    }
+
+    fn handle_frame(&mut self, frame: EncodedFrame) {
+        if self.config.receive == ReceiveMode::Decoded {
+            if let TrackKind::Video(codec) = frame.kind {
+                if !self.gate.admit(codec, &frame) {
+                    self.request_keyframe(self.now);
+                    return;
+                }
+            }
+        }
+        self.queue.push_back(CallOutput::Frame(frame));
+    }
+
+    /// The decoder turned a frame into a picture: frames that follow can be decoded.
+    pub fn video_decoded(&mut self) {
+        self.gate.decodable = true;
+        self.frames_decoded += 1;
+    }
+
+    /// The decoder refused a frame: wait for a keyframe, and ask for one now.
+    pub fn video_undecodable(&mut self, now: Instant) {
+        self.gate.decodable = false;
+        self.last_keyframe_request = None;
+        self.request_keyframe(now);
+    }
+
+    /// Ask the remote for a keyframe, unless we did less than 250 ms ago.
+    pub fn request_keyframe(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self
+            .last_keyframe_request
+            .is_some_and(|last| now.saturating_duration_since(last) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        self.last_keyframe_request = Some(now);
+        if let Some(peer) = &mut self.peer {
+            if let Err(e) = peer.request_keyframe() {
+                tracing::debug!(error = %e, "keyframe request failed");
+            }
+        }
+    }
+
+    /// Whether the next video frame should be a keyframe (connected, or the remote asked).
+    pub fn keyframe_due(&self) -> bool {
+        self.keyframe_due
+    }
+
+    /// The session encoded a video frame (a keyframe if one was due).
+    pub fn video_encoded(&mut self) {
+        self.keyframe_due = false;
+        self.frames_encoded += 1;
+    }
+
+    /// Send an encoded video frame to the other participant and, while recording, to the
+    /// recorder. Nothing is sent before the connection is up.
+    pub fn write_video(
+        &mut self,
+        now: Instant,
+        codec: VideoCodec,
+        data: &[u8],
+    ) -> Result<(), PeerError> {
+        self.now = self.now.max(now);
+        let rtp_time = ((now - self.started).as_micros() as u64 * 9 / 100) & 0xffff_ffff;
+        let Some(peer) = self.peer.as_mut().filter(|p| p.is_connected()) else {
+            return Ok(());
+        };
+        survivable(peer.write_video(now, rtp_time, codec, data))?;
+        if let Some(link) = &mut self.recorder {
+            survivable(link.write_video(now, rtp_time, codec, data))?;
+        }
+        Ok(())
+    }
+
+    /// Send 20 ms of Opus to the other participant and, while recording, to the recorder.
+    pub fn write_audio(&mut self, now: Instant, packet: &[u8]) -> Result<(), PeerError> {
+        self.now = self.now.max(now);
+        let Some(peer) = self.peer.as_mut().filter(|p| p.is_connected()) else {
+            return Ok(());
+        };
+        survivable(peer.write_audio(now, self.audio_rtp, packet))?;
+        if let Some(link) = &mut self.recorder {
+            survivable(link.write_audio(now, self.audio_rtp, packet))?;
+        }
+        self.audio_rtp = (self.audio_rtp + consult_codec::opus::FRAME_SAMPLES as u64) & 0xffff_ffff;
+        Ok(())
+    }
+}
+
+impl LocalCandidates {
+    /// Add our candidates to a new connection: host and server-reflexive (unless relay-only),
+    /// and relayed. Returns their SDP lines, to trickle.
+    fn offer(&self, peer: &mut Peer) -> Result<Vec<String>, PeerError> {
+        let mut lines = Vec::new();
+        if !self.relay_only {
+            for addr in &self.host {
+                lines.extend(peer.add_host_candidate(*addr)?);
+            }
+            for (mapped, base) in &self.reflexive {
+                if let Ok(candidate) =
+                    consult_peer::str0m::Candidate::server_reflexive(*mapped, *base, "udp")
+                {
+                    lines.extend(peer.add_local_candidate(candidate));
+                }
+            }
+        }
+        for (relayed, local) in &self.relayed {
+            if let Ok(candidate) = consult_peer::str0m::Candidate::relayed(*relayed, *local, "udp")
+            {
+                lines.extend(peer.add_local_candidate(candidate));
+            }
+        }
+        Ok(lines)
+    }
+}
+
+fn candidate_message(to: Uuid, line: String) -> ClientMessage {
+    ClientMessage::Candidate {
+        to,
+        candidate: Some(IceCandidate {
+            candidate: line,
+            sdp_mid: None,
+            sdp_m_line_index: Some(0),
+            username_fragment: None,
+        }),
+    }
+}
+
+/// A media frame that could not be protected is dropped with a log line; the call goes on.
+fn survivable(result: Result<(), PeerError>) -> Result<(), PeerError> {
+    match result {
+        Err(PeerError::E2ee(e)) => {
+            tracing::warn!(error = %e, "dropped a frame that could not be protected");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests;
