@@ -15,13 +15,12 @@ use consult_proto::api::{
 };
 use consult_proto::signal::{ParticipantRole, ServerMessage, SignalErrorCode};
 use serde_json::json;
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::{Action, Actor};
-use crate::consultations::{self, ConsultationRecord};
-use crate::db::{from_unix, to_unix};
+use crate::consultations::{self, rows, ConsultationRecord};
 use crate::error::{ApiError, ApiJson};
 use crate::secrets::Token;
 use crate::signal::hub::Departure;
@@ -30,67 +29,16 @@ use crate::state::AppState;
 /// Longest patient name accepted.
 const MAX_NAME_CHARS: usize = 80;
 
-/// An invite row.
-#[derive(Debug, Clone)]
-pub struct InviteRecord {
-    /// Id.
-    pub id: Uuid,
-    /// Its consultation.
-    pub consultation_id: Uuid,
-    /// Issued.
-    pub issued_at: OffsetDateTime,
-    /// Expires.
-    pub expires_at: OffsetDateTime,
-    /// Revoked.
-    pub revoked_at: Option<OffsetDateTime>,
-    /// Held by a device now.
-    pub in_use: bool,
-}
-
-const SELECT: &str = "SELECT i.id, i.consultation_id, i.issued_at, i.expires_at, i.revoked_at, \
-     EXISTS (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL) \
-     FROM invites i";
-
-fn record_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<InviteRecord> {
-    let id: String = row.get(0);
-    let consultation_id: String = row.get(1);
-    Ok(InviteRecord {
-        id: Uuid::parse_str(&id)?,
-        consultation_id: Uuid::parse_str(&consultation_id)?,
-        issued_at: from_unix(row.get(2)),
-        expires_at: from_unix(row.get(3)),
-        revoked_at: row.get::<Option<i64>, _>(4).map(from_unix),
-        in_use: row.get::<i64, _>(5) != 0,
-    })
-}
-
-/// The most recently issued invite of a consultation.
-pub async fn latest(
-    pool: &SqlitePool,
-    consultation_id: Uuid,
-) -> anyhow::Result<Option<InviteRecord>> {
-    let row = sqlx::query(&format!(
-        "{SELECT} WHERE i.consultation_id = ? ORDER BY i.issued_at DESC, i.rowid DESC LIMIT 1"
-    ))
-    .bind(consultation_id.to_string())
-    .fetch_optional(pool)
-    .await?;
-    row.map(record_from_row).transpose()
-}
+pub use crate::consultations::rows::{latest_invite as latest, InviteRecord};
 
 /// Find the invite a link names and check it can be used now.
 async fn usable_invite(
     state: &AppState,
     token: &str,
 ) -> Result<(InviteRecord, ConsultationRecord), ApiError> {
-    let row = sqlx::query(&format!("{SELECT} WHERE i.token_hash = ?"))
-        .bind(Token::from_client(token).hash().0)
-        .fetch_optional(&state.pool)
-        .await?;
     let not_found = || ApiError::NotFound("invite");
-    let invite = row
-        .map(record_from_row)
-        .transpose()?
+    let invite = rows::invite_by_token(&state.pool, &Token::from_client(token).hash().0)
+        .await?
         .ok_or_else(not_found)?;
     let consultation = consultations::find(&state.pool, invite.consultation_id)
         .await?
@@ -191,48 +139,42 @@ pub async fn redeem(
     };
     let participant_id = Uuid::new_v4();
     let token = Token::generate();
-    let inserted = sqlx::query(
-        "INSERT INTO participants (id, consultation_id, invite_id, name, token_hash, created_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(participant_id.to_string())
-    .bind(consultation.id.to_string())
-    .bind(invite.id.to_string())
-    .bind(&name)
-    .bind(token.hash().0)
-    .bind(to_unix(now))
-    .execute(&state.pool)
-    .await;
-    match inserted {
-        Ok(_) => {}
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            state
-                .audit
-                .record(
-                    now,
-                    &Actor::Anonymous,
-                    Action::InviteRefused,
-                    Some(consultation.id),
-                    json!({ "reason": "invite_in_use", "invite_id": invite.id }),
-                )
-                .await?;
-            return Err(ApiError::conflict(
-                "invite_in_use",
-                "this link is already in use on another device",
-            ));
-        }
-        Err(e) => return Err(e.into()),
+    // The place taken and its audit entry commit together.
+    let mut tx = state.audit.begin().await?;
+    let place = rows::NewParticipant {
+        id: participant_id,
+        consultation_id: consultation.id,
+        invite_id: invite.id,
+        name: &name,
+        token_hash: &token.hash().0,
+        created_at: now,
+    };
+    if !rows::insert_participant(tx.connection(), &place).await? {
+        drop(tx);
+        state
+            .audit
+            .record(
+                now,
+                &Actor::Anonymous,
+                Action::InviteRefused,
+                Some(consultation.id),
+                json!({ "reason": "invite_in_use", "invite_id": invite.id }),
+            )
+            .await?;
+        return Err(ApiError::conflict(
+            "invite_in_use",
+            "this link is already in use on another device",
+        ));
     }
-    state
-        .audit
-        .record(
-            now,
-            &Actor::Participant(participant_id),
-            Action::InviteUsed,
-            Some(consultation.id),
-            json!({ "invite_id": invite.id }),
-        )
-        .await?;
+    tx.record(
+        now,
+        &Actor::Participant(participant_id),
+        Action::InviteUsed,
+        Some(consultation.id),
+        json!({ "invite_id": invite.id }),
+    )
+    .await?;
+    tx.commit().await?;
     // A device that redeems but never connects must not hold the link for ever.
     let grace = state.config.signaling.reconnect_grace;
     let state_for_timer = state.clone();
@@ -277,45 +219,27 @@ pub async fn find_participant(
     state: &AppState,
     token: &Token,
 ) -> Result<Option<ParticipantRecord>, ApiError> {
-    let row = sqlx::query("SELECT id, consultation_id, name FROM participants WHERE token_hash = ? AND released_at IS NULL")
-        .bind(token.hash().0)
-        .fetch_optional(&state.pool)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let id: String = row.get(0);
-    let consultation_id: String = row.get(1);
-    let parse = |s: &str| Uuid::parse_str(s).map_err(|e| ApiError::Internal(e.into()));
-    let Some(consultation) = consultations::find(&state.pool, parse(&consultation_id)?).await?
-    else {
+    let Some(place) = rows::held_place(&state.pool, &token.hash().0).await? else {
+        return Ok(None);
+    };
+    let Some(consultation) = consultations::find(&state.pool, place.consultation_id).await? else {
         return Ok(None);
     };
     Ok(Some(ParticipantRecord {
-        id: parse(&id)?,
-        name: row.get(2),
+        id: place.id,
+        name: place.name,
         consultation,
     }))
 }
 
 /// Release a patient's hold on their invite; their token stops working.
 pub async fn release(state: &AppState, participant_id: Uuid) -> anyhow::Result<()> {
-    sqlx::query("UPDATE participants SET released_at = ? WHERE id = ? AND released_at IS NULL")
-        .bind(to_unix(state.clock.now()))
-        .bind(participant_id.to_string())
-        .execute(&state.pool)
-        .await?;
-    Ok(())
+    rows::release_place(&state.pool, participant_id, state.clock.now()).await
 }
 
 /// Release every patient of a consultation (it ended).
 pub async fn release_all(state: &AppState, consultation_id: Uuid) -> anyhow::Result<()> {
-    sqlx::query(
-        "UPDATE participants SET released_at = ? WHERE consultation_id = ? AND released_at IS NULL",
-    )
-    .bind(to_unix(state.clock.now()))
-    .bind(consultation_id.to_string())
-    .execute(&state.pool)
-    .await?;
-    Ok(())
+    rows::release_places(&state.pool, consultation_id, state.clock.now()).await
 }
 
 /// Release the patients holding a revoked invite and disconnect them.
@@ -324,14 +248,7 @@ pub async fn remove_holders(
     consultation_id: Uuid,
     invite_id: &str,
 ) -> anyhow::Result<()> {
-    let holders: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM participants WHERE invite_id = ? AND released_at IS NULL",
-    )
-    .bind(invite_id)
-    .fetch_all(&state.pool)
-    .await?;
-    for holder in holders {
-        let participant_id = Uuid::parse_str(&holder)?;
+    for participant_id in rows::invite_holders(&state.pool, invite_id).await? {
         let last_words = ServerMessage::Error {
             code: SignalErrorCode::Unauthorized,
             message: "your invite link was withdrawn by the clinic".into(),
@@ -348,33 +265,32 @@ pub async fn remove_holders(
     Ok(())
 }
 
-/// Record that someone left for good: release a patient's invite and audit it.
+/// Record that someone left for good: release a patient's invite and audit it (together),
+/// then let the recording policy see who is left.
 pub async fn depart(state: &AppState, departure: &Departure) -> anyhow::Result<()> {
+    let now = state.clock.now();
+    let mut tx = state.audit.begin().await?;
     if departure.role == ParticipantRole::Patient {
-        release(state, departure.participant_id).await?;
+        rows::release_place(tx.connection(), departure.participant_id, now).await?;
     }
+    tx.record(
+        now,
+        &Actor::Participant(departure.participant_id),
+        Action::Left,
+        Some(departure.consultation_id),
+        json!({ "role": departure.role, "reason": departure.reason }),
+    )
+    .await?;
+    tx.commit().await?;
     if departure.role != ParticipantRole::Recorder {
         // A patient gone may end the recording; the recorder's own departure is its doing.
         crate::recording::reconcile(state, departure.consultation_id).await;
     }
-    state
-        .audit
-        .record(
-            state.clock.now(),
-            &Actor::Participant(departure.participant_id),
-            Action::Left,
-            Some(departure.consultation_id),
-            json!({ "role": departure.role, "reason": departure.reason }),
-        )
-        .await
+    Ok(())
 }
 
 /// At start-up no device is connected: release every hold so links work again. Tokens of
 /// released participants stop working, so a patient page redeems its link again.
 pub async fn release_stale_holds(pool: &SqlitePool, now: OffsetDateTime) -> anyhow::Result<u64> {
-    let done = sqlx::query("UPDATE participants SET released_at = ? WHERE released_at IS NULL")
-        .bind(to_unix(now))
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected())
+    rows::release_every_place(pool, now).await
 }

@@ -1,6 +1,7 @@
 //! Sign-in: enrolment links, password + TOTP, recovery codes, sessions and throttling.
 
 pub mod password;
+pub mod rows;
 pub mod sessions;
 pub mod throttle;
 pub mod totp;
@@ -19,12 +20,9 @@ use consult_proto::api::{
 use rand::rngs::OsRng;
 use rand::Rng;
 use serde_json::json;
-use sqlx::Row;
-use uuid::Uuid;
 
 use crate::accounts::{self, Account};
 use crate::audit::{Action, Actor};
-use crate::db::{from_unix, to_unix};
 use crate::error::{ApiError, ApiJson};
 use crate::secrets::{hex_sha256, Token};
 use crate::state::AppState;
@@ -48,57 +46,38 @@ pub async fn enrol(
         .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))?;
     let now = state.clock.now();
     let token = Token::from_client(&req.token);
-    let row = sqlx::query(
-        "SELECT e.user_id, e.expires_at, e.used_at, u.email FROM enrolment_tokens e
-         JOIN users u ON u.id = e.user_id WHERE e.token_hash = ?",
-    )
-    .bind(token.hash().0)
-    .fetch_optional(&state.pool)
-    .await?;
     let gone = || {
         ApiError::gone(
             "enrolment_link_invalid",
             "this enrolment link is unknown, used or expired; ask your administrator for a new one",
         )
     };
-    let row = row.ok_or_else(gone)?;
-    let (user_id, expires_at, used_at, email): (String, i64, Option<i64>, String) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    if used_at.is_some() || from_unix(expires_at) <= now {
+    let link = rows::enrolment_link(&state.pool, &token.hash().0)
+        .await?
+        .ok_or_else(gone)?;
+    if link.used || link.expires_at <= now {
         return Err(gone());
     }
     let password = req.password.clone();
     let hash = password::hash_off_thread(password)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let user_uuid = Uuid::parse_str(&user_id).map_err(|e| ApiError::Internal(e.into()))?;
     // The link used, the password set and the enrolment audited, together.
     let mut tx = state.audit.begin().await?;
-    let used = sqlx::query(
-        "UPDATE enrolment_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
-    )
-    .bind(to_unix(now))
-    .bind(token.hash().0)
-    .execute(tx.connection())
-    .await?;
-    if used.rows_affected() != 1 {
+    if !rows::use_enrolment_link(tx.connection(), &token.hash().0, now).await? {
         return Err(gone());
     }
-    sqlx::query("UPDATE users SET password_hash = ?, totp_secret = NULL, totp_last_step = NULL WHERE id = ?")
-        .bind(&hash)
-        .bind(&user_id)
-        .execute(tx.connection())
-        .await?;
+    rows::set_password(tx.connection(), link.user_id, &hash).await?;
     tx.record(
         now,
-        &Actor::User(user_uuid),
+        &Actor::User(link.user_id),
         Action::AccountEnrolled,
         None,
         json!({}),
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(EnrolResponse { email }))
+    Ok(Json(EnrolResponse { email: link.email }))
 }
 
 /// `POST /api/v1/auth/login`.
@@ -160,17 +139,8 @@ pub async fn login(
     } else if let Some(code) = req.totp.as_deref() {
         match totp::verify(&secret, code, unix_now(now), account.totp_last_step) {
             Ok(step) => {
-                // Compare-and-set, so two concurrent requests cannot both spend one step.
-                let stored = sqlx::query(
-                    "UPDATE users SET totp_last_step = ? WHERE id = ?
-                     AND (totp_last_step IS NULL OR totp_last_step < ?)",
-                )
-                .bind(step as i64)
-                .bind(account.user.id.to_string())
-                .bind(step as i64)
-                .execute(&state.pool)
-                .await?;
-                if stored.rows_affected() != 1 {
+                let spent = rows::spend_totp_step(&state.pool, account.user.id, step).await?;
+                if !spent {
                     return Err(fail(
                         &state,
                         address,
@@ -205,10 +175,7 @@ pub async fn login(
     } else {
         return Err(ApiError::MfaRequired);
     }
-    sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?")
-        .bind(account.user.id.to_string())
-        .execute(&state.pool)
-        .await?;
+    rows::clear_failures(&state.pool, account.user.id).await?;
     let (token, session) = start_session(&state, &account.user, address).await?;
     Ok(signed_in(
         &state,
@@ -218,23 +185,23 @@ pub async fn login(
     ))
 }
 
-/// Open a session for a user who passed every factor, and audit the sign-in.
+/// Open a session for a user who passed every factor, and audit the sign-in with it.
 async fn start_session(
     state: &AppState,
     user: &User,
     address: IpAddr,
 ) -> Result<(Token, Session), ApiError> {
-    let (token, session) = sessions::create(state, user).await?;
-    state
-        .audit
-        .record(
-            state.clock.now(),
-            &actor(user),
-            Action::SignIn,
-            None,
-            json!({ "address": address.to_string() }),
-        )
-        .await?;
+    let mut tx = state.audit.begin().await?;
+    let (token, session) = sessions::create(state, tx.connection(), user).await?;
+    tx.record(
+        state.clock.now(),
+        &actor(user),
+        Action::SignIn,
+        None,
+        json!({ "address": address.to_string() }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok((token, session))
 }
 
@@ -331,25 +298,30 @@ async fn record_failure(
 ) -> Result<(), ApiError> {
     let now = state.clock.now();
     state.metrics.failed_signins.inc();
-    audit_failure(state, address, account, reason).await?;
-    if let Some(lock) = state.address_throttle.record_failure(address, now) {
-        state
-            .audit
-            .record(
-                now,
-                &Actor::Address(address),
-                Action::SignInLocked,
-                None,
-                json!({ "scope": "address", "seconds": lock.as_secs() }),
-            )
-            .await?;
+    let address_lock = state.address_throttle.record_failure(address, now);
+    // The failure, the account's count and lock, and their audit entries commit together.
+    let mut tx = state.audit.begin().await?;
+    let actor = account.map_or(Actor::Address(address), |a| actor(&a.user));
+    tx.record(
+        now,
+        &actor,
+        Action::SignInFailed,
+        None,
+        json!({ "reason": reason, "address": address.to_string() }),
+    )
+    .await?;
+    if let Some(lock) = address_lock {
+        tx.record(
+            now,
+            &Actor::Address(address),
+            Action::SignInLocked,
+            None,
+            json!({ "scope": "address", "seconds": lock.as_secs() }),
+        )
+        .await?;
     }
     if let Some(account) = account {
-        let row = sqlx::query("UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ? RETURNING failed_logins")
-            .bind(account.user.id.to_string())
-            .fetch_one(&state.pool)
-            .await?;
-        let failures = row.get::<i64, _>(0) as u32;
+        let failures = rows::count_failure(tx.connection(), account.user.id).await?;
         let login = &state.config.login;
         if let Some(lock) = throttle::lockout_after(
             failures,
@@ -357,23 +329,18 @@ async fn record_failure(
             login.lockout_base,
             login.lockout_max,
         ) {
-            sqlx::query("UPDATE users SET locked_until = ? WHERE id = ?")
-                .bind(to_unix(now + lock))
-                .bind(account.user.id.to_string())
-                .execute(&state.pool)
-                .await?;
-            state
-                .audit
-                .record(
-                    now,
-                    &actor(&account.user),
-                    Action::SignInLocked,
-                    None,
-                    json!({ "scope": "account", "seconds": lock.as_secs() }),
-                )
-                .await?;
+            rows::lock_account(tx.connection(), account.user.id, now + lock).await?;
+            tx.record(
+                now,
+                &actor,
+                Action::SignInLocked,
+                None,
+                json!({ "scope": "account", "seconds": lock.as_secs() }),
+            )
+            .await?;
         }
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -384,18 +351,16 @@ async fn start_mfa_enrolment(state: &AppState, account: &Account) -> Result<Resp
     let internal = |e: totp::TotpError| ApiError::Internal(e.into());
     let uri = totp::otpauth_uri(&secret, &account.user.email).map_err(internal)?;
     let qr_svg = totp::qr_svg(&uri).map_err(internal)?;
-    sqlx::query("DELETE FROM mfa_enrolments WHERE user_id = ? OR expires_at <= ?")
-        .bind(account.user.id.to_string())
-        .bind(to_unix(now))
-        .execute(&state.pool)
-        .await?;
-    sqlx::query("INSERT INTO mfa_enrolments (token_hash, user_id, totp_secret, expires_at) VALUES (?, ?, ?, ?)")
-        .bind(token.hash().0)
-        .bind(account.user.id.to_string())
-        .bind(state.sealing_key.seal(&secret, &accounts::totp_owner(account.user.id)))
-        .bind(to_unix(now + MFA_ENROLMENT_TTL))
-        .execute(&state.pool)
-        .await?;
+    let enrolment = rows::MfaEnrolmentRow {
+        user_id: account.user.id,
+        sealed_secret: state
+            .sealing_key
+            .seal(&secret, &accounts::totp_owner(account.user.id)),
+        expires_at: now + MFA_ENROLMENT_TTL,
+    };
+    let mut tx = crate::db::write_transaction(&state.pool).await?;
+    rows::replace_mfa_enrolment(&mut tx, &token.hash().0, &enrolment, now).await?;
+    tx.commit().await?;
     let body = LoginResponse::MfaEnrolmentRequired {
         enrolment: MfaEnrolment {
             mfa_token: token.expose().to_owned(),
@@ -419,23 +384,14 @@ pub async fn mfa_enrol(
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let token = Token::from_client(&req.mfa_token);
-    let row = sqlx::query(
-        "SELECT user_id, totp_secret, expires_at FROM mfa_enrolments WHERE token_hash = ?",
-    )
-    .bind(token.hash().0)
-    .fetch_optional(&state.pool)
-    .await?;
-    let Some(row) = row else {
-        return Err(ApiError::Unauthenticated);
-    };
-    let (user_id, sealed, expires_at): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
-    if from_unix(expires_at) <= now {
-        return Err(ApiError::Unauthenticated);
-    }
-    let user_uuid = Uuid::parse_str(&user_id).map_err(|e| ApiError::Internal(e.into()))?;
-    let account = accounts::find_by_id(&state.pool, user_uuid)
+    let enrolment = rows::mfa_enrolment(&state.pool, &token.hash().0)
+        .await?
+        .filter(|e| e.expires_at > now)
+        .ok_or(ApiError::Unauthenticated)?;
+    let account = accounts::find_by_id(&state.pool, enrolment.user_id)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
+    let sealed = enrolment.sealed_secret;
     let secret = state
         .sealing_key
         .open(&sealed, &accounts::totp_owner(account.user.id))
@@ -456,31 +412,13 @@ pub async fn mfa_enrol(
     let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
     // The factor, the recovery codes and the enrolment's audit entry commit together.
     let mut tx = state.audit.begin().await?;
-    let claimed = sqlx::query("DELETE FROM mfa_enrolments WHERE token_hash = ?")
-        .bind(token.hash().0)
-        .execute(tx.connection())
-        .await?;
-    if claimed.rows_affected() != 1 {
+    if !rows::claim_mfa_enrolment(tx.connection(), &token.hash().0).await? {
         return Err(ApiError::Unauthenticated);
     }
     // Stored as sealed, for the same owner.
-    sqlx::query("UPDATE users SET totp_secret = ?, totp_last_step = ?, failed_logins = 0, locked_until = NULL WHERE id = ?")
-        .bind(&sealed)
-        .bind(step as i64)
-        .bind(&user_id)
-        .execute(tx.connection())
-        .await?;
-    sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
-        .bind(&user_id)
-        .execute(tx.connection())
-        .await?;
-    for code in &codes {
-        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)")
-            .bind(&user_id)
-            .bind(hash_recovery_code(code))
-            .execute(tx.connection())
-            .await?;
-    }
+    rows::set_totp(tx.connection(), account.user.id, &sealed, step).await?;
+    let hashes: Vec<String> = codes.iter().map(|c| hash_recovery_code(c)).collect();
+    rows::replace_recovery_codes(tx.connection(), account.user.id, &hashes).await?;
     tx.record(
         now,
         &actor(&account.user),
@@ -534,34 +472,24 @@ async fn use_recovery_code(
     code: &str,
 ) -> Result<bool, ApiError> {
     let now = state.clock.now();
-    let used = sqlx::query(
-        "UPDATE recovery_codes SET used_at = ? WHERE user_id = ? AND code_hash = ? AND used_at IS NULL",
+    // The code spent and its audit entry commit together.
+    let mut tx = state.audit.begin().await?;
+    let hash = hash_recovery_code(code);
+    let Some(left) =
+        rows::spend_recovery_code(tx.connection(), account.user.id, &hash, now).await?
+    else {
+        return Ok(false);
+    };
+    tx.record(
+        now,
+        &actor(&account.user),
+        Action::RecoveryCodeUsed,
+        None,
+        json!({ "codes_left": left }),
     )
-    .bind(to_unix(now))
-    .bind(account.user.id.to_string())
-    .bind(hash_recovery_code(code))
-    .execute(&state.pool)
     .await?;
-    if used.rows_affected() == 1 {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL",
-        )
-        .bind(account.user.id.to_string())
-        .fetch_one(&state.pool)
-        .await?;
-        state
-            .audit
-            .record(
-                now,
-                &actor(&account.user),
-                Action::RecoveryCodeUsed,
-                None,
-                json!({ "codes_left": left }),
-            )
-            .await?;
-        return Ok(true);
-    }
-    Ok(false)
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// `GET /api/v1/auth/session`: the current session (and its CSRF token).
@@ -578,17 +506,12 @@ pub async fn logout(
     State(state): State<AppState>,
     current: CurrentUser,
 ) -> Result<Response, ApiError> {
-    sessions::revoke(&state, current.session_id).await?;
-    state
-        .audit
-        .record(
-            state.clock.now(),
-            &actor(&current.user),
-            Action::SignOut,
-            None,
-            json!({}),
-        )
+    let now = state.clock.now();
+    let mut tx = state.audit.begin().await?;
+    rows::revoke_session(tx.connection(), current.session_id, now).await?;
+    tx.record(now, &actor(&current.user), Action::SignOut, None, json!({}))
         .await?;
+    tx.commit().await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()

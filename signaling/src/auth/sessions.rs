@@ -12,13 +12,14 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use consult_proto::api::{Role, Session, User};
-use sqlx::Row;
+use sqlx::SqliteConnection;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::rows;
 use crate::accounts;
-use crate::db::{from_unix, to_unix};
+use crate::db::to_unix;
 use crate::error::ApiError;
 use crate::secrets::{hex_sha256, Token};
 use crate::state::AppState;
@@ -47,23 +48,17 @@ pub struct CurrentUser {
     pub session: Session,
 }
 
-/// Start a session for `user`; returns the token to hand out and the session view.
-pub async fn create(state: &AppState, user: &User) -> Result<(Token, Session), ApiError> {
+/// Start a session for `user` inside the caller's transaction (where its sign-in is audited);
+/// returns the token to hand out and the session view.
+pub async fn create(
+    state: &AppState,
+    db: &mut SqliteConnection,
+    user: &User,
+) -> Result<(Token, Session), ApiError> {
     let now = state.clock.now();
     let token = Token::generate();
     let absolute = now + state.config.session.absolute_timeout;
-    sqlx::query(
-        "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, absolute_expires_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(Uuid::new_v4().to_string())
-    .bind(token.hash().0)
-    .bind(user.id.to_string())
-    .bind(to_unix(now))
-    .bind(to_unix(now))
-    .bind(to_unix(absolute))
-    .execute(&state.pool)
-    .await?;
+    rows::insert_session(db, &token.hash().0, user.id, now, absolute).await?;
     let session = Session {
         user: user.clone(),
         token: Some(token.expose().to_owned()),
@@ -77,36 +72,22 @@ pub async fn create(state: &AppState, user: &User) -> Result<(Token, Session), A
 /// Look up a live session by its token, moving its idle deadline forward.
 pub async fn authenticate(state: &AppState, token: &Token) -> Result<CurrentUser, ApiError> {
     let now = state.clock.now();
-    let row = sqlx::query(
-        "SELECT id, user_id, last_seen_at, absolute_expires_at, revoked_at
-         FROM sessions WHERE token_hash = ?",
-    )
-    .bind(token.hash().0)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or(ApiError::Unauthenticated)?;
-    let session_id: String = row.get(0);
-    let user_id: String = row.get(1);
-    let last_seen = from_unix(row.get(2));
-    let absolute = from_unix(row.get(3));
-    let revoked: Option<i64> = row.get(4);
-    let idle_deadline = last_seen + state.config.session.idle_timeout;
-    if revoked.is_some() || now >= absolute || now >= idle_deadline {
+    let row = rows::session(&state.pool, &token.hash().0)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let absolute = row.absolute_expires_at;
+    let idle_deadline = row.last_seen_at + state.config.session.idle_timeout;
+    if row.revoked || now >= absolute || now >= idle_deadline {
         return Err(ApiError::Unauthenticated);
     }
-    if to_unix(now) - to_unix(last_seen) >= LAST_SEEN_GRANULARITY_SECS {
-        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id = ?")
-            .bind(to_unix(now))
-            .bind(&session_id)
-            .execute(&state.pool)
-            .await?;
+    if to_unix(now) - to_unix(row.last_seen_at) >= LAST_SEEN_GRANULARITY_SECS {
+        rows::touch_session(&state.pool, row.id, now).await?;
     }
-    let user_id = Uuid::parse_str(&user_id).map_err(|e| ApiError::Internal(e.into()))?;
-    let account = accounts::find_by_id(&state.pool, user_id)
+    let account = accounts::find_by_id(&state.pool, row.user_id)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     Ok(CurrentUser {
-        session_id: Uuid::parse_str(&session_id).map_err(|e| ApiError::Internal(e.into()))?,
+        session_id: row.id,
         session: Session {
             user: account.user.clone(),
             token: None,
@@ -116,16 +97,6 @@ pub async fn authenticate(state: &AppState, token: &Token) -> Result<CurrentUser
         },
         user: account.user,
     })
-}
-
-/// End a session.
-pub async fn revoke(state: &AppState, session_id: Uuid) -> Result<(), ApiError> {
-    sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-        .bind(to_unix(state.clock.now()))
-        .bind(session_id.to_string())
-        .execute(&state.pool)
-        .await?;
-    Ok(())
 }
 
 /// The `Set-Cookie` value carrying a new session.

@@ -201,3 +201,193 @@ pub async fn revoke_invites(
     .fetch_all(db)
     .await?)
 }
+
+/// An invite row.
+#[derive(Debug, Clone)]
+pub struct InviteRecord {
+    /// Id.
+    pub id: Uuid,
+    /// Its consultation.
+    pub consultation_id: Uuid,
+    /// Issued.
+    pub issued_at: OffsetDateTime,
+    /// Expires.
+    pub expires_at: OffsetDateTime,
+    /// Revoked.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Held by a device now.
+    pub in_use: bool,
+}
+
+const SELECT_INVITE: &str =
+    "SELECT i.id, i.consultation_id, i.issued_at, i.expires_at, i.revoked_at, \
+     EXISTS (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL) \
+     FROM invites i";
+
+fn invite_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<InviteRecord> {
+    let id: String = row.get(0);
+    let consultation_id: String = row.get(1);
+    Ok(InviteRecord {
+        id: Uuid::parse_str(&id)?,
+        consultation_id: Uuid::parse_str(&consultation_id)?,
+        issued_at: from_unix(row.get(2)),
+        expires_at: from_unix(row.get(3)),
+        revoked_at: row.get::<Option<i64>, _>(4).map(from_unix),
+        in_use: row.get::<i64, _>(5) != 0,
+    })
+}
+
+/// The most recently issued invite of a consultation.
+pub async fn latest_invite(
+    db: impl SqliteExecutor<'_>,
+    consultation_id: Uuid,
+) -> anyhow::Result<Option<InviteRecord>> {
+    let row = sqlx::query(&format!(
+        "{SELECT_INVITE} WHERE i.consultation_id = ? ORDER BY i.issued_at DESC, i.rowid DESC LIMIT 1"
+    ))
+    .bind(consultation_id.to_string())
+    .fetch_optional(db)
+    .await?;
+    row.map(invite_from_row).transpose()
+}
+
+/// The invite with this token hash.
+pub async fn invite_by_token(
+    db: impl SqliteExecutor<'_>,
+    token_hash: &str,
+) -> anyhow::Result<Option<InviteRecord>> {
+    let row = sqlx::query(&format!("{SELECT_INVITE} WHERE i.token_hash = ?"))
+        .bind(token_hash)
+        .fetch_optional(db)
+        .await?;
+    row.map(invite_from_row).transpose()
+}
+
+/// A patient's place in a consultation, taken by redeeming an invite.
+#[derive(Debug, Clone)]
+pub struct NewParticipant<'a> {
+    /// Participant id.
+    pub id: Uuid,
+    /// The consultation.
+    pub consultation_id: Uuid,
+    /// The invite redeemed.
+    pub invite_id: Uuid,
+    /// The name entered.
+    pub name: &'a str,
+    /// The hash of the participant token.
+    pub token_hash: &'a str,
+    /// When.
+    pub created_at: OffsetDateTime,
+}
+
+/// Take a place; false if another device holds the invite (one unreleased place per invite).
+pub async fn insert_participant(
+    db: &mut SqliteConnection,
+    place: &NewParticipant<'_>,
+) -> anyhow::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO participants (id, consultation_id, invite_id, name, token_hash, created_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(place.id.to_string())
+    .bind(place.consultation_id.to_string())
+    .bind(place.invite_id.to_string())
+    .bind(place.name)
+    .bind(place.token_hash)
+    .bind(to_unix(place.created_at))
+    .execute(db)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A place still held.
+#[derive(Debug, Clone)]
+pub struct HeldPlace {
+    /// Participant id.
+    pub id: Uuid,
+    /// The consultation.
+    pub consultation_id: Uuid,
+    /// The name entered.
+    pub name: String,
+}
+
+/// The unreleased place a participant token (by hash) belongs to.
+pub async fn held_place(
+    db: impl SqliteExecutor<'_>,
+    token_hash: &str,
+) -> anyhow::Result<Option<HeldPlace>> {
+    let row = sqlx::query(
+        "SELECT id, consultation_id, name FROM participants WHERE token_hash = ? AND released_at IS NULL",
+    )
+    .bind(token_hash)
+    .fetch_optional(db)
+    .await?;
+    row.map(|row| {
+        Ok(HeldPlace {
+            id: Uuid::parse_str(row.get::<&str, _>(0))?,
+            consultation_id: Uuid::parse_str(row.get::<&str, _>(1))?,
+            name: row.get(2),
+        })
+    })
+    .transpose()
+}
+
+/// Release a participant's place; their token stops working.
+pub async fn release_place(
+    db: impl SqliteExecutor<'_>,
+    participant_id: Uuid,
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE participants SET released_at = ? WHERE id = ? AND released_at IS NULL")
+        .bind(to_unix(now))
+        .bind(participant_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Release every place of a consultation.
+pub async fn release_places(
+    db: impl SqliteExecutor<'_>,
+    consultation_id: Uuid,
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE participants SET released_at = ? WHERE consultation_id = ? AND released_at IS NULL",
+    )
+    .bind(to_unix(now))
+    .bind(consultation_id.to_string())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Release every place of every consultation; returns how many.
+pub async fn release_every_place(
+    db: impl SqliteExecutor<'_>,
+    now: OffsetDateTime,
+) -> anyhow::Result<u64> {
+    let done = sqlx::query("UPDATE participants SET released_at = ? WHERE released_at IS NULL")
+        .bind(to_unix(now))
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Who holds an invite now.
+pub async fn invite_holders(
+    db: impl SqliteExecutor<'_>,
+    invite_id: &str,
+) -> anyhow::Result<Vec<Uuid>> {
+    let holders: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM participants WHERE invite_id = ? AND released_at IS NULL",
+    )
+    .bind(invite_id)
+    .fetch_all(db)
+    .await?;
+    holders.iter().map(|h| Ok(Uuid::parse_str(h)?)).collect()
+}

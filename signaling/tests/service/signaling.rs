@@ -1,7 +1,7 @@
 //! The signaling rules over a real WebSocket: admission, isolation, one device per invite,
 //! reconnect grace, ending, heartbeats, and every kind of bad message.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

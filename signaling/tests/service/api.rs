@@ -1,7 +1,7 @@
 //! The HTTP API: enrolment, sign-in with TOTP, throttling, sessions, CSRF, consultations,
 //! invites and ICE servers, with their bad paths.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

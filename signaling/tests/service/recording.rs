@@ -2,7 +2,7 @@
 //! is told, that a recorder joins (visibly) only with consent and leaves on withdrawal, that a
 //! live-only consultation writes nothing, and that the policy guards every access.
 
-mod common;
+use crate::common;
 
 use common::{error_code, TestService};
 use consult_proto::api::{ConsultationMode, CreateConsultationRequest};

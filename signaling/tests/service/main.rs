@@ -1,0 +1,10 @@
+//! The service from outside, as its clients and operators meet it: the HTTP API, signaling,
+//! recording, the CLI, and what the service binary links. One module per subject, one test
+//! binary for all of them (one link instead of five).
+
+mod api;
+mod cli;
+mod common;
+mod dependencies;
+mod recording;
+mod signaling;

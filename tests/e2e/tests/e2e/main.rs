@@ -1,0 +1,11 @@
+//! End-to-end tests of the media core against a running service, real codecs, coturn, ffmpeg
+//! and an independent WebRTC stack: one module per subject, one test binary for all of them
+//! (one link instead of seven).
+
+mod e2ee_call;
+mod examples;
+mod export;
+mod native_call;
+mod recorded_call;
+mod relay;
+mod webrtc_rs;
