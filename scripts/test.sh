@@ -55,6 +55,11 @@ fi
 # The benchmarks (criterion, `cargo bench -p consult-benches`) are not tests: clippy checks that
 # they build, and leaving them out here saves building criterion.
 rust=(--workspace --exclude consult-benches --locked)
+# A build from scratch (a clean clone, CI) gains nothing from incremental caches and pays to write
+# them; a developer's later builds keep them.
+if [ ! -d target/debug ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
+  export CARGO_INCREMENTAL=0
+fi
 log "cargo build (all targets)"
 cargo build "${rust[@]}" --all-targets --quiet
 if $quick; then

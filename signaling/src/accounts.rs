@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::audit::{Action, Actor, AuditLog};
 use crate::auth::{password, totp};
-use crate::db::{self, from_unix, to_unix};
+use crate::db::{from_unix, to_unix};
 use crate::secrets::{SealingKey, Token};
 
 /// An account as stored.
@@ -144,9 +144,8 @@ pub async fn create_user(
         role,
     };
     let token = Token::generate();
-    let mut tx = db::write_transaction(pool)
-        .await
-        .map_err(anyhow::Error::from)?;
+    // The account, its enrolment link and the audit entry commit together.
+    let mut tx = audit.begin().await?;
     sqlx::query(
         "INSERT INTO users (id, email, display_name, role, created_at) VALUES (?, ?, ?, ?, ?)",
     )
@@ -155,26 +154,25 @@ pub async fn create_user(
     .bind(&user.display_name)
     .bind(role.as_str())
     .bind(to_unix(now))
-    .execute(&mut *tx)
+    .execute(tx.connection())
     .await
     .map_err(anyhow::Error::from)?;
     sqlx::query("INSERT INTO enrolment_tokens (token_hash, user_id, expires_at) VALUES (?, ?, ?)")
         .bind(token.hash().0)
         .bind(user.id.to_string())
         .bind(to_unix(now + link_ttl))
-        .execute(&mut *tx)
+        .execute(tx.connection())
         .await
         .map_err(anyhow::Error::from)?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
-    audit
-        .record(
-            now,
-            &Actor::System,
-            Action::UserCreated,
-            None,
-            serde_json::json!({ "user_id": user.id, "role": role.as_str() }),
-        )
-        .await?;
+    tx.record(
+        now,
+        &Actor::System,
+        Action::UserCreated,
+        None,
+        serde_json::json!({ "user_id": user.id, "role": role.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(CreatedUser {
         enrolment_url: format!(
             "{}/enrol#{}",

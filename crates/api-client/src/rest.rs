@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use consult_proto::api::{
-    Consultation, CreateConsultationRequest, ErrorBody, IceServers, InspectInviteRequest,
-    InviteInfo, LoginRequest, LoginResponse, RecordingKeyBody, RedeemInviteRequest,
-    RedeemInviteResponse, WaitingPatient,
+    Consultation, CreateConsultationRequest, EnrolRequest, EnrolResponse, ErrorBody, IceServers,
+    InspectInviteRequest, InviteInfo, LoginRequest, LoginResponse, MfaEnrolRequest,
+    MfaEnrolResponse, RecordingKeyBody, RedeemInviteRequest, RedeemInviteResponse, WaitingPatient,
 };
 use consult_proto::signal::ClientMessage;
 use reqwest::{Method, RequestBuilder, Response};
@@ -151,6 +151,23 @@ impl ApiClient {
                     reason: chain(&e),
                 })?;
         Ok(MetricsSnapshot::parse(&text))
+    }
+
+    /// `POST /api/v1/auth/enrol`: set a new account's password with the token of its
+    /// enrolment link (the part after `#`).
+    pub async fn enrol(&self, enrol: &EnrolRequest) -> Result<EnrolResponse, ApiError> {
+        let path = "/api/v1/auth/enrol";
+        self.json(path, self.request(Method::POST, path, None).json(enrol))
+            .await
+    }
+
+    /// `POST /api/v1/auth/mfa/enrol`: confirm the authenticator app of a sign-in that answered
+    /// [`LoginResponse::MfaEnrolmentRequired`] with its first code; signs in, and hands out the
+    /// recovery codes (once).
+    pub async fn mfa_enrol(&self, enrol: &MfaEnrolRequest) -> Result<MfaEnrolResponse, ApiError> {
+        let path = "/api/v1/auth/mfa/enrol";
+        self.json(path, self.request(Method::POST, path, None).json(enrol))
+            .await
     }
 
     /// `POST /api/v1/auth/login` as it is.

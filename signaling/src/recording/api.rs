@@ -269,29 +269,23 @@ pub async fn shred_row(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| ApiError::Internal(e.into()))?;
-    rows::set_shredded(&state.pool, id, state.clock.now()).await?;
-    audited(
-        state,
+    // Marked shredded and audited together (the key and media are gone already).
+    let now = state.clock.now();
+    let mut tx = state.audit.begin().await?;
+    rows::set_shredded(tx.connection(), id, now).await?;
+    tx.record(
+        now,
         actor,
-        PolicyAction::Delete,
-        row,
-        json!({ "reason": "request" }),
+        audit_action(PolicyAction::Delete),
+        Some(row.consultation_id),
+        json!({ "recording_id": row.id, "detail": { "reason": "request" } }),
     )
-    .await
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
-/// The recording public key registered for a clinician, if any.
-pub async fn recording_key_of(
-    pool: &sqlx::SqlitePool,
-    user_id: Uuid,
-) -> anyhow::Result<Option<String>> {
-    let key: Option<Option<String>> =
-        sqlx::query_scalar("SELECT recording_public_key FROM users WHERE id = ?")
-            .bind(user_id.to_string())
-            .fetch_optional(pool)
-            .await?;
-    Ok(key.flatten())
-}
+pub use super::rows::recording_key_of;
 
 /// `GET /api/v1/account/recording-key`: the clinician's registered recording public key.
 #[utoipa::path(get, path = "/api/v1/account/recording-key", tag = "recordings",
@@ -323,20 +317,18 @@ pub async fn put_recording_key(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_recording_key", e.to_string()))?;
     let key = key.map(|k| k.to_base64());
-    sqlx::query("UPDATE users SET recording_public_key = ? WHERE id = ?")
-        .bind(&key)
-        .bind(doctor.0.user.id.to_string())
-        .execute(&state.pool)
-        .await?;
-    state
-        .audit
-        .record(
-            state.clock.now(),
-            &actor(&doctor),
-            Action::RecordingKeyRegistered,
-            None,
-            json!({ "public_key": key }),
-        )
-        .await?;
+    // The key and its audit entry commit together.
+    let now = state.clock.now();
+    let mut tx = state.audit.begin().await?;
+    rows::set_recording_key(tx.connection(), doctor.0.user.id, key.as_deref()).await?;
+    tx.record(
+        now,
+        &actor(&doctor),
+        Action::RecordingKeyRegistered,
+        None,
+        json!({ "public_key": key }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

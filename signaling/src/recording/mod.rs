@@ -268,8 +268,10 @@ async fn start(
     let vault = state.recordings.vault.clone();
     let writer =
         tokio::task::spawn_blocking(move || vault.create_recording(recording_id)).await??;
+    // The recording's row and its audit entry commit together, before its recorder starts.
+    let mut tx = state.audit.begin().await?;
     rows::insert(
-        &state.pool,
+        tx.connection(),
         recording_id,
         info.consultation_id,
         plan.zero_knowledge,
@@ -277,6 +279,16 @@ async fn start(
         retain_until,
     )
     .await?;
+    tx.record(
+        now,
+        &Actor::System,
+        Action::RecordingStarted,
+        Some(info.consultation_id),
+        json!({ "recording_id": recording_id, "zero_knowledge": plan.zero_knowledge,
+                "retain_until": retain_until.unix_timestamp() }),
+    )
+    .await?;
+    tx.commit().await?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let recorder = Uuid::new_v4();
     let done = recorder::spawn(
@@ -297,17 +309,6 @@ async fn start(
             done,
         },
     );
-    state
-        .audit
-        .record(
-            now,
-            &Actor::System,
-            Action::RecordingStarted,
-            Some(info.consultation_id),
-            json!({ "recording_id": recording_id, "zero_knowledge": plan.zero_knowledge,
-                    "retain_until": retain_until.unix_timestamp() }),
-        )
-        .await?;
     Ok(())
 }
 
@@ -361,17 +362,18 @@ pub async fn shred_expired(state: &AppState) -> anyhow::Result<usize> {
         let vault = state.recordings.vault.clone();
         let id = row.id;
         tokio::task::spawn_blocking(move || vault.shred(id)).await??;
-        rows::set_shredded(&state.pool, id, state.clock.now()).await?;
-        state
-            .audit
-            .record(
-                state.clock.now(),
-                &Actor::System,
-                Action::RecordingShredded,
-                Some(row.consultation_id),
-                json!({ "recording_id": id, "reason": "retention" }),
-            )
-            .await?;
+        let now = state.clock.now();
+        let mut tx = state.audit.begin().await?;
+        rows::set_shredded(tx.connection(), id, now).await?;
+        tx.record(
+            now,
+            &Actor::System,
+            Action::RecordingShredded,
+            Some(row.consultation_id),
+            json!({ "recording_id": id, "reason": "retention" }),
+        )
+        .await?;
+        tx.commit().await?;
     }
     Ok(expired.len())
 }

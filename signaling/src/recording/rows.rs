@@ -1,7 +1,7 @@
 //! What the database knows about recordings (the media and keys are in the vault).
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteExecutor, SqlitePool};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -105,7 +105,7 @@ fn from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<RecordingRow> {
 
 /// A new recording, in state `recording`.
 pub async fn insert(
-    pool: &SqlitePool,
+    db: impl SqliteExecutor<'_>,
     id: Uuid,
     consultation_id: Uuid,
     zero_knowledge: bool,
@@ -121,7 +121,7 @@ pub async fn insert(
     .bind(i64::from(zero_knowledge))
     .bind(to_unix(started_at))
     .bind(to_unix(retain_until))
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -203,13 +203,17 @@ pub async fn past_retention(
 }
 
 /// The recording's key is destroyed.
-pub async fn set_shredded(pool: &SqlitePool, id: Uuid, at: OffsetDateTime) -> anyhow::Result<()> {
+pub async fn set_shredded(
+    db: impl SqliteExecutor<'_>,
+    id: Uuid,
+    at: OffsetDateTime,
+) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE recordings SET state = 'shredded', ended_at = COALESCE(ended_at, ?) WHERE id = ?",
     )
     .bind(to_unix(at))
     .bind(id.to_string())
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -223,4 +227,31 @@ pub async fn left_open(pool: &SqlitePool) -> anyhow::Result<Vec<RecordingRow>> {
         .into_iter()
         .map(from_row)
         .collect()
+}
+
+/// The recording public key registered for a clinician, if any.
+pub async fn recording_key_of(
+    db: impl SqliteExecutor<'_>,
+    user_id: Uuid,
+) -> anyhow::Result<Option<String>> {
+    let key: Option<Option<String>> =
+        sqlx::query_scalar("SELECT recording_public_key FROM users WHERE id = ?")
+            .bind(user_id.to_string())
+            .fetch_optional(db)
+            .await?;
+    Ok(key.flatten())
+}
+
+/// Register (or with `None`, remove) a clinician's recording public key.
+pub async fn set_recording_key(
+    db: impl SqliteExecutor<'_>,
+    user_id: Uuid,
+    key: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE users SET recording_public_key = ? WHERE id = ?")
+        .bind(key)
+        .bind(user_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
 }

@@ -6,8 +6,10 @@ use crate::common;
 use std::time::Duration;
 
 use common::{error_code, http_client, TestService};
+use consult_api_client::ApiError;
 use consult_proto::api::{
-    Consultation, ConsultationStatus, IceServers, InviteInfo, LoginResponse, Role, Session,
+    Consultation, ConsultationStatus, EnrolRequest, IceServers, InviteInfo, LoginRequest,
+    LoginResponse, MfaEnrolRequest, Role, Session,
 };
 use consult_signaling::auth::totp;
 use reqwest::{header, Method, StatusCode};
@@ -284,33 +286,43 @@ async fn one_address_guessing_many_accounts_is_locked_out() {
 async fn a_locked_out_address_cannot_guess_totp_codes_at_enrolment_either() {
     let svc = TestService::start_with(|c| c.login.max_failures_per_address = 5).await;
     let token = svc.create_account("new@clinic.test", Role::Doctor).await;
-    let client = http_client();
-    let r = client
-        .post(svc.url("/api/v1/auth/enrol"))
-        .json(&json!({ "token": token, "password": "a long enough password" }))
-        .send()
+    let password = "a long enough password".to_owned();
+    svc.api
+        .enrol(&EnrolRequest {
+            token,
+            password: password.clone(),
+        })
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = svc
-        .login("new@clinic.test", "a long enough password", None)
-        .await;
-    let LoginResponse::MfaEnrolmentRequired { enrolment } = r.json().await.unwrap() else {
+    let login = LoginRequest {
+        email: "new@clinic.test".into(),
+        password,
+        totp: None,
+        recovery_code: None,
+    };
+    let LoginResponse::MfaEnrolmentRequired { enrolment } = svc.api.login(&login).await.unwrap()
+    else {
         panic!("expected MFA enrolment")
     };
     // Five wrong codes lock the address out.
+    let wrong = MfaEnrolRequest {
+        mfa_token: enrolment.mfa_token.clone(),
+        totp: "000000".into(),
+    };
+    for _ in 0..5 {
+        let refused = svc.api.mfa_enrol(&wrong).await.unwrap_err();
+        assert!(
+            matches!(&refused, ApiError::Refused { status: 401, code, .. } if code == "invalid_totp"),
+            "{refused:?}"
+        );
+    }
+    let client = http_client();
     let enrol_mfa = |code: String| {
         client
             .post(svc.url("/api/v1/auth/mfa/enrol"))
             .json(&json!({ "mfa_token": enrolment.mfa_token, "totp": code }))
             .send()
     };
-    for _ in 0..5 {
-        assert_eq!(
-            error_code(enrol_mfa("000000".into()).await.unwrap()).await,
-            (StatusCode::UNAUTHORIZED, "invalid_totp".into())
-        );
-    }
     let failed = |text: String| {
         text.lines()
             .find_map(|l| l.strip_prefix("consult_failed_signins_total "))
@@ -867,4 +879,99 @@ async fn a_consultation_that_cannot_be_audited_is_not_created() {
     assert_eq!(read["status"], "open");
     assert_eq!(read["invite"]["revoked"], false);
     assert_eq!(count(&svc, "invites").await, invites);
+}
+
+#[tokio::test]
+async fn sign_in_sign_out_recovery_codes_redemption_keys_and_accounts_change_nothing_unaudited() {
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("rollback@example.org").await;
+    let (_, invite) = doctor.create_consultation().await;
+    svc.next_totp_step();
+    let code = totp::code_at(&doctor.totp_secret, svc.now_unix()).unwrap();
+    let unused_codes = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM recovery_codes WHERE used_at IS NULL")
+            .fetch_one(&svc.state().pool)
+            .await
+            .unwrap()
+    };
+    let failures = || async {
+        sqlx::query_scalar::<_, i64>("SELECT failed_logins FROM users WHERE email = ?")
+            .bind("rollback@example.org")
+            .fetch_one(&svc.state().pool)
+            .await
+            .unwrap()
+    };
+    let (sessions, participants, users, codes) = (
+        count(&svc, "sessions").await,
+        count(&svc, "participants").await,
+        count(&svc, "users").await,
+        unused_codes().await,
+    );
+    break_the_audit_log(&svc).await;
+
+    // Signing in with every factor right opens no session.
+    let r = svc
+        .login("rollback@example.org", &doctor.password, Some(&code))
+        .await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(count(&svc, "sessions").await, sessions);
+    // A recovery code is not spent.
+    let r = http_client()
+        .post(svc.url("/api/v1/auth/login"))
+        .json(&json!({ "email": doctor.email, "password": doctor.password,
+                       "recovery_code": doctor.recovery_codes[0] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(unused_codes().await, codes);
+    // A wrong password is not counted against the account.
+    let r = svc
+        .login("rollback@example.org", "not the password at all", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(failures().await, 0);
+    // An invite is not taken.
+    let r = svc.redeem(&invite, "Pat").await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(count(&svc, "participants").await, participants);
+    // A recording key is not registered.
+    let key = consult_e2ee::recording_key::RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    let r = doctor
+        .bearer(Method::PUT, "/api/v1/account/recording-key")
+        .json(&json!({ "public_key": key.public().to_base64() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(doctor.api.recording_key(&doctor.token).await.unwrap(), None);
+    // An account is not created.
+    assert!(consult_signaling::accounts::create_user(
+        &svc.state().pool,
+        &svc.state().audit,
+        svc.state().clock.now(),
+        &consult_signaling::accounts::NewUser {
+            email: "never@example.org".into(),
+            display_name: "Never".into(),
+            role: Role::Doctor,
+        },
+        "http://127.0.0.1",
+        Duration::from_secs(3600),
+    )
+    .await
+    .is_err());
+    assert_eq!(count(&svc, "users").await, users);
+    // Signing out leaves the session working.
+    let r = doctor
+        .bearer(Method::POST, "/api/v1/auth/logout")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let r = doctor
+        .bearer(Method::GET, "/api/v1/auth/session")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use consult_api_client::{ApiClient, ApiError, PatientPlace, SignalConnection};
 use consult_proto::api::{
-    Consultation, CreateConsultationRequest, LoginResponse, MfaEnrolResponse, Role,
+    Consultation, CreateConsultationRequest, EnrolRequest, LoginRequest, LoginResponse,
+    MfaEnrolResponse, Role,
 };
 use consult_proto::signal::{ClientMessage, ServerMessage};
 use consult_signaling::accounts::{self, NewUser};
@@ -103,22 +104,25 @@ impl TestService {
         let token = self.create_account(email, Role::Doctor).await;
         let client = http_client();
         let password = "a long enough password".to_owned();
-        let r = client
-            .post(self.url("/api/v1/auth/enrol"))
-            .json(&json!({ "token": token, "password": password }))
-            .send()
+        self.api
+            .enrol(&EnrolRequest {
+                token,
+                password: password.clone(),
+            })
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let r = client
-            .post(self.url("/api/v1/auth/login"))
-            .json(&json!({ "email": email, "password": password }))
-            .send()
-            .await
-            .unwrap();
-        let LoginResponse::MfaEnrolmentRequired { enrolment } = r.json().await.unwrap() else {
+        let login = LoginRequest {
+            email: email.into(),
+            password: password.clone(),
+            totp: None,
+            recovery_code: None,
+        };
+        let LoginResponse::MfaEnrolmentRequired { enrolment } =
+            self.api.login(&login).await.unwrap()
+        else {
             panic!("expected MFA enrolment")
         };
+        // The last step by hand: its cookie goes into this doctor's cookie jar.
         let code = totp::code_at(&enrolment.totp_secret, self.now_unix()).unwrap();
         let r = client
             .post(self.url("/api/v1/auth/mfa/enrol"))
