@@ -22,8 +22,60 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<SqlitePool> {
         .max_connections(8)
         .connect_with(options)
         .await?;
-    sqlx::migrate!("./migrations").run(&pool).await?;
+    sqlx::migrate::Migrator::new(EmbeddedMigrations)
+        .await?
+        .run(&pool)
+        .await?;
     Ok(pool)
+}
+
+/// The schema migrations in `signaling/migrations`, compiled into the binary. Listed here rather
+/// than found by `sqlx::migrate!`, which would build sqlx's compile-time macros (a second sqlx
+/// and tokio for the build host) for one line. Version and description follow sqlx's file
+/// naming (`0001_initial.sql` is version 1, "initial"), so databases migrated by earlier builds
+/// see the same checksums.
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (2, "e2ee", include_str!("../migrations/0002_e2ee.sql")),
+    (
+        3,
+        "recordings",
+        include_str!("../migrations/0003_recordings.sql"),
+    ),
+    (
+        4,
+        "recording key",
+        include_str!("../migrations/0004_recording_key.sql"),
+    ),
+];
+
+impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+                > + Send,
+        >,
+    > {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                sqlx::migrate::Migration::new(
+                    *version,
+                    std::borrow::Cow::Borrowed(*description),
+                    sqlx::migrate::MigrationType::Simple,
+                    std::borrow::Cow::Borrowed(*sql),
+                    sql.starts_with("-- no-transaction"),
+                )
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(migrations)))
+    }
 }
 
 /// Unix seconds, as stored.
@@ -43,4 +95,31 @@ pub async fn write_transaction(
     pool: &SqlitePool,
 ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
     pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::migrate::{MigrationSource, Migrator};
+
+    #[tokio::test]
+    async fn the_embedded_migrations_are_the_migrations_directory_as_sqlx_reads_it() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let from_files = Migrator::new(dir.as_path()).await.unwrap();
+        let embedded = EmbeddedMigrations.resolve().await.unwrap();
+        let key = |m: &sqlx::migrate::Migration| {
+            (
+                m.version,
+                m.description.to_string(),
+                m.checksum.to_vec(),
+                m.no_tx,
+            )
+        };
+        let files: Vec<_> = from_files.iter().map(key).collect();
+        let ours: Vec<_> = embedded.iter().map(key).collect();
+        assert_eq!(
+            ours, files,
+            "a migration file is missing from MIGRATIONS or differs"
+        );
+    }
 }
