@@ -124,16 +124,7 @@ pub async fn redeem(
         Ok(found) => found,
         Err(e) => {
             let e = patient_facing(e);
-            state
-                .audit
-                .record(
-                    now,
-                    &Actor::Anonymous,
-                    Action::InviteRefused,
-                    None,
-                    json!({ "reason": e.code() }),
-                )
-                .await?;
+            audit_refusal(&state, None, json!({ "reason": e.code() })).await?;
             return Err(e);
         }
     };
@@ -151,16 +142,8 @@ pub async fn redeem(
     };
     if !rows::insert_participant(tx.connection(), &place).await? {
         drop(tx);
-        state
-            .audit
-            .record(
-                now,
-                &Actor::Anonymous,
-                Action::InviteRefused,
-                Some(consultation.id),
-                json!({ "reason": "invite_in_use", "invite_id": invite.id }),
-            )
-            .await?;
+        let detail = json!({ "reason": "invite_in_use", "invite_id": invite.id });
+        audit_refusal(&state, Some(consultation.id), detail).await?;
         return Err(ApiError::conflict(
             "invite_in_use",
             "this link is already in use on another device",
@@ -201,6 +184,24 @@ pub async fn redeem(
             invite: info(&invite, &consultation),
         }),
     ))
+}
+
+/// Audit a refused redemption (by nobody we know: the device has no place).
+async fn audit_refusal(
+    state: &AppState,
+    consultation: Option<Uuid>,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    state
+        .audit
+        .record(
+            state.clock.now(),
+            &Actor::Anonymous,
+            Action::InviteRefused,
+            consultation,
+            detail,
+        )
+        .await
 }
 
 /// A patient's place, looked up by participant token.
