@@ -319,10 +319,10 @@ impl Config {
         if self.login.max_failures_per_account == 0 || self.login.max_failures_per_address == 0 {
             return bad("login.max_failures_* must be at least 1");
         }
-        if let Some(url) = &self.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return bad("public_url must start with http:// or https://");
-            }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad("public_url must start with http:// or https://");
         }
         Ok(())
     }

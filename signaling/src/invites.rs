@@ -167,13 +167,12 @@ pub async fn redeem(
         if !state_for_timer
             .hub
             .is_present(consultation_id, participant_id)
+            && let Err(e) = release(&state_for_timer, participant_id).await
         {
-            if let Err(e) = release(&state_for_timer, participant_id).await {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "could not release an unused invite"
-                );
-            }
+            tracing::error!(
+                error = format!("{e:#}"),
+                "could not release an unused invite"
+            );
         }
     });
     Ok((

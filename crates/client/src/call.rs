@@ -316,21 +316,21 @@ impl Call {
             ServerMessage::Description { from, description }
                 if Some(from) == self.recorder_id && description.kind == SdpKind::Answer =>
             {
-                if let Some(link) = &mut self.recorder {
-                    if let Err(e) = link.peer.handle_remote_answer(&description.sdp) {
-                        tracing::warn!(error = %e, "the recorder's answer does not fit; dropping the link");
-                        self.recorder = None;
-                    }
+                if let Some(link) = &mut self.recorder
+                    && let Err(e) = link.peer.handle_remote_answer(&description.sdp)
+                {
+                    tracing::warn!(error = %e, "the recorder's answer does not fit; dropping the link");
+                    self.recorder = None;
                 }
             }
             ServerMessage::Candidate {
                 from,
                 candidate: Some(candidate),
             } if Some(from) == self.recorder_id => {
-                if let Some(link) = &mut self.recorder {
-                    if let Err(e) = link.peer.add_remote_candidate(&candidate.candidate) {
-                        tracing::debug!(error = %e, "ignored a recorder candidate");
-                    }
+                if let Some(link) = &mut self.recorder
+                    && let Err(e) = link.peer.add_remote_candidate(&candidate.candidate)
+                {
+                    tracing::debug!(error = %e, "ignored a recorder candidate");
                 }
             }
             ServerMessage::PeerJoined { peer } => {
@@ -353,10 +353,10 @@ impl Call {
                 self.handle_description(description)?;
             }
             ServerMessage::Candidate { from, candidate } if Some(from) == self.remote => {
-                if let (Some(peer), Some(candidate)) = (&mut self.peer, candidate) {
-                    if let Err(e) = peer.add_remote_candidate(&candidate.candidate) {
-                        self.warn(format!("ignored a remote candidate: {e}"));
-                    }
+                if let (Some(peer), Some(candidate)) = (&mut self.peer, candidate)
+                    && let Err(e) = peer.add_remote_candidate(&candidate.candidate)
+                {
+                    self.warn(format!("ignored a remote candidate: {e}"));
                 }
             }
             ServerMessage::Declined {} => {
@@ -576,10 +576,10 @@ impl Call {
             if let Err(e) = link.peer.handle_receive(at, source, local, bytes) {
                 tracing::debug!(error = %e, "recorder link dropped a datagram");
             }
-        } else if let Some(peer) = &mut self.peer {
-            if let Err(e) = peer.handle_receive(at, source, local, bytes) {
-                tracing::debug!(error = %e, "dropped a datagram");
-            }
+        } else if let Some(peer) = &mut self.peer
+            && let Err(e) = peer.handle_receive(at, source, local, bytes)
+        {
+            tracing::debug!(error = %e, "dropped a datagram");
         }
     }
 
@@ -589,11 +589,11 @@ impl Call {
         if let Some(peer) = self.peer.as_mut().filter(|_| self.peer_timeout <= now) {
             peer.handle_timeout(now)?;
         }
-        if let Some(link) = self.recorder.as_mut().filter(|l| l.next_timeout <= now) {
-            if let Err(e) = link.peer.handle_timeout(now) {
-                tracing::warn!(error = %e, "recorder link failed; dropping it");
-                self.recorder = None;
-            }
+        if let Some(link) = self.recorder.as_mut().filter(|l| l.next_timeout <= now)
+            && let Err(e) = link.peer.handle_timeout(now)
+        {
+            tracing::warn!(error = %e, "recorder link failed; dropping it");
+            self.recorder = None;
         }
         if self.offer_at.is_some_and(|at| at <= now) {
             self.offer_at = None;
@@ -734,13 +734,12 @@ impl Call {
     }
 
     fn handle_frame(&mut self, frame: EncodedFrame) {
-        if self.config.receive == ReceiveMode::Decoded {
-            if let TrackKind::Video(codec) = frame.kind {
-                if !self.gate.admit(codec, &frame) {
-                    self.request_keyframe(self.now);
-                    return;
-                }
-            }
+        if self.config.receive == ReceiveMode::Decoded
+            && let TrackKind::Video(codec) = frame.kind
+            && !self.gate.admit(codec, &frame)
+        {
+            self.request_keyframe(self.now);
+            return;
         }
         self.queue.push_back(CallOutput::Frame(frame));
     }
@@ -768,10 +767,10 @@ impl Call {
             return;
         }
         self.last_keyframe_request = Some(now);
-        if let Some(peer) = &mut self.peer {
-            if let Err(e) = peer.request_keyframe() {
-                tracing::debug!(error = %e, "keyframe request failed");
-            }
+        if let Some(peer) = &mut self.peer
+            && let Err(e) = peer.request_keyframe()
+        {
+            tracing::debug!(error = %e, "keyframe request failed");
         }
     }
 

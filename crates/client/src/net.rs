@@ -113,10 +113,9 @@ impl Network {
             .sockets
             .iter()
             .find(|(addr, _)| *addr == transmit.source)
+            && let Err(e) = socket.try_send_to(&transmit.contents, transmit.destination)
         {
-            if let Err(e) = socket.try_send_to(&transmit.contents, transmit.destination) {
-                tracing::debug!(error = %e, "udp send failed");
-            }
+            tracing::debug!(error = %e, "udp send failed");
         }
     }
 }

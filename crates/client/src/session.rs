@@ -480,11 +480,10 @@ impl Runner {
                     Some(command) => self.handle_command(command)?,
                 },
                 _ = heartbeat.tick() => {
-                    if let Some(signal) = &mut self.signal {
-                        if let Err(e) = signal.send(&ClientMessage::Ping {}).await {
+                    if let Some(signal) = &mut self.signal
+                        && let Err(e) = signal.send(&ClientMessage::Ping {}).await {
                             self.start_reconnect(&e.to_string()).await?;
                         }
-                    }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
@@ -580,10 +579,10 @@ impl Runner {
                 CallOutput::Event(event) => emit(&self.events, event).await,
                 CallOutput::Frame(frame) => self.handle_frame(frame).await?,
                 CallOutput::Bitrate(bps) => {
-                    if let Some(encoder) = &mut self.video_encoder {
-                        if let Err(e) = encoder.set_bitrate(bps) {
-                            tracing::debug!(error = %e, "could not adapt the bitrate");
-                        }
+                    if let Some(encoder) = &mut self.video_encoder
+                        && let Err(e) = encoder.set_bitrate(bps)
+                    {
+                        tracing::debug!(error = %e, "could not adapt the bitrate");
                     }
                 }
                 CallOutput::Timeout(at) => {
@@ -617,11 +616,11 @@ impl Runner {
                     )?);
                     force_keyframe = true;
                 }
-                if let Some(encoder) = &mut self.video_encoder {
-                    if let Some(encoded) = encoder.encode(&frame, force_keyframe)? {
-                        self.call.video_encoded();
-                        self.call.write_video(now, codec, &encoded.data)?;
-                    }
+                if let Some(encoder) = &mut self.video_encoder
+                    && let Some(encoded) = encoder.encode(&frame, force_keyframe)?
+                {
+                    self.call.video_encoded();
+                    self.call.write_video(now, codec, &encoded.data)?;
                 }
             }
             Command::EncodedVideo(encoded) => {

@@ -697,16 +697,16 @@ impl KeySchedule {
 
     /// Run the timers due at `now`: switch to an announced key, rotate, erase old keys.
     pub fn handle_timeout(&mut self, now: Instant, rng: &mut dyn CryptoRngCore) {
-        if let Some(pending) = &self.pending {
-            if now >= pending.announced_at + self.config.switch_after {
-                self.switch_to_pending();
-            }
+        if let Some(pending) = &self.pending
+            && now >= pending.announced_at + self.config.switch_after
+        {
+            self.switch_to_pending();
         }
         // While an epoch waits for its acknowledgement the timer has done its work already.
-        if let (Some(send), None) = (&self.send, &self.pending) {
-            if now >= send.since + self.config.rotate_every {
-                self.rotate_wanted = true;
-            }
+        if let (Some(send), None) = (&self.send, &self.pending)
+            && now >= send.since + self.config.rotate_every
+        {
+            self.rotate_wanted = true;
         }
         self.start_epoch_if_wanted(now, rng);
         let expired: Vec<u64> = self

@@ -514,10 +514,10 @@ impl Receiver {
                     if !video {
                         self.first_frame_at.get_or_insert(now);
                     }
-                    if let Some(decoder) = &mut self.audio_decoder {
-                        if decoder.decode(&frame.data).is_err() {
-                            self.row.counts.decode_errors += 1;
-                        }
+                    if let Some(decoder) = &mut self.audio_decoder
+                        && decoder.decode(&frame.data).is_err()
+                    {
+                        self.row.counts.decode_errors += 1;
                     }
                 } else {
                     self.row.counts.audio_packets_corrupt += 1;
@@ -787,12 +787,11 @@ async fn drive(
             },
             _ = video_tick.tick(), if sending && !media.video.is_empty() => {
                 for peer in [&mut *patient, &mut *doctor] {
-                    if let Some(frame) = peer.sender.next_video(&media, shared.epoch) {
-                        if !hand_over(peer.session.send_encoded_video(frame)).await {
+                    if let Some(frame) = peer.sender.next_video(&media, shared.epoch)
+                        && !hand_over(peer.session.send_encoded_video(frame)).await {
                             peer.sender.take_back_video();
                             shared.live().sends_dropped += 1;
                         }
-                    }
                     if std::mem::take(&mut peer.receiver.wants_keyframe)
                         && hand_over(peer.session.request_keyframe()).await
                     {
@@ -802,12 +801,11 @@ async fn drive(
             }
             _ = audio_tick.tick(), if sending && !media.audio.is_empty() => {
                 for peer in [&mut *patient, &mut *doctor] {
-                    if let Some(packet) = peer.sender.next_audio(&media) {
-                        if !hand_over(peer.session.send_encoded_audio(packet)).await {
+                    if let Some(packet) = peer.sender.next_audio(&media)
+                        && !hand_over(peer.session.send_encoded_audio(packet)).await {
                             peer.sender.take_back_audio();
                             shared.live().sends_dropped += 1;
                         }
-                    }
                 }
             }
             _ = tokio::time::sleep_until(until) => return Ok(()),

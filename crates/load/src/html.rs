@@ -871,7 +871,7 @@ fn y_axis((lo, hi): (f64, f64)) -> Range<f64> {
 }
 
 /// Formats the labels of an axis spanning `range`, with as many decimals as it needs.
-fn ticker(range: &Range<f64>) -> impl Fn(&f64) -> String {
+fn ticker(range: &Range<f64>) -> impl Fn(&f64) -> String + use<> {
     let span = range.end - range.start;
     let decimals = if span >= 20.0 {
         0

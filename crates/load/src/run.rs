@@ -333,10 +333,10 @@ async fn sign_in(
             }
             let started = Instant::now();
             let mut result = service.sign_in(&login).await;
-            if let (Ok(token), true) = (&result, recording_keys) {
-                if let Err(e) = ensure_recording_key(&service, token).await {
-                    result = Err(e);
-                }
+            if let (Ok(token), true) = (&result, recording_keys)
+                && let Err(e) = ensure_recording_key(&service, token).await
+            {
+                result = Err(e);
             }
             progress.signed_in();
             match result {
@@ -468,18 +468,19 @@ async fn monitor(
         };
         let holding =
             tokio::time::Instant::now() >= ramp_end && tokio::time::Instant::now() < shared.end_at;
-        if holding && active > 0 {
-            if let Some(cpu) = point.service_cpu_percent {
-                watched.hold_cpu_per_consultation.push(cpu / active as f64);
-            }
-        }
-        if watched.active_at_hold.is_none() && holding && tokio::time::Instant::now() >= hold_middle
+        if holding
+            && active > 0
+            && let Some(cpu) = point.service_cpu_percent
         {
-            if let (Some(service_active), Some(ours @ 1..)) =
+            watched.hold_cpu_per_consultation.push(cpu / active as f64);
+        }
+        if watched.active_at_hold.is_none()
+            && holding
+            && tokio::time::Instant::now() >= hold_middle
+            && let (Some(service_active), Some(ours @ 1..)) =
                 (point.service_active_consultations, settled)
-            {
-                watched.active_at_hold = Some((service_active, ours));
-            }
+        {
+            watched.active_at_hold = Some((service_active, ours));
         }
         watched.timeline.push(point);
     }
@@ -634,12 +635,12 @@ fn service_report(
         )),
         None => {}
     }
-    if let Some((theirs, ours)) = watched.active_at_hold {
-        if theirs != ours as i64 {
-            problems.push(format!(
-                "mid-hold the service had {theirs} active consultations, the generator {ours}"
-            ));
-        }
+    if let Some((theirs, ours)) = watched.active_at_hold
+        && theirs != ours as i64
+    {
+        problems.push(format!(
+            "mid-hold the service had {theirs} active consultations, the generator {ours}"
+        ));
     }
     if service.joins.is_some() || watched.active_at_hold.is_some() {
         service.metrics_agree = Some(problems.is_empty());

@@ -697,17 +697,18 @@ impl FileTransfers {
                 }
             }
             Control::Ack { id, offset } => {
-                if let Some(transfer) = self.outgoing.get_mut(&id) {
-                    if offset > transfer.acked && offset <= transfer.next.unwrap_or(0) {
-                        transfer.acked = offset;
-                        let total = transfer.offer.size;
-                        self.events.push_back(FileEvent::Progress {
-                            id,
-                            direction: Direction::Outgoing,
-                            bytes: offset,
-                            total,
-                        });
-                    }
+                if let Some(transfer) = self.outgoing.get_mut(&id)
+                    && offset > transfer.acked
+                    && offset <= transfer.next.unwrap_or(0)
+                {
+                    transfer.acked = offset;
+                    let total = transfer.offer.size;
+                    self.events.push_back(FileEvent::Progress {
+                        id,
+                        direction: Direction::Outgoing,
+                        bytes: offset,
+                        total,
+                    });
                 }
             }
             Control::Done { id } => self.handle_done(id),

@@ -610,10 +610,10 @@ impl Peer {
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
         self.now = self.now.max(now);
         self.rtc.handle_input(str0m::Input::Timeout(now))?;
-        if let Some(e2ee) = &mut self.e2ee {
-            if e2ee.timeout.is_some_and(|at| now >= at) {
-                e2ee.schedule.handle_timeout(now, &mut rand::rngs::OsRng);
-            }
+        if let Some(e2ee) = &mut self.e2ee
+            && e2ee.timeout.is_some_and(|at| now >= at)
+        {
+            e2ee.schedule.handle_timeout(now, &mut rand::rngs::OsRng);
         }
         Ok(())
     }
@@ -1101,13 +1101,13 @@ impl Peer {
         let mid = self.video_mid?;
         let preferred = self.config.video_codecs.clone();
         let writer = self.rtc.writer(mid)?;
-        let codec = writer
+
+        writer
             .payload_params()
             .find_map(|p| match codec_of(p.spec().codec) {
                 Some(TrackKind::Video(codec)) if preferred.contains(&codec) => Some(codec),
                 _ => None,
-            });
-        codec
+            })
     }
 
     /// Send an encoded video frame (Annex-B H.264 or a VP8 frame) captured at `wallclock`,

@@ -92,14 +92,14 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let account = accounts::find_by_email(&state.pool, &req.email).await?;
-    if let Some(until) = account.as_ref().and_then(|a| a.locked_until) {
-        if until > now {
-            state.metrics.failed_signins.inc();
-            audit_failure(&state, address, account.as_ref(), "account_locked").await?;
-            return Err(ApiError::TooManyAttempts {
-                retry_after_secs: throttle::seconds_until(now, until),
-            });
-        }
+    if let Some(until) = account.as_ref().and_then(|a| a.locked_until)
+        && until > now
+    {
+        state.metrics.failed_signins.inc();
+        audit_failure(&state, address, account.as_ref(), "account_locked").await?;
+        return Err(ApiError::TooManyAttempts {
+            retry_after_secs: throttle::seconds_until(now, until),
+        });
     }
     let stored = account.as_ref().and_then(|a| a.password_hash.clone());
     let password = req.password.clone();

@@ -233,10 +233,10 @@ pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
             };
             // Told at once; everyone hears before the last chunk is sealed.
             stopping = Recordings::lock(&recordings.running).remove(&consultation_id);
-            if let Some(running) = &mut stopping {
-                if let Some(stop) = running.stop.take() {
-                    let _ = stop.send(reason);
-                }
+            if let Some(running) = &mut stopping
+                && let Some(stop) = running.stop.take()
+            {
+                let _ = stop.send(reason);
             }
         }
         _ => {}

@@ -199,20 +199,18 @@ impl Recorder {
                     Some(Outbound::Message(message)) => self.handle_signal(message).await,
                 },
                 Some(datagram) = datagrams.recv() => {
-                    if let Some(remote) = self.peers.get_mut(&datagram.from) {
-                        if let Err(e) = remote.peer.handle_receive(datagram.at, datagram.source, remote.local, &datagram.bytes) {
+                    if let Some(remote) = self.peers.get_mut(&datagram.from)
+                        && let Err(e) = remote.peer.handle_receive(datagram.at, datagram.source, remote.local, &datagram.bytes) {
                             tracing::debug!(error = %e, "recorder dropped a datagram");
                         }
-                    }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     for remote in self.peers.values_mut() {
-                        if remote.next_timeout <= now {
-                            if let Err(e) = remote.peer.handle_timeout(now) {
+                        if remote.next_timeout <= now
+                            && let Err(e) = remote.peer.handle_timeout(now) {
                                 tracing::debug!(error = %e, "recorder peer timeout failed");
                             }
-                        }
                     }
                 }
                 _ = seal_tick.tick() => {
@@ -250,13 +248,13 @@ impl Recorder {
         };
         let state = self.state.clone();
         let consultation_id = self.info.consultation_id;
-        if let Some(departure) = state.hub.leave(consultation_id, self.me) {
-            if let Err(e) = crate::invites::depart(&state, &departure).await {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "could not record the recorder leaving"
-                );
-            }
+        if let Some(departure) = state.hub.leave(consultation_id, self.me)
+            && let Err(e) = crate::invites::depart(&state, &departure).await
+        {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "could not record the recorder leaving"
+            );
         }
         let (status, note) = match &ending {
             Ending::Stop(StopReason::Ended) => (RecordingStatus::Complete, None),
@@ -355,10 +353,10 @@ impl Recorder {
                 from,
                 candidate: Some(candidate),
             } => {
-                if let Some(remote) = self.peers.get_mut(&from) {
-                    if let Err(e) = remote.peer.add_remote_candidate(&candidate.candidate) {
-                        tracing::debug!(error = %e, "recorder ignored a candidate");
-                    }
+                if let Some(remote) = self.peers.get_mut(&from)
+                    && let Err(e) = remote.peer.add_remote_candidate(&candidate.candidate)
+                {
+                    tracing::debug!(error = %e, "recorder ignored a candidate");
                 }
             }
             _ => {}

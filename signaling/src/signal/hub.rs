@@ -163,11 +163,11 @@ impl Member {
     /// Queue a message; a connection whose queue is full is too slow and is dropped (its writer
     /// closes the socket; the client reconnects and resumes).
     fn send(&mut self, message: ServerMessage) {
-        if let Some(conn) = &self.conn {
-            if conn.tx.try_send(Outbound::Message(message)).is_err() {
-                tracing::warn!(participant = %self.id, "dropping a connection that does not keep up");
-                self.conn = None;
-            }
+        if let Some(conn) = &self.conn
+            && conn.tx.try_send(Outbound::Message(message)).is_err()
+        {
+            tracing::warn!(participant = %self.id, "dropping a connection that does not keep up");
+            self.conn = None;
         }
     }
 
@@ -667,11 +667,11 @@ impl Hub {
     /// remember it for whoever joins later. Nothing is sent if it did not change.
     pub fn announce_recording(&self, consultation_id: Uuid, message: ServerMessage) {
         self.with_rooms(|rooms| {
-            if let Some(room) = rooms.get_mut(&consultation_id) {
-                if room.recording.as_ref() != Some(&message) {
-                    room.broadcast_all(&message);
-                    room.recording = Some(message);
-                }
+            if let Some(room) = rooms.get_mut(&consultation_id)
+                && room.recording.as_ref() != Some(&message)
+            {
+                room.broadcast_all(&message);
+                room.recording = Some(message);
             }
         });
     }

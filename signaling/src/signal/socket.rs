@@ -213,19 +213,19 @@ async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>) {
         }
     }
     connected.conn.close();
-    if let Some(place) = connected.place.take() {
-        if let Some(generation) = state.hub.disconnect(
+    if let Some(place) = connected.place.take()
+        && let Some(generation) = state.hub.disconnect(
             place.consultation_id,
             place.participant_id,
             connected.conn.id(),
-        ) {
-            schedule_expiry(
-                state.clone(),
-                place.consultation_id,
-                place.participant_id,
-                generation,
-            );
-        }
+        )
+    {
+        schedule_expiry(
+            state.clone(),
+            place.consultation_id,
+            place.participant_id,
+            generation,
+        );
     }
     drop(connected);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
@@ -239,10 +239,9 @@ fn schedule_expiry(state: AppState, consultation_id: Uuid, participant_id: Uuid,
         if let Some(departure) = state
             .hub
             .expire(consultation_id, participant_id, generation)
+            && let Err(e) = invites::depart(&state, &departure).await
         {
-            if let Err(e) = invites::depart(&state, &departure).await {
-                tracing::error!(error = format!("{e:#}"), "could not record a departure");
-            }
+            tracing::error!(error = format!("{e:#}"), "could not record a departure");
         }
     });
 }
@@ -514,14 +513,14 @@ impl Connected {
                 Ok(Flow::Continue)
             }
             ClientMessage::Ping {} => {
-                if let Some((_, token)) = &place.doctor {
-                    if sessions::authenticate(state, token).await.is_err() {
-                        return Err((
-                            SignalErrorCode::Unauthorized,
-                            "your session ended; sign in again".into(),
-                            true,
-                        ));
-                    }
+                if let Some((_, token)) = &place.doctor
+                    && sessions::authenticate(state, token).await.is_err()
+                {
+                    return Err((
+                        SignalErrorCode::Unauthorized,
+                        "your session ended; sign in again".into(),
+                        true,
+                    ));
                 }
                 self.conn.send(ServerMessage::Pong {
                     server_time: state.clock.now(),
@@ -602,17 +601,16 @@ impl Connected {
             ClientMessage::Leave {} => {
                 // A patient's link is free again before anyone hears they left: a patient who
                 // hangs up and reopens the link at once must not find it "in use".
-                if place.role == ParticipantRole::Patient {
-                    if let Err(e) = invites::release(state, place.participant_id).await {
-                        tracing::error!(error = format!("{e:#}"), "could not release an invite");
-                    }
+                if place.role == ParticipantRole::Patient
+                    && let Err(e) = invites::release(state, place.participant_id).await
+                {
+                    tracing::error!(error = format!("{e:#}"), "could not release an invite");
                 }
                 if let Some(departure) =
                     state.hub.leave(place.consultation_id, place.participant_id)
+                    && let Err(e) = invites::depart(state, &departure).await
                 {
-                    if let Err(e) = invites::depart(state, &departure).await {
-                        tracing::error!(error = format!("{e:#}"), "could not record a departure");
-                    }
+                    tracing::error!(error = format!("{e:#}"), "could not record a departure");
                 }
                 Ok(Flow::Close)
             }

@@ -52,10 +52,10 @@ async fn recorded_call(clinic: &Clinic, request: CreateConsultationRequest) -> R
         let recordings = rows::of_consultation(&state.pool, consultation.id)
             .await
             .unwrap();
-        if let [row] = recordings.as_slice() {
-            if row.state == RecordingStatus::Complete {
-                return row.clone();
-            }
+        if let [row] = recordings.as_slice()
+            && row.state == RecordingStatus::Complete
+        {
+            return row.clone();
         }
         assert!(
             Instant::now() < deadline,
