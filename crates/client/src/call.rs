@@ -39,9 +39,9 @@ use crate::events::{ReceiveMode, SessionEvent};
 use crate::recorder_link::{RecorderLink, RecordingTarget};
 
 /// How long after connecting the remote may take to start key agreement before we say so.
-pub(crate) const E2EE_AGREEMENT_WARNING: Duration = Duration::from_secs(10);
+const E2EE_AGREEMENT_WARNING: Duration = Duration::from_secs(10);
 /// Keyframe requests closer together than this are merged (a lost request is repeated).
-pub(crate) const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
 /// After a remote description that leaves something unnegotiated, offer again this soon.
 const RENEGOTIATION_DELAY: Duration = Duration::from_millis(50);
 /// The heartbeat until the service says otherwise.

@@ -261,7 +261,7 @@ async fn audit_failure(
     account: Option<&Account>,
     reason: &str,
 ) -> Result<(), ApiError> {
-    let actor = account.map_or(Actor::Address(address), |a| actor(&a.user));
+    let (actor, detail) = failure_entry(address, account, reason);
     state
         .audit
         .record(
@@ -269,10 +269,22 @@ async fn audit_failure(
             &actor,
             Action::SignInFailed,
             None,
-            json!({ "reason": reason, "address": address.to_string() }),
+            detail,
         )
         .await?;
     Ok(())
+}
+
+/// Who a failed attempt is audited as (the account when there is one, else the address), and
+/// its details.
+fn failure_entry(
+    address: IpAddr,
+    account: Option<&Account>,
+    reason: &str,
+) -> (Actor, serde_json::Value) {
+    let actor = account.map_or(Actor::Address(address), |a| actor(&a.user));
+    let detail = json!({ "reason": reason, "address": address.to_string() });
+    (actor, detail)
 }
 
 /// Count a failed attempt against the address and the account, lock either if it crossed its
@@ -301,15 +313,9 @@ async fn record_failure(
     let address_lock = state.address_throttle.record_failure(address, now);
     // The failure, the account's count and lock, and their audit entries commit together.
     let mut tx = state.audit.begin().await?;
-    let actor = account.map_or(Actor::Address(address), |a| actor(&a.user));
-    tx.record(
-        now,
-        &actor,
-        Action::SignInFailed,
-        None,
-        json!({ "reason": reason, "address": address.to_string() }),
-    )
-    .await?;
+    let (actor, detail) = failure_entry(address, account, reason);
+    tx.record(now, &actor, Action::SignInFailed, None, detail)
+        .await?;
     if let Some(lock) = address_lock {
         tx.record(
             now,

@@ -233,17 +233,27 @@ impl Clinic {
     /// patient, `peer_joined` to the doctor).
     fn admit(&mut self, e2ee: bool) {
         self.tell(true, joined(DOCTOR, true, e2ee, vec![]));
+        self.admit_patient(e2ee);
+    }
+
+    /// The patient joins and is admitted; the doctor (already here) hears of it.
+    fn admit_patient(&mut self, e2ee: bool) {
         self.tell(false, joined(PATIENT, false, e2ee, vec![]));
-        self.tell(
-            false,
-            ServerMessage::Admitted {
-                peers: vec![participant(DOCTOR, ParticipantRole::Doctor)],
-            },
-        );
+        self.patient_admitted();
         self.tell(
             true,
             ServerMessage::PeerJoined {
                 peer: participant(PATIENT, ParticipantRole::Patient),
+            },
+        );
+    }
+
+    /// The service tells the patient they are admitted, with the doctor here.
+    fn patient_admitted(&mut self) {
+        self.tell(
+            false,
+            ServerMessage::Admitted {
+                peers: vec![participant(DOCTOR, ParticipantRole::Doctor)],
             },
         );
     }
@@ -448,12 +458,7 @@ fn a_polite_side_offers_after_its_pause_when_the_other_side_is_silent() {
     let mut clinic = Clinic::new(config(), config());
     // The doctor never learns of the patient (a browser that waits to be offered to).
     clinic.tell(false, joined(PATIENT, false, false, vec![]));
-    clinic.tell(
-        false,
-        ServerMessage::Admitted {
-            peers: vec![participant(DOCTOR, ParticipantRole::Doctor)],
-        },
-    );
+    clinic.patient_admitted();
     clinic.run_for(Duration::from_millis(1400));
     assert!(clinic.patient.offers_to(DOCTOR).is_empty(), "too early");
     clinic.run_for(Duration::from_millis(200));
@@ -799,19 +804,7 @@ fn when_the_other_side_leaves_the_call_forgets_it_and_a_new_one_connects() {
     // The patient comes back: a fresh connection, offered at once, connects.
     let patient = Side::new(PATIENT, clinic.patient.addr, config(), clinic.now);
     clinic.patient = patient;
-    clinic.tell(false, joined(PATIENT, false, false, vec![]));
-    clinic.tell(
-        false,
-        ServerMessage::Admitted {
-            peers: vec![participant(DOCTOR, ParticipantRole::Doctor)],
-        },
-    );
-    clinic.tell(
-        true,
-        ServerMessage::PeerJoined {
-            peer: participant(PATIENT, ParticipantRole::Patient),
-        },
-    );
+    clinic.admit_patient(false);
     let connected = clinic.doctor.connected();
     assert!(
         clinic.run_until(Duration::from_secs(10), |c| c.doctor.connected()
@@ -944,12 +937,7 @@ fn the_recorder_is_offered_a_link_only_once_admitted_and_recording() {
         1
     );
 
-    clinic.tell(
-        false,
-        ServerMessage::Admitted {
-            peers: vec![participant(DOCTOR, ParticipantRole::Doctor)],
-        },
-    );
+    clinic.patient_admitted();
     let offers = clinic.patient.offers_to(RECORDER);
     assert_eq!(offers.len(), 1, "offered once admitted");
     assert!(offers[0].1.contains("a=sendonly") || offers[0].1.contains("a=sendrecv"));
