@@ -60,6 +60,13 @@ rust=(--workspace --exclude consult-benches --locked)
 if [ ! -d target/debug ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
   export CARGO_INCREMENTAL=0
 fi
+# The Node packages of the web demo and the browser tests install beside the build.
+if ! $quick; then
+  npm_log=$(mktemp)
+  ( (cd web-demo && npm ci --no-audit --no-fund --loglevel=error) &&
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error) ) >"$npm_log" 2>&1 &
+  npm_pid=$!
+fi
 log "cargo build (all targets)"
 cargo build "${rust[@]}" --all-targets --quiet
 if $quick; then
@@ -73,13 +80,14 @@ log "doc tests"
 cargo test "${rust[@]}" --doc --quiet
 
 # --- Web demo: JSDoc types checked by tsc, and its protocol types against the service's schemas. ---
+if ! wait "$npm_pid"; then cat "$npm_log" >&2; echo "npm ci failed" >&2; exit 1; fi
+rm -f "$npm_log"
 log "web demo type check and protocol check"
-(cd web-demo && npm ci --no-audit --no-fund --loglevel=error && npx --no-install tsc --noEmit -p . &&
+(cd web-demo && npx --no-install tsc --noEmit -p . &&
   CONSULT_BIN="$PWD/../target/debug/consult" npm test --silent)
 
 # --- Browser end to end: the real service, two or three real Chromiums. ---------------------
 log "browser end-to-end tests"
-(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 # The browser-to-native test needs the echo-bot example (built above with --all-targets): never skip it.
 CONSULT_BIN="$PWD/target/debug/consult" ECHO_BOT_BIN="$PWD/target/debug/examples/echo-bot" \
   CONSULT_REQUIRE_NATIVE=1 npm --prefix tests/browser test

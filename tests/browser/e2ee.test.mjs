@@ -1,17 +1,10 @@
-// End-to-end encryption between two real browsers (headless Chromium): a consultation created
-// with "End-to-end encryption", the doctor and the patient in the call, once with VP8 and once
-// with H.264 (forced with the web demo's `consult.videoCodec` setting, which orders
-// setCodecPreferences). Media decodes both ways through the SFrame transform worker, the lock
-// badge shows on both sides, both show the same security code (SAS), the workers count frames
-// protected and opened both ways with no tampering, and chat still works (sealed). Prints the
-// worker's added latency per frame (`E2EE worker latency ...`).
-//
-// Then rotation: new epochs mid-call on both sides leave no gap over one second in the decoded
-// video, and a reload of the patient's page (a leave and a join) brings a new epoch, a new
-// code, and protected media again. And rotation by itself, with the pages' test settings
-// (`consult.e2eeRotateMs`, `consult.e2eeMaxCounter`): a call on a 3 s timer, and one with a
-// counter limit of 150 frames, go through new epochs on both sides with the badge on, the same
-// code, no tampered or expired frame and no video gap over one second.
+// End-to-end encryption between two real browsers (headless Chromium), rotation: new epochs
+// mid-call on both sides leave no gap over one second in the decoded video, and a reload of the
+// patient's page (a leave and a join) brings a new epoch, a new code, and protected media again.
+// And rotation by itself, with the pages' test settings (`consult.e2eeRotateMs`,
+// `consult.e2eeMaxCounter`): a call on a 3 s timer, and one with a counter limit of 150 frames, go
+// through new epochs on both sides with the badge on, the same code, no tampered or expired frame
+// and no video gap over one second. These assert real-time gaps, so run.mjs runs this file alone.
 //
 // Run: cd tests/browser && node --test e2ee.test.mjs   (CONSULT_BIN: a service with the e2ee flag)
 
@@ -19,68 +12,17 @@ import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
 
+import { e2eeCall } from "./e2ee-calls.mjs";
 import {
-  admitFromWaitingRoom,
   allFlowsProtected,
   byTestId,
-  createE2eeConsultation,
-  e2eeSnapshot,
   cspViolations,
-  inboundStats,
-  launchParticipant,
-  openConsultation,
-  patientJoin,
+  e2eeSnapshot,
   protectedBothWays,
-  sendChat,
-  signInDoctor,
-  STEP_TIMEOUT_MS,
-  waitForChat,
   waitForE2ee,
   waitForRemoteMedia,
   withService,
 } from "./harness.mjs";
-
-/**
- * @typedef {object} CallOptions
- * @property {boolean} [encodedStreams] A browser that has only the older `createEncodedStreams()`
- *   API (no `RTCRtpScriptTransform`).
- * @property {Record<string, string>} [storage] More `localStorage` settings of the web demo (for
- *   example `consult.e2eeRotateMs`).
- */
-
-/**
- * A participant whose pages prefer `codec` for video.
- * @param {string} label
- * @param {import('./harness.mjs').Service} service
- * @param {"vp8" | "h264"} codec
- * @param {CallOptions} [options]
- */
-async function launchWithCodec(label, service, codec, { encodedStreams = false, storage = {} } = {}) {
-  const p = await launchParticipant(label, { origin: service.url, storage: { "consult.videoCodec": codec, ...storage } });
-  if (encodedStreams) {
-    await p.context.addInitScript(() => {
-      delete (/** @type {any} */ (window)).RTCRtpScriptTransform;
-    });
-  }
-  return p;
-}
-
-/**
- * The inbound video codec of the page's connection.
- * @param {import('playwright-core').Page} page
- */
-function inboundVideoCodec(page) {
-  return page.evaluate(async () => {
-    const pc = /** @type {RTCPeerConnection | null} */ (/** @type {any} */ (window).consultPc);
-    if (!pc) return null;
-    const report = await pc.getStats();
-    let mime = null;
-    report.forEach((/** @type {any} */ s) => {
-      if (s.type === "inbound-rtp" && s.kind === "video" && s.codecId) mime = report.get(s.codecId)?.mimeType ?? null;
-    });
-    return mime;
-  });
-}
 
 /**
  * Start sampling the page's decoded video frames every ~100 ms (`__frameTimes`: when the count grew).
@@ -142,38 +84,6 @@ async function assertNoVideoGap(people, what) {
 }
 
 /**
- * The doctor signs in and opens a new E2EE consultation; the patient joins it and is admitted.
- * @param {import('./harness.mjs').Service} service
- * @param {import('./harness.mjs').Participant} doctor
- * @param {import('./harness.mjs').Participant} patient
- * @param {{ title: string, patientName: string }} names
- */
-async function joinE2eeCall(service, doctor, patient, { title, patientName }) {
-  await signInDoctor(doctor.page, service);
-  const inviteUrl = await createE2eeConsultation(doctor.page, title);
-  await openConsultation(doctor.page);
-  await patientJoin(patient.page, inviteUrl, patientName);
-  await admitFromWaitingRoom(doctor.page, patientName);
-  return inviteUrl;
-}
-
-/**
- * Doctor and patient, both preferring `codec`, in an E2EE consultation (admitted; media follows).
- * Both go into the scope's `people`.
- * @param {import('./harness.mjs').ServiceScope} scope
- * @param {"vp8" | "h264"} codec
- * @param {CallOptions} [options]
- */
-async function e2eeCall({ service, people }, codec, options = {}) {
-  const doctor = await launchWithCodec(`doctor (${codec})`, service, codec, options);
-  people.push(doctor);
-  const patient = await launchWithCodec(`patient (${codec})`, service, codec, options);
-  people.push(patient);
-  const inviteUrl = await joinE2eeCall(service, doctor, patient, { title: `E2EE ${codec}`, patientName: "Pat Secure" });
-  return { doctor, patient, inviteUrl };
-}
-
-/**
  * @typedef {object} E2eeSample
  * @property {number} at Milliseconds since the watch started.
  * @property {number} send The epoch this side sends under.
@@ -202,20 +112,6 @@ async function watchE2ee(people, durationMs) {
 }
 
 /**
- * Print the worker's added latency per frame so that it can be read from the test output.
- * @param {string} who
- * @param {any} snapshot
- */
-function logLatency(who, snapshot) {
-  const l = snapshot.worker.latency;
-  const ms = (/** @type {number | null} */ v) => (v === null ? "n/a" : `${v.toFixed(3)} ms`);
-  console.log(
-    `E2EE worker latency (${who}): protect median ${ms(l.protect.median)} p99 ${ms(l.protect.p99)} mean ${ms(l.protect.mean)} (${l.protect.count} frames); ` +
-      `unprotect median ${ms(l.unprotect.median)} p99 ${ms(l.unprotect.p99)} mean ${ms(l.unprotect.mean)} (${l.unprotect.count} frames)`,
-  );
-}
-
-/**
  * Calls that rotate by themselves, with the same settings on both pages (read when the call
  * starts). `timer`: a new epoch every 3 s, the counter limit left at 2^32. `counter`: a new epoch
  * once 150 frames went under one key (audio and video share the worker's counter: about every
@@ -241,104 +137,6 @@ const SELF_ROTATION = /** @type {const} */ ([
 ]);
 
 describe("end-to-end encrypted browser consultation", { timeout: 600_000 }, () => {
-  for (const codec of /** @type {const} */ (["vp8", "h264"])) {
-    test(`${codec}: media both ways through SFrame, badge on both sides, equal security codes`, { timeout: 180_000 }, async () => {
-      await withService({}, async (scope) => {
-        const { doctor, patient } = await e2eeCall(scope, codec);
-        const people = [doctor, patient];
-        for (const p of people) await waitForRemoteMedia(p.page, 45_000);
-
-        for (const p of people) {
-          await byTestId(p.page, "e2ee-badge").waitFor({ state: "visible", timeout: STEP_TIMEOUT_MS });
-          assert.match((await byTestId(p.page, "e2ee-badge").textContent()) ?? "", /End-to-end encrypted/);
-          assert.match((await byTestId(p.page, "e2ee-hint").textContent()) ?? "", /Compare these numbers/);
-        }
-        const doctorSas = (await byTestId(doctor.page, "e2ee-sas").textContent()) ?? "";
-        const patientSas = (await byTestId(patient.page, "e2ee-sas").textContent()) ?? "";
-        assert.match(doctorSas, /^\d{4} \d{4}$/, "the doctor sees a security code");
-        assert.equal(patientSas, doctorSas, "both see the same security code");
-
-        for (const p of people) {
-          const s = await waitForE2ee(p.page, (x) => allFlowsProtected(x) && x.badge, "frames protected and opened both ways");
-          assert.equal(s.api, "script-transform", "Chromium uses RTCRtpScriptTransform");
-          assert.equal(s.sas, doctorSas);
-          assert.equal(s.worker.rejected.tampered, 0, `no tampered frames: ${JSON.stringify(s.worker.rejected)}`);
-          assert.equal(s.worker.receive.video.codec, codec, "the worker opened frames of the forced codec");
-          assert.equal(s.worker.send.video.codec, codec, "the worker protected frames of the forced codec");
-          assert.equal(await inboundVideoCodec(p.page), codec === "vp8" ? "video/VP8" : "video/H264");
-          assert.ok(s.epochs.send >= 1 && s.epochs.receive >= 1, `keys both ways: ${JSON.stringify(s.epochs)}`);
-          const media = await inboundStats(p.page);
-          assert.ok(media && media.framesDecoded > 0 && media.audioPackets > 0, `${p.label} decodes video and gets audio: ${JSON.stringify(media)}`);
-        }
-
-        // Chat is sealed too, and still arrives both ways.
-        await sendChat(doctor.page, "Hello, sealed");
-        await waitForChat(patient.page, "in", "Hello, sealed");
-        await sendChat(patient.page, "Sealed reply ✓");
-        await waitForChat(doctor.page, "in", "Sealed reply ✓");
-        for (const p of people) {
-          const s = await e2eeSnapshot(p.page);
-          assert.ok(s.data.protected >= 1 && s.data.opened >= 1, `${p.label} chat sealed both ways: ${JSON.stringify(s.data)}`);
-          assert.equal(s.data.rejected.unprotected, 0);
-        }
-
-        // Let latency samples accumulate, then report them.
-        await sleep(3000);
-        for (const p of people) logLatency(`${codec}, ${p.label}`, await e2eeSnapshot(p.page));
-        for (const p of people) assert.deepEqual(cspViolations(p), [], `${p.label}: no CSP violations`);
-      });
-    });
-  }
-
-  test("browsers with only createEncodedStreams() use it in the same worker", { timeout: 180_000 }, async () => {
-    await withService({}, async (scope) => {
-      const { doctor, patient } = await e2eeCall(scope, "vp8", { encodedStreams: true });
-      const people = [doctor, patient];
-      const [d, p] = await protectedBothWays(people);
-      for (const s of [d, p]) {
-        assert.equal(s.api, "encoded-streams");
-        assert.equal(s.worker.rejected.tampered, 0);
-      }
-      assert.equal(d.sas, p.sas);
-      for (const x of people) assert.deepEqual(cspViolations(x), [], `${x.label}: no CSP violations`);
-    });
-  });
-
-  test("a browser without encoded transforms gets no media, and both sides say why", { timeout: 180_000 }, async () => {
-    await withService({}, async ({ service, people }) => {
-      const doctor = await launchParticipant("doctor", { origin: service.url });
-      people.push(doctor);
-      const patient = await launchParticipant("patient (no transforms)", { origin: service.url });
-      people.push(patient);
-      // An older browser: neither RTCRtpScriptTransform nor createEncodedStreams.
-      await patient.context.addInitScript(() => {
-        delete (/** @type {any} */ (window)).RTCRtpScriptTransform;
-        delete (/** @type {any} */ (RTCRtpSender.prototype)).createEncodedStreams;
-        delete (/** @type {any} */ (RTCRtpReceiver.prototype)).createEncodedStreams;
-      });
-      await joinE2eeCall(service, doctor, patient, { title: "E2EE, old browser", patientName: "Pat Old" });
-
-      const status = (/** @type {RegExp} */ pattern) => (/** @type {import('./harness.mjs').Participant} */ p) =>
-        p.page.waitForFunction((source) => new RegExp(source, "i").test(document.querySelector('[data-testid="call-status"]')?.textContent ?? ""), pattern.source, { timeout: 30_000 });
-      await status(/this browser cannot encrypt/)(patient);
-      await status(/patient.s browser or app cannot encrypt/)(doctor);
-      const d = await e2eeSnapshot(doctor.page);
-      const p = await e2eeSnapshot(patient.page);
-      assert.equal(p.problem, "browser-unsupported");
-      assert.equal(p.api, null);
-      assert.equal(d.problem, "peer-unsupported");
-      assert.equal(d.sas, null, "no keys were agreed");
-      for (const x of people) {
-        assert.ok(await byTestId(x.page, "e2ee-badge").isHidden(), `${x.label}: no lock badge`);
-        const media = await inboundStats(x.page);
-        assert.equal(media?.framesDecoded ?? 0, 0, `${x.label} decoded no video: ${JSON.stringify(media)}`);
-        assert.equal(media?.audioPackets ?? 0, 0, `${x.label} received no audio: ${JSON.stringify(media)}`);
-      }
-      assert.equal(d.worker.send.video.ok, 0, "the doctor protected nothing: no key");
-      assert.ok(d.worker.send.video.droppedWithoutKey > 0, "the doctor's frames were dropped, not sent in the clear");
-    });
-  });
-
   test("rotation mid-call leaves no video gap over one second; a leave and join starts a new epoch", { timeout: 240_000 }, async () => {
     await withService({}, async (scope) => {
       const { doctor, patient } = await e2eeCall(scope, "vp8");
