@@ -91,7 +91,7 @@ describe("Consult's shared vectors", () => {
     for (const f of ["opus", "vp8", "h264", "data"]) assert.ok(formats.has(f), `a ${f} vector`);
   });
 
-  test("key agreement (consult_schedule): public key, transcript hash, SAS and wrap key", async () => {
+  test("key agreement (consult_schedule): public key, commitment, transcript hash, SAS and wrap key", async () => {
     const cases = consultVectors("consult_schedule");
     for (const v of cases) {
       const got = await schedule.agreementForVectors(
@@ -107,6 +107,7 @@ describe("Consult's shared vectors", () => {
       assert.equal(got.sas, v.sas, "SAS");
       assert.match(got.sas, /^\d{4} \d{4}$/);
       assert.equal(toHex(got.wrapKey), v.wrap_key, "wrap key");
+      assert.equal(toHex(got.commitment), v.commitment_a, "a's commitment to its key");
       // The other side's view of the same transcript (its values first) is the same.
       const other = await schedule.transcriptHash(fingerprintOf(v.fingerprint_b), fingerprintOf(v.fingerprint_a), fromHex(v.public_key_b), fromHex(v.public_key_a));
       assert.equal(toHex(other), v.transcript_hash, "transcript hash from b's side");
@@ -167,7 +168,16 @@ describe("frame formats", () => {
 function participant(id, config) {
   const media = new FrameProtector();
   const data = new FrameProtector();
-  return { id, schedule: new schedule.KeySchedule(id, config), media, data, sas: /** @type {string | null} */ (null), sent: /** @type {string[]} */ ([]) };
+  return {
+    id,
+    schedule: new schedule.KeySchedule(id, config),
+    media,
+    data,
+    sas: /** @type {string | null} */ (null),
+    /** @type {import('../../web-demo/assets/e2ee/schedule.js').AbortedEvent | null} */
+    aborted: null,
+    sent: /** @type {string[]} */ ([]),
+  };
 }
 
 /**
@@ -185,6 +195,10 @@ async function drain(p, now) {
       p.sent.push(o.text);
     } else if (o.event.kind === "sas") {
       p.sas = o.event.sas;
+    } else if (o.event.kind === "aborted") {
+      p.aborted = o.event;
+      p.media.clear();
+      p.data.clear();
     } else if (o.event.kind === "send-key") {
       await p.media.setSendKey(o.event.suite, o.event.mediaKid, o.event.epoch, o.event.baseKey);
       await p.data.setSendKey(o.event.suite, o.event.dataKid, o.event.epoch, o.event.baseKey);
@@ -201,18 +215,47 @@ async function drain(p, now) {
  * @param {ReturnType<typeof participant>} a
  * @param {ReturnType<typeof participant>} b
  * @param {number} now
+ * @param {{ refused?: string[] }} [options] Collect refusals here instead of failing on them.
  */
-async function settle(a, b, now) {
+async function settle(a, b, now, { refused } = {}) {
   for (let moved = true; moved; ) {
     moved = false;
     for (const [from, to] of [[a, b], [b, a]]) {
       for (const text of await drain(from, now)) {
-        await to.schedule.handleMessage(now, text);
         moved = true;
+        try {
+          await to.schedule.handleMessage(now, text);
+        } catch (err) {
+          if (!refused || !(err instanceof RejectedError)) throw err;
+          refused.push(err.reason);
+        }
       }
     }
   }
 }
+
+/**
+ * Alice and Bob connected, their commitments crossed; each has its hello queued.
+ * @returns {Promise<{ alice: ReturnType<typeof participant>, bob: ReturnType<typeof participant>, aliceHello: string, bobHello: string }>}
+ */
+async function committedPair() {
+  const alice = participant("alice");
+  const bob = participant("bob");
+  await alice.schedule.connect(0, "bob", FP_A, FP_B);
+  await bob.schedule.connect(0, "alice", FP_B, FP_A);
+  const [aliceCommit] = await drain(alice, 0);
+  const [bobCommit] = await drain(bob, 0);
+  assert.equal(JSON.parse(aliceCommit).type, "commit", "a commitment goes first, alone");
+  await bob.schedule.handleMessage(0, aliceCommit);
+  await alice.schedule.handleMessage(0, bobCommit);
+  const [aliceHello] = await drain(alice, 0);
+  const [bobHello] = await drain(bob, 0);
+  assert.equal(JSON.parse(aliceHello).type, "hello", "the key once the other's commitment is in");
+  return { alice, bob, aliceHello, bobHello };
+}
+
+/** A valid X25519 public key other than anyone's in the call (the test vectors' B). */
+const OTHER_PUBLIC_KEY = toBase64(fromHex("3b1f92d23819bb725c7d64b96b81134a0342b3fec537413f8b87bd1543b4b533"));
 
 const FP_A = { hash: "sha-256", digest: new Uint8Array(32).fill(0xaa) };
 const FP_B = { hash: "sha-256", digest: new Uint8Array(32).fill(0xbb) };
@@ -255,18 +298,93 @@ describe("key schedule", () => {
     assert.equal(media.kid & 0xffffn, 1n, "epoch 1");
   });
 
-  test("a man in the middle who swaps the DTLS certificates makes the two SAS differ", async () => {
+  test("a man in the middle who swaps the DTLS certificates is caught by the commitments", async () => {
     // The middle terminates DTLS with each side (each sees the middle's fingerprint) and relays
-    // the key messages unchanged: it cannot unwrap them (no X25519 secret), and the SAS differ.
+    // the key messages unchanged: each commitment names the certificates its sender saw, so
+    // both checks fail, both sides stop, and no key is agreed.
     const alice = participant("alice");
     const bob = participant("bob");
     const middleToAlice = { hash: "sha-256", digest: new Uint8Array(32).fill(0xcc) };
     const middleToBob = { hash: "sha-256", digest: new Uint8Array(32).fill(0xdd) };
     await alice.schedule.connect(0, "bob", FP_A, middleToAlice);
     await bob.schedule.connect(0, "alice", FP_B, middleToBob);
+    /** @type {string[]} */
+    const refused = [];
+    await settle(alice, bob, 0, { refused });
+    assert.ok(refused.includes("commitment_mismatch"), `refused: ${refused}`);
+    for (const p of [alice, bob]) {
+      assert.equal(p.schedule.aborted, "commitment_mismatch");
+      assert.equal(p.sas, null, `${p.id} shows no code`);
+      assert.equal(p.aborted?.reason, "commitment_mismatch");
+      assert.equal(p.schedule.stats.sendEpoch, 0);
+    }
+  });
+
+  test("a reveal that differs from its commitment stops both sides, with the reason, and erases their keys", async () => {
+    const { alice, bob, bobHello } = await committedPair();
+    // Bob's hello is swapped for one with another key (chosen after seeing Alice's, say).
+    const forged = JSON.stringify({ ...JSON.parse(bobHello), public_key: OTHER_PUBLIC_KEY });
+    await rejectsWith(alice.schedule.handleMessage(0, forged), "commitment_mismatch");
+    assert.equal(alice.schedule.stats.rejected.commitment_mismatch, 1);
+    const [abort] = await drain(alice, 0);
+    assert.equal(abort, '{"v":2,"type":"abort","from":"alice","reason":"commitment_mismatch"}');
+    assert.deepEqual(alice.aborted, { kind: "aborted", reason: "commitment_mismatch", byRemote: false });
+    await bob.schedule.handleMessage(0, abort);
+    await drain(bob, 0);
+    assert.deepEqual(bob.aborted, { kind: "aborted", reason: "commitment_mismatch", byRemote: true });
+    // Nothing more on this connection, not even the genuine hello; nothing can be sent.
+    await rejectsWith(alice.schedule.handleMessage(0, bobHello), "key_malformed");
+    assert.equal(alice.schedule.sas, null);
+    await assert.rejects(alice.media.protect("opus", Uint8Array.of(1)));
+    // A new connection agrees afresh.
+    await alice.schedule.connect(10, "bob", FP_A, FP_B);
+    await bob.schedule.connect(10, "alice", FP_B, FP_A);
+    await settle(alice, bob, 10);
+    assert.equal(alice.schedule.aborted, null);
+    assert.ok(alice.sas && alice.sas === bob.sas);
+  });
+
+  test("a commitment replayed from another call never matches", async () => {
+    // The middle recorded Bob's commitment and hello from an earlier call (other certificates).
+    const earlier = await committedPair();
+    const earlierCommit = earlier.bob.sent.find((m) => JSON.parse(m).type === "commit") ?? "";
+    const alice = participant("alice");
+    const otherCall = { hash: "sha-256", digest: new Uint8Array(32).fill(0x11) };
+    await alice.schedule.connect(0, "bob", otherCall, FP_B);
+    await drain(alice, 0);
+    await alice.schedule.handleMessage(0, earlierCommit);
+    await rejectsWith(alice.schedule.handleMessage(0, earlier.bobHello), "commitment_mismatch");
+    assert.equal(alice.schedule.aborted, "commitment_mismatch");
+  });
+
+  test("a hello before a commitment stops the agreement", async () => {
+    const alice = participant("alice");
+    await alice.schedule.connect(0, "bob", FP_A, FP_B);
+    await drain(alice, 0);
+    const early = schedule.encodeKeyMessage({ type: "hello", participant: "bob", public_key: OTHER_PUBLIC_KEY });
+    await rejectsWith(alice.schedule.handleMessage(0, early), "reveal_before_commitment");
+    const [abort] = await drain(alice, 0);
+    assert.equal(abort, '{"v":2,"type":"abort","from":"alice","reason":"reveal_before_commitment"}');
+    assert.equal(alice.aborted?.reason, "reveal_before_commitment");
+  });
+
+  test("a second commitment, a stranger's commitment or abort: refused, and agreement goes on", async () => {
+    const { alice, bob } = await committedPair();
+    const commit = (/** @type {string} */ who, /** @type {number} */ length) =>
+      schedule.encodeKeyMessage({ type: "commit", participant: who, commitment: toBase64(new Uint8Array(length).fill(1)) });
+    await rejectsWith(alice.schedule.handleMessage(0, commit("bob", 32)), "key_replayed");
+    await rejectsWith(alice.schedule.handleMessage(0, commit("mallory", 32)), "key_from_stranger");
+    const fresh = participant("alice");
+    await fresh.schedule.connect(0, "bob", FP_A, FP_B);
+    await rejectsWith(fresh.schedule.handleMessage(0, commit("bob", 31)), "key_malformed");
+    await rejectsWith(alice.schedule.handleMessage(0, schedule.encodeKeyMessage({ type: "abort", from: "mallory", reason: "commitment_mismatch" })), "key_from_stranger");
+    await rejectsWith(alice.schedule.handleMessage(0, '{"v":2,"type":"abort","from":"bob","reason":"bored"}'), "key_malformed");
+    assert.equal(alice.schedule.aborted, null);
+    // The hellos queued in committedPair went nowhere: deliver them now.
+    await alice.schedule.handleMessage(0, bob.sent.find((m) => JSON.parse(m).type === "hello") ?? "");
+    await bob.schedule.handleMessage(0, alice.sent.find((m) => JSON.parse(m).type === "hello") ?? "");
     await settle(alice, bob, 0);
-    assert.ok(alice.sas && bob.sas);
-    assert.notEqual(alice.sas, bob.sas, "different codes: the people see something is wrong");
+    assert.ok(alice.sas && alice.sas === bob.sas);
   });
 
   test("a man in the middle who also swaps the X25519 keys makes the two SAS differ", async () => {
@@ -418,7 +536,7 @@ describe("bad input is rejected, counted, and the call goes on", () => {
     const forged = JSON.stringify({ ...JSON.parse(key2), epoch: 3 });
     await rejectsWith(bob.schedule.handleMessage(20, forged), "key_undecryptable");
 
-    for (const bad of ["nope", "[]", '{"v":2,"type":"ack","from":"alice","epoch":1}', '{"v":1,"type":"ack","from":"alice"}', '{"v":1,"type":"teleport"}', '{"v":1,"type":"ack","from":"alice","epoch":1,"extra":1}', `{"v":1,"type":"ack","from":"${"a".repeat(5000)}","epoch":1}`]) {
+    for (const bad of ["nope", "[]", '{"v":1,"type":"ack","from":"alice","epoch":1}', '{"v":2,"type":"ack","from":"alice"}', '{"v":2,"type":"teleport"}', '{"v":2,"type":"ack","from":"alice","epoch":1,"extra":1}', `{"v":2,"type":"ack","from":"${"a".repeat(5000)}","epoch":1}`]) {
       await rejectsWith(bob.schedule.handleMessage(20, bad), "key_malformed");
     }
     assert.equal(stats.key_malformed, 7);
@@ -430,8 +548,10 @@ describe("bad input is rejected, counted, and the call goes on", () => {
   });
 
   test("key messages encode exactly as the Rust side writes them", () => {
-    assert.equal(schedule.encodeKeyMessage({ type: "hello", participant: "p1", public_key: "AAAA" }), '{"v":1,"type":"hello","participant":"p1","public_key":"AAAA"}');
-    assert.deepEqual(schedule.decodeKeyMessage('{"v":1,"type":"ack","from":"a","epoch":3}'), { v: 1, type: "ack", from: "a", epoch: 3 });
+    assert.equal(schedule.encodeKeyMessage({ type: "hello", participant: "p1", public_key: "AAAA" }), '{"v":2,"type":"hello","participant":"p1","public_key":"AAAA"}');
+    assert.equal(schedule.encodeKeyMessage({ type: "commit", participant: "p1", commitment: "AAAA" }), '{"v":2,"type":"commit","participant":"p1","commitment":"AAAA"}');
+    assert.equal(schedule.encodeKeyMessage({ type: "abort", from: "p1", reason: "commitment_mismatch" }), '{"v":2,"type":"abort","from":"p1","reason":"commitment_mismatch"}');
+    assert.deepEqual(schedule.decodeKeyMessage('{"v":2,"type":"ack","from":"a","epoch":3}'), { v: 2, type: "ack", from: "a", epoch: 3 });
   });
 });
 

@@ -1040,6 +1040,10 @@ const E2EE_PROBLEMS = /** @type {Record<E2eeProblem, string>} */ ({
     "This consultation is end-to-end encrypted, and your patient’s browser or app cannot encrypt calls that way, so no audio or video is exchanged. Ask them to use an up-to-date Chrome, Edge or Safari.",
   "keys-failed":
     "This consultation is end-to-end encrypted, and the encryption keys could not be agreed, so no audio or video is exchanged. Hang up and open the consultation again.",
+  "key-check-failed":
+    "End-to-end encryption stopped: your patient’s encryption key failed its security check (it was not the key their device had committed to). Someone may be intercepting this call, so no audio or video is exchanged. Hang up and reach your patient another way.",
+  "peer-key-check-failed":
+    "End-to-end encryption stopped: your patient’s device found that the encryption key it received was not the one committed to. Someone may be intercepting this call, so no audio or video is exchanged. Hang up and reach your patient another way.",
 });
 
 function updateCallStatus() {

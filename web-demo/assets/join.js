@@ -630,6 +630,10 @@ const E2EE_PROBLEMS = /** @type {Record<E2eeProblem, string>} */ ({
     "This consultation is end-to-end encrypted, and your doctor’s browser or app cannot encrypt calls that way, so no audio or video is exchanged. Please tell your clinic.",
   "keys-failed":
     "This consultation is end-to-end encrypted, and the encryption keys could not be agreed, so no audio or video is exchanged. Please leave and open the link again.",
+  "key-check-failed":
+    "End-to-end encryption stopped: your doctor’s encryption key failed its security check (it was not the key their device had committed to). Someone may be intercepting this call, so no audio or video is exchanged. Please leave and call your clinic.",
+  "peer-key-check-failed":
+    "End-to-end encryption stopped: your doctor’s device found that the encryption key it received was not the one committed to. Someone may be intercepting this call, so no audio or video is exchanged. Please leave and call your clinic.",
 });
 
 /** What the patient is told when the connection cannot work with the service's ICE configuration. */

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use consult_e2ee::ScheduleConfig;
+use consult_e2ee::{E2eeEvent, ScheduleConfig};
 use consult_peer::file_transfer::FileTransfers;
 use consult_peer::{
     E2eeSetup, EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent,
@@ -712,7 +712,23 @@ impl Call {
                     .clamp(target / 10, target.saturating_mul(2));
                 self.queue.push_back(CallOutput::Bitrate(bps));
             }
-            PeerEvent::E2ee(event) => self.emit(SessionEvent::E2ee(event)),
+            PeerEvent::E2ee(event) => {
+                if let E2eeEvent::Aborted { reason, by_remote } = event {
+                    // Said once, in words; the "not started" warning would only mislead now.
+                    self.e2ee_warned = true;
+                    let whose = if by_remote {
+                        "the other side found that our key"
+                    } else {
+                        "the other side's key"
+                    };
+                    self.warn(format!(
+                        "end-to-end encryption stopped: {whose} failed its commitment check ({}); \
+                         someone may be in the middle of this call, and no media is sent or shown",
+                        reason.name()
+                    ));
+                }
+                self.emit(SessionEvent::E2ee(event));
+            }
             PeerEvent::Stats(mut stats) => {
                 stats.frames_encoded = self.frames_encoded;
                 stats.frames_decoded = self.frames_decoded;

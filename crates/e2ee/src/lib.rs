@@ -16,7 +16,9 @@
 //!   encoder ──frame──► KeySchedule::protect(format) ──SFrame──► packetizer ─► DTLS-SRTP ─►
 //!   ─► depacketizer ──SFrame──► KeySchedule::unprotect(format) ──frame──► decoder
 //!
-//!   data channel "consult-e2ee":  hello (X25519 public key) ─► ◄─ hello
+//!   data channel "consult-e2ee":  commit (hash of the key) ─► ◄─ commit
+//!                                 hello (X25519 public key) ─► ◄─ hello   (each checked
+//!                                                                   against its commit)
 //!                                 key (base key, AEAD-wrapped) ─► ◄─ ack
 //!   ┌────────────┐   ┌──────────────┐   ┌────────────┐
 //!   │ sframe     │   │ format       │   │ schedule   │  epochs, KIDs, counters, replay
@@ -99,9 +101,22 @@
 //!   all big-endian, so moving bytes between units or between clear and encrypted fails
 //!   authentication. A frame with no protected unit is refused.
 //!
-//! **Key agreement** ([`wire`], over the reliable data channel labelled `consult-e2ee`, JSON
-//! text). Each side sends `hello {participant, public_key}` with a fresh X25519 key per
-//! connection. The transcript hash is SHA-256 of `"consult-e2ee/transcript/v1"` followed by the
+//! **Key agreement** ([`wire`], over the reliable, ordered data channel labelled
+//! `consult-e2ee`, JSON text, `"v":2`). Each side makes a fresh X25519 key per connection and
+//! first sends only `commit {participant, commitment}`: SHA-256 of `"consult-e2ee/commit/v2"`
+//! followed by the sender's participant id, the sender's DTLS fingerprint, the receiver's DTLS
+//! fingerprint (both as the sender sees them) and the public key, each prefixed with its u16
+//! big-endian length ([`sas::commitment`]). Once it holds the other side's commitment it reveals
+//! its key in `hello {participant, public_key}`. A hello that arrives before its sender's commit,
+//! or whose key does not match that commit (checked with the fingerprints as the receiver sees
+//! them), stops the agreement: the receiver erases every key of the connection, sends
+//! `abort {from, reason}` (`reveal_before_commitment` or `commitment_mismatch`) and tells its
+//! person why; the other side does the same on receiving the abort. Nothing more is accepted on
+//! that connection. As in ZRTP (RFC 6189 §4.4.1.1), nobody can choose a key after seeing the
+//! other's: a middle that runs its own agreement with each side commits blind on at least one
+//! leg, so it makes both strings equal once in 10⁸ calls (and each failed try shows); a middle
+//! that swaps the certificates and relays the key messages is caught by the commitments
+//! themselves. The transcript hash is SHA-256 of `"consult-e2ee/transcript/v1"` followed by the
 //! two DTLS fingerprints and then the two public keys, each pair sorted bytewise and each item
 //! prefixed with its u16 big-endian length; a fingerprint's bytes are the lower-case hash name,
 //! one zero byte, and the digest. `Z = X25519(own secret, peer public)`; the key hash is SHA-256
@@ -117,7 +132,11 @@
 //! [`ScheduleConfig::switch_after`]).
 //!
 //! **SAS.** `HKDF-SHA256(salt = empty, ikm = transcript hash, info = "consult-e2ee/sas/v1")`,
-//! 5 bytes as a big-endian integer modulo 10⁸, shown as two groups of four digits. Both DTLS
+//! 5 bytes as a big-endian integer modulo 10⁸, shown as two groups of four digits. Eight digits
+//! (26.6 bits) are kept on purpose: with commitments a middle gets one blind guess per call, so
+//! its odds are 1 in 10⁸ and every miss is two different strings on the two screens; longer
+//! strings (more digits, word lists) make people compare less carefully, and ZRTP settles for
+//! 16–20 bits with the same commitment. Both DTLS
 //! fingerprints are in the transcript: a service that substitutes its own certificate in the
 //! SDP to sit in the middle gives the two sides different strings; one that also substitutes
 //! its own X25519 keys changes the public keys in the transcript as well.
@@ -137,6 +156,8 @@ pub mod schedule;
 pub mod sframe;
 pub mod wire;
 
+#[cfg(test)]
+mod grinding_tests;
 #[cfg(test)]
 mod test_vectors;
 

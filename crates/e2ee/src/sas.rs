@@ -1,5 +1,7 @@
 //! The short authentication string: both DTLS fingerprints and both key-agreement public keys,
-//! hashed into a transcript, shown to both people as two groups of four digits.
+//! hashed into a transcript, shown to both people as two groups of four digits; and the
+//! commitment each side sends before it reveals its key, so that nobody can choose a key after
+//! seeing the other's.
 //!
 //! ```
 //! use consult_e2ee::sas::{transcript_hash, Fingerprint, Sas};
@@ -89,6 +91,35 @@ pub fn transcript_hash(
         push_item(&mut transcript, item);
     }
     Sha256::digest(&transcript).into()
+}
+
+/// SHA-256 of what a participant commits to before it may see the other's key: its participant
+/// id, the sender's and then the receiver's DTLS fingerprint (as the sender sees them), and its
+/// X25519 public key, each prefixed with its u16 big-endian length. The `commit` message carries
+/// it; the `hello` that follows must match it. Binding the fingerprints ties a commitment to one
+/// connection, so one replayed from another call never matches.
+///
+/// ```
+/// use consult_e2ee::sas::{commitment, Fingerprint};
+/// let doctor = Fingerprint::from_sdp("sha-256 AA:BB").unwrap();
+/// let patient = Fingerprint::from_sdp("sha-256 CC:DD").unwrap();
+/// // The doctor commits; the patient checks with the same values from its own side.
+/// let sent = commitment("doctor", &doctor, &patient, &[1; 32]);
+/// assert_eq!(sent, commitment("doctor", &doctor, &patient, &[1; 32]));
+/// assert_ne!(sent, commitment("doctor", &doctor, &patient, &[2; 32]));
+/// ```
+pub fn commitment(
+    participant: &str,
+    sender_fingerprint: &Fingerprint,
+    receiver_fingerprint: &Fingerprint,
+    public_key: &[u8],
+) -> [u8; 32] {
+    let mut input = b"consult-e2ee/commit/v2".to_vec();
+    push_item(&mut input, participant.as_bytes());
+    push_item(&mut input, &sender_fingerprint.transcript_bytes());
+    push_item(&mut input, &receiver_fingerprint.transcript_bytes());
+    push_item(&mut input, public_key);
+    Sha256::digest(&input).into()
 }
 
 /// SHA-256 of the two key-agreement public keys (sorted): the salt of the wrap keys.

@@ -16,9 +16,9 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::format::{self, FormatError, MediaFormat, ProtectedFrame};
-use crate::sas::{key_hash, transcript_hash, Fingerprint, Sas};
+use crate::sas::{commitment, key_hash, transcript_hash, Fingerprint, Sas};
 use crate::sframe::{BaseKey, ReceiverKey, SenderKey, Suite};
-use crate::wire::{KeyMessage, WireError};
+use crate::wire::{AbortReason, KeyMessage, WireError};
 
 /// KID stream of audio and video frames.
 pub const STREAM_MEDIA: u8 = 0;
@@ -89,6 +89,10 @@ pub enum Rejection {
     KeyUndecryptable,
     /// A frame or message that arrived unprotected while end-to-end encryption is on.
     Unprotected,
+    /// A hello whose key does not match the sender's commitment: the agreement is aborted.
+    CommitmentMismatch,
+    /// A hello before the sender's commitment: the agreement is aborted.
+    RevealBeforeCommitment,
 }
 
 impl Rejection {
@@ -105,6 +109,8 @@ impl Rejection {
             Rejection::KeyMalformed => "key_malformed",
             Rejection::KeyUndecryptable => "key_undecryptable",
             Rejection::Unprotected => "unprotected",
+            Rejection::CommitmentMismatch => "commitment_mismatch",
+            Rejection::RevealBeforeCommitment => "reveal_before_commitment",
         }
     }
 }
@@ -137,6 +143,14 @@ pub enum E2eeEvent {
     ReceiveKeyInstalled {
         /// The remote's epoch.
         epoch: u64,
+    },
+    /// Key agreement on this connection stopped, and every key of it is erased: tell the person
+    /// why. Nothing is protected or opened until the next connection agrees keys.
+    Aborted {
+        /// Why.
+        reason: AbortReason,
+        /// Whether the other side stopped it (its `abort` message) rather than this one.
+        by_remote: bool,
     },
 }
 
@@ -182,8 +196,12 @@ struct Connection {
     remote_fingerprint: Fingerprint,
     secret: StaticSecret,
     public: PublicKey,
-    /// Set when the remote's hello arrived.
+    /// The remote's commitment to its key, once its `commit` arrived (our hello goes then).
+    remote_commitment: Option<[u8; 32]>,
+    /// Set when the remote's hello arrived and matched its commitment.
     agreed: Option<Agreed>,
+    /// Set when either side stopped the agreement: nothing more is accepted on this connection.
+    aborted: Option<AbortReason>,
 }
 
 struct Agreed {
@@ -324,7 +342,9 @@ impl KeySchedule {
         }
     }
 
-    /// A connection to `remote_id` is up (its data channel is open): send our hello. The DTLS
+    /// A connection to `remote_id` is up (its data channel is open): a fresh X25519 key, and
+    /// our commitment to it. Our hello (the key itself) goes once the remote's commitment has
+    /// arrived, so neither side can choose its key after seeing the other's. The DTLS
     /// fingerprints are this connection's, local and remote, as the DTLS layer verified them.
     pub fn connect(
         &mut self,
@@ -339,10 +359,16 @@ impl KeySchedule {
         rng.fill_bytes(seed.as_mut());
         let secret = StaticSecret::from(*seed);
         let public = PublicKey::from(&secret);
+        let committed = commitment(
+            &self.local_id,
+            &local_fingerprint,
+            &remote_fingerprint,
+            public.as_bytes(),
+        );
         self.outbox.push_back(
-            KeyMessage::Hello {
+            KeyMessage::Commit {
                 participant: self.local_id.clone(),
-                public_key: BASE64.encode(public.as_bytes()),
+                commitment: BASE64.encode(committed),
             }
             .encode(),
         );
@@ -352,7 +378,9 @@ impl KeySchedule {
             remote_fingerprint,
             secret,
             public,
+            remote_commitment: None,
             agreed: None,
+            aborted: None,
         });
         for text in std::mem::take(&mut self.early) {
             // Refusals are counted like any other.
@@ -391,6 +419,11 @@ impl KeySchedule {
     /// The SAS of this connection, once both hellos are in.
     pub fn sas(&self) -> Option<Sas> {
         self.conn.as_ref()?.agreed.as_ref().map(|a| a.sas)
+    }
+
+    /// Why key agreement on this connection stopped, if it did.
+    pub fn aborted(&self) -> Option<AbortReason> {
+        self.conn.as_ref()?.aborted
     }
 
     /// Whether frames can be protected now.
@@ -446,7 +479,15 @@ impl KeySchedule {
                 return self.reject(Rejection::KeyMalformed)
             }
         };
+        if self.conn.as_ref().is_some_and(|c| c.aborted.is_some()) {
+            // Nothing more is agreed on a connection either side gave up on.
+            return self.reject(Rejection::KeyMalformed);
+        }
         match message {
+            KeyMessage::Commit {
+                participant,
+                commitment,
+            } => self.handle_commit(&participant, &commitment),
             KeyMessage::Hello {
                 participant,
                 public_key,
@@ -460,7 +501,82 @@ impl KeySchedule {
                 wrapped,
             } => self.handle_key(now, &from, &to, epoch, suite, &nonce, &wrapped),
             KeyMessage::Ack { from, epoch } => self.handle_ack(now, &from, epoch),
+            KeyMessage::Abort { from, reason } => self.handle_abort(&from, reason),
         }
+    }
+
+    fn handle_commit(&mut self, participant: &str, committed: &str) -> Result<(), E2eeError> {
+        let Some(conn) = self.conn.as_ref() else {
+            return self.reject(Rejection::KeyMalformed);
+        };
+        if participant != conn.remote_id {
+            return self.reject(Rejection::KeyFromStranger);
+        }
+        if conn.remote_commitment.is_some() {
+            return self.reject(Rejection::KeyReplayed);
+        }
+        let Some(committed) = BASE64
+            .decode(committed)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        else {
+            return self.reject(Rejection::KeyMalformed);
+        };
+        let hello = KeyMessage::Hello {
+            participant: self.local_id.clone(),
+            public_key: BASE64.encode(conn.public.as_bytes()),
+        }
+        .encode();
+        if let Some(conn) = self.conn.as_mut() {
+            conn.remote_commitment = Some(committed);
+        }
+        // Their key is fixed now: ours may be revealed.
+        self.outbox.push_back(hello);
+        Ok(())
+    }
+
+    fn handle_abort(&mut self, from: &str, reason: AbortReason) -> Result<(), E2eeError> {
+        let Some(conn) = self.conn.as_ref() else {
+            return self.reject(Rejection::KeyMalformed);
+        };
+        if from != conn.remote_id {
+            return self.reject(Rejection::KeyFromStranger);
+        }
+        self.stop_agreement(reason, true);
+        Ok(())
+    }
+
+    /// We stop the agreement because of `reason`: tell the remote and the application, and
+    /// refuse the message that caused it.
+    fn abort(&mut self, reason: AbortReason) -> Result<(), E2eeError> {
+        self.outbox.push_back(
+            KeyMessage::Abort {
+                from: self.local_id.clone(),
+                reason,
+            }
+            .encode(),
+        );
+        self.stop_agreement(reason, false);
+        self.reject(match reason {
+            AbortReason::CommitmentMismatch => Rejection::CommitmentMismatch,
+            AbortReason::RevealBeforeCommitment => Rejection::RevealBeforeCommitment,
+        })
+    }
+
+    /// Erase every key of this connection and accept nothing more on it.
+    fn stop_agreement(&mut self, reason: AbortReason, by_remote: bool) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.aborted = Some(reason);
+            conn.agreed = None;
+        }
+        self.send = None;
+        self.pending = None;
+        let kids: Vec<u64> = self.receive.keys().copied().collect();
+        for kid in kids {
+            self.erase_receive_key(kid);
+        }
+        self.events
+            .push_back(E2eeEvent::Aborted { reason, by_remote });
     }
 
     fn handle_hello(
@@ -479,6 +595,9 @@ impl KeySchedule {
         if conn.agreed.is_some() {
             return self.reject(Rejection::KeyReplayed);
         }
+        let Some(remote_commitment) = conn.remote_commitment else {
+            return self.abort(AbortReason::RevealBeforeCommitment);
+        };
         let Some(remote_public) = BASE64
             .decode(public_key)
             .ok()
@@ -490,6 +609,18 @@ impl KeySchedule {
         let shared = conn.secret.diffie_hellman(&remote_public);
         if !shared.was_contributory() {
             return self.reject(Rejection::KeyMalformed);
+        }
+        // Checked from our side: the remote's id, its fingerprint as the sender's, ours as the
+        // receiver's. A key chosen after seeing ours, or a commitment from another connection,
+        // does not match.
+        let expected = commitment(
+            &conn.remote_id,
+            &conn.remote_fingerprint,
+            &conn.local_fingerprint,
+            remote_public.as_bytes(),
+        );
+        if expected != remote_commitment {
+            return self.abort(AbortReason::CommitmentMismatch);
         }
         let transcript = transcript_hash(
             &conn.local_fingerprint,
@@ -987,26 +1118,66 @@ mod tests {
         assert_eq!(pair.a.stats().send_epoch, 1);
     }
 
+    /// Carry every message both ways until both are quiet (events stay queued); what each
+    /// side refused.
+    fn exchange(a: &mut KeySchedule, b: &mut KeySchedule, now: Instant) -> Vec<E2eeError> {
+        let mut refused = Vec::new();
+        loop {
+            let mut moved = false;
+            while let Some(m) = a.outbox.pop_front() {
+                refused.extend(b.handle_message(now, &mut OsRng, &m).err());
+                moved = true;
+            }
+            while let Some(m) = b.outbox.pop_front() {
+                refused.extend(a.handle_message(now, &mut OsRng, &m).err());
+                moved = true;
+            }
+            if !moved {
+                return refused;
+            }
+        }
+    }
+
+    /// The events a schedule has queued (its messages are left in place).
+    fn events_of(x: &mut KeySchedule) -> Vec<E2eeEvent> {
+        let events: Vec<E2eeEvent> = x.events.drain(..).collect();
+        events
+    }
+
+    fn next_message(x: &mut KeySchedule) -> String {
+        x.outbox.pop_front().expect("a message to send")
+    }
+
     #[test]
-    fn a_hello_that_arrives_before_connect_is_kept_until_then() {
+    fn a_commitment_that_arrives_before_connect_is_kept_until_then() {
         let now = Instant::now();
         let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
         let mut b = KeySchedule::new(ScheduleConfig::default(), "patient");
         a.connect(now, &mut OsRng, "patient", fp(1), fp(2));
-        let ScheduleOutput::Send(hello) = a.poll_output() else {
-            panic!("no hello");
-        };
-        b.handle_message(now, &mut OsRng, &hello).unwrap();
+        let commit = next_message(&mut a);
+        assert!(commit.contains(r#""type":"commit""#), "{commit}");
+        b.handle_message(now, &mut OsRng, &commit).unwrap();
         b.connect(now, &mut OsRng, "doctor", fp(2), fp(1));
-        assert!(b.sas().is_some(), "the early hello was handled at connect");
-        for _ in 0..3 {
-            while let ScheduleOutput::Send(m) = b.poll_output() {
-                a.handle_message(now, &mut OsRng, &m).unwrap();
-            }
-            while let ScheduleOutput::Send(m) = a.poll_output() {
-                b.handle_message(now, &mut OsRng, &m).unwrap();
-            }
-        }
+        // b commits, then reveals at once: a's commitment is in.
+        assert!(next_message(&mut b).contains(r#""type":"commit""#));
+        let hello = next_message(&mut b);
+        assert!(hello.contains(r#""type":"hello""#), "{hello}");
+        a.handle_message(now, &mut OsRng, &hello)
+            .expect_err("a has no commitment from b yet");
+        assert_eq!(
+            a.aborted(),
+            Some(AbortReason::RevealBeforeCommitment),
+            "a hello ahead of its commitment is refused (the channel is ordered: never by accident)"
+        );
+        // The same order, delivered properly, agrees.
+        let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        let mut b = KeySchedule::new(ScheduleConfig::default(), "patient");
+        a.connect(now, &mut OsRng, "patient", fp(1), fp(2));
+        b.handle_message(now, &mut OsRng, &next_message(&mut a))
+            .unwrap();
+        b.connect(now, &mut OsRng, "doctor", fp(2), fp(1));
+        assert!(exchange(&mut a, &mut b, now).is_empty());
+        assert!(a.sas().is_some());
         assert_eq!(a.sas(), b.sas());
         assert!(a.can_send() && b.can_send());
         // Not an unbounded buffer: a flood before connect is refused.
@@ -1024,6 +1195,9 @@ mod tests {
         let mut b = KeySchedule::new(ScheduleConfig::default(), "patient");
         a.connect(now, &mut OsRng, "patient", fp(1), fp(2));
         b.connect(now, &mut OsRng, "doctor", fp(2), fp(1));
+        // b's commitment reaches a (a reveals in return, held back here).
+        a.handle_message(now, &mut OsRng, &next_message(&mut b))
+            .unwrap();
         let hello = |key: &[u8]| {
             KeyMessage::Hello {
                 participant: "patient".into(),
@@ -1069,15 +1243,13 @@ mod tests {
         );
         assert_eq!(a.stats().rejected(Rejection::KeyMalformed), 4);
         assert!(a.sas().is_none(), "nothing was agreed from bad input");
+        assert_eq!(
+            a.aborted(),
+            None,
+            "a malformed key is no attempt at another key"
+        );
         // The real hello still works afterwards.
-        for _ in 0..3 {
-            while let ScheduleOutput::Send(m) = a.poll_output() {
-                b.handle_message(now, &mut OsRng, &m).unwrap();
-            }
-            while let ScheduleOutput::Send(m) = b.poll_output() {
-                a.handle_message(now, &mut OsRng, &m).unwrap();
-            }
-        }
+        assert!(exchange(&mut a, &mut b, now).is_empty());
         assert_eq!(a.sas(), b.sas());
         assert!(a.can_send() && a.can_receive());
     }
@@ -1373,26 +1545,179 @@ mod tests {
     }
 
     #[test]
-    fn a_man_in_the_middle_with_its_own_certificates_shows_differing_sas() {
+    fn a_man_in_the_middle_with_its_own_certificates_is_caught_by_the_commitments() {
         // The service swapped both DTLS fingerprints and relays every key message unchanged:
-        // each side sees the middle's certificate as the remote one. The keys still agree end
-        // to end (the middle has neither X25519 secret), and the two SAS differ.
+        // each side sees the middle's certificate as the remote one. Each commitment names the
+        // certificates its sender saw, so neither side's check passes: both stop, no key is
+        // agreed, and both are told why.
         let now = Instant::now();
         let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
         let mut b = KeySchedule::new(ScheduleConfig::default(), "patient");
         a.connect(now, &mut OsRng, "patient", fp(1), fp(0xee));
         b.connect(now, &mut OsRng, "doctor", fp(2), fp(0xef));
-        for _ in 0..3 {
-            while let ScheduleOutput::Send(m) = a.poll_output() {
-                b.handle_message(now, &mut OsRng, &m).unwrap();
-            }
-            while let ScheduleOutput::Send(m) = b.poll_output() {
-                a.handle_message(now, &mut OsRng, &m).unwrap();
-            }
+        let refused = exchange(&mut a, &mut b, now);
+        assert!(refused.contains(&E2eeError::Rejected(Rejection::CommitmentMismatch)));
+        for x in [&mut a, &mut b] {
+            assert_eq!(x.aborted(), Some(AbortReason::CommitmentMismatch));
+            assert!(x.sas().is_none() && !x.can_send() && !x.can_receive());
+            assert!(events_of(x).contains(&E2eeEvent::Aborted {
+                reason: AbortReason::CommitmentMismatch,
+                by_remote: false
+            }));
         }
-        assert!(a.sas().is_some() && b.sas().is_some());
-        assert_ne!(a.sas(), b.sas());
-        assert!(a.can_receive() && b.can_receive());
+    }
+
+    /// A connected pair whose commitments have crossed; each holds the other's hello unsent.
+    fn committed_pair(now: Instant) -> (KeySchedule, KeySchedule) {
+        let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        let mut b = KeySchedule::new(ScheduleConfig::default(), "patient");
+        a.connect(now, &mut OsRng, "patient", fp(1), fp(2));
+        b.connect(now, &mut OsRng, "doctor", fp(2), fp(1));
+        let (ca, cb) = (next_message(&mut a), next_message(&mut b));
+        b.handle_message(now, &mut OsRng, &ca).unwrap();
+        a.handle_message(now, &mut OsRng, &cb).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_reveal_that_differs_from_its_commitment_stops_both_sides_with_the_reason() {
+        let now = Instant::now();
+        let (mut a, mut b) = committed_pair(now);
+        // b's real hello is replaced by one with another key (chosen after seeing a's, say).
+        let _real = next_message(&mut b);
+        let other = StaticSecret::random_from_rng(OsRng);
+        let forged = KeyMessage::Hello {
+            participant: "patient".into(),
+            public_key: BASE64.encode(PublicKey::from(&other).as_bytes()),
+        };
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &forged.encode()),
+            Err(E2eeError::Rejected(Rejection::CommitmentMismatch))
+        );
+        assert_eq!(a.aborted(), Some(AbortReason::CommitmentMismatch));
+        assert_eq!(a.stats().rejected(Rejection::CommitmentMismatch), 1);
+        // a told b: b stops too and says it was the other side.
+        let _a_hello = next_message(&mut a);
+        let abort = next_message(&mut a);
+        assert_eq!(
+            abort,
+            r#"{"v":2,"type":"abort","from":"doctor","reason":"commitment_mismatch"}"#
+        );
+        b.handle_message(now, &mut OsRng, &abort).unwrap();
+        assert_eq!(b.aborted(), Some(AbortReason::CommitmentMismatch));
+        assert!(events_of(&mut b).contains(&E2eeEvent::Aborted {
+            reason: AbortReason::CommitmentMismatch,
+            by_remote: true
+        }));
+        // Nothing more is agreed on this connection, not even the right hello.
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &_real),
+            Err(E2eeError::Rejected(Rejection::KeyMalformed))
+        );
+        assert!(a.sas().is_none() && !a.can_send());
+        assert_eq!(
+            a.protect(now, MediaFormat::Opus, b"x"),
+            Err(E2eeError::NoSendKey)
+        );
+        // A new connection starts afresh.
+        a.connect(now, &mut OsRng, "patient", fp(1), fp(2));
+        b.connect(now, &mut OsRng, "doctor", fp(2), fp(1));
+        assert!(exchange(&mut a, &mut b, now).is_empty());
+        assert_eq!(a.aborted(), None);
+        assert!(a.sas().is_some() && a.sas() == b.sas());
+    }
+
+    #[test]
+    fn a_commitment_replayed_from_another_call_never_matches() {
+        // The middle recorded b's commitment and hello from an earlier call (other
+        // certificates) and plays them to a in this one.
+        let now = Instant::now();
+        let mut earlier_a = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        let mut earlier_b = KeySchedule::new(ScheduleConfig::default(), "patient");
+        earlier_a.connect(now, &mut OsRng, "patient", fp(7), fp(8));
+        earlier_b.connect(now, &mut OsRng, "doctor", fp(8), fp(7));
+        let old_commit = next_message(&mut earlier_b);
+        earlier_b
+            .handle_message(now, &mut OsRng, &next_message(&mut earlier_a))
+            .unwrap();
+        let old_hello = next_message(&mut earlier_b);
+
+        let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        a.connect(now, &mut OsRng, "patient", fp(1), fp(2));
+        a.handle_message(now, &mut OsRng, &old_commit).unwrap();
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &old_hello),
+            Err(E2eeError::Rejected(Rejection::CommitmentMismatch))
+        );
+        assert_eq!(a.aborted(), Some(AbortReason::CommitmentMismatch));
+        assert!(a.sas().is_none());
+    }
+
+    #[test]
+    fn a_hello_before_a_commitment_stops_the_agreement() {
+        let now = Instant::now();
+        let mut a = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        a.connect(now, &mut OsRng, "patient", fp(1), fp(2));
+        let early_hello = KeyMessage::Hello {
+            participant: "patient".into(),
+            public_key: BASE64
+                .encode(PublicKey::from(&StaticSecret::random_from_rng(OsRng)).as_bytes()),
+        };
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &early_hello.encode()),
+            Err(E2eeError::Rejected(Rejection::RevealBeforeCommitment))
+        );
+        assert_eq!(a.aborted(), Some(AbortReason::RevealBeforeCommitment));
+        let _commit = next_message(&mut a);
+        assert_eq!(
+            next_message(&mut a),
+            r#"{"v":2,"type":"abort","from":"doctor","reason":"reveal_before_commitment"}"#
+        );
+        assert!(events_of(&mut a).contains(&E2eeEvent::Aborted {
+            reason: AbortReason::RevealBeforeCommitment,
+            by_remote: false
+        }));
+    }
+
+    #[test]
+    fn second_commitments_strangers_and_strangers_aborts_are_refused_and_agreement_goes_on() {
+        let now = Instant::now();
+        let (mut a, mut b) = committed_pair(now);
+        let reject = |r| Err(E2eeError::Rejected(r));
+        let commit = |who: &str, bytes: &[u8]| {
+            KeyMessage::Commit {
+                participant: who.into(),
+                commitment: BASE64.encode(bytes),
+            }
+            .encode()
+        };
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &commit("patient", &[1; 32])),
+            reject(Rejection::KeyReplayed),
+            "a second commitment cannot replace the first"
+        );
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &commit("mallory", &[1; 32])),
+            reject(Rejection::KeyFromStranger)
+        );
+        let mut fresh = KeySchedule::new(ScheduleConfig::default(), "doctor");
+        fresh.connect(now, &mut OsRng, "patient", fp(1), fp(2));
+        assert_eq!(
+            fresh.handle_message(now, &mut OsRng, &commit("patient", &[1; 31])),
+            reject(Rejection::KeyMalformed)
+        );
+        let stranger_abort = KeyMessage::Abort {
+            from: "mallory".into(),
+            reason: AbortReason::CommitmentMismatch,
+        };
+        assert_eq!(
+            a.handle_message(now, &mut OsRng, &stranger_abort.encode()),
+            reject(Rejection::KeyFromStranger)
+        );
+        assert_eq!(a.aborted(), None);
+        assert!(exchange(&mut a, &mut b, now).is_empty());
+        assert!(a.sas().is_some() && a.sas() == b.sas());
+        assert!(a.can_send() && b.can_send());
     }
 
     #[test]
@@ -1418,6 +1743,7 @@ mod tests {
                 }
             }
         }
+        assert_eq!((a.aborted(), b.aborted()), (None, None));
         assert_eq!(a.sas(), m_a.sas());
         assert_eq!(b.sas(), m_b.sas());
         assert_ne!(

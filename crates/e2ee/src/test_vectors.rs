@@ -53,6 +53,8 @@ pub struct ScheduleCase {
     pub fingerprint_b: FingerprintCase,
     pub secret_a: String,
     pub public_key_a: String,
+    /// A's commitment to its public key (participant `from`, fingerprints A then B).
+    pub commitment_a: String,
     pub public_key_b: String,
     pub transcript_hash: String,
     pub sas: String,
@@ -141,6 +143,13 @@ mod tests {
             assert_eq!(hex::encode(transcript), case.transcript_hash);
             assert_eq!(sas.to_string(), case.sas);
             assert_eq!(hex::encode(wrap), case.wrap_key);
+            let committed = crate::sas::commitment(
+                &case.from,
+                &fp(&case.fingerprint_a),
+                &fp(&case.fingerprint_b),
+                &public,
+            );
+            assert_eq!(hex::encode(committed), case.commitment_a);
         }
     }
 }

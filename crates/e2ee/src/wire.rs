@@ -4,7 +4,7 @@
 //! use consult_e2ee::wire::KeyMessage;
 //! let hello = KeyMessage::Hello { participant: "p1".into(), public_key: "AAAA".into() };
 //! let text = hello.encode();
-//! assert_eq!(text, r#"{"v":1,"type":"hello","participant":"p1","public_key":"AAAA"}"#);
+//! assert_eq!(text, r#"{"v":2,"type":"hello","participant":"p1","public_key":"AAAA"}"#);
 //! assert_eq!(KeyMessage::decode(&text).unwrap(), hello);
 //! ```
 
@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// The label of the data channel key messages travel on.
 pub const E2EE_CHANNEL_LABEL: &str = "consult-e2ee";
-/// Protocol version in every message.
-pub const E2EE_PROTOCOL_VERSION: u8 = 1;
+/// Protocol version in every message (2: the key is committed to before it is revealed).
+pub const E2EE_PROTOCOL_VERSION: u8 = 2;
 /// Longest key message accepted, in bytes.
 pub const MAX_KEY_MESSAGE_BYTES: usize = 4096;
 
@@ -21,7 +21,17 @@ pub const MAX_KEY_MESSAGE_BYTES: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeyMessage {
-    /// "I am `participant`; here is my X25519 public key for this connection."
+    /// "I am `participant`; this is the SHA-256 commitment to my key for this connection"
+    /// ([`crate::sas::commitment`]). Sent first; the hello follows only once the other side's
+    /// commitment has arrived.
+    Commit {
+        /// The sender's participant id (as the signaling service named it).
+        participant: String,
+        /// 32-byte commitment.
+        commitment: String,
+    },
+    /// "I am `participant`; here is my X25519 public key for this connection" — the reveal,
+    /// which must match the sender's commitment.
     Hello {
         /// The sender's participant id (as the signaling service named it).
         participant: String,
@@ -50,6 +60,36 @@ pub enum KeyMessage {
         /// The epoch acknowledged.
         epoch: u64,
     },
+    /// "I stopped end-to-end encryption on this connection, because of `reason`": both people
+    /// are told why, and no key is agreed on it.
+    Abort {
+        /// Who stopped.
+        from: String,
+        /// Why.
+        reason: AbortReason,
+    },
+}
+
+/// Why a participant stopped the key agreement of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbortReason {
+    /// The other side's key does not match the commitment it sent: someone may be in the middle
+    /// of the call, trying to choose a key after seeing ours (or the commitment was replayed from
+    /// another call).
+    CommitmentMismatch,
+    /// The other side revealed its key before committing to it.
+    RevealBeforeCommitment,
+}
+
+impl AbortReason {
+    /// Stable snake_case name, as on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            AbortReason::CommitmentMismatch => "commitment_mismatch",
+            AbortReason::RevealBeforeCommitment => "reveal_before_commitment",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -94,7 +134,7 @@ impl KeyMessage {
             .as_object_mut()
             .ok_or_else(|| WireError::Malformed("not an object".into()))?;
         match object.remove("v").and_then(|v| v.as_u64()) {
-            Some(1) => {}
+            Some(v) if v == u64::from(E2EE_PROTOCOL_VERSION) => {}
             Some(other) => return Err(WireError::Version(other)),
             None => return Err(WireError::Malformed("no version".into())),
         }
@@ -116,20 +156,34 @@ mod tests {
             KeyMessage::decode("[]"),
             Err(WireError::Malformed(_))
         ));
+        // Version 1 hellos went out uncommitted: a peer still speaking it is refused.
         assert_eq!(
-            KeyMessage::decode(r#"{"v":2,"type":"ack","from":"a","epoch":1}"#),
-            Err(WireError::Version(2))
+            KeyMessage::decode(r#"{"v":1,"type":"ack","from":"a","epoch":1}"#),
+            Err(WireError::Version(1))
         );
         assert!(matches!(
-            KeyMessage::decode(r#"{"v":1,"type":"ack","from":"a"}"#),
+            KeyMessage::decode(r#"{"v":2,"type":"ack","from":"a"}"#),
             Err(WireError::Malformed(_))
         ));
         assert!(matches!(
-            KeyMessage::decode(r#"{"v":1,"type":"teleport"}"#),
+            KeyMessage::decode(r#"{"v":2,"type":"teleport"}"#),
             Err(WireError::Malformed(_))
         ));
+        assert!(matches!(
+            KeyMessage::decode(r#"{"v":2,"type":"abort","from":"a","reason":"bored"}"#),
+            Err(WireError::Malformed(_))
+        ));
+        let abort = KeyMessage::Abort {
+            from: "a".into(),
+            reason: AbortReason::CommitmentMismatch,
+        };
+        assert_eq!(
+            abort.encode(),
+            r#"{"v":2,"type":"abort","from":"a","reason":"commitment_mismatch"}"#
+        );
+        assert_eq!(KeyMessage::decode(&abort.encode()).unwrap(), abort);
         let long = format!(
-            r#"{{"v":1,"type":"ack","from":"{}","epoch":1}}"#,
+            r#"{{"v":2,"type":"ack","from":"{}","epoch":1}}"#,
             "a".repeat(5000)
         );
         assert_eq!(KeyMessage::decode(&long), Err(WireError::TooLong));

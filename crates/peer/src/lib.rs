@@ -64,7 +64,7 @@ mod peer;
 pub mod simulated;
 
 pub use peer::{
-    E2eeSetup, EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent,
+    DtlsCert, E2eeSetup, EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent,
     RemoteDescriptionOutcome, Stats, TrackKind, Transmit, VideoCodec,
 };
 /// The WebRTC engine underneath, for candidates and states the peer hands through unchanged.

@@ -19,6 +19,8 @@ use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
 use uuid::Uuid;
 
 pub use consult_proto::media::VideoCodec;
+/// A DTLS certificate and its private key (str0m's), for [`PeerConfig::dtls_certificate`].
+pub use str0m::config::DtlsCert;
 
 use consult_e2ee::wire::E2EE_CHANNEL_LABEL;
 use consult_e2ee::{
@@ -54,6 +56,9 @@ pub struct PeerConfig {
     pub polite: bool,
     /// End-to-end encryption (SFrame) with this remote participant; `None`: off.
     pub e2ee: Option<E2eeSetup>,
+    /// The DTLS certificate to present (an integrator that keeps one identity across calls);
+    /// `None`: a fresh one for this peer.
+    pub dtls_certificate: Option<DtlsCert>,
 }
 
 /// End-to-end encryption for one connection: who we are, who the remote is (participant ids
@@ -81,6 +86,7 @@ impl Default for PeerConfig {
             initial_bitrate_bps: 600_000,
             polite: false,
             e2ee: None,
+            dtls_certificate: None,
         }
     }
 }
@@ -354,6 +360,9 @@ impl Peer {
             // Give up on an unrecoverable frame after ~10 frames instead of 30 (a second at
             // 30 fps): the receiver then asks for a keyframe sooner, which is a shorter freeze.
             .set_reordering_size_video(10);
+        if let Some(certificate) = config.dtls_certificate.clone() {
+            rtc_config = rtc_config.set_dtls_cert(certificate);
+        }
         if config.audio {
             rtc_config = rtc_config.enable_opus(true, false);
         }

@@ -36,8 +36,10 @@ const FINGERPRINT_WAIT_MS = 5000;
 
 /**
  * Why an E2EE call carries no media: `browser-unsupported` (no encoded-transform API here),
- * `peer-unsupported` (no hello from the other side), `keys-failed` (keys could not be agreed).
- * @typedef {"browser-unsupported" | "peer-unsupported" | "keys-failed"} E2eeProblem
+ * `peer-unsupported` (no hello from the other side), `keys-failed` (keys could not be agreed),
+ * `key-check-failed` (the other side's key did not match its commitment, or came before it:
+ * someone may be in the middle), `peer-key-check-failed` (the other side found that of ours).
+ * @typedef {"browser-unsupported" | "peer-unsupported" | "keys-failed" | "key-check-failed" | "peer-key-check-failed"} E2eeProblem
  */
 
 /**
@@ -463,6 +465,13 @@ export class E2eeLink {
       if (event.kind === "sas") {
         if (this.helloTimer !== undefined) clearTimeout(this.helloTimer);
         this.call.update({ sas: event.sas, problem: this.call.api ? null : "browser-unsupported" });
+      } else if (event.kind === "aborted") {
+        if (this.helloTimer !== undefined) clearTimeout(this.helloTimer);
+        console.error(`E2EE: key agreement stopped (${event.reason}, ${event.byRemote ? "by the other side" : "here"})`);
+        // Whatever keys went to the protectors go too: nothing is sent or opened on this connection.
+        this.media?.clearKeys();
+        this.data.clear();
+        this.call.update({ sas: null, badge: false, problem: event.byRemote ? "peer-key-check-failed" : "key-check-failed" });
       } else if (event.kind === "send-key") {
         await this.install(event);
         await this.data.setSendKey(event.suite, event.dataKid, event.epoch, event.baseKey);
@@ -517,7 +526,7 @@ export class E2eeLink {
     // This browser's own shortcoming (no worker) is the reason shown then, not the other side's.
     if (this.media && this.pc.connectionState === "connected" && this.helloTimer === undefined && !this.call.view.sas) {
       this.helloTimer = setTimeout(() => {
-        if (!this.closed && this.call.link === this && !this.call.schedule.sas) {
+        if (!this.closed && this.call.link === this && !this.call.schedule.sas && !this.call.schedule.aborted) {
           console.warn("E2EE: no key agreement with the other side");
           this.call.update({ problem: "peer-unsupported" });
         }

@@ -185,6 +185,11 @@ export class MediaWorker {
     }
   }
 
+  /** Forget every key (key agreement stopped): frames are dropped until new keys come. */
+  clearKeys() {
+    if (!this.closed) this.worker.postMessage({ type: "clear" });
+  }
+
   /** End the worker: its keys go with it. The last stats stay readable. */
   terminate() {
     if (this.closed) return;

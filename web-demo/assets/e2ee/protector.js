@@ -22,7 +22,8 @@ import { SFrameKey, SFrameError } from "./sframe.js";
  * Why an incoming frame or key message was refused (the Rust `Rejection` names; `unprotected`: a
  * message that came without SFrame at all).
  * @typedef {"tampered" | "replayed" | "unknown_kid" | "expired_kid" | "truncated" | "unprotected"
- *   | "key_from_stranger" | "key_replayed" | "key_malformed" | "key_undecryptable"} Rejection
+ *   | "key_from_stranger" | "key_replayed" | "key_malformed" | "key_undecryptable"
+ *   | "commitment_mismatch" | "reveal_before_commitment"} Rejection
  */
 
 /** Every frame rejection, for stats with all counters present. */

@@ -12,6 +12,10 @@
  * (events `send-key` and `receive-key`: the media worker for KID stream 0, the page's
  * `FrameProtector` for stream 1), because in a browser media frames are handled in a worker.
  *
+ * Each side commits to its key (`commit`: a hash of it) before it may see the other's, and reveals
+ * it (`hello`) only once the other's commitment is in; a reveal that does not match, or comes
+ * before its commitment, stops the agreement (`abort`, and an `aborted` event with the reason).
+ *
  * Outputs come in one queue, in order. A `receive-key` event comes before the `ack` that answers
  * it, so that a driver that installs the key (in the worker) before sending what follows never
  * lets the remote switch to a key the worker does not have yet.
@@ -26,8 +30,8 @@ import { RejectedError } from "./protector.js";
 
 /** Label of the data channel key messages travel on. */
 export const E2EE_CHANNEL_LABEL = "consult-e2ee";
-/** Protocol version in every key message. */
-export const E2EE_PROTOCOL_VERSION = 1;
+/** Protocol version in every key message (2: keys are committed to before they are revealed). */
+export const E2EE_PROTOCOL_VERSION = 2;
 /** Longest key message accepted, in bytes. */
 export const MAX_KEY_MESSAGE_BYTES = 4096;
 /** KID stream of audio and video frames. */
@@ -36,7 +40,23 @@ export const STREAM_MEDIA = 0;
 export const STREAM_DATA = 1;
 
 /** Every key-message rejection, for stats with all counters present. */
-export const KEY_REJECTIONS = /** @type {const} */ (["key_from_stranger", "key_replayed", "key_malformed", "key_undecryptable"]);
+export const KEY_REJECTIONS = /** @type {const} */ ([
+  "key_from_stranger",
+  "key_replayed",
+  "key_malformed",
+  "key_undecryptable",
+  "commitment_mismatch",
+  "reveal_before_commitment",
+]);
+
+/**
+ * Why a participant stopped the key agreement of a connection: the other side's key did not match
+ * its commitment, or came before it.
+ * @typedef {"commitment_mismatch" | "reveal_before_commitment"} AbortReason
+ */
+
+/** Every abort reason, as on the wire. */
+export const ABORT_REASONS = /** @type {const} */ (["commitment_mismatch", "reveal_before_commitment"]);
 
 /**
  * @typedef {object} ScheduleConfig
@@ -94,11 +114,7 @@ function fingerprintBytes(fp) {
  */
 function sortedItems(a, b) {
   const [first, second] = compareBytes(a, b) <= 0 ? [a, b] : [b, a];
-  return [first, second].map((item) => {
-    const length = new Uint8Array(2);
-    new DataView(length.buffer).setUint16(0, item.length);
-    return concat(length, item);
-  });
+  return [first, second].map(lengthPrefixed);
 }
 
 /**
@@ -116,6 +132,36 @@ export async function transcriptHash(localFingerprint, remoteFingerprint, localP
     ...sortedItems(localPublicKey, remotePublicKey),
   );
   return new Uint8Array(await crypto.subtle.digest("SHA-256", transcript));
+}
+
+/**
+ * `u16 length ‖ item`.
+ * @param {Uint8Array} item
+ */
+function lengthPrefixed(item) {
+  const length = new Uint8Array(2);
+  new DataView(length.buffer).setUint16(0, item.length);
+  return concat(length, item);
+}
+
+/**
+ * SHA-256 of what a participant commits to before it may see the other's key: its id, the
+ * sender's and then the receiver's DTLS fingerprint (as the sender sees them), and its public key,
+ * each length-prefixed. Binding the fingerprints ties it to one connection.
+ * @param {string} participant
+ * @param {Fingerprint} senderFingerprint
+ * @param {Fingerprint} receiverFingerprint
+ * @param {Uint8Array} publicKey
+ */
+export async function commitmentOf(participant, senderFingerprint, receiverFingerprint, publicKey) {
+  const input = concat(
+    utf8("consult-e2ee/commit/v2"),
+    lengthPrefixed(utf8(participant)),
+    lengthPrefixed(fingerprintBytes(senderFingerprint)),
+    lengthPrefixed(fingerprintBytes(receiverFingerprint)),
+    lengthPrefixed(publicKey),
+  );
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", input));
 }
 
 /**
@@ -214,7 +260,8 @@ const X25519_PKCS8_PREFIX = Uint8Array.from([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30,
 
 /**
  * The key agreement the shared test vectors pin down (as Rust's `schedule::vectors::agreement`):
- * public key, transcript hash, SAS and `wrap_key(from→to)` for a given secret and peer.
+ * public key, transcript hash, SAS, `wrap_key(from→to)` and the commitment of `from` to its key,
+ * for a given secret and peer.
  * @param {Uint8Array} secret 32-byte X25519 private key.
  * @param {Uint8Array} remotePublic
  * @param {Fingerprint} localFingerprint
@@ -229,7 +276,13 @@ export async function agreementForVectors(secret, remotePublic, localFingerprint
   const transcript = await transcriptHash(localFingerprint, remoteFingerprint, publicKey, remotePublic);
   const shared = await x25519(privateKey, remotePublic);
   const salt = await keyHash(publicKey, remotePublic);
-  return { publicKey, transcript, sas: await sasOf(transcript), wrapKey: await wrapKeyBytes(shared, salt, from, to) };
+  return {
+    publicKey,
+    transcript,
+    sas: await sasOf(transcript),
+    wrapKey: await wrapKeyBytes(shared, salt, from, to),
+    commitment: await commitmentOf(from, localFingerprint, remoteFingerprint, publicKey),
+  };
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -238,16 +291,20 @@ export async function agreementForVectors(secret, remotePublic, localFingerprint
 
 /**
  * A key-agreement message (byte strings are standard base64 with padding).
- * @typedef {{ type: "hello", participant: string, public_key: string }
+ * @typedef {{ type: "commit", participant: string, commitment: string }
+ *   | { type: "hello", participant: string, public_key: string }
  *   | { type: "key", from: string, to: string, epoch: number, suite: number, nonce: string, wrapped: string }
- *   | { type: "ack", from: string, epoch: number }} KeyMessage
+ *   | { type: "ack", from: string, epoch: number }
+ *   | { type: "abort", from: string, reason: AbortReason }} KeyMessage
  */
 
 /** Field names of each message type, in wire order. */
 const FIELDS = /** @type {const} */ ({
+  commit: ["participant", "commitment"],
   hello: ["participant", "public_key"],
   key: ["from", "to", "epoch", "suite", "nonce", "wrapped"],
   ack: ["from", "epoch"],
+  abort: ["from", "reason"],
 });
 
 /**
@@ -281,14 +338,21 @@ export function decodeKeyMessage(text) {
   const object = /** @type {Record<string, unknown>} */ (value);
   if (object.v !== E2EE_PROTOCOL_VERSION) return null;
   const type = object.type;
-  if (type !== "hello" && type !== "key" && type !== "ack") return null;
-  const fields = /** @type {readonly string[]} */ (FIELDS[type]);
+  if (typeof type !== "string" || !Object.hasOwn(FIELDS, type)) return null;
+  const fields = /** @type {readonly string[]} */ (FIELDS[/** @type {keyof typeof FIELDS} */ (type)]);
   const keys = Object.keys(object).filter((k) => k !== "v" && k !== "type");
   if (keys.length !== fields.length || !fields.every((f) => keys.includes(f))) return null;
   const isU64 = (/** @type {unknown} */ n) => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
   for (const field of fields) {
     const v = object[field];
-    const ok = field === "epoch" ? isU64(v) : field === "suite" ? isU64(v) && /** @type {number} */ (v) <= 0xffff : typeof v === "string";
+    const ok =
+      field === "epoch"
+        ? isU64(v)
+        : field === "suite"
+          ? isU64(v) && /** @type {number} */ (v) <= 0xffff
+          : field === "reason"
+            ? ABORT_REASONS.some((r) => r === v)
+            : typeof v === "string";
     if (!ok) return null;
   }
   return /** @type {KeyMessage} */ (/** @type {unknown} */ (object));
@@ -312,7 +376,12 @@ export function decodeKeyMessage(text) {
 
 /**
  * @typedef {{ type: "send", text: string }
- *   | { type: "event", event: KeyEvent | { kind: "sas", sas: string } }} ScheduleOutput
+ *   | { type: "event", event: KeyEvent | { kind: "sas", sas: string } | AbortedEvent }} ScheduleOutput
+ */
+
+/**
+ * Key agreement on this connection stopped and its keys are gone: tell the person why.
+ * @typedef {{ kind: "aborted", reason: AbortReason, byRemote: boolean }} AbortedEvent
  */
 
 /**
@@ -330,7 +399,9 @@ export function decodeKeyMessage(text) {
  * @property {Fingerprint} remoteFingerprint
  * @property {CryptoKey} privateKey
  * @property {Uint8Array} publicKey
+ * @property {Uint8Array | null} remoteCommitment The other side's commitment, once its `commit` arrived.
  * @property {{ remoteTag: number, localTag: number, sas: string, wrapOut: CryptoKey, wrapIn: CryptoKey } | null} agreed
+ * @property {AbortReason | null} aborted Set when either side stopped the agreement.
  */
 
 /**
@@ -365,7 +436,14 @@ export class KeySchedule {
     this.outputs = [];
     /** @type {ScheduleStats} */
     this.stats = {
-      rejected: { key_from_stranger: 0, key_replayed: 0, key_malformed: 0, key_undecryptable: 0 },
+      rejected: {
+        key_from_stranger: 0,
+        key_replayed: 0,
+        key_malformed: 0,
+        key_undecryptable: 0,
+        commitment_mismatch: 0,
+        reveal_before_commitment: 0,
+      },
       sendEpoch: 0,
       announcedEpoch: 0,
       receiveEpoch: 0,
@@ -374,7 +452,8 @@ export class KeySchedule {
 
   /**
    * A connection to `remoteId` is up and its `consult-e2ee` channel open: a fresh X25519 key
-   * and our hello. The fingerprints are this connection's DTLS fingerprints, local and remote.
+   * and our commitment to it (our hello follows once the other side's commitment is in). The
+   * fingerprints are this connection's DTLS fingerprints, local and remote.
    * @param {number} _now
    * @param {string} remoteId
    * @param {Fingerprint} localFingerprint
@@ -383,10 +462,11 @@ export class KeySchedule {
   async connect(_now, remoteId, localFingerprint, remoteFingerprint) {
     const pair = /** @type {CryptoKeyPair} */ (await crypto.subtle.generateKey({ name: "X25519" }, false, ["deriveBits"]));
     const publicKey = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+    const commitment = await commitmentOf(this.localId, localFingerprint, remoteFingerprint, publicKey);
     // Left only now, after the awaits, so that nothing of another connection slips in between.
     this.leave();
-    this.conn = { remoteId, localFingerprint, remoteFingerprint, privateKey: pair.privateKey, publicKey, agreed: null };
-    this.outputs.push({ type: "send", text: encodeKeyMessage({ type: "hello", participant: this.localId, public_key: toBase64(publicKey) }) });
+    this.conn = { remoteId, localFingerprint, remoteFingerprint, privateKey: pair.privateKey, publicKey, remoteCommitment: null, agreed: null, aborted: null };
+    this.outputs.push({ type: "send", text: encodeKeyMessage({ type: "commit", participant: this.localId, commitment: toBase64(commitment) }) });
   }
 
   /** The remote left or the connection closed: forget it; the next connection starts a new epoch. */
@@ -410,6 +490,11 @@ export class KeySchedule {
   /** The SAS of this connection, once both hellos are in. */
   get sas() {
     return this.conn && this.conn.agreed ? this.conn.agreed.sas : null;
+  }
+
+  /** Why key agreement on this connection stopped, or null. */
+  get aborted() {
+    return this.conn ? this.conn.aborted : null;
   }
 
   /** The remote participant of the current connection. */
@@ -451,14 +536,86 @@ export class KeySchedule {
   async handleMessage(now, text) {
     const message = decodeKeyMessage(text);
     if (!message) throw this.reject("key_malformed");
+    // Nothing more is agreed on a connection either side gave up on.
+    if (this.conn && this.conn.aborted) throw this.reject("key_malformed");
     switch (message.type) {
+      case "commit":
+        return this.handleCommit(message.participant, message.commitment);
       case "hello":
         return this.handleHello(now, message.participant, message.public_key);
       case "key":
         return this.handleKey(now, message);
       case "ack":
         return this.handleAck(message.from, message.epoch);
+      case "abort":
+        return this.handleAbort(message.from, message.reason);
     }
+  }
+
+  /**
+   * The other side's commitment: keep it, and reveal our key in return.
+   * @private
+   * @param {string} participant
+   * @param {string} commitmentText
+   */
+  handleCommit(participant, commitmentText) {
+    const conn = this.conn;
+    if (!conn) throw this.reject("key_malformed");
+    if (participant !== conn.remoteId) throw this.reject("key_from_stranger");
+    if (conn.remoteCommitment) throw this.reject("key_replayed");
+    /** @type {Uint8Array} */
+    let commitment;
+    try {
+      commitment = fromBase64(commitmentText);
+    } catch {
+      throw this.reject("key_malformed");
+    }
+    if (commitment.length !== 32) throw this.reject("key_malformed");
+    conn.remoteCommitment = commitment;
+    // Their key is fixed now: ours may be revealed.
+    this.outputs.push({ type: "send", text: encodeKeyMessage({ type: "hello", participant: this.localId, public_key: toBase64(conn.publicKey) }) });
+  }
+
+  /**
+   * @private
+   * @param {string} from
+   * @param {AbortReason} reason
+   */
+  handleAbort(from, reason) {
+    const conn = this.conn;
+    if (!conn) throw this.reject("key_malformed");
+    if (from !== conn.remoteId) throw this.reject("key_from_stranger");
+    this.stopAgreement(conn, reason, true);
+  }
+
+  /**
+   * We stop the agreement: tell the other side and the page; the error to throw.
+   * @private
+   * @param {Connection} conn
+   * @param {AbortReason} reason
+   */
+  abort(conn, reason) {
+    this.outputs.push({ type: "send", text: encodeKeyMessage({ type: "abort", from: this.localId, reason }) });
+    this.stopAgreement(conn, reason, false);
+    return this.reject(reason);
+  }
+
+  /**
+   * Forget every key of this connection and accept nothing more on it.
+   * @private
+   * @param {Connection} conn
+   * @param {AbortReason} reason
+   * @param {boolean} byRemote
+   */
+  stopAgreement(conn, reason, byRemote) {
+    conn.aborted = reason;
+    conn.agreed = null;
+    this.send = null;
+    this.pending = null;
+    this.remoteEpoch = 0;
+    this.stats.sendEpoch = 0;
+    this.stats.receiveEpoch = 0;
+    this.outputs.push({ type: "event", event: { kind: "aborted", reason, byRemote } });
   }
 
   /**
@@ -472,6 +629,8 @@ export class KeySchedule {
     if (!conn) throw this.reject("key_malformed");
     if (participant !== conn.remoteId) throw this.reject("key_from_stranger");
     if (conn.agreed) throw this.reject("key_replayed");
+    const remoteCommitment = conn.remoteCommitment;
+    if (!remoteCommitment) throw this.abort(conn, "reveal_before_commitment");
     /** @type {Uint8Array} */
     let remotePublic;
     try {
@@ -487,6 +646,14 @@ export class KeySchedule {
     } catch {
       throw this.reject("key_malformed");
     }
+    // Checked from our side: the other's id, its fingerprint as the sender's, ours as the
+    // receiver's. A key chosen after seeing ours, or a commitment from another call, fails.
+    const expected = await commitmentOf(conn.remoteId, conn.remoteFingerprint, conn.localFingerprint, remotePublic);
+    if (this.conn !== conn || conn.aborted || conn.agreed) throw this.reject("key_replayed");
+    if (compareBytes(expected, remoteCommitment) !== 0) {
+      shared.fill(0);
+      throw this.abort(conn, "commitment_mismatch");
+    }
     const transcript = await transcriptHash(conn.localFingerprint, conn.remoteFingerprint, conn.publicKey, remotePublic);
     const salt = await keyHash(conn.publicKey, remotePublic);
     const importWrap = async (/** @type {string} */ from, /** @type {string} */ to, /** @type {KeyUsage} */ usage) => {
@@ -499,7 +666,7 @@ export class KeySchedule {
     const wrapIn = await importWrap(conn.remoteId, this.localId, "decrypt");
     shared.fill(0);
     const sas = await sasOf(transcript);
-    if (this.conn !== conn || conn.agreed) return; // replaced meanwhile
+    if (this.conn !== conn || conn.agreed || conn.aborted) return; // replaced or stopped meanwhile
     conn.agreed = { remoteTag: await senderTag(remotePublic), localTag: await senderTag(conn.publicKey), sas, wrapOut, wrapIn };
     this.outputs.push({ type: "event", event: { kind: "sas", sas } });
     // Someone joined: a new epoch, which only the participants of this call know.

@@ -122,6 +122,9 @@ pub fn print_event(json: bool, event: &SessionEvent) {
         SessionEvent::E2ee(E2eeEvent::ReceiveKeyInstalled { epoch }) => {
             serde_json::json!({ "event": "e2ee_receive_key", "epoch": epoch })
         }
+        SessionEvent::E2ee(E2eeEvent::Aborted { reason, by_remote }) => {
+            serde_json::json!({ "event": "e2ee_aborted", "reason": reason.name(), "by_remote": by_remote })
+        }
         SessionEvent::Stats(stats) => serde_json::json!({
             "event": "connection",
             "rtt_ms": stats.rtt.map(|d| d.as_secs_f64() * 1000.0),

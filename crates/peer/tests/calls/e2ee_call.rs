@@ -1,14 +1,17 @@
 //! End-to-end encryption between sans-IO peers on a simulated link: real H.264 frames protected
 //! with SFrame, keys agreed over the peer-to-peer channel, and a middle that terminates DTLS on
-//! both sides (as a service rewriting fingerprints would) and sees only ciphertext.
+//! both sides: with its own certificates (as a service rewriting fingerprints would) it is caught
+//! by the key commitments and nothing flows; holding the ends' own certificates it relays the
+//! call and sees only ciphertext, and what it changes is refused.
 
 use std::time::Duration;
 
 use consult_codec::{pattern::TestPattern, video_decoder, video_encoder, VideoDecoder};
+use consult_e2ee::wire::AbortReason;
 use consult_e2ee::{E2eeEvent, Rejection, Sas, ScheduleConfig};
 use consult_peer::file_transfer::FileEvent;
 use consult_peer::simulated::{Link, Side, SimulatedCall};
-use consult_peer::{E2eeSetup, PeerConfig, PeerEvent, TrackKind, VideoCodec};
+use consult_peer::{DtlsCert, E2eeSetup, PeerConfig, PeerEvent, TrackKind, VideoCodec};
 
 fn config(local: &str, remote: &str, codec: VideoCodec, schedule: ScheduleConfig) -> PeerConfig {
     PeerConfig {
@@ -194,9 +197,8 @@ impl VideoSource {
 }
 
 /// The doctor and the patient each connected to a middle of the service's making — its own
-/// peers, with their own DTLS certificates (so its own fingerprints in the SDP) and no end-to-end
-/// keys — which relays key messages unchanged between them. `left.a` is the doctor, `right.a`
-/// the patient, `left.b` and `right.b` the middle.
+/// peers, with no end-to-end keys — which relays key messages unchanged between them. `left.a`
+/// is the doctor, `right.a` the patient, `left.b` and `right.b` the middle.
 struct MiddleCall {
     left: SimulatedCall,
     right: SimulatedCall,
@@ -204,19 +206,62 @@ struct MiddleCall {
     seen_right: usize,
 }
 
+fn certificate() -> DtlsCert {
+    consult_peer::str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .expect("a DTLS certificate")
+}
+
 impl MiddleCall {
-    /// Connected, with keys agreed through the middle.
-    fn agreed(codec: VideoCodec, seed: u64) -> Self {
+    /// Connected through a middle with certificates of its own: each end sees the middle's
+    /// fingerprint where the other end's should be.
+    fn with_own_certificates(codec: VideoCodec, seed: u64) -> Self {
         let doctor = config("doctor", "patient", codec, ScheduleConfig::default());
         let patient = config("patient", "doctor", codec, ScheduleConfig::default());
+        Self::connected(doctor, plain(codec), patient, plain(codec), seed)
+    }
+
+    /// Connected through a middle that presents each end the other end's own certificate (it
+    /// stole them, or it sits behind DTLS), with keys agreed through it.
+    fn agreed(codec: VideoCodec, seed: u64) -> Self {
+        let (doctor_certificate, patient_certificate) = (certificate(), certificate());
+        let with = |config: PeerConfig, certificate: &DtlsCert| PeerConfig {
+            dtls_certificate: Some(certificate.clone()),
+            ..config
+        };
+        let doctor = config("doctor", "patient", codec, ScheduleConfig::default());
+        let patient = config("patient", "doctor", codec, ScheduleConfig::default());
+        let call = Self::connected(
+            with(doctor, &doctor_certificate),
+            with(plain(codec), &patient_certificate),
+            with(patient, &patient_certificate),
+            with(plain(codec), &doctor_certificate),
+            seed,
+        );
+        call.until_agreed()
+    }
+
+    fn connected(
+        doctor: PeerConfig,
+        middle_to_doctor: PeerConfig,
+        patient: PeerConfig,
+        middle_to_patient: PeerConfig,
+        seed: u64,
+    ) -> Self {
         let mut call = Self {
-            left: SimulatedCall::new(doctor, plain(codec), Link::perfect(), seed),
-            right: SimulatedCall::new(patient, plain(codec), Link::perfect(), seed + 1),
+            left: SimulatedCall::new(doctor, middle_to_doctor, Link::perfect(), seed),
+            right: SimulatedCall::new(patient, middle_to_patient, Link::perfect(), seed + 1),
             seen_left: 0,
             seen_right: 0,
         };
         call.left.negotiate().unwrap();
         call.right.negotiate().unwrap();
+        call
+    }
+
+    fn until_agreed(mut self) -> Self {
+        let call = &mut self;
         while !(call.left.a.peer.e2ee_ready() && call.right.a.peer.e2ee_ready()) {
             assert!(
                 call.left.elapsed() < Duration::from_secs(10),
@@ -224,7 +269,7 @@ impl MiddleCall {
             );
             call.step();
         }
-        call
+        self
     }
 
     /// Step whichever call is behind (so the two virtual clocks stay together) and relay.
@@ -268,15 +313,60 @@ fn relay_messages(from: &mut Side, seen: &mut usize, to: &mut Side) {
     }
 }
 
+/// Why a side's key agreement stopped, if it did.
+fn aborted(side: &Side) -> Option<(AbortReason, bool)> {
+    side.events.iter().find_map(|(_, e)| match e {
+        PeerEvent::E2ee(E2eeEvent::Aborted { reason, by_remote }) => Some((*reason, *by_remote)),
+        _ => None,
+    })
+}
+
 #[test]
-fn a_middle_that_terminates_dtls_on_both_sides_decodes_nothing_and_the_sas_differ() {
-    // The middle also decodes every frame it relays, with real decoders.
+fn a_middle_with_its_own_certificates_is_caught_by_the_commitments_and_nothing_flows() {
+    let codec = VideoCodec::H264;
+    let mut call = MiddleCall::with_own_certificates(codec, 1);
+    let mut camera = VideoSource::new(codec, u64::MAX);
+    let (mut middle, mut patient) = (Receiver::new(codec), Receiver::new(codec));
+    let start = call.left.elapsed();
+    while call.left.elapsed() < start + Duration::from_secs(3) {
+        camera.tick(&mut call.left);
+        call.step();
+        for frame in middle.take(&call.left.b) {
+            call.forward(frame.rtp_time, codec, &frame.data);
+        }
+        patient.take(&call.right.a);
+    }
+    for (who, side) in [("doctor", &call.left.a), ("patient", &call.right.a)] {
+        let (reason, _) = aborted(side).unwrap_or_else(|| panic!("the {who} did not stop"));
+        assert_eq!(reason, AbortReason::CommitmentMismatch, "{who}");
+        assert_eq!(sas(side), None, "the {who} was shown no code");
+        assert!(!side.peer.e2ee_ready());
+    }
+    let doctor = call.left.a.peer.e2ee_stats().unwrap();
+    assert_eq!(doctor.protected, 0, "no key, nothing protected");
+    assert!(
+        doctor.dropped_without_key > 0,
+        "frames dropped, never sent in the clear"
+    );
+    assert_eq!(
+        (middle.frames, patient.decoded),
+        (0, 0),
+        "nothing reached the middle or the patient"
+    );
+}
+
+#[test]
+fn a_middle_holding_both_certificates_relays_the_call_and_decodes_nothing() {
+    // Behind DTLS (the ends' own certificates), the middle relays key messages unchanged: the
+    // keys are agreed end to end and both see the same code, but it holds no key. It also
+    // decodes every frame it relays, with real decoders.
     let codec = VideoCodec::H264;
     let mut call = MiddleCall::agreed(codec, 1);
     let (doctor_sas, patient_sas) = (sas(&call.left.a).unwrap(), sas(&call.right.a).unwrap());
-    assert_ne!(
-        doctor_sas, patient_sas,
-        "the middle shows as differing strings"
+    assert_eq!(doctor_sas, patient_sas, "an honest agreement, relayed");
+    assert_eq!(
+        (aborted(&call.left.a), aborted(&call.right.a)),
+        (None, None)
     );
     let mut camera = VideoSource::new(codec, u64::MAX);
     let (mut middle, mut patient) = (Receiver::new(codec), Receiver::new(codec));
