@@ -507,7 +507,11 @@ fn service(out: &mut String, report: &Report) {
             "CPU per consultation (% of one core)",
             opt(s.cpu_percent_per_consultation),
         ),
-        ("Baseline RSS (MiB)", opt(s.baseline_rss_mib)),
+        ("RSS before sign-ins (MiB)", opt(s.rss_before_sign_in_mib)),
+        (
+            "Baseline RSS, after sign-ins (MiB)",
+            opt(s.baseline_rss_mib),
+        ),
         ("Peak RSS (MiB)", opt(s.peak_rss_mib)),
         (
             "RSS per consultation (MiB)",

@@ -387,6 +387,10 @@ pub struct ServiceReport {
     pub peak_rss_mib: Option<f64>,
     /// Resident memory once every clinician had signed in, before the first consultation, MiB.
     pub baseline_rss_mib: Option<f64>,
+    /// Resident memory before the first sign-in, MiB: with [`Self::baseline_rss_mib`], what
+    /// the sign-ins (Argon2) cost the service.
+    #[serde(default)]
+    pub rss_before_sign_in_mib: Option<f64>,
     /// CPU (percent of one core) per connected consultation during the hold.
     pub cpu_percent_per_consultation: Option<f64>,
     /// Extra resident memory per connected consultation at the peak, MiB.

@@ -626,6 +626,7 @@ fn service_report(
         .or(baseline)
         .and_then(|m| m.rss_bytes)
         .map(|b| b / 1_048_576.0);
+    service.rss_before_sign_in_mib = baseline.and_then(|m| m.rss_bytes).map(|b| b / 1_048_576.0);
     let mut problems = Vec::new();
     match service.joins {
         Some(joins) if joins == expected_joins => {}

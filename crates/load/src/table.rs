@@ -134,6 +134,14 @@ pub fn render(report: &Report) -> String {
         "RSS per consultation (MiB)".to_owned(),
         opt(s.rss_mib_per_consultation),
     ]);
+    service.add_row(vec![
+        "RSS before / after sign-ins (MiB)".to_owned(),
+        format!(
+            "{} / {}",
+            opt(s.rss_before_sign_in_mib),
+            opt(s.baseline_rss_mib)
+        ),
+    ]);
     service.add_row(vec!["peak RSS (MiB)".to_owned(), opt(s.peak_rss_mib)]);
     service.add_row(vec![
         "/healthz p95 (ms), unanswered".to_owned(),
