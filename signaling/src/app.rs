@@ -144,8 +144,7 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("no-store"),
         ));
 
-    let tls = state.config.tls;
-    let mut router = Router::new()
+    Router::new()
         // The WebSocket lives outside the timeout layer: it is meant to stay open.
         .route("/api/v1/signal", get(signal::socket::upgrade))
         .nest("/api/v1", api)
@@ -156,6 +155,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            strict_transport,
+        ))
         .with_state(state)
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -177,12 +180,35 @@ pub fn router(state: AppState) -> Router {
             HeaderName::from_static("permissions-policy"),
             HeaderValue::from_static("camera=(self), microphone=(self), display-capture=()"),
         ))
-        .layer(TraceLayer::new_for_http());
-    if tls {
-        router = router.layer(SetResponseHeaderLayer::if_not_present(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000"),
-        ));
+        .layer(TraceLayer::new_for_http())
+}
+
+/// HSTS on every answer to a client that came over HTTPS: to us (`tls`), or to a trusted
+/// reverse proxy that says so. Over plain HTTP the header would mean nothing, and a client
+/// cannot ask for it by writing a forwarding header itself.
+async fn strict_transport(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let https = match request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        Some(axum::extract::ConnectInfo(peer)) => {
+            state
+                .trusted_proxies
+                .origin(peer.ip(), request.headers(), state.config.tls)
+                .https
+        }
+        None => state.config.tls,
+    };
+    let mut response = next.run(request).await;
+    if https {
+        response
+            .headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(HeaderValue::from_static("max-age=31536000"));
     }
-    router
+    response
 }

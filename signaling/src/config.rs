@@ -25,6 +25,11 @@ pub struct Config {
     /// The address people reach the service at, for invite and enrolment links. Defaults to the
     /// bound address (with the machine's LAN address when bound to all interfaces).
     pub public_url: Option<String>,
+    /// Reverse proxies (addresses or networks, like `10.0.0.0/8`) whose `Forwarded` /
+    /// `X-Forwarded-For` / `X-Forwarded-Proto` headers are believed: the client's address for
+    /// throttling and audit, and whether it came over HTTPS (`Secure` cookies, HSTS). Empty: the
+    /// socket's peer is the client.
+    pub trusted_proxies: Vec<String>,
     /// Sign-in sessions.
     pub session: SessionConfig,
     /// Sign-in throttling.
@@ -177,6 +182,7 @@ impl Default for Config {
             data_dir: PathBuf::from("consult-data"),
             tls: false,
             public_url: None,
+            trusted_proxies: Vec::new(),
             session: SessionConfig::default(),
             login: LoginConfig::default(),
             invite: InviteConfig::default(),
@@ -250,6 +256,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "data_dir",
     "tls",
     "public_url",
+    "trusted_proxies",
     "session",
     "login",
     "invite",
@@ -318,6 +325,9 @@ impl Config {
         }
         if self.login.max_failures_per_account == 0 || self.login.max_failures_per_address == 0 {
             return bad("login.max_failures_* must be at least 1");
+        }
+        if let Err(e) = crate::client_origin::TrustedProxies::parse(&self.trusted_proxies) {
+            return bad(&e.to_string());
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "recording key",
         include_str!("../migrations/0004_recording_key.sql"),
     ),
+    (
+        5,
+        "trusted devices",
+        include_str!("../migrations/0005_trusted_devices.sql"),
+    ),
 ];
 
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {

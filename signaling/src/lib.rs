@@ -27,6 +27,7 @@ pub mod accounts;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod client_origin;
 pub mod clock;
 pub mod config;
 pub mod consultations;

@@ -7,6 +7,7 @@ use sqlx::SqlitePool;
 
 use crate::audit::AuditLog;
 use crate::auth::throttle::AddressThrottle;
+use crate::client_origin::TrustedProxies;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub hub: Hub,
     /// Sign-in failures per client address.
     pub address_throttle: AddressThrottle,
+    /// The reverse proxies whose forwarding headers are believed.
+    pub trusted_proxies: TrustedProxies,
     /// Base URL for links, without a trailing slash.
     pub public_url: String,
     /// Seals TOTP seeds at rest (the key lives outside the database).
@@ -57,6 +60,8 @@ impl AppState {
             audit: AuditLog::new(pool.clone()),
             hub: Hub::new(metrics.clone()),
             address_throttle: AddressThrottle::new(config.login.clone()),
+            // Checked when the configuration was validated.
+            trusted_proxies: TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default(),
             metrics,
             config,
             pool,

@@ -1,15 +1,16 @@
 //! Sign-in: enrolment links, password + TOTP, recovery codes, sessions and throttling.
 
+pub mod devices;
 pub mod password;
 pub mod rows;
 pub mod sessions;
 pub mod throttle;
 pub mod totp;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,9 +21,11 @@ use consult_proto::api::{
 use rand::rngs::OsRng;
 use rand::Rng;
 use serde_json::json;
+use uuid::Uuid;
 
 use crate::accounts::{self, Account};
 use crate::audit::{Action, Actor};
+use crate::client_origin::ClientOrigin;
 use crate::error::{ApiError, ApiJson};
 use crate::secrets::{hex_sha256, Token};
 use crate::state::AppState;
@@ -87,16 +90,29 @@ pub async fn enrol(
               (status = 429, body = ErrorBody, description = "too_many_attempts; see Retry-After")))]
 pub async fn login(
     State(state): State<AppState>,
-    UnlockedAddress(address): UnlockedAddress,
+    source: SignInSource,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let account = accounts::find_by_email(&state.pool, &req.email).await?;
-    if let Some(until) = account.as_ref().and_then(|a| a.locked_until)
+    let source = source.for_account(account.as_ref().map(|a| a.user.id));
+    source
+        .refuse_if_address_locked(&state, account.as_ref())
+        .await?;
+    // The attempt's channel: the doctor's known device is locked only by failures on it;
+    // anything else by the account's failures without one.
+    let (locked_until, reason) = match &source.device {
+        Some(device) => (device.locked_until, "device_locked"),
+        None => (
+            account.as_ref().and_then(|a| a.locked_until),
+            "account_locked",
+        ),
+    };
+    if let Some(until) = locked_until
         && until > now
     {
         state.metrics.failed_signins.inc();
-        audit_failure(&state, address, account.as_ref(), "account_locked").await?;
+        audit_failure(&state, source.origin.address, account.as_ref(), reason).await?;
         return Err(ApiError::TooManyAttempts {
             retry_after_secs: throttle::seconds_until(now, until),
         });
@@ -109,7 +125,7 @@ pub async fn login(
         account => {
             return Err(fail(
                 &state,
-                address,
+                &source,
                 account.as_ref(),
                 "wrong_password",
                 ApiError::InvalidCredentials,
@@ -129,7 +145,7 @@ pub async fn login(
         if !use_recovery_code(&state, &account, code).await? {
             return Err(fail(
                 &state,
-                address,
+                &source,
                 Some(&account),
                 "wrong_recovery_code",
                 ApiError::InvalidTotp,
@@ -143,7 +159,7 @@ pub async fn login(
                 if !spent {
                     return Err(fail(
                         &state,
-                        address,
+                        &source,
                         Some(&account),
                         "totp_replayed",
                         ApiError::TotpReplayed,
@@ -154,7 +170,7 @@ pub async fn login(
             Err(totp::TotpError::Replayed) => {
                 return Err(fail(
                     &state,
-                    address,
+                    &source,
                     Some(&account),
                     "totp_replayed",
                     ApiError::TotpReplayed,
@@ -164,7 +180,7 @@ pub async fn login(
             Err(_) => {
                 return Err(fail(
                     &state,
-                    address,
+                    &source,
                     Some(&account),
                     "wrong_totp",
                     ApiError::InvalidTotp,
@@ -175,34 +191,62 @@ pub async fn login(
     } else {
         return Err(ApiError::MfaRequired);
     }
-    rows::clear_failures(&state.pool, account.user.id).await?;
-    let (token, session) = start_session(&state, &account.user, address).await?;
+    if source.device.is_none() {
+        // The untrusted channel's count restarts only when it succeeds itself.
+        rows::clear_failures(&state.pool, account.user.id).await?;
+    }
+    let started = start_session(&state, &account.user, &source).await?;
+    let session = started.session.clone();
     Ok(signed_in(
         &state,
-        &token,
+        &source,
+        started,
         LoginResponse::SignedIn { session },
         StatusCode::OK,
     ))
 }
 
-/// Open a session for a user who passed every factor, and audit the sign-in with it.
+/// A session just opened, and the device token to hand out if this device is new.
+struct StartedSession {
+    token: Token,
+    session: Session,
+    new_device: Option<Token>,
+}
+
+/// Open a session for a user who passed every factor — with the device known from then on —
+/// and audit the sign-in with it.
 async fn start_session(
     state: &AppState,
     user: &User,
-    address: IpAddr,
-) -> Result<(Token, Session), ApiError> {
+    source: &SignInSource,
+) -> Result<StartedSession, ApiError> {
+    let now = state.clock.now();
     let mut tx = state.audit.begin().await?;
     let (token, session) = sessions::create(state, tx.connection(), user).await?;
+    let new_device = match &source.device {
+        Some(device) => {
+            devices::signed_in(tx.connection(), device.id, now).await?;
+            None
+        }
+        None => Some(devices::register(tx.connection(), user.id, now).await?),
+    };
     tx.record(
-        state.clock.now(),
+        now,
         &actor(user),
         Action::SignIn,
         None,
-        json!({ "address": address.to_string() }),
+        json!({
+            "address": source.origin.address.to_string(),
+            "device": if new_device.is_some() { "new" } else { "known" },
+        }),
     )
     .await?;
     tx.commit().await?;
-    Ok((token, session))
+    Ok(StartedSession {
+        token,
+        session,
+        new_device,
+    })
 }
 
 fn actor(user: &User) -> Actor {
@@ -211,47 +255,99 @@ fn actor(user: &User) -> Actor {
 
 fn signed_in<T: serde::Serialize>(
     state: &AppState,
-    token: &Token,
+    source: &SignInSource,
+    started: StartedSession,
     body: T,
     status: StatusCode,
 ) -> Response {
+    let https = source.origin.https;
     let mut response = (status, Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, sessions::session_cookie(state, token));
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        sessions::session_cookie(state, &started.token, https),
+    );
+    if let Some(cookie) = started
+        .new_device
+        .as_ref()
+        .and_then(|token| devices::cookie(token, https))
+    {
+        headers.append(header::SET_COOKIE, cookie);
+    }
     response
 }
 
-/// The client's address, for an endpoint that guesses could be tried against (a password, a
-/// TOTP code): refused with `429 too_many_attempts` while the address is locked out, the refusal
-/// counted in `consult_failed_signins_total` and audited. Sign-in and TOTP enrolment share it.
-/// It runs before the body is read: a locked address is refused whatever it sends.
-pub struct UnlockedAddress(pub IpAddr);
+/// Where an attempt at a guessable secret (a password, a TOTP code) comes from: the client's
+/// address as [`ClientOrigin`] finds it (through trusted proxies only), and the known device its
+/// cookie names, if any ([`devices`]). Sign-in and TOTP enrolment share it.
+///
+/// A locked-out address is refused with `429 too_many_attempts` before the body is read —
+/// counted in `consult_failed_signins_total` and audited — unless the request carries a known
+/// device; then the refusal waits for the account: a device signing in to its own account is not
+/// refused for its address (a clinic's shared address, say), one signing in to another is.
+pub struct SignInSource {
+    /// The client.
+    pub origin: ClientOrigin,
+    /// The known device, once [`SignInSource::for_account`] confirmed it belongs to the account
+    /// signed in to (before that: any known device).
+    pub device: Option<devices::Device>,
+    /// Seconds the address is still locked for, if it is.
+    address_locked_for: Option<u64>,
+}
 
-impl axum::extract::FromRequestParts<AppState> for UnlockedAddress {
+impl SignInSource {
+    /// Keep the device only if it belongs to `account`.
+    pub fn for_account(mut self, account: Option<Uuid>) -> Self {
+        let belongs = matches!((&self.device, account), (Some(d), Some(a)) if d.user_id == a);
+        if !belongs {
+            self.device = None;
+        }
+        self
+    }
+
+    /// Refuse (and count and audit) if the address is locked and no device of `account` vouches
+    /// for the attempt.
+    pub async fn refuse_if_address_locked(
+        &self,
+        state: &AppState,
+        account: Option<&Account>,
+    ) -> Result<(), ApiError> {
+        match self.address_locked_for {
+            Some(secs) if self.device.is_none() => {
+                state.metrics.failed_signins.inc();
+                audit_failure(state, self.origin.address, account, "address_locked").await?;
+                Err(ApiError::TooManyAttempts {
+                    retry_after_secs: secs,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl axum::extract::FromRequestParts<AppState> for SignInSource {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, ApiError> {
-        let ConnectInfo(peer) = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .copied()
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no client address")))?;
-        let address = peer.ip();
-        if let Some(secs) = state
-            .address_throttle
-            .locked_for(address, state.clock.now())
-        {
-            state.metrics.failed_signins.inc();
-            audit_failure(state, address, None, "address_locked").await?;
-            return Err(ApiError::TooManyAttempts {
-                retry_after_secs: secs,
-            });
+        let now = state.clock.now();
+        let origin = ClientOrigin::from_request_parts(parts, state).await?;
+        let device = match devices::token_from_cookie(&parts.headers) {
+            Some(token) => devices::find(&state.pool, &token, now).await?,
+            None => None,
+        };
+        let source = Self {
+            origin,
+            address_locked_for: state.address_throttle.locked_for(origin.address, now),
+            device,
+        };
+        if source.device.is_none() {
+            // Nothing can vouch for it: refused before the body is read.
+            source.refuse_if_address_locked(state, None).await?;
         }
-        Ok(Self(address))
+        Ok(source)
     }
 }
 
@@ -287,16 +383,17 @@ fn failure_entry(
     (actor, detail)
 }
 
-/// Count a failed attempt against the address and the account, lock either if it crossed its
-/// threshold, audit it, and return `error` (or the audit failure).
+/// Count a failed attempt — on the known device it came from, or else against the address and
+/// the account — lock whichever crossed its threshold, audit it, and return `error` (or the
+/// audit failure).
 async fn fail(
     state: &AppState,
-    address: IpAddr,
+    source: &SignInSource,
     account: Option<&Account>,
     reason: &str,
     error: ApiError,
 ) -> ApiError {
-    match record_failure(state, address, account, reason).await {
+    match record_failure(state, source, account, reason).await {
         Ok(()) => error,
         Err(e) => e,
     }
@@ -304,12 +401,40 @@ async fn fail(
 
 async fn record_failure(
     state: &AppState,
-    address: IpAddr,
+    source: &SignInSource,
     account: Option<&Account>,
     reason: &str,
 ) -> Result<(), ApiError> {
     let now = state.clock.now();
+    let address = source.origin.address;
     state.metrics.failed_signins.inc();
+    let login = &state.config.login;
+    if let Some(device) = &source.device {
+        // The device's own count: neither the account's nor the address's.
+        let mut tx = state.audit.begin().await?;
+        let (actor, detail) = failure_entry(address, account, reason);
+        tx.record(now, &actor, Action::SignInFailed, None, detail)
+            .await?;
+        let failures = devices::count_failure(tx.connection(), device.id).await?;
+        if let Some(lock) = throttle::lockout_after(
+            failures,
+            login.max_failures_per_account,
+            login.lockout_base,
+            login.lockout_max,
+        ) {
+            devices::lock(tx.connection(), device.id, now + lock).await?;
+            tx.record(
+                now,
+                &actor,
+                Action::SignInLocked,
+                None,
+                json!({ "scope": "device", "device": device.id, "seconds": lock.as_secs() }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        return Ok(());
+    }
     let address_lock = state.address_throttle.record_failure(address, now);
     // The failure, the account's count and lock, and their audit entries commit together.
     let mut tx = state.audit.begin().await?;
@@ -328,7 +453,6 @@ async fn record_failure(
     }
     if let Some(account) = account {
         let failures = rows::count_failure(tx.connection(), account.user.id).await?;
-        let login = &state.config.login;
         if let Some(lock) = throttle::lockout_after(
             failures,
             login.max_failures_per_account,
@@ -385,7 +509,7 @@ async fn start_mfa_enrolment(state: &AppState, account: &Account) -> Result<Resp
               (status = 429, body = ErrorBody)))]
 pub async fn mfa_enrol(
     State(state): State<AppState>,
-    UnlockedAddress(address): UnlockedAddress,
+    source: SignInSource,
     ApiJson(req): ApiJson<MfaEnrolRequest>,
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
@@ -397,6 +521,10 @@ pub async fn mfa_enrol(
     let account = accounts::find_by_id(&state.pool, enrolment.user_id)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
+    let source = source.for_account(Some(account.user.id));
+    source
+        .refuse_if_address_locked(&state, Some(&account))
+        .await?;
     let sealed = enrolment.sealed_secret;
     let secret = state
         .sealing_key
@@ -407,7 +535,7 @@ pub async fn mfa_enrol(
         Err(_) => {
             return Err(fail(
                 &state,
-                address,
+                &source,
                 Some(&account),
                 "wrong_totp_at_enrolment",
                 ApiError::InvalidTotp,
@@ -434,10 +562,12 @@ pub async fn mfa_enrol(
     )
     .await?;
     tx.commit().await?;
-    let (session_token, session) = start_session(&state, &account.user, address).await?;
+    let started = start_session(&state, &account.user, &source).await?;
+    let session = started.session.clone();
     Ok(signed_in(
         &state,
-        &session_token,
+        &source,
+        started,
         MfaEnrolResponse {
             session,
             recovery_codes: codes,
@@ -510,6 +640,7 @@ pub async fn current_session(current: CurrentUser) -> Json<Session> {
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "csrf_rejected")))]
 pub async fn logout(
     State(state): State<AppState>,
+    origin: ClientOrigin,
     current: CurrentUser,
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
@@ -521,7 +652,7 @@ pub async fn logout(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, sessions::clearing_cookie(&state));
+        .insert(header::SET_COOKIE, sessions::clearing_cookie(origin.https));
     Ok(response)
 }
 

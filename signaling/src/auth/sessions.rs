@@ -99,20 +99,21 @@ pub async fn authenticate(state: &AppState, token: &Token) -> Result<CurrentUser
     })
 }
 
-/// The `Set-Cookie` value carrying a new session.
-pub fn session_cookie(state: &AppState, token: &Token) -> HeaderValue {
-    let secure = if state.config.tls { "; Secure" } else { "" };
+/// The `Set-Cookie` value carrying a new session; `https`: the client's connection is HTTPS (to
+/// us or to a trusted proxy), so the cookie is `Secure`.
+pub fn session_cookie(state: &AppState, token: &Token, https: bool) -> HeaderValue {
+    let secure = if https { "; Secure" } else { "" };
     let max_age = state.config.session.absolute_timeout.as_secs();
     HeaderValue::from_str(&format!(
         "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
         token.expose()
     ))
-    .unwrap_or_else(|_| clearing_cookie(state))
+    .unwrap_or_else(|_| clearing_cookie(https))
 }
 
 /// The `Set-Cookie` value that removes the session cookie.
-pub fn clearing_cookie(state: &AppState) -> HeaderValue {
-    let secure = if state.config.tls { "; Secure" } else { "" };
+pub fn clearing_cookie(https: bool) -> HeaderValue {
+    let secure = if https { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"
     ))

@@ -8,3 +8,4 @@ mod common;
 mod dependencies;
 mod recording;
 mod signaling;
+mod throttling;
