@@ -28,10 +28,12 @@ pub struct Account {
     pub failed_logins: u32,
     /// Locked until then, after too many failures.
     pub locked_until: Option<OffsetDateTime>,
+    /// When an administrator disabled it, if one did.
+    pub disabled_at: Option<OffsetDateTime>,
 }
 
 const ACCOUNT_COLUMNS: &str = "id, email, display_name, role, password_hash, totp_secret, \
-     totp_last_step, failed_logins, locked_until";
+     totp_last_step, failed_logins, locked_until, disabled_at";
 
 fn account_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<Account> {
     let id: String = row.get(0);
@@ -48,6 +50,7 @@ fn account_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<Account> {
         totp_last_step: row.get::<Option<i64>, _>(6).map(|s| s as u64),
         failed_logins: row.get::<i64, _>(7) as u32,
         locked_until: row.get::<Option<i64>, _>(8).map(from_unix),
+        disabled_at: row.get::<Option<i64>, _>(9).map(from_unix),
     })
 }
 
@@ -79,6 +82,30 @@ pub async fn find_by_id(pool: &SqlitePool, id: Uuid) -> anyhow::Result<Option<Ac
         .fetch_optional(pool)
         .await?;
     row.map(account_from_row).transpose()
+}
+
+/// Every account, by email.
+pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<Account>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM users ORDER BY email"
+    ))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(account_from_row).collect()
+}
+
+/// Disable an account (it stays disabled if it was); whether it exists.
+pub async fn disable(
+    db: &mut sqlx::SqliteConnection,
+    user_id: Uuid,
+    now: OffsetDateTime,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query("UPDATE users SET disabled_at = COALESCE(disabled_at, ?) WHERE id = ?")
+        .bind(crate::db::to_unix(now))
+        .bind(user_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Why an account could not be created.

@@ -15,7 +15,7 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{auth, consultations, ice, invites, recording, signal, web};
+use crate::{admin, auth, consultations, ice, invites, recording, signal, web};
 
 /// Largest request body the API reads.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -29,6 +29,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
         The signaling WebSocket is at `/api/v1/signal`; its messages are the `ClientMessage` and `ServerMessage` schemas."),
     paths(
         auth::enrol, auth::login, auth::mfa_enrol, auth::current_session, auth::logout,
+        auth::activity, auth::change_password, admin::list, admin::disable,
         consultations::create, consultations::list, consultations::get, consultations::end,
         consultations::reissue_invite, consultations::revoke_invite, consultations::waiting_room,
         consultations::admit, consultations::decline,
@@ -43,7 +44,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
         consult_proto::signal::SignalErrorCode,
     )),
     tags((name = "auth"), (name = "consultations"), (name = "patients"), (name = "media"),
-         (name = "recordings")),
+         (name = "recordings"), (name = "admin")),
 )]
 pub struct ApiDoc;
 
@@ -100,6 +101,10 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/mfa/enrol", post(auth::mfa_enrol))
         .route("/auth/session", get(auth::current_session))
         .route("/auth/logout", post(auth::logout))
+        .route("/auth/activity", post(auth::activity))
+        .route("/auth/password", post(auth::change_password))
+        .route("/admin/accounts", get(admin::list))
+        .route("/admin/accounts/{id}/disable", post(admin::disable))
         .route(
             "/consultations",
             post(consultations::create).get(consultations::list),

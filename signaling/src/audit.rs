@@ -78,6 +78,10 @@ pub enum Action {
     RecoveryCodeUsed,
     /// Sign-out.
     SignOut,
+    /// A password was changed (every other session of the account ended).
+    PasswordChanged,
+    /// An administrator disabled an account (every session of it ended).
+    AccountDisabled,
     /// A consultation was created.
     ConsultationCreated,
     /// A consultation was ended.

@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trusted devices",
         include_str!("../migrations/0005_trusted_devices.sql"),
     ),
+    (
+        6,
+        "disabled accounts",
+        include_str!("../migrations/0006_disabled_accounts.sql"),
+    ),
 ];
 
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod accounts;
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;

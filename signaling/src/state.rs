@@ -6,6 +6,7 @@ use std::sync::Arc;
 use sqlx::SqlitePool;
 
 use crate::audit::AuditLog;
+use crate::auth::revocations::Revocations;
 use crate::auth::throttle::AddressThrottle;
 use crate::client_origin::TrustedProxies;
 use crate::clock::Clock;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub address_throttle: AddressThrottle,
     /// The reverse proxies whose forwarding headers are believed.
     pub trusted_proxies: TrustedProxies,
+    /// Ended sessions, for the WebSockets that hold them.
+    pub revocations: Revocations,
     /// Base URL for links, without a trailing slash.
     pub public_url: String,
     /// Seals TOTP seeds at rest (the key lives outside the database).
@@ -62,6 +65,7 @@ impl AppState {
             address_throttle: AddressThrottle::new(config.login.clone()),
             // Checked when the configuration was validated.
             trusted_proxies: TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default(),
+            revocations: Revocations::default(),
             metrics,
             config,
             pool,

@@ -69,6 +69,20 @@ export const PROTOCOL_VERSION = 1;
  */
 
 /**
+ * `POST /api/v1/auth/password`: the account's other sessions end.
+ * @typedef {object} ChangePasswordRequest
+ * @property {string} current_password
+ * @property {string} new_password At least 12 characters.
+ */
+
+/**
+ * An account as an administrator sees it (`GET /api/v1/admin/accounts`).
+ * @typedef {object} AccountSummary
+ * @property {User} user
+ * @property {string | null} [disabled_at]
+ */
+
+/**
  * @typedef {object} MfaEnrolment
  * @property {string} mfa_token
  * @property {string} totp_secret Base32.

@@ -3,9 +3,10 @@
 use std::time::{Duration, Instant};
 
 use consult_proto::api::{
-    Consultation, CreateConsultationRequest, EnrolRequest, EnrolResponse, ErrorBody, IceServers,
-    InspectInviteRequest, InviteInfo, LoginRequest, LoginResponse, MfaEnrolRequest,
-    MfaEnrolResponse, RecordingKeyBody, RedeemInviteRequest, RedeemInviteResponse, WaitingPatient,
+    AccountSummary, ChangePasswordRequest, Consultation, CreateConsultationRequest, EnrolRequest,
+    EnrolResponse, ErrorBody, IceServers, InspectInviteRequest, InviteInfo, LoginRequest,
+    LoginResponse, MfaEnrolRequest, MfaEnrolResponse, RecordingKeyBody, RedeemInviteRequest,
+    RedeemInviteResponse, Session, WaitingPatient,
 };
 use consult_proto::signal::ClientMessage;
 use reqwest::{Method, RequestBuilder, Response};
@@ -221,6 +222,45 @@ impl ApiClient {
             .request(Method::POST, path, Some(token))
             .timeout(Duration::from_secs(5));
         self.no_content(path, request).await
+    }
+
+    /// `GET /api/v1/auth/session`: the session as it stands (reading it does not extend it).
+    pub async fn session(&self, token: &str) -> Result<Session, ApiError> {
+        let path = "/api/v1/auth/session";
+        self.json(path, self.request(Method::GET, path, Some(token)))
+            .await
+    }
+
+    /// `POST /api/v1/auth/activity`: the person is active; the session's idle deadline moves.
+    pub async fn activity(&self, token: &str) -> Result<Session, ApiError> {
+        let path = "/api/v1/auth/activity";
+        self.json(path, self.request(Method::POST, path, Some(token)))
+            .await
+    }
+
+    /// `POST /api/v1/auth/password`: change the password; the account's other sessions end.
+    pub async fn change_password(
+        &self,
+        token: &str,
+        change: &ChangePasswordRequest,
+    ) -> Result<(), ApiError> {
+        let path = "/api/v1/auth/password";
+        let request = self.request(Method::POST, path, Some(token)).json(change);
+        self.no_content(path, request).await
+    }
+
+    /// `GET /api/v1/admin/accounts` (administrators).
+    pub async fn accounts(&self, token: &str) -> Result<Vec<AccountSummary>, ApiError> {
+        let path = "/api/v1/admin/accounts";
+        self.json(path, self.request(Method::GET, path, Some(token)))
+            .await
+    }
+
+    /// `POST /api/v1/admin/accounts/{id}/disable` (administrators): the account's sessions end.
+    pub async fn disable_account(&self, token: &str, account: Uuid) -> Result<(), ApiError> {
+        let path = format!("/api/v1/admin/accounts/{account}/disable");
+        self.no_content(&path, self.request(Method::POST, &path, Some(token)))
+            .await
     }
 
     /// `GET /api/v1/account/recording-key`: the clinician's recording public key, if any.

@@ -131,6 +131,26 @@ pub enum LoginResponse {
     },
 }
 
+/// `POST /api/v1/auth/password`: change the signed-in account's password. Every other session of
+/// the account ends (and its WebSockets close); this one stays.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    /// The password in use now.
+    pub current_password: String,
+    /// The new one (at least 12 characters).
+    pub new_password: String,
+}
+
+/// An account as an administrator sees it (`GET /api/v1/admin/accounts`).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountSummary {
+    /// The account.
+    pub user: User,
+    /// When it was disabled, if it was.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub disabled_at: Option<OffsetDateTime>,
+}
+
 /// A session, as returned at sign-in (with its bearer token) or by `GET /api/v1/auth/session`.
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct Session {
@@ -142,7 +162,9 @@ pub struct Session {
     pub token: Option<String>,
     /// Send as `X-CSRF-Token` with every state-changing request authenticated by the cookie.
     pub csrf_token: String,
-    /// The session ends if unused until then; every request moves it forward.
+    /// The session ends if the person does nothing until then. What the person does moves it
+    /// forward — a state-changing request, `POST /api/v1/auth/activity`, or being in a call —
+    /// while background reads (polling, heartbeats) never do.
     #[serde(with = "time::serde::rfc3339")]
     pub idle_expires_at: OffsetDateTime,
     /// The session ends then, however active.

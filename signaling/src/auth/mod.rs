@@ -2,6 +2,7 @@
 
 pub mod devices;
 pub mod password;
+pub mod revocations;
 pub mod rows;
 pub mod sessions;
 pub mod throttle;
@@ -15,8 +16,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use consult_proto::api::{
-    EnrolRequest, EnrolResponse, ErrorBody, LoginRequest, LoginResponse, MfaEnrolRequest,
-    MfaEnrolResponse, MfaEnrolment, Session, User,
+    ChangePasswordRequest, EnrolRequest, EnrolResponse, ErrorBody, LoginRequest, LoginResponse,
+    MfaEnrolRequest, MfaEnrolResponse, MfaEnrolment, Session, User,
 };
 use rand::rngs::OsRng;
 use rand::Rng;
@@ -29,12 +30,15 @@ use crate::client_origin::ClientOrigin;
 use crate::error::{ApiError, ApiJson};
 use crate::secrets::{hex_sha256, Token};
 use crate::state::AppState;
+use revocations::Revoked;
 use sessions::{unix_now, CurrentUser};
 
 /// How long the password-checked token for second-factor enrolment lives.
 const MFA_ENROLMENT_TTL: Duration = Duration::from_secs(10 * 60);
 /// Recovery codes issued at enrolment.
 const RECOVERY_CODES: usize = 10;
+/// What a disabled account's owner is told (only once the password was right).
+const ACCOUNT_DISABLED: &str = "this account is disabled; ask your administrator";
 
 /// `POST /api/v1/auth/enrol`: set a new account's password from its enrolment link.
 #[utoipa::path(post, path = "/api/v1/auth/enrol", tag = "auth", request_body = EnrolRequest,
@@ -134,6 +138,10 @@ pub async fn login(
         }
     };
 
+    // Said only to someone who knows the password.
+    if account.disabled_at.is_some() {
+        return Err(ApiError::Denied(ACCOUNT_DISABLED.into()));
+    }
     let Some(sealed) = account.totp_secret.as_deref() else {
         return start_mfa_enrolment(&state, &account).await;
     };
@@ -525,6 +533,9 @@ pub async fn mfa_enrol(
     source
         .refuse_if_address_locked(&state, Some(&account))
         .await?;
+    if account.disabled_at.is_some() {
+        return Err(ApiError::Denied(ACCOUNT_DISABLED.into()));
+    }
     let sealed = enrolment.sealed_secret;
     let secret = state
         .sealing_key
@@ -635,6 +646,91 @@ pub async fn current_session(current: CurrentUser) -> Json<Session> {
     Json(current.session)
 }
 
+/// `POST /api/v1/auth/activity`: the person did something in the page (typed, clicked, moved the
+/// pointer) without a request that changes anything: the session's idle deadline moves forward.
+/// Polls and heartbeats never do, so an unattended page reaches the idle timeout.
+#[utoipa::path(post, path = "/api/v1/auth/activity", tag = "auth",
+    responses((status = 200, body = Session, description = "the session with its new idle deadline"),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "csrf_rejected")))]
+pub async fn activity(current: CurrentUser) -> Json<Session> {
+    // The extractor did the work: a POST is the person's activity.
+    Json(current.session)
+}
+
+/// `POST /api/v1/auth/password`: change the password. The current one is checked (a wrong one
+/// counts as a failed sign-in); every other session of the account ends, and its WebSockets
+/// close at once.
+#[utoipa::path(post, path = "/api/v1/auth/password", tag = "auth", request_body = ChangePasswordRequest,
+    responses((status = 204), (status = 400, body = ErrorBody, description = "weak_password"),
+              (status = 401, body = ErrorBody, description = "invalid_credentials: the current password is wrong"),
+              (status = 403, body = ErrorBody, description = "csrf_rejected"),
+              (status = 429, body = ErrorBody, description = "too_many_attempts")))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    source: SignInSource,
+    current: CurrentUser,
+    ApiJson(req): ApiJson<ChangePasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    password::check_policy(&req.new_password)
+        .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))?;
+    let now = state.clock.now();
+    let account = accounts::find_by_id(&state.pool, current.user.id)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let source = source.for_account(Some(account.user.id));
+    source
+        .refuse_if_address_locked(&state, Some(&account))
+        .await?;
+    let locked_until = match &source.device {
+        Some(device) => device.locked_until,
+        None => account.locked_until,
+    };
+    if let Some(until) = locked_until
+        && until > now
+    {
+        return Err(ApiError::TooManyAttempts {
+            retry_after_secs: throttle::seconds_until(now, until),
+        });
+    }
+    let stored = account.password_hash.clone();
+    if !password::verify_off_thread(req.current_password.clone(), stored).await {
+        return Err(fail(
+            &state,
+            &source,
+            Some(&account),
+            "wrong_current_password",
+            ApiError::InvalidCredentials,
+        )
+        .await);
+    }
+    let hash = password::hash_off_thread(req.new_password.clone())
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut tx = state.audit.begin().await?;
+    rows::change_password(tx.connection(), account.user.id, &hash).await?;
+    let ended = rows::revoke_user_sessions(
+        tx.connection(),
+        account.user.id,
+        Some(current.session_id),
+        now,
+    )
+    .await?;
+    tx.record(
+        now,
+        &actor(&account.user),
+        Action::PasswordChanged,
+        None,
+        json!({ "sessions_ended": ended }),
+    )
+    .await?;
+    tx.commit().await?;
+    state.revocations.announce(Revoked::User {
+        user_id: account.user.id,
+        except: Some(current.session_id),
+    });
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `POST /api/v1/auth/logout`: revoke the session and clear the cookie.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "csrf_rejected")))]
@@ -649,6 +745,9 @@ pub async fn logout(
     tx.record(now, &actor(&current.user), Action::SignOut, None, json!({}))
         .await?;
     tx.commit().await?;
+    state
+        .revocations
+        .announce(Revoked::Session(current.session_id));
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()

@@ -350,6 +350,38 @@ pub async fn touch_session(
 }
 
 /// End a session (no effect on one already ended).
+pub async fn revoke_user_sessions(
+    db: &mut SqliteConnection,
+    user_id: Uuid,
+    except: Option<Uuid>,
+    now: OffsetDateTime,
+) -> anyhow::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
+    )
+    .bind(to_unix(now))
+    .bind(user_id.to_string())
+    .bind(except.map(|id| id.to_string()))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Replace an enrolled account's password (its second factor stays).
+pub async fn change_password(
+    db: &mut SqliteConnection,
+    user_id: Uuid,
+    password_hash: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+        .bind(password_hash)
+        .bind(user_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Revoke one session.
 pub async fn revoke_session(
     db: &mut SqliteConnection,
     session_id: Uuid,

@@ -1,7 +1,11 @@
 //! Sign-in sessions: an opaque random token, kept by the browser in an HttpOnly, SameSite=Strict
 //! cookie (Secure under TLS) or sent by other clients as `Authorization: Bearer`. The database
 //! holds only the token's hash. A session ends when idle too long, at its absolute timeout, or at
-//! sign-out.
+//! sign-out (or when its account's password changes or the account is disabled).
+//!
+//! Idle means no action by the person: only [`Activity::Person`] moves `last_seen_at` — a request
+//! that changes something, `POST /api/v1/auth/activity` (the page reports input), or a heartbeat
+//! during a call. Reads, polls and other heartbeats look the session up without extending it.
 //!
 //! CSRF: a request authenticated by the cookie that changes state must carry `X-CSRF-Token`, a
 //! value derived from the session token that only a page of ours can learn (it is in the sign-in
@@ -69,8 +73,21 @@ pub async fn create(
     Ok((token, session))
 }
 
-/// Look up a live session by its token, moving its idle deadline forward.
-pub async fn authenticate(state: &AppState, token: &Token) -> Result<CurrentUser, ApiError> {
+/// Whether a use of the session is the person's doing (and so moves its idle deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// The person did something: a change, an input the page reported, a call going on.
+    Person,
+    /// A poll, a heartbeat outside a call, a read: the session is checked, not extended.
+    Background,
+}
+
+/// Look up a live session by its token; [`Activity::Person`] moves its idle deadline forward.
+pub async fn authenticate(
+    state: &AppState,
+    token: &Token,
+    activity: Activity,
+) -> Result<CurrentUser, ApiError> {
     let now = state.clock.now();
     let row = rows::session(&state.pool, &token.hash().0)
         .await?
@@ -80,11 +97,16 @@ pub async fn authenticate(state: &AppState, token: &Token) -> Result<CurrentUser
     if row.revoked || now >= absolute || now >= idle_deadline {
         return Err(ApiError::Unauthenticated);
     }
-    if to_unix(now) - to_unix(row.last_seen_at) >= LAST_SEEN_GRANULARITY_SECS {
+    let mut last_seen = row.last_seen_at;
+    if activity == Activity::Person
+        && to_unix(now) - to_unix(row.last_seen_at) >= LAST_SEEN_GRANULARITY_SECS
+    {
         rows::touch_session(&state.pool, row.id, now).await?;
+        last_seen = now;
     }
     let account = accounts::find_by_id(&state.pool, row.user_id)
         .await?
+        .filter(|a| a.disabled_at.is_none())
         .ok_or(ApiError::Unauthenticated)?;
     Ok(CurrentUser {
         session_id: row.id,
@@ -92,7 +114,7 @@ pub async fn authenticate(state: &AppState, token: &Token) -> Result<CurrentUser
             user: account.user.clone(),
             token: None,
             csrf_token: csrf_token(token),
-            idle_expires_at: (now + state.config.session.idle_timeout).min(absolute),
+            idle_expires_at: (last_seen + state.config.session.idle_timeout).min(absolute),
             absolute_expires_at: absolute,
         },
         user: account.user,
@@ -146,12 +168,18 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        // A change is the person's doing; a read (a poll, a refresh) is not.
+        let activity = if safe {
+            Activity::Background
+        } else {
+            Activity::Person
+        };
         if let Some(token) = token_from_bearer(&parts.headers) {
-            return authenticate(state, &token).await;
+            return authenticate(state, &token, activity).await;
         }
         let token = token_from_cookie(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        let current = authenticate(state, &token).await?;
-        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let current = authenticate(state, &token, activity).await?;
         if !safe {
             let sent = parts
                 .headers

@@ -86,11 +86,15 @@ pub async fn export(
     let (actor, who) = match session_token {
         None => (OPERATOR, Relation::Operator),
         Some(token) => {
-            let user = sessions::authenticate(state, &Token::from_client(token.trim()))
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!("the session token is not valid (expired or signed out?)")
-                })?;
+            let user = sessions::authenticate(
+                state,
+                &Token::from_client(token.trim()),
+                sessions::Activity::Background,
+            )
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("the session token is not valid (expired or signed out?)")
+            })?;
             let consultation = consultations::find(&state.pool, row.consultation_id)
                 .await?
                 .context("the recording's consultation is missing")?;

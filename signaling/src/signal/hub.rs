@@ -698,6 +698,18 @@ impl Hub {
         })
     }
 
+    /// Whether a call is going on in the consultation: a patient is admitted (connected, or away
+    /// within the grace period). A doctor's heartbeats count as activity then.
+    pub fn in_call(&self, consultation_id: Uuid) -> bool {
+        self.with_rooms(|rooms| {
+            rooms.get(&consultation_id).is_some_and(|room| {
+                room.members
+                    .values()
+                    .any(|m| m.admitted && m.role == ParticipantRole::Patient)
+            })
+        })
+    }
+
     /// Whether the participant is admitted.
     pub fn is_admitted(&self, consultation_id: Uuid, participant_id: Uuid) -> bool {
         self.with_rooms(|rooms| {

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::audit::{Action, Actor};
+use crate::auth::revocations::Revoked;
 use crate::auth::sessions;
 use crate::consultations;
 use crate::error::ApiError;
@@ -93,9 +94,17 @@ struct Place {
     consultation_id: Uuid,
     participant_id: Uuid,
     role: ParticipantRole,
-    /// The doctor's account and session token, re-checked on every heartbeat so that signing out
-    /// (or the session timing out) also ends the signaling connection.
-    doctor: Option<(Uuid, Token)>,
+    /// The doctor's account and session: re-checked on every heartbeat (extended by it only
+    /// during a call), and watched for revocation, so that signing out, a password change, a
+    /// disabled account or an idle timeout also ends the signaling connection.
+    doctor: Option<DoctorSession>,
+}
+
+/// A doctor's session behind a signaling connection.
+struct DoctorSession {
+    user_id: Uuid,
+    session_id: Uuid,
+    token: Token,
 }
 
 /// Whether to keep reading.
@@ -176,6 +185,8 @@ async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>) {
     };
     let opened = Instant::now();
     let mut last_heard = Instant::now();
+    let mut revocations = state.revocations.subscribe();
+    let mut listening = true;
     let mut tick =
         tokio::time::interval((signaling.heartbeat_interval / 2).max(Duration::from_millis(50)));
     loop {
@@ -200,6 +211,14 @@ async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>) {
                     break;
                 }
             },
+            revoked = revocations.recv(), if listening => {
+                if matches!(revoked, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    listening = false;
+                } else if connected.session_ended(revoked).await {
+                    connected.reject(SignalErrorCode::Unauthorized, "your session ended; sign in again", true);
+                    break;
+                }
+            }
             _ = tick.tick() => {
                 if connected.place.is_none() && opened.elapsed() > signaling.heartbeat_timeout {
                     connected.reject(SignalErrorCode::NotJoined, "no join within the heartbeat timeout", true);
@@ -247,6 +266,26 @@ fn schedule_expiry(state: AppState, consultation_id: Uuid, participant_id: Uuid,
 }
 
 impl Connected {
+    /// Whether a revocation (or, having missed some, a fresh look at the session) ends this
+    /// connection's doctor session.
+    async fn session_ended(
+        &self,
+        revoked: Result<Revoked, tokio::sync::broadcast::error::RecvError>,
+    ) -> bool {
+        let Some(doctor) = self.place.as_ref().and_then(|p| p.doctor.as_ref()) else {
+            return false;
+        };
+        match revoked {
+            Ok(revoked) => revoked.ends(doctor.user_id, doctor.session_id),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                sessions::authenticate(&self.state, &doctor.token, sessions::Activity::Background)
+                    .await
+                    .is_err()
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
+        }
+    }
+
     fn reject(&self, code: SignalErrorCode, message: &str, fatal: bool) {
         self.state
             .metrics
@@ -343,16 +382,17 @@ impl Connected {
                 .map(|t| Token::from_client(&t))
                 .or_else(|| self.cookie.clone())
                 .ok_or_else(|| fatal(SignalErrorCode::Unauthorized, "sign in first"))?;
-            let current = match sessions::authenticate(&state, &token).await {
-                Ok(current) => current,
-                Err(ApiError::Unauthenticated) => {
-                    return Err(fatal(
-                        SignalErrorCode::Unauthorized,
-                        "your session is invalid or expired; sign in again",
-                    ))
-                }
-                Err(e) => return Err(internal(e)),
-            };
+            let current =
+                match sessions::authenticate(&state, &token, sessions::Activity::Person).await {
+                    Ok(current) => current,
+                    Err(ApiError::Unauthenticated) => {
+                        return Err(fatal(
+                            SignalErrorCode::Unauthorized,
+                            "your session is invalid or expired; sign in again",
+                        ))
+                    }
+                    Err(e) => return Err(internal(e)),
+                };
             if current.user.role != Role::Doctor {
                 return Err(fatal(
                     SignalErrorCode::Forbidden,
@@ -383,7 +423,11 @@ impl Connected {
                 consultation_id,
                 participant_id,
                 role: ParticipantRole::Doctor,
-                doctor: Some((current.user.id, token)),
+                doctor: Some(DoctorSession {
+                    user_id: current.user.id,
+                    session_id: current.session_id,
+                    token,
+                }),
             }
         } else {
             let token = token.ok_or_else(|| {
@@ -432,7 +476,7 @@ impl Connected {
         };
         state.metrics.joins.with_label_values(&[role]).inc();
         let actor = match &place.doctor {
-            Some((user_id, _)) => Actor::User(*user_id),
+            Some(doctor) => Actor::User(doctor.user_id),
             None => Actor::Participant(place.participant_id),
         };
         state
@@ -472,14 +516,14 @@ impl Connected {
                 ))
             }
             ClientMessage::Admit { participant_id } => {
-                let doctor = place.doctor.as_ref().map(|(id, _)| *id).unwrap_or_default();
+                let doctor = place.doctor.as_ref().map(|d| d.user_id).unwrap_or_default();
                 consultations::admit_patient(state, doctor, place.consultation_id, participant_id)
                     .await
                     .map_err(|e| refuse(e.code(), &e.to_string()))?;
                 Ok(Flow::Continue)
             }
             ClientMessage::Decline { participant_id } => {
-                let doctor = place.doctor.as_ref().map(|(id, _)| *id).unwrap_or_default();
+                let doctor = place.doctor.as_ref().map(|d| d.user_id).unwrap_or_default();
                 consultations::decline_patient(
                     state,
                     doctor,
@@ -513,8 +557,16 @@ impl Connected {
                 Ok(Flow::Continue)
             }
             ClientMessage::Ping {} => {
-                if let Some((_, token)) = &place.doctor
-                    && sessions::authenticate(state, token).await.is_err()
+                // A heartbeat is no action of the person's, unless a call is going on.
+                let activity = if state.hub.in_call(place.consultation_id) {
+                    sessions::Activity::Person
+                } else {
+                    sessions::Activity::Background
+                };
+                if let Some(doctor) = &place.doctor
+                    && sessions::authenticate(state, &doctor.token, activity)
+                        .await
+                        .is_err()
                 {
                     return Err((
                         SignalErrorCode::Unauthorized,

@@ -7,5 +7,6 @@ mod cli;
 mod common;
 mod dependencies;
 mod recording;
+mod sessions;
 mod signaling;
 mod throttling;

@@ -101,7 +101,12 @@ impl TestService {
 
     /// A doctor enrolled through the API: password, TOTP enrolment, recovery codes, session.
     pub async fn doctor(&self, email: &str) -> Doctor {
-        let token = self.create_account(email, Role::Doctor).await;
+        self.enrolled(email, Role::Doctor).await
+    }
+
+    /// An account of `role` enrolled through the API, signed in on its own device.
+    pub async fn enrolled(&self, email: &str, role: Role) -> Doctor {
+        let token = self.create_account(email, role).await;
         let client = http_client();
         let password = "a long enough password".to_owned();
         self.api
