@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -30,6 +30,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
     paths(
         auth::enrol, auth::login, auth::mfa_enrol, auth::current_session, auth::logout,
         auth::activity, auth::change_password, admin::list, admin::disable,
+        auth::passkeys::start_sign_in, auth::passkeys::finish_sign_in, auth::passkeys::list,
+        auth::passkeys::start_registration, auth::passkeys::finish_registration,
+        auth::passkeys::rename, auth::passkeys::remove,
         consultations::create, consultations::list, consultations::get, consultations::end,
         consultations::reissue_invite, consultations::revoke_invite, consultations::waiting_room,
         consultations::admit, consultations::decline,
@@ -43,7 +46,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
         consult_proto::signal::ServerMessage,
         consult_proto::signal::SignalErrorCode,
     )),
-    tags((name = "auth"), (name = "consultations"), (name = "patients"), (name = "media"),
+    tags((name = "auth"), (name = "account"), (name = "consultations"), (name = "patients"), (name = "media"),
          (name = "recordings"), (name = "admin")),
 )]
 pub struct ApiDoc;
@@ -103,6 +106,20 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/logout", post(auth::logout))
         .route("/auth/activity", post(auth::activity))
         .route("/auth/password", post(auth::change_password))
+        .route("/auth/passkey/start", post(auth::passkeys::start_sign_in))
+        .route("/auth/passkey/finish", post(auth::passkeys::finish_sign_in))
+        .route(
+            "/account/passkeys",
+            get(auth::passkeys::list).post(auth::passkeys::finish_registration),
+        )
+        .route(
+            "/account/passkeys/registration",
+            post(auth::passkeys::start_registration),
+        )
+        .route(
+            "/account/passkeys/{id}",
+            patch(auth::passkeys::rename).delete(auth::passkeys::remove),
+        )
         .route("/admin/accounts", get(admin::list))
         .route("/admin/accounts/{id}/disable", post(admin::disable))
         .route(

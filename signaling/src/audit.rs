@@ -80,6 +80,12 @@ pub enum Action {
     SignOut,
     /// A password was changed (every other session of the account ended).
     PasswordChanged,
+    /// A passkey was registered.
+    PasskeyRegistered,
+    /// A passkey was renamed.
+    PasskeyRenamed,
+    /// A passkey was removed (every other session of the account ended).
+    PasskeyRemoved,
     /// An administrator disabled an account (every session of it ended).
     AccountDisabled,
     /// A consultation was created.

@@ -119,6 +119,10 @@ pub struct PolicyConfig {
     pub recording_allowed: bool,
     /// Recordings are shredded this many days after they end.
     pub retention_days: u32,
+    /// Clinicians sign in with a passkey: a password with an authenticator-app code is accepted
+    /// only until the account has a passkey (or with a recovery code), and such a session may
+    /// do nothing but register one.
+    pub require_passkey: bool,
 }
 
 impl Default for PolicyConfig {
@@ -127,6 +131,7 @@ impl Default for PolicyConfig {
             e2ee_required: false,
             recording_allowed: true,
             retention_days: 30,
+            require_passkey: false,
         }
     }
 }

@@ -62,6 +62,20 @@ pub enum ApiError {
         /// For people.
         message: String,
     },
+    /// The passkey's answer was refused; the code says why.
+    #[error("{message}")]
+    PasskeyRejected {
+        /// Stable code.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// The organisation requires a passkey and this account has one: sign in with it.
+    #[error("your organisation requires a passkey: sign in with it (or with a recovery code if you lost it)")]
+    PasskeyRequired,
+    /// The organisation requires a passkey: this session may only register one.
+    #[error("your organisation requires a passkey: register one to continue")]
+    PasskeySetupRequired,
     /// Throttled; try again after the given seconds.
     #[error("too many attempts; try again in {retry_after_secs} s")]
     TooManyAttempts {
@@ -109,8 +123,13 @@ impl ApiError {
             | Self::InvalidCredentials
             | Self::MfaRequired
             | Self::InvalidTotp
-            | Self::TotpReplayed => StatusCode::UNAUTHORIZED,
-            Self::CsrfRejected | Self::Forbidden | Self::Denied(_) => StatusCode::FORBIDDEN,
+            | Self::TotpReplayed
+            | Self::PasskeyRejected { .. } => StatusCode::UNAUTHORIZED,
+            Self::CsrfRejected
+            | Self::Forbidden
+            | Self::Denied(_)
+            | Self::PasskeyRequired
+            | Self::PasskeySetupRequired => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Gone { .. } => StatusCode::GONE,
@@ -125,7 +144,10 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. }
             | Self::Conflict { code, .. }
-            | Self::Gone { code, .. } => code,
+            | Self::Gone { code, .. }
+            | Self::PasskeyRejected { code, .. } => code,
+            Self::PasskeySetupRequired => "passkey_setup_required",
+            Self::PasskeyRequired => "passkey_required",
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidCredentials => "invalid_credentials",
             Self::MfaRequired => "mfa_required",

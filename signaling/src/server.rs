@@ -206,7 +206,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
         .context("loading the sealing key")?;
     let recordings = open_recordings(&config, &pool, &clock, addr).await?;
     let retention_sweep = config.recording.retention_sweep_interval;
-    let state = AppState::new(config, pool, clock, url.clone(), sealing_key, recordings);
+    let state = AppState::new(config, pool, clock, url.clone(), sealing_key, recordings)
+        .context("public_url")?;
     crate::recording::spawn_retention_job(state.clone(), retention_sweep);
     let service = app::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = Handle::new();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use sqlx::SqlitePool;
 
 use crate::audit::AuditLog;
+use crate::auth::passkeys::RelyingParty;
 use crate::auth::revocations::Revocations;
 use crate::auth::throttle::AddressThrottle;
 use crate::client_origin::TrustedProxies;
@@ -42,14 +43,17 @@ pub struct Shared {
     pub revocations: Revocations,
     /// Base URL for links, without a trailing slash.
     pub public_url: String,
-    /// Seals TOTP seeds at rest (the key lives outside the database).
+    /// Seals TOTP seeds at rest and passkey ceremonies in flight (the key lives outside the
+    /// database).
     pub sealing_key: SealingKey,
+    /// The service as a WebAuthn relying party.
+    pub passkeys: RelyingParty,
     /// Recorders and the vault.
     pub recordings: Recordings,
 }
 
 impl AppState {
-    /// Assemble the state.
+    /// Assemble the state; fails if `public_url` cannot be a WebAuthn relying party.
     pub fn new(
         config: Config,
         pool: SqlitePool,
@@ -57,9 +61,11 @@ impl AppState {
         public_url: String,
         sealing_key: SealingKey,
         recordings: Recordings,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        Self(Arc::new(Shared {
+        let passkeys = RelyingParty::for_public_url(&public_url)?;
+        Ok(Self(Arc::new(Shared {
+            passkeys,
             audit: AuditLog::new(pool.clone()),
             hub: Hub::new(metrics.clone()),
             address_throttle: AddressThrottle::new(config.login.clone()),
@@ -73,7 +79,7 @@ impl AppState {
             public_url: public_url.trim_end_matches('/').to_owned(),
             sealing_key,
             recordings,
-        }))
+        })))
     }
 }
 

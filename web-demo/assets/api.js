@@ -148,6 +148,70 @@ export function getSession() {
   return request("GET", "/api/v1/auth/session");
 }
 
+// --- Passkeys ----------------------------------------------------------------------------------
+
+/**
+ * @param {import('./protocol.js').PasskeySignInStart} body
+ * @returns {Promise<import('./protocol.js').PasskeyChallenge>}
+ */
+export function startPasskeySignIn(body) {
+  return request("POST", "/api/v1/auth/passkey/start", { body });
+}
+
+/**
+ * @param {import('./protocol.js').PasskeySignInFinish} body
+ * @returns {Promise<LoginResponse>}
+ */
+export function finishPasskeySignIn(body) {
+  return request("POST", "/api/v1/auth/passkey/finish", { body });
+}
+
+/** @returns {Promise<import('./protocol.js').PasskeySummary[]>} */
+export function listPasskeys() {
+  return request("GET", "/api/v1/account/passkeys");
+}
+
+/**
+ * @param {string} currentPassword
+ * @returns {Promise<import('./protocol.js').PasskeyChallenge>}
+ */
+export function startPasskeyRegistration(currentPassword) {
+  return request("POST", "/api/v1/account/passkeys/registration", { body: { current_password: currentPassword } });
+}
+
+/**
+ * @param {import('./protocol.js').PasskeyRegistrationFinish} body
+ * @returns {Promise<import('./protocol.js').PasskeySummary>}
+ */
+export function finishPasskeyRegistration(body) {
+  return request("POST", "/api/v1/account/passkeys", { body });
+}
+
+/**
+ * @param {string} id
+ * @param {string} name
+ * @returns {Promise<import('./protocol.js').PasskeySummary>}
+ */
+export function renamePasskey(id, name) {
+  return request("PATCH", `/api/v1/account/passkeys/${encodeURIComponent(id)}`, { body: { name } });
+}
+
+/**
+ * @param {string} id
+ * @returns {Promise<void>}
+ */
+export function removePasskey(id) {
+  return request("DELETE", `/api/v1/account/passkeys/${encodeURIComponent(id)}`);
+}
+
+/**
+ * The person did something in the page: the session's idle deadline moves forward.
+ * @returns {Promise<Session>}
+ */
+export function reportActivity() {
+  return request("POST", "/api/v1/auth/activity");
+}
+
 /** @returns {Promise<void>} */
 export function logout() {
   return request("POST", "/api/v1/auth/logout");

@@ -11,12 +11,15 @@
 import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController, recorderPermit } from "./call.js";
+import { AccountView } from "./account-view.js";
 import { CallView } from "./call-view.js";
 import { E2eeCall } from "./e2ee/call-e2ee.js";
 import { publicKeyOfKeyFile, RECORDING_KEY_FILE_MAX_BYTES, RecordingKeyError, recordingKeyFingerprint } from "./e2ee/recording-key.js";
 import { MessagingView } from "./messaging-view.js";
 import { openMedia, stopStream } from "./media.js";
 import { RecordingsView } from "./recordings-view.js";
+import { IdleWatch } from "./idle-watch.js";
+import { SignInForm } from "./sign-in-form.js";
 import { SignalingClient } from "./signaling.js";
 import {
   announce,
@@ -63,6 +66,7 @@ let session = null;
 /** @param {Session} s */
 function setSession(s) {
   session = s;
+  idleWatch.watch(s);
   api.setCsrfToken(s.csrf_token);
   byId("user-name", HTMLElement).textContent = s.user.display_name;
   byId("user-info", HTMLElement).hidden = false;
@@ -70,26 +74,25 @@ function setSession(s) {
 
 function clearSession() {
   session = null;
+  idleWatch.stop();
   api.setCsrfToken(null);
   byId("user-info", HTMLElement).hidden = true;
 }
 
 /**
- * Handle an error from any request made while signed in: an ended session leads back to sign-in.
+ * Handle an error from any request made while signed in: an ended session locks the page.
  * Returns true when it did.
  * @param {unknown} err
  */
 function handleSessionLoss(err) {
-  if (err instanceof ApiError && err.status === 401) {
-    leaveCall({ tellService: false });
-    stopListPolling();
-    recordingsView.hide();
-    clearSession();
-    showSignIn("Your session has ended. Please sign in again.");
+  if (err instanceof ApiError && err.status === 401 && err.code === "unauthenticated") {
+    lockPage(SESSION_ENDED);
     return true;
   }
   return false;
 }
+
+const SESSION_ENDED = "Your session has ended. Sign in again to continue where you left off.";
 
 /**
  * A readable message for an API error.
@@ -105,70 +108,9 @@ function messageOf(err) {
 // Sign in
 // ---------------------------------------------------------------------------------------------
 
-const signinForm = byId("signin-form", HTMLFormElement);
-const emailInput = byId("login-email", HTMLInputElement);
-const passwordInput = byId("login-password", HTMLInputElement);
-const totpInput = byId("login-totp", HTMLInputElement);
-const recoveryInput = byId("login-recovery", HTMLInputElement);
-const totpGroup = byId("totp-group", HTMLElement);
-const recoveryGroup = byId("recovery-group", HTMLElement);
-const toggleRecovery = byId("toggle-recovery", HTMLButtonElement);
-const signinError = byId("signin-error", HTMLElement);
-const signinSubmit = byId("login-submit", HTMLButtonElement);
-let useRecovery = false;
-
-/** @param {string} [notice] */
-function showSignIn(notice) {
-  const noticeEl = byId("signin-notice", HTMLElement);
-  noticeEl.textContent = notice ?? "";
-  noticeEl.hidden = !notice;
-  showError(signinError, null);
-  passwordInput.value = "";
-  totpInput.value = "";
-  recoveryInput.value = "";
-  showView(views.signin, { focus: false });
-  (emailInput.value ? passwordInput : emailInput).focus();
-}
-
-toggleRecovery.addEventListener("click", () => {
-  useRecovery = !useRecovery;
-  totpGroup.hidden = useRecovery;
-  recoveryGroup.hidden = !useRecovery;
-  toggleRecovery.textContent = useRecovery ? "Use a code from the authenticator app instead" : "Use a recovery code instead";
-  (useRecovery ? recoveryInput : totpInput).focus();
-});
-
-signinForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const email = emailInput.value.trim();
-  const password = passwordInput.value;
-  if (!email || !password) {
-    showError(signinError, "Enter your email and password.");
-    (email ? passwordInput : emailInput).focus();
-    return;
-  }
-  /** @type {import('./protocol.js').LoginRequest} */
-  const body = { email, password };
-  const code = totpInput.value.replace(/\s+/g, "");
-  const recovery = recoveryInput.value.trim();
-  if (useRecovery) {
-    if (recovery) body.recovery_code = recovery;
-  } else if (code) {
-    if (!/^\d{6}$/.test(code)) {
-      showError(signinError, "The code has six digits.");
-      totpInput.focus();
-      return;
-    }
-    body.totp = code;
-  }
-  showError(signinError, null);
-  signinSubmit.disabled = true;
-  signinSubmit.textContent = "Signing in…";
-  try {
-    const answer = await api.login(body);
-    passwordInput.value = "";
-    totpInput.value = "";
-    recoveryInput.value = "";
+const signInForm = new SignInForm("login", {
+  submitLabel: "Sign in",
+  onAnswer: (answer) => {
     if (answer.status === "signed_in") {
       setSession(answer.session);
       announce(`Signed in as ${answer.session.user.display_name}.`);
@@ -176,58 +118,87 @@ signinForm.addEventListener("submit", async (event) => {
     } else {
       showMfaEnrolment(answer.enrolment);
     }
-  } catch (err) {
-    showSignInError(err);
-  } finally {
-    signinSubmit.disabled = false;
-    signinSubmit.textContent = "Sign in";
-  }
+  },
 });
 
-/** @param {unknown} err */
-function showSignInError(err) {
-  const code = err instanceof ApiError ? err.code : "";
-  /** @type {HTMLInputElement} */
-  let focus = passwordInput;
-  let message;
-  switch (code) {
-    case "invalid_credentials":
-      message = "The email or password is not correct.";
-      break;
-    case "mfa_required":
-      message = useRecovery
-        ? "Enter one of your recovery codes."
-        : "Enter the six-digit code from your authenticator app.";
-      focus = useRecovery ? recoveryInput : totpInput;
-      break;
-    case "invalid_totp":
-      message = "That code is not correct. Enter the code your authenticator app shows now.";
-      totpInput.value = "";
-      focus = totpInput;
-      break;
-    case "totp_replayed":
-      message = "That code was already used. Wait for the next code and enter it.";
-      totpInput.value = "";
-      focus = totpInput;
-      break;
-    case "invalid_recovery_code":
-      message = "That recovery code is not correct or was already used.";
-      focus = recoveryInput;
-      break;
-    case "too_many_attempts": {
-      const secs = err instanceof ApiError ? err.retryAfterSecs : null;
-      message = secs
-        ? `Too many attempts. Try again in ${secs > 90 ? `${Math.ceil(secs / 60)} minutes` : `${secs} seconds`}.`
-        : "Too many attempts. Wait a few minutes and try again.";
-      break;
-    }
-    default:
-      message = messageOf(err);
-  }
-  if (focus === passwordInput && code === "invalid_credentials") passwordInput.value = "";
-  showError(signinError, message);
-  focus.focus();
+/** @param {string} [notice] */
+function showSignIn(notice) {
+  const noticeEl = byId("signin-notice", HTMLElement);
+  noticeEl.textContent = notice ?? "";
+  noticeEl.hidden = !notice;
+  showView(views.signin, { focus: false });
+  signInForm.reset();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Automatic logoff: the page locks and keeps what it showed until the same person signs in
+// ---------------------------------------------------------------------------------------------
+
+const main = byId("main", HTMLElement);
+const lockScreen = byId("lock-screen", HTMLElement);
+/** The account the locked page belongs to, while it is locked. */
+let lockedUser = /** @type {import('./protocol.js').User | null} */ (null);
+/** Where the page was when it locked, and whether it was in a call (left when locking). */
+let lockedAt = { hash: "", inCall: false };
+
+const idleWatch = new IdleWatch({
+  onSession: (s) => setSession(s),
+  onExpired: () =>
+    lockPage("You were away, so Consult locked to keep your patients’ information private. Sign in again to continue where you left off."),
+});
+
+const unlockForm = new SignInForm("lock", {
+  submitLabel: "Unlock",
+  onAnswer: (answer) => {
+    if (answer.status !== "signed_in" || !lockedUser || answer.session.user.id !== lockedUser.id) {
+      // Not the person the page belongs to: start afresh, without what it showed.
+      signInAfresh();
+      return;
+    }
+    lockedUser = null;
+    lockScreen.hidden = true;
+    main.hidden = false;
+    setSession(answer.session);
+    announce("Unlocked.");
+    if (lockedAt.inCall || location.hash !== lockedAt.hash) route();
+    else if (!views.list.hidden) startListPolling();
+  },
+});
+
+/**
+ * The session ended (idle, signed out elsewhere, revoked): hide the page, keeping it, and ask the
+ * same person to sign in again.
+ * @param {string} reason
+ */
+function lockPage(reason) {
+  if (lockedUser) return;
+  if (!session) {
+    showSignIn(reason);
+    return;
+  }
+  lockedUser = session.user;
+  lockedAt = { hash: location.hash, inCall: call !== null };
+  leaveCall({ tellService: false });
+  stopListPolling();
+  clearSession();
+  for (const media of main.querySelectorAll("video, audio")) {
+    if (media instanceof HTMLMediaElement) media.pause();
+  }
+  main.hidden = true;
+  byId("lock-reason", HTMLElement).textContent = reason;
+  unlockForm.email.value = lockedUser.email;
+  lockScreen.hidden = false;
+  unlockForm.reset();
+  announce("Consult is locked.");
+}
+
+/** Leave the locked page for the sign-in page, dropping everything the page held. */
+function signInAfresh() {
+  history.replaceState(null, "", "/");
+  location.reload();
+}
+
+byId("lock-switch", HTMLButtonElement).addEventListener("click", () => signInAfresh());
 
 // ---------------------------------------------------------------------------------------------
 // Second factor enrolment and recovery codes
@@ -332,6 +303,16 @@ window.addEventListener("hashchange", () => route());
 
 function route() {
   if (!session) return;
+  if (session.passkey_setup_required || location.hash === "#/account") {
+    // A session that may only add a passkey sees nothing else.
+    leaveCall({ tellService: true });
+    stopListPolling();
+    recordingsView.hide();
+    if (location.hash !== "#/account") history.replaceState(null, "", "#/account");
+    accountView.show({ setupRequired: session.passkey_setup_required });
+    return;
+  }
+  accountView.hide();
   const match = /^#\/c\/([0-9a-fA-F-]{36})$/.exec(location.hash);
   const recordings = /^#\/recordings\/([0-9a-fA-F-]{36})$/.exec(location.hash);
   if (match) {
@@ -355,6 +336,18 @@ function route() {
 
 const recordingsView = new RecordingsView({ onError: (err) => handleSessionLoss(err) });
 
+const accountView = new AccountView({
+  onError: (err) => handleSessionLoss(err),
+  onPasskeyAdded: async () => {
+    try {
+      setSession(await api.getSession());
+      if (session) accountView.setSetupRequired(session.passkey_setup_required);
+    } catch (err) {
+      handleSessionLoss(err);
+    }
+  },
+});
+
 // ---------------------------------------------------------------------------------------------
 // Consultation list
 // ---------------------------------------------------------------------------------------------
@@ -370,9 +363,14 @@ let knownIds = new Set();
 
 function showList() {
   showView(views.list, { focus: document.activeElement === document.body });
-  loadList();
   loadRecordingKey();
+  startListPolling();
+}
+
+/** Load the list and poll its waiting rooms (polls do not keep the session alive). */
+function startListPolling() {
   stopListPolling();
+  loadList();
   pollWaitingRoom();
   listTimer = setInterval(pollWaitingRoom, 2000);
 }
@@ -957,6 +955,9 @@ function onSignal(active, m) {
     case "error":
       if (m.code === "doctor_busy") {
         showError(admitError, "You are already in a call in another consultation. Hang up there first.");
+      } else if (m.code === "unauthorized" && m.fatal) {
+        // Signed out elsewhere, password changed, account disabled: the service closed the call.
+        lockPage(SESSION_ENDED);
       } else if (m.fatal) {
         finishCall(
           m.code === "consultation_ended" ? "The consultation has ended." : `The call could not continue: ${m.message}`,
@@ -1280,7 +1281,7 @@ async function start() {
   const params = new URLSearchParams(location.search);
   const email = params.get("email");
   if (email) {
-    emailInput.value = email;
+    signInForm.email.value = email;
     history.replaceState(null, "", `/${location.hash}`);
   }
   try {

@@ -66,6 +66,8 @@ export const PROTOCOL_VERSION = 1;
  * @property {string} csrf_token Send as `X-CSRF-Token` on state-changing requests.
  * @property {string} idle_expires_at
  * @property {string} absolute_expires_at
+ * @property {boolean} passkey_setup_required The organisation requires a passkey and this
+ *   session was opened without one: it may only register one.
  */
 
 /**
@@ -73,6 +75,57 @@ export const PROTOCOL_VERSION = 1;
  * @typedef {object} ChangePasswordRequest
  * @property {string} current_password
  * @property {string} new_password At least 12 characters.
+ */
+
+/**
+ * `POST /api/v1/auth/passkey/start`: both for a passkey as the second factor, neither for
+ * passwordless sign-in.
+ * @typedef {object} PasskeySignInStart
+ * @property {string} [email]
+ * @property {string} [password]
+ */
+
+/**
+ * `POST /api/v1/account/passkeys/registration`.
+ * @typedef {object} PasskeyRegistrationStart
+ * @property {string} current_password
+ */
+
+/**
+ * A WebAuthn ceremony: the options for `navigator.credentials.create()` / `.get()` (WebAuthn
+ * JSON, binary fields base64url) and the sealed state to send back.
+ * @typedef {object} PasskeyChallenge
+ * @property {string} ceremony
+ * @property {any} options
+ */
+
+/**
+ * `POST /api/v1/auth/passkey/finish`.
+ * @typedef {object} PasskeySignInFinish
+ * @property {string} ceremony
+ * @property {any} credential
+ */
+
+/**
+ * `POST /api/v1/account/passkeys`.
+ * @typedef {object} PasskeyRegistrationFinish
+ * @property {string} ceremony
+ * @property {string} name
+ * @property {any} credential
+ */
+
+/**
+ * `PATCH /api/v1/account/passkeys/{id}`.
+ * @typedef {object} RenamePasskey
+ * @property {string} name
+ */
+
+/**
+ * @typedef {object} PasskeySummary
+ * @property {string} id
+ * @property {string} name
+ * @property {string} created_at
+ * @property {string | null} [last_used_at]
  */
 
 /**

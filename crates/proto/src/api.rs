@@ -141,6 +141,83 @@ pub struct ChangePasswordRequest {
     pub new_password: String,
 }
 
+/// `POST /api/v1/auth/passkey/start`: begin a sign-in with a passkey. With `email` and
+/// `password` (checked and throttled like a sign-in) the passkey is the second factor and only
+/// that account's passkeys are offered; with neither, the browser offers whichever passkey of
+/// this site the person picks (passwordless).
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PasskeySignInStart {
+    /// Account email, for a passkey as the second factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Account password, with `email`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `POST /api/v1/account/passkeys/registration`: begin registering a passkey. The password is
+/// asked again, so that an unattended signed-in browser cannot be given someone else's passkey.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasskeyRegistrationStart {
+    /// The account's password.
+    pub current_password: String,
+}
+
+/// A WebAuthn ceremony to hand to the browser, and the sealed state to send back with its answer.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasskeyChallenge {
+    /// Opaque and single-use; expires after five minutes.
+    pub ceremony: String,
+    /// The `publicKey` options for `navigator.credentials.create()` or `.get()` (WebAuthn JSON:
+    /// binary fields are base64url).
+    #[schema(value_type = Object)]
+    pub options: serde_json::Value,
+}
+
+/// `POST /api/v1/auth/passkey/finish`: the browser's answer to a sign-in ceremony.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasskeySignInFinish {
+    /// From [`PasskeyChallenge::ceremony`].
+    pub ceremony: String,
+    /// The `PublicKeyCredential` from `navigator.credentials.get()` (WebAuthn JSON).
+    #[schema(value_type = Object)]
+    pub credential: serde_json::Value,
+}
+
+/// `POST /api/v1/account/passkeys`: the browser's answer to a registration ceremony.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasskeyRegistrationFinish {
+    /// From [`PasskeyChallenge::ceremony`].
+    pub ceremony: String,
+    /// What the person calls it ("Laptop", "Phone"): 1 to 60 characters.
+    pub name: String,
+    /// The `PublicKeyCredential` from `navigator.credentials.create()` (WebAuthn JSON).
+    #[schema(value_type = Object)]
+    pub credential: serde_json::Value,
+}
+
+/// `PATCH /api/v1/account/passkeys/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RenamePasskey {
+    /// 1 to 60 characters.
+    pub name: String,
+}
+
+/// A registered passkey, as its owner sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasskeySummary {
+    /// Its id in the service.
+    pub id: Uuid,
+    /// The name its owner gave it.
+    pub name: String,
+    /// When it was registered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it last signed in, if ever.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
 /// An account as an administrator sees it (`GET /api/v1/admin/accounts`).
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct AccountSummary {
@@ -170,6 +247,11 @@ pub struct Session {
     /// The session ends then, however active.
     #[serde(with = "time::serde::rfc3339")]
     pub absolute_expires_at: OffsetDateTime,
+    /// The organisation requires a passkey and this session was opened without one: it may
+    /// only register a passkey (`/api/v1/account/passkeys`), read itself and sign out; every
+    /// other request is refused with `403 passkey_setup_required`.
+    #[serde(default)]
+    pub passkey_setup_required: bool,
 }
 
 /// A TOTP secret to enrol, with a QR code rendered by the service (nothing leaves the machine).
@@ -413,8 +495,28 @@ redacted_debug!(LoginRequest {
     secret: [password, totp, recovery_code]
 });
 redacted_debug!(Session {
-    shown: [user, idle_expires_at, absolute_expires_at],
+    shown: [user, idle_expires_at, absolute_expires_at, passkey_setup_required],
     secret: [token, csrf_token]
+});
+redacted_debug!(PasskeySignInStart {
+    shown: [email],
+    secret: [password]
+});
+redacted_debug!(PasskeyRegistrationStart {
+    shown: [],
+    secret: [current_password]
+});
+redacted_debug!(PasskeyChallenge {
+    shown: [],
+    secret: [ceremony, options]
+});
+redacted_debug!(PasskeySignInFinish {
+    shown: [],
+    secret: [ceremony, credential]
+});
+redacted_debug!(PasskeyRegistrationFinish {
+    shown: [name],
+    secret: [ceremony, credential]
 });
 redacted_debug!(MfaEnrolment {
     shown: [],

@@ -1,6 +1,8 @@
 //! Sign-in: enrolment links, password + TOTP, recovery codes, sessions and throttling.
 
 pub mod devices;
+pub mod passkey_rows;
+pub mod passkeys;
 pub mod password;
 pub mod revocations;
 pub mod rows;
@@ -31,7 +33,7 @@ use crate::error::{ApiError, ApiJson};
 use crate::secrets::{hex_sha256, Token};
 use crate::state::AppState;
 use revocations::Revoked;
-use sessions::{unix_now, CurrentUser};
+use sessions::{unix_now, CurrentUser, SessionUser};
 
 /// How long the password-checked token for second-factor enrolment lives.
 const MFA_ENROLMENT_TTL: Duration = Duration::from_secs(10 * 60);
@@ -99,48 +101,16 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let account = accounts::find_by_email(&state.pool, &req.email).await?;
-    let source = source.for_account(account.as_ref().map(|a| a.user.id));
-    source
-        .refuse_if_address_locked(&state, account.as_ref())
-        .await?;
-    // The attempt's channel: the doctor's known device is locked only by failures on it;
-    // anything else by the account's failures without one.
-    let (locked_until, reason) = match &source.device {
-        Some(device) => (device.locked_until, "device_locked"),
-        None => (
-            account.as_ref().and_then(|a| a.locked_until),
-            "account_locked",
-        ),
-    };
-    if let Some(until) = locked_until
-        && until > now
+    let (account, source) =
+        check_password(&state, source, account, &req.password, "wrong_password").await?;
+    // Under a policy that requires a passkey, the app's code opens a session that may only
+    // register one, and only while the account has none; a recovery code (a lost passkey) too.
+    let passkey_setup_only = state.config.policy.require_passkey;
+    if passkey_setup_only
+        && req.recovery_code.is_none()
+        && passkeys::count(&state.pool, account.user.id).await? > 0
     {
-        state.metrics.failed_signins.inc();
-        audit_failure(&state, source.origin.address, account.as_ref(), reason).await?;
-        return Err(ApiError::TooManyAttempts {
-            retry_after_secs: throttle::seconds_until(now, until),
-        });
-    }
-    let stored = account.as_ref().and_then(|a| a.password_hash.clone());
-    let password = req.password.clone();
-    let password_ok = password::verify_off_thread(password, stored).await;
-    let account = match account {
-        Some(account) if password_ok => account,
-        account => {
-            return Err(fail(
-                &state,
-                &source,
-                account.as_ref(),
-                "wrong_password",
-                ApiError::InvalidCredentials,
-            )
-            .await);
-        }
-    };
-
-    // Said only to someone who knows the password.
-    if account.disabled_at.is_some() {
-        return Err(ApiError::Denied(ACCOUNT_DISABLED.into()));
+        return Err(ApiError::PasskeyRequired);
     }
     let Some(sealed) = account.totp_secret.as_deref() else {
         return start_mfa_enrolment(&state, &account).await;
@@ -203,7 +173,13 @@ pub async fn login(
         // The untrusted channel's count restarts only when it succeeds itself.
         rows::clear_failures(&state.pool, account.user.id).await?;
     }
-    let started = start_session(&state, &account.user, &source).await?;
+    let method = if req.recovery_code.is_some() {
+        "recovery_code"
+    } else {
+        "totp"
+    };
+    let started =
+        start_session(&state, &account.user, &source, method, passkey_setup_only).await?;
     let session = started.session.clone();
     Ok(signed_in(
         &state,
@@ -212,6 +188,63 @@ pub async fn login(
         LoginResponse::SignedIn { session },
         StatusCode::OK,
     ))
+}
+
+/// Check a password for `account` (`None`: an unknown email) the way every guess is checked:
+/// refused while the address is locked (unless a device of the account vouches), or the device
+/// or the account is; a wrong one counted and audited as `reason`. A disabled account is
+/// refused only once the password was right. Returns the account and the source, its device
+/// kept only if it belongs to the account.
+pub(crate) async fn check_password(
+    state: &AppState,
+    source: SignInSource,
+    account: Option<Account>,
+    password: &str,
+    reason: &str,
+) -> Result<(Account, SignInSource), ApiError> {
+    let now = state.clock.now();
+    let source = source.for_account(account.as_ref().map(|a| a.user.id));
+    source
+        .refuse_if_address_locked(state, account.as_ref())
+        .await?;
+    // The attempt's channel: the doctor's known device is locked only by failures on it;
+    // anything else by the account's failures without one.
+    let (locked_until, lock_reason) = match &source.device {
+        Some(device) => (device.locked_until, "device_locked"),
+        None => (
+            account.as_ref().and_then(|a| a.locked_until),
+            "account_locked",
+        ),
+    };
+    if let Some(until) = locked_until
+        && until > now
+    {
+        state.metrics.failed_signins.inc();
+        audit_failure(state, source.origin.address, account.as_ref(), lock_reason).await?;
+        return Err(ApiError::TooManyAttempts {
+            retry_after_secs: throttle::seconds_until(now, until),
+        });
+    }
+    let stored = account.as_ref().and_then(|a| a.password_hash.clone());
+    let password_ok = password::verify_off_thread(password.to_owned(), stored).await;
+    let account = match account {
+        Some(account) if password_ok => account,
+        account => {
+            return Err(fail(
+                state,
+                &source,
+                account.as_ref(),
+                reason,
+                ApiError::InvalidCredentials,
+            )
+            .await);
+        }
+    };
+    // Said only to someone who knows the password.
+    if account.disabled_at.is_some() {
+        return Err(ApiError::Denied(ACCOUNT_DISABLED.into()));
+    }
+    Ok((account, source))
 }
 
 /// A session just opened, and the device token to hand out if this device is new.
@@ -227,10 +260,13 @@ async fn start_session(
     state: &AppState,
     user: &User,
     source: &SignInSource,
+    method: &str,
+    passkey_setup_only: bool,
 ) -> Result<StartedSession, ApiError> {
     let now = state.clock.now();
     let mut tx = state.audit.begin().await?;
-    let (token, session) = sessions::create(state, tx.connection(), user).await?;
+    let (token, session) =
+        sessions::create(state, tx.connection(), user, passkey_setup_only).await?;
     let new_device = match &source.device {
         Some(device) => {
             devices::signed_in(tx.connection(), device.id, now).await?;
@@ -246,6 +282,7 @@ async fn start_session(
         json!({
             "address": source.origin.address.to_string(),
             "device": if new_device.is_some() { "new" } else { "known" },
+            "method": method,
         }),
     )
     .await?;
@@ -573,7 +610,14 @@ pub async fn mfa_enrol(
     )
     .await?;
     tx.commit().await?;
-    let started = start_session(&state, &account.user, &source).await?;
+    let started = start_session(
+        &state,
+        &account.user,
+        &source,
+        "totp",
+        state.config.policy.require_passkey,
+    )
+    .await?;
     let session = started.session.clone();
     Ok(signed_in(
         &state,
@@ -642,7 +686,7 @@ async fn use_recovery_code(
 /// `GET /api/v1/auth/session`: the current session (and its CSRF token).
 #[utoipa::path(get, path = "/api/v1/auth/session", tag = "auth",
     responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
-pub async fn current_session(current: CurrentUser) -> Json<Session> {
+pub async fn current_session(SessionUser(current): SessionUser) -> Json<Session> {
     Json(current.session)
 }
 
@@ -652,7 +696,7 @@ pub async fn current_session(current: CurrentUser) -> Json<Session> {
 #[utoipa::path(post, path = "/api/v1/auth/activity", tag = "auth",
     responses((status = 200, body = Session, description = "the session with its new idle deadline"),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "csrf_rejected")))]
-pub async fn activity(current: CurrentUser) -> Json<Session> {
+pub async fn activity(SessionUser(current): SessionUser) -> Json<Session> {
     // The extractor did the work: a POST is the person's activity.
     Json(current.session)
 }
@@ -674,35 +718,15 @@ pub async fn change_password(
     password::check_policy(&req.new_password)
         .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))?;
     let now = state.clock.now();
-    let account = accounts::find_by_id(&state.pool, current.user.id)
-        .await?
-        .ok_or(ApiError::Unauthenticated)?;
-    let source = source.for_account(Some(account.user.id));
-    source
-        .refuse_if_address_locked(&state, Some(&account))
-        .await?;
-    let locked_until = match &source.device {
-        Some(device) => device.locked_until,
-        None => account.locked_until,
-    };
-    if let Some(until) = locked_until
-        && until > now
-    {
-        return Err(ApiError::TooManyAttempts {
-            retry_after_secs: throttle::seconds_until(now, until),
-        });
-    }
-    let stored = account.password_hash.clone();
-    if !password::verify_off_thread(req.current_password.clone(), stored).await {
-        return Err(fail(
-            &state,
-            &source,
-            Some(&account),
-            "wrong_current_password",
-            ApiError::InvalidCredentials,
-        )
-        .await);
-    }
+    let account = accounts::find_by_id(&state.pool, current.user.id).await?;
+    let (account, _) = check_password(
+        &state,
+        source,
+        account,
+        &req.current_password,
+        "wrong_current_password",
+    )
+    .await?;
     let hash = password::hash_off_thread(req.new_password.clone())
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
@@ -737,7 +761,7 @@ pub async fn change_password(
 pub async fn logout(
     State(state): State<AppState>,
     origin: ClientOrigin,
-    current: CurrentUser,
+    SessionUser(current): SessionUser,
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let mut tx = state.audit.begin().await?;

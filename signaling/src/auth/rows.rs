@@ -285,20 +285,23 @@ pub struct SessionRow {
     pub absolute_expires_at: OffsetDateTime,
     /// Whether it was ended (signed out, revoked).
     pub revoked: bool,
+    /// Opened without a passkey under a policy that requires one: it may only register one.
+    pub passkey_setup_only: bool,
 }
 
-/// Store a new session.
+/// Store a new session; `passkey_setup_only`: it may only register a passkey.
 pub async fn insert_session(
     db: &mut SqliteConnection,
     token_hash: &str,
     user_id: Uuid,
     now: OffsetDateTime,
     absolute_expires_at: OffsetDateTime,
+    passkey_setup_only: bool,
 ) -> anyhow::Result<Uuid> {
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, absolute_expires_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, absolute_expires_at, passkey_setup_only)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.to_string())
     .bind(token_hash)
@@ -306,6 +309,7 @@ pub async fn insert_session(
     .bind(to_unix(now))
     .bind(to_unix(now))
     .bind(to_unix(absolute_expires_at))
+    .bind(i64::from(passkey_setup_only))
     .execute(db)
     .await?;
     Ok(id)
@@ -317,7 +321,7 @@ pub async fn session(
     token_hash: &str,
 ) -> anyhow::Result<Option<SessionRow>> {
     let row = sqlx::query(
-        "SELECT id, user_id, last_seen_at, absolute_expires_at, revoked_at
+        "SELECT id, user_id, last_seen_at, absolute_expires_at, revoked_at, passkey_setup_only
          FROM sessions WHERE token_hash = ?",
     )
     .bind(token_hash)
@@ -330,9 +334,22 @@ pub async fn session(
             last_seen_at: from_unix(row.get(2)),
             absolute_expires_at: from_unix(row.get(3)),
             revoked: row.get::<Option<i64>, _>(4).is_some(),
+            passkey_setup_only: row.get::<i64, _>(5) != 0,
         })
     })
     .transpose()
+}
+
+/// Lift a session's passkey-setup-only restriction (a passkey was registered in it).
+pub async fn end_passkey_setup(
+    db: impl SqliteExecutor<'_>,
+    session_id: Uuid,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE sessions SET passkey_setup_only = 0 WHERE id = ?")
+        .bind(session_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Move a session's last request forward.

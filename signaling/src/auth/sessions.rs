@@ -53,22 +53,26 @@ pub struct CurrentUser {
 }
 
 /// Start a session for `user` inside the caller's transaction (where its sign-in is audited);
-/// returns the token to hand out and the session view.
+/// returns the token to hand out and the session view. `passkey_setup_only`: the organisation
+/// requires a passkey and the person signed in without one, so the session may only register
+/// one (see [`SessionUser`]).
 pub async fn create(
     state: &AppState,
     db: &mut SqliteConnection,
     user: &User,
+    passkey_setup_only: bool,
 ) -> Result<(Token, Session), ApiError> {
     let now = state.clock.now();
     let token = Token::generate();
     let absolute = now + state.config.session.absolute_timeout;
-    rows::insert_session(db, &token.hash().0, user.id, now, absolute).await?;
+    rows::insert_session(db, &token.hash().0, user.id, now, absolute, passkey_setup_only).await?;
     let session = Session {
         user: user.clone(),
         token: Some(token.expose().to_owned()),
         csrf_token: csrf_token(&token),
         idle_expires_at: (now + state.config.session.idle_timeout).min(absolute),
         absolute_expires_at: absolute,
+        passkey_setup_required: passkey_setup_only,
     };
     Ok((token, session))
 }
@@ -83,7 +87,21 @@ pub enum Activity {
 }
 
 /// Look up a live session by its token; [`Activity::Person`] moves its idle deadline forward.
+/// A session that may only register a passkey is refused with `passkey_setup_required`.
 pub async fn authenticate(
+    state: &AppState,
+    token: &Token,
+    activity: Activity,
+) -> Result<CurrentUser, ApiError> {
+    let current = authenticate_any(state, token, activity).await?;
+    if current.session.passkey_setup_required {
+        return Err(ApiError::PasskeySetupRequired);
+    }
+    Ok(current)
+}
+
+/// [`authenticate`], letting a session through that may only register a passkey.
+pub async fn authenticate_any(
     state: &AppState,
     token: &Token,
     activity: Activity,
@@ -116,6 +134,8 @@ pub async fn authenticate(
             csrf_token: csrf_token(token),
             idle_expires_at: (last_seen + state.config.session.idle_timeout).min(absolute),
             absolute_expires_at: absolute,
+            passkey_setup_required: row.passkey_setup_only
+                && state.config.policy.require_passkey,
         },
         user: account.user,
     })
@@ -168,6 +188,24 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let SessionUser(current) = SessionUser::from_request_parts(parts, state).await?;
+        if current.session.passkey_setup_required {
+            return Err(ApiError::PasskeySetupRequired);
+        }
+        Ok(current)
+    }
+}
+
+/// Any live session, including one that may only register a passkey: for the few endpoints
+/// such a session may use (itself, activity, sign-out, passkeys). Everything else takes
+/// [`CurrentUser`], which refuses it.
+#[derive(Debug, Clone)]
+pub struct SessionUser(pub CurrentUser);
+
+impl FromRequestParts<AppState> for SessionUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         // A change is the person's doing; a read (a poll, a refresh) is not.
         let activity = if safe {
@@ -176,10 +214,10 @@ impl FromRequestParts<AppState> for CurrentUser {
             Activity::Person
         };
         if let Some(token) = token_from_bearer(&parts.headers) {
-            return authenticate(state, &token, activity).await;
+            return authenticate_any(state, &token, activity).await.map(Self);
         }
         let token = token_from_cookie(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        let current = authenticate(state, &token, activity).await?;
+        let current = authenticate_any(state, &token, activity).await?;
         if !safe {
             let sent = parts
                 .headers
@@ -190,7 +228,7 @@ impl FromRequestParts<AppState> for CurrentUser {
                 return Err(ApiError::CsrfRejected);
             }
         }
-        Ok(current)
+        Ok(Self(current))
     }
 }
 

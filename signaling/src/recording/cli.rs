@@ -38,14 +38,14 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         .context("opening the vault")?;
     let recordings = Recordings::new(Arc::new(vault), IpAddr::from([127, 0, 0, 1]));
     let url = crate::server::public_url(&config, config.bind);
-    Ok(AppState::new(
+    AppState::new(
         config,
         pool,
         Arc::new(SystemClock),
         url,
         sealing_key,
         recordings,
-    ))
+    )
 }
 
 const OPERATOR: Actor = Actor::Operator;

@@ -1,0 +1,181 @@
+//! The SQL of passkeys: the registered credentials and the ceremonies already answered.
+
+use sqlx::{Row, SqliteExecutor};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::db::{from_unix, to_unix};
+
+/// A registered passkey.
+#[derive(Debug, Clone)]
+pub struct PasskeyRow {
+    /// Its id in the service.
+    pub id: Uuid,
+    /// Whose.
+    pub user_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// webauthn-rs's serialised credential.
+    pub passkey: String,
+    /// The authenticator's signature counter when it was last used.
+    pub sign_count: u32,
+    /// When it was registered.
+    pub created_at: OffsetDateTime,
+    /// When it last signed in.
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+const COLUMNS: &str = "id, user_id, name, passkey, sign_count, created_at, last_used_at";
+
+fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<PasskeyRow> {
+    Ok(PasskeyRow {
+        id: Uuid::parse_str(row.get::<&str, _>(0))?,
+        user_id: Uuid::parse_str(row.get::<&str, _>(1))?,
+        name: row.get(2),
+        passkey: row.get(3),
+        sign_count: u32::try_from(row.get::<i64, _>(4))?,
+        created_at: from_unix(row.get(5)),
+        last_used_at: row.get::<Option<i64>, _>(6).map(from_unix),
+    })
+}
+
+/// An account's passkeys, oldest first.
+pub async fn for_user(
+    db: impl SqliteExecutor<'_>,
+    user_id: Uuid,
+) -> anyhow::Result<Vec<PasskeyRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM passkeys WHERE user_id = ? ORDER BY created_at, rowid"
+    ))
+    .bind(user_id.to_string())
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// How many passkeys an account has.
+pub async fn count(db: impl SqliteExecutor<'_>, user_id: Uuid) -> anyhow::Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM passkeys WHERE user_id = ?")
+        .bind(user_id.to_string())
+        .fetch_one(db)
+        .await?;
+    Ok(u64::try_from(n)?)
+}
+
+/// The passkey with this credential id (base64url), whoever's it is.
+pub async fn by_credential(
+    db: impl SqliteExecutor<'_>,
+    credential_id: &str,
+) -> anyhow::Result<Option<PasskeyRow>> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM passkeys WHERE credential_id = ?"
+    ))
+    .bind(credential_id)
+    .fetch_optional(db)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// A new passkey; `false` if its credential is registered already (to anyone).
+#[allow(clippy::too_many_arguments)]
+pub async fn insert(
+    db: impl SqliteExecutor<'_>,
+    id: Uuid,
+    user_id: Uuid,
+    credential_id: &str,
+    name: &str,
+    passkey: &str,
+    sign_count: u32,
+    now: OffsetDateTime,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO passkeys (id, user_id, credential_id, name, passkey, sign_count, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (credential_id) DO NOTHING",
+    )
+    .bind(id.to_string())
+    .bind(user_id.to_string())
+    .bind(credential_id)
+    .bind(name)
+    .bind(passkey)
+    .bind(i64::from(sign_count))
+    .bind(to_unix(now))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Record a use: the new credential state and counter, only if the counter is still the one
+/// the check was made against (`false`: another use got there first).
+pub async fn record_use(
+    db: impl SqliteExecutor<'_>,
+    id: Uuid,
+    previous_count: u32,
+    passkey: &str,
+    sign_count: u32,
+    now: OffsetDateTime,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE passkeys SET passkey = ?, sign_count = ?, last_used_at = ?
+         WHERE id = ? AND sign_count = ?",
+    )
+    .bind(passkey)
+    .bind(i64::from(sign_count))
+    .bind(to_unix(now))
+    .bind(id.to_string())
+    .bind(i64::from(previous_count))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Rename one of `user_id`'s passkeys; `false` if it has none with this id.
+pub async fn rename(
+    db: impl SqliteExecutor<'_>,
+    user_id: Uuid,
+    id: Uuid,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query("UPDATE passkeys SET name = ? WHERE id = ? AND user_id = ?")
+        .bind(name)
+        .bind(id.to_string())
+        .bind(user_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Remove one of `user_id`'s passkeys; `false` if it has none with this id.
+pub async fn remove(
+    db: impl SqliteExecutor<'_>,
+    user_id: Uuid,
+    id: Uuid,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query("DELETE FROM passkeys WHERE id = ? AND user_id = ?")
+        .bind(id.to_string())
+        .bind(user_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Mark a ceremony answered (forgetting those that expired); `false` if it was already.
+pub async fn use_ceremony(
+    db: &mut sqlx::SqliteConnection,
+    id: &str,
+    expires_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> anyhow::Result<bool> {
+    sqlx::query("DELETE FROM passkey_ceremonies_used WHERE expires_at < ?")
+        .bind(to_unix(now))
+        .execute(&mut *db)
+        .await?;
+    let done = sqlx::query(
+        "INSERT INTO passkey_ceremonies_used (id, expires_at) VALUES (?, ?)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(to_unix(expires_at))
+    .execute(&mut *db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
