@@ -183,20 +183,20 @@ describe("passkeys", { timeout: 240_000 }, () => {
         authenticatorId: real,
         credential: { ...phoneKey, signCount: phoneKey.signCount + 10 },
       });
+      // (The same tab: the virtual authenticator belongs to it.)
       const proxy = await phishingProxy(origin);
       try {
-        const phishing = await doctor.context.newPage();
-        await phishing.goto(`${proxy.origin}/`);
-        const phished = await signInWithPasskey(phishing);
+        await page.goto(`${proxy.origin}/`);
+        await byTestId(page, "login-passkey").waitFor({ state: "visible" });
+        const phished = await signInWithPasskey(page);
         assert.match(phished ?? "", /made for another site/);
         assert.equal(refusals.at(-1), "passkey_wrong_origin");
-        assert.ok(await byTestId(phishing, "create-title").isHidden(), "the phishing page is not signed in");
-        await phishing.close();
+        assert.ok(await byTestId(page, "create-title").isHidden(), "the phishing page is not signed in");
       } finally {
         await proxy.close();
       }
       // The same passkey at the real address signs in.
-      await page.reload();
+      await page.goto(`${origin}/`);
       await byTestId(page, "login-passkey").waitFor({ state: "visible" });
       assert.equal(await signInWithPasskey(page), null);
 

@@ -86,13 +86,15 @@ function clearSession() {
  */
 function handleSessionLoss(err) {
   if (err instanceof ApiError && err.status === 401 && err.code === "unauthenticated") {
-    lockPage(SESSION_ENDED);
+    lockPage(idleWatch.idlePassed() ? AWAY : SESSION_ENDED);
     return true;
   }
   return false;
 }
 
 const SESSION_ENDED = "Your session has ended. Sign in again to continue where you left off.";
+const AWAY =
+  "You were away, so Consult locked to keep your patients’ information private. Sign in again to continue where you left off.";
 
 /**
  * A readable message for an API error.
@@ -143,8 +145,7 @@ let lockedAt = { hash: "", inCall: false };
 
 const idleWatch = new IdleWatch({
   onSession: (s) => setSession(s),
-  onExpired: () =>
-    lockPage("You were away, so Consult locked to keep your patients’ information private. Sign in again to continue where you left off."),
+  onExpired: () => lockPage(AWAY),
 });
 
 const unlockForm = new SignInForm("lock", {

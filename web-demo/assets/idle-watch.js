@@ -31,6 +31,8 @@ const CHECK_MARGIN_MS = 500;
 const MIN_CHECK_DELAY_MS = 1000;
 /** The next check when the service still holds the session but the page's clock says expired. */
 const SKEWED_CHECK_DELAY_MS = 5000;
+/** How far the page's clock may be behind the service's when telling why a session ended. */
+const IDLE_CLOCK_SLACK_MS = 5000;
 /** The next check when the service could not be reached. */
 const UNREACHABLE_CHECK_DELAY_MS = 10_000;
 
@@ -44,7 +46,10 @@ export class IdleWatch {
   constructor({ onSession, onExpired, reportIntervalMs = ACTIVITY_REPORT_INTERVAL_MS }) {
     this.onSession = onSession;
     this.onExpired = onExpired;
+    this.maxReportIntervalMs = reportIntervalMs;
     this.reportIntervalMs = reportIntervalMs;
+    /** The longest time to the deadline seen: about the idle timeout. */
+    this.idleSpanMs = 0;
     this.watching = false;
     /** Epoch ms of the idle deadline. */
     this.deadline = 0;
@@ -73,10 +78,21 @@ export class IdleWatch {
       document.addEventListener("visibilitychange", this.onVisible);
     }
     this.deadline = Date.parse(session.idle_expires_at);
-    // Report often enough for a short timeout too: four times within the time left, at most.
-    const left = this.deadline - Date.now();
-    if (left > 0) this.reportIntervalMs = Math.min(this.reportIntervalMs, Math.max(MIN_REPORT_INTERVAL_MS, left / 4));
+    // Report often enough for a short timeout too: four times per timeout. The longest time
+    // left seen is the timeout (a deadline just moved), whatever the service's granularity.
+    this.idleSpanMs = Math.max(this.idleSpanMs, this.deadline - Date.now());
+    if (this.idleSpanMs > 0) {
+      this.reportIntervalMs = Math.min(this.maxReportIntervalMs, Math.max(MIN_REPORT_INTERVAL_MS, this.idleSpanMs / 4));
+    }
     this.scheduleCheck(this.deadline - Date.now() + CHECK_MARGIN_MS);
+  }
+
+  /**
+   * Whether the idle deadline has passed (give or take the clocks' difference): a session found
+   * ended now most likely ended for that.
+   */
+  idlePassed() {
+    return this.deadline > 0 && Date.now() >= this.deadline - IDLE_CLOCK_SLACK_MS;
   }
 
   /** Stop watching: signed out, or locked. */

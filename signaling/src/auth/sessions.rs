@@ -33,7 +33,9 @@ pub const COOKIE_NAME: &str = "consult_session";
 /// Header carrying the CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// Only write `last_seen_at` when it moved by more than this, so reads do not all become writes.
+/// Only write `last_seen_at` when it moved by this much (or a tenth of the idle timeout, if
+/// less), so that every action does not become a write; a session can end this much earlier
+/// than the idle timeout after the last action.
 const LAST_SEEN_GRANULARITY_SECS: i64 = 5;
 
 /// The CSRF token of a session.
@@ -117,7 +119,9 @@ pub async fn authenticate_any(
     }
     let mut last_seen = row.last_seen_at;
     if activity == Activity::Person
-        && to_unix(now) - to_unix(row.last_seen_at) >= LAST_SEEN_GRANULARITY_SECS
+        && to_unix(now) - to_unix(row.last_seen_at)
+            >= LAST_SEEN_GRANULARITY_SECS
+                .min((state.config.session.idle_timeout.as_secs() / 10) as i64)
     {
         rows::touch_session(&state.pool, row.id, now).await?;
         last_seen = now;
