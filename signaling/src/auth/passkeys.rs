@@ -291,7 +291,7 @@ pub async fn start_sign_in(
                 .map(|row| {
                     decode(row).map(|passkey| AllowCredentials {
                         type_: "public-key".into(),
-                        id: passkey.cred_id().clone().into(),
+                        id: passkey.cred_id().clone(),
                         transports: None,
                     })
                 })
@@ -326,8 +326,9 @@ pub async fn finish_sign_in(
     source: SignInSource,
     ApiJson(req): ApiJson<PasskeySignInFinish>,
 ) -> Result<Response, ApiError> {
-    let purpose = open(&state, &req.ceremony).await?;
+    // Malformed JSON is refused before the ceremony is spent (or stored as spent).
     let credential: PublicKeyCredential = parse(req.credential)?;
+    let purpose = open(&state, &req.ceremony).await?;
     let (expected_user, ceremony_state) = match purpose {
         Purpose::SecondFactor { user_id, state } => (Some(user_id), state),
         Purpose::Passwordless { state } => (None, state),
@@ -519,6 +520,7 @@ pub async fn finish_registration(
     ApiJson(req): ApiJson<PasskeyRegistrationFinish>,
 ) -> Result<(StatusCode, Json<PasskeySummary>), ApiError> {
     let name = checked_name(&req.name)?;
+    let credential: RegisterPublicKeyCredential = parse(req.credential)?;
     let registration = match open(&state, &req.ceremony).await? {
         Purpose::Register {
             user_id,
@@ -532,7 +534,6 @@ pub async fn finish_registration(
             ))
         }
     };
-    let credential: RegisterPublicKeyCredential = parse(req.credential)?;
     let passkey = state
         .passkeys
         .webauthn

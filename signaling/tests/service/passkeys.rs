@@ -471,11 +471,16 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         error_code(r).await,
         (StatusCode::BAD_REQUEST, "malformed_credential".into())
     );
+    // ... without spending the ceremony.
+    signed_in_as(finish(&svc, &challenge["ceremony"], passkey.get(&challenge["options"])).await)
+        .await;
     // A registration ceremony is no sign-in, and a sign-in ceremony no registration.
     let r = doctor
         .bearer(Method::POST, "/api/v1/account/passkeys")
         .json(&json!({ "ceremony": start(&svc, json!({})).await["ceremony"], "name": "x",
-                       "credential": {} }))
+                       "credential": SoftPasskey::create(
+                           &json!({ "publicKey": { "user": { "id": b64(b"x") }, "challenge": "AA" } }),
+                           &origin(&svc)).1 }))
         .send()
         .await
         .unwrap();
