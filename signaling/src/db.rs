@@ -60,7 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "disabled accounts",
         include_str!("../migrations/0006_disabled_accounts.sql"),
     ),
-    (7, "passkeys", include_str!("../migrations/0007_passkeys.sql")),
+    (
+        7,
+        "passkeys",
+        include_str!("../migrations/0007_passkeys.sql"),
+    ),
 ];
 
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {

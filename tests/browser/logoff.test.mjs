@@ -55,6 +55,7 @@ describe("automatic logoff", { timeout: 300_000 }, () => {
       await signInDoctor(page, service);
       await createConsultation(page, "Idle check");
       // What the page shows and holds: a row, a half-typed title, and a marker a reload would lose.
+      assert.ok(await page.locator("#invite-panel").isVisible(), "the new invite link is shown");
       await byTestId(page, "create-title").fill("Half-typed title");
       await page.evaluate(() => {
         /** @type {any} */ (window).__sameDocument = true;
@@ -104,7 +105,8 @@ describe("automatic logoff", { timeout: 300_000 }, () => {
       await unlock(page, service);
       assert.ok(await page.evaluate(() => /** @type {any} */ (window).__sameDocument === true), "no reload");
       assert.equal(await byTestId(page, "create-title").inputValue(), "Half-typed title", "the draft is kept");
-      assert.ok(await page.getByText("Idle check").first().isVisible(), "the list is shown again");
+      assert.ok(await page.locator("#consultation-rows").getByText("Idle check").isVisible(), "the list is shown again");
+      assert.ok(await page.locator("#invite-panel").isHidden(), "the invite link (a credential) was not kept behind the lock");
       assert.ok(await byTestId(page, "user-name").isVisible());
       const unlockedAt = Date.now();
       await sleep(2500);

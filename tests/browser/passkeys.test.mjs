@@ -204,6 +204,7 @@ describe("passkeys", { timeout: 240_000 }, () => {
       await byTestId(page, "account-link").click();
       const laptopItem = page.locator('[data-testid="passkey-item"][data-name="Laptop"]');
       await laptopItem.locator('[data-testid="passkey-remove"]').click();
+      await byTestId(page, "passkey-remove-password").fill(service.credentials.password);
       await byTestId(page, "passkey-remove-confirm").click();
       await laptopItem.waitFor({ state: "detached" });
       assert.equal(await byTestId(page, "passkey-item").count(), 1);

@@ -11,7 +11,7 @@
 import * as api from "./api.js";
 import { ApiError } from "./api.js";
 import { PasskeyCancelled, passkeysAvailable, registerPasskey } from "./passkeys.js";
-import { announce, byId, confirmInline, formatDateTime, h, replaceKeepingFocus, showError, showView } from "./ui.js";
+import { announce, byId, formatDateTime, h, replaceKeepingFocus, showError, showView } from "./ui.js";
 
 /** @typedef {import('./protocol.js').PasskeySummary} PasskeySummary */
 
@@ -116,22 +116,7 @@ export class AccountView {
       error,
     ]);
     rename.addEventListener("click", () => this.rename(passkey, item, error));
-    remove.addEventListener("click", async () => {
-      const sure = await confirmInline(
-        remove,
-        `Remove “${passkey.name}”? Your other sessions will be signed out.`,
-        "Remove",
-        { danger: true, testid: "passkey-remove-confirm" },
-      );
-      if (!sure) return;
-      try {
-        await api.removePasskey(passkey.id);
-        announce(`Passkey ${passkey.name} removed.`);
-        this.load();
-      } catch (err) {
-        if (!this.onError(err)) showError(error, messageOf(err));
-      }
-    });
+    remove.addEventListener("click", () => this.remove(passkey, item, error));
     return item;
   }
 
@@ -162,6 +147,59 @@ export class AccountView {
         this.load();
       } catch (err) {
         if (!this.onError(err)) showError(error, messageOf(err));
+      }
+    });
+  }
+
+  /**
+   * Remove after the password, asked in place (every other session of the account ends).
+   * @private
+   * @param {PasskeySummary} passkey
+   * @param {HTMLLIElement} item
+   * @param {HTMLElement} error
+   */
+  remove(passkey, item, error) {
+    const password = h("input", {
+      testid: "passkey-remove-password",
+      attrs: { type: "password", autocomplete: "current-password", "aria-label": "Your password" },
+    });
+    const confirm = h("button", {
+      className: "button small danger",
+      text: "Remove",
+      testid: "passkey-remove-confirm",
+      attrs: { type: "submit" },
+    });
+    const cancel = h("button", { className: "button small", text: "Cancel", attrs: { type: "button" } });
+    const form = h("form", { className: "inline-form" }, [
+      h("span", { text: `Remove “${passkey.name}”? Your other sessions will be signed out. Your password:` }),
+      password,
+      confirm,
+      cancel,
+    ]);
+    item.replaceChildren(form, error);
+    password.focus();
+    cancel.addEventListener("click", () => this.load());
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      if (!password.value) {
+        showError(error, "Enter your password.");
+        password.focus();
+        return;
+      }
+      confirm.disabled = true;
+      try {
+        await api.removePasskey(passkey.id, password.value);
+        announce(`Passkey ${passkey.name} removed.`);
+        this.load();
+      } catch (err) {
+        password.value = "";
+        confirm.disabled = false;
+        if (err instanceof ApiError && err.code === "invalid_credentials") {
+          showError(error, "The password is not correct.");
+          password.focus();
+        } else if (!this.onError(err)) {
+          showError(error, messageOf(err));
+        }
       }
     });
   }

@@ -197,11 +197,15 @@ export function renamePasskey(id, name) {
 }
 
 /**
+ * Remove a passkey (the password is asked again: every other session ends).
  * @param {string} id
+ * @param {string} currentPassword
  * @returns {Promise<void>}
  */
-export function removePasskey(id) {
-  return request("DELETE", `/api/v1/account/passkeys/${encodeURIComponent(id)}`);
+export function removePasskey(id, currentPassword) {
+  return request("DELETE", `/api/v1/account/passkeys/${encodeURIComponent(id)}`, {
+    body: { current_password: currentPassword },
+  });
 }
 
 /**

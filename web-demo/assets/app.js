@@ -65,6 +65,11 @@ let session = null;
 
 /** @param {Session} s */
 function setSession(s) {
+  if (session && s.user.id !== session.user.id) {
+    // Someone else signed in in another tab (the cookie is shared): this page is not theirs.
+    signInAfresh();
+    return;
+  }
   session = s;
   idleWatch.watch(s);
   api.setCsrfToken(s.csrf_token);
@@ -140,8 +145,8 @@ const main = byId("main", HTMLElement);
 const lockScreen = byId("lock-screen", HTMLElement);
 /** The account the locked page belongs to, while it is locked. */
 let lockedUser = /** @type {import('./protocol.js').User | null} */ (null);
-/** Where the page was when it locked, and whether it was in a call (left when locking). */
-let lockedAt = { hash: "", inCall: false };
+/** Where the page was when it locked. */
+let lockedAt = { hash: "" };
 
 const idleWatch = new IdleWatch({
   onSession: (s) => setSession(s),
@@ -161,8 +166,12 @@ const unlockForm = new SignInForm("lock", {
     main.hidden = false;
     setSession(answer.session);
     announce("Unlocked.");
-    if (lockedAt.inCall || location.hash !== lockedAt.hash) route();
-    else if (!views.list.hidden) startListPolling();
+    // The list carries on as it was (a half-typed title kept); any other view loads again.
+    if (!views.list.hidden && location.hash === lockedAt.hash && !answer.session.passkey_setup_required) {
+      startListPolling();
+    } else {
+      route();
+    }
   },
 });
 
@@ -178,9 +187,12 @@ function lockPage(reason) {
     return;
   }
   lockedUser = session.user;
-  lockedAt = { hash: location.hash, inCall: call !== null };
+  lockedAt = { hash: location.hash };
   leaveCall({ tellService: false });
   stopListPolling();
+  recordingsView.hide();
+  // An invite link is a live credential: it is not kept behind the lock.
+  hideInvitePanel();
   clearSession();
   for (const media of main.querySelectorAll("video, audio")) {
     if (media instanceof HTMLMediaElement) media.pause();

@@ -121,6 +121,12 @@ export const PROTOCOL_VERSION = 1;
  */
 
 /**
+ * `DELETE /api/v1/account/passkeys/{id}`: the password again.
+ * @typedef {object} RemovePasskey
+ * @property {string} current_password
+ */
+
+/**
  * @typedef {object} PasskeySummary
  * @property {string} id
  * @property {string} name

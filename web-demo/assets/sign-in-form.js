@@ -152,18 +152,20 @@ export class SignInForm {
         focus = this.useRecovery ? this.recovery : this.totp;
         break;
       case "invalid_totp":
-        message = "That code is not correct. Enter the code your authenticator app shows now.";
-        this.totp.value = "";
-        focus = this.totp;
+        if (this.useRecovery) {
+          // The service answers a wrong recovery code like a wrong app code.
+          message = "That recovery code is not correct or was already used.";
+          focus = this.recovery;
+        } else {
+          message = "That code is not correct. Enter the code your authenticator app shows now.";
+          this.totp.value = "";
+          focus = this.totp;
+        }
         break;
       case "totp_replayed":
         message = "That code was already used. Wait for the next code and enter it.";
         this.totp.value = "";
         focus = this.totp;
-        break;
-      case "invalid_recovery_code":
-        message = "That recovery code is not correct or was already used.";
-        focus = this.recovery;
         break;
       case "too_many_attempts": {
         const secs = err instanceof ApiError ? err.retryAfterSecs : null;

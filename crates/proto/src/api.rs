@@ -203,6 +203,14 @@ pub struct RenamePasskey {
     pub name: String,
 }
 
+/// `DELETE /api/v1/account/passkeys/{id}`: the password is asked again (removing a passkey signs
+/// out every other session).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct RemovePasskey {
+    /// The account's password.
+    pub current_password: String,
+}
+
 /// A registered passkey, as its owner sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PasskeySummary {
@@ -495,7 +503,12 @@ redacted_debug!(LoginRequest {
     secret: [password, totp, recovery_code]
 });
 redacted_debug!(Session {
-    shown: [user, idle_expires_at, absolute_expires_at, passkey_setup_required],
+    shown: [
+        user,
+        idle_expires_at,
+        absolute_expires_at,
+        passkey_setup_required
+    ],
     secret: [token, csrf_token]
 });
 redacted_debug!(PasskeySignInStart {
@@ -503,6 +516,10 @@ redacted_debug!(PasskeySignInStart {
     secret: [password]
 });
 redacted_debug!(PasskeyRegistrationStart {
+    shown: [],
+    secret: [current_password]
+});
+redacted_debug!(RemovePasskey {
     shown: [],
     secret: [current_password]
 });

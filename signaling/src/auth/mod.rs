@@ -178,8 +178,7 @@ pub async fn login(
     } else {
         "totp"
     };
-    let started =
-        start_session(&state, &account.user, &source, method, passkey_setup_only).await?;
+    let started = start_session(&state, &account.user, &source, method, passkey_setup_only).await?;
     let session = started.session.clone();
     Ok(signed_in(
         &state,

@@ -144,18 +144,49 @@ pub async fn rename(
     Ok(done.rows_affected() == 1)
 }
 
-/// Remove one of `user_id`'s passkeys; `false` if it has none with this id.
+/// What [`remove`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Gone.
+    Removed,
+    /// `user_id` has no passkey with this id.
+    NotFound,
+    /// Kept: it is the account's last and one must stay.
+    LastOne,
+}
+
+/// Remove one of `user_id`'s passkeys; with `keep_one`, never the last (decided in the same
+/// statement, so two removals side by side cannot both pass).
 pub async fn remove(
-    db: impl SqliteExecutor<'_>,
+    db: &mut sqlx::SqliteConnection,
     user_id: Uuid,
     id: Uuid,
-) -> anyhow::Result<bool> {
-    let done = sqlx::query("DELETE FROM passkeys WHERE id = ? AND user_id = ?")
-        .bind(id.to_string())
-        .bind(user_id.to_string())
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected() == 1)
+    keep_one: bool,
+) -> anyhow::Result<Removal> {
+    let done = sqlx::query(
+        "DELETE FROM passkeys WHERE id = ? AND user_id = ?
+         AND (? = 0 OR (SELECT COUNT(*) FROM passkeys WHERE user_id = ?) > 1)",
+    )
+    .bind(id.to_string())
+    .bind(user_id.to_string())
+    .bind(i64::from(keep_one))
+    .bind(user_id.to_string())
+    .execute(&mut *db)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(Removal::Removed);
+    }
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM passkeys WHERE id = ? AND user_id = ?")
+            .bind(id.to_string())
+            .bind(user_id.to_string())
+            .fetch_optional(&mut *db)
+            .await?;
+    Ok(if exists.is_some() {
+        Removal::LastOne
+    } else {
+        Removal::NotFound
+    })
 }
 
 /// Mark a ceremony answered (forgetting those that expired); `false` if it was already.

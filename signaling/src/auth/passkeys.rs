@@ -32,7 +32,7 @@ use base64::Engine;
 use consult_proto::api::{
     ErrorBody, LoginResponse, PasskeyChallenge, PasskeyRegistrationFinish,
     PasskeyRegistrationStart, PasskeySignInFinish, PasskeySignInStart, PasskeySummary,
-    RenamePasskey,
+    RemovePasskey, RenamePasskey,
 };
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -48,7 +48,7 @@ use webauthn_rs_proto::{AllowCredentials, Mediation, ResidentKeyRequirement};
 
 use super::passkey_rows::{self as rows, PasskeyRow};
 use super::revocations::Revoked;
-use super::sessions::SessionUser;
+use super::sessions::{CurrentUser, SessionUser};
 use super::{check_password, fail, signed_in, start_session, SignInSource};
 use crate::accounts;
 use crate::audit::{Action, Actor};
@@ -234,6 +234,13 @@ fn summary(row: &PasskeyRow) -> PasskeySummary {
     }
 }
 
+fn too_many_passkeys() -> ApiError {
+    ApiError::conflict(
+        "too_many_passkeys",
+        format!("an account has at most {MAX_PASSKEYS_PER_ACCOUNT} passkeys; remove one first"),
+    )
+}
+
 fn checked_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     let chars = name.chars().count();
@@ -365,6 +372,9 @@ pub async fn finish_sign_in(
                 None => None,
             };
             let source = source.for_account(account.as_ref().map(|a| a.user.id));
+            source
+                .refuse_if_address_locked(&state, account.as_ref())
+                .await?;
             return Err(fail(
                 &state,
                 &source,
@@ -386,11 +396,11 @@ pub async fn finish_sign_in(
         .refuse_if_address_locked(&state, Some(&account))
         .await?;
     let mut passkey = decode(&row)?;
-    let result = match state.passkeys.webauthn.finish_discoverable_authentication_v2(
-        &credential,
-        ceremony_state,
-        &passkey,
-    ) {
+    let result = match state
+        .passkeys
+        .webauthn
+        .finish_discoverable_authentication_v2(&credential, ceremony_state, &passkey)
+    {
         Ok(result) => result,
         Err(e) => {
             let (error, reason) = refusal(&e);
@@ -420,6 +430,10 @@ pub async fn finish_sign_in(
         return Err(ApiError::Denied(
             "this account is disabled; ask your administrator".into(),
         ));
+    }
+    if source.device.is_none() {
+        // As after a sign-in with the password: the untrusted channel's count starts again.
+        super::rows::clear_failures(&state.pool, account.user.id).await?;
     }
     let started = start_session(&state, &account.user, &source, "passkey", false).await?;
     let session = started.session.clone();
@@ -472,10 +486,7 @@ pub async fn start_registration(
     .await?;
     let registered = rows::for_user(&state.pool, account.user.id).await?;
     if registered.len() as u64 >= MAX_PASSKEYS_PER_ACCOUNT {
-        return Err(ApiError::conflict(
-            "too_many_passkeys",
-            format!("an account has at most {MAX_PASSKEYS_PER_ACCOUNT} passkeys; remove one first"),
-        ));
+        return Err(too_many_passkeys());
     }
     let exclude = registered
         .iter()
@@ -547,6 +558,10 @@ pub async fn finish_registration(
     let now = state.clock.now();
     let id = Uuid::new_v4();
     let mut tx = state.audit.begin().await?;
+    // Checked again here: ceremonies started side by side all passed the check at the start.
+    if rows::count(tx.connection(), current.user.id).await? >= MAX_PASSKEYS_PER_ACCOUNT {
+        return Err(too_many_passkeys());
+    }
     // Its counter starts at zero here: the first sign-in moves it.
     if !rows::insert(
         tx.connection(),
@@ -594,7 +609,7 @@ pub async fn finish_registration(
               (status = 404, body = ErrorBody, description = "no such passkey of yours")))]
 pub async fn rename(
     State(state): State<AppState>,
-    SessionUser(current): SessionUser,
+    current: CurrentUser,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<RenamePasskey>,
 ) -> Result<Json<PasskeySummary>, ApiError> {
@@ -620,31 +635,43 @@ pub async fn rename(
         .ok_or(ApiError::NotFound("passkey"))
 }
 
-/// `DELETE /api/v1/account/passkeys/{id}`: remove a passkey. Every other session of the account
-/// ends (and its WebSockets close), since one of them may have been opened with it.
-#[utoipa::path(delete, path = "/api/v1/account/passkeys/{id}", tag = "account",
+/// `DELETE /api/v1/account/passkeys/{id}`: remove a passkey (the password is asked again, as it
+/// signs out every other session). Every other session of the account ends (and its WebSockets
+/// close), since one of them may have been opened with it.
+#[utoipa::path(delete, path = "/api/v1/account/passkeys/{id}", tag = "account", request_body = RemovePasskey,
     params(("id" = Uuid, Path, description = "the passkey")),
-    responses((status = 204), (status = 404, body = ErrorBody, description = "no such passkey of yours"),
-              (status = 409, body = ErrorBody, description = "last_passkey: the organisation requires one")))]
+    responses((status = 204), (status = 401, body = ErrorBody, description = "invalid_credentials: the password is wrong"),
+              (status = 404, body = ErrorBody, description = "no such passkey of yours"),
+              (status = 409, body = ErrorBody, description = "last_passkey: the organisation requires one"),
+              (status = 429, body = ErrorBody, description = "too_many_attempts")))]
 pub async fn remove(
     State(state): State<AppState>,
-    SessionUser(current): SessionUser,
+    source: SignInSource,
+    current: CurrentUser,
     ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<RemovePasskey>,
 ) -> Result<StatusCode, ApiError> {
+    let account = accounts::find_by_id(&state.pool, current.user.id).await?;
+    check_password(
+        &state,
+        source,
+        account,
+        &req.current_password,
+        "wrong_password_for_passkey",
+    )
+    .await?;
     let now = state.clock.now();
-    let registered = rows::for_user(&state.pool, current.user.id).await?;
-    if !registered.iter().any(|row| row.id == id) {
-        return Err(ApiError::NotFound("passkey"));
-    }
-    if state.config.policy.require_passkey && registered.len() == 1 {
-        return Err(ApiError::conflict(
-            "last_passkey",
-            "your organisation requires a passkey: register another before removing this one",
-        ));
-    }
+    let keep_one = state.config.policy.require_passkey;
     let mut tx = state.audit.begin().await?;
-    if !rows::remove(tx.connection(), current.user.id, id).await? {
-        return Err(ApiError::NotFound("passkey"));
+    match rows::remove(tx.connection(), current.user.id, id, keep_one).await? {
+        rows::Removal::Removed => {}
+        rows::Removal::NotFound => return Err(ApiError::NotFound("passkey")),
+        rows::Removal::LastOne => {
+            return Err(ApiError::conflict(
+                "last_passkey",
+                "your organisation requires a passkey: register another before removing this one",
+            ))
+        }
     }
     let ended = super::rows::revoke_user_sessions(
         tx.connection(),

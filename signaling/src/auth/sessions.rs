@@ -67,7 +67,15 @@ pub async fn create(
     let now = state.clock.now();
     let token = Token::generate();
     let absolute = now + state.config.session.absolute_timeout;
-    rows::insert_session(db, &token.hash().0, user.id, now, absolute, passkey_setup_only).await?;
+    rows::insert_session(
+        db,
+        &token.hash().0,
+        user.id,
+        now,
+        absolute,
+        passkey_setup_only,
+    )
+    .await?;
     let session = Session {
         user: user.clone(),
         token: Some(token.expose().to_owned()),
@@ -138,8 +146,7 @@ pub async fn authenticate_any(
             csrf_token: csrf_token(token),
             idle_expires_at: (last_seen + state.config.session.idle_timeout).min(absolute),
             absolute_expires_at: absolute,
-            passkey_setup_required: row.passkey_setup_only
-                && state.config.policy.require_passkey,
+            passkey_setup_required: row.passkey_setup_only && state.config.policy.require_passkey,
         },
         user: account.user,
     })

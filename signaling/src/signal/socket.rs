@@ -391,6 +391,12 @@ impl Connected {
                             "your session is invalid or expired; sign in again",
                         ))
                     }
+                    Err(ApiError::PasskeySetupRequired) => {
+                        return Err(fatal(
+                            SignalErrorCode::Forbidden,
+                            "your organisation requires a passkey: register one first",
+                        ))
+                    }
                     Err(e) => return Err(internal(e)),
                 };
             if current.user.role != Role::Doctor {

@@ -252,7 +252,12 @@ async fn register(svc: &TestService, doctor: &Doctor, name: &str) -> SoftPasskey
 
 /// Start a sign-in: passwordless without `password`, second factor with it.
 async fn start(svc: &TestService, factors: Value) -> Value {
-    let r = post(&http_client(), svc.url("/api/v1/auth/passkey/start"), factors).await;
+    let r = post(
+        &http_client(),
+        svc.url("/api/v1/auth/passkey/start"),
+        factors,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     r.json().await.unwrap()
 }
@@ -291,7 +296,10 @@ async fn a_registered_passkey_signs_in_alone_and_as_the_second_factor() {
 
     // Passwordless: no email, the browser offers whatever passkey of the site the person picks.
     let challenge = start(&svc, json!({})).await;
-    assert_eq!(challenge["options"]["publicKey"]["userVerification"], "required");
+    assert_eq!(
+        challenge["options"]["publicKey"]["userVerification"],
+        "required"
+    );
     assert!(challenge["options"]["publicKey"]["allowCredentials"]
         .as_array()
         .unwrap()
@@ -331,7 +339,10 @@ async fn a_registered_passkey_signs_in_alone_and_as_the_second_factor() {
     );
     assert!(listed.iter().all(|p| p.last_used_at.is_some()));
     let r = doctor
-        .bearer(Method::PATCH, &format!("/api/v1/account/passkeys/{}", listed[1].id))
+        .bearer(
+            Method::PATCH,
+            &format!("/api/v1/account/passkeys/{}", listed[1].id),
+        )
         .json(&json!({ "name": "Work phone" }))
         .send()
         .await
@@ -355,7 +366,10 @@ async fn a_registered_passkey_signs_in_alone_and_as_the_second_factor() {
     // Names are checked.
     for bad in ["", "   ", &"x".repeat(61), "tab\there"] {
         let r = doctor
-            .bearer(Method::PATCH, &format!("/api/v1/account/passkeys/{}", listed[0].id))
+            .bearer(
+                Method::PATCH,
+                &format!("/api/v1/account/passkeys/{}", listed[0].id),
+            )
             .json(&json!({ "name": bad }))
             .send()
             .await
@@ -381,7 +395,12 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
     let port: u16 = svc.base.rsplit(':').next().unwrap().parse().unwrap();
     phished.origin = format!("http://localhost:{}", port.wrapping_add(1));
     let challenge = start(&svc, json!({})).await;
-    let r = finish(&svc, &challenge["ceremony"], phished.get(&challenge["options"])).await;
+    let r = finish(
+        &svc,
+        &challenge["ceremony"],
+        phished.get(&challenge["options"]),
+    )
+    .await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "passkey_wrong_origin".into())
@@ -395,7 +414,12 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
 
     // The password of one doctor, the passkey of another.
     let challenge = start(&svc, second_factor(&doctor)).await;
-    let r = finish(&svc, &challenge["ceremony"], others.get(&challenge["options"])).await;
+    let r = finish(
+        &svc,
+        &challenge["ceremony"],
+        others.get(&challenge["options"]),
+    )
+    .await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "passkey_unknown".into())
@@ -404,7 +428,12 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
     let mut impostor = others.clone();
     impostor.user_handle = passkey.user_handle.clone();
     let challenge = start(&svc, json!({})).await;
-    let r = finish(&svc, &challenge["ceremony"], impostor.get(&challenge["options"])).await;
+    let r = finish(
+        &svc,
+        &challenge["ceremony"],
+        impostor.get(&challenge["options"]),
+    )
+    .await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "passkey_unknown".into())
@@ -415,7 +444,12 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         &origin(&svc),
     );
     let challenge = start(&svc, json!({})).await;
-    let r = finish(&svc, &challenge["ceremony"], stranger.get(&challenge["options"])).await;
+    let r = finish(
+        &svc,
+        &challenge["ceremony"],
+        stranger.get(&challenge["options"]),
+    )
+    .await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "passkey_unknown".into())
@@ -451,7 +485,12 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
     // Too late: ceremonies live five minutes.
     let challenge = start(&svc, json!({})).await;
     svc.clock.advance(Duration::from_secs(5 * 60 + 1));
-    let r = finish(&svc, &challenge["ceremony"], passkey.get(&challenge["options"])).await;
+    let r = finish(
+        &svc,
+        &challenge["ceremony"],
+        passkey.get(&challenge["options"]),
+    )
+    .await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "passkey_expired".into())
@@ -472,8 +511,15 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         (StatusCode::BAD_REQUEST, "malformed_credential".into())
     );
     // ... without spending the ceremony.
-    signed_in_as(finish(&svc, &challenge["ceremony"], passkey.get(&challenge["options"])).await)
-        .await;
+    signed_in_as(
+        finish(
+            &svc,
+            &challenge["ceremony"],
+            passkey.get(&challenge["options"]),
+        )
+        .await,
+    )
+    .await;
     // A registration ceremony is no sign-in, and a sign-in ceremony no registration.
     let r = doctor
         .bearer(Method::POST, "/api/v1/account/passkeys")
@@ -529,13 +575,25 @@ async fn a_cloned_authenticator_is_caught_by_its_counter() {
     let clone = original.clone();
     for _ in 0..3 {
         let challenge = start(&svc, json!({})).await;
-        signed_in_as(finish(&svc, &challenge["ceremony"], original.get(&challenge["options"])).await)
-            .await;
+        signed_in_as(
+            finish(
+                &svc,
+                &challenge["ceremony"],
+                original.get(&challenge["options"]),
+            )
+            .await,
+        )
+        .await;
     }
     // The copy answers with the counter it has (behind), or with the one the service saw last.
     for counter in [clone.counter + 1, original.counter] {
         let challenge = start(&svc, json!({})).await;
-        let r = finish(&svc, &challenge["ceremony"], clone.sign(&challenge["options"], counter)).await;
+        let r = finish(
+            &svc,
+            &challenge["ceremony"],
+            clone.sign(&challenge["options"], counter),
+        )
+        .await;
         assert_eq!(
             error_code(r).await,
             (StatusCode::UNAUTHORIZED, "passkey_cloned".into()),
@@ -545,8 +603,15 @@ async fn a_cloned_authenticator_is_caught_by_its_counter() {
     }
     // The original, whose counter moves on, still signs in.
     let challenge = start(&svc, json!({})).await;
-    signed_in_as(finish(&svc, &challenge["ceremony"], original.get(&challenge["options"])).await)
-        .await;
+    signed_in_as(
+        finish(
+            &svc,
+            &challenge["ceremony"],
+            original.get(&challenge["options"]),
+        )
+        .await,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -556,7 +621,12 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
     let mut passkey = register(&svc, &doctor, "Lost phone").await;
     // A session opened with the passkey elsewhere, in a call.
     let challenge = start(&svc, json!({})).await;
-    let r = finish(&svc, &challenge["ceremony"], passkey.get(&challenge["options"])).await;
+    let r = finish(
+        &svc,
+        &challenge["ceremony"],
+        passkey.get(&challenge["options"]),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let LoginResponse::SignedIn { session } = r.json().await.unwrap() else {
         panic!("expected a session")
@@ -579,9 +649,28 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
         .json()
         .await
         .unwrap();
+    // The password is asked again: a wrong one removes nothing and ends nothing.
+    let r = doctor
+        .bearer(
+            Method::DELETE,
+            &format!("/api/v1/account/passkeys/{}", listed[0].id),
+        )
+        .json(&json!({ "current_password": "not the password at all" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::UNAUTHORIZED, "invalid_credentials".into())
+    );
+    ws.assert_alive().await;
     let removed_at = Instant::now();
     let r = doctor
-        .bearer(Method::DELETE, &format!("/api/v1/account/passkeys/{}", listed[0].id))
+        .bearer(
+            Method::DELETE,
+            &format!("/api/v1/account/passkeys/{}", listed[0].id),
+        )
+        .json(&json!({ "current_password": doctor.password }))
         .send()
         .await
         .unwrap();
@@ -589,11 +678,22 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
     ws.expect_error("unauthorized").await;
     let took = removed_at.elapsed();
     assert!(took < Duration::from_secs(1), "closed in {took:?}");
-    assert!(doctor.api.session(&elsewhere).await.is_err(), "the other session ended");
-    assert!(doctor.api.session(&doctor.token).await.is_ok(), "this one stays");
+    assert!(
+        doctor.api.session(&elsewhere).await.is_err(),
+        "the other session ended"
+    );
+    assert!(
+        doctor.api.session(&doctor.token).await.is_ok(),
+        "this one stays"
+    );
     // The removed passkey signs in no more.
     let challenge = start(&svc, json!({})).await;
-    let r = finish(&svc, &challenge["ceremony"], passkey.get(&challenge["options"])).await;
+    let r = finish(
+        &svc,
+        &challenge["ceremony"],
+        passkey.get(&challenge["options"]),
+    )
+    .await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "passkey_unknown".into())
@@ -610,7 +710,11 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
         .await
         .unwrap();
     let r = doctor
-        .bearer(Method::DELETE, &format!("/api/v1/account/passkeys/{}", theirs[0].id))
+        .bearer(
+            Method::DELETE,
+            &format!("/api/v1/account/passkeys/{}", theirs[0].id),
+        )
+        .json(&json!({ "current_password": doctor.password }))
         .send()
         .await
         .unwrap();
@@ -650,13 +754,20 @@ async fn an_organisation_can_require_a_passkey_and_recovery_codes_still_work() {
     // From now on the app's code is refused, with a reason, the passkey accepted.
     svc.next_totp_step();
     let code = consult_signaling::auth::totp::code_at(&doctor.totp_secret, svc.now_unix()).unwrap();
-    let r = svc.login(&doctor.email, &doctor.password, Some(&code)).await;
+    let r = svc
+        .login(&doctor.email, &doctor.password, Some(&code))
+        .await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::FORBIDDEN, "passkey_required".into())
     );
     let challenge = start(&svc, second_factor(&doctor)).await;
-    let r = finish(&svc, &challenge["ceremony"], passkey.get(&challenge["options"])).await;
+    let r = finish(
+        &svc,
+        &challenge["ceremony"],
+        passkey.get(&challenge["options"]),
+    )
+    .await;
     let LoginResponse::SignedIn { session } = r.json().await.unwrap() else {
         panic!("expected a session")
     };
@@ -676,6 +787,27 @@ async fn an_organisation_can_require_a_passkey_and_recovery_codes_still_work() {
     };
     assert!(session.passkey_setup_required);
 
+    // That session may not remove or rename passkeys, only add one.
+    let recovered = session.token.unwrap();
+    let r = reqwest::Client::new()
+        .get(svc.url("/api/v1/account/passkeys"))
+        .bearer_auth(&recovered)
+        .send()
+        .await
+        .unwrap();
+    let lost: Vec<PasskeySummary> = r.json().await.unwrap();
+    let r = reqwest::Client::new()
+        .delete(svc.url(&format!("/api/v1/account/passkeys/{}", lost[0].id)))
+        .bearer_auth(&recovered)
+        .json(&json!({ "current_password": doctor.password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::FORBIDDEN, "passkey_setup_required".into())
+    );
+
     // The last passkey cannot be removed under the policy.
     let listed: Vec<PasskeySummary> = doctor
         .bearer(Method::GET, "/api/v1/account/passkeys")
@@ -686,9 +818,16 @@ async fn an_organisation_can_require_a_passkey_and_recovery_codes_still_work() {
         .await
         .unwrap();
     let r = doctor
-        .bearer(Method::DELETE, &format!("/api/v1/account/passkeys/{}", listed[0].id))
+        .bearer(
+            Method::DELETE,
+            &format!("/api/v1/account/passkeys/{}", listed[0].id),
+        )
+        .json(&json!({ "current_password": doctor.password }))
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::CONFLICT, "last_passkey".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::CONFLICT, "last_passkey".into())
+    );
 }
