@@ -246,6 +246,49 @@ pub(crate) async fn check_password(
     Ok((account, source))
 }
 
+/// The signed-in person's password, asked again before something that signs out their other
+/// sessions or adds a way in; checked and throttled like a sign-in.
+pub(crate) async fn recheck_password(
+    state: &AppState,
+    source: SignInSource,
+    current: &CurrentUser,
+    password: &str,
+    reason: &str,
+) -> Result<Account, ApiError> {
+    let account = accounts::find_by_id(&state.pool, current.user.id).await?;
+    let (account, _) = check_password(state, source, account, password, reason).await?;
+    Ok(account)
+}
+
+/// End every other session of `current`'s account in `tx` (where the change that calls for it
+/// was made), audit `action` with `detail` and the number ended, commit, and close their
+/// WebSockets.
+pub(crate) async fn end_other_sessions(
+    state: &AppState,
+    mut tx: crate::audit::AuditedTransaction<'_>,
+    current: &CurrentUser,
+    action: Action,
+    mut detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    let now = state.clock.now();
+    let ended = rows::revoke_user_sessions(
+        tx.connection(),
+        current.user.id,
+        Some(current.session_id),
+        now,
+    )
+    .await?;
+    detail["sessions_ended"] = json!(ended);
+    tx.record(now, &actor(&current.user), action, None, detail)
+        .await?;
+    tx.commit().await?;
+    state.revocations.announce(Revoked::User {
+        user_id: current.user.id,
+        except: Some(current.session_id),
+    });
+    Ok(())
+}
+
 /// A session just opened, and the device token to hand out if this device is new.
 struct StartedSession {
     token: Token,
@@ -716,12 +759,10 @@ pub async fn change_password(
 ) -> Result<StatusCode, ApiError> {
     password::check_policy(&req.new_password)
         .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))?;
-    let now = state.clock.now();
-    let account = accounts::find_by_id(&state.pool, current.user.id).await?;
-    let (account, _) = check_password(
+    let account = recheck_password(
         &state,
         source,
-        account,
+        &current,
         &req.current_password,
         "wrong_current_password",
     )
@@ -731,26 +772,7 @@ pub async fn change_password(
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut tx = state.audit.begin().await?;
     rows::change_password(tx.connection(), account.user.id, &hash).await?;
-    let ended = rows::revoke_user_sessions(
-        tx.connection(),
-        account.user.id,
-        Some(current.session_id),
-        now,
-    )
-    .await?;
-    tx.record(
-        now,
-        &actor(&account.user),
-        Action::PasswordChanged,
-        None,
-        json!({ "sessions_ended": ended }),
-    )
-    .await?;
-    tx.commit().await?;
-    state.revocations.announce(Revoked::User {
-        user_id: account.user.id,
-        except: Some(current.session_id),
-    });
+    end_other_sessions(&state, tx, &current, Action::PasswordChanged, json!({})).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

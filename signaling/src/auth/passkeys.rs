@@ -47,9 +47,11 @@ use webauthn_rs::prelude::{
 use webauthn_rs_proto::{AllowCredentials, Mediation, ResidentKeyRequirement};
 
 use super::passkey_rows::{self as rows, PasskeyRow};
-use super::revocations::Revoked;
 use super::sessions::{CurrentUser, SessionUser};
-use super::{check_password, fail, signed_in, start_session, SignInSource};
+use super::{
+    check_password, end_other_sessions, fail, recheck_password, signed_in, start_session,
+    SignInSource,
+};
 use crate::accounts;
 use crate::audit::{Action, Actor};
 use crate::error::{ApiError, ApiJson, ApiPath};
@@ -128,7 +130,18 @@ struct Ceremony {
     purpose: Purpose,
 }
 
-fn seal(state: &AppState, purpose: Purpose) -> Result<(String, OffsetDateTime), ApiError> {
+/// The options for the browser, with the sealed ceremony to send back.
+fn challenge(
+    state: &AppState,
+    purpose: Purpose,
+    options: &impl Serialize,
+) -> Result<Json<PasskeyChallenge>, ApiError> {
+    let ceremony = seal(state, purpose)?;
+    let options = serde_json::to_value(options).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(Json(PasskeyChallenge { ceremony, options }))
+}
+
+fn seal(state: &AppState, purpose: Purpose) -> Result<String, ApiError> {
     let mut id = [0u8; 16];
     OsRng.fill_bytes(&mut id);
     let expires_at = state.clock.now() + CEREMONY_TTL;
@@ -138,7 +151,7 @@ fn seal(state: &AppState, purpose: Purpose) -> Result<(String, OffsetDateTime), 
         purpose,
     };
     let text = serde_json::to_string(&ceremony).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok((state.sealing_key.seal(&text, CEREMONY_OWNER), expires_at))
+    Ok(state.sealing_key.seal(&text, CEREMONY_OWNER))
 }
 
 fn rejected(code: &'static str, message: &str) -> ApiError {
@@ -316,9 +329,7 @@ pub async fn start_sign_in(
             ))
         }
     };
-    let (ceremony, _) = seal(&state, purpose)?;
-    let options = serde_json::to_value(&options).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Json(PasskeyChallenge { ceremony, options }))
+    challenge(&state, purpose, &options)
 }
 
 /// `POST /api/v1/auth/passkey/finish`: sign in with the passkey's answer.
@@ -475,11 +486,10 @@ pub async fn start_registration(
     SessionUser(current): SessionUser,
     ApiJson(req): ApiJson<PasskeyRegistrationStart>,
 ) -> Result<Json<PasskeyChallenge>, ApiError> {
-    let account = accounts::find_by_id(&state.pool, current.user.id).await?;
-    let (account, _) = check_password(
+    let account = recheck_password(
         &state,
         source,
-        account,
+        &current,
         &req.current_password,
         "wrong_password_for_passkey",
     )
@@ -507,16 +517,12 @@ pub async fn start_registration(
         selection.resident_key = Some(ResidentKeyRequirement::Required);
         selection.require_resident_key = true;
     }
-    let (ceremony, _) = seal(
-        &state,
-        Purpose::Register {
-            user_id: account.user.id,
-            session_id: current.session_id,
-            state: registration,
-        },
-    )?;
-    let options = serde_json::to_value(&options).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Json(PasskeyChallenge { ceremony, options }))
+    let purpose = Purpose::Register {
+        user_id: account.user.id,
+        session_id: current.session_id,
+        state: registration,
+    };
+    challenge(&state, purpose, &options)
 }
 
 /// `POST /api/v1/account/passkeys`: register the passkey the browser created.
@@ -651,16 +657,14 @@ pub async fn remove(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<RemovePasskey>,
 ) -> Result<StatusCode, ApiError> {
-    let account = accounts::find_by_id(&state.pool, current.user.id).await?;
-    check_password(
+    recheck_password(
         &state,
         source,
-        account,
+        &current,
         &req.current_password,
         "wrong_password_for_passkey",
     )
     .await?;
-    let now = state.clock.now();
     let keep_one = state.config.policy.require_passkey;
     let mut tx = state.audit.begin().await?;
     match rows::remove(tx.connection(), current.user.id, id, keep_one).await? {
@@ -673,25 +677,13 @@ pub async fn remove(
             ))
         }
     }
-    let ended = super::rows::revoke_user_sessions(
-        tx.connection(),
-        current.user.id,
-        Some(current.session_id),
-        now,
-    )
-    .await?;
-    tx.record(
-        now,
-        &Actor::User(current.user.id),
+    end_other_sessions(
+        &state,
+        tx,
+        &current,
         Action::PasskeyRemoved,
-        None,
-        json!({ "passkey": id, "sessions_ended": ended }),
+        json!({ "passkey": id }),
     )
     .await?;
-    tx.commit().await?;
-    state.revocations.announce(Revoked::User {
-        user_id: current.user.id,
-        except: Some(current.session_id),
-    });
     Ok(StatusCode::NO_CONTENT)
 }

@@ -279,6 +279,25 @@ async fn signed_in_as(r: reqwest::Response) -> String {
     session.user.email
 }
 
+async fn passkeys_of(doctor: &Doctor) -> Vec<PasskeySummary> {
+    let r = doctor
+        .bearer(Method::GET, "/api/v1/account/passkeys")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+async fn remove(doctor: &Doctor, id: uuid::Uuid, password: &str) -> reqwest::Response {
+    doctor
+        .bearer(Method::DELETE, &format!("/api/v1/account/passkeys/{id}"))
+        .json(&json!({ "current_password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn second_factor(doctor: &Doctor) -> Value {
     json!({ "email": doctor.email, "password": doctor.password })
 }
@@ -327,12 +346,7 @@ async fn a_registered_passkey_signs_in_alone_and_as_the_second_factor() {
     );
 
     // Listed with names and last use; renamed; the audit trail has it all.
-    let r = doctor
-        .bearer(Method::GET, "/api/v1/account/passkeys")
-        .send()
-        .await
-        .unwrap();
-    let listed: Vec<PasskeySummary> = r.json().await.unwrap();
+    let listed = passkeys_of(&doctor).await;
     assert_eq!(
         listed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
         ["Laptop", "Phone"]
@@ -641,39 +655,16 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
     .await;
     ws.recv_type("joined").await;
 
-    let listed: Vec<PasskeySummary> = doctor
-        .bearer(Method::GET, "/api/v1/account/passkeys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = passkeys_of(&doctor).await;
     // The password is asked again: a wrong one removes nothing and ends nothing.
-    let r = doctor
-        .bearer(
-            Method::DELETE,
-            &format!("/api/v1/account/passkeys/{}", listed[0].id),
-        )
-        .json(&json!({ "current_password": "not the password at all" }))
-        .send()
-        .await
-        .unwrap();
+    let r = remove(&doctor, listed[0].id, "not the password at all").await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "invalid_credentials".into())
     );
     ws.assert_alive().await;
     let removed_at = Instant::now();
-    let r = doctor
-        .bearer(
-            Method::DELETE,
-            &format!("/api/v1/account/passkeys/{}", listed[0].id),
-        )
-        .json(&json!({ "current_password": doctor.password }))
-        .send()
-        .await
-        .unwrap();
+    let r = remove(&doctor, listed[0].id, &doctor.password).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     ws.expect_error("unauthorized").await;
     let took = removed_at.elapsed();
@@ -701,23 +692,8 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
     // Someone else's passkey cannot be removed (it looks like none).
     let other = svc.doctor("dr.not-yours@example.org").await;
     register(&svc, &other, "Mine").await;
-    let theirs: Vec<PasskeySummary> = other
-        .bearer(Method::GET, "/api/v1/account/passkeys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = doctor
-        .bearer(
-            Method::DELETE,
-            &format!("/api/v1/account/passkeys/{}", theirs[0].id),
-        )
-        .json(&json!({ "current_password": doctor.password }))
-        .send()
-        .await
-        .unwrap();
+    let theirs = passkeys_of(&other).await;
+    let r = remove(&doctor, theirs[0].id, &doctor.password).await;
     assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
 }
 
@@ -809,23 +785,8 @@ async fn an_organisation_can_require_a_passkey_and_recovery_codes_still_work() {
     );
 
     // The last passkey cannot be removed under the policy.
-    let listed: Vec<PasskeySummary> = doctor
-        .bearer(Method::GET, "/api/v1/account/passkeys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = doctor
-        .bearer(
-            Method::DELETE,
-            &format!("/api/v1/account/passkeys/{}", listed[0].id),
-        )
-        .json(&json!({ "current_password": doctor.password }))
-        .send()
-        .await
-        .unwrap();
+    let listed = passkeys_of(&doctor).await;
+    let r = remove(&doctor, listed[0].id, &doctor.password).await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::CONFLICT, "last_passkey".into())
