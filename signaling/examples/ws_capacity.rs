@@ -203,6 +203,10 @@ async fn main() -> anyhow::Result<()> {
             format!("{}s", args.heartbeat.as_secs() * 3),
         )
         .env("CONSULT_SIGNALING__MAX_MESSAGES_PER_SECOND", "50")
+        // Every connection comes from this one address: lift the per-address limits.
+        .env("CONSULT_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "1000000")
+        .env("CONSULT_LIMITS__MAX_CONNECTIONS", "1000000")
+        .env("CONSULT_SIGNALING__MAX_UNJOINED_SOCKETS", "1000000")
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -34,6 +34,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// Sign-in throttling.
     pub login: LoginConfig,
+    /// Connections: how many, and how long a request may take to arrive.
+    pub limits: LimitsConfig,
     /// Patient invites.
     pub invite: InviteConfig,
     /// The signaling WebSocket.
@@ -105,6 +107,41 @@ pub struct SignalingConfig {
     pub max_message_bytes: usize,
     /// Messages per second one connection may send (sustained); bursts of twice that pass.
     pub max_messages_per_second: u32,
+    /// A connection that has not sent `join` this long after opening is closed.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// WebSockets open at once that have not joined yet (service-wide); more are refused with
+    /// `503` until some join or close.
+    pub max_unjoined_sockets: usize,
+    /// Joins one participant (or one doctor's session) may make per minute; more are refused
+    /// with a fatal, retryable `rate_limited` error.
+    pub max_joins_per_minute: u32,
+}
+
+/// Connections: how many, and how long a request may take to arrive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A request's headers must have arrived this long after the connection opened or its
+    /// previous request was answered; otherwise the connection is closed (slow or half-open
+    /// requests, idle keep-alive connections).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections one client address may hold open at once (HTTP and WebSockets; listed
+    /// `trusted_proxies` are not limited). More are closed as soon as they are accepted.
+    pub max_connections_per_address: usize,
+    /// Connections open at once, all addresses together.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_address: 256,
+            max_connections: 8192,
+        }
+    }
 }
 
 /// The organisation's policy.
@@ -190,6 +227,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             session: SessionConfig::default(),
             login: LoginConfig::default(),
+            limits: LimitsConfig::default(),
             invite: InviteConfig::default(),
             signaling: SignalingConfig::default(),
             ice: IceConfig {
@@ -240,6 +278,9 @@ impl Default for SignalingConfig {
             reconnect_grace: Duration::from_secs(30),
             max_message_bytes: consult_proto::signal::DEFAULT_MAX_MESSAGE_BYTES,
             max_messages_per_second: 50,
+            join_timeout: Duration::from_secs(10),
+            max_unjoined_sockets: 1024,
+            max_joins_per_minute: 30,
         }
     }
 }
@@ -264,6 +305,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "trusted_proxies",
     "session",
     "login",
+    "limits",
     "invite",
     "signaling",
     "ice",
@@ -327,6 +369,18 @@ impl Config {
         }
         if self.session.idle_timeout > self.session.absolute_timeout {
             return bad("session.idle_timeout must not exceed session.absolute_timeout");
+        }
+        if self.limits.header_read_timeout.is_zero()
+            || self.limits.max_connections_per_address == 0
+            || self.limits.max_connections < self.limits.max_connections_per_address
+        {
+            return bad("limits: header_read_timeout and max_connections_per_address must be above zero, and max_connections at least max_connections_per_address");
+        }
+        if self.signaling.join_timeout.is_zero()
+            || self.signaling.max_unjoined_sockets == 0
+            || self.signaling.max_joins_per_minute == 0
+        {
+            return bad("signaling.join_timeout, max_unjoined_sockets and max_joins_per_minute must be above zero");
         }
         if self.login.max_failures_per_account == 0 || self.login.max_failures_per_address == 0 {
             return bad("login.max_failures_* must be at least 1");

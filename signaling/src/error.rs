@@ -82,6 +82,14 @@ pub enum ApiError {
         /// When to try again.
         retry_after_secs: u64,
     },
+    /// Not now: a limit or a shutdown; try again later.
+    #[error("{message}")]
+    Unavailable {
+        /// Stable code.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
     /// The request body is over the size limit.
     #[error("the request body is too large")]
     PayloadTooLarge,
@@ -102,6 +110,14 @@ impl ApiError {
     /// A 409 with a code and a message.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 503 with a code and a message.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Unavailable {
             code,
             message: message.into(),
         }
@@ -135,6 +151,7 @@ impl ApiError {
             Self::Gone { .. } => StatusCode::GONE,
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -145,7 +162,8 @@ impl ApiError {
             Self::BadRequest { code, .. }
             | Self::Conflict { code, .. }
             | Self::Gone { code, .. }
-            | Self::PasskeyRejected { code, .. } => code,
+            | Self::PasskeyRejected { code, .. }
+            | Self::Unavailable { code, .. } => code,
             Self::PasskeySetupRequired => "passkey_setup_required",
             Self::PasskeyRequired => "passkey_required",
             Self::Unauthenticated => "unauthenticated",

@@ -36,6 +36,7 @@ pub mod db;
 pub mod error;
 pub mod ice;
 pub mod invites;
+pub mod limits;
 pub mod metrics;
 pub mod recording;
 pub mod secrets;

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub signal_messages: IntCounterVec,
     /// Signaling messages refused, by reason.
     pub signal_rejected: IntCounterVec,
+    /// Connections (HTTP and WebSocket) open now.
+    pub open_connections: IntGauge,
+    /// Connections closed on arrival, by limit (`per_address`, `total`).
+    pub connections_refused: IntCounterVec,
     /// CPU time the process used, to the microsecond (`process_cpu_seconds_total` counts whole
     /// seconds, too coarse for the load generator's per-second cost figures).
     cpu_seconds: Gauge,
@@ -68,6 +72,19 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let open_connections = IntGauge::new(
+            "consult_open_connections",
+            "Connections (HTTP and WebSocket) open now",
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "consult_connections_refused_total",
+                "Connections closed on arrival, by the limit reached",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
         let cpu_seconds = Gauge::new(
             "consult_process_cpu_seconds",
             "CPU time (user and system) the service used, in seconds, to the microsecond",
@@ -80,6 +97,8 @@ impl Metrics {
             Box::new(failed_signins.clone()),
             Box::new(signal_messages.clone()),
             Box::new(signal_rejected.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(cpu_seconds.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
@@ -100,6 +119,8 @@ impl Metrics {
             failed_signins,
             signal_messages,
             signal_rejected,
+            open_connections,
+            connections_refused,
             cpu_seconds,
         }
     }

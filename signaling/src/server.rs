@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::Handle;
 
 use crate::audit::Actor;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::limits::LimitedAcceptor;
 use crate::state::AppState;
 use crate::{app, db, invites};
+use hyper_util::rt::TokioTimer;
 
 /// A service that is listening.
 pub struct RunningServer {
@@ -30,8 +31,11 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Stop accepting, give open connections `grace` to finish, then stop.
+    /// Stop accepting, close every WebSocket (1001), give open requests `grace` to finish, then
+    /// stop.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
+        // Every WebSocket closes with 1001 (going away), so clients reconnect elsewhere at once.
+        self.state.shutdown.cancel();
         // Recorders seal their last chunk before the process goes.
         self.state.recordings.stop_all().await;
         self.handle.graceful_shutdown(Some(grace));
@@ -192,6 +196,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     if released > 0 {
         tracing::info!(released, "released invite holds left from the previous run");
     }
+    raise_open_files_limit(config.limits.max_connections);
     let listener =
         TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;
     listener.set_nonblocking(true)?;
@@ -211,19 +216,28 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     crate::recording::spawn_retention_job(state.clone(), retention_sweep);
     let service = app::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = Handle::new();
-    // TCP_NODELAY: signaling is small messages that must go at once. With Nagle's algorithm
-    // a message written while the previous one is unacknowledged waited for the client's
-    // delayed ACK, adding 40 ms to every admission (found by `consult load --signaling-only`).
+    // Within the connection limits, with TCP_NODELAY: signaling is small messages that must go
+    // at once. With Nagle's algorithm a message written while the previous one is
+    // unacknowledged waited for the client's delayed ACK, adding 40 ms to every admission
+    // (found by `consult load --signaling-only`).
+    let header_read_timeout = state.config.limits.header_read_timeout;
+    let limited = LimitedAcceptor::new(state.connection_limits.clone(), header_read_timeout);
+    let mut server = axum_server::from_tcp(listener);
+    server
+        .http_builder()
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     let task = match tls {
         Some(tls) => tokio::spawn(
-            axum_server::from_tcp(listener)
-                .acceptor(RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor::new()))
+            server
+                .acceptor(RustlsAcceptor::new(tls).acceptor(limited))
                 .handle(handle.clone())
                 .serve(service),
         ),
         None => tokio::spawn(
-            axum_server::from_tcp(listener)
-                .acceptor(NoDelayAcceptor::new())
+            server
+                .acceptor(limited)
                 .handle(handle.clone())
                 .serve(service),
         ),
@@ -235,6 +249,28 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
         handle,
         task,
     })
+}
+
+/// Raise the soft limit of open files to the hard limit: each connection is a descriptor, and
+/// the usual soft limit (1024) is below `limits.max_connections`. Says so if it stays below.
+fn raise_open_files_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Descriptors beside connections: the database, recordings, sockets of the recorder.
+    if soft < max_connections as u64 + 256 {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "the open-files limit is below limits.max_connections; raise it (ulimit -n) or lower the setting"
+        );
+    }
 }
 
 /// Load the self-signed certificate from `DATA_DIR/tls/`, creating it on first run.

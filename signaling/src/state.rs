@@ -12,10 +12,12 @@ use crate::auth::throttle::AddressThrottle;
 use crate::client_origin::TrustedProxies;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::recording::Recordings;
 use crate::secrets::SealingKey;
 use crate::signal::hub::Hub;
+use crate::signal::limits::{JoinRate, UnjoinedSockets};
 
 /// Cheap to clone: everything lives behind one `Arc`.
 #[derive(Clone)]
@@ -41,6 +43,14 @@ pub struct Shared {
     pub trusted_proxies: TrustedProxies,
     /// Ended sessions, for the WebSockets that hold them.
     pub revocations: Revocations,
+    /// Open connections per client address and in all.
+    pub connection_limits: Arc<ConnectionLimits>,
+    /// Signaling connections that have not joined yet.
+    pub unjoined_sockets: UnjoinedSockets,
+    /// Joins per participant or doctor session over the last minute.
+    pub join_rate: JoinRate,
+    /// Cancelled when the service shuts down: every WebSocket closes with 1001 (going away).
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// Base URL for links, without a trailing slash.
     pub public_url: String,
     /// Seals TOTP seeds at rest and passkey ceremonies in flight (the key lives outside the
@@ -64,13 +74,24 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let passkeys = RelyingParty::for_public_url(&public_url)?;
+        // Checked when the configuration was validated.
+        let trusted_proxies = TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
+        let connection_limits = ConnectionLimits::new(
+            config.limits.max_connections_per_address,
+            config.limits.max_connections,
+            trusted_proxies.clone(),
+            metrics.clone(),
+        );
         Ok(Self(Arc::new(Shared {
             passkeys,
+            connection_limits,
+            unjoined_sockets: UnjoinedSockets::default(),
+            join_rate: JoinRate::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
             audit: AuditLog::new(pool.clone()),
             hub: Hub::new(metrics.clone()),
             address_throttle: AddressThrottle::new(config.login.clone()),
-            // Checked when the configuration was validated.
-            trusted_proxies: TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default(),
+            trusted_proxies,
             revocations: Revocations::default(),
             metrics,
             config,

@@ -263,6 +263,11 @@ impl LocalService {
             .arg(&data_dir)
             .args(["--bind", "127.0.0.1:0"])
             .args(["--seed-load-clinicians", &clinicians.to_string()])
+            // Every peer and request comes from this one address: the per-address connection
+            // limits would refuse a large run (a deployment under test needs the same).
+            .env("CONSULT_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "1000000")
+            .env("CONSULT_LIMITS__MAX_CONNECTIONS", "1000000")
+            .env("CONSULT_SIGNALING__MAX_UNJOINED_SOCKETS", "1000000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

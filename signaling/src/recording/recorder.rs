@@ -194,7 +194,7 @@ impl Recorder {
             tokio::select! {
                 message = outbound.recv() => match message {
                     Some(Outbound::Message(ServerMessage::ConsultationEnded {}))
-                    | Some(Outbound::Close)
+                    | Some(Outbound::Close | Outbound::GoingAway)
                     | None => break Ending::Stop(StopReason::Ended),
                     Some(Outbound::Message(message)) => self.handle_signal(message).await,
                 },

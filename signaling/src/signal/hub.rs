@@ -28,6 +28,8 @@ pub enum Outbound {
     Message(ServerMessage),
     /// Close the socket (after what was queued before).
     Close,
+    /// Close the socket with 1001 (going away): the service is shutting down.
+    GoingAway,
 }
 
 /// A connection's sending side, as the hub holds it.
@@ -51,6 +53,11 @@ impl Connection {
     /// Ask the writer to close the socket after what is queued.
     pub fn close(&self) {
         let _ = self.tx.try_send(Outbound::Close);
+    }
+
+    /// Ask the writer to close the socket with 1001 (going away) after what is queued.
+    pub fn going_away(&self) {
+        let _ = self.tx.try_send(Outbound::GoingAway);
     }
 }
 

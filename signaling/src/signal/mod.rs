@@ -2,4 +2,5 @@
 //! per-connection [`socket`] loop that speaks the protocol of `consult_proto::signal`.
 
 pub mod hub;
+pub mod limits;
 pub mod socket;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +29,7 @@ use crate::error::ApiError;
 use crate::invites;
 use crate::secrets::Token;
 use crate::signal::hub::{Connection, ConsentError, Identity, Outbound};
+use crate::signal::limits::UnjoinedSocket;
 use crate::state::AppState;
 
 /// Messages queued for one client before it counts as too slow.
@@ -56,6 +57,26 @@ pub async fn upgrade(
             .inc();
         return ApiError::Forbidden.into_response();
     }
+    if state.shutdown.is_cancelled() {
+        return ApiError::unavailable("shutting_down", "the service is restarting; try again")
+            .into_response();
+    }
+    // Until it joins, a connection has proved nothing: only so many may wait at once.
+    let Some(unjoined) = state
+        .unjoined_sockets
+        .admit(state.config.signaling.max_unjoined_sockets)
+    else {
+        state
+            .metrics
+            .signal_rejected
+            .with_label_values(&["too_many_unjoined"])
+            .inc();
+        return ApiError::unavailable(
+            "too_many_connections",
+            "too many connections are waiting to join; try again shortly",
+        )
+        .into_response();
+    };
     let cookie = sessions::token_from_cookie(&headers);
     let hard_limit = state.config.signaling.max_message_bytes * HARD_LIMIT_FACTOR;
     // Signaling messages are small: modest buffers (instead of tungstenite's 128 KiB each) keep
@@ -64,7 +85,7 @@ pub async fn upgrade(
         .max_frame_size(hard_limit)
         .read_buffer_size(SOCKET_BUFFER_BYTES)
         .write_buffer_size(SOCKET_BUFFER_BYTES)
-        .on_upgrade(move |socket| run(state, socket, cookie))
+        .on_upgrade(move |socket| run(state, socket, cookie, unjoined))
 }
 
 /// Whether a request's `Origin` (if any) is this service: the same host as `Host`, or the
@@ -153,9 +174,11 @@ struct Connected {
     cookie: Option<Token>,
     place: Option<Place>,
     rate: RateLimit,
+    /// Held until the connection joins.
+    unjoined: Option<UnjoinedSocket>,
 }
 
-async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>) {
+async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>, unjoined: UnjoinedSocket) {
     state.metrics.connected_sockets.inc();
     let (conn, mut outbound) = state.hub.connection(OUTBOUND_QUEUE);
     let (mut sink, mut stream) = socket.split();
@@ -165,6 +188,14 @@ async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>) {
                 Outbound::Message(message) => Message::Text(encode_server_message(&message).into()),
                 Outbound::Close => {
                     let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+                Outbound::GoingAway => {
+                    let frame = CloseFrame {
+                        code: close_code::AWAY,
+                        reason: "the service is restarting".into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
                     break;
                 }
             };
@@ -182,6 +213,7 @@ async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>) {
         conn,
         cookie,
         place: None,
+        unjoined: Some(unjoined),
     };
     let opened = Instant::now();
     let mut last_heard = Instant::now();
@@ -219,11 +251,15 @@ async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>) {
                     break;
                 }
             }
+            _ = tokio::time::sleep_until(opened + signaling.join_timeout), if connected.place.is_none() => {
+                connected.reject(SignalErrorCode::NotJoined, "no join within the join timeout", true);
+                break;
+            }
+            _ = state.shutdown.cancelled() => {
+                connected.conn.going_away();
+                break;
+            }
             _ = tick.tick() => {
-                if connected.place.is_none() && opened.elapsed() > signaling.heartbeat_timeout {
-                    connected.reject(SignalErrorCode::NotJoined, "no join within the heartbeat timeout", true);
-                    break;
-                }
                 if last_heard.elapsed() > signaling.heartbeat_timeout {
                     connected.reject(SignalErrorCode::HeartbeatTimeout, "no message within the heartbeat timeout", true);
                     break;
@@ -360,6 +396,20 @@ impl Connected {
         }
     }
 
+    /// Refuse a join by `identity` (a participant, or a doctor's session) beyond
+    /// `signaling.max_joins_per_minute`: fatal, and retryable after a while.
+    fn check_join_rate(&self, identity: Uuid) -> Result<(), (SignalErrorCode, String, bool)> {
+        let max = self.state.config.signaling.max_joins_per_minute;
+        if self.state.join_rate.allow(identity, max, Instant::now()) {
+            return Ok(());
+        }
+        Err((
+            SignalErrorCode::RateLimited,
+            format!("more than {max} joins in a minute; wait a little before reconnecting"),
+            true,
+        ))
+    }
+
     async fn join(
         &mut self,
         token: Option<String>,
@@ -418,6 +468,7 @@ impl Connected {
                     "this consultation has ended",
                 ));
             }
+            self.check_join_rate(current.session_id)?;
             let participant_id = state.hub.join(
                 record.room_info(),
                 Identity::Doctor,
@@ -457,6 +508,7 @@ impl Connected {
                     "this consultation has ended",
                 ));
             }
+            self.check_join_rate(participant.id)?;
             let identity = Identity::Patient {
                 participant_id: participant.id,
                 name: participant.name.clone(),
@@ -497,6 +549,8 @@ impl Connected {
             .await;
         let consultation_id = place.consultation_id;
         self.place = Some(place);
+        // Joined: its place among the unjoined is free.
+        self.unjoined = None;
         crate::recording::reconcile(&self.state, consultation_id).await;
         Ok(Flow::Continue)
     }

@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod common;
 mod dependencies;
+mod limits;
 mod passkeys;
 mod recording;
 mod sessions;
