@@ -341,8 +341,10 @@ async fn main() -> anyhow::Result<()> {
     for task in tasks {
         task.abort();
     }
+    let token = std::fs::read_to_string(dir.path().join("keys/metrics.token"))?;
     let metrics = http
         .get(format!("{base}/metrics"))
+        .bearer_auth(token.trim())
         .send()
         .await?
         .text()

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
+use subtle::ConstantTimeEq;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -81,11 +82,49 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// `/metrics` on the main listener: only with `Authorization: Bearer <metrics token>`.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim();
+    if !bool::from(sent.as_bytes().ct_eq(state.metrics_token.as_bytes())) {
+        let body = serde_json::json!({ "error": {
+            "code": "metrics_token_required",
+            "message": "send the metrics token (admin.metrics_token, or DATA_DIR/keys/metrics.token) as Authorization: Bearer",
+        }});
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\"")],
+            Json(body),
+        )
+            .into_response();
+    }
+    metrics_text(&state)
+}
+
+/// `/metrics` on the admin listener: no token (the listener is the operator's).
+async fn admin_metrics(State(state): State<AppState>) -> Response {
+    metrics_text(&state)
+}
+
+fn metrics_text(state: &AppState) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+        .into_response()
+}
+
+/// The operator's listener (`admin.bind`): metrics and health, nothing else.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(admin_metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
 }
 
 async fn api_not_found() -> ApiError {

@@ -36,6 +36,8 @@ pub struct Config {
     pub login: LoginConfig,
     /// Connections: how many, and how long a request may take to arrive.
     pub limits: LimitsConfig,
+    /// The operator's surfaces: metrics.
+    pub admin: AdminConfig,
     /// Patient invites.
     pub invite: InviteConfig,
     /// The signaling WebSocket.
@@ -116,6 +118,18 @@ pub struct SignalingConfig {
     /// Joins one participant (or one doctor's session) may make per minute; more are refused
     /// with a fatal, retryable `rate_limited` error.
     pub max_joins_per_minute: u32,
+}
+
+/// The operator's surfaces, off the public path.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// A second listener, for the operator's network only, serving `/metrics`, `/healthz` and
+    /// `/readyz` without a token (and nothing else). Unset: no second listener.
+    pub bind: Option<SocketAddr>,
+    /// The bearer token `/metrics` on the main listener asks for. Unset: a random one, kept in
+    /// `DATA_DIR/keys/metrics.token`.
+    pub metrics_token: Option<String>,
 }
 
 /// Connections: how many, and how long a request may take to arrive.
@@ -228,6 +242,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             login: LoginConfig::default(),
             limits: LimitsConfig::default(),
+            admin: AdminConfig::default(),
             invite: InviteConfig::default(),
             signaling: SignalingConfig::default(),
             ice: IceConfig {
@@ -306,6 +321,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "session",
     "login",
     "limits",
+    "admin",
     "invite",
     "signaling",
     "ice",
@@ -375,6 +391,14 @@ impl Config {
             || self.limits.max_connections < self.limits.max_connections_per_address
         {
             return bad("limits: header_read_timeout and max_connections_per_address must be above zero, and max_connections at least max_connections_per_address");
+        }
+        if self
+            .admin
+            .metrics_token
+            .as_deref()
+            .is_some_and(|t| t.trim().len() < 32)
+        {
+            return bad("admin.metrics_token must be at least 32 characters");
         }
         if self.signaling.join_timeout.is_zero()
             || self.signaling.max_unjoined_sockets == 0

@@ -119,6 +119,33 @@ pub enum SealError {
 
 const SEALED_PREFIX: &str = "v1:";
 
+/// The bearer token of `/metrics` on the main listener: `configured`, or the one in
+/// `DATA_DIR/keys/metrics.token` (created, owner-only, 256 random bits, on first use).
+pub fn metrics_token(
+    data_dir: &std::path::Path,
+    configured: Option<&str>,
+) -> std::io::Result<String> {
+    if let Some(token) = configured {
+        return Ok(token.trim().to_owned());
+    }
+    let dir = data_dir.join("keys");
+    let path = dir.join("metrics.token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) => Err(std::io::Error::other(format!(
+            "{} is empty",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&dir)?;
+            let token = Token::generate();
+            crate::server::write_private(&path, token.expose().as_bytes())?;
+            Ok(token.expose().to_owned())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl SealingKey {
     /// Load `DATA_DIR/keys/seal.key`, creating it (owner-only) on first use.
     pub fn load_or_create(data_dir: &std::path::Path) -> Result<Self, SealError> {

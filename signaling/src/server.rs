@@ -28,6 +28,32 @@ pub struct RunningServer {
     pub state: AppState,
     handle: Handle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The operator's listener (`admin.bind`), if configured.
+    admin: Option<AdminListener>,
+}
+
+/// The operator's listener: metrics and health only.
+struct AdminListener {
+    addr: SocketAddr,
+    handle: Handle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start_admin_listener(bind: SocketAddr, state: &AppState) -> anyhow::Result<AdminListener> {
+    let listener = TcpListener::bind(bind).with_context(|| format!("binding admin.bind {bind}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let handle = Handle::new();
+    let service = app::admin_router(state.clone()).into_make_service();
+    let mut server = axum_server::from_tcp(listener);
+    server
+        .http_builder()
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.limits.header_read_timeout);
+    let task = tokio::spawn(server.handle(handle.clone()).serve(service));
+    tracing::info!(%addr, "metrics and health for the operator");
+    Ok(AdminListener { addr, handle, task })
 }
 
 impl RunningServer {
@@ -39,8 +65,17 @@ impl RunningServer {
         // Recorders seal their last chunk before the process goes.
         self.state.recordings.stop_all().await;
         self.handle.graceful_shutdown(Some(grace));
+        if let Some(admin) = self.admin {
+            admin.handle.graceful_shutdown(Some(grace));
+            admin.task.await??;
+        }
         self.task.await??;
         Ok(())
+    }
+
+    /// The operator's listener's address (`admin.bind`), if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// Run until `signal` fires, then shut down gracefully.
@@ -242,12 +277,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
                 .serve(service),
         ),
     };
+    let admin = match state.config.admin.bind {
+        Some(bind) => Some(start_admin_listener(bind, &state).await?),
+        None => None,
+    };
     Ok(RunningServer {
         addr,
         url,
         state,
         handle,
         task,
+        admin,
     })
 }
 

@@ -58,6 +58,8 @@ pub struct Shared {
     pub sealing_key: SealingKey,
     /// The service as a WebAuthn relying party.
     pub passkeys: RelyingParty,
+    /// The bearer token of `/metrics` on the main listener.
+    pub metrics_token: String,
     /// Recorders and the vault.
     pub recordings: Recordings,
 }
@@ -74,6 +76,8 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let passkeys = RelyingParty::for_public_url(&public_url)?;
+        let metrics_token =
+            crate::secrets::metrics_token(&config.data_dir, config.admin.metrics_token.as_deref())?;
         // Checked when the configuration was validated.
         let trusted_proxies = TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
         let connection_limits = ConnectionLimits::new(
@@ -84,6 +88,7 @@ impl AppState {
         );
         Ok(Self(Arc::new(Shared {
             passkeys,
+            metrics_token,
             connection_limits,
             unjoined_sockets: UnjoinedSockets::default(),
             join_rate: JoinRate::default(),

@@ -42,6 +42,8 @@ impl std::fmt::Debug for ClinicianLogin {
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    /// The bearer token `/metrics` asks for, if known.
+    metrics_token: Option<String>,
 }
 
 impl ApiClient {
@@ -58,7 +60,15 @@ impl ApiClient {
         Ok(Self {
             base: base_url.trim_end_matches('/').to_owned(),
             http,
+            metrics_token: None,
         })
+    }
+
+    /// The same client, reading `/metrics` with this token (the service's `admin.metrics_token`,
+    /// or the contents of its `DATA_DIR/keys/metrics.token`).
+    pub fn with_metrics_token(mut self, token: impl Into<String>) -> Self {
+        self.metrics_token = Some(token.into().trim().to_owned());
+        self
     }
 
     /// The client of the service an invite link (`https://host/join#TOKEN`) leads to, and the
@@ -136,11 +146,11 @@ impl ApiClient {
         Ok(started.elapsed())
     }
 
-    /// `GET /metrics`.
+    /// `GET /metrics`, with the metrics token if one was given ([`Self::with_metrics_token`]).
     pub async fn metrics(&self) -> Result<MetricsSnapshot, ApiError> {
         let path = "/metrics";
         let request = self
-            .request(Method::GET, path, None)
+            .request(Method::GET, path, self.metrics_token.as_deref())
             .timeout(Duration::from_secs(2));
         let text =
             self.send(path, request)

@@ -30,6 +30,7 @@
 //!     bind_ip: None,
 //!     service_log: None,
 //!     service_pid: None,
+//!     metrics_token: std::fs::read_to_string("consult-data/keys/metrics.token").ok(),
 //! };
 //! let thresholds = Thresholds { max_failures: Some(0), max_p95_join_ms: Some(1000.0) };
 //! let report = run(Plan::default(), target, &thresholds, CancellationToken::new(), true).await?;

@@ -51,6 +51,10 @@ struct LoadArgs {
     /// (a clinician admits one patient at a time).
     #[arg(long, requires = "url")]
     credentials: Option<PathBuf>,
+    /// With --url: a file holding the service's metrics token (its `admin.metrics_token`, or
+    /// its `DATA_DIR/keys/metrics.token`), for the service-side figures of the report.
+    #[arg(long, requires = "url")]
+    metrics_token_file: Option<PathBuf>,
     /// Consultations to run at once.
     #[arg(long, short = 'n', default_value_t = 5)]
     consultations: usize,
@@ -170,12 +174,22 @@ async fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let (target, local) = match (&args.url, &args.credentials) {
         (Some(url), Some(credentials)) => {
             let clinicians = read_credentials(credentials)?;
+            let metrics_token = match &args.metrics_token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
             let target = Target {
                 base_url: url.trim_end_matches('/').to_owned(),
                 clinicians,
                 bind_ip: args.bind_ip,
                 service_log: None,
                 service_pid: None,
+                metrics_token,
             };
             (target, None)
         }
@@ -196,6 +210,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
                 bind_ip: Some(args.bind_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]))),
                 service_log: Some(local.log.clone()),
                 service_pid: local.child.id(),
+                metrics_token: Some(local.metrics_token.clone()),
             };
             (target, Some(local))
         }
@@ -247,6 +262,7 @@ struct LocalService {
     url: String,
     clinicians: Vec<ClinicianLogin>,
     log: PathBuf,
+    metrics_token: String,
 }
 
 impl LocalService {
@@ -293,12 +309,17 @@ impl LocalService {
         .context("the local service did not start within 120 s")??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let clinicians = read_credentials(&data_dir.join("load-credentials.json"))?;
+        let metrics_token = std::fs::read_to_string(data_dir.join("keys/metrics.token"))
+            .context("reading the local service's metrics token")?
+            .trim()
+            .to_owned();
         Ok(Self {
             child,
             data_dir,
             url,
             clinicians,
             log,
+            metrics_token,
         })
     }
 

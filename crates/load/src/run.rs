@@ -37,6 +37,9 @@ pub struct Target {
     pub service_log: Option<PathBuf>,
     /// The process id of a service the generator started.
     pub service_pid: Option<u32>,
+    /// The token the service's `/metrics` asks for; without it the report has no service-side
+    /// figures (CPU, memory, joins).
+    pub metrics_token: Option<String>,
 }
 
 /// Limits that make the run fail (exit non-zero) when crossed.
@@ -84,7 +87,10 @@ pub async fn run(
     }
     let epoch = Instant::now();
     let cpu_at_start = crate::usage::cpu_secs();
-    let service = ApiClient::new(&target.base_url)?;
+    let mut service = ApiClient::new(&target.base_url)?;
+    if let Some(token) = &target.metrics_token {
+        service = service.with_metrics_token(token.clone());
+    }
     let mut report = empty_report(&plan, &target);
     let progress = Progress::new(&plan, show_progress);
 
@@ -734,6 +740,7 @@ mod tests {
             bind_ip: None,
             service_log: None,
             service_pid: None,
+            metrics_token: None,
         }
     }
 

@@ -70,13 +70,23 @@ impl Service {
             self.url.clone(),
             "--credentials".to_owned(),
             self.credentials().display().to_string(),
+            "--metrics-token-file".to_owned(),
+            self.dir
+                .path()
+                .join("keys/metrics.token")
+                .display()
+                .to_string(),
         ];
         args.extend(more.iter().map(|a| a.to_string()));
         args
     }
 
     fn joins(&self) -> u64 {
-        reqwest::blocking::get(format!("{}/metrics", self.url))
+        let token = std::fs::read_to_string(self.dir.path().join("keys/metrics.token")).unwrap();
+        reqwest::blocking::Client::new()
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(token.trim())
+            .send()
             .and_then(|r| r.text())
             .map(|text| {
                 text.lines()

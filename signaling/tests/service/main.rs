@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod dependencies;
 mod limits;
+mod operator;
 mod passkeys;
 mod recording;
 mod sessions;

@@ -550,7 +550,7 @@ async fn silent_connections_are_closed_after_the_heartbeat_timeout() {
     let svc = TestService::start_with(|c| {
         c.signaling.heartbeat_interval = Duration::from_millis(100);
         c.signaling.heartbeat_timeout = Duration::from_millis(400);
-        c.signaling.join_timeout = Duration::from_millis(400);
+        c.signaling.join_timeout = Duration::from_millis(200);
     })
     .await;
     let doctor = svc.doctor("hal@clinic.test").await;

@@ -70,6 +70,10 @@ impl TestService {
         format!("{}/api/v1/signal", self.base.replacen("http", "ws", 1))
     }
 
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn state(&self) -> &consult_signaling::state::AppState {
         &self.running.state
     }
@@ -197,13 +201,16 @@ impl TestService {
         self.api.redeem_invite(invite, name).await.unwrap()
     }
 
+    /// `/metrics`, with the service's metrics token.
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
+        let r = reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(&self.state().metrics_token)
+            .send()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
     }
 
     /// The first audit entry of `action` by `actor` (any actor if `None`), waiting for it: many
