@@ -190,7 +190,7 @@ impl ChainError {
     }
 }
 
-fn entry_hash(
+pub(crate) fn entry_hash(
     seq: i64,
     at: &str,
     actor: &str,

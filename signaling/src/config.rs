@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The operator's surfaces: metrics.
     pub admin: AdminConfig,
+    /// The audit trail's signed checkpoints.
+    pub audit: AuditConfig,
     /// Patient invites.
     pub invite: InviteConfig,
     /// The signaling WebSocket.
@@ -118,6 +120,23 @@ pub struct SignalingConfig {
     /// Joins one participant (or one doctor's session) may make per minute; more are refused
     /// with a fatal, retryable `rate_limited` error.
     pub max_joins_per_minute: u32,
+}
+
+/// The audit trail's signed checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often the chain's head is signed, stored and logged (when it grew).
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 /// The operator's surfaces, off the public path.
@@ -243,6 +262,7 @@ impl Default for Config {
             login: LoginConfig::default(),
             limits: LimitsConfig::default(),
             admin: AdminConfig::default(),
+            audit: AuditConfig::default(),
             invite: InviteConfig::default(),
             signaling: SignalingConfig::default(),
             ice: IceConfig {
@@ -322,6 +342,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "login",
     "limits",
     "admin",
+    "audit",
     "invite",
     "signaling",
     "ice",
@@ -399,6 +420,9 @@ impl Config {
             .is_some_and(|t| t.trim().len() < 32)
         {
             return bad("admin.metrics_token must be at least 32 characters");
+        }
+        if self.audit.checkpoint_interval.is_zero() {
+            return bad("audit.checkpoint_interval must be above zero");
         }
         if self.signaling.join_timeout.is_zero()
             || self.signaling.max_unjoined_sockets == 0

@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "passkeys",
         include_str!("../migrations/0007_passkeys.sql"),
     ),
+    (
+        8,
+        "audit checkpoints",
+        include_str!("../migrations/0008_audit_checkpoints.sql"),
+    ),
 ];
 
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {

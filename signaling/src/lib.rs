@@ -27,6 +27,7 @@ pub mod accounts;
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod audit_checkpoints;
 pub mod auth;
 pub mod client_origin;
 pub mod clock;

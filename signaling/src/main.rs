@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use consult_proto::api::Role;
 use consult_signaling::accounts::{self, DemoCredentials, NewUser};
 use consult_signaling::audit::{self, AuditLog};
+use consult_signaling::audit_checkpoints;
 use consult_signaling::clock::{Clock, SystemClock};
 use consult_signaling::config::Config;
 use consult_signaling::{db, recording, server};
@@ -171,8 +172,24 @@ enum AdminCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Walk the hash chain; exit 1 naming the first broken entry.
+    /// Walk the hash chain and check every stored signed checkpoint; with --against, also a
+    /// head kept elsewhere. Exit 1 naming what is wrong.
     Verify {
+        #[command(flatten)]
+        location: Location,
+        /// A head printed by `consult audit head` (the line itself, or a file holding it): a
+        /// history truncated or rewritten since then is found even if every hash was recomputed.
+        #[arg(long)]
+        against: Option<String>,
+    },
+    /// Sign the chain's head now, store it, and print it for an external witness to keep.
+    Head {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Start a new audit signing key; the old private key is destroyed, its public key kept to
+    /// verify old heads.
+    RotateKey {
         #[command(flatten)]
         location: Location,
     },
@@ -272,19 +289,59 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", created.enrolment_url);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::Verify { location }) => {
+        Command::Audit(AuditCommand::Verify { location, against }) => {
+            // A head that is not one is a usage error, whatever the chain holds.
+            let head = match &against {
+                Some(against) => {
+                    let line = std::fs::read_to_string(against).unwrap_or_else(|_| against.clone());
+                    Some(line.trim().parse::<audit_checkpoints::Head>()?)
+                }
+                None => None,
+            };
             let config = location.load()?;
             let pool = db::open(&config.data_dir).await?;
-            match audit::verify(&pool).await? {
-                Ok(n) => {
-                    println!("audit chain intact: {n} entries");
-                    Ok(ExitCode::SUCCESS)
-                }
+            let n = match audit::verify(&pool).await? {
+                Ok(n) => n,
                 Err(broken) => {
                     println!("audit chain BROKEN at entry {}: {broken}", broken.seq());
-                    Ok(ExitCode::from(1))
+                    return Ok(ExitCode::from(1));
                 }
+            };
+            let keys = audit_checkpoints::public_keys(&config.data_dir)?;
+            let checkpoints = match audit_checkpoints::verify_checkpoints(&pool, &keys).await? {
+                Ok(c) => c,
+                Err((seq, mismatch)) => {
+                    println!("audit chain REWRITTEN: the signed checkpoint at entry {seq} does not hold: {mismatch}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            if let Some(head) = head {
+                if let Err(mismatch) =
+                    audit_checkpoints::verify_against(&pool, &keys, &head).await?
+                {
+                    println!(
+                        "audit chain does NOT match the head at entry {}: {mismatch}",
+                        head.seq
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                println!("audit chain matches the head at entry {}", head.seq);
             }
+            println!("audit chain intact: {n} entries, {checkpoints} signed checkpoints hold");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Head { location }) => {
+            let config = location.load()?;
+            let pool = db::open(&config.data_dir).await?;
+            let signer = audit_checkpoints::AuditSigner::load_or_create(&config.data_dir)?;
+            println!("{}", audit_checkpoints::checkpoint(&pool, &signer).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::RotateKey { location }) => {
+            let config = location.load()?;
+            let version = audit_checkpoints::AuditSigner::rotate(&config.data_dir)?;
+            println!("audit signing key version {version} in use; older private keys destroyed");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Export { location, output }) => {
             let config = location.load()?;

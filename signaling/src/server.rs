@@ -249,6 +249,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     let state = AppState::new(config, pool, clock, url.clone(), sealing_key, recordings)
         .context("public_url")?;
     crate::recording::spawn_retention_job(state.clone(), retention_sweep);
+    let audit_signer =
+        crate::audit_checkpoints::AuditSigner::load_or_create(&state.config.data_dir)
+            .context("loading the audit signing key")?;
+    crate::audit_checkpoints::spawn_checkpoint_job(
+        state.pool.clone(),
+        Arc::new(audit_signer),
+        state.config.audit.checkpoint_interval,
+    );
     let service = app::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = Handle::new();
     // Within the connection limits, with TCP_NODELAY: signaling is small messages that must go

@@ -245,6 +245,68 @@ fn audit_verify_names_the_first_tampered_entry_and_export_writes_json_lines() {
 }
 
 #[test]
+fn a_witnessed_audit_head_finds_a_truncated_history() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        let args = ["admin", "create-user", "--role", "doctor", "--email"];
+        let email = format!("w{i}@clinic.test");
+        let out = consult(&[&args[..], &[email.as_str()]].concat(), dir.path());
+        assert!(out.status.success());
+    }
+    let head = consult(&["audit", "head"], dir.path());
+    assert!(head.status.success());
+    let head = String::from_utf8(head.stdout).unwrap().trim().to_owned();
+    assert!(head.starts_with("consult-audit-head/v1 seq=4 "), "{head}");
+    // The head is kept elsewhere (here, a file); the chain matches it.
+    let witness = dir.path().join("witness.txt");
+    std::fs::write(&witness, &head).unwrap();
+    let ok = consult(
+        &["audit", "verify", "--against", witness.to_str().unwrap()],
+        dir.path(),
+    );
+    let said = String::from_utf8_lossy(&ok.stdout).into_owned();
+    assert!(ok.status.success(), "{said}");
+    assert!(
+        said.contains("matches the head at entry 4") && said.contains("1 signed checkpoints hold")
+    );
+    // A new signing key: the old head still verifies.
+    let rotated = consult(&["audit", "rotate-key"], dir.path());
+    assert!(String::from_utf8_lossy(&rotated.stdout).contains("version 2"));
+    assert!(
+        consult(&["audit", "verify", "--against", &head], dir.path())
+            .status
+            .success()
+    );
+
+    // Someone with the database file drops the guard and the last entry: the links still hold.
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('DROP TRIGGER audit_log_no_delete'); \
+             c.execute('DELETE FROM audit_log WHERE seq=4'); c.commit()",
+        )
+        .arg(dir.path().join("consult.db"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let found = consult(&["audit", "verify", "--against", &head], dir.path());
+    let said = String::from_utf8_lossy(&found.stdout).into_owned();
+    assert_eq!(found.status.code(), Some(1), "{said}");
+    assert!(said.contains("truncated"), "{said}");
+    // A head that is not one is an error, not a pass.
+    let garbage = consult(
+        &[
+            "audit",
+            "verify",
+            "--against",
+            "consult-audit-head/v1 nonsense",
+        ],
+        dir.path(),
+    );
+    assert_eq!(garbage.status.code(), Some(2));
+}
+
+#[test]
 fn help_lists_every_subcommand() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
