@@ -298,6 +298,14 @@ async fn remove(doctor: &Doctor, id: uuid::Uuid, password: &str) -> reqwest::Res
         .unwrap()
 }
 
+/// The answer is `401` with this code.
+async fn refused(r: reqwest::Response, code: &str) {
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::UNAUTHORIZED, code.to_owned())
+    );
+}
+
 fn second_factor(doctor: &Doctor) -> Value {
     json!({ "email": doctor.email, "password": doctor.password })
 }
@@ -373,10 +381,7 @@ async fn a_registered_passkey_signs_in_alone_and_as_the_second_factor() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "invalid_credentials".into())
-    );
+    refused(r, "invalid_credentials").await;
     // Names are checked.
     for bad in ["", "   ", &"x".repeat(61), "tab\there"] {
         let r = doctor
@@ -415,16 +420,10 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         phished.get(&challenge["options"]),
     )
     .await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_wrong_origin".into())
-    );
+    refused(r, "passkey_wrong_origin").await;
     // ... and registering through it too.
     let (_, r) = register_from(&svc, &doctor, "Phished", "http://evil.example").await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_wrong_origin".into())
-    );
+    refused(r, "passkey_wrong_origin").await;
 
     // The password of one doctor, the passkey of another.
     let challenge = start(&svc, second_factor(&doctor)).await;
@@ -434,10 +433,7 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         others.get(&challenge["options"]),
     )
     .await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_unknown".into())
-    );
+    refused(r, "passkey_unknown").await;
     // Passwordless, with a user handle that names another account than the passkey's.
     let mut impostor = others.clone();
     impostor.user_handle = passkey.user_handle.clone();
@@ -448,10 +444,7 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         impostor.get(&challenge["options"]),
     )
     .await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_unknown".into())
-    );
+    refused(r, "passkey_unknown").await;
     // A credential nobody registered.
     let (mut stranger, _) = SoftPasskey::create(
         &json!({ "publicKey": { "user": { "id": b64(b"nobody") }, "challenge": "AA" } }),
@@ -464,38 +457,26 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         stranger.get(&challenge["options"]),
     )
     .await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_unknown".into())
-    );
+    refused(r, "passkey_unknown").await;
 
     // No user verification (presence only).
     let mut lax = passkey.clone();
     lax.verifies_user = false;
     let challenge = start(&svc, json!({})).await;
     let r = finish(&svc, &challenge["ceremony"], lax.get(&challenge["options"])).await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_not_verified".into())
-    );
+    refused(r, "passkey_not_verified").await;
 
     // A ceremony answers once: the same answer again is refused.
     let challenge = start(&svc, json!({})).await;
     let answer = passkey.get(&challenge["options"]);
     signed_in_as(finish(&svc, &challenge["ceremony"], answer.clone()).await).await;
     let r = finish(&svc, &challenge["ceremony"], answer).await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_replayed".into())
-    );
+    refused(r, "passkey_replayed").await;
     // An answer to another ceremony's challenge.
     let first = start(&svc, json!({})).await;
     let second = start(&svc, json!({})).await;
     let r = finish(&svc, &second["ceremony"], passkey.get(&first["options"])).await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_invalid".into())
-    );
+    refused(r, "passkey_invalid").await;
     // Too late: ceremonies live five minutes.
     let challenge = start(&svc, json!({})).await;
     svc.clock.advance(Duration::from_secs(5 * 60 + 1));
@@ -505,19 +486,13 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         passkey.get(&challenge["options"]),
     )
     .await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_expired".into())
-    );
+    refused(r, "passkey_expired").await;
     // Forged or mangled.
     let challenge = start(&svc, json!({})).await;
     let mut forged = challenge["ceremony"].as_str().unwrap().to_owned();
     forged.replace_range(10..11, if &forged[10..11] == "A" { "B" } else { "A" });
     let r = finish(&svc, &json!(forged), passkey.get(&challenge["options"])).await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_ceremony_invalid".into())
-    );
+    refused(r, "passkey_ceremony_invalid").await;
     let challenge = start(&svc, json!({})).await;
     let r = finish(&svc, &challenge["ceremony"], json!({ "id": "x" })).await;
     assert_eq!(
@@ -544,10 +519,7 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_ceremony_invalid".into())
-    );
+    refused(r, "passkey_ceremony_invalid").await;
     // A registration started in another's session.
     let r = other
         .bearer(Method::POST, "/api/v1/account/passkeys/registration")
@@ -563,10 +535,7 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_ceremony_invalid".into())
-    );
+    refused(r, "passkey_ceremony_invalid").await;
 
     // Failed answers count as failed sign-ins: one per answer refused above after its ceremony
     // was accepted (wrong origin, three unknown passkeys, no verification, another challenge);
@@ -658,10 +627,7 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
     let listed = passkeys_of(&doctor).await;
     // The password is asked again: a wrong one removes nothing and ends nothing.
     let r = remove(&doctor, listed[0].id, "not the password at all").await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "invalid_credentials".into())
-    );
+    refused(r, "invalid_credentials").await;
     ws.assert_alive().await;
     let removed_at = Instant::now();
     let r = remove(&doctor, listed[0].id, &doctor.password).await;
@@ -685,10 +651,7 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
         passkey.get(&challenge["options"]),
     )
     .await;
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::UNAUTHORIZED, "passkey_unknown".into())
-    );
+    refused(r, "passkey_unknown").await;
     // Someone else's passkey cannot be removed (it looks like none).
     let other = svc.doctor("dr.not-yours@example.org").await;
     register(&svc, &other, "Mine").await;
