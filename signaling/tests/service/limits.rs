@@ -131,6 +131,70 @@ async fn half_open_requests_neither_starve_others_nor_stay() {
     assert!(healthz_from("127.0.0.1", addr).await < Duration::from_secs(1));
 }
 
+/// The issue's figure: 5,000 half-open requests the service does hold (from 20 addresses, 250
+/// each, under the per-address cap), how many descriptors that costs and how fast `/healthz`
+/// answers meanwhile; then every one is closed after the header-read timeout.
+#[tokio::test]
+async fn five_thousand_half_open_requests_from_many_addresses_are_held_then_shed() {
+    const SOURCES: usize = 20;
+    // Both ends of each connection live in this process.
+    let wanted = 5_000usize;
+    let limit = rlimit::increase_nofile_limit(2 * wanted as u64 + 2048).unwrap();
+    let per_source = wanted.min((limit as usize).saturating_sub(2048) / 2) / SOURCES;
+    assert!(
+        per_source * SOURCES >= 2_000,
+        "the open-files limit ({limit}) leaves room for too few connections"
+    );
+    let timeout = Duration::from_secs(4);
+    let svc = TestService::start_with(|c| c.limits.header_read_timeout = timeout).await;
+    let addr = svc.running.addr;
+    let before = open_descriptors();
+    let mut half_open = Vec::new();
+    for source in 1..=SOURCES {
+        for _ in 0..per_source {
+            let mut stream = connect_from(&format!("127.0.1.{source}"), addr)
+                .await
+                .unwrap();
+            stream
+                .write_all(b"GET /api/v1/consultations HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            half_open.push(stream);
+        }
+    }
+    let opened_at = Instant::now();
+    let held = svc.state().connection_limits.open();
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        latencies.push(healthz_from("127.0.0.2", addr).await);
+    }
+    latencies.sort();
+    println!(
+        "{} half-open requests held by the service ({held} connections open); {} descriptors in \
+         this process for both ends (+{} since the start); /healthz median {:?}, max {:?} over 20",
+        half_open.len(),
+        open_descriptors(),
+        open_descriptors() - before,
+        latencies[10],
+        latencies[19],
+    );
+    assert_eq!(
+        held,
+        half_open.len(),
+        "all held: each address is under its cap"
+    );
+    assert!(latencies[19] < Duration::from_secs(1), "{latencies:?}");
+    let deadline = timeout + Duration::from_secs(5);
+    let mut still_open = 0;
+    for stream in half_open.iter_mut() {
+        let left = deadline.saturating_sub(opened_at.elapsed());
+        if !closed_within(stream, left.max(Duration::from_millis(10))).await {
+            still_open += 1;
+        }
+    }
+    assert_eq!(still_open, 0, "left open after the header-read timeout");
+}
+
 #[tokio::test]
 async fn websockets_must_join_in_time_and_only_so_many_may_wait() {
     let svc = TestService::start_with(|c| {
