@@ -344,9 +344,14 @@ async fn tls_config(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<RustlsC
         std::fs::write(&cert_path, certified.cert.pem())?;
         tracing::info!(path = %cert_path.display(), "generated a self-signed TLS certificate");
     }
-    RustlsConfig::from_pem_file(&cert_path, &key_path)
+    let loaded = RustlsConfig::from_pem_file(&cert_path, &key_path)
         .await
-        .context("loading the TLS certificate")
+        .context("loading the TLS certificate")?;
+    // HTTP/1.1 only: its header-read timeout closes slow and idle connections, where an HTTP/2
+    // connection that sends its preface may idle for ever.
+    let mut config = (*loaded.get_inner()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(RustlsConfig::from_config(Arc::new(config)))
 }
 
 /// Write a file only its owner can read.

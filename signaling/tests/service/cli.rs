@@ -117,6 +117,26 @@ fn serve_with_tls_generates_and_keeps_a_self_signed_certificate() {
         .unwrap();
     let response = client.get(format!("{url}healthz")).send().unwrap();
     assert_eq!(response.text().unwrap(), "ok");
+    // A client offering HTTP/2 gets HTTP/1.1 (the one with a header-read timeout).
+    let port = url.trim_end_matches('/').rsplit(':').next().unwrap();
+    let alpn = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import socket,ssl,sys; c=ssl.create_default_context(cafile=sys.argv[2]); \
+             c.set_alpn_protocols(['h2','http/1.1']); \
+             s=c.wrap_socket(socket.create_connection(('127.0.0.1',int(sys.argv[1]))),server_hostname='127.0.0.1'); \
+             print(s.selected_alpn_protocol())",
+        )
+        .arg(port)
+        .arg(dir.path().join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&alpn.stdout).trim(),
+        "http/1.1",
+        "{}",
+        String::from_utf8_lossy(&alpn.stderr)
+    );
     assert!(terminate(&mut child).success());
     let (mut child, _, _) = serve(dir.path(), &["--tls"]);
     assert_eq!(
