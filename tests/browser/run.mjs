@@ -2,7 +2,7 @@
 // (no video gap over one second while keys rotate) alone, so a neighbour's CPU cannot fail
 // them; then every other file two at a time, never two heavy ones together (the recording
 // suites: a recorder in the service, two browsers and ffmpeg each, whose exported durations
-// are checked against the time recorded). A heavy file starts whenever no other heavy one runs,
+// are checked against the time recorded; and the browser with the native echo-bot). A heavy file starts whenever no other heavy one runs,
 // the light files fill the other place. A new file lands among the light ones by itself, so
 // none is ever left out. Each file's output is printed when it ends. Exits non-zero if any test
 // failed.
@@ -15,8 +15,12 @@ import { fileURLToPath } from "node:url";
 
 /** Files that measure timing and must not share the machine with another browser test. */
 const ALONE = ["e2ee.test.mjs"];
-/** Files that load the machine most: at most one of them at a time. */
-const HEAVY = ["recording.test.mjs", "recording-faults.test.mjs", "recording-e2ee.test.mjs"];
+/**
+ * Files that load the machine most: at most one of them at a time. The recording suites, and
+ * the browser with the native echo-bot (its H.264 case decoded no video when it shared the
+ * machine with a recording suite).
+ */
+const HEAVY = ["recording.test.mjs", "recording-faults.test.mjs", "recording-e2ee.test.mjs", "e2ee-native.test.mjs"];
 /** Files run at once outside the ALONE group. */
 const CONCURRENCY = 2;
 
