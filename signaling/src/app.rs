@@ -84,12 +84,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// `/metrics` on the main listener: only with `Authorization: Bearer <metrics token>`.
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let sent = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default()
-        .trim();
+    let sent = crate::auth::sessions::token_from_bearer(&headers);
+    let sent = sent.as_ref().map(|t| t.expose()).unwrap_or_default();
     if !bool::from(sent.as_bytes().ct_eq(state.metrics_token.as_bytes())) {
         let body = serde_json::json!({ "error": {
             "code": "metrics_token_required",

@@ -49,6 +49,18 @@ impl std::fmt::Debug for Token {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TokenHash(pub String);
 
+/// The token in the request cookie `name`, if any.
+pub fn token_from_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<Token> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(cookie, _)| *cookie == name)
+        .map(|(_, value)| Token::from_client(value))
+}
+
 impl TokenHash {
     /// Compare in constant time.
     pub fn matches(&self, other: &TokenHash) -> bool {

@@ -9,7 +9,7 @@
 //! 800-63B §5.2.2 asks for at most 100 consecutive failures per account; with the defaults the
 //! untrusted channel allows 5 before a lockout that doubles up to an hour).
 
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -37,14 +37,7 @@ pub struct Device {
 
 /// The device token from the request's cookies, if any.
 pub fn token_from_cookie(headers: &HeaderMap) -> Option<Token> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == DEVICE_COOKIE)
-        .map(|(_, value)| Token::from_client(value))
+    crate::secrets::token_from_cookie(headers, DEVICE_COOKIE)
 }
 
 /// The `Set-Cookie` value that carries a device token; `Secure` when the client's connection

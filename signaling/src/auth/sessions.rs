@@ -175,14 +175,7 @@ pub fn clearing_cookie(https: bool) -> HeaderValue {
 
 /// The session token from the cookie, if any.
 pub fn token_from_cookie(headers: &HeaderMap) -> Option<Token> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .map(|(_, value)| Token::from_client(value))
+    crate::secrets::token_from_cookie(headers, COOKIE_NAME)
 }
 
 /// The token from `Authorization: Bearer`, if any.

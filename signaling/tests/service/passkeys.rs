@@ -271,6 +271,13 @@ async fn finish(svc: &TestService, ceremony: &Value, credential: Value) -> reqwe
     .await
 }
 
+/// A passwordless sign-in answered by `passkey`.
+async fn passwordless(svc: &TestService, passkey: &mut SoftPasskey) -> reqwest::Response {
+    let challenge = start(svc, json!({})).await;
+    let answer = passkey.get(&challenge["options"]);
+    finish(svc, &challenge["ceremony"], answer).await
+}
+
 async fn signed_in_as(r: reqwest::Response) -> String {
     assert_eq!(r.status(), StatusCode::OK);
     let LoginResponse::SignedIn { session } = r.json().await.unwrap() else {
@@ -413,13 +420,7 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
     let mut phished = passkey.clone();
     let port: u16 = svc.base.rsplit(':').next().unwrap().parse().unwrap();
     phished.origin = format!("http://localhost:{}", port.wrapping_add(1));
-    let challenge = start(&svc, json!({})).await;
-    let r = finish(
-        &svc,
-        &challenge["ceremony"],
-        phished.get(&challenge["options"]),
-    )
-    .await;
+    let r = passwordless(&svc, &mut phished).await;
     refused(r, "passkey_wrong_origin").await;
     // ... and registering through it too.
     let (_, r) = register_from(&svc, &doctor, "Phished", "http://evil.example").await;
@@ -437,33 +438,20 @@ async fn answers_from_another_origin_account_or_time_are_refused() {
     // Passwordless, with a user handle that names another account than the passkey's.
     let mut impostor = others.clone();
     impostor.user_handle = passkey.user_handle.clone();
-    let challenge = start(&svc, json!({})).await;
-    let r = finish(
-        &svc,
-        &challenge["ceremony"],
-        impostor.get(&challenge["options"]),
-    )
-    .await;
+    let r = passwordless(&svc, &mut impostor).await;
     refused(r, "passkey_unknown").await;
     // A credential nobody registered.
     let (mut stranger, _) = SoftPasskey::create(
         &json!({ "publicKey": { "user": { "id": b64(b"nobody") }, "challenge": "AA" } }),
         &origin(&svc),
     );
-    let challenge = start(&svc, json!({})).await;
-    let r = finish(
-        &svc,
-        &challenge["ceremony"],
-        stranger.get(&challenge["options"]),
-    )
-    .await;
+    let r = passwordless(&svc, &mut stranger).await;
     refused(r, "passkey_unknown").await;
 
     // No user verification (presence only).
     let mut lax = passkey.clone();
     lax.verifies_user = false;
-    let challenge = start(&svc, json!({})).await;
-    let r = finish(&svc, &challenge["ceremony"], lax.get(&challenge["options"])).await;
+    let r = passwordless(&svc, &mut lax).await;
     refused(r, "passkey_not_verified").await;
 
     // A ceremony answers once: the same answer again is refused.
@@ -557,16 +545,7 @@ async fn a_cloned_authenticator_is_caught_by_its_counter() {
     // The attacker copies the key once; the doctor goes on using the original.
     let clone = original.clone();
     for _ in 0..3 {
-        let challenge = start(&svc, json!({})).await;
-        signed_in_as(
-            finish(
-                &svc,
-                &challenge["ceremony"],
-                original.get(&challenge["options"]),
-            )
-            .await,
-        )
-        .await;
+        signed_in_as(passwordless(&svc, &mut original).await).await;
     }
     // The copy answers with the counter it has (behind), or with the one the service saw last.
     for counter in [clone.counter + 1, original.counter] {
@@ -585,16 +564,7 @@ async fn a_cloned_authenticator_is_caught_by_its_counter() {
         );
     }
     // The original, whose counter moves on, still signs in.
-    let challenge = start(&svc, json!({})).await;
-    signed_in_as(
-        finish(
-            &svc,
-            &challenge["ceremony"],
-            original.get(&challenge["options"]),
-        )
-        .await,
-    )
-    .await;
+    signed_in_as(passwordless(&svc, &mut original).await).await;
 }
 
 #[tokio::test]
@@ -603,13 +573,7 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
     let doctor = svc.doctor("dr.remove@example.org").await;
     let mut passkey = register(&svc, &doctor, "Lost phone").await;
     // A session opened with the passkey elsewhere, in a call.
-    let challenge = start(&svc, json!({})).await;
-    let r = finish(
-        &svc,
-        &challenge["ceremony"],
-        passkey.get(&challenge["options"]),
-    )
-    .await;
+    let r = passwordless(&svc, &mut passkey).await;
     assert_eq!(r.status(), StatusCode::OK);
     let LoginResponse::SignedIn { session } = r.json().await.unwrap() else {
         panic!("expected a session")
@@ -644,13 +608,7 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
         "this one stays"
     );
     // The removed passkey signs in no more.
-    let challenge = start(&svc, json!({})).await;
-    let r = finish(
-        &svc,
-        &challenge["ceremony"],
-        passkey.get(&challenge["options"]),
-    )
-    .await;
+    let r = passwordless(&svc, &mut passkey).await;
     refused(r, "passkey_unknown").await;
     // Someone else's passkey cannot be removed (it looks like none).
     let other = svc.doctor("dr.not-yours@example.org").await;
@@ -658,6 +616,72 @@ async fn removing_a_passkey_ends_the_other_sessions_and_closes_their_websockets(
     let theirs = passkeys_of(&other).await;
     let r = remove(&doctor, theirs[0].id, &doctor.password).await;
     assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
+    // ... nor renamed.
+    let r = doctor
+        .bearer(
+            Method::PATCH,
+            &format!("/api/v1/account/passkeys/{}", theirs[0].id),
+        )
+        .json(&json!({ "name": "Taken" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(passkeys_of(&other).await[0].name, "Mine");
+}
+
+#[tokio::test]
+async fn a_passkey_sign_in_asks_for_both_factors_or_none_and_registrations_are_bounded() {
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("dr.bounds@example.org").await;
+    let url = svc.url("/api/v1/auth/passkey/start");
+    // An email without its password, or the reverse.
+    for half in [
+        json!({ "email": doctor.email }),
+        json!({ "password": doctor.password }),
+    ] {
+        let r = post(&http_client(), url.clone(), half).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::BAD_REQUEST, "invalid_body".into())
+        );
+    }
+    // An unknown account and a wrong password answer alike; an account without a passkey says so.
+    for (email, password) in [
+        ("nobody@example.org", doctor.password.as_str()),
+        (doctor.email.as_str(), "not the password at all"),
+    ] {
+        let r = post(
+            &http_client(),
+            url.clone(),
+            json!({ "email": email, "password": password }),
+        )
+        .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::UNAUTHORIZED, "invalid_credentials".into())
+        );
+    }
+    let r = post(&http_client(), url.clone(), second_factor(&doctor)).await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::CONFLICT, "no_passkey".into())
+    );
+    // At most 20 passkeys: the 21st is refused before a ceremony starts.
+    for i in 0..20 {
+        register(&svc, &doctor, &format!("Key {i}")).await;
+    }
+    let r = doctor
+        .bearer(Method::POST, "/api/v1/account/passkeys/registration")
+        .json(&json!({ "current_password": doctor.password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::CONFLICT, "too_many_passkeys".into())
+    );
+    assert_eq!(passkeys_of(&doctor).await.len(), 20);
 }
 
 #[tokio::test]
