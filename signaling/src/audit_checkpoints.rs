@@ -373,7 +373,8 @@ pub fn spawn_checkpoint_job(
         loop {
             tick.tick().await;
             match chain_head(&pool).await {
-                Ok((seq, _)) if Some(seq) == last => continue,
+                // Nothing new, or nothing yet.
+                Ok((seq, _)) if Some(seq) == last || seq == 0 => continue,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the audit chain's head");

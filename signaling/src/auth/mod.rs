@@ -108,7 +108,7 @@ pub async fn login(
     let passkey_setup_only = state.config.policy.require_passkey;
     if passkey_setup_only
         && req.recovery_code.is_none()
-        && passkeys::count(&state.pool, account.user.id).await? > 0
+        && passkey_rows::count(&state.pool, account.user.id).await? > 0
     {
         return Err(ApiError::PasskeyRequired);
     }

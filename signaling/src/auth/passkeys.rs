@@ -266,11 +266,6 @@ fn checked_name(name: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
-/// How many passkeys an account has.
-pub async fn count(db: &sqlx::SqlitePool, user_id: Uuid) -> Result<u64, ApiError> {
-    Ok(rows::count(db, user_id).await?)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Sign-in
 // ---------------------------------------------------------------------------------------------
