@@ -746,7 +746,8 @@ export function openConsultationId(page) {
 
 /**
  * End the consultation from the doctor's call view (End consultation, then confirm) and wait until
- * both pages say it has ended. Returns when the confirmation was clicked (`Date.now()`).
+ * both pages say it has ended. Returns `stoppedAt`, just before the confirmation was clicked, and
+ * `goneAt`, when both pages said it had ended.
  * @param {import('playwright-core').Page} doctorPage
  * @param {import('playwright-core').Page} patientPage
  */
@@ -754,11 +755,11 @@ export async function endConsultation(doctorPage, patientPage) {
   await byTestId(doctorPage, "end-button").click();
   const confirm = byTestId(doctorPage, "end-confirm");
   await confirm.waitFor({ state: "visible" });
-  const endedAt = Date.now();
+  const stoppedAt = Date.now();
   await confirm.click();
   await byTestId(patientPage, "ended-message").waitFor({ state: "visible", timeout: 15_000 });
   await byTestId(doctorPage, "ended-message").waitFor({ state: "visible", timeout: 15_000 });
-  return endedAt;
+  return { stoppedAt, goneAt: Date.now() };
 }
 
 /**
@@ -1636,13 +1637,17 @@ export async function waitForRecorderConnected(page, timeoutMs = 20_000) {
 
 /**
  * The patient allows recording: the dialog was asked properly, goes away, and both pages record,
- * each with its connection to the recorder up. Returns when both pages first showed `recording`.
+ * each with its connection to the recorder up. Returns `consentedAt`, just before the patient's
+ * click (no media can be recorded earlier), `shownAt`, when both pages first showed `recording`,
+ * and `since`, when both pages' connections to the recorder were up (media flows to it from then).
  * @param {Watched} doctor
  * @param {Watched} patient
+ * @returns {Promise<{ consentedAt: number, shownAt: number, since: number }>}
  */
 export async function allowRecording(doctor, patient) {
   const dialog = byTestId(patient.page, "consent-dialog");
   await dialog.waitFor({ state: "visible" });
+  const consentedAt = Date.now();
   await byTestId(patient.page, "consent-allow").click();
   await dialog.waitFor({ state: "hidden" });
   const [doctorAt, patientAt] = await Promise.all([
@@ -1650,23 +1655,39 @@ export async function allowRecording(doctor, patient) {
     waitForRecordingState(patient.page, "recording"),
   ]);
   await Promise.all([waitForRecorderConnected(doctor.page), waitForRecorderConnected(patient.page)]);
-  return Math.max(doctorAt, patientAt);
+  return { consentedAt, shownAt: Math.max(doctorAt, patientAt), since: Date.now() };
+}
+
+/**
+ * What {@link assertRecordingMedia} expects of a recording the test watched: at least 90% of the
+ * time both pages sent media to the recorder (`shownMs`, from `since`, when both connections to
+ * it were up, to `stoppedAt`, when the test asked it to stop), at most the whole span it could
+ * have run (from the consent click to `goneAt`, when both pages showed it had stopped) plus half a
+ * second of frame and timestamp slack. The pages learn of the recording after the recorder has
+ * started and of its end after it has ended, and the recorder's connections take time to come
+ * up; on a loaded machine each gap reaches hundreds of milliseconds, so neither end is exact.
+ * @param {{ consentedAt: number, since: number }} allowed
+ * @param {{ stoppedAt: number, goneAt: number }} stopped
+ */
+export function recordingBounds(allowed, { stoppedAt, goneAt }) {
+  const shownMs = stoppedAt - allowed.since;
+  return { shownMs, minMs: shownMs * 0.9, maxMs: goneAt - allowed.consentedAt + 500 };
 }
 
 /**
  * A recorded consultation from beginning to end: the call, the patient allows recording, about
  * `recordMs` of it is recorded, the doctor ends it, and its one recording is `complete`.
- * `recordedMs`: from both pages showing the recording to the doctor's confirmation of the end.
+ * `bounds`: what its export may last ({@link recordingBounds}).
  * @param {ServiceScope} scope
  * @param {{ title: string, recordMs: number }} options
  */
 export async function recordedCall(scope, { title, recordMs }) {
   const { doctor, patient, id } = await startCall(scope, { title, mode: "recorded" });
-  const recordingSince = await allowRecording(doctor, patient);
-  await sleep(Math.max(0, recordingSince + recordMs - Date.now()));
-  const endedAt = await endConsultation(doctor.page, patient.page);
+  const allowed = await allowRecording(doctor, patient);
+  await sleep(Math.max(0, allowed.since + recordMs - Date.now()));
+  const ended = await endConsultation(doctor.page, patient.page);
   const recording = await waitForOneRecording(doctor.page, id, "complete");
-  return { doctor, patient, id, recording, recordedMs: endedAt - recordingSince };
+  return { doctor, patient, id, recording, bounds: recordingBounds(allowed, ended) };
 }
 
 /**
@@ -1818,13 +1839,4 @@ export function assertRecordingMedia(media, { minMs, maxMs }) {
   );
   assert.equal(media.decoded.code, 0, `ffmpeg decodes the whole file:\n${media.decoded.stderr}`);
   assert.equal(media.decoded.stderr, "", "ffmpeg reports no error");
-}
-
-/**
- * What {@link assertRecordingMedia} expects of a recording that lasted `ms`, give or take `toleranceMs`.
- * @param {number} ms
- * @param {number} toleranceMs
- */
-export function about(ms, toleranceMs) {
-  return { minMs: ms - toleranceMs, maxMs: ms + toleranceMs };
 }

@@ -39,7 +39,6 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
 
 import {
-  about,
   allowRecording,
   apiGet,
   assertRecordingMedia,
@@ -53,6 +52,7 @@ import {
   launchWatched,
   openRecordings,
   protectedBothWays,
+  recordingBounds,
   recordingRow,
   runCommand,
   sessionTokenFile,
@@ -202,7 +202,7 @@ describe("zero-knowledge recording of an end-to-end encrypted consultation", { t
         assert.equal(p.sas, d.sas, "both see the same security code");
         await waitForRecordingState(doctor.page, "awaiting_consent");
 
-        const recordingSince = await allowRecording(doctor, patient);
+        const allowed = await allowRecording(doctor, patient);
         /** @type {string | null} */
         let recordingId = null;
         for (const x of [doctor, patient]) {
@@ -220,7 +220,7 @@ describe("zero-knowledge recording of an end-to-end encrypted consultation", { t
         await waitForRemoteMedia(patient.page);
         await waitForRemoteMedia(doctor.page);
 
-        await sleep(Math.max(0, recordingSince + RECORDED_CALL_MS - Date.now()));
+        await sleep(Math.max(0, allowed.since + RECORDED_CALL_MS - Date.now()));
         for (const x of [doctor, patient]) {
           const seen = await recorderProtection(x.page);
           assert.ok(seen, `${x.label}: a protected connection to the recorder`);
@@ -262,8 +262,7 @@ describe("zero-knowledge recording of an end-to-end encrypted consultation", { t
         }
         assert.ok(recordingKeysSent(patient).length >= 2, `the patient's page rotated its recorder key (${recordingKeysSent(patient).length} keys)`);
 
-        const endedAt = await endConsultation(doctor.page, patient.page);
-        const recordedMs = endedAt - recordingSince;
+        const bounds = recordingBounds(allowed, await endConsultation(doctor.page, patient.page));
         const recording = await waitForOneRecording(doctor.page, id, "complete");
         assert.equal(recording.id, recordingId);
         assert.equal(recording.zero_knowledge, true, `a zero-knowledge recording: ${JSON.stringify(recording)}`);
@@ -299,8 +298,8 @@ describe("zero-knowledge recording of an end-to-end encrypted consultation", { t
           const exported = await exportRecording(scope.service, recording.id, file, [...session, "--key-file", right.file, "--passphrase-file", right.passphraseFile]);
           assert.equal(exported.code, 0, `consult recording export failed:\n${exported.stderr}${exported.stdout}`);
           const media = await inspectRecording(file);
-          t.diagnostic(`recorded ${recordedMs} ms; export: ${JSON.stringify(media.streams)}, ${Math.round(media.durationMs)} ms`);
-          assertRecordingMedia(media, about(recordedMs, recordedMs * 0.1));
+          t.diagnostic(`recorded ${bounds.shownMs} ms; export: ${JSON.stringify(media.streams)}, ${Math.round(media.durationMs)} ms`);
+          assertRecordingMedia(media, bounds);
         } finally {
           await rm(dir, { recursive: true, force: true });
         }

@@ -40,7 +40,6 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
 
 import {
-  about,
   allowRecording,
   assertMediaKeepsFlowing,
   assertRecordingMedia,
@@ -133,12 +132,13 @@ describe("recording when things go wrong", { timeout: 900_000 }, () => {
     await withService({}, async (scope) => {
       const { service } = scope;
       const { doctor, patient, id } = await startCall(scope, { title: "Killed mid-call", mode: "recorded" });
-      const recordingSince = await allowRecording(doctor, patient);
-      await sleep(Math.max(0, recordingSince + RECORD_BEFORE_KILL_MS - Date.now()));
+      const allowed = await allowRecording(doctor, patient);
+      await sleep(Math.max(0, allowed.since + RECORD_BEFORE_KILL_MS - Date.now()));
 
       // The recorder runs in the service's process: no chance to seal or close anything.
       await service.halt({ signal: "SIGKILL" });
-      const recordedMs = Date.now() - recordingSince;
+      // Nothing can have been recorded before the consent or after the kill.
+      const recordedMs = Date.now() - allowed.consentedAt;
       await service.restart();
 
       // The doctor's session survived: their page, on the service's new address, lists it.
@@ -178,10 +178,11 @@ describe("recording when things go wrong", { timeout: 900_000 }, () => {
     await withService({ wrapper: smallMediaDisk(MEDIA_DISK_SIZE) }, async (scope) => {
       const { service } = scope;
       const { doctor, patient, id } = await startCall(scope, { title: "Disk full", mode: "recorded" });
-      const recordingSince = await allowRecording(doctor, patient);
+      const allowed = await allowRecording(doctor, patient);
 
       const failedAt = await Promise.all([doctor, patient].map((p) => waitForRecordingState(p.page, "failed", FILL_TIMEOUT_MS)));
-      const recordedMs = Math.max(...failedAt) - recordingSince;
+      // Nothing can have been recorded before the consent or after both pages said it failed.
+      const recordedMs = Math.max(...failedAt) - allowed.consentedAt;
       t.diagnostic(`the ${MEDIA_DISK_SIZE} disk was full after ${recordedMs} ms of recording`);
       for (const p of [doctor, patient]) {
         await byTestId(p.page, "recording-indicator").waitFor({ state: "visible" });
@@ -208,7 +209,7 @@ describe("recording when things go wrong", { timeout: 900_000 }, () => {
     try {
       await withService({}, async (scope) => {
         const { service } = scope;
-        const { doctor, id, recording, recordedMs } = await recordedCall(scope, { title: "Rotated, then shredded", recordMs: RECORDED_CALL_MS });
+        const { doctor, id, recording, bounds } = await recordedCall(scope, { title: "Rotated, then shredded", recordMs: RECORDED_CALL_MS });
 
         // Downloaded the way the doctor does it: the link in the recordings view.
         await openRecordings(doctor.page, service, id);
@@ -219,8 +220,8 @@ describe("recording when things go wrong", { timeout: 900_000 }, () => {
         const downloaded = join(dir, "downloaded.webm");
         await download.saveAs(downloaded);
         const media = await inspectRecording(downloaded);
-        t.diagnostic(`recorded ${recordedMs} ms; downloaded: ${JSON.stringify(media.streams)}, ${Math.round(media.durationMs)} ms`);
-        assertRecordingMedia(media, about(recordedMs, recordedMs * 0.1));
+        t.diagnostic(`recorded ${bounds.shownMs} ms; downloaded: ${JSON.stringify(media.streams)}, ${Math.round(media.durationMs)} ms`);
+        assertRecordingMedia(media, bounds);
 
         // Rotation needs the vault to itself.
         const refused = await runConsult(service, ["keys", "rotate"]);
@@ -240,7 +241,7 @@ describe("recording when things go wrong", { timeout: 900_000 }, () => {
         assert.equal(afterRotation.code, 0, `consult recording export after the rotation failed:\n${afterRotation.stderr}${afterRotation.stdout}`);
         assert.doesNotMatch(afterRotation.stderr, CUT_SHORT, "a complete recording is not cut short");
         assert.ok(afterRotation.media, `the export wrote its file (${afterRotation.files.join(", ")})`);
-        assertRecordingMedia(afterRotation.media, about(recordedMs, recordedMs * 0.1));
+        assertRecordingMedia(afterRotation.media, bounds);
 
         const shredded = await runConsult(service, ["recording", "shred", recording.id]);
         assert.equal(shredded.code, 0, `consult recording shred failed:\n${shredded.stderr}${shredded.stdout}`);
