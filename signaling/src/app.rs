@@ -16,7 +16,7 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, auth, consultations, ice, invites, recording, signal, web};
+use crate::{admin, alerts, auth, consultations, ice, invites, recording, signal, web};
 
 /// Largest request body the API reads.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,6 +31,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
     paths(
         auth::enrol, auth::login, auth::mfa_enrol, auth::current_session, auth::logout,
         auth::activity, auth::change_password, admin::list, admin::disable,
+        alerts::list, alerts::acknowledge,
         auth::passkeys::start_sign_in, auth::passkeys::finish_sign_in, auth::passkeys::list,
         auth::passkeys::start_registration, auth::passkeys::finish_registration,
         auth::passkeys::rename, auth::passkeys::remove,
@@ -157,6 +158,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/accounts", get(admin::list))
         .route("/admin/accounts/{id}/disable", post(admin::disable))
+        .route("/admin/alerts", get(alerts::list))
+        .route("/admin/alerts/{id}/acknowledge", post(alerts::acknowledge))
         .route(
             "/consultations",
             post(consultations::create).get(consultations::list),

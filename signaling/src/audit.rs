@@ -132,6 +132,10 @@ pub enum Action {
     KeysRotated,
     /// A clinician registered (or removed) their recording public key.
     RecordingKeyRegistered,
+    /// A detection rule raised a security alert.
+    AlertRaised,
+    /// An administrator acknowledged a security alert.
+    AlertAcknowledged,
 }
 
 /// One stored entry.
@@ -309,8 +313,20 @@ impl AuditedTransaction<'_> {
             .as_str()
             .unwrap_or("unknown")
             .to_owned();
-        let actor = actor.to_string();
-        let actor = actor.as_str();
+        self.record_named(at, &actor.to_string(), &action, consultation_id, detail)
+            .await
+    }
+
+    /// Append one entry whose actor and action are already names (as stored): a tally of
+    /// events closed into the chain ([`crate::audit_tally`]).
+    pub async fn record_named(
+        &mut self,
+        at: OffsetDateTime,
+        actor: &str,
+        action: &str,
+        consultation_id: Option<Uuid>,
+        detail: Value,
+    ) -> anyhow::Result<()> {
         let at = at.format(&Rfc3339)?;
         let consultation_id = consultation_id.map(|id| id.to_string());
         let detail = detail.to_string();
@@ -325,7 +341,7 @@ impl AuditedTransaction<'_> {
             seq,
             &at,
             actor,
-            &action,
+            action,
             consultation_id.as_deref(),
             &detail,
             &prev_hash,
@@ -337,7 +353,7 @@ impl AuditedTransaction<'_> {
         .bind(seq)
         .bind(&at)
         .bind(actor)
-        .bind(&action)
+        .bind(action)
         .bind(&consultation_id)
         .bind(&detail)
         .bind(&prev_hash)

@@ -40,6 +40,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The audit trail's signed checkpoints.
     pub audit: AuditConfig,
+    /// Detection rules and the alert webhook.
+    pub alerts: AlertsConfig,
     /// Patient invites.
     pub invite: InviteConfig,
     /// The signaling WebSocket.
@@ -122,19 +124,57 @@ pub struct SignalingConfig {
     pub max_joins_per_minute: u32,
 }
 
-/// The audit trail's signed checkpoints.
+/// The audit trail: signed checkpoints, and how unauthenticated events are counted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
     /// How often the chain's head is signed, stored and logged (when it grew).
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// Unauthenticated events (failed sign-ins, refused invite links) are counted per source
+    /// in windows this long; each window's counts enter the chain as one entry per source,
+    /// account and reason when it closes.
+    #[serde(with = "humantime_serde")]
+    pub tally_window: Duration,
+    /// Distinct sources and accounts counted separately in one window; beyond it, further ones
+    /// are counted together as `others` (the counts stay exact, the log's growth bounded).
+    pub max_tally_keys: u32,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_interval: Duration::from_secs(5 * 60),
+            tally_window: Duration::from_secs(60),
+            max_tally_keys: 1000,
+        }
+    }
+}
+
+/// Alerts on attacks: the detection rules' thresholds and where alerts are delivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Each new alert is `POST`ed here as signed JSON (retried with back-off until it is taken).
+    /// Unset: alerts are stored, audited, counted and listed, but not sent anywhere.
+    pub webhook_url: Option<String>,
+    /// The HMAC-SHA256 key of `X-Consult-Signature` (at least 32 characters). Unset: a random
+    /// one, kept in `DATA_DIR/keys/alerts-webhook.secret`, to give to the receiver.
+    pub webhook_secret: Option<String>,
+    /// How long one delivery may take.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// The rules' thresholds: `count` events within `window` each.
+    pub rules: crate::alerts::rules::Thresholds,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout: Duration::from_secs(10),
+            rules: crate::alerts::rules::Thresholds::default(),
         }
     }
 }
@@ -263,6 +303,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             admin: AdminConfig::default(),
             audit: AuditConfig::default(),
+            alerts: AlertsConfig::default(),
             invite: InviteConfig::default(),
             signaling: SignalingConfig::default(),
             ice: IceConfig {
@@ -423,6 +464,40 @@ impl Config {
         }
         if self.audit.checkpoint_interval.is_zero() {
             return bad("audit.checkpoint_interval must be above zero");
+        }
+        if self.audit.tally_window.as_secs() == 0 || self.audit.tally_window.as_secs() > 86_400 {
+            return bad("audit.tally_window must be from 1 second to 1 day");
+        }
+        if self.audit.max_tally_keys == 0 {
+            return bad("audit.max_tally_keys must be at least 1");
+        }
+        if let Some(url) = &self.alerts.webhook_url {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => return bad("alerts.webhook_url must be an http or https URL"),
+            }
+        }
+        if self
+            .alerts
+            .webhook_secret
+            .as_deref()
+            .is_some_and(|s| s.trim().len() < 32)
+        {
+            return bad("alerts.webhook_secret must be at least 32 characters");
+        }
+        if self.alerts.webhook_timeout.is_zero() {
+            return bad("alerts.webhook_timeout must be above zero");
+        }
+        if let Some((name, _)) = self
+            .alerts
+            .rules
+            .all()
+            .into_iter()
+            .find(|(_, t)| t.count == 0 || t.window.is_zero())
+        {
+            return Err(ConfigError::Inconsistent(format!(
+                "alerts.rules.{name}: count and window must be above zero"
+            )));
         }
         if self.signaling.join_timeout.is_zero()
             || self.signaling.max_unjoined_sockets == 0

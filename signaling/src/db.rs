@@ -70,6 +70,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit checkpoints",
         include_str!("../migrations/0008_audit_checkpoints.sql"),
     ),
+    (
+        9,
+        "tallies and alerts",
+        include_str!("../migrations/0009_tallies_and_alerts.sql"),
+    ),
 ];
 
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {

@@ -19,7 +19,10 @@ use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::alerts::rules::Observation;
 use crate::audit::{Action, Actor};
+use crate::audit_tally;
+use crate::client_origin::ClientOrigin;
 use crate::consultations::{self, rows, ConsultationRecord};
 use crate::error::{ApiError, ApiJson};
 use crate::secrets::Token;
@@ -91,11 +94,17 @@ fn patient_facing(e: ApiError) -> ApiError {
               (status = 410, body = ErrorBody, description = "invite_not_found, invite_expired, invite_revoked or consultation_ended")))]
 pub async fn inspect(
     State(state): State<AppState>,
+    origin: ClientOrigin,
     ApiJson(req): ApiJson<InspectInviteRequest>,
 ) -> Result<Json<InviteInfo>, ApiError> {
-    let (invite, consultation) = usable_invite(&state, &req.invite)
-        .await
-        .map_err(patient_facing)?;
+    let (invite, consultation) = match usable_invite(&state, &req.invite).await {
+        Ok(found) => found,
+        Err(e) => {
+            let e = patient_facing(e);
+            refused(&state, &origin, None, e.code()).await?;
+            return Err(e);
+        }
+    };
     Ok(Json(info(&invite, &consultation)))
 }
 
@@ -107,6 +116,7 @@ pub async fn inspect(
               (status = 410, body = ErrorBody, description = "invite_not_found, invite_expired, invite_revoked or consultation_ended")))]
 pub async fn redeem(
     State(state): State<AppState>,
+    origin: ClientOrigin,
     ApiJson(req): ApiJson<RedeemInviteRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = req.name.trim().to_owned();
@@ -124,7 +134,7 @@ pub async fn redeem(
         Ok(found) => found,
         Err(e) => {
             let e = patient_facing(e);
-            audit_refusal(&state, None, json!({ "reason": e.code() })).await?;
+            refused(&state, &origin, None, e.code()).await?;
             return Err(e);
         }
     };
@@ -142,8 +152,7 @@ pub async fn redeem(
     };
     if !rows::insert_participant(tx.connection(), &place).await? {
         drop(tx);
-        let detail = json!({ "reason": "invite_in_use", "invite_id": invite.id });
-        audit_refusal(&state, Some(consultation.id), detail).await?;
+        refused(&state, &origin, Some(consultation.id), "invite_in_use").await?;
         return Err(ApiError::conflict(
             "invite_in_use",
             "this link is already in use on another device",
@@ -185,22 +194,31 @@ pub async fn redeem(
     ))
 }
 
-/// Audit a refused redemption (by nobody we know: the device has no place).
-async fn audit_refusal(
+/// Count a refused redemption or lookup (by nobody we know: the device has no place) in the
+/// audit's tallies, per source and window ([`audit_tally`]).
+async fn refused(
     state: &AppState,
-    consultation: Option<Uuid>,
-    detail: serde_json::Value,
+    origin: &ClientOrigin,
+    consultation_id: Option<Uuid>,
+    reason: &str,
 ) -> anyhow::Result<()> {
-    state
-        .audit
-        .record(
-            state.clock.now(),
-            &Actor::Anonymous,
-            Action::InviteRefused,
-            consultation,
-            detail,
-        )
-        .await
+    let event = audit_tally::Unauthenticated {
+        action: Action::InviteRefused,
+        actor: Actor::Anonymous,
+        source: origin.address,
+        reason,
+        consultation_id,
+    };
+    let now = state.clock.now();
+    if reason == "invite_not_found" {
+        state.alerts.observe(
+            now,
+            Observation::UnknownInvite {
+                source: origin.address,
+            },
+        );
+    }
+    audit_tally::count_now(&state.pool, now, &state.config.audit, &event).await
 }
 
 /// A patient's place, looked up by participant token.

@@ -25,9 +25,11 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod audit;
 pub mod audit_checkpoints;
+pub mod audit_tally;
 pub mod auth;
 pub mod client_origin;
 pub mod clock;

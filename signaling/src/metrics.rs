@@ -24,6 +24,14 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     /// Connections closed on arrival, by limit (`per_address`, `total`).
     pub connections_refused: IntCounterVec,
+    /// Security alerts raised, by rule.
+    pub alerts_raised: IntCounterVec,
+    /// Times a detection rule fired (a new alert or one more firing of an open one), by rule.
+    pub alert_firings: IntCounterVec,
+    /// Alert webhook delivery attempts, by outcome (`delivered`, `failed`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Alert deliveries not taken by the webhook yet.
+    pub webhook_pending: IntGauge,
     /// CPU time the process used, to the microsecond (`process_cpu_seconds_total` counts whole
     /// seconds, too coarse for the load generator's per-second cost figures).
     cpu_seconds: Gauge,
@@ -85,6 +93,35 @@ impl Metrics {
             &["limit"],
         )
         .expect("valid metric");
+        let alerts_raised = IntCounterVec::new(
+            Opts::new(
+                "consult_alerts_raised_total",
+                "Security alerts raised, by rule",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
+        let alert_firings = IntCounterVec::new(
+            Opts::new(
+                "consult_alert_firings_total",
+                "Times a detection rule fired, by rule",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "consult_alert_webhook_deliveries_total",
+                "Alert webhook delivery attempts, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let webhook_pending = IntGauge::new(
+            "consult_alert_webhook_pending",
+            "Alert deliveries the webhook has not taken yet",
+        )
+        .expect("valid metric");
         let cpu_seconds = Gauge::new(
             "consult_process_cpu_seconds",
             "CPU time (user and system) the service used, in seconds, to the microsecond",
@@ -99,6 +136,10 @@ impl Metrics {
             Box::new(signal_rejected.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(alerts_raised.clone()),
+            Box::new(alert_firings.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(webhook_pending.clone()),
             Box::new(cpu_seconds.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
@@ -121,6 +162,10 @@ impl Metrics {
             signal_rejected,
             open_connections,
             connections_refused,
+            alerts_raised,
+            alert_firings,
+            webhook_deliveries,
+            webhook_pending,
             cpu_seconds,
         }
     }

@@ -137,11 +137,21 @@ pub fn metrics_token(
     data_dir: &std::path::Path,
     configured: Option<&str>,
 ) -> std::io::Result<String> {
+    kept_token(data_dir, "metrics.token", configured)
+}
+
+/// A shared secret: `configured`, or the one in `DATA_DIR/keys/<file_name>` (created,
+/// owner-only, 256 random bits, on first use).
+pub fn kept_token(
+    data_dir: &std::path::Path,
+    file_name: &str,
+    configured: Option<&str>,
+) -> std::io::Result<String> {
     if let Some(token) = configured {
         return Ok(token.trim().to_owned());
     }
     let dir = data_dir.join("keys");
-    let path = dir.join("metrics.token");
+    let path = dir.join(file_name);
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
         Ok(_) => Err(std::io::Error::other(format!(

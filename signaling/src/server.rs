@@ -18,6 +18,9 @@ use crate::state::AppState;
 use crate::{app, db, invites};
 use hyper_util::rt::TokioTimer;
 
+/// How often closed windows of the audit's tallies are moved into the chain.
+const TALLY_CLOSING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A service that is listening.
 pub struct RunningServer {
     /// The bound address (the real port when configured with port 0).
@@ -249,6 +252,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     let state = AppState::new(config, pool, clock, url.clone(), sealing_key, recordings)
         .context("public_url")?;
     crate::recording::spawn_retention_job(state.clone(), retention_sweep);
+    crate::audit_tally::spawn_closing_job(state.clone(), TALLY_CLOSING_INTERVAL);
+    crate::alerts::spawn_writer(state.clone());
+    if state.config.alerts.webhook_url.is_some() {
+        let secret = crate::secrets::kept_token(
+            &state.config.data_dir,
+            "alerts-webhook.secret",
+            state.config.alerts.webhook_secret.as_deref(),
+        )
+        .context("loading the alert webhook's secret")?;
+        crate::alerts::webhook::spawn_delivery(state.clone(), secret);
+    }
     let audit_signer =
         crate::audit_checkpoints::AuditSigner::load_or_create(&state.config.data_dir)
             .context("loading the audit signing key")?;

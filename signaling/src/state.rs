@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sqlx::SqlitePool;
 
+use crate::alerts::Alerts;
 use crate::audit::AuditLog;
 use crate::auth::passkeys::RelyingParty;
 use crate::auth::revocations::Revocations;
@@ -62,6 +63,8 @@ pub struct Shared {
     pub metrics_token: String,
     /// Recorders and the vault.
     pub recordings: Recordings,
+    /// The detection rules and the queue of alerts they raise.
+    pub alerts: Alerts,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
         recordings: Recordings,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
+        let alerts = Alerts::new(config.alerts.rules.clone());
         let passkeys = RelyingParty::for_public_url(&public_url)?;
         let metrics_token =
             crate::secrets::metrics_token(&config.data_dir, config.admin.metrics_token.as_deref())?;
@@ -105,6 +109,7 @@ impl AppState {
             public_url: public_url.trim_end_matches('/').to_owned(),
             sealing_key,
             recordings,
+            alerts,
         })))
     }
 }

@@ -27,7 +27,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::accounts::{self, Account};
+use crate::alerts::rules::{Factor, Observation, Target};
 use crate::audit::{Action, Actor};
+use crate::audit_tally;
 use crate::client_origin::ClientOrigin;
 use crate::error::{ApiError, ApiJson};
 use crate::secrets::{hex_sha256, Token};
@@ -101,8 +103,15 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let account = accounts::find_by_email(&state.pool, &req.email).await?;
-    let (account, source) =
-        check_password(&state, source, account, &req.password, "wrong_password").await?;
+    let (account, source) = check_password(
+        &state,
+        source,
+        &req.email,
+        account,
+        &req.password,
+        "wrong_password",
+    )
+    .await?;
     // Under a policy that requires a passkey, the app's code opens a session that may only
     // register one, and only while the account has none; a recovery code (a lost passkey) too.
     let passkey_setup_only = state.config.policy.require_passkey;
@@ -197,12 +206,17 @@ pub async fn login(
 pub(crate) async fn check_password(
     state: &AppState,
     source: SignInSource,
+    email: &str,
     account: Option<Account>,
     password: &str,
     reason: &str,
 ) -> Result<(Account, SignInSource), ApiError> {
     let now = state.clock.now();
-    let source = source.for_account(account.as_ref().map(|a| a.user.id));
+    let mut source = source.for_account(account.as_ref().map(|a| a.user.id));
+    source.attempted = Some(match &account {
+        Some(a) => Target::Account(a.user.id),
+        None => state.alerts.unknown_email(email),
+    });
     source
         .refuse_if_address_locked(state, account.as_ref())
         .await?;
@@ -219,7 +233,7 @@ pub(crate) async fn check_password(
         && until > now
     {
         state.metrics.failed_signins.inc();
-        audit_failure(state, source.origin.address, account.as_ref(), lock_reason).await?;
+        audit_failure(state, &source, account.as_ref(), lock_reason).await?;
         return Err(ApiError::TooManyAttempts {
             retry_after_secs: throttle::seconds_until(now, until),
         });
@@ -256,7 +270,8 @@ pub(crate) async fn recheck_password(
     reason: &str,
 ) -> Result<Account, ApiError> {
     let account = accounts::find_by_id(&state.pool, current.user.id).await?;
-    let (account, _) = check_password(state, source, account, password, reason).await?;
+    let email = current.user.email.clone();
+    let (account, _) = check_password(state, source, &email, account, password, reason).await?;
     Ok(account)
 }
 
@@ -380,6 +395,8 @@ pub struct SignInSource {
     pub device: Option<devices::Device>,
     /// Seconds the address is still locked for, if it is.
     address_locked_for: Option<u64>,
+    /// The account (or unknown email) being tried, once known: for the detection rules.
+    attempted: Option<Target>,
 }
 
 impl SignInSource {
@@ -402,7 +419,7 @@ impl SignInSource {
         match self.address_locked_for {
             Some(secs) if self.device.is_none() => {
                 state.metrics.failed_signins.inc();
-                audit_failure(state, self.origin.address, account, "address_locked").await?;
+                audit_failure(state, self, account, "address_locked").await?;
                 Err(ApiError::TooManyAttempts {
                     retry_after_secs: secs,
                 })
@@ -429,6 +446,7 @@ impl axum::extract::FromRequestParts<AppState> for SignInSource {
             origin,
             address_locked_for: state.address_throttle.locked_for(origin.address, now),
             device,
+            attempted: None,
         };
         if source.device.is_none() {
             // Nothing can vouch for it: refused before the body is read.
@@ -440,34 +458,65 @@ impl axum::extract::FromRequestParts<AppState> for SignInSource {
 
 async fn audit_failure(
     state: &AppState,
-    address: IpAddr,
+    source: &SignInSource,
     account: Option<&Account>,
     reason: &str,
 ) -> Result<(), ApiError> {
-    let (actor, detail) = failure_entry(address, account, reason);
-    state
-        .audit
-        .record(
-            state.clock.now(),
-            &actor,
-            Action::SignInFailed,
-            None,
-            detail,
-        )
-        .await?;
+    let now = state.clock.now();
+    observe_failure(state, now, source, account, reason);
+    let event = failure_event(source.origin.address, account, reason);
+    audit_tally::count_now(&state.pool, now, &state.config.audit, &event).await?;
     Ok(())
 }
 
-/// Who a failed attempt is audited as (the account when there is one, else the address), and
-/// its details.
-fn failure_entry(
-    address: IpAddr,
+/// Tell the detection rules: which account (or unknown email) failed, from where, and how.
+fn observe_failure(
+    state: &AppState,
+    now: time::OffsetDateTime,
+    source: &SignInSource,
     account: Option<&Account>,
     reason: &str,
-) -> (Actor, serde_json::Value) {
-    let actor = account.map_or(Actor::Address(address), |a| actor(&a.user));
-    let detail = json!({ "reason": reason, "address": address.to_string() });
-    (actor, detail)
+) {
+    let Some(target) = account
+        .map(|a| Target::Account(a.user.id))
+        .or(source.attempted)
+    else {
+        // Refused for its address before the body was read: nothing tried yet.
+        return;
+    };
+    let factor = match reason {
+        "wrong_password"
+        | "wrong_current_password"
+        | "account_locked"
+        | "device_locked"
+        | "address_locked" => Factor::Password,
+        "wrong_totp" | "wrong_recovery_code" | "wrong_totp_at_enrolment" => Factor::SecondFactor,
+        _ => Factor::Other,
+    };
+    state.alerts.observe(
+        now,
+        Observation::SignInFailed {
+            source: source.origin.address,
+            target,
+            factor,
+        },
+    );
+}
+
+/// A failed attempt as the audit counts it: by the account when there is one, else by the
+/// address ([`audit_tally`]: one entry per source and window, not one per guess).
+fn failure_event<'a>(
+    address: IpAddr,
+    account: Option<&Account>,
+    reason: &'a str,
+) -> audit_tally::Unauthenticated<'a> {
+    audit_tally::Unauthenticated {
+        action: Action::SignInFailed,
+        actor: account.map_or(Actor::Address(address), |a| actor(&a.user)),
+        source: address,
+        reason,
+        consultation_id: None,
+    }
 }
 
 /// Count a failed attempt — on the known device it came from, or else against the address and
@@ -495,13 +544,13 @@ async fn record_failure(
     let now = state.clock.now();
     let address = source.origin.address;
     state.metrics.failed_signins.inc();
+    observe_failure(state, now, source, account, reason);
     let login = &state.config.login;
     if let Some(device) = &source.device {
         // The device's own count: neither the account's nor the address's.
         let mut tx = state.audit.begin().await?;
-        let (actor, detail) = failure_entry(address, account, reason);
-        tx.record(now, &actor, Action::SignInFailed, None, detail)
-            .await?;
+        let event = failure_event(address, account, reason);
+        audit_tally::count(tx.connection(), now, &state.config.audit, &event).await?;
         let failures = devices::count_failure(tx.connection(), device.id).await?;
         if let Some(lock) = throttle::lockout_after(
             failures,
@@ -512,7 +561,7 @@ async fn record_failure(
             devices::lock(tx.connection(), device.id, now + lock).await?;
             tx.record(
                 now,
-                &actor,
+                &event.actor,
                 Action::SignInLocked,
                 None,
                 json!({ "scope": "device", "device": device.id, "seconds": lock.as_secs() }),
@@ -525,9 +574,8 @@ async fn record_failure(
     let address_lock = state.address_throttle.record_failure(address, now);
     // The failure, the account's count and lock, and their audit entries commit together.
     let mut tx = state.audit.begin().await?;
-    let (actor, detail) = failure_entry(address, account, reason);
-    tx.record(now, &actor, Action::SignInFailed, None, detail)
-        .await?;
+    let event = failure_event(address, account, reason);
+    audit_tally::count(tx.connection(), now, &state.config.audit, &event).await?;
     if let Some(lock) = address_lock {
         tx.record(
             now,
@@ -549,7 +597,7 @@ async fn record_failure(
             rows::lock_account(tx.connection(), account.user.id, now + lock).await?;
             tx.record(
                 now,
-                &actor,
+                &event.actor,
                 Action::SignInLocked,
                 None,
                 json!({ "scope": "account", "seconds": lock.as_secs() }),

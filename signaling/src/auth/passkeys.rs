@@ -293,7 +293,7 @@ pub async fn start_sign_in(
         (Some(email), Some(password)) => {
             let account = accounts::find_by_email(&state.pool, email).await?;
             let (account, _) =
-                check_password(&state, source, account, password, "wrong_password").await?;
+                check_password(&state, source, email, account, password, "wrong_password").await?;
             let registered = rows::for_user(&state.pool, account.user.id).await?;
             if registered.is_empty() {
                 return Err(ApiError::conflict(

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::export::{self, ExportError};
 use super::rows::{self, RecordingRow, RecordingStatus};
+use crate::alerts::rules::Observation;
 use crate::audit::{Action, Actor};
 use crate::auth::sessions::CurrentDoctor;
 use crate::consultations;
@@ -59,6 +60,12 @@ pub async fn check_access(
     match decide_access(who, action, facts(row)) {
         Access::Allowed { .. } => Ok(()),
         Access::Denied { reason } => {
+            if let (PolicyAction::Export, Actor::User(user)) = (action, actor) {
+                let user = *user;
+                state
+                    .alerts
+                    .observe(state.clock.now(), Observation::ExportRefused { user });
+            }
             state
                 .audit
                 .record(
@@ -183,6 +190,10 @@ pub async fn download(
     let (summary, bytes) = match exported {
         Ok(done) => done,
         Err(e) => {
+            let user = doctor.0.user.id;
+            state
+                .alerts
+                .observe(state.clock.now(), Observation::ExportRefused { user });
             audited(
                 &state,
                 &actor,
@@ -194,6 +205,10 @@ pub async fn download(
             return Err(export_error(e));
         }
     };
+    let user = doctor.0.user.id;
+    state
+        .alerts
+        .observe(state.clock.now(), Observation::Exported { user });
     audited(
         &state,
         &actor,

@@ -5,6 +5,7 @@
 //! counted; only authentication failures, heartbeat timeouts and frames over the hard limit end
 //! the connection.
 
+use crate::alerts::rules::Observation;
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -328,6 +329,18 @@ impl Connected {
             .signal_rejected
             .with_label_values(&[code.as_str()])
             .inc();
+        if let (SignalErrorCode::OutsideConsultation | SignalErrorCode::NotAdmitted, Some(place)) =
+            (code, &self.place)
+        {
+            self.state.alerts.observe(
+                self.state.clock.now(),
+                Observation::SignalRefused {
+                    participant: place.participant_id,
+                    consultation: place.consultation_id,
+                    reason: code.as_str(),
+                },
+            );
+        }
         self.conn.send(ServerMessage::Error {
             code,
             message: message.to_owned(),

@@ -2,6 +2,7 @@
 //! recording, the CLI, and what the service binary links. One module per subject, one test
 //! binary for all of them (one link instead of five).
 
+mod alerts;
 mod api;
 mod cli;
 mod common;

@@ -32,7 +32,7 @@ async fn until_state(ws: &mut common::Signal, wanted: RecordingState) {
 }
 
 /// A recorded consultation, end-to-end encrypted or not.
-fn recorded(e2ee: bool) -> CreateConsultationRequest {
+pub(crate) fn recorded(e2ee: bool) -> CreateConsultationRequest {
     CreateConsultationRequest {
         mode: Some(ConsultationMode::Recorded),
         e2ee: e2ee.then_some(true),
@@ -46,7 +46,7 @@ fn consent(recording: bool) -> ClientMessage {
 
 /// A consultation created with `request`, its patient admitted and consenting: the sockets, the
 /// patient's place and the recorder that joined.
-struct ConsentedCall {
+pub(crate) struct ConsentedCall {
     consultation: consult_proto::api::Consultation,
     doctor_ws: common::Signal,
     patient: consult_api_client::PatientPlace,
@@ -72,7 +72,7 @@ async fn waiting_call(
     (consultation, doctor_ws, patient, patient_ws)
 }
 
-async fn consented_call(
+pub(crate) async fn consented_call(
     svc: &TestService,
     doctor: &common::Doctor,
     request: CreateConsultationRequest,

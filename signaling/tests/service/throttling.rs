@@ -285,6 +285,7 @@ async fn forwarded_addresses_count_only_through_trusted_proxies() {
         "127.0.0.2 is locked whatever it claims"
     );
     // The audit names the forwarded client, and the untrusted hop by its own address.
+    svc.close_tallies().await;
     let entries = consult_signaling::audit::entries(&svc.state().pool)
         .await
         .unwrap();

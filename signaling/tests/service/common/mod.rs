@@ -223,6 +223,7 @@ impl TestService {
     ) -> consult_signaling::audit::Entry {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
+            self.close_tallies().await;
             let entries = consult_signaling::audit::entries(&self.state().pool)
                 .await
                 .unwrap();
@@ -238,6 +239,28 @@ impl TestService {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Move every counted unauthenticated event into the audit chain now, as if their windows
+    /// had closed (the service does it every few seconds once they have).
+    pub async fn close_tallies(&self) -> usize {
+        let later = self.clock.now() + Duration::from_secs(2 * 86_400);
+        consult_signaling::audit_tally::close_due(&self.state().audit, later)
+            .await
+            .unwrap()
+    }
+
+    /// How many `action` events the audit holds, tallied ones by their counts (after
+    /// [`TestService::close_tallies`]).
+    pub async fn audited_count(&self, action: &str) -> i64 {
+        self.close_tallies().await;
+        consult_signaling::audit::entries(&self.state().pool)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == action)
+            .map(|e| e.detail["count"].as_i64().unwrap_or(1))
+            .sum()
     }
 
     pub async fn connect(&self) -> Signal {
