@@ -24,7 +24,8 @@ as_root() {
 }
 
 # --- System packages: Chromium for the browser tests; libopus, libvpx, nasm (OpenH264's assembly)
-# and pkg-config for the media client's codecs (never the service's); coturn for the relay tests. -
+# and pkg-config for the media client's codecs (never the service's); coturn for the relay tests;
+# promtool (Debian's prometheus) for the shipped alerting rules. -----------------------------------
 missing=()
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v nasm >/dev/null || missing+=(nasm)
@@ -38,6 +39,7 @@ if ! $quick; then
   command -v ffprobe >/dev/null || missing+=(ffmpeg)
   command -v node >/dev/null || missing+=(nodejs npm)
   command -v python3 >/dev/null || missing+=(python3)
+  command -v promtool >/dev/null || missing+=(prometheus)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
@@ -78,6 +80,9 @@ log "cargo nextest"
 cargo nextest run "${rust[@]}"
 log "doc tests"
 cargo test "${rust[@]}" --doc --quiet
+log "alerting rules (promtool)"
+promtool check rules deploy/prometheus/consult-alerts.yml
+(cd deploy/prometheus && promtool test rules consult-alerts.test.yml)
 
 # --- Web demo: JSDoc types checked by tsc, and its protocol types against the service's schemas. ---
 if ! wait "$npm_pid"; then cat "$npm_log" >&2; echo "npm ci failed" >&2; exit 1; fi

@@ -219,6 +219,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             strict_transport,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
         .with_state(state)
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -241,6 +245,22 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("camera=(self), microphone=(self), display-capture=()"),
         ))
         .layer(TraceLayer::new_for_http())
+}
+
+/// Count every answer by status class (`consult_http_responses_total`), for the error-rate
+/// alert.
+async fn count_responses(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_responses
+        .with_label_values(&[crate::metrics::status_class(response.status())])
+        .inc();
+    response
 }
 
 /// HSTS on every answer to a client that came over HTTPS: to us (`tls`), or to a trusted

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     /// Connections closed on arrival, by limit (`per_address`, `total`).
     pub connections_refused: IntCounterVec,
+    /// HTTP answers, by status class (`1xx` … `5xx`).
+    pub http_responses: IntCounterVec,
     /// Security alerts raised, by rule.
     pub alerts_raised: IntCounterVec,
     /// Times a detection rule fired (a new alert or one more firing of an open one), by rule.
@@ -93,6 +95,14 @@ impl Metrics {
             &["limit"],
         )
         .expect("valid metric");
+        let http_responses = IntCounterVec::new(
+            Opts::new(
+                "consult_http_responses_total",
+                "HTTP answers, by status class",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
         let alerts_raised = IntCounterVec::new(
             Opts::new(
                 "consult_alerts_raised_total",
@@ -136,6 +146,7 @@ impl Metrics {
             Box::new(signal_rejected.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(http_responses.clone()),
             Box::new(alerts_raised.clone()),
             Box::new(alert_firings.clone()),
             Box::new(webhook_deliveries.clone()),
@@ -152,8 +163,36 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process collector registered once");
+        // Every label value exists from the start, at zero: an alerting rule on `increase()`
+        // sees the first event too.
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            http_responses.with_label_values(&[class]);
+        }
+        for rule in crate::alerts::rules::Rule::ALL {
+            alerts_raised.with_label_values(&[rule.as_str()]);
+            alert_firings.with_label_values(&[rule.as_str()]);
+        }
+        for outcome in ["delivered", "failed"] {
+            webhook_deliveries.with_label_values(&[outcome]);
+        }
+        for limit in ["per_address", "total"] {
+            connections_refused.with_label_values(&[limit]);
+        }
+        // The refusals an attack on the WebSocket shows first.
+        for reason in [
+            "foreign_origin",
+            "too_many_unjoined",
+            "malformed",
+            "unauthorized",
+            "not_admitted",
+            "outside_consultation",
+            "rate_limited",
+        ] {
+            signal_rejected.with_label_values(&[reason]);
+        }
         Self {
             registry,
+            http_responses,
             connected_sockets,
             active_consultations,
             joins,
@@ -181,5 +220,24 @@ impl Metrics {
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// The class of a status code as counted: `1xx` … `5xx`.
+///
+/// ```
+/// use consult_signaling::metrics::status_class;
+/// use axum::http::StatusCode;
+///
+/// assert_eq!(status_class(StatusCode::GONE), "4xx");
+/// assert_eq!(status_class(StatusCode::SERVICE_UNAVAILABLE), "5xx");
+/// ```
+pub fn status_class(status: axum::http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }

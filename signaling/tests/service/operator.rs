@@ -75,3 +75,50 @@ async fn the_admin_listener_serves_metrics_and_health_and_nothing_else() {
     assert_eq!(r.status(), StatusCode::OK);
     assert!(!svc.data_dir().join("keys/metrics.token").exists());
 }
+
+/// Every `consult_*` metric the shipped Prometheus rules name, in the text of `rules`.
+fn metrics_named(rules: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = rules;
+    while let Some(at) = rest.find("consult_") {
+        let before = rest[..at].chars().next_back();
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            names.insert(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_shipped_alerting_rules_name_only_metrics_the_service_exports() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/consult-alerts.yml"
+    );
+    let rules = std::fs::read_to_string(path).unwrap();
+    let named = metrics_named(&rules);
+    assert!(named.len() >= 7, "{named:?}");
+    let svc = TestService::start().await;
+    let exported = svc.metrics().await;
+    for name in &named {
+        assert!(
+            exported
+                .lines()
+                .any(|l| l.starts_with(&format!("# TYPE {name} "))),
+            "{name} is named by the rules but not exported"
+        );
+    }
+    // Labelled series exist at zero from the start, so `increase()` sees the first event.
+    for series in [
+        "consult_alerts_raised_total{rule=\"credential_stuffing\"} 0",
+        "consult_http_responses_total{class=\"5xx\"} 0",
+        "consult_alert_webhook_deliveries_total{outcome=\"failed\"} 0",
+    ] {
+        assert!(exported.contains(series), "{series}");
+    }
+}
