@@ -349,6 +349,28 @@ export function shredRecording(recordingId) {
   return request("DELETE", `/api/v1/recordings/${encodeURIComponent(recordingId)}`);
 }
 
+// --- Administration ---------------------------------------------------------------------------
+
+/**
+ * Security alerts (administrators only): open ones, or all with the acknowledged.
+ * @param {"open" | "all"} state
+ * @returns {Promise<import('./protocol.js').Alert[]>}
+ */
+export async function listAlerts(state) {
+  /** @type {import('./protocol.js').AlertList} */
+  const body = await request("GET", `/api/v1/admin/alerts?state=${state}`);
+  return body.alerts;
+}
+
+/**
+ * Acknowledge an alert: it closes; the rule raises a new one if the attack goes on.
+ * @param {string} id
+ * @returns {Promise<import('./protocol.js').Alert>}
+ */
+export function acknowledgeAlert(id) {
+  return request("POST", `/api/v1/admin/alerts/${encodeURIComponent(id)}/acknowledge`);
+}
+
 // --- Patients ---------------------------------------------------------------------------------
 
 /**

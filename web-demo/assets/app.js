@@ -5,13 +5,15 @@
  * recordings.
  *
  * Routes live in the fragment: `#/` is the list, `#/c/<consultation id>` a consultation's call,
- * `#/recordings/<consultation id>` its recordings.
+ * `#/recordings/<consultation id>` its recordings, `#/account` the passkeys, and `#/alerts` the
+ * security alerts (administrators only).
  */
 
 import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController, recorderPermit } from "./call.js";
 import { AccountView } from "./account-view.js";
+import { AlertsView } from "./alerts-view.js";
 import { CallView } from "./call-view.js";
 import { E2eeCall } from "./e2ee/call-e2ee.js";
 import { publicKeyOfKeyFile, RECORDING_KEY_FILE_MAX_BYTES, RecordingKeyError, recordingKeyFingerprint } from "./e2ee/recording-key.js";
@@ -74,12 +76,14 @@ function setSession(s) {
   idleWatch.watch(s);
   api.setCsrfToken(s.csrf_token);
   byId("user-name", HTMLElement).textContent = s.user.display_name;
+  byId("alerts-link", HTMLElement).hidden = s.user.role !== "admin";
   byId("user-info", HTMLElement).hidden = false;
 }
 
 function clearSession() {
   session = null;
   idleWatch.stop();
+  alertsView.hide();
   api.setCsrfToken(null);
   byId("user-info", HTMLElement).hidden = true;
 }
@@ -321,11 +325,20 @@ function route() {
     leaveCall({ tellService: true });
     stopListPolling();
     recordingsView.hide();
+    alertsView.hide();
     if (location.hash !== "#/account") history.replaceState(null, "", "#/account");
     accountView.show({ setupRequired: session.passkey_setup_required });
     return;
   }
   accountView.hide();
+  if (location.hash === "#/alerts" && session.user.role === "admin") {
+    leaveCall({ tellService: true });
+    stopListPolling();
+    recordingsView.hide();
+    alertsView.show();
+    return;
+  }
+  alertsView.hide();
   const match = /^#\/c\/([0-9a-fA-F-]{36})$/.exec(location.hash);
   const recordings = /^#\/recordings\/([0-9a-fA-F-]{36})$/.exec(location.hash);
   if (match) {
@@ -348,6 +361,8 @@ function route() {
 }
 
 const recordingsView = new RecordingsView({ onError: (err) => handleSessionLoss(err) });
+
+const alertsView = new AlertsView({ onError: (err) => handleSessionLoss(err) });
 
 const accountView = new AccountView({
   onError: (err) => handleSessionLoss(err),

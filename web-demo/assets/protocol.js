@@ -142,6 +142,28 @@ export const PROTOCOL_VERSION = 1;
  */
 
 /**
+ * A security alert raised by a detection rule (`GET /api/v1/admin/alerts`).
+ * @typedef {object} Alert
+ * @property {string} id
+ * @property {string} rule `credential_stuffing`, `password_spraying`, `second_factor_guessing`,
+ *   `invite_guessing`, `cross_consultation`, `refused_exports` or `export_burst`.
+ * @property {string} severity `warning`, `high` or `critical`.
+ * @property {string} subject `address:IP`, `user:ID`, `participant:ID` or `service`.
+ * @property {string} summary
+ * @property {Record<string, unknown>} detail
+ * @property {string} raised_at
+ * @property {string} last_seen_at
+ * @property {number} firings
+ * @property {string | null} [acknowledged_at]
+ * @property {string | null} [acknowledged_by]
+ */
+
+/**
+ * @typedef {object} AlertList
+ * @property {Alert[]} alerts
+ */
+
+/**
  * @typedef {object} MfaEnrolment
  * @property {string} mfa_token
  * @property {string} totp_secret Base32.
