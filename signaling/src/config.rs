@@ -260,6 +260,10 @@ pub struct RecordingConfig {
     /// How often the retention job looks for recordings past their retention.
     #[serde(with = "humantime_serde")]
     pub retention_sweep_interval: Duration,
+    /// Networks (or addresses) of loopback, private or link-local ranges the recorder may pair
+    /// with; public addresses always may. Unset: the private block of `media_address` (loopback
+    /// when it is loopback, its RFC 1918 block on a LAN). `[]`: public addresses only.
+    pub candidate_networks: Option<Vec<String>>,
 }
 
 impl Default for RecordingConfig {
@@ -268,6 +272,7 @@ impl Default for RecordingConfig {
             media_address: None,
             chunk_interval: Duration::from_secs(1),
             retention_sweep_interval: Duration::from_secs(3600),
+            candidate_networks: None,
         }
     }
 }
@@ -470,6 +475,14 @@ impl Config {
         }
         if self.audit.max_tally_keys == 0 {
             return bad("audit.max_tally_keys must be at least 1");
+        }
+        if let Some(networks) = &self.recording.candidate_networks
+            && let Err(e) = crate::recording::candidates::CandidatePolicy::new(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                Some(networks),
+            )
+        {
+            return Err(ConfigError::Inconsistent(e.to_string()));
         }
         if let Some(url) = &self.alerts.webhook_url {
             match url::Url::parse(url) {

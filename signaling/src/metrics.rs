@@ -26,6 +26,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// HTTP answers, by status class (`1xx` … `5xx`).
     pub http_responses: IntCounterVec,
+    /// Candidates the recorder refused, by reason (`not_allowed`, `too_many`, `unparsable`).
+    pub recorder_candidates_refused: IntCounterVec,
     /// Security alerts raised, by rule.
     pub alerts_raised: IntCounterVec,
     /// Times a detection rule fired (a new alert or one more firing of an open one), by rule.
@@ -103,6 +105,14 @@ impl Metrics {
             &["class"],
         )
         .expect("valid metric");
+        let recorder_candidates_refused = IntCounterVec::new(
+            Opts::new(
+                "consult_recorder_candidates_refused_total",
+                "ICE candidates the recorder refused, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let alerts_raised = IntCounterVec::new(
             Opts::new(
                 "consult_alerts_raised_total",
@@ -147,6 +157,7 @@ impl Metrics {
             Box::new(open_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(http_responses.clone()),
+            Box::new(recorder_candidates_refused.clone()),
             Box::new(alerts_raised.clone()),
             Box::new(alert_firings.clone()),
             Box::new(webhook_deliveries.clone()),
@@ -175,6 +186,9 @@ impl Metrics {
         for outcome in ["delivered", "failed"] {
             webhook_deliveries.with_label_values(&[outcome]);
         }
+        for reason in ["not_allowed", "too_many", "unparsable"] {
+            recorder_candidates_refused.with_label_values(&[reason]);
+        }
         for limit in ["per_address", "total"] {
             connections_refused.with_label_values(&[limit]);
         }
@@ -193,6 +207,7 @@ impl Metrics {
         Self {
             registry,
             http_responses,
+            recorder_candidates_refused,
             connected_sockets,
             active_consultations,
             joins,

@@ -220,7 +220,15 @@ async fn open_recordings(
             .await?;
         tracing::warn!(recording = %id, chunks, "a recording was interrupted by the previous run's end");
     }
-    Ok(crate::recording::Recordings::new(vault, media_address))
+    let candidates = crate::recording::candidates::CandidatePolicy::new(
+        media_address,
+        config.recording.candidate_networks.as_deref(),
+    )?;
+    Ok(crate::recording::Recordings::new(
+        vault,
+        media_address,
+        candidates,
+    ))
 }
 
 /// Open the database, bind and start serving in the background.

@@ -504,6 +504,11 @@ fn service(out: &mut String, report: &Report) {
         ),
         ("CPU used (s)", opt(s.cpu_secs)),
         (
+            "Security alerts raised",
+            s.alerts_raised
+                .map_or_else(|| DASH.to_owned(), |n| n.to_string()),
+        ),
+        (
             "CPU per consultation (% of one core)",
             opt(s.cpu_percent_per_consultation),
         ),

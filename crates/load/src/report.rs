@@ -383,6 +383,10 @@ pub struct ServiceReport {
     pub disagreement: Option<String>,
     /// CPU seconds the service used during the run.
     pub cpu_secs: Option<f64>,
+    /// Security alerts the service raised during the run (`consult_alerts_raised_total`): a
+    /// normal load raises none.
+    #[serde(default)]
+    pub alerts_raised: Option<u64>,
     /// Peak resident memory seen, MiB.
     pub peak_rss_mib: Option<f64>,
     /// Resident memory once every clinician had signed in, before the first consultation, MiB.

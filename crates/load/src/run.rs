@@ -627,6 +627,7 @@ fn service_report(
     if let (Some(before), Some(after)) = (baseline, after) {
         service.joins = Some(after.joins.saturating_sub(before.joins));
         service.cpu_secs = after.cpu_secs.zip(before.cpu_secs).map(|(a, b)| a - b);
+        service.alerts_raised = Some(after.alerts_raised.saturating_sub(before.alerts_raised));
     }
     service.baseline_rss_mib = before_ramp
         .or(baseline)
@@ -810,12 +811,14 @@ mod tests {
             active_consultations: 1,
             cpu_secs: Some(2.0),
             rss_bytes: Some(50.0 * 1_048_576.0),
+            alerts_raised: 1,
         };
         let after = MetricsSnapshot {
             joins: 18,
             active_consultations: 1,
             cpu_secs: Some(5.0),
             rss_bytes: Some(60.0 * 1_048_576.0),
+            alerts_raised: 3,
         };
         let watched = Watched {
             active_at_hold: Some((4, 4)),
@@ -825,6 +828,7 @@ mod tests {
         assert_eq!(agreeing.metrics_agree, Some(true));
         assert_eq!(agreeing.joins, Some(8));
         assert_eq!(agreeing.cpu_secs, Some(3.0));
+        assert_eq!(agreeing.alerts_raised, Some(2), "alerts raised during the run");
         let short = service_report(
             &watched,
             Some(&before),

@@ -127,6 +127,11 @@ pub fn render(report: &Report) -> String {
         ),
     ]);
     service.add_row(vec![
+        "security alerts raised".to_owned(),
+        s.alerts_raised
+            .map_or_else(|| DASH.to_owned(), |n| n.to_string()),
+    ]);
+    service.add_row(vec![
         "CPU per consultation (% of a core)".to_owned(),
         opt(s.cpu_percent_per_consultation),
     ]);

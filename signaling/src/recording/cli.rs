@@ -36,7 +36,12 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     let vault = tokio::task::spawn_blocking(move || Vault::open(&vault_dir))
         .await?
         .context("opening the vault")?;
-    let recordings = Recordings::new(Arc::new(vault), IpAddr::from([127, 0, 0, 1]));
+    // A command-line tool records nothing: its recorders pair with nobody.
+    let recordings = Recordings::new(
+        Arc::new(vault),
+        IpAddr::from([127, 0, 0, 1]),
+        super::candidates::CandidatePolicy::new(IpAddr::from([127, 0, 0, 1]), Some(&[]))?,
+    );
     let url = crate::server::public_url(&config, config.bind);
     AppState::new(
         config,

@@ -8,6 +8,7 @@
 //! consultation: the call goes on, and the loss is reported and audited.
 
 pub mod api;
+pub mod candidates;
 pub mod cli;
 pub mod export;
 pub mod recorder;
@@ -56,6 +57,8 @@ pub struct Recordings {
     pub vault: Arc<Vault>,
     /// The address recorders receive media on.
     pub media_address: IpAddr,
+    /// The addresses recorders may pair with.
+    pub candidates: candidates::CandidatePolicy,
     running: Mutex<HashMap<Uuid, Running>>,
     /// Consultations whose recording failed, with what participants were told.
     failed: Mutex<HashMap<Uuid, String>>,
@@ -64,11 +67,17 @@ pub struct Recordings {
 }
 
 impl Recordings {
-    /// Recordings over `vault`, with recorders receiving on `media_address`.
-    pub fn new(vault: Arc<Vault>, media_address: IpAddr) -> Self {
+    /// Recordings over `vault`, with recorders receiving on `media_address` and pairing only
+    /// with the addresses `candidates` allows.
+    pub fn new(
+        vault: Arc<Vault>,
+        media_address: IpAddr,
+        candidates: candidates::CandidatePolicy,
+    ) -> Self {
         Self {
             vault,
             media_address,
+            candidates,
             running: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             last_decision: Mutex::new(HashMap::new()),

@@ -7,6 +7,7 @@
 //! `recording.chunk_interval` on a writer thread, so a crash loses at most one interval. With
 //! end-to-end encryption the frames stay SFrame ciphertext: the recorder holds no key.
 
+use super::candidates;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,6 +90,8 @@ struct RemotePeer {
     local: SocketAddr,
     next_timeout: Instant,
     reader: tokio::task::JoinHandle<()>,
+    /// Remote candidates taken so far (at most [`candidates::MAX_REMOTE_CANDIDATES`]).
+    candidates_kept: usize,
 }
 
 impl Drop for RemotePeer {
@@ -353,10 +356,15 @@ impl Recorder {
                 from,
                 candidate: Some(candidate),
             } => {
-                if let Some(remote) = self.peers.get_mut(&from)
-                    && let Err(e) = remote.peer.add_remote_candidate(&candidate.candidate)
-                {
-                    tracing::debug!(error = %e, "recorder ignored a candidate");
+                if let Some(remote) = self.peers.get_mut(&from) {
+                    let policy = &self.state.recordings.candidates;
+                    match policy.check_line(&candidate.candidate, remote.candidates_kept) {
+                        Ok(()) => match remote.peer.add_remote_candidate(&candidate.candidate) {
+                            Ok(()) => remote.candidates_kept += 1,
+                            Err(e) => tracing::debug!(error = %e, "recorder ignored a candidate"),
+                        },
+                        Err(refusal) => refused_candidate(&self.state, refusal),
+                    }
                 }
             }
             _ => {}
@@ -382,9 +390,15 @@ impl Recorder {
         ) {
             anyhow::bail!("an offer from someone who is not a doctor or patient here");
         }
+        // Candidates in the offer itself go through the same policy as trickled ones.
+        let policy = self.state.recordings.candidates.clone();
         if let Some(remote) = self.peers.get_mut(&from) {
+            let (sdp, refused) = policy.filter_sdp(sdp, &mut remote.candidates_kept);
+            for refusal in refused {
+                refused_candidate(&self.state, refusal);
+            }
             if let Ok(RemoteDescriptionOutcome::Answer(answer)) =
-                remote.peer.handle_remote_offer(sdp)
+                remote.peer.handle_remote_offer(&sdp)
             {
                 self.send_answer(from, answer, None);
                 return Ok(());
@@ -407,7 +421,12 @@ impl Recorder {
             now,
         );
         let candidate = peer.add_host_candidate(local)?;
-        let RemoteDescriptionOutcome::Answer(answer) = peer.handle_remote_offer(sdp)? else {
+        let mut candidates_kept = 0;
+        let (sdp, refused) = policy.filter_sdp(sdp, &mut candidates_kept);
+        for refusal in refused {
+            refused_candidate(&self.state, refusal);
+        }
+        let RemoteDescriptionOutcome::Answer(answer) = peer.handle_remote_offer(&sdp)? else {
             anyhow::bail!("the offer produced no answer");
         };
         let reader = {
@@ -416,6 +435,11 @@ impl Recorder {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
                 while let Ok((n, source)) = socket.recv_from(&mut buf).await {
+                    // Nothing from an address the recorder may not pair with: no
+                    // peer-reflexive candidate from there, no answer sent there.
+                    if !policy.allows(source.ip()) {
+                        continue;
+                    }
                     let datagram = Datagram {
                         from,
                         source,
@@ -436,6 +460,7 @@ impl Recorder {
                 local,
                 next_timeout: now,
                 reader,
+                candidates_kept,
             },
         );
         self.send_answer(from, answer, candidate);
@@ -582,4 +607,14 @@ impl Recorder {
         }));
         self.frames += 1;
     }
+}
+
+/// Count (and log) a candidate the recorder refused.
+fn refused_candidate(state: &AppState, refusal: candidates::Refusal) {
+    state
+        .metrics
+        .recorder_candidates_refused
+        .with_label_values(&[refusal.as_str()])
+        .inc();
+    tracing::debug!(reason = refusal.as_str(), "recorder refused a candidate");
 }

@@ -660,3 +660,165 @@ async fn the_retention_job_shreds_recordings_past_their_retention() {
     assert_eq!(shredded.actor, "system");
     assert_eq!(shredded.detail["reason"], "retention");
 }
+
+/// The value of one metric line (`name{labels}`) in `/metrics`.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The patient offers the recorder a connection (with a candidate for `in_offer` written into
+/// the offer) and trickles `trickled`; returns once the recorder has answered.
+async fn offer_recorder_candidates(
+    call: &mut ConsentedCall,
+    in_offer: std::net::SocketAddr,
+    trickled: &[String],
+) {
+    use consult_peer::{Peer, PeerConfig};
+    use consult_proto::signal::{IceCandidate, SdpKind, SessionDescription};
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut peer = Peer::new(PeerConfig::default(), std::time::Instant::now());
+    peer.add_host_candidate(socket.local_addr().unwrap())
+        .unwrap();
+    let offer = peer.create_offer().unwrap().unwrap();
+    let line = format!(
+        "a=candidate:77 1 udp 2130706431 {} {} typ host\r\n",
+        in_offer.ip(),
+        in_offer.port()
+    );
+    let at = offer.find("a=mid:").unwrap();
+    let offer = format!("{}{line}{}", &offer[..at], &offer[at..]);
+    let recorder = call.recorder.participant_id;
+    call.patient_ws
+        .send(&ClientMessage::Description {
+            to: recorder,
+            description: SessionDescription {
+                kind: SdpKind::Offer,
+                sdp: offer,
+            },
+        })
+        .await;
+    for candidate in trickled {
+        call.patient_ws
+            .send(&ClientMessage::Candidate {
+                to: recorder,
+                candidate: Some(IceCandidate {
+                    candidate: candidate.clone(),
+                    sdp_mid: None,
+                    sdp_m_line_index: Some(0),
+                    username_fragment: None,
+                }),
+            })
+            .await;
+    }
+    loop {
+        if let ServerMessage::Description { from, .. } =
+            call.patient_ws.recv_type("description").await
+            && from == recorder
+        {
+            break;
+        }
+    }
+}
+
+/// Whether a STUN message arrives on `socket` within `within`.
+async fn stun_arrives(socket: &tokio::net::UdpSocket, within: std::time::Duration) -> bool {
+    let mut buf = [0u8; 1500];
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+        // A STUN header: the two top bits zero and the magic cookie.
+        if n >= 20 && buf[0] & 0xc0 == 0 && buf[4..8] == [0x21, 0x12, 0xa4, 0x42] {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_recorder_sends_nothing_to_candidates_outside_its_networks() {
+    // A recorder on loopback may reach loopback by default: the control, showing that the
+    // recorder does send checks to a listening address it is given.
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("ann@clinic.test").await;
+    let mut call = consented_call(&svc, &doctor, recorded(false)).await;
+    let (trickled_to, in_offer) = (
+        tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap(),
+        tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap(),
+    );
+    let line = |addr: std::net::SocketAddr| {
+        format!(
+            "candidate:9 1 udp 2130706431 {} {} typ host",
+            addr.ip(),
+            addr.port()
+        )
+    };
+    let victim = line(trickled_to.local_addr().unwrap());
+    offer_recorder_candidates(&mut call, in_offer.local_addr().unwrap(), &[victim]).await;
+    let wait = std::time::Duration::from_secs(3);
+    assert!(
+        stun_arrives(&trickled_to, wait).await,
+        "control: a trickled candidate is checked"
+    );
+    assert!(
+        stun_arrives(&in_offer, wait).await,
+        "control: a candidate in the offer is checked"
+    );
+    drop(call);
+
+    // Only 127.0.0.1 listed: 127.0.0.2, the link-local metadata address and a private address
+    // are refused, trickled or in the offer, and more than eight candidates are not kept.
+    let svc = TestService::start_with(|c| {
+        c.recording.candidate_networks = Some(vec!["127.0.0.1/32".into()]);
+    })
+    .await;
+    let doctor = svc.doctor("ann@clinic.test").await;
+    let mut call = consented_call(&svc, &doctor, recorded(false)).await;
+    let (trickled_to, in_offer) = (
+        tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap(),
+        tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap(),
+    );
+    let mut trickled = vec![
+        line(trickled_to.local_addr().unwrap()),
+        "candidate:9 1 udp 2130706431 169.254.169.254 80 typ host".to_owned(),
+        "candidate:9 1 udp 2130706431 10.0.0.8 5000 typ host".to_owned(),
+        "candidate:9 1 udp 2130706431 host.local 5000 typ host".to_owned(),
+    ];
+    // Twelve public ones (documentation addresses: nothing answers there).
+    trickled
+        .extend((1..=12).map(|n| format!("candidate:9 1 udp 2130706431 203.0.113.{n} 9 typ host")));
+    offer_recorder_candidates(&mut call, in_offer.local_addr().unwrap(), &trickled).await;
+    assert!(
+        !stun_arrives(&trickled_to, wait).await,
+        "nothing sent to a refused trickled candidate"
+    );
+    assert!(
+        !stun_arrives(&in_offer, wait).await,
+        "nothing sent to a refused candidate in the offer"
+    );
+    let metrics = svc.metrics().await;
+    let refused = |reason: &str| {
+        metric(
+            &metrics,
+            &format!("consult_recorder_candidates_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(
+        refused("not_allowed"),
+        4.0,
+        "127.0.0.2 twice, 169.254.169.254, 10.0.0.8"
+    );
+    assert_eq!(refused("unparsable"), 1.0, "an mDNS name");
+    // Eight kept: the offer's own host candidate and the first seven public ones.
+    assert_eq!(
+        refused("too_many"),
+        5.0,
+        "twelve public candidates, seven of them kept"
+    );
+}
