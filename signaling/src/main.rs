@@ -410,7 +410,9 @@ async fn recording_command(command: RecordingCommand) -> anyhow::Result<ExitCode
                 }
                 _ => None,
             };
-            let summary = recording::cli::export(&state, id, &out, token.as_deref(), key).await?;
+            let summary = recording::cli::export(&state, id, &out, token.as_deref(), key)
+                .await?
+                .summary;
             println!(
                 "exported {} ({} tracks, {} frames, {:.1} s, {}) to {}",
                 id,

@@ -828,7 +828,11 @@ mod tests {
         assert_eq!(agreeing.metrics_agree, Some(true));
         assert_eq!(agreeing.joins, Some(8));
         assert_eq!(agreeing.cpu_secs, Some(3.0));
-        assert_eq!(agreeing.alerts_raised, Some(2), "alerts raised during the run");
+        assert_eq!(
+            agreeing.alerts_raised,
+            Some(2),
+            "alerts raised during the run"
+        );
         let short = service_report(
             &watched,
             Some(&before),

@@ -182,7 +182,8 @@ pub async fn download(
         let row = row.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = Cursor::new(Vec::new());
-            export::export(&vault, &row, None, &mut out).map(|summary| (summary, out.into_inner()))
+            export::export(&vault, &row, None, &mut out)
+                .map(|exported| (exported.summary, out.into_inner()))
         })
         .await
         .map_err(|e| ApiError::Internal(e.into()))?

@@ -84,7 +84,7 @@ pub async fn export(
     out: &Path,
     session_token: Option<&str>,
     clinician_key: Option<RecordingKeyPair>,
-) -> anyhow::Result<consult_vault::matroska::ExportSummary> {
+) -> anyhow::Result<export::Exported> {
     let row = rows::find(&state.pool, id)
         .await?
         .with_context(|| format!("no recording {id}"))?;
@@ -130,16 +130,19 @@ pub async fn export(
             let file = File::create(&partial)
                 .with_context(|| format!("creating {}", partial.display()))?;
             let mut writer = BufWriter::new(file);
-            let summary = export::export(&vault, &row, clinician_key.as_ref(), &mut writer)?;
+            let exported = export::export(&vault, &row, clinician_key.as_ref(), &mut writer)?;
             let file = writer.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
-            Ok(summary)
+            Ok(exported)
         })
         .await?
     };
     let detail = match &result {
-        Ok(summary) => json!({ "frames": summary.frames, "duration_ms": summary.duration_ms,
-                               "via": "cli" }),
+        Ok(exported) => json!({ "frames": exported.summary.frames,
+                                "duration_ms": exported.summary.duration_ms, "via": "cli",
+                                "unopened": exported.unopened.iter().map(|u| json!({
+                                    "participant_id": u.participant, "frames": u.frames,
+                                    "of": u.of })).collect::<Vec<_>>() }),
         Err(e) => json!({ "refused": format!("{e:#}"), "via": "cli" }),
     };
     state
@@ -153,7 +156,7 @@ pub async fn export(
         )
         .await?;
     match result {
-        Ok(summary) => {
+        Ok(exported) => {
             std::fs::rename(&partial, out)
                 .with_context(|| format!("moving the export to {}", out.display()))?;
             if row.state.may_be_unfinished() {
@@ -162,7 +165,20 @@ pub async fn export(
                     row.note.as_deref().unwrap_or("see its state")
                 );
             }
-            Ok(summary)
+            for unopened in &exported.unopened {
+                let name: Option<String> =
+                    sqlx::query_scalar("SELECT name FROM participants WHERE id = ?")
+                        .bind(unopened.participant.to_string())
+                        .fetch_optional(&state.pool)
+                        .await
+                        .ok()
+                        .flatten();
+                let who = name.map_or_else(String::new, |n| format!(" ({n})"));
+                eprintln!(
+                    "warning: left out of the export: {unopened}{who}; everyone else's media is whole"
+                );
+            }
+            Ok(exported)
         }
         Err(e) => {
             let _ = std::fs::remove_file(&partial);

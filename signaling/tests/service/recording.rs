@@ -591,8 +591,9 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
 
     // The clinician's key opens every frame: the plaintext is in the export.
     let mut out = std::io::Cursor::new(Vec::new());
-    let summary = export::export(&vault, &row, Some(&clinician), &mut out).unwrap();
-    assert_eq!(summary.frames, contents.frames.len());
+    let exported = export::export(&vault, &row, Some(&clinician), &mut out).unwrap();
+    assert_eq!(exported.summary.frames, contents.frames.len());
+    assert_eq!(exported.unopened, vec![]);
     assert!(contains(&out.into_inner()));
 
     // Damage to the stored stream is named, and nothing is exported: a flipped byte, then the
