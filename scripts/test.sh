@@ -40,6 +40,8 @@ if ! $quick; then
   command -v node >/dev/null || missing+=(nodejs npm)
   command -v python3 >/dev/null || missing+=(python3)
   command -v promtool >/dev/null || missing+=(prometheus)
+  # The API fuzzing installs schemathesis into a virtual environment.
+  python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
@@ -83,6 +85,8 @@ cargo test "${rust[@]}" --doc --quiet
 log "alerting rules (promtool)"
 promtool check rules deploy/prometheus/consult-alerts.yml
 (cd deploy/prometheus && promtool test rules consult-alerts.test.yml)
+log "API fuzzing (schemathesis against the OpenAPI document)"
+CONSULT_BIN="$PWD/target/debug/consult" tests/api-fuzz/run.sh 25
 
 # --- Web demo: JSDoc types checked by tsc, and its protocol types against the service's schemas. ---
 if ! wait "$npm_pid"; then cat "$npm_log" >&2; echo "npm ci failed" >&2; exit 1; fi

@@ -2,7 +2,7 @@
 //! disable one — it cannot sign in any more, and every session it has ends at once (its
 //! WebSockets close within moments).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use consult_proto::api::{AccountSummary, ErrorBody, Role};
@@ -14,7 +14,7 @@ use crate::audit::{Action, Actor};
 use crate::auth::revocations::Revoked;
 use crate::auth::rows;
 use crate::auth::sessions::CurrentUser;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiPath};
 use crate::state::AppState;
 
 fn require_admin(current: &CurrentUser) -> Result<(), ApiError> {
@@ -55,7 +55,7 @@ pub async fn list(
 pub async fn disable(
     State(state): State<AppState>,
     current: CurrentUser,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&current)?;
     if id == current.user.id {

@@ -53,13 +53,68 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 )]
 pub struct ApiDoc;
 
+/// The API's OpenAPI document: what the handlers declare, plus the answers every operation can
+/// give before its handler runs — `400` when its path, query or body cannot be read (not JSON,
+/// not an object, a field of the wrong type, a path id that is not a UUID), and `413` when its
+/// body is over the size limit. Served at `/api/v1/openapi.json` and printed by
+/// `consult openapi`; API fuzzing (schemathesis) checks every answer against it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{RefOr, ResponseBuilder};
+    let mut doc = ApiDoc::openapi();
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in doc.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let reads_input = operation.request_body.is_some()
+                || operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query));
+            let responses = &mut operation.responses.responses;
+            if reads_input {
+                responses.entry("400".into()).or_insert_with(|| {
+                    error("invalid_body, invalid_path or invalid_query: the request could not be read")
+                });
+            }
+            if operation.request_body.is_some() {
+                responses
+                    .entry("413".into())
+                    .or_insert_with(|| error("body_too_large"));
+            }
+        }
+    }
+    doc
+}
+
 async fn openapi() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+    Json(openapi_document())
 }
 
 /// `/api/v1/signal/schema.json`: the JSON schemas of the signaling messages, for browser clients.
 async fn signal_schema() -> impl IntoResponse {
-    let doc = ApiDoc::openapi();
+    let doc = openapi_document();
     let schemas = doc.components.map(|c| c.schemas).unwrap_or_default();
     Json(serde_json::json!({
         "$comment": "Signaling protocol of Consult. Every message also carries \"v\": 1.",

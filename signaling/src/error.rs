@@ -2,7 +2,7 @@
 //! `{ "error": { "code": "...", "message": "..." } }`.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -197,15 +197,55 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `axum::Json` whose rejections answer with the API's error body.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json` whose rejections answer with the API's error body. The body must be a JSON
+/// object: serde would otherwise read an array into a struct field by field (`[null, null]`
+/// as a consultation with no title), which no client means.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) =
+            axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        if !value.is_object() {
+            return Err(Self::not_an_object());
+        }
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("Failed to deserialize the JSON body into the target type: {e}"),
+            )
+        })
+    }
+}
+
+impl<T> ApiJson<T> {
+    fn not_an_object() -> ApiError {
+        ApiError::bad_request("invalid_body", "the body must be a JSON object")
+    }
+}
 
 /// `axum::extract::Path` whose rejections answer with the API's error body.
 #[derive(Debug, Clone, Copy, FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
+
+/// `axum::extract::Query` whose rejections answer with the API's error body.
+#[derive(Debug, Clone, Copy, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        Self::bad_request("invalid_query", rejection.body_text())
+    }
+}
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {

@@ -372,10 +372,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Load { args } => run_load_generator(&args),
         Command::Openapi => {
-            use utoipa::OpenApi;
             println!(
                 "{}",
-                consult_signaling::app::ApiDoc::openapi().to_pretty_json()?
+                consult_signaling::app::openapi_document().to_pretty_json()?
             );
             Ok(ExitCode::SUCCESS)
         }

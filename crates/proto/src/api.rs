@@ -90,6 +90,7 @@ pub struct EnrolRequest {
     /// The token from the enrolment link.
     pub token: String,
     /// The new password (at least 12 characters).
+    #[schema(min_length = 12, max_length = 256)]
     pub password: String,
 }
 
@@ -138,6 +139,7 @@ pub struct ChangePasswordRequest {
     /// The password in use now.
     pub current_password: String,
     /// The new one (at least 12 characters).
+    #[schema(min_length = 12, max_length = 256)]
     pub new_password: String,
 }
 
@@ -189,7 +191,12 @@ pub struct PasskeySignInFinish {
 pub struct PasskeyRegistrationFinish {
     /// From [`PasskeyChallenge::ceremony`].
     pub ceremony: String,
-    /// What the person calls it ("Laptop", "Phone"): 1 to 60 characters.
+    /// What the person calls it ("Laptop", "Phone"): 1 to 60 characters, not only spaces, no
+    /// control characters.
+    #[schema(
+        max_length = 60,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
     /// The `PublicKeyCredential` from `navigator.credentials.create()` (WebAuthn JSON).
     #[schema(value_type = Object)]
@@ -199,7 +206,11 @@ pub struct PasskeyRegistrationFinish {
 /// `PATCH /api/v1/account/passkeys/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RenamePasskey {
-    /// 1 to 60 characters.
+    /// 1 to 60 characters, not only spaces, no control characters.
+    #[schema(
+        max_length = 60,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
 }
 
@@ -434,7 +445,12 @@ pub struct InviteInfo {
 pub struct RedeemInviteRequest {
     /// The invite token from the link.
     pub invite: String,
-    /// The patient's name, shown to the doctor (1 to 80 characters).
+    /// The patient's name, shown to the doctor (1 to 80 characters, not only spaces, no
+    /// control characters).
+    #[schema(
+        max_length = 80,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
 }
 
@@ -491,6 +507,7 @@ pub struct IceServers {
 pub struct RecordingKeyBody {
     /// X25519 public key, base64 (from `consult recording keygen`); `null` when none is
     /// registered.
+    #[schema(pattern = "^[A-Za-z0-9+/]{43}=$")]
     pub public_key: Option<String>,
 }
 

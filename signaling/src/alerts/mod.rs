@@ -11,7 +11,7 @@
 pub mod rules;
 pub mod webhook;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::audit::{Action, Actor};
 use crate::auth::sessions::CurrentUser;
-use crate::error::{ApiError, ApiPath};
+use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::state::AppState;
 use consult_proto::api::{ErrorBody, Role};
 use rules::{Detector, Firing, Observation, Target, Thresholds};
@@ -299,7 +299,7 @@ pub struct AlertQuery {
 pub async fn list(
     State(state): State<AppState>,
     current: CurrentUser,
-    Query(query): Query<AlertQuery>,
+    ApiQuery(query): ApiQuery<AlertQuery>,
 ) -> Result<Json<AlertList>, ApiError> {
     require_admin(&current)?;
     let open_only = match query.state.as_deref() {

@@ -10,6 +10,9 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 pub const MIN_PASSWORD_CHARS: usize = 12;
 /// Longest password accepted (bounds the hashing work an attacker can ask for).
 pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Longest new password, in characters (the API document's `maxLength`; at most
+/// [`MAX_PASSWORD_BYTES`] in UTF-8).
+pub const MAX_PASSWORD_CHARS: usize = 256;
 /// Most Argon2 memory a stored hash may ask for (KiB): a hash with more is refused rather than
 /// allocated. New hashes use the library's 19 MiB.
 const MAX_MEMORY_KIB: u32 = 256 * 1024;
@@ -26,7 +29,7 @@ pub enum PasswordError {
     #[error("the password must have at least {MIN_PASSWORD_CHARS} characters")]
     TooShort,
     /// Too long.
-    #[error("the password must have at most {MAX_PASSWORD_BYTES} bytes")]
+    #[error("the password must have at most {MAX_PASSWORD_CHARS} characters")]
     TooLong,
     /// Hashing failed.
     #[error("could not hash the password")]
@@ -109,7 +112,7 @@ pub async fn verify_off_thread(password: String, stored: Option<String>) -> bool
 
 /// Check the password policy.
 pub fn check_policy(password: &str) -> Result<(), PasswordError> {
-    if password.len() > MAX_PASSWORD_BYTES {
+    if password.len() > MAX_PASSWORD_BYTES || password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(PasswordError::TooLong);
     }
     if password.chars().count() < MIN_PASSWORD_CHARS {

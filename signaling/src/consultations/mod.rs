@@ -449,7 +449,8 @@ fn admission_error(e: AdmissionError) -> ApiError {
 /// `POST /api/v1/consultations/{id}/participants/{pid}/admit`.
 #[utoipa::path(post, path = "/api/v1/consultations/{id}/participants/{pid}/admit", tag = "consultations",
     params(("id" = Uuid, Path, description = "consultation id"), ("pid" = Uuid, Path, description = "participant id")),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "doctor_busy")))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "doctor_busy"),
+              (status = 410, body = ErrorBody, description = "consultation_ended")))]
 pub async fn admit(
     State(state): State<AppState>,
     doctor: CurrentDoctor,
@@ -465,7 +466,8 @@ pub async fn admit(
 /// `POST /api/v1/consultations/{id}/participants/{pid}/decline`.
 #[utoipa::path(post, path = "/api/v1/consultations/{id}/participants/{pid}/decline", tag = "consultations",
     params(("id" = Uuid, Path, description = "consultation id"), ("pid" = Uuid, Path, description = "participant id")),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody),
+              (status = 410, body = ErrorBody, description = "consultation_ended")))]
 pub async fn decline(
     State(state): State<AppState>,
     doctor: CurrentDoctor,

@@ -981,3 +981,72 @@ async fn sign_in_sign_out_recovery_codes_redemption_keys_and_accounts_change_not
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// Found by API fuzzing (schemathesis): serde read a JSON array into a struct field by field,
+/// so `[null, null]` created a consultation; path and query errors of some routes answered in
+/// plain text; a password the document called too long was accepted.
+#[tokio::test]
+async fn malformed_bodies_paths_and_queries_get_the_api_error_body() {
+    let svc = TestService::start().await;
+    let admin = svc.enrolled("root@clinic.test", Role::Admin).await;
+    let doctor = svc.doctor("doc@clinic.test").await;
+    let before = count(&svc, "consultations").await;
+    for body in ["[null, null]", "[]", "null", "\"title\"", "42"] {
+        let r = doctor
+            .bearer(Method::POST, "/api/v1/consultations")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::BAD_REQUEST, "invalid_body".into()),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        count(&svc, "consultations").await,
+        before,
+        "nothing created"
+    );
+    for (method, path, code) in [
+        (
+            Method::POST,
+            "/api/v1/admin/accounts/null,null/disable",
+            "invalid_path",
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/alerts?state=1&state=2",
+            "invalid_query",
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/alerts/x/acknowledge",
+            "invalid_path",
+        ),
+    ] {
+        let r = admin.bearer(method, path).send().await.unwrap();
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/json",
+            "{path}: the API's error body"
+        );
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::BAD_REQUEST, code.into()),
+            "{path}"
+        );
+    }
+    let r = doctor
+        .bearer(Method::POST, "/api/v1/auth/password")
+        .json(&json!({ "current_password": doctor.password, "new_password": "x".repeat(257) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "weak_password".into())
+    );
+}
