@@ -87,6 +87,8 @@ promtool check rules deploy/prometheus/consult-alerts.yml
 (cd deploy/prometheus && promtool test rules consult-alerts.test.yml)
 log "API fuzzing (schemathesis against the OpenAPI document)"
 CONSULT_BIN="$PWD/target/debug/consult" tests/api-fuzz/run.sh 25
+log "fuzzing smoke run (every cargo-fuzz target, 10 s each)"
+scripts/fuzz.sh 10
 
 # --- Web demo: JSDoc types checked by tsc, and its protocol types against the service's schemas. ---
 if ! wait "$npm_pid"; then cat "$npm_log" >&2; echo "npm ci failed" >&2; exit 1; fi
