@@ -82,6 +82,14 @@ log "cargo nextest"
 cargo nextest run "${rust[@]}"
 log "doc tests"
 cargo test "${rust[@]}" --doc --quiet
+log "cargo-deny (licences, banned crates and duplicate versions, sources; advisories when reachable)"
+command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny
+cargo deny check bans licenses sources
+if timeout 60 cargo deny fetch db >/dev/null 2>&1; then
+  cargo deny check advisories
+else
+  echo "advisories: the RustSec database (github.com) cannot be fetched from here; not checked"
+fi
 log "alerting rules (promtool)"
 promtool check rules deploy/prometheus/consult-alerts.yml
 (cd deploy/prometheus && promtool test rules consult-alerts.test.yml)
