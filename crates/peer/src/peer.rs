@@ -275,6 +275,10 @@ pub struct Peer {
     channels_offered: bool,
     audio_mid: Option<Mid>,
     video_mid: Option<Mid>,
+    /// The m-line video last arrived on: where keyframe requests go. A remote that
+    /// renegotiated with new transceivers sends on a later m-line than the first one, and a
+    /// request on the first would never reach its encoder.
+    video_rx_mid: Option<Mid>,
     /// Channel to send chat on: the latest open one with the label.
     chat: Option<ChannelId>,
     /// Channel to send file frames on.
@@ -391,6 +395,7 @@ impl Peer {
             channels_offered: false,
             audio_mid: None,
             video_mid: None,
+            video_rx_mid: None,
             chat: None,
             file: None,
             chat_ids: Vec::new(),
@@ -689,6 +694,9 @@ impl Peer {
                     return;
                 };
                 let keyframe = data.is_keyframe();
+                if matches!(kind, TrackKind::Video(_)) {
+                    self.video_rx_mid = Some(data.mid);
+                }
                 let bytes = match &mut self.e2ee {
                     None => data.data.to_vec(),
                     // Refused frames (tampered, replayed, unknown key...) are counted by the
@@ -1198,7 +1206,10 @@ impl Peer {
 
     /// Ask the remote for a video keyframe (after loss broke decoding).
     pub fn request_keyframe(&mut self) -> Result<(), PeerError> {
-        let mid = self.video_mid.ok_or(PeerError::NotNegotiated("video"))?;
+        let mid = self
+            .video_rx_mid
+            .or(self.video_mid)
+            .ok_or(PeerError::NotNegotiated("video"))?;
         let mut writer = self
             .rtc
             .writer(mid)
