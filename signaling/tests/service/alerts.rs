@@ -495,6 +495,12 @@ async fn ten_thousand_unknown_invites_add_a_few_audit_entries_with_exact_counts(
     );
 }
 
+/// `GET /api/v1/admin/alerts{query}` as `who`, parsed.
+async fn alerts_as(who: &common::Doctor, query: &str) -> Value {
+    let r = who.bearer(Method::GET, &format!("/api/v1/admin/alerts{query}"));
+    r.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn only_administrators_see_and_acknowledge_alerts() {
     let svc = TestService::start_with(behind_proxy_with_webhook(None)).await;
@@ -511,12 +517,8 @@ async fn only_administrators_see_and_acknowledge_alerts() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = doctor
-        .bearer(Method::GET, "/api/v1/admin/alerts")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = doctor.bearer(Method::GET, "/api/v1/admin/alerts").send();
+    assert_eq!(r.await.unwrap().status(), StatusCode::FORBIDDEN);
     let ack = |who: &common::Doctor, id: String| {
         who.bearer(
             Method::POST,
@@ -527,14 +529,7 @@ async fn only_administrators_see_and_acknowledge_alerts() {
     let r = ack(&doctor, alert.id.to_string()).await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
-    let list: Value = admin
-        .bearer(Method::GET, "/api/v1/admin/alerts")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = alerts_as(&admin, "").await;
     assert_eq!(list["alerts"].as_array().unwrap().len(), 1);
     assert_eq!(list["alerts"][0]["id"], alert.id.to_string());
     let r = admin
@@ -569,14 +564,7 @@ async fn only_administrators_see_and_acknowledge_alerts() {
     }
     let (again, _) = raised_within(&svc, "invite_guessing", "address:192.0.2.9").await;
     assert_ne!(again.id, alert.id);
-    let all: Value = admin
-        .bearer(Method::GET, "/api/v1/admin/alerts?state=all")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = alerts_as(&admin, "?state=all").await;
     let ids: Vec<_> = all["alerts"]
         .as_array()
         .unwrap()
