@@ -201,6 +201,7 @@ describe("recording with the patient's consent", { timeout: 900_000 }, () => {
       for (const p of [doctor, patient]) {
         const withdrawnAt = await waitForRecordingState(p.page, "withdrawn", 5000);
         goneAt = Math.max(goneAt, withdrawnAt);
+        t.diagnostic(`${p.label}: withdrawn after ${withdrawnAt - stoppedAt} ms`);
         assert.ok(withdrawnAt - stoppedAt <= 1000, `${p.label}: withdrawn after ${withdrawnAt - stoppedAt} ms`);
         const probe = await probeOf(p.page);
         const gone = probe.recorderPcs.find((e) => !e.present && e.at >= stoppedAt);
