@@ -1232,7 +1232,10 @@ endButton.addEventListener("click", async () => {
   if (!(await confirmInline(endButton, "End for everyone? The invite link stops working.", "Yes, end it", { testid: "end-confirm", danger: true }))) return;
   try {
     await api.endConsultation(active.id);
-    finishCall("The consultation has ended.", "ended-message");
+    // The service may have said so already (`consultation_ended`), and the doctor moved on
+    // while the answer came back (it waits for the recorder to seal): show it only if this call
+    // is still the page's.
+    if (call === active) finishCall("The consultation has ended.", "ended-message");
   } catch (err) {
     if (!handleSessionLoss(err)) callView.setStatus(`The consultation was not ended: ${messageOf(err)}`, "error");
   }
