@@ -64,6 +64,20 @@ rust=(--workspace --exclude consult-benches --locked)
 if [ ! -d target/debug ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
   export CARGO_INCREMENTAL=0
 fi
+# The checking tools (cargo-deny, cargo-fuzz) build beside the workspace: they fill the
+# build's idle moments (linking, its narrow tail).
+if ! $quick; then
+  tools=()
+  command -v cargo-deny >/dev/null || tools+=(cargo-deny)
+  command -v cargo-fuzz >/dev/null || tools+=(cargo-fuzz)
+  tools_log=$(mktemp)
+  if [ ${#tools[@]} -gt 0 ]; then
+    cargo install --locked --quiet "${tools[@]}" >"$tools_log" 2>&1 &
+  else
+    true &
+  fi
+  tools_pid=$!
+fi
 # The Node packages of the web demo and the browser tests install beside the build.
 if ! $quick; then
   npm_log=$(mktemp)
@@ -83,7 +97,8 @@ cargo nextest run "${rust[@]}"
 log "doc tests"
 cargo test "${rust[@]}" --doc --quiet
 log "cargo-deny (licences, banned crates and duplicate versions, sources; advisories when reachable)"
-command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny
+if ! wait "$tools_pid"; then cat "$tools_log" >&2; echo "installing ${tools[*]} failed" >&2; exit 1; fi
+rm -f "$tools_log"
 cargo deny check bans licenses sources
 if timeout 60 cargo deny fetch db >/dev/null 2>&1; then
   cargo deny check advisories
