@@ -39,10 +39,11 @@ for _ in $(seq 100); do
 done
 eval "$(python3 "$here/session.py" "$base" "$data")"
 
+# Run from the scratch directory: schemathesis keeps a cache (.schemathesis/) where it runs.
 st() {
-  "$venv/bin/st" --config-file "$here/schemathesis.toml" run "$base/api/v1/openapi.json" \
+  (cd "$data" && "$venv/bin/st" --config-file "$here/schemathesis.toml" run "$base/api/v1/openapi.json" \
     --checks all --max-examples "$examples" --seed 20261204 --workers 2 --no-color \
-    --request-timeout 30 "$@"
+    --request-timeout 30 "$@")
 }
 status=0
 echo "== as the clinician: every operation but sign-out (it would end the session under test)"
