@@ -573,6 +573,57 @@ mod tests {
     }
 
     #[test]
+    fn bad_audit_alert_and_recorder_settings_are_refused_with_their_name() {
+        let refused = |tweak: &dyn Fn(&mut Config), naming: &str| {
+            let mut config = Config::default();
+            tweak(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(naming), "{naming}: {err}");
+        };
+        refused(
+            &|c| c.audit.tally_window = Duration::ZERO,
+            "audit.tally_window",
+        );
+        refused(
+            &|c| c.audit.tally_window = Duration::from_secs(2 * 86_400),
+            "audit.tally_window",
+        );
+        refused(&|c| c.audit.max_tally_keys = 0, "audit.max_tally_keys");
+        for url in ["ftp://siem.example.org/x", "not a url", "http://"] {
+            refused(
+                &|c| c.alerts.webhook_url = Some(url.into()),
+                "alerts.webhook_url",
+            );
+        }
+        refused(
+            &|c| c.alerts.webhook_secret = Some("short".into()),
+            "alerts.webhook_secret",
+        );
+        refused(
+            &|c| c.alerts.webhook_timeout = Duration::ZERO,
+            "alerts.webhook_timeout",
+        );
+        refused(
+            &|c| c.alerts.rules.invite_guessing.count = 0,
+            "alerts.rules.invite_guessing",
+        );
+        refused(
+            &|c| c.alerts.rules.export_burst.window = Duration::ZERO,
+            "alerts.rules.export_burst",
+        );
+        refused(
+            &|c| c.recording.candidate_networks = Some(vec!["10.0.0.0/33".into()]),
+            "recording.candidate_networks",
+        );
+        // Well formed, they pass.
+        let mut config = Config::default();
+        config.alerts.webhook_url = Some("https://siem.example.org/consult".into());
+        config.alerts.webhook_secret = Some("a webhook secret of at least 32 chars".into());
+        config.recording.candidate_networks = Some(vec!["10.20.0.0/16".into(), "::1".into()]);
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn unknown_keys_and_inconsistent_values_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("a.toml", "bnid = \"127.0.0.1:9000\"\n")?;

@@ -97,14 +97,7 @@ pub async fn inspect(
     origin: ClientOrigin,
     ApiJson(req): ApiJson<InspectInviteRequest>,
 ) -> Result<Json<InviteInfo>, ApiError> {
-    let (invite, consultation) = match usable_invite(&state, &req.invite).await {
-        Ok(found) => found,
-        Err(e) => {
-            let e = patient_facing(e);
-            refused(&state, &origin, None, e.code()).await?;
-            return Err(e);
-        }
-    };
+    let (invite, consultation) = usable_or_counted(&state, &origin, &req.invite).await?;
     Ok(Json(info(&invite, &consultation)))
 }
 
@@ -130,14 +123,7 @@ pub async fn redeem(
         ));
     }
     let now = state.clock.now();
-    let (invite, consultation) = match usable_invite(&state, &req.invite).await {
-        Ok(found) => found,
-        Err(e) => {
-            let e = patient_facing(e);
-            refused(&state, &origin, None, e.code()).await?;
-            return Err(e);
-        }
-    };
+    let (invite, consultation) = usable_or_counted(&state, &origin, &req.invite).await?;
     let participant_id = Uuid::new_v4();
     let token = Token::generate();
     // The place taken and its audit entry commit together.
@@ -192,6 +178,23 @@ pub async fn redeem(
             invite: info(&invite, &consultation),
         }),
     ))
+}
+
+/// The invite behind `token` and its consultation; a link that is unknown, expired, revoked or
+/// ended is counted as refused ([`refused`]) and answered as the patient should hear it.
+async fn usable_or_counted(
+    state: &AppState,
+    origin: &ClientOrigin,
+    token: &str,
+) -> Result<(InviteRecord, ConsultationRecord), ApiError> {
+    match usable_invite(state, token).await {
+        Ok(found) => Ok(found),
+        Err(e) => {
+            let e = patient_facing(e);
+            refused(state, origin, None, e.code()).await?;
+            Err(e)
+        }
+    }
 }
 
 /// Count a refused redemption or lookup (by nobody we know: the device has no place) in the

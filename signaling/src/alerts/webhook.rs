@@ -133,41 +133,32 @@ pub async fn deliver_due(
             Err(e) => Some(short_error(&e)),
         };
         let attempts = u32::try_from(attempts + 1).unwrap_or(u32::MAX);
+        let now = state.clock.now();
+        // Delivered: stamped. Failed: the next attempt after back-off, and why.
+        let (delivered_at, next, outcome) = match &failure {
+            None => (Some(now.format(&Rfc3339)?), now, "delivered"),
+            Some(_) => (None, now + backoff_after(attempts), "failed"),
+        };
+        sqlx::query(
+            "UPDATE alert_deliveries SET delivered_at = ?, attempts = ?, next_attempt_at = ?,
+                last_error = ?
+             WHERE seq = ?",
+        )
+        .bind(delivered_at)
+        .bind(attempts)
+        .bind(next.unix_timestamp())
+        .bind(&failure)
+        .bind(seq)
+        .execute(&state.pool)
+        .await?;
+        state
+            .metrics
+            .webhook_deliveries
+            .with_label_values(&[outcome])
+            .inc();
         match failure {
-            None => {
-                sqlx::query(
-                    "UPDATE alert_deliveries SET delivered_at = ?, attempts = ?, last_error = NULL
-                     WHERE seq = ?",
-                )
-                .bind(state.clock.now().format(&Rfc3339)?)
-                .bind(attempts)
-                .bind(seq)
-                .execute(&state.pool)
-                .await?;
-                state
-                    .metrics
-                    .webhook_deliveries
-                    .with_label_values(&["delivered"])
-                    .inc();
-                delivered += 1;
-            }
+            None => delivered += 1,
             Some(error) => {
-                let next = state.clock.now() + backoff_after(attempts);
-                sqlx::query(
-                    "UPDATE alert_deliveries SET attempts = ?, next_attempt_at = ?, last_error = ?
-                     WHERE seq = ?",
-                )
-                .bind(attempts)
-                .bind(next.unix_timestamp())
-                .bind(&error)
-                .bind(seq)
-                .execute(&state.pool)
-                .await?;
-                state
-                    .metrics
-                    .webhook_deliveries
-                    .with_label_values(&["failed"])
-                    .inc();
                 tracing::warn!(delivery = seq, attempts, error = %error, "alert webhook delivery failed; will retry");
             }
         }
