@@ -160,6 +160,7 @@ impl<S> Accept<TcpStream, S> for LimitedAcceptor {
                     inner: stream,
                     _slot: slot,
                     first_byte: Some(Box::pin(tokio::time::sleep(self.first_byte_timeout))),
+                    preface: PrefaceWatch::default(),
                 })
             });
         // Refused: the stream is dropped here, which closes it.
@@ -173,6 +174,44 @@ pub struct LimitedStream {
     _slot: ConnectionSlot,
     /// Until the first byte arrives.
     first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether it begins with the HTTP/2 preface.
+    preface: PrefaceWatch,
+}
+
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4): no HTTP/1.1 request begins so.
+/// The service speaks HTTP/1.1 alone, because HTTP/2 is under no header-read timeout (a
+/// stream's header block may never end); hyper would accept HTTP/2 in the clear with prior
+/// knowledge on a connection that may upgrade to a WebSocket, so the refusal is here.
+const HTTP2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// Watches a connection's first bytes, however they are split, for [`HTTP2_PREFACE_START`].
+#[derive(Debug, Clone, Copy)]
+struct PrefaceWatch {
+    /// Bytes of the preface matched so far; `None` once the connection began otherwise.
+    matched: Option<usize>,
+}
+
+impl Default for PrefaceWatch {
+    fn default() -> Self {
+        Self { matched: Some(0) }
+    }
+}
+
+impl PrefaceWatch {
+    /// Whether `read` (the connection's next bytes) completes the preface's start.
+    fn completes(&mut self, read: &[u8]) -> bool {
+        let Some(matched) = self.matched else {
+            return false;
+        };
+        let wanted = &HTTP2_PREFACE_START[matched..];
+        let n = read.len().min(wanted.len());
+        if read[..n] != wanted[..n] {
+            self.matched = None;
+            return false;
+        }
+        self.matched = Some(matched + n);
+        matched + n == HTTP2_PREFACE_START.len()
+    }
 }
 
 impl AsyncRead for LimitedStream {
@@ -184,7 +223,15 @@ impl AsyncRead for LimitedStream {
         let before = buf.filled().len();
         let read = Pin::new(&mut self.inner).poll_read(cx, buf);
         match read {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.first_byte = None;
+                if self.preface.completes(&buf.filled()[before..]) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "HTTP/2 with prior knowledge is not served (HTTP/1.1 only)",
+                    )));
+                }
+            }
             Poll::Pending => {
                 if let Some(deadline) = self.first_byte.as_mut()
                     && deadline.as_mut().poll(cx).is_ready()
@@ -243,6 +290,30 @@ mod tests {
             TrustedProxies::parse(&trusted).unwrap(),
             Metrics::new(),
         )
+    }
+
+    #[test]
+    fn the_http2_preface_is_seen_however_it_is_split_and_nothing_else_is() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut whole = PrefaceWatch::default();
+        assert!(whole.completes(preface));
+        let mut bytewise = PrefaceWatch::default();
+        let seen: Vec<bool> = preface[..14]
+            .iter()
+            .map(|b| bytewise.completes(&[*b]))
+            .collect();
+        assert_eq!(seen.iter().filter(|s| **s).count(), 1);
+        assert!(seen[13], "the 14th byte completes it");
+        let mut split = PrefaceWatch::default();
+        assert!(!split.completes(b"PR") && split.completes(b"I * HTTP/2.0\r\n"));
+        for request in [&b"GET / HTTP/1.1\r\n"[..], b"PRIX", b"\x16\x03\x01"] {
+            let mut watch = PrefaceWatch::default();
+            assert!(!watch.completes(request));
+            assert!(
+                !watch.completes(b"I * HTTP/2.0"),
+                "{request:?} then the rest"
+            );
+        }
     }
 
     #[test]

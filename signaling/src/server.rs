@@ -11,9 +11,10 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::Handle;
 
 use crate::audit::Actor;
+use crate::client_origin::TrustedProxies;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::limits::LimitedAcceptor;
+use crate::limits::{ConnectionLimits, LimitedAcceptor};
 use crate::state::AppState;
 use crate::{app, db, invites};
 use hyper_util::rt::TokioTimer;
@@ -48,12 +49,22 @@ async fn start_admin_listener(bind: SocketAddr, state: &AppState) -> anyhow::Res
     let addr = listener.local_addr()?;
     let handle = Handle::new();
     let service = app::admin_router(state.clone()).into_make_service();
-    let mut server = axum_server::from_tcp(listener);
+    // Its own connection limits (the operator's scraper is not a patient), the same refusal
+    // of HTTP/2 and of silent connections.
+    let limits = &state.config.limits;
+    let own_limits = ConnectionLimits::new(
+        limits.max_connections_per_address,
+        limits.max_connections,
+        TrustedProxies::default(),
+        crate::metrics::Metrics::new(),
+    );
+    let limited = LimitedAcceptor::new(own_limits, limits.header_read_timeout);
+    let mut server = axum_server::from_tcp(listener).acceptor(limited);
     server
         .http_builder()
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout);
     let task = tokio::spawn(server.handle(handle.clone()).serve(service));
     tracing::info!(%addr, "metrics and health for the operator");
     Ok(AdminListener { addr, handle, task })

@@ -6,9 +6,10 @@
 //! SimpleBlocks, and Cues at the video keyframes — since the `webm` crate wraps the C++ libwebm
 //! and muxes no H.264.
 
-use std::io::{Seek, SeekFrom, Write};
+use std::collections::BTreeMap;
+use std::io::Write;
 
-use crate::recording::{Codec, RecordingContents, Track, TrackRole};
+use crate::recording::{Codec, Frame, RecordingContents, Track, TrackRole};
 use crate::VaultError;
 
 /// Which container the export is.
@@ -46,8 +47,8 @@ pub struct ExportSummary {
 }
 
 /// The container that fits a recording's tracks.
-pub fn container_for(contents: &RecordingContents) -> Container {
-    if contents.tracks.values().any(|t| t.codec == Codec::H264) {
+pub fn container_for(tracks: &BTreeMap<u8, Track>) -> Container {
+    if tracks.values().any(|t| t.codec == Codec::H264) {
         Container::Matroska
     } else {
         Container::WebM
@@ -243,7 +244,7 @@ fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
                     let (mut last, mut next) = (8i32, 8i32);
                     for _ in 0..size {
                         if next != 0 {
-                            next = (last + r.se()? + 256) % 256;
+                            next = (i64::from(last) + i64::from(r.se()?)).rem_euclid(256) as i32;
                         }
                         if next != 0 {
                             last = next;
@@ -270,16 +271,22 @@ fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
     }
     r.ue()?; // max_num_ref_frames
     r.bit()?; // gaps_in_frame_num_value_allowed
-    let width_mbs = r.ue()? + 1;
-    let height_units = r.ue()? + 1;
-    let frame_mbs_only = r.bit()?;
+              // In u64, so no field of a hostile SPS overflows; no level allows a side past 2048
+              // macroblocks.
+    let width_mbs = u64::from(r.ue()?) + 1;
+    let height_units = u64::from(r.ue()?) + 1;
+    if width_mbs > MAX_SIDE_MBS || height_units > MAX_SIDE_MBS {
+        return None;
+    }
+    let frame_mbs_only = u64::from(r.bit()?);
     if frame_mbs_only == 0 {
         r.bit()?;
     }
     r.bit()?; // direct_8x8_inference
-    let (mut crop_x, mut crop_y) = (0, 0);
+    let (mut crop_x, mut crop_y) = (0u64, 0u64);
     if r.bit()? == 1 {
-        let (left, right, top, bottom) = (r.ue()?, r.ue()?, r.ue()?, r.ue()?);
+        let mut side = || r.ue().map(u64::from);
+        let (left, right, top, bottom) = (side()?, side()?, side()?, side()?);
         let (unit_x, unit_y) = match chroma_format {
             0 => (1, 2 - frame_mbs_only),
             1 => (2, 2 * (2 - frame_mbs_only)),
@@ -289,10 +296,14 @@ fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
         crop_x = unit_x * (left + right);
         crop_y = unit_y * (top + bottom);
     }
-    let width = (width_mbs * 16).checked_sub(crop_x)?;
-    let height = (height_units * 16 * (2 - frame_mbs_only)).checked_sub(crop_y)?;
+    let width = u32::try_from((width_mbs * 16).checked_sub(crop_x)?).ok()?;
+    let height =
+        u32::try_from((height_units * 16 * (2 - frame_mbs_only)).checked_sub(crop_y)?).ok()?;
     Some((width, height))
 }
+
+/// The largest picture side an SPS may declare, in macroblocks (32,768 pixels).
+const MAX_SIDE_MBS: u64 = 2048;
 
 /// The avcC record (ISO/IEC 14496-15) and dimensions from a keyframe's SPS and PPS.
 fn avc_config(keyframe: &[u8]) -> Result<(Vec<u8>, u32, u32), VaultError> {
@@ -344,8 +355,12 @@ fn opus_head(channels: u8) -> Vec<u8> {
     head
 }
 
-struct TrackOut<'a> {
-    track: &'a Track,
+/// A track as the file describes it: from its first usable frame.
+#[derive(Debug, Clone)]
+struct PlannedTrack {
+    id: u8,
+    codec: Codec,
+    role: TrackRole,
     number: u64,
     codec_private: Vec<u8>,
     dimensions: Option<(u32, u32)>,
@@ -359,56 +374,208 @@ fn role_name(role: TrackRole) -> &'static str {
     }
 }
 
+/// Which frames of a stream in time order the file keeps. Both passes of an export (the
+/// [`MuxPlan`] scan and the [`write`]) apply it, so they agree frame for frame.
+#[derive(Debug, Default)]
+struct Selection {
+    /// The latest time taken so far: an earlier frame is out of order and left out.
+    latest_us: Option<u64>,
+    /// Video tracks whose first keyframe has been seen.
+    started: Vec<u8>,
+}
+
+impl Selection {
+    /// Whether `frame` is in time order (not earlier than the latest taken): every frame passes
+    /// here first, whatever its track.
+    fn in_order(&mut self, frame: &Frame) -> bool {
+        if self.latest_us.is_some_and(|latest| frame.at_us < latest) {
+            return false;
+        }
+        self.latest_us = Some(frame.at_us);
+        true
+    }
+
+    /// Whether a frame in order of a track the file has (`video` or not) goes into the file:
+    /// video starts at its first keyframe.
+    fn starts_or_continues(&mut self, frame: &Frame, video: bool) -> bool {
+        if video && !self.started.contains(&frame.track) {
+            if !frame.keyframe {
+                return false;
+            }
+            self.started.push(frame.track);
+        }
+        true
+    }
+}
+
+/// What a streaming export must know before its first byte, from a first pass over the frames:
+/// the tracks the file has (each described by its first usable frame), where time starts, and
+/// the duration. [`write`] then streams the same frames a second time.
+#[derive(Debug, Clone)]
+pub struct MuxPlan {
+    container: Container,
+    tracks: Vec<PlannedTrack>,
+    origin_us: u64,
+    duration_ms: u64,
+    frames: usize,
+    skipped_frames: usize,
+}
+
+impl MuxPlan {
+    /// Scan `frames` (in time order; already opened: no track may be SFrame-protected) of a
+    /// recording with `tracks`. A track with no usable frame (video without a keyframe) is left
+    /// out; so are frames out of time order.
+    pub fn scan(
+        tracks: &BTreeMap<u8, Track>,
+        frames: impl IntoIterator<Item = Result<Frame, VaultError>>,
+    ) -> Result<Self, VaultError> {
+        if let Some(t) = tracks.values().find(|t| t.protected) {
+            return Err(VaultError::Malformed(format!(
+                "track {} is end-to-end encrypted: open its frames with the clinician's key first",
+                t.id
+            )));
+        }
+        #[derive(Default)]
+        struct Seen {
+            first_us: Option<u64>,
+            described: Option<(Vec<u8>, Option<(u32, u32)>, u8)>,
+            last_us: u64,
+            kept: usize,
+        }
+        let mut seen: BTreeMap<u8, Seen> = BTreeMap::new();
+        let mut selection = Selection::default();
+        let mut total = 0usize;
+        for frame in frames {
+            let frame = frame?;
+            total += 1;
+            if !selection.in_order(&frame) {
+                continue;
+            }
+            let Some(track) = tracks.get(&frame.track) else {
+                continue;
+            };
+            let entry = seen.entry(track.id).or_default();
+            entry.first_us.get_or_insert(frame.at_us);
+            if !selection.starts_or_continues(&frame, track.codec.is_video()) {
+                continue;
+            }
+            if entry.described.is_none() {
+                entry.described = Some(match track.codec {
+                    Codec::Opus => {
+                        let stereo = frame.data.first().is_some_and(|toc| toc & 0x04 != 0);
+                        let channels = if stereo { 2 } else { 1 };
+                        (opus_head(channels), None, channels)
+                    }
+                    Codec::Vp8 => (Vec::new(), Some(vp8_dimensions(&frame.data)?), 0),
+                    Codec::H264 => {
+                        let (avcc, w, h) = avc_config(&frame.data)?;
+                        (avcc, Some((w, h)), 0)
+                    }
+                });
+            }
+            entry.last_us = frame.at_us;
+            entry.kept += 1;
+        }
+        let mut planned = Vec::new();
+        let (mut origin_us, mut frames) = (None::<u64>, 0usize);
+        for track in tracks.values() {
+            let Some(Seen {
+                first_us,
+                described: Some((codec_private, dimensions, channels)),
+                kept,
+                ..
+            }) = seen.get(&track.id)
+            else {
+                continue;
+            };
+            origin_us = origin_us.min(*first_us).or(*first_us);
+            frames += kept;
+            planned.push(PlannedTrack {
+                id: track.id,
+                codec: track.codec,
+                role: track.role,
+                number: planned.len() as u64 + 1,
+                codec_private: codec_private.clone(),
+                dimensions: *dimensions,
+                channels: *channels,
+            });
+        }
+        let origin_us = origin_us.unwrap_or(0);
+        let duration_ms = planned
+            .iter()
+            .filter_map(|t| {
+                let last = seen.get(&t.id)?.last_us;
+                Some(last.saturating_sub(origin_us) / 1000 + frame_ms(t.codec.is_video()))
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(Self {
+            container: container_for(tracks),
+            tracks: planned,
+            origin_us,
+            duration_ms,
+            frames,
+            skipped_frames: total - frames,
+        })
+    }
+
+    /// The container the file will be.
+    pub fn container(&self) -> Container {
+        self.container
+    }
+
+    /// What [`write`] will write: tracks, frames and duration.
+    pub fn summary(&self) -> ExportSummary {
+        ExportSummary {
+            container: self.container,
+            tracks: self.tracks.len(),
+            frames: self.frames,
+            skipped_frames: self.skipped_frames,
+            duration_ms: self.duration_ms,
+        }
+    }
+
+    fn track(&self, id: u8) -> Option<&PlannedTrack> {
+        self.tracks.iter().find(|t| t.id == id)
+    }
+}
+
+/// The length a frame covers at the end of the file: a 30 fps video frame, a 20 ms Opus packet.
+fn frame_ms(video: bool) -> u64 {
+    if video {
+        33
+    } else {
+        20
+    }
+}
+
 /// Write `contents` (frames already opened: no track may be SFrame-protected) as one file with
-/// every track, times relative to the first frame.
-pub fn export<W: Write + Seek>(
-    contents: &RecordingContents,
+/// every track, times relative to the first frame. Holds the whole recording: see [`MuxPlan`]
+/// and [`write`] for the streaming export.
+pub fn export<W: Write>(contents: &RecordingContents, out: W) -> Result<ExportSummary, VaultError> {
+    let frames = || contents.frames.iter().cloned().map(Ok);
+    let plan = MuxPlan::scan(&contents.tracks, frames())?;
+    write(&plan, frames(), out)
+}
+
+/// Stream `frames` — the same frames, in the same order, that `plan` scanned — into `out` as
+/// one file. Nothing is held but the current cluster (about a second) and the cue list (a few
+/// bytes per video keyframe); nothing seeks: the Segment's size is written as unknown (allowed
+/// by EBML for streamed files; players find its end at the end of the file), and the duration
+/// comes from the plan. Frames that differ from the plan's count are an error (the recording
+/// changed between the passes).
+pub fn write<W: Write>(
+    plan: &MuxPlan,
+    frames: impl IntoIterator<Item = Result<Frame, VaultError>>,
     mut out: W,
 ) -> Result<ExportSummary, VaultError> {
-    if let Some(t) = contents.tracks.values().find(|t| t.protected) {
-        return Err(VaultError::Malformed(format!(
-            "track {} is end-to-end encrypted: open its frames with the clinician's key first",
-            t.id
-        )));
-    }
-    let container = container_for(contents);
-    // Describe each track from its first usable frame; video starts at its first keyframe.
-    let mut outs: Vec<TrackOut> = Vec::new();
-    for track in contents.tracks.values() {
-        let first = contents
-            .frames
-            .iter()
-            .find(|f| f.track == track.id && (f.keyframe || !track.codec.is_video()));
-        let Some(first) = first else { continue };
-        let (codec_private, dimensions, channels) = match track.codec {
-            Codec::Opus => {
-                let stereo = first.data.first().is_some_and(|toc| toc & 0x04 != 0);
-                let channels = if stereo { 2 } else { 1 };
-                (opus_head(channels), None, channels)
-            }
-            Codec::Vp8 => (Vec::new(), Some(vp8_dimensions(&first.data)?), 0),
-            Codec::H264 => {
-                let (avcc, w, h) = avc_config(&first.data)?;
-                (avcc, Some((w, h)), 0)
-            }
-        };
-        outs.push(TrackOut {
-            track,
-            number: outs.len() as u64 + 1,
-            codec_private,
-            dimensions,
-            channels,
-        });
-    }
-    let number_of = |id: u8| outs.iter().find(|o| o.track.id == id);
-
     let mut head = Vec::new();
     put_master(&mut head, id::EBML, |e| {
         put_uint(e, id::EBML_VERSION, 1);
         put_uint(e, id::EBML_READ_VERSION, 1);
         put_uint(e, id::EBML_MAX_ID_LENGTH, 4);
         put_uint(e, id::EBML_MAX_SIZE_LENGTH, 8);
-        let (doc, version) = match container {
+        let (doc, version) = match plan.container {
             Container::WebM => ("webm", 4),
             Container::Matroska => ("matroska", 4),
         };
@@ -417,112 +584,61 @@ pub fn export<W: Write + Seek>(
         put_uint(e, id::DOC_TYPE_READ_VERSION, 2);
     });
     put_id(&mut head, id::SEGMENT);
-    let segment_size_at = head.len() as u64;
-    head.extend_from_slice(&[0x01, 0, 0, 0, 0, 0, 0, 0]);
+    head.extend_from_slice(&UNKNOWN_SIZE);
     let segment_start = head.len() as u64;
 
-    let mut info = Vec::new();
-    put_uint(&mut info, id::TIMECODE_SCALE, 1_000_000);
-    put_element(&mut info, id::MUXING_APP, b"consult-vault");
-    put_element(&mut info, id::WRITING_APP, b"consult recording export");
-    put_id(&mut info, id::DURATION);
-    put_size(&mut info, 8);
-    let duration_in_info = info.len() as u64;
-    info.extend_from_slice(&0f64.to_be_bytes());
-    put_id(&mut head, id::INFO);
-    put_size(&mut head, info.len() as u64);
-    let duration_at = head.len() as u64 + duration_in_info;
-    head.extend_from_slice(&info);
-
+    put_master(&mut head, id::INFO, |info| {
+        put_uint(info, id::TIMECODE_SCALE, 1_000_000);
+        put_element(info, id::MUXING_APP, b"consult-vault");
+        put_element(info, id::WRITING_APP, b"consult recording export");
+        put_float(info, id::DURATION, plan.duration_ms as f64);
+    });
     put_master(&mut head, id::TRACKS, |tracks| {
-        for o in &outs {
-            put_master(tracks, id::TRACK_ENTRY, |e| {
-                put_uint(e, id::TRACK_NUMBER, o.number);
-                put_uint(e, id::TRACK_UID, o.number);
-                put_uint(e, id::FLAG_LACING, 0);
-                let kind = if o.track.codec.is_video() {
-                    "video"
-                } else {
-                    "audio"
-                };
-                put_element(
-                    e,
-                    id::NAME,
-                    format!("{} {kind}", role_name(o.track.role)).as_bytes(),
-                );
-                let codec_id = match o.track.codec {
-                    Codec::Opus => "A_OPUS",
-                    Codec::Vp8 => "V_VP8",
-                    Codec::H264 => "V_MPEG4/ISO/AVC",
-                };
-                put_element(e, id::CODEC_ID, codec_id.as_bytes());
-                if !o.codec_private.is_empty() {
-                    put_element(e, id::CODEC_PRIVATE, &o.codec_private);
-                }
-                if let Some((w, h)) = o.dimensions {
-                    put_uint(e, id::TRACK_TYPE, 1);
-                    put_master(e, id::VIDEO, |v| {
-                        put_uint(v, id::PIXEL_WIDTH, u64::from(w));
-                        put_uint(v, id::PIXEL_HEIGHT, u64::from(h));
-                    });
-                } else {
-                    put_uint(e, id::TRACK_TYPE, 2);
-                    put_master(e, id::AUDIO, |a| {
-                        put_float(a, id::SAMPLING_FREQUENCY, 48_000.0);
-                        put_uint(a, id::CHANNELS, u64::from(o.channels));
-                    });
-                }
-            });
+        for t in &plan.tracks {
+            put_master(tracks, id::TRACK_ENTRY, |e| put_track_entry(e, t));
         }
     });
     out.write_all(&head)?;
     let mut position = head.len() as u64;
 
     // Clusters of about a second; a video keyframe starts a new one after half a second.
-    let origin_us = contents
-        .frames
-        .iter()
-        .filter(|f| number_of(f.track).is_some())
-        .map(|f| f.at_us)
-        .min()
-        .unwrap_or(0);
-    let mut started: Vec<u8> = Vec::new();
+    let mut selection = Selection::default();
     let mut cues: Vec<(u64, u64, u64)> = Vec::new();
     let mut cluster: Vec<u8> = Vec::new();
     let mut cluster_time: Option<u64> = None;
-    let (mut frames, mut skipped, mut last_ms) = (0usize, 0usize, 0u64);
+    let (mut written, mut skipped) = (0usize, 0usize);
     let flush = |cluster: &mut Vec<u8>,
                  cluster_time: &mut Option<u64>,
                  out: &mut W,
                  position: &mut u64|
      -> Result<(), VaultError> {
         if let Some(time) = cluster_time.take() {
-            let mut element = Vec::with_capacity(cluster.len() + 16);
+            let mut timecode = Vec::new();
+            put_uint(&mut timecode, id::TIMECODE, time);
+            let mut element = Vec::with_capacity(16);
             put_id(&mut element, id::CLUSTER);
-            let mut body = Vec::new();
-            put_uint(&mut body, id::TIMECODE, time);
-            body.append(cluster);
-            put_size(&mut element, body.len() as u64);
-            element.extend_from_slice(&body);
+            put_size(&mut element, (timecode.len() + cluster.len()) as u64);
+            element.extend_from_slice(&timecode);
             out.write_all(&element)?;
-            *position += element.len() as u64;
+            out.write_all(cluster)?;
+            *position += (element.len() + cluster.len()) as u64;
+            cluster.clear();
         }
         Ok(())
     };
-    for frame in &contents.frames {
-        let Some(o) = number_of(frame.track) else {
+    for frame in frames {
+        let frame = frame?;
+        let in_order = selection.in_order(&frame);
+        let Some(t) = plan.track(frame.track).filter(|_| in_order) else {
             skipped += 1;
             continue;
         };
-        let video = o.track.codec.is_video();
-        if video && !started.contains(&frame.track) {
-            if !frame.keyframe {
-                skipped += 1;
-                continue;
-            }
-            started.push(frame.track);
+        let video = t.codec.is_video();
+        if !selection.starts_or_continues(&frame, video) {
+            skipped += 1;
+            continue;
         }
-        let ms = (frame.at_us - origin_us) / 1000;
+        let ms = frame.at_us.saturating_sub(plan.origin_us) / 1000;
         let new_cluster = match cluster_time {
             None => true,
             Some(start) => ms - start >= 1000 || (video && frame.keyframe && ms - start >= 500),
@@ -533,57 +649,91 @@ pub fn export<W: Write + Seek>(
         }
         let start = cluster_time.unwrap_or(ms);
         if video && frame.keyframe {
-            cues.push((ms, o.number, position - segment_start));
+            cues.push((ms, t.number, position - segment_start));
         }
-        let payload = match o.track.codec {
-            Codec::H264 => length_prefixed(&frame.data),
-            _ => frame.data.clone(),
+        let converted;
+        let payload = match t.codec {
+            Codec::H264 => {
+                converted = length_prefixed(&frame.data);
+                &converted
+            }
+            _ => &frame.data,
         };
-        let mut block = Vec::with_capacity(payload.len() + 4);
-        put_size(&mut block, o.number);
-        block.extend_from_slice(&((ms - start) as i16).to_be_bytes());
-        block.push(if !video || frame.keyframe { 0x80 } else { 0 });
-        block.extend_from_slice(&payload);
-        put_element(&mut cluster, id::SIMPLE_BLOCK, &block);
-        frames += 1;
-        last_ms = last_ms.max(ms + if video { 33 } else { 20 });
+        put_id(&mut cluster, id::SIMPLE_BLOCK);
+        let mut block_head = Vec::with_capacity(4);
+        put_size(&mut block_head, t.number);
+        block_head.extend_from_slice(&((ms - start) as i16).to_be_bytes());
+        block_head.push(if !video || frame.keyframe { 0x80 } else { 0 });
+        put_size(&mut cluster, (block_head.len() + payload.len()) as u64);
+        cluster.extend_from_slice(&block_head);
+        cluster.extend_from_slice(payload);
+        written += 1;
     }
     flush(&mut cluster, &mut cluster_time, &mut out, &mut position)?;
-
-    let mut cue_bytes = Vec::new();
-    put_master(&mut cue_bytes, id::CUES, |c| {
-        for (time, track, cluster) in &cues {
-            put_master(c, id::CUE_POINT, |p| {
-                put_uint(p, id::CUE_TIME, *time);
-                put_master(p, id::CUE_TRACK_POSITIONS, |t| {
-                    put_uint(t, id::CUE_TRACK, *track);
-                    put_uint(t, id::CUE_CLUSTER_POSITION, *cluster);
-                });
-            });
-        }
-    });
-    if !cues.is_empty() {
-        out.write_all(&cue_bytes)?;
-        position += cue_bytes.len() as u64;
+    if written != plan.frames {
+        return Err(VaultError::Malformed(format!(
+            "the recording changed while it was exported ({written} frames written, {} planned)",
+            plan.frames
+        )));
     }
 
-    // Patch the segment size and the duration.
-    let segment_size = position - segment_start;
-    let mut size = [0u8; 8];
-    size.copy_from_slice(&(segment_size | (1u64 << 56)).to_be_bytes());
-    out.seek(SeekFrom::Start(segment_size_at))?;
-    out.write_all(&size)?;
-    out.seek(SeekFrom::Start(duration_at))?;
-    out.write_all(&(last_ms as f64).to_be_bytes())?;
-    out.seek(SeekFrom::End(0))?;
+    if !cues.is_empty() {
+        let mut cue_bytes = Vec::new();
+        put_master(&mut cue_bytes, id::CUES, |c| {
+            for (time, track, cluster) in &cues {
+                put_master(c, id::CUE_POINT, |p| {
+                    put_uint(p, id::CUE_TIME, *time);
+                    put_master(p, id::CUE_TRACK_POSITIONS, |t| {
+                        put_uint(t, id::CUE_TRACK, *track);
+                        put_uint(t, id::CUE_CLUSTER_POSITION, *cluster);
+                    });
+                });
+            }
+        });
+        out.write_all(&cue_bytes)?;
+    }
     out.flush()?;
     Ok(ExportSummary {
-        container,
-        tracks: outs.len(),
-        frames,
         skipped_frames: skipped,
-        duration_ms: last_ms,
+        ..plan.summary()
     })
+}
+
+/// An EBML size of 8 bytes, all ones: unknown (the Segment of a streamed file).
+const UNKNOWN_SIZE: [u8; 8] = [0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+
+fn put_track_entry(e: &mut Vec<u8>, t: &PlannedTrack) {
+    put_uint(e, id::TRACK_NUMBER, t.number);
+    put_uint(e, id::TRACK_UID, t.number);
+    put_uint(e, id::FLAG_LACING, 0);
+    let kind = if t.codec.is_video() { "video" } else { "audio" };
+    put_element(
+        e,
+        id::NAME,
+        format!("{} {kind}", role_name(t.role)).as_bytes(),
+    );
+    let codec_id = match t.codec {
+        Codec::Opus => "A_OPUS",
+        Codec::Vp8 => "V_VP8",
+        Codec::H264 => "V_MPEG4/ISO/AVC",
+    };
+    put_element(e, id::CODEC_ID, codec_id.as_bytes());
+    if !t.codec_private.is_empty() {
+        put_element(e, id::CODEC_PRIVATE, &t.codec_private);
+    }
+    if let Some((w, h)) = t.dimensions {
+        put_uint(e, id::TRACK_TYPE, 1);
+        put_master(e, id::VIDEO, |v| {
+            put_uint(v, id::PIXEL_WIDTH, u64::from(w));
+            put_uint(v, id::PIXEL_HEIGHT, u64::from(h));
+        });
+    } else {
+        put_uint(e, id::TRACK_TYPE, 2);
+        put_master(e, id::AUDIO, |a| {
+            put_float(a, id::SAMPLING_FREQUENCY, 48_000.0);
+            put_uint(a, id::CHANNELS, u64::from(t.channels));
+        });
+    }
 }
 
 #[cfg(test)]
@@ -608,6 +758,94 @@ mod tests {
         assert_eq!(
             length_prefixed(&au),
             [0, 0, 0, 3, 0x67, 1, 2, 0, 0, 0, 2, 0x68, 3, 0, 0, 0, 3, 0x65, 9, 9]
+        );
+    }
+
+    #[test]
+    fn a_write_whose_frames_differ_from_its_plan_is_an_error() {
+        let track = Track {
+            id: 0,
+            codec: Codec::Opus,
+            role: TrackRole::Patient,
+            participant: uuid::Uuid::nil(),
+            protected: false,
+        };
+        let tracks = BTreeMap::from([(0, track)]);
+        let frame = |at_us| Frame {
+            track: 0,
+            at_us,
+            keyframe: false,
+            data: vec![0x78, 1, 2],
+        };
+        let frames = [frame(0), frame(20_000), frame(40_000)];
+        let plan = MuxPlan::scan(&tracks, frames.iter().cloned().map(Ok)).unwrap();
+        assert_eq!((plan.summary().frames, plan.summary().duration_ms), (3, 60));
+        let err = write(&plan, frames[..2].iter().cloned().map(Ok), Vec::new()).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while it was exported"),
+            "{err}"
+        );
+        let mut file = Vec::new();
+        assert_eq!(
+            write(&plan, frames.iter().cloned().map(Ok), &mut file).unwrap(),
+            plan.summary()
+        );
+        // The Segment's size is unknown (streamed), the duration known.
+        assert!(file
+            .windows(12)
+            .any(|w| w[..4] == [0x18, 0x53, 0x80, 0x67] && w[4..] == UNKNOWN_SIZE));
+    }
+
+    /// An SPS of the baseline profile with the given picture size fields (exp-Golomb coded).
+    fn baseline_sps(width_mbs_minus1: u32, height_units_minus1: u32, crop: [u32; 4]) -> Vec<u8> {
+        let mut bits: Vec<u8> = Vec::new();
+        let mut ue = |bits: &mut Vec<u8>, v: u32| {
+            let coded = u64::from(v) + 1;
+            let len = 64 - coded.leading_zeros();
+            bits.extend(std::iter::repeat_n(0, len as usize - 1));
+            bits.extend((0..len).rev().map(|i| ((coded >> i) & 1) as u8));
+        };
+        for v in [0, 0, 2, 0] {
+            ue(&mut bits, v); // sps id, log2_max_frame_num, poc type 2, max_num_ref_frames
+        }
+        bits.push(0); // gaps allowed
+        ue(&mut bits, width_mbs_minus1);
+        ue(&mut bits, height_units_minus1);
+        bits.extend([1, 1, 1]); // frame_mbs_only, direct_8x8, cropping
+        for c in crop {
+            ue(&mut bits, c);
+        }
+        bits.push(1);
+        let mut sps = vec![0x67, 66, 0, 30];
+        sps.extend(bits.chunks(8).map(|byte| {
+            byte.iter()
+                .enumerate()
+                .fold(0u8, |acc, (i, b)| acc | (b << (7 - i)))
+        }));
+        sps
+    }
+
+    #[test]
+    fn an_sps_past_any_level_or_cropped_past_its_size_has_no_dimensions_and_no_panic() {
+        assert_eq!(
+            sps_dimensions(&baseline_sps(39, 29, [0; 4])),
+            Some((640, 480))
+        );
+        assert_eq!(
+            sps_dimensions(&baseline_sps(u32::MAX - 1, 29, [0; 4])),
+            None
+        );
+        assert_eq!(
+            sps_dimensions(&baseline_sps(39, u32::MAX - 1, [0; 4])),
+            None
+        );
+        assert_eq!(
+            sps_dimensions(&baseline_sps(39, 29, [u32::MAX - 1, u32::MAX - 1, 0, 0])),
+            None
+        );
+        assert_eq!(
+            sps_dimensions(&baseline_sps(39, 29, [8, 8, 0, 4])),
+            Some((608, 472))
         );
     }
 

@@ -277,8 +277,91 @@ impl RecordBatch {
     }
 }
 
+/// Everything in a recording but its frames, read and checked in one pass that holds one chunk
+/// at a time: what an export needs before it streams the frames ([`FramesInTimeOrder`]), and
+/// what the service needs of a recording its previous run left open.
+#[derive(Debug, Default, Clone)]
+pub struct RecordingIndex {
+    /// Tracks by id.
+    pub tracks: BTreeMap<u8, Track>,
+    /// Frames per track id.
+    pub frames_per_track: BTreeMap<u8, u64>,
+    /// The latest frame time (µs), if any frame.
+    pub last_frame_us: Option<u64>,
+    /// Notes in recording order.
+    pub notes: Vec<(u64, String)>,
+    /// Wrapped epoch keys in recording order.
+    pub epoch_keys: Vec<EpochKey>,
+    /// Chunks read.
+    pub chunks: u64,
+    /// Whether the stream had its final chunk.
+    pub complete: bool,
+}
+
+impl RecordingIndex {
+    /// Read a recording's index. An unfinished stream (the recorder died) is an error
+    /// ([`VaultError::Truncated`]) unless `accept_unfinished`, in which case every sealed chunk
+    /// before the end counts and `complete` is false.
+    pub fn read<R: Read>(
+        reader: ChunkReader<R>,
+        accept_unfinished: bool,
+    ) -> Result<Self, VaultError> {
+        visit(reader, accept_unfinished, |_| {})
+    }
+
+    /// Frames in the recording.
+    pub fn frames(&self) -> u64 {
+        self.frames_per_track.values().sum()
+    }
+}
+
+/// Read every record, checking that frames belong to declared tracks; frames go to `on_frame`.
+fn visit<R: Read>(
+    mut reader: ChunkReader<R>,
+    accept_unfinished: bool,
+    mut on_frame: impl FnMut(Frame),
+) -> Result<RecordingIndex, VaultError> {
+    let mut index = RecordingIndex::default();
+    while let Some(chunk) = reader.next_chunk()? {
+        for record in Record::decode_all(&chunk)? {
+            match record {
+                Record::Track(t) => {
+                    index.tracks.insert(t.id, t);
+                }
+                Record::Frame(f) => {
+                    if !index.tracks.contains_key(&f.track) {
+                        return Err(undeclared(f.track));
+                    }
+                    *index.frames_per_track.entry(f.track).or_default() += 1;
+                    index.last_frame_us = index.last_frame_us.max(Some(f.at_us));
+                    on_frame(f);
+                }
+                Record::Note { at_us, text } => index.notes.push((at_us, text)),
+                Record::EpochKey(key) => index.epoch_keys.push(key),
+            }
+        }
+    }
+    match reader.end() {
+        Some(StreamEnd::Complete { chunks }) => {
+            index.chunks = chunks;
+            index.complete = true;
+        }
+        Some(StreamEnd::Unfinished { chunks, .. }) if accept_unfinished => {
+            index.chunks = chunks;
+        }
+        Some(StreamEnd::Unfinished { chunks, .. }) => return Err(VaultError::Truncated { chunks }),
+        None => return Err(VaultError::Truncated { chunks: 0 }),
+    }
+    Ok(index)
+}
+
+fn undeclared(track: u8) -> VaultError {
+    VaultError::Malformed(format!("a frame of undeclared track {track}"))
+}
+
 /// Everything in a recording, read and checked: tracks, notes, wrapped epoch keys, and frames
-/// ordered by time.
+/// ordered by time. It holds every frame in memory: for small recordings and tests. An export
+/// reads a [`RecordingIndex`] and then streams [`FramesInTimeOrder`].
 #[derive(Debug, Default)]
 pub struct RecordingContents {
     /// Tracks by id.
@@ -300,45 +383,193 @@ impl RecordingContents {
     /// ([`VaultError::Truncated`]) unless `accept_unfinished`, in which case every sealed chunk
     /// before the end is returned and `complete` is false.
     pub fn read<R: Read>(
-        mut reader: ChunkReader<R>,
+        reader: ChunkReader<R>,
         accept_unfinished: bool,
     ) -> Result<Self, VaultError> {
-        let mut contents = Self::default();
-        while let Some(chunk) = reader.next_chunk()? {
-            for record in Record::decode_all(&chunk)? {
-                match record {
-                    Record::Track(t) => {
-                        contents.tracks.insert(t.id, t);
-                    }
-                    Record::Frame(f) => {
-                        if !contents.tracks.contains_key(&f.track) {
-                            return Err(VaultError::Malformed(format!(
-                                "a frame of undeclared track {}",
-                                f.track
-                            )));
+        let mut frames = Vec::new();
+        let index = visit(reader, accept_unfinished, |f| frames.push(f))?;
+        // Stable: frames with the same time keep their recording order.
+        frames.sort_by_key(|f| f.at_us);
+        Ok(Self {
+            tracks: index.tracks,
+            frames,
+            notes: index.notes,
+            epoch_keys: index.epoch_keys,
+            chunks: index.chunks,
+            complete: index.complete,
+        })
+    }
+}
+
+/// How far back in time a frame may come after a later one in a recording's record order. The
+/// recorder stamps a frame by its sender's RTP clock anchored at arrival, and re-anchors when
+/// that drifts a second from arrival: two frames in record order are at most two seconds out
+/// of time order. Five seconds leaves room.
+pub const REORDER_WINDOW_US: u64 = 5_000_000;
+
+/// At most this many frames wait in the reorder window (about a minute of four tracks at 80
+/// frames a second): past it the earliest goes out, so memory stays bounded whatever the times.
+pub const REORDER_MAX_FRAMES: usize = 20_000;
+
+/// Puts frames that arrive in record order into time order (ties in record order) while
+/// holding only a window of them: a frame leaves once a frame
+/// [`REORDER_WINDOW_US`] later has arrived (or [`REORDER_MAX_FRAMES`] wait). The order equals a
+/// stable sort by time for every frame that is not later than the window allows; such a late
+/// frame is dropped and counted ([`TimeOrder::late`]). Sans-IO: feed it with
+/// [`TimeOrder::push`] and take frames with [`TimeOrder::pop`].
+///
+/// ```
+/// use consult_vault::recording::{Frame, TimeOrder};
+///
+/// let frame = |at_us| Frame { track: 1, at_us, keyframe: false, data: vec![] };
+/// let mut order = TimeOrder::default();
+/// for at in [0, 2_000_000, 1_000_000, 9_000_000] {
+///     order.push(frame(at));
+/// }
+/// let mut times = Vec::new();
+/// while let Some(f) = order.pop(false) {
+///     times.push(f.at_us);
+/// }
+/// assert_eq!(times, [0, 1_000_000, 2_000_000]); // 9 s waits for what may still come before it
+/// while let Some(f) = order.pop(true) {
+///     times.push(f.at_us);
+/// }
+/// assert_eq!(times, [0, 1_000_000, 2_000_000, 9_000_000]);
+/// ```
+#[derive(Debug, Default)]
+pub struct TimeOrder {
+    waiting: std::collections::BinaryHeap<std::cmp::Reverse<Waiting>>,
+    pushed: u64,
+    newest_us: u64,
+    released_us: Option<u64>,
+    late: u64,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    at_us: u64,
+    seq: u64,
+    frame: Frame,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_us, self.seq) == (other.at_us, other.seq)
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_us, self.seq).cmp(&(other.at_us, other.seq))
+    }
+}
+
+impl TimeOrder {
+    /// A frame in record order. One earlier than a frame already released is dropped (counted).
+    pub fn push(&mut self, frame: Frame) {
+        if self
+            .released_us
+            .is_some_and(|released| frame.at_us < released)
+        {
+            self.late += 1;
+            return;
+        }
+        self.newest_us = self.newest_us.max(frame.at_us);
+        self.pushed += 1;
+        let (at_us, seq) = (frame.at_us, self.pushed);
+        self.waiting
+            .push(std::cmp::Reverse(Waiting { at_us, seq, frame }));
+    }
+
+    /// The next frame in time order that nothing still to come can precede; with `finished`
+    /// (no more frames), the next of those left.
+    pub fn pop(&mut self, finished: bool) -> Option<Frame> {
+        let earliest = self.waiting.peek()?.0.at_us;
+        let due = finished
+            || self.waiting.len() > REORDER_MAX_FRAMES
+            || self.newest_us.saturating_sub(earliest) >= REORDER_WINDOW_US;
+        if !due {
+            return None;
+        }
+        let std::cmp::Reverse(next) = self.waiting.pop()?;
+        self.released_us = Some(next.at_us);
+        Some(next.frame)
+    }
+
+    /// Frames dropped for coming later than the window allows.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+}
+
+/// A recording's frames in time order, read one chunk at a time through a [`TimeOrder`]: memory
+/// holds one chunk and the reorder window, whatever the recording's length. It checks frames
+/// against the tracks declared so far; whether the stream is whole is the
+/// [`RecordingIndex`]'s business, read first.
+pub struct FramesInTimeOrder<R: Read> {
+    reader: ChunkReader<R>,
+    declared: std::collections::BTreeSet<u8>,
+    order: TimeOrder,
+    finished: bool,
+}
+
+impl<R: Read> FramesInTimeOrder<R> {
+    /// Stream the frames of `reader`.
+    pub fn new(reader: ChunkReader<R>) -> Self {
+        Self {
+            reader,
+            declared: Default::default(),
+            order: TimeOrder::default(),
+            finished: false,
+        }
+    }
+
+    /// Frames dropped for coming later than the reorder window allows (see [`TimeOrder`]).
+    pub fn late(&self) -> u64 {
+        self.order.late()
+    }
+
+    fn read_chunk(&mut self) -> Result<(), VaultError> {
+        match self.reader.next_chunk()? {
+            None => self.finished = true,
+            Some(chunk) => {
+                for record in Record::decode_all(&chunk)? {
+                    match record {
+                        Record::Track(t) => {
+                            self.declared.insert(t.id);
                         }
-                        contents.frames.push(f);
+                        Record::Frame(f) if self.declared.contains(&f.track) => self.order.push(f),
+                        Record::Frame(f) => return Err(undeclared(f.track)),
+                        Record::Note { .. } | Record::EpochKey(_) => {}
                     }
-                    Record::Note { at_us, text } => contents.notes.push((at_us, text)),
-                    Record::EpochKey(key) => contents.epoch_keys.push(key),
                 }
             }
         }
-        match reader.end() {
-            Some(StreamEnd::Complete { chunks }) => {
-                contents.chunks = chunks;
-                contents.complete = true;
+        Ok(())
+    }
+}
+
+impl<R: Read> Iterator for FramesInTimeOrder<R> {
+    type Item = Result<Frame, VaultError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(frame) = self.order.pop(self.finished) {
+                return Some(Ok(frame));
             }
-            Some(StreamEnd::Unfinished { chunks, .. }) if accept_unfinished => {
-                contents.chunks = chunks;
+            if self.finished {
+                return None;
             }
-            Some(StreamEnd::Unfinished { chunks, .. }) => {
-                return Err(VaultError::Truncated { chunks })
+            if let Err(e) = self.read_chunk() {
+                self.finished = true;
+                self.order = TimeOrder::default();
+                return Some(Err(e));
             }
-            None => return Err(VaultError::Truncated { chunks: 0 }),
         }
-        // Stable: frames with the same time keep their recording order.
-        contents.frames.sort_by_key(|f| f.at_us);
-        Ok(contents)
     }
 }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use consult_vault::recording::{
-    Codec, EpochKey, Frame, Record, RecordBatch, RecordingContents, Track, TrackRole,
+    Codec, EpochKey, Frame, FramesInTimeOrder, Record, RecordBatch, RecordingContents,
+    RecordingIndex, TimeOrder, Track, TrackRole, REORDER_MAX_FRAMES,
 };
 use consult_vault::{
     ChunkReader, ChunkWriter, DataKey, LocalDirectory, MediaAppender, MediaStore, StreamEnd, Vault,
@@ -553,4 +554,135 @@ fn key_rotation_needs_the_vault_to_itself() {
     let rotating = Vault::open_exclusive(dir.path()).unwrap();
     assert!(matches!(Vault::open(dir.path()), Err(VaultError::InUse)));
     assert_eq!(rotating.rotate_keys().unwrap().new_version, 2);
+}
+
+/// A finished recording of one VP8 track whose frames are recorded at `times`, one chunk per
+/// `per_chunk` frames.
+fn recording_at(times: &[u64], per_chunk: usize) -> (tempfile::TempDir, Vault, Uuid) {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open(dir.path()).unwrap();
+    let id = Uuid::new_v4();
+    let mut writer = vault.create_recording(id).unwrap();
+    let mut batch = RecordBatch::default();
+    batch.push(&Record::Track(Track {
+        id: 0,
+        codec: Codec::Vp8,
+        role: TrackRole::Doctor,
+        participant: Uuid::new_v4(),
+        protected: false,
+    }));
+    for (n, at_us) in times.iter().enumerate() {
+        batch.push(&Record::Frame(Frame {
+            track: 0,
+            at_us: *at_us,
+            keyframe: false,
+            data: (n as u32).to_be_bytes().to_vec(),
+        }));
+        if (n + 1) % per_chunk == 0 {
+            writer.append(&batch.take()).unwrap();
+        }
+    }
+    writer.finish(&batch.take()).unwrap();
+    (dir, vault, id)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Frames recorded up to two seconds out of time order (what the recorder's re-anchoring
+    /// allows) stream out exactly as a stable sort of the whole recording puts them, whatever
+    /// the chunking, and the index agrees on counts and the last time.
+    #[test]
+    fn streamed_frames_come_in_the_order_of_a_whole_sort(
+        jitter in proptest::collection::vec(0u64..2_000_000, 1..400),
+        per_chunk in 1usize..50,
+    ) {
+        // Frame n arrives at n·20 ms and is stamped up to 2 s earlier (never below 0).
+        let times: Vec<u64> = jitter
+            .iter()
+            .enumerate()
+            .map(|(n, j)| (n as u64 * 20_000).saturating_sub(*j))
+            .collect();
+        let (_dir, vault, id) = recording_at(&times, per_chunk);
+        let whole = RecordingContents::read(vault.open_recording(id).unwrap(), false).unwrap();
+        let mut streamed = FramesInTimeOrder::new(vault.open_recording(id).unwrap());
+        let frames: Vec<Frame> = streamed.by_ref().map(Result::unwrap).collect();
+        prop_assert_eq!(&frames, &whole.frames);
+        prop_assert_eq!(streamed.late(), 0);
+        let index = RecordingIndex::read(vault.open_recording(id).unwrap(), false).unwrap();
+        prop_assert_eq!(index.frames(), times.len() as u64);
+        prop_assert_eq!(index.last_frame_us, times.iter().max().copied());
+        prop_assert!(index.complete);
+    }
+}
+
+#[test]
+fn a_frame_later_than_the_reorder_window_is_dropped_and_counted_not_misplaced() {
+    // 0 s, 6 s, then 0.5 s: by the time 0.5 s arrives, 0 s went out (6 s is more than the
+    // window after it) — 0.5 s still fits before 6 s, which waits; a frame at 0.2 s after
+    // 0.5 s went out is late.
+    let mut order = TimeOrder::default();
+    let frame = |at_us| Frame {
+        track: 0,
+        at_us,
+        keyframe: false,
+        data: Vec::new(),
+    };
+    order.push(frame(0));
+    order.push(frame(6_000_000));
+    assert_eq!(order.pop(false).map(|f| f.at_us), Some(0));
+    assert_eq!(order.pop(false), None);
+    order.push(frame(500_000));
+    order.push(frame(12_000_000));
+    assert_eq!(order.pop(false).map(|f| f.at_us), Some(500_000));
+    order.push(frame(200_000));
+    assert_eq!(order.late(), 1);
+    let rest: Vec<u64> = std::iter::from_fn(|| order.pop(true))
+        .map(|f| f.at_us)
+        .collect();
+    assert_eq!(rest, [6_000_000, 12_000_000]);
+}
+
+#[test]
+fn the_reorder_window_holds_a_bounded_number_of_frames_whatever_the_times() {
+    // Every frame at the same time: nothing is ever "a window later", yet frames go out once
+    // the cap is reached, in record order.
+    let mut order = TimeOrder::default();
+    let mut out = Vec::new();
+    for n in 0..(REORDER_MAX_FRAMES as u32 + 100) {
+        order.push(Frame {
+            track: 0,
+            at_us: 7,
+            keyframe: false,
+            data: n.to_be_bytes().to_vec(),
+        });
+        while let Some(f) = order.pop(false) {
+            out.push(f);
+        }
+    }
+    assert_eq!(out.len(), 100);
+    assert_eq!(out[0].data, 0u32.to_be_bytes());
+    assert_eq!(out[99].data, 99u32.to_be_bytes());
+}
+
+#[test]
+fn a_streamed_frame_of_an_undeclared_track_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open(dir.path()).unwrap();
+    let id = Uuid::new_v4();
+    let mut writer = vault.create_recording(id).unwrap();
+    let mut batch = RecordBatch::default();
+    batch.push(&Record::Frame(Frame {
+        track: 3,
+        at_us: 0,
+        keyframe: true,
+        data: vec![1],
+    }));
+    writer.finish(&batch.take()).unwrap();
+    let mut streamed = FramesInTimeOrder::new(vault.open_recording(id).unwrap());
+    let err = streamed.next().unwrap().unwrap_err();
+    assert!(err.to_string().contains("undeclared track 3"), "{err}");
+    assert!(streamed.next().is_none());
+    let err = RecordingIndex::read(vault.open_recording(id).unwrap(), false).unwrap_err();
+    assert!(err.to_string().contains("undeclared track 3"), "{err}");
 }

@@ -1,8 +1,6 @@
 //! The recordings API: list, download (export) and shred, each decided by the policy and
 //! audited, allowed or not.
 
-use std::io::Cursor;
-
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -178,18 +176,15 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let (row, actor) = authorised(&state, &doctor, id, PolicyAction::Export).await?;
     let vault = state.recordings.vault.clone();
-    let exported = {
-        let row = row.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Cursor::new(Vec::new());
-            export::export(&vault, &row, None, &mut out)
-                .map(|exported| (exported.summary, out.into_inner()))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+    // Check and plan first (every refusal comes before the first byte), then stream.
+    let prepared = {
+        let (row, vault) = (row.clone(), vault.clone());
+        tokio::task::spawn_blocking(move || export::prepare(&vault, &row, None))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
     };
-    let (summary, bytes) = match exported {
-        Ok(done) => done,
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
         Err(e) => {
             let user = doctor.0.user.id;
             state
@@ -206,6 +201,7 @@ pub async fn download(
             return Err(export_error(e));
         }
     };
+    let summary = prepared.summary();
     let user = doctor.0.user.id;
     state
         .alerts
@@ -226,13 +222,82 @@ pub async fn download(
         "attachment; filename=\"recording-{id}.{}\"",
         summary.container.extension()
     );
-    let mut response = (StatusCode::OK, bytes).into_response();
+    let (pieces, body) = BodyWriter::channel();
+    tokio::task::spawn_blocking(move || {
+        let mut out = pieces;
+        if let Err(e) = prepared.write(&vault, &mut out) {
+            // The client sees the download break off, never a short file that looks whole.
+            tracing::warn!(recording = %id, error = %e, "recording download stopped");
+            out.fail(e.to_string());
+        }
+    });
+    let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     if let Ok(value) = HeaderValue::from_str(&disposition) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// What a blocking export writes goes to a response body in pieces of [`BodyWriter::PIECE`]
+/// bytes through a channel of a few pieces: the writer blocks while the client is behind, so a
+/// download holds a few hundred KiB whatever the recording's length; a client that goes away
+/// makes the next write fail (and the export stop).
+struct BodyWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+    piece: Vec<u8>,
+}
+
+impl BodyWriter {
+    const PIECE: usize = 64 * 1024;
+    const PIECES_IN_FLIGHT: usize = 4;
+
+    fn channel() -> (Self, axum::body::Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel(Self::PIECES_IN_FLIGHT);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|piece| (piece, rx))
+        });
+        let writer = Self {
+            tx,
+            piece: Vec::with_capacity(Self::PIECE),
+        };
+        (writer, axum::body::Body::from_stream(stream))
+    }
+
+    fn send_piece(&mut self) -> std::io::Result<()> {
+        if self.piece.is_empty() {
+            return Ok(());
+        }
+        let piece = axum::body::Bytes::from(std::mem::replace(
+            &mut self.piece,
+            Vec::with_capacity(Self::PIECE),
+        ));
+        self.tx.blocking_send(Ok(piece)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+
+    /// End the body with an error: the connection is cut rather than the body ended.
+    fn fail(self, why: String) {
+        let _ = self.tx.blocking_send(Err(std::io::Error::other(why)));
+    }
+}
+
+impl std::io::Write for BodyWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = Self::PIECE - self.piece.len();
+        let n = buf.len().min(room);
+        self.piece.extend_from_slice(&buf[..n]);
+        if self.piece.len() == Self::PIECE {
+            self.send_piece()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_piece()
+    }
 }
 
 /// The API error for an export that could not be made.

@@ -1,15 +1,16 @@
 //! Opening a recording into a playable file, for the HTTP download and `consult recording
 //! export`. The caller has already checked the policy and audits the outcome.
 
-use std::collections::HashMap;
-use std::io::{Seek, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
 
 use consult_e2ee::format::ProtectedFrame;
 use consult_e2ee::recording_key::{EpochKeyBinding, RecordingKeyPair};
 use consult_e2ee::sframe::{ReceiverKey, Suite};
 use consult_e2ee::MediaFormat;
-use consult_vault::matroska::{self, ExportSummary};
-use consult_vault::recording::{Codec, RecordingContents};
+use consult_vault::chunks::ChunkReader;
+use consult_vault::matroska::{self, Container, ExportSummary, MuxPlan};
+use consult_vault::recording::{Codec, EpochKey, Frame, FramesInTimeOrder, RecordingIndex, Track};
 use consult_vault::{Vault, VaultError};
 use uuid::Uuid;
 
@@ -83,22 +84,47 @@ pub struct Exported {
     pub unopened: Vec<Unopened>,
 }
 
-/// Read, check and mux `row`'s recording into `out`. A recording that says it was cut short
-/// (failed, interrupted) exports up to its last sealed chunk; any other must be whole.
+/// An export checked and planned, ready to stream: [`prepare`] read the recording's index and
+/// scanned its frames once, so every refusal (shredded, empty, a key that opens nothing, a
+/// damaged chunk) comes before the first byte of the file, and [`PreparedExport::write`] reads
+/// the frames a second time into the file. Memory holds one chunk and a few seconds of frames
+/// at a time, whatever the recording's length: nothing of the recording is kept between the
+/// passes but its tracks, its senders' keys and the plan.
+pub struct PreparedExport {
+    id: Uuid,
+    /// The tracks as recorded (which were protected, whose).
+    recorded: BTreeMap<u8, Track>,
+    keys: Option<SenderKeys>,
+    plan: MuxPlan,
+    late: u64,
+    unopened: Vec<Unopened>,
+}
+
+impl std::fmt::Debug for PreparedExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedExport")
+            .field("id", &self.id)
+            .field("summary", &self.summary())
+            .field("unopened", &self.unopened)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Check and plan the export of `row`'s recording (see [`PreparedExport`]). A recording that
+/// says it was cut short (failed, interrupted) exports up to its last sealed chunk; any other
+/// must be whole.
 ///
 /// A zero-knowledge recording is opened with `clinician_key`. Each sender's frames open only
 /// with the keys that sender wrapped (the recorder stores who sent each key), so a participant
 /// who sends bogus keys or unopenable frames loses their own frames from the export, named in
 /// [`Exported::unopened`], and nobody else's. A key that opens nothing at all is
 /// [`ExportError::DoesNotOpen`].
-pub fn export<W: Write + Seek>(
+pub fn prepare(
     vault: &Vault,
     row: &RecordingRow,
     clinician_key: Option<&RecordingKeyPair>,
-    out: W,
-) -> Result<Exported, ExportError> {
+) -> Result<PreparedExport, ExportError> {
     let id = row.id;
-    let vault_error = |source| ExportError::Vault { id, source };
     match row.state {
         RecordingStatus::Shredded => return Err(ExportError::Shredded(id)),
         RecordingStatus::Recording => return Err(ExportError::StillRecording(id)),
@@ -107,167 +133,294 @@ pub fn export<W: Write + Seek>(
     if row.zero_knowledge && clinician_key.is_none() {
         return Err(ExportError::NeedsClinicianKey(id));
     }
-    let reader = vault.open_recording(id).map_err(|e| match e {
-        VaultError::Shredded { .. } => ExportError::Shredded(id),
-        other => vault_error(other),
-    })?;
-    let mut contents =
-        RecordingContents::read(reader, row.state.may_be_unfinished()).map_err(vault_error)?;
-    if contents.frames.is_empty() {
+    let index = RecordingIndex::read(open(vault, id)?, row.state.may_be_unfinished())
+        .map_err(|source| ExportError::Vault { id, source })?;
+    if index.frames() == 0 {
         return Err(ExportError::Empty(id));
     }
-    let unopened = match clinician_key {
-        Some(key) => open_frames(id, &mut contents, key)?,
-        None => Vec::new(),
+    let fail = |why: String| ExportError::DoesNotOpen { id, why };
+    let keys = match clinician_key {
+        None => None,
+        Some(key) => {
+            let keys = SenderKeys::unwrap(id, &index.epoch_keys, key);
+            let protected_frames: u64 = index
+                .tracks
+                .values()
+                .filter(|t| t.protected)
+                .filter_map(|t| index.frames_per_track.get(&t.id))
+                .sum();
+            if keys.is_empty() && protected_frames > 0 {
+                return Err(fail(keys.first_error.clone().unwrap_or_else(|| {
+                    "the recording holds no wrapped key".to_owned()
+                })));
+            }
+            Some(keys)
+        }
     };
-    let summary = matroska::export(&contents, out).map_err(vault_error)?;
-    Ok(Exported { summary, unopened })
+    let opened = index
+        .tracks
+        .iter()
+        .map(|(n, t)| {
+            let protected = t.protected && keys.is_none();
+            (
+                *n,
+                Track {
+                    protected,
+                    ..t.clone()
+                },
+            )
+        })
+        .collect();
+    let mut opener = Opener::new(keys.as_ref(), &index.tracks);
+    let mut ordered = FramesInTimeOrder::new(open(vault, id)?);
+    let plan = MuxPlan::scan(&opened, opener.frames(&mut ordered))
+        .map_err(|source| ExportError::Vault { id, source })?;
+    if let Some(keys) = keys.as_ref().filter(|_| opener.kept == 0) {
+        let why = keys.first_error.clone();
+        return Err(fail(
+            why.unwrap_or_else(|| "no frame opens with its sender's keys".into()),
+        ));
+    }
+    let unopened = opener.unopened();
+    Ok(PreparedExport {
+        id,
+        recorded: index.tracks,
+        keys,
+        plan,
+        late: ordered.late(),
+        unopened,
+    })
 }
 
-/// Zero-knowledge: unwrap each sender's epoch keys with the clinician's key, then open each
-/// protected frame (SFrame, in the call's frame formats) with its sender's keys. What does not
-/// open is left out and reported per sender.
-fn open_frames(
-    id: Uuid,
-    contents: &mut RecordingContents,
-    clinician_key: &RecordingKeyPair,
-) -> Result<Vec<Unopened>, ExportError> {
-    let fail = |why: String| ExportError::DoesNotOpen { id, why };
-    // A sender's KIDs may repeat across its connections (a reloaded page draws a new tag that
-    // can collide): keep every key of a (sender, KID) and use the one that opens the frame.
-    let mut keys: HashMap<(Uuid, u64), Vec<ReceiverKey>> = HashMap::new();
-    // Per sender: frames sent, frames left out, the first reason.
-    let mut problems: HashMap<Uuid, (u64, u64, Option<String>)> = HashMap::new();
-    let mut first_key_error = None;
-    for epoch in &contents.epoch_keys {
-        let unwrapped = Suite::from_id(epoch.suite)
-            .ok_or_else(|| format!("unknown SFrame suite {}", epoch.suite))
-            .and_then(|suite| {
-                let binding = EpochKeyBinding {
-                    recording: *id.as_bytes(),
-                    sender: *epoch.sender.as_bytes(),
-                    kid: epoch.kid,
-                    suite,
-                };
-                let base = clinician_key
-                    .unwrap_epoch_key(&binding, &epoch.wrapped)
-                    .map_err(|e| {
-                        format!(
-                            "its wrapped key for KID {:#x} does not open: {e}",
-                            epoch.kid
-                        )
-                    })?;
-                ReceiverKey::new(suite, epoch.kid, &base)
-                    .map_err(|e| format!("its key for KID {:#x}: {e}", epoch.kid))
-            });
-        match unwrapped {
-            Ok(receiver) => keys
-                .entry((epoch.sender, epoch.kid))
-                .or_default()
-                .push(receiver),
-            Err(why) => {
-                let entry = problems.entry(epoch.sender).or_default();
-                entry.2.get_or_insert_with(|| why.clone());
-                first_key_error.get_or_insert(why);
+impl PreparedExport {
+    /// What the file will hold.
+    pub fn summary(&self) -> ExportSummary {
+        let mut summary = self.plan.summary();
+        summary.skipped_frames += usize::try_from(self.late).unwrap_or(usize::MAX);
+        summary
+    }
+
+    /// The container the file will be.
+    pub fn container(&self) -> Container {
+        self.plan.container()
+    }
+
+    /// Senders whose frames did not all open (see [`Exported::unopened`]).
+    pub fn unopened(&self) -> &[Unopened] {
+        &self.unopened
+    }
+
+    /// Stream the file into `out`, reading the recording a second time.
+    pub fn write<W: Write>(&self, vault: &Vault, out: W) -> Result<Exported, ExportError> {
+        let id = self.id;
+        let mut opener = Opener::new(self.keys.as_ref(), &self.recorded);
+        let mut ordered = FramesInTimeOrder::new(open(vault, id)?);
+        matroska::write(&self.plan, opener.frames(&mut ordered), out)
+            .map_err(|source| ExportError::Vault { id, source })?;
+        Ok(Exported {
+            summary: self.summary(),
+            unopened: self.unopened.clone(),
+        })
+    }
+}
+
+/// Check, plan and write `row`'s recording into `out` in one call ([`prepare`], then
+/// [`PreparedExport::write`]).
+pub fn export<W: Write>(
+    vault: &Vault,
+    row: &RecordingRow,
+    clinician_key: Option<&RecordingKeyPair>,
+    out: W,
+) -> Result<Exported, ExportError> {
+    prepare(vault, row, clinician_key)?.write(vault, out)
+}
+
+/// The recording's chunks, or why not.
+fn open(vault: &Vault, id: Uuid) -> Result<ChunkReader<Box<dyn Read + Send>>, ExportError> {
+    vault.open_recording(id).map_err(|e| match e {
+        VaultError::Shredded { .. } => ExportError::Shredded(id),
+        source => ExportError::Vault { id, source },
+    })
+}
+
+/// Each sender's epoch keys of a zero-knowledge recording, unwrapped with the clinician's key.
+struct SenderKeys {
+    /// A sender's KIDs may repeat across its connections (a reloaded page draws a new tag that
+    /// can collide): every key of a (sender, KID) is kept, and the one that opens a frame used.
+    keys: HashMap<(Uuid, u64), Vec<ReceiverKey>>,
+    /// Per sender, the first reason one of their keys did not unwrap.
+    key_errors: HashMap<Uuid, String>,
+    first_error: Option<String>,
+}
+
+impl SenderKeys {
+    fn unwrap(id: Uuid, epoch_keys: &[EpochKey], clinician_key: &RecordingKeyPair) -> Self {
+        let mut keys: HashMap<(Uuid, u64), Vec<ReceiverKey>> = HashMap::new();
+        let mut key_errors = HashMap::new();
+        let mut first_error = None;
+        for epoch in epoch_keys {
+            let unwrapped = Suite::from_id(epoch.suite)
+                .ok_or_else(|| format!("unknown SFrame suite {}", epoch.suite))
+                .and_then(|suite| {
+                    let binding = EpochKeyBinding {
+                        recording: *id.as_bytes(),
+                        sender: *epoch.sender.as_bytes(),
+                        kid: epoch.kid,
+                        suite,
+                    };
+                    let base = clinician_key
+                        .unwrap_epoch_key(&binding, &epoch.wrapped)
+                        .map_err(|e| {
+                            format!(
+                                "its wrapped key for KID {:#x} does not open: {e}",
+                                epoch.kid
+                            )
+                        })?;
+                    ReceiverKey::new(suite, epoch.kid, &base)
+                        .map_err(|e| format!("its key for KID {:#x}: {e}", epoch.kid))
+                });
+            match unwrapped {
+                Ok(receiver) => keys
+                    .entry((epoch.sender, epoch.kid))
+                    .or_default()
+                    .push(receiver),
+                Err(why) => {
+                    key_errors
+                        .entry(epoch.sender)
+                        .or_insert_with(|| why.clone());
+                    first_error.get_or_insert(why);
+                }
             }
         }
+        Self {
+            keys,
+            key_errors,
+            first_error,
+        }
     }
-    let tracks = contents.tracks.clone();
-    let protected_frames = contents
-        .frames
-        .iter()
-        .filter(|f| tracks.get(&f.track).is_some_and(|t| t.protected))
-        .count();
-    if keys.is_empty() && protected_frames > 0 {
-        return Err(fail(first_key_error.unwrap_or_else(|| {
-            "the recording holds no wrapped key".to_owned()
-        })));
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
-    // Video after a frame that did not open cannot be decoded until the next keyframe.
-    let mut broken_video: HashMap<u8, bool> = HashMap::new();
-    let mut keep = Vec::with_capacity(contents.frames.len());
-    for frame in contents.frames.iter_mut() {
-        let Some(track) = tracks.get(&frame.track).filter(|t| t.protected) else {
-            keep.push(true);
-            continue;
+
+    /// Open one protected frame of `sender` with the keys they wrapped for its KID.
+    fn open(&self, format: MediaFormat, data: &[u8], sender: Uuid) -> Result<Vec<u8>, String> {
+        let protected = ProtectedFrame::parse(format, data)
+            .map_err(|e| format!("a frame is not an SFrame frame: {e}"))?;
+        let kid = protected.kid();
+        let candidates = self
+            .keys
+            .get(&(sender, kid))
+            .ok_or_else(|| format!("no key of theirs for KID {kid:#x}"))?;
+        let mut last_error = String::new();
+        for key in candidates {
+            match protected.open(key) {
+                Ok(plain) => return Ok(plain),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(format!(
+            "a frame under KID {kid:#x} does not open: {last_error}"
+        ))
+    }
+}
+
+/// One pass of opening a zero-knowledge recording's frames, in time order: protected frames
+/// open with their sender's keys; what does not open is left out and counted per sender; video
+/// after a frame that did not open is left out until the next keyframe that does (it could
+/// not be decoded). Without keys, frames pass as they are.
+struct Opener<'a> {
+    keys: Option<&'a SenderKeys>,
+    tracks: &'a BTreeMap<u8, Track>,
+    broken_video: HashMap<u8, bool>,
+    /// Per sender: frames sent, frames left out, the first reason.
+    problems: HashMap<Uuid, (u64, u64, Option<String>)>,
+    /// Frames passed on, of every track.
+    kept: u64,
+}
+
+impl<'a> Opener<'a> {
+    fn new(keys: Option<&'a SenderKeys>, tracks: &'a BTreeMap<u8, Track>) -> Self {
+        Self {
+            keys,
+            tracks,
+            broken_video: HashMap::new(),
+            problems: HashMap::new(),
+            kept: 0,
+        }
+    }
+
+    /// `ordered`'s frames, opened.
+    fn frames<'s, R: Read>(
+        &'s mut self,
+        ordered: &'s mut FramesInTimeOrder<R>,
+    ) -> impl Iterator<Item = Result<Frame, VaultError>> + 's {
+        ordered.filter_map(move |frame| match frame {
+            Ok(frame) => self.open(frame).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    fn open(&mut self, mut frame: Frame) -> Option<Frame> {
+        let (Some(keys), Some(track)) = (
+            self.keys,
+            self.tracks.get(&frame.track).filter(|t| t.protected),
+        ) else {
+            self.kept += 1;
+            return Some(frame);
         };
         let format = match track.codec {
             Codec::Opus => MediaFormat::Opus,
             Codec::Vp8 => MediaFormat::Vp8,
             Codec::H264 => MediaFormat::H264,
         };
-        let entry = problems.entry(track.participant).or_default();
+        let entry = self.problems.entry(track.participant).or_default();
         entry.0 += 1;
-        let opened = open_one(format, &frame.data, &keys, track.participant);
-        let broken = broken_video.entry(frame.track).or_insert(false);
-        match opened {
+        let broken = self.broken_video.entry(frame.track).or_insert(false);
+        match keys.open(format, &frame.data, track.participant) {
             Ok(plain) if !*broken || frame.keyframe || !track.codec.is_video() => {
                 *broken = false;
                 frame.data = plain;
-                keep.push(true);
+                self.kept += 1;
+                Some(frame)
             }
             Ok(_) => {
                 entry.1 += 1;
                 entry.2.get_or_insert_with(|| {
                     "video after a frame that did not open, until the next keyframe".into()
                 });
-                keep.push(false);
+                None
             }
             Err(why) => {
                 entry.1 += 1;
+                let why = keys
+                    .key_errors
+                    .get(&track.participant)
+                    .cloned()
+                    .unwrap_or(why);
                 entry.2.get_or_insert(why);
                 *broken = track.codec.is_video();
-                keep.push(false);
+                None
             }
         }
     }
-    let mut kept = keep.into_iter();
-    contents.frames.retain(|_| kept.next().unwrap_or(false));
-    for track in contents.tracks.values_mut() {
-        track.protected = false;
-    }
-    if contents.frames.is_empty() {
-        return Err(fail(
-            first_key_error.unwrap_or_else(|| "no frame opens with its sender's keys".into()),
-        ));
-    }
-    let mut unopened: Vec<Unopened> = problems
-        .into_iter()
-        .filter(|(_, (_, left_out, _))| *left_out > 0)
-        .map(|(participant, (of, frames, why))| Unopened {
-            participant,
-            frames,
-            of,
-            why: why.unwrap_or_default(),
-        })
-        .collect();
-    unopened.sort_by_key(|u| u.participant);
-    Ok(unopened)
-}
 
-/// Open one protected frame of `sender` with the keys they wrapped for its KID.
-fn open_one(
-    format: MediaFormat,
-    data: &[u8],
-    keys: &HashMap<(Uuid, u64), Vec<ReceiverKey>>,
-    sender: Uuid,
-) -> Result<Vec<u8>, String> {
-    let protected = ProtectedFrame::parse(format, data)
-        .map_err(|e| format!("a frame is not an SFrame frame: {e}"))?;
-    let kid = protected.kid();
-    let candidates = keys
-        .get(&(sender, kid))
-        .ok_or_else(|| format!("no key of theirs for KID {kid:#x}"))?;
-    let mut last_error = String::new();
-    for key in candidates {
-        match protected.open(key) {
-            Ok(plain) => return Ok(plain),
-            Err(e) => last_error = e.to_string(),
-        }
+    /// Senders with frames left out, in participant order.
+    fn unopened(&self) -> Vec<Unopened> {
+        let mut unopened: Vec<Unopened> = self
+            .problems
+            .iter()
+            .filter(|(_, (_, left_out, _))| *left_out > 0)
+            .map(|(participant, (of, frames, why))| Unopened {
+                participant: *participant,
+                frames: *frames,
+                of: *of,
+                why: why.clone().unwrap_or_default(),
+            })
+            .collect();
+        unopened.sort_by_key(|u| u.participant);
+        unopened
     }
-    Err(format!(
-        "a frame under KID {kid:#x} does not open: {last_error}"
-    ))
 }
 
 #[cfg(test)]
@@ -299,6 +452,7 @@ mod tests {
     /// with each sender's epoch key wrapped by `wrap(sender index, binding, base key)`.
     fn recording(
         wrap: impl Fn(usize, &EpochKeyBinding, &BaseKey) -> Vec<u8>,
+        damaged: Option<(u8, u64)>,
     ) -> (tempfile::TempDir, Vault, RecordingRow, Vec<Uuid>) {
         let dir = tempfile::tempdir().unwrap();
         let vault = Vault::open(dir.path()).unwrap();
@@ -347,11 +501,15 @@ mod tests {
             for s in &senders {
                 let key = i % 10 == 0;
                 let plain = vp8(key, format!("sender {} frame {i}", s.track).as_bytes());
+                let mut data = protect(MediaFormat::Vp8, &s.key, i, &plain).unwrap();
+                if damaged == Some((s.track, i)) {
+                    *data.last_mut().unwrap() ^= 1;
+                }
                 batch.push(&Record::Frame(Frame {
                     track: s.track,
                     at_us: i * 33_000,
                     keyframe: key,
-                    data: protect(MediaFormat::Vp8, &s.key, i, &plain).unwrap(),
+                    data,
                 }));
             }
         }
@@ -400,7 +558,7 @@ mod tests {
     #[test]
     fn every_honest_sender_opens_whole() {
         let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
-        let (_dir, vault, row, _) = recording(honest(&clinician));
+        let (_dir, vault, row, _) = recording(honest(&clinician), None);
         let (exported, bytes) = export_to_vec(&vault, &row, &clinician).unwrap();
         assert_eq!(exported.summary.frames, 60);
         assert_eq!(exported.unopened, vec![]);
@@ -411,13 +569,16 @@ mod tests {
     fn a_senders_bogus_key_costs_only_their_own_frames_and_names_them() {
         let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
         let good = honest(&clinician);
-        let (_dir, vault, row, participants) = recording(|n, binding, base| {
-            if n == 1 {
-                vec![0x42; 80]
-            } else {
-                good(n, binding, base)
-            }
-        });
+        let (_dir, vault, row, participants) = recording(
+            |n, binding, base| {
+                if n == 1 {
+                    vec![0x42; 80]
+                } else {
+                    good(n, binding, base)
+                }
+            },
+            None,
+        );
         let (exported, bytes) = export_to_vec(&vault, &row, &clinician).unwrap();
         assert_eq!(exported.summary.frames, 30, "the honest sender's 30 frames");
         assert!(contains(&bytes, b"sender 0 frame 29"));
@@ -438,21 +599,24 @@ mod tests {
         // the binding names the sender, so it opens only frames on sender 1's own tracks.
         let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
         let good = honest(&clinician);
-        let (_dir, vault, row, participants) = recording(|n, binding, base| {
-            if n == 1 {
-                // Sender 0's base key, wrapped under sender 1's name for sender 0's KID.
-                let forged = EpochKeyBinding {
-                    kid: 0x100,
-                    ..*binding
-                };
-                let base0 = BaseKey::new(vec![0x30; 16]);
-                forged
-                    .wrap(&clinician.public(), &base0, &mut rand::rngs::OsRng)
-                    .unwrap()
-            } else {
-                good(n, binding, base)
-            }
-        });
+        let (_dir, vault, row, participants) = recording(
+            |n, binding, base| {
+                if n == 1 {
+                    // Sender 0's base key, wrapped under sender 1's name for sender 0's KID.
+                    let forged = EpochKeyBinding {
+                        kid: 0x100,
+                        ..*binding
+                    };
+                    let base0 = BaseKey::new(vec![0x30; 16]);
+                    forged
+                        .wrap(&clinician.public(), &base0, &mut rand::rngs::OsRng)
+                        .unwrap()
+                } else {
+                    good(n, binding, base)
+                }
+            },
+            None,
+        );
         let (exported, _) = export_to_vec(&vault, &row, &clinician).unwrap();
         assert_eq!(exported.summary.frames, 30);
         assert_eq!(exported.unopened.len(), 1);
@@ -462,36 +626,28 @@ mod tests {
     #[test]
     fn video_after_an_unopenable_frame_resumes_at_the_next_keyframe() {
         let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
-        let (_dir, vault, row, participants) = recording(honest(&clinician));
-        // Damage sender 1's frame 12 (an interframe) in a copy of the contents: frames 12 to
-        // 19 are left out, 20 (a keyframe) opens again.
-        let reader = vault.open_recording(row.id).unwrap();
-        let mut contents = RecordingContents::read(reader, false).unwrap();
-        let damaged = contents
-            .frames
-            .iter()
-            .position(|f| f.track == 1 && f.at_us == 12 * 33_000)
-            .unwrap();
-        let last = contents.frames[damaged].data.len() - 1;
-        contents.frames[damaged].data[last] ^= 1;
-        let unopened = open_frames(row.id, &mut contents, &clinician).unwrap();
-        assert_eq!(unopened.len(), 1);
+        // Sender 1's frame 12 (an interframe) is damaged: frames 12 to 19 are left out, 20 (a
+        // keyframe) opens again.
+        let (_dir, vault, row, participants) = recording(honest(&clinician), Some((1, 12)));
+        let (exported, bytes) = export_to_vec(&vault, &row, &clinician).unwrap();
+        assert_eq!(exported.unopened.len(), 1);
         assert_eq!(
-            (unopened[0].participant, unopened[0].frames),
+            (
+                exported.unopened[0].participant,
+                exported.unopened[0].frames
+            ),
             (participants[1], 8)
         );
-        assert_eq!(contents.frames.len(), 52);
-        assert!(contents
-            .frames
-            .iter()
-            .any(|f| f.track == 1 && f.at_us == 20 * 33_000));
+        assert_eq!(exported.summary.frames, 52);
+        assert!(contains(&bytes, b"sender 1 frame 11") && contains(&bytes, b"sender 1 frame 20"));
+        assert!(!contains(&bytes, b"sender 1 frame 12") && !contains(&bytes, b"sender 1 frame 19"));
     }
 
     #[test]
     fn a_key_that_opens_nothing_is_an_error_not_an_empty_file() {
         let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
         let stranger = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
-        let (_dir, vault, row, _) = recording(honest(&clinician));
+        let (_dir, vault, row, _) = recording(honest(&clinician), None);
         let err = export_to_vec(&vault, &row, &stranger).unwrap_err();
         assert!(matches!(err, ExportError::DoesNotOpen { .. }), "{err}");
     }

@@ -292,3 +292,41 @@ async fn shutdown_tells_every_websocket_to_go_away() {
     assert!(started.elapsed() < Duration::from_secs(2));
     stopping.await.unwrap().unwrap();
 }
+
+/// HTTP/2 in the clear with prior knowledge (the preface, SETTINGS, then a HEADERS frame whose
+/// header block never ends) would be under no header-read timeout: the service speaks HTTP/1.1
+/// alone, so it refuses the preface and closes at once instead of holding the connection.
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_refused_at_once_not_held() {
+    let svc =
+        TestService::start_with(|c| c.limits.header_read_timeout = Duration::from_secs(60)).await;
+    let mut stream = connect_from("127.0.0.3", svc.running.addr).await.unwrap();
+    let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+                                                        // HEADERS on stream 1 without END_HEADERS: a CONTINUATION that never comes.
+    h2.extend_from_slice(&[0, 0, 1, 1, 0, 0, 0, 0, 1, 0x82]);
+    stream.write_all(&h2).await.unwrap();
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still held after 10 s (header-read timeout 60 s)"
+    );
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 4") || reply.starts_with("HTTP/1.1 5"),
+        "not an HTTP/1.1 refusal: {reply:?}"
+    );
+    println!(
+        "HTTP/2 prior knowledge: closed after {:?} with {:?}",
+        started.elapsed(),
+        reply.lines().next().unwrap_or("")
+    );
+    assert_eq!(
+        svc.state().connection_limits.open(),
+        0,
+        "its place was given back"
+    );
+}
