@@ -5,6 +5,7 @@
 # libFuzzer leaves in fuzz/artifacts/TARGET/ — turn it into a regression test.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   FUZZ_RUNS=10000000 scripts/fuzz.sh 1800     # a campaign: 10 M executions or 30 min each
 #
 # Builds with the stable toolchain and no sanitizer (`-s none`; AddressSanitizer needs nightly):
 # Rust's own checks still turn memory errors into panics. Installs cargo-fuzz if it is missing.
@@ -26,7 +27,8 @@ for target in "${targets[@]}"; do
   echo "== $target (${seconds}s)"
   # Only the summary lines: executions, coverage, corpus.
   if ! (cd fuzz && cargo fuzz run -O -s none "$target" "../$found" "corpus/$target" -- \
-      -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1) \
+      -max_total_time="$seconds" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} -rss_limit_mb=2048 -timeout=10 \
+      -print_final_stats=1 2>&1) \
       | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE|==[0-9]+== ERROR|SUMMARY|thread '.*' panicked|Test unit written)" ; then
     :
   fi

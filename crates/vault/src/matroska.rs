@@ -355,16 +355,52 @@ fn opus_head(channels: u8) -> Vec<u8> {
     head
 }
 
-/// A track as the file describes it: from its first usable frame.
+/// How the file describes a track: from its first usable frame.
+#[derive(Debug, Clone)]
+struct Description {
+    codec_private: Vec<u8>,
+    dimensions: Option<(u32, u32)>,
+    channels: u8,
+}
+
+impl Description {
+    /// From `frame`, the first usable one of a track of `codec`.
+    fn of(codec: Codec, frame: &[u8]) -> Result<Self, VaultError> {
+        Ok(match codec {
+            Codec::Opus => {
+                let stereo = frame.first().is_some_and(|toc| toc & 0x04 != 0);
+                let channels = if stereo { 2 } else { 1 };
+                Self {
+                    codec_private: opus_head(channels),
+                    dimensions: None,
+                    channels,
+                }
+            }
+            Codec::Vp8 => Self {
+                codec_private: Vec::new(),
+                dimensions: Some(vp8_dimensions(frame)?),
+                channels: 0,
+            },
+            Codec::H264 => {
+                let (avcc, w, h) = avc_config(frame)?;
+                Self {
+                    codec_private: avcc,
+                    dimensions: Some((w, h)),
+                    channels: 0,
+                }
+            }
+        })
+    }
+}
+
+/// A track of the file.
 #[derive(Debug, Clone)]
 struct PlannedTrack {
     id: u8,
     codec: Codec,
     role: TrackRole,
     number: u64,
-    codec_private: Vec<u8>,
-    dimensions: Option<(u32, u32)>,
-    channels: u8,
+    description: Description,
 }
 
 fn role_name(role: TrackRole) -> &'static str {
@@ -438,7 +474,7 @@ impl MuxPlan {
         #[derive(Default)]
         struct Seen {
             first_us: Option<u64>,
-            described: Option<(Vec<u8>, Option<(u32, u32)>, u8)>,
+            described: Option<Description>,
             last_us: u64,
             kept: usize,
         }
@@ -460,18 +496,7 @@ impl MuxPlan {
                 continue;
             }
             if entry.described.is_none() {
-                entry.described = Some(match track.codec {
-                    Codec::Opus => {
-                        let stereo = frame.data.first().is_some_and(|toc| toc & 0x04 != 0);
-                        let channels = if stereo { 2 } else { 1 };
-                        (opus_head(channels), None, channels)
-                    }
-                    Codec::Vp8 => (Vec::new(), Some(vp8_dimensions(&frame.data)?), 0),
-                    Codec::H264 => {
-                        let (avcc, w, h) = avc_config(&frame.data)?;
-                        (avcc, Some((w, h)), 0)
-                    }
-                });
+                entry.described = Some(Description::of(track.codec, &frame.data)?);
             }
             entry.last_us = frame.at_us;
             entry.kept += 1;
@@ -480,24 +505,22 @@ impl MuxPlan {
         let (mut origin_us, mut frames) = (None::<u64>, 0usize);
         for track in tracks.values() {
             let Some(Seen {
-                first_us,
-                described: Some((codec_private, dimensions, channels)),
+                first_us: Some(first_us),
+                described: Some(description),
                 kept,
                 ..
             }) = seen.get(&track.id)
             else {
                 continue;
             };
-            origin_us = origin_us.min(*first_us).or(*first_us);
+            origin_us = Some(origin_us.map_or(*first_us, |o: u64| o.min(*first_us)));
             frames += kept;
             planned.push(PlannedTrack {
                 id: track.id,
                 codec: track.codec,
                 role: track.role,
                 number: planned.len() as u64 + 1,
-                codec_private: codec_private.clone(),
-                dimensions: *dimensions,
-                channels: *channels,
+                description: description.clone(),
             });
         }
         let origin_us = origin_us.unwrap_or(0);
@@ -718,10 +741,10 @@ fn put_track_entry(e: &mut Vec<u8>, t: &PlannedTrack) {
         Codec::H264 => "V_MPEG4/ISO/AVC",
     };
     put_element(e, id::CODEC_ID, codec_id.as_bytes());
-    if !t.codec_private.is_empty() {
-        put_element(e, id::CODEC_PRIVATE, &t.codec_private);
+    if !t.description.codec_private.is_empty() {
+        put_element(e, id::CODEC_PRIVATE, &t.description.codec_private);
     }
-    if let Some((w, h)) = t.dimensions {
+    if let Some((w, h)) = t.description.dimensions {
         put_uint(e, id::TRACK_TYPE, 1);
         put_master(e, id::VIDEO, |v| {
             put_uint(v, id::PIXEL_WIDTH, u64::from(w));
@@ -731,7 +754,7 @@ fn put_track_entry(e: &mut Vec<u8>, t: &PlannedTrack) {
         put_uint(e, id::TRACK_TYPE, 2);
         put_master(e, id::AUDIO, |a| {
             put_float(a, id::SAMPLING_FREQUENCY, 48_000.0);
-            put_uint(a, id::CHANNELS, u64::from(t.channels));
+            put_uint(a, id::CHANNELS, u64::from(t.description.channels));
         });
     }
 }
@@ -799,7 +822,7 @@ mod tests {
     /// An SPS of the baseline profile with the given picture size fields (exp-Golomb coded).
     fn baseline_sps(width_mbs_minus1: u32, height_units_minus1: u32, crop: [u32; 4]) -> Vec<u8> {
         let mut bits: Vec<u8> = Vec::new();
-        let mut ue = |bits: &mut Vec<u8>, v: u32| {
+        let ue = |bits: &mut Vec<u8>, v: u32| {
             let coded = u64::from(v) + 1;
             let len = 64 - coded.leading_zeros();
             bits.extend(std::iter::repeat_n(0, len as usize - 1));
