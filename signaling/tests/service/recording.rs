@@ -823,3 +823,169 @@ async fn the_recorder_sends_nothing_to_candidates_outside_its_networks() {
         "twelve public candidates, seven of them kept"
     );
 }
+
+/// A two-minute recording written straight into the service's vault (two VP8 tracks and one
+/// Opus track, the audio recorded up to 60 ms behind the video), marked complete; its id and
+/// how many frames it holds.
+async fn synthetic_recording(svc: &TestService, consultation: uuid::Uuid) -> (uuid::Uuid, usize) {
+    use consult_vault::recording::{Codec, Frame, Record, RecordBatch, Track, TrackRole};
+    let vault = svc.state().recordings.vault.clone();
+    let id = uuid::Uuid::new_v4();
+    let mut writer = vault.create_recording(id).unwrap();
+    let mut batch = RecordBatch::default();
+    for (track, codec, role) in [
+        (0, Codec::Vp8, TrackRole::Doctor),
+        (1, Codec::Vp8, TrackRole::Patient),
+        (2, Codec::Opus, TrackRole::Patient),
+    ] {
+        batch.push(&Record::Track(Track {
+            id: track,
+            codec,
+            role,
+            participant: uuid::Uuid::new_v4(),
+            protected: false,
+        }));
+    }
+    let vp8 = |key: bool, n: u64| {
+        let mut frame = if key {
+            vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]
+        } else {
+            vec![0x11, 0x02, 0x00]
+        };
+        frame.resize(if key { 8000 } else { 1500 }, (n % 251) as u8);
+        frame
+    };
+    let (mut video, mut audio) = (0u64, 0u64);
+    while video < 30 * 120 {
+        let (video_at, audio_at) = (video * 100_000 / 3, audio * 20_000);
+        if video_at <= audio_at + 60_000 {
+            for track in 0..2 {
+                batch.push(&Record::Frame(Frame {
+                    track,
+                    at_us: video_at,
+                    keyframe: video % 90 == 0,
+                    data: vp8(video % 90 == 0, video),
+                }));
+            }
+            video += 1;
+        } else {
+            batch.push(&Record::Frame(Frame {
+                track: 2,
+                at_us: audio_at,
+                keyframe: false,
+                data: vec![0x78; 100],
+            }));
+            audio += 1;
+        }
+        if batch.len() >= 256 * 1024 {
+            writer.append(&batch.take()).unwrap();
+        }
+    }
+    writer.finish(&batch.take()).unwrap();
+    let pool = &svc.state().pool;
+    let now = time::OffsetDateTime::now_utc();
+    let rows = consult_signaling::recording::rows::RecordingStatus::Complete;
+    consult_signaling::recording::rows::insert(
+        pool,
+        id,
+        consultation,
+        false,
+        now,
+        now + time::Duration::days(30),
+    )
+    .await
+    .unwrap();
+    let bytes = vault.media_size(id).unwrap().unwrap();
+    consult_signaling::recording::rows::finish(pool, id, rows, now, 0, bytes, None)
+        .await
+        .unwrap();
+    (id, (video * 2 + audio) as usize)
+}
+
+/// The download streams (no length known ahead, pieces as they are made, read here slowly) and
+/// its bytes are exactly the file the CLI's export writes.
+#[tokio::test]
+async fn a_downloaded_recording_streams_and_equals_the_exported_file() {
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("owner@clinic.test").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    let (id, frames) = synthetic_recording(&svc, consultation.id).await;
+
+    let mut r = doctor
+        .bearer(Method::GET, &format!("/api/v1/recordings/{id}/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "video/webm");
+    assert!(r.headers().get("content-length").is_none(), "streamed");
+    let (mut downloaded, mut pieces) = (Vec::new(), 0);
+    while let Some(piece) = r.chunk().await.unwrap() {
+        downloaded.extend_from_slice(&piece);
+        pieces += 1;
+        if pieces % 8 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    let row = consult_signaling::recording::rows::find(&svc.state().pool, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut exported = Vec::new();
+    let written = consult_signaling::recording::export::export(
+        &svc.state().recordings.vault,
+        &row,
+        None,
+        &mut exported,
+    )
+    .unwrap();
+    assert_eq!(
+        (written.summary.frames, written.summary.skipped_frames),
+        (frames, 0)
+    );
+    let duration = written.summary.duration_ms;
+    assert!((119_900..=120_100).contains(&duration), "{duration} ms");
+    assert!(pieces > 10, "{pieces} pieces");
+    assert_eq!(downloaded.len(), exported.len());
+    assert!(
+        downloaded == exported,
+        "the download differs from the export"
+    );
+    let audited = svc.audited("recording_exported", None).await;
+    assert_eq!(audited.detail["detail"]["frames"], frames);
+}
+
+/// A byte flipped near the end of the sealed media: the planning pass finds it, so the download
+/// is refused with its reason before the first byte of a file (no partial file that looks
+/// whole), and the refusal is audited.
+#[tokio::test]
+async fn a_damaged_recording_is_refused_before_any_byte_of_the_file() {
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("owner@clinic.test").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    let (id, _) = synthetic_recording(&svc, consultation.id).await;
+    let media = svc
+        .data_dir()
+        .join("vault")
+        .join("media")
+        .join(format!("{id}.cvlt"));
+    let mut bytes = std::fs::read(&media).unwrap();
+    let at = bytes.len() - 1000;
+    bytes[at] ^= 0x40;
+    std::fs::write(&media, bytes).unwrap();
+
+    let r = doctor
+        .bearer(Method::GET, &format!("/api/v1/recordings/{id}/export"))
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = error_code(r).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::CONFLICT, "recording_damaged")
+    );
+    let audited = svc.audited("recording_exported", None).await;
+    let refused = audited.detail["detail"]["refused"].as_str().unwrap();
+    assert!(refused.contains("chunk"), "{refused}");
+}

@@ -91,20 +91,7 @@ async fn heartbeats_extend_a_session_only_during_a_call() {
     loop {
         svc.clock.advance(Duration::from_secs(60));
         minutes += 1;
-        ws.send(&ClientMessage::Ping {}).await;
-        // Skip whatever else the service says (waiting-room news) up to the answer.
-        let answer = loop {
-            match ws.recv().await {
-                Some(ServerMessage::Pong { .. }) => break true,
-                Some(ServerMessage::Error { code, fatal, .. }) => {
-                    assert_eq!((code.as_str(), fatal), ("unauthorized", true));
-                    break false;
-                }
-                Some(_) => continue,
-                None => panic!("closed without saying why"),
-            }
-        };
-        if !answer {
+        if !ping_answered(&mut ws).await {
             break;
         }
         assert!(minutes < 15, "heartbeats kept an idle session alive");
@@ -128,6 +115,52 @@ async fn heartbeats_extend_a_session_only_during_a_call() {
         .session(&call.doctor.token)
         .await
         .expect("the call kept the session");
+}
+
+/// Send a heartbeat: true when answered, false when the service ends the session instead
+/// (`unauthorized`, fatal). Whatever else the service says first (waiting-room news) is skipped.
+async fn ping_answered(ws: &mut Signal) -> bool {
+    ws.send(&ClientMessage::Ping {}).await;
+    loop {
+        match ws.recv().await {
+            Some(ServerMessage::Pong { .. }) => return true,
+            Some(ServerMessage::Error { code, fatal, .. }) => {
+                assert_eq!((code.as_str(), fatal), ("unauthorized", true));
+                return false;
+            }
+            Some(_) => continue,
+            None => panic!("closed without saying why"),
+        }
+    }
+}
+
+/// A session past its absolute lifetime ends its WebSocket at the next heartbeat, even in a call,
+/// whose heartbeats keep it from idling out.
+#[tokio::test]
+async fn a_session_past_its_absolute_lifetime_ends_its_websocket_even_in_a_call() {
+    let svc =
+        TestService::start_with(|c| c.session.absolute_timeout = Duration::from_secs(3600)).await;
+    let mut call = svc.admitted_call("dr.long.call@example.org").await;
+    let mut minutes = 0;
+    loop {
+        svc.clock.advance(Duration::from_secs(60));
+        minutes += 1;
+        if !ping_answered(&mut call.doctor_ws).await {
+            break;
+        }
+        assert!(
+            minutes < 60,
+            "the call outlived the session's absolute lifetime"
+        );
+    }
+    assert_eq!(minutes, 60, "the socket closed at the absolute timeout");
+    assert!(
+        call.doctor_ws.recv().await.is_none(),
+        "the expired session closed the socket"
+    );
+    assert!(unauthorized(
+        call.doctor.api.session(&call.doctor.token).await
+    ));
 }
 
 /// A doctor connected to a consultation's signaling.
