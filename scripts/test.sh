@@ -64,18 +64,18 @@ rust=(--workspace --exclude consult-benches --locked)
 if [ ! -d target/debug ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
   export CARGO_INCREMENTAL=0
 fi
-# The checking tools (cargo-deny, cargo-fuzz) build beside the workspace: they fill the
-# build's idle moments (linking, its narrow tail).
+# The checking tools (cargo-deny, cargo-fuzz) and the fuzz targets (their own workspace, built
+# with coverage instrumentation, unoptimised for the smoke run) build beside the workspace: they
+# fill the build's idle moments (linking, its narrow tail).
 if ! $quick; then
   tools=()
   command -v cargo-deny >/dev/null || tools+=(cargo-deny)
   command -v cargo-fuzz >/dev/null || tools+=(cargo-fuzz)
   tools_log=$(mktemp)
-  if [ ${#tools[@]} -gt 0 ]; then
-    cargo install --locked --quiet "${tools[@]}" >"$tools_log" 2>&1 &
-  else
-    true &
-  fi
+  (
+    if [ ${#tools[@]} -gt 0 ]; then cargo install --locked --quiet "${tools[@]}"; fi
+    cd fuzz && cargo fuzz build --dev -s none
+  ) >"$tools_log" 2>&1 &
   tools_pid=$!
 fi
 # The Node packages of the web demo and the browser tests install beside the build.
@@ -97,7 +97,9 @@ cargo nextest run "${rust[@]}"
 log "doc tests"
 cargo test "${rust[@]}" --doc --quiet
 log "cargo-deny (licences, banned crates and duplicate versions, sources; advisories when reachable)"
-if ! wait "$tools_pid"; then cat "$tools_log" >&2; echo "installing ${tools[*]} failed" >&2; exit 1; fi
+if ! wait "$tools_pid"; then
+  cat "$tools_log" >&2; echo "installing ${tools[*]} or building the fuzz targets failed" >&2; exit 1
+fi
 rm -f "$tools_log"
 cargo deny check bans licenses sources
 if timeout 60 cargo deny fetch db >/dev/null 2>&1; then
@@ -110,8 +112,8 @@ promtool check rules deploy/prometheus/consult-alerts.yml
 (cd deploy/prometheus && promtool test rules consult-alerts.test.yml)
 log "API fuzzing (schemathesis against the OpenAPI document)"
 CONSULT_BIN="$PWD/target/debug/consult" tests/api-fuzz/run.sh 25
-log "fuzzing smoke run (every cargo-fuzz target, 10 s each)"
-scripts/fuzz.sh 10
+log "fuzzing smoke run (every cargo-fuzz target, 10 s each, two at a time)"
+FUZZ_PROFILE=dev FUZZ_JOBS=2 scripts/fuzz.sh 10
 
 # --- Web demo: JSDoc types checked by tsc, and its protocol types against the service's schemas. ---
 if ! wait "$npm_pid"; then cat "$npm_log" >&2; echo "npm ci failed" >&2; exit 1; fi
