@@ -75,6 +75,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tallies and alerts",
         include_str!("../migrations/0009_tallies_and_alerts.sql"),
     ),
+    (10, "resume", include_str!("../migrations/0010_resume.sql")),
 ];
 
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {

@@ -15,8 +15,6 @@ use consult_proto::api::{
 };
 use consult_proto::signal::{ParticipantRole, ServerMessage, SignalErrorCode};
 use serde_json::json;
-use sqlx::SqlitePool;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::alerts::rules::Observation;
@@ -26,7 +24,7 @@ use crate::client_origin::ClientOrigin;
 use crate::consultations::{self, rows, ConsultationRecord};
 use crate::error::{ApiError, ApiJson};
 use crate::secrets::Token;
-use crate::signal::hub::Departure;
+use crate::signal::hub::{Departure, RestoredPlace};
 use crate::state::AppState;
 
 /// Longest patient name accepted.
@@ -310,8 +308,38 @@ pub async fn depart(state: &AppState, departure: &Departure) -> anyhow::Result<(
     Ok(())
 }
 
-/// At start-up no device is connected: release every hold so links work again. Tokens of
-/// released participants stop working, so a patient page redeems its link again.
-pub async fn release_stale_holds(pool: &SqlitePool, now: OffsetDateTime) -> anyhow::Result<u64> {
-    rows::release_every_place(pool, now).await
+/// At start-up: every place the previous run left held goes back to its consultation's room,
+/// offline, admitted or waiting as it was, with the patient's recording answer; the doctor's
+/// participant id is the consultation's own. Whoever reconnects within the reconnect grace
+/// resumes (the same token, the same peers, no new admission); whoever does not is removed as
+/// after any lost connection. Places of a consultation that ended are released. Returns how
+/// many places came back.
+pub async fn restore_places(state: &AppState) -> anyhow::Result<usize> {
+    let mut by_consultation: std::collections::BTreeMap<Uuid, Vec<RestoredPlace>> =
+        std::collections::BTreeMap::new();
+    for (consultation_id, place) in rows::held_places(&state.pool).await? {
+        by_consultation
+            .entry(consultation_id)
+            .or_default()
+            .push(place);
+    }
+    let now = state.clock.now();
+    let mut restored = 0;
+    for (consultation_id, places) in by_consultation {
+        let record = crate::consultations::find(&state.pool, consultation_id).await?;
+        let Some(record) = record.filter(|c| c.status != ConsultationStatus::Ended) else {
+            rows::release_places(&state.pool, consultation_id, now).await?;
+            continue;
+        };
+        restored += places.len();
+        for (participant_id, generation) in state.hub.restore(record.room_info(), places, now) {
+            crate::signal::socket::schedule_expiry(
+                state.clone(),
+                consultation_id,
+                participant_id,
+                generation,
+            );
+        }
+    }
+    Ok(restored)
 }

@@ -249,10 +249,6 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     let pool = db::open(&config.data_dir)
         .await
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
-    let released = invites::release_stale_holds(&pool, clock.now()).await?;
-    if released > 0 {
-        tracing::info!(released, "released invite holds left from the previous run");
-    }
     raise_open_files_limit(config.limits.max_connections);
     let listener =
         TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;
@@ -270,6 +266,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     let retention_sweep = config.recording.retention_sweep_interval;
     let state = AppState::new(config, pool, clock, url.clone(), sealing_key, recordings)
         .context("public_url")?;
+    let restored = invites::restore_places(&state).await?;
+    if restored > 0 {
+        tracing::info!(
+            restored,
+            "places held when the previous run stopped wait for their participants"
+        );
+    }
     crate::recording::spawn_retention_job(state.clone(), retention_sweep);
     crate::audit_tally::spawn_closing_job(state.clone(), TALLY_CLOSING_INTERVAL);
     crate::alerts::spawn_writer(state.clone());

@@ -62,9 +62,10 @@ export const STEP_TIMEOUT_MS = 20_000;
  * @property {(options?: { signal?: "SIGTERM" | "SIGKILL" }) => Promise<void>} halt End the process
  *   and keep the data directory: `SIGTERM` (the default) shuts down cleanly (SIGKILL after 5 s),
  *   `SIGKILL` is a crash. Resolves once it is gone.
- * @property {() => Promise<void>} restart Start it again (halting it first if it runs) on the same
- *   data directory, with the same environment and wrapper, on a new free port; resolves once it
- *   runs. The doctor's sessions survive it.
+ * @property {(options?: { samePort?: boolean }) => Promise<void>} restart Start it again (halting
+ *   it first if it runs) on the same data directory, with the same environment and wrapper, on a
+ *   new free port (`samePort`: the same address, so open pages reconnect to it); resolves once
+ *   it runs. The doctor's sessions survive it.
  * @property {(argv: string[]) => string[]} enter The command line that runs `argv` where this
  *   service sees its data directory (inside its wrapper's namespace, if it has one; else `argv`).
  * @property {() => Promise<void>} stop End the process and delete the data directory.
@@ -167,9 +168,12 @@ export async function startService({ timeoutMs = 60_000, env = {}, wrapper } = {
   };
   process.on("exit", killOnExit);
 
-  /** Start the process; resolves with the URL it prints. */
-  const launch = async () => {
-    const own = [CONSULT_BIN, "serve", "--demo", "--bind", "127.0.0.1:0", "--data-dir", dataDir];
+  /**
+   * Start the process; resolves with the URL it prints.
+   * @param {string} [bind] Where to listen (default: a free port).
+   */
+  const launch = async (bind = "127.0.0.1:0") => {
+    const own = [CONSULT_BIN, "serve", "--demo", "--bind", bind, "--data-dir", dataDir];
     const [command, ...args] = wrapper ? await wrapper.start(own, dataDir) : own;
     const running = spawn(command, args, {
       stdio: ["ignore", "pipe", "pipe"],
@@ -228,10 +232,10 @@ export async function startService({ timeoutMs = 60_000, env = {}, wrapper } = {
       child = null;
       if (running) await terminate(running, 5000, signal);
     },
-    async restart() {
+    async restart({ samePort = false } = {}) {
       await service.halt();
       logs.push("--- the service starts again on the same data directory ---");
-      await launch();
+      await launch(samePort ? new URL(service.url).host : undefined);
     },
     enter(argv) {
       if (!wrapper?.enter) return argv;

@@ -394,6 +394,10 @@ pub async fn admit_patient(
     state
         .hub
         .admit(consultation_id, doctor_user_id, participant_id)?;
+    // Kept, so a restarted service gives the patient their place in the call back.
+    if let Err(e) = rows::set_admitted(&state.pool, participant_id, state.clock.now()).await {
+        tracing::error!(error = format!("{e:#}"), "could not store an admission");
+    }
     state
         .audit
         .record_or_log(

@@ -8,7 +8,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::db::{from_unix, to_unix};
-use crate::signal::hub::RoomInfo;
+use consult_policy::Consent;
+
+use crate::signal::hub::{RestoredPlace, RoomInfo};
 
 /// A consultation row.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct ConsultationRecord {
     pub created_at: OffsetDateTime,
     /// Ended.
     pub ended_at: Option<OffsetDateTime>,
+    /// The doctor's participant id in its signaling room (the same after a restart).
+    pub doctor_participant_id: Uuid,
 }
 
 impl ConsultationRecord {
@@ -44,6 +48,7 @@ impl ConsultationRecord {
             doctor_name: self.doctor_name.clone(),
             mode: self.mode,
             e2ee: self.e2ee,
+            doctor_participant_id: self.doctor_participant_id,
         }
     }
 }
@@ -57,7 +62,8 @@ pub fn mode_str(mode: ConsultationMode) -> &'static str {
 }
 
 const SELECT: &str = "SELECT c.id, c.doctor_id, u.display_name, c.title, c.scheduled_at, c.mode, \
-     c.status, c.created_at, c.ended_at, c.e2ee FROM consultations c JOIN users u ON u.id = c.doctor_id";
+     c.status, c.created_at, c.ended_at, c.e2ee, c.doctor_participant_id \
+     FROM consultations c JOIN users u ON u.id = c.doctor_id";
 
 fn record_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<ConsultationRecord> {
     let id: String = row.get(0);
@@ -83,6 +89,7 @@ fn record_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<ConsultationR
         created_at: from_unix(row.get(7)),
         ended_at: row.get::<Option<i64>, _>(8).map(from_unix),
         e2ee: row.get::<i64, _>(9) != 0,
+        doctor_participant_id: Uuid::parse_str(row.get::<&str, _>(10))?,
     })
 }
 
@@ -133,8 +140,9 @@ pub struct NewConsultation<'a> {
 /// Store a new, open consultation.
 pub async fn insert(db: &mut SqliteConnection, new: &NewConsultation<'_>) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO consultations (id, doctor_id, title, scheduled_at, mode, status, created_at, e2ee)
-         VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
+        "INSERT INTO consultations (id, doctor_id, title, scheduled_at, mode, status, created_at, e2ee,
+                                    doctor_participant_id)
+         VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?)",
     )
     .bind(new.id.to_string())
     .bind(new.doctor_id.to_string())
@@ -143,6 +151,7 @@ pub async fn insert(db: &mut SqliteConnection, new: &NewConsultation<'_>) -> any
     .bind(mode_str(new.mode))
     .bind(to_unix(new.created_at))
     .bind(i64::from(new.e2ee))
+    .bind(Uuid::new_v4().to_string())
     .execute(db)
     .await?;
     Ok(())
@@ -336,6 +345,79 @@ pub async fn held_place(
     .transpose()
 }
 
+/// Every place still held, with what a restarted service gives back: (consultation, place).
+pub async fn held_places(
+    db: impl SqliteExecutor<'_>,
+) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
+    let rows = sqlx::query(
+        "SELECT id, consultation_id, name, admitted_at, recording_consent FROM participants
+         WHERE released_at IS NULL ORDER BY created_at",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let consent: Option<String> = row.get(4);
+            Ok((
+                Uuid::parse_str(row.get::<&str, _>(1))?,
+                RestoredPlace {
+                    participant_id: Uuid::parse_str(row.get::<&str, _>(0))?,
+                    name: row.get(2),
+                    admitted: row.get::<Option<i64>, _>(3).is_some(),
+                    consent: consent.as_deref().and_then(consent_from_str),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The stored name of a recording answer.
+pub fn consent_str(consent: Consent) -> Option<&'static str> {
+    match consent {
+        Consent::NotAsked => None,
+        Consent::Given => Some("given"),
+        Consent::Declined => Some("declined"),
+        Consent::Withdrawn => Some("withdrawn"),
+    }
+}
+
+fn consent_from_str(stored: &str) -> Option<Consent> {
+    match stored {
+        "given" => Some(Consent::Given),
+        "declined" => Some(Consent::Declined),
+        "withdrawn" => Some(Consent::Withdrawn),
+        _ => None,
+    }
+}
+
+/// The doctor admitted a participant (kept, so a restart does not send them back to waiting).
+pub async fn set_admitted(
+    db: impl SqliteExecutor<'_>,
+    participant_id: Uuid,
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE participants SET admitted_at = ? WHERE id = ? AND admitted_at IS NULL")
+        .bind(to_unix(now))
+        .bind(participant_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A patient's answer to the recording question (kept, so a restart does not ask again).
+pub async fn set_recording_consent(
+    db: impl SqliteExecutor<'_>,
+    participant_id: Uuid,
+    consent: Consent,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE participants SET recording_consent = ? WHERE id = ?")
+        .bind(consent_str(consent))
+        .bind(participant_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Release a participant's place; their token stops working.
 pub async fn release_place(
     db: impl SqliteExecutor<'_>,
@@ -364,18 +446,6 @@ pub async fn release_places(
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// Release every place of every consultation; returns how many.
-pub async fn release_every_place(
-    db: impl SqliteExecutor<'_>,
-    now: OffsetDateTime,
-) -> anyhow::Result<u64> {
-    let done = sqlx::query("UPDATE participants SET released_at = ? WHERE released_at IS NULL")
-        .bind(to_unix(now))
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected())
 }
 
 /// Who holds an invite now.

@@ -74,6 +74,21 @@ pub struct RoomInfo {
     pub mode: ConsultationMode,
     /// End-to-end encrypted.
     pub e2ee: bool,
+    /// The doctor's participant id (stored with the consultation, so the same after a restart).
+    pub doctor_participant_id: Uuid,
+}
+
+/// A patient's place the previous run left held, as the database keeps it.
+#[derive(Debug, Clone)]
+pub struct RestoredPlace {
+    /// The participant.
+    pub participant_id: Uuid,
+    /// The name they entered.
+    pub name: String,
+    /// Whether the doctor had admitted them.
+    pub admitted: bool,
+    /// Their answer to the recording question, if they gave one.
+    pub consent: Option<Consent>,
 }
 
 /// Who is joining.
@@ -296,6 +311,66 @@ impl Hub {
         result
     }
 
+    /// At start-up: a consultation's room as the previous run left it. Every place still held
+    /// comes back offline — admitted or waiting, with its recording answer — and so does the
+    /// doctor when a patient was admitted, so whoever reconnects first finds the other in the
+    /// call and keeps the peer connection. Returns each restored place's participant id and
+    /// generation, for the caller to give [`Hub::expire`] after the reconnect grace.
+    pub fn restore(
+        &self,
+        info: RoomInfo,
+        places: Vec<RestoredPlace>,
+        now: OffsetDateTime,
+    ) -> Vec<(Uuid, u64)> {
+        self.with_rooms(|rooms| {
+            let room = rooms.entry(info.consultation_id).or_insert_with(|| Room {
+                doctor_participant_id: info.doctor_participant_id,
+                members: HashMap::new(),
+                consents: HashMap::new(),
+                recording: None,
+                info: info.clone(),
+            });
+            let offline = |id, role, name, admitted| Member {
+                id,
+                role,
+                name,
+                admitted,
+                waiting_since: now,
+                conn: None,
+                conn_id: 0,
+                generation: 1,
+            };
+            let mut restored = Vec::new();
+            if places.iter().any(|p| p.admitted) {
+                let doctor = room.doctor_participant_id;
+                room.members.entry(doctor).or_insert_with(|| {
+                    restored.push((doctor, 1));
+                    offline(
+                        doctor,
+                        ParticipantRole::Doctor,
+                        info.doctor_name.clone(),
+                        true,
+                    )
+                });
+            }
+            for place in places {
+                if let Some(consent) = place.consent {
+                    room.consents.insert(place.participant_id, consent);
+                }
+                room.members.entry(place.participant_id).or_insert_with(|| {
+                    restored.push((place.participant_id, 1));
+                    offline(
+                        place.participant_id,
+                        ParticipantRole::Patient,
+                        place.name,
+                        place.admitted,
+                    )
+                });
+            }
+            restored
+        })
+    }
+
     /// Put `conn` in its place in the consultation and send it `joined` (and a doctor the waiting
     /// room). Returns the participant id. A connection already holding that place is told
     /// `replaced` and closed.
@@ -309,7 +384,7 @@ impl Hub {
     ) -> Uuid {
         self.with_rooms(|rooms| {
             let room = rooms.entry(info.consultation_id).or_insert_with(|| Room {
-                doctor_participant_id: Uuid::new_v4(),
+                doctor_participant_id: info.doctor_participant_id,
                 members: HashMap::new(),
                 consents: HashMap::new(),
                 recording: None,
@@ -779,6 +854,7 @@ mod tests {
                 doctor_name: "Dr Who".into(),
                 mode: ConsultationMode::LiveOnly,
                 e2ee: false,
+                doctor_participant_id: Uuid::new_v4(),
             },
             doctor,
         }
@@ -877,6 +953,7 @@ mod tests {
         let other = RoomInfo {
             consultation_id: Uuid::new_v4(),
             doctor_user_id: Uuid::new_v4(),
+            doctor_participant_id: Uuid::new_v4(),
             ..f.info.clone()
         };
         let (doctor_a, _a) = join_doctor(&f, &f.info);
@@ -908,6 +985,7 @@ mod tests {
         let f = fixture();
         let second = RoomInfo {
             consultation_id: Uuid::new_v4(),
+            doctor_participant_id: Uuid::new_v4(),
             ..f.info.clone()
         };
         let (p1, _r1) = join_patient(&f, &f.info);

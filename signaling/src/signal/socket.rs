@@ -289,7 +289,12 @@ async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>, unjoined
 }
 
 /// After the grace period, remove a participant who did not come back.
-fn schedule_expiry(state: AppState, consultation_id: Uuid, participant_id: Uuid, generation: u64) {
+pub fn schedule_expiry(
+    state: AppState,
+    consultation_id: Uuid,
+    participant_id: Uuid,
+    generation: u64,
+) {
     tokio::spawn(async move {
         tokio::time::sleep(state.config.signaling.reconnect_grace).await;
         if let Some(departure) = state
@@ -663,6 +668,19 @@ impl Connected {
                         };
                         refuse(code, &e.to_string())
                     })?;
+                // Kept, so a restarted service does not ask again (nor forget a refusal).
+                if let Err(e) = consultations::rows::set_recording_consent(
+                    &state.pool,
+                    place.participant_id,
+                    consent,
+                )
+                .await
+                {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "could not store a recording answer"
+                    );
+                }
                 state
                     .audit
                     .record_or_log(

@@ -680,3 +680,131 @@ async fn a_whole_consultation_leaves_an_intact_audit_chain_without_secrets() {
         assert!(!text.contains(secret), "a secret reached the audit log");
     }
 }
+
+/// The `joined` a participant gets: (participant id, admitted, resumed, the peers' ids).
+fn joined_parts(joined: &ServerMessage) -> (Uuid, bool, bool, Vec<Uuid>) {
+    match joined {
+        ServerMessage::Joined {
+            participant_id,
+            admitted,
+            resumed,
+            peers,
+            ..
+        } => (
+            *participant_id,
+            *admitted,
+            *resumed,
+            peers.iter().map(|p| p.participant_id).collect(),
+        ),
+        other => panic!("not joined: {other:?}"),
+    }
+}
+
+/// A restart mid-call (a deploy) forgets nobody: the patient's token still works and they are
+/// still admitted, the doctor comes back under the same participant id, each finds the other
+/// among their peers (so neither page starts a new peer connection), messages flow again without
+/// a new admission, and ending the consultation still reaches the patient.
+#[tokio::test]
+async fn a_restarted_service_gives_everyone_their_place_in_the_call_back() {
+    let svc = TestService::start().await;
+    let call = svc.admitted_call("dr.restart@example.org").await;
+    let (doctor, consultation, patient, doctor_id) =
+        (call.doctor, call.consultation, call.patient, call.doctor_id);
+    drop((call.doctor_ws, call.patient_ws));
+    let svc = svc.restart().await;
+
+    // The patient is back first: admitted, resumed, the (offline) doctor among the peers.
+    let (mut patient_ws, joined) = svc.join_patient(&patient.participant_token).await;
+    assert_eq!(
+        joined_parts(&joined),
+        (patient.participant_id, true, true, vec![doctor_id])
+    );
+    // The doctor is back under the same participant id, and finds the patient in the call.
+    let (mut doctor_ws, joined) = doctor.join(&svc, consultation.id).await;
+    assert_eq!(
+        joined_parts(&joined),
+        (doctor_id, true, true, vec![patient.participant_id])
+    );
+    assert_eq!(
+        patient_ws.recv_type("peer_presence").await,
+        ServerMessage::PeerPresence {
+            participant_id: doctor_id,
+            online: true
+        }
+    );
+    // Signaling flows between them again, with no admission.
+    doctor_ws
+        .send(&ClientMessage::Description {
+            to: patient.participant_id,
+            description: consult_proto::signal::SessionDescription {
+                kind: consult_proto::signal::SdpKind::Offer,
+                sdp: "v=0\r\n".into(),
+            },
+        })
+        .await;
+    assert!(matches!(
+        patient_ws.recv_type("description").await,
+        ServerMessage::Description { from, .. } if from == doctor_id
+    ));
+    // Ending reaches the patient.
+    let r = doctor
+        .bearer(
+            Method::POST,
+            &format!("/api/v1/consultations/{}/end", consultation.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        patient_ws.recv_type("consultation_ended").await,
+        ServerMessage::ConsultationEnded {}
+    );
+}
+
+/// A place nobody reclaims within the reconnect grace after a restart is released as after any
+/// lost connection: the old token stops working, the departure is audited, and the invite link
+/// works again on a new device. A waiting patient comes back waiting.
+#[tokio::test]
+async fn after_a_restart_a_place_not_reclaimed_in_the_grace_period_is_released() {
+    let svc =
+        TestService::start_with(|c| c.signaling.reconnect_grace = Duration::from_secs(1)).await;
+    let doctor = svc.doctor("dr.gone@example.org").await;
+    let (consultation, invite) = doctor.create_consultation().await;
+    let waiting = svc.patient(&invite, "Wanda").await;
+    let (waiting_ws, _) = svc.join_patient(&waiting.participant_token).await;
+    drop(waiting_ws);
+    let svc = svc.restart().await;
+    // Back within the grace period: still waiting, not admitted.
+    let (ws, joined) = svc.join_patient(&waiting.participant_token).await;
+    assert_eq!(
+        joined_parts(&joined),
+        (waiting.participant_id, false, true, vec![])
+    );
+    drop(ws);
+    let svc = svc.restart().await;
+    // Not back this time: released after the grace period.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = svc.audited_count("left").await;
+        if left >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no departure recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut again = svc.connect().await;
+    again
+        .send(&ClientMessage::Join {
+            token: Some(waiting.participant_token.clone()),
+            consultation_id: None,
+        })
+        .await;
+    assert!(again.expect_error("unauthorized").await);
+    let fresh = svc.patient(&invite, "Wanda").await;
+    assert_ne!(fresh.participant_id, waiting.participant_id);
+    let _ = consultation;
+}

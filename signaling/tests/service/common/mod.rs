@@ -29,6 +29,7 @@ pub struct TestService {
     pub base: String,
     /// The typed client of its API.
     pub api: ApiClient,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -47,7 +48,7 @@ impl TestService {
         };
         tweak(&mut config);
         let clock = ManualClock::starting_now();
-        let running = server::start(config, Arc::new(clock.clone()))
+        let running = server::start(config.clone(), Arc::new(clock.clone()))
             .await
             .unwrap();
         let base = running.url.clone();
@@ -57,7 +58,35 @@ impl TestService {
             clock,
             base,
             api,
+            config,
             _dir: dir,
+        }
+    }
+
+    /// Stop the service as a deploy does (every socket told to go away) and start it again on
+    /// the same data directory, address and clock.
+    pub async fn restart(self) -> Self {
+        let Self {
+            running,
+            clock,
+            base,
+            api,
+            mut config,
+            _dir,
+        } = self;
+        config.bind = running.addr;
+        running.shutdown(Duration::from_secs(1)).await.unwrap();
+        let running = server::start(config.clone(), Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        assert_eq!(running.url, base, "the same address");
+        Self {
+            running,
+            clock,
+            base,
+            api,
+            config,
+            _dir,
         }
     }
 
