@@ -275,7 +275,23 @@ impl Call {
                     admitted,
                     doctor_name: consultation.doctor_name,
                 });
-                self.met(peers)?;
+                // Back on signaling (a reconnect, or the service restarted) with the same peer
+                // still in the call: media never went through the service, so the peer
+                // connection (and its keys) stays; only a different peer starts a new one.
+                let same_peer = self.peer.is_some()
+                    && peers.iter().any(|p| {
+                        p.role != ParticipantRole::Recorder && Some(p.participant_id) == self.remote
+                    });
+                if same_peer {
+                    if let Some(recorder) =
+                        peers.iter().find(|p| p.role == ParticipantRole::Recorder)
+                    {
+                        self.recorder_id = Some(recorder.participant_id);
+                    }
+                    self.start_recorder_link()?;
+                } else {
+                    self.met(peers)?;
+                }
             }
             ServerMessage::Admitted { peers } => {
                 self.admitted = true;

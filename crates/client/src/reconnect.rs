@@ -105,8 +105,9 @@ impl SignalLink {
     }
 
     /// The attempt succeeded: the link is up, and these queued messages go first. Descriptions
-    /// and candidates of the old connection mean nothing to the next one (`joined` starts a new
-    /// negotiation) and are dropped; anything else still matters.
+    /// and candidates of the old connection are dropped (`joined` starts a new negotiation with
+    /// a new peer; a peer still in the call keeps its connection, and ICE restarts repair one
+    /// left half-negotiated); anything else still matters.
     pub fn reconnected(&mut self) -> Vec<ClientMessage> {
         self.phase = Phase::Up;
         std::mem::take(&mut self.unsent)

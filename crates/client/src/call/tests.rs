@@ -1078,3 +1078,79 @@ fn the_keyframe_gate_follows_codec_changes_and_losses() {
         "a new codec closes it"
     );
 }
+
+#[test]
+fn back_on_signaling_with_the_same_peer_the_connection_stays() {
+    // A signaling reconnect, or the service restarted: both sides are told `joined` again, the
+    // other still among their peers. Nobody offers anew, the connection stays up, and video
+    // still arrives.
+    let mut clinic = Clinic::new(config(), config());
+    clinic.connect();
+    let offers = (
+        clinic.doctor.offers_to(PATIENT).len(),
+        clinic.patient.offers_to(DOCTOR).len(),
+    );
+    let connected = (clinic.doctor.connected(), clinic.patient.connected());
+    let mut back = joined(
+        DOCTOR,
+        true,
+        false,
+        vec![participant(PATIENT, ParticipantRole::Patient)],
+    );
+    if let ServerMessage::Joined { resumed, .. } = &mut back {
+        *resumed = true;
+    }
+    clinic.tell(true, back);
+    let mut back = joined(
+        PATIENT,
+        false,
+        false,
+        vec![participant(DOCTOR, ParticipantRole::Doctor)],
+    );
+    if let ServerMessage::Joined {
+        resumed, admitted, ..
+    } = &mut back
+    {
+        (*resumed, *admitted) = (true, true);
+    }
+    clinic.tell(false, back);
+    clinic.run_for(Duration::from_secs(5));
+    assert_eq!(
+        (
+            clinic.doctor.offers_to(PATIENT).len(),
+            clinic.patient.offers_to(DOCTOR).len()
+        ),
+        offers,
+        "no new negotiation"
+    );
+    assert_eq!(
+        (clinic.doctor.connected(), clinic.patient.connected()),
+        connected,
+        "no new connection"
+    );
+    assert!(clinic.doctor.call.is_connected() && clinic.patient.call.is_connected());
+    let frames = clinic.patient.frames.len();
+    clinic.doctor_sends(true);
+    assert!(
+        clinic.run_until(Duration::from_secs(2), |c| c.patient.frames.len() > frames),
+        "video still arrives on the same connection"
+    );
+
+    // A different peer in `joined` (the other side's place was lost meanwhile) does start anew.
+    let stranger = Uuid::from_u128(0x5eed);
+    clinic.tell(
+        true,
+        joined(
+            DOCTOR,
+            true,
+            false,
+            vec![participant(stranger, ParticipantRole::Patient)],
+        ),
+    );
+    clinic.run_for(Duration::from_secs(1));
+    assert_eq!(
+        clinic.doctor.offers_to(stranger).len(),
+        1,
+        "a fresh offer to the new peer"
+    );
+}

@@ -118,16 +118,13 @@ fn consult_binary() -> std::path::PathBuf {
     path
 }
 
-/// Media goes peer to peer: when the service process dies mid-call, both sides say signaling
-/// is lost and keep trying to reconnect, and meanwhile the pictures and the sound keep coming.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn media_keeps_flowing_while_the_service_is_gone() {
+/// `consult serve --demo` on `bind` with `dir`: the process and the URL it printed.
+async fn serve(dir: &std::path::Path, bind: &str) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
 
-    let dir = tempfile::tempdir().unwrap();
     let mut service = tokio::process::Command::new(consult_binary())
-        .args(["serve", "--demo", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .args(["serve", "--demo", "--bind", bind, "--data-dir"])
+        .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -145,6 +142,18 @@ async fn media_keeps_flowing_while_the_service_is_gone() {
             break url.trim_end_matches('/').to_owned();
         }
     };
+    (service, base)
+}
+
+/// Media goes peer to peer: when the service process dies mid-call (SIGKILL), both sides say
+/// signaling is lost and keep trying to reconnect, and meanwhile the pictures and the sound
+/// keep coming. When it is back on its data directory, both sessions rejoin by themselves,
+/// still admitted, on the same peer connection (no new one connects), media still flows, and
+/// ending the consultation reaches the patient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_keeps_flowing_while_the_service_is_gone_and_the_call_resumes_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut service, base) = serve(dir.path(), "127.0.0.1:0").await;
     // The service's API as the load generator speaks it: sign-in with TOTP, create, admit.
     let creds: ClinicianLogin =
         serde_json::from_slice(&std::fs::read(dir.path().join("demo-credentials.json")).unwrap())
@@ -211,6 +220,46 @@ async fn media_keeps_flowing_while_the_service_is_gone() {
             seen.audio
         );
     }
-    patient.leave().await.unwrap();
+
+    // Back on the same address and data directory.
+    let address = base.trim_start_matches("http://").to_owned();
+    let (_service, _) = serve(dir.path(), &address).await;
+    let (mut p_back, mut d_back) = (Seen::default(), Seen::default());
+    let restarted = Instant::now();
+    while !(p_back.joined && d_back.joined) {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "not rejoined: {:?} / {:?}",
+            p_back.warnings,
+            d_back.warnings
+        );
+        pump(&mut patient, &mut p_back, Duration::from_millis(20)).await;
+        pump(&mut doctor, &mut d_back, Duration::from_millis(20)).await;
+    }
+    println!("both rejoined {:?} after the restart", restarted.elapsed());
+    let (mut p_then, mut d_then) = (Seen::default(), Seen::default());
+    media_both_ways(&mut patient, &mut doctor, &mut p_then, &mut d_then, 2).await;
+    for (side, seen) in [("patient", &p_back), ("doctor", &d_back)] {
+        assert!(!seen.connected, "{side} made a new peer connection");
+    }
+    for (side, seen) in [("patient", &p_then), ("doctor", &d_then)] {
+        assert!(!seen.connected, "{side} made a new peer connection");
+        assert!(
+            seen.video > 20 && seen.audio > 30,
+            "{side} after the restart: {} video, {} audio",
+            seen.video,
+            seen.audio
+        );
+    }
+    api.end(&token, id).await.unwrap();
+    let ending = Instant::now();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), patient.next_event()).await {
+            Ok(Some(SessionEvent::Ended)) => break true,
+            Ok(Some(_)) if ending.elapsed() < Duration::from_secs(10) => {}
+            _ => break false,
+        }
+    };
+    assert!(ended, "the ending reached the patient");
     doctor.leave().await.unwrap();
 }
