@@ -224,9 +224,12 @@ pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
         .cloned();
     let failed = problem.is_some();
     let running = recordings.active(consultation_id).is_some();
+    // While the service shuts down, no recorder starts: it could not seal what it began (the
+    // next run marks it interrupted) after the others were stopped.
+    let shutting_down = state.shutdown.is_cancelled();
     let mut stopping = None;
     match &decision {
-        Decision::Record(plan) if !running && !failed => {
+        Decision::Record(plan) if !running && !failed && !shutting_down => {
             if let Err(e) = start(state, &info, plan).await {
                 tracing::error!(error = format!("{e:#}"), "could not start a recorder");
                 let told = "the recorder could not start; the call goes on unrecorded";

@@ -989,3 +989,44 @@ async fn a_damaged_recording_is_refused_before_any_byte_of_the_file() {
     let refused = audited.detail["detail"]["refused"].as_str().unwrap();
     assert!(refused.contains("chunk"), "{refused}");
 }
+
+/// A restart mid-recording (a deploy: the recorder seals the recording whole; after a crash it
+/// is interrupted at its last sealed chunk): when the doctor and the patient are back, the
+/// patient's consent still stands (nobody asks again) and a new recording starts; a withdrawal
+/// stands across a restart too.
+#[tokio::test]
+async fn consent_outlives_a_restart_and_recording_resumes_in_a_new_recording() {
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("dr.consent@clinic.test").await;
+    let call = consented_call(&svc, &doctor, recorded(false)).await;
+    let (consultation, patient) = (call.consultation, call.patient);
+    drop((call.doctor_ws, call.patient_ws));
+    let svc = svc.restart().await;
+    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
+    let (mut doctor_ws, _) = doctor.join(&svc, consultation.id).await;
+    // Recording again, without a consent question.
+    until_state(&mut patient_ws, RecordingState::Recording).await;
+    until_state(&mut doctor_ws, RecordingState::Recording).await;
+    let rows =
+        consult_signaling::recording::rows::of_consultation(&svc.state().pool, consultation.id)
+            .await
+            .unwrap();
+    let states: Vec<String> = rows.iter().map(|r| format!("{:?}", r.state)).collect();
+    assert_eq!(rows.len(), 2, "{states:?}");
+    assert!(
+        states.contains(&"Complete".to_owned()) && states.contains(&"Recording".to_owned()),
+        "{states:?}"
+    );
+
+    // Withdrawn, then restarted: it stays withdrawn and nothing records.
+    patient_ws.send(&consent(false)).await;
+    until_state(&mut patient_ws, RecordingState::Withdrawn).await;
+    drop((doctor_ws, patient_ws));
+    let svc = svc.restart().await;
+    let (mut patient_ws, _) = svc.join_patient(&patient.participant_token).await;
+    let (_doctor_ws, _) = doctor.join(&svc, consultation.id).await;
+    until_state(&mut patient_ws, RecordingState::Withdrawn).await;
+    patient_ws.send(&consent(true)).await;
+    // Refused (forbidden, not fatal): a withdrawal stands.
+    assert!(!patient_ws.expect_error("forbidden").await);
+}
