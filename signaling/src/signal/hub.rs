@@ -213,6 +213,16 @@ struct Room {
 }
 
 impl Room {
+    fn new(info: RoomInfo) -> Self {
+        Self {
+            doctor_participant_id: info.doctor_participant_id,
+            members: HashMap::new(),
+            consents: HashMap::new(),
+            recording: None,
+            info,
+        }
+    }
+
     fn admitted_peers_except(&self, id: Uuid) -> Vec<Peer> {
         let mut peers: Vec<Peer> = self
             .members
@@ -323,13 +333,9 @@ impl Hub {
         now: OffsetDateTime,
     ) -> Vec<(Uuid, u64)> {
         self.with_rooms(|rooms| {
-            let room = rooms.entry(info.consultation_id).or_insert_with(|| Room {
-                doctor_participant_id: info.doctor_participant_id,
-                members: HashMap::new(),
-                consents: HashMap::new(),
-                recording: None,
-                info: info.clone(),
-            });
+            let room = rooms
+                .entry(info.consultation_id)
+                .or_insert_with(|| Room::new(info.clone()));
             let offline = |id, role, name, admitted| Member {
                 id,
                 role,
@@ -383,13 +389,9 @@ impl Hub {
         heartbeat_interval_ms: u64,
     ) -> Uuid {
         self.with_rooms(|rooms| {
-            let room = rooms.entry(info.consultation_id).or_insert_with(|| Room {
-                doctor_participant_id: info.doctor_participant_id,
-                members: HashMap::new(),
-                consents: HashMap::new(),
-                recording: None,
-                info,
-            });
+            let room = rooms
+                .entry(info.consultation_id)
+                .or_insert_with(|| Room::new(info));
             let (id, role, name) = match identity {
                 Identity::Doctor => (
                     room.doctor_participant_id,

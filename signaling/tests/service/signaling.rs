@@ -747,15 +747,11 @@ async fn a_restarted_service_gives_everyone_their_place_in_the_call_back() {
         ServerMessage::Description { from, .. } if from == doctor_id
     ));
     // Ending reaches the patient.
-    let r = doctor
-        .bearer(
-            Method::POST,
-            &format!("/api/v1/consultations/{}/end", consultation.id),
-        )
-        .send()
+    doctor
+        .api
+        .end(&doctor.token, consultation.id)
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         patient_ws.recv_type("consultation_ended").await,
         ServerMessage::ConsultationEnded {}
