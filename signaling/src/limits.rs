@@ -160,7 +160,6 @@ impl<S> Accept<TcpStream, S> for LimitedAcceptor {
                     inner: stream,
                     _slot: slot,
                     first_byte: Some(Box::pin(tokio::time::sleep(self.first_byte_timeout))),
-                    preface: PrefaceWatch::default(),
                 })
             });
         // Refused: the stream is dropped here, which closes it.
@@ -174,14 +173,13 @@ pub struct LimitedStream {
     _slot: ConnectionSlot,
     /// Until the first byte arrives.
     first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether it begins with the HTTP/2 preface.
-    preface: PrefaceWatch,
 }
 
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4): no HTTP/1.1 request begins so.
 /// The service speaks HTTP/1.1 alone, because HTTP/2 is under no header-read timeout (a
-/// stream's header block may never end); hyper would accept HTTP/2 in the clear with prior
-/// knowledge on a connection that may upgrade to a WebSocket, so the refusal is here.
+/// stream's header block may never end). hyper accepts HTTP/2 with prior knowledge on a
+/// connection that may upgrade to a WebSocket, in the clear and inside TLS whatever ALPN chose,
+/// so the refusal is here: [`Http1Only`].
 const HTTP2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 /// Watches a connection's first bytes, however they are split, for [`HTTP2_PREFACE_START`].
@@ -214,6 +212,101 @@ impl PrefaceWatch {
     }
 }
 
+/// An acceptor that closes a connection as soon as its first bytes (after TLS, when the inner
+/// acceptor speaks TLS) are the HTTP/2 preface: see [`HTTP2_PREFACE_START`].
+#[derive(Clone)]
+pub struct Http1Only<A> {
+    inner: A,
+}
+
+impl<A> Http1Only<A> {
+    /// Refuse HTTP/2 on what `inner` accepts.
+    pub fn new(inner: A) -> Self {
+        Self { inner }
+    }
+}
+
+impl<A, I, S> Accept<I, S> for Http1Only<A>
+where
+    A: Accept<I, S>,
+    A::Future: Send + 'static,
+    A::Stream: AsyncRead + AsyncWrite + Unpin,
+{
+    type Stream = Http1Stream<A::Stream>;
+    type Service = A::Service;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let accepted = self.inner.accept(stream, service);
+        Box::pin(async move {
+            let (stream, service) = accepted.await?;
+            Ok((
+                Http1Stream {
+                    inner: stream,
+                    preface: PrefaceWatch::default(),
+                },
+                service,
+            ))
+        })
+    }
+}
+
+/// A stream whose read fails if it begins with the HTTP/2 preface (hyper then closes it).
+pub struct Http1Stream<S> {
+    inner: S,
+    preface: PrefaceWatch,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Http1Stream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read
+            && self.preface.completes(&buf.filled()[before..])
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "HTTP/2 with prior knowledge is not served (HTTP/1.1 only)",
+            )));
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Http1Stream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 impl AsyncRead for LimitedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -223,15 +316,7 @@ impl AsyncRead for LimitedStream {
         let before = buf.filled().len();
         let read = Pin::new(&mut self.inner).poll_read(cx, buf);
         match read {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                self.first_byte = None;
-                if self.preface.completes(&buf.filled()[before..]) {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "HTTP/2 with prior knowledge is not served (HTTP/1.1 only)",
-                    )));
-                }
-            }
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
             Poll::Pending => {
                 if let Some(deadline) = self.first_byte.as_mut()
                     && deadline.as_mut().poll(cx).is_ready()

@@ -14,7 +14,7 @@ use crate::audit::Actor;
 use crate::client_origin::TrustedProxies;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::limits::{ConnectionLimits, LimitedAcceptor};
+use crate::limits::{ConnectionLimits, Http1Only, LimitedAcceptor};
 use crate::state::AppState;
 use crate::{app, db, invites};
 use hyper_util::rt::TokioTimer;
@@ -58,7 +58,7 @@ async fn start_admin_listener(bind: SocketAddr, state: &AppState) -> anyhow::Res
         TrustedProxies::default(),
         crate::metrics::Metrics::new(),
     );
-    let limited = LimitedAcceptor::new(own_limits, limits.header_read_timeout);
+    let limited = Http1Only::new(LimitedAcceptor::new(own_limits, limits.header_read_timeout));
     let mut server = axum_server::from_tcp(listener).acceptor(limited);
     server
         .http_builder()
@@ -195,12 +195,10 @@ async fn open_recordings(
         let reader = vault.clone();
         // What survived: every sealed chunk; the recording ends with its last frame.
         let survived = tokio::task::spawn_blocking(move || {
-            let contents = consult_vault::recording::RecordingContents::read(
-                reader.open_recording(id)?,
-                true,
-            )?;
-            let last_us = contents.frames.iter().map(|f| f.at_us).max().unwrap_or(0);
-            Ok::<_, consult_vault::VaultError>((contents.chunks, last_us))
+            // The index alone: one chunk in memory at a time, whatever the recording's length.
+            let index =
+                consult_vault::recording::RecordingIndex::read(reader.open_recording(id)?, true)?;
+            Ok::<_, consult_vault::VaultError>((index.chunks, index.last_frame_us.unwrap_or(0)))
         })
         .await?;
         let bytes = vault.media_size(id)?.unwrap_or(0);
@@ -310,13 +308,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     let task = match tls {
         Some(tls) => tokio::spawn(
             server
-                .acceptor(RustlsAcceptor::new(tls).acceptor(limited))
+                .acceptor(Http1Only::new(RustlsAcceptor::new(tls).acceptor(limited)))
                 .handle(handle.clone())
                 .serve(service),
         ),
         None => tokio::spawn(
             server
-                .acceptor(limited)
+                .acceptor(Http1Only::new(limited))
                 .handle(handle.clone())
                 .serve(service),
         ),

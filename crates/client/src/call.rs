@@ -265,6 +265,7 @@ impl Call {
                 consultation,
                 ..
             } => {
+                let same_place = self.local_id == Some(participant_id);
                 self.polite = polite;
                 self.admitted = admitted;
                 self.local_id = Some(participant_id);
@@ -275,10 +276,13 @@ impl Call {
                     admitted,
                     doctor_name: consultation.doctor_name,
                 });
-                // Back on signaling (a reconnect, or the service restarted) with the same peer
-                // still in the call: media never went through the service, so the peer
-                // connection (and its keys) stays; only a different peer starts a new one.
-                let same_peer = self.peer.is_some()
+                // Back on signaling (a reconnect, or the service restarted) in the same place,
+                // with the same peer still in the call and the connection up: media never went
+                // through the service, so the peer connection (and its keys) stays. A different
+                // peer, a new place, or a connection that never came up (its negotiation may
+                // have been lost with the old socket) starts a new one.
+                let same_peer = same_place
+                    && self.is_connected()
                     && peers.iter().any(|p| {
                         p.role != ParticipantRole::Recorder && Some(p.participant_id) == self.remote
                     });

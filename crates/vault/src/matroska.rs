@@ -431,11 +431,13 @@ impl Selection {
         true
     }
 
-    /// Whether a frame in order of a track the file has (`video` or not) goes into the file:
-    /// video starts at its first keyframe.
-    fn starts_or_continues(&mut self, frame: &Frame, video: bool) -> bool {
-        if video && !self.started.contains(&frame.track) {
-            if !frame.keyframe {
+    /// Whether a frame in order of a track of `codec` the file has goes into the file: video
+    /// starts at its first keyframe that describes the track (dimensions, SPS and PPS), so one
+    /// sender's malformed keyframe costs that track its frames up to the next good one, never
+    /// the whole export.
+    fn starts_or_continues(&mut self, frame: &Frame, codec: Codec) -> bool {
+        if codec.is_video() && !self.started.contains(&frame.track) {
+            if !frame.keyframe || Description::of(codec, &frame.data).is_err() {
                 return false;
             }
             self.started.push(frame.track);
@@ -459,8 +461,8 @@ pub struct MuxPlan {
 
 impl MuxPlan {
     /// Scan `frames` (in time order; already opened: no track may be SFrame-protected) of a
-    /// recording with `tracks`. A track with no usable frame (video without a keyframe) is left
-    /// out; so are frames out of time order.
+    /// recording with `tracks`. Video starts at its first keyframe that describes it; a track
+    /// with no usable frame is left out; so are frames out of time order.
     pub fn scan(
         tracks: &BTreeMap<u8, Track>,
         frames: impl IntoIterator<Item = Result<Frame, VaultError>>,
@@ -492,7 +494,7 @@ impl MuxPlan {
             };
             let entry = seen.entry(track.id).or_default();
             entry.first_us.get_or_insert(frame.at_us);
-            if !selection.starts_or_continues(&frame, track.codec.is_video()) {
+            if !selection.starts_or_continues(&frame, track.codec) {
                 continue;
             }
             if entry.described.is_none() {
@@ -657,7 +659,7 @@ pub fn write<W: Write>(
             continue;
         };
         let video = t.codec.is_video();
-        if !selection.starts_or_continues(&frame, video) {
+        if !selection.starts_or_continues(&frame, t.codec) {
             skipped += 1;
             continue;
         }
@@ -817,6 +819,51 @@ mod tests {
         assert!(file
             .windows(12)
             .any(|w| w[..4] == [0x18, 0x53, 0x80, 0x67] && w[4..] == UNKNOWN_SIZE));
+    }
+
+    #[test]
+    fn a_malformed_keyframe_costs_its_track_frames_up_to_the_next_good_one_not_the_export() {
+        let track = |id, codec| Track {
+            id,
+            codec,
+            role: TrackRole::Patient,
+            participant: uuid::Uuid::nil(),
+            protected: false,
+        };
+        let contents = RecordingContents {
+            tracks: BTreeMap::from([(0, track(0, Codec::Vp8)), (1, track(1, Codec::Opus))]),
+            frames: (0..30u64)
+                .flat_map(|n| {
+                    // Frame 0 claims to be a keyframe but has no VP8 start code; 10 and 20 are good.
+                    let video = match n {
+                        0 => vec![0x10, 0x02, 0x00, 1, 2, 3, 4, 5, 6, 7],
+                        10 | 20 => vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 64, 0, 48, 0],
+                        _ => vec![0x11, 0x02, 0x00, 9],
+                    };
+                    [
+                        Frame {
+                            track: 0,
+                            at_us: n * 33_000,
+                            keyframe: n % 10 == 0,
+                            data: video,
+                        },
+                        Frame {
+                            track: 1,
+                            at_us: n * 33_000 + 1,
+                            keyframe: false,
+                            data: vec![0x78, 1],
+                        },
+                    ]
+                })
+                .collect(),
+            complete: true,
+            ..Default::default()
+        };
+        let summary = export(&contents, Vec::new()).unwrap();
+        assert_eq!(
+            (summary.tracks, summary.frames, summary.skipped_frames),
+            (2, 50, 10)
+        );
     }
 
     /// An SPS of the baseline profile with the given picture size fields (exp-Golomb coded).

@@ -350,8 +350,8 @@ pub async fn held_places(
     db: impl SqliteExecutor<'_>,
 ) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
     let rows = sqlx::query(
-        "SELECT id, consultation_id, name, admitted_at, recording_consent FROM participants
-         WHERE released_at IS NULL ORDER BY created_at",
+        "SELECT id, consultation_id, name, admitted_at, recording_consent, created_at
+         FROM participants WHERE released_at IS NULL ORDER BY created_at",
     )
     .fetch_all(db)
     .await?;
@@ -365,6 +365,7 @@ pub async fn held_places(
                     name: row.get(2),
                     admitted: row.get::<Option<i64>, _>(3).is_some(),
                     consent: consent.as_deref().and_then(consent_from_str),
+                    since: from_unix(row.get(5)),
                 },
             ))
         })

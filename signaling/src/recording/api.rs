@@ -225,10 +225,14 @@ pub async fn download(
     let (pieces, body) = BodyWriter::channel();
     tokio::task::spawn_blocking(move || {
         let mut out = pieces;
-        if let Err(e) = prepared.write(&vault, &mut out) {
-            // The client sees the download break off, never a short file that looks whole.
+        let written = prepared
+            .write(&vault, &mut out)
+            .map_err(|e| e.to_string())
+            .and_then(|_| out.finish().map_err(|e| e.to_string()));
+        // Anything but a finished file: the writer, dropped, cuts the connection, so the client
+        // sees the download break off, never a short file that looks whole.
+        if let Err(e) = written {
             tracing::warn!(recording = %id, error = %e, "recording download stopped");
-            out.fail(e.to_string());
         }
     });
     let mut response = (StatusCode::OK, body).into_response();
@@ -241,18 +245,24 @@ pub async fn download(
 }
 
 /// What a blocking export writes goes to a response body in pieces of [`BodyWriter::PIECE`]
-/// bytes through a channel of a few pieces: the writer blocks while the client is behind, so a
-/// download holds a few hundred KiB whatever the recording's length; a client that goes away
-/// makes the next write fail (and the export stop).
+/// bytes through a channel of a few pieces: the writer waits while the client is behind, so a
+/// download holds a few hundred KiB whatever the recording's length. A client that goes away
+/// makes the next write fail, and so does one that stops reading for [`BodyWriter::STALL`] (the
+/// blocking thread is not held forever). Unless [`BodyWriter::finish`] is called, the body ends
+/// with an error (the connection is cut), so a failed or panicked export never looks whole.
 struct BodyWriter {
     tx: tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+    runtime: tokio::runtime::Handle,
     piece: Vec<u8>,
+    finished: bool,
 }
 
 impl BodyWriter {
     const PIECE: usize = 64 * 1024;
     const PIECES_IN_FLIGHT: usize = 4;
+    const STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
+    /// The writer (to move into a blocking task) and the body it fills.
     fn channel() -> (Self, axum::body::Body) {
         let (tx, rx) = tokio::sync::mpsc::channel(Self::PIECES_IN_FLIGHT);
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -260,9 +270,29 @@ impl BodyWriter {
         });
         let writer = Self {
             tx,
+            runtime: tokio::runtime::Handle::current(),
             piece: Vec::with_capacity(Self::PIECE),
+            finished: false,
         };
         (writer, axum::body::Body::from_stream(stream))
+    }
+
+    fn send(&self, item: std::io::Result<axum::body::Bytes>) -> std::io::Result<()> {
+        use tokio::sync::mpsc::error::SendTimeoutError;
+        match self
+            .runtime
+            .block_on(self.tx.send_timeout(item, Self::STALL))
+        {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Closed(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client went away",
+            )),
+            Err(SendTimeoutError::Timeout(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+        }
     }
 
     fn send_piece(&mut self) -> std::io::Result<()> {
@@ -273,14 +303,29 @@ impl BodyWriter {
             &mut self.piece,
             Vec::with_capacity(Self::PIECE),
         ));
-        self.tx.blocking_send(Ok(piece)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-        })
+        self.send(Ok(piece))
     }
 
-    /// End the body with an error: the connection is cut rather than the body ended.
-    fn fail(self, why: String) {
-        let _ = self.tx.blocking_send(Err(std::io::Error::other(why)));
+    /// The whole file was written: the body ends normally.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.send_piece()?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Cut the connection: the body must not end as if the file were whole. Sent from a
+            // task, so a drop never blocks (nor needs to be on a blocking thread).
+            let tx = self.tx.clone();
+            self.runtime.spawn(async move {
+                let _ = tx
+                    .send(Err(std::io::Error::other("the export stopped")))
+                    .await;
+            });
+        }
     }
 }
 

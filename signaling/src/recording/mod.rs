@@ -113,6 +113,9 @@ impl Recordings {
 
     /// Stop every recorder and wait for them to seal their last chunk (service shutdown).
     pub async fn stop_all(&self) {
+        // After any reconcile in progress (which may be starting a recorder): the shutdown token
+        // is cancelled already, so none starts after this.
+        let _serial = self.reconciling.lock().await;
         let running: Vec<Running> = Self::lock(&self.running).drain().map(|(_, r)| r).collect();
         for mut r in running {
             if let Some(stop) = r.stop.take() {

@@ -536,8 +536,14 @@ impl Recorder {
         let key = (from, codec.is_video());
         let needs_track = self.tracks.get(&key).is_none_or(|t| t.codec != codec);
         if needs_track {
+            // Track ids never wrap: a sender who keeps changing codecs could otherwise declare
+            // another participant's track id again and have their frames read under it.
+            let Some(next) = self.next_track.checked_add(1) else {
+                tracing::warn!(participant = %from, "too many tracks in one recording; frame dropped");
+                return;
+            };
             let id = self.next_track;
-            self.next_track = self.next_track.wrapping_add(1);
+            self.next_track = next;
             self.batch.push(&Record::Track(Track {
                 id,
                 codec,

@@ -89,6 +89,8 @@ pub struct RestoredPlace {
     pub admitted: bool,
     /// Their answer to the recording question, if they gave one.
     pub consent: Option<Consent>,
+    /// When they took the place (the waiting room's order).
+    pub since: OffsetDateTime,
 }
 
 /// Who is joining.
@@ -336,12 +338,12 @@ impl Hub {
             let room = rooms
                 .entry(info.consultation_id)
                 .or_insert_with(|| Room::new(info.clone()));
-            let offline = |id, role, name, admitted| Member {
+            let offline = |id, role, name, admitted, since| Member {
                 id,
                 role,
                 name,
                 admitted,
-                waiting_since: now,
+                waiting_since: since,
                 conn: None,
                 conn_id: 0,
                 generation: 1,
@@ -356,6 +358,7 @@ impl Hub {
                         ParticipantRole::Doctor,
                         info.doctor_name.clone(),
                         true,
+                        now,
                     )
                 });
             }
@@ -370,6 +373,7 @@ impl Hub {
                         ParticipantRole::Patient,
                         place.name,
                         place.admitted,
+                        place.since,
                     )
                 });
             }

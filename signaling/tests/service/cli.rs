@@ -137,6 +137,35 @@ fn serve_with_tls_generates_and_keeps_a_self_signed_certificate() {
         "{}",
         String::from_utf8_lossy(&alpn.stderr)
     );
+    // HTTP/2 sent inside TLS anyway (prior knowledge, whatever ALPN chose), with a header
+    // block that never ends: closed at once, not held (the header-read timeout is 10 s).
+    const H2_IN_TLS: &str = r#"
+import socket, ssl, sys
+c = ssl.create_default_context(cafile=sys.argv[2])
+s = c.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="127.0.0.1")
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0x82]))
+s.settimeout(5)
+try:
+    d = s.recv(100)
+    print("closed" if d == b"" else "answered " + d[:9].hex())
+except socket.timeout:
+    print("held")
+except (ssl.SSLError, OSError):
+    print("closed")
+"#;
+    let h2 = Command::new("python3")
+        .arg("-c")
+        .arg(H2_IN_TLS)
+        .arg(port)
+        .arg(dir.path().join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&h2.stdout).trim(),
+        "closed",
+        "{}",
+        String::from_utf8_lossy(&h2.stderr)
+    );
     assert!(terminate(&mut child).success());
     let (mut child, _, _) = serve(dir.path(), &["--tls"]);
     assert_eq!(

@@ -1154,3 +1154,51 @@ fn back_on_signaling_with_the_same_peer_the_connection_stays() {
         "a fresh offer to the new peer"
     );
 }
+
+#[test]
+fn back_on_signaling_before_the_connection_came_up_negotiation_starts_again() {
+    // The doctor's offer went out, then signaling dropped and the offer was lost with it: a
+    // `joined` that lists the same peer must not keep a connection stuck half-negotiated.
+    let mut clinic = Clinic::new(config(), config());
+    clinic.admit(false);
+    assert!(clinic.run_until(Duration::from_secs(1), |c| !c
+        .doctor
+        .offers_to(PATIENT)
+        .is_empty()));
+    let first = clinic.doctor.offers_to(PATIENT);
+    assert!(!clinic.doctor.call.is_connected());
+    let mut back = joined(
+        DOCTOR,
+        true,
+        false,
+        vec![participant(PATIENT, ParticipantRole::Patient)],
+    );
+    if let ServerMessage::Joined { resumed, .. } = &mut back {
+        *resumed = true;
+    }
+    clinic.tell(true, back);
+    clinic.run_for(Duration::from_millis(50));
+    let offers = clinic.doctor.offers_to(PATIENT);
+    assert_eq!(offers.len(), first.len() + 1, "a fresh offer");
+    assert_ne!(
+        ice_ufrag(&offers[offers.len() - 1].1),
+        ice_ufrag(&first[first.len() - 1].1),
+        "from a new peer connection"
+    );
+
+    // A new place (another participant id for this side) starts anew too, even when connected.
+    let mut clinic = Clinic::new(config(), config());
+    clinic.connect();
+    let offers = clinic.doctor.offers_to(PATIENT).len();
+    clinic.tell(
+        true,
+        joined(
+            Uuid::from_u128(0xd0c2),
+            true,
+            false,
+            vec![participant(PATIENT, ParticipantRole::Patient)],
+        ),
+    );
+    clinic.run_for(Duration::from_millis(50));
+    assert_eq!(clinic.doctor.offers_to(PATIENT).len(), offers + 1);
+}
