@@ -101,7 +101,12 @@ fn hash_units<'a>(units: impl Iterator<Item = &'a [u8]>) -> String {
 
 /// The frame with a stamp inserted before its first slice (where the standard puts SEI).
 pub fn stamp_frame(annex_b: &[u8], stamp: &Stamp) -> Vec<u8> {
-    let units = nal_units(annex_b);
+    // A stamp already in the frame (or a unit that looks like one) is replaced, not kept: the
+    // receiver reads the first stamp and hashes every other unit.
+    let units: Vec<&[u8]> = nal_units(annex_b)
+        .into_iter()
+        .filter(|u| !is_stamp(u))
+        .collect();
     let hash = hash_units(units.iter().copied());
     let text = format!(
         "{}:{}:{}:{}",
@@ -179,6 +184,35 @@ pub fn verify_frame(annex_b: &[u8]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stamp_already_in_the_frame_is_replaced_even_a_broken_one() {
+        // Found by fuzzing: a frame carrying a unit that looks like a stamp, cut short, before
+        // its slice. Stamped again, it verifies as the new stamp.
+        let mut frame = vec![0, 0, 0, 1, 0x67, 0x42, 0x00, 0x1e];
+        frame.extend_from_slice(&[0, 0, 0, 1, NAL_SEI, SEI_USER_DATA_UNREGISTERED, 7]);
+        frame.extend_from_slice(&STAMP_UUID);
+        frame.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88, 0x80]);
+        assert!(matches!(verify_frame(&frame), Verdict::Corrupt(_)));
+        let stamp = Stamp {
+            stream: 3,
+            counter: 9,
+            sent_micros: 42,
+        };
+        let once = stamp_frame(&frame, &stamp);
+        assert_eq!(verify_frame(&once), Verdict::Intact(stamp));
+        let again = Stamp {
+            counter: 10,
+            ..stamp
+        };
+        let twice = stamp_frame(&once, &again);
+        assert_eq!(verify_frame(&twice), Verdict::Intact(again));
+        assert_eq!(
+            nal_units(&twice).iter().filter(|u| is_stamp(u)).count(),
+            1,
+            "one stamp"
+        );
+    }
 
     #[test]
     fn stamp_goes_after_parameter_sets_and_before_the_first_slice() {
