@@ -1079,6 +1079,20 @@ fn the_keyframe_gate_follows_codec_changes_and_losses() {
     );
 }
 
+/// The doctor's `joined` after a signaling reconnect: the place resumed, the patient there.
+fn doctor_back_with_the_patient() -> ServerMessage {
+    let mut back = joined(
+        DOCTOR,
+        true,
+        false,
+        vec![participant(PATIENT, ParticipantRole::Patient)],
+    );
+    if let ServerMessage::Joined { resumed, .. } = &mut back {
+        *resumed = true;
+    }
+    back
+}
+
 #[test]
 fn back_on_signaling_with_the_same_peer_the_connection_stays() {
     // A signaling reconnect, or the service restarted: both sides are told `joined` again, the
@@ -1091,16 +1105,7 @@ fn back_on_signaling_with_the_same_peer_the_connection_stays() {
         clinic.patient.offers_to(DOCTOR).len(),
     );
     let connected = (clinic.doctor.connected(), clinic.patient.connected());
-    let mut back = joined(
-        DOCTOR,
-        true,
-        false,
-        vec![participant(PATIENT, ParticipantRole::Patient)],
-    );
-    if let ServerMessage::Joined { resumed, .. } = &mut back {
-        *resumed = true;
-    }
-    clinic.tell(true, back);
+    clinic.tell(true, doctor_back_with_the_patient());
     let mut back = joined(
         PATIENT,
         false,
@@ -1167,16 +1172,7 @@ fn back_on_signaling_before_the_connection_came_up_negotiation_starts_again() {
         .is_empty()));
     let first = clinic.doctor.offers_to(PATIENT);
     assert!(!clinic.doctor.call.is_connected());
-    let mut back = joined(
-        DOCTOR,
-        true,
-        false,
-        vec![participant(PATIENT, ParticipantRole::Patient)],
-    );
-    if let ServerMessage::Joined { resumed, .. } = &mut back {
-        *resumed = true;
-    }
-    clinic.tell(true, back);
+    clinic.tell(true, doctor_back_with_the_patient());
     clinic.run_for(Duration::from_millis(50));
     let offers = clinic.doctor.offers_to(PATIENT);
     assert_eq!(offers.len(), first.len() + 1, "a fresh offer");
