@@ -142,9 +142,9 @@ impl LimitedAcceptor {
 }
 
 impl<S> Accept<TcpStream, S> for LimitedAcceptor {
-    type Stream = LimitedStream;
+    type Stream = GuardedStream<TcpStream>;
     type Service = S;
-    type Future = Ready<io::Result<(LimitedStream, S)>>;
+    type Future = Ready<io::Result<(GuardedStream<TcpStream>, S)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let admitted = stream
@@ -156,10 +156,11 @@ impl<S> Accept<TcpStream, S> for LimitedAcceptor {
             })
             .and_then(|slot| {
                 stream.set_nodelay(true)?;
-                Ok(LimitedStream {
+                Ok(GuardedStream {
                     inner: stream,
-                    _slot: slot,
+                    _slot: Some(slot),
                     first_byte: Some(Box::pin(tokio::time::sleep(self.first_byte_timeout))),
+                    preface: None,
                 })
             });
         // Refused: the stream is dropped here, which closes it.
@@ -167,12 +168,15 @@ impl<S> Accept<TcpStream, S> for LimitedAcceptor {
     }
 }
 
-/// A TCP stream holding its connection's place, closed if its first byte is late.
-pub struct LimitedStream {
-    inner: TcpStream,
-    _slot: ConnectionSlot,
+/// A connection with what guards it. Under TLS ([`LimitedAcceptor`]): its place within the
+/// limits, and closed if its first byte is late. Above TLS ([`Http1Only`]): closed if it begins
+/// with the HTTP/2 preface. Reading fails with the reason; hyper then closes the connection.
+pub struct GuardedStream<S> {
+    inner: S,
+    _slot: Option<ConnectionSlot>,
     /// Until the first byte arrives.
     first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
+    preface: Option<PrefaceWatch>,
 }
 
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4): no HTTP/1.1 request begins so.
@@ -232,7 +236,7 @@ where
     A::Future: Send + 'static,
     A::Stream: AsyncRead + AsyncWrite + Unpin,
 {
-    type Stream = Http1Stream<A::Stream>;
+    type Stream = GuardedStream<A::Stream>;
     type Service = A::Service;
     type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>>;
 
@@ -241,9 +245,11 @@ where
         Box::pin(async move {
             let (stream, service) = accepted.await?;
             Ok((
-                Http1Stream {
+                GuardedStream {
                     inner: stream,
-                    preface: PrefaceWatch::default(),
+                    _slot: None,
+                    first_byte: None,
+                    preface: Some(PrefaceWatch::default()),
                 },
                 service,
             ))
@@ -251,63 +257,7 @@ where
     }
 }
 
-/// A stream whose read fails if it begins with the HTTP/2 preface (hyper then closes it).
-pub struct Http1Stream<S> {
-    inner: S,
-    preface: PrefaceWatch,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Http1Stream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = read
-            && self.preface.completes(&buf.filled()[before..])
-        {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "HTTP/2 with prior knowledge is not served (HTTP/1.1 only)",
-            )));
-        }
-        read
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Http1Stream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-impl AsyncRead for LimitedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for GuardedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -316,7 +266,17 @@ impl AsyncRead for LimitedStream {
         let before = buf.filled().len();
         let read = Pin::new(&mut self.inner).poll_read(cx, buf);
         match read {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.first_byte = None;
+                if let Some(watch) = self.preface.as_mut()
+                    && watch.completes(&buf.filled()[before..])
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "HTTP/2 with prior knowledge is not served (HTTP/1.1 only)",
+                    )));
+                }
+            }
             Poll::Pending => {
                 if let Some(deadline) = self.first_byte.as_mut()
                     && deadline.as_mut().poll(cx).is_ready()
@@ -333,7 +293,7 @@ impl AsyncRead for LimitedStream {
     }
 }
 
-impl AsyncWrite for LimitedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -47,7 +47,10 @@ impl TestService {
             ..Config::default()
         };
         tweak(&mut config);
-        let clock = ManualClock::starting_now();
+        Self::launch(config, ManualClock::starting_now(), dir).await
+    }
+
+    async fn launch(config: Config, clock: ManualClock, dir: tempfile::TempDir) -> Self {
         let running = server::start(config.clone(), Arc::new(clock.clone()))
             .await
             .unwrap();
@@ -70,24 +73,15 @@ impl TestService {
             running,
             clock,
             base,
-            api,
             mut config,
-            _dir,
+            _dir: dir,
+            ..
         } = self;
         config.bind = running.addr;
         running.shutdown(Duration::from_secs(1)).await.unwrap();
-        let running = server::start(config.clone(), Arc::new(clock.clone()))
-            .await
-            .unwrap();
-        assert_eq!(running.url, base, "the same address");
-        Self {
-            running,
-            clock,
-            base,
-            api,
-            config,
-            _dir,
-        }
+        let again = Self::launch(config, clock, dir).await;
+        assert_eq!(again.base, base, "the same address");
+        again
     }
 
     pub fn url(&self, path: &str) -> String {
