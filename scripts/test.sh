@@ -25,7 +25,8 @@ as_root() {
 
 # --- System packages: Chromium for the browser tests; libopus, libvpx, nasm (OpenH264's assembly)
 # and pkg-config for the media client's codecs (never the service's); coturn for the relay tests;
-# promtool (Debian's prometheus) for the shipped alerting rules. -----------------------------------
+# promtool (Debian's prometheus) for the shipped alerting rules; PostgreSQL, the database of a
+# deployment with several nodes. ---------------------------------------------------------------
 missing=()
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v nasm >/dev/null || missing+=(nasm)
@@ -40,6 +41,7 @@ if ! $quick; then
   command -v node >/dev/null || missing+=(nodejs npm)
   command -v python3 >/dev/null || missing+=(python3)
   command -v promtool >/dev/null || missing+=(prometheus)
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   # The API fuzzing installs schemathesis into a virtual environment.
   python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 fi
@@ -94,6 +96,18 @@ if $quick; then
 fi
 log "cargo nextest"
 cargo nextest run "${rust[@]}"
+log "service tests again, on PostgreSQL"
+# The same service tests, each on a fresh database of a throwaway PostgreSQL server on loopback.
+# Left out: the command-line tests (they drive `consult` over a data directory and edit its
+# SQLite file to play an attacker) and the dependency-tree checks; neither touches the query layer.
+pg_run=$(mktemp -d)
+chmod 755 "$pg_run"
+pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+pg_url=$(scripts/postgres.sh start "$pg_run/pg" "$pg_port")
+trap 'scripts/postgres.sh stop "$pg_run/pg" || true; rm -rf "$pg_run"' EXIT
+CONSULT_TEST_POSTGRES="$pg_url" cargo nextest run --locked -p consult-signaling --test service \
+  -E 'not (test(/^cli::/) | test(/^dependencies::/))'
+scripts/postgres.sh stop "$pg_run/pg"
 log "doc tests"
 cargo test "${rust[@]}" --doc --quiet
 log "cargo-deny (licences, banned crates and duplicate versions, sources; advisories when reachable)"

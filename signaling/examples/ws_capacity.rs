@@ -76,7 +76,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 /// Seed one doctor (with a live session) per consultation directly into the database.
 async fn seed_doctors(data_dir: &std::path::Path, n: usize) -> anyhow::Result<Vec<String>> {
-    let pool = consult_signaling::db::open(data_dir).await?;
+    let pool = consult_signaling::db::open(data_dir, None).await?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut tokens = Vec::with_capacity(n);
     let mut tx = pool.begin().await?;

@@ -3,7 +3,7 @@
 
 use consult_proto::api::{Role, User};
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -35,7 +35,7 @@ pub struct Account {
 const ACCOUNT_COLUMNS: &str = "id, email, display_name, role, password_hash, totp_secret, \
      totp_last_step, failed_logins, locked_until, disabled_at";
 
-fn account_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<Account> {
+fn account_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<Account> {
     let id: String = row.get(0);
     let role: String = row.get(3);
     Ok(Account {
@@ -65,9 +65,9 @@ pub fn normalise_email(email: &str) -> String {
 }
 
 /// Find an account by email (case-insensitive).
-pub async fn find_by_email(pool: &SqlitePool, email: &str) -> anyhow::Result<Option<Account>> {
+pub async fn find_by_email(pool: &AnyPool, email: &str) -> anyhow::Result<Option<Account>> {
     let row = sqlx::query(&format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM users WHERE email = ?"
+        "SELECT {ACCOUNT_COLUMNS} FROM users WHERE email = $1"
     ))
     .bind(normalise_email(email))
     .fetch_optional(pool)
@@ -76,16 +76,18 @@ pub async fn find_by_email(pool: &SqlitePool, email: &str) -> anyhow::Result<Opt
 }
 
 /// Find an account by id.
-pub async fn find_by_id(pool: &SqlitePool, id: Uuid) -> anyhow::Result<Option<Account>> {
-    let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM users WHERE id = ?"))
-        .bind(id.to_string())
-        .fetch_optional(pool)
-        .await?;
+pub async fn find_by_id(pool: &AnyPool, id: Uuid) -> anyhow::Result<Option<Account>> {
+    let row = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM users WHERE id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(pool)
+    .await?;
     row.map(account_from_row).transpose()
 }
 
 /// Every account, by email.
-pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<Account>> {
+pub async fn list(pool: &AnyPool) -> anyhow::Result<Vec<Account>> {
     let rows = sqlx::query(&format!(
         "SELECT {ACCOUNT_COLUMNS} FROM users ORDER BY email"
     ))
@@ -96,15 +98,16 @@ pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<Account>> {
 
 /// Disable an account (it stays disabled if it was); whether it exists.
 pub async fn disable(
-    db: &mut sqlx::SqliteConnection,
+    db: &mut sqlx::AnyConnection,
     user_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    let done = sqlx::query("UPDATE users SET disabled_at = COALESCE(disabled_at, ?) WHERE id = ?")
-        .bind(crate::db::to_unix(now))
-        .bind(user_id.to_string())
-        .execute(db)
-        .await?;
+    let done =
+        sqlx::query("UPDATE users SET disabled_at = COALESCE(disabled_at, $1) WHERE id = $2")
+            .bind(crate::db::to_unix(now))
+            .bind(user_id.to_string())
+            .execute(db)
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -144,7 +147,7 @@ pub struct NewUser {
 
 /// Create an account without a password, and an enrolment link valid for `link_ttl`.
 pub async fn create_user(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     audit: &AuditLog,
     now: OffsetDateTime,
     new: &NewUser,
@@ -174,7 +177,7 @@ pub async fn create_user(
     // The account, its enrolment link and the audit entry commit together.
     let mut tx = audit.begin().await?;
     sqlx::query(
-        "INSERT INTO users (id, email, display_name, role, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO users (id, email, display_name, role, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(user.id.to_string())
     .bind(&user.email)
@@ -184,13 +187,15 @@ pub async fn create_user(
     .execute(tx.connection())
     .await
     .map_err(anyhow::Error::from)?;
-    sqlx::query("INSERT INTO enrolment_tokens (token_hash, user_id, expires_at) VALUES (?, ?, ?)")
-        .bind(token.hash().0)
-        .bind(user.id.to_string())
-        .bind(to_unix(now + link_ttl))
-        .execute(tx.connection())
-        .await
-        .map_err(anyhow::Error::from)?;
+    sqlx::query(
+        "INSERT INTO enrolment_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(token.hash().0)
+    .bind(user.id.to_string())
+    .bind(to_unix(now + link_ttl))
+    .execute(tx.connection())
+    .await
+    .map_err(anyhow::Error::from)?;
     tx.record(
         now,
         &Actor::System,
@@ -229,7 +234,7 @@ pub const DEMO_EMAIL: &str = "demo.doctor@consult.localhost";
 /// Seed (or reuse) the demo doctor, with password and TOTP already enrolled. Reusing keeps the
 /// secret the operator's authenticator app already has.
 pub async fn seed_demo_doctor(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     audit: &AuditLog,
     sealing_key: &SealingKey,
     now: OffsetDateTime,
@@ -262,7 +267,7 @@ pub async fn seed_demo_doctor(
 /// Create (or reset) a doctor with a fresh random password and TOTP secret, already enrolled;
 /// returns them.
 async fn seed_doctor(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     audit: &AuditLog,
     sealing_key: &SealingKey,
     now: OffsetDateTime,
@@ -275,8 +280,8 @@ async fn seed_doctor(
     match find_by_email(pool, email).await? {
         Some(account) => {
             sqlx::query(
-                "UPDATE users SET password_hash = ?, totp_secret = ?, totp_last_step = NULL,
-                 failed_logins = 0, locked_until = NULL WHERE id = ?",
+                "UPDATE users SET password_hash = $1, totp_secret = $2, totp_last_step = NULL,
+                 failed_logins = 0, locked_until = NULL WHERE id = $3",
             )
             .bind(&hash)
             .bind(sealing_key.seal(&totp_secret, &totp_owner(account.user.id)))
@@ -288,7 +293,7 @@ async fn seed_doctor(
             let id = Uuid::new_v4();
             sqlx::query(
                 "INSERT INTO users (id, email, display_name, role, password_hash, totp_secret, created_at)
-                 VALUES (?, ?, ?, 'doctor', ?, ?, ?)",
+                 VALUES ($1, $2, $3, 'doctor', $4, $5, $6)",
             )
             .bind(id.to_string())
             .bind(email)
@@ -316,7 +321,7 @@ async fn seed_doctor(
 /// with a fresh password and TOTP secret: a doctor admits one patient at a time, so a run of N
 /// consultations needs N of them. Existing ones are reset.
 pub async fn seed_load_clinicians(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     audit: &AuditLog,
     sealing_key: &SealingKey,
     now: OffsetDateTime,

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -211,13 +211,13 @@ pub(crate) fn entry_hash(
 
 /// Appends entries; one writer at a time so the chain stays linear.
 pub struct AuditLog {
-    pool: SqlitePool,
+    pool: AnyPool,
     writer: Mutex<()>,
 }
 
 impl AuditLog {
     /// An audit log writing to `pool`.
-    pub fn new(pool: SqlitePool) -> Self {
+    pub fn new(pool: AnyPool) -> Self {
         Self {
             pool,
             writer: Mutex::new(()),
@@ -290,13 +290,13 @@ impl AuditLog {
 /// A database write transaction that also appends audit entries; see [`AuditLog::begin`].
 /// Dropped without [`AuditedTransaction::commit`], it rolls back, entries included.
 pub struct AuditedTransaction<'a> {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
     _writer: tokio::sync::MutexGuard<'a, ()>,
 }
 
 impl AuditedTransaction<'_> {
     /// The connection to run the change's queries on.
-    pub fn connection(&mut self) -> &mut sqlx::SqliteConnection {
+    pub fn connection(&mut self) -> &mut sqlx::AnyConnection {
         &mut self.tx
     }
 
@@ -348,7 +348,7 @@ impl AuditedTransaction<'_> {
         );
         sqlx::query(
             "INSERT INTO audit_log (seq, at, actor, action, consultation_id, detail, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(seq)
         .bind(&at)
@@ -371,7 +371,7 @@ impl AuditedTransaction<'_> {
 }
 
 /// Every entry, in order.
-pub async fn entries(pool: &SqlitePool) -> anyhow::Result<Vec<Entry>> {
+pub async fn entries(pool: &AnyPool) -> anyhow::Result<Vec<Entry>> {
     let rows = sqlx::query(
         "SELECT seq, at, actor, action, consultation_id, detail, prev_hash, hash
          FROM audit_log ORDER BY seq",
@@ -397,7 +397,7 @@ pub async fn entries(pool: &SqlitePool) -> anyhow::Result<Vec<Entry>> {
 
 /// Walk the whole chain; `Ok(n)` is the number of intact entries, the error names the first
 /// broken one.
-pub async fn verify(pool: &SqlitePool) -> anyhow::Result<Result<usize, ChainError>> {
+pub async fn verify(pool: &AnyPool) -> anyhow::Result<Result<usize, ChainError>> {
     let rows = sqlx::query(
         "SELECT seq, at, actor, action, consultation_id, detail, prev_hash, hash
          FROM audit_log ORDER BY seq",
@@ -442,9 +442,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    async fn log_with_entries(n: usize) -> (tempfile::TempDir, SqlitePool, AuditLog) {
+    async fn log_with_entries(n: usize) -> (tempfile::TempDir, AnyPool, AuditLog) {
         let dir = tempfile::tempdir().unwrap();
-        let pool = crate::db::open(dir.path()).await.unwrap();
+        let pool = crate::db::open(dir.path(), None).await.unwrap();
         let log = AuditLog::new(pool.clone());
         for i in 0..n {
             log.record(
@@ -460,7 +460,7 @@ mod tests {
         (dir, pool, log)
     }
 
-    async fn unprotect(pool: &SqlitePool) {
+    async fn unprotect(pool: &AnyPool) {
         sqlx::query("DROP TRIGGER audit_log_no_update")
             .execute(pool)
             .await
@@ -517,7 +517,7 @@ mod tests {
         let (at, prev): (String, String) = (row.get(0), row.get(1));
         let forged = entry_hash(2, &at, "system", "sign_out", None, "{}", &prev);
         sqlx::query(
-            "UPDATE audit_log SET action = 'sign_out', detail = '{}', hash = ? WHERE seq = 2",
+            "UPDATE audit_log SET action = 'sign_out', detail = '{}', hash = $1 WHERE seq = 2",
         )
         .bind(&forged)
         .execute(&pool)

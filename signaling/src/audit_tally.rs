@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool, Row};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -85,7 +85,7 @@ fn action_name(action: Action) -> String {
 /// Count `event` at `now` in its window, on `conn` (inside the caller's transaction, so the
 /// count commits with whatever else the event changed).
 pub async fn count(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: OffsetDateTime,
     config: &AuditConfig,
     event: &Unauthenticated<'_>,
@@ -115,14 +115,14 @@ pub async fn count(
     {
         let keys: i64 = sqlx::query(
             "SELECT COUNT(*) FROM (SELECT DISTINCT actor, source FROM audit_tallies
-             WHERE window_start = ?)",
+             WHERE window_start = $1) AS pairs",
         )
         .bind(window_start)
         .fetch_one(&mut *conn)
         .await?
         .get(0);
         let known_pair = sqlx::query(
-            "SELECT 1 FROM audit_tallies WHERE window_start = ? AND actor = ? AND source = ? LIMIT 1",
+            "SELECT 1 FROM audit_tallies WHERE window_start = $1 AND actor = $2 AND source = $3 LIMIT 1",
         )
         .bind(window_start)
         .bind(&actor)
@@ -151,7 +151,7 @@ pub async fn count(
         sqlx::query(
             "INSERT INTO audit_tallies (window_start, window_seconds, action, actor, source,
                 reason, consultation_id, count, first_at, last_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9)",
         )
         .bind(window_start)
         .bind(window_seconds)
@@ -171,7 +171,7 @@ pub async fn count(
 /// Add one to an existing key; false when there is none yet.
 #[allow(clippy::too_many_arguments)]
 async fn bump(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     window_start: i64,
     action: &str,
     actor: &str,
@@ -181,9 +181,9 @@ async fn bump(
     at: &str,
 ) -> anyhow::Result<bool> {
     let updated = sqlx::query(
-        "UPDATE audit_tallies SET count = count + 1, last_at = ?
-         WHERE window_start = ? AND action = ? AND actor = ? AND source = ? AND reason = ?
-           AND consultation_id = ?",
+        "UPDATE audit_tallies SET count = count + 1, last_at = $1
+         WHERE window_start = $2 AND action = $3 AND actor = $4 AND source = $5 AND reason = $6
+           AND consultation_id = $7",
     )
     .bind(at)
     .bind(window_start)
@@ -199,7 +199,7 @@ async fn bump(
 
 /// Count `event` in a transaction of its own.
 pub async fn count_now(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     now: OffsetDateTime,
     config: &AuditConfig,
     event: &Unauthenticated<'_>,
@@ -217,7 +217,7 @@ pub async fn close_due(audit: &AuditLog, now: OffsetDateTime) -> anyhow::Result<
     let rows = sqlx::query(
         "SELECT window_start, window_seconds, action, actor, source, reason, consultation_id,
                 count, first_at, last_at
-         FROM audit_tallies WHERE window_start + window_seconds <= ?
+         FROM audit_tallies WHERE window_start + window_seconds <= $1
          ORDER BY window_start, first_at, action, actor, source, reason, consultation_id",
     )
     .bind(now.unix_timestamp())
@@ -244,7 +244,7 @@ pub async fn close_due(audit: &AuditLog, now: OffsetDateTime) -> anyhow::Result<
         tx.record_named(window_end, &actor, &action, consultation_id, detail)
             .await?;
     }
-    sqlx::query("DELETE FROM audit_tallies WHERE window_start + window_seconds <= ?")
+    sqlx::query("DELETE FROM audit_tallies WHERE window_start + window_seconds <= $1")
         .bind(now.unix_timestamp())
         .execute(tx.connection())
         .await?;
@@ -253,17 +253,18 @@ pub async fn close_due(audit: &AuditLog, now: OffsetDateTime) -> anyhow::Result<
 }
 
 /// Whether some window has closed by `now` with counts not yet in the chain.
-pub async fn has_due(pool: &SqlitePool, now: OffsetDateTime) -> anyhow::Result<bool> {
-    let due =
-        sqlx::query("SELECT 1 FROM audit_tallies WHERE window_start + window_seconds <= ? LIMIT 1")
-            .bind(now.unix_timestamp())
-            .fetch_optional(pool)
-            .await?;
+pub async fn has_due(pool: &AnyPool, now: OffsetDateTime) -> anyhow::Result<bool> {
+    let due = sqlx::query(
+        "SELECT 1 FROM audit_tallies WHERE window_start + window_seconds <= $1 LIMIT 1",
+    )
+    .bind(now.unix_timestamp())
+    .fetch_optional(pool)
+    .await?;
     Ok(due.is_some())
 }
 
 /// Events counted but not in the chain yet (their window is open), as `(action, count)`.
-pub async fn open_counts(pool: &SqlitePool) -> anyhow::Result<Vec<(String, i64)>> {
+pub async fn open_counts(pool: &AnyPool) -> anyhow::Result<Vec<(String, i64)>> {
     let rows =
         sqlx::query("SELECT action, SUM(count) FROM audit_tallies GROUP BY action ORDER BY action")
             .fetch_all(pool)
@@ -301,9 +302,9 @@ pub fn spawn_closing_job(state: crate::state::AppState, every: Duration) {
 mod tests {
     use super::*;
 
-    async fn log() -> (tempfile::TempDir, SqlitePool, AuditLog) {
+    async fn log() -> (tempfile::TempDir, AnyPool, AuditLog) {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(dir.path()).await.unwrap();
+        let pool = db::open(dir.path(), None).await.unwrap();
         let audit = AuditLog::new(pool.clone());
         (dir, pool, audit)
     }

@@ -20,6 +20,9 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Where the database, TLS certificate and keys live.
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of SQLite in the data directory: `postgres://user:password@host/db`,
+    /// shared by every node of a deployment. Never logged, as it may hold a password.
+    pub database_url: Option<String>,
     /// Serve HTTPS with a self-signed certificate kept in the data directory.
     pub tls: bool,
     /// The address people reach the service at, for invite and enrolment links. Defaults to the
@@ -300,6 +303,7 @@ impl Default for Config {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("consult-data"),
+            database_url: None,
             tls: false,
             public_url: None,
             trusted_proxies: Vec::new(),
@@ -381,6 +385,7 @@ pub enum ConfigError {
 const TOP_LEVEL_KEYS: &[&str] = &[
     "bind",
     "data_dir",
+    "database_url",
     "tls",
     "public_url",
     "trusted_proxies",
@@ -389,6 +394,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
     "admin",
     "audit",
+    "alerts",
     "invite",
     "signaling",
     "ice",

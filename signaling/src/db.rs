@@ -1,31 +1,112 @@
-//! The SQLite database in the data directory, with embedded migrations.
+//! The database: SQLite in the data directory (the embedded default) or PostgreSQL (several
+//! nodes), behind one query layer. Every statement is written once, in the SQL both engines
+//! speak (`$1` placeholders, `ON CONFLICT`, `RETURNING`), and runs through sqlx's `Any` driver;
+//! each engine has its own embedded migrations (`migrations/` and `migrations/postgres/`).
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Executor};
 use time::OffsetDateTime;
 
-/// Open (creating if needed) `DATA_DIR/consult.db` and bring its schema up to date.
-pub async fn open(data_dir: &Path) -> anyhow::Result<SqlitePool> {
-    std::fs::create_dir_all(data_dir)?;
-    let path = data_dir.join("consult.db");
-    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
+/// Which engine a pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, one file in the data directory: one node.
+    Sqlite,
+    /// PostgreSQL: any number of nodes share it.
+    Postgres,
+}
+
+impl Backend {
+    /// The engine behind `pool`.
+    pub fn of(pool: &AnyPool) -> Backend {
+        if pool.connect_options().database_url.scheme() == "sqlite" {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `database_url` names neither engine.
+    #[error("database_url must start with postgres:// or postgresql:// (or be left out for SQLite in the data directory)")]
+    UnknownScheme,
+    /// The URL does not parse; the URL itself is not repeated, as it may hold a password.
+    #[error("database_url is not a valid URL")]
+    InvalidUrl,
+    /// The data directory could not be created.
+    #[error("cannot create the data directory: {0}")]
+    DataDir(#[source] std::io::Error),
+    /// The engine refused or could not be reached.
+    #[error("cannot open the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("cannot bring the database schema up to date: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// Open the database and bring its schema up to date: PostgreSQL when `database_url` is given,
+/// otherwise (creating if needed) `DATA_DIR/consult.db`.
+pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<AnyPool, OpenError> {
+    sqlx::any::install_default_drivers();
+    let (options, backend) = match database_url {
+        Some(url) => {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(OpenError::UnknownScheme);
+            }
+            let options = AnyConnectOptions::from_str(url).map_err(|_| OpenError::InvalidUrl)?;
+            (options, Backend::Postgres)
+        }
+        None => {
+            std::fs::create_dir_all(data_dir).map_err(OpenError::DataDir)?;
+            let url = SqliteConnectOptions::new()
+                .filename(data_dir.join("consult.db"))
+                .create_if_missing(true)
+                .to_url_lossy();
+            let options = AnyConnectOptions::from_url(&url).map_err(|_| OpenError::InvalidUrl)?;
+            (options, Backend::Sqlite)
+        }
+    };
+    let pool = AnyPoolOptions::new()
+        .max_connections(match backend {
+            Backend::Sqlite => 8,
+            Backend::Postgres => 16,
+        })
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL: readers never wait for the writer; NORMAL: durable at each WAL
+                    // checkpoint, never corrupt; a writer waits up to 5 s for another.
+                    conn.execute(sqlx::raw_sql(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                    ))
+                    .await?;
+                }
+                Ok(())
+            })
+        })
         .connect_with(options)
-        .await?;
-    sqlx::migrate::Migrator::new(EmbeddedMigrations)
-        .await?
+        .await
+        .map_err(OpenError::Connect)?;
+    let migrations = match backend {
+        Backend::Sqlite => EmbeddedMigrations(SQLITE_MIGRATIONS),
+        Backend::Postgres => EmbeddedMigrations(POSTGRES_MIGRATIONS),
+    };
+    sqlx::migrate::Migrator::new(migrations)
+        .await
+        .map_err(OpenError::Migrate)?
         .run(&pool)
-        .await?;
+        .await
+        .map_err(OpenError::Migrate)?;
     Ok(pool)
 }
 
@@ -35,9 +116,9 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<SqlitePool> {
 /// naming (`0001_initial.sql` is version 1, "initial"), so databases migrated by earlier builds
 /// see the same checksums.
 #[derive(Debug)]
-struct EmbeddedMigrations;
+struct EmbeddedMigrations(&'static [(i64, &'static str, &'static str)]);
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "e2ee", include_str!("../migrations/0002_e2ee.sql")),
     (
@@ -78,6 +159,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "resume", include_str!("../migrations/0010_resume.sql")),
 ];
 
+/// The PostgreSQL schema in `signaling/migrations/postgres`: the SQLite migrations' end state
+/// in one step (PostgreSQL support began after them), then the same changes as SQLite's.
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/postgres/0001_initial.sql"),
+)];
+
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
     fn resolve(
         self,
@@ -88,7 +177,8 @@ impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
                 > + Send,
         >,
     > {
-        let migrations = MIGRATIONS
+        let migrations = self
+            .0
             .iter()
             .map(|(version, description, sql)| {
                 sqlx::migrate::Migration::new(
@@ -104,6 +194,18 @@ impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
     }
 }
 
+/// Open the database `config` names, saying which one if that fails (never the URL, which may
+/// hold a password).
+pub async fn open_configured(config: &crate::config::Config) -> anyhow::Result<AnyPool> {
+    let which = match config.database_url {
+        Some(_) => "the PostgreSQL database of database_url".to_owned(),
+        None => format!("the SQLite database in {}", config.data_dir.display()),
+    };
+    open(&config.data_dir, config.database_url.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("opening {which}: {e}"))
+}
+
 /// Unix seconds, as stored.
 pub fn to_unix(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
@@ -114,14 +216,30 @@ pub fn from_unix(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Start a transaction that writes. `BEGIN IMMEDIATE` takes the write lock up front (waiting up
-/// to the busy timeout), instead of failing with "database is locked" when a read transaction
-/// later tries to become a write under concurrent load.
+/// Start a transaction that writes, holding the database's one write lock until it ends, so
+/// that read-then-write sequences (redeem an invite once, append to the audit chain) stay
+/// serial whichever node runs them. SQLite: `BEGIN IMMEDIATE` takes the write lock up front
+/// (waiting up to the busy timeout) instead of failing with "database is locked" when a read
+/// transaction later tries to become a write. PostgreSQL: a transaction-scoped advisory lock,
+/// released by commit or rollback, and never left behind by a node that dies mid-transaction.
 pub async fn write_transaction(
-    pool: &SqlitePool,
-) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-    pool.begin_with("BEGIN IMMEDIATE").await
+    pool: &AnyPool,
+) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
+    match Backend::of(pool) {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx)
+        }
+    }
 }
+
+/// The PostgreSQL advisory lock key of [`write_transaction`] ("consult" in ASCII).
+const WRITE_LOCK: i64 = 0x0063_6f6e_7375_6c74;
 
 #[cfg(test)]
 mod tests {
@@ -129,23 +247,30 @@ mod tests {
     use sqlx::migrate::{MigrationSource, Migrator};
 
     #[tokio::test]
-    async fn the_embedded_migrations_are_the_migrations_directory_as_sqlx_reads_it() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let from_files = Migrator::new(dir.as_path()).await.unwrap();
-        let embedded = EmbeddedMigrations.resolve().await.unwrap();
-        let key = |m: &sqlx::migrate::Migration| {
-            (
-                m.version,
-                m.description.to_string(),
-                m.checksum.to_vec(),
-                m.no_tx,
-            )
-        };
-        let files: Vec<_> = from_files.iter().map(key).collect();
-        let ours: Vec<_> = embedded.iter().map(key).collect();
-        assert_eq!(
-            ours, files,
-            "a migration file is missing from MIGRATIONS or differs"
-        );
+    async fn the_embedded_migrations_are_the_migrations_directories_as_sqlx_reads_them() {
+        for (dir, embedded) in [
+            ("migrations", SQLITE_MIGRATIONS),
+            ("migrations/postgres", POSTGRES_MIGRATIONS),
+        ] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            let from_files = Migrator::new(dir.as_path()).await.unwrap();
+            let embedded = EmbeddedMigrations(embedded).resolve().await.unwrap();
+            let key = |m: &sqlx::migrate::Migration| {
+                (
+                    m.version,
+                    m.description.to_string(),
+                    m.checksum.to_vec(),
+                    m.no_tx,
+                )
+            };
+            let files: Vec<_> = from_files.iter().map(key).collect();
+            let ours: Vec<_> = embedded.iter().map(key).collect();
+            assert_eq!(
+                ours,
+                files,
+                "a migration file in {} is missing from the embedded list or differs",
+                dir.display()
+            );
+        }
     }
 }

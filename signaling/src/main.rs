@@ -257,7 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             let config = location.load()?;
             init_logging("warn");
-            let pool = db::open(&config.data_dir).await?;
+            let pool = db::open_configured(&config).await?;
             let audit = AuditLog::new(pool.clone());
             let public_url = server::public_url(&config, config.bind);
             let name =
@@ -299,7 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             let config = location.load()?;
-            let pool = db::open(&config.data_dir).await?;
+            let pool = db::open_configured(&config).await?;
             let n = match audit::verify(&pool).await? {
                 Ok(n) => n,
                 Err(broken) => {
@@ -332,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Head { location }) => {
             let config = location.load()?;
-            let pool = db::open(&config.data_dir).await?;
+            let pool = db::open_configured(&config).await?;
             let signer = audit_checkpoints::AuditSigner::load_or_create(&config.data_dir)?;
             println!("{}", audit_checkpoints::checkpoint(&pool, &signer).await?);
             Ok(ExitCode::SUCCESS)
@@ -345,7 +345,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Export { location, output }) => {
             let config = location.load()?;
-            let pool = db::open(&config.data_dir).await?;
+            let pool = db::open_configured(&config).await?;
             let mut out: Box<dyn Write> = match &output {
                 Some(path) => Box::new(
                     std::fs::File::create(path)

@@ -177,7 +177,7 @@ fn lan_addresses() -> Vec<IpAddr> {
 /// interrupted (audited): they keep everything up to their last sealed chunk.
 async fn open_recordings(
     config: &Config,
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::AnyPool,
     clock: &Arc<dyn Clock>,
     addr: SocketAddr,
 ) -> anyhow::Result<crate::recording::Recordings> {
@@ -244,9 +244,7 @@ async fn open_recordings(
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<RunningServer> {
     // rustls may see more than one crypto backend in one build; pick one explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let pool = db::open(&config.data_dir)
-        .await
-        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let pool = db::open_configured(&config).await?;
     raise_open_files_limit(config.limits.max_connections);
     let listener =
         TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;

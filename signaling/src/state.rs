@@ -3,7 +3,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 use crate::alerts::Alerts;
 use crate::audit::AuditLog;
@@ -29,7 +29,7 @@ pub struct Shared {
     /// The loaded configuration.
     pub config: Config,
     /// The database.
-    pub pool: SqlitePool,
+    pub pool: AnyPool,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
     /// The audit trail.
@@ -71,7 +71,7 @@ impl AppState {
     /// Assemble the state; fails if `public_url` cannot be a WebAuthn relying party.
     pub fn new(
         config: Config,
-        pool: SqlitePool,
+        pool: AnyPool,
         clock: Arc<dyn Clock>,
         public_url: String,
         sealing_key: SealingKey,

@@ -101,7 +101,7 @@ pub struct Alert {
     pub acknowledged_by: Option<String>,
 }
 
-fn alert_from_row(row: &sqlx::sqlite::SqliteRow) -> Alert {
+fn alert_from_row(row: &sqlx::any::AnyRow) -> Alert {
     let detail: String = row.get("detail");
     Alert {
         id: row
@@ -148,7 +148,7 @@ pub async fn raise(
     let mut tx = state.audit.begin().await?;
     let open = sqlx::query(&format!(
         "SELECT {ALERT_COLUMNS} FROM alerts
-         WHERE rule = ? AND subject = ? AND acknowledged_at IS NULL"
+         WHERE rule = $1 AND subject = $2 AND acknowledged_at IS NULL"
     ))
     .bind(rule)
     .bind(&firing.subject)
@@ -156,7 +156,7 @@ pub async fn raise(
     .await?;
     if let Some(row) = open {
         let mut alert = alert_from_row(&row);
-        sqlx::query("UPDATE alerts SET firings = firings + 1, last_seen_at = ? WHERE id = ?")
+        sqlx::query("UPDATE alerts SET firings = firings + 1, last_seen_at = $1 WHERE id = $2")
             .bind(&at_text)
             .bind(alert.id.to_string())
             .execute(tx.connection())
@@ -183,7 +183,7 @@ pub async fn raise(
     sqlx::query(
         "INSERT INTO alerts (id, rule, severity, subject, summary, detail, raised_at,
             last_seen_at, firings)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)",
     )
     .bind(alert.id.to_string())
     .bind(&alert.rule)
@@ -213,7 +213,7 @@ pub async fn raise(
         };
         sqlx::query(
             "INSERT INTO alert_deliveries (alert_id, event, body, next_attempt_at)
-             VALUES (?, 'alert_raised', ?, ?)",
+             VALUES ($1, 'alert_raised', $2, $3)",
         )
         .bind(alert.id.to_string())
         .bind(serde_json::to_string(&body)?)
@@ -254,7 +254,7 @@ pub fn spawn_writer(state: AppState) {
 }
 
 /// Alerts, open ones first, then the most recent acknowledged.
-pub async fn list_alerts(pool: &sqlx::SqlitePool, open_only: bool) -> anyhow::Result<Vec<Alert>> {
+pub async fn list_alerts(pool: &sqlx::AnyPool, open_only: bool) -> anyhow::Result<Vec<Alert>> {
     let filter = if open_only {
         "WHERE acknowledged_at IS NULL"
     } else {
@@ -333,7 +333,7 @@ pub async fn acknowledge(
     let now = state.clock.now();
     let actor = Actor::User(current.user.id);
     let mut tx = state.audit.begin().await?;
-    let row = sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?"))
+    let row = sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(tx.connection())
         .await?
@@ -348,7 +348,7 @@ pub async fn acknowledge(
     let at = now
         .format(&Rfc3339)
         .map_err(|e| ApiError::Internal(e.into()))?;
-    sqlx::query("UPDATE alerts SET acknowledged_at = ?, acknowledged_by = ? WHERE id = ?")
+    sqlx::query("UPDATE alerts SET acknowledged_at = $1, acknowledged_by = $2 WHERE id = $3")
         .bind(&at)
         .bind(actor.to_string())
         .bind(id.to_string())

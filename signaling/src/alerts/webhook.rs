@@ -104,7 +104,7 @@ pub async fn deliver_due(
     let now = state.clock.now();
     let due = sqlx::query(
         "SELECT seq, body, attempts FROM alert_deliveries
-         WHERE delivered_at IS NULL AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
+         WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY seq LIMIT $2",
     )
     .bind(now.unix_timestamp())
     .bind(BATCH)
@@ -140,12 +140,12 @@ pub async fn deliver_due(
             Some(_) => (None, now + backoff_after(attempts), "failed"),
         };
         sqlx::query(
-            "UPDATE alert_deliveries SET delivered_at = ?, attempts = ?, next_attempt_at = ?,
-                last_error = ?
-             WHERE seq = ?",
+            "UPDATE alert_deliveries SET delivered_at = $1, attempts = $2, next_attempt_at = $3,
+                last_error = $4
+             WHERE seq = $5",
         )
         .bind(delivered_at)
-        .bind(attempts)
+        .bind(i64::from(attempts))
         .bind(next.unix_timestamp())
         .bind(&failure)
         .bind(seq)

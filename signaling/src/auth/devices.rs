@@ -10,7 +10,7 @@
 //! untrusted channel allows 5 before a lockout that doubles up to an hour).
 
 use axum::http::{HeaderMap, HeaderValue};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -54,13 +54,13 @@ pub fn cookie(token: &Token, https: bool) -> Option<HeaderValue> {
 
 /// The device a token names, if it is known and not expired.
 pub async fn find(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     token: &Token,
     now: OffsetDateTime,
 ) -> anyhow::Result<Option<Device>> {
     let row = sqlx::query(
         "SELECT id, user_id, locked_until FROM trusted_devices
-         WHERE token_hash = ? AND expires_at > ?",
+         WHERE token_hash = $1 AND expires_at > $2",
     )
     .bind(&token.hash().0)
     .bind(to_unix(now))
@@ -79,14 +79,14 @@ pub async fn find(
 /// Remember a new device for `user_id` (forgetting the account's least recently used ones
 /// beyond [`MAX_DEVICES_PER_ACCOUNT`]); returns its token.
 pub async fn register(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     user_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<Token> {
     let token = Token::generate();
     sqlx::query(
         "INSERT INTO trusted_devices (id, user_id, token_hash, created_at, last_used_at, expires_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(Uuid::new_v4().to_string())
     .bind(user_id.to_string())
@@ -97,9 +97,9 @@ pub async fn register(
     .execute(&mut *db)
     .await?;
     sqlx::query(
-        "DELETE FROM trusted_devices WHERE user_id = ?1 AND id NOT IN (
-             SELECT id FROM trusted_devices WHERE user_id = ?1
-             ORDER BY last_used_at DESC, created_at DESC LIMIT ?2)",
+        "DELETE FROM trusted_devices WHERE user_id = $1 AND id NOT IN (
+             SELECT id FROM trusted_devices WHERE user_id = $1
+             ORDER BY last_used_at DESC, created_at DESC LIMIT $2)",
     )
     .bind(user_id.to_string())
     .bind(MAX_DEVICES_PER_ACCOUNT)
@@ -110,13 +110,13 @@ pub async fn register(
 
 /// A sign-in on this device succeeded: its failures are forgotten.
 pub async fn signed_in(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     device: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE trusted_devices SET failures = 0, locked_until = NULL, last_used_at = ?
-         WHERE id = ?",
+        "UPDATE trusted_devices SET failures = 0, locked_until = NULL, last_used_at = $1
+         WHERE id = $2",
     )
     .bind(to_unix(now))
     .bind(device.to_string())
@@ -126,9 +126,9 @@ pub async fn signed_in(
 }
 
 /// Count one more failed attempt on this device; returns the count.
-pub async fn count_failure(db: &mut SqliteConnection, device: Uuid) -> anyhow::Result<u32> {
+pub async fn count_failure(db: &mut AnyConnection, device: Uuid) -> anyhow::Result<u32> {
     let failures: i64 = sqlx::query_scalar(
-        "UPDATE trusted_devices SET failures = failures + 1 WHERE id = ? RETURNING failures",
+        "UPDATE trusted_devices SET failures = failures + 1 WHERE id = $1 RETURNING failures",
     )
     .bind(device.to_string())
     .fetch_one(db)
@@ -138,11 +138,11 @@ pub async fn count_failure(db: &mut SqliteConnection, device: Uuid) -> anyhow::R
 
 /// Lock this device until `until`.
 pub async fn lock(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     device: Uuid,
     until: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE trusted_devices SET locked_until = ? WHERE id = ?")
+    sqlx::query("UPDATE trusted_devices SET locked_until = $1 WHERE id = $2")
         .bind(to_unix(until))
         .bind(device.to_string())
         .execute(db)

@@ -1,6 +1,6 @@
 //! The SQL of passkeys: the registered credentials and the ceremonies already answered.
 
-use sqlx::{Row, SqliteExecutor};
+use sqlx::{AnyExecutor, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -27,7 +27,7 @@ pub struct PasskeyRow {
 
 const COLUMNS: &str = "id, user_id, name, passkey, sign_count, created_at, last_used_at";
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<PasskeyRow> {
+fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<PasskeyRow> {
     Ok(PasskeyRow {
         id: Uuid::parse_str(row.get::<&str, _>(0))?,
         user_id: Uuid::parse_str(row.get::<&str, _>(1))?,
@@ -40,12 +40,9 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<PasskeyRow> {
 }
 
 /// An account's passkeys, oldest first.
-pub async fn for_user(
-    db: impl SqliteExecutor<'_>,
-    user_id: Uuid,
-) -> anyhow::Result<Vec<PasskeyRow>> {
+pub async fn for_user(db: impl AnyExecutor<'_>, user_id: Uuid) -> anyhow::Result<Vec<PasskeyRow>> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM passkeys WHERE user_id = ? ORDER BY created_at, rowid"
+        "SELECT {COLUMNS} FROM passkeys WHERE user_id = $1 ORDER BY created_at, rowid"
     ))
     .bind(user_id.to_string())
     .fetch_all(db)
@@ -54,8 +51,8 @@ pub async fn for_user(
 }
 
 /// How many passkeys an account has.
-pub async fn count(db: impl SqliteExecutor<'_>, user_id: Uuid) -> anyhow::Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM passkeys WHERE user_id = ?")
+pub async fn count(db: impl AnyExecutor<'_>, user_id: Uuid) -> anyhow::Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM passkeys WHERE user_id = $1")
         .bind(user_id.to_string())
         .fetch_one(db)
         .await?;
@@ -64,11 +61,11 @@ pub async fn count(db: impl SqliteExecutor<'_>, user_id: Uuid) -> anyhow::Result
 
 /// The passkey with this credential id (base64url), whoever's it is.
 pub async fn by_credential(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     credential_id: &str,
 ) -> anyhow::Result<Option<PasskeyRow>> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM passkeys WHERE credential_id = ?"
+        "SELECT {COLUMNS} FROM passkeys WHERE credential_id = $1"
     ))
     .bind(credential_id)
     .fetch_optional(db)
@@ -79,7 +76,7 @@ pub async fn by_credential(
 /// A new passkey; `false` if its credential is registered already (to anyone).
 #[allow(clippy::too_many_arguments)]
 pub async fn insert(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     id: Uuid,
     user_id: Uuid,
     credential_id: &str,
@@ -90,7 +87,7 @@ pub async fn insert(
 ) -> anyhow::Result<bool> {
     let done = sqlx::query(
         "INSERT INTO passkeys (id, user_id, credential_id, name, passkey, sign_count, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (credential_id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (credential_id) DO NOTHING",
     )
     .bind(id.to_string())
     .bind(user_id.to_string())
@@ -107,7 +104,7 @@ pub async fn insert(
 /// Record a use: the new credential state and counter, only if the counter is still the one
 /// the check was made against (`false`: another use got there first).
 pub async fn record_use(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     id: Uuid,
     previous_count: u32,
     passkey: &str,
@@ -115,8 +112,8 @@ pub async fn record_use(
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
     let done = sqlx::query(
-        "UPDATE passkeys SET passkey = ?, sign_count = ?, last_used_at = ?
-         WHERE id = ? AND sign_count = ?",
+        "UPDATE passkeys SET passkey = $1, sign_count = $2, last_used_at = $3
+         WHERE id = $4 AND sign_count = $5",
     )
     .bind(passkey)
     .bind(i64::from(sign_count))
@@ -130,12 +127,12 @@ pub async fn record_use(
 
 /// Rename one of `user_id`'s passkeys; `false` if it has none with this id.
 pub async fn rename(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     user_id: Uuid,
     id: Uuid,
     name: &str,
 ) -> anyhow::Result<bool> {
-    let done = sqlx::query("UPDATE passkeys SET name = ? WHERE id = ? AND user_id = ?")
+    let done = sqlx::query("UPDATE passkeys SET name = $1 WHERE id = $2 AND user_id = $3")
         .bind(name)
         .bind(id.to_string())
         .bind(user_id.to_string())
@@ -158,14 +155,14 @@ pub enum Removal {
 /// Remove one of `user_id`'s passkeys; with `keep_one`, never the last (decided in the same
 /// statement, so two removals side by side cannot both pass).
 pub async fn remove(
-    db: &mut sqlx::SqliteConnection,
+    db: &mut sqlx::AnyConnection,
     user_id: Uuid,
     id: Uuid,
     keep_one: bool,
 ) -> anyhow::Result<Removal> {
     let done = sqlx::query(
-        "DELETE FROM passkeys WHERE id = ? AND user_id = ?
-         AND (? = 0 OR (SELECT COUNT(*) FROM passkeys WHERE user_id = ?) > 1)",
+        "DELETE FROM passkeys WHERE id = $1 AND user_id = $2
+         AND ($3 = 0 OR (SELECT COUNT(*) FROM passkeys WHERE user_id = $4) > 1)",
     )
     .bind(id.to_string())
     .bind(user_id.to_string())
@@ -177,7 +174,7 @@ pub async fn remove(
         return Ok(Removal::Removed);
     }
     let exists: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM passkeys WHERE id = ? AND user_id = ?")
+        sqlx::query_scalar("SELECT 1 FROM passkeys WHERE id = $1 AND user_id = $2")
             .bind(id.to_string())
             .bind(user_id.to_string())
             .fetch_optional(&mut *db)
@@ -191,17 +188,17 @@ pub async fn remove(
 
 /// Mark a ceremony answered (forgetting those that expired); `false` if it was already.
 pub async fn use_ceremony(
-    db: &mut sqlx::SqliteConnection,
+    db: &mut sqlx::AnyConnection,
     id: &str,
     expires_at: OffsetDateTime,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    sqlx::query("DELETE FROM passkey_ceremonies_used WHERE expires_at < ?")
+    sqlx::query("DELETE FROM passkey_ceremonies_used WHERE expires_at < $1")
         .bind(to_unix(now))
         .execute(&mut *db)
         .await?;
     let done = sqlx::query(
-        "INSERT INTO passkey_ceremonies_used (id, expires_at) VALUES (?, ?)
+        "INSERT INTO passkey_ceremonies_used (id, expires_at) VALUES ($1, $2)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)

@@ -4,7 +4,7 @@
 //! connection of the caller's [`crate::audit::AuditedTransaction`], so the change and its audit
 //! entry commit together; lookups take any executor.
 
-use sqlx::{Row, SqliteConnection, SqliteExecutor};
+use sqlx::{AnyConnection, AnyExecutor, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -25,12 +25,12 @@ pub struct EnrolmentLink {
 
 /// The enrolment link with this token hash.
 pub async fn enrolment_link(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<EnrolmentLink>> {
     let row = sqlx::query(
         "SELECT e.user_id, e.expires_at, e.used_at, u.email FROM enrolment_tokens e
-         JOIN users u ON u.id = e.user_id WHERE e.token_hash = ?",
+         JOIN users u ON u.id = e.user_id WHERE e.token_hash = $1",
     )
     .bind(token_hash)
     .fetch_optional(db)
@@ -48,12 +48,12 @@ pub async fn enrolment_link(
 
 /// Mark an enrolment link used; false if it already was (a concurrent request won).
 pub async fn use_enrolment_link(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     token_hash: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
     let used = sqlx::query(
-        "UPDATE enrolment_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+        "UPDATE enrolment_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
     )
     .bind(to_unix(now))
     .bind(token_hash)
@@ -65,12 +65,12 @@ pub async fn use_enrolment_link(
 /// Set an account's password, removing its second factor (a new password means enrolling the
 /// authenticator again).
 pub async fn set_password(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     user_id: Uuid,
     password_hash: &str,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE users SET password_hash = ?, totp_secret = NULL, totp_last_step = NULL WHERE id = ?",
+        "UPDATE users SET password_hash = $1, totp_secret = NULL, totp_last_step = NULL WHERE id = $2",
     )
     .bind(password_hash)
     .bind(user_id.to_string())
@@ -82,14 +82,14 @@ pub async fn set_password(
 /// Record that a TOTP step was used, if it is later than the last one used (compare-and-set,
 /// so two concurrent requests cannot both spend one step); false if it was not.
 pub async fn spend_totp_step(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     user_id: Uuid,
     step: u64,
 ) -> anyhow::Result<bool> {
     let step = i64::try_from(step)?;
     let stored = sqlx::query(
-        "UPDATE users SET totp_last_step = ? WHERE id = ?
-         AND (totp_last_step IS NULL OR totp_last_step < ?)",
+        "UPDATE users SET totp_last_step = $1 WHERE id = $2
+         AND (totp_last_step IS NULL OR totp_last_step < $3)",
     )
     .bind(step)
     .bind(user_id.to_string())
@@ -100,8 +100,8 @@ pub async fn spend_totp_step(
 }
 
 /// Forget an account's failed sign-ins and lock.
-pub async fn clear_failures(db: impl SqliteExecutor<'_>, user_id: Uuid) -> anyhow::Result<()> {
-    sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?")
+pub async fn clear_failures(db: impl AnyExecutor<'_>, user_id: Uuid) -> anyhow::Result<()> {
+    sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
         .bind(user_id.to_string())
         .execute(db)
         .await?;
@@ -109,9 +109,9 @@ pub async fn clear_failures(db: impl SqliteExecutor<'_>, user_id: Uuid) -> anyho
 }
 
 /// Count one more failed sign-in; returns the count.
-pub async fn count_failure(db: &mut SqliteConnection, user_id: Uuid) -> anyhow::Result<u32> {
+pub async fn count_failure(db: &mut AnyConnection, user_id: Uuid) -> anyhow::Result<u32> {
     let failures: i64 = sqlx::query_scalar(
-        "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ? RETURNING failed_logins",
+        "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
     )
     .bind(user_id.to_string())
     .fetch_one(db)
@@ -121,11 +121,11 @@ pub async fn count_failure(db: &mut SqliteConnection, user_id: Uuid) -> anyhow::
 
 /// Lock an account until `until`.
 pub async fn lock_account(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     user_id: Uuid,
     until: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE users SET locked_until = ? WHERE id = ?")
+    sqlx::query("UPDATE users SET locked_until = $1 WHERE id = $2")
         .bind(to_unix(until))
         .bind(user_id.to_string())
         .execute(db)
@@ -148,18 +148,18 @@ pub struct MfaEnrolmentRow {
 /// Start a second-factor enrolment, replacing the account's earlier one and removing expired
 /// ones.
 pub async fn replace_mfa_enrolment(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     token_hash: &str,
     enrolment: &MfaEnrolmentRow,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM mfa_enrolments WHERE user_id = ? OR expires_at <= ?")
+    sqlx::query("DELETE FROM mfa_enrolments WHERE user_id = $1 OR expires_at <= $2")
         .bind(enrolment.user_id.to_string())
         .bind(to_unix(now))
         .execute(&mut *db)
         .await?;
     sqlx::query(
-        "INSERT INTO mfa_enrolments (token_hash, user_id, totp_secret, expires_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO mfa_enrolments (token_hash, user_id, totp_secret, expires_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(token_hash)
     .bind(enrolment.user_id.to_string())
@@ -172,11 +172,11 @@ pub async fn replace_mfa_enrolment(
 
 /// The second-factor enrolment with this token hash.
 pub async fn mfa_enrolment(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<MfaEnrolmentRow>> {
     let row = sqlx::query(
-        "SELECT user_id, totp_secret, expires_at FROM mfa_enrolments WHERE token_hash = ?",
+        "SELECT user_id, totp_secret, expires_at FROM mfa_enrolments WHERE token_hash = $1",
     )
     .bind(token_hash)
     .fetch_optional(db)
@@ -193,11 +193,8 @@ pub async fn mfa_enrolment(
 
 /// Remove a second-factor enrolment to complete it; false if it was gone (a concurrent request
 /// completed it).
-pub async fn claim_mfa_enrolment(
-    db: &mut SqliteConnection,
-    token_hash: &str,
-) -> anyhow::Result<bool> {
-    let claimed = sqlx::query("DELETE FROM mfa_enrolments WHERE token_hash = ?")
+pub async fn claim_mfa_enrolment(db: &mut AnyConnection, token_hash: &str) -> anyhow::Result<bool> {
+    let claimed = sqlx::query("DELETE FROM mfa_enrolments WHERE token_hash = $1")
         .bind(token_hash)
         .execute(db)
         .await?;
@@ -207,14 +204,14 @@ pub async fn claim_mfa_enrolment(
 /// Set an account's TOTP factor (sealed), with the step its first code used, and clear its
 /// failures.
 pub async fn set_totp(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     user_id: Uuid,
     sealed_secret: &str,
     step: u64,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE users SET totp_secret = ?, totp_last_step = ?, failed_logins = 0, locked_until = NULL
-         WHERE id = ?",
+        "UPDATE users SET totp_secret = $1, totp_last_step = $2, failed_logins = 0, locked_until = NULL
+         WHERE id = $3",
     )
     .bind(sealed_secret)
     .bind(i64::try_from(step)?)
@@ -226,16 +223,16 @@ pub async fn set_totp(
 
 /// Replace an account's recovery codes (by their hashes).
 pub async fn replace_recovery_codes(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     user_id: Uuid,
     code_hashes: &[String],
 ) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
         .bind(user_id.to_string())
         .execute(&mut *db)
         .await?;
     for hash in code_hashes {
-        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)")
+        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
             .bind(user_id.to_string())
             .bind(hash)
             .execute(&mut *db)
@@ -247,13 +244,13 @@ pub async fn replace_recovery_codes(
 /// Use a recovery code once: the number of unused codes left, or `None` if the code is not
 /// one of the account's unused codes.
 pub async fn spend_recovery_code(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     user_id: Uuid,
     code_hash: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<Option<i64>> {
     let used = sqlx::query(
-        "UPDATE recovery_codes SET used_at = ? WHERE user_id = ? AND code_hash = ? AND used_at IS NULL",
+        "UPDATE recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
     )
     .bind(to_unix(now))
     .bind(user_id.to_string())
@@ -264,7 +261,7 @@ pub async fn spend_recovery_code(
         return Ok(None);
     }
     let left: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL",
+        "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
     )
     .bind(user_id.to_string())
     .fetch_one(db)
@@ -291,7 +288,7 @@ pub struct SessionRow {
 
 /// Store a new session; `passkey_setup_only`: it may only register a passkey.
 pub async fn insert_session(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     token_hash: &str,
     user_id: Uuid,
     now: OffsetDateTime,
@@ -301,7 +298,7 @@ pub async fn insert_session(
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, absolute_expires_at, passkey_setup_only)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(id.to_string())
     .bind(token_hash)
@@ -317,12 +314,12 @@ pub async fn insert_session(
 
 /// The session with this token hash.
 pub async fn session(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<SessionRow>> {
     let row = sqlx::query(
         "SELECT id, user_id, last_seen_at, absolute_expires_at, revoked_at, passkey_setup_only
-         FROM sessions WHERE token_hash = ?",
+         FROM sessions WHERE token_hash = $1",
     )
     .bind(token_hash)
     .fetch_optional(db)
@@ -341,11 +338,8 @@ pub async fn session(
 }
 
 /// Lift a session's passkey-setup-only restriction (a passkey was registered in it).
-pub async fn end_passkey_setup(
-    db: impl SqliteExecutor<'_>,
-    session_id: Uuid,
-) -> anyhow::Result<()> {
-    sqlx::query("UPDATE sessions SET passkey_setup_only = 0 WHERE id = ?")
+pub async fn end_passkey_setup(db: impl AnyExecutor<'_>, session_id: Uuid) -> anyhow::Result<()> {
+    sqlx::query("UPDATE sessions SET passkey_setup_only = 0 WHERE id = $1")
         .bind(session_id.to_string())
         .execute(db)
         .await?;
@@ -354,11 +348,11 @@ pub async fn end_passkey_setup(
 
 /// Move a session's last request forward.
 pub async fn touch_session(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     session_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id = ?")
+    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
         .bind(to_unix(now))
         .bind(session_id.to_string())
         .execute(db)
@@ -368,13 +362,13 @@ pub async fn touch_session(
 
 /// End a session (no effect on one already ended).
 pub async fn revoke_user_sessions(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     user_id: Uuid,
     except: Option<Uuid>,
     now: OffsetDateTime,
 ) -> anyhow::Result<u64> {
     let done = sqlx::query(
-        "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
+        "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL AND id IS DISTINCT FROM $3",
     )
     .bind(to_unix(now))
     .bind(user_id.to_string())
@@ -386,11 +380,11 @@ pub async fn revoke_user_sessions(
 
 /// Replace an enrolled account's password (its second factor stays).
 pub async fn change_password(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     user_id: Uuid,
     password_hash: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
         .bind(password_hash)
         .bind(user_id.to_string())
         .execute(db)
@@ -400,11 +394,11 @@ pub async fn change_password(
 
 /// Revoke one session.
 pub async fn revoke_session(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     session_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+    sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
         .bind(to_unix(now))
         .bind(session_id.to_string())
         .execute(db)

@@ -16,7 +16,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use consult_proto::api::{Role, Session, User};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -60,7 +60,7 @@ pub struct CurrentUser {
 /// one (see [`SessionUser`]).
 pub async fn create(
     state: &AppState,
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     user: &User,
     passkey_setup_only: bool,
 ) -> Result<(Token, Session), ApiError> {

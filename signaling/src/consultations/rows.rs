@@ -3,7 +3,7 @@
 //! connection of the caller's transaction, so a change and its audit entry commit together.
 
 use consult_proto::api::{ConsultationMode, ConsultationStatus};
-use sqlx::{Row, SqliteConnection, SqliteExecutor};
+use sqlx::{AnyConnection, AnyExecutor, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -65,7 +65,7 @@ const SELECT: &str = "SELECT c.id, c.doctor_id, u.display_name, c.title, c.sched
      c.status, c.created_at, c.ended_at, c.e2ee, c.doctor_participant_id \
      FROM consultations c JOIN users u ON u.id = c.doctor_id";
 
-fn record_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<ConsultationRecord> {
+fn record_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<ConsultationRecord> {
     let id: String = row.get(0);
     let doctor_id: String = row.get(1);
     let mode: String = row.get(5);
@@ -95,10 +95,10 @@ fn record_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<ConsultationR
 
 /// Load a consultation by id.
 pub async fn find(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     id: Uuid,
 ) -> anyhow::Result<Option<ConsultationRecord>> {
-    let row = sqlx::query(&format!("{SELECT} WHERE c.id = ?"))
+    let row = sqlx::query(&format!("{SELECT} WHERE c.id = $1"))
         .bind(id.to_string())
         .fetch_optional(db)
         .await?;
@@ -107,11 +107,11 @@ pub async fn find(
 
 /// A doctor's consultations, newest first (at most 500).
 pub async fn of_doctor(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     doctor_id: Uuid,
 ) -> anyhow::Result<Vec<ConsultationRecord>> {
     let rows = sqlx::query(&format!(
-        "{SELECT} WHERE c.doctor_id = ? ORDER BY c.created_at DESC, c.id LIMIT 500"
+        "{SELECT} WHERE c.doctor_id = $1 ORDER BY c.created_at DESC, c.id LIMIT 500"
     ))
     .bind(doctor_id.to_string())
     .fetch_all(db)
@@ -138,11 +138,11 @@ pub struct NewConsultation<'a> {
 }
 
 /// Store a new, open consultation.
-pub async fn insert(db: &mut SqliteConnection, new: &NewConsultation<'_>) -> anyhow::Result<()> {
+pub async fn insert(db: &mut AnyConnection, new: &NewConsultation<'_>) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO consultations (id, doctor_id, title, scheduled_at, mode, status, created_at, e2ee,
                                     doctor_participant_id)
-         VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8)",
     )
     .bind(new.id.to_string())
     .bind(new.doctor_id.to_string())
@@ -159,12 +159,12 @@ pub async fn insert(db: &mut SqliteConnection, new: &NewConsultation<'_>) -> any
 
 /// End an open consultation; whether it was open.
 pub async fn mark_ended(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     id: Uuid,
     at: OffsetDateTime,
 ) -> anyhow::Result<bool> {
     let done = sqlx::query(
-        "UPDATE consultations SET status = 'ended', ended_at = ? WHERE id = ? AND status = 'open'",
+        "UPDATE consultations SET status = 'ended', ended_at = $1 WHERE id = $2 AND status = 'open'",
     )
     .bind(to_unix(at))
     .bind(id.to_string())
@@ -175,7 +175,7 @@ pub async fn mark_ended(
 
 /// Store a new invite of a consultation by the hash of its token.
 pub async fn insert_invite(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     invite_id: Uuid,
     consultation_id: Uuid,
     token_hash: &str,
@@ -184,7 +184,7 @@ pub async fn insert_invite(
 ) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO invites (id, consultation_id, token_hash, issued_at, expires_at)
-         VALUES (?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(invite_id.to_string())
     .bind(consultation_id.to_string())
@@ -198,12 +198,12 @@ pub async fn insert_invite(
 
 /// Revoke every live invite of a consultation; the ids of those revoked.
 pub async fn revoke_invites(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     consultation_id: Uuid,
     at: OffsetDateTime,
 ) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query_scalar(
-        "UPDATE invites SET revoked_at = ? WHERE consultation_id = ? AND revoked_at IS NULL RETURNING id",
+        "UPDATE invites SET revoked_at = $1 WHERE consultation_id = $2 AND revoked_at IS NULL RETURNING id",
     )
     .bind(to_unix(at))
     .bind(consultation_id.to_string())
@@ -230,10 +230,10 @@ pub struct InviteRecord {
 
 const SELECT_INVITE: &str =
     "SELECT i.id, i.consultation_id, i.issued_at, i.expires_at, i.revoked_at, \
-     EXISTS (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL) \
+     CASE WHEN EXISTS (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL) THEN 1 ELSE 0 END \
      FROM invites i";
 
-fn invite_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<InviteRecord> {
+fn invite_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<InviteRecord> {
     let id: String = row.get(0);
     let consultation_id: String = row.get(1);
     Ok(InviteRecord {
@@ -248,11 +248,11 @@ fn invite_from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<InviteRecord>
 
 /// The most recently issued invite of a consultation.
 pub async fn latest_invite(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     consultation_id: Uuid,
 ) -> anyhow::Result<Option<InviteRecord>> {
     let row = sqlx::query(&format!(
-        "{SELECT_INVITE} WHERE i.consultation_id = ? ORDER BY i.issued_at DESC, i.rowid DESC LIMIT 1"
+        "{SELECT_INVITE} WHERE i.consultation_id = $1 ORDER BY i.issued_at DESC, i.rowid DESC LIMIT 1"
     ))
     .bind(consultation_id.to_string())
     .fetch_optional(db)
@@ -262,10 +262,10 @@ pub async fn latest_invite(
 
 /// The invite with this token hash.
 pub async fn invite_by_token(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<InviteRecord>> {
-    let row = sqlx::query(&format!("{SELECT_INVITE} WHERE i.token_hash = ?"))
+    let row = sqlx::query(&format!("{SELECT_INVITE} WHERE i.token_hash = $1"))
         .bind(token_hash)
         .fetch_optional(db)
         .await?;
@@ -291,12 +291,14 @@ pub struct NewParticipant<'a> {
 
 /// Take a place; false if another device holds the invite (one unreleased place per invite).
 pub async fn insert_participant(
-    db: &mut SqliteConnection,
+    db: &mut AnyConnection,
     place: &NewParticipant<'_>,
 ) -> anyhow::Result<bool> {
+    // DO NOTHING rather than catching the unique violation: on PostgreSQL an error would abort
+    // the caller's transaction, its audit entry with it.
     let inserted = sqlx::query(
         "INSERT INTO participants (id, consultation_id, invite_id, name, token_hash, created_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     )
     .bind(place.id.to_string())
     .bind(place.consultation_id.to_string())
@@ -305,12 +307,8 @@ pub async fn insert_participant(
     .bind(place.token_hash)
     .bind(to_unix(place.created_at))
     .execute(db)
-    .await;
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    .await?;
+    Ok(inserted.rows_affected() == 1)
 }
 
 /// A place still held.
@@ -326,11 +324,11 @@ pub struct HeldPlace {
 
 /// The unreleased place a participant token (by hash) belongs to.
 pub async fn held_place(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<HeldPlace>> {
     let row = sqlx::query(
-        "SELECT id, consultation_id, name FROM participants WHERE token_hash = ? AND released_at IS NULL",
+        "SELECT id, consultation_id, name FROM participants WHERE token_hash = $1 AND released_at IS NULL",
     )
     .bind(token_hash)
     .fetch_optional(db)
@@ -346,9 +344,7 @@ pub async fn held_place(
 }
 
 /// Every place still held, with what a restarted service gives back: (consultation, place).
-pub async fn held_places(
-    db: impl SqliteExecutor<'_>,
-) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
+pub async fn held_places(db: impl AnyExecutor<'_>) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
     let rows = sqlx::query(
         "SELECT id, consultation_id, name, admitted_at, recording_consent, created_at
          FROM participants WHERE released_at IS NULL ORDER BY created_at",
@@ -393,11 +389,11 @@ fn consent_from_str(stored: &str) -> Option<Consent> {
 
 /// The doctor admitted a participant (kept, so a restart does not send them back to waiting).
 pub async fn set_admitted(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     participant_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE participants SET admitted_at = ? WHERE id = ? AND admitted_at IS NULL")
+    sqlx::query("UPDATE participants SET admitted_at = $1 WHERE id = $2 AND admitted_at IS NULL")
         .bind(to_unix(now))
         .bind(participant_id.to_string())
         .execute(db)
@@ -407,11 +403,11 @@ pub async fn set_admitted(
 
 /// A patient's answer to the recording question (kept, so a restart does not ask again).
 pub async fn set_recording_consent(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     participant_id: Uuid,
     consent: Consent,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE participants SET recording_consent = ? WHERE id = ?")
+    sqlx::query("UPDATE participants SET recording_consent = $1 WHERE id = $2")
         .bind(consent_str(consent))
         .bind(participant_id.to_string())
         .execute(db)
@@ -421,11 +417,11 @@ pub async fn set_recording_consent(
 
 /// Release a participant's place; their token stops working.
 pub async fn release_place(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     participant_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE participants SET released_at = ? WHERE id = ? AND released_at IS NULL")
+    sqlx::query("UPDATE participants SET released_at = $1 WHERE id = $2 AND released_at IS NULL")
         .bind(to_unix(now))
         .bind(participant_id.to_string())
         .execute(db)
@@ -435,12 +431,12 @@ pub async fn release_place(
 
 /// Release every place of a consultation.
 pub async fn release_places(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     consultation_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE participants SET released_at = ? WHERE consultation_id = ? AND released_at IS NULL",
+        "UPDATE participants SET released_at = $1 WHERE consultation_id = $2 AND released_at IS NULL",
     )
     .bind(to_unix(now))
     .bind(consultation_id.to_string())
@@ -451,11 +447,11 @@ pub async fn release_places(
 
 /// Who holds an invite now.
 pub async fn invite_holders(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     invite_id: &str,
 ) -> anyhow::Result<Vec<Uuid>> {
     let holders: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM participants WHERE invite_id = ? AND released_at IS NULL",
+        "SELECT id FROM participants WHERE invite_id = $1 AND released_at IS NULL",
     )
     .bind(invite_id)
     .fetch_all(db)

@@ -30,7 +30,7 @@ use crate::state::AppState;
 
 /// The service's state, opened by a command-line tool beside (or instead of) the service.
 pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
-    let pool = crate::db::open(&config.data_dir).await?;
+    let pool = crate::db::open_configured(&config).await?;
     let sealing_key = SealingKey::load_or_create(&config.data_dir)?;
     let vault_dir = config.data_dir.join("vault");
     let vault = tokio::task::spawn_blocking(move || Vault::open(&vault_dir))
@@ -167,7 +167,7 @@ pub async fn export(
             }
             for unopened in &exported.unopened {
                 let name: Option<String> =
-                    sqlx::query_scalar("SELECT name FROM participants WHERE id = ?")
+                    sqlx::query_scalar("SELECT name FROM participants WHERE id = $1")
                         .bind(unopened.participant.to_string())
                         .fetch_optional(&state.pool)
                         .await
@@ -256,7 +256,7 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<consult_vault::Rotat
         Ok(vault.rotate_keys()?)
     })
     .await??;
-    let pool = crate::db::open(&config.data_dir).await?;
+    let pool = crate::db::open_configured(config).await?;
     crate::audit::AuditLog::new(pool)
         .record(
             time::OffsetDateTime::now_utc(),

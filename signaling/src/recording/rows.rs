@@ -1,7 +1,7 @@
 //! What the database knows about recordings (the media and keys are in the vault).
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, SqliteExecutor, SqlitePool};
+use sqlx::{AnyExecutor, AnyPool, Row};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -88,7 +88,7 @@ pub struct RecordingRow {
 const SELECT: &str = "SELECT id, consultation_id, state, zero_knowledge, started_at, ended_at, \
                       retain_until, chunks, bytes, note FROM recordings";
 
-fn from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<RecordingRow> {
+fn from_row(row: sqlx::any::AnyRow) -> anyhow::Result<RecordingRow> {
     Ok(RecordingRow {
         id: Uuid::parse_str(row.get::<&str, _>(0))?,
         consultation_id: Uuid::parse_str(row.get::<&str, _>(1))?,
@@ -105,7 +105,7 @@ fn from_row(row: sqlx::sqlite::SqliteRow) -> anyhow::Result<RecordingRow> {
 
 /// A new recording, in state `recording`.
 pub async fn insert(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     id: Uuid,
     consultation_id: Uuid,
     zero_knowledge: bool,
@@ -114,7 +114,7 @@ pub async fn insert(
 ) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO recordings (id, consultation_id, state, zero_knowledge, started_at, retain_until)
-         VALUES (?, ?, 'recording', ?, ?, ?)",
+         VALUES ($1, $2, 'recording', $3, $4, $5)",
     )
     .bind(id.to_string())
     .bind(consultation_id.to_string())
@@ -128,7 +128,7 @@ pub async fn insert(
 
 /// The recording stopped.
 pub async fn finish(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     id: Uuid,
     state: RecordingStatus,
     ended_at: OffsetDateTime,
@@ -137,7 +137,7 @@ pub async fn finish(
     note: Option<&str>,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE recordings SET state = ?, ended_at = ?, chunks = ?, bytes = ?, note = ? WHERE id = ?",
+        "UPDATE recordings SET state = $1, ended_at = $2, chunks = $3, bytes = $4, note = $5 WHERE id = $6",
     )
     .bind(state.as_str())
     .bind(to_unix(ended_at))
@@ -151,8 +151,8 @@ pub async fn finish(
 }
 
 /// One recording.
-pub async fn find(pool: &SqlitePool, id: Uuid) -> anyhow::Result<Option<RecordingRow>> {
-    sqlx::query(&format!("{SELECT} WHERE id = ?"))
+pub async fn find(pool: &AnyPool, id: Uuid) -> anyhow::Result<Option<RecordingRow>> {
+    sqlx::query(&format!("{SELECT} WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(pool)
         .await?
@@ -162,11 +162,11 @@ pub async fn find(pool: &SqlitePool, id: Uuid) -> anyhow::Result<Option<Recordin
 
 /// A consultation's recordings, oldest first.
 pub async fn of_consultation(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     consultation_id: Uuid,
 ) -> anyhow::Result<Vec<RecordingRow>> {
     sqlx::query(&format!(
-        "{SELECT} WHERE consultation_id = ? ORDER BY started_at, id"
+        "{SELECT} WHERE consultation_id = $1 ORDER BY started_at, id"
     ))
     .bind(consultation_id.to_string())
     .fetch_all(pool)
@@ -177,7 +177,7 @@ pub async fn of_consultation(
 }
 
 /// Every recording, newest first (operators).
-pub async fn all(pool: &SqlitePool) -> anyhow::Result<Vec<RecordingRow>> {
+pub async fn all(pool: &AnyPool) -> anyhow::Result<Vec<RecordingRow>> {
     sqlx::query(&format!("{SELECT} ORDER BY started_at DESC, id"))
         .fetch_all(pool)
         .await?
@@ -188,11 +188,11 @@ pub async fn all(pool: &SqlitePool) -> anyhow::Result<Vec<RecordingRow>> {
 
 /// Recordings past their retention and not yet shredded (nor being written).
 pub async fn past_retention(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     now: OffsetDateTime,
 ) -> anyhow::Result<Vec<RecordingRow>> {
     sqlx::query(&format!(
-        "{SELECT} WHERE retain_until <= ? AND state NOT IN ('shredded', 'recording')"
+        "{SELECT} WHERE retain_until <= $1 AND state NOT IN ('shredded', 'recording')"
     ))
     .bind(to_unix(now))
     .fetch_all(pool)
@@ -204,12 +204,12 @@ pub async fn past_retention(
 
 /// The recording's key is destroyed.
 pub async fn set_shredded(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     id: Uuid,
     at: OffsetDateTime,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE recordings SET state = 'shredded', ended_at = COALESCE(ended_at, ?) WHERE id = ?",
+        "UPDATE recordings SET state = 'shredded', ended_at = COALESCE(ended_at, $1) WHERE id = $2",
     )
     .bind(to_unix(at))
     .bind(id.to_string())
@@ -220,7 +220,7 @@ pub async fn set_shredded(
 
 /// Recordings the previous process left in state `recording` (it stopped without closing
 /// them), found at start-up.
-pub async fn left_open(pool: &SqlitePool) -> anyhow::Result<Vec<RecordingRow>> {
+pub async fn left_open(pool: &AnyPool) -> anyhow::Result<Vec<RecordingRow>> {
     sqlx::query(&format!("{SELECT} WHERE state = 'recording'"))
         .fetch_all(pool)
         .await?
@@ -231,11 +231,11 @@ pub async fn left_open(pool: &SqlitePool) -> anyhow::Result<Vec<RecordingRow>> {
 
 /// The recording public key registered for a clinician, if any.
 pub async fn recording_key_of(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     user_id: Uuid,
 ) -> anyhow::Result<Option<String>> {
     let key: Option<Option<String>> =
-        sqlx::query_scalar("SELECT recording_public_key FROM users WHERE id = ?")
+        sqlx::query_scalar("SELECT recording_public_key FROM users WHERE id = $1")
             .bind(user_id.to_string())
             .fetch_optional(db)
             .await?;
@@ -244,11 +244,11 @@ pub async fn recording_key_of(
 
 /// Register (or with `None`, remove) a clinician's recording public key.
 pub async fn set_recording_key(
-    db: impl SqliteExecutor<'_>,
+    db: impl AnyExecutor<'_>,
     user_id: Uuid,
     key: Option<&str>,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE users SET recording_public_key = ? WHERE id = ?")
+    sqlx::query("UPDATE users SET recording_public_key = $1 WHERE id = $2")
         .bind(key)
         .bind(user_id.to_string())
         .execute(db)

@@ -98,7 +98,7 @@ async fn enrolment_link_sets_a_password_once_and_totp_enrolment_yields_a_session
 async fn totp_seeds_are_sealed_in_the_database() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("seal@clinic.test").await;
-    let stored: String = sqlx::query_scalar("SELECT totp_secret FROM users WHERE email = ?")
+    let stored: String = sqlx::query_scalar("SELECT totp_secret FROM users WHERE email = $1")
         .bind(&doctor.email)
         .fetch_one(&svc.state().pool)
         .await
@@ -108,7 +108,7 @@ async fn totp_seeds_are_sealed_in_the_database() {
     // Moving a sealed seed to another account does not work: it is bound to its owner.
     let other = svc.create_account("other@clinic.test", Role::Doctor).await;
     let _ = other;
-    sqlx::query("UPDATE users SET totp_secret = ?, password_hash = (SELECT password_hash FROM users WHERE email = ?) WHERE email = 'other@clinic.test'")
+    sqlx::query("UPDATE users SET totp_secret = $1, password_hash = (SELECT password_hash FROM users WHERE email = $2) WHERE email = 'other@clinic.test'")
         .bind(&stored)
         .bind(&doctor.email)
         .execute(&svc.state().pool)
@@ -819,18 +819,36 @@ async fn an_organisation_that_requires_e2ee_gets_it_everywhere_and_refuses_optin
 
 /// Stop every audit write, as a full or failing audit store would.
 async fn break_the_audit_log(svc: &TestService) {
+    use consult_signaling::db::Backend;
+    let pool = &svc.state().pool;
+    let postgres = Backend::of(pool) == Backend::Postgres;
+    if postgres {
+        sqlx::raw_sql(
+            "CREATE FUNCTION audit_down() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'audit down'; END $$",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    }
     // The chain, and the tallies that count unauthenticated events into it.
     for (name, table) in [
         ("audit_down", "audit_log"),
         ("tallies_down", "audit_tallies"),
     ] {
         for event in ["INSERT", "UPDATE"] {
-            sqlx::query(&format!(
-                "CREATE TRIGGER {name}_{event} BEFORE {event} ON {table} BEGIN SELECT RAISE(ABORT, 'audit down'); END",
-            ))
-            .execute(&svc.state().pool)
-            .await
-            .unwrap();
+            let trigger = if postgres {
+                format!(
+                    "CREATE TRIGGER {name}_{event} BEFORE {event} ON {table} \
+                     FOR EACH ROW EXECUTE FUNCTION audit_down()"
+                )
+            } else {
+                format!(
+                    "CREATE TRIGGER {name}_{event} BEFORE {event} ON {table} \
+                     BEGIN SELECT RAISE(ABORT, 'audit down'); END"
+                )
+            };
+            sqlx::raw_sql(&trigger).execute(pool).await.unwrap();
         }
     }
 }
@@ -901,7 +919,7 @@ async fn sign_in_sign_out_recovery_codes_redemption_keys_and_accounts_change_not
             .unwrap()
     };
     let failures = || async {
-        sqlx::query_scalar::<_, i64>("SELECT failed_logins FROM users WHERE email = ?")
+        sqlx::query_scalar::<_, i64>("SELECT failed_logins FROM users WHERE email = $1")
             .bind("rollback@example.org")
             .fetch_one(&svc.state().pool)
             .await

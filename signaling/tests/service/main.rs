@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod dependencies;
 mod limits;
+mod nodes;
 mod operator;
 mod passkeys;
 mod recording;

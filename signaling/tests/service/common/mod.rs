@@ -30,7 +30,33 @@ pub struct TestService {
     /// The typed client of its API.
     pub api: ApiClient,
     config: Config,
-    _dir: tempfile::TempDir,
+    /// The data directory, shared by every node started with [`TestService::another_node`].
+    dir: Arc<tempfile::TempDir>,
+}
+
+/// The PostgreSQL server the tests run against instead of SQLite, when `CONSULT_TEST_POSTGRES`
+/// names one (`scripts/test.sh` runs the service tests a second time so): each test service gets
+/// a database of its own on it, as it gets a data directory of its own.
+pub fn test_postgres() -> Option<String> {
+    std::env::var("CONSULT_TEST_POSTGRES")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// A new, empty database on the test PostgreSQL server; `None` when the tests run on SQLite.
+pub async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let server = test_postgres()?;
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::postgres::PgConnection::connect(&server)
+        .await
+        .expect("the test PostgreSQL server (CONSULT_TEST_POSTGRES) answers");
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (base, _) = server.rsplit_once('/').unwrap();
+    Some(format!("{base}/{name}"))
 }
 
 impl TestService {
@@ -44,13 +70,23 @@ impl TestService {
             bind: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),
             log: "warn".into(),
+            database_url: fresh_postgres_database().await,
             ..Config::default()
         };
         tweak(&mut config);
-        Self::launch(config, ManualClock::starting_now(), dir).await
+        Self::launch(config, ManualClock::starting_now(), Arc::new(dir)).await
     }
 
-    async fn launch(config: Config, clock: ManualClock, dir: tempfile::TempDir) -> Self {
+    /// A second node of the same deployment: the same database, data directory (keys, vault)
+    /// and clock, its own address and memory — as a node beside this one behind a load balancer.
+    pub async fn another_node(&self) -> Self {
+        let mut config = self.config.clone();
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.public_url = None;
+        Self::launch(config, self.clock.clone(), self.dir.clone()).await
+    }
+
+    async fn launch(config: Config, clock: ManualClock, dir: Arc<tempfile::TempDir>) -> Self {
         let running = server::start(config.clone(), Arc::new(clock.clone()))
             .await
             .unwrap();
@@ -62,7 +98,7 @@ impl TestService {
             base,
             api,
             config,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -74,7 +110,7 @@ impl TestService {
             clock,
             base,
             mut config,
-            _dir: dir,
+            dir,
             ..
         } = self;
         config.bind = running.addr;
@@ -94,7 +130,7 @@ impl TestService {
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
-        self._dir.path()
+        self.dir.path()
     }
 
     pub fn state(&self) -> &consult_signaling::state::AppState {
