@@ -25,8 +25,8 @@ as_root() {
 
 # --- System packages: Chromium for the browser tests; libopus, libvpx, nasm (OpenH264's assembly)
 # and pkg-config for the media client's codecs (never the service's); coturn for the relay tests;
-# promtool (Debian's prometheus) for the shipped alerting rules; PostgreSQL, the database of a
-# deployment with several nodes. ---------------------------------------------------------------
+# promtool (Debian's prometheus) for the shipped alerting rules; PostgreSQL and Redis, what a
+# deployment of several nodes runs on. -----------------------------------------------------------
 missing=()
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v nasm >/dev/null || missing+=(nasm)
@@ -34,6 +34,8 @@ command -v g++ >/dev/null || missing+=(g++)
 for pkg in libopus-dev libvpx-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# The service tests run deployments of several nodes on a real Redis (quick tier too).
+command -v redis-server >/dev/null || missing+=(redis-server)
 if ! $quick; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v turnserver >/dev/null || missing+=(coturn)

@@ -129,10 +129,14 @@ async fn healthz() -> &'static str {
 }
 
 /// Ready for new work: not draining (a load balancer stops sending new connections when this
-/// node is shutting down), and the database answers within two seconds.
+/// node is shutting down), Redis answered at the last exchange (with several nodes), and the
+/// database answers within two seconds.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    if !state.cluster.is_healthy() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable");
     }
     let ping = sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.pool);
     match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {

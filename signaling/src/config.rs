@@ -55,6 +55,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The recorder and the vault.
     pub recording: RecordingConfig,
+    /// Several nodes: the Redis server they share.
+    pub cluster: ClusterConfig,
     /// Log filter, in `RUST_LOG` syntax.
     pub log: String,
 }
@@ -150,6 +152,36 @@ impl Default for AuditConfig {
             checkpoint_interval: Duration::from_secs(5 * 60),
             tally_window: Duration::from_secs(60),
             max_tally_keys: 1000,
+        }
+    }
+}
+
+/// Several nodes behind a load balancer. Each consultation's live state (who waits, who is
+/// admitted, the connections) is held by one node at a time, its doctor's *home*, chosen and
+/// kept through a lease in Redis; a node that receives a connection or request for a doctor
+/// homed elsewhere relays it there over Redis. A node that dies loses its leases within
+/// `lease`; the next node to see one of its doctors takes the home and restores the rooms from
+/// the database. Unset `redis_url`: one node, everything in its memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host:port[/db]` (or `rediss://` for TLS), shared by every node.
+    /// Never logged, as it may hold a password.
+    pub redis_url: Option<String>,
+    /// Prefix of every key and channel, so that deployments can share one Redis.
+    pub key_prefix: String,
+    /// How long a node's home leases and its liveness last without renewal (renewed three
+    /// times per period): the longest a dead node's consultations wait for a new home.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "consult".into(),
+            lease: Duration::from_secs(3),
         }
     }
 }
@@ -321,6 +353,7 @@ impl Default for Config {
             },
             policy: PolicyConfig::default(),
             recording: RecordingConfig::default(),
+            cluster: ClusterConfig::default(),
             log: "info".into(),
         }
     }
@@ -400,6 +433,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ice",
     "policy",
     "recording",
+    "cluster",
     "log",
 ];
 
@@ -449,6 +483,18 @@ impl Config {
             .is_some_and(|s| s.len() < 16)
         {
             return bad("ice.turn_shared_secret must be at least 16 characters");
+        }
+        if self.cluster.lease < Duration::from_millis(600) {
+            return bad("cluster.lease must be at least 600ms");
+        }
+        if self.cluster.key_prefix.is_empty()
+            || !self
+                .cluster
+                .key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return bad("cluster.key_prefix must be letters, digits, '-', '_' or '.'");
         }
         if self.signaling.heartbeat_timeout <= self.signaling.heartbeat_interval {
             return bad("signaling.heartbeat_timeout must be longer than heartbeat_interval");

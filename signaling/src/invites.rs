@@ -314,10 +314,23 @@ pub async fn depart(state: &AppState, departure: &Departure) -> anyhow::Result<(
 /// resumes (the same token, the same peers, no new admission); whoever does not is removed as
 /// after any lost connection. Places of a consultation that ended are released. Returns how
 /// many places came back.
-pub async fn restore_places(state: &AppState) -> anyhow::Result<usize> {
+///
+/// With several nodes, the same happens for one doctor's consultations (`doctor`) when a node
+/// becomes their home after the node that held them is gone; recordings that node left open are
+/// closed first (interrupted, kept up to their last sealed chunk).
+pub async fn restore_places(state: &AppState, doctor: Option<Uuid>) -> anyhow::Result<usize> {
+    if let Some(doctor) = doctor {
+        crate::recording::close_left_open(
+            &state.pool,
+            &state.recordings.vault,
+            &state.clock,
+            Some(doctor),
+        )
+        .await?;
+    }
     let mut by_consultation: std::collections::BTreeMap<Uuid, Vec<RestoredPlace>> =
         std::collections::BTreeMap::new();
-    for (consultation_id, place) in rows::held_places(&state.pool).await? {
+    for (consultation_id, place) in rows::held_places(&state.pool, doctor).await? {
         by_consultation
             .entry(consultation_id)
             .or_default()

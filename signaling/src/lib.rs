@@ -33,6 +33,7 @@ pub mod audit_tally;
 pub mod auth;
 pub mod client_origin;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod consultations;
 pub mod db;

@@ -10,6 +10,8 @@ pub struct Metrics {
     registry: Registry,
     /// Open signaling WebSockets.
     pub connected_sockets: IntGauge,
+    /// Signaling WebSockets this node relays to their consultation's node (several nodes).
+    pub relayed_sockets: IntGauge,
     /// Consultations with at least one participant present.
     pub active_consultations: IntGauge,
     /// Successful `join`s, by role.
@@ -55,6 +57,11 @@ impl Metrics {
         let connected_sockets =
             IntGauge::new("consult_ws_connected_sockets", "Open signaling WebSockets")
                 .expect("valid metric");
+        let relayed_sockets = IntGauge::new(
+            "consult_ws_relayed_sockets",
+            "Signaling WebSockets this node relays to the node holding their consultation",
+        )
+        .expect("valid metric");
         let active_consultations = IntGauge::new(
             "consult_active_consultations",
             "Consultations with at least one participant present",
@@ -149,6 +156,7 @@ impl Metrics {
         .expect("valid metric");
         for metric in [
             Box::new(connected_sockets.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(relayed_sockets.clone()),
             Box::new(active_consultations.clone()),
             Box::new(joins.clone()),
             Box::new(failed_signins.clone()),
@@ -209,6 +217,7 @@ impl Metrics {
             http_responses,
             recorder_candidates_refused,
             connected_sockets,
+            relayed_sockets,
             active_consultations,
             joins,
             failed_signins,

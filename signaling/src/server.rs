@@ -10,7 +10,6 @@ use anyhow::Context;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::Handle;
 
-use crate::audit::Actor;
 use crate::client_origin::TrustedProxies;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -78,6 +77,9 @@ impl RunningServer {
         self.state.shutdown.cancel();
         // Recorders seal their last chunk before the process goes.
         self.state.recordings.stop_all().await;
+        // Then the other nodes may take this node's consultations (restoring them from the
+        // database, where every place and recording is now closed or held as it should be).
+        self.state.cluster.leave().await;
         self.handle.graceful_shutdown(Some(grace));
         if let Some(admin) = self.admin {
             admin.handle.graceful_shutdown(Some(grace));
@@ -85,6 +87,19 @@ impl RunningServer {
         }
         self.task.await??;
         Ok(())
+    }
+
+    /// Stop at once, as a killed process does: every connection dropped, nothing drained,
+    /// nothing handed over to the other nodes of a deployment (they take this node's
+    /// consultations when its leases lapse). For failover drills.
+    pub async fn stop_now(self) {
+        self.state.shutdown.cancel();
+        self.handle.shutdown();
+        if let Some(admin) = self.admin {
+            admin.handle.shutdown();
+            let _ = admin.task.await;
+        }
+        let _ = self.task.await;
     }
 
     /// The operator's listener's address (`admin.bind`), if one is configured.
@@ -190,44 +205,10 @@ async fn open_recordings(
         .media_address
         .unwrap_or_else(|| reachable_ip(addr));
     let vault = Arc::new(vault);
-    for row in crate::recording::rows::left_open(pool).await? {
-        let (id, started_at) = (row.id, row.started_at);
-        let reader = vault.clone();
-        // What survived: every sealed chunk; the recording ends with its last frame.
-        let survived = tokio::task::spawn_blocking(move || {
-            // The index alone: one chunk in memory at a time, whatever the recording's length.
-            let index =
-                consult_vault::recording::RecordingIndex::read(reader.open_recording(id)?, true)?;
-            Ok::<_, consult_vault::VaultError>((index.chunks, index.last_frame_us.unwrap_or(0)))
-        })
-        .await?;
-        let bytes = vault.media_size(id)?.unwrap_or(0);
-        let (chunks, ended_at, note) = match survived {
-            Ok((chunks, last_us)) => (
-                chunks,
-                started_at + std::time::Duration::from_micros(last_us),
-                "the service stopped while recording; kept up to the last sealed chunk".to_owned(),
-            ),
-            Err(e) => (
-                0,
-                started_at,
-                format!("the service stopped while recording, and what it left does not open: {e}"),
-            ),
-        };
-        let status = crate::recording::rows::RecordingStatus::Interrupted;
-        crate::recording::rows::finish(pool, id, status, ended_at, chunks, bytes, Some(&note))
-            .await?;
-        crate::audit::AuditLog::new(pool.clone())
-            .record(
-                clock.now(),
-                &Actor::System,
-                crate::audit::Action::RecordingStopped,
-                Some(row.consultation_id),
-                serde_json::json!({ "recording_id": id, "state": status, "chunks": chunks,
-                                    "bytes": bytes }),
-            )
-            .await?;
-        tracing::warn!(recording = %id, chunks, "a recording was interrupted by the previous run's end");
+    if config.cluster.redis_url.is_none() {
+        // Alone, whatever is still recording was this node's. With several nodes, a node
+        // closes a doctor's when it takes over their consultations.
+        crate::recording::close_left_open(pool, &vault, clock, None).await?;
     }
     let candidates = crate::recording::candidates::CandidatePolicy::new(
         media_address,
@@ -260,14 +241,28 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
         .context("loading the sealing key")?;
     let recordings = open_recordings(&config, &pool, &clock, addr).await?;
     let retention_sweep = config.recording.retention_sweep_interval;
-    let state = AppState::new(config, pool, clock, url.clone(), sealing_key, recordings)
-        .context("public_url")?;
-    let restored = invites::restore_places(&state).await?;
-    if restored > 0 {
-        tracing::info!(
-            restored,
-            "places held when the previous run stopped wait for their participants"
-        );
+    let cluster = crate::cluster::Cluster::connect(&config.cluster).await?;
+    let state = AppState::new(
+        config,
+        pool,
+        clock,
+        url.clone(),
+        sealing_key,
+        recordings,
+        cluster,
+    )
+    .context("public_url")?;
+    if state.cluster.is_clustered() {
+        // Each doctor's consultations come back on whichever node becomes their home.
+        state.cluster.start(&state);
+    } else {
+        let restored = invites::restore_places(&state, None).await?;
+        if restored > 0 {
+            tracing::info!(
+                restored,
+                "places held when the previous run stopped wait for their participants"
+            );
+        }
     }
     crate::recording::spawn_retention_job(state.clone(), retention_sweep);
     crate::audit_tally::spawn_closing_job(state.clone(), TALLY_CLOSING_INTERVAL);

@@ -65,6 +65,8 @@ pub struct Shared {
     pub recordings: Recordings,
     /// The detection rules and the queue of alerts they raise.
     pub alerts: Alerts,
+    /// The other nodes of the deployment, if any.
+    pub cluster: crate::cluster::Cluster,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
         public_url: String,
         sealing_key: SealingKey,
         recordings: Recordings,
+        cluster: crate::cluster::Cluster,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let alerts = Alerts::new(config.alerts.rules.clone());
@@ -110,6 +113,7 @@ impl AppState {
             sealing_key,
             recordings,
             alerts,
+            cluster,
         })))
     }
 }

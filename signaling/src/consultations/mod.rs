@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::audit::{Action, Actor, AuditedTransaction};
 use crate::auth::sessions::CurrentDoctor;
+use crate::cluster::rooms;
 use crate::db::to_unix;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::invites;
@@ -41,10 +42,12 @@ async fn find_owned(
         .ok_or(ApiError::NotFound("consultation"))
 }
 
+/// The API's view of a consultation; `waiting` is its doctor's waiting room.
 async fn view(
     state: &AppState,
     record: &ConsultationRecord,
     invite_url: Option<String>,
+    waiting: &[WaitingPatient],
 ) -> Result<Consultation, ApiError> {
     let now = state.clock.now();
     let invite = invites::latest(&state.pool, record.id)
@@ -57,11 +60,10 @@ async fn view(
                 || record.status == ConsultationStatus::Ended
                 || invite.expires_at <= now,
         });
-    let waiting: Vec<WaitingPatient> = state
-        .hub
-        .waiting_for(record.doctor_id)
-        .into_iter()
+    let waiting: Vec<WaitingPatient> = waiting
+        .iter()
         .filter(|w| w.consultation_id == record.id)
+        .cloned()
         .collect();
     Ok(Consultation {
         id: record.id,
@@ -163,7 +165,7 @@ pub async fn create(
     let record = find_owned(&state, &doctor, id).await?;
     Ok((
         StatusCode::CREATED,
-        Json(view(&state, &record, Some(invite.invite_url)).await?),
+        Json(view(&state, &record, Some(invite.invite_url), &[]).await?),
     ))
 }
 
@@ -180,7 +182,7 @@ async fn issue_invite(
     let revoked = revoke_invites(state, &mut tx, doctor, consultation_id).await?;
     let invite = insert_invite(state, &mut tx, doctor, consultation_id).await?;
     tx.commit().await?;
-    remove_holders(state, consultation_id, &revoked).await;
+    remove_holders(state, doctor.0.user.id, consultation_id, &revoked).await;
     Ok(invite)
 }
 
@@ -245,9 +247,14 @@ async fn revoke_invites(
 /// Disconnect the devices that held these (now revoked and committed) invites. Each is tried:
 /// a failure is logged, never returned, because the revocation stands and the answer (a new
 /// invite link, shown once) must reach the doctor.
-async fn remove_holders(state: &AppState, consultation_id: Uuid, revoked: &[String]) {
+async fn remove_holders(
+    state: &AppState,
+    doctor_id: Uuid,
+    consultation_id: Uuid,
+    revoked: &[String],
+) {
     for invite_id in revoked {
-        if let Err(e) = invites::remove_holders(state, consultation_id, invite_id).await {
+        if let Err(e) = rooms::remove_holders(state, doctor_id, consultation_id, invite_id).await {
             tracing::error!(error = format!("{e:#}"), %consultation_id, "could not disconnect the holder of a revoked invite");
         }
     }
@@ -261,9 +268,10 @@ pub async fn list(
     doctor: CurrentDoctor,
 ) -> Result<Json<Vec<Consultation>>, ApiError> {
     let records = rows::of_doctor(&state.pool, doctor.0.user.id).await?;
+    let waiting = rooms::waiting_for(&state, doctor.0.user.id).await?;
     let mut out = Vec::with_capacity(records.len());
     for record in &records {
-        out.push(view(&state, record, None).await?);
+        out.push(view(&state, record, None, &waiting).await?);
     }
     Ok(Json(out))
 }
@@ -278,7 +286,8 @@ pub async fn get(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Consultation>, ApiError> {
     let record = find_owned(&state, &doctor, id).await?;
-    Ok(Json(view(&state, &record, None).await?))
+    let waiting = rooms::waiting_for(&state, record.doctor_id).await?;
+    Ok(Json(view(&state, &record, None, &waiting).await?))
 }
 
 /// `POST /api/v1/consultations/{id}/end`: end it, disconnect everyone, kill the invite.
@@ -308,18 +317,16 @@ pub async fn end(
             .await?;
         }
         tx.commit().await?;
-        // The end stands once committed: telling everyone is tried in full, failures logged.
-        for departure in state.hub.end(id) {
-            if let Err(e) = invites::depart(&state, &departure).await {
-                tracing::error!(error = format!("{e:#}"), consultation_id = %id, "could not record a departure at the end");
-            }
-        }
-        if let Err(e) = invites::release_all(&state, id).await {
-            tracing::error!(error = format!("{e:#}"), consultation_id = %id, "could not release the invite holds at the end");
+        // The end stands once committed: telling everyone is tried in full (at the node that
+        // holds the room), failures logged.
+        if let Err(e) = rooms::end(&state, doctor.0.user.id, id).await {
+            tracing::error!(error = %e, consultation_id = %id, "could not tell everyone of the end");
+            end_here(&state, id).await;
         }
     }
     let record = find_owned(&state, &doctor, id).await?;
-    Ok(Json(view(&state, &record, None).await?))
+    let waiting = rooms::waiting_for(&state, record.doctor_id).await?;
+    Ok(Json(view(&state, &record, None, &waiting).await?))
 }
 
 async fn find_open(
@@ -370,18 +377,32 @@ pub async fn revoke_invite(
         return Err(ApiError::NotFound("live invite"));
     }
     tx.commit().await?;
-    remove_holders(&state, id, &revoked).await;
+    remove_holders(&state, doctor.0.user.id, id, &revoked).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/waiting-room`: patients waiting for this doctor, across consultations.
 #[utoipa::path(get, path = "/api/v1/waiting-room", tag = "consultations",
-    responses((status = 200, body = [WaitingPatient]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [WaitingPatient]), (status = 401, body = ErrorBody),
+              (status = 503, body = ErrorBody, description = "cluster_unavailable")))]
 pub async fn waiting_room(
     State(state): State<AppState>,
     doctor: CurrentDoctor,
-) -> Json<Vec<WaitingPatient>> {
-    Json(state.hub.waiting_for(doctor.0.user.id))
+) -> Result<Json<Vec<WaitingPatient>>, ApiError> {
+    rooms::waiting_for(&state, doctor.0.user.id).await.map(Json)
+}
+
+/// Close an ended consultation's room on this node (its doctor's home): everyone is told and
+/// disconnected, each departure audited, every hold on its invites released.
+pub async fn end_here(state: &AppState, id: Uuid) {
+    for departure in state.hub.end(id) {
+        if let Err(e) = invites::depart(state, &departure).await {
+            tracing::error!(error = format!("{e:#}"), consultation_id = %id, "could not record a departure at the end");
+        }
+    }
+    if let Err(e) = invites::release_all(state, id).await {
+        tracing::error!(error = format!("{e:#}"), consultation_id = %id, "could not release the invite holds at the end");
+    }
 }
 
 /// Admit a waiting patient: shared by the REST endpoint and the signaling `admit` message.
@@ -461,8 +482,8 @@ pub async fn admit(
     ApiPath((id, pid)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
     find_open(&state, &doctor, id).await?;
-    admit_patient(&state, doctor.0.user.id, id, pid)
-        .await
+    rooms::admit(&state, doctor.0.user.id, id, pid)
+        .await?
         .map_err(admission_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -478,8 +499,8 @@ pub async fn decline(
     ApiPath((id, pid)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
     find_open(&state, &doctor, id).await?;
-    decline_patient(&state, doctor.0.user.id, id, pid)
-        .await
+    rooms::decline(&state, doctor.0.user.id, id, pid)
+        .await?
         .map_err(admission_error)?;
     Ok(StatusCode::NO_CONTENT)
 }

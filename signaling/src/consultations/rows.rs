@@ -344,11 +344,17 @@ pub async fn held_place(
 }
 
 /// Every place still held, with what a restarted service gives back: (consultation, place).
-pub async fn held_places(db: impl AnyExecutor<'_>) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
+pub async fn held_places(
+    db: impl AnyExecutor<'_>,
+    doctor: Option<Uuid>,
+) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
     let rows = sqlx::query(
-        "SELECT id, consultation_id, name, admitted_at, recording_consent, created_at
-         FROM participants WHERE released_at IS NULL ORDER BY created_at",
+        "SELECT p.id, p.consultation_id, p.name, p.admitted_at, p.recording_consent, p.created_at
+         FROM participants p JOIN consultations c ON c.id = p.consultation_id
+         WHERE p.released_at IS NULL AND ($1 IS NULL OR c.doctor_id = $1)
+         ORDER BY p.created_at, p.id",
     )
+    .bind(doctor.map(|d| d.to_string()))
     .fetch_all(db)
     .await?;
     rows.into_iter()
@@ -366,6 +372,18 @@ pub async fn held_places(db: impl AnyExecutor<'_>) -> anyhow::Result<Vec<(Uuid, 
             ))
         })
         .collect()
+}
+
+/// The doctors with places held in their consultations (candidates for a new home when the
+/// node that held them is gone).
+pub async fn doctors_with_held_places(db: impl AnyExecutor<'_>) -> anyhow::Result<Vec<Uuid>> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT c.doctor_id FROM participants p
+         JOIN consultations c ON c.id = p.consultation_id WHERE p.released_at IS NULL",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(|id| Ok(Uuid::parse_str(id)?)).collect()
 }
 
 /// The stored name of a recording answer.

@@ -50,6 +50,8 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         url,
         sealing_key,
         recordings,
+        // A command-line tool works on the database and vault; it joins no deployment.
+        crate::cluster::Cluster::single(),
     )
 }
 

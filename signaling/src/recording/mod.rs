@@ -188,6 +188,56 @@ fn announcement(
     }
 }
 
+/// Close the recordings left in state `recording` by a node that stopped (all of them at a
+/// single node's start-up; one doctor's when a node takes over their consultations): marked
+/// interrupted (audited), they keep everything up to their last sealed chunk.
+pub async fn close_left_open(
+    pool: &sqlx::AnyPool,
+    vault: &Arc<Vault>,
+    clock: &Arc<dyn crate::clock::Clock>,
+    doctor: Option<Uuid>,
+) -> anyhow::Result<()> {
+    for row in rows::left_open(pool, doctor).await? {
+        let (id, started_at) = (row.id, row.started_at);
+        let reader = Arc::clone(vault);
+        // What survived: every sealed chunk; the recording ends with its last frame.
+        let survived = tokio::task::spawn_blocking(move || {
+            // The index alone: one chunk in memory at a time, whatever the recording's length.
+            let index =
+                consult_vault::recording::RecordingIndex::read(reader.open_recording(id)?, true)?;
+            Ok::<_, consult_vault::VaultError>((index.chunks, index.last_frame_us.unwrap_or(0)))
+        })
+        .await?;
+        let bytes = vault.media_size(id)?.unwrap_or(0);
+        let (chunks, ended_at, note) = match survived {
+            Ok((chunks, last_us)) => (
+                chunks,
+                started_at + std::time::Duration::from_micros(last_us),
+                "the node recording it stopped; kept up to the last sealed chunk".to_owned(),
+            ),
+            Err(e) => (
+                0,
+                started_at,
+                format!("the node recording it stopped, and what it left does not open: {e}"),
+            ),
+        };
+        let status = rows::RecordingStatus::Interrupted;
+        rows::finish(pool, id, status, ended_at, chunks, bytes, Some(&note)).await?;
+        crate::audit::AuditLog::new(pool.clone())
+            .record(
+                clock.now(),
+                &Actor::System,
+                crate::audit::Action::RecordingStopped,
+                Some(row.consultation_id),
+                serde_json::json!({ "recording_id": id, "state": status, "chunks": chunks,
+                                    "bytes": bytes }),
+            )
+            .await?;
+        tracing::warn!(recording = %id, chunks, "a recording was interrupted by the end of the node recording it");
+    }
+    Ok(())
+}
+
 /// Decide again whether `consultation_id` is recorded, and make it so.
 pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
     let recordings = &state.recordings;

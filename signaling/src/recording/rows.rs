@@ -218,15 +218,19 @@ pub async fn set_shredded(
     Ok(())
 }
 
-/// Recordings the previous process left in state `recording` (it stopped without closing
-/// them), found at start-up.
-pub async fn left_open(pool: &AnyPool) -> anyhow::Result<Vec<RecordingRow>> {
-    sqlx::query(&format!("{SELECT} WHERE state = 'recording'"))
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(from_row)
-        .collect()
+/// Recordings a process left in state `recording` (it stopped without closing them): every
+/// one at start-up of a single node, one doctor's when a node takes over their consultations.
+pub async fn left_open(pool: &AnyPool, doctor: Option<Uuid>) -> anyhow::Result<Vec<RecordingRow>> {
+    sqlx::query(&format!(
+        "{SELECT} WHERE state = 'recording' AND ($1 IS NULL OR consultation_id IN
+           (SELECT id FROM consultations WHERE doctor_id = $1))"
+    ))
+    .bind(doctor.map(|d| d.to_string()))
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(from_row)
+    .collect()
 }
 
 /// The recording public key registered for a clinician, if any.

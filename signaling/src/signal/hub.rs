@@ -137,7 +137,9 @@ pub struct Departure {
 }
 
 /// Why an admit or decline was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
 pub enum AdmissionError {
     /// No such patient is waiting in that consultation.
     #[error("that patient is not in the waiting room")]
@@ -795,6 +797,39 @@ impl Hub {
                     .values()
                     .any(|m| m.admitted && m.role == ParticipantRole::Patient)
             })
+        })
+    }
+
+    /// Whether any consultation of this doctor has someone in it.
+    pub fn has_rooms_of(&self, doctor_user_id: Uuid) -> bool {
+        self.with_rooms(|rooms| {
+            rooms
+                .values()
+                .any(|room| room.info.doctor_user_id == doctor_user_id)
+        })
+    }
+
+    /// Another node has become this doctor's home: forget their rooms here without anyone
+    /// leaving (the places stay held in the database, and the new home restores them), and
+    /// tell every connection to go away (1001) so that it reconnects and reaches the new home.
+    /// Returns the consultations forgotten.
+    pub fn abandon(&self, doctor_user_id: Uuid) -> Vec<Uuid> {
+        self.with_rooms(|rooms| {
+            let ids: Vec<Uuid> = rooms
+                .values()
+                .filter(|room| room.info.doctor_user_id == doctor_user_id)
+                .map(|room| room.info.consultation_id)
+                .collect();
+            for id in &ids {
+                if let Some(room) = rooms.remove(id) {
+                    for member in room.members.values() {
+                        if let Some(conn) = &member.conn {
+                            conn.going_away();
+                        }
+                    }
+                }
+            }
+            ids
         })
     }
 

@@ -8,7 +8,7 @@
 use crate::alerts::rules::Observation;
 use std::time::Duration;
 
-use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -86,7 +86,14 @@ pub async fn upgrade(
         .max_frame_size(hard_limit)
         .read_buffer_size(SOCKET_BUFFER_BYTES)
         .write_buffer_size(SOCKET_BUFFER_BYTES)
-        .on_upgrade(move |socket| run(state, socket, cookie, unjoined))
+        .on_upgrade(move |socket| async move {
+            if state.cluster.is_clustered() {
+                crate::cluster::pipe::serve(state, socket, cookie, unjoined).await;
+            } else {
+                let (sink, stream) = socket.split();
+                run(state, sink, stream, cookie, unjoined).await;
+            }
+        })
 }
 
 /// Whether a request's `Origin` (if any) is this service: the same host as `Host`, or the
@@ -179,10 +186,20 @@ struct Connected {
     unjoined: Option<UnjoinedSocket>,
 }
 
-async fn run(state: AppState, socket: WebSocket, cookie: Option<Token>, unjoined: UnjoinedSocket) {
+/// Serve one signaling connection: a client's WebSocket here, or one relayed from another node
+/// (its frames arrive over Redis) when this node is the consultation's home.
+pub(crate) async fn run<W, R>(
+    state: AppState,
+    mut sink: W,
+    mut stream: R,
+    cookie: Option<Token>,
+    unjoined: UnjoinedSocket,
+) where
+    W: futures_util::Sink<Message> + Unpin + Send + 'static,
+    R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     state.metrics.connected_sockets.inc();
     let (conn, mut outbound) = state.hub.connection(OUTBOUND_QUEUE);
-    let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
         while let Some(out) = outbound.recv().await {
             let frame = match out {

@@ -3,6 +3,7 @@
 
 use consult_api_client::ApiClient;
 use consult_proto::api::CreateConsultationRequest;
+use consult_proto::signal::{ClientMessage, ServerMessage};
 use consult_signaling::audit_checkpoints::{self, AuditSigner};
 
 use crate::common::*;
@@ -90,4 +91,284 @@ async fn one_invite_redeemed_on_two_nodes_at_once_goes_to_one_device() {
         }
         assert_eq!(created, 1, "round {round}: one device holds the invite");
     }
+}
+
+/// Join as a patient, as a page does after losing its connection: again after a refusal to
+/// try later (a consultation between homes), for up to 15 s.
+async fn rejoin_patient(node: &TestService, token: &str) -> (Signal, ServerMessage) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rejoin within 15 s"
+        );
+        let mut ws = node.connect().await;
+        ws.send(&ClientMessage::Join {
+            token: Some(token.to_owned()),
+            consultation_id: None,
+        })
+        .await;
+        if let Some(joined @ ServerMessage::Joined { .. }) = ws.recv().await {
+            return (ws, joined);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// An offer to `to`, as a page sends one.
+fn offer(to: uuid::Uuid) -> ClientMessage {
+    ClientMessage::Description {
+        to,
+        description: consult_proto::signal::SessionDescription {
+            kind: consult_proto::signal::SdpKind::Offer,
+            sdp: "v=0\r\n".into(),
+        },
+    }
+}
+
+/// A doctor on one node and their patient on another: the patient waits, the doctor sees them
+/// and admits them (once over the socket, once over REST from a third node), signaling flows
+/// both ways in order, and ending the consultation on the third node reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_doctor_and_patient_are_on_different_nodes_works_as_on_one() {
+    let redis = TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let b = a.another_node().await;
+    let c = a.another_node().await;
+    let doctor = a.doctor("across@clinic.test").await;
+    let (consultation, invite) = doctor.create_consultation().await;
+    let (mut doctor_ws, joined) = doctor.join(&a, consultation.id).await;
+    let doctor_id = participant_id(&joined);
+    assert!(matches!(
+        doctor_ws.recv_type("waiting_room").await,
+        ServerMessage::WaitingRoom { entries } if entries.is_empty()
+    ));
+
+    // The patient redeems and connects on node B: relayed to A, where the doctor's room is.
+    let patient = b.patient(&invite, "Pat").await;
+    let (mut patient_ws, joined) = b.join_patient(&patient.participant_token).await;
+    assert_eq!(
+        joined_parts(&joined),
+        (patient.participant_id, false, false, vec![])
+    );
+    assert!(matches!(
+        doctor_ws.recv_type("waiting_room").await,
+        ServerMessage::WaitingRoom { entries } if entries.len() == 1 && entries[0].connected
+    ));
+    // The waiting room over REST, asked of node C, is the home's.
+    let on_c = ApiClient::new(&c.base).unwrap();
+    let waiting = on_c.waiting_room(&doctor.token).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].participant_id, patient.participant_id);
+
+    // Admitted over REST on node C: the home admits, both sides hear it.
+    on_c.admit(&doctor.token, consultation.id, patient.participant_id)
+        .await
+        .unwrap();
+    assert!(matches!(
+        patient_ws.recv_type("admitted").await,
+        ServerMessage::Admitted { peers } if peers.iter().any(|p| p.participant_id == doctor_id)
+    ));
+    doctor_ws.recv_type("peer_joined").await;
+    // A second admission of the same patient, from another node, is refused: one admission.
+    assert!(on_c
+        .admit(&doctor.token, consultation.id, patient.participant_id)
+        .await
+        .is_err());
+
+    // Fifty messages each way arrive, in order.
+    for i in 0..50u32 {
+        doctor_ws
+            .send(&ClientMessage::Candidate {
+                to: patient.participant_id,
+                candidate: Some(consult_proto::signal::IceCandidate {
+                    candidate: format!("candidate:{i} 1 udp 1 127.0.0.1 {} typ host", 1000 + i),
+                    sdp_mid: Some("0".into()),
+                    sdp_m_line_index: Some(0),
+                    username_fragment: None,
+                }),
+            })
+            .await;
+        patient_ws.send(&offer(doctor_id)).await;
+    }
+    for i in 0..50u32 {
+        match patient_ws.recv_type("candidate").await {
+            ServerMessage::Candidate {
+                from,
+                candidate: Some(candidate),
+            } => {
+                assert_eq!(from, doctor_id);
+                assert!(candidate.candidate.starts_with(&format!("candidate:{i} ")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            doctor_ws.recv_type("description").await,
+            ServerMessage::Description { from, .. } if from == patient.participant_id
+        ));
+    }
+
+    // Ending on node C reaches the patient on B and the doctor on A.
+    on_c.end(&doctor.token, consultation.id).await.unwrap();
+    assert_eq!(
+        patient_ws.recv_type("consultation_ended").await,
+        ServerMessage::ConsultationEnded {}
+    );
+    assert_eq!(
+        doctor_ws.recv_type("consultation_ended").await,
+        ServerMessage::ConsultationEnded {}
+    );
+}
+
+/// Signing out on one node closes the doctor's signaling connection held by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_on_one_node_closes_the_socket_another_holds() {
+    let redis = TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let b = a.another_node().await;
+    let doctor = a.doctor("signout@clinic.test").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    let (mut ws, _) = doctor.join(&a, consultation.id).await;
+    ApiClient::new(&b.base)
+        .unwrap()
+        .sign_out(&doctor.token)
+        .await
+        .unwrap();
+    assert!(ws.expect_error("unauthorized").await);
+}
+
+/// A doctor admits one patient at a time, even when their consultations' connections arrive on
+/// different nodes: the doctor's consultations share one home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doctor_busy_on_one_node_cannot_admit_on_another() {
+    let redis = TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let b = a.another_node().await;
+    let call = a.admitted_call("busy@clinic.test").await;
+    let doctor = call.doctor;
+    let (second, invite) = doctor.create_consultation().await;
+    let other = b.patient(&invite, "Second").await;
+    let (_other_ws, _) = b.join_patient(&other.participant_token).await;
+    let (mut second_ws, _) = doctor.join(&b, second.id).await;
+    second_ws
+        .send(&ClientMessage::Admit {
+            participant_id: other.participant_id,
+        })
+        .await;
+    assert!(matches!(
+        second_ws.recv_type("error").await,
+        ServerMessage::Error {
+            code: consult_proto::signal::SignalErrorCode::DoctorBusy,
+            ..
+        }
+    ));
+    drop(call.patient_ws);
+}
+
+/// A node that stops without a word (its process killed): within the lease, another node
+/// takes the consultation from the database; both sides reconnect there and find their places,
+/// the admission and each other, with no new admission; a relayed connection whose home died
+/// is told to reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_node_holding_a_call_dies_another_gives_everyone_their_place_back() {
+    let redis = TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let b = a.another_node().await;
+    let doctor = a.doctor("failover@clinic.test").await;
+    let (consultation, invite) = doctor.create_consultation().await;
+    let (mut doctor_ws, joined) = doctor.join(&a, consultation.id).await;
+    let doctor_id = participant_id(&joined);
+    let patient = b.patient(&invite, "Pat").await;
+    let (mut patient_ws, _) = b.join_patient(&patient.participant_token).await;
+    doctor_ws
+        .send(&ClientMessage::Admit {
+            participant_id: patient.participant_id,
+        })
+        .await;
+    patient_ws.recv_type("admitted").await;
+
+    // Node A dies: no goodbye to anyone, its leases left to lapse.
+    a.kill().await;
+    let died = std::time::Instant::now();
+    doctor_ws.expect_closed().await;
+    // B notices its relayed connection's home is gone and tells the patient to reconnect.
+    patient_ws.expect_closed().await;
+
+    // Both reconnect (through the load balancer, here: to B) and resume.
+    let (mut patient_ws, joined) = b.join_patient(&patient.participant_token).await;
+    assert_eq!(
+        joined_parts(&joined),
+        (patient.participant_id, true, true, vec![doctor_id])
+    );
+    let (mut doctor_ws, joined) = doctor.join(&b, consultation.id).await;
+    assert_eq!(
+        joined_parts(&joined),
+        (doctor_id, true, true, vec![patient.participant_id])
+    );
+    eprintln!("both rejoined {:?} after the node died", died.elapsed());
+    doctor_ws.send(&offer(patient.participant_id)).await;
+    assert!(matches!(
+        patient_ws.recv_type("description").await,
+        ServerMessage::Description { from, .. } if from == doctor_id
+    ));
+    ApiClient::new(&b.base)
+        .unwrap()
+        .end(&doctor.token, consultation.id)
+        .await
+        .unwrap();
+    patient_ws.recv_type("consultation_ended").await;
+}
+
+/// Redis lost everything mid-call (restarted without persistence): the nodes reconnect, the
+/// connections that crossed nodes are told to reconnect, and everyone resumes with nothing
+/// relayed across consultations and nobody admitted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_call_heals_without_a_second_admission() {
+    let mut redis = TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let b = a.another_node().await;
+    let doctor = a.doctor("redis@clinic.test").await;
+    let (consultation, invite) = doctor.create_consultation().await;
+    let (mut doctor_ws, joined) = doctor.join(&a, consultation.id).await;
+    let doctor_id = participant_id(&joined);
+    let patient = b.patient(&invite, "Pat").await;
+    let (mut patient_ws, _) = b.join_patient(&patient.participant_token).await;
+    doctor_ws
+        .send(&ClientMessage::Admit {
+            participant_id: patient.participant_id,
+        })
+        .await;
+    patient_ws.recv_type("admitted").await;
+    // Another consultation, another doctor, in the same deployment.
+    let stranger = b.doctor("stranger@clinic.test").await;
+    let (other, _) = stranger.create_consultation().await;
+    let (mut stranger_ws, _) = stranger.join(&b, other.id).await;
+
+    redis.restart();
+
+    // The relayed patient is told to reconnect; they and the doctor resume.
+    patient_ws.expect_closed().await;
+    let (mut patient_ws, joined) = rejoin_patient(&b, &patient.participant_token).await;
+    assert_eq!(
+        joined_parts(&joined),
+        (patient.participant_id, true, true, vec![doctor_id])
+    );
+    doctor_ws.assert_alive().await;
+    doctor_ws.send(&offer(patient.participant_id)).await;
+    assert!(matches!(
+        patient_ws.recv_type("description").await,
+        ServerMessage::Description { from, .. } if from == doctor_id
+    ));
+    // Nothing of it reached the other consultation.
+    let heard = stranger_ws
+        .drain(std::time::Duration::from_millis(500))
+        .await;
+    assert!(
+        heard.iter().all(|m| !matches!(
+            m,
+            ServerMessage::Description { .. } | ServerMessage::Admitted { .. }
+        )),
+        "{heard:?}"
+    );
+    assert_eq!(a.audited_count("admitted").await, 1, "admitted once");
 }

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{error_code, participant_id, TestService};
+use common::{error_code, joined_parts, participant_id, TestService};
 use consult_proto::api::WaitingPatient;
 use consult_proto::signal::{
     ClientMessage, IceCandidate, LeaveReason, SdpKind, ServerMessage, SessionDescription,
@@ -682,24 +682,6 @@ async fn a_whole_consultation_leaves_an_intact_audit_chain_without_secrets() {
 }
 
 /// The `joined` a participant gets: (participant id, admitted, resumed, the peers' ids).
-fn joined_parts(joined: &ServerMessage) -> (Uuid, bool, bool, Vec<Uuid>) {
-    match joined {
-        ServerMessage::Joined {
-            participant_id,
-            admitted,
-            resumed,
-            peers,
-            ..
-        } => (
-            *participant_id,
-            *admitted,
-            *resumed,
-            peers.iter().map(|p| p.participant_id).collect(),
-        ),
-        other => panic!("not joined: {other:?}"),
-    }
-}
-
 /// A restart mid-call (a deploy) forgets nobody: the patient's token still works and they are
 /// still admitted, the doctor comes back under the same participant id, each finds the other
 /// among their peers (so neither page starts a new peer connection), messages flow again without

@@ -59,7 +59,83 @@ pub async fn fresh_postgres_database() -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
+/// A real `redis-server` (Debian's) on a free loopback port, with nothing kept on disk; stopped
+/// when dropped.
+pub struct TestRedis {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl TestRedis {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::on_port(port)
+    }
+
+    fn on_port(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) runs");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kill it (everything it held is gone, as after a crash without persistence) and start a
+    /// new one on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        *self = Self::on_port(self.port);
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl TestService {
+    /// The first node of a deployment on `redis` (then [`TestService::another_node`] for more),
+    /// with a short lease so that failover tests run in seconds.
+    pub async fn start_clustered(redis: &TestRedis) -> Self {
+        let url = redis.url();
+        Self::start_with(move |c| {
+            c.cluster.redis_url = Some(url);
+            c.cluster.lease = Duration::from_millis(1500);
+        })
+        .await
+    }
+
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
@@ -118,6 +194,11 @@ impl TestService {
         let again = Self::launch(config, clock, dir).await;
         assert_eq!(again.base, base, "the same address");
         again
+    }
+
+    /// Stop this node at once, as a killed process stops (see `RunningServer::stop_now`).
+    pub async fn kill(self) {
+        self.running.stop_now().await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -541,6 +622,25 @@ impl Signal {
     /// Wait until the service closes the socket, skipping messages; panics after 5 s.
     pub async fn expect_closed(&mut self) {
         while self.recv().await.is_some() {}
+    }
+}
+
+/// A `joined` message's participant id, whether admitted, whether resumed, and its peers.
+pub fn joined_parts(joined: &ServerMessage) -> (uuid::Uuid, bool, bool, Vec<uuid::Uuid>) {
+    match joined {
+        ServerMessage::Joined {
+            participant_id,
+            admitted,
+            resumed,
+            peers,
+            ..
+        } => (
+            *participant_id,
+            *admitted,
+            *resumed,
+            peers.iter().map(|p| p.participant_id).collect(),
+        ),
+        other => panic!("not joined: {other:?}"),
     }
 }
 

@@ -1,0 +1,336 @@
+//! Signaling connections that reach a node other than their doctor's home: the node they
+//! reached (the *entry*) relays every frame to the home over the bus and every answer back,
+//! and the home serves the connection exactly as if the client had connected to it — the same
+//! join checks, rate limit, heartbeat timeout and revocations.
+//!
+//! The entry reads only the first message, to learn whose consultation it joins; it checks
+//! nothing else. Anything it cannot place (not a join, an unknown consultation or token) is
+//! served where it arrived, which refuses it as any node would.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
+use consult_proto::signal::{
+    decode_client_message, encode_server_message, ClientMessage, ServerMessage, SignalErrorCode,
+};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use uuid::Uuid;
+
+use super::wire::{Envelope, Frame};
+use super::{EntryPipe, Home, Node, PipeEvent};
+use crate::secrets::Token;
+use crate::signal::limits::UnjoinedSocket;
+use crate::signal::socket::run;
+use crate::state::AppState;
+
+/// WebSocket close code 1012, "service restart": reconnect now.
+pub const SERVICE_RESTART: u16 = 1012;
+/// WebSocket close code 1013, "try again later".
+const TRY_AGAIN_LATER: u16 = 1013;
+/// Frames queued for one relayed connection, each way, before it counts as too slow.
+const QUEUE: usize = 256;
+/// How long the entry waits for the home to take a connection.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Homes tried for one connection (a home can move while it is being reached).
+const ATTEMPTS: usize = 3;
+/// How often a connection asks again while the deployment settles.
+const SETTLING_POLL: Duration = Duration::from_millis(100);
+
+/// Serve a client's signaling connection on a node of a deployment: here when this node is
+/// (or becomes) the home of the doctor it joins, relayed to the home otherwise.
+pub async fn serve(
+    state: AppState,
+    socket: WebSocket,
+    cookie: Option<Token>,
+    unjoined: UnjoinedSocket,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let join_timeout = state.config.signaling.join_timeout;
+    let first = match tokio::time::timeout(join_timeout, stream.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => text.as_str().to_owned(),
+        Ok(Some(Ok(other))) => {
+            // Not a join: served here, which answers it as any node would.
+            let stream = futures_util::stream::iter([Ok(other)]).chain(stream);
+            run(state, sink, stream, cookie, unjoined).await;
+            return;
+        }
+        Ok(_) => return,
+        Err(_) => {
+            // Served here, where the join timeout closes it with the usual error.
+            run(state, sink, stream, cookie, unjoined).await;
+            return;
+        }
+    };
+    if let (Some(node), Some(doctor)) = (
+        state.cluster.node().cloned(),
+        doctor_of(&state, &first).await,
+    ) {
+        let mut placed = false;
+        let mut attempts = 0;
+        // Settling lasts one lease; a home that moves is tried again a few times.
+        let deadline = tokio::time::Instant::now() + state.config.cluster.lease * 2;
+        while attempts < ATTEMPTS && tokio::time::Instant::now() < deadline {
+            match state.cluster.claim(&state, doctor).await {
+                Ok(Home::Here) => {
+                    placed = true;
+                    break;
+                }
+                Ok(Home::Settling) => {
+                    tokio::time::sleep(SETTLING_POLL).await;
+                }
+                Ok(Home::There(home)) => {
+                    let relayed = relay(
+                        &state,
+                        &node,
+                        home,
+                        doctor,
+                        &first,
+                        cookie.as_ref(),
+                        &mut sink,
+                        &mut stream,
+                    )
+                    .await;
+                    if let Relayed::Done = relayed {
+                        return;
+                    }
+                    attempts += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot place a signaling connection");
+                    break;
+                }
+            }
+        }
+        if !placed {
+            // Never served here while another node may hold the consultation: the client
+            // tries again (through the load balancer) in a moment.
+            let frame = CloseFrame {
+                code: TRY_AGAIN_LATER,
+                reason: "the consultation is moving between the service's nodes; reconnect".into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            return;
+        }
+    }
+    let first = Message::Text(first.into());
+    let stream = futures_util::stream::iter([Ok(first)]).chain(stream);
+    run(state, sink, stream, cookie, unjoined).await;
+}
+
+/// The doctor whose consultation a first message joins, if it is a join that names one.
+async fn doctor_of(state: &AppState, first: &str) -> Option<Uuid> {
+    let message = decode_client_message(first, state.config.signaling.max_message_bytes).ok()?;
+    let ClientMessage::Join {
+        token,
+        consultation_id,
+    } = message
+    else {
+        return None;
+    };
+    match (consultation_id, token) {
+        (Some(id), _) => crate::consultations::find(&state.pool, id)
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.doctor_id),
+        (None, Some(token)) => crate::invites::find_participant(state, &Token::from_client(&token))
+            .await
+            .ok()
+            .flatten()
+            .map(|p| p.consultation.doctor_id),
+        (None, None) => None,
+    }
+}
+
+enum Relayed {
+    /// The connection was served by the home and is over.
+    Done,
+    /// The home did not take it (it is not the home any more, or did not answer).
+    NotTaken,
+}
+
+/// Relay a client's connection to `home` until either side ends it.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    state: &AppState,
+    node: &Arc<Node>,
+    home: Uuid,
+    doctor: Uuid,
+    first: &str,
+    cookie: Option<&Token>,
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut SplitStream<WebSocket>,
+) -> Relayed {
+    let pipe = node.number();
+    let (to_client, mut from_home) = tokio::sync::mpsc::channel(QUEUE);
+    node.entry_pipes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(pipe, EntryPipe { home, to_client });
+    let forget = || {
+        node.entry_pipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pipe);
+    };
+    node.send(
+        home,
+        &Envelope::Open {
+            from: node.id,
+            pipe,
+            doctor,
+            cookie: cookie.map(|c| c.expose().to_owned()),
+            first: first.to_owned(),
+        },
+    );
+    match tokio::time::timeout(OPEN_TIMEOUT, from_home.recv()).await {
+        Ok(Some(PipeEvent::Opened)) => {}
+        _ => {
+            forget();
+            return Relayed::NotTaken;
+        }
+    }
+    state.metrics.relayed_sockets.inc();
+    let to_home = |frame: Frame| {
+        node.send(
+            home,
+            &Envelope::ToHome {
+                from: node.id,
+                pipe,
+                frame,
+            },
+        )
+    };
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => to_home(Frame::Text { text: text.as_str().to_owned() }),
+                Some(Ok(Message::Binary(_))) => {
+                    let refusal = ServerMessage::Error {
+                        code: SignalErrorCode::Malformed,
+                        message: "binary frames are not part of the protocol; send JSON text".into(),
+                        fatal: false,
+                    };
+                    if sink.send(Message::Text(encode_server_message(&refusal).into())).await.is_err() {
+                        to_home(Frame::Close { code: None, reason: String::new() });
+                        break;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    to_home(Frame::Close { code: None, reason: String::new() });
+                    break;
+                }
+            },
+            event = from_home.recv() => match event {
+                Some(PipeEvent::Frame(Frame::Text { text })) => {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        to_home(Frame::Close { code: None, reason: String::new() });
+                        break;
+                    }
+                }
+                Some(PipeEvent::Frame(Frame::Close { code, reason })) => {
+                    let frame = code.map(|code| CloseFrame { code, reason: reason.into() });
+                    let _ = sink.send(Message::Close(frame)).await;
+                    break;
+                }
+                Some(PipeEvent::Opened | PipeEvent::NotHome) => {}
+                None => {
+                    // Dropped for not keeping up, or the bus lost touch.
+                    let frame = CloseFrame { code: SERVICE_RESTART, reason: "reconnect".into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    to_home(Frame::Close { code: None, reason: String::new() });
+                    break;
+                }
+            },
+            _ = state.shutdown.cancelled() => {
+                let frame = CloseFrame { code: close_code::AWAY, reason: "the service is restarting".into() };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                to_home(Frame::Close { code: None, reason: String::new() });
+                break;
+            }
+        }
+    }
+    forget();
+    state.metrics.relayed_sockets.dec();
+    let _ = sink.close().await;
+    Relayed::Done
+}
+
+/// The home's side: serve a connection relayed from node `from` as if it were local.
+pub(super) fn open_here(
+    state: &AppState,
+    node: &Arc<Node>,
+    from: Uuid,
+    pipe: u64,
+    cookie: Option<String>,
+    first: String,
+) {
+    let Some(unjoined) = state
+        .unjoined_sockets
+        .admit(state.config.signaling.max_unjoined_sockets)
+    else {
+        node.send(
+            from,
+            &Envelope::ToClient {
+                pipe,
+                frame: Frame::Close {
+                    code: Some(TRY_AGAIN_LATER),
+                    reason: "too many connections are waiting to join; try again shortly".into(),
+                },
+            },
+        );
+        return;
+    };
+    let (frames, incoming) = tokio::sync::mpsc::channel(QUEUE);
+    node.home_pipes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((from, pipe), frames);
+    node.send(from, &Envelope::Opened { pipe });
+    let first = Message::Text(first.into());
+    let mut incoming = incoming;
+    let stream = futures_util::stream::iter([Ok(first)]).chain(
+        futures_util::stream::poll_fn(move |cx| incoming.poll_recv(cx)).map(|frame| {
+            Ok(match frame {
+                Frame::Text { text } => Message::Text(text.into()),
+                Frame::Close { .. } => Message::Close(None),
+            })
+        }),
+    );
+    let out = node.clone();
+    let sink = Box::pin(futures_util::sink::unfold(
+        (),
+        move |(), message: Message| {
+            let frame = match message {
+                Message::Text(text) => Some(Frame::Text {
+                    text: text.as_str().to_owned(),
+                }),
+                Message::Close(close) => Some(Frame::Close {
+                    code: close.as_ref().map(|c| c.code),
+                    reason: close
+                        .map(|c| c.reason.as_str().to_owned())
+                        .unwrap_or_default(),
+                }),
+                _ => None,
+            };
+            if let Some(frame) = frame {
+                out.send(from, &Envelope::ToClient { pipe, frame });
+            }
+            async { Ok::<_, Infallible>(()) }
+        },
+    ));
+    let cookie = cookie.map(|c| Token::from_client(&c));
+    let state = state.clone();
+    let node = node.clone();
+    tokio::spawn(async move {
+        run(state, sink, stream, cookie, unjoined).await;
+        node.home_pipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(from, pipe));
+    });
+}

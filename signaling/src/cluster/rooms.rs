@@ -1,0 +1,160 @@
+//! The room operations a REST request needs — the waiting room, admit, decline, the end of a
+//! consultation, a revoked invite's holder — run at the doctor's home, wherever it is: here
+//! (or on a single node) directly, on another node as a call over the bus.
+
+use consult_proto::api::WaitingPatient;
+use uuid::Uuid;
+
+use super::wire::{Call, Reply};
+use super::Home;
+use crate::consultations::{admit_patient, decline_patient};
+use crate::error::ApiError;
+use crate::signal::hub::AdmissionError;
+use crate::state::AppState;
+
+/// Homes tried for one call (a home can move while it is being reached).
+const ATTEMPTS: usize = 3;
+
+/// The doctor's waiting patients across their consultations, longest-waiting first.
+pub async fn waiting_for(state: &AppState, doctor: Uuid) -> Result<Vec<WaitingPatient>, ApiError> {
+    match run(state, doctor, Call::WaitingFor).await? {
+        Reply::Waiting { entries } => Ok(entries),
+        _ => Err(ApiError::Internal(anyhow::anyhow!(
+            "unexpected reply from the home node"
+        ))),
+    }
+}
+
+/// Admit a waiting patient (at the doctor's home, so that one patient at a time holds).
+pub async fn admit(
+    state: &AppState,
+    doctor: Uuid,
+    consultation: Uuid,
+    participant: Uuid,
+) -> Result<Result<(), AdmissionError>, ApiError> {
+    let call = Call::Admit {
+        consultation,
+        participant,
+    };
+    admission(run(state, doctor, call).await?)
+}
+
+/// Turn a waiting patient away.
+pub async fn decline(
+    state: &AppState,
+    doctor: Uuid,
+    consultation: Uuid,
+    participant: Uuid,
+) -> Result<Result<(), AdmissionError>, ApiError> {
+    let call = Call::Decline {
+        consultation,
+        participant,
+    };
+    admission(run(state, doctor, call).await?)
+}
+
+fn admission(reply: Reply) -> Result<Result<(), AdmissionError>, ApiError> {
+    match reply {
+        Reply::Admission { refused: None } => Ok(Ok(())),
+        Reply::Admission {
+            refused: Some(refused),
+        } => Ok(Err(refused)),
+        _ => Err(ApiError::Internal(anyhow::anyhow!(
+            "unexpected reply from the home node"
+        ))),
+    }
+}
+
+/// A consultation's end is committed: tell everyone in it and close its room.
+pub async fn end(state: &AppState, doctor: Uuid, consultation: Uuid) -> Result<(), ApiError> {
+    done(run(state, doctor, Call::End { consultation }).await?)
+}
+
+/// An invite's revocation is committed: disconnect and release whoever holds it.
+pub async fn remove_holders(
+    state: &AppState,
+    doctor: Uuid,
+    consultation: Uuid,
+    invite: &str,
+) -> Result<(), ApiError> {
+    let call = Call::RemoveHolders {
+        consultation,
+        invite: invite.to_owned(),
+    };
+    done(run(state, doctor, call).await?)
+}
+
+fn done(reply: Reply) -> Result<(), ApiError> {
+    match reply {
+        Reply::Done => Ok(()),
+        _ => Err(ApiError::Internal(anyhow::anyhow!(
+            "unexpected reply from the home node"
+        ))),
+    }
+}
+
+/// Run `call` at `doctor`'s home.
+async fn run(state: &AppState, doctor: Uuid, call: Call) -> Result<Reply, ApiError> {
+    let unavailable = || {
+        ApiError::unavailable(
+            "cluster_unavailable",
+            "the node holding this consultation cannot be reached; try again",
+        )
+    };
+    let Some(node) = state.cluster.node() else {
+        return Ok(run_here(state, doctor, call).await);
+    };
+    for _ in 0..ATTEMPTS {
+        match state.cluster.locate(doctor).await {
+            Ok(Home::Here | Home::Settling) => return Ok(run_here(state, doctor, call).await),
+            Ok(Home::There(home)) => match node.call(home, doctor, call.clone()).await {
+                Ok(Reply::NotHome) | Err(_) => continue,
+                Ok(reply) => return Ok(reply),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot locate a doctor's home");
+                return Err(unavailable());
+            }
+        }
+    }
+    Err(unavailable())
+}
+
+/// Run `call` on this node (its home, or the only node).
+pub(super) async fn run_here(state: &AppState, doctor: Uuid, call: Call) -> Reply {
+    match call {
+        Call::WaitingFor => Reply::Waiting {
+            entries: state.hub.waiting_for(doctor),
+        },
+        Call::Admit {
+            consultation,
+            participant,
+        } => Reply::Admission {
+            refused: admit_patient(state, doctor, consultation, participant)
+                .await
+                .err(),
+        },
+        Call::Decline {
+            consultation,
+            participant,
+        } => Reply::Admission {
+            refused: decline_patient(state, doctor, consultation, participant)
+                .await
+                .err(),
+        },
+        Call::End { consultation } => {
+            crate::consultations::end_here(state, consultation).await;
+            Reply::Done
+        }
+        Call::RemoveHolders {
+            consultation,
+            invite,
+        } => match crate::invites::remove_holders(state, consultation, &invite).await {
+            Ok(()) => Reply::Done,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), %consultation, "could not disconnect the holder of a revoked invite");
+                Reply::Failed
+            }
+        },
+    }
+}
