@@ -247,14 +247,50 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
     }
 }
 
+/// Whether a database error says the database cannot be reached right now (down, restarting,
+/// the network between): the request may succeed later, so it is answered 503, not 500.
+pub fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        // PostgreSQL's classes 08 (connection exception) and 57P (operator intervention:
+        // shutting down, cannot connect now).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+fn database_unavailable() -> ApiError {
+    ApiError::unavailable(
+        "database_unavailable",
+        "the database cannot be reached; try again shortly",
+    )
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if database_unreachable(&e) {
+            tracing::warn!(error = %e, "the database cannot be reached");
+            return database_unavailable();
+        }
         Self::Internal(e.into())
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
+        let unreachable = e
+            .chain()
+            .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+            .any(database_unreachable);
+        if unreachable {
+            tracing::warn!(error = format!("{e:#}"), "the database cannot be reached");
+            return database_unavailable();
+        }
         Self::Internal(e)
     }
 }

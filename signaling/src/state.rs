@@ -102,7 +102,12 @@ impl AppState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             audit: AuditLog::new(pool.clone()),
             hub: Hub::new(metrics.clone()),
-            address_throttle: AddressThrottle::new(config.login.clone()),
+            address_throttle: match cluster.redis() {
+                Some((redis, prefix)) => {
+                    AddressThrottle::shared(config.login.clone(), redis, prefix)
+                }
+                None => AddressThrottle::new(config.login.clone()),
+            },
             trusted_proxies,
             revocations: Revocations::default(),
             metrics,

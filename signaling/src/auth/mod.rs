@@ -444,7 +444,7 @@ impl axum::extract::FromRequestParts<AppState> for SignInSource {
         };
         let source = Self {
             origin,
-            address_locked_for: state.address_throttle.locked_for(origin.address, now),
+            address_locked_for: state.address_throttle.locked_for(origin.address, now).await,
             device,
             attempted: None,
         };
@@ -571,7 +571,7 @@ async fn record_failure(
         tx.commit().await?;
         return Ok(());
     }
-    let address_lock = state.address_throttle.record_failure(address, now);
+    let address_lock = state.address_throttle.record_failure(address, now).await;
     // The failure, the account's count and lock, and their audit entries commit together.
     let mut tx = state.audit.begin().await?;
     let event = failure_event(address, account, reason);

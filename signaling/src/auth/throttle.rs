@@ -1,6 +1,7 @@
 //! Sign-in throttling. Failures are counted per account (in the database, so a restart does not
-//! reset them) and per client address (in memory); past a threshold each further failure locks
-//! for twice as long as the one before, up to a ceiling.
+//! reset them) and per client address (in memory, or in Redis when several nodes share it, so
+//! that guesses spread over the nodes add up); past a threshold each further failure locks for
+//! twice as long as the one before, up to a ceiling.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -47,29 +48,132 @@ struct AddressRecord {
 pub struct AddressThrottle {
     config: LoginConfig,
     records: Mutex<HashMap<IpAddr, AddressRecord>>,
+    /// The deployment's Redis and key prefix, when several nodes count together.
+    shared: Option<(redis::aio::ConnectionManager, String)>,
 }
+
+/// Count one failure of an address in Redis: `KEYS[1]` its hash; `ARGV` now (Unix seconds)
+/// and the quiet period after which it starts over. Returns the count.
+const COUNT_FAILURE: &str = r#"
+local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+local last = tonumber(redis.call('HGET', KEYS[1], 'last') or ARGV[1])
+if tonumber(ARGV[1]) - last > tonumber(ARGV[2]) then failures = 0 end
+failures = failures + 1
+redis.call('HSET', KEYS[1], 'failures', failures, 'last', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2 + 60)
+return failures
+"#;
+
+/// Lock an address until `ARGV[1]` (Unix seconds), unless it is locked longer already.
+const LOCK_UNTIL: &str = r#"
+local locked = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if tonumber(ARGV[1]) > locked then redis.call('HSET', KEYS[1], 'until', ARGV[1]) end
+return 0
+"#;
 
 /// Most addresses remembered; beyond it, records whose lockout is over are forgotten first.
 const MAX_ADDRESSES: usize = 100_000;
 
 impl AddressThrottle {
-    /// A throttle with these limits.
+    /// A throttle with these limits, counting in this process.
     pub fn new(config: LoginConfig) -> Self {
         Self {
             config,
             records: Mutex::new(HashMap::new()),
+            shared: None,
         }
     }
 
+    /// A throttle whose counts every node of a deployment shares, in Redis (under
+    /// `prefix:address:`). When Redis cannot be reached, this node counts on its own.
+    pub fn shared(
+        config: LoginConfig,
+        redis: redis::aio::ConnectionManager,
+        prefix: String,
+    ) -> Self {
+        Self {
+            shared: Some((redis, prefix)),
+            ..Self::new(config)
+        }
+    }
+
+    fn key(prefix: &str, address: IpAddr) -> String {
+        format!("{prefix}:address:{address}")
+    }
+
     /// If the address is locked now, the seconds left.
-    pub fn locked_for(&self, address: IpAddr, now: OffsetDateTime) -> Option<u64> {
+    pub async fn locked_for(&self, address: IpAddr, now: OffsetDateTime) -> Option<u64> {
+        if let Some((redis, prefix)) = &self.shared {
+            let until: Result<Option<i64>, _> = redis::cmd("HGET")
+                .arg(Self::key(prefix, address))
+                .arg("until")
+                .query_async(&mut redis.clone())
+                .await;
+            match until {
+                Ok(until) => {
+                    let until = OffsetDateTime::from_unix_timestamp(until?).ok()?;
+                    return (until > now).then(|| seconds_until(now, until));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "address throttle: Redis unreachable; counting here")
+                }
+            }
+        }
+        self.locked_for_here(address, now)
+    }
+
+    fn locked_for_here(&self, address: IpAddr, now: OffsetDateTime) -> Option<u64> {
         let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let until = records.get(&address)?.locked_until?;
         (until > now).then(|| seconds_until(now, until))
     }
 
     /// Count a failure; returns the new lockout if this failure caused one.
-    pub fn record_failure(&self, address: IpAddr, now: OffsetDateTime) -> Option<Duration> {
+    pub async fn record_failure(&self, address: IpAddr, now: OffsetDateTime) -> Option<Duration> {
+        if let Some((redis, prefix)) = &self.shared {
+            match self.record_shared(redis, prefix, address, now).await {
+                Ok(lock) => return lock,
+                Err(e) => {
+                    tracing::warn!(error = %e, "address throttle: Redis unreachable; counting here")
+                }
+            }
+        }
+        self.record_failure_here(address, now)
+    }
+
+    async fn record_shared(
+        &self,
+        redis: &redis::aio::ConnectionManager,
+        prefix: &str,
+        address: IpAddr,
+        now: OffsetDateTime,
+    ) -> Result<Option<Duration>, redis::RedisError> {
+        let mut redis = redis.clone();
+        let key = Self::key(prefix, address);
+        let failures: u32 = redis::Script::new(COUNT_FAILURE)
+            .key(&key)
+            .arg(now.unix_timestamp())
+            .arg(self.config.lockout_max.as_secs())
+            .invoke_async(&mut redis)
+            .await?;
+        let lock = lockout_after(
+            failures,
+            self.config.max_failures_per_address,
+            self.config.lockout_base,
+            self.config.lockout_max,
+        );
+        if let Some(lock) = lock {
+            let until = (now + lock).unix_timestamp();
+            let _: i64 = redis::Script::new(LOCK_UNTIL)
+                .key(&key)
+                .arg(until)
+                .invoke_async(&mut redis)
+                .await?;
+        }
+        Ok(lock)
+    }
+
+    fn record_failure_here(&self, address: IpAddr, now: OffsetDateTime) -> Option<Duration> {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         if records.len() >= MAX_ADDRESSES {
             let forget_before = now - self.config.lockout_max;
@@ -120,21 +224,21 @@ mod tests {
         let throttle = AddressThrottle::new(config());
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         let t0 = OffsetDateTime::now_utc();
-        assert_eq!(throttle.record_failure(ip, t0), None);
-        assert_eq!(throttle.record_failure(ip, t0), None);
-        assert_eq!(throttle.locked_for(ip, t0), None);
+        assert_eq!(throttle.record_failure_here(ip, t0), None);
+        assert_eq!(throttle.record_failure_here(ip, t0), None);
+        assert_eq!(throttle.locked_for_here(ip, t0), None);
         assert_eq!(
-            throttle.record_failure(ip, t0),
+            throttle.record_failure_here(ip, t0),
             Some(Duration::from_secs(10))
         );
-        assert_eq!(throttle.locked_for(ip, t0), Some(10));
+        assert_eq!(throttle.locked_for_here(ip, t0), Some(10));
         assert_eq!(
-            throttle.record_failure(ip, t0),
+            throttle.record_failure_here(ip, t0),
             Some(Duration::from_secs(20))
         );
         let later = t0 + Duration::from_secs(21);
-        assert_eq!(throttle.locked_for(ip, later), None);
+        assert_eq!(throttle.locked_for_here(ip, later), None);
         let other: IpAddr = "127.0.0.10".parse().unwrap();
-        assert_eq!(throttle.locked_for(other, t0), None);
+        assert_eq!(throttle.locked_for_here(other, t0), None);
     }
 }

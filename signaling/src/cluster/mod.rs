@@ -234,6 +234,12 @@ impl Cluster {
         self.0.as_ref()
     }
 
+    /// The deployment's Redis and key prefix, for state every node shares (the sign-in
+    /// throttle per address).
+    pub fn redis(&self) -> Option<(ConnectionManager, String)> {
+        self.0.as_ref().map(|n| (n.redis.clone(), n.prefix.clone()))
+    }
+
     /// Whether Redis answered at the last exchange (always true alone).
     pub fn is_healthy(&self) -> bool {
         self.0

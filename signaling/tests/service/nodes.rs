@@ -372,3 +372,39 @@ async fn a_redis_restart_mid_call_heals_without_a_second_admission() {
     );
     assert_eq!(a.audited_count("admitted").await, 1, "admitted once");
 }
+
+/// Guesses from one address spread over the nodes add up: the address is locked out on every
+/// node once their sum reaches the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_spread_over_nodes_lock_the_address_on_all_of_them() {
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let a = TestService::start_with(move |c| {
+        c.cluster.redis_url = Some(url);
+        c.login.max_failures_per_address = 6;
+    })
+    .await;
+    let b = a.another_node().await;
+    for i in 0..6 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let answer = node
+            .login(&format!("guess{i}@clinic.test"), "some password!!", None)
+            .await;
+        assert_eq!(
+            answer.status(),
+            reqwest::StatusCode::UNAUTHORIZED,
+            "guess {i}"
+        );
+    }
+    for node in [&a, &b] {
+        let (status, code) = error_code(
+            node.login("guess9@clinic.test", "some password!!", None)
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (reqwest::StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
+        );
+    }
+}
