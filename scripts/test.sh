@@ -44,6 +44,8 @@ if ! $quick; then
   command -v python3 >/dev/null || missing+=(python3)
   command -v promtool >/dev/null || missing+=(prometheus)
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+  # The load balancer in front of a deployment's nodes.
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx-light)
   # The API fuzzing installs schemathesis into a virtual environment.
   python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 fi

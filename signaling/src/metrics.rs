@@ -12,6 +12,8 @@ pub struct Metrics {
     pub connected_sockets: IntGauge,
     /// Signaling WebSockets this node relays to their consultation's node (several nodes).
     pub relayed_sockets: IntGauge,
+    /// Doctors whose consultations this node holds (several nodes).
+    pub cluster_homes: IntGauge,
     /// Consultations with at least one participant present.
     pub active_consultations: IntGauge,
     /// Successful `join`s, by role.
@@ -57,6 +59,11 @@ impl Metrics {
         let connected_sockets =
             IntGauge::new("consult_ws_connected_sockets", "Open signaling WebSockets")
                 .expect("valid metric");
+        let cluster_homes = IntGauge::new(
+            "consult_cluster_homes",
+            "Doctors whose consultations this node holds (their home, with several nodes)",
+        )
+        .expect("valid metric");
         let relayed_sockets = IntGauge::new(
             "consult_ws_relayed_sockets",
             "Signaling WebSockets this node relays to the node holding their consultation",
@@ -157,6 +164,7 @@ impl Metrics {
         for metric in [
             Box::new(connected_sockets.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(relayed_sockets.clone()),
+            Box::new(cluster_homes.clone()),
             Box::new(active_consultations.clone()),
             Box::new(joins.clone()),
             Box::new(failed_signins.clone()),
@@ -218,6 +226,7 @@ impl Metrics {
             recorder_candidates_refused,
             connected_sockets,
             relayed_sockets,
+            cluster_homes,
             active_consultations,
             joins,
             failed_signins,

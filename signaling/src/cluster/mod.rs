@@ -428,6 +428,7 @@ impl Node {
             return Ok(Home::There(Uuid::parse_str(&holder).unwrap_or_default()));
         }
         let new = homes.insert(doctor, Instant::now()).is_none();
+        state.metrics.cluster_homes.set(homes.len() as i64);
         drop(homes);
         if new {
             match crate::invites::restore_places(state, Some(doctor)).await {
@@ -577,6 +578,8 @@ impl Node {
                     abandon(&state, doctor).await;
                 }
             }
+            let held = self.homes.lock().await.len();
+            state.metrics.cluster_homes.set(held as i64);
             self.check_pipes().await;
         }
     }

@@ -305,6 +305,20 @@ pub(crate) async fn run<W, R>(
     state.metrics.connected_sockets.dec();
 }
 
+/// Whether a re-check of a doctor's session says it is over. A check that could not be made
+/// (the database unreachable for a moment) ends nothing: the call goes on, and the next
+/// heartbeat checks again.
+fn session_is_over<T>(checked: Result<T, ApiError>) -> bool {
+    match checked {
+        Ok(_) => false,
+        Err(ApiError::Unauthenticated | ApiError::PasskeySetupRequired) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not re-check a session; keeping the connection");
+            false
+        }
+    }
+}
+
 /// After the grace period, remove a participant who did not come back.
 pub fn schedule_expiry(
     state: AppState,
@@ -336,11 +350,10 @@ impl Connected {
         };
         match revoked {
             Ok(revoked) => revoked.ends(doctor.user_id, doctor.session_id),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => session_is_over(
                 sessions::authenticate(&self.state, &doctor.token, sessions::Activity::Background)
-                    .await
-                    .is_err()
-            }
+                    .await,
+            ),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
         }
     }
@@ -659,9 +672,7 @@ impl Connected {
                     sessions::Activity::Background
                 };
                 if let Some(doctor) = &place.doctor
-                    && sessions::authenticate(state, &doctor.token, activity)
-                        .await
-                        .is_err()
+                    && session_is_over(sessions::authenticate(state, &doctor.token, activity).await)
                 {
                     return Err((
                         SignalErrorCode::Unauthorized,

@@ -1,4 +1,7 @@
-//! Harness for end-to-end tests: a real signaling service on loopback with a signed-in doctor.
+//! Harness for end-to-end tests: a real signaling service on loopback with a signed-in doctor,
+//! or a whole deployment of several nodes ([`deployment`]).
+
+pub mod deployment;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,6 +171,10 @@ pub struct Seen {
     pub sas: Option<String>,
     /// The latest recording state.
     pub recording: Option<consult_proto::signal::RecordingState>,
+    /// When the last video frame was decoded.
+    pub last_video_at: Option<std::time::Instant>,
+    /// The longest time between two decoded video frames.
+    pub longest_video_gap: Duration,
 }
 
 /// Note one session event.
@@ -179,6 +186,11 @@ pub fn record(seen: &mut Seen, event: SessionEvent) {
         SessionEvent::Video { frame, .. } => {
             assert_eq!((frame.width, frame.height), (320, 240));
             seen.video += 1;
+            let now = std::time::Instant::now();
+            if let Some(last) = seen.last_video_at {
+                seen.longest_video_gap = seen.longest_video_gap.max(now - last);
+            }
+            seen.last_video_at = Some(now);
         }
         SessionEvent::Audio(pcm) => {
             assert_eq!(pcm.len(), 960);

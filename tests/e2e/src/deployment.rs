@@ -1,0 +1,384 @@
+//! A deployment of several nodes, as operators run one: PostgreSQL, Redis and nginx from
+//! Debian on loopback, and `consult serve` processes behind nginx (WebSocket proxying, no
+//! stickiness) sharing the database, Redis and a data directory (keys and vault). Everything
+//! stops when the deployment is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use consult_client::api::{ApiClient, ClinicianLogin};
+
+/// A free TCP port on loopback (free when asked; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The `consult` binary built beside the tests.
+pub fn consult_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("consult"))
+        .expect("target directory")
+}
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts")
+}
+
+/// Wait until `port` on loopback accepts connections.
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One `consult serve` process.
+pub struct NodeProcess {
+    /// Its own address (`http://127.0.0.1:port`), for reaching it past the load balancer.
+    pub url: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Whether it is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// PostgreSQL, Redis, nginx and `consult serve` nodes on loopback.
+pub struct Deployment {
+    /// The load balancer's address: what clients use.
+    pub url: String,
+    /// The nodes, in start order.
+    pub nodes: Vec<NodeProcess>,
+    /// The demo clinician (seeded by the first node).
+    pub doctor: ClinicianLogin,
+    /// The shared configuration file.
+    pub config: PathBuf,
+    dir: tempfile::TempDir,
+    postgres_dir: PathBuf,
+    postgres_port: u16,
+    redis: Child,
+    nginx: Child,
+}
+
+impl Deployment {
+    /// Start everything: `nodes` service nodes, the first seeding the demo clinician and
+    /// `load_clinicians` more for the load generator.
+    pub fn start(nodes: usize, load_clinicians: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // PostgreSQL runs as its own user, which must reach its directory.
+        set_mode(dir.path(), 0o755);
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+
+        let postgres_dir = dir.path().join("postgres");
+        let postgres_port = free_port();
+        let out = Command::new(scripts().join("postgres.sh"))
+            .arg("start")
+            .arg(&postgres_dir)
+            .arg(postgres_port.to_string())
+            .output()
+            .expect("scripts/postgres.sh runs");
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let database_url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+        let redis_port = free_port();
+        let redis = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) runs");
+        wait_for_port(redis_port, "redis-server");
+
+        let balancer_port = free_port();
+        let url = format!("http://127.0.0.1:{balancer_port}");
+        let config = dir.path().join("consult.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "database_url = \"{database_url}\"\n\
+                 public_url = \"{url}\"\n\
+                 trusted_proxies = [\"127.0.0.1\"]\n\
+                 [cluster]\n\
+                 redis_url = \"redis://127.0.0.1:{redis_port}/\"\n\
+                 lease = \"1500ms\"\n\
+                 [limits]\n\
+                 max_connections_per_address = 1000000\n\
+                 max_connections = 1000000\n\
+                 [signaling]\n\
+                 max_unjoined_sockets = 1000000\n"
+            ),
+        )
+        .expect("config file");
+
+        let node_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let nginx = start_nginx(dir.path(), balancer_port, &node_ports);
+        let mut deployment = Self {
+            url,
+            nodes: Vec::new(),
+            doctor: ClinicianLogin {
+                email: String::new(),
+                password: String::new(),
+                totp_secret: String::new(),
+            },
+            config,
+            dir,
+            postgres_dir,
+            postgres_port,
+            redis,
+            nginx,
+        };
+        for (i, port) in node_ports.into_iter().enumerate() {
+            let seed = if i == 0 {
+                vec![
+                    "--demo".to_owned(),
+                    "--seed-load-clinicians".to_owned(),
+                    load_clinicians.to_string(),
+                ]
+            } else {
+                Vec::new()
+            };
+            let node = deployment.spawn_node(port, &seed);
+            deployment.nodes.push(node);
+            if i == 0 {
+                // The first node seeds the clinicians (and makes the keys the others share)
+                // before the others start.
+                let data_dir = deployment.data_dir();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !(data_dir.join("demo-credentials.json").exists()
+                    && data_dir.join("load-credentials.json").exists())
+                {
+                    assert!(Instant::now() < deadline, "the first node seeded nothing");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        deployment.doctor = serde_json::from_slice(
+            &std::fs::read(deployment.data_dir().join("demo-credentials.json"))
+                .expect("demo credentials"),
+        )
+        .expect("demo credentials parse");
+        deployment
+    }
+
+    /// The data directory every node shares.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn_node(&self, port: u16, extra: &[String]) -> NodeProcess {
+        let log = std::fs::File::create(self.dir.path().join(format!("node-{port}.log")))
+            .expect("node log");
+        let child = Command::new(consult_binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("consult serve starts");
+        wait_for_port(port, "consult serve");
+        NodeProcess {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            child: Some(child),
+        }
+    }
+
+    /// Kill node `i` at once (SIGKILL): no draining, no goodbye.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Ask node `i` to stop (SIGTERM) and wait for it to exit; its exit status.
+    pub fn terminate_node(&mut self, i: usize, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.nodes[i].child.take().expect("a running node");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node {i} did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start node `i` again (on its port), after it was killed or stopped.
+    pub fn restart_node(&mut self, i: usize) {
+        assert!(!self.nodes[i].is_running(), "node {i} is running");
+        let node = self.spawn_node(self.nodes[i].port, &[]);
+        self.nodes[i] = node;
+    }
+
+    /// Stop PostgreSQL (fast shutdown: connections are cut).
+    pub fn stop_postgres(&self) {
+        let status = Command::new(scripts().join("postgres.sh"))
+            .arg("stop")
+            .arg(&self.postgres_dir)
+            .status()
+            .expect("scripts/postgres.sh runs");
+        assert!(status.success(), "PostgreSQL did not stop");
+    }
+
+    /// Start PostgreSQL again on its port and data.
+    pub fn start_postgres(&self) {
+        let out = Command::new(scripts().join("postgres.sh"))
+            .arg("start")
+            .arg(&self.postgres_dir)
+            .arg(self.postgres_port.to_string())
+            .output()
+            .expect("scripts/postgres.sh runs");
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not start again: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The metrics token every node shares (it lives in the shared data directory).
+    pub fn metrics_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("keys/metrics.token"))
+            .expect("metrics token")
+            .trim()
+            .to_owned()
+    }
+
+    /// The clinicians seeded for the load generator, as the file it reads.
+    pub fn load_credentials(&self) -> PathBuf {
+        self.data_dir().join("load-credentials.json")
+    }
+
+    /// A typed client of the load balancer.
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(&self.url).expect("http client")
+    }
+
+    /// What the logs of the nodes said, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let path = self.dir.path().join(format!("node-{}.log", node.port));
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            out.push_str(&format!("--- node {} ---\n{text}\n", node.port));
+        }
+        out
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+        let _ = self.nginx.kill();
+        let _ = self.nginx.wait();
+        let _ = self.redis.kill();
+        let _ = self.redis.wait();
+        let _ = Command::new(scripts().join("postgres.sh"))
+            .arg("stop")
+            .arg(&self.postgres_dir)
+            .status();
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// nginx in front of the nodes: round robin, WebSocket upgrades passed through, the client's
+/// address forwarded, a node that refuses connections skipped.
+fn start_nginx(dir: &Path, port: u16, nodes: &[u16]) -> Child {
+    let root = dir.join("nginx");
+    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(root.join(sub)).expect("nginx dirs");
+        set_mode(&root.join(sub), 0o777);
+    }
+    let servers: String = nodes
+        .iter()
+        .map(|p| format!("    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n"))
+        .collect();
+    let r = root.display();
+    let conf = format!(
+        "daemon off;\n\
+         worker_processes 1;\n\
+         pid {r}/nginx.pid;\n\
+         error_log {r}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n\
+           access_log off;\n\
+           client_body_temp_path {r}/body;\n\
+           proxy_temp_path {r}/proxy;\n\
+           fastcgi_temp_path {r}/fastcgi;\n\
+           uwsgi_temp_path {r}/uwsgi;\n\
+           scgi_temp_path {r}/scgi;\n\
+           map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+           upstream consult {{\n{servers}  }}\n\
+           server {{\n\
+             listen 127.0.0.1:{port};\n\
+             location / {{\n\
+               proxy_pass http://consult;\n\
+               proxy_http_version 1.1;\n\
+               proxy_set_header Upgrade $http_upgrade;\n\
+               proxy_set_header Connection $connection_upgrade;\n\
+               proxy_set_header Host $host;\n\
+               proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+               proxy_set_header X-Forwarded-Proto $scheme;\n\
+               proxy_connect_timeout 1s;\n\
+               proxy_read_timeout 1h;\n\
+               proxy_next_upstream error timeout http_502;\n\
+             }}\n\
+           }}\n\
+         }}\n"
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("nginx");
+    let child = Command::new(nginx)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (Debian's nginx-light package) runs");
+    wait_for_port(port, "nginx");
+    child
+}

@@ -1,0 +1,349 @@
+//! A real deployment: PostgreSQL, Redis, nginx (no stickiness) and three `consult serve`
+//! processes. Native peers and the load generator reach it only through nginx, as clients do.
+
+use std::time::{Duration, Instant};
+
+use consult_client::session::{Session, SessionEvent};
+use consult_client::Credentials;
+use consult_e2e::deployment::Deployment;
+use consult_e2e::{config, media_both_ways, pump, Seen};
+use consult_proto::api::CreateConsultationRequest;
+
+/// A metric's value summed over its series, from a Prometheus text page.
+fn metric(page: &str, name: &str, labels: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Each node's metrics page, asked directly (past the load balancer); `None` for a node that
+/// is not running.
+async fn node_metrics(deployment: &Deployment) -> Vec<Option<String>> {
+    let token = deployment.metrics_token();
+    let client = reqwest::Client::new();
+    let mut pages = Vec::new();
+    for node in &deployment.nodes {
+        if !node.is_running() {
+            pages.push(None);
+            continue;
+        }
+        let page = client
+            .get(format!("{}/metrics", node.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status());
+        pages.push(match page {
+            Ok(page) => Some(page.text().await.unwrap_or_default()),
+            Err(_) => None,
+        });
+    }
+    pages
+}
+
+/// A node's `/readyz` status code.
+async fn readyz(url: &str) -> u16 {
+    reqwest::get(format!("{url}/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// The node holding the doctor's consultations (its home).
+async fn home_node(deployment: &Deployment) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pages = node_metrics(deployment).await;
+        let homes: Vec<usize> = pages
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                p.as_deref()
+                    .is_some_and(|p| metric(p, "consult_cluster_homes", "") >= 1.0)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if homes.len() == 1 {
+            return homes[0];
+        }
+        assert!(Instant::now() < deadline, "no single home: {homes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A patient and the doctor in an admitted, connected call through the load balancer.
+async fn call(deployment: &Deployment) -> (Session, Session, Seen, Seen, String, uuid::Uuid) {
+    let api = deployment.api();
+    let token = api.sign_in(&deployment.doctor).await.unwrap();
+    let created = api
+        .create_consultation(
+            &token,
+            &CreateConsultationRequest {
+                title: Some("several nodes".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut patient = Session::start(config(Credentials::Patient {
+        invite_url: created.invite_url.clone().expect("an invite link"),
+        name: "Kiosk 3".into(),
+    }))
+    .await
+    .unwrap();
+    let mut doctor = Session::start(config(Credentials::Clinician {
+        base_url: deployment.url.clone(),
+        token: token.clone(),
+        consultation_id: created.id,
+    }))
+    .await
+    .unwrap();
+    let participant = loop {
+        match tokio::time::timeout(Duration::from_secs(10), patient.next_event()).await {
+            Ok(Some(SessionEvent::Joined { participant_id, .. })) => break participant_id,
+            Ok(Some(_)) => {}
+            other => panic!("patient never waited: {other:?}\n{}", deployment.logs()),
+        }
+    };
+    api.admit(&token, created.id, participant).await.unwrap();
+    let (mut p, mut d) = (Seen::default(), Seen::default());
+    let started = Instant::now();
+    while !(p.connected && d.connected) {
+        assert!(started.elapsed() < Duration::from_secs(20), "no connection");
+        pump(&mut patient, &mut p, Duration::from_millis(20)).await;
+        pump(&mut doctor, &mut d, Duration::from_millis(20)).await;
+    }
+    media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 1).await;
+    assert!(p.video > 0 && d.video > 0, "video before the fault");
+    (patient, doctor, p, d, token, created.id)
+}
+
+/// Send media both ways until both sessions have rejoined (or `limit` passes); the time it took.
+async fn until_both_rejoined(
+    patient: &mut Session,
+    doctor: &mut Session,
+    p: &mut Seen,
+    d: &mut Seen,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    while !(p.joined && d.joined) {
+        assert!(
+            started.elapsed() < limit,
+            "not rejoined within {limit:?}: {:?} / {:?}",
+            p.warnings,
+            d.warnings
+        );
+        media_both_ways(patient, doctor, p, d, 1).await;
+    }
+    started.elapsed()
+}
+
+/// SIGKILL the node holding a call: media never stops (it never touched the node); both
+/// sessions reconnect through nginx to the other nodes within the grace period and are back in
+/// the call — still admitted, on the same peer connection, without the doctor admitting anyone
+/// again — and ending the consultation still reaches the patient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_call_loses_no_media_and_both_sides_resume_on_another() {
+    let mut deployment = Deployment::start(3, 0);
+    let (mut patient, mut doctor, p, d, token, id) = call(&deployment).await;
+    let home = home_node(&deployment).await;
+    deployment.kill_node(home);
+    let (mut p_after, mut d_after) = (Seen::default(), Seen::default());
+    // Frames already counted: the gap is measured across the kill.
+    p_after.last_video_at = p.last_video_at;
+    d_after.last_video_at = d.last_video_at;
+    let rejoined = until_both_rejoined(
+        &mut patient,
+        &mut doctor,
+        &mut p_after,
+        &mut d_after,
+        Duration::from_secs(25),
+    )
+    .await;
+    media_both_ways(&mut patient, &mut doctor, &mut p_after, &mut d_after, 2).await;
+    println!(
+        "both rejoined {rejoined:?} after the node was killed; longest video gap: patient {:?}, doctor {:?}",
+        p_after.longest_video_gap, d_after.longest_video_gap
+    );
+    for (side, seen) in [("patient", &p_after), ("doctor", &d_after)] {
+        assert!(!seen.connected, "{side} made a new peer connection");
+        assert!(!seen.admitted, "{side} was admitted again");
+        assert!(seen.video > 30, "{side}: {} video frames", seen.video);
+        assert!(
+            seen.longest_video_gap < Duration::from_secs(1),
+            "{side}'s video stopped for {:?}",
+            seen.longest_video_gap
+        );
+    }
+    deployment.api().end(&token, id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the end did not reach the patient"
+        );
+        match tokio::time::timeout(Duration::from_millis(200), patient.next_event()).await {
+            Ok(Some(SessionEvent::Ended)) | Ok(None) => break,
+            _ => {}
+        }
+    }
+}
+
+/// SIGTERM drains a node: its clients are told to go away (1001) and resume on the others, and
+/// it exits by itself, cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_told_to_stop_drains_and_its_calls_move() {
+    let mut deployment = Deployment::start(3, 0);
+    let (mut patient, mut doctor, _, _, _, _) = call(&deployment).await;
+    let home = home_node(&deployment).await;
+    let status = deployment.terminate_node(home, Duration::from_secs(15));
+    assert!(status.success(), "the node exited with {status}");
+    let (mut p, mut d) = (Seen::default(), Seen::default());
+    let rejoined = until_both_rejoined(
+        &mut patient,
+        &mut doctor,
+        &mut p,
+        &mut d,
+        Duration::from_secs(20),
+    )
+    .await;
+    println!("both rejoined {rejoined:?} after the node was told to stop");
+    assert!(!p.connected && !d.connected, "a new peer connection");
+    assert!(p.video > 0 && d.video > 0);
+}
+
+/// PostgreSQL unreachable for ten seconds: requests that need it fail with a clear 503, every
+/// node says it is not ready, the call in progress keeps its media; when PostgreSQL is back the
+/// service recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_seconds_without_postgres_fail_clearly_keep_media_and_recover() {
+    let deployment = Deployment::start(2, 0);
+    let (mut patient, mut doctor, _, _, token, _) = call(&deployment).await;
+    let api = deployment.api();
+    deployment.stop_postgres();
+    let down = Instant::now();
+    // Asked while the call goes on: a request that needs the database, and every node's
+    // readiness.
+    let checks = {
+        let api = deployment.api();
+        let token = token.clone();
+        let nodes: Vec<String> = deployment.nodes.iter().map(|n| n.url.clone()).collect();
+        tokio::spawn(async move {
+            let refusal = api
+                .create_consultation(&token, &CreateConsultationRequest::default())
+                .await
+                .expect_err("no consultation without the database");
+            let mut ready = Vec::new();
+            for node in nodes {
+                ready.push(readyz(&node).await);
+            }
+            (refusal.to_string(), ready)
+        })
+    };
+    let (mut p, mut d) = (Seen::default(), Seen::default());
+    while down.elapsed() < Duration::from_secs(10) {
+        media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 1).await;
+    }
+    let (said, ready) = checks.await.unwrap();
+    assert!(
+        said.contains("503") && said.contains("database_unavailable"),
+        "{said}"
+    );
+    assert!(
+        ready.iter().all(|&code| code == 503),
+        "readiness: {ready:?}"
+    );
+    assert!(
+        p.video > 200 && d.video > 200,
+        "media while the database was down: {} / {}",
+        p.video,
+        d.video
+    );
+    deployment.start_postgres();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match api
+            .create_consultation(&token, &CreateConsultationRequest::default())
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "not recovered: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// The load generator through nginx across three nodes: every consultation admitted, no
+/// failure, and the nodes' own counts, summed, agree with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_through_the_load_balancer_loses_nothing_and_the_nodes_agree() {
+    let consultations = 24;
+    let deployment = Deployment::start(3, consultations);
+    let report = tempfile::tempdir().unwrap();
+    let token_file = report.path().join("metrics.token");
+    std::fs::write(&token_file, deployment.metrics_token()).unwrap();
+    let load = consult_e2e::deployment::consult_binary().with_file_name("consult-load");
+    let out = tokio::process::Command::new(load)
+        .arg("--url")
+        .arg(&deployment.url)
+        .arg("--credentials")
+        .arg(deployment.load_credentials())
+        .arg("--metrics-token-file")
+        .arg(&token_file)
+        .args([
+            "-n",
+            &consultations.to_string(),
+            "--ramp",
+            "24",
+            "--duration",
+            "2s",
+        ])
+        .args([
+            "--signaling-only",
+            "--no-progress",
+            "--bind-ip",
+            "127.0.0.1",
+        ])
+        .arg("--report")
+        .arg(report.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the load run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pages: Vec<String> = node_metrics(&deployment)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(pages.len(), 3);
+    let sum =
+        |name: &str, labels: &str| -> f64 { pages.iter().map(|p| metric(p, name, labels)).sum() };
+    assert_eq!(
+        sum("consult_joins_total", "role=\"patient\""),
+        consultations as f64,
+        "patients joined, summed over the nodes"
+    );
+    assert_eq!(
+        sum("consult_joins_total", "role=\"doctor\""),
+        consultations as f64,
+        "doctors joined, summed over the nodes"
+    );
+    // Every node took part: no stickiness, the work spread.
+    for (i, page) in pages.iter().enumerate() {
+        assert!(
+            metric(page, "consult_http_responses_total", "") > 0.0,
+            "node {i} answered nothing"
+        );
+    }
+}
