@@ -408,3 +408,34 @@ async fn guesses_spread_over_nodes_lock_the_address_on_all_of_them() {
         );
     }
 }
+
+/// Two nodes admitting the same waiting patient at the same moment: exactly one admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_admitting_one_patient_at_once_admit_once() {
+    let redis = TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let b = a.another_node().await;
+    let c = a.another_node().await;
+    let doctor = a.doctor("twice@clinic.test").await;
+    let (on_b, on_c) = (
+        ApiClient::new(&b.base).unwrap(),
+        ApiClient::new(&c.base).unwrap(),
+    );
+    for round in 0..5 {
+        let (consultation, invite) = doctor.create_consultation().await;
+        let patient = a.patient(&invite, "Pat").await;
+        let (mut patient_ws, _) = c.join_patient(&patient.participant_token).await;
+        let (first, second) = tokio::join!(
+            on_b.admit(&doctor.token, consultation.id, patient.participant_id),
+            on_c.admit(&doctor.token, consultation.id, patient.participant_id),
+        );
+        assert_eq!(
+            [first.is_ok(), second.is_ok()].iter().filter(|ok| **ok).count(),
+            1,
+            "round {round}: {first:?} / {second:?}"
+        );
+        patient_ws.recv_type("admitted").await;
+        on_b.end(&doctor.token, consultation.id).await.unwrap();
+    }
+    assert_eq!(a.audited_count("admitted").await, 5);
+}
