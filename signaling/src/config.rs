@@ -165,8 +165,8 @@ impl Default for AuditConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// `redis://[:password@]host:port[/db]` (or `rediss://` for TLS), shared by every node.
-    /// Never logged, as it may hold a password.
+    /// `redis://[:password@]host:port[/db]`, shared by every node. Never logged, as it may
+    /// hold a password. Redis is trusted as the database is: keep it on a private network.
     pub redis_url: Option<String>,
     /// Prefix of every key and channel, so that deployments can share one Redis.
     pub key_prefix: String,

@@ -277,6 +277,16 @@ impl Cluster {
         }
     }
 
+    /// Whether this node may hold `doctor`'s rooms now: alone, always; in a deployment, when it
+    /// is their home. Checked again at every join, so that no room is ever made on a node that
+    /// is not its home.
+    pub async fn serves(&self, doctor: Uuid) -> bool {
+        match &self.0 {
+            None => true,
+            Some(node) => node.is_home(doctor).await,
+        }
+    }
+
     /// Where `doctor`'s rooms live now, without taking them: `Here` when no live node holds
     /// them (nobody is in them, or their home just died and the next claim restores them).
     pub async fn locate(&self, doctor: Uuid) -> Result<Home, ClusterError> {

@@ -64,10 +64,23 @@ pub async fn serve(
             return;
         }
     };
-    if let (Some(node), Some(doctor)) = (
-        state.cluster.node().cloned(),
-        doctor_of(&state, &first).await,
-    ) {
+    let doctor = match doctor_of(&state, &first).await {
+        Ok(doctor) => doctor,
+        Err(e) => {
+            // Whose it is cannot be told now (the database is unreachable): never guess.
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot place a signaling connection"
+            );
+            let frame = CloseFrame {
+                code: TRY_AGAIN_LATER,
+                reason: "the service cannot place this connection now; reconnect".into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            return;
+        }
+    };
+    if let (Some(node), Some(doctor)) = (state.cluster.node().cloned(), doctor) {
         let mut placed = false;
         let mut attempts = 0;
         // Settling lasts one lease; a home that moves is tried again a few times.
@@ -120,29 +133,30 @@ pub async fn serve(
     run(state, sink, stream, cookie, unjoined).await;
 }
 
-/// The doctor whose consultation a first message joins, if it is a join that names one.
-async fn doctor_of(state: &AppState, first: &str) -> Option<Uuid> {
-    let message = decode_client_message(first, state.config.signaling.max_message_bytes).ok()?;
+/// The doctor whose consultation a first message joins: `None` when it is not a join that
+/// names an existing consultation or place (served where it arrived, which refuses it); an
+/// error when the database cannot say.
+async fn doctor_of(state: &AppState, first: &str) -> anyhow::Result<Option<Uuid>> {
+    let Ok(message) = decode_client_message(first, state.config.signaling.max_message_bytes) else {
+        return Ok(None);
+    };
     let ClientMessage::Join {
         token,
         consultation_id,
     } = message
     else {
-        return None;
+        return Ok(None);
     };
-    match (consultation_id, token) {
+    Ok(match (consultation_id, token) {
         (Some(id), _) => crate::consultations::find(&state.pool, id)
-            .await
-            .ok()
-            .flatten()
+            .await?
             .map(|c| c.doctor_id),
         (None, Some(token)) => crate::invites::find_participant(state, &Token::from_client(&token))
             .await
-            .ok()
-            .flatten()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
             .map(|p| p.consultation.doctor_id),
         (None, None) => None,
-    }
+    })
 }
 
 enum Relayed {

@@ -444,6 +444,19 @@ impl Connected {
         }
     }
 
+    /// With several nodes: this node is not (any more) the home of the consultation being
+    /// joined — it moved while the connection was being placed. The client is told to go away
+    /// (1001) and reconnects, reaching the new home; no room is ever made here for it.
+    fn moved(&self) -> Flow {
+        self.state
+            .metrics
+            .signal_rejected
+            .with_label_values(&["moved"])
+            .inc();
+        self.conn.going_away();
+        Flow::Close
+    }
+
     /// Refuse a join by `identity` (a participant, or a doctor's session) beyond
     /// `signaling.max_joins_per_minute`: fatal, and retryable after a while.
     fn check_join_rate(&self, identity: Uuid) -> Result<(), (SignalErrorCode, String, bool)> {
@@ -517,6 +530,9 @@ impl Connected {
                 ));
             }
             self.check_join_rate(current.session_id)?;
+            if !state.cluster.serves(record.doctor_id).await {
+                return Ok(self.moved());
+            }
             let participant_id = state.hub.join(
                 record.room_info(),
                 Identity::Doctor,
@@ -557,6 +573,13 @@ impl Connected {
                 ));
             }
             self.check_join_rate(participant.id)?;
+            if !state
+                .cluster
+                .serves(participant.consultation.doctor_id)
+                .await
+            {
+                return Ok(self.moved());
+            }
             let identity = Identity::Patient {
                 participant_id: participant.id,
                 name: participant.name.clone(),

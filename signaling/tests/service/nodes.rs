@@ -430,7 +430,10 @@ async fn two_nodes_admitting_one_patient_at_once_admit_once() {
             on_c.admit(&doctor.token, consultation.id, patient.participant_id),
         );
         assert_eq!(
-            [first.is_ok(), second.is_ok()].iter().filter(|ok| **ok).count(),
+            [first.is_ok(), second.is_ok()]
+                .iter()
+                .filter(|ok| **ok)
+                .count(),
             1,
             "round {round}: {first:?} / {second:?}"
         );

@@ -8,6 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use consult_client::api::{ApiClient, ClinicianLogin};
+use consult_client::session::{Session, SessionEvent};
+use consult_client::Credentials;
+use consult_proto::api::CreateConsultationRequest;
+
+use crate::{media_both_ways, pump, Seen};
 
 /// A free TCP port on loopback (free when asked; the caller binds it soon after).
 pub fn free_port() -> u16 {
@@ -17,8 +22,11 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The `consult` binary built beside the tests.
+/// The `consult` binary the nodes run: `CONSULT_BIN`, else the one built beside the tests.
 pub fn consult_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CONSULT_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test binary path");
     exe.parent()
         .and_then(Path::parent)
@@ -381,4 +389,169 @@ fn start_nginx(dir: &Path, port: u16, nodes: &[u16]) -> Child {
         .expect("nginx (Debian's nginx-light package) runs");
     wait_for_port(port, "nginx");
     child
+}
+
+/// A metric's value summed over its series (those whose labels contain `labels`), from a
+/// Prometheus text page.
+pub fn metric(page: &str, name: &str, labels: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Deployment {
+    /// Each node's metrics page, asked directly (past the load balancer); `None` for a node that
+    /// is not running.
+    pub async fn node_metrics(&self) -> Vec<Option<String>> {
+        let token = self.metrics_token();
+        let client = reqwest::Client::new();
+        let mut pages = Vec::new();
+        for node in &self.nodes {
+            if !node.is_running() {
+                pages.push(None);
+                continue;
+            }
+            let page = client
+                .get(format!("{}/metrics", node.url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            pages.push(match page {
+                Ok(page) => Some(page.text().await.unwrap_or_default()),
+                Err(_) => None,
+            });
+        }
+        pages
+    }
+
+    /// The node holding the doctor's consultations (its home).
+    pub async fn home_node(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pages = self.node_metrics().await;
+            let homes: Vec<usize> = pages
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    p.as_deref()
+                        .is_some_and(|p| metric(p, "consult_cluster_homes", "") >= 1.0)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if homes.len() == 1 {
+                return homes[0];
+            }
+            assert!(Instant::now() < deadline, "no single home: {homes:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A patient and the demo doctor in an admitted, connected call through the load balancer,
+    /// with a second of media both ways.
+    pub async fn call(&self) -> Call {
+        let api = self.api();
+        let token = api
+            .sign_in(&self.doctor)
+            .await
+            .expect("the demo doctor signs in");
+        let created = api
+            .create_consultation(
+                &token,
+                &CreateConsultationRequest {
+                    title: Some("several nodes".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("a consultation");
+        let mut patient = Session::start(crate::config(Credentials::Patient {
+            invite_url: created.invite_url.clone().expect("an invite link"),
+            name: "Kiosk 3".into(),
+        }))
+        .await
+        .expect("the patient's session");
+        let mut doctor = Session::start(crate::config(Credentials::Clinician {
+            base_url: self.url.clone(),
+            token: token.clone(),
+            consultation_id: created.id,
+        }))
+        .await
+        .expect("the doctor's session");
+        let participant = loop {
+            match tokio::time::timeout(Duration::from_secs(10), patient.next_event()).await {
+                Ok(Some(SessionEvent::Joined { participant_id, .. })) => break participant_id,
+                Ok(Some(_)) => {}
+                other => panic!("patient never waited: {other:?}\n{}", self.logs()),
+            }
+        };
+        api.admit(&token, created.id, participant)
+            .await
+            .expect("admitted");
+        let (mut p, mut d) = (Seen::default(), Seen::default());
+        let started = Instant::now();
+        while !(p.connected && d.connected) {
+            assert!(started.elapsed() < Duration::from_secs(20), "no connection");
+            pump(&mut patient, &mut p, Duration::from_millis(20)).await;
+            pump(&mut doctor, &mut d, Duration::from_millis(20)).await;
+        }
+        media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 1).await;
+        assert!(p.video > 0 && d.video > 0, "video before the fault");
+        Call {
+            patient,
+            doctor,
+            p,
+            d,
+            token,
+            consultation: created.id,
+        }
+    }
+}
+
+/// A call in progress: both sessions, what each has seen, the doctor's token.
+pub struct Call {
+    /// The patient's session.
+    pub patient: Session,
+    /// The doctor's session.
+    pub doctor: Session,
+    /// What the patient has seen.
+    pub p: Seen,
+    /// What the doctor has seen.
+    pub d: Seen,
+    /// The doctor's bearer token.
+    pub token: String,
+    /// The consultation.
+    pub consultation: uuid::Uuid,
+}
+
+/// A node's `/readyz` status code (0 when it does not answer).
+pub async fn readyz(url: &str) -> u16 {
+    reqwest::get(format!("{url}/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Send media both ways until both sessions have rejoined (or `limit` passes); the time it took.
+pub async fn until_both_rejoined(
+    patient: &mut Session,
+    doctor: &mut Session,
+    p: &mut Seen,
+    d: &mut Seen,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    while !(p.joined && d.joined) {
+        assert!(
+            started.elapsed() < limit,
+            "not rejoined within {limit:?}: {:?} / {:?}",
+            p.warnings,
+            d.warnings
+        );
+        media_both_ways(patient, doctor, p, d, 1).await;
+    }
+    started.elapsed()
 }

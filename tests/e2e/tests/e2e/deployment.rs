@@ -3,144 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use consult_client::session::{Session, SessionEvent};
-use consult_client::Credentials;
-use consult_e2e::deployment::Deployment;
-use consult_e2e::{config, media_both_ways, pump, Seen};
+use consult_client::session::SessionEvent;
+use consult_e2e::deployment::{metric, readyz, until_both_rejoined, Call, Deployment};
+use consult_e2e::{media_both_ways, Seen};
 use consult_proto::api::CreateConsultationRequest;
-
-/// A metric's value summed over its series, from a Prometheus text page.
-fn metric(page: &str, name: &str, labels: &str) -> f64 {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Each node's metrics page, asked directly (past the load balancer); `None` for a node that
-/// is not running.
-async fn node_metrics(deployment: &Deployment) -> Vec<Option<String>> {
-    let token = deployment.metrics_token();
-    let client = reqwest::Client::new();
-    let mut pages = Vec::new();
-    for node in &deployment.nodes {
-        if !node.is_running() {
-            pages.push(None);
-            continue;
-        }
-        let page = client
-            .get(format!("{}/metrics", node.url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
-        pages.push(match page {
-            Ok(page) => Some(page.text().await.unwrap_or_default()),
-            Err(_) => None,
-        });
-    }
-    pages
-}
-
-/// A node's `/readyz` status code.
-async fn readyz(url: &str) -> u16 {
-    reqwest::get(format!("{url}/readyz"))
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-/// The node holding the doctor's consultations (its home).
-async fn home_node(deployment: &Deployment) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pages = node_metrics(deployment).await;
-        let homes: Vec<usize> = pages
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| {
-                p.as_deref()
-                    .is_some_and(|p| metric(p, "consult_cluster_homes", "") >= 1.0)
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if homes.len() == 1 {
-            return homes[0];
-        }
-        assert!(Instant::now() < deadline, "no single home: {homes:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A patient and the doctor in an admitted, connected call through the load balancer.
-async fn call(deployment: &Deployment) -> (Session, Session, Seen, Seen, String, uuid::Uuid) {
-    let api = deployment.api();
-    let token = api.sign_in(&deployment.doctor).await.unwrap();
-    let created = api
-        .create_consultation(
-            &token,
-            &CreateConsultationRequest {
-                title: Some("several nodes".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut patient = Session::start(config(Credentials::Patient {
-        invite_url: created.invite_url.clone().expect("an invite link"),
-        name: "Kiosk 3".into(),
-    }))
-    .await
-    .unwrap();
-    let mut doctor = Session::start(config(Credentials::Clinician {
-        base_url: deployment.url.clone(),
-        token: token.clone(),
-        consultation_id: created.id,
-    }))
-    .await
-    .unwrap();
-    let participant = loop {
-        match tokio::time::timeout(Duration::from_secs(10), patient.next_event()).await {
-            Ok(Some(SessionEvent::Joined { participant_id, .. })) => break participant_id,
-            Ok(Some(_)) => {}
-            other => panic!("patient never waited: {other:?}\n{}", deployment.logs()),
-        }
-    };
-    api.admit(&token, created.id, participant).await.unwrap();
-    let (mut p, mut d) = (Seen::default(), Seen::default());
-    let started = Instant::now();
-    while !(p.connected && d.connected) {
-        assert!(started.elapsed() < Duration::from_secs(20), "no connection");
-        pump(&mut patient, &mut p, Duration::from_millis(20)).await;
-        pump(&mut doctor, &mut d, Duration::from_millis(20)).await;
-    }
-    media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 1).await;
-    assert!(p.video > 0 && d.video > 0, "video before the fault");
-    (patient, doctor, p, d, token, created.id)
-}
-
-/// Send media both ways until both sessions have rejoined (or `limit` passes); the time it took.
-async fn until_both_rejoined(
-    patient: &mut Session,
-    doctor: &mut Session,
-    p: &mut Seen,
-    d: &mut Seen,
-    limit: Duration,
-) -> Duration {
-    let started = Instant::now();
-    while !(p.joined && d.joined) {
-        assert!(
-            started.elapsed() < limit,
-            "not rejoined within {limit:?}: {:?} / {:?}",
-            p.warnings,
-            d.warnings
-        );
-        media_both_ways(patient, doctor, p, d, 1).await;
-    }
-    started.elapsed()
-}
 
 /// SIGKILL the node holding a call: media never stops (it never touched the node); both
 /// sessions reconnect through nginx to the other nodes within the grace period and are back in
@@ -149,8 +15,15 @@ async fn until_both_rejoined(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_call_loses_no_media_and_both_sides_resume_on_another() {
     let mut deployment = Deployment::start(3, 0);
-    let (mut patient, mut doctor, p, d, token, id) = call(&deployment).await;
-    let home = home_node(&deployment).await;
+    let Call {
+        mut patient,
+        mut doctor,
+        p,
+        d,
+        token,
+        consultation: id,
+    } = deployment.call().await;
+    let home = deployment.home_node().await;
     deployment.kill_node(home);
     let (mut p_after, mut d_after) = (Seen::default(), Seen::default());
     // Frames already counted: the gap is measured across the kill.
@@ -198,8 +71,12 @@ async fn a_node_killed_mid_call_loses_no_media_and_both_sides_resume_on_another(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_told_to_stop_drains_and_its_calls_move() {
     let mut deployment = Deployment::start(3, 0);
-    let (mut patient, mut doctor, _, _, _, _) = call(&deployment).await;
-    let home = home_node(&deployment).await;
+    let Call {
+        mut patient,
+        mut doctor,
+        ..
+    } = deployment.call().await;
+    let home = deployment.home_node().await;
     let status = deployment.terminate_node(home, Duration::from_secs(15));
     assert!(status.success(), "the node exited with {status}");
     let (mut p, mut d) = (Seen::default(), Seen::default());
@@ -222,7 +99,12 @@ async fn a_node_told_to_stop_drains_and_its_calls_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_seconds_without_postgres_fail_clearly_keep_media_and_recover() {
     let deployment = Deployment::start(2, 0);
-    let (mut patient, mut doctor, _, _, token, _) = call(&deployment).await;
+    let Call {
+        mut patient,
+        mut doctor,
+        token,
+        ..
+    } = deployment.call().await;
     let api = deployment.api();
     deployment.stop_postgres();
     let down = Instant::now();
@@ -321,7 +203,8 @@ async fn the_load_generator_through_the_load_balancer_loses_nothing_and_the_node
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let pages: Vec<String> = node_metrics(&deployment)
+    let pages: Vec<String> = deployment
+        .node_metrics()
         .await
         .into_iter()
         .flatten()
