@@ -266,7 +266,7 @@ pub async fn has_due(pool: &AnyPool, now: OffsetDateTime) -> anyhow::Result<bool
 /// Events counted but not in the chain yet (their window is open), as `(action, count)`.
 pub async fn open_counts(pool: &AnyPool) -> anyhow::Result<Vec<(String, i64)>> {
     let rows =
-        sqlx::query("SELECT action, SUM(count) FROM audit_tallies GROUP BY action ORDER BY action")
+        sqlx::query("SELECT action, CAST(SUM(count) AS BIGINT) FROM audit_tallies GROUP BY action ORDER BY action")
             .fetch_all(pool)
             .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

@@ -82,15 +82,22 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<AnyPool
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                if backend == Backend::Sqlite {
+                match backend {
                     // WAL: readers never wait for the writer; NORMAL: durable at each WAL
                     // checkpoint, never corrupt; a writer waits up to 5 s for another.
-                    conn.execute(sqlx::raw_sql(
+                    Backend::Sqlite => conn.execute(sqlx::raw_sql(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                          PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                    ))
-                    .await?;
+                    )),
+                    // No transaction holds the write lock long: a node cut off in the middle
+                    // of one loses it after 15 s instead of stalling every writer of every
+                    // node, and a writer waits at most 10 s for the lock.
+                    Backend::Postgres => conn.execute(sqlx::raw_sql(
+                        "SET idle_in_transaction_session_timeout = '15s'; \
+                         SET lock_timeout = '10s'; SET statement_timeout = '60s';",
+                    )),
                 }
+                .await?;
                 Ok(())
             })
         })

@@ -93,6 +93,7 @@ impl RunningServer {
     /// nothing handed over to the other nodes of a deployment (they take this node's
     /// consultations when its leases lapse). For failover drills.
     pub async fn stop_now(self) {
+        self.state.cluster.halt();
         self.state.shutdown.cancel();
         self.handle.shutdown();
         if let Some(admin) = self.admin {
@@ -255,6 +256,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     if state.cluster.is_clustered() {
         // Each doctor's consultations come back on whichever node becomes their home.
         state.cluster.start(&state);
+        state.cluster.ready().await;
     } else {
         let restored = invites::restore_places(&state, None).await?;
         if restored > 0 {

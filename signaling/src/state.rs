@@ -101,7 +101,11 @@ impl AppState {
             join_rate: JoinRate::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             audit: AuditLog::new(pool.clone()),
-            hub: Hub::new(metrics.clone()),
+            hub: if cluster.is_clustered() {
+                Hub::for_cluster(metrics.clone())
+            } else {
+                Hub::new(metrics.clone())
+            },
             address_throttle: match cluster.redis() {
                 Some((redis, prefix)) => {
                     AddressThrottle::shared(config.login.clone(), redis, prefix)

@@ -37,6 +37,7 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ClusterConfig;
@@ -52,9 +53,12 @@ pub enum ClusterError {
     /// The doctor's home did not answer in time.
     #[error("the node holding this consultation did not answer")]
     NoAnswer,
-    /// This node is shutting down.
-    #[error("this node is shutting down")]
-    Leaving,
+    /// This node is shutting down, or cut off from the bus: it takes no homes.
+    #[error("this node cannot take consultations now")]
+    Unavailable,
+    /// The consultations could not be restored from the database.
+    #[error("restoring the consultations: {0}")]
+    Restore(String),
 }
 
 /// Where a doctor's rooms live.
@@ -73,6 +77,16 @@ pub enum Home {
 #[derive(Clone, Default)]
 pub struct Cluster(Option<Arc<Node>>);
 
+/// A doctor homed on this node.
+#[derive(Debug, Clone, Copy)]
+struct HomeLease {
+    /// When a connection or call last needed it.
+    seen: Instant,
+    /// Until when this node may act as the home without renewing: two thirds of a lease
+    /// after the renewal was sent, so that the node stops before the lease can lapse in Redis.
+    valid_until: Instant,
+}
+
 /// A node of a deployment with Redis.
 pub struct Node {
     id: Uuid,
@@ -80,8 +94,8 @@ pub struct Node {
     lease: Duration,
     redis: ConnectionManager,
     client: redis::Client,
-    /// Published in order by one task over one connection.
-    outbox: mpsc::UnboundedSender<(String, String)>,
+    /// Published in order by one task over one connection; bounded.
+    outbox: mpsc::Sender<(String, String)>,
     next_number: AtomicU64,
     /// Relayed connections this node is the entry of: where the home's frames go.
     entry_pipes: Mutex<HashMap<u64, EntryPipe>>,
@@ -89,14 +103,23 @@ pub struct Node {
     home_pipes: Mutex<HashMap<(Uuid, u64), mpsc::Sender<Frame>>>,
     /// Calls waiting for their reply.
     calls: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
-    /// Doctors homed here, with when a connection or call last needed the home.
-    homes: tokio::sync::Mutex<HashMap<Uuid, Instant>>,
-    /// Whether the last exchange with Redis worked (for `/readyz`).
+    /// Doctors homed here (only once their rooms are restored).
+    homes: Mutex<HashMap<Uuid, HomeLease>>,
+    /// One claim at a time per doctor on this node (a claim restores the rooms).
+    claiming: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Until when this node's liveness holds (two thirds of a lease after the last renewal
+    /// that worked was sent).
+    alive_until: Mutex<Instant>,
+    /// Whether the last exchange with Redis worked.
     redis_ok: AtomicBool,
+    /// Whether the bus subscription is up.
+    subscribed: AtomicBool,
     /// Set when the node shuts down: it takes no more homes.
     leaving: AtomicBool,
     /// Whether this node has said it is alive before.
     alive_once: AtomicBool,
+    /// Stops the node's jobs (after it left, or when it is stopped dead).
+    stopped: CancellationToken,
 }
 
 /// The entry side of a relayed connection.
@@ -112,6 +135,9 @@ enum PipeEvent {
     NotHome,
     Frame(Frame),
 }
+
+/// Messages queued for Redis before the node counts the bus as broken.
+const OUTBOX: usize = 65_536;
 
 /// Take (or keep) a doctor's lease: already ours, free, or held by a node whose liveness key
 /// has lapsed. Returns the holder after the call, or an empty string while the deployment is
@@ -139,14 +165,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 "#;
 
-/// Keep a lease this node holds (or re-take it after Redis lost it). Returns the holder.
-const RENEW: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return ARGV[1]
+/// Keep every lease in `KEYS` this node holds (or re-take it after Redis lost it). Returns
+/// each one's holder, in order.
+const RENEW_ALL: &str = r#"
+local holders = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder == false or holder == ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    holder = ARGV[1]
+  end
+  holders[i] = holder
 end
-return holder
+return holders
 "#;
 
 /// Say a node is alive for one more lease; if its liveness key was gone although it had been
@@ -174,6 +205,11 @@ const HOME_LINGER: Duration = Duration::from_secs(10);
 /// How long a call waits for the home's reply.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The part of a lease during which a node acts on a renewal (the rest is its margin).
+fn acting_part(lease: Duration) -> Duration {
+    lease * 2 / 3
+}
+
 impl Cluster {
     /// One node, no Redis.
     pub fn single() -> Self {
@@ -188,16 +224,19 @@ impl Cluster {
         // The URL may hold a password: errors never repeat it.
         let client = redis::Client::open(url.as_str())
             .map_err(|e| anyhow::anyhow!("cluster.redis_url: {:?}", e.kind()))?;
+        // A Redis that does not answer within a third of a lease is treated as gone, so that a
+        // node notices before its lease can lapse.
+        let patience = (config.lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(2));
         let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2)
-            .set_max_delay(1000);
+            .set_connection_timeout(patience)
+            .set_response_timeout(patience)
+            .set_number_of_retries(1)
+            .set_max_delay(500);
         let redis = client
             .get_connection_manager_with_config(manager_config)
             .await
             .map_err(|e| anyhow::anyhow!("connecting to Redis (cluster.redis_url): {e}"))?;
-        let (outbox, outgoing) = mpsc::unbounded_channel();
+        let (outbox, outgoing) = mpsc::channel(OUTBOX);
         let node = Arc::new(Node {
             id: Uuid::new_v4(),
             prefix: config.key_prefix.clone(),
@@ -209,12 +248,16 @@ impl Cluster {
             entry_pipes: Mutex::default(),
             home_pipes: Mutex::default(),
             calls: Mutex::default(),
-            homes: tokio::sync::Mutex::default(),
+            homes: Mutex::default(),
+            claiming: Mutex::default(),
+            alive_until: Mutex::new(Instant::now()),
             redis_ok: AtomicBool::new(true),
+            subscribed: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
             alive_once: AtomicBool::new(false),
+            stopped: CancellationToken::new(),
         });
-        node.clone().keep_alive().await?;
+        node.keep_alive().await?;
         tokio::spawn(node.clone().publish(outgoing));
         Ok(Self(Some(node)))
     }
@@ -240,11 +283,12 @@ impl Cluster {
         self.0.as_ref().map(|n| (n.redis.clone(), n.prefix.clone()))
     }
 
-    /// Whether Redis answered at the last exchange (always true alone).
+    /// Whether Redis answered at the last exchange and the bus is subscribed (always true
+    /// alone).
     pub fn is_healthy(&self) -> bool {
-        self.0
-            .as_ref()
-            .is_none_or(|n| n.redis_ok.load(Ordering::Relaxed))
+        self.0.as_ref().is_none_or(|n| {
+            n.redis_ok.load(Ordering::Relaxed) && n.subscribed.load(Ordering::Relaxed)
+        })
     }
 
     /// Start the bus listener and the lease, liveness and adoption jobs. Alone: nothing.
@@ -268,8 +312,20 @@ impl Cluster {
         tokio::spawn(node.clone().adopt(state.clone()));
     }
 
-    /// Where `doctor`'s rooms live, making this node their home if none is alive (and
-    /// restoring their rooms from the database when this node was not their home before).
+    /// Wait (up to one lease) until the bus is subscribed, so that the node is ready for
+    /// relayed connections when it starts taking requests.
+    pub async fn ready(&self) {
+        let Some(node) = &self.0 else {
+            return;
+        };
+        let deadline = Instant::now() + node.lease;
+        while !node.subscribed.load(Ordering::Relaxed) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Where `doctor`'s rooms live, making this node their home if no live node holds them
+    /// (their rooms restored from the database before anyone may join them here).
     pub async fn claim(&self, state: &AppState, doctor: Uuid) -> Result<Home, ClusterError> {
         match &self.0 {
             None => Ok(Home::Here),
@@ -278,32 +334,23 @@ impl Cluster {
     }
 
     /// Whether this node may hold `doctor`'s rooms now: alone, always; in a deployment, when it
-    /// is their home. Checked again at every join, so that no room is ever made on a node that
-    /// is not its home.
-    pub async fn serves(&self, doctor: Uuid) -> bool {
+    /// is their home and its lease holds. Checked again at every join.
+    pub fn serves(&self, doctor: Uuid) -> bool {
         match &self.0 {
             None => true,
-            Some(node) => node.is_home(doctor).await,
+            Some(node) => node.is_home(doctor),
         }
     }
 
-    /// Where `doctor`'s rooms live now, without taking them: `Here` when no live node holds
-    /// them (nobody is in them, or their home just died and the next claim restores them).
-    pub async fn locate(&self, doctor: Uuid) -> Result<Home, ClusterError> {
-        match &self.0 {
-            None => Ok(Home::Here),
-            Some(node) => node.locate(doctor).await,
-        }
-    }
-
-    /// On shutdown: give back every lease this node holds, so that the clients it tells to go
-    /// away find a new home at once; stop saying this node is alive.
+    /// On shutdown, once the recorders have sealed: give back every lease this node holds, so
+    /// that the clients it tells to go away find a new home at once; stop saying this node is
+    /// alive; stop its jobs.
     pub async fn leave(&self) {
         let Some(node) = &self.0 else {
             return;
         };
         node.leaving.store(true, Ordering::Relaxed);
-        let doctors: Vec<Uuid> = node.homes.lock().await.drain().map(|(d, _)| d).collect();
+        let doctors: Vec<Uuid> = lock(&node.homes).drain().map(|(d, _)| d).collect();
         let mut redis = node.redis.clone();
         for doctor in doctors {
             let _: Result<i64, _> = redis::Script::new(RELEASE)
@@ -316,18 +363,39 @@ impl Cluster {
             .arg(node.alive_key(node.id))
             .query_async(&mut redis)
             .await;
+        node.stopped.cancel();
     }
+
+    /// Stop at once, as a killed process does: no lease given back, no more renewals (the
+    /// other nodes take this node's consultations when its leases lapse).
+    pub fn halt(&self) {
+        if let Some(node) = &self.0 {
+            node.leaving.store(true, Ordering::Relaxed);
+            node.stopped.cancel();
+        }
+    }
+}
+
+/// Lock a std mutex, whatever a panicking holder left.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Let go of a doctor's consultations another node holds now (or may): everyone connected
 /// here is told to reconnect, and recorders running here stop (the new home records on, in a
-/// new recording).
-async fn abandon(state: &AppState, doctor: Uuid) {
+/// new recording). In the background: never in the way of the lease renewals.
+fn abandon(state: &AppState, doctor: Uuid) {
     let consultations = state.hub.abandon(doctor);
-    tracing::warn!(%doctor, consultations = consultations.len(), "another node holds this doctor's consultations now");
-    for consultation in consultations {
-        crate::recording::reconcile(state, consultation).await;
+    if consultations.is_empty() {
+        return;
     }
+    tracing::warn!(%doctor, consultations = consultations.len(), "another node holds this doctor's consultations now");
+    let state = state.clone();
+    tokio::spawn(async move {
+        for consultation in consultations {
+            crate::recording::reconcile(&state, consultation).await;
+        }
+    });
 }
 
 impl Node {
@@ -370,19 +438,29 @@ impl Node {
     /// Send an envelope to one node (in order with everything else this node sends).
     fn send(&self, node: Uuid, envelope: &Envelope) {
         if let Ok(payload) = serde_json::to_string(envelope) {
-            let _ = self.outbox.send((self.channel(node), payload));
+            self.enqueue(self.channel(node), payload);
         }
     }
 
     /// Send an envelope to every node.
     fn broadcast(&self, envelope: &Envelope) {
         if let Ok(payload) = serde_json::to_string(envelope) {
-            let _ = self.outbox.send((self.all_channel(), payload));
+            self.enqueue(self.all_channel(), payload);
         }
     }
 
-    /// The publishing task: one connection, in order, pipelining whatever is queued.
-    async fn publish(self: Arc<Self>, mut outgoing: mpsc::UnboundedReceiver<(String, String)>) {
+    fn enqueue(&self, channel: String, payload: String) {
+        if self.outbox.try_send((channel, payload)).is_err() {
+            // Redis does not keep up (or is gone): what is queued may never arrive, so every
+            // relayed connection starts over, as after any gap on the bus.
+            tracing::warn!("the bus to the other nodes is full; relayed connections start over");
+            self.drop_all_pipes();
+        }
+    }
+
+    /// The publishing task: one connection, in order, pipelining whatever is queued. A batch
+    /// that fails may have been lost in part: every relayed connection starts over.
+    async fn publish(self: Arc<Self>, mut outgoing: mpsc::Receiver<(String, String)>) {
         let mut redis = self.redis.clone();
         let mut batch = Vec::new();
         while outgoing.recv_many(&mut batch, 256).await > 0 {
@@ -392,14 +470,17 @@ impl Node {
             }
             let result: Result<(), _> = pipeline.query_async(&mut redis).await;
             if let Err(e) = &result {
-                tracing::warn!(error = %e, "could not publish to the other nodes");
+                tracing::warn!(error = %e, "could not publish to the other nodes; relayed connections start over");
+                self.drop_all_pipes();
             }
             self.note(&result);
         }
     }
 
-    /// Say this node is alive for one more lease period.
-    async fn keep_alive(self: Arc<Self>) -> Result<(), ClusterError> {
+    /// Say this node is alive for one more lease period; on success, it may act on it for two
+    /// thirds of one from when the renewal was sent.
+    async fn keep_alive(&self) -> Result<(), ClusterError> {
+        let sent = Instant::now();
         let mut redis = self.redis.clone();
         let renewing = self.alive_once.swap(true, Ordering::Relaxed);
         let result: Result<i64, _> = redis::Script::new(KEEP_ALIVE)
@@ -411,14 +492,88 @@ impl Node {
             .await;
         self.note(&result);
         result?;
+        *lock(&self.alive_until) = sent + acting_part(self.lease);
         Ok(())
     }
 
-    async fn claim(self: &Arc<Self>, state: &AppState, doctor: Uuid) -> Result<Home, ClusterError> {
-        if self.leaving.load(Ordering::Relaxed) {
-            return Err(ClusterError::Leaving);
+    /// Whether this node is `doctor`'s home now (restored, its lease and liveness holding,
+    /// the bus up), marking the home as needed.
+    fn is_home(&self, doctor: Uuid) -> bool {
+        let now = Instant::now();
+        if !self.subscribed.load(Ordering::Relaxed) || *lock(&self.alive_until) <= now {
+            return false;
         }
-        let mut homes = self.homes.lock().await;
+        match lock(&self.homes).get_mut(&doctor) {
+            Some(home) if home.valid_until > now => {
+                home.seen = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    async fn claim(self: &Arc<Self>, state: &AppState, doctor: Uuid) -> Result<Home, ClusterError> {
+        if self.is_home(doctor) {
+            return Ok(Home::Here);
+        }
+        if self.leaving.load(Ordering::Relaxed) || !self.subscribed.load(Ordering::Relaxed) {
+            return Err(ClusterError::Unavailable);
+        }
+        let claiming = lock(&self.claiming).entry(doctor).or_default().clone();
+        let _one_at_a_time = claiming.lock().await;
+        if self.is_home(doctor) {
+            return Ok(Home::Here);
+        }
+        let holder = self.take_lease(doctor).await?;
+        if holder.is_empty() {
+            return Ok(Home::Settling);
+        }
+        if holder != self.id.to_string() {
+            return Ok(Home::There(Uuid::parse_str(&holder).unwrap_or_default()));
+        }
+        // Ours: the rooms come back from the database before anyone may join them here.
+        state.hub.serve(doctor);
+        match crate::invites::restore_places(state, Some(doctor)).await {
+            Ok(0) => {}
+            Ok(restored) => {
+                tracing::info!(restored, %doctor, "a doctor's consultations moved to this node")
+            }
+            Err(e) => {
+                abandon(state, doctor);
+                self.release(doctor).await;
+                return Err(ClusterError::Restore(format!("{e:#}")));
+            }
+        }
+        // Still ours after the restore (it may have taken longer than the lease)?
+        let sent = Instant::now();
+        let holder = self.renew_leases(&[doctor]).await?;
+        match holder.first() {
+            Some(h) if *h == self.id.to_string() => {
+                lock(&self.homes).insert(
+                    doctor,
+                    HomeLease {
+                        seen: sent,
+                        valid_until: sent + acting_part(self.lease),
+                    },
+                );
+                state
+                    .metrics
+                    .cluster_homes
+                    .set(lock(&self.homes).len() as i64);
+                Ok(Home::Here)
+            }
+            other => {
+                abandon(state, doctor);
+                let holder = other
+                    .and_then(|h| Uuid::parse_str(h).ok())
+                    .unwrap_or_default();
+                Ok(Home::There(holder))
+            }
+        }
+    }
+
+    /// Run [`CLAIM`] for one doctor: the holder after it ("" while settling).
+    async fn take_lease(&self, doctor: Uuid) -> Result<String, ClusterError> {
         let mut redis = self.redis.clone();
         let result: Result<String, _> = redis::Script::new(CLAIM)
             .key(self.home_key(doctor))
@@ -429,52 +584,143 @@ impl Node {
             .invoke_async(&mut redis)
             .await;
         self.note(&result);
-        let holder = result?;
-        if holder.is_empty() {
-            return Ok(Home::Settling);
-        }
-        if holder != self.id.to_string() {
-            homes.remove(&doctor);
-            return Ok(Home::There(Uuid::parse_str(&holder).unwrap_or_default()));
-        }
-        let new = homes.insert(doctor, Instant::now()).is_none();
-        state.metrics.cluster_homes.set(homes.len() as i64);
-        drop(homes);
-        if new {
-            match crate::invites::restore_places(state, Some(doctor)).await {
-                Ok(0) => {}
-                Ok(restored) => {
-                    tracing::info!(restored, %doctor, "a doctor's consultations moved to this node")
-                }
-                Err(e) => {
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        "could not restore a doctor's rooms"
-                    )
-                }
-            }
-        }
-        Ok(Home::Here)
+        Ok(result?)
     }
 
-    async fn locate(&self, doctor: Uuid) -> Result<Home, ClusterError> {
-        if let Some(seen) = self.homes.lock().await.get_mut(&doctor) {
-            *seen = Instant::now();
-            return Ok(Home::Here);
+    /// Run [`RENEW_ALL`]: each doctor's holder after it, in order.
+    async fn renew_leases(&self, doctors: &[Uuid]) -> Result<Vec<String>, ClusterError> {
+        let renew_all = redis::Script::new(RENEW_ALL);
+        let mut script = renew_all.prepare_invoke();
+        for doctor in doctors {
+            script.key(self.home_key(*doctor));
         }
+        script.arg(self.id.to_string()).arg(self.lease_ms());
         let mut redis = self.redis.clone();
-        let result: Result<Option<String>, _> = redis::cmd("GET")
-            .arg(self.home_key(doctor))
-            .query_async(&mut redis)
-            .await;
+        let result: Result<Vec<String>, _> = script.invoke_async(&mut redis).await;
         self.note(&result);
-        let Some(holder) = result?.and_then(|h| Uuid::parse_str(&h).ok()) else {
-            return Ok(Home::Here);
-        };
-        if holder == self.id || !self.is_alive(holder).await? {
-            return Ok(Home::Here);
+        Ok(result?)
+    }
+
+    async fn release(&self, doctor: Uuid) {
+        let mut redis = self.redis.clone();
+        let _: Result<i64, _> = redis::Script::new(RELEASE)
+            .key(self.home_key(doctor))
+            .arg(self.id.to_string())
+            .invoke_async(&mut redis)
+            .await;
+    }
+
+    /// Run a call at `doctor`'s home `home` and wait for the reply.
+    async fn call(&self, home: Uuid, doctor: Uuid, call: Call) -> Result<Reply, ClusterError> {
+        let id = self.number();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.calls).insert(id, tx);
+        self.send(
+            home,
+            &Envelope::Call {
+                from: self.id,
+                id,
+                doctor,
+                call,
+            },
+        );
+        let reply = tokio::time::timeout(CALL_TIMEOUT, rx).await;
+        lock(&self.calls).remove(&id);
+        match reply {
+            Ok(Ok(reply)) => Ok(reply),
+            _ => Err(ClusterError::NoAnswer),
         }
-        Ok(Home::There(holder))
+    }
+
+    /// Let go of every home (this node cannot be sure it still holds them).
+    fn abandon_all(&self, state: &AppState) {
+        let doctors: Vec<Uuid> = lock(&self.homes).drain().map(|(d, _)| d).collect();
+        for doctor in doctors {
+            abandon(state, doctor);
+        }
+        state.metrics.cluster_homes.set(0);
+    }
+
+    /// Renew this node's liveness and its leases (all in one exchange); give back leases
+    /// nobody needs; let go of doctors another node has taken, and of every doctor when Redis
+    /// or the bus has been out of reach too long to be sure; watch the nodes at the other end
+    /// of relayed connections. Runs until the node has left.
+    async fn renew(self: Arc<Self>, state: AppState) {
+        let mut tick = tokio::time::interval(self.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unsubscribed_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.stopped.cancelled() => return,
+            }
+            let now = Instant::now();
+            if self.subscribed.load(Ordering::Relaxed) {
+                unsubscribed_since = None;
+            } else if unsubscribed_since.get_or_insert(now).elapsed() >= acting_part(self.lease) {
+                // Cut off from the bus: relayed connections and calls cannot reach this node.
+                self.abandon_all(&state);
+            }
+            if self.keep_alive().await.is_err() {
+                if *lock(&self.alive_until) <= Instant::now() {
+                    self.abandon_all(&state);
+                }
+                continue;
+            }
+            // Leases nobody needs any more are given back; the others renewed at once.
+            let mut keep = Vec::new();
+            let mut give_back = Vec::new();
+            {
+                let mut homes = lock(&self.homes);
+                homes.retain(|doctor, home| {
+                    let idle =
+                        home.seen.elapsed() > HOME_LINGER && !state.hub.has_rooms_of(*doctor);
+                    if idle {
+                        give_back.push(*doctor);
+                    } else {
+                        keep.push(*doctor);
+                    }
+                    !idle
+                });
+            }
+            for doctor in give_back {
+                abandon(&state, doctor);
+                self.release(doctor).await;
+            }
+            if !keep.is_empty() {
+                let sent = Instant::now();
+                if let Ok(holders) = self.renew_leases(&keep).await {
+                    let mut homes = lock(&self.homes);
+                    for (doctor, holder) in keep.iter().zip(holders) {
+                        if holder == self.id.to_string() {
+                            if let Some(home) = homes.get_mut(doctor) {
+                                home.valid_until = sent + acting_part(self.lease);
+                            }
+                        } else if homes.remove(doctor).is_some() {
+                            abandon(&state, *doctor);
+                        }
+                    }
+                }
+            }
+            state
+                .metrics
+                .cluster_homes
+                .set(lock(&self.homes).len() as i64);
+            self.check_pipes().await;
+        }
+    }
+
+    /// Close relayed connections whose other end's node is gone.
+    async fn check_pipes(&self) {
+        let mut nodes: Vec<Uuid> = lock(&self.entry_pipes).values().map(|p| p.home).collect();
+        nodes.extend(lock(&self.home_pipes).keys().map(|(n, _)| *n));
+        nodes.sort();
+        nodes.dedup();
+        for node in nodes {
+            if let Ok(false) = self.is_alive(node).await {
+                self.drop_pipes_of(node);
+            }
+        }
     }
 
     async fn is_alive(&self, node: Uuid) -> Result<bool, ClusterError> {
@@ -487,138 +733,6 @@ impl Node {
         Ok(result?)
     }
 
-    /// Whether this node is `doctor`'s home (and marks the home as needed).
-    async fn is_home(&self, doctor: Uuid) -> bool {
-        match self.homes.lock().await.get_mut(&doctor) {
-            Some(seen) => {
-                *seen = Instant::now();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Run a call at `doctor`'s home `home` and wait for the reply.
-    async fn call(&self, home: Uuid, doctor: Uuid, call: Call) -> Result<Reply, ClusterError> {
-        let id = self.number();
-        let (tx, rx) = oneshot::channel();
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
-        self.send(
-            home,
-            &Envelope::Call {
-                from: self.id,
-                id,
-                doctor,
-                call,
-            },
-        );
-        let reply = tokio::time::timeout(CALL_TIMEOUT, rx).await;
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        match reply {
-            Ok(Ok(reply)) => Ok(reply),
-            _ => Err(ClusterError::NoAnswer),
-        }
-    }
-
-    /// Renew this node's liveness and its leases; give back leases nobody needs; let go of
-    /// doctors another node has taken; and watch the nodes at the other end of relayed
-    /// connections.
-    async fn renew(self: Arc<Self>, state: AppState) {
-        let mut tick = tokio::time::interval(self.lease / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_renewed = Instant::now();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = state.shutdown.cancelled() => return,
-            }
-            if self.clone().keep_alive().await.is_ok() {
-                last_renewed = Instant::now();
-            } else if last_renewed.elapsed() >= self.lease {
-                // Cut off from Redis for a whole lease: another node may hold these doctors
-                // now. Let go, so that no consultation has two homes.
-                let doctors: Vec<Uuid> = self.homes.lock().await.drain().map(|(d, _)| d).collect();
-                for doctor in doctors {
-                    abandon(&state, doctor).await;
-                }
-                continue;
-            }
-            let doctors: Vec<(Uuid, Instant)> = self
-                .homes
-                .lock()
-                .await
-                .iter()
-                .map(|(d, seen)| (*d, *seen))
-                .collect();
-            let mut redis = self.redis.clone();
-            for (doctor, seen) in doctors {
-                if !state.hub.has_rooms_of(doctor) && seen.elapsed() > HOME_LINGER {
-                    let mut homes = self.homes.lock().await;
-                    if homes
-                        .get(&doctor)
-                        .is_some_and(|s| s.elapsed() > HOME_LINGER)
-                        && !state.hub.has_rooms_of(doctor)
-                    {
-                        homes.remove(&doctor);
-                        let _: Result<i64, _> = redis::Script::new(RELEASE)
-                            .key(self.home_key(doctor))
-                            .arg(self.id.to_string())
-                            .invoke_async(&mut redis)
-                            .await;
-                    }
-                    continue;
-                }
-                let result: Result<String, _> = redis::Script::new(RENEW)
-                    .key(self.home_key(doctor))
-                    .arg(self.id.to_string())
-                    .arg(self.lease_ms())
-                    .invoke_async(&mut redis)
-                    .await;
-                self.note(&result);
-                if let Ok(holder) = result
-                    && holder != self.id.to_string()
-                {
-                    self.homes.lock().await.remove(&doctor);
-                    abandon(&state, doctor).await;
-                }
-            }
-            let held = self.homes.lock().await.len();
-            state.metrics.cluster_homes.set(held as i64);
-            self.check_pipes().await;
-        }
-    }
-
-    /// Close relayed connections whose other end's node is gone.
-    async fn check_pipes(&self) {
-        let mut nodes: Vec<Uuid> = self
-            .entry_pipes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|p| p.home)
-            .collect();
-        nodes.extend(
-            self.home_pipes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .map(|(n, _)| *n),
-        );
-        nodes.sort();
-        nodes.dedup();
-        for node in nodes {
-            if let Ok(false) = self.is_alive(node).await {
-                self.drop_pipes_of(node);
-            }
-        }
-    }
-
     /// Every relayed connection with `node` at its other end ends: clients of this node are
     /// told to reconnect; connections homed here lose their client (the reconnect grace runs).
     fn drop_pipes_of(&self, node: Uuid) {
@@ -626,41 +740,28 @@ impl Node {
             code: Some(pipe::SERVICE_RESTART),
             reason: "the node holding this consultation stopped; reconnect".into(),
         };
-        self.entry_pipes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, p| {
-                if p.home == node {
-                    let _ = p.to_client.try_send(PipeEvent::Frame(gone_home.clone()));
-                    false
-                } else {
-                    true
-                }
-            });
-        self.home_pipes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(n, _), _| *n != node);
+        lock(&self.entry_pipes).retain(|_, p| {
+            if p.home == node {
+                let _ = p.to_client.try_send(PipeEvent::Frame(gone_home.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        lock(&self.home_pipes).retain(|(n, _), _| *n != node);
     }
 
-    /// Every relayed connection ends (the bus lost messages, or this node is leaving).
+    /// Every relayed connection ends and every call waiting fails (the bus lost messages).
     fn drop_all_pipes(&self) {
         let restart = Frame::Close {
             code: Some(pipe::SERVICE_RESTART),
             reason: "the service's nodes lost touch; reconnect".into(),
         };
-        for (_, p) in self
-            .entry_pipes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-        {
+        for (_, p) in lock(&self.entry_pipes).drain() {
             let _ = p.to_client.try_send(PipeEvent::Frame(restart.clone()));
         }
-        self.home_pipes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        lock(&self.home_pipes).clear();
+        lock(&self.calls).clear();
     }
 
     /// Take the home of doctors whose places are held but whose home is gone (its node died
@@ -672,7 +773,7 @@ impl Node {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = state.shutdown.cancelled() => return,
+                _ = self.stopped.cancelled() => return,
             }
             let doctors =
                 match crate::consultations::rows::doctors_with_held_places(&state.pool).await {
@@ -686,11 +787,10 @@ impl Node {
                     }
                 };
             for doctor in doctors {
-                if self.homes.lock().await.contains_key(&doctor) {
-                    continue;
-                }
-                if let Ok(Home::Here) = self.locate(doctor).await {
-                    let _ = self.claim(&state, doctor).await;
+                if !self.is_home(doctor)
+                    && let Err(e) = self.claim(&state, doctor).await
+                {
+                    tracing::debug!(error = %e, %doctor, "could not adopt a doctor's consultations");
                 }
             }
         }
@@ -702,35 +802,34 @@ impl Node {
     async fn listen(self: Arc<Self>, state: AppState) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            if state.shutdown.is_cancelled() {
+            if self.stopped.is_cancelled() {
                 return;
             }
-            match self.subscribe().await {
-                Ok(mut messages) => {
+            match tokio::time::timeout(self.lease, self.subscribe()).await {
+                Ok(Ok(mut messages)) => {
                     backoff = Duration::from_millis(100);
+                    self.subscribed.store(true, Ordering::Relaxed);
                     loop {
                         tokio::select! {
                             message = messages.next() => match message {
                                 Some(message) => {
                                     let Ok(payload) = message.get_payload::<String>() else { continue };
                                     match serde_json::from_str::<Envelope>(&payload) {
-                                        Ok(envelope) => self.clone().receive(&state, envelope).await,
+                                        Ok(envelope) => self.clone().receive(&state, envelope),
                                         Err(e) => tracing::warn!(error = %e, "a malformed message on the bus"),
                                     }
                                 }
                                 None => break,
                             },
-                            _ = state.shutdown.cancelled() => return,
+                            _ = self.stopped.cancelled() => return,
                         }
                     }
                     tracing::warn!("lost the bus subscription; reconnecting");
-                    self.redis_ok.store(false, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    self.redis_ok.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "cannot subscribe to the bus");
-                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to the bus"),
+                Err(_) => tracing::warn!("subscribing to the bus timed out"),
             }
+            self.subscribed.store(false, Ordering::Relaxed);
             self.drop_all_pipes();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -744,7 +843,8 @@ impl Node {
         Ok(pubsub.into_on_message())
     }
 
-    async fn receive(self: Arc<Self>, state: &AppState, envelope: Envelope) {
+    /// One message from the bus; never waits (calls run in their own task).
+    fn receive(self: Arc<Self>, state: &AppState, envelope: Envelope) {
         match envelope {
             Envelope::Open {
                 from,
@@ -753,7 +853,7 @@ impl Node {
                 cookie,
                 first,
             } => {
-                if !state.shutdown.is_cancelled() && self.is_home(doctor).await {
+                if !state.shutdown.is_cancelled() && self.is_home(doctor) {
                     pipe::open_here(state, &self, from, pipe, cookie, first);
                 } else {
                     self.send(from, &Envelope::NotHome { pipe });
@@ -763,21 +863,13 @@ impl Node {
             Envelope::NotHome { pipe } => self.to_entry_pipe(pipe, PipeEvent::NotHome),
             Envelope::ToClient { pipe, frame } => self.to_entry_pipe(pipe, PipeEvent::Frame(frame)),
             Envelope::ToHome { from, pipe, frame } => {
-                let sender = self
-                    .home_pipes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&(from, pipe))
-                    .cloned();
+                let sender = lock(&self.home_pipes).get(&(from, pipe)).cloned();
                 if let Some(sender) = sender
                     && sender.try_send(frame).is_err()
                 {
                     // A client flooding faster than its connection is served: cut it off, as
                     // a direct connection's rate limit would.
-                    self.home_pipes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&(from, pipe));
+                    lock(&self.home_pipes).remove(&(from, pipe));
                 }
             }
             Envelope::Call {
@@ -788,7 +880,7 @@ impl Node {
             } => {
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let reply = if self.is_home(doctor).await {
+                    let reply = if self.is_home(doctor) {
                         rooms::run_here(&state, doctor, call).await
                     } else {
                         Reply::NotHome
@@ -797,12 +889,7 @@ impl Node {
                 });
             }
             Envelope::Reply { id, reply } => {
-                let waiting = self
-                    .calls
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                if let Some(waiting) = waiting {
+                if let Some(waiting) = lock(&self.calls).remove(&id) {
                     let _ = waiting.send(reply);
                 }
             }
@@ -815,20 +902,14 @@ impl Node {
     }
 
     fn to_entry_pipe(&self, pipe: u64, event: PipeEvent) {
-        let sender = self
-            .entry_pipes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let sender = lock(&self.entry_pipes)
             .get(&pipe)
             .map(|p| p.to_client.clone());
         if let Some(sender) = sender
             && sender.try_send(event).is_err()
         {
             // The client does not keep up: its connection ends, as a direct one's would.
-            self.entry_pipes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&pipe);
+            lock(&self.entry_pipes).remove(&pipe);
         }
     }
 }

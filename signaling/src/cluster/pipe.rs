@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use super::wire::{Envelope, Frame};
 use super::{EntryPipe, Home, Node, PipeEvent};
+use crate::auth::sessions;
+use crate::error::ApiError;
 use crate::secrets::Token;
 use crate::signal::limits::UnjoinedSocket;
 use crate::signal::socket::run;
@@ -32,6 +34,9 @@ pub const SERVICE_RESTART: u16 = 1012;
 const TRY_AGAIN_LATER: u16 = 1013;
 /// Frames queued for one relayed connection, each way, before it counts as too slow.
 const QUEUE: usize = 256;
+/// A client that does not take a frame within this is cut off (as a direct connection whose
+/// queue fills is).
+const CLIENT_WRITE: Duration = Duration::from_secs(10);
 /// How long the entry waits for the home to take a connection.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Homes tried for one connection (a home can move while it is being reached).
@@ -64,8 +69,8 @@ pub async fn serve(
             return;
         }
     };
-    let doctor = match doctor_of(&state, &first).await {
-        Ok(doctor) => doctor,
+    let placed = match placement(&state, &first, cookie.as_ref()).await {
+        Ok(placed) => placed,
         Err(e) => {
             // Whose it is cannot be told now (the database is unreachable): never guess.
             tracing::warn!(
@@ -80,7 +85,9 @@ pub async fn serve(
             return;
         }
     };
-    if let (Some(node), Some(doctor)) = (state.cluster.node().cloned(), doctor) {
+    if let (Some(node), Some((doctor, uses_cookie))) = (state.cluster.node().cloned(), placed) {
+        // The session cookie crosses to the home only when it is the join's credential.
+        let credential = if uses_cookie { cookie.as_ref() } else { None };
         let mut placed = false;
         let mut attempts = 0;
         // Settling lasts one lease; a home that moves is tried again a few times.
@@ -101,7 +108,7 @@ pub async fn serve(
                         home,
                         doctor,
                         &first,
-                        cookie.as_ref(),
+                        credential,
                         &mut sink,
                         &mut stream,
                     )
@@ -133,10 +140,16 @@ pub async fn serve(
     run(state, sink, stream, cookie, unjoined).await;
 }
 
-/// The doctor whose consultation a first message joins: `None` when it is not a join that
-/// names an existing consultation or place (served where it arrived, which refuses it); an
-/// error when the database cannot say.
-async fn doctor_of(state: &AppState, first: &str) -> anyhow::Result<Option<Uuid>> {
+/// Where a first message belongs: the doctor whose consultation it joins, when it is a join
+/// whose credential holds (a patient's place, or the consultation's own doctor's session), and
+/// whether the session cookie is its credential; `None` for anything else (served where it
+/// arrived, which refuses it). An error when the database cannot say. Nothing is claimed for a
+/// join that proves nothing.
+async fn placement(
+    state: &AppState,
+    first: &str,
+    cookie: Option<&Token>,
+) -> anyhow::Result<Option<(Uuid, bool)>> {
     let Ok(message) = decode_client_message(first, state.config.signaling.max_message_bytes) else {
         return Ok(None);
     };
@@ -147,16 +160,35 @@ async fn doctor_of(state: &AppState, first: &str) -> anyhow::Result<Option<Uuid>
     else {
         return Ok(None);
     };
-    Ok(match (consultation_id, token) {
-        (Some(id), _) => crate::consultations::find(&state.pool, id)
-            .await?
-            .map(|c| c.doctor_id),
-        (None, Some(token)) => crate::invites::find_participant(state, &Token::from_client(&token))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .map(|p| p.consultation.doctor_id),
-        (None, None) => None,
-    })
+    match (consultation_id, token) {
+        (Some(id), token) => {
+            let uses_cookie = token.is_none();
+            let Some(token) = token.map(|t| Token::from_client(&t)).or(cookie.cloned()) else {
+                return Ok(None);
+            };
+            let current =
+                match sessions::authenticate(state, &token, sessions::Activity::Background).await {
+                    Ok(current) => current,
+                    Err(ApiError::Unauthenticated | ApiError::PasskeySetupRequired) => {
+                        return Ok(None)
+                    }
+                    Err(e) => anyhow::bail!("checking a session: {e}"),
+                };
+            let owner = crate::consultations::find(&state.pool, id)
+                .await?
+                .map(|c| c.doctor_id)
+                .filter(|doctor| *doctor == current.user.id);
+            Ok(owner.map(|doctor| (doctor, uses_cookie)))
+        }
+        (None, Some(token)) => Ok(crate::invites::find_participant(
+            state,
+            &Token::from_client(&token),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("finding a place: {e}"))?
+        .map(|p| (p.consultation.doctor_id, false))),
+        (None, None) => Ok(None),
+    }
 }
 
 enum Relayed {
@@ -204,6 +236,18 @@ async fn relay(
         Ok(Some(PipeEvent::Opened)) => {}
         _ => {
             forget();
+            // Had the home taken it after all, it lets go of it now.
+            node.send(
+                home,
+                &Envelope::ToHome {
+                    from: node.id,
+                    pipe,
+                    frame: Frame::Close {
+                        code: None,
+                        reason: String::new(),
+                    },
+                },
+            );
             return Relayed::NotTaken;
         }
     }
@@ -228,7 +272,8 @@ async fn relay(
                         message: "binary frames are not part of the protocol; send JSON text".into(),
                         fatal: false,
                     };
-                    if sink.send(Message::Text(encode_server_message(&refusal).into())).await.is_err() {
+                    let sent = tokio::time::timeout(CLIENT_WRITE, sink.send(Message::Text(encode_server_message(&refusal).into()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         to_home(Frame::Close { code: None, reason: String::new() });
                         break;
                     }
@@ -241,14 +286,16 @@ async fn relay(
             },
             event = from_home.recv() => match event {
                 Some(PipeEvent::Frame(Frame::Text { text })) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+                    let sent = tokio::time::timeout(CLIENT_WRITE, sink.send(Message::Text(text.into()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         to_home(Frame::Close { code: None, reason: String::new() });
                         break;
                     }
                 }
                 Some(PipeEvent::Frame(Frame::Close { code, reason })) => {
                     let frame = code.map(|code| CloseFrame { code, reason: reason.into() });
-                    let _ = sink.send(Message::Close(frame)).await;
+                    let _ = tokio::time::timeout(CLIENT_WRITE, sink.send(Message::Close(frame))).await;
+                    to_home(Frame::Close { code: None, reason: String::new() });
                     break;
                 }
                 Some(PipeEvent::Opened | PipeEvent::NotHome) => {}

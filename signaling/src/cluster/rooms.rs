@@ -14,6 +14,8 @@ use crate::state::AppState;
 
 /// Homes tried for one call (a home can move while it is being reached).
 const ATTEMPTS: usize = 3;
+/// How often a call asks again while the deployment settles.
+const SETTLING_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The doctor's waiting patients across their consultations, longest-waiting first.
 pub async fn waiting_for(state: &AppState, doctor: Uuid) -> Result<Vec<WaitingPatient>, ApiError> {
@@ -93,7 +95,9 @@ fn done(reply: Reply) -> Result<(), ApiError> {
     }
 }
 
-/// Run `call` at `doctor`'s home.
+/// Run `call` at `doctor`'s home, making this node the home if no live node is (the rooms of a
+/// home that died come back here from the database first). A call that may have run is never
+/// sent twice: an admission whose home did not answer is answered 503.
 async fn run(state: &AppState, doctor: Uuid, call: Call) -> Result<Reply, ApiError> {
     let unavailable = || {
         ApiError::unavailable(
@@ -104,15 +108,28 @@ async fn run(state: &AppState, doctor: Uuid, call: Call) -> Result<Reply, ApiErr
     let Some(node) = state.cluster.node() else {
         return Ok(run_here(state, doctor, call).await);
     };
-    for _ in 0..ATTEMPTS {
-        match state.cluster.locate(doctor).await {
-            Ok(Home::Here | Home::Settling) => return Ok(run_here(state, doctor, call).await),
-            Ok(Home::There(home)) => match node.call(home, doctor, call.clone()).await {
-                Ok(Reply::NotHome) | Err(_) => continue,
-                Ok(reply) => return Ok(reply),
-            },
+    let repeatable = matches!(
+        call,
+        Call::WaitingFor | Call::End { .. } | Call::RemoveHolders { .. }
+    );
+    let deadline = tokio::time::Instant::now() + state.config.cluster.lease * 2;
+    let mut attempts = 0;
+    while attempts < ATTEMPTS && tokio::time::Instant::now() < deadline {
+        match state.cluster.claim(state, doctor).await {
+            Ok(Home::Here) => return Ok(run_here(state, doctor, call).await),
+            Ok(Home::Settling) => tokio::time::sleep(SETTLING_POLL).await,
+            Ok(Home::There(home)) => {
+                attempts += 1;
+                match node.call(home, doctor, call.clone()).await {
+                    // Not run there: the home moved; look again.
+                    Ok(Reply::NotHome) => continue,
+                    Ok(reply) => return Ok(reply),
+                    Err(_) if repeatable => continue,
+                    Err(_) => return Err(unavailable()),
+                }
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot locate a doctor's home");
+                tracing::warn!(error = %e, "cannot reach a doctor's home");
                 return Err(unavailable());
             }
         }

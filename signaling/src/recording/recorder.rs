@@ -143,13 +143,22 @@ pub fn spawn(
     stop: oneshot::Receiver<StopReason>,
 ) -> tokio::task::JoinHandle<()> {
     let (conn, outbound) = state.hub.connection(256);
-    state.hub.join(
-        info.clone(),
-        Identity::Recorder { participant_id: me },
-        conn,
-        state.clock.now(),
-        state.config.signaling.heartbeat_interval.as_millis() as u64,
-    );
+    if state
+        .hub
+        .join(
+            info.clone(),
+            Identity::Recorder { participant_id: me },
+            conn,
+            state.clock.now(),
+            state.config.signaling.heartbeat_interval.as_millis() as u64,
+        )
+        .is_err()
+    {
+        // Another node holds the consultation now; its own recorder records it (this
+        // recording is closed as interrupted when that node restores the rooms).
+        tracing::warn!(consultation = %info.consultation_id, "no recorder here: the consultation moved to another node");
+        return tokio::spawn(async {});
+    }
     let (datagrams_tx, datagrams) = mpsc::channel(1024);
     let recorder = Recorder {
         state: state.clone(),

@@ -6,7 +6,7 @@
 //! The hub knows nothing of the database: callers pass in what a room needs and act on what it
 //! returns (a [`Departure`] to release and audit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -297,18 +297,62 @@ impl Room {
 /// The live state of every consultation with someone in it.
 pub struct Hub {
     rooms: Mutex<HashMap<Uuid, Room>>,
+    /// With several nodes, the doctors whose rooms this node may hold (it is their home); `None`
+    /// alone (every doctor). Read and changed under the rooms' lock, so that no room is made
+    /// for a doctor this node has just let go of.
+    served: Mutex<Option<HashSet<Uuid>>>,
     next_connection: AtomicU64,
+    /// Generations of restored places: unique in the hub's life, so that a grace timer of an
+    /// earlier restore never matches a later one.
+    next_generation: AtomicU64,
     metrics: Metrics,
 }
 
+/// This node does not hold that doctor's rooms (another node of the deployment does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("another node holds this consultation")]
+pub struct NotServedHere;
+
 impl Hub {
-    /// An empty hub.
+    /// An empty hub of a single node: it holds every consultation.
     pub fn new(metrics: Metrics) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
+            served: Mutex::new(None),
             next_connection: AtomicU64::new(1),
+            next_generation: AtomicU64::new(1 << 32),
             metrics,
         }
+    }
+
+    /// An empty hub of a node of a deployment: it holds only the rooms of the doctors it is
+    /// told to serve ([`Hub::serve`]).
+    pub fn for_cluster(metrics: Metrics) -> Self {
+        let hub = Self::new(metrics);
+        *hub.served.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashSet::new());
+        hub
+    }
+
+    /// From now on this node holds `doctor`'s rooms (it became their home).
+    pub fn serve(&self, doctor_user_id: Uuid) {
+        self.with_rooms(|_| {
+            if let Some(served) = self
+                .served
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                served.insert(doctor_user_id);
+            }
+        });
+    }
+
+    fn serves(&self, doctor_user_id: Uuid) -> bool {
+        self.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|served| served.contains(&doctor_user_id))
     }
 
     /// A new connection handle and the receiving end its writer task drains.
@@ -337,6 +381,10 @@ impl Hub {
         now: OffsetDateTime,
     ) -> Vec<(Uuid, u64)> {
         self.with_rooms(|rooms| {
+            if !self.serves(info.doctor_user_id) {
+                return Vec::new();
+            }
+            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
             let room = rooms
                 .entry(info.consultation_id)
                 .or_insert_with(|| Room::new(info.clone()));
@@ -348,13 +396,13 @@ impl Hub {
                 waiting_since: since,
                 conn: None,
                 conn_id: 0,
-                generation: 1,
+                generation,
             };
             let mut restored = Vec::new();
             if places.iter().any(|p| p.admitted) {
                 let doctor = room.doctor_participant_id;
                 room.members.entry(doctor).or_insert_with(|| {
-                    restored.push((doctor, 1));
+                    restored.push((doctor, generation));
                     offline(
                         doctor,
                         ParticipantRole::Doctor,
@@ -369,7 +417,7 @@ impl Hub {
                     room.consents.insert(place.participant_id, consent);
                 }
                 room.members.entry(place.participant_id).or_insert_with(|| {
-                    restored.push((place.participant_id, 1));
+                    restored.push((place.participant_id, generation));
                     offline(
                         place.participant_id,
                         ParticipantRole::Patient,
@@ -385,7 +433,8 @@ impl Hub {
 
     /// Put `conn` in its place in the consultation and send it `joined` (and a doctor the waiting
     /// room). Returns the participant id. A connection already holding that place is told
-    /// `replaced` and closed.
+    /// `replaced` and closed. Refused, with nothing changed, on a node of a deployment that does
+    /// not hold the doctor's rooms.
     pub fn join(
         &self,
         info: RoomInfo,
@@ -393,8 +442,11 @@ impl Hub {
         conn: Connection,
         now: OffsetDateTime,
         heartbeat_interval_ms: u64,
-    ) -> Uuid {
+    ) -> Result<Uuid, NotServedHere> {
         self.with_rooms(|rooms| {
+            if !self.serves(info.doctor_user_id) {
+                return Err(NotServedHere);
+            }
             let room = rooms
                 .entry(info.consultation_id)
                 .or_insert_with(|| Room::new(info));
@@ -488,7 +540,7 @@ impl Hub {
             // The doctor learns of a newly waiting (or reconnected) patient; a joining doctor
             // gets the current list.
             room.notify_waiting_room();
-            id
+            Ok(id)
         })
     }
 
@@ -815,6 +867,14 @@ impl Hub {
     /// Returns the consultations forgotten.
     pub fn abandon(&self, doctor_user_id: Uuid) -> Vec<Uuid> {
         self.with_rooms(|rooms| {
+            if let Some(served) = self
+                .served
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                served.remove(&doctor_user_id);
+            }
             let ids: Vec<Uuid> = rooms
                 .values()
                 .filter(|room| room.info.doctor_user_id == doctor_user_id)
@@ -918,25 +978,30 @@ mod tests {
             participant_id: id,
             name: "Pat".into(),
         };
-        f.hub.join(
-            info.clone(),
-            identity,
-            conn,
-            OffsetDateTime::now_utc(),
-            15_000,
-        );
+        f.hub
+            .join(
+                info.clone(),
+                identity,
+                conn,
+                OffsetDateTime::now_utc(),
+                15_000,
+            )
+            .unwrap();
         (id, rx)
     }
 
     fn join_doctor(f: &Fixture, info: &RoomInfo) -> (Uuid, mpsc::Receiver<Outbound>) {
         let (conn, rx) = f.hub.connection(64);
-        let id = f.hub.join(
-            info.clone(),
-            Identity::Doctor,
-            conn,
-            OffsetDateTime::now_utc(),
-            15_000,
-        );
+        let id = f
+            .hub
+            .join(
+                info.clone(),
+                Identity::Doctor,
+                conn,
+                OffsetDateTime::now_utc(),
+                15_000,
+            )
+            .unwrap();
         (id, rx)
     }
 
@@ -1057,13 +1122,15 @@ mod tests {
             participant_id: patient_id,
             name: "Pat".into(),
         };
-        f.hub.join(
-            f.info.clone(),
-            identity,
-            conn,
-            OffsetDateTime::now_utc(),
-            15_000,
-        );
+        f.hub
+            .join(
+                f.info.clone(),
+                identity,
+                conn,
+                OffsetDateTime::now_utc(),
+                15_000,
+            )
+            .unwrap();
         assert!(matches!(
             drain(&mut rx2).as_slice(),
             [ServerMessage::Joined {
@@ -1111,5 +1178,46 @@ mod tests {
             assert!(saw_end && closed);
         }
         assert!(f.hub.waiting_for(f.doctor).is_empty());
+    }
+
+    #[test]
+    fn a_node_of_a_deployment_makes_rooms_only_for_the_doctors_it_serves() {
+        let f = fixture();
+        let hub = Hub::for_cluster(Metrics::new());
+        let join = |hub: &Hub| {
+            let (conn, _rx) = hub.connection(8);
+            hub.join(
+                f.info.clone(),
+                Identity::Doctor,
+                conn,
+                OffsetDateTime::now_utc(),
+                15_000,
+            )
+        };
+        assert_eq!(join(&hub), Err(NotServedHere));
+        assert!(!hub.has_rooms_of(f.doctor));
+        let restored = RestoredPlace {
+            participant_id: Uuid::new_v4(),
+            name: "Pat".into(),
+            admitted: true,
+            consent: None,
+            since: OffsetDateTime::now_utc(),
+        };
+        assert!(hub
+            .restore(
+                f.info.clone(),
+                vec![restored.clone()],
+                OffsetDateTime::now_utc()
+            )
+            .is_empty());
+        hub.serve(f.doctor);
+        assert!(join(&hub).is_ok());
+        assert_eq!(hub.abandon(f.doctor), vec![f.info.consultation_id]);
+        // Let go of: nothing is made for that doctor again, not even by a late restore.
+        assert_eq!(join(&hub), Err(NotServedHere));
+        assert!(hub
+            .restore(f.info.clone(), vec![restored], OffsetDateTime::now_utc())
+            .is_empty());
+        assert!(!hub.has_rooms_of(f.doctor));
     }
 }

@@ -530,16 +530,18 @@ impl Connected {
                 ));
             }
             self.check_join_rate(current.session_id)?;
-            if !state.cluster.serves(record.doctor_id).await {
+            if !state.cluster.serves(record.doctor_id) {
                 return Ok(self.moved());
             }
-            let participant_id = state.hub.join(
+            let Ok(participant_id) = state.hub.join(
                 record.room_info(),
                 Identity::Doctor,
                 self.conn.clone(),
                 now,
                 heartbeat_ms,
-            );
+            ) else {
+                return Ok(self.moved());
+            };
             Place {
                 consultation_id,
                 participant_id,
@@ -573,24 +575,26 @@ impl Connected {
                 ));
             }
             self.check_join_rate(participant.id)?;
-            if !state
-                .cluster
-                .serves(participant.consultation.doctor_id)
-                .await
-            {
+            if !state.cluster.serves(participant.consultation.doctor_id) {
                 return Ok(self.moved());
             }
             let identity = Identity::Patient {
                 participant_id: participant.id,
                 name: participant.name.clone(),
             };
-            state.hub.join(
-                participant.consultation.room_info(),
-                identity,
-                self.conn.clone(),
-                now,
-                heartbeat_ms,
-            );
+            if state
+                .hub
+                .join(
+                    participant.consultation.room_info(),
+                    identity,
+                    self.conn.clone(),
+                    now,
+                    heartbeat_ms,
+                )
+                .is_err()
+            {
+                return Ok(self.moved());
+            }
             Place {
                 consultation_id: participant.consultation.id,
                 participant_id: participant.id,
