@@ -93,6 +93,39 @@ async fn one_invite_redeemed_on_two_nodes_at_once_goes_to_one_device() {
     }
 }
 
+/// A call whose doctor is connected to node `a` and whose patient (admitted) to node `b`.
+struct CrossCall {
+    doctor: Doctor,
+    consultation: consult_proto::api::Consultation,
+    doctor_id: uuid::Uuid,
+    patient: consult_api_client::PatientPlace,
+    doctor_ws: Signal,
+    patient_ws: Signal,
+}
+
+async fn cross_call(a: &TestService, b: &TestService, email: &str) -> CrossCall {
+    let doctor = a.doctor(email).await;
+    let (consultation, invite) = doctor.create_consultation().await;
+    let (mut doctor_ws, joined) = doctor.join(a, consultation.id).await;
+    let doctor_id = participant_id(&joined);
+    let patient = b.patient(&invite, "Pat").await;
+    let (mut patient_ws, _) = b.join_patient(&patient.participant_token).await;
+    doctor_ws
+        .send(&ClientMessage::Admit {
+            participant_id: patient.participant_id,
+        })
+        .await;
+    patient_ws.recv_type("admitted").await;
+    CrossCall {
+        doctor,
+        consultation,
+        doctor_id,
+        patient,
+        doctor_ws,
+        patient_ws,
+    }
+}
+
 /// Join as a patient, as a page does after losing its connection: again after a refusal to
 /// try later (a consultation between homes), for up to 15 s.
 async fn rejoin_patient(node: &TestService, token: &str) -> (Signal, ServerMessage) {
@@ -274,18 +307,15 @@ async fn when_the_node_holding_a_call_dies_another_gives_everyone_their_place_ba
     let redis = TestRedis::start();
     let a = TestService::start_clustered(&redis).await;
     let b = a.another_node().await;
-    let doctor = a.doctor("failover@clinic.test").await;
-    let (consultation, invite) = doctor.create_consultation().await;
-    let (mut doctor_ws, joined) = doctor.join(&a, consultation.id).await;
-    let doctor_id = participant_id(&joined);
-    let patient = b.patient(&invite, "Pat").await;
-    let (mut patient_ws, _) = b.join_patient(&patient.participant_token).await;
-    doctor_ws
-        .send(&ClientMessage::Admit {
-            participant_id: patient.participant_id,
-        })
-        .await;
-    patient_ws.recv_type("admitted").await;
+    let CrossCall {
+        doctor,
+        consultation,
+        doctor_id,
+        patient,
+        doctor_ws,
+        patient_ws,
+    } = cross_call(&a, &b, "failover@clinic.test").await;
+    let (mut doctor_ws, mut patient_ws) = (doctor_ws, patient_ws);
 
     // Node A dies: no goodbye to anyone, its leases left to lapse.
     a.kill().await;
@@ -327,18 +357,14 @@ async fn a_redis_restart_mid_call_heals_without_a_second_admission() {
     let mut redis = TestRedis::start();
     let a = TestService::start_clustered(&redis).await;
     let b = a.another_node().await;
-    let doctor = a.doctor("redis@clinic.test").await;
-    let (consultation, invite) = doctor.create_consultation().await;
-    let (mut doctor_ws, joined) = doctor.join(&a, consultation.id).await;
-    let doctor_id = participant_id(&joined);
-    let patient = b.patient(&invite, "Pat").await;
-    let (mut patient_ws, _) = b.join_patient(&patient.participant_token).await;
-    doctor_ws
-        .send(&ClientMessage::Admit {
-            participant_id: patient.participant_id,
-        })
-        .await;
-    patient_ws.recv_type("admitted").await;
+    let CrossCall {
+        doctor_id,
+        patient,
+        doctor_ws,
+        patient_ws,
+        ..
+    } = cross_call(&a, &b, "redis@clinic.test").await;
+    let (mut doctor_ws, mut patient_ws) = (doctor_ws, patient_ws);
     // Another consultation, another doctor, in the same deployment.
     let stranger = b.doctor("stranger@clinic.test").await;
     let (other, _) = stranger.create_consultation().await;

@@ -16,8 +16,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use consult_e2e::deployment::{consult_binary, until_both_rejoined, Call, Deployment};
-use consult_e2e::{media_both_ways, Seen};
+use consult_e2e::deployment::{consult_binary, Deployment, Failover};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -113,27 +112,14 @@ async fn failover(args: &[String]) {
     let (mut rejoin, mut gap) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let mut deployment = Deployment::start(3, 0);
-        let Call {
-            mut patient,
-            mut doctor,
-            p,
-            d,
-            ..
-        } = deployment.call().await;
-        let home = deployment.home_node().await;
-        deployment.kill_node(home);
-        let (mut p_after, mut d_after) = (Seen::default(), Seen::default());
-        p_after.last_video_at = p.last_video_at;
-        d_after.last_video_at = d.last_video_at;
-        let took = until_both_rejoined(
-            &mut patient,
-            &mut doctor,
-            &mut p_after,
-            &mut d_after,
-            Duration::from_secs(30),
-        )
-        .await;
-        media_both_ways(&mut patient, &mut doctor, &mut p_after, &mut d_after, 1).await;
+        let mut call = deployment.call().await;
+        let Failover {
+            rejoined: took,
+            p: p_after,
+            d: d_after,
+        } = deployment
+            .kill_home_mid_call(&mut call, Duration::from_secs(30), 1)
+            .await;
         let longest = p_after.longest_video_gap.max(d_after.longest_video_gap);
         println!(
             "run {run}: both back {:.0} ms after the kill; longest video gap {:.0} ms; new peer connection: {}",

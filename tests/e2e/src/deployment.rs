@@ -511,6 +511,38 @@ impl Deployment {
     }
 }
 
+/// What a node's death did to a call.
+pub struct Failover {
+    /// From the kill until both sides had rejoined.
+    pub rejoined: Duration,
+    /// What the patient saw from the kill on (video gaps measured across it).
+    pub p: Seen,
+    /// What the doctor saw from the kill on.
+    pub d: Seen,
+}
+
+impl Deployment {
+    /// Kill (SIGKILL) the node holding `call`'s consultation, send media both ways until both
+    /// sides have rejoined (within `limit`), then for `after` more seconds.
+    pub async fn kill_home_mid_call(
+        &mut self,
+        call: &mut Call,
+        limit: Duration,
+        after: u64,
+    ) -> Failover {
+        let home = self.home_node().await;
+        self.kill_node(home);
+        let (mut p, mut d) = (Seen::default(), Seen::default());
+        // Frames already counted: the gap is measured across the kill.
+        p.last_video_at = call.p.last_video_at;
+        d.last_video_at = call.d.last_video_at;
+        let rejoined =
+            until_both_rejoined(&mut call.patient, &mut call.doctor, &mut p, &mut d, limit).await;
+        media_both_ways(&mut call.patient, &mut call.doctor, &mut p, &mut d, after).await;
+        Failover { rejoined, p, d }
+    }
+}
+
 /// A call in progress: both sessions, what each has seen, the doctor's token.
 pub struct Call {
     /// The patient's session.

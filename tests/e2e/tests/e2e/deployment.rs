@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use consult_client::session::SessionEvent;
-use consult_e2e::deployment::{metric, readyz, until_both_rejoined, Call, Deployment};
+use consult_e2e::deployment::{metric, readyz, until_both_rejoined, Call, Deployment, Failover};
 use consult_e2e::{media_both_ways, Seen};
 use consult_proto::api::CreateConsultationRequest;
 
@@ -15,29 +15,15 @@ use consult_proto::api::CreateConsultationRequest;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_call_loses_no_media_and_both_sides_resume_on_another() {
     let mut deployment = Deployment::start(3, 0);
-    let Call {
-        mut patient,
-        mut doctor,
-        p,
-        d,
-        token,
-        consultation: id,
-    } = deployment.call().await;
-    let home = deployment.home_node().await;
-    deployment.kill_node(home);
-    let (mut p_after, mut d_after) = (Seen::default(), Seen::default());
-    // Frames already counted: the gap is measured across the kill.
-    p_after.last_video_at = p.last_video_at;
-    d_after.last_video_at = d.last_video_at;
-    let rejoined = until_both_rejoined(
-        &mut patient,
-        &mut doctor,
-        &mut p_after,
-        &mut d_after,
-        Duration::from_secs(25),
-    )
-    .await;
-    media_both_ways(&mut patient, &mut doctor, &mut p_after, &mut d_after, 2).await;
+    let mut call = deployment.call().await;
+    let Failover {
+        rejoined,
+        p: p_after,
+        d: d_after,
+    } = deployment
+        .kill_home_mid_call(&mut call, Duration::from_secs(25), 2)
+        .await;
+    let (mut patient, token, id) = (call.patient, call.token, call.consultation);
     println!(
         "both rejoined {rejoined:?} after the node was killed; longest video gap: patient {:?}, doctor {:?}",
         p_after.longest_video_gap, d_after.longest_video_gap
