@@ -237,6 +237,17 @@ pub async fn media_both_ways(
     d: &mut Seen,
     secs: u64,
 ) {
+    media_both_ways_for(patient, doctor, p, d, Duration::from_secs(secs)).await
+}
+
+/// [`media_both_ways`] for any length of time.
+pub async fn media_both_ways_for(
+    patient: &mut Session,
+    doctor: &mut Session,
+    p: &mut Seen,
+    d: &mut Seen,
+    length: Duration,
+) {
     let (mut pattern_p, mut pattern_d) = (
         consult_client::codec::pattern::TestPattern::new(320, 240),
         consult_client::codec::pattern::TestPattern::new(320, 240),
@@ -247,7 +258,7 @@ pub async fn media_both_ways(
     );
     let started = std::time::Instant::now();
     let mut tick = 0u64;
-    while started.elapsed() < Duration::from_secs(secs) {
+    while started.elapsed() < length {
         if tick.is_multiple_of(3) {
             patient.send_video(pattern_p.next_frame()).await.unwrap();
             doctor.send_video(pattern_d.next_frame()).await.unwrap();
