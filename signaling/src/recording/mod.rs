@@ -213,12 +213,12 @@ pub async fn close_left_open(
             Ok((chunks, last_us)) => (
                 chunks,
                 started_at + std::time::Duration::from_micros(last_us),
-                "the node recording it stopped; kept up to the last sealed chunk".to_owned(),
+                "the service stopped while recording; kept up to the last sealed chunk".to_owned(),
             ),
             Err(e) => (
                 0,
                 started_at,
-                format!("the node recording it stopped, and what it left does not open: {e}"),
+                format!("the service stopped while recording, and what it left does not open: {e}"),
             ),
         };
         let status = rows::RecordingStatus::Interrupted;
