@@ -257,6 +257,7 @@ impl Cluster {
             alive_once: AtomicBool::new(false),
             stopped: CancellationToken::new(),
         });
+        node.settle_after_a_redis_restart().await?;
         node.keep_alive().await?;
         tokio::spawn(node.clone().publish(outgoing));
         Ok(Self(Some(node)))
@@ -475,6 +476,34 @@ impl Node {
             }
             self.note(&result);
         }
+    }
+
+    /// A node starting against a Redis that itself started less than two leases ago cannot
+    /// tell a new deployment from one whose Redis just lost every lease while its homes live
+    /// on: the deployment settles for one lease (see [`CLAIM`]), so the live homes re-take
+    /// their leases before this node takes any.
+    async fn settle_after_a_redis_restart(&self) -> Result<(), ClusterError> {
+        let mut redis = self.redis.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut redis)
+            .await?;
+        let uptime = info
+            .lines()
+            .find_map(|l| l.strip_prefix("uptime_in_seconds:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        if Duration::from_secs(uptime) < self.lease * 2 {
+            let _: Option<String> = redis::cmd("SET")
+                .arg(self.settling_key())
+                .arg("1")
+                .arg("PX")
+                .arg(self.lease_ms())
+                .arg("NX")
+                .query_async(&mut redis)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Say this node is alive for one more lease period; on success, it may act on it for two

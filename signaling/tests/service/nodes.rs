@@ -468,3 +468,29 @@ async fn two_nodes_admitting_one_patient_at_once_admit_once() {
     }
     assert_eq!(a.audited_count("admitted").await, 5);
 }
+
+/// A node that starts right after Redis did cannot tell a new deployment from one whose Redis
+/// just lost every lease: it lets the deployment settle for one lease before any free home is
+/// taken, so a live home elsewhere re-takes its own first. A join meanwhile waits, then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starting_beside_a_fresh_redis_lets_the_deployment_settle_first() {
+    let redis = TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let settling = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "PTTL", "consult:settling"])
+        .output()
+        .expect("redis-cli runs");
+    let left: i64 = String::from_utf8_lossy(&settling.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        left > 0,
+        "the deployment settles after a fresh Redis ({left} ms left)"
+    );
+    // A doctor joining meanwhile is placed once the settling is over.
+    let doctor = a.doctor("settle@clinic.test").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    let (_ws, joined) = doctor.join(&a, consultation.id).await;
+    assert!(matches!(joined, ServerMessage::Joined { .. }));
+}
