@@ -25,7 +25,7 @@ use crate::auth::sessions;
 use crate::error::ApiError;
 use crate::secrets::Token;
 use crate::signal::limits::UnjoinedSocket;
-use crate::signal::socket::run;
+use crate::signal::socket::{run, RateLimit};
 use crate::state::AppState;
 
 /// WebSocket close code 1012, "service restart": reconnect now.
@@ -39,10 +39,9 @@ const QUEUE: usize = 256;
 const CLIENT_WRITE: Duration = Duration::from_secs(10);
 /// How long the entry waits for the home to take a connection.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
-/// Homes tried for one connection (a home can move while it is being reached).
-const ATTEMPTS: usize = 3;
-/// How often a connection asks again while the deployment settles.
-const SETTLING_POLL: Duration = Duration::from_millis(100);
+/// How long a connection waits before asking again where its consultation is (while the
+/// deployment settles, or its home restores the rooms or moves).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serve a client's signaling connection on a node of a deployment: here when this node is
 /// (or becomes) the home of the doctor it joins, relayed to the home otherwise.
@@ -89,17 +88,17 @@ pub async fn serve(
         // The session cookie crosses to the home only when it is the join's credential.
         let credential = if uses_cookie { cookie.as_ref() } else { None };
         let mut placed = false;
-        let mut attempts = 0;
-        // Settling lasts one lease; a home that moves is tried again a few times.
+        // Settling lasts one lease; a home that is still restoring the rooms, or moving, is
+        // asked again shortly, within two leases in all.
         let deadline = tokio::time::Instant::now() + state.config.cluster.lease * 2;
-        while attempts < ATTEMPTS && tokio::time::Instant::now() < deadline {
+        while tokio::time::Instant::now() < deadline {
             match state.cluster.claim(&state, doctor).await {
                 Ok(Home::Here) => {
                     placed = true;
                     break;
                 }
                 Ok(Home::Settling) => {
-                    tokio::time::sleep(SETTLING_POLL).await;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Ok(Home::There(home)) => {
                     let relayed = relay(
@@ -116,7 +115,7 @@ pub async fn serve(
                     if let Relayed::Done = relayed {
                         return;
                     }
-                    attempts += 1;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot place a signaling connection");
@@ -262,10 +261,26 @@ async fn relay(
             },
         )
     };
+    // The same limit the home applies, applied here too, so that a flood never reaches the bus
+    // (where it would crowd out every other relayed connection of this node).
+    let mut rate = RateLimit::new(state.config.signaling.max_messages_per_second);
     loop {
         tokio::select! {
             frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => to_home(Frame::Text { text: text.as_str().to_owned() }),
+                Some(Ok(Message::Text(text))) if rate.allow() => to_home(Frame::Text { text: text.as_str().to_owned() }),
+                Some(Ok(Message::Text(_))) => {
+                    state.metrics.signal_rejected.with_label_values(&["rate_limited"]).inc();
+                    let refusal = ServerMessage::Error {
+                        code: SignalErrorCode::RateLimited,
+                        message: "too many messages; slow down".into(),
+                        fatal: false,
+                    };
+                    let sent = tokio::time::timeout(CLIENT_WRITE, sink.send(Message::Text(encode_server_message(&refusal).into()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        to_home(Frame::Close { code: None, reason: String::new() });
+                        break;
+                    }
+                }
                 Some(Ok(Message::Binary(_))) => {
                     let refusal = ServerMessage::Error {
                         code: SignalErrorCode::Malformed,

@@ -12,10 +12,9 @@ use crate::error::ApiError;
 use crate::signal::hub::AdmissionError;
 use crate::state::AppState;
 
-/// Homes tried for one call (a home can move while it is being reached).
-const ATTEMPTS: usize = 3;
-/// How often a call asks again while the deployment settles.
-const SETTLING_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a call waits before asking again where the doctor's home is (while the deployment
+/// settles, or the home restores the rooms or moves).
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The doctor's waiting patients across their consultations, longest-waiting first.
 pub async fn waiting_for(state: &AppState, doctor: Uuid) -> Result<Vec<WaitingPatient>, ApiError> {
@@ -113,21 +112,17 @@ async fn run(state: &AppState, doctor: Uuid, call: Call) -> Result<Reply, ApiErr
         Call::WaitingFor | Call::End { .. } | Call::RemoveHolders { .. }
     );
     let deadline = tokio::time::Instant::now() + state.config.cluster.lease * 2;
-    let mut attempts = 0;
-    while attempts < ATTEMPTS && tokio::time::Instant::now() < deadline {
+    while tokio::time::Instant::now() < deadline {
         match state.cluster.claim(state, doctor).await {
             Ok(Home::Here) => return Ok(run_here(state, doctor, call).await),
-            Ok(Home::Settling) => tokio::time::sleep(SETTLING_POLL).await,
-            Ok(Home::There(home)) => {
-                attempts += 1;
-                match node.call(home, doctor, call.clone()).await {
-                    // Not run there: the home moved; look again.
-                    Ok(Reply::NotHome) => continue,
-                    Ok(reply) => return Ok(reply),
-                    Err(_) if repeatable => continue,
-                    Err(_) => return Err(unavailable()),
-                }
-            }
+            Ok(Home::Settling) => tokio::time::sleep(RETRY_PAUSE).await,
+            Ok(Home::There(home)) => match node.call(home, doctor, call.clone()).await {
+                // Not run there (the home is restoring the rooms, or moved): ask again.
+                Ok(Reply::NotHome) => tokio::time::sleep(RETRY_PAUSE).await,
+                Ok(reply) => return Ok(reply),
+                Err(_) if repeatable => tokio::time::sleep(RETRY_PAUSE).await,
+                Err(_) => return Err(unavailable()),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach a doctor's home");
                 return Err(unavailable());

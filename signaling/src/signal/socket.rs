@@ -144,7 +144,7 @@ enum Flow {
 }
 
 /// A token bucket: a sustained rate with bursts of twice that.
-struct RateLimit {
+pub(crate) struct RateLimit {
     tokens: f64,
     capacity: f64,
     per_second: f64,
@@ -152,7 +152,7 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn new(per_second: u32) -> Self {
+    pub(crate) fn new(per_second: u32) -> Self {
         let per_second = f64::from(per_second.max(1));
         Self {
             tokens: per_second * 2.0,
@@ -162,7 +162,7 @@ impl RateLimit {
         }
     }
 
-    fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         let now = Instant::now();
         self.tokens =
             (self.tokens + (now - self.last).as_secs_f64() * self.per_second).min(self.capacity);

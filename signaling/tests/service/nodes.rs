@@ -494,3 +494,57 @@ async fn a_node_starting_beside_a_fresh_redis_lets_the_deployment_settle_first()
     let (_ws, joined) = doctor.join(&a, consultation.id).await;
     assert!(matches!(joined, ServerMessage::Joined { .. }));
 }
+
+/// A client flooding a connection relayed to another node is limited where it arrives: it is
+/// told to slow down and keeps its connection, and the bus never carries the flood, so another
+/// call relayed by the same node goes on undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_a_relayed_connection_is_limited_where_it_arrives() {
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let a = TestService::start_with(move |c| {
+        c.cluster.redis_url = Some(url);
+        c.cluster.lease = std::time::Duration::from_millis(1500);
+        c.signaling.max_messages_per_second = 5;
+    })
+    .await;
+    let b = a.another_node().await;
+    let flooding = cross_call(&a, &b, "flood@clinic.test").await;
+    let calm = cross_call(&a, &b, "calm@clinic.test").await;
+    let mut patient_ws = flooding.patient_ws;
+    for _ in 0..3000 {
+        patient_ws.send(&ClientMessage::Ping {}).await;
+    }
+    let replies = patient_ws
+        .drain(std::time::Duration::from_millis(500))
+        .await;
+    let limited = replies
+        .iter()
+        .filter(
+            |m| matches!(m, ServerMessage::Error { code, .. } if code.as_str() == "rate_limited"),
+        )
+        .count();
+    assert!(limited >= 2900, "{limited} of 3000 limited");
+    // Limited at the entry: the home saw only what the limit let through.
+    let rejected = |node: &TestService| {
+        node.state()
+            .metrics
+            .signal_rejected
+            .with_label_values(&["rate_limited"])
+            .get()
+    };
+    assert!(
+        rejected(&b) >= 2900,
+        "the entry node limited {}",
+        rejected(&b)
+    );
+    assert!(rejected(&a) < 20, "the home limited {}", rejected(&a));
+    patient_ws.assert_alive().await;
+    // The other relayed call is untouched.
+    let (mut doctor_ws, mut other_patient) = (calm.doctor_ws, calm.patient_ws);
+    doctor_ws.send(&offer(calm.patient.participant_id)).await;
+    assert!(matches!(
+        other_patient.recv_type("description").await,
+        ServerMessage::Description { from, .. } if from == calm.doctor_id
+    ));
+}
