@@ -667,6 +667,16 @@ mod tests {
             &|c| c.recording.candidate_networks = Some(vec!["10.0.0.0/33".into()]),
             "recording.candidate_networks",
         );
+        refused(
+            &|c| c.cluster.lease = Duration::from_millis(100),
+            "cluster.lease",
+        );
+        for prefix in ["", "consult prod", "a:b", "x*"] {
+            refused(
+                &|c| c.cluster.key_prefix = prefix.into(),
+                "cluster.key_prefix",
+            );
+        }
         // Well formed, they pass.
         let mut config = Config::default();
         config.alerts.webhook_url = Some("https://siem.example.org/consult".into());

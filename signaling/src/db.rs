@@ -280,4 +280,31 @@ mod tests {
             );
         }
     }
+
+    #[tokio::test]
+    async fn a_database_that_cannot_be_opened_is_named_without_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for url in [
+            format!("postgres://consult:hunter2-secret@127.0.0.1:{port}/consult"),
+            "mysql://consult:hunter2-secret@127.0.0.1/consult".to_owned(),
+            "postgres://consult:hunter2-secret@[::1/consult".to_owned(),
+        ] {
+            let config = crate::config::Config {
+                data_dir: dir.path().to_path_buf(),
+                database_url: Some(url),
+                ..crate::config::Config::default()
+            };
+            let Err(e) = open_configured(&config).await else {
+                panic!("no database there")
+            };
+            let said = format!("{e:#}");
+            assert!(said.contains("database_url"), "{said}");
+            assert!(!said.contains("hunter2"), "the password leaked: {said}");
+        }
+    }
 }

@@ -268,11 +268,6 @@ impl Cluster {
         self.0.is_some()
     }
 
-    /// This node's id (`None` alone).
-    pub fn node_id(&self) -> Option<Uuid> {
-        self.0.as_ref().map(|n| n.id)
-    }
-
     /// The node, when there is a deployment.
     pub(crate) fn node(&self) -> Option<&Arc<Node>> {
         self.0.as_ref()
@@ -939,6 +934,35 @@ impl Node {
         {
             // The client does not keep up: its connection ends, as a direct one's would.
             lock(&self.entry_pipes).remove(&pipe);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redis_that_cannot_be_reached_is_named_without_its_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for url in [
+            format!("redis://:hunter2-secret@127.0.0.1:{port}/"),
+            "redis://:hunter2-secret@[::1".to_owned(),
+        ] {
+            let config = ClusterConfig {
+                redis_url: Some(url),
+                ..ClusterConfig::default()
+            };
+            let Err(e) = Cluster::connect(&config).await else {
+                panic!("nothing listens there")
+            };
+            let said = format!("{e:#}");
+            assert!(said.contains("redis_url"), "{said}");
+            assert!(!said.contains("hunter2"), "the password leaked: {said}");
         }
     }
 }

@@ -548,3 +548,59 @@ async fn a_flood_on_a_relayed_connection_is_limited_where_it_arrives() {
         ServerMessage::Description { from, .. } if from == calm.doctor_id
     ));
 }
+
+/// A join that proves nothing — a forged participant token, a consultation id without a valid
+/// session, another doctor's consultation, garbage — is refused on the node it reached, and
+/// takes no consultation's home there (nothing is claimed or restored for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_that_prove_nothing_are_refused_and_take_no_home() {
+    let redis = TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let b = a.another_node().await;
+    let owner = a.doctor("owner@clinic.test").await;
+    let stranger = a.doctor("stranger@clinic.test").await;
+    let (consultation, invite) = owner.create_consultation().await;
+    // A patient holds a place, so there is something a claim would restore.
+    let patient = a.patient(&invite, "Pat").await;
+    drop(patient);
+    let attempts = [
+        ClientMessage::Join {
+            token: Some("forged-participant-token".into()),
+            consultation_id: None,
+        },
+        ClientMessage::Join {
+            token: Some("forged-session-token".into()),
+            consultation_id: Some(consultation.id),
+        },
+        ClientMessage::Join {
+            token: Some(stranger.token.clone()),
+            consultation_id: Some(consultation.id),
+        },
+    ];
+    for attempt in attempts {
+        let mut ws = b.connect().await;
+        ws.send(&attempt).await;
+        assert!(
+            matches!(
+                ws.recv().await,
+                Some(ServerMessage::Error { fatal: true, .. })
+            ),
+            "{attempt:?} refused"
+        );
+    }
+    let mut ws = b.connect().await;
+    ws.send_text("{\"v\":1,\"type\":\"join\",".repeat(10)).await;
+    assert!(matches!(
+        ws.recv().await,
+        Some(ServerMessage::Error { fatal: false, .. })
+    ));
+    // No node took the owner's consultations for any of it: no home lease in Redis, no room.
+    let leases = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "KEYS", "consult:home:*"])
+        .output()
+        .expect("redis-cli runs");
+    assert_eq!(String::from_utf8_lossy(&leases.stdout).trim(), "");
+    for node in [&a, &b] {
+        assert_eq!(node.state().metrics.cluster_homes.get(), 0);
+    }
+}
