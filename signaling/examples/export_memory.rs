@@ -131,13 +131,14 @@ fn child(args: &[String]) -> anyhow::Result<()> {
         chunks: 0,
         bytes: 0,
         note: None,
+        continues: None,
     };
     let file = BufWriter::new(std::fs::File::create(PathBuf::from(out))?);
     let started = Instant::now();
     let frames = match mode.as_str() {
         "streamed" => {
             let key = zero_knowledge.then(clinician_key);
-            export::export(&vault, &row, key.as_ref(), file)?
+            export::export(&vault, &row, &[], key.as_ref(), file)?
                 .summary
                 .frames
         }

@@ -164,15 +164,27 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0009_tallies_and_alerts.sql"),
     ),
     (10, "resume", include_str!("../migrations/0010_resume.sql")),
+    (
+        11,
+        "recording segments",
+        include_str!("../migrations/0011_recording_segments.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema in `signaling/migrations/postgres`: the SQLite migrations' end state
 /// in one step (PostgreSQL support began after them), then the same changes as SQLite's.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/postgres/0001_initial.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "recording segments",
+        include_str!("../migrations/postgres/0002_recording_segments.sql"),
+    ),
+];
 
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
     fn resolve(

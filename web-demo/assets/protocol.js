@@ -253,6 +253,9 @@ export const PROTOCOL_VERSION = 1;
  * @property {number} chunks Sealed chunks (one a second).
  * @property {number} bytes Bytes of sealed media.
  * @property {string | null} note Why it stopped, for people ("the patient withdrew consent; …").
+ * @property {string | null} continues The recording this one continues: it was interrupted (the
+ *   node recording it stopped) and this segment took over. Segments download and are shredded as
+ *   one, from the first.
  */
 
 /** @typedef {{ recordings: Recording[] }} RecordingList */

@@ -116,7 +116,10 @@ export class RecordingsView {
 
   /** @param {Recording[]} recordings */
   render(recordings) {
-    replaceKeepingFocus(this.rows, recordings.map((r) => this.renderRow(r)));
+    /** @type {Map<string, Recording>} */
+    const continuedBy = new Map();
+    for (const r of recordings) if (r.continues) continuedBy.set(r.continues, r);
+    replaceKeepingFocus(this.rows, recordings.map((r) => this.renderRow(r, continuedBy)));
     this.tableWrap.hidden = recordings.length === 0;
     const summary =
       recordings.length === 0
@@ -128,18 +131,30 @@ export class RecordingsView {
   }
 
   /**
+   * A recording interrupted and continued is one recording in segments: the first row has the
+   * actions (download and shred take every segment), the later ones say what they continue.
    * @param {Recording} r
+   * @param {Map<string, Recording>} continuedBy The segment that continues each recording.
    * @returns {HTMLTableRowElement}
    */
-  renderRow(r) {
+  renderRow(r, continuedBy) {
     const started = formatDateTime(r.started_at);
     const stateCell = h("td", { className: "recording-state-cell" }, [h("span", { className: `status-pill recording-${r.state}`, text: STATE_LABELS[r.state] ?? r.state, testid: "recording-state" })]);
     if (r.note) stateCell.append(h("span", { className: "hint status-when", text: asSentence(r.note), testid: "recording-note" }));
+    /** @type {Recording[]} */
+    const later = [];
+    for (let next = continuedBy.get(r.id); next && later.length < 64; next = continuedBy.get(next.id)) later.push(next);
+    if (r.continues) {
+      stateCell.append(h("span", { className: "hint status-when", text: "Continues the interrupted recording above: downloaded and shredded with it.", testid: "recording-continues" }));
+    } else if (later.length > 0) {
+      stateCell.append(h("span", { className: "hint status-when", text: `Continued in ${later.length === 1 ? "the next segment" : `${later.length} more segments`}: one recording.`, testid: "recording-continued" }));
+    }
     const length =
       r.state === "recording" ? "still recording" : r.ended_at ? formatDuration(Date.parse(r.ended_at) - Date.parse(r.started_at)) : "—";
     const actions = h("div", { className: "row-actions" });
-    const readable = r.state !== "shredded" && r.state !== "recording";
-    if (r.zero_knowledge && r.state !== "shredded") {
+    const readable =
+      !r.continues && r.state !== "shredded" && r.state !== "recording" && later.every((s) => s.state !== "recording" && s.state !== "shredded");
+    if (r.zero_knowledge && r.state !== "shredded" && !r.continues) {
       actions.append(
         h("span", { className: "hint recording-e2ee-note", testid: "recording-e2ee-note" }, [
           "End-to-end encrypted: export with ",

@@ -286,12 +286,14 @@ impl Call {
                     && peers.iter().any(|p| {
                         p.role != ParticipantRole::Recorder && Some(p.participant_id) == self.remote
                     });
+                // `joined` lists everyone, and the room's `recording` message follows it.
+                self.recorder_is(
+                    peers
+                        .iter()
+                        .find(|p| p.role == ParticipantRole::Recorder)
+                        .map(|p| p.participant_id),
+                );
                 if same_peer {
-                    if let Some(recorder) =
-                        peers.iter().find(|p| p.role == ParticipantRole::Recorder)
-                    {
-                        self.recorder_id = Some(recorder.participant_id);
-                    }
                     self.start_recorder_link()?;
                 } else {
                     self.met(peers)?;
@@ -304,14 +306,13 @@ impl Call {
             }
             // The service's recorder: a send-only connection of its own, beside the call.
             ServerMessage::PeerJoined { peer } if peer.role == ParticipantRole::Recorder => {
-                self.recorder_id = Some(peer.participant_id);
+                self.recorder_is(Some(peer.participant_id));
                 self.start_recorder_link()?;
             }
             ServerMessage::PeerLeft { participant_id, .. }
                 if self.recorder_id == Some(participant_id) =>
             {
-                self.recorder_id = None;
-                self.recorder = None;
+                self.recorder_is(None);
             }
             ServerMessage::Recording {
                 state,
@@ -412,7 +413,7 @@ impl Call {
     /// `joined` or `admitted`: the recorder, the other participant, and the recorder link.
     fn met(&mut self, peers: Vec<consult_proto::signal::Peer>) -> Result<(), PeerError> {
         if let Some(recorder) = peers.iter().find(|p| p.role == ParticipantRole::Recorder) {
-            self.recorder_id = Some(recorder.participant_id);
+            self.recorder_is(Some(recorder.participant_id));
         }
         if let Some(peer) = peers
             .into_iter()
@@ -534,6 +535,20 @@ impl Call {
         Ok(())
     }
 
+    /// The consultation's recorder is now `recorder`. A recorder that left, or was replaced (its
+    /// node died and another node's recorder took over), takes its link and its recording with
+    /// it: the next `recording` message (the service sends the room's current one after every
+    /// `joined`, and a new recorder's right after it joins) names the recording the new one
+    /// makes. A link built for the old recording would send a key the service refuses, and its
+    /// answer would not fit the link that replaces it.
+    fn recorder_is(&mut self, recorder: Option<Uuid>) {
+        if self.recorder_id.is_some() && self.recorder_id != recorder {
+            self.recorder = None;
+            self.recording = None;
+        }
+        self.recorder_id = recorder;
+    }
+
     /// Offer the recorder a send-only connection, if one is present, we are admitted, and the
     /// consultation is being recorded; with a zero-knowledge recording, the wrapped key first.
     fn start_recorder_link(&mut self) -> Result<(), PeerError> {
@@ -648,7 +663,13 @@ impl Call {
             if let Some(link) = &mut self.recorder {
                 match link.peer.poll_output() {
                     Ok(Output::Transmit(transmit)) => return Ok(CallOutput::Transmit(transmit)),
-                    // The recorder only answers and never sends media: nothing to tell.
+                    // The recorder asks for a keyframe when it joins mid-call (it records
+                    // video from one): the one encoder makes it, for the call too.
+                    Ok(Output::Event(PeerEvent::KeyframeRequested)) => {
+                        self.keyframe_due = true;
+                        continue;
+                    }
+                    // Otherwise it only answers and never sends media: nothing to tell.
                     Ok(Output::Event(_)) => continue,
                     Ok(Output::Timeout(at)) => link.next_timeout = at,
                     Err(e) => {

@@ -176,12 +176,16 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let (row, actor) = authorised(&state, &doctor, id, PolicyAction::Export).await?;
     let vault = state.recordings.vault.clone();
+    let segments = rows::segments(&state.pool, id).await?;
     // Check and plan first (every refusal comes before the first byte), then stream.
     let prepared = {
-        let (row, vault) = (row.clone(), vault.clone());
-        tokio::task::spawn_blocking(move || export::prepare(&vault, &row, None))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?
+        let vault = vault.clone();
+        tokio::task::spawn_blocking(move || match segments.split_first() {
+            Some((first, continuations)) => export::prepare(&vault, first, continuations, None),
+            None => Err(ExportError::Empty(id)),
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
     };
     let prepared = match prepared {
         Ok(prepared) => prepared,
@@ -211,7 +215,8 @@ pub async fn download(
         &actor,
         PolicyAction::Export,
         &row,
-        json!({ "frames": summary.frames, "duration_ms": summary.duration_ms }),
+        json!({ "frames": summary.frames, "duration_ms": summary.duration_ms,
+                "segments": prepared.segments() }),
     )
     .await?;
     let mime = match summary.container {
@@ -373,41 +378,60 @@ pub async fn shred(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let (row, actor) = authorised(&state, &doctor, id, PolicyAction::Delete).await?;
-    if row.state == RecordingStatus::Recording {
-        return Err(ApiError::conflict(
-            "still_recording",
-            "the recording is still being made; end the consultation first",
-        ));
-    }
     shred_row(&state, &row, &actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Destroy a recording's key and media, mark it shredded, and audit who did it.
+/// Destroy the key and media of `row`'s recording — every segment of it: a recording
+/// interrupted and continued is shredded whole — mark each shredded, and audit who did it,
+/// segment by segment. Refused while a segment is still being recorded.
 pub async fn shred_row(
     state: &AppState,
     row: &RecordingRow,
     actor: &Actor,
 ) -> Result<(), ApiError> {
-    let vault = state.recordings.vault.clone();
-    let id = row.id;
-    tokio::task::spawn_blocking(move || vault.shred(id))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    // Marked shredded and audited together (the key and media are gone already).
-    let now = state.clock.now();
-    let mut tx = state.audit.begin().await?;
-    rows::set_shredded(tx.connection(), id, now).await?;
-    tx.record(
-        now,
-        actor,
-        audit_action(PolicyAction::Delete),
-        Some(row.consultation_id),
-        json!({ "recording_id": row.id, "detail": { "reason": "request" } }),
-    )
-    .await?;
-    tx.commit().await?;
+    let segments = rows::segments(&state.pool, row.id).await?;
+    if segments
+        .iter()
+        .any(|s| s.state == RecordingStatus::Recording)
+    {
+        return Err(ApiError::conflict(
+            "still_recording",
+            format!(
+                "recording {} is still being made; end its consultation first",
+                row.id
+            ),
+        ));
+    }
+    for segment in segments
+        .iter()
+        .filter(|s| s.state != RecordingStatus::Shredded)
+    {
+        let vault = state.recordings.vault.clone();
+        let id = segment.id;
+        tokio::task::spawn_blocking(move || vault.shred(id))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        // Marked shredded and audited together (the key and media are gone already).
+        let now = state.clock.now();
+        let mut tx = state.audit.begin().await?;
+        rows::set_shredded(tx.connection(), id, now).await?;
+        let detail = if id == row.id {
+            json!({ "reason": "request" })
+        } else {
+            json!({ "reason": "request", "segment_of": row.id })
+        };
+        tx.record(
+            now,
+            actor,
+            audit_action(PolicyAction::Delete),
+            Some(segment.consultation_id),
+            json!({ "recording_id": id, "detail": detail }),
+        )
+        .await?;
+        tx.commit().await?;
+    }
     Ok(())
 }
 

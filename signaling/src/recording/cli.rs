@@ -18,7 +18,7 @@ use consult_vault::Vault;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::rows::{self, RecordingStatus};
+use super::rows;
 use super::{api, export, Recordings};
 use crate::audit::{Action, Actor};
 use crate::auth::sessions;
@@ -125,14 +125,27 @@ pub async fn export(
     .map_err(|e| anyhow::anyhow!("export refused: {e}"))?;
     let partial = out.with_extension("partial");
     let vault = state.recordings.vault.clone();
+    let segments = rows::segments(&state.pool, id).await?;
+    let cut_short = segments
+        .last()
+        .filter(|last| last.state.may_be_unfinished())
+        .map(|last| (last.id, last.note.clone()));
     let result = {
-        let row = row.clone();
         let partial = partial.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let (first, continuations) = segments
+                .split_first()
+                .with_context(|| format!("no recording {id}"))?;
             let file = File::create(&partial)
                 .with_context(|| format!("creating {}", partial.display()))?;
             let mut writer = BufWriter::new(file);
-            let exported = export::export(&vault, &row, clinician_key.as_ref(), &mut writer)?;
+            let exported = export::export(
+                &vault,
+                first,
+                continuations,
+                clinician_key.as_ref(),
+                &mut writer,
+            )?;
             let file = writer.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
             Ok(exported)
@@ -142,6 +155,7 @@ pub async fn export(
     let detail = match &result {
         Ok(exported) => json!({ "frames": exported.summary.frames,
                                 "duration_ms": exported.summary.duration_ms, "via": "cli",
+                                "segments": exported.segments,
                                 "unopened": exported.unopened.iter().map(|u| json!({
                                     "participant_id": u.participant, "frames": u.frames,
                                     "of": u.of })).collect::<Vec<_>>() }),
@@ -161,10 +175,17 @@ pub async fn export(
         Ok(exported) => {
             std::fs::rename(&partial, out)
                 .with_context(|| format!("moving the export to {}", out.display()))?;
-            if row.state.may_be_unfinished() {
+            if exported.segments > 1 {
                 eprintln!(
-                    "warning: recording {id} was cut short ({}); exported up to its last sealed chunk",
-                    row.note.as_deref().unwrap_or("see its state")
+                    "note: recording {id} was interrupted and continued: {} segments, exported \
+                     as one file with the gap between them",
+                    exported.segments
+                );
+            }
+            if let Some((last, note)) = cut_short {
+                eprintln!(
+                    "warning: recording {last} was cut short ({}); exported up to its last sealed chunk",
+                    note.as_deref().unwrap_or("see its state")
                 );
             }
             for unopened in &exported.unopened {
@@ -241,9 +262,6 @@ pub async fn shred(state: &AppState, id: Uuid) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("shredding refused: {e}"))?;
-    if row.state == RecordingStatus::Recording {
-        anyhow::bail!("recording {id} is still being made; end its consultation first");
-    }
     api::shred_row(state, &row, &OPERATOR)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))

@@ -1,7 +1,7 @@
 //! Opening a recording into a playable file, for the HTTP download and `consult recording
 //! export`. The caller has already checked the policy and audits the outcome.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 
 use consult_e2ee::format::ProtectedFrame;
@@ -10,7 +10,9 @@ use consult_e2ee::sframe::{ReceiverKey, Suite};
 use consult_e2ee::MediaFormat;
 use consult_vault::chunks::ChunkReader;
 use consult_vault::matroska::{self, Container, ExportSummary, MuxPlan};
-use consult_vault::recording::{Codec, EpochKey, Frame, FramesInTimeOrder, RecordingIndex, Track};
+use consult_vault::recording::{
+    Codec, EpochKey, Frame, FramesInTimeOrder, RecordingIndex, Track, TrackRole,
+};
 use consult_vault::{Vault, VaultError};
 use uuid::Uuid;
 
@@ -82,6 +84,23 @@ pub struct Exported {
     pub summary: ExportSummary,
     /// Senders of a zero-knowledge recording whose frames did not all open (empty otherwise).
     pub unopened: Vec<Unopened>,
+    /// The segments (recordings holding media) the file joins: more than one when the
+    /// recording was interrupted and continued.
+    pub segments: usize,
+}
+
+/// One segment of an export: a recording's frames, opened with its own keys (a zero-knowledge
+/// recording's keys are bound to its id), on the file's tracks and timeline.
+struct Segment {
+    id: Uuid,
+    /// The tracks as recorded (which were protected, whose).
+    recorded: BTreeMap<u8, Track>,
+    keys: Option<SenderKeys>,
+    /// Its track ids, to the file's: a sender's track of the same role and codec is one track of
+    /// the file across segments.
+    to_file: BTreeMap<u8, u8>,
+    /// Where it starts on the file's timeline: microseconds after the first segment started.
+    offset_us: u64,
 }
 
 /// An export checked and planned, ready to stream: [`prepare`] read the recording's index and
@@ -90,13 +109,16 @@ pub struct Exported {
 /// the frames a second time into the file. Memory holds one chunk and a few seconds of frames
 /// at a time, whatever the recording's length: nothing of the recording is kept between the
 /// passes but its tracks, its senders' keys and the plan.
+///
+/// A recording interrupted by the end of the node recording it and continued on another
+/// (segments, see [`super::rows::RecordingRow::continues`]) is one file: each sender's tracks
+/// go on across the segments, after the gap the failover left; each segment's video starts at
+/// its first keyframe.
 pub struct PreparedExport {
     id: Uuid,
-    /// The tracks as recorded (which were protected, whose).
-    recorded: BTreeMap<u8, Track>,
-    keys: Option<SenderKeys>,
+    segments: Vec<Segment>,
     plan: MuxPlan,
-    late: u64,
+    left_out: u64,
     unopened: Vec<Unopened>,
 }
 
@@ -104,15 +126,18 @@ impl std::fmt::Debug for PreparedExport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedExport")
             .field("id", &self.id)
+            .field("segments", &self.segments.len())
             .field("summary", &self.summary())
             .field("unopened", &self.unopened)
             .finish_non_exhaustive()
     }
 }
 
-/// Check and plan the export of `row`'s recording (see [`PreparedExport`]). A recording that
-/// says it was cut short (failed, interrupted) exports up to its last sealed chunk; any other
-/// must be whole.
+/// Check and plan the export of the recording `first`, continued by `continuations` (its later
+/// segments, in order: [`super::rows::segments`]; empty for a recording never interrupted and
+/// continued). A segment that says it was cut short (failed, interrupted) exports up to its
+/// last sealed chunk; any other must be whole. Any segment shredded, or still being recorded,
+/// refuses the whole export.
 ///
 /// A zero-knowledge recording is opened with `clinician_key`. Each sender's frames open only
 /// with the keys that sender wrapped (the recorder stores who sent each key), so a participant
@@ -121,73 +146,127 @@ impl std::fmt::Debug for PreparedExport {
 /// [`ExportError::DoesNotOpen`].
 pub fn prepare(
     vault: &Vault,
-    row: &RecordingRow,
+    first: &RecordingRow,
+    continuations: &[RecordingRow],
     clinician_key: Option<&RecordingKeyPair>,
 ) -> Result<PreparedExport, ExportError> {
-    let id = row.id;
-    match row.state {
-        RecordingStatus::Shredded => return Err(ExportError::Shredded(id)),
-        RecordingStatus::Recording => return Err(ExportError::StillRecording(id)),
-        _ => {}
+    let id = first.id;
+    let rows = || std::iter::once(first).chain(continuations);
+    for row in rows() {
+        match row.state {
+            RecordingStatus::Shredded => return Err(ExportError::Shredded(row.id)),
+            RecordingStatus::Recording => return Err(ExportError::StillRecording(row.id)),
+            _ => {}
+        }
+        if row.zero_knowledge != first.zero_knowledge {
+            return Err(ExportError::Vault {
+                id: row.id,
+                source: VaultError::Malformed(format!(
+                    "it continues recording {id}, which is of another kind (zero-knowledge or not)"
+                )),
+            });
+        }
     }
-    if row.zero_knowledge && clinician_key.is_none() {
+    if first.zero_knowledge && clinician_key.is_none() {
         return Err(ExportError::NeedsClinicianKey(id));
     }
-    let index = RecordingIndex::read(open(vault, id)?, row.state.may_be_unfinished())
-        .map_err(|source| ExportError::Vault { id, source })?;
-    if index.frames() == 0 {
-        return Err(ExportError::Empty(id));
-    }
-    let fail = |why: String| ExportError::DoesNotOpen { id, why };
-    let keys = match clinician_key {
-        None => None,
-        Some(key) => {
-            let keys = SenderKeys::unwrap(id, &index.epoch_keys, key);
-            let protected_frames: u64 = index
+    let mut file_tracks: BTreeMap<u8, Track> = BTreeMap::new();
+    let mut by_sender: HashMap<(Uuid, TrackRole, Codec), u8> = HashMap::new();
+    let mut segments = Vec::new();
+    let (mut frames, mut protected_frames) = (0u64, 0u64);
+    let (mut any_key, mut first_key_error) = (false, None::<String>);
+    // The file time of the previous segment's last frame.
+    let mut end_us: Option<u64> = None;
+    for row in rows() {
+        let index = RecordingIndex::read(open(vault, row.id)?, row.state.may_be_unfinished())
+            .map_err(|source| ExportError::Vault { id: row.id, source })?;
+        if index.frames() == 0 {
+            continue;
+        }
+        frames += index.frames();
+        // After the gap the interruption left (to the second: the rows' times), never before the
+        // previous segment's last frame.
+        let since_first = (row.started_at - first.started_at).whole_microseconds();
+        let since_first = u64::try_from(since_first.max(0)).unwrap_or(u64::MAX);
+        let offset_us = end_us.map_or(since_first, |end| since_first.max(end.saturating_add(1)));
+        end_us = Some(offset_us.saturating_add(index.last_frame_us.unwrap_or(0)));
+        let keys = clinician_key.map(|key| SenderKeys::unwrap(row.id, &index.epoch_keys, key));
+        if let Some(keys) = &keys {
+            protected_frames += index
                 .tracks
                 .values()
                 .filter(|t| t.protected)
                 .filter_map(|t| index.frames_per_track.get(&t.id))
-                .sum();
-            if keys.is_empty() && protected_frames > 0 {
-                return Err(fail(keys.first_error.clone().unwrap_or_else(|| {
-                    "the recording holds no wrapped key".to_owned()
-                })));
+                .sum::<u64>();
+            any_key |= !keys.is_empty();
+            if first_key_error.is_none() {
+                first_key_error.clone_from(&keys.first_error);
             }
-            Some(keys)
         }
+        let mut to_file = BTreeMap::new();
+        for (n, t) in &index.tracks {
+            let file_id = match by_sender.get(&(t.participant, t.role, t.codec)) {
+                Some(file_id) => *file_id,
+                None => {
+                    let file_id =
+                        u8::try_from(file_tracks.len()).map_err(|_| ExportError::Vault {
+                            id: row.id,
+                            source: VaultError::Malformed(
+                                "more than 256 tracks across segments".into(),
+                            ),
+                        })?;
+                    let protected = t.protected && keys.is_none();
+                    file_tracks.insert(
+                        file_id,
+                        Track {
+                            id: file_id,
+                            protected,
+                            ..t.clone()
+                        },
+                    );
+                    by_sender.insert((t.participant, t.role, t.codec), file_id);
+                    file_id
+                }
+            };
+            to_file.insert(*n, file_id);
+        }
+        segments.push(Segment {
+            id: row.id,
+            recorded: index.tracks,
+            keys,
+            to_file,
+            offset_us,
+        });
+    }
+    if frames == 0 {
+        return Err(ExportError::Empty(id));
+    }
+    let fail = |why: Option<String>, otherwise: &str| ExportError::DoesNotOpen {
+        id,
+        why: why.unwrap_or_else(|| otherwise.to_owned()),
     };
-    let opened = index
-        .tracks
-        .iter()
-        .map(|(n, t)| {
-            let protected = t.protected && keys.is_none();
-            (
-                *n,
-                Track {
-                    protected,
-                    ..t.clone()
-                },
-            )
-        })
-        .collect();
-    let mut opener = Opener::new(keys.as_ref(), &index.tracks);
-    let mut ordered = FramesInTimeOrder::new(open(vault, id)?);
-    let plan = MuxPlan::scan(&opened, opener.frames(&mut ordered))
-        .map_err(|source| ExportError::Vault { id, source })?;
-    if let Some(keys) = keys.as_ref().filter(|_| opener.kept == 0) {
-        let why = keys.first_error.clone();
+    if clinician_key.is_some() && !any_key && protected_frames > 0 {
+        return Err(fail(first_key_error, "the recording holds no wrapped key"));
+    }
+    let mut opener = Opener::default();
+    let mut chained = SegmentFrames::new(vault, &segments, &mut opener);
+    let plan = MuxPlan::scan(&file_tracks, &mut chained).map_err(|source| ExportError::Vault {
+        id: chained.failed_in.unwrap_or(id),
+        source,
+    })?;
+    let left_out = chained.left_out;
+    if clinician_key.is_some() && opener.kept == 0 {
         return Err(fail(
-            why.unwrap_or_else(|| "no frame opens with its sender's keys".into()),
+            first_key_error,
+            "no frame opens with its sender's keys",
         ));
     }
     let unopened = opener.unopened();
     Ok(PreparedExport {
         id,
-        recorded: index.tracks,
-        keys,
+        segments,
         plan,
-        late: ordered.late(),
+        left_out,
         unopened,
     })
 }
@@ -196,7 +275,7 @@ impl PreparedExport {
     /// What the file will hold.
     pub fn summary(&self) -> ExportSummary {
         let mut summary = self.plan.summary();
-        summary.skipped_frames += usize::try_from(self.late).unwrap_or(usize::MAX);
+        summary.skipped_frames += usize::try_from(self.left_out).unwrap_or(usize::MAX);
         summary
     }
 
@@ -210,29 +289,38 @@ impl PreparedExport {
         &self.unopened
     }
 
+    /// How many segments (recordings holding media) the file joins: more than one when a
+    /// recording was interrupted and continued.
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
     /// Stream the file into `out`, reading the recording a second time.
     pub fn write<W: Write>(&self, vault: &Vault, out: W) -> Result<Exported, ExportError> {
-        let id = self.id;
-        let mut opener = Opener::new(self.keys.as_ref(), &self.recorded);
-        let mut ordered = FramesInTimeOrder::new(open(vault, id)?);
-        matroska::write(&self.plan, opener.frames(&mut ordered), out)
-            .map_err(|source| ExportError::Vault { id, source })?;
+        let mut opener = Opener::default();
+        let mut chained = SegmentFrames::new(vault, &self.segments, &mut opener);
+        matroska::write(&self.plan, &mut chained, out).map_err(|source| ExportError::Vault {
+            id: chained.failed_in.unwrap_or(self.id),
+            source,
+        })?;
         Ok(Exported {
             summary: self.summary(),
             unopened: self.unopened.clone(),
+            segments: self.segments.len(),
         })
     }
 }
 
-/// Check, plan and write `row`'s recording into `out` in one call ([`prepare`], then
-/// [`PreparedExport::write`]).
+/// Check, plan and write the recording `first` (continued by `continuations`) into `out` in one
+/// call ([`prepare`], then [`PreparedExport::write`]).
 pub fn export<W: Write>(
     vault: &Vault,
-    row: &RecordingRow,
+    first: &RecordingRow,
+    continuations: &[RecordingRow],
     clinician_key: Option<&RecordingKeyPair>,
     out: W,
 ) -> Result<Exported, ExportError> {
-    prepare(vault, row, clinician_key)?.write(vault, out)
+    prepare(vault, first, continuations, clinician_key)?.write(vault, out)
 }
 
 /// The recording's chunks, or why not.
@@ -241,6 +329,100 @@ fn open(vault: &Vault, id: Uuid) -> Result<ChunkReader<Box<dyn Read + Send>>, Ex
         VaultError::Shredded { .. } => ExportError::Shredded(id),
         source => ExportError::Vault { id, source },
     })
+}
+
+/// The frames of every segment in turn, each in time order, opened, on the file's tracks and
+/// timeline. A segment's video tracks start at their first keyframe (what came before it in
+/// that segment could not be decoded after the previous segment's frames). One segment's
+/// chunks are open at a time.
+struct SegmentFrames<'a> {
+    vault: &'a Vault,
+    segments: &'a [Segment],
+    opener: &'a mut Opener,
+    current: Option<(&'a Segment, FramesInTimeOrder<Box<dyn Read + Send>>)>,
+    next: usize,
+    /// The file's video tracks waiting for a keyframe in the current segment.
+    waiting: BTreeSet<u8>,
+    /// Frames left out here: late for their segment's time order, or video before a keyframe.
+    left_out: u64,
+    /// The segment an error came from.
+    failed_in: Option<Uuid>,
+}
+
+impl<'a> SegmentFrames<'a> {
+    fn new(vault: &'a Vault, segments: &'a [Segment], opener: &'a mut Opener) -> Self {
+        Self {
+            vault,
+            segments,
+            opener,
+            current: None,
+            next: 0,
+            waiting: BTreeSet::new(),
+            left_out: 0,
+            failed_in: None,
+        }
+    }
+}
+
+impl Iterator for SegmentFrames<'_> {
+    type Item = Result<Frame, VaultError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.current.is_none() {
+                let segment = self.segments.get(self.next)?;
+                self.next += 1;
+                let reader = match self.vault.open_recording(segment.id) {
+                    Ok(reader) => reader,
+                    Err(e) => {
+                        self.failed_in = Some(segment.id);
+                        self.next = self.segments.len();
+                        return Some(Err(e));
+                    }
+                };
+                self.waiting = segment
+                    .recorded
+                    .values()
+                    .filter(|t| t.codec.is_video())
+                    .filter_map(|t| segment.to_file.get(&t.id).copied())
+                    .collect();
+                self.current = Some((segment, FramesInTimeOrder::new(reader)));
+            }
+            let (segment, frames) = self.current.as_mut()?;
+            let segment: &Segment = segment;
+            let frame = match frames.next() {
+                None => {
+                    self.left_out += frames.late();
+                    self.current = None;
+                    continue;
+                }
+                Some(Err(e)) => {
+                    self.failed_in = Some(segment.id);
+                    self.current = None;
+                    self.next = self.segments.len();
+                    return Some(Err(e));
+                }
+                Some(Ok(frame)) => frame,
+            };
+            let Some(&file_track) = segment.to_file.get(&frame.track) else {
+                self.left_out += 1;
+                continue;
+            };
+            if self.waiting.contains(&file_track) {
+                if !frame.keyframe {
+                    self.left_out += 1;
+                    continue;
+                }
+                self.waiting.remove(&file_track);
+            }
+            let Some(mut frame) = self.opener.open(segment, frame) else {
+                continue;
+            };
+            frame.track = file_track;
+            frame.at_us = frame.at_us.saturating_add(segment.offset_us);
+            return Some(Ok(frame));
+        }
+    }
 }
 
 /// Each sender's epoch keys of a zero-knowledge recording, unwrapped with the clinician's key.
@@ -326,45 +508,24 @@ impl SenderKeys {
 }
 
 /// One pass of opening a zero-knowledge recording's frames, in time order: protected frames
-/// open with their sender's keys; what does not open is left out and counted per sender; video
-/// after a frame that did not open is left out until the next keyframe that does (it could
-/// not be decoded). Without keys, frames pass as they are.
-struct Opener<'a> {
-    keys: Option<&'a SenderKeys>,
-    tracks: &'a BTreeMap<u8, Track>,
-    broken_video: HashMap<u8, bool>,
+/// open with their sender's keys (those of the frame's segment); what does not open is left out
+/// and counted per sender; video after a frame that did not open is left out until the next
+/// keyframe that does (it could not be decoded). Without keys, frames pass as they are.
+#[derive(Default)]
+struct Opener {
+    /// Per (segment, recorded track): video waiting for a keyframe that opens.
+    broken_video: HashMap<(Uuid, u8), bool>,
     /// Per sender: frames sent, frames left out, the first reason.
     problems: HashMap<Uuid, (u64, u64, Option<String>)>,
     /// Frames passed on, of every track.
     kept: u64,
 }
 
-impl<'a> Opener<'a> {
-    fn new(keys: Option<&'a SenderKeys>, tracks: &'a BTreeMap<u8, Track>) -> Self {
-        Self {
-            keys,
-            tracks,
-            broken_video: HashMap::new(),
-            problems: HashMap::new(),
-            kept: 0,
-        }
-    }
-
-    /// `ordered`'s frames, opened.
-    fn frames<'s, R: Read>(
-        &'s mut self,
-        ordered: &'s mut FramesInTimeOrder<R>,
-    ) -> impl Iterator<Item = Result<Frame, VaultError>> + 's {
-        ordered.filter_map(move |frame| match frame {
-            Ok(frame) => self.open(frame).map(Ok),
-            Err(e) => Some(Err(e)),
-        })
-    }
-
-    fn open(&mut self, mut frame: Frame) -> Option<Frame> {
+impl Opener {
+    fn open(&mut self, segment: &Segment, mut frame: Frame) -> Option<Frame> {
         let (Some(keys), Some(track)) = (
-            self.keys,
-            self.tracks.get(&frame.track).filter(|t| t.protected),
+            segment.keys.as_ref(),
+            segment.recorded.get(&frame.track).filter(|t| t.protected),
         ) else {
             self.kept += 1;
             return Some(frame);
@@ -376,7 +537,10 @@ impl<'a> Opener<'a> {
         };
         let entry = self.problems.entry(track.participant).or_default();
         entry.0 += 1;
-        let broken = self.broken_video.entry(frame.track).or_insert(false);
+        let broken = self
+            .broken_video
+            .entry((segment.id, frame.track))
+            .or_insert(false);
         match keys.open(format, &frame.data, track.participant) {
             Ok(plain) if !*broken || frame.keyframe || !track.codec.is_video() => {
                 *broken = false;
@@ -429,6 +593,7 @@ mod tests {
     use consult_e2ee::format::protect;
     use consult_e2ee::sframe::{BaseKey, SenderKey};
     use consult_vault::recording::{EpochKey, Frame, Record, RecordBatch, Track, TrackRole};
+    use consult_vault::Vault;
 
     /// A VP8 keyframe (64x48) with `marker` after its header; an interframe when `key` is false.
     fn vp8(key: bool, marker: &[u8]) -> Vec<u8> {
@@ -527,6 +692,7 @@ mod tests {
             chunks: 2,
             bytes: 0,
             note: None,
+            continues: None,
         };
         let participants = senders.iter().map(|s| s.participant).collect();
         (dir, vault, row, participants)
@@ -548,7 +714,7 @@ mod tests {
         key: &RecordingKeyPair,
     ) -> Result<(Exported, Vec<u8>), ExportError> {
         let mut out = std::io::Cursor::new(Vec::new());
-        export(vault, row, Some(key), &mut out).map(|e| (e, out.into_inner()))
+        export(vault, row, &[], Some(key), &mut out).map(|e| (e, out.into_inner()))
     }
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -650,5 +816,211 @@ mod tests {
         let (_dir, vault, row, _) = recording(honest(&clinician), None);
         let err = export_to_vec(&vault, &row, &stranger).unwrap_err();
         assert!(matches!(err, ExportError::DoesNotOpen { .. }), "{err}");
+    }
+
+    /// A plain recording segment of two senders (`participants`: the doctor, then the
+    /// patient), their VP8 frames `0..frames` 33 ms apart with a keyframe every 10 from
+    /// `first_key`, marked `segment {segment} sender {n} frame {i}`. `swap` declares the
+    /// senders' tracks the other way round. An `Interrupted` one is left without its final
+    /// chunk, as a node's death leaves it.
+    #[allow(clippy::too_many_arguments)]
+    fn plain_segment(
+        vault: &Vault,
+        participants: &[Uuid; 2],
+        segment: u8,
+        frames: u64,
+        first_key: u64,
+        swap: bool,
+        state: RecordingStatus,
+        started_at: time::OffsetDateTime,
+        continues: Option<Uuid>,
+    ) -> RecordingRow {
+        let id = Uuid::new_v4();
+        let mut writer = vault.create_recording(id).unwrap();
+        let mut batch = RecordBatch::default();
+        let track_of = |n: u8| if swap { 1 - n } else { n };
+        for n in 0..2u8 {
+            batch.push(&Record::Track(Track {
+                id: track_of(n),
+                codec: Codec::Vp8,
+                role: if n == 0 {
+                    TrackRole::Doctor
+                } else {
+                    TrackRole::Patient
+                },
+                participant: participants[usize::from(n)],
+                protected: false,
+            }));
+        }
+        for i in 0..frames {
+            for n in 0..2u8 {
+                let key = i >= first_key && (i - first_key).is_multiple_of(10);
+                batch.push(&Record::Frame(Frame {
+                    track: track_of(n),
+                    at_us: i * 33_000,
+                    keyframe: key,
+                    data: vp8(
+                        key,
+                        format!("segment {segment} sender {n} frame {i}.").as_bytes(),
+                    ),
+                }));
+            }
+        }
+        writer.append(&batch.take()).unwrap();
+        if state != RecordingStatus::Interrupted {
+            writer.finish(&[]).unwrap();
+        }
+        RecordingRow {
+            id,
+            consultation_id: Uuid::nil(),
+            state,
+            zero_knowledge: false,
+            started_at,
+            ended_at: Some(started_at),
+            retain_until: started_at,
+            chunks: 1,
+            bytes: 0,
+            note: None,
+            continues,
+        }
+    }
+
+    fn two_segments(gap_s: i64) -> (tempfile::TempDir, Vault, RecordingRow, RecordingRow) {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(dir.path()).unwrap();
+        let participants = [Uuid::new_v4(), Uuid::new_v4()];
+        let start = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let first = plain_segment(
+            &vault,
+            &participants,
+            1,
+            30,
+            0,
+            false,
+            RecordingStatus::Interrupted,
+            start,
+            None,
+        );
+        // The new recorder's first frames are interframes (it joined mid-stream); its tracks
+        // are declared in another order.
+        let second = plain_segment(
+            &vault,
+            &participants,
+            2,
+            30,
+            2,
+            true,
+            RecordingStatus::Complete,
+            start + time::Duration::seconds(gap_s),
+            Some(first.id),
+        );
+        (dir, vault, first, second)
+    }
+
+    #[test]
+    fn an_interrupted_recording_and_its_continuation_export_as_one_file() {
+        let (_dir, vault, first, second) = two_segments(5);
+        let mut out = Vec::new();
+        let exported = export(
+            &vault,
+            &first,
+            std::slice::from_ref(&second),
+            None,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(exported.segments, 2);
+        // One track per sender across both segments; the second segment's video starts at its
+        // first keyframe (2 interframes each left out).
+        assert_eq!(exported.summary.tracks, 2);
+        assert_eq!(exported.summary.frames, 60 + 56);
+        assert_eq!(exported.summary.skipped_frames, 4);
+        // The second segment 5 s after the first began: its frame 29 ends 5 s + 30 frames in.
+        assert_eq!(exported.summary.duration_ms, 5_000 + 29 * 33 + 33);
+        for n in 0..2 {
+            for marker in [
+                format!("segment 1 sender {n} frame 0."),
+                format!("segment 1 sender {n} frame 29."),
+                format!("segment 2 sender {n} frame 2."),
+                format!("segment 2 sender {n} frame 29."),
+            ] {
+                assert!(contains(&out, marker.as_bytes()), "{marker}");
+            }
+            let skipped = format!("segment 2 sender {n} frame 1.");
+            assert!(!contains(&out, skipped.as_bytes()), "{skipped}");
+        }
+        // Each sender's frames stay on their own track although the second segment declared
+        // the tracks the other way round: the file's block for "segment 2 sender 0" is on the
+        // track of "segment 1 sender 0" (track numbers are the byte after the SimpleBlock size).
+        let track_before = |marker: &str| {
+            let at = out
+                .windows(marker.len())
+                .position(|w| w == marker.as_bytes())
+                .unwrap();
+            // block: track number (1 byte), timecode (2), flags (1), then the VP8 header.
+            let header = if marker.ends_with("frame 0") || marker.ends_with(" 2") {
+                10
+            } else {
+                3
+            };
+            out[at - header - 4]
+        };
+        assert_eq!(
+            track_before("segment 1 sender 0 frame 0"),
+            track_before("segment 2 sender 0 frame 2")
+        );
+        assert_eq!(
+            track_before("segment 1 sender 1 frame 0"),
+            track_before("segment 2 sender 1 frame 2")
+        );
+        assert_ne!(
+            track_before("segment 1 sender 0 frame 0"),
+            track_before("segment 1 sender 1 frame 0")
+        );
+        // The same recording from its first segment alone: what the first node sealed.
+        let alone = export(&vault, &first, &[], None, std::io::sink()).unwrap();
+        assert_eq!((alone.segments, alone.summary.frames), (1, 60));
+    }
+
+    #[test]
+    fn a_continuation_that_starts_in_the_same_second_goes_after_the_first_segment() {
+        // The rows' times are whole seconds: the second segment may seem to start before the
+        // first one's last frame. It goes after it, and no frame is dropped as out of order.
+        let (_dir, vault, first, second) = two_segments(0);
+        let exported = export(&vault, &first, &[second], None, std::io::sink()).unwrap();
+        assert_eq!(exported.summary.frames, 60 + 56);
+        assert_eq!(exported.summary.skipped_frames, 4);
+        // Its frame 0 just after the first segment's frame 29.
+        assert_eq!(exported.summary.duration_ms, 29 * 33 + 29 * 33 + 33);
+    }
+
+    #[test]
+    fn a_segment_still_recording_or_shredded_refuses_the_whole_export() {
+        let (_dir, vault, first, second) = two_segments(5);
+        let recording = RecordingRow {
+            state: RecordingStatus::Recording,
+            ..second.clone()
+        };
+        let err = prepare(&vault, &first, &[recording], None).unwrap_err();
+        assert!(
+            matches!(err, ExportError::StillRecording(id) if id == second.id),
+            "{err}"
+        );
+        vault.shred(second.id).unwrap();
+        let shredded = RecordingRow {
+            state: RecordingStatus::Shredded,
+            ..second.clone()
+        };
+        let err = prepare(&vault, &first, &[shredded], None).unwrap_err();
+        assert!(
+            matches!(err, ExportError::Shredded(id) if id == second.id),
+            "{err}"
+        );
+        // Shredded in the vault although its row says otherwise: refused, never half a file.
+        let err = prepare(&vault, &first, std::slice::from_ref(&second), None).unwrap_err();
+        assert!(
+            matches!(err, ExportError::Shredded(id) if id == second.id),
+            "{err}"
+        );
     }
 }

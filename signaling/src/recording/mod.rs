@@ -41,6 +41,11 @@ pub enum StopReason {
     Ended,
 }
 
+/// How recently a recording must have been interrupted (its last frame) for the next recorder
+/// of its consultation to continue it rather than start a new one: a failover or a restart, not
+/// a consultation taken up again another day.
+pub const CONTINUE_WITHIN: TimeDuration = TimeDuration::minutes(10);
+
 struct Running {
     recording_id: Uuid,
     /// The recorder's participant id.
@@ -329,28 +334,40 @@ async fn start(
     } else {
         None
     };
-    let retain_until = now + TimeDuration::days(i64::from(plan.retention_days));
     let vault = state.recordings.vault.clone();
     let writer =
         tokio::task::spawn_blocking(move || vault.create_recording(recording_id)).await??;
     // The recording's row and its audit entry commit together, before its recorder starts.
     let mut tx = state.audit.begin().await?;
-    rows::insert(
+    // A recording its node left interrupted moments ago goes on in this one, a new segment
+    // exported (and kept, and shredded) with it.
+    let continued = rows::to_continue(
         tx.connection(),
-        recording_id,
         info.consultation_id,
         plan.zero_knowledge,
-        now,
-        retain_until,
+        now - CONTINUE_WITHIN,
     )
     .await?;
+    let retain_until = continued.as_ref().map_or_else(
+        || now + TimeDuration::days(i64::from(plan.retention_days)),
+        |previous| previous.retain_until,
+    );
+    let new = rows::NewRecording {
+        id: recording_id,
+        consultation_id: info.consultation_id,
+        zero_knowledge: plan.zero_knowledge,
+        started_at: now,
+        retain_until,
+        continues: continued.as_ref().map(|previous| previous.id),
+    };
+    rows::insert(tx.connection(), &new).await?;
     tx.record(
         now,
         &Actor::System,
         Action::RecordingStarted,
         Some(info.consultation_id),
         json!({ "recording_id": recording_id, "zero_knowledge": plan.zero_knowledge,
-                "retain_until": retain_until.unix_timestamp() }),
+                "retain_until": retain_until.unix_timestamp(), "continues": new.continues }),
     )
     .await?;
     tx.commit().await?;

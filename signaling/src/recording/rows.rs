@@ -83,10 +83,17 @@ pub struct RecordingRow {
     pub bytes: i64,
     /// Why it stopped, for people.
     pub note: Option<String>,
+    /// The recording this one continues: it was interrupted (the node recording it stopped) and
+    /// this segment took over when the call went on. Segments export and are shredded as one.
+    pub continues: Option<Uuid>,
 }
 
 const SELECT: &str = "SELECT id, consultation_id, state, zero_knowledge, started_at, ended_at, \
-                      retain_until, chunks, bytes, note FROM recordings";
+                      retain_until, chunks, bytes, note, continues FROM recordings";
+
+/// The longest chain of segments followed (a recording interrupted this many times over is not
+/// one any more; a bound on the walk whatever the database holds).
+pub const MAX_SEGMENTS: usize = 64;
 
 fn from_row(row: sqlx::any::AnyRow) -> anyhow::Result<RecordingRow> {
     Ok(RecordingRow {
@@ -100,27 +107,44 @@ fn from_row(row: sqlx::any::AnyRow) -> anyhow::Result<RecordingRow> {
         chunks: row.get(7),
         bytes: row.get(8),
         note: row.get(9),
+        continues: row
+            .get::<Option<&str>, _>(10)
+            .map(Uuid::parse_str)
+            .transpose()?,
     })
 }
 
+/// What a new recording is: its consultation, whether zero-knowledge, its retention, and the
+/// interrupted recording it continues, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecording {
+    /// Its id.
+    pub id: Uuid,
+    /// Its consultation.
+    pub consultation_id: Uuid,
+    /// SFrame ciphertext only the clinician's recording key opens.
+    pub zero_knowledge: bool,
+    /// When it starts.
+    pub started_at: OffsetDateTime,
+    /// When the retention job shreds it.
+    pub retain_until: OffsetDateTime,
+    /// The interrupted recording it continues.
+    pub continues: Option<Uuid>,
+}
+
 /// A new recording, in state `recording`.
-pub async fn insert(
-    db: impl AnyExecutor<'_>,
-    id: Uuid,
-    consultation_id: Uuid,
-    zero_knowledge: bool,
-    started_at: OffsetDateTime,
-    retain_until: OffsetDateTime,
-) -> anyhow::Result<()> {
+pub async fn insert(db: impl AnyExecutor<'_>, new: &NewRecording) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO recordings (id, consultation_id, state, zero_knowledge, started_at, retain_until)
-         VALUES ($1, $2, 'recording', $3, $4, $5)",
+        "INSERT INTO recordings (id, consultation_id, state, zero_knowledge, started_at, retain_until,
+                                 continues)
+         VALUES ($1, $2, 'recording', $3, $4, $5, $6)",
     )
-    .bind(id.to_string())
-    .bind(consultation_id.to_string())
-    .bind(i64::from(zero_knowledge))
-    .bind(to_unix(started_at))
-    .bind(to_unix(retain_until))
+    .bind(new.id.to_string())
+    .bind(new.consultation_id.to_string())
+    .bind(i64::from(new.zero_knowledge))
+    .bind(to_unix(new.started_at))
+    .bind(to_unix(new.retain_until))
+    .bind(new.continues.map(|id| id.to_string()))
     .execute(db)
     .await?;
     Ok(())
@@ -158,6 +182,69 @@ pub async fn find(pool: &AnyPool, id: Uuid) -> anyhow::Result<Option<RecordingRo
         .await?
         .map(from_row)
         .transpose()
+}
+
+/// The interrupted recording of `consultation_id` that a new recorder continues: the latest one
+/// interrupted (its node stopped while recording) that no segment continues yet, of the same
+/// kind (`zero_knowledge`), whose last frame is no older than `since`. A recording interrupted
+/// longer ago than that, or followed by another recording, starts a new one.
+pub async fn to_continue(
+    db: impl AnyExecutor<'_>,
+    consultation_id: Uuid,
+    zero_knowledge: bool,
+    since: OffsetDateTime,
+) -> anyhow::Result<Option<RecordingRow>> {
+    sqlx::query(&format!(
+        "{SELECT} r WHERE consultation_id = $1 AND state = 'interrupted' AND zero_knowledge = $2
+           AND ended_at >= $3
+           AND NOT EXISTS (SELECT 1 FROM recordings c WHERE c.continues = r.id)
+           AND NOT EXISTS (SELECT 1 FROM recordings l WHERE l.consultation_id = r.consultation_id
+                           AND l.started_at > r.started_at)
+         ORDER BY started_at DESC LIMIT 1"
+    ))
+    .bind(consultation_id.to_string())
+    .bind(i64::from(zero_knowledge))
+    .bind(to_unix(since))
+    .fetch_optional(db)
+    .await?
+    .map(from_row)
+    .transpose()
+}
+
+/// Every segment of the recording `id` belongs to, first to last: the recordings it continues
+/// and those that continue it (just `id` when it was never interrupted and continued). Empty
+/// when there is no recording `id`.
+pub async fn segments(pool: &AnyPool, id: Uuid) -> anyhow::Result<Vec<RecordingRow>> {
+    let Some(mut first) = find(pool, id).await? else {
+        return Ok(Vec::new());
+    };
+    let mut walked = 1;
+    while let Some(previous) = first.continues {
+        walked += 1;
+        anyhow::ensure!(
+            walked <= MAX_SEGMENTS,
+            "recording {id} has more than {MAX_SEGMENTS} segments"
+        );
+        first = find(pool, previous).await?.ok_or_else(|| {
+            anyhow::anyhow!("recording {id} continues {previous}, which is missing")
+        })?;
+    }
+    let mut chain = vec![first];
+    while let Some(last) = chain.last().map(|r| r.id) {
+        let next = sqlx::query(&format!("{SELECT} WHERE continues = $1"))
+            .bind(last.to_string())
+            .fetch_optional(pool)
+            .await?
+            .map(from_row)
+            .transpose()?;
+        let Some(next) = next else { break };
+        anyhow::ensure!(
+            chain.len() < MAX_SEGMENTS,
+            "recording {id} has more than {MAX_SEGMENTS} segments"
+        );
+        chain.push(next);
+    }
+    Ok(chain)
 }
 
 /// A consultation's recordings, oldest first.

@@ -349,6 +349,155 @@ async fn when_the_node_holding_a_call_dies_another_gives_everyone_their_place_ba
     patient_ws.recv_type("consultation_ended").await;
 }
 
+/// The node recording a consultation dies: the node that takes the consultation over marks
+/// the recording interrupted (up to its last sealed chunk) and, when the call goes on, starts a
+/// recorder whose recording continues it — kept as long, exported and shredded with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_on_a_dead_node_goes_on_in_a_segment_kept_and_shredded_with_it() {
+    use crate::recording::{consented_call, recorded, until_state};
+    use consult_proto::signal::RecordingState;
+    use consult_signaling::recording::rows::{self, RecordingStatus};
+    let redis = TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let b = a.another_node().await;
+    let doctor = a.doctor("recorded.failover@clinic.test").await;
+    let call = consented_call(&a, &doctor, recorded(false)).await;
+    let (consultation, patient) = (call.consultation, call.patient);
+    let (mut doctor_ws, mut patient_ws) = (call.doctor_ws, call.patient_ws);
+    until_state(&mut patient_ws, RecordingState::Recording).await;
+    let first = rows::of_consultation(&b.state().pool, consultation.id)
+        .await
+        .unwrap();
+    assert!(
+        matches!(first.as_slice(), [r] if r.state == RecordingStatus::Recording),
+        "{first:?}"
+    );
+    let first = first[0].clone();
+
+    a.kill().await;
+    doctor_ws.expect_closed().await;
+    patient_ws.expect_closed().await;
+    let (mut patient_ws, _) = rejoin_patient(&b, &patient.participant_token).await;
+    let (mut doctor_ws, _) = doctor.join(&b, consultation.id).await;
+    // The consent stands: recording again, without asking.
+    until_state(&mut patient_ws, RecordingState::Recording).await;
+    until_state(&mut doctor_ws, RecordingState::Recording).await;
+    let both = rows::of_consultation(&b.state().pool, consultation.id)
+        .await
+        .unwrap();
+    // (The test's clock stands still: both started in the same second, listed in either order.)
+    let (Some(new), Some(old)) = (
+        both.iter().find(|r| r.continues.is_some()),
+        both.iter().find(|r| r.continues.is_none()),
+    ) else {
+        panic!("{both:?}")
+    };
+    assert_eq!(both.len(), 2);
+    assert_eq!(
+        (old.id, old.state),
+        (first.id, RecordingStatus::Interrupted)
+    );
+    assert_eq!(new.state, RecordingStatus::Recording);
+    assert_eq!(
+        new.continues,
+        Some(first.id),
+        "the new recording continues the first"
+    );
+    assert_eq!(new.retain_until, first.retain_until, "and is kept as long");
+    let segments = rows::segments(&b.state().pool, first.id).await.unwrap();
+    assert_eq!(
+        segments.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [first.id, new.id]
+    );
+    assert_eq!(
+        rows::segments(&b.state().pool, new.id).await.unwrap(),
+        segments,
+        "the same segments from either"
+    );
+    let pool = b.state().pool.clone();
+    let audited = |action: &'static str| {
+        let pool = pool.clone();
+        async move {
+            consult_signaling::audit::entries(&pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == action)
+                .map(|e| e.detail)
+                .collect::<Vec<_>>()
+        }
+    };
+    let started = audited("recording_started").await;
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!(started[1]["continues"], first.id.to_string());
+
+    // While the continuation is being recorded, neither segment can be shredded.
+    let on_b = |method: reqwest::Method, path: String| {
+        reqwest::Client::new()
+            .request(method, b.url(&path))
+            .bearer_auth(&doctor.token)
+    };
+    let shred =
+        |id: uuid::Uuid| on_b(reqwest::Method::DELETE, format!("/api/v1/recordings/{id}")).send();
+    let (status, code) = error_code(shred(first.id).await.unwrap()).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (reqwest::StatusCode::CONFLICT, "still_recording")
+    );
+    ApiClient::new(&b.base)
+        .unwrap()
+        .end(&doctor.token, consultation.id)
+        .await
+        .unwrap();
+    patient_ws.recv_type("consultation_ended").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rows::of_consultation(&b.state().pool, consultation.id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.state == RecordingStatus::Recording)
+    {
+        assert!(std::time::Instant::now() < deadline, "still recording");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Shredding the continuation shreds the whole recording, each segment audited.
+    assert_eq!(
+        shred(new.id).await.unwrap().status(),
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let after = rows::of_consultation(&b.state().pool, consultation.id)
+        .await
+        .unwrap();
+    assert!(
+        after.iter().all(|r| r.state == RecordingStatus::Shredded),
+        "{after:?}"
+    );
+    for id in [first.id, new.id] {
+        let r = on_b(
+            reqwest::Method::GET,
+            format!("/api/v1/recordings/{id}/export"),
+        )
+        .send()
+        .await
+        .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("shredded"), "{body}");
+    }
+    let shredded: Vec<String> = audited("recording_shredded")
+        .await
+        .iter()
+        .map(|detail| {
+            detail["recording_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(shredded, [first.id.to_string(), new.id.to_string()]);
+}
+
 /// Redis lost everything mid-call (restarted without persistence): the nodes reconnect, the
 /// connections that crossed nodes are told to reconnect, and everyone resumes with nothing
 /// relayed across consultations and nobody admitted twice.

@@ -20,7 +20,7 @@ async fn recording_state(ws: &mut common::Signal) -> RecordingState {
 
 /// Read `recording` messages until one says `wanted` (the states before it may vary with the
 /// order the service processes two sockets in); fails on anything else.
-async fn until_state(ws: &mut common::Signal, wanted: RecordingState) {
+pub(crate) async fn until_state(ws: &mut common::Signal, wanted: RecordingState) {
     for _ in 0..4 {
         let state = recording_state(ws).await;
         if state == wanted {
@@ -47,11 +47,11 @@ fn consent(recording: bool) -> ClientMessage {
 /// A consultation created with `request`, its patient admitted and consenting: the sockets, the
 /// patient's place and the recorder that joined.
 pub(crate) struct ConsentedCall {
-    consultation: consult_proto::api::Consultation,
-    doctor_ws: common::Signal,
-    patient: consult_api_client::PatientPlace,
-    patient_ws: common::Signal,
-    recorder: consult_proto::signal::Peer,
+    pub(crate) consultation: consult_proto::api::Consultation,
+    pub(crate) doctor_ws: common::Signal,
+    pub(crate) patient: consult_api_client::PatientPlace,
+    pub(crate) patient_ws: common::Signal,
+    pub(crate) recorder: consult_proto::signal::Peer,
 }
 
 /// A consultation created with `request`: the doctor in it, the patient in its waiting room.
@@ -582,16 +582,16 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
 
     // The operator's keyring alone does not open it; another clinician's key does not either.
     let mut out = std::io::Cursor::new(Vec::new());
-    let err = export::export(&vault, &row, None, &mut out).unwrap_err();
+    let err = export::export(&vault, &row, &[], None, &mut out).unwrap_err();
     assert!(matches!(err, ExportError::NeedsClinicianKey(_)), "{err}");
     let stranger = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
-    let err = export::export(&vault, &row, Some(&stranger), &mut out).unwrap_err();
+    let err = export::export(&vault, &row, &[], Some(&stranger), &mut out).unwrap_err();
     assert!(matches!(err, ExportError::DoesNotOpen { .. }), "{err}");
     assert!(err.to_string().contains("does not open"));
 
     // The clinician's key opens every frame: the plaintext is in the export.
     let mut out = std::io::Cursor::new(Vec::new());
-    let exported = export::export(&vault, &row, Some(&clinician), &mut out).unwrap();
+    let exported = export::export(&vault, &row, &[], Some(&clinician), &mut out).unwrap();
     assert_eq!(exported.summary.frames, contents.frames.len());
     assert_eq!(exported.unopened, vec![]);
     assert!(contains(&out.into_inner()));
@@ -609,6 +609,7 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
     let err = export::export(
         &vault,
         &row,
+        &[],
         Some(&clinician),
         std::io::Cursor::new(Vec::new()),
     )
@@ -628,6 +629,7 @@ async fn a_zero_knowledge_recording_holds_no_plaintext_and_opens_only_with_the_c
     let err = export::export(
         &vault,
         &row,
+        &[],
         Some(&clinician),
         std::io::Cursor::new(Vec::new()),
     )
@@ -887,11 +889,14 @@ async fn synthetic_recording(svc: &TestService, consultation: uuid::Uuid) -> (uu
     let rows = consult_signaling::recording::rows::RecordingStatus::Complete;
     consult_signaling::recording::rows::insert(
         pool,
-        id,
-        consultation,
-        false,
-        now,
-        now + time::Duration::days(30),
+        &consult_signaling::recording::rows::NewRecording {
+            id,
+            consultation_id: consultation,
+            zero_knowledge: false,
+            started_at: now,
+            retain_until: now + time::Duration::days(30),
+            continues: None,
+        },
     )
     .await
     .unwrap();
@@ -936,6 +941,7 @@ async fn a_downloaded_recording_streams_and_equals_the_exported_file() {
     let written = consult_signaling::recording::export::export(
         &svc.state().recordings.vault,
         &row,
+        &[],
         None,
         &mut exported,
     )
@@ -1029,4 +1035,84 @@ async fn consent_outlives_a_restart_and_recording_resumes_in_a_new_recording() {
     patient_ws.send(&consent(true)).await;
     // Refused (forbidden, not fatal): a withdrawal stands.
     assert!(!patient_ws.expect_error("forbidden").await);
+}
+
+/// Which interrupted recording a new recorder continues: only the latest of its consultation,
+/// of the same kind, interrupted within the last ten minutes and not continued already — and a
+/// recording is continued at most once, whatever races.
+#[tokio::test]
+async fn only_a_recent_interruption_nobody_continued_is_continued() {
+    use consult_signaling::recording::rows::{self, NewRecording, RecordingStatus};
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("segments@clinic.test").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    let pool = &svc.state().pool;
+    let now = time::OffsetDateTime::now_utc();
+    let interrupted = |started_s: i64, ended_s: i64, zero_knowledge: bool| async move {
+        let id = uuid::Uuid::new_v4();
+        let started_at = now + time::Duration::seconds(started_s);
+        rows::insert(
+            pool,
+            &NewRecording {
+                id,
+                consultation_id: consultation.id,
+                zero_knowledge,
+                started_at,
+                retain_until: now + time::Duration::days(30),
+                continues: None,
+            },
+        )
+        .await
+        .unwrap();
+        let ended_at = now + time::Duration::seconds(ended_s);
+        rows::finish(pool, id, RecordingStatus::Interrupted, ended_at, 1, 1, None)
+            .await
+            .unwrap();
+        id
+    };
+    let since = now - consult_signaling::recording::CONTINUE_WITHIN;
+    let to_continue = |zero_knowledge: bool| async move {
+        rows::to_continue(pool, consultation.id, zero_knowledge, since)
+            .await
+            .unwrap()
+            .map(|r| r.id)
+    };
+
+    // Interrupted eleven minutes ago: a consultation taken up again, not a failover.
+    interrupted(-900, -660, false).await;
+    assert_eq!(to_continue(false).await, None);
+    // Interrupted a minute ago: continued — by a recording of the same kind only.
+    let recent = interrupted(-300, -60, false).await;
+    assert_eq!(to_continue(false).await, Some(recent));
+    assert_eq!(to_continue(true).await, None);
+
+    // Continued once; a second continuation of the same recording is refused by the database.
+    let continuation = |continues| NewRecording {
+        id: uuid::Uuid::new_v4(),
+        consultation_id: consultation.id,
+        zero_knowledge: false,
+        started_at: now,
+        retain_until: now + time::Duration::days(30),
+        continues: Some(continues),
+    };
+    rows::insert(pool, &continuation(recent)).await.unwrap();
+    assert_eq!(to_continue(false).await, None, "continued already");
+    assert!(rows::insert(pool, &continuation(recent)).await.is_err());
+    assert_eq!(rows::segments(pool, recent).await.unwrap().len(), 2);
+
+    // An interruption followed by another recording (which was not its continuation) is not
+    // continued either.
+    interrupted(-50, -40, true).await;
+    rows::insert(
+        pool,
+        &NewRecording {
+            continues: None,
+            zero_knowledge: true,
+            started_at: now - time::Duration::seconds(30),
+            ..continuation(recent)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(to_continue(true).await, None);
 }

@@ -203,7 +203,10 @@ impl Deployment {
             .arg(self.data_dir())
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CONSULT_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -287,6 +290,21 @@ impl Deployment {
     /// The clinicians seeded for the load generator, as the file it reads.
     pub fn load_credentials(&self) -> PathBuf {
         self.data_dir().join("load-credentials.json")
+    }
+
+    /// Run the `consult` command line against the deployment (its configuration and data
+    /// directory) with `args` after the subcommand's words (`words`); its output.
+    pub fn consult(&self, words: &[&str], args: &[&std::ffi::OsStr]) -> std::process::Output {
+        Command::new(consult_binary())
+            .args(words)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the consult command runs")
     }
 
     /// A typed client of the load balancer.
@@ -453,19 +471,22 @@ impl Deployment {
     /// A patient and the demo doctor in an admitted, connected call through the load balancer,
     /// with a second of media both ways.
     pub async fn call(&self) -> Call {
+        self.call_with(CreateConsultationRequest {
+            title: Some("several nodes".into()),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// [`Deployment::call`] in a consultation created with `request`.
+    pub async fn call_with(&self, request: CreateConsultationRequest) -> Call {
         let api = self.api();
         let token = api
             .sign_in(&self.doctor)
             .await
             .expect("the demo doctor signs in");
         let created = api
-            .create_consultation(
-                &token,
-                &CreateConsultationRequest {
-                    title: Some("several nodes".into()),
-                    ..Default::default()
-                },
-            )
+            .create_consultation(&token, &request)
             .await
             .expect("a consultation");
         let mut patient = Session::start(crate::config(Credentials::Patient {

@@ -960,7 +960,8 @@ fn the_recorder_is_offered_a_link_only_once_admitted_and_recording() {
     clinic.tell(false, not_recording());
     clinic.tell(false, recording(None));
     assert_eq!(clinic.patient.offers_to(RECORDER).len(), 2);
-    // The recorder leaves: the link goes; it comes back: a new link.
+    // The recorder leaves: the link goes, and so does its recording; a recorder that joins
+    // gets a link once the service says what it records.
     clinic.tell(
         false,
         ServerMessage::PeerLeft {
@@ -969,6 +970,8 @@ fn the_recorder_is_offered_a_link_only_once_admitted_and_recording() {
         },
     );
     clinic.tell(false, recorder_joined());
+    assert_eq!(clinic.patient.offers_to(RECORDER).len(), 2);
+    clinic.tell(false, recording(None));
     assert_eq!(clinic.patient.offers_to(RECORDER).len(), 3);
     // None of this went to the doctor's connection.
     assert!(clinic
@@ -1010,6 +1013,59 @@ fn a_zero_knowledge_recording_gets_the_wrapped_key_before_the_offer() {
             .count(),
         1
     );
+}
+
+#[test]
+fn after_a_failover_the_new_recorder_gets_one_link_for_the_new_recording() {
+    // The node holding the call died with its recorder: the doctor is back on another node,
+    // whose `joined` lists no recorder yet; then its recorder joins and the service says what
+    // it records. One offer to the new recorder, with the new recording's key only — never a
+    // link (or a key) for the recording that ended with the old node.
+    let key = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    let mut clinic = Clinic::new(config(), config());
+    clinic.connect();
+    clinic.tell(true, recorder_joined());
+    clinic.tell(true, recording(Some(key.public().to_base64())));
+    assert_eq!(clinic.doctor.offers_to(RECORDER).len(), 1);
+    let before = clinic.doctor.signals.len();
+
+    clinic.tell(true, doctor_back_with_the_patient());
+    let new_recorder = Uuid::from_u128(0x5ec2);
+    let new_recording = Uuid::from_u128(0x4ec2);
+    clinic.tell(
+        true,
+        ServerMessage::PeerJoined {
+            peer: participant(new_recorder, ParticipantRole::Recorder),
+        },
+    );
+    assert!(
+        clinic.doctor.offers_to(new_recorder).is_empty(),
+        "nothing until the service says what it records"
+    );
+    let mut announced = recording(Some(key.public().to_base64()));
+    if let ServerMessage::Recording { recording_id, .. } = &mut announced {
+        *recording_id = Some(new_recording);
+    }
+    clinic.tell(true, announced);
+    let after: Vec<_> = clinic.doctor.signals[before..]
+        .iter()
+        .map(|(_, m)| m)
+        .collect();
+    let keys: Vec<Uuid> = after
+        .iter()
+        .filter_map(|m| match m {
+            ClientMessage::RecordingKey { recording_id, .. } => Some(*recording_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, [new_recording], "the new recording's key, once");
+    assert_eq!(clinic.doctor.offers_to(new_recorder).len(), 1);
+    assert_eq!(
+        clinic.doctor.offers_to(RECORDER).len(),
+        1,
+        "nothing more to the recorder that died"
+    );
+    assert!(clinic.doctor.call.is_connected(), "the call itself stays");
 }
 
 #[test]

@@ -66,7 +66,7 @@ async fn recorded_call(clinic: &Clinic, request: CreateConsultationRequest) -> R
 }
 
 /// ffprobe's stream codecs and duration; ffmpeg must decode every frame without a word.
-fn probe(bytes: &[u8]) -> (Vec<String>, f64) {
+pub(crate) fn probe(bytes: &[u8]) -> (Vec<String>, f64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("recording.mkv");
     std::fs::write(&path, bytes).unwrap();
@@ -135,7 +135,14 @@ async fn native_peers_are_recorded_with_consent() {
     )
     .await;
     let mut out = Cursor::new(Vec::new());
-    export::export(&clinic.server.state.recordings.vault, &row, None, &mut out).unwrap();
+    export::export(
+        &clinic.server.state.recordings.vault,
+        &row,
+        &[],
+        None,
+        &mut out,
+    )
+    .unwrap();
     assert_plays(&out.into_inner());
 }
 
@@ -159,9 +166,9 @@ async fn native_peers_make_a_zero_knowledge_recording_only_the_clinician_opens()
     .await;
     assert!(row.zero_knowledge);
     let vault = &clinic.server.state.recordings.vault;
-    let err = export::export(vault, &row, None, Cursor::new(Vec::new())).unwrap_err();
+    let err = export::export(vault, &row, &[], None, Cursor::new(Vec::new())).unwrap_err();
     assert!(matches!(err, ExportError::NeedsClinicianKey(_)), "{err}");
     let mut out = Cursor::new(Vec::new());
-    export::export(vault, &row, Some(&clinician), &mut out).unwrap();
+    export::export(vault, &row, &[], Some(&clinician), &mut out).unwrap();
     assert_plays(&out.into_inner());
 }
