@@ -488,7 +488,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server::write_private(&path, serde_json::to_string_pretty(&creds)?.as_bytes())?;
         println!("{count} load-test clinicians in {}", path.display());
     }
-    println!("Consult is running at {}/", running.url);
+    let scheme = if running.state.config.tls {
+        "https"
+    } else {
+        "http"
+    };
+    let here = format!("{scheme}://{}", running.addr);
+    if running.url.trim_end_matches('/') == here {
+        println!("Consult is running at {}/", running.url);
+    } else {
+        // Behind a load balancer (public_url): where this node itself listens, for its checks.
+        println!(
+            "Consult is running at {}/ (this node listens on {here}/)",
+            running.url
+        );
+    }
     let _ = std::io::stdout().flush();
     running.run_until(shutdown).await?;
     Ok(ExitCode::SUCCESS)

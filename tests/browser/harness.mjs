@@ -195,7 +195,8 @@ export async function startService({ timeoutMs = 60_000, env = {}, wrapper } = {
         logs.push(`[${stream}] ${line}`);
         if (logs.length > 400) logs.shift();
         if (process.env.CONSULT_E2E_VERBOSE) process.stderr.write(`[consult ${stream}] ${line}\n`);
-        const match = /Consult is running at\s+(\S+)/.exec(line);
+        // Behind a load balancer (public_url) the node also says where it listens itself.
+        const match = /Consult is running at\s+\S+ \(this node listens on (\S+)\)/.exec(line) ?? /Consult is running at\s+(\S+)/.exec(line);
         if (match) foundUrl(match[1].replace(/[.,;)\]>]+$/, ""));
       });
     running.stdout.on("data", reader("stdout"));

@@ -579,6 +579,7 @@ const isRecorder = (/** @type {Peer} */ peer) => peer.role === "recorder";
  * (`zeroKnowledge: null`), or only media protected under keys wrapped to the clinician's
  * recording key, for this recording.
  * @typedef {object} RecorderPermit
+ * @property {string} recordingId The recording being made (each recorder makes its own).
  * @property {{ recordingId: string, recordingKey: string } | null} zeroKnowledge
  */
 
@@ -589,7 +590,7 @@ const isRecorder = (/** @type {Peer} */ peer) => peer.role === "recorder";
  */
 export function recorderPermit(m) {
   const zeroKnowledge = m.zero_knowledge === true || m.recording_key != null;
-  return { zeroKnowledge: zeroKnowledge ? { recordingId: m.recording_id ?? "", recordingKey: m.recording_key ?? "" } : null };
+  return { recordingId: m.recording_id ?? "", zeroKnowledge: zeroKnowledge ? { recordingId: m.recording_id ?? "", recordingKey: m.recording_key ?? "" } : null };
 }
 
 /**
@@ -598,7 +599,7 @@ export function recorderPermit(m) {
  */
 function permitKeyOf(permit) {
   const zk = permit.zeroKnowledge;
-  return zk ? `zero-knowledge ${zk.recordingId} ${zk.recordingKey}` : "plain";
+  return zk ? `zero-knowledge ${zk.recordingId} ${zk.recordingKey}` : `plain ${permit.recordingId}`;
 }
 
 /**
@@ -666,6 +667,8 @@ export class CallController {
     this.recorderPermit = null;
     /** @type {string | null} {@link permitKeyOf} the permit. */
     this.recorderPermitKey = null;
+    /** @type {string | null} The key of a permit whose recorder is gone: its recording is over. */
+    this.expiredPermitKey = null;
     /** @type {string | null} The last reason logged for sending the recorder nothing (logged once). */
     this.recorderRefusal = null;
     /** @type {string | null} This participant's id, from `joined` (bound into recording keys). */
@@ -694,6 +697,10 @@ export class CallController {
   allowRecorder(permit) {
     const key = permit ? permitKeyOf(permit) : null;
     if (this.recorderPermitKey === key) return;
+    // The page says again what it last heard (after `joined`), but that recording ended with its
+    // recorder: the next `recording` message names the one being made now.
+    if (key !== null && key === this.expiredPermitKey) return;
+    this.expiredPermitKey = null;
     this.recorderPermit = permit;
     this.recorderPermitKey = key;
     if (permit) void this.enqueue(() => this.syncRecorder());
@@ -1023,6 +1030,15 @@ export class CallController {
   setRecorder(recorder) {
     if (recorder) this.recorderIds.add(recorder.participant_id);
     const before = this.recorder ? this.recorder.participant_id : null;
+    if (before !== null && before !== (recorder ? recorder.participant_id : null) && this.recorderPermitKey !== null) {
+      // The recorder left or was replaced (its node died and another node's recorder took
+      // over): its recording is over, and a connection offered for it would send keys for a
+      // recording the service no longer takes, and take an answer meant for the next one.
+      this.expiredPermitKey = this.recorderPermitKey;
+      this.recorderPermit = null;
+      this.recorderPermitKey = null;
+      this.dropRecorderLink();
+    }
     this.recorder = recorder;
     if (before !== (recorder ? recorder.participant_id : null)) this.onRecorder(recorder);
   }
