@@ -669,6 +669,8 @@ export class CallController {
     this.recorderPermitKey = null;
     /** @type {string | null} The key of a permit whose recorder is gone: its recording is over. */
     this.expiredPermitKey = null;
+    /** Counts `allowRecorder` calls: a queued permit older than the latest call is void. */
+    this.permitGeneration = 0;
     /** @type {string | null} The last reason logged for sending the recorder nothing (logged once). */
     this.recorderRefusal = null;
     /** @type {string | null} This participant's id, from `joined` (bound into recording keys). */
@@ -695,16 +697,27 @@ export class CallController {
    * @param {RecorderPermit | null} permit
    */
   allowRecorder(permit) {
-    const key = permit ? permitKeyOf(permit) : null;
-    if (this.recorderPermitKey === key) return;
-    // The page says again what it last heard (after `joined`), but that recording ended with its
-    // recorder: the next `recording` message names the one being made now.
-    if (key !== null && key === this.expiredPermitKey) return;
-    this.expiredPermitKey = null;
-    this.recorderPermit = permit;
-    this.recorderPermitKey = key;
-    if (permit) void this.enqueue(() => this.syncRecorder());
-    else this.dropRecorderLink();
+    const generation = ++this.permitGeneration;
+    if (!permit) {
+      // A refusal acts at once (and cancels any permit still queued).
+      this.recorderPermit = null;
+      this.recorderPermitKey = null;
+      this.dropRecorderLink();
+      return;
+    }
+    const key = permitKeyOf(permit);
+    // A permit takes effect in the order of the messages, after the `joined` and `peer_joined`
+    // queued before it: each permit belongs to the recorder in the call when it came.
+    void this.enqueue(async () => {
+      if (generation !== this.permitGeneration || this.recorderPermitKey === key) return;
+      // The page says again what it last heard (after `joined`), but that recording ended with
+      // its recorder: the next `recording` message names the one being made now.
+      if (key === this.expiredPermitKey) return;
+      this.expiredPermitKey = null;
+      this.recorderPermit = permit;
+      this.recorderPermitKey = key;
+      await this.syncRecorder();
+    });
   }
 
   /** The recorder's live RTCPeerConnection, if any. */

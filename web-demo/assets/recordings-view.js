@@ -118,8 +118,13 @@ export class RecordingsView {
   render(recordings) {
     /** @type {Map<string, Recording>} */
     const continuedBy = new Map();
-    for (const r of recordings) if (r.continues) continuedBy.set(r.continues, r);
-    replaceKeepingFocus(this.rows, recordings.map((r) => this.renderRow(r, continuedBy)));
+    /** @type {Map<string, Recording>} */
+    const byId = new Map();
+    for (const r of recordings) {
+      byId.set(r.id, r);
+      if (r.continues) continuedBy.set(r.continues, r);
+    }
+    replaceKeepingFocus(this.rows, recordings.map((r) => this.renderRow(r, continuedBy, byId)));
     this.tableWrap.hidden = recordings.length === 0;
     const summary =
       recordings.length === 0
@@ -135,16 +140,21 @@ export class RecordingsView {
    * actions (download and shred take every segment), the later ones say what they continue.
    * @param {Recording} r
    * @param {Map<string, Recording>} continuedBy The segment that continues each recording.
+   * @param {Map<string, Recording>} byId Every recording listed, by id.
    * @returns {HTMLTableRowElement}
    */
-  renderRow(r, continuedBy) {
+  renderRow(r, continuedBy, byId) {
     const started = formatDateTime(r.started_at);
     const stateCell = h("td", { className: "recording-state-cell" }, [h("span", { className: `status-pill recording-${r.state}`, text: STATE_LABELS[r.state] ?? r.state, testid: "recording-state" })]);
     if (r.note) stateCell.append(h("span", { className: "hint status-when", text: asSentence(r.note), testid: "recording-note" }));
     /** @type {Recording[]} */
     const later = [];
     for (let next = continuedBy.get(r.id); next && later.length < 64; next = continuedBy.get(next.id)) later.push(next);
-    if (r.continues) {
+    // The first segment has the actions; so does a later one whose predecessor is gone (shredded
+    // while this one was being made, or not listed), so that what is left can always be shredded.
+    const previous = r.continues ? byId.get(r.continues) : undefined;
+    const first = !previous || previous.state === "shredded";
+    if (!first) {
       stateCell.append(h("span", { className: "hint status-when", text: "Continues the interrupted recording above: downloaded and shredded with it.", testid: "recording-continues" }));
     } else if (later.length > 0) {
       stateCell.append(h("span", { className: "hint status-when", text: `Continued in ${later.length === 1 ? "the next segment" : `${later.length} more segments`}: one recording.`, testid: "recording-continued" }));
@@ -152,16 +162,16 @@ export class RecordingsView {
     const length =
       r.state === "recording" ? "still recording" : r.ended_at ? formatDuration(Date.parse(r.ended_at) - Date.parse(r.started_at)) : "—";
     const actions = h("div", { className: "row-actions" });
-    const readable =
-      !r.continues && r.state !== "shredded" && r.state !== "recording" && later.every((s) => s.state !== "recording" && s.state !== "shredded");
-    if (r.zero_knowledge && r.state !== "shredded" && !r.continues) {
+    const readable = first && r.state !== "shredded" && r.state !== "recording" && later.every((s) => s.state !== "recording");
+    const downloadable = readable && later.every((s) => s.state !== "shredded");
+    if (r.zero_knowledge && r.state !== "shredded" && first) {
       actions.append(
         h("span", { className: "hint recording-e2ee-note", testid: "recording-e2ee-note" }, [
           "End-to-end encrypted: export with ",
           h("code", { text: "consult recording export … --key-file" }),
         ]),
       );
-    } else if (readable) {
+    } else if (downloadable) {
       const download = h("a", {
         className: "button small primary",
         text: "Download",

@@ -216,7 +216,7 @@ pub async fn download(
         PolicyAction::Export,
         &row,
         json!({ "frames": summary.frames, "duration_ms": summary.duration_ms,
-                "segments": prepared.segments() }),
+                "segments": prepared.segment_ids() }),
     )
     .await?;
     let mime = match summary.container {
@@ -385,12 +385,26 @@ pub async fn shred(
 /// Destroy the key and media of `row`'s recording — every segment of it: a recording
 /// interrupted and continued is shredded whole — mark each shredded, and audit who did it,
 /// segment by segment. Refused while a segment is still being recorded.
+///
+/// It all happens under the database's write lock, which starting a recorder also takes to
+/// choose the recording it continues: a recorder starting meanwhile either came first (its
+/// segment is part of the chain, still recording, and the shredding is refused) or finds the
+/// recording shredded and starts a new one — never a continuation of a recording being shredded.
 pub async fn shred_row(
     state: &AppState,
     row: &RecordingRow,
     actor: &Actor,
 ) -> Result<(), ApiError> {
-    let segments = rows::segments(&state.pool, row.id).await?;
+    let mut tx = state.audit.begin().await?;
+    let segments = match rows::segments(&state.pool, row.id).await {
+        Ok(segments) if !segments.is_empty() => segments,
+        // A chain that cannot be followed still lets this recording be shredded.
+        Ok(_) => vec![row.clone()],
+        Err(e) => {
+            tracing::warn!(recording = %row.id, error = format!("{e:#}"), "shredding one segment: its chain cannot be followed");
+            vec![row.clone()]
+        }
+    };
     if segments
         .iter()
         .any(|s| s.state == RecordingStatus::Recording)
@@ -413,9 +427,9 @@ pub async fn shred_row(
             .await
             .map_err(|e| ApiError::Internal(e.into()))?
             .map_err(|e| ApiError::Internal(e.into()))?;
-        // Marked shredded and audited together (the key and media are gone already).
+        // Marked shredded and audited together (the key and media are gone already; shredding
+        // again, should this not commit, finds nothing left and marks it).
         let now = state.clock.now();
-        let mut tx = state.audit.begin().await?;
         rows::set_shredded(tx.connection(), id, now).await?;
         let detail = if id == row.id {
             json!({ "reason": "request" })
@@ -430,8 +444,8 @@ pub async fn shred_row(
             json!({ "recording_id": id, "detail": detail }),
         )
         .await?;
-        tx.commit().await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 

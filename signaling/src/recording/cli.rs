@@ -175,11 +175,11 @@ pub async fn export(
         Ok(exported) => {
             std::fs::rename(&partial, out)
                 .with_context(|| format!("moving the export to {}", out.display()))?;
-            if exported.segments > 1 {
+            if exported.segments.len() > 1 {
                 eprintln!(
                     "note: recording {id} was interrupted and continued: {} segments, exported \
                      as one file with the gap between them",
-                    exported.segments
+                    exported.segments.len()
                 );
             }
             if let Some((last, note)) = cut_short {

@@ -84,9 +84,9 @@ pub struct Exported {
     pub summary: ExportSummary,
     /// Senders of a zero-knowledge recording whose frames did not all open (empty otherwise).
     pub unopened: Vec<Unopened>,
-    /// The segments (recordings holding media) the file joins: more than one when the
-    /// recording was interrupted and continued.
-    pub segments: usize,
+    /// The segments (recordings holding media) the file joins, first to last: more than one
+    /// when the recording was interrupted and continued.
+    pub segments: Vec<Uuid>,
 }
 
 /// One segment of an export: a recording's frames, opened with its own keys (a zero-knowledge
@@ -295,6 +295,11 @@ impl PreparedExport {
         self.segments.len()
     }
 
+    /// The ids of the segments the file joins, first to last.
+    pub fn segment_ids(&self) -> Vec<Uuid> {
+        self.segments.iter().map(|s| s.id).collect()
+    }
+
     /// Stream the file into `out`, reading the recording a second time.
     pub fn write<W: Write>(&self, vault: &Vault, out: W) -> Result<Exported, ExportError> {
         let mut opener = Opener::default();
@@ -306,7 +311,7 @@ impl PreparedExport {
         Ok(Exported {
             summary: self.summary(),
             unopened: self.unopened.clone(),
-            segments: self.segments.len(),
+            segments: self.segment_ids(),
         })
     }
 }
@@ -929,7 +934,7 @@ mod tests {
             &mut out,
         )
         .unwrap();
-        assert_eq!(exported.segments, 2);
+        assert_eq!(exported.segments, [first.id, second.id]);
         // One track per sender across both segments; the second segment's video starts at its
         // first keyframe (2 interframes each left out).
         assert_eq!(exported.summary.tracks, 2);
@@ -979,7 +984,7 @@ mod tests {
         );
         // The same recording from its first segment alone: what the first node sealed.
         let alone = export(&vault, &first, &[], None, std::io::sink()).unwrap();
-        assert_eq!((alone.segments, alone.summary.frames), (1, 60));
+        assert_eq!((alone.segments, alone.summary.frames), (vec![first.id], 60));
     }
 
     #[test]

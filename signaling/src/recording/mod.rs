@@ -214,6 +214,7 @@ pub async fn close_left_open(
         })
         .await?;
         let bytes = vault.media_size(id)?.unwrap_or(0);
+        let opened = survived.is_ok();
         let (chunks, ended_at, note) = match survived {
             Ok((chunks, last_us)) => (
                 chunks,
@@ -226,7 +227,13 @@ pub async fn close_left_open(
                 format!("the service stopped while recording, and what it left does not open: {e}"),
             ),
         };
-        let status = rows::RecordingStatus::Interrupted;
+        // What does not open is storage that failed: never continued (a chain with it would
+        // not export), kept for what can be read of it.
+        let status = if opened {
+            rows::RecordingStatus::Interrupted
+        } else {
+            rows::RecordingStatus::Failed
+        };
         rows::finish(pool, id, status, ended_at, chunks, bytes, Some(&note)).await?;
         crate::audit::AuditLog::new(pool.clone())
             .record(
@@ -341,13 +348,21 @@ async fn start(
     let mut tx = state.audit.begin().await?;
     // A recording its node left interrupted moments ago goes on in this one, a new segment
     // exported (and kept, and shredded) with it.
-    let continued = rows::to_continue(
+    let mut continued = rows::to_continue(
         tx.connection(),
         info.consultation_id,
         plan.zero_knowledge,
         now - CONTINUE_WITHIN,
     )
     .await?;
+    // A recording interrupted over and over (a node that keeps dying) ends its chain at the
+    // longest one export follows: the next recording starts a chain of its own.
+    if let Some(previous) = &continued {
+        let chain = rows::segments(&state.pool, previous.id).await;
+        if chain.map_or(true, |chain| chain.len() >= rows::MAX_SEGMENTS) {
+            continued = None;
+        }
+    }
     let retain_until = continued.as_ref().map_or_else(
         || now + TimeDuration::days(i64::from(plan.retention_days)),
         |previous| previous.retain_until,

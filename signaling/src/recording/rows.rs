@@ -244,6 +244,15 @@ pub async fn segments(pool: &AnyPool, id: Uuid) -> anyhow::Result<Vec<RecordingR
         );
         chain.push(next);
     }
+    // Segments are of one consultation (the service only continues a recording in its own), so
+    // whoever may have one may have all: anything else is refused, never followed.
+    let consultation = chain[0].consultation_id;
+    if let Some(stranger) = chain.iter().find(|r| r.consultation_id != consultation) {
+        anyhow::bail!(
+            "recording {} continues one of another consultation",
+            stranger.id
+        );
+    }
     Ok(chain)
 }
 
