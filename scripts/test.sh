@@ -84,6 +84,15 @@ if ! $quick; then
   ) >"$tools_log" 2>&1 &
   tools_pid=$!
 fi
+# Garage (a replicated S3 store, from crates.io) for the object-storage tests: built once into
+# target/tools, beside the workspace build, quickly rather than small (no LTO, opt-level 1).
+if ! $quick; then
+  garage_log=$(mktemp)
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=64 CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=true scripts/garage.sh install >"$garage_log" 2>&1 &
+  garage_pid=$!
+fi
 # The Node packages of the web demo and the browser tests install beside the build.
 if ! $quick; then
   npm_log=$(mktemp)
@@ -98,6 +107,8 @@ if $quick; then
   cargo nextest run "${rust[@]}" --profile quick
   exit 0
 fi
+if ! wait "$garage_pid"; then cat "$garage_log" >&2; echo "installing Garage failed" >&2; exit 1; fi
+rm -f "$garage_log"
 log "cargo nextest"
 cargo nextest run "${rust[@]}"
 log "service tests again, on PostgreSQL"

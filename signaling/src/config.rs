@@ -299,6 +299,9 @@ pub struct RecordingConfig {
     /// with; public addresses always may. Unset: the private block of `media_address` (loopback
     /// when it is loopback, its RFC 1918 block on a LAN). `[]`: public addresses only.
     pub candidate_networks: Option<Vec<String>>,
+    /// Keep recordings' media in an S3 bucket instead of `data_dir/vault/media` (the keys stay
+    /// in `data_dir/vault`: the bucket holds ciphertext only).
+    pub object_storage: Option<ObjectStorageConfig>,
 }
 
 impl Default for RecordingConfig {
@@ -308,6 +311,80 @@ impl Default for RecordingConfig {
             chunk_interval: Duration::from_secs(1),
             retention_sweep_interval: Duration::from_secs(3600),
             candidate_networks: None,
+            object_storage: None,
+        }
+    }
+}
+
+/// An S3 bucket for recordings' media (`[recording.object_storage]`): Garage, AWS S3 or any
+/// S3-compatible store. The secret can come from the environment:
+/// `CONSULT_RECORDING__OBJECT_STORAGE__SECRET_ACCESS_KEY`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStorageConfig {
+    /// The S3 endpoint, e.g. `https://s3.example.org` or `http://10.0.0.5:3900`; unset: AWS.
+    pub endpoint: Option<String>,
+    /// The bucket.
+    pub bucket: String,
+    /// The region (Garage: the `s3_region` of its configuration, `garage` by default).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// Prepended to every object name.
+    #[serde(default = "default_object_prefix")]
+    pub prefix: String,
+    /// Allow a plain `http://` endpoint (only on a private network: the media is sealed, but
+    /// the credentials' signatures and the object names travel in the clear).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// The longest one request may take, retries included; a store slower than that fails the
+    /// recording (the call goes on, and everyone is told).
+    #[serde(default = "default_object_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_object_prefix() -> String {
+    "media/".into()
+}
+
+fn default_object_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl std::fmt::Debug for ObjectStorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("ObjectStorageConfig")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("prefix", &self.prefix)
+            .field("allow_http", &self.allow_http)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectStorageConfig {
+    /// The vault's form of it.
+    pub fn to_vault(&self) -> consult_vault::object::ObjectStorageConfig {
+        consult_vault::object::ObjectStorageConfig {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            prefix: self.prefix.clone(),
+            allow_http: self.allow_http,
+            timeout: self.timeout,
         }
     }
 }

@@ -197,10 +197,7 @@ async fn open_recordings(
     clock: &Arc<dyn Clock>,
     addr: SocketAddr,
 ) -> anyhow::Result<crate::recording::Recordings> {
-    let vault_dir = config.data_dir.join("vault");
-    let vault = tokio::task::spawn_blocking(move || consult_vault::Vault::open(&vault_dir))
-        .await?
-        .context("opening the vault")?;
+    let vault = crate::recording::open_vault(config).await?;
     let media_address = config
         .recording
         .media_address

@@ -39,6 +39,8 @@
 pub mod chunks;
 pub mod keys;
 pub mod matroska;
+#[cfg(feature = "object-storage")]
+pub mod object;
 pub mod recording;
 pub mod store;
 
@@ -287,11 +289,12 @@ impl Vault {
     }
 
     /// Start a new recording: a fresh data key, wrapped and stored before any media is written.
+    /// A recording that has media already is refused before its key is touched.
     pub fn create_recording(&self, recording: Uuid) -> Result<RecordingWriter, VaultError> {
         let key = DataKey::generate()?;
         let wrapped = self.keyring().wrap(recording, &key)?;
-        self.store_wrapped(&wrapped)?;
         let out = self.media.create(recording)?;
+        self.store_wrapped(&wrapped)?;
         let mut chunks = ChunkWriter::new(out, recording, &key)?;
         chunks.get_mut().sync()?;
         Ok(RecordingWriter { chunks })

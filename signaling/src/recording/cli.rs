@@ -32,10 +32,7 @@ use crate::state::AppState;
 pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     let pool = crate::db::open_configured(&config).await?;
     let sealing_key = SealingKey::load_or_create(&config.data_dir)?;
-    let vault_dir = config.data_dir.join("vault");
-    let vault = tokio::task::spawn_blocking(move || Vault::open(&vault_dir))
-        .await?
-        .context("opening the vault")?;
+    let vault = super::open_vault(&config).await?;
     // A command-line tool records nothing: its recorders pair with nobody.
     let recordings = Recordings::new(
         Arc::new(vault),

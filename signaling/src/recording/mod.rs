@@ -193,6 +193,32 @@ fn announcement(
     }
 }
 
+/// Open the vault in `data_dir/vault`, its media where the configuration says: the directory
+/// beside it, or the S3 bucket of `[recording.object_storage]` — checked with a write, a read
+/// and a delete first, so a bucket that cannot be used is named at start-up rather than at the
+/// first recording.
+pub async fn open_vault(config: &crate::config::Config) -> anyhow::Result<Vault> {
+    use anyhow::Context as _;
+    let dir = config.data_dir.join("vault");
+    let storage = config.recording.object_storage.clone();
+    tokio::task::spawn_blocking(move || match storage {
+        None => Vault::open(&dir).context("opening the vault"),
+        Some(storage) => {
+            let media = consult_vault::object::ObjectStorage::new(&storage.to_vault())
+                .context("recording.object_storage")?;
+            media.check().with_context(|| {
+                format!(
+                    "recording.object_storage: bucket {:?} at {}",
+                    storage.bucket,
+                    storage.endpoint.as_deref().unwrap_or("AWS")
+                )
+            })?;
+            Vault::with_media_store(&dir, Box::new(media)).context("opening the vault")
+        }
+    })
+    .await?
+}
+
 /// Close the recordings left in state `recording` by a node that stopped (all of them at a
 /// single node's start-up; one doctor's when a node takes over their consultations): marked
 /// interrupted (audited), they keep everything up to their last sealed chunk.

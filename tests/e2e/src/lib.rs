@@ -2,6 +2,7 @@
 //! or a whole deployment of several nodes ([`deployment`]).
 
 pub mod deployment;
+pub mod garage;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,6 +7,7 @@ mod e2ee_call;
 mod examples;
 mod export;
 mod native_call;
+mod object_storage;
 mod recorded_call;
 mod relay;
 mod webrtc_rs;

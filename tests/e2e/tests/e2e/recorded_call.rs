@@ -6,7 +6,7 @@
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use consult_e2e::{media_both_ways, pump, Clinic, Seen};
+use consult_e2e::{pump, Clinic, Seen};
 use consult_e2ee::recording_key::RecordingKeyPair;
 use consult_proto::api::{ConsultationMode, CreateConsultationRequest};
 use consult_proto::signal::RecordingState;
@@ -16,6 +16,15 @@ use consult_signaling::recording::rows::{self, RecordingRow, RecordingStatus};
 /// A consultation created with `request`, a native patient who consents and a native doctor, three
 /// seconds of media both ways, then the end; returns the finished recording's row.
 async fn recorded_call(clinic: &Clinic, request: CreateConsultationRequest) -> RecordingRow {
+    recorded_call_with(clinic, request, || {}).await
+}
+
+/// [`recorded_call`], with `midway` done a second and a half into the media.
+async fn recorded_call_with(
+    clinic: &Clinic,
+    request: CreateConsultationRequest,
+    midway: impl FnOnce(),
+) -> RecordingRow {
     let (consultation, invite) = clinic.consultation_with(request).await;
     let (mut patient, mut doctor) = clinic.patient_and_doctor(&consultation, invite).await;
     let (mut p, mut d) = (Seen::default(), Seen::default());
@@ -39,7 +48,23 @@ async fn recorded_call(clinic: &Clinic, request: CreateConsultationRequest) -> R
     // The recorder's connections come up beside the call; give them a moment.
     pump(&mut patient, &mut p, Duration::from_millis(500)).await;
     pump(&mut doctor, &mut d, Duration::from_millis(500)).await;
-    media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 3).await;
+    consult_e2e::media_both_ways_for(
+        &mut patient,
+        &mut doctor,
+        &mut p,
+        &mut d,
+        Duration::from_millis(1500),
+    )
+    .await;
+    midway();
+    consult_e2e::media_both_ways_for(
+        &mut patient,
+        &mut doctor,
+        &mut p,
+        &mut d,
+        Duration::from_millis(1500),
+    )
+    .await;
     assert!(p.video > 30 && d.video > 30, "the call itself goes on");
     clinic
         .api
@@ -171,4 +196,41 @@ async fn native_peers_make_a_zero_knowledge_recording_only_the_clinician_opens()
     let mut out = Cursor::new(Vec::new());
     export::export(vault, &row, &[], Some(&clinician), &mut out).unwrap();
     assert_plays(&out.into_inner());
+}
+
+/// Recordings on object storage spread over three zones: Garage, three nodes in three zones,
+/// replication factor 3. One node (not the one the service talks to) is killed in the middle of
+/// a recorded call: the recording goes on — every chunk sealed, the recording complete — and the
+/// export plays, from the two zones left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_on_three_zones_of_garage_outlives_one_of_them() {
+    let garage = consult_e2e::garage::Garage::start(3);
+    let storage = garage.service_config();
+    let clinic = Clinic::start_with(|c| c.recording.object_storage = Some(storage)).await;
+    let row = recorded_call_with(
+        &clinic,
+        CreateConsultationRequest {
+            mode: Some(ConsultationMode::Recorded),
+            ..Default::default()
+        },
+        || garage.kill(3),
+    )
+    .await;
+    assert_eq!(row.state, RecordingStatus::Complete, "{:?}", row.note);
+    let mut out = Cursor::new(Vec::new());
+    export::export(
+        &clinic.server.state.recordings.vault,
+        &row,
+        &[],
+        None,
+        &mut out,
+    )
+    .unwrap();
+    let bytes = out.into_inner();
+    assert_plays(&bytes);
+    let (_, duration) = probe(&bytes);
+    assert!(
+        duration > 2.5,
+        "media recorded after the zone went: {duration} s of about 3"
+    );
 }
