@@ -10,15 +10,16 @@
 //!
 //! The vault's interface is blocking; this store runs its requests on a small runtime of its
 //! own, so it can be called from any thread. Every request has a time limit
-//! ([`ObjectStorageConfig::timeout`]), retries included: a store that stops answering fails the
-//! write (the recorder stops and says so) instead of holding it.
+//! ([`ObjectStorageConfig::timeout`]), and so has a write or read of one part, retries included:
+//! a store that stops answering fails the write (the recorder stops and says so) instead of
+//! holding it. Listing and removing take as many requests as there are pages of parts.
 
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
@@ -75,22 +76,43 @@ impl Drop for Background {
     }
 }
 
+/// The result of a request started on the store's runtime, to wait for later.
+struct Pending<T>(std::sync::mpsc::Receiver<Result<T, VaultError>>);
+
+impl<T> Pending<T> {
+    fn wait(self) -> Result<T, VaultError> {
+        self.0
+            .recv()
+            .map_err(|_| storage_error("the object store's request was dropped"))?
+    }
+}
+
 impl Background {
+    /// Start `future` on the store's runtime; [`Pending::wait`] for it from any thread.
+    fn start<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, VaultError>> + Send + 'static,
+    ) -> Pending<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        match &self.0 {
+            Some(runtime) => {
+                runtime.spawn(async move {
+                    let _ = tx.send(future.await);
+                });
+            }
+            None => {
+                let _ = tx.send(Err(storage_error("the object store is shut down")));
+            }
+        }
+        Pending(rx)
+    }
+
     /// Run `future` on the store's runtime and wait for it, from any thread.
     fn run<T: Send + 'static>(
         &self,
         future: impl Future<Output = Result<T, VaultError>> + Send + 'static,
     ) -> Result<T, VaultError> {
-        let runtime = self
-            .0
-            .as_ref()
-            .ok_or_else(|| storage_error("the object store is shut down"))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
-            let _ = tx.send(future.await);
-        });
-        rx.recv()
-            .map_err(|_| storage_error("the object store's request was dropped"))?
+        self.start(future).wait()
     }
 }
 
@@ -196,13 +218,13 @@ impl ObjectStorage {
     fn parts(&self, recording: Uuid) -> Result<Vec<(ObjectPath, u64)>, VaultError> {
         let store = Arc::clone(&self.store);
         let prefix = self.part_prefix(recording);
-        let timeout = self.timeout;
+        // Each page of the listing is a request of its own, bounded by the client's limits.
         let mut listed = self.background.run(async move {
-            let listing = store.list(Some(&prefix)).try_collect::<Vec<_>>();
-            match tokio::time::timeout(timeout, listing).await {
-                Ok(listed) => listed.map_err(object_error),
-                Err(_) => Err(storage_error(format!("no listing within {timeout:?}"))),
-            }
+            store
+                .list(Some(&prefix))
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(object_error)
         })?;
         listed.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
         let mut parts = Vec::with_capacity(listed.len());
@@ -256,6 +278,7 @@ impl MediaStore for ObjectStorage {
             background: Arc::clone(&self.background),
             parts: parts.into_iter().map(|(path, _)| path).collect(),
             next: 0,
+            ahead: std::collections::VecDeque::new(),
             current: io::Cursor::new(Vec::new()),
             timeout: self.timeout,
         }))
@@ -264,19 +287,24 @@ impl MediaStore for ObjectStorage {
     fn remove(&self, recording: Uuid) -> Result<(), VaultError> {
         let store = Arc::clone(&self.store);
         let prefix = self.part_prefix(recording);
-        let timeout = self.timeout;
+        // One DELETE per part, eight at a time: each a small request within the client's
+        // limits, however many parts (a batch of many in one DeleteObjects can outlast them).
         self.background.run(async move {
-            let removal = async {
-                let listed: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
-                for object in listed {
-                    store.delete(&object.location).await?;
-                }
-                Ok::<_, object_store::Error>(())
-            };
-            match tokio::time::timeout(timeout, removal).await {
-                Ok(done) => done.map_err(object_error),
-                Err(_) => Err(storage_error(format!("no removal within {timeout:?}"))),
-            }
+            let listed: Vec<_> = store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(object_error)?;
+            futures_util::stream::iter(listed)
+                .map(|object| {
+                    let store = Arc::clone(&store);
+                    async move { store.delete(&object.location).await }
+                })
+                .buffer_unordered(8)
+                .try_collect::<Vec<_>>()
+                .await
+                .map(|_| ())
+                .map_err(object_error)
         })
     }
 
@@ -337,14 +365,39 @@ impl MediaAppender for PartAppender {
     }
 }
 
-/// Streams the parts in order, fetching the next when one is read.
+/// Parts fetched ahead of the one being read: a part is one chunk (about a second of a call),
+/// so reading one part at a time would wait a round trip per second of media.
+const READ_AHEAD: usize = 8;
+
+/// Streams the parts in order, [`READ_AHEAD`] fetched ahead.
 struct PartReader {
     store: Arc<dyn ObjectStore>,
     background: Arc<Background>,
     parts: Vec<ObjectPath>,
     next: usize,
+    ahead: std::collections::VecDeque<Pending<Vec<u8>>>,
     current: io::Cursor<Vec<u8>>,
     timeout: Duration,
+}
+
+impl PartReader {
+    fn fetch_ahead(&mut self) {
+        while self.ahead.len() < READ_AHEAD {
+            let Some(path) = self.parts.get(self.next).cloned() else {
+                return;
+            };
+            self.next += 1;
+            let store = Arc::clone(&self.store);
+            let timeout = self.timeout;
+            self.ahead.push_back(self.background.start(async move {
+                let get = async { store.get(&path).await?.bytes().await };
+                match tokio::time::timeout(timeout, get).await {
+                    Ok(got) => got.map(|bytes| bytes.to_vec()).map_err(object_error),
+                    Err(_) => Err(storage_error(format!("no answer within {timeout:?}"))),
+                }
+            }));
+        }
+    }
 }
 
 impl Read for PartReader {
@@ -354,23 +407,14 @@ impl Read for PartReader {
             if n > 0 || buf.is_empty() {
                 return Ok(n);
             }
-            let Some(path) = self.parts.get(self.next).cloned() else {
+            self.fetch_ahead();
+            let Some(pending) = self.ahead.pop_front() else {
                 return Ok(0);
             };
-            self.next += 1;
-            let store = Arc::clone(&self.store);
-            let timeout = self.timeout;
-            let bytes = self
-                .background
-                .run(async move {
-                    let get = async { store.get(&path).await?.bytes().await };
-                    match tokio::time::timeout(timeout, get).await {
-                        Ok(got) => got.map_err(object_error),
-                        Err(_) => Err(storage_error(format!("no answer within {timeout:?}"))),
-                    }
-                })
+            let bytes = pending
+                .wait()
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            self.current = io::Cursor::new(bytes.to_vec());
+            self.current = io::Cursor::new(bytes);
         }
     }
 }

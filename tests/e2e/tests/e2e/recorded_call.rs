@@ -6,7 +6,7 @@
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use consult_e2e::{pump, Clinic, Seen};
+use consult_e2e::{media_both_ways, pump, Clinic, Seen};
 use consult_e2ee::recording_key::RecordingKeyPair;
 use consult_proto::api::{ConsultationMode, CreateConsultationRequest};
 use consult_proto::signal::RecordingState;
@@ -19,12 +19,18 @@ async fn recorded_call(clinic: &Clinic, request: CreateConsultationRequest) -> R
     recorded_call_with(clinic, request, || {}).await
 }
 
-/// [`recorded_call`], with `midway` done a second and a half into the media.
-async fn recorded_call_with(
-    clinic: &Clinic,
-    request: CreateConsultationRequest,
-    midway: impl FnOnce(),
-) -> RecordingRow {
+/// A consultation being recorded: both sessions, what each has seen, the consultation.
+struct Recording {
+    consultation: consult_proto::api::Consultation,
+    patient: consult_client::session::Session,
+    doctor: consult_client::session::Session,
+    p: Seen,
+    d: Seen,
+}
+
+/// A consultation created with `request`, a native patient who consents and a native doctor,
+/// both connected and told the recording runs, their recorder links up.
+async fn recording_call(clinic: &Clinic, request: CreateConsultationRequest) -> Recording {
     let (consultation, invite) = clinic.consultation_with(request).await;
     let (mut patient, mut doctor) = clinic.patient_and_doctor(&consultation, invite).await;
     let (mut p, mut d) = (Seen::default(), Seen::default());
@@ -48,6 +54,28 @@ async fn recorded_call_with(
     // The recorder's connections come up beside the call; give them a moment.
     pump(&mut patient, &mut p, Duration::from_millis(500)).await;
     pump(&mut doctor, &mut d, Duration::from_millis(500)).await;
+    Recording {
+        consultation,
+        patient,
+        doctor,
+        p,
+        d,
+    }
+}
+
+/// [`recorded_call`], with `midway` done a second and a half into the media.
+async fn recorded_call_with(
+    clinic: &Clinic,
+    request: CreateConsultationRequest,
+    midway: impl FnOnce(),
+) -> RecordingRow {
+    let Recording {
+        consultation,
+        mut patient,
+        mut doctor,
+        mut p,
+        mut d,
+    } = recording_call(clinic, request).await;
     consult_e2e::media_both_ways_for(
         &mut patient,
         &mut doctor,
@@ -232,5 +260,99 @@ async fn a_recording_on_three_zones_of_garage_outlives_one_of_them() {
     assert!(
         duration > 2.5,
         "media recorded after the zone went: {duration} s of about 3"
+    );
+}
+
+/// The object store stops answering in the middle of a recorded call (its only node killed):
+/// the recording fails — both sides are told, within the store's time limit — the call goes on,
+/// and once the store is back, what was sealed before it went exports and plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stops_answering_fails_the_recording_not_the_call() {
+    let garage = consult_e2e::garage::Garage::start(1);
+    let storage = consult_signaling::config::ObjectStorageConfig {
+        timeout: Duration::from_secs(2),
+        ..garage.service_config()
+    };
+    let clinic = Clinic::start_with(|c| c.recording.object_storage = Some(storage)).await;
+    let Recording {
+        consultation,
+        mut patient,
+        mut doctor,
+        mut p,
+        mut d,
+    } = recording_call(
+        &clinic,
+        CreateConsultationRequest {
+            mode: Some(ConsultationMode::Recorded),
+            ..Default::default()
+        },
+    )
+    .await;
+    media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 2).await;
+    garage.kill(1);
+    let killed = Instant::now();
+    while p.recording != Some(RecordingState::Failed) || d.recording != Some(RecordingState::Failed)
+    {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "not told: {:?} / {:?}",
+            p.recording,
+            d.recording
+        );
+        consult_e2e::media_both_ways_for(
+            &mut patient,
+            &mut doctor,
+            &mut p,
+            &mut d,
+            Duration::from_millis(100),
+        )
+        .await;
+    }
+    println!(
+        "both told the recording failed {:?} after the store went",
+        killed.elapsed()
+    );
+    let (video_p, video_d) = (p.video, d.video);
+    media_both_ways(&mut patient, &mut doctor, &mut p, &mut d, 2).await;
+    assert!(
+        p.video > video_p + 20 && d.video > video_d + 20,
+        "the call goes on: {} / {} more frames",
+        p.video - video_p,
+        d.video - video_d
+    );
+    clinic
+        .api
+        .end(&clinic.token, consultation.id)
+        .await
+        .unwrap();
+
+    garage.restart(1);
+    let state = &clinic.server.state;
+    let rows = rows::of_consultation(&state.pool, consultation.id)
+        .await
+        .unwrap();
+    let [row] = rows.as_slice() else {
+        panic!("{rows:?}")
+    };
+    assert_eq!(row.state, RecordingStatus::Failed, "{:?}", row.note);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bytes = loop {
+        let mut out = Cursor::new(Vec::new());
+        match export::export(&state.recordings.vault, row, &[], None, &mut out) {
+            Ok(_) => break out.into_inner(),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no export once the store is back: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let (codecs, duration) = probe(&bytes);
+    assert_eq!(codecs, ["h264", "h264", "opus", "opus"]);
+    assert!(
+        (1.0..=4.5).contains(&duration),
+        "what was sealed before the store went: {duration} s"
     );
 }
