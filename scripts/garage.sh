@@ -10,6 +10,8 @@
 #                                       GARAGE_BUCKET, GARAGE_KEY_ID, GARAGE_SECRET
 #   scripts/garage.sh stop DIR [I]      stop node I (1-based), or every node
 #   scripts/garage.sh kill DIR I        kill node I at once (SIGKILL: a zone lost)
+#   scripts/garage.sh pause DIR I       freeze node I (SIGSTOP): it takes connections, answers none
+#   scripts/garage.sh resume DIR I      let it go on (SIGCONT)
 #   scripts/garage.sh restart DIR I     start node I again (after `stop DIR I`)
 #
 # Every node keeps its metadata in SQLite and its blocks under DIR/nodeI. The key is imported
@@ -45,6 +47,7 @@ stop_node() {
   [ -f "$pidfile" ] || return 0
   local pid
   pid=$(cat "$pidfile")
+  kill -CONT "$pid" 2>/dev/null || true
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
@@ -55,12 +58,15 @@ cmd=${1:-}
 case "$cmd" in
   install)
     [ -x "$garage" ] && exit 0
-    cargo install --locked --quiet --root "$tools" garage
+    # The version whose command line this script speaks.
+    cargo install --locked --quiet --root "$tools" garage --version 2.5.0
     ;;
   start)
     dir=${2:?usage: $0 start DIR N}; nodes=${3:?usage: $0 start DIR N}
     [ -x "$garage" ] || { echo "no garage binary at $garage (scripts/garage.sh install)" >&2; exit 1; }
     factor=$((nodes < 3 ? nodes : 3))
+    # Whatever fails from here, no node is left running.
+    trap 'for n in "$dir"/node*/pid; do [ -f "$n" ] && kill -9 "$(cat "$n")" 2>/dev/null; done' ERR
     secret=$(hex 32)
     mkdir -p "$dir"
     for i in $(seq 1 "$nodes"); do
@@ -97,10 +103,12 @@ EOF
     g 1 layout apply --version 1 >/dev/null
     key_id="GK$(hex 12)"; key_secret=$(hex 32)
     # The layout reaches every node within a moment: retry until the bucket can be made.
+    made=false
     for _ in $(seq 1 50); do
-      g 1 bucket create consult >/dev/null 2>&1 && break
+      if g 1 bucket create consult >/dev/null 2>&1; then made=true; break; fi
       sleep 0.2
     done
+    $made || { echo "garage: the bucket could not be created" >&2; g 1 bucket create consult >&2; exit 1; }
     g 1 key import --yes -n consult "$key_id" "$key_secret" >/dev/null
     g 1 bucket allow --read --write --owner consult --key consult >/dev/null
     echo "GARAGE_ENDPOINT=http://127.0.0.1:$(cat "$dir/node1/s3.port")"
@@ -112,7 +120,9 @@ EOF
   stop)
     dir=${2:?usage: $0 stop DIR [I]}
     if [ -n "${3:-}" ]; then stop_node "$3"; else
-      for node in "$dir"/node*; do [ -d "$node" ] && stop_node "${node##*node}"; done
+      for node in "$dir"/node*; do
+        if [ -d "$node" ]; then stop_node "${node##*node}"; fi
+      done
     fi
     ;;
   kill)
@@ -122,9 +132,14 @@ EOF
       rm -f "$dir/node$node/pid"
     fi
     ;;
+  pause | resume)
+    dir=${2:?usage: $0 $cmd DIR I}; node=${3:?usage: $0 $cmd DIR I}
+    signal=$([ "$cmd" = pause ] && echo STOP || echo CONT)
+    kill -s "$signal" "$(cat "$dir/node$node/pid")"
+    ;;
   restart)
     dir=${2:?usage: $0 restart DIR I}
     start_node "${3:?usage: $0 restart DIR I}"
     ;;
-  *) echo "usage: $0 install | start DIR N | stop DIR [I] | kill DIR I | restart DIR I" >&2; exit 2 ;;
+  *) echo "usage: $0 install | start DIR N | stop DIR [I] | kill DIR I | pause DIR I | resume DIR I | restart DIR I" >&2; exit 2 ;;
 esac

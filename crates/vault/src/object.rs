@@ -121,13 +121,18 @@ fn storage_error(what: impl std::fmt::Display) -> VaultError {
 }
 
 fn object_error(e: object_store::Error) -> VaultError {
-    let mut text = e.to_string();
+    // Its message names the request and the store's answer (never the credentials: requests
+    // are signed, not carrying the secret); the innermost cause says what went wrong.
+    let mut innermost = None;
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
+        innermost = Some(cause.to_string());
         source = cause.source();
     }
-    storage_error(text)
+    match innermost {
+        Some(cause) if !e.to_string().contains(&cause) => storage_error(format!("{e}: {cause}")),
+        _ => storage_error(e),
+    }
 }
 
 /// A recording's media as parts of an S3 bucket (see the module documentation).
@@ -280,6 +285,7 @@ impl MediaStore for ObjectStorage {
             next: 0,
             ahead: std::collections::VecDeque::new(),
             current: io::Cursor::new(Vec::new()),
+            failed: None,
             timeout: self.timeout,
         }))
     }
@@ -358,7 +364,9 @@ impl MediaAppender for PartAppender {
             }
             Err(e) => {
                 // Kept for a retry of the same part: nothing after it was written.
-                self.pending = kept.into_iter().flat_map(|b| b.to_vec()).collect();
+                for bytes in kept.iter() {
+                    self.pending.extend_from_slice(bytes);
+                }
                 Err(io::Error::other(e.to_string()))
             }
         }
@@ -378,6 +386,8 @@ struct PartReader {
     ahead: std::collections::VecDeque<Pending<Vec<u8>>>,
     current: io::Cursor<Vec<u8>>,
     timeout: Duration,
+    /// Why a part could not be read, once one could not.
+    failed: Option<String>,
 }
 
 impl PartReader {
@@ -407,14 +417,23 @@ impl Read for PartReader {
             if n > 0 || buf.is_empty() {
                 return Ok(n);
             }
+            if let Some(failed) = &self.failed {
+                // A part that could not be read stops the stream for good: the parts after it
+                // must not follow as if it had been there.
+                return Err(io::Error::other(failed.clone()));
+            }
             self.fetch_ahead();
             let Some(pending) = self.ahead.pop_front() else {
                 return Ok(0);
             };
-            let bytes = pending
-                .wait()
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            self.current = io::Cursor::new(bytes);
+            match pending.wait() {
+                Ok(bytes) => self.current = io::Cursor::new(bytes),
+                Err(e) => {
+                    self.failed = Some(e.to_string());
+                    self.ahead.clear();
+                    return Err(io::Error::other(e.to_string()));
+                }
+            }
         }
     }
 }

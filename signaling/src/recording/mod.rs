@@ -239,8 +239,17 @@ pub async fn close_left_open(
             Ok::<_, consult_vault::VaultError>((index.chunks, index.last_frame_us.unwrap_or(0)))
         })
         .await?;
-        let bytes = vault.media_size(id)?.unwrap_or(0);
-        let opened = survived.is_ok();
+        let sizer = Arc::clone(vault);
+        let bytes = match tokio::task::spawn_blocking(move || sizer.media_size(id)).await? {
+            Ok(size) => size.unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(recording = %id, error = %e, "could not size a recording left open");
+                0
+            }
+        };
+        // Storage that could not be read just now (object storage not answering) is not
+        // damage: the recording stays interrupted, readable when storage answers again.
+        let damaged = matches!(&survived, Err(e) if !matches!(e, consult_vault::VaultError::Io(_)));
         let (chunks, ended_at, note) = match survived {
             Ok((chunks, last_us)) => (
                 chunks,
@@ -255,7 +264,7 @@ pub async fn close_left_open(
         };
         // What does not open is storage that failed: never continued (a chain with it would
         // not export), kept for what can be read of it.
-        let status = if opened {
+        let status = if !damaged {
             rows::RecordingStatus::Interrupted
         } else {
             rows::RecordingStatus::Failed
@@ -465,8 +474,11 @@ async fn mark_failed(state: &AppState, consultation_id: Uuid, problem: &str, tol
 /// Called by a recorder whose storage failed: the consultation goes on unrecorded, everyone is
 /// told, and it is audited.
 pub async fn recorder_failed(state: &AppState, consultation_id: Uuid, problem: &str) {
-    let told = format!("recording stopped: {problem}; the call goes on unrecorded");
-    mark_failed(state, consultation_id, problem, &told).await;
+    // Participants hear that storage failed; what failed (paths, addresses, the store's own
+    // words) is for the audit log, the service's log and the clinician's recordings view.
+    tracing::warn!(consultation = %consultation_id, problem, "a recording's storage failed");
+    let told = "recording stopped: the recording storage failed; the call goes on unrecorded";
+    mark_failed(state, consultation_id, problem, told).await;
     Recordings::lock(&state.recordings.running).remove(&consultation_id);
     let decision = Recordings::lock(&state.recordings.last_decision)
         .get(&consultation_id)
@@ -474,7 +486,7 @@ pub async fn recorder_failed(state: &AppState, consultation_id: Uuid, problem: &
     if let Some(decision) = decision {
         state
             .hub
-            .announce_recording(consultation_id, announcement(&decision, Some(&told), None));
+            .announce_recording(consultation_id, announcement(&decision, Some(told), None));
     }
 }
 

@@ -282,9 +282,16 @@ impl Recorder {
             ),
         };
         let (chunks, finished) = sealed.map_or((0, false), |s| (s.chunks, s.finished));
-        // What storage holds, torn bytes of a failed write included.
-        let bytes = match state.recordings.vault.media_size(recording_id) {
-            Ok(size) => size.unwrap_or(0),
+        // What storage holds, torn bytes of a failed write included (a listing on object
+        // storage: off the async workers, which a store that hangs must not hold).
+        let vault = state.recordings.vault.clone();
+        let size = tokio::task::spawn_blocking(move || vault.media_size(recording_id)).await;
+        let bytes = match size {
+            Ok(Ok(size)) => size.unwrap_or(0),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not size a recording");
+                0
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not size a recording");
                 0

@@ -21,10 +21,14 @@ pub struct Garage {
 impl Garage {
     /// `nodes` nodes in as many zones, replication factor min(nodes, 3).
     pub fn start(nodes: usize) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        // Made first, so that whatever fails below, dropping it stops the nodes started.
+        let mut garage = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            vars: HashMap::new(),
+        };
         let out = Command::new(script())
             .arg("start")
-            .arg(dir.path())
+            .arg(garage.dir.path())
             .arg(nodes.to_string())
             .output()
             .expect("scripts/garage.sh runs");
@@ -33,12 +37,12 @@ impl Garage {
             "Garage did not start (the test command builds it: scripts/garage.sh install): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let vars = String::from_utf8_lossy(&out.stdout)
+        garage.vars = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        Self { dir, vars }
+        garage
     }
 
     /// The vault's configuration for the bucket, through node 1, under a prefix of its own.
@@ -78,6 +82,16 @@ impl Garage {
     /// Kill node `node` at once (SIGKILL): its zone is lost.
     pub fn kill(&self, node: usize) {
         self.run(&["kill", &node.to_string()]);
+    }
+
+    /// Freeze node `node` (SIGSTOP): it accepts connections and answers nothing.
+    pub fn pause(&self, node: usize) {
+        self.run(&["pause", &node.to_string()]);
+    }
+
+    /// Let a frozen node go on.
+    pub fn resume(&self, node: usize) {
+        self.run(&["resume", &node.to_string()]);
     }
 
     /// Start node `node` again.

@@ -147,6 +147,26 @@ fn a_store_that_does_not_answer_or_refuses_the_key_fails_in_bounded_time() {
         "nothing reads while the store is down"
     );
     garage.restart(1);
+
+    // A store that takes connections and answers nothing (frozen): the write fails within the
+    // time limit all the same, and the recording reads back once the store answers again.
+    let hung = Uuid::new_v4();
+    let mut writer = vault.create_recording(hung).unwrap();
+    writer.append(b"before the hang").unwrap();
+    garage.pause(1);
+    let started = Instant::now();
+    let failed = writer.append(b"during the hang");
+    let took = started.elapsed();
+    garage.resume(1);
+    assert!(failed.is_err(), "a write to a store that does not answer");
+    assert!(
+        took < config.timeout * 3,
+        "the failed write took {took:?} with a limit of {:?}",
+        config.timeout
+    );
+    let mut reader = vault.open_recording(hung).unwrap();
+    assert_eq!(reader.next_chunk().unwrap().unwrap(), b"before the hang");
+
     let mut reader = vault.open_recording(id).unwrap();
     assert_eq!(reader.next_chunk().unwrap().unwrap(), b"before the outage");
     assert_eq!(reader.next_chunk().unwrap(), None);
