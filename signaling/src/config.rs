@@ -360,16 +360,8 @@ fn default_object_timeout() -> Duration {
 
 impl std::fmt::Debug for ObjectStorageConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the secret.
-        f.debug_struct("ObjectStorageConfig")
-            .field("endpoint", &self.endpoint)
-            .field("bucket", &self.bucket)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field("prefix", &self.prefix)
-            .field("allow_http", &self.allow_http)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+        // The vault's form prints everything but the secret.
+        self.to_vault().fmt(f)
     }
 }
 

@@ -1607,6 +1607,38 @@ export async function startCall(scope, { title, mode, e2ee = false, ...launched 
 }
 
 /**
+ * The `joined` messages a page received after `since`.
+ * @param {SignalFrame[]} frames
+ * @param {number} since
+ */
+export const joinedSince = (frames, since) => frames.filter((f) => f.direction === "in" && f.at >= since && f.message?.type === "joined").map((f) => f.message);
+
+/**
+ * After the service went away at `since`: wait (30 s at most) until every page of `people` was
+ * told `joined` again, and check each took its place back — the participant id it had in
+ * `before` (its last `joined` before), still admitted, resumed. Returns those `joined` messages.
+ * @param {{ label: string, frames: SignalFrame[] }[]} people
+ * @param {number} since
+ * @param {any[]} before
+ */
+export async function waitForPlacesBack(people, since, before) {
+  const again = [];
+  for (const [i, p] of people.entries()) {
+    const deadline = Date.now() + 30_000;
+    while (joinedSince(p.frames, since).length === 0) {
+      assert.ok(Date.now() < deadline, `${p.label}: no joined after the service went`);
+      await sleep(100);
+    }
+    const joined = joinedSince(p.frames, since)[0];
+    assert.equal(joined.participant_id, before[i].participant_id, `${p.label}: the same participant id`);
+    assert.equal(joined.admitted, true, `${p.label}: still admitted`);
+    assert.equal(joined.resumed, true, `${p.label}: the place was resumed`);
+    again.push(joined);
+  }
+  return again;
+}
+
+/**
  * Wait until the page's recording indicator shows `state`; returns when it first did.
  * @param {import('playwright-core').Page} page
  * @param {string} state

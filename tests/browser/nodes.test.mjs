@@ -32,6 +32,7 @@ import {
   e2eeSnapshot,
   endConsultation,
   inspectRecording,
+  joinedSince,
   launchWatched,
   lineSplitter,
   listRecordings,
@@ -42,6 +43,7 @@ import {
   signInDoctor,
   startCall,
   terminate,
+  waitForPlacesBack,
   waitForRecorderConnected,
   waitForRemoteMedia,
   withService,
@@ -219,12 +221,6 @@ async function homeOf(origins, token) {
   }
 }
 
-/**
- * The `joined` messages a page received after `since`.
- * @param {import('./harness.mjs').SignalFrame[]} frames
- * @param {number} since
- */
-const joinedSince = (frames, since) => frames.filter((f) => f.direction === "in" && f.at >= since && f.message?.type === "joined").map((f) => f.message);
 
 describe("two nodes", { timeout: 180_000 }, () => {
   test("the doctor on one node, the patient on another: waiting room, admission, media both ways and the end cross nodes", { timeout: 150_000 }, async (t) => {
@@ -310,17 +306,7 @@ describe("a node dies mid-call behind the load balancer", { timeout: 480_000 }, 
           const killedAt = Date.now();
 
           // Both pages rejoin by themselves, through nginx, on the node left.
-          for (const [i, p] of people.entries()) {
-            const deadline = Date.now() + 30_000;
-            while (joinedSince(p.frames, killedAt).length === 0) {
-              assert.ok(Date.now() < deadline, `${p.label}: no joined after the kill`);
-              await sleep(100);
-            }
-            const again = joinedSince(p.frames, killedAt)[0];
-            assert.equal(again.participant_id, firstJoined[i].participant_id, `${p.label}: the same participant id`);
-            assert.equal(again.admitted, true, `${p.label}: still admitted`);
-            assert.equal(again.resumed, true, `${p.label}: the place was resumed`);
-          }
+          await waitForPlacesBack(people, killedAt, firstJoined);
           t.diagnostic(`both pages rejoined ${Date.now() - killedAt} ms after the node holding the call was killed`);
           for (const p of people) {
             await byTestId(p.page, "call-status").filter({ hasText: "In the call" }).waitFor({ timeout: 20_000 });

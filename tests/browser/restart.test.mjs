@@ -6,16 +6,9 @@
 // Run: cd tests/browser && node --test restart.test.mjs   (environment: see README.md here)
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 
-import { assertMediaKeepsFlowing, byTestId, e2eeSnapshot, endConsultation, protectedBothWays, startCall, withService } from "./harness.mjs";
+import { assertMediaKeepsFlowing, byTestId, e2eeSnapshot, endConsultation, joinedSince, protectedBothWays, startCall, waitForPlacesBack, withService } from "./harness.mjs";
 
-/**
- * The `joined` messages a page received after `since`.
- * @param {import('./harness.mjs').SignalFrame[]} frames
- * @param {number} since
- */
-const joinedSince = (frames, since) => frames.filter((f) => f.direction === "in" && f.at >= since && f.message?.type === "joined").map((f) => f.message);
 
 describe("restart mid-call", { timeout: 240_000 }, () => {
   for (const e2ee of [false, true]) {
@@ -41,18 +34,8 @@ describe("restart mid-call", { timeout: 240_000 }, () => {
         await service.restart({ samePort: true });
 
         // Both pages rejoin on their own: admitted, resumed, the same participant ids and peers.
-        for (const [i, p] of people.entries()) {
-          const deadline = Date.now() + 30_000;
-          while (joinedSince(p.frames, killedAt).length === 0) {
-            assert.ok(Date.now() < deadline, `${p.label}: no joined after the restart`);
-            await sleep(100);
-          }
-          const again = joinedSince(p.frames, killedAt)[0];
-          assert.equal(again.participant_id, firstJoined[i].participant_id, `${p.label}: the same participant id`);
-          assert.equal(again.admitted, true, `${p.label}: still admitted`);
-          assert.equal(again.resumed, true, `${p.label}: the place was resumed`);
-          assert.equal(again.peers.length, 1, `${p.label}: the other is among the peers`);
-        }
+        const again = await waitForPlacesBack(people, killedAt, firstJoined);
+        for (const [i, p] of people.entries()) assert.equal(again[i].peers.length, 1, `${p.label}: the other is among the peers`);
         const backAt = Date.now();
         t.diagnostic(`both pages rejoined ${backAt - killedAt} ms after the SIGKILL`);
         for (const p of people) {
