@@ -1639,6 +1639,29 @@ export async function waitForPlacesBack(people, since, before) {
 }
 
 /**
+ * Both pages are back in the call as they were: *In the call* shown, the same
+ * `RTCPeerConnection` (the one marked `window.consultPc[marker]` before), media still decoded both
+ * ways, and — end to end encrypted, with the verification `codes` from before — the same codes
+ * with the badge on.
+ * @param {{ page: import('playwright-core').Page }[]} people
+ * @param {string} marker
+ * @param {string[] | null} codes
+ */
+export async function assertBackOnTheSameConnection(people, marker, codes) {
+  for (const p of people) {
+    await byTestId(p.page, "call-status").filter({ hasText: "In the call" }).waitFor({ timeout: 20_000 });
+  }
+  const same = await Promise.all(people.map((p) => p.page.evaluate((m) => Boolean((/** @type {any} */ (window)).consultPc?.[m]), marker)));
+  assert.deepEqual(same, people.map(() => true), "no page made a new peer connection");
+  await assertMediaKeepsFlowing(/** @type {any} */ (people), 2000);
+  if (codes) {
+    const after = await Promise.all(people.map((p) => e2eeSnapshot(p.page)));
+    assert.deepEqual(after.map((s) => s.sas), codes, "the same verification code: no new key agreement");
+    assert.ok(after.every((s) => s.badge), "end-to-end encryption stayed on");
+  }
+}
+
+/**
  * Wait until the page's recording indicator shows `state`; returns when it first did.
  * @param {import('playwright-core').Page} page
  * @param {string} state

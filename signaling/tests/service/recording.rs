@@ -1115,4 +1115,17 @@ async fn only_a_recent_interruption_nobody_continued_is_continued() {
     .await
     .unwrap();
     assert_eq!(to_continue(true).await, None);
+
+    // A row naming a recording of another consultation (the database tampered with) is never
+    // followed: whoever may have one consultation's recordings must not reach another's.
+    let base = interrupted(-20, -10, false).await;
+    let (elsewhere, _) = doctor.create_consultation().await;
+    let stranger = NewRecording {
+        consultation_id: elsewhere.id,
+        ..continuation(base)
+    };
+    rows::insert(pool, &stranger).await.unwrap();
+    let err = rows::segments(pool, stranger.id).await.unwrap_err();
+    assert!(err.to_string().contains("another consultation"), "{err}");
+    assert!(rows::segments(pool, base).await.is_err());
 }
