@@ -34,8 +34,10 @@ command -v g++ >/dev/null || missing+=(g++)
 for pkg in libopus-dev libvpx-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-# The service tests run deployments of several nodes on a real Redis (quick tier too).
+# The service tests run deployments of several nodes on a real Redis (quick tier too), and back
+# them up with restic, the backup engine `consult backup` drives.
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v restic >/dev/null || missing+=(restic)
 if ! $quick; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v turnserver >/dev/null || missing+=(coturn)

@@ -136,6 +136,10 @@ pub enum Action {
     AlertRaised,
     /// An administrator acknowledged a security alert.
     AlertAcknowledged,
+    /// A scheduled backup was made.
+    BackupCreated,
+    /// The installation was restored from a backup (the first entry after the restore).
+    BackupRestored,
 }
 
 /// One stored entry.

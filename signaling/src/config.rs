@@ -57,8 +57,13 @@ pub struct Config {
     pub recording: RecordingConfig,
     /// Several nodes: the Redis server they share.
     pub cluster: ClusterConfig,
+    /// Encrypted, incremental backups to another site.
+    pub backup: BackupConfig,
     /// Log filter, in `RUST_LOG` syntax.
     pub log: String,
+    /// The configuration file this was loaded from (not a setting: backups copy the file).
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
 }
 
 /// Sign-in sessions.
@@ -381,6 +386,152 @@ impl ObjectStorageConfig {
     }
 }
 
+/// Backups (`[backup]`): the database's consistent snapshot, the vault's keys, the recordings'
+/// media (when kept locally), the configuration, the TLS material and the audit signing keys,
+/// encrypted and deduplicated by restic into a repository at another site — a directory (a
+/// mounted disk or network share) or an S3 bucket. Unset `repository`: no backups.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where backups go, in restic's syntax: a directory (`/mnt/offsite/consult`) or an S3
+    /// bucket and prefix (`s3:https://s3.other-site.example/consult-backups/node1`).
+    pub repository: Option<String>,
+    /// The backup key: a file holding the repository's password (`consult backup keygen`).
+    /// Keep it apart from the data directory, and a copy of it somewhere safe: without it no
+    /// backup opens. Refused inside `data_dir`.
+    pub key_file: Option<PathBuf>,
+    /// How often `consult serve` makes a backup; unset: only `consult backup create` does.
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// A run taking longer than this is stopped (what it uploaded is unused; the previous
+    /// backups stay whole).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// S3 repositories: the region (Garage: `garage`).
+    pub s3_region: Option<String>,
+    /// S3 repositories: the access key id (or `AWS_ACCESS_KEY_ID`).
+    pub s3_access_key_id: Option<String>,
+    /// S3 repositories: the secret key (or `AWS_SECRET_ACCESS_KEY`,
+    /// `CONSULT_BACKUP__S3_SECRET_ACCESS_KEY`). Never logged.
+    pub s3_secret_access_key: Option<String>,
+    /// Retention (`consult backup prune`, and after every scheduled backup): the last N backups.
+    pub keep_last: u32,
+    /// …and the last backup of each of the last N days.
+    pub keep_daily: u32,
+    /// …of each of the last N weeks.
+    pub keep_weekly: u32,
+    /// …of each of the last N months.
+    pub keep_monthly: u32,
+    /// The restic program (Debian: `apt-get install restic`).
+    pub restic: PathBuf,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            repository: None,
+            key_file: None,
+            interval: None,
+            timeout: Duration::from_secs(3600),
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            keep_last: 48,
+            keep_daily: 14,
+            keep_weekly: 8,
+            keep_monthly: 12,
+            restic: PathBuf::from("restic"),
+        }
+    }
+}
+
+impl BackupConfig {
+    /// Check the settings that must hold together; `data_dir` is the service's.
+    pub fn validate(&self, data_dir: &Path) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Inconsistent(m.into()));
+        let Some(repository) = &self.repository else {
+            if self.interval.is_some() {
+                return bad("backup.interval needs backup.repository");
+            }
+            return Ok(());
+        };
+        if repository.trim().is_empty() {
+            return bad("backup.repository is empty");
+        }
+        let Some(key_file) = &self.key_file else {
+            return bad(
+                "backup.repository needs backup.key_file (consult backup keygen --out FILE)",
+            );
+        };
+        if inside(key_file, data_dir) {
+            return bad("backup.key_file must be outside data_dir: the backup key is held apart from what it protects");
+        }
+        if !repository.starts_with("s3:") && inside(Path::new(repository), data_dir) {
+            return bad("backup.repository must be outside data_dir");
+        }
+        if self.interval.is_some_and(|i| i < Duration::from_secs(1)) || self.timeout.is_zero() {
+            return bad("backup.interval must be at least 1s and backup.timeout above zero");
+        }
+        if self.s3_access_key_id.is_some() != self.s3_secret_access_key.is_some() {
+            return bad("backup.s3_access_key_id and backup.s3_secret_access_key go together");
+        }
+        if self.keep_last == 0 {
+            return bad("backup.keep_last must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` is `dir` or inside it, comparing absolute forms (symbolic links resolved for
+/// whatever part exists).
+fn inside(path: &Path, dir: &Path) -> bool {
+    fn absolute(p: &Path) -> PathBuf {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        // Resolve the longest existing ancestor, keep the rest as written.
+        let mut existing = p.as_path();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => return p,
+            }
+        }
+        let mut resolved = existing
+            .canonicalize()
+            .unwrap_or_else(|_| existing.to_path_buf());
+        for name in rest.into_iter().rev() {
+            resolved.push(name);
+        }
+        resolved
+    }
+    absolute(path).starts_with(absolute(dir))
+}
+
+impl std::fmt::Debug for BackupConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupConfig")
+            .field("repository", &self.repository)
+            .field("key_file", &self.key_file)
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field(
+                "s3_secret_access_key",
+                &self.s3_secret_access_key.as_ref().map(|_| "…"),
+            )
+            .field("keep_last", &self.keep_last)
+            .field("keep_daily", &self.keep_daily)
+            .field("keep_weekly", &self.keep_weekly)
+            .field("keep_monthly", &self.keep_monthly)
+            .field("restic", &self.restic)
+            .finish()
+    }
+}
+
 /// STUN and TURN servers handed to clients by `GET /api/v1/ice-servers`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -423,7 +574,9 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             recording: RecordingConfig::default(),
             cluster: ClusterConfig::default(),
+            backup: BackupConfig::default(),
             log: "info".into(),
+            source_file: None,
         }
     }
 }
@@ -503,6 +656,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "policy",
     "recording",
     "cluster",
+    "backup",
     "log",
 ];
 
@@ -531,7 +685,8 @@ impl Config {
                 .to_ascii_lowercase();
             TOP_LEVEL_KEYS.contains(&first.as_str())
         });
-        let config: Config = figment.merge(env.split("__")).extract().map_err(Box::new)?;
+        let mut config: Config = figment.merge(env.split("__")).extract().map_err(Box::new)?;
+        config.source_file = file.map(Path::to_path_buf);
         config.validate()?;
         Ok(config)
     }
@@ -642,6 +797,7 @@ impl Config {
         if self.login.max_failures_per_account == 0 || self.login.max_failures_per_address == 0 {
             return bad("login.max_failures_* must be at least 1");
         }
+        self.backup.validate(&self.data_dir)?;
         if let Err(e) = crate::client_origin::TrustedProxies::parse(&self.trusted_proxies) {
             return bad(&e.to_string());
         }

@@ -169,6 +169,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "recording segments",
         include_str!("../migrations/0011_recording_segments.sql"),
     ),
+    (
+        12,
+        "installation",
+        include_str!("../migrations/0012_installation.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema in `signaling/migrations/postgres`: the SQLite migrations' end state
@@ -183,6 +188,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "recording segments",
         include_str!("../migrations/postgres/0002_recording_segments.sql"),
+    ),
+    (
+        3,
+        "installation",
+        include_str!("../migrations/postgres/0003_installation.sql"),
     ),
 ];
 
@@ -233,6 +243,28 @@ pub fn to_unix(t: OffsetDateTime) -> i64 {
 /// Back from Unix seconds.
 pub fn from_unix(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// This installation's id: made (at random) by the first process to ask, the same for every node
+/// sharing the database ever after. Backups carry it.
+pub async fn installation_id(pool: &AnyPool) -> sqlx::Result<uuid::Uuid> {
+    use sqlx::Row as _;
+    let fresh = uuid::Uuid::new_v4().to_string();
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO installation (one, id, created_at) VALUES (1, $1, $2) ON CONFLICT (one) DO NOTHING",
+    )
+    .bind(&fresh)
+    .bind(&now)
+    .execute(pool)
+    .await?;
+    let id: String = sqlx::query("SELECT id FROM installation WHERE one = 1")
+        .fetch_one(pool)
+        .await?
+        .try_get("id")?;
+    uuid::Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// Start a transaction that writes, holding the database's one write lock until it ends, so

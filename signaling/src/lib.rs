@@ -31,6 +31,7 @@ pub mod audit;
 pub mod audit_checkpoints;
 pub mod audit_tally;
 pub mod auth;
+pub mod backup;
 pub mod client_origin;
 pub mod clock;
 pub mod cluster;

@@ -41,6 +41,9 @@ enum Command {
     /// Manage the vault's key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Encrypted, incremental backups to another site (restic), and restoring them.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Load-test a service with many real consultations (QA): two native peers each, through
     /// invite, waiting room and admission; writes report.json and report.html. Runs the
     /// `consult-load` binary (it needs the codecs, which this one never links):
@@ -93,7 +96,8 @@ enum RecordingCommand {
         #[arg(long)]
         passphrase_file: PathBuf,
     },
-    /// Destroy a recording's key: every copy of it, backups included, becomes unreadable.
+    /// Destroy a recording's key: every copy of it becomes unreadable — backups too, once the
+    /// backup this then makes (with `[backup]` configured) has run.
     Shred {
         #[command(flatten)]
         location: Location,
@@ -107,6 +111,57 @@ enum KeysCommand {
     /// Add a key-encryption key version, re-wrap every recording's data key under it, and
     /// destroy the old versions (media is not re-encrypted). Stop the service first.
     Rotate {
+        #[command(flatten)]
+        location: Location,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Write a new backup key (256 random bits, owner-only) to FILE. Point `backup.key_file` at
+    /// it, outside the data directory, and keep a copy somewhere safe: no backup opens without it.
+    Keygen {
+        /// The file to write (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Back up now: the database's consistent snapshot, the configuration, TLS material, audit
+    /// keys and local recordings' media, then the vault's keys (only what changed is uploaded).
+    Create {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// This installation's backups, oldest first.
+    List {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Check the repository, then restore the latest backup into a scratch directory and prove
+    /// it: database, audit chain and checkpoints, every recording's keys and sealed chunks.
+    /// Exit 1 if anything does not verify.
+    Verify {
+        #[command(flatten)]
+        location: Location,
+        /// Also read and authenticate every pack of the repository (slow; the default checks
+        /// the structure and reads the latest backup).
+        #[arg(long)]
+        read_all_data: bool,
+    },
+    /// Restore a backup into the data directory (and the database, for PostgreSQL), with the
+    /// current keys: recordings shredded since the backup stay shredded. Refused if the data
+    /// directory is not empty, unless --force (what is there is moved aside, never deleted).
+    Restore {
+        #[command(flatten)]
+        location: Location,
+        /// The backup's id (from `consult backup list`), or `latest`.
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Restore over a non-empty data directory or database of this installation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply the retention policy (`backup.keep_*`) and delete what no backup uses.
+    Prune {
         #[command(flatten)]
         location: Location,
     },
@@ -371,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Load { args } => run_load_generator(&args),
+        Command::Backup(command) => backup_command(command).await,
         Command::Openapi => {
             println!(
                 "{}",
@@ -379,6 +435,111 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn backup_command(command: BackupCommand) -> anyhow::Result<ExitCode> {
+    use consult_signaling::backup::{BackupError, Backups};
+    init_logging("warn");
+    let backups_of = |location: &Location| -> anyhow::Result<(Config, Backups)> {
+        let config = location.load()?;
+        let backups = Backups::new(&config)?;
+        Ok((config, backups))
+    };
+    match command {
+        BackupCommand::Keygen { out } => {
+            if out.exists() {
+                anyhow::bail!(
+                    "{} exists: a backup key is never overwritten",
+                    out.display()
+                );
+            }
+            let key = consult_signaling::secrets::Token::generate();
+            server::write_private(&out, key.expose().as_bytes())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote the backup key to {}", out.display());
+            println!("keep a copy apart from the service: without it no backup opens");
+        }
+        BackupCommand::Create { location } => {
+            let (config, backups) = backups_of(&location)?;
+            let pool = db::open_configured(&config).await?;
+            let created = backups.create(&pool).await?;
+            println!(
+                "backup {} made in {:.1} s: {} bytes read, {} bytes new; {} recordings; keys {}",
+                &created.data_snapshot[..created.data_snapshot.len().min(8)],
+                created.duration.as_secs_f64(),
+                created.bytes_processed,
+                created.bytes_added,
+                created.manifest.recordings.len(),
+                &created.keys_snapshot[..created.keys_snapshot.len().min(8)],
+            );
+        }
+        BackupCommand::List { location } => {
+            let (_, backups) = backups_of(&location)?;
+            let (data, keys) = backups.list().await?;
+            for snapshot in &data {
+                println!("{}  {}", snapshot.short_id(), snapshot.time);
+            }
+            match keys {
+                Some(keys) => println!("keys: {}  {}", keys.short_id(), keys.time),
+                None => println!("keys: none"),
+            }
+        }
+        BackupCommand::Verify {
+            location,
+            read_all_data,
+        } => {
+            let (_, backups) = backups_of(&location)?;
+            match backups.verify(read_all_data).await {
+                Ok(v) => {
+                    println!(
+                        "backup {} ({}) verifies: {} audit entries and {} checkpoints, {} recordings ({} sealed chunks) opened, {} shredded since, {} in object storage (keys checked){}",
+                        &v.snapshot[..v.snapshot.len().min(8)],
+                        v.taken_at,
+                        v.audit_entries.map_or("(PostgreSQL dump read)".into(), |n| n.to_string()),
+                        v.audit_checkpoints.unwrap_or(0),
+                        v.recordings_opened,
+                        v.chunks_read,
+                        v.recordings_shredded_since,
+                        v.recordings_in_object_storage,
+                        if v.read_all_data { "; every pack read" } else { "" },
+                    );
+                }
+                Err(e @ BackupError::Corrupt { .. }) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        BackupCommand::Restore {
+            location,
+            snapshot,
+            force,
+        } => {
+            let (config, backups) = backups_of(&location)?;
+            let restored = backups.restore(Some(&snapshot), force).await?;
+            println!(
+                "restored backup {} (taken {}) into {} in {:.1} s: {} recordings with their keys, {} shredded since the backup (stay shredded)",
+                &restored.snapshot[..restored.snapshot.len().min(8)],
+                restored.taken_at,
+                config.data_dir.display(),
+                restored.duration.as_secs_f64(),
+                restored.recordings,
+                restored.shredded_since,
+            );
+            if let Some(aside) = &restored.moved_aside {
+                println!("what was there is now in {}", aside.display());
+            }
+        }
+        BackupCommand::Prune { location } => {
+            let (config, backups) = backups_of(&location)?;
+            let pool = db::open_configured(&config).await?;
+            let installation = db::installation_id(&pool).await?;
+            let forgotten = backups.prune(installation).await?;
+            println!("{forgotten} backups past the retention policy removed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn recording_command(command: RecordingCommand) -> anyhow::Result<ExitCode> {
@@ -434,6 +595,23 @@ async fn recording_command(command: RecordingCommand) -> anyhow::Result<ExitCode
             let state = recording::cli::open_state(location.load()?).await?;
             recording::cli::shred(&state, id).await?;
             println!("recording {id} shredded");
+            // Take its key out of the backups now rather than at the next scheduled backup.
+            if state.config.backup.repository.is_some() {
+                let backups = consult_signaling::backup::Backups::new(&state.config)?;
+                match backups.create(&state.pool).await {
+                    Ok(created) => println!(
+                        "backup {} made: its key is in no backup any more",
+                        &created.data_snapshot[..created.data_snapshot.len().min(8)]
+                    ),
+                    Err(e) => {
+                        eprintln!(
+                            "warning: the backup after the shred failed ({e}); the key stays in \
+                             the backups until a backup succeeds"
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -43,6 +43,25 @@ pub struct Metrics {
     /// CPU time the process used, to the microsecond (`process_cpu_seconds_total` counts whole
     /// seconds, too coarse for the load generator's per-second cost figures).
     cpu_seconds: Gauge,
+    /// Scheduled backups.
+    pub backup: BackupMetrics,
+}
+
+/// Scheduled backups' metrics (`consult_backup_*`).
+#[derive(Clone)]
+pub struct BackupMetrics {
+    /// Unix time of the last successful backup (0: none since start and none in the repository).
+    pub last_success: IntGauge,
+    /// How long the last successful backup took, in seconds.
+    pub last_duration: Gauge,
+    /// Bytes the last successful backup uploaded (new after deduplication).
+    pub last_added_bytes: IntGauge,
+    /// Bytes the last successful backup read.
+    pub last_processed_bytes: IntGauge,
+    /// The configured interval, in seconds (for the staleness alert).
+    pub interval: IntGauge,
+    /// Failed backup runs, by reason.
+    pub failures: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -161,8 +180,49 @@ impl Metrics {
             "CPU time (user and system) the service used, in seconds, to the microsecond",
         )
         .expect("valid metric");
+        let backup = BackupMetrics {
+            last_success: IntGauge::new(
+                "consult_backup_last_success_timestamp_seconds",
+                "Unix time of the last successful backup",
+            )
+            .expect("valid metric"),
+            last_duration: Gauge::new(
+                "consult_backup_last_duration_seconds",
+                "How long the last successful backup took",
+            )
+            .expect("valid metric"),
+            last_added_bytes: IntGauge::new(
+                "consult_backup_last_added_bytes",
+                "Bytes the last successful backup uploaded (new after deduplication)",
+            )
+            .expect("valid metric"),
+            last_processed_bytes: IntGauge::new(
+                "consult_backup_last_processed_bytes",
+                "Bytes the last successful backup read",
+            )
+            .expect("valid metric"),
+            interval: IntGauge::new(
+                "consult_backup_interval_seconds",
+                "How often backups are scheduled (0: not on this node)",
+            )
+            .expect("valid metric"),
+            failures: IntCounterVec::new(
+                Opts::new(
+                    "consult_backup_failures_total",
+                    "Failed backup runs, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        };
         for metric in [
-            Box::new(connected_sockets.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(backup.last_success.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(backup.last_duration.clone()),
+            Box::new(backup.last_added_bytes.clone()),
+            Box::new(backup.last_processed_bytes.clone()),
+            Box::new(backup.interval.clone()),
+            Box::new(backup.failures.clone()),
+            Box::new(connected_sockets.clone()),
             Box::new(relayed_sockets.clone()),
             Box::new(cluster_homes.clone()),
             Box::new(active_consultations.clone()),
@@ -205,6 +265,9 @@ impl Metrics {
         for reason in ["not_allowed", "too_many", "unparsable"] {
             recorder_candidates_refused.with_label_values(&[reason]);
         }
+        for reason in crate::backup::schedule::FAILURE_REASONS {
+            backup.failures.with_label_values(&[reason]);
+        }
         for limit in ["per_address", "total"] {
             connections_refused.with_label_values(&[limit]);
         }
@@ -239,6 +302,7 @@ impl Metrics {
             webhook_deliveries,
             webhook_pending,
             cpu_seconds,
+            backup,
         }
     }
 

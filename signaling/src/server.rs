@@ -264,6 +264,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
         }
     }
     crate::recording::spawn_retention_job(state.clone(), retention_sweep);
+    crate::backup::schedule::spawn(state.clone());
     crate::audit_tally::spawn_closing_job(state.clone(), TALLY_CLOSING_INTERVAL);
     crate::alerts::spawn_writer(state.clone());
     if state.config.alerts.webhook_url.is_some() {

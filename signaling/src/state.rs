@@ -67,6 +67,9 @@ pub struct Shared {
     pub alerts: Alerts,
     /// The other nodes of the deployment, if any.
     pub cluster: crate::cluster::Cluster,
+    /// Poked when a recording is shredded: the scheduled backup runs now, so that its key
+    /// leaves the backups at once (see `backup`).
+    pub backup_soon: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -123,6 +126,7 @@ impl AppState {
             recordings,
             alerts,
             cluster,
+            backup_soon: Arc::new(tokio::sync::Notify::new()),
         })))
     }
 }

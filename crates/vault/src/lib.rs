@@ -8,7 +8,8 @@
 //!   ([`keys::Keyring`], `keyring.json` in the vault directory). [`Vault::rotate_keys`] re-wraps
 //!   every data key under a new version and retires the old ones, without re-encrypting media.
 //! * **Crypto-shredding.** [`Vault::shred`] destroys a recording's wrapped key: every copy of its
-//!   media, backups included, is unreadable from then on.
+//!   media is unreadable once no copy of that key is left (Consult's backups keep the keys in a
+//!   snapshot of their own that the next backup replaces and deletes).
 //! * **Storage backends.** Media goes through [`store::MediaStore`]; the local directory is the
 //!   default. Wrapped keys stay in the vault directory (`keys/`), apart from the media, so a
 //!   backup of the media alone opens nothing.
@@ -338,7 +339,7 @@ impl Vault {
     }
 
     /// Crypto-shredding: overwrite and delete the recording's wrapped key, then delete its
-    /// media. Every copy of the media, backups included, is unreadable from then on.
+    /// media. Every copy of the media is unreadable once no copy of the wrapped key is left.
     pub fn shred(&self, recording: Uuid) -> Result<(), VaultError> {
         let path = self.key_path(recording);
         if let Ok(meta) = fs::metadata(&path) {

@@ -446,6 +446,8 @@ pub async fn shred_row(
         .await?;
     }
     tx.commit().await?;
+    // The key is gone here; the next backup takes it out of every backup.
+    state.backup_soon.notify_one();
     Ok(())
 }
 

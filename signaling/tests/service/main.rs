@@ -4,6 +4,7 @@
 
 mod alerts;
 mod api;
+mod backup;
 mod cli;
 mod common;
 mod dependencies;

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::{error_code, TestService};
+use common::{error_code, synthetic_recording, TestService};
 use consult_proto::api::{ConsultationMode, CreateConsultationRequest};
 use consult_proto::signal::{ClientMessage, ParticipantRole, RecordingState, ServerMessage};
 use reqwest::{Method, StatusCode};
@@ -824,87 +824,6 @@ async fn the_recorder_sends_nothing_to_candidates_outside_its_networks() {
         5.0,
         "twelve public candidates, seven of them kept"
     );
-}
-
-/// A two-minute recording written straight into the service's vault (two VP8 tracks and one
-/// Opus track, the audio recorded up to 60 ms behind the video), marked complete; its id and
-/// how many frames it holds.
-async fn synthetic_recording(svc: &TestService, consultation: uuid::Uuid) -> (uuid::Uuid, usize) {
-    use consult_vault::recording::{Codec, Frame, Record, RecordBatch, Track, TrackRole};
-    let vault = svc.state().recordings.vault.clone();
-    let id = uuid::Uuid::new_v4();
-    let mut writer = vault.create_recording(id).unwrap();
-    let mut batch = RecordBatch::default();
-    for (track, codec, role) in [
-        (0, Codec::Vp8, TrackRole::Doctor),
-        (1, Codec::Vp8, TrackRole::Patient),
-        (2, Codec::Opus, TrackRole::Patient),
-    ] {
-        batch.push(&Record::Track(Track {
-            id: track,
-            codec,
-            role,
-            participant: uuid::Uuid::new_v4(),
-            protected: false,
-        }));
-    }
-    let vp8 = |key: bool, n: u64| {
-        let mut frame = if key {
-            vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]
-        } else {
-            vec![0x11, 0x02, 0x00]
-        };
-        frame.resize(if key { 8000 } else { 1500 }, (n % 251) as u8);
-        frame
-    };
-    let (mut video, mut audio) = (0u64, 0u64);
-    while video < 30 * 120 {
-        let (video_at, audio_at) = (video * 100_000 / 3, audio * 20_000);
-        if video_at <= audio_at + 60_000 {
-            for track in 0..2 {
-                batch.push(&Record::Frame(Frame {
-                    track,
-                    at_us: video_at,
-                    keyframe: video % 90 == 0,
-                    data: vp8(video % 90 == 0, video),
-                }));
-            }
-            video += 1;
-        } else {
-            batch.push(&Record::Frame(Frame {
-                track: 2,
-                at_us: audio_at,
-                keyframe: false,
-                data: vec![0x78; 100],
-            }));
-            audio += 1;
-        }
-        if batch.len() >= 256 * 1024 {
-            writer.append(&batch.take()).unwrap();
-        }
-    }
-    writer.finish(&batch.take()).unwrap();
-    let pool = &svc.state().pool;
-    let now = time::OffsetDateTime::now_utc();
-    let rows = consult_signaling::recording::rows::RecordingStatus::Complete;
-    consult_signaling::recording::rows::insert(
-        pool,
-        &consult_signaling::recording::rows::NewRecording {
-            id,
-            consultation_id: consultation,
-            zero_knowledge: false,
-            started_at: now,
-            retain_until: now + time::Duration::days(30),
-            continues: None,
-        },
-    )
-    .await
-    .unwrap();
-    let bytes = vault.media_size(id).unwrap().unwrap();
-    consult_signaling::recording::rows::finish(pool, id, rows, now, 0, bytes, None)
-        .await
-        .unwrap();
-    (id, (video * 2 + audio) as usize)
 }
 
 /// The download streams (no length known ahead, pieces as they are made, read here slowly) and

@@ -1,0 +1,415 @@
+//! The backup engine: Debian's `restic`, run as a child process. restic chunks files by content
+//! (so an unchanged file, or the unchanged part of a grown one, is never uploaded twice),
+//! encrypts and authenticates every blob under the repository's key (AES-256-CTR with
+//! Poly1305-AES), and checks every blob it reads back. This module speaks its command line
+//! and turns its failures into [`BackupError`]s that say what is wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt as _;
+
+use super::BackupError;
+use crate::config::BackupConfig;
+
+/// A restic repository and how to open it.
+#[derive(Clone)]
+pub struct Restic {
+    program: PathBuf,
+    repository: String,
+    key_file: PathBuf,
+    region: Option<String>,
+    credentials: Option<(String, String)>,
+    cache_dir: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Restic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restic")
+            .field("repository", &self.repository)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One snapshot in the repository.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Snapshot {
+    /// The full id.
+    pub id: String,
+    /// When it was taken (RFC 3339).
+    pub time: String,
+    /// Its tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The paths it holds.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+impl Snapshot {
+    /// The short id restic prints.
+    pub fn short_id(&self) -> &str {
+        self.id.get(..8).unwrap_or(&self.id)
+    }
+
+    /// When it was taken.
+    pub fn taken_at(&self) -> Option<time::OffsetDateTime> {
+        time::OffsetDateTime::parse(&self.time, &time::format_description::well_known::Rfc3339).ok()
+    }
+}
+
+/// What `restic backup` reports at the end of a run.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BackupSummary {
+    /// The snapshot written.
+    #[serde(default)]
+    pub snapshot_id: String,
+    /// Bytes uploaded (after deduplication, before restic's own packing overhead).
+    #[serde(default)]
+    pub data_added: u64,
+    /// Bytes read from the files backed up.
+    #[serde(default)]
+    pub total_bytes_processed: u64,
+    /// Files read.
+    #[serde(default)]
+    pub total_files_processed: u64,
+    /// Files new since the parent snapshot.
+    #[serde(default)]
+    pub files_new: u64,
+    /// Files changed since the parent snapshot.
+    #[serde(default)]
+    pub files_changed: u64,
+}
+
+impl Restic {
+    /// The repository of `config` (`repository` and `key_file` set). `cache_dir` holds
+    /// restic's local cache of indexes and trees (never file contents); `None`: no cache.
+    pub fn new(config: &BackupConfig, cache_dir: Option<PathBuf>) -> Result<Self, BackupError> {
+        let (Some(repository), Some(key_file)) = (&config.repository, &config.key_file) else {
+            return Err(BackupError::NotConfigured);
+        };
+        let credentials = match (&config.s3_access_key_id, &config.s3_secret_access_key) {
+            (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+            _ => None,
+        };
+        Ok(Self {
+            program: config.restic.clone(),
+            repository: repository.clone(),
+            key_file: key_file.clone(),
+            region: config.s3_region.clone(),
+            credentials,
+            cache_dir,
+            timeout: config.timeout,
+        })
+    }
+
+    /// Where the repository is (never holds a secret: S3 credentials come from elsewhere).
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// Whether a repository exists at the location (and opens with the backup key).
+    pub async fn exists(&self) -> Result<bool, BackupError> {
+        match self.run(None, &["cat", "config"]).await {
+            Ok(_) => Ok(true),
+            Err(BackupError::NoRepository { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Create the repository.
+    pub async fn init(&self) -> Result<(), BackupError> {
+        self.run(None, &["init"]).await.map(drop)
+    }
+
+    /// Remove the locks of restic runs that died (same host, process gone, or 30 minutes old).
+    pub async fn unlock_stale(&self) -> Result<(), BackupError> {
+        self.run(None, &["unlock"]).await.map(drop)
+    }
+
+    /// Back up `paths` (relative to `dir`) as one snapshot tagged `tags`.
+    pub async fn backup(
+        &self,
+        dir: &Path,
+        paths: &[&str],
+        tags: &[String],
+    ) -> Result<BackupSummary, BackupError> {
+        let mut args: Vec<&str> = vec!["backup", "--json", "--quiet", "--host", "consult"];
+        for tag in tags {
+            args.push("--tag");
+            args.push(tag);
+        }
+        args.push("--");
+        args.extend_from_slice(paths);
+        let out = self.run(Some(dir), &args).await?;
+        out.lines()
+            .rev()
+            .find_map(|line| {
+                #[derive(Deserialize)]
+                struct Message {
+                    message_type: String,
+                    #[serde(flatten)]
+                    summary: BackupSummary,
+                }
+                serde_json::from_str::<Message>(line)
+                    .ok()
+                    .filter(|m| m.message_type == "summary")
+                    .map(|m| m.summary)
+            })
+            .ok_or_else(|| BackupError::Engine {
+                command: "backup".into(),
+                detail: "no summary in restic's output".into(),
+            })
+    }
+
+    /// Snapshots having every tag of `tags`, oldest first.
+    pub async fn snapshots(&self, tags: &[&str]) -> Result<Vec<Snapshot>, BackupError> {
+        let filter = tags.join(",");
+        let mut args = vec!["snapshots", "--json"];
+        if !filter.is_empty() {
+            args.extend(["--tag", &filter]);
+        }
+        let out = self.run(None, &args).await?;
+        let mut snapshots: Vec<Snapshot> =
+            serde_json::from_str(out.trim()).map_err(|e| BackupError::Engine {
+                command: "snapshots".into(),
+                detail: e.to_string(),
+            })?;
+        snapshots.sort_by_key(Snapshot::taken_at);
+        Ok(snapshots)
+    }
+
+    /// Forget the snapshots `ids` (their data goes at the next [`Restic::prune`]).
+    pub async fn forget(&self, ids: &[String]) -> Result<(), BackupError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec!["forget", "--quiet"];
+        args.extend(ids.iter().map(String::as_str));
+        self.run(None, &args).await.map(drop)
+    }
+
+    /// Forget the snapshots having every tag of `tags` that the retention policy does not keep.
+    pub async fn forget_by_policy(
+        &self,
+        tags: &[&str],
+        config: &BackupConfig,
+    ) -> Result<(), BackupError> {
+        let filter = tags.join(",");
+        let (last, daily, weekly, monthly) = (
+            config.keep_last.to_string(),
+            config.keep_daily.to_string(),
+            config.keep_weekly.to_string(),
+            config.keep_monthly.to_string(),
+        );
+        let args = [
+            "forget",
+            "--quiet",
+            "--tag",
+            &filter,
+            "--group-by",
+            "tags",
+            "--keep-last",
+            &last,
+            "--keep-daily",
+            &daily,
+            "--keep-weekly",
+            &weekly,
+            "--keep-monthly",
+            &monthly,
+        ];
+        self.run(None, &args).await.map(drop)
+    }
+
+    /// Delete what no snapshot refers to any more: every pack file none of whose blobs is
+    /// used is removed from the repository.
+    pub async fn prune(&self) -> Result<(), BackupError> {
+        self.run(None, &["prune", "--quiet"]).await.map(drop)
+    }
+
+    /// Check the repository's structure; with `read_data`, also read and authenticate every
+    /// pack.
+    pub async fn check(&self, read_data: bool) -> Result<(), BackupError> {
+        let mut args = vec!["check"];
+        if read_data {
+            args.push("--read-data");
+        }
+        self.run(None, &args).await.map(drop)
+    }
+
+    /// Restore snapshot `id` into `target` (every blob authenticated as it is read).
+    pub async fn restore(&self, id: &str, target: &Path) -> Result<(), BackupError> {
+        let target = target.to_string_lossy();
+        self.run(None, &["restore", id, "--target", &target])
+            .await
+            .map(drop)
+    }
+
+    /// Run restic with `args`; its standard output, or the failure it reported.
+    async fn run(&self, dir: Option<&Path>, args: &[&str]) -> Result<String, BackupError> {
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(args)
+            .env_remove("RESTIC_PASSWORD")
+            .env_remove("RESTIC_PASSWORD_COMMAND")
+            .env("RESTIC_REPOSITORY", &self.repository)
+            .env("RESTIC_PASSWORD_FILE", &self.key_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        match &self.cache_dir {
+            Some(cache) => command.arg("--cache-dir").arg(cache),
+            None => command.arg("--no-cache"),
+        };
+        if let Some(region) = &self.region {
+            command.arg("-o").arg(format!("s3.region={region}"));
+        }
+        if let Some((id, secret)) = &self.credentials {
+            command
+                .env("AWS_ACCESS_KEY_ID", id)
+                .env("AWS_SECRET_ACCESS_KEY", secret);
+        }
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let name = args.first().copied().unwrap_or_default().to_owned();
+        let mut child = command.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                BackupError::EngineMissing {
+                    program: self.program.clone(),
+                }
+            } else {
+                BackupError::Io(e)
+            }
+        })?;
+        let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+        let collect = async {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let read_out = async {
+                if let Some(s) = stdout.as_mut() {
+                    s.read_to_end(&mut out).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let read_err = async {
+                if let Some(s) = stderr.as_mut() {
+                    s.read_to_end(&mut err).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            tokio::try_join!(read_out, read_err)?;
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>((status, out, err))
+        };
+        let (status, out, err) = match tokio::time::timeout(self.timeout, collect).await {
+            Ok(done) => done?,
+            // Dropping the future kills restic (kill_on_drop): nothing it half-wrote is used.
+            Err(_) => {
+                return Err(BackupError::TimedOut {
+                    command: name,
+                    after: self.timeout,
+                })
+            }
+        };
+        if status.success() {
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        Err(classify(
+            &name,
+            &self.repository,
+            &String::from_utf8_lossy(&err),
+        ))
+    }
+}
+
+/// What a failed restic run's standard error says went wrong.
+fn classify(command: &str, repository: &str, stderr: &str) -> BackupError {
+    let lower = stderr.to_ascii_lowercase();
+    let has = |needle: &str| lower.contains(needle);
+    let detail = last_lines(stderr);
+    if has("wrong password") {
+        BackupError::WrongKey
+    } else if has("is there a repository at the following location")
+        || has("unable to open config file")
+    {
+        BackupError::NoRepository {
+            repository: repository.to_owned(),
+        }
+    } else if has("ciphertext verification failed")
+        || has("does not match")
+        || has("repository contains errors")
+        || has("invalid data returned")
+        || has("checksum")
+    {
+        BackupError::Corrupt { detail }
+    } else if has("no space left") || has("quota") || has("entity too large") {
+        BackupError::TargetFull { detail }
+    } else if has("connection refused")
+        || has("no such host")
+        || has("i/o timeout")
+        || has("no route to host")
+        || has("connection reset")
+        || has("no such file or directory") && has("repository")
+    {
+        BackupError::Unreachable { detail }
+    } else if has("repository is already locked") {
+        BackupError::Busy { detail }
+    } else {
+        BackupError::Engine {
+            command: command.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// The last few lines of a tool's error output (enough to say what, never a whole log).
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(4)..].join(" / ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_named_from_what_restic_says() {
+        let repo = "/backups";
+        assert!(matches!(
+            classify("snapshots", repo, "Fatal: wrong password or no key found\n"),
+            BackupError::WrongKey
+        ));
+        assert!(matches!(
+            classify("snapshots", repo, "Fatal: unable to open config file: stat /x/config: no such file or directory\nIs there a repository at the following location?\n/x"),
+            BackupError::NoRepository { .. }
+        ));
+        assert!(matches!(
+            classify("restore", repo, "ignoring error for /sub/b: ciphertext verification failed\nFatal: There were 2 errors\n"),
+            BackupError::Corrupt { .. }
+        ));
+        assert!(matches!(
+            classify(
+                "backup",
+                repo,
+                "Save(<data/ab>) returned error: write /b/data/ab: no space left on device"
+            ),
+            BackupError::TargetFull { .. }
+        ));
+        assert!(matches!(
+            classify(
+                "backup",
+                repo,
+                "dial tcp 127.0.0.1:9: connect: connection refused"
+            ),
+            BackupError::Unreachable { .. }
+        ));
+        assert!(matches!(
+            classify("backup", repo, "something else entirely"),
+            BackupError::Engine { .. }
+        ));
+    }
+}
