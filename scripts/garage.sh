@@ -13,6 +13,7 @@
 #   scripts/garage.sh pause DIR I       freeze node I (SIGSTOP): it takes connections, answers none
 #   scripts/garage.sh resume DIR I      let it go on (SIGCONT)
 #   scripts/garage.sh restart DIR I     start node I again (after `stop DIR I`)
+#   scripts/garage.sh quota DIR SIZE    cap the bucket's size (`1MiB`, or `none`): a full store
 #
 # Every node keeps its metadata in SQLite and its blocks under DIR/nodeI. The key is imported
 # with fresh random credentials, so nothing secret is fixed in the repository.
@@ -136,6 +137,10 @@ EOF
     dir=${2:?usage: $0 $cmd DIR I}; node=${3:?usage: $0 $cmd DIR I}
     signal=$([ "$cmd" = pause ] && echo STOP || echo CONT)
     kill -s "$signal" "$(cat "$dir/node$node/pid")"
+    ;;
+  quota)
+    dir=${2:?usage: $0 quota DIR SIZE}; size=${3:?usage: $0 quota DIR SIZE}
+    g 1 bucket set-quotas --max-size "$size" consult >/dev/null
     ;;
   restart)
     dir=${2:?usage: $0 restart DIR I}

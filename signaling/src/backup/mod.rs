@@ -625,7 +625,10 @@ impl Backups {
         // database knows and the current keys still hold.
         let vault_dir = scratch.join("vault");
         fs::create_dir_all(vault_dir.join("keys"))?;
-        write_json_private(&vault_dir.join("keyring.json"), &escrow.keyring)?;
+        // No keyring: the vault was never opened (it makes one when it is).
+        if !escrow.keyring.is_null() {
+            write_json_private(&vault_dir.join("keyring.json"), &escrow.keyring)?;
+        }
         let mut restored_config = self.config.clone();
         restored_config.data_dir = scratch.to_path_buf();
         let pool = db::open(scratch, self.config.database_url.as_deref())

@@ -113,7 +113,7 @@ impl Restic {
 
     /// Whether a repository exists at the location (and opens with the backup key).
     pub async fn exists(&self) -> Result<bool, BackupError> {
-        match self.run(None, &["cat", "config"]).await {
+        match self.run(None, &["cat", "config", "--no-lock"]).await {
             Ok(_) => Ok(true),
             Err(BackupError::NoRepository { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -168,7 +168,7 @@ impl Restic {
     /// Snapshots having every tag of `tags`, oldest first.
     pub async fn snapshots(&self, tags: &[&str]) -> Result<Vec<Snapshot>, BackupError> {
         let filter = tags.join(",");
-        let mut args = vec!["snapshots", "--json"];
+        let mut args = vec!["snapshots", "--json", "--no-lock"];
         if !filter.is_empty() {
             args.extend(["--tag", &filter]);
         }
@@ -243,7 +243,7 @@ impl Restic {
     /// Restore snapshot `id` into `target` (every blob authenticated as it is read).
     pub async fn restore(&self, id: &str, target: &Path) -> Result<(), BackupError> {
         let target = target.to_string_lossy();
-        self.run(None, &["restore", id, "--target", &target])
+        self.run(None, &["restore", "--no-lock", id, "--target", &target])
             .await
             .map(drop)
     }
@@ -287,8 +287,9 @@ impl Restic {
             }
         })?;
         let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+        // Declared out here so that what restic said before a timeout is still here after it.
+        let (mut out, mut err) = (Vec::new(), Vec::new());
         let collect = async {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
             let read_out = async {
                 if let Some(s) = stdout.as_mut() {
                     s.read_to_end(&mut out).await?;
@@ -302,17 +303,22 @@ impl Restic {
                 Ok::<_, std::io::Error>(())
             };
             tokio::try_join!(read_out, read_err)?;
-            let status = child.wait().await?;
-            Ok::<_, std::io::Error>((status, out, err))
+            child.wait().await
         };
-        let (status, out, err) = match tokio::time::timeout(self.timeout, collect).await {
+        let status = match tokio::time::timeout(self.timeout, collect).await {
             Ok(done) => done?,
-            // Dropping the future kills restic (kill_on_drop): nothing it half-wrote is used.
             Err(_) => {
-                return Err(BackupError::TimedOut {
-                    command: name,
-                    after: self.timeout,
-                })
+                // Killed now (and reaped by tokio): nothing it half-wrote is used. restic
+                // retries a failing store for minutes; what it said meanwhile names the fault.
+                let _ = child.start_kill();
+                let said = String::from_utf8_lossy(&err);
+                return Err(match classify(&name, &self.repository, &said) {
+                    BackupError::Engine { .. } => BackupError::TimedOut {
+                        command: name,
+                        after: self.timeout,
+                    },
+                    named => named,
+                });
             }
         };
         if status.success() {
@@ -346,14 +352,17 @@ fn classify(command: &str, repository: &str, stderr: &str) -> BackupError {
         || has("checksum")
     {
         BackupError::Corrupt { detail }
-    } else if has("no space left") || has("quota") || has("entity too large") {
+    } else if has("no space left")
+        || has("quota is reached")
+        || has("quotaexceeded")
+        || has("entity too large")
+    {
         BackupError::TargetFull { detail }
     } else if has("connection refused")
         || has("no such host")
         || has("i/o timeout")
         || has("no route to host")
         || has("connection reset")
-        || has("no such file or directory") && has("repository")
     {
         BackupError::Unreachable { detail }
     } else if has("repository is already locked") {
@@ -366,10 +375,10 @@ fn classify(command: &str, repository: &str, stderr: &str) -> BackupError {
     }
 }
 
-/// The last few lines of a tool's error output (enough to say what, never a whole log).
+/// The last two lines of a tool's error output (enough to say what, never a whole log).
 fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(4)..].join(" / ")
+    lines[lines.len().saturating_sub(2)..].join(" / ")
 }
 
 #[cfg(test)]

@@ -75,7 +75,10 @@ impl Backups {
 
         let vault_dir = root.join("vault");
         fs::create_dir_all(vault_dir.join("keys"))?;
-        write_json_private(&vault_dir.join("keyring.json"), &escrow.keyring)?;
+        // No keyring: the vault was never opened (it makes one when it is).
+        if !escrow.keyring.is_null() {
+            write_json_private(&vault_dir.join("keyring.json"), &escrow.keyring)?;
+        }
         for (id, key) in &escrow.keys {
             write_json_private(&vault_dir.join("keys").join(format!("{id}.json")), key)?;
         }

@@ -94,6 +94,11 @@ impl Garage {
         self.run(&["resume", &node.to_string()]);
     }
 
+    /// Cap the bucket's size (`"1MiB"`, or `"none"`): a full store.
+    pub fn set_quota(&self, size: &str) {
+        self.run(&["quota", size]);
+    }
+
     /// Start node `node` again.
     pub fn restart(&self, node: usize) {
         self.run(&["restart", &node.to_string()]);

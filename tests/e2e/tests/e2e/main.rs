@@ -2,6 +2,7 @@
 //! and an independent WebRTC stack: one module per subject, one test binary for all of them
 //! (one link instead of seven).
 
+mod backup;
 mod deployment;
 mod e2ee_call;
 mod examples;
