@@ -140,6 +140,8 @@ pub enum Action {
     BackupCreated,
     /// The installation was restored from a backup (the first entry after the restore).
     BackupRestored,
+    /// A restore drill ran (`consult backup drill`), with its outcome.
+    BackupDrilled,
 }
 
 /// One stored entry.

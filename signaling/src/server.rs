@@ -263,7 +263,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
             );
         }
     }
-    crate::recording::spawn_retention_job(state.clone(), retention_sweep);
+    // Zero: this node sweeps nothing (another node does, or a restore drill's service).
+    if !retention_sweep.is_zero() {
+        crate::recording::spawn_retention_job(state.clone(), retention_sweep);
+    }
     crate::backup::schedule::spawn(state.clone());
     crate::audit_tally::spawn_closing_job(state.clone(), TALLY_CLOSING_INTERVAL);
     crate::alerts::spawn_writer(state.clone());

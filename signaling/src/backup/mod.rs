@@ -20,6 +20,7 @@
 //! marks shredded (and deletes the media of) every recording whose key is not there, so a
 //! restore never brings one back.
 
+mod drill;
 pub mod restic;
 pub mod schedule;
 mod verify;
@@ -42,6 +43,7 @@ use uuid::Uuid;
 use crate::audit::{Action, Actor, AuditLog};
 use crate::config::Config;
 use crate::db::{self, Backend};
+pub use drill::{DrillOptions, DrillReport, RecordingCheck, SignIn};
 pub use restic::{BackupSummary, Restic, Snapshot};
 pub use verify::Verified;
 
