@@ -424,6 +424,9 @@ pub struct BackupConfig {
     pub keep_monthly: u32,
     /// The restic program (Debian: `apt-get install restic`).
     pub restic: PathBuf,
+    /// restic's local cache of the repository's indexes and trees (never file contents):
+    /// set it (outside `data_dir`) for a large or remote repository; unset: no cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for BackupConfig {
@@ -441,6 +444,7 @@ impl Default for BackupConfig {
             keep_weekly: 8,
             keep_monthly: 12,
             restic: PathBuf::from("restic"),
+            cache_dir: None,
         }
     }
 }
@@ -468,6 +472,13 @@ impl BackupConfig {
         }
         if !repository.starts_with("s3:") && inside(Path::new(repository), data_dir) {
             return bad("backup.repository must be outside data_dir");
+        }
+        if self
+            .cache_dir
+            .as_deref()
+            .is_some_and(|c| inside(c, data_dir))
+        {
+            return bad("backup.cache_dir must be outside data_dir");
         }
         if self.interval.is_some_and(|i| i < Duration::from_secs(1)) || self.timeout.is_zero() {
             return bad("backup.interval must be at least 1s and backup.timeout above zero");
@@ -528,6 +539,7 @@ impl std::fmt::Debug for BackupConfig {
             .field("keep_weekly", &self.keep_weekly)
             .field("keep_monthly", &self.keep_monthly)
             .field("restic", &self.restic)
+            .field("cache_dir", &self.cache_dir)
             .finish()
     }
 }

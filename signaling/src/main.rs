@@ -125,6 +125,12 @@ enum BackupCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Create the backup repository (once; backups never create one themselves, so a
+    /// repository that cannot be found is never replaced by a new one elsewhere).
+    Init {
+        #[command(flatten)]
+        location: Location,
+    },
     /// Back up now: the database's consistent snapshot, the configuration, TLS material, audit
     /// keys and local recordings' media, then the vault's keys (only what changed is uploaded).
     Create {
@@ -165,6 +171,37 @@ enum BackupCommand {
         #[command(flatten)]
         location: Location,
     },
+    /// Restore drill: restore a backup into a scratch directory (never the live one), start a
+    /// service on it on loopback and prove it: it answers, a clinician signs in, the audit chain
+    /// and checkpoints verify, every recording exports into a file ffprobe accepts, shredded
+    /// recordings stay shredded; then the recovery point. Exit 1 if anything does not hold.
+    Drill {
+        #[command(flatten)]
+        location: Location,
+        /// The backup's id, or `latest`.
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Make a backup first, and drill that one.
+        #[arg(long)]
+        backup_first: bool,
+        /// A JSON file `{"email","password","totp_secret"}` of a clinician account to sign in
+        /// with (a dedicated drill account).
+        #[arg(long)]
+        sign_in: Option<PathBuf>,
+        /// A clinician's recording key file: their zero-knowledge recordings are exported too
+        /// (otherwise every sealed chunk of them is authenticated).
+        #[arg(long, requires = "passphrase_file")]
+        key_file: Option<PathBuf>,
+        /// The file whose first line is the key file's passphrase.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// An empty PostgreSQL database to restore into, for installations on PostgreSQL.
+        #[arg(long)]
+        scratch_database_url: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where to find the configuration and data; shared by every subcommand.
@@ -183,6 +220,8 @@ impl Location {
         let mut config = Config::load(self.config.as_deref())?;
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
+            // What depends on the data directory is checked against this one.
+            config.validate()?;
         }
         Ok(config)
     }
@@ -458,6 +497,100 @@ async fn backup_command(command: BackupCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("wrote the backup key to {}", out.display());
             println!("keep a copy apart from the service: without it no backup opens");
+        }
+        BackupCommand::Init { location } => {
+            let (_, backups) = backups_of(&location)?;
+            backups.init().await?;
+            println!(
+                "backup repository ready at {}",
+                backups.restic().repository()
+            );
+        }
+        BackupCommand::Drill {
+            location,
+            snapshot,
+            backup_first,
+            sign_in,
+            key_file,
+            passphrase_file,
+            scratch_database_url,
+            json,
+        } => {
+            let (config, backups) = backups_of(&location)?;
+            let pool = db::open_configured(&config).await?;
+            let snapshot = if backup_first {
+                let created = backups.create(&pool).await?;
+                println!("backup {} made", created.data_snapshot);
+                Some(created.data_snapshot)
+            } else {
+                Some(snapshot)
+            };
+            let sign_in = match &sign_in {
+                Some(path) => Some(
+                    serde_json::from_str::<consult_signaling::backup::SignIn>(
+                        &std::fs::read_to_string(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "{}: expected {{\"email\",\"password\",\"totp_secret\"}}",
+                            path.display()
+                        )
+                    })?,
+                ),
+                None => None,
+            };
+            let clinician_key = match (&key_file, &passphrase_file) {
+                (Some(key), Some(passphrase)) => {
+                    Some(Arc::new(recording::cli::unlock_key_file(key, passphrase)?))
+                }
+                _ => None,
+            };
+            let report = backups
+                .drill(
+                    &pool,
+                    consult_signaling::backup::DrillOptions {
+                        snapshot,
+                        sign_in,
+                        clinician_key,
+                        scratch_database_url,
+                        ffprobe: "ffprobe".into(),
+                    },
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "drill of backup {} (taken {}): restored in {:.1} s, service ready in {:.1} s",
+                    &report.snapshot[..report.snapshot.len().min(8)],
+                    report.taken_at,
+                    report.restore_seconds,
+                    report.start_seconds
+                );
+                match report.signed_in {
+                    Some(true) => println!("  sign-in: yes"),
+                    Some(false) => println!("  sign-in: FAILED"),
+                    None => println!("  sign-in: not tried (--sign-in FILE)"),
+                }
+                println!(
+                    "  audit: {} entries and {} checkpoints verify",
+                    report.audit_entries, report.audit_checkpoints
+                );
+                for r in &report.recordings {
+                    println!("  recording {}: {} ({})", r.id, r.outcome, r.detail);
+                }
+                println!(
+                    "  recovery point: the backup is {:.0} s old; the live installation has {} audit entries and {} recordings more",
+                    report.recovery_point_seconds, report.audit_entries_since, report.recordings_since
+                );
+                for failure in &report.failures {
+                    println!("  FAILED: {failure}");
+                }
+            }
+            if !report.failures.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         BackupCommand::Create { location } => {
             let (config, backups) = backups_of(&location)?;

@@ -127,7 +127,11 @@ impl Backups {
             restic: self.restic.clone(),
             config: config.clone(),
         }
-        .restore(options.snapshot.as_deref(), false)
+        .restore_with(
+            options.snapshot.as_deref(),
+            false,
+            super::restore::ShreddedMedia::Leave,
+        )
         .await?;
         let restore_seconds = started.elapsed().as_secs_f64();
 
@@ -234,16 +238,18 @@ async fn prove(
         let code = crate::auth::totp::code_at(&account.totp_secret, now).map_err(|_| {
             BackupError::Database("the sign-in file's totp_secret is malformed".into())
         })?;
+        let body = json!({ "email": account.email, "password": account.password, "totp": code });
         let answer = client
             .post(format!("{}/api/v1/auth/login", running.url))
-            .json(&json!({ "email": account.email, "password": account.password, "totp": code }))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
             .send()
             .await;
         let signed_in = match answer {
-            Ok(r) if r.status().is_success() => r
-                .json::<serde_json::Value>()
-                .await
-                .is_ok_and(|body| body["status"] == "signed_in"),
+            Ok(r) if r.status().is_success() => r.bytes().await.is_ok_and(|bytes| {
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .is_ok_and(|body| body["status"] == "signed_in")
+            }),
             _ => false,
         };
         report.signed_in = Some(signed_in);

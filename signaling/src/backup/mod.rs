@@ -21,30 +21,29 @@
 //! restore never brings one back.
 
 mod drill;
+mod escrow;
+mod postgres;
 pub mod restic;
+mod restore;
 pub mod schedule;
 mod verify;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::{AnyPool, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::{Action, Actor, AuditLog};
 use crate::config::Config;
 use crate::db::{self, Backend};
 pub use drill::{DrillOptions, DrillReport, RecordingCheck, SignIn};
 pub use restic::{BackupSummary, Restic, Snapshot};
+pub use restore::{Restored, RESTORED_CONFIG};
 pub use verify::Verified;
 
 /// Every snapshot Consult writes carries this tag.
@@ -55,12 +54,6 @@ pub const DATA_TAG: &str = "consult-data";
 pub const KEYS_TAG: &str = "consult-keys";
 /// Inside the data directory while a backup runs: the database snapshot and manifest.
 const STAGING: &str = "backup-staging";
-/// Inside the data directory while a backup runs: the sealed keys.
-const KEYS_STAGING: &str = "backup-keys";
-/// The sealed keys' file.
-const ESCROW: &str = "escrow.json";
-/// Where a restore leaves the configuration file of the backup.
-pub const RESTORED_CONFIG: &str = "config-at-backup.toml";
 
 /// What can go wrong with a backup. Messages are for operators and name what to do.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +71,7 @@ pub enum BackupError {
     #[error("the backup key does not open this repository (wrong backup.key_file?)")]
     WrongKey,
     /// Nothing at the repository's location.
-    #[error("no backup repository at {repository} (consult backup create makes one)")]
+    #[error("no backup repository at {repository} (consult backup init makes one)")]
     NoRepository {
         /// Where it was looked for.
         repository: String,
@@ -210,27 +203,6 @@ pub struct RecordingState {
     pub state: String,
 }
 
-/// The vault's keys as a backup keeps them (sealed inside `escrow.json`).
-#[derive(Serialize, Deserialize)]
-struct Escrow {
-    installation: Uuid,
-    taken_at: String,
-    /// `keyring.json`, as is.
-    keyring: Value,
-    /// `keys/<id>.json`, as is, by recording id.
-    keys: BTreeMap<Uuid, Value>,
-}
-
-/// The sealed form on disk: a fresh key per backup, so every key snapshot is new bytes.
-#[derive(Serialize, Deserialize)]
-struct SealedEscrow {
-    format: u32,
-    installation: Uuid,
-    key: String,
-    nonce: String,
-    sealed: String,
-}
-
 /// The tag naming an installation.
 pub fn installation_tag(installation: Uuid) -> String {
     format!("installation-{installation}")
@@ -254,7 +226,7 @@ pub struct Backups {
 impl Backups {
     /// The backups `config` describes (`[backup]` set).
     pub fn new(config: &Config) -> Result<Self, BackupError> {
-        let restic = Restic::new(&config.backup, None)?;
+        let restic = Restic::new(&config.backup)?;
         Ok(Self {
             restic,
             config: config.clone(),
@@ -266,9 +238,19 @@ impl Backups {
         &self.restic
     }
 
+    /// Create the repository (the operator's step, once: a repository that cannot be found is
+    /// never replaced by a new one somewhere else).
+    pub async fn init(&self) -> Result<(), BackupError> {
+        if self.restic.exists().await? {
+            return Ok(());
+        }
+        self.restic.init().await
+    }
+
     /// Back up the installation whose database is `pool`: a data snapshot, then a key
-    /// snapshot, then every older key snapshot forgotten and pruned. The repository is created
-    /// on first use. A run that fails or is stopped half-way leaves the earlier backups whole.
+    /// snapshot, then every older key snapshot forgotten and pruned. A run that fails or is
+    /// stopped half-way leaves the earlier backups whole (a data snapshot whose keys could not
+    /// be saved is forgotten again).
     pub async fn create(&self, pool: &AnyPool) -> Result<Created, BackupError> {
         let started = Instant::now();
         let data_dir = &self.config.data_dir;
@@ -276,38 +258,28 @@ impl Backups {
         let _lock = lock_file(&data_dir.join("backup.lock"))?;
         let installation = db::installation_id(pool).await?;
         if !self.restic.exists().await? {
-            self.restic.init().await?;
-        } else {
-            self.restic.unlock_stale().await?;
+            return Err(BackupError::NoRepository {
+                repository: self.restic.repository(),
+            });
         }
+        self.restic.unlock_stale().await?;
         self.refuse_other_installations(installation).await?;
 
         let staging = data_dir.join(STAGING);
-        let keys_staging = data_dir.join(KEYS_STAGING);
         let _ = fs::remove_dir_all(&staging);
-        let _ = fs::remove_dir_all(&keys_staging);
-        fs::create_dir_all(&staging)?;
-        fs::create_dir_all(&keys_staging)?;
-        let result = async {
-            // The database first, then the keys: a recording shredded in between is in the
-            // database snapshot without a key, which a restore reads as shredded.
+        restore::create_private_dir(&staging)?;
+        let tags = |kind: &str| {
+            vec![
+                TAG.to_owned(),
+                kind.to_owned(),
+                installation_tag(installation),
+            ]
+        };
+        let made = async {
             let manifest = self.snapshot_database(pool, installation, &staging).await?;
             if let Some(file) = &self.config.source_file {
                 fs::copy(file, staging.join("config.toml"))?;
             }
-            seal_escrow(
-                &self.config.data_dir.join("vault"),
-                installation,
-                &keys_staging,
-            )?;
-
-            let tags = |kind: &str| {
-                vec![
-                    TAG.to_owned(),
-                    kind.to_owned(),
-                    installation_tag(installation),
-                ]
-            };
             let mut paths = vec![STAGING];
             for optional in ["keys", "tls"] {
                 if data_dir.join(optional).is_dir() {
@@ -321,27 +293,77 @@ impl Backups {
                 .restic
                 .backup(data_dir, &paths, &tags(DATA_TAG))
                 .await?;
-            let keys = self
-                .restic
-                .backup(data_dir, &[KEYS_STAGING], &tags(KEYS_TAG))
-                .await?;
-            let keys_forgotten = self
-                .forget_old_keys(installation, &keys.snapshot_id)
-                .await?;
-            Ok::<_, BackupError>(Created {
-                data_snapshot: data.snapshot_id,
-                keys_snapshot: keys.snapshot_id,
-                bytes_added: data.data_added + keys.data_added,
-                bytes_processed: data.total_bytes_processed + keys.total_bytes_processed,
-                duration: started.elapsed(),
-                keys_forgotten,
-                manifest,
-            })
+            Ok::<_, BackupError>((manifest, data))
         }
         .await;
         let _ = fs::remove_dir_all(&staging);
-        let _ = fs::remove_dir_all(&keys_staging);
-        result
+        let (manifest, data) = made?;
+
+        // The keys, read now (after the database: a recording shredded in between is in the
+        // data without a key, which a restore reads as shredded), sealed and handed to restic.
+        let keys = match self.save_keys(pool, installation, &tags(KEYS_TAG)).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                // Data without its keys is never left as the latest backup.
+                let _ = self.restic.forget(&[data.snapshot_id.clone()]).await;
+                return Err(e);
+            }
+        };
+        let keys_forgotten = self
+            .forget_old_keys(installation, &keys.snapshot_id)
+            .await?;
+        Ok(Created {
+            data_snapshot: data.snapshot_id,
+            keys_snapshot: keys.snapshot_id,
+            bytes_added: data.data_added + keys.data_added,
+            bytes_processed: data.total_bytes_processed + keys.total_bytes_processed,
+            duration: started.elapsed(),
+            keys_forgotten,
+            manifest,
+        })
+    }
+
+    /// Gather the vault's keys (carrying forward those of recordings the database does not
+    /// know from the current key snapshot), seal them and back them up.
+    async fn save_keys(
+        &self,
+        pool: &AnyPool,
+        installation: Uuid,
+        tags: &[String],
+    ) -> Result<BackupSummary, BackupError> {
+        let known: HashMap<Uuid, bool> = sqlx::query("SELECT id, state FROM recordings")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .filter_map(|row| {
+                let id: String = row.try_get("id").ok()?;
+                let state: String = row.try_get("state").ok()?;
+                Some((Uuid::parse_str(&id).ok()?, state == "shredded"))
+            })
+            .collect();
+        let tag = installation_tag(installation);
+        let previous = match self
+            .restic
+            .snapshots(&[KEYS_TAG, &tag])
+            .await?
+            .into_iter()
+            .last()
+        {
+            Some(keys) => Some(self.current_keys(&keys).await?),
+            None => None,
+        };
+        let scratch = Scratch::new("consult-backup-keys")?;
+        let vault_dir = self.config.data_dir.join("vault");
+        let sealed = tokio::task::spawn_blocking({
+            let scratch = scratch.path().to_path_buf();
+            move || {
+                let escrow = escrow::gather(&vault_dir, installation, &known, previous, &scratch)?;
+                escrow::seal(&escrow)
+            }
+        })
+        .await
+        .map_err(|e| BackupError::Io(std::io::Error::other(e)))??;
+        self.restic.backup_bytes(escrow::ESCROW, sealed, tags).await
     }
 
     /// Refuse a repository holding another installation's snapshots.
@@ -371,7 +393,8 @@ impl Backups {
             .collect();
         if !old.is_empty() {
             self.restic.forget(&old).await?;
-            self.restic.prune().await?;
+            // Their packs hold nothing else, so they go whole; nothing else is repacked.
+            self.restic.prune("unlimited").await?;
         }
         Ok(old.len())
     }
@@ -410,7 +433,7 @@ impl Backups {
             }
             Backend::Postgres => {
                 let url = self.config.database_url.as_deref().unwrap_or_default();
-                pg_tool(
+                postgres::tool(
                     "pg_dump",
                     url,
                     &[
@@ -419,6 +442,7 @@ impl Backups {
                         "--file",
                         &staging.join("database.pgdump").to_string_lossy(),
                     ],
+                    self.config.backup.timeout,
                 )
                 .await?;
                 "postgres"
@@ -465,314 +489,9 @@ impl Backups {
             .forget_by_policy(&[DATA_TAG, &tag], &self.config.backup)
             .await?;
         let after = self.restic.snapshots(&[DATA_TAG, &tag]).await?.len();
-        self.restic.prune().await?;
+        self.restic.prune("5%").await?;
         Ok(before.saturating_sub(after))
     }
-
-    /// Restore a data snapshot (`None`: the latest) with the current keys into the configured
-    /// data directory (and database). Refused where data is, unless `force`, and always where
-    /// another installation's data is or the service runs. Recordings whose keys are gone are
-    /// marked shredded and their media deleted, audited; the restore itself is audited.
-    pub async fn restore(
-        &self,
-        snapshot: Option<&str>,
-        force: bool,
-    ) -> Result<Restored, BackupError> {
-        let started = Instant::now();
-        let (data, keys, installation) = self.pick(snapshot).await?;
-        let target = self.config.data_dir.clone();
-        let occupied = target.is_dir() && fs::read_dir(&target)?.next().is_some();
-        if occupied {
-            if !force {
-                return Err(BackupError::NotEmpty(target.display().to_string()));
-            }
-            refuse_if_running(&target)?;
-            if target.join("consult.db").exists() && self.config.database_url.is_none() {
-                let existing = db::open(&target, None)
-                    .await
-                    .map_err(|e| BackupError::Database(e.to_string()))?;
-                let found = db::installation_id(&existing).await?;
-                existing.close().await;
-                if found != installation {
-                    return Err(BackupError::OtherInstallation {
-                        found: found.to_string(),
-                        ours: installation.to_string(),
-                    });
-                }
-            }
-        }
-        if let Some(url) = &self.config.database_url {
-            check_postgres_target(url, installation, force).await?;
-        }
-
-        let scratch = sibling(&target, "restoring");
-        let _ = fs::remove_dir_all(&scratch);
-        fs::create_dir_all(&scratch)?;
-        let result = self
-            .restore_into(&scratch, &data, &keys, installation)
-            .await;
-        let mut report = match result {
-            Ok(report) => report,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&scratch);
-                return Err(e);
-            }
-        };
-        if target.exists() {
-            let aside = sibling(
-                &target,
-                &format!(
-                    "before-restore-{}",
-                    OffsetDateTime::now_utc().unix_timestamp()
-                ),
-            );
-            fs::rename(&target, &aside)?;
-            report.moved_aside = Some(aside);
-        }
-        fs::rename(&scratch, &target)?;
-        report.duration = started.elapsed();
-        Ok(report)
-    }
-
-    /// The data snapshot `wanted` (or the latest), the current key snapshot, and the
-    /// installation they belong to.
-    async fn pick(&self, wanted: Option<&str>) -> Result<(Snapshot, Snapshot, Uuid), BackupError> {
-        let (data, keys) = self.list().await?;
-        let data = match wanted {
-            None | Some("latest") => data.into_iter().last(),
-            Some(id) => data.into_iter().find(|s| s.id.starts_with(id)),
-        }
-        .ok_or_else(|| BackupError::NoSuchBackup(wanted.unwrap_or("latest").to_owned()))?;
-        let installation = installation_of(&data).ok_or_else(|| BackupError::Corrupt {
-            detail: format!("snapshot {} names no installation", data.short_id()),
-        })?;
-        let keys = keys
-            .filter(|k| installation_of(k).as_deref() == Some(installation.as_str()))
-            .ok_or_else(|| BackupError::NoKeys(installation.clone()))?;
-        let installation = Uuid::parse_str(&installation).map_err(|_| BackupError::Corrupt {
-            detail: format!(
-                "snapshot {} names a malformed installation",
-                data.short_id()
-            ),
-        })?;
-        Ok((data, keys, installation))
-    }
-
-    /// Restore `data` and `keys` into the empty `scratch`, laid out as a data directory.
-    async fn restore_into(
-        &self,
-        scratch: &Path,
-        data: &Snapshot,
-        keys: &Snapshot,
-        installation: Uuid,
-    ) -> Result<Restored, BackupError> {
-        self.restic.restore(&data.id, scratch).await?;
-        let keys_dir = scratch.join(".keys-restore");
-        self.restic.restore(&keys.id, &keys_dir).await?;
-        let escrow = open_escrow(&keys_dir.join(KEYS_STAGING).join(ESCROW))?;
-        fs::remove_dir_all(&keys_dir)?;
-
-        let staging = scratch.join(STAGING);
-        let manifest: Manifest = serde_json::from_slice(&fs::read(staging.join("manifest.json"))?)
-            .map_err(|e| BackupError::Corrupt {
-                detail: format!("manifest: {e}"),
-            })?;
-        if manifest.installation != installation || escrow.installation != installation {
-            return Err(BackupError::Corrupt {
-                detail: "the snapshot's manifest, tags and keys name different installations"
-                    .into(),
-            });
-        }
-        match manifest.database.as_str() {
-            "sqlite" => {
-                if self.config.database_url.is_some() {
-                    return Err(BackupError::Database(
-                        "this backup is of a SQLite installation; unset database_url to restore it"
-                            .into(),
-                    ));
-                }
-                fs::rename(staging.join("database.sqlite"), scratch.join("consult.db"))?;
-            }
-            "postgres" => {
-                let Some(url) = &self.config.database_url else {
-                    return Err(BackupError::Database(
-                        "this backup is of a PostgreSQL installation; set database_url to the (empty) database to restore it into".into(),
-                    ));
-                };
-                pg_tool(
-                    "pg_restore",
-                    url,
-                    &[
-                        "--clean",
-                        "--if-exists",
-                        "--no-owner",
-                        "--single-transaction",
-                        &staging.join("database.pgdump").to_string_lossy(),
-                    ],
-                )
-                .await?;
-            }
-            other => {
-                return Err(BackupError::Corrupt {
-                    detail: format!("manifest: unknown database {other:?}"),
-                })
-            }
-        }
-        if staging.join("config.toml").exists() {
-            fs::rename(staging.join("config.toml"), scratch.join(RESTORED_CONFIG))?;
-        }
-        fs::remove_dir_all(&staging)?;
-
-        // The vault's keys: the keyring, and the wrapped key of every recording the restored
-        // database knows and the current keys still hold.
-        let vault_dir = scratch.join("vault");
-        fs::create_dir_all(vault_dir.join("keys"))?;
-        // No keyring: the vault was never opened (it makes one when it is).
-        if !escrow.keyring.is_null() {
-            write_json_private(&vault_dir.join("keyring.json"), &escrow.keyring)?;
-        }
-        let mut restored_config = self.config.clone();
-        restored_config.data_dir = scratch.to_path_buf();
-        let pool = db::open(scratch, self.config.database_url.as_deref())
-            .await
-            .map_err(|e| BackupError::Database(e.to_string()))?;
-        let outcome = async {
-            let found = db::installation_id(&pool).await?;
-            if found != installation {
-                return Err(BackupError::Corrupt {
-                    detail: format!("the database in the snapshot belongs to installation {found}"),
-                });
-            }
-            let rows = sqlx::query("SELECT id, state, consultation_id FROM recordings")
-                .fetch_all(&pool)
-                .await?;
-            let mut gone = Vec::new();
-            let mut recordings = 0;
-            for row in rows {
-                let id: String = row.try_get("id")?;
-                let state: String = row.try_get("state")?;
-                let consultation: String = row.try_get("consultation_id")?;
-                let (Ok(id), Ok(consultation)) =
-                    (Uuid::parse_str(&id), Uuid::parse_str(&consultation))
-                else {
-                    continue;
-                };
-                match escrow.keys.get(&id) {
-                    Some(key) => {
-                        write_json_private(
-                            &vault_dir.join("keys").join(format!("{id}.json")),
-                            key,
-                        )?;
-                        recordings += 1;
-                    }
-                    None if state != "shredded" => gone.push((id, consultation)),
-                    None => {}
-                }
-            }
-            let shredded = self
-                .shred_keyless(&pool, &restored_config, &gone, data)
-                .await?;
-            let audit = AuditLog::new(pool.clone());
-            audit
-                .record(
-                    OffsetDateTime::now_utc(),
-                    &Actor::Operator,
-                    Action::BackupRestored,
-                    None,
-                    json!({
-                        "snapshot": data.id,
-                        "taken_at": manifest.taken_at,
-                        "keys_snapshot": keys.id,
-                        "recordings": recordings,
-                        "shredded_since": shredded,
-                    }),
-                )
-                .await
-                .map_err(|e| BackupError::Database(format!("{e:#}")))?;
-            Ok(Restored {
-                snapshot: data.id.clone(),
-                taken_at: manifest.taken_at.clone(),
-                manifest: manifest.clone(),
-                recordings,
-                shredded_since: shredded,
-                moved_aside: None,
-                duration: Duration::ZERO,
-            })
-        }
-        .await;
-        pool.close().await;
-        outcome
-    }
-
-    /// Mark shredded, audited, the restored recordings whose keys are gone (shredded after
-    /// the snapshot), and delete their media.
-    async fn shred_keyless(
-        &self,
-        pool: &AnyPool,
-        restored: &Config,
-        gone: &[(Uuid, Uuid)],
-        data: &Snapshot,
-    ) -> Result<usize, BackupError> {
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        let vault = crate::recording::open_vault(restored)
-            .await
-            .map_err(|e| BackupError::Database(format!("the restored vault: {e:#}")))?;
-        let audit = AuditLog::new(pool.clone());
-        for (id, consultation) in gone {
-            vault.shred(*id).map_err(|e| {
-                BackupError::Io(std::io::Error::other(format!("recording {id}: {e}")))
-            })?;
-            let mut tx = audit
-                .begin()
-                .await
-                .map_err(|e| BackupError::Database(format!("{e:#}")))?;
-            let now = OffsetDateTime::now_utc();
-            crate::recording::rows::set_shredded(tx.connection(), *id, now)
-                .await
-                .map_err(|e| BackupError::Database(format!("{e:#}")))?;
-            tx.record(
-                now,
-                &Actor::Operator,
-                Action::RecordingShredded,
-                Some(*consultation),
-                json!({
-                    "recording_id": id,
-                    "detail": {
-                        "reason": "restore",
-                        "why": "its key was destroyed after the backup was taken",
-                        "snapshot": data.id,
-                    },
-                }),
-            )
-            .await
-            .map_err(|e| BackupError::Database(format!("{e:#}")))?;
-            tx.commit()
-                .await
-                .map_err(|e| BackupError::Database(format!("{e:#}")))?;
-        }
-        Ok(gone.len())
-    }
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Restored {
-    /// The data snapshot restored.
-    pub snapshot: String,
-    /// When it was taken.
-    pub taken_at: String,
-    /// Its manifest.
-    pub manifest: Manifest,
-    /// Recordings restored with their keys.
-    pub recordings: usize,
-    /// Recordings in the snapshot whose keys were destroyed since: marked shredded.
-    pub shredded_since: usize,
-    /// Where the data that was in the target went (`--force`).
-    pub moved_aside: Option<PathBuf>,
-    /// How long it took.
-    pub duration: Duration,
 }
 
 /// `<dir>.<suffix>` beside `dir`.
@@ -782,20 +501,6 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "consult-data".into());
     dir.with_file_name(format!("{name}.{suffix}"))
-}
-
-/// Refuse while a service (or anything holding the vault) runs on `data_dir`.
-fn refuse_if_running(data_dir: &Path) -> Result<(), BackupError> {
-    let lock = data_dir.join("vault/.lock");
-    if !lock.exists() {
-        return Ok(());
-    }
-    let file = fs::OpenOptions::new().read(true).write(true).open(&lock)?;
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(fs::TryLockError::WouldBlock) => Err(BackupError::InUse(data_dir.to_path_buf())),
-        Err(fs::TryLockError::Error(e)) => Err(e.into()),
-    }
 }
 
 /// An exclusive lock on `path` held while the returned file lives.
@@ -815,124 +520,6 @@ fn lock_file(path: &Path) -> Result<fs::File, BackupError> {
     }
 }
 
-/// Copy the vault's keyring and wrapped keys, sealed under a fresh key, into `out/escrow.json`.
-/// Holds the vault's shared lock meanwhile, so no key rotation is half-way through.
-fn seal_escrow(vault_dir: &Path, installation: Uuid, out: &Path) -> Result<(), BackupError> {
-    fs::create_dir_all(vault_dir.join("keys"))?;
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(vault_dir.join(".lock"))?;
-    match lock.try_lock_shared() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            return Err(BackupError::Busy {
-                detail: "the vault's keys are being rotated".into(),
-            })
-        }
-        Err(fs::TryLockError::Error(e)) => return Err(e.into()),
-    }
-    let keyring = match fs::read(vault_dir.join("keyring.json")) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| BackupError::Corrupt {
-            detail: format!("the vault's keyring.json: {e}"),
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
-        Err(e) => return Err(e.into()),
-    };
-    let mut keys = BTreeMap::new();
-    for entry in fs::read_dir(vault_dir.join("keys"))? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".json"))
-            .and_then(|n| Uuid::parse_str(n).ok())
-        else {
-            continue;
-        };
-        match fs::read(entry.path()) {
-            Ok(bytes) => {
-                let key = serde_json::from_slice(&bytes).map_err(|e| BackupError::Corrupt {
-                    detail: format!("the vault's key of recording {id}: {e}"),
-                })?;
-                keys.insert(id, key);
-            }
-            // Shredded while we listed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    drop(lock);
-    let escrow = Escrow {
-        installation,
-        taken_at: rfc3339(OffsetDateTime::now_utc()),
-        keyring,
-        keys,
-    };
-    let mut plain =
-        serde_json::to_vec(&escrow).map_err(|e| BackupError::Database(e.to_string()))?;
-    let rng = SystemRandom::new();
-    let mut key = [0u8; 32];
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill(&mut key)
-        .and_then(|()| rng.fill(&mut nonce))
-        .map_err(|_| std::io::Error::other("no randomness"))?;
-    let sealing = LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, &key).map_err(|_| std::io::Error::other("AES key"))?,
-    );
-    sealing
-        .seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(installation.as_bytes()),
-            &mut plain,
-        )
-        .map_err(|_| std::io::Error::other("sealing the keys"))?;
-    let sealed = SealedEscrow {
-        format: 1,
-        installation,
-        key: BASE64.encode(key),
-        nonce: BASE64.encode(nonce),
-        sealed: BASE64.encode(&plain),
-    };
-    key.fill(0);
-    let text = serde_json::to_vec(&sealed).map_err(|e| BackupError::Database(e.to_string()))?;
-    crate::server::write_private(&out.join(ESCROW), &text)?;
-    Ok(())
-}
-
-/// Open a key snapshot's `escrow.json`.
-fn open_escrow(path: &Path) -> Result<Escrow, BackupError> {
-    let corrupt = |detail: &str| BackupError::Corrupt {
-        detail: format!("the key snapshot: {detail}"),
-    };
-    let sealed: SealedEscrow = serde_json::from_slice(&fs::read(path)?)
-        .map_err(|_| corrupt("escrow.json is malformed"))?;
-    let key = BASE64
-        .decode(&sealed.key)
-        .map_err(|_| corrupt("malformed key"))?;
-    let nonce: [u8; NONCE_LEN] = BASE64
-        .decode(&sealed.nonce)
-        .ok()
-        .and_then(|n| n.try_into().ok())
-        .ok_or_else(|| corrupt("malformed nonce"))?;
-    let mut data = BASE64
-        .decode(&sealed.sealed)
-        .map_err(|_| corrupt("malformed data"))?;
-    let opening = LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, &key).map_err(|_| corrupt("malformed key"))?,
-    );
-    let plain = opening
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(sealed.installation.as_bytes()),
-            &mut data,
-        )
-        .map_err(|_| corrupt("does not authenticate"))?;
-    serde_json::from_slice(plain).map_err(|_| corrupt("malformed content"))
-}
-
 fn write_json_private(path: &Path, value: &Value) -> Result<(), BackupError> {
     let text =
         serde_json::to_vec_pretty(value).map_err(|e| BackupError::Database(e.to_string()))?;
@@ -945,137 +532,13 @@ fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// Refuse a PostgreSQL database holding another installation, or (unless `force`) any data.
-async fn check_postgres_target(
-    url: &str,
-    installation: Uuid,
-    force: bool,
-) -> Result<(), BackupError> {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await?;
-    let outcome = async {
-        let has_table = sqlx::query(
-            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name = 'installation'",
-        )
-        .fetch_one(&pool)
-        .await?
-        .try_get::<i64, _>("n")?
-            > 0;
-        if has_table
-            && let Some(row) = sqlx::query("SELECT id FROM installation")
-                .fetch_optional(&pool)
-                .await?
-        {
-            let found: String = row.try_get("id")?;
-            if found != installation.to_string() {
-                return Err(BackupError::OtherInstallation {
-                    found,
-                    ours: installation.to_string(),
-                });
-            }
-        }
-        let tables = sqlx::query(
-            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = 'public'",
-        )
-        .fetch_one(&pool)
-        .await?
-        .try_get::<i64, _>("n")?;
-        if tables > 0 && !force {
-            return Err(BackupError::NotEmpty("the PostgreSQL database".into()));
-        }
-        Ok(())
-    }
-    .await;
-    pool.close().await;
-    outcome
-}
-
-/// Run `pg_dump` or `pg_restore` against `url`, the password passed in the environment (never
-/// on the command line, where other users could see it).
-async fn pg_tool(program: &str, url: &str, args: &[&str]) -> Result<(), BackupError> {
-    let parsed = url::Url::parse(url)
-        .map_err(|_| BackupError::Database("database_url is malformed".into()))?;
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(host) = parsed.host_str() {
-        command.env("PGHOST", host.trim_start_matches('[').trim_end_matches(']'));
-    }
-    if let Some(port) = parsed.port() {
-        command.env("PGPORT", port.to_string());
-    }
-    if !parsed.username().is_empty() {
-        command.env("PGUSER", percent_decode(parsed.username()));
-    }
-    if let Some(password) = parsed.password() {
-        command.env("PGPASSWORD", percent_decode(password));
-    }
-    let database = parsed.path().trim_start_matches('/');
-    if !database.is_empty() {
-        command.env("PGDATABASE", percent_decode(database));
-        if program == "pg_restore" {
-            command.arg("--dbname").arg(percent_decode(database));
-        }
-    }
-    for (key, value) in parsed.query_pairs() {
-        if key == "sslmode" {
-            command.env("PGSSLMODE", value.as_ref());
-        }
-    }
-    let output = command.output().await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            BackupError::Database(format!(
-                "{program} is not installed (Debian: apt-get install postgresql-client)"
-            ))
-        } else {
-            BackupError::Io(e)
-        }
-    })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let detail: Vec<&str> = stderr.lines().rev().take(3).collect();
-    Err(BackupError::Database(format!(
-        "{program}: {}",
-        detail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-    )))
-}
-
-/// Check that a `pg_dump` archive reads whole (`pg_restore --list`).
-async fn pg_list(archive: &Path) -> Result<(), BackupError> {
-    let output = tokio::process::Command::new("pg_restore")
-        .arg("--list")
-        .arg(archive)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(BackupError::Corrupt {
-            detail: format!(
-                "the PostgreSQL dump: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        })
-    }
-}
-
 /// A directory under the system's temporary directory, removed when dropped.
 struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(prefix: &str) -> std::io::Result<Self> {
         let path = std::env::temp_dir().join(format!("{prefix}-{}", Uuid::new_v4()));
-        fs::create_dir_all(&path)?;
+        restore::create_private_dir(&path)?;
         Ok(Self(path))
     }
 
@@ -1090,53 +553,9 @@ impl Drop for Scratch {
     }
 }
 
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sealed_keys_open_and_refuse_tampering() {
-        let dir = tempfile::tempdir().unwrap();
-        let vault = dir.path().join("vault");
-        fs::create_dir_all(vault.join("keys")).unwrap();
-        fs::write(vault.join("keyring.json"), br#"{"versions":[]}"#).unwrap();
-        let id = Uuid::new_v4();
-        fs::write(vault.join("keys").join(format!("{id}.json")), br#"{"k":1}"#).unwrap();
-        let installation = Uuid::new_v4();
-        let out = dir.path().join("out");
-        fs::create_dir_all(&out).unwrap();
-        seal_escrow(&vault, installation, &out).unwrap();
-        let first = fs::read(out.join(ESCROW)).unwrap();
-        let escrow = open_escrow(&out.join(ESCROW)).unwrap();
-        assert_eq!(escrow.installation, installation);
-        assert_eq!(escrow.keys.get(&id), Some(&json!({"k": 1})));
-
-        // The same keys sealed again are other bytes through and through.
-        seal_escrow(&vault, installation, &out).unwrap();
-        let second = fs::read(out.join(ESCROW)).unwrap();
-        assert_ne!(first, second);
-
-        // A flipped byte, or another installation's name, is refused.
-        let mut sealed: SealedEscrow = serde_json::from_slice(&second).unwrap();
-        sealed.installation = Uuid::new_v4();
-        fs::write(out.join(ESCROW), serde_json::to_vec(&sealed).unwrap()).unwrap();
-        assert!(matches!(
-            open_escrow(&out.join(ESCROW)),
-            Err(BackupError::Corrupt { .. })
-        ));
-    }
-
-    #[test]
-    fn database_passwords_are_decoded_for_the_environment() {
-        assert_eq!(percent_decode("p%40ss%2Fword"), "p@ss/word");
-        assert_eq!(percent_decode("plain+"), "plain+");
-    }
 
     #[test]
     fn a_restore_goes_beside_the_target() {

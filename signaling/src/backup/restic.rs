@@ -29,7 +29,7 @@ pub struct Restic {
 impl std::fmt::Debug for Restic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Restic")
-            .field("repository", &self.repository)
+            .field("repository", &self.repository())
             .finish_non_exhaustive()
     }
 }
@@ -85,9 +85,9 @@ pub struct BackupSummary {
 }
 
 impl Restic {
-    /// The repository of `config` (`repository` and `key_file` set). `cache_dir` holds
-    /// restic's local cache of indexes and trees (never file contents); `None`: no cache.
-    pub fn new(config: &BackupConfig, cache_dir: Option<PathBuf>) -> Result<Self, BackupError> {
+    /// The repository of `config` (`repository` and `key_file` set). Relative paths are made
+    /// absolute here, so every restic run means the same files whatever its working directory.
+    pub fn new(config: &BackupConfig) -> Result<Self, BackupError> {
         let (Some(repository), Some(key_file)) = (&config.repository, &config.key_file) else {
             return Err(BackupError::NotConfigured);
         };
@@ -95,20 +95,33 @@ impl Restic {
             (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
             _ => None,
         };
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        // A local repository is a path unless it names a backend (`s3:`, `sftp:`, `rest:`…).
+        let repository = match repository.split_once(':') {
+            Some((backend, _)) if backend.len() > 1 && !backend.contains('/') => repository.clone(),
+            _ => absolute(Path::new(repository))
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let program = if config.restic.components().count() > 1 {
+            absolute(&config.restic)
+        } else {
+            config.restic.clone()
+        };
         Ok(Self {
-            program: config.restic.clone(),
-            repository: repository.clone(),
-            key_file: key_file.clone(),
+            program,
+            repository,
+            key_file: absolute(key_file),
             region: config.s3_region.clone(),
             credentials,
-            cache_dir,
+            cache_dir: config.cache_dir.as_deref().map(absolute),
             timeout: config.timeout,
         })
     }
 
-    /// Where the repository is (never holds a secret: S3 credentials come from elsewhere).
-    pub fn repository(&self) -> &str {
-        &self.repository
+    /// Where the repository is, for people: any user and password in it left out.
+    pub fn repository(&self) -> String {
+        redact(&self.repository)
     }
 
     /// Whether a repository exists at the location (and opens with the backup key).
@@ -120,7 +133,8 @@ impl Restic {
         }
     }
 
-    /// Create the repository.
+    /// Create the repository (only ever asked for by the operator: a repository that cannot be
+    /// found is never replaced by a new one somewhere else).
     pub async fn init(&self) -> Result<(), BackupError> {
         self.run(None, &["init"]).await.map(drop)
     }
@@ -144,27 +158,80 @@ impl Restic {
         }
         args.push("--");
         args.extend_from_slice(paths);
-        let out = self.run(Some(dir), &args).await?;
-        out.lines()
-            .rev()
-            .find_map(|line| {
-                #[derive(Deserialize)]
-                struct Message {
-                    message_type: String,
-                    #[serde(flatten)]
-                    summary: BackupSummary,
-                }
-                serde_json::from_str::<Message>(line)
-                    .ok()
-                    .filter(|m| m.message_type == "summary")
-                    .map(|m| m.summary)
-            })
-            .ok_or_else(|| BackupError::Engine {
-                command: "backup".into(),
-                detail: "no summary in restic's output".into(),
-            })
+        // Exit 3: the snapshot was made, but some files vanished while read (a recording
+        // shredded meanwhile) — what a live directory does; the summary says what was saved.
+        let out = self
+            .exec(Some(dir), &args, None, &[0, 3], Some(self.timeout))
+            .await?;
+        parse_summary(&out)
     }
 
+    /// Back up `bytes` as the one file `name` of a snapshot tagged `tags` (the bytes never
+    /// touch a disk on this side).
+    pub async fn backup_bytes(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        tags: &[String],
+    ) -> Result<BackupSummary, BackupError> {
+        let mut args: Vec<&str> = vec![
+            "backup",
+            "--json",
+            "--quiet",
+            "--host",
+            "consult",
+            "--stdin",
+            "--stdin-filename",
+            name,
+        ];
+        for tag in tags {
+            args.push("--tag");
+            args.push(tag);
+        }
+        let out = self
+            .exec(None, &args, Some(bytes), &[0], Some(self.timeout))
+            .await?;
+        parse_summary(&out)
+    }
+
+    /// The content of file `path` in snapshot `id`, authenticated as it is read.
+    pub async fn dump(&self, id: &str, path: &str) -> Result<Vec<u8>, BackupError> {
+        self.exec(None, &["dump", "--no-lock", id, path], None, &[0], None)
+            .await
+            .map(String::into_bytes)
+    }
+}
+
+fn parse_summary(out: &str) -> Result<BackupSummary, BackupError> {
+    let summary = out
+        .lines()
+        .rev()
+        .find_map(|line| {
+            #[derive(Deserialize)]
+            struct Message {
+                message_type: String,
+                #[serde(flatten)]
+                summary: BackupSummary,
+            }
+            serde_json::from_str::<Message>(line)
+                .ok()
+                .filter(|m| m.message_type == "summary")
+                .map(|m| m.summary)
+        })
+        .ok_or_else(|| BackupError::Engine {
+            command: "backup".into(),
+            detail: "no summary in restic's output".into(),
+        })?;
+    if summary.snapshot_id.is_empty() {
+        return Err(BackupError::Engine {
+            command: "backup".into(),
+            detail: "restic named no snapshot".into(),
+        });
+    }
+    Ok(summary)
+}
+
+impl Restic {
     /// Snapshots having every tag of `tags`, oldest first.
     pub async fn snapshots(&self, tags: &[&str]) -> Result<Vec<Snapshot>, BackupError> {
         let filter = tags.join(",");
@@ -225,9 +292,12 @@ impl Restic {
     }
 
     /// Delete what no snapshot refers to any more: every pack file none of whose blobs is
-    /// used is removed from the repository.
-    pub async fn prune(&self) -> Result<(), BackupError> {
-        self.run(None, &["prune", "--quiet"]).await.map(drop)
+    /// used is removed from the repository (always, whatever `max_unused`); packs partly used
+    /// are repacked only past `max_unused` of the repository (`unlimited`: never).
+    pub async fn prune(&self, max_unused: &str) -> Result<(), BackupError> {
+        self.run(None, &["prune", "--quiet", "--max-unused", max_unused])
+            .await
+            .map(drop)
     }
 
     /// Check the repository's structure; with `read_data`, also read and authenticate every
@@ -237,27 +307,53 @@ impl Restic {
         if read_data {
             args.push("--read-data");
         }
-        self.run(None, &args).await.map(drop)
+        // Reading a large repository takes what it takes: no time limit.
+        self.exec(None, &args, None, &[0], None).await.map(drop)
     }
 
     /// Restore snapshot `id` into `target` (every blob authenticated as it is read).
     pub async fn restore(&self, id: &str, target: &Path) -> Result<(), BackupError> {
         let target = target.to_string_lossy();
-        self.run(None, &["restore", "--no-lock", id, "--target", &target])
-            .await
-            .map(drop)
+        self.exec(
+            None,
+            &["restore", "--no-lock", id, "--target", &target],
+            None,
+            &[0],
+            None,
+        )
+        .await
+        .map(drop)
     }
 
-    /// Run restic with `args`; its standard output, or the failure it reported.
+    /// Run restic with `args` within `backup.timeout`; its standard output, or the failure it
+    /// reported.
     async fn run(&self, dir: Option<&Path>, args: &[&str]) -> Result<String, BackupError> {
+        self.exec(dir, args, None, &[0], Some(self.timeout)).await
+    }
+
+    /// Run restic with `args` in `dir`, `stdin` written to it, exit codes `ok` taken as
+    /// success, stopped after `limit`.
+    async fn exec(
+        &self,
+        dir: Option<&Path>,
+        args: &[&str],
+        stdin: Option<Vec<u8>>,
+        ok: &[i32],
+        limit: Option<Duration>,
+    ) -> Result<String, BackupError> {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(args)
             .env_remove("RESTIC_PASSWORD")
             .env_remove("RESTIC_PASSWORD_COMMAND")
+            .env_remove("RESTIC_REPOSITORY_FILE")
             .env("RESTIC_REPOSITORY", &self.repository)
             .env("RESTIC_PASSWORD_FILE", &self.key_file)
-            .stdin(Stdio::null())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -286,6 +382,14 @@ impl Restic {
                 BackupError::Io(e)
             }
         })?;
+        if let (Some(bytes), Some(mut input)) = (stdin, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt as _;
+            // Written beside the reading below, so a large input never deadlocks on a full pipe.
+            tokio::spawn(async move {
+                let _ = input.write_all(&bytes).await;
+                let _ = input.shutdown().await;
+            });
+        }
         let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
         // Declared out here so that what restic said before a timeout is still here after it.
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -305,7 +409,8 @@ impl Restic {
             tokio::try_join!(read_out, read_err)?;
             child.wait().await
         };
-        let status = match tokio::time::timeout(self.timeout, collect).await {
+        let limit = limit.unwrap_or(Duration::MAX);
+        let status = match tokio::time::timeout(limit, collect).await {
             Ok(done) => done?,
             Err(_) => {
                 // Killed now (and reaped by tokio): nothing it half-wrote is used. restic
@@ -321,12 +426,12 @@ impl Restic {
                 });
             }
         };
-        if status.success() {
+        if status.code().is_some_and(|code| ok.contains(&code)) {
             return Ok(String::from_utf8_lossy(&out).into_owned());
         }
         Err(classify(
             &name,
-            &self.repository,
+            &self.repository(),
             &String::from_utf8_lossy(&err),
         ))
     }
@@ -339,6 +444,14 @@ fn classify(command: &str, repository: &str, stderr: &str) -> BackupError {
     let detail = last_lines(stderr);
     if has("wrong password") {
         BackupError::WrongKey
+    } else if has("connection refused")
+        || has("no such host")
+        || has("i/o timeout")
+        || has("no route to host")
+        || has("connection reset")
+        || has("network is unreachable")
+    {
+        BackupError::Unreachable { detail }
     } else if has("is there a repository at the following location")
         || has("unable to open config file")
     {
@@ -352,19 +465,8 @@ fn classify(command: &str, repository: &str, stderr: &str) -> BackupError {
         || has("checksum")
     {
         BackupError::Corrupt { detail }
-    } else if has("no space left")
-        || has("quota is reached")
-        || has("quotaexceeded")
-        || has("entity too large")
-    {
+    } else if has("no space left") || has("quota is reached") || has("quotaexceeded") {
         BackupError::TargetFull { detail }
-    } else if has("connection refused")
-        || has("no such host")
-        || has("i/o timeout")
-        || has("no route to host")
-        || has("connection reset")
-    {
-        BackupError::Unreachable { detail }
     } else if has("repository is already locked") {
         BackupError::Busy { detail }
     } else {
@@ -372,6 +474,17 @@ fn classify(command: &str, repository: &str, stderr: &str) -> BackupError {
             command: command.to_owned(),
             detail,
         }
+    }
+}
+
+/// `repository` without the user and password a URL form may carry.
+fn redact(repository: &str) -> String {
+    match repository.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) if !host.is_empty() => format!("{scheme}://***@{host}"),
+            _ => repository.to_owned(),
+        },
+        None => repository.to_owned(),
     }
 }
 
@@ -384,6 +497,19 @@ fn last_lines(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repository_is_shown_without_its_password() {
+        assert_eq!(
+            redact("rest:https://user:secret@backup.example/consult"),
+            "rest:https://***@backup.example/consult"
+        );
+        assert_eq!(redact("/mnt/offsite/consult"), "/mnt/offsite/consult");
+        assert_eq!(
+            redact("s3:https://s3.example/bucket/consult"),
+            "s3:https://s3.example/bucket/consult"
+        );
+    }
 
     #[test]
     fn failures_are_named_from_what_restic_says() {

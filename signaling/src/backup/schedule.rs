@@ -14,6 +14,8 @@ use crate::state::AppState;
 
 /// The shortest pause between two runs, however often shredding asks for one.
 const MIN_PAUSE: Duration = Duration::from_secs(1);
+/// After a failed run, the next comes this soon (or at the interval, if sooner).
+const RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Start the schedule if the configuration has one.
 pub fn spawn(state: AppState) {
@@ -30,10 +32,14 @@ pub fn spawn(state: AppState) {
         .set(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX));
     tokio::spawn(async move {
         loop {
-            run_once(&state).await;
+            let wait = if run_once(&state).await {
+                interval
+            } else {
+                interval.min(RETRY_AFTER)
+            };
             tokio::select! {
                 _ = state.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = state.backup_soon.notified() => {}
             }
             tokio::select! {
@@ -44,13 +50,13 @@ pub fn spawn(state: AppState) {
     });
 }
 
-/// One scheduled backup and prune; never fails (it reports).
-pub async fn run_once(state: &AppState) {
+/// One scheduled backup and prune; whether the backup succeeded (failures are reported).
+pub async fn run_once(state: &AppState) -> bool {
     let backups = match Backups::new(&state.config) {
         Ok(backups) => backups,
         Err(e) => {
             tracing::warn!(error = %e, "backups are configured but cannot run");
-            return;
+            return false;
         }
     };
     match backups.create(&state.pool).await {
@@ -91,6 +97,7 @@ pub async fn run_once(state: &AppState) {
             if let Err(e) = backups.prune(installation).await {
                 tracing::warn!(error = %e, "backup retention could not be applied");
             }
+            true
         }
         Err(e) => {
             state
@@ -100,6 +107,7 @@ pub async fn run_once(state: &AppState) {
                 .with_label_values(&[reason(&e)])
                 .inc();
             tracing::error!(error = %e, "backup failed");
+            false
         }
     }
 }

@@ -7,9 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{
-    open_escrow, write_json_private, BackupError, Backups, Manifest, ESCROW, KEYS_STAGING, STAGING,
-};
+use super::{postgres, write_json_private, BackupError, Backups, Manifest, STAGING};
 use crate::db;
 
 /// What a verification found: every count is of things that were read and authenticated.
@@ -45,10 +43,8 @@ impl Backups {
         let (data, keys, installation) = self.pick(None).await?;
         let scratch = super::Scratch::new("consult-backup-verify")?;
         let root = scratch.path();
+        let escrow = self.current_keys(&keys).await?;
         self.restic.restore(&data.id, root).await?;
-        let keys_dir = root.join(".keys-restore");
-        self.restic.restore(&keys.id, &keys_dir).await?;
-        let escrow = open_escrow(&keys_dir.join(KEYS_STAGING).join(ESCROW))?;
         let staging = root.join(STAGING);
         let manifest: Manifest = serde_json::from_slice(&fs::read(staging.join("manifest.json"))?)
             .map_err(|e| BackupError::Corrupt {
@@ -68,7 +64,7 @@ impl Backups {
                 (Some(entries), Some(checkpoints))
             }
             _ => {
-                super::pg_list(&staging.join("database.pgdump")).await?;
+                postgres::list(&staging.join("database.pgdump")).await?;
                 (None, None)
             }
         };

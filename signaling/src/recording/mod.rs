@@ -521,7 +521,11 @@ pub fn spawn_retention_job(state: AppState, interval: std::time::Duration) {
             tick.tick().await;
             match shred_expired(&state).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(shredded = n, "retention: shredded recordings"),
+                Ok(n) => {
+                    tracing::info!(shredded = n, "retention: shredded recordings");
+                    // Their keys leave the backups at the next backup: now.
+                    state.backup_soon.notify_one();
+                }
                 Err(e) => tracing::error!(error = format!("{e:#}"), "retention job failed"),
             }
         }

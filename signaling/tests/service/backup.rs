@@ -77,6 +77,15 @@ async fn a_restore_brings_everything_back_but_what_was_shredded_since() {
     let (consultation, _) = doctor.create_consultation().await;
     let (kept, _) = synthetic_recording(&svc, consultation.id).await;
     let (shredded, _) = synthetic_recording(&svc, consultation.id).await;
+    let media_of = |id: uuid::Uuid| {
+        svc.state()
+            .recordings
+            .vault
+            .media_size(id)
+            .unwrap()
+            .unwrap()
+    };
+    let media = media_of(kept) + media_of(shredded);
     let exported_before = doctor
         .bearer(Method::GET, &format!("/api/v1/recordings/{kept}/export"))
         .send()
@@ -88,19 +97,9 @@ async fn a_restore_brings_everything_back_but_what_was_shredded_since() {
     let config = svc.state().config.clone();
     let backups = Backups::new(&config).unwrap();
     let pool = svc.state().pool.clone();
+    backups.init().await.unwrap();
 
     let first = backups.create(&pool).await.unwrap();
-    let media: u64 = [kept, shredded]
-        .iter()
-        .map(|id| {
-            svc.state()
-                .recordings
-                .vault
-                .media_size(*id)
-                .unwrap()
-                .unwrap()
-        })
-        .sum();
     assert!(
         first.bytes_added >= media,
         "the first backup uploads the media: {} < {media}",
@@ -114,14 +113,17 @@ async fn a_restore_brings_everything_back_but_what_was_shredded_since() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // A recording made after the first backup.
+    let (later, _) = synthetic_recording(&svc, consultation.id).await;
     let second = backups.create(&pool).await.unwrap();
     assert_eq!(
         second.keys_forgotten, 1,
         "the first backup's keys are forgotten"
     );
+    let added = media_of(later);
     assert!(
-        second.bytes_added < media / 20,
-        "incremental: {} bytes uploaded the second time, {media} of media",
+        second.bytes_added < added + media / 20,
+        "incremental: {} bytes uploaded the second time, for {added} bytes of new media ({media} before)",
         second.bytes_added
     );
     let (data, keys) = backups.list().await.unwrap();
@@ -135,7 +137,7 @@ async fn a_restore_brings_everything_back_but_what_was_shredded_since() {
         .await
         .is_err());
     let verified = backups.verify(true).await.unwrap();
-    assert_eq!(verified.recordings_opened, 1);
+    assert_eq!(verified.recordings_opened, 2, "kept and later");
     assert!(verified.audit_entries.is_none_or(|n| n > 5));
 
     // The site burns down.
@@ -162,9 +164,11 @@ async fn a_restore_brings_everything_back_but_what_was_shredded_since() {
     );
 
     let url = restore.database_url.clone();
+    let backup = site.config();
     let again = TestService::start_with(move |c| {
         c.data_dir = restored_dir;
         c.database_url = url;
+        c.backup = backup;
     })
     .await;
     // Sign in with the password and a fresh second-factor code.
@@ -217,6 +221,25 @@ async fn a_restore_brings_everything_back_but_what_was_shredded_since() {
     assert_eq!(shred.detail["detail"]["reason"], "restore");
     assert_eq!(shred.detail["recording_id"], shredded.to_string());
     again.audited("backup_restored", Some("operator")).await;
+
+    // Restored to the first backup, the installation backs up again: the later recording, which
+    // its database does not know, keeps its key (carried forward), so the second backup still
+    // restores whole.
+    let backups_again = Backups::new(&again.state().config).unwrap();
+    let third = backups_again.create(&again.state().pool).await.unwrap();
+    assert_eq!(third.keys_forgotten, 1);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let restore = restore_config(&config, &elsewhere.path().join("data")).await;
+    let restored = Backups::new(&restore)
+        .unwrap()
+        .restore(Some(&second.data_snapshot), false)
+        .await
+        .unwrap();
+    assert_eq!((restored.recordings, restored.shredded_since), (2, 0));
+    let vault = consult_vault::Vault::open(&restore.data_dir.join("vault")).unwrap();
+    let mut reader = vault.open_recording(later).unwrap();
+    while reader.next_chunk().unwrap().is_some() {}
+    assert!(vault.open_recording(shredded).is_err());
 }
 
 /// Every refusal names what is wrong and changes nothing: no repository, a wrong key, a missing
@@ -236,6 +259,13 @@ async fn backups_refuse_what_they_must_and_say_why() {
         backups.list().await,
         Err(BackupError::NoRepository { .. })
     ));
+    // A backup never makes a repository: one that cannot be found is not replaced elsewhere.
+    assert!(matches!(
+        backups.create(&svc.state().pool).await,
+        Err(BackupError::NoRepository { .. })
+    ));
+    assert!(!site.repository().exists());
+    backups.init().await.unwrap();
     backups.create(&svc.state().pool).await.unwrap();
 
     let mut wrong_key = config.clone();
@@ -325,6 +355,12 @@ async fn backups_refuse_what_they_must_and_say_why() {
 #[tokio::test]
 async fn the_schedule_backs_up_at_start_and_after_a_shred() {
     let site = Site::new();
+    let mut config = Config {
+        backup: site.config(),
+        ..Config::default()
+    };
+    config.data_dir = site.dir.path().join("unused");
+    Backups::new(&config).unwrap().init().await.unwrap();
     let svc = TestService::start_with(|c| {
         c.backup = BackupConfig {
             interval: Some(Duration::from_secs(3600)),

@@ -81,6 +81,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 async fn a_bucket_at_another_site_keeps_whole_backups_through_its_faults() {
     let garage = Garage::start(1);
     let site = Installation::new(&garage, Duration::from_secs(10)).await;
+    site.backups().init().await.unwrap();
     let first_media = site.add_media(4);
     let first = site.backups().create(&site.pool).await.unwrap();
     assert!(first.bytes_added >= 4 << 20, "{} bytes", first.bytes_added);
