@@ -234,24 +234,33 @@ async fn prove(
     }
 
     if let Some(account) = sign_in {
+        // This step's code may have been used already (each step works once per account): the
+        // next step's is accepted too.
         let now = OffsetDateTime::now_utc().unix_timestamp() as u64;
-        let code = crate::auth::totp::code_at(&account.totp_secret, now).map_err(|_| {
-            BackupError::Database("the sign-in file's totp_secret is malformed".into())
-        })?;
-        let body = json!({ "email": account.email, "password": account.password, "totp": code });
-        let answer = client
-            .post(format!("{}/api/v1/auth/login", running.url))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await;
-        let signed_in = match answer {
-            Ok(r) if r.status().is_success() => r.bytes().await.is_ok_and(|bytes| {
-                serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .is_ok_and(|body| body["status"] == "signed_in")
-            }),
-            _ => false,
-        };
+        let mut signed_in = false;
+        for at in [now, now + crate::auth::totp::STEP_SECS] {
+            let code = crate::auth::totp::code_at(&account.totp_secret, at).map_err(|_| {
+                BackupError::Database("the sign-in file's totp_secret is malformed".into())
+            })?;
+            let body =
+                json!({ "email": account.email, "password": account.password, "totp": code });
+            let answer = client
+                .post(format!("{}/api/v1/auth/login", running.url))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string())
+                .send()
+                .await;
+            signed_in = match answer {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok_and(|bytes| {
+                    serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .is_ok_and(|body| body["status"] == "signed_in")
+                }),
+                _ => false,
+            };
+            if signed_in {
+                break;
+            }
+        }
         report.signed_in = Some(signed_in);
         if !signed_in {
             report

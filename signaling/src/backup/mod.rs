@@ -305,7 +305,10 @@ impl Backups {
             Ok(keys) => keys,
             Err(e) => {
                 // Data without its keys is never left as the latest backup.
-                let _ = self.restic.forget(std::slice::from_ref(&data.snapshot_id)).await;
+                let _ = self
+                    .restic
+                    .forget(std::slice::from_ref(&data.snapshot_id))
+                    .await;
                 return Err(e);
             }
         };

@@ -27,6 +27,8 @@ pub struct Clinic {
     pub token: String,
     /// The typed client of its API.
     pub api: ApiClient,
+    /// The doctor's sign-in details.
+    pub login: ClinicianLogin,
     _dir: tempfile::TempDir,
 }
 
@@ -72,8 +74,16 @@ impl Clinic {
             token,
             server,
             api,
+            login,
             _dir: dir,
         }
+    }
+
+    /// Stop the service at once (as a killed process stops) and hand back its data directory,
+    /// kept while the handle lives.
+    pub async fn stop_keeping_data(self) -> tempfile::TempDir {
+        self.server.stop_now().await;
+        self._dir
     }
 
     /// Create a consultation; returns it and its invite link.

@@ -356,3 +356,126 @@ async fn a_store_that_stops_answering_fails_the_recording_not_the_call() {
         "what was sealed before the store went: {duration} s"
     );
 }
+
+/// The restore drill on a clinic with a plain, a zero-knowledge and a shredded recording, all
+/// made by native peers: `consult backup drill`'s work restores the backup into a scratch
+/// directory, starts a service on it, signs the clinician in, verifies the audit chain, exports
+/// both recordings (the zero-knowledge one with the clinician's key) into files ffprobe accepts,
+/// and finds the shredded one shredded; nothing was made since the backup. Then the real thing:
+/// the clinic's data directory destroyed, the backup restored into its place, the service
+/// started on it, and the recordings export and play.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restore_drill_proves_a_backup_of_a_recorded_clinic() {
+    use consult_signaling::backup::{Backups, DrillOptions, SignIn};
+    let site = tempfile::tempdir().unwrap();
+    let key_file = site.path().join("backup.key");
+    std::fs::write(
+        &key_file,
+        consult_signaling::secrets::Token::generate().expose(),
+    )
+    .unwrap();
+    let backup = consult_signaling::config::BackupConfig {
+        repository: Some(
+            site.path()
+                .join("repository")
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        key_file: Some(key_file),
+        ..Default::default()
+    };
+    let clinic = Clinic::start_with(|c| c.backup = backup).await;
+    let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    clinic
+        .api
+        .set_recording_key(&clinic.token, &clinician.public().to_base64())
+        .await
+        .expect("the recording key is registered");
+    let recorded = |e2ee| CreateConsultationRequest {
+        mode: Some(ConsultationMode::Recorded),
+        e2ee: Some(e2ee),
+        ..Default::default()
+    };
+    let plain = recorded_call(&clinic, recorded(false)).await;
+    let zero_knowledge = recorded_call(&clinic, recorded(true)).await;
+    let shredded = recorded_call(&clinic, recorded(false)).await;
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/v1/recordings/{}", clinic.base, shredded.id))
+        .bearer_auth(&clinic.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NO_CONTENT);
+
+    let state = &clinic.server.state;
+    let backups = Backups::new(&state.config).unwrap();
+    backups.init().await.unwrap();
+    let created = backups.create(&state.pool).await.unwrap();
+    let clinician = std::sync::Arc::new(clinician);
+    let report = backups
+        .drill(
+            &state.pool,
+            DrillOptions {
+                snapshot: None,
+                sign_in: Some(SignIn {
+                    email: clinic.login.email.clone(),
+                    password: clinic.login.password.clone(),
+                    totp_secret: clinic.login.totp_secret.clone(),
+                }),
+                clinician_key: Some(clinician.clone()),
+                scratch_database_url: None,
+                ffprobe: "ffprobe".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.snapshot.starts_with(&created.data_snapshot));
+    assert_eq!(report.signed_in, Some(true));
+    assert!(report.audit_entries > 10, "{}", report.audit_entries);
+    let outcome = |id| {
+        report
+            .recordings
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.outcome.as_str())
+    };
+    assert_eq!(outcome(plain.id), Some("exported"));
+    assert_eq!(outcome(zero_knowledge.id), Some("exported"));
+    assert_eq!(outcome(shredded.id), Some("shredded"));
+    assert_eq!(
+        (report.audit_entries_since, report.recordings_since),
+        (0, 0)
+    );
+    assert!(report.recovery_point_seconds < 120.0);
+
+    // The site lost: the data directory destroyed, the backup restored into its place.
+    let config = state.config.clone();
+    let _kept = clinic.stop_keeping_data().await;
+    std::fs::remove_dir_all(&config.data_dir).unwrap();
+    let restored = Backups::new(&config)
+        .unwrap()
+        .restore(None, false)
+        .await
+        .unwrap();
+    assert_eq!((restored.recordings, restored.shredded_since), (2, 0));
+    let server = consult_signaling::server::start(
+        config,
+        std::sync::Arc::new(consult_signaling::clock::SystemClock),
+    )
+    .await
+    .unwrap();
+    let vault = &server.state.recordings.vault;
+    let pool = &server.state.pool;
+    let plain = rows::find(pool, plain.id).await.unwrap().unwrap();
+    let mut out = Cursor::new(Vec::new());
+    export::export(vault, &plain, &[], None, &mut out).unwrap();
+    assert_plays(&out.into_inner());
+    let zero_knowledge = rows::find(pool, zero_knowledge.id).await.unwrap().unwrap();
+    let mut out = Cursor::new(Vec::new());
+    export::export(vault, &zero_knowledge, &[], Some(&clinician), &mut out).unwrap();
+    assert_plays(&out.into_inner());
+    let gone = rows::find(pool, shredded.id).await.unwrap().unwrap();
+    assert_eq!(gone.state, RecordingStatus::Shredded);
+    assert!(vault.open_recording(shredded.id).is_err());
+}
