@@ -152,7 +152,17 @@ impl Keyring {
     /// Load the keyring at `path`.
     pub fn open(path: &Path) -> Result<Self, VaultError> {
         let text = fs::read_to_string(path)?;
-        let stored: StoredKeyring = serde_json::from_str(&text)
+        Self::parse(&text, path)
+    }
+
+    /// A keyring from the text of a `keyring.json` (a backup's copy), in memory only: it can
+    /// wrap and unwrap, but adding or retiring versions fails, as it has no file.
+    pub fn from_json(text: &str) -> Result<Self, VaultError> {
+        Self::parse(text, Path::new(""))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, VaultError> {
+        let stored: StoredKeyring = serde_json::from_str(text)
             .map_err(|e| VaultError::BadKeyring(format!("{}: {e}", path.display())))?;
         if stored.format != 1 {
             return Err(VaultError::BadKeyring(format!(

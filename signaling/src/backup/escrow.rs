@@ -33,6 +33,19 @@ pub struct Escrow {
     pub keyring: Value,
     /// `keys/<id>.json`, as is, by recording id.
     pub keys: BTreeMap<Uuid, Value>,
+    /// When each recording's retention ends (Unix seconds): a key carried forward for a
+    /// recording the database does not know is dropped then, as retention would shred it.
+    #[serde(default)]
+    pub retain_until: BTreeMap<Uuid, i64>,
+}
+
+/// What the database says of a recording when its keys are gathered.
+#[derive(Debug, Clone, Copy)]
+pub struct Known {
+    /// Shredded: its key is never kept or carried.
+    pub shredded: bool,
+    /// When its retention ends (Unix seconds).
+    pub retain_until: i64,
 }
 
 /// The sealed form.
@@ -58,9 +71,9 @@ struct SealedEscrow {
 pub fn gather(
     vault_dir: &Path,
     installation: Uuid,
-    known: &HashMap<Uuid, bool>,
+    known: &HashMap<Uuid, Known>,
     previous: Option<Escrow>,
-    scratch: &Path,
+    now: i64,
 ) -> Result<Escrow, BackupError> {
     fs::create_dir_all(vault_dir.join("keys"))?;
     let lock = fs::OpenOptions::new()
@@ -97,7 +110,7 @@ pub fn gather(
         else {
             continue;
         };
-        if known.get(&id) == Some(&true) {
+        if known.get(&id).is_some_and(|k| k.shredded) {
             continue;
         }
         match fs::read(entry.path()) {
@@ -113,27 +126,38 @@ pub fn gather(
         }
     }
     let mut keyring = keyring;
+    let mut retain_until: BTreeMap<Uuid, i64> = known
+        .iter()
+        .filter(|(id, k)| !k.shredded && keys.contains_key(id))
+        .map(|(id, k)| (*id, k.retain_until))
+        .collect();
     if let Some(previous) = previous {
         // No keyring here yet (the vault never opened): the keys' own keyring comes along.
         let no_keyring = keyring.is_null();
         if no_keyring {
             keyring = previous.keyring.clone();
         }
+        // Carried while their retention lasts (unknown retention: kept).
         let unknown: Vec<(Uuid, Value)> = previous
             .keys
             .into_iter()
             .filter(|(id, _)| !known.contains_key(id) && !keys.contains_key(id))
+            .filter(|(id, _)| {
+                previous
+                    .retain_until
+                    .get(id)
+                    .is_none_or(|until| *until > now)
+            })
             .collect();
+        for (id, _) in &unknown {
+            if let Some(until) = previous.retain_until.get(id) {
+                retain_until.insert(*id, *until);
+            }
+        }
         if no_keyring {
             keys.extend(unknown);
         } else if !unknown.is_empty() {
-            carry_forward(
-                &keyring_path,
-                &previous.keyring,
-                unknown,
-                &mut keys,
-                scratch,
-            )?;
+            carry_forward(&keyring_path, &previous.keyring, unknown, &mut keys)?;
         }
     }
     drop(lock);
@@ -142,6 +166,7 @@ pub fn gather(
         taken_at: rfc3339(time::OffsetDateTime::now_utc()),
         keyring,
         keys,
+        retain_until,
     })
 }
 
@@ -152,7 +177,6 @@ fn carry_forward(
     previous_keyring: &Value,
     unknown: Vec<(Uuid, Value)>,
     keys: &mut BTreeMap<Uuid, Value>,
-    scratch: &Path,
 ) -> Result<(), BackupError> {
     let vault_error = |e: consult_vault::VaultError| BackupError::Corrupt {
         detail: format!("carrying keys forward: {e}"),
@@ -169,13 +193,9 @@ fn carry_forward(
             continue;
         }
         if old.is_none() {
-            let path = scratch.join("previous-keyring.json");
-            let text = serde_json::to_vec(previous_keyring)
-                .map_err(|e| BackupError::Database(e.to_string()))?;
-            crate::server::write_private(&path, &text)?;
-            let opened = Keyring::open(&path).map_err(vault_error);
-            let _ = fs::remove_file(&path);
-            old = Some(opened?);
+            // In memory only: the previous keyring never touches a disk here.
+            let text = previous_keyring.to_string();
+            old = Some(Keyring::from_json(&text).map_err(vault_error)?);
         }
         let Some(old) = &old else { continue };
         let key = old.unwrap(id, &wrapped).map_err(vault_error)?;
@@ -257,6 +277,13 @@ pub fn open(bytes: &[u8]) -> Result<Escrow, BackupError> {
 mod tests {
     use super::*;
 
+    fn live(retain_until: i64) -> Known {
+        Known {
+            shredded: false,
+            retain_until,
+        }
+    }
+
     fn vault_with_one_recording(dir: &Path) -> (std::path::PathBuf, Uuid) {
         let vault_dir = dir.join("vault");
         let vault = consult_vault::Vault::open(&vault_dir).unwrap();
@@ -271,8 +298,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (vault_dir, id) = vault_with_one_recording(dir.path());
         let installation = Uuid::new_v4();
-        let known = HashMap::from([(id, false)]);
-        let escrow = gather(&vault_dir, installation, &known, None, dir.path()).unwrap();
+        let known = HashMap::from([(id, live(i64::MAX))]);
+        let escrow = gather(&vault_dir, installation, &known, None, 0).unwrap();
         let first = seal(&escrow).unwrap();
         let opened = open(&first).unwrap();
         assert_eq!(opened.installation, installation);
@@ -309,23 +336,47 @@ mod tests {
                 .finish(b"x")
                 .unwrap();
         }
+        let expired = Uuid::new_v4();
+        other_vault
+            .create_recording(expired)
+            .unwrap()
+            .finish(b"x")
+            .unwrap();
         let previous = gather(
             other.path(),
             installation,
-            &HashMap::from([(later, false), (shredded, false)]),
+            &HashMap::from([
+                (later, live(2000)),
+                (shredded, live(2000)),
+                (expired, live(999)),
+            ]),
             None,
-            dir.path(),
+            0,
         )
         .unwrap();
         let later_key = other_vault.data_key(later).unwrap();
 
-        let known = HashMap::from([(id, false), (shredded, true)]);
-        let escrow = gather(&vault_dir, installation, &known, Some(previous), dir.path()).unwrap();
+        let known = HashMap::from([
+            (id, live(i64::MAX)),
+            (
+                shredded,
+                Known {
+                    shredded: true,
+                    retain_until: 2000,
+                },
+            ),
+        ]);
+        let escrow = gather(&vault_dir, installation, &known, Some(previous), 1000).unwrap();
         assert!(escrow.keys.contains_key(&id));
         assert!(
             !escrow.keys.contains_key(&shredded),
             "the database says shredded"
         );
+        assert!(
+            !escrow.keys.contains_key(&expired),
+            "past its retention: not carried"
+        );
+        assert_eq!(escrow.retain_until.get(&later), Some(&2000));
         // Carried forward, re-wrapped under this vault's keyring: it opens with it.
         let wrapped: WrappedKey = serde_json::from_value(escrow.keys[&later].clone()).unwrap();
         let keyring = Keyring::open(&vault_dir.join("keyring.json")).unwrap();

@@ -254,8 +254,11 @@ impl Backups {
     pub async fn create(&self, pool: &AnyPool) -> Result<Created, BackupError> {
         let started = Instant::now();
         let data_dir = &self.config.data_dir;
-        fs::create_dir_all(data_dir)?;
-        let _lock = lock_file(&data_dir.join("backup.lock"))?;
+        fs::create_dir_all(data_dir.join("vault"))?;
+        // In the vault's directory, which the nodes of a deployment share: one backup at a time
+        // across them, so no two key snapshots race to forget each other.
+        let _lock = lock_file(&data_dir.join("vault").join("backup.lock"))?;
+        Scratch::sweep_stale();
         let installation = db::installation_id(pool).await?;
         if !self.restic.exists().await? {
             return Err(BackupError::NoRepository {
@@ -304,11 +307,15 @@ impl Backups {
         let keys = match self.save_keys(pool, installation, &tags(KEYS_TAG)).await {
             Ok(keys) => keys,
             Err(e) => {
-                // Data without its keys is never left as the latest backup.
-                let _ = self
+                // Data without its keys is never restored (a restore picks data no newer than
+                // the keys), and is forgotten here if the repository lets us.
+                if let Err(forget) = self
                     .restic
                     .forget(std::slice::from_ref(&data.snapshot_id))
-                    .await;
+                    .await
+                {
+                    tracing::warn!(snapshot = %data.snapshot_id, error = %forget, "a data snapshot without keys stays until the next prune");
+                }
                 return Err(e);
             }
         };
@@ -334,16 +341,24 @@ impl Backups {
         installation: Uuid,
         tags: &[String],
     ) -> Result<BackupSummary, BackupError> {
-        let known: HashMap<Uuid, bool> = sqlx::query("SELECT id, state FROM recordings")
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .filter_map(|row| {
-                let id: String = row.try_get("id").ok()?;
-                let state: String = row.try_get("state").ok()?;
-                Some((Uuid::parse_str(&id).ok()?, state == "shredded"))
-            })
-            .collect();
+        let known: HashMap<Uuid, escrow::Known> =
+            sqlx::query("SELECT id, state, retain_until FROM recordings")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .filter_map(|row| {
+                    let id: String = row.try_get("id").ok()?;
+                    let state: String = row.try_get("state").ok()?;
+                    let retain_until: i64 = row.try_get("retain_until").ok()?;
+                    Some((
+                        Uuid::parse_str(&id).ok()?,
+                        escrow::Known {
+                            shredded: state == "shredded",
+                            retain_until,
+                        },
+                    ))
+                })
+                .collect();
         let tag = installation_tag(installation);
         let previous = match self
             .restic
@@ -355,12 +370,11 @@ impl Backups {
             Some(keys) => Some(self.current_keys(&keys).await?),
             None => None,
         };
-        let scratch = Scratch::new("consult-backup-keys")?;
         let vault_dir = self.config.data_dir.join("vault");
+        let now = OffsetDateTime::now_utc().unix_timestamp();
         let sealed = tokio::task::spawn_blocking({
-            let scratch = scratch.path().to_path_buf();
             move || {
-                let escrow = escrow::gather(&vault_dir, installation, &known, previous, &scratch)?;
+                let escrow = escrow::gather(&vault_dir, installation, &known, previous, now)?;
                 escrow::seal(&escrow)
             }
         })
@@ -386,13 +400,20 @@ impl Backups {
     /// the repository (their packs are deleted whole).
     async fn forget_old_keys(&self, installation: Uuid, keep: &str) -> Result<usize, BackupError> {
         let tag = installation_tag(installation);
-        let old: Vec<String> = self
-            .restic
-            .snapshots(&[KEYS_TAG, &tag])
-            .await?
+        let snapshots = self.restic.snapshots(&[KEYS_TAG, &tag]).await?;
+        let ours = snapshots
+            .iter()
+            .find(|s| s.id.starts_with(keep))
+            .and_then(Snapshot::taken_at)
+            .ok_or_else(|| BackupError::Engine {
+                command: "snapshots".into(),
+                detail: format!("the key snapshot {keep} just made is not listed"),
+            })?;
+        // Only older ones: a newer one (another run's) is never forgotten by this one.
+        let old: Vec<String> = snapshots
             .into_iter()
+            .filter(|s| !s.id.starts_with(keep) && s.taken_at().is_some_and(|t| t < ours))
             .map(|s| s.id)
-            .filter(|id| !id.starts_with(keep) && !keep.starts_with(id.as_str()))
             .collect();
         if !old.is_empty() {
             self.restic.forget(&old).await?;
@@ -547,6 +568,32 @@ impl Scratch {
 
     fn path(&self) -> &Path {
         &self.0
+    }
+}
+
+impl Scratch {
+    /// Remove scratch directories an earlier run left behind (killed before it could), an hour
+    /// old or more: they may hold restored keys.
+    fn sweep_stale() {
+        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = ["consult-backup-verify-", "consult-drill-"]
+                .iter()
+                .any(|p| name.starts_with(p));
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(3600));
+            if ours && old {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 

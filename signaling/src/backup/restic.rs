@@ -303,7 +303,8 @@ impl Restic {
     /// Check the repository's structure; with `read_data`, also read and authenticate every
     /// pack.
     pub async fn check(&self, read_data: bool) -> Result<(), BackupError> {
-        let mut args = vec!["check"];
+        // No lock: a full repository still checks, and a running backup is no obstacle.
+        let mut args = vec!["check", "--no-lock"];
         if read_data {
             args.push("--read-data");
         }
@@ -417,7 +418,7 @@ impl Restic {
                 // retries a failing store for minutes; what it said meanwhile names the fault.
                 let _ = child.start_kill();
                 let said = String::from_utf8_lossy(&err);
-                return Err(match classify(&name, &self.repository, &said) {
+                return Err(match classify(&name, &self.repository(), &said) {
                     BackupError::Engine { .. } => BackupError::TimedOut {
                         command: name,
                         after: self.timeout,
@@ -426,7 +427,27 @@ impl Restic {
                 });
             }
         };
-        if status.code().is_some_and(|code| ok.contains(&code)) {
+        if status.code() == Some(3) && ok.contains(&3) {
+            // Exit 3: some files could not be read. Only recordings' media that vanished (a
+            // recording shredded while the backup ran) is expected; anything else fails.
+            let said = String::from_utf8_lossy(&err);
+            let unexpected: Vec<&str> = said
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().contains("error"))
+                .filter(|l| !(l.contains("vault/media/") && l.contains("no such file")))
+                .collect();
+            if !unexpected.is_empty() {
+                return Err(BackupError::Engine {
+                    command: name,
+                    detail: format!(
+                        "some files could not be read: {}",
+                        last_lines(&unexpected.join("\n"))
+                    ),
+                });
+            }
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        if status.code() == Some(0) || status.code().is_some_and(|c| c != 3 && ok.contains(&c)) {
             return Ok(String::from_utf8_lossy(&out).into_owned());
         }
         Err(classify(

@@ -76,17 +76,17 @@ impl Backups {
         if target.parent().is_none() {
             return Err(BackupError::NotEmpty(target.display().to_string()));
         }
+        if is_mount_point(&target) {
+            return Err(BackupError::NotEmpty(format!(
+                "{} is a mount point, which cannot be replaced: restore into a directory inside it",
+                target.display()
+            )));
+        }
         let occupied = target.is_dir() && fs::read_dir(&target)?.next().is_some();
         // Held until the new directory is in place: no service starts on it meanwhile.
         let _running = if occupied {
             if !force {
                 return Err(BackupError::NotEmpty(target.display().to_string()));
-            }
-            if is_mount_point(&target) {
-                return Err(BackupError::NotEmpty(format!(
-                    "{} is a mount point, which cannot be replaced: restore into a directory inside it",
-                    target.display()
-                )));
             }
             let lock = hold_vault(&target)?;
             if self.config.database_url.is_none() {
@@ -135,6 +135,13 @@ impl Backups {
             Ok(report) => report,
             Err(e) => {
                 let _ = fs::remove_dir_all(&scratch);
+                let dump = aside.join("database-before-restore.pgdump");
+                if self.config.database_url.is_some() && dump.exists() {
+                    return Err(BackupError::Database(format!(
+                        "{e}; the PostgreSQL database may be partly restored: what it held before is in {} (pg_restore --clean it back)",
+                        dump.display()
+                    )));
+                }
                 return Err(e);
             }
         };
@@ -169,6 +176,13 @@ impl Backups {
         wanted: Option<&str>,
     ) -> Result<(Snapshot, Snapshot, Uuid), BackupError> {
         let (data, keys) = self.list().await?;
+        // Keys are saved after their data: a data snapshot newer than the current keys lost
+        // its keys (the run failed between the two) and is never restored.
+        let keys_taken = keys.as_ref().and_then(Snapshot::taken_at);
+        let data: Vec<Snapshot> = data
+            .into_iter()
+            .filter(|d| keys_taken.is_some_and(|k| d.taken_at().is_some_and(|t| t <= k)))
+            .collect();
         let data = match wanted {
             None | Some("latest") => data.into_iter().last(),
             Some(id) if id.len() >= 8 => {

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{postgres, write_json_private, BackupError, Backups, Manifest, STAGING};
+use super::{postgres, BackupError, Backups, Manifest, STAGING};
 use crate::db;
 
 /// What a verification found: every count is of things that were read and authenticated.
@@ -69,17 +69,22 @@ impl Backups {
             }
         };
 
-        let vault_dir = root.join("vault");
-        fs::create_dir_all(vault_dir.join("keys"))?;
-        // No keyring: the vault was never opened (it makes one when it is).
-        if !escrow.keyring.is_null() {
-            write_json_private(&vault_dir.join("keyring.json"), &escrow.keyring)?;
-        }
-        for (id, key) in &escrow.keys {
-            write_json_private(&vault_dir.join("keys").join(format!("{id}.json")), key)?;
-        }
-        let vault = consult_vault::Vault::open(&vault_dir).map_err(|e| BackupError::Corrupt {
-            detail: format!("the backed-up vault: {e}"),
+        // The keys stay in memory: never written beside the restored media.
+        let keyring = if escrow.keyring.is_null() {
+            None
+        } else {
+            Some(
+                consult_vault::Keyring::from_json(&escrow.keyring.to_string()).map_err(|e| {
+                    BackupError::Corrupt {
+                        detail: format!("the backed-up keyring: {e}"),
+                    }
+                })?,
+            )
+        };
+        let media = consult_vault::LocalDirectory::new(&root.join("vault/media")).map_err(|e| {
+            BackupError::Corrupt {
+                detail: format!("the backed-up media: {e}"),
+            }
         })?;
         let mut verified = Verified {
             snapshot: data.id.clone(),
@@ -93,19 +98,30 @@ impl Backups {
             recordings_in_object_storage: 0,
         };
         for recording in manifest.recordings.iter().filter(|r| r.state != "shredded") {
-            if !escrow.keys.contains_key(&recording.id) {
+            let Some(wrapped) = escrow.keys.get(&recording.id) else {
                 verified.recordings_shredded_since += 1;
                 continue;
-            }
+            };
+            let key = serde_json::from_value::<consult_vault::WrappedKey>(wrapped.clone())
+                .map_err(|e| BackupError::Corrupt {
+                    detail: format!("recording {}: its key: {e}", recording.id),
+                })
+                .and_then(|wrapped| {
+                    keyring
+                        .as_ref()
+                        .ok_or_else(|| BackupError::Corrupt {
+                            detail: "keys without a keyring".into(),
+                        })?
+                        .unwrap(recording.id, &wrapped)
+                        .map_err(|e| corrupt_recording(recording.id, e))
+                })?;
             if !manifest.media_included {
-                vault
-                    .data_key(recording.id)
-                    .map_err(|e| corrupt_recording(recording.id, e))?;
                 verified.recordings_in_object_storage += 1;
                 continue;
             }
-            let mut reader = match vault.open_recording(recording.id) {
-                Ok(reader) => reader,
+            use consult_vault::MediaStore as _;
+            let input = match media.open(recording.id) {
+                Ok(input) => input,
                 // Started just before the snapshot: no media was sealed yet.
                 Err(consult_vault::VaultError::MediaMissing { .. })
                     if recording.state == "recording" =>
@@ -114,6 +130,8 @@ impl Backups {
                 }
                 Err(e) => return Err(corrupt_recording(recording.id, e)),
             };
+            let mut reader = consult_vault::ChunkReader::new(input, recording.id, &key)
+                .map_err(|e| corrupt_recording(recording.id, e))?;
             loop {
                 match reader.next_chunk() {
                     Ok(Some(_)) => verified.chunks_read += 1,

@@ -119,14 +119,15 @@ async fn a_bucket_at_another_site_keeps_whole_backups_through_its_faults() {
     let e = site.backups().create(&site.pool).await.unwrap_err();
     assert!(matches!(e, BackupError::TargetFull { .. }), "{e}");
     assert!(e.to_string().contains("quota"), "{e}");
-    // A full site still restores (reading takes no lock).
+    // A full site still lists and verifies (reading takes no lock): the first backup is
+    // whole, every pack read.
     let (data, _) = site.backups().list().await.unwrap();
     assert_eq!(data.len(), 1, "only the first backup was made");
-    garage.set_quota("none");
-
-    // The first backup is whole: it verifies (every pack read), and it restores.
     let verified = site.backups().verify(true).await.unwrap();
     assert!(verified.snapshot.starts_with(&first.data_snapshot));
+    garage.set_quota("none");
+
+    // And it restores.
     let restored_dir = tempfile::tempdir().unwrap();
     let mut restore = site.config.clone();
     restore.data_dir = restored_dir.path().join("data");
