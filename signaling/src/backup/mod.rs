@@ -457,15 +457,9 @@ impl Backups {
             }
             Backend::Postgres => {
                 let url = self.config.database_url.as_deref().unwrap_or_default();
-                postgres::tool(
-                    "pg_dump",
+                postgres::dump(
                     url,
-                    &[
-                        "--format=custom",
-                        "--no-owner",
-                        "--file",
-                        &staging.join("database.pgdump").to_string_lossy(),
-                    ],
+                    &staging.join("database.pgdump"),
                     self.config.backup.timeout,
                 )
                 .await?;

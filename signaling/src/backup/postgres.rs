@@ -10,13 +10,33 @@ use uuid::Uuid;
 
 use super::BackupError;
 
+/// A consistent snapshot of the database at `url` into `file` (`pg_dump`'s custom format).
+pub async fn dump(url: &str, file: &Path, limit: Duration) -> Result<(), BackupError> {
+    let file = file.to_string_lossy();
+    tool(
+        "pg_dump",
+        url,
+        &["--format=custom", "--no-owner", "--file", &file],
+        limit,
+    )
+    .await
+}
+
+/// Restore `file` (from [`dump`]) into the database at `url`, in one transaction.
+pub async fn restore(url: &str, file: &Path, limit: Duration) -> Result<(), BackupError> {
+    let file = file.to_string_lossy();
+    let args = [
+        "--clean",
+        "--if-exists",
+        "--no-owner",
+        "--single-transaction",
+        &file,
+    ];
+    tool("pg_restore", url, &args, limit).await
+}
+
 /// Run `pg_dump` or `pg_restore` with `args` against `url`, within `limit`.
-pub async fn tool(
-    program: &str,
-    url: &str,
-    args: &[&str],
-    limit: Duration,
-) -> Result<(), BackupError> {
+async fn tool(program: &str, url: &str, args: &[&str], limit: Duration) -> Result<(), BackupError> {
     let mut parsed = url::Url::parse(url)
         .map_err(|_| BackupError::Database("database_url is malformed".into()))?;
     let password = parsed.password().map(percent_decode);

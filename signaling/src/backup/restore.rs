@@ -115,18 +115,7 @@ impl Backups {
         if database_in_use && let Some(url) = &self.config.database_url {
             create_private_dir(&aside)?;
             let dump = aside.join("database-before-restore.pgdump");
-            postgres::tool(
-                "pg_dump",
-                url,
-                &[
-                    "--format=custom",
-                    "--no-owner",
-                    "--file",
-                    &dump.to_string_lossy(),
-                ],
-                self.config.backup.timeout,
-            )
-            .await?;
+            postgres::dump(url, &dump, self.config.backup.timeout).await?;
         }
         let mut report = match self
             .restore_into(&scratch, &data, &keys, installation, shredded_media)
@@ -219,6 +208,32 @@ impl Backups {
         escrow::open(&bytes)
     }
 
+    /// The current keys, and `data` restored into `into`: its manifest, checked to name the
+    /// same installation as its tags and the keys.
+    pub(super) async fn unpack(
+        &self,
+        data: &Snapshot,
+        keys: &Snapshot,
+        installation: Uuid,
+        into: &Path,
+    ) -> Result<(Escrow, Manifest), BackupError> {
+        let escrow = self.current_keys(keys).await?;
+        self.restic.restore(&data.id, into).await?;
+        let manifest: Manifest = serde_json::from_slice(&fs::read(
+            into.join(STAGING).join("manifest.json"),
+        )?)
+        .map_err(|e| BackupError::Corrupt {
+            detail: format!("manifest: {e}"),
+        })?;
+        if manifest.installation != installation || escrow.installation != installation {
+            return Err(BackupError::Corrupt {
+                detail: "the snapshot's manifest, tags and keys name different installations"
+                    .into(),
+            });
+        }
+        Ok((escrow, manifest))
+    }
+
     /// Restore `data` and `keys` into the empty `scratch`, laid out as a data directory.
     async fn restore_into(
         &self,
@@ -228,19 +243,8 @@ impl Backups {
         installation: Uuid,
         shredded_media: ShreddedMedia,
     ) -> Result<Restored, BackupError> {
-        let escrow = self.current_keys(keys).await?;
-        self.restic.restore(&data.id, scratch).await?;
+        let (escrow, manifest) = self.unpack(data, keys, installation, scratch).await?;
         let staging = scratch.join(STAGING);
-        let manifest: Manifest = serde_json::from_slice(&fs::read(staging.join("manifest.json"))?)
-            .map_err(|e| BackupError::Corrupt {
-                detail: format!("manifest: {e}"),
-            })?;
-        if manifest.installation != installation || escrow.installation != installation {
-            return Err(BackupError::Corrupt {
-                detail: "the snapshot's manifest, tags and keys name different installations"
-                    .into(),
-            });
-        }
         match manifest.database.as_str() {
             "sqlite" => {
                 if self.config.database_url.is_some() {
@@ -257,16 +261,9 @@ impl Backups {
                         "this backup is of a PostgreSQL installation; set database_url to the (empty) database to restore it into".into(),
                     ));
                 };
-                postgres::tool(
-                    "pg_restore",
+                postgres::restore(
                     url,
-                    &[
-                        "--clean",
-                        "--if-exists",
-                        "--no-owner",
-                        "--single-transaction",
-                        &staging.join("database.pgdump").to_string_lossy(),
-                    ],
+                    &staging.join("database.pgdump"),
                     self.config.backup.timeout,
                 )
                 .await?;

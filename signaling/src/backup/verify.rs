@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{postgres, BackupError, Backups, Manifest, STAGING};
+use super::{postgres, BackupError, Backups, STAGING};
 use crate::db;
 
 /// What a verification found: every count is of things that were read and authenticated.
@@ -43,19 +43,8 @@ impl Backups {
         let (data, keys, installation) = self.pick(None).await?;
         let scratch = super::Scratch::new("consult-backup-verify")?;
         let root = scratch.path();
-        let escrow = self.current_keys(&keys).await?;
-        self.restic.restore(&data.id, root).await?;
+        let (escrow, manifest) = self.unpack(&data, &keys, installation, root).await?;
         let staging = root.join(STAGING);
-        let manifest: Manifest = serde_json::from_slice(&fs::read(staging.join("manifest.json"))?)
-            .map_err(|e| BackupError::Corrupt {
-                detail: format!("manifest: {e}"),
-            })?;
-        if manifest.installation != installation || escrow.installation != installation {
-            return Err(BackupError::Corrupt {
-                detail: "the snapshot's manifest, tags and keys name different installations"
-                    .into(),
-            });
-        }
 
         let (audit_entries, audit_checkpoints) = match manifest.database.as_str() {
             "sqlite" => {
