@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::{self, fresh_postgres_database, synthetic_recording, TestService};
+use consult_proto::api::Consultation;
 use consult_signaling::backup::{BackupError, Backups};
 use consult_signaling::config::{BackupConfig, Config};
 use reqwest::{Method, StatusCode};
@@ -35,6 +36,15 @@ impl Site {
             ..BackupConfig::default()
         }
     }
+}
+
+/// A service backing up into a site of its own, a doctor, and a consultation of theirs.
+async fn clinic_with_backups() -> (Site, TestService, common::Doctor, Consultation) {
+    let site = Site::new();
+    let svc = TestService::start_with(|c| c.backup = site.config()).await;
+    let doctor = svc.doctor("owner@clinic.test").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    (site, svc, doctor, consultation)
 }
 
 /// The configuration of a restore: `config`'s, into `data_dir` and (on PostgreSQL) a new,
@@ -71,10 +81,7 @@ fn damage_every_pack(repository: &Path) {
 /// the kept recording exports byte for byte, and the shredded one stays shredded.
 #[tokio::test]
 async fn a_restore_brings_everything_back_but_what_was_shredded_since() {
-    let site = Site::new();
-    let svc = TestService::start_with(|c| c.backup = site.config()).await;
-    let doctor = svc.doctor("owner@clinic.test").await;
-    let (consultation, _) = doctor.create_consultation().await;
+    let (site, svc, doctor, consultation) = clinic_with_backups().await;
     let (kept, _) = synthetic_recording(&svc, consultation.id).await;
     let (shredded, _) = synthetic_recording(&svc, consultation.id).await;
     let media_of = |id: uuid::Uuid| {
@@ -248,10 +255,7 @@ async fn a_restore_brings_everything_back_but_what_was_shredded_since() {
 /// directory).
 #[tokio::test]
 async fn backups_refuse_what_they_must_and_say_why() {
-    let site = Site::new();
-    let svc = TestService::start_with(|c| c.backup = site.config()).await;
-    let doctor = svc.doctor("owner@clinic.test").await;
-    let (consultation, _) = doctor.create_consultation().await;
+    let (site, svc, _doctor, consultation) = clinic_with_backups().await;
     synthetic_recording(&svc, consultation.id).await;
     let config = svc.state().config.clone();
     let backups = Backups::new(&config).unwrap();
