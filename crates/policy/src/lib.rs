@@ -54,10 +54,22 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// The doctor (or other clinician) who runs the consultation.
+    /// The doctor who runs the consultation, or another clinician account they added.
     Clinician,
     /// The patient.
     Patient,
+    /// A medical interpreter invited into the consultation.
+    Interpreter,
+    /// A family member or carer invited into the consultation.
+    Companion,
+}
+
+impl Role {
+    /// Whether this participant's consent is needed to record: everyone's but a clinician's
+    /// (clinicians record as part of their work; everyone else is recorded only if they agree).
+    pub fn must_consent(self) -> bool {
+        self != Role::Clinician
+    }
 }
 
 /// A participant's answer to the recording question.
@@ -100,7 +112,8 @@ pub struct RecordingInput<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
-    /// A patient withdrew consent: this overrides everything else.
+    /// Someone who must consent (anyone but a clinician) withdrew: this overrides everything
+    /// else.
     ConsentWithdrawn,
     /// The organisation does not allow recording.
     OrganisationForbidsRecording,
@@ -108,11 +121,12 @@ pub enum Reason {
     ModeLiveOnly,
     /// No patient is in the consultation yet, so nobody has consented.
     NoPatient,
-    /// A patient said no.
+    /// Someone who must consent said no.
     ConsentDeclined,
-    /// A patient has not answered yet.
+    /// Someone who must consent has not answered yet.
     ConsentNotAsked,
-    /// Every patient consented and the organisation allows it.
+    /// Every participant who must consent (every patient, interpreter and companion) did, and
+    /// the organisation allows it.
     AllPatientsConsented,
     /// End-to-end encrypted: the recorder keeps SFrame ciphertext it cannot open.
     ZeroKnowledge,
@@ -158,17 +172,18 @@ impl Decision {
 }
 
 /// Decide whether the consultation is recorded now. Call it again on every change (a consent
-/// given or withdrawn, someone joining): the answer may change mid-call.
+/// given or withdrawn, someone joining): the answer may change mid-call. A recording needs a
+/// patient, and the consent of everyone but the clinicians: patients, interpreters, companions.
 pub fn decide_recording(input: &RecordingInput<'_>) -> Decision {
-    let patients: Vec<Consent> = input
+    let asked: Vec<Consent> = input
         .participants
         .iter()
-        .filter(|p| p.role == Role::Patient)
+        .filter(|p| p.role.must_consent())
         .map(|p| p.consent)
         .collect();
     // A withdrawal wins over everything, and is the only reason given: it must be obeyed even
     // if other facts change at the same moment.
-    if patients.contains(&Consent::Withdrawn) {
+    if asked.contains(&Consent::Withdrawn) {
         return Decision::LiveOnly {
             reasons: vec![Reason::ConsentWithdrawn],
         };
@@ -180,13 +195,13 @@ pub fn decide_recording(input: &RecordingInput<'_>) -> Decision {
     if input.mode == Mode::LiveOnly {
         reasons.push(Reason::ModeLiveOnly);
     }
-    if patients.is_empty() {
+    if !input.participants.iter().any(|p| p.role == Role::Patient) {
         reasons.push(Reason::NoPatient);
     }
-    if patients.contains(&Consent::Declined) {
+    if asked.contains(&Consent::Declined) {
         reasons.push(Reason::ConsentDeclined);
     }
-    if patients.contains(&Consent::NotAsked) {
+    if asked.contains(&Consent::NotAsked) {
         reasons.push(Reason::ConsentNotAsked);
     }
     if !reasons.is_empty() {
@@ -311,7 +326,12 @@ mod tests {
 
     fn participant() -> impl Strategy<Value = Participant> {
         (
-            prop_oneof![Just(Role::Clinician), Just(Role::Patient)],
+            prop_oneof![
+                Just(Role::Clinician),
+                Just(Role::Patient),
+                Just(Role::Interpreter),
+                Just(Role::Companion),
+            ],
             consent(),
         )
             .prop_map(|(role, consent)| Participant { role, consent })
@@ -333,18 +353,33 @@ mod tests {
 
     proptest! {
         #[test]
-        fn nothing_is_recorded_without_every_patients_explicit_consent(
+        fn nothing_is_recorded_without_the_explicit_consent_of_everyone_but_the_clinicians(
             org in org(), mode in mode(), e2ee in any::<bool>(),
             people in proptest::collection::vec(participant(), 0..6),
         ) {
             let decision = decide_recording(&RecordingInput { org, mode, e2ee, participants: &people });
             if decision.records() {
-                let patients: Vec<_> = people.iter().filter(|p| p.role == Role::Patient).collect();
-                prop_assert!(!patients.is_empty());
-                prop_assert!(patients.iter().all(|p| p.consent == Consent::Given));
+                prop_assert!(people.iter().any(|p| p.role == Role::Patient));
+                prop_assert!(people
+                    .iter()
+                    .filter(|p| p.role != Role::Clinician)
+                    .all(|p| p.consent == Consent::Given));
                 prop_assert!(org.recording_allowed && mode == Mode::Recorded);
             }
             prop_assert!(!decision.reasons().is_empty());
+        }
+
+        #[test]
+        fn when_everyone_but_the_clinicians_consents_it_records_where_allowed(
+            org in org(), e2ee in any::<bool>(),
+            mut people in proptest::collection::vec(participant(), 0..6),
+        ) {
+            people.push(Participant { role: Role::Patient, consent: Consent::Given });
+            for p in people.iter_mut().filter(|p| p.role != Role::Clinician) {
+                p.consent = Consent::Given;
+            }
+            let decision = decide_recording(&RecordingInput { org, mode: Mode::Recorded, e2ee, participants: &people });
+            prop_assert_eq!(decision.records(), org.recording_allowed);
         }
 
         #[test]
@@ -352,8 +387,9 @@ mod tests {
             org in org(), mode in mode(), e2ee in any::<bool>(),
             mut people in proptest::collection::vec(participant(), 0..6),
             at in any::<prop::sample::Index>(),
+            who in prop_oneof![Just(Role::Patient), Just(Role::Interpreter), Just(Role::Companion)],
         ) {
-            people.push(Participant { role: Role::Patient, consent: Consent::Withdrawn });
+            people.push(Participant { role: who, consent: Consent::Withdrawn });
             let (i, last) = (at.index(people.len()), people.len() - 1);
             people.swap(i, last);
             let decision = decide_recording(&RecordingInput { org, mode, e2ee, participants: &people });
