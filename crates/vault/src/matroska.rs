@@ -404,10 +404,7 @@ struct PlannedTrack {
 }
 
 fn role_name(role: TrackRole) -> &'static str {
-    match role {
-        TrackRole::Doctor => "doctor",
-        TrackRole::Patient => "patient",
-    }
+    role.name()
 }
 
 /// Which frames of a stream in time order the file keeps. Both passes of an export (the

@@ -59,10 +59,51 @@ impl Codec {
 /// Whose track it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrackRole {
-    /// The doctor's.
+    /// The doctor's (who runs the consultation).
     Doctor,
-    /// The patient's.
+    /// A patient's.
     Patient,
+    /// Another clinician's, added to the consultation by its doctor (group consultations).
+    Clinician,
+    /// A medical interpreter's (group consultations).
+    Interpreter,
+    /// A family member's or carer's (group consultations).
+    Companion,
+}
+
+impl TrackRole {
+    /// The byte a track record stores.
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Doctor => 1,
+            Self::Patient => 2,
+            Self::Clinician => 3,
+            Self::Interpreter => 4,
+            Self::Companion => 5,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Result<Self, VaultError> {
+        Ok(match byte {
+            1 => Self::Doctor,
+            2 => Self::Patient,
+            3 => Self::Clinician,
+            4 => Self::Interpreter,
+            5 => Self::Companion,
+            other => return Err(VaultError::Malformed(format!("unknown role {other}"))),
+        })
+    }
+
+    /// How an export names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Doctor => "doctor",
+            Self::Patient => "patient",
+            Self::Clinician => "clinician",
+            Self::Interpreter => "interpreter",
+            Self::Companion => "companion",
+        }
+    }
 }
 
 /// A track of the recording.
@@ -133,10 +174,7 @@ impl Record {
                 out.push(1);
                 out.push(t.id);
                 out.push(t.codec.to_byte());
-                out.push(match t.role {
-                    TrackRole::Doctor => 1,
-                    TrackRole::Patient => 2,
-                });
+                out.push(t.role.to_byte());
                 out.push(u8::from(t.protected));
                 out.extend_from_slice(t.participant.as_bytes());
             }
@@ -184,13 +222,7 @@ impl Record {
                 Self::Track(Track {
                     id,
                     codec: Codec::from_byte(codec)?,
-                    role: match role {
-                        1 => TrackRole::Doctor,
-                        2 => TrackRole::Patient,
-                        other => {
-                            return Err(VaultError::Malformed(format!("unknown role {other}")))
-                        }
-                    },
+                    role: TrackRole::from_byte(role)?,
                     participant,
                     protected: flags & 1 == 1,
                 })
@@ -571,5 +603,54 @@ impl<R: Read> Iterator for FramesInTimeOrder<R> {
                 return Some(Err(e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_of_a_group_consultation_round_trips_and_an_unknown_one_is_refused() {
+        let roles = [
+            TrackRole::Doctor,
+            TrackRole::Patient,
+            TrackRole::Clinician,
+            TrackRole::Interpreter,
+            TrackRole::Companion,
+        ];
+        let mut batch = RecordBatch::default();
+        for (id, role) in roles.iter().enumerate() {
+            batch.push(&Record::Track(Track {
+                id: id as u8,
+                codec: Codec::Opus,
+                role: *role,
+                participant: Uuid::new_v4(),
+                protected: false,
+            }));
+        }
+        let bytes = batch.take();
+        let decoded: Vec<TrackRole> = Record::decode_all(&bytes)
+            .unwrap()
+            .into_iter()
+            .map(|r| match r {
+                Record::Track(t) => t.role,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(decoded, roles);
+        let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+        assert_eq!(
+            names,
+            ["doctor", "patient", "clinician", "interpreter", "companion"]
+        );
+
+        // The role byte of the first record (tag, id, codec, role): 6 names no role.
+        let mut unknown = bytes.clone();
+        unknown[3] = 6;
+        assert!(matches!(
+            Record::decode_all(&unknown),
+            Err(VaultError::Malformed(m)) if m.contains("unknown role 6")
+        ));
     }
 }
