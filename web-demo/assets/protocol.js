@@ -309,7 +309,9 @@ export const PROTOCOL_VERSION = 1;
 /**
  * `recorder`: the service's recorder, present only while the consultation is recorded. It is
  * receive-only: clients offer it a send-only connection; it never offers and never sends media.
- * @typedef {"doctor" | "patient" | "recorder"} ParticipantRole
+ * `clinician`, `interpreter`, `companion`: group consultations (under way; the service does not
+ * admit them yet).
+ * @typedef {"doctor" | "patient" | "recorder" | "clinician" | "interpreter" | "companion"} ParticipantRole
  */
 
 /**

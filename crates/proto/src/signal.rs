@@ -158,6 +158,13 @@ pub enum ParticipantRole {
     /// The service's recorder: receive-only, present only while the consultation is recorded.
     /// Clients offer it a send-only connection; it never offers and never sends media.
     Recorder,
+    /// Another clinician the doctor added to the consultation (group consultations, under way:
+    /// the service does not admit one yet).
+    Clinician,
+    /// A medical interpreter invited into the consultation (group consultations, under way).
+    Interpreter,
+    /// A family member or carer invited into the consultation (group consultations, under way).
+    Companion,
 }
 
 /// Whether the consultation is being recorded, as every participant is told (`recording`).
@@ -184,7 +191,7 @@ pub enum RecordingState {
 pub struct Peer {
     /// Their participant id: the `to` of messages for them.
     pub participant_id: Uuid,
-    /// Doctor or patient.
+    /// Their role.
     pub role: ParticipantRole,
     /// Display name.
     pub name: String,

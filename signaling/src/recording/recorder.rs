@@ -400,11 +400,11 @@ impl Recorder {
     /// A participant offers its media: answer with a fresh receive-only connection (or apply it
     /// to the existing one, for an ICE restart).
     async fn answer(&mut self, from: Uuid, sdp: &str) -> anyhow::Result<()> {
-        if !matches!(
+        if matches!(
             self.roles.get(&from),
-            Some(ParticipantRole::Doctor | ParticipantRole::Patient)
+            None | Some(ParticipantRole::Recorder)
         ) {
-            anyhow::bail!("an offer from someone who is not a doctor or patient here");
+            anyhow::bail!("an offer from someone who is not a participant here");
         }
         // Candidates in the offer itself go through the same policy as trickled ones.
         let policy = self.state.recordings.candidates.clone();
@@ -547,7 +547,10 @@ impl Recorder {
         let role = match self.roles.get(&from) {
             Some(ParticipantRole::Doctor) => TrackRole::Doctor,
             Some(ParticipantRole::Patient) => TrackRole::Patient,
-            _ => return,
+            Some(ParticipantRole::Clinician) => TrackRole::Clinician,
+            Some(ParticipantRole::Interpreter) => TrackRole::Interpreter,
+            Some(ParticipantRole::Companion) => TrackRole::Companion,
+            Some(ParticipantRole::Recorder) | None => return,
         };
         let key = (from, codec.is_video());
         let needs_track = self.tracks.get(&key).is_none_or(|t| t.codec != codec);

@@ -785,20 +785,24 @@ impl Hub {
                 .members
                 .values()
                 .filter(|m| m.admitted)
-                .filter_map(|m| match m.role {
-                    ParticipantRole::Doctor => Some(Participant {
-                        role: Role::Clinician,
-                        consent: Consent::NotAsked,
-                    }),
-                    ParticipantRole::Patient => Some(Participant {
-                        role: Role::Patient,
-                        consent: room
-                            .consents
+                .filter_map(|m| {
+                    let role = match m.role {
+                        ParticipantRole::Doctor | ParticipantRole::Clinician => Role::Clinician,
+                        ParticipantRole::Patient => Role::Patient,
+                        ParticipantRole::Interpreter => Role::Interpreter,
+                        ParticipantRole::Companion => Role::Companion,
+                        ParticipantRole::Recorder => return None,
+                    };
+                    // Everyone the policy asks (all but clinicians) answers for themselves.
+                    let consent = if role.must_consent() {
+                        room.consents
                             .get(&m.id)
                             .copied()
-                            .unwrap_or(Consent::NotAsked),
-                    }),
-                    ParticipantRole::Recorder => None,
+                            .unwrap_or(Consent::NotAsked)
+                    } else {
+                        Consent::NotAsked
+                    };
+                    Some(Participant { role, consent })
                 })
                 .collect();
             Some((room.info.clone(), participants))

@@ -606,6 +606,9 @@ impl Connected {
             ParticipantRole::Doctor => "doctor",
             ParticipantRole::Patient => "patient",
             ParticipantRole::Recorder => "recorder",
+            ParticipantRole::Clinician => "clinician",
+            ParticipantRole::Interpreter => "interpreter",
+            ParticipantRole::Companion => "companion",
         };
         state.metrics.joins.with_label_values(&[role]).inc();
         let actor = match &place.doctor {
