@@ -176,16 +176,29 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let (row, actor) = authorised(&state, &doctor, id, PolicyAction::Export).await?;
     let vault = state.recordings.vault.clone();
-    let segments = rows::segments(&state.pool, id).await?;
+    // A chain that cannot be followed is refused (and audited) like any damaged recording.
+    let segments = match rows::segments(&state.pool, id).await {
+        Ok(segments) => Ok(segments),
+        Err(e) => match e.downcast_ref::<rows::BrokenChain>() {
+            Some(broken) => Err(ExportError::BrokenChain {
+                id,
+                why: broken.to_string(),
+            }),
+            None => return Err(e.into()),
+        },
+    };
     // Check and plan first (every refusal comes before the first byte), then stream.
-    let prepared = {
-        let vault = vault.clone();
-        tokio::task::spawn_blocking(move || match segments.split_first() {
-            Some((first, continuations)) => export::prepare(&vault, first, continuations, None),
-            None => Err(ExportError::Empty(id)),
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+    let prepared = match segments {
+        Ok(segments) => {
+            let vault = vault.clone();
+            tokio::task::spawn_blocking(move || match segments.split_first() {
+                Some((first, continuations)) => export::prepare(&vault, first, continuations, None),
+                None => Err(ExportError::Empty(id)),
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+        }
+        Err(broken) => Err(broken),
     };
     let prepared = match prepared {
         Ok(prepared) => prepared,
@@ -362,7 +375,9 @@ pub fn export_error(e: ExportError) -> ApiError {
             ApiError::conflict("needs_clinician_key", e.to_string())
         }
         ExportError::Empty(_) => ApiError::conflict("recording_empty", e.to_string()),
-        ExportError::Vault { .. } => ApiError::conflict("recording_damaged", e.to_string()),
+        ExportError::Vault { .. } | ExportError::BrokenChain { .. } => {
+            ApiError::conflict("recording_damaged", e.to_string())
+        }
         ExportError::DoesNotOpen { .. } => ApiError::conflict("wrong_recording_key", e.to_string()),
     }
 }

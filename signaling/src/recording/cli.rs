@@ -122,32 +122,42 @@ pub async fn export(
     .map_err(|e| anyhow::anyhow!("export refused: {e}"))?;
     let partial = out.with_extension("partial");
     let vault = state.recordings.vault.clone();
-    let segments = rows::segments(&state.pool, id).await?;
+    // A chain that cannot be followed is refused, and audited, like any damaged recording.
+    let segments = match rows::segments(&state.pool, id).await {
+        Ok(segments) => Ok(segments),
+        Err(e) if e.downcast_ref::<rows::BrokenChain>().is_some() => Err(e),
+        Err(e) => return Err(e),
+    };
     let cut_short = segments
-        .last()
+        .as_ref()
+        .ok()
+        .and_then(|s| s.last())
         .filter(|last| last.state.may_be_unfinished())
         .map(|last| (last.id, last.note.clone()));
-    let result = {
-        let partial = partial.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let (first, continuations) = segments
-                .split_first()
-                .with_context(|| format!("no recording {id}"))?;
-            let file = File::create(&partial)
-                .with_context(|| format!("creating {}", partial.display()))?;
-            let mut writer = BufWriter::new(file);
-            let exported = export::export(
-                &vault,
-                first,
-                continuations,
-                clinician_key.as_ref(),
-                &mut writer,
-            )?;
-            let file = writer.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            Ok(exported)
-        })
-        .await?
+    let result = match segments {
+        Err(broken) => Err(broken),
+        Ok(segments) => {
+            let partial = partial.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let (first, continuations) = segments
+                    .split_first()
+                    .with_context(|| format!("no recording {id}"))?;
+                let file = File::create(&partial)
+                    .with_context(|| format!("creating {}", partial.display()))?;
+                let mut writer = BufWriter::new(file);
+                let exported = export::export(
+                    &vault,
+                    first,
+                    continuations,
+                    clinician_key.as_ref(),
+                    &mut writer,
+                )?;
+                let file = writer.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                Ok(exported)
+            })
+            .await?
+        }
     };
     let detail = match &result {
         Ok(exported) => json!({ "frames": exported.summary.frames,

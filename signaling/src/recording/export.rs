@@ -41,6 +41,14 @@ pub enum ExportError {
         /// What did not open.
         why: String,
     },
+    /// Its segments cannot be followed (see [`super::rows::BrokenChain`]).
+    #[error("recording {id} is damaged: {why}")]
+    BrokenChain {
+        /// The recording.
+        id: uuid::Uuid,
+        /// What is wrong with the chain.
+        why: String,
+    },
     /// The vault refused (damaged, truncated, wrong key, ...).
     #[error("recording {id} cannot be opened: {source}")]
     Vault {

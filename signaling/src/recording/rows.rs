@@ -211,9 +211,16 @@ pub async fn to_continue(
     .transpose()
 }
 
+/// A chain of segments that cannot be followed (too long, a link missing, or a link to another
+/// consultation's recording): the recording is damaged, not the database unreachable.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BrokenChain(pub String);
+
 /// Every segment of the recording `id` belongs to, first to last: the recordings it continues
 /// and those that continue it (just `id` when it was never interrupted and continued). Empty
-/// when there is no recording `id`.
+/// when there is no recording `id`. A chain that cannot be followed is an error holding a
+/// [`BrokenChain`].
 pub async fn segments(pool: &AnyPool, id: Uuid) -> anyhow::Result<Vec<RecordingRow>> {
     let Some(mut first) = find(pool, id).await? else {
         return Ok(Vec::new());
@@ -221,12 +228,16 @@ pub async fn segments(pool: &AnyPool, id: Uuid) -> anyhow::Result<Vec<RecordingR
     let mut walked = 1;
     while let Some(previous) = first.continues {
         walked += 1;
-        anyhow::ensure!(
-            walked <= MAX_SEGMENTS,
-            "recording {id} has more than {MAX_SEGMENTS} segments"
-        );
+        if walked > MAX_SEGMENTS {
+            return Err(BrokenChain(format!(
+                "recording {id} has more than {MAX_SEGMENTS} segments"
+            ))
+            .into());
+        }
         first = find(pool, previous).await?.ok_or_else(|| {
-            anyhow::anyhow!("recording {id} continues {previous}, which is missing")
+            BrokenChain(format!(
+                "recording {id} continues {previous}, which is missing"
+            ))
         })?;
     }
     let mut chain = vec![first];
@@ -238,20 +249,23 @@ pub async fn segments(pool: &AnyPool, id: Uuid) -> anyhow::Result<Vec<RecordingR
             .map(from_row)
             .transpose()?;
         let Some(next) = next else { break };
-        anyhow::ensure!(
-            chain.len() < MAX_SEGMENTS,
-            "recording {id} has more than {MAX_SEGMENTS} segments"
-        );
+        if chain.len() >= MAX_SEGMENTS {
+            return Err(BrokenChain(format!(
+                "recording {id} has more than {MAX_SEGMENTS} segments"
+            ))
+            .into());
+        }
         chain.push(next);
     }
     // Segments are of one consultation (the service only continues a recording in its own), so
     // whoever may have one may have all: anything else is refused, never followed.
     let consultation = chain[0].consultation_id;
     if let Some(stranger) = chain.iter().find(|r| r.consultation_id != consultation) {
-        anyhow::bail!(
+        return Err(BrokenChain(format!(
             "recording {} continues one of another consultation",
             stranger.id
-        );
+        ))
+        .into());
     }
     Ok(chain)
 }

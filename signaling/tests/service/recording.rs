@@ -1046,5 +1046,39 @@ async fn only_a_recent_interruption_nobody_continued_is_continued() {
     rows::insert(pool, &stranger).await.unwrap();
     let err = rows::segments(pool, stranger.id).await.unwrap_err();
     assert!(err.to_string().contains("another consultation"), "{err}");
+    assert!(err.downcast_ref::<rows::BrokenChain>().is_some());
     assert!(rows::segments(pool, base).await.is_err());
+    // Asked for over the API, it is a damaged recording: refused with a clear answer, audited.
+    rows::finish(
+        pool,
+        stranger.id,
+        RecordingStatus::Complete,
+        now,
+        1,
+        1,
+        None,
+    )
+    .await
+    .unwrap();
+    let r = doctor
+        .bearer(
+            Method::GET,
+            &format!("/api/v1/recordings/{}/export", stranger.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = error_code(r).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::CONFLICT, "recording_damaged")
+    );
+    let refused = svc.audited("recording_exported", None).await;
+    assert!(
+        refused.detail["detail"]["refused"]
+            .as_str()
+            .is_some_and(|why| why.contains("another consultation")),
+        "{}",
+        refused.detail
+    );
 }
