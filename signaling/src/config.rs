@@ -496,29 +496,29 @@ impl BackupConfig {
 /// Whether `path` is `dir` or inside it, comparing absolute forms (symbolic links resolved for
 /// whatever part exists).
 fn inside(path: &Path, dir: &Path) -> bool {
-    fn absolute(p: &Path) -> PathBuf {
+    /// Absolute, each existing prefix with its symbolic links resolved, `..` applied as the
+    /// system would (after the links before it).
+    fn resolved(p: &Path) -> PathBuf {
+        use std::path::Component;
         let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        // Resolve the longest existing ancestor, keep the rest as written.
-        let mut existing = p.as_path();
-        let mut rest = Vec::new();
-        while !existing.exists() {
-            match (existing.parent(), existing.file_name()) {
-                (Some(parent), Some(name)) => {
-                    rest.push(name.to_owned());
-                    existing = parent;
+        let mut out = PathBuf::new();
+        for component in p.components() {
+            match component {
+                Component::ParentDir => {
+                    out.pop();
                 }
-                _ => return p,
+                Component::CurDir => {}
+                other => {
+                    out.push(other);
+                    if let Ok(real) = out.canonicalize() {
+                        out = real;
+                    }
+                }
             }
         }
-        let mut resolved = existing
-            .canonicalize()
-            .unwrap_or_else(|_| existing.to_path_buf());
-        for name in rest.into_iter().rev() {
-            resolved.push(name);
-        }
-        resolved
+        out
     }
-    absolute(path).starts_with(absolute(dir))
+    resolved(path).starts_with(resolved(dir))
 }
 
 impl std::fmt::Debug for BackupConfig {
@@ -920,6 +920,61 @@ mod tests {
         config.alerts.webhook_secret = Some("a webhook secret of at least 32 chars".into());
         config.recording.candidate_networks = Some(vec!["10.20.0.0/16".into(), "::1".into()]);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn backup_settings_that_do_not_hold_together_are_refused_with_their_name() {
+        let refused = |tweak: &dyn Fn(&mut BackupConfig), naming: &str| {
+            let mut config = Config {
+                data_dir: PathBuf::from("/srv/consult-data"),
+                ..Config::default()
+            };
+            config.backup = BackupConfig {
+                repository: Some("/mnt/offsite/consult".into()),
+                key_file: Some(PathBuf::from("/etc/consult/backup.key")),
+                ..BackupConfig::default()
+            };
+            assert!(config.validate().is_ok(), "the base case holds");
+            tweak(&mut config.backup);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(naming), "{naming}: {err}");
+        };
+        refused(&|b| b.key_file = None, "backup.key_file");
+        // The backup key is held apart from what it protects, and so is the repository.
+        refused(
+            &|b| b.key_file = Some("/srv/consult-data/keys/backup.key".into()),
+            "backup.key_file must be outside data_dir",
+        );
+        refused(
+            &|b| b.key_file = Some("/srv/elsewhere/../consult-data/backup.key".into()),
+            "backup.key_file must be outside data_dir",
+        );
+        refused(
+            &|b| b.repository = Some("/srv/consult-data/backups".into()),
+            "backup.repository must be outside data_dir",
+        );
+        refused(
+            &|b| b.cache_dir = Some("/srv/consult-data/cache".into()),
+            "backup.cache_dir",
+        );
+        refused(&|b| b.repository = Some("  ".into()), "backup.repository");
+        refused(
+            &|b| {
+                b.repository = None;
+                b.interval = Some(Duration::from_secs(3600));
+            },
+            "backup.interval needs backup.repository",
+        );
+        refused(
+            &|b| b.interval = Some(Duration::from_millis(10)),
+            "backup.interval",
+        );
+        refused(&|b| b.timeout = Duration::ZERO, "backup.timeout");
+        refused(
+            &|b| b.s3_access_key_id = Some("GK1".into()),
+            "backup.s3_access_key_id and backup.s3_secret_access_key",
+        );
+        refused(&|b| b.keep_last = 0, "backup.keep_last");
     }
 
     #[test]

@@ -110,9 +110,7 @@ impl Backups {
             }
             (None, _) => None,
         };
-        config.bind = "127.0.0.1:0"
-            .parse()
-            .map_err(|_| BackupError::Database("bind".into()))?;
+        config.bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         config.public_url = None;
         config.tls = false;
         config.admin.bind = None;

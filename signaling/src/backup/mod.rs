@@ -216,6 +216,19 @@ fn installation_of(snapshot: &Snapshot) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Refuse a repository holding another installation's snapshots.
+fn refuse_other_installations(snapshots: &[Snapshot], ours: Uuid) -> Result<(), BackupError> {
+    let ours = ours.to_string();
+    for snapshot in snapshots {
+        if let Some(found) = installation_of(snapshot)
+            && found != ours
+        {
+            return Err(BackupError::OtherInstallation { found, ours });
+        }
+    }
+    Ok(())
+}
+
 /// One installation's backups.
 #[derive(Debug)]
 pub struct Backups {
@@ -266,7 +279,14 @@ impl Backups {
             });
         }
         self.restic.unlock_stale().await?;
-        self.refuse_other_installations(installation).await?;
+        // Listed once, before anything is written: every key snapshot here is older than the
+        // one this run makes (the lock keeps other runs out meanwhile), so all of them go.
+        let existing = self.restic.snapshots(&[TAG]).await?;
+        refuse_other_installations(&existing, installation)?;
+        let earlier_keys: Vec<Snapshot> = existing
+            .into_iter()
+            .filter(|s| s.tags.iter().any(|t| t == KEYS_TAG))
+            .collect();
 
         let staging = data_dir.join(STAGING);
         let _ = fs::remove_dir_all(&staging);
@@ -304,7 +324,10 @@ impl Backups {
 
         // The keys, read now (after the database: a recording shredded in between is in the
         // data without a key, which a restore reads as shredded), sealed and handed to restic.
-        let keys = match self.save_keys(pool, installation, &tags(KEYS_TAG)).await {
+        let keys = match self
+            .save_keys(pool, installation, earlier_keys.last(), &tags(KEYS_TAG))
+            .await
+        {
             Ok(keys) => keys,
             Err(e) => {
                 // Data without its keys is never restored (a restore picks data no newer than
@@ -319,9 +342,7 @@ impl Backups {
                 return Err(e);
             }
         };
-        let keys_forgotten = self
-            .forget_old_keys(installation, &keys.snapshot_id)
-            .await?;
+        let keys_forgotten = self.forget_keys(&earlier_keys).await?;
         Ok(Created {
             data_snapshot: data.snapshot_id,
             keys_snapshot: keys.snapshot_id,
@@ -339,6 +360,7 @@ impl Backups {
         &self,
         pool: &AnyPool,
         installation: Uuid,
+        previous: Option<&Snapshot>,
         tags: &[String],
     ) -> Result<BackupSummary, BackupError> {
         let known: HashMap<Uuid, escrow::Known> =
@@ -359,15 +381,8 @@ impl Backups {
                     ))
                 })
                 .collect();
-        let tag = installation_tag(installation);
-        let previous = match self
-            .restic
-            .snapshots(&[KEYS_TAG, &tag])
-            .await?
-            .into_iter()
-            .last()
-        {
-            Some(keys) => Some(self.current_keys(&keys).await?),
+        let previous = match previous {
+            Some(keys) => Some(self.current_keys(keys).await?),
             None => None,
         };
         let vault_dir = self.config.data_dir.join("vault");
@@ -383,38 +398,10 @@ impl Backups {
         self.restic.backup_bytes(escrow::ESCROW, sealed, tags).await
     }
 
-    /// Refuse a repository holding another installation's snapshots.
-    async fn refuse_other_installations(&self, ours: Uuid) -> Result<(), BackupError> {
-        let ours = ours.to_string();
-        for snapshot in self.restic.snapshots(&[TAG]).await? {
-            if let Some(found) = installation_of(&snapshot)
-                && found != ours
-            {
-                return Err(BackupError::OtherInstallation { found, ours });
-            }
-        }
-        Ok(())
-    }
-
-    /// Forget every key snapshot of `installation` but `keep`, and prune: the old keys leave
-    /// the repository (their packs are deleted whole).
-    async fn forget_old_keys(&self, installation: Uuid, keep: &str) -> Result<usize, BackupError> {
-        let tag = installation_tag(installation);
-        let snapshots = self.restic.snapshots(&[KEYS_TAG, &tag]).await?;
-        let ours = snapshots
-            .iter()
-            .find(|s| s.id.starts_with(keep))
-            .and_then(Snapshot::taken_at)
-            .ok_or_else(|| BackupError::Engine {
-                command: "snapshots".into(),
-                detail: format!("the key snapshot {keep} just made is not listed"),
-            })?;
-        // Only older ones: a newer one (another run's) is never forgotten by this one.
-        let old: Vec<String> = snapshots
-            .into_iter()
-            .filter(|s| !s.id.starts_with(keep) && s.taken_at().is_some_and(|t| t < ours))
-            .map(|s| s.id)
-            .collect();
+    /// Forget the key snapshots `earlier` (listed before this run's was made), and prune: the
+    /// old keys leave the repository (their packs are deleted whole).
+    async fn forget_keys(&self, earlier: &[Snapshot]) -> Result<usize, BackupError> {
+        let old: Vec<String> = earlier.iter().map(|s| s.id.clone()).collect();
         if !old.is_empty() {
             self.restic.forget(&old).await?;
             // Their packs hold nothing else, so they go whole; nothing else is repacked.

@@ -296,6 +296,12 @@ async fn backups_refuse_what_they_must_and_say_why() {
         .unwrap_err();
     assert!(matches!(e, BackupError::OtherInstallation { .. }), "{e}");
 
+    // A backup named by a prefix too short to be one, or by one that names none.
+    for wanted in ["", "abc", "ffffffff"] {
+        let e = backups.restore(Some(wanted), false).await.unwrap_err();
+        assert!(matches!(e, BackupError::NoSuchBackup(_)), "{wanted:?}: {e}");
+    }
+
     // Restoring onto the running service's directory: refused, forced or not.
     assert!(matches!(
         backups.restore(None, false).await,
