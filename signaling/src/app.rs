@@ -38,6 +38,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
         consultations::create, consultations::list, consultations::get, consultations::end,
         consultations::reissue_invite, consultations::revoke_invite, consultations::waiting_room,
         consultations::admit, consultations::decline,
+        consultations::members::issue_invite, consultations::members::revoke_invite,
+        consultations::members::add_clinician, consultations::members::remove_clinician,
+        consultations::members::remove_participant, consultations::members::shared,
         invites::inspect, invites::redeem,
         ice::get,
         recording::api::list, recording::api::download, recording::api::shred,
@@ -226,6 +229,7 @@ pub fn router(state: AppState) -> Router {
             "/consultations",
             post(consultations::create).get(consultations::list),
         )
+        .route("/consultations/shared", get(consultations::members::shared))
         .route("/consultations/{id}", get(consultations::get))
         .route("/consultations/{id}/end", post(consultations::end))
         .route(
@@ -239,6 +243,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/consultations/{id}/participants/{pid}/decline",
             post(consultations::decline),
+        )
+        .route(
+            "/consultations/{id}/participants/{pid}/remove",
+            post(consultations::members::remove_participant),
+        )
+        .route(
+            "/consultations/{id}/invites",
+            post(consultations::members::issue_invite),
+        )
+        .route(
+            "/consultations/{id}/invites/{invite_id}",
+            delete(consultations::members::revoke_invite),
+        )
+        .route(
+            "/consultations/{id}/clinicians",
+            post(consultations::members::add_clinician),
+        )
+        .route(
+            "/consultations/{id}/clinicians/{user_id}",
+            delete(consultations::members::remove_clinician),
         )
         .route("/consultations/{id}/recordings", get(recording::api::list))
         .route("/recordings/{id}/export", get(recording::api::download))

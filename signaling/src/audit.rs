@@ -100,10 +100,16 @@ pub enum Action {
     InviteUsed,
     /// A redemption was refused (expired, revoked, in use).
     InviteRefused,
-    /// A patient was admitted.
+    /// Someone waiting was admitted.
     Admitted,
-    /// A patient was declined.
+    /// Someone waiting was declined.
     Declined,
+    /// The doctor added a colleague (another clinician account) to a consultation.
+    ClinicianAdded,
+    /// The doctor took a colleague off a consultation (disconnecting them if in the call).
+    ClinicianRemoved,
+    /// The doctor removed someone from the call (their invite or place revoked).
+    ParticipantRemoved,
     /// A participant connected to the consultation.
     Joined,
     /// A participant left or was disconnected for good.

@@ -273,6 +273,10 @@ pub struct PolicyConfig {
     /// only until the account has a passkey (or with a recovery code), and such a session may
     /// do nothing but register one.
     pub require_passkey: bool,
+    /// How many people may take part in one call at once, the doctor included (2 to 4; the
+    /// recorder not counted). Each extra person needs a named invite or is a colleague the
+    /// doctor added; more invites than this are refused.
+    pub max_participants: u8,
 }
 
 impl Default for PolicyConfig {
@@ -282,6 +286,7 @@ impl Default for PolicyConfig {
             recording_allowed: true,
             retention_days: 30,
             require_passkey: false,
+            max_participants: 2,
         }
     }
 }
@@ -719,6 +724,9 @@ impl Config {
             .is_some_and(|s| s.len() < 16)
         {
             return bad("ice.turn_shared_secret must be at least 16 characters");
+        }
+        if !(2..=4).contains(&self.policy.max_participants) {
+            return bad("policy.max_participants must be 2, 3 or 4");
         }
         if self.cluster.lease < Duration::from_millis(600) {
             return bad("cluster.lease must be at least 600ms");

@@ -174,6 +174,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "installation",
         include_str!("../migrations/0012_installation.sql"),
     ),
+    (
+        13,
+        "group consultations",
+        include_str!("../migrations/0013_group_consultations.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema in `signaling/migrations/postgres`: the SQLite migrations' end state
@@ -193,6 +198,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "installation",
         include_str!("../migrations/postgres/0003_installation.sql"),
+    ),
+    (
+        4,
+        "group consultations",
+        include_str!("../migrations/postgres/0004_group_consultations.sql"),
     ),
 ];
 

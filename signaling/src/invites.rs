@@ -32,6 +32,22 @@ const MAX_NAME_CHARS: usize = 80;
 
 pub use crate::consultations::rows::{latest_invite as latest, InviteRecord};
 
+/// A name as people enter it, trimmed, or `400 invalid_name`: 1 to 80 characters, not only
+/// spaces, no control characters.
+pub(crate) fn checked_name(raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim().to_owned();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("enter a name of 1 to {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(name)
+}
+
 /// Find the invite a link names and check it can be used now.
 async fn usable_invite(
     state: &AppState,
@@ -72,6 +88,8 @@ fn info(invite: &InviteRecord, consultation: &ConsultationRecord) -> InviteInfo 
         mode: consultation.mode,
         e2ee: consultation.e2ee,
         expires_at: invite.expires_at,
+        kind: invite.kind,
+        name: invite.name.clone(),
     }
 }
 
@@ -110,18 +128,14 @@ pub async fn redeem(
     origin: ClientOrigin,
     ApiJson(req): ApiJson<RedeemInviteRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let name = req.name.trim().to_owned();
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            format!("enter a name of 1 to {MAX_NAME_CHARS} characters"),
-        ));
-    }
     let now = state.clock.now();
     let (invite, consultation) = usable_or_counted(&state, &origin, &req.invite).await?;
+    // A named invite carries the name its doctor chose: whoever opens it cannot pose as
+    // someone else.
+    let name = match &invite.name {
+        Some(name) => name.clone(),
+        None => checked_name(&req.name)?,
+    };
     let participant_id = Uuid::new_v4();
     let token = Token::generate();
     // The place taken and its audit entry commit together.
@@ -130,6 +144,7 @@ pub async fn redeem(
         id: participant_id,
         consultation_id: consultation.id,
         invite_id: invite.id,
+        role: invite.kind,
         name: &name,
         token_hash: &token.hash().0,
         created_at: now,
@@ -222,13 +237,15 @@ async fn refused(
     audit_tally::count_now(&state.pool, now, &state.config.audit, &event).await
 }
 
-/// A patient's place, looked up by participant token.
+/// A place taken with an invite, looked up by participant token.
 #[derive(Debug, Clone)]
 pub struct ParticipantRecord {
     /// Participant id.
     pub id: Uuid,
-    /// Name entered.
+    /// Name entered, or the invite's.
     pub name: String,
+    /// Patient, interpreter or companion.
+    pub role: ParticipantRole,
     /// The consultation.
     pub consultation: ConsultationRecord,
 }
@@ -247,6 +264,7 @@ pub async fn find_participant(
     Ok(Some(ParticipantRecord {
         id: place.id,
         name: place.name,
+        role: place.role,
         consultation,
     }))
 }
@@ -258,7 +276,8 @@ pub async fn release(state: &AppState, participant_id: Uuid) -> anyhow::Result<(
 
 /// Release every patient of a consultation (it ended).
 pub async fn release_all(state: &AppState, consultation_id: Uuid) -> anyhow::Result<()> {
-    rows::release_places(&state.pool, consultation_id, state.clock.now()).await
+    rows::release_places(&state.pool, consultation_id, state.clock.now()).await?;
+    rows::clear_colleagues_admitted(&state.pool, consultation_id).await
 }
 
 /// Release the patients holding a revoked invite and disconnect them.
@@ -284,13 +303,19 @@ pub async fn remove_holders(
     Ok(())
 }
 
-/// Record that someone left for good: release a patient's invite and audit it (together),
-/// then let the recording policy see who is left.
+/// Record that someone left for good: release the invite they held (a colleague is simply out
+/// of the call) and audit it (together), then let the recording policy see who is left.
 pub async fn depart(state: &AppState, departure: &Departure) -> anyhow::Result<()> {
     let now = state.clock.now();
     let mut tx = state.audit.begin().await?;
-    if departure.role == ParticipantRole::Patient {
-        rows::release_place(tx.connection(), departure.participant_id, now).await?;
+    match departure.role {
+        ParticipantRole::Patient | ParticipantRole::Interpreter | ParticipantRole::Companion => {
+            rows::release_place(tx.connection(), departure.participant_id, now).await?;
+        }
+        ParticipantRole::Clinician => {
+            rows::set_colleague_admitted(tx.connection(), departure.participant_id, None).await?;
+        }
+        ParticipantRole::Doctor | ParticipantRole::Recorder => {}
     }
     tx.record(
         now,
@@ -330,7 +355,9 @@ pub async fn restore_places(state: &AppState, doctor: Option<Uuid>) -> anyhow::R
     }
     let mut by_consultation: std::collections::BTreeMap<Uuid, Vec<RestoredPlace>> =
         std::collections::BTreeMap::new();
-    for (consultation_id, place) in rows::held_places(&state.pool, doctor).await? {
+    let mut held = rows::held_places(&state.pool, doctor).await?;
+    held.extend(rows::admitted_colleagues(&state.pool, doctor).await?);
+    for (consultation_id, place) in held {
         by_consultation
             .entry(consultation_id)
             .or_default()
@@ -345,7 +372,8 @@ pub async fn restore_places(state: &AppState, doctor: Option<Uuid>) -> anyhow::R
             continue;
         };
         restored += places.len();
-        for (participant_id, generation) in state.hub.restore(record.room_info(), places, now) {
+        let info = record.room_info(state.config.policy.max_participants);
+        for (participant_id, generation) in state.hub.restore(info, places, now) {
             crate::signal::socket::schedule_expiry(
                 state.clone(),
                 consultation_id,

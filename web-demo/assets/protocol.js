@@ -202,6 +202,56 @@ export const PROTOCOL_VERSION = 1;
  * @property {string} [invite_url] Only in the response that issues it.
  * @property {boolean} [e2ee] End-to-end encrypted (absent from services before it existed).
  * @property {WaitingPatient[]} waiting
+ * @property {NamedInvite[]} [invites] The named invites still live, one per extra person.
+ * @property {Colleague[]} [clinicians] Colleagues the doctor added.
+ * @property {number} [max_participants] How many may take part at once, the doctor included.
+ */
+
+/**
+ * Who an invite is for: the patient link (no name: the patient enters theirs) or a named invite.
+ * @typedef {"patient" | "interpreter" | "companion"} InviteKind
+ */
+
+/**
+ * `POST /api/v1/consultations/{id}/invites`.
+ * @typedef {{ kind: InviteKind, name: string }} IssueInviteRequest
+ */
+
+/**
+ * @typedef {object} NamedInvite
+ * @property {string} id
+ * @property {InviteKind} kind
+ * @property {string} name The name the doctor chose; the person who opens it cannot change it.
+ * @property {string} issued_at
+ * @property {string} expires_at
+ * @property {boolean} in_use
+ */
+
+/** @typedef {{ invite: NamedInvite, invite_url: string }} IssuedInvite */
+
+/**
+ * `POST /api/v1/consultations/{id}/clinicians`.
+ * @typedef {{ email: string }} AddClinicianRequest
+ */
+
+/**
+ * @typedef {object} Colleague
+ * @property {string} user_id
+ * @property {string} name
+ * @property {string} participant_id
+ * @property {string} added_at
+ */
+
+/**
+ * `GET /api/v1/consultations/shared`: consultations another clinician added you to.
+ * @typedef {object} SharedConsultation
+ * @property {string} id
+ * @property {string | null} title
+ * @property {string} doctor_name
+ * @property {ConsultationMode} mode
+ * @property {boolean} e2ee
+ * @property {ConsultationStatus} status
+ * @property {string} added_at
  */
 
 /**
@@ -221,6 +271,7 @@ export const PROTOCOL_VERSION = 1;
  * @property {string} name
  * @property {string} waiting_since
  * @property {boolean} connected
+ * @property {ParticipantRole} [role] Patient unless an invite or the doctor said otherwise.
  */
 
 /**
@@ -269,9 +320,14 @@ export const PROTOCOL_VERSION = 1;
  * @property {ConsultationMode} mode
  * @property {boolean} [e2ee] End-to-end encrypted: the patient's browser must support it.
  * @property {string} expires_at
+ * @property {InviteKind} [kind]
+ * @property {string} [name] A named invite's name (then the page does not ask for one).
  */
 
-/** @typedef {{ invite: string, name: string }} RedeemInviteRequest */
+/**
+ * `name` is ignored (and may be left out) when the invite carries its own.
+ * @typedef {{ invite: string, name?: string }} RedeemInviteRequest
+ */
 
 /**
  * @typedef {object} RedeemInviteResponse
@@ -309,8 +365,8 @@ export const PROTOCOL_VERSION = 1;
 /**
  * `recorder`: the service's recorder, present only while the consultation is recorded. It is
  * receive-only: clients offer it a send-only connection; it never offers and never sends media.
- * `clinician`, `interpreter`, `companion`: group consultations (under way; the service does not
- * admit them yet).
+ * `clinician` (a colleague the doctor added), `interpreter`, `companion` (through named invites):
+ * they wait to be admitted, as a patient does.
  * @typedef {"doctor" | "patient" | "recorder" | "clinician" | "interpreter" | "companion"} ParticipantRole
  */
 
@@ -329,6 +385,8 @@ export const PROTOCOL_VERSION = 1;
  * @property {string} participant_id
  * @property {ParticipantRole} role
  * @property {string} name
+ * @property {boolean} [polite] Your side of perfect negotiation with this peer (exactly one of a
+ *   pair is polite).
  */
 
 /**
@@ -357,7 +415,7 @@ export const PROTOCOL_VERSION = 1;
 /**
  * @typedef {"malformed" | "unknown_type" | "too_large" | "unsupported_version" | "not_joined"
  *   | "already_joined" | "unauthorized" | "forbidden" | "not_admitted" | "outside_consultation"
- *   | "consultation_ended" | "doctor_busy" | "rate_limited" | "heartbeat_timeout" | "internal"
+ *   | "consultation_ended" | "doctor_busy" | "consultation_full" | "rate_limited" | "heartbeat_timeout" | "internal"
  * } SignalErrorCode
  */
 

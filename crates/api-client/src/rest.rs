@@ -3,10 +3,11 @@
 use std::time::{Duration, Instant};
 
 use consult_proto::api::{
-    AccountSummary, ChangePasswordRequest, Consultation, CreateConsultationRequest, EnrolRequest,
-    EnrolResponse, ErrorBody, IceServers, InspectInviteRequest, InviteInfo, LoginRequest,
+    AccountSummary, AddClinicianRequest, ChangePasswordRequest, Colleague, Consultation,
+    CreateConsultationRequest, EnrolRequest, EnrolResponse, ErrorBody, IceServers,
+    InspectInviteRequest, InviteInfo, InviteKind, IssueInviteRequest, IssuedInvite, LoginRequest,
     LoginResponse, MfaEnrolRequest, MfaEnrolResponse, RecordingKeyBody, RedeemInviteRequest,
-    RedeemInviteResponse, Session, WaitingPatient,
+    RedeemInviteResponse, Session, SharedConsultation, WaitingPatient,
 };
 use consult_proto::signal::ClientMessage;
 use reqwest::{Method, RequestBuilder, Response};
@@ -327,6 +328,86 @@ impl ApiClient {
     ) -> Result<(), ApiError> {
         let path = format!("/api/v1/consultations/{consultation}/participants/{participant}/admit");
         self.no_content(&path, self.request(Method::POST, &path, Some(token)))
+            .await
+    }
+
+    /// `POST /api/v1/consultations/{id}/invites`: a link of their own for one more person, of
+    /// `kind`, under the `name` everyone will see.
+    pub async fn issue_invite(
+        &self,
+        token: &str,
+        consultation: Uuid,
+        kind: InviteKind,
+        name: &str,
+    ) -> Result<IssuedInvite, ApiError> {
+        let path = format!("/api/v1/consultations/{consultation}/invites");
+        let body = IssueInviteRequest {
+            kind,
+            name: name.to_owned(),
+        };
+        let request = self.request(Method::POST, &path, Some(token)).json(&body);
+        self.json(&path, request).await
+    }
+
+    /// `DELETE /api/v1/consultations/{id}/invites/{invite_id}`: its holder is disconnected.
+    pub async fn revoke_named_invite(
+        &self,
+        token: &str,
+        consultation: Uuid,
+        invite: Uuid,
+    ) -> Result<(), ApiError> {
+        let path = format!("/api/v1/consultations/{consultation}/invites/{invite}");
+        self.no_content(&path, self.request(Method::DELETE, &path, Some(token)))
+            .await
+    }
+
+    /// `POST /api/v1/consultations/{id}/clinicians`: add a colleague by their email.
+    pub async fn add_clinician(
+        &self,
+        token: &str,
+        consultation: Uuid,
+        email: &str,
+    ) -> Result<Colleague, ApiError> {
+        let path = format!("/api/v1/consultations/{consultation}/clinicians");
+        let body = AddClinicianRequest {
+            email: email.to_owned(),
+        };
+        let request = self.request(Method::POST, &path, Some(token)).json(&body);
+        self.json(&path, request).await
+    }
+
+    /// `DELETE /api/v1/consultations/{id}/clinicians/{user_id}`.
+    pub async fn remove_clinician(
+        &self,
+        token: &str,
+        consultation: Uuid,
+        user: Uuid,
+    ) -> Result<(), ApiError> {
+        let path = format!("/api/v1/consultations/{consultation}/clinicians/{user}");
+        self.no_content(&path, self.request(Method::DELETE, &path, Some(token)))
+            .await
+    }
+
+    /// `POST /api/v1/consultations/{id}/participants/{pid}/remove`: out of the call, for good.
+    pub async fn remove_participant(
+        &self,
+        token: &str,
+        consultation: Uuid,
+        participant: Uuid,
+    ) -> Result<(), ApiError> {
+        let path =
+            format!("/api/v1/consultations/{consultation}/participants/{participant}/remove");
+        self.no_content(&path, self.request(Method::POST, &path, Some(token)))
+            .await
+    }
+
+    /// `GET /api/v1/consultations/shared`: consultations other clinicians added you to.
+    pub async fn shared_consultations(
+        &self,
+        token: &str,
+    ) -> Result<Vec<SharedConsultation>, ApiError> {
+        let path = "/api/v1/consultations/shared";
+        self.json(path, self.request(Method::GET, path, Some(token)))
             .await
     }
 

@@ -373,6 +373,150 @@ pub struct Consultation {
     pub invite_url: Option<String>,
     /// Patients in the waiting room now.
     pub waiting: Vec<WaitingPatient>,
+    /// The named invites still live (neither revoked nor expired): one per extra person the
+    /// doctor invited, each with its kind and the name the doctor chose.
+    #[serde(default)]
+    pub invites: Vec<NamedInvite>,
+    /// Colleagues (other clinician accounts) the doctor added.
+    #[serde(default)]
+    pub clinicians: Vec<Colleague>,
+    /// How many people may take part at once, the doctor included (the organisation's policy).
+    #[serde(default = "default_max_participants")]
+    pub max_participants: u8,
+}
+
+fn default_max_participants() -> u8 {
+    2
+}
+
+/// Who an invite is for. A patient link without a name (the one every consultation has) asks the
+/// patient for their name; a named invite carries the name its doctor chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InviteKind {
+    /// A patient.
+    #[default]
+    Patient,
+    /// A medical interpreter.
+    Interpreter,
+    /// A family member or carer.
+    Companion,
+}
+
+impl InviteKind {
+    /// The stored name (`patient`, `interpreter`, `companion`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Patient => "patient",
+            Self::Interpreter => "interpreter",
+            Self::Companion => "companion",
+        }
+    }
+
+    /// The kind a stored name names.
+    pub fn from_stored(stored: &str) -> Option<Self> {
+        match stored {
+            "patient" => Some(Self::Patient),
+            "interpreter" => Some(Self::Interpreter),
+            "companion" => Some(Self::Companion),
+            _ => None,
+        }
+    }
+
+    /// The role its holder has in the call.
+    pub fn role(self) -> crate::signal::ParticipantRole {
+        use crate::signal::ParticipantRole;
+        match self {
+            Self::Patient => ParticipantRole::Patient,
+            Self::Interpreter => ParticipantRole::Interpreter,
+            Self::Companion => ParticipantRole::Companion,
+        }
+    }
+}
+
+/// `POST /api/v1/consultations/{id}/invites`: invite one more person by a link of their own.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IssueInviteRequest {
+    /// Who the link is for.
+    pub kind: InviteKind,
+    /// The name everyone in the call sees for them (1 to 80 characters, not only spaces, no
+    /// control characters); the person who opens the link cannot change it.
+    #[schema(
+        max_length = 80,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    pub name: String,
+}
+
+/// A named invite, as its doctor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NamedInvite {
+    /// Invite id, to revoke it.
+    pub id: Uuid,
+    /// Who it is for.
+    pub kind: InviteKind,
+    /// The name the doctor chose.
+    pub name: String,
+    /// When it was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    /// When it stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Whether a device holds it now.
+    pub in_use: bool,
+}
+
+/// A freshly issued named invite: its link is shown only here.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IssuedInvite {
+    /// The invite.
+    pub invite: NamedInvite,
+    /// The link to send to that person.
+    pub invite_url: String,
+}
+
+/// `POST /api/v1/consultations/{id}/clinicians`: add a colleague by their account's email.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddClinicianRequest {
+    /// The colleague's sign-in email (case-insensitive).
+    #[schema(max_length = 254)]
+    pub email: String,
+}
+
+/// A colleague added to a consultation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Colleague {
+    /// Their account.
+    pub user_id: Uuid,
+    /// Their display name.
+    pub name: String,
+    /// Their participant id in the call (the same every time they join).
+    pub participant_id: Uuid,
+    /// When they were added.
+    #[serde(with = "time::serde::rfc3339")]
+    pub added_at: OffsetDateTime,
+}
+
+/// A consultation another clinician added you to (`GET /api/v1/consultations/shared`): join it
+/// with the signaling `join` message and its id, then wait to be admitted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SharedConsultation {
+    /// Consultation id.
+    pub id: Uuid,
+    /// Its owner's title.
+    pub title: Option<String>,
+    /// The clinician who owns it.
+    pub doctor_name: String,
+    /// Live-only or recorded.
+    pub mode: ConsultationMode,
+    /// End-to-end encrypted.
+    pub e2ee: bool,
+    /// Open or ended.
+    pub status: ConsultationStatus,
+    /// When you were added.
+    #[serde(with = "time::serde::rfc3339")]
+    pub added_at: OffsetDateTime,
 }
 
 /// State of a patient invite.
@@ -414,6 +558,13 @@ pub struct WaitingPatient {
     pub waiting_since: OffsetDateTime,
     /// Whether their device is connected right now.
     pub connected: bool,
+    /// Who they are in the call (`patient` unless an invite or the doctor said otherwise).
+    #[serde(default = "waiting_patient_role")]
+    pub role: crate::signal::ParticipantRole,
+}
+
+fn waiting_patient_role() -> crate::signal::ParticipantRole {
+    crate::signal::ParticipantRole::Patient
 }
 
 /// `POST /api/v1/invites/inspect`: what a patient sees before joining.
@@ -438,6 +589,13 @@ pub struct InviteInfo {
     /// When the link stops working.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// Who the link is for.
+    #[serde(default)]
+    pub kind: InviteKind,
+    /// The name the doctor chose for whoever opens it; absent on the patient link, where the
+    /// patient enters theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// `POST /api/v1/invites/redeem`: exchange an invite for a participant token.
@@ -446,11 +604,13 @@ pub struct RedeemInviteRequest {
     /// The invite token from the link.
     pub invite: String,
     /// The patient's name, shown to the doctor (1 to 80 characters, not only spaces, no
-    /// control characters).
+    /// control characters). A named invite carries its own name: then this is ignored and may
+    /// be left out.
     #[schema(
         max_length = 80,
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
     )]
+    #[serde(default)]
     pub name: String,
 }
 
@@ -579,6 +739,22 @@ redacted_debug!(RedeemInviteResponse {
 
 #[cfg(test)]
 mod tests {
+    use super::InviteKind;
+
+    #[test]
+    fn invite_kinds_round_trip_and_an_unknown_one_is_refused() {
+        for kind in [
+            InviteKind::Patient,
+            InviteKind::Interpreter,
+            InviteKind::Companion,
+        ] {
+            assert_eq!(InviteKind::from_stored(kind.as_str()), Some(kind));
+            assert_eq!(kind.role().as_str(), kind.as_str());
+        }
+        assert_eq!(InviteKind::from_stored("clinician"), None);
+        assert_eq!(InviteKind::from_stored("Patient"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -158,13 +158,26 @@ pub enum ParticipantRole {
     /// The service's recorder: receive-only, present only while the consultation is recorded.
     /// Clients offer it a send-only connection; it never offers and never sends media.
     Recorder,
-    /// Another clinician the doctor added to the consultation (group consultations, under way:
-    /// the service does not admit one yet).
+    /// Another clinician account the doctor added to the consultation; waits until admitted.
     Clinician,
-    /// A medical interpreter invited into the consultation (group consultations, under way).
+    /// A medical interpreter who came through a named invite; waits until admitted.
     Interpreter,
-    /// A family member or carer invited into the consultation (group consultations, under way).
+    /// A family member or carer who came through a named invite; waits until admitted.
     Companion,
+}
+
+impl ParticipantRole {
+    /// The snake_case name it travels as (`doctor`, `patient`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Doctor => "doctor",
+            Self::Patient => "patient",
+            Self::Recorder => "recorder",
+            Self::Clinician => "clinician",
+            Self::Interpreter => "interpreter",
+            Self::Companion => "companion",
+        }
+    }
 }
 
 /// Whether the consultation is being recorded, as every participant is told (`recording`).
@@ -195,6 +208,12 @@ pub struct Peer {
     pub role: ParticipantRole,
     /// Display name.
     pub name: String,
+    /// Your role in perfect negotiation with this peer: a polite peer rolls back its own offer
+    /// on glare. In every pair exactly one side is polite (the doctor never is; then clinicians,
+    /// interpreters, companions and patients, in that order, with the participant id breaking
+    /// ties). Absent from services before group consultations: then `Joined::polite`.
+    #[serde(default)]
+    pub polite: bool,
 }
 
 /// Why a participant is gone.
@@ -378,6 +397,8 @@ pub enum SignalErrorCode {
     ConsultationEnded,
     /// The doctor is already in a call in another consultation.
     DoctorBusy,
+    /// The call has as many participants as the organisation allows.
+    ConsultationFull,
     /// Too many messages too fast.
     RateLimited,
     /// No heartbeat within the timeout.
@@ -402,6 +423,7 @@ impl SignalErrorCode {
             Self::OutsideConsultation => "outside_consultation",
             Self::ConsultationEnded => "consultation_ended",
             Self::DoctorBusy => "doctor_busy",
+            Self::ConsultationFull => "consultation_full",
             Self::RateLimited => "rate_limited",
             Self::HeartbeatTimeout => "heartbeat_timeout",
             Self::Internal => "internal",

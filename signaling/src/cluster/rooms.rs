@@ -85,6 +85,20 @@ pub async fn remove_holders(
     done(run(state, doctor, call).await?)
 }
 
+/// A colleague's removal is committed: disconnect them if they are in the call.
+pub async fn remove_colleague(
+    state: &AppState,
+    doctor: Uuid,
+    consultation: Uuid,
+    participant: Uuid,
+) -> Result<(), ApiError> {
+    let call = Call::RemoveColleague {
+        consultation,
+        participant,
+    };
+    done(run(state, doctor, call).await?)
+}
+
 fn done(reply: Reply) -> Result<(), ApiError> {
     match reply {
         Reply::Done => Ok(()),
@@ -109,7 +123,10 @@ async fn run(state: &AppState, doctor: Uuid, call: Call) -> Result<Reply, ApiErr
     };
     let repeatable = matches!(
         call,
-        Call::WaitingFor | Call::End { .. } | Call::RemoveHolders { .. }
+        Call::WaitingFor
+            | Call::End { .. }
+            | Call::RemoveHolders { .. }
+            | Call::RemoveColleague { .. }
     );
     let deadline = tokio::time::Instant::now() + state.config.cluster.lease * 2;
     while tokio::time::Instant::now() < deadline {
@@ -165,6 +182,22 @@ pub(super) async fn run_here(state: &AppState, doctor: Uuid, call: Call) -> Repl
             Ok(()) => Reply::Done,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), %consultation, "could not disconnect the holder of a revoked invite");
+                Reply::Failed
+            }
+        },
+        Call::RemoveColleague {
+            consultation,
+            participant,
+        } => match crate::consultations::members::remove_colleague_here(
+            state,
+            consultation,
+            participant,
+        )
+        .await
+        {
+            Ok(()) => Reply::Done,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), %consultation, "could not disconnect a removed colleague");
                 Reply::Failed
             }
         },

@@ -129,6 +129,13 @@ pub enum Call {
         /// The invite.
         invite: String,
     },
+    /// A colleague was taken off the consultation (already committed): disconnect them.
+    RemoveColleague {
+        /// The consultation.
+        consultation: Uuid,
+        /// Their participant id.
+        participant: Uuid,
+    },
 }
 
 /// The outcome of a [`Call`].

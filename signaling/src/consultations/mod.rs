@@ -1,13 +1,14 @@
 //! Consultations and their patient invites, as the doctor manages them: create, list, end,
-//! reissue and revoke the invite, see the waiting room, admit and decline.
+//! reissue and revoke the patient link, see the waiting room, admit and decline. Who else takes
+//! part (named invites, colleagues, removal) is in [`members`].
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use consult_proto::api::{
-    Consultation, ConsultationMode, ConsultationStatus, CreateConsultationRequest, ErrorBody,
-    Invite, InviteStatus, WaitingPatient,
+    Colleague, Consultation, ConsultationMode, ConsultationStatus, CreateConsultationRequest,
+    ErrorBody, Invite, InviteKind, InviteStatus, WaitingPatient,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -22,6 +23,7 @@ use crate::secrets::Token;
 use crate::signal::hub::AdmissionError;
 use crate::state::AppState;
 
+pub mod members;
 pub mod rows;
 
 use rows::mode_str;
@@ -31,7 +33,7 @@ pub use rows::{find, ConsultationRecord};
 const MAX_TITLE_CHARS: usize = 200;
 
 /// Load a consultation that belongs to `doctor`; someone else's looks like a missing one.
-async fn find_owned(
+pub(crate) async fn find_owned(
     state: &AppState,
     doctor: &CurrentDoctor,
     id: Uuid,
@@ -65,6 +67,21 @@ async fn view(
         .filter(|w| w.consultation_id == record.id)
         .cloned()
         .collect();
+    let invites = rows::named_invites(&state.pool, record.id, now)
+        .await?
+        .iter()
+        .filter_map(members::named_invite)
+        .collect();
+    let clinicians = rows::colleagues_of(&state.pool, record.id)
+        .await?
+        .into_iter()
+        .map(|c| Colleague {
+            user_id: c.user_id,
+            name: c.name,
+            participant_id: c.participant_id,
+            added_at: c.added_at,
+        })
+        .collect();
     Ok(Consultation {
         id: record.id,
         title: record.title.clone(),
@@ -77,6 +94,9 @@ async fn view(
         invite,
         invite_url,
         waiting,
+        invites,
+        clinicians,
+        max_participants: state.config.policy.max_participants,
     })
 }
 
@@ -160,7 +180,8 @@ pub async fn create(
         json!({ "mode": mode_str(mode), "e2ee": e2ee }),
     )
     .await?;
-    let invite = insert_invite(&state, &mut tx, &doctor, id).await?;
+    let (_, invite) =
+        insert_invite(&state, &mut tx, &doctor, id, InviteKind::Patient, None).await?;
     tx.commit().await?;
     let record = find_owned(&state, &doctor, id).await?;
     Ok((
@@ -169,68 +190,95 @@ pub async fn create(
     ))
 }
 
-/// Revoke any live invite of the consultation (disconnecting the device holding it) and issue a
-/// new one.
-/// Revoke the live invites (disconnecting a device holding one) and issue a new one, audited in
-/// one transaction.
+/// Revoke the patient link (disconnecting a device holding it) and issue a new one, audited in
+/// one transaction; refused when the call could not take one more person.
 async fn issue_invite(
     state: &AppState,
     doctor: &CurrentDoctor,
     consultation_id: Uuid,
 ) -> Result<Invite, ApiError> {
     let mut tx = state.audit.begin().await?;
-    let revoked = revoke_invites(state, &mut tx, doctor, consultation_id).await?;
-    let invite = insert_invite(state, &mut tx, doctor, consultation_id).await?;
+    let revoked = revoke_invites(
+        state,
+        &mut tx,
+        doctor,
+        consultation_id,
+        rows::Revoke::PatientLink,
+    )
+    .await?;
+    members::check_room_for_one_more(state, &mut tx, consultation_id).await?;
+    let (_, invite) = insert_invite(
+        state,
+        &mut tx,
+        doctor,
+        consultation_id,
+        InviteKind::Patient,
+        None,
+    )
+    .await?;
     tx.commit().await?;
     remove_holders(state, doctor.0.user.id, consultation_id, &revoked).await;
     Ok(invite)
 }
 
-/// A new invite of the consultation in `tx`, audited there.
-async fn insert_invite(
+/// A new invite of the consultation in `tx`, audited there: its id and link.
+pub(crate) async fn insert_invite(
     state: &AppState,
     tx: &mut AuditedTransaction<'_>,
     doctor: &CurrentDoctor,
     consultation_id: Uuid,
-) -> Result<Invite, ApiError> {
+    kind: InviteKind,
+    name: Option<&str>,
+) -> Result<(Uuid, Invite), ApiError> {
     let now = state.clock.now();
     let token = Token::generate();
     let expires_at = now + state.config.invite.ttl;
     let invite_id = Uuid::new_v4();
     rows::insert_invite(
         tx.connection(),
-        invite_id,
-        consultation_id,
-        &token.hash().0,
-        now,
-        expires_at,
+        &rows::NewInvite {
+            id: invite_id,
+            consultation_id,
+            kind,
+            name,
+            token_hash: &token.hash().0,
+            issued_at: now,
+            expires_at,
+        },
     )
     .await?;
+    // The name is the doctor's to see in the consultation, not the audit's to keep.
     tx.record(
         now,
         &actor(doctor),
         Action::InviteIssued,
         Some(consultation_id),
-        json!({ "invite_id": invite_id, "expires_at": to_unix(expires_at) }),
+        json!({ "invite_id": invite_id, "kind": kind.as_str(), "named": name.is_some(),
+                "expires_at": to_unix(expires_at) }),
     )
     .await?;
-    Ok(Invite {
-        // The token travels in the fragment: browsers never send it to a server or in a Referer.
-        invite_url: format!("{}/join#{}", state.public_url, token.expose()),
-        expires_at,
-    })
+    Ok((
+        invite_id,
+        Invite {
+            // The token travels in the fragment: browsers never send it to a server or in a
+            // Referer.
+            invite_url: format!("{}/join#{}", state.public_url, token.expose()),
+            expires_at,
+        },
+    ))
 }
 
-/// Revoke every live invite in `tx`, each audited there; the ids revoked. Their holders are
-/// removed once the transaction has committed ([`remove_holders`]).
-async fn revoke_invites(
+/// Revoke live invites in `tx`, each audited there; the ids revoked. Their holders are removed
+/// once the transaction has committed ([`remove_holders`]).
+pub(crate) async fn revoke_invites(
     state: &AppState,
     tx: &mut AuditedTransaction<'_>,
     doctor: &CurrentDoctor,
     consultation_id: Uuid,
+    which: rows::Revoke,
 ) -> Result<Vec<String>, ApiError> {
     let now = state.clock.now();
-    let revoked = rows::revoke_invites(tx.connection(), consultation_id, now).await?;
+    let revoked = rows::revoke_invites(tx.connection(), consultation_id, which, now).await?;
     for invite_id in &revoked {
         tx.record(
             now,
@@ -247,7 +295,7 @@ async fn revoke_invites(
 /// Disconnect the devices that held these (now revoked and committed) invites. Each is tried:
 /// a failure is logged, never returned, because the revocation stands and the answer (a new
 /// invite link, shown once) must reach the doctor.
-async fn remove_holders(
+pub(crate) async fn remove_holders(
     state: &AppState,
     doctor_id: Uuid,
     consultation_id: Uuid,
@@ -305,7 +353,7 @@ pub async fn end(
         // Ended, its invites dead and the end audited, together; then everyone is told.
         let mut tx = state.audit.begin().await?;
         let ended = rows::mark_ended(tx.connection(), id, now).await?;
-        rows::revoke_invites(tx.connection(), id, now).await?;
+        rows::revoke_invites(tx.connection(), id, rows::Revoke::All, now).await?;
         if ended {
             tx.record(
                 now,
@@ -329,7 +377,7 @@ pub async fn end(
     Ok(Json(view(&state, &record, None, &waiting).await?))
 }
 
-async fn find_open(
+pub(crate) async fn find_open(
     state: &AppState,
     doctor: &CurrentDoctor,
     id: Uuid,
@@ -344,11 +392,13 @@ async fn find_open(
     Ok(record)
 }
 
-/// `POST /api/v1/consultations/{id}/invite`: issue a new invite link; the old one stops working
-/// and a device holding it is disconnected.
+/// `POST /api/v1/consultations/{id}/invite`: issue a new patient link; the old one stops
+/// working and a device holding it is disconnected.
 #[utoipa::path(post, path = "/api/v1/consultations/{id}/invite", tag = "consultations",
     params(("id" = Uuid, Path, description = "consultation id")),
-    responses((status = 201, body = Invite), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
+    responses((status = 201, body = Invite), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "consultation_full: named invites and colleagues take every place"),
+              (status = 410, body = ErrorBody)))]
 pub async fn reissue_invite(
     State(state): State<AppState>,
     doctor: CurrentDoctor,
@@ -361,7 +411,7 @@ pub async fn reissue_invite(
     ))
 }
 
-/// `DELETE /api/v1/consultations/{id}/invite`: revoke the invite link.
+/// `DELETE /api/v1/consultations/{id}/invite`: revoke the patient link.
 #[utoipa::path(delete, path = "/api/v1/consultations/{id}/invite", tag = "consultations",
     params(("id" = Uuid, Path, description = "consultation id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -372,7 +422,7 @@ pub async fn revoke_invite(
 ) -> Result<StatusCode, ApiError> {
     find_owned(&state, &doctor, id).await?;
     let mut tx = state.audit.begin().await?;
-    let revoked = revoke_invites(&state, &mut tx, &doctor, id).await?;
+    let revoked = revoke_invites(&state, &mut tx, &doctor, id, rows::Revoke::PatientLink).await?;
     if revoked.is_empty() {
         return Err(ApiError::NotFound("live invite"));
     }
@@ -405,7 +455,7 @@ pub async fn end_here(state: &AppState, id: Uuid) {
     }
 }
 
-/// Admit a waiting patient: shared by the REST endpoint and the signaling `admit` message.
+/// Admit someone waiting: shared by the REST endpoint and the signaling `admit` message.
 pub async fn admit_patient(
     state: &AppState,
     doctor_user_id: Uuid,
@@ -415,8 +465,15 @@ pub async fn admit_patient(
     state
         .hub
         .admit(consultation_id, doctor_user_id, participant_id)?;
-    // Kept, so a restarted service gives the patient their place in the call back.
-    if let Err(e) = rows::set_admitted(&state.pool, participant_id, state.clock.now()).await {
+    // Kept, so a restarted service gives them their place in the call back (a colleague's is
+    // kept with the colleague; the update of the other table changes nothing).
+    let now = state.clock.now();
+    let stored = async {
+        rows::set_admitted(&state.pool, participant_id, now).await?;
+        rows::set_colleague_admitted(&state.pool, participant_id, Some(now)).await
+    }
+    .await;
+    if let Err(e) = stored {
         tracing::error!(error = format!("{e:#}"), "could not store an admission");
     }
     state
@@ -433,7 +490,7 @@ pub async fn admit_patient(
     Ok(())
 }
 
-/// Decline a waiting patient: shared by the REST endpoint and the signaling `decline` message.
+/// Decline someone waiting: shared by the REST endpoint and the signaling `decline` message.
 pub async fn decline_patient(
     state: &AppState,
     doctor_user_id: Uuid,
@@ -468,13 +525,14 @@ fn admission_error(e: AdmissionError) -> ApiError {
     match e {
         AdmissionError::NotWaiting => ApiError::NotFound("waiting patient"),
         AdmissionError::DoctorBusy => ApiError::conflict("doctor_busy", e.to_string()),
+        AdmissionError::Full => ApiError::conflict("consultation_full", e.to_string()),
     }
 }
 
 /// `POST /api/v1/consultations/{id}/participants/{pid}/admit`.
 #[utoipa::path(post, path = "/api/v1/consultations/{id}/participants/{pid}/admit", tag = "consultations",
     params(("id" = Uuid, Path, description = "consultation id"), ("pid" = Uuid, Path, description = "participant id")),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "doctor_busy"),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "doctor_busy or consultation_full"),
               (status = 410, body = ErrorBody, description = "consultation_ended")))]
 pub async fn admit(
     State(state): State<AppState>,

@@ -2,7 +2,8 @@
 //! from the handlers (the query layer a second database plugs into). Each write takes the
 //! connection of the caller's transaction, so a change and its audit entry commit together.
 
-use consult_proto::api::{ConsultationMode, ConsultationStatus};
+use consult_proto::api::{ConsultationMode, ConsultationStatus, InviteKind};
+use consult_proto::signal::ParticipantRole;
 use sqlx::{AnyConnection, AnyExecutor, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -40,8 +41,9 @@ pub struct ConsultationRecord {
 }
 
 impl ConsultationRecord {
-    /// What the signaling hub needs for its room.
-    pub fn room_info(&self) -> RoomInfo {
+    /// What the signaling hub needs for its room, with the organisation's limit on how many
+    /// take part at once.
+    pub fn room_info(&self, max_participants: u8) -> RoomInfo {
         RoomInfo {
             consultation_id: self.id,
             doctor_user_id: self.doctor_id,
@@ -49,6 +51,7 @@ impl ConsultationRecord {
             mode: self.mode,
             e2ee: self.e2ee,
             doctor_participant_id: self.doctor_participant_id,
+            max_participants: usize::from(max_participants),
         }
     }
 }
@@ -173,42 +176,75 @@ pub async fn mark_ended(
     Ok(done.rows_affected() == 1)
 }
 
-/// Store a new invite of a consultation by the hash of its token.
-pub async fn insert_invite(
-    db: &mut AnyConnection,
-    invite_id: Uuid,
-    consultation_id: Uuid,
-    token_hash: &str,
-    issued_at: OffsetDateTime,
-    expires_at: OffsetDateTime,
-) -> anyhow::Result<()> {
+/// A new invite to store, by the hash of its token.
+pub struct NewInvite<'a> {
+    /// Its id.
+    pub id: Uuid,
+    /// Its consultation.
+    pub consultation_id: Uuid,
+    /// Who it is for.
+    pub kind: InviteKind,
+    /// The name its doctor chose; `None` for the patient link.
+    pub name: Option<&'a str>,
+    /// SHA-256 of its token (hex).
+    pub token_hash: &'a str,
+    /// Issued.
+    pub issued_at: OffsetDateTime,
+    /// Expires.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Store a new invite.
+pub async fn insert_invite(db: &mut AnyConnection, new: &NewInvite<'_>) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO invites (id, consultation_id, token_hash, issued_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO invites (id, consultation_id, token_hash, issued_at, expires_at, kind, name)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(invite_id.to_string())
-    .bind(consultation_id.to_string())
-    .bind(token_hash)
-    .bind(to_unix(issued_at))
-    .bind(to_unix(expires_at))
+    .bind(new.id.to_string())
+    .bind(new.consultation_id.to_string())
+    .bind(new.token_hash)
+    .bind(to_unix(new.issued_at))
+    .bind(to_unix(new.expires_at))
+    .bind(new.kind.as_str())
+    .bind(new.name)
     .execute(db)
     .await?;
     Ok(())
 }
 
-/// Revoke every live invite of a consultation; the ids of those revoked.
+/// Which invites a revocation takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoke {
+    /// The patient link (the invites without a name).
+    PatientLink,
+    /// Every invite (the consultation ends).
+    All,
+    /// One invite, by id.
+    One(Uuid),
+}
+
+/// Revoke live invites of a consultation; the ids of those revoked.
 pub async fn revoke_invites(
     db: &mut AnyConnection,
     consultation_id: Uuid,
+    which: Revoke,
     at: OffsetDateTime,
 ) -> anyhow::Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "UPDATE invites SET revoked_at = $1 WHERE consultation_id = $2 AND revoked_at IS NULL RETURNING id",
-    )
-    .bind(to_unix(at))
-    .bind(consultation_id.to_string())
-    .fetch_all(db)
-    .await?)
+    let only = match which {
+        Revoke::PatientLink => " AND name IS NULL",
+        Revoke::All => "",
+        Revoke::One(_) => " AND id = $3",
+    };
+    let query = format!(
+        "UPDATE invites SET revoked_at = $1 WHERE consultation_id = $2 AND revoked_at IS NULL{only} RETURNING id"
+    );
+    let mut query = sqlx::query_scalar(&query)
+        .bind(to_unix(at))
+        .bind(consultation_id.to_string());
+    if let Revoke::One(id) = which {
+        query = query.bind(id.to_string());
+    }
+    Ok(query.fetch_all(db).await?)
 }
 
 /// An invite row.
@@ -226,11 +262,16 @@ pub struct InviteRecord {
     pub revoked_at: Option<OffsetDateTime>,
     /// Held by a device now.
     pub in_use: bool,
+    /// Who it is for.
+    pub kind: InviteKind,
+    /// The name its doctor chose; `None` for the patient link.
+    pub name: Option<String>,
 }
 
 const SELECT_INVITE: &str =
     "SELECT i.id, i.consultation_id, i.issued_at, i.expires_at, i.revoked_at, \
-     CASE WHEN EXISTS (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL) THEN 1 ELSE 0 END \
+     CASE WHEN EXISTS (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL) THEN 1 ELSE 0 END, \
+     i.kind, i.name \
      FROM invites i";
 
 fn invite_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<InviteRecord> {
@@ -243,21 +284,41 @@ fn invite_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<InviteRecord> {
         expires_at: from_unix(row.get(3)),
         revoked_at: row.get::<Option<i64>, _>(4).map(from_unix),
         in_use: row.get::<i64, _>(5) != 0,
+        kind: InviteKind::from_stored(row.get::<&str, _>(6))
+            .ok_or_else(|| anyhow::anyhow!("an invite of an unknown kind"))?,
+        name: row.get(7),
     })
 }
 
-/// The most recently issued invite of a consultation.
+/// The most recently issued patient link of a consultation.
 pub async fn latest_invite(
     db: impl AnyExecutor<'_>,
     consultation_id: Uuid,
 ) -> anyhow::Result<Option<InviteRecord>> {
     let row = sqlx::query(&format!(
-        "{SELECT_INVITE} WHERE i.consultation_id = $1 ORDER BY i.issued_at DESC, i.rowid DESC LIMIT 1"
+        "{SELECT_INVITE} WHERE i.consultation_id = $1 AND i.name IS NULL ORDER BY i.issued_at DESC, i.rowid DESC LIMIT 1"
     ))
     .bind(consultation_id.to_string())
     .fetch_optional(db)
     .await?;
     row.map(invite_from_row).transpose()
+}
+
+/// The named invites of a consultation still live (neither revoked nor expired), oldest first.
+pub async fn named_invites(
+    db: impl AnyExecutor<'_>,
+    consultation_id: Uuid,
+    now: OffsetDateTime,
+) -> anyhow::Result<Vec<InviteRecord>> {
+    let rows = sqlx::query(&format!(
+        "{SELECT_INVITE} WHERE i.consultation_id = $1 AND i.name IS NOT NULL AND i.revoked_at IS NULL \
+         AND i.expires_at > $2 ORDER BY i.issued_at, i.rowid"
+    ))
+    .bind(consultation_id.to_string())
+    .bind(to_unix(now))
+    .fetch_all(db)
+    .await?;
+    rows.into_iter().map(invite_from_row).collect()
 }
 
 /// The invite with this token hash.
@@ -281,7 +342,9 @@ pub struct NewParticipant<'a> {
     pub consultation_id: Uuid,
     /// The invite redeemed.
     pub invite_id: Uuid,
-    /// The name entered.
+    /// Patient, interpreter or companion: the invite's kind.
+    pub role: InviteKind,
+    /// The name entered, or the invite's.
     pub name: &'a str,
     /// The hash of the participant token.
     pub token_hash: &'a str,
@@ -297,8 +360,8 @@ pub async fn insert_participant(
     // DO NOTHING rather than catching the unique violation: on PostgreSQL an error would abort
     // the caller's transaction, its audit entry with it.
     let inserted = sqlx::query(
-        "INSERT INTO participants (id, consultation_id, invite_id, name, token_hash, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "INSERT INTO participants (id, consultation_id, invite_id, name, token_hash, created_at, role)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
     )
     .bind(place.id.to_string())
     .bind(place.consultation_id.to_string())
@@ -306,6 +369,7 @@ pub async fn insert_participant(
     .bind(place.name)
     .bind(place.token_hash)
     .bind(to_unix(place.created_at))
+    .bind(place.role.as_str())
     .execute(db)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -318,8 +382,28 @@ pub struct HeldPlace {
     pub id: Uuid,
     /// The consultation.
     pub consultation_id: Uuid,
-    /// The name entered.
+    /// The name entered, or the invite's.
     pub name: String,
+    /// Patient, interpreter or companion.
+    pub role: ParticipantRole,
+    /// The invite it was taken with.
+    pub invite_id: Uuid,
+}
+
+fn guest_role(stored: &str) -> anyhow::Result<ParticipantRole> {
+    InviteKind::from_stored(stored)
+        .map(InviteKind::role)
+        .ok_or_else(|| anyhow::anyhow!("a place of an unknown role"))
+}
+
+fn held_place_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<HeldPlace> {
+    Ok(HeldPlace {
+        id: Uuid::parse_str(row.get::<&str, _>(0))?,
+        consultation_id: Uuid::parse_str(row.get::<&str, _>(1))?,
+        name: row.get(2),
+        role: guest_role(row.get::<&str, _>(3))?,
+        invite_id: Uuid::parse_str(row.get::<&str, _>(4))?,
+    })
 }
 
 /// The unreleased place a participant token (by hash) belongs to.
@@ -328,19 +412,30 @@ pub async fn held_place(
     token_hash: &str,
 ) -> anyhow::Result<Option<HeldPlace>> {
     let row = sqlx::query(
-        "SELECT id, consultation_id, name FROM participants WHERE token_hash = $1 AND released_at IS NULL",
+        "SELECT id, consultation_id, name, role, invite_id FROM participants
+         WHERE token_hash = $1 AND released_at IS NULL",
     )
     .bind(token_hash)
     .fetch_optional(db)
     .await?;
-    row.map(|row| {
-        Ok(HeldPlace {
-            id: Uuid::parse_str(row.get::<&str, _>(0))?,
-            consultation_id: Uuid::parse_str(row.get::<&str, _>(1))?,
-            name: row.get(2),
-        })
-    })
-    .transpose()
+    row.map(held_place_from_row).transpose()
+}
+
+/// The unreleased place of participant `participant_id` in a consultation.
+pub async fn held_place_by_id(
+    db: impl AnyExecutor<'_>,
+    consultation_id: Uuid,
+    participant_id: Uuid,
+) -> anyhow::Result<Option<HeldPlace>> {
+    let row = sqlx::query(
+        "SELECT id, consultation_id, name, role, invite_id FROM participants
+         WHERE id = $1 AND consultation_id = $2 AND released_at IS NULL",
+    )
+    .bind(participant_id.to_string())
+    .bind(consultation_id.to_string())
+    .fetch_optional(db)
+    .await?;
+    row.map(held_place_from_row).transpose()
 }
 
 /// Every place still held, with what a restarted service gives back: (consultation, place).
@@ -349,7 +444,7 @@ pub async fn held_places(
     doctor: Option<Uuid>,
 ) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
     let rows = sqlx::query(
-        "SELECT p.id, p.consultation_id, p.name, p.admitted_at, p.recording_consent, p.created_at
+        "SELECT p.id, p.consultation_id, p.name, p.admitted_at, p.recording_consent, p.created_at, p.role
          FROM participants p JOIN consultations c ON c.id = p.consultation_id
          WHERE p.released_at IS NULL AND ($1 IS NULL OR c.doctor_id = $1)
          ORDER BY p.created_at, p.id",
@@ -364,6 +459,7 @@ pub async fn held_places(
                 Uuid::parse_str(row.get::<&str, _>(1))?,
                 RestoredPlace {
                     participant_id: Uuid::parse_str(row.get::<&str, _>(0))?,
+                    role: guest_role(row.get::<&str, _>(6))?,
                     name: row.get(2),
                     admitted: row.get::<Option<i64>, _>(3).is_some(),
                     consent: consent.as_deref().and_then(consent_from_str),
@@ -475,4 +571,231 @@ pub async fn invite_holders(
     .fetch_all(db)
     .await?;
     holders.iter().map(|h| Ok(Uuid::parse_str(h)?)).collect()
+}
+
+/// A colleague added to a consultation.
+#[derive(Debug, Clone)]
+pub struct ColleagueRecord {
+    /// The consultation.
+    pub consultation_id: Uuid,
+    /// Their account.
+    pub user_id: Uuid,
+    /// Their display name.
+    pub name: String,
+    /// Their participant id in the consultation's calls.
+    pub participant_id: Uuid,
+    /// When they were added.
+    pub added_at: OffsetDateTime,
+    /// When the doctor admitted them to the call going on, if they are in it.
+    pub admitted_at: Option<OffsetDateTime>,
+}
+
+const SELECT_COLLEAGUE: &str =
+    "SELECT cc.consultation_id, cc.user_id, u.display_name, cc.participant_id, cc.added_at, cc.admitted_at \
+     FROM consultation_clinicians cc JOIN users u ON u.id = cc.user_id";
+
+fn colleague_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<ColleagueRecord> {
+    Ok(ColleagueRecord {
+        consultation_id: Uuid::parse_str(row.get::<&str, _>(0))?,
+        user_id: Uuid::parse_str(row.get::<&str, _>(1))?,
+        name: row.get(2),
+        participant_id: Uuid::parse_str(row.get::<&str, _>(3))?,
+        added_at: from_unix(row.get(4)),
+        admitted_at: row.get::<Option<i64>, _>(5).map(from_unix),
+    })
+}
+
+/// Add a colleague to a consultation (again, if they were removed: with a new participant id,
+/// so nothing of their earlier place carries over); false if they are in it already.
+pub async fn add_colleague(
+    db: &mut AnyConnection,
+    consultation_id: Uuid,
+    user_id: Uuid,
+    now: OffsetDateTime,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO consultation_clinicians (consultation_id, user_id, participant_id, added_at)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (consultation_id, user_id) DO UPDATE
+           SET participant_id = excluded.participant_id, added_at = excluded.added_at,
+               admitted_at = NULL, removed_at = NULL
+           WHERE consultation_clinicians.removed_at IS NOT NULL",
+    )
+    .bind(consultation_id.to_string())
+    .bind(user_id.to_string())
+    .bind(Uuid::new_v4().to_string())
+    .bind(to_unix(now))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Take a colleague off a consultation; their participant id, if they were on it.
+pub async fn remove_colleague(
+    db: &mut AnyConnection,
+    consultation_id: Uuid,
+    user_id: Uuid,
+    now: OffsetDateTime,
+) -> anyhow::Result<Option<Uuid>> {
+    let removed: Option<String> = sqlx::query_scalar(
+        "UPDATE consultation_clinicians SET removed_at = $1, admitted_at = NULL
+         WHERE consultation_id = $2 AND user_id = $3 AND removed_at IS NULL RETURNING participant_id",
+    )
+    .bind(to_unix(now))
+    .bind(consultation_id.to_string())
+    .bind(user_id.to_string())
+    .fetch_optional(db)
+    .await?;
+    removed.map(|id| Ok(Uuid::parse_str(&id)?)).transpose()
+}
+
+/// The colleagues on a consultation now, in the order they were added.
+pub async fn colleagues_of(
+    db: impl AnyExecutor<'_>,
+    consultation_id: Uuid,
+) -> anyhow::Result<Vec<ColleagueRecord>> {
+    let rows = sqlx::query(&format!(
+        "{SELECT_COLLEAGUE} WHERE cc.consultation_id = $1 AND cc.removed_at IS NULL ORDER BY cc.added_at, cc.user_id"
+    ))
+    .bind(consultation_id.to_string())
+    .fetch_all(db)
+    .await?;
+    rows.into_iter().map(colleague_from_row).collect()
+}
+
+/// The colleague `user_id` on a consultation, if they are on it now.
+pub async fn colleague(
+    db: impl AnyExecutor<'_>,
+    consultation_id: Uuid,
+    user_id: Uuid,
+) -> anyhow::Result<Option<ColleagueRecord>> {
+    let row = sqlx::query(&format!(
+        "{SELECT_COLLEAGUE} WHERE cc.consultation_id = $1 AND cc.user_id = $2 AND cc.removed_at IS NULL"
+    ))
+    .bind(consultation_id.to_string())
+    .bind(user_id.to_string())
+    .fetch_optional(db)
+    .await?;
+    row.map(colleague_from_row).transpose()
+}
+
+/// The colleague with participant id `participant_id` on a consultation, if on it now.
+pub async fn colleague_by_participant(
+    db: impl AnyExecutor<'_>,
+    consultation_id: Uuid,
+    participant_id: Uuid,
+) -> anyhow::Result<Option<ColleagueRecord>> {
+    let row = sqlx::query(&format!(
+        "{SELECT_COLLEAGUE} WHERE cc.consultation_id = $1 AND cc.participant_id = $2 AND cc.removed_at IS NULL"
+    ))
+    .bind(consultation_id.to_string())
+    .bind(participant_id.to_string())
+    .fetch_optional(db)
+    .await?;
+    row.map(colleague_from_row).transpose()
+}
+
+/// The consultations `user_id` was added to as a colleague, newest first (at most 500), with
+/// when they were added.
+pub async fn shared_with(
+    db: impl AnyExecutor<'_>,
+    user_id: Uuid,
+) -> anyhow::Result<Vec<(ConsultationRecord, OffsetDateTime)>> {
+    let rows = sqlx::query(
+        "SELECT c.id, c.doctor_id, u.display_name, c.title, c.scheduled_at, c.mode, \
+         c.status, c.created_at, c.ended_at, c.e2ee, c.doctor_participant_id, cc.added_at \
+         FROM consultations c JOIN users u ON u.id = c.doctor_id \
+         JOIN consultation_clinicians cc ON cc.consultation_id = c.id \
+         WHERE cc.user_id = $1 AND cc.removed_at IS NULL ORDER BY cc.added_at DESC, c.id LIMIT 500",
+    )
+    .bind(user_id.to_string())
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let added_at = from_unix(row.get::<i64, _>(11));
+            Ok((record_from_row(row)?, added_at))
+        })
+        .collect()
+}
+
+/// A colleague was admitted to the call (`Some`), or left it (`None`): kept, so a restarted
+/// service gives an admitted colleague their place back.
+pub async fn set_colleague_admitted(
+    db: impl AnyExecutor<'_>,
+    participant_id: Uuid,
+    at: Option<OffsetDateTime>,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE consultation_clinicians SET admitted_at = $1 WHERE participant_id = $2")
+        .bind(at.map(to_unix))
+        .bind(participant_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Colleagues admitted to a call when the previous run stopped, as places to restore:
+/// (consultation, place).
+pub async fn admitted_colleagues(
+    db: impl AnyExecutor<'_>,
+    doctor: Option<Uuid>,
+) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
+    let rows = sqlx::query(&format!(
+        "{SELECT_COLLEAGUE} JOIN consultations c ON c.id = cc.consultation_id \
+         WHERE cc.removed_at IS NULL AND cc.admitted_at IS NOT NULL AND c.status = 'open' \
+         AND ($1 IS NULL OR c.doctor_id = $1) \
+         ORDER BY cc.added_at, cc.user_id"
+    ))
+    .bind(doctor.map(|d| d.to_string()))
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let colleague = colleague_from_row(row)?;
+            Ok((
+                colleague.consultation_id,
+                RestoredPlace {
+                    participant_id: colleague.participant_id,
+                    role: ParticipantRole::Clinician,
+                    name: colleague.name,
+                    admitted: true,
+                    consent: None,
+                    since: colleague.added_at,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Nobody of a consultation's colleagues is in its call any more (it ended).
+pub async fn clear_colleagues_admitted(
+    db: impl AnyExecutor<'_>,
+    consultation_id: Uuid,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE consultation_clinicians SET admitted_at = NULL WHERE consultation_id = $1")
+        .bind(consultation_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// How many people a consultation has promised a place to besides its doctor: every invite not
+/// revoked that is live or still held by a device, and every colleague on it.
+pub async fn places_promised(
+    db: &mut AnyConnection,
+    consultation_id: Uuid,
+    now: OffsetDateTime,
+) -> anyhow::Result<usize> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM invites i WHERE i.consultation_id = $1 AND i.revoked_at IS NULL
+                   AND (i.expires_at > $2 OR EXISTS (SELECT 1 FROM participants p
+                        WHERE p.invite_id = i.id AND p.released_at IS NULL)))
+              + (SELECT COUNT(*) FROM consultation_clinicians cc
+                 WHERE cc.consultation_id = $1 AND cc.removed_at IS NULL)",
+    )
+    .bind(consultation_id.to_string())
+    .bind(to_unix(now))
+    .fetch_one(db)
+    .await?;
+    Ok(usize::try_from(count)?)
 }

@@ -76,13 +76,18 @@ pub struct RoomInfo {
     pub e2ee: bool,
     /// The doctor's participant id (stored with the consultation, so the same after a restart).
     pub doctor_participant_id: Uuid,
+    /// How many may be admitted at once, the doctor included (the recorder not counted).
+    pub max_participants: usize,
 }
 
-/// A patient's place the previous run left held, as the database keeps it.
+/// A place the previous run left held, as the database keeps it: an invite's holder, or a
+/// colleague the doctor had admitted.
 #[derive(Debug, Clone)]
 pub struct RestoredPlace {
     /// The participant.
     pub participant_id: Uuid,
+    /// Patient, interpreter, companion or clinician.
+    pub role: ParticipantRole,
     /// The name they entered.
     pub name: String,
     /// Whether the doctor had admitted them.
@@ -98,11 +103,22 @@ pub struct RestoredPlace {
 pub enum Identity {
     /// The consultation's doctor (the caller checked the session and ownership).
     Doctor,
-    /// A patient (the caller checked the participant token).
-    Patient {
+    /// Someone who came through an invite: a patient, an interpreter or a companion (the caller
+    /// checked the participant token).
+    Guest {
         /// From the participant record.
         participant_id: Uuid,
-        /// The name they entered.
+        /// The name they entered, or the one their invite carries.
+        name: String,
+        /// Their invite's kind.
+        role: ParticipantRole,
+    },
+    /// A colleague the doctor added (the caller checked the session and that they are still
+    /// one); waits to be admitted like a guest.
+    Clinician {
+        /// Their participant id in this consultation.
+        participant_id: Uuid,
+        /// Their account's display name.
         name: String,
     },
     /// The service's recorder (started by the recording orchestrator); admitted by right.
@@ -115,9 +131,11 @@ pub enum Identity {
 /// Why a consent message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConsentError {
-    /// Only a patient answers the recording question.
-    #[error("only the patient can give or withdraw consent to recording")]
-    NotAPatient,
+    /// Clinicians are not asked: only patients, interpreters and companions answer.
+    #[error(
+        "only a patient, an interpreter or a companion gives or withdraws consent to recording"
+    )]
+    NotAsked,
     /// The patient already refused or withdrew; that stands for this consultation.
     #[error("you already refused recording; that stands for this consultation")]
     Final,
@@ -130,7 +148,7 @@ pub struct Departure {
     pub consultation_id: Uuid,
     /// Who.
     pub participant_id: Uuid,
-    /// Doctor or patient.
+    /// Their role.
     pub role: ParticipantRole,
     /// Why.
     pub reason: LeaveReason,
@@ -141,12 +159,15 @@ pub struct Departure {
     Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
 )]
 pub enum AdmissionError {
-    /// No such patient is waiting in that consultation.
-    #[error("that patient is not in the waiting room")]
+    /// No such person is waiting in that consultation.
+    #[error("that person is not in the waiting room")]
     NotWaiting,
-    /// The doctor has an admitted patient in another consultation.
+    /// The doctor has someone admitted in another consultation.
     #[error("you are already in a call in another consultation; end or leave it first")]
     DoctorBusy,
+    /// As many as the organisation allows are in the call already.
+    #[error("the call is full: remove someone before admitting another person")]
+    Full,
 }
 
 impl AdmissionError {
@@ -155,6 +176,7 @@ impl AdmissionError {
         match self {
             Self::NotWaiting => SignalErrorCode::OutsideConsultation,
             Self::DoctorBusy => SignalErrorCode::DoctorBusy,
+            Self::Full => SignalErrorCode::ConsultationFull,
         }
     }
 }
@@ -173,12 +195,49 @@ struct Member {
     generation: u64,
 }
 
+/// Order of politeness: in every pair, the side that comes first is impolite (it keeps its offer
+/// on glare). The doctor comes first, then colleagues, interpreters, companions and patients; the
+/// participant id settles a pair of the same role. The recorder never offers.
+fn politeness_rank(role: ParticipantRole) -> u8 {
+    match role {
+        ParticipantRole::Doctor => 0,
+        ParticipantRole::Clinician => 1,
+        ParticipantRole::Interpreter => 2,
+        ParticipantRole::Companion => 3,
+        ParticipantRole::Patient => 4,
+        ParticipantRole::Recorder => 5,
+    }
+}
+
+/// Whether `me` is the polite side of its pair with `other`.
+fn polite(me: (ParticipantRole, Uuid), other: (ParticipantRole, Uuid)) -> bool {
+    (politeness_rank(me.0), me.1) > (politeness_rank(other.0), other.1)
+}
+
+/// Who the recording policy asks: everyone but clinicians, and not the recorder.
+fn policy_role(role: ParticipantRole) -> Option<Role> {
+    match role {
+        ParticipantRole::Doctor | ParticipantRole::Clinician => Some(Role::Clinician),
+        ParticipantRole::Patient => Some(Role::Patient),
+        ParticipantRole::Interpreter => Some(Role::Interpreter),
+        ParticipantRole::Companion => Some(Role::Companion),
+        ParticipantRole::Recorder => None,
+    }
+}
+
+/// Whether someone in this role waits to be admitted (everyone but the doctor and the recorder).
+fn waits(role: ParticipantRole) -> bool {
+    !matches!(role, ParticipantRole::Doctor | ParticipantRole::Recorder)
+}
+
 impl Member {
-    fn peer(&self) -> Peer {
+    /// This member as `recipient` sees it.
+    fn peer_for(&self, recipient: (ParticipantRole, Uuid)) -> Peer {
         Peer {
             participant_id: self.id,
             role: self.role,
             name: self.name.clone(),
+            polite: polite(recipient, (self.role, self.id)),
         }
     }
 
@@ -227,15 +286,44 @@ impl Room {
         }
     }
 
-    fn admitted_peers_except(&self, id: Uuid) -> Vec<Peer> {
+    /// Everyone admitted but `id`, as `id` (in `role`) sees them.
+    fn admitted_peers_except(&self, id: Uuid, role: ParticipantRole) -> Vec<Peer> {
         let mut peers: Vec<Peer> = self
             .members
             .values()
             .filter(|m| m.admitted && m.id != id)
-            .map(Member::peer)
+            .map(|m| m.peer_for((role, id)))
             .collect();
         peers.sort_by_key(|p| p.participant_id);
         peers
+    }
+
+    /// Tell everyone admitted but `id` that `id` joined the call.
+    fn announce_joined(&mut self, id: Uuid) {
+        let Some(joined) = self.members.get(&id) else {
+            return;
+        };
+        let (role, name) = (joined.role, joined.name.clone());
+        for member in self.members.values_mut() {
+            if member.admitted && member.id != id {
+                let peer = Peer {
+                    participant_id: id,
+                    role,
+                    name: name.clone(),
+                    polite: polite((member.role, member.id), (role, id)),
+                };
+                member.send(ServerMessage::PeerJoined { peer });
+            }
+        }
+    }
+
+    /// How many take part now: the doctor, and everyone else admitted but the recorder.
+    fn taking_part(&self) -> usize {
+        1 + self
+            .members
+            .values()
+            .filter(|m| m.admitted && waits(m.role))
+            .count()
     }
 
     fn broadcast_all(&mut self, message: &ServerMessage) {
@@ -265,6 +353,7 @@ impl Room {
                 name: m.name.clone(),
                 waiting_since: m.waiting_since,
                 connected: m.online(),
+                role: m.role,
             })
             .collect();
         entries.sort_by_key(|e| (e.waiting_since, e.participant_id));
@@ -278,10 +367,9 @@ impl Room {
         }
     }
 
-    fn has_admitted_patient(&self) -> bool {
-        self.members
-            .values()
-            .any(|m| m.role == ParticipantRole::Patient && m.admitted)
+    /// Whether anyone besides the doctor (and the recorder) is admitted: a call is going on.
+    fn has_admitted_guest(&self) -> bool {
+        self.members.values().any(|m| m.admitted && waits(m.role))
     }
 
     fn summary(&self) -> ConsultationSummary {
@@ -420,7 +508,7 @@ impl Hub {
                     restored.push((place.participant_id, generation));
                     offline(
                         place.participant_id,
-                        ParticipantRole::Patient,
+                        place.role,
                         place.name,
                         place.admitted,
                         place.since,
@@ -456,10 +544,15 @@ impl Hub {
                     ParticipantRole::Doctor,
                     room.info.doctor_name.clone(),
                 ),
-                Identity::Patient {
+                Identity::Guest {
                     participant_id,
                     name,
-                } => (participant_id, ParticipantRole::Patient, name),
+                    role,
+                } => (participant_id, role, name),
+                Identity::Clinician {
+                    participant_id,
+                    name,
+                } => (participant_id, ParticipantRole::Clinician, name),
                 Identity::Recorder { participant_id } => (
                     participant_id,
                     ParticipantRole::Recorder,
@@ -492,7 +585,7 @@ impl Hub {
                     true
                 }
                 None => {
-                    let admitted = role != ParticipantRole::Patient;
+                    let admitted = !waits(role);
                     let member = Member {
                         id,
                         role,
@@ -503,10 +596,9 @@ impl Hub {
                         conn_id,
                         generation: 0,
                     };
-                    let peer = member.peer();
                     room.members.insert(id, member);
                     if admitted {
-                        room.broadcast_admitted(id, &ServerMessage::PeerJoined { peer });
+                        room.announce_joined(id);
                     }
                     false
                 }
@@ -514,7 +606,7 @@ impl Hub {
             let summary = room.summary();
             let peers_for = |room: &Room, admitted: bool| {
                 if admitted {
-                    room.admitted_peers_except(id)
+                    room.admitted_peers_except(id, role)
                 } else {
                     Vec::new()
                 }
@@ -625,7 +717,8 @@ impl Hub {
         })
     }
 
-    /// Doctor `doctor_user_id` admits a waiting patient of consultation `consultation_id`.
+    /// Doctor `doctor_user_id` admits someone waiting in consultation `consultation_id`, unless
+    /// the call is full.
     pub fn admit(
         &self,
         consultation_id: Uuid,
@@ -636,36 +729,39 @@ impl Hub {
             let busy = rooms.values().any(|room| {
                 room.info.doctor_user_id == doctor_user_id
                     && room.info.consultation_id != consultation_id
-                    && room.has_admitted_patient()
+                    && room.has_admitted_guest()
             });
             let room = rooms
                 .get_mut(&consultation_id)
                 .filter(|room| room.info.doctor_user_id == doctor_user_id)
                 .ok_or(AdmissionError::NotWaiting)?;
-            let waiting = room
+            let Some(role) = room
                 .members
                 .get(&participant_id)
-                .is_some_and(|m| m.role == ParticipantRole::Patient && !m.admitted);
-            if !waiting {
+                .filter(|m| waits(m.role) && !m.admitted)
+                .map(|m| m.role)
+            else {
                 return Err(AdmissionError::NotWaiting);
-            }
+            };
             if busy {
                 return Err(AdmissionError::DoctorBusy);
             }
-            let peers = room.admitted_peers_except(participant_id);
+            if room.taking_part() >= room.info.max_participants {
+                return Err(AdmissionError::Full);
+            }
+            let peers = room.admitted_peers_except(participant_id, role);
             let Some(member) = room.members.get_mut(&participant_id) else {
                 return Err(AdmissionError::NotWaiting);
             };
             member.admitted = true;
             member.send(ServerMessage::Admitted { peers });
-            let peer = member.peer();
-            room.broadcast_admitted(participant_id, &ServerMessage::PeerJoined { peer });
+            room.announce_joined(participant_id);
             room.notify_waiting_room();
             Ok(())
         })
     }
 
-    /// Doctor `doctor_user_id` turns a waiting patient away.
+    /// Doctor `doctor_user_id` turns someone waiting away.
     pub fn decline(
         &self,
         consultation_id: Uuid,
@@ -677,7 +773,7 @@ impl Hub {
                 .get_mut(&consultation_id)
                 .filter(|room| room.info.doctor_user_id == doctor_user_id)
                 .and_then(|room| room.members.get_mut(&participant_id))
-                .filter(|m| m.role == ParticipantRole::Patient && !m.admitted)
+                .filter(|m| waits(m.role) && !m.admitted)
                 .ok_or(AdmissionError::NotWaiting)?;
             member.send(ServerMessage::Declined {});
             Ok(remove_member(
@@ -740,8 +836,9 @@ impl Hub {
         })
     }
 
-    /// A patient answers the recording question (`true`: consent; `false`: refuse, or withdraw
-    /// a consent given). Refusing and withdrawing are final for the consultation.
+    /// Someone the policy asks (a patient, an interpreter, a companion) answers the recording
+    /// question for themselves (`true`: consent; `false`: refuse, or withdraw a consent given).
+    /// Refusing and withdrawing are final for the consultation.
     pub fn set_consent(
         &self,
         consultation_id: Uuid,
@@ -751,13 +848,14 @@ impl Hub {
         self.with_rooms(|rooms| {
             let room = rooms
                 .get_mut(&consultation_id)
-                .ok_or(ConsentError::NotAPatient)?;
-            let is_patient = room
+                .ok_or(ConsentError::NotAsked)?;
+            let asked = room
                 .members
                 .get(&participant_id)
-                .is_some_and(|m| m.role == ParticipantRole::Patient);
-            if !is_patient {
-                return Err(ConsentError::NotAPatient);
+                .and_then(|m| policy_role(m.role))
+                .is_some_and(Role::must_consent);
+            if !asked {
+                return Err(ConsentError::NotAsked);
             }
             let current = room
                 .consents
@@ -786,13 +884,7 @@ impl Hub {
                 .values()
                 .filter(|m| m.admitted)
                 .filter_map(|m| {
-                    let role = match m.role {
-                        ParticipantRole::Doctor | ParticipantRole::Clinician => Role::Clinician,
-                        ParticipantRole::Patient => Role::Patient,
-                        ParticipantRole::Interpreter => Role::Interpreter,
-                        ParticipantRole::Companion => Role::Companion,
-                        ParticipantRole::Recorder => return None,
-                    };
+                    let role = policy_role(m.role)?;
                     // Everyone the policy asks (all but clinicians) answers for themselves.
                     let consent = if role.must_consent() {
                         room.consents
@@ -822,7 +914,7 @@ impl Hub {
         });
     }
 
-    /// Patients waiting for one doctor, across their consultations, longest-waiting first.
+    /// Everyone waiting for one doctor, across their consultations, longest-waiting first.
     pub fn waiting_for(&self, doctor_user_id: Uuid) -> Vec<WaitingPatient> {
         self.with_rooms(|rooms| {
             let mut entries: Vec<WaitingPatient> = rooms
@@ -844,15 +936,14 @@ impl Hub {
         })
     }
 
-    /// Whether a call is going on in the consultation: a patient is admitted (connected, or away
-    /// within the grace period). A doctor's heartbeats count as activity then.
+    /// Whether a call is going on in the consultation: someone besides the doctor is admitted
+    /// (connected, or away within the grace period). A doctor's heartbeats count as activity
+    /// then.
     pub fn in_call(&self, consultation_id: Uuid) -> bool {
         self.with_rooms(|rooms| {
-            rooms.get(&consultation_id).is_some_and(|room| {
-                room.members
-                    .values()
-                    .any(|m| m.admitted && m.role == ParticipantRole::Patient)
-            })
+            rooms
+                .get(&consultation_id)
+                .is_some_and(Room::has_admitted_guest)
         })
     }
 
@@ -960,6 +1051,7 @@ mod tests {
                 mode: ConsultationMode::LiveOnly,
                 e2ee: false,
                 doctor_participant_id: Uuid::new_v4(),
+                max_participants: 4,
             },
             doctor,
         }
@@ -978,13 +1070,41 @@ mod tests {
     fn join_patient(f: &Fixture, info: &RoomInfo) -> (Uuid, mpsc::Receiver<Outbound>) {
         let (conn, rx) = f.hub.connection(64);
         let id = Uuid::new_v4();
-        let identity = Identity::Patient {
+        let identity = Identity::Guest {
             participant_id: id,
             name: "Pat".into(),
+            role: ParticipantRole::Patient,
         };
         f.hub
             .join(
                 info.clone(),
+                identity,
+                conn,
+                OffsetDateTime::now_utc(),
+                15_000,
+            )
+            .unwrap();
+        (id, rx)
+    }
+
+    fn join_as(f: &Fixture, role: ParticipantRole, name: &str) -> (Uuid, mpsc::Receiver<Outbound>) {
+        let (conn, rx) = f.hub.connection(64);
+        let id = Uuid::new_v4();
+        let identity = if role == ParticipantRole::Clinician {
+            Identity::Clinician {
+                participant_id: id,
+                name: name.into(),
+            }
+        } else {
+            Identity::Guest {
+                participant_id: id,
+                name: name.into(),
+                role,
+            }
+        };
+        f.hub
+            .join(
+                f.info.clone(),
                 identity,
                 conn,
                 OffsetDateTime::now_utc(),
@@ -1057,6 +1177,144 @@ mod tests {
         assert!(drain(&mut doctor_rx).contains(&candidate(patient_id)));
     }
 
+    /// Who each participant was told about, with its politeness toward them.
+    fn politeness_seen(rx: &mut mpsc::Receiver<Outbound>) -> Vec<(Uuid, bool)> {
+        drain(rx)
+            .into_iter()
+            .flat_map(|m| match m {
+                ServerMessage::Joined { peers, .. } | ServerMessage::Admitted { peers } => peers,
+                ServerMessage::PeerJoined { peer } => vec![peer],
+                _ => Vec::new(),
+            })
+            .map(|p| (p.participant_id, p.polite))
+            .collect()
+    }
+
+    #[test]
+    fn four_take_part_each_admitted_separately_and_a_fifth_is_refused() {
+        let f = fixture();
+        let cid = f.info.consultation_id;
+        let (doctor_id, mut doctor_rx) = join_doctor(&f, &f.info);
+        let mut everyone = vec![(doctor_id, ParticipantRole::Doctor)];
+        let mut receivers = Vec::new();
+        for (role, name) in [
+            (ParticipantRole::Patient, "Pat"),
+            (ParticipantRole::Interpreter, "Ines"),
+            (ParticipantRole::Companion, "Carl"),
+        ] {
+            let (id, rx) = join_as(&f, role, name);
+            // Waiting, in the doctor's waiting room with their role, until admitted.
+            assert!(!f.hub.is_admitted(cid, id));
+            assert!(f
+                .hub
+                .waiting_for(f.doctor)
+                .iter()
+                .any(|w| w.participant_id == id && w.role == role));
+            f.hub.admit(cid, f.doctor, id).unwrap();
+            everyone.push((id, role));
+            receivers.push(rx);
+        }
+        let (colleague, _rx) = join_as(&f, ParticipantRole::Clinician, "Dr Two");
+        assert_eq!(
+            f.hub.admit(cid, f.doctor, colleague),
+            Err(AdmissionError::Full)
+        );
+        assert!(!f.hub.is_admitted(cid, colleague));
+        // Relays run between any two admitted participants, never to the one still waiting.
+        let (interpreter, companion) = (everyone[2].0, everyone[3].0);
+        f.hub
+            .relay(cid, interpreter, companion, candidate(interpreter))
+            .unwrap();
+        assert_eq!(
+            f.hub
+                .relay(cid, interpreter, colleague, candidate(interpreter)),
+            Err(SignalErrorCode::OutsideConsultation)
+        );
+        // Someone leaves: the colleague can be admitted in their place.
+        f.hub.leave(cid, companion).unwrap();
+        f.hub.admit(cid, f.doctor, colleague).unwrap();
+        drain(&mut doctor_rx);
+    }
+
+    #[test]
+    fn in_every_pair_exactly_one_side_is_polite_and_never_the_doctor() {
+        let f = fixture();
+        let cid = f.info.consultation_id;
+        let (doctor_id, mut doctor_rx) = join_doctor(&f, &f.info);
+        let mut joined = vec![(doctor_id, ParticipantRole::Doctor)];
+        let mut seen: HashMap<Uuid, Vec<(Uuid, bool)>> = HashMap::new();
+        let mut receivers = Vec::new();
+        for (role, name) in [
+            (ParticipantRole::Patient, "Pat"),
+            (ParticipantRole::Clinician, "Dr Two"),
+            (ParticipantRole::Patient, "Pam"),
+        ] {
+            let (id, rx) = join_as(&f, role, name);
+            f.hub.admit(cid, f.doctor, id).unwrap();
+            joined.push((id, role));
+            receivers.push((id, rx));
+        }
+        seen.insert(doctor_id, politeness_seen(&mut doctor_rx));
+        for (id, rx) in &mut receivers {
+            seen.insert(*id, politeness_seen(rx));
+        }
+        for (a, role_a) in &joined {
+            for (b, _) in &joined {
+                if a == b {
+                    continue;
+                }
+                let a_toward_b = seen[a].iter().find(|(p, _)| p == b).map(|(_, x)| *x);
+                let b_toward_a = seen[b].iter().find(|(p, _)| p == a).map(|(_, x)| *x);
+                let (Some(a_polite), Some(b_polite)) = (a_toward_b, b_toward_a) else {
+                    panic!("{a} and {b} were not both told of each other");
+                };
+                assert_ne!(a_polite, b_polite, "exactly one of a pair is polite");
+                if *role_a == ParticipantRole::Doctor {
+                    assert!(!a_polite, "the doctor is never polite");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn everyone_but_clinicians_answers_the_recording_question_for_themselves() {
+        let f = fixture();
+        let cid = f.info.consultation_id;
+        let (_doctor, _d) = join_doctor(&f, &f.info);
+        let (interpreter, _i) = join_as(&f, ParticipantRole::Interpreter, "Ines");
+        let (colleague, _c) = join_as(&f, ParticipantRole::Clinician, "Dr Two");
+        let (companion, _o) = join_as(&f, ParticipantRole::Companion, "Carl");
+        for id in [interpreter, colleague, companion] {
+            f.hub.admit(cid, f.doctor, id).unwrap();
+        }
+        assert_eq!(
+            f.hub.set_consent(cid, colleague, true),
+            Err(ConsentError::NotAsked)
+        );
+        assert_eq!(
+            f.hub.set_consent(cid, interpreter, true),
+            Ok(Consent::Given)
+        );
+        assert_eq!(
+            f.hub.set_consent(cid, companion, false),
+            Ok(Consent::Declined)
+        );
+        let (_, facts) = f.hub.recording_facts(cid).unwrap();
+        let consent_of = |role| {
+            facts
+                .iter()
+                .filter(|p| p.role == role)
+                .map(|p| p.consent)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(consent_of(Role::Interpreter), vec![Consent::Given]);
+        assert_eq!(consent_of(Role::Companion), vec![Consent::Declined]);
+        assert_eq!(
+            consent_of(Role::Clinician),
+            vec![Consent::NotAsked, Consent::NotAsked]
+        );
+    }
+
     #[test]
     fn consultations_are_isolated() {
         let f = fixture();
@@ -1122,9 +1380,10 @@ mod tests {
         let (conn, mut rx2) = f.hub.connection(64);
         let conn2 = conn.id();
         // The patient's new connection arrives before the old one is noticed as closed.
-        let identity = Identity::Patient {
+        let identity = Identity::Guest {
             participant_id: patient_id,
             name: "Pat".into(),
+            role: ParticipantRole::Patient,
         };
         f.hub
             .join(
@@ -1202,6 +1461,7 @@ mod tests {
         assert!(!hub.has_rooms_of(f.doctor));
         let restored = RestoredPlace {
             participant_id: Uuid::new_v4(),
+            role: ParticipantRole::Patient,
             name: "Pat".into(),
             admitted: true,
             consent: None,

@@ -123,9 +123,10 @@ struct Place {
     consultation_id: Uuid,
     participant_id: Uuid,
     role: ParticipantRole,
-    /// The doctor's account and session: re-checked on every heartbeat (extended by it only
-    /// during a call), and watched for revocation, so that signing out, a password change, a
-    /// disabled account or an idle timeout also ends the signaling connection.
+    /// The clinician's account and session (the doctor's, or a colleague's): re-checked on
+    /// every heartbeat (extended by it only during a call), and watched for revocation, so that
+    /// signing out, a password change, a disabled account or an idle timeout also ends the
+    /// signaling connection.
     doctor: Option<DoctorSession>,
 }
 
@@ -513,16 +514,41 @@ impl Connected {
             if current.user.role != Role::Doctor {
                 return Err(fatal(
                     SignalErrorCode::Forbidden,
-                    "only the consultation's doctor can join this way",
+                    "only the consultation's clinicians can join this way",
                 ));
             }
             let record = consultations::find(&state.pool, consultation_id)
                 .await
-                .map_err(|e| internal(e.into()))?
-                .filter(|c| c.doctor_id == current.user.id)
-                .ok_or_else(|| {
-                    fatal(SignalErrorCode::Forbidden, "no such consultation of yours")
-                })?;
+                .map_err(|e| internal(e.into()))?;
+            // The owner joins as its doctor; a colleague still on it, as a clinician who waits
+            // to be admitted; anyone else is refused alike, whether it exists or not.
+            let (record, identity) = match record {
+                Some(record) if record.doctor_id == current.user.id => (record, Identity::Doctor),
+                Some(record) => {
+                    let colleague =
+                        consultations::rows::colleague(&state.pool, record.id, current.user.id)
+                            .await
+                            .map_err(|e| internal(e.into()))?
+                            .ok_or_else(|| {
+                                fatal(SignalErrorCode::Forbidden, "no such consultation of yours")
+                            })?;
+                    let identity = Identity::Clinician {
+                        participant_id: colleague.participant_id,
+                        name: colleague.name,
+                    };
+                    (record, identity)
+                }
+                None => {
+                    return Err(fatal(
+                        SignalErrorCode::Forbidden,
+                        "no such consultation of yours",
+                    ))
+                }
+            };
+            let role = match identity {
+                Identity::Doctor => ParticipantRole::Doctor,
+                _ => ParticipantRole::Clinician,
+            };
             if record.status == ConsultationStatus::Ended {
                 return Err(fatal(
                     SignalErrorCode::ConsultationEnded,
@@ -534,8 +560,8 @@ impl Connected {
                 return Ok(self.moved());
             }
             let Ok(participant_id) = state.hub.join(
-                record.room_info(),
-                Identity::Doctor,
+                record.room_info(state.config.policy.max_participants),
+                identity,
                 self.conn.clone(),
                 now,
                 heartbeat_ms,
@@ -545,7 +571,7 @@ impl Connected {
             Place {
                 consultation_id,
                 participant_id,
-                role: ParticipantRole::Doctor,
+                role,
                 doctor: Some(DoctorSession {
                     user_id: current.user.id,
                     session_id: current.session_id,
@@ -578,14 +604,17 @@ impl Connected {
             if !state.cluster.serves(participant.consultation.doctor_id) {
                 return Ok(self.moved());
             }
-            let identity = Identity::Patient {
+            let identity = Identity::Guest {
                 participant_id: participant.id,
                 name: participant.name.clone(),
+                role: participant.role,
             };
             if state
                 .hub
                 .join(
-                    participant.consultation.room_info(),
+                    participant
+                        .consultation
+                        .room_info(state.config.policy.max_participants),
                     identity,
                     self.conn.clone(),
                     now,
@@ -598,18 +627,11 @@ impl Connected {
             Place {
                 consultation_id: participant.consultation.id,
                 participant_id: participant.id,
-                role: ParticipantRole::Patient,
+                role: participant.role,
                 doctor: None,
             }
         };
-        let role = match place.role {
-            ParticipantRole::Doctor => "doctor",
-            ParticipantRole::Patient => "patient",
-            ParticipantRole::Recorder => "recorder",
-            ParticipantRole::Clinician => "clinician",
-            ParticipantRole::Interpreter => "interpreter",
-            ParticipantRole::Companion => "companion",
-        };
+        let role = place.role.as_str();
         state.metrics.joins.with_label_values(&[role]).inc();
         let actor = match &place.doctor {
             Some(doctor) => Actor::User(doctor.user_id),
@@ -645,7 +667,7 @@ impl Connected {
                 Err(refuse(SignalErrorCode::AlreadyJoined, "already joined"))
             }
             ClientMessage::Admit { participant_id } | ClientMessage::Decline { participant_id }
-                if place.doctor.is_none() =>
+                if place.role != ParticipantRole::Doctor =>
             {
                 let _ = participant_id;
                 Err(refuse(
@@ -721,7 +743,7 @@ impl Connected {
                     .set_consent(place.consultation_id, place.participant_id, recording)
                     .map_err(|e| {
                         let code = match e {
-                            ConsentError::NotAPatient => SignalErrorCode::Forbidden,
+                            ConsentError::NotAsked => SignalErrorCode::Forbidden,
                             ConsentError::Final => SignalErrorCode::Forbidden,
                         };
                         refuse(code, &e.to_string())
@@ -800,9 +822,9 @@ impl Connected {
                 Ok(Flow::Continue)
             }
             ClientMessage::Leave {} => {
-                // A patient's link is free again before anyone hears they left: a patient who
-                // hangs up and reopens the link at once must not find it "in use".
-                if place.role == ParticipantRole::Patient
+                // An invite is free again before anyone hears they left: someone who hangs up
+                // and reopens their link at once must not find it "in use".
+                if place.doctor.is_none()
                     && let Err(e) = invites::release(state, place.participant_id).await
                 {
                     tracing::error!(error = format!("{e:#}"), "could not release an invite");

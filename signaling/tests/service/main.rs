@@ -8,6 +8,7 @@ mod backup;
 mod cli;
 mod common;
 mod dependencies;
+mod groups;
 mod limits;
 mod nodes;
 mod operator;
