@@ -151,6 +151,8 @@ pub async fn redeem(
     };
     if !rows::insert_participant(tx.connection(), &place).await? {
         drop(tx);
+        // Revoked, expired or ended meanwhile: said as such; otherwise another device has it.
+        usable_or_counted(&state, &origin, &req.invite).await?;
         refused(&state, &origin, Some(consultation.id), "invite_in_use").await?;
         return Err(ApiError::conflict(
             "invite_in_use",

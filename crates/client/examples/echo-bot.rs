@@ -39,33 +39,35 @@ async fn main() -> anyhow::Result<()> {
                 let Some(event) = event else { break };
                 print_event(json, &event);
                 match event {
-                    SessionEvent::Video { frame, codec: c } => {
+                    SessionEvent::Video { frame, codec: c, .. } => {
                         counters.video_decoded += 1;
                         (counters.width, counters.height) = (frame.width, frame.height);
                         codec = Some(c);
                         session.send_video(frame).await?;
                     }
-                    SessionEvent::Audio(pcm) => {
+                    SessionEvent::Audio { samples, .. } => {
                         counters.audio_decoded += 1;
-                        session.send_audio(pcm).await?;
+                        session.send_audio(samples).await?;
                     }
-                    SessionEvent::Chat(text) => {
+                    SessionEvent::Chat { text, .. } => {
                         if let Err(e) = session.send_chat(&format!("echo: {text}")).await {
                             print_event(json, &SessionEvent::Warning(format!("could not echo the chat: {e}")));
                         }
                     }
-                    SessionEvent::File(FileEvent::Offered { offer }) => session.accept_file(offer.id).await?,
-                    SessionEvent::File(FileEvent::Received { offer, data }) => {
+                    SessionEvent::File { event: FileEvent::Offered { offer }, .. } => session.accept_file(offer.id).await?,
+                    SessionEvent::File { event: FileEvent::Received { offer, data }, .. } => {
                         let sha256 = hex::encode(sha2::Sha256::digest(&data));
                         match session.offer_file(&offer.name, &offer.mime, data).await {
-                            Ok(id) => {
-                                echoing.insert(id, (offer.name, sha256));
+                            Ok(ids) => {
+                                for id in ids {
+                                    echoing.insert(id, (offer.name.clone(), sha256.clone()));
+                                }
                             }
                             Err(e) => print_event(json, &SessionEvent::Warning(format!("could not echo the file: {e}"))),
                         }
                     }
                     // Reported once the other side verified the echoed file.
-                    SessionEvent::File(FileEvent::Sent { id }) => {
+                    SessionEvent::File { event: FileEvent::Sent { id }, .. } => {
                         if let Some((name, sha256)) = echoing.remove(&id) {
                             if json {
                                 println!("{}", serde_json::json!({ "event": "file_sent", "name": name, "sha256": sha256 }));

@@ -49,14 +49,14 @@ async fn main() -> anyhow::Result<()> {
                 let Some(event) = event else { break };
                 print_event(args.join.json, &event);
                 match event {
-                    SessionEvent::Connected => connected = true,
-                    SessionEvent::Disconnected | SessionEvent::PeerLeft => connected = false,
-                    SessionEvent::Video { frame, codec: c } => {
+                    SessionEvent::Connected { .. } => connected = true,
+                    SessionEvent::Disconnected { .. } | SessionEvent::PeerLeft { .. } => connected = false,
+                    SessionEvent::Video { frame, codec: c, .. } => {
                         counters.video_decoded += 1;
                         (counters.width, counters.height) = (frame.width, frame.height);
                         codec = Some(c);
                     }
-                    SessionEvent::Audio(_) => counters.audio_decoded += 1,
+                    SessionEvent::Audio { .. } => counters.audio_decoded += 1,
                     SessionEvent::Ended | SessionEvent::Declined => break,
                     _ => {}
                 }

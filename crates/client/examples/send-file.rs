@@ -68,12 +68,12 @@ async fn main() -> anyhow::Result<()> {
                 let Some(event) = event else { break Err(anyhow::anyhow!("the session ended")) };
                 print_event(args.join.json, &event);
                 match event {
-                    SessionEvent::Connected => connected = true,
-                    SessionEvent::File(FileEvent::Progress { bytes, total, .. }) if !args.join.json => {
+                    SessionEvent::Connected { .. } => connected = true,
+                    SessionEvent::File { event: FileEvent::Progress { bytes, total, .. }, .. } if !args.join.json => {
                         println!("progress       {bytes}/{total} bytes");
                     }
-                    SessionEvent::File(FileEvent::Sent { .. }) => break Ok(()),
-                    SessionEvent::File(FileEvent::Failed { reason, .. }) => break Err(anyhow::anyhow!("not delivered: {reason}")),
+                    SessionEvent::File { event: FileEvent::Sent { .. }, .. } => break Ok(()),
+                    SessionEvent::File { event: FileEvent::Failed { reason, .. }, .. } => break Err(anyhow::anyhow!("not delivered: {reason}")),
                     SessionEvent::Ended | SessionEvent::Declined => break Err(anyhow::anyhow!("the consultation ended first")),
                     _ => {}
                 }

@@ -92,7 +92,12 @@ pub(crate) enum CallOutput {
     Event(SessionEvent),
     /// A received frame to decode (in [`ReceiveMode::Decoded`], video only once decodable) or
     /// to hand over as it is (in [`ReceiveMode::Encoded`]).
-    Frame(EncodedFrame),
+    Frame {
+        /// Who sent it.
+        from: Uuid,
+        /// The frame.
+        frame: EncodedFrame,
+    },
     /// Set the video encoder's bitrate to this (bits per second).
     Bitrate(u32),
     /// Nothing more until this time, a signaling message or a datagram.
@@ -135,8 +140,28 @@ impl KeyframeGate {
     }
 }
 
-/// One participant's call: the connection to the other participant and, while the
-/// consultation is recorded, the send-only link to the recorder.
+/// The connection to one other participant, and what the call decides about it.
+struct Link {
+    /// Their participant id.
+    remote: Uuid,
+    peer: Peer,
+    timeout: Instant,
+    /// Candidates held back until our first description (browsers refuse them before).
+    pending_candidates: Vec<String>,
+    offer_at: Option<Instant>,
+    down_since: Option<Instant>,
+    /// When the connection came up, to notice a remote that never agrees keys.
+    connected_at: Option<Instant>,
+    e2ee_warned: bool,
+    gate: KeyframeGate,
+    last_keyframe_request: Option<Instant>,
+    /// The bandwidth estimate of this connection (bits per second).
+    bitrate: Option<u64>,
+}
+
+/// One participant's call: a connection to every other participant (a full mesh: media goes
+/// peer to peer, never through the service) and, while the consultation is recorded, the
+/// send-only link to the recorder. One encoder feeds every connection.
 pub(crate) struct Call {
     config: CallConfig,
     candidates: LocalCandidates,
@@ -146,27 +171,19 @@ pub(crate) struct Call {
     end: Option<CallEnd>,
     // Who we are, from `joined`.
     local_id: Option<Uuid>,
+    /// Our politeness toward the doctor (`joined`), for a service that does not say it per peer.
     polite: bool,
     admitted: bool,
     e2ee: bool,
     heartbeat: Duration,
-    // The connection to the other participant.
-    peer: Option<Peer>,
-    peer_timeout: Instant,
-    remote: Option<Uuid>,
-    /// File transfers of a connection that ended, resumed by the next one.
-    parked_files: Option<FileTransfers>,
-    /// Candidates held back until our first description (browsers refuse them before).
-    pending_candidates: Vec<String>,
-    offer_at: Option<Instant>,
-    down_since: Option<Instant>,
-    /// When the current connection came up, to notice a remote that never agrees keys.
-    connected_at: Option<Instant>,
-    e2ee_warned: bool,
+    /// The connections, in the order the participants came.
+    links: Vec<Link>,
+    /// File transfers of a connection that ended (with whom), resumed by the next one with
+    /// that participant, or with anyone when nobody else is in the call.
+    parked_files: Option<(Uuid, FileTransfers)>,
     // Media.
     keyframe_due: bool,
-    gate: KeyframeGate,
-    last_keyframe_request: Option<Instant>,
+    last_bitrate: Option<u32>,
     audio_rtp: u64,
     frames_encoded: u64,
     frames_decoded: u64,
@@ -191,18 +208,10 @@ impl Call {
             admitted: false,
             e2ee: false,
             heartbeat: DEFAULT_HEARTBEAT,
-            peer: None,
-            peer_timeout: now,
-            remote: None,
+            links: Vec::new(),
             parked_files: None,
-            pending_candidates: Vec::new(),
-            offer_at: None,
-            down_since: None,
-            connected_at: None,
-            e2ee_warned: false,
             keyframe_due: true,
-            gate: KeyframeGate::default(),
-            last_keyframe_request: None,
+            last_bitrate: None,
             audio_rtp: 0,
             frames_encoded: 0,
             frames_decoded: 0,
@@ -222,22 +231,32 @@ impl Call {
         self.end.as_ref()
     }
 
-    /// Whether media flows to the other participant.
+    /// Whether media flows to at least one other participant.
     pub fn is_connected(&self) -> bool {
-        self.peer.as_ref().is_some_and(Peer::is_connected)
+        self.links.iter().any(|l| l.peer.is_connected())
     }
 
-    /// The connection to the other participant (chat, files, key rotation), if there is one.
-    pub fn peer_mut(&mut self) -> Option<&mut Peer> {
-        self.peer.as_mut()
+    /// The participants media flows with now.
+    pub fn connected_peers(&self) -> Vec<Uuid> {
+        self.links
+            .iter()
+            .filter(|l| l.peer.is_connected())
+            .map(|l| l.remote)
+            .collect()
     }
 
-    /// The video codec to encode with: the negotiated one, once connected.
+    /// Every connection (chat, files, key rotation), connected or not.
+    pub fn peers_mut(&mut self) -> impl Iterator<Item = (Uuid, &mut Peer)> {
+        self.links.iter_mut().map(|l| (l.remote, &mut l.peer))
+    }
+
+    /// The video codec to encode with: the one negotiated on the first connection that is up
+    /// (connections with another codec get no video).
     pub fn video_codec(&mut self) -> Option<VideoCodec> {
-        self.peer
-            .as_mut()
-            .filter(|p| p.is_connected())
-            .and_then(Peer::video_codec)
+        self.links
+            .iter_mut()
+            .filter(|l| l.peer.is_connected())
+            .find_map(|l| l.peer.video_codec())
     }
 
     fn emit(&mut self, event: SessionEvent) {
@@ -250,6 +269,16 @@ impl Call {
 
     fn signal(&mut self, message: ClientMessage) {
         self.queue.push_back(CallOutput::Signal(message));
+    }
+
+    fn link_index(&self, remote: Uuid) -> Option<usize> {
+        self.links.iter().position(|l| l.remote == remote)
+    }
+
+    /// Our side of negotiation with `peer`: as the service says per pair, or, from a service
+    /// that does not, polite toward the doctor when `joined` said so (and impolite otherwise).
+    fn polite_toward(&self, peer: &consult_proto::signal::Peer) -> bool {
+        peer.polite || (peer.role == ParticipantRole::Doctor && self.polite)
     }
 
     /// A message from the signaling service.
@@ -276,16 +305,6 @@ impl Call {
                     admitted,
                     doctor_name: consultation.doctor_name,
                 });
-                // Back on signaling (a reconnect, or the service restarted) in the same place,
-                // with the same peer still in the call and the connection up: media never went
-                // through the service, so the peer connection (and its keys) stays. A different
-                // peer, a new place, or a connection that never came up (its negotiation may
-                // have been lost with the old socket) starts a new one.
-                let same_peer = same_place
-                    && self.is_connected()
-                    && peers.iter().any(|p| {
-                        p.role != ParticipantRole::Recorder && Some(p.participant_id) == self.remote
-                    });
                 // `joined` lists everyone, and the room's `recording` message follows it.
                 self.recorder_is(
                     peers
@@ -293,11 +312,33 @@ impl Call {
                         .find(|p| p.role == ParticipantRole::Recorder)
                         .map(|p| p.participant_id),
                 );
-                if same_peer {
-                    self.start_recorder_link()?;
-                } else {
-                    self.met(peers)?;
+                // Whoever is gone from the call went while our signaling was away.
+                let present: Vec<Uuid> = peers.iter().map(|p| p.participant_id).collect();
+                let gone: Vec<Uuid> = self
+                    .links
+                    .iter()
+                    .map(|l| l.remote)
+                    .filter(|r| !present.contains(r))
+                    .collect();
+                for remote in gone {
+                    self.peer_left(remote)?;
                 }
+                // Back on signaling (a reconnect, or the service restarted) in the same place,
+                // with a peer still in the call and the connection up: media never went
+                // through the service, so that connection (and its keys) stays. A new peer, a
+                // new place, or a connection that never came up (its negotiation may have been
+                // lost with the old socket) starts a new one.
+                let others = peers
+                    .into_iter()
+                    .filter(|p| p.role != ParticipantRole::Recorder)
+                    .filter(|p| {
+                        !(same_place
+                            && self
+                                .link_index(p.participant_id)
+                                .is_some_and(|i| self.links[i].peer.is_connected()))
+                    })
+                    .collect();
+                self.met(others)?;
             }
             ServerMessage::Admitted { peers } => {
                 self.admitted = true;
@@ -355,27 +396,20 @@ impl Call {
                 }
             }
             ServerMessage::PeerJoined { peer } => {
-                self.start_peer(peer.participant_id, peer.name)?;
+                self.start_link(&peer)?;
             }
-            ServerMessage::PeerLeft { participant_id, .. }
-                if self.remote == Some(participant_id) =>
-            {
-                if let Some(peer) = &mut self.peer {
-                    peer.remote_gone();
+            ServerMessage::PeerLeft { participant_id, .. } => {
+                self.peer_left(participant_id)?;
+            }
+            ServerMessage::Description { from, description } => {
+                if let Some(i) = self.link_index(from) {
+                    self.handle_description(i, description)?;
                 }
-                self.drain_peer()?;
-                self.peer = None;
-                self.remote = None;
-                self.offer_at = None;
-                self.down_since = None;
-                self.emit(SessionEvent::PeerLeft);
             }
-            ServerMessage::Description { from, description } if Some(from) == self.remote => {
-                self.handle_description(description)?;
-            }
-            ServerMessage::Candidate { from, candidate } if Some(from) == self.remote => {
-                if let (Some(peer), Some(candidate)) = (&mut self.peer, candidate)
-                    && let Err(e) = peer.add_remote_candidate(&candidate.candidate)
+            ServerMessage::Candidate { from, candidate } => {
+                let link = self.link_index(from).map(|i| &mut self.links[i]);
+                if let (Some(link), Some(candidate)) = (link, candidate)
+                    && let Err(e) = link.peer.add_remote_candidate(&candidate.candidate)
                 {
                     self.warn(format!("ignored a remote candidate: {e}"));
                 }
@@ -410,103 +444,134 @@ impl Call {
         Ok(())
     }
 
-    /// `joined` or `admitted`: the recorder, the other participant, and the recorder link.
+    /// A participant left for good: their connection goes, its transfers parked.
+    fn peer_left(&mut self, remote: Uuid) -> Result<(), PeerError> {
+        let Some(i) = self.link_index(remote) else {
+            return Ok(());
+        };
+        self.links[i].peer.remote_gone();
+        self.drain_link(i)?;
+        let mut link = self.links.remove(i);
+        self.parked_files = Some((remote, link.peer.take_file_transfers()));
+        self.emit(SessionEvent::PeerLeft {
+            participant_id: remote,
+        });
+        self.update_bitrate();
+        Ok(())
+    }
+
+    /// `joined` or `admitted`: the recorder, a connection to every other participant, and the
+    /// recorder link.
     fn met(&mut self, peers: Vec<consult_proto::signal::Peer>) -> Result<(), PeerError> {
         if let Some(recorder) = peers.iter().find(|p| p.role == ParticipantRole::Recorder) {
             self.recorder_is(Some(recorder.participant_id));
         }
-        if let Some(peer) = peers
-            .into_iter()
-            .find(|p| p.role != ParticipantRole::Recorder)
-        {
-            self.start_peer(peer.participant_id, peer.name)?;
+        for peer in peers.iter().filter(|p| p.role != ParticipantRole::Recorder) {
+            self.start_link(peer)?;
         }
         self.start_recorder_link()
     }
 
-    /// A (new) remote participant: a fresh peer connection, our candidates held back, and an
-    /// offer (right away if impolite, after a pause if polite).
-    fn start_peer(&mut self, remote: Uuid, name: String) -> Result<(), PeerError> {
-        // Transfers of the previous connection (to this or an earlier peer) resume on the new one.
-        if let Some(old) = &mut self.peer {
-            self.parked_files = Some(old.take_file_transfers());
-            self.drain_peer()?;
+    /// A (new) remote participant: a fresh peer connection (replacing any earlier one with
+    /// them), our candidates held back, and an offer (right away if impolite, after a pause if
+    /// polite).
+    fn start_link(&mut self, remote: &consult_proto::signal::Peer) -> Result<(), PeerError> {
+        if Some(remote.participant_id) == self.local_id {
+            return Ok(());
+        }
+        let polite = self.polite_toward(remote);
+        let id = remote.participant_id;
+        // Transfers of the previous connection with them resume on the new one.
+        if let Some(i) = self.link_index(id) {
+            self.drain_link(i)?;
+            let mut old = self.links.remove(i);
+            self.parked_files = Some((id, old.peer.take_file_transfers()));
         }
         let now = self.now;
         let e2ee = match (self.e2ee, self.local_id) {
             (true, Some(local)) => Some(E2eeSetup {
                 local_id: local.to_string(),
-                remote_id: remote.to_string(),
+                remote_id: id.to_string(),
                 schedule: self.config.e2ee_schedule.clone(),
             }),
             _ => None,
         };
         let mut peer = Peer::new(
             PeerConfig {
-                polite: self.polite,
+                polite,
                 e2ee,
                 ..self.config.peer.clone()
             },
             now,
         );
-        if let Some(files) = self.parked_files.take() {
+        let adopt = self
+            .parked_files
+            .as_ref()
+            .is_some_and(|(with, _)| *with == id || self.links.is_empty());
+        if adopt && let Some((_, files)) = self.parked_files.take() {
             peer.adopt_file_transfers(files);
         }
-        self.pending_candidates = self.candidates.offer(&mut peer)?;
-        self.peer = Some(peer);
-        self.peer_timeout = now;
-        self.remote = Some(remote);
-        self.connected_at = None;
-        self.down_since = None;
-        self.e2ee_warned = false;
+        let pending_candidates = self.candidates.offer(&mut peer)?;
+        self.links.push(Link {
+            remote: id,
+            peer,
+            timeout: now,
+            pending_candidates,
+            offer_at: Some(if polite {
+                now + self.config.polite_offer_delay
+            } else {
+                now
+            }),
+            down_since: None,
+            connected_at: None,
+            e2ee_warned: false,
+            gate: KeyframeGate::default(),
+            last_keyframe_request: None,
+            bitrate: None,
+        });
         self.keyframe_due = true;
-        self.gate = KeyframeGate::default();
-        self.emit(SessionEvent::PeerJoined { name });
-        self.offer_at = Some(if self.polite {
-            now + self.config.polite_offer_delay
-        } else {
-            now
+        self.emit(SessionEvent::PeerJoined {
+            participant_id: id,
+            name: remote.name.clone(),
+            role: remote.role,
         });
         Ok(())
     }
 
-    /// Send a description, then the candidates held back until now.
-    fn send_description(&mut self, kind: SdpKind, sdp: String) {
-        let Some(to) = self.remote else { return };
+    /// Send a description on link `i`, then the candidates held back until now.
+    fn send_description(&mut self, i: usize, kind: SdpKind, sdp: String) {
+        let to = self.links[i].remote;
+        let pending = std::mem::take(&mut self.links[i].pending_candidates);
         self.signal(ClientMessage::Description {
             to,
             description: SessionDescription { kind, sdp },
         });
-        for line in std::mem::take(&mut self.pending_candidates) {
+        for line in pending {
             self.signal(candidate_message(to, line));
         }
     }
 
-    fn make_offer(&mut self) -> Result<(), PeerError> {
-        let Some(peer) = &mut self.peer else {
-            return Ok(());
-        };
-        if let Some(sdp) = peer.create_offer()? {
-            self.send_description(SdpKind::Offer, sdp);
+    fn make_offer(&mut self, i: usize) -> Result<(), PeerError> {
+        if let Some(sdp) = self.links[i].peer.create_offer()? {
+            self.send_description(i, SdpKind::Offer, sdp);
         }
         Ok(())
     }
 
-    fn restart_ice(&mut self) -> Result<(), PeerError> {
+    fn restart_ice(&mut self, i: usize) -> Result<(), PeerError> {
         self.warn("connection down: restarting ICE");
-        let Some(peer) = &mut self.peer else {
-            return Ok(());
-        };
-        if let Some(sdp) = peer.restart_ice()? {
-            self.send_description(SdpKind::Offer, sdp);
+        if let Some(sdp) = self.links[i].peer.restart_ice()? {
+            self.send_description(i, SdpKind::Offer, sdp);
         }
         Ok(())
     }
 
-    fn handle_description(&mut self, description: SessionDescription) -> Result<(), PeerError> {
-        let Some(peer) = &mut self.peer else {
-            return Ok(());
-        };
+    fn handle_description(
+        &mut self,
+        i: usize,
+        description: SessionDescription,
+    ) -> Result<(), PeerError> {
+        let peer = &mut self.links[i].peer;
         let outcome = match description.kind {
             SdpKind::Offer => peer.handle_remote_offer(&description.sdp),
             SdpKind::Answer | SdpKind::Pranswer => peer.handle_remote_answer(&description.sdp),
@@ -518,8 +583,8 @@ impl Call {
         match outcome {
             Ok(RemoteDescriptionOutcome::Answer(sdp)) => {
                 // The remote offered: no need for ours (unless something is still missing).
-                self.offer_at = None;
-                self.send_description(SdpKind::Answer, sdp);
+                self.links[i].offer_at = None;
+                self.send_description(i, SdpKind::Answer, sdp);
             }
             Ok(RemoteDescriptionOutcome::Applied) => {}
             Ok(RemoteDescriptionOutcome::IgnoredGlare) => return Ok(()),
@@ -529,8 +594,8 @@ impl Call {
                 return Ok(());
             }
         }
-        if self.peer.as_ref().is_some_and(Peer::needs_negotiation) {
-            self.offer_at = Some(self.now + RENEGOTIATION_DELAY);
+        if self.links[i].peer.needs_negotiation() {
+            self.links[i].offer_at = Some(self.now + RENEGOTIATION_DELAY);
         }
         Ok(())
     }
@@ -594,7 +659,8 @@ impl Call {
         Ok(())
     }
 
-    /// A datagram arrived on one of our addresses: for the recorder link or the call.
+    /// A datagram arrived on one of our addresses: for the recorder link or the connection it
+    /// belongs to (the only one, when a datagram fits none).
     pub fn handle_receive(
         &mut self,
         at: Instant,
@@ -611,18 +677,41 @@ impl Call {
             if let Err(e) = link.peer.handle_receive(at, source, local, bytes) {
                 tracing::debug!(error = %e, "recorder link dropped a datagram");
             }
-        } else if let Some(peer) = &mut self.peer
-            && let Err(e) = peer.handle_receive(at, source, local, bytes)
-        {
-            tracing::debug!(error = %e, "dropped a datagram");
+            return;
+        }
+        let index = self
+            .links
+            .iter()
+            .position(|l| l.peer.accepts(source, local, bytes))
+            .or((self.links.len() == 1).then_some(0));
+        match index.map(|i| &mut self.links[i]) {
+            Some(link) => {
+                if let Err(e) = link.peer.handle_receive(at, source, local, bytes) {
+                    tracing::debug!(error = %e, "dropped a datagram");
+                }
+            }
+            None => tracing::debug!(%source, "a datagram for no connection"),
         }
     }
 
-    /// Time passed: the peers' timers, a pending offer, an ICE restart.
+    /// Time passed: the peers' timers, pending offers, ICE restarts.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
         self.now = now;
-        if let Some(peer) = self.peer.as_mut().filter(|_| self.peer_timeout <= now) {
-            peer.handle_timeout(now)?;
+        for i in 0..self.links.len() {
+            if self.links[i].timeout <= now {
+                self.links[i].peer.handle_timeout(now)?;
+            }
+            if self.links[i].offer_at.is_some_and(|at| at <= now) {
+                self.links[i].offer_at = None;
+                self.make_offer(i)?;
+            }
+            if self.links[i]
+                .down_since
+                .is_some_and(|since| now - since >= self.config.ice_restart_after)
+            {
+                self.links[i].down_since = Some(now);
+                self.restart_ice(i)?;
+            }
         }
         if let Some(link) = self.recorder.as_mut().filter(|l| l.next_timeout <= now)
             && let Err(e) = link.peer.handle_timeout(now)
@@ -630,34 +719,23 @@ impl Call {
             tracing::warn!(error = %e, "recorder link failed; dropping it");
             self.recorder = None;
         }
-        if self.offer_at.is_some_and(|at| at <= now) {
-            self.offer_at = None;
-            self.make_offer()?;
-        }
-        if self
-            .down_since
-            .is_some_and(|since| now - since >= self.config.ice_restart_after)
-        {
-            self.down_since = Some(now);
-            self.restart_ice()?;
-        }
         Ok(())
     }
 
     /// The next thing to do; [`CallOutput::Timeout`] when there is nothing until then.
     pub fn poll_output(&mut self) -> Result<CallOutput, PeerError> {
-        loop {
+        'again: loop {
             if let Some(output) = self.queue.pop_front() {
                 return Ok(output);
             }
-            if let Some(peer) = &mut self.peer {
-                match peer.poll_output()? {
+            for i in 0..self.links.len() {
+                match self.links[i].peer.poll_output()? {
                     Output::Transmit(transmit) => return Ok(CallOutput::Transmit(transmit)),
                     Output::Event(event) => {
-                        self.handle_peer_event(event);
-                        continue;
+                        self.handle_peer_event(i, event);
+                        continue 'again;
                     }
-                    Output::Timeout(at) => self.peer_timeout = at,
+                    Output::Timeout(at) => self.links[i].timeout = at,
                 }
             }
             if let Some(link) = &mut self.recorder {
@@ -685,48 +763,67 @@ impl Call {
 
     fn next_timeout(&self) -> Instant {
         let mut at = self.now + IDLE_WAKE;
-        if self.peer.is_some() {
-            at = at.min(self.peer_timeout);
+        for link in &self.links {
+            at = at.min(link.timeout);
+            if let Some(offer_at) = link.offer_at {
+                at = at.min(offer_at);
+            }
+            if let Some(since) = link.down_since {
+                at = at.min(since + self.config.ice_restart_after);
+            }
         }
         if let Some(link) = &self.recorder {
             at = at.min(link.next_timeout);
         }
-        if let Some(offer_at) = self.offer_at {
-            at = at.min(offer_at);
-        }
-        if let Some(since) = self.down_since {
-            at = at.min(since + self.config.ice_restart_after);
-        }
         at
     }
 
-    /// Move what the current peer has to say into the queue (before it is replaced or dropped).
-    fn drain_peer(&mut self) -> Result<(), PeerError> {
-        while let Some(peer) = &mut self.peer {
-            match peer.poll_output()? {
+    /// Move what link `i` has to say into the queue (before it is replaced or dropped).
+    fn drain_link(&mut self, i: usize) -> Result<(), PeerError> {
+        loop {
+            match self.links[i].peer.poll_output()? {
                 Output::Transmit(transmit) => self.queue.push_back(CallOutput::Transmit(transmit)),
-                Output::Event(event) => self.handle_peer_event(event),
+                Output::Event(event) => self.handle_peer_event(i, event),
                 Output::Timeout(at) => {
-                    self.peer_timeout = at;
-                    break;
+                    self.links[i].timeout = at;
+                    return Ok(());
                 }
             }
         }
-        Ok(())
     }
 
-    fn handle_peer_event(&mut self, event: PeerEvent) {
+    /// Tell the encoder its new target ([`encoder_bitrate`]) when it changed.
+    fn update_bitrate(&mut self) {
+        let estimates: Vec<Option<u64>> = self
+            .links
+            .iter()
+            .filter(|l| l.peer.is_connected())
+            .map(|l| l.bitrate)
+            .collect();
+        let Some(bps) = encoder_bitrate(self.config.video_bitrate_bps, &estimates) else {
+            return;
+        };
+        if self.last_bitrate != Some(bps) {
+            self.last_bitrate = Some(bps);
+            self.queue.push_back(CallOutput::Bitrate(bps));
+        }
+    }
+
+    fn handle_peer_event(&mut self, i: usize, event: PeerEvent) {
         let now = self.now;
+        let peer = self.links[i].remote;
         match event {
             PeerEvent::Connected => {
-                self.down_since = None;
-                self.connected_at.get_or_insert(now);
+                let link = &mut self.links[i];
+                link.down_since = None;
+                link.connected_at.get_or_insert(now);
                 self.keyframe_due = true;
-                self.emit(SessionEvent::Connected);
+                self.emit(SessionEvent::Connected { peer });
+                self.update_bitrate();
             }
             PeerEvent::Disconnected => {
-                self.down_since.get_or_insert(now);
-                self.emit(SessionEvent::Disconnected);
+                self.links[i].down_since.get_or_insert(now);
+                self.emit(SessionEvent::Disconnected { peer });
             }
             PeerEvent::IceState(state) => {
                 if matches!(
@@ -734,104 +831,122 @@ impl Call {
                     consult_peer::str0m::IceConnectionState::Connected
                         | consult_peer::str0m::IceConnectionState::Completed
                 ) {
-                    self.down_since = None;
-                    self.emit(SessionEvent::IceConnected);
+                    self.links[i].down_since = None;
+                    self.emit(SessionEvent::IceConnected { peer });
                 }
             }
             PeerEvent::ChannelOpen { .. } | PeerEvent::ChannelMessage { .. } => {}
-            PeerEvent::Chat(text) => self.emit(SessionEvent::Chat(text)),
-            PeerEvent::ChatRejected(e) => self.emit(SessionEvent::ChatRejected(e.to_string())),
-            PeerEvent::File(event) => self.emit(SessionEvent::File(event)),
+            PeerEvent::Chat(text) => self.emit(SessionEvent::Chat { from: peer, text }),
+            PeerEvent::ChatRejected(e) => self.emit(SessionEvent::ChatRejected {
+                from: peer,
+                reason: e.to_string(),
+            }),
+            PeerEvent::File(event) => self.emit(SessionEvent::File { peer, event }),
             PeerEvent::KeyframeRequested => {
                 self.keyframe_due = true;
                 self.emit(SessionEvent::KeyframeRequested);
             }
             PeerEvent::BitrateEstimate(bps) => {
-                let target = self.config.video_bitrate_bps;
-                let bps = u32::try_from(bps)
-                    .unwrap_or(u32::MAX)
-                    .clamp(target / 10, target.saturating_mul(2));
-                self.queue.push_back(CallOutput::Bitrate(bps));
+                self.links[i].bitrate = Some(bps);
+                self.update_bitrate();
             }
             PeerEvent::E2ee(event) => {
                 if let E2eeEvent::Aborted { reason, by_remote } = event {
                     // Said once, in words; the "not started" warning would only mislead now.
-                    self.e2ee_warned = true;
+                    self.links[i].e2ee_warned = true;
                     let whose = if by_remote {
                         "the other side found that our key"
                     } else {
                         "the other side's key"
                     };
                     self.warn(format!(
-                        "end-to-end encryption stopped: {whose} failed its commitment check ({}); \
-                         someone may be in the middle of this call, and no media is sent or shown",
+                        "end-to-end encryption with {peer} stopped: {whose} failed its commitment \
+                         check ({}); someone may be in the middle of this call, and no media is \
+                         sent or shown on that connection",
                         reason.name()
                     ));
                 }
-                self.emit(SessionEvent::E2ee(event));
+                self.emit(SessionEvent::E2ee { peer, event });
             }
             PeerEvent::Stats(mut stats) => {
                 stats.frames_encoded = self.frames_encoded;
                 stats.frames_decoded = self.frames_decoded;
-                let silent_remote = self
-                    .peer
-                    .as_ref()
-                    .is_some_and(|p| p.e2ee_enabled() && p.e2ee_sas().is_none())
-                    && self
+                let link = &self.links[i];
+                let silent_remote = link.peer.e2ee_enabled()
+                    && link.peer.e2ee_sas().is_none()
+                    && link
                         .connected_at
                         .is_some_and(|t| now - t >= E2EE_AGREEMENT_WARNING);
-                if silent_remote && !self.e2ee_warned {
-                    self.e2ee_warned = true;
-                    self.warn("the other side has not started end-to-end encryption: no media is sent or shown until it does");
+                if silent_remote && !link.e2ee_warned {
+                    self.links[i].e2ee_warned = true;
+                    self.warn(format!(
+                        "{peer} has not started end-to-end encryption: no media is sent to or \
+                         shown from them until they do"
+                    ));
                 }
-                self.emit(SessionEvent::Stats(stats));
+                self.emit(SessionEvent::Stats { peer, stats });
             }
-            PeerEvent::Frame(frame) => self.handle_frame(frame),
+            PeerEvent::Frame(frame) => self.handle_frame(i, frame),
         }
     }
 
-    fn handle_frame(&mut self, frame: EncodedFrame) {
+    fn handle_frame(&mut self, i: usize, frame: EncodedFrame) {
+        let from = self.links[i].remote;
         if self.config.receive == ReceiveMode::Decoded
             && let TrackKind::Video(codec) = frame.kind
-            && !self.gate.admit(codec, &frame)
+            && !self.links[i].gate.admit(codec, &frame)
         {
-            self.request_keyframe(self.now);
+            self.request_keyframe_from(from, self.now);
             return;
         }
-        self.queue.push_back(CallOutput::Frame(frame));
+        self.queue.push_back(CallOutput::Frame { from, frame });
     }
 
-    /// The decoder turned a frame into a picture: frames that follow can be decoded.
-    pub fn video_decoded(&mut self) {
-        self.gate.decodable = true;
+    /// The decoder turned a frame of `from` into a picture: frames that follow can be decoded.
+    pub fn video_decoded(&mut self, from: Uuid) {
+        if let Some(i) = self.link_index(from) {
+            self.links[i].gate.decodable = true;
+        }
         self.frames_decoded += 1;
     }
 
-    /// The decoder refused a frame: wait for a keyframe, and ask for one now.
-    pub fn video_undecodable(&mut self, now: Instant) {
-        self.gate.decodable = false;
-        self.last_keyframe_request = None;
-        self.request_keyframe(now);
+    /// The decoder refused a frame of `from`: wait for a keyframe, and ask for one now.
+    pub fn video_undecodable(&mut self, from: Uuid, now: Instant) {
+        if let Some(i) = self.link_index(from) {
+            self.links[i].gate.decodable = false;
+            self.links[i].last_keyframe_request = None;
+        }
+        self.request_keyframe_from(from, now);
     }
 
-    /// Ask the remote for a keyframe, unless we did less than 250 ms ago.
+    /// Ask every participant for a keyframe (merged per connection, as below).
     pub fn request_keyframe(&mut self, now: Instant) {
+        for remote in self.links.iter().map(|l| l.remote).collect::<Vec<_>>() {
+            self.request_keyframe_from(remote, now);
+        }
+    }
+
+    /// Ask `from` for a keyframe, unless we did less than 250 ms ago.
+    pub fn request_keyframe_from(&mut self, from: Uuid, now: Instant) {
         self.now = self.now.max(now);
-        if self
+        let Some(i) = self.link_index(from) else {
+            return;
+        };
+        let link = &mut self.links[i];
+        if link
             .last_keyframe_request
             .is_some_and(|last| now.saturating_duration_since(last) < KEYFRAME_REQUEST_INTERVAL)
         {
             return;
         }
-        self.last_keyframe_request = Some(now);
-        if let Some(peer) = &mut self.peer
-            && let Err(e) = peer.request_keyframe()
-        {
+        link.last_keyframe_request = Some(now);
+        if let Err(e) = link.peer.request_keyframe() {
             tracing::debug!(error = %e, "keyframe request failed");
         }
     }
 
-    /// Whether the next video frame should be a keyframe (connected, or the remote asked).
+    /// Whether the next video frame should be a keyframe (a connection came up, or someone
+    /// asked).
     pub fn keyframe_due(&self) -> bool {
         self.keyframe_due
     }
@@ -842,8 +957,9 @@ impl Call {
         self.frames_encoded += 1;
     }
 
-    /// Send an encoded video frame to the other participant and, while recording, to the
-    /// recorder. Nothing is sent before the connection is up.
+    /// Send an encoded video frame to every participant media flows with (whose connection
+    /// negotiated this codec) and, while recording, to the recorder. Nothing is sent before a
+    /// connection is up.
     pub fn write_video(
         &mut self,
         now: Instant,
@@ -852,29 +968,57 @@ impl Call {
     ) -> Result<(), PeerError> {
         self.now = self.now.max(now);
         let rtp_time = ((now - self.started).as_micros() as u64 * 9 / 100) & 0xffff_ffff;
-        let Some(peer) = self.peer.as_mut().filter(|p| p.is_connected()) else {
-            return Ok(());
-        };
-        survivable(peer.write_video(now, rtp_time, codec, data))?;
-        if let Some(link) = &mut self.recorder {
+        let mut sent = false;
+        for link in self.links.iter_mut().filter(|l| l.peer.is_connected()) {
+            if link.peer.video_codec().is_some_and(|c| c != codec) {
+                continue;
+            }
+            survivable(link.peer.write_video(now, rtp_time, codec, data))?;
+            sent = true;
+        }
+        if sent && let Some(link) = &mut self.recorder {
             survivable(link.write_video(now, rtp_time, codec, data))?;
         }
         Ok(())
     }
 
-    /// Send 20 ms of Opus to the other participant and, while recording, to the recorder.
+    /// Send 20 ms of Opus to every participant media flows with and, while recording, to the
+    /// recorder.
     pub fn write_audio(&mut self, now: Instant, packet: &[u8]) -> Result<(), PeerError> {
         self.now = self.now.max(now);
-        let Some(peer) = self.peer.as_mut().filter(|p| p.is_connected()) else {
+        if !self.is_connected() {
             return Ok(());
-        };
-        survivable(peer.write_audio(now, self.audio_rtp, packet))?;
+        }
+        for link in self.links.iter_mut().filter(|l| l.peer.is_connected()) {
+            survivable(link.peer.write_audio(now, self.audio_rtp, packet))?;
+        }
         if let Some(link) = &mut self.recorder {
             survivable(link.write_audio(now, self.audio_rtp, packet))?;
         }
         self.audio_rtp = (self.audio_rtp + consult_codec::opus::FRAME_SAMPLES as u64) & 0xffff_ffff;
         Ok(())
     }
+}
+
+/// The encoder's target, from the configured `target` and the bandwidth estimates of the
+/// connections media flows on (`None`: none yet). One encoder feeds every connection, so it
+/// follows the lowest estimate, each clamped to a tenth to twice the target; and the upload of
+/// all of them together stays within twice the target — each sender's bitrate adapts to how
+/// many receive it. `None` until a connection has an estimate.
+fn encoder_bitrate(target: u32, estimates: &[Option<u64>]) -> Option<u32> {
+    let floor = target / 10;
+    let lowest = estimates
+        .iter()
+        .flatten()
+        .map(|bps| {
+            u32::try_from(*bps)
+                .unwrap_or(u32::MAX)
+                .clamp(floor, target.saturating_mul(2))
+        })
+        .min()?;
+    let receivers = u32::try_from(estimates.len().max(1)).unwrap_or(u32::MAX);
+    let share = (target.saturating_mul(2) / receivers).max(floor);
+    Some(lowest.min(share))
 }
 
 impl LocalCandidates {
@@ -929,3 +1073,6 @@ fn survivable(result: Result<(), PeerError>) -> Result<(), PeerError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod group_tests;

@@ -4,7 +4,7 @@ use consult_codec::VideoFrame;
 use consult_e2ee::E2eeEvent;
 use consult_peer::file_transfer::FileEvent;
 use consult_peer::{EncodedFrame, Stats, VideoCodec};
-use consult_proto::signal::RecordingState;
+use consult_proto::signal::{ParticipantRole, RecordingState};
 use uuid::Uuid;
 
 /// How received media is handed to the application.
@@ -17,7 +17,8 @@ pub enum ReceiveMode {
     Encoded,
 }
 
-/// What happened in the consultation.
+/// What happened in the consultation. In a group consultation there is a connection to every
+/// other participant: what concerns one connection names that participant (`peer` or `from`).
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
     /// In the consultation; a patient waits until [`SessionEvent::Admitted`].
@@ -33,45 +34,101 @@ pub enum SessionEvent {
     Admitted,
     /// The doctor turned us away; the session ends.
     Declined,
-    /// The other participant is here; media negotiation starts.
+    /// Another participant is here; media negotiation with them starts.
     PeerJoined {
+        /// Their participant id.
+        participant_id: Uuid,
         /// Their name.
         name: String,
+        /// Their role.
+        role: ParticipantRole,
     },
-    /// The other participant left for good.
-    PeerLeft,
-    /// ICE found a working candidate pair; the DTLS handshake follows (then [`SessionEvent::Connected`]).
-    IceConnected,
-    /// Media and data flow.
-    Connected,
-    /// The connection dropped; an ICE restart follows if it does not come back.
-    Disconnected,
+    /// Another participant left for good.
+    PeerLeft {
+        /// Who.
+        participant_id: Uuid,
+    },
+    /// ICE found a working candidate pair with a participant; the DTLS handshake follows (then
+    /// [`SessionEvent::Connected`]).
+    IceConnected {
+        /// With whom.
+        peer: Uuid,
+    },
+    /// Media and data flow with a participant.
+    Connected {
+        /// With whom.
+        peer: Uuid,
+    },
+    /// The connection with a participant dropped; an ICE restart follows if it does not come
+    /// back.
+    Disconnected {
+        /// With whom.
+        peer: Uuid,
+    },
     /// A decoded video frame.
     Video {
+        /// Who sent it.
+        from: Uuid,
         /// The picture (I420).
         frame: VideoFrame,
         /// The codec it arrived in.
         codec: VideoCodec,
     },
-    /// 20 ms of decoded 48 kHz mono audio.
-    Audio(Vec<i16>),
+    /// 20 ms of decoded 48 kHz mono audio from one participant.
+    Audio {
+        /// Who sent it.
+        from: Uuid,
+        /// The samples.
+        samples: Vec<i16>,
+    },
     /// An encoded frame (in [`ReceiveMode::Encoded`]).
-    EncodedFrame(EncodedFrame),
+    EncodedFrame {
+        /// Who sent it.
+        from: Uuid,
+        /// The frame.
+        frame: EncodedFrame,
+    },
     /// The remote asked for a keyframe. The session handles it for raw frames it encodes; an
     /// application sending its own encoded video ([`Session::send_encoded_video`](crate::session::Session::send_encoded_video)) should send
     /// a keyframe next.
     KeyframeRequested,
     /// A chat message.
-    Chat(String),
+    Chat {
+        /// Who sent it.
+        from: Uuid,
+        /// The text.
+        text: String,
+    },
     /// An incoming chat message was refused (too long, not text).
-    ChatRejected(String),
-    /// File transfer offers, progress and results.
-    File(FileEvent),
-    /// Connection statistics, once a second.
-    Stats(Stats),
-    /// End-to-end encryption: the SAS to show the person ([`E2eeEvent::SasReady`]), keys
-    /// switched or installed.
-    E2ee(E2eeEvent),
+    ChatRejected {
+        /// Who sent it.
+        from: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// File transfer offers, progress and results, on the connection with `peer` (a file
+    /// offered to everyone is one transfer per participant).
+    File {
+        /// With whom.
+        peer: Uuid,
+        /// What happened.
+        event: FileEvent,
+    },
+    /// Statistics of the connection with `peer`, once a second.
+    Stats {
+        /// With whom.
+        peer: Uuid,
+        /// The figures.
+        stats: Stats,
+    },
+    /// End-to-end encryption with `peer` (keys are agreed per pair of participants): the SAS
+    /// to compare with that person ([`E2eeEvent::SasReady`]), keys switched or installed.
+    E2ee {
+        /// With whom.
+        peer: Uuid,
+        /// What happened.
+        event: E2eeEvent,
+    },
     /// Whether the consultation is recorded now (show it to the person). While it is, the
     /// session also sends its media to the recorder.
     Recording(RecordingState),

@@ -5,6 +5,7 @@
 //! and decoders and the timers. One task owns everything (`&mut self`, no locks); the
 //! [`Session`] handle talks to it with messages and hands out [`SessionEvent`]s.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -129,7 +130,7 @@ enum Command {
         String,
         String,
         Vec<u8>,
-        oneshot::Sender<Result<Uuid, PeerError>>,
+        oneshot::Sender<Result<Vec<Uuid>, PeerError>>,
     ),
     AcceptFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
     RejectFile(Uuid, oneshot::Sender<Result<(), PeerError>>),
@@ -254,20 +255,21 @@ impl Session {
         self.command(Command::RequestKeyframe).await
     }
 
-    /// Send a chat message.
+    /// Send a chat message to everyone in the call.
     pub async fn send_chat(&self, text: &str) -> Result<(), SessionError> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Chat(text.to_owned(), tx)).await?;
         Ok(rx.await.map_err(|_| SessionError::Ended)??)
     }
 
-    /// Offer a file; progress and the result arrive as [`SessionEvent::File`].
+    /// Offer a file to everyone in the call: one transfer per participant, whose ids are
+    /// returned; progress and the results arrive as [`SessionEvent::File`].
     pub async fn offer_file(
         &self,
         name: &str,
         mime: &str,
         data: Vec<u8>,
-    ) -> Result<Uuid, SessionError> {
+    ) -> Result<Vec<Uuid>, SessionError> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::OfferFile(
             name.to_owned(),
@@ -344,8 +346,9 @@ struct Runner {
     call_timeout: Instant,
     video_encoder: Option<Box<dyn VideoEncoder>>,
     audio_encoder: OpusEncoder,
-    audio_decoder: OpusDecoder,
-    video_decoder: Option<(VideoCodec, Box<dyn VideoDecoder>)>,
+    /// Each sender's decoders (their state is per stream).
+    audio_decoders: HashMap<Uuid, OpusDecoder>,
+    video_decoders: HashMap<Uuid, (VideoCodec, Box<dyn VideoDecoder>)>,
     /// When to re-establish signaling while media goes on peer to peer, and what to send then.
     link: SignalLink,
     /// The reconnection attempt under way (its own task, so a service that does not answer
@@ -404,8 +407,8 @@ impl Runner {
             call_timeout: now,
             video_encoder: None,
             audio_encoder: OpusEncoder::new(32_000)?,
-            audio_decoder: OpusDecoder::new()?,
-            video_decoder: None,
+            audio_decoders: HashMap::new(),
+            video_decoders: HashMap::new(),
             link: SignalLink::new(),
             attempt: None,
         })
@@ -576,8 +579,13 @@ impl Runner {
             match self.call.poll_output()? {
                 CallOutput::Signal(message) => self.send_signal(message).await?,
                 CallOutput::Transmit(transmit) => self.net.transmit(transmit),
-                CallOutput::Event(event) => emit(&self.events, event).await,
-                CallOutput::Frame(frame) => self.handle_frame(frame).await?,
+                CallOutput::Event(event) => {
+                    if let SessionEvent::PeerLeft { participant_id } = &event {
+                        self.forget_decoders(*participant_id);
+                    }
+                    emit(&self.events, event).await
+                }
+                CallOutput::Frame { from, frame } => self.handle_frame(from, frame).await?,
                 CallOutput::Bitrate(bps) => {
                     if let Some(encoder) = &mut self.video_encoder
                         && let Err(e) = encoder.set_bitrate(bps)
@@ -635,25 +643,27 @@ impl Runner {
             Command::EncodedAudio(packet) => self.call.write_audio(now, &packet)?,
             Command::RequestKeyframe => self.call.request_keyframe(now),
             Command::Chat(text, reply) => {
-                let _ = reply.send(self.peer("chat").and_then(|p| p.send_chat(&text)));
+                let _ = reply.send(
+                    self.for_everyone("chat", |_, p| p.send_chat(&text))
+                        .map(drop),
+                );
             }
             Command::OfferFile(name, mime, data, reply) => {
                 let _ = reply.send(
-                    self.peer("file")
-                        .and_then(|p| p.offer_file(&name, &mime, data)),
+                    self.for_everyone("file", |_, p| p.offer_file(&name, &mime, data.clone())),
                 );
             }
             Command::AcceptFile(id, reply) => {
-                let _ = reply.send(self.peer("file").and_then(|p| p.accept_file(id)));
+                let _ = reply.send(self.on_transfer(|p| p.accept_file(id)));
             }
             Command::RejectFile(id, reply) => {
-                let _ = reply.send(self.peer("file").and_then(|p| p.reject_file(id)));
+                let _ = reply.send(self.on_transfer(|p| p.reject_file(id)));
             }
             Command::CancelFile(id, reply) => {
-                let _ = reply.send(self.peer("file").and_then(|p| p.cancel_file(id)));
+                let _ = reply.send(self.on_transfer(|p| p.cancel_file(id)));
             }
             Command::RotateKeys => {
-                if let Some(peer) = self.call.peer_mut() {
+                for (_, peer) in self.call.peers_mut() {
                     peer.e2ee_rotate();
                 }
             }
@@ -662,22 +672,61 @@ impl Runner {
         Ok(())
     }
 
-    /// The connection to the other participant, for a data channel (`chat`, `file`).
-    fn peer(&mut self, channel: &'static str) -> Result<&mut Peer, PeerError> {
-        self.call
-            .peer_mut()
-            .ok_or(PeerError::ChannelNotOpen(channel))
+    /// Do `what` on the data channel `channel` of every connection media flows on: a chat
+    /// message or a file goes to everyone in the call. The results of those it reached; an
+    /// error when it reached nobody (the first error, or the channel not open).
+    fn for_everyone<T>(
+        &mut self,
+        channel: &'static str,
+        mut what: impl FnMut(Uuid, &mut Peer) -> Result<T, PeerError>,
+    ) -> Result<Vec<T>, PeerError> {
+        let connected = self.call.connected_peers();
+        let mut done = Vec::new();
+        let mut first_error = None;
+        for (remote, peer) in self.call.peers_mut() {
+            if !connected.contains(&remote) {
+                continue;
+            }
+            match what(remote, peer) {
+                Ok(result) => done.push(result),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match (done.is_empty(), first_error) {
+            (true, Some(e)) => Err(e),
+            (true, None) => Err(PeerError::ChannelNotOpen(channel)),
+            (false, _) => Ok(done),
+        }
     }
 
-    /// Decode a frame the call let through (or hand it over as it is).
-    async fn handle_frame(&mut self, frame: EncodedFrame) -> Result<(), SessionError> {
+    /// Do `what` on the connection that holds the file transfer it names (the first that does
+    /// not refuse it).
+    fn on_transfer(
+        &mut self,
+        mut what: impl FnMut(&mut Peer) -> Result<(), PeerError>,
+    ) -> Result<(), PeerError> {
+        let mut last = Err(PeerError::ChannelNotOpen("file"));
+        for (_, peer) in self.call.peers_mut() {
+            last = what(peer);
+            if last.is_ok() {
+                return last;
+            }
+        }
+        last
+    }
+
+    /// Decode a frame the call let through (or hand it over as it is), with the decoders of
+    /// its sender.
+    async fn handle_frame(&mut self, from: Uuid, frame: EncodedFrame) -> Result<(), SessionError> {
         if self.config.receive == ReceiveMode::Encoded {
-            emit(&self.events, SessionEvent::EncodedFrame(frame)).await;
+            emit(&self.events, SessionEvent::EncodedFrame { from, frame }).await;
             return Ok(());
         }
         match frame.kind {
-            TrackKind::Audio => match self.audio_decoder.decode(&frame.data) {
-                Ok(pcm) => emit(&self.events, SessionEvent::Audio(pcm)).await,
+            TrackKind::Audio => match self.audio_decoder(from)?.decode(&frame.data) {
+                Ok(samples) => emit(&self.events, SessionEvent::Audio { from, samples }).await,
                 Err(e) => {
                     emit(
                         &self.events,
@@ -687,18 +736,24 @@ impl Runner {
                 }
             },
             TrackKind::Video(codec) => {
-                if self.video_decoder.as_ref().is_none_or(|(c, _)| *c != codec) {
-                    self.video_decoder = Some((codec, video_decoder(codec)?));
+                if self
+                    .video_decoders
+                    .get(&from)
+                    .is_none_or(|(c, _)| *c != codec)
+                {
+                    self.video_decoders
+                        .insert(from, (codec, video_decoder(codec)?));
                 }
-                let Some((_, decoder)) = &mut self.video_decoder else {
+                let Some((_, decoder)) = self.video_decoders.get_mut(&from) else {
                     return Ok(());
                 };
                 match decoder.decode(&frame.data) {
                     Ok(Some(picture)) => {
-                        self.call.video_decoded();
+                        self.call.video_decoded(from);
                         emit(
                             &self.events,
                             SessionEvent::Video {
+                                from,
                                 frame: picture,
                                 codec,
                             },
@@ -707,7 +762,7 @@ impl Runner {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        self.call.video_undecodable(Instant::now());
+                        self.call.video_undecodable(from, Instant::now());
                         emit(
                             &self.events,
                             SessionEvent::Warning(format!("video decode: {e}")),
@@ -718,6 +773,22 @@ impl Runner {
             }
         }
         Ok(())
+    }
+}
+
+impl Runner {
+    /// The Opus decoder of `from`'s audio.
+    fn audio_decoder(&mut self, from: Uuid) -> Result<&mut OpusDecoder, SessionError> {
+        Ok(match self.audio_decoders.entry(from) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(OpusDecoder::new()?),
+        })
+    }
+
+    /// Forget the decoders of participants who left.
+    fn forget_decoders(&mut self, gone: Uuid) {
+        self.audio_decoders.remove(&gone);
+        self.video_decoders.remove(&gone);
     }
 }
 

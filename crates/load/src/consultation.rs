@@ -653,19 +653,19 @@ impl Peer {
             SessionEvent::Admitted => {
                 self.admitted_at.get_or_insert(Instant::now());
             }
-            SessionEvent::IceConnected => self.ice_connected = true,
-            SessionEvent::Connected => {
+            SessionEvent::IceConnected { .. } => self.ice_connected = true,
+            SessionEvent::Connected { .. } => {
                 self.ice_connected = true;
                 self.connected_at.get_or_insert(Instant::now());
             }
-            SessionEvent::EncodedFrame(frame) => self.receiver.on_frame(
+            SessionEvent::EncodedFrame { frame, .. } => self.receiver.on_frame(
                 frame,
                 &shared.media,
                 shared.epoch,
                 shared.plan.video.dimensions().is_some(),
             ),
             SessionEvent::KeyframeRequested => self.sender.position = 0,
-            SessionEvent::Stats(stats) => {
+            SessionEvent::Stats { stats, .. } => {
                 self.receiver.on_stats(&stats, samples);
                 shared.live().receiver_stats(
                     self.sender.stream,
@@ -689,7 +689,7 @@ impl Peer {
                 self.ended
                     .get_or_insert_with(|| "the service ended the consultation".into());
             }
-            SessionEvent::PeerLeft => {
+            SessionEvent::PeerLeft { .. } => {
                 self.ended = Some("the other participant left".into());
             }
             SessionEvent::Declined => {

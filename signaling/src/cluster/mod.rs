@@ -4,7 +4,7 @@
 //!
 //! **Homes.** The live state of a doctor's consultations — who waits, who is admitted, the
 //! connections, the reconnect grace — is held by one node at a time, the doctor's *home*, so
-//! every rule the [`crate::signal::hub::Hub`] enforces (one admitted patient per doctor, the
+//! every rule the [`crate::signal::hub::Hub`] enforces (one call at a time per doctor, the
 //! waiting order, who may signal whom) is enforced in one place, as on a single node. The home
 //! holds a lease in Redis (`{prefix}:home:{doctor}`), renewed three times per lease period while
 //! it has rooms; a node also keeps a liveness key (`{prefix}:node:{id}`). A lease whose holder's

@@ -140,7 +140,8 @@ pub async fn serve(
 }
 
 /// Where a first message belongs: the doctor whose consultation it joins, when it is a join
-/// whose credential holds (a patient's place, or the consultation's own doctor's session), and
+/// whose credential holds (a place taken with an invite, or the session of the consultation's
+/// doctor or of a colleague on it), and
 /// whether the session cookie is its credential; `None` for anything else (served where it
 /// arrived, which refuses it). An error when the database cannot say. Nothing is claimed for a
 /// join that proves nothing.
@@ -173,11 +174,15 @@ async fn placement(
                     }
                     Err(e) => anyhow::bail!("checking a session: {e}"),
                 };
-            let owner = crate::consultations::find(&state.pool, id)
-                .await?
-                .map(|c| c.doctor_id)
-                .filter(|doctor| *doctor == current.user.id);
-            Ok(owner.map(|doctor| (doctor, uses_cookie)))
+            // The room lives at its doctor's home, for the doctor and for a colleague on it.
+            let Some(consultation) = crate::consultations::find(&state.pool, id).await? else {
+                return Ok(None);
+            };
+            let takes_part = consultation.doctor_id == current.user.id
+                || crate::consultations::rows::colleague(&state.pool, id, current.user.id)
+                    .await?
+                    .is_some();
+            Ok(takes_part.then_some((consultation.doctor_id, uses_cookie)))
         }
         (None, Some(token)) => Ok(crate::invites::find_participant(
             state,

@@ -82,6 +82,8 @@ pub async fn issue_invite(
     find_open(&state, &doctor, id).await?;
     let mut tx = state.audit.begin().await?;
     check_room_for_one_more(&state, &mut tx, id).await?;
+    // As stored (whole seconds), so that this answer and later reads agree.
+    let issued_at = crate::db::from_unix(crate::db::to_unix(state.clock.now()));
     let (invite_id, invite) =
         insert_invite(&state, &mut tx, &doctor, id, req.kind, Some(&name)).await?;
     tx.commit().await?;
@@ -90,7 +92,7 @@ pub async fn issue_invite(
             id: invite_id,
             kind: req.kind,
             name,
-            issued_at: state.clock.now(),
+            issued_at,
             expires_at: invite.expires_at,
             in_use: false,
         },
@@ -280,8 +282,13 @@ pub async fn remove_participant(
     if let Some(place) = rows::held_place_by_id(&state.pool, id, pid).await? {
         let now = state.clock.now();
         let mut tx = state.audit.begin().await?;
-        let revoked =
+        let mut revoked =
             revoke_invites(&state, &mut tx, &doctor, id, Revoke::One(place.invite_id)).await?;
+        // Revoked already (a removal whose disconnection failed, say): its holder goes anyway.
+        let invite = place.invite_id.to_string();
+        if !revoked.contains(&invite) {
+            revoked.push(invite);
+        }
         tx.record(
             now,
             &actor(&doctor),

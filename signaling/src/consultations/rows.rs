@@ -304,7 +304,8 @@ pub async fn latest_invite(
     row.map(invite_from_row).transpose()
 }
 
-/// The named invites of a consultation still live (neither revoked nor expired), oldest first.
+/// The named invites of a consultation not revoked and either live or still held by a device
+/// (each is a place promised), oldest first.
 pub async fn named_invites(
     db: impl AnyExecutor<'_>,
     consultation_id: Uuid,
@@ -312,7 +313,8 @@ pub async fn named_invites(
 ) -> anyhow::Result<Vec<InviteRecord>> {
     let rows = sqlx::query(&format!(
         "{SELECT_INVITE} WHERE i.consultation_id = $1 AND i.name IS NOT NULL AND i.revoked_at IS NULL \
-         AND i.expires_at > $2 ORDER BY i.issued_at, i.rowid"
+         AND (i.expires_at > $2 OR EXISTS (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL)) \
+         ORDER BY i.issued_at, i.rowid"
     ))
     .bind(consultation_id.to_string())
     .bind(to_unix(now))
@@ -352,7 +354,9 @@ pub struct NewParticipant<'a> {
     pub created_at: OffsetDateTime,
 }
 
-/// Take a place; false if another device holds the invite (one unreleased place per invite).
+/// Take a place; false if another device holds the invite (one unreleased place per invite),
+/// or the invite stopped working (revoked, expired, its consultation ended) since it was
+/// checked — the check is made again here, inside the caller's transaction.
 pub async fn insert_participant(
     db: &mut AnyConnection,
     place: &NewParticipant<'_>,
@@ -361,7 +365,10 @@ pub async fn insert_participant(
     // the caller's transaction, its audit entry with it.
     let inserted = sqlx::query(
         "INSERT INTO participants (id, consultation_id, invite_id, name, token_hash, created_at, role)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+         SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (
+             SELECT 1 FROM invites i JOIN consultations c ON c.id = i.consultation_id
+             WHERE i.id = $3 AND i.revoked_at IS NULL AND i.expires_at > $6 AND c.status = 'open')
+         ON CONFLICT DO NOTHING",
     )
     .bind(place.id.to_string())
     .bind(place.consultation_id.to_string())
@@ -406,14 +413,16 @@ fn held_place_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<HeldPlace> {
     })
 }
 
-/// The unreleased place a participant token (by hash) belongs to.
+/// The unreleased place a participant token (by hash) belongs to, while its invite stands (a
+/// revoked invite voids its place at once, even before the place is released).
 pub async fn held_place(
     db: impl AnyExecutor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<HeldPlace>> {
     let row = sqlx::query(
-        "SELECT id, consultation_id, name, role, invite_id FROM participants
-         WHERE token_hash = $1 AND released_at IS NULL",
+        "SELECT p.id, p.consultation_id, p.name, p.role, p.invite_id FROM participants p
+         JOIN invites i ON i.id = p.invite_id
+         WHERE p.token_hash = $1 AND p.released_at IS NULL AND i.revoked_at IS NULL",
     )
     .bind(token_hash)
     .fetch_optional(db)
@@ -428,8 +437,8 @@ pub async fn held_place_by_id(
     participant_id: Uuid,
 ) -> anyhow::Result<Option<HeldPlace>> {
     let row = sqlx::query(
-        "SELECT id, consultation_id, name, role, invite_id FROM participants
-         WHERE id = $1 AND consultation_id = $2 AND released_at IS NULL",
+        "SELECT p.id, p.consultation_id, p.name, p.role, p.invite_id FROM participants p
+         WHERE p.id = $1 AND p.consultation_id = $2 AND p.released_at IS NULL",
     )
     .bind(participant_id.to_string())
     .bind(consultation_id.to_string())
@@ -446,7 +455,8 @@ pub async fn held_places(
     let rows = sqlx::query(
         "SELECT p.id, p.consultation_id, p.name, p.admitted_at, p.recording_consent, p.created_at, p.role
          FROM participants p JOIN consultations c ON c.id = p.consultation_id
-         WHERE p.released_at IS NULL AND ($1 IS NULL OR c.doctor_id = $1)
+         JOIN invites i ON i.id = p.invite_id
+         WHERE p.released_at IS NULL AND i.revoked_at IS NULL AND ($1 IS NULL OR c.doctor_id = $1)
          ORDER BY p.created_at, p.id",
     )
     .bind(doctor.map(|d| d.to_string()))

@@ -799,9 +799,23 @@ impl Hub {
             let room = rooms
                 .get_mut(&consultation_id)
                 .ok_or(SignalErrorCode::ConsultationEnded)?;
-            let sender_admitted = room.members.get(&from).is_some_and(|m| m.admitted);
-            if !sender_admitted {
+            let Some(sender_role) = room
+                .members
+                .get(&from)
+                .filter(|m| m.admitted)
+                .map(|m| m.role)
+            else {
                 return Err(SignalErrorCode::NotAdmitted);
+            };
+            // Nothing of someone the policy asks reaches the recorder before they consented
+            // (one admitted while a recording runs is asked first; the recording pauses).
+            let to_recorder = room
+                .members
+                .get(&to)
+                .is_some_and(|m| m.role == ParticipantRole::Recorder);
+            let asked = policy_role(sender_role).is_some_and(Role::must_consent);
+            if to_recorder && asked && room.consents.get(&from) != Some(&Consent::Given) {
+                return Err(SignalErrorCode::Forbidden);
             }
             match room.members.get_mut(&to) {
                 Some(recipient) if recipient.admitted && to != from => {
@@ -1313,6 +1327,50 @@ mod tests {
             consent_of(Role::Clinician),
             vec![Consent::NotAsked, Consent::NotAsked]
         );
+    }
+
+    #[test]
+    fn nothing_reaches_the_recorder_from_someone_who_has_not_consented() {
+        let f = fixture();
+        let cid = f.info.consultation_id;
+        let (doctor, _d) = join_doctor(&f, &f.info);
+        let (interpreter, _i) = join_as(&f, ParticipantRole::Interpreter, "Ines");
+        f.hub.admit(cid, f.doctor, interpreter).unwrap();
+        let (conn, mut recorder_rx) = f.hub.connection(64);
+        let recorder = Uuid::new_v4();
+        f.hub
+            .join(
+                f.info.clone(),
+                Identity::Recorder {
+                    participant_id: recorder,
+                },
+                conn,
+                OffsetDateTime::now_utc(),
+                15_000,
+            )
+            .unwrap();
+        drain(&mut recorder_rx);
+        assert_eq!(
+            f.hub
+                .relay(cid, interpreter, recorder, candidate(interpreter)),
+            Err(SignalErrorCode::Forbidden)
+        );
+        // The doctor is not asked; the interpreter once they consented, and not after
+        // withdrawing.
+        f.hub
+            .relay(cid, doctor, recorder, candidate(doctor))
+            .unwrap();
+        f.hub.set_consent(cid, interpreter, true).unwrap();
+        f.hub
+            .relay(cid, interpreter, recorder, candidate(interpreter))
+            .unwrap();
+        f.hub.set_consent(cid, interpreter, false).unwrap();
+        assert_eq!(
+            f.hub
+                .relay(cid, interpreter, recorder, candidate(interpreter)),
+            Err(SignalErrorCode::Forbidden)
+        );
+        assert_eq!(drain(&mut recorder_rx).len(), 2);
     }
 
     #[test]

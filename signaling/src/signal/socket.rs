@@ -717,12 +717,44 @@ impl Connected {
                 Ok(Flow::Continue)
             }
             ClientMessage::Ping {} => {
-                // A heartbeat is no action of the person's, unless a call is going on.
-                let activity = if state.hub.in_call(place.consultation_id) {
+                // A heartbeat is no action of the person's, unless a call is going on that they
+                // are in (a colleague still waiting is not).
+                let in_call = state.hub.in_call(place.consultation_id)
+                    && (place.role == ParticipantRole::Doctor
+                        || state
+                            .hub
+                            .is_admitted(place.consultation_id, place.participant_id));
+                let activity = if in_call {
                     sessions::Activity::Person
                 } else {
                     sessions::Activity::Background
                 };
+                // A colleague taken off the consultation is out, whatever raced with that.
+                if place.role == ParticipantRole::Clinician
+                    && let Some(doctor) = &place.doctor
+                    && consultations::rows::colleague(
+                        &state.pool,
+                        place.consultation_id,
+                        doctor.user_id,
+                    )
+                    .await
+                    .is_ok_and(|c| c.is_none())
+                {
+                    let last_words = ServerMessage::Error {
+                        code: SignalErrorCode::Forbidden,
+                        message: "the clinician took you off this consultation".into(),
+                        fatal: true,
+                    };
+                    if let Some(departure) =
+                        state
+                            .hub
+                            .remove(place.consultation_id, place.participant_id, last_words)
+                        && let Err(e) = invites::depart(state, &departure).await
+                    {
+                        tracing::error!(error = format!("{e:#}"), "could not record a departure");
+                    }
+                    return Ok(Flow::Close);
+                }
                 if let Some(doctor) = &place.doctor
                     && session_is_over(sessions::authenticate(state, &doctor.token, activity).await)
                 {
@@ -851,6 +883,9 @@ fn relay_refusal(code: SignalErrorCode) -> &'static str {
             "the recipient is not an admitted participant of your consultation"
         }
         SignalErrorCode::ConsultationEnded => "this consultation has ended",
+        SignalErrorCode::Forbidden => {
+            "you have not consented to recording: nothing of yours goes to the recorder"
+        }
         _ => "message refused",
     }
 }

@@ -649,3 +649,110 @@ async fn a_restarted_service_gives_a_group_its_places_and_roles_back() {
         }
     ));
 }
+
+/// A colleague who connects to another node than the doctor's home reaches the room there, and
+/// waits to be admitted, as on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_colleague_on_another_node_reaches_the_doctors_room() {
+    let redis = common::TestRedis::start();
+    let a = TestService::start_clustered(&redis).await;
+    let b = a.another_node().await;
+    let doctor = a.doctor("dr.home@example.org").await;
+    let colleague = a.doctor("dr.away@example.org").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    // Room for one more: the patient link is revoked.
+    doctor
+        .bearer(
+            Method::DELETE,
+            &format!("/api/v1/consultations/{}/invite", consultation.id),
+        )
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let added = doctor
+        .api
+        .add_clinician(&doctor.token, consultation.id, "dr.away@example.org")
+        .await
+        .unwrap();
+    let (mut doctor_ws, _) = doctor.join(&a, consultation.id).await;
+    // Before and after the doctor is home, the colleague's join on node B is relayed to A.
+    let (mut colleague_ws, joined) = colleague.join(&b, consultation.id).await;
+    assert_eq!(
+        joined_parts(&joined),
+        (added.participant_id, false, false, vec![])
+    );
+    admit(&mut doctor_ws, added.participant_id).await;
+    assert!(matches!(
+        colleague_ws.recv_type("admitted").await,
+        ServerMessage::Admitted { peers } if peers.len() == 1
+    ));
+}
+
+/// A place whose invite was revoked is void at once — even if disconnecting its holder failed
+/// or has not happened — and removing its holder still disconnects them; a redemption that
+/// races a revocation takes no place.
+#[tokio::test]
+async fn a_revoked_invite_voids_its_place_and_removal_always_disconnects() {
+    let svc = TestService::start_with(|c| c.policy.max_participants = 3).await;
+    let doctor = svc.doctor("dr.void@example.org").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    let cid = consultation.id;
+    let invite = doctor
+        .api
+        .issue_invite(&doctor.token, cid, InviteKind::Companion, "Carl")
+        .await
+        .unwrap();
+    let link = token_of(&invite.invite_url);
+    let companion = svc.patient(&link, "").await;
+    let (mut doctor_ws, _) = doctor.join(&svc, cid).await;
+    let (mut companion_ws, _) = svc.join_patient(&companion.participant_token).await;
+    admit(&mut doctor_ws, companion.participant_id).await;
+    companion_ws.recv_type("admitted").await;
+
+    // The invite is revoked behind the hub's back (as when disconnecting its holder failed).
+    let state = svc.state();
+    let mut connection = state.pool.acquire().await.unwrap();
+    consult_signaling::consultations::rows::revoke_invites(
+        &mut connection,
+        cid,
+        consult_signaling::consultations::rows::Revoke::One(invite.invite.id),
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
+    // Its token no longer joins anywhere, nor fetches ICE servers.
+    let mut again = svc.connect().await;
+    again
+        .send(&ClientMessage::Join {
+            token: Some(companion.participant_token.clone()),
+            consultation_id: None,
+        })
+        .await;
+    assert!(again.expect_error("unauthorized").await);
+    // Removing them still disconnects them, though their invite was revoked already.
+    doctor
+        .api
+        .remove_participant(&doctor.token, cid, companion.participant_id)
+        .await
+        .unwrap();
+    companion_ws.expect_closed().await;
+    assert!(!state.hub.is_present(cid, companion.participant_id));
+
+    // A place on a revoked invite is never taken, whatever was checked before.
+    let place = consult_signaling::consultations::rows::NewParticipant {
+        id: Uuid::new_v4(),
+        consultation_id: cid,
+        invite_id: invite.invite.id,
+        role: InviteKind::Companion,
+        name: "Carl",
+        token_hash: "0000",
+        created_at: time::OffsetDateTime::now_utc(),
+    };
+    assert!(
+        !consult_signaling::consultations::rows::insert_participant(&mut connection, &place)
+            .await
+            .unwrap()
+    );
+}

@@ -186,6 +186,12 @@ pub struct Seen {
     pub last_video_at: Option<std::time::Instant>,
     /// The longest time between two decoded video frames.
     pub longest_video_gap: Duration,
+    /// Decoded video frames per sender (a group call has several).
+    pub video_from: std::collections::HashMap<uuid::Uuid, usize>,
+    /// Decoded audio frames per sender.
+    pub audio_from: std::collections::HashMap<uuid::Uuid, usize>,
+    /// The short authentication string agreed with each participant.
+    pub sas_with: std::collections::HashMap<uuid::Uuid, String>,
 }
 
 /// Note one session event.
@@ -193,29 +199,44 @@ pub fn record(seen: &mut Seen, event: SessionEvent) {
     match event {
         SessionEvent::Joined { .. } => seen.joined = true,
         SessionEvent::Admitted => seen.admitted = true,
-        SessionEvent::Connected => seen.connected = true,
-        SessionEvent::Video { frame, .. } => {
+        SessionEvent::Connected { .. } => seen.connected = true,
+        SessionEvent::Video { frame, from, .. } => {
             assert_eq!((frame.width, frame.height), (320, 240));
             seen.video += 1;
+            *seen.video_from.entry(from).or_default() += 1;
             let now = std::time::Instant::now();
             if let Some(last) = seen.last_video_at {
                 seen.longest_video_gap = seen.longest_video_gap.max(now - last);
             }
             seen.last_video_at = Some(now);
         }
-        SessionEvent::Audio(pcm) => {
-            assert_eq!(pcm.len(), 960);
+        SessionEvent::Audio { samples, from } => {
+            assert_eq!(samples.len(), 960);
             seen.audio += 1;
+            *seen.audio_from.entry(from).or_default() += 1;
         }
-        SessionEvent::Chat(text) => seen.chats.push(text),
-        SessionEvent::File(FileEvent::Offered { offer }) => seen.offered = Some(offer.id),
-        SessionEvent::File(FileEvent::Received { data, .. }) => seen.received = Some(data),
-        SessionEvent::File(FileEvent::Sent { .. }) => seen.sent = true,
+        SessionEvent::Chat { text, .. } => seen.chats.push(text),
+        SessionEvent::File {
+            event: FileEvent::Offered { offer },
+            ..
+        } => seen.offered = Some(offer.id),
+        SessionEvent::File {
+            event: FileEvent::Received { data, .. },
+            ..
+        } => seen.received = Some(data),
+        SessionEvent::File {
+            event: FileEvent::Sent { .. },
+            ..
+        } => seen.sent = true,
         SessionEvent::Warning(w) => seen.warnings.push(w),
-        SessionEvent::Stats(stats) => seen.stats = Some(stats),
+        SessionEvent::Stats { stats, .. } => seen.stats = Some(stats),
         SessionEvent::Recording(state) => seen.recording = Some(state),
-        SessionEvent::E2ee(consult_e2ee::E2eeEvent::SasReady(sas)) => {
-            seen.sas = Some(sas.to_string())
+        SessionEvent::E2ee {
+            peer,
+            event: consult_e2ee::E2eeEvent::SasReady(sas),
+        } => {
+            seen.sas = Some(sas.to_string());
+            seen.sas_with.insert(peer, sas.to_string());
         }
         _ => {}
     }

@@ -86,47 +86,84 @@ pub fn print_event(json: bool, event: &SessionEvent) {
         }
         SessionEvent::Admitted => serde_json::json!({ "event": "admitted" }),
         SessionEvent::Declined => serde_json::json!({ "event": "declined" }),
-        SessionEvent::PeerJoined { name } => {
-            serde_json::json!({ "event": "peer_joined", "name": name })
+        SessionEvent::PeerJoined {
+            participant_id,
+            name,
+            role,
+        } => {
+            serde_json::json!({ "event": "peer_joined", "participant_id": participant_id, "name": name, "role": role })
         }
-        SessionEvent::PeerLeft => serde_json::json!({ "event": "peer_left" }),
-        SessionEvent::Connected => serde_json::json!({ "event": "connected" }),
-        SessionEvent::Disconnected => serde_json::json!({ "event": "disconnected" }),
-        SessionEvent::Chat(text) => serde_json::json!({ "event": "chat", "text": text }),
-        SessionEvent::ChatRejected(why) => {
-            serde_json::json!({ "event": "chat_rejected", "reason": why })
+        SessionEvent::PeerLeft { participant_id } => {
+            serde_json::json!({ "event": "peer_left", "participant_id": participant_id })
+        }
+        SessionEvent::Connected { peer } => {
+            serde_json::json!({ "event": "connected", "peer": peer })
+        }
+        SessionEvent::Disconnected { peer } => {
+            serde_json::json!({ "event": "disconnected", "peer": peer })
+        }
+        SessionEvent::Chat { from, text } => {
+            serde_json::json!({ "event": "chat", "from": from, "text": text })
+        }
+        SessionEvent::ChatRejected { from, reason } => {
+            serde_json::json!({ "event": "chat_rejected", "from": from, "reason": reason })
         }
         SessionEvent::Ended => serde_json::json!({ "event": "ended" }),
         SessionEvent::Warning(message) => {
             serde_json::json!({ "event": "warning", "message": message })
         }
-        SessionEvent::File(FileEvent::Offered { offer }) => {
+        SessionEvent::File {
+            event: FileEvent::Offered { offer },
+            ..
+        } => {
             serde_json::json!({ "event": "file_offered", "name": offer.name, "size": offer.size, "mime": offer.mime })
         }
-        SessionEvent::File(FileEvent::Received { offer, data }) => {
+        SessionEvent::File {
+            event: FileEvent::Received { offer, data },
+            ..
+        } => {
             use sha2::Digest;
             serde_json::json!({ "event": "file_received", "name": offer.name, "size": data.len(), "sha256": hex::encode(sha2::Sha256::digest(data)) })
         }
-        SessionEvent::File(FileEvent::Failed { reason, .. }) => {
+        SessionEvent::File {
+            event: FileEvent::Failed { reason, .. },
+            ..
+        } => {
             serde_json::json!({ "event": "file_failed", "reason": reason.as_str() })
         }
-        SessionEvent::File(FileEvent::Sent { id }) => {
+        SessionEvent::File {
+            event: FileEvent::Sent { id },
+            ..
+        } => {
             serde_json::json!({ "event": "file_delivered", "id": id })
         }
-        SessionEvent::E2ee(E2eeEvent::SasReady(sas)) => {
-            serde_json::json!({ "event": "e2ee_sas", "sas": sas.to_string() })
+        SessionEvent::E2ee {
+            peer,
+            event: E2eeEvent::SasReady(sas),
+        } => {
+            serde_json::json!({ "event": "e2ee_sas", "peer": peer, "sas": sas.to_string() })
         }
-        SessionEvent::E2ee(E2eeEvent::SendKeyActive { epoch }) => {
+        SessionEvent::E2ee {
+            event: E2eeEvent::SendKeyActive { epoch },
+            ..
+        } => {
             serde_json::json!({ "event": "e2ee_send_key", "epoch": epoch })
         }
-        SessionEvent::E2ee(E2eeEvent::ReceiveKeyInstalled { epoch }) => {
+        SessionEvent::E2ee {
+            event: E2eeEvent::ReceiveKeyInstalled { epoch },
+            ..
+        } => {
             serde_json::json!({ "event": "e2ee_receive_key", "epoch": epoch })
         }
-        SessionEvent::E2ee(E2eeEvent::Aborted { reason, by_remote }) => {
-            serde_json::json!({ "event": "e2ee_aborted", "reason": reason.name(), "by_remote": by_remote })
+        SessionEvent::E2ee {
+            peer,
+            event: E2eeEvent::Aborted { reason, by_remote },
+        } => {
+            serde_json::json!({ "event": "e2ee_aborted", "peer": peer, "reason": reason.name(), "by_remote": by_remote })
         }
-        SessionEvent::Stats(stats) => serde_json::json!({
+        SessionEvent::Stats { peer, stats } => serde_json::json!({
             "event": "connection",
+            "peer": peer,
             "rtt_ms": stats.rtt.map(|d| d.as_secs_f64() * 1000.0),
             "ingress_loss": stats.ingress_loss,
             "receive_kbps": stats.receive_bps / 1000,

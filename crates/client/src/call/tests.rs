@@ -115,7 +115,7 @@ impl Side {
     }
 
     fn connected(&self) -> usize {
-        self.count(|e| matches!(e, SessionEvent::Connected))
+        self.count(|e| matches!(e, SessionEvent::Connected { .. }))
     }
 }
 
@@ -175,11 +175,14 @@ fn joined(id: Uuid, doctor: bool, e2ee: bool, peers: Vec<Participant>) -> Server
     }
 }
 
+/// A participant as a service from before group consultations announces it: no politeness per
+/// pair, so `joined.polite` decides toward the doctor (and the doctor is impolite).
 fn participant(id: Uuid, role: ParticipantRole) -> Participant {
     Participant {
         participant_id: id,
         role,
         name: format!("{role:?}"),
+        polite: false,
     }
 }
 
@@ -277,7 +280,7 @@ impl Clinic {
                         break;
                     }
                     CallOutput::Event(event) => side.events.push((elapsed, event)),
-                    CallOutput::Frame(frame) => side.frames.push((elapsed, frame)),
+                    CallOutput::Frame { frame, .. } => side.frames.push((elapsed, frame)),
                     CallOutput::Bitrate(bps) => side.bitrates.push(bps),
                     CallOutput::Signal(message) => {
                         side.signals.push((elapsed, message.clone()));
@@ -522,11 +525,11 @@ fn a_connection_that_stays_down_is_restarted_and_comes_back() {
     clinic.to_doctor_up = false;
     assert!(clinic.run_until(Duration::from_secs(30), |c| c
         .doctor
-        .count(|e| matches!(e, SessionEvent::Disconnected))
+        .count(|e| matches!(e, SessionEvent::Disconnected { .. }))
         > 0));
     let down_at = clinic
         .doctor
-        .first(|e| matches!(e, SessionEvent::Disconnected))
+        .first(|e| matches!(e, SessionEvent::Disconnected { .. }))
         .unwrap();
     clinic.run_for(Duration::from_millis(4900));
     assert_eq!(
@@ -554,7 +557,7 @@ fn a_connection_that_stays_down_is_restarted_and_comes_back() {
     clinic.to_patient_up = true;
     clinic.to_doctor_up = true;
     // ICE comes back on the restarted agent (DTLS never went down, so that is the reconnection).
-    let ice_up = |side: &Side| side.count(|e| matches!(e, SessionEvent::IceConnected));
+    let ice_up = |side: &Side| side.count(|e| matches!(e, SessionEvent::IceConnected { .. }));
     let before = (ice_up(&clinic.doctor), ice_up(&clinic.patient));
     assert!(
         clinic.run_until(Duration::from_secs(15), |c| ice_up(&c.doctor) > before.0
@@ -577,16 +580,16 @@ fn a_connection_that_comes_back_by_itself_is_not_restarted() {
     clinic.to_doctor_up = false;
     assert!(clinic.run_until(Duration::from_secs(30), |c| c
         .doctor
-        .count(|e| matches!(e, SessionEvent::Disconnected))
+        .count(|e| matches!(e, SessionEvent::Disconnected { .. }))
         > 0));
     clinic.to_patient_up = true;
     clinic.to_doctor_up = true;
     let ice_up = clinic
         .doctor
-        .count(|e| matches!(e, SessionEvent::IceConnected));
+        .count(|e| matches!(e, SessionEvent::IceConnected { .. }));
     assert!(clinic.run_until(Duration::from_secs(4), |c| c
         .doctor
-        .count(|e| matches!(e, SessionEvent::IceConnected))
+        .count(|e| matches!(e, SessionEvent::IceConnected { .. }))
         > ice_up));
     clinic.run_for(Duration::from_secs(10));
     assert_eq!(clinic.doctor.offers_to(PATIENT).len(), 1, "no ICE restart");
@@ -626,14 +629,14 @@ fn video_waits_for_a_keyframe_and_asks_for_one_at_most_every_250_ms() {
     clinic.run_for(Duration::from_millis(30));
     assert_eq!(clinic.patient.frames.len(), 1);
     assert!(clinic.patient.frames[0].1.keyframe);
-    clinic.patient.call.video_decoded();
+    clinic.patient.call.video_decoded(DOCTOR);
     clinic.doctor_sends(false);
     clinic.run_for(Duration::from_millis(30));
     assert_eq!(clinic.patient.frames.len(), 2);
 
     // A decode error closes it again and asks at once, inside the 250 ms.
     let now = clinic.now;
-    clinic.patient.call.video_undecodable(now);
+    clinic.patient.call.video_undecodable(DOCTOR, now);
     clinic.drain();
     clinic.doctor_sends(false);
     clinic.run_for(Duration::from_millis(30));
@@ -705,15 +708,38 @@ fn a_keyframe_is_due_when_connected_and_after_a_frame_is_encoded_it_is_not() {
 
 #[test]
 fn bandwidth_estimates_are_clamped_to_a_tenth_and_twice_the_target() {
-    let mut call = Call::new(config(), LocalCandidates::default(), Instant::now());
-    for bps in [1_000, 500_000, 10_000_000, u64::MAX] {
-        call.handle_peer_event(PeerEvent::BitrateEstimate(bps));
-    }
-    let mut bitrates = Vec::new();
-    while let Ok(CallOutput::Bitrate(bps)) = call.poll_output() {
-        bitrates.push(bps);
-    }
-    assert_eq!(bitrates, vec![80_000, 500_000, 1_600_000, 1_600_000]);
+    let one = |bps| encoder_bitrate(800_000, &[Some(bps)]);
+    assert_eq!(
+        [1_000, 500_000, 10_000_000, u64::MAX].map(one),
+        [
+            Some(80_000),
+            Some(500_000),
+            Some(1_600_000),
+            Some(1_600_000)
+        ]
+    );
+    assert_eq!(encoder_bitrate(800_000, &[None]), None);
+}
+
+#[test]
+fn a_sender_follows_its_weakest_receiver_and_shares_its_upload_among_them() {
+    // Three receivers with plenty of room: the upload of all three stays within twice the
+    // target.
+    let plenty = Some(5_000_000);
+    assert_eq!(
+        encoder_bitrate(800_000, &[plenty, plenty, plenty]),
+        Some(533_333)
+    );
+    // One weak receiver sets the pace for everyone (one encoder feeds them all).
+    assert_eq!(
+        encoder_bitrate(800_000, &[plenty, Some(200_000), None]),
+        Some(200_000)
+    );
+    // Never below a tenth of the target, however many.
+    assert_eq!(
+        encoder_bitrate(800_000, &[plenty; 40].map(|e| e)),
+        Some(80_000)
+    );
 }
 
 #[test]
@@ -730,7 +756,7 @@ fn a_remote_that_never_agrees_keys_is_reported_once_after_10_s() {
     assert!(clinic.run_until(Duration::from_secs(10), |c| c.doctor.connected() > 0));
     let connected_at = clinic
         .doctor
-        .first(|e| matches!(e, SessionEvent::Connected))
+        .first(|e| matches!(e, SessionEvent::Connected { .. }))
         .unwrap();
     clinic.run_for(Duration::from_secs(30));
     let warnings = clinic
@@ -751,7 +777,10 @@ fn when_both_agree_keys_nobody_is_warned_and_both_see_the_same_sas() {
     clinic.admit(true);
     let sas = |side: &Side| {
         side.events.iter().find_map(|(_, e)| match e {
-            SessionEvent::E2ee(E2eeEvent::SasReady(sas)) => Some(sas.to_string()),
+            SessionEvent::E2ee {
+                event: E2eeEvent::SasReady(sas),
+                ..
+            } => Some(sas.to_string()),
             _ => None,
         })
     };
@@ -777,7 +806,9 @@ fn when_the_other_side_leaves_the_call_forgets_it_and_a_new_one_connects() {
         },
     );
     assert_eq!(
-        clinic.doctor.count(|e| matches!(e, SessionEvent::PeerLeft)),
+        clinic
+            .doctor
+            .count(|e| matches!(e, SessionEvent::PeerLeft { .. })),
         1
     );
     assert!(!clinic.doctor.call.is_connected());

@@ -77,7 +77,7 @@ async fn the_kiosk_example_sends_a_moving_pattern_and_a_tone_to_a_native_doctor(
                 previous = Some(frame.data);
                 frames += 1;
             }
-            SessionEvent::Audio(_) => audio += 1,
+            SessionEvent::Audio { .. } => audio += 1,
             _ => {}
         }
     }
@@ -121,14 +121,20 @@ async fn the_send_file_example_delivers_a_file_with_its_hash() {
             .await
             .expect("file in time");
         match event.expect("session open") {
-            SessionEvent::File(FileEvent::Offered { offer }) => {
+            SessionEvent::File {
+                event: FileEvent::Offered { offer },
+                ..
+            } => {
                 assert_eq!(
                     (offer.name.as_str(), offer.mime.as_str(), offer.size),
                     ("report.pdf", "application/pdf", 700_000)
                 );
                 doctor.accept_file(offer.id).await.expect("accept");
             }
-            SessionEvent::File(FileEvent::Received { data, .. }) => break data,
+            SessionEvent::File {
+                event: FileEvent::Received { data, .. },
+                ..
+            } => break data,
             _ => {}
         }
     };

@@ -7,6 +7,7 @@ mod deployment;
 mod e2ee_call;
 mod examples;
 mod export;
+mod group_call;
 mod native_call;
 mod object_storage;
 mod recorded_call;

@@ -113,8 +113,8 @@ async fn two_native_peers_forced_to_relay_talk_through_coturn() {
             _ = tokio::time::sleep_until(deadline) => panic!("no media through the relay: connected={connected} frames={frames}"),
             _ = tick.tick(), if connected => patient.send_video(pattern.next_frame()).await.expect("send"),
             event = patient.next_event() => match event.expect("patient session") {
-                SessionEvent::Connected => connected = true,
-                SessionEvent::Stats(stats) => {
+                SessionEvent::Connected { .. } => connected = true,
+                SessionEvent::Stats { stats, .. } => {
                     if let Some((local, remote)) = stats.selected_pair {
                         // Both ends of the pair are allocations on coturn's relay ports.
                         if RELAY_PORTS.contains(&local.port()) && RELAY_PORTS.contains(&remote.port()) {

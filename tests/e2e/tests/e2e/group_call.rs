@@ -1,0 +1,141 @@
+//! Three native peers (the media core) in one end-to-end encrypted consultation through a
+//! running service: a doctor, a patient through the patient link and an interpreter through a
+//! named invite, each admitted separately, in a full mesh. Everyone decodes everyone else's
+//! video and audio, each pair agrees its own keys, and when one leaves the other two go on.
+
+use std::time::{Duration, Instant};
+
+use consult_client::session::Session;
+use consult_client::Credentials;
+use consult_e2e::{config, pump, Clinic, Seen};
+use consult_proto::api::{CreateConsultationRequest, InviteKind};
+
+/// Send a moving pattern and a tone from every session for `length`, collecting events.
+async fn everyone_sends(sessions: &mut [(Session, Seen)], length: Duration) {
+    let mut patterns: Vec<_> = sessions
+        .iter()
+        .map(|_| consult_client::codec::pattern::TestPattern::new(320, 240))
+        .collect();
+    let mut tones: Vec<_> = (0..sessions.len())
+        .map(|i| consult_client::codec::pattern::Tone::new(440.0 + 110.0 * i as f32))
+        .collect();
+    let started = Instant::now();
+    let mut tick = 0u64;
+    while started.elapsed() < length {
+        for (i, (session, seen)) in sessions.iter_mut().enumerate() {
+            if tick.is_multiple_of(3) {
+                session.send_video(patterns[i].next_frame()).await.unwrap();
+            }
+            if tick.is_multiple_of(2) {
+                session.send_audio(tones[i].next_frame()).await.unwrap();
+            }
+            pump(session, seen, Duration::from_millis(3)).await;
+        }
+        tick += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_native_peers_hold_an_encrypted_group_consultation_through_the_service() {
+    let clinic = Clinic::start_with(|c| c.policy.max_participants = 3).await;
+    let (consultation, patient_link) = clinic
+        .consultation_with(CreateConsultationRequest {
+            title: Some("group".into()),
+            e2ee: Some(true),
+            ..Default::default()
+        })
+        .await;
+    let interpreter_link = clinic
+        .api
+        .issue_invite(
+            &clinic.token,
+            consultation.id,
+            InviteKind::Interpreter,
+            "Ines Interpreter",
+        )
+        .await
+        .expect("named invite")
+        .invite_url;
+    let doctor = Session::start(config(Credentials::Clinician {
+        base_url: clinic.base.clone(),
+        token: clinic.token.clone(),
+        consultation_id: consultation.id,
+    }))
+    .await
+    .expect("doctor session");
+    let mut sessions = vec![(doctor, Seen::default())];
+    for (link, name) in [(patient_link, "Kiosk 3"), (interpreter_link, "ignored")] {
+        let session = Session::start(config(Credentials::Patient {
+            invite_url: link,
+            name: name.into(),
+        }))
+        .await
+        .expect("invited session");
+        sessions.push((session, Seen::default()));
+        // Each waits, and is admitted on their own.
+        clinic.admit_first_waiting(&consultation).await;
+    }
+
+    // Everyone connects with both others, and each pair agrees its keys.
+    let started = Instant::now();
+    while !sessions
+        .iter()
+        .all(|(_, seen)| seen.sas_with.len() == 2 && seen.connected)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the mesh did not come up: {:?}",
+            sessions
+                .iter()
+                .map(|(_, s)| (s.sas_with.len(), s.warnings.clone()))
+                .collect::<Vec<_>>()
+        );
+        for (session, seen) in &mut sessions {
+            pump(session, seen, Duration::from_millis(20)).await;
+        }
+    }
+    println!("admitted to every pair keyed: {:?}", started.elapsed());
+    everyone_sends(&mut sessions, Duration::from_secs(4)).await;
+    for (_, seen) in &mut sessions {
+        assert_eq!(seen.video_from.len(), 2, "video from both others");
+        assert_eq!(seen.audio_from.len(), 2, "audio from both others");
+        for (from, frames) in &seen.video_from {
+            assert!(*frames > 20, "{frames} video frames from {from}");
+        }
+        for (from, frames) in &seen.audio_from {
+            assert!(*frames > 30, "{frames} audio frames from {from}");
+        }
+    }
+    // The two sides of each pair show the same code, and the three pairs three different ones.
+    let codes: Vec<(uuid::Uuid, &String)> = sessions
+        .iter()
+        .flat_map(|(_, seen)| seen.sas_with.iter().map(|(k, v)| (*k, v)))
+        .collect();
+    let mut distinct: Vec<&String> = codes.iter().map(|(_, c)| *c).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "one code per pair: {codes:?}");
+
+    // The interpreter hangs up: the doctor and the patient keep their call.
+    let (interpreter, _) = sessions.pop().expect("interpreter");
+    interpreter.leave().await.expect("leave");
+    // What was already on its way arrives; then only the two left send.
+    for (session, seen) in &mut sessions {
+        pump(session, seen, Duration::from_millis(300)).await;
+        seen.video_from.clear();
+    }
+    everyone_sends(&mut sessions, Duration::from_secs(2)).await;
+    for (_, seen) in &sessions {
+        assert_eq!(
+            seen.video_from.len(),
+            1,
+            "video goes on between the two left: {:?} {:?}",
+            seen.video_from,
+            seen.warnings
+        );
+        assert!(seen.video_from.values().all(|n| *n > 10));
+    }
+    for (session, _) in sessions {
+        session.leave().await.expect("leave");
+    }
+}
