@@ -1,6 +1,7 @@
 //! One consultation of a run: a clinician and a patient, both native peers, through the real
 //! service — create, invite, waiting room, admission, media, teardown — measured at each step.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use consult_client::codec::opus::OpusDecoder;
 use consult_client::codec::{video_decoder, EncodedVideo, VideoDecoder};
 use consult_client::peer::{EncodedFrame, PeerConfig, Stats, TrackKind, VideoCodec};
 use consult_client::session::{ReceiveMode, Session, SessionConfig, SessionError, SessionEvent};
-use consult_proto::api::{ConsultationMode, CreateConsultationRequest};
+use consult_proto::api::{ConsultationMode, CreateConsultationRequest, InviteKind};
 use consult_proto::signal::{ClientMessage, RecordingState, ServerMessage};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -372,15 +373,27 @@ fn session_config(shared: &Shared, credentials: Credentials) -> SessionConfig {
     config
 }
 
-/// One side of the call: its session, what it sends and what it receives.
+/// Who takes part in a consultation, by participant id: their stream and side.
+type Roster = HashMap<Uuid, (u32, Side)>;
+
+/// One participant of the call: its session, what it sends, and what it receives from each
+/// other participant.
 struct Peer {
     side: Side,
     session: Session,
     sender: Sender,
-    receiver: Receiver,
+    /// By sender: created on their first frame or statistics.
+    receivers: HashMap<Uuid, Receiver>,
+    /// How many others are in the call (one receiver each, once media flows).
+    others: usize,
+    decode: bool,
+    /// Our participant id, from `joined`.
+    id: Option<Uuid>,
     admitted_at: Option<Instant>,
     negotiating_since: Option<Instant>,
     ice_connected: bool,
+    connected_with: HashSet<Uuid>,
+    /// When media flowed with every other participant.
     connected_at: Option<Instant>,
     recording: Option<RecordingState>,
     consent_due: bool,
@@ -478,7 +491,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn new(side: Side, expected_stream: u32, decode: bool) -> Self {
+    fn new(label: String, expected_stream: u32, decode: bool) -> Self {
         Self {
             expected_stream,
             next_counter: None,
@@ -488,7 +501,7 @@ impl Receiver {
             frozen: Duration::ZERO,
             first_frame_at: None,
             row: ReceiverRow {
-                side: side.as_str().into(),
+                side: label,
                 ..Default::default()
             },
             video_decoder: decode
@@ -645,8 +658,46 @@ fn median(values: &mut [f64]) -> Option<f64> {
 }
 
 impl Peer {
-    fn on_event(&mut self, event: SessionEvent, shared: &Shared, samples: &mut Samples) {
+    /// The receiver of `from`'s media: the row is named by the receiving side in a 1:1 call,
+    /// and by both sides in a group.
+    fn receiver_of(&mut self, from: Uuid, roster: &Roster) -> Option<&mut Receiver> {
+        let &(stream, sender) = roster.get(&from)?;
+        let label = if self.others == 1 {
+            self.side.as_str().to_owned()
+        } else {
+            format!("{} from {}", self.side.as_str(), sender.as_str())
+        };
+        let decode = self.decode;
+        Some(
+            self.receivers
+                .entry(from)
+                .or_insert_with(|| Receiver::new(label, stream, decode)),
+        )
+    }
+
+    /// When this participant had an intact frame from every other one, if it has.
+    fn first_frames_at(&self) -> Option<Instant> {
+        if self.receivers.len() < self.others {
+            return None;
+        }
+        self.receivers
+            .values()
+            .map(|r| r.first_frame_at)
+            .try_fold(None::<Instant>, |latest, at| {
+                at.map(|at| Some(latest.map_or(at, |l| l.max(at))))
+            })
+            .flatten()
+    }
+
+    fn on_event(
+        &mut self,
+        event: SessionEvent,
+        shared: &Shared,
+        samples: &mut Samples,
+        roster: &Roster,
+    ) {
         match event {
+            SessionEvent::Joined { participant_id, .. } => self.id = Some(participant_id),
             SessionEvent::PeerJoined { .. } => {
                 self.negotiating_since.get_or_insert(Instant::now());
             }
@@ -654,28 +705,35 @@ impl Peer {
                 self.admitted_at.get_or_insert(Instant::now());
             }
             SessionEvent::IceConnected { .. } => self.ice_connected = true,
-            SessionEvent::Connected { .. } => {
+            SessionEvent::Connected { peer } => {
                 self.ice_connected = true;
-                self.connected_at.get_or_insert(Instant::now());
+                self.connected_with.insert(peer);
+                if self.connected_with.len() >= self.others {
+                    self.connected_at.get_or_insert(Instant::now());
+                }
             }
-            SessionEvent::EncodedFrame { frame, .. } => self.receiver.on_frame(
-                frame,
-                &shared.media,
-                shared.epoch,
-                shared.plan.video.dimensions().is_some(),
-            ),
+            SessionEvent::EncodedFrame { from, frame } => {
+                let video = shared.plan.video.dimensions().is_some();
+                if let Some(receiver) = self.receiver_of(from, roster) {
+                    receiver.on_frame(frame, &shared.media, shared.epoch, video);
+                }
+            }
             SessionEvent::KeyframeRequested => self.sender.position = 0,
-            SessionEvent::Stats { stats, .. } => {
-                self.receiver.on_stats(&stats, samples);
-                shared.live().receiver_stats(
-                    self.sender.stream,
-                    stats.receive_bps,
-                    stats.ingress_loss,
-                );
+            SessionEvent::Stats { peer, stats } => {
+                let stream = self.sender.stream;
+                if let Some(receiver) = self.receiver_of(peer, roster) {
+                    receiver.on_stats(&stats, samples);
+                    shared.live().receiver_stats(
+                        stream,
+                        receiver.expected_stream,
+                        stats.receive_bps,
+                        stats.ingress_loss,
+                    );
+                }
             }
             SessionEvent::Recording(state) => {
                 self.consent_due = state == RecordingState::AwaitingConsent
-                    && self.side == Side::Patient
+                    && self.side != Side::Clinician
                     && shared.plan.recorded;
                 self.recording = Some(state);
             }
@@ -690,10 +748,10 @@ impl Peer {
                     .get_or_insert_with(|| "the service ended the consultation".into());
             }
             SessionEvent::PeerLeft { .. } => {
-                self.ended = Some("the other participant left".into());
+                self.ended = Some("another participant left".into());
             }
             SessionEvent::Declined => {
-                self.ended = Some("the patient was turned away".into());
+                self.ended = Some("turned away".into());
             }
             _ => {}
         }
@@ -705,7 +763,6 @@ async fn start_session(
     side: Side,
     credentials: Credentials,
     stream: u32,
-    remote_stream: u32,
     decode: bool,
     audio_phase: usize,
 ) -> Result<Peer, Failed> {
@@ -720,10 +777,14 @@ async fn start_session(
         side,
         session,
         sender: Sender::new(stream, audio_phase),
-        receiver: Receiver::new(side, remote_stream, decode),
+        receivers: HashMap::new(),
+        others: shared.plan.participants.saturating_sub(1).max(1),
+        decode,
+        id: None,
         admitted_at: None,
         negotiating_since: None,
         ice_connected: false,
+        connected_with: HashSet::new(),
         connected_at: None,
         recording: None,
         consent_due: false,
@@ -731,17 +792,27 @@ async fn start_session(
     })
 }
 
-/// Until `until`: take both sessions' events, and send media once both are connected.
-/// `done` says when to stop early. With `stall_after`, a receiver that gets no intact frame
-/// for that long fails the consultation (`media_timeout`).
+/// The next event of any participant's session: (whose, what).
+async fn next_event(peers: &mut [Peer]) -> (usize, Option<SessionEvent>) {
+    let waiting = peers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, p)| Box::pin(async move { (i, p.session.next_event().await) }));
+    let (next, _, _) = futures_util::future::select_all(waiting).await;
+    next
+}
+
+/// Until `until`: take every session's events, and send media once everyone is connected with
+/// everyone. `done` says when to stop early. With `stall_after`, a receiver that gets no intact
+/// frame for that long fails the consultation (`media_timeout`).
 async fn drive(
     shared: &Shared,
-    patient: &mut Peer,
-    doctor: &mut Peer,
+    peers: &mut [Peer],
+    roster: &Roster,
     samples: &mut Samples,
     until: tokio::time::Instant,
     stall_after: Option<Duration>,
-    mut done: impl FnMut(&Peer, &Peer) -> bool,
+    mut done: impl FnMut(&[Peer]) -> bool,
 ) -> Result<(), Failed> {
     let mut video_tick = tokio::time::interval(Duration::from_secs_f64(1.0 / VIDEO_FPS as f64));
     video_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -749,58 +820,61 @@ async fn drive(
     audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let media = shared.media.clone();
     loop {
-        if done(patient, doctor) {
+        if done(peers) {
             return Ok(());
         }
-        if patient.consent_due && hand_over(patient.session.consent_to_recording(true)).await {
-            patient.consent_due = false;
+        for peer in peers.iter_mut() {
+            if peer.consent_due && hand_over(peer.session.consent_to_recording(true)).await {
+                peer.consent_due = false;
+            }
         }
         if let Some(limit) = stall_after {
-            for peer in [&*patient, &*doctor] {
-                let silent = peer.receiver.silent_for(Instant::now());
-                if let Some(silent) = silent.filter(|s| *s > limit) {
-                    return Err(Failed::now(
-                        FailureCause::MediaTimeout,
-                        format!(
-                            "media stopped: the {} received no intact frame for {:.1} s",
-                            peer.side.as_str(),
-                            silent.as_secs_f64()
-                        ),
-                    ));
+            for peer in peers.iter() {
+                for receiver in peer.receivers.values() {
+                    let silent = receiver.silent_for(Instant::now());
+                    if let Some(silent) = silent.filter(|s| *s > limit) {
+                        return Err(Failed::now(
+                            FailureCause::MediaTimeout,
+                            format!(
+                                "media stopped: the {} received no intact frame for {:.1} s",
+                                receiver.row.side,
+                                silent.as_secs_f64()
+                            ),
+                        ));
+                    }
                 }
             }
         }
-        for peer in [&*patient, &*doctor] {
+        for peer in peers.iter() {
             if let Some(why) = &peer.ended {
                 return Err(signaling(format!("{}: {why}", peer.side.as_str())));
             }
         }
-        let sending = patient.connected_at.is_some() && doctor.connected_at.is_some();
+        let sending = peers.iter().all(|p| p.connected_at.is_some());
         tokio::select! {
-            event = patient.session.next_event() => match event {
-                Some(event) => patient.on_event(event, shared, samples),
-                None => gone(patient),
-            },
-            event = doctor.session.next_event() => match event {
-                Some(event) => doctor.on_event(event, shared, samples),
-                None => gone(doctor),
+            (i, event) = next_event(peers) => match event {
+                Some(event) => peers[i].on_event(event, shared, samples, roster),
+                None => gone(&mut peers[i]),
             },
             _ = video_tick.tick(), if sending && !media.video.is_empty() => {
-                for peer in [&mut *patient, &mut *doctor] {
+                for peer in peers.iter_mut() {
                     if let Some(frame) = peer.sender.next_video(&media, shared.epoch)
                         && !hand_over(peer.session.send_encoded_video(frame)).await {
                             peer.sender.take_back_video();
                             shared.live().sends_dropped += 1;
                         }
-                    if std::mem::take(&mut peer.receiver.wants_keyframe)
-                        && hand_over(peer.session.request_keyframe()).await
-                    {
+                    // Every receiver's flag is taken (one request asks every sender).
+                    let mut wants = false;
+                    for receiver in peer.receivers.values_mut() {
+                        wants |= std::mem::take(&mut receiver.wants_keyframe);
+                    }
+                    if wants && hand_over(peer.session.request_keyframe()).await {
                         shared.live().keyframe_requests += 1;
                     }
                 }
             }
             _ = audio_tick.tick(), if sending && !media.audio.is_empty() => {
-                for peer in [&mut *patient, &mut *doctor] {
+                for peer in peers.iter_mut() {
                     if let Some(packet) = peer.sender.next_audio(&media)
                         && !hand_over(peer.session.send_encoded_audio(packet)).await {
                             peer.sender.take_back_audio();
@@ -820,6 +894,34 @@ fn gone(peer: &mut Peer) {
     peer.ended.get_or_insert_with(|| "the session ended".into());
 }
 
+/// The links of the consultation's guests: the patient link first, then a named invite per
+/// further participant (an interpreter, then companions), with each one's side.
+async fn guest_links(
+    shared: &Shared,
+    token: &str,
+    id: Uuid,
+    invite: &str,
+) -> Result<Vec<(String, Side)>, Failed> {
+    let mut links = vec![(invite.to_owned(), Side::Patient)];
+    for n in 2..shared.plan.participants {
+        let (kind, side) = if n == 2 {
+            (InviteKind::Interpreter, Side::Interpreter)
+        } else {
+            (InviteKind::Companion, Side::Companion)
+        };
+        let issued = bounded(
+            shared,
+            "inviting another participant",
+            shared
+                .service
+                .issue_invite(token, id, kind, &format!("Load {} {n}", side.as_str())),
+        )
+        .await?;
+        links.push((issued.invite_url, side));
+    }
+    Ok(links)
+}
+
 async fn with_media(
     shared: &Shared,
     outcome: &mut Outcome,
@@ -829,166 +931,276 @@ async fn with_media(
 ) -> Result<(), Failed> {
     let index = outcome.row.index;
     let decode = index < shared.plan.decode;
-    let (patient_stream, doctor_stream) = (2 * index as u32, 2 * index as u32 + 1);
-    let opened = Instant::now();
-    let mut patient = start_session(
-        shared,
-        Side::Patient,
-        Credentials::Patient {
-            invite_url: invite.to_owned(),
-            name: format!("Load patient {index}"),
-        },
-        patient_stream,
-        doctor_stream,
-        decode,
-        index * 7,
-    )
-    .await?;
+    let n = shared.plan.participants.max(2);
+    // Stream numbers: the clinician's first, then each guest's.
+    let streams: Vec<u32> = (0..n).map(|k| (n * index + k) as u32).collect();
+    let links = guest_links(shared, token, id, invite).await?;
     let mut samples = Samples::default();
-    // The patient is in the waiting room once the service says so.
-    let participant = match waiting(shared, &mut patient, &mut samples).await {
-        Ok(participant) => participant,
-        Err(failed) => {
-            let _ = patient.session.leave().await;
-            return Err(failed);
-        }
-    };
-    outcome.joins += 1;
-    shared.live().joins += 1;
-    outcome.row.waiting_room_ms = Some(ms(opened.elapsed()));
-    let doctor = start_session(
-        shared,
-        Side::Clinician,
-        Credentials::Clinician {
-            base_url: shared.service.base_url().to_owned(),
-            token: token.to_owned(),
-            consultation_id: id,
-        },
-        doctor_stream,
-        patient_stream,
-        decode,
-        index * 7 + 25,
-    )
+    let mut roster = Roster::new();
+    let mut peers: Vec<Peer> = Vec::new();
+    let result = async {
+        // The first guest (the patient) is in the waiting room before the clinician joins.
+        let opened = Instant::now();
+        let (link, side) = &links[0];
+        let mut patient = start_session(
+            shared,
+            *side,
+            Credentials::Patient {
+                invite_url: link.clone(),
+                name: format!("Load patient {index}"),
+            },
+            streams[1],
+            decode,
+            index * 7,
+        )
+        .await?;
+        let participant = waiting(shared, &mut patient, &mut samples, &roster).await?;
+        roster.insert(participant, (streams[1], *side));
+        peers.push(patient);
+        outcome.joins += 1;
+        shared.live().joins += 1;
+        outcome.row.waiting_room_ms = Some(ms(opened.elapsed()));
+        let doctor = start_session(
+            shared,
+            Side::Clinician,
+            Credentials::Clinician {
+                base_url: shared.service.base_url().to_owned(),
+                token: token.to_owned(),
+                consultation_id: id,
+            },
+            streams[0],
+            decode,
+            index * 7 + 25,
+        )
+        .await?;
+        peers.insert(0, doctor);
+        outcome.joins += 1;
+        shared.live().joins += 1;
+        media_call(
+            shared,
+            outcome,
+            &mut peers,
+            &mut roster,
+            &links,
+            &streams,
+            token,
+            id,
+            participant,
+            &mut samples,
+        )
+        .await
+        .and_then(|()| check_abort(shared))
+    }
     .await;
-    let mut doctor = match doctor {
-        Ok(doctor) => doctor,
-        Err(failed) => {
-            let _ = patient.session.leave().await;
-            return Err(failed);
-        }
-    };
-    outcome.joins += 1;
-    shared.live().joins += 1;
-    let result = media_call(
-        shared,
-        outcome,
-        &mut patient,
-        &mut doctor,
-        token,
-        id,
-        participant,
-        &mut samples,
-    )
-    .await
-    .and_then(|()| check_abort(shared));
     let now = Instant::now();
     let video = shared.plan.video.dimensions().is_some();
-    let mut patient_row = patient.receiver.finish(video, now, &mut samples);
-    let mut doctor_row = doctor.receiver.finish(video, now, &mut samples);
-    // What each receiver could have received is what the other side sent.
-    patient_row.counts.video_frames_sent = doctor.sender.video_sent;
-    patient_row.counts.audio_packets_sent = doctor.sender.audio_sent;
-    doctor_row.counts.video_frames_sent = patient.sender.video_sent;
-    doctor_row.counts.audio_packets_sent = patient.sender.audio_sent;
-    outcome.row.receivers = vec![patient_row, doctor_row];
-    outcome.row.recording = patient.recording.map(|s| format!("{s:?}").to_lowercase());
+    // What each receiver could have received is what its sender sent.
+    let sent: HashMap<u32, (u64, u64)> = peers
+        .iter()
+        .map(|p| (p.sender.stream, (p.sender.video_sent, p.sender.audio_sent)))
+        .collect();
+    let mut rows = Vec::new();
+    // Patient first, then the clinician, then the other guests (as the 1:1 report has it).
+    let order: Vec<usize> = match peers.len() {
+        0 | 1 => (0..peers.len()).collect(),
+        len => [1, 0].into_iter().chain(2..len).collect(),
+    };
+    for i in order {
+        let peer = &mut peers[i];
+        let mut senders: Vec<&mut Receiver> = peer.receivers.values_mut().collect();
+        senders.sort_by_key(|r| r.expected_stream);
+        for receiver in senders {
+            let mut row = receiver.finish(video, now, &mut samples);
+            if let Some((video_sent, audio_sent)) = sent.get(&receiver.expected_stream) {
+                row.counts.video_frames_sent = *video_sent;
+                row.counts.audio_packets_sent = *audio_sent;
+            }
+            rows.push(row);
+        }
+    }
+    outcome.row.receivers = rows;
+    outcome.row.recording = peers
+        .iter()
+        .find(|p| p.side == Side::Patient)
+        .and_then(|p| p.recording)
+        .map(|s| format!("{s:?}").to_lowercase());
     outcome.samples = samples;
     {
         let mut live = shared.live();
         if outcome.row.connect_ms.is_some() {
             live.connected -= 1;
         }
-        live.forget_receivers(&[patient_stream, doctor_stream]);
+        live.forget_receivers(&streams);
     }
-    let _ = tokio::join!(patient.session.leave(), doctor.session.leave());
+    futures_util::future::join_all(peers.into_iter().map(|p| p.session.leave())).await;
     result
 }
 
-/// Until the patient is in the waiting room; their participant id.
+/// Until the guest is in the waiting room; their participant id.
 async fn waiting(
     shared: &Shared,
-    patient: &mut Peer,
+    guest: &mut Peer,
     samples: &mut Samples,
+    roster: &Roster,
 ) -> Result<Uuid, Failed> {
+    let side = guest.side.as_str();
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), patient.session.next_event()).await {
-            Ok(Some(SessionEvent::Joined { participant_id, .. })) => return Ok(participant_id),
-            Ok(Some(SessionEvent::Warning(w))) if w.starts_with("session ended") => {
-                return Err(signaling(format!("patient: {w}")))
+        match tokio::time::timeout(Duration::from_secs(10), guest.session.next_event()).await {
+            Ok(Some(SessionEvent::Joined { participant_id, .. })) => {
+                guest.id = Some(participant_id);
+                return Ok(participant_id);
             }
-            Ok(Some(other)) => patient.on_event(other, shared, samples),
-            Ok(None) => return Err(signaling("patient: the session ended before joining")),
-            Err(_) => return Err(signaling("patient: no answer from signaling within 10 s")),
+            Ok(Some(SessionEvent::Warning(w))) if w.starts_with("session ended") => {
+                return Err(signaling(format!("{side}: {w}")))
+            }
+            Ok(Some(other)) => guest.on_event(other, shared, samples, roster),
+            Ok(None) => {
+                return Err(signaling(format!(
+                    "{side}: the session ended before joining"
+                )))
+            }
+            Err(_) => {
+                return Err(signaling(format!(
+                    "{side}: no answer from signaling within 10 s"
+                )))
+            }
         }
     }
 }
 
+/// Admit `participant` (the guest `peers[guest]`) and wait until they are in: the time from
+/// the admit request, and when.
 #[allow(clippy::too_many_arguments)]
-async fn media_call(
+async fn admit(
     shared: &Shared,
-    outcome: &mut Outcome,
-    patient: &mut Peer,
-    doctor: &mut Peer,
+    peers: &mut [Peer],
+    roster: &Roster,
+    samples: &mut Samples,
+    guest: usize,
     token: &str,
     id: Uuid,
     participant: Uuid,
-    samples: &mut Samples,
-) -> Result<(), Failed> {
+) -> Result<(Duration, Instant), Failed> {
     let admitting = Instant::now();
     shared
         .service
         .admit(token, id, participant)
         .await
         .map_err(|e: ApiError| signaling(format!("admitting: {e}")))?;
-    // Both sessions' events are taken as they come, so every moment is measured when it
+    // Every session's events are taken as they come, so every moment is measured when it
     // happens, not when someone gets round to looking.
     let admit_by = tokio::time::Instant::now() + Duration::from_secs(10);
-    drive(shared, patient, doctor, samples, admit_by, None, |p, _| {
-        p.admitted_at.is_some()
+    drive(shared, peers, roster, samples, admit_by, None, |p| {
+        p[guest].admitted_at.is_some()
+    })
+    .await?;
+    let Some(admitted_at) = peers[guest].admitted_at else {
+        return Err(signaling(format!(
+            "{}: not admitted within 10 s of the admit request",
+            peers[guest].side.as_str()
+        )));
+    };
+    let admission = admitted_at - admitting;
+    let mut live = shared.live();
+    live.admitted += 1;
+    live.admission_ms.push(ms(admission));
+    Ok((admission, admitted_at))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn media_call(
+    shared: &Shared,
+    outcome: &mut Outcome,
+    peers: &mut Vec<Peer>,
+    roster: &mut Roster,
+    links: &[(String, Side)],
+    streams: &[u32],
+    token: &str,
+    id: Uuid,
+    patient: Uuid,
+    samples: &mut Samples,
+) -> Result<(), Failed> {
+    let (admission, mut admitted_at) =
+        admit(shared, peers, roster, samples, 1, token, id, patient).await?;
+    if stopping(shared) {
+        return Ok(());
+    }
+    outcome.row.admission_ms = Some(ms(admission));
+    outcome.row.admitted_at_secs = Some(shared.secs(admitted_at));
+    // Further guests: each through their own named invite, waiting, admitted on their own.
+    let index = outcome.row.index;
+    for (k, (link, side)) in links.iter().enumerate().skip(1) {
+        let mut guest = start_session(
+            shared,
+            *side,
+            Credentials::Patient {
+                invite_url: link.clone(),
+                name: String::new(),
+            },
+            streams[k + 1],
+            index < shared.plan.decode,
+            index * 7 + 50 * k,
+        )
+        .await?;
+        let participant = waiting(shared, &mut guest, samples, roster).await?;
+        roster.insert(participant, (streams[k + 1], *side));
+        peers.push(guest);
+        outcome.joins += 1;
+        shared.live().joins += 1;
+        let guest = peers.len() - 1;
+        (_, admitted_at) = admit(
+            shared,
+            peers,
+            roster,
+            samples,
+            guest,
+            token,
+            id,
+            participant,
+        )
+        .await?;
+        if stopping(shared) {
+            return Ok(());
+        }
+    }
+    // The clinician's id, from its `joined` (taken with its other events, maybe not yet),
+    // completes the roster; then every participant has a receiver for every other (reported
+    // even if nothing arrives).
+    let joined_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    drive(shared, peers, roster, samples, joined_by, None, |p| {
+        p[0].id.is_some()
     })
     .await?;
     if stopping(shared) {
         return Ok(());
     }
-    let Some(admitted_at) = patient.admitted_at else {
+    let Some(doctor) = peers[0].id else {
         return Err(signaling(
-            "patient: not admitted within 10 s of the admit request",
+            "clinician: joined, but its participant id never came",
         ));
     };
-    outcome.row.admission_ms = Some(ms(admitted_at - admitting));
-    outcome.row.admitted_at_secs = Some(shared.secs(admitted_at));
-    {
-        let mut live = shared.live();
-        live.admitted += 1;
-        live.admission_ms.push(ms(admitted_at - admitting));
+    roster.insert(doctor, (streams[0], Side::Clinician));
+    let everyone: Vec<Uuid> = roster.keys().copied().collect();
+    for peer in peers.iter_mut() {
+        for id in &everyone {
+            if Some(*id) != peer.id {
+                peer.receiver_of(*id, roster);
+            }
+        }
     }
-    patient.negotiating_since.get_or_insert(admitted_at);
+    for peer in peers.iter_mut() {
+        peer.negotiating_since.get_or_insert(admitted_at);
+    }
     let connect_by = tokio::time::Instant::now() + shared.plan.connect_timeout;
-    drive(
-        shared,
-        patient,
-        doctor,
-        samples,
-        connect_by,
-        None,
-        |p, d| p.connected_at.is_some() && d.connected_at.is_some(),
-    )
+    drive(shared, peers, roster, samples, connect_by, None, |p| {
+        p.iter().all(|peer| peer.connected_at.is_some())
+    })
     .await?;
     if stopping(shared) {
         return Ok(());
     }
-    let (Some(p), Some(d)) = (patient.connected_at, doctor.connected_at) else {
-        let ice = patient.ice_connected && doctor.ice_connected;
+    if peers.iter().any(|p| p.connected_at.is_none()) {
+        let ice = peers.iter().all(|p| p.ice_connected);
         let waited = shared.plan.connect_timeout;
         return Err(if ice {
             Failed::now(
@@ -1001,10 +1213,15 @@ async fn media_call(
                 format!("no working ICE candidate pair within {waited:?} of admission"),
             )
         });
-    };
-    let since =
-        |peer: &Peer, at: Instant| at - peer.negotiating_since.unwrap_or(admitted_at).min(at);
-    let connect = since(patient, p).max(since(doctor, d));
+    }
+    let connect = peers
+        .iter()
+        .filter_map(|p| {
+            let at = p.connected_at?;
+            Some(at - p.negotiating_since.unwrap_or(admitted_at).min(at))
+        })
+        .max()
+        .unwrap_or_default();
     outcome.row.connect_ms = Some(ms(connect));
     {
         let mut live = shared.live();
@@ -1012,29 +1229,37 @@ async fn media_call(
         live.connect_ms.push(ms(connect));
     }
     let media_by = tokio::time::Instant::now() + shared.plan.media_timeout;
-    let first = drive(shared, patient, doctor, samples, media_by, None, |p, d| {
-        p.receiver.first_frame_at.is_some() && d.receiver.first_frame_at.is_some()
+    drive(shared, peers, roster, samples, media_by, None, |p| {
+        p.iter().all(|peer| peer.first_frames_at().is_some())
     })
-    .await;
-    first?;
+    .await?;
     if stopping(shared) {
         return Ok(());
     }
-    let (Some(p), Some(d)) = (
-        patient.receiver.first_frame_at,
-        doctor.receiver.first_frame_at,
-    ) else {
+    let firsts: Option<Vec<Instant>> = peers.iter().map(Peer::first_frames_at).collect();
+    let Some(last_first) = firsts.and_then(|f| f.into_iter().max()) else {
+        let got: Vec<String> = peers
+            .iter()
+            .map(|p| {
+                let intact: u64 = p
+                    .receivers
+                    .values()
+                    .map(|r| r.row.counts.video_frames_intact + r.row.counts.audio_packets_intact)
+                    .sum();
+                format!("{} got {intact}", p.side.as_str())
+            })
+            .collect();
         return Err(Failed::now(
             FailureCause::MediaTimeout,
             format!(
-                "connected, but no intact remote frame within {:?} (patient got {}, clinician got {})",
+                "connected, but not an intact frame from every other participant within {:?} ({})",
                 shared.plan.media_timeout,
-                patient.receiver.row.counts.video_frames_intact + patient.receiver.row.counts.audio_packets_intact,
-                doctor.receiver.row.counts.video_frames_intact + doctor.receiver.row.counts.audio_packets_intact,
+                got.join(", "),
             ),
         ));
     };
-    let first_frame = ms(p.max(d) - admitted_at);
+    // From the last admission to the moment everyone had a frame from everyone else.
+    let first_frame = ms(last_first - admitted_at.min(last_first));
     outcome.row.first_frame_ms = Some(first_frame);
     {
         let mut live = shared.live();
@@ -1043,14 +1268,8 @@ async fn media_call(
     }
     // Hold until the run ends.
     let stall = Some(shared.plan.media_timeout);
-    drive(
-        shared,
-        patient,
-        doctor,
-        samples,
-        shared.end_at,
-        stall,
-        |_, _| false,
-    )
+    drive(shared, peers, roster, samples, shared.end_at, stall, |_| {
+        false
+    })
     .await
 }

@@ -12,14 +12,20 @@ pub enum Side {
     Patient,
     /// The clinician's peer.
     Clinician,
+    /// An interpreter's peer, through a named invite (group consultations).
+    Interpreter,
+    /// A companion's peer, through a named invite (group consultations).
+    Companion,
 }
 
 impl Side {
-    /// "patient" or "clinician".
+    /// "patient", "clinician", "interpreter" or "companion".
     pub fn as_str(self) -> &'static str {
         match self {
             Side::Patient => "patient",
             Side::Clinician => "clinician",
+            Side::Interpreter => "interpreter",
+            Side::Companion => "companion",
         }
     }
 }
@@ -61,8 +67,8 @@ pub struct LiveState {
     pub connect_ms: Vec<f64>,
     /// First-frame times so far.
     pub first_frame_ms: Vec<f64>,
-    /// Latest receive bitrate and loss per receiving stream.
-    receivers: HashMap<u32, (u64, Option<f32>)>,
+    /// Latest receive bitrate and loss per connection: (receiving stream, sending stream).
+    receivers: HashMap<(u32, u32), (u64, Option<f32>)>,
 }
 
 impl LiveState {
@@ -100,15 +106,22 @@ impl LiveState {
     }
 
     /// A receiver's latest statistics.
-    pub fn receiver_stats(&mut self, stream: u32, receive_bps: u64, loss: Option<f32>) {
-        self.receivers.insert(stream, (receive_bps, loss));
+    pub fn receiver_stats(
+        &mut self,
+        stream: u32,
+        from_stream: u32,
+        receive_bps: u64,
+        loss: Option<f32>,
+    ) {
+        self.receivers
+            .insert((stream, from_stream), (receive_bps, loss));
     }
 
-    /// Forget receivers (at the end of a consultation they stop reporting).
+    /// Forget the receivers of these streams (at the end of a consultation they stop
+    /// reporting).
     pub fn forget_receivers(&mut self, streams: &[u32]) {
-        for stream in streams {
-            self.receivers.remove(stream);
-        }
+        self.receivers
+            .retain(|(stream, _), _| !streams.contains(stream));
     }
 
     /// Total receive bitrate, kbit/s, and mean loss in percent over receivers reporting it.

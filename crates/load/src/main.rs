@@ -82,6 +82,11 @@ struct LoadArgs {
     /// Receivers in this many consultations also decode every frame with a real decoder.
     #[arg(long, default_value_t = 1)]
     decode: usize,
+    /// People in each consultation, the clinician included: 2, or a group of 3 (an interpreter
+    /// through a named invite) or 4 (and a companion). The service must allow as many
+    /// (`policy.max_participants`; a service started here does).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
+    participants: u8,
     /// Seed of every random choice, so a run can be repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -125,6 +130,7 @@ impl LoadArgs {
             seed: self.seed,
             connect_timeout: self.connect_timeout,
             media_timeout: self.media_timeout,
+            participants: usize::from(self.participants),
         }
     }
 }
@@ -144,6 +150,11 @@ async fn main() -> ExitCode {
 /// Run the load generator.
 async fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let plan = args.plan();
+    if plan.signaling_only && plan.participants > 2 {
+        anyhow::bail!(
+            "--signaling-only runs two participants per consultation; leave out --participants"
+        );
+    }
     let thresholds = Thresholds {
         max_failures: Some(args.max_failures),
         max_p95_join_ms: args.max_p95_join_ms,
@@ -200,7 +211,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
             );
             // Dropping the start on Ctrl-C kills the child (`kill_on_drop`).
             let local = tokio::select! {
-                local = LocalService::start(plan.consultations, &args.report) => local?,
+                local = LocalService::start(plan.consultations, plan.participants, &args.report) => local?,
                 _ = interrupt.cancelled() => return Ok(ExitCode::from(130)),
             };
             service_pid.store(local.child.id().unwrap_or(0), Ordering::SeqCst);
@@ -266,7 +277,11 @@ struct LocalService {
 }
 
 impl LocalService {
-    async fn start(clinicians: usize, report_dir: &Path) -> anyhow::Result<Self> {
+    async fn start(
+        clinicians: usize,
+        participants: usize,
+        report_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let data_dir = std::env::temp_dir().join(format!("consult-load-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&data_dir)?;
         let log = report_dir.join("service.log");
@@ -284,6 +299,7 @@ impl LocalService {
             .env("CONSULT_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "1000000")
             .env("CONSULT_LIMITS__MAX_CONNECTIONS", "1000000")
             .env("CONSULT_SIGNALING__MAX_UNJOINED_SOCKETS", "1000000")
+            .env("CONSULT_POLICY__MAX_PARTICIPANTS", participants.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -86,6 +86,14 @@ pub struct Plan {
     /// A connected consultation with no intact remote frame this long after connecting fails.
     #[serde(with = "secs")]
     pub media_timeout: Duration,
+    /// People in each consultation, the clinician included (2 to 4): a patient through the
+    /// patient link, then an interpreter and a companion through named invites.
+    #[serde(default = "two")]
+    pub participants: usize,
+}
+
+fn two() -> usize {
+    2
 }
 
 impl Default for Plan {
@@ -103,6 +111,7 @@ impl Default for Plan {
             seed: 1,
             connect_timeout: Duration::from_secs(15),
             media_timeout: Duration::from_secs(10),
+            participants: 2,
         }
     }
 }

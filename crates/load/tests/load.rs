@@ -335,6 +335,73 @@ fn e2ee_recorded_consultations_consent_and_still_deliver_intact_frames() {
     }
 }
 
+/// Groups of four (a clinician, a patient, an interpreter and a companion through named
+/// invites), end-to-end encrypted: everyone receives intact frames from each of the three
+/// others, and the report has a row per receiver and sender.
+#[test]
+fn groups_of_four_receive_intact_frames_from_every_other_participant() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = load(
+        dir.path(),
+        &[
+            "-n",
+            "2",
+            "--ramp",
+            "4",
+            "--duration",
+            "4s",
+            "--e2ee",
+            "on",
+            "--participants",
+            "4",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(run.status.success(), "{}\n{}", run.stdout, run.stderr);
+    let report = read_report(dir.path());
+    assert_eq!(report.plan.participants, 4);
+    assert_eq!(report.counts.first_frame, 2);
+    for row in &report.consultations {
+        assert_eq!(row.receivers.len(), 12, "{row:?}");
+        let mut sides: Vec<&str> = row.receivers.iter().map(|r| r.side.as_str()).collect();
+        sides.sort();
+        sides.dedup();
+        assert_eq!(
+            sides.len(),
+            12,
+            "one row per receiver and sender: {sides:?}"
+        );
+        assert!(sides.contains(&"companion from interpreter"), "{sides:?}");
+        for r in &row.receivers {
+            assert!(
+                r.counts.video_frames_intact > 0 && r.counts.video_frames_corrupt == 0,
+                "{r:?}"
+            );
+        }
+    }
+    // A service that allows fewer refuses the extra invites: the run says so and fails.
+    let service = Service::start(1, Some("[policy]\nmax_participants = 3\n"));
+    let small = tempfile::tempdir().unwrap();
+    let run = load(
+        small.path(),
+        &service.load_args(&["-n", "1", "--duration", "2s", "--participants", "4"]),
+        Duration::from_secs(60),
+    );
+    assert!(!run.status.success(), "{}", run.stdout);
+    let report = read_report(small.path());
+    let failure = report.consultations[0].failure.as_ref().expect("a failure");
+    assert!(failure.message.contains("consultation_full"), "{failure:?}");
+    // Out of range, or with --signaling-only: refused before anything runs.
+    for args in [
+        &["--participants", "5"][..],
+        &["--participants", "1"],
+        &["--participants", "3", "--signaling-only"],
+    ] {
+        let out = load_command(small.path(), args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+    }
+}
+
 #[test]
 fn signaling_only_runs_admit_everyone_and_a_crossed_threshold_fails_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -419,8 +486,14 @@ fn the_service_stopping_halfway_is_reported_by_cause_with_a_non_zero_exit() {
     assert_eq!(failures_total(&report), report.counts.failed);
     assert!(report.failures[&FailureCause::Signaling] >= 2);
     assert_eq!(
-        report.counts.not_ended, report.counts.created,
-        "nothing can be ended on a dead service, and the report says so"
+        report.counts.not_ended,
+        report.counts.created,
+        "nothing can be ended on a dead service, and the report says so: {:?}",
+        report
+            .consultations
+            .iter()
+            .map(|c| (c.ended, c.failure.clone()))
+            .collect::<Vec<_>>()
     );
     assert!(report
         .failure_examples
