@@ -11,6 +11,7 @@ use std::io::Write;
 
 use crate::recording::{Codec, Frame, RecordingContents, Track, TrackRole};
 use crate::VaultError;
+use uuid::Uuid;
 
 /// Which container the export is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,6 +400,10 @@ struct PlannedTrack {
     id: u8,
     codec: Codec,
     role: TrackRole,
+    /// Who sent it.
+    participant: Uuid,
+    /// Their name, when the export was given one ([`MuxPlan::name_participants`]).
+    name: Option<String>,
     number: u64,
     description: Description,
 }
@@ -457,6 +462,20 @@ pub struct MuxPlan {
 }
 
 impl MuxPlan {
+    /// Name each track after the person who sent it ("Ines Interpreter (interpreter) video"),
+    /// for the participants `names` knows; the others keep their role alone ("patient video").
+    /// Control characters are left out of a name.
+    pub fn name_participants(&mut self, names: &std::collections::HashMap<Uuid, String>) {
+        for track in &mut self.tracks {
+            track.name = names.get(&track.participant).map(|name| {
+                name.chars()
+                    .filter(|c| !c.is_control())
+                    .take(120)
+                    .collect::<String>()
+            });
+        }
+    }
+
     /// Scan `frames` (in time order; already opened: no track may be SFrame-protected) of a
     /// recording with `tracks`. Video starts at its first keyframe that describes it; a track
     /// with no usable frame is left out; so are frames out of time order.
@@ -518,6 +537,8 @@ impl MuxPlan {
                 id: track.id,
                 codec: track.codec,
                 role: track.role,
+                participant: track.participant,
+                name: None,
                 number: planned.len() as u64 + 1,
                 description: description.clone(),
             });
@@ -729,11 +750,11 @@ fn put_track_entry(e: &mut Vec<u8>, t: &PlannedTrack) {
     put_uint(e, id::TRACK_UID, t.number);
     put_uint(e, id::FLAG_LACING, 0);
     let kind = if t.codec.is_video() { "video" } else { "audio" };
-    put_element(
-        e,
-        id::NAME,
-        format!("{} {kind}", role_name(t.role)).as_bytes(),
-    );
+    let name = match &t.name {
+        Some(name) => format!("{name} ({}) {kind}", role_name(t.role)),
+        None => format!("{} {kind}", role_name(t.role)),
+    };
+    put_element(e, id::NAME, name.as_bytes());
     let codec_id = match t.codec {
         Codec::Opus => "A_OPUS",
         Codec::Vp8 => "V_VP8",

@@ -188,11 +188,14 @@ pub async fn download(
         },
     };
     // Check and plan first (every refusal comes before the first byte), then stream.
+    // Each track is named after the person who sent it.
+    let names = export::participant_names(&state.pool, row.consultation_id).await?;
     let prepared = match segments {
         Ok(segments) => {
             let vault = vault.clone();
             tokio::task::spawn_blocking(move || match segments.split_first() {
-                Some((first, continuations)) => export::prepare(&vault, first, continuations, None),
+                Some((first, continuations)) => export::prepare(&vault, first, continuations, None)
+                    .map(|prepared| prepared.with_names(&names)),
                 None => Err(ExportError::Empty(id)),
             })
             .await

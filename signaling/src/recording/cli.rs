@@ -122,6 +122,8 @@ pub async fn export(
     .map_err(|e| anyhow::anyhow!("export refused: {e}"))?;
     let partial = out.with_extension("partial");
     let vault = state.recordings.vault.clone();
+    // Each track is named after the person who sent it.
+    let names = export::participant_names(&state.pool, row.consultation_id).await?;
     // A chain that cannot be followed is refused, and audited, like any damaged recording.
     let segments = match rows::segments(&state.pool, id).await {
         Ok(segments) => Ok(segments),
@@ -145,13 +147,10 @@ pub async fn export(
                 let file = File::create(&partial)
                     .with_context(|| format!("creating {}", partial.display()))?;
                 let mut writer = BufWriter::new(file);
-                let exported = export::export(
-                    &vault,
-                    first,
-                    continuations,
-                    clinician_key.as_ref(),
-                    &mut writer,
-                )?;
+                let exported =
+                    export::prepare(&vault, first, continuations, clinician_key.as_ref())?
+                        .with_names(&names)
+                        .write(&vault, &mut writer)?;
                 let file = writer.into_inner().map_err(|e| e.into_error())?;
                 file.sync_all()?;
                 Ok(exported)

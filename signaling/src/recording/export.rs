@@ -280,6 +280,13 @@ pub fn prepare(
 }
 
 impl PreparedExport {
+    /// Name the file's tracks after the people who sent them (participant id → name); see
+    /// [`participant_names`].
+    pub fn with_names(mut self, names: &std::collections::HashMap<Uuid, String>) -> Self {
+        self.plan.name_participants(names);
+        self
+    }
+
     /// What the file will hold.
     pub fn summary(&self) -> ExportSummary {
         let mut summary = self.plan.summary();
@@ -322,6 +329,32 @@ impl PreparedExport {
             segments: self.segment_ids(),
         })
     }
+}
+
+/// Everyone who took part in a consultation, by participant id, with the name shown in the call
+/// (the doctor's, each invite holder's, each colleague's): the names of a group recording's
+/// tracks.
+pub async fn participant_names(
+    db: &sqlx::AnyPool,
+    consultation_id: Uuid,
+) -> anyhow::Result<std::collections::HashMap<Uuid, String>> {
+    use sqlx::Row;
+    let mut names = std::collections::HashMap::new();
+    let rows = sqlx::query(
+        "SELECT c.doctor_participant_id, u.display_name FROM consultations c
+         JOIN users u ON u.id = c.doctor_id WHERE c.id = $1
+         UNION ALL SELECT p.id, p.name FROM participants p WHERE p.consultation_id = $1
+         UNION ALL SELECT cc.participant_id, u.display_name FROM consultation_clinicians cc
+         JOIN users u ON u.id = cc.user_id WHERE cc.consultation_id = $1",
+    )
+    .bind(consultation_id.to_string())
+    .fetch_all(db)
+    .await?;
+    for row in rows {
+        let id: String = row.get(0);
+        names.insert(Uuid::parse_str(&id)?, row.get::<String, _>(1));
+    }
+    Ok(names)
 }
 
 /// Check, plan and write the recording `first` (continued by `continuations`) into `out` in one

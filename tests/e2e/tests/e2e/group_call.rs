@@ -139,3 +139,181 @@ async fn three_native_peers_hold_an_encrypted_group_consultation_through_the_ser
         session.leave().await.expect("leave");
     }
 }
+
+/// A recorded group consultation: the patient and the interpreter consent (the clinician is
+/// not asked), everyone's media reaches the recorder, and the export holds every participant's
+/// tracks, named, and plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_group_consultation_exports_every_participants_tracks_named() {
+    use consult_proto::api::ConsultationMode;
+    use consult_proto::signal::RecordingState;
+    use consult_signaling::recording::{export, rows};
+
+    let clinic = Clinic::start_with(|c| c.policy.max_participants = 3).await;
+    let (consultation, patient_link) = clinic
+        .consultation_with(CreateConsultationRequest {
+            title: Some("recorded group".into()),
+            mode: Some(ConsultationMode::Recorded),
+            ..Default::default()
+        })
+        .await;
+    let interpreter_link = clinic
+        .api
+        .issue_invite(
+            &clinic.token,
+            consultation.id,
+            InviteKind::Interpreter,
+            "Ines Interpreter",
+        )
+        .await
+        .expect("named invite")
+        .invite_url;
+    let doctor = Session::start(config(Credentials::Clinician {
+        base_url: clinic.base.clone(),
+        token: clinic.token.clone(),
+        consultation_id: consultation.id,
+    }))
+    .await
+    .expect("doctor session");
+    let mut sessions = vec![(doctor, Seen::default())];
+    for (link, name) in [(patient_link, "Kiosk 3"), (interpreter_link, "")] {
+        let session = Session::start(config(Credentials::Patient {
+            invite_url: link,
+            name: name.into(),
+        }))
+        .await
+        .expect("invited session");
+        sessions.push((session, Seen::default()));
+        clinic.admit_first_waiting(&consultation).await;
+    }
+    // Only the patient has consented: not recorded yet, the interpreter is asked too.
+    sessions[1].0.consent_to_recording(true).await.unwrap();
+    let started = Instant::now();
+    while sessions[2].1.recording != Some(RecordingState::AwaitingConsent) {
+        assert!(started.elapsed() < Duration::from_secs(20), "not asked");
+        for (session, seen) in &mut sessions {
+            pump(session, seen, Duration::from_millis(20)).await;
+        }
+    }
+    sessions[2].0.consent_to_recording(true).await.unwrap();
+    let started = Instant::now();
+    while !sessions.iter().all(|(_, seen)| {
+        seen.recording == Some(RecordingState::Recording) && seen.video_from.len() == 2
+    }) {
+        if sessions.iter().all(|(_, s)| s.connected) {
+            everyone_sends(&mut sessions, Duration::from_millis(100)).await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not recording with everyone: {:?}",
+            sessions
+                .iter()
+                .map(|(_, s)| (s.recording, s.video_from.len(), s.warnings.clone()))
+                .collect::<Vec<_>>()
+        );
+        for (session, seen) in &mut sessions {
+            pump(session, seen, Duration::from_millis(20)).await;
+        }
+    }
+    // The recorder's connections come up beside the call.
+    for (session, seen) in &mut sessions {
+        pump(session, seen, Duration::from_millis(300)).await;
+    }
+    everyone_sends(&mut sessions, Duration::from_secs(3)).await;
+    clinic
+        .api
+        .end(&clinic.token, consultation.id)
+        .await
+        .expect("the consultation ends");
+    let state = &clinic.server.state;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let recordings = rows::of_consultation(&state.pool, consultation.id)
+            .await
+            .unwrap();
+        if let [row] = recordings.as_slice()
+            && row.state == rows::RecordingStatus::Complete
+        {
+            break row.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no complete recording: {recordings:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let names = export::participant_names(&state.pool, consultation.id)
+        .await
+        .unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    export::prepare(&state.recordings.vault, &row, &[], None)
+        .unwrap()
+        .with_names(&names)
+        .write(&state.recordings.vault, &mut out)
+        .unwrap();
+    let bytes = out.into_inner();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("group.mkv");
+    std::fs::write(&path, &bytes).unwrap();
+    let probe = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name:stream_tags=title",
+        ])
+        .args(["-of", "json"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe (Debian's ffmpeg package)");
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let mut streams: Vec<(String, String)> = info["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["codec_name"].as_str().unwrap_or_default().to_owned(),
+                s["tags"]["title"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    streams.sort();
+    let titles: Vec<&str> = streams.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        streams.len(),
+        6,
+        "three senders' audio and video: {streams:?}"
+    );
+    for who in ["Kiosk 3 (patient)", "Ines Interpreter (interpreter)"] {
+        assert_eq!(
+            titles.iter().filter(|t| t.starts_with(who)).count(),
+            2,
+            "{who}'s audio and video: {titles:?}"
+        );
+    }
+    assert_eq!(
+        titles.iter().filter(|t| t.contains("(doctor)")).count(),
+        2,
+        "{titles:?}"
+    );
+    let decoded = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(&path)
+        .args(["-enc_time_base", "-1", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    for (session, _) in sessions {
+        session.leave().await.expect("leave");
+    }
+}
