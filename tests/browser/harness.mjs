@@ -152,12 +152,14 @@ export function runConsult(service, args) {
 
 /**
  * Start `consult serve --demo` on a free port with a fresh data directory.
- * @param {{ timeoutMs?: number, env?: Record<string, string>, wrapper?: ServiceWrapper }} [options]
+ * @param {{ timeoutMs?: number, env?: Record<string, string>, wrapper?: ServiceWrapper, args?: string[] }} [options]
  *   `env`: extra environment variables, for example `CONSULT_ICE__RELAY_ONLY: "true"` (`CONSULT_` +
- *   config path with `__`); `wrapper`: run it inside another command.
+ *   config path with `__`); `wrapper`: run it inside another command; `args`: more arguments of
+ *   `consult serve`, for example `["--seed-load-clinicians", "1"]` (more clinician accounts, in
+ *   `load-credentials.json` of the data directory).
  * @returns {Promise<Service>}
  */
-export async function startService({ timeoutMs = 60_000, env = {}, wrapper } = {}) {
+export async function startService({ timeoutMs = 60_000, env = {}, wrapper, args: extraArgs = [] } = {}) {
   const dataDir = await mkdtemp(join(tmpdir(), "consult-e2e-"));
   /** @type {string[]} */
   const logs = [];
@@ -173,7 +175,7 @@ export async function startService({ timeoutMs = 60_000, env = {}, wrapper } = {
    * @param {string} [bind] Where to listen (default: a free port).
    */
   const launch = async (bind = "127.0.0.1:0") => {
-    const own = [CONSULT_BIN, "serve", "--demo", "--bind", bind, "--data-dir", dataDir];
+    const own = [CONSULT_BIN, "serve", "--demo", "--bind", bind, "--data-dir", dataDir, ...extraArgs];
     const [command, ...args] = wrapper ? await wrapper.start(own, dataDir) : own;
     const running = spawn(command, args, {
       stdio: ["ignore", "pipe", "pipe"],
@@ -818,12 +820,15 @@ export async function patientJoin(page, inviteUrl, name) {
 }
 
 /**
- * From the landing page: enter the name, wait for the camera preview and the device lists.
+ * From the landing page: enter the name (unless the invite names its holder), wait for the camera
+ * preview and the device lists.
  * @param {import('playwright-core').Page} page
  * @param {string} name
  */
 export async function passDeviceCheck(page, name) {
-  await byTestId(page, "patient-name").fill(name);
+  // A named invite fills the name in, read-only: it is the clinician's choice.
+  const nameInput = byTestId(page, "patient-name");
+  if ((await nameInput.getAttribute("readonly")) === null) await nameInput.fill(name);
   await byTestId(page, "name-continue").click();
   await byTestId(page, "device-preview").waitFor({ state: "visible" });
   await page.waitForFunction(
@@ -1196,7 +1201,7 @@ export function diagnostics(service, participants) {
  * the participants' consoles and the service log, then each companion's diagnostics, then
  * `options.diagnostics()` (for what outlives the test, such as a TURN server shared by a file).
  * @template T
- * @param {{ timeoutMs?: number, env?: Record<string, string>, wrapper?: ServiceWrapper, diagnostics?: () => string }} options
+ * @param {{ timeoutMs?: number, env?: Record<string, string>, wrapper?: ServiceWrapper, args?: string[], diagnostics?: () => string }} options
  * @param {(scope: ServiceScope) => Promise<T>} body
  * @returns {Promise<T>}
  */

@@ -288,6 +288,59 @@ export function revokeInvite(id) {
   return request("DELETE", `/api/v1/consultations/${encodeURIComponent(id)}/invite`);
 }
 
+/**
+ * A named invite for one more person: its link is in the answer only.
+ * @param {string} id
+ * @param {import('./protocol.js').InviteKind} kind
+ * @param {string} name
+ * @returns {Promise<import('./protocol.js').IssuedInvite>}
+ */
+export function issueNamedInvite(id, kind, name) {
+  return request("POST", `/api/v1/consultations/${encodeURIComponent(id)}/invites`, { body: { kind, name } });
+}
+
+/**
+ * @param {string} id
+ * @param {string} inviteId
+ * @returns {Promise<void>}
+ */
+export function revokeNamedInvite(id, inviteId) {
+  return request("DELETE", `/api/v1/consultations/${encodeURIComponent(id)}/invites/${encodeURIComponent(inviteId)}`);
+}
+
+/**
+ * @param {string} id
+ * @param {string} email
+ * @returns {Promise<import('./protocol.js').Colleague>}
+ */
+export function addClinician(id, email) {
+  return request("POST", `/api/v1/consultations/${encodeURIComponent(id)}/clinicians`, { body: { email } });
+}
+
+/**
+ * @param {string} id
+ * @param {string} userId
+ * @returns {Promise<void>}
+ */
+export function removeClinician(id, userId) {
+  return request("DELETE", `/api/v1/consultations/${encodeURIComponent(id)}/clinicians/${encodeURIComponent(userId)}`);
+}
+
+/**
+ * Remove someone from the call for good.
+ * @param {string} id
+ * @param {string} participantId
+ * @returns {Promise<void>}
+ */
+export function removeParticipant(id, participantId) {
+  return request("POST", `/api/v1/consultations/${encodeURIComponent(id)}/participants/${encodeURIComponent(participantId)}/remove`);
+}
+
+/** @returns {Promise<import('./protocol.js').SharedConsultation[]>} */
+export function sharedConsultations() {
+  return request("GET", "/api/v1/consultations/shared");
+}
+
 /** @returns {Promise<WaitingPatient[]>} */
 export function waitingRoom() {
   return request("GET", "/api/v1/waiting-room");

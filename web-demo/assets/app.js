@@ -12,6 +12,7 @@
 import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController, recorderPermit } from "./call.js";
+import { PeopleView } from "./people-view.js";
 import { AccountView } from "./account-view.js";
 import { AlertsView } from "./alerts-view.js";
 import { CallView } from "./call-view.js";
@@ -339,15 +340,15 @@ function route() {
     return;
   }
   alertsView.hide();
-  const match = /^#\/c\/([0-9a-fA-F-]{36})$/.exec(location.hash);
+  const match = /^#\/(c|s)\/([0-9a-fA-F-]{36})$/.exec(location.hash);
   const recordings = /^#\/recordings\/([0-9a-fA-F-]{36})$/.exec(location.hash);
   if (match) {
-    const id = match[1];
+    const id = match[2];
     stopListPolling();
     recordingsView.hide();
     if (!call || call.id !== id) {
       leaveCall({ tellService: true });
-      openCall(id);
+      openCall(id, match[1] === "s");
     }
   } else if (recordings) {
     leaveCall({ tellService: true });
@@ -408,7 +409,39 @@ function stopListPolling() {
   listTimer = undefined;
 }
 
+/** The consultations other clinicians shared with this account, each with a way to join. */
+async function loadShared() {
+  /** @type {import('./protocol.js').SharedConsultation[]} */
+  let shared;
+  try {
+    shared = await api.sharedConsultations();
+  } catch (err) {
+    handleSessionLoss(err);
+    return;
+  }
+  const open = shared.filter((c) => c.status === "open");
+  byId("shared-panel", HTMLElement).hidden = open.length === 0;
+  replaceKeepingFocus(
+    byId("shared-list", HTMLUListElement),
+    open.map((c) => {
+      const join = h("button", {
+        className: "button small primary",
+        text: "Join",
+        testid: "shared-join",
+        attrs: { type: "button", "data-key": c.id, "aria-label": `Join ${c.title || "Untitled consultation"} with ${c.doctor_name}` },
+      });
+      join.addEventListener("click", () => navigate(`#/s/${c.id}`));
+      return h("li", { className: "shared-item", testid: "shared-item" }, [
+        h("span", { className: "row-title", text: c.title || "Untitled consultation" }),
+        h("span", { className: "hint", text: ` — ${c.doctor_name}${c.e2ee ? ", end-to-end encrypted" : ""} ` }),
+        join,
+      ]);
+    }),
+  );
+}
+
 async function loadList() {
+  void loadShared();
   try {
     const consultations = await api.listConsultations();
     consultations.sort((a, b) => Date.parse(b.created_at) - Date.parse(a.created_at));
@@ -791,6 +824,9 @@ async function endFromList(c, button) {
  * @property {ConsultationMode | null} mode Live only or recorded, once known.
  * @property {RecordingMessage | null} recording What the service last said about recording.
  * @property {boolean} over
+ * @property {boolean} colleague This page joins another clinician's consultation (it was shared
+ *   with this account): it waits to be admitted and manages nothing.
+ * @property {boolean} admitted Whether this page is admitted (a doctor always is).
  */
 
 /** @type {ActiveCall | null} */
@@ -807,9 +843,15 @@ const waitingEmpty = byId("waiting-empty", HTMLElement);
 const admitError = byId("admit-error", HTMLElement);
 const mediaError = byId("media-error", HTMLElement);
 const endButton = byId("end-button", HTMLButtonElement);
+const waitingPanel = byId("waiting-panel", HTMLElement);
+const peopleView = new PeopleView({ onError: (err) => handleSessionLoss(err) });
 
 /** @param {string} id */
-async function openCall(id) {
+/**
+ * @param {string} id
+ * @param {boolean} [asColleague] The consultation was shared with this account by its doctor.
+ */
+async function openCall(id, asColleague = false) {
   /** @type {ActiveCall} */
   const active = {
     id,
@@ -828,8 +870,13 @@ async function openCall(id) {
     mode: null,
     recording: null,
     over: false,
+    colleague: asColleague,
+    admitted: !asColleague,
   };
   call = active;
+  waitingPanel.hidden = asColleague;
+  endButton.hidden = asColleague;
+  peopleView.show(null);
   byId("call-title", HTMLElement).textContent = "Consultation";
   showError(mediaError, null);
   showError(admitError, null);
@@ -838,15 +885,28 @@ async function openCall(id) {
   messagingView.reset();
   showView(views.call);
 
-  /** @type {Consultation} */
+  /** @type {Consultation | import('./protocol.js').SharedConsultation} */
   let consultation;
   try {
-    consultation = await api.getConsultation(id);
+    if (asColleague) {
+      const shared = (await api.sharedConsultations()).find((c) => c.id === id);
+      if (!shared) throw new ApiError(404, "not_found", "not shared with you");
+      consultation = shared;
+    } else {
+      consultation = await api.getConsultation(id);
+    }
   } catch (err) {
     if (handleSessionLoss(err)) return;
     clearInterval(active.timer);
     call = null;
-    showCallOver(err instanceof ApiError && err.status === 404 ? "This consultation does not exist." : messageOf(err), "");
+    showCallOver(
+      err instanceof ApiError && err.status === 404
+        ? asColleague
+          ? "This consultation is not shared with you (any more)."
+          : "This consultation does not exist."
+        : messageOf(err),
+      "",
+    );
     return;
   }
   if (call !== active) return;
@@ -859,7 +919,10 @@ async function openCall(id) {
     showCallOver("The consultation has ended.", "ended-message");
     return;
   }
-  renderWaiting(consultation.waiting);
+  if ("waiting" in consultation) {
+    renderWaiting(consultation.waiting);
+    peopleView.show(consultation);
+  }
 
   const ice = new IceServerCache();
   ice.get(); // Fetch early: the connection starts the moment a patient is admitted.
@@ -940,6 +1003,7 @@ function onSignal(active, m) {
   const controller = active.controller;
   switch (m.type) {
     case "joined":
+      active.admitted = m.admitted;
       active.mode = m.consultation.mode;
       renderRecording(active);
       setUpE2ee(active, m);
@@ -950,6 +1014,8 @@ function onSignal(active, m) {
     case "waiting_room":
       active.waitingUpdates += 1;
       renderWaiting(m.entries.filter((e) => e.consultation_id === active.id));
+      // Someone took up (or let go of) a link: the people list says whether it is in use.
+      void peopleView.refresh();
       break;
     case "peer_joined":
       if (m.peer.role !== "recorder") {
@@ -995,9 +1061,17 @@ function onSignal(active, m) {
         console.warn("Signaling error", m.code, m.message);
       }
       break;
-    case "pong":
     case "admitted":
+      // A colleague's page, let in by the consultation's doctor.
+      active.admitted = true;
+      announce("You were let in.");
+      controller.admitted(m.peers);
+      updateCallStatus();
+      break;
     case "declined":
+      finishCall("The clinician did not let you in this time.", "declined-message");
+      break;
+    case "pong":
       break;
   }
 }
@@ -1101,7 +1175,13 @@ function updateCallStatus() {
   switch (active.mediaState) {
     case "waiting":
       callView.setStatus(
-        active.signalingState === "open" ? "Waiting for your patient. Admit them from the waiting room." : "Connecting…",
+        active.signalingState !== "open"
+          ? "Connecting…"
+          : !active.admitted
+            ? "Waiting for the consultation’s clinician to let you in."
+            : active.colleague
+              ? "Waiting for the others to join."
+              : "Waiting for your patient. Admit them from the waiting room.",
       );
       break;
     case "connecting":
@@ -1262,6 +1342,7 @@ function leaveCall({ tellService }) {
   }
   active.controller?.close();
   active.e2ee?.close();
+  peopleView.show(null);
   callView.stop();
   callView.setStatus("");
   messagingView.reset();

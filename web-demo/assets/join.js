@@ -241,9 +241,23 @@ async function showLanding(notice) {
       ? "This consultation is end-to-end encrypted: only you and your doctor can see and hear it, not even the service."
       : "This consultation is end-to-end encrypted, and this browser cannot do that: you would not see or hear your doctor. Please open the link in an up-to-date Chrome, Edge or Safari.";
   byId("landing-expiry", HTMLElement).textContent = `This link works until ${formatDateTime(info.expires_at)}.`;
+  // A named invite is for one person, under the name the clinician chose: it is not asked.
+  const invitedAs = byId("landing-invited-as", HTMLElement);
+  invitedAs.hidden = !info.name;
+  invitedAs.textContent = info.name ? `This invitation is for ${info.name}, ${INVITE_KINDS[info.kind ?? "patient"]}.` : "";
+  nameInput.value = info.name ?? nameInput.value;
+  nameInput.readOnly = !!info.name;
   showView(views.landing, { focus: false });
-  nameInput.focus();
+  if (info.name) byId("name-continue", HTMLButtonElement).focus();
+  else nameInput.focus();
 }
+
+/** How the invitation names who it is for. */
+const INVITE_KINDS = /** @type {Record<import('./protocol.js').InviteKind, string>} */ ({
+  patient: "as a patient",
+  interpreter: "as the interpreter",
+  companion: "as a family member or carer",
+});
 
 nameForm.addEventListener("submit", (event) => {
   event.preventDefault();
