@@ -238,7 +238,7 @@ async function showLanding(notice) {
   e2eeNote.textContent = !info.e2ee
     ? ""
     : transformApi()
-      ? "This consultation is end-to-end encrypted: only you and your doctor can see and hear it, not even the service."
+      ? "This consultation is end-to-end encrypted: only the people in the call can see and hear it, not even the service."
       : "This consultation is end-to-end encrypted, and this browser cannot do that: you would not see or hear your doctor. Please open the link in an up-to-date Chrome, Edge or Safari.";
   byId("landing-expiry", HTMLElement).textContent = `This link works until ${formatDateTime(info.expires_at)}.`;
   // A named invite is for one person, under the name the clinician chose: it is not asked.

@@ -11,7 +11,7 @@
 
 import * as api from "./api.js";
 import { ApiError } from "./api.js";
-import { announce, byId, h, replaceKeepingFocus, showError } from "./ui.js";
+import { announce, byId, confirmInline, h, replaceKeepingFocus, showError } from "./ui.js";
 
 /** @typedef {import('./protocol.js').Consultation} Consultation */
 /** @typedef {import('./protocol.js').InviteKind} InviteKind */
@@ -110,14 +110,26 @@ export class PeopleView {
         h("li", { className: "person", testid: "person-invite" }, [
           h("span", { className: "person-name", text: invite.name }),
           h("span", { className: "hint", text: ` — ${KINDS[invite.kind]}, ${invite.in_use ? "link in use" : "link not used yet"}` }),
-          this.button("Revoke link", `Revoke ${invite.name}’s link`, () => api.revokeNamedInvite(c.id, invite.id), `${invite.name}’s link was revoked.`),
+          this.button(
+            "Revoke link",
+            `Revoke ${invite.name}’s link`,
+            `${invite.name} is disconnected and the link stops working.`,
+            () => api.revokeNamedInvite(c.id, invite.id),
+            `${invite.name}’s link was revoked.`,
+          ),
         ]),
       ),
       ...colleagues.map((colleague) =>
         h("li", { className: "person", testid: "person-colleague" }, [
           h("span", { className: "person-name", text: colleague.name }),
           h("span", { className: "hint", text: " — colleague" }),
-          this.button("Remove", `Remove ${colleague.name}`, () => api.removeClinician(c.id, colleague.user_id), `${colleague.name} was removed.`),
+          this.button(
+            "Remove",
+            `Remove ${colleague.name}`,
+            `${colleague.name} is disconnected and can no longer join.`,
+            () => api.removeClinician(c.id, colleague.user_id),
+            `${colleague.name} was removed.`,
+          ),
         ]),
       ),
     ];
@@ -125,15 +137,19 @@ export class PeopleView {
   }
 
   /**
+   * A button that takes something back, after an inline confirmation; the focus goes to the
+   * panel's heading afterwards (the row it was in is gone).
    * @private
    * @param {string} label
    * @param {string} ariaLabel
+   * @param {string} question What confirming does.
    * @param {() => Promise<void>} action
    * @param {string} done Announced once it is done.
    */
-  button(label, ariaLabel, action, done) {
+  button(label, ariaLabel, question, action, done) {
     const button = h("button", { className: "button small", text: label, attrs: { type: "button", "aria-label": ariaLabel, "data-key": ariaLabel } });
     button.addEventListener("click", async () => {
+      if (!(await confirmInline(button, question, label, { testid: "people-confirm", danger: true }))) return;
       button.disabled = true;
       try {
         await action();
@@ -143,6 +159,7 @@ export class PeopleView {
         if (!this.onError(err)) showError(this.error, messageOf(err));
       }
       await this.refresh();
+      byId("people-heading", HTMLElement).focus();
     });
     return button;
   }

@@ -19,7 +19,7 @@
 //!                                                        └─► Timeout(at)
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -178,9 +178,9 @@ pub(crate) struct Call {
     heartbeat: Duration,
     /// The connections, in the order the participants came.
     links: Vec<Link>,
-    /// File transfers of a connection that ended (with whom), resumed by the next one with
-    /// that participant, or with anyone when nobody else is in the call.
-    parked_files: Option<(Uuid, FileTransfers)>,
+    /// File transfers of connections that ended, by participant: resumed by the next
+    /// connection with that same participant, never with anyone else.
+    parked_files: HashMap<Uuid, FileTransfers>,
     // Media.
     keyframe_due: bool,
     last_bitrate: Option<u32>,
@@ -209,7 +209,7 @@ impl Call {
             e2ee: false,
             heartbeat: DEFAULT_HEARTBEAT,
             links: Vec::new(),
-            parked_files: None,
+            parked_files: HashMap::new(),
             keyframe_due: true,
             last_bitrate: None,
             audio_rtp: 0,
@@ -452,7 +452,8 @@ impl Call {
         self.links[i].peer.remote_gone();
         self.drain_link(i)?;
         let mut link = self.links.remove(i);
-        self.parked_files = Some((remote, link.peer.take_file_transfers()));
+        self.parked_files
+            .insert(remote, link.peer.take_file_transfers());
         self.emit(SessionEvent::PeerLeft {
             participant_id: remote,
         });
@@ -485,7 +486,7 @@ impl Call {
         if let Some(i) = self.link_index(id) {
             self.drain_link(i)?;
             let mut old = self.links.remove(i);
-            self.parked_files = Some((id, old.peer.take_file_transfers()));
+            self.parked_files.insert(id, old.peer.take_file_transfers());
         }
         let now = self.now;
         let e2ee = match (self.e2ee, self.local_id) {
@@ -504,11 +505,7 @@ impl Call {
             },
             now,
         );
-        let adopt = self
-            .parked_files
-            .as_ref()
-            .is_some_and(|(with, _)| *with == id || self.links.is_empty());
-        if adopt && let Some((_, files)) = self.parked_files.take() {
+        if let Some(files) = self.parked_files.remove(&id) {
             peer.adopt_file_transfers(files);
         }
         let pending_candidates = self.candidates.offer(&mut peer)?;
@@ -970,10 +967,16 @@ impl Call {
         let rtp_time = ((now - self.started).as_micros() as u64 * 9 / 100) & 0xffff_ffff;
         let mut sent = false;
         for link in self.links.iter_mut().filter(|l| l.peer.is_connected()) {
-            if link.peer.video_codec().is_some_and(|c| c != codec) {
+            // A connection without video, or with another codec, gets none of this one.
+            if link.peer.video_codec() != Some(codec) {
                 continue;
             }
-            survivable(link.peer.write_video(now, rtp_time, codec, data))?;
+            // One connection that cannot take a frame does not stop the others.
+            let remote = link.remote;
+            if let Err(e) = link.peer.write_video(now, rtp_time, codec, data) {
+                tracing::debug!(error = %e, %remote, "a video frame not sent on one connection");
+                continue;
+            }
             sent = true;
         }
         if sent && let Some(link) = &mut self.recorder {
@@ -990,7 +993,11 @@ impl Call {
             return Ok(());
         }
         for link in self.links.iter_mut().filter(|l| l.peer.is_connected()) {
-            survivable(link.peer.write_audio(now, self.audio_rtp, packet))?;
+            // One connection that cannot take audio (none negotiated) does not stop the others.
+            let remote = link.remote;
+            if let Err(e) = link.peer.write_audio(now, self.audio_rtp, packet) {
+                tracing::debug!(error = %e, %remote, "an audio packet not sent on one connection");
+            }
         }
         if let Some(link) = &mut self.recorder {
             survivable(link.write_audio(now, self.audio_rtp, packet))?;

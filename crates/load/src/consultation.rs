@@ -1102,7 +1102,11 @@ async fn admit(
     };
     let admission = admitted_at - admitting;
     let mut live = shared.live();
-    live.admitted += 1;
+    // The consultation counts as admitted once (its first guest); every guest's admission is
+    // a sample.
+    if guest == 1 {
+        live.admitted += 1;
+    }
     live.admission_ms.push(ms(admission));
     Ok((admission, admitted_at))
 }
@@ -1188,8 +1192,13 @@ async fn media_call(
             }
         }
     }
+    // Connecting is measured from the last admission: before it, not everyone was there to
+    // connect with.
     for peer in peers.iter_mut() {
-        peer.negotiating_since.get_or_insert(admitted_at);
+        peer.negotiating_since = Some(
+            peer.negotiating_since
+                .map_or(admitted_at, |since| since.max(admitted_at)),
+        );
     }
     let connect_by = tokio::time::Instant::now() + shared.plan.connect_timeout;
     drive(shared, peers, roster, samples, connect_by, None, |p| {
