@@ -46,9 +46,9 @@
 //! while let Some(event) = session.next_event().await {
 //!     match event {
 //!         SessionEvent::Admitted => println!("the doctor let us in"),
-//!         SessionEvent::Connected => session.send_video(pattern.next_frame()).await?,
-//!         SessionEvent::Video { frame, .. } => println!("{}x{} from the doctor", frame.width, frame.height),
-//!         SessionEvent::Chat(text) => session.send_chat(&format!("you said: {text}")).await?,
+//!         SessionEvent::Connected { .. } => session.send_video(pattern.next_frame()).await?,
+//!         SessionEvent::Video { frame, from, .. } => println!("{}x{} from {from}", frame.width, frame.height),
+//!         SessionEvent::Chat { text, .. } => session.send_chat(&format!("you said: {text}")).await?,
 //!         SessionEvent::Ended => break,
 //!         _ => {}
 //!     }
