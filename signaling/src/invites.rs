@@ -40,12 +40,17 @@ pub(crate) fn checked_name(raw: &str) -> Result<String, ApiError> {
         || name.chars().count() > MAX_NAME_CHARS
         || name.chars().any(char::is_control)
     {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            format!("enter a name of 1 to {MAX_NAME_CHARS} characters"),
-        ));
+        return Err(invalid_name());
     }
     Ok(name)
+}
+
+/// `400 invalid_name`: no name, or not one [`checked_name`] takes.
+fn invalid_name() -> ApiError {
+    ApiError::bad_request(
+        "invalid_name",
+        format!("enter a name of 1 to {MAX_NAME_CHARS} characters"),
+    )
 }
 
 /// Find the invite a link names and check it can be used now.
@@ -128,13 +133,16 @@ pub async fn redeem(
     origin: ClientOrigin,
     ApiJson(req): ApiJson<RedeemInviteRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // A name given is checked before anything else (a named invite then ignores it).
+    let entered = req.name.as_deref().map(checked_name).transpose()?;
     let now = state.clock.now();
     let (invite, consultation) = usable_or_counted(&state, &origin, &req.invite).await?;
     // A named invite carries the name its doctor chose: whoever opens it cannot pose as
-    // someone else.
-    let name = match &invite.name {
-        Some(name) => name.clone(),
-        None => checked_name(&req.name)?,
+    // someone else. The patient link needs the patient's.
+    let name = match (&invite.name, entered) {
+        (Some(name), _) => name.clone(),
+        (None, Some(entered)) => entered,
+        (None, None) => return Err(invalid_name()),
     };
     let participant_id = Uuid::new_v4();
     let token = Token::generate();

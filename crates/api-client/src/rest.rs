@@ -430,12 +430,14 @@ impl ApiClient {
             .await
     }
 
-    /// `POST /api/v1/invites/redeem`: a patient's place for an invite token and their name.
+    /// `POST /api/v1/invites/redeem`: a patient's place for an invite token and their name
+    /// (empty for a named invite, which carries its own).
     pub async fn redeem_invite(&self, invite: &str, name: &str) -> Result<PatientPlace, ApiError> {
         let path = "/api/v1/invites/redeem";
+        // An empty name is left out: a named invite carries its own.
         let body = RedeemInviteRequest {
             invite: invite.to_owned(),
-            name: name.to_owned(),
+            name: (!name.is_empty()).then(|| name.to_owned()),
         };
         let redeemed: RedeemInviteResponse = self
             .json(path, self.request(Method::POST, path, None).json(&body))

@@ -604,14 +604,14 @@ pub struct RedeemInviteRequest {
     /// The invite token from the link.
     pub invite: String,
     /// The patient's name, shown to the doctor (1 to 80 characters, not only spaces, no
-    /// control characters). A named invite carries its own name: then this is ignored and may
-    /// be left out.
+    /// control characters); required by the patient link. A named invite carries its own name:
+    /// then leave this out (one given is still checked, and ignored).
     #[schema(
         max_length = 80,
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
     )]
-    #[serde(default)]
-    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A patient's place in a consultation.
@@ -767,7 +767,7 @@ mod tests {
         };
         let redeem = RedeemInviteRequest {
             invite: "SECRET-INVITE".into(),
-            name: "Pat".into(),
+            name: Some("Pat".into()),
         };
         let shown = format!("{login:?} {redeem:?}");
         assert!(!shown.contains("SECRET"), "{shown}");

@@ -129,7 +129,7 @@ pub async fn revoke_invite(
     request_body = AddClinicianRequest,
     params(("id" = Uuid, Path, description = "consultation id")),
     responses((status = 201, body = Colleague),
-              (status = 400, body = ErrorBody, description = "own_consultation: that is your own account"),
+              (status = 400, body = ErrorBody, description = "invalid_email, or own_consultation: that is your own account"),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody, description = "no such consultation, or no active clinician account with that email"),
               (status = 409, body = ErrorBody, description = "already_added or consultation_full"),
@@ -140,8 +140,15 @@ pub async fn add_clinician(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<AddClinicianRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let email = req.email.trim();
+    if email.is_empty() || email.chars().count() > 254 || email.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_email",
+            "enter the sign-in email of a colleague's account (at most 254 characters)",
+        ));
+    }
     find_open(&state, &doctor, id).await?;
-    let colleague = crate::accounts::find_by_email(&state.pool, &req.email)
+    let colleague = crate::accounts::find_by_email(&state.pool, email)
         .await?
         .filter(|a| a.user.role == Role::Doctor && a.disabled_at.is_none())
         .ok_or(ApiError::NotFound("clinician account"))?;
