@@ -48,6 +48,12 @@ const RENEGOTIATION_DELAY: Duration = Duration::from_millis(50);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 /// How far ahead to wake when nothing is due.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
+/// A datagram no connection claims yet is kept this long, and tried again as connections learn
+/// their remote addresses (in a group, a DTLS first flight can arrive a moment before its
+/// connection knows the address it comes from; dropped, it costs a one-second retransmission).
+const UNCLAIMED_KEEP: Duration = Duration::from_secs(2);
+/// At most this many unclaimed datagrams are kept (the oldest go first).
+const UNCLAIMED_MAX: usize = 64;
 
 /// What the call decides with: the parts of the session's configuration it needs.
 #[derive(Debug, Clone)]
@@ -157,6 +163,8 @@ struct Link {
     last_keyframe_request: Option<Instant>,
     /// The bandwidth estimate of this connection (bits per second).
     bitrate: Option<u64>,
+    /// When it was made: its negotiation's steps are logged (debug) as time since then.
+    started: Instant,
 }
 
 /// One participant's call: a connection to every other participant (a full mesh: media goes
@@ -181,6 +189,8 @@ pub(crate) struct Call {
     /// File transfers of connections that ended, by participant: resumed by the next
     /// connection with that same participant, never with anyone else.
     parked_files: HashMap<Uuid, FileTransfers>,
+    /// Datagrams no connection claimed yet: (when, source, local address, bytes).
+    unclaimed: VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
     // Media.
     keyframe_due: bool,
     last_bitrate: Option<u32>,
@@ -210,6 +220,7 @@ impl Call {
             heartbeat: DEFAULT_HEARTBEAT,
             links: Vec::new(),
             parked_files: HashMap::new(),
+            unclaimed: VecDeque::new(),
             keyframe_due: true,
             last_bitrate: None,
             audio_rtp: 0,
@@ -413,6 +424,8 @@ impl Call {
                 {
                     self.warn(format!("ignored a remote candidate: {e}"));
                 }
+                // A datagram from that address may have come first.
+                self.retry_unclaimed();
             }
             ServerMessage::Declined {} => {
                 self.emit(SessionEvent::Declined);
@@ -525,7 +538,9 @@ impl Call {
             gate: KeyframeGate::default(),
             last_keyframe_request: None,
             bitrate: None,
+            started: now,
         });
+        tracing::debug!(%id, polite, "connection started");
         self.keyframe_due = true;
         self.emit(SessionEvent::PeerJoined {
             participant_id: id,
@@ -549,6 +564,8 @@ impl Call {
     }
 
     fn make_offer(&mut self, i: usize) -> Result<(), PeerError> {
+        let link = &self.links[i];
+        tracing::debug!(remote = %link.remote, after_ms = (self.now - link.started).as_millis(), "offering");
         if let Some(sdp) = self.links[i].peer.create_offer()? {
             self.send_description(i, SdpKind::Offer, sdp);
         }
@@ -568,6 +585,9 @@ impl Call {
         i: usize,
         description: SessionDescription,
     ) -> Result<(), PeerError> {
+        let link = &self.links[i];
+        tracing::debug!(remote = %link.remote, kind = ?description.kind,
+            after_ms = (self.now - link.started).as_millis(), "remote description");
         let peer = &mut self.links[i].peer;
         let outcome = match description.kind {
             SdpKind::Offer => peer.handle_remote_offer(&description.sdp),
@@ -584,7 +604,10 @@ impl Call {
                 self.send_description(i, SdpKind::Answer, sdp);
             }
             Ok(RemoteDescriptionOutcome::Applied) => {}
-            Ok(RemoteDescriptionOutcome::IgnoredGlare) => return Ok(()),
+            Ok(RemoteDescriptionOutcome::IgnoredGlare) => {
+                tracing::debug!(remote = %self.links[i].remote, "glare: the remote offer ignored");
+                return Ok(());
+            }
             Err(e) => {
                 // A bad or incompatible SDP: say so and keep the call.
                 self.warn(format!("remote description refused: {e}"));
@@ -686,8 +709,42 @@ impl Call {
                 if let Err(e) = link.peer.handle_receive(at, source, local, bytes) {
                     tracing::debug!(error = %e, "dropped a datagram");
                 }
+                self.retry_unclaimed();
             }
-            None => tracing::debug!(%source, "a datagram for no connection"),
+            None => {
+                tracing::debug!(%source, "a datagram for no connection yet: kept a moment");
+                if self.unclaimed.len() >= UNCLAIMED_MAX {
+                    self.unclaimed.pop_front();
+                }
+                self.unclaimed
+                    .push_back((at, source, local, bytes.to_vec()));
+            }
+        }
+    }
+
+    /// Hand the datagrams kept unclaimed to the connections that claim them now; forget those
+    /// kept too long.
+    fn retry_unclaimed(&mut self) {
+        if self.unclaimed.is_empty() {
+            return;
+        }
+        let now = self.now;
+        for (at, source, local, bytes) in std::mem::take(&mut self.unclaimed) {
+            let claimed = self
+                .links
+                .iter_mut()
+                .find(|l| l.peer.accepts(source, local, &bytes));
+            match claimed {
+                Some(link) => {
+                    if let Err(e) = link.peer.handle_receive(now, source, local, &bytes) {
+                        tracing::debug!(error = %e, "dropped a datagram kept unclaimed");
+                    }
+                }
+                None if now.saturating_duration_since(at) < UNCLAIMED_KEEP => {
+                    self.unclaimed.push_back((at, source, local, bytes));
+                }
+                None => tracing::debug!(%source, "a datagram no connection claimed: dropped"),
+            }
         }
     }
 
@@ -716,6 +773,7 @@ impl Call {
             tracing::warn!(error = %e, "recorder link failed; dropping it");
             self.recorder = None;
         }
+        self.retry_unclaimed();
         Ok(())
     }
 
@@ -809,6 +867,13 @@ impl Call {
     fn handle_peer_event(&mut self, i: usize, event: PeerEvent) {
         let now = self.now;
         let peer = self.links[i].remote;
+        let after_ms = (now - self.links[i].started).as_millis();
+        match &event {
+            PeerEvent::Connected | PeerEvent::Disconnected | PeerEvent::IceState(_) => {
+                tracing::debug!(remote = %peer, after_ms, event = ?event, "connection state");
+            }
+            _ => {}
+        }
         match event {
             PeerEvent::Connected => {
                 let link = &mut self.links[i];

@@ -138,6 +138,13 @@ impl LoadArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Off unless asked for: RUST_LOG=consult_client=debug shows each connection's negotiation.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     match load(cli.args).await {
         Ok(code) => code,
         Err(error) => {
