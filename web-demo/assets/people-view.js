@@ -94,8 +94,8 @@ export class PeopleView {
     const invites = c.invites ?? [];
     const colleagues = c.clinicians ?? [];
     const max = c.max_participants ?? 2;
-    const patientLink = c.invite && !c.invite.revoked ? 1 : 0;
-    const promised = 1 + patientLink + invites.length + colleagues.length;
+    // Counted by the service, with the rule it enforces.
+    const promised = c.places_taken ?? 1;
     this.capacity.textContent = `${promised} of ${max} places taken (you included).`;
     const full = promised >= max;
     this.inviteForm.querySelectorAll("input, select, button").forEach((el) => {

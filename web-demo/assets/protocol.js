@@ -205,6 +205,8 @@ export const PROTOCOL_VERSION = 1;
  * @property {NamedInvite[]} [invites] The named invites still live, one per extra person.
  * @property {Colleague[]} [clinicians] Colleagues the doctor added.
  * @property {number} [max_participants] How many may take part at once, the doctor included.
+ * @property {number} [places_taken] Places promised now, the doctor included (live or held
+ *   invites, colleagues): another invite needs this below `max_participants`.
  */
 
 /**

@@ -643,15 +643,11 @@ impl Runner {
             Command::EncodedAudio(packet) => self.call.write_audio(now, &packet)?,
             Command::RequestKeyframe => self.call.request_keyframe(now),
             Command::Chat(text, reply) => {
-                let _ = reply.send(
-                    self.for_everyone("chat", |_, p| p.send_chat(&text))
-                        .map(drop),
-                );
+                let _ = reply.send(self.for_everyone("chat", |p| p.send_chat(&text)).map(drop));
             }
             Command::OfferFile(name, mime, data, reply) => {
-                let _ = reply.send(
-                    self.for_everyone("file", |_, p| p.offer_file(&name, &mime, data.clone())),
-                );
+                let _ = reply
+                    .send(self.for_everyone("file", |p| p.offer_file(&name, &mime, data.clone())));
             }
             Command::AcceptFile(id, reply) => {
                 let _ = reply.send(self.on_transfer(|p| p.accept_file(id)));
@@ -678,7 +674,7 @@ impl Runner {
     fn for_everyone<T>(
         &mut self,
         channel: &'static str,
-        mut what: impl FnMut(Uuid, &mut Peer) -> Result<T, PeerError>,
+        mut what: impl FnMut(&mut Peer) -> Result<T, PeerError>,
     ) -> Result<Vec<T>, PeerError> {
         let connected = self.call.connected_peers();
         let mut done = Vec::new();
@@ -687,7 +683,7 @@ impl Runner {
             if !connected.contains(&remote) {
                 continue;
             }
-            match what(remote, peer) {
+            match what(peer) {
                 Ok(result) => done.push(result),
                 Err(e) => {
                     first_error.get_or_insert(e);

@@ -383,6 +383,11 @@ pub struct Consultation {
     /// How many people may take part at once, the doctor included (the organisation's policy).
     #[serde(default = "default_max_participants")]
     pub max_participants: u8,
+    /// How many places are promised now, the doctor included: every invite not revoked that is
+    /// live or still held by a device, and every colleague. Another invite or colleague needs
+    /// this below `max_participants`.
+    #[serde(default)]
+    pub places_taken: u8,
 }
 
 fn default_max_participants() -> u8 {

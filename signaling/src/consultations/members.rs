@@ -82,17 +82,17 @@ pub async fn issue_invite(
     find_open(&state, &doctor, id).await?;
     let mut tx = state.audit.begin().await?;
     check_room_for_one_more(&state, &mut tx, id).await?;
-    // As stored (whole seconds), so that this answer and later reads agree.
-    let issued_at = crate::db::from_unix(crate::db::to_unix(state.clock.now()));
+    let now = state.clock.now();
     let (invite_id, invite) =
-        insert_invite(&state, &mut tx, &doctor, id, req.kind, Some(&name)).await?;
+        insert_invite(&state, &mut tx, &doctor, id, req.kind, Some(&name), now).await?;
     tx.commit().await?;
     let issued = IssuedInvite {
         invite: NamedInvite {
             id: invite_id,
             kind: req.kind,
             name,
-            issued_at,
+            // As stored (whole seconds), so that this answer and later reads agree.
+            issued_at: crate::db::from_unix(crate::db::to_unix(now)),
             expires_at: invite.expires_at,
             in_use: false,
         },
@@ -173,9 +173,11 @@ pub async fn add_clinician(
         return Err(already_added());
     }
     check_room_for_one_more(&state, &mut tx, id).await?;
-    if !rows::add_colleague(tx.connection(), id, colleague.user.id, now).await? {
+    let Some(participant_id) =
+        rows::add_colleague(tx.connection(), id, colleague.user.id, now).await?
+    else {
         return Err(already_added());
-    }
+    };
     tx.record(
         now,
         &actor(&doctor),
@@ -185,16 +187,14 @@ pub async fn add_clinician(
     )
     .await?;
     tx.commit().await?;
-    let added = rows::colleague(&state.pool, id, colleague.user.id)
-        .await?
-        .ok_or(ApiError::NotFound("clinician account"))?;
     Ok((
         StatusCode::CREATED,
         Json(Colleague {
-            user_id: added.user_id,
-            name: added.name,
-            participant_id: added.participant_id,
-            added_at: added.added_at,
+            user_id: colleague.user.id,
+            name: colleague.user.display_name,
+            participant_id,
+            // As stored (whole seconds), so that this answer and later reads agree.
+            added_at: crate::db::from_unix(crate::db::to_unix(now)),
         }),
     ))
 }

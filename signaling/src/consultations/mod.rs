@@ -11,6 +11,7 @@ use consult_proto::api::{
     ErrorBody, Invite, InviteKind, InviteStatus, WaitingPatient,
 };
 use serde_json::json;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::{Action, Actor, AuditedTransaction};
@@ -97,6 +98,8 @@ async fn view(
         invites,
         clinicians,
         max_participants: state.config.policy.max_participants,
+        places_taken: u8::try_from(1 + rows::places_promised(&state.pool, record.id, now).await?)
+            .unwrap_or(u8::MAX),
     })
 }
 
@@ -181,7 +184,7 @@ pub async fn create(
     )
     .await?;
     let (_, invite) =
-        insert_invite(&state, &mut tx, &doctor, id, InviteKind::Patient, None).await?;
+        insert_invite(&state, &mut tx, &doctor, id, InviteKind::Patient, None, now).await?;
     tx.commit().await?;
     let record = find_owned(&state, &doctor, id).await?;
     Ok((
@@ -214,6 +217,7 @@ async fn issue_invite(
         consultation_id,
         InviteKind::Patient,
         None,
+        state.clock.now(),
     )
     .await?;
     tx.commit().await?;
@@ -221,7 +225,7 @@ async fn issue_invite(
     Ok(invite)
 }
 
-/// A new invite of the consultation in `tx`, audited there: its id and link.
+/// A new invite of the consultation in `tx`, issued `now`, audited there: its id and link.
 pub(crate) async fn insert_invite(
     state: &AppState,
     tx: &mut AuditedTransaction<'_>,
@@ -229,8 +233,8 @@ pub(crate) async fn insert_invite(
     consultation_id: Uuid,
     kind: InviteKind,
     name: Option<&str>,
+    now: OffsetDateTime,
 ) -> Result<(Uuid, Invite), ApiError> {
-    let now = state.clock.now();
     let token = Token::generate();
     let expires_at = now + state.config.invite.ttl;
     let invite_id = Uuid::new_v4();

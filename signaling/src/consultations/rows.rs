@@ -304,16 +304,21 @@ pub async fn latest_invite(
     row.map(invite_from_row).transpose()
 }
 
-/// The named invites of a consultation not revoked and either live or still held by a device
-/// (each is a place promised), oldest first.
+/// An invite (`i`) that promises a place at time `$2`: not revoked, and live or still held by a
+/// device. The one definition behind the cap ([`places_promised`]) and the doctor's list
+/// ([`named_invites`]).
+const PROMISES_A_PLACE: &str = "i.revoked_at IS NULL AND (i.expires_at > $2 OR EXISTS \
+     (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL))";
+
+/// The named invites of a consultation that promise a place ([`PROMISES_A_PLACE`]), oldest
+/// first.
 pub async fn named_invites(
     db: impl AnyExecutor<'_>,
     consultation_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<Vec<InviteRecord>> {
     let rows = sqlx::query(&format!(
-        "{SELECT_INVITE} WHERE i.consultation_id = $1 AND i.name IS NOT NULL AND i.revoked_at IS NULL \
-         AND (i.expires_at > $2 OR EXISTS (SELECT 1 FROM participants p WHERE p.invite_id = i.id AND p.released_at IS NULL)) \
+        "{SELECT_INVITE} WHERE i.consultation_id = $1 AND i.name IS NOT NULL AND {PROMISES_A_PLACE} \
          ORDER BY i.issued_at, i.rowid"
     ))
     .bind(consultation_id.to_string())
@@ -616,13 +621,15 @@ fn colleague_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<ColleagueRecord>
 }
 
 /// Add a colleague to a consultation (again, if they were removed: with a new participant id,
-/// so nothing of their earlier place carries over); false if they are in it already.
+/// so nothing of their earlier place carries over); their participant id, or `None` if they are
+/// in it already.
 pub async fn add_colleague(
     db: &mut AnyConnection,
     consultation_id: Uuid,
     user_id: Uuid,
     now: OffsetDateTime,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<Uuid>> {
+    let participant_id = Uuid::new_v4();
     let done = sqlx::query(
         "INSERT INTO consultation_clinicians (consultation_id, user_id, participant_id, added_at)
          VALUES ($1, $2, $3, $4)
@@ -633,11 +640,11 @@ pub async fn add_colleague(
     )
     .bind(consultation_id.to_string())
     .bind(user_id.to_string())
-    .bind(Uuid::new_v4().to_string())
+    .bind(participant_id.to_string())
     .bind(to_unix(now))
     .execute(db)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok((done.rows_affected() == 1).then_some(participant_id))
 }
 
 /// Take a colleague off a consultation; their participant id, if they were on it.
@@ -792,17 +799,15 @@ pub async fn clear_colleagues_admitted(
 /// How many people a consultation has promised a place to besides its doctor: every invite not
 /// revoked that is live or still held by a device, and every colleague on it.
 pub async fn places_promised(
-    db: &mut AnyConnection,
+    db: impl AnyExecutor<'_>,
     consultation_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<usize> {
-    let count: i64 = sqlx::query_scalar(
-        "SELECT (SELECT COUNT(*) FROM invites i WHERE i.consultation_id = $1 AND i.revoked_at IS NULL
-                   AND (i.expires_at > $2 OR EXISTS (SELECT 1 FROM participants p
-                        WHERE p.invite_id = i.id AND p.released_at IS NULL)))
+    let count: i64 = sqlx::query_scalar(&format!(
+        "SELECT (SELECT COUNT(*) FROM invites i WHERE i.consultation_id = $1 AND {PROMISES_A_PLACE})
               + (SELECT COUNT(*) FROM consultation_clinicians cc
-                 WHERE cc.consultation_id = $1 AND cc.removed_at IS NULL)",
-    )
+                 WHERE cc.consultation_id = $1 AND cc.removed_at IS NULL)"
+    ))
     .bind(consultation_id.to_string())
     .bind(to_unix(now))
     .fetch_one(db)

@@ -96,6 +96,7 @@ async fn a_group_of_four_is_invited_by_name_and_role_and_admitted_one_by_one() {
         (409, "consultation_full".into())
     );
     let view = doctor.api.consultation(&doctor.token, cid).await.unwrap();
+    assert_eq!((view.places_taken, view.max_participants), (4, 4));
     assert_eq!(view.invites.len(), 1);
     assert_eq!(view.invites[0].kind, InviteKind::Interpreter);
     assert_eq!(view.clinicians.len(), 1);
@@ -444,7 +445,15 @@ async fn invites_and_colleagues_refuse_bad_requests() {
         ),
         (404, "not_found".into())
     );
-    // Colleagues: yourself, an unknown email, an administrator's account, twice.
+    // Colleagues: no email, one too long, yourself, an unknown email, an administrator's
+    // account, twice.
+    let too_long = format!("{}@example.org", "x".repeat(250));
+    for email in ["  ", too_long.as_str()] {
+        assert_eq!(
+            refusal(doctor.api.add_clinician(&doctor.token, cid, email).await),
+            (400, "invalid_email".into())
+        );
+    }
     assert_eq!(
         refusal(
             doctor
@@ -513,8 +522,25 @@ async fn invites_and_colleagues_refuse_bad_requests() {
         (status, code.as_str()),
         (StatusCode::CONFLICT, "consultation_full")
     );
-    // A named invite is held by one device at a time, like the patient link.
+    // A name given to a named invite is still checked (and otherwise ignored).
     let link = token_of(&companion.invite_url);
+    let (status, code) = error_code(svc.redeem(&link, "Carl\u{7}").await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_name")
+    );
+    // An invite of this consultation is not revoked through another one's path.
+    let (elsewhere, _) = doctor.create_consultation().await;
+    assert_eq!(
+        refusal(
+            doctor
+                .api
+                .revoke_named_invite(&doctor.token, elsewhere.id, companion.invite.id)
+                .await
+        ),
+        (404, "not_found".into())
+    );
+    // A named invite is held by one device at a time, like the patient link.
     let first = svc.patient(&link, "ignored").await;
     let (_first_ws, _) = svc.join_patient(&first.participant_token).await;
     let (status, code) = error_code(svc.redeem(&link, "Someone else").await).await;
@@ -555,8 +581,22 @@ async fn by_default_a_call_is_one_to_one() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("dr.pair@example.org").await;
     svc.doctor("dr.third@example.org").await;
-    let (consultation, _) = doctor.create_consultation().await;
+    let (consultation, patient_link) = doctor.create_consultation().await;
     assert_eq!(consultation.max_participants, 2);
+    // The doctor and the patient link: both places taken.
+    assert_eq!(consultation.places_taken, 2);
+    // The patient link asks the patient's name: a redemption without one is refused.
+    let response = common::http_client()
+        .post(svc.url("/api/v1/invites/redeem"))
+        .json(&serde_json::json!({ "invite": patient_link }))
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = error_code(response).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_name")
+    );
     assert_eq!(
         refusal(
             doctor
