@@ -71,7 +71,7 @@ describe("chat and file protocol in the page", { timeout: 180_000 }, () => {
                 maxBuffered = Math.max(maxBuffered, channel.bufferedAmount);
               };
             }
-            messaging.addChannel(channel);
+            messaging.addChannel(channel, "other");
           };
           pc.ondatachannel = ({ channel }) => adopt(channel);
           adopt(pc.createDataChannel("consult-chat", { ordered: true }));
@@ -88,7 +88,7 @@ describe("chat and file protocol in the page", { timeout: 180_000 }, () => {
         await a.pc.setRemoteDescription(/** @type {RTCSessionDescription} */ (b.pc.localDescription));
         // Four channels per side: two created, two announced by the other side.
         await until(
-          () => a.messaging.chatChannels.length === 2 && a.messaging.fileChannels.length === 2 && b.messaging.chatChannels.length === 2 && b.messaging.fileChannels.length === 2,
+          () => a.messaging.peers.get("other")?.chatChannels.length === 2 && a.messaging.peers.get("other")?.fileChannels.length === 2 && b.messaging.peers.get("other")?.chatChannels.length === 2 && b.messaging.peers.get("other")?.fileChannels.length === 2,
           20_000,
           "four open channels on each side",
         );
@@ -97,10 +97,10 @@ describe("chat and file protocol in the page", { timeout: 180_000 }, () => {
         const data = new Uint8Array(3 * 1024 * 1024 + 12345);
         for (let i = 0; i < data.length; i += 65536) crypto.getRandomValues(data.subarray(i, Math.min(i + 65536, data.length)));
         const expected = await sha256Hex(data.buffer);
-        await a.messaging.files.offer(new File([data], "scan.pdf", { type: "application/pdf" }));
+        await a.messaging.offerFile(new File([data], "scan.pdf", { type: "application/pdf" }));
         await until(() => b.transfers.some((t) => t.state === "offered"), 10_000, "the offer");
         const offered = b.transfers.find((t) => t.state === "offered");
-        b.messaging.files.accept(offered.id);
+        b.messaging.files("other").accept(offered.id);
         await until(() => b.transfers.some((t) => t.state === "done" || t.state === "failed"), 60_000, "the file");
         await until(() => a.transfers.some((t) => t.state === "done" || t.state === "failed"), 10_000, "the sender's completion");
         const done = b.transfers.find((t) => t.state === "done");
@@ -183,8 +183,8 @@ describe("chat and file protocol in the page", { timeout: 180_000 }, () => {
         });
         const chat = fake("consult-chat");
         const file = fake("consult-file");
-        messaging.addChannel(chat);
-        messaging.addChannel(file);
+        messaging.addChannel(chat, "peer");
+        messaging.addChannel(file, "peer");
         /** @param {any} data */
         const deliver = (channel, data) => channel.onmessage({ data });
         const settle = () => new Promise((r) => setTimeout(r, 50));
@@ -209,7 +209,7 @@ describe("chat and file protocol in the page", { timeout: 180_000 }, () => {
           const id = crypto.randomUUID();
           const key = /** @type {string} */ (uuidHex(id));
           deliver(file, JSON.stringify({ type: "offer", id, name: offer.name ?? "x.bin", size: offer.size, mime: "a/b", sha256: offer.sha256 ?? goodHash }));
-          if (transfers.some((t) => t.state === "offered")) messaging.files.accept(id);
+          if (transfers.some((t) => t.state === "offered")) messaging.files("peer").accept(id);
           steps(key, id);
           await settle();
           await settle();
@@ -254,7 +254,7 @@ describe("chat and file protocol in the page", { timeout: 180_000 }, () => {
         // A name the sender may not use is refused locally.
         let refusedName = "";
         try {
-          await messaging.files.offer(new File([body], "a/b.txt"));
+          await messaging.offerFile(new File([body], "a/b.txt"));
         } catch (err) {
           refusedName = String(/** @type {any} */ (err).code);
         }

@@ -18,7 +18,7 @@ import { fileURLToPath } from "node:url";
  * real-time figures, and consent withdrawal reaching both pages within a second (150–260 ms
  * alone; 1.0–2.5 s seen beside another browser suite on 2 cores).
  */
-const ALONE = ["e2ee.test.mjs", "recording.test.mjs"];
+const ALONE = ["e2ee.test.mjs", "group-call.test.mjs", "recording.test.mjs"];
 /**
  * Files that load the machine most: at most one of them at a time. The recording suites, and
  * the browser with the native echo-bot (its H.264 case decoded no video when it shared the

@@ -15,7 +15,7 @@ import { CallController, recorderPermit } from "./call.js";
 import { PeopleView } from "./people-view.js";
 import { AccountView } from "./account-view.js";
 import { AlertsView } from "./alerts-view.js";
-import { CallView } from "./call-view.js";
+import { CallView, describePeer } from "./call-view.js";
 import { E2eeCall } from "./e2ee/call-e2ee.js";
 import { publicKeyOfKeyFile, RECORDING_KEY_FILE_MAX_BYTES, RecordingKeyError, recordingKeyFingerprint } from "./e2ee/recording-key.js";
 import { MessagingView } from "./messaging-view.js";
@@ -24,18 +24,7 @@ import { RecordingsView } from "./recordings-view.js";
 import { IdleWatch } from "./idle-watch.js";
 import { SignInForm } from "./sign-in-form.js";
 import { SignalingClient } from "./signaling.js";
-import {
-  announce,
-  byId,
-  confirmInline,
-  formatDateTime,
-  h,
-  replaceKeepingFocus,
-  showError,
-  showView,
-  svgDataUrl,
-  waitedFor,
-} from "./ui.js";
+import { announce, byId, confirmInline, formatDateTime, h, listNames, replaceKeepingFocus, showError, showView, svgDataUrl, waitedFor } from "./ui.js";
 
 /** @typedef {import('./protocol.js').Session} Session */
 /** @typedef {import('./protocol.js').MfaEnrolment} MfaEnrolment */
@@ -833,9 +822,9 @@ async function endFromList(c, button) {
 let call = null;
 const callView = new CallView({ onHangUp: () => hangUp(), viewer: "doctor" });
 const messagingView = new MessagingView({
-  peerName: () => {
-    const peer = call && call.controller ? call.controller.currentPeer : null;
-    return peer && peer.name ? peer.name : "Your patient";
+  peerName: (peerId) => {
+    const peer = call && call.controller ? call.controller.peers.get(peerId) : undefined;
+    return peer ? describePeer(peer) : "The other participant";
   },
 });
 const waitingList = byId("waiting-list", HTMLUListElement);
@@ -881,7 +870,8 @@ async function openCall(id, asColleague = false) {
   showError(mediaError, null);
   showError(admitError, null);
   renderWaiting([]);
-  callView.setRemoteStream(null, "Waiting for your patient…");
+  callView.stop();
+  callView.setPlaceholder(asColleague ? "Waiting for the others…" : "Waiting for your patient…");
   messagingView.reset();
   showView(views.call);
 
@@ -942,14 +932,11 @@ async function openCall(id, asColleague = false) {
     getIceConfig: () => ice.get(),
     localStream: active.stream,
     onRemoteStream: (stream, peer) => {
-      callView.setRemoteStream(stream, "Waiting for your patient…", peer ? peer.name : "");
+      if (call === active) callView.setPeerStream(peer, stream);
     },
-    onMediaState: (state, peer) => {
+    onMediaState: (state) => {
       active.mediaState = state;
-      if (state === "connected") {
-        active.presenceNote = "";
-        if (!callView.hasRemoteVideo) callView.setPlaceholder(`${peer && peer.name ? peer.name : "Your patient"} has no camera on.`);
-      }
+      if (state === "connected") active.presenceNote = "";
       updateCallStatus();
     },
     onPeerPresence: (peer, online) => {
@@ -963,12 +950,12 @@ async function openCall(id, asColleague = false) {
       callView.setPlaceholder(active.presenceNote);
       updateCallStatus();
     },
-    onDataChannel: (channel) => {
-      if (call === active) messagingView.addChannel(channel);
+    onDataChannel: (channel, peer) => {
+      if (call === active) messagingView.addChannel(channel, peer.participant_id);
       else channel.close();
     },
-    onConnectionClosed: () => {
-      if (call === active) messagingView.connectionClosed();
+    onConnectionClosed: (peer) => {
+      if (call === active) messagingView.connectionClosed(peer.participant_id);
     },
     onIceProblem: (problem) => {
       active.iceProblem = problem;
@@ -1191,8 +1178,8 @@ function updateCallStatus() {
       callView.setStatus("Connection lost — reconnecting…", "warning");
       break;
     case "connected": {
-      const peer = active.controller?.currentPeer;
-      callView.setStatus(peer && peer.name ? `In the call with ${peer.name}.` : "In the call.");
+      const names = (active.controller?.connectedPeers ?? []).map((p) => p.name).filter((n) => n);
+      callView.setStatus(names.length > 0 ? `In the call with ${listNames(names)}.` : "In the call.");
       break;
     }
   }

@@ -1,12 +1,16 @@
 // @ts-check
 /**
- * The call screen shared by the doctor and patient pages: local and remote video, mute, camera,
- * hang up, the recording indicator, the connection status line and the quality indicator.
+ * The call screen shared by the doctor and patient pages: local video, one tile per other
+ * participant (their video, name and role), mute, camera, hang up, the recording indicator, the
+ * connection status line and the quality indicator; with end-to-end encryption, the security code
+ * shared with each other participant and whether this person marked it as verified.
  *
- * Both pages carry the same markup (ids `local-video`, `remote-video`, `mute-button`,
+ * Both pages carry the same markup (ids `local-video`, `remote-tiles`, `mute-button`,
  * `camera-button`, `hangup-button`, `recording-indicator`, `participant-recorder`, `call-status`,
  * `quality`, `quality-label`, `remote-placeholder`, `remote-sound`, and for end-to-end encryption
- * `e2ee-badge`, `e2ee-panel`, `e2ee-sas`, `e2ee-hint`).
+ * `e2ee-badge`, `e2ee-panel`, `e2ee-peers`, `e2ee-hint`). Each tile is a `remote-tile` with a
+ * `remote-video`; each code a `e2ee-peer` row (its code is `e2ee-sas` when there is one other
+ * participant, `e2ee-peer-sas` otherwise).
  */
 
 import { announce, byId, h } from "./ui.js";
@@ -15,6 +19,78 @@ import { describeQuality, LABELS, monitorQuality } from "./stats.js";
 /** @typedef {import('./protocol.js').RecordingState} RecordingState */
 /** @typedef {import('./stats.js').Quality} Quality */
 /** @typedef {import('./e2ee/call-e2ee.js').E2eeView} E2eeView */
+/** @typedef {import('./protocol.js').Peer} Peer */
+
+/** How each role is shown next to a name. */
+const ROLE_LABELS = /** @type {Record<string, string>} */ ({
+  doctor: "clinician",
+  clinician: "clinician",
+  patient: "patient",
+  interpreter: "interpreter",
+  companion: "family or carer",
+});
+
+/**
+ * "Name (role)" for a participant, or the role alone.
+ * @param {Peer} peer
+ */
+export function describePeer(peer) {
+  const role = ROLE_LABELS[peer.role] ?? peer.role;
+  return peer.name ? `${peer.name} (${role})` : `The ${role}`;
+}
+
+/** One other participant's tile: their video, their name and role, a note when no camera is on. */
+class RemoteTile {
+  /** @param {Peer} peer */
+  constructor(peer) {
+    this.video = h("video", { className: "remote-video", testid: "remote-video", attrs: { autoplay: "", playsinline: "" } });
+    this.label = h("p", { className: "remote-name", testid: "remote-name" });
+    this.note = h("p", { className: "tile-placeholder", testid: "tile-placeholder" });
+    this.element = h("figure", { className: "remote-tile", testid: "remote-tile" }, [this.video, this.label, this.note]);
+    this.element.dataset.peerId = peer.participant_id;
+    this.setPeer(peer);
+  }
+
+  /** @param {Peer} peer */
+  setPeer(peer) {
+    this.peer = peer;
+    const text = describePeer(peer);
+    this.label.textContent = text;
+    this.element.dataset.role = peer.role;
+    this.video.setAttribute("aria-label", `Video of ${text}`);
+  }
+
+  /** Whether video shows. */
+  get hasVideo() {
+    const stream = this.video.srcObject;
+    return stream instanceof MediaStream && stream.getVideoTracks().length > 0;
+  }
+
+  /**
+   * @param {MediaStream} stream
+   * @param {() => void} onAutoplayRefused
+   */
+  show(stream, onAutoplayRefused) {
+    if (this.video.srcObject !== stream) this.video.srcObject = stream;
+    const hasVideo = stream.getVideoTracks().length > 0;
+    this.note.hidden = hasVideo;
+    this.note.textContent = hasVideo ? "" : `${this.peer ? describePeer(this.peer) : "They"}: no camera on.`;
+    this.video.muted = false;
+    this.video.play().catch((err) => {
+      if (err instanceof DOMException && err.name === "NotAllowedError") {
+        // Autoplay with sound refused: play muted and offer to turn the sound on.
+        this.video.muted = true;
+        this.video.play().catch(() => {});
+        onAutoplayRefused();
+      }
+    });
+  }
+
+  dispose() {
+    this.video.srcObject = null;
+    this.element.remove();
+  }
+}
 
 /**
  * Whose page shows a recording state: the doctor waits for the patient's consent; the patient is
@@ -90,12 +166,24 @@ export function showRecordingState(badge, state, viewer, problem) {
 export const SAS_HINT =
   "Compare these numbers with the other person. If they match, nobody — not even the service — can see or hear this call.";
 
+/** The hint under the security codes of a group call once keys are agreed. */
+export const GROUP_SAS_HINT =
+  "Each person you talk to has a code of their own with you: compare each one with that person. If they match, nobody — not even the service — can see or hear this call.";
+
 export class CallView {
   /** @param {{ onHangUp: () => void, viewer: Viewer }} options */
   constructor({ onHangUp, viewer }) {
     this.viewer = viewer;
     this.localVideo = byId("local-video", HTMLVideoElement);
-    this.remoteVideo = byId("remote-video", HTMLVideoElement);
+    this.tiles = byId("remote-tiles", HTMLElement);
+    /** @type {Map<string, RemoteTile>} By participant id. */
+    this.tileOf = new Map();
+    /** @type {Map<string, Peer>} Everyone shown or named, by participant id. */
+    this.peers = new Map();
+    /** @type {Map<string, string>} The code each participant was marked verified with. */
+    this.verified = new Map();
+    /** @type {E2eeView | null} */
+    this.e2eeView = null;
     this.muteButton = byId("mute-button", HTMLButtonElement);
     this.cameraButton = byId("camera-button", HTMLButtonElement);
     this.hangUpButton = byId("hangup-button", HTMLButtonElement);
@@ -106,11 +194,10 @@ export class CallView {
     this.qualityLabel = byId("quality-label", HTMLElement);
     this.qualityText = byId("quality-text", HTMLElement);
     this.placeholder = byId("remote-placeholder", HTMLElement);
-    this.remoteName = byId("remote-name", HTMLElement);
     this.soundButton = byId("remote-sound", HTMLButtonElement);
     this.e2eeBadge = byId("e2ee-badge", HTMLElement);
     this.e2eePanel = byId("e2ee-panel", HTMLElement);
-    this.e2eeSas = byId("e2ee-sas", HTMLElement);
+    this.e2eePeers = byId("e2ee-peers", HTMLElement);
     this.e2eeHint = byId("e2ee-hint", HTMLElement);
     /** @type {MediaStream | null} */
     this.localStream = null;
@@ -121,8 +208,10 @@ export class CallView {
     this.cameraButton.addEventListener("click", () => this.toggleTrack("video"));
     this.hangUpButton.addEventListener("click", () => onHangUp());
     this.soundButton.addEventListener("click", () => {
-      this.remoteVideo.muted = false;
-      this.remoteVideo.play().catch(() => {});
+      for (const tile of this.tileOf.values()) {
+        tile.video.muted = false;
+        tile.video.play().catch(() => {});
+      }
       this.soundButton.hidden = true;
     });
   }
@@ -148,20 +237,58 @@ export class CallView {
 
   /**
    * End-to-end encryption: the lock badge (only while everything is protected) and the security
-   * code with its hint; null for a call without it.
+   * code shared with each other participant, with its hint and a button to say it matched; null
+   * for a call without it.
    * @param {E2eeView | null} view
    */
   setE2ee(view) {
+    this.e2eeView = view;
     const badge = !!view && view.badge;
     if (badge !== !this.e2eeBadge.hidden) {
       this.e2eeBadge.hidden = !badge;
       if (badge) announce("The call is end-to-end encrypted.");
     }
     this.e2eePanel.hidden = !view || !view.linked || !!view.problem;
-    const sas = view ? view.sas : null;
-    this.e2eeSas.textContent = sas ?? "…";
-    this.e2eeHint.textContent = sas ? SAS_HINT : "Setting up end-to-end encryption…";
-    this.e2eePanel.dataset.state = sas ? "agreed" : "pending";
+    const peers = view ? view.peers : [];
+    const agreed = peers.length > 0 && peers.every((p) => p.sas);
+    this.e2eeHint.textContent = agreed ? (peers.length > 1 ? GROUP_SAS_HINT : SAS_HINT) : "Setting up end-to-end encryption…";
+    this.e2eePanel.dataset.state = agreed ? "agreed" : "pending";
+    // Forget what was verified with a code no longer in use (a new connection, a new code).
+    for (const [peerId, sas] of this.verified) {
+      if (!peers.some((p) => p.peerId === peerId && p.sas === sas)) this.verified.delete(peerId);
+    }
+    this.e2eePeers.replaceChildren(
+      ...peers.map((p) => {
+        const peer = this.peers.get(p.peerId);
+        const who = peer ? describePeer(peer) : "the other participant";
+        const sas = h("strong", { className: "e2ee-sas", text: p.sas ?? "…", testid: peers.length === 1 ? "e2ee-sas" : "e2ee-peer-sas" });
+        const verified = !!p.sas && this.verified.get(p.peerId) === p.sas;
+        const row = h("li", { className: "e2ee-peer", testid: "e2ee-peer" }, [
+          h("span", { className: "e2ee-code", text: peers.length === 1 ? "Security code: " : `Security code with ${who}: ` }),
+          sas,
+        ]);
+        row.dataset.peerId = p.peerId;
+        row.dataset.state = verified ? "verified" : p.sas ? "agreed" : "pending";
+        if (verified) {
+          row.append(" ", h("span", { className: "badge badge-verified", text: "✓ Verified", testid: "e2ee-verified" }));
+        } else if (p.sas) {
+          const code = p.sas;
+          const button = h("button", {
+            className: "button small",
+            text: "It matches",
+            testid: "e2ee-verify",
+            attrs: { type: "button", "aria-label": `The code matches what ${who} sees` },
+          });
+          button.addEventListener("click", () => {
+            this.verified.set(p.peerId, code);
+            announce(`Code with ${who} verified.`);
+            this.setE2ee(this.e2eeView);
+          });
+          row.append(" ", button);
+        }
+        return row;
+      }),
+    );
   }
 
   /** @param {MediaStream | null} stream */
@@ -218,43 +345,46 @@ export class CallView {
   }
 
   /**
+   * A participant's media, or null once their connection is gone (their tile goes with it).
+   * @param {Peer} peer
    * @param {MediaStream | null} stream
-   * @param {string} [placeholderText] Shown while there is no remote video.
-   * @param {string} [name] The other participant's name, shown over their video.
    */
-  setRemoteStream(stream, placeholderText, name = "") {
-    if (this.remoteVideo.srcObject !== stream) this.remoteVideo.srcObject = stream;
-    const hasVideo = !!stream && stream.getVideoTracks().length > 0;
-    this.placeholder.hidden = hasVideo;
-    if (stream && !hasVideo) this.placeholder.textContent = name ? `${name} has no camera on.` : "No video.";
-    else if (placeholderText && (!stream || !this.placeholder.textContent)) this.placeholder.textContent = placeholderText;
-    this.remoteName.textContent = name;
-    this.remoteName.hidden = !stream || !name;
-    this.remoteVideo.setAttribute("aria-label", name ? `Video of ${name}` : "Remote video");
+  setPeerStream(peer, stream) {
+    const peerId = peer.participant_id;
+    this.peers.set(peerId, peer);
+    let tile = this.tileOf.get(peerId);
     if (!stream) {
-      this.soundButton.hidden = true;
-      return;
-    }
-    this.remoteVideo.muted = false;
-    this.remoteVideo.play().catch((err) => {
-      if (err instanceof DOMException && err.name === "NotAllowedError") {
-        // Autoplay with sound refused: play muted and offer to turn the sound on.
-        this.remoteVideo.muted = true;
-        this.remoteVideo.play().catch(() => {});
-        this.soundButton.hidden = false;
+      tile?.dispose();
+      this.tileOf.delete(peerId);
+    } else {
+      if (!tile) {
+        tile = new RemoteTile(peer);
+        this.tileOf.set(peerId, tile);
+        this.tiles.append(tile.element);
       }
-    });
+      tile.setPeer(peer);
+      tile.show(stream, () => {
+        this.soundButton.hidden = false;
+      });
+    }
+    const count = this.tileOf.size;
+    this.tiles.dataset.count = String(count);
+    this.placeholder.hidden = count > 0;
+    if (count === 0) this.soundButton.hidden = true;
+    if (this.e2eeView) this.setE2ee(this.e2eeView);
   }
 
-  /** @param {string} text */
+  /**
+   * What the stage says while nobody's media shows.
+   * @param {string} text
+   */
   setPlaceholder(text) {
     this.placeholder.textContent = text;
   }
 
-  /** Whether remote video is showing. */
+  /** Whether anyone's video is showing. */
   get hasRemoteVideo() {
-    const stream = this.remoteVideo.srcObject;
-    return stream instanceof MediaStream && stream.getVideoTracks().length > 0;
+    return [...this.tileOf.values()].some((tile) => tile.hasVideo);
   }
 
   /**
@@ -301,8 +431,12 @@ export class CallView {
     this.stopQuality?.();
     this.stopQuality = null;
     this.renderQuality(null);
-    this.remoteVideo.srcObject = null;
-    this.remoteName.hidden = true;
+    for (const tile of this.tileOf.values()) tile.dispose();
+    this.tileOf.clear();
+    this.peers.clear();
+    this.verified.clear();
+    this.tiles.dataset.count = "0";
+    this.placeholder.hidden = false;
     this.localVideo.srcObject = null;
     this.soundButton.hidden = true;
     this.setE2ee(null);

@@ -1,8 +1,11 @@
 // @ts-check
 /**
- * The call: one RTCPeerConnection per remote participant, negotiated with the W3C "perfect
+ * The call: one RTCPeerConnection per remote participant (a full mesh in a group call: media goes
+ * straight between every pair of participants), each negotiated with the W3C "perfect
  * negotiation" pattern (both sides add their tracks and may offer; the polite side rolls back its
- * own offer on glare), with ICE restart when the connection fails.
+ * own offer on glare; the service says which side of each pair is polite), with ICE restart per
+ * connection when it fails. The sending bitrate of each connection's video is cut as the number
+ * of connections grows ({@link videoBitrateFor}), so the uplink a sender needs stays about the same.
  *
  * `CallController` takes the peer-related signaling messages (`joined`, `admitted`, `peer_joined`,
  * `peer_presence`, `peer_left`, `description`, `candidate`) and keeps the connections; the page
@@ -37,6 +40,17 @@ import { applyVideoCodecPreferences, E2eeLink } from "./e2ee/call-e2ee.js";
 import { parseRecordingPublicKey, uuidBytes } from "./e2ee/recording-key.js";
 import { RecordingProtection } from "./e2ee/recording-protection.js";
 import { E2EE_CHANNEL_LABEL } from "./e2ee/schedule.js";
+
+/**
+ * Most bits per second a connection sends video at, by how many other participants there are: one
+ * copy of the video goes to each of them, so the copies share what one would use.
+ * @param {number} receivers
+ */
+export function videoBitrateFor(receivers) {
+  const TOTAL_BPS = 1_500_000;
+  const FLOOR_BPS = 300_000;
+  return Math.max(FLOOR_BPS, Math.floor(TOTAL_BPS / Math.max(1, receivers)));
+}
 
 /** Labels of the channels a connection opens when it offers first. */
 const DATA_CHANNEL_LABELS = ["consult-chat", "consult-file"];
@@ -435,6 +449,26 @@ export class PeerLink {
     if (!this.closed) this.pc.restartIce();
   }
 
+  /**
+   * Send video at most at this many bits per second (no renegotiation: the encoder's parameters).
+   * @param {number} bps
+   */
+  async limitVideo(bps) {
+    if (this.closed) return;
+    for (const sender of this.pc.getSenders()) {
+      if (!sender.track || sender.track.kind !== "video") continue;
+      const parameters = sender.getParameters();
+      if (!parameters.encodings || parameters.encodings.length === 0) continue;
+      if (parameters.encodings.every((e) => e.maxBitrate === bps)) continue;
+      for (const encoding of parameters.encodings) encoding.maxBitrate = bps;
+      try {
+        await sender.setParameters(parameters);
+      } catch (err) {
+        if (!this.closed) console.warn("Could not limit the video bitrate", err);
+      }
+    }
+  }
+
   close() {
     if (this.closed) return;
     this.closed = true;
@@ -603,8 +637,8 @@ function permitKeyOf(permit) {
 }
 
 /**
- * Keeps the peer connections of a two-party call in step with the signaling messages: the main
- * connection with the other person, and, while the consultation is recorded, the recorder's.
+ * Keeps the peer connections of a call in step with the signaling messages: one main connection
+ * with each other participant, and, while the consultation is recorded, the recorder's.
  */
 export class CallController {
   /**
@@ -613,14 +647,18 @@ export class CallController {
    * @param {() => Promise<IceConfig>} options.getIceConfig ICE servers and transport policy, asked
    *   for before every new connection.
    * @param {MediaStream | null} options.localStream
-   * @param {(stream: MediaStream | null, peer: Peer | null) => void} options.onRemoteStream
-   * @param {(state: MediaState, peer: Peer | null) => void} options.onMediaState
+   * @param {(stream: MediaStream | null, peer: Peer) => void} options.onRemoteStream A
+   *   participant's media (null: their connection is gone).
+   * @param {(state: MediaState, peer: Peer | null) => void} options.onMediaState The call's state
+   *   over all connections: reconnecting if any is, else connected if any is, else connecting if
+   *   any is being made, else waiting; with the participant it is about.
    * @param {(peer: Peer, online: boolean) => void} [options.onPeerPresence]
    * @param {(peer: Peer, reason: string) => void} [options.onPeerLeft]
-   * @param {(channel: ChannelLike) => void} [options.onDataChannel] A chat or file channel of the
-   *   current connection (created here or announced by the other side; sealed with E2EE).
-   * @param {() => void} [options.onConnectionClosed] The current connection was closed or replaced
-   *   (its data channels are gone).
+   * @param {(channel: ChannelLike, peer: Peer) => void} [options.onDataChannel] A chat or file
+   *   channel of the connection with a participant (created here or announced by the other side;
+   *   sealed with E2EE).
+   * @param {(peer: Peer) => void} [options.onConnectionClosed] The connection with a participant
+   *   was closed or replaced (its data channels are gone).
    * @param {(problem: IceProblem | null) => void} [options.onIceProblem] The connection cannot work
    *   with the ICE configuration (show it: otherwise the call just never connects), or null once
    *   that is over.
@@ -642,8 +680,8 @@ export class CallController {
     /** @type {IceProblem | null} */
     this.iceProblem = null;
     this.polite = false;
-    /** @type {PeerLink | null} */
-    this.link = null;
+    /** @type {Map<string, PeerLink>} The connection with each other participant. */
+    this.links = new Map();
     /** @type {Map<string, Peer>} */
     this.peers = new Map();
     /** @type {Promise<void>} Serializes everything that touches the peer connection. */
@@ -653,8 +691,8 @@ export class CallController {
     this.closed = false;
     /** @type {MediaState} */
     this.lastState = "waiting";
-    /** @type {{ peerId: string, timer: ReturnType<typeof setTimeout> } | null} */
-    this.awaitingOffer = null;
+    /** @type {Map<string, ReturnType<typeof setTimeout>>} Participants whose offer is awaited (polite side). */
+    this.awaiting = new Map();
     /** Whether this participant is admitted (connections only start then). */
     this.isAdmitted = false;
     /** @type {Peer | null} The service's recorder, while it is in the call. */
@@ -725,14 +763,21 @@ export class CallController {
     return this.recorderLink ? this.recorderLink.pc : null;
   }
 
-  /** The participant the current connection is with, if any. */
+  /** The participant the first connection is with, if any. */
   get currentPeer() {
-    return this.link ? this.peerOf(this.link.peerId) : null;
+    const first = this.links.keys().next();
+    return first.done ? null : this.peerOf(first.value);
   }
 
-  /** The live RTCPeerConnection, if any. */
+  /** The participants whose connection carries media now, in the order the connections were made. */
+  get connectedPeers() {
+    return [...this.links.values()].filter((l) => l.mediaState === "connected").map((l) => this.peerOf(l.peerId));
+  }
+
+  /** The first live RTCPeerConnection, if any (a 1:1 call has just that one). */
   get pc() {
-    return this.link ? this.link.pc : null;
+    const first = this.links.values().next();
+    return first.done ? null : first.value.pc;
   }
 
   /**
@@ -763,26 +808,68 @@ export class CallController {
   }
 
   /**
+   * Tell the page the call's state over all connections (see `onMediaState`).
    * @private
-   * @param {MediaState} state
    */
-  report(state) {
+  report() {
+    const links = [...this.links.values()];
+    const reconnecting = links.find((l) => l.mediaState === "reconnecting");
+    const connected = links.find((l) => l.mediaState === "connected");
+    const connecting = links.find((l) => l.mediaState === "connecting");
+    /** @type {MediaState} */
+    let state = "waiting";
+    /** @type {string | null} */
+    let about = null;
+    if (reconnecting) [state, about] = ["reconnecting", reconnecting.peerId];
+    else if (connected) [state, about] = ["connected", connected.peerId];
+    else if (connecting) [state, about] = ["connecting", connecting.peerId];
+    else if (this.awaiting.size > 0) [state, about] = ["connecting", this.awaiting.keys().next().value ?? null];
     this.lastState = state;
-    const peer = this.link ? this.peerOf(this.link.peerId) : null;
-    this.onMediaState(state, peer);
+    this.onMediaState(state, about ? this.peerOf(about) : null);
   }
 
   /**
-   * Start a fresh connection to a peer, replacing any earlier one.
+   * Every connection sends video at the rate its share of the uplink allows.
+   * @private
+   */
+  limitVideo() {
+    const bps = videoBitrateFor(this.links.size);
+    for (const link of this.links.values()) void link.limitVideo(bps);
+  }
+
+  /**
+   * The test hooks: `window.consultPc` (the first connection, as in a 1:1 call) and
+   * `window.consultPcs` (every connection, by participant id).
+   * @private
+   */
+  expose() {
+    const w = /** @type {any} */ (window);
+    w.consultPc = this.pc;
+    w.consultPcs = Object.freeze(Object.fromEntries([...this.links].map(([peerId, link]) => [peerId, link.pc])));
+  }
+
+  /**
+   * Which side of perfect negotiation this page is with a participant (the service says, per pair;
+   * `joined.polite` for a service that does not).
+   * @private
+   * @param {string} peerId
+   */
+  politeTowards(peerId) {
+    const polite = this.peers.get(peerId)?.polite;
+    return typeof polite === "boolean" ? polite : this.polite;
+  }
+
+  /**
+   * Start a fresh connection to a participant, replacing any earlier one with them.
    * @private
    * @param {string} peerId
    * @param {SessionDescription} [answering] The remote offer this connection is started for.
    */
   async connect(peerId, answering) {
-    this.cancelAwaitingOffer();
+    this.cancelAwaitingOffer(peerId);
     const iceConfig = await this.getIceConfig();
     if (this.closed) return;
-    this.dropLink();
+    this.dropLink(peerId);
     const problem = iceConfigProblem(iceConfig);
     if (problem) console.error("Relay only, but no TURN server is configured: the call cannot connect");
     this.setIceProblem(problem);
@@ -791,72 +878,85 @@ export class CallController {
     const onDataChannel = this.onDataChannel;
     const link = new PeerLink({
       peerId,
-      polite: this.polite,
+      polite: this.politeTowards(peerId),
       iceConfig,
       localStream: this.localStream,
       send: this.send,
       createChannels: !channelsComing && !!onDataChannel,
       e2ee: this.e2ee,
-      ...(onDataChannel ? { onDataChannel } : {}),
+      ...(onDataChannel ? { onDataChannel: (/** @type {ChannelLike} */ channel) => onDataChannel(channel, this.peerOf(peerId)) } : {}),
       onRemoteStream: (stream) => {
-        if (this.link === link) this.onRemoteStream(stream, this.peerOf(peerId));
+        if (this.links.get(peerId) === link) this.onRemoteStream(stream, this.peerOf(peerId));
       },
       onStateChange: (l) => {
-        if (this.link !== l) return;
-        if (l.mediaState === "connected") this.setIceProblem(null);
-        this.report(l.mediaState);
+        if (this.links.get(peerId) !== l) return;
+        if (l.mediaState === "connected") {
+          this.setIceProblem(null);
+          void l.limitVideo(videoBitrateFor(this.links.size));
+        }
+        this.report();
       },
       onIceProblem: (p) => {
-        if (this.link === link) this.setIceProblem(p);
+        if (this.links.get(peerId) === link) this.setIceProblem(p);
       },
     });
-    this.link = link;
-    /** @type {any} */ (window).consultPc = link.pc;
-    this.report("connecting");
+    this.links.set(peerId, link);
+    this.expose();
+    this.limitVideo();
+    this.report();
   }
 
   /**
-   * Begin talking to a peer both sides just learnt about: the impolite side connects (and offers)
-   * at once; the polite side waits a moment for that offer, then connects anyway.
+   * Begin talking to a participant both sides just learnt about: the impolite side connects (and
+   * offers) at once; the polite side waits a moment for that offer, then connects anyway.
    * @private
    * @param {string} peerId
    */
   async begin(peerId) {
-    this.cancelAwaitingOffer();
-    if (!this.polite) {
+    this.cancelAwaitingOffer(peerId);
+    if (!this.politeTowards(peerId)) {
       await this.connect(peerId);
       return;
     }
-    this.dropLink();
-    this.report("connecting");
+    this.dropLink(peerId);
     void this.getIceConfig(); // Warm the cache meanwhile.
     const timer = setTimeout(() => {
       this.enqueue(async () => {
-        if (this.awaitingOffer && this.awaitingOffer.timer === timer) {
-          this.awaitingOffer = null;
+        if (this.awaiting.get(peerId) === timer) {
+          this.awaiting.delete(peerId);
           await this.connect(peerId);
         }
       });
     }, POLITE_OFFER_WAIT_MS);
-    this.awaitingOffer = { peerId, timer };
+    this.awaiting.set(peerId, timer);
+    this.report();
   }
 
-  /** @private */
-  cancelAwaitingOffer() {
-    if (this.awaitingOffer) clearTimeout(this.awaitingOffer.timer);
-    this.awaitingOffer = null;
+  /**
+   * @private
+   * @param {string} peerId
+   */
+  cancelAwaitingOffer(peerId) {
+    const timer = this.awaiting.get(peerId);
+    if (timer !== undefined) clearTimeout(timer);
+    this.awaiting.delete(peerId);
   }
 
-  /** @private */
-  dropLink() {
-    if (!this.link) return;
-    const old = this.link;
-    this.link = null;
+  /**
+   * @private
+   * @param {string} peerId
+   */
+  dropLink(peerId) {
+    const old = this.links.get(peerId);
+    if (!old) return;
+    this.links.delete(peerId);
     old.close();
-    this.setIceProblem(null);
-    if (/** @type {any} */ (window).consultPc === old.pc) /** @type {any} */ (window).consultPc = null;
-    this.onConnectionClosed();
-    this.onRemoteStream(null, null);
+    if (this.links.size === 0) this.setIceProblem(null);
+    this.expose();
+    this.limitVideo();
+    const peer = this.peerOf(peerId);
+    this.onConnectionClosed(peer);
+    this.onRemoteStream(null, peer);
   }
 
   /**
@@ -882,35 +982,41 @@ export class CallController {
   }
 
   /**
-   * The main connection's part of `joined`.
+   * The main connections' part of `joined`: one with everyone present, none with anyone else.
    * @private
    * @param {JoinedMessage} joined
    */
   async joinedMain(joined) {
     if (!joined.admitted) return;
-    const present = joined.peers.find((p) => p.participant_id !== joined.participant_id && !isRecorder(p));
-    if (!present) {
-      if (this.link) this.dropLink();
-      this.report("waiting");
-      return;
+    const present = joined.peers.filter((p) => p.participant_id !== joined.participant_id && !isRecorder(p));
+    const presentIds = new Set(present.map((p) => p.participant_id));
+    // Whoever left while signaling was away.
+    for (const peerId of [...this.links.keys(), ...this.awaiting.keys()]) {
+      if (!presentIds.has(peerId)) this.forget(peerId);
     }
-    if (this.link && this.link.peerId === present.participant_id) {
-      // Signaling came back and the peer is still here: keep the media connection, and restart
-      // ICE if it suffered meanwhile.
-      if (this.link.mediaState !== "connected") this.link.restartIce();
-      return;
+    for (const peer of present) {
+      const peerId = peer.participant_id;
+      const link = this.links.get(peerId);
+      if (link) {
+        // Signaling came back and the peer is still here: keep the media connection, and restart
+        // ICE if it suffered meanwhile.
+        if (link.mediaState !== "connected") link.restartIce();
+        continue;
+      }
+      if (this.awaiting.has(peerId)) continue;
+      if (joined.resumed) {
+        // This page took back a place it held (a reload): the others still have their old
+        // connections and will not start anew by themselves, so offer fresh ones right away.
+        await this.connect(peerId);
+      } else {
+        await this.begin(peerId);
+      }
     }
-    if (joined.resumed) {
-      // This page took back a place it held (a reload): the other side still has its old
-      // connection and will not start anew by itself, so offer a fresh one right away.
-      await this.connect(present.participant_id);
-    } else {
-      await this.begin(present.participant_id);
-    }
+    this.report();
   }
 
   /**
-   * Patient: `admitted`.
+   * `admitted`: connections with everyone already in the call.
    * @param {Peer[]} peers
    */
   admitted(peers) {
@@ -918,8 +1024,9 @@ export class CallController {
       for (const peer of peers) this.peers.set(peer.participant_id, peer);
       this.isAdmitted = true;
       this.setRecorder(peers.find(isRecorder) ?? null);
-      const first = peers.find((p) => !isRecorder(p));
-      if (first) await this.begin(first.participant_id);
+      for (const peer of peers) {
+        if (!isRecorder(peer) && peer.participant_id !== this.localId) await this.begin(peer.participant_id);
+      }
       await this.syncRecorder();
     });
   }
@@ -937,6 +1044,8 @@ export class CallController {
         await this.syncRecorder();
         return;
       }
+      // Keys agreed with an earlier stay are not carried over: a new connection, a new code.
+      this.e2ee?.forgetPeer(peer.participant_id);
       await this.begin(peer.participant_id);
     });
   }
@@ -947,7 +1056,12 @@ export class CallController {
    */
   peerPresence(peerId, online) {
     return this.enqueue(() => {
-      if (!this.recorderIds.has(peerId)) this.onPeerPresence(this.peerOf(peerId), online);
+      if (this.recorderIds.has(peerId)) return;
+      this.onPeerPresence(this.peerOf(peerId), online);
+      const link = this.links.get(peerId);
+      // Back online: whatever was said to it while it was away (an offer, an answer, candidates)
+      // may be lost, so a connection that is not up yet starts its negotiation over.
+      if (online && link && link.mediaState !== "connected") link.restartIce();
     });
   }
 
@@ -964,14 +1078,22 @@ export class CallController {
         return;
       }
       const peer = this.peerOf(peerId);
-      if (this.awaitingOffer && this.awaitingOffer.peerId === peerId) this.cancelAwaitingOffer();
-      if (this.link && this.link.peerId === peerId) {
-        this.dropLink();
-        this.report("waiting");
-      }
+      this.forget(peerId);
       this.peers.delete(peerId);
       this.onPeerLeft(peer, reason);
+      this.report();
     });
+  }
+
+  /**
+   * End everything with one participant: their connection, a wait for their offer, their keys.
+   * @private
+   * @param {string} peerId
+   */
+  forget(peerId) {
+    this.cancelAwaitingOffer(peerId);
+    this.dropLink(peerId);
+    this.e2ee?.forgetPeer(peerId);
   }
 
   /**
@@ -984,11 +1106,13 @@ export class CallController {
         if (this.recorderLink && this.recorderLink.peerId === from) await this.recorderLink.handleDescription(description);
         return;
       }
-      if (!this.link || this.link.peerId !== from || this.link.isFromNewPeerConnection(description)) {
+      if (!this.isAdmitted || from === this.localId) return;
+      const current = this.links.get(from);
+      if (!current || current.isFromNewPeerConnection(description)) {
         // The other side (re)created its connection: follow with a fresh one.
         await this.connect(from, description);
       }
-      const link = this.link;
+      const link = this.links.get(from);
       if (!link) return;
       try {
         await link.handleDescription(description);
@@ -997,7 +1121,8 @@ export class CallController {
           // An offer the current connection cannot take: start afresh and answer it there.
           console.warn("Remote offer refused; starting a fresh connection", err);
           await this.connect(from, description);
-          if (this.link) await this.link.handleDescription(description);
+          const fresh = this.links.get(from);
+          if (fresh) await fresh.handleDescription(description);
         } else {
           // An answer that does not fit (the other side changed connections meanwhile): start
           // afresh; the new connection offers again.
@@ -1014,15 +1139,16 @@ export class CallController {
    */
   candidate(from, candidate) {
     return this.enqueue(async () => {
-      if (this.link && this.link.peerId === from) await this.link.handleCandidate(candidate);
+      const link = this.links.get(from);
+      if (link) await link.handleCandidate(candidate);
       else if (this.recorderLink && this.recorderLink.peerId === from) await this.recorderLink.handleCandidate(candidate);
     });
   }
 
-  /** Restart ICE now (for example when the browser reports it is online again). */
+  /** Restart ICE now on every connection (for example when the browser reports it is online again). */
   restartIce() {
     return this.enqueue(() => {
-      if (this.link) this.link.restartIce();
+      for (const link of this.links.values()) link.restartIce();
       if (this.recorderLink) this.recorderLink.restartIce();
     });
   }
@@ -1030,8 +1156,8 @@ export class CallController {
   /** Close every connection (hang up, ended). */
   close() {
     this.closed = true;
-    this.cancelAwaitingOffer();
-    this.dropLink();
+    for (const peerId of [...this.awaiting.keys()]) this.cancelAwaitingOffer(peerId);
+    for (const peerId of [...this.links.keys()]) this.dropLink(peerId);
     this.dropRecorderLink();
   }
 

@@ -10,13 +10,13 @@
 import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController, recorderPermit } from "./call.js";
-import { CallView, showRecordingState } from "./call-view.js";
+import { CallView, describePeer, showRecordingState } from "./call-view.js";
 import { ConsentDialog } from "./consent-dialog.js";
 import { E2eeCall, transformApi } from "./e2ee/call-e2ee.js";
 import { MessagingView } from "./messaging-view.js";
 import { deviceIdOf, fillDeviceSelect, LevelMeter, listDevices, openMedia, stopStream } from "./media.js";
 import { SignalingClient } from "./signaling.js";
-import { announce, byId, formatDateTime, showError, showView } from "./ui.js";
+import { announce, byId, formatDateTime, listNames, showError, showView } from "./ui.js";
 
 /** @typedef {import('./protocol.js').InviteInfo} InviteInfo */
 /** @typedef {import('./protocol.js').ConsultationMode} ConsultationMode */
@@ -401,7 +401,13 @@ joinButton.addEventListener("click", async () => {
 // ---------------------------------------------------------------------------------------------
 
 const callView = new CallView({ onHangUp: () => leave(), viewer: "patient" });
-const messagingView = new MessagingView({ peerName: () => doctorName() });
+const messagingView = new MessagingView({
+  peerName: (peerId) => {
+    const peer = controller ? controller.peers.get(peerId) : undefined;
+    if (!peer || (peer.role === "doctor" && !peer.name)) return doctorName();
+    return describePeer(peer);
+  },
+});
 const waitingMessage = byId("waiting-message", HTMLElement);
 const waitingStatus = byId("waiting-status", HTMLElement);
 
@@ -428,14 +434,11 @@ function enterWaiting(place) {
     getIceConfig: () => ice.get(),
     localStream,
     onRemoteStream: (remote, peer) => {
-      callView.setRemoteStream(remote, `Waiting for ${doctorName()}…`, peer ? peer.name || doctorName() : "");
+      if (controller === created) callView.setPeerStream(peer.role === "doctor" && !peer.name ? { ...peer, name: doctorName() } : peer, remote);
     },
     onMediaState: (state) => {
       mediaState = state;
-      if (state === "connected") {
-        presenceNote = "";
-        if (!callView.hasRemoteVideo) callView.setPlaceholder(`${doctorName()} has no camera on.`);
-      }
+      if (state === "connected") presenceNote = "";
       updateStatus();
     },
     onPeerPresence: (peer, online) => {
@@ -451,12 +454,12 @@ function enterWaiting(place) {
       callView.setPlaceholder(presenceNote);
       updateStatus();
     },
-    onDataChannel: (channel) => {
-      if (controller === created) messagingView.addChannel(channel);
+    onDataChannel: (channel, peer) => {
+      if (controller === created) messagingView.addChannel(channel, peer.participant_id);
       else channel.close();
     },
-    onConnectionClosed: () => {
-      if (controller === created) messagingView.connectionClosed();
+    onConnectionClosed: (peer) => {
+      if (controller === created) messagingView.connectionClosed(peer.participant_id);
     },
     onIceProblem: (problem) => {
       if (controller !== created) return;
@@ -588,7 +591,7 @@ function enterCall() {
   byId("call-title", HTMLElement).textContent = `Video consultation with ${doctorName()}`;
   renderRecording();
   callView.setLocalStream(stream);
-  callView.setRemoteStream(null, "Connecting…");
+  callView.setPlaceholder("Connecting…");
   callView.startQuality(() => (controller ? controller.pc : null));
   showView(views.call);
   announce(`${doctorName()} let you in.`);
@@ -684,7 +687,8 @@ function updateStatus() {
   } else if (mediaState === "waiting") {
     callView.setStatus(`Waiting for ${doctorName()}…`);
   } else {
-    callView.setStatus(`In the call with ${doctorName()}.`);
+    const names = (controller?.connectedPeers ?? []).map((p) => (p.role === "doctor" ? p.name || doctorName() : p.name)).filter((n) => n);
+    callView.setStatus(`In the call with ${names.length > 0 ? listNames(names) : doctorName()}.`);
   }
 }
 

@@ -185,7 +185,8 @@ class TransferRow {
 
 export class MessagingView {
   /**
-   * @param {{ peerName: () => string }} options `peerName`: the other participant, for labels.
+   * @param {{ peerName: (peerId: string) => string }} options `peerName`: what to call another
+   *   participant, for labels.
    */
   constructor({ peerName }) {
     this.peerName = peerName;
@@ -199,15 +200,15 @@ export class MessagingView {
     this.fileInput = byId("file-input", HTMLInputElement);
     this.fileError = byId("file-error", HTMLElement);
     this.transferList = byId("transfer-list", HTMLElement);
-    /** @type {Map<string, TransferRow>} The latest row of each transfer id. */
+    /** @type {Map<string, TransferRow>} The latest row of each transfer, by participant and id. */
     this.rows = new Map();
     /** @type {Set<TransferRow>} Every row shown (their Blob URLs are released on reset). */
     this.allRows = new Set();
 
     this.messaging = new Messaging({
-      onChat: (text) => this.addMessage(text, "in"),
-      onChatRefused: (why) => this.addRefused(why),
-      onTransfer: (t) => this.showTransfer(t),
+      onChat: (text, peerId) => this.addMessage(text, "in", peerId),
+      onChatRefused: (why, peerId) => this.addRefused(why, peerId),
+      onTransfer: (t, peerId) => this.showTransfer(t, peerId),
       onChannels: () => this.renderAvailability(),
     });
 
@@ -228,16 +229,20 @@ export class MessagingView {
   }
 
   /**
-   * A data channel of the current peer connection.
+   * A data channel of the connection with a participant.
    * @param {import('./messaging.js').ChannelLike} channel
+   * @param {string} peerId
    */
-  addChannel(channel) {
-    this.messaging.addChannel(channel);
+  addChannel(channel, peerId) {
+    this.messaging.addChannel(channel, peerId);
   }
 
-  /** The peer connection closed or was replaced. */
-  connectionClosed() {
-    this.messaging.connectionClosed();
+  /**
+   * The connection with a participant closed or was replaced.
+   * @param {string} peerId
+   */
+  connectionClosed(peerId) {
+    this.messaging.connectionClosed(peerId);
   }
 
   /** The call is over: empty both panels and release received files. */
@@ -299,7 +304,7 @@ export class MessagingView {
     }
     this.showChatError(null);
     this.chatInput.value = "";
-    this.addMessage(text, "out");
+    this.addMessage(text, "out", null);
     this.chatInput.focus();
   }
 
@@ -317,33 +322,36 @@ export class MessagingView {
    * @private
    * @param {string} text
    * @param {"in" | "out"} direction
+   * @param {string | null} peerId Who sent it (null: this participant).
    */
-  addMessage(text, direction) {
+  addMessage(text, direction, peerId) {
     const now = new Date();
     const time = h("time", {
       className: "chat-time",
       text: now.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }),
       attrs: { datetime: now.toISOString() },
     });
-    const who = direction === "out" ? "You" : this.peerName();
+    const who = direction === "out" || peerId === null ? "You" : this.peerName(peerId);
     const item = h("li", { className: `chat-message chat-${direction}`, testid: "chat-message" }, [
       h("span", { className: "chat-meta" }, [h("span", { className: "chat-who", text: who }), " ", time]),
       h("span", { className: "chat-text", text, testid: "chat-text" }),
     ]);
     item.dataset.direction = direction;
+    if (peerId) item.dataset.from = peerId;
     this.appendToChat(item);
   }
 
   /**
    * @private
    * @param {string} why
+   * @param {string} peerId
    */
-  addRefused(why) {
+  addRefused(why, peerId) {
     this.appendToChat(
       h("li", {
         className: "chat-refused",
         testid: "chat-refused",
-        text: `A message from ${this.peerName()} could not be shown: ${why}.`,
+        text: `A message from ${this.peerName(peerId)} could not be shown: ${why}.`,
       }),
     );
   }
@@ -355,7 +363,7 @@ export class MessagingView {
   async sendFile(file) {
     this.showFileError(null);
     try {
-      await this.messaging.files.offer(file);
+      await this.messaging.offerFile(file);
     } catch (err) {
       this.showFileError(err instanceof FileTransferError ? err.message : `“${file.name}” could not be sent.`);
       if (!(err instanceof FileTransferError)) console.error("Could not offer a file", err);
@@ -365,20 +373,24 @@ export class MessagingView {
   /**
    * @private
    * @param {Transfer} t
+   * @param {string} peerId Whom the transfer is with.
    */
-  showTransfer(t) {
-    let row = this.rows.get(t.id);
+  showTransfer(t, peerId) {
+    const key = `${peerId} ${t.id}`;
+    let row = this.rows.get(key);
     const finished = row && (row.element.dataset.state === "done" || row.element.dataset.state === "failed");
     if (!row || (finished && t.state !== row.element.dataset.state)) {
       // New, or the same id offered again after the earlier transfer ended: a row of its own.
-      const who = this.peerName();
+      const who = this.peerName(peerId);
+      const files = this.messaging.files(peerId);
       row = new TransferRow(t, who, {
-        accept: (id) => this.messaging.files.accept(id),
-        decline: (id) => this.messaging.files.decline(id),
-        cancel: (id) => this.messaging.files.cancel(id),
+        accept: (id) => files.accept(id),
+        decline: (id) => files.decline(id),
+        cancel: (id) => files.cancel(id),
       });
       row.element.tabIndex = -1;
-      this.rows.set(t.id, row);
+      row.element.dataset.peer = peerId;
+      this.rows.set(key, row);
       this.allRows.add(row);
       this.transferList.append(row.element);
       if (t.direction === "in" && t.state === "offered") {

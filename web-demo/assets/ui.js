@@ -190,3 +190,12 @@ export function confirmInline(button, question, confirmLabel, options = {}) {
     });
   });
 }
+
+/**
+ * Names joined for a sentence: "A", "A and B", "A, B and C".
+ * @param {string[]} names
+ */
+export function listNames(names) {
+  if (names.length <= 1) return names[0] ?? "";
+  return `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]}`;
+}

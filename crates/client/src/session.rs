@@ -344,7 +344,10 @@ struct Runner {
     /// Every decision about the call (negotiation, ICE restart, keyframes, the recorder).
     call: Call,
     call_timeout: Instant,
-    video_encoder: Option<Box<dyn VideoEncoder>>,
+    /// The encoder of `send_video` frames, with the frame size it was made for.
+    video_encoder: Option<(Box<dyn VideoEncoder>, (u32, u32))>,
+    /// The bitrate the call last asked video to be sent at (kept for a new encoder).
+    video_bitrate: Option<u32>,
     audio_encoder: OpusEncoder,
     /// Each sender's decoders (their state is per stream).
     audio_decoders: HashMap<Uuid, OpusDecoder>,
@@ -406,6 +409,7 @@ impl Runner {
             call,
             call_timeout: now,
             video_encoder: None,
+            video_bitrate: None,
             audio_encoder: OpusEncoder::new(32_000)?,
             audio_decoders: HashMap::new(),
             video_decoders: HashMap::new(),
@@ -587,7 +591,8 @@ impl Runner {
                 }
                 CallOutput::Frame { from, frame } => self.handle_frame(from, frame).await?,
                 CallOutput::Bitrate(bps) => {
-                    if let Some(encoder) = &mut self.video_encoder
+                    self.video_bitrate = Some(bps);
+                    if let Some((encoder, _)) = &mut self.video_encoder
                         && let Err(e) = encoder.set_bitrate(bps)
                     {
                         tracing::debug!(error = %e, "could not adapt the bitrate");
@@ -609,22 +614,21 @@ impl Runner {
                     return Ok(());
                 };
                 let mut force_keyframe = self.call.keyframe_due();
+                // A new codec, or frames of a new size (a camera or a source that changed its
+                // resolution): a new encoder, starting with a keyframe.
+                let size = (frame.width, frame.height);
                 if self
                     .video_encoder
                     .as_ref()
-                    .is_none_or(|e| e.codec() != codec)
+                    .is_none_or(|(e, made_for)| e.codec() != codec || *made_for != size)
                 {
                     let v = self.config.video;
-                    self.video_encoder = Some(video_encoder(
-                        codec,
-                        frame.width,
-                        frame.height,
-                        v.bitrate_bps,
-                        v.fps,
-                    )?);
+                    let bitrate = self.video_bitrate.unwrap_or(v.bitrate_bps);
+                    let encoder = video_encoder(codec, frame.width, frame.height, bitrate, v.fps)?;
+                    self.video_encoder = Some((encoder, size));
                     force_keyframe = true;
                 }
-                if let Some(encoder) = &mut self.video_encoder
+                if let Some((encoder, _)) = &mut self.video_encoder
                     && let Some(encoded) = encoder.encode(&frame, force_keyframe)?
                 {
                     self.call.video_encoded();

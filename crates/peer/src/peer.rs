@@ -947,7 +947,10 @@ impl Peer {
         loop {
             match e2ee.schedule.poll_output() {
                 ScheduleOutput::Send(text) => {
-                    let Some(id) = e2ee.channels.last().copied() else {
+                    // Always the earliest key channel still open: when both sides created one
+                    // (glare), every message still goes on one channel, so they arrive in the
+                    // order they were sent (a reveal never overtakes its commitment).
+                    let Some(id) = e2ee.channels.first().copied() else {
                         continue;
                     };
                     if let Some(mut channel) = self.rtc.channel(id) {

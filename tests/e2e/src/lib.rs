@@ -192,6 +192,8 @@ pub struct Seen {
     pub audio_from: std::collections::HashMap<uuid::Uuid, usize>,
     /// The short authentication string agreed with each participant.
     pub sas_with: std::collections::HashMap<uuid::Uuid, String>,
+    /// Decoded video frames per frame size (width, height).
+    pub sizes: std::collections::BTreeMap<(u32, u32), usize>,
 }
 
 /// Note one session event.
@@ -201,7 +203,7 @@ pub fn record(seen: &mut Seen, event: SessionEvent) {
         SessionEvent::Admitted => seen.admitted = true,
         SessionEvent::Connected { .. } => seen.connected = true,
         SessionEvent::Video { frame, from, .. } => {
-            assert_eq!((frame.width, frame.height), (320, 240));
+            *seen.sizes.entry((frame.width, frame.height)).or_default() += 1;
             seen.video += 1;
             *seen.video_from.entry(from).or_default() += 1;
             let now = std::time::Instant::now();
@@ -302,5 +304,12 @@ pub async fn media_both_ways_for(
         tick += 1;
         pump(patient, p, Duration::from_millis(5)).await;
         pump(doctor, d, Duration::from_millis(5)).await;
+    }
+    for seen in [&*p, &*d] {
+        assert!(
+            seen.sizes.keys().all(|size| *size == (320, 240)),
+            "only 320x240 was sent: {:?}",
+            seen.sizes
+        );
     }
 }

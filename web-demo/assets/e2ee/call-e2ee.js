@@ -1,9 +1,17 @@
 // @ts-check
 /**
- * End-to-end encryption of a call in the page: one {@link E2eeCall} per call (it owns the key
- * schedule, whose epochs go on across connections) and one {@link E2eeLink} per peer connection
- * (its transform worker, its `consult-e2ee` channels, the data protector of its chat and file
- * channels).
+ * End-to-end encryption of a call in the page: one {@link E2eeCall} per call, which owns one key
+ * schedule per other participant (keys are agreed per pair: in a group call every pair of
+ * participants has its own keys, its own security code and its own epochs, which go on across the
+ * pair's connections), and one {@link E2eeLink} per peer connection (its transform worker, its
+ * `consult-e2ee` channels, the data protector of its chat and file channels).
+ *
+ * Why per pair in a group (a full mesh, where every connection carries its own copy of each frame
+ * anyway): nobody can forge another member's frames (with one group key anyone could), no counter
+ * is shared across connections, someone who joins gets keys only from then on, and someone who
+ * leaves never held the keys of the pairs they were not part of — what the others send after they
+ * left is under keys they never had. Verification is per pair: each participant compares one code
+ * with each other participant.
  *
  * What the link does to a connection (`call.js` calls it):
  * - every sender and receiver, including ones added later, gets the worker's transform
@@ -43,13 +51,25 @@ const FINGERPRINT_WAIT_MS = 5000;
  */
 
 /**
+ * What the page shows about one other participant.
+ * @typedef {object} E2eePeerView
+ * @property {string} peerId
+ * @property {boolean} linked A connection to this participant exists (keys are being agreed or are).
+ * @property {string | null} sas "1234 5678" once keys are agreed with this participant.
+ * @property {boolean} badge Every flowing track both ways with this participant is protected, now.
+ * @property {E2eeProblem | null} problem
+ */
+
+/**
  * What the page shows.
  * @typedef {object} E2eeView
  * @property {boolean} enabled
- * @property {boolean} linked A connection to the other participant exists (keys are being agreed or are).
- * @property {string | null} sas "1234 5678" once keys are agreed.
- * @property {boolean} badge Every flowing track both ways is protected, now.
- * @property {E2eeProblem | null} problem
+ * @property {boolean} linked A connection to another participant exists.
+ * @property {string | null} sas With exactly one other participant: the code, once agreed; else null.
+ * @property {boolean} badge There is a connection, and every flowing track of every connection,
+ *   both ways, is protected, now.
+ * @property {E2eeProblem | null} problem The first problem of any connection (or this browser's).
+ * @property {E2eePeerView[]} peers One per connection, in the order they were made.
  */
 
 export { transformApi };
@@ -130,31 +150,36 @@ export class E2eeCall {
   /**
    * @param {object} options
    * @param {string} options.localId This participant's id.
-   * @param {(view: E2eeView) => void} options.onView The SAS, badge or problem changed.
+   * @param {(view: E2eeView) => void} options.onView A code, badge or problem changed.
    * @param {Partial<ScheduleConfig>} [options.config] Over the defaults and {@link rotationOverrides}.
    */
   constructor({ localId, onView, config }) {
     this.localId = localId;
     this.onView = onView;
     const { maxCounter, ...scheduleOverrides } = rotationOverrides();
-    this.schedule = new KeySchedule(localId, { ...scheduleOverrides, ...config });
+    /** @type {Partial<ScheduleConfig>} */
+    this.scheduleConfig = { ...scheduleOverrides, ...config };
+    /** @type {Map<string, KeySchedule>} One per other participant, kept across their connections. */
+    this.schedules = new Map();
     /** @type {Partial<ProtectorConfig>} Of every link's protectors: the worker's and the page's. */
     this.protectorConfig = maxCounter ? { maxCounter } : {};
     this.api = transformApi();
-    /** @type {E2eeLink | null} */
-    this.link = null;
+    /** @type {Map<string, E2eeLink>} The live link to each participant. */
+    this.links = new Map();
+    /** @type {Map<string, E2eePeerView>} What is shown per participant with a link. */
+    this.peerViews = new Map();
     /** @type {E2eeView} */
-    this.view = { enabled: true, linked: false, sas: null, badge: false, problem: this.api ? null : "browser-unsupported" };
+    this.view = { enabled: true, linked: false, sas: null, badge: false, problem: this.api ? null : "browser-unsupported", peers: [] };
     this.closed = false;
     /**
-     * @type {Promise<void>} Serializes everything that touches the schedule, across links: a
+     * @type {Promise<void>} Serializes everything that touches the schedules, across links: a
      * replaced connection's late work must never interleave with its successor's.
      */
     this.queue = Promise.resolve();
     this.exposeHook();
     // After the constructor returns, so that the caller has its reference to this call.
     queueMicrotask(() => {
-      if (!this.closed) this.onView({ ...this.view });
+      if (!this.closed) this.onView(this.copyView());
     });
   }
 
@@ -164,15 +189,30 @@ export class E2eeCall {
   }
 
   /**
-   * A new peer connection: its E2EE (the previous link, if any, is over).
+   * The key schedule with one participant (made on first use, kept across their connections).
+   * @param {string} peerId
+   */
+  scheduleFor(peerId) {
+    let schedule = this.schedules.get(peerId);
+    if (!schedule) {
+      schedule = new KeySchedule(this.localId, this.scheduleConfig);
+      this.schedules.set(peerId, schedule);
+    }
+    return schedule;
+  }
+
+  /**
+   * A new peer connection: its E2EE (the previous link with the same participant, if any, is over).
    * @param {RTCPeerConnection} pc
    * @param {string} peerId
    */
   newLink(pc, peerId) {
-    this.link?.close();
-    this.link = new E2eeLink(this, pc, peerId);
-    this.update({ linked: true, sas: null, badge: false });
-    return this.link;
+    this.links.get(peerId)?.close();
+    const link = new E2eeLink(this, pc, peerId, this.scheduleFor(peerId));
+    this.links.set(peerId, link);
+    this.peerViews.set(peerId, { peerId, linked: true, sas: null, badge: false, problem: this.api ? null : "browser-unsupported" });
+    this.refresh();
+    return link;
   }
 
   /**
@@ -180,20 +220,60 @@ export class E2eeCall {
    * @param {E2eeLink} link
    */
   linkClosed(link) {
-    if (this.link !== link) return;
-    this.link = null;
-    this.update({ linked: false, sas: null, badge: false, problem: this.api ? null : "browser-unsupported" });
+    if (this.links.get(link.peerId) !== link) return;
+    this.links.delete(link.peerId);
+    this.peerViews.delete(link.peerId);
+    this.refresh();
   }
 
   /**
-   * @param {Partial<E2eeView>} change
+   * A participant left the call: their schedule is forgotten with its keys (should they come back,
+   * keys are agreed afresh, with a new code).
+   * @param {string} peerId
    */
-  update(change) {
-    const next = { ...this.view, ...change };
-    const same = next.linked === this.view.linked && next.sas === this.view.sas && next.badge === this.view.badge && next.problem === this.view.problem;
-    if (same) return;
+  forgetPeer(peerId) {
+    this.links.get(peerId)?.close();
+    this.schedules.get(peerId)?.disconnect();
+    this.schedules.delete(peerId);
+  }
+
+  /**
+   * What changed about one participant's link.
+   * @param {E2eeLink} link
+   * @param {Partial<E2eePeerView>} change
+   */
+  updatePeer(link, change) {
+    if (this.links.get(link.peerId) !== link) return;
+    const before = this.peerViews.get(link.peerId);
+    if (!before) return;
+    this.peerViews.set(link.peerId, { ...before, ...change, peerId: link.peerId });
+    this.refresh();
+  }
+
+  /**
+   * The view from the links' views; told to the page when it changed.
+   * @private
+   */
+  refresh() {
+    const peers = [...this.peerViews.values()];
+    const browserProblem = this.api ? null : "browser-unsupported";
+    /** @type {E2eeView} */
+    const next = {
+      enabled: true,
+      linked: peers.length > 0,
+      sas: peers.length === 1 ? peers[0].sas : null,
+      badge: peers.length > 0 && peers.every((p) => p.badge),
+      problem: browserProblem ?? peers.find((p) => p.problem)?.problem ?? null,
+      peers,
+    };
+    if (JSON.stringify(next) === JSON.stringify(this.view)) return;
     this.view = next;
-    if (!this.closed) this.onView({ ...next });
+    if (!this.closed) this.onView(this.copyView());
+  }
+
+  /** @private */
+  copyView() {
+    return { ...this.view, peers: this.view.peers.map((p) => ({ ...p })) };
   }
 
   /**
@@ -207,32 +287,36 @@ export class E2eeCall {
     return this.queue;
   }
 
-  /** Start a new epoch now (the test hook; the schedule also rotates by itself). */
+  /** Start a new epoch now with everyone (the test hook; the schedules also rotate by themselves). */
   async rotateNow() {
-    await this.link?.rotateNow();
+    await Promise.all([...this.links.values()].map((link) => link.rotateNow()));
   }
 
-  /** What tests and curious people may read (never a key). */
+  /**
+   * What tests and curious people may read (never a key): per participant, and for the first
+   * link at the top level (a 1:1 call has just that one).
+   */
   snapshot() {
-    const link = this.link;
+    /** @type {Record<string, ReturnType<E2eeLink["snapshot"]>>} */
+    const peers = {};
+    for (const [peerId, link] of this.links) peers[peerId] = link.snapshot();
+    const first = [...this.links.values()][0] ?? null;
+    const firstSnapshot = first ? peers[first.peerId] : null;
     return {
       enabled: true,
       api: this.api,
       sas: this.view.sas,
       badge: this.view.badge,
       problem: this.view.problem,
-      epochs: {
-        send: this.schedule.stats.sendEpoch,
-        announced: this.schedule.stats.announcedEpoch,
-        receive: this.schedule.stats.receiveEpoch,
-      },
-      keyRejections: { ...this.schedule.stats.rejected },
+      epochs: firstSnapshot ? firstSnapshot.epochs : { send: 0, announced: 0, receive: 0 },
+      keyRejections: firstSnapshot ? firstSnapshot.keyRejections : {},
       rotation: {
-        everyMs: this.schedule.config.rotateEveryMs,
+        everyMs: first ? first.schedule.config.rotateEveryMs : new KeySchedule(this.localId, this.scheduleConfig).config.rotateEveryMs,
         maxCounter: this.protectorConfig.maxCounter ?? DEFAULT_PROTECTOR_CONFIG.maxCounter,
       },
-      data: link ? link.dataStats() : null,
-      worker: link ? link.workerStats : null,
+      data: firstSnapshot ? firstSnapshot.data : null,
+      worker: firstSnapshot ? firstSnapshot.worker : null,
+      peers,
     };
   }
 
@@ -250,8 +334,10 @@ export class E2eeCall {
 
   close() {
     this.closed = true;
-    this.link?.close();
-    this.link = null;
+    for (const link of [...this.links.values()]) link.close();
+    this.links.clear();
+    for (const schedule of this.schedules.values()) schedule.disconnect();
+    this.schedules.clear();
     const w = /** @type {any} */ (window);
     if (w.consultE2ee && w.consultE2ee.enabled === false) w.consultE2ee = null;
   }
@@ -265,11 +351,13 @@ export class E2eeLink {
    * @param {E2eeCall} call
    * @param {RTCPeerConnection} pc
    * @param {string} peerId
+   * @param {KeySchedule} schedule The key schedule with this participant.
    */
-  constructor(call, pc, peerId) {
+  constructor(call, pc, peerId, schedule) {
     this.call = call;
     this.pc = pc;
     this.peerId = peerId;
+    this.schedule = schedule;
     this.closed = false;
     /** The transform worker of this connection's media, both ways (null: this browser has none). */
     this.media = call.api ? MediaWorker.create({ config: call.protectorConfig, onRotateWanted: () => this.requestRotation() }) : null;
@@ -376,6 +464,19 @@ export class E2eeLink {
     return sealed;
   }
 
+  /** Whether this is the live link with its participant. */
+  get current() {
+    return !this.closed && this.call.links.get(this.peerId) === this;
+  }
+
+  /**
+   * @private
+   * @param {Partial<E2eePeerView>} change
+   */
+  update(change) {
+    this.call.updatePeer(this, change);
+  }
+
   /**
    * Queue schedule work of this link; it is skipped once the link is closed or replaced.
    * @private
@@ -383,7 +484,8 @@ export class E2eeLink {
    */
   enqueue(task) {
     return this.call.enqueue(async () => {
-      if (!this.closed && this.call.link === this) await task();
+      if (!this.current) return;
+      await task();
     });
   }
 
@@ -413,13 +515,13 @@ export class E2eeLink {
         `E2EE: no DTLS fingerprint (local ${!!local}, remote ${!!remote}; signaling ${this.pc.signalingState}, ` +
           `descriptions ${!!this.pc.currentLocalDescription}/${!!this.pc.localDescription} ${!!this.pc.currentRemoteDescription}/${!!this.pc.remoteDescription}, closed ${this.closed})`,
       );
-      this.call.update({ problem: "keys-failed" });
+      this.update({ problem: "keys-failed" });
       return;
     }
-    await this.call.schedule.connect(performance.now(), this.peerId, local, remote);
+    await this.schedule.connect(performance.now(), this.peerId, local, remote);
     // Closed meanwhile: the close already disconnected the schedule, and this hello must not go.
     if (this.closed) {
-      this.call.schedule.disconnect();
+      this.schedule.disconnect();
       return;
     }
     await this.drain();
@@ -431,7 +533,7 @@ export class E2eeLink {
    */
   async handleKeyMessage(text) {
     try {
-      await this.call.schedule.handleMessage(performance.now(), text);
+      await this.schedule.handleMessage(performance.now(), text);
     } catch (err) {
       if (err instanceof RejectedError) console.warn(`E2EE: key message refused (${err.reason})`);
       else throw err;
@@ -443,7 +545,7 @@ export class E2eeLink {
   /** Start a new epoch now. */
   rotateNow() {
     return this.enqueue(async () => {
-      await this.call.schedule.rotate(performance.now());
+      await this.schedule.rotate(performance.now());
       await this.drain();
     });
   }
@@ -453,25 +555,28 @@ export class E2eeLink {
    * @private
    */
   async drain() {
-    const schedule = this.call.schedule;
+    const schedule = this.schedule;
     for (let out = schedule.pollOutput(); out; out = schedule.pollOutput()) {
       if (this.closed) return;
       if (out.type === "send") {
-        const channel = this.openKeyChannels[this.openKeyChannels.length - 1];
+        // Always the earliest key channel still open: when both sides created one (glare), every
+        // message still goes on one channel, so they arrive in the order they were sent (a reveal
+        // on a second channel could overtake its commitment on the first, and be refused).
+        const channel = this.openKeyChannels[0];
         if (channel && channel.readyState === "open") channel.send(out.text);
         continue;
       }
       const event = out.event;
       if (event.kind === "sas") {
         if (this.helloTimer !== undefined) clearTimeout(this.helloTimer);
-        this.call.update({ sas: event.sas, problem: this.call.api ? null : "browser-unsupported" });
+        this.update({ sas: event.sas, problem: this.call.api ? null : "browser-unsupported" });
       } else if (event.kind === "aborted") {
         if (this.helloTimer !== undefined) clearTimeout(this.helloTimer);
         console.error(`E2EE: key agreement stopped (${event.reason}, ${event.byRemote ? "by the other side" : "here"})`);
         // Whatever keys went to the protectors go too: nothing is sent or opened on this connection.
         this.media?.clearKeys();
         this.data.clear();
-        this.call.update({ sas: null, badge: false, problem: event.byRemote ? "peer-key-check-failed" : "key-check-failed" });
+        this.update({ sas: null, badge: false, problem: event.byRemote ? "peer-key-check-failed" : "key-check-failed" });
       } else if (event.kind === "send-key") {
         await this.install(event);
         await this.data.setSendKey(event.suite, event.dataKid, event.epoch, event.baseKey);
@@ -498,13 +603,13 @@ export class E2eeLink {
     if (this.scheduleTimer !== undefined) clearTimeout(this.scheduleTimer);
     this.scheduleTimer = undefined;
     if (this.closed) return;
-    const at = this.call.schedule.nextTimeout();
+    const at = this.schedule.nextTimeout();
     if (at === null) return;
     // Timers may fire late, never early; cap the wait so a sleeping tab catches up soon after.
     const wait = Math.min(Math.max(0, at - performance.now()), 60_000);
     this.scheduleTimer = setTimeout(() => {
       this.enqueue(async () => {
-        await this.call.schedule.handleTimeout(performance.now());
+        await this.schedule.handleTimeout(performance.now());
         await this.drain();
       });
     }, wait);
@@ -513,9 +618,9 @@ export class E2eeLink {
   /** @private */
   requestRotation() {
     if (this.closed) return;
-    this.call.schedule.requestRotation();
+    this.schedule.requestRotation();
     this.enqueue(async () => {
-      await this.call.schedule.handleTimeout(performance.now());
+      await this.schedule.handleTimeout(performance.now());
       await this.drain();
     });
   }
@@ -524,11 +629,11 @@ export class E2eeLink {
   connectionChanged() {
     if (this.closed) return;
     // This browser's own shortcoming (no worker) is the reason shown then, not the other side's.
-    if (this.media && this.pc.connectionState === "connected" && this.helloTimer === undefined && !this.call.view.sas) {
+    if (this.media && this.pc.connectionState === "connected" && this.helloTimer === undefined && !this.schedule.sas) {
       this.helloTimer = setTimeout(() => {
-        if (!this.closed && this.call.link === this && !this.call.schedule.sas && !this.call.schedule.aborted) {
+        if (this.current && !this.schedule.sas && !this.schedule.aborted) {
           console.warn("E2EE: no key agreement with the other side");
-          this.call.update({ problem: "peer-unsupported" });
+          this.update({ problem: "peer-unsupported" });
         }
       }, HELLO_TIMEOUT_MS);
     }
@@ -543,10 +648,10 @@ export class E2eeLink {
 
   /** @private */
   refreshBadge() {
-    if (this.closed || this.call.link !== this) return;
+    if (!this.current) return;
     if (this.data.rotateWanted) this.requestRotation();
     this.data.tick(performance.now());
-    this.call.update({ badge: this.allProtected() });
+    this.update({ badge: this.allProtected() });
   }
 
   /**
@@ -555,7 +660,7 @@ export class E2eeLink {
    */
   allProtected() {
     const stats = this.workerStats;
-    if (!stats || !this.call.schedule.sas || this.pc.connectionState !== "connected") return false;
+    if (!stats || !this.schedule.sas || this.pc.connectionState !== "connected") return false;
     const recent = (/** @type {number | null} */ ago) => ago !== null && ago < RECENT_MS;
     /** @type {("audio" | "video")[]} */
     const kinds = ["audio", "video"];
@@ -575,6 +680,17 @@ export class E2eeLink {
       receiving += 1;
     }
     return receiving > 0;
+  }
+
+  /** What tests and curious people may read of this link (never a key). */
+  snapshot() {
+    return {
+      sas: this.schedule.sas,
+      epochs: { send: this.schedule.stats.sendEpoch, announced: this.schedule.stats.announcedEpoch, receive: this.schedule.stats.receiveEpoch },
+      keyRejections: { ...this.schedule.stats.rejected },
+      data: this.dataStats(),
+      worker: this.workerStats,
+    };
   }
 
   /** Counters of the chat and file channels. */
@@ -607,7 +723,7 @@ export class E2eeLink {
     this.data.clear();
     // Ending the worker erases its keys with it.
     this.media?.terminate();
-    if (this.call.link === this) this.call.schedule.disconnect();
+    if (this.call.links.get(this.peerId) === this) this.schedule.disconnect();
     this.call.linkClosed(this);
   }
 }

@@ -266,3 +266,52 @@ async fn media_keeps_flowing_while_the_service_is_gone_and_the_call_resumes_when
     assert!(ended, "the ending reached the patient");
     doctor.leave().await.unwrap();
 }
+
+/// A sender whose frames change size (a camera switched, a source that scales) goes on: the
+/// session makes a new encoder, and the far side decodes frames of both sizes. (An echo of a
+/// browser whose resolution ramps up used to end the session: "480x360 frame for a 320x240
+/// encoder".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_change_size_keep_flowing() {
+    let clinic = Clinic::start().await;
+    let (consultation, invite) = clinic.consultation().await;
+    let (mut patient, mut doctor) = clinic.patient_and_doctor(&consultation, invite).await;
+    let (mut p, mut d) = (Seen::default(), Seen::default());
+    clinic.admit_first_waiting(&consultation).await;
+    let started = Instant::now();
+    while !(p.connected && d.connected) {
+        assert!(started.elapsed() < Duration::from_secs(20), "no connection");
+        pump(&mut patient, &mut p, Duration::from_millis(20)).await;
+        pump(&mut doctor, &mut d, Duration::from_millis(20)).await;
+    }
+    let mut small = consult_client::codec::pattern::TestPattern::new(320, 240);
+    let mut large = consult_client::codec::pattern::TestPattern::new(640, 480);
+    // Two seconds at 320x240, then two at 640x480, then 320x240 again.
+    for step in 0..180u32 {
+        let frame = if (60..120).contains(&step) {
+            large.next_frame()
+        } else {
+            small.next_frame()
+        };
+        patient
+            .send_video(frame)
+            .await
+            .expect("the session takes every size");
+        pump(&mut patient, &mut p, Duration::from_millis(16)).await;
+        pump(&mut doctor, &mut d, Duration::from_millis(16)).await;
+    }
+    pump(&mut doctor, &mut d, Duration::from_millis(500)).await;
+    println!("decoded per size: {:?}", d.sizes);
+    assert!(
+        d.sizes.get(&(320, 240)).is_some_and(|n| *n > 30),
+        "{:?}",
+        d.sizes
+    );
+    assert!(
+        d.sizes.get(&(640, 480)).is_some_and(|n| *n > 20),
+        "{:?}",
+        d.sizes
+    );
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    patient.leave().await.expect("the session is still up");
+}

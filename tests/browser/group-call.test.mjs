@@ -1,0 +1,276 @@
+// Four browsers in one end-to-end encrypted consultation — the doctor, a patient, an interpreter
+// and a family member — in a full mesh: each page holds one connection with each of the three
+// others, decodes everyone's video and receives everyone's audio, every frame through SFrame under
+// the keys of its pair, and shows one security code per other participant, equal on both sides of
+// each pair and different for every pair; a chat message reaches all three others. Then the family
+// member hangs up: the three others keep their connections with each other (none is redone), their
+// media keeps flowing, and they show two codes each.
+//
+// Figures (printed, not asserted): admission to an intact first frame from every other
+// participant with three and with four in the call, and the longest video gap on the remaining
+// connections while someone leaves.
+//
+// Run: cd tests/browser && node --test group-call.test.mjs   (environment: see README.md here)
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import {
+  admitFromWaitingRoom,
+  byTestId,
+  createConsultation,
+  e2eeSnapshot,
+  launchParticipant,
+  openConsultation,
+  passDeviceCheck,
+  sendChat,
+  signInDoctor,
+  waitForChat,
+  withService,
+} from "./harness.mjs";
+
+/** How long a mesh may take to carry media between everyone (four browsers on two cores). */
+const MESH_TIMEOUT_MS = 90_000;
+
+const sleep = (/** @type {number} */ ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Per other participant (by id): the page's connection with them (`window.consultPcs`), what it
+ * decoded, and the marker a test put on it.
+ * @param {import('playwright-core').Page} page
+ * @returns {Promise<Record<string, { state: string, framesDecoded: number, audioPackets: number, marker: string | null }>>}
+ */
+function meshStats(page) {
+  return page.evaluate(async () => {
+    /** @type {Record<string, RTCPeerConnection>} */
+    const pcs = /** @type {any} */ (window).consultPcs ?? {};
+    /** @type {Record<string, { state: string, framesDecoded: number, audioPackets: number, marker: string | null }>} */
+    const out = {};
+    for (const [peerId, pc] of Object.entries(pcs)) {
+      const report = await pc.getStats();
+      let framesDecoded = 0;
+      let audioPackets = 0;
+      report.forEach((s) => {
+        if (s.type !== "inbound-rtp") return;
+        if (s.kind === "video") framesDecoded += s.framesDecoded ?? 0;
+        else audioPackets += s.packetsReceived ?? 0;
+      });
+      out[peerId] = { state: pc.connectionState, framesDecoded, audioPackets, marker: /** @type {any} */ (pc).__marker ?? null };
+    }
+    return out;
+  });
+}
+
+/**
+ * Wait until each page has `count` connections, all decoding video and receiving audio; returns
+ * how long that took.
+ * @param {{ label: string, page: import('playwright-core').Page }[]} people
+ * @param {number} count Connections each page should have.
+ */
+async function waitForMesh(people, count) {
+  const started = Date.now();
+  /** @type {Record<string, unknown>} */
+  let last = {};
+  while (Date.now() - started < MESH_TIMEOUT_MS) {
+    const all = await Promise.all(people.map((p) => meshStats(p.page)));
+    last = Object.fromEntries(people.map((p, i) => [p.label, all[i]]));
+    const done = all.every((links) => {
+      const values = Object.values(links);
+      return values.length === count && values.every((l) => l.state === "connected" && l.framesDecoded > 0 && l.audioPackets > 0);
+    });
+    if (done) return Date.now() - started;
+    await sleep(100);
+  }
+  throw new Error(`no full mesh of ${count + 1} within ${MESH_TIMEOUT_MS} ms: ${JSON.stringify(last)}`);
+}
+
+/**
+ * From the People panel: a link for someone else, under a name the doctor chooses.
+ * @param {import('playwright-core').Page} page
+ * @param {"interpreter" | "companion" | "patient"} kind
+ * @param {string} name
+ */
+async function inviteByName(page, kind, name) {
+  const before = (await byTestId(page, "invite-person-issued").isVisible()) ? await byTestId(page, "invite-person-url").inputValue() : "";
+  await byTestId(page, "invite-kind").selectOption(kind);
+  await byTestId(page, "invite-name").fill(name);
+  await byTestId(page, "invite-person").click();
+  await page.waitForFunction(
+    (previous) => {
+      const input = /** @type {HTMLInputElement | null} */ (document.querySelector('[data-testid="invite-person-url"]'));
+      return !!input && input.value !== "" && input.value !== previous;
+    },
+    before,
+  );
+  return byTestId(page, "invite-person-url").inputValue();
+}
+
+/**
+ * Open an invite, pass the device check and wait in the waiting room.
+ * @param {import('playwright-core').Page} page
+ * @param {string} url
+ * @param {string} name Typed in unless the invite names its holder.
+ */
+async function joinByInvite(page, url, name) {
+  await page.goto(url);
+  await byTestId(page, "patient-name").waitFor({ state: "visible" });
+  await passDeviceCheck(page, name);
+  await byTestId(page, "join-button").click();
+  await byTestId(page, "waiting-message").waitFor({ state: "visible" });
+}
+
+describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
+  test("doctor, patient, interpreter and family, end-to-end encrypted: everyone gets everyone; one leaves, the rest go on", { timeout: 400_000 }, async (t) => {
+    await withService({ env: { CONSULT_POLICY__MAX_PARTICIPANTS: "4" } }, async ({ service, people }) => {
+      const doctor = await launchParticipant("doctor", { origin: service.url });
+      people.push(doctor);
+      await signInDoctor(doctor.page, service);
+      const patientUrl = await createConsultation(doctor.page, "Family and interpreter", { e2ee: true });
+      await openConsultation(doctor.page);
+      await byTestId(doctor.page, "people-capacity").filter({ hasText: "2 of 4 places" }).waitFor();
+      const interpreterUrl = await inviteByName(doctor.page, "interpreter", "Ines Interpreter");
+      const companionUrl = await inviteByName(doctor.page, "companion", "Carla Carer");
+      await byTestId(doctor.page, "people-capacity").filter({ hasText: "4 of 4 places" }).waitFor();
+
+      const [patient, interpreter, companion] = await Promise.all(
+        ["patient", "interpreter", "family"].map((label) => launchParticipant(label, { origin: service.url })),
+      );
+      people.push(patient, interpreter, companion);
+      await joinByInvite(patient.page, patientUrl, "Pat Patient");
+      await joinByInvite(interpreter.page, interpreterUrl, "Ines Interpreter");
+      await joinByInvite(companion.page, companionUrl, "Carla Carer");
+
+      // Admitted one at a time; each admission grows the mesh.
+      await admitFromWaitingRoom(doctor.page, "Pat Patient");
+      await waitForMesh([doctor, patient], 1);
+      await admitFromWaitingRoom(doctor.page, "Ines Interpreter");
+      const threeMs = await waitForMesh([doctor, patient, interpreter], 2);
+      await admitFromWaitingRoom(doctor.page, "Carla Carer");
+      const everyone = [doctor, patient, interpreter, companion];
+      const fourMs = await waitForMesh(everyone, 3);
+      t.diagnostic(`admission to a decoded frame from every other participant: 3 in the call ${threeMs} ms, 4 in the call ${fourMs} ms`);
+
+      // Every page's connections, by whom they are with: each page's own id is the one it lacks.
+      const meshes = await Promise.all(everyone.map((p) => meshStats(p.page)));
+      const ids = [...new Set(meshes.flatMap((m) => Object.keys(m)))];
+      assert.equal(ids.length, 4, "four participants");
+      const idOf = meshes.map((m) => {
+        const own = ids.filter((id) => !(id in m));
+        assert.equal(own.length, 1);
+        return own[0];
+      });
+
+      // End-to-end encryption with each other participant: media protected and opened both ways,
+      // one code per pair, equal on both sides, different for every pair; the badge is on.
+      const snapshots = await Promise.all(
+        everyone.map(async (p) => {
+          const deadline = Date.now() + MESH_TIMEOUT_MS;
+          for (;;) {
+            const s = await e2eeSnapshot(p.page);
+            const peers = s ? Object.values(s.peers) : [];
+            const flowing = (/** @type {any} */ w) => !!w && ["send", "receive"].every((side) => ["audio", "video"].every((kind) => w[side][kind].ok > 0));
+            if (s && s.badge && peers.length === 3 && peers.every((x) => /^\d{4} \d{4}$/.test(x.sas ?? "") && flowing(x.worker))) return s;
+            if (Date.now() > deadline) throw new Error(`${p.label}: E2EE not up with everyone: ${JSON.stringify(s)}`);
+            await sleep(200);
+          }
+        }),
+      );
+      /** @type {Set<string>} */
+      const codes = new Set();
+      for (let a = 0; a < 4; a++) {
+        for (let b = a + 1; b < 4; b++) {
+          const fromA = snapshots[a].peers[idOf[b]].sas;
+          const fromB = snapshots[b].peers[idOf[a]].sas;
+          assert.equal(fromA, fromB, `${everyone[a].label} and ${everyone[b].label} show the same code`);
+          codes.add(fromA);
+        }
+      }
+      assert.equal(codes.size, 6, `a different code for each of the six pairs: ${[...codes]}`);
+
+      // The pages: a tile per other participant with name and role, a code per participant.
+      const tiles = await byTestId(doctor.page, "remote-name").allTextContents();
+      assert.deepEqual(tiles.sort(), ["Carla Carer (family or carer)", "Ines Interpreter (interpreter)", "Pat Patient (patient)"]);
+      for (const p of everyone) {
+        await byTestId(p.page, "remote-tile").nth(2).waitFor({ state: "visible" });
+        assert.equal(await byTestId(p.page, "remote-tile").count(), 3, `${p.label}: three tiles`);
+        assert.equal(await byTestId(p.page, "e2ee-peer").count(), 3, `${p.label}: three codes`);
+      }
+      // The doctor compares the code with the interpreter and says it matches: that one, and only
+      // that one, shows as verified.
+      const withInterpreter = doctor.page.locator(`[data-testid="e2ee-peer"][data-peer-id="${idOf[2]}"]`);
+      assert.match((await withInterpreter.textContent()) ?? "", /Ines Interpreter/);
+      assert.match((await withInterpreter.textContent()) ?? "", new RegExp(snapshots[0].peers[idOf[2]].sas));
+      await withInterpreter.locator('[data-testid="e2ee-verify"]').click();
+      await withInterpreter.locator('[data-testid="e2ee-verified"]').waitFor();
+      assert.equal(await byTestId(doctor.page, "e2ee-verified").count(), 1, "only the code compared is verified");
+
+      // A chat message reaches the three others, sealed per connection.
+      await sendChat(doctor.page, "Hello everyone");
+      for (const p of [patient, interpreter, companion]) await waitForChat(p.page, "in", "Hello everyone");
+
+      // The family member leaves. Mark the connections among the others first: none may be redone.
+      const remaining = [doctor, patient, interpreter];
+      for (const p of remaining) {
+        await p.page.evaluate(() => {
+          for (const pc of Object.values(/** @type {any} */ (window).consultPcs ?? {})) pc.__marker = "before the leave";
+        });
+      }
+      // The longest gap between decoded frames on the remaining connections around the leave.
+      const sampling = remaining.map((p) =>
+        p.page.evaluate(async (leaverId) => {
+          /** @type {Record<string, { last: number, at: number, gap: number }>} */
+          const seen = {};
+          const end = performance.now() + 6000;
+          while (performance.now() < end) {
+            for (const [peerId, pc] of Object.entries(/** @type {any} */ (window).consultPcs ?? {})) {
+              if (peerId === leaverId) continue;
+              let frames = 0;
+              (await /** @type {RTCPeerConnection} */ (pc).getStats()).forEach((s) => {
+                if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded ?? 0;
+              });
+              const now = performance.now();
+              const entry = (seen[peerId] ??= { last: frames, at: now, gap: 0 });
+              if (frames > entry.last) {
+                entry.gap = Math.max(entry.gap, now - entry.at);
+                entry.last = frames;
+                entry.at = now;
+              }
+            }
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          return Object.values(seen).map((e) => Math.max(e.gap, performance.now() - e.at));
+        }, idOf[3]),
+      );
+      await sleep(1000);
+      await byTestId(companion.page, "hangup-button").click();
+      await byTestId(companion.page, "left-message").waitFor({ state: "visible" });
+      const gaps = (await Promise.all(sampling)).flat();
+      t.diagnostic(`longest video gap on the remaining connections while one left: ${Math.round(Math.max(...gaps))} ms`);
+
+      const deadline = Date.now() + 20_000;
+      for (;;) {
+        const after = await Promise.all(remaining.map((p) => meshStats(p.page)));
+        const settled = after.every((links) => Object.keys(links).length === 2 && !(idOf[3] in links));
+        if (settled) {
+          for (const [i, links] of after.entries()) {
+            for (const link of Object.values(links)) assert.equal(link.marker, "before the leave", `${remaining[i].label}: the connection was kept`);
+          }
+          break;
+        }
+        if (Date.now() > deadline) throw new Error(`the others still hold a connection with the one who left: ${JSON.stringify(after)}`);
+        await sleep(200);
+      }
+      // Media keeps flowing among the three, two tiles and two codes each.
+      const before = await Promise.all(remaining.map((p) => meshStats(p.page)));
+      await sleep(2000);
+      const later = await Promise.all(remaining.map((p) => meshStats(p.page)));
+      for (const [i, links] of later.entries()) {
+        for (const [peerId, link] of Object.entries(links)) {
+          assert.ok(link.framesDecoded > before[i][peerId].framesDecoded, `${remaining[i].label} still decodes video from ${peerId}`);
+        }
+        await byTestId(remaining[i].page, "remote-tile").nth(1).waitFor();
+        assert.equal(await byTestId(remaining[i].page, "remote-tile").count(), 2);
+        assert.equal(await byTestId(remaining[i].page, "e2ee-peer").count(), 2);
+      }
+    });
+  });
+});
