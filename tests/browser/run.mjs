@@ -15,8 +15,9 @@ import { fileURLToPath } from "node:url";
 
 /**
  * Files that measure timing and must not share the machine with another browser test: E2EE's
- * real-time figures, and consent withdrawal reaching both pages within a second (150–260 ms
- * alone; 1.0–2.5 s seen beside another browser suite on 2 cores).
+ * real-time figures, consent withdrawal reaching both pages within a second (150–260 ms
+ * alone; 1.0–2.5 s seen beside another browser suite on 2 cores), and the group call (four
+ * browsers with E2EE, and its first-frame figures).
  */
 const ALONE = ["e2ee.test.mjs", "group-call.test.mjs", "recording.test.mjs"];
 /**
