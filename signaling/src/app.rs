@@ -328,7 +328,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             HeaderName::from_static("permissions-policy"),
-            HeaderValue::from_static("camera=(self), microphone=(self), display-capture=()"),
+            HeaderValue::from_static("camera=(self), microphone=(self), display-capture=(self)"),
         ))
         .layer(TraceLayer::new_for_http())
 }

@@ -207,6 +207,55 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
       await sendChat(doctor.page, "Hello everyone");
       for (const p of [patient, interpreter, companion]) await waitForChat(p.page, "in", "Hello everyone");
 
+      // Screen sharing. A browser that refuses it: said in words, and the call goes on.
+      await doctor.page.evaluate(() => {
+        const original = navigator.mediaDevices.getDisplayMedia.bind(navigator.mediaDevices);
+        /** @type {any} */ (window).__restoreDisplayMedia = () => (navigator.mediaDevices.getDisplayMedia = original);
+        navigator.mediaDevices.getDisplayMedia = () => Promise.reject(new DOMException("Permission denied", "NotAllowedError"));
+      });
+      await byTestId(doctor.page, "screen-button").click();
+      await byTestId(doctor.page, "media-error").filter({ hasText: "Screen sharing was not allowed" }).waitFor();
+      assert.equal(await byTestId(doctor.page, "screen-button").textContent(), "Share screen");
+      await waitForMesh(everyone, 3);
+      // Shared for real: everyone else decodes it, large, from a video section of its own.
+      await doctor.page.evaluate(() => /** @type {any} */ (window).__restoreDisplayMedia());
+      await byTestId(doctor.page, "screen-button").click();
+      await doctor.page.waitForFunction(() => {
+        const button = document.querySelector('[data-testid="screen-button"]');
+        const error = document.querySelector('[data-testid="media-error"]');
+        return button?.textContent === "Stop sharing" || (error instanceof HTMLElement && !error.hidden);
+      });
+      assert.equal(await byTestId(doctor.page, "media-error").isVisible(), false, `the refusal's message is gone: ${await byTestId(doctor.page, "media-error").textContent()}`);
+      assert.equal(await byTestId(doctor.page, "screen-button").textContent(), "Stop sharing");
+      for (const p of [patient, interpreter, companion]) {
+        await byTestId(p.page, "screen-view").waitFor({ state: "visible", timeout: 30_000 });
+        await p.page.waitForFunction(
+          (doctorId) => {
+            const video = /** @type {HTMLVideoElement | null} */ (document.querySelector('[data-testid="screen-video"]'));
+            const view = document.querySelector('[data-testid="screen-view"]');
+            return !!video && video.videoWidth > 0 && view instanceof HTMLElement && view.dataset.peerId === doctorId;
+          },
+          idOf[0],
+          { timeout: 30_000 },
+        );
+        assert.match((await byTestId(p.page, "screen-name").textContent()) ?? "", /is sharing their screen/);
+        const sections = await p.page.evaluate(async (doctorId) => {
+          const pc = /** @type {any} */ (window).consultPcs[doctorId];
+          /** @type {number[]} */
+          const frames = [];
+          (await pc.getStats()).forEach((/** @type {any} */ s) => {
+            if (s.type === "inbound-rtp" && s.kind === "video") frames.push(s.framesDecoded ?? 0);
+          });
+          return frames;
+        }, idOf[0]);
+        assert.ok(sections.length === 2 && sections.every((f) => f > 0), `${p.label} decodes the doctor's camera and screen: ${sections}`);
+      }
+      const duringShare = await e2eeSnapshot(patient.page);
+      assert.ok(duringShare.badge, "still end-to-end encrypted while the screen is shared");
+      // Stopped from the page: it goes from everyone's stage.
+      await byTestId(doctor.page, "screen-button").click();
+      for (const p of [patient, interpreter, companion]) await byTestId(p.page, "screen-view").waitFor({ state: "hidden", timeout: 20_000 });
+
       // The family member leaves. Mark the connections among the others first: none may be redone.
       const remaining = [doctor, patient, interpreter];
       for (const p of remaining) {

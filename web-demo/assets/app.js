@@ -16,6 +16,7 @@ import { PeopleView } from "./people-view.js";
 import { AccountView } from "./account-view.js";
 import { AlertsView } from "./alerts-view.js";
 import { CallView, describePeer } from "./call-view.js";
+import { mayShareScreen, ScreenShare } from "./screen-share.js";
 import { E2eeCall } from "./e2ee/call-e2ee.js";
 import { publicKeyOfKeyFile, RECORDING_KEY_FILE_MAX_BYTES, RecordingKeyError, recordingKeyFingerprint } from "./e2ee/recording-key.js";
 import { MessagingView } from "./messaging-view.js";
@@ -820,7 +821,12 @@ async function endFromList(c, button) {
 
 /** @type {ActiveCall | null} */
 let call = null;
-const callView = new CallView({ onHangUp: () => hangUp(), viewer: "doctor" });
+const callView = new CallView({ onHangUp: () => hangUp(), viewer: "doctor", onShareScreen: () => void screenShare.toggle() });
+const screenShare = new ScreenShare({
+  controller: () => (call ? call.controller : null),
+  onChange: (sharing) => callView.setScreenSharing({ allowed: true, sharing }),
+  onError: (message) => showError(mediaError, message),
+});
 const messagingView = new MessagingView({
   peerName: (peerId) => {
     const peer = call && call.controller ? call.controller.peers.get(peerId) : undefined;
@@ -926,6 +932,8 @@ async function openCall(id, asColleague = false) {
     return;
   }
   callView.setLocalStream(active.stream);
+  // Clinicians share their screen (results, images) with everyone in the call.
+  callView.setScreenSharing({ allowed: true, sharing: false });
 
   const controller = new CallController({
     send: (m) => (active.signaling ? active.signaling.send(m) : false),
@@ -933,6 +941,9 @@ async function openCall(id, asColleague = false) {
     localStream: active.stream,
     onRemoteStream: (stream, peer) => {
       if (call === active) callView.setPeerStream(peer, stream);
+    },
+    onRemoteScreen: (stream, peer) => {
+      if (call === active && mayShareScreen(peer.role)) callView.setPeerScreen(peer, stream);
     },
     onMediaState: (state) => {
       active.mediaState = state;
@@ -1327,6 +1338,7 @@ function leaveCall({ tellService }) {
     if (tellService) active.signaling.leave();
     else active.signaling.close();
   }
+  screenShare.stop();
   active.controller?.close();
   active.e2ee?.close();
   peopleView.show(null);

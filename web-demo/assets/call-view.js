@@ -171,9 +171,20 @@ export const GROUP_SAS_HINT =
   "Each person you talk to has a code of their own with you: compare each one with that person. If they match, nobody — not even the service — can see or hear this call.";
 
 export class CallView {
-  /** @param {{ onHangUp: () => void, viewer: Viewer }} options */
-  constructor({ onHangUp, viewer }) {
+  /**
+   * @param {{ onHangUp: () => void, viewer: Viewer, onShareScreen?: () => void }} options
+   *   `onShareScreen`: the Share screen / Stop sharing button was pressed.
+   */
+  constructor({ onHangUp, viewer, onShareScreen }) {
     this.viewer = viewer;
+    this.stage = /** @type {HTMLElement} */ (byId("remote-tiles", HTMLElement).parentElement);
+    this.screenView = byId("screen-view", HTMLElement);
+    this.screenVideo = byId("screen-video", HTMLVideoElement);
+    this.screenName = byId("screen-name", HTMLElement);
+    this.screenButton = byId("screen-button", HTMLButtonElement);
+    /** @type {Map<string, { peer: Peer, stream: MediaStream }>} Screens shared, in the order they began. */
+    this.screens = new Map();
+    this.screenButton.addEventListener("click", () => onShareScreen?.());
     this.localVideo = byId("local-video", HTMLVideoElement);
     this.tiles = byId("remote-tiles", HTMLElement);
     /** @type {Map<string, RemoteTile>} By participant id. */
@@ -367,11 +378,57 @@ export class CallView {
         this.soundButton.hidden = false;
       });
     }
+    if (!stream && this.screens.has(peerId)) this.setPeerScreen(peer, null);
     const count = this.tileOf.size;
     this.tiles.dataset.count = String(count);
     this.placeholder.hidden = count > 0;
     if (count === 0) this.soundButton.hidden = true;
     if (this.e2eeView) this.setE2ee(this.e2eeView);
+  }
+
+  /**
+   * The screen a participant shares (null: they stopped). The latest one shows large, with the
+   * cameras small beside it.
+   * @param {Peer} peer
+   * @param {MediaStream | null} stream
+   */
+  setPeerScreen(peer, stream) {
+    const peerId = peer.participant_id;
+    const before = this.shownScreen();
+    this.screens.delete(peerId);
+    if (stream) this.screens.set(peerId, { peer, stream });
+    const shown = this.shownScreen();
+    this.screenView.hidden = !shown;
+    this.stage.classList.toggle("presenting", !!shown);
+    if (!shown) {
+      this.screenVideo.srcObject = null;
+      if (before) announce(`${describePeer(before.peer)} stopped sharing their screen.`);
+      return;
+    }
+    if (this.screenVideo.srcObject !== shown.stream) this.screenVideo.srcObject = shown.stream;
+    this.screenVideo.play().catch(() => {});
+    const who = describePeer(shown.peer);
+    this.screenName.textContent = `${who} is sharing their screen`;
+    this.screenVideo.setAttribute("aria-label", `Screen shared by ${who}`);
+    this.screenView.dataset.peerId = shown.peer.participant_id;
+    if (!before || before.peer.participant_id !== shown.peer.participant_id) announce(`${who} is sharing their screen.`);
+  }
+
+  /** @private */
+  shownScreen() {
+    let last = null;
+    for (const entry of this.screens.values()) last = entry;
+    return last;
+  }
+
+  /**
+   * The Share screen button: whether this participant may share, and whether they do now.
+   * @param {{ allowed: boolean, sharing: boolean }} state
+   */
+  setScreenSharing({ allowed, sharing }) {
+    this.screenButton.hidden = !allowed;
+    this.screenButton.textContent = sharing ? "Stop sharing" : "Share screen";
+    this.screenButton.setAttribute("aria-pressed", String(sharing));
   }
 
   /**
@@ -433,6 +490,11 @@ export class CallView {
     this.renderQuality(null);
     for (const tile of this.tileOf.values()) tile.dispose();
     this.tileOf.clear();
+    this.screens.clear();
+    this.screenVideo.srcObject = null;
+    this.screenView.hidden = true;
+    this.stage.classList.remove("presenting");
+    this.setScreenSharing({ allowed: false, sharing: false });
     this.peers.clear();
     this.verified.clear();
     this.tiles.dataset.count = "0";

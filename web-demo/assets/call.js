@@ -52,6 +52,27 @@ export function videoBitrateFor(receivers) {
   return Math.max(FLOOR_BPS, Math.floor(TOTAL_BPS / Math.max(1, receivers)));
 }
 
+/**
+ * The mid of the camera's video section in a remote SDP: the first video section its author sends
+ * in (any later one it sends in carries a shared screen), or null. The first one it sends in, not
+ * the first one: the native media core answers the browser's video section without sending in
+ * it and adds a section of its own after.
+ * @param {string | undefined} sdp
+ * @returns {string | null}
+ */
+export function cameraMid(sdp) {
+  if (!sdp) return null;
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    if (!section.startsWith("video ")) continue;
+    const direction = /^a=(sendrecv|sendonly|recvonly|inactive)\s*$/m.exec(section);
+    const sends = !direction || direction[1] === "sendrecv" || direction[1] === "sendonly";
+    if (!sends) continue;
+    const mid = /^a=mid:(\S+)/m.exec(section);
+    return mid ? mid[1] : null;
+  }
+  return null;
+}
+
 /** Labels of the channels a connection opens when it offers first. */
 const DATA_CHANNEL_LABELS = ["consult-chat", "consult-file"];
 
@@ -228,6 +249,9 @@ export class PeerLink {
    * @param {MediaStream | null} options.localStream
    * @param {(message: ClientMessage) => boolean} options.send
    * @param {(stream: MediaStream) => void} options.onRemoteStream
+   * @param {(stream: MediaStream | null) => void} [options.onRemoteScreen] The screen the other
+   *   side shares (a video section after its camera's), or null once it stopped.
+   * @param {MediaStream | null} [options.screenStream] This side's shared screen, if it shares one.
    * @param {(link: PeerLink) => void} options.onStateChange
    * @param {boolean} [options.createChannels] Create the chat and file channels (this side offers first).
    * @param {(channel: ChannelLike) => void} [options.onDataChannel] Chat and file channels (sealed with E2EE).
@@ -235,8 +259,13 @@ export class PeerLink {
    * @param {(problem: IceProblem) => void} [options.onIceProblem] Relay only, and no relay
    *   candidate came (gathering ended without one, or went on too long without one).
    */
-  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onStateChange, createChannels = true, onDataChannel, onIceProblem, e2ee = null }) {
+  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onRemoteScreen, screenStream = null, onStateChange, createChannels = true, onDataChannel, onIceProblem, e2ee = null }) {
     this.peerId = peerId;
+    this.onRemoteScreen = onRemoteScreen ?? (() => {});
+    /** @type {RTCRtpTransceiver | null} The section this side's screen goes in (kept once made). */
+    this.screenTransceiver = null;
+    /** @type {MediaStream | null} The screen the other side shares, while it does. */
+    this.remoteScreen = null;
     this.polite = polite;
     this.send = send;
     this.onRemoteStream = onRemoteStream;
@@ -271,6 +300,7 @@ export class PeerLink {
     if (sending) {
       for (const track of sending.getTracks()) pc.addTrack(track, sending);
     }
+    this.mediaAllowed = mediaAllowed;
     // Without a camera or microphone, still ask for the other side's audio and video (this also
     // makes sure this side starts negotiating when it is the one to offer).
     for (const kind of ["audio", "video"]) {
@@ -283,6 +313,9 @@ export class PeerLink {
     }
     // Before any frame flows: every sender and receiver protects and opens frames.
     this.e2ee?.attachAll();
+    // A screen shared before this connection was made goes in a section after the camera's.
+    const screenTrack = screenStream?.getVideoTracks()[0];
+    if (screenStream && screenTrack && screenTrack.readyState === "live") this.setScreen(screenTrack, screenStream);
 
     const e2eeLink = this.e2ee;
     const giveChannel = onDataChannel ?? ((/** @type {ChannelLike} */ channel) => channel.close());
@@ -300,10 +333,17 @@ export class PeerLink {
       for (const label of labels) takeChannel(pc.createDataChannel(label, { ordered: true }));
     }
 
-    pc.ontrack = ({ track, streams, receiver }) => {
+    pc.ontrack = ({ track, streams, receiver, transceiver }) => {
       // The transform goes on before the first frame is decoded.
       this.e2ee?.attach(receiver, "receive", track.kind === "audio" ? "audio" : "video");
       if (!mediaAllowed) return;
+      if (track.kind === "video" && transceiver.mid !== null && transceiver !== this.screenTransceiver) {
+        const camera = cameraMid(pc.remoteDescription?.sdp);
+        if (camera !== null && transceiver.mid !== camera) {
+          this.takeRemoteScreen(track, streams[0] ?? null);
+          return;
+        }
+      }
       const stream = streams[0];
       if (stream && this.remoteStream !== stream) {
         this.remoteStream = stream;
@@ -450,6 +490,63 @@ export class PeerLink {
   }
 
   /**
+   * Share a screen on this connection (in a video section of its own, after the camera's), or stop
+   * (null). The section stays once made and is reused for the next share; renegotiation is
+   * started by `negotiationneeded` when its direction changes.
+   * @param {MediaStreamTrack | null} track
+   * @param {MediaStream | null} stream
+   */
+  setScreen(track, stream) {
+    if (this.closed || !this.mediaAllowed) return;
+    const transceiver = this.screenTransceiver;
+    if (!track) {
+      if (!transceiver || transceiver.currentDirection === "stopped") return;
+      void transceiver.sender.replaceTrack(null).catch(() => {});
+      transceiver.direction = "inactive";
+      return;
+    }
+    if (transceiver && transceiver.currentDirection !== "stopped") {
+      void transceiver.sender.replaceTrack(track).catch((err) => console.warn("Could not share the screen", err));
+      if (stream) transceiver.sender.setStreams(stream);
+      transceiver.direction = "sendonly";
+      return;
+    }
+    const added = this.pc.addTransceiver(track, { direction: "sendonly", streams: stream ? [stream] : [] });
+    applyVideoCodecPreferences(added, !!this.e2ee);
+    // Before the first frame: the screen is protected like the camera.
+    this.e2ee?.attach(added.sender, "send", "video");
+    this.screenTransceiver = added;
+  }
+
+  /**
+   * The other side's screen arrived: shown while its track has frames and stays in its stream.
+   * @private
+   * @param {MediaStreamTrack} track
+   * @param {MediaStream | null} stream
+   */
+  takeRemoteScreen(track, stream) {
+    const screen = new MediaStream([track]);
+    this.remoteScreen = screen;
+    const stopped = () => {
+      if (this.remoteScreen !== screen || this.closed) return;
+      this.remoteScreen = null;
+      this.onRemoteScreen(null);
+    };
+    const shown = () => {
+      if (this.closed || track.readyState !== "live") return;
+      this.remoteScreen = screen;
+      this.onRemoteScreen(screen);
+    };
+    track.addEventListener("ended", stopped);
+    track.addEventListener("mute", stopped);
+    track.addEventListener("unmute", shown);
+    stream?.addEventListener("removetrack", (event) => {
+      if (event.track === track) stopped();
+    });
+    if (!track.muted) shown();
+  }
+
+  /**
    * Send video at most at this many bits per second (no renegotiation: the encoder's parameters).
    * @param {number} bps
    */
@@ -457,6 +554,8 @@ export class PeerLink {
     if (this.closed) return;
     for (const sender of this.pc.getSenders()) {
       if (!sender.track || sender.track.kind !== "video") continue;
+      // A shared screen keeps what it needs to stay legible.
+      if (this.screenTransceiver && sender === this.screenTransceiver.sender) continue;
       const parameters = sender.getParameters();
       if (!parameters.encodings || parameters.encodings.length === 0) continue;
       if (parameters.encodings.every((e) => e.maxBitrate === bps)) continue;
@@ -649,6 +748,8 @@ export class CallController {
    * @param {MediaStream | null} options.localStream
    * @param {(stream: MediaStream | null, peer: Peer) => void} options.onRemoteStream A
    *   participant's media (null: their connection is gone).
+   * @param {(stream: MediaStream | null, peer: Peer) => void} [options.onRemoteScreen] The screen a
+   *   participant shares (null: they stopped, or their connection is gone).
    * @param {(state: MediaState, peer: Peer | null) => void} options.onMediaState The call's state
    *   over all connections: reconnecting if any is, else connected if any is, else connecting if
    *   any is being made, else waiting; with the participant it is about.
@@ -665,11 +766,14 @@ export class CallController {
    * @param {(recorder: Peer | null) => void} [options.onRecorder] The service's recorder joined the
    *   call (it is recorded), or left it.
    */
-  constructor({ send, getIceConfig, localStream, onRemoteStream, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder }) {
+  constructor({ send, getIceConfig, localStream, onRemoteStream, onRemoteScreen, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder }) {
     this.send = send;
     this.getIceConfig = getIceConfig;
     this.localStream = localStream;
     this.onRemoteStream = onRemoteStream;
+    this.onRemoteScreen = onRemoteScreen ?? (() => {});
+    /** @type {MediaStream | null} The screen this page shares, while it does. */
+    this.screenStream = null;
     this.onMediaState = onMediaState;
     this.onPeerPresence = onPeerPresence ?? (() => {});
     this.onPeerLeft = onPeerLeft ?? (() => {});
@@ -888,6 +992,10 @@ export class CallController {
       onRemoteStream: (stream) => {
         if (this.links.get(peerId) === link) this.onRemoteStream(stream, this.peerOf(peerId));
       },
+      onRemoteScreen: (stream) => {
+        if (this.links.get(peerId) === link) this.onRemoteScreen(stream, this.peerOf(peerId));
+      },
+      screenStream: this.screenStream,
       onStateChange: (l) => {
         if (this.links.get(peerId) !== l) return;
         if (l.mediaState === "connected") {
@@ -956,7 +1064,24 @@ export class CallController {
     this.limitVideo();
     const peer = this.peerOf(peerId);
     this.onConnectionClosed(peer);
+    if (old.remoteScreen) this.onRemoteScreen(null, peer);
     this.onRemoteStream(null, peer);
+  }
+
+  /**
+   * Share a screen with everyone in the call (every connection, and every one made while it is
+   * shared), or stop sharing (null). The page stops it too when the browser's own control ends
+   * the capture (the track ends).
+   * @param {MediaStream | null} stream From `getDisplayMedia`.
+   */
+  shareScreen(stream) {
+    this.screenStream = stream;
+    const track = stream?.getVideoTracks()[0] ?? null;
+    if (track) track.contentHint = "detail";
+    return this.enqueue(() => {
+      if (this.screenStream !== stream) return;
+      for (const link of this.links.values()) link.setScreen(track, stream);
+    });
   }
 
   /**

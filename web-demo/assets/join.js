@@ -11,6 +11,7 @@ import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController, recorderPermit } from "./call.js";
 import { CallView, describePeer, showRecordingState } from "./call-view.js";
+import { mayShareScreen } from "./screen-share.js";
 import { ConsentDialog } from "./consent-dialog.js";
 import { E2eeCall, transformApi } from "./e2ee/call-e2ee.js";
 import { MessagingView } from "./messaging-view.js";
@@ -401,6 +402,7 @@ joinButton.addEventListener("click", async () => {
 // ---------------------------------------------------------------------------------------------
 
 const callView = new CallView({ onHangUp: () => leave(), viewer: "patient" });
+// Screens shared by clinicians show here; sharing from this page comes when the owner may allow it.
 const messagingView = new MessagingView({
   peerName: (peerId) => {
     const peer = controller ? controller.peers.get(peerId) : undefined;
@@ -433,6 +435,9 @@ function enterWaiting(place) {
     send: (m) => (signaling ? signaling.send(m) : false),
     getIceConfig: () => ice.get(),
     localStream,
+    onRemoteScreen: (screen, peer) => {
+      if (controller === created && mayShareScreen(peer.role)) callView.setPeerScreen(peer, screen);
+    },
     onRemoteStream: (remote, peer) => {
       if (controller === created) callView.setPeerStream(peer.role === "doctor" && !peer.name ? { ...peer, name: doctorName() } : peer, remote);
     },

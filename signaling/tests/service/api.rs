@@ -762,6 +762,11 @@ async fn health_metrics_and_openapi_are_served() {
         .to_str()
         .unwrap()
         .contains("frame-ancestors 'none'"));
+    // The pages may use the camera, the microphone and screen capture, for themselves only.
+    assert_eq!(
+        page.headers()["permissions-policy"],
+        "camera=(self), microphone=(self), display-capture=(self)"
+    );
     assert_eq!(
         reqwest::get(svc.url("/assets/../Cargo.toml"))
             .await
