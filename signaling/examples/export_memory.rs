@@ -202,6 +202,7 @@ fn write_recording(
                 role: *role,
                 participant: *participant,
                 protected: clinician.is_some(),
+                screen: false,
             }));
         }
         let kid = 0x100 + n as u64;

@@ -27,7 +27,7 @@ use consult_e2ee::{E2eeEvent, ScheduleConfig};
 use consult_peer::file_transfer::FileTransfers;
 use consult_peer::{
     E2eeSetup, EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent,
-    RemoteDescriptionOutcome, TrackKind, Transmit, VideoCodec,
+    RemoteDescriptionOutcome, TrackKind, Transmit, VideoCodec, VideoSource,
 };
 use consult_proto::signal::{
     ClientMessage, IceCandidate, ParticipantRole, RecordingState, SdpKind, ServerMessage,
@@ -160,6 +160,8 @@ struct Link {
     connected_at: Option<Instant>,
     e2ee_warned: bool,
     gate: KeyframeGate,
+    /// The same for the screen this participant shares.
+    screen_gate: KeyframeGate,
     last_keyframe_request: Option<Instant>,
     /// The bandwidth estimate of this connection (bits per second).
     bitrate: Option<u64>,
@@ -193,6 +195,10 @@ pub(crate) struct Call {
     unclaimed: VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
     // Media.
     keyframe_due: bool,
+    /// Whether this side shares a screen (every connection carries it).
+    screen_shared: bool,
+    /// Whether the next screen frame should be a keyframe.
+    screen_keyframe_due: bool,
     last_bitrate: Option<u32>,
     audio_rtp: u64,
     frames_encoded: u64,
@@ -222,6 +228,8 @@ impl Call {
             parked_files: HashMap::new(),
             unclaimed: VecDeque::new(),
             keyframe_due: true,
+            screen_shared: false,
+            screen_keyframe_due: false,
             last_bitrate: None,
             audio_rtp: 0,
             frames_encoded: 0,
@@ -389,11 +397,15 @@ impl Call {
             ServerMessage::Description { from, description }
                 if Some(from) == self.recorder_id && description.kind == SdpKind::Answer =>
             {
-                if let Some(link) = &mut self.recorder
-                    && let Err(e) = link.peer.handle_remote_answer(&description.sdp)
-                {
-                    tracing::warn!(error = %e, "the recorder's answer does not fit; dropping the link");
-                    self.recorder = None;
+                if let Some(link) = &mut self.recorder {
+                    match link.peer.handle_remote_answer(&description.sdp) {
+                        // A change made while an offer was out goes in the next one.
+                        Ok(_) => link.offer_due = link.peer.needs_negotiation(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the recorder's answer does not fit; dropping the link");
+                            self.recorder = None;
+                        }
+                    }
                 }
             }
             ServerMessage::Candidate {
@@ -521,6 +533,9 @@ impl Call {
         if let Some(files) = self.parked_files.remove(&id) {
             peer.adopt_file_transfers(files);
         }
+        // A screen shared before this connection was made goes on it too.
+        peer.share_screen(self.screen_shared);
+        self.screen_keyframe_due |= self.screen_shared;
         let pending_candidates = self.candidates.offer(&mut peer)?;
         self.links.push(Link {
             remote: id,
@@ -536,6 +551,7 @@ impl Call {
             connected_at: None,
             e2ee_warned: false,
             gate: KeyframeGate::default(),
+            screen_gate: KeyframeGate::default(),
             last_keyframe_request: None,
             bitrate: None,
             started: now,
@@ -659,6 +675,8 @@ impl Call {
                 }
             };
         let candidates = self.candidates.offer(&mut link.peer)?;
+        // A screen shared now is recorded too, as its own track.
+        link.peer.share_screen(self.screen_shared);
         let Some(offer) = link.peer.create_offer()? else {
             return Ok(());
         };
@@ -802,6 +820,29 @@ impl Call {
                         self.keyframe_due = true;
                         continue;
                     }
+                    Ok(Output::Event(PeerEvent::ScreenKeyframeRequested)) => {
+                        self.screen_keyframe_due = true;
+                        continue;
+                    }
+                    // The screen's section comes or goes: offer again (the recorder answers).
+                    Ok(Output::Event(PeerEvent::Connected)) | Ok(Output::Timeout(_))
+                        if link.offer_due && link.peer.is_connected() =>
+                    {
+                        link.offer_due = false;
+                        let recorder = link.recorder;
+                        match link.peer.create_offer() {
+                            Ok(Some(sdp)) => self.signal(ClientMessage::Description {
+                                to: recorder,
+                                description: SessionDescription {
+                                    kind: SdpKind::Offer,
+                                    sdp,
+                                },
+                            }),
+                            Ok(None) => {}
+                            Err(e) => tracing::debug!(error = %e, "no new offer for the recorder"),
+                        }
+                        continue;
+                    }
                     // Otherwise it only answers and never sends media: nothing to tell.
                     Ok(Output::Event(_)) => continue,
                     Ok(Output::Timeout(at)) => link.next_timeout = at,
@@ -908,6 +949,7 @@ impl Call {
                 self.keyframe_due = true;
                 self.emit(SessionEvent::KeyframeRequested);
             }
+            PeerEvent::ScreenKeyframeRequested => self.screen_keyframe_due = true,
             PeerEvent::BitrateEstimate(bps) => {
                 self.links[i].bitrate = Some(bps);
                 self.update_bitrate();
@@ -956,29 +998,114 @@ impl Call {
         let from = self.links[i].remote;
         if self.config.receive == ReceiveMode::Decoded
             && let TrackKind::Video(codec) = frame.kind
-            && !self.links[i].gate.admit(codec, &frame)
         {
-            self.request_keyframe_from(from, self.now);
-            return;
+            let link = &mut self.links[i];
+            let gate = match frame.source {
+                VideoSource::Camera => &mut link.gate,
+                VideoSource::Screen => &mut link.screen_gate,
+            };
+            if !gate.admit(codec, &frame) {
+                self.request_keyframe_of(from, frame.source, self.now);
+                return;
+            }
         }
         self.queue.push_back(CallOutput::Frame { from, frame });
     }
 
-    /// The decoder turned a frame of `from` into a picture: frames that follow can be decoded.
-    pub fn video_decoded(&mut self, from: Uuid) {
+    /// The decoder turned a frame of `from`'s camera or screen into a picture: frames that
+    /// follow can be decoded.
+    pub fn video_decoded(&mut self, from: Uuid, source: VideoSource) {
         if let Some(i) = self.link_index(from) {
-            self.links[i].gate.decodable = true;
+            let link = &mut self.links[i];
+            match source {
+                VideoSource::Camera => link.gate.decodable = true,
+                VideoSource::Screen => link.screen_gate.decodable = true,
+            }
         }
         self.frames_decoded += 1;
     }
 
-    /// The decoder refused a frame of `from`: wait for a keyframe, and ask for one now.
-    pub fn video_undecodable(&mut self, from: Uuid, now: Instant) {
+    /// The decoder refused a frame of `from`'s camera or screen: wait for a keyframe, and ask
+    /// for one now.
+    pub fn video_undecodable(&mut self, from: Uuid, source: VideoSource, now: Instant) {
         if let Some(i) = self.link_index(from) {
-            self.links[i].gate.decodable = false;
-            self.links[i].last_keyframe_request = None;
+            let link = &mut self.links[i];
+            match source {
+                VideoSource::Camera => link.gate.decodable = false,
+                VideoSource::Screen => link.screen_gate.decodable = false,
+            }
+            link.last_keyframe_request = None;
         }
-        self.request_keyframe_from(from, now);
+        self.request_keyframe_of(from, source, now);
+    }
+
+    /// Ask `from` for a keyframe of its camera or its screen (merged as below).
+    fn request_keyframe_of(&mut self, from: Uuid, source: VideoSource, now: Instant) {
+        match source {
+            VideoSource::Camera => self.request_keyframe_from(from, now),
+            VideoSource::Screen => {
+                if let Some(i) = self.link_index(from)
+                    && let Err(e) = self.links[i].peer.request_screen_keyframe()
+                {
+                    tracing::debug!(error = %e, "screen keyframe request failed");
+                }
+            }
+        }
+    }
+
+    /// Share a screen with everyone in the call (true), or stop (false): every connection, and
+    /// every one made while it is shared, gets a send-only video section of its own for it
+    /// (negotiated by the connection's next offer). Frames go with [`Call::write_screen`].
+    pub fn share_screen(&mut self, on: bool) {
+        self.screen_shared = on;
+        self.screen_keyframe_due = on;
+        if let Some(link) = &mut self.recorder {
+            link.peer.share_screen(on);
+            link.offer_due = link.peer.needs_negotiation();
+        }
+        for i in 0..self.links.len() {
+            self.links[i].peer.share_screen(on);
+            if self.links[i].peer.needs_negotiation() && self.links[i].offer_at.is_none() {
+                self.links[i].offer_at = Some(self.now);
+            }
+        }
+    }
+
+    /// Whether a screen is shared now.
+    pub fn screen_shared(&self) -> bool {
+        self.screen_shared
+    }
+
+    /// Whether the next screen frame should be a keyframe (sharing began, or someone asked).
+    pub fn screen_keyframe_due(&self) -> bool {
+        self.screen_keyframe_due
+    }
+
+    /// Send an encoded frame of the shared screen (in the camera's codec) to every participant
+    /// whose connection has the screen's section negotiated and, while recording, to the
+    /// recorder (a track of its own).
+    pub fn write_screen(
+        &mut self,
+        now: Instant,
+        codec: VideoCodec,
+        data: &[u8],
+    ) -> Result<(), PeerError> {
+        self.now = self.now.max(now);
+        self.screen_keyframe_due = false;
+        let rtp_time = ((now - self.started).as_micros() as u64 * 9 / 100) & 0xffff_ffff;
+        for link in self.links.iter_mut().filter(|l| l.peer.is_connected()) {
+            if !link.peer.screen_ready() || link.peer.video_codec() != Some(codec) {
+                continue;
+            }
+            let remote = link.remote;
+            if let Err(e) = link.peer.write_screen(now, rtp_time, codec, data) {
+                tracing::debug!(error = %e, %remote, "a screen frame not sent on one connection");
+            }
+        }
+        if let Some(link) = &mut self.recorder {
+            survivable(link.write_screen(now, rtp_time, codec, data))?;
+        }
+        Ok(())
     }
 
     /// Ask every participant for a keyframe (merged per connection, as below).

@@ -3,7 +3,7 @@
 use consult_codec::VideoFrame;
 use consult_e2ee::E2eeEvent;
 use consult_peer::file_transfer::FileEvent;
-use consult_peer::{EncodedFrame, Stats, VideoCodec};
+use consult_peer::{EncodedFrame, Stats, VideoCodec, VideoSource};
 use consult_proto::signal::{ParticipantRole, RecordingState};
 use uuid::Uuid;
 
@@ -73,6 +73,8 @@ pub enum SessionEvent {
         frame: VideoFrame,
         /// The codec it arrived in.
         codec: VideoCodec,
+        /// The sender's camera, or the screen they share.
+        source: VideoSource,
     },
     /// 20 ms of decoded 48 kHz mono audio from one participant.
     Audio {

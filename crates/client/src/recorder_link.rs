@@ -40,6 +40,8 @@ pub(crate) struct RecorderLink {
     pub recorder: Uuid,
     pub peer: Peer,
     pub next_timeout: Instant,
+    /// A new offer is due (the shared screen's section comes or goes).
+    pub offer_due: bool,
     protection: Option<Protection>,
 }
 
@@ -95,6 +97,7 @@ impl RecorderLink {
                 recorder,
                 peer,
                 next_timeout: now,
+                offer_due: false,
                 protection,
             },
             message,
@@ -129,6 +132,26 @@ impl RecorderLink {
         }
         match self.prepare(TrackKind::Video(codec), frame) {
             Some(frame) => self.peer.write_video(now, rtp_time, codec, &frame),
+            None => Ok(()),
+        }
+    }
+
+    /// Send a frame of the shared screen, once its section is negotiated on this link.
+    pub fn write_screen(
+        &mut self,
+        now: Instant,
+        rtp_time: u64,
+        codec: VideoCodec,
+        frame: &[u8],
+    ) -> Result<(), PeerError> {
+        if !self.peer.is_connected()
+            || !self.peer.screen_ready()
+            || self.peer.video_codec() != Some(codec)
+        {
+            return Ok(());
+        }
+        match self.prepare(TrackKind::Video(codec), frame) {
+            Some(frame) => self.peer.write_screen(now, rtp_time, codec, &frame),
             None => Ok(()),
         }
     }

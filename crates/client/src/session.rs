@@ -23,7 +23,7 @@ use consult_codec::{
     video_decoder, video_encoder, CodecError, EncodedVideo, VideoDecoder, VideoEncoder, VideoFrame,
 };
 use consult_e2ee::ScheduleConfig;
-use consult_peer::{EncodedFrame, Peer, PeerConfig, PeerError, TrackKind, VideoCodec};
+use consult_peer::{EncodedFrame, Peer, PeerConfig, PeerError, TrackKind, VideoCodec, VideoSource};
 
 /// What the session sends when the application gives it raw frames.
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +121,8 @@ pub enum SessionError {
 
 enum Command {
     Video(VideoFrame),
+    ShareScreen(bool),
+    Screen(VideoFrame),
     EncodedVideo(EncodedVideo),
     Audio(Vec<i16>),
     EncodedAudio(Vec<u8>),
@@ -224,6 +226,22 @@ impl Session {
     pub async fn send_video(&self, frame: VideoFrame) -> Result<(), SessionError> {
         frame.validate()?;
         self.command(Command::Video(frame)).await
+    }
+
+    /// Share a screen with everyone in the call (true), or stop (false): each connection gets a
+    /// video section of its own for it, after the camera's. Send its frames with
+    /// [`Session::send_screen`]; the others receive them as [`SessionEvent::Video`] with
+    /// [`VideoSource::Screen`](consult_peer::VideoSource::Screen).
+    pub async fn share_screen(&self, on: bool) -> Result<(), SessionError> {
+        self.command(Command::ShareScreen(on)).await
+    }
+
+    /// Send a raw I420 frame of the shared screen (see [`Session::share_screen`]); the session
+    /// encodes it with the camera's codec, in an encoder of its own. Frames sent while the
+    /// screen is not shared are dropped.
+    pub async fn send_screen(&self, frame: VideoFrame) -> Result<(), SessionError> {
+        frame.validate()?;
+        self.command(Command::Screen(frame)).await
     }
 
     /// Send a frame the application encoded itself (its codec must be the negotiated one).
@@ -348,10 +366,12 @@ struct Runner {
     video_encoder: Option<(Box<dyn VideoEncoder>, (u32, u32))>,
     /// The bitrate the call last asked video to be sent at (kept for a new encoder).
     video_bitrate: Option<u32>,
+    /// The encoder of the shared screen, with the frame size it was made for.
+    screen_encoder: Option<(Box<dyn VideoEncoder>, (u32, u32))>,
     audio_encoder: OpusEncoder,
     /// Each sender's decoders (their state is per stream).
     audio_decoders: HashMap<Uuid, OpusDecoder>,
-    video_decoders: HashMap<Uuid, (VideoCodec, Box<dyn VideoDecoder>)>,
+    video_decoders: HashMap<(Uuid, VideoSource), (VideoCodec, Box<dyn VideoDecoder>)>,
     /// When to re-establish signaling while media goes on peer to peer, and what to send then.
     link: SignalLink,
     /// The reconnection attempt under way (its own task, so a service that does not answer
@@ -410,6 +430,7 @@ impl Runner {
             call_timeout: now,
             video_encoder: None,
             video_bitrate: None,
+            screen_encoder: None,
             audio_encoder: OpusEncoder::new(32_000)?,
             audio_decoders: HashMap::new(),
             video_decoders: HashMap::new(),
@@ -635,6 +656,38 @@ impl Runner {
                     self.call.write_video(now, codec, &encoded.data)?;
                 }
             }
+            Command::ShareScreen(on) => {
+                self.call.share_screen(on);
+                if !on {
+                    self.screen_encoder = None;
+                }
+            }
+            Command::Screen(frame) => {
+                let Some(codec) = self.call.video_codec() else {
+                    return Ok(());
+                };
+                if !self.call.screen_shared() {
+                    return Ok(());
+                }
+                let mut force_keyframe = self.call.screen_keyframe_due();
+                let size = (frame.width, frame.height);
+                if self
+                    .screen_encoder
+                    .as_ref()
+                    .is_none_or(|(e, made_for)| e.codec() != codec || *made_for != size)
+                {
+                    let v = self.config.video;
+                    let encoder =
+                        video_encoder(codec, frame.width, frame.height, v.bitrate_bps, v.fps)?;
+                    self.screen_encoder = Some((encoder, size));
+                    force_keyframe = true;
+                }
+                if let Some((encoder, _)) = &mut self.screen_encoder
+                    && let Some(encoded) = encoder.encode(&frame, force_keyframe)?
+                {
+                    self.call.write_screen(now, codec, &encoded.data)?;
+                }
+            }
             Command::EncodedVideo(encoded) => {
                 self.call.write_video(now, encoded.codec, &encoded.data)?;
             }
@@ -736,33 +789,36 @@ impl Runner {
                 }
             },
             TrackKind::Video(codec) => {
+                let key = (from, frame.source);
                 if self
                     .video_decoders
-                    .get(&from)
+                    .get(&key)
                     .is_none_or(|(c, _)| *c != codec)
                 {
                     self.video_decoders
-                        .insert(from, (codec, video_decoder(codec)?));
+                        .insert(key, (codec, video_decoder(codec)?));
                 }
-                let Some((_, decoder)) = self.video_decoders.get_mut(&from) else {
+                let Some((_, decoder)) = self.video_decoders.get_mut(&key) else {
                     return Ok(());
                 };
                 match decoder.decode(&frame.data) {
                     Ok(Some(picture)) => {
-                        self.call.video_decoded(from);
+                        self.call.video_decoded(from, frame.source);
                         emit(
                             &self.events,
                             SessionEvent::Video {
                                 from,
                                 frame: picture,
                                 codec,
+                                source: frame.source,
                             },
                         )
                         .await;
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        self.call.video_undecodable(from, Instant::now());
+                        self.call
+                            .video_undecodable(from, frame.source, Instant::now());
                         emit(
                             &self.events,
                             SessionEvent::Warning(format!("video decode: {e}")),
@@ -788,7 +844,7 @@ impl Runner {
     /// Forget the decoders of participants who left.
     fn forget_decoders(&mut self, gone: Uuid) {
         self.audio_decoders.remove(&gone);
-        self.video_decoders.remove(&gone);
+        self.video_decoders.retain(|(from, _), _| *from != gone);
     }
 }
 

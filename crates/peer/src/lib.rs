@@ -65,7 +65,7 @@ pub mod simulated;
 
 pub use peer::{
     DtlsCert, E2eeSetup, EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent,
-    RemoteDescriptionOutcome, Stats, TrackKind, Transmit, VideoCodec,
+    RemoteDescriptionOutcome, Stats, TrackKind, Transmit, VideoCodec, VideoSource,
 };
 /// The WebRTC engine underneath, for candidates and states the peer hands through unchanged.
 pub use str0m;

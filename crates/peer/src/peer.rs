@@ -122,11 +122,38 @@ pub enum TrackKind {
     Video(VideoCodec),
 }
 
+/// Which of a participant's videos a frame belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum VideoSource {
+    /// The camera: the first video section the remote sends in (and every audio frame).
+    #[default]
+    Camera,
+    /// A shared screen: any later video section the remote sends in.
+    Screen,
+}
+
+/// The mid of the camera's section in a remote SDP: the first video section its author sends in
+/// (sendrecv or sendonly; any later one it sends in carries a shared screen), as the web pages
+/// decide it too.
+fn remote_camera_mid(sdp: &str) -> Option<Mid> {
+    sdp.split("\nm=").skip(1).find_map(|section| {
+        if !section.starts_with("video ") {
+            return None;
+        }
+        let lines = || section.lines().map(str::trim_end);
+        let sends = !lines().any(|l| l == "a=recvonly" || l == "a=inactive");
+        let mid = lines().find_map(|l| l.strip_prefix("a=mid:"))?;
+        sends.then(|| Mid::from(mid))
+    })
+}
+
 /// An encoded frame that arrived.
 #[derive(Debug, Clone)]
 pub struct EncodedFrame {
     /// Audio or video, and the codec.
     pub kind: TrackKind,
+    /// For video: the camera or a shared screen.
+    pub source: VideoSource,
     /// RTP time (90 kHz for video, 48 kHz for audio).
     pub rtp_time: u64,
     /// Whether a keyframe (video).
@@ -196,6 +223,8 @@ pub enum PeerEvent {
     Frame(EncodedFrame),
     /// The remote asked for a keyframe: encode the next video frame as one.
     KeyframeRequested,
+    /// The remote asks for a keyframe of the shared screen.
+    ScreenKeyframeRequested,
     /// Periodic statistics.
     Stats(Stats),
     /// The send bandwidth estimate changed: adapt the encoder's bitrate.
@@ -275,6 +304,19 @@ pub struct Peer {
     channels_offered: bool,
     audio_mid: Option<Mid>,
     video_mid: Option<Mid>,
+    /// Whether this side wants to share a screen (a send-only video section of its own).
+    screen_wanted: bool,
+    /// The screen's section, once negotiated (kept when sharing stops, and reused).
+    screen_mid: Option<Mid>,
+    /// The screen's section in an offer not yet answered.
+    offered_screen: Option<Mid>,
+    /// The direction the screen's section has in the last offer or answer this side made.
+    screen_direction: Direction,
+    /// The remote's camera section (its first video section it sends in); video on any other
+    /// section is its shared screen.
+    remote_camera: Option<Mid>,
+    /// The section the remote's screen last arrived on (where its keyframe requests go).
+    screen_rx_mid: Option<Mid>,
     /// The m-line video last arrived on: where keyframe requests go. A remote that
     /// renegotiated with new transceivers sends on a later m-line than the first one, and a
     /// request on the first would never reach its encoder.
@@ -395,6 +437,12 @@ impl Peer {
             channels_offered: false,
             audio_mid: None,
             video_mid: None,
+            screen_wanted: false,
+            screen_mid: None,
+            offered_screen: None,
+            screen_direction: Direction::Inactive,
+            remote_camera: None,
+            screen_rx_mid: None,
             video_rx_mid: None,
             chat: None,
             file: None,
@@ -493,6 +541,29 @@ impl Peer {
         (self.config.audio && self.audio_mid.is_none())
             || (self.config.video && self.video_mid.is_none())
             || (self.chat.is_none() && !self.channels_offered)
+            || self.screen_direction != self.wanted_screen_direction()
+    }
+
+    fn wanted_screen_direction(&self) -> Direction {
+        if self.screen_wanted {
+            Direction::SendOnly
+        } else {
+            Direction::Inactive
+        }
+    }
+
+    /// Share a screen (true) or stop (false): a send-only video section of its own, after the
+    /// camera's, made on the next offer ([`Peer::needs_negotiation`] says when one is due) and
+    /// set inactive when sharing stops. Frames go with [`Peer::write_screen`].
+    pub fn share_screen(&mut self, on: bool) {
+        self.screen_wanted = on;
+    }
+
+    /// Whether a screen can be sent now (its section is negotiated and sending).
+    pub fn screen_ready(&self) -> bool {
+        self.screen_wanted
+            && self.screen_mid.is_some()
+            && self.screen_direction == Direction::SendOnly
     }
 
     /// Make an offer with whatever is not negotiated yet (tracks, the chat and file channels).
@@ -501,6 +572,7 @@ impl Peer {
         if self.pending_offer.is_some() {
             return Ok(None);
         }
+        let screen = self.wanted_screen_direction();
         let mut api = self.rtc.sdp_api();
         if self.config.audio && self.audio_mid.is_none() {
             self.offered_audio =
@@ -509,6 +581,21 @@ impl Peer {
         if self.config.video && self.video_mid.is_none() {
             self.offered_video =
                 Some(api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None));
+        }
+        if self.screen_direction != screen {
+            match self.screen_mid {
+                Some(mid) => api.set_direction(mid, screen),
+                None if screen == Direction::SendOnly => {
+                    self.offered_screen = Some(api.add_media(
+                        MediaKind::Video,
+                        Direction::SendOnly,
+                        None,
+                        None,
+                        None,
+                    ));
+                }
+                None => {}
+            }
         }
         if self.chat.is_none() && self.file.is_none() && !self.channels_offered {
             api.add_channel_with_config(ChannelConfig {
@@ -551,6 +638,7 @@ impl Peer {
         self.pending_offer = None;
         self.offered_audio = None;
         self.offered_video = None;
+        self.offered_screen = None;
         if self.chat.is_none() {
             self.channels_offered = false;
         }
@@ -570,6 +658,7 @@ impl Peer {
             self.rollback();
         }
         let answer = self.rtc.sdp_api().accept_offer(offer)?;
+        self.remote_camera = remote_camera_mid(sdp);
         Ok(RemoteDescriptionOutcome::Answer(answer.to_sdp_string()))
     }
 
@@ -584,6 +673,13 @@ impl Peer {
             .take()
             .ok_or(PeerError::UnexpectedAnswer)?;
         self.rtc.sdp_api().accept_answer(pending, answer)?;
+        self.remote_camera = remote_camera_mid(sdp);
+        if let Some(mid) = self.offered_screen.take() {
+            self.screen_mid = Some(mid);
+        }
+        if self.screen_mid.is_some() {
+            self.screen_direction = self.wanted_screen_direction();
+        }
         if let Some(mid) = self.offered_audio.take() {
             self.audio_mid = Some(mid);
         }
@@ -694,8 +790,20 @@ impl Peer {
                     return;
                 };
                 let keyframe = data.is_keyframe();
-                if matches!(kind, TrackKind::Video(_)) {
-                    self.video_rx_mid = Some(data.mid);
+                let source = match kind {
+                    TrackKind::Video(_) if self.remote_camera.is_some_and(|m| m != data.mid) => {
+                        VideoSource::Screen
+                    }
+                    _ => VideoSource::Camera,
+                };
+                match (kind, source) {
+                    (TrackKind::Video(_), VideoSource::Camera) => {
+                        self.video_rx_mid = Some(data.mid)
+                    }
+                    (TrackKind::Video(_), VideoSource::Screen) => {
+                        self.screen_rx_mid = Some(data.mid)
+                    }
+                    _ => {}
                 }
                 let bytes = match &mut self.e2ee {
                     None => data.data.to_vec(),
@@ -716,11 +824,15 @@ impl Peer {
                 };
                 self.events.push_back(PeerEvent::Frame(EncodedFrame {
                     kind,
+                    source,
                     rtp_time: data.time.numer(),
                     keyframe,
                     contiguous: data.contiguous,
                     data: bytes,
                 }));
+            }
+            Event::KeyframeRequest(request) if Some(request.mid) == self.screen_mid => {
+                self.events.push_back(PeerEvent::ScreenKeyframeRequested);
             }
             Event::KeyframeRequest(_) => self.events.push_back(PeerEvent::KeyframeRequested),
             Event::ChannelOpen(id, label) => {
@@ -1141,6 +1253,34 @@ impl Peer {
     ) -> Result<(), PeerError> {
         let mid = self.video_mid.ok_or(PeerError::NotNegotiated("video"))?;
         self.configure_video_stream(mid);
+        self.write_video_on(mid, wallclock, rtp_time, codec, frame)
+    }
+
+    /// Send an encoded frame of the shared screen (see [`Peer::share_screen`]); the codec is
+    /// the camera's ([`Peer::video_codec`]). [`PeerError::NotNegotiated`] until the screen's
+    /// section is negotiated and sending ([`Peer::screen_ready`]).
+    pub fn write_screen(
+        &mut self,
+        wallclock: Instant,
+        rtp_time: u64,
+        codec: VideoCodec,
+        frame: &[u8],
+    ) -> Result<(), PeerError> {
+        let mid = self
+            .screen_mid
+            .filter(|_| self.screen_ready())
+            .ok_or(PeerError::NotNegotiated("screen"))?;
+        self.write_video_on(mid, wallclock, rtp_time, codec, frame)
+    }
+
+    fn write_video_on(
+        &mut self,
+        mid: Mid,
+        wallclock: Instant,
+        rtp_time: u64,
+        codec: VideoCodec,
+        frame: &[u8],
+    ) -> Result<(), PeerError> {
         let writer = self
             .rtc
             .writer(mid)
@@ -1207,12 +1347,24 @@ impl Peer {
         Ok(())
     }
 
-    /// Ask the remote for a video keyframe (after loss broke decoding).
+    /// Ask the remote for a video keyframe of its camera (after loss broke decoding).
     pub fn request_keyframe(&mut self) -> Result<(), PeerError> {
         let mid = self
             .video_rx_mid
             .or(self.video_mid)
             .ok_or(PeerError::NotNegotiated("video"))?;
+        self.request_keyframe_on(mid)
+    }
+
+    /// Ask the remote for a keyframe of the screen it shares.
+    pub fn request_screen_keyframe(&mut self) -> Result<(), PeerError> {
+        let mid = self
+            .screen_rx_mid
+            .ok_or(PeerError::NotNegotiated("screen"))?;
+        self.request_keyframe_on(mid)
+    }
+
+    fn request_keyframe_on(&mut self, mid: Mid) -> Result<(), PeerError> {
         let mut writer = self
             .rtc
             .writer(mid)

@@ -404,6 +404,8 @@ struct PlannedTrack {
     participant: Uuid,
     /// Their name, when the export was given one ([`MuxPlan::name_participants`]).
     name: Option<String>,
+    /// A shared screen (not the camera).
+    screen: bool,
     number: u64,
     description: Description,
 }
@@ -539,6 +541,7 @@ impl MuxPlan {
                 role: track.role,
                 participant: track.participant,
                 name: None,
+                screen: track.screen,
                 number: planned.len() as u64 + 1,
                 description: description.clone(),
             });
@@ -749,7 +752,11 @@ fn put_track_entry(e: &mut Vec<u8>, t: &PlannedTrack) {
     put_uint(e, id::TRACK_NUMBER, t.number);
     put_uint(e, id::TRACK_UID, t.number);
     put_uint(e, id::FLAG_LACING, 0);
-    let kind = if t.codec.is_video() { "video" } else { "audio" };
+    let kind = match (t.codec.is_video(), t.screen) {
+        (true, true) => "screen",
+        (true, false) => "video",
+        (false, _) => "audio",
+    };
     let name = match &t.name {
         Some(name) => format!("{name} ({}) {kind}", role_name(t.role)),
         None => format!("{} {kind}", role_name(t.role)),
@@ -812,6 +819,7 @@ mod tests {
             role: TrackRole::Patient,
             participant: uuid::Uuid::nil(),
             protected: false,
+            screen: false,
         };
         let tracks = BTreeMap::from([(0, track)]);
         let frame = |at_us| Frame {
@@ -847,6 +855,7 @@ mod tests {
             role: TrackRole::Patient,
             participant: uuid::Uuid::nil(),
             protected: false,
+            screen: false,
         };
         let contents = RecordingContents {
             tracks: BTreeMap::from([(0, track(0, Codec::Vp8)), (1, track(1, Codec::Opus))]),

@@ -119,6 +119,8 @@ pub struct Track {
     pub participant: Uuid,
     /// Frames are SFrame ciphertext as they arrived (a zero-knowledge recording).
     pub protected: bool,
+    /// A screen the participant shared (a video track beside their camera's).
+    pub screen: bool,
 }
 
 /// One encoded frame.
@@ -175,7 +177,8 @@ impl Record {
                 out.push(t.id);
                 out.push(t.codec.to_byte());
                 out.push(t.role.to_byte());
-                out.push(u8::from(t.protected));
+                // Flags: 1 protected, 2 a shared screen (earlier recordings have neither).
+                out.push(u8::from(t.protected) | (u8::from(t.screen) << 1));
                 out.extend_from_slice(t.participant.as_bytes());
             }
             Self::Frame(f) => {
@@ -225,6 +228,7 @@ impl Record {
                     role: TrackRole::from_byte(role)?,
                     participant,
                     protected: flags & 1 == 1,
+                    screen: flags & 2 == 2,
                 })
             }
             2 => {
@@ -627,6 +631,7 @@ mod tests {
                 role: *role,
                 participant: Uuid::new_v4(),
                 protected: false,
+                screen: false,
             }));
         }
         let bytes = batch.take();

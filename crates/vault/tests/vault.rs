@@ -417,6 +417,7 @@ fn recording_contents_come_back_in_time_order_and_unfinished_ones_only_on_reques
             role: TrackRole::Patient,
             participant,
             protected: false,
+            screen: false,
         }));
     }
     for (track, at_us) in [(1, 40_000), (0, 20_000), (0, 40_000), (1, 0)] {
@@ -474,9 +475,10 @@ fn any_record() -> impl Strategy<Value = Record> {
             0u8..3,
             any::<bool>(),
             any::<bool>(),
-            any::<[u8; 16]>()
+            any::<[u8; 16]>(),
+            any::<bool>()
         )
-            .prop_map(|(id, c, doctor, protected, p)| {
+            .prop_map(|(id, c, doctor, protected, p, screen)| {
                 Record::Track(Track {
                     id,
                     codec: [Codec::Opus, Codec::Vp8, Codec::H264][c as usize],
@@ -487,6 +489,7 @@ fn any_record() -> impl Strategy<Value = Record> {
                     },
                     participant: Uuid::from_bytes(p),
                     protected,
+                    screen,
                 })
             }),
         (
@@ -570,6 +573,7 @@ fn recording_at(times: &[u64], per_chunk: usize) -> (tempfile::TempDir, Vault, U
         role: TrackRole::Doctor,
         participant: Uuid::new_v4(),
         protected: false,
+        screen: false,
     }));
     for (n, at_us) in times.iter().enumerate() {
         batch.push(&Record::Frame(Frame {

@@ -179,7 +179,7 @@ pub fn prepare(
         return Err(ExportError::NeedsClinicianKey(id));
     }
     let mut file_tracks: BTreeMap<u8, Track> = BTreeMap::new();
-    let mut by_sender: HashMap<(Uuid, TrackRole, Codec), u8> = HashMap::new();
+    let mut by_sender: HashMap<(Uuid, TrackRole, Codec, bool), u8> = HashMap::new();
     let mut segments = Vec::new();
     let (mut frames, mut protected_frames) = (0u64, 0u64);
     let (mut any_key, mut first_key_error) = (false, None::<String>);
@@ -213,7 +213,9 @@ pub fn prepare(
         }
         let mut to_file = BTreeMap::new();
         for (n, t) in &index.tracks {
-            let file_id = match by_sender.get(&(t.participant, t.role, t.codec)) {
+            // One file track per sender, codec and source (a shared screen apart from the
+            // camera), whichever segments it spans.
+            let file_id = match by_sender.get(&(t.participant, t.role, t.codec, t.screen)) {
                 Some(file_id) => *file_id,
                 None => {
                     let file_id =
@@ -232,7 +234,7 @@ pub fn prepare(
                             ..t.clone()
                         },
                     );
-                    by_sender.insert((t.participant, t.role, t.codec), file_id);
+                    by_sender.insert((t.participant, t.role, t.codec, t.screen), file_id);
                     file_id
                 }
             };
@@ -693,6 +695,7 @@ mod tests {
                 },
                 participant: s.participant,
                 protected: true,
+                screen: false,
             }));
             let binding = EpochKeyBinding {
                 recording: *id.as_bytes(),
@@ -896,6 +899,7 @@ mod tests {
                 },
                 participant: participants[usize::from(n)],
                 protected: false,
+                screen: false,
             }));
         }
         for i in 0..frames {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use consult_peer::{
     EncodedFrame, Output, Peer, PeerConfig, PeerEvent, RemoteDescriptionOutcome, TrackKind,
-    VideoCodec,
+    VideoCodec, VideoSource,
 };
 use consult_proto::signal::{
     IceCandidate, ParticipantRole, SdpKind, ServerMessage, SessionDescription,
@@ -123,7 +123,8 @@ struct Recorder {
     recording_id: Uuid,
     roles: HashMap<Uuid, ParticipantRole>,
     peers: HashMap<Uuid, RemotePeer>,
-    tracks: HashMap<(Uuid, bool), TrackState>,
+    /// Per sender: their audio, their camera and the screen they share, each a track.
+    tracks: HashMap<(Uuid, bool, VideoSource), TrackState>,
     next_track: u8,
     batch: RecordBatch,
     started: Instant,
@@ -552,7 +553,13 @@ impl Recorder {
             Some(ParticipantRole::Companion) => TrackRole::Companion,
             Some(ParticipantRole::Recorder) | None => return,
         };
-        let key = (from, codec.is_video());
+        let screen = codec.is_video() && frame.source == VideoSource::Screen;
+        let source = if screen {
+            VideoSource::Screen
+        } else {
+            VideoSource::Camera
+        };
+        let key = (from, codec.is_video(), source);
         let needs_track = self.tracks.get(&key).is_none_or(|t| t.codec != codec);
         if needs_track {
             // Track ids never wrap: a sender who keeps changing codecs could otherwise declare
@@ -569,6 +576,7 @@ impl Recorder {
                 role,
                 participant: from,
                 protected: self.info.e2ee,
+                screen,
             }));
             self.tracks.insert(
                 key,
@@ -596,7 +604,11 @@ impl Recorder {
                     if due {
                         track.last_keyframe_request = Some(Instant::now());
                         if let Some(remote) = self.peers.get_mut(&from) {
-                            let _ = remote.peer.request_keyframe();
+                            let _ = if screen {
+                                remote.peer.request_screen_keyframe()
+                            } else {
+                                remote.peer.request_keyframe()
+                            };
                         }
                     }
                     return;

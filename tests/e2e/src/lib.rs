@@ -192,6 +192,8 @@ pub struct Seen {
     pub audio_from: std::collections::HashMap<uuid::Uuid, usize>,
     /// The short authentication string agreed with each participant.
     pub sas_with: std::collections::HashMap<uuid::Uuid, String>,
+    /// Decoded frames of shared screens, per sender.
+    pub screen_from: std::collections::HashMap<uuid::Uuid, usize>,
     /// Decoded video frames per frame size (width, height).
     pub sizes: std::collections::BTreeMap<(u32, u32), usize>,
 }
@@ -202,6 +204,15 @@ pub fn record(seen: &mut Seen, event: SessionEvent) {
         SessionEvent::Joined { .. } => seen.joined = true,
         SessionEvent::Admitted => seen.admitted = true,
         SessionEvent::Connected { .. } => seen.connected = true,
+        SessionEvent::Video {
+            frame,
+            from,
+            source: consult_client::peer::VideoSource::Screen,
+            ..
+        } => {
+            assert!(frame.width > 0 && frame.height > 0);
+            *seen.screen_from.entry(from).or_default() += 1;
+        }
         SessionEvent::Video { frame, from, .. } => {
             *seen.sizes.entry((frame.width, frame.height)).or_default() += 1;
             seen.video += 1;

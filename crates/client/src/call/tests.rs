@@ -629,14 +629,20 @@ fn video_waits_for_a_keyframe_and_asks_for_one_at_most_every_250_ms() {
     clinic.run_for(Duration::from_millis(30));
     assert_eq!(clinic.patient.frames.len(), 1);
     assert!(clinic.patient.frames[0].1.keyframe);
-    clinic.patient.call.video_decoded(DOCTOR);
+    clinic
+        .patient
+        .call
+        .video_decoded(DOCTOR, VideoSource::Camera);
     clinic.doctor_sends(false);
     clinic.run_for(Duration::from_millis(30));
     assert_eq!(clinic.patient.frames.len(), 2);
 
     // A decode error closes it again and asks at once, inside the 250 ms.
     let now = clinic.now;
-    clinic.patient.call.video_undecodable(DOCTOR, now);
+    clinic
+        .patient
+        .call
+        .video_undecodable(DOCTOR, VideoSource::Camera, now);
     clinic.drain();
     clinic.doctor_sends(false);
     clinic.run_for(Duration::from_millis(30));
@@ -1137,6 +1143,7 @@ fn the_heartbeat_follows_the_service_with_a_floor_of_one_second() {
 fn the_keyframe_gate_follows_codec_changes_and_losses() {
     let frame = |keyframe, contiguous| EncodedFrame {
         kind: TrackKind::Video(VideoCodec::Vp8),
+        source: VideoSource::Camera,
         rtp_time: 0,
         keyframe,
         contiguous,

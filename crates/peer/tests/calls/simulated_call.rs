@@ -606,3 +606,124 @@ fn a_transfer_resumes_on_the_next_connection_from_the_receivers_offset() {
     });
     assert_eq!(received.as_deref(), Some(&data[..]));
 }
+
+/// A screen shared beside the camera: its own send-only section, negotiated by a second offer
+/// (from either side), its frames marked as the screen on the far side and the camera's still
+/// as the camera; stopping sets the section inactive and no screen frame follows.
+#[test]
+fn a_shared_screen_goes_in_a_section_of_its_own_and_stops() {
+    use consult_peer::{RemoteDescriptionOutcome, VideoSource};
+    let mut call = SimulatedCall::new(vp8_only(), vp8_only(), Link::perfect(), 7);
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), |c| c.a.connected && c.b.connected)
+        .unwrap());
+    // (The answerer adds its own sections after answering, as the native core does.)
+    if let Some(offer) = call.b.peer.create_offer().unwrap() {
+        let RemoteDescriptionOutcome::Answer(answer) =
+            call.a.peer.handle_remote_offer(&offer).unwrap()
+        else {
+            panic!("no answer");
+        };
+        call.b.peer.handle_remote_answer(&answer).unwrap();
+    }
+    assert!(!call.b.peer.needs_negotiation());
+    // b shares: it needs an offer of its own, and the screen is not ready before the answer.
+    call.b.peer.share_screen(true);
+    assert!(call.b.peer.needs_negotiation() && !call.b.peer.screen_ready());
+    assert!(call
+        .b
+        .peer
+        .write_screen(call.now(), 0, VideoCodec::Vp8, &vp8_frame(0, true))
+        .is_err());
+    let offer = call.b.peer.create_offer().unwrap().expect("an offer");
+    let videos = offer.matches("m=video").count();
+    assert!(offer.contains("a=sendonly"), "{offer}");
+    let RemoteDescriptionOutcome::Answer(answer) = call.a.peer.handle_remote_offer(&offer).unwrap()
+    else {
+        panic!("no answer");
+    };
+    call.b.peer.handle_remote_answer(&answer).unwrap();
+    assert!(call.b.peer.screen_ready() && !call.b.peer.needs_negotiation());
+    let mut index = 0u64;
+    let mut next = call.now();
+    let until = call.elapsed() + Duration::from_secs(2);
+    while call.elapsed() < until {
+        if call.now() >= next {
+            let keyframe = index.is_multiple_of(30);
+            let now = call.now();
+            call.b
+                .peer
+                .write_video(
+                    now,
+                    index * 3000,
+                    VideoCodec::Vp8,
+                    &vp8_frame(index, keyframe),
+                )
+                .unwrap();
+            call.b
+                .peer
+                .write_screen(
+                    now,
+                    index * 3000,
+                    VideoCodec::Vp8,
+                    &vp8_frame(1000 + index, keyframe),
+                )
+                .unwrap();
+            index += 1;
+            next += Duration::from_millis(33);
+        }
+        call.step().unwrap();
+    }
+    let count = |call: &SimulatedCall, source: VideoSource| {
+        call.a
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, PeerEvent::Frame(f) if matches!(f.kind, TrackKind::Video(_)) && f.source == source))
+            .count()
+    };
+    let (camera, screen) = (
+        count(&call, VideoSource::Camera),
+        count(&call, VideoSource::Screen),
+    );
+    assert!(
+        camera > 20 && screen > 20,
+        "camera {camera}, screen {screen}"
+    );
+    // Each arrives whole under its own source.
+    let screens: Vec<Vec<u8>> = call
+        .a
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::Frame(f) if f.source == VideoSource::Screen => Some(f.data.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(screens[0], vp8_frame(1000, true));
+
+    // Stop: the section goes inactive through another offer; no screen frame is written.
+    call.b.peer.share_screen(false);
+    assert!(call.b.peer.needs_negotiation() && !call.b.peer.screen_ready());
+    let offer = call.b.peer.create_offer().unwrap().expect("an offer");
+    assert!(offer.contains("a=inactive"), "{offer}");
+    let RemoteDescriptionOutcome::Answer(answer) = call.a.peer.handle_remote_offer(&offer).unwrap()
+    else {
+        panic!("no answer");
+    };
+    call.b.peer.handle_remote_answer(&answer).unwrap();
+    assert!(!call.b.peer.needs_negotiation());
+    assert!(call
+        .b
+        .peer
+        .write_screen(call.now(), 0, VideoCodec::Vp8, &vp8_frame(0, true))
+        .is_err());
+    // Sharing again reuses the section.
+    call.b.peer.share_screen(true);
+    let offer = call.b.peer.create_offer().unwrap().expect("an offer");
+    assert_eq!(
+        offer.matches("m=video").count(),
+        videos,
+        "the section is reused: {offer}"
+    );
+}

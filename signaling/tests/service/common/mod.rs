@@ -693,6 +693,7 @@ pub async fn synthetic_recording(
             role,
             participant: uuid::Uuid::new_v4(),
             protected: false,
+            screen: false,
         }));
     }
     let vp8 = |key: bool, n: u64| {

@@ -40,6 +40,7 @@ fn recording(video: VideoCodec) -> RecordingContents {
                     role,
                     participant,
                     protected: false,
+                    screen: false,
                 },
             );
         }

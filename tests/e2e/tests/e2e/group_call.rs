@@ -12,6 +12,16 @@ use consult_proto::api::{CreateConsultationRequest, InviteKind};
 
 /// Send a moving pattern and a tone from every session for `length`, collecting events.
 async fn everyone_sends(sessions: &mut [(Session, Seen)], length: Duration) {
+    everyone_sends_and(sessions, length, None).await
+}
+
+/// [`everyone_sends`], and session `screen.0` also sends `screen.1` frames of a 640x360 screen.
+async fn everyone_sends_and(
+    sessions: &mut [(Session, Seen)],
+    length: Duration,
+    screen: Option<usize>,
+) {
+    let mut desktop = consult_client::codec::pattern::TestPattern::new(640, 360);
     let mut patterns: Vec<_> = sessions
         .iter()
         .map(|_| consult_client::codec::pattern::TestPattern::new(320, 240))
@@ -25,6 +35,9 @@ async fn everyone_sends(sessions: &mut [(Session, Seen)], length: Duration) {
         for (i, (session, seen)) in sessions.iter_mut().enumerate() {
             if tick.is_multiple_of(3) {
                 session.send_video(patterns[i].next_frame()).await.unwrap();
+                if screen == Some(i) {
+                    session.send_screen(desktop.next_frame()).await.unwrap();
+                }
             }
             if tick.is_multiple_of(2) {
                 session.send_audio(tones[i].next_frame()).await.unwrap();
@@ -204,7 +217,26 @@ async fn a_recorded_group_consultation_exports_every_participants_tracks_named()
     for (session, seen) in &mut sessions {
         pump(session, seen, Duration::from_millis(300)).await;
     }
-    everyone_sends(&mut sessions, Duration::from_secs(3)).await;
+    everyone_sends(&mut sessions, Duration::from_secs(2)).await;
+    // The doctor shares a screen: both others decode it, apart from the camera, and it is
+    // recorded as a track of its own.
+    sessions[0].0.share_screen(true).await.unwrap();
+    everyone_sends_and(&mut sessions, Duration::from_secs(3), Some(0)).await;
+    let doctor_id = *sessions[1]
+        .1
+        .video_from
+        .keys()
+        .find(|id| sessions[2].1.video_from.contains_key(id))
+        .expect("the doctor's camera reached both");
+    for (i, (_, seen)) in sessions.iter().enumerate().skip(1) {
+        assert!(
+            seen.screen_from.get(&doctor_id).is_some_and(|n| *n > 10),
+            "session {i} decodes the doctor's screen: {:?}",
+            seen.screen_from
+        );
+        assert_eq!(seen.screen_from.len(), 1, "only the doctor shares");
+    }
+    assert!(sessions[0].1.screen_from.is_empty());
     clinic
         .api
         .end(&clinic.token, consultation.id)
@@ -272,8 +304,8 @@ async fn a_recorded_group_consultation_exports_every_participants_tracks_named()
     let titles: Vec<&str> = streams.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(
         streams.len(),
-        6,
-        "three senders' audio and video: {streams:?}"
+        7,
+        "three senders' audio and video, and the doctor's screen: {streams:?}"
     );
     for who in ["Kiosk 3 (patient)", "Ines Interpreter (interpreter)"] {
         assert_eq!(
@@ -284,12 +316,23 @@ async fn a_recorded_group_consultation_exports_every_participants_tracks_named()
     }
     assert_eq!(
         titles.iter().filter(|t| t.contains("(doctor)")).count(),
-        2,
+        3,
+        "{titles:?}"
+    );
+    assert_eq!(
+        titles
+            .iter()
+            .filter(|t| t.ends_with("(doctor) screen"))
+            .count(),
+        1,
         "{titles:?}"
     );
     // Every frame decodes (ffmpeg -xerror), as for any recording.
     let (codecs, _) = crate::recorded_call::probe(&bytes);
-    assert_eq!(codecs, ["h264", "h264", "h264", "opus", "opus", "opus"]);
+    assert_eq!(
+        codecs,
+        ["h264", "h264", "h264", "h264", "opus", "opus", "opus"]
+    );
     for (session, _) in sessions {
         session.leave().await.expect("leave");
     }
