@@ -25,7 +25,7 @@ const ALONE = ["e2ee.test.mjs", "group-call.test.mjs", "recording.test.mjs"];
  * the browser with the native echo-bot (its H.264 case decoded no video when it shared the
  * machine with a recording suite).
  */
-const HEAVY = ["recording.test.mjs", "recording-faults.test.mjs", "recording-e2ee.test.mjs", "e2ee-native.test.mjs"];
+const HEAVY = ["recording.test.mjs", "recording-faults.test.mjs", "recording-e2ee.test.mjs", "recording-screen.test.mjs", "e2ee-native.test.mjs"];
 /** Files run at once outside the ALONE group. */
 const CONCURRENCY = 2;
 

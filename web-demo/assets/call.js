@@ -610,9 +610,13 @@ export class RecorderLink {
    * @param {ReadonlySet<number>} [options.avoidTags] Zero-knowledge: KID tags earlier connections
    *   of this participant used in the same recording.
    * @param {string} [options.permitKey] What the page allowed ({@link permitKeyOf}), to tell when it changes.
+   * @param {MediaStream | null} [options.screenStream] A screen this page shares: recorded too, as a
+   *   track of its own.
    */
-  constructor({ peerId, iceConfig, localStream, send, target = null, avoidTags, permitKey = "" }) {
+  constructor({ peerId, iceConfig, localStream, send, target = null, avoidTags, permitKey = "", screenStream = null }) {
     this.peerId = peerId;
+    /** @type {RTCRtpTransceiver | null} The shared screen's section (kept once made). */
+    this.screenTransceiver = null;
     this.send = send;
     this.permitKey = permitKey;
     this.closed = false;
@@ -627,6 +631,8 @@ export class RecorderLink {
       const transceiver = pc.addTransceiver(track ?? kind, { direction: "sendonly", streams: localStream ? [localStream] : [] });
       if (kind === "video") applyVideoCodecPreferences(transceiver, !!this.protection, "vp8");
     }
+    const screenTrack = screenStream?.getVideoTracks()[0];
+    if (screenStream && screenTrack && screenTrack.readyState === "live") this.setScreen(screenTrack, screenStream);
     // Before negotiation, so before any frame: every sender protects, and drops frames until its
     // first key is installed.
     this.protection?.attach(pc);
@@ -682,6 +688,33 @@ export class RecorderLink {
   /** Restart ICE (after a network change); negotiationneeded sends the new offer. */
   restartIce() {
     if (!this.closed) this.pc.restartIce();
+  }
+
+  /**
+   * Record a shared screen too (a send-only section after the camera's, protected like the rest),
+   * or stop (null: the section goes inactive). The offer goes out through `negotiationneeded`.
+   * @param {MediaStreamTrack | null} track
+   * @param {MediaStream | null} stream
+   */
+  setScreen(track, stream) {
+    if (this.closed) return;
+    const transceiver = this.screenTransceiver;
+    if (!track) {
+      if (!transceiver) return;
+      void transceiver.sender.replaceTrack(null).catch(() => {});
+      transceiver.direction = "inactive";
+      return;
+    }
+    if (transceiver) {
+      void transceiver.sender.replaceTrack(track).catch((err) => console.warn("Could not record the screen", err));
+      transceiver.direction = "sendonly";
+      return;
+    }
+    const added = this.pc.addTransceiver(track, { direction: "sendonly", streams: stream ? [stream] : [] });
+    applyVideoCodecPreferences(added, !!this.protection, "vp8");
+    // Protected before its first frame (before `attach`, `attach` covers it).
+    this.protection?.protectNewSenders();
+    this.screenTransceiver = added;
   }
 
   /**
@@ -1081,6 +1114,7 @@ export class CallController {
     return this.enqueue(() => {
       if (this.screenStream !== stream) return;
       for (const link of this.links.values()) link.setScreen(track, stream);
+      this.recorderLink?.setScreen(track, stream);
     });
   }
 
@@ -1334,7 +1368,16 @@ export class CallController {
     // allowRecorder(null) and close() act at once, outside the queue: look again.
     if (wanted() !== peerId || this.recorderLink) return;
     const usedTags = target ? this.recorderTags.get(target.recordingId) ?? new Set() : undefined;
-    const link = new RecorderLink({ peerId, iceConfig, localStream: this.localStream, send: this.send, target, avoidTags: usedTags, permitKey: permitKey ?? "" });
+    const link = new RecorderLink({
+      peerId,
+      iceConfig,
+      localStream: this.localStream,
+      send: this.send,
+      target,
+      avoidTags: usedTags,
+      permitKey: permitKey ?? "",
+      screenStream: this.screenStream,
+    });
     this.recorderLink = link;
     if (target && usedTags && link.protection) this.recorderTags.set(target.recordingId, usedTags.add(link.protection.tag));
     const w = /** @type {any} */ (window);

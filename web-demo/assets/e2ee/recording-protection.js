@@ -123,6 +123,11 @@ export class RecordingProtection {
     this.rotate();
   }
 
+  /** Protect senders added to the connection since {@link RecordingProtection#attach} (a shared screen). */
+  protectNewSenders() {
+    if (!this.closed && this.pc) this.media.attachAll(this.pc, { sendOnly: true });
+  }
+
   /** Start a new epoch (a key message, then the key); queued behind any key change under way. */
   rotate() {
     if (this.closed || this.rotationQueued) return this.queue;
