@@ -273,9 +273,10 @@ pub struct PolicyConfig {
     /// only until the account has a passkey (or with a recovery code), and such a session may
     /// do nothing but register one.
     pub require_passkey: bool,
-    /// How many people may take part in one call at once, the doctor included (2 to 4; the
-    /// recorder not counted). Each extra person needs a named invite or is a colleague the
-    /// doctor added; more invites than this are refused.
+    /// How many people may take part in one call at once, the doctor included (2 to 4, 4 by
+    /// default; the recorder not counted). Each person beyond the patient link needs a named
+    /// invite or is a colleague the doctor added; more than this are refused. 2 keeps every
+    /// consultation one to one.
     pub max_participants: u8,
 }
 
@@ -286,7 +287,7 @@ impl Default for PolicyConfig {
             recording_allowed: true,
             retention_days: 30,
             require_passkey: false,
-            max_participants: 2,
+            max_participants: 4,
         }
     }
 }

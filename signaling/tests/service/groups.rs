@@ -577,8 +577,49 @@ async fn invites_and_colleagues_refuse_bad_requests() {
 }
 
 #[tokio::test]
-async fn by_default_a_call_is_one_to_one() {
+async fn by_default_four_take_part_and_a_one_to_one_policy_keeps_it_at_two() {
     let svc = TestService::start().await;
+    let doctor = svc.doctor("dr.four@example.org").await;
+    svc.doctor("dr.colleague@example.org").await;
+    let (consultation, _) = doctor.create_consultation().await;
+    assert_eq!(consultation.max_participants, 4);
+    assert_eq!(
+        consultation.places_taken, 2,
+        "the doctor and the patient link"
+    );
+    doctor
+        .api
+        .issue_invite(
+            &doctor.token,
+            consultation.id,
+            InviteKind::Interpreter,
+            "Ines",
+        )
+        .await
+        .expect("a third place");
+    doctor
+        .api
+        .add_clinician(&doctor.token, consultation.id, "dr.colleague@example.org")
+        .await
+        .expect("a fourth place");
+    assert_eq!(
+        refusal(
+            doctor
+                .api
+                .issue_invite(
+                    &doctor.token,
+                    consultation.id,
+                    InviteKind::Companion,
+                    "Carla"
+                )
+                .await
+        ),
+        (409, "consultation_full".into()),
+        "a fifth is refused"
+    );
+
+    // An organisation that keeps every consultation one to one.
+    let svc = TestService::start_with(|c| c.policy.max_participants = 2).await;
     let doctor = svc.doctor("dr.pair@example.org").await;
     svc.doctor("dr.third@example.org").await;
     let (consultation, patient_link) = doctor.create_consultation().await;
