@@ -167,6 +167,11 @@ struct Link {
     bitrate: Option<u64>,
     /// When it was made: its negotiation's steps are logged (debug) as time since then.
     started: Instant,
+    /// Who it is with, as the service described them (to start afresh if this one fails).
+    who: consult_proto::signal::Peer,
+    /// Our video frames sent on this connection, and theirs decoded (for its statistics).
+    frames_sent: u64,
+    frames_decoded: u64,
 }
 
 /// One participant's call: a connection to every other participant (a full mesh: media goes
@@ -439,6 +444,22 @@ impl Call {
                 // A datagram from that address may have come first.
                 self.retry_unclaimed();
             }
+            // Back within the grace period: whatever was said to them meanwhile (an offer, an
+            // answer, candidates) may be lost, so a connection that is not up yet starts its
+            // negotiation over (our pending offer, if any, is replaced).
+            ServerMessage::PeerPresence {
+                participant_id,
+                online: true,
+            } => {
+                if let Some(i) = self.link_index(participant_id)
+                    && !self.links[i].peer.is_connected()
+                {
+                    tracing::debug!(remote = %participant_id, "back online before connecting: offering again");
+                    if let Err(e) = self.restart_ice(i) {
+                        self.link_failed(i, e)?;
+                    }
+                }
+            }
             ServerMessage::Declined {} => {
                 self.emit(SessionEvent::Declined);
                 self.end = Some(CallEnd::Finished);
@@ -469,13 +490,27 @@ impl Call {
         Ok(())
     }
 
+    /// Connection `i` failed (its peer returned an error): a fresh connection with the same
+    /// participant replaces it (its file transfers resume there), and the rest of the call goes
+    /// on. Only a failure to make the new one (no local candidate) ends the call.
+    fn link_failed(&mut self, i: usize, error: PeerError) -> Result<(), PeerError> {
+        let who = self.links[i].who.clone();
+        self.warn(format!(
+            "the connection with {} failed ({error}); starting a new one",
+            who.participant_id
+        ));
+        self.start_link(&who)
+    }
+
     /// A participant left for good: their connection goes, its transfers parked.
     fn peer_left(&mut self, remote: Uuid) -> Result<(), PeerError> {
         let Some(i) = self.link_index(remote) else {
             return Ok(());
         };
         self.links[i].peer.remote_gone();
-        self.drain_link(i)?;
+        if let Err(e) = self.drain_link(i) {
+            tracing::debug!(error = %e, %remote, "the connection of who left failed");
+        }
         let mut link = self.links.remove(i);
         self.parked_files
             .insert(remote, link.peer.take_file_transfers());
@@ -509,7 +544,10 @@ impl Call {
         let id = remote.participant_id;
         // Transfers of the previous connection with them resume on the new one.
         if let Some(i) = self.link_index(id) {
-            self.drain_link(i)?;
+            // What it still had to say goes first; a connection that failed says nothing more.
+            if let Err(e) = self.drain_link(i) {
+                tracing::debug!(error = %e, remote = %id, "the replaced connection failed");
+            }
             let mut old = self.links.remove(i);
             self.parked_files.insert(id, old.peer.take_file_transfers());
         }
@@ -555,6 +593,9 @@ impl Call {
             last_keyframe_request: None,
             bitrate: None,
             started: now,
+            who: remote.clone(),
+            frames_sent: 0,
+            frames_decoded: 0,
         });
         tracing::debug!(%id, polite, "connection started");
         self.keyframe_due = true;
@@ -766,23 +807,33 @@ impl Call {
         }
     }
 
-    /// Time passed: the peers' timers, pending offers, ICE restarts.
+    /// Time passed: the peers' timers, pending offers, ICE restarts. A connection that fails
+    /// is replaced by a fresh one with the same participant; the others go on.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
         self.now = now;
-        for i in 0..self.links.len() {
-            if self.links[i].timeout <= now {
-                self.links[i].peer.handle_timeout(now)?;
-            }
-            if self.links[i].offer_at.is_some_and(|at| at <= now) {
-                self.links[i].offer_at = None;
-                self.make_offer(i)?;
-            }
-            if self.links[i]
-                .down_since
-                .is_some_and(|since| now - since >= self.config.ice_restart_after)
-            {
-                self.links[i].down_since = Some(now);
-                self.restart_ice(i)?;
+        let mut i = 0;
+        while i < self.links.len() {
+            let mut step = || -> Result<(), PeerError> {
+                if self.links[i].timeout <= now {
+                    self.links[i].peer.handle_timeout(now)?;
+                }
+                if self.links[i].offer_at.is_some_and(|at| at <= now) {
+                    self.links[i].offer_at = None;
+                    self.make_offer(i)?;
+                }
+                if self.links[i]
+                    .down_since
+                    .is_some_and(|since| now - since >= self.config.ice_restart_after)
+                {
+                    self.links[i].down_since = Some(now);
+                    self.restart_ice(i)?;
+                }
+                Ok(())
+            };
+            match step() {
+                Ok(()) => i += 1,
+                // The replacement goes to the end; what was after `i` moved down to it.
+                Err(e) => self.link_failed(i, e)?,
             }
         }
         if let Some(link) = self.recorder.as_mut().filter(|l| l.next_timeout <= now)
@@ -802,13 +853,17 @@ impl Call {
                 return Ok(output);
             }
             for i in 0..self.links.len() {
-                match self.links[i].peer.poll_output()? {
-                    Output::Transmit(transmit) => return Ok(CallOutput::Transmit(transmit)),
-                    Output::Event(event) => {
+                match self.links[i].peer.poll_output() {
+                    Ok(Output::Transmit(transmit)) => return Ok(CallOutput::Transmit(transmit)),
+                    Ok(Output::Event(event)) => {
                         self.handle_peer_event(i, event);
                         continue 'again;
                     }
-                    Output::Timeout(at) => self.links[i].timeout = at,
+                    Ok(Output::Timeout(at)) => self.links[i].timeout = at,
+                    Err(e) => {
+                        self.link_failed(i, e)?;
+                        continue 'again;
+                    }
                 }
             }
             if let Some(link) = &mut self.recorder {
@@ -973,9 +1028,10 @@ impl Call {
                 self.emit(SessionEvent::E2ee { peer, event });
             }
             PeerEvent::Stats(mut stats) => {
-                stats.frames_encoded = self.frames_encoded;
-                stats.frames_decoded = self.frames_decoded;
+                // This connection's: our frames sent on it, theirs decoded.
                 let link = &self.links[i];
+                stats.frames_encoded = link.frames_sent;
+                stats.frames_decoded = link.frames_decoded;
                 let silent_remote = link.peer.e2ee_enabled()
                     && link.peer.e2ee_sas().is_none()
                     && link
@@ -1017,6 +1073,7 @@ impl Call {
     pub fn video_decoded(&mut self, from: Uuid, source: VideoSource) {
         if let Some(i) = self.link_index(from) {
             let link = &mut self.links[i];
+            link.frames_decoded += 1;
             match source {
                 VideoSource::Camera => link.gate.decodable = true,
                 VideoSource::Screen => link.screen_gate.decodable = true,
@@ -1169,6 +1226,7 @@ impl Call {
                 tracing::debug!(error = %e, %remote, "a video frame not sent on one connection");
                 continue;
             }
+            link.frames_sent += 1;
             sent = true;
         }
         if sent && let Some(link) = &mut self.recorder {

@@ -755,19 +755,25 @@ impl Runner {
     }
 
     /// Do `what` on the connection that holds the file transfer it names (the first that does
-    /// not refuse it).
+    /// not refuse it). When none takes it: the error of the connection that knew the transfer,
+    /// if one did (not "unknown transfer" from another connection that never had it).
     fn on_transfer(
         &mut self,
         mut what: impl FnMut(&mut Peer) -> Result<(), PeerError>,
     ) -> Result<(), PeerError> {
-        let mut last = Err(PeerError::ChannelNotOpen("file"));
+        let mut refusal = None;
         for (_, peer) in self.call.peers_mut() {
-            last = what(peer);
-            if last.is_ok() {
-                return last;
+            match what(peer) {
+                Ok(()) => return Ok(()),
+                Err(PeerError::File(consult_peer::file_transfer::FileError::UnknownTransfer)) => {
+                    refusal.get_or_insert(PeerError::File(
+                        consult_peer::file_transfer::FileError::UnknownTransfer,
+                    ));
+                }
+                Err(e) => refusal = Some(e),
             }
         }
-        last
+        Err(refusal.unwrap_or(PeerError::ChannelNotOpen("file")))
     }
 
     /// Decode a frame the call let through (or hand it over as it is), with the decoders of

@@ -1292,3 +1292,44 @@ fn back_on_signaling_before_the_connection_came_up_negotiation_starts_again() {
     clinic.run_for(Duration::from_millis(50));
     assert_eq!(clinic.doctor.offers_to(PATIENT).len(), offers + 1);
 }
+
+#[test]
+fn a_participant_back_online_before_connecting_is_offered_again_and_a_connected_one_is_not() {
+    let mut clinic = Clinic::new(config(), config());
+    // The doctor offers to a patient whose page is away: the offer goes nowhere.
+    clinic.tell(true, joined(DOCTOR, true, false, vec![]));
+    clinic.tell(
+        true,
+        ServerMessage::PeerJoined {
+            peer: participant(PATIENT, ParticipantRole::Patient),
+        },
+    );
+    clinic.run_for(Duration::from_millis(100));
+    assert_eq!(clinic.doctor.offers_to(PATIENT).len(), 1);
+    // Back within the grace period: a new offer replaces the lost one.
+    clinic.tell(
+        true,
+        ServerMessage::PeerPresence {
+            participant_id: PATIENT,
+            online: true,
+        },
+    );
+    let offers = clinic.doctor.offers_to(PATIENT);
+    assert_eq!(offers.len(), 2, "offered again");
+    assert_ne!(ice_ufrag(&offers[0].1), ice_ufrag(&offers[1].1));
+
+    // Once connected, a blip of theirs changes nothing here.
+    let mut clinic = Clinic::new(config(), config());
+    clinic.admit(false);
+    clinic.connect();
+    let before = clinic.doctor.offers_to(PATIENT).len();
+    clinic.tell(
+        true,
+        ServerMessage::PeerPresence {
+            participant_id: PATIENT,
+            online: true,
+        },
+    );
+    clinic.run_for(Duration::from_millis(500));
+    assert_eq!(clinic.doctor.offers_to(PATIENT).len(), before);
+}
