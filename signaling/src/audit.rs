@@ -110,6 +110,8 @@ pub enum Action {
     ClinicianRemoved,
     /// The doctor removed someone from the call (their invite or place revoked).
     ParticipantRemoved,
+    /// The doctor let everyone else share a screen, or took it back.
+    ScreenSharingChanged,
     /// A participant connected to the consultation.
     Joined,
     /// A participant left or was disconnected for good.

@@ -179,6 +179,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "group consultations",
         include_str!("../migrations/0013_group_consultations.sql"),
     ),
+    (
+        14,
+        "guest screen sharing",
+        include_str!("../migrations/0014_guest_screen_sharing.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema in `signaling/migrations/postgres`: the SQLite migrations' end state
@@ -203,6 +208,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "group consultations",
         include_str!("../migrations/postgres/0004_group_consultations.sql"),
+    ),
+    (
+        5,
+        "guest screen sharing",
+        include_str!("../migrations/postgres/0005_guest_screen_sharing.sql"),
     ),
 ];
 

@@ -4,7 +4,9 @@
 // the keys of its pair, and shows one security code per other participant, equal on both sides of
 // each pair and different for every pair; a chat message reaches all three others. Then the family
 // member hangs up: the three others keep their connections with each other (none is redone), their
-// media keeps flowing, and they show two codes each.
+// media keeps flowing, and they show two codes each. Screens: refused by the browser once (said,
+// the call goes on), then the doctor's reaches the three others; the interpreter may share only
+// once the doctor lets everyone, and stops when that is taken back.
 //
 // Figures (printed, not asserted): admission to an intact first frame from every other
 // participant with three and with four in the call, and the longest video gap on the remaining
@@ -255,6 +257,28 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
       // Stopped from the page: it goes from everyone's stage.
       await byTestId(doctor.page, "screen-button").click();
       for (const p of [patient, interpreter, companion]) await byTestId(p.page, "screen-view").waitFor({ state: "hidden", timeout: 20_000 });
+
+      // Only clinicians share unless the doctor lets everyone: the interpreter has no button, then
+      // one; their screen reaches the others; taken back, it stops and goes from every stage.
+      assert.equal(await byTestId(interpreter.page, "screen-button").isVisible(), false, "no button for a guest");
+      await byTestId(doctor.page, "guests-share-screen").check();
+      await byTestId(interpreter.page, "screen-button").waitFor({ state: "visible" });
+      await byTestId(interpreter.page, "screen-button").click();
+      await byTestId(interpreter.page, "screen-button").filter({ hasText: "Stop sharing" }).waitFor();
+      for (const p of [doctor, patient, companion]) {
+        await p.page.waitForFunction(
+          (interpreterId) => {
+            const view = document.querySelector('[data-testid="screen-view"]');
+            const video = /** @type {HTMLVideoElement | null} */ (document.querySelector('[data-testid="screen-video"]'));
+            return view instanceof HTMLElement && !view.hidden && view.dataset.peerId === interpreterId && !!video && video.videoWidth > 0;
+          },
+          idOf[2],
+          { timeout: 30_000 },
+        );
+      }
+      await byTestId(doctor.page, "guests-share-screen").uncheck();
+      await byTestId(interpreter.page, "screen-button").waitFor({ state: "hidden" });
+      for (const p of [doctor, patient, companion]) await byTestId(p.page, "screen-view").waitFor({ state: "hidden", timeout: 20_000 });
 
       // The family member leaves. Mark the connections among the others first: none may be redone.
       const remaining = [doctor, patient, interpreter];

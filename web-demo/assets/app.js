@@ -16,7 +16,7 @@ import { PeopleView } from "./people-view.js";
 import { AccountView } from "./account-view.js";
 import { AlertsView } from "./alerts-view.js";
 import { CallView, describePeer } from "./call-view.js";
-import { mayShareScreen, ScreenShare } from "./screen-share.js";
+import { RemoteScreens, ScreenShare } from "./screen-share.js";
 import { E2eeCall } from "./e2ee/call-e2ee.js";
 import { publicKeyOfKeyFile, RECORDING_KEY_FILE_MAX_BYTES, RecordingKeyError, recordingKeyFingerprint } from "./e2ee/recording-key.js";
 import { MessagingView } from "./messaging-view.js";
@@ -822,6 +822,16 @@ async function endFromList(c, button) {
 /** @type {ActiveCall | null} */
 let call = null;
 const callView = new CallView({ onHangUp: () => hangUp(), viewer: "doctor", onShareScreen: () => void screenShare.toggle() });
+const remoteScreens = new RemoteScreens((peer, stream) => callView.setPeerScreen(peer, stream));
+const guestsShareScreen = byId("guests-share-screen", HTMLInputElement);
+guestsShareScreen.addEventListener("change", () => {
+  const active = call;
+  if (!active || !active.signaling) return;
+  // The service tells everyone (this page too); until then the box shows the request.
+  if (!active.signaling.send({ type: "screen_sharing", guests_allowed: guestsShareScreen.checked })) {
+    guestsShareScreen.checked = remoteScreens.guestsAllowed;
+  }
+});
 const screenShare = new ScreenShare({
   controller: () => (call ? call.controller : null),
   onChange: (sharing) => callView.setScreenSharing({ allowed: true, sharing }),
@@ -943,7 +953,7 @@ async function openCall(id, asColleague = false) {
       if (call === active) callView.setPeerStream(peer, stream);
     },
     onRemoteScreen: (stream, peer) => {
-      if (call === active && mayShareScreen(peer.role)) callView.setPeerScreen(peer, stream);
+      if (call === active) remoteScreens.take(peer, stream);
     },
     onMediaState: (state) => {
       active.mediaState = state;
@@ -1006,6 +1016,8 @@ function onSignal(active, m) {
       renderRecording(active);
       setUpE2ee(active, m);
       controller.joined(m);
+      remoteScreens.setGuestsAllowed(m.consultation.guests_share_screen === true);
+      guestsShareScreen.checked = m.consultation.guests_share_screen === true;
       if (m.resumed) announce("Reconnected.");
       refreshWaitingRoom(active);
       break;
@@ -1024,6 +1036,10 @@ function onSignal(active, m) {
       break;
     case "peer_presence":
       controller.peerPresence(m.participant_id, m.online);
+      break;
+    case "screen_sharing":
+      remoteScreens.setGuestsAllowed(m.guests_allowed);
+      guestsShareScreen.checked = m.guests_allowed;
       break;
     case "peer_left":
       controller.peerLeft(m.participant_id, m.reason);
@@ -1339,6 +1355,7 @@ function leaveCall({ tellService }) {
     else active.signaling.close();
   }
   screenShare.stop();
+  remoteScreens.clear();
   active.controller?.close();
   active.e2ee?.close();
   peopleView.show(null);

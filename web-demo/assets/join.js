@@ -11,7 +11,7 @@ import * as api from "./api.js";
 import { ApiError, IceServerCache } from "./api.js";
 import { CallController, recorderPermit } from "./call.js";
 import { CallView, describePeer, showRecordingState } from "./call-view.js";
-import { mayShareScreen } from "./screen-share.js";
+import { RemoteScreens, ScreenShare } from "./screen-share.js";
 import { ConsentDialog } from "./consent-dialog.js";
 import { E2eeCall, transformApi } from "./e2ee/call-e2ee.js";
 import { MessagingView } from "./messaging-view.js";
@@ -401,8 +401,26 @@ joinButton.addEventListener("click", async () => {
 // Waiting room and call
 // ---------------------------------------------------------------------------------------------
 
-const callView = new CallView({ onHangUp: () => leave(), viewer: "patient" });
-// Screens shared by clinicians show here; sharing from this page comes when the owner may allow it.
+const callView = new CallView({ onHangUp: () => leave(), viewer: "patient", onShareScreen: () => void screenShare.toggle() });
+/** Screens others share, shown while their sender may share one. */
+const remoteScreens = new RemoteScreens((peer, stream) => callView.setPeerScreen(peer, stream));
+/** This page's screen: it may share one while the doctor allows it. */
+const screenShare = new ScreenShare({
+  controller: () => controller,
+  onChange: (sharing) => callView.setScreenSharing({ allowed: remoteScreens.guestsAllowed, sharing }),
+  onError: (message) => showError(byId("media-error", HTMLElement), message),
+});
+
+/**
+ * The doctor's choice of whether everyone may share a screen: the button shows or goes (a share
+ * under way stops), and guests' screens show or go.
+ * @param {boolean} allowed
+ */
+function setGuestsShareScreen(allowed) {
+  remoteScreens.setGuestsAllowed(allowed);
+  if (!allowed && screenShare.sharing) screenShare.stop();
+  callView.setScreenSharing({ allowed: allowed && inCall, sharing: screenShare.sharing });
+}
 const messagingView = new MessagingView({
   peerName: (peerId) => {
     const peer = controller ? controller.peers.get(peerId) : undefined;
@@ -436,7 +454,7 @@ function enterWaiting(place) {
     getIceConfig: () => ice.get(),
     localStream,
     onRemoteScreen: (screen, peer) => {
-      if (controller === created && mayShareScreen(peer.role)) callView.setPeerScreen(peer, screen);
+      if (controller === created) remoteScreens.take(peer, screen);
     },
     onRemoteStream: (remote, peer) => {
       if (controller === created) callView.setPeerStream(peer.role === "doctor" && !peer.name ? { ...peer, name: doctorName() } : peer, remote);
@@ -503,6 +521,7 @@ function onSignal(m) {
         waitingMessage.textContent = `Waiting for ${m.consultation.doctor_name} to let you in…`;
         updateStatus();
       }
+      setGuestsShareScreen(m.consultation.guests_share_screen === true);
       break;
     case "admitted":
       enterCall();
@@ -517,6 +536,9 @@ function onSignal(m) {
       break;
     case "peer_presence":
       c.peerPresence(m.participant_id, m.online);
+      break;
+    case "screen_sharing":
+      setGuestsShareScreen(m.guests_allowed);
       break;
     case "peer_left":
       c.peerLeft(m.participant_id, m.reason);
@@ -598,6 +620,7 @@ function enterCall() {
   callView.setLocalStream(stream);
   callView.setPlaceholder("Connecting…");
   callView.startQuality(() => (controller ? controller.pc : null));
+  callView.setScreenSharing({ allowed: remoteScreens.guestsAllowed, sharing: false });
   showView(views.call);
   announce(`${doctorName()} let you in.`);
 }
@@ -714,6 +737,8 @@ function finish(notice, options = {}) {
     else signaling.close();
   }
   signaling = null;
+  screenShare.stop();
+  remoteScreens.clear();
   controller?.close();
   controller = null;
   e2ee?.close();

@@ -398,6 +398,8 @@ export const PROTOCOL_VERSION = 1;
  * @property {ConsultationMode} mode
  * @property {boolean} [e2ee] Media, chat and files are end-to-end encrypted (SFrame): a peer that
  *   cannot do it gets no media. Absent from services before it existed: treated as false.
+ * @property {boolean} [guests_share_screen] The doctor lets everyone, not only clinicians, share a
+ *   screen (`screen_sharing`). Absent: false.
  */
 
 /**
@@ -445,6 +447,7 @@ export const PROTOCOL_VERSION = 1;
  * `recording_key` (zero-knowledge recording): one SFrame base key of the media this client sends to
  * the recorder, wrapped to the clinician's recording key with HPKE (see `e2ee/recording-key.js`):
  * `wrapped` is base64 of `enc (32) ‖ ciphertext`; sent before the first frame under `kid`.
+ * `screen_sharing` (doctor only): let everyone else share a screen, or not.
  * @typedef {{ type: "join", token?: string, consultation_id?: string }
  *   | { type: "admit", participant_id: string }
  *   | { type: "decline", participant_id: string }
@@ -453,7 +456,8 @@ export const PROTOCOL_VERSION = 1;
  *   | { type: "ping" }
  *   | { type: "leave" }
  *   | { type: "consent", recording: boolean }
- *   | { type: "recording_key", recording_id: string, kid: number, suite: number, wrapped: string }} ClientMessage
+ *   | { type: "recording_key", recording_id: string, kid: number, suite: number, wrapped: string }
+ *   | { type: "screen_sharing", guests_allowed: boolean }} ClientMessage
  */
 
 /**
@@ -483,6 +487,7 @@ export const PROTOCOL_VERSION = 1;
  *   | { type: "pong", server_time: string }
  *   | RecordingMessage
  *   | { type: "recording_key", from: string, recording_id: string, kid: number, suite: number, wrapped: string }
+ *   | { type: "screen_sharing", guests_allowed: boolean }
  *   | { type: "consultation_ended" }
  *   | { type: "replaced" }
  *   | { type: "error", code: SignalErrorCode, message: string, fatal: boolean }} ServerMessage

@@ -9,16 +9,61 @@
 
 /** @typedef {import('./call.js').CallController} CallController */
 
-/** Roles whose shared screen is shown: the clinicians (the consultation's doctor and colleagues). */
+/** @typedef {import('./protocol.js').Peer} Peer */
+
+/** Roles that may always share a screen: the clinicians (the consultation's doctor and colleagues). */
 const SHARING_ROLES = ["doctor", "clinician"];
 
 /**
- * Whether a participant of this role may share a screen in the call (a screen from anyone else
- * is not shown).
+ * Whether a participant of this role may share a screen in the call now (a screen from anyone
+ * else is not shown): clinicians always, everyone else while the doctor allows it.
  * @param {string} role
+ * @param {boolean} guestsAllowed The doctor's choice (`guests_share_screen`, `screen_sharing`).
  */
-export function mayShareScreen(role) {
-  return SHARING_ROLES.includes(role);
+export function mayShareScreen(role, guestsAllowed) {
+  return SHARING_ROLES.includes(role) || (guestsAllowed && role !== "recorder");
+}
+
+/**
+ * The screens others share, shown only while their sender may share one: a screen from a guest
+ * goes from the stage the moment the doctor takes the permission back (and comes back if they
+ * allow it again while it is still shared).
+ */
+export class RemoteScreens {
+  /** @param {(peer: Peer, stream: MediaStream | null) => void} show */
+  constructor(show) {
+    this.show = show;
+    this.guestsAllowed = false;
+    /** @type {Map<string, { peer: Peer, stream: MediaStream }>} */
+    this.shared = new Map();
+  }
+
+  /**
+   * A participant's screen arrived (or stopped: null).
+   * @param {Peer} peer
+   * @param {MediaStream | null} stream
+   */
+  take(peer, stream) {
+    if (stream) this.shared.set(peer.participant_id, { peer, stream });
+    else this.shared.delete(peer.participant_id);
+    this.show(peer, stream && mayShareScreen(peer.role, this.guestsAllowed) ? stream : null);
+  }
+
+  /**
+   * The doctor's choice changed.
+   * @param {boolean} allowed
+   */
+  setGuestsAllowed(allowed) {
+    if (this.guestsAllowed === allowed) return;
+    this.guestsAllowed = allowed;
+    for (const { peer, stream } of this.shared.values()) this.show(peer, mayShareScreen(peer.role, allowed) ? stream : null);
+  }
+
+  /** The call is over. */
+  clear() {
+    this.shared.clear();
+    this.guestsAllowed = false;
+  }
 }
 
 /**

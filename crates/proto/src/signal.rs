@@ -99,6 +99,14 @@ pub enum ClientMessage {
         /// Base64 of the HPKE `enc` (32 bytes) followed by the ciphertext.
         wrapped: String,
     },
+    /// Doctor: let everyone else in the call (patients, interpreters, companions) share a screen,
+    /// or not; clinicians always may. Everyone is told (`screen_sharing`), and the pages show a
+    /// screen from someone else only while it is allowed. Anyone else sending it is refused with
+    /// `forbidden`.
+    ScreenSharing {
+        /// True: everyone may share a screen.
+        guests_allowed: bool,
+    },
 }
 
 /// `RTCSessionDescriptionInit`.
@@ -241,6 +249,9 @@ pub struct ConsultationSummary {
     /// protect every frame, and send no media unprotected.
     #[serde(default)]
     pub e2ee: bool,
+    /// The doctor lets everyone, not only clinicians, share a screen (see `screen_sharing`).
+    #[serde(default)]
+    pub guests_share_screen: bool,
 }
 
 /// A message from the service to a client.
@@ -289,6 +300,12 @@ pub enum ServerMessage {
         participant_id: Uuid,
         /// Whether they are connected now.
         online: bool,
+    },
+    /// The doctor let everyone else share a screen, or took it back (sent to everyone in the
+    /// consultation; `joined` carries the current choice in `consultation`).
+    ScreenSharing {
+        /// True: everyone may share a screen; false: only clinicians.
+        guests_allowed: bool,
     },
     /// An admitted participant is gone.
     PeerLeft {
@@ -442,6 +459,7 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "leave",
     "consent",
     "recording_key",
+    "screen_sharing",
 ];
 
 impl ClientMessage {
@@ -457,6 +475,7 @@ impl ClientMessage {
             Self::Leave {} => "leave",
             Self::Consent { .. } => "consent",
             Self::RecordingKey { .. } => "recording_key",
+            Self::ScreenSharing { .. } => "screen_sharing",
         }
     }
 }

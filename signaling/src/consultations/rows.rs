@@ -38,6 +38,8 @@ pub struct ConsultationRecord {
     pub ended_at: Option<OffsetDateTime>,
     /// The doctor's participant id in its signaling room (the same after a restart).
     pub doctor_participant_id: Uuid,
+    /// The doctor lets everyone else share a screen (clinicians always may).
+    pub guests_share_screen: bool,
 }
 
 impl ConsultationRecord {
@@ -52,6 +54,7 @@ impl ConsultationRecord {
             e2ee: self.e2ee,
             doctor_participant_id: self.doctor_participant_id,
             max_participants: usize::from(max_participants),
+            guests_share_screen: self.guests_share_screen,
         }
     }
 }
@@ -65,7 +68,7 @@ pub fn mode_str(mode: ConsultationMode) -> &'static str {
 }
 
 const SELECT: &str = "SELECT c.id, c.doctor_id, u.display_name, c.title, c.scheduled_at, c.mode, \
-     c.status, c.created_at, c.ended_at, c.e2ee, c.doctor_participant_id \
+     c.status, c.created_at, c.ended_at, c.e2ee, c.doctor_participant_id, c.guests_share_screen \
      FROM consultations c JOIN users u ON u.id = c.doctor_id";
 
 fn record_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<ConsultationRecord> {
@@ -93,7 +96,22 @@ fn record_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<ConsultationRecord>
         ended_at: row.get::<Option<i64>, _>(8).map(from_unix),
         e2ee: row.get::<i64, _>(9) != 0,
         doctor_participant_id: Uuid::parse_str(row.get::<&str, _>(10))?,
+        guests_share_screen: row.get::<i64, _>(11) != 0,
     })
+}
+
+/// Whether the doctor lets everyone else in the consultation's calls share a screen.
+pub async fn set_guests_share_screen(
+    db: impl AnyExecutor<'_>,
+    consultation_id: Uuid,
+    allowed: bool,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE consultations SET guests_share_screen = $1 WHERE id = $2")
+        .bind(i64::from(allowed))
+        .bind(consultation_id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Load a consultation by id.

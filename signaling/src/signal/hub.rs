@@ -78,6 +78,8 @@ pub struct RoomInfo {
     pub doctor_participant_id: Uuid,
     /// How many may be admitted at once, the doctor included (the recorder not counted).
     pub max_participants: usize,
+    /// The doctor lets everyone else share a screen (clinicians always may).
+    pub guests_share_screen: bool,
 }
 
 /// A place the previous run left held, as the database keeps it: an invite's holder, or a
@@ -378,6 +380,7 @@ impl Room {
             doctor_name: self.info.doctor_name.clone(),
             mode: self.info.mode,
             e2ee: self.info.e2ee,
+            guests_share_screen: self.info.guests_share_screen,
         }
     }
 }
@@ -928,6 +931,22 @@ impl Hub {
         });
     }
 
+    /// The doctor let everyone else share a screen, or took it back: remembered for whoever
+    /// joins later, and told to everyone there (waiting patients too). Nothing is sent if it did
+    /// not change.
+    pub fn set_guests_share_screen(&self, consultation_id: Uuid, allowed: bool) {
+        self.with_rooms(|rooms| {
+            if let Some(room) = rooms.get_mut(&consultation_id)
+                && room.info.guests_share_screen != allowed
+            {
+                room.info.guests_share_screen = allowed;
+                room.broadcast_all(&ServerMessage::ScreenSharing {
+                    guests_allowed: allowed,
+                });
+            }
+        });
+    }
+
     /// Everyone waiting for one doctor, across their consultations, longest-waiting first.
     pub fn waiting_for(&self, doctor_user_id: Uuid) -> Vec<WaitingPatient> {
         self.with_rooms(|rooms| {
@@ -1066,6 +1085,7 @@ mod tests {
                 e2ee: false,
                 doctor_participant_id: Uuid::new_v4(),
                 max_participants: 4,
+                guests_share_screen: false,
             },
             doctor,
         }

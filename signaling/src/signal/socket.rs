@@ -806,6 +806,45 @@ impl Connected {
                 crate::recording::reconcile(state, place.consultation_id).await;
                 Ok(Flow::Continue)
             }
+            ClientMessage::ScreenSharing { .. } if place.role != ParticipantRole::Doctor => {
+                Err(refuse(
+                    SignalErrorCode::Forbidden,
+                    "only the consultation's doctor decides who may share a screen",
+                ))
+            }
+            ClientMessage::ScreenSharing { guests_allowed } => {
+                // Kept first: a restarted service, and a room rebuilt on another node, say the same.
+                consultations::rows::set_guests_share_screen(
+                    &state.pool,
+                    place.consultation_id,
+                    guests_allowed,
+                )
+                .await
+                .map_err(|e| {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "could not store who may share a screen"
+                    );
+                    refuse(
+                        SignalErrorCode::Internal,
+                        "could not change who may share a screen",
+                    )
+                })?;
+                state
+                    .hub
+                    .set_guests_share_screen(place.consultation_id, guests_allowed);
+                state
+                    .audit
+                    .record_or_log(
+                        state.clock.now(),
+                        &Actor::Participant(place.participant_id),
+                        Action::ScreenSharingChanged,
+                        Some(place.consultation_id),
+                        json!({ "guests_allowed": guests_allowed }),
+                    )
+                    .await;
+                Ok(Flow::Continue)
+            }
             ClientMessage::RecordingKey {
                 recording_id,
                 kid,

@@ -837,3 +837,67 @@ async fn a_revoked_invite_voids_its_place_and_removal_always_disconnects() {
             .unwrap()
     );
 }
+
+/// The doctor decides whether everyone else may share a screen: everyone there is told, a later
+/// `joined` says so, it is kept in the database (a restarted service says the same) and
+/// audited; nobody but the doctor may change it.
+#[tokio::test]
+async fn only_the_doctor_lets_everyone_else_share_a_screen() {
+    use consult_proto::signal::ConsultationSummary;
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("dr.screens@example.org").await;
+    let (consultation, link) = doctor.create_consultation().await;
+    let cid = consultation.id;
+    let summary = |joined: &ServerMessage| match joined {
+        ServerMessage::Joined { consultation, .. } => consultation.clone(),
+        other => panic!("not joined: {other:?}"),
+    };
+    let (mut doctor_ws, joined) = doctor.join(&svc, cid).await;
+    assert!(
+        !summary(&joined).guests_share_screen,
+        "clinicians only, to begin with"
+    );
+    let patient = svc.patient(&link, "Pat").await;
+    let (mut patient_ws, joined) = svc.join_patient(&patient.participant_token).await;
+    let ConsultationSummary {
+        guests_share_screen,
+        ..
+    } = summary(&joined);
+    assert!(!guests_share_screen);
+
+    // The patient cannot allow themselves.
+    patient_ws
+        .send(&ClientMessage::ScreenSharing {
+            guests_allowed: true,
+        })
+        .await;
+    assert!(!patient_ws.expect_error("forbidden").await, "not fatal");
+    // The doctor allows it: both are told (the patient while still waiting, too).
+    doctor_ws
+        .send(&ClientMessage::ScreenSharing {
+            guests_allowed: true,
+        })
+        .await;
+    for ws in [&mut doctor_ws, &mut patient_ws] {
+        assert_eq!(
+            ws.recv_type("screen_sharing").await,
+            ServerMessage::ScreenSharing {
+                guests_allowed: true
+            }
+        );
+    }
+    let stored = consult_signaling::consultations::rows::find(&svc.state().pool, cid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.guests_share_screen, "kept");
+    // A later `joined` (here the doctor's second device taking the place) says so.
+    let (_doctor_again, joined) = doctor.join(&svc, cid).await;
+    assert!(
+        summary(&joined).guests_share_screen,
+        "a later joined says so"
+    );
+    let entry = svc.audited("screen_sharing_changed", None).await;
+    assert_eq!(entry.detail["guests_allowed"], true);
+    drop(patient_ws);
+}

@@ -146,6 +146,7 @@ impl Group {
                 doctor_name: "Dr Ada Lovelace".into(),
                 mode: ConsultationMode::LiveOnly,
                 e2ee: self.e2ee,
+                guests_share_screen: false,
             },
             admitted: role == ParticipantRole::Doctor,
             resumed: false,

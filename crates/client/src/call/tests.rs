@@ -155,6 +155,7 @@ fn summary(e2ee: bool) -> ConsultationSummary {
         doctor_name: "Dr Ada Lovelace".into(),
         mode: ConsultationMode::LiveOnly,
         e2ee,
+        guests_share_screen: false,
     }
 }
 
