@@ -259,7 +259,8 @@ export class CallView {
       this.e2eeBadge.hidden = !badge;
       if (badge) announce("The call is end-to-end encrypted.");
     }
-    this.e2eePanel.hidden = !view || !view.linked || !!view.problem;
+    // One person's problem (said in the status line) hides nobody else's code.
+    this.e2eePanel.hidden = !view || !view.linked || (!!view.problem && view.peers.every((p) => !p.sas));
     const peers = view ? view.peers : [];
     const agreed = peers.length > 0 && peers.every((p) => p.sas);
     this.e2eeHint.textContent = agreed ? (peers.length > 1 ? GROUP_SAS_HINT : SAS_HINT) : "Setting up end-to-end encryption…";

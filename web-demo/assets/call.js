@@ -12,9 +12,9 @@
  * handles the rest and shows what the callbacks report.
  *
  * Recording: while the consultation is recorded, the service's recorder (role `recorder`) is one
- * of the participants. It gets a second connection of its own (`RecorderLink`): send-only, always
- * offered from here, without data channels, and it never replaces, renegotiates or shows up in the
- * main connection with the other person. The page says when its media may go to the recorder
+ * of the participants. It gets a connection of its own (`RecorderLink`): send-only, always offered
+ * from here (again when a shared screen's section comes or goes), without data channels, and it
+ * never replaces or shows up in the main connections with the others. The page says when its media may go to the recorder
  * (`allowRecorder`: while the service says `recording`), so a recorder that turns up when the
  * consultation is not being recorded gets nothing. A zero-knowledge recording (an end-to-end
  * encrypted consultation) gets SFrame-protected media only, under keys of its own wrapped to the
@@ -55,8 +55,8 @@ export function videoBitrateFor(receivers) {
 /**
  * The mid of the camera's video section in a remote SDP: the first video section its author sends
  * in (any later one it sends in carries a shared screen), or null. The first one it sends in, not
- * the first one: the native media core answers the browser's video section without sending in
- * it and adds a section of its own after.
+ * the first one: a page without a camera asks for the others' video in a receive-only section.
+ * (So a sender with no camera who shares a screen has it shown as their camera.)
  * @param {string | undefined} sdp
  * @returns {string | null}
  */
@@ -484,9 +484,19 @@ export class PeerLink {
     }
   }
 
-  /** Restart ICE (after a network change); negotiationneeded sends the new offer. */
+  /**
+   * Restart ICE (after a network change); negotiationneeded sends the new offer. While an offer
+   * of ours is still unanswered (it may have been lost while the other side was away), that
+   * offer is sent again instead: a restart would wait for an answer that may never come.
+   */
   restartIce() {
-    if (!this.closed) this.pc.restartIce();
+    if (this.closed) return;
+    const pc = this.pc;
+    if (pc.signalingState === "have-local-offer" && pc.localDescription && !this.makingOffer) {
+      this.sendDescription(pc.localDescription);
+      return;
+    }
+    pc.restartIce();
   }
 
   /**
@@ -590,7 +600,7 @@ export class PeerLink {
  * A send-only connection to the service's recorder (the participant with role `recorder`). This
  * side always offers — the recorder only answers — with one `sendonly` audio and one `sendonly`
  * video section (the local tracks; a section without a track for a kind there is none of) and no
- * data channels, so the recorder always sees the same two sections. Nothing comes back, so
+ * data channels, and a third `sendonly` video section while a screen is shared. Nothing comes back, so
  * nothing is shown. VP8 is offered first: the exporter writes VP8 and Opus as WebM.
  *
  * With a `target` (zero-knowledge recording) every frame goes through a

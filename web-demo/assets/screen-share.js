@@ -123,6 +123,8 @@ export class ScreenShare {
       return;
     }
     this.starting = true;
+    // The call the person pressed the button in: a screen picked after it ended goes nowhere.
+    const pressedIn = this.controller();
     /** @type {MediaStream} */
     let stream;
     try {
@@ -136,7 +138,7 @@ export class ScreenShare {
     }
     const track = stream.getVideoTracks()[0];
     const controller = this.controller();
-    if (!track || !controller) {
+    if (!track || !controller || controller !== pressedIn) {
       for (const t of stream.getTracks()) t.stop();
       if (!track) this.onError(screenShareRefusal(null));
       return;

@@ -52,6 +52,10 @@ const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// their remote addresses (in a group, a DTLS first flight can arrive a moment before its
 /// connection knows the address it comes from; dropped, it costs a one-second retransmission).
 const UNCLAIMED_KEEP: Duration = Duration::from_secs(2);
+
+/// A connection that fails sooner than this after it was made is replaced only after this long
+/// (one failing at once again and again would otherwise be replaced without end).
+const LINK_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// At most this many unclaimed datagrams are kept (the oldest go first).
 const UNCLAIMED_MAX: usize = 64;
 
@@ -162,6 +166,8 @@ struct Link {
     gate: KeyframeGate,
     /// The same for the screen this participant shares.
     screen_gate: KeyframeGate,
+    /// Whether our screen could go on this connection at the last screen frame.
+    screen_was_ready: bool,
     last_keyframe_request: Option<Instant>,
     /// The bandwidth estimate of this connection (bits per second).
     bitrate: Option<u64>,
@@ -198,12 +204,16 @@ pub(crate) struct Call {
     parked_files: HashMap<Uuid, FileTransfers>,
     /// Datagrams no connection claimed yet: (when, source, local address, bytes).
     unclaimed: VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Participants whose failed connection is replaced at that time (it failed right away).
+    relink_at: Vec<(Instant, consult_proto::signal::Peer)>,
     // Media.
     keyframe_due: bool,
     /// Whether this side shares a screen (every connection carries it).
     screen_shared: bool,
     /// Whether the next screen frame should be a keyframe.
     screen_keyframe_due: bool,
+    /// The doctor lets everyone share a screen (else only clinicians' screens are handed over).
+    guests_share_screen: bool,
     last_bitrate: Option<u32>,
     audio_rtp: u64,
     frames_encoded: u64,
@@ -232,9 +242,11 @@ impl Call {
             links: Vec::new(),
             parked_files: HashMap::new(),
             unclaimed: VecDeque::new(),
+            relink_at: Vec::new(),
             keyframe_due: true,
             screen_shared: false,
             screen_keyframe_due: false,
+            guests_share_screen: false,
             last_bitrate: None,
             audio_rtp: 0,
             frames_encoded: 0,
@@ -319,6 +331,7 @@ impl Call {
                 ..
             } => {
                 let same_place = self.local_id == Some(participant_id);
+                self.guests_share_screen = consultation.guests_share_screen;
                 self.polite = polite;
                 self.admitted = admitted;
                 self.local_id = Some(participant_id);
@@ -460,6 +473,9 @@ impl Call {
                     }
                 }
             }
+            ServerMessage::ScreenSharing { guests_allowed } => {
+                self.guests_share_screen = guests_allowed;
+            }
             ServerMessage::Declined {} => {
                 self.emit(SessionEvent::Declined);
                 self.end = Some(CallEnd::Finished);
@@ -495,15 +511,33 @@ impl Call {
     /// on. Only a failure to make the new one (no local candidate) ends the call.
     fn link_failed(&mut self, i: usize, error: PeerError) -> Result<(), PeerError> {
         let who = self.links[i].who.clone();
+        let young = self.now.saturating_duration_since(self.links[i].started) < LINK_RETRY_PAUSE;
+        if young {
+            // It failed right after it was made: another now would likely fail the same way.
+            // Wait a moment (the participant stays in the call; only media with them pauses).
+            self.warn(format!(
+                "the connection with {} failed again ({error}); trying again shortly",
+                who.participant_id
+            ));
+            if let Err(e) = self.drain_link(i) {
+                tracing::debug!(error = %e, "the failed connection said nothing more");
+            }
+            let mut link = self.links.remove(i);
+            self.parked_files
+                .insert(who.participant_id, link.peer.take_file_transfers());
+            self.relink_at.push((self.now + LINK_RETRY_PAUSE, who));
+            return Ok(());
+        }
         self.warn(format!(
             "the connection with {} failed ({error}); starting a new one",
             who.participant_id
         ));
-        self.start_link(&who)
+        self.open_link(&who)
     }
 
     /// A participant left for good: their connection goes, its transfers parked.
     fn peer_left(&mut self, remote: Uuid) -> Result<(), PeerError> {
+        self.relink_at.retain(|(_, p)| p.participant_id != remote);
         let Some(i) = self.link_index(remote) else {
             return Ok(());
         };
@@ -540,6 +574,19 @@ impl Call {
         if Some(remote.participant_id) == self.local_id {
             return Ok(());
         }
+        self.open_link(remote)?;
+        self.emit(SessionEvent::PeerJoined {
+            participant_id: remote.participant_id,
+            name: remote.name.clone(),
+            role: remote.role,
+        });
+        Ok(())
+    }
+
+    /// A fresh connection with `remote`, replacing any earlier one (see [`Call::start_link`]).
+    fn open_link(&mut self, remote: &consult_proto::signal::Peer) -> Result<(), PeerError> {
+        self.relink_at
+            .retain(|(_, p)| p.participant_id != remote.participant_id);
         let polite = self.polite_toward(remote);
         let id = remote.participant_id;
         // Transfers of the previous connection with them resume on the new one.
@@ -590,6 +637,7 @@ impl Call {
             e2ee_warned: false,
             gate: KeyframeGate::default(),
             screen_gate: KeyframeGate::default(),
+            screen_was_ready: false,
             last_keyframe_request: None,
             bitrate: None,
             started: now,
@@ -599,11 +647,6 @@ impl Call {
         });
         tracing::debug!(%id, polite, "connection started");
         self.keyframe_due = true;
-        self.emit(SessionEvent::PeerJoined {
-            participant_id: id,
-            name: remote.name.clone(),
-            role: remote.role,
-        });
         Ok(())
     }
 
@@ -811,8 +854,20 @@ impl Call {
     /// is replaced by a fresh one with the same participant; the others go on.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
         self.now = now;
+        // Connections whose replacement waited after failing again.
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.relink_at)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.relink_at = later;
+        for (_, who) in due {
+            if self.link_index(who.participant_id).is_none() {
+                self.open_link(&who)?;
+            }
+        }
         let mut i = 0;
-        while i < self.links.len() {
+        // Only the connections there now: a replacement made below waits for the next call.
+        let mut end = self.links.len();
+        while i < end {
             let mut step = || -> Result<(), PeerError> {
                 if self.links[i].timeout <= now {
                     self.links[i].peer.handle_timeout(now)?;
@@ -833,7 +888,10 @@ impl Call {
             match step() {
                 Ok(()) => i += 1,
                 // The replacement goes to the end; what was after `i` moved down to it.
-                Err(e) => self.link_failed(i, e)?,
+                Err(e) => {
+                    self.link_failed(i, e)?;
+                    end -= 1;
+                }
             }
         }
         if let Some(link) = self.recorder.as_mut().filter(|l| l.next_timeout <= now)
@@ -925,6 +983,9 @@ impl Call {
         }
         if let Some(link) = &self.recorder {
             at = at.min(link.next_timeout);
+        }
+        for (when, _) in &self.relink_at {
+            at = at.min(*when);
         }
         at
     }
@@ -1052,6 +1113,15 @@ impl Call {
 
     fn handle_frame(&mut self, i: usize, frame: EncodedFrame) {
         let from = self.links[i].remote;
+        // A screen from someone who may not share one now (only clinicians, unless the doctor
+        // lets everyone) is not handed over, as the pages do not show it.
+        let clinician = matches!(
+            self.links[i].who.role,
+            ParticipantRole::Doctor | ParticipantRole::Clinician
+        );
+        if frame.source == VideoSource::Screen && !clinician && !self.guests_share_screen {
+            return;
+        }
         if self.config.receive == ReceiveMode::Decoded
             && let TrackKind::Video(codec) = frame.kind
         {
@@ -1148,10 +1218,17 @@ impl Call {
         data: &[u8],
     ) -> Result<(), PeerError> {
         self.now = self.now.max(now);
+        // This frame was made a keyframe if one was due.
         self.screen_keyframe_due = false;
         let rtp_time = ((now - self.started).as_micros() as u64 * 9 / 100) & 0xffff_ffff;
         for link in self.links.iter_mut().filter(|l| l.peer.is_connected()) {
-            if !link.peer.screen_ready() || link.peer.video_codec() != Some(codec) {
+            let ready = link.peer.screen_ready() && link.peer.video_codec() == Some(codec);
+            // A connection whose screen section just became ready starts with a keyframe.
+            if ready && !link.screen_was_ready {
+                self.screen_keyframe_due = true;
+            }
+            link.screen_was_ready = ready;
+            if !ready {
                 continue;
             }
             let remote = link.remote;
@@ -1159,8 +1236,12 @@ impl Call {
                 tracing::debug!(error = %e, %remote, "a screen frame not sent on one connection");
             }
         }
-        if let Some(link) = &mut self.recorder {
-            survivable(link.write_screen(now, rtp_time, codec, data))?;
+        // The recorder's copy of the screen never ends the call: a frame it cannot take (its
+        // section renegotiating) is dropped.
+        if let Some(link) = &mut self.recorder
+            && let Err(e) = link.write_screen(now, rtp_time, codec, data)
+        {
+            tracing::debug!(error = %e, "a screen frame not sent to the recorder");
         }
         Ok(())
     }

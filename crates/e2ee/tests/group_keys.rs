@@ -141,12 +141,14 @@ fn who_left_opens_nothing_sent_after_and_who_joined_nothing_sent_before() {
 
     // The family member leaves. The others forget their schedules with them; the family keeps
     // everything it had (an attacker would).
+    let mut forgotten = Vec::new();
     for other in ["doctor", "patient", "interpreter"] {
         let mut gone = mesh
             .schedules
             .remove(&(other, "family"))
             .expect("a schedule with the family");
         gone.disconnect(now);
+        forgotten.push(gone);
     }
     // What the others send each other afterwards, in the epoch they had and after a rotation.
     now += Duration::from_secs(1);
@@ -191,6 +193,26 @@ fn who_left_opens_nothing_sent_after_and_who_joined_nothing_sent_before() {
         "the family's schedule announces a new epoch"
     );
     for text in &late {
+        // Even the remaining side of the family's own pair, whose connection ended (the pages
+        // and the native client drop it), installs no key from it: at most it holds the
+        // message for a connection that does not exist.
+        for schedule in &mut forgotten {
+            let _ = schedule.handle_message(now, &mut OsRng, text);
+            assert!(!schedule.can_receive(), "a key installed from who left");
+            while let output = schedule.poll_output()
+                && !matches!(output, ScheduleOutput::Timeout(_))
+            {
+                assert!(
+                    !matches!(
+                        output,
+                        ScheduleOutput::Event(
+                            consult_e2ee::schedule::E2eeEvent::ReceiveKeyInstalled { .. }
+                        )
+                    ),
+                    "a key installed from who left"
+                );
+            }
+        }
         for holder in ["doctor", "patient", "interpreter"] {
             for other in ["doctor", "patient", "interpreter"] {
                 if holder == other {

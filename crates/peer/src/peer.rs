@@ -310,8 +310,10 @@ pub struct Peer {
     screen_mid: Option<Mid>,
     /// The screen's section in an offer not yet answered.
     offered_screen: Option<Mid>,
-    /// The direction the screen's section has in the last offer or answer this side made.
+    /// The direction the screen's section has, as last negotiated.
     screen_direction: Direction,
+    /// The direction the pending offer gives the screen's section (applied with its answer).
+    offered_screen_direction: Option<Direction>,
     /// The remote's camera section (its first video section it sends in); video on any other
     /// section is its shared screen.
     remote_camera: Option<Mid>,
@@ -338,6 +340,7 @@ pub struct Peer {
     /// ICE has a working pair.
     ice_up: bool,
     video_stream_configured: bool,
+    screen_stream_configured: bool,
     /// The latest time handed in, for work done while draining outputs.
     now: Instant,
     /// End-to-end encryption, when on.
@@ -441,6 +444,7 @@ impl Peer {
             screen_mid: None,
             offered_screen: None,
             screen_direction: Direction::Inactive,
+            offered_screen_direction: None,
             remote_camera: None,
             screen_rx_mid: None,
             video_rx_mid: None,
@@ -455,6 +459,7 @@ impl Peer {
             dtls_up: false,
             ice_up: false,
             video_stream_configured: false,
+            screen_stream_configured: false,
             now,
             e2ee,
             other_channels: Vec::new(),
@@ -584,7 +589,10 @@ impl Peer {
         }
         if self.screen_direction != screen {
             match self.screen_mid {
-                Some(mid) => api.set_direction(mid, screen),
+                Some(mid) => {
+                    api.set_direction(mid, screen);
+                    self.offered_screen_direction = Some(screen);
+                }
                 None if screen == Direction::SendOnly => {
                     self.offered_screen = Some(api.add_media(
                         MediaKind::Video,
@@ -593,6 +601,7 @@ impl Peer {
                         None,
                         None,
                     ));
+                    self.offered_screen_direction = Some(screen);
                 }
                 None => {}
             }
@@ -639,6 +648,7 @@ impl Peer {
         self.offered_audio = None;
         self.offered_video = None;
         self.offered_screen = None;
+        self.offered_screen_direction = None;
         if self.chat.is_none() {
             self.channels_offered = false;
         }
@@ -677,8 +687,10 @@ impl Peer {
         if let Some(mid) = self.offered_screen.take() {
             self.screen_mid = Some(mid);
         }
-        if self.screen_mid.is_some() {
-            self.screen_direction = self.wanted_screen_direction();
+        // What the answered offer said, not what is wanted now: a change made while the offer
+        // was out still needs an offer of its own.
+        if let Some(direction) = self.offered_screen_direction.take() {
+            self.screen_direction = direction;
         }
         if let Some(mid) = self.offered_audio.take() {
             self.audio_mid = Some(mid);
@@ -1270,6 +1282,13 @@ impl Peer {
             .screen_mid
             .filter(|_| self.screen_ready())
             .ok_or(PeerError::NotNegotiated("screen"))?;
+        if !self.screen_stream_configured
+            && let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None)
+        {
+            // Retransmissions for the screen too, as for the camera.
+            stream.set_rtx_cache(1024, Duration::from_secs(3), Some(0.5));
+            self.screen_stream_configured = true;
+        }
         self.write_video_on(mid, wallclock, rtp_time, codec, frame)
     }
 

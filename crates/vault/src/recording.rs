@@ -221,6 +221,13 @@ impl Record {
         Ok(match tag {
             1 => {
                 let [id, codec, role, flags] = take::<4>(bytes)?;
+                // A flag this version does not know would change what the track is: refuse
+                // rather than misread it.
+                if flags & !3 != 0 {
+                    return Err(VaultError::Malformed(format!(
+                        "unknown track flags {flags:#x}"
+                    )));
+                }
                 let participant = Uuid::from_bytes(take::<16>(bytes)?);
                 Self::Track(Track {
                     id,

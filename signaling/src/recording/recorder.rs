@@ -122,6 +122,8 @@ struct Recorder {
     me: Uuid,
     recording_id: Uuid,
     roles: HashMap<Uuid, ParticipantRole>,
+    /// The doctor lets everyone share a screen (else only clinicians' screens are kept).
+    guests_share_screen: bool,
     peers: HashMap<Uuid, RemotePeer>,
     /// Per sender: their audio, their camera and the screen they share, each a track.
     tracks: HashMap<(Uuid, bool, VideoSource), TrackState>,
@@ -163,6 +165,7 @@ pub fn spawn(
     let (datagrams_tx, datagrams) = mpsc::channel(1024);
     let recorder = Recorder {
         state: state.clone(),
+        guests_share_screen: info.guests_share_screen,
         info,
         me,
         recording_id,
@@ -333,10 +336,18 @@ impl Recorder {
 
     async fn handle_signal(&mut self, message: ServerMessage) {
         match message {
-            ServerMessage::Joined { peers, .. } => {
+            ServerMessage::Joined {
+                peers,
+                consultation,
+                ..
+            } => {
                 for peer in peers {
                     self.roles.insert(peer.participant_id, peer.role);
                 }
+                self.guests_share_screen = consultation.guests_share_screen;
+            }
+            ServerMessage::ScreenSharing { guests_allowed } => {
+                self.guests_share_screen = guests_allowed;
             }
             ServerMessage::PeerJoined { peer } => {
                 self.roles.insert(peer.participant_id, peer.role);
@@ -554,6 +565,12 @@ impl Recorder {
             Some(ParticipantRole::Recorder) | None => return,
         };
         let screen = codec.is_video() && frame.source == VideoSource::Screen;
+        // A screen from someone who may not share one now is not kept (the pages do not show
+        // it either).
+        let clinician = matches!(role, TrackRole::Doctor | TrackRole::Clinician);
+        if screen && !clinician && !self.guests_share_screen {
+            return;
+        }
         let source = if screen {
             VideoSource::Screen
         } else {

@@ -940,9 +940,13 @@ impl Hub {
                 && room.info.guests_share_screen != allowed
             {
                 room.info.guests_share_screen = allowed;
-                room.broadcast_all(&ServerMessage::ScreenSharing {
+                // The recorder too: it keeps a guest's screen only while it is allowed.
+                let message = ServerMessage::ScreenSharing {
                     guests_allowed: allowed,
-                });
+                };
+                for member in room.members.values_mut() {
+                    member.send(message.clone());
+                }
             }
         });
     }

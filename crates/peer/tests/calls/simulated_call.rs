@@ -718,12 +718,61 @@ fn a_shared_screen_goes_in_a_section_of_its_own_and_stops() {
         .peer
         .write_screen(call.now(), 0, VideoCodec::Vp8, &vp8_frame(0, true))
         .is_err());
-    // Sharing again reuses the section.
+    // Stopped and shared again within one round trip: the answer to the stop does not count as
+    // the share; another offer follows, and then frames flow again in the same section.
     call.b.peer.share_screen(true);
     let offer = call.b.peer.create_offer().unwrap().expect("an offer");
     assert_eq!(
         offer.matches("m=video").count(),
         videos,
         "the section is reused: {offer}"
+    );
+    call.b.peer.share_screen(false);
+    let RemoteDescriptionOutcome::Answer(answer) = call.a.peer.handle_remote_offer(&offer).unwrap()
+    else {
+        panic!("no answer");
+    };
+    call.b.peer.handle_remote_answer(&answer).unwrap();
+    let stop = call
+        .b
+        .peer
+        .create_offer()
+        .unwrap()
+        .expect("the stop's offer");
+    call.b.peer.share_screen(true);
+    let RemoteDescriptionOutcome::Answer(answer) = call.a.peer.handle_remote_offer(&stop).unwrap()
+    else {
+        panic!("no answer");
+    };
+    call.b.peer.handle_remote_answer(&answer).unwrap();
+    assert!(
+        !call.b.peer.screen_ready() && call.b.peer.needs_negotiation(),
+        "the answered offer stopped it; sharing again needs another"
+    );
+    let offer = call.b.peer.create_offer().unwrap().expect("an offer");
+    let RemoteDescriptionOutcome::Answer(answer) = call.a.peer.handle_remote_offer(&offer).unwrap()
+    else {
+        panic!("no answer");
+    };
+    call.b.peer.handle_remote_answer(&answer).unwrap();
+    assert!(call.b.peer.screen_ready());
+    let before = count(&call, VideoSource::Screen);
+    for n in 0..30u64 {
+        let now = call.now();
+        call.b
+            .peer
+            .write_screen(
+                now,
+                (100 + n) * 3000,
+                VideoCodec::Vp8,
+                &vp8_frame(2000 + n, n == 0),
+            )
+            .unwrap();
+        call.run_until(Duration::from_millis(33), |_| false)
+            .unwrap();
+    }
+    assert!(
+        count(&call, VideoSource::Screen) > before + 10,
+        "the screen flows again"
     );
 }

@@ -12,15 +12,11 @@ use consult_proto::api::{CreateConsultationRequest, InviteKind};
 
 /// Send a moving pattern and a tone from every session for `length`, collecting events.
 async fn everyone_sends(sessions: &mut [(Session, Seen)], length: Duration) {
-    everyone_sends_and(sessions, length, None).await
+    everyone_sends_and(sessions, length, &[]).await
 }
 
-/// [`everyone_sends`], and session `screen.0` also sends `screen.1` frames of a 640x360 screen.
-async fn everyone_sends_and(
-    sessions: &mut [(Session, Seen)],
-    length: Duration,
-    screen: Option<usize>,
-) {
+/// [`everyone_sends`], and the sessions in `screens` also send frames of a 640x360 screen.
+async fn everyone_sends_and(sessions: &mut [(Session, Seen)], length: Duration, screens: &[usize]) {
     let mut desktop = consult_client::codec::pattern::TestPattern::new(640, 360);
     let mut patterns: Vec<_> = sessions
         .iter()
@@ -35,7 +31,7 @@ async fn everyone_sends_and(
         for (i, (session, seen)) in sessions.iter_mut().enumerate() {
             if tick.is_multiple_of(3) {
                 session.send_video(patterns[i].next_frame()).await.unwrap();
-                if screen == Some(i) {
+                if screens.contains(&i) {
                     session.send_screen(desktop.next_frame()).await.unwrap();
                 }
             }
@@ -219,9 +215,11 @@ async fn a_recorded_group_consultation_exports_every_participants_tracks_named()
     }
     everyone_sends(&mut sessions, Duration::from_secs(2)).await;
     // The doctor shares a screen: both others decode it, apart from the camera, and it is
-    // recorded as a track of its own.
+    // recorded as a track of its own. The interpreter shares one too, without the doctor's leave:
+    // nobody gets it and it is not recorded.
     sessions[0].0.share_screen(true).await.unwrap();
-    everyone_sends_and(&mut sessions, Duration::from_secs(3), Some(0)).await;
+    sessions[2].0.share_screen(true).await.unwrap();
+    everyone_sends_and(&mut sessions, Duration::from_secs(3), &[0, 2]).await;
     let doctor_id = *sessions[1]
         .1
         .video_from
@@ -234,9 +232,16 @@ async fn a_recorded_group_consultation_exports_every_participants_tracks_named()
             "session {i} decodes the doctor's screen: {:?}",
             seen.screen_from
         );
-        assert_eq!(seen.screen_from.len(), 1, "only the doctor shares");
+        assert_eq!(
+            seen.screen_from.len(),
+            1,
+            "only the doctor's screen is handed over"
+        );
     }
-    assert!(sessions[0].1.screen_from.is_empty());
+    assert!(
+        sessions[0].1.screen_from.is_empty(),
+        "the interpreter's is not"
+    );
     clinic
         .api
         .end(&clinic.token, consultation.id)
