@@ -52,25 +52,26 @@ export function videoBitrateFor(receivers) {
   return Math.max(FLOOR_BPS, Math.floor(TOTAL_BPS / Math.max(1, receivers)));
 }
 
+/** The media stream id (`a=msid`) the native peer sends a shared screen under. */
+export const SCREEN_STREAM_ID = "consult-screen";
+
 /**
- * The mid of the camera's video section in a remote SDP: the first video section its author sends
- * in (any later one it sends in carries a shared screen), or null. The first one it sends in, not
- * the first one: a page without a camera asks for the others' video in a receive-only section.
- * (So a sender with no camera who shares a screen has it shown as their camera.)
+ * Whether a remote SDP's video section `mid` carries a shared screen: its `a=msid` names no
+ * stream (`-`: how the pages send a screen) or {@link SCREEN_STREAM_ID} (the native peer's).
+ * Cameras always go in a stream of their own. The native peer decides alike.
  * @param {string | undefined} sdp
- * @returns {string | null}
+ * @param {string} mid
  */
-export function cameraMid(sdp) {
-  if (!sdp) return null;
+export function isScreenSection(sdp, mid) {
+  if (!sdp) return false;
   for (const section of sdp.split(/\r?\nm=/).slice(1)) {
     if (!section.startsWith("video ")) continue;
-    const direction = /^a=(sendrecv|sendonly|recvonly|inactive)\s*$/m.exec(section);
-    const sends = !direction || direction[1] === "sendrecv" || direction[1] === "sendonly";
-    if (!sends) continue;
-    const mid = /^a=mid:(\S+)/m.exec(section);
-    return mid ? mid[1] : null;
+    const found = /^a=mid:(\S+)/m.exec(section);
+    if (!found || found[1] !== mid) continue;
+    const msid = /^a=msid:(\S+)/m.exec(section);
+    return !!msid && (msid[1] === "-" || msid[1] === SCREEN_STREAM_ID);
   }
-  return null;
+  return false;
 }
 
 /** Labels of the channels a connection opens when it offers first. */
@@ -315,7 +316,7 @@ export class PeerLink {
     this.e2ee?.attachAll();
     // A screen shared before this connection was made goes in a section after the camera's.
     const screenTrack = screenStream?.getVideoTracks()[0];
-    if (screenStream && screenTrack && screenTrack.readyState === "live") this.setScreen(screenTrack, screenStream);
+    if (screenStream && screenTrack && screenTrack.readyState === "live") this.setScreen(screenTrack);
 
     const e2eeLink = this.e2ee;
     const giveChannel = onDataChannel ?? ((/** @type {ChannelLike} */ channel) => channel.close());
@@ -337,12 +338,9 @@ export class PeerLink {
       // The transform goes on before the first frame is decoded.
       this.e2ee?.attach(receiver, "receive", track.kind === "audio" ? "audio" : "video");
       if (!mediaAllowed) return;
-      if (track.kind === "video" && transceiver.mid !== null && transceiver !== this.screenTransceiver) {
-        const camera = cameraMid(pc.remoteDescription?.sdp);
-        if (camera !== null && transceiver.mid !== camera) {
-          this.takeRemoteScreen(track, streams[0] ?? null);
-          return;
-        }
+      if (track.kind === "video" && transceiver.mid !== null && isScreenSection(pc.remoteDescription?.sdp, transceiver.mid)) {
+        this.takeRemoteScreen(track, streams[0] ?? null);
+        return;
       }
       const stream = streams[0];
       if (stream && this.remoteStream !== stream) {
@@ -504,9 +502,8 @@ export class PeerLink {
    * (null). The section stays once made and is reused for the next share; renegotiation is
    * started by `negotiationneeded` when its direction changes.
    * @param {MediaStreamTrack | null} track
-   * @param {MediaStream | null} stream
    */
-  setScreen(track, stream) {
+  setScreen(track) {
     if (this.closed || !this.mediaAllowed) return;
     const transceiver = this.screenTransceiver;
     if (!track) {
@@ -517,11 +514,11 @@ export class PeerLink {
     }
     if (transceiver && transceiver.currentDirection !== "stopped") {
       void transceiver.sender.replaceTrack(track).catch((err) => console.warn("Could not share the screen", err));
-      if (stream) transceiver.sender.setStreams(stream);
       transceiver.direction = "sendonly";
       return;
     }
-    const added = this.pc.addTransceiver(track, { direction: "sendonly", streams: stream ? [stream] : [] });
+    // In no stream (`a=msid:- …`): that is how the others tell it from the camera.
+    const added = this.pc.addTransceiver(track, { direction: "sendonly", streams: [] });
     applyVideoCodecPreferences(added, !!this.e2ee);
     // Before the first frame: the screen is protected like the camera.
     this.e2ee?.attach(added.sender, "send", "video");
@@ -642,7 +639,7 @@ export class RecorderLink {
       if (kind === "video") applyVideoCodecPreferences(transceiver, !!this.protection, "vp8");
     }
     const screenTrack = screenStream?.getVideoTracks()[0];
-    if (screenStream && screenTrack && screenTrack.readyState === "live") this.setScreen(screenTrack, screenStream);
+    if (screenStream && screenTrack && screenTrack.readyState === "live") this.setScreen(screenTrack);
     // Before negotiation, so before any frame: every sender protects, and drops frames until its
     // first key is installed.
     this.protection?.attach(pc);
@@ -704,9 +701,8 @@ export class RecorderLink {
    * Record a shared screen too (a send-only section after the camera's, protected like the rest),
    * or stop (null: the section goes inactive). The offer goes out through `negotiationneeded`.
    * @param {MediaStreamTrack | null} track
-   * @param {MediaStream | null} stream
    */
-  setScreen(track, stream) {
+  setScreen(track) {
     if (this.closed) return;
     const transceiver = this.screenTransceiver;
     if (!track) {
@@ -720,7 +716,7 @@ export class RecorderLink {
       transceiver.direction = "sendonly";
       return;
     }
-    const added = this.pc.addTransceiver(track, { direction: "sendonly", streams: stream ? [stream] : [] });
+    const added = this.pc.addTransceiver(track, { direction: "sendonly", streams: [] });
     applyVideoCodecPreferences(added, !!this.protection, "vp8");
     // Protected before its first frame (before `attach`, `attach` covers it).
     this.protection?.protectNewSenders();
@@ -1123,8 +1119,8 @@ export class CallController {
     if (track) track.contentHint = "detail";
     return this.enqueue(() => {
       if (this.screenStream !== stream) return;
-      for (const link of this.links.values()) link.setScreen(track, stream);
-      this.recorderLink?.setScreen(track, stream);
+      for (const link of this.links.values()) link.setScreen(track);
+      this.recorderLink?.setScreen(track);
     });
   }
 

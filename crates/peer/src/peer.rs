@@ -125,26 +125,34 @@ pub enum TrackKind {
 /// Which of a participant's videos a frame belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum VideoSource {
-    /// The camera: the first video section the remote sends in (and every audio frame).
+    /// The camera (and every audio frame).
     #[default]
     Camera,
-    /// A shared screen: any later video section the remote sends in.
+    /// A shared screen: a video section whose media stream is not the camera's (see
+    /// [`SCREEN_STREAM_ID`]).
     Screen,
 }
 
-/// The mid of the camera's section in a remote SDP: the first video section its author sends in
-/// (sendrecv or sendonly; any later one it sends in carries a shared screen), as the web pages
-/// decide it too.
-fn remote_camera_mid(sdp: &str) -> Option<Mid> {
-    sdp.split("\nm=").skip(1).find_map(|section| {
-        if !section.starts_with("video ") {
-            return None;
-        }
-        let lines = || section.lines().map(str::trim_end);
-        let sends = !lines().any(|l| l == "a=recvonly" || l == "a=inactive");
-        let mid = lines().find_map(|l| l.strip_prefix("a=mid:"))?;
-        sends.then(|| Mid::from(mid))
-    })
+/// The media stream id (`a=msid`) of a shared screen's section. The pages send a screen in a
+/// section of no stream (`a=msid:- …`), the native peer under this id; cameras are always in a
+/// stream of their own (with their microphone in the pages).
+pub const SCREEN_STREAM_ID: &str = "consult-screen";
+
+/// The mids of the video sections of a remote SDP that carry a shared screen: those whose
+/// `a=msid` names no stream (`-`) or [`SCREEN_STREAM_ID`], as the web pages decide it too.
+fn remote_screen_mids(sdp: &str) -> Vec<Mid> {
+    sdp.split("\nm=")
+        .skip(1)
+        .filter(|section| section.starts_with("video "))
+        .filter_map(|section| {
+            let lines = || section.lines().map(str::trim_end);
+            let stream = lines().find_map(|l| l.strip_prefix("a=msid:"))?;
+            let stream = stream.split_whitespace().next()?;
+            let screen = stream == "-" || stream == SCREEN_STREAM_ID;
+            let mid = lines().find_map(|l| l.strip_prefix("a=mid:"))?;
+            screen.then(|| Mid::from(mid))
+        })
+        .collect()
 }
 
 /// An encoded frame that arrived.
@@ -314,9 +322,8 @@ pub struct Peer {
     screen_direction: Direction,
     /// The direction the pending offer gives the screen's section (applied with its answer).
     offered_screen_direction: Option<Direction>,
-    /// The remote's camera section (its first video section it sends in); video on any other
-    /// section is its shared screen.
-    remote_camera: Option<Mid>,
+    /// The remote's sections that carry a shared screen ([`remote_screen_mids`]).
+    remote_screens: Vec<Mid>,
     /// The section the remote's screen last arrived on (where its keyframe requests go).
     screen_rx_mid: Option<Mid>,
     /// The m-line video last arrived on: where keyframe requests go. A remote that
@@ -445,7 +452,7 @@ impl Peer {
             offered_screen: None,
             screen_direction: Direction::Inactive,
             offered_screen_direction: None,
-            remote_camera: None,
+            remote_screens: Vec::new(),
             screen_rx_mid: None,
             video_rx_mid: None,
             chat: None,
@@ -597,7 +604,7 @@ impl Peer {
                     self.offered_screen = Some(api.add_media(
                         MediaKind::Video,
                         Direction::SendOnly,
-                        None,
+                        Some(SCREEN_STREAM_ID.into()),
                         None,
                         None,
                     ));
@@ -668,7 +675,7 @@ impl Peer {
             self.rollback();
         }
         let answer = self.rtc.sdp_api().accept_offer(offer)?;
-        self.remote_camera = remote_camera_mid(sdp);
+        self.remote_screens = remote_screen_mids(sdp);
         Ok(RemoteDescriptionOutcome::Answer(answer.to_sdp_string()))
     }
 
@@ -683,7 +690,7 @@ impl Peer {
             .take()
             .ok_or(PeerError::UnexpectedAnswer)?;
         self.rtc.sdp_api().accept_answer(pending, answer)?;
-        self.remote_camera = remote_camera_mid(sdp);
+        self.remote_screens = remote_screen_mids(sdp);
         if let Some(mid) = self.offered_screen.take() {
             self.screen_mid = Some(mid);
         }
@@ -803,7 +810,7 @@ impl Peer {
                 };
                 let keyframe = data.is_keyframe();
                 let source = match kind {
-                    TrackKind::Video(_) if self.remote_camera.is_some_and(|m| m != data.mid) => {
+                    TrackKind::Video(_) if self.remote_screens.contains(&data.mid) => {
                         VideoSource::Screen
                     }
                     _ => VideoSource::Camera,
@@ -1397,5 +1404,30 @@ impl Peer {
     /// The latest statistics.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+}
+
+#[cfg(test)]
+mod screen_sections {
+    use super::*;
+
+    /// A browser's offer: its camera and microphone in its stream, a screen in no stream, a
+    /// receive-only video section (no camera) without a stream at all; a native peer's screen
+    /// under [`SCREEN_STREAM_ID`].
+    #[test]
+    fn a_screen_is_a_video_section_in_no_stream_or_the_screen_stream() {
+        let sdp = "v=0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendrecv\r\na=msid:cam-stream mic\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendrecv\r\na=msid:cam-stream cam\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\na=msid:- screen\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=sendonly\r\na=msid:consult-screen s2\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:5\r\na=sendonly\r\na=msid:- odd-audio\r\n";
+        assert_eq!(
+            remote_screen_mids(sdp),
+            vec![Mid::from("3"), Mid::from("4")],
+            "only video sections, and only those in no stream or the screen stream"
+        );
+        assert!(remote_screen_mids("garbage").is_empty());
     }
 }
