@@ -166,16 +166,38 @@ async fn three_native_peers_hold_an_encrypted_group_consultation_through_the_ser
 /// tracks, named, and plays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_group_consultation_exports_every_participants_tracks_named() {
+    recorded_group(false).await
+}
+
+/// The same, end-to-end encrypted: a zero-knowledge recording of the group (every sender's frames,
+/// the doctor's screen included, stored as ciphertext under keys wrapped to the clinician's
+/// recording key). The export is refused without that key and holds every named track with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_knowledge_recording_of_a_group_opens_only_with_the_clinicians_key() {
+    recorded_group(true).await
+}
+
+async fn recorded_group(zero_knowledge: bool) {
+    use consult_e2ee::recording_key::RecordingKeyPair;
     use consult_proto::api::ConsultationMode;
     use consult_proto::signal::RecordingState;
     use consult_signaling::recording::{export, rows};
 
     let clinic = Clinic::start_with(|c| c.policy.max_participants = 3).await;
+    let clinician = RecordingKeyPair::generate(&mut rand::rngs::OsRng);
+    if zero_knowledge {
+        clinic
+            .api
+            .set_recording_key(&clinic.token, &clinician.public().to_base64())
+            .await
+            .expect("the recording key is registered");
+    }
     let (consultation, mut sessions) = group_of_three(
         &clinic,
         CreateConsultationRequest {
             title: Some("recorded group".into()),
             mode: Some(ConsultationMode::Recorded),
+            e2ee: Some(zero_knowledge),
             ..Default::default()
         },
     )
@@ -268,7 +290,16 @@ async fn a_recorded_group_consultation_exports_every_participants_tracks_named()
         .await
         .unwrap();
     let mut out = std::io::Cursor::new(Vec::new());
-    export::prepare(&state.recordings.vault, &row, &[], None)
+    assert_eq!(row.zero_knowledge, zero_knowledge);
+    if zero_knowledge {
+        let refused = export::prepare(&state.recordings.vault, &row, &[], None).err();
+        assert!(
+            matches!(refused, Some(export::ExportError::NeedsClinicianKey(_))),
+            "{refused:?}"
+        );
+    }
+    let key = zero_knowledge.then_some(&clinician);
+    export::prepare(&state.recordings.vault, &row, &[], key)
         .unwrap()
         .with_names(&names)
         .write(&state.recordings.vault, &mut out)
