@@ -1063,6 +1063,9 @@ function onSignal(active, m) {
     case "error":
       if (m.code === "doctor_busy") {
         showError(admitError, "You are already in a call in another consultation. Hang up there first.");
+      } else if (m.code === "consultation_full") {
+        // Only when the organisation lowered its limit below the places already promised.
+        showError(admitError, "The call is full: nobody more can take part at once. They wait until someone leaves.");
       } else if (m.code === "unauthorized" && m.fatal) {
         // Signed out elsewhere, password changed, account disabled: the service closed the call.
         lockPage(SESSION_ENDED);
