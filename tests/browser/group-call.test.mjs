@@ -257,6 +257,23 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
       // Stopped from the page: it goes from everyone's stage.
       await byTestId(doctor.page, "screen-button").click();
       for (const p of [patient, interpreter, companion]) await byTestId(p.page, "screen-view").waitFor({ state: "hidden", timeout: 20_000 });
+      // Shared again, then stopped from the browser's own control (which ends the capture's track).
+      await byTestId(doctor.page, "screen-button").click();
+      await byTestId(patient.page, "screen-view").waitFor({ state: "visible", timeout: 30_000 });
+      const ended = await doctor.page.evaluate(() => {
+        for (const pc of Object.values(/** @type {any} */ (window).consultPcs ?? {})) {
+          for (const sender of /** @type {RTCPeerConnection} */ (pc).getSenders()) {
+            if (sender.track && sender.track.kind === "video" && sender.track.contentHint === "detail") {
+              sender.track.dispatchEvent(new Event("ended"));
+              return true;
+            }
+          }
+        }
+        return false;
+      });
+      assert.ok(ended, "the doctor's screen track was found");
+      await byTestId(doctor.page, "screen-button").filter({ hasText: "Share screen" }).waitFor();
+      for (const p of [patient, interpreter, companion]) await byTestId(p.page, "screen-view").waitFor({ state: "hidden", timeout: 20_000 });
 
       // Only clinicians share unless the doctor lets everyone: the interpreter has no button, then
       // one; their screen reaches the others; taken back, it stops and goes from every stage.
