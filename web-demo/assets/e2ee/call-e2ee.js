@@ -172,10 +172,12 @@ export class E2eeCall {
     this.view = { enabled: true, linked: false, sas: null, badge: false, problem: this.api ? null : "browser-unsupported", peers: [] };
     this.closed = false;
     /**
-     * @type {Promise<void>} Serializes everything that touches the schedules, across links: a
-     * replaced connection's late work must never interleave with its successor's.
+     * @type {Map<string, Promise<void>>} Per participant, serializes everything that touches
+     * their schedule, across their connections: a replaced connection's late work must never
+     * interleave with its successor's. Participants do not wait for each other (one connection
+     * still waiting for its fingerprints holds up no other pair).
      */
-    this.queue = Promise.resolve();
+    this.queues = new Map();
     this.exposeHook();
     // After the constructor returns, so that the caller has its reference to this call.
     queueMicrotask(() => {
@@ -235,6 +237,7 @@ export class E2eeCall {
     this.links.get(peerId)?.close();
     this.schedules.get(peerId)?.disconnect();
     this.schedules.delete(peerId);
+    this.queues.delete(peerId);
   }
 
   /**
@@ -277,14 +280,16 @@ export class E2eeCall {
   }
 
   /**
-   * Run `task` after every schedule task queued before it.
+   * Run `task` after every task queued before it for the same participant's schedule.
+   * @param {string} peerId
    * @param {() => Promise<void>} task
    */
-  enqueue(task) {
-    this.queue = this.queue.then(task).catch((err) => {
+  enqueue(peerId, task) {
+    const queued = (this.queues.get(peerId) ?? Promise.resolve()).then(task).catch((err) => {
       if (!(err instanceof RejectedError)) console.error("E2EE error", err);
     });
-    return this.queue;
+    this.queues.set(peerId, queued);
+    return queued;
   }
 
   /** Start a new epoch now with everyone (the test hook; the schedules also rotate by themselves). */
@@ -483,7 +488,7 @@ export class E2eeLink {
    * @param {() => Promise<void>} task
    */
   enqueue(task) {
-    return this.call.enqueue(async () => {
+    return this.call.enqueue(this.peerId, async () => {
       if (!this.current) return;
       await task();
     });
