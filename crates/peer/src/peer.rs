@@ -155,6 +155,21 @@ fn remote_screen_mids(sdp: &str) -> Vec<Mid> {
         .collect()
 }
 
+/// Give a video section's send stream its retransmission cache, unless `done` already; whether
+/// it is done now.
+fn configure_video_stream(rtc: &mut Rtc, mid: Mid, done: bool) -> bool {
+    if done {
+        return true;
+    }
+    match rtc.direct_api().stream_tx_by_mid(mid, None) {
+        Some(stream) => {
+            stream.set_rtx_cache(1024, Duration::from_secs(3), Some(0.5));
+            true
+        }
+        None => false,
+    }
+}
+
 /// An encoded frame that arrived.
 #[derive(Debug, Clone)]
 pub struct EncodedFrame {
@@ -981,13 +996,8 @@ impl Peer {
     /// Let retransmissions use up to half of the video bandwidth (str0m's default cap of 15%
     /// starves NACK recovery on a lossy 1:1 link), once the send stream exists.
     fn configure_video_stream(&mut self, mid: Mid) {
-        if self.video_stream_configured {
-            return;
-        }
-        if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
-            stream.set_rtx_cache(1024, Duration::from_secs(3), Some(0.5));
-            self.video_stream_configured = true;
-        }
+        self.video_stream_configured |=
+            configure_video_stream(&mut self.rtc, mid, self.video_stream_configured);
     }
 
     /// A key channel opened: start key agreement on this connection (once) with the DTLS
@@ -1289,13 +1299,9 @@ impl Peer {
             .screen_mid
             .filter(|_| self.screen_ready())
             .ok_or(PeerError::NotNegotiated("screen"))?;
-        if !self.screen_stream_configured
-            && let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None)
-        {
-            // Retransmissions for the screen too, as for the camera.
-            stream.set_rtx_cache(1024, Duration::from_secs(3), Some(0.5));
-            self.screen_stream_configured = true;
-        }
+        // Retransmissions for the screen too, as for the camera.
+        self.screen_stream_configured |=
+            configure_video_stream(&mut self.rtc, mid, self.screen_stream_configured);
         self.write_video_on(mid, wallclock, rtp_time, codec, frame)
     }
 
