@@ -738,7 +738,8 @@ pub async fn shared_with(
 ) -> anyhow::Result<Vec<(ConsultationRecord, OffsetDateTime)>> {
     let rows = sqlx::query(
         "SELECT c.id, c.doctor_id, u.display_name, c.title, c.scheduled_at, c.mode, \
-         c.status, c.created_at, c.ended_at, c.e2ee, c.doctor_participant_id, cc.added_at \
+         c.status, c.created_at, c.ended_at, c.e2ee, c.doctor_participant_id, \
+         c.guests_share_screen, cc.added_at \
          FROM consultations c JOIN users u ON u.id = c.doctor_id \
          JOIN consultation_clinicians cc ON cc.consultation_id = c.id \
          WHERE cc.user_id = $1 AND cc.removed_at IS NULL ORDER BY cc.added_at DESC, c.id LIMIT 500",
@@ -748,7 +749,8 @@ pub async fn shared_with(
     .await?;
     rows.into_iter()
         .map(|row| {
-            let added_at = from_unix(row.get::<i64, _>(11));
+            // After the columns of `SELECT` (`record_from_row` reads those).
+            let added_at = from_unix(row.get::<i64, _>(12));
             Ok((record_from_row(row)?, added_at))
         })
         .collect()
