@@ -826,9 +826,9 @@ const remoteScreens = new RemoteScreens((peer, stream) => callView.setPeerScreen
 const guestsShareScreen = byId("guests-share-screen", HTMLInputElement);
 guestsShareScreen.addEventListener("change", () => {
   const active = call;
-  if (!active || !active.signaling) return;
-  // The service tells everyone (this page too); until then the box shows the request.
-  if (!active.signaling.send({ type: "screen_sharing", guests_allowed: guestsShareScreen.checked })) {
+  // The service tells everyone (this page too); until then the box shows the request, and it
+  // goes back to what is in effect when the request cannot go.
+  if (!active || !active.signaling || !active.signaling.send({ type: "screen_sharing", guests_allowed: guestsShareScreen.checked })) {
     guestsShareScreen.checked = remoteScreens.guestsAllowed;
   }
 });

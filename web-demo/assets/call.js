@@ -492,8 +492,8 @@ export class PeerLink {
     const pc = this.pc;
     if (pc.signalingState === "have-local-offer" && pc.localDescription && !this.makingOffer) {
       this.sendDescription(pc.localDescription);
-      return;
     }
+    // Either way ICE restarts: now, or once that offer is answered (a network change needs it).
     pc.restartIce();
   }
 

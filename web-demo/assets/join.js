@@ -409,6 +409,7 @@ const screenShare = new ScreenShare({
   controller: () => controller,
   onChange: (sharing) => callView.setScreenSharing({ allowed: remoteScreens.guestsAllowed, sharing }),
   onError: (message) => showError(byId("media-error", HTMLElement), message),
+  mayShare: () => remoteScreens.guestsAllowed,
 });
 
 /**

@@ -90,9 +90,12 @@ export class ScreenShare {
    * @param {() => CallController | null} options.controller The call to share in, if any.
    * @param {(sharing: boolean) => void} options.onChange Sharing started or stopped.
    * @param {(message: string | null) => void} options.onError Why sharing failed (null: clear it).
+   * @param {() => boolean} [options.mayShare] Whether this participant may share now (asked again
+   *   once the browser's picker closes: the doctor may have taken it back meanwhile).
    */
-  constructor({ controller, onChange, onError }) {
+  constructor({ controller, onChange, onError, mayShare = () => true }) {
     this.controller = controller;
+    this.mayShare = mayShare;
     this.onChange = onChange;
     this.onError = onError;
     /** @type {MediaStream | null} */
@@ -138,7 +141,7 @@ export class ScreenShare {
     }
     const track = stream.getVideoTracks()[0];
     const controller = this.controller();
-    if (!track || !controller || controller !== pressedIn) {
+    if (!track || !controller || controller !== pressedIn || !this.mayShare()) {
       for (const t of stream.getTracks()) t.stop();
       if (!track) this.onError(screenShareRefusal(null));
       return;

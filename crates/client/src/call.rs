@@ -214,6 +214,8 @@ pub(crate) struct Call {
     screen_keyframe_due: bool,
     /// The doctor lets everyone share a screen (else only clinicians' screens are handed over).
     guests_share_screen: bool,
+    /// Our role, from `joined`.
+    role: Option<ParticipantRole>,
     last_bitrate: Option<u32>,
     audio_rtp: u64,
     frames_encoded: u64,
@@ -247,6 +249,7 @@ impl Call {
             screen_shared: false,
             screen_keyframe_due: false,
             guests_share_screen: false,
+            role: None,
             last_bitrate: None,
             audio_rtp: 0,
             frames_encoded: 0,
@@ -323,6 +326,7 @@ impl Call {
         match message {
             ServerMessage::Joined {
                 participant_id,
+                role,
                 admitted,
                 polite,
                 heartbeat_interval_ms,
@@ -331,7 +335,8 @@ impl Call {
                 ..
             } => {
                 let same_place = self.local_id == Some(participant_id);
-                self.guests_share_screen = consultation.guests_share_screen;
+                self.role = Some(role);
+                self.set_guests_share_screen(consultation.guests_share_screen);
                 self.polite = polite;
                 self.admitted = admitted;
                 self.local_id = Some(participant_id);
@@ -360,6 +365,10 @@ impl Call {
                 for remote in gone {
                     self.peer_left(remote)?;
                 }
+                // A connection waiting to be made again is for someone still here, and only
+                // while we are admitted.
+                self.relink_at
+                    .retain(|(_, p)| admitted && present.contains(&p.participant_id));
                 // Back on signaling (a reconnect, or the service restarted) in the same place,
                 // with a peer still in the call and the connection up: media never went
                 // through the service, so that connection (and its keys) stays. A new peer, a
@@ -443,6 +452,16 @@ impl Call {
                 self.peer_left(participant_id)?;
             }
             ServerMessage::Description { from, description } => {
+                // Someone whose failed connection waits to be made again offers first: make it now.
+                if self.link_index(from).is_none()
+                    && let Some(who) = self
+                        .relink_at
+                        .iter()
+                        .find(|(_, p)| p.participant_id == from)
+                        .map(|(_, p)| p.clone())
+                {
+                    self.open_link(&who)?;
+                }
                 if let Some(i) = self.link_index(from) {
                     self.handle_description(i, description)?;
                 }
@@ -474,7 +493,7 @@ impl Call {
                 }
             }
             ServerMessage::ScreenSharing { guests_allowed } => {
-                self.guests_share_screen = guests_allowed;
+                self.set_guests_share_screen(guests_allowed);
             }
             ServerMessage::Declined {} => {
                 self.emit(SessionEvent::Declined);
@@ -1180,10 +1199,33 @@ impl Call {
         }
     }
 
+    /// Whether this participant may share a screen now: a clinician always, anyone else while
+    /// the doctor allows it.
+    pub fn may_share_screen(&self) -> bool {
+        matches!(
+            self.role,
+            Some(ParticipantRole::Doctor | ParticipantRole::Clinician)
+        ) || self.guests_share_screen
+    }
+
+    /// The doctor's choice changed: a guest's share under way stops when it is taken back.
+    fn set_guests_share_screen(&mut self, allowed: bool) {
+        self.guests_share_screen = allowed;
+        if self.screen_shared && !self.may_share_screen() {
+            self.warn("the doctor no longer lets everyone share a screen: sharing stopped");
+            self.share_screen(false);
+        }
+    }
+
     /// Share a screen with everyone in the call (true), or stop (false): every connection, and
     /// every one made while it is shared, gets a send-only video section of its own for it
-    /// (negotiated by the connection's next offer). Frames go with [`Call::write_screen`].
+    /// (negotiated by the connection's next offer). Frames go with [`Call::write_screen`]. A
+    /// guest who may not share now ([`Call::may_share_screen`]) is told so and shares nothing.
     pub fn share_screen(&mut self, on: bool) {
+        if on && !self.may_share_screen() {
+            self.warn("only clinicians may share a screen, unless the doctor lets everyone");
+            return;
+        }
         self.screen_shared = on;
         self.screen_keyframe_due = on;
         if let Some(link) = &mut self.recorder {

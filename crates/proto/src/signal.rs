@@ -100,9 +100,10 @@ pub enum ClientMessage {
         wrapped: String,
     },
     /// Doctor: let everyone else in the call (patients, interpreters, companions) share a screen,
-    /// or not; clinicians always may. Everyone is told (`screen_sharing`), and the pages show a
-    /// screen from someone else only while it is allowed. Anyone else sending it is refused with
-    /// `forbidden`.
+    /// or not; clinicians always may. Everyone is told (`screen_sharing`). Media goes peer to
+    /// peer, so the receivers keep it: the pages and the native client show or hand over a guest's
+    /// screen, and the recorder keeps it, only while it is allowed (a modified client can still
+    /// send one that nobody shows or records). Anyone else sending it is refused with `forbidden`.
     ScreenSharing {
         /// True: everyone may share a screen.
         guests_allowed: bool,

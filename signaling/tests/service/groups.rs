@@ -872,6 +872,14 @@ async fn only_the_doctor_lets_everyone_else_share_a_screen() {
         })
         .await;
     assert!(!patient_ws.expect_error("forbidden").await, "not fatal");
+    let unchanged = consult_signaling::consultations::rows::find(&svc.state().pool, cid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !unchanged.guests_share_screen,
+        "the refusal changed nothing"
+    );
     // The doctor allows it: both are told (the patient while still waiting, too).
     doctor_ws
         .send(&ClientMessage::ScreenSharing {

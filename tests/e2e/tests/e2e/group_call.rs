@@ -237,8 +237,8 @@ async fn recorded_group(zero_knowledge: bool) {
     }
     everyone_sends(&mut sessions, Duration::from_secs(2)).await;
     // The doctor shares a screen: both others decode it, apart from the camera, and it is
-    // recorded as a track of its own. The interpreter shares one too, without the doctor's leave:
-    // nobody gets it and it is not recorded.
+    // recorded as a track of its own. The interpreter tries too, without the doctor's leave: their
+    // client refuses and says so, nobody gets a screen from them and none is recorded.
     sessions[0].0.share_screen(true).await.unwrap();
     sessions[2].0.share_screen(true).await.unwrap();
     everyone_sends_and(&mut sessions, Duration::from_secs(3), &[0, 2]).await;
@@ -263,6 +263,15 @@ async fn recorded_group(zero_knowledge: bool) {
     assert!(
         sessions[0].1.screen_from.is_empty(),
         "the interpreter's is not"
+    );
+    assert!(
+        sessions[2]
+            .1
+            .warnings
+            .iter()
+            .any(|w| w.contains("only clinicians may share a screen")),
+        "{:?}",
+        sessions[2].1.warnings
     );
     clinic
         .api
