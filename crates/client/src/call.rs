@@ -152,8 +152,6 @@ impl KeyframeGate {
 
 /// The connection to one other participant, and what the call decides about it.
 struct Link {
-    /// Their participant id.
-    remote: Uuid,
     peer: Peer,
     timeout: Instant,
     /// Candidates held back until our first description (browsers refuse them before).
@@ -178,6 +176,13 @@ struct Link {
     /// Our video frames sent on this connection, and theirs decoded (for its statistics).
     frames_sent: u64,
     frames_decoded: u64,
+}
+
+impl Link {
+    /// Their participant id.
+    fn remote(&self) -> Uuid {
+        self.who.participant_id
+    }
 }
 
 /// One participant's call: a connection to every other participant (a full mesh: media goes
@@ -280,13 +285,13 @@ impl Call {
         self.links
             .iter()
             .filter(|l| l.peer.is_connected())
-            .map(|l| l.remote)
+            .map(|l| l.remote())
             .collect()
     }
 
     /// Every connection (chat, files, key rotation), connected or not.
     pub fn peers_mut(&mut self) -> impl Iterator<Item = (Uuid, &mut Peer)> {
-        self.links.iter_mut().map(|l| (l.remote, &mut l.peer))
+        self.links.iter_mut().map(|l| (l.remote(), &mut l.peer))
     }
 
     /// The video codec to encode with: the one negotiated on the first connection that is up
@@ -311,7 +316,7 @@ impl Call {
     }
 
     fn link_index(&self, remote: Uuid) -> Option<usize> {
-        self.links.iter().position(|l| l.remote == remote)
+        self.links.iter().position(|l| l.remote() == remote)
     }
 
     /// Our side of negotiation with `peer`: as the service says per pair, or, from a service
@@ -359,7 +364,7 @@ impl Call {
                 let gone: Vec<Uuid> = self
                     .links
                     .iter()
-                    .map(|l| l.remote)
+                    .map(|l| l.remote())
                     .filter(|r| !present.contains(r))
                     .collect();
                 for remote in gone {
@@ -642,7 +647,6 @@ impl Call {
         self.screen_keyframe_due |= self.screen_shared;
         let pending_candidates = self.candidates.offer(&mut peer)?;
         self.links.push(Link {
-            remote: id,
             peer,
             timeout: now,
             pending_candidates,
@@ -671,7 +675,7 @@ impl Call {
 
     /// Send a description on link `i`, then the candidates held back until now.
     fn send_description(&mut self, i: usize, kind: SdpKind, sdp: String) {
-        let to = self.links[i].remote;
+        let to = self.links[i].remote();
         let pending = std::mem::take(&mut self.links[i].pending_candidates);
         self.signal(ClientMessage::Description {
             to,
@@ -684,7 +688,7 @@ impl Call {
 
     fn make_offer(&mut self, i: usize) -> Result<(), PeerError> {
         let link = &self.links[i];
-        tracing::debug!(remote = %link.remote, after_ms = (self.now - link.started).as_millis(), "offering");
+        tracing::debug!(remote = %link.remote(), after_ms = (self.now - link.started).as_millis(), "offering");
         if let Some(sdp) = self.links[i].peer.create_offer()? {
             self.send_description(i, SdpKind::Offer, sdp);
         }
@@ -705,7 +709,7 @@ impl Call {
         description: SessionDescription,
     ) -> Result<(), PeerError> {
         let link = &self.links[i];
-        tracing::debug!(remote = %link.remote, kind = ?description.kind,
+        tracing::debug!(remote = %link.remote(), kind = ?description.kind,
             after_ms = (self.now - link.started).as_millis(), "remote description");
         let peer = &mut self.links[i].peer;
         let outcome = match description.kind {
@@ -724,7 +728,7 @@ impl Call {
             }
             Ok(RemoteDescriptionOutcome::Applied) => {}
             Ok(RemoteDescriptionOutcome::IgnoredGlare) => {
-                tracing::debug!(remote = %self.links[i].remote, "glare: the remote offer ignored");
+                tracing::debug!(remote = %self.links[i].remote(), "glare: the remote offer ignored");
                 return Ok(());
             }
             Err(e) => {
@@ -1042,7 +1046,7 @@ impl Call {
 
     fn handle_peer_event(&mut self, i: usize, event: PeerEvent) {
         let now = self.now;
-        let peer = self.links[i].remote;
+        let peer = self.links[i].remote();
         let after_ms = (now - self.links[i].started).as_millis();
         match &event {
             PeerEvent::Connected | PeerEvent::Disconnected | PeerEvent::IceState(_) => {
@@ -1131,7 +1135,7 @@ impl Call {
     }
 
     fn handle_frame(&mut self, i: usize, frame: EncodedFrame) {
-        let from = self.links[i].remote;
+        let from = self.links[i].remote();
         // A screen from someone who may not share one now (only clinicians, unless the doctor
         // lets everyone) is not handed over, as the pages do not show it.
         let clinician = matches!(
@@ -1273,7 +1277,7 @@ impl Call {
             if !ready {
                 continue;
             }
-            let remote = link.remote;
+            let remote = link.remote();
             if let Err(e) = link.peer.write_screen(now, rtp_time, codec, data) {
                 tracing::debug!(error = %e, %remote, "a screen frame not sent on one connection");
             }
@@ -1281,7 +1285,7 @@ impl Call {
         // The recorder's copy of the screen never ends the call: a frame it cannot take (its
         // section renegotiating) is dropped.
         if let Some(link) = &mut self.recorder
-            && let Err(e) = link.write_screen(now, rtp_time, codec, data)
+            && let Err(e) = link.write_video(now, rtp_time, codec, VideoSource::Screen, data)
         {
             tracing::debug!(error = %e, "a screen frame not sent to the recorder");
         }
@@ -1290,7 +1294,7 @@ impl Call {
 
     /// Ask every participant for a keyframe (merged per connection, as below).
     pub fn request_keyframe(&mut self, now: Instant) {
-        for remote in self.links.iter().map(|l| l.remote).collect::<Vec<_>>() {
+        for remote in self.links.iter().map(|l| l.remote()).collect::<Vec<_>>() {
             self.request_keyframe_from(remote, now);
         }
     }
@@ -1344,7 +1348,7 @@ impl Call {
                 continue;
             }
             // One connection that cannot take a frame does not stop the others.
-            let remote = link.remote;
+            let remote = link.remote();
             if let Err(e) = link.peer.write_video(now, rtp_time, codec, data) {
                 tracing::debug!(error = %e, %remote, "a video frame not sent on one connection");
                 continue;
@@ -1353,7 +1357,7 @@ impl Call {
             sent = true;
         }
         if sent && let Some(link) = &mut self.recorder {
-            survivable(link.write_video(now, rtp_time, codec, data))?;
+            survivable(link.write_video(now, rtp_time, codec, VideoSource::Camera, data))?;
         }
         Ok(())
     }
@@ -1367,7 +1371,7 @@ impl Call {
         }
         for link in self.links.iter_mut().filter(|l| l.peer.is_connected()) {
             // One connection that cannot take audio (none negotiated) does not stop the others.
-            let remote = link.remote;
+            let remote = link.remote();
             if let Err(e) = link.peer.write_audio(now, self.audio_rtp, packet) {
                 tracing::debug!(error = %e, %remote, "an audio packet not sent on one connection");
             }

@@ -18,7 +18,7 @@ use consult_proto::signal::ClientMessage;
 use rand::RngCore;
 use uuid::Uuid;
 
-use consult_peer::{Peer, PeerConfig, PeerError, TrackKind, VideoCodec};
+use consult_peer::{Peer, PeerConfig, PeerError, TrackKind, VideoCodec, VideoSource};
 
 /// The recording a session is asked to send to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,40 +119,30 @@ impl RecorderLink {
         Some(protected)
     }
 
-    /// Send a video frame the call encoded, if this link negotiated the same codec.
+    /// Send a video frame the call encoded, of the camera or the shared screen, if this link
+    /// negotiated the same codec (and, for the screen, its section).
     pub fn write_video(
         &mut self,
         now: Instant,
         rtp_time: u64,
         codec: VideoCodec,
+        source: VideoSource,
         frame: &[u8],
     ) -> Result<(), PeerError> {
-        if !self.peer.is_connected() || self.peer.video_codec() != Some(codec) {
-            return Ok(());
-        }
-        match self.prepare(TrackKind::Video(codec), frame) {
-            Some(frame) => self.peer.write_video(now, rtp_time, codec, &frame),
-            None => Ok(()),
-        }
-    }
-
-    /// Send a frame of the shared screen, once its section is negotiated on this link.
-    pub fn write_screen(
-        &mut self,
-        now: Instant,
-        rtp_time: u64,
-        codec: VideoCodec,
-        frame: &[u8],
-    ) -> Result<(), PeerError> {
+        let screen = source == VideoSource::Screen;
         if !self.peer.is_connected()
-            || !self.peer.screen_ready()
+            || (screen && !self.peer.screen_ready())
             || self.peer.video_codec() != Some(codec)
         {
             return Ok(());
         }
-        match self.prepare(TrackKind::Video(codec), frame) {
-            Some(frame) => self.peer.write_screen(now, rtp_time, codec, &frame),
-            None => Ok(()),
+        let Some(frame) = self.prepare(TrackKind::Video(codec), frame) else {
+            return Ok(());
+        };
+        if screen {
+            self.peer.write_screen(now, rtp_time, codec, &frame)
+        } else {
+            self.peer.write_video(now, rtp_time, codec, &frame)
         }
     }
 

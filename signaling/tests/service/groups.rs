@@ -880,6 +880,22 @@ async fn only_the_doctor_lets_everyone_else_share_a_screen() {
         !unchanged.guests_share_screen,
         "the refusal changed nothing"
     );
+    // A malformed choice from the doctor is refused, and changes nothing either.
+    for text in [
+        r#"{"v":1,"type":"screen_sharing"}"#,
+        r#"{"v":1,"type":"screen_sharing","guests_allowed":"yes"}"#,
+    ] {
+        doctor_ws.send_text(text.into()).await;
+        assert!(!doctor_ws.expect_error("malformed").await, "not fatal");
+    }
+    let unchanged = consult_signaling::consultations::rows::find(&svc.state().pool, cid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !unchanged.guests_share_screen,
+        "malformed choices changed nothing"
+    );
     // The doctor allows it: both are told (the patient while still waiting, too).
     doctor_ws
         .send(&ClientMessage::ScreenSharing {
