@@ -9,8 +9,9 @@
 // once the doctor lets everyone, and stops when that is taken back.
 //
 // Figures (printed, not asserted): admission to an intact first frame from every other
-// participant with three and with four in the call, and the longest video gap on the remaining
-// connections while someone leaves.
+// participant with three and with four in the call, the time until every remaining sender uses a
+// new key after someone leaves (asserted: it does), and the longest video gap on the remaining
+// connections meanwhile.
 //
 // Run: cd tests/browser && node --test group-call.test.mjs   (environment: see README.md here)
 import assert from "node:assert/strict";
@@ -304,15 +305,26 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
           for (const pc of Object.values(/** @type {any} */ (window).consultPcs ?? {})) pc.__marker = "before the leave";
         });
       }
-      // The longest gap between decoded frames on the remaining connections around the leave.
+      // The longest gap between decoded frames on the remaining connections around the leave, and
+      // the time from the leave reaching a page until it sends to every remaining participant
+      // under a new key (a new epoch on every remaining pair).
       const sampling = remaining.map((p) =>
         p.page.evaluate(async (leaverId) => {
           /** @type {Record<string, { last: number, at: number, gap: number }>} */
           const seen = {};
+          const sendEpoch = (/** @type {string} */ peerId) => /** @type {any} */ (window).consultE2ee?.snapshot()?.peers?.[peerId]?.epochs?.send ?? 0;
+          /** @type {Record<string, { before: number, movedAt: number | null }>} */
+          const epochs = {};
+          /** @type {number | null} */
+          let leftAt = null;
           const end = performance.now() + 6000;
           while (performance.now() < end) {
-            for (const [peerId, pc] of Object.entries(/** @type {any} */ (window).consultPcs ?? {})) {
+            const pcs = Object.entries(/** @type {any} */ (window).consultPcs ?? {});
+            if (leftAt === null && !pcs.some(([peerId]) => peerId === leaverId)) leftAt = performance.now();
+            for (const [peerId, pc] of pcs) {
               if (peerId === leaverId) continue;
+              const epoch = (epochs[peerId] ??= { before: sendEpoch(peerId), movedAt: null });
+              if (epoch.movedAt === null && sendEpoch(peerId) > epoch.before) epoch.movedAt = performance.now();
               let frames = 0;
               (await /** @type {RTCPeerConnection} */ (pc).getStats()).forEach((s) => {
                 if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded ?? 0;
@@ -327,14 +339,25 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
             }
             await new Promise((r) => setTimeout(r, 50));
           }
-          return Object.values(seen).map((e) => Math.max(e.gap, performance.now() - e.at));
+          return {
+            gaps: Object.values(seen).map((e) => Math.max(e.gap, performance.now() - e.at)),
+            newKeys: Object.entries(epochs).map(([peerId, e]) => ({ peerId, before: e.before, after: sendEpoch(peerId), ms: e.movedAt === null || leftAt === null ? null : Math.max(0, e.movedAt - leftAt) })),
+          };
         }, idOf[3]),
       );
       await sleep(1000);
       await byTestId(companion.page, "hangup-button").click();
       await byTestId(companion.page, "left-message").waitFor({ state: "visible" });
-      const gaps = (await Promise.all(sampling)).flat();
+      const sampled = await Promise.all(sampling);
+      const gaps = sampled.flatMap((s) => s.gaps);
       t.diagnostic(`longest video gap on the remaining connections while one left: ${Math.round(Math.max(...gaps))} ms`);
+      // A new epoch with everyone who stays: each remaining page sends to both others under a newer key.
+      for (const [i, s] of sampled.entries()) {
+        assert.equal(s.newKeys.length, 2, `${remaining[i].label} sampled both others`);
+        for (const k of s.newKeys) assert.ok(k.ms !== null && k.after > k.before, `${remaining[i].label} sends to ${k.peerId} under a new key after the leave: ${JSON.stringify(k)}`);
+      }
+      const newKeyMs = sampled.flatMap((s) => s.newKeys.map((k) => k.ms ?? Infinity));
+      t.diagnostic(`every remaining sender uses a new key ${Math.round(Math.max(...newKeyMs))} ms after the leave reached it (slowest of six)`);
 
       const deadline = Date.now() + 20_000;
       for (;;) {

@@ -1211,6 +1211,7 @@ export class CallController {
       }
       // Keys agreed with an earlier stay are not carried over: a new connection, a new code.
       this.e2ee?.forgetPeer(peer.participant_id);
+      this.e2ee?.newEpochWithEveryoneBut(peer.participant_id);
       await this.begin(peer.participant_id);
     });
   }
@@ -1259,6 +1260,7 @@ export class CallController {
     this.cancelAwaitingOffer(peerId);
     this.dropLink(peerId);
     this.e2ee?.forgetPeer(peerId);
+    this.e2ee?.newEpochWithEveryoneBut(peerId);
   }
 
   /**

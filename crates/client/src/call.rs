@@ -452,6 +452,7 @@ impl Call {
             }
             ServerMessage::PeerJoined { peer } => {
                 self.start_link(&peer)?;
+                self.new_epoch_with_everyone_but(peer.participant_id);
             }
             ServerMessage::PeerLeft { participant_id, .. } => {
                 self.peer_left(participant_id)?;
@@ -576,7 +577,21 @@ impl Call {
             participant_id: remote,
         });
         self.update_bitrate();
+        self.new_epoch_with_everyone_but(remote);
         Ok(())
+    }
+
+    /// Someone joined or left: the keys with everyone else start a new epoch, so that the keys
+    /// in use change with the call's membership. (Keys are per pair, so who left never held the
+    /// others' keys and who joined gets none of the earlier ones; the new epoch keeps the rule
+    /// "a new epoch whenever someone joins or leaves" true of every pair as well.) A connection
+    /// still agreeing keys starts with a fresh epoch anyway.
+    fn new_epoch_with_everyone_but(&mut self, changed: Uuid) {
+        for link in self.links.iter_mut().filter(|l| l.remote() != changed) {
+            if link.peer.e2ee_ready() {
+                link.peer.e2ee_rotate();
+            }
+        }
     }
 
     /// `joined` or `admitted`: the recorder, a connection to every other participant, and the

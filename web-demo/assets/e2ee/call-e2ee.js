@@ -241,6 +241,19 @@ export class E2eeCall {
   }
 
   /**
+   * Someone joined or left: the keys with everyone else start a new epoch, so that the keys in use
+   * change with the call's membership. (Keys are per pair: who left never held the others' keys and
+   * who joins gets none of the earlier ones; this keeps "a new epoch whenever someone joins or
+   * leaves" true of every pair as well.) A link still agreeing keys starts with a fresh epoch anyway.
+   * @param {string} changed The participant who joined or left.
+   */
+  newEpochWithEveryoneBut(changed) {
+    for (const link of this.links.values()) {
+      if (link.peerId !== changed && link.schedule.sas !== null) void link.rotateNow();
+    }
+  }
+
+  /**
    * What changed about one participant's link.
    * @param {E2eeLink} link
    * @param {Partial<E2eePeerView>} change

@@ -46,6 +46,21 @@ impl Member {
         peers
     }
 
+    /// The epoch of the key we send to `peer` with, once one is in use (0 before).
+    fn send_epoch_with(&self, peer: Uuid) -> u64 {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::E2ee {
+                    peer: with,
+                    event: E2eeEvent::SendKeyActive { epoch },
+                } if *with == peer => Some(*epoch),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     fn sas_with(&self, peer: Uuid) -> Option<String> {
         self.events.iter().rev().find_map(|e| match e {
             SessionEvent::E2ee {
@@ -446,6 +461,63 @@ fn four_connect_and_one_who_leaves_takes_only_their_own_connections() {
     group.run_until(Duration::from_millis(100), |_| false);
     assert!(group.members[doctor].frames[&PATIENT].len() > before);
     assert!(group.members[patient].frames.contains_key(&INTERPRETER));
+}
+
+/// Every ordered pair among `ids`, and the epoch each side sends to the other with.
+fn send_epochs(group: &Group, ids: &[Uuid]) -> Vec<((Uuid, Uuid), u64)> {
+    ids.iter()
+        .flat_map(|a| ids.iter().filter(move |b| *b != a).map(move |b| (*a, *b)))
+        .map(|(a, b)| ((a, b), group.members[group.index(a)].send_epoch_with(b)))
+        .collect()
+}
+
+/// Whether every sender among those pairs now sends with a newer key than it did then.
+fn all_moved_on(group: &Group, then: &[((Uuid, Uuid), u64)]) -> bool {
+    then.iter()
+        .all(|((a, b), before)| group.members[group.index(*a)].send_epoch_with(*b) > *before)
+}
+
+#[test]
+fn someone_joining_or_leaving_starts_a_new_epoch_on_every_other_pair() {
+    let mut group = Group::new(true);
+    let three = [DOCTOR, PATIENT, INTERPRETER];
+    group.join(DOCTOR, ParticipantRole::Doctor);
+    group.join(PATIENT, ParticipantRole::Patient);
+    group.join(INTERPRETER, ParticipantRole::Interpreter);
+    assert!(group.run_until(Duration::from_secs(15), |g| {
+        g.mesh_is_up() && send_epochs(g, &three).iter().all(|(_, e)| *e >= 1)
+    }));
+    let before_join = send_epochs(&group, &three);
+
+    group.join(COMPANION, ParticipantRole::Companion);
+    assert!(
+        group.run_until(Duration::from_secs(2), |g| all_moved_on(g, &before_join)),
+        "a join moves the pairs already there to a new epoch: {:?}",
+        send_epochs(&group, &three)
+    );
+    let four = [DOCTOR, PATIENT, INTERPRETER, COMPANION];
+    assert!(group.run_until(Duration::from_secs(15), |g| {
+        g.mesh_is_up() && send_epochs(g, &four).iter().all(|(_, e)| *e >= 1)
+    }));
+
+    let before_leave = send_epochs(&group, &three);
+    group.leave(COMPANION);
+    assert!(
+        group.run_until(Duration::from_secs(2), |g| all_moved_on(g, &before_leave)),
+        "a leave moves every remaining pair to a new epoch: {:?}",
+        send_epochs(&group, &three)
+    );
+    // And media goes on under the new keys.
+    let doctor = group.index(DOCTOR);
+    let before = group.members[doctor]
+        .frames
+        .get(&PATIENT)
+        .map_or(0, Vec::len);
+    for _ in 0..5 {
+        group.everyone_sends(true);
+        group.run_until(Duration::from_millis(40), |_| false);
+    }
+    assert!(group.members[doctor].frames[&PATIENT].len() > before);
 }
 
 #[test]
