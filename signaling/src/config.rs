@@ -4,6 +4,7 @@
 //! Nested keys use a double underscore in the environment: `CONSULT_SESSION__IDLE_TIMEOUT=10m`.
 //! Durations are human-readable (`90s`, `15m`, `12h`).
 
+use consult_proto::ice_url::IceUrl;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -712,6 +713,25 @@ impl Config {
     /// Check values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Inconsistent(m.into()));
+        for (key, urls, turn) in [
+            ("ice.stun_urls", &self.ice.stun_urls, false),
+            ("ice.turn_urls", &self.ice.turn_urls, true),
+        ] {
+            for url in urls {
+                match url.parse::<IceUrl>() {
+                    Ok(parsed) if parsed.is_turn() == turn => {}
+                    Ok(_) => {
+                        return Err(ConfigError::Inconsistent(format!(
+                            "{key}: {url:?} is a {} URL",
+                            if turn { "stun:" } else { "turn:/turns:" }
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(ConfigError::Inconsistent(format!("{key}: {url:?}: {e}")));
+                    }
+                }
+            }
+        }
         if self.ice.relay_only && self.ice.turn_urls.is_empty() {
             return bad("ice.relay_only needs ice.turn_urls");
         }
@@ -995,6 +1015,34 @@ mod tests {
             jail.create_file("b.toml", "[ice]\nturn_urls = [\"turn:127.0.0.1\"]\n")?;
             let err = Config::load(Some(Path::new("b.toml"))).unwrap_err();
             assert!(err.to_string().contains("turn_shared_secret"), "{err}");
+            // Every ICE server URL is parsed at start-up: a mistyped one is named with the reason.
+            let secret = "turn_shared_secret = \"a-secret-of-sixteen-chars\"\n";
+            for (urls, expected) in [
+                (
+                    "turn_urls = [\"turn:relay.test?transport=sctp\"]",
+                    "unsupported query",
+                ),
+                ("turn_urls = [\"turns:relay.test:0\"]", "port"),
+                ("turn_urls = [\"http://relay.test\"]", "not a stun:"),
+                ("turn_urls = [\"stun:relay.test\"]", "is a stun: URL"),
+                ("stun_urls = [\"turn:relay.test\"]", "is a turn:/turns: URL"),
+            ] {
+                jail.create_file("c.toml", &format!("[ice]\n{secret}{urls}\n"))?;
+                let err = Config::load(Some(Path::new("c.toml"))).unwrap_err();
+                assert!(err.to_string().contains(expected), "{urls}: {err}");
+            }
+            jail.create_file(
+                "d.toml",
+                &format!("[ice]\n{secret}turn_urls = [\"turn:relay.test?transport=udp\", \"turn:relay.test:443?transport=tcp\", \"turns:relay.test:443?transport=tcp\"]\n"),
+            )?;
+            assert_eq!(
+                Config::load(Some(Path::new("d.toml")))
+                    .map_err(|e| e.to_string())?
+                    .ice
+                    .turn_urls
+                    .len(),
+                3
+            );
             let err = Config::load(Some(Path::new("missing.toml"))).unwrap_err();
             assert!(err.to_string().contains("does not exist"), "{err}");
             jail.set_env("CONSULT_SESSION__IDLE_TIMEUT", "5m");

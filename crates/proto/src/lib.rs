@@ -4,6 +4,7 @@
 //!
 //! * [`api`]: request and response bodies of the HTTP API under `/api/v1`, and the
 //!   [`api::ErrorBody`] every failing request answers with.
+//! * [`ice_url`]: the `stun:`, `turn:` and `turns:` URLs of the ICE servers, parsed strictly.
 //! * [`media`]: the media vocabulary the peer and the codecs share ([`media::VideoCodec`]).
 //! * [`signal`]: the JSON messages of the signaling WebSocket at `/api/v1/signal`. Every message
 //!   is an object with a `type` and the protocol version `v` ([`signal::PROTOCOL_VERSION`]).
@@ -19,5 +20,6 @@
 //! ```
 
 pub mod api;
+pub mod ice_url;
 pub mod media;
 pub mod signal;
