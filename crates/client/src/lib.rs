@@ -80,4 +80,5 @@ mod events;
 mod net;
 mod reconnect;
 mod recorder_link;
+pub mod relay;
 pub mod session;

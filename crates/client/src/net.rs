@@ -1,16 +1,18 @@
-//! The UDP side of a session: the sockets host candidates are gathered on, server-reflexive
-//! addresses from STUN, TURN allocations (UDP), and sending each datagram from the address its
-//! candidate names.
+//! The network side of a session: the UDP sockets host candidates are gathered on,
+//! server-reflexive addresses from STUN, TURN allocations (over UDP, TCP or TLS: see
+//! [`crate::relay`]), and sending each datagram from the address its candidate names.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consult_proto::api::IceServers;
+use consult_proto::ice_url::{IceUrl, Scheme};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::call::LocalCandidates;
+use crate::relay::{Relay, TlsRoots};
 
 /// A datagram that arrived on one of our addresses.
 pub(crate) struct Datagram {
@@ -22,6 +24,17 @@ pub(crate) struct Datagram {
     pub at: Instant,
     /// Its bytes.
     pub bytes: Vec<u8>,
+}
+
+/// Why gathering candidates failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatherError {
+    /// A socket could not be bound.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Relay-only, and no TURN server gave an allocation: each server and why.
+    #[error("relay only, but no TURN server could be used: {}", if .0.is_empty() { "none is configured".to_owned() } else { .0.join("; ") })]
+    NoRelay(Vec<String>),
 }
 
 /// The session's sockets and relays; their reader tasks end when this is dropped.
@@ -36,15 +49,21 @@ pub(crate) struct Network {
 
 impl Network {
     /// Bind a socket on each of `ips`; with the service's ICE servers, allocate on its TURN
-    /// servers and ask its STUN servers for our mapped address (not when relay-only). Every
-    /// datagram received goes to `datagrams`. A TURN or STUN server that fails is logged and
-    /// skipped: host candidates may still do.
+    /// servers (all at once, each within [`crate::relay::ALLOCATION_TIMEOUT`]; their relayed
+    /// candidates in the order the service lists them) and ask its STUN servers for our mapped
+    /// address (not when relay-only). Every datagram received goes to `datagrams`. A TURN or STUN
+    /// server that fails is logged and skipped: the next ones, or host candidates, may still do.
+    ///
+    /// # Errors
+    /// A socket that cannot be bound; relay-only with no relay allocated (every server's error
+    /// is in [`GatherError::NoRelay`]).
     pub async fn gather(
         ips: &[IpAddr],
         ice: Option<&IceServers>,
         relay_only: bool,
+        tls: &TlsRoots,
         datagrams: mpsc::Sender<Datagram>,
-    ) -> std::io::Result<Self> {
+    ) -> Result<Self, GatherError> {
         let mut sockets = Vec::new();
         let mut readers = Vec::new();
         for ip in ips {
@@ -57,35 +76,67 @@ impl Network {
             )));
             sockets.push((local, socket));
         }
-        let mut relays = Vec::new();
-        let mut reflexive = Vec::new();
+        let mut allocations = Vec::new();
+        let mut stun = Vec::new();
+        let mut failures = Vec::new();
         for server in ice.iter().flat_map(|ice| &ice.ice_servers) {
             for url in &server.urls {
-                match (turn_address(url), &server.username, &server.credential) {
-                    (Some(address), Some(username), Some(password)) => {
-                        match Relay::allocate(&address, username, password, datagrams.clone()).await
-                        {
-                            Ok(relay) => relays.push(relay),
-                            Err(e) => {
-                                tracing::warn!(error = %e, server = %address, "TURN allocation failed")
-                            }
-                        }
+                let parsed = match url.parse::<IceUrl>() {
+                    Ok(parsed) => parsed,
+                    Err(e) => {
+                        tracing::warn!(url = %url, error = %e, "skipped an ICE server URL");
+                        failures.push(format!("{url}: {e}"));
+                        continue;
                     }
-                    _ => {
-                        let (Some(address), false) = (stun_address(url), relay_only) else {
-                            continue;
-                        };
-                        let Some((local, socket)) = sockets.first() else {
-                            continue;
-                        };
-                        match stun_binding(socket, &address).await {
-                            Ok(mapped) if mapped != *local => reflexive.push((mapped, *local)),
-                            Ok(_) => {}
-                            Err(e) => tracing::debug!(error = %e, "STUN binding failed"),
-                        }
+                };
+                match (parsed.scheme, &server.username, &server.credential) {
+                    (Scheme::Turn | Scheme::Turns, Some(username), Some(password)) => {
+                        let (username, password, tls, tx) = (
+                            username.clone(),
+                            password.clone(),
+                            tls.clone(),
+                            datagrams.clone(),
+                        );
+                        allocations.push(tokio::spawn(async move {
+                            let relay =
+                                Relay::allocate(&parsed, &username, &password, &tls, tx).await;
+                            (parsed, relay)
+                        }));
                     }
+                    (Scheme::Turn | Scheme::Turns, _, _) => {
+                        failures.push(format!("{url}: no credentials"));
+                    }
+                    (Scheme::Stun, _, _) => stun.push(parsed),
                 }
             }
+        }
+        // STUN meanwhile (the allocations run on their own).
+        let mut reflexive = Vec::new();
+        if !relay_only && let Some((local, socket)) = sockets.first() {
+            for url in &stun {
+                match stun_binding(socket, &url.address()).await {
+                    Ok(mapped) if mapped != *local => reflexive.push((mapped, *local)),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(server = %url, error = %e, "STUN binding failed"),
+                }
+            }
+        }
+        let mut relays = Vec::new();
+        for allocation in allocations {
+            match allocation.await {
+                Ok((url, Ok(relay))) => {
+                    tracing::info!(server = %url, relayed = %relay.relayed, "TURN allocation");
+                    relays.push(relay);
+                }
+                Ok((url, Err(e))) => {
+                    tracing::warn!(server = %url, error = %e, "TURN allocation failed");
+                    failures.push(format!("{url}: {e}"));
+                }
+                Err(e) => failures.push(format!("a TURN allocation task ended: {e}")),
+            }
+        }
+        if relay_only && relays.is_empty() {
+            return Err(GatherError::NoRelay(failures));
         }
         Ok(Self {
             sockets,
@@ -171,30 +222,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `host:port` of a `turn:` URL over UDP (`turns:` and TCP are not supported by this client).
-fn turn_address(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("turn:")?;
-    let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if !query.is_empty() && query != "transport=udp" {
-        return None;
-    }
-    Some(if address.contains(':') {
-        address.to_owned()
-    } else {
-        format!("{address}:3478")
-    })
-}
-
-/// `host:port` of a `stun:` URL.
-fn stun_address(url: &str) -> Option<String> {
-    let address = url.strip_prefix("stun:")?;
-    Some(if address.contains(':') {
-        address.to_owned()
-    } else {
-        format!("{address}:3478")
-    })
-}
-
 /// Ask a STUN server for our mapped address, from the socket the candidates use.
 async fn stun_binding(socket: &UdpSocket, server: &str) -> std::io::Result<SocketAddr> {
     // A separate socket would see a different mapping; instead, use a throwaway TURN client on a
@@ -224,91 +251,4 @@ async fn stun_binding(socket: &UdpSocket, server: &str) -> std::io::Result<Socke
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let _ = client.close().await;
     Ok(SocketAddr::new(mapped.ip(), local.port()))
-}
-
-/// A TURN allocation: the relayed address peers send to, and a task that sends through it.
-struct Relay {
-    relayed: SocketAddr,
-    local: SocketAddr,
-    outgoing: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
-    _client: Arc<turn::client::Client>,
-}
-
-impl Relay {
-    /// Allocate on `server` with TURN REST credentials; received datagrams go to `datagrams`.
-    async fn allocate(
-        server: &str,
-        username: &str,
-        password: &str,
-        datagrams: mpsc::Sender<Datagram>,
-    ) -> std::io::Result<Self> {
-        use webrtc_util::Conn;
-        let io = |e: String| std::io::Error::other(e);
-        let server_addr: SocketAddr = tokio::net::lookup_host(server)
-            .await?
-            .next()
-            .ok_or_else(|| io(format!("cannot resolve {server}")))?;
-        let bind_ip: IpAddr = if server_addr.ip().is_loopback() {
-            server_addr.ip()
-        } else {
-            IpAddr::from([0, 0, 0, 0])
-        };
-        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
-        let local = socket.local_addr()?;
-        let client = turn::client::Client::new(turn::client::ClientConfig {
-            stun_serv_addr: server_addr.to_string(),
-            turn_serv_addr: server_addr.to_string(),
-            username: username.to_owned(),
-            password: password.to_owned(),
-            realm: String::new(),
-            software: "consult-client".into(),
-            rto_in_ms: 0,
-            conn: Arc::new(socket),
-            vnet: None,
-        })
-        .await
-        .map_err(|e| io(e.to_string()))?;
-        client.listen().await.map_err(|e| io(e.to_string()))?;
-        let relay_conn = tokio::time::timeout(Duration::from_secs(5), client.allocate())
-            .await
-            .map_err(|_| io(format!("TURN allocation on {server} timed out")))?
-            .map_err(|e| io(e.to_string()))?;
-        let relayed = relay_conn.local_addr().map_err(|e| io(e.to_string()))?;
-        let relay_conn: Arc<dyn Conn + Send + Sync> = Arc::new(relay_conn);
-        let reader = relay_conn.clone();
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; 2048];
-            while let Ok((n, source)) = reader.recv_from(&mut buffer).await {
-                let datagram = Datagram {
-                    local: relayed,
-                    source,
-                    at: Instant::now(),
-                    bytes: buffer[..n].to_vec(),
-                };
-                if datagrams.send(datagram).await.is_err() {
-                    return;
-                }
-            }
-        });
-        // Sending through TURN may wait for a permission round trip: a task keeps the order and
-        // keeps the session loop free.
-        let (outgoing, mut queue) = mpsc::unbounded_channel::<(Vec<u8>, SocketAddr)>();
-        tokio::spawn(async move {
-            while let Some((bytes, destination)) = queue.recv().await {
-                if let Err(e) = relay_conn.send_to(&bytes, destination).await {
-                    tracing::debug!(error = %e, "TURN send failed");
-                }
-            }
-        });
-        Ok(Self {
-            relayed,
-            local,
-            outgoing,
-            _client: Arc::new(client),
-        })
-    }
-
-    fn send(&self, bytes: Vec<u8>, destination: SocketAddr) {
-        let _ = self.outgoing.send((bytes, destination));
-    }
 }

@@ -15,8 +15,9 @@ use uuid::Uuid;
 
 use crate::call::{Call, CallConfig, CallEnd, CallOutput, LocalCandidates};
 pub use crate::events::{ReceiveMode, SessionEvent};
-use crate::net::{default_ips, Datagram, Network};
+use crate::net::{default_ips, Datagram, GatherError, Network};
 use crate::reconnect::{GaveUp, SignalLink};
+use crate::relay::TlsRoots;
 use consult_api_client::{ApiClient, ApiError, Credentials, PatientPlace, SignalConnection};
 use consult_codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES};
 use consult_codec::{
@@ -78,6 +79,9 @@ pub struct SessionConfig {
     pub e2ee: Option<bool>,
     /// Key-schedule timers and limits.
     pub e2ee_schedule: ScheduleConfig,
+    /// Certificates (PEM) a `turns:` relay may chain to besides the Mozilla roots and the
+    /// system's (`SSL_CERT_FILE`, `SSL_CERT_DIR`): a private CA.
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl SessionConfig {
@@ -95,6 +99,7 @@ impl SessionConfig {
             relay_only: None,
             e2ee: None,
             e2ee_schedule: ScheduleConfig::default(),
+            extra_ca_pem: None,
         }
     }
 }
@@ -114,6 +119,12 @@ pub enum SessionError {
     /// Sockets.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// No candidates could be gathered (relay-only and no relay could be used).
+    #[error(transparent)]
+    Network(#[from] GatherError),
+    /// [`SessionConfig::extra_ca_pem`] holds no usable certificate.
+    #[error("extra CA certificates: {0}")]
+    Certificates(String),
     /// The session task is gone.
     #[error("the session has ended")]
     Ended,
@@ -183,7 +194,9 @@ impl Session {
             config.bind_ips.clone()
         };
         let (datagrams_tx, datagrams_rx) = mpsc::channel(1024);
-        let net = Network::gather(&ips, ice.as_ref(), relay_only, datagrams_tx).await?;
+        let tls = TlsRoots::new(config.extra_ca_pem.as_deref())
+            .map_err(|e| SessionError::Certificates(e.to_string()))?;
+        let net = Network::gather(&ips, ice.as_ref(), relay_only, &tls, datagrams_tx).await?;
         let local_addrs: Vec<SocketAddr> = net.sockets.iter().map(|(a, _)| *a).collect();
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::channel(1024);

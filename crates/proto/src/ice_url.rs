@@ -122,7 +122,6 @@ impl FromStr for IceUrl {
             (Scheme::Turn, Some("transport=tcp")) => Transport::Tcp,
             (Scheme::Turns, None | Some("transport=tcp")) => Transport::Tls,
             (_, Some(query)) => return Err(IceUrlError::Query(query.to_owned())),
-            (_, None) => return Err(IceUrlError::Query(String::new())),
         };
         let (host, port) = split_host_port(authority)?;
         let port = match port {

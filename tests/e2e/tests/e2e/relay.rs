@@ -1,21 +1,35 @@
 //! Relay only: coturn from Debian, started here on loopback with `use-auth-secret` and the
 //! service's shared secret. Two native peers forced to relay connect through it and exchange
-//! media; the selected candidate pair is on coturn's relay ports.
+//! media; the selected candidate pair is on coturn's relay ports. The peers reach coturn over
+//! UDP, over TCP, and over TLS on port 443 with a certificate chain made here (root,
+//! intermediate, server); a relay whose certificate is not trusted or not for its name is
+//! refused with the reason, an unreachable relay is skipped for the next, and when none can be
+//! used a relay-only session fails with every server's reason within the allocation timeout.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use consult_client::codec::pattern::TestPattern;
-use consult_client::session::{Session, SessionConfig, SessionEvent};
+use consult_client::relay::ALLOCATION_TIMEOUT;
+use consult_client::session::{Session, SessionConfig, SessionError, SessionEvent};
 use consult_client::Credentials;
 use consult_e2e::Clinic;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 
 const SECRET: &str = "a-shared-secret-for-turn-tests";
 const RELAY_PORTS: std::ops::RangeInclusive<u16> = 51000..=51999;
 
 struct Coturn {
     child: Child,
+    ip: IpAddr,
+    /// UDP and TCP.
     port: u16,
+    /// TLS, when started with certificates.
+    tls_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -26,80 +40,171 @@ impl Drop for Coturn {
     }
 }
 
-fn start_coturn() -> Coturn {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
+/// A loopback address of its own for each test (coturn on 443 in two tests at once would
+/// otherwise collide).
+fn own_loopback_ip() -> IpAddr {
+    let n: u32 = rand::random::<u32>() % 0x00ff_fffe + 1;
+    IpAddr::V4(Ipv4Addr::from(0x7f00_0000 | n))
+}
+
+/// A port free for both UDP and TCP on `ip`.
+fn free_port(ip: IpAddr) -> u16 {
+    loop {
+        let udp = UdpSocket::bind((ip, 0)).expect("free UDP port");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Start coturn on `ip`; with `tls` (certificate chain file, key file, port), TLS too.
+fn start_coturn(ip: IpAddr, tls: Option<(&Path, &Path, u16)>) -> Coturn {
+    let port = free_port(ip);
     let dir = tempfile::tempdir().expect("dir");
-    let child = Command::new("turnserver")
+    let mut command = Command::new("turnserver");
+    command
+        .args(["-n", "--use-auth-secret", "--realm=consult.test"])
         .args([
-            "-n",
-            "--listening-ip=127.0.0.1",
-            "--relay-ip=127.0.0.1",
-            "--use-auth-secret",
-            "--realm=consult.test",
-        ])
-        .args([
-            "--no-tls",
             "--no-dtls",
             "--no-cli",
             "--allow-loopback-peers",
             "--log-file=stdout",
             "--simple-log",
         ])
+        .arg(format!("--listening-ip={ip}"))
+        .arg(format!("--relay-ip={ip}"))
         .arg(format!("--listening-port={port}"))
         .arg(format!("--static-auth-secret={SECRET}"))
         .arg(format!("--min-port={}", RELAY_PORTS.start()))
         .arg(format!("--max-port={}", RELAY_PORTS.end()))
         .arg(format!("--pidfile={}", dir.path().join("pid").display()))
-        .arg(format!("--userdb={}", dir.path().join("db").display()))
+        .arg(format!("--userdb={}", dir.path().join("db").display()));
+    match tls {
+        Some((cert, key, tls_port)) => {
+            command
+                .arg(format!("--cert={}", cert.display()))
+                .arg(format!("--pkey={}", key.display()))
+                .arg(format!("--tls-listening-port={tls_port}"));
+        }
+        None => {
+            command.arg("--no-tls");
+        }
+    }
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("coturn's turnserver is installed (apt-get install coturn)");
-    // Ready when its UDP port is bound.
+    // Ready when its UDP port is bound and its TLS port accepts.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    while UdpSocket::bind((ip, port)).is_ok()
+        || tls.is_some_and(|(_, _, p)| std::net::TcpStream::connect((ip, p)).is_err())
+    {
         assert!(Instant::now() < deadline, "coturn did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
     Coturn {
         child,
+        ip,
         port,
+        tls_port: tls.map(|(_, _, p)| p),
         _dir: dir,
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_native_peers_forced_to_relay_talk_through_coturn() {
-    let coturn = start_coturn();
-    let clinic = Clinic::start_with(|config| {
-        config.ice.turn_urls = vec![format!("turn:127.0.0.1:{}?transport=udp", coturn.port)];
+/// A certificate chain made for one test: a root, an intermediate, and a server certificate
+/// for `names`, written where coturn reads them.
+struct Pki {
+    root_pem: String,
+    chain: PathBuf,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn make_pki(names: &[&str]) -> Pki {
+    let ca = |name: &str, constraint| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(constraint);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params
+    };
+    let root = CertifiedIssuer::self_signed(
+        ca("Consult test root", BasicConstraints::Unconstrained),
+        KeyPair::generate().expect("key"),
+    )
+    .expect("root");
+    let intermediate = CertifiedIssuer::signed_by(
+        ca("Consult test relays", BasicConstraints::Constrained(0)),
+        KeyPair::generate().expect("key"),
+        &root,
+    )
+    .expect("intermediate");
+    let key = KeyPair::generate().expect("key");
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names[0].to_owned());
+    let server = params.signed_by(&key, &intermediate).expect("server");
+    let dir = tempfile::tempdir().expect("dir");
+    let chain = dir.path().join("chain.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&chain, format!("{}{}", server.pem(), intermediate.pem())).expect("chain");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key");
+    Pki {
+        root_pem: root.pem(),
+        chain,
+        key: key_file,
+        _dir: dir,
+    }
+}
+
+/// A relay-only consultation whose ICE servers are `turn_urls`.
+async fn relay_clinic(turn_urls: Vec<String>) -> Clinic {
+    Clinic::start_with(|config| {
+        config.ice.turn_urls = turn_urls;
         config.ice.turn_shared_secret = Some(SECRET.into());
         config.ice.relay_only = true;
     })
-    .await;
+    .await
+}
+
+fn session_config(credentials: Credentials, extra_ca: Option<&str>) -> SessionConfig {
+    let mut config = SessionConfig::new(credentials);
+    config.bind_ips = vec!["127.0.0.1".parse().expect("ip")];
+    config.video.width = 320;
+    config.video.height = 240;
+    config.extra_ca_pem = extra_ca.map(|pem| pem.as_bytes().to_vec());
+    config
+}
+
+/// A patient and a doctor in a relay-only consultation: the patient's video reaches the doctor
+/// through coturn. Returns the relayed pair the patient selected.
+async fn call_through_the_relay(
+    clinic: &Clinic,
+    extra_ca: Option<&str>,
+) -> (SocketAddr, SocketAddr) {
     let (consultation, invite) = clinic.consultation().await;
-    let session = |credentials| {
-        let mut config = SessionConfig::new(credentials);
-        config.bind_ips = vec!["127.0.0.1".parse().expect("ip")];
-        config.video.width = 320;
-        config.video.height = 240;
-        Session::start(config)
-    };
-    let mut patient = session(Credentials::Patient {
-        invite_url: invite,
-        name: "Relay patient".into(),
-    })
+    let mut patient = Session::start(session_config(
+        Credentials::Patient {
+            invite_url: invite,
+            name: "Relay patient".into(),
+        },
+        extra_ca,
+    ))
     .await
     .expect("patient");
-    let mut doctor = session(Credentials::Clinician {
-        base_url: clinic.base.clone(),
-        token: clinic.token.clone(),
-        consultation_id: consultation.id,
-    })
+    let mut doctor = Session::start(session_config(
+        Credentials::Clinician {
+            base_url: clinic.base.clone(),
+            token: clinic.token.clone(),
+            consultation_id: consultation.id,
+        },
+        extra_ca,
+    ))
     .await
     .expect("doctor");
     clinic.admit_first_waiting(&consultation).await;
@@ -134,4 +239,132 @@ async fn two_native_peers_forced_to_relay_talk_through_coturn() {
     println!("relayed pair: {relayed_pair:?}; {frames} frames decoded by the doctor");
     patient.leave().await.expect("leave");
     doctor.leave().await.expect("leave");
+    relayed_pair.expect("a relayed pair")
+}
+
+/// A relay-only patient session that cannot start: its error, and how long it took.
+async fn relay_only_start_error(clinic: &Clinic, extra_ca: Option<&str>) -> (String, Duration) {
+    let (_, invite) = clinic.consultation().await;
+    let started = Instant::now();
+    let result = Session::start(session_config(
+        Credentials::Patient {
+            invite_url: invite,
+            name: "Relay patient".into(),
+        },
+        extra_ca,
+    ))
+    .await;
+    match result {
+        Err(e @ SessionError::Network(_)) => (e.to_string(), started.elapsed()),
+        Err(e) => panic!("expected a network error, got {e}"),
+        Ok(_) => panic!("the session started without a usable relay"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_native_peers_forced_to_relay_talk_through_coturn() {
+    let coturn = start_coturn(own_loopback_ip(), None);
+    let clinic = relay_clinic(vec![format!(
+        "turn:{}:{}?transport=udp",
+        coturn.ip, coturn.port
+    )])
+    .await;
+    let (local, _) = call_through_the_relay(&clinic, None).await;
+    assert_eq!(local.ip(), coturn.ip);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_peers_reach_the_relay_over_tcp() {
+    let coturn = start_coturn(own_loopback_ip(), None);
+    let clinic = relay_clinic(vec![format!(
+        "turn:{}:{}?transport=tcp",
+        coturn.ip, coturn.port
+    )])
+    .await;
+    let (local, _) = call_through_the_relay(&clinic, None).await;
+    assert_eq!(local.ip(), coturn.ip);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_peers_reach_the_relay_over_tls_on_443_with_a_chain_the_test_made() {
+    let ip = own_loopback_ip();
+    let pki = make_pki(&[&ip.to_string()]);
+    let coturn = start_coturn(ip, Some((&pki.chain, &pki.key, 443)));
+    let clinic = relay_clinic(vec![format!("turns:{ip}:443?transport=tcp")]).await;
+    let (local, _) = call_through_the_relay(&clinic, Some(&pki.root_pem)).await;
+    assert_eq!((local.ip(), coturn.tls_port), (ip, Some(443)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_certificate_is_not_trusted_or_not_for_it_is_refused_with_the_reason() {
+    let ip = own_loopback_ip();
+    let pki = make_pki(&[&ip.to_string()]);
+    let tls_port = free_port(ip);
+    let _coturn = start_coturn(ip, Some((&pki.chain, &pki.key, tls_port)));
+    let clinic = relay_clinic(vec![format!("turns:{ip}:{tls_port}")]).await;
+    // Its root is not ours.
+    let (error, _) = relay_only_start_error(&clinic, None).await;
+    assert!(
+        error.contains(&format!("turns:{ip}:{tls_port}"))
+            && error.contains("TLS with")
+            && error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    // A chain we trust, but for another name.
+    let other = make_pki(&["relay.other.test"]);
+    let other_port = free_port(ip);
+    let _other_coturn = start_coturn(ip, Some((&other.chain, &other.key, other_port)));
+    let clinic = relay_clinic(vec![format!("turns:{ip}:{other_port}")]).await;
+    let (error, _) = relay_only_start_error(&clinic, Some(&other.root_pem)).await;
+    assert!(error.contains("certificate not valid for name"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_tls_relay_is_skipped_for_the_next_in_order() {
+    let ip = own_loopback_ip();
+    let coturn = start_coturn(ip, None);
+    // Nothing listens on the first one's port.
+    let closed = free_port(ip);
+    let clinic = relay_clinic(vec![
+        format!("turns:{ip}:{closed}"),
+        format!("turn:{ip}:{}?transport=tcp", coturn.port),
+    ])
+    .await;
+    let (local, _) = call_through_the_relay(&clinic, None).await;
+    assert_eq!(local.ip(), ip);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_usable_relay_a_relay_only_session_fails_clearly_within_the_timeout() {
+    let ip = own_loopback_ip();
+    // One refuses connections; one accepts and never answers; one swallows UDP.
+    let refused = free_port(ip);
+    let silent_tcp = TcpListener::bind((ip, 0)).expect("listener");
+    let silent_udp = UdpSocket::bind((ip, 0)).expect("socket");
+    let urls = vec![
+        format!("turns:{ip}:{refused}"),
+        format!(
+            "turn:{ip}:{}?transport=tcp",
+            silent_tcp.local_addr().expect("addr").port()
+        ),
+        format!(
+            "turn:{ip}:{}?transport=udp",
+            silent_udp.local_addr().expect("addr").port()
+        ),
+    ];
+    let clinic = relay_clinic(urls.clone()).await;
+    let (error, took) = relay_only_start_error(&clinic, None).await;
+    println!("no relay: {error} (after {took:?})");
+    assert!(
+        error.starts_with("relay only, but no TURN server could be used"),
+        "{error}"
+    );
+    for url in &urls {
+        assert!(error.contains(url.as_str()), "{url} is named: {error}");
+    }
+    assert!(error.contains("cannot reach"), "{error}");
+    assert!(error.contains("within"), "{error}");
+    // All at once, each within the allocation timeout: no hang, and not one timeout after
+    // another (two of them time out).
+    assert!(took < 2 * ALLOCATION_TIMEOUT, "took {took:?}");
 }
