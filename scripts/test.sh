@@ -38,6 +38,9 @@ done
 # them up with restic, the backup engine `consult backup` drives.
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v restic >/dev/null || missing+=(restic)
+# The emulated networks (consult-netem): namespaces, veth and tbf from iproute2, drops from nftables.
+command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
+command -v nft >/dev/null || missing+=(nftables)
 if ! $quick; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v turnserver >/dev/null || missing+=(coturn)
