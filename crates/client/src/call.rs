@@ -531,6 +531,80 @@ impl Call {
         Ok(())
     }
 
+    /// Our addresses changed: `candidates` is the whole new set (an interface came or went, a
+    /// relay was allocated or dropped). New candidates are trickled on every connection. When
+    /// one we offered is gone (our address changed), every connection restarts ICE at once with
+    /// the new set, rather than waiting for its checks to time out; the recorder link is made
+    /// again.
+    pub fn set_local_candidates(
+        &mut self,
+        now: Instant,
+        candidates: LocalCandidates,
+    ) -> Result<(), PeerError> {
+        self.now = now;
+        let earlier = std::mem::replace(&mut self.candidates, candidates);
+        if self.candidates.keeps_all_of(&earlier) {
+            let added = self.candidates.new_since(&earlier);
+            if added.is_empty() {
+                return Ok(());
+            }
+            for i in 0..self.links.len() {
+                let lines = added.offer(&mut self.links[i].peer)?;
+                if self.links[i].offer_at.is_some() {
+                    // Our description has not gone yet: they go right after it.
+                    self.links[i].pending_candidates.extend(lines);
+                } else {
+                    let to = self.links[i].remote();
+                    for line in lines {
+                        self.signal(candidate_message(to, line));
+                    }
+                }
+            }
+            if let Some(link) = &mut self.recorder {
+                let to = link.recorder;
+                let lines = added.offer(&mut link.peer)?;
+                for line in lines {
+                    self.signal(candidate_message(to, line));
+                }
+            }
+            return Ok(());
+        }
+        tracing::info!("our addresses changed: restarting ICE on every connection");
+        let gone = earlier.new_since(&self.candidates).to_candidates();
+        let added = self.candidates.new_since(&earlier);
+        let mut i = 0;
+        let mut end = self.links.len();
+        while i < end {
+            let restarted = (|| -> Result<(), PeerError> {
+                let link = &mut self.links[i];
+                for candidate in &gone {
+                    link.peer.invalidate_local_candidate(candidate);
+                }
+                let lines = added.offer(&mut link.peer)?;
+                link.down_since = Some(now);
+                // The restart's offer carries every local candidate, under its new credentials.
+                match link.peer.restart_ice()? {
+                    Some(sdp) => {
+                        link.pending_candidates.clear();
+                        link.offer_at = None;
+                        self.send_description(i, SdpKind::Offer, sdp);
+                    }
+                    None => link.pending_candidates.extend(lines),
+                }
+                Ok(())
+            })();
+            match restarted {
+                Ok(()) => i += 1,
+                Err(e) => {
+                    self.link_failed(i, e)?;
+                    end -= 1;
+                }
+            }
+        }
+        self.recorder = None;
+        self.start_recorder_link()
+    }
+
     /// Connection `i` failed (its peer returned an error): a fresh connection with the same
     /// participant replaces it (its file transfers resume there), and the rest of the call goes
     /// on. Only a failure to make the new one (no local candidate) ends the call.
@@ -1421,29 +1495,70 @@ fn encoder_bitrate(target: u32, estimates: &[Option<u64>]) -> Option<u32> {
 }
 
 impl LocalCandidates {
-    /// Add our candidates to a new connection: host and server-reflexive (unless relay-only),
-    /// and relayed. Returns their SDP lines, to trickle.
-    fn offer(&self, peer: &mut Peer) -> Result<Vec<String>, PeerError> {
-        let mut lines = Vec::new();
+    /// Those in `self` that `earlier` did not have.
+    fn new_since(&self, earlier: &Self) -> Self {
+        Self {
+            host: self
+                .host
+                .iter()
+                .filter(|a| !earlier.host.contains(a))
+                .copied()
+                .collect(),
+            reflexive: self
+                .reflexive
+                .iter()
+                .filter(|a| !earlier.reflexive.contains(a))
+                .copied()
+                .collect(),
+            relayed: self
+                .relayed
+                .iter()
+                .filter(|a| !earlier.relayed.contains(a))
+                .copied()
+                .collect(),
+            relay_only: self.relay_only,
+        }
+    }
+
+    /// Whether every candidate `earlier` had is still here.
+    fn keeps_all_of(&self, earlier: &Self) -> bool {
+        earlier.new_since(self).is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.host.is_empty() && self.reflexive.is_empty() && self.relayed.is_empty()
+    }
+
+    /// As str0m candidates: host and server-reflexive (unless relay-only), and relayed.
+    fn to_candidates(&self) -> Vec<consult_peer::str0m::Candidate> {
+        use consult_peer::str0m::Candidate;
+        let mut candidates = Vec::new();
         if !self.relay_only {
-            for addr in &self.host {
-                lines.extend(peer.add_host_candidate(*addr)?);
-            }
-            for (mapped, base) in &self.reflexive {
-                if let Ok(candidate) =
-                    consult_peer::str0m::Candidate::server_reflexive(*mapped, *base, "udp")
-                {
-                    lines.extend(peer.add_local_candidate(candidate));
-                }
-            }
+            candidates.extend(
+                self.host
+                    .iter()
+                    .filter_map(|a| Candidate::host(*a, "udp").ok()),
+            );
+            candidates.extend(self.reflexive.iter().filter_map(|(mapped, base)| {
+                Candidate::server_reflexive(*mapped, *base, "udp").ok()
+            }));
         }
-        for (relayed, local) in &self.relayed {
-            if let Ok(candidate) = consult_peer::str0m::Candidate::relayed(*relayed, *local, "udp")
-            {
-                lines.extend(peer.add_local_candidate(candidate));
-            }
-        }
-        Ok(lines)
+        candidates.extend(
+            self.relayed
+                .iter()
+                .filter_map(|(relayed, local)| Candidate::relayed(*relayed, *local, "udp").ok()),
+        );
+        candidates
+    }
+
+    /// Add our candidates to a connection: host and server-reflexive (unless relay-only), and
+    /// relayed. Returns their SDP lines, to trickle.
+    fn offer(&self, peer: &mut Peer) -> Result<Vec<String>, PeerError> {
+        Ok(self
+            .to_candidates()
+            .into_iter()
+            .filter_map(|candidate| peer.add_local_candidate(candidate))
+            .collect())
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::call::LocalCandidates;
-use crate::relay::{Relay, TlsRoots};
+use crate::relay::{Relay, RelayError, TlsRoots};
 
 /// A datagram that arrived on one of our addresses.
 pub(crate) struct Datagram {
@@ -37,134 +37,270 @@ pub enum GatherError {
     NoRelay(Vec<String>),
 }
 
-/// The session's sockets and relays; their reader tasks end when this is dropped.
+/// What a background gathering task found: a relay allocated (or why not), or our mapped
+/// address from a STUN server. Tagged with the generation of the gathering it belongs to, so that
+/// what a gathering superseded by a network change finds is dropped.
+pub(crate) struct Gathered {
+    generation: u64,
+    found: Found,
+}
+
+enum Found {
+    Relay {
+        /// Its place in the service's list (candidates keep that order).
+        order: usize,
+        url: IceUrl,
+        result: Result<Relay, RelayError>,
+    },
+    Reflexive(Option<(SocketAddr, SocketAddr)>),
+}
+
+/// A bound UDP socket and its reader task.
+struct HostSocket {
+    addr: SocketAddr,
+    socket: Arc<UdpSocket>,
+    _reader: AbortOnDrop,
+}
+
+/// The session's sockets and relays. Host sockets are bound at once; relays and STUN answers
+/// come from background tasks ([`Gathered`], fed back with [`Network::absorb`]), so that a slow
+/// or unreachable server delays nothing. Their tasks end when this is dropped.
 pub(crate) struct Network {
-    /// Bound UDP sockets, by local address.
-    pub sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
-    relays: Vec<Relay>,
+    ice: Option<IceServers>,
+    relay_only: bool,
+    tls: TlsRoots,
+    datagrams: mpsc::Sender<Datagram>,
+    sockets: Vec<HostSocket>,
+    relays: Vec<(usize, Relay)>,
     /// Server-reflexive addresses: (mapped, local base).
     reflexive: Vec<(SocketAddr, SocketAddr)>,
-    _readers: AbortOnDrop,
+    gathered: mpsc::Sender<Gathered>,
+    generation: u64,
+    /// Relay allocations of this generation still under way.
+    relays_pending: usize,
+    /// Why each relay of this generation failed.
+    failures: Vec<String>,
+    tasks: AbortOnDrop,
 }
 
 impl Network {
-    /// Bind a socket on each of `ips`; with the service's ICE servers, allocate on its TURN
-    /// servers (all at once, each within [`crate::relay::ALLOCATION_TIMEOUT`]; their relayed
-    /// candidates in the order the service lists them) and ask its STUN servers for our mapped
-    /// address (not when relay-only). Every datagram received goes to `datagrams`. A TURN or STUN
-    /// server that fails is logged and skipped: the next ones, or host candidates, may still do.
+    /// Bind a socket on each of `ips` and start gathering in the background: allocations on the
+    /// service's TURN servers (all at once, each within [`crate::relay::ALLOCATION_TIMEOUT`]) and
+    /// our mapped address from its STUN servers (not when relay-only). Every datagram received
+    /// goes to `datagrams`; what the gathering finds comes out of the returned receiver, for
+    /// [`Network::absorb`].
     ///
     /// # Errors
-    /// A socket that cannot be bound; relay-only with no relay allocated (every server's error
-    /// is in [`GatherError::NoRelay`]).
-    pub async fn gather(
+    /// A socket that cannot be bound.
+    pub async fn new(
         ips: &[IpAddr],
-        ice: Option<&IceServers>,
+        ice: Option<IceServers>,
         relay_only: bool,
-        tls: &TlsRoots,
+        tls: TlsRoots,
         datagrams: mpsc::Sender<Datagram>,
-    ) -> Result<Self, GatherError> {
-        let mut sockets = Vec::new();
-        let mut readers = Vec::new();
+    ) -> Result<(Self, mpsc::Receiver<Gathered>), GatherError> {
+        let (gathered, found) = mpsc::channel(64);
+        let mut network = Self {
+            ice,
+            relay_only,
+            tls,
+            datagrams,
+            sockets: Vec::new(),
+            relays: Vec::new(),
+            reflexive: Vec::new(),
+            gathered,
+            generation: 0,
+            relays_pending: 0,
+            failures: Vec::new(),
+            tasks: AbortOnDrop::default(),
+        };
+        network.bind(ips).await?;
+        network.regather();
+        Ok((network, found))
+    }
+
+    /// Bind a socket on each of `ips` not bound yet; drop those on addresses no longer in it.
+    /// Whether anything changed.
+    async fn bind(&mut self, ips: &[IpAddr]) -> Result<bool, GatherError> {
+        let before = self.sockets.len();
+        self.sockets.retain(|s| ips.contains(&s.addr.ip()));
+        let mut changed = self.sockets.len() != before;
         for ip in ips {
+            if self.sockets.iter().any(|s| s.addr.ip() == *ip) {
+                continue;
+            }
             let socket = Arc::new(UdpSocket::bind(SocketAddr::new(*ip, 0)).await?);
-            let local = socket.local_addr()?;
-            readers.push(tokio::spawn(read_socket(
-                socket.clone(),
-                local,
-                datagrams.clone(),
-            )));
-            sockets.push((local, socket));
+            let addr = socket.local_addr()?;
+            let reader = tokio::spawn(read_socket(socket.clone(), addr, self.datagrams.clone()));
+            self.sockets.push(HostSocket {
+                addr,
+                socket,
+                _reader: AbortOnDrop(vec![reader]),
+            });
+            changed = true;
         }
-        let mut allocations = Vec::new();
-        let mut stun = Vec::new();
-        let mut failures = Vec::new();
-        for server in ice.iter().flat_map(|ice| &ice.ice_servers) {
+        Ok(changed)
+    }
+
+    /// Start a new gathering: every relay and mapped address found so far is dropped, and the
+    /// servers are asked again.
+    pub fn regather(&mut self) {
+        self.generation += 1;
+        self.relays.clear();
+        self.reflexive.clear();
+        self.failures.clear();
+        self.relays_pending = 0;
+        let mut tasks = Vec::new();
+        let servers = self.ice.iter().flat_map(|ice| ice.ice_servers.clone());
+        let mut order = 0;
+        for server in servers {
             for url in &server.urls {
                 let parsed = match url.parse::<IceUrl>() {
                     Ok(parsed) => parsed,
                     Err(e) => {
                         tracing::warn!(url = %url, error = %e, "skipped an ICE server URL");
-                        failures.push(format!("{url}: {e}"));
+                        self.failures.push(format!("{url}: {e}"));
                         continue;
                     }
                 };
+                let (generation, tx) = (self.generation, self.gathered.clone());
                 match (parsed.scheme, &server.username, &server.credential) {
                     (Scheme::Turn | Scheme::Turns, Some(username), Some(password)) => {
-                        let (username, password, tls, tx) = (
-                            username.clone(),
-                            password.clone(),
-                            tls.clone(),
-                            datagrams.clone(),
-                        );
-                        allocations.push(tokio::spawn(async move {
-                            let relay =
-                                Relay::allocate(&parsed, &username, &password, &tls, tx).await;
-                            (parsed, relay)
+                        let (username, password, tls) =
+                            (username.clone(), password.clone(), self.tls.clone());
+                        let datagrams = self.datagrams.clone();
+                        self.relays_pending += 1;
+                        tasks.push(tokio::spawn(async move {
+                            let result =
+                                Relay::allocate(&parsed, &username, &password, &tls, datagrams)
+                                    .await;
+                            let found = Found::Relay {
+                                order,
+                                url: parsed,
+                                result,
+                            };
+                            let _ = tx.send(Gathered { generation, found }).await;
                         }));
+                        order += 1;
                     }
                     (Scheme::Turn | Scheme::Turns, _, _) => {
-                        failures.push(format!("{url}: no credentials"));
+                        self.failures.push(format!("{url}: no credentials"));
                     }
-                    (Scheme::Stun, _, _) => stun.push(parsed),
+                    (Scheme::Stun, _, _) => {
+                        let Some(host) = self.sockets.iter().find(|s| !s.addr.ip().is_loopback())
+                        else {
+                            continue;
+                        };
+                        if self.relay_only {
+                            continue;
+                        }
+                        let (socket, local) = (host.socket.clone(), host.addr);
+                        tasks.push(tokio::spawn(async move {
+                            let mapped = match stun_binding(&socket, &parsed.address()).await {
+                                Ok(mapped) if mapped != local => Some((mapped, local)),
+                                Ok(_) => None,
+                                Err(e) => {
+                                    tracing::debug!(server = %parsed, error = %e, "STUN binding failed");
+                                    None
+                                }
+                            };
+                            let found = Found::Reflexive(mapped);
+                            let _ = tx.send(Gathered { generation, found }).await;
+                        }));
+                    }
                 }
             }
         }
-        // STUN meanwhile (the allocations run on their own).
-        let mut reflexive = Vec::new();
-        if !relay_only && let Some((local, socket)) = sockets.first() {
-            for url in &stun {
-                match stun_binding(socket, &url.address()).await {
-                    Ok(mapped) if mapped != *local => reflexive.push((mapped, *local)),
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(server = %url, error = %e, "STUN binding failed"),
+        // The tasks of the gathering before are no longer wanted.
+        self.tasks = AbortOnDrop(tasks);
+    }
+
+    /// Take in what a gathering task found. Whether our candidates changed.
+    pub fn absorb(&mut self, gathered: Gathered) -> bool {
+        if gathered.generation != self.generation {
+            return false;
+        }
+        match gathered.found {
+            Found::Relay { order, url, result } => {
+                self.relays_pending = self.relays_pending.saturating_sub(1);
+                match result {
+                    Ok(relay) => {
+                        tracing::info!(server = %url, relayed = %relay.relayed, "TURN allocation");
+                        let at = self.relays.partition_point(|(o, _)| *o < order);
+                        self.relays.insert(at, (order, relay));
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %url, error = %e, "TURN allocation failed");
+                        self.failures.push(format!("{url}: {e}"));
+                        false
+                    }
                 }
             }
-        }
-        let mut relays = Vec::new();
-        for allocation in allocations {
-            match allocation.await {
-                Ok((url, Ok(relay))) => {
-                    tracing::info!(server = %url, relayed = %relay.relayed, "TURN allocation");
-                    relays.push(relay);
-                }
-                Ok((url, Err(e))) => {
-                    tracing::warn!(server = %url, error = %e, "TURN allocation failed");
-                    failures.push(format!("{url}: {e}"));
-                }
-                Err(e) => failures.push(format!("a TURN allocation task ended: {e}")),
+            Found::Reflexive(Some(mapped)) => {
+                self.reflexive.push(mapped);
+                true
             }
+            Found::Reflexive(None) => false,
         }
-        if relay_only && relays.is_empty() {
-            return Err(GatherError::NoRelay(failures));
+    }
+
+    /// Relay-only, every allocation of this gathering over, and none succeeded: why, per server.
+    pub fn no_relay(&self) -> Option<GatherError> {
+        (self.relay_only && self.relays.is_empty() && self.relays_pending == 0)
+            .then(|| GatherError::NoRelay(self.failures.clone()))
+    }
+
+    /// Whether a relay is allocated.
+    pub fn has_relay(&self) -> bool {
+        !self.relays.is_empty()
+    }
+
+    /// Our interfaces now have `ips`: bind sockets on new addresses, drop those on addresses
+    /// gone, and when anything changed, gather again (relays are reached from our address, so a
+    /// new address needs new allocations). Whether anything changed.
+    ///
+    /// # Errors
+    /// A socket that cannot be bound.
+    pub async fn refresh(&mut self, ips: &[IpAddr]) -> Result<bool, GatherError> {
+        if !self.bind(ips).await? {
+            return Ok(false);
         }
-        Ok(Self {
-            sockets,
-            relays,
-            reflexive,
-            _readers: AbortOnDrop(readers),
-        })
+        self.regather();
+        Ok(true)
+    }
+
+    /// The local addresses of the host sockets.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().map(|s| s.addr).collect()
     }
 
     /// The candidates a connection offers from here.
-    pub fn candidates(&self, relay_only: bool) -> LocalCandidates {
+    pub fn candidates(&self) -> LocalCandidates {
         LocalCandidates {
-            host: self.sockets.iter().map(|(a, _)| *a).collect(),
+            host: self.local_addrs(),
             reflexive: self.reflexive.clone(),
-            relayed: self.relays.iter().map(|r| (r.relayed, r.local)).collect(),
-            relay_only,
+            relayed: self
+                .relays
+                .iter()
+                .map(|(_, r)| (r.relayed, r.local))
+                .collect(),
+            relay_only: self.relay_only,
         }
     }
 
     /// Send one datagram from a local candidate address (a socket, or a TURN allocation).
     pub fn transmit(&self, transmit: consult_peer::Transmit) {
-        if let Some(relay) = self.relays.iter().find(|r| r.relayed == transmit.source) {
-            relay.send(transmit.contents, transmit.destination);
-        } else if let Some((_, socket)) = self
-            .sockets
+        if let Some((_, relay)) = self
+            .relays
             .iter()
-            .find(|(addr, _)| *addr == transmit.source)
-            && let Err(e) = socket.try_send_to(&transmit.contents, transmit.destination)
+            .find(|(_, r)| r.relayed == transmit.source)
+        {
+            relay.send(transmit.contents, transmit.destination);
+        } else if let Some(host) = self.sockets.iter().find(|s| s.addr == transmit.source)
+            && let Err(e) = host
+                .socket
+                .try_send_to(&transmit.contents, transmit.destination)
         {
             tracing::debug!(error = %e, "udp send failed");
         }

@@ -116,7 +116,24 @@ pub(crate) struct Relay {
     /// Our end of the connection to the relay.
     pub local: SocketAddr,
     outgoing: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
-    _client: Arc<turn::client::Client>,
+    client: Arc<turn::client::Client>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for Relay {
+    /// The allocation is given up (the client stops refreshing it and closes its connection),
+    /// and its tasks end.
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let client = self.client.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = client.close().await;
+            });
+        }
+    }
 }
 
 impl Relay {
@@ -228,7 +245,7 @@ impl Relay {
             })?;
         let relay_conn: Arc<dyn Conn + Send + Sync> = Arc::new(relay_conn);
         let reader = relay_conn.clone();
-        tokio::spawn(async move {
+        let reading = tokio::spawn(async move {
             let mut buffer = vec![0u8; 2048];
             while let Ok((n, source)) = reader.recv_from(&mut buffer).await {
                 let datagram = Datagram {
@@ -245,7 +262,7 @@ impl Relay {
         // Sending through TURN may wait for a permission round trip: a task keeps the order and
         // keeps the session loop free.
         let (outgoing, mut queue) = mpsc::unbounded_channel::<(Vec<u8>, SocketAddr)>();
-        tokio::spawn(async move {
+        let sending = tokio::spawn(async move {
             while let Some((bytes, destination)) = queue.recv().await {
                 if let Err(e) = relay_conn.send_to(&bytes, destination).await {
                     tracing::debug!(error = %e, "TURN send failed");
@@ -256,7 +273,8 @@ impl Relay {
             relayed,
             local,
             outgoing,
-            _client: Arc::new(client),
+            client: Arc::new(client),
+            tasks: [reading, sending],
         })
     }
 

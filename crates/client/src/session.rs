@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::call::{Call, CallConfig, CallEnd, CallOutput, LocalCandidates};
 pub use crate::events::{ReceiveMode, SessionEvent};
-use crate::net::{default_ips, Datagram, GatherError, Network};
+use crate::net::{default_ips, Datagram, GatherError, Gathered, Network};
 use crate::reconnect::{GaveUp, SignalLink};
 use crate::relay::TlsRoots;
 use consult_api_client::{ApiClient, ApiError, Credentials, PatientPlace, SignalConnection};
@@ -103,6 +103,12 @@ impl SessionConfig {
         }
     }
 }
+
+/// How often our interfaces are looked at for a changed address.
+const INTERFACE_POLL: Duration = Duration::from_millis(500);
+
+/// Relay-only, after no relay could be used: how long until asking the servers again.
+const REGATHER_PAUSE: Duration = Duration::from_secs(5);
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -196,17 +202,29 @@ impl Session {
         let (datagrams_tx, datagrams_rx) = mpsc::channel(1024);
         let tls = TlsRoots::new(config.extra_ca_pem.as_deref())
             .map_err(|e| SessionError::Certificates(e.to_string()))?;
-        let net = Network::gather(&ips, ice.as_ref(), relay_only, &tls, datagrams_tx).await?;
-        let local_addrs: Vec<SocketAddr> = net.sockets.iter().map(|(a, _)| *a).collect();
+        let (mut net, mut gathered) =
+            Network::new(&ips, ice, relay_only, tls, datagrams_tx).await?;
+        // Relay-only, a connection has nothing to offer until a relay is allocated: wait for the
+        // first one (or for every one to fail). Otherwise relays are trickled as they come.
+        while relay_only && !net.has_relay() {
+            if let Some(e) = net.no_relay() {
+                return Err(e.into());
+            }
+            if let Some(found) = gathered.recv().await {
+                net.absorb(found);
+            }
+        }
+        let local_addrs = net.local_addrs();
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::channel(1024);
-        let candidates = net.candidates(relay_only);
+        let candidates = net.candidates();
         let io = Io {
             api,
             join,
             patient,
             signal,
             net,
+            gathered,
         };
         let runner = Runner::new(config, io, candidates, events_tx)?;
         let task = tokio::spawn(runner.run(commands_rx, datagrams_rx));
@@ -371,6 +389,10 @@ struct Runner {
     signal: Option<SignalConnection>,
     /// The sockets and TURN allocations (their reader tasks end with the session).
     net: Network,
+    /// Relays and mapped addresses as the background gathering finds them.
+    gathered: mpsc::Receiver<Gathered>,
+    /// Relay-only and no relay could be used: gather again then.
+    regather_at: Option<Instant>,
     events: mpsc::Sender<SessionEvent>,
     /// Every decision about the call (negotiation, ICE restart, keyframes, the recorder).
     call: Call,
@@ -408,6 +430,7 @@ struct Io {
     patient: Option<PatientPlace>,
     signal: SignalConnection,
     net: Network,
+    gathered: mpsc::Receiver<Gathered>,
 }
 
 impl Runner {
@@ -438,6 +461,8 @@ impl Runner {
             _patient: io.patient,
             signal: Some(io.signal),
             net: io.net,
+            gathered: io.gathered,
+            regather_at: None,
             events,
             call,
             call_timeout: now,
@@ -477,6 +502,11 @@ impl Runner {
         datagrams: &mut mpsc::Receiver<Datagram>,
     ) -> Result<(), SessionError> {
         let mut heartbeat = tokio::time::interval(self.call.heartbeat());
+        // Our addresses are watched when the application left them to us: a new or lost
+        // address restarts ICE at once.
+        let watch_interfaces = self.config.bind_ips.is_empty();
+        let mut interfaces = tokio::time::interval(INTERFACE_POLL);
+        interfaces.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain_call().await?;
             match self.call.end() {
@@ -507,6 +537,26 @@ impl Runner {
                 },
                 Some(datagram) = datagrams.recv() => {
                     self.call.handle_receive(datagram.at, datagram.source, datagram.local, &datagram.bytes);
+                }
+                Some(found) = self.gathered.recv() => {
+                    if self.net.absorb(found) {
+                        self.call.set_local_candidates(Instant::now(), self.net.candidates())?;
+                    }
+                    if let Some(e) = self.net.no_relay() && self.regather_at.is_none() {
+                        emit(&self.events, SessionEvent::Warning(format!("{e}; trying again shortly"))).await;
+                        self.regather_at = Some(Instant::now() + REGATHER_PAUSE);
+                    }
+                }
+                _ = interfaces.tick(), if watch_interfaces || self.regather_at.is_some() => {
+                    let now = Instant::now();
+                    if watch_interfaces && self.net.refresh(&default_ips()).await? {
+                        self.regather_at = None;
+                        emit(&self.events, SessionEvent::Warning("our network changed: reconnecting".into())).await;
+                        self.call.set_local_candidates(now, self.net.candidates())?;
+                    } else if self.regather_at.is_some_and(|at| at <= now) {
+                        self.regather_at = None;
+                        self.net.regather();
+                    }
                 }
                 command = commands.recv() => match command {
                     None | Some(Command::Leave) => {

@@ -665,6 +665,12 @@ impl Peer {
         Ok(Some(offer.to_sdp_string()))
     }
 
+    /// Forget a local candidate whose address is gone (an interface went down or changed its
+    /// address); whether it was one of ours.
+    pub fn invalidate_local_candidate(&mut self, candidate: &Candidate) -> bool {
+        self.rtc.direct_api().invalidate_candidate(candidate)
+    }
+
     fn rollback(&mut self) {
         self.pending_offer = None;
         self.offered_audio = None;
