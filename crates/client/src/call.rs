@@ -375,21 +375,40 @@ impl Call {
                 self.relink_at
                     .retain(|(_, p)| admitted && present.contains(&p.participant_id));
                 // Back on signaling (a reconnect, or the service restarted) in the same place,
-                // with a peer still in the call and the connection up: media never went
-                // through the service, so that connection (and its keys) stays. A new peer, a
-                // new place, or a connection that never came up (its negotiation may have been
-                // lost with the old socket) starts a new one.
+                // with a peer still in the call and a connection that came up: media never went
+                // through the service, so that connection (and its keys) stays; if it is down
+                // (our address changed), its ICE restart brings it back. A new peer, a new
+                // place, or a connection that never came up (its negotiation may have been lost
+                // with the old socket) starts a new one.
                 let others = peers
                     .into_iter()
                     .filter(|p| p.role != ParticipantRole::Recorder)
                     .filter(|p| {
                         !(same_place
-                            && self
-                                .link_index(p.participant_id)
-                                .is_some_and(|i| self.links[i].peer.is_connected()))
+                            && self.link_index(p.participant_id).is_some_and(|i| {
+                                self.links[i].peer.is_connected()
+                                    || self.links[i].connected_at.is_some()
+                            }))
                     })
                     .collect();
                 self.met(others)?;
+                // A kept connection that is down, or was restarting (our address changed), had
+                // its offer go with the old socket: restart it now, not when its timer fires.
+                if same_place {
+                    let down: Vec<Uuid> = self
+                        .links
+                        .iter()
+                        .filter(|l| l.down_since.is_some() && l.connected_at.is_some())
+                        .map(Link::remote)
+                        .collect();
+                    for remote in down {
+                        if let Some(i) = self.link_index(remote)
+                            && let Err(e) = self.restart_ice(i)
+                        {
+                            self.link_failed(i, e)?;
+                        }
+                    }
+                }
             }
             ServerMessage::Admitted { peers } => {
                 self.admitted = true;

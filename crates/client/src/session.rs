@@ -549,10 +549,17 @@ impl Runner {
                 }
                 _ = interfaces.tick(), if watch_interfaces || self.regather_at.is_some() => {
                     let now = Instant::now();
+                    let before = self.net.local_addrs();
                     if watch_interfaces && self.net.refresh(&default_ips()).await? {
                         self.regather_at = None;
-                        emit(&self.events, SessionEvent::Warning("our network changed: reconnecting".into())).await;
                         self.call.set_local_candidates(now, self.net.candidates())?;
+                        // An address we had is gone: so is every connection from it, the
+                        // signaling one too (its messages would wait for a TCP timeout), and
+                        // the ICE restart's offer goes on the new one.
+                        let after = self.net.local_addrs();
+                        if before.iter().any(|a| !after.iter().any(|b| b.ip() == a.ip())) {
+                            self.start_reconnect("our network changed").await?;
+                        }
                     } else if self.regather_at.is_some_and(|at| at <= now) {
                         self.regather_at = None;
                         self.net.regather();

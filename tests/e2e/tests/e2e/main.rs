@@ -5,6 +5,7 @@
 mod backup;
 mod deployment;
 mod e2ee_call;
+mod emulated;
 mod examples;
 mod export;
 mod group_call;

@@ -20,14 +20,14 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 
-const SECRET: &str = "a-shared-secret-for-turn-tests";
-const RELAY_PORTS: std::ops::RangeInclusive<u16> = 51000..=51999;
+pub(crate) const SECRET: &str = "a-shared-secret-for-turn-tests";
+pub(crate) const RELAY_PORTS: std::ops::RangeInclusive<u16> = 51000..=51999;
 
-struct Coturn {
+pub(crate) struct Coturn {
     child: Child,
-    ip: IpAddr,
+    pub(crate) ip: IpAddr,
     /// UDP and TCP.
-    port: u16,
+    pub(crate) port: u16,
     /// TLS, when started with certificates.
     tls_port: Option<u16>,
     _dir: tempfile::TempDir,
@@ -59,7 +59,7 @@ fn free_port(ip: IpAddr) -> u16 {
 }
 
 /// Start coturn on `ip`; with `tls` (certificate chain file, key file, port), TLS too.
-fn start_coturn(ip: IpAddr, tls: Option<(&Path, &Path, u16)>) -> Coturn {
+pub(crate) fn start_coturn(ip: IpAddr, tls: Option<(&Path, &Path, u16)>) -> Coturn {
     let port = free_port(ip);
     let dir = tempfile::tempdir().expect("dir");
     let mut command = Command::new("turnserver");
@@ -115,14 +115,14 @@ fn start_coturn(ip: IpAddr, tls: Option<(&Path, &Path, u16)>) -> Coturn {
 
 /// A certificate chain made for one test: a root, an intermediate, and a server certificate
 /// for `names`, written where coturn reads them.
-struct Pki {
-    root_pem: String,
-    chain: PathBuf,
-    key: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) root_pem: String,
+    pub(crate) chain: PathBuf,
+    pub(crate) key: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-fn make_pki(names: &[&str]) -> Pki {
+pub(crate) fn make_pki(names: &[&str]) -> Pki {
     let ca = |name: &str, constraint| {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);

@@ -1,0 +1,492 @@
+//! Native calls through emulated networks (`consult-netem`): the patient and the doctor each in
+//! a network namespace of their own, the service and coturn (UDP and TCP on 3478, TLS on 443 with
+//! a chain made here) on the router between them. Each test is one network: a firewall that
+//! drops all UDP, loss, delay with jitter, a rate cap, a link that goes dark for 5 s, and a
+//! patient whose address changes mid-call. Each proves the call goes on (frames decoded on both
+//! sides) and prints a row of figures: time to connect, admission to first frame, video frozen
+//! per minute, audio lost, time to recover.
+//!
+//! Needs root (namespaces), `ip`, `nft`, `tc` and coturn; `scripts/test.sh` installs them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consult_client::codec::pattern::{TestPattern, Tone};
+use consult_client::session::{Session, SessionConfig, SessionEvent};
+use consult_client::Credentials;
+use consult_e2e::Clinic;
+use consult_netem::{Impairment, Lab};
+use consult_proto::api::Consultation;
+use tokio::sync::watch;
+
+use crate::relay::{make_pki, start_coturn, Coturn, Pki, SECRET};
+
+/// Frames sent per second (small, so that two encoders and two decoders fit this machine).
+const FPS: u64 = 15;
+
+/// The router side of a lab: the service and coturn, on the router's address.
+struct Router {
+    clinic: Clinic,
+    pki: Pki,
+    _coturn: Coturn,
+}
+
+/// Run `test` in a lab of a patient and a doctor: on a thread of its own that entered the
+/// router's namespace, with a runtime whose threads are all there too (the service, coturn).
+fn in_lab<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<Lab>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let lab = Arc::new(Lab::new(&["patient", "doctor"]).expect(
+        "an emulated network (needs root, and ip, nft and tc: scripts/test.sh installs them)",
+    ));
+    let inside = lab.clone();
+    let outcome = std::thread::spawn(move || {
+        inside
+            .router()
+            .enter()
+            .expect("into the router's namespace");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(test(inside));
+    })
+    .join();
+    drop(lab);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The service and coturn on the router; the service hands out TURN over UDP, TCP and TLS on
+/// 443, in that order.
+async fn router(lab: &Lab) -> Router {
+    let ip = std::net::IpAddr::V4(lab.service_ip());
+    let pki = make_pki(&[&ip.to_string()]);
+    let coturn = start_coturn(ip, Some((&pki.chain, &pki.key, 443)));
+    let urls = vec![
+        format!("turn:{ip}:{}?transport=udp", coturn.port),
+        format!("turn:{ip}:{}?transport=tcp", coturn.port),
+        format!("turns:{ip}:443?transport=tcp"),
+    ];
+    let clinic = Clinic::start_with(move |config| {
+        config.bind = std::net::SocketAddr::new(ip, 0);
+        config.ice.turn_urls = urls;
+        config.ice.turn_shared_secret = Some(SECRET.into());
+    })
+    .await;
+    Router {
+        clinic,
+        pki,
+        _coturn: coturn,
+    }
+}
+
+/// What one native participant saw.
+#[derive(Debug)]
+struct Report {
+    /// When its session started.
+    started: Instant,
+    /// When media first flowed.
+    connected: Option<Instant>,
+    /// When each video frame from the other was decoded.
+    frames: Vec<Instant>,
+    /// 20 ms audio frames sent and decoded from the other.
+    audio_sent: u64,
+    audio_received: u64,
+    /// The local end of the selected candidate pair, last seen.
+    selected_local: Option<std::net::SocketAddr>,
+    warnings: Vec<String>,
+    /// Connection changes and warnings, when they happened.
+    log: Vec<(Instant, String)>,
+}
+
+impl Report {
+    /// The first decoded frame at or after `at`.
+    fn first_frame_after(&self, at: Instant) -> Option<Duration> {
+        self.frames.iter().find(|f| **f >= at).map(|f| *f - at)
+    }
+
+    /// How long after `event` video was back to normal: the end of the longest gap between
+    /// frames that began within 10 s after it (zero when none was longer than three frame
+    /// intervals: no freeze to recover from).
+    fn recovered_after(&self, event: Instant) -> Option<Duration> {
+        let interval = Duration::from_millis(1000 / FPS);
+        let mut longest: Option<(Duration, Instant)> = None;
+        for pair in self.frames.windows(2) {
+            let (previous, next) = (pair[0], pair[1]);
+            if next < event || previous > event + Duration::from_secs(10) {
+                continue;
+            }
+            let gap = next - previous;
+            if longest.is_none_or(|(g, _)| gap > g) {
+                longest = Some((gap, next));
+            }
+        }
+        match longest {
+            Some((gap, end)) if gap > 3 * interval => Some(end.saturating_duration_since(event)),
+            Some(_) => Some(Duration::ZERO),
+            None => None,
+        }
+    }
+
+    /// Video frozen, as a share of the time from the first frame to `until`: the part of every
+    /// gap between frames beyond three frame intervals.
+    fn frozen_per_minute(&self, until: Instant) -> Duration {
+        let Some(first) = self.frames.first() else {
+            return Duration::from_secs(60);
+        };
+        let interval = Duration::from_millis(1000 / FPS);
+        let mut frozen = Duration::ZERO;
+        let mut last = *first;
+        for at in self.frames.iter().skip(1).copied().chain([until]) {
+            let gap = at.saturating_duration_since(last);
+            if gap > 3 * interval {
+                frozen += gap - interval;
+            }
+            last = last.max(at);
+        }
+        let span = until
+            .saturating_duration_since(*first)
+            .max(Duration::from_secs(1));
+        frozen.mul_f64(60.0 / span.as_secs_f64())
+    }
+}
+
+/// A native participant in its namespace: its own thread and runtime, sending a 320×240 test
+/// pattern and a tone once connected, until told to stop.
+struct NativePeer {
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<Result<Report, consult_netem::LabError>>,
+}
+
+impl NativePeer {
+    fn start(lab: &Lab, name: &str, credentials: Credentials, root_pem: &str) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let root_pem = root_pem.as_bytes().to_vec();
+        let thread = lab.namespace(name).expect("peer").spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut config = SessionConfig::new(credentials);
+                config.video.width = 320;
+                config.video.height = 240;
+                config.extra_ca_pem = Some(root_pem);
+                let mut report = Report {
+                    started: Instant::now(),
+                    connected: None,
+                    frames: Vec::new(),
+                    audio_sent: 0,
+                    audio_received: 0,
+                    selected_local: None,
+                    warnings: Vec::new(),
+                    log: Vec::new(),
+                };
+                // The addresses are the namespace's own (and watched): bind_ips stays empty.
+                let mut session = Session::start(config).await.expect("session");
+                let mut pattern = TestPattern::new(320, 240);
+                let mut tone = Tone::new(440.0);
+                let mut video = tokio::time::interval(Duration::from_millis(1000 / FPS));
+                let mut audio = tokio::time::interval(Duration::from_millis(20));
+                loop {
+                    let connected = report.connected.is_some();
+                    tokio::select! {
+                        _ = stopped.changed() => break,
+                        _ = video.tick(), if connected => {
+                            let _ = session.send_video(pattern.next_frame()).await;
+                        }
+                        _ = audio.tick(), if connected => {
+                            if session.send_audio(tone.next_frame()).await.is_ok() {
+                                report.audio_sent += 1;
+                            }
+                        }
+                        event = session.next_event() => match event {
+                            None => break,
+                            Some(SessionEvent::Connected { .. }) => {
+                                report.connected.get_or_insert_with(Instant::now);
+                                report.log.push((Instant::now(), "connected".into()));
+                            }
+                            Some(e @ (SessionEvent::Disconnected { .. } | SessionEvent::IceConnected { .. })) => {
+                                report.log.push((Instant::now(), format!("{e:?}")));
+                            }
+                            Some(SessionEvent::Video { .. }) => report.frames.push(Instant::now()),
+                            Some(SessionEvent::Audio { .. }) => report.audio_received += 1,
+                            Some(SessionEvent::Stats { stats, .. }) => {
+                                if let Some((local, _)) = stats.selected_pair {
+                                    report.selected_local = Some(local);
+                                }
+                            }
+                            Some(SessionEvent::Warning(w)) => {
+                                report.log.push((Instant::now(), w.clone()));
+                                report.warnings.push(w);
+                            }
+                            Some(_) => {}
+                        },
+                    }
+                }
+                let _ = session.leave().await;
+                report
+            })
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Report {
+        let _ = self.stop.send(true);
+        self.thread
+            .join()
+            .expect("the peer's thread")
+            .expect("the peer's namespace")
+    }
+}
+
+/// A consultation with a native patient and doctor in the lab, the patient admitted. Returns
+/// them and the moment of the admission.
+async fn call(lab: &Lab, router: &Router) -> (Consultation, NativePeer, NativePeer, Instant) {
+    let clinic = &router.clinic;
+    let (consultation, invite) = clinic.consultation().await;
+    let patient = NativePeer::start(
+        lab,
+        "patient",
+        Credentials::Patient {
+            invite_url: invite,
+            name: "Emulated patient".into(),
+        },
+        &router.pki.root_pem,
+    );
+    clinic.admit_first_waiting(&consultation).await;
+    let admitted = Instant::now();
+    let doctor = NativePeer::start(
+        lab,
+        "doctor",
+        Credentials::Clinician {
+            base_url: clinic.base.clone(),
+            token: clinic.token.clone(),
+            consultation_id: consultation.id,
+        },
+        &router.pki.root_pem,
+    );
+    (consultation, patient, doctor, admitted)
+}
+
+/// Print a row of figures and check the call held both ways.
+fn figures(network: &str, admitted: Instant, patient: &Report, doctor: &Report, recover: &str) {
+    let until = Instant::now();
+    let ms = |d: Option<Duration>| d.map_or("—".to_owned(), |d| format!("{} ms", d.as_millis()));
+    let connect = patient
+        .connected
+        .map(|c| c.saturating_duration_since(patient.started));
+    let first = patient
+        .first_frame_after(admitted)
+        .max(doctor.first_frame_after(admitted));
+    let frozen = patient
+        .frozen_per_minute(until)
+        .max(doctor.frozen_per_minute(until));
+    let audio_lost = |sent: u64, received: u64| {
+        if sent == 0 {
+            100.0
+        } else {
+            (sent.saturating_sub(received)) as f64 * 100.0 / sent as f64
+        }
+    };
+    let lost = audio_lost(doctor.audio_sent, patient.audio_received)
+        .max(audio_lost(patient.audio_sent, doctor.audio_received));
+    println!(
+        "| native↔native | {network} | connect {} | first frame {} | frozen {:.1} s/min | audio lost {lost:.1}% | {recover} |",
+        ms(connect),
+        ms(first),
+        frozen.as_secs_f64(),
+    );
+    for (who, report) in [("patient", patient), ("doctor", doctor)] {
+        assert!(
+            report.frames.len() >= 10,
+            "{network}: the {who} decoded {} frames; warnings: {:?}",
+            report.frames.len(),
+            report.warnings
+        );
+    }
+}
+
+#[test]
+fn a_call_with_no_impairment_is_the_reference() {
+    in_lab(|lab| async move {
+        let router = router(&lab).await;
+        let (_, patient, doctor, admitted) = call(&lab, &router).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (patient, doctor) = (patient.finish(), doctor.finish());
+        figures("no impairment", admitted, &patient, &doctor, "—");
+    });
+}
+
+#[test]
+fn behind_a_firewall_that_drops_all_udp_the_patient_connects_through_turn_over_tcp_or_tls() {
+    in_lab(|lab| async move {
+        lab.block_udp("patient", true).expect("firewall");
+        let router = router(&lab).await;
+        let (_, patient, doctor, admitted) = call(&lab, &router).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (patient, doctor) = (patient.finish(), doctor.finish());
+        figures(
+            "UDP blocked (TURN/TCP, TURN/TLS 443)",
+            admitted,
+            &patient,
+            &doctor,
+            "—",
+        );
+        // The patient's end of the pair is a relayed address on coturn (the router's address).
+        let local = patient.selected_local.expect("a selected pair");
+        assert_eq!(
+            local.ip(),
+            std::net::IpAddr::V4(lab.service_ip()),
+            "{local}"
+        );
+    });
+}
+
+/// One impaired network: the patient's link does `impairment` from the start.
+fn impaired(network: &str, impairment: Impairment) {
+    let network = network.to_owned();
+    in_lab(move |lab| async move {
+        lab.impair("patient", &impairment).expect("impair");
+        let router = router(&lab).await;
+        let (_, patient, doctor, admitted) = call(&lab, &router).await;
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let (patient, doctor) = (patient.finish(), doctor.finish());
+        figures(&network, admitted, &patient, &doctor, "—");
+    });
+}
+
+#[test]
+fn three_per_cent_loss() {
+    impaired(
+        "3% loss",
+        Impairment {
+            loss_percent: 3.0,
+            ..Impairment::default()
+        },
+    );
+}
+
+#[test]
+fn ten_per_cent_loss() {
+    impaired(
+        "10% loss",
+        Impairment {
+            loss_percent: 10.0,
+            ..Impairment::default()
+        },
+    );
+}
+
+#[test]
+fn a_150_ms_round_trip_with_30_ms_jitter() {
+    impaired(
+        "150 ms RTT ± 30 ms",
+        Impairment {
+            delay: Duration::from_millis(75),
+            jitter: Duration::from_millis(15),
+            ..Impairment::default()
+        },
+    );
+}
+
+#[test]
+fn a_300_kbit_cap() {
+    impaired(
+        "300 kbit/s",
+        Impairment {
+            rate_kbit: Some(300),
+            ..Impairment::default()
+        },
+    );
+}
+
+#[test]
+fn a_1_mbit_cap() {
+    impaired(
+        "1 Mbit/s",
+        Impairment {
+            rate_kbit: Some(1000),
+            ..Impairment::default()
+        },
+    );
+}
+
+#[test]
+fn a_link_that_goes_dark_for_5_s_recovers() {
+    in_lab(|lab| async move {
+        let router = router(&lab).await;
+        let (_, patient, doctor, admitted) = call(&lab, &router).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        lab.set_down("patient", true).expect("down");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        lab.set_down("patient", false).expect("up");
+        let back = Instant::now();
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let (patient, doctor) = (patient.finish(), doctor.finish());
+        let recovered = patient
+            .first_frame_after(back)
+            .max(doctor.first_frame_after(back));
+        figures(
+            "flap 5 s",
+            admitted,
+            &patient,
+            &doctor,
+            &format!("recovered {:?} after the link came back", recovered),
+        );
+        assert!(
+            recovered.is_some(),
+            "video flows again both ways after the flap"
+        );
+    });
+}
+
+#[test]
+fn a_patient_whose_address_changes_mid_call_comes_back_without_doing_anything() {
+    in_lab(|lab| async move {
+        let router = router(&lab).await;
+        let (_, patient, doctor, admitted) = call(&lab, &router).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = lab.address("patient").expect("address");
+        let after = lab.move_peer("patient").expect("move");
+        let moved = Instant::now();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (patient, doctor) = (patient.finish(), doctor.finish());
+        let recovered = patient
+            .recovered_after(moved)
+            .zip(doctor.recovered_after(moved))
+            .map(|(a, b)| a.max(b));
+        figures(
+            "address change",
+            admitted,
+            &patient,
+            &doctor,
+            &format!("{before} → {after}: recovered {recovered:?} after the move"),
+        );
+        for (who, report) in [("patient", &patient), ("doctor", &doctor)] {
+            for (at, what) in &report.log {
+                if *at >= moved {
+                    println!("  {who} +{:?}: {what}", *at - moved);
+                }
+            }
+        }
+        assert!(
+            recovered.is_some(),
+            "video flows again both ways after the move"
+        );
+        assert!(
+            patient
+                .warnings
+                .iter()
+                .any(|w| w.contains("network changed")),
+            "{:?}",
+            patient.warnings
+        );
+    });
+}
