@@ -159,7 +159,7 @@ export function runConsult(service, args) {
  *   `load-credentials.json` of the data directory).
  * @returns {Promise<Service>}
  */
-export async function startService({ timeoutMs = 60_000, env = {}, wrapper, args: extraArgs = [] } = {}) {
+export async function startService({ timeoutMs = 60_000, env = {}, wrapper, args: extraArgs = [], bind: firstBind = "127.0.0.1:0" } = {}) {
   const dataDir = await mkdtemp(join(tmpdir(), "consult-e2e-"));
   /** @type {string[]} */
   const logs = [];
@@ -174,7 +174,7 @@ export async function startService({ timeoutMs = 60_000, env = {}, wrapper, args
    * Start the process; resolves with the URL it prints.
    * @param {string} [bind] Where to listen (default: a free port).
    */
-  const launch = async (bind = "127.0.0.1:0") => {
+  const launch = async (bind = firstBind) => {
     const own = [CONSULT_BIN, "serve", "--demo", "--bind", bind, "--data-dir", dataDir, ...extraArgs];
     const [command, ...args] = wrapper ? await wrapper.start(own, dataDir) : own;
     const running = spawn(command, args, {
@@ -293,8 +293,9 @@ export const TURN_RELAY_PORTS = Object.freeze({ min: 52000, max: 52999 });
 
 /**
  * @typedef {object} TurnServer
- * @property {number} port The UDP port it listens on, on 127.0.0.1.
- * @property {string} url `turn:127.0.0.1:<port>?transport=udp`
+ * @property {number} port The port it listens on (UDP and TCP).
+ * @property {string} url `turn:<ip>:<port>?transport=udp`
+ * @property {string} tcpUrl `turn:<ip>:<port>?transport=tcp`
  * @property {string} secret The TURN REST shared secret (`--static-auth-secret`).
  * @property {string[]} logs Last lines of its output (`--verbose`: one line per allocation,
  *   permission and refused request).
@@ -302,14 +303,15 @@ export const TURN_RELAY_PORTS = Object.freeze({ min: 52000, max: 52999 });
  */
 
 /**
- * A UDP port on 127.0.0.1 that was free a moment ago.
+ * A UDP port on `ip` (127.0.0.1 by default) that was free a moment ago.
+ * @param {string} [ip]
  * @returns {Promise<number>}
  */
-function freeUdpPort() {
+function freeUdpPort(ip = "127.0.0.1") {
   return new Promise((res, rej) => {
     const socket = createSocket("udp4");
     socket.once("error", rej);
-    socket.bind(0, "127.0.0.1", () => {
+    socket.bind(0, ip, () => {
       const { port } = socket.address();
       socket.close(() => res(port));
     });
@@ -317,12 +319,13 @@ function freeUdpPort() {
 }
 
 /**
- * Whether a STUN Binding request to 127.0.0.1:`port` gets a Binding success response (RFC 5389).
+ * Whether a STUN Binding request to `ip`:`port` gets a Binding success response (RFC 5389).
  * @param {number} port
  * @param {number} timeoutMs
+ * @param {string} [ip]
  * @returns {Promise<boolean>}
  */
-function stunAnswers(port, timeoutMs) {
+function stunAnswers(port, timeoutMs, ip = "127.0.0.1") {
   return new Promise((res) => {
     const socket = createSocket("udp4");
     const transaction = randomBytes(12);
@@ -341,32 +344,32 @@ function stunAnswers(port, timeoutMs) {
     socket.on("message", (msg) => {
       if (msg.length >= 20 && msg.readUInt16BE(0) === 0x0101 && msg.subarray(8, 20).equals(transaction)) finish(true);
     });
-    socket.send(request, port, "127.0.0.1", (err) => {
+    socket.send(request, port, ip, (err) => {
       if (err) finish(false);
     });
   });
 }
 
 /**
- * Start coturn on 127.0.0.1 (a free UDP port, a fresh temporary directory for its pid file and
- * user database) with TURN REST authentication and relay ports `TURN_RELAY_PORTS`. Ready once it
- * answers a STUN Binding request on its port.
- * @param {{ timeoutMs?: number }} [options]
+ * Start coturn on `ip` (127.0.0.1 by default; a free port for UDP and TCP, a fresh temporary
+ * directory for its pid file and user database) with TURN REST authentication and relay ports
+ * `TURN_RELAY_PORTS`. Ready once it answers a STUN Binding request on its port.
+ * @param {{ timeoutMs?: number, ip?: string }} [options]
  * @returns {Promise<TurnServer>}
  */
-export async function startTurnServer({ timeoutMs = 20_000 } = {}) {
+export async function startTurnServer({ timeoutMs = 20_000, ip = "127.0.0.1" } = {}) {
   if (!existsSync(TURNSERVER_BIN)) {
     throw new Error(`no TURN server at ${TURNSERVER_BIN} (apt-get install coturn, or set TURNSERVER_BIN)`);
   }
   const secret = `consult-test-${randomBytes(12).toString("hex")}`;
   for (let attempt = 1; ; attempt += 1) {
-    const port = await freeUdpPort();
+    const port = await freeUdpPort(ip);
     const dir = await mkdtemp(join(tmpdir(), "consult-turn-"));
     const args = [
       "-n",
       "--verbose",
-      "--listening-ip=127.0.0.1",
-      "--relay-ip=127.0.0.1",
+      `--listening-ip=${ip}`,
+      `--relay-ip=${ip}`,
       `--listening-port=${port}`,
       "--use-auth-secret",
       `--static-auth-secret=${secret}`,
@@ -419,14 +422,14 @@ export async function startTurnServer({ timeoutMs = 20_000 } = {}) {
     const deadline = Date.now() + timeoutMs;
     let ready = false;
     while (!ready && !exited && Date.now() < deadline) {
-      ready = await stunAnswers(port, 300);
+      ready = await stunAnswers(port, 300, ip);
       if (!ready) await sleep(100);
     }
     if (ready && !exited) {
-      return { port, url: `turn:127.0.0.1:${port}?transport=udp`, secret, logs, stop };
+      return { port, url: `turn:${ip}:${port}?transport=udp`, tcpUrl: `turn:${ip}:${port}?transport=tcp`, secret, logs, stop };
     }
     await stop();
-    const why = exited ?? `no STUN answer on 127.0.0.1:${port} within ${timeoutMs} ms`;
+    const why = exited ?? `no STUN answer on ${ip}:${port} within ${timeoutMs} ms`;
     if (attempt >= 3) throw new Error(`${why}; turnserver output:\n${logs.slice(-40).join("\n")}`);
   }
 }
@@ -563,16 +566,28 @@ export const CHROMIUM_ARGS = [
  * A fresh headless Chromium (its own temporary profile: playwright's `launch()` creates a new
  * `--user-data-dir` and deletes it on close) with one page.
  * @param {string} label For messages ("doctor", "patient").
- * @param {{ origin?: string, storage?: Record<string, string> }} [options] `storage`: the web
- *   demo's `localStorage` settings, set in every document before its scripts run (for example
- *   `consult.videoCodec`, `consult.e2eeRotateMs`).
+ * @param {{ origin?: string, storage?: Record<string, string>, namespace?: string }} [options]
+ *   `storage`: the web demo's `localStorage` settings, set in every document before its scripts
+ *   run (for example `consult.videoCodec`, `consult.e2eeRotateMs`). `namespace`: run Chromium in
+ *   this network namespace (an emulated network's peer).
  * @returns {Promise<Participant>}
  */
 export async function launchParticipant(label, options = {}) {
+  let executablePath = CHROMIUM;
+  const args = [...CHROMIUM_ARGS];
+  if (options.namespace) {
+    // Chromium in a network namespace of an emulated network (consult-netem): started through
+    // `ip netns exec`, and the service's plain-HTTP origin on the lab's address treated as
+    // secure (camera, WebCrypto), as localhost is.
+    const dir = await mkdtemp(join(tmpdir(), "consult-chromium-ns-"));
+    executablePath = join(dir, "chromium");
+    await writeFile(executablePath, `#!/bin/sh\nexec ip netns exec ${options.namespace} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
+    if (options.origin) args.push(`--unsafely-treat-insecure-origin-as-secure=${options.origin}`);
+  }
   const browser = await chromium.launch({
-    executablePath: CHROMIUM,
+    executablePath,
     headless: true,
-    args: CHROMIUM_ARGS,
+    args,
     timeout: 60_000,
   });
   try {
@@ -591,7 +606,7 @@ export async function launchParticipant(label, options = {}) {
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
     /** @type {string[]} */
     const consoleLines = [];
-    page.on("console", (m) => consoleLines.push(`[${label} console.${m.type()}] ${m.text()}`));
+    page.on("console", (m) => consoleLines.push(`[${label} console.${m.type()}${process.env.CONSULT_EMULATED_LOG ? ` ${new Date().toISOString().slice(11, 23)}` : ""}] ${m.text()}`));
     page.on("pageerror", (e) => consoleLines.push(`[${label} pageerror] ${e.message}`));
     return { browser, context, page, console: consoleLines, label };
   } catch (err) {
@@ -1102,7 +1117,8 @@ export async function installFirstFrameProbe(page) {
  * the invite, passes the device check and waits; the doctor admits; both sides get media.
  * Returns the participants (still open: close them) and the measured times.
  * @param {Service} service
- * @param {{ title?: string, patientName?: string }} [options]
+ * @param {{ title?: string, patientName?: string, doctor?: { namespace?: string }, patient?: { namespace?: string } }} [options]
+ *   `doctor`, `patient`: more options for each one's browser (a network namespace).
  */
 export async function runAdmitScenario(service, options = {}) {
   const title = options.title ?? "Knee follow-up";
@@ -1113,8 +1129,8 @@ export async function runAdmitScenario(service, options = {}) {
   let patient = null;
   try {
     [doctor, patient] = await Promise.all([
-      launchParticipant("doctor", { origin: service.url }),
-      launchParticipant("patient", { origin: service.url }),
+      launchParticipant("doctor", { origin: service.url, ...(options.doctor ?? {}) }),
+      launchParticipant("patient", { origin: service.url, ...(options.patient ?? {}) }),
     ]);
     await signInDoctor(doctor.page, service);
     const inviteUrl = await createConsultation(doctor.page, title);

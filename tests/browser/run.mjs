@@ -23,9 +23,9 @@ const ALONE = ["e2ee.test.mjs", "group-call.test.mjs", "recording.test.mjs"];
 /**
  * Files that load the machine most: at most one of them at a time. The recording suites, and
  * the browser with the native echo-bot (its H.264 case decoded no video when it shared the
- * machine with a recording suite).
+ * machine with a recording suite), and the calls through emulated networks (their figures).
  */
-const HEAVY = ["recording.test.mjs", "recording-faults.test.mjs", "recording-e2ee.test.mjs", "recording-screen.test.mjs", "e2ee-native.test.mjs"];
+const HEAVY = ["recording.test.mjs", "recording-faults.test.mjs", "recording-e2ee.test.mjs", "recording-screen.test.mjs", "e2ee-native.test.mjs", "emulated.test.mjs"];
 /** Files run at once outside the ALONE group. */
 const CONCURRENCY = 2;
 

@@ -947,6 +947,7 @@ async function openCall(id, asColleague = false) {
 
   const controller = new CallController({
     send: (m) => (active.signaling ? active.signaling.send(m) : false),
+    onMediaTrouble: () => active.signaling?.probe(),
     getIceConfig: () => ice.get(),
     localStream: active.stream,
     onRemoteStream: (stream, peer) => {

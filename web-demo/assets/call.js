@@ -120,6 +120,13 @@ export function iceConfigProblem(config) {
 /** How long "disconnected" may last before an ICE restart is forced. */
 const DISCONNECTED_RESTART_MS = 4000;
 
+/**
+ * A connected connection that receives nothing at all for this many seconds is in trouble: the
+ * browser may take several more seconds to call it disconnected. Audio alone sends dozens of
+ * packets a second, and RTCP flows even in silence.
+ */
+const QUIET_SECONDS = 2;
+
 /** How long a connection may stay "new"/"connecting" with both descriptions set before ICE restarts. */
 const STUCK_RESTART_MS = 8000;
 
@@ -259,8 +266,11 @@ export class PeerLink {
    * @param {E2eeCall | null} [options.e2ee] The call's end-to-end encryption, if it has it.
    * @param {(problem: IceProblem) => void} [options.onIceProblem] Relay only, and no relay
    *   candidate came (gathering ended without one, or went on too long without one).
+   * @param {() => void} [options.onQuiet] A connected connection received nothing at all (not a
+   *   packet) for `QUIET_SECONDS`: the path may be gone (our address changed) well before the
+   *   browser calls it disconnected.
    */
-  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onRemoteScreen, screenStream = null, onStateChange, createChannels = true, onDataChannel, onIceProblem, e2ee = null }) {
+  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onRemoteScreen, screenStream = null, onStateChange, createChannels = true, onDataChannel, onIceProblem, onQuiet, e2ee = null }) {
     this.peerId = peerId;
     this.onRemoteScreen = onRemoteScreen ?? (() => {});
     /** @type {RTCRtpTransceiver | null} The section this side's screen goes in (kept once made). */
@@ -384,8 +394,28 @@ export class PeerLink {
     // A connection that never gets going (lost candidates, a browser stuck gathering after a
     // rollback) is restarted rather than left hanging.
     this.notConnectedSince = Date.now();
+    /** Seconds in a row a connected connection received no byte (audio, video, RTCP, STUN). */
+    this.quietSeconds = 0;
+    /** @type {number | null} */
+    this.bytesReceived = null;
     this.watchdog = setInterval(() => {
       if (this.closed) return;
+      if (pc.connectionState === "connected") {
+        void pc
+          .getStats()
+          .then((report) => {
+            let bytes = 0;
+            report.forEach((/** @type {any} */ s) => {
+              if (s.type === "transport") bytes += s.bytesReceived ?? 0;
+            });
+            this.quietSeconds = bytes === this.bytesReceived ? this.quietSeconds + 1 : 0;
+            this.bytesReceived = bytes;
+            if (this.quietSeconds === QUIET_SECONDS && !this.closed) onQuiet?.();
+          })
+          .catch(() => {});
+      } else {
+        this.quietSeconds = 0;
+      }
       if (
         expectRelay &&
         this.candidatesGathered === 0 &&
@@ -414,6 +444,11 @@ export class PeerLink {
     if (this.closed) return;
     this.iceRestarter.check();
     this.onStateChange(this);
+  }
+
+  /** Connected, but nothing received for a while (see `onQuiet`). */
+  get quiet() {
+    return this.quietSeconds >= QUIET_SECONDS;
   }
 
   /** @returns {MediaState} */
@@ -804,8 +839,11 @@ export class CallController {
    *   that is over.
    * @param {(recorder: Peer | null) => void} [options.onRecorder] The service's recorder joined the
    *   call (it is recorded), or left it.
+   * @param {() => void} [options.onMediaTrouble] A connection went disconnected or failed: our
+   *   network may have changed (check the signaling connection at once; once it is back, ICE
+   *   restarts on every connection that is down).
    */
-  constructor({ send, getIceConfig, localStream, onRemoteStream, onRemoteScreen, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder }) {
+  constructor({ send, getIceConfig, localStream, onRemoteStream, onRemoteScreen, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder, onMediaTrouble }) {
     this.send = send;
     this.getIceConfig = getIceConfig;
     this.localStream = localStream;
@@ -820,6 +858,7 @@ export class CallController {
     this.onConnectionClosed = onConnectionClosed ?? (() => {});
     this.onIceProblem = onIceProblem ?? (() => {});
     this.onRecorder = onRecorder ?? (() => {});
+    this.onMediaTrouble = onMediaTrouble ?? (() => {});
     /** @type {IceProblem | null} */
     this.iceProblem = null;
     this.polite = false;
@@ -1041,10 +1080,15 @@ export class CallController {
           this.setIceProblem(null);
           void l.limitVideo(videoBitrateFor(this.links.size));
         }
+        const troubled = ["disconnected", "failed"];
+        if (troubled.includes(l.pc.iceConnectionState) || troubled.includes(l.pc.connectionState)) this.onMediaTrouble();
         this.report();
       },
       onIceProblem: (p) => {
         if (this.links.get(peerId) === link) this.setIceProblem(p);
+      },
+      onQuiet: () => {
+        if (this.links.get(peerId) === link) this.onMediaTrouble();
       },
     });
     this.links.set(peerId, link);
@@ -1164,8 +1208,9 @@ export class CallController {
       const link = this.links.get(peerId);
       if (link) {
         // Signaling came back and the peer is still here: keep the media connection, and restart
-        // ICE if it suffered meanwhile.
-        if (link.mediaState !== "connected") link.restartIce();
+        // ICE if it suffered meanwhile (down, or connected but hearing nothing: our address may
+        // have changed, which is also why signaling went).
+        if (link.mediaState !== "connected" || link.quiet) link.restartIce();
         continue;
       }
       if (this.awaiting.has(peerId)) continue;

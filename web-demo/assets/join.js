@@ -452,6 +452,7 @@ function enterWaiting(place) {
   /** @type {CallController} */
   const created = new CallController({
     send: (m) => (signaling ? signaling.send(m) : false),
+    onMediaTrouble: () => signaling?.probe(),
     getIceConfig: () => ice.get(),
     localStream,
     onRemoteScreen: (screen, peer) => {

@@ -16,6 +16,9 @@ import { PROTOCOL_VERSION } from "./protocol.js";
  * @typedef {"connecting" | "open" | "reconnecting" | "closed"} SignalingState
  */
 
+/** How long a liveness probe waits for any answer before the socket is taken for dead. */
+const PROBE_TIMEOUT_MS = 1500;
+
 /** Fatal error codes after which reconnecting can help. */
 const RETRYABLE_FATAL = new Set(["heartbeat_timeout", "internal", "rate_limited"]);
 
@@ -53,6 +56,8 @@ export class SignalingClient {
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this.retryTimer = undefined;
     this.lastMessageAt = 0;
+    /** @type {ReturnType<typeof setTimeout> | undefined} A liveness probe waiting for an answer. */
+    this.probeTimer = undefined;
     this.heartbeatMs = 15_000;
     this.onOnline = () => {
       if (this.state === "reconnecting" && this.retryTimer !== undefined) {
@@ -62,6 +67,30 @@ export class SignalingClient {
       }
     };
     window.addEventListener("online", this.onOnline);
+  }
+
+  /**
+   * Check at once that the connection is alive: a media connection just dropped, and the network
+   * may have changed under this socket too (a socket from an address that is gone hears nothing
+   * until TCP gives up, minutes later). A ping goes out; if nothing at all is heard within
+   * `PROBE_TIMEOUT_MS`, the socket is closed and a new one opened right away. Once joined again,
+   * the call restarts ICE on every connection that is down.
+   */
+  probe() {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || !this.joined || this.probeTimer !== undefined) return;
+    const sentAt = Date.now();
+    this.rawSend({ type: "ping" });
+    this.probeTimer = setTimeout(() => {
+      this.probeTimer = undefined;
+      if (this.ws !== ws || this.lastMessageAt >= sentAt) return;
+      console.warn("No answer from the signaling service (the network may have changed); reconnecting now");
+      this.ws = null;
+      this.stopHeartbeat();
+      ws.close(4000, "probe unanswered");
+      this.attempt = 0;
+      this.connect();
+    }, PROBE_TIMEOUT_MS);
   }
 
   /** Open the connection (once; later connections are made by the client itself). */
@@ -262,6 +291,8 @@ export class SignalingClient {
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     window.removeEventListener("online", this.onOnline);
+    if (this.probeTimer !== undefined) clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
     if (this.worker) this.worker.terminate();
     this.worker = null;
     const ws = this.ws;

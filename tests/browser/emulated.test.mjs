@@ -1,0 +1,259 @@
+// Browser calls through emulated networks (consult-netem): the patient's and the doctor's
+// Chromium each in a network namespace of its own, the service and coturn on the router between
+// them. For each network — none (the reference), a firewall that drops all UDP (the call goes
+// through TURN over TCP), 3% and 10% loss, 150 ms RTT with 30 ms jitter, a 300 kbit/s cap, and a
+// patient whose address changes mid-call — the call connects and both sides decode video and
+// receive audio; a row of figures is printed (admission to first frame, video frozen per minute,
+// audio packets lost, time to recover).
+//
+// Run: cd tests/browser && node --test emulated.test.mjs (as root: it makes network namespaces).
+// Started outside a lab, the file runs itself again inside one (`consult-netem run`), so the test
+// process, the service and coturn are on the lab's router.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createConnection } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+
+import { closeAll, diagnostics, REPO_ROOT, runAdmitScenario, startService, startTurnServer } from "./harness.mjs";
+
+const NETEM_BIN = process.env.NETEM_BIN ?? join(REPO_ROOT, "target", "debug", "consult-netem");
+const LAB = process.env.CONSULT_LAB ? JSON.parse(process.env.CONSULT_LAB) : null;
+/** How many networks the lab's test goes through (the rows it reports). */
+const NETWORK_COUNT = 7;
+
+/**
+ * One request to the lab's control socket.
+ * @param {Record<string, unknown>} request
+ * @returns {Promise<any>}
+ */
+function control(request) {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection(LAB.control);
+    let buffer = "";
+    socket.on("error", reject);
+    socket.on("data", (chunk) => {
+      buffer += chunk.toString();
+      const end = buffer.indexOf("\n");
+      if (end < 0) return;
+      socket.end();
+      const answer = JSON.parse(buffer.slice(0, end));
+      if (answer.ok) resolve(answer);
+      else reject(new Error(`lab: ${answer.error}`));
+    });
+    socket.write(`${JSON.stringify(request)}\n`);
+  });
+}
+
+/**
+ * Sample a page's inbound video frames and audio packets every 100 ms for `ms`.
+ * @param {import('playwright-core').Page} page
+ * @param {number} ms
+ * @returns {Promise<{ at: number, framesDecoded: number, audioPackets: number, audioLost: number }[]>}
+ */
+function sample(page, ms) {
+  return page.evaluate(async (ms) => {
+    const out = [];
+    const end = performance.now() + ms;
+    while (performance.now() < end) {
+      const pc = /** @type {RTCPeerConnection | undefined} */ (/** @type {any} */ (window).consultPc);
+      let framesDecoded = 0;
+      let audioPackets = 0;
+      let audioLost = 0;
+      if (pc) {
+        (await pc.getStats()).forEach((/** @type {any} */ s) => {
+          if (s.type !== "inbound-rtp") return;
+          if (s.kind === "video") framesDecoded += s.framesDecoded ?? 0;
+          if (s.kind === "audio") {
+            audioPackets += s.packetsReceived ?? 0;
+            audioLost += s.packetsLost ?? 0;
+          }
+        });
+      }
+      out.push({ at: performance.now(), framesDecoded, audioPackets, audioLost });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return out;
+  }, ms);
+}
+
+/**
+ * Video frozen per minute (seconds) from samples: every stretch of at least 300 ms without a new
+ * decoded frame counts.
+ * @param {{ at: number, framesDecoded: number }[]} samples
+ */
+function frozenPerMinute(samples) {
+  let frozen = 0;
+  let lastChange = samples[0]?.at ?? 0;
+  for (let i = 1; i < samples.length; i += 1) {
+    if (samples[i].framesDecoded > samples[i - 1].framesDecoded) {
+      const gap = samples[i].at - lastChange;
+      if (gap >= 300) frozen += gap;
+      lastChange = samples[i].at;
+    }
+  }
+  const tail = (samples.at(-1)?.at ?? 0) - lastChange;
+  if (tail >= 300) frozen += tail;
+  const span = (samples.at(-1)?.at ?? 0) - (samples[0]?.at ?? 0);
+  return span > 0 ? (frozen / span) * 60 : 60;
+}
+
+/**
+ * The end of the longest stretch without a decoded frame, from the start of the samples.
+ * @param {{ at: number, framesDecoded: number }[]} samples
+ */
+function recoveredAfter(samples) {
+  let longest = 0;
+  let end = 0;
+  let lastChange = samples[0]?.at ?? 0;
+  for (let i = 1; i < samples.length; i += 1) {
+    if (samples[i].framesDecoded > samples[i - 1].framesDecoded) {
+      if (samples[i].at - lastChange > longest) {
+        longest = samples[i].at - lastChange;
+        end = samples[i].at;
+      }
+      lastChange = samples[i].at;
+    }
+  }
+  // Still frozen at the end: not recovered.
+  if (!samples.length || (samples.at(-1)?.at ?? 0) - lastChange > 1000) return null;
+  return longest > 300 ? end - samples[0].at : 0;
+}
+
+/**
+ * The type of the patient page's selected local candidate, and its relay protocol.
+ * @param {import('playwright-core').Page} page
+ */
+function selectedLocalCandidate(page) {
+  return page.evaluate(async () => {
+    const pc = /** @type {RTCPeerConnection} */ (/** @type {any} */ (window).consultPc);
+    const stats = await pc.getStats();
+    /** @type {any} */
+    let pair = null;
+    stats.forEach((/** @type {any} */ s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    });
+    const local = pair ? stats.get(pair.localCandidateId) : null;
+    return local ? { type: local.candidateType, relayProtocol: local.relayProtocol ?? null, address: local.address } : null;
+  });
+}
+
+if (!LAB) {
+  describe("browser calls through emulated networks", () => {
+    test("run inside a lab (consult-netem run)", { timeout: 900_000 }, async () => {
+      const here = fileURLToPath(import.meta.url);
+      const dir = await mkdtemp(join(tmpdir(), "consult-emulated-"));
+      const report = join(dir, "rows.txt");
+      // Without the runner's own variable, or the inner `node --test` would skip its tests.
+      const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+      const child = spawn(NETEM_BIN, ["run", "--peers", "patient,doctor", "--max-seconds", "840", "--", process.execPath, "--test", here], {
+        stdio: "inherit",
+        env: { ...env, CONSULT_EMULATED_REPORT: report },
+      });
+      const code = await new Promise((resolve) => child.on("exit", (c) => resolve(c)));
+      assert.equal(code, 0, `the tests in the lab failed (exit ${code}; ${NETEM_BIN} needs root, ip, nft and tc)`);
+      // The inner run did run every network (and did not skip).
+      const rows = (await readFile(report, "utf8")).trim().split("\n");
+      if (!process.env.CONSULT_NETWORKS) assert.equal(rows.length, NETWORK_COUNT, rows.join("\n"));
+      await rm(dir, { recursive: true, force: true });
+    });
+  });
+} else {
+  describe("browser calls through emulated networks (in the lab)", { timeout: 840_000 }, () => {
+    /** @type {{ network: string, impair?: Record<string, unknown>, blockUdp?: boolean, move?: boolean }[]} */
+    const networks = [
+      { network: "no impairment" },
+      { network: "UDP blocked (TURN over TCP)", blockUdp: true },
+      { network: "3% loss", impair: { loss_percent: 3 } },
+      { network: "10% loss", impair: { loss_percent: 10 } },
+      { network: "150 ms RTT ± 30 ms", impair: { delay_ms: 75, jitter_ms: 15 } },
+      { network: "300 kbit/s", impair: { rate_kbit: 300 } },
+      { network: "address change", move: true },
+    ];
+    assert.equal(networks.length, NETWORK_COUNT);
+    test("browser↔browser on each network: connects, decodes both ways, figures", async (t) => {
+      const turn = await startTurnServer({ ip: LAB.service_ip });
+      const rows = [];
+      try {
+        // CONSULT_NETWORKS=a,b (substrings of the names) runs only those, for a quicker look.
+        const only = process.env.CONSULT_NETWORKS?.split(",") ?? null;
+        for (const { network, impair, blockUdp, move } of networks) {
+          if (only && !only.some((o) => network.includes(o))) continue;
+          if (impair) await control({ op: "impair", peer: "patient", ...impair });
+          if (blockUdp) await control({ op: "block_udp", peer: "patient", blocked: true });
+          /** @type {Awaited<ReturnType<typeof runAdmitScenario>> | null} */
+          let scenario = null;
+          // A service of its own for each network, on the router's address.
+          const service = await startService({
+            bind: `${LAB.service_ip}:0`,
+            env: {
+              CONSULT_ICE__TURN_URLS: JSON.stringify([turn.url, turn.tcpUrl]),
+              CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
+            },
+          });
+          try {
+            scenario = await runAdmitScenario(service, {
+              title: network,
+              doctor: { namespace: LAB.peers.doctor.namespace },
+              patient: { namespace: LAB.peers.patient.namespace },
+            });
+            const { doctor, patient } = scenario;
+            let recover = "—";
+            if (blockUdp) {
+              const local = await selectedLocalCandidate(patient.page);
+              assert.equal(local?.type, "relay", `${network}: the patient's pair is relayed (${JSON.stringify(local)})`);
+              assert.equal(local?.relayProtocol, "tcp", `${network}: reached over TCP (${JSON.stringify(local)})`);
+            }
+            let samples;
+            if (move) {
+              await sleep(2000);
+              const sampling = Promise.all([sample(doctor.page, 15_000), sample(patient.page, 15_000)]);
+              await sleep(500);
+              const moved = await control({ op: "move", peer: "patient" });
+              samples = await sampling;
+              const recovered = samples.map((s) => recoveredAfter(s));
+              if (process.env.CONSULT_EMULATED_LOG) t.diagnostic([...patient.console, ...doctor.console].join("\n"));
+              assert.ok(recovered.every((r) => r !== null), `${network}: video comes back both ways (${JSON.stringify(recovered)})`);
+              recover = `moved to ${moved.address}; video back after ${Math.round(Math.max(...recovered.map((r) => r ?? 0)) - 500)} ms`;
+            } else {
+              samples = await Promise.all([sample(doctor.page, 10_000), sample(patient.page, 10_000)]);
+            }
+            for (const [i, s] of samples.entries()) {
+              const who = i === 0 ? "doctor" : "patient";
+              assert.ok(s.at(-1).framesDecoded > s[0].framesDecoded, `${network}: the ${who} decodes video`);
+              assert.ok(s.at(-1).audioPackets > s[0].audioPackets, `${network}: the ${who} receives audio`);
+            }
+            const frozen = Math.max(...samples.map(frozenPerMinute));
+            const audioLost = Math.max(
+              ...samples.map((s) => {
+                const received = s.at(-1).audioPackets - s[0].audioPackets;
+                const lost = s.at(-1).audioLost - s[0].audioLost;
+                return received + lost > 0 ? (100 * lost) / (received + lost) : 0;
+              }),
+            );
+            const row = `| browser↔browser | ${network} | first frame ${scenario.firstFrameMs} ms | frozen ${frozen.toFixed(1)} s/min | audio lost ${audioLost.toFixed(1)}% | ${recover} |`;
+            rows.push(row);
+            t.diagnostic(row);
+          } catch (err) {
+            if (err instanceof Error) err.message += diagnostics(service, scenario ? [scenario.doctor, scenario.patient] : []);
+            throw err;
+          } finally {
+            if (scenario) await closeAll([scenario.doctor, scenario.patient]);
+            await service.stop();
+            if (impair) await control({ op: "impair", peer: "patient" });
+            if (blockUdp) await control({ op: "block_udp", peer: "patient", blocked: false });
+          }
+        }
+        if (process.env.CONSULT_EMULATED_REPORT) await writeFile(process.env.CONSULT_EMULATED_REPORT, `${rows.join("\n")}\n`);
+      } finally {
+        console.log(rows.join("\n"));
+        await turn.stop();
+      }
+    });
+  });
+}
+
