@@ -11,7 +11,7 @@
 // process, the service and coturn are on the lab's router.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { appendFile, mkdtemp, readFile, rm } from "node:fs/promises";
 import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,12 +19,14 @@ import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 
-import { closeAll, diagnostics, REPO_ROOT, runAdmitScenario, startService, startTurnServer } from "./harness.mjs";
+import { closeAll, diagnostics, doctorWithEchoBot, REPO_ROOT, runAdmitScenario, startService, startTurnServer, withService } from "./harness.mjs";
 
 const NETEM_BIN = process.env.NETEM_BIN ?? join(REPO_ROOT, "target", "debug", "consult-netem");
 const LAB = process.env.CONSULT_LAB ? JSON.parse(process.env.CONSULT_LAB) : null;
 /** How many networks the lab's test goes through (the rows it reports). */
 const NETWORK_COUNT = 7;
+/** And how many the browser↔native test goes through. */
+const NATIVE_NETWORK_COUNT = 4;
 
 /**
  * One request to the lab's control socket.
@@ -158,7 +160,7 @@ if (!LAB) {
       assert.equal(code, 0, `the tests in the lab failed (exit ${code}; ${NETEM_BIN} needs root, ip, nft and tc)`);
       // The inner run did run every network (and did not skip).
       const rows = (await readFile(report, "utf8")).trim().split("\n");
-      if (!process.env.CONSULT_NETWORKS) assert.equal(rows.length, NETWORK_COUNT, rows.join("\n"));
+      if (!process.env.CONSULT_NETWORKS) assert.equal(rows.length, NETWORK_COUNT + NATIVE_NETWORK_COUNT, rows.join("\n"));
       await rm(dir, { recursive: true, force: true });
     });
   });
@@ -248,7 +250,75 @@ if (!LAB) {
             if (blockUdp) await control({ op: "block_udp", peer: "patient", blocked: false });
           }
         }
-        if (process.env.CONSULT_EMULATED_REPORT) await writeFile(process.env.CONSULT_EMULATED_REPORT, `${rows.join("\n")}\n`);
+        if (process.env.CONSULT_EMULATED_REPORT) await appendFile(process.env.CONSULT_EMULATED_REPORT, `${rows.join("\n")}\n`);
+      } finally {
+        console.log(rows.join("\n"));
+        await turn.stop();
+      }
+    });
+
+    /** @type {{ network: string, impair?: Record<string, unknown>, blockUdp?: boolean, move?: boolean }[]} */
+    const nativeNetworks = [
+      { network: "no impairment" },
+      { network: "UDP blocked (TURN over TCP)", blockUdp: true },
+      { network: "10% loss", impair: { loss_percent: 10 } },
+      { network: "address change", move: true },
+    ];
+    assert.equal(nativeNetworks.length, NATIVE_NETWORK_COUNT);
+    test("browser↔native (echo-bot as the patient) on each network", async (t) => {
+      const turn = await startTurnServer({ ip: LAB.service_ip });
+      const rows = [];
+      const only = process.env.CONSULT_NETWORKS?.split(",") ?? null;
+      try {
+        for (const { network, impair, blockUdp, move } of nativeNetworks) {
+          if (only && !only.some((o) => network.includes(o))) continue;
+          if (impair) await control({ op: "impair", peer: "patient", ...impair });
+          if (blockUdp) await control({ op: "block_udp", peer: "patient", blocked: true });
+          try {
+            await withService(
+              {
+                bind: `${LAB.service_ip}:0`,
+                env: {
+                  CONSULT_ICE__TURN_URLS: JSON.stringify([turn.url, turn.tcpUrl]),
+                  CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
+                },
+              },
+              async (scope) => {
+                const { doctor } = await doctorWithEchoBot(scope, {
+                  label: "doctor",
+                  title: `native: ${network}`,
+                  doctor: { namespace: LAB.peers.doctor.namespace },
+                  bot: { namespace: LAB.peers.patient.namespace, seconds: 120 },
+                });
+                let recover = "—";
+                let samples;
+                if (move) {
+                  await sleep(2000);
+                  const sampling = sample(doctor.page, 15_000);
+                  await sleep(500);
+                  const moved = await control({ op: "move", peer: "patient" });
+                  samples = await sampling;
+                  const recovered = recoveredAfter(samples);
+                  assert.ok(recovered !== null, `${network}: echo-bot's video comes back`);
+                  recover = `moved to ${moved.address}; video back after ${Math.round((recovered ?? 0) - 500)} ms`;
+                } else {
+                  samples = await sample(doctor.page, 10_000);
+                }
+                assert.ok(samples.at(-1).framesDecoded > samples[0].framesDecoded, `${network}: the doctor decodes echo-bot's video`);
+                assert.ok(samples.at(-1).audioPackets > samples[0].audioPackets, `${network}: the doctor receives echo-bot's audio`);
+                const received = samples.at(-1).audioPackets - samples[0].audioPackets;
+                const lost = samples.at(-1).audioLost - samples[0].audioLost;
+                const row = `| browser↔native | ${network} | frozen ${frozenPerMinute(samples).toFixed(1)} s/min | audio lost ${received + lost > 0 ? ((100 * lost) / (received + lost)).toFixed(1) : "0.0"}% | ${recover} |`;
+                rows.push(row);
+                t.diagnostic(row);
+              },
+            );
+          } finally {
+            if (impair) await control({ op: "impair", peer: "patient" });
+            if (blockUdp) await control({ op: "block_udp", peer: "patient", blocked: false });
+          }
+        }
+        if (process.env.CONSULT_EMULATED_REPORT) await appendFile(process.env.CONSULT_EMULATED_REPORT, `${rows.join("\n")}\n`);
       } finally {
         console.log(rows.join("\n"));
         await turn.stop();

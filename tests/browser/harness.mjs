@@ -1375,12 +1375,12 @@ const PERIODIC_EVENTS = ["stats", "connection"];
 /**
  * Start echo-bot with `--json` and collect its events.
  * @param {string} inviteUrl
- * @param {{ name?: string, codec?: string, seconds?: number, extraArgs?: string[] }} [options] `codec`:
+ * @param {{ name?: string, codec?: string, seconds?: number, extraArgs?: string[], namespace?: string }} [options] `codec`:
  *   `--codec` (both codecs offered without it); `seconds`: `--seconds` (default 600); `extraArgs`:
- *   more flags (for example `--without-e2ee-keys`).
+ *   more flags (for example `--without-e2ee-keys`); `namespace`: run it in this network namespace.
  * @returns {EchoBot}
  */
-export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 600, extraArgs = [] } = {}) {
+export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 600, extraArgs = [], namespace } = {}) {
   if (!existsSync(ECHO_BOT_BIN)) {
     throw new Error(
       `echo-bot is required${process.env.CONSULT_REQUIRE_NATIVE === "1" ? " (CONSULT_REQUIRE_NATIVE=1)" : ""} but there is no ${ECHO_BOT_BIN}: ` +
@@ -1388,7 +1388,9 @@ export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 60
     );
   }
   const args = ["--invite", inviteUrl, "--name", name, ...(codec ? ["--codec", codec] : []), "--seconds", String(seconds), "--json", ...extraArgs];
-  const child = spawn(ECHO_BOT_BIN, args, {
+  // In an emulated network's namespace when asked (consult-netem), through `ip netns exec`.
+  const [command, commandArgs] = namespace ? ["ip", ["netns", "exec", namespace, ECHO_BOT_BIN, ...args]] : [ECHO_BOT_BIN, args];
+  const child = spawn(command, commandArgs, {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", NO_COLOR: "1" },
   });
@@ -1461,12 +1463,12 @@ export function startEchoBot(inviteUrl, { name = "Echo bot", codec, seconds = 60
  * The doctor signed in with a new consultation open, and echo-bot joined through its invite,
  * admitted and connected. The doctor goes into the scope's `people`, echo-bot is owned by it.
  * @param {ServiceScope} scope
- * @param {{ label: string, title: string, e2ee?: boolean, bot?: Parameters<typeof startEchoBot>[1] }} options
+ * @param {{ label: string, title: string, e2ee?: boolean, bot?: Parameters<typeof startEchoBot>[1], doctor?: { namespace?: string } }} options
  *   `label`: the doctor's; `e2ee`: an end-to-end encrypted consultation; `bot`: echo-bot's options
- *   (its name defaults to "Echo bot").
+ *   (its name defaults to "Echo bot"); `doctor`: more options for the doctor's browser.
  */
-export async function doctorWithEchoBot({ service, people, own }, { label, title, e2ee = false, bot: botOptions = {} }) {
-  const doctor = await launchParticipant(label, { origin: service.url });
+export async function doctorWithEchoBot({ service, people, own }, { label, title, e2ee = false, bot: botOptions = {}, doctor: doctorOptions = {} }) {
+  const doctor = await launchParticipant(label, { origin: service.url, ...doctorOptions });
   people.push(doctor);
   await signInDoctor(doctor.page, service);
   const inviteUrl = await createConsultation(doctor.page, title, { e2ee });
