@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consult_client::codec::pattern::{TestPattern, Tone};
+use consult_client::peer::file_transfer::FileEvent;
 use consult_client::session::{Session, SessionConfig, SessionEvent};
 use consult_client::Credentials;
 use consult_e2e::Clinic;
@@ -24,6 +25,16 @@ use crate::relay::{make_pki, start_coturn, Coturn, Pki, SECRET};
 
 /// Frames sent per second (small, so that two encoders and two decoders fit this machine).
 const FPS: u64 = 15;
+
+/// The file the doctor sends the patient in each call (an image, say), for the throughput.
+const FILE_BYTES: usize = 512 * 1024;
+
+/// Its bytes: the same on both sides, so the receiver can check them.
+fn test_file() -> Vec<u8> {
+    (0..FILE_BYTES)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
 
 /// The router side of a lab: the service and coturn, on the router's address.
 struct Router {
@@ -103,6 +114,12 @@ struct Report {
     warnings: Vec<String>,
     /// Connection changes and warnings, when they happened.
     log: Vec<(Instant, String)>,
+    /// A file this side offered: when, and how large.
+    file_offered: Option<(Instant, usize)>,
+    /// A file this side received intact (its hash checked by the transfer, its bytes here): when,
+    /// and how many bytes; and the most bytes confirmed so far otherwise.
+    file_received: Option<(Instant, usize)>,
+    file_progress: (Instant, u64),
 }
 
 impl Report {
@@ -165,7 +182,15 @@ struct NativePeer {
 }
 
 impl NativePeer {
-    fn start(lab: &Lab, name: &str, credentials: Credentials, root_pem: &str) -> Self {
+    /// Start `name`'s session; with `send_file_after`, it offers a [`FILE_BYTES`] file that long
+    /// after it first connects. Every file offered to it is accepted.
+    fn start(
+        lab: &Lab,
+        name: &str,
+        credentials: Credentials,
+        root_pem: &str,
+        send_file_after: Option<Duration>,
+    ) -> Self {
         let (stop, mut stopped) = watch::channel(false);
         let root_pem = root_pem.as_bytes().to_vec();
         let thread = lab.namespace(name).expect("peer").spawn(move || {
@@ -187,7 +212,11 @@ impl NativePeer {
                     selected_local: None,
                     warnings: Vec::new(),
                     log: Vec::new(),
+                    file_offered: None,
+                    file_received: None,
+                    file_progress: (Instant::now(), 0),
                 };
+                let mut file_at = None;
                 // The addresses are the namespace's own (and watched): bind_ips stays empty.
                 let mut session = Session::start(config).await.expect("session");
                 let mut pattern = TestPattern::new(320, 240);
@@ -196,8 +225,14 @@ impl NativePeer {
                 let mut audio = tokio::time::interval(Duration::from_millis(20));
                 loop {
                     let connected = report.connected.is_some();
+                    let file_due = file_at;
                     tokio::select! {
                         _ = stopped.changed() => break,
+                        _ = tokio::time::sleep_until(file_due.unwrap_or_else(tokio::time::Instant::now)), if file_due.is_some() => {
+                            file_at = None;
+                            report.file_offered = Some((Instant::now(), FILE_BYTES));
+                            let _ = session.offer_file("scan.bin", "application/octet-stream", test_file()).await;
+                        }
                         _ = video.tick(), if connected => {
                             let _ = session.send_video(pattern.next_frame()).await;
                         }
@@ -211,6 +246,19 @@ impl NativePeer {
                             Some(SessionEvent::Connected { .. }) => {
                                 report.connected.get_or_insert_with(Instant::now);
                                 report.log.push((Instant::now(), "connected".into()));
+                                if let (Some(after), None) = (send_file_after, file_at) {
+                                    file_at = Some(tokio::time::Instant::now() + after);
+                                }
+                            }
+                            Some(SessionEvent::File { event: FileEvent::Offered { offer }, .. }) => {
+                                let _ = session.accept_file(offer.id).await;
+                            }
+                            Some(SessionEvent::File { event: FileEvent::Progress { bytes, .. }, .. }) => {
+                                report.file_progress = (Instant::now(), bytes);
+                            }
+                            Some(SessionEvent::File { event: FileEvent::Received { data, .. }, .. }) => {
+                                assert_eq!(data, test_file(), "the received file is the one sent");
+                                report.file_received = Some((Instant::now(), data.len()));
                             }
                             Some(e @ (SessionEvent::Disconnected { .. } | SessionEvent::IceConnected { .. })) => {
                                 report.log.push((Instant::now(), format!("{e:?}")));
@@ -259,6 +307,7 @@ async fn call(lab: &Lab, router: &Router) -> (Consultation, NativePeer, NativePe
             name: "Emulated patient".into(),
         },
         &router.pki.root_pem,
+        None,
     );
     clinic.admit_first_waiting(&consultation).await;
     let admitted = Instant::now();
@@ -271,6 +320,7 @@ async fn call(lab: &Lab, router: &Router) -> (Consultation, NativePeer, NativePe
             consultation_id: consultation.id,
         },
         &router.pki.root_pem,
+        Some(Duration::from_secs(2)),
     );
     (consultation, patient, doctor, admitted)
 }
@@ -297,8 +347,25 @@ fn figures(network: &str, admitted: Instant, patient: &Report, doctor: &Report, 
     };
     let lost = audio_lost(doctor.audio_sent, patient.audio_received)
         .max(audio_lost(patient.audio_sent, doctor.audio_received));
+    let file = match (doctor.file_offered, patient.file_received) {
+        (Some((offered, _)), Some((received, bytes))) => format!(
+            "file {:.0} KiB/s",
+            bytes as f64 / 1024.0 / received.saturating_duration_since(offered).as_secs_f64()
+        ),
+        (Some((offered, size)), None) => format!(
+            "file incomplete: {} of {} KiB in {:.0} s",
+            patient.file_progress.1 / 1024,
+            size / 1024,
+            patient
+                .file_progress
+                .0
+                .saturating_duration_since(offered)
+                .as_secs_f64()
+        ),
+        _ => "file not sent".to_owned(),
+    };
     println!(
-        "| native↔native | {network} | connect {} | first frame {} | frozen {:.1} s/min | audio lost {lost:.1}% | {recover} |",
+        "| native↔native | {network} | connect {} | first frame {} | frozen {:.1} s/min | audio lost {lost:.1}% | {file} | {recover} |",
         ms(connect),
         ms(first),
         frozen.as_secs_f64(),
