@@ -156,12 +156,15 @@ if (!LAB) {
         stdio: "inherit",
         env: { ...env, CONSULT_EMULATED_REPORT: report },
       });
-      const code = await new Promise((resolve) => child.on("exit", (c) => resolve(c)));
-      assert.equal(code, 0, `the tests in the lab failed (exit ${code}; ${NETEM_BIN} needs root, ip, nft and tc)`);
-      // The inner run did run every network (and did not skip).
-      const rows = (await readFile(report, "utf8")).trim().split("\n");
-      if (!process.env.CONSULT_NETWORKS) assert.equal(rows.length, NETWORK_COUNT + NATIVE_NETWORK_COUNT, rows.join("\n"));
-      await rm(dir, { recursive: true, force: true });
+      try {
+        const code = await new Promise((resolve) => child.on("exit", (c) => resolve(c)));
+        assert.equal(code, 0, `the tests in the lab failed (exit ${code}; ${NETEM_BIN} needs root, ip, nft and tc)`);
+        // The inner run did run every network (and did not skip).
+        const rows = (await readFile(report, "utf8")).trim().split("\n");
+        if (!process.env.CONSULT_NETWORKS) assert.equal(rows.length, NETWORK_COUNT + NATIVE_NETWORK_COUNT, rows.join("\n"));
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
     });
   });
 } else {

@@ -575,21 +575,26 @@ export const CHROMIUM_ARGS = [
 export async function launchParticipant(label, options = {}) {
   let executablePath = CHROMIUM;
   const args = [...CHROMIUM_ARGS];
+  /** @type {string | null} The wrapper script's directory, removed once Chromium started. */
+  let wrapperDir = null;
   if (options.namespace) {
     // Chromium in a network namespace of an emulated network (consult-netem): started through
     // `ip netns exec`, and the service's plain-HTTP origin on the lab's address treated as
     // secure (camera, WebCrypto), as localhost is.
     const dir = await mkdtemp(join(tmpdir(), "consult-chromium-ns-"));
+    wrapperDir = dir;
     executablePath = join(dir, "chromium");
     await writeFile(executablePath, `#!/bin/sh\nexec ip netns exec ${options.namespace} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
     if (options.origin) args.push(`--unsafely-treat-insecure-origin-as-secure=${options.origin}`);
   }
-  const browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    args,
-    timeout: 60_000,
-  });
+  const browser = await chromium
+    .launch({
+      executablePath,
+      headless: true,
+      args,
+      timeout: 60_000,
+    })
+    .finally(() => (wrapperDir ? rm(wrapperDir, { recursive: true, force: true }).catch(() => {}) : undefined));
   try {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     if (options.storage && Object.keys(options.storage).length > 0) {

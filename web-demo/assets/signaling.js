@@ -89,6 +89,7 @@ export class SignalingClient {
       this.stopHeartbeat();
       ws.close(4000, "probe unanswered");
       this.attempt = 0;
+      this.setState("reconnecting", "no answer from the signaling service");
       this.connect();
     }, PROBE_TIMEOUT_MS);
   }

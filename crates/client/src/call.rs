@@ -78,6 +78,10 @@ pub(crate) struct CallConfig {
     pub video_bitrate_bps: u32,
 }
 
+/// A connection that came up and has been down for less than this is repaired by an ICE
+/// restart when signaling comes back; one down for longer is made again.
+const REPAIR_BY_RESTART: Duration = Duration::from_secs(10);
+
 /// The local addresses a new connection offers as candidates.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LocalCandidates {
@@ -376,18 +380,25 @@ impl Call {
                     .retain(|(_, p)| admitted && present.contains(&p.participant_id));
                 // Back on signaling (a reconnect, or the service restarted) in the same place,
                 // with a peer still in the call and a connection that came up: media never went
-                // through the service, so that connection (and its keys) stays; if it is down
-                // (our address changed), its ICE restart brings it back. A new peer, a new
-                // place, or a connection that never came up (its negotiation may have been lost
-                // with the old socket) starts a new one.
+                // through the service, so that connection (and its keys) stays; if it went down
+                // lately (our address changed), its ICE restart brings it back. A new peer, a
+                // new place, a connection that never came up (its negotiation may have been lost
+                // with the old socket) or one down for longer than [`REPAIR_BY_RESTART`] (the
+                // other side may have a new connection an ICE restart cannot reach) starts a
+                // new one.
                 let others = peers
                     .into_iter()
                     .filter(|p| p.role != ParticipantRole::Recorder)
                     .filter(|p| {
                         !(same_place
                             && self.link_index(p.participant_id).is_some_and(|i| {
-                                self.links[i].peer.is_connected()
-                                    || self.links[i].connected_at.is_some()
+                                let link = &self.links[i];
+                                link.peer.is_connected()
+                                    || (link.connected_at.is_some()
+                                        && link.down_since.is_none_or(|since| {
+                                            self.now.saturating_duration_since(since)
+                                                < REPAIR_BY_RESTART
+                                        }))
                             }))
                     })
                     .collect();

@@ -53,6 +53,10 @@ enum Found {
         result: Result<Relay, RelayError>,
     },
     Reflexive(Option<(SocketAddr, SocketAddr)>),
+    /// The connection to a TCP or TLS relay ended: its allocation is gone with it.
+    RelayLost {
+        relayed: SocketAddr,
+    },
 }
 
 /// A bound UDP socket and its reader task.
@@ -114,32 +118,46 @@ impl Network {
             failures: Vec::new(),
             tasks: AbortOnDrop::default(),
         };
-        network.bind(ips).await?;
+        network.bind(ips, true).await?;
         network.regather();
         Ok((network, found))
     }
 
     /// Bind a socket on each of `ips` not bound yet; drop those on addresses no longer in it.
-    /// Whether anything changed.
-    async fn bind(&mut self, ips: &[IpAddr]) -> Result<bool, GatherError> {
+    /// Returns (whether an address was added, whether one was lost). `strict`: a socket that
+    /// cannot be bound is an error (at the start); otherwise it is skipped with a log line (an
+    /// address can vanish between reading the interfaces and binding, during the very change
+    /// being followed).
+    async fn bind(&mut self, ips: &[IpAddr], strict: bool) -> Result<(bool, bool), GatherError> {
         let before = self.sockets.len();
         self.sockets.retain(|s| ips.contains(&s.addr.ip()));
-        let mut changed = self.sockets.len() != before;
+        let lost = self.sockets.len() != before;
+        let mut added = false;
         for ip in ips {
             if self.sockets.iter().any(|s| s.addr.ip() == *ip) {
                 continue;
             }
-            let socket = Arc::new(UdpSocket::bind(SocketAddr::new(*ip, 0)).await?);
-            let addr = socket.local_addr()?;
+            let bound = match UdpSocket::bind(SocketAddr::new(*ip, 0)).await {
+                Ok(socket) => socket.local_addr().map(|addr| (Arc::new(socket), addr)),
+                Err(e) => Err(e),
+            };
+            let (socket, addr) = match bound {
+                Ok(bound) => bound,
+                Err(e) if strict => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(%ip, error = %e, "could not bind a socket on a new address; skipped");
+                    continue;
+                }
+            };
             let reader = tokio::spawn(read_socket(socket.clone(), addr, self.datagrams.clone()));
             self.sockets.push(HostSocket {
                 addr,
                 socket,
                 _reader: AbortOnDrop(vec![reader]),
             });
-            changed = true;
+            added = true;
         }
-        Ok(changed)
+        Ok((added, lost))
     }
 
     /// Start a new gathering: every relay and mapped address found so far is dropped, and the
@@ -170,10 +188,16 @@ impl Network {
                             (username.clone(), password.clone(), self.tls.clone());
                         let datagrams = self.datagrams.clone();
                         self.relays_pending += 1;
+                        let lost = tx.clone();
                         tasks.push(tokio::spawn(async move {
-                            let result =
-                                Relay::allocate(&parsed, &username, &password, &tls, datagrams)
-                                    .await;
+                            let on_lost = move |relayed| {
+                                let found = Found::RelayLost { relayed };
+                                let _ = lost.try_send(Gathered { generation, found });
+                            };
+                            let result = Relay::allocate(
+                                &parsed, &username, &password, &tls, datagrams, on_lost,
+                            )
+                            .await;
                             let found = Found::Relay {
                                 order,
                                 url: parsed,
@@ -242,6 +266,14 @@ impl Network {
                 true
             }
             Found::Reflexive(None) => false,
+            Found::RelayLost { relayed } => {
+                if !self.relays.iter().any(|(_, r)| r.relayed == relayed) {
+                    return false;
+                }
+                tracing::warn!(%relayed, "the connection to a TURN server ended: gathering again");
+                self.regather();
+                true
+            }
         }
     }
 
@@ -256,18 +288,18 @@ impl Network {
         !self.relays.is_empty()
     }
 
-    /// Our interfaces now have `ips`: bind sockets on new addresses, drop those on addresses
-    /// gone, and when anything changed, gather again (relays are reached from our address, so a
-    /// new address needs new allocations). Whether anything changed.
-    ///
-    /// # Errors
-    /// A socket that cannot be bound.
-    pub async fn refresh(&mut self, ips: &[IpAddr]) -> Result<bool, GatherError> {
-        if !self.bind(ips).await? {
-            return Ok(false);
+    /// Our interfaces now have `ips`: bind sockets on new addresses and drop those on addresses
+    /// gone. A new address only adds host candidates; when one is lost, relays and mapped
+    /// addresses are gathered again (they are reached from our address, and the allocations made
+    /// from the lost one are gone with it). Whether anything changed.
+    pub async fn refresh(&mut self, ips: &[IpAddr]) -> bool {
+        let Ok((added, lost)) = self.bind(ips, false).await else {
+            return false;
+        };
+        if lost {
+            self.regather();
         }
-        self.regather();
-        Ok(true)
+        added || lost
     }
 
     /// The local addresses of the host sockets.
@@ -377,14 +409,18 @@ async fn stun_binding(socket: &UdpSocket, server: &str) -> std::io::Result<Socke
     })
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))?;
-    client
-        .listen()
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mapped = tokio::time::timeout(Duration::from_secs(3), client.send_binding_request())
-        .await
-        .map_err(|_| std::io::Error::other("STUN timeout"))?
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let asked = async {
+        client
+            .listen()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tokio::time::timeout(Duration::from_secs(3), client.send_binding_request())
+            .await
+            .map_err(|_| std::io::Error::other("STUN timeout"))?
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+    .await;
+    // Closed whatever happened: its read task would run for ever otherwise.
     let _ = client.close().await;
-    Ok(SocketAddr::new(mapped.ip(), local.port()))
+    Ok(SocketAddr::new(asked?.ip(), local.port()))
 }

@@ -115,20 +115,41 @@ pub(crate) struct Relay {
     pub relayed: SocketAddr,
     /// Our end of the connection to the relay.
     pub local: SocketAddr,
-    outgoing: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
+    outgoing: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    relay_conn: Arc<dyn Conn + Send + Sync>,
     client: Arc<turn::client::Client>,
-    tasks: [tokio::task::JoinHandle<()>; 2],
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Datagrams waiting to go through a relay; more are dropped (media copes with loss, not with
+/// seconds of queue behind a stalled TCP connection).
+const RELAY_QUEUE: usize = 2048;
+
 impl Drop for Relay {
-    /// The allocation is given up (the client stops refreshing it and closes its connection),
-    /// and its tasks end.
+    /// The allocation is released (a Refresh with lifetime 0), the client stops and closes its
+    /// connection, and the tasks end.
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
         }
-        let client = self.client.clone();
+        let (relay_conn, client) = (self.relay_conn.clone(), self.client.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = relay_conn.close().await;
+                let _ = client.close().await;
+            });
+        }
+    }
+}
+
+/// Closes a TURN client that did not become a [`Relay`] (a refused or timed-out allocation):
+/// its read task would otherwise run for ever.
+struct CloseOnDrop(Option<Arc<turn::client::Client>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let (Some(client), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current())
+        {
             runtime.spawn(async move {
                 let _ = client.close().await;
             });
@@ -138,18 +159,21 @@ impl Drop for Relay {
 
 impl Relay {
     /// Allocate on the server `url` names with TURN REST credentials, within
-    /// [`ALLOCATION_TIMEOUT`]; received datagrams go to `datagrams`.
+    /// [`ALLOCATION_TIMEOUT`]; received datagrams go to `datagrams`. Over TCP or TLS, `on_lost`
+    /// is called with the relayed address if the connection to the server ends (the allocation
+    /// ends with it).
     pub async fn allocate(
         url: &IceUrl,
         username: &str,
         password: &str,
         tls: &TlsRoots,
         datagrams: mpsc::Sender<Datagram>,
+        on_lost: impl FnOnce(SocketAddr) + Send + 'static,
     ) -> Result<Self, RelayError> {
         let address = url.address();
         tokio::time::timeout(
             ALLOCATION_TIMEOUT,
-            Self::allocate_now(url, username, password, tls, datagrams),
+            Self::allocate_now(url, username, password, tls, datagrams, on_lost),
         )
         .await
         .map_err(|_| RelayError::Timeout(address))?
@@ -161,6 +185,7 @@ impl Relay {
         password: &str,
         tls: &TlsRoots,
         datagrams: mpsc::Sender<Datagram>,
+        on_lost: impl FnOnce(SocketAddr) + Send + 'static,
     ) -> Result<Self, RelayError> {
         let address = url.address();
         let server: SocketAddr = tokio::net::lookup_host(&address)
@@ -172,6 +197,8 @@ impl Relay {
             address: address.clone(),
             source,
         };
+        // Set when a TCP or TLS connection to the server ends.
+        let (ended_tx, mut ended) = tokio::sync::watch::channel(false);
         let conn: Arc<dyn Conn + Send + Sync> = match url.transport {
             Transport::Udp => {
                 let bind_ip: IpAddr = if server.ip().is_loopback() {
@@ -191,7 +218,7 @@ impl Relay {
                 let stream = TcpStream::connect(server).await.map_err(connect)?;
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().map_err(connect)?;
-                Arc::new(StreamConn::new(Box::new(stream), local, server))
+                Arc::new(StreamConn::new(Box::new(stream), local, server, ended_tx))
             }
             Transport::Tls => {
                 let stream = TcpStream::connect(server).await.map_err(connect)?;
@@ -211,7 +238,7 @@ impl Relay {
                         host: url.host.clone(),
                         reason: e.to_string(),
                     })?;
-                Arc::new(StreamConn::new(Box::new(stream), local, server))
+                Arc::new(StreamConn::new(Box::new(stream), local, server, ended_tx))
             }
         };
         let local = conn.local_addr().map_err(|e| RelayError::Allocation {
@@ -235,6 +262,9 @@ impl Relay {
         })
         .await
         .map_err(refused)?;
+        let client = Arc::new(client);
+        // Closed on every way out but success (then the relay closes it when dropped).
+        let mut guard = CloseOnDrop(Some(client.clone()));
         client.listen().await.map_err(refused)?;
         let relay_conn = client.allocate().await.map_err(refused)?;
         let relayed = relay_conn
@@ -246,7 +276,9 @@ impl Relay {
         let relay_conn: Arc<dyn Conn + Send + Sync> = Arc::new(relay_conn);
         let reader = relay_conn.clone();
         let reading = tokio::spawn(async move {
-            let mut buffer = vec![0u8; 2048];
+            // As large as a TURN message can carry: a larger datagram than the buffer would end
+            // the reading.
+            let mut buffer = vec![0u8; 65_536];
             while let Ok((n, source)) = reader.recv_from(&mut buffer).await {
                 let datagram = Datagram {
                     local: relayed,
@@ -261,26 +293,36 @@ impl Relay {
         });
         // Sending through TURN may wait for a permission round trip: a task keeps the order and
         // keeps the session loop free.
-        let (outgoing, mut queue) = mpsc::unbounded_channel::<(Vec<u8>, SocketAddr)>();
+        let (outgoing, mut queue) = mpsc::channel::<(Vec<u8>, SocketAddr)>(RELAY_QUEUE);
+        let sender = relay_conn.clone();
         let sending = tokio::spawn(async move {
             while let Some((bytes, destination)) = queue.recv().await {
-                if let Err(e) = relay_conn.send_to(&bytes, destination).await {
+                if let Err(e) = sender.send_to(&bytes, destination).await {
                     tracing::debug!(error = %e, "TURN send failed");
                 }
             }
         });
+        let watching = tokio::spawn(async move {
+            if ended.wait_for(|ended| *ended).await.is_ok() {
+                on_lost(relayed);
+            }
+        });
+        guard.0 = None;
         Ok(Self {
             relayed,
             local,
             outgoing,
-            client: Arc::new(client),
-            tasks: [reading, sending],
+            relay_conn,
+            client,
+            tasks: vec![reading, sending, watching],
         })
     }
 
     /// Send a datagram to `destination` through the relay.
     pub fn send(&self, bytes: Vec<u8>, destination: SocketAddr) {
-        let _ = self.outgoing.send((bytes, destination));
+        if self.outgoing.try_send((bytes, destination)).is_err() {
+            tracing::debug!("the relay's queue is full: a datagram dropped");
+        }
     }
 }
 
@@ -299,17 +341,42 @@ struct StreamConn {
     writer: Mutex<WriteHalf<Pin<Box<dyn Stream>>>>,
     local: SocketAddr,
     server: SocketAddr,
+    /// Set once reading failed: the stream is over (closed, reset, or misframed).
+    ended: tokio::sync::watch::Sender<bool>,
 }
 
 impl StreamConn {
-    fn new(stream: Box<dyn Stream>, local: SocketAddr, server: SocketAddr) -> Self {
+    fn new(
+        stream: Box<dyn Stream>,
+        local: SocketAddr,
+        server: SocketAddr,
+        ended: tokio::sync::watch::Sender<bool>,
+    ) -> Self {
         let (reader, writer) = tokio::io::split(Pin::from(stream));
         Self {
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
             local,
             server,
+            ended,
         }
+    }
+
+    async fn read_frame(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        let mut reader = self.reader.lock().await;
+        let mut header = [0u8; 4];
+        reader.read_exact(&mut header).await?;
+        let (length, padding) = frame_length(header)?;
+        if length > buf.len() || length > MAX_FRAME {
+            return Err(webrtc_util::Error::Other(format!(
+                "a {length}-byte message on the TURN stream does not fit"
+            )));
+        }
+        buf[..4].copy_from_slice(&header);
+        reader.read_exact(&mut buf[4..length]).await?;
+        let mut pad = [0u8; 3];
+        reader.read_exact(&mut pad[..padding]).await?;
+        Ok(length)
     }
 }
 
@@ -338,20 +405,13 @@ impl Conn for StreamConn {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let mut reader = self.reader.lock().await;
-        let mut header = [0u8; 4];
-        reader.read_exact(&mut header).await?;
-        let (length, padding) = frame_length(header)?;
-        if length > buf.len() || length > MAX_FRAME {
-            return Err(webrtc_util::Error::Other(format!(
-                "a {length}-byte message on the TURN stream does not fit"
-            )));
+        match self.read_frame(buf).await {
+            Ok(length) => Ok((length, self.server)),
+            Err(e) => {
+                self.ended.send_replace(true);
+                Err(e)
+            }
         }
-        buf[..4].copy_from_slice(&header);
-        reader.read_exact(&mut buf[4..length]).await?;
-        let mut pad = [0u8; 3];
-        reader.read_exact(&mut pad[..padding]).await?;
-        Ok((length, self.server))
     }
 
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
@@ -417,7 +477,8 @@ mod tests {
         let client = TcpStream::connect(server).await.unwrap();
         let local = client.local_addr().unwrap();
         let (mut far, _) = listener.accept().await.unwrap();
-        let conn = StreamConn::new(Box::new(client), local, server);
+        let (ended, mut watch) = tokio::sync::watch::channel(false);
+        let conn = StreamConn::new(Box::new(client), local, server, ended);
 
         // Out: ChannelData with 5 bytes goes out padded to 12 in all.
         conn.send_to(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5], server)
@@ -443,8 +504,11 @@ mod tests {
         let (n, _) = conn.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], [0x40, 0x01, 0x00, 0x02, 0xaa, 0xbb]);
 
-        // Garbage ends the stream's reading with an error, not a misframed message.
+        // Garbage ends the stream's reading with an error, not a misframed message, and says
+        // the stream is over.
+        assert!(!*watch.borrow_and_update());
         far.write_all(&[0xff; 8]).await.unwrap();
         assert!(conn.recv_from(&mut buf).await.is_err());
+        assert!(*watch.borrow_and_update());
     }
 }

@@ -550,7 +550,7 @@ impl Runner {
                 _ = interfaces.tick(), if watch_interfaces || self.regather_at.is_some() => {
                     let now = Instant::now();
                     let before = self.net.local_addrs();
-                    if watch_interfaces && self.net.refresh(&default_ips()).await? {
+                    if watch_interfaces && self.net.refresh(&default_ips()).await {
                         self.regather_at = None;
                         self.call.set_local_candidates(now, self.net.candidates())?;
                         // An address we had is gone: so is every connection from it, the

@@ -104,14 +104,13 @@ impl FromStr for IceUrl {
     type Err = IceUrlError;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = if let Some(rest) = url.strip_prefix("stun:") {
-            (Scheme::Stun, rest)
-        } else if let Some(rest) = url.strip_prefix("turns:") {
-            (Scheme::Turns, rest)
-        } else if let Some(rest) = url.strip_prefix("turn:") {
-            (Scheme::Turn, rest)
-        } else {
-            return Err(IceUrlError::Scheme);
+        // Schemes are case-insensitive (RFC 3986 §3.1).
+        let (scheme, rest) = url.split_once(':').ok_or(IceUrlError::Scheme)?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "stun" => Scheme::Stun,
+            "turns" => Scheme::Turns,
+            "turn" => Scheme::Turn,
+            _ => return Err(IceUrlError::Scheme),
         };
         let (authority, query) = match rest.split_once('?') {
             Some((authority, query)) => (authority, Some(query)),
@@ -181,7 +180,7 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), IceUrlError>
         && (host.contains(':')
             || host
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)));
     if !host_ok {
         return Err(IceUrlError::Host);
     }
@@ -277,7 +276,7 @@ mod tests {
     fn malformed_urls_are_refused_with_the_reason() {
         let cases = [
             ("http://relay.example.org", IceUrlError::Scheme),
-            ("TURN:relay.example.org", IceUrlError::Scheme),
+            ("stuns:relay.example.org", IceUrlError::Scheme),
             ("turn:", IceUrlError::Host),
             ("turn::3478", IceUrlError::Host),
             ("turn:user@relay.example.org", IceUrlError::Host),

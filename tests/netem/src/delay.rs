@@ -2,9 +2,12 @@
 //! device in the router namespace, where a thread holds each for its links' delay (plus a random
 //! jitter) and writes it back. A packet crossing two access links (peer to peer) waits for both;
 //! one to or from the router's own address (the service, the relay) for its peer's only.
-//! Packets bound for one peer leave in the order they came (no reordering), as on a real path.
+//! Packets of one path (source link to destination link) leave in the order they came (no
+//! reordering, as on most real paths); so a packet drawn a short delay right after one drawn a
+//! long one waits for it, and dense packet trains see delays nearer the top of the jitter than
+//! single packets do.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -107,14 +110,16 @@ fn run(
     counters: &Mutex<(u64, u64)>,
 ) {
     let mut rng = rand::thread_rng();
-    // One queue per destination peer (and one for the router), each in due order.
-    let mut queues: Vec<VecDeque<Held>> = Vec::new();
+    // One queue per path (source link, destination link; the router's own address is `None`),
+    // each in due order: a path's packets never overtake each other, and a slow path holds up
+    // no other.
+    let mut queues: HashMap<(Option<usize>, Option<usize>), VecDeque<Held>> = HashMap::new();
     let mut held = 0usize;
     let mut buffer = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         // Release what is due.
-        for queue in &mut queues {
+        for queue in queues.values_mut() {
             while queue.front().is_some_and(|h| h.due <= now) {
                 if let Some(h) = queue.pop_front() {
                     held -= 1;
@@ -125,12 +130,17 @@ fn run(
                 }
             }
         }
-        let next_due = queues.iter().filter_map(|q| q.front()).map(|h| h.due).min();
+        let next_due = queues
+            .values()
+            .filter_map(|q| q.front())
+            .map(|h| h.due)
+            .min();
         let wait = next_due
             .map(|due| due.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(50))
             .min(Duration::from_millis(50));
-        let wait_ms = i32::try_from(wait.as_millis()).unwrap_or(50);
+        // Rounded up, so that a wait under a millisecond sleeps rather than spins.
+        let wait_ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(50);
         match sys::wait_readable(&device, wait_ms) {
             Ok(true) => {}
             Ok(false) => continue,
@@ -165,11 +175,7 @@ fn run(
             }
             continue;
         }
-        let slot = to.map_or(0, |i| i + 1);
-        if queues.len() <= slot {
-            queues.resize_with(slot + 1, VecDeque::new);
-        }
-        let queue = &mut queues[slot];
+        let queue = queues.entry((from, to)).or_default();
         // No overtaking: a packet leaves no earlier than the one before it to the same place.
         let due = queue
             .back()

@@ -102,6 +102,8 @@ async fn router(lab: &Lab) -> Router {
 struct Report {
     /// When its session started.
     started: Instant,
+    /// When it was told to stop.
+    stopped: Instant,
     /// When media first flowed.
     connected: Option<Instant>,
     /// When each video frame from the other was decoded.
@@ -129,10 +131,15 @@ impl Report {
     }
 
     /// How long after `event` video was back to normal: the end of the longest gap between
-    /// frames that began within 10 s after it (zero when none was longer than three frame
-    /// intervals: no freeze to recover from).
-    fn recovered_after(&self, event: Instant) -> Option<Duration> {
+    /// frames (the last one counted up to `until`) that spans or follows the event, within 10 s
+    /// after it; zero when none was longer than three frame intervals. `None` when video never
+    /// came back (frozen until `until`).
+    fn recovered_after(&self, event: Instant, until: Instant) -> Option<Duration> {
         let interval = Duration::from_millis(1000 / FPS);
+        let last = self.frames.last().copied()?;
+        if until.saturating_duration_since(last) > 3 * interval {
+            return None;
+        }
         let mut longest: Option<(Duration, Instant)> = None;
         for pair in self.frames.windows(2) {
             let (previous, next) = (pair[0], pair[1]);
@@ -146,9 +153,13 @@ impl Report {
         }
         match longest {
             Some((gap, end)) if gap > 3 * interval => Some(end.saturating_duration_since(event)),
-            Some(_) => Some(Duration::ZERO),
-            None => None,
+            _ => Some(Duration::ZERO),
         }
+    }
+
+    /// Whether video was decoded in the last `window` before `until`.
+    fn decodes_at_the_end(&self, until: Instant, window: Duration) -> bool {
+        self.frames.iter().any(|f| *f + window >= until)
     }
 
     /// Video frozen, as a share of the time from the first frame to `until`: the part of every
@@ -205,6 +216,7 @@ impl NativePeer {
                 config.extra_ca_pem = Some(root_pem);
                 let mut report = Report {
                     started: Instant::now(),
+                    stopped: Instant::now(),
                     connected: None,
                     frames: Vec::new(),
                     audio_sent: 0,
@@ -285,12 +297,17 @@ impl NativePeer {
         Self { stop, thread }
     }
 
+    /// Stop it; its report, with the moment it was told to stop.
     fn finish(self) -> Report {
+        let stopped = Instant::now();
         let _ = self.stop.send(true);
-        self.thread
+        let mut report = self
+            .thread
             .join()
             .expect("the peer's thread")
-            .expect("the peer's namespace")
+            .expect("the peer's namespace");
+        report.stopped = stopped;
+        report
     }
 }
 
@@ -334,7 +351,8 @@ fn figures(network: &str, admitted: Instant, patient: &Report, doctor: &Report, 
         .map(|c| c.saturating_duration_since(patient.started));
     let first = patient
         .first_frame_after(admitted)
-        .max(doctor.first_frame_after(admitted));
+        .zip(doctor.first_frame_after(admitted))
+        .map(|(a, b)| a.max(b));
     let frozen = patient
         .frozen_per_minute(until)
         .max(doctor.frozen_per_minute(until));
@@ -372,9 +390,14 @@ fn figures(network: &str, admitted: Instant, patient: &Report, doctor: &Report, 
     );
     for (who, report) in [("patient", patient), ("doctor", doctor)] {
         assert!(
-            report.frames.len() >= 10,
-            "{network}: the {who} decoded {} frames; warnings: {:?}",
+            report.frames.len() >= 10
+                && report.decodes_at_the_end(report.stopped, Duration::from_secs(3)),
+            "{network}: the {who} decoded {} frames, the last {:?} before the end; warnings: {:?}",
             report.frames.len(),
+            report
+                .frames
+                .last()
+                .map(|f| report.stopped.saturating_duration_since(*f)),
             report.warnings
         );
     }
@@ -497,9 +520,11 @@ fn a_link_that_goes_dark_for_5_s_recovers() {
         let back = Instant::now();
         tokio::time::sleep(Duration::from_secs(12)).await;
         let (patient, doctor) = (patient.finish(), doctor.finish());
+        // Both ways: the later of the two sides' first frames after the link came back.
         let recovered = patient
             .first_frame_after(back)
-            .max(doctor.first_frame_after(back));
+            .zip(doctor.first_frame_after(back))
+            .map(|(a, b)| a.max(b));
         figures(
             "flap 5 s",
             admitted,
@@ -526,8 +551,8 @@ fn a_patient_whose_address_changes_mid_call_comes_back_without_doing_anything() 
         tokio::time::sleep(Duration::from_secs(10)).await;
         let (patient, doctor) = (patient.finish(), doctor.finish());
         let recovered = patient
-            .recovered_after(moved)
-            .zip(doctor.recovered_after(moved))
+            .recovered_after(moved, patient.stopped)
+            .zip(doctor.recovered_after(moved, doctor.stopped))
             .map(|(a, b)| a.max(b));
         figures(
             "address change",

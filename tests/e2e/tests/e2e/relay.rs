@@ -28,8 +28,6 @@ pub(crate) struct Coturn {
     pub(crate) ip: IpAddr,
     /// UDP and TCP.
     pub(crate) port: u16,
-    /// TLS, when started with certificates.
-    tls_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -108,7 +106,6 @@ pub(crate) fn start_coturn(ip: IpAddr, tls: Option<(&Path, &Path, u16)>) -> Cotu
         child,
         ip,
         port,
-        tls_port: tls.map(|(_, _, p)| p),
         _dir: dir,
     }
 }
@@ -289,10 +286,12 @@ async fn native_peers_reach_the_relay_over_tcp() {
 async fn native_peers_reach_the_relay_over_tls_on_443_with_a_chain_the_test_made() {
     let ip = own_loopback_ip();
     let pki = make_pki(&[&ip.to_string()]);
-    let coturn = start_coturn(ip, Some((&pki.chain, &pki.key, 443)));
+    let _coturn = start_coturn(ip, Some((&pki.chain, &pki.key, 443)));
     let clinic = relay_clinic(vec![format!("turns:{ip}:443?transport=tcp")]).await;
+    // The service hands out nothing but this turns: URL and the call is relay-only, so the
+    // media went through coturn's TLS listener on 443.
     let (local, _) = call_through_the_relay(&clinic, Some(&pki.root_pem)).await;
-    assert_eq!((local.ip(), coturn.tls_port), (ip, Some(443)));
+    assert_eq!(local.ip(), ip);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

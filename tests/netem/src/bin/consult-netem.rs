@@ -16,7 +16,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::ExitCode;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -141,8 +142,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let dir = std::env::temp_dir().join(format!("consult-netem-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
+    // A directory of our own (created here, so nobody prepared it for us).
+    let dir = std::env::temp_dir().join(format!(
+        "consult-netem-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    if let Err(e) = std::fs::create_dir(&dir) {
+        eprintln!("consult-netem: {}: {e}", dir.display());
+        return ExitCode::from(1);
+    }
     let control = dir.join("control.sock");
     let _ = std::fs::remove_file(&control);
     let listener = match UnixListener::bind(&control) {
@@ -173,11 +182,14 @@ fn main() -> ExitCode {
                 json!({"namespace": namespace.name(), "address": address.to_string()});
         }
     }
+    // In a process group of its own, so that whatever it starts (browsers, servers) is stopped
+    // with it on a timeout.
     let mut child = match lab
         .router()
         .command(&command[0])
         .args(&command[1..])
         .env("CONSULT_LAB", description.to_string())
+        .process_group(0)
         .spawn()
     {
         Ok(child) => child,
@@ -192,6 +204,9 @@ fn main() -> ExitCode {
             Ok(Some(status)) => break Some(status),
             Ok(None) if Instant::now() >= deadline => {
                 eprintln!("consult-netem: {} ran past {max:?}: stopped", command[0]);
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .status();
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
