@@ -76,6 +76,9 @@ pub(crate) struct Network {
     datagrams: mpsc::Sender<Datagram>,
     sockets: Vec<HostSocket>,
     relays: Vec<(usize, Relay)>,
+    /// Relays of the gathering before a renewal: still used until the new gathering has a relay
+    /// (or is over), so that renewing credentials never leaves a call without one.
+    retiring: Vec<(usize, Relay)>,
     /// Server-reflexive addresses: (mapped, local base).
     reflexive: Vec<(SocketAddr, SocketAddr)>,
     gathered: mpsc::Sender<Gathered>,
@@ -111,6 +114,7 @@ impl Network {
             datagrams,
             sockets: Vec::new(),
             relays: Vec::new(),
+            retiring: Vec::new(),
             reflexive: Vec::new(),
             gathered,
             generation: 0,
@@ -165,6 +169,7 @@ impl Network {
     pub fn regather(&mut self) {
         self.generation += 1;
         self.relays.clear();
+        self.retiring.clear();
         self.reflexive.clear();
         self.failures.clear();
         self.relays_pending = 0;
@@ -239,6 +244,15 @@ impl Network {
         self.tasks = AbortOnDrop(tasks);
     }
 
+    /// New ICE servers (fresh TURN credentials, before the old ones expire): allocate on them
+    /// again, keeping the current relays until the new allocations are in (make before break).
+    pub fn renew(&mut self, ice: IceServers) {
+        let current = std::mem::take(&mut self.relays);
+        self.ice = Some(ice);
+        self.regather();
+        self.retiring = current;
+    }
+
     /// Take in what a gathering task found. Whether our candidates changed.
     pub fn absorb(&mut self, gathered: Gathered) -> bool {
         if gathered.generation != self.generation {
@@ -247,7 +261,7 @@ impl Network {
         match gathered.found {
             Found::Relay { order, url, result } => {
                 self.relays_pending = self.relays_pending.saturating_sub(1);
-                match result {
+                let changed = match result {
                     Ok(relay) => {
                         tracing::info!(server = %url, relayed = %relay.relayed, "TURN allocation");
                         let at = self.relays.partition_point(|(o, _)| *o < order);
@@ -259,7 +273,14 @@ impl Network {
                         self.failures.push(format!("{url}: {e}"));
                         false
                     }
+                };
+                // The renewed gathering has a relay (or is over): the old ones go.
+                let retire = !self.retiring.is_empty()
+                    && (!self.relays.is_empty() || self.relays_pending == 0);
+                if retire {
+                    self.retiring.clear();
                 }
+                changed || retire
             }
             Found::Reflexive(Some(mapped)) => {
                 self.reflexive.push(mapped);
@@ -285,7 +306,28 @@ impl Network {
 
     /// Whether a relay is allocated.
     pub fn has_relay(&self) -> bool {
-        !self.relays.is_empty()
+        !self.relays.is_empty() || !self.retiring.is_empty()
+    }
+
+    /// Whether any TURN server is configured (then credentials are worth renewing).
+    pub fn uses_turn(&self) -> bool {
+        self.ice
+            .iter()
+            .flat_map(|ice| &ice.ice_servers)
+            .any(|server| {
+                server
+                    .urls
+                    .iter()
+                    .any(|url| url.parse::<IceUrl>().is_ok_and(|u| u.is_turn()))
+            })
+    }
+
+    /// How long the current TURN credentials stay valid, from when they were fetched.
+    pub fn credential_ttl(&self) -> Option<Duration> {
+        self.ice
+            .as_ref()
+            .map(|ice| Duration::from_secs(ice.ttl_secs))
+            .filter(|ttl| !ttl.is_zero())
     }
 
     /// Our interfaces now have `ips`: bind sockets on new addresses and drop those on addresses
@@ -315,6 +357,7 @@ impl Network {
             relayed: self
                 .relays
                 .iter()
+                .chain(&self.retiring)
                 .map(|(_, r)| (r.relayed, r.local))
                 .collect(),
             relay_only: self.relay_only,
@@ -326,6 +369,7 @@ impl Network {
         if let Some((_, relay)) = self
             .relays
             .iter()
+            .chain(&self.retiring)
             .find(|(_, r)| r.relayed == transmit.source)
         {
             relay.send(transmit.contents, transmit.destination);

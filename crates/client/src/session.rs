@@ -25,6 +25,7 @@ use consult_codec::{
 };
 use consult_e2ee::ScheduleConfig;
 use consult_peer::{EncodedFrame, Peer, PeerConfig, PeerError, TrackKind, VideoCodec, VideoSource};
+use consult_proto::api::IceServers;
 
 /// What the session sends when the application gives it raw frames.
 #[derive(Debug, Clone, Copy)]
@@ -183,8 +184,8 @@ impl Session {
             (_, Some(place)) => Some(place.participant_token.clone()),
             _ => None,
         };
-        let ice = match (config.use_service_ice_servers, bearer) {
-            (true, Some(bearer)) => Some(api.ice_servers(&bearer).await?),
+        let ice = match (config.use_service_ice_servers, &bearer) {
+            (true, Some(bearer)) => Some(api.ice_servers(bearer).await?),
             _ => None,
         };
         let relay_only = config.relay_only.unwrap_or_else(|| {
@@ -225,6 +226,7 @@ impl Session {
             signal,
             net,
             gathered,
+            bearer: bearer.filter(|_| config.use_service_ice_servers),
         };
         let runner = Runner::new(config, io, candidates, events_tx)?;
         let task = tokio::spawn(runner.run(commands_rx, datagrams_rx));
@@ -393,6 +395,12 @@ struct Runner {
     gathered: mpsc::Receiver<Gathered>,
     /// Relay-only and no relay could be used: gather again then.
     regather_at: Option<Instant>,
+    /// The token that fetches ICE servers, and when to fetch them again: TURN credentials are
+    /// renewed at three quarters of their lifetime, before the relay refuses them.
+    bearer: Option<String>,
+    renew_at: Option<Instant>,
+    /// A renewal's request under way.
+    renewal: Option<tokio::task::JoinHandle<Result<IceServers, ApiError>>>,
     events: mpsc::Sender<SessionEvent>,
     /// Every decision about the call (negotiation, ICE restart, keyframes, the recorder).
     call: Call,
@@ -431,6 +439,8 @@ struct Io {
     signal: SignalConnection,
     net: Network,
     gathered: mpsc::Receiver<Gathered>,
+    /// The token that fetches ICE servers (to renew TURN credentials).
+    bearer: Option<String>,
 }
 
 impl Runner {
@@ -454,6 +464,7 @@ impl Runner {
             candidates,
             now,
         );
+        let renew_at = renewal_due(&io.net, now);
         Ok(Self {
             config,
             api: io.api,
@@ -463,6 +474,9 @@ impl Runner {
             net: io.net,
             gathered: io.gathered,
             regather_at: None,
+            renew_at,
+            bearer: io.bearer,
+            renewal: None,
             events,
             call,
             call_timeout: now,
@@ -547,8 +561,30 @@ impl Runner {
                         self.regather_at = Some(Instant::now() + REGATHER_PAUSE);
                     }
                 }
-                _ = interfaces.tick(), if watch_interfaces || self.regather_at.is_some() => {
+                renewed = renewal_done(&mut self.renewal) => {
+                    self.renewal = None;
+                    match renewed {
+                        Ok(ice) => {
+                            tracing::info!(ttl_secs = ice.ttl_secs, "TURN credentials renewed");
+                            self.net.renew(ice);
+                            self.renew_at = renewal_due(&self.net, Instant::now());
+                        }
+                        Err(e) => {
+                            emit(&self.events, SessionEvent::Warning(format!("could not renew the TURN credentials ({e}); trying again shortly"))).await;
+                            self.renew_at = Some(Instant::now() + REGATHER_PAUSE);
+                        }
+                    }
+                }
+                _ = interfaces.tick(), if watch_interfaces || self.regather_at.is_some() || self.renew_at.is_some() => {
                     let now = Instant::now();
+                    if let (Some(at), Some(bearer)) = (self.renew_at, &self.bearer)
+                        && at <= now
+                        && self.renewal.is_none()
+                    {
+                        self.renew_at = None;
+                        let (api, bearer) = (self.api.clone(), bearer.clone());
+                        self.renewal = Some(tokio::spawn(async move { api.ice_servers(&bearer).await }));
+                    }
                     let before = self.net.local_addrs();
                     if watch_interfaces && self.net.refresh(&default_ips()).await {
                         self.regather_at = None;
@@ -931,6 +967,22 @@ async fn emit(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
 }
 
 /// The outcome of the reconnection attempt under way; pending while there is none.
+/// When to renew the TURN credentials fetched now: at three quarters of their lifetime (at
+/// least a second from now), when any TURN server is in use.
+fn renewal_due(net: &Network, now: Instant) -> Option<Instant> {
+    let ttl = net.credential_ttl().filter(|_| net.uses_turn())?;
+    Some(now + (ttl * 3 / 4).max(Duration::from_secs(1)))
+}
+
+async fn renewal_done(
+    renewal: &mut Option<tokio::task::JoinHandle<Result<IceServers, ApiError>>>,
+) -> Result<IceServers, ApiError> {
+    match renewal {
+        Some(task) => task.await.unwrap_or(Err(ApiError::Closed)),
+        None => std::future::pending().await,
+    }
+}
+
 async fn reconnect_attempt(attempt: &mut Option<Attempt>) -> Result<SignalConnection, ApiError> {
     match attempt {
         Some(Attempt(task)) => task.await.unwrap_or(Err(ApiError::Closed)),

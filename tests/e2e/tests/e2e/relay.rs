@@ -28,13 +28,46 @@ pub(crate) struct Coturn {
     pub(crate) ip: IpAddr,
     /// UDP and TCP.
     pub(crate) port: u16,
+    tls_port: Option<u16>,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
+}
+
+impl Coturn {
+    /// Kill it and start it again on the same addresses: every allocation is gone, and every
+    /// TCP or TLS connection to it ends.
+    pub(crate) fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_coturn(&self.args);
+        wait_for_coturn(self.ip, self.port, self.tls_port);
+    }
 }
 
 impl Drop for Coturn {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn spawn_coturn(args: &[String]) -> Child {
+    Command::new("turnserver")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coturn's turnserver is installed (apt-get install coturn)")
+}
+
+/// Ready when its UDP port is bound and its TLS port accepts.
+fn wait_for_coturn(ip: IpAddr, port: u16, tls_port: Option<u16>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UdpSocket::bind((ip, port)).is_ok()
+        || tls_port.is_some_and(|p| std::net::TcpStream::connect((ip, p)).is_err())
+    {
+        assert!(Instant::now() < deadline, "coturn did not start");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -58,54 +91,57 @@ fn free_port(ip: IpAddr) -> u16 {
 
 /// Start coturn on `ip`; with `tls` (certificate chain file, key file, port), TLS too.
 pub(crate) fn start_coturn(ip: IpAddr, tls: Option<(&Path, &Path, u16)>) -> Coturn {
+    start_coturn_with(ip, tls, &[])
+}
+
+/// [`start_coturn`] with more of coturn's options.
+pub(crate) fn start_coturn_with(
+    ip: IpAddr,
+    tls: Option<(&Path, &Path, u16)>,
+    extra: &[&str],
+) -> Coturn {
     let port = free_port(ip);
     let dir = tempfile::tempdir().expect("dir");
-    let mut command = Command::new("turnserver");
-    command
-        .args(["-n", "--use-auth-secret", "--realm=consult.test"])
-        .args([
-            "--no-dtls",
-            "--no-cli",
-            "--allow-loopback-peers",
-            "--log-file=stdout",
-            "--simple-log",
-        ])
-        .arg(format!("--listening-ip={ip}"))
-        .arg(format!("--relay-ip={ip}"))
-        .arg(format!("--listening-port={port}"))
-        .arg(format!("--static-auth-secret={SECRET}"))
-        .arg(format!("--min-port={}", RELAY_PORTS.start()))
-        .arg(format!("--max-port={}", RELAY_PORTS.end()))
-        .arg(format!("--pidfile={}", dir.path().join("pid").display()))
-        .arg(format!("--userdb={}", dir.path().join("db").display()));
+    let mut args: Vec<String> = [
+        "-n",
+        "--use-auth-secret",
+        "--realm=consult.test",
+        "--no-dtls",
+        "--no-cli",
+        "--allow-loopback-peers",
+        "--log-file=stdout",
+        "--simple-log",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend([
+        format!("--listening-ip={ip}"),
+        format!("--relay-ip={ip}"),
+        format!("--listening-port={port}"),
+        format!("--static-auth-secret={SECRET}"),
+        format!("--min-port={}", RELAY_PORTS.start()),
+        format!("--max-port={}", RELAY_PORTS.end()),
+        format!("--pidfile={}", dir.path().join("pid").display()),
+        format!("--userdb={}", dir.path().join("db").display()),
+    ]);
+    args.extend(extra.iter().map(|a| a.to_string()));
     match tls {
-        Some((cert, key, tls_port)) => {
-            command
-                .arg(format!("--cert={}", cert.display()))
-                .arg(format!("--pkey={}", key.display()))
-                .arg(format!("--tls-listening-port={tls_port}"));
-        }
-        None => {
-            command.arg("--no-tls");
-        }
+        Some((cert, key, tls_port)) => args.extend([
+            format!("--cert={}", cert.display()),
+            format!("--pkey={}", key.display()),
+            format!("--tls-listening-port={tls_port}"),
+        ]),
+        None => args.push("--no-tls".into()),
     }
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("coturn's turnserver is installed (apt-get install coturn)");
-    // Ready when its UDP port is bound and its TLS port accepts.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UdpSocket::bind((ip, port)).is_ok()
-        || tls.is_some_and(|(_, _, p)| std::net::TcpStream::connect((ip, p)).is_err())
-    {
-        assert!(Instant::now() < deadline, "coturn did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = spawn_coturn(&args);
+    let tls_port = tls.map(|(_, _, p)| p);
+    wait_for_coturn(ip, port, tls_port);
     Coturn {
         child,
         ip,
         port,
+        tls_port,
+        args,
         _dir: dir,
     }
 }
@@ -366,4 +402,93 @@ async fn with_no_usable_relay_a_relay_only_session_fails_clearly_within_the_time
     // All at once, each within the allocation timeout: no hang, and not one timeout after
     // another (two of them time out).
     assert!(took < 2 * ALLOCATION_TIMEOUT, "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_are_renewed_before_they_expire_so_a_relay_restart_mid_call_is_survived() {
+    // Credentials valid for 8 s. coturn keeps an allocation made with valid credentials alive
+    // after they expire, but every new allocation checks them. 20 s in (long after the first
+    // credentials expired), coturn restarts: every allocation and TCP connection is gone, and
+    // the call can only go on if the client allocates again with renewed credentials.
+    let mut coturn = start_coturn(own_loopback_ip(), None);
+    let clinic = Clinic::start_with(|config| {
+        config.ice.turn_urls = vec![format!("turn:{}:{}?transport=tcp", coturn.ip, coturn.port)];
+        config.ice.turn_shared_secret = Some(SECRET.into());
+        config.ice.relay_only = true;
+        config.ice.turn_credential_ttl = Duration::from_secs(8);
+    })
+    .await;
+    let (consultation, invite) = clinic.consultation().await;
+    let mut patient = Session::start(session_config(
+        Credentials::Patient {
+            invite_url: invite,
+            name: "Relay patient".into(),
+        },
+        None,
+    ))
+    .await
+    .expect("patient");
+    let mut doctor = Session::start(session_config(
+        Credentials::Clinician {
+            base_url: clinic.base.clone(),
+            token: clinic.token.clone(),
+            consultation_id: consultation.id,
+        },
+        None,
+    ))
+    .await
+    .expect("doctor");
+    clinic.admit_first_waiting(&consultation).await;
+
+    let mut pattern = TestPattern::new(320, 240);
+    let mut connected = false;
+    let mut relayed_ports = std::collections::BTreeSet::new();
+    let mut frames: Vec<Instant> = Vec::new();
+    let start = tokio::time::Instant::now();
+    let restart_at = start + Duration::from_secs(20);
+    let mut restarted = None;
+    let end = start + Duration::from_secs(35);
+    let mut tick = tokio::time::interval(Duration::from_millis(66));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => break,
+            _ = tokio::time::sleep_until(restart_at), if restarted.is_none() => {
+                coturn.restart();
+                restarted = Some(Instant::now());
+            }
+            _ = tick.tick(), if connected => patient.send_video(pattern.next_frame()).await.expect("send"),
+            event = patient.next_event() => match event.expect("patient session") {
+                SessionEvent::Connected { .. } => connected = true,
+                SessionEvent::Stats { stats, .. } => {
+                    if let Some((local, _)) = stats.selected_pair {
+                        relayed_ports.insert(local.port());
+                    }
+                }
+                _ => {}
+            },
+            event = doctor.next_event() => {
+                if let SessionEvent::Video { .. } = event.expect("doctor session") {
+                    frames.push(Instant::now());
+                }
+            }
+        }
+    }
+    let restarted = restarted.expect("coturn restarted");
+    let back = frames
+        .iter()
+        .find(|f| **f > restarted + Duration::from_millis(500));
+    let last = frames.last().map(|f| f.elapsed());
+    println!(
+        "renewals: relayed ports {relayed_ports:?}; video back {:?} after coturn restarted; the last frame {last:?} before the end",
+        back.map(|b| b.saturating_duration_since(restarted))
+    );
+    // Renewed allocations were taken into use (one port each; renewals every 6 s), and after
+    // the relay's restart, with the first credentials long expired, video came back.
+    assert!(relayed_ports.len() >= 3, "{relayed_ports:?}");
+    assert!(
+        last.is_some_and(|l| l < Duration::from_secs(2)),
+        "video arrives again after the relay restarted: last frame {last:?} before the end"
+    );
+    patient.leave().await.expect("leave");
+    doctor.leave().await.expect("leave");
 }
