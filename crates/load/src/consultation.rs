@@ -767,12 +767,18 @@ async fn start_session(
     audio_phase: usize,
 ) -> Result<Peer, Failed> {
     let what = format!("{} joining", side.as_str());
-    let session = bounded(
-        shared,
-        &what,
-        Session::start(session_config(shared, credentials)),
-    )
-    .await?;
+    // No candidate can be gathered (relay only, and no TURN server can be used): an ICE
+    // failure, whose reason names every server, not a signaling one.
+    let start = async {
+        match Session::start(session_config(shared, credentials)).await {
+            Ok(session) => Ok(Ok(session)),
+            Err(SessionError::Network(e)) => {
+                Ok(Err(Failed::now(FailureCause::Ice, format!("{what}: {e}"))))
+            }
+            Err(other) => Err(other),
+        }
+    };
+    let session = bounded(shared, &what, start).await??;
     Ok(Peer {
         side,
         session,

@@ -592,7 +592,7 @@ fn too_few_clinicians_for_the_consultations_is_refused_up_front() {
 
 #[test]
 fn peers_that_cannot_connect_fail_as_ice_and_their_consultations_are_ended() {
-    // Relay-only through a TURN server that is not there: no candidate can ever work.
+    // Relay-only through a TURN server that is not there: no candidate can ever be gathered.
     let service = Service::start(
         2,
         Some(
@@ -624,12 +624,17 @@ fn peers_that_cannot_connect_fail_as_ice_and_their_consultations_are_ended() {
         "{:?}",
         report.failure_examples
     );
-    assert_eq!((report.counts.admitted, report.counts.connected), (2, 0));
+    // The patient's session cannot start: relay only, and the one TURN server does not answer
+    // (no candidate at all), said at once with the server's reason.
+    assert_eq!((report.counts.admitted, report.counts.connected), (0, 0));
     assert_eq!(report.counts.ended, 2, "failed consultations are ended too");
-    assert!(report
-        .failure_examples
-        .iter()
-        .all(|f| f.message.contains("no working ICE candidate pair")));
+    assert!(
+        report.failure_examples.iter().all(|f| f
+            .message
+            .contains("relay only, but no TURN server could be used: turn:127.0.0.1:9")),
+        "{:?}",
+        report.failure_examples
+    );
     assert_eq!(
         report
             .thresholds

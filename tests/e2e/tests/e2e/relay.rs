@@ -214,14 +214,10 @@ fn session_config(credentials: Credentials, extra_ca: Option<&str>) -> SessionCo
     config
 }
 
-/// A patient and a doctor in a relay-only consultation: the patient's video reaches the doctor
-/// through coturn. Returns the relayed pair the patient selected.
-async fn call_through_the_relay(
-    clinic: &Clinic,
-    extra_ca: Option<&str>,
-) -> (SocketAddr, SocketAddr) {
+/// A native patient and doctor in a new consultation of `clinic`, the patient admitted.
+async fn patient_and_doctor(clinic: &Clinic, extra_ca: Option<&str>) -> (Session, Session) {
     let (consultation, invite) = clinic.consultation().await;
-    let mut patient = Session::start(session_config(
+    let patient = Session::start(session_config(
         Credentials::Patient {
             invite_url: invite,
             name: "Relay patient".into(),
@@ -230,7 +226,7 @@ async fn call_through_the_relay(
     ))
     .await
     .expect("patient");
-    let mut doctor = Session::start(session_config(
+    let doctor = Session::start(session_config(
         Credentials::Clinician {
             base_url: clinic.base.clone(),
             token: clinic.token.clone(),
@@ -241,6 +237,16 @@ async fn call_through_the_relay(
     .await
     .expect("doctor");
     clinic.admit_first_waiting(&consultation).await;
+    (patient, doctor)
+}
+
+/// A patient and a doctor in a relay-only consultation: the patient's video reaches the doctor
+/// through coturn. Returns the relayed pair the patient selected.
+async fn call_through_the_relay(
+    clinic: &Clinic,
+    extra_ca: Option<&str>,
+) -> (SocketAddr, SocketAddr) {
+    let (mut patient, mut doctor) = patient_and_doctor(clinic, extra_ca).await;
 
     let mut pattern = TestPattern::new(320, 240);
     let (mut connected, mut frames, mut relayed_pair) = (false, 0, None);
@@ -418,27 +424,7 @@ async fn turn_credentials_are_renewed_before_they_expire_so_a_relay_restart_mid_
         config.ice.turn_credential_ttl = Duration::from_secs(8);
     })
     .await;
-    let (consultation, invite) = clinic.consultation().await;
-    let mut patient = Session::start(session_config(
-        Credentials::Patient {
-            invite_url: invite,
-            name: "Relay patient".into(),
-        },
-        None,
-    ))
-    .await
-    .expect("patient");
-    let mut doctor = Session::start(session_config(
-        Credentials::Clinician {
-            base_url: clinic.base.clone(),
-            token: clinic.token.clone(),
-            consultation_id: consultation.id,
-        },
-        None,
-    ))
-    .await
-    .expect("doctor");
-    clinic.admit_first_waiting(&consultation).await;
+    let (mut patient, mut doctor) = patient_and_doctor(&clinic, None).await;
 
     let mut pattern = TestPattern::new(320, 240);
     let mut connected = false;
