@@ -215,15 +215,11 @@ impl Relay {
                 )
             }
             Transport::Tcp => {
-                let stream = TcpStream::connect(server).await.map_err(connect)?;
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().map_err(connect)?;
+                let (stream, local) = tcp_connect(server).await.map_err(connect)?;
                 Arc::new(StreamConn::new(Box::new(stream), local, server, ended_tx))
             }
             Transport::Tls => {
-                let stream = TcpStream::connect(server).await.map_err(connect)?;
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().map_err(connect)?;
+                let (stream, local) = tcp_connect(server).await.map_err(connect)?;
                 let name =
                     rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|e| {
                         RelayError::Tls {
@@ -324,6 +320,14 @@ impl Relay {
             tracing::debug!("the relay's queue is full: a datagram dropped");
         }
     }
+}
+
+/// A TCP connection to a TURN server (no Nagle: every message goes at once), and our end of it.
+async fn tcp_connect(server: SocketAddr) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let stream = TcpStream::connect(server).await?;
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr()?;
+    Ok((stream, local))
 }
 
 /// A byte stream to a TURN server (TCP, or TLS over TCP).
