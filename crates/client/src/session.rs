@@ -19,7 +19,7 @@ use crate::net::{default_ips, Datagram, GatherError, Gathered, Network};
 use crate::reconnect::{GaveUp, SignalLink};
 use crate::relay::TlsRoots;
 use consult_api_client::{ApiClient, ApiError, Credentials, PatientPlace, SignalConnection};
-use consult_codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES};
+use consult_codec::opus::{OpusDecoder, OpusEncoder, DEFAULT_EXPECTED_LOSS_PERCENT, FRAME_SAMPLES};
 use consult_codec::{
     video_decoder, video_encoder, CodecError, EncodedVideo, VideoDecoder, VideoEncoder, VideoFrame,
 };
@@ -414,6 +414,12 @@ struct Runner {
     audio_encoder: OpusEncoder,
     /// Each sender's decoders (their state is per stream).
     audio_decoders: HashMap<Uuid, OpusDecoder>,
+    /// The RTP time of each sender's last audio packet (a gap is a lost packet to rebuild).
+    last_audio_rtp: HashMap<Uuid, u64>,
+    /// The loss each participant reports of our packets; audio FEC follows the worst.
+    egress_loss: HashMap<Uuid, f32>,
+    /// The loss audio FEC protects against now, per cent.
+    expected_loss: u8,
     video_decoders: HashMap<(Uuid, VideoSource), (VideoCodec, Box<dyn VideoDecoder>)>,
     /// When to re-establish signaling while media goes on peer to peer, and what to send then.
     link: SignalLink,
@@ -485,6 +491,9 @@ impl Runner {
             screen_encoder: None,
             audio_encoder: OpusEncoder::new(32_000)?,
             audio_decoders: HashMap::new(),
+            last_audio_rtp: HashMap::new(),
+            egress_loss: HashMap::new(),
+            expected_loss: DEFAULT_EXPECTED_LOSS_PERCENT,
             video_decoders: HashMap::new(),
             link: SignalLink::new(),
             attempt: None,
@@ -713,6 +722,12 @@ impl Runner {
                 CallOutput::Event(event) => {
                     if let SessionEvent::PeerLeft { participant_id } = &event {
                         self.forget_decoders(*participant_id);
+                        self.egress_loss.remove(participant_id);
+                    }
+                    if let SessionEvent::Stats { peer, stats } = &event
+                        && let Some(loss) = stats.egress_loss
+                    {
+                        self.protect_audio_against(*peer, loss);
                     }
                     emit(&self.events, event).await
                 }
@@ -890,16 +905,39 @@ impl Runner {
             return Ok(());
         }
         match frame.kind {
-            TrackKind::Audio => match self.audio_decoder(from)?.decode(&frame.data) {
-                Ok(samples) => emit(&self.events, SessionEvent::Audio { from, samples }).await,
-                Err(e) => {
-                    emit(
-                        &self.events,
-                        SessionEvent::Warning(format!("audio decode: {e}")),
-                    )
-                    .await
+            TrackKind::Audio => {
+                // Packets lost just before this one: the last of them is rebuilt from the
+                // in-band FEC data this one carries (the earlier ones cannot be). A packet
+                // older than the last one came too late and is dropped.
+                let previous = self.last_audio_rtp.insert(from, frame.rtp_time);
+                if previous.is_some_and(|p| frame.rtp_time <= p) {
+                    self.last_audio_rtp
+                        .insert(from, previous.unwrap_or_default());
+                    return Ok(());
                 }
-            },
+                let lost_before = previous
+                    .is_some_and(|p| frame.rtp_time.saturating_sub(p) >= 2 * FRAME_SAMPLES as u64);
+                let decoder = self.audio_decoder(from)?;
+                let rebuilt = if lost_before {
+                    decoder.decode_lost_before(&frame.data).ok()
+                } else {
+                    None
+                };
+                let decoded = decoder.decode(&frame.data);
+                if let Some(samples) = rebuilt {
+                    emit(&self.events, SessionEvent::Audio { from, samples }).await;
+                }
+                match decoded {
+                    Ok(samples) => emit(&self.events, SessionEvent::Audio { from, samples }).await,
+                    Err(e) => {
+                        emit(
+                            &self.events,
+                            SessionEvent::Warning(format!("audio decode: {e}")),
+                        )
+                        .await
+                    }
+                }
+            }
             TrackKind::Video(codec) => {
                 let key = (from, frame.source);
                 if self
@@ -945,6 +983,20 @@ impl Runner {
 }
 
 impl Runner {
+    /// `peer` reports losing this fraction of our packets: in-band FEC protects against the
+    /// worst loss any participant reports (rounded up, at least the default, at most 30 %).
+    fn protect_audio_against(&mut self, peer: Uuid, loss: f32) {
+        self.egress_loss.insert(peer, loss);
+        let worst = self.egress_loss.values().fold(0.0f32, |a, b| a.max(*b));
+        let percent = ((worst * 100.0).ceil() as u8).clamp(DEFAULT_EXPECTED_LOSS_PERCENT, 30);
+        if percent != self.expected_loss {
+            match self.audio_encoder.set_expected_loss(percent) {
+                Ok(()) => self.expected_loss = percent,
+                Err(e) => tracing::debug!(error = %e, "could not set the expected audio loss"),
+            }
+        }
+    }
+
     /// The Opus decoder of `from`'s audio.
     fn audio_decoder(&mut self, from: Uuid) -> Result<&mut OpusDecoder, SessionError> {
         Ok(match self.audio_decoders.entry(from) {
@@ -956,6 +1008,7 @@ impl Runner {
     /// Forget the decoders of participants who left.
     fn forget_decoders(&mut self, gone: Uuid) {
         self.audio_decoders.remove(&gone);
+        self.last_audio_rtp.remove(&gone);
         self.video_decoders.retain(|(from, _), _| *from != gone);
     }
 }

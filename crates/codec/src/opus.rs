@@ -13,6 +13,9 @@ pub struct OpusEncoder {
     buffer: Vec<u8>,
 }
 
+/// The loss in-band FEC protects against before any receiver report came in, per cent.
+pub const DEFAULT_EXPECTED_LOSS_PERCENT: u8 = 5;
+
 impl OpusEncoder {
     /// An encoder at `bitrate_bps`.
     pub fn new(bitrate_bps: i32) -> Result<Self, CodecError> {
@@ -25,10 +28,22 @@ impl OpusEncoder {
         encoder
             .set_inband_fec(true)
             .map_err(|e| CodecError::library("opus", e))?;
-        Ok(Self {
+        let mut encoder = Self {
             encoder,
             buffer: vec![0; 4000],
-        })
+        };
+        // In-band FEC carries anything only when some loss is expected: assume a little until
+        // the receiver's reports say how much (`set_expected_loss`).
+        encoder.set_expected_loss(DEFAULT_EXPECTED_LOSS_PERCENT)?;
+        Ok(encoder)
+    }
+
+    /// The packet loss to protect against with in-band FEC, per cent (libopus's
+    /// `OPUS_SET_PACKET_LOSS_PERC`; 0 turns the FEC data off, more spends more bits on it).
+    pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), CodecError> {
+        self.encoder
+            .set_packet_loss_perc(i32::from(percent.min(100)))
+            .map_err(|e| CodecError::library("opus", e))
     }
 
     /// Encode exactly [`FRAME_SAMPLES`] samples.
@@ -62,6 +77,16 @@ impl OpusDecoder {
             decoder,
             buffer: vec![0; 5760],
         })
+    }
+
+    /// The 20 ms lost just before `packet`, rebuilt from the in-band FEC data `packet` carries
+    /// (or concealed, when it carries none).
+    pub fn decode_lost_before(&mut self, packet: &[u8]) -> Result<Vec<i16>, CodecError> {
+        let n = self
+            .decoder
+            .decode(packet, &mut self.buffer[..FRAME_SAMPLES], true)
+            .map_err(|e| CodecError::library("opus", e))?;
+        Ok(self.buffer[..n].to_vec())
     }
 
     /// Decode one packet (an empty packet conceals a lost one).
