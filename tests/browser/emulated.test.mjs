@@ -10,7 +10,8 @@
 // Started outside a lab, the file runs itself again inside one (`consult-netem run`), so the test
 // process, the service and coturn are on the lab's router.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { createHash, createPublicKey } from "node:crypto";
 import { appendFile, mkdtemp, readFile, rm } from "node:fs/promises";
 import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
@@ -19,7 +20,23 @@ import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 
-import { closeAll, diagnostics, doctorWithEchoBot, REPO_ROOT, runAdmitScenario, startService, startTurnServer, withService } from "./harness.mjs";
+import {
+  admitFromWaitingRoom,
+  byTestId,
+  closeAll,
+  createConsultation,
+  diagnostics,
+  doctorWithEchoBot,
+  launchParticipant,
+  openConsultation,
+  patientJoin,
+  REPO_ROOT,
+  runAdmitScenario,
+  signInDoctor,
+  startService,
+  startTurnServer,
+  withService,
+} from "./harness.mjs";
 
 const NETEM_BIN = process.env.NETEM_BIN ?? join(REPO_ROOT, "target", "debug", "consult-netem");
 const LAB = process.env.CONSULT_LAB ? JSON.parse(process.env.CONSULT_LAB) : null;
@@ -27,6 +44,8 @@ const LAB = process.env.CONSULT_LAB ? JSON.parse(process.env.CONSULT_LAB) : null
 const NETWORK_COUNT = 7;
 /** And how many the browser↔native test goes through. */
 const NATIVE_NETWORK_COUNT = 4;
+/** And the TURN over TLS test. */
+const TLS_ROW_COUNT = 1;
 
 /**
  * One request to the lab's control socket.
@@ -161,7 +180,7 @@ if (!LAB) {
         assert.equal(code, 0, `the tests in the lab failed (exit ${code}; ${NETEM_BIN} needs root, ip, nft and tc)`);
         // The inner run did run every network (and did not skip).
         const rows = (await readFile(report, "utf8")).trim().split("\n");
-        if (!process.env.CONSULT_NETWORKS) assert.equal(rows.length, NETWORK_COUNT + NATIVE_NETWORK_COUNT, rows.join("\n"));
+        if (!process.env.CONSULT_NETWORKS) assert.equal(rows.length, NETWORK_COUNT + NATIVE_NETWORK_COUNT + TLS_ROW_COUNT, rows.join("\n"));
       } finally {
         await rm(dir, { recursive: true, force: true });
       }
@@ -257,6 +276,85 @@ if (!LAB) {
       } finally {
         console.log(rows.join("\n"));
         await turn.stop();
+      }
+    });
+
+    test("relay only over TURN/TLS on port 443 behind a UDP firewall: a trusted certificate connects, an untrusted one is refused and said", async (t) => {
+      if (process.env.CONSULT_NETWORKS && !process.env.CONSULT_NETWORKS.includes("TLS")) return;
+      // A certificate for the router's address, made here; the browsers trust its key.
+      const dir = await mkdtemp(join(tmpdir(), "consult-turn-tls-"));
+      const [cert, key] = [join(dir, "cert.pem"), join(dir, "key.pem")];
+      const made = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", `/CN=${LAB.service_ip}`, "-addext", `subjectAltName=IP:${LAB.service_ip}`], { encoding: "utf8" });
+      assert.equal(made.status, 0, `openssl: ${made.stderr}`);
+      const spki = createHash("sha256")
+        .update(createPublicKey(await readFile(cert, "utf8")).export({ type: "spki", format: "der" }))
+        .digest("base64");
+      const turn = await startTurnServer({ ip: LAB.service_ip, tls: { cert, key, port: 443 } });
+      await control({ op: "block_udp", peer: "patient", blocked: true });
+      await control({ op: "block_udp", peer: "doctor", blocked: true });
+      const rows = [];
+      try {
+        await withService(
+          {
+            bind: `${LAB.service_ip}:0`,
+            env: {
+              CONSULT_ICE__TURN_URLS: JSON.stringify([turn.tlsUrl]),
+              CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
+              CONSULT_ICE__RELAY_ONLY: "true",
+            },
+          },
+          async ({ service, people }) => {
+            // Trusted: both sides connect through coturn's TLS listener on 443.
+            const scenario = await runAdmitScenario(service, {
+              title: "TURN over TLS",
+              doctor: { namespace: LAB.peers.doctor.namespace, trustSpki: spki },
+              patient: { namespace: LAB.peers.patient.namespace, trustSpki: spki },
+            });
+            people.push(scenario.doctor, scenario.patient);
+            const local = await selectedLocalCandidate(scenario.patient.page);
+            assert.equal(local?.type, "relay", JSON.stringify(local));
+            assert.equal(local?.relayProtocol, "tls", `the patient reached the relay over TLS (${JSON.stringify(local)})`);
+            const samples = await Promise.all([sample(scenario.doctor.page, 5000), sample(scenario.patient.page, 5000)]);
+            for (const s of samples) assert.ok(s.at(-1).framesDecoded > s[0].framesDecoded, "video both ways over TURN/TLS");
+            const row = `| browser↔browser | UDP blocked, relay only over TURN/TLS 443 | first frame ${scenario.firstFrameMs} ms | frozen ${Math.max(...samples.map(frozenPerMinute)).toFixed(1)} s/min | — | — |`;
+            rows.push(row);
+            t.diagnostic(row);
+          },
+        );
+        // Untrusted (the same relay, browsers that do not trust its key; a service of its own):
+        // no media, and the patient's page says the relay cannot be reached.
+        await withService(
+          {
+            bind: `${LAB.service_ip}:0`,
+            env: {
+              CONSULT_ICE__TURN_URLS: JSON.stringify([turn.tlsUrl]),
+              CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
+              CONSULT_ICE__RELAY_ONLY: "true",
+            },
+          },
+          async ({ service, people }) => {
+            const doctor = await launchParticipant("doctor (untrusting)", { origin: service.url, namespace: LAB.peers.doctor.namespace });
+            const patient = await launchParticipant("patient (untrusting)", { origin: service.url, namespace: LAB.peers.patient.namespace });
+            people.push(doctor, patient);
+            await signInDoctor(doctor.page, service);
+            const invite = await createConsultation(doctor.page, "Untrusted relay");
+            await openConsultation(doctor.page);
+            await patientJoin(patient.page, invite, "Pat Untrusting");
+            await admitFromWaitingRoom(doctor.page, "Pat Untrusting");
+            await patient.page.locator('[data-testid="call-status"].status-error').waitFor({ state: "visible", timeout: 45_000 });
+            const status = (await byTestId(patient.page, "call-status").textContent()) ?? "";
+            assert.match(status, /relay server for calls could not be reached/, status);
+            const stats = await sample(patient.page, 1000);
+            assert.equal(stats.at(-1).framesDecoded, 0, "no media through a relay whose certificate is not trusted");
+            t.diagnostic(`untrusted TURN/TLS certificate: ${status.trim()}`);
+          },
+        );
+        if (process.env.CONSULT_EMULATED_REPORT) await appendFile(process.env.CONSULT_EMULATED_REPORT, `${rows.join("\n")}\n`);
+      } finally {
+        await control({ op: "block_udp", peer: "patient", blocked: false });
+        await control({ op: "block_udp", peer: "doctor", blocked: false });
+        await turn.stop();
+        await rm(dir, { recursive: true, force: true });
       }
     });
 

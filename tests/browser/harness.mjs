@@ -296,6 +296,7 @@ export const TURN_RELAY_PORTS = Object.freeze({ min: 52000, max: 52999 });
  * @property {number} port The port it listens on (UDP and TCP).
  * @property {string} url `turn:<ip>:<port>?transport=udp`
  * @property {string} tcpUrl `turn:<ip>:<port>?transport=tcp`
+ * @property {string | null} tlsUrl `turns:<ip>:<tls port>?transport=tcp`, when started with TLS
  * @property {string} secret The TURN REST shared secret (`--static-auth-secret`).
  * @property {string[]} logs Last lines of its output (`--verbose`: one line per allocation,
  *   permission and refused request).
@@ -354,10 +355,11 @@ function stunAnswers(port, timeoutMs, ip = "127.0.0.1") {
  * Start coturn on `ip` (127.0.0.1 by default; a free port for UDP and TCP, a fresh temporary
  * directory for its pid file and user database) with TURN REST authentication and relay ports
  * `TURN_RELAY_PORTS`. Ready once it answers a STUN Binding request on its port.
- * @param {{ timeoutMs?: number, ip?: string }} [options]
+ * @param {{ timeoutMs?: number, ip?: string, tls?: { cert: string, key: string, port: number } }} [options]
+ *   `tls`: also TURN over TLS on `port`, with this certificate chain and key (PEM files).
  * @returns {Promise<TurnServer>}
  */
-export async function startTurnServer({ timeoutMs = 20_000, ip = "127.0.0.1" } = {}) {
+export async function startTurnServer({ timeoutMs = 20_000, ip = "127.0.0.1", tls } = {}) {
   if (!existsSync(TURNSERVER_BIN)) {
     throw new Error(`no TURN server at ${TURNSERVER_BIN} (apt-get install coturn, or set TURNSERVER_BIN)`);
   }
@@ -374,7 +376,7 @@ export async function startTurnServer({ timeoutMs = 20_000, ip = "127.0.0.1" } =
       "--use-auth-secret",
       `--static-auth-secret=${secret}`,
       "--realm=consult.test",
-      "--no-tls",
+      ...(tls ? [`--cert=${tls.cert}`, `--pkey=${tls.key}`, `--tls-listening-port=${tls.port}`] : ["--no-tls"]),
       "--no-dtls",
       "--no-cli",
       // Without it coturn refuses every permission towards 127.0.0.1 (403 Forbidden IP), and all
@@ -426,7 +428,8 @@ export async function startTurnServer({ timeoutMs = 20_000, ip = "127.0.0.1" } =
       if (!ready) await sleep(100);
     }
     if (ready && !exited) {
-      return { port, url: `turn:${ip}:${port}?transport=udp`, tcpUrl: `turn:${ip}:${port}?transport=tcp`, secret, logs, stop };
+      const tlsUrl = tls ? `turns:${ip}:${tls.port}?transport=tcp` : null;
+      return { port, url: `turn:${ip}:${port}?transport=udp`, tcpUrl: `turn:${ip}:${port}?transport=tcp`, tlsUrl, secret, logs, stop };
     }
     await stop();
     const why = exited ?? `no STUN answer on ${ip}:${port} within ${timeoutMs} ms`;
@@ -566,15 +569,19 @@ export const CHROMIUM_ARGS = [
  * A fresh headless Chromium (its own temporary profile: playwright's `launch()` creates a new
  * `--user-data-dir` and deletes it on close) with one page.
  * @param {string} label For messages ("doctor", "patient").
- * @param {{ origin?: string, storage?: Record<string, string>, namespace?: string }} [options]
+ * @param {{ origin?: string, storage?: Record<string, string>, namespace?: string, trustSpki?: string }} [options]
  *   `storage`: the web demo's `localStorage` settings, set in every document before its scripts
  *   run (for example `consult.videoCodec`, `consult.e2eeRotateMs`). `namespace`: run Chromium in
- *   this network namespace (an emulated network's peer).
+ *   this network namespace (an emulated network's peer); `trustSpki`: trust TLS certificates with
+ *   this public key (base64 SHA-256 of the SPKI), for a TURN server over TLS made by a test.
  * @returns {Promise<Participant>}
  */
 export async function launchParticipant(label, options = {}) {
   let executablePath = CHROMIUM;
   const args = [...CHROMIUM_ARGS];
+  // A TURN server's certificate trusted by its key alone (Chromium verifies TURN/TLS like any
+  // TLS, and a test's own certificate chains to no root it knows).
+  if (options.trustSpki) args.push(`--ignore-certificate-errors-spki-list=${options.trustSpki}`);
   /** @type {string | null} The wrapper script's directory, removed once Chromium started. */
   let wrapperDir = null;
   if (options.namespace) {
@@ -1122,7 +1129,7 @@ export async function installFirstFrameProbe(page) {
  * the invite, passes the device check and waits; the doctor admits; both sides get media.
  * Returns the participants (still open: close them) and the measured times.
  * @param {Service} service
- * @param {{ title?: string, patientName?: string, doctor?: { namespace?: string }, patient?: { namespace?: string } }} [options]
+ * @param {{ title?: string, patientName?: string, doctor?: { namespace?: string, trustSpki?: string }, patient?: { namespace?: string, trustSpki?: string } }} [options]
  *   `doctor`, `patient`: more options for each one's browser (a network namespace).
  */
 export async function runAdmitScenario(service, options = {}) {
