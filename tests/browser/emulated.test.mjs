@@ -1,10 +1,11 @@
 // Browser calls through emulated networks (consult-netem): the patient's and the doctor's
 // Chromium each in a network namespace of its own, the service and coturn on the router between
 // them. For each network — none (the reference), a firewall that drops all UDP (the call goes
-// through TURN over TCP), 3% and 10% loss, 150 ms RTT with 30 ms jitter, a 300 kbit/s cap, and a
-// patient whose address changes mid-call — the call connects and both sides decode video and
-// receive audio; a row of figures is printed (admission to first frame, video frozen per minute,
-// audio packets lost, time to recover).
+// through TURN over TCP), 3% and 10% loss, 150 ms RTT with 30 ms jitter, a 300 kbit/s cap, a
+// patient whose address changes mid-call, and a link dark for 5 s — the call connects and both
+// sides decode video and receive audio; a row of figures is printed (admission to first frame,
+// video frozen per minute, audio packets lost, time to recover). Then the same with echo-bot as
+// the patient, and relay only over TURN/TLS on 443 with a trusted and an untrusted certificate.
 //
 // Run: cd tests/browser && node --test emulated.test.mjs (as root: it makes network namespaces).
 // Started outside a lab, the file runs itself again inside one (`consult-netem run`), so the test
@@ -41,7 +42,7 @@ import {
 const NETEM_BIN = process.env.NETEM_BIN ?? join(REPO_ROOT, "target", "debug", "consult-netem");
 const LAB = process.env.CONSULT_LAB ? JSON.parse(process.env.CONSULT_LAB) : null;
 /** How many networks the lab's test goes through (the rows it reports). */
-const NETWORK_COUNT = 7;
+const NETWORK_COUNT = 8;
 /** And how many the browser↔native test goes through. */
 const NATIVE_NETWORK_COUNT = 4;
 /** And the TURN over TLS test. */
@@ -188,7 +189,7 @@ if (!LAB) {
   });
 } else {
   describe("browser calls through emulated networks (in the lab)", { timeout: 840_000 }, () => {
-    /** @type {{ network: string, impair?: Record<string, unknown>, blockUdp?: boolean, move?: boolean }[]} */
+    /** @type {{ network: string, impair?: Record<string, unknown>, blockUdp?: boolean, move?: boolean, flap?: boolean }[]} */
     const networks = [
       { network: "no impairment" },
       { network: "UDP blocked (TURN over TCP)", blockUdp: true },
@@ -197,6 +198,7 @@ if (!LAB) {
       { network: "150 ms RTT ± 30 ms", impair: { delay_ms: 75, jitter_ms: 15 } },
       { network: "300 kbit/s", impair: { rate_kbit: 300 } },
       { network: "address change", move: true },
+      { network: "flap 5 s", flap: true },
     ];
     assert.equal(networks.length, NETWORK_COUNT);
     test("browser↔browser on each network: connects, decodes both ways, figures", async (t) => {
@@ -205,7 +207,7 @@ if (!LAB) {
       try {
         // CONSULT_NETWORKS=a,b (substrings of the names) runs only those, for a quicker look.
         const only = process.env.CONSULT_NETWORKS?.split(",") ?? null;
-        for (const { network, impair, blockUdp, move } of networks) {
+        for (const { network, impair, blockUdp, move, flap } of networks) {
           if (only && !only.some((o) => network.includes(o))) continue;
           if (impair) await control({ op: "impair", peer: "patient", ...impair });
           if (blockUdp) await control({ op: "block_udp", peer: "patient", blocked: true });
@@ -243,6 +245,18 @@ if (!LAB) {
               if (process.env.CONSULT_EMULATED_LOG) t.diagnostic([...patient.console, ...doctor.console].join("\n"));
               assert.ok(recovered.every((r) => r !== null), `${network}: video comes back both ways (${JSON.stringify(recovered)})`);
               recover = `moved to ${moved.address}; video back after ${Math.round(Math.max(...recovered.map((r) => r ?? 0)) - 500)} ms`;
+            } else if (flap) {
+              // The patient's link goes dark for 5 s (the interface stays up), then comes back:
+              // recovery counts from the link's return.
+              await sleep(2000);
+              await control({ op: "down", peer: "patient", down: true });
+              await sleep(5000);
+              const sampling = Promise.all([sample(doctor.page, 15_000), sample(patient.page, 15_000)]);
+              await control({ op: "down", peer: "patient", down: false });
+              samples = await sampling;
+              const recovered = samples.map((s) => recoveredAfter(s));
+              assert.ok(recovered.every((r) => r !== null), `${network}: video comes back both ways (${JSON.stringify(recovered)})`);
+              recover = `video back ${Math.round(Math.max(...recovered.map((r) => r ?? 0)))} ms after the link came back`;
             } else {
               samples = await Promise.all([sample(doctor.page, 10_000), sample(patient.page, 10_000)]);
             }
@@ -270,6 +284,7 @@ if (!LAB) {
             await service.stop();
             if (impair) await control({ op: "impair", peer: "patient" });
             if (blockUdp) await control({ op: "block_udp", peer: "patient", blocked: false });
+            if (flap) await control({ op: "down", peer: "patient", down: false });
           }
         }
         if (process.env.CONSULT_EMULATED_REPORT) await appendFile(process.env.CONSULT_EMULATED_REPORT, `${rows.join("\n")}\n`);
