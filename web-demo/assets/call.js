@@ -127,6 +127,9 @@ const DISCONNECTED_RESTART_MS = 4000;
  */
 const QUIET_SECONDS = 2;
 
+/** ICE restarts of a connection stuck in "new"/"connecting" before the impolite side makes a new one. */
+const STUCK_RESTARTS_BEFORE_REPLACING = 1;
+
 /** How long a connection may stay "new"/"connecting" with both descriptions set before ICE restarts. */
 const STUCK_RESTART_MS = 8000;
 
@@ -269,8 +272,10 @@ export class PeerLink {
    * @param {() => void} [options.onQuiet] A connected connection received nothing at all (not a
    *   packet) for `QUIET_SECONDS`: the path may be gone (our address changed) well before the
    *   browser calls it disconnected.
+   * @param {() => void} [options.onStuck] Impolite side: the connection stayed new or connecting
+   *   through ICE restarts; make a new one.
    */
-  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onRemoteScreen, screenStream = null, onStateChange, createChannels = true, onDataChannel, onIceProblem, onQuiet, e2ee = null }) {
+  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onRemoteScreen, screenStream = null, onStateChange, createChannels = true, onDataChannel, onIceProblem, onQuiet, onStuck, e2ee = null }) {
     this.peerId = peerId;
     this.onRemoteScreen = onRemoteScreen ?? (() => {});
     /** @type {RTCRtpTransceiver | null} The section this side's screen goes in (kept once made). */
@@ -396,6 +401,8 @@ export class PeerLink {
     this.notConnectedSince = Date.now();
     /** Seconds in a row a connected connection received no byte (audio, video, RTCP, STUN). */
     this.quietSeconds = 0;
+    /** ICE restarts for a connection that stayed new or connecting. */
+    this.stuckRestarts = 0;
     /** @type {number | null} */
     this.bytesReceived = null;
     this.watchdog = setInterval(() => {
@@ -427,13 +434,24 @@ export class PeerLink {
       const state = pc.connectionState;
       if (state === "connected") {
         this.notConnectedSince = Date.now();
+        this.stuckRestarts = 0;
         return;
       }
       const negotiated = pc.signalingState === "stable" && !!pc.remoteDescription && !!pc.localDescription;
       if (!negotiated) return;
       if ((state === "new" || state === "connecting") && Date.now() - this.notConnectedSince > STUCK_RESTART_MS) {
-        console.warn(`Connection still ${state} after ${STUCK_RESTART_MS} ms; restarting ICE`);
         this.notConnectedSince = Date.now();
+        this.stuckRestarts += 1;
+        // An ICE restart did not help either: the browser's connection itself may be stuck (its
+        // gathering after a rollback, say). The impolite side makes a new one (the other side
+        // follows a new connection's offer); the polite side keeps restarting ICE, so the two
+        // never replace theirs at once.
+        if (this.stuckRestarts > STUCK_RESTARTS_BEFORE_REPLACING && !this.polite && onStuck) {
+          console.warn(`Connection still ${state} after ${this.stuckRestarts} tries; making a new one`);
+          onStuck();
+          return;
+        }
+        console.warn(`Connection still ${state} after ${STUCK_RESTART_MS} ms; restarting ICE`);
         pc.restartIce();
       }
     }, 1000);
@@ -1089,6 +1107,11 @@ export class CallController {
       },
       onQuiet: () => {
         if (this.links.get(peerId) === link) this.onMediaTrouble();
+      },
+      onStuck: () => {
+        void this.enqueue(async () => {
+          if (this.links.get(peerId) === link && !this.closed) await this.connect(peerId);
+        });
       },
     });
     this.links.set(peerId, link);
