@@ -49,6 +49,23 @@ const NATIVE_NETWORK_COUNT = 4;
 const TLS_ROW_COUNT = 1;
 
 /**
+ * A service on the lab's router (a fresh one per scenario) handing out `urls` of `turn`.
+ * @param {{ secret: string }} turn
+ * @param {string[]} urls
+ * @param {boolean} [relayOnly]
+ */
+function labService(turn, urls, relayOnly = false) {
+  return {
+    bind: `${LAB.service_ip}:0`,
+    env: {
+      CONSULT_ICE__TURN_URLS: JSON.stringify(urls),
+      CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
+      ...(relayOnly ? { CONSULT_ICE__RELAY_ONLY: "true" } : {}),
+    },
+  };
+}
+
+/**
  * One request to the lab's control socket.
  * @param {Record<string, unknown>} request
  * @returns {Promise<any>}
@@ -214,13 +231,7 @@ if (!LAB) {
           /** @type {Awaited<ReturnType<typeof runAdmitScenario>> | null} */
           let scenario = null;
           // A service of its own for each network, on the router's address.
-          const service = await startService({
-            bind: `${LAB.service_ip}:0`,
-            env: {
-              CONSULT_ICE__TURN_URLS: JSON.stringify([turn.url, turn.tcpUrl]),
-              CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
-            },
-          });
+          const service = await startService(labService(turn, [turn.url, turn.tcpUrl]));
           try {
             scenario = await runAdmitScenario(service, {
               title: network,
@@ -310,14 +321,7 @@ if (!LAB) {
       const rows = [];
       try {
         await withService(
-          {
-            bind: `${LAB.service_ip}:0`,
-            env: {
-              CONSULT_ICE__TURN_URLS: JSON.stringify([turn.tlsUrl]),
-              CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
-              CONSULT_ICE__RELAY_ONLY: "true",
-            },
-          },
+          labService(turn, [turn.tlsUrl], true),
           async ({ service, people }) => {
             // Trusted: both sides connect through coturn's TLS listener on 443.
             const scenario = await runAdmitScenario(service, {
@@ -339,14 +343,7 @@ if (!LAB) {
         // Untrusted (the same relay, browsers that do not trust its key; a service of its own):
         // no media, and the patient's page says the relay cannot be reached.
         await withService(
-          {
-            bind: `${LAB.service_ip}:0`,
-            env: {
-              CONSULT_ICE__TURN_URLS: JSON.stringify([turn.tlsUrl]),
-              CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
-              CONSULT_ICE__RELAY_ONLY: "true",
-            },
-          },
+          labService(turn, [turn.tlsUrl], true),
           async ({ service, people }) => {
             const doctor = await launchParticipant("doctor (untrusting)", { origin: service.url, namespace: LAB.peers.doctor.namespace });
             const patient = await launchParticipant("patient (untrusting)", { origin: service.url, namespace: LAB.peers.patient.namespace });
@@ -392,13 +389,7 @@ if (!LAB) {
           if (blockUdp) await control({ op: "block_udp", peer: "patient", blocked: true });
           try {
             await withService(
-              {
-                bind: `${LAB.service_ip}:0`,
-                env: {
-                  CONSULT_ICE__TURN_URLS: JSON.stringify([turn.url, turn.tcpUrl]),
-                  CONSULT_ICE__TURN_SHARED_SECRET: turn.secret,
-                },
-              },
+              labService(turn, [turn.url, turn.tcpUrl]),
               async (scope) => {
                 const { doctor } = await doctorWithEchoBot(scope, {
                   label: "doctor",
