@@ -12,7 +12,7 @@
 // process, the service and coturn are on the lab's router.
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, createPublicKey } from "node:crypto";
+import { createHash, createPublicKey, randomBytes } from "node:crypto";
 import { appendFile, mkdtemp, readFile, rm } from "node:fs/promises";
 import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
@@ -22,6 +22,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 
 import {
+  acceptAndDownload,
   admitFromWaitingRoom,
   byTestId,
   closeAll,
@@ -29,10 +30,12 @@ import {
   diagnostics,
   doctorWithEchoBot,
   launchParticipant,
+  offerFile,
   openConsultation,
   patientJoin,
   REPO_ROOT,
   runAdmitScenario,
+  sha256Hex,
   signInDoctor,
   startService,
   startTurnServer,
@@ -181,6 +184,31 @@ function selectedLocalCandidate(page) {
   });
 }
 
+/** How long the browsers may take over the reference file before the figure says so. */
+const FILE_LIMIT_MS = 60_000;
+
+/**
+ * Send 512 KiB from one page to the other (offered, accepted, verified, saved): the throughput,
+ * or that it did not arrive within FILE_LIMIT_MS. A file that arrives must be the one sent.
+ * @param {import('playwright-core').Page} from
+ * @param {import('playwright-core').Page} to
+ * @param {string} network
+ */
+async function fileThroughput(from, to, network) {
+  const data = randomBytes(512 * 1024);
+  const name = `scan-${network.replace(/[^a-z0-9]+/gi, "-")}.bin`;
+  const started = Date.now();
+  await offerFile(from, name, data);
+  try {
+    const got = await acceptAndDownload(to, name, FILE_LIMIT_MS);
+    assert.equal(sha256Hex(got.bytes), sha256Hex(data), `${network}: the file arrives whole`);
+    return `file ${Math.round(512 / ((Date.now() - started) / 1000))} KiB/s`;
+  } catch (err) {
+    if (err instanceof assert.AssertionError) throw err;
+    return `file not in ${FILE_LIMIT_MS / 1000} s`;
+  }
+}
+
 if (!LAB) {
   describe("browser calls through emulated networks", () => {
     test("run inside a lab (consult-netem run)", { timeout: 900_000 }, async () => {
@@ -206,12 +234,12 @@ if (!LAB) {
   });
 } else {
   describe("browser calls through emulated networks (in the lab)", { timeout: 840_000 }, () => {
-    /** @type {{ network: string, impair?: Record<string, unknown>, blockUdp?: boolean, move?: boolean, flap?: boolean }[]} */
+    /** @type {{ network: string, impair?: Record<string, unknown>, blockUdp?: boolean, move?: boolean, flap?: boolean, file?: boolean }[]} */
     const networks = [
-      { network: "no impairment" },
+      { network: "no impairment", file: true },
       { network: "UDP blocked (TURN over TCP)", blockUdp: true },
-      { network: "3% loss", impair: { loss_percent: 3 } },
-      { network: "10% loss", impair: { loss_percent: 10 } },
+      { network: "3% loss", impair: { loss_percent: 3 }, file: true },
+      { network: "10% loss", impair: { loss_percent: 10 }, file: true },
       { network: "150 ms RTT ± 30 ms", impair: { delay_ms: 75, jitter_ms: 15 } },
       { network: "300 kbit/s", impair: { rate_kbit: 300 } },
       { network: "address change", move: true },
@@ -224,7 +252,7 @@ if (!LAB) {
       try {
         // CONSULT_NETWORKS=a,b (substrings of the names) runs only those, for a quicker look.
         const only = process.env.CONSULT_NETWORKS?.split(",") ?? null;
-        for (const { network, impair, blockUdp, move, flap } of networks) {
+        for (const { network, impair, blockUdp, move, flap, file } of networks) {
           if (only && !only.some((o) => network.includes(o))) continue;
           if (impair) await control({ op: "impair", peer: "patient", ...impair });
           if (blockUdp) await control({ op: "block_udp", peer: "patient", blocked: true });
@@ -284,7 +312,11 @@ if (!LAB) {
                 return received + lost > 0 ? (100 * lost) / (received + lost) : 0;
               }),
             );
-            const row = `| browser↔browser | ${network} | first frame ${scenario.firstFrameMs} ms | frozen ${frozen.toFixed(1)} s/min | audio lost ${audioLost.toFixed(1)}% | ${recover} |`;
+            // The reference for the native file figures: the same 512 KiB, doctor → patient,
+            // between Chromium's own SCTP stacks.
+            let fileFigure = "—";
+            if (file) fileFigure = await fileThroughput(doctor.page, patient.page, network);
+            const row = `| browser↔browser | ${network} | first frame ${scenario.firstFrameMs} ms | frozen ${frozen.toFixed(1)} s/min | audio lost ${audioLost.toFixed(1)}% | ${fileFigure} | ${recover} |`;
             rows.push(row);
             t.diagnostic(row);
           } catch (err) {

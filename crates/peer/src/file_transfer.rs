@@ -563,6 +563,13 @@ impl FileTransfers {
         None
     }
 
+    /// Whether an accepted outgoing transfer has chunks left to put on the channel.
+    pub fn has_chunks_to_send(&self) -> bool {
+        self.outgoing
+            .values()
+            .any(|t| t.next.is_some_and(|next| next < t.offer.size))
+    }
+
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<FileEvent> {
         self.events.pop_front()

@@ -60,6 +60,7 @@
 pub mod chat;
 pub mod file_transfer;
 mod peer;
+pub mod redundancy;
 #[cfg(feature = "simulated")]
 pub mod simulated;
 

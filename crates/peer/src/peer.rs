@@ -30,8 +30,10 @@ use consult_e2ee::{
 
 use crate::chat::{self, ChatError, CHAT_CHANNEL_LABEL, DEFAULT_MAX_CHAT_BYTES};
 use crate::file_transfer::{
-    FileError, FileEvent, FileTransfers, Frame, Limits, FILE_CHANNEL_LABEL,
+    FileError, FileEvent, FileTransfers, Frame, Limits, CHUNK_BYTES, CHUNK_HEADER_BYTES,
+    FILE_CHANNEL_LABEL,
 };
+use crate::redundancy::{self, DataRedundancy};
 
 /// How a peer is set up.
 #[derive(Debug, Clone)]
@@ -52,6 +54,11 @@ pub struct PeerConfig {
     pub stats_interval: Duration,
     /// Starting point of bandwidth estimation.
     pub initial_bitrate_bps: u64,
+    /// What bandwidth estimation tries to discover by probing; `None`: no probing, so the
+    /// estimate never rises above [`Self::initial_bitrate_bps`]. Off by default: with probing on,
+    /// the simulated 10 % loss test saw a corrupt H.264 frame reach the decoder in about half
+    /// its runs (str0m's padding under loss; not yet understood).
+    pub desired_bitrate_bps: Option<u64>,
     /// Perfect negotiation: a polite peer gives way when both offer at once.
     pub polite: bool,
     /// End-to-end encryption (SFrame) with this remote participant; `None`: off.
@@ -59,6 +66,9 @@ pub struct PeerConfig {
     /// The DTLS certificate to present (an integrator that keeps one identity across calls);
     /// `None`: a fresh one for this peer.
     pub dtls_certificate: Option<DtlsCert>,
+    /// On a path where the remote reports loss, send the data channels' datagrams more than
+    /// once and pace file data so media keeps priority (see [`crate::redundancy`]).
+    pub data_redundancy: bool,
 }
 
 /// End-to-end encryption for one connection: who we are, who the remote is (participant ids
@@ -84,9 +94,11 @@ impl Default for PeerConfig {
             max_buffered_bytes: 64 * 1024,
             stats_interval: Duration::from_secs(1),
             initial_bitrate_bps: 600_000,
+            desired_bitrate_bps: None,
             polite: false,
             e2ee: None,
             dtls_certificate: None,
+            data_redundancy: true,
         }
     }
 }
@@ -349,6 +361,10 @@ pub struct Peer {
     chat: Option<ChannelId>,
     /// Channel to send file frames on.
     file: Option<ChannelId>,
+    /// Copies of SCTP datagrams and the pacing of file data on a lossy path.
+    redundancy: DataRedundancy,
+    /// Copies of the last SCTP datagram still to send.
+    copies_to_send: VecDeque<Transmit>,
     /// Every open channel per label: after glare both sides may have created one, and data is
     /// accepted on any of them.
     chat_ids: Vec<ChannelId>,
@@ -453,8 +469,12 @@ impl Peer {
             connected: false,
             timeout: None,
         });
+        let mut rtc = rtc_config.build(now);
+        if let Some(desired) = config.desired_bitrate_bps {
+            rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
+        }
         Self {
-            rtc: rtc_config.build(now),
+            rtc,
             config,
             pending_offer: None,
             offered_audio: None,
@@ -472,6 +492,8 @@ impl Peer {
             video_rx_mid: None,
             chat: None,
             file: None,
+            redundancy: DataRedundancy::new(now),
+            copies_to_send: VecDeque::new(),
             chat_ids: Vec::new(),
             file_ids: Vec::new(),
             files,
@@ -774,13 +796,24 @@ impl Peer {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Output::Event(event));
             }
+            if let Some(copy) = self.copies_to_send.pop_front() {
+                return Ok(Output::Transmit(copy));
+            }
             match self.rtc.poll_output()? {
                 str0m::Output::Transmit(t) => {
-                    return Ok(Output::Transmit(Transmit {
+                    let transmit = Transmit {
                         source: t.source,
                         destination: t.destination,
                         contents: t.contents.into(),
-                    }))
+                    };
+                    if self.config.data_redundancy
+                        && redundancy::is_sctp_datagram(&transmit.contents)
+                    {
+                        for _ in 1..self.redundancy.copies_of(transmit.contents.len()) {
+                            self.copies_to_send.push_back(transmit.clone());
+                        }
+                    }
+                    return Ok(Output::Transmit(transmit));
                 }
                 str0m::Output::Event(event) => self.handle_event(event),
                 str0m::Output::Timeout(at) => {
@@ -792,6 +825,14 @@ impl Peer {
                     let at = match self.e2ee.as_ref().and_then(|e| e.timeout) {
                         Some(e2ee_at) => at.min(e2ee_at),
                         None => at,
+                    };
+                    // Paced file data wakes us when its allowance is there.
+                    let at = match self.file.is_some() && self.files.has_chunks_to_send() {
+                        true => self
+                            .redundancy
+                            .allowance_at(CHUNK_BYTES + CHUNK_HEADER_BYTES)
+                            .map_or(at, |paced| at.min(paced)),
+                        false => at,
                     };
                     return Ok(Output::Timeout(at));
                 }
@@ -974,6 +1015,10 @@ impl Peer {
                 self.stats.egress_loss = peer.egress_loss_fraction;
                 self.stats.ingress_loss = peer.ingress_loss_fraction;
                 self.stats.estimated_send_bps = peer.bwe_tx.map(|b| b.as_u64());
+                if self.config.data_redundancy {
+                    self.redundancy
+                        .on_stats(self.stats.egress_loss, self.stats.estimated_send_bps);
+                }
                 self.stats.selected_pair = peer
                     .selected_candidate_pair
                     .as_ref()
@@ -1145,7 +1190,9 @@ impl Peer {
             let Some(mut channel) = self.rtc.channel(id) else {
                 return Ok(wrote);
             };
-            let space = max.saturating_sub(channel.buffered_amount());
+            let space = max
+                .saturating_sub(channel.buffered_amount())
+                .min(self.redundancy.file_allowance(self.now));
             let Some(frame) = self.files.poll_frame(space) else {
                 break;
             };
@@ -1154,6 +1201,7 @@ impl Peer {
             let Some(mut channel) = self.rtc.channel(id) else {
                 return Ok(wrote);
             };
+            self.redundancy.spend(bytes.len());
             if !channel.write(binary, &bytes)? {
                 // The SCTP buffer is four times our limit, so this only happens if a control
                 // frame meets a full queue; losing it would desynchronise the transfer.

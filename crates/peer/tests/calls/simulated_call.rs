@@ -776,3 +776,83 @@ fn a_shared_screen_goes_in_a_section_of_its_own_and_stops() {
         "the screen flows again"
     );
 }
+
+/// Seconds (virtual) a 512 KiB file takes from a to b over 10 % loss each way and a 100 ms round
+/// trip, with video from a to b so that b's receiver reports tell a about the loss.
+fn file_over_ten_percent_loss(data_redundancy: bool) -> (Option<Duration>, f64) {
+    let lossy = Link {
+        loss: 0.10,
+        delay: Duration::from_millis(50),
+    };
+    let config = PeerConfig {
+        data_redundancy,
+        ..vp8_only()
+    };
+    let mut call = SimulatedCall::new(config.clone(), config, lossy, 11);
+    call.negotiate().unwrap();
+    assert!(
+        call.run_until(Duration::from_secs(30), |c| c.a.connected
+            && c.b.connected
+            && channels_open(c))
+            .unwrap(),
+        "connects"
+    );
+    let file = random_bytes(512 * 1024, 5);
+    let mut index = 0u64;
+    let mut next_frame = call.now();
+    let mut offered_at = None;
+    let mut received = None;
+    let limit = call.elapsed() + Duration::from_secs(60);
+    while call.elapsed() < limit && received.is_none() {
+        if call.now() >= next_frame {
+            let frame = vp8_frame(index, index.is_multiple_of(90));
+            call.a
+                .peer
+                .write_video(call.now(), index * 3000, VideoCodec::Vp8, &frame)
+                .unwrap();
+            index += 1;
+            next_frame += Duration::from_millis(33);
+        }
+        // Offer once the loss is known (after the first receiver reports), then accept.
+        if offered_at.is_none() && call.elapsed() > Duration::from_secs(3) {
+            call.a
+                .peer
+                .offer_file("scan.bin", "application/octet-stream", file.clone())
+                .unwrap();
+            offered_at = Some(call.elapsed());
+        }
+        let offer = call.b.events.iter().find_map(|(_, e)| match e {
+            PeerEvent::File(FileEvent::Offered { offer }) => Some(offer.id),
+            _ => None,
+        });
+        if let Some(id) = offer {
+            let _ = call.b.peer.accept_file(id);
+        }
+        received = call.b.events.iter().find_map(|(t, e)| match e {
+            PeerEvent::File(FileEvent::Received { data, .. }) => {
+                assert_eq!(*data, file, "the file arrives whole");
+                Some(*t)
+            }
+            _ => None,
+        });
+        call.step().unwrap();
+    }
+    let loss = call.a.dropped as f64 / call.a.sent as f64;
+    (received.zip(offered_at).map(|(r, o)| r - o), loss)
+}
+
+#[test]
+fn a_file_keeps_moving_over_ten_percent_loss_because_sctp_datagrams_go_three_times() {
+    let (with, loss) = file_over_ten_percent_loss(true);
+    let (without, _) = file_over_ten_percent_loss(false);
+    println!("512 KiB over 10 % loss, 100 ms RTT: {with:?} with copies, {without:?} without");
+    // The datagrams a sent, copies included, really were lost at about 10 %.
+    assert!((0.08..0.12).contains(&loss), "loss {loss}");
+    let with = with.expect("the file arrives with copies");
+    assert!(with < Duration::from_secs(10), "{with:?}");
+    // Without copies it crawls: at least three times as long, if it arrives at all.
+    assert!(
+        without.is_none_or(|without| without > with * 3),
+        "{without:?}"
+    );
+}

@@ -9,6 +9,7 @@
 //! Needs root (namespaces), `ip`, `nft`, `tc` and coturn; `scripts/test.sh` installs them.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -189,6 +190,8 @@ impl Report {
 /// pattern and a tone once connected, until told to stop.
 struct NativePeer {
     stop: watch::Sender<bool>,
+    /// Set once a file offered to it arrived whole.
+    got_file: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Result<Report, consult_netem::LabError>>,
 }
 
@@ -203,6 +206,8 @@ impl NativePeer {
         send_file_after: Option<Duration>,
     ) -> Self {
         let (stop, mut stopped) = watch::channel(false);
+        let got_file = Arc::new(AtomicBool::new(false));
+        let file_flag = got_file.clone();
         let root_pem = root_pem.as_bytes().to_vec();
         let thread = lab.namespace(name).expect("peer").spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -271,6 +276,7 @@ impl NativePeer {
                             Some(SessionEvent::File { event: FileEvent::Received { data, .. }, .. }) => {
                                 assert_eq!(data, test_file(), "the received file is the one sent");
                                 report.file_received = Some((Instant::now(), data.len()));
+                                file_flag.store(true, Ordering::SeqCst);
                             }
                             Some(e @ (SessionEvent::Disconnected { .. } | SessionEvent::IceConnected { .. })) => {
                                 report.log.push((Instant::now(), format!("{e:?}")));
@@ -294,7 +300,20 @@ impl NativePeer {
                 report
             })
         });
-        Self { stop, thread }
+        Self {
+            stop,
+            got_file,
+            thread,
+        }
+    }
+
+    /// Wait until a file offered to it arrived whole, or `limit` passed; whether it did.
+    async fn file_arrives_within(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while !self.got_file.load(Ordering::SeqCst) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.got_file.load(Ordering::SeqCst)
     }
 
     /// Stop it; its report, with the moment it was told to stop.
@@ -448,14 +467,29 @@ fn behind_a_firewall_that_drops_all_udp_the_patient_connects_through_turn_over_t
 }
 
 /// One impaired network: the patient's link does `impairment` from the start. With
-/// `max_audio_lost`, the audio lost after FEC (per cent) must stay below it.
-fn impaired(network: &str, impairment: Impairment, max_audio_lost: Option<f64>) {
+/// `max_audio_lost`, the audio lost after FEC (per cent) must stay below it; with `file_within`,
+/// the doctor's file must reach the patient whole within that time of the call starting.
+fn impaired(
+    network: &str,
+    impairment: Impairment,
+    max_audio_lost: Option<f64>,
+    file_within: Option<Duration>,
+) {
     let network = network.to_owned();
     in_lab(move |lab| async move {
         lab.impair("patient", &impairment).expect("impair");
         let router = router(&lab).await;
         let (_, patient, doctor, admitted) = call(&lab, &router).await;
         tokio::time::sleep(Duration::from_secs(12)).await;
+        if let Some(limit) = file_within {
+            let arrived = patient
+                .file_arrives_within(limit.saturating_sub(Duration::from_secs(12)))
+                .await;
+            assert!(
+                arrived,
+                "{network}: the file did not arrive within {limit:?}"
+            );
+        }
         let (patient, doctor) = (patient.finish(), doctor.finish());
         let lost = figures(&network, admitted, &patient, &doctor, "—");
         if let Some(max) = max_audio_lost {
@@ -476,6 +510,7 @@ fn three_per_cent_loss() {
             ..Impairment::default()
         },
         None,
+        Some(Duration::from_secs(40)),
     );
 }
 
@@ -489,6 +524,8 @@ fn ten_per_cent_loss() {
         },
         // Without FEC 10.8–13.6 % was lost here; Opus in-band FEC rebuilds single losses.
         Some(7.0),
+        // Without copies of the SCTP datagrams the file did not move at all in 10 s.
+        Some(Duration::from_secs(40)),
     );
 }
 
@@ -502,6 +539,7 @@ fn a_150_ms_round_trip_with_30_ms_jitter() {
             ..Impairment::default()
         },
         None,
+        None,
     );
 }
 
@@ -514,6 +552,7 @@ fn a_300_kbit_cap() {
             ..Impairment::default()
         },
         None,
+        None,
     );
 }
 
@@ -525,6 +564,7 @@ fn a_1_mbit_cap() {
             rate_kbit: Some(1000),
             ..Impairment::default()
         },
+        None,
         None,
     );
 }
