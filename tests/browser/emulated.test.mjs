@@ -50,6 +50,10 @@ const NETWORK_COUNT = 8;
 const NATIVE_NETWORK_COUNT = 4;
 /** And the TURN over TLS test. */
 const TLS_ROW_COUNT = 1;
+/** And the weak link test. */
+const WEAK_ROW_COUNT = 1;
+/** The weak link: too little for moving pictures, enough for audio. */
+const WEAK_LINK_KBIT = 80;
 
 /**
  * A service on the lab's router (a fresh one per scenario) handing out `urls` of `turn`.
@@ -226,7 +230,7 @@ if (!LAB) {
         assert.equal(code, 0, `the tests in the lab failed (exit ${code}; ${NETEM_BIN} needs root, ip, nft and tc)`);
         // The inner run did run every network (and did not skip).
         const rows = (await readFile(report, "utf8")).trim().split("\n");
-        if (!process.env.CONSULT_NETWORKS) assert.equal(rows.length, NETWORK_COUNT + NATIVE_NETWORK_COUNT + TLS_ROW_COUNT, rows.join("\n"));
+        if (!process.env.CONSULT_NETWORKS) assert.equal(rows.length, NETWORK_COUNT + NATIVE_NETWORK_COUNT + TLS_ROW_COUNT + WEAK_ROW_COUNT, rows.join("\n"));
       } finally {
         await rm(dir, { recursive: true, force: true });
       }
@@ -399,6 +403,90 @@ if (!LAB) {
         await control({ op: "block_udp", peer: "doctor", blocked: false });
         await turn.stop();
         await rm(dir, { recursive: true, force: true });
+      }
+    });
+
+    test("a link too weak for video: audio only with a picture every few seconds, said on both pages, and video back when the link recovers", async (t) => {
+      if (process.env.CONSULT_NETWORKS && !process.env.CONSULT_NETWORKS.includes("weak")) return;
+      const turn = await startTurnServer({ ip: LAB.service_ip });
+      const rows = [];
+      try {
+        await withService(labService(turn, [turn.url, turn.tcpUrl]), async ({ service }) => {
+          const scenario = await runAdmitScenario(service, {
+            title: "weak link",
+            doctor: { namespace: LAB.peers.doctor.namespace },
+            patient: { namespace: LAB.peers.patient.namespace },
+          });
+          const { doctor, patient } = scenario;
+          try {
+            await sleep(2000);
+            // The patient's link falls to 80 kbit/s each way: room for audio, not for moving pictures.
+            await control({ op: "impair", peer: "patient", rate_kbit: WEAK_LINK_KBIT });
+            const capped = Date.now();
+            for (const [who, person] of [["patient", patient], ["doctor", doctor]]) {
+              await person.page
+                .locator('[data-testid="video-step"][data-step="audio-only"]')
+                .waitFor({ state: "visible", timeout: 30_000 })
+                .catch(() => assert.fail(`${who}: the page never said audio only`));
+            }
+            const stepDownMs = Date.now() - capped;
+            // Each side's tile for the other says so too.
+            for (const [who, person] of [["patient", patient], ["doctor", doctor]]) {
+              await person.page
+                .locator('[data-testid="remote-tile"][data-video-paused="true"] [data-testid="tile-placeholder"]')
+                .waitFor({ state: "visible", timeout: 15_000 })
+                .catch(() => assert.fail(`${who}: the other's tile never said their connection is weak`));
+            }
+            const note = (await patient.page.locator('[data-testid="remote-tile"][data-video-paused="true"] [data-testid="tile-placeholder"]').textContent()) ?? "";
+            assert.match(note, /weak connection — audio only/, note);
+            // Audio only: the sound keeps coming, and a picture every few seconds.
+            const weak = await Promise.all([sample(doctor.page, 12_000), sample(patient.page, 12_000)]);
+            for (const [i, s] of weak.entries()) {
+              const who = i === 0 ? "doctor" : "patient";
+              // Pictures still come, but most of the time the picture stands (a try one step up
+              // may move it for a few seconds).
+              const pictures = s.at(-1).framesDecoded - s[0].framesDecoded;
+              assert.ok(pictures >= 2, `${who}: ${pictures} pictures in 12 s of audio only`);
+              assert.ok(frozenPerMinute(s) >= 30, `${who}: video stood ${frozenPerMinute(s).toFixed(1)} s/min in audio only (${pictures} pictures)`);
+              assert.ok(s.at(-1).audioPackets - s[0].audioPackets > 300, `${who}: audio keeps coming (${s.at(-1).audioPackets - s[0].audioPackets} packets in 12 s)`);
+            }
+            const audioLost = Math.max(
+              ...weak.map((s) => {
+                const received = s.at(-1).audioPackets - s[0].audioPackets;
+                const lost = s.at(-1).audioLost - s[0].audioLost;
+                return received + lost > 0 ? (100 * lost) / (received + lost) : 0;
+              }),
+            );
+            // The link recovers: video climbs back by itself, and the notes go.
+            await control({ op: "impair", peer: "patient" });
+            const lifted = Date.now();
+            for (const [who, person] of [["patient", patient], ["doctor", doctor]]) {
+              await person.page
+                .locator('[data-testid="video-step"]')
+                .waitFor({ state: "hidden", timeout: 90_000 })
+                .catch(() => assert.fail(`${who}: video never came back to full`));
+            }
+            const backMs = Date.now() - lifted;
+            const back = await Promise.all([sample(doctor.page, 3000), sample(patient.page, 3000)]);
+            for (const [i, s] of back.entries()) {
+              const fps = (s.at(-1).framesDecoded - s[0].framesDecoded) / 3;
+              assert.ok(fps >= 10, `${i === 0 ? "doctor" : "patient"}: ${fps} frames a second after recovery`);
+            }
+            assert.equal(await doctor.page.locator('[data-testid="remote-tile"][data-video-paused="true"]').count(), 0, "the doctor's note about the patient went");
+            const row = `| browser↔browser | ${WEAK_LINK_KBIT} kbit/s, then none | audio only ${(stepDownMs / 1000).toFixed(1)} s after the cap | audio lost ${audioLost.toFixed(1)}% meanwhile | ${weak.map((s) => s.at(-1).framesDecoded - s[0].framesDecoded).join(" and ")} pictures in 12 s (video standing ${Math.min(...weak.map(frozenPerMinute)).toFixed(0)}+ s/min) | full video ${(backMs / 1000).toFixed(1)} s after the link recovered |`;
+            rows.push(row);
+            t.diagnostic(row);
+          } catch (err) {
+            if (err instanceof Error) err.message += diagnostics(service, [doctor, patient]);
+            throw err;
+          } finally {
+            await closeAll([doctor, patient]);
+          }
+        });
+        if (process.env.CONSULT_EMULATED_REPORT) await appendFile(process.env.CONSULT_EMULATED_REPORT, `${rows.join("\n")}\n`);
+      } finally {
+        await control({ op: "impair", peer: "patient" });
+        await turn.stop();
       }
     });
 

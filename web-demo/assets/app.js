@@ -986,6 +986,12 @@ async function openCall(id, asColleague = false) {
     onRecorder: (recorder) => {
       if (call === active) callView.setRecorderPresent(!!recorder);
     },
+    onVideoStep: (step) => {
+      if (call === active) callView.showVideoStep(step);
+    },
+    onRemoteVideoPaused: (peer, paused) => {
+      if (call === active) callView.setRemoteVideoPaused(peer.participant_id, paused);
+    },
   });
   active.controller = controller;
   renderRecording(active);

@@ -48,7 +48,25 @@ class RemoteTile {
     this.note = h("p", { className: "tile-placeholder", testid: "tile-placeholder" });
     this.element = h("figure", { className: "remote-tile", testid: "remote-tile" }, [this.video, this.label, this.note]);
     this.element.dataset.peerId = peer.participant_id;
+    this.paused = false;
     this.setPeer(peer);
+  }
+
+  /**
+   * Their link is too weak for moving pictures: audio only, a picture every few seconds (the
+   * picture stays on the tile, with a note over it).
+   * @param {boolean} paused
+   */
+  setPaused(paused) {
+    this.paused = paused;
+    this.element.dataset.videoPaused = String(paused);
+    if (paused) {
+      this.note.hidden = false;
+      this.note.textContent = `${this.peer ? describePeer(this.peer) : "They"}: weak connection — audio only, a picture every few seconds.`;
+    } else if (this.hasVideo) {
+      this.note.hidden = true;
+      this.note.textContent = "";
+    }
   }
 
   /** @param {Peer} peer */
@@ -73,8 +91,10 @@ class RemoteTile {
   show(stream, onAutoplayRefused) {
     if (this.video.srcObject !== stream) this.video.srcObject = stream;
     const hasVideo = stream.getVideoTracks().length > 0;
-    this.note.hidden = hasVideo;
-    this.note.textContent = hasVideo ? "" : `${this.peer ? describePeer(this.peer) : "They"}: no camera on.`;
+    if (!this.paused || !hasVideo) {
+      this.note.hidden = hasVideo;
+      this.note.textContent = hasVideo ? "" : `${this.peer ? describePeer(this.peer) : "They"}: no camera on.`;
+    }
     this.video.muted = false;
     this.video.play().catch((err) => {
       if (err instanceof DOMException && err.name === "NotAllowedError") {
@@ -202,6 +222,10 @@ export class CallView {
     this.recorderLabel = byId("participant-recorder", HTMLElement);
     this.status = byId("call-status", HTMLElement);
     this.quality = byId("quality", HTMLElement);
+    /** How our video goes out while it is below full (made here: both pages get it). */
+    this.videoStep = h("p", { className: "video-step", testid: "video-step", attrs: { role: "status" } });
+    this.videoStep.hidden = true;
+    this.quality.after(this.videoStep);
     this.qualityLabel = byId("quality-label", HTMLElement);
     this.qualityText = byId("quality-text", HTMLElement);
     this.placeholder = byId("remote-placeholder", HTMLElement);
@@ -430,6 +454,37 @@ export class CallView {
     this.screenButton.hidden = !allowed;
     this.screenButton.textContent = sharing ? "Stop sharing" : "Share screen";
     this.screenButton.setAttribute("aria-pressed", String(sharing));
+  }
+
+  /**
+   * How our camera's video goes out (the worst of our connections): nothing said at full.
+   * @param {"full" | "reduced" | "low" | "audio-only"} step
+   */
+  showVideoStep(step) {
+    const text =
+      step === "audio-only"
+        ? "Weak connection: audio only. Your camera sends a picture every few seconds."
+        : step === "full"
+          ? ""
+          : "Weak connection: your video is sent at a lower quality to keep the sound clear.";
+    this.videoStep.dataset.step = step;
+    if (this.videoStep.textContent === text) return;
+    this.videoStep.textContent = text;
+    this.videoStep.hidden = !text;
+    if (text) announce(text);
+  }
+
+  /**
+   * Someone's video all but stopped while their audio goes on (their link is too weak), or moves
+   * again.
+   * @param {string} peerId
+   * @param {boolean} paused
+   */
+  setRemoteVideoPaused(peerId, paused) {
+    const tile = this.tileOf.get(peerId);
+    if (!tile || tile.paused === paused) return;
+    tile.setPaused(paused);
+    if (paused && tile.peer) announce(`${describePeer(tile.peer)} has a weak connection: audio only for now.`);
   }
 
   /**

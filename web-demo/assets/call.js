@@ -40,6 +40,7 @@ import { applyVideoCodecPreferences, E2eeLink } from "./e2ee/call-e2ee.js";
 import { parseRecordingPublicKey, uuidBytes } from "./e2ee/recording-key.js";
 import { RecordingProtection } from "./e2ee/recording-protection.js";
 import { E2EE_CHANNEL_LABEL } from "./e2ee/schedule.js";
+import { AUDIO_ONLY, SendLadder, VIDEO_STEPS } from "./video-ladder.js";
 
 /**
  * Most bits per second a connection sends video at, by how many other participants there are: one
@@ -50,6 +51,20 @@ export function videoBitrateFor(receivers) {
   const TOTAL_BPS = 1_500_000;
   const FLOOR_BPS = 300_000;
   return Math.max(FLOOR_BPS, Math.floor(TOTAL_BPS / Math.max(1, receivers)));
+}
+
+/**
+ * The remote SDP with `usedtx=1` on every Opus format: a browser's Opus encoder follows what the
+ * remote side's description asks of it, so this turns discontinuous transmission on for what we
+ * send (silence is not sent; the other side conceals the gap). Nothing else changes.
+ * @param {string} sdp
+ */
+export function withOpusDtx(sdp) {
+  const opus = new Set();
+  for (const match of sdp.matchAll(/^a=rtpmap:(\d+) opus\/48000/gim)) opus.add(match[1]);
+  return sdp.replace(/^a=fmtp:(\d+) ([^\r\n]*)/gm, (line, pt, params) =>
+    opus.has(pt) && !/(^|;)\s*usedtx=/.test(params) ? `a=fmtp:${pt} ${params};usedtx=1` : line,
+  );
 }
 
 /** The media stream id (`a=msid`) the native peer sends a shared screen under. */
@@ -126,6 +141,9 @@ const DISCONNECTED_RESTART_MS = 4000;
  * packets a second, and RTCP flows even in silence.
  */
 const QUIET_SECONDS = 2;
+/** Seconds of the other side's video under a picture a second (its audio still coming) before
+ * the page says their link is too weak for moving pictures. */
+const PAUSED_SECONDS = 3;
 
 /** ICE restarts of a connection stuck in "new"/"connecting" before the impolite side makes a new one. */
 const STUCK_RESTARTS_BEFORE_REPLACING = 1;
@@ -274,8 +292,13 @@ export class PeerLink {
    *   browser calls it disconnected.
    * @param {() => void} [options.onStuck] Impolite side: the connection stayed new or connecting
    *   through ICE restarts; make a new one.
+   * @param {(step: import('./video-ladder.js').VideoStep) => void} [options.onVideoStep] The camera's
+   *   video on this connection stepped down or up (`video-ladder.js`).
+   * @param {(paused: boolean) => void} [options.onRemoteVideoPaused] The other side's video came
+   *   at under one picture a second for `PAUSED_SECONDS` while its audio still arrived (their
+   *   link is too weak for moving pictures), or moves again.
    */
-  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onRemoteScreen, screenStream = null, onStateChange, createChannels = true, onDataChannel, onIceProblem, onQuiet, onStuck, e2ee = null }) {
+  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onRemoteScreen, screenStream = null, onStateChange, createChannels = true, onDataChannel, onIceProblem, onQuiet, onStuck, onVideoStep, onRemoteVideoPaused, e2ee = null }) {
     this.peerId = peerId;
     this.onRemoteScreen = onRemoteScreen ?? (() => {});
     /** @type {RTCRtpTransceiver | null} The section this side's screen goes in (kept once made). */
@@ -317,6 +340,20 @@ export class PeerLink {
       for (const track of sending.getTracks()) pc.addTrack(track, sending);
     }
     this.mediaAllowed = mediaAllowed;
+    /** The connection's own video limit (its share of the uplink), set by `limitVideo`. */
+    this.videoLimitBps = videoBitrateFor(1);
+    const camera = sending?.getVideoTracks()[0] ?? null;
+    /** Steps the camera's video down on a weak link and back up (none without a camera). */
+    this.ladder = camera
+      ? new SendLadder(
+          pc,
+          () => pc.getSenders().find((s) => s.track === camera) ?? null,
+          () => this.videoLimitBps,
+          (step) => onVideoStep?.(step),
+        )
+      : null;
+    /** Recent seconds' decoded pictures and audio packets from the other side. */
+    this.remoteVideo = { frames: /** @type {number | null} */ (null), audio: /** @type {number | null} */ (null), slowSeconds: 0, paused: false };
     // Without a camera or microphone, still ask for the other side's audio and video (this also
     // makes sure this side starts negotiating when it is the one to offer).
     for (const kind of ["audio", "video"]) {
@@ -418,8 +455,10 @@ export class PeerLink {
             this.quietSeconds = bytes === this.bytesReceived ? this.quietSeconds + 1 : 0;
             this.bytesReceived = bytes;
             if (this.quietSeconds === QUIET_SECONDS && !this.closed) onQuiet?.();
+            this.watchRemoteVideo(report, onRemoteVideoPaused);
           })
           .catch(() => {});
+        void this.ladder?.tick();
       } else {
         this.quietSeconds = 0;
       }
@@ -455,6 +494,37 @@ export class PeerLink {
         pc.restartIce();
       }
     }, 1000);
+  }
+
+  /**
+   * Whether the other side's video has all but stopped while its audio goes on (see
+   * `onRemoteVideoPaused`).
+   * @private
+   * @param {RTCStatsReport} report
+   * @param {((paused: boolean) => void) | undefined} onPaused
+   */
+  watchRemoteVideo(report, onPaused) {
+    let frames = 0;
+    let audio = 0;
+    let videoSeen = false;
+    report.forEach((/** @type {any} */ s) => {
+      if (s.type !== "inbound-rtp") return;
+      if (s.kind === "video" && !(this.remoteScreen && s.trackIdentifier === this.remoteScreen.getVideoTracks()[0]?.id)) {
+        frames += s.framesDecoded ?? 0;
+        videoSeen ||= (s.framesDecoded ?? 0) > 0;
+      }
+      if (s.kind === "audio") audio += s.packetsReceived ?? 0;
+    });
+    const seen = this.remoteVideo;
+    const slow = videoSeen && seen.frames !== null && seen.audio !== null && frames - seen.frames < 1 && audio > seen.audio;
+    seen.slowSeconds = slow ? seen.slowSeconds + 1 : frames - (seen.frames ?? frames) >= 2 ? 0 : seen.slowSeconds;
+    seen.frames = frames;
+    seen.audio = audio;
+    const paused = seen.slowSeconds >= PAUSED_SECONDS;
+    if (paused !== seen.paused) {
+      seen.paused = paused;
+      if (!this.closed) onPaused?.(paused);
+    }
   }
 
   /** @private */
@@ -512,7 +582,7 @@ export class PeerLink {
     if (this.ignoreOffer) return;
     this.isSettingRemoteAnswerPending = description.type === "answer";
     try {
-      await pc.setRemoteDescription(description);
+      await pc.setRemoteDescription({ type: description.type, sdp: withOpusDtx(description.sdp) });
     } finally {
       this.isSettingRemoteAnswerPending = false;
     }
@@ -612,6 +682,9 @@ export class PeerLink {
    */
   async limitVideo(bps) {
     if (this.closed) return;
+    this.videoLimitBps = bps;
+    // The ladder's step may want less.
+    bps = Math.min(bps, this.ladder?.step.maxBps ?? Infinity);
     for (const sender of this.pc.getSenders()) {
       if (!sender.track || sender.track.kind !== "video") continue;
       // A shared screen keeps what it needs to stay legible.
@@ -632,6 +705,7 @@ export class PeerLink {
     if (this.closed) return;
     this.closed = true;
     this.e2ee?.close();
+    this.ladder?.stop();
     this.iceRestarter.stop();
     clearInterval(this.watchdog);
     this.pc.ontrack = null;
@@ -860,8 +934,13 @@ export class CallController {
    * @param {() => void} [options.onMediaTrouble] A connection went disconnected or failed: our
    *   network may have changed (check the signaling connection at once; once it is back, ICE
    *   restarts on every connection that is down).
+   * @param {(step: import('./video-ladder.js').VideoStep["name"], audioOnly: boolean) => void} [options.onVideoStep]
+   *   Our camera's video stepped down or up on the connection where it is worst ("full" again
+   *   when every connection is back to full).
+   * @param {(peer: Peer, paused: boolean) => void} [options.onRemoteVideoPaused] Someone's video
+   *   all but stopped while their audio goes on (their link is too weak), or moves again.
    */
-  constructor({ send, getIceConfig, localStream, onRemoteStream, onRemoteScreen, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder, onMediaTrouble }) {
+  constructor({ send, getIceConfig, localStream, onRemoteStream, onRemoteScreen, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder, onMediaTrouble, onVideoStep, onRemoteVideoPaused }) {
     this.send = send;
     this.getIceConfig = getIceConfig;
     this.localStream = localStream;
@@ -877,6 +956,10 @@ export class CallController {
     this.onIceProblem = onIceProblem ?? (() => {});
     this.onRecorder = onRecorder ?? (() => {});
     this.onMediaTrouble = onMediaTrouble ?? (() => {});
+    this.onVideoStep = onVideoStep ?? (() => {});
+    /** The worst step reported so far (an index into `VIDEO_STEPS`). */
+    this.videoStep = 0;
+    this.onRemoteVideoPaused = onRemoteVideoPaused ?? (() => {});
     /** @type {IceProblem | null} */
     this.iceProblem = null;
     this.polite = false;
@@ -1029,6 +1112,18 @@ export class CallController {
   }
 
   /**
+   * Tell the page the worst step any connection's video is at (the one to explain).
+   * @private
+   */
+  reportVideoStep() {
+    let worst = 0;
+    for (const link of this.links.values()) worst = Math.max(worst, link.ladder ? VIDEO_STEPS.indexOf(link.ladder.step) : 0);
+    if (worst === this.videoStep) return;
+    this.videoStep = worst;
+    this.onVideoStep(VIDEO_STEPS[worst].name, worst === AUDIO_ONLY);
+  }
+
+  /**
    * Every connection sends video at the rate its share of the uplink allows.
    * @private
    */
@@ -1108,6 +1203,12 @@ export class CallController {
       onQuiet: () => {
         if (this.links.get(peerId) === link) this.onMediaTrouble();
       },
+      onVideoStep: () => {
+        if (this.links.get(peerId) === link) this.reportVideoStep();
+      },
+      onRemoteVideoPaused: (paused) => {
+        if (this.links.get(peerId) === link) this.onRemoteVideoPaused(this.peerOf(peerId), paused);
+      },
       onStuck: () => {
         void this.enqueue(async () => {
           if (this.links.get(peerId) === link && !this.closed) await this.connect(peerId);
@@ -1165,6 +1266,7 @@ export class CallController {
     if (!old) return;
     this.links.delete(peerId);
     old.close();
+    this.reportVideoStep();
     if (this.links.size === 0) this.setIceProblem(null);
     this.expose();
     this.limitVideo();

@@ -494,6 +494,12 @@ function enterWaiting(place) {
     onRecorder: (recorder) => {
       if (controller === created) callView.setRecorderPresent(!!recorder);
     },
+    onVideoStep: (step) => {
+      if (controller === created) callView.showVideoStep(step);
+    },
+    onRemoteVideoPaused: (peer, paused) => {
+      if (controller === created) callView.setRemoteVideoPaused(peer.participant_id, paused);
+    },
   });
   controller = created;
   signalingState = "connecting";

@@ -298,6 +298,16 @@ impl Call {
         self.links.iter_mut().map(|l| (l.remote(), &mut l.peer))
     }
 
+    /// The lowest send bandwidth estimate of the connections that are up, bits per second (not
+    /// clamped the way the encoder's bitrate is).
+    pub fn lowest_send_estimate(&self) -> Option<u64> {
+        self.links
+            .iter()
+            .filter(|l| l.peer.is_connected())
+            .filter_map(|l| l.bitrate)
+            .min()
+    }
+
     /// The video codec to encode with: the one negotiated on the first connection that is up
     /// (connections with another codec get no video).
     pub fn video_codec(&mut self) -> Option<VideoCodec> {

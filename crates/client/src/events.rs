@@ -138,4 +138,11 @@ pub enum SessionEvent {
     Ended,
     /// Something went wrong that the call survives (a bad datagram, a decode error).
     Warning(String),
+    /// Our camera's video stepped down on a weak link or back up
+    /// ([`crate::video_ladder`]); below [`Step::Full`](crate::video_ladder::Step::Full) an
+    /// application says so (in audio only, a picture still goes every few seconds).
+    VideoStep {
+        /// The step now in force.
+        step: crate::video_ladder::Step,
+    },
 }

@@ -82,3 +82,4 @@ mod reconnect;
 mod recorder_link;
 pub mod relay;
 pub mod session;
+pub mod video_ladder;

@@ -18,8 +18,11 @@ pub use crate::events::{ReceiveMode, SessionEvent};
 use crate::net::{default_ips, Datagram, GatherError, Gathered, Network};
 use crate::reconnect::{GaveUp, SignalLink};
 use crate::relay::TlsRoots;
+use crate::video_ladder::{Step, VideoLadder, STILL_EVERY};
 use consult_api_client::{ApiClient, ApiError, Credentials, PatientPlace, SignalConnection};
-use consult_codec::opus::{OpusDecoder, OpusEncoder, DEFAULT_EXPECTED_LOSS_PERCENT, FRAME_SAMPLES};
+use consult_codec::opus::{
+    is_dtx, OpusDecoder, OpusEncoder, DEFAULT_EXPECTED_LOSS_PERCENT, FRAME_SAMPLES,
+};
 use consult_codec::{
     video_decoder, video_encoder, CodecError, EncodedVideo, VideoDecoder, VideoEncoder, VideoFrame,
 };
@@ -27,6 +30,12 @@ use consult_e2ee::ScheduleConfig;
 use consult_peer::{EncodedFrame, Peer, PeerConfig, PeerError, TrackKind, VideoCodec, VideoSource};
 use consult_proto::api::IceServers;
 
+/// Frames from a camera come a little early or late: within this, a frame counts as on time for
+/// the ladder's step.
+const FRAME_SLACK: Duration = Duration::from_millis(5);
+
+/// In audio only, how long a picture is sent again after it (camera frames of it, a few bytes each).
+const STILL_REPEAT: Duration = Duration::from_millis(800);
 /// What the session sends when the application gives it raw frames.
 #[derive(Debug, Clone, Copy)]
 pub struct VideoSendConfig {
@@ -420,6 +429,16 @@ struct Runner {
     egress_loss: HashMap<Uuid, f32>,
     /// The loss audio FEC protects against now, per cent.
     expected_loss: u8,
+    /// What we send each participant, bits per second (their connection's last statistics).
+    send_bps: HashMap<Uuid, u64>,
+    /// The step our camera's video goes out at, and when it was last decided.
+    video_ladder: VideoLadder,
+    ladder_sampled_at: Instant,
+    /// When the last camera frame was encoded (frames between steps' intervals are skipped); in
+    /// audio only, the last picture.
+    video_sent_at: Option<Instant>,
+    /// In audio only: the last picture, sent again until the instant with it.
+    still: Option<(VideoFrame, Instant)>,
     video_decoders: HashMap<(Uuid, VideoSource), (VideoCodec, Box<dyn VideoDecoder>)>,
     /// When to re-establish signaling while media goes on peer to peer, and what to send then.
     link: SignalLink,
@@ -493,6 +512,11 @@ impl Runner {
             audio_decoders: HashMap::new(),
             last_audio_rtp: HashMap::new(),
             egress_loss: HashMap::new(),
+            send_bps: HashMap::new(),
+            video_ladder: VideoLadder::new(Instant::now()),
+            ladder_sampled_at: Instant::now(),
+            video_sent_at: None,
+            still: None,
             expected_loss: DEFAULT_EXPECTED_LOSS_PERCENT,
             video_decoders: HashMap::new(),
             link: SignalLink::new(),
@@ -723,17 +747,24 @@ impl Runner {
                     if let SessionEvent::PeerLeft { participant_id } = &event {
                         self.forget_decoders(*participant_id);
                         self.egress_loss.remove(participant_id);
+                        self.send_bps.remove(participant_id);
                     }
-                    if let SessionEvent::Stats { peer, stats } = &event
-                        && let Some(loss) = stats.egress_loss
-                    {
-                        self.protect_audio_against(*peer, loss);
+                    if let SessionEvent::Stats { peer, stats } = &event {
+                        self.send_bps.insert(*peer, stats.send_bps);
+                        if let Some(loss) = stats.egress_loss {
+                            self.protect_audio_against(*peer, loss);
+                        }
                     }
-                    emit(&self.events, event).await
+                    let stats_came = matches!(event, SessionEvent::Stats { .. });
+                    emit(&self.events, event).await;
+                    if stats_came {
+                        self.step_video().await;
+                    }
                 }
                 CallOutput::Frame { from, frame } => self.handle_frame(from, frame).await?,
                 CallOutput::Bitrate(bps) => {
                     self.video_bitrate = Some(bps);
+                    let bps = bps.min(self.video_ladder.step().max_bps());
                     if let Some((encoder, _)) = &mut self.video_encoder
                         && let Err(e) = encoder.set_bitrate(bps)
                     {
@@ -755,7 +786,39 @@ impl Runner {
                 let Some(codec) = self.call.video_codec() else {
                     return Ok(());
                 };
-                let mut force_keyframe = self.call.keyframe_due();
+                // The ladder's step: frames closer together than it allows wait for the next,
+                // at its size. In audio only, a picture (a keyframe) every few seconds, and the
+                // same picture again for a moment after it: those repeats cost a few bytes each
+                // and push it through a receiver that still waits on a frame lost before (str0m
+                // gives up on one only after ten later frames).
+                let step = self.video_ladder.step();
+                let (frame, mut force_keyframe) = if step == Step::AudioOnly {
+                    let due = self.video_sent_at.is_none_or(|at| {
+                        now.saturating_duration_since(at) + FRAME_SLACK >= STILL_EVERY
+                    });
+                    match (&self.still, due) {
+                        (_, true) => {
+                            let picture = frame.downscaled(step.scale_down_by());
+                            self.still = Some((picture.clone(), now + STILL_REPEAT));
+                            (picture, true)
+                        }
+                        (Some((picture, until)), false) if now < *until => (picture.clone(), false),
+                        _ => return Ok(()),
+                    }
+                } else {
+                    self.still = None;
+                    if self.video_sent_at.is_some_and(|at| {
+                        now.saturating_duration_since(at) + FRAME_SLACK < step.min_frame_interval()
+                    }) {
+                        return Ok(());
+                    }
+                    let frame = match step.scale_down_by() {
+                        1 => frame,
+                        by => frame.downscaled(by),
+                    };
+                    (frame, false)
+                };
+                force_keyframe |= self.call.keyframe_due();
                 // A new codec, or frames of a new size (a camera or a source that changed its
                 // resolution): a new encoder, starting with a keyframe.
                 let size = (frame.width, frame.height);
@@ -765,7 +828,10 @@ impl Runner {
                     .is_none_or(|(e, made_for)| e.codec() != codec || *made_for != size)
                 {
                     let v = self.config.video;
-                    let bitrate = self.video_bitrate.unwrap_or(v.bitrate_bps);
+                    let bitrate = self
+                        .video_bitrate
+                        .unwrap_or(v.bitrate_bps)
+                        .min(step.max_bps());
                     let encoder = video_encoder(codec, frame.width, frame.height, bitrate, v.fps)?;
                     self.video_encoder = Some((encoder, size));
                     force_keyframe = true;
@@ -773,6 +839,9 @@ impl Runner {
                 if let Some((encoder, _)) = &mut self.video_encoder
                     && let Some(encoded) = encoder.encode(&frame, force_keyframe)?
                 {
+                    if step != Step::AudioOnly || force_keyframe {
+                        self.video_sent_at = Some(now);
+                    }
                     self.call.video_encoded();
                     self.call.write_video(now, codec, &encoded.data)?;
                 }
@@ -815,7 +884,10 @@ impl Runner {
             Command::Audio(pcm) => {
                 if self.call.is_connected() {
                     let packet = self.audio_encoder.encode(&pcm)?;
-                    self.call.write_audio(now, &packet)?;
+                    // Silence (DTX) is not sent: the receivers conceal the gap.
+                    if !is_dtx(&packet) {
+                        self.call.write_audio(now, &packet)?;
+                    }
                 }
             }
             Command::EncodedAudio(packet) => self.call.write_audio(now, &packet)?,
@@ -994,6 +1066,30 @@ impl Runner {
                 Ok(()) => self.expected_loss = percent,
                 Err(e) => tracing::debug!(error = %e, "could not set the expected audio loss"),
             }
+        }
+    }
+
+    /// Once a second (on the connections' statistics): the video ladder's decision from the
+    /// lowest send bandwidth estimate, what we send, and the worst loss any participant reports.
+    async fn step_video(&mut self) {
+        let now = Instant::now();
+        if now.saturating_duration_since(self.ladder_sampled_at) < Duration::from_millis(900) {
+            return;
+        }
+        self.ladder_sampled_at = now;
+        let before = self.video_ladder.step();
+        let worst = self.egress_loss.values().copied().reduce(f32::max);
+        let sending = self.send_bps.values().copied().max();
+        let estimate = self.call.lowest_send_estimate();
+        let step = self.video_ladder.update(now, estimate, sending, worst);
+        if step != before {
+            tracing::info!(step = step.name(), ?estimate, ?sending, loss = ?worst, "video step");
+            if let (Some((encoder, _)), Some(bps)) = (&mut self.video_encoder, self.video_bitrate)
+                && let Err(e) = encoder.set_bitrate(bps.min(step.max_bps()))
+            {
+                tracing::debug!(error = %e, "could not adapt the bitrate");
+            }
+            emit(&self.events, SessionEvent::VideoStep { step }).await;
         }
     }
 

@@ -106,6 +106,56 @@ impl VideoFrame {
         )
     }
 
+    /// This frame made `factor` times smaller each way (each pixel the average of a
+    /// `factor`×`factor` block), its size rounded down to even and at least 2×2. A factor of 0
+    /// or 1, or a frame that does not [`validate`](Self::validate), comes back as it is.
+    ///
+    /// ```
+    /// use consult_codec::VideoFrame;
+    /// let frame = VideoFrame::black(320, 240);
+    /// let small = frame.downscaled(4);
+    /// assert_eq!((small.width, small.height), (80, 60));
+    /// assert!(small.validate().is_ok());
+    /// ```
+    pub fn downscaled(&self, factor: u32) -> VideoFrame {
+        if factor <= 1 || self.validate().is_err() {
+            return self.clone();
+        }
+        let even_at_least_2 = |n: u32| ((n / factor) & !1).max(2);
+        let (width, height) = (even_at_least_2(self.width), even_at_least_2(self.height));
+        let mut data = Vec::with_capacity((width * height) as usize * 3 / 2);
+        let (y, u, v) = self.planes();
+        let planes = [
+            (y, self.width, self.height, width, height),
+            (u, self.width / 2, self.height / 2, width / 2, height / 2),
+            (v, self.width / 2, self.height / 2, width / 2, height / 2),
+        ];
+        for (plane, in_w, in_h, out_w, out_h) in planes {
+            let (in_w, in_h) = (in_w as usize, in_h as usize);
+            let f = factor as usize;
+            for oy in 0..out_h as usize {
+                for ox in 0..out_w as usize {
+                    // The block, clipped to the plane (a 2×2 floor can reach past a tiny one).
+                    let (x0, y0) = ((ox * f).min(in_w - 1), (oy * f).min(in_h - 1));
+                    let (x1, y1) = ((x0 + f).min(in_w), (y0 + f).min(in_h));
+                    let mut sum = 0u32;
+                    for row in y0..y1 {
+                        for &p in &plane[row * in_w + x0..row * in_w + x1] {
+                            sum += u32::from(p);
+                        }
+                    }
+                    let count = ((x1 - x0) * (y1 - y0)) as u32;
+                    data.push((sum / count.max(1)) as u8);
+                }
+            }
+        }
+        VideoFrame {
+            width,
+            height,
+            data,
+        }
+    }
+
     /// Copy planes with strides (as decoders return them) into a packed frame.
     pub fn from_strided(width: u32, height: u32, planes: [(&[u8], usize); 3]) -> Self {
         let (w, h) = (width as usize, height as usize);
@@ -176,4 +226,54 @@ pub fn video_decoder(codec: VideoCodec) -> Result<Box<dyn VideoDecoder>, CodecEr
         VideoCodec::H264 => Box::new(h264::H264Decoder::new()?),
         VideoCodec::Vp8 => Box::new(vp8::Vp8Decoder::new()?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downscaling_averages_blocks_of_every_plane() {
+        // 8×4: luma columns 0-3 dark (20), 4-7 bright (220); chroma 60 and 200.
+        let (w, h) = (8u32, 4u32);
+        let mut data = Vec::new();
+        for _ in 0..h {
+            for x in 0..w {
+                data.push(if x < 4 { 20 } else { 220 });
+            }
+        }
+        data.extend(std::iter::repeat_n(60u8, 8));
+        data.extend(std::iter::repeat_n(200u8, 8));
+        let frame = VideoFrame {
+            width: w,
+            height: h,
+            data,
+        };
+        let half = frame.downscaled(2);
+        assert_eq!((half.width, half.height), (4, 2));
+        assert!(half.validate().is_ok());
+        let (y, u, v) = half.planes();
+        assert_eq!(y, &[20, 20, 220, 220, 20, 20, 220, 220]);
+        assert_eq!((u, v), (&[60, 60][..], &[200, 200][..]));
+        // A block of mixed pixels averages them: (20 + 220 + 20 + 20) / 4.
+        let mut odd = frame.clone();
+        odd.data[1] = 220;
+        assert_eq!(odd.downscaled(2).planes().0[0], 70);
+    }
+
+    #[test]
+    fn tiny_and_invalid_frames_are_safe() {
+        let tiny = VideoFrame::black(2, 2).downscaled(4);
+        assert_eq!((tiny.width, tiny.height), (2, 2));
+        assert!(tiny.validate().is_ok());
+        let bad = VideoFrame {
+            width: 4,
+            height: 4,
+            data: vec![0; 5],
+        };
+        assert_eq!(bad.downscaled(2), bad);
+        let same = VideoFrame::black(64, 48);
+        assert_eq!(same.downscaled(1), same);
+        assert_eq!(same.downscaled(0), same);
+    }
 }

@@ -1,4 +1,5 @@
-//! Opus with libopus: 48 kHz mono, 20 ms frames, VoIP mode with in-band FEC.
+//! Opus with libopus: 48 kHz mono, 20 ms frames, VoIP mode with in-band FEC and DTX (in
+//! silence the encoder makes packets of two bytes or less that need not be sent: [`is_dtx`]).
 
 use super::CodecError;
 
@@ -27,6 +28,9 @@ impl OpusEncoder {
             .map_err(|e| CodecError::library("opus", e))?;
         encoder
             .set_inband_fec(true)
+            .map_err(|e| CodecError::library("opus", e))?;
+        encoder
+            .set_dtx(true)
             .map_err(|e| CodecError::library("opus", e))?;
         let mut encoder = Self {
             encoder,
@@ -60,6 +64,13 @@ impl OpusEncoder {
             .map_err(|e| CodecError::library("opus", e))?;
         Ok(self.buffer[..n].to_vec())
     }
+}
+
+/// Whether an encoded packet is discontinuous transmission (silence): two bytes or less, which
+/// libopus says need not be sent. The receiver conceals the gap, and the encoder still sends a
+/// real packet every 400 ms of silence to keep the comfort noise going.
+pub fn is_dtx(packet: &[u8]) -> bool {
+    packet.len() <= 2
 }
 
 /// Opus decoder to 48 kHz mono.
@@ -96,5 +107,28 @@ impl OpusDecoder {
             .decode(packet, &mut self.buffer, false)
             .map_err(|e| CodecError::library("opus", e))?;
         Ok(self.buffer[..n].to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::Tone;
+
+    #[test]
+    fn silence_is_mostly_not_sent_and_a_tone_always_is() {
+        let mut encoder = OpusEncoder::new(32_000).unwrap();
+        let silence = vec![0i16; FRAME_SAMPLES];
+        let packets: Vec<Vec<u8>> = (0..100)
+            .map(|_| encoder.encode(&silence).unwrap())
+            .collect();
+        let sent = packets.iter().filter(|p| !is_dtx(p)).count();
+        // Two seconds of silence: a few real packets at the start and one every 400 ms.
+        assert!(sent <= 15, "{sent} of 100 silent packets need sending");
+        assert!(sent >= 4, "comfort noise still goes now and then: {sent}");
+        let mut tone = Tone::new(440.0);
+        for _ in 0..50 {
+            assert!(!is_dtx(&encoder.encode(&tone.next_frame()).unwrap()));
+        }
     }
 }

@@ -9,13 +9,14 @@
 //! Needs root (namespaces), `ip`, `nft`, `tc` and coturn; `scripts/test.sh` installs them.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consult_client::codec::pattern::{TestPattern, Tone};
 use consult_client::peer::file_transfer::FileEvent;
 use consult_client::session::{Session, SessionConfig, SessionEvent};
+use consult_client::video_ladder::Step;
 use consult_client::Credentials;
 use consult_e2e::Clinic;
 use consult_netem::{Impairment, Lab};
@@ -123,6 +124,10 @@ struct Report {
     /// and how many bytes; and the most bytes confirmed so far otherwise.
     file_received: Option<(Instant, usize)>,
     file_progress: (Instant, u64),
+    /// The video steps our camera went through, when.
+    steps: Vec<(Instant, Step)>,
+    /// When each 20 ms of audio from the other was decoded.
+    audio_at: Vec<Instant>,
 }
 
 impl Report {
@@ -186,12 +191,40 @@ impl Report {
     }
 }
 
+/// What a native participant's camera shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Picture {
+    /// The moving test pattern: it compresses so well that it needs little bandwidth.
+    Pattern,
+    /// The pattern under fresh noise every frame, like a grainy camera: video takes all the
+    /// bitrate it is given.
+    Noisy,
+}
+
+/// A cheap random source (xorshift) for camera noise.
+struct Noise(u64);
+
+impl Noise {
+    /// Noise over the picture's brightness.
+    fn cover(&mut self, frame: &mut consult_client::codec::VideoFrame) {
+        let luma = (frame.width * frame.height) as usize;
+        for pixel in frame.data[..luma].iter_mut() {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *pixel = pixel.wrapping_add((self.0 & 0x1f) as u8);
+        }
+    }
+}
+
 /// A native participant in its namespace: its own thread and runtime, sending a 320×240 test
 /// pattern and a tone once connected, until told to stop.
 struct NativePeer {
     stop: watch::Sender<bool>,
     /// Set once a file offered to it arrived whole.
     got_file: Arc<AtomicBool>,
+    /// The video step its camera is at (`Step as u8`).
+    step: Arc<AtomicU8>,
     thread: std::thread::JoinHandle<Result<Report, consult_netem::LabError>>,
 }
 
@@ -204,10 +237,13 @@ impl NativePeer {
         credentials: Credentials,
         root_pem: &str,
         send_file_after: Option<Duration>,
+        picture: Picture,
     ) -> Self {
         let (stop, mut stopped) = watch::channel(false);
         let got_file = Arc::new(AtomicBool::new(false));
         let file_flag = got_file.clone();
+        let step = Arc::new(AtomicU8::new(Step::Full as u8));
+        let step_flag = step.clone();
         let root_pem = root_pem.as_bytes().to_vec();
         let thread = lab.namespace(name).expect("peer").spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -232,11 +268,14 @@ impl NativePeer {
                     file_offered: None,
                     file_received: None,
                     file_progress: (Instant::now(), 0),
+                    steps: Vec::new(),
+                    audio_at: Vec::new(),
                 };
                 let mut file_at = None;
                 // The addresses are the namespace's own (and watched): bind_ips stays empty.
                 let mut session = Session::start(config).await.expect("session");
                 let mut pattern = TestPattern::new(320, 240);
+                let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
                 let mut tone = Tone::new(440.0);
                 let mut video = tokio::time::interval(Duration::from_millis(1000 / FPS));
                 let mut audio = tokio::time::interval(Duration::from_millis(20));
@@ -251,7 +290,11 @@ impl NativePeer {
                             let _ = session.offer_file("scan.bin", "application/octet-stream", test_file()).await;
                         }
                         _ = video.tick(), if connected => {
-                            let _ = session.send_video(pattern.next_frame()).await;
+                            let mut frame = pattern.next_frame();
+                            if picture == Picture::Noisy {
+                                noise.cover(&mut frame);
+                            }
+                            let _ = session.send_video(frame).await;
                         }
                         _ = audio.tick(), if connected => {
                             if session.send_audio(tone.next_frame()).await.is_ok() {
@@ -282,7 +325,14 @@ impl NativePeer {
                                 report.log.push((Instant::now(), format!("{e:?}")));
                             }
                             Some(SessionEvent::Video { .. }) => report.frames.push(Instant::now()),
-                            Some(SessionEvent::Audio { .. }) => report.audio_received += 1,
+                            Some(SessionEvent::Audio { .. }) => {
+                                report.audio_received += 1;
+                                report.audio_at.push(Instant::now());
+                            }
+                            Some(SessionEvent::VideoStep { step }) => {
+                                report.steps.push((Instant::now(), step));
+                                step_flag.store(step as u8, Ordering::SeqCst);
+                            }
                             Some(SessionEvent::Stats { stats, .. }) => {
                                 if let Some((local, _)) = stats.selected_pair {
                                     report.selected_local = Some(local);
@@ -303,8 +353,18 @@ impl NativePeer {
         Self {
             stop,
             got_file,
+            step,
             thread,
         }
+    }
+
+    /// Wait until its camera's video is at `step`, or `limit` passed; whether it is.
+    async fn step_within(&self, step: Step, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.step.load(Ordering::SeqCst) != step as u8 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.step.load(Ordering::SeqCst) == step as u8
     }
 
     /// Wait until a file offered to it arrived whole, or `limit` passed; whether it did.
@@ -333,6 +393,15 @@ impl NativePeer {
 /// A consultation with a native patient and doctor in the lab, the patient admitted. Returns
 /// them and the moment of the admission.
 async fn call(lab: &Lab, router: &Router) -> (Consultation, NativePeer, NativePeer, Instant) {
+    call_showing(lab, router, Picture::Pattern).await
+}
+
+/// [`call`], the cameras showing `picture`.
+async fn call_showing(
+    lab: &Lab,
+    router: &Router,
+    picture: Picture,
+) -> (Consultation, NativePeer, NativePeer, Instant) {
     let clinic = &router.clinic;
     let (consultation, invite) = clinic.consultation().await;
     let patient = NativePeer::start(
@@ -344,6 +413,7 @@ async fn call(lab: &Lab, router: &Router) -> (Consultation, NativePeer, NativePe
         },
         &router.pki.root_pem,
         None,
+        picture,
     );
     clinic.admit_first_waiting(&consultation).await;
     let admitted = Instant::now();
@@ -357,6 +427,7 @@ async fn call(lab: &Lab, router: &Router) -> (Consultation, NativePeer, NativePe
         },
         &router.pki.root_pem,
         Some(Duration::from_secs(2)),
+        picture,
     );
     (consultation, patient, doctor, admitted)
 }
@@ -567,6 +638,99 @@ fn a_1_mbit_cap() {
         None,
         None,
     );
+}
+
+/// The patient's link falls to this for a while: room for audio, not for moving pictures.
+const WEAK_LINK_KBIT: u32 = 80;
+
+#[test]
+fn a_link_too_weak_for_video_goes_audio_only_with_a_picture_every_few_seconds_and_comes_back() {
+    in_lab(|lab| async move {
+        let router = router(&lab).await;
+        // Grainy cameras: the test pattern alone fits in the weak link.
+        let (_, patient, doctor, admitted) = call_showing(&lab, &router, Picture::Noisy).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        lab.impair(
+            "patient",
+            &Impairment {
+                rate_kbit: Some(WEAK_LINK_KBIT),
+                ..Impairment::default()
+            },
+        )
+        .expect("cap");
+        let capped = Instant::now();
+        for (who, peer) in [("patient", &patient), ("doctor", &doctor)] {
+            assert!(
+                peer.step_within(Step::AudioOnly, Duration::from_secs(40))
+                    .await,
+                "the {who}'s video never went audio only at {WEAK_LINK_KBIT} kbit/s"
+            );
+        }
+        let audio_only = Instant::now();
+        // Audio only for a while: the sound goes on, and a picture every few seconds.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let weak_until = Instant::now();
+        lab.impair("patient", &Impairment::default()).expect("lift");
+        let lifted = Instant::now();
+        for (who, peer) in [("patient", &patient), ("doctor", &doctor)] {
+            assert!(
+                peer.step_within(Step::Full, Duration::from_secs(90)).await,
+                "the {who}'s video never came back to full after the link recovered"
+            );
+        }
+        let back = lifted.elapsed();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (patient, doctor) = (patient.finish(), doctor.finish());
+        let in_window = |times: &[Instant], from: Instant, to: Instant| {
+            times.iter().filter(|t| **t >= from && **t < to).count()
+        };
+        let mut pictures = Vec::new();
+        for (who, report) in [("patient", &patient), ("doctor", &doctor)] {
+            // Pictures from the other in audio only (a keyframe every 4 s, sent again for a
+            // moment): counted, not asserted. Natively they wait behind the video str0m queued
+            // before the step down, often until the link recovers (see the README).
+            pictures.push(in_window(
+                &report.frames,
+                audio_only + Duration::from_secs(1),
+                weak_until,
+            ));
+            // The sound kept coming: most of the 550 frames of 20 ms.
+            let sound = in_window(
+                &report.audio_at,
+                audio_only + Duration::from_secs(1),
+                weak_until,
+            );
+            assert!(
+                sound > 400,
+                "the {who} decoded {sound} audio frames in 11 s"
+            );
+            // The steps went down, and back up to full at the end.
+            let steps: Vec<Step> = report.steps.iter().map(|(_, s)| *s).collect();
+            assert!(
+                steps.contains(&Step::AudioOnly) && steps.last() == Some(&Step::Full),
+                "the {who}'s steps: {steps:?}"
+            );
+            // And moving pictures again at the end.
+            let end = report.stopped;
+            // (Noisy pictures at the estimate str0m has regained by then: a few a second.)
+            let moving = in_window(&report.frames, end - Duration::from_secs(5), end);
+            assert!(
+                moving >= 5,
+                "the {who} decoded {moving} frames in the last 5 s"
+            );
+        }
+        figures(
+            &format!("{WEAK_LINK_KBIT} kbit/s for a while, then none"),
+            admitted,
+            &patient,
+            &doctor,
+            &format!(
+                "audio only {:.1} s after the cap, {pictures:?} pictures in 11 s of it; full video {:.1} s after the link recovered",
+                audio_only.duration_since(capped).as_secs_f64(),
+                back.as_secs_f64()
+            ),
+        );
+    });
 }
 
 #[test]

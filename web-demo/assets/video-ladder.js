@@ -1,0 +1,295 @@
+// @ts-check
+/**
+ * Video that steps down on a bad link and back up when it recovers, audio first throughout.
+ *
+ * Each connection's camera goes through four steps: full (the connection's bitrate, 30 fps),
+ * reduced (half the width and height, 15 fps), low (a quarter, 8 fps), and audio only, where the
+ * camera sends one picture every few seconds. Chromium adapts resolution and frame rate by itself
+ * within the bitrate it has; the steps make that explicit and go further, so that on a link too
+ * weak for moving pictures the audio keeps the room.
+ *
+ * `VideoLadder` is the decision alone (no browser API, unit-tested in `video-ladder.test.mjs`):
+ * once a second it takes the send bandwidth estimate (`availableOutgoingBitrate` of the selected
+ * candidate pair), what we send (its `bytesSent`), and the loss the other side reports
+ * (`fractionLost` of `remote-inbound-rtp`),
+ * steps down after two bad seconds in a row, and up one step after `holdMs` of good seconds, or
+ * at once when the estimate is clearly enough for a higher step. For `HOLD_MS` after a step up
+ * only loss can undo it: the estimate lags behind what is sent, and in audio only almost nothing
+ * is sent. A step up that turns bad again
+ * within `HOLD_MS` doubles the hold before the next try (at most `MAX_HOLD_MS`), so a link at
+ * the edge does not flap; one that holds brings the hold back to `HOLD_MS`. In audio only the estimate cannot show that the link recovered (almost
+ * nothing is sent), so the timed try is what brings video back.
+ *
+ * `SendLadder` applies a step to an `RTCRtpSender` (`setParameters`: `scaleResolutionDownBy`,
+ * `maxFramerate`, `maxBitrate`, and in audio only `active` off, switched on for a moment every
+ * `STILL_EVERY_MS` for a picture).
+ */
+
+/**
+ * @typedef {object} VideoStep
+ * @property {"full" | "reduced" | "low" | "audio-only"} name
+ * @property {number} scaleResolutionDownBy
+ * @property {number} maxFramerate
+ * @property {number} minBps Below this estimate the step is too much for the link.
+ * @property {number} maxBps Most this step sends (before the connection's own limit).
+ */
+
+/** @type {readonly VideoStep[]} From best to worst. */
+export const VIDEO_STEPS = Object.freeze([
+  { name: "full", scaleResolutionDownBy: 1, maxFramerate: 30, minBps: 450_000, maxBps: Infinity },
+  { name: "reduced", scaleResolutionDownBy: 2, maxFramerate: 15, minBps: 220_000, maxBps: 400_000 },
+  { name: "low", scaleResolutionDownBy: 4, maxFramerate: 8, minBps: 110_000, maxBps: 150_000 },
+  { name: "audio-only", scaleResolutionDownBy: 4, maxFramerate: 2, minBps: 0, maxBps: 60_000 },
+]);
+
+/** The audio-only step's index. */
+export const AUDIO_ONLY = VIDEO_STEPS.length - 1;
+/** Loss (fraction, as reported by the other side) at which video steps down whatever the estimate. */
+export const BAD_LOSS = 0.12;
+/** Loss at or below which a second counts as good for stepping up. */
+export const GOOD_LOSS = 0.05;
+/** Bad seconds in a row before stepping down. */
+export const BAD_SECONDS = 2;
+/** Good time before trying one step up. */
+export const HOLD_MS = 8_000;
+/** Longest wait before trying again after failed tries. */
+export const MAX_HOLD_MS = 32_000;
+/** An estimate this many times a higher step's minimum moves there at once. */
+export const CLEAR_MARGIN = 1.3;
+/** In audio only, one picture this often. */
+export const STILL_EVERY_MS = 4_000;
+/** How long the encoding stays on for that picture (at 2 frames a second: one or two). */
+export const STILL_ON_MS = 700;
+
+/**
+ * @typedef {object} LinkSample
+ * @property {number | null} availableBps Send bandwidth estimate, bits per second.
+ * @property {number | null} loss Loss the other side reports on our media (0..1).
+ * @property {number | null} [sendingBps] What we send now, bits per second.
+ */
+
+/** An estimate above this many times what we send says nothing about the link's limit. */
+export const APP_LIMITED_MARGIN = 1.2;
+
+/** The decision: which step, from one sample a second. */
+export class VideoLadder {
+  /** @param {number} nowMs */
+  constructor(nowMs) {
+    this.step = 0;
+    this.badSeconds = 0;
+    this.goodSince = nowMs;
+    this.holdMs = HOLD_MS;
+    /** @type {number | null} When the last step up happened. */
+    this.steppedUpAt = null;
+  }
+
+  /**
+   * Take one sample; returns the step now in force (an index into `VIDEO_STEPS`).
+   * @param {number} nowMs
+   * @param {LinkSample} sample
+   */
+  update(nowMs, { availableBps, loss, sendingBps = null }) {
+    const step = VIDEO_STEPS[this.step];
+    // Right after a step up the estimate lags (little was sent): only loss judges the try then.
+    const trying = this.steppedUpAt !== null && nowMs - this.steppedUpAt < HOLD_MS;
+    // A low estimate counts only while we send about as much as it says; when we send less it
+    // only echoes what little we send (the estimate of an audio-only call stays low however good
+    // the link has become).
+    const pushing = sendingBps === null || (availableBps ?? 0) <= sendingBps * APP_LIMITED_MARGIN;
+    const tooLittle = !trying && availableBps !== null && availableBps < step.minBps && pushing;
+    const tooLossy = loss !== null && loss >= BAD_LOSS;
+    if ((tooLittle || tooLossy) && this.step < AUDIO_ONLY) {
+      this.badSeconds += 1;
+      if (this.badSeconds >= BAD_SECONDS) {
+        // Straight to the step the estimate allows (at least one down).
+        let next = this.step + 1;
+        while (availableBps !== null && next < AUDIO_ONLY && availableBps < VIDEO_STEPS[next].minBps) next += 1;
+        // A try that did not hold: wait longer before the next.
+        if (this.steppedUpAt !== null) this.holdMs = Math.min(MAX_HOLD_MS, this.holdMs * 2);
+        this.step = next;
+        this.badSeconds = 0;
+        this.goodSince = nowMs;
+        this.steppedUpAt = null;
+      }
+      return this.step;
+    }
+    this.badSeconds = 0;
+    // A step up that held through its try, the estimate agreeing: the next waits the least again.
+    if (this.steppedUpAt !== null && !trying) {
+      this.steppedUpAt = null;
+      this.holdMs = HOLD_MS;
+    }
+    if (loss !== null && loss > GOOD_LOSS) {
+      this.goodSince = nowMs;
+      return this.step;
+    }
+    if (this.step === 0) return this.step;
+    // Clearly enough for a better step: go there now.
+    let clear = this.step;
+    while (clear > 0 && availableBps !== null && availableBps >= VIDEO_STEPS[clear - 1].minBps * CLEAR_MARGIN) clear -= 1;
+    if (clear < this.step) return this.stepUpTo(nowMs, clear);
+    if (nowMs - this.goodSince >= this.holdMs) return this.stepUpTo(nowMs, this.step - 1);
+    return this.step;
+  }
+
+  /**
+   * @private
+   * @param {number} nowMs
+   * @param {number} step
+   */
+  stepUpTo(nowMs, step) {
+    this.step = step;
+    this.goodSince = nowMs;
+    this.steppedUpAt = nowMs;
+    return this.step;
+  }
+}
+
+/**
+ * The send bandwidth estimate, the loss the other side reports on our media (the worse of audio
+ * and video), and the bytes sent so far with their time, from one `getStats()` report.
+ * @param {RTCStatsReport} report
+ * @returns {LinkSample & { bytesSent: number | null, at: number }}
+ */
+export function linkSample(report) {
+  /** @type {number | null} */
+  let availableBps = null;
+  /** @type {number | null} */
+  let loss = null;
+  /** @type {number | null} */
+  let bytesSent = null;
+  let at = 0;
+  report.forEach((/** @type {any} */ s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) {
+      const pair = report.get(s.selectedCandidatePairId);
+      if (pair && typeof pair.availableOutgoingBitrate === "number") availableBps = pair.availableOutgoingBitrate;
+      if (typeof s.bytesSent === "number") {
+        bytesSent = s.bytesSent;
+        at = s.timestamp ?? 0;
+      }
+    }
+    if (s.type === "remote-inbound-rtp" && typeof s.fractionLost === "number") {
+      loss = Math.max(loss ?? 0, s.fractionLost);
+    }
+  });
+  return { availableBps, loss, bytesSent, at };
+}
+
+/**
+ * A ladder applied to one connection's camera sender.
+ */
+export class SendLadder {
+  /**
+   * @param {RTCPeerConnection} pc
+   * @param {() => RTCRtpSender | null} cameraSender The camera's sender (not a shared screen's).
+   * @param {() => number} linkBps The connection's own video limit (shared among receivers).
+   * @param {(step: VideoStep) => void} onStep A new step is in force.
+   */
+  constructor(pc, cameraSender, linkBps, onStep) {
+    this.pc = pc;
+    this.cameraSender = cameraSender;
+    this.linkBps = linkBps;
+    this.onStep = onStep;
+    this.ladder = new VideoLadder(Date.now());
+    this.applied = 0;
+    this.busy = false;
+    this.stopped = false;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this.stillOff = null;
+    this.lastStill = 0;
+    /** @type {{ bytesSent: number, at: number } | null} */
+    this.previousSent = null;
+  }
+
+  /** The step in force. */
+  get step() {
+    return VIDEO_STEPS[this.applied];
+  }
+
+  /** Sample and apply; call once a second while connected. */
+  async tick() {
+    if (this.busy || this.stopped) return;
+    this.busy = true;
+    try {
+      const sample = linkSample(await this.pc.getStats());
+      const previous = this.previousSent;
+      if (sample.bytesSent !== null && previous && sample.at > previous.at) {
+        sample.sendingBps = ((sample.bytesSent - previous.bytesSent) * 8 * 1000) / (sample.at - previous.at);
+      }
+      this.previousSent = sample.bytesSent === null ? null : { bytesSent: sample.bytesSent, at: sample.at };
+      const now = Date.now();
+      const step = this.ladder.update(now, sample);
+      if (step !== this.applied) {
+        this.applied = step;
+        console.info(`Video step: ${VIDEO_STEPS[step].name} (estimate ${sample.availableBps ?? "?"} bit/s, loss ${sample.loss ?? "?"})`);
+        await this.apply();
+        this.onStep(VIDEO_STEPS[step]);
+      } else if (step === AUDIO_ONLY && now - this.lastStill >= STILL_EVERY_MS) {
+        await this.still();
+      }
+    } catch (err) {
+      if (!this.stopped) console.warn("Video step failed", err);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /**
+   * Put the step's parameters on the sender. In audio only the first picture goes at once, and
+   * the encoding is switched off after it.
+   * @private
+   */
+  async apply() {
+    const sender = this.cameraSender();
+    if (!sender || this.stopped) return;
+    const step = VIDEO_STEPS[this.applied];
+    const parameters = sender.getParameters();
+    if (!parameters.encodings || parameters.encodings.length === 0) return;
+    for (const encoding of parameters.encodings) {
+      encoding.scaleResolutionDownBy = step.scaleResolutionDownBy;
+      encoding.maxFramerate = step.maxFramerate;
+      encoding.maxBitrate = Math.min(this.linkBps(), step.maxBps);
+      encoding.active = true;
+    }
+    await sender.setParameters(parameters);
+    if (this.applied === AUDIO_ONLY) {
+      this.lastStill = Date.now();
+      this.armStillOff();
+    }
+  }
+
+  /**
+   * In audio only: the camera on for a moment, for one picture.
+   * @private
+   */
+  async still() {
+    const sender = this.cameraSender();
+    if (!sender) return;
+    this.lastStill = Date.now();
+    const parameters = sender.getParameters();
+    if (!parameters.encodings?.length) return;
+    for (const encoding of parameters.encodings) encoding.active = true;
+    await sender.setParameters(parameters);
+    this.armStillOff();
+  }
+
+  /** @private */
+  armStillOff() {
+    if (this.stillOff !== null) clearTimeout(this.stillOff);
+    this.stillOff = setTimeout(() => {
+      this.stillOff = null;
+      if (this.stopped || this.applied !== AUDIO_ONLY) return;
+      const sender = this.cameraSender();
+      if (!sender) return;
+      const parameters = sender.getParameters();
+      if (!parameters.encodings?.length) return;
+      for (const encoding of parameters.encodings) encoding.active = false;
+      sender.setParameters(parameters).catch(() => {});
+    }, STILL_ON_MS);
+  }
+
+  stop() {
+    this.stopped = true;
+    if (this.stillOff !== null) clearTimeout(this.stillOff);
+  }
+}
