@@ -353,7 +353,12 @@ export class PeerLink {
         )
       : null;
     /** Recent seconds' decoded pictures and audio packets from the other side. */
-    this.remoteVideo = { frames: /** @type {number | null} */ (null), audio: /** @type {number | null} */ (null), slowSeconds: 0, paused: false };
+    this.remoteVideo = {
+      frames: /** @type {number | null} */ (null),
+      audio: /** @type {number | null} */ (null),
+      /** @type {number[]} */ recent: [],
+      paused: false,
+    };
     // Without a camera or microphone, still ask for the other side's audio and video (this also
     // makes sure this side starts negotiating when it is the one to offer).
     for (const kind of ["audio", "video"]) {
@@ -516,11 +521,20 @@ export class PeerLink {
       if (s.kind === "audio") audio += s.packetsReceived ?? 0;
     });
     const seen = this.remoteVideo;
-    const slow = videoSeen && seen.frames !== null && seen.audio !== null && frames - seen.frames < 1 && audio > seen.audio;
-    seen.slowSeconds = slow ? seen.slowSeconds + 1 : frames - (seen.frames ?? frames) >= 2 ? 0 : seen.slowSeconds;
+    // Pictures in each of the last seconds while audio came (a second without audio says
+    // nothing about their video).
+    if (videoSeen && seen.frames !== null && seen.audio !== null && audio > seen.audio) {
+      seen.recent.push(frames - seen.frames);
+      if (seen.recent.length > PAUSED_SECONDS) seen.recent.shift();
+    }
     seen.frames = frames;
     seen.audio = audio;
-    const paused = seen.slowSeconds >= PAUSED_SECONDS;
+    // Paused: under a picture a second over the last seconds; moving again: three a second over
+    // the last two. In between the note stays as it is (a still's few frames do not flap it).
+    const total = seen.recent.reduce((a, b) => a + b, 0);
+    const lastTwo = seen.recent.slice(-2).reduce((a, b) => a + b, 0);
+    const paused =
+      seen.recent.length === PAUSED_SECONDS && total < PAUSED_SECONDS ? true : lastTwo >= 6 ? false : seen.paused;
     if (paused !== seen.paused) {
       seen.paused = paused;
       if (!this.closed) onPaused?.(paused);
@@ -683,9 +697,13 @@ export class PeerLink {
   async limitVideo(bps) {
     if (this.closed) return;
     this.videoLimitBps = bps;
-    // The ladder's step may want less.
-    bps = Math.min(bps, this.ladder?.step.maxBps ?? Infinity);
+    // The ladder owns the camera's parameters (its step and this limit, one change at a time).
+    if (this.ladder) {
+      await this.ladder.reapply();
+      bps = Math.min(bps, this.ladder.step.maxBps);
+    }
     for (const sender of this.pc.getSenders()) {
+      if (this.ladder && sender === this.ladder.cameraSender()) continue;
       if (!sender.track || sender.track.kind !== "video") continue;
       // A shared screen keeps what it needs to stay legible.
       if (this.screenTransceiver && sender === this.screenTransceiver.sender) continue;

@@ -10,7 +10,7 @@
  *
  * `VideoLadder` is the decision alone (no browser API, unit-tested in `video-ladder.test.mjs`):
  * once a second it takes the send bandwidth estimate (`availableOutgoingBitrate` of the selected
- * candidate pair), what we send (its `bytesSent`), and the loss the other side reports
+ * candidate pair), the media we send (`outbound-rtp` bytes; data channels do not count), and the loss the other side reports
  * (`fractionLost` of `remote-inbound-rtp`),
  * steps down after two bad seconds in a row, and up one step after `holdMs` of good seconds, or
  * at once when the estimate is clearly enough for a higher step. For `HOLD_MS` after a step up
@@ -45,11 +45,11 @@ export const VIDEO_STEPS = Object.freeze([
 /** The audio-only step's index. */
 export const AUDIO_ONLY = VIDEO_STEPS.length - 1;
 /** Loss (fraction, as reported by the other side) at which video steps down whatever the estimate. */
-export const BAD_LOSS = 0.12;
+export const BAD_LOSS = 0.25;
 /** Loss at or below which a second counts as good for stepping up. */
-export const GOOD_LOSS = 0.05;
+export const GOOD_LOSS = 0.15;
 /** Bad seconds in a row before stepping down. */
-export const BAD_SECONDS = 2;
+export const BAD_SECONDS = 3;
 /** Good time before trying one step up. */
 export const HOLD_MS = 8_000;
 /** Longest wait before trying again after failed tries. */
@@ -147,7 +147,7 @@ export class VideoLadder {
 
 /**
  * The send bandwidth estimate, the loss the other side reports on our media (the worse of audio
- * and video), and the bytes sent so far with their time, from one `getStats()` report.
+ * and video), and the media bytes sent so far with their time, from one `getStats()` report.
  * @param {RTCStatsReport} report
  * @returns {LinkSample & { bytesSent: number | null, at: number }}
  */
@@ -163,10 +163,11 @@ export function linkSample(report) {
     if (s.type === "transport" && s.selectedCandidatePairId) {
       const pair = report.get(s.selectedCandidatePairId);
       if (pair && typeof pair.availableOutgoingBitrate === "number") availableBps = pair.availableOutgoingBitrate;
-      if (typeof s.bytesSent === "number") {
-        bytesSent = s.bytesSent;
-        at = s.timestamp ?? 0;
-      }
+    }
+    // Media only: a file going alongside does not count as what the video pushes.
+    if (s.type === "outbound-rtp" && typeof s.bytesSent === "number") {
+      bytesSent = (bytesSent ?? 0) + s.bytesSent + (s.headerBytesSent ?? 0);
+      at = Math.max(at, s.timestamp ?? 0);
     }
     if (s.type === "remote-inbound-rtp" && typeof s.fractionLost === "number") {
       loss = Math.max(loss ?? 0, s.fractionLost);
@@ -199,6 +200,35 @@ export class SendLadder {
     this.lastStill = 0;
     /** @type {{ bytesSent: number, at: number } | null} */
     this.previousSent = null;
+    /** Every change to the sender's parameters, one after the other (Chromium applies them
+     * asynchronously; two at once would lose one). */
+    this.changes = Promise.resolve();
+  }
+
+  /**
+   * Change the camera sender's parameters after any change under way.
+   * @private
+   * @param {(parameters: RTCRtpSendParameters) => void} change
+   */
+  change(change) {
+    this.changes = this.changes.then(async () => {
+      const sender = this.cameraSender();
+      if (!sender || this.stopped) return;
+      const parameters = sender.getParameters();
+      if (!parameters.encodings || parameters.encodings.length === 0) return;
+      change(parameters);
+      await sender.setParameters(parameters);
+    });
+    const done = this.changes;
+    this.changes = this.changes.catch((err) => {
+      if (!this.stopped) console.warn("Could not change the video's parameters", err);
+    });
+    return done;
+  }
+
+  /** Put the step in force (and the connection's limit) on the sender again. */
+  reapply() {
+    return this.apply(this.applied).catch(() => {});
   }
 
   /** The step in force. */
@@ -220,9 +250,10 @@ export class SendLadder {
       const now = Date.now();
       const step = this.ladder.update(now, sample);
       if (step !== this.applied) {
-        this.applied = step;
         console.info(`Video step: ${VIDEO_STEPS[step].name} (estimate ${sample.availableBps ?? "?"} bit/s, loss ${sample.loss ?? "?"})`);
-        await this.apply();
+        // In force once the sender took it (a refused change is tried again next second).
+        await this.apply(step);
+        this.applied = step;
         this.onStep(VIDEO_STEPS[step]);
       } else if (step === AUDIO_ONLY && now - this.lastStill >= STILL_EVERY_MS) {
         await this.still();
@@ -235,26 +266,24 @@ export class SendLadder {
   }
 
   /**
-   * Put the step's parameters on the sender. In audio only the first picture goes at once, and
+   * Put a step's parameters on the sender. In audio only the first picture goes at once, and
    * the encoding is switched off after it.
    * @private
+   * @param {number} index
    */
-  async apply() {
-    const sender = this.cameraSender();
-    if (!sender || this.stopped) return;
-    const step = VIDEO_STEPS[this.applied];
-    const parameters = sender.getParameters();
-    if (!parameters.encodings || parameters.encodings.length === 0) return;
-    for (const encoding of parameters.encodings) {
-      encoding.scaleResolutionDownBy = step.scaleResolutionDownBy;
-      encoding.maxFramerate = step.maxFramerate;
-      encoding.maxBitrate = Math.min(this.linkBps(), step.maxBps);
-      encoding.active = true;
-    }
-    await sender.setParameters(parameters);
-    if (this.applied === AUDIO_ONLY) {
+  async apply(index) {
+    const step = VIDEO_STEPS[index];
+    await this.change((parameters) => {
+      for (const encoding of parameters.encodings) {
+        encoding.scaleResolutionDownBy = step.scaleResolutionDownBy;
+        encoding.maxFramerate = step.maxFramerate;
+        encoding.maxBitrate = Math.min(this.linkBps(), step.maxBps);
+        encoding.active = true;
+      }
+    });
+    if (index === AUDIO_ONLY) {
       this.lastStill = Date.now();
-      this.armStillOff();
+      this.armStillOff(index);
     }
   }
 
@@ -263,31 +292,31 @@ export class SendLadder {
    * @private
    */
   async still() {
-    const sender = this.cameraSender();
-    if (!sender) return;
     this.lastStill = Date.now();
-    const parameters = sender.getParameters();
-    if (!parameters.encodings?.length) return;
-    for (const encoding of parameters.encodings) encoding.active = true;
-    await sender.setParameters(parameters);
-    this.armStillOff();
+    await this.change((parameters) => {
+      for (const encoding of parameters.encodings) encoding.active = true;
+    });
+    this.armStillOff(AUDIO_ONLY);
   }
 
-  /** @private */
-  armStillOff() {
+  /**
+   * Switch the encoding off again after a picture, if audio only is still in force.
+   * @private
+   * @param {number} index The step the picture was for.
+   */
+  armStillOff(index) {
     if (this.stillOff !== null) clearTimeout(this.stillOff);
     this.stillOff = setTimeout(() => {
       this.stillOff = null;
-      if (this.stopped || this.applied !== AUDIO_ONLY) return;
-      const sender = this.cameraSender();
-      if (!sender) return;
-      const parameters = sender.getParameters();
-      if (!parameters.encodings?.length) return;
-      for (const encoding of parameters.encodings) encoding.active = false;
-      sender.setParameters(parameters).catch(() => {});
+      if (this.stopped || index !== AUDIO_ONLY) return;
+      void this.change((parameters) => {
+        if (this.applied !== AUDIO_ONLY) return;
+        for (const encoding of parameters.encodings) encoding.active = false;
+      }).catch(() => {});
     }, STILL_ON_MS);
   }
 
+  /** Stop deciding (the connection closed); a change under way still finishes. */
   stop() {
     this.stopped = true;
     if (this.stillOff !== null) clearTimeout(this.stillOff);

@@ -1491,6 +1491,15 @@ impl Call {
         Ok(())
     }
 
+    /// A 20 ms frame of silence the encoder said need not be sent (DTX): the RTP clock moves on
+    /// as if it had been, so receivers see a gap in time, not a jump in delay.
+    pub fn skip_audio(&mut self) {
+        if self.is_connected() {
+            self.audio_rtp =
+                (self.audio_rtp + consult_codec::opus::FRAME_SAMPLES as u64) & 0xffff_ffff;
+        }
+    }
+
     /// Send 20 ms of Opus to every participant media flows with and, while recording, to the
     /// recorder.
     pub fn write_audio(&mut self, now: Instant, packet: &[u8]) -> Result<(), PeerError> {

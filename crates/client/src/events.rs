@@ -83,6 +83,15 @@ pub enum SessionEvent {
         /// The samples.
         samples: Vec<i16>,
     },
+    /// Samples to play where nothing of `from`'s audio came: silence they did not send (DTX) or
+    /// packets lost beyond the one in-band FEC rebuilt (Opus concealment, at most a second per
+    /// gap), before the [`SessionEvent::Audio`] that follows the gap.
+    AudioConcealed {
+        /// Whose audio.
+        from: Uuid,
+        /// The samples.
+        samples: Vec<i16>,
+    },
     /// An encoded frame (in [`ReceiveMode::Encoded`]).
     EncodedFrame {
         /// Who sent it.

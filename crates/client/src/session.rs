@@ -34,6 +34,9 @@ use consult_proto::api::IceServers;
 /// the ladder's step.
 const FRAME_SLACK: Duration = Duration::from_millis(5);
 
+/// Most 20 ms frames concealed for one gap in a sender's audio (a second).
+const MAX_CONCEALED_FRAMES: u64 = 50;
+
 /// In audio only, how long a picture is sent again after it (camera frames of it, a few bytes each).
 const STILL_REPEAT: Duration = Duration::from_millis(800);
 /// What the session sends when the application gives it raw frames.
@@ -429,7 +432,10 @@ struct Runner {
     egress_loss: HashMap<Uuid, f32>,
     /// The loss audio FEC protects against now, per cent.
     expected_loss: u8,
-    /// What we send each participant, bits per second (their connection's last statistics).
+    /// Whether a file is going out to each participant.
+    sending_file: HashMap<Uuid, bool>,
+    /// The media we send each participant, bits per second (their connection's last statistics;
+    /// a file going alongside does not count).
     send_bps: HashMap<Uuid, u64>,
     /// The step our camera's video goes out at, and when it was last decided.
     video_ladder: VideoLadder,
@@ -513,6 +519,7 @@ impl Runner {
             last_audio_rtp: HashMap::new(),
             egress_loss: HashMap::new(),
             send_bps: HashMap::new(),
+            sending_file: HashMap::new(),
             video_ladder: VideoLadder::new(Instant::now()),
             ladder_sampled_at: Instant::now(),
             video_sent_at: None,
@@ -748,9 +755,11 @@ impl Runner {
                         self.forget_decoders(*participant_id);
                         self.egress_loss.remove(participant_id);
                         self.send_bps.remove(participant_id);
+                        self.sending_file.remove(participant_id);
                     }
                     if let SessionEvent::Stats { peer, stats } = &event {
-                        self.send_bps.insert(*peer, stats.send_bps);
+                        self.send_bps.insert(*peer, stats.media_send_bps);
+                        self.sending_file.insert(*peer, stats.sending_file);
                         if let Some(loss) = stats.egress_loss {
                             self.protect_audio_against(*peer, loss);
                         }
@@ -884,8 +893,10 @@ impl Runner {
             Command::Audio(pcm) => {
                 if self.call.is_connected() {
                     let packet = self.audio_encoder.encode(&pcm)?;
-                    // Silence (DTX) is not sent: the receivers conceal the gap.
-                    if !is_dtx(&packet) {
+                    // Silence (DTX) is not sent, but its time passes: the receivers conceal the gap.
+                    if is_dtx(&packet) {
+                        self.call.skip_audio();
+                    } else {
                         self.call.write_audio(now, &packet)?;
                     }
                 }
@@ -987,15 +998,28 @@ impl Runner {
                         .insert(from, previous.unwrap_or_default());
                     return Ok(());
                 }
-                let lost_before = previous
-                    .is_some_and(|p| frame.rtp_time.saturating_sub(p) >= 2 * FRAME_SAMPLES as u64);
+                // 20 ms frames that did not come: lost, or silence the sender did not send (DTX).
+                let missing = previous.map_or(0, |p| {
+                    (frame.rtp_time.saturating_sub(p) / FRAME_SAMPLES as u64).saturating_sub(1)
+                });
                 let decoder = self.audio_decoder(from)?;
-                let rebuilt = if lost_before {
+                // All but the last are concealed (comfort noise after DTX), at most a second's
+                // worth; the last is rebuilt from the FEC data this packet carries.
+                let mut concealed = Vec::new();
+                for _ in 1..missing.min(MAX_CONCEALED_FRAMES + 1) {
+                    if let Ok(samples) = decoder.conceal() {
+                        concealed.push(samples);
+                    }
+                }
+                let rebuilt = if missing > 0 {
                     decoder.decode_lost_before(&frame.data).ok()
                 } else {
                     None
                 };
                 let decoded = decoder.decode(&frame.data);
+                for samples in concealed {
+                    emit(&self.events, SessionEvent::AudioConcealed { from, samples }).await;
+                }
                 if let Some(samples) = rebuilt {
                     emit(&self.events, SessionEvent::Audio { from, samples }).await;
                 }
@@ -1080,7 +1104,13 @@ impl Runner {
         let before = self.video_ladder.step();
         let worst = self.egress_loss.values().copied().reduce(f32::max);
         let sending = self.send_bps.values().copied().max();
-        let estimate = self.call.lowest_send_estimate();
+        // A file going out fills the queues the estimate watches (it sees media only): then the
+        // estimate says nothing about what video could have, and stepping video down would not
+        // give it back. Loss still steps video down.
+        let estimate = match self.sending_file.values().any(|s| *s) {
+            true => None,
+            false => self.call.lowest_send_estimate(),
+        };
         let step = self.video_ladder.update(now, estimate, sending, worst);
         if step != before {
             tracing::info!(step = step.name(), ?estimate, ?sending, loss = ?worst, "video step");

@@ -98,12 +98,14 @@ impl Step {
     }
 }
 
-/// Loss (fraction, as receivers report it) at which video steps down whatever the estimate.
-pub const BAD_LOSS: f32 = 0.12;
+/// Loss (fraction, as receivers report it) at which video steps down whatever the estimate
+/// (10 % random loss is not it: retransmissions repair video there, and one report swings to
+/// 17 % on such a link).
+pub const BAD_LOSS: f32 = 0.25;
 /// Loss at or below which a second counts as good for stepping up.
-pub const GOOD_LOSS: f32 = 0.05;
+pub const GOOD_LOSS: f32 = 0.15;
 /// Bad samples in a row before stepping down.
-pub const BAD_SAMPLES: u32 = 2;
+pub const BAD_SAMPLES: u32 = 3;
 /// Good time before trying one step up.
 pub const HOLD: Duration = Duration::from_secs(8);
 /// Longest wait before trying again after failed tries.
@@ -263,27 +265,54 @@ mod tests {
             &[(Some(80_000), Some(0.0)), (Some(2_000_000), Some(0.0))],
         );
         assert_eq!(steps, [Step::Full, Step::Full]);
-        let steps = feed(&mut ladder, start, &[(Some(80_000), Some(0.0)); 2]);
-        assert_eq!(steps[1], Step::AudioOnly);
+        let steps = feed(
+            &mut ladder,
+            start,
+            &[(Some(80_000), Some(0.0)); BAD_SAMPLES as usize],
+        );
+        assert_eq!(steps.last(), Some(&Step::AudioOnly));
         let mut other = VideoLadder::new(start);
-        let steps = feed(&mut other, start, &[(Some(300_000), Some(0.0)); 2]);
-        assert_eq!(steps[1], Step::Reduced);
+        let steps = feed(
+            &mut other,
+            start,
+            &[(Some(300_000), Some(0.0)); BAD_SAMPLES as usize],
+        );
+        assert_eq!(steps.last(), Some(&Step::Reduced));
     }
 
     #[test]
     fn heavy_loss_steps_down_one_at_a_time() {
         let start = Instant::now();
         let mut ladder = VideoLadder::new(start);
-        let steps = feed(&mut ladder, start, &[(Some(2_000_000), Some(0.2)); 6]);
+        let steps = feed(&mut ladder, start, &[(Some(2_000_000), Some(0.3)); 9]);
         use Step::*;
-        assert_eq!(steps, [Full, Reduced, Reduced, Low, Low, AudioOnly]);
+        assert_eq!(
+            steps,
+            [Full, Full, Reduced, Reduced, Reduced, Low, Low, Low, AudioOnly]
+        );
+        // 10 % random loss (reports up to 17 %) is not heavy: retransmissions repair it.
+        let mut ten = VideoLadder::new(start);
+        let swings = [0.05, 0.17, 0.08, 0.12, 0.16, 0.03, 0.11, 0.17, 0.09, 0.14];
+        for (i, loss) in swings.iter().enumerate() {
+            ten.update(
+                start + Duration::from_secs(i as u64 + 1),
+                Some(2_000_000),
+                None,
+                Some(*loss),
+            );
+        }
+        assert_eq!(ten.step(), Full);
     }
 
     #[test]
     fn a_recovered_link_climbs_back_while_the_estimate_catches_up() {
         let start = Instant::now();
         let mut ladder = VideoLadder::new(start);
-        feed(&mut ladder, start, &[(Some(50_000), Some(0.0)); 2]);
+        feed(
+            &mut ladder,
+            start,
+            &[(Some(50_000), Some(0.0)); BAD_SAMPLES as usize],
+        );
         assert_eq!(ladder.step(), Step::AudioOnly);
         let mut bps = 50_000f64;
         let mut steps = Vec::new();
@@ -308,8 +337,12 @@ mod tests {
     fn an_estimate_that_only_echoes_what_little_we_send_does_not_hold_video_back() {
         let start = Instant::now();
         let mut ladder = VideoLadder::new(start);
-        // Capped: we send 300 kbit/s and the estimate says 80.
-        feed(&mut ladder, start, &[(Some(80_000), Some(0.0)); 2]);
+        // Capped: the estimate says 80 kbit/s (what we send unknown).
+        feed(
+            &mut ladder,
+            start,
+            &[(Some(80_000), Some(0.0)); BAD_SAMPLES as usize],
+        );
         assert_eq!(ladder.step(), Step::AudioOnly);
         // The link is back, but audio only sends 45 kbit/s and the estimate stays near it.
         let mut steps = Vec::new();
@@ -325,36 +358,41 @@ mod tests {
         }
         assert_eq!(steps.last(), Some(&Step::Full), "{steps:?}");
         // While capped for real (the estimate under what we send) it does step down.
-        let mut capped = VideoLadder::new(start);
-        let steps = feed(&mut capped, start, &[(Some(80_000), Some(0.0)); 2]);
-        assert_eq!(steps[1], Step::AudioOnly);
         let mut pushing = VideoLadder::new(start);
-        pushing.update(
-            start + Duration::from_secs(1),
-            Some(80_000),
-            Some(300_000),
-            Some(0.0),
-        );
-        let step = pushing.update(
-            start + Duration::from_secs(2),
-            Some(80_000),
-            Some(300_000),
-            Some(0.0),
-        );
+        let mut step = Step::Full;
+        for i in 0..u64::from(BAD_SAMPLES) {
+            let at = start + Duration::from_secs(i + 1);
+            step = pushing.update(at, Some(80_000), Some(300_000), Some(0.0));
+        }
         assert_eq!(step, Step::AudioOnly);
+        // The same estimate while we send less than it: no step down.
+        let mut echo = VideoLadder::new(start);
+        for i in 0..10 {
+            echo.update(
+                start + Duration::from_secs(i + 1),
+                Some(80_000),
+                Some(45_000),
+                Some(0.0),
+            );
+        }
+        assert_eq!(echo.step(), Step::Full);
     }
 
     #[test]
     fn failed_tries_wait_longer_each_time_up_to_a_limit() {
         let start = Instant::now();
         let mut ladder = VideoLadder::new(start);
-        feed(&mut ladder, start, &[(Some(50_000), Some(0.0)); 2]);
+        feed(
+            &mut ladder,
+            start,
+            &[(Some(50_000), Some(0.0)); BAD_SAMPLES as usize],
+        );
         let mut tries = Vec::new();
         for i in 0..400u64 {
             let now = start + Duration::from_secs(3 + i);
             let before = ladder.step();
             // Each try turns lossy at once.
-            let loss = if before == Step::AudioOnly { 0.0 } else { 0.3 };
+            let loss = if before == Step::AudioOnly { 0.0 } else { 0.4 };
             if ladder.update(now, None, None, Some(loss)) < before {
                 tries.push(now);
             }

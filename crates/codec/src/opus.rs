@@ -100,6 +100,16 @@ impl OpusDecoder {
         Ok(self.buffer[..n].to_vec())
     }
 
+    /// 20 ms where nothing came (a lost packet, or silence the sender did not send): libopus's
+    /// concealment, comfort noise after DTX.
+    pub fn conceal(&mut self) -> Result<Vec<i16>, CodecError> {
+        let n = self
+            .decoder
+            .decode(&[], &mut self.buffer[..FRAME_SAMPLES], false)
+            .map_err(|e| CodecError::library("opus", e))?;
+        Ok(self.buffer[..n].to_vec())
+    }
+
     /// Decode one packet (an empty packet conceals a lost one).
     pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<i16>, CodecError> {
         let n = self
@@ -129,6 +139,18 @@ mod tests {
         let mut tone = Tone::new(440.0);
         for _ in 0..50 {
             assert!(!is_dtx(&encoder.encode(&tone.next_frame()).unwrap()));
+        }
+    }
+
+    #[test]
+    fn concealment_is_exactly_one_frame() {
+        let mut encoder = OpusEncoder::new(32_000).unwrap();
+        let mut decoder = OpusDecoder::new().unwrap();
+        let mut tone = Tone::new(440.0);
+        let packet = encoder.encode(&tone.next_frame()).unwrap();
+        assert_eq!(decoder.decode(&packet).unwrap().len(), FRAME_SAMPLES);
+        for _ in 0..3 {
+            assert_eq!(decoder.conceal().unwrap().len(), FRAME_SAMPLES);
         }
     }
 }

@@ -218,6 +218,10 @@ pub struct Stats {
     pub receive_bps: u64,
     /// Send bitrate since the previous stats, bits per second.
     pub send_bps: u64,
+    /// The part of it that is media (audio, video, a shared screen; not data channels).
+    pub media_send_bps: u64,
+    /// Whether a file is going out on this connection (chunks still to put on the channel).
+    pub sending_file: bool,
     /// Bandwidth estimate for sending, bits per second.
     pub estimated_send_bps: Option<u64>,
     /// Selected candidate pair: local and remote address.
@@ -363,8 +367,12 @@ pub struct Peer {
     file: Option<ChannelId>,
     /// Copies of SCTP datagrams and the pacing of file data on a lossy path.
     redundancy: DataRedundancy,
+    /// Media bytes sent so far, per section (from str0m's egress statistics), and their sum at
+    /// the previous [`Stats`].
+    media_bytes_sent: std::collections::HashMap<Mid, u64>,
+    media_bytes_at_stats: u64,
     /// Copies of the last SCTP datagram still to send.
-    copies_to_send: VecDeque<Transmit>,
+    copies_to_send: VecDeque<(Instant, Transmit)>,
     /// Every open channel per label: after glare both sides may have created one, and data is
     /// accepted on any of them.
     chat_ids: Vec<ChannelId>,
@@ -469,6 +477,7 @@ impl Peer {
             connected: false,
             timeout: None,
         });
+        let redundancy = DataRedundancy::new(now);
         let mut rtc = rtc_config.build(now);
         if let Some(desired) = config.desired_bitrate_bps {
             rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
@@ -492,8 +501,10 @@ impl Peer {
             video_rx_mid: None,
             chat: None,
             file: None,
-            redundancy: DataRedundancy::new(now),
+            redundancy,
             copies_to_send: VecDeque::new(),
+            media_bytes_sent: std::collections::HashMap::new(),
+            media_bytes_at_stats: 0,
             chat_ids: Vec::new(),
             file_ids: Vec::new(),
             files,
@@ -796,7 +807,12 @@ impl Peer {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Output::Event(event));
             }
-            if let Some(copy) = self.copies_to_send.pop_front() {
+            if self
+                .copies_to_send
+                .front()
+                .is_some_and(|(at, _)| *at <= self.now)
+                && let Some((_, copy)) = self.copies_to_send.pop_front()
+            {
                 return Ok(Output::Transmit(copy));
             }
             match self.rtc.poll_output()? {
@@ -809,8 +825,10 @@ impl Peer {
                     if self.config.data_redundancy
                         && redundancy::is_sctp_datagram(&transmit.contents)
                     {
-                        for _ in 1..self.redundancy.copies_of(transmit.contents.len()) {
-                            self.copies_to_send.push_back(transmit.clone());
+                        // Spaced a little, so a burst of loss takes fewer of them together.
+                        for n in 1..self.redundancy.copies_of(transmit.contents.len()) {
+                            let at = self.now + redundancy::COPY_SPACING * u32::from(n);
+                            self.copies_to_send.push_back((at, transmit.clone()));
                         }
                     }
                     return Ok(Output::Transmit(transmit));
@@ -826,13 +844,17 @@ impl Peer {
                         Some(e2ee_at) => at.min(e2ee_at),
                         None => at,
                     };
-                    // Paced file data wakes us when its allowance is there.
+                    // Paced file data wakes us when its allowance is there, copies when theirs is due.
                     let at = match self.file.is_some() && self.files.has_chunks_to_send() {
                         true => self
                             .redundancy
-                            .allowance_at(CHUNK_BYTES + CHUNK_HEADER_BYTES)
+                            .allowance_at(self.now, CHUNK_BYTES + CHUNK_HEADER_BYTES)
                             .map_or(at, |paced| at.min(paced)),
                         false => at,
+                    };
+                    let at = match self.copies_to_send.front() {
+                        Some((due, _)) => at.min(*due),
+                        None => at,
                     };
                     return Ok(Output::Timeout(at));
                 }
@@ -1002,6 +1024,12 @@ impl Peer {
                     self.stats.send_bps =
                         ((peer.bytes_tx.saturating_sub(self.stats.bytes_sent)) as f64 * 8.0 / secs)
                             as u64;
+                    let media: u64 = self.media_bytes_sent.values().sum();
+                    self.stats.media_send_bps =
+                        (media.saturating_sub(self.media_bytes_at_stats) as f64 * 8.0 / secs)
+                            as u64;
+                    self.media_bytes_at_stats = media;
+                    self.stats.sending_file = self.files.has_chunks_to_send();
                 }
                 self.last_stats_at = Some(now_stats);
                 self.stats.e2ee = self.e2ee_stats();
@@ -1028,9 +1056,12 @@ impl Peer {
             Event::MediaIngressStats(ingress) if Some(ingress.mid) == self.video_mid => {
                 self.stats.video_jitter = Some(f64::from(ingress.jitter) / 90_000.0);
             }
-            Event::MediaEgressStats(egress) if Some(egress.mid) == self.video_mid => {
-                self.stats.nacks_received = egress.nacks;
-                self.stats.plis_received = egress.plis;
+            Event::MediaEgressStats(egress) => {
+                self.media_bytes_sent.insert(egress.mid, egress.bytes);
+                if Some(egress.mid) == self.video_mid {
+                    self.stats.nacks_received = egress.nacks;
+                    self.stats.plis_received = egress.plis;
+                }
             }
             Event::EgressBitrateEstimate(estimate) => {
                 let bps = match estimate {

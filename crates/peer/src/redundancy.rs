@@ -16,7 +16,10 @@
 //! carry no transport-wide sequence numbers, so bandwidth estimation never sees them) and rises
 //! only by probing ([`crate::PeerConfig::desired_bitrate_bps`], off by default), so on a clear
 //! path it is below what the path carries; on a capped one it falls with the cap, and files fall
-//! with it.
+//! with it. Copies go a few milliseconds apart, so a burst of loss takes fewer of them together.
+//!
+//! Only DTLS 1.2 records are recognised (str0m's DTLS); under DTLS 1.3's unified header (first
+//! byte 0x20–0x3f) nothing would be copied.
 //!
 //! ```
 //! use consult_peer::redundancy::{DataRedundancy, is_sctp_datagram};
@@ -53,6 +56,8 @@ pub const MIN_FILE_BYTES_PER_SECOND: f64 = 4.0 * 1024.0;
 /// dozen packets, so one alone swings between 2 % and 13 % on a 10 % link; the worst of the last
 /// few decides (quick to add copies, slow to drop them).
 pub const LOSS_REPORTS_CONSIDERED: usize = 5;
+/// Time between the copies of one datagram.
+pub const COPY_SPACING: Duration = Duration::from_millis(3);
 /// SCTP datagrams up to this size always go at least twice.
 pub const SMALL_DATAGRAM_BYTES: usize = 300;
 /// Bandwidth assumed before the first estimate, bits per second.
@@ -163,13 +168,20 @@ impl DataRedundancy {
         }
     }
 
-    /// When `bytes` more will be allowed (`None` while unpaced or if they already are).
-    pub fn allowance_at(&self, bytes: usize) -> Option<Instant> {
+    /// When, at `now` or later, `bytes` more will be allowed (`None` while unpaced or if they
+    /// already are).
+    pub fn allowance_at(&self, now: Instant, bytes: usize) -> Option<Instant> {
         let pace = self.pace?;
-        let missing = bytes as f64 - self.tokens;
+        let since = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        let tokens = (self.tokens + since * pace).min(FILE_BURST_BYTES);
+        let missing = bytes as f64 - tokens;
         // A millisecond more, so rounding never wakes us a hair too early, again and again.
         (missing > 0.0).then(|| {
-            self.refilled_at + Duration::from_secs_f64(missing / pace) + Duration::from_millis(1)
+            now.max(self.refilled_at)
+                + Duration::from_secs_f64(missing / pace)
+                + Duration::from_millis(1)
         })
     }
 }
@@ -236,7 +248,7 @@ mod tests {
                 r.spend(16 * 1024);
                 sent += 16 * 1024;
             } else {
-                now = r.allowance_at(16 * 1024).unwrap();
+                now = r.allowance_at(now, 16 * 1024).unwrap();
             }
         }
         let rate = sent as f64 / 100.0;
@@ -247,6 +259,21 @@ mod tests {
         // A tiny estimate still lets files move.
         r.on_stats(Some(0.5), Some(1_000));
         assert_eq!(r.file_pace(), Some(MIN_FILE_BYTES_PER_SECOND));
+    }
+
+    #[test]
+    fn the_wake_up_for_paced_data_is_never_in_the_past() {
+        let start = Instant::now();
+        let mut r = DataRedundancy::new(start);
+        r.on_stats(Some(0.10), Some(600_000));
+        let burst = r.file_allowance(start);
+        r.spend(burst);
+        // Long after the last refill (nothing asked for an allowance since): a chunk is due now.
+        let later = start + Duration::from_secs(60);
+        assert_eq!(r.allowance_at(later, 16 * 1024), None);
+        // Right after spending: later than now, by the time the pace needs.
+        let at = r.allowance_at(start, 16 * 1024).unwrap();
+        assert!(at > start);
     }
 
     #[test]
