@@ -355,17 +355,19 @@ function stunAnswers(port, timeoutMs, ip = "127.0.0.1") {
  * Start coturn on `ip` (127.0.0.1 by default; a free port for UDP and TCP, a fresh temporary
  * directory for its pid file and user database) with TURN REST authentication and relay ports
  * `TURN_RELAY_PORTS`. Ready once it answers a STUN Binding request on its port.
- * @param {{ timeoutMs?: number, ip?: string, tls?: { cert: string, key: string, port: number } }} [options]
+ * @param {{ timeoutMs?: number, ip?: string, tls?: { cert: string, key: string, port: number }, again?: TurnServer }} [options]
  *   `tls`: also TURN over TLS on `port`, with this certificate chain and key (PEM files).
+ *   `again`: the same server as this stopped one (its port and secret): a restart, which loses
+ *   every allocation.
  * @returns {Promise<TurnServer>}
  */
-export async function startTurnServer({ timeoutMs = 20_000, ip = "127.0.0.1", tls } = {}) {
+export async function startTurnServer({ timeoutMs = 20_000, ip = "127.0.0.1", tls, again } = {}) {
   if (!existsSync(TURNSERVER_BIN)) {
     throw new Error(`no TURN server at ${TURNSERVER_BIN} (apt-get install coturn, or set TURNSERVER_BIN)`);
   }
-  const secret = `consult-test-${randomBytes(12).toString("hex")}`;
+  const secret = again?.secret ?? `consult-test-${randomBytes(12).toString("hex")}`;
   for (let attempt = 1; ; attempt += 1) {
-    const port = await freeUdpPort(ip);
+    const port = again?.port ?? (await freeUdpPort(ip));
     const dir = await mkdtemp(join(tmpdir(), "consult-turn-"));
     const args = [
       "-n",
@@ -1099,10 +1101,12 @@ export async function installFirstFrameProbe(page) {
   await page.evaluate(() => {
     const w = /** @type {any} */ (window);
     w.__firstFrameAt = null;
+    w.__connectedAt = null;
     w.__firstPaintAt = null;
     const timer = setInterval(async () => {
       const pc = w.consultPc;
       if (!pc || w.__firstFrameAt !== null) return;
+      if (w.__connectedAt === null && pc.connectionState === "connected") w.__connectedAt = Date.now();
       try {
         const report = await pc.getStats();
         report.forEach((/** @type {any} */ s) => {
@@ -1168,6 +1172,7 @@ export async function runAdmitScenario(service, options = {}) {
     }
     const admitClickAt = await doctor.page.evaluate(() => /** @type {any} */ (window).__admitClickAt);
     const firstPaintAt = await patient.page.evaluate(() => /** @type {any} */ (window).__firstPaintAt);
+    const connectedAt = await patient.page.evaluate(() => /** @type {any} */ (window).__connectedAt);
     if (!admitClickAt || !firstFrameAt) {
       throw new Error(`timing probes incomplete: admit click ${admitClickAt}, first frame ${firstFrameAt}`);
     }
@@ -1179,6 +1184,7 @@ export async function runAdmitScenario(service, options = {}) {
       patientMedia,
       doctorMedia,
       firstFrameMs: firstFrameAt - admitClickAt,
+      connectMs: connectedAt ? connectedAt - admitClickAt : null,
       firstPaintMs: firstPaintAt ? firstPaintAt - admitClickAt : null,
     };
   } catch (err) {

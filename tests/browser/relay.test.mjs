@@ -282,4 +282,83 @@ describe("relay-only calls through a TURN server (coturn on 127.0.0.1)", { timeo
       assert.ok(doctor.console.some((l) => /no TURN server is configured/.test(l)), "the doctor's console names the cause");
     });
   });
+
+  test("TURN credentials that expire mid-call: the pages renew them in their running connections, so the call survives a relay restart after the first ones expired", { timeout: 240_000 }, async (t) => {
+    // Its own TURN server (restarted mid-call), and credentials valid for 16 s. coturn keeps an
+    // allocation made with valid credentials after they expire, but checks every new one: once
+    // it restarts (25 s after connecting, long after the first credentials expired) the call
+    // can only go on if the pages allocate again with renewed credentials.
+    let own = await startTurnServer();
+    try {
+      const ttlSecs = 16;
+      const options = {
+        env: { ...relayOnlyServiceEnv(own), CONSULT_ICE__TURN_CREDENTIAL_TTL: `${ttlSecs}s` },
+        diagnostics: () => `\n--- turnserver log (tail) ---\n${own.logs.slice(-60).join("\n")}`,
+      };
+      await withService(options, async ({ service, people }) => {
+        const scenario = await runAdmitScenario(service, { title: "Renewal", patientName: "Pat Renewal" });
+        const { doctor, patient } = scenario;
+        people.push(doctor, patient);
+        /** The expiry (Unix seconds) in the TURN username of each page's running connection. */
+        const expiries = () =>
+          Promise.all(
+            [doctor, patient].map((p) =>
+              p.page.evaluate(() => {
+                /** @type {RTCPeerConnection | null} */
+                const pc = /** @type {any} */ (window).consultPc ?? null;
+                const username = pc?.getConfiguration().iceServers?.[0]?.username ?? "";
+                return Number(/^(\d+):/.exec(username)?.[1] ?? NaN);
+              }),
+            ),
+          );
+        const first = await expiries();
+        t.diagnostic(`first credentials expire in ${first.map((e) => e - Math.floor(Date.now() / 1000))} s`);
+        for (const e of first) assert.ok(Number.isFinite(e), "the connection holds TURN REST credentials");
+
+        await sleep(25_000);
+        const renewed = await expiries();
+        const now = Math.floor(Date.now() / 1000);
+        t.diagnostic(`25 s later: the first credentials expired ${first.map((e) => now - e)} s ago; the renewed ones expire in ${renewed.map((e) => e - now)} s`);
+        first.forEach((e, i) => {
+          assert.ok(e < now, "the first credentials have expired");
+          assert.ok(renewed[i] > now, "the running connection holds renewed credentials");
+        });
+
+        const allocationsBefore = own.logs.filter((l) => /ALLOCATE processed, success/.test(l)).length;
+        await own.stop();
+        const restartedAt = Date.now();
+        own = await startTurnServer({ again: own });
+        t.diagnostic(`turnserver restarted on port ${own.port} (${allocationsBefore} allocations before)`);
+
+        // Both pages notice the dead relay, restart ICE and allocate with the renewed credentials:
+        // video decodes again on both sides, over relay <-> relay.
+        const before = await Promise.all([doctor, patient].map((p) => inboundStats(p.page)));
+        const deadline = Date.now() + 90_000;
+        /** @type {(number | null)[]} */
+        const backAfter = [null, null];
+        let last = before;
+        while (backAfter.some((b) => b === null) && Date.now() < deadline) {
+          await sleep(500);
+          last = await Promise.all([doctor, patient].map((p) => inboundStats(p.page)));
+          last.forEach((s, i) => {
+            if (backAfter[i] === null && s?.state === "connected" && (s?.framesDecoded ?? 0) > (before[i]?.framesDecoded ?? 0) + 30) backAfter[i] = Date.now() - restartedAt;
+          });
+        }
+        const requests = turnRequestLines(own);
+        t.diagnostic(`video decoding again after the restart: doctor ${backAfter[0]} ms, patient ${backAfter[1]} ms`);
+        assert.ok(
+          backAfter.every((b) => b !== null),
+          `video decodes again on both sides within 90 s of the relay restart: ${JSON.stringify({ before, last })}\n${requests.slice(-30).join("\n")}`,
+        );
+        const allocations = requests.filter((l) => /ALLOCATE processed, success/.test(l)).length;
+        assert.ok(allocations >= 2, `the restarted relay granted both pages new allocations:\n${requests.slice(-30).join("\n")}`);
+        for (const p of [doctor, patient]) {
+          const stats = await waitForSelectedPair(p.page);
+          assertLocalRelay(stats, p.label);
+        }
+      });
+    } finally {
+      await own.stop();
+    }
+  });
 });

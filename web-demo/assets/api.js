@@ -464,7 +464,7 @@ export function iceServers(participantToken) {
 
 /**
  * Cache of the ICE configuration, fetched again when half the TURN credentials' lifetime has
- * passed. A failure keeps the last answer (its policy included: a service that asked for relay
+ * passed (at least 5 s apart), and kept fresh while a call runs ({@link IceServerCache#keepFresh}). A failure keeps the last answer (its policy included: a service that asked for relay
  * only keeps getting it). Without any answer yet, a failure gives no servers and policy `all`
  * (host candidates still work on one network) rather than blocking the call; the next connection
  * asks again.
@@ -503,7 +503,7 @@ export class IceServerCache {
           };
           this.config = config;
           this.fetchedAt = Date.now();
-          this.ttlMs = Math.max(answer.ttl_secs, 60) * 1000;
+          this.ttlMs = Math.max(answer.ttl_secs, 10) * 1000;
           return config;
         })
         .catch((err) => {
@@ -518,5 +518,35 @@ export class IceServerCache {
         });
     }
     return this.pending;
+  }
+
+  /**
+   * Keep the configuration fresh while a call runs: fetch it again at half the credentials'
+   * lifetime (every 5 s while that fails) and hand each new answer to `onRenewed`. Running
+   * connections take it with `setConfiguration`, so that an ICE restart after the first
+   * credentials expired (a network change, a relay that restarted) allocates with valid ones.
+   * @param {(config: IceConfig) => void} onRenewed
+   * @returns {() => void} Stops it.
+   */
+  keepFresh(onRenewed) {
+    let stopped = false;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    let timer;
+    const schedule = () => {
+      if (stopped) return;
+      const due = this.config ? this.fetchedAt + this.ttlMs / 2 - Date.now() : 0;
+      timer = setTimeout(async () => {
+        const before = this.config;
+        const config = await this.get();
+        if (stopped) return;
+        if (before !== null && config !== before && config === this.config) onRenewed(config);
+        schedule();
+      }, Math.max(due, 5_000));
+    };
+    schedule();
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
   }
 }

@@ -949,6 +949,7 @@ async function openCall(id, asColleague = false) {
     send: (m) => (active.signaling ? active.signaling.send(m) : false),
     onMediaTrouble: () => active.signaling?.probe(),
     getIceConfig: () => ice.get(),
+    keepIceFresh: (onRenewed) => ice.keepFresh(onRenewed),
     localStream: active.stream,
     onRemoteStream: (stream, peer) => {
       if (call === active) callView.setPeerStream(peer, stream);

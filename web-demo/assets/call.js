@@ -200,6 +200,22 @@ function newPeerConnection(iceConfig, extra = {}) {
 }
 
 /**
+ * Renewed ICE servers (fresh TURN credentials) for a running connection. They take effect at its
+ * next gathering (an ICE restart); allocations it holds keep theirs. The transport policy it was
+ * made with stays.
+ * @param {RTCPeerConnection} pc
+ * @param {IceConfig} config
+ */
+function renewIceServers(pc, config) {
+  if (pc.signalingState === "closed") return;
+  try {
+    pc.setConfiguration({ ...pc.getConfiguration(), iceServers: config.iceServers });
+  } catch (err) {
+    console.warn("Could not renew the connection's ICE servers", err);
+  }
+}
+
+/**
  * A local candidate as it travels (`null`: end of candidates).
  * @param {RTCIceCandidate | null} candidate
  * @returns {IceCandidate | null}
@@ -719,6 +735,14 @@ export class PeerLink {
     }
   }
 
+  /**
+   * Renewed ICE servers, for the next ICE restart.
+   * @param {IceConfig} config
+   */
+  renewIceConfig(config) {
+    if (!this.closed) renewIceServers(this.pc, config);
+  }
+
   close() {
     if (this.closed) return;
     this.closed = true;
@@ -876,6 +900,14 @@ export class RecorderLink {
     if (!this.closed) void this.protection?.rotate();
   }
 
+  /**
+   * Renewed ICE servers, for the next ICE restart.
+   * @param {IceConfig} config
+   */
+  renewIceConfig(config) {
+    if (!this.closed) renewIceServers(this.pc, config);
+  }
+
   close() {
     if (this.closed) return;
     this.closed = true;
@@ -927,6 +959,9 @@ export class CallController {
   /**
    * @param {object} options
    * @param {(message: ClientMessage) => boolean} options.send Send a signaling message.
+   * @param {(onRenewed: (config: IceConfig) => void) => () => void} [options.keepIceFresh] Calls
+   *   `onRenewed` with each renewed ICE configuration while the call runs, until the function it
+   *   returns is called (`IceServerCache.keepFresh`).
    * @param {() => Promise<IceConfig>} options.getIceConfig ICE servers and transport policy, asked
    *   for before every new connection.
    * @param {MediaStream | null} options.localStream
@@ -958,9 +993,11 @@ export class CallController {
    * @param {(peer: Peer, paused: boolean) => void} [options.onRemoteVideoPaused] Someone's video
    *   all but stopped while their audio goes on (their link is too weak), or moves again.
    */
-  constructor({ send, getIceConfig, localStream, onRemoteStream, onRemoteScreen, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder, onMediaTrouble, onVideoStep, onRemoteVideoPaused }) {
+  constructor({ send, getIceConfig, keepIceFresh, localStream, onRemoteStream, onRemoteScreen, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder, onMediaTrouble, onVideoStep, onRemoteVideoPaused }) {
     this.send = send;
     this.getIceConfig = getIceConfig;
+    /** Stops renewing the ICE servers of running connections. */
+    this.stopIceRenewal = keepIceFresh ? keepIceFresh((config) => this.renewIceConfig(config)) : () => {};
     this.localStream = localStream;
     this.onRemoteStream = onRemoteStream;
     this.onRemoteScreen = onRemoteScreen ?? (() => {});
@@ -1509,8 +1546,19 @@ export class CallController {
   }
 
   /** Close every connection (hang up, ended). */
+  /**
+   * Renewed ICE servers (fresh TURN credentials, from `keepIceFresh`) for every
+   * running connection: an ICE restart after the first credentials expired allocates with these.
+   * @param {IceConfig} config
+   */
+  renewIceConfig(config) {
+    for (const link of this.links.values()) link.renewIceConfig(config);
+    this.recorderLink?.renewIceConfig(config);
+  }
+
   close() {
     this.closed = true;
+    this.stopIceRenewal();
     for (const peerId of [...this.awaiting.keys()]) this.cancelAwaitingOffer(peerId);
     for (const peerId of [...this.links.keys()]) this.dropLink(peerId);
     this.dropRecorderLink();

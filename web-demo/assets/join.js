@@ -454,6 +454,7 @@ function enterWaiting(place) {
     send: (m) => (signaling ? signaling.send(m) : false),
     onMediaTrouble: () => signaling?.probe(),
     getIceConfig: () => ice.get(),
+    keepIceFresh: (onRenewed) => ice.keepFresh(onRenewed),
     localStream,
     onRemoteScreen: (screen, peer) => {
       if (controller === created) remoteScreens.take(peer, screen);
