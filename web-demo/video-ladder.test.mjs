@@ -3,13 +3,13 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { AUDIO_ONLY, BAD_SECONDS, HOLD_MS, MAX_HOLD_MS, VIDEO_STEPS, VideoLadder } from "./assets/video-ladder.js";
+import { AUDIO_ONLY, BAD_SECONDS, FILE_SENDING_BPS, HOLD_MS, MAX_HOLD_MS, VIDEO_STEPS, VideoLadder } from "./assets/video-ladder.js";
 
 /**
  * Feed one sample a second; returns the step after each.
  * @param {VideoLadder} ladder
  * @param {number} startMs
- * @param {{ availableBps: number | null, loss: number | null }[]} samples
+ * @param {{ availableBps: number | null, loss: number | null, dataBps?: number | null }[]} samples
  */
 function feed(ladder, startMs, samples) {
   return samples.map((sample, i) => ladder.update(startMs + (i + 1) * 1000, sample));
@@ -147,4 +147,16 @@ test("an estimate that only echoes what little we send does not hold video back"
     steps.push(ladder.update(t, { availableBps: sending * 1.5, loss: 0, sendingBps: sending }));
   }
   assert.equal(steps.at(-1), 0, `${steps}`);
+});
+
+test("while a file goes out the estimate judges nothing (the file takes what the video leaves); loss still does", () => {
+  const sending = new VideoLadder(0);
+  const file = { availableBps: 150_000, loss: 0.02, sendingBps: 150_000, dataBps: 4 * FILE_SENDING_BPS };
+  assert.ok(feed(sending, 0, repeat(file, 20)).every((s) => s === 0), "a file squeezing the estimate leaves video at full");
+  // Chat is not a file: the same estimate with a few messages steps down.
+  const chat = new VideoLadder(0);
+  assert.equal(feed(chat, 0, repeat({ ...file, dataBps: 2_000 }, BAD_SECONDS)).at(-1), 2, "150 kbit/s without a file: low");
+  // Heavy loss during a file still steps down.
+  const lossy = new VideoLadder(0);
+  assert.equal(feed(lossy, 0, repeat({ ...file, loss: 0.3 }, BAD_SECONDS)).at(-1), 1);
 });

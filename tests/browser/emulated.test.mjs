@@ -320,7 +320,7 @@ if (!LAB) {
             // between Chromium's own SCTP stacks.
             let fileFigure = "—";
             if (file) fileFigure = await fileThroughput(doctor.page, patient.page, network);
-            const row = `| browser↔browser | ${network} | first frame ${scenario.firstFrameMs} ms | frozen ${frozen.toFixed(1)} s/min | audio lost ${audioLost.toFixed(1)}% | ${fileFigure} | ${recover} |`;
+            const row = `| browser↔browser | ${network} | connect ${scenario.connectMs ?? "—"} ms | first frame ${scenario.firstFrameMs} ms | frozen ${frozen.toFixed(1)} s/min | audio lost ${audioLost.toFixed(1)}% | ${fileFigure} | ${recover} |`;
             rows.push(row);
             t.diagnostic(row);
           } catch (err) {
@@ -371,7 +371,7 @@ if (!LAB) {
             assert.equal(local?.relayProtocol, "tls", `the patient reached the relay over TLS (${JSON.stringify(local)})`);
             const samples = await Promise.all([sample(scenario.doctor.page, 5000), sample(scenario.patient.page, 5000)]);
             for (const s of samples) assert.ok(s.at(-1).framesDecoded > s[0].framesDecoded, "video both ways over TURN/TLS");
-            const row = `| browser↔browser | UDP blocked, relay only over TURN/TLS 443 | first frame ${scenario.firstFrameMs} ms | frozen ${Math.max(...samples.map(frozenPerMinute)).toFixed(1)} s/min | — | — |`;
+            const row = `| browser↔browser | UDP blocked, relay only over TURN/TLS 443 | connect ${scenario.connectMs ?? "—"} ms | first frame ${scenario.firstFrameMs} ms | frozen ${Math.max(...samples.map(frozenPerMinute)).toFixed(1)} s/min | — | — |`;
             rows.push(row);
             t.diagnostic(row);
           },

@@ -11,7 +11,8 @@
  * `VideoLadder` is the decision alone (no browser API, unit-tested in `video-ladder.test.mjs`):
  * once a second it takes the send bandwidth estimate (`availableOutgoingBitrate` of the selected
  * candidate pair), the media we send (`outbound-rtp` bytes; data channels do not count), and the loss the other side reports
- * (`fractionLost` of `remote-inbound-rtp`),
+ * (`fractionLost` of `remote-inbound-rtp`); while a file goes out (data channels sending over
+ * `FILE_SENDING_BPS`) only the loss counts,
  * steps down after two bad seconds in a row, and up one step after `holdMs` of good seconds, or
  * at once when the estimate is clearly enough for a higher step. For `HOLD_MS` after a step up
  * only loss can undo it: the estimate lags behind what is sent, and in audio only almost nothing
@@ -66,7 +67,11 @@ export const STILL_ON_MS = 700;
  * @property {number | null} availableBps Send bandwidth estimate, bits per second.
  * @property {number | null} loss Loss the other side reports on our media (0..1).
  * @property {number | null} [sendingBps] What we send now, bits per second.
+ * @property {number | null} [dataBps] What our data channels send now (a file), bits per second.
  */
+
+/** Data channels sending more than this (bits per second) are sending a file, not chat. */
+export const FILE_SENDING_BPS = 64_000;
 
 /** An estimate above this many times what we send says nothing about the link's limit. */
 export const APP_LIMITED_MARGIN = 1.2;
@@ -88,7 +93,10 @@ export class VideoLadder {
    * @param {number} nowMs
    * @param {LinkSample} sample
    */
-  update(nowMs, { availableBps, loss, sendingBps = null }) {
+  update(nowMs, { availableBps: estimate, loss, sendingBps = null, dataBps = null }) {
+    // While a file goes out the estimate judges nothing: the file takes what the video leaves
+    // and the estimate moves with it. Loss still counts.
+    const availableBps = dataBps !== null && dataBps > FILE_SENDING_BPS ? null : estimate;
     const step = VIDEO_STEPS[this.step];
     // Right after a step up the estimate lags (little was sent): only loss judges the try then.
     const trying = this.steppedUpAt !== null && nowMs - this.steppedUpAt < HOLD_MS;
@@ -147,9 +155,10 @@ export class VideoLadder {
 
 /**
  * The send bandwidth estimate, the loss the other side reports on our media (the worse of audio
- * and video), and the media bytes sent so far with their time, from one `getStats()` report.
+ * and video), the media bytes sent so far with their time, and the data channels' bytes sent so
+ * far, from one `getStats()` report.
  * @param {RTCStatsReport} report
- * @returns {LinkSample & { bytesSent: number | null, at: number }}
+ * @returns {LinkSample & { bytesSent: number | null, dataBytesSent: number, at: number }}
  */
 export function linkSample(report) {
   /** @type {number | null} */
@@ -158,6 +167,7 @@ export function linkSample(report) {
   let loss = null;
   /** @type {number | null} */
   let bytesSent = null;
+  let dataBytesSent = 0;
   let at = 0;
   report.forEach((/** @type {any} */ s) => {
     if (s.type === "transport" && s.selectedCandidatePairId) {
@@ -169,11 +179,12 @@ export function linkSample(report) {
       bytesSent = (bytesSent ?? 0) + s.bytesSent + (s.headerBytesSent ?? 0);
       at = Math.max(at, s.timestamp ?? 0);
     }
+    if (s.type === "data-channel" && typeof s.bytesSent === "number") dataBytesSent += s.bytesSent;
     if (s.type === "remote-inbound-rtp" && typeof s.fractionLost === "number") {
       loss = Math.max(loss ?? 0, s.fractionLost);
     }
   });
-  return { availableBps, loss, bytesSent, at };
+  return { availableBps, loss, bytesSent, dataBytesSent, at };
 }
 
 /**
@@ -198,7 +209,7 @@ export class SendLadder {
     /** @type {ReturnType<typeof setTimeout> | null} */
     this.stillOff = null;
     this.lastStill = 0;
-    /** @type {{ bytesSent: number, at: number } | null} */
+    /** @type {{ bytesSent: number, dataBytesSent: number, at: number } | null} */
     this.previousSent = null;
     /** Every change to the sender's parameters, one after the other (Chromium applies them
      * asynchronously; two at once would lose one). */
@@ -246,7 +257,10 @@ export class SendLadder {
       if (sample.bytesSent !== null && previous && sample.at > previous.at) {
         sample.sendingBps = ((sample.bytesSent - previous.bytesSent) * 8 * 1000) / (sample.at - previous.at);
       }
-      this.previousSent = sample.bytesSent === null ? null : { bytesSent: sample.bytesSent, at: sample.at };
+      if (previous && sample.at > previous.at) {
+        sample.dataBps = ((sample.dataBytesSent - previous.dataBytesSent) * 8 * 1000) / (sample.at - previous.at);
+      }
+      this.previousSent = sample.bytesSent === null ? null : { bytesSent: sample.bytesSent, dataBytesSent: sample.dataBytesSent, at: sample.at };
       const now = Date.now();
       const step = this.ladder.update(now, sample);
       if (step !== this.applied) {

@@ -398,3 +398,77 @@ fn a_peer_that_moves_gets_a_new_address_and_loses_the_old_one() {
     let addresses = String::from_utf8_lossy(&addresses.stdout);
     assert!(addresses.contains(&after.to_string()) && !addresses.contains(&before.to_string()));
 }
+
+#[test]
+fn the_runner_told_to_stop_stops_its_command_and_removes_the_lab() {
+    let dir = std::env::temp_dir().join(format!("consult-netem-stop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let told = dir.join("lab.json");
+    // The command says where it runs and its pid, then waits far longer than the test.
+    let script = format!(
+        "echo \"$$ $CONSULT_LAB\" > {}.tmp && mv {0}.tmp {0} && exec sleep 120",
+        told.display()
+    );
+    let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_consult-netem"))
+        .args(["run", "--peers", "patient", "--", "sh", "-c", &script])
+        .spawn()
+        .expect("consult-netem");
+    let started = Instant::now();
+    while !told.exists() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let line = std::fs::read_to_string(&told).expect("the command ran in the lab");
+    let (pid, lab) = line.trim().split_once(' ').expect("pid and lab");
+    let lab: serde_json::Value = serde_json::from_str(lab).expect("CONSULT_LAB");
+    let namespaces = [
+        lab["router"].as_str().expect("router").to_owned(),
+        lab["peers"]["patient"]["namespace"]
+            .as_str()
+            .expect("peer")
+            .to_owned(),
+    ];
+    for name in &namespaces {
+        assert!(std::path::Path::new(&format!("/run/netns/{name}")).exists());
+    }
+
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &runner.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut exited = None;
+    while signalled.elapsed() < Duration::from_secs(15) {
+        if let Some(status) = runner.try_wait().expect("wait") {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Some(exited) = exited else {
+        let _ = runner.kill();
+        let _ = runner.wait();
+        panic!("consult-netem did not stop within 15 s of SIGTERM");
+    };
+    println!("stopped after {:?}: {exited}", signalled.elapsed());
+    assert!(!exited.success(), "a stopped run is not a success");
+    // The command is gone (its orphan reaped by init a moment later at worst)…
+    let gone = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && gone.elapsed() < Duration::from_secs(3)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the command (pid {pid}) was stopped"
+    );
+    // …and so is the lab.
+    for name in &namespaces {
+        assert!(
+            !std::path::Path::new(&format!("/run/netns/{name}")).exists(),
+            "{name} was removed"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

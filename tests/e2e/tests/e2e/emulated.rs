@@ -102,8 +102,6 @@ async fn router(lab: &Lab) -> Router {
 /// What one native participant saw.
 #[derive(Debug)]
 struct Report {
-    /// When its session started.
-    started: Instant,
     /// When it was told to stop.
     stopped: Instant,
     /// When media first flowed.
@@ -256,7 +254,6 @@ impl NativePeer {
                 config.video.height = 240;
                 config.extra_ca_pem = Some(root_pem);
                 let mut report = Report {
-                    started: Instant::now(),
                     stopped: Instant::now(),
                     connected: None,
                     frames: Vec::new(),
@@ -443,9 +440,10 @@ fn figures(
 ) -> f64 {
     let until = Instant::now();
     let ms = |d: Option<Duration>| d.map_or("—".to_owned(), |d| format!("{} ms", d.as_millis()));
+    // From admission, as in the browsers (the admit click): before it nobody can connect.
     let connect = patient
         .connected
-        .map(|c| c.saturating_duration_since(patient.started));
+        .map(|c| c.saturating_duration_since(admitted));
     let first = patient
         .first_frame_after(admitted)
         .zip(doctor.first_frame_after(admitted))

@@ -3,7 +3,8 @@
 //!
 //! It makes the lab, runs the command inside the router's namespace (where the test starts the
 //! service and the relay), and removes the lab when the command ends, or kills the command after
-//! `--max-seconds`. The command finds the lab in `CONSULT_LAB` (JSON: the router's namespace and
+//! `--max-seconds`, or when it is itself told to stop (SIGINT, SIGTERM, SIGHUP: the command's
+//! process group gets SIGTERM, and SIGKILL 5 s later). The command finds the lab in `CONSULT_LAB` (JSON: the router's namespace and
 //! address, each peer's namespace and address, and a control socket) and changes it by writing one
 //! JSON request per line to the control socket, reading one JSON answer per line:
 //!
@@ -18,6 +19,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -134,6 +136,19 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
+    // Told to stop, the lab still goes (and what the command started): a flag the loop below
+    // watches, set before the lab exists.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("consult-netem: cannot watch signal {signal}: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let names: Vec<&str> = peers.iter().map(String::as_str).collect();
     let lab = match Lab::new(&names) {
         Ok(lab) => Arc::new(lab),
@@ -199,27 +214,54 @@ fn main() -> ExitCode {
         }
     };
     let deadline = Instant::now() + max;
+    let mut terminated: Option<Instant> = None;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) if Instant::now() >= deadline => {
                 eprintln!("consult-netem: {} ran past {max:?}: stopped", command[0]);
-                let _ = Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{}", child.id())])
-                    .status();
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 break None;
+            }
+            Ok(None) if terminated.is_some_and(|at| at.elapsed() >= Duration::from_secs(5)) => {
+                kill_group(&mut child);
+                break None;
+            }
+            Ok(None) if terminated.is_none() && stop.load(Ordering::Relaxed) => {
+                eprintln!("consult-netem: told to stop: stopping {}", command[0]);
+                signal_group(&child, "TERM");
+                terminated = Some(Instant::now());
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(_) => break None,
         }
     };
+    if terminated.is_some() {
+        // Whatever the command started and left behind goes too.
+        signal_group(&child, "KILL");
+    }
     let _ = std::fs::remove_dir_all(&dir);
     drop(lab);
+    if terminated.is_some() {
+        return ExitCode::from(1);
+    }
     match status.and_then(|s| s.code()) {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::from(1),
     }
+}
+
+/// Send `signal` (a name `kill` knows) to the command's process group.
+fn signal_group(child: &std::process::Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), "--", &format!("-{}", child.id())])
+        .status();
+}
+
+/// Kill the command's process group, and reap the command.
+fn kill_group(child: &mut std::process::Child) {
+    signal_group(child, "KILL");
+    let _ = child.kill();
+    let _ = child.wait();
 }
