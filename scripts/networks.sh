@@ -20,10 +20,10 @@ cargo nextest run --locked -p consult-e2e -E 'test(/^emulated::/)' --no-capture 
 echo "==> browsers (tests/browser/emulated.test.mjs)" >&2
 (cd tests/browser && [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error) >&2
 (cd tests/browser && CONSULT_BIN="$PWD/../../target/debug/consult" \
-  ECHO_BOT_BIN="$PWD/../../target/debug/examples/echo-bot" node --test emulated.test.mjs) \
-  >"$out/browser.log" 2>&1 || { tail -80 "$out/browser.log" >&2; exit 1; }
+  ECHO_BOT_BIN="$PWD/../../target/debug/examples/echo-bot" CONSULT_EMULATED_ROWS="$out/browser-rows.txt" \
+  node --test emulated.test.mjs) >"$out/browser.log" 2>&1 || { tail -80 "$out/browser.log" >&2; exit 1; }
 
-python3 - "$out/native.log" "$out/browser.log" <<'PY'
+python3 - "$out/native.log" "$out/browser-rows.txt" <<'PY'
 import re, sys
 rows = []
 for path in sys.argv[1:]:
