@@ -18,7 +18,7 @@ echo "==> native↔native (cargo nextest run -p consult-e2e -E 'test(/^emulated:
 cargo nextest run --locked -p consult-e2e -E 'test(/^emulated::/)' --no-capture -j 1 \
   >"$out/native.log" 2>&1 || { tail -50 "$out/native.log" >&2; exit 1; }
 echo "==> browsers (tests/browser/emulated.test.mjs)" >&2
-(cd tests/browser && [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error) >&2
+(cd tests/browser && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; }) >&2
 (cd tests/browser && CONSULT_BIN="$PWD/../../target/debug/consult" \
   ECHO_BOT_BIN="$PWD/../../target/debug/examples/echo-bot" CONSULT_EMULATED_ROWS="$out/browser-rows.txt" \
   node --test emulated.test.mjs) >"$out/browser.log" 2>&1 || { tail -80 "$out/browser.log" >&2; exit 1; }

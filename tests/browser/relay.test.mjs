@@ -324,6 +324,8 @@ describe("relay-only calls through a TURN server (coturn on 127.0.0.1)", { timeo
           assert.ok(renewed[i] > now, "the running connection holds renewed credentials");
         });
 
+        // The same connections must come back (not new ones made by the pages).
+        await Promise.all([doctor, patient].map((p) => p.page.evaluate(() => ((/** @type {any} */ (window).consultPc).__renewalMark = true))));
         const allocationsBefore = own.logs.filter((l) => /ALLOCATE processed, success/.test(l)).length;
         await own.stop();
         const restartedAt = Date.now();
@@ -355,6 +357,11 @@ describe("relay-only calls through a TURN server (coturn on 127.0.0.1)", { timeo
         for (const p of [doctor, patient]) {
           const stats = await waitForSelectedPair(p.page);
           assertLocalRelay(stats, p.label);
+          assert.equal(
+            await p.page.evaluate(() => /** @type {any} */ (window).consultPc?.__renewalMark === true),
+            true,
+            `${p.label}: the call came back on the same RTCPeerConnection`,
+          );
         }
       });
     } finally {

@@ -532,14 +532,20 @@ export class IceServerCache {
     let stopped = false;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     let timer;
+    // What the running connections hold: every later answer goes to them, whoever fetched it
+    // (a new connection's `get()` may have refreshed the cache first), and also the first one
+    // when there was none (connections made on the empty fallback get servers).
+    let delivered = this.config;
     const schedule = () => {
       if (stopped) return;
       const due = this.config ? this.fetchedAt + this.ttlMs / 2 - Date.now() : 0;
       timer = setTimeout(async () => {
-        const before = this.config;
         const config = await this.get();
         if (stopped) return;
-        if (before !== null && config !== before && config === this.config) onRenewed(config);
+        if (config === this.config && config !== delivered) {
+          delivered = config;
+          onRenewed(config);
+        }
         schedule();
       }, Math.max(due, 5_000));
     };

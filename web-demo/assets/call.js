@@ -202,7 +202,8 @@ function newPeerConnection(iceConfig, extra = {}) {
 /**
  * Renewed ICE servers (fresh TURN credentials) for a running connection. They take effect at its
  * next gathering (an ICE restart); allocations it holds keep theirs. The transport policy it was
- * made with stays.
+ * made with stays. Chromium marks new servers as needing an ICE restart, so the next offer on
+ * this connection restarts ICE (make before break: it allocates afresh while media goes on).
  * @param {RTCPeerConnection} pc
  * @param {IceConfig} config
  */
@@ -1545,7 +1546,6 @@ export class CallController {
     });
   }
 
-  /** Close every connection (hang up, ended). */
   /**
    * Renewed ICE servers (fresh TURN credentials, from `keepIceFresh`) for every
    * running connection: an ICE restart after the first credentials expired allocates with these.
@@ -1556,6 +1556,7 @@ export class CallController {
     this.recorderLink?.renewIceConfig(config);
   }
 
+  /** Close every connection (hang up, ended). */
   close() {
     this.closed = true;
     this.stopIceRenewal();

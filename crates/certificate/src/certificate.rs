@@ -14,8 +14,9 @@ use crate::CertificateError;
 pub const CERTIFICATE_TYPE: &str = "urn:consult:medical-certificate:1";
 /// The SD-JWT VC media type, in the JWT's `typ` header.
 const TYP: &str = "dc+sd-jwt";
-/// Decoy digests beside the real ones: a verifier cannot count the claims left out.
-const DECOYS: usize = 4;
+/// Digests signed in every certificate, real and decoys together: whatever the certificate
+/// holds (a diagnosis or not, restrictions or not), a verifier sees the same number.
+const SIGNED_DIGESTS: usize = 12;
 /// Longest free text in a certificate (characters).
 const MAX_TEXT: usize = 2000;
 
@@ -56,8 +57,9 @@ impl CertificateKind {
     }
 }
 
-/// What the clinician fills in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the clinician fills in. Its `Debug` shows the kind and period only: names and medical
+/// text never reach a log through it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CertificateContent {
     /// The kind (always visible).
     pub kind: CertificateKind,
@@ -79,6 +81,16 @@ pub struct CertificateContent {
     pub clinician_licence: String,
 }
 
+impl std::fmt::Debug for CertificateContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateContent")
+            .field("kind", &self.kind)
+            .field("period_start", &self.period_start)
+            .field("period_end", &self.period_end)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where the certificate's revocation status is published (an IETF Token Status List).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReference {
@@ -89,8 +101,9 @@ pub struct StatusReference {
 }
 
 /// What a verifier learns from a valid presentation: the issuer, the kind, the validity, the
-/// status reference, and exactly the claims the patient disclosed.
-#[derive(Debug, Clone, PartialEq)]
+/// status reference, and exactly the claims the patient disclosed. Its `Debug` names the
+/// disclosed claims without their values.
+#[derive(Clone, PartialEq)]
 pub struct VerifiedCertificate {
     /// The issuing organisation (`iss`).
     pub issuer: String,
@@ -108,6 +121,19 @@ pub struct VerifiedCertificate {
     pub status: Option<StatusReference>,
     /// The disclosed claims, by name (`period` is `{"start", "end"}`).
     pub disclosed: Map<String, Value>,
+}
+
+impl std::fmt::Debug for VerifiedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedCertificate")
+            .field("issuer", &self.issuer)
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("valid_until", &self.valid_until)
+            .field("status", &self.status)
+            .field("disclosed", &self.disclosed.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 fn checked_text(name: &str, text: &str) -> Result<String, CertificateError> {
@@ -201,7 +227,8 @@ pub fn issue(
             disclosable.push((name, json!(checked_text(name, text)?)));
         }
     }
-    Ok(SdJwt::issue(key, TYP, visible, disclosable, DECOYS)?.to_compact())
+    let decoys = SIGNED_DIGESTS.saturating_sub(disclosable.len());
+    Ok(SdJwt::issue(key, TYP, visible, disclosable, decoys)?.to_compact())
 }
 
 /// A presentation of an issued certificate with only these claims disclosed (the rest stay
@@ -232,11 +259,14 @@ fn show(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-/// Verify a presentation at `now` against the issuer's keys: the signature, every disclosure,
-/// the type and the validity. Revocation is the caller's to check (the status list named in
-/// [`VerifiedCertificate::status`]).
+/// Verify a presentation at `now` against `issuer`'s keys (`jwks`, as that issuer publishes
+/// them): the signature, every disclosure, that `issuer` issued it (a key shared by several
+/// issuers in one JWKS cannot speak for another), the type and the validity. Revocation is the
+/// caller's to check (the status list named in [`VerifiedCertificate::status`], with
+/// [`crate::check_status`]).
 pub fn verify(
     presentation: &str,
+    issuer: &str,
     jwks: &Jwks,
     now: OffsetDateTime,
 ) -> Result<VerifiedCertificate, CertificateError> {
@@ -257,11 +287,16 @@ pub fn verify(
         .and_then(Value::as_str)
         .and_then(CertificateKind::parse)
         .ok_or_else(|| CertificateError::Malformed("no known kind".into()))?;
-    let issuer = visible
+    let signed_issuer = visible
         .get("iss")
         .and_then(Value::as_str)
-        .ok_or_else(|| CertificateError::Malformed("no issuer".into()))?
-        .to_owned();
+        .ok_or_else(|| CertificateError::Malformed("no issuer".into()))?;
+    if signed_issuer != issuer {
+        return Err(CertificateError::WrongIssuer(crate::jws::shown(
+            signed_issuer,
+        )));
+    }
+    let issuer = signed_issuer.to_owned();
     let (issued_at, valid_from, valid_until) = (
         timestamp(&visible, "iat")?,
         timestamp(&visible, "nbf")?,

@@ -25,6 +25,17 @@ pub(crate) fn unb64(text: &str, what: &str) -> Result<Vec<u8>, CertificateError>
         .map_err(|_| CertificateError::Malformed(format!("{what} is not base64url")))
 }
 
+/// Text from outside (a key id, an issuer) fit for an error message: at most 64 characters,
+/// escaped.
+pub(crate) fn shown(text: &str) -> String {
+    let cut: String = text.chars().take(64).collect();
+    let mut out = cut.escape_debug().to_string();
+    if text.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
 /// SHA-256, base64url: JWK thumbprints and disclosure digests.
 pub(crate) fn sha256_b64(bytes: &[u8]) -> String {
     b64(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
@@ -239,7 +250,7 @@ pub(crate) fn verify_compact(
         .ok_or_else(|| CertificateError::Malformed("no key id".into()))?;
     let key = jwks
         .find(kid)
-        .ok_or_else(|| CertificateError::UnknownKey(kid.to_owned()))?;
+        .ok_or_else(|| CertificateError::UnknownKey(shown(kid)))?;
     let signature = unb64(signature, "the signature")?;
     key.verifies(format!("{header}.{payload}").as_bytes(), &signature)?;
     let payload_json = json_object(&unb64(payload, "the payload")?, "the payload")?;

@@ -33,7 +33,7 @@
 //! // For an employer: the kind and the period, never the diagnosis.
 //! let shown = present(&issued, &["period", "clinician_name"])?;
 //! let jwks = Jwks { keys: vec![key.public_jwk()] };
-//! let verified = verify(&shown, &jwks, now)?;
+//! let verified = verify(&shown, "https://clinic.example", &jwks, now)?;
 //! assert_eq!(verified.kind, CertificateKind::UnfitForWork);
 //! assert!(verified.disclosed.contains_key("period"));
 //! assert!(!verified.disclosed.contains_key("diagnosis"));
@@ -61,9 +61,12 @@ pub enum CertificateError {
     /// Not a certificate at all: wrong shape, bad encoding, truncated.
     #[error("malformed certificate: {0}")]
     Malformed(String),
-    /// Signed with a key the verifier does not know (`kid`).
+    /// Signed with a key the verifier does not know (`kid`, cut short and escaped).
     #[error("signed with an unknown key ({0})")]
     UnknownKey(String),
+    /// Issued by someone other than the issuer whose keys verified it (`iss`, cut short).
+    #[error("issued by {0}, not by the expected issuer")]
+    WrongIssuer(String),
     /// A header that is not the one Consult issues (algorithm, type).
     #[error("unsupported certificate header: {0}")]
     Unsupported(String),

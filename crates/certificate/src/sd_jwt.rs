@@ -14,8 +14,9 @@ pub(crate) const MAX_PRESENTATION: usize = 64 * 1024;
 /// Most disclosures accepted in one presentation.
 const MAX_DISCLOSURES: usize = 64;
 
-/// One disclosure: a salted claim, as `base64url([salt, name, value])`.
-#[derive(Debug, Clone, PartialEq)]
+/// One disclosure: a salted claim, as `base64url([salt, name, value])`. Its `Debug` shows the
+/// claim's name only.
+#[derive(Clone, PartialEq)]
 pub struct Disclosure {
     /// The encoded form, exactly as issued (its digest is over these characters).
     pub encoded: String,
@@ -23,6 +24,14 @@ pub struct Disclosure {
     pub name: String,
     /// The claim's value.
     pub value: Value,
+}
+
+impl std::fmt::Debug for Disclosure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disclosure")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Disclosure {
@@ -248,4 +257,107 @@ pub(crate) struct VerifiedSdJwt {
     pub kid: String,
     pub visible: Map<String, Value>,
     pub disclosed: Map<String, Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jws::IssuerKey;
+
+    const TYP: &str = "dc+sd-jwt";
+
+    /// An SD-JWT whose signed payload is `payload` exactly, with these disclosures.
+    fn signed(
+        key: &IssuerKey,
+        header: Value,
+        payload: Value,
+        disclosures: &[&Disclosure],
+    ) -> String {
+        let mut out = key.sign_compact(&header, &payload).expect("sign");
+        out.push('~');
+        for d in disclosures {
+            out.push_str(&d.encoded);
+            out.push('~');
+        }
+        out
+    }
+
+    fn check(compact: &str, key: &IssuerKey) -> Result<VerifiedSdJwt, CertificateError> {
+        SdJwt::parse(compact)?.verify(
+            &Jwks {
+                keys: vec![key.public_jwk()],
+            },
+            TYP,
+        )
+    }
+
+    #[test]
+    fn crafted_payloads_the_issuer_signed_are_still_refused_when_malformed() {
+        let key = IssuerKey::generate().expect("key");
+        let rng = SystemRandom::new();
+        let name = Disclosure::new("name", json!("Ana"), &rng).expect("disclosure");
+        let header = json!({"alg": "ES256", "typ": TYP, "kid": key.kid()});
+        let good = json!({"iss": "x", "_sd": [name.digest()], "_sd_alg": "sha-256"});
+        assert!(check(&signed(&key, header.clone(), good, &[&name]), &key).is_ok());
+        // Another digest algorithm, or none named.
+        for alg in [json!("sha-512"), Value::Null] {
+            let mut payload = json!({"iss": "x", "_sd": [name.digest()]});
+            if !alg.is_null() {
+                payload["_sd_alg"] = alg;
+            }
+            assert!(matches!(
+                check(&signed(&key, header.clone(), payload, &[&name]), &key),
+                Err(CertificateError::Unsupported(_))
+            ));
+        }
+        // A digest signed twice.
+        let twice = json!({"_sd": [name.digest(), name.digest()], "_sd_alg": "sha-256"});
+        assert!(matches!(
+            check(&signed(&key, header.clone(), twice, &[&name]), &key),
+            Err(CertificateError::Malformed(_))
+        ));
+        // A disclosure named like a claim already visible.
+        let both = json!({"name": "Bob", "_sd": [name.digest()], "_sd_alg": "sha-256"});
+        assert!(matches!(
+            check(&signed(&key, header.clone(), both, &[&name]), &key),
+            Err(CertificateError::Malformed(_))
+        ));
+        // Critical header parameters Consult does not know.
+        let mut critical = header.clone();
+        critical["crit"] = json!(["b64"]);
+        let payload = json!({"_sd": [name.digest()], "_sd_alg": "sha-256"});
+        assert!(matches!(
+            check(&signed(&key, critical, payload.clone(), &[&name]), &key),
+            Err(CertificateError::Unsupported(_))
+        ));
+        // `_sd` that is not an array of strings.
+        let odd = json!({"_sd": [1], "_sd_alg": "sha-256"});
+        assert!(matches!(
+            check(&signed(&key, header.clone(), odd, &[]), &key),
+            Err(CertificateError::Malformed(_))
+        ));
+        // A DER signature in place of JOSE's fixed r‖s, and base64 with padding.
+        let compact = signed(&key, header, payload, &[&name]);
+        let (input, signature) = compact
+            .split('~')
+            .next()
+            .expect("jwt")
+            .rsplit_once('.')
+            .expect("jws");
+        let raw = unb64(signature, "signature").expect("b64");
+        let mut der = vec![0x30, 0x46, 0x02, 0x21, 0x00];
+        der.extend_from_slice(&raw[..32]);
+        der.extend_from_slice(&[0x02, 0x21, 0x00]);
+        der.extend_from_slice(&raw[32..]);
+        let as_der = format!("{input}.{}~{}~", b64(&der), name.encoded);
+        assert_eq!(
+            check(&as_der, &key).err(),
+            Some(CertificateError::BadSignature)
+        );
+        let padded = format!("{input}.{signature}=~{}~", name.encoded);
+        assert!(matches!(
+            check(&padded, &key),
+            Err(CertificateError::Malformed(_))
+        ));
+    }
 }

@@ -87,7 +87,8 @@ fn an_employer_sees_the_period_and_the_clinician_never_the_diagnosis() {
         !shown.contains(&disclosures(&certificate)[5]),
         "the diagnosis's disclosure is not in it"
     );
-    let verified = verify(&shown, &jwks(&[&key]), NOW + Duration::days(2)).expect("verifies");
+    let verified =
+        verify(&shown, ISSUER, &jwks(&[&key]), NOW + Duration::days(2)).expect("verifies");
     assert_eq!(verified.issuer, ISSUER);
     assert_eq!(verified.kid, key.kid());
     assert_eq!(verified.kind, CertificateKind::UnfitForWork);
@@ -109,7 +110,7 @@ fn an_employer_sees_the_period_and_the_clinician_never_the_diagnosis() {
     }
     // Nothing disclosed at all still proves the kind and the validity.
     let bare = present(&certificate, &[]).expect("present");
-    assert!(verify(&bare, &jwks(&[&key]), NOW)
+    assert!(verify(&bare, ISSUER, &jwks(&[&key]), NOW)
         .expect("verifies")
         .disclosed
         .is_empty());
@@ -141,7 +142,7 @@ fn a_forged_or_re_signed_or_altered_certificate_is_refused() {
     // Issued by someone else entirely.
     let forged = issued(&attacker);
     assert_eq!(
-        verify(&forged, &keys, NOW).err(),
+        verify(&forged, ISSUER, &keys, NOW).err(),
         Some(CertificateError::UnknownKey(attacker.kid().to_owned()))
     );
     // The signed part altered (the kind changed), the issuer's signature kept.
@@ -154,7 +155,7 @@ fn a_forged_or_re_signed_or_altered_certificate_is_refused() {
     );
     let altered = parts.join(".");
     assert_eq!(
-        verify(&altered, &keys, NOW).err(),
+        verify(&altered, ISSUER, &keys, NOW).err(),
         Some(CertificateError::BadSignature)
     );
     // Re-signed by the attacker under the issuer's key id.
@@ -167,7 +168,7 @@ fn a_forged_or_re_signed_or_altered_certificate_is_refused() {
         format!("{header_b64}.{}", rest[1])
     };
     assert_eq!(
-        verify(&resigned, &keys, NOW).err(),
+        verify(&resigned, ISSUER, &keys, NOW).err(),
         Some(CertificateError::BadSignature)
     );
     // Its signature cut off, or emptied.
@@ -180,7 +181,7 @@ fn a_forged_or_re_signed_or_altered_certificate_is_refused() {
         .0
         .to_owned()
         + ".~";
-    assert!(verify(&unsigned, &keys, NOW).is_err());
+    assert!(verify(&unsigned, ISSUER, &keys, NOW).is_err());
 }
 
 #[test]
@@ -194,14 +195,14 @@ fn an_altered_duplicated_or_copied_disclosure_is_refused() {
     assert!(period.contains("2026-12-05"));
     list[0] = base64_encode(period.replace("2026-12-05", "2027-01-31").as_bytes());
     assert_eq!(
-        verify(&with_disclosures(&certificate, &list), &keys, NOW).err(),
+        verify(&with_disclosures(&certificate, &list), ISSUER, &keys, NOW).err(),
         Some(CertificateError::UnsignedDisclosure("period".into()))
     );
     // The same disclosure twice.
     let original = disclosures(&certificate);
     let twice = [original[1].clone(), original[1].clone()];
     assert_eq!(
-        verify(&with_disclosures(&certificate, &twice), &keys, NOW).err(),
+        verify(&with_disclosures(&certificate, &twice), ISSUER, &keys, NOW).err(),
         Some(CertificateError::DuplicateDisclosure("patient_name".into()))
     );
     // Copied from another patient's certificate by the same issuer: its diagnosis under ours.
@@ -211,7 +212,7 @@ fn an_altered_duplicated_or_copied_disclosure_is_refused() {
     let theirs = issue(&key, ISSUER, &other, NOW, UNTIL, None).expect("issue");
     let copied = [original[0].clone(), disclosures(&theirs)[5].clone()];
     assert_eq!(
-        verify(&with_disclosures(&certificate, &copied), &keys, NOW).err(),
+        verify(&with_disclosures(&certificate, &copied), ISSUER, &keys, NOW).err(),
         Some(CertificateError::UnsignedDisclosure("diagnosis".into()))
     );
     // A disclosure that is not [salt, name, value], or names a reserved claim.
@@ -224,7 +225,7 @@ fn an_altered_duplicated_or_copied_disclosure_is_refused() {
         let list = [base64_encode(bad.as_bytes())];
         assert!(
             matches!(
-                verify(&with_disclosures(&certificate, &list), &keys, NOW),
+                verify(&with_disclosures(&certificate, &list), ISSUER, &keys, NOW),
                 Err(CertificateError::Malformed(_))
             ),
             "{bad}"
@@ -237,12 +238,12 @@ fn outside_its_validity_it_is_refused_and_says_when() {
     let key = IssuerKey::generate().expect("key");
     let keys = jwks(&[&key]);
     let shown = present(&issued(&key), &["period"]).expect("present");
-    assert!(verify(&shown, &keys, UNTIL - Duration::seconds(1)).is_ok());
+    assert!(verify(&shown, ISSUER, &keys, UNTIL - Duration::seconds(1)).is_ok());
     assert!(
-        matches!(verify(&shown, &keys, UNTIL), Err(CertificateError::Expired(at)) if at.starts_with("2027-12-01"))
+        matches!(verify(&shown, ISSUER, &keys, UNTIL), Err(CertificateError::Expired(at)) if at.starts_with("2027-12-01"))
     );
     assert!(matches!(
-        verify(&shown, &keys, NOW - Duration::seconds(1)),
+        verify(&shown, ISSUER, &keys, NOW - Duration::seconds(1)),
         Err(CertificateError::NotYetValid(_))
     ));
 }
@@ -254,17 +255,23 @@ fn a_rotated_key_keeps_verifying_what_it_signed_while_the_jwks_publishes_it() {
     let before = issued(&old);
     let after = issued(&new);
     let both = jwks(&[&new, &old]);
-    assert_eq!(verify(&before, &both, NOW).expect("old key").kid, old.kid());
-    assert_eq!(verify(&after, &both, NOW).expect("new key").kid, new.kid());
+    assert_eq!(
+        verify(&before, ISSUER, &both, NOW).expect("old key").kid,
+        old.kid()
+    );
+    assert_eq!(
+        verify(&after, ISSUER, &both, NOW).expect("new key").kid,
+        new.kid()
+    );
     // A verifier whose JWKS dropped the old key cannot verify it: unknown key, not "forged".
     assert_eq!(
-        verify(&before, &jwks(&[&new]), NOW).err(),
+        verify(&before, ISSUER, &jwks(&[&new]), NOW).err(),
         Some(CertificateError::UnknownKey(old.kid().to_owned()))
     );
     // The key kept as PKCS#8 (the vault's keyring) is the same key.
     let restored = IssuerKey::from_pkcs8(old.pkcs8()).expect("pkcs8");
     assert_eq!(
-        verify(&issued(&restored), &both, NOW)
+        verify(&issued(&restored), ISSUER, &both, NOW)
             .expect("restored")
             .kid,
         old.kid()
@@ -278,14 +285,17 @@ fn bad_shapes_are_refused_with_a_clear_error() {
     let certificate = issued(&key);
     for bad in ["", "~", "abc", "a.b.c~", "a.b~", &"A".repeat(70_000)] {
         assert!(
-            matches!(verify(bad, &keys, NOW), Err(CertificateError::Malformed(_))),
+            matches!(
+                verify(bad, ISSUER, &keys, NOW),
+                Err(CertificateError::Malformed(_))
+            ),
             "{bad:.20}"
         );
     }
     // A key binding JWT after the disclosures (not used by Consult) is refused, not ignored.
     let bound = format!("{certificate}eyJhbGciOiJFUzI1NiJ9.e30.sig");
     assert!(
-        matches!(verify(&bound, &keys, NOW), Err(CertificateError::Malformed(m)) if m.contains("key binding"))
+        matches!(verify(&bound, ISSUER, &keys, NOW), Err(CertificateError::Malformed(m)) if m.contains("key binding"))
     );
     // Issuing refuses nonsense.
     let mut backwards = sick_note();
@@ -326,8 +336,8 @@ proptest! {
             (shown, jwks(&[&key]))
         });
         let cut = cut % full.len();
-        let whole = verify(full, keys, NOW).expect("the whole verifies");
-        match verify(&full[..cut], keys, NOW) {
+        let whole = verify(full, ISSUER, keys, NOW).expect("the whole verifies");
+        match verify(&full[..cut], ISSUER, keys, NOW) {
             Err(_) => {}
             Ok(part) => {
                 prop_assert!(full[..cut].ends_with('~'));
@@ -353,11 +363,86 @@ proptest! {
         prop_assume!(changed[at] != with);
         changed[at] = with;
         let changed: String = changed.into_iter().collect();
-        let whole = verify(full, keys, NOW).expect("verifies");
-        if let Ok(got) = verify(&changed, keys, NOW) {
+        let whole = verify(full, ISSUER, keys, NOW).expect("verifies");
+        if let Ok(got) = verify(&changed, ISSUER, keys, NOW) {
             for (name, value) in &got.disclosed {
                 prop_assert_eq!(Some(value), whole.disclosed.get(name));
             }
         }
     }
+}
+
+#[test]
+fn another_issuers_certificate_is_refused_even_under_a_shared_key() {
+    let key = IssuerKey::generate().expect("key");
+    let keys = jwks(&[&key]);
+    let theirs = issue(
+        &key,
+        "https://other.example",
+        &sick_note(),
+        NOW,
+        UNTIL,
+        None,
+    )
+    .expect("issue");
+    assert!(matches!(
+        verify(&theirs, ISSUER, &keys, NOW),
+        Err(CertificateError::WrongIssuer(iss)) if iss == "https://other.example"
+    ));
+}
+
+#[test]
+fn every_certificate_signs_as_many_digests_so_a_hidden_diagnosis_does_not_show() {
+    let key = IssuerKey::generate().expect("key");
+    let digests = |content: &CertificateContent| {
+        let compact = issue(&key, ISSUER, content, NOW, UNTIL, None).expect("issue");
+        let payload = compact.split('.').nth(1).expect("payload");
+        let payload: serde_json::Value =
+            serde_json::from_slice(&base64_decode(payload)).expect("json");
+        payload["_sd"].as_array().expect("_sd").len()
+    };
+    let mut bare = sick_note();
+    bare.diagnosis = None;
+    bare.restrictions = None;
+    assert_eq!(digests(&sick_note()), 12);
+    assert_eq!(digests(&bare), 12);
+}
+
+#[test]
+fn debug_output_never_shows_names_or_medical_text() {
+    let key = IssuerKey::generate().expect("key");
+    let certificate = issued(&key);
+    let verified = verify(&certificate, ISSUER, &jwks(&[&key]), NOW).expect("verifies");
+    for shown in [
+        format!("{:?}", sick_note()),
+        format!("{verified:?}"),
+        format!(
+            "{:?}",
+            consult_certificate::SdJwt::parse(&certificate).expect("parse")
+        ),
+    ] {
+        for secret in [
+            "Ana Silva",
+            "Influenza",
+            "Rui Costa",
+            "OM-12345",
+            "No lifting",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+    // An attacker's key id is cut short and escaped in the error.
+    let header = base64_encode(
+        format!(
+            r#"{{"alg":"ES256","typ":"dc+sd-jwt","kid":"{}\n{}"}}"#,
+            "x".repeat(500),
+            "y"
+        )
+        .as_bytes(),
+    );
+    let rest = certificate.split_once('.').expect("jws").1;
+    let error = verify(&format!("{header}.{rest}"), ISSUER, &jwks(&[&key]), NOW)
+        .expect_err("unknown key")
+        .to_string();
+    assert!(error.len() < 200 && !error.contains('\n'), "{error}");
 }

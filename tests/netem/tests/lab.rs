@@ -404,9 +404,10 @@ fn the_runner_told_to_stop_stops_its_command_and_removes_the_lab() {
     let dir = std::env::temp_dir().join(format!("consult-netem-stop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let told = dir.join("lab.json");
-    // The command says where it runs and its pid, then waits far longer than the test.
+    // The command starts a helper that ignores SIGTERM (a browser that does not stop), says
+    // where it runs and both pids, then waits far longer than the test.
     let script = format!(
-        "echo \"$$ $CONSULT_LAB\" > {}.tmp && mv {0}.tmp {0} && exec sleep 120",
+        "sh -c 'trap \"\" TERM; exec sleep 120' & echo \"$$ $! $CONSULT_LAB\" > {}.tmp && mv {0}.tmp {0} && exec sleep 120",
         told.display()
     );
     let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_consult-netem"))
@@ -418,7 +419,8 @@ fn the_runner_told_to_stop_stops_its_command_and_removes_the_lab() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let line = std::fs::read_to_string(&told).expect("the command ran in the lab");
-    let (pid, lab) = line.trim().split_once(' ').expect("pid and lab");
+    let (pid, rest) = line.trim().split_once(' ').expect("pid");
+    let (stubborn, lab) = rest.split_once(' ').expect("the helper's pid and the lab");
     let lab: serde_json::Value = serde_json::from_str(lab).expect("CONSULT_LAB");
     let namespaces = [
         lab["router"].as_str().expect("router").to_owned(),
@@ -451,18 +453,24 @@ fn the_runner_told_to_stop_stops_its_command_and_removes_the_lab() {
         panic!("consult-netem did not stop within 15 s of SIGTERM");
     };
     println!("stopped after {:?}: {exited}", signalled.elapsed());
-    assert!(!exited.success(), "a stopped run is not a success");
-    // The command is gone (its orphan reaped by init a moment later at worst)…
-    let gone = Instant::now();
-    while std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && gone.elapsed() < Duration::from_secs(3)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "the command (pid {pid}) was stopped"
+    assert_eq!(
+        exited.code(),
+        Some(128 + 15),
+        "a run stopped by SIGTERM says so"
     );
+    // The command is gone, and so is the helper that ignored SIGTERM (the group is killed once
+    // the command ended, or 5 s after SIGTERM; init reaps the helper a moment after at worst)…
+    for process in [pid, stubborn] {
+        let gone = Instant::now();
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{process}/stat"))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        };
+        while alive() && gone.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!alive(), "process {process} was stopped");
+    }
     // …and so is the lab.
     for name in &namespaces {
         assert!(

@@ -593,8 +593,10 @@ fn ten_per_cent_loss() {
         },
         // Without FEC 10.8–13.6 % was lost here; Opus in-band FEC rebuilds single losses.
         Some(7.0),
-        // Without copies of the SCTP datagrams the file did not move at all in 10 s.
-        Some(Duration::from_secs(40)),
+        // Without copies of the SCTP datagrams the file did not move at all in 10 s. With them
+        // it arrives 10–17 s after it is offered when the lab runs alone, and once took over
+        // 40 s beside the rest of the suite on 2 cores: it must keep moving, within 90 s.
+        Some(Duration::from_secs(90)),
     );
 }
 

@@ -19,7 +19,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -136,15 +136,16 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
-    // Told to stop, the lab still goes (and what the command started): a flag the loop below
-    // watches, set before the lab exists.
-    let stop = Arc::new(AtomicBool::new(false));
+    // Told to stop, the lab still goes (and what the command started): the signal's number, which
+    // the loop below watches, set before the lab exists.
+    let stop = Arc::new(AtomicUsize::new(0));
     for signal in [
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
     ] {
-        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+        let number = usize::try_from(signal).unwrap_or(1);
+        if let Err(e) = signal_hook::flag::register_usize(signal, stop.clone(), number) {
             eprintln!("consult-netem: cannot watch signal {signal}: {e}");
             return ExitCode::from(1);
         }
@@ -197,6 +198,12 @@ fn main() -> ExitCode {
                 json!({"namespace": namespace.name(), "address": address.to_string()});
         }
     }
+    // Told to stop while the lab was being made: nothing is started.
+    if stop.load(Ordering::Relaxed) != 0 {
+        let _ = std::fs::remove_dir_all(&dir);
+        remove(lab);
+        return exit_for(stop.load(Ordering::Relaxed));
+    }
     // In a process group of its own, so that whatever it starts (browsers, servers) is stopped
     // with it on a timeout.
     let mut child = match lab
@@ -227,7 +234,7 @@ fn main() -> ExitCode {
                 kill_group(&mut child);
                 break None;
             }
-            Ok(None) if terminated.is_none() && stop.load(Ordering::Relaxed) => {
+            Ok(None) if terminated.is_none() && stop.load(Ordering::Relaxed) != 0 => {
                 eprintln!("consult-netem: told to stop: stopping {}", command[0]);
                 signal_group(&child, "TERM");
                 terminated = Some(Instant::now());
@@ -236,14 +243,12 @@ fn main() -> ExitCode {
             Err(_) => break None,
         }
     };
-    if terminated.is_some() {
-        // Whatever the command started and left behind goes too.
-        signal_group(&child, "KILL");
-    }
+    // Whatever the command started and left behind goes too (it would hold the lab's namespaces).
+    signal_group(&child, "KILL");
     let _ = std::fs::remove_dir_all(&dir);
-    drop(lab);
+    remove(lab);
     if terminated.is_some() {
-        return ExitCode::from(1);
+        return exit_for(stop.load(Ordering::Relaxed));
     }
     match status.and_then(|s| s.code()) {
         Some(0) => ExitCode::SUCCESS,
@@ -264,4 +269,18 @@ fn kill_group(child: &mut std::process::Child) {
     signal_group(child, "KILL");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Remove the lab once no control request holds it (each holds it for one request).
+fn remove(lab: Arc<Lab>) {
+    let waited = Instant::now();
+    while Arc::strong_count(&lab) > 1 && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(lab);
+}
+
+/// The exit status after a signal: 128 + its number, as a shell reports it.
+fn exit_for(signal: usize) -> ExitCode {
+    ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
 }
