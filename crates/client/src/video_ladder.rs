@@ -4,9 +4,8 @@
 //! Four steps: full (every frame at its size), reduced (half the width and height, at most
 //! 15 fps), low (a quarter, at most 8 fps) and audio only (one picture every
 //! [`STILL_EVERY`], a keyframe, at a quarter). Once a second [`VideoLadder::update`] takes the send
-//! bandwidth estimate, what we send, and the worst loss any receiver reports: two bad seconds in
-//! a row step
-//! down (straight to the step the estimate allows), and good seconds step back up, one step after
+//! bandwidth estimate, what we send, and the worst loss any receiver reports: [`BAD_SAMPLES`] bad
+//! seconds in a row step down (straight to the step the estimate allows), and good seconds step back up, one step after
 //! a hold ([`HOLD`], doubled after a try that failed, at most [`MAX_HOLD`]) or at once when the
 //! estimate is clearly enough. For a hold after a step up only loss can undo it: the estimate lags
 //! behind what is sent, and in audio only almost nothing is.
@@ -17,12 +16,14 @@
 //!
 //! let start = Instant::now();
 //! let mut ladder = VideoLadder::new(start);
-//! // Two seconds at 60 kbit/s: too little for moving pictures.
-//! ladder.update(start + Duration::from_secs(1), Some(60_000), None, Some(0.0));
-//! let step = ladder.update(start + Duration::from_secs(2), Some(60_000), None, Some(0.0));
+//! // Three seconds at 60 kbit/s: too little for moving pictures.
+//! let mut step = Step::Full;
+//! for second in 1..=3 {
+//!     step = ladder.update(start + Duration::from_secs(second), Some(60_000), None, Some(0.0));
+//! }
 //! assert_eq!(step, Step::AudioOnly);
 //! // A clear link again: straight back.
-//! let step = ladder.update(start + Duration::from_secs(3), Some(3_000_000), None, Some(0.0));
+//! let step = ladder.update(start + Duration::from_secs(4), Some(3_000_000), None, Some(0.0));
 //! assert_eq!(step, Step::Full);
 //! ```
 
