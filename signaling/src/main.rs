@@ -54,8 +54,32 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Medical certificates: verify one, offline with the issuer's saved keys.
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum CertificateCommand {
+    /// Verify a certificate presentation (the SD-JWT itself, or a verify link whose part after
+    /// `#` holds it) against the issuer's keys: prints the issuer, the kind, the validity, the
+    /// revocation status and exactly the claims it discloses. Exit 0 when it is valid (and, with
+    /// `--status-list`, not revoked), 1 when it is not, 3 when it was revoked.
+    Verify {
+        /// The presentation, or `-` to read it from standard input.
+        presentation: String,
+        /// The issuer (its URL, as in the certificate's `iss`).
+        #[arg(long)]
+        issuer: String,
+        /// The issuer's JWKS, saved from its `/.well-known/jwks.json`.
+        #[arg(long)]
+        jwks: PathBuf,
+        /// The status list token, saved from the certificate's status URL: checks revocation.
+        #[arg(long)]
+        status_list: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -466,6 +490,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Load { args } => run_load_generator(&args),
         Command::Backup(command) => backup_command(command).await,
+        Command::Certificate(CertificateCommand::Verify {
+            presentation,
+            issuer,
+            jwks,
+            status_list,
+        }) => verify_certificate(&presentation, &issuer, &jwks, status_list.as_deref()),
         Command::Openapi => {
             println!(
                 "{}",
@@ -474,6 +504,96 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `consult certificate verify`: everything offline, from files.
+fn verify_certificate(
+    presentation: &str,
+    issuer: &str,
+    jwks: &std::path::Path,
+    status_list: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use consult_certificate::{check_status, verify, CertificateStatus, Jwks};
+    use std::io::Read as _;
+    const MAX_INPUT: u64 = 64 * 1024;
+    let read = |path: &std::path::Path, what: &str| -> anyhow::Result<String> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("{what} {}", path.display()))?;
+        let mut text = String::new();
+        file.take(16 * 1024 * 1024)
+            .read_to_string(&mut text)
+            .with_context(|| format!("{what} {} is not text", path.display()))?;
+        Ok(text)
+    };
+    let mut given = presentation.to_owned();
+    if given == "-" {
+        given.clear();
+        std::io::stdin()
+            .take(MAX_INPUT + 1)
+            .read_to_string(&mut given)
+            .context("reading the presentation from standard input")?;
+    }
+    // A verify link carries the presentation after `#` (never sent to a server).
+    let given = given
+        .rsplit_once('#')
+        .map_or(given.as_str(), |(_, after)| after)
+        .trim();
+    let keys: Jwks = serde_json::from_str(&read(jwks, "the JWKS")?).with_context(|| {
+        format!(
+            "{} is not a JWKS (a JSON object with \"keys\")",
+            jwks.display()
+        )
+    })?;
+    let now = time::OffsetDateTime::now_utc();
+    let verified = match verify(given, issuer, &keys, now) {
+        Ok(verified) => verified,
+        Err(e) => {
+            println!("NOT VALID: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let status = match (status_list, &verified.status) {
+        (None, _) => "not checked (no --status-list)".to_owned(),
+        (Some(_), None) => "not revocable (the certificate names no status list)".to_owned(),
+        (Some(path), Some(reference)) => {
+            match check_status(&read(path, "the status list")?, &keys, reference, now) {
+                Ok(CertificateStatus::Valid) => "not revoked (status list checked)".to_owned(),
+                Ok(CertificateStatus::Revoked) => {
+                    println!("REVOKED: {} revoked this certificate", verified.issuer);
+                    return Ok(ExitCode::from(3));
+                }
+                Err(e) => {
+                    println!("NOT VALID: the status list cannot be used: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    };
+    let when = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    };
+    println!("valid certificate: signature, disclosures and validity checked");
+    println!("issuer: {} (key {})", verified.issuer, verified.kid);
+    println!("kind: {}", verified.kind.as_str());
+    println!(
+        "valid from {} until {}",
+        when(verified.valid_from),
+        when(verified.valid_until)
+    );
+    println!("status: {status}");
+    if verified.disclosed.is_empty() {
+        println!("disclosed: nothing");
+    } else {
+        println!("disclosed:");
+        for (name, value) in &verified.disclosed {
+            match value {
+                serde_json::Value::String(text) => println!("  {name}: {}", text.escape_debug()),
+                other => println!("  {name}: {other}"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn backup_command(command: BackupCommand) -> anyhow::Result<ExitCode> {

@@ -454,3 +454,180 @@ fn recording_export_names_what_is_wrong_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&result.stderr).contains("passphrase does not open"));
     assert!(!out_file.exists());
 }
+
+/// `consult certificate verify` with `args`, the presentation on standard input when given.
+fn verify_certificate(args: &[&str], stdin: Option<&str>) -> (Option<i32>, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(["certificate", "verify"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), text)
+}
+
+#[test]
+fn certificate_verify_shows_exactly_what_is_disclosed_offline_and_refuses_forgeries_and_revoked_ones(
+) {
+    use consult_certificate::{
+        issue, present, CertificateContent, CertificateKind, IssuerKey, Jwks, StatusList,
+        StatusReference,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = IssuerKey::generate().unwrap();
+    let issuer = "https://clinic.example";
+    let now = time::OffsetDateTime::now_utc();
+    let content = CertificateContent {
+        kind: CertificateKind::UnfitForWork,
+        period_start: now.date(),
+        period_end: now.date() + time::Duration::days(4),
+        patient_name: "Ana Silva".into(),
+        restrictions: None,
+        diagnosis: Some("Influenza A".into()),
+        note: None,
+        clinician_name: "Dr Rui Costa".into(),
+        clinician_licence: "OM-12345".into(),
+    };
+    let reference = StatusReference {
+        uri: format!("{issuer}/api/v1/certificates/status"),
+        idx: 3,
+    };
+    let issued = issue(
+        &key,
+        issuer,
+        &content,
+        now - time::Duration::minutes(1),
+        now + time::Duration::days(30),
+        Some(&reference),
+    )
+    .unwrap();
+    let shown = present(&issued, &["period", "clinician_name"]).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let jwks = write(
+        "jwks.json",
+        &serde_json::to_string(&Jwks {
+            keys: vec![key.public_jwk()],
+        })
+        .unwrap(),
+    );
+    let mut list = StatusList::new(64).unwrap();
+    let fine = write(
+        "status.jwt",
+        &list.sign(&key, &reference.uri, now, 300, 86_400).unwrap(),
+    );
+    list.revoke(3).unwrap();
+    let revoked = write(
+        "revoked.jwt",
+        &list.sign(&key, &reference.uri, now, 300, 86_400).unwrap(),
+    );
+    let link = format!("{issuer}/verify#{shown}");
+    let base = ["--issuer", issuer, "--jwks", &jwks];
+
+    // The link, offline: the issuer, kind, validity and exactly the two disclosed claims.
+    let (code, out) = verify_certificate(&[&base[..], &[link.as_str()]].concat(), None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("valid certificate"), "{out}");
+    assert!(out.contains("kind: unfit_for_work"), "{out}");
+    assert!(out.contains("clinician_name: Dr Rui Costa"), "{out}");
+    assert!(out.contains("period: {"), "{out}");
+    assert!(out.contains("status: not checked"), "{out}");
+    for hidden in [
+        "Influenza",
+        "Ana Silva",
+        "OM-12345",
+        "diagnosis",
+        "patient_name",
+    ] {
+        assert!(!out.contains(hidden), "{hidden} is not shown: {out}");
+    }
+    // From standard input, with the status list: not revoked.
+    let (code, out) = verify_certificate(
+        &[&base[..], &["--status-list", &fine, "-"]].concat(),
+        Some(&shown),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("status: not revoked"), "{out}");
+    // Revoked.
+    let (code, out) = verify_certificate(
+        &[&base[..], &["--status-list", &revoked, &shown]].concat(),
+        None,
+    );
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("REVOKED"), "{out}");
+
+    // Bad inputs: each refused with the reason, exit 1.
+    let tampered = {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts: Vec<String> = shown.split('~').map(str::to_owned).collect();
+        for part in parts.iter_mut().skip(1).filter(|p| !p.is_empty()) {
+            let text = String::from_utf8(engine.decode(&*part).unwrap()).unwrap();
+            *part = engine.encode(text.replace("Dr Rui Costa", "Dr Someone Else"));
+        }
+        parts.join("~")
+    };
+    let stranger = IssuerKey::generate().unwrap();
+    let strangers = write(
+        "strangers.json",
+        &serde_json::to_string(&Jwks {
+            keys: vec![stranger.public_jwk()],
+        })
+        .unwrap(),
+    );
+    for (args, why) in [
+        (
+            vec!["--issuer", issuer, "--jwks", &jwks, &tampered],
+            "not signed by the issuer",
+        ),
+        (
+            vec!["--issuer", issuer, "--jwks", &strangers, &shown],
+            "unknown key",
+        ),
+        (
+            vec!["--issuer", "https://other.example", "--jwks", &jwks, &shown],
+            "not by the expected issuer",
+        ),
+        (
+            vec![
+                "--issuer",
+                issuer,
+                "--jwks",
+                &jwks,
+                &shown[..shown.len() / 2],
+            ],
+            "malformed",
+        ),
+    ] {
+        let (code, out) = verify_certificate(&args, None);
+        assert_eq!(code, Some(1), "{why}: {out}");
+        assert!(
+            out.contains("NOT VALID") && out.contains(why),
+            "{why}: {out}"
+        );
+    }
+    // A status list for another list, or one that is not a token: not valid.
+    let (code, out) = verify_certificate(
+        &[&base[..], &["--status-list", &jwks, &shown]].concat(),
+        None,
+    );
+    assert_eq!(code, Some(1), "{out}");
+    // A file that is no JWKS: a usage error, exit 2.
+    let (code, out) = verify_certificate(&["--issuer", issuer, "--jwks", &fine, &shown], None);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("is not a JWKS"), "{out}");
+}
