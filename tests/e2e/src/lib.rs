@@ -132,9 +132,10 @@ impl Clinic {
         (patient, doctor)
     }
 
-    /// Wait until someone waits, then admit them.
+    /// Wait until someone waits (up to 30 s: over an emulated lossy link the patient's TCP and
+    /// WebSocket handshakes alone can take seconds), then admit them.
     pub async fn admit_first_waiting(&self, consultation: &Consultation) {
-        for _ in 0..100 {
+        for _ in 0..600 {
             let waiting = self
                 .api
                 .waiting_room(&self.token)
