@@ -479,6 +479,10 @@ export class IceServerCache {
     this.ttlMs = 0;
     /** @type {Promise<IceConfig> | null} */
     this.pending = null;
+    /** Whether an answer (or the fallback) was handed out: a later answer renews it. */
+    this.handedOut = false;
+    /** @type {Set<(config: IceConfig) => void>} Told of every answer that renews one handed out. */
+    this.renewals = new Set();
   }
 
   /** @returns {Promise<IceConfig>} */
@@ -504,6 +508,9 @@ export class IceServerCache {
           this.config = config;
           this.fetchedAt = Date.now();
           this.ttlMs = Math.max(answer.ttl_secs, 10) * 1000;
+          // Connections made with an earlier answer (or the fallback) take this one.
+          if (this.handedOut) for (const renewed of this.renewals) renewed(config);
+          this.handedOut = true;
           return config;
         })
         .catch((err) => {
@@ -511,6 +518,7 @@ export class IceServerCache {
           // Fail closed: without the service's answer we cannot know whether it forbids sharing
           // addresses, so nothing but a relay is used (the call shows why it cannot connect, and
           // the next attempt asks again).
+          this.handedOut = true;
           return this.config ?? { iceServers: [], iceTransportPolicy: /** @type {RTCIceTransportPolicy} */ ("relay") };
         })
         .finally(() => {
@@ -532,20 +540,15 @@ export class IceServerCache {
     let stopped = false;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     let timer;
-    // What the running connections hold: every later answer goes to them, whoever fetched it
-    // (a new connection's `get()` may have refreshed the cache first), and also the first one
-    // when there was none (connections made on the empty fallback get servers).
-    let delivered = this.config;
+    // Every answer that renews one handed out reaches the running connections, whoever fetched
+    // it (a new connection's `get()` may refresh the cache first), and so does the first answer
+    // after a failed fetch (connections made on the fallback get servers).
+    this.renewals.add(onRenewed);
     const schedule = () => {
       if (stopped) return;
       const due = this.config ? this.fetchedAt + this.ttlMs / 2 - Date.now() : 0;
       timer = setTimeout(async () => {
-        const config = await this.get();
-        if (stopped) return;
-        if (config === this.config && config !== delivered) {
-          delivered = config;
-          onRenewed(config);
-        }
+        await this.get();
         schedule();
       }, Math.max(due, 5_000));
     };
@@ -553,6 +556,7 @@ export class IceServerCache {
     return () => {
       stopped = true;
       clearTimeout(timer);
+      this.renewals.delete(onRenewed);
     };
   }
 }

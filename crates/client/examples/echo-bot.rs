@@ -47,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
                     }
                     SessionEvent::Audio { samples, .. } => {
                         counters.audio_decoded += 1;
-                        session.send_audio(samples).await?;
+                        // A packet may hold up to 120 ms; the encoder takes 20 ms frames.
+                        for frame in samples.chunks_exact(consult_client::codec::opus::FRAME_SAMPLES) {
+                            session.send_audio(frame.to_vec()).await?;
+                        }
                     }
                     SessionEvent::Chat { text, .. } => {
                         if let Err(e) = session.send_chat(&format!("echo: {text}")).await {

@@ -110,8 +110,12 @@ impl OpusDecoder {
         Ok(self.buffer[..n].to_vec())
     }
 
-    /// Decode one packet (an empty packet conceals a lost one).
+    /// Decode one packet (an empty packet conceals a lost one: 20 ms, as [`Self::conceal`]).
+    /// A packet may hold up to 120 ms: the samples are as many as it holds.
     pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<i16>, CodecError> {
+        if packet.is_empty() {
+            return self.conceal();
+        }
         let n = self
             .decoder
             .decode(packet, &mut self.buffer, false)
