@@ -95,6 +95,62 @@ struct StoredKeyring {
     format: u32,
     current: u32,
     keys: Vec<StoredKek>,
+    /// The organisation's signing keys (medical certificates), newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    signing_keys: Vec<SigningKey>,
+}
+
+/// A signing key kept in the keyring (the certificate issuer's): its private key while it is
+/// current, and its public key for ever, so that what it signed still verifies after rotation.
+/// The vault does not interpret either: the key id and both forms are its owner's.
+/// `Debug` prints the id and dates only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    /// The key id (its owner's, for example an RFC 7638 thumbprint).
+    #[zeroize(skip)]
+    pub id: String,
+    /// The private key, base64 (for example PKCS#8); `None` once retired and destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<String>,
+    /// The public key, as its owner publishes it (for example a JWK).
+    #[zeroize(skip)]
+    pub public: String,
+    /// When it was made.
+    #[zeroize(skip)]
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When a newer key replaced it (its private key destroyed then).
+    #[zeroize(skip)]
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub retired_at: Option<OffsetDateTime>,
+}
+
+impl SigningKey {
+    /// The private key's bytes, if it is still kept.
+    pub fn private_key(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, VaultError> {
+        self.private
+            .as_deref()
+            .map(|text| {
+                BASE64
+                    .decode(text)
+                    .map(zeroize::Zeroizing::new)
+                    .map_err(|_| {
+                        VaultError::BadKeyring(format!("signing key {} is not base64", self.id))
+                    })
+            })
+            .transpose()
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One KEK version, in memory.
@@ -106,6 +162,7 @@ pub struct Keyring {
     path: PathBuf,
     current: u32,
     keks: BTreeMap<u32, (Kek, OffsetDateTime)>,
+    signing_keys: Vec<SigningKey>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -144,6 +201,7 @@ impl Keyring {
             path: path.to_path_buf(),
             current: 1,
             keks,
+            signing_keys: Vec::new(),
         };
         keyring.save()?;
         Ok(keyring)
@@ -187,10 +245,20 @@ impl Keyring {
                 stored.current
             )));
         }
+        let mut ids = std::collections::BTreeSet::new();
+        for key in &stored.signing_keys {
+            if !ids.insert(key.id.as_str()) {
+                return Err(VaultError::BadKeyring(format!(
+                    "signing key {} is listed twice",
+                    key.id
+                )));
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             current: stored.current,
             keks,
+            signing_keys: stored.signing_keys,
         })
     }
 
@@ -207,6 +275,7 @@ impl Keyring {
                     created_at: *created_at,
                 })
                 .collect(),
+            signing_keys: self.signing_keys.clone(),
         };
         let mut text = serde_json::to_vec_pretty(&stored)
             .map_err(|e| VaultError::BadKeyring(e.to_string()))?;
@@ -251,6 +320,56 @@ impl Keyring {
         }
         self.save()?;
         Ok(old)
+    }
+
+    /// Take the signing keys another process saved in the keyring file since this one was
+    /// loaded (the key-encryption keys only change while one process has the vault to itself).
+    pub(crate) fn reload_signing_keys(&mut self) -> Result<(), VaultError> {
+        let on_disk = Self::open(&self.path)?;
+        self.signing_keys = on_disk.signing_keys.clone();
+        Ok(())
+    }
+
+    /// The signing keys, oldest first: the last one not retired is the current one.
+    pub fn signing_keys(&self) -> &[SigningKey] {
+        &self.signing_keys
+    }
+
+    /// The current signing key (the newest, with its private key), if there is one.
+    pub fn current_signing_key(&self) -> Option<&SigningKey> {
+        self.signing_keys
+            .last()
+            .filter(|key| key.retired_at.is_none() && key.private.is_some())
+    }
+
+    /// Add a signing key and make it current: every older one is retired and its private key
+    /// destroyed (its public key stays). Saved before this returns.
+    pub fn add_signing_key(
+        &mut self,
+        id: &str,
+        private: &[u8],
+        public: &str,
+    ) -> Result<(), VaultError> {
+        if self.signing_keys.iter().any(|key| key.id == id) {
+            return Err(VaultError::BadKeyring(format!(
+                "signing key {id} is already in the keyring"
+            )));
+        }
+        let now = OffsetDateTime::now_utc();
+        for old in &mut self.signing_keys {
+            if let Some(mut private) = old.private.take() {
+                private.zeroize();
+            }
+            old.retired_at.get_or_insert(now);
+        }
+        self.signing_keys.push(SigningKey {
+            id: id.to_owned(),
+            private: Some(BASE64.encode(private)),
+            public: public.to_owned(),
+            created_at: now,
+            retired_at: None,
+        });
+        self.save()
     }
 
     /// Wrap `key` for `recording` under the current KEK.

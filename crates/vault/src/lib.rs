@@ -38,6 +38,7 @@
 //! ```
 
 pub mod chunks;
+pub mod documents;
 pub mod keys;
 pub mod matroska;
 #[cfg(feature = "object-storage")]
@@ -53,7 +54,8 @@ use std::sync::Mutex;
 use uuid::Uuid;
 
 pub use chunks::{ChunkReader, ChunkWriter, StreamEnd};
-pub use keys::{DataKey, Keyring, WrappedKey};
+pub use documents::SealedDocument;
+pub use keys::{DataKey, Keyring, SigningKey, WrappedKey};
 pub use store::{LocalDirectory, MediaAppender, MediaStore};
 
 /// What can go wrong in the vault. Messages name what is wrong, for operators.
@@ -352,6 +354,86 @@ impl Vault {
         self.media.remove(recording)
     }
 
+    /// Seal a small document (at most [`documents::MAX_DOCUMENT_BYTES`]) as `id`, under a
+    /// fresh data key wrapped by the current KEK, for storage elsewhere.
+    pub fn seal_document(&self, id: Uuid, plaintext: &[u8]) -> Result<SealedDocument, VaultError> {
+        let key = DataKey::generate()?;
+        let wrapped = self.keyring().wrap(id, &key)?;
+        documents::seal(id, &key, wrapped, plaintext)
+    }
+
+    /// Open the document sealed as `id`: [`VaultError::KeyUnwrap`] if its key does not open
+    /// with this keyring, [`VaultError::Corrupt`] if the ciphertext was altered or is another
+    /// document's.
+    pub fn open_document(
+        &self,
+        id: Uuid,
+        sealed: &SealedDocument,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+        let key = self.keyring().unwrap(id, &sealed.key)?;
+        documents::open(id, &key, sealed)
+    }
+
+    /// The current signing key, made with `make` (which returns its id, private key and public
+    /// key) if the keyring has none yet. Nodes sharing the vault agree: the first to get here
+    /// makes it, under a lock, and the others read it from the keyring file.
+    pub fn ensure_signing_key(
+        &self,
+        make: impl FnOnce() -> Result<(String, zeroize::Zeroizing<Vec<u8>>, String), VaultError>,
+    ) -> Result<SigningKey, VaultError> {
+        let mut keyring = self.keyring();
+        if let Some(key) = keyring.current_signing_key() {
+            return Ok(key.clone());
+        }
+        let lock = self.signing_lock()?;
+        lock.lock()?;
+        keyring.reload_signing_keys()?;
+        if keyring.current_signing_key().is_none() {
+            let (id, private, public) = make()?;
+            keyring.add_signing_key(&id, &private, &public)?;
+        }
+        keyring
+            .current_signing_key()
+            .cloned()
+            .ok_or(VaultError::Crypto("no current signing key"))
+    }
+
+    /// Make a new current signing key with `make`; the old one is retired (its private key
+    /// destroyed, its public key kept). Needs the vault to itself ([`Vault::open_exclusive`]),
+    /// as services keep the current key in memory.
+    pub fn rotate_signing_key(
+        &self,
+        make: impl FnOnce() -> Result<(String, zeroize::Zeroizing<Vec<u8>>, String), VaultError>,
+    ) -> Result<SigningKey, VaultError> {
+        let mut keyring = self.keyring();
+        let lock = self.signing_lock()?;
+        lock.lock()?;
+        keyring.reload_signing_keys()?;
+        let (id, private, public) = make()?;
+        keyring.add_signing_key(&id, &private, &public)?;
+        keyring
+            .current_signing_key()
+            .cloned()
+            .ok_or(VaultError::Crypto("no current signing key"))
+    }
+
+    /// Every signing key, oldest first, as the keyring file has them now.
+    pub fn signing_keys(&self) -> Result<Vec<SigningKey>, VaultError> {
+        let mut keyring = self.keyring();
+        keyring.reload_signing_keys()?;
+        Ok(keyring.signing_keys().to_vec())
+    }
+
+    fn signing_lock(&self) -> Result<File, VaultError> {
+        let dir = self.keys_dir.parent().unwrap_or(Path::new("."));
+        Ok(OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(".signing.lock"))?)
+    }
+
     /// The current KEK version.
     pub fn kek_version(&self) -> u32 {
         self.keyring().current_version()
@@ -361,6 +443,19 @@ impl Vault {
     /// Media is not touched. If this stops half-way, the old versions are still in the
     /// keyring and running it again completes it.
     pub fn rotate_keys(&self) -> Result<Rotation, VaultError> {
+        self.rotate_keys_with(|_| Ok(0))
+    }
+
+    /// [`Vault::rotate_keys`], re-wrapping also the keys of documents kept elsewhere: `also`
+    /// gets a re-wrapping function (id and sealed document in, the same document under the
+    /// new KEK out) and returns how many it re-wrapped; the old versions are destroyed only
+    /// after it succeeds.
+    pub fn rotate_keys_with(
+        &self,
+        also: impl FnOnce(
+            &dyn Fn(Uuid, &SealedDocument) -> Result<SealedDocument, VaultError>,
+        ) -> Result<usize, VaultError>,
+    ) -> Result<Rotation, VaultError> {
         let mut keyring = self.keyring();
         let new_version = keyring.add_version()?;
         let mut rewrapped = 0;
@@ -373,6 +468,17 @@ impl Vault {
             self.store_wrapped(&keyring.wrap(recording, &key)?)?;
             rewrapped += 1;
         }
+        let rewrap = |id: Uuid, sealed: &SealedDocument| -> Result<SealedDocument, VaultError> {
+            if sealed.key.kek_version == new_version {
+                return Ok(sealed.clone());
+            }
+            let key = keyring.unwrap(id, &sealed.key)?;
+            Ok(SealedDocument {
+                key: keyring.wrap(id, &key)?,
+                ..sealed.clone()
+            })
+        };
+        rewrapped += also(&rewrap)?;
         let retired = keyring.retire_old_versions()?;
         Ok(Rotation {
             new_version,
