@@ -143,6 +143,51 @@ pub struct NewUser {
     pub display_name: String,
     /// Role.
     pub role: Role,
+    /// The licence number a clinician signs medical certificates with.
+    pub licence_number: Option<String>,
+}
+
+/// A licence number as an operator enters it, trimmed: 1 to 64 characters, no control
+/// characters.
+pub fn checked_licence_number(raw: &str) -> anyhow::Result<String> {
+    let licence = raw.trim();
+    if licence.is_empty() || licence.chars().count() > 64 || licence.chars().any(char::is_control) {
+        anyhow::bail!("a licence number is 1 to 64 characters");
+    }
+    Ok(licence.to_owned())
+}
+
+/// Set (or replace) a clinician's licence number, audited.
+pub async fn set_licence_number(
+    pool: &AnyPool,
+    audit: &AuditLog,
+    now: OffsetDateTime,
+    email: &str,
+    licence: &str,
+) -> anyhow::Result<User> {
+    let licence = checked_licence_number(licence)?;
+    let account = find_by_email(pool, email)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no account with email {}", normalise_email(email)))?;
+    if account.user.role != Role::Doctor {
+        anyhow::bail!("only a clinician (role doctor) signs certificates");
+    }
+    let mut tx = audit.begin().await?;
+    sqlx::query("UPDATE users SET licence_number = $1 WHERE id = $2")
+        .bind(&licence)
+        .bind(account.user.id.to_string())
+        .execute(tx.connection())
+        .await?;
+    tx.record(
+        now,
+        &Actor::Operator,
+        Action::LicenceNumberSet,
+        None,
+        serde_json::json!({ "user_id": account.user.id, "licence_number": licence }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(account.user)
 }
 
 /// Create an account without a password, and an enrolment link valid for `link_ttl`.
@@ -173,17 +218,24 @@ pub async fn create_user(
         display_name: display_name.trim().to_owned(),
         role,
     };
+    let licence = new
+        .licence_number
+        .as_deref()
+        .map(checked_licence_number)
+        .transpose()?;
     let token = Token::generate();
     // The account, its enrolment link and the audit entry commit together.
     let mut tx = audit.begin().await?;
     sqlx::query(
-        "INSERT INTO users (id, email, display_name, role, created_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO users (id, email, display_name, role, created_at, licence_number) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(user.id.to_string())
     .bind(&user.email)
     .bind(&user.display_name)
     .bind(role.as_str())
     .bind(to_unix(now))
+    .bind(licence)
     .execute(tx.connection())
     .await
     .map_err(anyhow::Error::from)?;
@@ -264,6 +316,12 @@ pub async fn seed_demo_doctor(
     })
 }
 
+/// The licence number of a seeded (demo or load) doctor: marked as a demonstration, so that a
+/// certificate it signs says so to anyone who verifies it.
+fn demo_licence_number(id: Uuid) -> String {
+    format!("DEMO-{}", &id.simple().to_string()[..8])
+}
+
 /// Create (or reset) a doctor with a fresh random password and TOTP secret, already enrolled;
 /// returns them.
 async fn seed_doctor(
@@ -281,19 +339,21 @@ async fn seed_doctor(
         Some(account) => {
             sqlx::query(
                 "UPDATE users SET password_hash = $1, totp_secret = $2, totp_last_step = NULL,
-                 failed_logins = 0, locked_until = NULL WHERE id = $3",
+                 failed_logins = 0, locked_until = NULL,
+                 licence_number = COALESCE(licence_number, $4) WHERE id = $3",
             )
             .bind(&hash)
             .bind(sealing_key.seal(&totp_secret, &totp_owner(account.user.id)))
             .bind(account.user.id.to_string())
+            .bind(demo_licence_number(account.user.id))
             .execute(pool)
             .await?;
         }
         None => {
             let id = Uuid::new_v4();
             sqlx::query(
-                "INSERT INTO users (id, email, display_name, role, password_hash, totp_secret, created_at)
-                 VALUES ($1, $2, $3, 'doctor', $4, $5, $6)",
+                "INSERT INTO users (id, email, display_name, role, password_hash, totp_secret, created_at,
+                 licence_number) VALUES ($1, $2, $3, 'doctor', $4, $5, $6, $7)",
             )
             .bind(id.to_string())
             .bind(email)
@@ -301,6 +361,7 @@ async fn seed_doctor(
             .bind(&hash)
             .bind(sealing_key.seal(&totp_secret, &totp_owner(id)))
             .bind(to_unix(now))
+            .bind(demo_licence_number(id))
             .execute(pool)
             .await?;
             audit

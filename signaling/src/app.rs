@@ -16,7 +16,9 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, alerts, auth, consultations, ice, invites, recording, signal, web};
+use crate::{
+    admin, alerts, auth, certificates, consultations, ice, invites, recording, signal, web,
+};
 
 /// Largest request body the API reads.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -45,6 +47,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
         ice::get,
         recording::api::list, recording::api::download, recording::api::shred,
         recording::api::get_recording_key, recording::api::put_recording_key,
+        certificates::issue, certificates::list, certificates::revoke, certificates::held,
+        certificates::presentation, certificates::presentation_pdf, certificates::verify,
     ),
     components(schemas(
         consult_proto::signal::ClientMessage,
@@ -52,7 +56,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
         consult_proto::signal::SignalErrorCode,
     )),
     tags((name = "auth"), (name = "account"), (name = "consultations"), (name = "patients"), (name = "media"),
-         (name = "recordings"), (name = "admin")),
+         (name = "recordings"), (name = "certificates"), (name = "admin")),
 )]
 pub struct ApiDoc;
 
@@ -265,6 +269,22 @@ pub fn router(state: AppState) -> Router {
             delete(consultations::members::remove_clinician),
         )
         .route("/consultations/{id}/recordings", get(recording::api::list))
+        .route(
+            "/consultations/{id}/certificates",
+            post(certificates::issue).get(certificates::list),
+        )
+        .route("/certificates/held", post(certificates::held))
+        .route("/certificates/verify", post(certificates::verify))
+        .route("/certificates/status-list", get(certificates::status_list))
+        .route("/certificates/{id}/revoke", post(certificates::revoke))
+        .route(
+            "/certificates/{id}/presentation",
+            post(certificates::presentation),
+        )
+        .route(
+            "/certificates/{id}/presentation.pdf",
+            post(certificates::presentation_pdf),
+        )
         .route("/recordings/{id}/export", get(recording::api::download))
         .route("/recordings/{id}", delete(recording::api::shred))
         .route(
@@ -297,6 +317,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(web::doctor_page))
         .route("/join", get(web::patient_page))
         .route("/enrol", get(web::enrol_page))
+        .route("/verify", get(web::verify_page))
+        .route("/.well-known/jwks.json", get(certificates::jwks))
         .route("/assets/{*path}", get(web::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -150,6 +150,26 @@ pub enum Action {
     BackupRestored,
     /// A restore drill ran (`consult backup drill`), with its outcome.
     BackupDrilled,
+    /// A clinician issued a medical certificate.
+    CertificateIssued,
+    /// A consultation's certificates were shown to a clinician.
+    CertificatesViewed,
+    /// A patient's invite link fetched their certificates.
+    CertificateFetched,
+    /// A patient made a presentation (a link or a PDF) disclosing the claims named.
+    CertificatePresented,
+    /// A presentation did not verify (counted per source, with the reason).
+    CertificateVerificationFailed,
+    /// A certificate was revoked, with the reason.
+    CertificateRevoked,
+    /// An attempt on a consultation's certificates by someone not allowed (not its clinician).
+    CertificateRefused,
+    /// A certificate's sealed content was destroyed (retention).
+    CertificateDestroyed,
+    /// The certificate issuer's signing key was rotated.
+    CertificateKeyRotated,
+    /// An operator set a clinician's licence number.
+    LicenceNumberSet,
 }
 
 /// One stored entry.

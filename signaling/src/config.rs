@@ -60,6 +60,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Encrypted, incremental backups to another site.
     pub backup: BackupConfig,
+    /// Signed medical certificates.
+    pub certificate: CertificateConfig,
     /// Log filter, in `RUST_LOG` syntax.
     pub log: String,
     /// The configuration file this was loaded from (not a setting: backups copy the file).
@@ -289,6 +291,38 @@ impl Default for PolicyConfig {
             retention_days: 30,
             require_passkey: false,
             max_participants: 4,
+        }
+    }
+}
+
+/// Signed medical certificates (`[certificate]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The issuer named in certificates (`iss`) and where its keys are published
+    /// (`ISSUER/.well-known/jwks.json`) and its status list (`ISSUER/api/v1/certificates/status-list`).
+    /// Default: the public URL. Changing it later makes earlier certificates name an issuer
+    /// verifiers no longer find.
+    pub issuer: Option<String>,
+    /// How long the patient's invite link keeps fetching a certificate after it is issued.
+    #[serde(with = "humantime_serde")]
+    pub holder_access: Duration,
+    /// How long a certificate verifies after the last day of its period.
+    #[serde(with = "humantime_serde")]
+    pub valid_after_period: Duration,
+    /// How long the service keeps a certificate (sealed in the vault) after it is issued; the
+    /// retention job then destroys its key. Its revocation status stays published.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for CertificateConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            holder_access: Duration::from_secs(30 * 24 * 3600),
+            valid_after_period: Duration::from_secs(365 * 24 * 3600),
+            retention: Duration::from_secs(10 * 365 * 24 * 3600),
         }
     }
 }
@@ -594,6 +628,7 @@ impl Default for Config {
             recording: RecordingConfig::default(),
             cluster: ClusterConfig::default(),
             backup: BackupConfig::default(),
+            certificate: CertificateConfig::default(),
             log: "info".into(),
             source_file: None,
         }
@@ -676,6 +711,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "recording",
     "cluster",
     "backup",
+    "certificate",
     "log",
 ];
 
@@ -846,6 +882,21 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return bad("public_url must start with http:// or https://");
+        }
+        if let Some(issuer) = &self.certificate.issuer
+            && (!(issuer.starts_with("http://") || issuer.starts_with("https://"))
+                || issuer.ends_with('/')
+                || issuer.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return bad(
+                "certificate.issuer must be an http:// or https:// URL without a trailing slash",
+            );
+        }
+        if self.certificate.holder_access.is_zero()
+            || self.certificate.valid_after_period.is_zero()
+            || self.certificate.retention < self.certificate.holder_access
+        {
+            return bad("certificate.holder_access and valid_after_period must be above zero, and retention at least holder_access");
         }
         Ok(())
     }

@@ -184,6 +184,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "guest screen sharing",
         include_str!("../migrations/0014_guest_screen_sharing.sql"),
     ),
+    (
+        15,
+        "certificates",
+        include_str!("../migrations/0015_certificates.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema in `signaling/migrations/postgres`: the SQLite migrations' end state
@@ -213,6 +218,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "guest screen sharing",
         include_str!("../migrations/postgres/0005_guest_screen_sharing.sql"),
+    ),
+    (
+        6,
+        "certificates",
+        include_str!("../migrations/postgres/0006_certificates.sql"),
     ),
 ];
 

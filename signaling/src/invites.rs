@@ -222,7 +222,7 @@ async fn usable_or_counted(
 
 /// Count a refused redemption or lookup (by nobody we know: the device has no place) in the
 /// audit's tallies, per source and window ([`audit_tally`]).
-async fn refused(
+pub(crate) async fn refused(
     state: &AppState,
     origin: &ClientOrigin,
     consultation_id: Option<Uuid>,

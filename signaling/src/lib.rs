@@ -32,6 +32,7 @@ pub mod audit_checkpoints;
 pub mod audit_tally;
 pub mod auth;
 pub mod backup;
+pub mod certificates;
 pub mod client_origin;
 pub mod clock;
 pub mod cluster;

@@ -80,6 +80,13 @@ enum CertificateCommand {
         #[arg(long)]
         status_list: Option<PathBuf>,
     },
+    /// A new issuer signing key (ES256, kept in the vault's keyring): certificates are signed
+    /// with it from the next start. The old private key is destroyed; its public key stays in
+    /// the JWKS, so certificates it signed still verify. Stop the service first. Audited.
+    RotateKey {
+        #[command(flatten)]
+        location: Location,
+    },
 }
 
 #[derive(Subcommand)]
@@ -285,6 +292,20 @@ enum AdminCommand {
         /// Name shown to patients. Default: the part of the email before '@'.
         #[arg(long)]
         name: Option<String>,
+        /// The licence number a clinician signs medical certificates with.
+        #[arg(long)]
+        licence: Option<String>,
+    },
+    /// Set (or replace) the licence number a clinician signs medical certificates with.
+    SetLicence {
+        #[command(flatten)]
+        location: Location,
+        /// The clinician's sign-in email.
+        #[arg(long)]
+        email: String,
+        /// The licence number, as the licensing body writes it.
+        #[arg(long)]
+        licence: String,
     },
 }
 
@@ -372,6 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             role,
             email,
             name,
+            licence,
         }) => {
             let config = location.load()?;
             init_logging("warn");
@@ -384,6 +406,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 email,
                 display_name: name,
                 role,
+                licence_number: licence,
             };
             let created = accounts::create_user(
                 &pool,
@@ -405,6 +428,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 humantime::format_duration(config.invite.enrolment_ttl)
             );
             println!("{}", created.enrolment_url);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin(AdminCommand::SetLicence {
+            location,
+            email,
+            licence,
+        }) => {
+            let config = location.load()?;
+            init_logging("warn");
+            let pool = db::open_configured(&config).await?;
+            let audit = AuditLog::new(pool.clone());
+            let user =
+                accounts::set_licence_number(&pool, &audit, SystemClock.now(), &email, &licence)
+                    .await?;
+            println!(
+                "{} ({}) signs with licence number {}.",
+                user.email,
+                user.display_name,
+                licence.trim()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify { location, against }) => {
@@ -496,6 +539,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             jwks,
             status_list,
         }) => verify_certificate(&presentation, &issuer, &jwks, status_list.as_deref()),
+        Command::Certificate(CertificateCommand::RotateKey { location }) => {
+            let config = location.load()?;
+            init_logging("warn");
+            let vault_dir = config.data_dir.join("vault");
+            let (retired, current) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let vault = consult_vault::Vault::open_exclusive(&vault_dir)?;
+                let retired: Vec<String> = vault
+                    .signing_keys()?
+                    .iter()
+                    .filter(|k| k.retired_at.is_none())
+                    .map(|k| k.id.clone())
+                    .collect();
+                let current = vault
+                    .rotate_signing_key(consult_signaling::certificates::issuer::new_signing_key)?;
+                Ok((retired, current.id.clone()))
+            })
+            .await??;
+            let pool = db::open_configured(&config).await?;
+            AuditLog::new(pool)
+                .record(
+                    SystemClock.now(),
+                    &consult_signaling::audit::Actor::Operator,
+                    consult_signaling::audit::Action::CertificateKeyRotated,
+                    None,
+                    serde_json::json!({ "kid": current, "retired": retired }),
+                )
+                .await?;
+            println!("issuer key rotated: {current} signs from the next start; retired {retired:?} (public keys still published)");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Openapi => {
             println!(
                 "{}",

@@ -67,6 +67,8 @@ pub struct Shared {
     pub alerts: Alerts,
     /// The other nodes of the deployment, if any.
     pub cluster: crate::cluster::Cluster,
+    /// The organisation as the issuer of medical certificates: its key and status list.
+    pub certificates: crate::certificates::issuer::CertificateIssuer,
     /// Poked when a recording is shredded: the scheduled backup runs now, so that its key
     /// leaves the backups at once (see `backup`).
     pub backup_soon: Arc<tokio::sync::Notify>,
@@ -83,6 +85,14 @@ impl AppState {
         recordings: Recordings,
         cluster: crate::cluster::Cluster,
     ) -> anyhow::Result<Self> {
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        let issuer = config
+            .certificate
+            .issuer
+            .clone()
+            .unwrap_or_else(|| public_url.clone());
+        let certificates =
+            crate::certificates::issuer::CertificateIssuer::load(&recordings.vault, issuer)?;
         let metrics = Metrics::new();
         let alerts = Alerts::new(config.alerts.rules.clone());
         let passkeys = RelyingParty::for_public_url(&public_url)?;
@@ -121,7 +131,8 @@ impl AppState {
             config,
             pool,
             clock,
-            public_url: public_url.trim_end_matches('/').to_owned(),
+            public_url,
+            certificates,
             sealing_key,
             recordings,
             alerts,

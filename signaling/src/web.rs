@@ -52,6 +52,11 @@ pub async fn enrol_page() -> Response {
     serve("enrol.html")
 }
 
+/// `/verify`: anyone checks a medical certificate (the presentation after `#`, or pasted).
+pub async fn verify_page() -> Response {
+    serve("verify.html")
+}
+
 /// `/assets/*path`: scripts, styles and images.
 pub async fn asset(Path(path): Path<String>) -> Response {
     if path.split('/').any(|segment| segment == "..") {

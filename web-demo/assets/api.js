@@ -402,6 +402,106 @@ export function shredRecording(recordingId) {
   return request("DELETE", `/api/v1/recordings/${encodeURIComponent(recordingId)}`);
 }
 
+// --- Medical certificates --------------------------------------------------------------------
+
+/**
+ * Issue a certificate in a consultation (its clinicians only), signed as the organisation.
+ * @param {string} consultationId
+ * @param {import('./protocol.js').IssueCertificateRequest} body
+ * @returns {Promise<import('./protocol.js').CertificateSummary>}
+ */
+export function issueCertificate(consultationId, body) {
+  return request("POST", `/api/v1/consultations/${encodeURIComponent(consultationId)}/certificates`, { body });
+}
+
+/**
+ * A consultation's certificates, with their claims, oldest first.
+ * @param {string} consultationId
+ * @returns {Promise<import('./protocol.js').CertificateSummary[]>}
+ */
+export async function listCertificates(consultationId) {
+  /** @type {import('./protocol.js').CertificateList} */
+  const body = await request("GET", `/api/v1/consultations/${encodeURIComponent(consultationId)}/certificates`);
+  return body.certificates;
+}
+
+/**
+ * Revoke a certificate, saying why: verifiers see it as revoked from then on.
+ * @param {string} certificateId
+ * @param {string} reason
+ * @returns {Promise<import('./protocol.js').CertificateSummary>}
+ */
+export function revokeCertificate(certificateId, reason) {
+  return request("POST", `/api/v1/certificates/${encodeURIComponent(certificateId)}/revoke`, { body: { reason } });
+}
+
+/**
+ * The certificates the patient's invite link holds, newest first.
+ * @param {string} invite
+ * @returns {Promise<import('./protocol.js').HeldCertificate[]>}
+ */
+export async function heldCertificates(invite) {
+  /** @type {import('./protocol.js').HeldCertificates} */
+  const body = await request("POST", "/api/v1/certificates/held", { body: { token: invite } });
+  return body.certificates;
+}
+
+/**
+ * A presentation of a held certificate disclosing only `disclose`: its link and QR code.
+ * @param {string} invite
+ * @param {string} certificateId
+ * @param {string[]} disclose
+ * @returns {Promise<import('./protocol.js').Presentation>}
+ */
+export function presentCertificate(invite, certificateId, disclose) {
+  return request("POST", `/api/v1/certificates/${encodeURIComponent(certificateId)}/presentation`, {
+    body: { token: invite, disclose },
+  });
+}
+
+/**
+ * The same presentation as a printable PDF.
+ * @param {string} invite
+ * @param {string} certificateId
+ * @param {string[]} disclose
+ * @returns {Promise<Blob>}
+ */
+export async function certificatePdf(invite, certificateId, disclose) {
+  let response;
+  try {
+    response = await fetch(`/api/v1/certificates/${encodeURIComponent(certificateId)}/presentation.pdf`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/pdf" },
+      body: JSON.stringify({ token: invite, disclose }),
+      credentials: "omit",
+      cache: "no-store",
+    });
+  } catch {
+    throw new ApiError(0, "network", "The service could not be reached. Check your internet connection and try again.");
+  }
+  if (!response.ok) {
+    let code = `http_${response.status}`;
+    let message = `The PDF could not be made (HTTP ${response.status}).`;
+    try {
+      const body = await response.json();
+      if (body?.error?.code) ({ code, message } = body.error);
+    } catch {
+      // Not JSON.
+    }
+    throw new ApiError(response.status, code, message);
+  }
+  return response.blob();
+}
+
+/**
+ * Verify a presentation (or a verify link): what it proves, or why it does not.
+ * @param {string} presentation
+ * @returns {Promise<import('./protocol.js').VerificationResult>}
+ */
+export function verifyCertificate(presentation) {
+  return request("POST", "/api/v1/certificates/verify", { body: { presentation } });
+}
+
 // --- Administration ---------------------------------------------------------------------------
 
 /**

@@ -5,7 +5,8 @@
  * recordings.
  *
  * Routes live in the fragment: `#/` is the list, `#/c/<consultation id>` a consultation's call,
- * `#/recordings/<consultation id>` its recordings, `#/account` the passkeys, and `#/alerts` the
+ * `#/recordings/<consultation id>` its recordings, `#/certificates/<consultation id>` its medical
+ * certificates, `#/account` the passkeys, and `#/alerts` the
  * security alerts (administrators only).
  */
 
@@ -22,6 +23,7 @@ import { publicKeyOfKeyFile, RECORDING_KEY_FILE_MAX_BYTES, RecordingKeyError, re
 import { MessagingView } from "./messaging-view.js";
 import { openMedia, stopStream } from "./media.js";
 import { RecordingsView } from "./recordings-view.js";
+import { CertificatesView } from "./certificates-view.js";
 import { IdleWatch } from "./idle-watch.js";
 import { SignInForm } from "./sign-in-form.js";
 import { SignalingClient } from "./signaling.js";
@@ -332,7 +334,14 @@ function route() {
   alertsView.hide();
   const match = /^#\/(c|s)\/([0-9a-fA-F-]{36})$/.exec(location.hash);
   const recordings = /^#\/recordings\/([0-9a-fA-F-]{36})$/.exec(location.hash);
-  if (match) {
+  const certificates = /^#\/certificates\/([0-9a-fA-F-]{36})$/.exec(location.hash);
+  if (!certificates) certificatesView.hide();
+  if (certificates) {
+    leaveCall({ tellService: true });
+    stopListPolling();
+    recordingsView.hide();
+    certificatesView.show(certificates[1]);
+  } else if (match) {
     const id = match[2];
     stopListPolling();
     recordingsView.hide();
@@ -352,6 +361,8 @@ function route() {
 }
 
 const recordingsView = new RecordingsView({ onError: (err) => handleSessionLoss(err) });
+
+const certificatesView = new CertificatesView({ onError: (err) => handleSessionLoss(err) });
 
 const alertsView = new AlertsView({ onError: (err) => handleSessionLoss(err) });
 
@@ -547,7 +558,14 @@ function renderRow(c) {
     attrs: { href: `#/recordings/${c.id}`, "aria-label": `Recordings of ${title}` },
   });
   recordings.dataset.key = `recordings-${c.id}`;
-  actions.append(recordings);
+  const certificates = h("a", {
+    className: "button small",
+    text: "Certificates",
+    testid: "certificates-link",
+    attrs: { href: `#/certificates/${c.id}`, "aria-label": `Certificates of ${title}` },
+  });
+  certificates.dataset.key = `certificates-${c.id}`;
+  actions.append(recordings, certificates);
   const row = h("tr", { testid: "consultation-row" }, [
     titleCell,
     statusCell,

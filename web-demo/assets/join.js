@@ -13,6 +13,7 @@ import { CallController, recorderPermit } from "./call.js";
 import { CallView, describePeer, showRecordingState } from "./call-view.js";
 import { RemoteScreens, ScreenShare } from "./screen-share.js";
 import { ConsentDialog } from "./consent-dialog.js";
+import { HeldCertificatesPanel } from "./held-certificates.js";
 import { E2eeCall, transformApi } from "./e2ee/call-e2ee.js";
 import { MessagingView } from "./messaging-view.js";
 import { deviceIdOf, fillDeviceSelect, LevelMeter, listDevices, openMedia, stopStream } from "./media.js";
@@ -118,6 +119,8 @@ function forgetAll() {
 // Notices
 // ---------------------------------------------------------------------------------------------
 
+const heldCertificates = new HeldCertificatesPanel();
+
 const NOTICE_IDS = [
   "not-found-message",
   "no-link-message",
@@ -150,6 +153,9 @@ const NOTICE_TITLES = /** @type {Record<string, string>} */ ({
  * @param {{ text?: string, retry?: () => void }} [options]
  */
 function showNotice(id, options = {}) {
+  // Once the consultation is over, the link fetches the patient's certificates.
+  if (["ended-message", "left-message"].includes(id)) heldCertificates.show(invite);
+  else heldCertificates.hide();
   for (const other of NOTICE_IDS) byId(other, HTMLElement).hidden = other !== id;
   if (options.text) byId(id, HTMLElement).textContent = options.text;
   byId("notice-heading", HTMLElement).textContent = NOTICE_TITLES[id] ?? "Video consultation";

@@ -313,6 +313,96 @@ export const PROTOCOL_VERSION = 1;
 
 /** @typedef {{ recordings: Recording[] }} RecordingList */
 
+/**
+ * What a medical certificate attests: `unfit_for_work` (a sick note), `attendance`,
+ * `fit_to_travel`, or `free_text` (the clinician's own words, in `note`).
+ * @typedef {"unfit_for_work" | "attendance" | "fit_to_travel" | "free_text"} CertificateKindName
+ */
+
+/**
+ * `POST /api/v1/consultations/{id}/certificates`: what the clinician fills in (their name and
+ * licence number come from their account). Dates are `YYYY-MM-DD`, the period inclusive.
+ * @typedef {object} IssueCertificateRequest
+ * @property {CertificateKindName} kind
+ * @property {string} period_start
+ * @property {string} period_end
+ * @property {string} patient_name
+ * @property {string | null} [restrictions]
+ * @property {string | null} [diagnosis] Confidential: disclosed only if the patient chooses.
+ * @property {string | null} [note]
+ * @property {string | null} [invite_id] The patient's invite; default the patient link.
+ */
+
+/** @typedef {"valid" | "revoked"} CertificateState */
+
+/**
+ * One claim of a certificate: `period` (`{ start, end }`), `patient_name`, `clinician_name`,
+ * `clinician_licence`, `restrictions`, `diagnosis` or `note` (text).
+ * @typedef {{ name: string, value: any }} CertificateClaim
+ */
+
+/**
+ * A certificate as its clinicians see it.
+ * @typedef {object} CertificateSummary
+ * @property {string} id
+ * @property {string} consultation_id
+ * @property {CertificateKindName} kind
+ * @property {string} issued_at
+ * @property {string} valid_until
+ * @property {string} holder_until Until when the patient's link fetches it.
+ * @property {string} issued_by
+ * @property {CertificateState} state
+ * @property {string | null} [revoked_at]
+ * @property {string | null} [revoke_reason]
+ * @property {CertificateClaim[] | null} [claims] Null once retention destroyed it.
+ */
+
+/** @typedef {{ certificates: CertificateSummary[] }} CertificateList */
+
+/** @typedef {{ reason: string }} RevokeCertificateRequest */
+
+/** @typedef {{ token: string }} HeldCertificatesRequest */
+
+/**
+ * A certificate as its holder (the patient's invite link) gets it.
+ * @typedef {object} HeldCertificate
+ * @property {string} id
+ * @property {CertificateKindName} kind
+ * @property {string} issued_at
+ * @property {string} valid_until
+ * @property {CertificateState} state
+ * @property {CertificateClaim[]} claims
+ * @property {string} sd_jwt The certificate itself (SD-JWT with every disclosure).
+ */
+
+/** @typedef {{ certificates: HeldCertificate[] }} HeldCertificates */
+
+/** @typedef {{ token: string, disclose: string[] }} PresentationRequest */
+
+/**
+ * @typedef {object} Presentation
+ * @property {string} presentation The SD-JWT with only the chosen claims.
+ * @property {string} link `ISSUER/verify#PRESENTATION`.
+ * @property {string} qr_svg The link as a QR code (SVG).
+ * @property {number} qr_version
+ */
+
+/** @typedef {{ presentation: string }} VerifyCertificateRequest */
+
+/** @typedef {"valid" | "revoked" | "invalid"} VerificationOutcome */
+
+/**
+ * What `POST /api/v1/certificates/verify` found: exactly what the presentation proves.
+ * @typedef {object} VerificationResult
+ * @property {VerificationOutcome} outcome
+ * @property {string | null} [reason] Why it is invalid (or revoked).
+ * @property {string | null} [issuer]
+ * @property {CertificateKindName | null} [kind]
+ * @property {string | null} [issued_at]
+ * @property {string | null} [valid_until]
+ * @property {CertificateClaim[]} [disclosed]
+ */
+
 /** @typedef {{ invite: string }} InspectInviteRequest */
 
 /**

@@ -9,6 +9,11 @@ use consult_proto::api::{
     LoginResponse, MfaEnrolRequest, MfaEnrolResponse, RecordingKeyBody, RedeemInviteRequest,
     RedeemInviteResponse, Session, SharedConsultation, WaitingPatient,
 };
+use consult_proto::api::{
+    CertificateList, CertificateSummary, HeldCertificate, HeldCertificates,
+    HeldCertificatesRequest, IssueCertificateRequest, Presentation, PresentationRequest,
+    RevokeCertificateRequest, VerificationResult, VerifyCertificateRequest,
+};
 use consult_proto::signal::ClientMessage;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -447,6 +452,119 @@ impl ApiClient {
             participant_id: redeemed.participant_id,
             invite: redeemed.invite,
         })
+    }
+
+    /// `POST /api/v1/consultations/{id}/certificates`: a clinician of the consultation issues
+    /// a medical certificate for its patient.
+    pub async fn issue_certificate(
+        &self,
+        token: &str,
+        consultation: Uuid,
+        request: &IssueCertificateRequest,
+    ) -> Result<CertificateSummary, ApiError> {
+        let path = format!("/api/v1/consultations/{consultation}/certificates");
+        self.json(
+            &path,
+            self.request(Method::POST, &path, Some(token)).json(request),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/consultations/{id}/certificates`: its certificates, with their claims.
+    pub async fn certificates(
+        &self,
+        token: &str,
+        consultation: Uuid,
+    ) -> Result<Vec<CertificateSummary>, ApiError> {
+        let path = format!("/api/v1/consultations/{consultation}/certificates");
+        let list: CertificateList = self
+            .json(&path, self.request(Method::GET, &path, Some(token)))
+            .await?;
+        Ok(list.certificates)
+    }
+
+    /// `POST /api/v1/certificates/{id}/revoke`, with the reason.
+    pub async fn revoke_certificate(
+        &self,
+        token: &str,
+        certificate: Uuid,
+        reason: &str,
+    ) -> Result<CertificateSummary, ApiError> {
+        let path = format!("/api/v1/certificates/{certificate}/revoke");
+        let body = RevokeCertificateRequest {
+            reason: reason.to_owned(),
+        };
+        self.json(
+            &path,
+            self.request(Method::POST, &path, Some(token)).json(&body),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/certificates/held`: the certificates a patient's invite link holds.
+    pub async fn held_certificates(&self, invite: &str) -> Result<Vec<HeldCertificate>, ApiError> {
+        let path = "/api/v1/certificates/held";
+        let body = HeldCertificatesRequest {
+            token: invite.to_owned(),
+        };
+        let held: HeldCertificates = self
+            .json(path, self.request(Method::POST, path, None).json(&body))
+            .await?;
+        Ok(held.certificates)
+    }
+
+    /// `POST /api/v1/certificates/{id}/presentation`: a presentation disclosing `disclose`.
+    pub async fn present_certificate(
+        &self,
+        invite: &str,
+        certificate: Uuid,
+        disclose: &[&str],
+    ) -> Result<Presentation, ApiError> {
+        let path = format!("/api/v1/certificates/{certificate}/presentation");
+        let body = PresentationRequest {
+            token: invite.to_owned(),
+            disclose: disclose.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        self.json(&path, self.request(Method::POST, &path, None).json(&body))
+            .await
+    }
+
+    /// `POST /api/v1/certificates/{id}/presentation.pdf`: the same as a printable PDF.
+    pub async fn certificate_pdf(
+        &self,
+        invite: &str,
+        certificate: Uuid,
+        disclose: &[&str],
+    ) -> Result<Vec<u8>, ApiError> {
+        let path = format!("/api/v1/certificates/{certificate}/presentation.pdf");
+        let body = PresentationRequest {
+            token: invite.to_owned(),
+            disclose: disclose.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let response = self
+            .send(&path, self.request(Method::POST, &path, None).json(&body))
+            .await?;
+        Ok(response
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Protocol {
+                url: self.url(&path),
+                reason: chain(&e),
+            })?
+            .to_vec())
+    }
+
+    /// `POST /api/v1/certificates/verify`: what a presentation (or verify link) proves.
+    pub async fn verify_certificate(
+        &self,
+        presentation: &str,
+    ) -> Result<VerificationResult, ApiError> {
+        let path = "/api/v1/certificates/verify";
+        let body = VerifyCertificateRequest {
+            presentation: presentation.to_owned(),
+        };
+        self.json(path, self.request(Method::POST, path, None).json(&body))
+            .await
     }
 
     /// `GET /api/v1/ice-servers` with a clinician's session or a patient's participant token.

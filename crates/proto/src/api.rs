@@ -782,3 +782,255 @@ mod tests {
         );
     }
 }
+
+/// What a medical certificate attests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateKindName {
+    /// Unfit for work during the period (a sick note).
+    UnfitForWork,
+    /// Attended the consultation.
+    Attendance,
+    /// Fit to travel during the period.
+    FitToTravel,
+    /// The clinician's own words (in `note`).
+    FreeText,
+}
+
+/// `POST /api/v1/consultations/{id}/certificates`: what the clinician fills in. The clinician's
+/// name and licence number come from their account.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCertificateRequest {
+    /// The kind (always visible to verifiers).
+    pub kind: CertificateKindName,
+    /// First day of the period, `YYYY-MM-DD`.
+    #[schema(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    pub period_start: String,
+    /// Last day of the period (inclusive), `YYYY-MM-DD`.
+    #[schema(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    pub period_end: String,
+    /// The patient's name as entered or confirmed.
+    pub patient_name: String,
+    /// Restrictions (light duties, no flying…).
+    #[serde(default)]
+    pub restrictions: Option<String>,
+    /// A confidential diagnosis: disclosed only if the patient chooses.
+    #[serde(default)]
+    pub diagnosis: Option<String>,
+    /// A note; the text of a free-text certificate.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// The invite of the patient it is for; default the consultation's patient link.
+    #[serde(default)]
+    pub invite_id: Option<Uuid>,
+}
+
+redacted_debug!(IssueCertificateRequest {
+    shown: [kind, period_start, period_end, invite_id],
+    secret: [patient_name, restrictions, diagnosis, note]
+});
+
+/// Whether a certificate still stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateState {
+    /// Issued and not revoked.
+    Valid,
+    /// Revoked by its clinician or an administrator.
+    Revoked,
+}
+
+/// A certificate as its clinicians see it in the consultation's list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CertificateSummary {
+    /// Certificate id.
+    pub id: Uuid,
+    /// The consultation.
+    pub consultation_id: Uuid,
+    /// The kind.
+    pub kind: CertificateKindName,
+    /// When it was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    /// Until when it verifies.
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_until: OffsetDateTime,
+    /// Until when the patient's invite link fetches it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub holder_until: OffsetDateTime,
+    /// The clinician who signed it.
+    pub issued_by: String,
+    /// Valid or revoked.
+    pub state: CertificateState,
+    /// When it was revoked.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Why it was revoked.
+    #[serde(default)]
+    pub revoke_reason: Option<String>,
+    /// Its claims (`null` once retention destroyed it).
+    #[serde(default)]
+    pub claims: Option<Vec<CertificateClaim>>,
+}
+
+/// One claim of a certificate: its name and value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateClaim {
+    /// `period`, `patient_name`, `clinician_name`, `clinician_licence`, `restrictions`,
+    /// `diagnosis` or `note`.
+    pub name: String,
+    /// The value (`period` is `{ "start", "end" }`, the others text).
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+}
+
+/// `GET /api/v1/consultations/{id}/certificates`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CertificateList {
+    /// Oldest first.
+    pub certificates: Vec<CertificateSummary>,
+}
+
+/// `POST /api/v1/certificates/{id}/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCertificateRequest {
+    /// Why (shown to clinicians and kept in the audit trail; never published).
+    pub reason: String,
+}
+
+/// `POST /api/v1/certificates/held`: the patient's invite link asks for its certificates.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeldCertificatesRequest {
+    /// The invite token (the part of the link after `#`).
+    pub token: String,
+}
+
+redacted_debug!(HeldCertificatesRequest {
+    shown: [],
+    secret: [token]
+});
+
+/// A certificate as its holder gets it.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeldCertificate {
+    /// Certificate id.
+    pub id: Uuid,
+    /// The kind.
+    pub kind: CertificateKindName,
+    /// When it was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    /// Until when it verifies.
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_until: OffsetDateTime,
+    /// Valid or revoked.
+    pub state: CertificateState,
+    /// Every claim it holds; the holder chooses which to disclose.
+    pub claims: Vec<CertificateClaim>,
+    /// The certificate itself: the SD-JWT with every disclosure, for a wallet.
+    pub sd_jwt: String,
+}
+
+redacted_debug!(HeldCertificate {
+    shown: [id, kind, issued_at, valid_until, state],
+    secret: [claims, sd_jwt]
+});
+
+/// `POST /api/v1/certificates/held`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeldCertificates {
+    /// Newest first.
+    pub certificates: Vec<HeldCertificate>,
+}
+
+/// `POST /api/v1/certificates/{id}/presentation` (and `…/presentation.pdf`): the holder's
+/// invite token and the claims to disclose.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresentationRequest {
+    /// The invite token.
+    pub token: String,
+    /// The claims to disclose, by name; every other claim stays hidden.
+    pub disclose: Vec<String>,
+}
+
+redacted_debug!(PresentationRequest {
+    shown: [disclose],
+    secret: [token]
+});
+
+/// A presentation: the certificate with only the chosen claims.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct Presentation {
+    /// The SD-JWT presentation.
+    pub presentation: String,
+    /// `ISSUER/verify#PRESENTATION`: opens the verify page on it.
+    pub link: String,
+    /// The link as a QR code, SVG.
+    pub qr_svg: String,
+    /// The QR code's version (1–40).
+    pub qr_version: u8,
+}
+
+redacted_debug!(Presentation {
+    shown: [qr_version],
+    secret: [presentation, link, qr_svg]
+});
+
+/// `POST /api/v1/certificates/verify`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyCertificateRequest {
+    /// The presentation, or a verify link holding it after `#`.
+    pub presentation: String,
+}
+
+redacted_debug!(VerifyCertificateRequest {
+    shown: [],
+    secret: [presentation]
+});
+
+/// What verification found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationOutcome {
+    /// Signed by this issuer, intact, within its validity, not revoked.
+    Valid,
+    /// Genuine, but revoked.
+    Revoked,
+    /// Not a certificate this issuer signed as shown, or past its validity: `reason` says why.
+    Invalid,
+}
+
+/// The answer of `POST /api/v1/certificates/verify`: exactly what the presentation proves.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct VerificationResult {
+    /// Valid, revoked or invalid.
+    pub outcome: VerificationOutcome,
+    /// Why it is invalid.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The issuer (`iss`).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The kind.
+    #[serde(default)]
+    pub kind: Option<CertificateKindName>,
+    /// When it was issued.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub issued_at: Option<OffsetDateTime>,
+    /// Until when it verifies.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub valid_until: Option<OffsetDateTime>,
+    /// Exactly the disclosed claims.
+    #[serde(default)]
+    pub disclosed: Vec<CertificateClaim>,
+}
+
+redacted_debug!(VerificationResult {
+    shown: [outcome, reason, issuer, kind, issued_at, valid_until],
+    secret: [disclosed]
+});

@@ -346,6 +346,18 @@ pub async fn named_invites(
     rows.into_iter().map(invite_from_row).collect()
 }
 
+/// The invite with this id.
+pub async fn invite_by_id(
+    db: impl AnyExecutor<'_>,
+    invite_id: Uuid,
+) -> anyhow::Result<Option<InviteRecord>> {
+    let row = sqlx::query(&format!("{SELECT_INVITE} WHERE i.id = $1"))
+        .bind(invite_id.to_string())
+        .fetch_optional(db)
+        .await?;
+    row.map(invite_from_row).transpose()
+}
+
 /// The invite with this token hash.
 pub async fn invite_by_token(
     db: impl AnyExecutor<'_>,

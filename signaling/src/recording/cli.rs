@@ -277,12 +277,39 @@ pub async fn shred(state: &AppState, id: Uuid) -> anyhow::Result<()> {
 /// the old versions destroyed. Needs the vault to itself (the service stopped).
 pub async fn rotate_keys(config: &Config) -> anyhow::Result<consult_vault::Rotation> {
     let vault_dir = config.data_dir.join("vault");
+    let pool = crate::db::open_configured(config).await?;
+    // Certificates keep their sealed content in the database: re-wrapped and stored in the
+    // same rotation, before the old versions are destroyed (a failure keeps them).
+    let documents = crate::certificates::rows::all_sealed(&pool).await?;
+    let runtime = tokio::runtime::Handle::current();
+    let rows_pool = pool.clone();
     let rotation = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let vault = Vault::open_exclusive(&vault_dir)?;
-        Ok(vault.rotate_keys()?)
+        let malformed = |e: String| consult_vault::VaultError::Malformed(e);
+        let rotation = vault.rotate_keys_with(|rewrap| {
+            let mut rewrapped = Vec::with_capacity(documents.len());
+            for (id, text) in &documents {
+                let sealed: consult_vault::SealedDocument = serde_json::from_str(text)
+                    .map_err(|e| malformed(format!("certificate {id}: {e}")))?;
+                let again = serde_json::to_string(&rewrap(*id, &sealed)?)
+                    .map_err(|e| malformed(e.to_string()))?;
+                rewrapped.push((*id, again));
+            }
+            runtime
+                .block_on(async {
+                    let mut tx = crate::db::write_transaction(&rows_pool).await?;
+                    for (id, sealed) in &rewrapped {
+                        crate::certificates::rows::replace_sealed(&mut *tx, *id, sealed).await?;
+                    }
+                    tx.commit().await?;
+                    anyhow::Ok(())
+                })
+                .map_err(|e| malformed(format!("storing re-wrapped certificates: {e:#}")))?;
+            Ok(rewrapped.len())
+        })?;
+        Ok(rotation)
     })
     .await??;
-    let pool = crate::db::open_configured(config).await?;
     crate::audit::AuditLog::new(pool)
         .record(
             time::OffsetDateTime::now_utc(),

@@ -528,6 +528,13 @@ pub fn spawn_retention_job(state: AppState, interval: std::time::Duration) {
                 }
                 Err(e) => tracing::error!(error = format!("{e:#}"), "retention job failed"),
             }
+            match crate::certificates::apply_retention(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(destroyed = n, "retention: destroyed certificates"),
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "certificate retention job failed")
+                }
+            }
         }
     });
 }

@@ -983,6 +983,7 @@ async fn sign_in_sign_out_recovery_codes_redemption_keys_and_accounts_change_not
             email: "never@example.org".into(),
             display_name: "Never".into(),
             role: Role::Doctor,
+            licence_number: None,
         },
         "http://127.0.0.1",
         Duration::from_secs(3600),

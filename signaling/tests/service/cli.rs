@@ -631,3 +631,148 @@ fn certificate_verify_shows_exactly_what_is_disclosed_offline_and_refuses_forger
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("is not a JWKS"), "{out}");
 }
+
+/// The demo doctor signed in on `url`: the typed client and the session token.
+async fn demo_doctor(url: &str, data_dir: &Path) -> (consult_api_client::ApiClient, String) {
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("demo-credentials.json")).unwrap())
+            .unwrap();
+    let api = consult_api_client::ApiClient::new(url).unwrap();
+    let token = api
+        .sign_in(&consult_api_client::ClinicianLogin {
+            email: creds["email"].as_str().unwrap().into(),
+            password: creds["password"].as_str().unwrap().into(),
+            totp_secret: creds["totp_secret"].as_str().unwrap().into(),
+        })
+        .await
+        .unwrap();
+    (api, token)
+}
+
+fn attendance() -> consult_proto::api::IssueCertificateRequest {
+    let today = time::OffsetDateTime::now_utc().date();
+    let day = format!(
+        "{:04}-{:02}-{:02}",
+        today.year(),
+        u8::from(today.month()),
+        today.day()
+    );
+    consult_proto::api::IssueCertificateRequest {
+        kind: consult_proto::api::CertificateKindName::Attendance,
+        period_start: day.clone(),
+        period_end: day,
+        patient_name: "Ana Silva".into(),
+        restrictions: None,
+        diagnosis: None,
+        note: None,
+        invite_id: None,
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_issuer_key_still_verifies_old_certificates_and_key_rotation_keeps_them_readable()
+{
+    use consult_proto::api::VerificationOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    // The issuer stays the same across restarts (each on a port of its own).
+    let config = dir.path().join("consult.toml");
+    std::fs::write(
+        &config,
+        "[certificate]\nissuer = \"https://clinic.example\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (mut child, url, _) = serve(dir.path(), &["--demo", "--config", &config]);
+    let (api, token) = demo_doctor(&url, dir.path()).await;
+    let consultation = api
+        .create_consultation(&token, &Default::default())
+        .await
+        .unwrap();
+    let invite = consultation
+        .invite_url
+        .unwrap()
+        .split_once('#')
+        .unwrap()
+        .1
+        .to_owned();
+    let old = api
+        .issue_certificate(&token, consultation.id, &attendance())
+        .await
+        .unwrap();
+    let old_link = api
+        .present_certificate(&invite, old.id, &["period", "clinician_licence"])
+        .await
+        .unwrap()
+        .link;
+    assert!(old_link.starts_with("https://clinic.example/verify#"));
+    let jwks = |url: String| async move {
+        reqwest::get(format!(
+            "{}/.well-known/jwks.json",
+            url.trim_end_matches('/')
+        ))
+        .await
+        .unwrap()
+        .json::<consult_certificate::Jwks>()
+        .await
+        .unwrap()
+    };
+    let old_kid = jwks(url.clone()).await.keys[0].kid.clone();
+
+    // Not while the service runs: it keeps the key in memory.
+    let refused = consult(&["certificate", "rotate-key"], dir.path());
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(terminate(&mut child).success());
+    for args in [["certificate", "rotate-key"], ["keys", "rotate"]] {
+        let out = consult(&args, dir.path());
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let (mut child, url, _) = serve(dir.path(), &["--demo", "--config", &config]);
+    let (api, token) = demo_doctor(&url, dir.path()).await;
+    let keys = jwks(url.clone()).await;
+    assert_eq!(keys.keys.len(), 2, "the retired key is still published");
+    assert!(keys.find(&old_kid).is_some());
+    let result = api.verify_certificate(&old_link).await.unwrap();
+    assert_eq!(
+        result.outcome,
+        VerificationOutcome::Valid,
+        "{:?}",
+        result.reason
+    );
+    // Still readable by its holder after the key-encryption keys were rotated.
+    let held = api.held_certificates(&invite).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].id, old.id);
+    // A new certificate is signed with the new key.
+    let new = api
+        .issue_certificate(&token, consultation.id, &attendance())
+        .await
+        .unwrap();
+    let shown = api.present_certificate(&invite, new.id, &[]).await.unwrap();
+    let header = shown.presentation.split('.').next().unwrap().to_owned();
+    let header: serde_json::Value = {
+        use base64::Engine as _;
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(header)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_ne!(header["kid"], old_kid.as_str());
+    assert!(keys.find(header["kid"].as_str().unwrap()).is_some());
+    // Both are in the audit trail.
+    let export = consult(&["audit", "export"], dir.path());
+    let text = String::from_utf8_lossy(&export.stdout);
+    assert!(text.contains("certificate_key_rotated") && text.contains("keys_rotated"));
+    assert!(terminate(&mut child).success());
+}

@@ -5,6 +5,7 @@
 mod alerts;
 mod api;
 mod backup;
+mod certificates;
 mod cli;
 mod common;
 mod dependencies;

@@ -196,6 +196,30 @@ impl TestService {
         again
     }
 
+    /// Stop the service, run `between` on its configuration (an operator's command on a stopped
+    /// service: key rotation), and start it again on the same data directory, address and
+    /// clock.
+    pub async fn restart_after<F, Fut>(self, between: F) -> Self
+    where
+        F: FnOnce(Config) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let Self {
+            running,
+            clock,
+            base,
+            mut config,
+            dir,
+            ..
+        } = self;
+        config.bind = running.addr;
+        running.shutdown(Duration::from_secs(1)).await.unwrap();
+        between(config.clone()).await;
+        let again = Self::launch(config, clock, dir).await;
+        assert_eq!(again.base, base, "the same address");
+        again
+    }
+
     /// Stop this node at once, as a killed process stops (see `RunningServer::stop_now`).
     pub async fn kill(self) {
         self.running.stop_now().await;
@@ -236,6 +260,8 @@ impl TestService {
             email: email.into(),
             display_name: format!("Dr {}", email.split('@').next().unwrap()),
             role,
+            licence_number: (role == Role::Doctor)
+                .then(|| format!("LIC-{}", email.split('@').next().unwrap())),
         };
         let created = accounts::create_user(
             &state.pool,
