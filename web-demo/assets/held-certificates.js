@@ -2,8 +2,9 @@
 /**
  * The patient's certificates, on the page the consultation ends on (and whenever the invite link
  * is opened again, for as long as the service lets it fetch them): each certificate's claims as
- * checkboxes — the patient chooses what to show, and the diagnosis is never shown unless they
- * tick it — then a link and its QR code to send or show, or a printable PDF carrying the code.
+ * checkboxes — the patient chooses what to show (the period at first; the diagnosis never unless
+ * they tick it; the signing clinician always) — then a link and its QR code to send or show, or a
+ * printable PDF carrying the code.
  *
  * While the page is open it looks for new certificates every few seconds for half an hour, so a
  * certificate the doctor signs after the call appears without reloading.
@@ -16,8 +17,14 @@ import { announce, byId, h, showError, svgDataUrl } from "./ui.js";
 
 /** @typedef {import('./protocol.js').HeldCertificate} HeldCertificate */
 
-/** Disclosed unless the patient unticks them: what any reader of a certificate needs. */
-const SHOWN_BY_DEFAULT = new Set(["period", "clinician_name", "clinician_licence"]);
+/** Ticked at first: what an employer usually needs. */
+const SHOWN_BY_DEFAULT = new Set(["period"]);
+/**
+ * Shown in every presentation this page makes: who signed it, which any reader needs to trust
+ * it. (They are disclosures like the others in the certificate itself, so a wallet could leave
+ * them out.)
+ */
+const ALWAYS_SHOWN = new Set(["clinician_name", "clinician_licence"]);
 /** Claims marked as confidential next to their checkbox. */
 const CONFIDENTIAL = new Set(["diagnosis", "note"]);
 /** How often, and for how long, the page looks for new certificates. */
@@ -97,11 +104,13 @@ export class HeldCertificatesPanel {
         testid: `disclose-${claim.name}`,
         attrs: { type: "checkbox", id: `disclose-${id}-${claim.name}`, value: claim.name },
       });
-      box.checked = SHOWN_BY_DEFAULT.has(claim.name);
+      box.checked = SHOWN_BY_DEFAULT.has(claim.name) || ALWAYS_SHOWN.has(claim.name);
+      box.disabled = ALWAYS_SHOWN.has(claim.name);
       const label = h("label", { attrs: { for: box.id } }, [
         h("strong", { text: `${claimLabel(claim.name)}: ` }),
         claimText(claim),
         ...(CONFIDENTIAL.has(claim.name) ? [h("span", { className: "hint-inline", text: " (confidential)" })] : []),
+        ...(ALWAYS_SHOWN.has(claim.name) ? [h("span", { className: "hint-inline", text: " (always shown: who signed it)" })] : []),
       ]);
       return h("li", { className: "disclose-choice" }, [box, label]);
     });

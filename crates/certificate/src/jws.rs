@@ -1,12 +1,12 @@
-//! JWS compact serialisation with the issuer's ES256 key (ring), its public JWK and a JWKS.
+//! The issuer's ES256 key (generated and kept as PKCS#8 with ring), its public JWK and a JWKS,
+//! and JWS signing and verification with the `jsonwebtoken` crate (aws-lc-rs backend), behind
+//! header checks stricter than a general JWT library makes: ES256 only, the expected `typ`, no
+//! `crit`, and a `kid` whose key is the one its id names.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::rand::SystemRandom;
-use ring::signature::{
-    EcdsaKeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
-    ECDSA_P256_SHA256_FIXED_SIGNING,
-};
+use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
@@ -106,7 +106,7 @@ impl IssuerKey {
         }
     }
 
-    /// `header.payload.signature`, signed.
+    /// `header.payload.signature`, signed (`jsonwebtoken`'s ES256 over the JOSE signing input).
     pub(crate) fn sign_compact(
         &self,
         header: &Value,
@@ -117,11 +117,11 @@ impl IssuerKey {
             b64(header.to_string().as_bytes()),
             b64(payload.to_string().as_bytes())
         );
-        let signature = self
-            .pair
-            .sign(&SystemRandom::new(), input.as_bytes())
-            .map_err(|_| CertificateError::Issuing("signing failed".into()))?;
-        Ok(format!("{input}.{}", b64(signature.as_ref())))
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8);
+        let signature =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::ES256)
+                .map_err(|_| CertificateError::Issuing("signing failed".into()))?;
+        Ok(format!("{input}.{signature}"))
     }
 }
 
@@ -156,8 +156,9 @@ pub struct PublicJwk {
 }
 
 impl PublicJwk {
-    /// Check a signature over `input` with this key.
-    fn verifies(&self, input: &[u8], signature: &[u8]) -> Result<(), CertificateError> {
+    /// This key for `jsonwebtoken`, once it is shown to be a P-256 ES256 key and the key its id
+    /// names (a JWKS entry cannot borrow another key's id).
+    fn decoding_key(&self) -> Result<jsonwebtoken::DecodingKey, CertificateError> {
         if self.kty != "EC" || self.crv != "P-256" || self.alg != "ES256" {
             return Err(CertificateError::Unsupported(format!(
                 "key {} is {} {} {}",
@@ -174,20 +175,14 @@ impl PublicJwk {
                 self.kid
             )));
         }
-        // The key must be the one its id names: a JWKS entry cannot borrow another key's id.
         if thumbprint(&x, &y) != self.kid {
             return Err(CertificateError::Malformed(format!(
                 "key {} is not the key its id names",
                 self.kid
             )));
         }
-        let mut point = Vec::with_capacity(65);
-        point.push(4);
-        point.extend_from_slice(&x);
-        point.extend_from_slice(&y);
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
-            .verify(input, signature)
-            .map_err(|_| CertificateError::BadSignature)
+        jsonwebtoken::DecodingKey::from_ec_components(&self.x, &self.y)
+            .map_err(|_| CertificateError::Malformed(format!("key {} has a bad point", self.kid)))
     }
 }
 
@@ -219,7 +214,7 @@ pub(crate) fn verify_compact(
     typ: &str,
 ) -> Result<VerifiedJws, CertificateError> {
     let mut parts = jws.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
+    let (Some(header), Some(_payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(CertificateError::Malformed(
@@ -251,12 +246,27 @@ pub(crate) fn verify_compact(
     let key = jwks
         .find(kid)
         .ok_or_else(|| CertificateError::UnknownKey(shown(kid)))?;
-    let signature = unb64(signature, "the signature")?;
-    key.verifies(format!("{header}.{payload}").as_bytes(), &signature)?;
-    let payload_json = json_object(&unb64(payload, "the payload")?, "the payload")?;
+    let decoding_key = key.decoding_key()?;
+    // Strict base64url for the signature (jsonwebtoken's decoder would also take padding).
+    unb64(signature, "the signature")?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    // Validity is the caller's to check, against its own clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let verified = jsonwebtoken::decode::<Map<String, Value>>(jws, &decoding_key, &validation)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature
+            | jsonwebtoken::errors::ErrorKind::InvalidEcdsaKey => CertificateError::BadSignature,
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                CertificateError::Unsupported("algorithm".into())
+            }
+            _ => CertificateError::Malformed("the signed part does not decode".into()),
+        })?;
     Ok(VerifiedJws {
         kid: key.kid.clone(),
-        payload: payload_json,
+        payload: verified.claims,
     })
 }
 

@@ -1,18 +1,98 @@
-//! SD-JWT (RFC 9901): salted disclosures of top-level claims, their SHA-256 digests signed in
-//! `_sd` beside decoys, presentations that keep only some disclosures, and strict verification.
+//! SD-JWT (RFC 9901) on the `sd-jwt-payload` crate: salted disclosures of top-level claims,
+//! their SHA-256 digests signed in `_sd` beside decoys ([`SdJwtBuilder`]), presentations that
+//! conceal the claims not chosen, and decoding of what is disclosed. Around it, what a verifier
+//! of medical certificates must refuse and a general library lets through: a key-binding JWT
+//! (Consult's certificates are bearer documents), a disclosure given twice, a disclosure whose
+//! digest the issuer did not sign (named, not merely counted), array-element disclosures, short
+//! salts, reserved names, oversized input.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
-use ring::rand::{SecureRandom as _, SystemRandom};
-use serde_json::{json, Map, Value};
+use sd_jwt_payload::{Hasher, JsonObject, JwsSigner, SdJwtBuilder};
+use serde_json::{Map, Value};
 
-use crate::jws::{b64, sha256_b64, unb64, verify_compact, IssuerKey, Jwks};
+use crate::jws::{sha256_b64, verify_compact, IssuerKey, Jwks};
 use crate::CertificateError;
 
 /// Longest presentation accepted (bytes): a certificate is a few kilobytes.
 pub(crate) const MAX_PRESENTATION: usize = 64 * 1024;
 /// Most disclosures accepted in one presentation.
 const MAX_DISCLOSURES: usize = 64;
+
+/// SHA-256 for `sd-jwt-payload`, from ring (the crate's own needs `iota-crypto`).
+struct Sha256;
+
+impl Hasher for Sha256 {
+    fn digest(&self, input: &[u8]) -> Vec<u8> {
+        ring::digest::digest(&ring::digest::SHA256, input)
+            .as_ref()
+            .to_vec()
+    }
+
+    fn alg_name(&self) -> &str {
+        "sha-256"
+    }
+}
+
+/// The issuer's key as `sd-jwt-payload`'s signer: the whole compact JWS.
+struct Signer<'a>(&'a IssuerKey);
+
+#[async_trait::async_trait]
+impl JwsSigner for Signer<'_> {
+    type Error = CertificateError;
+
+    async fn sign(
+        &self,
+        header: &JsonObject,
+        payload: &JsonObject,
+    ) -> Result<Vec<u8>, Self::Error> {
+        self.0
+            .sign_compact(
+                &Value::Object(header.clone()),
+                &Value::Object(payload.clone()),
+            )
+            .map(String::into_bytes)
+    }
+}
+
+/// The output of a future that never waits (signing in memory), or `None` if it would.
+fn ready<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// A JSON pointer to a top-level claim (RFC 6901 escaping).
+fn pointer(name: &str) -> String {
+    format!("/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
+fn library_error(e: sd_jwt_payload::Error) -> CertificateError {
+    use sd_jwt_payload::Error as E;
+    match e {
+        E::DuplicateDigestError(_) => {
+            CertificateError::Malformed("a digest is signed twice".into())
+        }
+        E::ClaimCollisionError(name) => CertificateError::Malformed(format!(
+            "{} is both visible and disclosed",
+            crate::jws::shown(&name)
+        )),
+        E::UnusedDisclosures(_) => CertificateError::UnsignedDisclosure("a disclosure".into()),
+        E::InvalidDisclosure(_) => {
+            CertificateError::Malformed("a disclosure does not decode".into())
+        }
+        E::InvalidHasher(_) => CertificateError::Unsupported("digest algorithm".into()),
+        _ => CertificateError::Malformed("not an SD-JWT".into()),
+    }
+}
 
 /// One disclosure: a salted claim, as `base64url([salt, name, value])`. Its `Debug` shows the
 /// claim's name only.
@@ -35,40 +115,15 @@ impl std::fmt::Debug for Disclosure {
 }
 
 impl Disclosure {
-    /// A new disclosure of `name: value` with a fresh 128-bit salt.
-    fn new(name: &str, value: Value, rng: &SystemRandom) -> Result<Self, CertificateError> {
-        let mut salt = [0u8; 16];
-        rng.fill(&mut salt)
-            .map_err(|_| CertificateError::Issuing("no randomness".into()))?;
-        let encoded = b64(json!([b64(&salt), name, value]).to_string().as_bytes());
-        Ok(Self {
-            encoded,
-            name: name.to_owned(),
-            value,
-        })
-    }
-
-    /// Decode a disclosure as received.
-    fn parse(encoded: &str) -> Result<Self, CertificateError> {
-        let bytes = unb64(encoded, "a disclosure")?;
-        let Ok(Value::Array(mut items)) = serde_json::from_slice::<Value>(&bytes) else {
-            return Err(CertificateError::Malformed(
-                "a disclosure is not a JSON array".into(),
-            ));
-        };
-        if items.len() != 3 {
+    /// From `sd-jwt-payload`'s, refusing what certificates never hold: array elements, salts
+    /// under 128 bits (22 base64url characters), reserved names.
+    fn from_library(d: &sd_jwt_payload::Disclosure) -> Result<Self, CertificateError> {
+        let Some(name) = d.claim_name.clone() else {
             return Err(CertificateError::Malformed(
                 "a disclosure is not [salt, name, value] (array elements are not used)".into(),
             ));
-        }
-        let value = items.pop().unwrap_or(Value::Null);
-        let (Some(Value::String(name)), Some(Value::String(salt))) = (items.pop(), items.pop())
-        else {
-            return Err(CertificateError::Malformed(
-                "a disclosure's salt or name is not a string".into(),
-            ));
         };
-        if salt.len() < 16 {
+        if d.salt.len() < 16 {
             return Err(CertificateError::Malformed(
                 "a disclosure's salt is too short".into(),
             ));
@@ -79,9 +134,9 @@ impl Disclosure {
             )));
         }
         Ok(Self {
-            encoded: encoded.to_owned(),
+            encoded: d.as_str().to_owned(),
             name,
-            value,
+            value: d.claim_value.clone(),
         })
     }
 
@@ -107,36 +162,33 @@ impl SdJwt {
     pub(crate) fn issue(
         key: &IssuerKey,
         typ: &str,
-        mut visible: Map<String, Value>,
+        visible: Map<String, Value>,
         disclosable: Vec<(&str, Value)>,
         decoys: usize,
     ) -> Result<Self, CertificateError> {
-        let rng = SystemRandom::new();
-        let mut disclosures = Vec::with_capacity(disclosable.len());
-        let mut digests = Vec::with_capacity(disclosable.len() + decoys);
-        for (name, value) in disclosable {
-            if visible.contains_key(name) {
+        let issuing = |e: sd_jwt_payload::Error| CertificateError::Issuing(e.to_string());
+        let mut object = visible;
+        for (name, value) in &disclosable {
+            if object.insert((*name).to_owned(), value.clone()).is_some() {
                 return Err(CertificateError::Issuing(format!(
                     "{name} is both visible and disclosable"
                 )));
             }
-            let disclosure = Disclosure::new(name, value, &rng)?;
-            digests.push(disclosure.digest());
-            disclosures.push(disclosure);
         }
-        for _ in 0..decoys {
-            let mut random = [0u8; 32];
-            rng.fill(&mut random)
-                .map_err(|_| CertificateError::Issuing("no randomness".into()))?;
-            digests.push(sha256_b64(&random));
+        let mut builder =
+            SdJwtBuilder::new_with_hasher(Value::Object(object), Sha256).map_err(issuing)?;
+        for (name, _) in &disclosable {
+            builder = builder.make_concealable(&pointer(name)).map_err(issuing)?;
         }
-        // Sorted: the order says nothing about which digest is which.
-        digests.sort();
-        visible.insert("_sd".into(), json!(digests));
-        visible.insert("_sd_alg".into(), json!("sha-256"));
-        let header = json!({"alg": "ES256", "typ": typ, "kid": key.kid()});
-        let jwt = key.sign_compact(&header, &Value::Object(visible))?;
-        Ok(Self { jwt, disclosures })
+        let builder = builder
+            .add_decoys("", decoys)
+            .map_err(issuing)?
+            .header("typ", typ)
+            .header("kid", key.kid());
+        let issued = ready(builder.finish(&Signer(key), "ES256"))
+            .ok_or_else(|| CertificateError::Issuing("signing did not finish".into()))?
+            .map_err(issuing)?;
+        Self::parse(&issued.presentation())
     }
 
     /// The compact form: `jwt~disclosure~…~` (the trailing `~`: no key binding JWT).
@@ -156,50 +208,60 @@ impl SdJwt {
             return Err(CertificateError::Malformed("too long".into()));
         }
         let compact = compact.trim();
-        let Some(body) = compact.strip_suffix('~') else {
+        if !compact.ends_with('~') {
             return Err(CertificateError::Malformed(
                 "does not end in ~ (truncated, or it carries a key binding JWT, which Consult does not use)"
                     .into(),
             ));
-        };
-        let mut parts = body.split('~');
-        let jwt = parts.next().unwrap_or_default().to_owned();
+        }
+        if compact.matches('~').count() > MAX_DISCLOSURES + 1 {
+            return Err(CertificateError::Malformed("too many disclosures".into()));
+        }
+        let jwt = compact.split('~').next().unwrap_or_default().to_owned();
         if jwt.is_empty() {
             return Err(CertificateError::Malformed("no signed part".into()));
         }
-        let disclosures = parts
-            .map(Disclosure::parse)
-            .collect::<Result<Vec<_>, _>>()?;
-        if disclosures.len() > MAX_DISCLOSURES {
-            return Err(CertificateError::Malformed("too many disclosures".into()));
+        let parsed = sd_jwt_payload::SdJwt::parse(compact).map_err(library_error)?;
+        if parsed.key_binding_jwt().is_some() {
+            return Err(CertificateError::Malformed(
+                "carries a key binding JWT, which Consult does not use".into(),
+            ));
         }
+        let disclosures = parsed
+            .disclosures()
+            .iter()
+            .map(Disclosure::from_library)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { jwt, disclosures })
     }
 
-    /// The same SD-JWT with only the disclosures of these claims.
+    /// The same SD-JWT with only the disclosures of these claims (the others concealed with
+    /// `sd-jwt-payload`'s presentation builder).
     pub fn keep(&self, names: &[&str]) -> Result<Self, CertificateError> {
         for name in names {
             if !self.disclosures.iter().any(|d| d.name == *name) {
                 return Err(CertificateError::NoSuchClaim((*name).to_owned()));
             }
         }
-        Ok(Self {
-            jwt: self.jwt.clone(),
-            disclosures: self
-                .disclosures
-                .iter()
-                .filter(|d| names.contains(&d.name.as_str()))
-                .cloned()
-                .collect(),
-        })
+        let parsed = sd_jwt_payload::SdJwt::parse(&self.to_compact()).map_err(library_error)?;
+        let mut presentation = parsed.into_presentation(&Sha256).map_err(library_error)?;
+        for d in &self.disclosures {
+            if !names.contains(&d.name.as_str()) {
+                presentation = presentation
+                    .conceal(&pointer(&d.name))
+                    .map_err(library_error)?;
+            }
+        }
+        let (kept, _) = presentation.finish();
+        Self::parse(&kept.presentation())
     }
 
     /// Verify the issuer's signature and every disclosure. A disclosure whose digest the issuer
     /// did not sign, or one given twice, fails the whole presentation.
     pub(crate) fn verify(&self, jwks: &Jwks, typ: &str) -> Result<VerifiedSdJwt, CertificateError> {
         let verified = verify_compact(&self.jwt, jwks, typ)?;
-        let mut payload = verified.payload;
-        match payload.remove("_sd_alg") {
+        let payload = verified.payload;
+        match payload.get("_sd_alg") {
             Some(Value::String(alg)) if alg == "sha-256" => {}
             other => {
                 return Err(CertificateError::Unsupported(format!(
@@ -207,46 +269,50 @@ impl SdJwt {
                 )));
             }
         }
-        let signed: Vec<String> = match payload.remove("_sd") {
+        let signed: Vec<&str> = match payload.get("_sd") {
             Some(Value::Array(items)) => items
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s),
-                    _ => Err(CertificateError::Malformed(
-                        "a digest is not a string".into(),
-                    )),
+                .iter()
+                .map(|v| {
+                    v.as_str().ok_or_else(|| {
+                        CertificateError::Malformed("a digest is not a string".into())
+                    })
                 })
                 .collect::<Result<_, _>>()?,
             None => Vec::new(),
             Some(_) => return Err(CertificateError::Malformed("_sd is not an array".into())),
         };
-        let signed_set: HashSet<&str> = signed.iter().map(String::as_str).collect();
+        let signed_set: HashSet<&str> = signed.iter().copied().collect();
         if signed_set.len() != signed.len() {
             return Err(CertificateError::Malformed(
                 "a digest is signed twice".into(),
             ));
         }
-        let mut used = HashSet::new();
-        let mut disclosed = Map::new();
+        // Named here (the library only counts them), and duplicates refused (the library
+        // would fold two copies of one disclosure into one).
+        let mut seen = HashSet::new();
         for d in &self.disclosures {
-            let digest = d.digest();
-            if !signed_set.contains(digest.as_str()) {
+            if !signed_set.contains(d.digest().as_str()) {
                 return Err(CertificateError::UnsignedDisclosure(d.name.clone()));
             }
-            if !used.insert(digest) || disclosed.contains_key(&d.name) {
+            if !seen.insert(d.name.as_str()) {
                 return Err(CertificateError::DuplicateDisclosure(d.name.clone()));
             }
-            if payload.contains_key(&d.name) {
-                return Err(CertificateError::Malformed(format!(
-                    "{} is both visible and disclosed",
-                    d.name
-                )));
+        }
+        let decoded = sd_jwt_payload::SdJwt::parse(&self.to_compact())
+            .map_err(library_error)?
+            .into_disclosed_object(&Sha256)
+            .map_err(library_error)?;
+        let (mut visible, mut disclosed) = (Map::new(), Map::new());
+        for (name, value) in decoded {
+            if seen.contains(name.as_str()) {
+                disclosed.insert(name, value);
+            } else {
+                visible.insert(name, value);
             }
-            disclosed.insert(d.name.clone(), d.value.clone());
         }
         Ok(VerifiedSdJwt {
             kid: verified.kid,
-            visible: payload,
+            visible,
             disclosed,
         })
     }
@@ -262,7 +328,20 @@ pub(crate) struct VerifiedSdJwt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jws::IssuerKey;
+    use crate::jws::{b64, unb64, IssuerKey};
+    use serde_json::json;
+
+    /// A disclosure made by hand: `[salt, name, value]` with a 128-bit salt.
+    fn test_disclosure(name: &str, value: Value) -> Disclosure {
+        use ring::rand::SecureRandom as _;
+        let mut salt = [0u8; 16];
+        ring::rand::SystemRandom::new().fill(&mut salt).expect("random");
+        Disclosure {
+            encoded: b64(json!([b64(&salt), name, value]).to_string().as_bytes()),
+            name: name.to_owned(),
+            value,
+        }
+    }
 
     const TYP: &str = "dc+sd-jwt";
 
@@ -294,8 +373,7 @@ mod tests {
     #[test]
     fn crafted_payloads_the_issuer_signed_are_still_refused_when_malformed() {
         let key = IssuerKey::generate().expect("key");
-        let rng = SystemRandom::new();
-        let name = Disclosure::new("name", json!("Ana"), &rng).expect("disclosure");
+        let name = test_disclosure("name", json!("Ana"));
         let header = json!({"alg": "ES256", "typ": TYP, "kid": key.kid()});
         let good = json!({"iss": "x", "_sd": [name.digest()], "_sd_alg": "sha-256"});
         assert!(check(&signed(&key, header.clone(), good, &[&name]), &key).is_ok());

@@ -259,6 +259,20 @@ pub async fn issue(
             format!("a certificate covers at most {MAX_PERIOD_DAYS} days"),
         ));
     }
+    let today = state.clock.now().date();
+    let reach = time::Duration::days(MAX_PERIOD_DAYS);
+    if today
+        .checked_sub(reach)
+        .is_some_and(|earliest| end < earliest)
+        || today
+            .checked_add(reach)
+            .is_some_and(|latest| start > latest)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_certificate",
+            format!("the period must lie within {MAX_PERIOD_DAYS} days of today"),
+        ));
+    }
     let content = CertificateContent {
         kind: kind_of(req.kind),
         period_start: start,
@@ -272,8 +286,18 @@ pub async fn issue(
     };
     let now = state.clock.now();
     let config = &state.config.certificate;
-    let after_period = end.next_day().unwrap_or(end).midnight().assume_utc();
-    let valid_until = after_period + config.valid_after_period;
+    let valid_until = end
+        .next_day()
+        .map(|day| day.midnight().assume_utc())
+        .and_then(|after| {
+            after.checked_add(time::Duration::try_from(config.valid_after_period).ok()?)
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_certificate",
+                "the period ends too far in the future",
+            )
+        })?;
     let issuer = &state.certificates;
     let certificate_id = Uuid::new_v4();
 
@@ -324,8 +348,12 @@ pub async fn issue(
         kind: req.kind,
         issued_at: now,
         valid_until,
-        holder_until: now + config.holder_access,
-        retain_until: now + config.retention,
+        holder_until: now.saturating_add(
+            time::Duration::try_from(config.holder_access).unwrap_or(time::Duration::MAX),
+        ),
+        retain_until: now.saturating_add(
+            time::Duration::try_from(config.retention).unwrap_or(time::Duration::MAX),
+        ),
         status_index,
         kid: issuer.key().kid(),
         sealed: &sealed,
