@@ -41,6 +41,9 @@ command -v restic >/dev/null || missing+=(restic)
 # The emulated networks (consult-netem): namespaces, veth and tbf from iproute2, drops from nftables.
 command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
+# Medical certificates' PDFs are read back: their text (poppler) and their QR code (zbar).
+command -v pdftotext >/dev/null || missing+=(poppler-utils)
+command -v zbarimg >/dev/null || missing+=(zbar-tools)
 if ! $quick; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v turnserver >/dev/null || missing+=(coturn)

@@ -80,6 +80,18 @@ enum CertificateCommand {
         #[arg(long)]
         status_list: Option<PathBuf>,
     },
+    /// Revoke a certificate as the operator, with a reason (kept in the audit trail): named by
+    /// its id (from the audit trail) or by a presentation of it (the SD-JWT or a verify link),
+    /// which must verify against this issuer first. Verifiers see it as revoked at once.
+    Revoke {
+        #[command(flatten)]
+        location: Location,
+        /// The certificate's id, or a presentation or verify link of it.
+        certificate: String,
+        /// Why it is revoked.
+        #[arg(long)]
+        reason: String,
+    },
     /// A new issuer signing key (ES256, kept in the vault's keyring): certificates are signed
     /// with it from the next start. The old private key is destroyed; its public key stays in
     /// the JWKS, so certificates it signed still verify. Stop the service first. Audited.
@@ -539,6 +551,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             jwks,
             status_list,
         }) => verify_certificate(&presentation, &issuer, &jwks, status_list.as_deref()),
+        Command::Certificate(CertificateCommand::Revoke {
+            location,
+            certificate,
+            reason,
+        }) => {
+            let config = location.load()?;
+            init_logging("warn");
+            let revoked =
+                consult_signaling::certificates::revoke_as_operator(&config, &certificate, &reason)
+                    .await?;
+            println!(
+                "certificate {} of consultation {} revoked",
+                revoked.id, revoked.consultation_id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Certificate(CertificateCommand::RotateKey { location }) => {
             let config = location.load()?;
             init_logging("warn");

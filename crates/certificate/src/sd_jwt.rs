@@ -19,6 +19,9 @@ use crate::CertificateError;
 
 /// Longest presentation accepted (bytes): a certificate is a few kilobytes.
 pub(crate) const MAX_PRESENTATION: usize = 64 * 1024;
+/// Salt of each disclosure: 128 random bits, as RFC 9901 recommends (the library's default is
+/// 240, which only makes the QR code larger).
+const SALT_BYTES: usize = 16;
 /// Most disclosures accepted in one presentation.
 const MAX_DISCLOSURES: usize = 64;
 
@@ -176,7 +179,8 @@ impl SdJwt {
             }
         }
         let mut builder =
-            SdJwtBuilder::new_with_hasher(Value::Object(object), Sha256).map_err(issuing)?;
+            SdJwtBuilder::new_with_hasher_and_salt_size(Value::Object(object), Sha256, SALT_BYTES)
+                .map_err(issuing)?;
         for (name, _) in &disclosable {
             builder = builder.make_concealable(&pointer(name)).map_err(issuing)?;
         }
@@ -335,7 +339,9 @@ mod tests {
     fn test_disclosure(name: &str, value: Value) -> Disclosure {
         use ring::rand::SecureRandom as _;
         let mut salt = [0u8; 16];
-        ring::rand::SystemRandom::new().fill(&mut salt).expect("random");
+        ring::rand::SystemRandom::new()
+            .fill(&mut salt)
+            .expect("random");
         Disclosure {
             encoded: b64(json!([b64(&salt), name, value]).to_string().as_bytes()),
             name: name.to_owned(),

@@ -421,6 +421,79 @@ pub async fn list(
     Ok(Json(CertificateList { certificates }))
 }
 
+/// A revocation reason as given, trimmed: 1 to 500 characters, no control characters.
+fn checked_reason(raw: &str) -> Result<String, ApiError> {
+    let reason = raw.trim();
+    if reason.is_empty()
+        || reason.chars().count() > MAX_REASON_CHARS
+        || reason.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_reason",
+            format!("give a reason of 1 to {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
+/// `consult certificate revoke`: the operator (an administrator at the command line) revokes a
+/// certificate named by its id (from the audit trail) or by a presentation of it (a verify
+/// link someone showed them, checked against this issuer first). Audited as the operator.
+pub async fn revoke_as_operator(
+    config: &crate::config::Config,
+    target: &str,
+    reason: &str,
+) -> anyhow::Result<CertificateRecord> {
+    let reason = checked_reason(reason).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = crate::db::open_configured(config).await?;
+    let record = match Uuid::parse_str(target.trim()) {
+        Ok(id) => rows::find(&pool, id).await?,
+        Err(_) => {
+            let vault = crate::recording::open_vault(config).await?;
+            let issuer = config
+                .certificate
+                .issuer
+                .clone()
+                .unwrap_or_else(|| crate::server::public_url(config, config.bind));
+            let issuer = issuer::CertificateIssuer::load(&vault, issuer)?;
+            let verified = consult_certificate::verify(
+                presentation_in(target),
+                issuer.issuer(),
+                issuer.jwks(),
+                OffsetDateTime::now_utc(),
+            )
+            .map_err(|e| anyhow::anyhow!("not a certificate of this issuer: {e}"))?;
+            let status = verified
+                .status
+                .filter(|s| s.uri == issuer.status_list_uri())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("the certificate names no status list of this issuer")
+                })?;
+            rows::by_status_index(&pool, status.idx).await?
+        }
+    }
+    .ok_or_else(|| anyhow::anyhow!("no such certificate"))?;
+    let now = OffsetDateTime::now_utc();
+    let actor = Actor::Operator;
+    let audit = crate::audit::AuditLog::new(pool.clone());
+    let mut tx = audit.begin().await?;
+    if !rows::revoke(tx.connection(), record.id, &actor, &reason, now).await? {
+        anyhow::bail!("certificate {} was already revoked", record.id);
+    }
+    tx.record(
+        now,
+        &actor,
+        Action::CertificateRevoked,
+        Some(record.consultation_id),
+        json!({ "certificate_id": record.id, "reason": reason }),
+    )
+    .await?;
+    tx.commit().await?;
+    rows::find(&pool, record.id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no such certificate"))
+}
+
 /// `POST /api/v1/certificates/{id}/revoke`: its consultation's clinicians or an administrator
 /// revoke a certificate, with a reason; the status list says so from then on.
 #[utoipa::path(post, path = "/api/v1/certificates/{id}/revoke", tag = "certificates",
@@ -437,16 +510,8 @@ pub async fn revoke(
     ApiJson(req): ApiJson<RevokeCertificateRequest>,
 ) -> Result<Json<CertificateSummary>, ApiError> {
     let actor = Actor::User(current.user.id);
-    let reason = req.reason.trim();
-    if reason.is_empty()
-        || reason.chars().count() > MAX_REASON_CHARS
-        || reason.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            format!("give a reason of 1 to {MAX_REASON_CHARS} characters"),
-        ));
-    }
+    let reason = checked_reason(&req.reason)?;
+    let reason = reason.as_str();
     let record = rows::find(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound("certificate"))?;
@@ -469,7 +534,7 @@ pub async fn revoke(
     }
     let now = state.clock.now();
     let mut tx = state.audit.begin().await?;
-    if !rows::revoke(tx.connection(), id, current.user.id, reason, now).await? {
+    if !rows::revoke(tx.connection(), id, &actor, reason, now).await? {
         return Err(ApiError::conflict(
             "certificate_revoked",
             "this certificate was already revoked",

@@ -201,11 +201,12 @@ pub async fn of_consultation(
     rows.into_iter().map(from_row).collect()
 }
 
-/// Mark a certificate revoked; false if it already was (or is not there).
+/// Mark a certificate revoked by `by` (kept as the audit trail names actors); false if it
+/// already was (or is not there).
 pub async fn revoke(
     db: &mut AnyConnection,
     id: Uuid,
-    by: Uuid,
+    by: &crate::audit::Actor,
     reason: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {

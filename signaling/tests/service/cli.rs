@@ -770,9 +770,49 @@ async fn a_rotated_issuer_key_still_verifies_old_certificates_and_key_rotation_k
     };
     assert_ne!(header["kid"], old_kid.as_str());
     assert!(keys.find(header["kid"].as_str().unwrap()).is_some());
-    // Both are in the audit trail.
+    // The operator revokes the old one from the link someone showed them, while it runs.
+    let revoke = |target: &str| {
+        consult(
+            &[
+                "certificate",
+                "revoke",
+                target,
+                "--reason",
+                "reported lost",
+                "--config",
+                &config,
+            ],
+            dir.path(),
+        )
+    };
+    let out = revoke(&old_link);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&old.id.to_string()));
+    let result = api.verify_certificate(&old_link).await.unwrap();
+    assert_eq!(result.outcome, VerificationOutcome::Revoked);
+    // Not twice; not a link cut short; not another issuer's certificate.
+    let again = revoke(&old.id.to_string());
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already revoked"));
+    let cut = revoke(&old_link[..old_link.len() / 2]);
+    assert!(!cut.status.success());
+    assert!(String::from_utf8_lossy(&cut.stderr).contains("not a certificate of this issuer"));
+    assert_eq!(
+        api.verify_certificate(&shown.link).await.unwrap().outcome,
+        VerificationOutcome::Valid,
+        "the other certificate is untouched"
+    );
+    // All of it is in the audit trail.
     let export = consult(&["audit", "export"], dir.path());
     let text = String::from_utf8_lossy(&export.stdout);
     assert!(text.contains("certificate_key_rotated") && text.contains("keys_rotated"));
+    assert!(
+        text.contains(r#""actor":"operator","action":"certificate_revoked""#),
+        "{text}"
+    );
     assert!(terminate(&mut child).success());
 }
