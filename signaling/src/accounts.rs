@@ -223,6 +223,11 @@ pub async fn create_user(
         .as_deref()
         .map(checked_licence_number)
         .transpose()?;
+    if licence.is_some() && role != Role::Doctor {
+        return Err(CreateUserError::Other(anyhow::anyhow!(
+            "only a clinician (role doctor) signs certificates: a licence number is for them"
+        )));
+    }
     let token = Token::generate();
     // The account, its enrolment link and the audit entry commit together.
     let mut tx = audit.begin().await?;

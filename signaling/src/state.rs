@@ -91,6 +91,13 @@ impl AppState {
             .issuer
             .clone()
             .unwrap_or_else(|| public_url.clone());
+        if config.certificate.issuer.is_none() && config.public_url.is_none() {
+            tracing::warn!(
+                issuer,
+                "medical certificates name an issuer taken from the bound address: set public_url \
+                 (or certificate.issuer) before issuing any, or they stop verifying when it changes"
+            );
+        }
         let certificates =
             crate::certificates::issuer::CertificateIssuer::load(&recordings.vault, issuer)?;
         let metrics = Metrics::new();

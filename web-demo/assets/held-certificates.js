@@ -81,6 +81,18 @@ export class HeldCertificatesPanel {
       }
       showError(this.error, err instanceof ApiError ? err.message : "Your certificates could not be fetched.");
     }
+    // A certificate no longer handed out (revoked, or past the link's time): its card says so
+    // and makes nothing more.
+    if (this.error.hidden) {
+      const current = new Set(held.map((c) => c.id));
+      for (const card of this.list.querySelectorAll("[data-id]")) {
+        if (!(card instanceof HTMLElement) || current.has(card.dataset.id ?? "") || card.dataset.gone) continue;
+        card.dataset.gone = "true";
+        for (const button of card.querySelectorAll("button")) /** @type {HTMLButtonElement} */ (button).disabled = true;
+        card.querySelector(".presentation")?.setAttribute("hidden", "");
+        card.append(h("p", { className: "notice", testid: "certificate-gone", text: "Your clinic revoked this certificate, or this link no longer fetches it." }));
+      }
+    }
     const fresh = held.filter((c) => !this.shown.has(c.id));
     for (const certificate of fresh.reverse()) {
       this.shown.add(certificate.id);

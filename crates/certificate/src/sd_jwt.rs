@@ -296,10 +296,14 @@ impl SdJwt {
         let mut seen = HashSet::new();
         for d in &self.disclosures {
             if !signed_set.contains(d.digest().as_str()) {
-                return Err(CertificateError::UnsignedDisclosure(d.name.clone()));
+                return Err(CertificateError::UnsignedDisclosure(crate::jws::shown(
+                    &d.name,
+                )));
             }
             if !seen.insert(d.name.as_str()) {
-                return Err(CertificateError::DuplicateDisclosure(d.name.clone()));
+                return Err(CertificateError::DuplicateDisclosure(crate::jws::shown(
+                    &d.name,
+                )));
             }
         }
         let decoded = sd_jwt_payload::SdJwt::parse(&self.to_compact())

@@ -1459,6 +1459,14 @@ impl Call {
         self.frames_encoded += 1;
     }
 
+    /// Send each datagram of the next video frame written ([`Call::write_video`]) `copies`
+    /// times on every connection (a picture in audio only, see `Peer::copy_next_video_frame`).
+    pub fn copy_next_video_frame(&mut self, copies: u8) {
+        for link in &mut self.links {
+            link.peer.copy_next_video_frame(copies);
+        }
+    }
+
     /// Send an encoded video frame to every participant media flows with (whose connection
     /// negotiated this codec) and, while recording, to the recorder. Nothing is sent before a
     /// connection is up.

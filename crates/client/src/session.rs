@@ -39,6 +39,9 @@ const MAX_CONCEALED_FRAMES: u64 = 50;
 
 /// In audio only, how long a picture is sent again after it (camera frames of it, a few bytes each).
 const STILL_REPEAT: Duration = Duration::from_millis(800);
+/// Copies of each datagram of a picture in audio only: at a fifth of packets lost, a packet is
+/// then lost 4 % of the time, and a two-packet keyframe arrives whole 92 % of the time, not 64 %.
+const PICTURE_COPIES: u8 = 2;
 /// What the session sends when the application gives it raw frames.
 #[derive(Debug, Clone, Copy)]
 pub struct VideoSendConfig {
@@ -850,6 +853,11 @@ impl Runner {
                 {
                     if step != Step::AudioOnly || force_keyframe {
                         self.video_sent_at = Some(now);
+                    }
+                    // The picture of audio only goes twice: the link is too weak for video, it
+                    // loses packets, and a keyframe is whole only if every packet arrives.
+                    if step == Step::AudioOnly && encoded.keyframe {
+                        self.call.copy_next_video_frame(PICTURE_COPIES);
                     }
                     self.call.video_encoded();
                     self.call.write_video(now, codec, &encoded.data)?;

@@ -371,8 +371,13 @@ pub struct Peer {
     /// the previous [`Stats`].
     media_bytes_sent: std::collections::HashMap<Mid, u64>,
     media_bytes_at_stats: u64,
-    /// Copies of the last SCTP datagram still to send.
+    /// Copies of datagrams still to send (SCTP, and a picture's), soonest first.
     copies_to_send: VecDeque<(Instant, Transmit)>,
+    /// Copies of each datagram of the next camera frame written ([`Peer::copy_next_video_frame`]).
+    next_frame_copies: u8,
+    /// The frame being copied: its copies per datagram, and the camera stream's SSRC; until the
+    /// datagram with the RTP marker bit (the frame's last).
+    copying_frame: Option<(u8, u32)>,
     /// Every open channel per label: after glare both sides may have created one, and data is
     /// accepted on any of them.
     chat_ids: Vec<ChannelId>,
@@ -503,6 +508,8 @@ impl Peer {
             file: None,
             redundancy,
             copies_to_send: VecDeque::new(),
+            next_frame_copies: 1,
+            copying_frame: None,
             media_bytes_sent: std::collections::HashMap::new(),
             media_bytes_at_stats: 0,
             chat_ids: Vec::new(),
@@ -828,7 +835,19 @@ impl Peer {
                         // Spaced a little, so a burst of loss takes fewer of them together.
                         for n in 1..self.redundancy.copies_of(transmit.contents.len()) {
                             let at = self.now + redundancy::COPY_SPACING * u32::from(n);
-                            self.copies_to_send.push_back((at, transmit.clone()));
+                            self.queue_copy(at, transmit.clone());
+                        }
+                    } else if let Some((copies, ssrc)) = self.copying_frame
+                        && redundancy::rtp_ssrc(&transmit.contents) == Some(ssrc)
+                    {
+                        // A picture's packets: spaced so that a queue overflowing at a tight cap
+                        // (tail drop) does not take a packet and its copy together.
+                        for n in 1..copies {
+                            let at = self.now + redundancy::PICTURE_COPY_SPACING * u32::from(n);
+                            self.queue_copy(at, transmit.clone());
+                        }
+                        if redundancy::rtp_marker(&transmit.contents) {
+                            self.copying_frame = None;
                         }
                     }
                     return Ok(Output::Transmit(transmit));
@@ -1367,7 +1386,14 @@ impl Peer {
     ) -> Result<(), PeerError> {
         let mid = self.video_mid.ok_or(PeerError::NotNegotiated("video"))?;
         self.configure_video_stream(mid);
-        self.write_video_on(mid, wallclock, rtp_time, codec, frame)
+        let copies = std::mem::replace(&mut self.next_frame_copies, 1);
+        self.write_video_on(mid, wallclock, rtp_time, codec, frame)?;
+        if copies > 1
+            && let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None)
+        {
+            self.copying_frame = Some((copies, *stream.ssrc()));
+        }
+        Ok(())
     }
 
     /// Send an encoded frame of the shared screen (see [`Peer::share_screen`]); the codec is
@@ -1388,6 +1414,20 @@ impl Peer {
         self.screen_stream_configured |=
             configure_video_stream(&mut self.rtc, mid, self.screen_stream_configured);
         self.write_video_on(mid, wallclock, rtp_time, codec, frame)
+    }
+
+    /// Send every datagram of the next camera frame written `copies` times (at most 4),
+    /// [`redundancy::PICTURE_COPY_SPACING`] apart: for the one picture every few seconds of audio
+    /// only, which must get through a link too weak for video. The remote's SRTP replay check
+    /// drops the copies it does not need, so this needs nothing from the other side.
+    pub fn copy_next_video_frame(&mut self, copies: u8) {
+        self.next_frame_copies = copies.clamp(1, 4);
+    }
+
+    /// A copy to send at `at`, in order of time.
+    fn queue_copy(&mut self, at: Instant, transmit: Transmit) {
+        let index = self.copies_to_send.partition_point(|(due, _)| *due <= at);
+        self.copies_to_send.insert(index, (at, transmit));
     }
 
     fn write_video_on(

@@ -65,6 +65,27 @@ pub const ASSUMED_ESTIMATE_BPS: u64 = 1_000_000;
 /// Most file bytes the pacing lets through at once (one 16 KiB chunk and its header fit).
 pub const FILE_BURST_BYTES: f64 = 20.0 * 1024.0;
 
+/// Time between the copies of a picture's datagram ([`crate::Peer::copy_next_video_frame`]):
+/// longer than a capped link's queue takes to take in a small keyframe, so that its tail drop
+/// does not take a packet and its copy together.
+pub const PICTURE_COPY_SPACING: Duration = Duration::from_millis(60);
+
+/// The SSRC of an SRTP (RTP) datagram, `None` for anything else (RTCP, DTLS, STUN): RFC 7983's
+/// first byte 128–191, a payload type outside RTCP's 64–95 (second byte 192–223).
+pub fn rtp_ssrc(datagram: &[u8]) -> Option<u32> {
+    let (first, second) = (*datagram.first()?, *datagram.get(1)?);
+    if !(128..=191).contains(&first) || (192..=223).contains(&second) {
+        return None;
+    }
+    let ssrc: [u8; 4] = datagram.get(8..12)?.try_into().ok()?;
+    Some(u32::from_be_bytes(ssrc))
+}
+
+/// Whether an RTP datagram has the marker bit: for video, the last packet of a frame.
+pub fn rtp_marker(datagram: &[u8]) -> bool {
+    datagram.get(1).is_some_and(|b| b & 0x80 != 0)
+}
+
 /// Whether a datagram carries the data channels: a DTLS application-data record (content type
 /// 23, RFC 7983 demultiplexing). DTLS handshakes, SRTP and STUN are never copied.
 pub fn is_sctp_datagram(datagram: &[u8]) -> bool {
@@ -189,6 +210,26 @@ impl DataRedundancy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_rtp_datagrams_have_an_ssrc_and_the_marker_is_read_from_them() {
+        // Version 2, marker, payload type 96, sequence 1, timestamp 2, SSRC 0x01020304.
+        let mut rtp = vec![0x80, 0x80 | 96, 0, 1, 0, 0, 0, 2, 1, 2, 3, 4, 0xaa];
+        assert_eq!(rtp_ssrc(&rtp), Some(0x0102_0304));
+        assert!(rtp_marker(&rtp));
+        rtp[1] = 96;
+        assert!(!rtp_marker(&rtp));
+        // RTCP (a receiver report, 201), DTLS, STUN and short datagrams have none.
+        let rtcp = [0x81, 201, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert_eq!(rtp_ssrc(&rtcp), None);
+        assert_eq!(rtp_ssrc(&[23, 0xfe, 0xfd, 0, 0, 0, 0, 0, 1, 2, 3, 4]), None);
+        assert_eq!(
+            rtp_ssrc(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4]),
+            None
+        );
+        assert_eq!(rtp_ssrc(&rtp[..11]), None);
+        assert_eq!(rtp_ssrc(&[]), None);
+    }
 
     #[test]
     fn copies_grow_with_loss_at_once_and_drop_back_after_a_few_clean_reports() {

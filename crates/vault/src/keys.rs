@@ -222,7 +222,7 @@ impl Keyring {
     fn parse(text: &str, path: &Path) -> Result<Self, VaultError> {
         let stored: StoredKeyring = serde_json::from_str(text)
             .map_err(|e| VaultError::BadKeyring(format!("{}: {e}", path.display())))?;
-        if stored.format != 1 {
+        if stored.format != 1 && stored.format != 2 {
             return Err(VaultError::BadKeyring(format!(
                 "keyring format {} is not supported",
                 stored.format
@@ -264,7 +264,9 @@ impl Keyring {
 
     fn save(&self) -> Result<(), VaultError> {
         let stored = StoredKeyring {
-            format: 1,
+            // 2 once it keeps signing keys: a build from before them refuses it by its format
+            // (saying so) rather than by an unknown field. One way: such a build cannot open it.
+            format: if self.signing_keys.is_empty() { 1 } else { 2 },
             current: self.current,
             keys: self
                 .keks

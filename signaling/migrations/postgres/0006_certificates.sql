@@ -17,9 +17,12 @@ CREATE TABLE certificates (
     sealed          TEXT,
     revoked_at      BIGINT,
     revoked_by      TEXT,
-    revoke_reason   TEXT
+    revoke_reason   TEXT,
+    -- When a fetch by the patient's link was last audited (at most hourly: the page polls).
+    holder_fetch_audited_at BIGINT
 );
 CREATE INDEX certificates_by_consultation ON certificates (consultation_id, issued_at);
+CREATE INDEX certificates_revoked ON certificates (status_index) WHERE revoked_at IS NOT NULL;
 
 -- The licence number a clinician signs certificates with, set by an operator.
 ALTER TABLE users ADD COLUMN licence_number TEXT;

@@ -115,24 +115,23 @@ impl CertificateIssuer {
         format!("{}/api/v1/certificates/status-list", self.issuer)
     }
 
-    /// The signed status list with `revoked` set, reused for a few seconds.
-    pub fn status_list_token(
-        &self,
-        revoked: impl FnOnce() -> anyhow::Result<Vec<u64>>,
-        now: OffsetDateTime,
-    ) -> anyhow::Result<String> {
-        let mut cached = self
+    /// The signed status list made in the last few seconds, if any.
+    pub fn cached_status_list(&self) -> Option<String> {
+        let cached = self
             .signed_status_list
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some((made, token)) = cached.as_ref()
-            && made.elapsed() < STATUS_LIST_REUSE
-        {
-            return Ok(token.clone());
-        }
+        cached
+            .as_ref()
+            .filter(|(made, _)| made.elapsed() < STATUS_LIST_REUSE)
+            .map(|(_, token)| token.clone())
+    }
+
+    /// Sign the status list with `revoked` set (and keep it for a few seconds).
+    pub fn sign_status_list(&self, revoked: &[u64], now: OffsetDateTime) -> anyhow::Result<String> {
         let mut list = StatusList::new(STATUS_LIST_BITS)?;
-        for idx in revoked()? {
-            list.revoke(idx)?;
+        for idx in revoked {
+            list.revoke(*idx)?;
         }
         let token = list.sign(
             &self.key,
@@ -141,7 +140,10 @@ impl CertificateIssuer {
             STATUS_LIST_TTL_SECS,
             STATUS_LIST_VALID_SECS,
         )?;
-        *cached = Some((Instant::now(), token.clone()));
+        *self
+            .signed_status_list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), token.clone()));
         Ok(token)
     }
 

@@ -42,6 +42,8 @@ use crate::state::AppState;
 const MAX_REASON_CHARS: usize = 500;
 /// Longest presentation (or verify link) accepted for verification.
 const MAX_PRESENTATION_BYTES: usize = 16 * 1024;
+/// A holder's fetches of one certificate are audited at most this often (its first always).
+const FETCH_AUDIT_EVERY: time::Duration = time::Duration::hours(1);
 /// Longest period a certificate covers.
 const MAX_PERIOD_DAYS: i64 = 366;
 
@@ -605,7 +607,9 @@ async fn held_by_token(
     let held = rows::held_by_invite(&state.pool, &invite)
         .await?
         .into_iter()
-        .filter(|c| c.holder_until > now && c.sealed.is_some())
+        // A revoked certificate is not handed out again: revoking is also how a clinician cuts
+        // off a link that reached the wrong person after the consultation ended.
+        .filter(|c| c.holder_until > now && c.sealed.is_some() && c.revoked_at.is_none())
         .collect();
     Ok((invite, held))
 }
@@ -637,18 +641,24 @@ pub async fn held(
             sd_jwt,
         });
     }
+    // Audited when a certificate is first fetched and then at most once per
+    // FETCH_AUDIT_EVERY: the patient's page asks every few seconds while it is open.
     if !certificates.is_empty() {
-        state
-            .audit
-            .record(
-                state.clock.now(),
+        let now = state.clock.now();
+        let mut tx = state.audit.begin().await?;
+        let ids: Vec<Uuid> = certificates.iter().map(|c| c.id).collect();
+        let due = rows::mark_fetch_audited(tx.connection(), &ids, now, FETCH_AUDIT_EVERY).await?;
+        if !due.is_empty() {
+            tx.record(
+                now,
                 &Actor::Anonymous,
                 Action::CertificateFetched,
                 Some(invite.consultation_id),
-                json!({ "invite_id": invite.id,
-                        "certificates": certificates.iter().map(|c| c.id).collect::<Vec<_>>() }),
+                json!({ "invite_id": invite.id, "certificates": due }),
             )
             .await?;
+            tx.commit().await?;
+        }
     }
     Ok(Json(HeldCertificates { certificates }))
 }
@@ -758,7 +768,8 @@ pub async fn presentation_pdf(
         claims: &claims,
         verify_page: &verify_page,
     };
-    let bytes = render::pdf(&printed, &qr);
+    let bytes = render::pdf(&printed, &qr)
+        .map_err(|e| ApiError::bad_request("presentation_too_long", e.to_string()))?;
     Ok((
         [
             (
@@ -913,11 +924,17 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
 /// `GET /api/v1/certificates/status-list`: the signed status list (IETF Token Status List,
 /// `application/statuslist+jwt`): bit `idx` set means revoked.
 pub async fn status_list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let revoked = rows::revoked_indices(&state.pool).await?;
-    let token = state
-        .certificates
-        .status_list_token(|| Ok(revoked), state.clock.now())
-        .map_err(ApiError::Internal)?;
+    // The signed list is reused for a few seconds: the database is asked only when it is stale.
+    let token = match state.certificates.cached_status_list() {
+        Some(token) => token,
+        None => {
+            let revoked = rows::revoked_indices(&state.pool).await?;
+            state
+                .certificates
+                .sign_status_list(&revoked, state.clock.now())
+                .map_err(ApiError::Internal)?
+        }
+    };
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -11,6 +11,9 @@ pub enum RenderError {
     /// The link does not fit in the largest QR code.
     #[error("the presentation is too long for a QR code: disclose fewer or shorter claims")]
     TooLongForQr,
+    /// The disclosed claims and the code do not fit on one page.
+    #[error("the disclosed claims do not fit on one printed page with the code: disclose fewer or shorter claims")]
+    TooLongForPage,
 }
 
 /// A verify link as a QR code.
@@ -107,7 +110,27 @@ fn wrapped(text: &str, width: usize) -> Vec<String> {
 
 /// The one-page PDF: title, issuer, kind, validity, the disclosed claims, and the QR code of
 /// the verify link with a line saying where to check it.
-pub fn pdf(printed: &PrintedCertificate<'_>, qr: &VerifyQr) -> Vec<u8> {
+pub fn pdf(printed: &PrintedCertificate<'_>, qr: &VerifyQr) -> Result<Vec<u8>, RenderError> {
+    // Everything above the code, measured first: what does not fit on the page is refused,
+    // never drawn over or cut off.
+    let claim_lines: usize = printed
+        .claims
+        .iter()
+        .map(|(_, text)| 1 + wrapped(text, WRAP_CHARS).len())
+        .sum();
+    let text_height = 20.0 * 1.45
+        + 6.0
+        + 10.0 * 1.45
+        + 13.0 * 1.45
+        + 10.0 * 1.45
+        + 8.0
+        + claim_lines as f32 * 10.0 * 1.45
+        + printed.claims.len() as f32 * 4.0;
+    let side = ((qr.code.width() + 8) as f32).max(1.0);
+    let code_height = (300.0 / side).max(1.2) * side;
+    if text_height + 12.0 + code_height + 30.0 > PAGE.1 - 2.0 * MARGIN {
+        return Err(RenderError::TooLongForPage);
+    }
     let (catalog, pages, page, font, bold, content, info) = (
         Ref::new(1),
         Ref::new(2),
@@ -220,7 +243,7 @@ pub fn pdf(printed: &PrintedCertificate<'_>, qr: &VerifyQr) -> Vec<u8> {
         &mut y,
     );
     pdf.stream(content, &c.finish());
-    pdf.finish()
+    Ok(pdf.finish())
 }
 
 #[cfg(test)]
@@ -240,6 +263,28 @@ mod tests {
             lines.concat().replace(' ', ""),
             format!("short{}end", "x".repeat(25))
         );
+    }
+
+    #[test]
+    fn claims_that_do_not_fit_on_the_page_are_refused_not_drawn_over() {
+        let qr = VerifyQr::new("https://clinic.example/verify#abc").unwrap();
+        let fits = [("Note".to_owned(), "A short note.".to_owned())];
+        let long = [("Note".to_owned(), "line\n".repeat(200))];
+        let printed = |claims: &'static [(String, String)]| PrintedCertificate {
+            issuer: "https://clinic.example",
+            kind: "Unfit for work",
+            issued_at: "1 December 2026",
+            valid_until: "1 December 2027",
+            claims,
+            verify_page: "https://clinic.example/verify",
+        };
+        let fits: &'static [(String, String)] = Box::leak(Box::new(fits));
+        let long: &'static [(String, String)] = Box::leak(Box::new(long));
+        assert!(pdf(&printed(fits), &qr).unwrap().starts_with(b"%PDF-"));
+        assert!(matches!(
+            pdf(&printed(long), &qr),
+            Err(RenderError::TooLongForPage)
+        ));
     }
 
     #[test]

@@ -247,6 +247,32 @@ pub async fn past_retention(
     rows.into_iter().map(from_row).collect()
 }
 
+/// Of these certificates, those whose holder fetch was not audited within `every` of `now`:
+/// marked audited now, and returned (to audit them in the same transaction).
+pub async fn mark_fetch_audited(
+    db: &mut AnyConnection,
+    ids: &[Uuid],
+    now: OffsetDateTime,
+    every: time::Duration,
+) -> anyhow::Result<Vec<Uuid>> {
+    let mut due = Vec::new();
+    for id in ids {
+        let marked = sqlx::query(
+            "UPDATE certificates SET holder_fetch_audited_at = $1 \
+             WHERE id = $2 AND (holder_fetch_audited_at IS NULL OR holder_fetch_audited_at <= $3)",
+        )
+        .bind(to_unix(now))
+        .bind(id.to_string())
+        .bind(to_unix(now - every))
+        .execute(&mut *db)
+        .await?;
+        if marked.rows_affected() == 1 {
+            due.push(*id);
+        }
+    }
+    Ok(due)
+}
+
 /// Destroy a certificate's sealed content (its data key with it).
 pub async fn clear_sealed(db: &mut AnyConnection, id: Uuid) -> anyhow::Result<()> {
     sqlx::query("UPDATE certificates SET sealed = NULL WHERE id = $1")

@@ -279,12 +279,13 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<consult_vault::Rotat
     let vault_dir = config.data_dir.join("vault");
     let pool = crate::db::open_configured(config).await?;
     // Certificates keep their sealed content in the database: re-wrapped and stored in the
-    // same rotation, before the old versions are destroyed (a failure keeps them).
-    let documents = crate::certificates::rows::all_sealed(&pool).await?;
+    // same rotation, before the old versions are destroyed (a failure keeps them). Read once
+    // the vault is ours alone, so that no service seals another meanwhile.
     let runtime = tokio::runtime::Handle::current();
     let rows_pool = pool.clone();
     let rotation = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let vault = Vault::open_exclusive(&vault_dir)?;
+        let documents = runtime.block_on(crate::certificates::rows::all_sealed(&rows_pool))?;
         let malformed = |e: String| consult_vault::VaultError::Malformed(e);
         let rotation = vault.rotate_keys_with(|rewrap| {
             let mut rewrapped = Vec::with_capacity(documents.len());

@@ -261,8 +261,62 @@ async fn a_revoked_certificate_verifies_as_revoked_online_and_from_the_status_li
     api.revoke_certificate(&admin.token, second.id, "clinic policy")
         .await
         .unwrap();
-    let held = api.held_certificates(&invite).await.unwrap();
-    assert!(held.iter().all(|c| c.state == CertificateState::Revoked));
+    // Revoked certificates are no longer handed to the link (revoking is also how a link that
+    // reached the wrong person stops fetching them).
+    assert!(api.held_certificates(&invite).await.unwrap().is_empty());
+    assert_eq!(
+        refusal(
+            api.present_certificate(&invite, first.id, &["period"])
+                .await
+        )
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn the_pages_polling_is_audited_once_an_hour_not_at_every_fetch() {
+    let svc = TestService::start().await;
+    let doctor = svc.doctor("dr.poll@example.org").await;
+    let (consultation, invite) = doctor.create_consultation().await;
+    let issued = svc
+        .api
+        .issue_certificate(&doctor.token, consultation.id, &sick_note())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(svc.api.held_certificates(&invite).await.unwrap().len(), 1);
+    }
+    assert_eq!(svc.audited_count("certificate_fetched").await, 1);
+    let entry = svc.audited("certificate_fetched", None).await;
+    assert_eq!(entry.detail["certificates"], serde_json::json!([issued.id]));
+    svc.clock.advance(Duration::from_secs(2 * 3600));
+    svc.api.held_certificates(&invite).await.unwrap();
+    svc.api.held_certificates(&invite).await.unwrap();
+    assert_eq!(svc.audited_count("certificate_fetched").await, 2);
+}
+
+#[tokio::test]
+async fn a_licence_number_is_for_clinicians_only() {
+    let svc = TestService::start().await;
+    let created = consult_signaling::accounts::create_user(
+        &svc.state().pool,
+        &svc.state().audit,
+        svc.clock.now(),
+        &consult_signaling::accounts::NewUser {
+            email: "admin.licence@example.org".into(),
+            display_name: "Admin".into(),
+            role: Role::Admin,
+            licence_number: Some("GMC 1".into()),
+        },
+        &svc.base,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let Err(e) = created else {
+        panic!("an administrator got a licence number")
+    };
+    assert!(e.to_string().contains("clinician"), "{e}");
 }
 
 #[tokio::test]
@@ -722,6 +776,36 @@ async fn the_pdf_carries_the_disclosed_claims_and_a_qr_code_of_the_verify_link()
     assert_eq!(names(&result.disclosed), disclose);
     let entry = svc.audited("certificate_presented", None).await;
     assert_eq!(entry.detail["format"], "pdf");
+
+    // A note of 150 short lines (its link still fits a QR code) does not fit on the page with
+    // the code: refused, not cut off.
+    let long = svc
+        .api
+        .issue_certificate(
+            &doctor.token,
+            consultation.id,
+            &IssueCertificateRequest {
+                note: Some("l\n".repeat(149) + "end"),
+                ..sick_note()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(
+            svc.api
+                .certificate_pdf(&invite, long.id, &["period", "note"])
+                .await
+        ),
+        (400, "presentation_too_long".into())
+    );
+    // Without the note it prints.
+    assert!(svc
+        .api
+        .certificate_pdf(&invite, long.id, &["period"])
+        .await
+        .unwrap()
+        .starts_with(b"%PDF-"));
 }
 
 #[tokio::test]

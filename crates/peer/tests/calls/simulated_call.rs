@@ -856,3 +856,69 @@ fn a_file_keeps_moving_over_ten_percent_loss_because_sctp_datagrams_go_three_tim
         "{without:?}"
     );
 }
+
+/// Pictures of audio only sent with their datagrams twice: on a link losing a quarter of its
+/// packets each arrives once (the receiver's SRTP replay check drops the copies it does not
+/// need), whole.
+#[test]
+fn a_pictures_datagrams_go_twice_and_it_arrives_once_whole() {
+    let mut results = Vec::new();
+    for copies in [1u8, 2] {
+        let lossy = Link {
+            loss: 0.25,
+            delay: Duration::from_millis(40),
+        };
+        let mut call = SimulatedCall::new(vp8_only(), vp8_only(), lossy, 7);
+        call.negotiate().unwrap();
+        assert!(
+            call.run_until(Duration::from_secs(30), |c| c.a.connected && c.b.connected)
+                .unwrap(),
+            "did not connect"
+        );
+        let mut pictures = Vec::new();
+        for index in 0..12u64 {
+            // As audio only sends it: the picture, then small frames of it for 800 ms.
+            let picture = vp8_frame(index, true);
+            let start = index * 360_000;
+            call.a.peer.copy_next_video_frame(copies);
+            call.a
+                .peer
+                .write_video(call.now(), start, VideoCodec::Vp8, &picture)
+                .unwrap();
+            pictures.push(picture);
+            for repeat in 1..=24u64 {
+                call.run_until(Duration::from_millis(33), |_| false).unwrap();
+                let mut small = vp8_frame(1000 + index * 100 + repeat, false);
+                small.truncate(120);
+                call.a
+                    .peer
+                    .write_video(call.now(), start + repeat * 3000, VideoCodec::Vp8, &small)
+                    .unwrap();
+            }
+            call.run_until(Duration::from_millis(3200), |_| false).unwrap();
+        }
+        let received: Vec<&Vec<u8>> = call
+            .b
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                PeerEvent::Frame(f) if f.keyframe => Some(&f.data),
+                _ => None,
+            })
+            .collect();
+        for picture in &pictures {
+            assert!(
+                received.iter().filter(|r| **r == picture).count() <= 1,
+                "a picture was delivered twice"
+            );
+        }
+        let whole = pictures.iter().filter(|p| received.contains(p)).count();
+        results.push((copies, call.a.sent, whole));
+    }
+    println!("(copies, datagrams sent, pictures whole of 12): {results:?}");
+    let [(_, _, whole_once), (_, _, whole_twice)] = results[..] else {
+        unreachable!()
+    };
+    assert!(whole_twice >= whole_once, "{results:?}");
+    assert_eq!(whole_twice, 12, "{results:?}");
+}
