@@ -887,7 +887,8 @@ fn a_pictures_datagrams_go_twice_and_it_arrives_once_whole() {
                 .unwrap();
             pictures.push(picture);
             for repeat in 1..=24u64 {
-                call.run_until(Duration::from_millis(33), |_| false).unwrap();
+                call.run_until(Duration::from_millis(33), |_| false)
+                    .unwrap();
                 let mut small = vp8_frame(1000 + index * 100 + repeat, false);
                 small.truncate(120);
                 call.a
@@ -895,7 +896,8 @@ fn a_pictures_datagrams_go_twice_and_it_arrives_once_whole() {
                     .write_video(call.now(), start + repeat * 3000, VideoCodec::Vp8, &small)
                     .unwrap();
             }
-            call.run_until(Duration::from_millis(3200), |_| false).unwrap();
+            call.run_until(Duration::from_millis(3200), |_| false)
+                .unwrap();
         }
         let received: Vec<&Vec<u8>> = call
             .b

@@ -126,6 +126,8 @@ struct Report {
     steps: Vec<(Instant, Step)>,
     /// When each 20 ms of audio from the other was decoded.
     audio_at: Vec<Instant>,
+    /// When each audio frame was sent.
+    audio_sent_at: Vec<Instant>,
 }
 
 impl Report {
@@ -267,6 +269,7 @@ impl NativePeer {
                     file_progress: (Instant::now(), 0),
                     steps: Vec::new(),
                     audio_at: Vec::new(),
+                    audio_sent_at: Vec::new(),
                 };
                 let mut file_at = None;
                 // The addresses are the namespace's own (and watched): bind_ips stays empty.
@@ -296,6 +299,7 @@ impl NativePeer {
                         _ = audio.tick(), if connected => {
                             if session.send_audio(tone.next_frame()).await.is_ok() {
                                 report.audio_sent += 1;
+                                report.audio_sent_at.push(Instant::now());
                             }
                         }
                         event = session.next_event() => match event {
@@ -461,15 +465,22 @@ fn figures(
     let frozen = patient
         .frozen_per_minute(until)
         .max(doctor.frozen_per_minute(until));
-    let audio_lost = |sent: u64, received: u64| {
+    // Audio lost one way, from the first frame that arrived: what was sent before the path
+    // carried anything (the handshakes, slow on a starved machine) is the first frame's delay,
+    // counted there, not loss. Everything after, outages included, counts.
+    let audio_lost = |from: &Report, to: &Report| {
+        let Some(first) = to.audio_at.first() else {
+            return 100.0;
+        };
+        let sent = from.audio_sent_at.iter().filter(|t| **t >= *first).count() as u64;
+        let received = to.audio_received.saturating_sub(1);
         if sent == 0 {
             100.0
         } else {
             (sent.saturating_sub(received)) as f64 * 100.0 / sent as f64
         }
     };
-    let lost = audio_lost(doctor.audio_sent, patient.audio_received)
-        .max(audio_lost(patient.audio_sent, doctor.audio_received));
+    let lost = audio_lost(doctor, patient).max(audio_lost(patient, doctor));
     let file = match (doctor.file_offered, patient.file_received) {
         (Some((offered, _)), Some((received, bytes))) => format!(
             "file {:.0} KiB/s",
