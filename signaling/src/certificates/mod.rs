@@ -130,6 +130,25 @@ async fn is_clinician_of(
             .is_some())
 }
 
+/// `user` as the actor on consultation `id`, if they are one of its clinicians; otherwise the
+/// refusal (audited) for what they `attempted`.
+async fn as_clinician_of(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+    attempted: &str,
+    reason: &'static str,
+) -> Result<Actor, ApiError> {
+    let actor = Actor::User(user);
+    let consultation = consultations::find(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("consultation"))?;
+    if !is_clinician_of(state, &consultation, user).await? {
+        return Err(refuse(state, &actor, id, attempted, reason).await);
+    }
+    Ok(actor)
+}
+
 /// A refusal of a signed-in clinician: audited, then `403` with the reason.
 async fn refuse(
     state: &AppState,
@@ -217,20 +236,14 @@ pub async fn issue(
     ApiJson(req): ApiJson<IssueCertificateRequest>,
 ) -> Result<(StatusCode, Json<CertificateSummary>), ApiError> {
     let user = &doctor.0.user;
-    let actor = Actor::User(user.id);
-    let consultation = consultations::find(&state.pool, id)
-        .await?
-        .ok_or(ApiError::NotFound("consultation"))?;
-    if !is_clinician_of(&state, &consultation, user.id).await? {
-        return Err(refuse(
-            &state,
-            &actor,
-            id,
-            "issue",
-            "only a clinician of this consultation may issue its certificates",
-        )
-        .await);
-    }
+    let actor = as_clinician_of(
+        &state,
+        user.id,
+        id,
+        "issue",
+        "only a clinician of this consultation may issue its certificates",
+    )
+    .await?;
     let Some(licence) = rows::licence_number(&state.pool, user.id).await? else {
         return Err(ApiError::conflict(
             "licence_number_missing",
@@ -389,21 +402,14 @@ pub async fn list(
     doctor: CurrentDoctor,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<CertificateList>, ApiError> {
-    let user = &doctor.0.user;
-    let actor = Actor::User(user.id);
-    let consultation = consultations::find(&state.pool, id)
-        .await?
-        .ok_or(ApiError::NotFound("consultation"))?;
-    if !is_clinician_of(&state, &consultation, user.id).await? {
-        return Err(refuse(
-            &state,
-            &actor,
-            id,
-            "list",
-            "only a clinician of this consultation may see its certificates",
-        )
-        .await);
-    }
+    let actor = as_clinician_of(
+        &state,
+        doctor.0.user.id,
+        id,
+        "list",
+        "only a clinician of this consultation may see its certificates",
+    )
+    .await?;
     let records = rows::of_consultation(&state.pool, id).await?;
     let mut certificates = Vec::with_capacity(records.len());
     for record in &records {
