@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { AUDIO_ONLY, BAD_SECONDS, FILE_SENDING_BPS, HOLD_MS, MAX_HOLD_MS, VIDEO_STEPS, VideoLadder } from "./assets/video-ladder.js";
+import { AUDIO_ONLY, BAD_SECONDS, bestStepFor, FILE_SENDING_BPS, HOLD_MS, MAX_HOLD_MS, SendLadder, VIDEO_STEPS, VideoLadder } from "./assets/video-ladder.js";
 
 /**
  * Feed one sample a second; returns the step after each.
@@ -159,4 +159,34 @@ test("while a file goes out the estimate judges nothing (the file takes what the
   // Heavy loss during a file still steps down.
   const lossy = new VideoLadder(0);
   assert.equal(feed(lossy, 0, repeat({ ...file, loss: 0.3 }, BAD_SECONDS)).at(-1), 1);
+});
+
+test("a camera going to three receivers or more goes at the reduced size and rate; the ladder's own step still rules when worse", async () => {
+  assert.deepEqual([1, 2, 3, 4].map(bestStepFor), [0, 0, 1, 1]);
+  /** @type {any[]} */
+  let encodings = [{ active: true }];
+  const sender = /** @type {any} */ ({
+    getParameters: () => ({ encodings: encodings.map((e) => ({ ...e })) }),
+    setParameters: async (/** @type {any} */ p) => {
+      encodings = p.encodings;
+    },
+  });
+  let receivers = 1;
+  const ladder = new SendLadder(/** @type {any} */ ({}), () => sender, () => 500_000, () => {}, () => bestStepFor(receivers));
+  await ladder.reapply();
+  assert.deepEqual(encodings, [{ active: true, scaleResolutionDownBy: 1, maxFramerate: 30, maxBitrate: 500_000 }], "1:1: full");
+  receivers = 3;
+  await ladder.reapply();
+  assert.deepEqual(encodings, [{ active: true, scaleResolutionDownBy: 2, maxFramerate: 15, maxBitrate: 500_000 }], "four in the call: half size, 15 fps, the share's bitrate");
+  // A weak link's step is worse than the group's: it rules.
+  ladder.applied = 2;
+  await ladder.reapply();
+  assert.equal(encodings[0].scaleResolutionDownBy, 4);
+  assert.equal(encodings[0].maxFramerate, 8);
+  assert.equal(encodings[0].maxBitrate, VIDEO_STEPS[2].maxBps);
+  receivers = 1;
+  ladder.applied = 0;
+  await ladder.reapply();
+  assert.equal(encodings[0].scaleResolutionDownBy, 1, "back to full once the others left");
+  ladder.stop();
 });

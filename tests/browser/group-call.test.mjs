@@ -197,6 +197,21 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
         assert.equal(await byTestId(p.page, "remote-tile").count(), 3, `${p.label}: three tiles`);
         assert.equal(await byTestId(p.page, "e2ee-peer").count(), 3, `${p.label}: three codes`);
       }
+      // Four in the call: every page sends its camera to each of the three others at half size and
+      // 15 frames a second (an encode per receiver), each copy with its share of the uplink.
+      for (const p of everyone) {
+        const shapes = await p.page.evaluate(() =>
+          Object.values(/** @type {any} */ (window).consultPcs).flatMap((pc) =>
+            /** @type {RTCPeerConnection} */ (pc)
+              .getSenders()
+              .filter((s) => s.track?.kind === "video" && s.track.contentHint !== "detail")
+              .flatMap((s) => s.getParameters().encodings),
+          ),
+        );
+        // (The link's own ladder may be lower still while the estimate ramps up: at most, never more.)
+        const atMostReduced = (/** @type {any} */ e) => e.scaleResolutionDownBy >= 2 && e.maxFramerate <= 15 && e.maxBitrate <= 500_000;
+        assert.ok(shapes.length === 3 && shapes.every(atMostReduced), `${p.label}: the camera's encodings ${JSON.stringify(shapes)}`);
+      }
       // The doctor compares the code with the interpreter and says it matches: that one, and only
       // that one, shows as verified.
       const withInterpreter = doctor.page.locator(`[data-testid="e2ee-peer"][data-peer-id="${idOf[2]}"]`);

@@ -5,7 +5,9 @@
  * negotiation" pattern (both sides add their tracks and may offer; the polite side rolls back its
  * own offer on glare; the service says which side of each pair is polite), with ICE restart per
  * connection when it fails. The sending bitrate of each connection's video is cut as the number
- * of connections grows ({@link videoBitrateFor}), so the uplink a sender needs stays about the same.
+ * of connections grows ({@link videoBitrateFor}), so the uplink a sender needs stays about the same,
+ * and from three receivers on the camera goes at half size and 15 frames a second
+ * (`bestStepFor` in `video-ladder.js`): every receiver costs the sender an encode of its own.
  *
  * `CallController` takes the peer-related signaling messages (`joined`, `admitted`, `peer_joined`,
  * `peer_presence`, `peer_left`, `description`, `candidate`) and keeps the connections; the page
@@ -40,7 +42,7 @@ import { applyVideoCodecPreferences, E2eeLink } from "./e2ee/call-e2ee.js";
 import { parseRecordingPublicKey, uuidBytes } from "./e2ee/recording-key.js";
 import { RecordingProtection } from "./e2ee/recording-protection.js";
 import { E2EE_CHANNEL_LABEL } from "./e2ee/schedule.js";
-import { AUDIO_ONLY, SendLadder, VIDEO_STEPS } from "./video-ladder.js";
+import { AUDIO_ONLY, bestStepFor, SendLadder, VIDEO_STEPS } from "./video-ladder.js";
 
 /**
  * Most bits per second a connection sends video at, by how many other participants there are: one
@@ -359,6 +361,8 @@ export class PeerLink {
     this.mediaAllowed = mediaAllowed;
     /** The connection's own video limit (its share of the uplink), set by `limitVideo`. */
     this.videoLimitBps = videoBitrateFor(1);
+    /** The best step the camera goes at on this connection (`bestStepFor` the receivers), set by `limitVideo`. */
+    this.videoBestStep = 0;
     const camera = sending?.getVideoTracks()[0] ?? null;
     /** Steps the camera's video down on a weak link and back up (none without a camera). */
     this.ladder = camera
@@ -367,6 +371,7 @@ export class PeerLink {
           () => pc.getSenders().find((s) => s.track === camera) ?? null,
           () => this.videoLimitBps,
           (step) => onVideoStep?.(step),
+          () => this.videoBestStep,
         )
       : null;
     /** Recent seconds' decoded pictures and audio packets from the other side. */
@@ -708,12 +713,16 @@ export class PeerLink {
   }
 
   /**
-   * Send video at most at this many bits per second (no renegotiation: the encoder's parameters).
-   * @param {number} bps
+   * Send video as a call with this many receivers of it allows: at most `videoBitrateFor` them
+   * bits per second, and the camera at most at `bestStepFor` them (no renegotiation: the
+   * encoder's parameters).
+   * @param {number} receivers
    */
-  async limitVideo(bps) {
+  async limitVideo(receivers) {
     if (this.closed) return;
+    let bps = videoBitrateFor(receivers);
     this.videoLimitBps = bps;
+    this.videoBestStep = bestStepFor(receivers);
     // The ladder owns the camera's parameters (its step and this limit, one change at a time).
     if (this.ladder) {
       await this.ladder.reapply();
@@ -1180,12 +1189,12 @@ export class CallController {
   }
 
   /**
-   * Every connection sends video at the rate its share of the uplink allows.
+   * Every connection sends video at the rate its share of the uplink allows, and at the size a
+   * call of this many allows.
    * @private
    */
   limitVideo() {
-    const bps = videoBitrateFor(this.links.size);
-    for (const link of this.links.values()) void link.limitVideo(bps);
+    for (const link of this.links.values()) void link.limitVideo(this.links.size);
   }
 
   /**
@@ -1247,7 +1256,7 @@ export class CallController {
         if (this.links.get(peerId) !== l) return;
         if (l.mediaState === "connected") {
           this.setIceProblem(null);
-          void l.limitVideo(videoBitrateFor(this.links.size));
+          void l.limitVideo(this.links.size);
         }
         const troubled = ["disconnected", "failed"];
         if (troubled.includes(l.pc.iceConnectionState) || troubled.includes(l.pc.connectionState)) this.onMediaTrouble();

@@ -45,6 +45,23 @@ export const VIDEO_STEPS = Object.freeze([
 
 /** The audio-only step's index. */
 export const AUDIO_ONLY = VIDEO_STEPS.length - 1;
+
+/** From this many receivers of one camera on, it goes at most at the reduced step's size and rate. */
+export const GROUP_REDUCED_FROM = 3;
+
+/**
+ * The best step (an index into `VIDEO_STEPS`) a camera is sent at when it goes to this many
+ * receivers. In a mesh each receiver gets an encode of its own, and decodes one from each of the
+ * others: from three receivers on (a call of four) the camera goes at half the width and height and
+ * 15 frames a second — a quarter of the pixels and half the frames for every encode and every
+ * decode, so four people on ordinary laptops keep moving video. The bitrate each copy gets is
+ * `videoBitrateFor`'s (`call.js`). This is a shape, not a judgement of the link:
+ * the ladder still decides from the link, and the page explains only what the link does.
+ * @param {number} receivers
+ */
+export function bestStepFor(receivers) {
+  return receivers >= GROUP_REDUCED_FROM ? 1 : 0;
+}
 /** Loss (fraction, as reported by the other side) at which video steps down whatever the estimate. */
 export const BAD_LOSS = 0.25;
 /** Loss at or below which a second counts as good for stepping up. */
@@ -196,12 +213,16 @@ export class SendLadder {
    * @param {() => RTCRtpSender | null} cameraSender The camera's sender (not a shared screen's).
    * @param {() => number} linkBps The connection's own video limit (shared among receivers).
    * @param {(step: VideoStep) => void} onStep A new step is in force.
+   * @param {() => number} [bestStep] The best step the camera may go at on this connection
+   *   ({@link bestStepFor} the number of receivers); the size and frame rate sent are the worse of
+   *   it and the ladder's step.
    */
-  constructor(pc, cameraSender, linkBps, onStep) {
+  constructor(pc, cameraSender, linkBps, onStep, bestStep = () => 0) {
     this.pc = pc;
     this.cameraSender = cameraSender;
     this.linkBps = linkBps;
     this.onStep = onStep;
+    this.bestStep = bestStep;
     this.ladder = new VideoLadder(Date.now());
     this.applied = 0;
     this.busy = false;
@@ -287,10 +308,11 @@ export class SendLadder {
    */
   async apply(index) {
     const step = VIDEO_STEPS[index];
+    const shape = VIDEO_STEPS[Math.max(index, Math.min(this.bestStep(), AUDIO_ONLY))];
     await this.change((parameters) => {
       for (const encoding of parameters.encodings) {
-        encoding.scaleResolutionDownBy = step.scaleResolutionDownBy;
-        encoding.maxFramerate = step.maxFramerate;
+        encoding.scaleResolutionDownBy = shape.scaleResolutionDownBy;
+        encoding.maxFramerate = shape.maxFramerate;
         encoding.maxBitrate = Math.min(this.linkBps(), step.maxBps);
         encoding.active = true;
       }

@@ -1283,6 +1283,7 @@ impl Call {
                 VideoSource::Screen => &mut link.screen_gate,
             };
             if !gate.admit(codec, &frame) {
+                tracing::debug!(source = ?frame.source, "a frame that cannot be decoded: waiting for a keyframe");
                 self.request_keyframe_of(from, frame.source, self.now);
                 return;
             }

@@ -857,6 +857,7 @@ impl Runner {
                     // The picture of audio only goes twice: the link is too weak for video, it
                     // loses packets, and a keyframe is whole only if every packet arrives.
                     if step == Step::AudioOnly && encoded.keyframe {
+                        tracing::debug!(bytes = encoded.data.len(), "audio only: a picture");
                         self.call.copy_next_video_frame(PICTURE_COPIES);
                     }
                     self.call.video_encoded();

@@ -35,7 +35,7 @@ pub const VP8_DELTA_CLEAR_BYTES: usize = 3;
 /// The high bit of the trailer byte that ends every protected H.264 NAL unit; its low bits
 /// carry the unit's clear length, which the receiver cannot infer when a unit is shorter than
 /// its usual clear part (the SFrame header or tag then follow the clear bytes directly).
-const H264_TRAILER: u8 = 0x80;
+pub(crate) const H264_TRAILER: u8 = 0x80;
 
 /// What kind of frame is protected, which decides what stays in the clear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,7 +80,7 @@ pub enum FormatError {
     Sframe(#[from] SframeError),
 }
 
-fn vp8_clear_len(first_byte: u8) -> usize {
+pub(crate) fn vp8_clear_len(first_byte: u8) -> usize {
     if first_byte & 1 == 0 {
         VP8_KEYFRAME_CLEAR_BYTES
     } else {
@@ -174,47 +174,67 @@ impl<'a> ProtectedFrame<'a> {
 }
 
 /// Where each NAL unit of an Annex-B frame lies: the bytes before it (start code) and the unit.
-struct NalUnit {
+#[derive(Debug, Clone)]
+pub(crate) struct NalUnit {
     /// The start code (with any zero bytes before it) preceding the unit.
-    lead: Range<usize>,
+    pub(crate) lead: Range<usize>,
     /// The unit, header byte first.
-    unit: Range<usize>,
+    pub(crate) unit: Range<usize>,
 }
 
 /// Split an Annex-B access unit at its start codes.
 fn split_annexb(frame: &[u8]) -> Result<Vec<NalUnit>, FormatError> {
-    let mut codes = Vec::new(); // (first zero of the start code, first byte after 00 00 01)
+    let mut units = Vec::new();
+    split_annexb_into(frame, &mut units)?;
+    Ok(units)
+}
+
+/// [`split_annexb`] into `units` (cleared first), reusing its allocation.
+pub(crate) fn split_annexb_into(frame: &[u8], units: &mut Vec<NalUnit>) -> Result<(), FormatError> {
+    units.clear();
+    // Each start code: its first zero, and the first byte after `00 00 01`.
+    let mut previous: Option<(usize, usize)> = None;
     for i in memchr::memmem::find_iter(frame, &[0, 0, 1]) {
         let mut start = i;
         while start > 0 && frame[start - 1] == 0 {
             start -= 1;
         }
-        codes.push((start, i + 3));
-    }
-    match codes.first() {
-        Some((0, _)) => {}
-        _ => {
-            return Err(FormatError::MalformedH264(
-                "does not start with a start code",
-            ))
+        match previous {
+            None if start != 0 => {
+                return Err(FormatError::MalformedH264(
+                    "does not start with a start code",
+                ))
+            }
+            None => {}
+            Some((lead_start, unit_start)) => {
+                if start <= unit_start {
+                    return Err(FormatError::MalformedH264("empty NAL unit"));
+                }
+                units.push(NalUnit {
+                    lead: lead_start..unit_start,
+                    unit: unit_start..start,
+                });
+            }
         }
+        previous = Some((start, i + 3));
     }
-    let mut units = Vec::with_capacity(codes.len());
-    for (n, &(lead_start, unit_start)) in codes.iter().enumerate() {
-        let unit_end = codes.get(n + 1).map_or(frame.len(), |next| next.0);
-        if unit_end <= unit_start {
-            return Err(FormatError::MalformedH264("empty NAL unit"));
-        }
-        units.push(NalUnit {
-            lead: lead_start..unit_start,
-            unit: unit_start..unit_end,
-        });
+    let Some((lead_start, unit_start)) = previous else {
+        return Err(FormatError::MalformedH264(
+            "does not start with a start code",
+        ));
+    };
+    if frame.len() <= unit_start {
+        return Err(FormatError::MalformedH264("empty NAL unit"));
     }
-    Ok(units)
+    units.push(NalUnit {
+        lead: lead_start..unit_start,
+        unit: unit_start..frame.len(),
+    });
+    Ok(())
 }
 
 /// How many leading bytes of a NAL unit stay clear, or `None` if the whole unit does.
-fn h264_clear_len(header: u8) -> Option<usize> {
+pub(crate) fn h264_clear_len(header: u8) -> Option<usize> {
     match header & 0x1f {
         // SPS, PPS, access unit delimiter, end of sequence, end of stream, filler.
         7..=12 => None,
@@ -224,13 +244,14 @@ fn h264_clear_len(header: u8) -> Option<usize> {
     }
 }
 
-fn trailing_zeros(bytes: &[u8]) -> usize {
+pub(crate) fn trailing_zeros(bytes: &[u8]) -> usize {
     bytes.iter().rev().take_while(|b| **b == 0).count().min(2)
 }
 
 /// Emulation prevention: insert `03` after `00 00` when the next byte is `00`–`03`. `zeros` is
-/// the number of zero bytes just before `bytes` (at most 2 matter).
-fn escape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) {
+/// the number of zero bytes just before `bytes` (at most 2 matter); the same count after them, to
+/// escape what follows as one stream with them.
+pub(crate) fn escape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) -> usize {
     out.reserve(bytes.len() + bytes.len() / 128 + 2);
     let mut i = 0;
     while i < bytes.len() {
@@ -248,7 +269,7 @@ fn escape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) {
         match memchr::memchr(0, &bytes[i..]) {
             None => {
                 out.extend_from_slice(&bytes[i..]);
-                return;
+                return 0;
             }
             Some(k) => {
                 out.extend_from_slice(&bytes[i..=i + k]);
@@ -257,11 +278,19 @@ fn escape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) {
             }
         }
     }
+    zeros
 }
 
 /// Undo [`escape_into`]: drop each `03` that follows `00 00`.
-fn unescape(mut zeros: usize, bytes: &[u8]) -> Vec<u8> {
+fn unescape(zeros: usize, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
+    unescape_into(zeros, bytes, &mut out);
+    out
+}
+
+/// [`unescape`], appending to `out`.
+pub(crate) fn unescape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len());
     let mut i = 0;
     // Byte by byte while zeros from the clear part are still behind us...
     while i < bytes.len() && zeros > 0 {
@@ -282,12 +311,11 @@ fn unescape(mut zeros: usize, bytes: &[u8]) -> Vec<u8> {
         from = at + 3;
     }
     out.extend_from_slice(&rest[from..]);
-    out
 }
 
 /// The metadata of an H.264 frame: every unit's clear bytes and piece length, so that moving
 /// bytes between units, or between clear and encrypted, fails authentication.
-fn push_unit_metadata(metadata: &mut Vec<u8>, clear: &[u8], piece_len: Option<usize>) {
+pub(crate) fn push_unit_metadata(metadata: &mut Vec<u8>, clear: &[u8], piece_len: Option<usize>) {
     metadata.push(u8::from(piece_len.is_some()));
     metadata.extend_from_slice(&(clear.len() as u32).to_be_bytes());
     metadata.extend_from_slice(clear);

@@ -150,6 +150,7 @@
 //! the last one accepted from that sender are refused as replays.
 
 pub mod format;
+pub mod in_place;
 pub mod recording_key;
 pub mod sas;
 pub mod schedule;

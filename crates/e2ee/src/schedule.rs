@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::format::{self, FormatError, MediaFormat, ProtectedFrame};
+use crate::format::{FormatError, MediaFormat};
+use crate::in_place::FrameBuffers;
 use crate::sas::{commitment, key_hash, transcript_hash, Fingerprint, Sas};
 use crate::sframe::{BaseKey, ReceiverKey, SenderKey, Suite};
 use crate::wire::{AbortReason, KeyMessage, WireError};
@@ -315,6 +316,9 @@ pub struct KeySchedule {
     /// Key messages that arrived before [`KeySchedule::connect`] (the remote's channel can be
     /// faster than ours), handled once it is called.
     early: VecDeque<String>,
+    /// Scratch space of the frame formats, kept between frames.
+    outgoing: FrameBuffers,
+    incoming: FrameBuffers,
 }
 
 const EXPIRED_KIDS_REMEMBERED: usize = 64;
@@ -335,6 +339,8 @@ impl KeySchedule {
             receive: HashMap::new(),
             remote_epoch: 0,
             expired: VecDeque::new(),
+            outgoing: FrameBuffers::default(),
+            incoming: FrameBuffers::default(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: E2eeStats::default(),
@@ -879,10 +885,24 @@ impl KeySchedule {
     /// current key. [`E2eeError::NoSendKey`] until keys are agreed: drop the frame.
     pub fn protect(
         &mut self,
-        _now: Instant,
+        now: Instant,
         format: MediaFormat,
         frame: &[u8],
     ) -> Result<Vec<u8>, E2eeError> {
+        let mut out = Vec::new();
+        self.protect_into(now, format, frame, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`KeySchedule::protect`], into `out` (its contents replaced): with a buffer kept from
+    /// frame to frame, nothing is allocated per frame.
+    pub fn protect_into(
+        &mut self,
+        _now: Instant,
+        format: MediaFormat,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), E2eeError> {
         let max = self.config.max_counter;
         let announced = self.pending.is_some();
         let Some(send) = self.send.as_mut() else {
@@ -894,7 +914,9 @@ impl KeySchedule {
         } else {
             (&send.media, &mut send.media_ctr)
         };
-        let sealed = format::protect(format, key, *ctr, frame).map_err(E2eeError::Format)?;
+        self.outgoing
+            .protect(format, key, *ctr, frame, out)
+            .map_err(E2eeError::Format)?;
         *ctr += 1;
         if *ctr >= max && !announced {
             // Rotate long before the counter could wrap: the next timeout starts a new epoch
@@ -902,7 +924,7 @@ impl KeySchedule {
             self.rotate_wanted = true;
         }
         self.stats.protected += 1;
-        Ok(sealed)
+        Ok(())
     }
 
     /// Open an incoming frame of `format`. Refusals are counted; the frame must be dropped.
@@ -912,11 +934,27 @@ impl KeySchedule {
         format: MediaFormat,
         data: &[u8],
     ) -> Result<Vec<u8>, E2eeError> {
-        let parsed = match ProtectedFrame::parse(format, data) {
-            Ok(parsed) => parsed,
+        let mut frame = data.to_vec();
+        let opened = self.unprotect_in_place(now, format, &mut frame)?;
+        frame.truncate(opened.end);
+        frame.drain(..opened.start);
+        Ok(frame)
+    }
+
+    /// Like [`KeySchedule::unprotect`], where the frame lies: the original frame is then
+    /// `data[range]`. Nothing is allocated or copied for Opus, VP8 and data frames. On a refusal
+    /// `data` may be partly decrypted: drop it.
+    pub fn unprotect_in_place(
+        &mut self,
+        now: Instant,
+        format: MediaFormat,
+        data: &mut [u8],
+    ) -> Result<std::ops::Range<usize>, E2eeError> {
+        let header = match self.incoming.parse(format, data) {
+            Ok(header) => header,
             Err(_) => return self.reject(Rejection::Truncated),
         };
-        let id = parsed.kid();
+        let id = header.kid;
         if self
             .receive
             .get(&id)
@@ -924,7 +962,7 @@ impl KeySchedule {
         {
             self.erase_receive_key(id);
         }
-        let Some(key) = self.receive.get(&id) else {
+        let Some(key) = self.receive.get_mut(&id) else {
             let reason = if self.expired.contains(&id) {
                 Rejection::ExpiredKid
             } else {
@@ -932,25 +970,25 @@ impl KeySchedule {
             };
             return self.reject(reason);
         };
-        if !key.seen.is_fresh(parsed.ctr()) {
+        if !key.seen.is_fresh(header.ctr) {
             return self.reject(Rejection::Replayed);
         }
-        let frame = match parsed.open(&key.key) {
-            Ok(frame) => frame,
+        let opened = match self.incoming.open(&key.key, data) {
+            Ok(range) => range,
             Err(FormatError::Sframe(_)) => return self.reject(Rejection::Tampered),
             Err(_) => return self.reject(Rejection::Truncated),
         };
+        key.seen.record(header.ctr);
         let epoch = key.epoch;
-        if let Some(key) = self.receive.get_mut(&id) {
-            key.seen.record(parsed.ctr());
-        }
         // The sender uses this epoch now: its older keys have a short grace left.
-        let deadline = now + self.config.grace;
-        for old in self.receive.values_mut().filter(|k| k.epoch < epoch) {
-            old.expires_at = Some(old.expires_at.map_or(deadline, |t| t.min(deadline)));
+        if self.receive.len() > 1 {
+            let deadline = now + self.config.grace;
+            for old in self.receive.values_mut().filter(|k| k.epoch < epoch) {
+                old.expires_at = Some(old.expires_at.map_or(deadline, |t| t.min(deadline)));
+            }
         }
         self.stats.opened += 1;
-        Ok(frame)
+        Ok(opened)
     }
 
     /// Protect a data-channel message (chat text or a binary file frame).
@@ -1305,7 +1343,7 @@ mod tests {
             &BaseKey::new(vec![1; 16]),
         )
         .unwrap();
-        let forged = format::protect(MediaFormat::Opus, &stranger, 0, b"forged").unwrap();
+        let forged = crate::format::protect(MediaFormat::Opus, &stranger, 0, b"forged").unwrap();
         assert_eq!(
             pair.b.unprotect(now, MediaFormat::Opus, &forged),
             reject(Rejection::UnknownKid)

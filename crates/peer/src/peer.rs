@@ -396,6 +396,8 @@ pub struct Peer {
     now: Instant,
     /// End-to-end encryption, when on.
     e2ee: Option<E2ee>,
+    /// The last frame protected for sending (its allocation reused frame after frame).
+    protected: Vec<u8>,
     /// Open channels this peer does not handle itself, by label.
     other_channels: Vec<(ChannelId, String)>,
 }
@@ -422,17 +424,23 @@ fn format_of(kind: TrackKind) -> MediaFormat {
 
 /// The frame to send: as is without end-to-end encryption; protected with it, or `None`
 /// (dropped, counted) while no key is agreed — media never goes out unprotected.
-fn protect_frame(
+/// The bytes to send for `frame`: itself without end-to-end encryption, or protected into
+/// `buffer` (kept between frames); `None` while no key is agreed (the frame is dropped).
+fn protect_frame<'a>(
     e2ee: &mut Option<E2ee>,
+    buffer: &'a mut Vec<u8>,
     now: Instant,
     kind: TrackKind,
-    frame: &[u8],
-) -> Result<Option<Vec<u8>>, PeerError> {
+    frame: &'a [u8],
+) -> Result<Option<&'a [u8]>, PeerError> {
     let Some(e2ee) = e2ee else {
-        return Ok(Some(frame.to_vec()));
+        return Ok(Some(frame));
     };
-    match e2ee.schedule.protect(now, format_of(kind), frame) {
-        Ok(sealed) => Ok(Some(sealed)),
+    match e2ee
+        .schedule
+        .protect_into(now, format_of(kind), frame, buffer)
+    {
+        Ok(()) => Ok(Some(&buffer[..])),
         Err(E2eeError::NoSendKey) => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -524,6 +532,7 @@ impl Peer {
             screen_stream_configured: false,
             now,
             e2ee,
+            protected: Vec::new(),
             other_channels: Vec::new(),
         }
     }
@@ -927,23 +936,32 @@ impl Peer {
                     }
                     _ => {}
                 }
-                let bytes = match &mut self.e2ee {
-                    None => data.data.to_vec(),
-                    // Refused frames (tampered, replayed, unknown key...) are counted by the
-                    // schedule and never reach a decoder.
-                    Some(e2ee) => {
-                        match e2ee
-                            .schedule
-                            .unprotect(self.now, format_of(kind), &data.data)
-                        {
-                            Ok(frame) => frame,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "dropped a media frame");
-                                return;
-                            }
+                let mut bytes = data.data.to_vec();
+                if let Some(e2ee) = &mut self.e2ee {
+                    // Opened where it lies. Refused frames (tampered, replayed, unknown key...)
+                    // are counted by the schedule and never reach a decoder.
+                    match e2ee
+                        .schedule
+                        .unprotect_in_place(self.now, format_of(kind), &mut bytes)
+                    {
+                        Ok(frame) => {
+                            bytes.truncate(frame.end);
+                            bytes.drain(..frame.start);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "dropped a media frame");
+                            return;
                         }
                     }
-                };
+                }
+                if matches!(kind, TrackKind::Video(_)) {
+                    tracing::trace!(
+                        keyframe,
+                        contiguous = data.contiguous,
+                        bytes = bytes.len(),
+                        "video frame received"
+                    );
+                }
                 self.events.push_back(PeerEvent::Frame(EncodedFrame {
                     kind,
                     source,
@@ -1391,6 +1409,16 @@ impl Peer {
         if copies > 1
             && let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None)
         {
+            // What waits in the pacer ahead of the picture (sampled at its last update).
+            let queue = stream.queue_info().map(|q| {
+                (
+                    q.byte_size(),
+                    q.packet_count(),
+                    q.first_unsent()
+                        .map(|t| self.now.saturating_duration_since(t)),
+                )
+            });
+            tracing::debug!(bytes = frame.len(), copies, ?queue, "a picture to copy");
             self.copying_frame = Some((copies, *stream.ssrc()));
         }
         Ok(())
@@ -1453,7 +1481,13 @@ impl Peer {
             .find(|p| wanted != Codec::H264 || p.spec().format.packetization_mode == Some(1))
             .map(|p| p.pt())
             .ok_or(PeerError::NotNegotiated("video codec"))?;
-        let Some(frame) = protect_frame(&mut self.e2ee, self.now, TrackKind::Video(codec), frame)?
+        let Some(frame) = protect_frame(
+            &mut self.e2ee,
+            &mut self.protected,
+            self.now,
+            TrackKind::Video(codec),
+            frame,
+        )?
         else {
             return Ok(());
         };
@@ -1487,7 +1521,13 @@ impl Peer {
             .find(|p| p.spec().codec == Codec::Opus)
             .map(|p| p.pt())
             .ok_or(PeerError::NotNegotiated("audio codec"))?;
-        let Some(packet) = protect_frame(&mut self.e2ee, self.now, TrackKind::Audio, packet)?
+        let Some(packet) = protect_frame(
+            &mut self.e2ee,
+            &mut self.protected,
+            self.now,
+            TrackKind::Audio,
+            packet,
+        )?
         else {
             return Ok(());
         };

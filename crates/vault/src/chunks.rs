@@ -103,6 +103,14 @@ impl<W: Write> ChunkWriter<W> {
         self.seal(plaintext, false)
     }
 
+    /// Seal the plaintext in `chunk` as the next chunk where it lies (no copy: the tag is
+    /// appended in its spare capacity), write it, and clear `chunk` for the next one, its
+    /// allocation kept. What a producer that builds each chunk in a buffer of its own uses
+    /// ([`crate::recording::RecordBatch`]): the plaintext is never copied on its way to `out`.
+    pub fn append_in_place(&mut self, chunk: &mut Vec<u8>) -> Result<(), VaultError> {
+        self.seal_in_place(chunk, false)
+    }
+
     /// Seal `plaintext` (may be empty) as the final chunk; nothing can follow.
     pub fn finish(&mut self, plaintext: &[u8]) -> Result<(), VaultError> {
         self.seal(plaintext, true)?;
@@ -123,6 +131,36 @@ impl<W: Write> ChunkWriter<W> {
     /// The underlying writer (to sync it).
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.out
+    }
+
+    fn seal_in_place(&mut self, chunk: &mut Vec<u8>, last: bool) -> Result<(), VaultError> {
+        if self.finished {
+            return Err(VaultError::Finished);
+        }
+        if chunk.len() > MAX_CHUNK_BYTES {
+            return Err(VaultError::ChunkTooLarge(chunk.len()));
+        }
+        let index = self.next_index;
+        let aad = aad(&self.header, index, last);
+        let prefix = ((chunk.len() + TAG_LEN) as u32).to_be_bytes();
+        let sealed =
+            self.key
+                .seal_in_place_separate_tag(nonce(index), Aad::from(&aad[..]), &mut chunk[..]);
+        let tag = match sealed {
+            Ok(tag) => tag,
+            Err(_) => {
+                // Never leave plaintext looking like a sealed chunk, nor ciphertext behind.
+                chunk.clear();
+                return Err(VaultError::Crypto("AES-256-GCM seal"));
+            }
+        };
+        chunk.extend_from_slice(tag.as_ref());
+        let written = write_all_vectored(&mut self.out, &prefix, chunk);
+        chunk.clear();
+        written?;
+        self.next_index += 1;
+        self.finished = last;
+        Ok(())
     }
 
     fn seal(&mut self, plaintext: &[u8], last: bool) -> Result<(), VaultError> {
@@ -148,6 +186,24 @@ impl<W: Write> ChunkWriter<W> {
         self.finished = last;
         Ok(())
     }
+}
+
+/// Write `head` then `body` in as few calls as the writer allows (one `writev` for a file).
+fn write_all_vectored(out: &mut impl Write, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() {
+        match out.write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) if n < head.len() => head = &head[n..],
+            Ok(n) => {
+                body = &body[n - head.len()..];
+                head = &[];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.write_all(body)
 }
 
 /// How a stream ended, once [`ChunkReader::next_chunk`] returned `None`.

@@ -189,6 +189,14 @@ impl RecordingWriter {
         Ok(())
     }
 
+    /// Seal the plaintext in `chunk` as the next chunk where it lies, make it durable, and clear
+    /// `chunk` for the next (see [`ChunkWriter::append_in_place`]).
+    pub fn append_in_place(&mut self, chunk: &mut Vec<u8>) -> Result<(), VaultError> {
+        self.chunks.append_in_place(chunk)?;
+        self.chunks.get_mut().sync()?;
+        Ok(())
+    }
+
     /// Seal the final chunk and make the stream durable.
     pub fn finish(&mut self, plaintext: &[u8]) -> Result<(), VaultError> {
         self.chunks.finish(plaintext)?;

@@ -318,6 +318,15 @@ impl RecordBatch {
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
     }
+
+    /// Take the batch, leaving `spare` (emptied) in its place: a buffer sealed before
+    /// ([`crate::RecordingWriter::append_in_place`] hands it back empty) carries its allocation
+    /// over, so batches of a running recording stop allocating.
+    pub fn take_reusing(&mut self, spare: Option<Vec<u8>>) -> Vec<u8> {
+        let mut next = spare.unwrap_or_default();
+        next.clear();
+        std::mem::replace(&mut self.buf, next)
+    }
 }
 
 /// Everything in a recording but its frames, read and checked in one pass that holds one chunk

@@ -532,6 +532,36 @@ proptest! {
         prop_assert_eq!(Record::decode_all(&batch.take()).unwrap(), records);
     }
 
+    /// Sealing in place writes the very bytes sealing from a slice writes, for any chunks, and
+    /// reads back; its buffer comes back empty for the next chunk, allocation kept.
+    #[test]
+    fn sealing_in_place_equals_sealing_a_copy_byte_for_byte(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 0..12),
+        last in proptest::collection::vec(any::<u8>(), 0..100),
+    ) {
+        let id = Uuid::from_u128(7);
+        let mut copied = ChunkWriter::new(Vec::new(), id, &key()).unwrap();
+        let mut in_place = ChunkWriter::new(Vec::new(), id, &key()).unwrap();
+        let mut buffer = Vec::new();
+        for chunk in &chunks {
+            copied.append(chunk).unwrap();
+            buffer.extend_from_slice(chunk);
+            in_place.append_in_place(&mut buffer).unwrap();
+            prop_assert!(buffer.is_empty());
+        }
+        copied.finish(&last).unwrap();
+        in_place.finish(&last).unwrap();
+        prop_assert_eq!(in_place.get_mut().clone(), copied.get_mut().clone());
+        let (read, end) = read_all(in_place.get_mut(), id, &key()).unwrap();
+        let mut expected = chunks.clone();
+        expected.push(last);
+        prop_assert_eq!(read, expected);
+        prop_assert_eq!(end, StreamEnd::Complete { chunks: chunks.len() as u64 + 1 });
+        // Nothing after the final chunk, in place either.
+        buffer.extend_from_slice(b"more");
+        prop_assert!(matches!(in_place.append_in_place(&mut buffer), Err(VaultError::Finished)));
+    }
+
     #[test]
     fn no_flipped_bit_reads_as_whole(position in 32usize..200, bit in 0u8..8) {
         let id = Uuid::from_u128(1);

@@ -50,38 +50,45 @@ struct Sealed {
     finished: bool,
 }
 
-/// The writer thread: seals and syncs each batch; reports the first storage failure.
+/// The writer thread: seals and syncs each batch where it lies (no copy), hands the emptied
+/// buffer back for the next batch (`recycled`), and reports the first storage failure.
 fn spawn_writer(
     mut writer: RecordingWriter,
     failures: mpsc::UnboundedSender<String>,
 ) -> (
     std::sync::mpsc::Sender<Sealing>,
+    std::sync::mpsc::Receiver<Vec<u8>>,
     std::thread::JoinHandle<Sealed>,
 ) {
     let (tx, rx) = std::sync::mpsc::channel::<Sealing>();
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     let handle = std::thread::spawn(move || {
         let mut sealed = Sealed {
             chunks: 0,
             finished: false,
         };
         for job in rx {
-            let result = match &job {
-                Sealing::Append(b) => writer.append(b),
-                Sealing::Finish(b) => writer.finish(b),
+            let (result, finished) = match job {
+                Sealing::Append(mut batch) => {
+                    let result = writer.append_in_place(&mut batch);
+                    let _ = recycle.send(batch);
+                    (result, false)
+                }
+                Sealing::Finish(batch) => (writer.finish(&batch), true),
             };
             if let Err(e) = result {
                 let _ = failures.send(e.to_string());
                 break;
             }
             sealed.chunks = writer.chunks();
-            if matches!(job, Sealing::Finish(_)) {
+            if finished {
                 sealed.finished = true;
                 break;
             }
         }
         sealed
     });
-    (tx, handle)
+    (tx, recycled, handle)
 }
 
 struct RemotePeer {
@@ -196,7 +203,7 @@ impl Recorder {
         mut stop: oneshot::Receiver<StopReason>,
     ) {
         let (failures_tx, mut failures) = mpsc::unbounded_channel();
-        let (sealing, sealer) = spawn_writer(writer, failures_tx);
+        let (sealing, recycled, sealer) = spawn_writer(writer, failures_tx);
         let mut seal_tick = tokio::time::interval(self.state.config.recording.chunk_interval);
         seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ending = loop {
@@ -230,7 +237,7 @@ impl Recorder {
                     }
                 }
                 _ = seal_tick.tick() => {
-                    if !self.batch.is_empty() && sealing.send(Sealing::Append(self.batch.take())).is_err() {
+                    if !self.batch.is_empty() && sealing.send(Sealing::Append(self.batch.take_reusing(recycled.try_recv().ok()))).is_err() {
                         // The writer stopped: its failure arrives on `failures`.
                     }
                 }
@@ -239,7 +246,9 @@ impl Recorder {
             }
             self.drain();
             if self.batch.len() >= MAX_BATCH_BYTES {
-                let _ = sealing.send(Sealing::Append(self.batch.take()));
+                let _ = sealing.send(Sealing::Append(
+                    self.batch.take_reusing(recycled.try_recv().ok()),
+                ));
             }
         };
         self.peers.clear();

@@ -63,6 +63,46 @@ pub enum LabError {
     Invalid(String),
 }
 
+/// A queue's counters since it was made: bytes and packets sent, packets dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Bytes put on the wire.
+    pub bytes: u64,
+    /// Packets put on the wire.
+    pub packets: u64,
+    /// Packets dropped (the queue was full).
+    pub dropped: u64,
+}
+
+impl QueueCounters {
+    /// The first ` Sent N bytes M pkt (dropped D, …` line of `tc -s qdisc show`.
+    fn parse(out: &str) -> Option<Self> {
+        let line = out.lines().find(|l| l.trim_start().starts_with("Sent "))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number = |i: usize| {
+            words
+                .get(i)?
+                .trim_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        };
+        Some(Self {
+            bytes: number(1)?,
+            packets: number(3)?,
+            dropped: number(6)?,
+        })
+    }
+
+    /// What was counted between `earlier` and these.
+    pub fn since(&self, earlier: &QueueCounters) -> QueueCounters {
+        QueueCounters {
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            packets: self.packets.saturating_sub(earlier.packets),
+            dropped: self.dropped.saturating_sub(earlier.dropped),
+        }
+    }
+}
+
 /// What a peer's access link does to its packets, both ways.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Impairment {
@@ -529,6 +569,30 @@ impl Lab {
         self.apply_filters()
     }
 
+    /// What each end of a peer's link has put on the wire and dropped so far, from its queue's
+    /// counters (`tc -s qdisc`): the peer's side (its uplink) first, then the router's (its
+    /// downlink). With a rate cap, the cap's drops (its queue full) count; without one, the
+    /// default queue's.
+    ///
+    /// # Errors
+    /// No such peer, or tc failed or printed no counters.
+    pub fn link_counters(&self, peer: &str) -> Result<[QueueCounters; 2], LabError> {
+        let link = self.with_link(peer, |link| Ok(link.clone()))?;
+        let read = |namespace: &str, device: &str| -> Result<QueueCounters, LabError> {
+            let out =
+                run(Command::new("tc")
+                    .args(["-n", namespace, "-s", "qdisc", "show", "dev", device]))?;
+            QueueCounters::parse(&out).ok_or_else(|| LabError::Command {
+                command: format!("tc -n {namespace} -s qdisc show dev {device}"),
+                message: format!("no counters in: {out}"),
+            })
+        };
+        Ok([
+            read(&link.namespace.name, &link.peer_side())?,
+            read(&self.router.name, &link.router_side())?,
+        ])
+    }
+
     /// Take a peer's link down (every packet dropped both ways, the interface still up, as when
     /// a radio loses its signal) or bring it back.
     ///
@@ -694,5 +758,38 @@ impl Drop for Lab {
             let _ = ip(&["netns", "del", &name]);
         }
         let _ = ip(&["netns", "del", &self.router.name]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueueCounters;
+
+    #[test]
+    fn queue_counters_are_read_from_tc() {
+        let out = "qdisc tbf 8001: root refcnt 2 rate 80Kbit burst 3200b lat 200ms \n Sent 123456 bytes 789 pkt (dropped 12, overlimits 34 requeues 0) \n backlog 0b 0p requeues 0\n";
+        let counters = QueueCounters::parse(out).unwrap();
+        assert_eq!(
+            counters,
+            QueueCounters {
+                bytes: 123_456,
+                packets: 789,
+                dropped: 12
+            }
+        );
+        let later = QueueCounters {
+            bytes: 200_000,
+            packets: 1000,
+            dropped: 20,
+        };
+        assert_eq!(
+            later.since(&counters),
+            QueueCounters {
+                bytes: 76_544,
+                packets: 211,
+                dropped: 8
+            }
+        );
+        assert_eq!(QueueCounters::parse("qdisc noqueue 0: root"), None);
     }
 }

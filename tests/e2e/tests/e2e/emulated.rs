@@ -52,6 +52,15 @@ where
     F: FnOnce(Arc<Lab>) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
+    // What the peers log, shown with a failure (`RUST_LOG` for more, e.g.
+    // `RUST_LOG=consult_peer=debug,consult_client=debug`).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let lab = Arc::new(Lab::new(&["patient", "doctor"]).expect(
         "an emulated network (needs root, and ip, nft and tc: scripts/test.sh installs them)",
     ));
@@ -699,9 +708,27 @@ fn a_link_too_weak_for_video_goes_audio_only_with_a_picture_every_few_seconds_an
             );
         }
         let audio_only = Instant::now();
+        let counted_from = lab.link_counters("patient").expect("counters");
         // Audio only for a while: the sound goes on, and a picture every few seconds.
         tokio::time::sleep(Duration::from_secs(12)).await;
         let weak_until = Instant::now();
+        // What the capped link carried and dropped meanwhile, each way.
+        let counted = lab.link_counters("patient").expect("counters");
+        let window = weak_until.duration_since(audio_only).as_secs_f64();
+        let carried: Vec<String> = counted
+            .iter()
+            .zip(&counted_from)
+            .zip(["patient → doctor", "doctor → patient"])
+            .map(|((now, then), way)| {
+                let c = now.since(then);
+                format!(
+                    "{way} {:.0} kbit/s, {} packets dropped of {}",
+                    c.bytes as f64 * 8.0 / 1000.0 / window,
+                    c.dropped,
+                    c.packets + c.dropped
+                )
+            })
+            .collect();
         lab.impair("patient", &Impairment::default()).expect("lift");
         let lifted = Instant::now();
         for (who, peer) in [("patient", &patient), ("doctor", &doctor)] {
@@ -757,8 +784,9 @@ fn a_link_too_weak_for_video_goes_audio_only_with_a_picture_every_few_seconds_an
             &patient,
             &doctor,
             &format!(
-                "audio only {:.1} s after the cap, {pictures:?} pictures in 11 s of it; full video {:.1} s after the link recovered",
+                "audio only {:.1} s after the cap, {pictures:?} pictures in 11 s of it ({}); full video {:.1} s after the link recovered",
                 audio_only.duration_since(capped).as_secs_f64(),
+                carried.join(", "),
                 back.as_secs_f64()
             ),
         );
