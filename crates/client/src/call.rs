@@ -1460,6 +1460,14 @@ impl Call {
         self.frames_encoded += 1;
     }
 
+    /// Send the camera's frames without pacing on every connection, or paced again (audio only,
+    /// see `Peer::set_camera_unpaced`).
+    pub fn set_camera_unpaced(&mut self, unpaced: bool) {
+        for link in &mut self.links {
+            link.peer.set_camera_unpaced(unpaced);
+        }
+    }
+
     /// Send each datagram of the next video frame written ([`Call::write_video`]) `copies`
     /// times on every connection (a picture in audio only, see `Peer::copy_next_video_frame`).
     pub fn copy_next_video_frame(&mut self, copies: u8) {

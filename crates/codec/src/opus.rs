@@ -42,6 +42,13 @@ impl OpusEncoder {
         Ok(encoder)
     }
 
+    /// Change the bitrate (libopus's `OPUS_SET_BITRATE`), from the next frame on.
+    pub fn set_bitrate(&mut self, bitrate_bps: i32) -> Result<(), CodecError> {
+        self.encoder
+            .set_bitrate(opus::Bitrate::Bits(bitrate_bps))
+            .map_err(|e| CodecError::library("opus", e))
+    }
+
     /// The packet loss to protect against with in-band FEC, per cent (libopus's
     /// `OPUS_SET_PACKET_LOSS_PERC`; 0 turns the FEC data off, more spends more bits on it).
     pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), CodecError> {

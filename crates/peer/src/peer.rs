@@ -398,6 +398,8 @@ pub struct Peer {
     e2ee: Option<E2ee>,
     /// The last frame protected for sending (its allocation reused frame after frame).
     protected: Vec<u8>,
+    /// The camera's frames skip the pacer ([`Peer::set_camera_unpaced`]).
+    camera_unpaced: bool,
     /// Open channels this peer does not handle itself, by label.
     other_channels: Vec<(ChannelId, String)>,
 }
@@ -533,6 +535,7 @@ impl Peer {
             now,
             e2ee,
             protected: Vec::new(),
+            camera_unpaced: false,
             other_channels: Vec::new(),
         }
     }
@@ -1088,6 +1091,14 @@ impl Peer {
                     .selected_candidate_pair
                     .as_ref()
                     .map(|p| (p.local.addr, p.remote.addr));
+                tracing::debug!(
+                    send_bps = self.stats.send_bps,
+                    media_send_bps = self.stats.media_send_bps,
+                    estimate = ?self.stats.estimated_send_bps,
+                    egress_loss = ?self.stats.egress_loss,
+                    media_bytes = ?self.media_bytes_sent,
+                    "stats"
+                );
                 self.events.push_back(PeerEvent::Stats(self.stats.clone()));
             }
             Event::MediaIngressStats(ingress) if Some(ingress.mid) == self.video_mid => {
@@ -1404,6 +1415,9 @@ impl Peer {
     ) -> Result<(), PeerError> {
         let mid = self.video_mid.ok_or(PeerError::NotNegotiated("video"))?;
         self.configure_video_stream(mid);
+        if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+            stream.set_unpaced(self.camera_unpaced);
+        }
         let copies = std::mem::replace(&mut self.next_frame_copies, 1);
         self.write_video_on(mid, wallclock, rtp_time, codec, frame)?;
         if copies > 1
@@ -1442,6 +1456,23 @@ impl Peer {
         self.screen_stream_configured |=
             configure_video_stream(&mut self.rtc, mid, self.screen_stream_configured);
         self.write_video_on(mid, wallclock, rtp_time, codec, frame)
+    }
+
+    /// Send the camera's frames as they come (`true`), as audio goes, or through the pacer
+    /// (`false`, the default). For audio only: the link is too weak for video, the bandwidth
+    /// estimate has fallen with it (to a few kbit/s under a tight cap), and the pacer, which sends
+    /// at that estimate, would hold the one picture every few seconds for seconds; a picture of a
+    /// kilobyte or two goes at once instead.
+    ///
+    /// It takes effect at once: what the pacer holds of the camera goes out now (frames of the
+    /// step before, which would otherwise go ahead of the first picture, at the fallen estimate).
+    pub fn set_camera_unpaced(&mut self, unpaced: bool) {
+        self.camera_unpaced = unpaced;
+        if let Some(mid) = self.video_mid
+            && let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None)
+        {
+            stream.set_unpaced(unpaced);
+        }
     }
 
     /// Send every datagram of the next camera frame written `copies` times (at most 4),
