@@ -173,6 +173,13 @@ impl<'a> ProtectedFrame<'a> {
     }
 }
 
+/// `00 00 01`, the end of every start code: its searcher is built once, not per frame.
+static START_CODE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0, 0, 1]));
+/// `00 00 03`, an emulation-prevention escape.
+static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0, 0, 3]));
+
 /// Where each NAL unit of an Annex-B frame lies: the bytes before it (start code) and the unit.
 #[derive(Debug, Clone)]
 pub(crate) struct NalUnit {
@@ -194,7 +201,7 @@ pub(crate) fn split_annexb_into(frame: &[u8], units: &mut Vec<NalUnit>) -> Resul
     units.clear();
     // Each start code: its first zero, and the first byte after `00 00 01`.
     let mut previous: Option<(usize, usize)> = None;
-    for i in memchr::memmem::find_iter(frame, &[0, 0, 1]) {
+    for i in START_CODE.find_iter(frame) {
         let mut start = i;
         while start > 0 && frame[start - 1] == 0 {
             start -= 1;
@@ -306,7 +313,7 @@ pub(crate) fn unescape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) {
     // ...then copy the stretches between `00 00 03`, leaving out each `03`.
     let rest = &bytes[i..];
     let mut from = 0;
-    for at in memchr::memmem::find_iter(rest, &[0, 0, 3]) {
+    for at in ESCAPE.find_iter(rest) {
         out.extend_from_slice(&rest[from..at + 2]);
         from = at + 3;
     }

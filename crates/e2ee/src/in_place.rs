@@ -120,7 +120,7 @@ impl FrameBuffers {
             return Err(FormatError::NoProtectedUnit);
         };
         let mut header = [0u8; MAX_HEADER_LEN];
-        let header_len = key.header(ctr, &mut header)?;
+        let header_len = key.header(ctr, &mut header);
         let header = &header[..header_len];
         let tag = key.seal_detached(ctr, header, &self.metadata, &mut self.pieces)?;
 

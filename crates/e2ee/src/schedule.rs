@@ -955,14 +955,14 @@ impl KeySchedule {
             Err(_) => return self.reject(Rejection::Truncated),
         };
         let id = header.kid;
-        if self
-            .receive
-            .get(&id)
-            .is_some_and(|k| k.expires_at.is_some_and(|t| now >= t))
-        {
-            self.erase_receive_key(id);
-        }
-        let Some(key) = self.receive.get_mut(&id) else {
+        let key = match self.receive.get_mut(&id) {
+            Some(k) if k.expires_at.is_some_and(|t| now >= t) => {
+                self.erase_receive_key(id);
+                None
+            }
+            key => key,
+        };
+        let Some(key) = key else {
             let reason = if self.expired.contains(&id) {
                 Rejection::ExpiredKid
             } else {

@@ -1,17 +1,16 @@
 //! RFC 9605 SFrame keys: one sender key or receiver key per KID.
 //!
-//! Header encoding and parsing come from the `sframe` crate. Key and salt derivation (HKDF,
-//! section 4.4.2), nonce formation and the AEAD (section 4.4.3, `header ‖ metadata` as associated
-//! data) are composed here from ring's HKDF and AES-GCM, with the AES key schedule set up once per
-//! KID rather than once per frame (the crate builds a new ring key for every frame, which cost
-//! more than sealing a 1 KiB frame). Frames are sealed and opened in place, in buffers the caller
-//! owns and reuses. RFC 9605 Appendix C checks both directions byte for byte in this module's
-//! tests, and property tests compare every frame with the `sframe` crate's own encryption.
+//! The header (section 4.3), key and salt derivation (HKDF, section 4.4.2), nonce formation and
+//! the AEAD (section 4.4.3, `header ‖ metadata` as associated data) are composed here from ring's
+//! HKDF and AES-GCM, with the AES key schedule set up once per KID rather than once per frame, and
+//! headers read and written without allocating (the `sframe` crate builds a new ring key for
+//! every frame, which cost more than sealing a 1 KiB frame, and allocates for each header). Frames are sealed and opened in place, in buffers the caller
+//! owns and reuses. RFC 9605 Appendix C checks headers and both directions byte for byte in this
+//! module's tests, and property tests compare every frame with the `sframe` crate's own.
 //!
 //! This module pins SFrame to the two suites Consult uses, makes the counter an explicit argument
 //! (the key schedule owns counters) and keeps base keys out of `Debug`.
 
-use ::sframe::header::SframeHeader;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
 use zeroize::Zeroizing;
 
@@ -123,25 +122,34 @@ pub struct Header {
 }
 
 impl Header {
-    /// Read the header at the start of `bytes`.
+    /// Read the header at the start of `bytes` (RFC 9605 section 4.3: a config byte `X K Y C`,
+    /// then the KID's bytes when `X` is set, then the CTR's when `Y` is), without allocating.
     pub fn parse(bytes: &[u8]) -> Result<Self, SframeError> {
-        let header = SframeHeader::deserialize(bytes).map_err(|_| SframeError::Malformed)?;
+        let (&config, rest) = bytes.split_first().ok_or(SframeError::Malformed)?;
+        let field = |nibble: u8| -> (u64, usize) {
+            match nibble & 0x8 {
+                0 => (u64::from(nibble & 0x7), 0),
+                _ => (0, usize::from(nibble & 0x7) + 1),
+            }
+        };
+        let (kid, kid_len) = field(config >> 4);
+        let (ctr, ctr_len) = field(config & 0x0f);
+        if rest.len() < kid_len + ctr_len {
+            return Err(SframeError::Malformed);
+        }
+        let big_endian = |b: &[u8]| b.iter().fold(0u64, |v, x| (v << 8) | u64::from(*x));
         Ok(Self {
-            kid: header.key_id(),
-            ctr: header.counter(),
-            len: header.len(),
+            kid: if kid_len == 0 { kid } else { big_endian(&rest[..kid_len]) },
+            ctr: if ctr_len == 0 { ctr } else { big_endian(&rest[kid_len..kid_len + ctr_len]) },
+            len: 1 + kid_len + ctr_len,
         })
     }
 
     /// Encode a header (RFC 9605 section 4.3).
     pub fn encode(kid: u64, ctr: u64) -> Vec<u8> {
-        let header = SframeHeader::new(kid, ctr);
-        let mut out = vec![0; header.len()];
-        // The buffer has exactly the header's length, so serializing cannot fail.
-        if header.serialize(&mut out).is_err() {
-            out.clear();
-        }
-        out
+        let mut out = [0u8; MAX_HEADER_LEN];
+        let len = encode_header(kid, ctr, &mut out);
+        out[..len].to_vec()
     }
 }
 
@@ -228,14 +236,23 @@ fn with_aad<T>(header: &[u8], metadata: &[u8], seal: impl FnOnce(Aad<&[u8]>) -> 
 /// The longest SFrame header: the config byte, then KID and CTR of 8 bytes each.
 pub const MAX_HEADER_LEN: usize = 17;
 
-/// Encode the header for `kid` and `ctr` into `out`; its length.
-fn encode_header(kid: u64, ctr: u64, out: &mut [u8; MAX_HEADER_LEN]) -> Result<usize, SframeError> {
-    let header = SframeHeader::new(kid, ctr);
-    let len = header.len();
-    header
-        .serialize(&mut out[..len])
-        .map_err(|_| SframeError::Key)?;
-    Ok(len)
+/// Encode the header for `kid` and `ctr` into `out` (each value in the config byte when under 8,
+/// otherwise in as few big-endian bytes as it needs after it); its length.
+fn encode_header(kid: u64, ctr: u64, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
+    let mut len = 1;
+    let mut field = |value: u64| -> u8 {
+        if value < 8 {
+            return value as u8;
+        }
+        let bytes = 8 - value.leading_zeros() as usize / 8;
+        out[len..len + bytes].copy_from_slice(&value.to_be_bytes()[8 - bytes..]);
+        len += bytes;
+        0x8 | (bytes - 1) as u8
+    };
+    let k = field(kid);
+    let c = field(ctr);
+    out[0] = (k << 4) | c;
+    len
 }
 
 /// The key a sender protects frames with under one KID.
@@ -276,7 +293,7 @@ impl SenderKey {
         out: &mut Vec<u8>,
     ) -> Result<(), SframeError> {
         let mut header = [0u8; MAX_HEADER_LEN];
-        let header_len = encode_header(self.kid, ctr, &mut header)?;
+        let header_len = encode_header(self.kid, ctr, &mut header);
         out.clear();
         out.reserve(metadata.len() + header_len + payload.len() + TAG_LEN);
         out.extend_from_slice(metadata);
@@ -309,7 +326,7 @@ impl SenderKey {
     }
 
     /// Encode the header of a frame under this key with counter `ctr` into `out`; its length.
-    pub fn header(&self, ctr: u64, out: &mut [u8; MAX_HEADER_LEN]) -> Result<usize, SframeError> {
+    pub fn header(&self, ctr: u64, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
         encode_header(self.kid, ctr, out)
     }
 
@@ -625,6 +642,32 @@ mod tests {
                     receiver.open_in_place(&other, &mut sframe.to_vec()),
                     Err(SframeError::Authentication)
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn headers_read_as_the_sframe_crate_reads_them_from_any_bytes() {
+        use ::sframe::header::SframeHeader;
+        use rand::{Rng, RngCore, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+        for _ in 0..20_000 {
+            let mut bytes = vec![0u8; rng.gen_range(0..20)];
+            rng.fill_bytes(&mut bytes);
+            let reference = SframeHeader::deserialize(&bytes[..])
+                .map(|h| (h.key_id(), h.counter(), h.len()))
+                .ok();
+            let ours = Header::parse(&bytes).map(|h| (h.kid, h.ctr, h.len)).ok();
+            assert_eq!(ours, reference, "{bytes:02x?}");
+        }
+        // And written as it writes them, for every length of each value.
+        for shift in 0..64 {
+            for base in [1u64, 5, 0xff, u64::MAX] {
+                let (kid, ctr) = (base >> shift, (base >> (63 - shift)).wrapping_mul(3));
+                let reference = SframeHeader::new(kid, ctr);
+                let mut expected = vec![0u8; reference.len()];
+                reference.serialize(&mut expected).unwrap();
+                assert_eq!(Header::encode(kid, ctr), expected, "kid {kid} ctr {ctr}");
             }
         }
     }
