@@ -176,6 +176,9 @@ impl<'a> ProtectedFrame<'a> {
 /// `00 00 01`, the end of every start code: its searcher is built once, not per frame.
 static START_CODE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0, 0, 1]));
+/// `00 00`, after which emulation prevention may escape the next byte.
+static ZERO_PAIR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0, 0]));
 /// `00 00 03`, an emulation-prevention escape.
 static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0, 0, 3]));
@@ -261,31 +264,34 @@ pub(crate) fn trailing_zeros(bytes: &[u8]) -> usize {
 pub(crate) fn escape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) -> usize {
     out.reserve(bytes.len() + bytes.len() / 128 + 2);
     let mut i = 0;
-    while i < bytes.len() {
-        if zeros >= 2 {
+    loop {
+        // Byte by byte while zeros are behind us (the ones before, or a pair just found)...
+        while zeros > 0 && i < bytes.len() {
             let b = bytes[i];
-            if b <= 3 {
+            if zeros >= 2 && b <= 3 {
                 out.push(3);
+                zeros = 0;
             }
             out.push(b);
-            zeros = usize::from(b == 0);
+            zeros = if b == 0 { zeros + 1 } else { 0 };
             i += 1;
-            continue;
         }
-        // Fewer than two zeros behind: copy up to and including the next zero in one go.
-        match memchr::memchr(0, &bytes[i..]) {
+        if i >= bytes.len() {
+            return zeros;
+        }
+        // ...then everything up to the next `00 00` in one go (ciphertext has one in 64 KiB).
+        match ZERO_PAIR.find(&bytes[i..]) {
             None => {
                 out.extend_from_slice(&bytes[i..]);
-                return 0;
+                return usize::from(bytes.last() == Some(&0));
             }
             Some(k) => {
-                out.extend_from_slice(&bytes[i..=i + k]);
-                zeros = if k == 0 { zeros + 1 } else { 1 };
-                i += k + 1;
+                out.extend_from_slice(&bytes[i..i + k + 2]);
+                i += k + 2;
+                zeros = 2;
             }
         }
     }
-    zeros
 }
 
 /// Undo [`escape_into`]: drop each `03` that follows `00 00`.
@@ -578,7 +584,7 @@ mod tests {
     }
 
     /// The definition, byte by byte, that the fast versions must match.
-    fn escape_slowly(mut zeros: usize, bytes: &[u8]) -> Vec<u8> {
+    fn escape_slowly(mut zeros: usize, bytes: &[u8]) -> (Vec<u8>, usize) {
         let mut out = Vec::new();
         for &b in bytes {
             if zeros >= 2 && b <= 3 {
@@ -586,9 +592,9 @@ mod tests {
                 zeros = 0;
             }
             out.push(b);
-            zeros = if b == 0 { zeros + 1 } else { 0 };
+            zeros = if b == 0 { (zeros + 1).min(2) } else { 0 };
         }
-        out
+        (out, zeros)
     }
 
     #[test]
@@ -607,12 +613,18 @@ mod tests {
                 .collect();
             let zeros = case % 3;
             let mut fast = Vec::new();
-            escape_into(zeros, &bytes, &mut fast);
+            let after = escape_into(zeros, &bytes, &mut fast);
             assert_eq!(
-                fast,
+                (fast.clone(), after),
                 escape_slowly(zeros, &bytes),
                 "{bytes:?} after {zeros} zeros"
             );
+            // Escaped in two pieces, the zeros carried across: the same bytes.
+            let cut = rng.gen_range(0..=bytes.len());
+            let mut pieces = Vec::new();
+            let carried = escape_into(zeros, &bytes[..cut], &mut pieces);
+            escape_into(carried, &bytes[cut..], &mut pieces);
+            assert_eq!(pieces, fast, "{bytes:?} cut at {cut}");
             assert_eq!(
                 unescape(zeros, &fast),
                 bytes,

@@ -139,8 +139,16 @@ impl Header {
         }
         let big_endian = |b: &[u8]| b.iter().fold(0u64, |v, x| (v << 8) | u64::from(*x));
         Ok(Self {
-            kid: if kid_len == 0 { kid } else { big_endian(&rest[..kid_len]) },
-            ctr: if ctr_len == 0 { ctr } else { big_endian(&rest[kid_len..kid_len + ctr_len]) },
+            kid: if kid_len == 0 {
+                kid
+            } else {
+                big_endian(&rest[..kid_len])
+            },
+            ctr: if ctr_len == 0 {
+                ctr
+            } else {
+                big_endian(&rest[kid_len..kid_len + ctr_len])
+            },
             len: 1 + kid_len + ctr_len,
         })
     }
