@@ -326,6 +326,21 @@ pub(crate) fn unescape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&rest[from..]);
 }
 
+/// A received protected NAL unit: its clear length (from its trailer byte, checked against the
+/// unit and what its type keeps clear) and the unit without the trailer.
+pub(crate) fn protected_unit(unit: &[u8], max_clear: usize) -> Result<(usize, &[u8]), FormatError> {
+    let Some((&trailer, body)) = unit.split_last() else {
+        return Err(FormatError::MalformedH264("empty NAL unit"));
+    };
+    let clear = usize::from(trailer & !H264_TRAILER);
+    if trailer & H264_TRAILER == 0 || clear == 0 || clear > max_clear || clear > body.len() {
+        return Err(FormatError::MalformedH264(
+            "protected unit without a valid trailer",
+        ));
+    }
+    Ok((clear, body))
+}
+
 /// The metadata of an H.264 frame: every unit's clear bytes and piece length, so that moving
 /// bytes between units, or between clear and encrypted, fails authentication.
 pub(crate) fn push_unit_metadata(metadata: &mut Vec<u8>, clear: &[u8], piece_len: Option<usize>) {
@@ -439,19 +454,7 @@ fn parse_h264(data: &[u8]) -> Result<ProtectedFrame<'_>, FormatError> {
         match h264_clear_len(unit[0]) {
             None => clears.push(u.unit.clone()),
             Some(max_clear) => {
-                let Some((&trailer, body)) = unit.split_last() else {
-                    return Err(FormatError::MalformedH264("empty NAL unit"));
-                };
-                let clear = usize::from(trailer & !H264_TRAILER);
-                if trailer & H264_TRAILER == 0
-                    || clear == 0
-                    || clear > max_clear
-                    || clear > body.len()
-                {
-                    return Err(FormatError::MalformedH264(
-                        "protected unit without a valid trailer",
-                    ));
-                }
+                let (clear, body) = protected_unit(unit, max_clear)?;
                 clears.push(u.unit.start..u.unit.start + clear);
                 pieces.push((n, unescape(trailing_zeros(&body[..clear]), &body[clear..])));
             }

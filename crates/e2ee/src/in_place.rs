@@ -29,8 +29,8 @@
 use std::ops::Range;
 
 use crate::format::{
-    escape_into, h264_clear_len, push_unit_metadata, split_annexb_into, trailing_zeros,
-    unescape_into, vp8_clear_len, FormatError, MediaFormat, NalUnit, H264_TRAILER,
+    escape_into, h264_clear_len, protected_unit, push_unit_metadata, split_annexb_into,
+    trailing_zeros, unescape_into, vp8_clear_len, FormatError, MediaFormat, NalUnit, H264_TRAILER,
 };
 use crate::sframe::{Header, ReceiverKey, SenderKey, MAX_HEADER_LEN, TAG_LEN};
 
@@ -183,19 +183,7 @@ impl FrameBuffers {
             match h264_clear_len(unit[0]) {
                 None => self.plan.push((unit.len(), None)),
                 Some(max_clear) => {
-                    let Some((&trailer, body)) = unit.split_last() else {
-                        return Err(FormatError::MalformedH264("empty NAL unit"));
-                    };
-                    let clear = usize::from(trailer & !H264_TRAILER);
-                    if trailer & H264_TRAILER == 0
-                        || clear == 0
-                        || clear > max_clear
-                        || clear > body.len()
-                    {
-                        return Err(FormatError::MalformedH264(
-                            "protected unit without a valid trailer",
-                        ));
-                    }
+                    let (clear, body) = protected_unit(unit, max_clear)?;
                     unescape_into(
                         trailing_zeros(&body[..clear]),
                         &body[clear..],

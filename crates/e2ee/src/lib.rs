@@ -65,8 +65,10 @@
 //! **SFrame.** RFC 9605 exactly: header `|X|K|Y|C|` + KID + CTR, key and salt derived with HKDF
 //! from the base key and KID, nonce = salt XOR CTR, AAD = header ‖ metadata. Cipher suites
 //! `AES_128_GCM_SHA256_128` (4, the default) and `AES_256_GCM_SHA512_128` (5). The AES-CTR-HMAC
-//! suites (1–3) are not supported: the `sframe` crate's ring backend lacks them and WebCrypto's
-//! AES-CTR + HMAC would be a second construction to maintain. `test-vectors/sframe.json`
+//! suites (1–3) are not supported: ring (which the frame cipher is composed on, see
+//! [`sframe`]) lacks AES-CTR with HMAC, and WebCrypto's AES-CTR + HMAC would be a second
+//! construction to maintain. Frames can be protected into a reused buffer and opened where they
+//! lie ([`in_place`], [`KeySchedule::protect_into`], [`KeySchedule::unprotect_in_place`]). `test-vectors/sframe.json`
 //! carries RFC 9605 Appendix C's vectors for suites 4 and 5 and the header encodings, and this
 //! crate's own codec-format vectors; the Rust tests and the JavaScript tests both read it.
 //!

@@ -308,29 +308,9 @@ impl SenderKey {
         out.extend_from_slice(&header[..header_len]);
         let start = out.len();
         out.extend_from_slice(payload);
-        let tag = self.seal_in_place(ctr, &header[..header_len], metadata, &mut out[start..])?;
+        let tag = self.seal_detached(ctr, &header[..header_len], metadata, &mut out[start..])?;
         out.extend_from_slice(&tag);
         Ok(())
-    }
-
-    /// Encrypt `payload` where it lies, under the header (`kid` and `ctr`) already written
-    /// somewhere by the caller, authenticating `header ‖ metadata`; the tag.
-    fn seal_in_place(
-        &self,
-        ctr: u64,
-        header: &[u8],
-        metadata: &[u8],
-        payload: &mut [u8],
-    ) -> Result<[u8; TAG_LEN], SframeError> {
-        let tag = with_aad(header, metadata, |aad| {
-            self.key
-                .key
-                .seal_in_place_separate_tag(self.key.nonce(ctr), aad, payload)
-        })
-        .map_err(|_| SframeError::Key)?;
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(tag.as_ref());
-        Ok(out)
     }
 
     /// Encode the header of a frame under this key with counter `ctr` into `out`; its length.
@@ -348,7 +328,15 @@ impl SenderKey {
         metadata: &[u8],
         payload: &mut [u8],
     ) -> Result<[u8; TAG_LEN], SframeError> {
-        self.seal_in_place(ctr, header, metadata, payload)
+        let tag = with_aad(header, metadata, |aad| {
+            self.key
+                .key
+                .seal_in_place_separate_tag(self.key.nonce(ctr), aad, payload)
+        })
+        .map_err(|_| SframeError::Key)?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
     }
 }
 
