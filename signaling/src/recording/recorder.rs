@@ -36,6 +36,12 @@ use crate::state::AppState;
 /// Seal a chunk early once this much is batched.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// How often the recorder reads its sockets.
+const RECEIVE_EVERY: Duration = Duration::from_millis(10);
+/// Most datagrams read from one socket per tick (a 1080p keyframe burst is a few hundred; the
+/// rest waits in the socket for the next tick), so one busy sender cannot hold the others up.
+const MAX_DATAGRAMS_PER_TICK: usize = 512;
+
 /// Ask a sender for a keyframe at most this often while waiting for one.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -96,15 +102,8 @@ struct RemotePeer {
     socket: Arc<UdpSocket>,
     local: SocketAddr,
     next_timeout: Instant,
-    reader: tokio::task::JoinHandle<()>,
     /// Remote candidates taken so far (at most [`candidates::MAX_REMOTE_CANDIDATES`]).
     candidates_kept: usize,
-}
-
-impl Drop for RemotePeer {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
 
 struct TrackState {
@@ -114,13 +113,6 @@ struct TrackState {
     anchor: Option<(u64, u64)>,
     waiting_for_keyframe: bool,
     last_keyframe_request: Option<Instant>,
-}
-
-struct Datagram {
-    from: Uuid,
-    source: SocketAddr,
-    bytes: Vec<u8>,
-    at: Instant,
 }
 
 struct Recorder {
@@ -137,8 +129,9 @@ struct Recorder {
     next_track: u8,
     batch: RecordBatch,
     started: Instant,
-    datagrams: mpsc::Sender<Datagram>,
     frames: u64,
+    /// One datagram read at a time, reused.
+    receive_buffer: Vec<u8>,
 }
 
 /// Join the consultation as its recorder and record until told to stop (or the consultation
@@ -169,7 +162,6 @@ pub fn spawn(
         tracing::warn!(consultation = %info.consultation_id, "no recorder here: the consultation moved to another node");
         return tokio::spawn(async {});
     }
-    let (datagrams_tx, datagrams) = mpsc::channel(1024);
     let recorder = Recorder {
         state: state.clone(),
         guests_share_screen: info.guests_share_screen,
@@ -182,10 +174,10 @@ pub fn spawn(
         next_track: 0,
         batch: RecordBatch::default(),
         started: Instant::now(),
-        datagrams: datagrams_tx,
         frames: 0,
+        receive_buffer: vec![0; 2048],
     };
-    tokio::spawn(recorder.run(recording_id, writer, outbound, datagrams, stop))
+    tokio::spawn(recorder.run(recording_id, writer, outbound, stop))
 }
 
 enum Ending {
@@ -199,13 +191,18 @@ impl Recorder {
         recording_id: Uuid,
         writer: RecordingWriter,
         mut outbound: mpsc::Receiver<Outbound>,
-        mut datagrams: mpsc::Receiver<Datagram>,
         mut stop: oneshot::Receiver<StopReason>,
     ) {
         let (failures_tx, mut failures) = mpsc::unbounded_channel();
         let (sealing, recycled, sealer) = spawn_writer(writer, failures_tx);
         let mut seal_tick = tokio::time::interval(self.state.config.recording.chunk_interval);
         seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The sockets are read on a tick, everything that arrived since at once: a recorder
+        // needs no lower latency than this, and waking for each datagram (a few hundred a
+        // second per call) was most of what a recording cost the service (perf: the kernel's
+        // task switching ahead of everything else).
+        let mut receive_tick = tokio::time::interval(RECEIVE_EVERY);
+        receive_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let ending = loop {
             let wake = self
                 .peers
@@ -221,12 +218,7 @@ impl Recorder {
                     | None => break Ending::Stop(StopReason::Ended),
                     Some(Outbound::Message(message)) => self.handle_signal(message).await,
                 },
-                Some(datagram) = datagrams.recv() => {
-                    if let Some(remote) = self.peers.get_mut(&datagram.from)
-                        && let Err(e) = remote.peer.handle_receive(datagram.at, datagram.source, remote.local, &datagram.bytes) {
-                            tracing::debug!(error = %e, "recorder dropped a datagram");
-                        }
-                }
+                _ = receive_tick.tick() => self.receive(),
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     for remote in self.peers.values_mut() {
@@ -466,29 +458,6 @@ impl Recorder {
         let RemoteDescriptionOutcome::Answer(answer) = peer.handle_remote_offer(&sdp)? else {
             anyhow::bail!("the offer produced no answer");
         };
-        let reader = {
-            let socket = socket.clone();
-            let tx = self.datagrams.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                while let Ok((n, source)) = socket.recv_from(&mut buf).await {
-                    // Nothing from an address the recorder may not pair with: no
-                    // peer-reflexive candidate from there, no answer sent there.
-                    if !policy.allows(source.ip()) {
-                        continue;
-                    }
-                    let datagram = Datagram {
-                        from,
-                        source,
-                        bytes: buf[..n].to_vec(),
-                        at: Instant::now(),
-                    };
-                    if tx.send(datagram).await.is_err() {
-                        break;
-                    }
-                }
-            })
-        };
         self.peers.insert(
             from,
             RemotePeer {
@@ -496,7 +465,6 @@ impl Recorder {
                 socket,
                 local,
                 next_timeout: now,
-                reader,
                 candidates_kept,
             },
         );
@@ -528,6 +496,36 @@ impl Recorder {
                     }),
                 },
             );
+        }
+    }
+
+    /// Read every datagram waiting on each peer's socket and hand it to the peer. Nothing from
+    /// an address the recorder may not pair with: no peer-reflexive candidate from there, no
+    /// answer sent there.
+    fn receive(&mut self) {
+        let policy = &self.state.recordings.candidates;
+        let now = Instant::now();
+        for remote in self.peers.values_mut() {
+            for _ in 0..MAX_DATAGRAMS_PER_TICK {
+                let (n, source) = match remote.socket.try_recv_from(&mut self.receive_buffer) {
+                    Ok(received) => received,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "recorder socket read failed");
+                        break;
+                    }
+                };
+                if !policy.allows(source.ip()) {
+                    continue;
+                }
+                if let Err(e) =
+                    remote
+                        .peer
+                        .handle_receive(now, source, remote.local, &self.receive_buffer[..n])
+                {
+                    tracing::debug!(error = %e, "recorder dropped a datagram");
+                }
+            }
         }
     }
 
