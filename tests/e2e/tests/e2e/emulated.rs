@@ -513,10 +513,13 @@ fn figures(
         ms(first),
         frozen.as_secs_f64(),
     );
+    // Still decoding at the end: a frame in the last 4 s. (Beside the rest of the suite on 2
+    // cores, the 1 Mbit/s call sharing its link with the file once went 3.01 s without one at
+    // the end; alone, 0.9–2.9 s frozen a minute in all, and never at the end.)
     for (who, report) in [("patient", patient), ("doctor", doctor)] {
         assert!(
             report.frames.len() >= 10
-                && report.decodes_at_the_end(report.stopped, Duration::from_secs(3)),
+                && report.decodes_at_the_end(report.stopped, Duration::from_secs(4)),
             "{network}: the {who} decoded {} frames, the last {:?} before the end; warnings: {:?}",
             report.frames.len(),
             report
