@@ -1136,16 +1136,17 @@ impl Runner {
             // In audio only the link is too weak for video, and a voice takes most of what is
             // left (at 20 ms a packet, headers are half of it): Opus at half the rate (wideband
             // speech stays clear) leaves room for the picture every few seconds.
-            let audio_bps = match step {
-                Step::AudioOnly => AUDIO_ONLY_AUDIO_BITRATE_BPS,
-                _ => AUDIO_BITRATE_BPS,
-            };
-            if (before == Step::AudioOnly) != (step == Step::AudioOnly) {
+            let audio_only = step == Step::AudioOnly;
+            if (before == Step::AudioOnly) != audio_only {
+                let audio_bps = match audio_only {
+                    true => AUDIO_ONLY_AUDIO_BITRATE_BPS,
+                    false => AUDIO_BITRATE_BPS,
+                };
                 if let Err(e) = self.audio_encoder.set_bitrate(audio_bps) {
                     tracing::debug!(error = %e, "could not change the audio bitrate");
                 }
                 // The picture every few seconds goes at once, not at the fallen estimate.
-                self.call.set_camera_unpaced(step == Step::AudioOnly);
+                self.call.set_camera_unpaced(audio_only);
             }
             emit(&self.events, SessionEvent::VideoStep { step }).await;
         }

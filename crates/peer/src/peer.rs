@@ -424,10 +424,9 @@ fn format_of(kind: TrackKind) -> MediaFormat {
     }
 }
 
-/// The frame to send: as is without end-to-end encryption; protected with it, or `None`
-/// (dropped, counted) while no key is agreed — media never goes out unprotected.
-/// The bytes to send for `frame`: itself without end-to-end encryption, or protected into
-/// `buffer` (kept between frames); `None` while no key is agreed (the frame is dropped).
+/// The bytes to send for `frame`: itself without end-to-end encryption; with it, protected into
+/// `buffer` (kept between frames), or `None` (dropped, counted) while no key is agreed — media
+/// never goes out unprotected.
 fn protect_frame<'a>(
     e2ee: &mut Option<E2ee>,
     buffer: &'a mut Vec<u8>,

@@ -70,7 +70,7 @@ pub struct ChunkWriter<W: Write> {
     header: [u8; HEADER_LEN],
     next_index: u64,
     finished: bool,
-    /// Reused buffer: length prefix, ciphertext and tag.
+    /// Reused buffer for [`ChunkWriter::append`]'s copy: plaintext, then ciphertext and tag.
     buf: Vec<u8>,
 }
 
@@ -163,28 +163,16 @@ impl<W: Write> ChunkWriter<W> {
         Ok(())
     }
 
+    /// Seal a copy of `plaintext` (in the writer's own buffer, kept between chunks).
     fn seal(&mut self, plaintext: &[u8], last: bool) -> Result<(), VaultError> {
-        if self.finished {
-            return Err(VaultError::Finished);
-        }
         if plaintext.len() > MAX_CHUNK_BYTES {
             return Err(VaultError::ChunkTooLarge(plaintext.len()));
         }
-        let index = self.next_index;
-        let aad = aad(&self.header, index, last);
-        self.buf.clear();
-        self.buf
-            .extend_from_slice(&((plaintext.len() + TAG_LEN) as u32).to_be_bytes());
-        self.buf.extend_from_slice(plaintext);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce(index), Aad::from(&aad[..]), &mut self.buf[4..])
-            .map_err(|_| VaultError::Crypto("AES-256-GCM seal"))?;
-        self.buf.extend_from_slice(tag.as_ref());
-        self.out.write_all(&self.buf)?;
-        self.next_index += 1;
-        self.finished = last;
-        Ok(())
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.extend_from_slice(plaintext);
+        let sealed = self.seal_in_place(&mut buf, last);
+        self.buf = buf;
+        sealed
     }
 }
 

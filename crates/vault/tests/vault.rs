@@ -131,6 +131,31 @@ fn a_truncated_stream_is_unfinished_with_every_sealed_chunk_before_the_cut() {
 }
 
 #[test]
+fn an_oversized_chunk_is_refused_either_way_and_the_stream_goes_on() {
+    let id = Uuid::from_u128(3);
+    let mut writer = ChunkWriter::new(Vec::new(), id, &key()).unwrap();
+    let too_big = vec![7u8; consult_vault::chunks::MAX_CHUNK_BYTES + 1];
+    assert!(matches!(
+        writer.append(&too_big),
+        Err(VaultError::ChunkTooLarge(n)) if n == too_big.len()
+    ));
+    let mut in_place = too_big.clone();
+    assert!(matches!(
+        writer.append_in_place(&mut in_place),
+        Err(VaultError::ChunkTooLarge(_))
+    ));
+    // Nothing was written or lost: the refused chunk is still the caller's, and the stream
+    // goes on from the header.
+    assert_eq!(in_place, too_big);
+    assert_eq!(writer.get_mut().len(), 32);
+    writer.append(b"after").unwrap();
+    writer.finish(b"").unwrap();
+    let (chunks, end) = read_all(writer.get_mut(), id, &key()).unwrap();
+    assert_eq!(chunks, vec![b"after".to_vec(), Vec::new()]);
+    assert_eq!(end, StreamEnd::Complete { chunks: 2 });
+}
+
+#[test]
 fn data_after_the_final_chunk_is_refused() {
     let id = Uuid::new_v4();
     let (mut bytes, o) = sealed_stream(id, &key());
