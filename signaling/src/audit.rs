@@ -228,6 +228,24 @@ impl ChainError {
     }
 }
 
+impl Head {
+    /// The entry after `prev` with these fields.
+    fn after(
+        prev: &Head,
+        at: &str,
+        actor: &str,
+        action: &str,
+        consultation_id: Option<&str>,
+        detail: &str,
+    ) -> Head {
+        let seq = prev.seq + 1;
+        Head {
+            seq,
+            hash: entry_hash(seq, at, actor, action, consultation_id, detail, &prev.hash),
+        }
+    }
+}
+
 pub(crate) fn entry_hash(
     seq: i64,
     at: &str,
@@ -244,9 +262,21 @@ pub(crate) fn entry_hash(
 }
 
 /// Appends entries; one writer at a time so the chain stays linear.
+///
+/// It remembers the chain's head (the last entry it committed), so an append is one statement,
+/// not a read of the head and then an insert. The insert itself checks that the head is still
+/// that entry (another node, or a tool beside the service, may have appended since): if not, it
+/// inserts nothing, and the head is read again.
 pub struct AuditLog {
     pool: AnyPool,
-    writer: Mutex<()>,
+    writer: Mutex<Option<Head>>,
+}
+
+/// The last entry of the chain: its sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    seq: i64,
+    hash: String,
 }
 
 impl AuditLog {
@@ -254,7 +284,7 @@ impl AuditLog {
     pub fn new(pool: AnyPool) -> Self {
         Self {
             pool,
-            writer: Mutex::new(()),
+            writer: Mutex::new(None),
         }
     }
 
@@ -315,9 +345,13 @@ impl AuditLog {
     /// # }
     /// ```
     pub async fn begin(&self) -> anyhow::Result<AuditedTransaction<'_>> {
-        let guard = self.writer.lock().await;
+        let head = self.writer.lock().await;
         let tx = db::write_transaction(&self.pool).await?;
-        Ok(AuditedTransaction { tx, _writer: guard })
+        Ok(AuditedTransaction {
+            tx,
+            appended: None,
+            head,
+        })
     }
 }
 
@@ -325,7 +359,10 @@ impl AuditLog {
 /// Dropped without [`AuditedTransaction::commit`], it rolls back, entries included.
 pub struct AuditedTransaction<'a> {
     tx: sqlx::Transaction<'static, sqlx::Any>,
-    _writer: tokio::sync::MutexGuard<'a, ()>,
+    /// The last entry appended in this transaction, the chain's head once it commits.
+    appended: Option<Head>,
+    /// The log's writer, holding the head as last committed (`None`: read it).
+    head: tokio::sync::MutexGuard<'a, Option<Head>>,
 }
 
 impl AuditedTransaction<'_> {
@@ -364,43 +401,101 @@ impl AuditedTransaction<'_> {
         let at = at.format(&Rfc3339)?;
         let consultation_id = consultation_id.map(|id| id.to_string());
         let detail = detail.to_string();
+        let remembered = self.appended.clone().or_else(|| self.head.clone());
+        if let Some(prev) = remembered {
+            let entry = Head::after(
+                &prev,
+                &at,
+                actor,
+                action,
+                consultation_id.as_deref(),
+                &detail,
+            );
+            // Inserted only if `prev` is still the last entry: nothing after it, and it is
+            // there with that hash.
+            let inserted = sqlx::query(
+                "INSERT INTO audit_log (seq, at, actor, action, consultation_id, detail, prev_hash, hash)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8
+                 WHERE NOT EXISTS (SELECT 1 FROM audit_log WHERE seq > $9)
+                 AND EXISTS (SELECT 1 FROM audit_log WHERE seq = $10 AND hash = $11)",
+            )
+            .bind(entry.seq)
+            .bind(&at)
+            .bind(actor)
+            .bind(action)
+            .bind(&consultation_id)
+            .bind(&detail)
+            .bind(&prev.hash)
+            .bind(&entry.hash)
+            .bind(prev.seq)
+            .bind(prev.seq)
+            .bind(&prev.hash)
+            .execute(&mut *self.tx)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                self.appended = Some(entry);
+                return Ok(());
+            }
+        }
         let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *self.tx)
             .await?;
-        let (seq, prev_hash) = match last {
-            Some(row) => (row.get::<i64, _>(0) + 1, row.get::<String, _>(1)),
-            None => (1, GENESIS_HASH.to_owned()),
+        let prev = match last {
+            Some(row) => Head {
+                seq: row.get(0),
+                hash: row.get(1),
+            },
+            None => Head {
+                seq: 0,
+                hash: GENESIS_HASH.to_owned(),
+            },
         };
-        let hash = entry_hash(
-            seq,
+        let entry = Head::after(
+            &prev,
             &at,
             actor,
             action,
             consultation_id.as_deref(),
             &detail,
-            &prev_hash,
         );
         sqlx::query(
             "INSERT INTO audit_log (seq, at, actor, action, consultation_id, detail, prev_hash, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(seq)
+        .bind(entry.seq)
         .bind(&at)
         .bind(actor)
         .bind(action)
         .bind(&consultation_id)
         .bind(&detail)
-        .bind(&prev_hash)
-        .bind(&hash)
+        .bind(&prev.hash)
+        .bind(&entry.hash)
         .execute(&mut *self.tx)
         .await?;
+        self.appended = Some(entry);
         Ok(())
     }
 
     /// Commit the changes and their entries together.
     pub async fn commit(self) -> anyhow::Result<()> {
-        self.tx.commit().await?;
-        Ok(())
+        let Self {
+            tx,
+            appended,
+            mut head,
+        } = self;
+        match tx.commit().await {
+            Ok(()) => {
+                if appended.is_some() {
+                    *head = appended;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Whether it committed is not known: read the head next time.
+                *head = None;
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -577,6 +672,79 @@ mod tests {
                 seq: 3,
                 expected: 2
             })
+        );
+    }
+
+    async fn append(log: &AuditLog, i: usize) {
+        log.record(
+            OffsetDateTime::now_utc(),
+            &Actor::System,
+            Action::SignIn,
+            None,
+            json!({ "i": i }),
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn two_writers_of_one_chain_keep_it_linear() {
+        // Two logs of one database (two nodes, or a tool beside the service): each remembers
+        // its own last entry, which the other's appends make stale.
+        let (_dir, pool, first) = log_with_entries(2).await;
+        let second = AuditLog::new(pool.clone());
+        for i in 0..6 {
+            append(if i % 3 == 0 { &second } else { &first }, i).await;
+        }
+        assert_eq!(verify(&pool).await.unwrap(), Ok(8));
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_entry_is_not_remembered_as_the_head() {
+        let (_dir, pool, log) = log_with_entries(3).await;
+        let mut tx = log.begin().await.unwrap();
+        tx.record(
+            OffsetDateTime::now_utc(),
+            &Actor::System,
+            Action::SignIn,
+            None,
+            json!({}),
+        )
+        .await
+        .unwrap();
+        tx.record(
+            OffsetDateTime::now_utc(),
+            &Actor::System,
+            Action::SignOut,
+            None,
+            json!({}),
+        )
+        .await
+        .unwrap();
+        drop(tx);
+        append(&log, 9).await;
+        assert_eq!(verify(&pool).await.unwrap(), Ok(4));
+        let last = entries(&pool).await.unwrap().pop().unwrap();
+        assert_eq!((last.seq, last.detail), (4, json!({ "i": 9 })));
+    }
+
+    #[tokio::test]
+    async fn an_edited_head_is_not_chained_on_from_memory() {
+        // The head remembered is checked against the stored one: an edit of it (by someone
+        // with the file) is chained on as stored, and `verify` names it, as before the memory.
+        let (_dir, pool, log) = log_with_entries(3).await;
+        unprotect(&pool).await;
+        sqlx::query("UPDATE audit_log SET hash = $1 WHERE seq = 3")
+            .bind("f".repeat(64))
+            .execute(&pool)
+            .await
+            .unwrap();
+        append(&log, 9).await;
+        let last = entries(&pool).await.unwrap().pop().unwrap();
+        assert_eq!((last.seq, last.prev_hash), (4, "f".repeat(64)));
+        assert_eq!(
+            verify(&pool).await.unwrap(),
+            Err(ChainError::Tampered { seq: 3 })
         );
     }
 }

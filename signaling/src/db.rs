@@ -74,11 +74,36 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<AnyPool
             (options, Backend::Sqlite)
         }
     };
-    let pool = AnyPoolOptions::new()
-        .max_connections(match backend {
+    let pool = connect(
+        options,
+        backend,
+        match backend {
             Backend::Sqlite => 8,
             Backend::Postgres => 16,
-        })
+        },
+    )
+    .await?;
+    let migrations = match backend {
+        Backend::Sqlite => EmbeddedMigrations(SQLITE_MIGRATIONS),
+        Backend::Postgres => EmbeddedMigrations(POSTGRES_MIGRATIONS),
+    };
+    sqlx::migrate::Migrator::new(migrations)
+        .await
+        .map_err(OpenError::Migrate)?
+        .run(&pool)
+        .await
+        .map_err(OpenError::Migrate)?;
+    Ok(pool)
+}
+
+/// A pool of at most `connections` to the database of `options`, each set up for `backend`.
+async fn connect(
+    options: AnyConnectOptions,
+    backend: Backend,
+    connections: u32,
+) -> Result<AnyPool, OpenError> {
+    AnyPoolOptions::new()
+        .max_connections(connections)
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _| {
             Box::pin(async move {
@@ -103,18 +128,37 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<AnyPool
         })
         .connect_with(options)
         .await
-        .map_err(OpenError::Connect)?;
-    let migrations = match backend {
-        Backend::Sqlite => EmbeddedMigrations(SQLITE_MIGRATIONS),
-        Backend::Postgres => EmbeddedMigrations(POSTGRES_MIGRATIONS),
-    };
-    sqlx::migrate::Migrator::new(migrations)
-        .await
-        .map_err(OpenError::Migrate)?
-        .run(&pool)
-        .await
-        .map_err(OpenError::Migrate)?;
-    Ok(pool)
+        .map_err(OpenError::Connect)
+}
+
+/// The pool a service writes through. SQLite has one writer at a time: when two connections
+/// of one process both want to write, SQLite makes the second sleep in steps of up to 100 ms
+/// (its busy handler), with the CPU idle, and under load most of every write's time went
+/// there (`consult load --signaling-only`: 2,455 such sleeps, 7.4 s of them, in 4 s at 300
+/// admissions a second). So SQLite writes go through a pool of its own with one connection:
+/// writers queue for it in the process, in order, and never sleep. Reads keep `pool`.
+/// PostgreSQL takes concurrent writers itself: its writer is `pool`.
+pub async fn writer(pool: &AnyPool) -> Result<AnyPool, OpenError> {
+    match Backend::of(pool) {
+        Backend::Postgres => Ok(pool.clone()),
+        Backend::Sqlite => connect((*pool.connect_options()).clone(), Backend::Sqlite, 1).await,
+    }
+}
+
+/// A database as the service uses it: `pool` to read, `writer` to write (see [`writer`]).
+pub struct Pools {
+    /// For reads.
+    pub pool: AnyPool,
+    /// For writes.
+    pub writer: AnyPool,
+}
+
+impl Pools {
+    /// `pool`, and its writer.
+    pub async fn of(pool: AnyPool) -> Result<Pools, OpenError> {
+        let writer = writer(&pool).await?;
+        Ok(Pools { pool, writer })
+    }
 }
 
 /// The schema migrations in `signaling/migrations`, compiled into the binary. Listed here rather

@@ -244,7 +244,7 @@ pub(crate) async fn refused(
             },
         );
     }
-    audit_tally::count_now(&state.pool, now, &state.config.audit, &event).await
+    audit_tally::count_now(&state.writer, now, &state.config.audit, &event).await
 }
 
 /// A place taken with an invite, looked up by participant token.
@@ -281,13 +281,13 @@ pub async fn find_participant(
 
 /// Release a patient's hold on their invite; their token stops working.
 pub async fn release(state: &AppState, participant_id: Uuid) -> anyhow::Result<()> {
-    rows::release_place(&state.pool, participant_id, state.clock.now()).await
+    rows::release_place(&state.writer, participant_id, state.clock.now()).await
 }
 
 /// Release every patient of a consultation (it ended).
 pub async fn release_all(state: &AppState, consultation_id: Uuid) -> anyhow::Result<()> {
-    rows::release_places(&state.pool, consultation_id, state.clock.now()).await?;
-    rows::clear_colleagues_admitted(&state.pool, consultation_id).await
+    rows::release_places(&state.writer, consultation_id, state.clock.now()).await?;
+    rows::clear_colleagues_admitted(&state.writer, consultation_id).await
 }
 
 /// Release the patients holding a revoked invite and disconnect them.
@@ -356,7 +356,7 @@ pub async fn depart(state: &AppState, departure: &Departure) -> anyhow::Result<(
 pub async fn restore_places(state: &AppState, doctor: Option<Uuid>) -> anyhow::Result<usize> {
     if let Some(doctor) = doctor {
         crate::recording::close_left_open(
-            &state.pool,
+            &state.writer,
             &state.recordings.vault,
             &state.clock,
             Some(doctor),
@@ -378,7 +378,7 @@ pub async fn restore_places(state: &AppState, doctor: Option<Uuid>) -> anyhow::R
     for (consultation_id, places) in by_consultation {
         let record = crate::consultations::find(&state.pool, consultation_id).await?;
         let Some(record) = record.filter(|c| c.status != ConsultationStatus::Ended) else {
-            rows::release_places(&state.pool, consultation_id, now).await?;
+            rows::release_places(&state.writer, consultation_id, now).await?;
             continue;
         };
         restored += places.len();

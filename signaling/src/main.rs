@@ -988,7 +988,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         let state = &running.state;
         let creds = accounts::seed_demo_doctor(
-            &state.pool,
+            &state.writer,
             &state.audit,
             &state.sealing_key,
             state.clock.now(),
@@ -1008,7 +1008,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(count) = args.seed_load_clinicians {
         let state = &running.state;
         let creds = accounts::seed_load_clinicians(
-            &state.pool,
+            &state.writer,
             &state.audit,
             &state.sealing_key,
             state.clock.now(),

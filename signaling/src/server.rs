@@ -242,7 +242,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     let cluster = crate::cluster::Cluster::connect(&config.cluster).await?;
     let state = AppState::new(
         config,
-        pool,
+        db::Pools::of(pool).await?,
         clock,
         url.clone(),
         sealing_key,
@@ -283,7 +283,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
         crate::audit_checkpoints::AuditSigner::load_or_create(&state.config.data_dir)
             .context("loading the audit signing key")?;
     crate::audit_checkpoints::spawn_checkpoint_job(
-        state.pool.clone(),
+        state.writer.clone(),
         Arc::new(audit_signer),
         state.config.audit.checkpoint_interval,
     );

@@ -28,8 +28,11 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     /// The loaded configuration.
     pub config: Config,
-    /// The database.
+    /// The database, for reading. Write with [`Shared::writer`].
     pub pool: AnyPool,
+    /// The database's writer: with SQLite one connection all of the process's writes queue
+    /// for (see [`crate::db::writer`]); with PostgreSQL the same pool as `pool`.
+    pub writer: AnyPool,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
     /// The audit trail.
@@ -78,7 +81,7 @@ impl AppState {
     /// Assemble the state; fails if `public_url` cannot be a WebAuthn relying party.
     pub fn new(
         config: Config,
-        pool: AnyPool,
+        crate::db::Pools { pool, writer }: crate::db::Pools,
         clock: Arc<dyn Clock>,
         public_url: String,
         sealing_key: SealingKey,
@@ -120,7 +123,7 @@ impl AppState {
             unjoined_sockets: UnjoinedSockets::default(),
             join_rate: JoinRate::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
-            audit: AuditLog::new(pool.clone()),
+            audit: AuditLog::new(writer.clone()),
             hub: if cluster.is_clustered() {
                 Hub::for_cluster(metrics.clone())
             } else {
@@ -137,6 +140,7 @@ impl AppState {
             metrics,
             config,
             pool,
+            writer,
             clock,
             public_url,
             certificates,

@@ -149,7 +149,7 @@ pub async fn deliver_due(
         .bind(next.unix_timestamp())
         .bind(&failure)
         .bind(seq)
-        .execute(&state.pool)
+        .execute(&state.writer)
         .await?;
         state
             .metrics

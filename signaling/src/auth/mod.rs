@@ -142,7 +142,7 @@ pub async fn login(
     } else if let Some(code) = req.totp.as_deref() {
         match totp::verify(&secret, code, unix_now(now), account.totp_last_step) {
             Ok(step) => {
-                let spent = rows::spend_totp_step(&state.pool, account.user.id, step).await?;
+                let spent = rows::spend_totp_step(&state.writer, account.user.id, step).await?;
                 if !spent {
                     return Err(fail(
                         &state,
@@ -180,7 +180,7 @@ pub async fn login(
     }
     if source.device.is_none() {
         // The untrusted channel's count restarts only when it succeeds itself.
-        rows::clear_failures(&state.pool, account.user.id).await?;
+        rows::clear_failures(&state.writer, account.user.id).await?;
     }
     let method = if req.recovery_code.is_some() {
         "recovery_code"
@@ -465,7 +465,7 @@ async fn audit_failure(
     let now = state.clock.now();
     observe_failure(state, now, source, account, reason);
     let event = failure_event(source.origin.address, account, reason);
-    audit_tally::count_now(&state.pool, now, &state.config.audit, &event).await?;
+    audit_tally::count_now(&state.writer, now, &state.config.audit, &event).await?;
     Ok(())
 }
 
@@ -623,7 +623,7 @@ async fn start_mfa_enrolment(state: &AppState, account: &Account) -> Result<Resp
             .seal(&secret, &accounts::totp_owner(account.user.id)),
         expires_at: now + MFA_ENROLMENT_TTL,
     };
-    let mut tx = crate::db::write_transaction(&state.pool).await?;
+    let mut tx = crate::db::write_transaction(&state.writer).await?;
     rows::replace_mfa_enrolment(&mut tx, &token.hash().0, &enrolment, now).await?;
     tx.commit().await?;
     let body = LoginResponse::MfaEnrolmentRequired {

@@ -184,7 +184,7 @@ async fn open(state: &AppState, sealed: &str) -> Result<Purpose, ApiError> {
             "the passkey request expired; start again",
         ));
     }
-    let mut db = state.pool.acquire().await?;
+    let mut db = state.writer.acquire().await?;
     if !rows::use_ceremony(&mut db, &ceremony.id, expires_at, now).await? {
         return Err(rejected(
             "passkey_replayed",
@@ -418,7 +418,7 @@ pub async fn finish_sign_in(
     let stored = serde_json::to_string(&passkey).map_err(|e| ApiError::Internal(e.into()))?;
     let now = state.clock.now();
     if !rows::record_use(
-        &state.pool,
+        &state.writer,
         row.id,
         row.sign_count,
         &stored,
@@ -439,7 +439,7 @@ pub async fn finish_sign_in(
     }
     if source.device.is_none() {
         // As after a sign-in with the password: the untrusted channel's count starts again.
-        super::rows::clear_failures(&state.pool, account.user.id).await?;
+        super::rows::clear_failures(&state.writer, account.user.id).await?;
     }
     let started = start_session(&state, &account.user, &source, "passkey", false).await?;
     let session = started.session.clone();

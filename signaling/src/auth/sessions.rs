@@ -131,7 +131,7 @@ pub async fn authenticate_any(
             >= LAST_SEEN_GRANULARITY_SECS
                 .min((state.config.session.idle_timeout.as_secs() / 10) as i64)
     {
-        rows::touch_session(&state.pool, row.id, now).await?;
+        rows::touch_session(&state.writer, row.id, now).await?;
         last_seen = now;
     }
     let account = accounts::find_by_id(&state.pool, row.user_id)

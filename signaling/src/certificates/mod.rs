@@ -844,7 +844,7 @@ pub async fn verify(
         Err(e) => {
             let code = failure_code(&e);
             audit_tally::count_now(
-                &state.pool,
+                &state.writer,
                 now,
                 &state.config.audit,
                 &audit_tally::Unauthenticated {

@@ -470,26 +470,30 @@ pub async fn admit_patient(
         .hub
         .admit(consultation_id, doctor_user_id, participant_id)?;
     // Kept, so a restarted service gives them their place in the call back (a colleague's is
-    // kept with the colleague; the update of the other table changes nothing).
+    // kept with the colleague; the update of the other table changes nothing), and audited in
+    // the same transaction. They are admitted already: a failure to store it is logged.
     let now = state.clock.now();
     let stored = async {
-        rows::set_admitted(&state.pool, participant_id, now).await?;
-        rows::set_colleague_admitted(&state.pool, participant_id, Some(now)).await
-    }
-    .await;
-    if let Err(e) = stored {
-        tracing::error!(error = format!("{e:#}"), "could not store an admission");
-    }
-    state
-        .audit
-        .record_or_log(
-            state.clock.now(),
+        let mut tx = state.audit.begin().await?;
+        rows::set_admitted(tx.connection(), participant_id, now).await?;
+        rows::set_colleague_admitted(tx.connection(), participant_id, Some(now)).await?;
+        tx.record(
+            now,
             &Actor::User(doctor_user_id),
             Action::Admitted,
             Some(consultation_id),
             json!({ "participant_id": participant_id }),
         )
-        .await;
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = stored {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "could not store or audit an admission"
+        );
+    }
     crate::recording::reconcile(state, consultation_id).await;
     Ok(())
 }

@@ -42,7 +42,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     let url = crate::server::public_url(&config, config.bind);
     AppState::new(
         config,
-        pool,
+        crate::db::Pools::of(pool).await?,
         Arc::new(SystemClock),
         url,
         sealing_key,

@@ -304,7 +304,7 @@ impl Recorder {
         };
         let now = state.clock.now();
         if let Err(e) = rows::finish(
-            &state.pool,
+            &state.writer,
             recording_id,
             status,
             now,

@@ -782,7 +782,7 @@ impl Connected {
                     })?;
                 // Kept, so a restarted service does not ask again (nor forget a refusal).
                 if let Err(e) = consultations::rows::set_recording_consent(
-                    &state.pool,
+                    &state.writer,
                     place.participant_id,
                     consent,
                 )
@@ -815,7 +815,7 @@ impl Connected {
             ClientMessage::ScreenSharing { guests_allowed } => {
                 // Kept first: a restarted service, and a room rebuilt on another node, say the same.
                 consultations::rows::set_guests_share_screen(
-                    &state.pool,
+                    &state.writer,
                     place.consultation_id,
                     guests_allowed,
                 )
