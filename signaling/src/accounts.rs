@@ -32,10 +32,11 @@ pub struct Account {
     pub disabled_at: Option<OffsetDateTime>,
 }
 
-const ACCOUNT_COLUMNS: &str = "id, email, display_name, role, password_hash, totp_secret, \
+pub(crate) const ACCOUNT_COLUMNS: &str = "id, email, display_name, role, password_hash, totp_secret, \
      totp_last_step, failed_logins, locked_until, disabled_at";
 
-fn account_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<Account> {
+/// The account in the first columns of `row`, selected as [`ACCOUNT_COLUMNS`].
+pub(crate) fn account_from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Account> {
     let id: String = row.get(0);
     let role: String = row.get(3);
     Ok(Account {
@@ -72,7 +73,7 @@ pub async fn find_by_email(pool: &AnyPool, email: &str) -> anyhow::Result<Option
     .bind(normalise_email(email))
     .fetch_optional(pool)
     .await?;
-    row.map(account_from_row).transpose()
+    row.as_ref().map(account_from_row).transpose()
 }
 
 /// Find an account by id.
@@ -83,7 +84,7 @@ pub async fn find_by_id(pool: &AnyPool, id: Uuid) -> anyhow::Result<Option<Accou
     .bind(id.to_string())
     .fetch_optional(pool)
     .await?;
-    row.map(account_from_row).transpose()
+    row.as_ref().map(account_from_row).transpose()
 }
 
 /// Every account, by email.
@@ -93,7 +94,7 @@ pub async fn list(pool: &AnyPool) -> anyhow::Result<Vec<Account>> {
     ))
     .fetch_all(pool)
     .await?;
-    rows.into_iter().map(account_from_row).collect()
+    rows.iter().map(account_from_row).collect()
 }
 
 /// Disable an account (it stays disabled if it was); whether it exists.

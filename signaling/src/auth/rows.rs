@@ -312,27 +312,34 @@ pub async fn insert_session(
     Ok(id)
 }
 
-/// The session with this token hash.
-pub async fn session(
+/// A session by the hash of its token, with its account, in one query (every authenticated
+/// request asks for both).
+pub async fn session_with_account(
     db: impl AnyExecutor<'_>,
     token_hash: &str,
-) -> anyhow::Result<Option<SessionRow>> {
-    let row = sqlx::query(
-        "SELECT id, user_id, last_seen_at, absolute_expires_at, revoked_at, passkey_setup_only
-         FROM sessions WHERE token_hash = $1",
-    )
+) -> anyhow::Result<Option<(SessionRow, crate::accounts::Account)>> {
+    let row = sqlx::query(&format!(
+        "SELECT {}, s.sid, s.last_seen_at, s.absolute_expires_at, s.revoked_at,
+                s.passkey_setup_only
+         FROM users JOIN (SELECT id AS sid, user_id, last_seen_at, absolute_expires_at,
+                                 revoked_at, passkey_setup_only
+                          FROM sessions WHERE token_hash = $1) s ON users.id = s.user_id",
+        crate::accounts::ACCOUNT_COLUMNS
+    ))
     .bind(token_hash)
     .fetch_optional(db)
     .await?;
     row.map(|row| {
-        Ok(SessionRow {
-            id: Uuid::parse_str(row.get::<&str, _>(0))?,
-            user_id: Uuid::parse_str(row.get::<&str, _>(1))?,
-            last_seen_at: from_unix(row.get(2)),
-            absolute_expires_at: from_unix(row.get(3)),
-            revoked: row.get::<Option<i64>, _>(4).is_some(),
-            passkey_setup_only: row.get::<i64, _>(5) != 0,
-        })
+        let account = crate::accounts::account_from_row(&row)?;
+        let session = SessionRow {
+            id: Uuid::parse_str(row.get::<&str, _>(10))?,
+            user_id: account.user.id,
+            last_seen_at: from_unix(row.get(11)),
+            absolute_expires_at: from_unix(row.get(12)),
+            revoked: row.get::<Option<i64>, _>(13).is_some(),
+            passkey_setup_only: row.get::<i64, _>(14) != 0,
+        };
+        Ok((session, account))
     })
     .transpose()
 }

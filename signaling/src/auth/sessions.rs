@@ -22,7 +22,6 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows;
-use crate::accounts;
 use crate::db::to_unix;
 use crate::error::ApiError;
 use crate::secrets::{hex_sha256, Token};
@@ -117,7 +116,7 @@ pub async fn authenticate_any(
     activity: Activity,
 ) -> Result<CurrentUser, ApiError> {
     let now = state.clock.now();
-    let row = rows::session(&state.pool, &token.hash().0)
+    let (row, account) = rows::session_with_account(&state.pool, &token.hash().0)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let absolute = row.absolute_expires_at;
@@ -134,10 +133,9 @@ pub async fn authenticate_any(
         rows::touch_session(&state.writer, row.id, now).await?;
         last_seen = now;
     }
-    let account = accounts::find_by_id(&state.pool, row.user_id)
-        .await?
-        .filter(|a| a.disabled_at.is_none())
-        .ok_or(ApiError::Unauthenticated)?;
+    if account.disabled_at.is_some() {
+        return Err(ApiError::Unauthenticated);
+    }
     Ok(CurrentUser {
         session_id: row.id,
         session: Session {
