@@ -4,25 +4,54 @@
 # (the cipher a path is built on, or the independent stack it is compared with).
 #
 #   scripts/bench.sh            SFrame, vault and data channels (criterion, about 7 minutes)
-#   scripts/bench.sh --table    the table of the last run again (or after running one group:
+#   scripts/bench.sh --load     the service's rows only, from the load generator (release build
+#                               of consult and consult-load, about 6 minutes): admissions a
+#                               second at p99 < 100 ms, and recorded consultations per core
+#   scripts/bench.sh --all      both
+#   scripts/bench.sh --table    the table of the last runs again (or after running one group:
 #                               `cargo bench -p consult-benches --bench e2ee`)
 #
-# Criterion's own reports stay in target/criterion (HTML per benchmark). The service's figures
-# (recorded consultations per core, admissions per second) come from the load generator: see
-# "Measuring" in the README.
+# Criterion's own reports stay in target/criterion (HTML per benchmark); the load generator's
+# reports of the last --load run in target/load-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-run=true
+criterion=true
+load=false
 case "${1:-}" in
-  --table) run=false ;;
+  --table) criterion=false ;;
+  --load) criterion=false; load=true ;;
+  --all) load=true ;;
   "") ;;
-  *) echo "usage: scripts/bench.sh [--table]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [--load | --all | --table]" >&2; exit 2 ;;
 esac
 
-if $run; then
+if $criterion; then
   cargo bench --locked -p consult-benches --bench e2ee --bench vault -- --noplot >&2
   cargo bench --locked -p consult-benches --bench media -- --noplot file_transfer >&2
+fi
+
+if $load; then
+  cargo build --locked --release -p consult-signaling -p consult-load >&2
+  out="$PWD/target/load-bench"
+  rm -rf "$out" && mkdir -p "$out"
+  generator="$PWD/target/release/consult-load"
+  # Admissions: a ladder of rates, each for six seconds of ramp-up (clinicians signed in
+  # first), up to the first whose p99 admission is 100 ms or more. Every run starts its own
+  # service on loopback and stops it.
+  for rate in 100 150 200 250 300 400 500 700 1000; do
+    mkdir -p "$out/admissions-$rate"
+    (cd "$out/admissions-$rate" &&
+      "$generator" --signaling-only -n $((rate * 6)) --ramp "$rate" --duration 2s >run.log 2>&1)
+    p99=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["figures"]["admission_ms"]["p99"])' \
+      "$out/admissions-$rate/consult-load-report/report.json")
+    echo "admissions: $rate a second, p99 $p99 ms" >&2
+    python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 100 else 1)' "$p99" || break
+  done
+  # Recording: 20 recorded 1:1 consultations held for 40 s; the service's CPU per consultation.
+  mkdir -p "$out/recorded"
+  (cd "$out/recorded" &&
+    "$generator" --recorded -n 20 --ramp 4 --duration 40s --decode 0 >run.log 2>&1)
 fi
 
 python3 - <<'EOF'
@@ -48,20 +77,43 @@ def mib_s(nbytes, ns):
     return f"{nbytes / ns * 1e9 / 2**20:.1f} MiB/s"
 
 rows = []
-for name, size in [("SFrame protect+unprotect, 1 KiB Opus frame", ("opus", 1024)),
-                   ("SFrame protect+unprotect, 10 KiB Opus frame", ("opus", 10240)),
-                   ("SFrame protect+unprotect, 1 KiB H.264 frame", ("h264", 1024)),
-                   ("SFrame protect+unprotect, 10 KiB H.264 frame", ("h264", 10240))]:
-    now = mean_ns("sframe", size[0], size[1])
-    ceiling = mean_ns("sframe", "aes_128_gcm", size[1])
-    rows.append((name, time(now), f"AES-128-GCM seal+open {time(ceiling)}", f"{ceiling / now * 100:.0f}%"))
-now = mean_ns("vault", "chunks_in_place", 1048576)
-ceiling = mean_ns("vault", "aes_256_gcm", 1048576)
-rows.append(("vault sealing, 1 MiB chunks", gib_s(1048576, now), f"AES-256-GCM {gib_s(1048576, ceiling)}", f"{ceiling / now * 100:.0f}%"))
-size = 16 * 2**20
-now = mean_ns("file_transfer", "16MiB_native-native (consult-file protocol)")
-other = mean_ns("file_transfer", "16MiB_webrtc-rs-webrtc-rs (data channel)")
-rows.append(("file transfer, 16 MiB, loopback", mib_s(size, now), f"webrtc-rs {mib_s(size, other)} (goal 3×)", f"{other / now:.2f}×"))
+# Criterion's rows, when it has run (not after `--load` alone on a fresh tree).
+try:
+    for name, size in [("SFrame protect+unprotect, 1 KiB Opus frame", ("opus", 1024)),
+                       ("SFrame protect+unprotect, 10 KiB Opus frame", ("opus", 10240)),
+                       ("SFrame protect+unprotect, 1 KiB H.264 frame", ("h264", 1024)),
+                       ("SFrame protect+unprotect, 10 KiB H.264 frame", ("h264", 10240))]:
+        now = mean_ns("sframe", size[0], size[1])
+        ceiling = mean_ns("sframe", "aes_128_gcm", size[1])
+        rows.append((name, time(now), f"AES-128-GCM seal+open {time(ceiling)}", f"{ceiling / now * 100:.0f}%"))
+    now = mean_ns("vault", "chunks_in_place", 1048576)
+    ceiling = mean_ns("vault", "aes_256_gcm", 1048576)
+    rows.append(("vault sealing, 1 MiB chunks", gib_s(1048576, now), f"AES-256-GCM {gib_s(1048576, ceiling)}", f"{ceiling / now * 100:.0f}%"))
+    size = 16 * 2**20
+    now = mean_ns("file_transfer", "16MiB_native-native (consult-file protocol)")
+    other = mean_ns("file_transfer", "16MiB_webrtc-rs-webrtc-rs (data channel)")
+    rows.append(("file transfer, 16 MiB, loopback", mib_s(size, now), f"webrtc-rs {mib_s(size, other)} (goal 3×)", f"{other / now:.2f}×"))
+except FileNotFoundError:
+    pass
+
+load = pathlib.Path("target/load-bench")
+def report(run):
+    path = load / run / "consult-load-report" / "report.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+ladder = sorted((int(d.name.split("-")[1]), report(d.name)) for d in load.glob("admissions-*"))
+ladder = [(rate, r["figures"]["admission_ms"]["p99"]) for rate, r in ladder if r]
+if ladder:
+    passed = [(rate, p99) for rate, p99 in ladder if p99 < 100]
+    failed = [(rate, p99) for rate, p99 in ladder if p99 >= 100]
+    now = f"{passed[-1][0]}/s (p99 {passed[-1][1]:.0f} ms)" if passed else f"under {ladder[0][0]}/s"
+    if failed:
+        now += f"; {failed[0][0]}/s: p99 {failed[0][1]:.0f} ms"
+    rows.append(("admissions a second, p99 < 100 ms (SQLite)", now, "goal 1,000/s", f"{(passed[-1][0] if passed else 0) / 1000 * 100:.0f}%"))
+recorded = report("recorded")
+if recorded:
+    per = recorded["service"]["cpu_percent_per_consultation"]
+    rows.append(("recorded 1:1 consultations per core", f"{100 / per:.0f} ({per:.2f} % of a core each)", "goal 200", f"{100 / per / 200 * 100:.0f}%"))
 
 widths = [max(len(r[i]) for r in rows + [("path", "now", "ceiling")]) for i in range(3)]
 print(f"| {'path':<{widths[0]}} | {'now':<{widths[1]}} | {'ceiling (same run)':<{widths[2]}} | ratio |")
