@@ -32,7 +32,8 @@ pub struct Account {
     pub disabled_at: Option<OffsetDateTime>,
 }
 
-pub(crate) const ACCOUNT_COLUMNS: &str = "id, email, display_name, role, password_hash, totp_secret, \
+pub(crate) const ACCOUNT_COLUMNS: &str =
+    "id, email, display_name, role, password_hash, totp_secret, \
      totp_last_step, failed_logins, locked_until, disabled_at";
 
 /// The account in the first columns of `row`, selected as [`ACCOUNT_COLUMNS`].
