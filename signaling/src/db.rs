@@ -323,6 +323,16 @@ pub fn from_unix(secs: i64) -> OffsetDateTime {
 /// sharing the database ever after. Backups carry it.
 pub async fn installation_id(pool: &AnyPool) -> sqlx::Result<uuid::Uuid> {
     use sqlx::Row as _;
+    let parse =
+        |id: String| uuid::Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)));
+    // Read first: once made, asking writes nothing (a running service's backups read it with
+    // its read pool, and in SQLite even an insert that inserts nothing takes the write lock).
+    if let Some(row) = sqlx::query("SELECT id FROM installation WHERE one = 1")
+        .fetch_optional(pool)
+        .await?
+    {
+        return parse(row.try_get("id")?);
+    }
     let fresh = uuid::Uuid::new_v4().to_string();
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -338,7 +348,7 @@ pub async fn installation_id(pool: &AnyPool) -> sqlx::Result<uuid::Uuid> {
         .fetch_one(pool)
         .await?
         .try_get("id")?;
-    uuid::Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    parse(id)
 }
 
 /// Start a transaction that writes, holding the database's one write lock until it ends, so

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::Path;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rust_embed::RustEmbed;
 
@@ -13,19 +13,36 @@ use rust_embed::RustEmbed;
 #[exclude = "node_modules/*"]
 struct WebDemo;
 
-fn serve(path: &str) -> Response {
+/// The embedded file at `path`, or 304 when the browser's copy (`If-None-Match`) is current.
+/// Compression (gzip, for whoever asks) is the router's: see `app::router`.
+fn serve(path: &str, request: &HeaderMap) -> Response {
     match WebDemo::get(path) {
         Some(file) => {
-            let mime = mime_guess::from_path(path).first_or_octet_stream();
-            let text = mime.type_() == "text" || mime.subtype() == "javascript";
-            let content_type = if text {
-                format!("{mime}; charset=utf-8")
+            // The content's hash: a page revalidated on a weak link costs a round trip, not
+            // its bytes again.
+            let etag = format!("\"{}\"", hex::encode(file.metadata.sha256_hash()));
+            let current = request
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag));
+            let mut response = if current {
+                StatusCode::NOT_MODIFIED.into_response()
             } else {
-                mime.to_string()
+                let mime = mime_guess::from_path(path).first_or_octet_stream();
+                let text = mime.type_() == "text" || mime.subtype() == "javascript";
+                let content_type = if text {
+                    format!("{mime}; charset=utf-8")
+                } else {
+                    mime.to_string()
+                };
+                let mut response = Response::new(Body::from(file.data.into_owned()));
+                if let Ok(value) = HeaderValue::from_str(&content_type) {
+                    response.headers_mut().insert(header::CONTENT_TYPE, value);
+                }
+                response
             };
-            let mut response = Response::new(Body::from(file.data.into_owned()));
-            if let Ok(value) = HeaderValue::from_str(&content_type) {
-                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            if let Ok(value) = HeaderValue::from_str(&etag) {
+                response.headers_mut().insert(header::ETAG, value);
             }
             // The pages change with each release; let the browser revalidate.
             response
@@ -38,29 +55,29 @@ fn serve(path: &str) -> Response {
 }
 
 /// `/`: the doctor's pages.
-pub async fn doctor_page() -> Response {
-    serve("index.html")
+pub async fn doctor_page(request: HeaderMap) -> Response {
+    serve("index.html", &request)
 }
 
 /// `/join`: the patient's pages (the invite token is in the fragment).
-pub async fn patient_page() -> Response {
-    serve("join.html")
+pub async fn patient_page(request: HeaderMap) -> Response {
+    serve("join.html", &request)
 }
 
 /// `/enrol`: set a password from an enrolment link.
-pub async fn enrol_page() -> Response {
-    serve("enrol.html")
+pub async fn enrol_page(request: HeaderMap) -> Response {
+    serve("enrol.html", &request)
 }
 
 /// `/verify`: anyone checks a medical certificate (the presentation after `#`, or pasted).
-pub async fn verify_page() -> Response {
-    serve("verify.html")
+pub async fn verify_page(request: HeaderMap) -> Response {
+    serve("verify.html", &request)
 }
 
 /// `/assets/*path`: scripts, styles and images.
-pub async fn asset(Path(path): Path<String>) -> Response {
+pub async fn asset(Path(path): Path<String>, request: HeaderMap) -> Response {
     if path.split('/').any(|segment| segment == "..") {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     }
-    serve(&format!("assets/{path}"))
+    serve(&format!("assets/{path}"), &request)
 }

@@ -585,24 +585,29 @@ impl ApiClient {
     }
 }
 
-/// The TLS set-up of every client: the system's root certificates and the Mozilla roots, as
-/// reqwest would load them, but read and parsed once per process. Loading them per client took
-/// a third of the load generator's CPU (every patient is a client of its own).
+/// The TLS set-up of a client: the Mozilla roots and the system's (what reqwest trusts in this
+/// workspace's builds, where `object_store` turns on its native roots, and what the media
+/// client's TURN over TLS trusts), offering HTTP/1.1 by ALPN as reqwest does. The roots are read
+/// and parsed once per process: per client, that took a third of the load generator's CPU (every
+/// patient is a client of its own). Each client gets its own configuration, so its own TLS
+/// session cache.
 fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
-    static CONFIG: OnceLock<Result<rustls::ClientConfig, rustls::Error>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            // Unreadable or malformed system certificates are skipped, as reqwest does.
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|config| config.with_root_certificates(roots).with_no_client_auth())
-        })
-        .clone()
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    let roots = ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // Unreadable or malformed system certificates are skipped, as reqwest does.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        Arc::new(roots)
+    });
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// An error with its causes, which reqwest keeps apart ("error sending request: … refused").

@@ -471,7 +471,8 @@ pub async fn admit_patient(
         .admit(consultation_id, doctor_user_id, participant_id)?;
     // Kept, so a restarted service gives them their place in the call back (a colleague's is
     // kept with the colleague; the update of the other table changes nothing), and audited in
-    // the same transaction. They are admitted already: a failure to store it is logged.
+    // the same transaction. They are admitted already: if that fails, it is logged and the
+    // admission audited on its own.
     let now = state.clock.now();
     let stored = async {
         let mut tx = state.audit.begin().await?;
@@ -489,10 +490,17 @@ pub async fn admit_patient(
     }
     .await;
     if let Err(e) = stored {
-        tracing::error!(
-            error = format!("{e:#}"),
-            "could not store or audit an admission"
-        );
+        tracing::error!(error = format!("{e:#}"), "could not store an admission");
+        state
+            .audit
+            .record_or_log(
+                now,
+                &Actor::User(doctor_user_id),
+                Action::Admitted,
+                Some(consultation_id),
+                json!({ "participant_id": participant_id, "stored": false }),
+            )
+            .await;
     }
     crate::recording::reconcile(state, consultation_id).await;
     Ok(())

@@ -777,6 +777,85 @@ async fn health_metrics_and_openapi_are_served() {
 }
 
 #[tokio::test]
+async fn the_pages_go_gzipped_and_revalidate_by_their_hash_and_the_api_is_never_compressed() {
+    use std::io::Read;
+    let svc = TestService::start().await;
+    let http = reqwest::Client::new();
+    let on_disk = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../web-demo/assets/call.js"
+    ))
+    .unwrap();
+    let gzipped = http
+        .get(svc.url("/assets/call.js"))
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status(), StatusCode::OK);
+    assert_eq!(gzipped.headers()[header::CONTENT_ENCODING], "gzip");
+    assert!(gzipped.headers()[header::VARY]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase()
+        .contains("accept-encoding"));
+    let etag = gzipped.headers()[header::ETAG].to_str().unwrap().to_owned();
+    let body = gzipped.bytes().await.unwrap();
+    assert!(
+        body.len() * 3 < on_disk.len(),
+        "{} bytes gzipped of {}",
+        body.len(),
+        on_disk.len()
+    );
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, on_disk);
+    // Not asked for: as it is.
+    let plain = http.get(svc.url("/assets/call.js")).send().await.unwrap();
+    assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+    assert_eq!(plain.bytes().await.unwrap(), on_disk);
+    // The browser's copy is current: 304, no body; another tag: the file.
+    let revalidated = http
+        .get(svc.url("/assets/call.js"))
+        .header(header::IF_NONE_MATCH, &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+    assert!(revalidated.bytes().await.unwrap().is_empty());
+    let stale = http
+        .get(svc.url("/assets/call.js"))
+        .header(header::IF_NONE_MATCH, "\"0000\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::OK);
+    // The patient's page too; the API's answers never (they may hold secrets).
+    let page = http
+        .get(svc.url("/join"))
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.headers()[header::CONTENT_ENCODING], "gzip");
+    for path in ["/api/v1/openapi.json", "/api/v1/signal/schema.json"] {
+        let api = http
+            .get(svc.url(path))
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(api.status(), StatusCode::OK, "{path}");
+        assert!(
+            api.headers().get(header::CONTENT_ENCODING).is_none(),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn e2ee_is_chosen_per_consultation_and_reaches_both_participants() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("e2ee@clinic.test").await;
