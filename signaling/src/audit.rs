@@ -576,15 +576,7 @@ mod tests {
         let pool = crate::db::open(dir.path(), None).await.unwrap();
         let log = AuditLog::new(pool.clone());
         for i in 0..n {
-            log.record(
-                OffsetDateTime::now_utc(),
-                &Actor::System,
-                Action::SignIn,
-                None,
-                json!({ "i": i }),
-            )
-            .await
-            .unwrap();
+            append(&log, i).await;
         }
         (dir, pool, log)
     }
