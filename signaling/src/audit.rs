@@ -228,20 +228,30 @@ impl ChainError {
     }
 }
 
+/// An entry's fields as stored (the time formatted, the detail serialised).
+struct Fields<'a> {
+    at: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    consultation_id: Option<&'a str>,
+    detail: &'a str,
+}
+
 impl Head {
     /// The entry after `prev` with these fields.
-    fn after(
-        prev: &Head,
-        at: &str,
-        actor: &str,
-        action: &str,
-        consultation_id: Option<&str>,
-        detail: &str,
-    ) -> Head {
+    fn after(prev: &Head, fields: &Fields<'_>) -> Head {
         let seq = prev.seq + 1;
         Head {
             seq,
-            hash: entry_hash(seq, at, actor, action, consultation_id, detail, &prev.hash),
+            hash: entry_hash(
+                seq,
+                fields.at,
+                fields.actor,
+                fields.action,
+                fields.consultation_id,
+                fields.detail,
+                &prev.hash,
+            ),
         }
     }
 }
@@ -401,42 +411,20 @@ impl AuditedTransaction<'_> {
         let at = at.format(&Rfc3339)?;
         let consultation_id = consultation_id.map(|id| id.to_string());
         let detail = detail.to_string();
-        let remembered = self.appended.clone().or_else(|| self.head.clone());
-        if let Some(prev) = remembered {
-            let entry = Head::after(
-                &prev,
-                &at,
-                actor,
-                action,
-                consultation_id.as_deref(),
-                &detail,
-            );
-            // Inserted only if `prev` is still the last entry: nothing after it, and it is
-            // there with that hash.
-            let inserted = sqlx::query(
-                "INSERT INTO audit_log (seq, at, actor, action, consultation_id, detail, prev_hash, hash)
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8
-                 WHERE NOT EXISTS (SELECT 1 FROM audit_log WHERE seq > $9)
-                 AND EXISTS (SELECT 1 FROM audit_log WHERE seq = $10 AND hash = $11)",
-            )
-            .bind(entry.seq)
-            .bind(&at)
-            .bind(actor)
-            .bind(action)
-            .bind(&consultation_id)
-            .bind(&detail)
-            .bind(&prev.hash)
-            .bind(&entry.hash)
-            .bind(prev.seq)
-            .bind(prev.seq)
-            .bind(&prev.hash)
-            .execute(&mut *self.tx)
-            .await?;
-            if inserted.rows_affected() == 1 {
-                self.appended = Some(entry);
-                return Ok(());
-            }
+        let fields = Fields {
+            at: &at,
+            actor,
+            action,
+            consultation_id: consultation_id.as_deref(),
+            detail: &detail,
+        };
+        if let Some(prev) = self.appended.clone().or_else(|| self.head.clone())
+            && self.append_after(&prev, &fields).await?
+        {
+            return Ok(());
         }
+        // Not remembered, or another writer appended since: read the head. The write lock is
+        // held, so nothing can come between the read and the insert.
         let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *self.tx)
             .await?;
@@ -450,30 +438,41 @@ impl AuditedTransaction<'_> {
                 hash: GENESIS_HASH.to_owned(),
             },
         };
-        let entry = Head::after(
-            &prev,
-            &at,
-            actor,
-            action,
-            consultation_id.as_deref(),
-            &detail,
-        );
-        sqlx::query(
+        if !self.append_after(&prev, &fields).await? {
+            anyhow::bail!("the audit chain's head changed while its write lock was held");
+        }
+        Ok(())
+    }
+
+    /// Insert the entry after `prev` if `prev` is still the last entry (nothing after it, and
+    /// it is there with that hash; for the genesis head, the chain is empty); whether it was.
+    async fn append_after(&mut self, prev: &Head, fields: &Fields<'_>) -> anyhow::Result<bool> {
+        let entry = Head::after(prev, fields);
+        let inserted = sqlx::query(
             "INSERT INTO audit_log (seq, at, actor, action, consultation_id, detail, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8
+             WHERE NOT EXISTS (SELECT 1 FROM audit_log WHERE seq > $9)
+             AND ($10 = 0 OR EXISTS (SELECT 1 FROM audit_log WHERE seq = $11 AND hash = $12))",
         )
         .bind(entry.seq)
-        .bind(&at)
-        .bind(actor)
-        .bind(action)
-        .bind(&consultation_id)
-        .bind(&detail)
+        .bind(fields.at)
+        .bind(fields.actor)
+        .bind(fields.action)
+        .bind(fields.consultation_id)
+        .bind(fields.detail)
         .bind(&prev.hash)
         .bind(&entry.hash)
+        .bind(prev.seq)
+        .bind(prev.seq)
+        .bind(prev.seq)
+        .bind(&prev.hash)
         .execute(&mut *self.tx)
         .await?;
-        self.appended = Some(entry);
-        Ok(())
+        let appended = inserted.rows_affected() == 1;
+        if appended {
+            self.appended = Some(entry);
+        }
+        Ok(appended)
     }
 
     /// Commit the changes and their entries together.

@@ -19,12 +19,18 @@ fn serve(path: &str, request: &HeaderMap) -> Response {
     match WebDemo::get(path) {
         Some(file) => {
             // The content's hash: a page revalidated on a weak link costs a round trip, not
-            // its bytes again.
-            let etag = format!("\"{}\"", hex::encode(file.metadata.sha256_hash()));
+            // its bytes again. Weak (`W/`): the gzipped and the plain answer carry the same tag,
+            // and `If-None-Match` compares weakly (RFC 9110 §13.1.2), `*` matching any.
+            let opaque = format!("\"{}\"", hex::encode(file.metadata.sha256_hash()));
             let current = request
                 .get(header::IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag));
+                .is_some_and(|tags| {
+                    tags.split(',')
+                        .map(str::trim)
+                        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == opaque)
+                });
+            let etag = format!("W/{opaque}");
             let mut response = if current {
                 StatusCode::NOT_MODIFIED.into_response()
             } else {

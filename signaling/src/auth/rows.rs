@@ -318,26 +318,30 @@ pub async fn session_with_account(
     db: impl AnyExecutor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<(SessionRow, crate::accounts::Account)>> {
-    let row = sqlx::query(&format!(
-        "SELECT {}, s.sid, s.last_seen_at, s.absolute_expires_at, s.revoked_at,
-                s.passkey_setup_only
-         FROM users JOIN (SELECT id AS sid, user_id, last_seen_at, absolute_expires_at,
-                                 revoked_at, passkey_setup_only
-                          FROM sessions WHERE token_hash = $1) s ON users.id = s.user_id",
-        crate::accounts::ACCOUNT_COLUMNS
-    ))
-    .bind(token_hash)
-    .fetch_optional(db)
-    .await?;
+    static QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {}, s.sid, s.last_seen_at, s.absolute_expires_at, s.revoked_at,
+                    s.passkey_setup_only
+             FROM users JOIN (SELECT id AS sid, user_id, last_seen_at, absolute_expires_at,
+                                     revoked_at, passkey_setup_only
+                              FROM sessions WHERE token_hash = $1) s ON users.id = s.user_id",
+            crate::accounts::ACCOUNT_COLUMNS
+        )
+    });
+    let row = sqlx::query(QUERY.as_str())
+        .bind(token_hash)
+        .fetch_optional(db)
+        .await?;
     row.map(|row| {
         let account = crate::accounts::account_from_row(&row)?;
+        // The session's columns by name, after the account's.
         let session = SessionRow {
-            id: Uuid::parse_str(row.get::<&str, _>(10))?,
+            id: Uuid::parse_str(row.try_get::<&str, _>("sid")?)?,
             user_id: account.user.id,
-            last_seen_at: from_unix(row.get(11)),
-            absolute_expires_at: from_unix(row.get(12)),
-            revoked: row.get::<Option<i64>, _>(13).is_some(),
-            passkey_setup_only: row.get::<i64, _>(14) != 0,
+            last_seen_at: from_unix(row.try_get("last_seen_at")?),
+            absolute_expires_at: from_unix(row.try_get("absolute_expires_at")?),
+            revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            passkey_setup_only: row.try_get::<i64, _>("passkey_setup_only")? != 0,
         };
         Ok((session, account))
     })

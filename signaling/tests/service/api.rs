@@ -825,13 +825,26 @@ async fn the_pages_go_gzipped_and_revalidate_by_their_hash_and_the_api_is_never_
         .unwrap();
     assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
     assert!(revalidated.bytes().await.unwrap().is_empty());
-    let stale = http
-        .get(svc.url("/assets/call.js"))
-        .header(header::IF_NONE_MATCH, "\"0000\"")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stale.status(), StatusCode::OK);
+    assert!(etag.starts_with("W/\""), "{etag}");
+    for (tags, status) in [
+        (
+            etag.trim_start_matches("W/").to_owned(),
+            StatusCode::NOT_MODIFIED,
+        ),
+        (format!("\"0000\", {etag}"), StatusCode::NOT_MODIFIED),
+        ("*".to_owned(), StatusCode::NOT_MODIFIED),
+        ("\"0000\"".to_owned(), StatusCode::OK),
+        ("not a tag".to_owned(), StatusCode::OK),
+        (format!("{etag}x"), StatusCode::OK),
+    ] {
+        let answer = http
+            .get(svc.url("/assets/call.js"))
+            .header(header::IF_NONE_MATCH, &tags)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "If-None-Match: {tags}");
+    }
     // The patient's page too; the API's answers never (they may hold secrets).
     let page = http
         .get(svc.url("/join"))
