@@ -63,11 +63,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# cargo-nextest runs the tests of every crate in parallel, each in its own process.
+# cargo-nextest runs the tests of every crate in parallel, each in its own process. It installs
+# beside the build (nothing needs it before the build is done).
+nextest_pid=
 if ! command -v cargo-nextest >/dev/null; then
-  log "installing cargo-nextest"
-  cargo install --locked --quiet cargo-nextest
+  log "installing cargo-nextest (beside the build)"
+  nextest_log=$(mktemp)
+  cargo install --locked --quiet cargo-nextest >"$nextest_log" 2>&1 &
+  nextest_pid=$!
 fi
+wait_for_nextest() {
+  [ -n "$nextest_pid" ] || return 0
+  if ! wait "$nextest_pid"; then cat "$nextest_log" >&2; echo "installing cargo-nextest failed" >&2; exit 1; fi
+  nextest_pid=
+}
 
 # --- Rust: build everything once, then run every test against that build. --------------------
 # The benchmarks (criterion, `cargo bench -p consult-benches`) are not tests: clippy checks that
@@ -79,26 +88,26 @@ if [ ! -d target/debug ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
   export CARGO_INCREMENTAL=0
 fi
 # The checking tools (cargo-deny, cargo-fuzz) and the fuzz targets (their own workspace, built
-# with coverage instrumentation, unoptimised for the smoke run) build beside the workspace: they
-# fill the build's idle moments (linking, its narrow tail).
+# with coverage instrumentation, unoptimised for the smoke run) build beside the workspace, at a
+# lower priority (nice): nothing needs them until the Rust tests are done, so they take the CPU
+# the build and the tests leave (linking, the build's narrow tail, tests waiting on the network).
 if ! $quick; then
   tools=()
   command -v cargo-deny >/dev/null || tools+=(cargo-deny)
   command -v cargo-fuzz >/dev/null || tools+=(cargo-fuzz)
   tools_log=$(mktemp)
   (
-    if [ ${#tools[@]} -gt 0 ]; then cargo install --locked --quiet "${tools[@]}"; fi
-    cd fuzz && cargo fuzz build --dev -s none
+    if [ ${#tools[@]} -gt 0 ]; then nice -n 10 cargo install --locked --quiet "${tools[@]}"; fi
+    cd fuzz && nice -n 10 cargo fuzz build --dev -s none
   ) >"$tools_log" 2>&1 &
   tools_pid=$!
 fi
 # Garage (a replicated S3 store, from crates.io) for the object-storage tests: built once into
-# target/tools, beside the workspace build, quickly rather than small (no LTO, opt-level 1).
+# target/tools, beside the workspace build (scripts/garage.sh install: unoptimised, only what
+# the tests use).
 if ! $quick; then
   garage_log=$(mktemp)
-  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
-    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=64 CARGO_PROFILE_RELEASE_DEBUG=false \
-    CARGO_PROFILE_RELEASE_STRIP=true scripts/garage.sh install >"$garage_log" 2>&1 &
+  scripts/garage.sh install >"$garage_log" 2>&1 &
   garage_pid=$!
 fi
 # The Node packages of the web demo and the browser tests install beside the build.
@@ -110,6 +119,7 @@ if ! $quick; then
 fi
 log "cargo build (all targets)"
 cargo build "${rust[@]}" --all-targets --quiet
+wait_for_nextest
 if $quick; then
   log "cargo nextest (quick tier)"
   cargo nextest run "${rust[@]}" --profile quick
