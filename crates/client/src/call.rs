@@ -609,9 +609,25 @@ impl Call {
             }
             return Ok(());
         }
-        tracing::info!("our addresses changed: restarting ICE on every connection");
         let gone = earlier.new_since(&self.candidates).to_candidates();
         let added = self.candidates.new_since(&earlier);
+        // A connection whose path runs through a candidate that went (or that has no path yet)
+        // restarts ICE at once. One whose path does not (a relay it never used was lost under a
+        // weak link, say) goes on as it is: it forgets what went and learns what came, as for
+        // a new candidate, and its media never pauses.
+        let path_lost = |peer: &Peer| {
+            !peer.is_connected()
+                || peer.stats().selected_pair.is_none_or(|(local, _)| {
+                    // A pair sends from its local candidate's address; from its base for a
+                    // server-reflexive one (whose going means the way out changed).
+                    gone.iter().any(|c| {
+                        c.addr() == local
+                            || (c.kind() == consult_peer::str0m::CandidateKind::ServerReflexive
+                                && c.local() == local)
+                    })
+                })
+        };
+        tracing::info!("our addresses changed: one we offered went");
         let mut i = 0;
         let mut end = self.links.len();
         while i < end {
@@ -621,6 +637,18 @@ impl Call {
                     link.peer.invalidate_local_candidate(candidate);
                 }
                 let lines = added.offer(&mut link.peer)?;
+                if !path_lost(&link.peer) {
+                    if link.offer_at.is_some() {
+                        link.pending_candidates.extend(lines);
+                    } else {
+                        let to = link.remote();
+                        for line in lines {
+                            self.signal(candidate_message(to, line));
+                        }
+                    }
+                    return Ok(());
+                }
+                tracing::info!(remote = %link.who.participant_id, "its path went: restarting ICE");
                 link.down_since = Some(now);
                 // The restart's offer carries every local candidate, under its new credentials.
                 match link.peer.restart_ice()? {
@@ -640,6 +668,20 @@ impl Call {
                     end -= 1;
                 }
             }
+        }
+        // The recorder link likewise: made again only when its path went.
+        if let Some(link) = &mut self.recorder
+            && !path_lost(&link.peer)
+        {
+            for candidate in &gone {
+                link.peer.invalidate_local_candidate(candidate);
+            }
+            let to = link.recorder;
+            let lines = added.offer(&mut link.peer)?;
+            for line in lines {
+                self.signal(candidate_message(to, line));
+            }
+            return Ok(());
         }
         self.recorder = None;
         self.start_recorder_link()

@@ -36,6 +36,8 @@ struct Member {
     events: Vec<SessionEvent>,
     /// Encoded frames received, by sender.
     frames: HashMap<Uuid, Vec<EncodedFrame>>,
+    /// Session descriptions signalled (an offer or answer: a negotiation or an ICE restart).
+    descriptions_sent: usize,
     here: bool,
 }
 
@@ -148,6 +150,7 @@ impl Group {
             timeout: now,
             events: Vec::new(),
             frames: HashMap::new(),
+            descriptions_sent: 0,
             here: true,
         });
         let me = self.members.len() - 1;
@@ -230,6 +233,7 @@ impl Group {
                     }
                     CallOutput::Bitrate(_) => {}
                     CallOutput::Signal(ClientMessage::Description { to, description }) => {
+                        self.members[i].descriptions_sent += 1;
                         let message = ServerMessage::Description { from, description };
                         self.push(
                             now + Duration::from_millis(10),
@@ -561,6 +565,60 @@ fn junk_from_a_stranger_is_kept_a_moment_bounded_then_dropped_and_the_mesh_stays
         "forgotten after {UNCLAIMED_KEEP:?}"
     );
     assert!(group.mesh_is_up());
+}
+
+#[test]
+fn a_relay_lost_that_no_path_uses_restarts_nothing_and_media_goes_on() {
+    let mut group = Group::new(true);
+    group.join(DOCTOR, ParticipantRole::Doctor);
+    group.join(PATIENT, ParticipantRole::Patient);
+    assert!(group.run_until(Duration::from_secs(15), Group::mesh_is_up));
+    // Long enough for each connection's statistics to name its path (host to host).
+    for _ in 0..50 {
+        group.everyone_sends(true);
+        group.run_until(Duration::from_millis(40), |_| false);
+    }
+    let patient = group.index(PATIENT);
+    let host = group.members[patient].addr;
+    // A relay is allocated (trickled), then its TURN connection ends under a weak link.
+    let relay = (SocketAddr::from(([127, 0, 0, 77], 30_000)), host);
+    let descriptions = group.members[patient].descriptions_sent;
+    for relayed in [vec![relay], vec![]] {
+        let now = group.now;
+        group.members[patient]
+            .call
+            .set_local_candidates(
+                now,
+                LocalCandidates {
+                    host: vec![host],
+                    relayed,
+                    ..LocalCandidates::default()
+                },
+            )
+            .unwrap();
+        group.drain();
+    }
+    let frames = |group: &Group| {
+        group.members[group.index(DOCTOR)]
+            .frames
+            .get(&PATIENT)
+            .map_or(0, Vec::len)
+    };
+    let before = frames(&group);
+    for _ in 0..25 {
+        group.everyone_sends(true);
+        group.run_until(Duration::from_millis(40), |_| false);
+    }
+    assert_eq!(
+        group.members[patient].descriptions_sent, descriptions,
+        "no ICE restart: the path never used the relay"
+    );
+    assert!(group.mesh_is_up());
+    assert!(
+        frames(&group) >= before + 20,
+        "media went on: {before} -> {}",
+        frames(&group)
+    );
 }
 
 #[test]
