@@ -573,9 +573,9 @@ impl Call {
 
     /// Our addresses changed: `candidates` is the whole new set (an interface came or went, a
     /// relay was allocated or dropped). New candidates are trickled on every connection. When
-    /// one we offered is gone (our address changed), every connection restarts ICE at once with
-    /// the new set, rather than waiting for its checks to time out; the recorder link is made
-    /// again.
+    /// one we offered is gone, every connection whose path sent from it (or that has no path
+    /// yet) restarts ICE at once with the new set, rather than waiting for its checks to time
+    /// out, and the recorder link is made again if its path did; the others forget it and go on.
     pub fn set_local_candidates(
         &mut self,
         now: Instant,
@@ -617,7 +617,7 @@ impl Call {
         // a new candidate, and its media never pauses.
         let path_lost = |peer: &Peer| {
             !peer.is_connected()
-                || peer.stats().selected_pair.is_none_or(|(local, _)| {
+                || peer.path_source().is_none_or(|local| {
                     // A pair sends from its local candidate's address; from its base for a
                     // server-reflexive one (whose going means the way out changed).
                     gone.iter().any(|c| {

@@ -395,6 +395,8 @@ pub struct Peer {
     last_stats_at: Option<Instant>,
     /// DTLS finished (SRTP keys set); stays true across ICE restarts.
     dtls_up: bool,
+    /// See [`Peer::path_source`].
+    path_source: Option<SocketAddr>,
     /// ICE has a working pair.
     ice_up: bool,
     video_stream_configured: bool,
@@ -535,6 +537,7 @@ impl Peer {
             stats: Stats::default(),
             last_stats_at: None,
             dtls_up: false,
+            path_source: None,
             ice_up: false,
             video_stream_configured: false,
             screen_stream_configured: false,
@@ -579,6 +582,13 @@ impl Peer {
     /// Whether ICE and DTLS are up.
     pub fn is_connected(&self) -> bool {
         self.dtls_up && self.ice_up
+    }
+
+    /// The local address the connection's path sends from: the source of the last DTLS, RTP or
+    /// RTCP datagram sent (str0m sends those only on the nominated pair; STUN checks go on every
+    /// pair). Current to the packet, where [`Stats::selected_pair`] is a second old at most.
+    pub fn path_source(&self) -> Option<SocketAddr> {
+        self.path_source
     }
 
     /// This side's role in perfect negotiation.
@@ -847,6 +857,10 @@ impl Peer {
                         destination: t.destination,
                         contents: t.contents.into(),
                     };
+                    // STUN (first byte 0–3) goes on every candidate pair; the rest on the path.
+                    if transmit.contents.first().is_some_and(|b| *b > 3) {
+                        self.path_source = Some(transmit.source);
+                    }
                     if self.config.data_redundancy
                         && redundancy::is_sctp_datagram(&transmit.contents)
                     {

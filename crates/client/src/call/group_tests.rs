@@ -573,7 +573,7 @@ fn a_relay_lost_that_no_path_uses_restarts_nothing_and_media_goes_on() {
     group.join(DOCTOR, ParticipantRole::Doctor);
     group.join(PATIENT, ParticipantRole::Patient);
     assert!(group.run_until(Duration::from_secs(15), Group::mesh_is_up));
-    // Long enough for each connection's statistics to name its path (host to host).
+    // Media flowing on the path (host to host).
     for _ in 0..50 {
         group.everyone_sends(true);
         group.run_until(Duration::from_millis(40), |_| false);
