@@ -329,6 +329,14 @@ impl Group {
     }
 
     /// Everyone here sends a video frame and an audio packet now.
+    /// `rounds` times: everyone sends a keyframe, then 40 ms pass.
+    fn send_keyframes_for(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            self.everyone_sends(true);
+            self.run_until(Duration::from_millis(40), |_| false);
+        }
+    }
+
     fn everyone_sends(&mut self, keyframe: bool) {
         let now = self.now;
         let mut frame = vec![0x5a; 1200];
@@ -390,10 +398,7 @@ fn three_participants_connect_in_a_full_mesh_and_each_receives_both_others() {
         seen_sas.push(sas);
     }
     // Glare-free: in every pair, one side offered first and only the impolite one.
-    for _ in 0..20 {
-        group.everyone_sends(true);
-        group.run_until(Duration::from_millis(40), |_| false);
-    }
+    group.send_keyframes_for(20);
     for member in &group.members {
         for other in [DOCTOR, PATIENT, INTERPRETER] {
             if other == member.id {
@@ -443,10 +448,7 @@ fn four_connect_and_one_who_leaves_takes_only_their_own_connections() {
         })
         .collect();
     assert!(group.run_until(Duration::from_secs(2), Group::mesh_is_up));
-    for _ in 0..10 {
-        group.everyone_sends(true);
-        group.run_until(Duration::from_millis(40), |_| false);
-    }
+    group.send_keyframes_for(10);
     for (i, member) in group.members.iter().enumerate().filter(|(_, m)| m.here) {
         assert!(member.events.iter().any(
             |e| matches!(e, SessionEvent::PeerLeft { participant_id } if *participant_id == COMPANION)
@@ -519,10 +521,7 @@ fn someone_joining_or_leaving_starts_a_new_epoch_on_every_other_pair() {
         .frames
         .get(&PATIENT)
         .map_or(0, Vec::len);
-    for _ in 0..5 {
-        group.everyone_sends(true);
-        group.run_until(Duration::from_millis(40), |_| false);
-    }
+    group.send_keyframes_for(5);
     assert!(group.members[doctor].frames[&PATIENT].len() > before);
 }
 
@@ -574,10 +573,7 @@ fn a_relay_lost_that_no_path_uses_restarts_nothing_and_media_goes_on() {
     group.join(PATIENT, ParticipantRole::Patient);
     assert!(group.run_until(Duration::from_secs(15), Group::mesh_is_up));
     // Media flowing on the path (host to host).
-    for _ in 0..50 {
-        group.everyone_sends(true);
-        group.run_until(Duration::from_millis(40), |_| false);
-    }
+    group.send_keyframes_for(50);
     let patient = group.index(PATIENT);
     let host = group.members[patient].addr;
     // A relay is allocated (trickled), then its TURN connection ends under a weak link.
@@ -605,10 +601,7 @@ fn a_relay_lost_that_no_path_uses_restarts_nothing_and_media_goes_on() {
             .map_or(0, Vec::len)
     };
     let before = frames(&group);
-    for _ in 0..25 {
-        group.everyone_sends(true);
-        group.run_until(Duration::from_millis(40), |_| false);
-    }
+    group.send_keyframes_for(25);
     assert_eq!(
         group.members[patient].descriptions_sent, descriptions,
         "no ICE restart: the path never used the relay"
@@ -628,10 +621,7 @@ fn a_participant_whose_address_changes_restarts_ice_at_once_and_media_resumes() 
     group.join(PATIENT, ParticipantRole::Patient);
     group.join(INTERPRETER, ParticipantRole::Interpreter);
     assert!(group.run_until(Duration::from_secs(15), Group::mesh_is_up));
-    for _ in 0..5 {
-        group.everyone_sends(true);
-        group.run_until(Duration::from_millis(40), |_| false);
-    }
+    group.send_keyframes_for(5);
     // The patient's phone moves to another network: a new address, the old one gone.
     let patient = group.index(PATIENT);
     let moved = SocketAddr::from(([127, 0, 0, 99], 20_000));
