@@ -781,15 +781,16 @@ async fn the_pages_go_gzipped_and_revalidate_by_their_hash_and_the_api_is_never_
     use std::io::Read;
     let svc = TestService::start().await;
     let http = reqwest::Client::new();
+    // GET `path` with one request header.
+    let get_with = |path: &str, name: header::HeaderName, value: &str| {
+        http.get(svc.url(path)).header(name, value).send()
+    };
     let on_disk = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../web-demo/assets/call.js"
     ))
     .unwrap();
-    let gzipped = http
-        .get(svc.url("/assets/call.js"))
-        .header(header::ACCEPT_ENCODING, "gzip")
-        .send()
+    let gzipped = get_with("/assets/call.js", header::ACCEPT_ENCODING, "gzip")
         .await
         .unwrap();
     assert_eq!(gzipped.status(), StatusCode::OK);
@@ -817,10 +818,7 @@ async fn the_pages_go_gzipped_and_revalidate_by_their_hash_and_the_api_is_never_
     assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
     assert_eq!(plain.bytes().await.unwrap(), on_disk);
     // The browser's copy is current: 304, no body; another tag: the file.
-    let revalidated = http
-        .get(svc.url("/assets/call.js"))
-        .header(header::IF_NONE_MATCH, &etag)
-        .send()
+    let revalidated = get_with("/assets/call.js", header::IF_NONE_MATCH, &etag)
         .await
         .unwrap();
     assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
@@ -837,27 +835,18 @@ async fn the_pages_go_gzipped_and_revalidate_by_their_hash_and_the_api_is_never_
         ("not a tag".to_owned(), StatusCode::OK),
         (format!("{etag}x"), StatusCode::OK),
     ] {
-        let answer = http
-            .get(svc.url("/assets/call.js"))
-            .header(header::IF_NONE_MATCH, &tags)
-            .send()
+        let answer = get_with("/assets/call.js", header::IF_NONE_MATCH, &tags)
             .await
             .unwrap();
         assert_eq!(answer.status(), status, "If-None-Match: {tags}");
     }
     // The patient's page too; the API's answers never (they may hold secrets).
-    let page = http
-        .get(svc.url("/join"))
-        .header(header::ACCEPT_ENCODING, "gzip")
-        .send()
+    let page = get_with("/join", header::ACCEPT_ENCODING, "gzip")
         .await
         .unwrap();
     assert_eq!(page.headers()[header::CONTENT_ENCODING], "gzip");
     for path in ["/api/v1/openapi.json", "/api/v1/signal/schema.json"] {
-        let api = http
-            .get(svc.url(path))
-            .header(header::ACCEPT_ENCODING, "gzip")
-            .send()
+        let api = get_with(path, header::ACCEPT_ENCODING, "gzip")
             .await
             .unwrap();
         assert_eq!(api.status(), StatusCode::OK, "{path}");

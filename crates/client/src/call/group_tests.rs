@@ -329,6 +329,16 @@ impl Group {
     }
 
     /// Everyone here sends a video frame and an audio packet now.
+    /// Member `i`'s addresses are now `candidates`; what it says about it goes out.
+    fn set_local_candidates(&mut self, i: usize, candidates: LocalCandidates) {
+        let now = self.now;
+        self.members[i]
+            .call
+            .set_local_candidates(now, candidates)
+            .unwrap();
+        self.drain();
+    }
+
     /// `rounds` times: everyone sends a keyframe, then 40 ms pass.
     fn send_keyframes_for(&mut self, rounds: usize) {
         for _ in 0..rounds {
@@ -580,19 +590,14 @@ fn a_relay_lost_that_no_path_uses_restarts_nothing_and_media_goes_on() {
     let relay = (SocketAddr::from(([127, 0, 0, 77], 30_000)), host);
     let descriptions = group.members[patient].descriptions_sent;
     for relayed in [vec![relay], vec![]] {
-        let now = group.now;
-        group.members[patient]
-            .call
-            .set_local_candidates(
-                now,
-                LocalCandidates {
-                    host: vec![host],
-                    relayed,
-                    ..LocalCandidates::default()
-                },
-            )
-            .unwrap();
-        group.drain();
+        group.set_local_candidates(
+            patient,
+            LocalCandidates {
+                host: vec![host],
+                relayed,
+                ..LocalCandidates::default()
+            },
+        );
     }
     let frames = |group: &Group| {
         group.members[group.index(DOCTOR)]
@@ -626,18 +631,13 @@ fn a_participant_whose_address_changes_restarts_ice_at_once_and_media_resumes() 
     let patient = group.index(PATIENT);
     let moved = SocketAddr::from(([127, 0, 0, 99], 20_000));
     group.members[patient].addr = moved;
-    let now = group.now;
-    group.members[patient]
-        .call
-        .set_local_candidates(
-            now,
-            LocalCandidates {
-                host: vec![moved],
-                ..LocalCandidates::default()
-            },
-        )
-        .unwrap();
-    group.drain();
+    group.set_local_candidates(
+        patient,
+        LocalCandidates {
+            host: vec![moved],
+            ..LocalCandidates::default()
+        },
+    );
     let frames_before: Vec<usize> = [DOCTOR, INTERPRETER]
         .iter()
         .map(|id| {
