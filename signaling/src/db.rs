@@ -105,6 +105,12 @@ async fn connect(
     AnyPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings a connection each time it is taken from the pool. A PostgreSQL connection
+        // can die with the server or the network, and the ping finds it before a request does.
+        // A SQLite connection is a file opened in this process and cannot, and there the ping
+        // was one more hand-off to the connection's thread for every statement outside a
+        // transaction, on the one writer every write queues for.
+        .test_before_acquire(backend == Backend::Postgres)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 match backend {
