@@ -1550,17 +1550,17 @@ impl Call {
         Ok(())
     }
 
-    /// A 20 ms frame of silence the encoder said need not be sent (DTX): the RTP clock moves on
-    /// as if it had been, so receivers see a gap in time, not a jump in delay.
-    pub fn skip_audio(&mut self) {
+    /// A packet of silence (`samples` long) the encoder said need not be sent (DTX): the RTP
+    /// clock moves on as if it had been, so receivers see a gap in time, not a jump in delay.
+    pub fn skip_audio(&mut self, samples: usize) {
         if self.is_connected() {
-            self.audio_rtp =
-                (self.audio_rtp + consult_codec::opus::FRAME_SAMPLES as u64) & 0xffff_ffff;
+            self.audio_rtp = (self.audio_rtp + samples as u64) & 0xffff_ffff;
         }
     }
 
-    /// Send 20 ms of Opus to every participant media flows with and, while recording, to the
-    /// recorder.
+    /// Send a packet of Opus (20 ms, or 40 or 60 in audio only) to every participant media flows
+    /// with and, while recording, to the recorder. The next packet's RTP time is this one's
+    /// plus the samples it holds (20 ms for what does not say).
     pub fn write_audio(&mut self, now: Instant, packet: &[u8]) -> Result<(), PeerError> {
         self.now = self.now.max(now);
         if !self.is_connected() {
@@ -1576,7 +1576,9 @@ impl Call {
         if let Some(link) = &mut self.recorder {
             survivable(link.write_audio(now, self.audio_rtp, packet))?;
         }
-        self.audio_rtp = (self.audio_rtp + consult_codec::opus::FRAME_SAMPLES as u64) & 0xffff_ffff;
+        let samples = consult_codec::opus::packet_samples(packet)
+            .unwrap_or(consult_codec::opus::FRAME_SAMPLES);
+        self.audio_rtp = (self.audio_rtp + samples as u64) & 0xffff_ffff;
         Ok(())
     }
 }

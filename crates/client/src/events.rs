@@ -76,7 +76,8 @@ pub enum SessionEvent {
         /// The sender's camera, or the screen they share.
         source: VideoSource,
     },
-    /// 20 ms of decoded 48 kHz mono audio from one participant.
+    /// One packet of decoded 48 kHz mono audio from one participant: 20 ms, or 40 ms from a
+    /// native participant whose video is in audio only (a packet may hold up to 120 ms).
     Audio {
         /// Who sent it.
         from: Uuid,

@@ -21,7 +21,8 @@ use crate::relay::TlsRoots;
 use crate::video_ladder::{Step, VideoLadder, STILL_EVERY};
 use consult_api_client::{ApiClient, ApiError, Credentials, PatientPlace, SignalConnection};
 use consult_codec::opus::{
-    is_dtx, OpusDecoder, OpusEncoder, DEFAULT_EXPECTED_LOSS_PERCENT, FRAME_SAMPLES,
+    is_dtx, packet_samples as opus_packet_samples, OpusDecoder, OpusEncoder,
+    DEFAULT_EXPECTED_LOSS_PERCENT, FRAME_SAMPLES,
 };
 use consult_codec::{
     video_decoder, video_encoder, CodecError, EncodedVideo, VideoDecoder, VideoEncoder, VideoFrame,
@@ -41,6 +42,12 @@ const MAX_CONCEALED_FRAMES: u64 = 50;
 const AUDIO_BITRATE_BPS: i32 = 32_000;
 /// Opus's bitrate in audio only (a link too weak for video).
 const AUDIO_ONLY_AUDIO_BITRATE_BPS: i32 = 16_000;
+
+/// In audio only, 20 ms frames of voice per packet: a packet's headers on the wire (IP, UDP, RTP
+/// and its extensions, the SRTP tag) are 69 bytes, more than the 40 of 20 ms of voice at 16
+/// kbit/s; two frames a packet take the voice from 43 to about 30 kbit/s on the wire, room that a
+/// link too weak for video needs for the picture every few seconds.
+const AUDIO_ONLY_FRAMES_PER_PACKET: usize = 2;
 
 /// In audio only, how long a picture is sent again after it (camera frames of it, a few bytes each).
 const STILL_REPEAT: Duration = Duration::from_millis(800);
@@ -432,10 +439,13 @@ struct Runner {
     /// The encoder of the shared screen, with the frame size it was made for.
     screen_encoder: Option<(Box<dyn VideoEncoder>, (u32, u32))>,
     audio_encoder: OpusEncoder,
+    /// Voice not encoded yet: in audio only, the first frame of a packet of two.
+    pending_audio: Vec<i16>,
     /// Each sender's decoders (their state is per stream).
     audio_decoders: HashMap<Uuid, OpusDecoder>,
-    /// The RTP time of each sender's last audio packet (a gap is a lost packet to rebuild).
-    last_audio_rtp: HashMap<Uuid, u64>,
+    /// The RTP time of each sender's last audio packet and the samples it held (a gap after
+    /// them is lost sound to rebuild).
+    last_audio_rtp: HashMap<Uuid, (u64, u64)>,
     /// The loss each participant reports of our packets; audio FEC follows the worst.
     egress_loss: HashMap<Uuid, f32>,
     /// The loss audio FEC protects against now, per cent.
@@ -525,6 +535,7 @@ impl Runner {
             audio_encoder: OpusEncoder::new(AUDIO_BITRATE_BPS)?,
             audio_decoders: HashMap::new(),
             last_audio_rtp: HashMap::new(),
+            pending_audio: Vec::with_capacity(AUDIO_ONLY_FRAMES_PER_PACKET * FRAME_SAMPLES),
             egress_loss: HashMap::new(),
             send_bps: HashMap::new(),
             sending_file: HashMap::new(),
@@ -906,10 +917,22 @@ impl Runner {
             }
             Command::Audio(pcm) => {
                 if self.call.is_connected() {
-                    let packet = self.audio_encoder.encode(&pcm)?;
+                    // A packet every 20 ms, or of two frames in audio only (the first waits).
+                    let frames = match self.video_ladder.step() {
+                        Step::AudioOnly => AUDIO_ONLY_FRAMES_PER_PACKET,
+                        _ => 1,
+                    };
+                    self.pending_audio.extend_from_slice(&pcm);
+                    if self.pending_audio.len() < frames * FRAME_SAMPLES {
+                        return Ok(());
+                    }
+                    let samples = self.pending_audio.len();
+                    let encoded = self.audio_encoder.encode(&self.pending_audio);
+                    self.pending_audio.clear();
+                    let packet = encoded?;
                     // Silence (DTX) is not sent, but its time passes: the receivers conceal the gap.
                     if is_dtx(&packet) {
-                        self.call.skip_audio();
+                        self.call.skip_audio(samples);
                     } else {
                         self.call.write_audio(now, &packet)?;
                     }
@@ -1003,30 +1026,34 @@ impl Runner {
         }
         match frame.kind {
             TrackKind::Audio => {
-                // Packets lost just before this one: the last of them is rebuilt from the
-                // in-band FEC data this one carries (the earlier ones cannot be). A packet
-                // older than the last one came too late and is dropped.
-                let previous = self.last_audio_rtp.insert(from, frame.rtp_time);
-                if previous.is_some_and(|p| frame.rtp_time <= p) {
-                    self.last_audio_rtp
-                        .insert(from, previous.unwrap_or_default());
+                // Sound lost just before this packet: as much of it as the packet holds is
+                // rebuilt from the in-band FEC data it carries (what came before cannot be).
+                // A packet older than the last one came too late and is dropped.
+                let samples = opus_packet_samples(&frame.data).unwrap_or(FRAME_SAMPLES) as u64;
+                let previous = self.last_audio_rtp.get(&from).copied();
+                if previous.is_some_and(|(p, _)| frame.rtp_time <= p) {
                     return Ok(());
                 }
-                // 20 ms frames that did not come: lost, or silence the sender did not send (DTX).
-                let missing = previous.map_or(0, |p| {
-                    (frame.rtp_time.saturating_sub(p) / FRAME_SAMPLES as u64).saturating_sub(1)
-                });
+                self.last_audio_rtp.insert(from, (frame.rtp_time, samples));
+                // Samples that did not come: lost, or silence the sender did not send (DTX).
+                let missing =
+                    previous.map_or(0, |(p, held)| frame.rtp_time.saturating_sub(p + held));
+                let rebuilt_samples = missing.min(samples);
                 let decoder = self.audio_decoder(from)?;
-                // All but the last are concealed (comfort noise after DTX), at most a second's
-                // worth; the last is rebuilt from the FEC data this packet carries.
+                // The rest is concealed 20 ms at a time (comfort noise after DTX), at most a
+                // second's worth.
                 let mut concealed = Vec::new();
-                for _ in 1..missing.min(MAX_CONCEALED_FRAMES + 1) {
+                for _ in 0..((missing - rebuilt_samples) / FRAME_SAMPLES as u64)
+                    .min(MAX_CONCEALED_FRAMES)
+                {
                     if let Ok(samples) = decoder.conceal() {
                         concealed.push(samples);
                     }
                 }
-                let rebuilt = if missing > 0 {
-                    decoder.decode_lost_before(&frame.data).ok()
+                let rebuilt = if rebuilt_samples > 0 {
+                    decoder
+                        .decode_lost_before(&frame.data, rebuilt_samples as usize)
+                        .ok()
                 } else {
                     None
                 };

@@ -1,5 +1,6 @@
-//! Opus with libopus: 48 kHz mono, 20 ms frames, VoIP mode with in-band FEC and DTX (in
-//! silence the encoder makes packets of two bytes or less that need not be sent: [`is_dtx`]).
+//! Opus with libopus: 48 kHz mono, packets of 20 ms (40 or 60 ms where a link is too weak for
+//! the headers of 50 packets a second), VoIP mode with in-band FEC and DTX (in silence the
+//! encoder makes packets of two bytes or less that need not be sent: [`is_dtx`]).
 
 use super::CodecError;
 
@@ -8,7 +9,7 @@ pub const FRAME_SAMPLES: usize = 960;
 /// Opus RTP clock rate.
 pub const SAMPLE_RATE: u32 = 48_000;
 
-/// Opus encoder for one 20 ms mono frame at a time.
+/// Opus encoder for one packet of 20, 40 or 60 ms of mono at a time.
 pub struct OpusEncoder {
     encoder: opus::Encoder,
     buffer: Vec<u8>,
@@ -57,12 +58,15 @@ impl OpusEncoder {
             .map_err(|e| CodecError::library("opus", e))
     }
 
-    /// Encode exactly [`FRAME_SAMPLES`] samples.
+    /// Encode one packet of [`FRAME_SAMPLES`] samples (20 ms), or two or three times that (40
+    /// or 60 ms: fewer packets, so fewer headers, for the same sound).
     pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, CodecError> {
-        if pcm.len() != FRAME_SAMPLES {
+        if !matches!(pcm.len() / FRAME_SAMPLES, 1..=3) || !pcm.len().is_multiple_of(FRAME_SAMPLES) {
             return Err(CodecError::InvalidFrame(format!(
-                "{} samples, expected {FRAME_SAMPLES} (20 ms)",
-                pcm.len()
+                "{} samples, expected {FRAME_SAMPLES}, {} or {} (20, 40 or 60 ms)",
+                pcm.len(),
+                2 * FRAME_SAMPLES,
+                3 * FRAME_SAMPLES
             )));
         }
         let n = self
@@ -78,6 +82,12 @@ impl OpusEncoder {
 /// real packet every 400 ms of silence to keep the comfort noise going.
 pub fn is_dtx(packet: &[u8]) -> bool {
     packet.len() <= 2
+}
+
+/// The samples at 48 kHz a packet holds (from its table of contents, RFC 6716 3.1), or
+/// `None` for what is not an Opus packet.
+pub fn packet_samples(packet: &[u8]) -> Option<usize> {
+    opus::packet::get_nb_samples(packet, SAMPLE_RATE).ok()
 }
 
 /// Opus decoder to 48 kHz mono.
@@ -97,12 +107,18 @@ impl OpusDecoder {
         })
     }
 
-    /// The 20 ms lost just before `packet`, rebuilt from the in-band FEC data `packet` carries
-    /// (or concealed, when it carries none).
-    pub fn decode_lost_before(&mut self, packet: &[u8]) -> Result<Vec<i16>, CodecError> {
+    /// The `samples` lost just before `packet` (a multiple of 2.5 ms, at most 120 ms), rebuilt
+    /// from the in-band FEC data `packet` carries: libopus rebuilds as much as the packet holds
+    /// and conceals the rest, or all of it when the packet carries none.
+    pub fn decode_lost_before(
+        &mut self,
+        packet: &[u8],
+        samples: usize,
+    ) -> Result<Vec<i16>, CodecError> {
+        let samples = samples.min(self.buffer.len());
         let n = self
             .decoder
-            .decode(packet, &mut self.buffer[..FRAME_SAMPLES], true)
+            .decode(packet, &mut self.buffer[..samples], true)
             .map_err(|e| CodecError::library("opus", e))?;
         Ok(self.buffer[..n].to_vec())
     }
@@ -163,5 +179,69 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(decoder.conceal().unwrap().len(), FRAME_SAMPLES);
         }
+    }
+
+    #[test]
+    fn packets_of_40_and_60_ms_decode_to_as_many_samples_and_say_so() {
+        let mut encoder = OpusEncoder::new(16_000).unwrap();
+        let mut decoder = OpusDecoder::new().unwrap();
+        let mut tone = Tone::new(440.0);
+        for frames in 1..=3 {
+            let pcm: Vec<i16> = (0..frames).flat_map(|_| tone.next_frame()).collect();
+            let packet = encoder.encode(&pcm).unwrap();
+            assert_eq!(packet_samples(&packet), Some(frames * FRAME_SAMPLES));
+            assert_eq!(
+                decoder.decode(&packet).unwrap().len(),
+                frames * FRAME_SAMPLES
+            );
+        }
+        // Twice as long, not twice the headers: a 40 ms packet is far smaller than two of 20.
+        let two: Vec<i16> = (0..2).flat_map(|_| tone.next_frame()).collect();
+        let long = encoder.encode(&two).unwrap();
+        let short = encoder.encode(&tone.next_frame()).unwrap().len()
+            + encoder.encode(&tone.next_frame()).unwrap().len();
+        assert!(long.len() < short + 20, "{} against {short}", long.len());
+    }
+
+    #[test]
+    fn a_lost_40_ms_packet_is_rebuilt_from_the_next_ones_fec() {
+        let mut encoder = OpusEncoder::new(16_000).unwrap();
+        encoder.set_expected_loss(20).unwrap();
+        let mut decoder = OpusDecoder::new().unwrap();
+        let mut tone = Tone::new(440.0);
+        let mut next = || -> Vec<u8> {
+            let pcm: Vec<i16> = (0..2).flat_map(|_| tone.next_frame()).collect();
+            encoder.encode(&pcm).unwrap()
+        };
+        for _ in 0..10 {
+            decoder.decode(&next()).unwrap();
+        }
+        let _lost = next();
+        let after = next();
+        assert_eq!(
+            decoder
+                .decode_lost_before(&after, 2 * FRAME_SAMPLES)
+                .unwrap()
+                .len(),
+            2 * FRAME_SAMPLES
+        );
+        assert_eq!(decoder.decode(&after).unwrap().len(), 2 * FRAME_SAMPLES);
+    }
+
+    #[test]
+    fn other_lengths_are_refused_and_garbage_has_no_length() {
+        let mut encoder = OpusEncoder::new(16_000).unwrap();
+        for samples in [0, 480, FRAME_SAMPLES + 1, 4 * FRAME_SAMPLES] {
+            assert!(
+                matches!(
+                    encoder.encode(&vec![0; samples]),
+                    Err(CodecError::InvalidFrame(_))
+                ),
+                "{samples} samples"
+            );
+        }
+        assert_eq!(packet_samples(&[]), None);
+        // Code 3 (an arbitrary number of frames) without its frame count byte.
+        assert_eq!(packet_samples(&[0x03]), None);
     }
 }

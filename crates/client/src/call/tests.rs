@@ -1334,3 +1334,35 @@ fn a_participant_back_online_before_connecting_is_offered_again_and_a_connected_
     clinic.run_for(Duration::from_millis(500));
     assert_eq!(clinic.doctor.offers_to(PATIENT).len(), before);
 }
+
+#[test]
+fn the_audio_clock_moves_on_by_what_each_packet_holds() {
+    let mut clinic = Clinic::new(
+        config(),
+        CallConfig {
+            receive: ReceiveMode::Encoded,
+            ..config()
+        },
+    );
+    clinic.connect();
+    // 20 ms (one CELT frame), 40 ms (two, code 1), a DTX gap of 40 ms, then 20 ms again.
+    let step = |clinic: &mut Clinic, packet: &[u8]| {
+        let now = clinic.now;
+        clinic.doctor.call.write_audio(now, packet).unwrap();
+        clinic.drain();
+        clinic.run_for(Duration::from_millis(40));
+    };
+    step(&mut clinic, &[0xfc; 60]);
+    step(&mut clinic, &[0xfd; 60]);
+    clinic.doctor.call.skip_audio(1920);
+    step(&mut clinic, &[0xfc; 60]);
+    let times: Vec<u64> = clinic
+        .patient
+        .frames
+        .iter()
+        .filter(|(_, f)| f.kind == TrackKind::Audio)
+        .map(|(_, f)| f.rtp_time)
+        .collect();
+    let steps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(steps, [960, 1920 + 1920], "{times:?}");
+}

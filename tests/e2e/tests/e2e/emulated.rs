@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use consult_client::codec::opus::FRAME_SAMPLES;
 use consult_client::codec::pattern::{TestPattern, Tone};
 use consult_client::peer::file_transfer::FileEvent;
 use consult_client::session::{Session, SessionConfig, SessionEvent};
@@ -335,9 +336,11 @@ impl NativePeer {
                                 report.log.push((Instant::now(), format!("{e:?}")));
                             }
                             Some(SessionEvent::Video { .. }) => report.frames.push(Instant::now()),
-                            Some(SessionEvent::Audio { .. }) => {
-                                report.audio_received += 1;
-                                report.audio_at.push(Instant::now());
+                            Some(SessionEvent::Audio { samples, .. }) => {
+                                // Counted in 20 ms frames: in audio only a packet holds two.
+                                let frames = (samples.len() / FRAME_SAMPLES).max(1);
+                                report.audio_received += frames as u64;
+                                report.audio_at.extend(std::iter::repeat_n(Instant::now(), frames));
                             }
                             Some(SessionEvent::VideoStep { step }) => {
                                 report.steps.push((Instant::now(), step));
@@ -796,12 +799,14 @@ fn a_link_too_weak_for_video_goes_audio_only_with_a_picture_every_few_seconds_an
                 "the {who} decoded {moving} frames in the 10 s at full"
             );
         }
-        // Pictures get through the cap (each way in most runs; a picture cut on its way can
-        // hold the next one back past the window, see the README).
-        assert!(
-            pictures.iter().any(|(distinct, _)| *distinct >= 1),
-            "no picture got through in 11 s of audio only at {WEAK_LINK_KBIT} kbit/s, either way: {pictures:?}"
-        );
+        // Pictures get through the cap each way: in 11 runs of 11 with two frames of voice a
+        // packet in audio only (before, one way only in about half the runs; see the README).
+        for (who, (distinct, _)) in ["patient", "doctor"].iter().zip(&pictures) {
+            assert!(
+                *distinct >= 1,
+                "the {who} saw no picture in 11 s of audio only at {WEAK_LINK_KBIT} kbit/s: {pictures:?}"
+            );
+        }
         figures(
             &format!("{WEAK_LINK_KBIT} kbit/s for a while, then none"),
             admitted,
