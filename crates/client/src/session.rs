@@ -49,6 +49,9 @@ const AUDIO_ONLY_AUDIO_BITRATE_BPS: i32 = 16_000;
 /// link too weak for video needs for the picture every few seconds.
 const AUDIO_ONLY_FRAMES_PER_PACKET: usize = 2;
 
+/// In audio only, the first picture this long after the step (then one every [`STILL_EVERY`]).
+const FIRST_PICTURE_AFTER: Duration = Duration::from_secs(1);
+
 /// In audio only, how long a picture is sent again after it (camera frames of it, a few bytes each).
 const STILL_REPEAT: Duration = Duration::from_millis(800);
 /// Copies of each datagram of a picture in audio only: at a fifth of packets lost, a packet is
@@ -1174,6 +1177,11 @@ impl Runner {
                 }
                 // The picture every few seconds goes at once, not at the fallen estimate.
                 self.call.set_camera_unpaced(audio_only);
+                // The first a second after the step (once what the step let out of the pacer has
+                // drained), so the others see a picture soon after the video stopped.
+                if audio_only {
+                    self.video_sent_at = now.checked_sub(STILL_EVERY - FIRST_PICTURE_AFTER);
+                }
             }
             emit(&self.events, SessionEvent::VideoStep { step }).await;
         }

@@ -658,15 +658,20 @@ fn video_waits_for_a_keyframe_and_asks_for_one_at_most_every_250_ms() {
     assert_eq!(clinic.patient.frames.len(), 3);
 }
 
-#[test]
-fn encoded_mode_hands_over_every_frame_and_audio_is_never_gated() {
-    let mut clinic = Clinic::new(
+/// A call whose patient is handed frames as they came (no decoder gating).
+fn patient_receiving_encoded() -> Clinic {
+    Clinic::new(
         config(),
         CallConfig {
             receive: ReceiveMode::Encoded,
             ..config()
         },
-    );
+    )
+}
+
+#[test]
+fn encoded_mode_hands_over_every_frame_and_audio_is_never_gated() {
+    let mut clinic = patient_receiving_encoded();
     clinic.connect();
     clinic.doctor_sends(false);
     let now = clinic.now;
@@ -1337,13 +1342,7 @@ fn a_participant_back_online_before_connecting_is_offered_again_and_a_connected_
 
 #[test]
 fn the_audio_clock_moves_on_by_what_each_packet_holds() {
-    let mut clinic = Clinic::new(
-        config(),
-        CallConfig {
-            receive: ReceiveMode::Encoded,
-            ..config()
-        },
-    );
+    let mut clinic = patient_receiving_encoded();
     clinic.connect();
     // 20 ms (one CELT frame), 40 ms (two, code 1), a DTX gap of 40 ms, then 20 ms again.
     let step = |clinic: &mut Clinic, packet: &[u8]| {
