@@ -1029,26 +1029,17 @@ impl Runner {
         }
         match frame.kind {
             TrackKind::Audio => {
-                // Sound lost just before this packet: as much of it as the packet holds is
-                // rebuilt from the in-band FEC data it carries (what came before cannot be).
-                // A packet older than the last one came too late and is dropped.
                 let samples = opus_packet_samples(&frame.data).unwrap_or(FRAME_SAMPLES) as u64;
                 let previous = self.last_audio_rtp.get(&from).copied();
-                if previous.is_some_and(|(p, _)| frame.rtp_time <= p) {
+                let Some((concealed_frames, rebuilt_samples)) =
+                    audio_gap(previous, frame.rtp_time, samples)
+                else {
                     return Ok(());
-                }
+                };
                 self.last_audio_rtp.insert(from, (frame.rtp_time, samples));
-                // Samples that did not come: lost, or silence the sender did not send (DTX).
-                let missing =
-                    previous.map_or(0, |(p, held)| frame.rtp_time.saturating_sub(p + held));
-                let rebuilt_samples = missing.min(samples);
                 let decoder = self.audio_decoder(from)?;
-                // The rest is concealed 20 ms at a time (comfort noise after DTX), at most a
-                // second's worth.
                 let mut concealed = Vec::new();
-                for _ in 0..((missing - rebuilt_samples) / FRAME_SAMPLES as u64)
-                    .min(MAX_CONCEALED_FRAMES)
-                {
+                for _ in 0..concealed_frames {
                     if let Ok(samples) = decoder.conceal() {
                         concealed.push(samples);
                     }
@@ -1237,5 +1228,70 @@ async fn recv_signal(signal: &mut Option<SignalConnection>) -> Result<ServerMess
     match signal {
         Some(signal) => signal.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// What to make of an audio packet holding `samples` at `rtp_time`, after the sender's last one
+/// (`previous`: its RTP time and the samples it held). `None`: it is not after the last one (it
+/// came too late, or again), and is dropped. Otherwise the sound that did not come before it
+/// (lost, or silence the sender did not send): as much as the packet holds is rebuilt from the
+/// in-band FEC data it carries (the samples, second), what came before that cannot be and is
+/// concealed 20 ms at a time, at most a second's worth (the frames, first).
+fn audio_gap(previous: Option<(u64, u64)>, rtp_time: u64, samples: u64) -> Option<(u64, u64)> {
+    if previous.is_some_and(|(last, _)| rtp_time <= last) {
+        return None;
+    }
+    let missing = previous.map_or(0, |(last, held)| {
+        rtp_time.saturating_sub(last.saturating_add(held))
+    });
+    let rebuilt = missing.min(samples);
+    let concealed = ((missing - rebuilt) / FRAME_SAMPLES as u64).min(MAX_CONCEALED_FRAMES);
+    Some((concealed, rebuilt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: u64 = FRAME_SAMPLES as u64;
+
+    #[test]
+    fn audio_packets_in_a_row_leave_no_gap_whatever_they_hold() {
+        assert_eq!(audio_gap(None, 1_000, F), Some((0, 0)));
+        assert_eq!(audio_gap(Some((1_000, F)), 1_000 + F, 2 * F), Some((0, 0)));
+        assert_eq!(
+            audio_gap(Some((1_000, 2 * F)), 1_000 + 2 * F, F),
+            Some((0, 0))
+        );
+    }
+
+    #[test]
+    fn a_lost_packet_is_rebuilt_as_far_as_the_next_one_holds_and_the_rest_concealed() {
+        // One 40 ms packet lost between two of 40 ms: all of it rebuilt.
+        assert_eq!(audio_gap(Some((0, 2 * F)), 4 * F, 2 * F), Some((0, 2 * F)));
+        // Back to 20 ms after a lost 40 ms packet: 20 ms rebuilt, 20 ms concealed.
+        assert_eq!(audio_gap(Some((0, 2 * F)), 4 * F, F), Some((1, F)));
+        // Three 20 ms packets lost: two concealed, the last rebuilt.
+        assert_eq!(audio_gap(Some((0, F)), 4 * F, F), Some((2, F)));
+    }
+
+    #[test]
+    fn late_repeated_or_wild_timestamps_never_run_away() {
+        // Late or repeated: dropped.
+        assert_eq!(audio_gap(Some((10 * F, F)), 10 * F, F), None);
+        assert_eq!(audio_gap(Some((10 * F, F)), 3 * F, F), None);
+        // Overlapping what the last one held (a sender whose clock is off): nothing missing.
+        assert_eq!(audio_gap(Some((10 * F, 3 * F)), 11 * F, F), Some((0, 0)));
+        // A jump of hours, or to the end of the clock: a second concealed at most.
+        assert_eq!(
+            audio_gap(Some((0, F)), u64::MAX, F),
+            Some((MAX_CONCEALED_FRAMES, F))
+        );
+        assert_eq!(
+            audio_gap(Some((u64::MAX - 1, u64::MAX)), u64::MAX, F),
+            Some((0, 0))
+        );
+        // A gap that is no whole number of frames: what is left under 20 ms is not concealed.
+        assert_eq!(audio_gap(Some((0, F)), F + 1_000, F), Some((0, 960)));
     }
 }

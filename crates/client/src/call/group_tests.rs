@@ -328,7 +328,6 @@ impl Group {
         done(self)
     }
 
-    /// Everyone here sends a video frame and an audio packet now.
     /// Member `i`'s addresses are now `candidates`; what it says about it goes out.
     fn set_local_candidates(&mut self, i: usize, candidates: LocalCandidates) {
         let now = self.now;
@@ -347,6 +346,7 @@ impl Group {
         }
     }
 
+    /// Everyone here sends a video frame and an audio packet now.
     fn everyone_sends(&mut self, keyframe: bool) {
         let now = self.now;
         let mut frame = vec![0x5a; 1200];
