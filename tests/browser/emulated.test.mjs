@@ -289,7 +289,9 @@ if (!LAB) {
               const recovered = samples.map((s) => recoveredAfter(s));
               if (process.env.CONSULT_EMULATED_LOG) t.diagnostic([...patient.console, ...doctor.console].join("\n"));
               assert.ok(recovered.every((r) => r !== null), `${network}: video comes back both ways (${JSON.stringify(recovered)})`);
-              recover = `moved to ${moved.address}; video back after ${Math.round(Math.max(...recovered.map((r) => r ?? 0)) - 500)} ms`;
+              // Which way the patient's page found out: its look at its addresses, or the signaling probe after it.
+              const how = patient.console.some((l) => l.includes("This device's network changed")) ? "seen by the page" : "found by the probe";
+              recover = `moved to ${moved.address} (${how}); video back after ${Math.round(Math.max(...recovered.map((r) => r ?? 0)) - 500)} ms`;
             } else if (flap) {
               // The patient's link goes dark for 5 s (the interface stays up), then comes back:
               // recovery counts from the link's return.

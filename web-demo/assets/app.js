@@ -966,6 +966,7 @@ async function openCall(id, asColleague = false) {
   const controller = new CallController({
     send: (m) => (active.signaling ? active.signaling.send(m) : false),
     onMediaTrouble: () => active.signaling?.probe(),
+    onNetworkChange: () => active.signaling?.reconnectNow(),
     getIceConfig: () => ice.get(),
     keepIceFresh: (onRenewed) => ice.keepFresh(onRenewed),
     localStream: active.stream,

@@ -42,6 +42,7 @@ import { applyVideoCodecPreferences, E2eeLink } from "./e2ee/call-e2ee.js";
 import { parseRecordingPublicKey, uuidBytes } from "./e2ee/recording-key.js";
 import { RecordingProtection } from "./e2ee/recording-protection.js";
 import { E2EE_CHANNEL_LABEL } from "./e2ee/schedule.js";
+import { AddressWatch, LOOK_EVERY_MS, LOOK_FOR_MS, PathWatch, SAMPLE_EVERY_MS } from "./path-watch.js";
 import { AUDIO_ONLY, bestStepFor, SendLadder, VIDEO_STEPS } from "./video-ladder.js";
 
 /**
@@ -137,12 +138,8 @@ export function iceConfigProblem(config) {
 /** How long "disconnected" may last before an ICE restart is forced. */
 const DISCONNECTED_RESTART_MS = 4000;
 
-/**
- * A connected connection that receives nothing at all for this many seconds is in trouble: the
- * browser may take several more seconds to call it disconnected. Audio alone sends dozens of
- * packets a second, and RTCP flows even in silence.
- */
-const QUIET_SECONDS = 2;
+/** At most one round of fresh pictures this often per connection (`PeerLink.freshPictures`). */
+const FRESH_PICTURES_EVERY_MS = 1000;
 /** Seconds of the other side's video under a picture a second (its audio still coming) before
  * the page says their link is too weak for moving pictures. */
 const PAUSED_SECONDS = 3;
@@ -244,6 +241,25 @@ function wireDescription(description) {
 }
 
 /**
+ * A fresh picture from a sender that no ladder steps (a shared screen): its encoding switched off
+ * and on again, which Chromium starts with a key frame.
+ * @param {RTCRtpSender} sender
+ * @param {() => boolean} closed
+ */
+async function freshPicture(sender, closed) {
+  try {
+    for (const active of [false, true]) {
+      const parameters = sender.getParameters();
+      if (!parameters.encodings?.length || closed()) return;
+      for (const encoding of parameters.encodings) encoding.active = active;
+      await sender.setParameters(parameters);
+    }
+  } catch (err) {
+    if (!closed()) console.warn("Could not ask for a fresh picture", err);
+  }
+}
+
+/**
  * Restarts ICE on a connection that failed, or that stayed disconnected for
  * `DISCONNECTED_RESTART_MS` (the restart's offer goes out through `negotiationneeded`).
  */
@@ -306,9 +322,11 @@ export class PeerLink {
    * @param {E2eeCall | null} [options.e2ee] The call's end-to-end encryption, if it has it.
    * @param {(problem: IceProblem) => void} [options.onIceProblem] Relay only, and no relay
    *   candidate came (gathering ended without one, or went on too long without one).
-   * @param {() => void} [options.onQuiet] A connected connection received nothing at all (not a
-   *   packet) for `QUIET_SECONDS`: the path may be gone (our address changed) well before the
-   *   browser calls it disconnected.
+   * @param {() => void} [options.onSilent] A connected connection received nothing at all (not a
+   *   packet) for `SILENT_MS`: time to look whether this device's addresses changed.
+   * @param {() => void} [options.onQuiet] A connected connection received nothing at all for
+   *   `QUIET_MS`: the path may be gone (our address changed) well before the browser calls it
+   *   disconnected.
    * @param {() => void} [options.onStuck] Impolite side: the connection stayed new or connecting
    *   through ICE restarts; make a new one.
    * @param {(step: import('./video-ladder.js').VideoStep) => void} [options.onVideoStep] The camera's
@@ -317,7 +335,7 @@ export class PeerLink {
    *   at under one picture a second for `PAUSED_SECONDS` while its audio still arrived (their
    *   link is too weak for moving pictures), or moves again.
    */
-  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onRemoteScreen, screenStream = null, onStateChange, createChannels = true, onDataChannel, onIceProblem, onQuiet, onStuck, onVideoStep, onRemoteVideoPaused, e2ee = null }) {
+  constructor({ peerId, polite, iceConfig, localStream, send, onRemoteStream, onRemoteScreen, screenStream = null, onStateChange, createChannels = true, onDataChannel, onIceProblem, onSilent, onQuiet, onStuck, onVideoStep, onRemoteVideoPaused, e2ee = null }) {
     this.peerId = peerId;
     this.onRemoteScreen = onRemoteScreen ?? (() => {});
     /** @type {RTCRtpTransceiver | null} The section this side's screen goes in (kept once made). */
@@ -463,31 +481,44 @@ export class PeerLink {
     // A connection that never gets going (lost candidates, a browser stuck gathering after a
     // rollback) is restarted rather than left hanging.
     this.notConnectedSince = Date.now();
-    /** Seconds in a row a connected connection received no byte (audio, video, RTCP, STUN). */
-    this.quietSeconds = 0;
+    /** What this connection received lately, a few samples a second (`path-watch.js`). */
+    this.path = new PathWatch(Date.now());
+    /** When this connection last asked its senders for a fresh picture. */
+    this.freshPicturesAt = 0;
+    this.pathSampler = setInterval(() => {
+      if (this.closed) return;
+      if (pc.connectionState !== "connected") {
+        this.path.reset();
+        return;
+      }
+      void pc
+        .getStats()
+        .then((report) => {
+          if (this.closed) return;
+          let bytes = 0;
+          report.forEach((/** @type {any} */ s) => {
+            if (s.type === "transport") bytes += s.bytesReceived ?? 0;
+          });
+          const event = this.path.update(Date.now(), bytes);
+          if (event === "silent") onSilent?.();
+          else if (event === "quiet") onQuiet?.();
+          else if (event === "back") this.freshPictures("the path is back");
+        })
+        .catch(() => {});
+      this.watchPathChanges();
+    }, SAMPLE_EVERY_MS);
+    /** @type {RTCIceTransport | null} The ICE transport whose selected pair is watched. */
+    this.watchedIce = null;
     /** ICE restarts for a connection that stayed new or connecting. */
     this.stuckRestarts = 0;
-    /** @type {number | null} */
-    this.bytesReceived = null;
     this.watchdog = setInterval(() => {
       if (this.closed) return;
       if (pc.connectionState === "connected") {
         void pc
           .getStats()
-          .then((report) => {
-            let bytes = 0;
-            report.forEach((/** @type {any} */ s) => {
-              if (s.type === "transport") bytes += s.bytesReceived ?? 0;
-            });
-            this.quietSeconds = bytes === this.bytesReceived ? this.quietSeconds + 1 : 0;
-            this.bytesReceived = bytes;
-            if (this.quietSeconds === QUIET_SECONDS && !this.closed) onQuiet?.();
-            this.watchRemoteVideo(report, onRemoteVideoPaused);
-          })
+          .then((report) => this.watchRemoteVideo(report, onRemoteVideoPaused))
           .catch(() => {});
         void this.ladder?.tick();
-      } else {
-        this.quietSeconds = 0;
       }
       if (
         expectRelay &&
@@ -572,7 +603,46 @@ export class PeerLink {
 
   /** Connected, but nothing received for a while (see `onQuiet`). */
   get quiet() {
-    return this.quietSeconds >= QUIET_SECONDS;
+    return this.path.isQuiet(Date.now());
+  }
+
+  /**
+   * Watch the connection's selected candidate pair: when it changes (an ICE restart found a new
+   * path, or ICE moved to a better one), pictures sent on the old path may be lost and the other
+   * side's decoder waiting for a fresh one.
+   * @private
+   */
+  watchPathChanges() {
+    const pc = this.pc;
+    const ice =
+      pc.getTransceivers().find((t) => t.sender.transport)?.sender.transport?.iceTransport ??
+      pc.sctp?.transport.iceTransport ??
+      null;
+    if (!ice || ice === this.watchedIce) return;
+    this.watchedIce = ice;
+    let selected = ice.getSelectedCandidatePair();
+    ice.addEventListener("selectedcandidatepairchange", () => {
+      const before = selected;
+      selected = ice.getSelectedCandidatePair();
+      // The first pair of a connection starts with a fresh picture anyway.
+      if (before && !this.closed && this.watchedIce === ice) this.freshPictures("a new path");
+    });
+  }
+
+  /**
+   * Ask every video this side sends on this connection for a fresh picture, at most once a
+   * second (a path back or changed: the other side's decoder may be waiting for one).
+   * @private
+   * @param {string} why
+   */
+  freshPictures(why) {
+    const now = Date.now();
+    if (this.closed || now - this.freshPicturesAt < FRESH_PICTURES_EVERY_MS) return;
+    this.freshPicturesAt = now;
+    console.info(`Sending fresh pictures: ${why}`);
+    void this.ladder?.freshPicture();
+    const screen = this.screenTransceiver?.sender;
+    if (screen?.track && screen.track.readyState === "live") void freshPicture(screen, () => this.closed);
   }
 
   /** @returns {MediaState} */
@@ -760,6 +830,7 @@ export class PeerLink {
     this.ladder?.stop();
     this.iceRestarter.stop();
     clearInterval(this.watchdog);
+    clearInterval(this.pathSampler);
     this.pc.ontrack = null;
     this.pc.ondatachannel = null;
     this.pc.onnegotiationneeded = null;
@@ -997,13 +1068,16 @@ export class CallController {
    * @param {() => void} [options.onMediaTrouble] A connection went disconnected or failed: our
    *   network may have changed (check the signaling connection at once; once it is back, ICE
    *   restarts on every connection that is down).
+   * @param {() => void} [options.onNetworkChange] This device's addresses changed under a silent
+   *   connection: reconnect signaling now (its socket is gone with the old address); once joined
+   *   again, ICE restarts on every connection. Without it, ICE restarts at once.
    * @param {(step: import('./video-ladder.js').VideoStep["name"], audioOnly: boolean) => void} [options.onVideoStep]
    *   Our camera's video stepped down or up on the connection where it is worst ("full" again
    *   when every connection is back to full).
    * @param {(peer: Peer, paused: boolean) => void} [options.onRemoteVideoPaused] Someone's video
    *   all but stopped while their audio goes on (their link is too weak), or moves again.
    */
-  constructor({ send, getIceConfig, keepIceFresh, localStream, onRemoteStream, onRemoteScreen, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder, onMediaTrouble, onVideoStep, onRemoteVideoPaused }) {
+  constructor({ send, getIceConfig, keepIceFresh, localStream, onRemoteStream, onRemoteScreen, onMediaState, onPeerPresence, onPeerLeft, onDataChannel, onConnectionClosed, onIceProblem, onRecorder, onMediaTrouble, onNetworkChange, onVideoStep, onRemoteVideoPaused }) {
     this.send = send;
     this.getIceConfig = getIceConfig;
     /** Stops renewing the ICE servers of running connections. */
@@ -1021,6 +1095,15 @@ export class CallController {
     this.onIceProblem = onIceProblem ?? (() => {});
     this.onRecorder = onRecorder ?? (() => {});
     this.onMediaTrouble = onMediaTrouble ?? (() => {});
+    this.onNetworkChange = onNetworkChange ?? (() => void this.restartIce());
+    /** This device's addresses, looked at when a connection falls silent. */
+    this.addressWatch = new AddressWatch();
+    /** Whether the addresses were looked at once while media flowed. */
+    this.addressesSeen = false;
+    /** Whether `checkAddresses` is looking (one loop for every silent connection). */
+    this.lookingAtAddresses = false;
+    /** The network changed: restart ICE on every connection once signaling is joined again. */
+    this.restartOnRejoin = false;
     this.onVideoStep = onVideoStep ?? (() => {});
     /** The worst step reported so far (an index into `VIDEO_STEPS`). */
     this.videoStep = 0;
@@ -1257,6 +1340,11 @@ export class CallController {
         if (l.mediaState === "connected") {
           this.setIceProblem(null);
           void l.limitVideo(this.links.size);
+          // The addresses this device has while media flows: what a silence is compared with.
+          if (!this.addressesSeen) {
+            this.addressesSeen = true;
+            void this.addressWatch.check();
+          }
         }
         const troubled = ["disconnected", "failed"];
         if (troubled.includes(l.pc.iceConnectionState) || troubled.includes(l.pc.connectionState)) this.onMediaTrouble();
@@ -1264,6 +1352,9 @@ export class CallController {
       },
       onIceProblem: (p) => {
         if (this.links.get(peerId) === link) this.setIceProblem(p);
+      },
+      onSilent: () => {
+        if (this.links.get(peerId) === link) void this.checkAddresses();
       },
       onQuiet: () => {
         if (this.links.get(peerId) === link) this.onMediaTrouble();
@@ -1374,6 +1465,8 @@ export class CallController {
       if (recorder && this.recorderLink && this.recorderLink.pc.connectionState !== "connected") this.dropRecorderLink();
       // Kept: its keys go on under a new epoch announced on this socket.
       if (recorder) this.recorderLink?.signalingResumed();
+      // This device's network changed: the recorder's path went with the others.
+      if (recorder && this.restartOnRejoin) this.recorderLink?.restartIce();
       this.setRecorder(recorder);
       await this.joinedMain(joined);
       await this.syncRecorder();
@@ -1387,6 +1480,8 @@ export class CallController {
    */
   async joinedMain(joined) {
     if (!joined.admitted) return;
+    const networkChanged = this.restartOnRejoin;
+    this.restartOnRejoin = false;
     const present = joined.peers.filter((p) => p.participant_id !== joined.participant_id && !isRecorder(p));
     const presentIds = new Set(present.map((p) => p.participant_id));
     // Whoever left while signaling was away.
@@ -1400,7 +1495,7 @@ export class CallController {
         // Signaling came back and the peer is still here: keep the media connection, and restart
         // ICE if it suffered meanwhile (down, or connected but hearing nothing: our address may
         // have changed, which is also why signaling went).
-        if (link.mediaState !== "connected" || link.quiet) link.restartIce();
+        if (link.mediaState !== "connected" || link.quiet || networkChanged) link.restartIce();
         continue;
       }
       if (this.awaiting.has(peerId)) continue;
@@ -1545,6 +1640,38 @@ export class CallController {
       if (link) await link.handleCandidate(candidate);
       else if (this.recorderLink && this.recorderLink.peerId === from) await this.recorderLink.handleCandidate(candidate);
     });
+  }
+
+  /**
+   * A connection fell silent: look at this device's addresses, again every `LOOK_EVERY_MS` while
+   * any connection stays silent (at most `LOOK_FOR_MS`). Once an address shows up that the last
+   * look did not have (a phone off Wi-Fi onto mobile data, and the browser knows the new
+   * network), signaling reconnects now (its socket went with the old address) and every
+   * connection restarts ICE once joined again, without waiting for the browser to call anything
+   * disconnected.
+   * @private
+   */
+  async checkAddresses() {
+    if (this.closed || this.lookingAtAddresses) return;
+    this.lookingAtAddresses = true;
+    try {
+      const until = Date.now() + LOOK_FOR_MS;
+      let gone = false;
+      while (!this.closed && Date.now() < until) {
+        const now = Date.now();
+        if (![...this.links.values()].some((l) => l.path.isSilent(now))) return;
+        const [change] = await Promise.all([this.addressWatch.check(), new Promise((resolve) => setTimeout(resolve, LOOK_EVERY_MS))]);
+        gone ||= change.gone;
+        if (change.added && !this.closed) {
+          console.warn(`This device's network changed${gone ? "" : " (an address was added)"}; reconnecting at once`);
+          this.restartOnRejoin = true;
+          this.onNetworkChange();
+          return;
+        }
+      }
+    } finally {
+      this.lookingAtAddresses = false;
+    }
   }
 
   /** Restart ICE now on every connection (for example when the browser reports it is online again). */

@@ -459,6 +459,7 @@ function enterWaiting(place) {
   const created = new CallController({
     send: (m) => (signaling ? signaling.send(m) : false),
     onMediaTrouble: () => signaling?.probe(),
+    onNetworkChange: () => signaling?.reconnectNow(),
     getIceConfig: () => ice.get(),
     keepIceFresh: (onRenewed) => ice.keepFresh(onRenewed),
     localStream,

@@ -85,13 +85,40 @@ export class SignalingClient {
       this.probeTimer = undefined;
       if (this.ws !== ws || this.lastMessageAt >= sentAt) return;
       console.warn("No answer from the signaling service (the network may have changed); reconnecting now");
-      this.ws = null;
-      this.stopHeartbeat();
-      ws.close(4000, "probe unanswered");
-      this.attempt = 0;
-      this.setState("reconnecting", "no answer from the signaling service");
-      this.connect();
+      this.replaceConnection("probe unanswered", "no answer from the signaling service");
     }, PROBE_TIMEOUT_MS);
+  }
+
+  /**
+   * This device's network changed (its addresses did): the socket belongs to an address that may
+   * be gone, so a new one is opened now instead of waiting for the old one to fall silent. The
+   * same place is resumed with the same `join`.
+   */
+  reconnectNow() {
+    if (this.stopped) return;
+    if (this.retryTimer !== undefined) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = undefined;
+    }
+    this.replaceConnection("network changed", "this device's network changed");
+  }
+
+  /**
+   * Close the current socket (if any) and open a new one at once.
+   * @private
+   * @param {string} closeReason Sent in the close frame.
+   * @param {string} detail Said with the `reconnecting` state.
+   */
+  replaceConnection(closeReason, detail) {
+    const ws = this.ws;
+    this.ws = null;
+    this.stopHeartbeat();
+    if (this.probeTimer !== undefined) clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
+    if (ws && (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING)) ws.close(4000, closeReason);
+    this.attempt = 0;
+    this.setState("reconnecting", detail);
+    this.connect();
   }
 
   /** Open the connection (once; later connections are made by the client itself). */

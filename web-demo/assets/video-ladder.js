@@ -336,6 +336,31 @@ export class SendLadder {
   }
 
   /**
+   * A fresh picture now, whatever the step (the path changed or came back, and the other side's
+   * decoder may be waiting for one): the encoding is switched off and on again, and Chromium
+   * starts an encoding that is switched on with a key frame. In audio only it goes off again
+   * after the picture, as after a still.
+   */
+  async freshPicture() {
+    if (this.stopped) return;
+    try {
+      await this.change((parameters) => {
+        for (const encoding of parameters.encodings) encoding.active = false;
+      });
+      await this.change((parameters) => {
+        for (const encoding of parameters.encodings) encoding.active = true;
+      });
+    } catch {
+      // Said by `change`; the other side asks for a picture itself in a few seconds.
+      return;
+    }
+    if (this.applied === AUDIO_ONLY) {
+      this.lastStill = Date.now();
+      this.armStillOff(AUDIO_ONLY);
+    }
+  }
+
+  /**
    * Switch the encoding off again after a picture, if audio only is still in force.
    * @private
    * @param {number} index The step the picture was for.
