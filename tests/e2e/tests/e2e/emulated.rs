@@ -118,9 +118,8 @@ struct Report {
     connected: Option<Instant>,
     /// When each video frame from the other was decoded.
     frames: Vec<Instant>,
-    /// 20 ms audio frames sent and decoded from the other.
+    /// 20 ms audio frames sent.
     audio_sent: u64,
-    audio_received: u64,
     /// The local end of the selected candidate pair, last seen.
     selected_local: Option<std::net::SocketAddr>,
     warnings: Vec<String>,
@@ -270,7 +269,6 @@ impl NativePeer {
                     connected: None,
                     frames: Vec::new(),
                     audio_sent: 0,
-                    audio_received: 0,
                     selected_local: None,
                     warnings: Vec::new(),
                     log: Vec::new(),
@@ -339,7 +337,6 @@ impl NativePeer {
                             Some(SessionEvent::Audio { samples, .. }) => {
                                 // Counted in 20 ms frames: in audio only a packet holds two.
                                 let frames = (samples.len() / FRAME_SAMPLES).max(1);
-                                report.audio_received += frames as u64;
                                 report.audio_at.extend(std::iter::repeat_n(Instant::now(), frames));
                             }
                             Some(SessionEvent::VideoStep { step }) => {
@@ -477,15 +474,19 @@ fn figures(
     let frozen = patient
         .frozen_per_minute(until)
         .max(doctor.frozen_per_minute(until));
-    // Audio lost one way, from the first frame that arrived: what was sent before the path
-    // carried anything (the handshakes, slow on a starved machine) is the first frame's delay,
-    // counted there, not loss. Everything after, outages included, counts.
+    // Audio lost one way, in a window from a second after the first frame arrived to the stop,
+    // each frame counted where it happened: sent by its send time, received by its arrival. What
+    // is in flight as the window opens (received in it, sent before) balances what is in flight
+    // as it closes (sent in it, received after), and the first frames' delay (the handshakes,
+    // slow on a starved machine, shown as the first frame) stays out. Outages count.
     let audio_lost = |from: &Report, to: &Report| {
         let Some(first) = to.audio_at.first() else {
             return 100.0;
         };
-        let sent = from.audio_sent_at.iter().filter(|t| **t >= *first).count() as u64;
-        let received = to.audio_received.saturating_sub(1);
+        let opens = *first + Duration::from_secs(1);
+        let within = |t: &&Instant| **t >= opens && **t <= until;
+        let sent = from.audio_sent_at.iter().filter(within).count() as u64;
+        let received = to.audio_at.iter().filter(within).count() as u64;
         if sent == 0 {
             100.0
         } else {
