@@ -76,8 +76,13 @@ export const MAX_HOLD_MS = 32_000;
 export const CLEAR_MARGIN = 1.3;
 /** In audio only, one picture this often. */
 export const STILL_EVERY_MS = 4_000;
-/** How long the encoding stays on for that picture (at 2 frames a second: one or two). */
-export const STILL_ON_MS = 700;
+/**
+ * How long the encoding stays on for that picture: at 2 frames a second, the key frame and two
+ * small frames after it. A packet of the key frame lost under a tight cap is noticed only when a
+ * later packet of the same stream arrives (then it is asked for again and resent); with the
+ * encoding off right after the key frame, nothing came after it and the picture was lost.
+ */
+export const STILL_ON_MS = 1300;
 
 /**
  * @typedef {object} LinkSample
