@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use consult_client::codec::opus::FRAME_SAMPLES;
 use consult_client::codec::pattern::{TestPattern, Tone};
 use consult_client::peer::file_transfer::FileEvent;
-use consult_client::session::{Session, SessionConfig, SessionEvent};
+use consult_client::peer::PeerError;
+use consult_client::session::{Session, SessionConfig, SessionError, SessionEvent};
 use consult_client::video_ladder::Step;
 use consult_client::Credentials;
 use consult_e2e::Clinic;
@@ -294,8 +295,17 @@ impl NativePeer {
                         _ = stopped.changed() => break,
                         _ = tokio::time::sleep_until(file_due.unwrap_or_else(tokio::time::Instant::now)), if file_due.is_some() => {
                             file_at = None;
-                            report.file_offered = Some((Instant::now(), FILE_BYTES));
-                            let _ = session.offer_file("scan.bin", "application/octet-stream", test_file()).await;
+                            match session.offer_file("scan.bin", "application/octet-stream", test_file()).await {
+                                Ok(_) => report.file_offered = Some((Instant::now(), FILE_BYTES)),
+                                // The file channel is not open yet: at 10 % loss its opening
+                                // over SCTP can wait seconds for a lost packet's resend. The
+                                // offer is refused with this clear error; offer again shortly
+                                // (once, this offer's error was dropped and no file ever went).
+                                Err(SessionError::Peer(PeerError::ChannelNotOpen(_))) => {
+                                    file_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+                                }
+                                Err(e) => panic!("could not offer the file: {e}"),
+                            }
                         }
                         _ = video.tick(), if connected => {
                             let mut frame = pattern.next_frame();
