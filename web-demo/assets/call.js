@@ -138,6 +138,9 @@ export function iceConfigProblem(config) {
 /** How long "disconnected" may last before an ICE restart is forced. */
 const DISCONNECTED_RESTART_MS = 4000;
 
+/** Path samples a second (`SAMPLE_EVERY_MS` apart). */
+const SAMPLES_A_SECOND = Math.round(1000 / SAMPLE_EVERY_MS);
+
 /** At most one round of fresh pictures this often per connection (`PeerLink.freshPictures`). */
 const FRESH_PICTURES_EVERY_MS = 1000;
 /** Seconds of the other side's video under a picture a second (its audio still coming) before
@@ -485,6 +488,8 @@ export class PeerLink {
     this.path = new PathWatch(Date.now());
     /** When this connection last asked its senders for a fresh picture. */
     this.freshPicturesAt = 0;
+    /** Samples taken while connected (every `SAMPLES_A_SECOND`th also watches the remote video). */
+    this.samples = 0;
     this.pathSampler = setInterval(() => {
       if (this.closed) return;
       if (pc.connectionState !== "connected") {
@@ -503,6 +508,9 @@ export class PeerLink {
           if (event === "silent") onSilent?.();
           else if (event === "quiet") onQuiet?.();
           else if (event === "back") this.freshPictures("the path is back");
+          // Once a second the same report tells how the other side's video comes.
+          this.samples += 1;
+          if (this.samples % SAMPLES_A_SECOND === 0) this.watchRemoteVideo(report, onRemoteVideoPaused);
         })
         .catch(() => {});
       this.watchPathChanges();
@@ -513,13 +521,7 @@ export class PeerLink {
     this.stuckRestarts = 0;
     this.watchdog = setInterval(() => {
       if (this.closed) return;
-      if (pc.connectionState === "connected") {
-        void pc
-          .getStats()
-          .then((report) => this.watchRemoteVideo(report, onRemoteVideoPaused))
-          .catch(() => {});
-        void this.ladder?.tick();
-      }
+      if (pc.connectionState === "connected") void this.ladder?.tick();
       if (
         expectRelay &&
         this.candidatesGathered === 0 &&
@@ -1357,7 +1359,11 @@ export class CallController {
         if (this.links.get(peerId) === link) void this.checkAddresses();
       },
       onQuiet: () => {
-        if (this.links.get(peerId) === link) this.onMediaTrouble();
+        if (this.links.get(peerId) !== link) return;
+        this.onMediaTrouble();
+        // Also when no sample fell between silent and quiet (a throttled timer): the look is
+        // shared, and runs only while a connection is silent.
+        void this.checkAddresses();
       },
       onVideoStep: () => {
         if (this.links.get(peerId) === link) this.reportVideoStep();

@@ -119,8 +119,6 @@ struct Report {
     connected: Option<Instant>,
     /// When each video frame from the other was decoded.
     frames: Vec<Instant>,
-    /// 20 ms audio frames sent.
-    audio_sent: u64,
     /// The local end of the selected candidate pair, last seen.
     selected_local: Option<std::net::SocketAddr>,
     warnings: Vec<String>,
@@ -269,7 +267,6 @@ impl NativePeer {
                     stopped: Instant::now(),
                     connected: None,
                     frames: Vec::new(),
-                    audio_sent: 0,
                     selected_local: None,
                     warnings: Vec::new(),
                     log: Vec::new(),
@@ -316,7 +313,6 @@ impl NativePeer {
                         }
                         _ = audio.tick(), if connected => {
                             if session.send_audio(tone.next_frame()).await.is_ok() {
-                                report.audio_sent += 1;
                                 report.audio_sent_at.push(Instant::now());
                             }
                         }
