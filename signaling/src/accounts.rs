@@ -339,9 +339,42 @@ async fn seed_doctor(
     email: &str,
     display_name: &str,
 ) -> anyhow::Result<(String, String)> {
-    let password = Token::generate().expose()[..20].to_owned();
-    let totp_secret = totp::generate_secret();
+    let (password, totp_secret) = new_secrets();
     let hash = password::hash(&password)?;
+    store_doctor(
+        pool,
+        audit,
+        sealing_key,
+        now,
+        email,
+        display_name,
+        &hash,
+        &totp_secret,
+    )
+    .await?;
+    Ok((password, totp_secret))
+}
+
+/// A fresh random password and TOTP secret.
+fn new_secrets() -> (String, String) {
+    (
+        Token::generate().expose()[..20].to_owned(),
+        totp::generate_secret(),
+    )
+}
+
+/// Create (or reset) a doctor with this password hash and TOTP secret.
+#[allow(clippy::too_many_arguments)]
+async fn store_doctor(
+    pool: &AnyPool,
+    audit: &AuditLog,
+    sealing_key: &SealingKey,
+    now: OffsetDateTime,
+    email: &str,
+    display_name: &str,
+    hash: &str,
+    totp_secret: &str,
+) -> anyhow::Result<()> {
     match find_by_email(pool, email).await? {
         Some(account) => {
             sqlx::query(
@@ -349,8 +382,8 @@ async fn seed_doctor(
                  failed_logins = 0, locked_until = NULL,
                  licence_number = COALESCE(licence_number, $4) WHERE id = $3",
             )
-            .bind(&hash)
-            .bind(sealing_key.seal(&totp_secret, &totp_owner(account.user.id)))
+            .bind(hash)
+            .bind(sealing_key.seal(totp_secret, &totp_owner(account.user.id)))
             .bind(account.user.id.to_string())
             .bind(demo_licence_number(account.user.id))
             .execute(pool)
@@ -365,8 +398,8 @@ async fn seed_doctor(
             .bind(id.to_string())
             .bind(email)
             .bind(display_name)
-            .bind(&hash)
-            .bind(sealing_key.seal(&totp_secret, &totp_owner(id)))
+            .bind(hash)
+            .bind(sealing_key.seal(totp_secret, &totp_owner(id)))
             .bind(to_unix(now))
             .bind(demo_licence_number(id))
             .execute(pool)
@@ -382,7 +415,7 @@ async fn seed_doctor(
                 .await?;
         }
     }
-    Ok((password, totp_secret))
+    Ok(())
 }
 
 /// Seed `count` doctors for the load generator (`load-1@load.consult.localhost`, ...), each
@@ -396,12 +429,25 @@ pub async fn seed_load_clinicians(
     count: usize,
     url: &str,
 ) -> anyhow::Result<Vec<DemoCredentials>> {
+    let secrets: Vec<(String, String)> = (0..count).map(|_| new_secrets()).collect();
+    // The password hashes are most of the work (Argon2, made to be slow): on every core.
+    let passwords: Vec<String> = secrets.iter().map(|(p, _)| p.clone()).collect();
+    let hashes = tokio::task::spawn_blocking(move || hash_all(&passwords)).await??;
     let mut seeded = Vec::with_capacity(count);
-    for i in 1..=count {
+    for (i, ((password, totp_secret), hash)) in (1..=count).zip(secrets.into_iter().zip(hashes)) {
         let email = format!("load-{i}@load.consult.localhost");
         let name = format!("Dr Load {i}");
-        let (password, totp_secret) =
-            seed_doctor(pool, audit, sealing_key, now, &email, &name).await?;
+        store_doctor(
+            pool,
+            audit,
+            sealing_key,
+            now,
+            &email,
+            &name,
+            &hash,
+            &totp_secret,
+        )
+        .await?;
         seeded.push(DemoCredentials {
             email,
             password,
@@ -410,4 +456,25 @@ pub async fn seed_load_clinicians(
         });
     }
     Ok(seeded)
+}
+
+/// The password hash of each of `passwords`, in order, hashed on every core.
+fn hash_all(passwords: &[String]) -> Result<Vec<String>, password::PasswordError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_core = passwords.len().div_ceil(cores).max(1);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = passwords
+            .chunks(per_core)
+            .map(|part| scope.spawn(|| part.iter().map(|p| password::hash(p)).collect::<Vec<_>>()))
+            .collect();
+        let mut hashes = Vec::with_capacity(passwords.len());
+        for part in parts {
+            // A panic in a hashing thread is a bug here: passed on as one.
+            let part = part.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            for hash in part {
+                hashes.push(hash?);
+            }
+        }
+        Ok(hashes)
+    })
 }

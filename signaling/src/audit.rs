@@ -5,6 +5,8 @@
 //! point. [`verify`] walks the chain and names the first broken entry. Entries hold ids, names of
 //! actions and non-secret details only: never a password, token, code or SDP.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{AnyPool, Row};
@@ -15,6 +17,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::secrets::hex_sha256;
+use crate::write_lane::WriteLane;
 
 /// `prev_hash` of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -277,9 +280,76 @@ pub(crate) fn entry_hash(
 /// not a read of the head and then an insert. The insert itself checks that the head is still
 /// that entry (another node, or a tool beside the service, may have appended since): if not, it
 /// inserts nothing, and the head is read again.
+///
+/// A log made [`AuditLog::on_lane`] appends its single entries ([`AuditLog::record`]) on that
+/// [`WriteLane`], those that arrive together in one transaction (see [`Appender`]); run a
+/// transaction of [`AuditLog::begin`] on the lane yourself.
+#[derive(Clone)]
 pub struct AuditLog {
     pool: AnyPool,
-    writer: Mutex<Option<Head>>,
+    writer: Arc<Mutex<Option<Head>>>,
+    appender: Option<Appender>,
+}
+
+/// Appends the single entries of a log on a write lane: whatever is queued when it starts a
+/// transaction goes into that one transaction (at most [`Appender::MOST`]), in the order it
+/// was queued, and each caller hears once it is committed. Under load that is one `BEGIN` and
+/// one `COMMIT` for many entries instead of for each; alone, an entry commits at once. The
+/// chain stays linear: the appender holds the log's writer like any transaction.
+#[derive(Clone)]
+struct Appender {
+    queue: tokio::sync::mpsc::UnboundedSender<Queued>,
+    /// The lane it runs on, kept running while the log is (the appender's own copy of the log
+    /// holds no appender, so this is no cycle).
+    _lane: WriteLane,
+}
+
+/// An entry waiting for the appender, and who to tell.
+struct Queued {
+    at: OffsetDateTime,
+    actor: Actor,
+    action: Action,
+    consultation_id: Option<Uuid>,
+    detail: Value,
+    done: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+}
+
+impl Appender {
+    /// Most entries in one transaction.
+    const MOST: usize = 256;
+
+    /// Start appending the entries queued for `log` on `lane`; it runs until the last clone
+    /// of the appender is dropped.
+    fn start(log: AuditLog, lane: &WriteLane) -> Appender {
+        let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+        lane.spawn(async move {
+            let mut batch = Vec::with_capacity(Self::MOST);
+            while queued.recv_many(&mut batch, Self::MOST).await > 0 {
+                // Together; or, one entry or a batch that failed, each on its own, so that
+                // one entry's failure is its own.
+                let together = batch.len() > 1 && log.record_batch(&batch).await.is_ok();
+                for entry in batch.drain(..) {
+                    let result = if together {
+                        Ok(())
+                    } else {
+                        log.record_here(
+                            entry.at,
+                            &entry.actor,
+                            entry.action,
+                            entry.consultation_id,
+                            entry.detail,
+                        )
+                        .await
+                    };
+                    let _ = entry.done.send(result);
+                }
+            }
+        });
+        Appender {
+            queue,
+            _lane: lane.clone(),
+        }
+    }
 }
 
 /// The last entry of the chain: its sequence number and hash.
@@ -294,7 +364,23 @@ impl AuditLog {
     pub fn new(pool: AnyPool) -> Self {
         Self {
             pool,
-            writer: Mutex::new(None),
+            writer: Arc::new(Mutex::new(None)),
+            appender: None,
+        }
+    }
+
+    /// An audit log writing to `pool` whose single entries are appended on `lane`, those
+    /// queued together in one transaction. With a lane on the caller's runtime (PostgreSQL,
+    /// whose writers run concurrently), each entry is its own transaction, as with
+    /// [`AuditLog::new`].
+    pub fn on_lane(pool: AnyPool, lane: &WriteLane) -> Self {
+        let log = Self::new(pool);
+        if !lane.has_thread() {
+            return log;
+        }
+        Self {
+            appender: Some(Appender::start(log.clone(), lane)),
+            ..log
         }
     }
 
@@ -324,6 +410,62 @@ impl AuditLog {
     /// silently. For an entry that records a change to the database, make the change and the
     /// entry in one [`AuditLog::begin`] transaction instead, so neither exists without the other.
     pub async fn record(
+        &self,
+        at: OffsetDateTime,
+        actor: &Actor,
+        action: Action,
+        consultation_id: Option<Uuid>,
+        detail: Value,
+    ) -> anyhow::Result<()> {
+        let Some(appender) = &self.appender else {
+            return self
+                .record_here(at, actor, action, consultation_id, detail)
+                .await;
+        };
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let entry = Queued {
+            at,
+            actor: *actor,
+            action,
+            consultation_id,
+            detail,
+            done,
+        };
+        if let Err(tokio::sync::mpsc::error::SendError(entry)) = appender.queue.send(entry) {
+            // The appender is gone (only when its lane is): append here.
+            return self
+                .record_here(
+                    entry.at,
+                    &entry.actor,
+                    entry.action,
+                    entry.consultation_id,
+                    entry.detail,
+                )
+                .await;
+        }
+        committed.await.map_err(|_| {
+            anyhow::anyhow!("the audit appender stopped before the entry was written")
+        })?
+    }
+
+    /// The entries of `batch`, in one transaction.
+    async fn record_batch(&self, batch: &[Queued]) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        for entry in batch {
+            tx.record(
+                entry.at,
+                &entry.actor,
+                entry.action,
+                entry.consultation_id,
+                entry.detail.clone(),
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// [`AuditLog::record`], on the caller's runtime.
+    async fn record_here(
         &self,
         at: OffsetDateTime,
         actor: &Actor,
@@ -737,5 +879,89 @@ mod tests {
             verify(&pool).await.unwrap(),
             Err(ChainError::Tampered { seq: 3 })
         );
+    }
+
+    /// A log on a write lane of its own, as the service has it, over `pool`'s writer.
+    async fn log_on_lane(pool: &AnyPool) -> AuditLog {
+        let writer = crate::db::writer(pool).await.unwrap();
+        AuditLog::on_lane(writer, &WriteLane::thread().unwrap())
+    }
+
+    #[tokio::test]
+    async fn entries_queued_together_all_commit_in_one_linear_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::db::open(dir.path(), None).await.unwrap();
+        let log = log_on_lane(&pool).await;
+        // Another writer of the same chain appends meanwhile (a tool beside the service).
+        let beside = AuditLog::new(pool.clone());
+        let queued = (0..300).map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { append(&log, i).await })
+        });
+        let appended_beside = tokio::spawn(async move {
+            for i in 1000..1020 {
+                append(&beside, i).await;
+            }
+        });
+        for entry in queued {
+            entry.await.unwrap();
+        }
+        appended_beside.await.unwrap();
+        assert_eq!(verify(&pool).await.unwrap(), Ok(320));
+        let mut seen: Vec<u64> = entries(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.detail["i"].as_u64().unwrap())
+            .collect();
+        seen.sort();
+        let expected: Vec<u64> = (0..300).chain(1000..1020).collect();
+        assert_eq!(seen, expected, "each entry exactly once");
+    }
+
+    #[tokio::test]
+    async fn an_entry_the_database_refuses_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::db::open(dir.path(), None).await.unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON audit_log WHEN NEW.detail LIKE '%bad%'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let log = log_on_lane(&pool).await;
+        let queued: Vec<_> = (0..60)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let detail = if i == 30 {
+                        json!({ "bad": true })
+                    } else {
+                        json!({ "i": i })
+                    };
+                    log.record(
+                        OffsetDateTime::now_utc(),
+                        &Actor::System,
+                        Action::SignIn,
+                        None,
+                        detail,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut refused = 0;
+        for (i, entry) in queued.into_iter().enumerate() {
+            match entry.await.unwrap() {
+                Ok(()) => assert_ne!(i, 30, "the refused entry was said to be written"),
+                Err(e) => {
+                    assert_eq!(i, 30, "a good entry failed: {e:#}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, 1);
+        assert_eq!(verify(&pool).await.unwrap(), Ok(59));
     }
 }

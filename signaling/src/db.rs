@@ -12,6 +12,8 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 use time::OffsetDateTime;
 
+use crate::write_lane::WriteLane;
+
 /// Which engine a pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -50,6 +52,9 @@ pub enum OpenError {
     /// A migration failed.
     #[error("cannot bring the database schema up to date: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The thread the writes run on could not be started.
+    #[error("cannot start the thread the database writes run on: {0}")]
+    WriteLane(#[source] std::io::Error),
 }
 
 /// Open the database and bring its schema up to date: PostgreSQL when `database_url` is given,
@@ -157,13 +162,16 @@ pub struct Pools {
     pub pool: AnyPool,
     /// For writes.
     pub writer: AnyPool,
+    /// Where write transactions run (see [`crate::write_lane`]).
+    pub lane: WriteLane,
 }
 
 impl Pools {
-    /// `pool`, and its writer.
+    /// `pool`, its writer, and the lane its writes run on.
     pub async fn of(pool: AnyPool) -> Result<Pools, OpenError> {
         let writer = writer(&pool).await?;
-        Ok(Pools { pool, writer })
+        let lane = WriteLane::for_backend(Backend::of(&pool)).map_err(OpenError::WriteLane)?;
+        Ok(Pools { pool, writer, lane })
     }
 }
 

@@ -147,18 +147,38 @@ pub async fn redeem(
     let participant_id = Uuid::new_v4();
     let token = Token::generate();
     // The place taken and its audit entry commit together.
-    let mut tx = state.audit.begin().await?;
-    let place = rows::NewParticipant {
-        id: participant_id,
-        consultation_id: consultation.id,
-        invite_id: invite.id,
-        role: invite.kind,
-        name: &name,
-        token_hash: &token.hash().0,
-        created_at: now,
-    };
-    if !rows::insert_participant(tx.connection(), &place).await? {
-        drop(tx);
+    let taken = state
+        .write({
+            let (consultation_id, invite_id, role) = (consultation.id, invite.id, invite.kind);
+            let (name, token_hash) = (name.clone(), token.hash().0);
+            move |state| async move {
+                let mut tx = state.audit.begin().await?;
+                let place = rows::NewParticipant {
+                    id: participant_id,
+                    consultation_id,
+                    invite_id,
+                    role,
+                    name: &name,
+                    token_hash: &token_hash,
+                    created_at: now,
+                };
+                if !rows::insert_participant(tx.connection(), &place).await? {
+                    return Ok::<_, anyhow::Error>(false);
+                }
+                tx.record(
+                    now,
+                    &Actor::Participant(participant_id),
+                    Action::InviteUsed,
+                    Some(consultation_id),
+                    json!({ "invite_id": invite_id }),
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+        })
+        .await?;
+    if !taken {
         // Revoked, expired or ended meanwhile: said as such; otherwise another device has it.
         usable_or_counted(&state, &origin, &req.invite).await?;
         refused(&state, &origin, Some(consultation.id), "invite_in_use").await?;
@@ -167,15 +187,6 @@ pub async fn redeem(
             "this link is already in use on another device",
         ));
     }
-    tx.record(
-        now,
-        &Actor::Participant(participant_id),
-        Action::InviteUsed,
-        Some(consultation.id),
-        json!({ "invite_id": invite.id }),
-    )
-    .await?;
-    tx.commit().await?;
     // A device that redeems but never connects must not hold the link for ever.
     let grace = state.config.signaling.reconnect_grace;
     let state_for_timer = state.clone();
@@ -281,13 +292,23 @@ pub async fn find_participant(
 
 /// Release a patient's hold on their invite; their token stops working.
 pub async fn release(state: &AppState, participant_id: Uuid) -> anyhow::Result<()> {
-    rows::release_place(&state.writer, participant_id, state.clock.now()).await
+    let now = state.clock.now();
+    state
+        .write(move |state| async move {
+            rows::release_place(&state.writer, participant_id, now).await
+        })
+        .await
 }
 
 /// Release every patient of a consultation (it ended).
 pub async fn release_all(state: &AppState, consultation_id: Uuid) -> anyhow::Result<()> {
-    rows::release_places(&state.writer, consultation_id, state.clock.now()).await?;
-    rows::clear_colleagues_admitted(&state.writer, consultation_id).await
+    let now = state.clock.now();
+    state
+        .write(move |state| async move {
+            rows::release_places(&state.writer, consultation_id, now).await?;
+            rows::clear_colleagues_admitted(&state.writer, consultation_id).await
+        })
+        .await
 }
 
 /// Release the patients holding a revoked invite and disconnect them.
@@ -317,25 +338,37 @@ pub async fn remove_holders(
 /// of the call) and audit it (together), then let the recording policy see who is left.
 pub async fn depart(state: &AppState, departure: &Departure) -> anyhow::Result<()> {
     let now = state.clock.now();
-    let mut tx = state.audit.begin().await?;
-    match departure.role {
-        ParticipantRole::Patient | ParticipantRole::Interpreter | ParticipantRole::Companion => {
-            rows::release_place(tx.connection(), departure.participant_id, now).await?;
-        }
-        ParticipantRole::Clinician => {
-            rows::set_colleague_admitted(tx.connection(), departure.participant_id, None).await?;
-        }
-        ParticipantRole::Doctor | ParticipantRole::Recorder => {}
-    }
-    tx.record(
-        now,
-        &Actor::Participant(departure.participant_id),
-        Action::Left,
-        Some(departure.consultation_id),
-        json!({ "role": departure.role, "reason": departure.reason }),
-    )
-    .await?;
-    tx.commit().await?;
+    let (participant_id, consultation_id, role) = (
+        departure.participant_id,
+        departure.consultation_id,
+        departure.role,
+    );
+    let detail = json!({ "role": departure.role, "reason": departure.reason });
+    state
+        .write(move |state| async move {
+            let mut tx = state.audit.begin().await?;
+            match role {
+                ParticipantRole::Patient
+                | ParticipantRole::Interpreter
+                | ParticipantRole::Companion => {
+                    rows::release_place(tx.connection(), participant_id, now).await?;
+                }
+                ParticipantRole::Clinician => {
+                    rows::set_colleague_admitted(tx.connection(), participant_id, None).await?;
+                }
+                ParticipantRole::Doctor | ParticipantRole::Recorder => {}
+            }
+            tx.record(
+                now,
+                &Actor::Participant(participant_id),
+                Action::Left,
+                Some(consultation_id),
+                detail,
+            )
+            .await?;
+            tx.commit().await
+        })
+        .await?;
     if departure.role != ParticipantRole::Recorder {
         // A patient gone may end the recording; the recorder's own departure is its doing.
         crate::recording::reconcile(state, departure.consultation_id).await;

@@ -50,3 +50,4 @@ pub mod server;
 pub mod signal;
 pub mod state;
 pub mod web;
+pub mod write_lane;

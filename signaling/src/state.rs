@@ -19,6 +19,7 @@ use crate::recording::Recordings;
 use crate::secrets::SealingKey;
 use crate::signal::hub::Hub;
 use crate::signal::limits::{JoinRate, UnjoinedSockets};
+use crate::write_lane::WriteLane;
 
 /// Cheap to clone: everything lives behind one `Arc`.
 #[derive(Clone)]
@@ -33,6 +34,8 @@ pub struct Shared {
     /// The database's writer: with SQLite one connection all of the process's writes queue
     /// for (see [`crate::db::writer`]); with PostgreSQL the same pool as `pool`.
     pub writer: AnyPool,
+    /// Where write transactions run: see [`AppState::write`].
+    pub lane: WriteLane,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
     /// The audit trail.
@@ -81,7 +84,7 @@ impl AppState {
     /// Assemble the state; fails if `public_url` cannot be a WebAuthn relying party.
     pub fn new(
         config: Config,
-        crate::db::Pools { pool, writer }: crate::db::Pools,
+        crate::db::Pools { pool, writer, lane }: crate::db::Pools,
         clock: Arc<dyn Clock>,
         public_url: String,
         sealing_key: SealingKey,
@@ -123,7 +126,7 @@ impl AppState {
             unjoined_sockets: UnjoinedSockets::default(),
             join_rate: JoinRate::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
-            audit: AuditLog::new(writer.clone()),
+            audit: AuditLog::on_lane(writer.clone(), &lane),
             hub: if cluster.is_clustered() {
                 Hub::for_cluster(metrics.clone())
             } else {
@@ -141,6 +144,7 @@ impl AppState {
             config,
             pool,
             writer,
+            lane,
             clock,
             public_url,
             certificates,
@@ -150,6 +154,31 @@ impl AppState {
             cluster,
             backup_soon: Arc::new(tokio::sync::Notify::new()),
         })))
+    }
+}
+
+impl AppState {
+    /// Run a write on the database's [`WriteLane`], given a clone of the state: a transaction
+    /// there holds SQLite's one writer only for its statements' own time. The write runs to
+    /// its end even if the caller stops waiting.
+    ///
+    /// ```no_run
+    /// # async fn f(state: consult_signaling::state::AppState) -> anyhow::Result<()> {
+    /// state
+    ///     .write(|state| async move {
+    ///         let tx = state.audit.begin().await?;
+    ///         // … the change and its audit entries …
+    ///         tx.commit().await
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn write<T, W>(&self, work: impl FnOnce(AppState) -> W) -> T
+    where
+        W: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.lane.run(work(self.clone())).await
     }
 }
 

@@ -317,7 +317,11 @@ impl LocalService {
         let mut child = command.spawn().context("starting the local service")?;
         let stdout = child.stdout.take().context("the service's output")?;
         let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(120), async {
+        // Seeding hashes a password per clinician (Argon2, made to be slow): a large run
+        // takes minutes before the service is up.
+        let ready_within =
+            Duration::from_secs(120) + Duration::from_millis(100) * clinicians as u32;
+        let url = tokio::time::timeout(ready_within, async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(url) = line.strip_prefix("Consult is running at ") {
                     return Ok(url.trim_end_matches('/').to_owned());
@@ -329,7 +333,7 @@ impl LocalService {
             )
         })
         .await
-        .context("the local service did not start within 120 s")??;
+        .with_context(|| format!("the local service did not start within {ready_within:?}"))??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let clinicians = read_credentials(&data_dir.join("load-credentials.json"))?;
         let metrics_token = std::fs::read_to_string(data_dir.join("keys/metrics.token"))

@@ -130,7 +130,12 @@ pub async fn authenticate_any(
             >= LAST_SEEN_GRANULARITY_SECS
                 .min((state.config.session.idle_timeout.as_secs() / 10) as i64)
     {
-        rows::touch_session(&state.writer, row.id, now).await?;
+        let session_id = row.id;
+        state
+            .write(move |state| async move {
+                rows::touch_session(&state.writer, session_id, now).await
+            })
+            .await?;
         last_seen = now;
     }
     if account.disabled_at.is_some() {

@@ -161,31 +161,41 @@ pub async fn create(
     let now = state.clock.now();
     let id = Uuid::new_v4();
     // The consultation, its first invite and their audit entries commit together.
-    let mut tx = state.audit.begin().await?;
-    rows::insert(
-        tx.connection(),
-        &rows::NewConsultation {
-            id,
-            doctor_id: doctor.0.user.id,
-            title: title.as_deref(),
-            scheduled_at: req.scheduled_at,
-            mode,
-            e2ee,
-            created_at: now,
-        },
-    )
-    .await?;
-    tx.record(
-        now,
-        &actor(&doctor),
-        Action::ConsultationCreated,
-        Some(id),
-        json!({ "mode": mode_str(mode), "e2ee": e2ee }),
-    )
-    .await?;
-    let (_, invite) =
-        insert_invite(&state, &mut tx, &doctor, id, InviteKind::Patient, None, now).await?;
-    tx.commit().await?;
+    let scheduled_at = req.scheduled_at;
+    let invite = state
+        .write({
+            let doctor = doctor.clone();
+            move |state| async move {
+                let mut tx = state.audit.begin().await?;
+                rows::insert(
+                    tx.connection(),
+                    &rows::NewConsultation {
+                        id,
+                        doctor_id: doctor.0.user.id,
+                        title: title.as_deref(),
+                        scheduled_at,
+                        mode,
+                        e2ee,
+                        created_at: now,
+                    },
+                )
+                .await?;
+                tx.record(
+                    now,
+                    &actor(&doctor),
+                    Action::ConsultationCreated,
+                    Some(id),
+                    json!({ "mode": mode_str(mode), "e2ee": e2ee }),
+                )
+                .await?;
+                let (_, invite) =
+                    insert_invite(&state, &mut tx, &doctor, id, InviteKind::Patient, None, now)
+                        .await?;
+                tx.commit().await?;
+                Ok::<_, ApiError>(invite)
+            }
+        })
+        .await?;
     let record = find_owned(&state, &doctor, id).await?;
     Ok((
         StatusCode::CREATED,
@@ -355,20 +365,25 @@ pub async fn end(
     if record.status == ConsultationStatus::Open {
         let now = state.clock.now();
         // Ended, its invites dead and the end audited, together; then everyone is told.
-        let mut tx = state.audit.begin().await?;
-        let ended = rows::mark_ended(tx.connection(), id, now).await?;
-        rows::revoke_invites(tx.connection(), id, rows::Revoke::All, now).await?;
-        if ended {
-            tx.record(
-                now,
-                &actor(&doctor),
-                Action::ConsultationEnded,
-                Some(id),
-                json!({}),
-            )
+        let doctor_actor = actor(&doctor);
+        state
+            .write(move |state| async move {
+                let mut tx = state.audit.begin().await?;
+                let ended = rows::mark_ended(tx.connection(), id, now).await?;
+                rows::revoke_invites(tx.connection(), id, rows::Revoke::All, now).await?;
+                if ended {
+                    tx.record(
+                        now,
+                        &doctor_actor,
+                        Action::ConsultationEnded,
+                        Some(id),
+                        json!({}),
+                    )
+                    .await?;
+                }
+                tx.commit().await
+            })
             .await?;
-        }
-        tx.commit().await?;
         // The end stands once committed: telling everyone is tried in full (at the node that
         // holds the room), failures logged.
         if let Err(e) = rooms::end(&state, doctor.0.user.id, id).await {
@@ -474,21 +489,22 @@ pub async fn admit_patient(
     // the same transaction. They are admitted already: if that fails, it is logged and the
     // admission audited on its own.
     let now = state.clock.now();
-    let stored = async {
-        let mut tx = state.audit.begin().await?;
-        rows::set_admitted(tx.connection(), participant_id, now).await?;
-        rows::set_colleague_admitted(tx.connection(), participant_id, Some(now)).await?;
-        tx.record(
-            now,
-            &Actor::User(doctor_user_id),
-            Action::Admitted,
-            Some(consultation_id),
-            json!({ "participant_id": participant_id }),
-        )
-        .await?;
-        tx.commit().await
-    }
-    .await;
+    let stored = state
+        .write(move |state| async move {
+            let mut tx = state.audit.begin().await?;
+            rows::set_admitted(tx.connection(), participant_id, now).await?;
+            rows::set_colleague_admitted(tx.connection(), participant_id, Some(now)).await?;
+            tx.record(
+                now,
+                &Actor::User(doctor_user_id),
+                Action::Admitted,
+                Some(consultation_id),
+                json!({ "participant_id": participant_id }),
+            )
+            .await?;
+            tx.commit().await
+        })
+        .await;
     if let Err(e) = stored {
         tracing::error!(error = format!("{e:#}"), "could not store an admission");
         state

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod export;
 pub mod recorder;
 pub mod rows;
+mod serial;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -68,7 +69,8 @@ pub struct Recordings {
     /// Consultations whose recording failed, with what participants were told.
     failed: Mutex<HashMap<Uuid, String>>,
     last_decision: Mutex<HashMap<Uuid, Decision>>,
-    reconciling: tokio::sync::Mutex<()>,
+    /// One reconcile at a time per consultation; any number side by side.
+    reconciling: serial::PerConsultation,
 }
 
 impl Recordings {
@@ -86,7 +88,7 @@ impl Recordings {
             running: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             last_decision: Mutex::new(HashMap::new()),
-            reconciling: tokio::sync::Mutex::new(()),
+            reconciling: serial::PerConsultation::default(),
         }
     }
 
@@ -120,7 +122,7 @@ impl Recordings {
     pub async fn stop_all(&self) {
         // After any reconcile in progress (which may be starting a recorder): the shutdown token
         // is cancelled already, so none starts after this.
-        let _serial = self.reconciling.lock().await;
+        let _serial = self.reconciling.all().await;
         let running: Vec<Running> = Self::lock(&self.running).drain().map(|(_, r)| r).collect();
         for mut r in running {
             if let Some(stop) = r.stop.take() {
@@ -288,7 +290,7 @@ pub async fn close_left_open(
 /// Decide again whether `consultation_id` is recorded, and make it so.
 pub async fn reconcile(state: &AppState, consultation_id: Uuid) {
     let recordings = &state.recordings;
-    let _serial = recordings.reconciling.lock().await;
+    let _serial = recordings.reconciling.one(consultation_id).await;
     let Some((info, participants)) = state.hub.recording_facts(consultation_id) else {
         stop(state, consultation_id, StopReason::Ended).await;
         Recordings::lock(&recordings.last_decision).remove(&consultation_id);
