@@ -314,6 +314,28 @@ struct Queued {
     done: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
 }
 
+impl Queued {
+    /// Append the entry in a transaction of its own: the result, and who to tell.
+    async fn append_alone(
+        self,
+        log: &AuditLog,
+    ) -> (
+        anyhow::Result<()>,
+        tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+    ) {
+        let result = log
+            .record_here(
+                self.at,
+                &self.actor,
+                self.action,
+                self.consultation_id,
+                self.detail,
+            )
+            .await;
+        (result, self.done)
+    }
+}
+
 impl Appender {
     /// Most entries in one transaction.
     const MOST: usize = 256;
@@ -329,19 +351,12 @@ impl Appender {
                 // one entry's failure is its own.
                 let together = batch.len() > 1 && log.record_batch(&batch).await.is_ok();
                 for entry in batch.drain(..) {
-                    let result = if together {
-                        Ok(())
+                    let (result, done) = if together {
+                        (Ok(()), entry.done)
                     } else {
-                        log.record_here(
-                            entry.at,
-                            &entry.actor,
-                            entry.action,
-                            entry.consultation_id,
-                            entry.detail,
-                        )
-                        .await
+                        entry.append_alone(&log).await
                     };
-                    let _ = entry.done.send(result);
+                    let _ = done.send(result);
                 }
             }
         });
@@ -433,15 +448,7 @@ impl AuditLog {
         };
         if let Err(tokio::sync::mpsc::error::SendError(entry)) = appender.queue.send(entry) {
             // The appender is gone (only when its lane is): append here.
-            return self
-                .record_here(
-                    entry.at,
-                    &entry.actor,
-                    entry.action,
-                    entry.consultation_id,
-                    entry.detail,
-                )
-                .await;
+            return entry.append_alone(self).await.0;
         }
         committed.await.map_err(|_| {
             anyhow::anyhow!("the audit appender stopped before the entry was written")
