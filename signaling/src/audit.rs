@@ -304,36 +304,19 @@ struct Appender {
     _lane: WriteLane,
 }
 
-/// An entry waiting for the appender, and who to tell.
-struct Queued {
+/// One entry to append, as [`AuditLog::record`] was given it.
+struct NewEntry {
     at: OffsetDateTime,
     actor: Actor,
     action: Action,
     consultation_id: Option<Uuid>,
     detail: Value,
-    done: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
 }
 
-impl Queued {
-    /// Append the entry in a transaction of its own: the result, and who to tell.
-    async fn append_alone(
-        self,
-        log: &AuditLog,
-    ) -> (
-        anyhow::Result<()>,
-        tokio::sync::oneshot::Sender<anyhow::Result<()>>,
-    ) {
-        let result = log
-            .record_here(
-                self.at,
-                &self.actor,
-                self.action,
-                self.consultation_id,
-                self.detail,
-            )
-            .await;
-        (result, self.done)
-    }
+/// An entry waiting for the appender, and who to tell.
+struct Queued {
+    entry: NewEntry,
+    done: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
 }
 
 impl Appender {
@@ -350,11 +333,11 @@ impl Appender {
                 // Together; or, one entry or a batch that failed, each on its own, so that
                 // one entry's failure is its own.
                 let together = batch.len() > 1 && log.record_batch(&batch).await.is_ok();
-                for entry in batch.drain(..) {
-                    let (result, done) = if together {
-                        (Ok(()), entry.done)
+                for Queued { entry, done } in batch.drain(..) {
+                    let result = if together {
+                        Ok(())
                     } else {
-                        entry.append_alone(&log).await
+                        log.record_here(entry).await
                     };
                     let _ = done.send(result);
                 }
@@ -432,23 +415,22 @@ impl AuditLog {
         consultation_id: Option<Uuid>,
         detail: Value,
     ) -> anyhow::Result<()> {
-        let Some(appender) = &self.appender else {
-            return self
-                .record_here(at, actor, action, consultation_id, detail)
-                .await;
-        };
-        let (done, committed) = tokio::sync::oneshot::channel();
-        let entry = Queued {
+        let entry = NewEntry {
             at,
             actor: *actor,
             action,
             consultation_id,
             detail,
-            done,
         };
-        if let Err(tokio::sync::mpsc::error::SendError(entry)) = appender.queue.send(entry) {
+        let Some(appender) = &self.appender else {
+            return self.record_here(entry).await;
+        };
+        let (done, committed) = tokio::sync::oneshot::channel();
+        if let Err(tokio::sync::mpsc::error::SendError(queued)) =
+            appender.queue.send(Queued { entry, done })
+        {
             // The appender is gone (only when its lane is): append here.
-            return entry.append_alone(self).await.0;
+            return self.record_here(queued.entry).await;
         }
         committed.await.map_err(|_| {
             anyhow::anyhow!("the audit appender stopped before the entry was written")
@@ -458,31 +440,16 @@ impl AuditLog {
     /// The entries of `batch`, in one transaction.
     async fn record_batch(&self, batch: &[Queued]) -> anyhow::Result<()> {
         let mut tx = self.begin().await?;
-        for entry in batch {
-            tx.record(
-                entry.at,
-                &entry.actor,
-                entry.action,
-                entry.consultation_id,
-                entry.detail.clone(),
-            )
-            .await?;
+        for Queued { entry, .. } in batch {
+            tx.record_entry(entry).await?;
         }
         tx.commit().await
     }
 
     /// [`AuditLog::record`], on the caller's runtime.
-    async fn record_here(
-        &self,
-        at: OffsetDateTime,
-        actor: &Actor,
-        action: Action,
-        consultation_id: Option<Uuid>,
-        detail: Value,
-    ) -> anyhow::Result<()> {
+    async fn record_here(&self, entry: NewEntry) -> anyhow::Result<()> {
         let mut tx = self.begin().await?;
-        tx.record(at, actor, action, consultation_id, detail)
-            .await?;
+        tx.record_entry(&entry).await?;
         tx.commit().await
     }
 
@@ -545,6 +512,18 @@ impl AuditedTransaction<'_> {
             .to_owned();
         self.record_named(at, &actor.to_string(), &action, consultation_id, detail)
             .await
+    }
+
+    /// Append an entry queued for the appender (or appended alone).
+    async fn record_entry(&mut self, entry: &NewEntry) -> anyhow::Result<()> {
+        self.record(
+            entry.at,
+            &entry.actor,
+            entry.action,
+            entry.consultation_id,
+            entry.detail.clone(),
+        )
+        .await
     }
 
     /// Append one entry whose actor and action are already names (as stored): a tally of

@@ -319,8 +319,8 @@ impl LocalService {
         let mut lines = BufReader::new(stdout).lines();
         // Seeding hashes a password per clinician (Argon2, made to be slow): a large run
         // takes minutes before the service is up.
-        let ready_within =
-            Duration::from_secs(120) + Duration::from_millis(100) * clinicians as u32;
+        let ready_within = Duration::from_secs(120)
+            + Duration::from_millis(100) * u32::try_from(clinicians).unwrap_or(u32::MAX);
         let url = tokio::time::timeout(ready_within, async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(url) = line.strip_prefix("Consult is running at ") {
