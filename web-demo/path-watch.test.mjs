@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { AddressWatch, addressChange, PathWatch, QUIET_MS, SAMPLE_EVERY_MS, SILENT_MS } from "./assets/path-watch.js";
+import { AddressWatch, addressChange, LOOK_EVERY_MS, PathWatch, pauseAfterLookMs, QUIET_MS, SAMPLE_EVERY_MS, SILENT_MS } from "./assets/path-watch.js";
 
 /**
  * Samples every `SAMPLE_EVERY_MS` from `start` with these byte counts; the events by time.
@@ -97,14 +97,16 @@ test("addresses: what is gone and what is added; unknown is never a change", () 
 });
 
 /**
- * A watch whose looks see these sets one after the other.
- * @param {(string[] | null)[]} looks
+ * A watch whose looks see these sets one after the other: an array is a complete look, `{ short }`
+ * one whose time ran out before gathering ended.
+ * @param {(string[] | { short: string[] } | null)[]} looks
  */
 async function watchThrough(looks) {
   let calls = 0;
   const watch = new AddressWatch(async () => {
     const look = looks[calls++];
-    return look ? new Set(look) : null;
+    if (!look) return null;
+    return Array.isArray(look) ? { addresses: new Set(look), complete: true } : { addresses: new Set(look.short), complete: false };
   });
   const changes = [];
   for (let i = 0; i < looks.length; i += 1) changes.push(await watch.check());
@@ -126,6 +128,19 @@ test("the watch: a look that came back short and the full one after are no chang
   assert.deepEqual(changes, [NONE, { gone: true, added: false }, NONE, NONE]);
 });
 
+test("the watch: a short first look (a starved page) and the full ones after it are no change", async () => {
+  const lo = "127.0.0.1";
+  const changes = await watchThrough([{ short: [lo] }, { short: [lo, "fd00::2"] }, [lo, "fd00::2", "10.0.0.2"], [lo, "fd00::2", "10.0.0.2"]]);
+  assert.deepEqual(changes, [NONE, NONE, NONE, NONE]);
+});
+
+test("the watch: after a complete look, a short look with a new address is a change (gathering held up by the gone interface)", async () => {
+  const lo = "127.0.0.1";
+  const changes = await watchThrough([[lo, "10.0.0.2"], { short: [lo] }, { short: [lo, "10.0.1.2"] }, { short: [lo, "10.0.1.2", "10.0.2.2"] }, [lo, "10.0.1.2", "10.0.2.2"]]);
+  // The new baseline after the change is short: a further address counts only once a complete look is in.
+  assert.deepEqual(changes, [NONE, { gone: true, added: false }, { gone: false, added: true }, NONE, NONE]);
+});
+
 test("the watch: hidden looks say nothing; moving back to an earlier network is a change again", async () => {
   const changes = await watchThrough([["10.0.0.2"], null, ["10.0.1.2"], ["10.0.1.2"], ["10.0.0.2"]]);
   assert.deepEqual(changes, [NONE, NONE, { gone: true, added: true }, NONE, { gone: true, added: true }]);
@@ -133,7 +148,7 @@ test("the watch: hidden looks say nothing; moving back to an earlier network is 
 
 test("the watch: connections falling silent together share one look; a failed look is no change", async () => {
   let calls = 0;
-  /** @type {(value: Set<string>) => void} */
+  /** @type {(value: import('./assets/path-watch.js').AddressLook) => void} */
   let answer = () => {};
   const watch = new AddressWatch(() => {
     calls += 1;
@@ -143,7 +158,7 @@ test("the watch: connections falling silent together share one look; a failed lo
   });
   const first = watch.check();
   const second = watch.check();
-  answer(new Set(["10.0.0.2"]));
+  answer({ addresses: new Set(["10.0.0.2"]), complete: true });
   assert.deepEqual(await Promise.all([first, second]), [NONE, NONE]);
   assert.equal(calls, 1);
   let failures = 0;
@@ -154,4 +169,14 @@ test("the watch: connections falling silent together share one look; a failed lo
   assert.deepEqual(await failing.check(), NONE);
   assert.deepEqual(await failing.check(), NONE);
   assert.equal(failures, 2);
+});
+
+test("looks are spaced out when they are slow: never more than a third of the time looking", () => {
+  assert.equal(5 + pauseAfterLookMs(5), LOOK_EVERY_MS, "a quick look: the usual pace");
+  assert.equal(50 + pauseAfterLookMs(50), LOOK_EVERY_MS);
+  for (const lookMs of [100, 200, 400, 900, 3000]) {
+    const pause = pauseAfterLookMs(lookMs);
+    assert.ok(lookMs + pause >= LOOK_EVERY_MS, `${lookMs} ms: never faster than the usual pace`);
+    assert.ok(lookMs / (lookMs + pause) <= 1 / 3 + 1e-9, `${lookMs} ms, then a pause of ${pause} ms`);
+  }
 });

@@ -64,6 +64,38 @@ function meshStats(page) {
 }
 
 /**
+ * Every connection of a page as its negotiation stands: signaling state, and each section's
+ * directions and the remote track's state (for a failure's message).
+ * @param {import('playwright-core').Page} page
+ */
+function negotiationStates(page) {
+  return page.evaluate(() =>
+    Object.entries(/** @type {any} */ (window).consultPcs ?? {}).map(([peerId, pc]) => ({
+      peerId: peerId.slice(0, 8),
+      signaling: /** @type {RTCPeerConnection} */ (pc).signalingState,
+      connection: /** @type {RTCPeerConnection} */ (pc).connectionState,
+      sections: /** @type {RTCPeerConnection} */ (pc).getTransceivers().map((t) => `${t.mid}:${t.direction}/${t.currentDirection}:${t.receiver.track.kind}${t.receiver.track.muted ? " muted" : ""}${t.sender.track ? " sending" : ""}`),
+    })),
+  );
+}
+
+/**
+ * Wait for every page's screen view to be in `state`; on a timeout, say how each page's
+ * negotiations stand.
+ * @param {{ page: import('playwright-core').Page, label: string }[]} people
+ * @param {"visible" | "hidden"} state
+ * @param {{ page: import('playwright-core').Page, label: string }[]} everyone
+ */
+async function waitForScreenViews(people, state, everyone) {
+  try {
+    for (const p of people) await byTestId(p.page, "screen-view").waitFor({ state, timeout: 30_000 });
+  } catch (err) {
+    const states = await Promise.all(everyone.map(async (p) => `${p.label}: ${JSON.stringify(await negotiationStates(p.page).catch((e) => String(e)))}`));
+    throw new Error(`screen views not ${state}: ${err instanceof Error ? err.message : err}\n${states.join("\n")}`);
+  }
+}
+
+/**
  * Wait until each page has `count` connections, all decoding video and receiving audio; returns
  * how long that took.
  * @param {{ label: string, page: import('playwright-core').Page }[]} people
@@ -124,7 +156,12 @@ async function joinByInvite(page, url, name) {
 describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
   test("doctor, patient, interpreter and family, end-to-end encrypted: everyone gets everyone; one leaves, the rest go on", { timeout: 400_000 }, async (t) => {
     await withService({ env: { CONSULT_POLICY__MAX_PARTICIPANTS: "4" } }, async ({ service, people }) => {
-      const doctor = await launchParticipant("doctor", { origin: service.url });
+      // Four browsers on a machine that may have two cores: the fake cameras at 10 frames a
+      // second (the call sends at most 15 to each of three anyway) and smaller windows, so the
+      // machine is not starved for seconds at a time (at Chromium's 20 and 1280×800 it was:
+      // 30–60 threads waiting to run, frozen videos and unanswered signaling probes).
+      const light = { origin: service.url, cameraFps: 10, viewport: { width: 960, height: 600 } };
+      const doctor = await launchParticipant("doctor", light);
       people.push(doctor);
       await signInDoctor(doctor.page, service);
       const patientUrl = await createConsultation(doctor.page, "Family and interpreter", { e2ee: true });
@@ -135,7 +172,7 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
       await byTestId(doctor.page, "people-capacity").filter({ hasText: "4 of 4 places" }).waitFor();
 
       const [patient, interpreter, companion] = await Promise.all(
-        ["patient", "interpreter", "family"].map((label) => launchParticipant(label, { origin: service.url })),
+        ["patient", "interpreter", "family"].map((label) => launchParticipant(label, light)),
       );
       people.push(patient, interpreter, companion);
       await joinByInvite(patient.page, patientUrl, "Pat Patient");
@@ -245,8 +282,8 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
       });
       assert.equal(await byTestId(doctor.page, "media-error").isVisible(), false, `the refusal's message is gone: ${await byTestId(doctor.page, "media-error").textContent()}`);
       assert.equal(await byTestId(doctor.page, "screen-button").textContent(), "Stop sharing");
+      await waitForScreenViews([patient, interpreter, companion], "visible", everyone);
       for (const p of [patient, interpreter, companion]) {
-        await byTestId(p.page, "screen-view").waitFor({ state: "visible", timeout: 30_000 });
         await p.page.waitForFunction(
           (doctorId) => {
             const video = /** @type {HTMLVideoElement | null} */ (document.querySelector('[data-testid="screen-video"]'));
@@ -272,10 +309,10 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
       assert.ok(duringShare.badge, "still end-to-end encrypted while the screen is shared");
       // Stopped from the page: it goes from everyone's stage.
       await byTestId(doctor.page, "screen-button").click();
-      for (const p of [patient, interpreter, companion]) await byTestId(p.page, "screen-view").waitFor({ state: "hidden", timeout: 20_000 });
+      await waitForScreenViews([patient, interpreter, companion], "hidden", everyone);
       // Shared again, then stopped from the browser's own control (which ends the capture's track).
       await byTestId(doctor.page, "screen-button").click();
-      await byTestId(patient.page, "screen-view").waitFor({ state: "visible", timeout: 30_000 });
+      await waitForScreenViews([patient], "visible", everyone);
       const ended = await doctor.page.evaluate(() => {
         for (const pc of Object.values(/** @type {any} */ (window).consultPcs ?? {})) {
           for (const sender of /** @type {RTCPeerConnection} */ (pc).getSenders()) {
@@ -289,7 +326,7 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
       });
       assert.ok(ended, "the doctor's screen track was found");
       await byTestId(doctor.page, "screen-button").filter({ hasText: "Share screen" }).waitFor();
-      for (const p of [patient, interpreter, companion]) await byTestId(p.page, "screen-view").waitFor({ state: "hidden", timeout: 20_000 });
+      await waitForScreenViews([patient, interpreter, companion], "hidden", everyone);
 
       // Only clinicians share unless the doctor lets everyone: the interpreter has no button, then
       // one; their screen reaches the others; taken back, it stops and goes from every stage.
@@ -311,7 +348,7 @@ describe("a group consultation in four browsers", { timeout: 420_000 }, () => {
       }
       await byTestId(doctor.page, "guests-share-screen").uncheck();
       await byTestId(interpreter.page, "screen-button").waitFor({ state: "hidden" });
-      for (const p of [doctor, patient, companion]) await byTestId(p.page, "screen-view").waitFor({ state: "hidden", timeout: 20_000 });
+      await waitForScreenViews([doctor, patient, companion], "hidden", everyone);
 
       // The family member leaves. Mark the connections among the others first: none may be redone.
       const remaining = [doctor, patient, interpreter];

@@ -571,16 +571,20 @@ export const CHROMIUM_ARGS = [
  * A fresh headless Chromium (its own temporary profile: playwright's `launch()` creates a new
  * `--user-data-dir` and deletes it on close) with one page.
  * @param {string} label For messages ("doctor", "patient").
- * @param {{ origin?: string, storage?: Record<string, string>, namespace?: string, trustSpki?: string }} [options]
+ * @param {{ origin?: string, storage?: Record<string, string>, namespace?: string, trustSpki?: string, cameraFps?: number, viewport?: { width: number, height: number } }} [options]
  *   `storage`: the web demo's `localStorage` settings, set in every document before its scripts
  *   run (for example `consult.videoCodec`, `consult.e2eeRotateMs`). `namespace`: run Chromium in
  *   this network namespace (an emulated network's peer); `trustSpki`: trust TLS certificates with
  *   this public key (base64 SHA-256 of the SPKI), for a TURN server over TLS made by a test.
+ *   `cameraFps`: the fake camera's frame rate (Chromium's default is 20); `viewport`: the page's
+ *   size (1280×800 by default). Both for tests that run many browsers at once on two cores.
  * @returns {Promise<Participant>}
  */
 export async function launchParticipant(label, options = {}) {
   let executablePath = CHROMIUM;
-  const args = [...CHROMIUM_ARGS];
+  const args = options.cameraFps
+    ? CHROMIUM_ARGS.map((a) => (a === "--use-fake-device-for-media-stream" ? `${a}=fps=${options.cameraFps}` : a))
+    : [...CHROMIUM_ARGS];
   // A TURN server's certificate trusted by its key alone (Chromium verifies TURN/TLS like any
   // TLS, and a test's own certificate chains to no root it knows).
   if (options.trustSpki) args.push(`--ignore-certificate-errors-spki-list=${options.trustSpki}`);
@@ -605,7 +609,7 @@ export async function launchParticipant(label, options = {}) {
     })
     .finally(() => (wrapperDir ? rm(wrapperDir, { recursive: true, force: true }).catch(() => {}) : undefined));
   try {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const context = await browser.newContext({ viewport: options.viewport ?? { width: 1280, height: 800 } });
     if (options.storage && Object.keys(options.storage).length > 0) {
       await context.addInitScript((entries) => {
         for (const [key, value] of Object.entries(entries)) localStorage.setItem(key, value);

@@ -42,7 +42,7 @@ import { applyVideoCodecPreferences, E2eeLink } from "./e2ee/call-e2ee.js";
 import { parseRecordingPublicKey, uuidBytes } from "./e2ee/recording-key.js";
 import { RecordingProtection } from "./e2ee/recording-protection.js";
 import { E2EE_CHANNEL_LABEL } from "./e2ee/schedule.js";
-import { AddressWatch, LOOK_EVERY_MS, LOOK_FOR_MS, PathWatch, SAMPLE_EVERY_MS } from "./path-watch.js";
+import { AddressWatch, LOOK_FOR_MS, PathWatch, pauseAfterLookMs, SAMPLE_EVERY_MS } from "./path-watch.js";
 import { AUDIO_ONLY, bestStepFor, SendLadder, VIDEO_STEPS } from "./video-ladder.js";
 
 /**
@@ -150,7 +150,11 @@ const PAUSED_SECONDS = 3;
 /** ICE restarts of a connection stuck in "new"/"connecting" before the impolite side makes a new one. */
 const STUCK_RESTARTS_BEFORE_REPLACING = 1;
 
-/** How long a connection may stay "new"/"connecting" with both descriptions set before ICE restarts. */
+/**
+ * How long a connection may stay "new"/"connecting" with both descriptions set before ICE restarts:
+ * counted from when they were set, so a slow offer and answer (a starved machine, a busy service)
+ * do not eat into it.
+ */
 const STUCK_RESTART_MS = 8000;
 
 /**
@@ -537,7 +541,10 @@ export class PeerLink {
         return;
       }
       const negotiated = pc.signalingState === "stable" && !!pc.remoteDescription && !!pc.localDescription;
-      if (!negotiated) return;
+      if (!negotiated) {
+        this.notConnectedSince = Date.now();
+        return;
+      }
       if ((state === "new" || state === "connecting") && Date.now() - this.notConnectedSince > STUCK_RESTART_MS) {
         this.notConnectedSince = Date.now();
         this.stuckRestarts += 1;
@@ -683,6 +690,9 @@ export class PeerLink {
   async handleDescription(description) {
     const pc = this.pc;
     if (description.type === "rollback") return;
+    // An answer with no offer of ours outstanding: a second answer to an offer sent again (see
+    // `resendPendingOffer`), the first one having arrived after all.
+    if (description.type === "answer" && pc.signalingState !== "have-local-offer") return;
     const readyForOffer =
       !this.makingOffer && (pc.signalingState === "stable" || this.isSettingRemoteAnswerPending);
     const offerCollision = description.type === "offer" && !readyForOffer;
@@ -720,12 +730,22 @@ export class PeerLink {
    */
   restartIce() {
     if (this.closed) return;
-    const pc = this.pc;
-    if (pc.signalingState === "have-local-offer" && pc.localDescription && !this.makingOffer) {
-      this.sendDescription(pc.localDescription);
-    }
+    this.resendPendingOffer();
     // Either way ICE restarts: now, or once that offer is answered (a network change needs it).
-    pc.restartIce();
+    this.pc.restartIce();
+  }
+
+  /**
+   * Send our unanswered offer again, if there is one: signaling dropped on one side or the other
+   * (a socket replaced, a peer back), and what was said meanwhile may be lost. The other side
+   * answers it again if it had answered already; the second answer is ignored here.
+   * @returns {boolean} Whether an offer was outstanding.
+   */
+  resendPendingOffer() {
+    const pc = this.pc;
+    if (this.closed || pc.signalingState !== "have-local-offer" || !pc.localDescription || this.makingOffer) return false;
+    this.sendDescription(pc.localDescription);
+    return true;
   }
 
   /**
@@ -1502,6 +1522,9 @@ export class CallController {
         // ICE if it suffered meanwhile (down, or connected but hearing nothing: our address may
         // have changed, which is also why signaling went).
         if (link.mediaState !== "connected" || link.quiet || networkChanged) link.restartIce();
+        // Up and well, but an offer of ours (a screen's section, say) may have gone with the
+        // old socket.
+        else link.resendPendingOffer();
         continue;
       }
       if (this.awaiting.has(peerId)) continue;
@@ -1561,9 +1584,12 @@ export class CallController {
       if (this.recorderIds.has(peerId)) return;
       this.onPeerPresence(this.peerOf(peerId), online);
       const link = this.links.get(peerId);
-      // Back online: whatever was said to it while it was away (an offer, an answer, candidates)
-      // may be lost, so a connection that is not up yet starts its negotiation over.
-      if (online && link && link.mediaState !== "connected") link.restartIce();
+      // Back online (or its socket replaced): whatever was said to it while it was away (an
+      // offer, an answer, candidates) may be lost, so a connection that is not up yet starts its
+      // negotiation over, and one that is up sends its unanswered offer again.
+      if (!online || !link) return;
+      if (link.mediaState !== "connected") link.restartIce();
+      else link.resendPendingOffer();
     });
   }
 
@@ -1649,8 +1675,9 @@ export class CallController {
   }
 
   /**
-   * A connection fell silent: look at this device's addresses, again every `LOOK_EVERY_MS` while
-   * any connection stays silent (at most `LOOK_FOR_MS`). Once an address shows up that the last
+   * A connection fell silent: look at this device's addresses, again every `LOOK_EVERY_MS` (further
+   * apart when looks are slow: `pauseAfterLookMs`) while any connection stays silent (at most
+   * `LOOK_FOR_MS`). Once an address shows up that the last
    * look did not have (a phone off Wi-Fi onto mobile data, and the browser knows the new
    * network), signaling reconnects now (its socket went with the old address) and every
    * connection restarts ICE once joined again, without waiting for the browser to call anything
@@ -1666,7 +1693,8 @@ export class CallController {
       while (!this.closed && Date.now() < until) {
         const now = Date.now();
         if (![...this.links.values()].some((l) => l.path.isSilent(now))) return;
-        const [change] = await Promise.all([this.addressWatch.check(), new Promise((resolve) => setTimeout(resolve, LOOK_EVERY_MS))]);
+        const lookedAt = Date.now();
+        const change = await this.addressWatch.check();
         gone ||= change.gone;
         if (change.added && !this.closed) {
           console.warn(`This device's network changed${gone ? "" : " (an address was added)"}; reconnecting at once`);
@@ -1674,6 +1702,8 @@ export class CallController {
           this.onNetworkChange();
           return;
         }
+        const tookMs = Date.now() - lookedAt;
+        await new Promise((resolve) => setTimeout(resolve, pauseAfterLookMs(tookMs)));
       }
     } finally {
       this.lookingAtAddresses = false;

@@ -25,6 +25,19 @@
 /** While a connection is silent, this device's addresses are looked at this often. */
 export const LOOK_EVERY_MS = 250;
 
+/**
+ * How long to pause after a look that took `lookMs` before the next one: the rest of
+ * `LOOK_EVERY_MS`, or twice the look's time if that is longer. On a busy machine a look (a
+ * connection made, gathered and closed: calls that wait on the browser's WebRTC threads) can
+ * take hundreds of milliseconds, and a starved page hears nothing for a while on every
+ * connection, so it looks again and again: paced like this, looking never takes more than a
+ * third of the page's time.
+ * @param {number} lookMs
+ */
+export function pauseAfterLookMs(lookMs) {
+  return Math.max(LOOK_EVERY_MS - lookMs, 2 * lookMs);
+}
+
 /** At most this long of looking per silence (the signaling probe and ICE take over after). */
 export const LOOK_FOR_MS = 10_000;
 
@@ -137,6 +150,27 @@ export function addressChange(before, after) {
  */
 const LOOK_MS = 300;
 
+/** @type {Promise<RTCCertificate | null> | null} */
+let certificateForLooks = null;
+
+/**
+ * One DTLS certificate for every look's throwaway connection (made once; without it each
+ * connection would make a key of its own). Null if the browser cannot make one.
+ */
+function lookCertificate() {
+  certificateForLooks ??= RTCPeerConnection.generateCertificate(/** @type {EcKeyGenParams} */ ({ name: "ECDSA", namedCurve: "P-256" })).catch(() => null);
+  return certificateForLooks;
+}
+
+/**
+ * What one look at this device's addresses saw.
+ * @typedef {object} AddressLook
+ * @property {Set<string>} addresses
+ * @property {boolean} complete Gathering ended within the look's time. An incomplete look may lack
+ *   addresses the device has (a starved machine gathers slowly; a gone interface can hold
+ *   gathering up), so it is never the baseline that a new address is judged against.
+ */
+
 /**
  * The IP addresses this device can send UDP from now, as the browser's ICE agent sees them: a
  * throwaway connection with no ICE server gathers host candidates (nothing is sent anywhere, and
@@ -145,23 +179,25 @@ const LOOK_MS = 300;
  * the browser's list of networks still has it (Chromium on Linux learns of a change about two
  * seconds late). Null when the browser hides addresses behind mDNS names (a page without camera
  * or microphone permission) or gathering fails.
- * @returns {Promise<Set<string> | null>}
+ * @returns {Promise<AddressLook | null>}
  */
 export async function hostAddresses() {
   /** @type {RTCPeerConnection | null} */
   let pc = null;
   try {
-    pc = new RTCPeerConnection({ iceServers: [] });
+    const certificate = await lookCertificate();
+    pc = new RTCPeerConnection({ iceServers: [], ...(certificate ? { certificates: [certificate] } : {}) });
     const gathering = pc;
     /** @type {Set<string>} */
     const addresses = new Set();
     let hidden = false;
+    /** @type {Promise<boolean>} Whether gathering ended (else the look's time did). */
     const done = new Promise((resolve) => {
-      const timer = setTimeout(resolve, LOOK_MS);
+      const timer = setTimeout(() => resolve(false), LOOK_MS);
       gathering.onicecandidate = ({ candidate }) => {
         if (!candidate) {
           clearTimeout(timer);
-          resolve(undefined);
+          resolve(true);
           return;
         }
         const address = candidate.address;
@@ -172,8 +208,8 @@ export async function hostAddresses() {
     });
     pc.createDataChannel("addresses");
     await pc.setLocalDescription();
-    await done;
-    return hidden ? null : addresses;
+    const complete = await done;
+    return hidden ? null : { addresses, complete };
   } catch {
     return null;
   } finally {
@@ -185,16 +221,20 @@ export async function hostAddresses() {
  * This device's addresses, looked at again whenever asked (while a connection is silent): says how
  * they changed. An address counts as added once, when it is new to every look since the last
  * addition, so a look that came back short (a slow machine) and the full one after it do not
- * make a change. One look at a time (connections falling silent together share it).
+ * make a change; and only once a complete look is among those, so a short first look (the
+ * baseline taken while a starved page gathers slowly) does not make the full one after it a
+ * change either. One look at a time (connections falling silent together share it).
  */
 export class AddressWatch {
-  /** @param {() => Promise<Set<string> | null>} [look] */
+  /** @param {() => Promise<AddressLook | null>} [look] */
   constructor(look = hostAddresses) {
     this.look = look;
     /** @type {Set<string> | null} The last look that saw addresses. */
     this.last = null;
     /** @type {Set<string> | null} Every address seen since the last addition (and in it). */
     this.known = null;
+    /** Whether a complete look is among those that make `known`. */
+    this.knownComplete = false;
     /** @type {Promise<AddressChange> | null} */
     this.looking = null;
   }
@@ -207,11 +247,21 @@ export class AddressWatch {
     if (this.looking) return this.looking;
     this.looking = this.look()
       .catch(() => null)
-      .then((now) => {
-        const change = { gone: addressChange(this.last, now).gone, added: addressChange(this.known, now).added };
-        if (now) {
+      .then((look) => {
+        const now = look?.addresses ?? null;
+        const change = {
+          gone: addressChange(this.last, now).gone,
+          added: this.knownComplete && addressChange(this.known, now).added,
+        };
+        if (look && now) {
           this.last = now;
-          this.known = change.added || !this.known ? new Set(now) : new Set([...this.known, ...now]);
+          if (change.added || !this.known) {
+            this.known = new Set(now);
+            this.knownComplete = look.complete;
+          } else {
+            this.known = new Set([...this.known, ...now]);
+            this.knownComplete ||= look.complete;
+          }
         }
         return change;
       })

@@ -522,19 +522,24 @@ impl Call {
                 // A datagram from that address may have come first.
                 self.retry_unclaimed();
             }
-            // Back within the grace period: whatever was said to them meanwhile (an offer, an
-            // answer, candidates) may be lost, so a connection that is not up yet starts its
-            // negotiation over (our pending offer, if any, is replaced).
+            // Back within the grace period (or their socket replaced): whatever was said to them
+            // meanwhile (an offer, an answer, candidates) may be lost, so a connection that is
+            // not up yet starts its negotiation over (our pending offer, if any, is replaced),
+            // and one that is up sends its unanswered offer again.
             ServerMessage::PeerPresence {
                 participant_id,
                 online: true,
             } => {
-                if let Some(i) = self.link_index(participant_id)
-                    && !self.links[i].peer.is_connected()
-                {
-                    tracing::debug!(remote = %participant_id, "back online before connecting: offering again");
-                    if let Err(e) = self.restart_ice(i) {
-                        self.link_failed(i, e)?;
+                if let Some(i) = self.link_index(participant_id) {
+                    if !self.links[i].peer.is_connected() {
+                        tracing::debug!(remote = %participant_id, "back online before connecting: offering again");
+                        if let Err(e) = self.restart_ice(i) {
+                            self.link_failed(i, e)?;
+                        }
+                    } else if let Some(sdp) = self.links[i].peer.pending_offer_sdp() {
+                        tracing::debug!(remote = %participant_id, "back online: our unanswered offer again");
+                        let sdp = sdp.to_owned();
+                        self.send_description(i, SdpKind::Offer, sdp);
                     }
                 }
             }

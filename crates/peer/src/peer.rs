@@ -344,6 +344,8 @@ pub struct Peer {
     rtc: Rtc,
     config: PeerConfig,
     pending_offer: Option<SdpPendingOffer>,
+    /// The SDP of `pending_offer`, to send again if it may have been lost.
+    pending_offer_sdp: Option<String>,
     /// Mids and channels in an offer not yet answered.
     offered_audio: Option<Mid>,
     offered_video: Option<Mid>,
@@ -509,6 +511,7 @@ impl Peer {
             rtc,
             config,
             pending_offer: None,
+            pending_offer_sdp: None,
             offered_audio: None,
             offered_video: None,
             channels_offered: false,
@@ -718,7 +721,9 @@ impl Peer {
             return Ok(None);
         };
         self.pending_offer = Some(pending);
-        Ok(Some(offer.to_sdp_string()))
+        let sdp = offer.to_sdp_string();
+        self.pending_offer_sdp = Some(sdp.clone());
+        Ok(Some(sdp))
     }
 
     /// Restart ICE (after the connection failed): returns the offer to send.
@@ -730,7 +735,9 @@ impl Peer {
             return Ok(None);
         };
         self.pending_offer = Some(pending);
-        Ok(Some(offer.to_sdp_string()))
+        let sdp = offer.to_sdp_string();
+        self.pending_offer_sdp = Some(sdp.clone());
+        Ok(Some(sdp))
     }
 
     /// Forget a local candidate whose address is gone (an interface went down or changed its
@@ -739,8 +746,16 @@ impl Peer {
         self.rtc.direct_api().invalidate_candidate(candidate)
     }
 
+    /// Our offer still waiting for its answer, if any: to send again when it may have been lost
+    /// (the other side's signaling came back, or ours did). A second answer to it is refused
+    /// with [`PeerError::UnexpectedAnswer`] and changes nothing.
+    pub fn pending_offer_sdp(&self) -> Option<&str> {
+        self.pending_offer_sdp.as_deref()
+    }
+
     fn rollback(&mut self) {
         self.pending_offer = None;
+        self.pending_offer_sdp = None;
         self.offered_audio = None;
         self.offered_video = None;
         self.offered_screen = None;
@@ -778,6 +793,7 @@ impl Peer {
             .pending_offer
             .take()
             .ok_or(PeerError::UnexpectedAnswer)?;
+        self.pending_offer_sdp = None;
         self.rtc.sdp_api().accept_answer(pending, answer)?;
         self.remote_screens = remote_screen_mids(sdp);
         if let Some(mid) = self.offered_screen.take() {

@@ -295,7 +295,9 @@ pub enum ServerMessage {
         /// Who.
         peer: Peer,
     },
-    /// An admitted participant's connection dropped or came back within the grace period.
+    /// An admitted participant's connection dropped, or came back within the grace period (also
+    /// when a new connection replaced one the service had not yet seen close). Online again: what
+    /// was sent to them meanwhile may be lost, so resend an unanswered offer.
     PeerPresence {
         /// Who.
         participant_id: Uuid,

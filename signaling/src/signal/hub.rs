@@ -565,7 +565,6 @@ impl Hub {
             let conn_id = conn.id;
             let resumed = match room.members.get_mut(&id) {
                 Some(member) => {
-                    let was_online = member.online();
                     if let Some(old) = member.conn.take() {
                         let _ = old
                             .tx
@@ -576,7 +575,11 @@ impl Hub {
                     member.conn_id = conn_id;
                     member.generation += 1;
                     let admitted = member.admitted;
-                    if admitted && !was_online {
+                    // Back, or a new socket in place of one not yet noticed closed (a page that
+                    // heard nothing for a while replaces its socket at once): either way what
+                    // was sent to the old one may be lost, so the others are told, and resend
+                    // what they still wait on an answer for.
+                    if admitted {
                         room.broadcast_admitted(
                             id,
                             &ServerMessage::PeerPresence {
@@ -1484,6 +1487,14 @@ mod tests {
                 ..
             }]
         ));
+        // The doctor is told, though the patient never looked offline: what was sent to the old
+        // connection may be lost.
+        assert!(
+            drain(&mut doctor_rx).contains(&ServerMessage::PeerPresence {
+                participant_id: patient_id,
+                online: true
+            })
+        );
         // The old connection's close must not take the place from the new one.
         assert_eq!(f.hub.disconnect(cid, patient_id, conn2 - 1), None);
         let generation = f.hub.disconnect(cid, patient_id, conn2).unwrap();

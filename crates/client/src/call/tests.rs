@@ -1341,6 +1341,87 @@ fn a_participant_back_online_before_connecting_is_offered_again_and_a_connected_
 }
 
 #[test]
+fn a_connected_participant_back_online_gets_our_unanswered_offer_again_once() {
+    let mut clinic = Clinic::new(config(), config());
+    clinic.connect();
+    clinic.run_for(Duration::from_millis(500));
+    // The doctor shares a screen; its offer goes to the patient's old socket and is lost.
+    clinic.doctor.call.share_screen(true);
+    clinic.drain();
+    clinic.run_until(Duration::from_secs(1), |c| {
+        c.in_flight
+            .values()
+            .any(|d| matches!(d, Delivery::Signal { to_doctor: false, message: ServerMessage::Description { description, .. } } if description.kind == SdpKind::Offer))
+    });
+    let offers = clinic.doctor.offers_to(PATIENT);
+    let offered = offers.len();
+    let lost = offers.last().expect("the screen's offer").1.clone();
+    clinic.in_flight.retain(|_, d| {
+        !matches!(
+            d,
+            Delivery::Signal {
+                to_doctor: false,
+                ..
+            }
+        )
+    });
+    let answers_before = clinic.patient.descriptions_to(DOCTOR).len();
+    clinic.run_for(Duration::from_secs(2));
+    assert_eq!(
+        clinic.patient.descriptions_to(DOCTOR).len(),
+        answers_before,
+        "nothing reached the patient"
+    );
+
+    // The patient's socket was replaced: the same offer goes again, and is answered.
+    clinic.tell(
+        true,
+        ServerMessage::PeerPresence {
+            participant_id: PATIENT,
+            online: true,
+        },
+    );
+    let offers = clinic.doctor.offers_to(PATIENT);
+    assert_eq!(offers.len(), offered + 1, "offered again");
+    assert_eq!(
+        offers.last().map(|(_, sdp)| sdp),
+        Some(&lost),
+        "the unanswered offer, again"
+    );
+    clinic.run_for(Duration::from_secs(1));
+    let answers = clinic.patient.descriptions_to(DOCTOR);
+    assert_eq!(answers.len(), answers_before + 1);
+    assert_eq!(answers.last().map(|(_, d)| d.kind), Some(SdpKind::Answer));
+
+    // Answered: nothing is outstanding, so presence again sends nothing; a stray second answer
+    // changes nothing and the call goes on.
+    let sent = clinic.doctor.offers_to(PATIENT).len();
+    clinic.tell(
+        true,
+        ServerMessage::PeerPresence {
+            participant_id: PATIENT,
+            online: true,
+        },
+    );
+    let stray = answers.last().map(|(_, d)| d.clone()).expect("an answer");
+    clinic.tell(
+        true,
+        ServerMessage::Description {
+            from: PATIENT,
+            description: stray,
+        },
+    );
+    clinic.run_for(Duration::from_secs(1));
+    assert_eq!(clinic.doctor.offers_to(PATIENT).len(), sent);
+    assert_eq!(
+        clinic
+            .doctor
+            .count(|e| matches!(e, SessionEvent::Disconnected { .. })),
+        0
+    );
+}
+
+#[test]
 fn the_audio_clock_moves_on_by_what_each_packet_holds() {
     let mut clinic = patient_receiving_encoded();
     clinic.connect();
