@@ -73,20 +73,33 @@ export class SignalingClient {
    * Check at once that the connection is alive: a media connection just dropped, and the network
    * may have changed under this socket too (a socket from an address that is gone hears nothing
    * until TCP gives up, minutes later). A ping goes out; if nothing at all is heard within
-   * `PROBE_TIMEOUT_MS`, the socket is closed and a new one opened right away. Once joined again,
-   * the call restarts ICE on every connection that is down.
+   * `PROBE_TIMEOUT_MS`, the socket is closed and a new one opened right away (a page too busy to
+   * run its timer on time waits once more first). Once joined again, the call restarts ICE on
+   * every connection that is down, and sends again any offer still unanswered.
    */
   probe() {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN || !this.joined || this.probeTimer !== undefined) return;
     const sentAt = Date.now();
     this.rawSend({ type: "ping" });
-    this.probeTimer = setTimeout(() => {
+    let waitedAgain = false;
+    /** @param {number} due When the timer was meant to fire. */
+    const check = (due) => {
       this.probeTimer = undefined;
       if (this.ws !== ws || this.lastMessageAt >= sentAt) return;
+      // The timer itself came late: this page was too busy to run it (a starved machine), and
+      // the answer may be queued behind it. Once, it waits that long again before deciding.
+      if (!waitedAgain && Date.now() - due > PROBE_TIMEOUT_MS / 2) {
+        waitedAgain = true;
+        const again = Date.now() + PROBE_TIMEOUT_MS;
+        this.probeTimer = setTimeout(() => check(again), PROBE_TIMEOUT_MS);
+        return;
+      }
       console.warn("No answer from the signaling service (the network may have changed); reconnecting now");
       this.replaceConnection("probe unanswered", "no answer from the signaling service");
-    }, PROBE_TIMEOUT_MS);
+    };
+    const due = sentAt + PROBE_TIMEOUT_MS;
+    this.probeTimer = setTimeout(() => check(due), PROBE_TIMEOUT_MS);
   }
 
   /**
