@@ -429,6 +429,21 @@ impl Call {
                             self.link_failed(i, e)?;
                         }
                     }
+                    // A kept connection that is up may wait on an answer to an offer that went
+                    // with the old socket (a screen's section, say): the same offer again.
+                    let unanswered: Vec<(usize, String)> = self
+                        .links
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, l)| l.peer.is_connected())
+                        .filter_map(|(i, l)| {
+                            l.peer.pending_offer_sdp().map(|sdp| (i, sdp.to_owned()))
+                        })
+                        .collect();
+                    for (i, sdp) in unanswered {
+                        tracing::debug!(remote = %self.links[i].remote(), "joined again: our unanswered offer again");
+                        self.send_description(i, SdpKind::Offer, sdp);
+                    }
                 }
             }
             ServerMessage::Admitted { peers } => {

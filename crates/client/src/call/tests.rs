@@ -1340,12 +1340,13 @@ fn a_participant_back_online_before_connecting_is_offered_again_and_a_connected_
     assert_eq!(clinic.doctor.offers_to(PATIENT).len(), before);
 }
 
-#[test]
-fn a_connected_participant_back_online_gets_our_unanswered_offer_again_once() {
+/// A connected call in which the doctor shares a screen and its offer is lost on the way to the
+/// patient: the offer's SDP, how many offers the doctor had sent, and how many descriptions
+/// the patient had.
+fn screen_offer_lost() -> (Clinic, String, usize, usize) {
     let mut clinic = Clinic::new(config(), config());
     clinic.connect();
     clinic.run_for(Duration::from_millis(500));
-    // The doctor shares a screen; its offer goes to the patient's old socket and is lost.
     clinic.doctor.call.share_screen(true);
     clinic.drain();
     clinic.run_until(Duration::from_secs(1), |c| {
@@ -1372,6 +1373,41 @@ fn a_connected_participant_back_online_gets_our_unanswered_offer_again_once() {
         answers_before,
         "nothing reached the patient"
     );
+    (clinic, lost, offered, answers_before)
+}
+
+#[test]
+fn joined_again_in_the_same_place_our_unanswered_offer_goes_again() {
+    let (mut clinic, lost, offered, answers_before) = screen_offer_lost();
+    // The doctor's own socket was replaced: joined again, the patient still here.
+    let mut again = joined(
+        DOCTOR,
+        true,
+        false,
+        vec![participant(PATIENT, ParticipantRole::Patient)],
+    );
+    if let ServerMessage::Joined { resumed, .. } = &mut again {
+        *resumed = true;
+    }
+    clinic.tell(true, again);
+    let offers = clinic.doctor.offers_to(PATIENT);
+    assert_eq!(offers.len(), offered + 1, "offered again");
+    assert_eq!(offers.last().map(|(_, sdp)| sdp), Some(&lost));
+    clinic.run_for(Duration::from_secs(1));
+    let answers = clinic.patient.descriptions_to(DOCTOR);
+    assert_eq!(answers.len(), answers_before + 1);
+    assert_eq!(answers.last().map(|(_, d)| d.kind), Some(SdpKind::Answer));
+    assert_eq!(
+        clinic.doctor.connected(),
+        1,
+        "the same connection, never made again"
+    );
+}
+
+#[test]
+fn a_connected_participant_back_online_gets_our_unanswered_offer_again_once() {
+    // The doctor shares a screen; its offer goes to the patient's old socket and is lost.
+    let (mut clinic, lost, offered, answers_before) = screen_offer_lost();
 
     // The patient's socket was replaced: the same offer goes again, and is answered.
     clinic.tell(
