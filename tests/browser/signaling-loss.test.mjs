@@ -116,6 +116,28 @@ async function replacePageSocket(routed) {
 const isDescription = (message, kind) => message?.type === "description" && message.description?.type === kind;
 
 /**
+ * The doctor's screen button is clicked and the offer it makes is lost on one of the routed
+ * sockets (`direction` as seen from that page); then 3 s pass for anything else to happen.
+ * @param {Awaited<ReturnType<typeof routeSignaling>>} routed
+ * @param {"in" | "out"} direction
+ * @param {import('playwright-core').Page} doctorPage
+ * @param {string} buttonAfter What the button says once clicked.
+ */
+async function loseTheOffer(routed, direction, doctorPage, buttonAfter) {
+  const before = routed.dropped.length;
+  routed.drop = (d, message) => d === direction && isDescription(message, "offer");
+  await byTestId(doctorPage, "screen-button").click();
+  await byTestId(doctorPage, "screen-button").filter({ hasText: buttonAfter }).waitFor();
+  const deadline = Date.now() + 20_000;
+  while (routed.dropped.length === before) {
+    assert.ok(Date.now() < deadline, `the doctor made an offer (${buttonAfter})`);
+    await sleep(100);
+  }
+  routed.drop = () => false;
+  await sleep(3000);
+}
+
+/**
  * The doctor's connection with the patient: its signaling state.
  * @param {import('playwright-core').Page} page
  */
@@ -131,16 +153,7 @@ describe("signaling lost mid-negotiation", { timeout: 240_000 }, () => {
       const doctorIn = () => fromDoctor.log.filter((l) => l.direction === "in").map((l) => l.message);
 
       // 1. The screen's offer to the patient is lost on its way in.
-      toPatient.drop = (direction, message) => direction === "in" && isDescription(message, "offer");
-      await byTestId(doctor.page, "screen-button").click();
-      await byTestId(doctor.page, "screen-button").filter({ hasText: "Stop sharing" }).waitFor();
-      const deadline = Date.now() + 20_000;
-      while (toPatient.dropped.length === 0) {
-        assert.ok(Date.now() < deadline, "the doctor offered the screen's section");
-        await sleep(100);
-      }
-      toPatient.drop = () => false;
-      await sleep(3000);
+      await loseTheOffer(toPatient, "in", doctor.page, "Stop sharing");
       assert.equal(await byTestId(patient.page, "screen-view").isVisible(), false, "the offer was lost: no screen yet");
       assert.equal(await signalingState(doctor.page), "have-local-offer", "the doctor still waits for an answer");
 
@@ -158,16 +171,7 @@ describe("signaling lost mid-negotiation", { timeout: 240_000 }, () => {
       await doctor.page.waitForFunction(() => /** @type {any} */ (window).consultPc?.signalingState === "stable", null, { timeout: 10_000 });
 
       // 2. The doctor's offer that stops the screen is lost on its way out.
-      fromDoctor.drop = (direction, message) => direction === "out" && isDescription(message, "offer");
-      await byTestId(doctor.page, "screen-button").click();
-      await byTestId(doctor.page, "screen-button").filter({ hasText: "Share screen" }).waitFor();
-      const stopDeadline = Date.now() + 20_000;
-      while (fromDoctor.dropped.length === 0) {
-        assert.ok(Date.now() < stopDeadline, "the doctor offered to stop the screen");
-        await sleep(100);
-      }
-      fromDoctor.drop = () => false;
-      await sleep(3000);
+      await loseTheOffer(fromDoctor, "out", doctor.page, "Share screen");
       assert.equal(await byTestId(patient.page, "screen-view").isVisible(), true, "the offer was lost: the screen is still shown");
       // The doctor's socket is replaced; joined again, the doctor sends its unanswered offer.
       const offersBefore = toPatient.log.filter((l) => l.direction === "in" && isDescription(l.message, "offer")).length;
