@@ -305,6 +305,7 @@ struct Appender {
 }
 
 /// One entry to append, as [`AuditLog::record`] was given it.
+#[derive(Clone)]
 struct NewEntry {
     at: OffsetDateTime,
     actor: Actor,
@@ -441,7 +442,8 @@ impl AuditLog {
     async fn record_batch(&self, batch: &[Queued]) -> anyhow::Result<()> {
         let mut tx = self.begin().await?;
         for Queued { entry, .. } in batch {
-            tx.record_entry(entry).await?;
+            // Cloned: a batch that fails is appended again entry by entry.
+            tx.record_entry(entry.clone()).await?;
         }
         tx.commit().await
     }
@@ -449,7 +451,7 @@ impl AuditLog {
     /// [`AuditLog::record`], on the caller's runtime.
     async fn record_here(&self, entry: NewEntry) -> anyhow::Result<()> {
         let mut tx = self.begin().await?;
-        tx.record_entry(&entry).await?;
+        tx.record_entry(entry).await?;
         tx.commit().await
     }
 
@@ -515,13 +517,13 @@ impl AuditedTransaction<'_> {
     }
 
     /// Append an entry queued for the appender (or appended alone).
-    async fn record_entry(&mut self, entry: &NewEntry) -> anyhow::Result<()> {
+    async fn record_entry(&mut self, entry: NewEntry) -> anyhow::Result<()> {
         self.record(
             entry.at,
             &entry.actor,
             entry.action,
             entry.consultation_id,
-            entry.detail.clone(),
+            entry.detail,
         )
         .await
     }

@@ -170,6 +170,21 @@ describe("signaling lost mid-negotiation", { timeout: 240_000 }, () => {
       assert.ok(presence.every((m) => m.online === true), "the patient never looked offline");
       await doctor.page.waitForFunction(() => /** @type {any} */ (window).consultPc?.signalingState === "stable", null, { timeout: 10_000 });
 
+      // A stray answer with no offer outstanding (the same answer again, out of order): ignored,
+      // the connection kept.
+      await doctor.page.evaluate(() => {
+        /** @type {any} */ (window).consultPc.__beforeStrayAnswer = true;
+      });
+      const answer = fromDoctor.log.filter((l) => l.direction === "in" && isDescription(l.message, "answer")).at(-1);
+      assert.ok(answer, "the doctor got the patient's answer");
+      fromDoctor.sockets.at(-1)?.page.send(JSON.stringify(answer.message));
+      await sleep(1000);
+      const kept = await doctor.page.evaluate(() => {
+        const pc = /** @type {any} */ (window).consultPc;
+        return { same: pc?.__beforeStrayAnswer === true, state: pc?.signalingState, connection: pc?.connectionState };
+      });
+      assert.deepEqual(kept, { same: true, state: "stable", connection: "connected" }, "a stray answer changes nothing");
+
       // 2. The doctor's offer that stops the screen is lost on its way out.
       await loseTheOffer(fromDoctor, "out", doctor.page, "Share screen");
       assert.equal(await byTestId(patient.page, "screen-view").isVisible(), true, "the offer was lost: the screen is still shown");

@@ -1677,9 +1677,8 @@ export class CallController {
   /**
    * A connection fell silent: look at this device's addresses, again every `LOOK_EVERY_MS` (further
    * apart when looks are slow: `pauseAfterLookMs`) while any connection stays silent (at most
-   * `LOOK_FOR_MS`). Once an address shows up that the last
-   * look did not have (a phone off Wi-Fi onto mobile data, and the browser knows the new
-   * network), signaling reconnects now (its socket went with the old address) and every
+   * `LOOK_FOR_MS`). Once an address shows up that the last look did not have (a phone off Wi-Fi
+   * onto mobile data, and the browser knows the new network), signaling reconnects now (its socket went with the old address) and every
    * connection restarts ICE once joined again, without waiting for the browser to call anything
    * disconnected.
    * @private
@@ -1693,7 +1692,6 @@ export class CallController {
       while (!this.closed && Date.now() < until) {
         const now = Date.now();
         if (![...this.links.values()].some((l) => l.path.isSilent(now))) return;
-        const lookedAt = Date.now();
         const change = await this.addressWatch.check();
         gone ||= change.gone;
         if (change.added && !this.closed) {
@@ -1702,8 +1700,7 @@ export class CallController {
           this.onNetworkChange();
           return;
         }
-        const tookMs = Date.now() - lookedAt;
-        await new Promise((resolve) => setTimeout(resolve, pauseAfterLookMs(tookMs)));
+        await new Promise((resolve) => setTimeout(resolve, pauseAfterLookMs(Date.now() - now)));
       }
     } finally {
       this.lookingAtAddresses = false;

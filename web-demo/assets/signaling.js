@@ -82,24 +82,24 @@ export class SignalingClient {
     if (!ws || ws.readyState !== WebSocket.OPEN || !this.joined || this.probeTimer !== undefined) return;
     const sentAt = Date.now();
     this.rawSend({ type: "ping" });
-    let waitedAgain = false;
-    /** @param {number} due When the timer was meant to fire. */
-    const check = (due) => {
+    /**
+     * @param {number} due When the timer was meant to fire.
+     * @param {boolean} mayWaitAgain
+     */
+    const check = (due, mayWaitAgain) => {
       this.probeTimer = undefined;
       if (this.ws !== ws || this.lastMessageAt >= sentAt) return;
       // The timer itself came late: this page was too busy to run it (a starved machine), and
       // the answer may be queued behind it. Once, it waits that long again before deciding.
-      if (!waitedAgain && Date.now() - due > PROBE_TIMEOUT_MS / 2) {
-        waitedAgain = true;
+      if (mayWaitAgain && Date.now() - due > PROBE_TIMEOUT_MS / 2) {
         const again = Date.now() + PROBE_TIMEOUT_MS;
-        this.probeTimer = setTimeout(() => check(again), PROBE_TIMEOUT_MS);
+        this.probeTimer = setTimeout(() => check(again, false), PROBE_TIMEOUT_MS);
         return;
       }
       console.warn("No answer from the signaling service (the network may have changed); reconnecting now");
       this.replaceConnection("probe unanswered", "no answer from the signaling service");
     };
-    const due = sentAt + PROBE_TIMEOUT_MS;
-    this.probeTimer = setTimeout(() => check(due), PROBE_TIMEOUT_MS);
+    this.probeTimer = setTimeout(() => check(sentAt + PROBE_TIMEOUT_MS, true), PROBE_TIMEOUT_MS);
   }
 
   /**

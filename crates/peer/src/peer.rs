@@ -343,9 +343,8 @@ pub enum RemoteDescriptionOutcome {
 pub struct Peer {
     rtc: Rtc,
     config: PeerConfig,
-    pending_offer: Option<SdpPendingOffer>,
-    /// The SDP of `pending_offer`, to send again if it may have been lost.
-    pending_offer_sdp: Option<String>,
+    /// Our offer waiting for its answer, and its SDP (to send again if it may have been lost).
+    pending_offer: Option<(SdpPendingOffer, String)>,
     /// Mids and channels in an offer not yet answered.
     offered_audio: Option<Mid>,
     offered_video: Option<Mid>,
@@ -511,7 +510,6 @@ impl Peer {
             rtc,
             config,
             pending_offer: None,
-            pending_offer_sdp: None,
             offered_audio: None,
             offered_video: None,
             channels_offered: false,
@@ -720,9 +718,8 @@ impl Peer {
         let Some((offer, pending)) = api.apply() else {
             return Ok(None);
         };
-        self.pending_offer = Some(pending);
         let sdp = offer.to_sdp_string();
-        self.pending_offer_sdp = Some(sdp.clone());
+        self.pending_offer = Some((pending, sdp.clone()));
         Ok(Some(sdp))
     }
 
@@ -734,9 +731,8 @@ impl Peer {
         let Some((offer, pending)) = api.apply() else {
             return Ok(None);
         };
-        self.pending_offer = Some(pending);
         let sdp = offer.to_sdp_string();
-        self.pending_offer_sdp = Some(sdp.clone());
+        self.pending_offer = Some((pending, sdp.clone()));
         Ok(Some(sdp))
     }
 
@@ -750,12 +746,11 @@ impl Peer {
     /// (the other side's signaling came back, or ours did). A second answer to it is refused
     /// with [`PeerError::UnexpectedAnswer`] and changes nothing.
     pub fn pending_offer_sdp(&self) -> Option<&str> {
-        self.pending_offer_sdp.as_deref()
+        self.pending_offer.as_ref().map(|(_, sdp)| sdp.as_str())
     }
 
     fn rollback(&mut self) {
         self.pending_offer = None;
-        self.pending_offer_sdp = None;
         self.offered_audio = None;
         self.offered_video = None;
         self.offered_screen = None;
@@ -789,11 +784,10 @@ impl Peer {
         sdp: &str,
     ) -> Result<RemoteDescriptionOutcome, PeerError> {
         let answer = SdpAnswer::from_sdp_string(sdp)?;
-        let pending = self
+        let (pending, _) = self
             .pending_offer
             .take()
             .ok_or(PeerError::UnexpectedAnswer)?;
-        self.pending_offer_sdp = None;
         self.rtc.sdp_api().accept_answer(pending, answer)?;
         self.remote_screens = remote_screen_mids(sdp);
         if let Some(mid) = self.offered_screen.take() {

@@ -262,6 +262,17 @@ impl Clinic {
         );
     }
 
+    /// The service tells the doctor the patient is online again (back, or its socket replaced).
+    fn patient_back_online(&mut self) {
+        self.tell(
+            true,
+            ServerMessage::PeerPresence {
+                participant_id: PATIENT,
+                online: true,
+            },
+        );
+    }
+
     fn push(&mut self, at: Instant, delivery: Delivery) {
         self.seq += 1;
         self.in_flight.insert((at, self.seq), delivery);
@@ -1313,13 +1324,7 @@ fn a_participant_back_online_before_connecting_is_offered_again_and_a_connected_
     clinic.run_for(Duration::from_millis(100));
     assert_eq!(clinic.doctor.offers_to(PATIENT).len(), 1);
     // Back within the grace period: a new offer replaces the lost one.
-    clinic.tell(
-        true,
-        ServerMessage::PeerPresence {
-            participant_id: PATIENT,
-            online: true,
-        },
-    );
+    clinic.patient_back_online();
     let offers = clinic.doctor.offers_to(PATIENT);
     assert_eq!(offers.len(), 2, "offered again");
     assert_ne!(ice_ufrag(&offers[0].1), ice_ufrag(&offers[1].1));
@@ -1329,13 +1334,7 @@ fn a_participant_back_online_before_connecting_is_offered_again_and_a_connected_
     clinic.admit(false);
     clinic.connect();
     let before = clinic.doctor.offers_to(PATIENT).len();
-    clinic.tell(
-        true,
-        ServerMessage::PeerPresence {
-            participant_id: PATIENT,
-            online: true,
-        },
-    );
+    clinic.patient_back_online();
     clinic.run_for(Duration::from_millis(500));
     assert_eq!(clinic.doctor.offers_to(PATIENT).len(), before);
 }
@@ -1410,13 +1409,7 @@ fn a_connected_participant_back_online_gets_our_unanswered_offer_again_once() {
     let (mut clinic, lost, offered, answers_before) = screen_offer_lost();
 
     // The patient's socket was replaced: the same offer goes again, and is answered.
-    clinic.tell(
-        true,
-        ServerMessage::PeerPresence {
-            participant_id: PATIENT,
-            online: true,
-        },
-    );
+    clinic.patient_back_online();
     let offers = clinic.doctor.offers_to(PATIENT);
     assert_eq!(offers.len(), offered + 1, "offered again");
     assert_eq!(
@@ -1432,13 +1425,7 @@ fn a_connected_participant_back_online_gets_our_unanswered_offer_again_once() {
     // Answered: nothing is outstanding, so presence again sends nothing; a stray second answer
     // changes nothing and the call goes on.
     let sent = clinic.doctor.offers_to(PATIENT).len();
-    clinic.tell(
-        true,
-        ServerMessage::PeerPresence {
-            participant_id: PATIENT,
-            online: true,
-        },
-    );
+    clinic.patient_back_online();
     let stray = answers.last().map(|(_, d)| d.clone()).expect("an answer");
     clinic.tell(
         true,
