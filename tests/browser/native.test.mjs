@@ -28,7 +28,8 @@ import {
 } from "./harness.mjs";
 
 /**
- * The doctor page's inbound and outbound video codecs (from the `codecId` of the RTP reports).
+ * The doctor page's inbound and outbound video codecs (from the `codecId` of the RTP reports; of
+ * several streams of a kind, the one with the most frames).
  * @param {import('playwright-core').Page} page
  */
 function videoCodecs(page) {
@@ -49,8 +50,10 @@ function videoCodecs(page) {
         width: s.frameWidth ?? null,
         height: s.frameHeight ?? null,
       };
-      if (s.type === "inbound-rtp") out.inbound = entry;
-      else out.outbound = entry;
+      // More than one stream of a kind (a stream that never carried frames beside the one
+      // that does): the one with the most frames.
+      const key = s.type === "inbound-rtp" ? "inbound" : "outbound";
+      if (!out[key] || entry.frames > out[key].frames) out[key] = entry;
     });
     return out;
   });
