@@ -60,9 +60,21 @@ impl Drop for UnjoinedSocket {
 }
 
 /// Joins per identity over a sliding minute.
+///
+/// Identities whose last join left the window are forgotten in one sweep once the map has doubled
+/// since the last sweep (and holds more than 4,096): each join costs amortised constant time
+/// however many identities joined in the last minute, and the map holds at most twice those (or
+/// 4,096).
 #[derive(Debug, Default)]
 pub struct JoinRate {
-    joins: Mutex<HashMap<Uuid, VecDeque<Instant>>>,
+    joins: Mutex<Joins>,
+}
+
+#[derive(Debug, Default)]
+struct Joins {
+    by_identity: HashMap<Uuid, VecDeque<Instant>>,
+    /// Sweep when the map grows past this (at least [`PRUNE_ABOVE`]).
+    sweep_above: usize,
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
@@ -74,10 +86,15 @@ impl JoinRate {
     /// times in the last minute.
     pub fn allow(&self, identity: Uuid, max: u32, now: Instant) -> bool {
         let mut joins = self.joins.lock().unwrap_or_else(|e| e.into_inner());
-        if joins.len() > PRUNE_ABOVE {
-            joins.retain(|_, times| times.back().is_some_and(|t| now - *t < WINDOW));
+        let Joins {
+            by_identity,
+            sweep_above,
+        } = &mut *joins;
+        if by_identity.len() > (*sweep_above).max(PRUNE_ABOVE) {
+            by_identity.retain(|_, times| times.back().is_some_and(|t| now - *t < WINDOW));
+            *sweep_above = 2 * by_identity.len();
         }
-        let times = joins.entry(identity).or_default();
+        let times = by_identity.entry(identity).or_default();
         while times.front().is_some_and(|t| now - *t >= WINDOW) {
             times.pop_front();
         }
@@ -86,6 +103,14 @@ impl JoinRate {
         }
         times.push_back(now);
         true
+    }
+
+    /// Identities remembered now (those that joined in the last minute, and idle ones not yet
+    /// swept).
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        let joins = self.joins.lock().unwrap_or_else(|e| e.into_inner());
+        joins.by_identity.len()
     }
 }
 
@@ -122,5 +147,41 @@ mod tests {
             "the first join left the window"
         );
         assert!(!rate.allow(a, 3, start + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn many_identities_within_the_minute_are_kept_and_idle_ones_are_swept() {
+        let rate = JoinRate::default();
+        let start = Instant::now();
+        // Three times the sweep threshold, all within the minute: every one still counted.
+        let live: Vec<Uuid> = (0..3 * PRUNE_ABOVE).map(|_| Uuid::new_v4()).collect();
+        for (i, id) in live.iter().enumerate() {
+            let at = start + Duration::from_millis(i as u64);
+            assert!(rate.allow(*id, 1, at));
+        }
+        assert_eq!(rate.remembered(), live.len());
+        let later = start + Duration::from_secs(30);
+        assert!(
+            live.iter().all(|id| !rate.allow(*id, 1, later)),
+            "a sweep forgot an identity still in its minute"
+        );
+        // A minute after the last of them, they are idle: new identities sweep them away, and
+        // the map never holds much more than twice what is live.
+        let after = start + Duration::from_secs(61) + Duration::from_millis(live.len() as u64);
+        let mut most = 0;
+        for _ in 0..2 * PRUNE_ABOVE + 2 {
+            assert!(rate.allow(Uuid::new_v4(), 1, after));
+            most = most.max(rate.remembered());
+        }
+        assert!(
+            rate.remembered() <= 2 * PRUNE_ABOVE + 2,
+            "{}",
+            rate.remembered()
+        );
+        assert!(most <= 2 * live.len() + 1, "{most}");
+        assert!(
+            live.iter().all(|id| rate.allow(*id, 1, after)),
+            "an idle identity joins again"
+        );
     }
 }
