@@ -36,11 +36,25 @@ use crate::state::AppState;
 /// Seal a chunk early once this much is batched.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// How often the recorder reads its sockets.
+/// How often the recorder reads its sockets and runs its peers' timers.
 const RECEIVE_EVERY: Duration = Duration::from_millis(10);
 /// Most datagrams read from one socket per tick (a 1080p keyframe burst is a few hundred; the
 /// rest waits in the socket for the next tick), so one busy sender cannot hold the others up.
 const MAX_DATAGRAMS_PER_TICK: usize = 512;
+
+/// The first receive tick of a recorder starting at `now`: the next multiple of
+/// [`RECEIVE_EVERY`] since the first recorder of the process started, so that all recorders tick
+/// together.
+fn aligned_tick_start(now: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    let period = RECEIVE_EVERY.as_nanos();
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    u64::try_from(since.div_ceil(period) * period)
+        .ok()
+        .and_then(|offset| epoch.checked_add(Duration::from_nanos(offset)))
+        .unwrap_or(now)
+}
 
 /// Ask a sender for a keyframe at most this often while waiting for one.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -200,17 +214,12 @@ impl Recorder {
         // The sockets are read on a tick, everything that arrived since at once: a recorder
         // needs no lower latency than this, and waking for each datagram (a few hundred a
         // second per call) was most of what a recording cost the service (perf: the kernel's
-        // task switching ahead of everything else).
-        let mut receive_tick = tokio::time::interval(RECEIVE_EVERY);
+        // task switching ahead of everything else). Every recorder ticks at the same instants
+        // (`aligned_tick_start`): the runtime wakes once for all of them, not once each.
+        let mut receive_tick =
+            tokio::time::interval_at(aligned_tick_start(Instant::now()).into(), RECEIVE_EVERY);
         receive_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let ending = loop {
-            let wake = self
-                .peers
-                .values()
-                .map(|p| p.next_timeout)
-                .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
-                .max(Instant::now());
             tokio::select! {
                 message = outbound.recv() => match message {
                     Some(Outbound::Message(ServerMessage::ConsultationEnded {}))
@@ -218,15 +227,12 @@ impl Recorder {
                     | None => break Ending::Stop(StopReason::Ended),
                     Some(Outbound::Message(message)) => self.handle_signal(message).await,
                 },
-                _ = receive_tick.tick() => self.receive(),
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    let now = Instant::now();
-                    for remote in self.peers.values_mut() {
-                        if remote.next_timeout <= now
-                            && let Err(e) = remote.peer.handle_timeout(now) {
-                                tracing::debug!(error = %e, "recorder peer timeout failed");
-                            }
-                    }
+                // The peers' timers (reports, repair requests, keep-alives, handshake retries)
+                // run on the same tick: none needs finer timing than the tick's, and sleeping
+                // until each peer's own next timeout woke the task several times between ticks.
+                _ = receive_tick.tick() => {
+                    self.receive();
+                    self.run_timers(Instant::now());
                 }
                 _ = seal_tick.tick() => {
                     if !self.batch.is_empty() && sealing.send(Sealing::Append(self.batch.take_reusing(recycled.try_recv().ok()))).is_err() {
@@ -529,6 +535,17 @@ impl Recorder {
         }
     }
 
+    /// Run the timers of every peer whose next timeout has come.
+    fn run_timers(&mut self, now: Instant) {
+        for remote in self.peers.values_mut() {
+            if remote.next_timeout <= now
+                && let Err(e) = remote.peer.handle_timeout(now)
+            {
+                tracing::debug!(error = %e, "recorder peer timeout failed");
+            }
+        }
+    }
+
     /// Run every peer until it waits for time or input: send its datagrams, record its frames.
     fn drain(&mut self) {
         let ids: Vec<Uuid> = self.peers.keys().copied().collect();
@@ -678,4 +695,22 @@ fn refused_candidate(state: &AppState, refusal: candidates::Refusal) {
         .with_label_values(&[refusal.as_str()])
         .inc();
     tracing::debug!(reason = refusal.as_str(), "recorder refused a candidate");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorders_started_at_different_times_tick_together() {
+        let first = Instant::now();
+        let start = aligned_tick_start(first);
+        for later in [1, 3_333, 9_999, 10_000, 10_001, 123_456_789] {
+            let now = first + Duration::from_micros(later);
+            let tick = aligned_tick_start(now);
+            assert!(tick >= now && tick - now < RECEIVE_EVERY, "{later} µs");
+            let apart = tick.duration_since(start).as_nanos();
+            assert_eq!(apart % RECEIVE_EVERY.as_nanos(), 0, "{later} µs");
+        }
+    }
 }
