@@ -9,8 +9,7 @@
 
 use super::candidates;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use consult_peer::{
@@ -23,7 +22,6 @@ use consult_proto::signal::{
 use consult_vault::recording::{Codec, EpochKey, Frame, Record, RecordBatch, Track, TrackRole};
 use consult_vault::RecordingWriter;
 use serde_json::json;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -113,7 +111,7 @@ fn spawn_writer(
 
 struct RemotePeer {
     peer: Peer,
-    socket: Arc<UdpSocket>,
+    socket: UdpSocket,
     local: SocketAddr,
     next_timeout: Instant,
     /// Remote candidates taken so far (at most [`candidates::MAX_REMOTE_CANDIDATES`]).
@@ -441,9 +439,11 @@ impl Recorder {
             // The participant started a new connection: follow with a new one.
             self.peers.remove(&from);
         }
-        let socket = Arc::new(
-            UdpSocket::bind(SocketAddr::new(self.state.recordings.media_address, 0)).await?,
-        );
+        // A plain non-blocking socket, not the runtime's: it is read on the tick only, and a
+        // socket registered with the runtime woke it at the first datagram after every read
+        // (one wake per socket per tick, most of what a recording still cost).
+        let socket = UdpSocket::bind(SocketAddr::new(self.state.recordings.media_address, 0))?;
+        socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
         let now = Instant::now();
         let mut peer = Peer::new(
@@ -513,7 +513,7 @@ impl Recorder {
         let now = Instant::now();
         for remote in self.peers.values_mut() {
             for _ in 0..MAX_DATAGRAMS_PER_TICK {
-                let (n, source) = match remote.socket.try_recv_from(&mut self.receive_buffer) {
+                let (n, source) = match remote.socket.recv_from(&mut self.receive_buffer) {
                     Ok(received) => received,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
@@ -557,7 +557,7 @@ impl Recorder {
                         break;
                     }
                     Ok(Output::Transmit(t)) => {
-                        let _ = remote.socket.try_send_to(&t.contents, t.destination);
+                        let _ = remote.socket.send_to(&t.contents, t.destination);
                     }
                     Ok(Output::Event(PeerEvent::Frame(frame))) => self.record(id, frame),
                     Ok(Output::Event(PeerEvent::Connected)) => {
