@@ -138,8 +138,10 @@ chmod 755 "$pg_run"
 pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 pg_url=$(scripts/postgres.sh start "$pg_run/pg" "$pg_port")
 trap 'scripts/postgres.sh stop "$pg_run/pg" || true; rm -rf "$pg_run"' EXIT
-CONSULT_TEST_POSTGRES="$pg_url" cargo nextest run --locked -p consult-signaling --test service \
-  -E 'not (test(/^cli::/) | test(/^dependencies::/))'
+# Selected from the whole workspace's build, not with `-p`: alone, the service crate resolves its
+# features differently and is built a second time.
+CONSULT_TEST_POSTGRES="$pg_url" cargo nextest run "${rust[@]}" \
+  -E 'binary_id(consult-signaling::service) & not (test(/^cli::/) | test(/^dependencies::/))'
 scripts/postgres.sh stop "$pg_run/pg"
 log "doc tests"
 cargo test "${rust[@]}" --doc --quiet
