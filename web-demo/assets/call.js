@@ -1678,9 +1678,9 @@ export class CallController {
    * A connection fell silent: look at this device's addresses, again every `LOOK_EVERY_MS` (further
    * apart when looks are slow: `pauseAfterLookMs`) while any connection stays silent (at most
    * `LOOK_FOR_MS`). Once an address shows up that the last look did not have (a phone off Wi-Fi
-   * onto mobile data, and the browser knows the new network), signaling reconnects now (its socket went with the old address) and every
-   * connection restarts ICE once joined again, without waiting for the browser to call anything
-   * disconnected.
+   * onto mobile data, and the browser knows the new network), signaling reconnects now (its
+   * socket went with the old address) and every connection restarts ICE once joined again,
+   * without waiting for the browser to call anything disconnected.
    * @private
    */
   async checkAddresses() {
