@@ -16,7 +16,31 @@ case "${1:-}" in
   *) echo "usage: scripts/test.sh [--quick]" >&2; exit 2 ;;
 esac
 
-log() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS"; }
+# Each phase's name and start, printed again as one table when the script ends (passed or not),
+# so the last lines of a CI log say where its time went.
+phases=()
+log() {
+  printf '\n==> %s (%ss)\n' "$*" "$SECONDS"
+  phases+=("$SECONDS ${*%% (*}")
+}
+phase_times() {
+  local i start name end
+  printf '\n==> time per phase (s), %ss in all\n' "$SECONDS"
+  for i in "${!phases[@]}"; do
+    start=${phases[$i]%% *}
+    name=${phases[$i]#* }
+    end=$SECONDS
+    [ $((i + 1)) -lt ${#phases[@]} ] && end=${phases[$((i + 1))]%% *}
+    printf '%6s  %s\n' "$((end - start))" "$name"
+  done
+}
+cleanups=()
+on_exit() {
+  local c
+  for c in "${cleanups[@]}"; do eval "$c" || true; done
+  phase_times
+}
+trap on_exit EXIT
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -137,7 +161,7 @@ pg_run=$(mktemp -d)
 chmod 755 "$pg_run"
 pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 pg_url=$(scripts/postgres.sh start "$pg_run/pg" "$pg_port")
-trap 'scripts/postgres.sh stop "$pg_run/pg" || true; rm -rf "$pg_run"' EXIT
+cleanups+=('scripts/postgres.sh stop "$pg_run/pg"; rm -rf "$pg_run"')
 # Selected from the whole workspace's build, not with `-p`: alone, the service crate resolves its
 # features differently and is built a second time.
 CONSULT_TEST_POSTGRES="$pg_url" cargo nextest run "${rust[@]}" \
