@@ -59,6 +59,8 @@ impl RecorderLink {
             PeerConfig {
                 polite: false,
                 e2ee: None,
+                // Media only, as the browser's link: nothing to chat with or send files to.
+                data_channels: false,
                 ..config.clone()
             },
             now,

@@ -59,6 +59,14 @@ pub struct PeerConfig {
     /// the simulated 10 % loss test saw a corrupt H.264 frame reach the decoder in about half
     /// its runs (str0m's padding under loss; not yet understood).
     pub desired_bitrate_bps: Option<u64>,
+    /// Estimate the bandwidth out (from the remote's transport-wide feedback) and pace what is
+    /// sent by it. Off for a peer that never sends media, such as the service's recorder: the
+    /// estimate would go unused. The feedback this peer sends the remote about what it receives
+    /// goes out either way.
+    pub estimate_bandwidth: bool,
+    /// Offer the chat and file channels (and E2EE's key channel). Off for a link that only
+    /// carries media, such as the one to the service's recorder: no SCTP association to run.
+    pub data_channels: bool,
     /// Perfect negotiation: a polite peer gives way when both offer at once.
     pub polite: bool,
     /// End-to-end encryption (SFrame) with this remote participant; `None`: off.
@@ -95,6 +103,8 @@ impl Default for PeerConfig {
             stats_interval: Duration::from_secs(1),
             initial_bitrate_bps: 600_000,
             desired_bitrate_bps: None,
+            estimate_bandwidth: true,
+            data_channels: true,
             polite: false,
             e2ee: None,
             dtls_certificate: None,
@@ -472,7 +482,11 @@ impl Peer {
         let mut rtc_config = RtcConfig::new()
             .clear_codecs()
             .set_stats_interval(Some(config.stats_interval))
-            .enable_bwe(Some(Bitrate::bps(config.initial_bitrate_bps)))
+            .enable_bwe(
+                config
+                    .estimate_bandwidth
+                    .then(|| Bitrate::bps(config.initial_bitrate_bps)),
+            )
             // Our own limit (max_buffered_bytes) bounds file chunks; the SCTP buffer is larger so
             // that small control messages always fit behind them.
             .set_sctp_max_buffered_amount(config.max_buffered_bytes * 4)
@@ -503,7 +517,10 @@ impl Peer {
         });
         let redundancy = DataRedundancy::new(now);
         let mut rtc = rtc_config.build(now);
-        if let Some(desired) = config.desired_bitrate_bps {
+        if let Some(desired) = config
+            .desired_bitrate_bps
+            .filter(|_| config.estimate_bandwidth)
+        {
             rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
         }
         Self {
@@ -636,7 +653,7 @@ impl Peer {
         }
         (self.config.audio && self.audio_mid.is_none())
             || (self.config.video && self.video_mid.is_none())
-            || (self.chat.is_none() && !self.channels_offered)
+            || (self.config.data_channels && self.chat.is_none() && !self.channels_offered)
             || self.screen_direction != self.wanted_screen_direction()
     }
 
@@ -697,7 +714,11 @@ impl Peer {
                 None => {}
             }
         }
-        if self.chat.is_none() && self.file.is_none() && !self.channels_offered {
+        if self.config.data_channels
+            && self.chat.is_none()
+            && self.file.is_none()
+            && !self.channels_offered
+        {
             api.add_channel_with_config(ChannelConfig {
                 label: CHAT_CHANNEL_LABEL.into(),
                 ..ChannelConfig::default()

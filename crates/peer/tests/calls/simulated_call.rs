@@ -221,6 +221,94 @@ fn chat_flows_both_ways_and_an_oversized_message_is_refused() {
     );
 }
 
+/// The link to the service's recorder: media only, and the recorder estimates nothing of a path
+/// out it never uses. Frames arrive whole, no channel is ever offered or opened (and no offer
+/// is asked for again because of them), and the receiver's transport-wide feedback still gives
+/// the sender its estimate.
+#[test]
+fn a_media_only_link_to_a_receiver_that_estimates_nothing_carries_frames_and_feedback() {
+    let sender = PeerConfig {
+        data_channels: false,
+        ..vp8_only()
+    };
+    let recorder = PeerConfig {
+        data_channels: false,
+        estimate_bandwidth: false,
+        polite: true,
+        ..vp8_only()
+    };
+    let mut call = SimulatedCall::new(sender, recorder, Link::perfect(), 11);
+    call.negotiate().unwrap();
+    assert!(call
+        .run_until(Duration::from_secs(10), |c| c.a.connected && c.b.connected)
+        .unwrap());
+    assert!(!call.a.peer.needs_negotiation() && !call.b.peer.needs_negotiation());
+
+    let mut sent = Vec::new();
+    let mut next_frame = call.now();
+    let until = call.elapsed() + Duration::from_secs(5);
+    while call.elapsed() < until {
+        if call.now() >= next_frame {
+            let index = sent.len() as u64;
+            let frame = vp8_frame(index, index.is_multiple_of(60));
+            call.a
+                .peer
+                .write_video(call.now(), index * 3000, VideoCodec::Vp8, &frame)
+                .unwrap();
+            sent.push(frame);
+            next_frame += Duration::from_millis(33);
+        }
+        call.step().unwrap();
+    }
+    call.run_until(Duration::from_secs(1), |_| false).unwrap();
+
+    let received: Vec<&Vec<u8>> = call
+        .b
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::Frame(f) if f.kind == TrackKind::Video(VideoCodec::Vp8) => Some(&f.data),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        received.len() >= sent.len() - 2,
+        "{} of {} frames",
+        received.len(),
+        sent.len()
+    );
+    for frame in &received {
+        assert!(sent.contains(frame), "a frame arrived that was never sent");
+    }
+    for side in [&call.a, &call.b] {
+        assert!(
+            !side
+                .events
+                .iter()
+                .any(|(_, e)| matches!(e, PeerEvent::ChannelOpen { .. })),
+            "a channel opened on a media-only link"
+        );
+    }
+    assert!(matches!(
+        call.a.peer.send_chat("anyone?"),
+        Err(consult_peer::PeerError::ChannelNotOpen("chat"))
+    ));
+    assert!(
+        call.a
+            .peer
+            .stats()
+            .estimated_send_bps
+            .is_some_and(|bps| bps > 0),
+        "the sender has an estimate from the receiver's feedback: {:?}",
+        call.a.peer.stats()
+    );
+    assert_eq!(
+        call.b.peer.stats().estimated_send_bps,
+        None,
+        "the receiver estimates nothing"
+    );
+}
+
 #[test]
 fn garbage_datagrams_do_not_break_the_call() {
     let mut call = SimulatedCall::new(
