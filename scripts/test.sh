@@ -31,14 +31,14 @@ phase_times() {
     name=${phases[$i]#* }
     end=$SECONDS
     [ $((i + 1)) -lt ${#phases[@]} ] && end=${phases[$((i + 1))]%% *}
-    printf '%6s  %s\n' "$((end - start))" "$name"
+    [ "$name" = "all tests passed" ] || printf '%6s  %s\n' "$((end - start))" "$name"
   done
 }
 cleanups=()
 on_exit() {
   local c
-  for c in "${cleanups[@]}"; do eval "$c" || true; done
   phase_times
+  for c in "${cleanups[@]}"; do eval "$c" || true; done
 }
 trap on_exit EXIT
 

@@ -793,4 +793,64 @@ mod tests {
             assert_eq!(apart % RECEIVE_EVERY.as_nanos(), 0, "{later} µs");
         }
     }
+
+    /// The batched reads: every datagram once, in order, whole (the largest IPv4 takes too),
+    /// from its sender, with "more" said only while a batch came back full, and nothing handed
+    /// over for an empty datagram.
+    #[test]
+    fn batched_reads_hand_over_every_datagram_whole_and_in_order() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = quinn_udp::UdpSocketState::new((&receiver).into()).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        let mut slots = ReceiveSlots::new();
+        // Two rounds, each within the socket's default receive buffer.
+        let rounds: [Vec<Vec<u8>>; 2] = [
+            (0..quinn_udp::BATCH_SIZE * 2 + 5)
+                .map(|i| (0..1 + (i * 97) % 1400).map(|b| (b + i) as u8).collect())
+                .collect(),
+            vec![Vec::new(), vec![0xa5; 65_507], vec![7; 3]],
+        ];
+        for (round, sent) in rounds.iter().enumerate() {
+            for datagram in sent {
+                sender.send_to(datagram, to).unwrap();
+            }
+            let expected: Vec<&Vec<u8>> = sent.iter().filter(|d| !d.is_empty()).collect();
+            let mut received = Vec::new();
+            let mut batches = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while received.len() < expected.len() && Instant::now() < deadline {
+                match slots.read(&state, &receiver, |from, datagram| {
+                    assert_eq!(from, sender.local_addr().unwrap());
+                    received.push(datagram.to_vec());
+                }) {
+                    Ok(batch) => batches.push(batch),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(
+                received.iter().eq(expected.iter().copied()),
+                "round {round}"
+            );
+            assert!(
+                batches
+                    .iter()
+                    .all(|(n, more)| !more || *n >= quinn_udp::BATCH_SIZE),
+                "{batches:?}"
+            );
+            if round == 0 {
+                assert!(
+                    batches.iter().filter(|(_, more)| *more).count() >= 2,
+                    "{batches:?}"
+                );
+            }
+        }
+        assert!(matches!(
+            slots.read(&state, &receiver, |_, _| panic!("nothing more was sent")),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        ));
+    }
 }
