@@ -30,6 +30,18 @@ fn channels_open(call: &SimulatedCall) -> bool {
     })
 }
 
+/// The VP8 frames side B received, in order.
+fn vp8_frames_received(call: &SimulatedCall) -> Vec<&Vec<u8>> {
+    call.b
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PeerEvent::Frame(f) if f.kind == TrackKind::Video(VideoCodec::Vp8) => Some(&f.data),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A synthetic VP8 frame: the first byte's low bit clear marks a keyframe; the rest is random.
 fn vp8_frame(index: u64, keyframe: bool) -> Vec<u8> {
     let mut frame = random_bytes(3000 + (index as usize % 7) * 500, index);
@@ -112,15 +124,7 @@ fn a_call_over_a_lossy_link_connects_and_keeps_media_and_files_intact() {
     assert!(file_done, "the file did not arrive");
     call.run_until(Duration::from_secs(2), |_| false).unwrap();
 
-    let received: Vec<&Vec<u8>> = call
-        .b
-        .events
-        .iter()
-        .filter_map(|(_, e)| match e {
-            PeerEvent::Frame(f) if f.kind == TrackKind::Video(VideoCodec::Vp8) => Some(&f.data),
-            _ => None,
-        })
-        .collect();
+    let received = vp8_frames_received(&call);
     let intact = sent_frames.iter().filter(|f| received.contains(f)).count();
     println!(
         "connected after {:?}; a sent {} datagrams ({} dropped); {intact}/{} frames intact",
@@ -262,15 +266,7 @@ fn a_media_only_link_to_a_receiver_that_estimates_nothing_carries_frames_and_fee
     }
     call.run_until(Duration::from_secs(1), |_| false).unwrap();
 
-    let received: Vec<&Vec<u8>> = call
-        .b
-        .events
-        .iter()
-        .filter_map(|(_, e)| match e {
-            PeerEvent::Frame(f) if f.kind == TrackKind::Video(VideoCodec::Vp8) => Some(&f.data),
-            _ => None,
-        })
-        .collect();
+    let received = vp8_frames_received(&call);
     assert!(
         received.len() >= sent.len() - 2,
         "{} of {} frames",
