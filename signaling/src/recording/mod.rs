@@ -10,6 +10,7 @@
 pub mod api;
 pub mod candidates;
 pub mod cli;
+mod datagrams;
 pub mod export;
 pub mod recorder;
 pub mod rows;
