@@ -180,7 +180,7 @@ static START_CODE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 static ZERO_PAIR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0, 0]));
 /// `00 00 03`, an emulation-prevention escape.
-static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+pub(crate) static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0, 0, 3]));
 
 /// Where each NAL unit of an Annex-B frame lies: the bytes before it (start code) and the unit.
@@ -292,6 +292,15 @@ pub(crate) fn escape_into(mut zeros: usize, bytes: &[u8], out: &mut Vec<u8>) -> 
             }
         }
     }
+}
+
+/// Whether [`escape_into`] would change `bytes` (with no zeros before them): whether they hold
+/// `00 00` and then a byte up to `03`. Each run of zeros is found at its start, so a run of
+/// three or more is found too.
+pub(crate) fn needs_escape(bytes: &[u8]) -> bool {
+    ZERO_PAIR
+        .find_iter(bytes)
+        .any(|at| bytes.get(at + 2).is_some_and(|&b| b <= 3))
 }
 
 /// Undo [`escape_into`]: drop each `03` that follows `00 00`.

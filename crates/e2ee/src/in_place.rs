@@ -5,9 +5,16 @@
 //! The wire format is exactly [`crate::format`]'s (`format::protect` and `ProtectedFrame` stay as
 //! the straightforward reference; property tests compare the two byte for byte). Opus, VP8 and
 //! data frames are copied once on the way out (into the caller's buffer, where they are
-//! encrypted) and not at all on the way in. H.264 frames cost one pass over the units each way:
-//! the pieces to protect gathered and encrypted in one buffer, then escaped onto the wire; on the
-//! way in, unescaped into one buffer, decrypted there, and put back over the received frame.
+//! encrypted) and not at all on the way in.
+//!
+//! H.264 frames are encrypted as one message whose pieces lie apart on the wire (each unit keeps
+//! its start code and clear bytes), and the AEAD wants them together. Going out, the frame is
+//! copied once onto the wire with its pieces side by side, sealed there, and every piece after
+//! the first moved up to its place; then the sealed bytes are searched for what emulation
+//! prevention would escape (`00 00` and a byte up to `03`: about one frame in 400 at 10 KiB),
+//! and only such a frame is written again, escaped. Coming in, a frame without escapes (almost
+//! every one) has its pieces moved together, is opened there, and its pieces moved back apart;
+//! one with escapes is unescaped into a buffer of its own and opened there.
 //!
 //! ```
 //! use consult_e2ee::in_place::FrameBuffers;
@@ -29,8 +36,9 @@
 use std::ops::Range;
 
 use crate::format::{
-    escape_into, h264_clear_len, protected_unit, push_unit_metadata, split_annexb_into,
-    trailing_zeros, unescape_into, vp8_clear_len, FormatError, MediaFormat, NalUnit, H264_TRAILER,
+    escape_into, h264_clear_len, needs_escape, protected_unit, push_unit_metadata,
+    split_annexb_into, trailing_zeros, unescape_into, vp8_clear_len, FormatError, MediaFormat,
+    NalUnit, ESCAPE, H264_TRAILER,
 };
 use crate::sframe::{Header, ReceiverKey, SenderKey, MAX_HEADER_LEN, TAG_LEN};
 
@@ -40,9 +48,25 @@ struct Parsed {
     header: Header,
     /// Length of the frame parsed (`open` must be given the same bytes).
     len: usize,
-    /// Opus, VP8 and data: the clear prefix's length. H.264: `None` (the layout is in the
-    /// buffers).
-    clear: Option<usize>,
+    layout: Layout,
+}
+
+/// Where the protected bytes of a parsed frame are.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// Opus, VP8 and data: after a clear prefix of this length, in one stretch.
+    Prefix(usize),
+    /// H.264 without escapes after the header: in the received frame, each unit's piece between
+    /// its clear bytes and its trailer (the units and their clear lengths in the buffers), the
+    /// first starting with the header, escaped.
+    H264InPlace {
+        /// The header's bytes (unescaped).
+        header: [u8; MAX_HEADER_LEN],
+        /// The header's length on the wire, escaped.
+        wire_len: usize,
+    },
+    /// H.264 with escapes: unescaped into the buffers' `pieces`.
+    H264Unescaped,
 }
 
 /// Scratch space for protecting and opening frames, kept between frames (one per direction of a
@@ -50,14 +74,21 @@ struct Parsed {
 #[derive(Debug, Default)]
 pub struct FrameBuffers {
     units: Vec<NalUnit>,
-    /// H.264, per unit: its clear bytes' length and, if protected, its piece's plaintext length
-    /// (going out) or where its escaped piece ends in the received frame (coming in).
+    /// H.264, per unit: its clear bytes' length and, if protected, its piece's plaintext length.
     plan: Vec<(usize, Option<usize>)>,
     metadata: Vec<u8>,
-    /// H.264: the pieces to protect, gathered (going out); the received pieces unescaped, in
-    /// order — header, ciphertext, tag (coming in).
+    /// H.264: the pieces to protect, gathered, when a frame must be escaped (going out); the
+    /// received pieces unescaped, in order — header, ciphertext, tag — or, for a frame opened
+    /// in place, the bytes between its pieces (coming in).
     pieces: Vec<u8>,
     parsed: Option<Parsed>,
+}
+
+/// Write `bytes` just before `end` in `out`, and move `end` to their start (a wire written
+/// from its end).
+fn put_before(out: &mut [u8], end: &mut usize, bytes: &[u8]) {
+    out[*end - bytes.len()..*end].copy_from_slice(bytes);
+    *end -= bytes.len();
 }
 
 impl FrameBuffers {
@@ -95,9 +126,9 @@ impl FrameBuffers {
     ) -> Result<(), FormatError> {
         split_annexb_into(frame, &mut self.units)?;
         self.metadata.clear();
-        self.pieces.clear();
         self.plan.clear();
         let (mut first, mut last) = (None, None);
+        let (mut pieces_len, mut protected) = (0, 0);
         for (n, u) in self.units.iter().enumerate() {
             let unit = &frame[u.unit.clone()];
             match h264_clear_len(unit[0]) {
@@ -107,10 +138,11 @@ impl FrameBuffers {
                 }
                 Some(clear) => {
                     let clear = clear.min(unit.len());
-                    let piece = &unit[clear..];
-                    push_unit_metadata(&mut self.metadata, &unit[..clear], Some(piece.len()));
-                    self.pieces.extend_from_slice(piece);
-                    self.plan.push((clear, Some(piece.len())));
+                    let piece_len = unit.len() - clear;
+                    push_unit_metadata(&mut self.metadata, &unit[..clear], Some(piece_len));
+                    self.plan.push((clear, Some(piece_len)));
+                    pieces_len += piece_len;
+                    protected += 1;
                     first.get_or_insert(n);
                     last = Some(n);
                 }
@@ -122,12 +154,94 @@ impl FrameBuffers {
         let mut header = [0u8; MAX_HEADER_LEN];
         let header_len = key.header(ctr, &mut header);
         let header = &header[..header_len];
-        let tag = key.seal_detached(ctr, header, &self.metadata, &mut self.pieces)?;
 
-        // The wire: each unit's lead and clear bytes, then its piece escaped with the header
-        // before the first and the tag after the last, then the trailer.
+        // Staged: the frame up to the first piece as on the wire, the header escaped (a media
+        // KID holds `00 00`), then every piece side by side, sealed where they lie.
+        let first_piece = self.units[first].unit.start + self.plan[first].0;
         out.clear();
-        out.reserve(frame.len() + header_len + TAG_LEN + frame.len() / 128 + 2 * self.units.len());
+        out.reserve(frame.len() + 2 * MAX_HEADER_LEN + TAG_LEN + protected + frame.len() / 64);
+        out.extend_from_slice(&frame[..first_piece]);
+        let clear_zeros = trailing_zeros(&frame[self.units[first].unit.start..first_piece]);
+        let header_zeros = escape_into(clear_zeros, header, out);
+        let sealed_from = out.len();
+        let wire_len = frame.len() + (sealed_from - first_piece) + TAG_LEN + protected;
+        for (u, &(clear, piece)) in self.units[first..=last]
+            .iter()
+            .zip(&self.plan[first..=last])
+        {
+            if piece.is_some() {
+                out.extend_from_slice(&frame[u.unit.start + clear..u.unit.end]);
+            }
+        }
+        let tag = key.seal_detached(ctr, header, &self.metadata, &mut out[sealed_from..])?;
+
+        // Spread, from the end of the wire back: the units after the last piece, then each piece
+        // after the first moved up to its place with what precedes it written from the frame. A
+        // piece only ever moves up (what lies between pieces is added), so none is overwritten
+        // before it moves. Each protected unit is checked for bytes that need escaping.
+        out.resize(wire_len, 0);
+        let mut end = wire_len;
+        let mut staged_end = sealed_from + pieces_len;
+        let mut escape = false;
+        for n in (first..self.units.len()).rev() {
+            let u = &self.units[n];
+            let (clear, piece) = self.plan[n];
+            let Some(piece_len) = piece else {
+                put_before(out, &mut end, &frame[u.unit.clone()]);
+                put_before(out, &mut end, &frame[u.lead.clone()]);
+                continue;
+            };
+            // `clear` is at most 1 + H264_CLEAR_SLICE_BYTES, well within the low seven bits.
+            put_before(out, &mut end, &[H264_TRAILER | clear as u8]);
+            let escaped_end = end;
+            if n == last {
+                put_before(out, &mut end, &tag);
+            }
+            let clear_bytes = &frame[u.unit.start..u.unit.start + clear];
+            let zeros = trailing_zeros(clear_bytes);
+            if n == first {
+                // In place already: the frame before it, its clear bytes, the header, the piece
+                // (checked from the zeros the escaped header ends with).
+                debug_assert_eq!(end, sealed_from + piece_len);
+                escape |= needs_escape(&out[sealed_from - header_zeros..escaped_end]);
+                break;
+            }
+            out.copy_within(staged_end - piece_len..staged_end, end - piece_len);
+            end -= piece_len;
+            staged_end -= piece_len;
+            put_before(out, &mut end, clear_bytes);
+            escape |= needs_escape(&out[end + clear - zeros..escaped_end]);
+            put_before(out, &mut end, &frame[u.lead.clone()]);
+        }
+        if escape {
+            // Rare: sealed again into `pieces` (the same key, counter and bytes give the same
+            // ciphertext and tag) and written out escaped.
+            self.pieces.clear();
+            for (u, &(clear, piece)) in self.units.iter().zip(&self.plan) {
+                if piece.is_some() {
+                    self.pieces
+                        .extend_from_slice(&frame[u.unit.start + clear..u.unit.end]);
+                }
+            }
+            let tag = key.seal_detached(ctr, header, &self.metadata, &mut self.pieces)?;
+            self.write_escaped(frame, header, &tag, first, last, out);
+        }
+        Ok(())
+    }
+
+    /// The wire of an H.264 frame whose sealed pieces are in `pieces`: each unit's lead and
+    /// clear bytes, then its piece escaped, with the header before the first and the tag after
+    /// the last, then the trailer.
+    fn write_escaped(
+        &self,
+        frame: &[u8],
+        header: &[u8],
+        tag: &[u8],
+        first: usize,
+        last: usize,
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
         let mut cursor = 0; // into `pieces`
         for (n, u) in self.units.iter().enumerate() {
             out.extend_from_slice(&frame[u.lead.clone()]);
@@ -144,59 +258,120 @@ impl FrameBuffers {
             zeros = escape_into(zeros, &self.pieces[cursor..cursor + piece_len], out);
             cursor += piece_len;
             if n == last {
-                escape_into(zeros, &tag, out);
+                escape_into(zeros, tag, out);
             }
-            // `clear` is at most 1 + H264_CLEAR_SLICE_BYTES, well within the low seven bits.
             out.push(H264_TRAILER | clear as u8);
         }
-        Ok(())
     }
 
     /// Read the SFrame header of a protected frame of `format` (which key opens it, and its
     /// counter), keeping what [`FrameBuffers::open`] needs. Nothing is decrypted yet.
     pub fn parse(&mut self, format: MediaFormat, data: &[u8]) -> Result<Header, FormatError> {
         self.parsed = None;
-        let (header, clear) = match format {
-            MediaFormat::Opus | MediaFormat::Data => (parse_simple(data, 0)?, Some(0)),
+        let (header, layout) = match format {
+            MediaFormat::Opus | MediaFormat::Data => (parse_simple(data, 0)?, Layout::Prefix(0)),
             MediaFormat::Vp8 => {
                 let first = *data.first().ok_or(FormatError::Truncated)?;
                 let clear = vp8_clear_len(first);
-                (parse_simple(data, clear)?, Some(clear))
+                (parse_simple(data, clear)?, Layout::Prefix(clear))
             }
-            MediaFormat::H264 => (self.parse_h264(data)?, None),
+            MediaFormat::H264 => self.parse_h264(data)?,
         };
         self.parsed = Some(Parsed {
             header,
             len: data.len(),
-            clear,
+            layout,
         });
         Ok(header)
     }
 
-    fn parse_h264(&mut self, data: &[u8]) -> Result<Header, FormatError> {
+    fn parse_h264(&mut self, data: &[u8]) -> Result<(Header, Layout), FormatError> {
         split_annexb_into(data, &mut self.units)?;
-        self.pieces.clear();
         self.plan.clear();
-        let mut protected = 0;
-        for u in &self.units {
+        // Each unit's clear length and, if protected, its piece's length on the wire; the header
+        // (escaped at the start of the first piece); whether any piece holds an escape after it.
+        let (mut first, mut last) = (None, None);
+        let mut head = None;
+        let mut escaped = false;
+        for (n, u) in self.units.iter().enumerate() {
             let unit = &data[u.unit.clone()];
             match h264_clear_len(unit[0]) {
                 None => self.plan.push((unit.len(), None)),
                 Some(max_clear) => {
                     let (clear, body) = protected_unit(unit, max_clear)?;
-                    unescape_into(
-                        trailing_zeros(&body[..clear]),
-                        &body[clear..],
-                        &mut self.pieces,
-                    );
-                    // For now where this piece ends among the unescaped pieces.
-                    self.plan.push((clear, Some(self.pieces.len())));
-                    protected += 1;
+                    let zeros = trailing_zeros(&body[..clear]);
+                    let mut from = clear - zeros;
+                    if first.is_none() {
+                        match read_wire_header(zeros, &body[clear..]) {
+                            Some(h) => {
+                                from = clear + h.wire_len - h.zeros.min(2);
+                                head = Some(h);
+                            }
+                            None => escaped = true,
+                        }
+                    }
+                    escaped = escaped || ESCAPE.find(&body[from..]).is_some();
+                    self.plan.push((clear, Some(body.len() - clear)));
+                    first.get_or_insert(n);
+                    last = Some(n);
                 }
             }
         }
-        if protected == 0 {
+        let (Some(first), Some(last)) = (first, last) else {
             return Err(FormatError::NoProtectedUnit);
+        };
+        // Opened in place when nothing after the header is escaped, and the tag lies whole in
+        // the last piece; otherwise (escapes in the ciphertext, tiny units) the pieces are
+        // unescaped into a buffer first.
+        if let (false, Some(h)) = (escaped, head) {
+            let piece_len = |n: usize| self.plan[n].1.unwrap_or(0);
+            let needed = h.wire_len + if first == last { TAG_LEN } else { 0 };
+            if piece_len(first) >= needed && piece_len(last) >= TAG_LEN {
+                for (n, entry) in self.plan.iter_mut().enumerate() {
+                    if let Some(len) = &mut entry.1 {
+                        *len -= if n == first { h.wire_len } else { 0 };
+                        *len -= if n == last { TAG_LEN } else { 0 };
+                    }
+                }
+                self.push_metadata(data);
+                let layout = Layout::H264InPlace {
+                    header: h.bytes,
+                    wire_len: h.wire_len,
+                };
+                return Ok((h.header, layout));
+            }
+        }
+        self.unescape_pieces(data)
+            .map(|h| (h, Layout::H264Unescaped))
+    }
+
+    /// Every unit's metadata, from the plan.
+    fn push_metadata(&mut self, data: &[u8]) {
+        self.metadata.clear();
+        for (u, &(clear, piece_len)) in self.units.iter().zip(&self.plan) {
+            push_unit_metadata(
+                &mut self.metadata,
+                &data[u.unit.start..u.unit.start + clear],
+                piece_len,
+            );
+        }
+    }
+
+    /// The received pieces unescaped into `pieces`, in order; the header they start with.
+    fn unescape_pieces(&mut self, data: &[u8]) -> Result<Header, FormatError> {
+        self.pieces.clear();
+        for (u, entry) in self.units.iter().zip(&mut self.plan) {
+            if entry.1.is_some() {
+                let body = &data[u.unit.start..u.unit.end - 1];
+                let clear = entry.0;
+                unescape_into(
+                    trailing_zeros(&body[..clear]),
+                    &body[clear..],
+                    &mut self.pieces,
+                );
+                // For now where this piece ends among the unescaped pieces.
+                entry.1 = Some(self.pieces.len());
+            }
         }
         let header = Header::parse(&self.pieces).map_err(|_| FormatError::Truncated)?;
         if self.pieces.len() < header.len + TAG_LEN {
@@ -205,26 +380,19 @@ impl FrameBuffers {
         // Each piece's plaintext length: its share of `header ‖ ciphertext ‖ tag` less the
         // header (first piece) and the tag (last); the metadata as the sender made it.
         let ciphertext_end = self.pieces.len() - TAG_LEN;
-        self.metadata.clear();
         let mut start = 0;
-        for (n, u) in self.units.iter().enumerate() {
-            let (clear, piece_end) = self.plan[n];
-            let unit = &data[u.unit.clone()];
-            let piece_len = match piece_end {
-                None => None,
-                Some(end) => {
-                    let from = start.max(header.len);
-                    let to = end.min(ciphertext_end);
-                    if to < from {
-                        return Err(FormatError::Truncated);
-                    }
-                    start = end;
-                    Some(to - from)
+        for entry in &mut self.plan {
+            if let Some(end) = entry.1 {
+                let from = start.max(header.len);
+                let to = end.min(ciphertext_end);
+                if to < from {
+                    return Err(FormatError::Truncated);
                 }
-            };
-            self.plan[n].1 = piece_len;
-            push_unit_metadata(&mut self.metadata, &unit[..clear], piece_len);
+                start = end;
+                entry.1 = Some(to - from);
+            }
         }
+        self.push_metadata(data);
         Ok(header)
     }
 
@@ -241,8 +409,8 @@ impl FrameBuffers {
             .take()
             .filter(|p| p.len == data.len())
             .ok_or(FormatError::Truncated)?;
-        match parsed.clear {
-            Some(clear) => {
+        match parsed.layout {
+            Layout::Prefix(clear) => {
                 let (metadata, sframe) = data.split_at_mut(clear);
                 let plaintext = key.open_in_place(metadata, sframe)?;
                 // `metadata ‖ header ‖ plaintext`: the clear prefix moves up to the plaintext.
@@ -250,11 +418,87 @@ impl FrameBuffers {
                 data.copy_within(..clear, header_len);
                 Ok(header_len..clear + plaintext.end)
             }
-            None => self.open_h264(parsed.header, key, data),
+            Layout::H264InPlace { header, wire_len } => {
+                self.open_h264_in_place(&header[..parsed.header.len], wire_len, key, data)
+            }
+            Layout::H264Unescaped => self.open_h264_unescaped(parsed.header, key, data),
         }
     }
 
-    fn open_h264(
+    /// Open an H.264 frame without escapes where it lies: its pieces moved down together after
+    /// the first (what lay between them kept aside), opened there, moved back up apart.
+    fn open_h264_in_place(
+        &mut self,
+        header: &[u8],
+        header_wire_len: usize,
+        key: &ReceiverKey,
+        data: &mut [u8],
+    ) -> Result<Range<usize>, FormatError> {
+        // Each protected unit's piece on the wire, from the end of its clear bytes to its trailer.
+        let piece = |units: &[NalUnit], plan: &[(usize, Option<usize>)], n: usize| {
+            let u: &NalUnit = &units[n];
+            u.unit.start + plan[n].0..u.unit.end - 1
+        };
+        let protected = || (0..self.units.len()).filter(|&n| self.plan[n].1.is_some());
+        let (Some(first), Some(last)) = (protected().next(), protected().next_back()) else {
+            return Err(FormatError::NoProtectedUnit);
+        };
+        // Gathered: each later piece moved down to the end of the one before; what lay between
+        // them (from after a trailer to the end of the next clear bytes) kept in `pieces`.
+        self.pieces.clear();
+        let first_piece = piece(&self.units, &self.plan, first);
+        let (mut gathered, mut previous_end) = (first_piece.end, first_piece.end);
+        for n in protected().skip(1) {
+            let p = piece(&self.units, &self.plan, n);
+            self.pieces
+                .extend_from_slice(&data[previous_end + 1..p.start]);
+            data.copy_within(p.clone(), gathered);
+            gathered += p.len();
+            previous_end = p.end;
+        }
+        let ciphertext = &mut data[first_piece.start + header_wire_len..gathered];
+        let plaintext_len = key.open_detached(header, &self.metadata, ciphertext)?;
+
+        // Spread, from the end back: the units after the last piece move down to follow it,
+        // each later piece moves up to its place with what came before it put back, and the
+        // frame before the first piece moves up over the header.
+        let plaintext_start = first_piece.start + header_wire_len;
+        let tail = previous_end + 1..data.len();
+        let frame_end = plaintext_start + plaintext_len + self.pieces.len() + tail.len();
+        let mut end = frame_end - tail.len();
+        data.copy_within(tail, end);
+        let mut plaintext_end = plaintext_start + plaintext_len;
+        let mut between_end = self.pieces.len();
+        let mut next_start = None;
+        for n in (first..=last).rev().filter(|&n| self.plan[n].1.is_some()) {
+            let p = piece(&self.units, &self.plan, n);
+            if let Some(next_start) = next_start {
+                // What lay between this piece's trailer and the next piece.
+                let between = next_start - (p.end + 1);
+                put_before(
+                    data,
+                    &mut end,
+                    &self.pieces[between_end - between..between_end],
+                );
+                between_end -= between;
+            }
+            if n == first {
+                break;
+            }
+            let len = self.plan[n].1.unwrap_or(0);
+            data.copy_within(plaintext_end - len..plaintext_end, end - len);
+            end -= len;
+            plaintext_end -= len;
+            next_start = Some(p.start);
+        }
+        debug_assert_eq!(end, plaintext_end);
+        data.copy_within(..first_piece.start, header_wire_len);
+        Ok(header_wire_len..frame_end)
+    }
+
+    /// Open an H.264 frame whose pieces were unescaped into `pieces`: decrypted there, and put
+    /// back over the received frame.
+    fn open_h264_unescaped(
         &mut self,
         header: Header,
         key: &ReceiverKey,
@@ -286,6 +530,48 @@ impl FrameBuffers {
         }
         Ok(0..written)
     }
+}
+
+/// The SFrame header at the start of an H.264 frame's first piece, as [`unescape_into`] reads it.
+#[derive(Debug, Clone, Copy)]
+struct WireHeader {
+    header: Header,
+    /// Its bytes, unescaped (the first `header.len`).
+    bytes: [u8; MAX_HEADER_LEN],
+    /// How many bytes of the piece it takes, escapes included.
+    wire_len: usize,
+    /// How many zero bytes end it (what follows is escaped with them before it).
+    zeros: usize,
+}
+
+/// Read the header escaped at the start of `piece`, after `zeros` zero bytes of clear; `None`
+/// if the piece ends first or it is malformed.
+fn read_wire_header(mut zeros: usize, piece: &[u8]) -> Option<WireHeader> {
+    let mut bytes = [0u8; MAX_HEADER_LEN];
+    // After each unescaped byte: where it ends in the piece, and the zeros then behind.
+    let mut ends = [(0usize, 0usize); MAX_HEADER_LEN];
+    let mut n = 0;
+    for (i, &b) in piece.iter().enumerate() {
+        if n == MAX_HEADER_LEN {
+            break;
+        }
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        bytes[n] = b;
+        ends[n] = (i + 1, zeros);
+        n += 1;
+    }
+    let header = Header::parse(&bytes[..n]).ok()?;
+    let (wire_len, zeros) = ends[header.len - 1];
+    Some(WireHeader {
+        header,
+        bytes,
+        wire_len,
+        zeros,
+    })
 }
 
 /// The header of an Opus, VP8 or data frame, after its `clear` prefix.
@@ -370,6 +656,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(20);
         let (mut outgoing, mut incoming) = (FrameBuffers::default(), FrameBuffers::default());
         let mut wire = Vec::new();
+        // H.264 frames opened in place, and those unescaped first (escapes, or tiny units).
+        let (mut in_place, mut unescaped) = (0, 0);
         for round in 0..800 {
             let format = FORMATS[round % 4];
             let suite = [Suite::Aes128Gcm, Suite::Aes256Gcm][round / 4 % 2];
@@ -397,12 +685,121 @@ mod tests {
             // Opened in place, as the reference opens it.
             let header = incoming.parse(format, &wire).unwrap();
             assert_eq!((header.kid, header.ctr), (kid, ctr));
+            match incoming.parsed.map(|p| p.layout) {
+                Some(Layout::H264InPlace { .. }) => in_place += 1,
+                Some(Layout::H264Unescaped) => unescaped += 1,
+                _ => {}
+            }
             let mut received = wire.clone();
             let opened = incoming.open(&receiver, &mut received).unwrap();
             assert_eq!(&received[opened], &frame[..], "round {round} {format:?}");
             let parsed = ProtectedFrame::parse(format, &wire).unwrap();
             assert_eq!(parsed.open(&receiver).unwrap(), frame);
         }
+        // Both ways were taken, often (the frames are thick with zeros, escapes are common).
+        assert!(
+            in_place >= 100 && unescaped >= 1,
+            "{in_place} in place, {unescaped} unescaped"
+        );
+    }
+
+    /// A media stream's KID holds `00 00 01` (`kid(tag, STREAM_MEDIA, epoch)`), so every
+    /// header is escaped on the wire: such frames are still written and opened in place.
+    #[test]
+    fn headers_escaped_on_the_wire_still_open_in_place() {
+        let kid = crate::schedule::kid(0x1234, crate::schedule::STREAM_MEDIA, 1);
+        let base = BaseKey::new(vec![4; 16]);
+        let sender = SenderKey::new(Suite::Aes128Gcm, kid, &base).unwrap();
+        let receiver = ReceiverKey::new(Suite::Aes128Gcm, kid, &base).unwrap();
+        let mut frame = vec![
+            0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1f, 0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80,
+        ];
+        for header in [0x65u8, 0x41] {
+            frame.extend_from_slice(&[0, 0, 1, header]);
+            frame.extend((1..2000u32).map(|i| (i * 13 % 250 + 4) as u8));
+        }
+        let (mut outgoing, mut incoming) = (FrameBuffers::default(), FrameBuffers::default());
+        let mut wire = Vec::new();
+        let mut in_place = 0;
+        for ctr in 0..200 {
+            outgoing
+                .protect(MediaFormat::H264, &sender, ctr, &frame, &mut wire)
+                .unwrap();
+            assert_eq!(
+                wire,
+                protect(MediaFormat::H264, &sender, ctr, &frame).unwrap()
+            );
+            assert!(
+                wire.windows(4).any(|w| w == [0, 0, 3, 1]),
+                "the header is escaped"
+            );
+            incoming.parse(MediaFormat::H264, &wire).unwrap();
+            if matches!(
+                incoming.parsed.map(|p| p.layout),
+                Some(Layout::H264InPlace { .. })
+            ) {
+                in_place += 1;
+            }
+            let opened = incoming.open(&receiver, &mut wire).unwrap();
+            assert_eq!(&wire[opened], &frame[..], "ctr {ctr}");
+        }
+        // All but the rare frame whose ciphertext needs escaping too.
+        assert!(in_place >= 195, "{in_place} of 200 in place");
+    }
+
+    /// Ciphertext that emulation prevention must escape (one frame in a few hundred at these
+    /// sizes, found by trying counters): written again escaped going out, unescaped coming in,
+    /// byte for byte as the reference does.
+    #[test]
+    fn sealed_bytes_that_need_escaping_match_the_reference() {
+        let mut rng = StdRng::seed_from_u64(22);
+        let base = BaseKey::new(vec![9; 16]);
+        let sender = SenderKey::new(Suite::Aes128Gcm, 3, &base).unwrap();
+        let receiver = ReceiverKey::new(Suite::Aes128Gcm, 3, &base).unwrap();
+        // SPS, then two slices of random bytes, escaped as an encoder would.
+        let mut frame = vec![0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1f];
+        for header in [0x65u8, 0x41] {
+            frame.extend_from_slice(&[0, 0, 1, header]);
+            for _ in 0..24 * 1024 {
+                let b = rng.gen_range(0..=255u8);
+                let n = frame.len();
+                if b <= 3 && frame[n - 1] == 0 && frame[n - 2] == 0 {
+                    frame.push(3);
+                }
+                frame.push(b);
+            }
+            frame.push(0x80);
+        }
+        let (mut outgoing, mut incoming) = (FrameBuffers::default(), FrameBuffers::default());
+        let (mut wire, mut escaped) = (Vec::new(), 0);
+        for ctr in 0..5000u64 {
+            outgoing
+                .protect(MediaFormat::H264, &sender, ctr, &frame, &mut wire)
+                .unwrap();
+            assert_eq!(
+                wire,
+                protect(MediaFormat::H264, &sender, ctr, &frame).unwrap(),
+                "ctr {ctr}"
+            );
+            let unescaped_len = frame.len() + Header::encode(3, ctr).len() + TAG_LEN + 2;
+            let needed = wire.len() > unescaped_len;
+            incoming.parse(MediaFormat::H264, &wire).unwrap();
+            assert_eq!(
+                matches!(
+                    incoming.parsed.map(|p| p.layout),
+                    Some(Layout::H264Unescaped)
+                ),
+                needed,
+                "ctr {ctr}"
+            );
+            let opened = incoming.open(&receiver, &mut wire).unwrap();
+            assert_eq!(&wire[opened], &frame[..], "ctr {ctr}");
+            escaped += usize::from(needed);
+            if escaped == 8 {
+                return;
+            }
+        }
+        panic!("only {escaped} frames needed escaping");
     }
 
     /// The reference's verdict on damaged bytes: opened (to what), or refused.
