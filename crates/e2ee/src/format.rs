@@ -180,7 +180,7 @@ static START_CODE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 static ZERO_PAIR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0, 0]));
 /// `00 00 03`, an emulation-prevention escape.
-pub(crate) static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0, 0, 3]));
 
 /// Where each NAL unit of an Annex-B frame lies: the bytes before it (start code) and the unit.
@@ -201,10 +201,49 @@ fn split_annexb(frame: &[u8]) -> Result<Vec<NalUnit>, FormatError> {
 
 /// [`split_annexb`] into `units` (cleared first), reusing its allocation.
 pub(crate) fn split_annexb_into(frame: &[u8], units: &mut Vec<NalUnit>) -> Result<(), FormatError> {
+    units_at(frame, START_CODE.find_iter(frame), units)
+}
+
+/// At most this many escapes are noted by [`split_annexb_noting_escapes`]; one more means more.
+pub(crate) const MAX_NOTED_ESCAPES: usize = 64;
+
+/// [`split_annexb_into`], noting in `escapes` where `00 00 03` starts (escapes, in a protected
+/// frame), in order, up to one more than [`MAX_NOTED_ESCAPES`]: one search for `00 00` finds
+/// both, as each follows a run of two zeros or more.
+pub(crate) fn split_annexb_noting_escapes(
+    frame: &[u8],
+    units: &mut Vec<NalUnit>,
+    escapes: &mut Vec<usize>,
+) -> Result<(), FormatError> {
+    escapes.clear();
+    let mut at = 0;
+    let start_codes = std::iter::from_fn(|| loop {
+        let run = at + ZERO_PAIR.find(frame.get(at..)?)?;
+        let mut end = run + 2;
+        while frame.get(end) == Some(&0) {
+            end += 1;
+        }
+        at = end + 1;
+        match frame.get(end) {
+            Some(1) => return Some(end - 2),
+            Some(3) if escapes.len() <= MAX_NOTED_ESCAPES => escapes.push(end - 2),
+            _ => {}
+        }
+    });
+    units_at(frame, start_codes, units)
+}
+
+/// The units of `frame` from where each `00 00 01` starts, in order, into `units` (cleared
+/// first).
+fn units_at(
+    frame: &[u8],
+    start_codes: impl Iterator<Item = usize>,
+    units: &mut Vec<NalUnit>,
+) -> Result<(), FormatError> {
     units.clear();
     // Each start code: its first zero, and the first byte after `00 00 01`.
     let mut previous: Option<(usize, usize)> = None;
-    for i in START_CODE.find_iter(frame) {
+    for i in start_codes {
         let mut start = i;
         while start > 0 && frame[start - 1] == 0 {
             start -= 1;
@@ -213,7 +252,7 @@ pub(crate) fn split_annexb_into(frame: &[u8], units: &mut Vec<NalUnit>) -> Resul
             None if start != 0 => {
                 return Err(FormatError::MalformedH264(
                     "does not start with a start code",
-                ))
+                ));
             }
             None => {}
             Some((lead_start, unit_start)) => {

@@ -12,9 +12,11 @@
 //! copied once onto the wire with its pieces side by side, sealed there, and every piece after
 //! the first moved up to its place; then the sealed bytes are searched for what emulation
 //! prevention would escape (`00 00` and a byte up to `03`: about one frame in 400 at 10 KiB),
-//! and only such a frame is written again, escaped. Coming in, a frame without escapes (almost
-//! every one) has its pieces moved together, is opened there, and its pieces moved back apart;
-//! one with escapes is unescaped into a buffer of its own and opened there.
+//! and only such a frame is written again, escaped. The header is written escaped from the
+//! start: a media stream's KID holds `00 00 01`. Coming in, one search for `00 00` finds the
+//! start codes and the escapes; a frame with no escape after its header (almost every one) has
+//! its pieces moved together, is opened there, and its pieces moved back apart; one with
+//! escapes is unescaped into a buffer of its own and opened there.
 //!
 //! ```
 //! use consult_e2ee::in_place::FrameBuffers;
@@ -37,8 +39,8 @@ use std::ops::Range;
 
 use crate::format::{
     escape_into, h264_clear_len, needs_escape, protected_unit, push_unit_metadata,
-    split_annexb_into, trailing_zeros, unescape_into, vp8_clear_len, FormatError, MediaFormat,
-    NalUnit, ESCAPE, H264_TRAILER,
+    split_annexb_into, split_annexb_noting_escapes, trailing_zeros, unescape_into, vp8_clear_len,
+    FormatError, MediaFormat, NalUnit, H264_TRAILER, MAX_NOTED_ESCAPES,
 };
 use crate::sframe::{Header, ReceiverKey, SenderKey, MAX_HEADER_LEN, TAG_LEN};
 
@@ -81,6 +83,8 @@ pub struct FrameBuffers {
     /// received pieces unescaped, in order — header, ciphertext, tag — or, for a frame opened
     /// in place, the bytes between its pieces (coming in).
     pieces: Vec<u8>,
+    /// H.264 coming in: where the frame holds `00 00 03`, noted as it is split.
+    escapes: Vec<usize>,
     parsed: Option<Parsed>,
 }
 
@@ -286,13 +290,15 @@ impl FrameBuffers {
     }
 
     fn parse_h264(&mut self, data: &[u8]) -> Result<(Header, Layout), FormatError> {
-        split_annexb_into(data, &mut self.units)?;
+        split_annexb_noting_escapes(data, &mut self.units, &mut self.escapes)?;
         self.plan.clear();
         // Each unit's clear length and, if protected, its piece's length on the wire; the header
-        // (escaped at the start of the first piece); whether any piece holds an escape after it.
+        // (escaped at the start of the first piece); whether any piece holds an escape after it
+        // (the escapes noted in order, so each unit skips those before it).
         let (mut first, mut last) = (None, None);
         let mut head = None;
-        let mut escaped = false;
+        let mut escaped = self.escapes.len() > MAX_NOTED_ESCAPES;
+        let mut escapes = self.escapes.iter().copied().peekable();
         for (n, u) in self.units.iter().enumerate() {
             let unit = &data[u.unit.clone()];
             match h264_clear_len(unit[0]) {
@@ -310,7 +316,9 @@ impl FrameBuffers {
                             None => escaped = true,
                         }
                     }
-                    escaped = escaped || ESCAPE.find(&body[from..]).is_some();
+                    let (from, to) = (u.unit.start + from, u.unit.start + body.len());
+                    while escapes.next_if(|&at| at < from).is_some() {}
+                    escaped = escaped || escapes.peek().is_some_and(|&at| at + 3 <= to);
                     self.plan.push((clear, Some(body.len() - clear)));
                     first.get_or_insert(n);
                     last = Some(n);
@@ -701,6 +709,75 @@ mod tests {
             in_place >= 100 && unescaped >= 1,
             "{in_place} in place, {unescaped} unescaped"
         );
+    }
+
+    /// One search for `00 00` splits a frame as the search for start codes does, and notes
+    /// every `00 00 03` in order (up to one more than the most it keeps).
+    #[test]
+    fn splitting_notes_every_escape_and_finds_the_same_units() {
+        let mut rng = StdRng::seed_from_u64(23);
+        let base = BaseKey::new(vec![6; 16]);
+        let sender = SenderKey::new(Suite::Aes128Gcm, 0x1234_0001, &base).unwrap();
+        let (mut units, mut noted_units, mut escapes) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..600u64 {
+            let frame = random_h264(&mut rng);
+            let mut data = protect(MediaFormat::H264, &sender, round, &frame).unwrap_or(frame);
+            if round % 3 == 0 && !data.is_empty() {
+                let at = rng.gen_range(0..data.len());
+                data.insert(at, [0, 1, 3][rng.gen_range(0..3)]);
+            }
+            let split = crate::format::split_annexb_into(&data, &mut units);
+            let noted = split_annexb_noting_escapes(&data, &mut noted_units, &mut escapes);
+            assert_eq!(noted, split, "round {round}");
+            if split.is_ok() {
+                let unit_ranges = |u: &[NalUnit]| {
+                    u.iter()
+                        .map(|u| (u.lead.clone(), u.unit.clone()))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    unit_ranges(&noted_units),
+                    unit_ranges(&units),
+                    "round {round}"
+                );
+            }
+            let every: Vec<usize> = memchr::memmem::find_iter(&data, &[0, 0, 3])
+                .take(MAX_NOTED_ESCAPES + 1)
+                .collect();
+            if split.is_ok() {
+                assert_eq!(escapes, every, "round {round}");
+            }
+        }
+    }
+
+    /// Escapes in units left clear (a parameter set) do not stop a frame opening in place; more
+    /// than are noted send it the unescaped way; both open as the reference does.
+    #[test]
+    fn escapes_outside_the_pieces_and_too_many_escapes() {
+        let base = BaseKey::new(vec![8; 16]);
+        let sender = SenderKey::new(Suite::Aes128Gcm, 5, &base).unwrap();
+        let receiver = ReceiverKey::new(Suite::Aes128Gcm, 5, &base).unwrap();
+        let mut buffers = FrameBuffers::default();
+        for (escapes, in_place) in [(10, true), (MAX_NOTED_ESCAPES + 1, false)] {
+            let mut frame = vec![0, 0, 0, 1, 0x67, 0x42];
+            for _ in 0..escapes {
+                frame.extend_from_slice(&[0, 0, 3, 1, 0x42]);
+            }
+            frame.extend_from_slice(&[0, 0, 1, 0x65]);
+            frame.extend((1..500u32).map(|i| (i * 7 % 250 + 4) as u8));
+            let mut wire = protect(MediaFormat::H264, &sender, 1, &frame).unwrap();
+            buffers.parse(MediaFormat::H264, &wire).unwrap();
+            assert_eq!(
+                matches!(
+                    buffers.parsed.map(|p| p.layout),
+                    Some(Layout::H264InPlace { .. })
+                ),
+                in_place,
+                "{escapes} escapes"
+            );
+            let opened = buffers.open(&receiver, &mut wire).unwrap();
+            assert_eq!(&wire[opened], &frame[..]);
+        }
     }
 
     /// A media stream's KID holds `00 00 01` (`kid(tag, STREAM_MEDIA, epoch)`), so every
