@@ -433,6 +433,13 @@ impl FrameBuffers {
         }
     }
 
+    /// Where protected unit `n`'s piece lies in the received frame: from the end of its clear
+    /// bytes to its trailer.
+    fn piece_on_wire(&self, n: usize) -> Range<usize> {
+        let u = &self.units[n];
+        u.unit.start + self.plan[n].0..u.unit.end - 1
+    }
+
     /// Open an H.264 frame without escapes where it lies: its pieces moved down together after
     /// the first (what lay between them kept aside), opened there, moved back up apart.
     fn open_h264_in_place(
@@ -442,11 +449,6 @@ impl FrameBuffers {
         key: &ReceiverKey,
         data: &mut [u8],
     ) -> Result<Range<usize>, FormatError> {
-        // Each protected unit's piece on the wire, from the end of its clear bytes to its trailer.
-        let piece = |units: &[NalUnit], plan: &[(usize, Option<usize>)], n: usize| {
-            let u: &NalUnit = &units[n];
-            u.unit.start + plan[n].0..u.unit.end - 1
-        };
         let protected = || (0..self.units.len()).filter(|&n| self.plan[n].1.is_some());
         let (Some(first), Some(last)) = (protected().next(), protected().next_back()) else {
             return Err(FormatError::NoProtectedUnit);
@@ -454,10 +456,10 @@ impl FrameBuffers {
         // Gathered: each later piece moved down to the end of the one before; what lay between
         // them (from after a trailer to the end of the next clear bytes) kept in `pieces`.
         self.pieces.clear();
-        let first_piece = piece(&self.units, &self.plan, first);
+        let first_piece = self.piece_on_wire(first);
         let (mut gathered, mut previous_end) = (first_piece.end, first_piece.end);
         for n in protected().skip(1) {
-            let p = piece(&self.units, &self.plan, n);
+            let p = self.piece_on_wire(n);
             self.pieces
                 .extend_from_slice(&data[previous_end + 1..p.start]);
             data.copy_within(p.clone(), gathered);
@@ -479,7 +481,7 @@ impl FrameBuffers {
         let mut between_end = self.pieces.len();
         let mut next_start = None;
         for n in (first..=last).rev().filter(|&n| self.plan[n].1.is_some()) {
-            let p = piece(&self.units, &self.plan, n);
+            let p = self.piece_on_wire(n);
             if let Some(next_start) = next_start {
                 // What lay between this piece's trailer and the next piece.
                 let between = next_start - (p.end + 1);
