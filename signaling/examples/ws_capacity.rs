@@ -79,18 +79,18 @@ async fn seed_doctors(data_dir: &std::path::Path, n: usize) -> anyhow::Result<Ve
     let pool = consult_signaling::db::open(data_dir, None).await?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut tokens = Vec::with_capacity(n);
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_write().await?;
     for i in 0..n {
         let user = Uuid::new_v4().to_string();
-        sqlx::query("INSERT INTO users (id, email, display_name, role, created_at) VALUES (?, ?, ?, 'doctor', ?)")
+        consult_signaling::db::query("INSERT INTO users (id, email, display_name, role, created_at) VALUES (?, ?, ?, 'doctor', ?)")
             .bind(&user)
             .bind(format!("load{i}@consult.localhost"))
             .bind(format!("Dr Load {i}"))
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         let token = Token::generate();
-        sqlx::query(
+        consult_signaling::db::query(
             "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, absolute_expires_at)
              VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -100,7 +100,7 @@ async fn seed_doctors(data_dir: &std::path::Path, n: usize) -> anyhow::Result<Ve
         .bind(now)
         .bind(now)
         .bind(now + 86_400)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tokens.push(token.expose().to_owned());
     }

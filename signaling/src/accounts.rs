@@ -3,7 +3,6 @@
 
 use consult_proto::api::{Role, User};
 use serde::Serialize;
-use sqlx::{AnyPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -37,7 +36,7 @@ pub(crate) const ACCOUNT_COLUMNS: &str =
      totp_last_step, failed_logins, locked_until, disabled_at";
 
 /// The account in the first columns of `row`, selected as [`ACCOUNT_COLUMNS`].
-pub(crate) fn account_from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Account> {
+pub(crate) fn account_from_row(row: &crate::db::Row) -> anyhow::Result<Account> {
     let id: String = row.get(0);
     let role: String = row.get(3);
     Ok(Account {
@@ -67,8 +66,8 @@ pub fn normalise_email(email: &str) -> String {
 }
 
 /// Find an account by email (case-insensitive).
-pub async fn find_by_email(pool: &AnyPool, email: &str) -> anyhow::Result<Option<Account>> {
-    let row = sqlx::query(&format!(
+pub async fn find_by_email(pool: &crate::db::Db, email: &str) -> anyhow::Result<Option<Account>> {
+    let row = crate::db::query(&format!(
         "SELECT {ACCOUNT_COLUMNS} FROM users WHERE email = $1"
     ))
     .bind(normalise_email(email))
@@ -78,8 +77,8 @@ pub async fn find_by_email(pool: &AnyPool, email: &str) -> anyhow::Result<Option
 }
 
 /// Find an account by id.
-pub async fn find_by_id(pool: &AnyPool, id: Uuid) -> anyhow::Result<Option<Account>> {
-    let row = sqlx::query(&format!(
+pub async fn find_by_id(pool: &crate::db::Db, id: Uuid) -> anyhow::Result<Option<Account>> {
+    let row = crate::db::query(&format!(
         "SELECT {ACCOUNT_COLUMNS} FROM users WHERE id = $1"
     ))
     .bind(id.to_string())
@@ -89,8 +88,8 @@ pub async fn find_by_id(pool: &AnyPool, id: Uuid) -> anyhow::Result<Option<Accou
 }
 
 /// Every account, by email.
-pub async fn list(pool: &AnyPool) -> anyhow::Result<Vec<Account>> {
-    let rows = sqlx::query(&format!(
+pub async fn list(pool: &crate::db::Db) -> anyhow::Result<Vec<Account>> {
+    let rows = crate::db::query(&format!(
         "SELECT {ACCOUNT_COLUMNS} FROM users ORDER BY email"
     ))
     .fetch_all(pool)
@@ -100,12 +99,12 @@ pub async fn list(pool: &AnyPool) -> anyhow::Result<Vec<Account>> {
 
 /// Disable an account (it stays disabled if it was); whether it exists.
 pub async fn disable(
-    db: &mut sqlx::AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
     let done =
-        sqlx::query("UPDATE users SET disabled_at = COALESCE(disabled_at, $1) WHERE id = $2")
+        crate::db::query("UPDATE users SET disabled_at = COALESCE(disabled_at, $1) WHERE id = $2")
             .bind(crate::db::to_unix(now))
             .bind(user_id.to_string())
             .execute(db)
@@ -161,7 +160,7 @@ pub fn checked_licence_number(raw: &str) -> anyhow::Result<String> {
 
 /// Set (or replace) a clinician's licence number, audited.
 pub async fn set_licence_number(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     audit: &AuditLog,
     now: OffsetDateTime,
     email: &str,
@@ -175,7 +174,7 @@ pub async fn set_licence_number(
         anyhow::bail!("only a clinician (role doctor) signs certificates");
     }
     let mut tx = audit.begin().await?;
-    sqlx::query("UPDATE users SET licence_number = $1 WHERE id = $2")
+    crate::db::query("UPDATE users SET licence_number = $1 WHERE id = $2")
         .bind(&licence)
         .bind(account.user.id.to_string())
         .execute(tx.connection())
@@ -194,7 +193,7 @@ pub async fn set_licence_number(
 
 /// Create an account without a password, and an enrolment link valid for `link_ttl`.
 pub async fn create_user(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     audit: &AuditLog,
     now: OffsetDateTime,
     new: &NewUser,
@@ -233,7 +232,7 @@ pub async fn create_user(
     let token = Token::generate();
     // The account, its enrolment link and the audit entry commit together.
     let mut tx = audit.begin().await?;
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO users (id, email, display_name, role, created_at, licence_number) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -246,7 +245,7 @@ pub async fn create_user(
     .execute(tx.connection())
     .await
     .map_err(anyhow::Error::from)?;
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO enrolment_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
     )
     .bind(token.hash().0)
@@ -293,7 +292,7 @@ pub const DEMO_EMAIL: &str = "demo.doctor@consult.localhost";
 /// Seed (or reuse) the demo doctor, with password and TOTP already enrolled. Reusing keeps the
 /// secret the operator's authenticator app already has.
 pub async fn seed_demo_doctor(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     audit: &AuditLog,
     sealing_key: &SealingKey,
     now: OffsetDateTime,
@@ -332,7 +331,7 @@ fn demo_licence_number(id: Uuid) -> String {
 /// Create (or reset) a doctor with a fresh random password and TOTP secret, already enrolled;
 /// returns them.
 async fn seed_doctor(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     audit: &AuditLog,
     sealing_key: &SealingKey,
     now: OffsetDateTime,
@@ -366,7 +365,7 @@ fn new_secrets() -> (String, String) {
 /// Create (or reset) a doctor with this password hash and TOTP secret.
 #[allow(clippy::too_many_arguments)]
 async fn store_doctor(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     audit: &AuditLog,
     sealing_key: &SealingKey,
     now: OffsetDateTime,
@@ -377,7 +376,7 @@ async fn store_doctor(
 ) -> anyhow::Result<()> {
     match find_by_email(pool, email).await? {
         Some(account) => {
-            sqlx::query(
+            crate::db::query(
                 "UPDATE users SET password_hash = $1, totp_secret = $2, totp_last_step = NULL,
                  failed_logins = 0, locked_until = NULL,
                  licence_number = COALESCE(licence_number, $4) WHERE id = $3",
@@ -391,7 +390,7 @@ async fn store_doctor(
         }
         None => {
             let id = Uuid::new_v4();
-            sqlx::query(
+            crate::db::query(
                 "INSERT INTO users (id, email, display_name, role, password_hash, totp_secret, created_at,
                  licence_number) VALUES ($1, $2, $3, 'doctor', $4, $5, $6, $7)",
             )
@@ -422,7 +421,7 @@ async fn store_doctor(
 /// with a fresh password and TOTP secret: a doctor admits one patient at a time, so a run of N
 /// consultations needs N of them. Existing ones are reset.
 pub async fn seed_load_clinicians(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     audit: &AuditLog,
     sealing_key: &SealingKey,
     now: OffsetDateTime,

@@ -146,7 +146,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.cluster.is_healthy() {
         return (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable");
     }
-    let ping = sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.pool);
+    let ping = crate::db::query_scalar::<i64>("SELECT 1").fetch_one(&state.pool);
     match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready"),
         Ok(Err(_)) | Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),

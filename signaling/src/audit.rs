@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{AnyPool, Row};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -286,7 +285,7 @@ pub(crate) fn entry_hash(
 /// transaction of [`AuditLog::begin`] on the lane yourself.
 #[derive(Clone)]
 pub struct AuditLog {
-    pool: AnyPool,
+    pool: crate::db::Db,
     writer: Arc<Mutex<Option<Head>>>,
     appender: Option<Appender>,
 }
@@ -360,7 +359,7 @@ struct Head {
 
 impl AuditLog {
     /// An audit log writing to `pool`.
-    pub fn new(pool: AnyPool) -> Self {
+    pub fn new(pool: crate::db::Db) -> Self {
         Self {
             pool,
             writer: Arc::new(Mutex::new(None)),
@@ -372,7 +371,7 @@ impl AuditLog {
     /// queued together in one transaction. With a lane on the caller's runtime (PostgreSQL,
     /// whose writers run concurrently), each entry is its own transaction, as with
     /// [`AuditLog::new`].
-    pub fn on_lane(pool: AnyPool, lane: &WriteLane) -> Self {
+    pub fn on_lane(pool: crate::db::Db, lane: &WriteLane) -> Self {
         let log = Self::new(pool);
         if !lane.has_thread() {
             return log;
@@ -464,7 +463,7 @@ impl AuditLog {
     /// use consult_signaling::audit::{Action, Actor};
     ///
     /// let mut tx = audit.begin().await?;
-    /// sqlx::query("UPDATE consultations SET title = 'x' WHERE id = 'y'")
+    /// crate::db::query("UPDATE consultations SET title = 'x' WHERE id = 'y'")
     ///     .execute(tx.connection())
     ///     .await?;
     /// let now = time::OffsetDateTime::now_utc();
@@ -486,7 +485,7 @@ impl AuditLog {
 /// A database write transaction that also appends audit entries; see [`AuditLog::begin`].
 /// Dropped without [`AuditedTransaction::commit`], it rolls back, entries included.
 pub struct AuditedTransaction<'a> {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
+    tx: crate::db::Tx,
     /// The last entry appended in this transaction, the chain's head once it commits.
     appended: Option<Head>,
     /// The log's writer, holding the head as last committed (`None`: read it).
@@ -495,7 +494,7 @@ pub struct AuditedTransaction<'a> {
 
 impl AuditedTransaction<'_> {
     /// The connection to run the change's queries on.
-    pub fn connection(&mut self) -> &mut sqlx::AnyConnection {
+    pub fn connection(&mut self) -> &mut crate::db::Tx {
         &mut self.tx
     }
 
@@ -555,8 +554,8 @@ impl AuditedTransaction<'_> {
         }
         // Not remembered, or another writer appended since: read the head. The write lock is
         // held, so nothing can come between the read and the insert.
-        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *self.tx)
+        let last = crate::db::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut self.tx)
             .await?;
         let prev = match last {
             Some(row) => Head {
@@ -578,7 +577,7 @@ impl AuditedTransaction<'_> {
     /// it is there with that hash; for the genesis head, the chain is empty); whether it was.
     async fn append_after(&mut self, prev: &Head, fields: &Fields<'_>) -> anyhow::Result<bool> {
         let entry = Head::after(prev, fields);
-        let inserted = sqlx::query(
+        let inserted = crate::db::query(
             "INSERT INTO audit_log (seq, at, actor, action, consultation_id, detail, prev_hash, hash)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8
              WHERE NOT EXISTS (SELECT 1 FROM audit_log WHERE seq > $9)
@@ -596,7 +595,7 @@ impl AuditedTransaction<'_> {
         .bind(prev.seq)
         .bind(prev.seq)
         .bind(&prev.hash)
-        .execute(&mut *self.tx)
+        .execute(&mut self.tx)
         .await?;
         let appended = inserted.rows_affected() == 1;
         if appended {
@@ -629,8 +628,8 @@ impl AuditedTransaction<'_> {
 }
 
 /// Every entry, in order.
-pub async fn entries(pool: &AnyPool) -> anyhow::Result<Vec<Entry>> {
-    let rows = sqlx::query(
+pub async fn entries(pool: &crate::db::Db) -> anyhow::Result<Vec<Entry>> {
+    let rows = crate::db::query(
         "SELECT seq, at, actor, action, consultation_id, detail, prev_hash, hash
          FROM audit_log ORDER BY seq",
     )
@@ -655,8 +654,8 @@ pub async fn entries(pool: &AnyPool) -> anyhow::Result<Vec<Entry>> {
 
 /// Walk the whole chain; `Ok(n)` is the number of intact entries, the error names the first
 /// broken one.
-pub async fn verify(pool: &AnyPool) -> anyhow::Result<Result<usize, ChainError>> {
-    let rows = sqlx::query(
+pub async fn verify(pool: &crate::db::Db) -> anyhow::Result<Result<usize, ChainError>> {
+    let rows = crate::db::query(
         "SELECT seq, at, actor, action, consultation_id, detail, prev_hash, hash
          FROM audit_log ORDER BY seq",
     )
@@ -700,7 +699,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    async fn log_with_entries(n: usize) -> (tempfile::TempDir, AnyPool, AuditLog) {
+    async fn log_with_entries(n: usize) -> (tempfile::TempDir, crate::db::Db, AuditLog) {
         let dir = tempfile::tempdir().unwrap();
         let pool = crate::db::open(dir.path(), None).await.unwrap();
         let log = AuditLog::new(pool.clone());
@@ -710,12 +709,12 @@ mod tests {
         (dir, pool, log)
     }
 
-    async fn unprotect(pool: &AnyPool) {
-        sqlx::query("DROP TRIGGER audit_log_no_update")
+    async fn unprotect(pool: &crate::db::Db) {
+        crate::db::query("DROP TRIGGER audit_log_no_update")
             .execute(pool)
             .await
             .unwrap();
-        sqlx::query("DROP TRIGGER audit_log_no_delete")
+        crate::db::query("DROP TRIGGER audit_log_no_delete")
             .execute(pool)
             .await
             .unwrap();
@@ -731,11 +730,11 @@ mod tests {
     #[tokio::test]
     async fn the_service_cannot_rewrite_or_delete_entries() {
         let (_dir, pool, _log) = log_with_entries(2).await;
-        let update = sqlx::query("UPDATE audit_log SET actor = 'x' WHERE seq = 1")
+        let update = crate::db::query("UPDATE audit_log SET actor = 'x' WHERE seq = 1")
             .execute(&pool)
             .await;
         assert!(update.unwrap_err().to_string().contains("append-only"));
-        let delete = sqlx::query("DELETE FROM audit_log WHERE seq = 1")
+        let delete = crate::db::query("DELETE FROM audit_log WHERE seq = 1")
             .execute(&pool)
             .await;
         assert!(delete.unwrap_err().to_string().contains("append-only"));
@@ -745,7 +744,7 @@ mod tests {
     async fn edited_entry_is_named() {
         let (_dir, pool, _log) = log_with_entries(5).await;
         unprotect(&pool).await;
-        sqlx::query("UPDATE audit_log SET detail = '{\"i\":99}' WHERE seq = 3")
+        crate::db::query("UPDATE audit_log SET detail = '{\"i\":99}' WHERE seq = 3")
             .execute(&pool)
             .await
             .unwrap();
@@ -760,13 +759,13 @@ mod tests {
         let (_dir, pool, _log) = log_with_entries(4).await;
         unprotect(&pool).await;
         // A forger who recomputes the edited entry's hash still breaks the link after it.
-        let row = sqlx::query("SELECT at, prev_hash FROM audit_log WHERE seq = 2")
+        let row = crate::db::query("SELECT at, prev_hash FROM audit_log WHERE seq = 2")
             .fetch_one(&pool)
             .await
             .unwrap();
         let (at, prev): (String, String) = (row.get(0), row.get(1));
         let forged = entry_hash(2, &at, "system", "sign_out", None, "{}", &prev);
-        sqlx::query(
+        crate::db::query(
             "UPDATE audit_log SET action = 'sign_out', detail = '{}', hash = $1 WHERE seq = 2",
         )
         .bind(&forged)
@@ -783,7 +782,7 @@ mod tests {
     async fn deleted_entry_is_named() {
         let (_dir, pool, _log) = log_with_entries(4).await;
         unprotect(&pool).await;
-        sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+        crate::db::query("DELETE FROM audit_log WHERE seq = 2")
             .execute(&pool)
             .await
             .unwrap();
@@ -855,7 +854,7 @@ mod tests {
         // with the file) is chained on as stored, and `verify` names it, as before the memory.
         let (_dir, pool, log) = log_with_entries(3).await;
         unprotect(&pool).await;
-        sqlx::query("UPDATE audit_log SET hash = $1 WHERE seq = 3")
+        crate::db::query("UPDATE audit_log SET hash = $1 WHERE seq = 3")
             .bind("f".repeat(64))
             .execute(&pool)
             .await
@@ -870,8 +869,8 @@ mod tests {
     }
 
     /// A log on a write lane of its own, as the service has it, over `pool`'s writer.
-    async fn log_on_lane(pool: &AnyPool) -> AuditLog {
-        let writer = crate::db::writer(pool).await.unwrap();
+    async fn log_on_lane(pool: &crate::db::Db) -> AuditLog {
+        let writer = pool.clone();
         AuditLog::on_lane(writer, &WriteLane::thread().unwrap())
     }
 
@@ -911,7 +910,7 @@ mod tests {
     async fn an_entry_the_database_refuses_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
         let pool = crate::db::open(dir.path(), None).await.unwrap();
-        sqlx::query(
+        crate::db::query(
             "CREATE TRIGGER refuse_bad BEFORE INSERT ON audit_log WHEN NEW.detail LIKE '%bad%'
              BEGIN SELECT RAISE(ABORT, 'refused'); END",
         )

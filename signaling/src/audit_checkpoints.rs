@@ -20,7 +20,6 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
-use sqlx::{AnyPool, Row};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -248,8 +247,8 @@ impl AuditSigner {
 }
 
 /// The chain's last sequence number and hash (`0` and the genesis hash when empty).
-pub async fn chain_head(pool: &AnyPool) -> anyhow::Result<(i64, String)> {
-    let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+pub async fn chain_head(pool: &crate::db::Db) -> anyhow::Result<(i64, String)> {
+    let row = crate::db::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(pool)
         .await?;
     Ok(match row {
@@ -259,10 +258,10 @@ pub async fn chain_head(pool: &AnyPool) -> anyhow::Result<(i64, String)> {
 }
 
 /// Sign the chain's head now and store it as a checkpoint (once per head); the head.
-pub async fn checkpoint(pool: &AnyPool, signer: &AuditSigner) -> anyhow::Result<Head> {
+pub async fn checkpoint(pool: &crate::db::Db, signer: &AuditSigner) -> anyhow::Result<Head> {
     let (seq, hash) = chain_head(pool).await?;
     let head = signer.sign(seq, &hash);
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO audit_checkpoints (seq, hash, public_key, signature, at)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
     )
@@ -306,7 +305,7 @@ pub enum HeadMismatch {
 /// Check the chain against a signed head (from a witness, or a stored checkpoint). The chain's
 /// own links are [`crate::audit::verify`]'s job.
 pub async fn verify_against(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     known_keys: &BTreeMap<u32, Vec<u8>>,
     head: &Head,
 ) -> anyhow::Result<Result<(), HeadMismatch>> {
@@ -326,7 +325,7 @@ pub async fn verify_against(
             want: head.seq,
         }));
     }
-    let hash: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
+    let hash: Option<String> = crate::db::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
         .bind(head.seq)
         .fetch_optional(pool)
         .await?;
@@ -338,13 +337,14 @@ pub async fn verify_against(
 
 /// Check every stored checkpoint against the chain; `Ok(n)`: all `n` hold.
 pub async fn verify_checkpoints(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     known_keys: &BTreeMap<u32, Vec<u8>>,
 ) -> anyhow::Result<Result<usize, (i64, HeadMismatch)>> {
-    let rows =
-        sqlx::query("SELECT seq, hash, public_key, signature FROM audit_checkpoints ORDER BY seq")
-            .fetch_all(pool)
-            .await?;
+    let rows = crate::db::query(
+        "SELECT seq, hash, public_key, signature FROM audit_checkpoints ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?;
     for row in &rows {
         let seq: i64 = row.get(0);
         let decode = |i: usize| STANDARD.decode(row.get::<String, _>(i)).unwrap_or_default();
@@ -363,7 +363,7 @@ pub async fn verify_checkpoints(
 
 /// Store and log a checkpoint every `interval` while the chain grows.
 pub fn spawn_checkpoint_job(
-    pool: AnyPool,
+    pool: crate::db::Db,
     signer: std::sync::Arc<AuditSigner>,
     interval: std::time::Duration,
 ) {
@@ -397,14 +397,14 @@ mod tests {
     use super::*;
     use crate::audit::{entry_hash, Action, Actor, AuditLog};
 
-    async fn chain(entries: usize) -> (tempfile::TempDir, AnyPool) {
+    async fn chain(entries: usize) -> (tempfile::TempDir, crate::db::Db) {
         let dir = tempfile::tempdir().unwrap();
         let pool = crate::db::open(dir.path(), None).await.unwrap();
         append(&pool, entries).await;
         (dir, pool)
     }
 
-    async fn append(pool: &AnyPool, entries: usize) {
+    async fn append(pool: &crate::db::Db, entries: usize) {
         let log = AuditLog::new(pool.clone());
         for i in 0..entries {
             log.record(
@@ -421,19 +421,19 @@ mod tests {
 
     /// What someone who can write the database does: edit entry `seq`, recompute every hash
     /// from there, so that the chain's own links hold again.
-    async fn rewrite_with_recomputed_hashes(pool: &AnyPool, seq: i64) {
+    async fn rewrite_with_recomputed_hashes(pool: &crate::db::Db, seq: i64) {
         for trigger in ["audit_log_no_update", "audit_log_no_delete"] {
-            sqlx::query(&format!("DROP TRIGGER {trigger}"))
+            crate::db::query(&format!("DROP TRIGGER {trigger}"))
                 .execute(pool)
                 .await
                 .unwrap();
         }
-        sqlx::query("UPDATE audit_log SET detail = '{\"i\":\"forged\"}' WHERE seq = $1")
+        crate::db::query("UPDATE audit_log SET detail = '{\"i\":\"forged\"}' WHERE seq = $1")
             .bind(seq)
             .execute(pool)
             .await
             .unwrap();
-        let rows = sqlx::query(
+        let rows = crate::db::query(
             "SELECT seq, at, actor, action, consultation_id, detail, prev_hash FROM audit_log
              WHERE seq >= $1 ORDER BY seq",
         )
@@ -453,7 +453,7 @@ mod tests {
                 row.get(5),
                 &prev,
             );
-            sqlx::query("UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3")
+            crate::db::query("UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3")
                 .bind(&prev)
                 .bind(&hash)
                 .bind(row.get::<i64, _>(0))
@@ -499,11 +499,11 @@ mod tests {
         let (dir, pool) = chain(6).await;
         let signer = AuditSigner::load_or_create(dir.path()).unwrap();
         let witness = checkpoint(&pool, &signer).await.unwrap();
-        sqlx::query("DROP TRIGGER audit_log_no_delete")
+        crate::db::query("DROP TRIGGER audit_log_no_delete")
             .execute(&pool)
             .await
             .unwrap();
-        sqlx::query("DELETE FROM audit_log WHERE seq > 4")
+        crate::db::query("DELETE FROM audit_log WHERE seq > 4")
             .execute(&pool)
             .await
             .unwrap();

@@ -16,7 +16,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use sqlx::{AnyConnection, AnyPool, Row};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -85,7 +84,7 @@ fn action_name(action: Action) -> String {
 /// Count `event` at `now` in its window, on `conn` (inside the caller's transaction, so the
 /// count commits with whatever else the event changed).
 pub async fn count(
-    conn: &mut AnyConnection,
+    conn: &mut crate::db::Tx,
     now: OffsetDateTime,
     config: &AuditConfig,
     event: &Unauthenticated<'_>,
@@ -113,7 +112,7 @@ pub async fn count(
     )
     .await?
     {
-        let keys: i64 = sqlx::query(
+        let keys: i64 = crate::db::query(
             "SELECT COUNT(*) FROM (SELECT DISTINCT actor, source FROM audit_tallies
              WHERE window_start = $1) AS pairs",
         )
@@ -121,7 +120,7 @@ pub async fn count(
         .fetch_one(&mut *conn)
         .await?
         .get(0);
-        let known_pair = sqlx::query(
+        let known_pair = crate::db::query(
             "SELECT 1 FROM audit_tallies WHERE window_start = $1 AND actor = $2 AND source = $3 LIMIT 1",
         )
         .bind(window_start)
@@ -148,7 +147,7 @@ pub async fn count(
                 return Ok(());
             }
         }
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO audit_tallies (window_start, window_seconds, action, actor, source,
                 reason, consultation_id, count, first_at, last_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9)",
@@ -171,7 +170,7 @@ pub async fn count(
 /// Add one to an existing key; false when there is none yet.
 #[allow(clippy::too_many_arguments)]
 async fn bump(
-    conn: &mut AnyConnection,
+    conn: &mut crate::db::Tx,
     window_start: i64,
     action: &str,
     actor: &str,
@@ -180,7 +179,7 @@ async fn bump(
     consultation: &str,
     at: &str,
 ) -> anyhow::Result<bool> {
-    let updated = sqlx::query(
+    let updated = crate::db::query(
         "UPDATE audit_tallies SET count = count + 1, last_at = $1
          WHERE window_start = $2 AND action = $3 AND actor = $4 AND source = $5 AND reason = $6
            AND consultation_id = $7",
@@ -199,7 +198,7 @@ async fn bump(
 
 /// Count `event` in a transaction of its own.
 pub async fn count_now(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     now: OffsetDateTime,
     config: &AuditConfig,
     event: &Unauthenticated<'_>,
@@ -214,7 +213,7 @@ pub async fn count_now(
 /// its exact count, first and last time, and source. Returns how many entries were appended.
 pub async fn close_due(audit: &AuditLog, now: OffsetDateTime) -> anyhow::Result<usize> {
     let mut tx = audit.begin().await?;
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT window_start, window_seconds, action, actor, source, reason, consultation_id,
                 count, first_at, last_at
          FROM audit_tallies WHERE window_start + window_seconds <= $1
@@ -244,7 +243,7 @@ pub async fn close_due(audit: &AuditLog, now: OffsetDateTime) -> anyhow::Result<
         tx.record_named(window_end, &actor, &action, consultation_id, detail)
             .await?;
     }
-    sqlx::query("DELETE FROM audit_tallies WHERE window_start + window_seconds <= $1")
+    crate::db::query("DELETE FROM audit_tallies WHERE window_start + window_seconds <= $1")
         .bind(now.unix_timestamp())
         .execute(tx.connection())
         .await?;
@@ -253,8 +252,8 @@ pub async fn close_due(audit: &AuditLog, now: OffsetDateTime) -> anyhow::Result<
 }
 
 /// Whether some window has closed by `now` with counts not yet in the chain.
-pub async fn has_due(pool: &AnyPool, now: OffsetDateTime) -> anyhow::Result<bool> {
-    let due = sqlx::query(
+pub async fn has_due(pool: &crate::db::Db, now: OffsetDateTime) -> anyhow::Result<bool> {
+    let due = crate::db::query(
         "SELECT 1 FROM audit_tallies WHERE window_start + window_seconds <= $1 LIMIT 1",
     )
     .bind(now.unix_timestamp())
@@ -264,9 +263,9 @@ pub async fn has_due(pool: &AnyPool, now: OffsetDateTime) -> anyhow::Result<bool
 }
 
 /// Events counted but not in the chain yet (their window is open), as `(action, count)`.
-pub async fn open_counts(pool: &AnyPool) -> anyhow::Result<Vec<(String, i64)>> {
+pub async fn open_counts(pool: &crate::db::Db) -> anyhow::Result<Vec<(String, i64)>> {
     let rows =
-        sqlx::query("SELECT action, CAST(SUM(count) AS BIGINT) FROM audit_tallies GROUP BY action ORDER BY action")
+        crate::db::query("SELECT action, CAST(SUM(count) AS BIGINT) FROM audit_tallies GROUP BY action ORDER BY action")
             .fetch_all(pool)
             .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -302,7 +301,7 @@ pub fn spawn_closing_job(state: crate::state::AppState, every: Duration) {
 mod tests {
     use super::*;
 
-    async fn log() -> (tempfile::TempDir, AnyPool, AuditLog) {
+    async fn log() -> (tempfile::TempDir, crate::db::Db, AuditLog) {
         let dir = tempfile::tempdir().unwrap();
         let pool = db::open(dir.path(), None).await.unwrap();
         let audit = AuditLog::new(pool.clone());

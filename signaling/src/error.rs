@@ -281,11 +281,26 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::db::sql::Error> for ApiError {
+    fn from(e: crate::db::sql::Error) -> Self {
+        match e {
+            crate::db::sql::Error::Sqlx(e) => e.into(),
+            e => Self::Internal(e.into()),
+        }
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         let unreachable = e
             .chain()
-            .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+            .filter_map(|cause| {
+                cause.downcast_ref::<sqlx::Error>().or_else(|| {
+                    cause
+                        .downcast_ref::<crate::db::sql::Error>()
+                        .and_then(crate::db::sql::Error::as_sqlx)
+                })
+            })
             .any(database_unreachable);
         if unreachable {
             tracing::warn!(error = format!("{e:#}"), "the database cannot be reached");

@@ -193,7 +193,7 @@ fn lan_addresses() -> Vec<IpAddr> {
 /// interrupted (audited): they keep everything up to their last sealed chunk.
 async fn open_recordings(
     config: &Config,
-    pool: &sqlx::AnyPool,
+    pool: &crate::db::Db,
     clock: &Arc<dyn Clock>,
     addr: SocketAddr,
 ) -> anyhow::Result<crate::recording::Recordings> {
@@ -242,7 +242,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Runn
     let cluster = crate::cluster::Cluster::connect(&config.cluster).await?;
     let state = AppState::new(
         config,
-        db::Pools::of(pool).await?,
+        db::Pools::of(pool)?,
         clock,
         url.clone(),
         sealing_key,

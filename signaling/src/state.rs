@@ -3,8 +3,6 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use sqlx::AnyPool;
-
 use crate::alerts::Alerts;
 use crate::audit::AuditLog;
 use crate::auth::passkeys::RelyingParty;
@@ -30,10 +28,10 @@ pub struct Shared {
     /// The loaded configuration.
     pub config: Config,
     /// The database, for reading. Write with [`Shared::writer`].
-    pub pool: AnyPool,
+    pub pool: crate::db::Db,
     /// The database's writer: with SQLite one connection all of the process's writes queue
     /// for (see [`crate::db::writer`]); with PostgreSQL the same pool as `pool`.
-    pub writer: AnyPool,
+    pub writer: crate::db::Db,
     /// Where write transactions run: see [`AppState::write`].
     pub lane: WriteLane,
     /// Where "now" comes from.

@@ -15,7 +15,6 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::Row;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -101,7 +100,7 @@ pub struct Alert {
     pub acknowledged_by: Option<String>,
 }
 
-fn alert_from_row(row: &sqlx::any::AnyRow) -> Alert {
+fn alert_from_row(row: &crate::db::Row) -> Alert {
     let detail: String = row.get("detail");
     Alert {
         id: row
@@ -146,7 +145,7 @@ pub async fn raise(
     let rule = firing.rule.as_str();
     let at_text = at.format(&Rfc3339)?;
     let mut tx = state.audit.begin().await?;
-    let open = sqlx::query(&format!(
+    let open = crate::db::query(&format!(
         "SELECT {ALERT_COLUMNS} FROM alerts
          WHERE rule = $1 AND subject = $2 AND acknowledged_at IS NULL"
     ))
@@ -156,11 +155,13 @@ pub async fn raise(
     .await?;
     if let Some(row) = open {
         let mut alert = alert_from_row(&row);
-        sqlx::query("UPDATE alerts SET firings = firings + 1, last_seen_at = $1 WHERE id = $2")
-            .bind(&at_text)
-            .bind(alert.id.to_string())
-            .execute(tx.connection())
-            .await?;
+        crate::db::query(
+            "UPDATE alerts SET firings = firings + 1, last_seen_at = $1 WHERE id = $2",
+        )
+        .bind(&at_text)
+        .bind(alert.id.to_string())
+        .execute(tx.connection())
+        .await?;
         tx.commit().await?;
         alert.firings += 1;
         alert.last_seen_at = at_text;
@@ -180,7 +181,7 @@ pub async fn raise(
         acknowledged_at: None,
         acknowledged_by: None,
     };
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO alerts (id, rule, severity, subject, summary, detail, raised_at,
             last_seen_at, firings)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)",
@@ -211,7 +212,7 @@ pub async fn raise(
             service: state.public_url.clone(),
             alert: alert.clone(),
         };
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO alert_deliveries (alert_id, event, body, next_attempt_at)
              VALUES ($1, 'alert_raised', $2, $3)",
         )
@@ -254,13 +255,13 @@ pub fn spawn_writer(state: AppState) {
 }
 
 /// Alerts, open ones first, then the most recent acknowledged.
-pub async fn list_alerts(pool: &sqlx::AnyPool, open_only: bool) -> anyhow::Result<Vec<Alert>> {
+pub async fn list_alerts(pool: &crate::db::Db, open_only: bool) -> anyhow::Result<Vec<Alert>> {
     let filter = if open_only {
         "WHERE acknowledged_at IS NULL"
     } else {
         ""
     };
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "SELECT {ALERT_COLUMNS} FROM alerts {filter}
          ORDER BY acknowledged_at IS NOT NULL, last_seen_at DESC LIMIT 500"
     ))
@@ -333,7 +334,7 @@ pub async fn acknowledge(
     let now = state.clock.now();
     let actor = Actor::User(current.user.id);
     let mut tx = state.audit.begin().await?;
-    let row = sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1"))
+    let row = crate::db::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(tx.connection())
         .await?
@@ -348,7 +349,7 @@ pub async fn acknowledge(
     let at = now
         .format(&Rfc3339)
         .map_err(|e| ApiError::Internal(e.into()))?;
-    sqlx::query("UPDATE alerts SET acknowledged_at = $1, acknowledged_by = $2 WHERE id = $3")
+    crate::db::query("UPDATE alerts SET acknowledged_at = $1, acknowledged_by = $2 WHERE id = $3")
         .bind(&at)
         .bind(actor.to_string())
         .bind(id.to_string())

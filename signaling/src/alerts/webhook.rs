@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use sqlx::Row;
 use time::format_description::well_known::Rfc3339;
 
 use crate::state::AppState;
@@ -102,7 +101,7 @@ pub async fn deliver_due(
     secret: &[u8],
 ) -> anyhow::Result<usize> {
     let now = state.clock.now();
-    let due = sqlx::query(
+    let due = crate::db::query(
         "SELECT seq, body, attempts FROM alert_deliveries
          WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY seq LIMIT $2",
     )
@@ -139,7 +138,7 @@ pub async fn deliver_due(
             None => (Some(now.format(&Rfc3339)?), now, "delivered"),
             Some(_) => (None, now + backoff_after(attempts), "failed"),
         };
-        sqlx::query(
+        crate::db::query(
             "UPDATE alert_deliveries SET delivered_at = $1, attempts = $2, next_attempt_at = $3,
                 last_error = $4
              WHERE seq = $5",
@@ -164,7 +163,7 @@ pub async fn deliver_due(
         }
     }
     let pending: i64 =
-        sqlx::query("SELECT COUNT(*) FROM alert_deliveries WHERE delivered_at IS NULL")
+        crate::db::query("SELECT COUNT(*) FROM alert_deliveries WHERE delivered_at IS NULL")
             .fetch_one(&state.pool)
             .await?
             .get(0);

@@ -10,7 +10,6 @@
 //! untrusted channel allows 5 before a lockout that doubles up to an hour).
 
 use axum::http::{HeaderMap, HeaderValue};
-use sqlx::{AnyConnection, AnyPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -54,11 +53,11 @@ pub fn cookie(token: &Token, https: bool) -> Option<HeaderValue> {
 
 /// The device a token names, if it is known and not expired.
 pub async fn find(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     token: &Token,
     now: OffsetDateTime,
 ) -> anyhow::Result<Option<Device>> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT id, user_id, locked_until FROM trusted_devices
          WHERE token_hash = $1 AND expires_at > $2",
     )
@@ -79,12 +78,12 @@ pub async fn find(
 /// Remember a new device for `user_id` (forgetting the account's least recently used ones
 /// beyond [`MAX_DEVICES_PER_ACCOUNT`]); returns its token.
 pub async fn register(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<Token> {
     let token = Token::generate();
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO trusted_devices (id, user_id, token_hash, created_at, last_used_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -96,7 +95,7 @@ pub async fn register(
     .bind(to_unix(now + DEVICE_LIFETIME))
     .execute(&mut *db)
     .await?;
-    sqlx::query(
+    crate::db::query(
         "DELETE FROM trusted_devices WHERE user_id = $1 AND id NOT IN (
              SELECT id FROM trusted_devices WHERE user_id = $1
              ORDER BY last_used_at DESC, created_at DESC LIMIT $2)",
@@ -110,11 +109,11 @@ pub async fn register(
 
 /// A sign-in on this device succeeded: its failures are forgotten.
 pub async fn signed_in(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     device: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE trusted_devices SET failures = 0, locked_until = NULL, last_used_at = $1
          WHERE id = $2",
     )
@@ -126,8 +125,8 @@ pub async fn signed_in(
 }
 
 /// Count one more failed attempt on this device; returns the count.
-pub async fn count_failure(db: &mut AnyConnection, device: Uuid) -> anyhow::Result<u32> {
-    let failures: i64 = sqlx::query_scalar(
+pub async fn count_failure(db: &mut crate::db::Tx, device: Uuid) -> anyhow::Result<u32> {
+    let failures: i64 = crate::db::query_scalar(
         "UPDATE trusted_devices SET failures = failures + 1 WHERE id = $1 RETURNING failures",
     )
     .bind(device.to_string())
@@ -138,11 +137,11 @@ pub async fn count_failure(db: &mut AnyConnection, device: Uuid) -> anyhow::Resu
 
 /// Lock this device until `until`.
 pub async fn lock(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     device: Uuid,
     until: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE trusted_devices SET locked_until = $1 WHERE id = $2")
+    crate::db::query("UPDATE trusted_devices SET locked_until = $1 WHERE id = $2")
         .bind(to_unix(until))
         .bind(device.to_string())
         .execute(db)

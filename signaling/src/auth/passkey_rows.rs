@@ -1,6 +1,5 @@
 //! The SQL of passkeys: the registered credentials and the ceremonies already answered.
 
-use sqlx::{AnyExecutor, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -27,7 +26,7 @@ pub struct PasskeyRow {
 
 const COLUMNS: &str = "id, user_id, name, passkey, sign_count, created_at, last_used_at";
 
-fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<PasskeyRow> {
+fn from_row(row: &crate::db::Row) -> anyhow::Result<PasskeyRow> {
     Ok(PasskeyRow {
         id: Uuid::parse_str(row.get::<&str, _>(0))?,
         user_id: Uuid::parse_str(row.get::<&str, _>(1))?,
@@ -40,8 +39,11 @@ fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<PasskeyRow> {
 }
 
 /// An account's passkeys, oldest first.
-pub async fn for_user(db: impl AnyExecutor<'_>, user_id: Uuid) -> anyhow::Result<Vec<PasskeyRow>> {
-    let rows = sqlx::query(&format!(
+pub async fn for_user(
+    db: impl crate::db::Executor<'_>,
+    user_id: Uuid,
+) -> anyhow::Result<Vec<PasskeyRow>> {
+    let rows = crate::db::query(&format!(
         "SELECT {COLUMNS} FROM passkeys WHERE user_id = $1 ORDER BY created_at, rowid"
     ))
     .bind(user_id.to_string())
@@ -51,8 +53,8 @@ pub async fn for_user(db: impl AnyExecutor<'_>, user_id: Uuid) -> anyhow::Result
 }
 
 /// How many passkeys an account has.
-pub async fn count(db: impl AnyExecutor<'_>, user_id: Uuid) -> anyhow::Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM passkeys WHERE user_id = $1")
+pub async fn count(db: impl crate::db::Executor<'_>, user_id: Uuid) -> anyhow::Result<u64> {
+    let n: i64 = crate::db::query_scalar("SELECT COUNT(*) FROM passkeys WHERE user_id = $1")
         .bind(user_id.to_string())
         .fetch_one(db)
         .await?;
@@ -61,10 +63,10 @@ pub async fn count(db: impl AnyExecutor<'_>, user_id: Uuid) -> anyhow::Result<u6
 
 /// The passkey with this credential id (base64url), whoever's it is.
 pub async fn by_credential(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     credential_id: &str,
 ) -> anyhow::Result<Option<PasskeyRow>> {
-    let row = sqlx::query(&format!(
+    let row = crate::db::query(&format!(
         "SELECT {COLUMNS} FROM passkeys WHERE credential_id = $1"
     ))
     .bind(credential_id)
@@ -76,7 +78,7 @@ pub async fn by_credential(
 /// A new passkey; `false` if its credential is registered already (to anyone).
 #[allow(clippy::too_many_arguments)]
 pub async fn insert(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     id: Uuid,
     user_id: Uuid,
     credential_id: &str,
@@ -85,7 +87,7 @@ pub async fn insert(
     sign_count: u32,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "INSERT INTO passkeys (id, user_id, credential_id, name, passkey, sign_count, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (credential_id) DO NOTHING",
     )
@@ -104,14 +106,14 @@ pub async fn insert(
 /// Record a use: the new credential state and counter, only if the counter is still the one
 /// the check was made against (`false`: another use got there first).
 pub async fn record_use(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     id: Uuid,
     previous_count: u32,
     passkey: &str,
     sign_count: u32,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE passkeys SET passkey = $1, sign_count = $2, last_used_at = $3
          WHERE id = $4 AND sign_count = $5",
     )
@@ -127,12 +129,12 @@ pub async fn record_use(
 
 /// Rename one of `user_id`'s passkeys; `false` if it has none with this id.
 pub async fn rename(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     user_id: Uuid,
     id: Uuid,
     name: &str,
 ) -> anyhow::Result<bool> {
-    let done = sqlx::query("UPDATE passkeys SET name = $1 WHERE id = $2 AND user_id = $3")
+    let done = crate::db::query("UPDATE passkeys SET name = $1 WHERE id = $2 AND user_id = $3")
         .bind(name)
         .bind(id.to_string())
         .bind(user_id.to_string())
@@ -155,12 +157,12 @@ pub enum Removal {
 /// Remove one of `user_id`'s passkeys; with `keep_one`, never the last (decided in the same
 /// statement, so two removals side by side cannot both pass).
 pub async fn remove(
-    db: &mut sqlx::AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     id: Uuid,
     keep_one: bool,
 ) -> anyhow::Result<Removal> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "DELETE FROM passkeys WHERE id = $1 AND user_id = $2
          AND ($3 = 0 OR (SELECT COUNT(*) FROM passkeys WHERE user_id = $4) > 1)",
     )
@@ -174,7 +176,7 @@ pub async fn remove(
         return Ok(Removal::Removed);
     }
     let exists: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM passkeys WHERE id = $1 AND user_id = $2")
+        crate::db::query_scalar("SELECT 1 FROM passkeys WHERE id = $1 AND user_id = $2")
             .bind(id.to_string())
             .bind(user_id.to_string())
             .fetch_optional(&mut *db)
@@ -188,22 +190,22 @@ pub async fn remove(
 
 /// Mark a ceremony answered (forgetting those that expired); `false` if it was already.
 pub async fn use_ceremony(
-    db: &mut sqlx::AnyConnection,
+    db: &crate::db::Db,
     id: &str,
     expires_at: OffsetDateTime,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    sqlx::query("DELETE FROM passkey_ceremonies_used WHERE expires_at < $1")
+    crate::db::query("DELETE FROM passkey_ceremonies_used WHERE expires_at < $1")
         .bind(to_unix(now))
-        .execute(&mut *db)
+        .execute(db)
         .await?;
-    let done = sqlx::query(
+    let done = crate::db::query(
         "INSERT INTO passkey_ceremonies_used (id, expires_at) VALUES ($1, $2)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
     .bind(to_unix(expires_at))
-    .execute(&mut *db)
+    .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -184,8 +184,7 @@ async fn open(state: &AppState, sealed: &str) -> Result<Purpose, ApiError> {
             "the passkey request expired; start again",
         ));
     }
-    let mut db = state.writer.acquire().await?;
-    if !rows::use_ceremony(&mut db, &ceremony.id, expires_at, now).await? {
+    if !rows::use_ceremony(&state.writer, &ceremony.id, expires_at, now).await? {
         return Err(rejected(
             "passkey_replayed",
             "this passkey request was answered already; start again",

@@ -4,7 +4,6 @@
 //! connection of the caller's [`crate::audit::AuditedTransaction`], so the change and its audit
 //! entry commit together; lookups take any executor.
 
-use sqlx::{AnyConnection, AnyExecutor, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -25,10 +24,10 @@ pub struct EnrolmentLink {
 
 /// The enrolment link with this token hash.
 pub async fn enrolment_link(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<EnrolmentLink>> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT e.user_id, e.expires_at, e.used_at, u.email FROM enrolment_tokens e
          JOIN users u ON u.id = e.user_id WHERE e.token_hash = $1",
     )
@@ -48,11 +47,11 @@ pub async fn enrolment_link(
 
 /// Mark an enrolment link used; false if it already was (a concurrent request won).
 pub async fn use_enrolment_link(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     token_hash: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    let used = sqlx::query(
+    let used = crate::db::query(
         "UPDATE enrolment_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
     )
     .bind(to_unix(now))
@@ -65,11 +64,11 @@ pub async fn use_enrolment_link(
 /// Set an account's password, removing its second factor (a new password means enrolling the
 /// authenticator again).
 pub async fn set_password(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     password_hash: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE users SET password_hash = $1, totp_secret = NULL, totp_last_step = NULL WHERE id = $2",
     )
     .bind(password_hash)
@@ -82,12 +81,12 @@ pub async fn set_password(
 /// Record that a TOTP step was used, if it is later than the last one used (compare-and-set,
 /// so two concurrent requests cannot both spend one step); false if it was not.
 pub async fn spend_totp_step(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     user_id: Uuid,
     step: u64,
 ) -> anyhow::Result<bool> {
     let step = i64::try_from(step)?;
-    let stored = sqlx::query(
+    let stored = crate::db::query(
         "UPDATE users SET totp_last_step = $1 WHERE id = $2
          AND (totp_last_step IS NULL OR totp_last_step < $3)",
     )
@@ -100,8 +99,8 @@ pub async fn spend_totp_step(
 }
 
 /// Forget an account's failed sign-ins and lock.
-pub async fn clear_failures(db: impl AnyExecutor<'_>, user_id: Uuid) -> anyhow::Result<()> {
-    sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+pub async fn clear_failures(db: impl crate::db::Executor<'_>, user_id: Uuid) -> anyhow::Result<()> {
+    crate::db::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
         .bind(user_id.to_string())
         .execute(db)
         .await?;
@@ -109,8 +108,8 @@ pub async fn clear_failures(db: impl AnyExecutor<'_>, user_id: Uuid) -> anyhow::
 }
 
 /// Count one more failed sign-in; returns the count.
-pub async fn count_failure(db: &mut AnyConnection, user_id: Uuid) -> anyhow::Result<u32> {
-    let failures: i64 = sqlx::query_scalar(
+pub async fn count_failure(db: &mut crate::db::Tx, user_id: Uuid) -> anyhow::Result<u32> {
+    let failures: i64 = crate::db::query_scalar(
         "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
     )
     .bind(user_id.to_string())
@@ -121,11 +120,11 @@ pub async fn count_failure(db: &mut AnyConnection, user_id: Uuid) -> anyhow::Res
 
 /// Lock an account until `until`.
 pub async fn lock_account(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     until: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE users SET locked_until = $1 WHERE id = $2")
+    crate::db::query("UPDATE users SET locked_until = $1 WHERE id = $2")
         .bind(to_unix(until))
         .bind(user_id.to_string())
         .execute(db)
@@ -148,17 +147,17 @@ pub struct MfaEnrolmentRow {
 /// Start a second-factor enrolment, replacing the account's earlier one and removing expired
 /// ones.
 pub async fn replace_mfa_enrolment(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     token_hash: &str,
     enrolment: &MfaEnrolmentRow,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM mfa_enrolments WHERE user_id = $1 OR expires_at <= $2")
+    crate::db::query("DELETE FROM mfa_enrolments WHERE user_id = $1 OR expires_at <= $2")
         .bind(enrolment.user_id.to_string())
         .bind(to_unix(now))
         .execute(&mut *db)
         .await?;
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO mfa_enrolments (token_hash, user_id, totp_secret, expires_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(token_hash)
@@ -172,10 +171,10 @@ pub async fn replace_mfa_enrolment(
 
 /// The second-factor enrolment with this token hash.
 pub async fn mfa_enrolment(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<MfaEnrolmentRow>> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT user_id, totp_secret, expires_at FROM mfa_enrolments WHERE token_hash = $1",
     )
     .bind(token_hash)
@@ -193,8 +192,8 @@ pub async fn mfa_enrolment(
 
 /// Remove a second-factor enrolment to complete it; false if it was gone (a concurrent request
 /// completed it).
-pub async fn claim_mfa_enrolment(db: &mut AnyConnection, token_hash: &str) -> anyhow::Result<bool> {
-    let claimed = sqlx::query("DELETE FROM mfa_enrolments WHERE token_hash = $1")
+pub async fn claim_mfa_enrolment(db: &mut crate::db::Tx, token_hash: &str) -> anyhow::Result<bool> {
+    let claimed = crate::db::query("DELETE FROM mfa_enrolments WHERE token_hash = $1")
         .bind(token_hash)
         .execute(db)
         .await?;
@@ -204,12 +203,12 @@ pub async fn claim_mfa_enrolment(db: &mut AnyConnection, token_hash: &str) -> an
 /// Set an account's TOTP factor (sealed), with the step its first code used, and clear its
 /// failures.
 pub async fn set_totp(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     sealed_secret: &str,
     step: u64,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE users SET totp_secret = $1, totp_last_step = $2, failed_logins = 0, locked_until = NULL
          WHERE id = $3",
     )
@@ -223,16 +222,16 @@ pub async fn set_totp(
 
 /// Replace an account's recovery codes (by their hashes).
 pub async fn replace_recovery_codes(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     code_hashes: &[String],
 ) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+    crate::db::query("DELETE FROM recovery_codes WHERE user_id = $1")
         .bind(user_id.to_string())
         .execute(&mut *db)
         .await?;
     for hash in code_hashes {
-        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
+        crate::db::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
             .bind(user_id.to_string())
             .bind(hash)
             .execute(&mut *db)
@@ -244,12 +243,12 @@ pub async fn replace_recovery_codes(
 /// Use a recovery code once: the number of unused codes left, or `None` if the code is not
 /// one of the account's unused codes.
 pub async fn spend_recovery_code(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     code_hash: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<Option<i64>> {
-    let used = sqlx::query(
+    let used = crate::db::query(
         "UPDATE recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
     )
     .bind(to_unix(now))
@@ -260,7 +259,7 @@ pub async fn spend_recovery_code(
     if used.rows_affected() != 1 {
         return Ok(None);
     }
-    let left: i64 = sqlx::query_scalar(
+    let left: i64 = crate::db::query_scalar(
         "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
     )
     .bind(user_id.to_string())
@@ -288,7 +287,7 @@ pub struct SessionRow {
 
 /// Store a new session; `passkey_setup_only`: it may only register a passkey.
 pub async fn insert_session(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     token_hash: &str,
     user_id: Uuid,
     now: OffsetDateTime,
@@ -296,7 +295,7 @@ pub async fn insert_session(
     passkey_setup_only: bool,
 ) -> anyhow::Result<Uuid> {
     let id = Uuid::new_v4();
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, absolute_expires_at, passkey_setup_only)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -315,7 +314,7 @@ pub async fn insert_session(
 /// A session by the hash of its token, with its account, in one query (every authenticated
 /// request asks for both).
 pub async fn session_with_account(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<(SessionRow, crate::accounts::Account)>> {
     static QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -328,7 +327,7 @@ pub async fn session_with_account(
             crate::accounts::ACCOUNT_COLUMNS
         )
     });
-    let row = sqlx::query(QUERY.as_str())
+    let row = crate::db::query(QUERY.as_str())
         .bind(token_hash)
         .fetch_optional(db)
         .await?;
@@ -349,8 +348,11 @@ pub async fn session_with_account(
 }
 
 /// Lift a session's passkey-setup-only restriction (a passkey was registered in it).
-pub async fn end_passkey_setup(db: impl AnyExecutor<'_>, session_id: Uuid) -> anyhow::Result<()> {
-    sqlx::query("UPDATE sessions SET passkey_setup_only = 0 WHERE id = $1")
+pub async fn end_passkey_setup(
+    db: impl crate::db::Executor<'_>,
+    session_id: Uuid,
+) -> anyhow::Result<()> {
+    crate::db::query("UPDATE sessions SET passkey_setup_only = 0 WHERE id = $1")
         .bind(session_id.to_string())
         .execute(db)
         .await?;
@@ -359,11 +361,11 @@ pub async fn end_passkey_setup(db: impl AnyExecutor<'_>, session_id: Uuid) -> an
 
 /// Move a session's last request forward.
 pub async fn touch_session(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     session_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
+    crate::db::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
         .bind(to_unix(now))
         .bind(session_id.to_string())
         .execute(db)
@@ -373,12 +375,12 @@ pub async fn touch_session(
 
 /// End a session (no effect on one already ended).
 pub async fn revoke_user_sessions(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     except: Option<Uuid>,
     now: OffsetDateTime,
 ) -> anyhow::Result<u64> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL AND id IS DISTINCT FROM $3",
     )
     .bind(to_unix(now))
@@ -391,11 +393,11 @@ pub async fn revoke_user_sessions(
 
 /// Replace an enrolled account's password (its second factor stays).
 pub async fn change_password(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     user_id: Uuid,
     password_hash: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+    crate::db::query("UPDATE users SET password_hash = $1 WHERE id = $2")
         .bind(password_hash)
         .bind(user_id.to_string())
         .execute(db)
@@ -405,11 +407,11 @@ pub async fn change_password(
 
 /// Revoke one session.
 pub async fn revoke_session(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     session_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+    crate::db::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
         .bind(to_unix(now))
         .bind(session_id.to_string())
         .execute(db)

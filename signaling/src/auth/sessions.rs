@@ -16,7 +16,6 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use consult_proto::api::{Role, Session, User};
-use sqlx::AnyConnection;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -59,7 +58,7 @@ pub struct CurrentUser {
 /// one (see [`SessionUser`]).
 pub async fn create(
     state: &AppState,
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     user: &User,
     passkey_setup_only: bool,
 ) -> Result<(Token, Session), ApiError> {

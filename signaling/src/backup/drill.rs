@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::db;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{AnyPool, Row as _};
 use time::OffsetDateTime;
 
 use super::{BackupError, Backups, Scratch};
@@ -95,7 +95,7 @@ impl Backups {
     /// changed, but for one audit entry recording the drill).
     pub async fn drill(
         &self,
-        live_pool: &AnyPool,
+        live_pool: &db::Db,
         options: DrillOptions,
     ) -> Result<DrillReport, BackupError> {
         let scratch = Scratch::new("consult-drill")?;
@@ -172,7 +172,7 @@ impl Backups {
         )
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         report.recovery_point_seconds = (OffsetDateTime::now_utc() - taken).as_seconds_f64();
-        let live_head: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS n FROM audit_log")
+        let live_head: i64 = db::query("SELECT COALESCE(MAX(seq), 0) AS n FROM audit_log")
             .fetch_one(live_pool)
             .await?
             .try_get("n")?;
@@ -307,7 +307,7 @@ async fn prove(
 /// Export one recording (with its segments) into a scratch file and ask ffprobe; a shredded one
 /// must refuse; a zero-knowledge one without the clinician's key must authenticate chunk by chunk.
 async fn check_recording(
-    pool: &AnyPool,
+    pool: &db::Db,
     vault: &Arc<consult_vault::Vault>,
     row: &rows::RecordingRow,
     clinician_key: Option<&Arc<RecordingKeyPair>>,

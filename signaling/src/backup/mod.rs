@@ -152,6 +152,12 @@ impl From<sqlx::Error> for BackupError {
     }
 }
 
+impl From<db::sql::Error> for BackupError {
+    fn from(e: db::sql::Error) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
 /// What `create` made.
 #[derive(Debug, Clone, Serialize)]
 pub struct Created {
@@ -264,7 +270,8 @@ impl Backups {
     /// snapshot, then every older key snapshot forgotten and pruned. A run that fails or is
     /// stopped half-way leaves the earlier backups whole (a data snapshot whose keys could not
     /// be saved is forgotten again).
-    pub async fn create(&self, pool: &AnyPool) -> Result<Created, BackupError> {
+    pub async fn create(&self, db: &db::Db) -> Result<Created, BackupError> {
+        let pool = db.any_pool();
         let started = Instant::now();
         let data_dir = &self.config.data_dir;
         fs::create_dir_all(data_dir.join("vault"))?;
@@ -272,7 +279,7 @@ impl Backups {
         // across them, so no two key snapshots race to forget each other.
         let _lock = lock_file(&data_dir.join("vault").join("backup.lock"))?;
         Scratch::sweep_stale();
-        let installation = db::installation_id(pool).await?;
+        let installation = db::installation_id(db).await?;
         if !self.restic.exists().await? {
             return Err(BackupError::NoRepository {
                 repository: self.restic.repository(),

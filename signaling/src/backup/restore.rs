@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{AnyPool, Row as _};
+
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -300,7 +300,7 @@ impl Backups {
                 });
             }
             let keys_taken = parse_time(&escrow.taken_at);
-            let rows = sqlx::query("SELECT id, state, consultation_id, started_at FROM recordings")
+            let rows = db::query("SELECT id, state, consultation_id, started_at FROM recordings")
                 .fetch_all(&pool)
                 .await?;
             let mut gone = Vec::new();
@@ -375,7 +375,7 @@ impl Backups {
     /// the snapshot), and (unless a drill) delete their media.
     async fn shred_keyless(
         &self,
-        pool: &AnyPool,
+        pool: &db::Db,
         scratch: &Path,
         gone: &[(Uuid, Uuid)],
         data: &Snapshot,

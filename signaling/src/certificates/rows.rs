@@ -2,7 +2,6 @@
 //! the certificate itself sealed by the vault.
 
 use consult_proto::api::{CertificateKindName, CertificateState};
-use sqlx::{AnyConnection, AnyExecutor, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -80,7 +79,7 @@ const SELECT: &str = "SELECT c.id, c.consultation_id, c.invite_id, c.issued_by, 
      c.sealed, c.revoked_at, c.revoke_reason \
      FROM certificates c JOIN users u ON u.id = c.issued_by";
 
-fn from_row(row: sqlx::any::AnyRow) -> anyhow::Result<CertificateRecord> {
+fn from_row(row: crate::db::Row) -> anyhow::Result<CertificateRecord> {
     let uuid = |i: usize| -> anyhow::Result<Uuid> { Ok(Uuid::parse_str(row.get::<&str, _>(i))?) };
     Ok(CertificateRecord {
         id: uuid(0)?,
@@ -132,8 +131,8 @@ pub struct NewCertificate<'a> {
 }
 
 /// Store a new certificate.
-pub async fn insert(db: &mut AnyConnection, new: &NewCertificate<'_>) -> anyhow::Result<()> {
-    sqlx::query(
+pub async fn insert(db: &mut crate::db::Tx, new: &NewCertificate<'_>) -> anyhow::Result<()> {
+    crate::db::query(
         "INSERT INTO certificates (id, consultation_id, invite_id, issued_by, kind, issued_at, \
          valid_until, holder_until, retain_until, status_index, kid, sealed) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -156,9 +155,9 @@ pub async fn insert(db: &mut AnyConnection, new: &NewCertificate<'_>) -> anyhow:
 }
 
 /// Whether a status index is taken.
-pub async fn status_index_taken(db: &mut AnyConnection, index: u64) -> anyhow::Result<bool> {
+pub async fn status_index_taken(db: &mut crate::db::Tx, index: u64) -> anyhow::Result<bool> {
     Ok(
-        sqlx::query("SELECT 1 FROM certificates WHERE status_index = $1")
+        crate::db::query("SELECT 1 FROM certificates WHERE status_index = $1")
             .bind(i64::try_from(index)?)
             .fetch_optional(db)
             .await?
@@ -167,8 +166,11 @@ pub async fn status_index_taken(db: &mut AnyConnection, index: u64) -> anyhow::R
 }
 
 /// One certificate.
-pub async fn find(db: impl AnyExecutor<'_>, id: Uuid) -> anyhow::Result<Option<CertificateRecord>> {
-    let row = sqlx::query(&format!("{SELECT} WHERE c.id = $1"))
+pub async fn find(
+    db: impl crate::db::Executor<'_>,
+    id: Uuid,
+) -> anyhow::Result<Option<CertificateRecord>> {
+    let row = crate::db::query(&format!("{SELECT} WHERE c.id = $1"))
         .bind(id.to_string())
         .fetch_optional(db)
         .await?;
@@ -177,10 +179,10 @@ pub async fn find(db: impl AnyExecutor<'_>, id: Uuid) -> anyhow::Result<Option<C
 
 /// The certificate with this status index.
 pub async fn by_status_index(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     index: u64,
 ) -> anyhow::Result<Option<CertificateRecord>> {
-    let row = sqlx::query(&format!("{SELECT} WHERE c.status_index = $1"))
+    let row = crate::db::query(&format!("{SELECT} WHERE c.status_index = $1"))
         .bind(i64::try_from(index)?)
         .fetch_optional(db)
         .await?;
@@ -189,10 +191,10 @@ pub async fn by_status_index(
 
 /// A consultation's certificates, oldest first.
 pub async fn of_consultation(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
 ) -> anyhow::Result<Vec<CertificateRecord>> {
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "{SELECT} WHERE c.consultation_id = $1 ORDER BY c.issued_at, c.id"
     ))
     .bind(consultation_id.to_string())
@@ -204,13 +206,13 @@ pub async fn of_consultation(
 /// Mark a certificate revoked by `by` (kept as the audit trail names actors); false if it
 /// already was (or is not there).
 pub async fn revoke(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     id: Uuid,
     by: &crate::audit::Actor,
     reason: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE certificates SET revoked_at = $1, revoked_by = $2, revoke_reason = $3 \
          WHERE id = $4 AND revoked_at IS NULL",
     )
@@ -224,10 +226,11 @@ pub async fn revoke(
 }
 
 /// The status indices of every revoked certificate.
-pub async fn revoked_indices(db: impl AnyExecutor<'_>) -> anyhow::Result<Vec<u64>> {
-    let rows = sqlx::query("SELECT status_index FROM certificates WHERE revoked_at IS NOT NULL")
-        .fetch_all(db)
-        .await?;
+pub async fn revoked_indices(db: impl crate::db::Executor<'_>) -> anyhow::Result<Vec<u64>> {
+    let rows =
+        crate::db::query("SELECT status_index FROM certificates WHERE revoked_at IS NOT NULL")
+            .fetch_all(db)
+            .await?;
     rows.into_iter()
         .map(|row| Ok(u64::try_from(row.get::<i64, _>(0))?))
         .collect()
@@ -235,10 +238,10 @@ pub async fn revoked_indices(db: impl AnyExecutor<'_>) -> anyhow::Result<Vec<u64
 
 /// Certificates still sealed whose retention ended by `now`.
 pub async fn past_retention(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     now: OffsetDateTime,
 ) -> anyhow::Result<Vec<CertificateRecord>> {
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "{SELECT} WHERE c.sealed IS NOT NULL AND c.retain_until <= $1"
     ))
     .bind(to_unix(now))
@@ -250,14 +253,14 @@ pub async fn past_retention(
 /// Of these certificates, those whose holder fetch was not audited within `every` of `now`:
 /// marked audited now, and returned (to audit them in the same transaction).
 pub async fn mark_fetch_audited(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     ids: &[Uuid],
     now: OffsetDateTime,
     every: time::Duration,
 ) -> anyhow::Result<Vec<Uuid>> {
     let mut due = Vec::new();
     for id in ids {
-        let marked = sqlx::query(
+        let marked = crate::db::query(
             "UPDATE certificates SET holder_fetch_audited_at = $1 \
              WHERE id = $2 AND (holder_fetch_audited_at IS NULL OR holder_fetch_audited_at <= $3)",
         )
@@ -274,8 +277,8 @@ pub async fn mark_fetch_audited(
 }
 
 /// Destroy a certificate's sealed content (its data key with it).
-pub async fn clear_sealed(db: &mut AnyConnection, id: Uuid) -> anyhow::Result<()> {
-    sqlx::query("UPDATE certificates SET sealed = NULL WHERE id = $1")
+pub async fn clear_sealed(db: &mut crate::db::Tx, id: Uuid) -> anyhow::Result<()> {
+    crate::db::query("UPDATE certificates SET sealed = NULL WHERE id = $1")
         .bind(id.to_string())
         .execute(db)
         .await?;
@@ -283,8 +286,8 @@ pub async fn clear_sealed(db: &mut AnyConnection, id: Uuid) -> anyhow::Result<()
 }
 
 /// Every sealed certificate: id and sealed document (for key rotation).
-pub async fn all_sealed(db: impl AnyExecutor<'_>) -> anyhow::Result<Vec<(Uuid, String)>> {
-    let rows = sqlx::query("SELECT id, sealed FROM certificates WHERE sealed IS NOT NULL")
+pub async fn all_sealed(db: impl crate::db::Executor<'_>) -> anyhow::Result<Vec<(Uuid, String)>> {
+    let rows = crate::db::query("SELECT id, sealed FROM certificates WHERE sealed IS NOT NULL")
         .fetch_all(db)
         .await?;
     rows.into_iter()
@@ -294,11 +297,11 @@ pub async fn all_sealed(db: impl AnyExecutor<'_>) -> anyhow::Result<Vec<(Uuid, S
 
 /// Replace a certificate's sealed document (re-wrapped under a new key-encryption key).
 pub async fn replace_sealed(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     id: Uuid,
     sealed: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE certificates SET sealed = $1 WHERE id = $2 AND sealed IS NOT NULL")
+    crate::db::query("UPDATE certificates SET sealed = $1 WHERE id = $2 AND sealed IS NOT NULL")
         .bind(sealed)
         .bind(id.to_string())
         .execute(db)
@@ -308,7 +311,7 @@ pub async fn replace_sealed(
 
 /// An invite, by id.
 pub async fn invite_of(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     invite_id: Uuid,
 ) -> anyhow::Result<Option<crate::consultations::rows::InviteRecord>> {
     crate::consultations::rows::invite_by_id(db, invite_id).await
@@ -318,10 +321,10 @@ pub async fn invite_of(
 /// (an invite without a name) those issued for any patient link of its consultation, so that a
 /// link the doctor issued again still reaches them. Oldest first.
 pub async fn held_by_invite(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     invite: &crate::consultations::rows::InviteRecord,
 ) -> anyhow::Result<Vec<CertificateRecord>> {
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "{SELECT} JOIN invites i ON i.id = c.invite_id \
          WHERE c.consultation_id = $1 AND (c.invite_id = $2 OR ($3 = 1 AND i.name IS NULL)) \
          ORDER BY c.issued_at, c.id"
@@ -336,11 +339,11 @@ pub async fn held_by_invite(
 
 /// A clinician's licence number, if an operator set one.
 pub async fn licence_number(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     user: Uuid,
 ) -> anyhow::Result<Option<String>> {
     Ok(
-        sqlx::query("SELECT licence_number FROM users WHERE id = $1")
+        crate::db::query("SELECT licence_number FROM users WHERE id = $1")
             .bind(user.to_string())
             .fetch_optional(db)
             .await?

@@ -4,7 +4,6 @@
 
 use consult_proto::api::{ConsultationMode, ConsultationStatus, InviteKind};
 use consult_proto::signal::ParticipantRole;
-use sqlx::{AnyConnection, AnyExecutor, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -71,7 +70,7 @@ const SELECT: &str = "SELECT c.id, c.doctor_id, u.display_name, c.title, c.sched
      c.status, c.created_at, c.ended_at, c.e2ee, c.doctor_participant_id, c.guests_share_screen \
      FROM consultations c JOIN users u ON u.id = c.doctor_id";
 
-fn record_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<ConsultationRecord> {
+fn record_from_row(row: crate::db::Row) -> anyhow::Result<ConsultationRecord> {
     let id: String = row.get(0);
     let doctor_id: String = row.get(1);
     let mode: String = row.get(5);
@@ -102,11 +101,11 @@ fn record_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<ConsultationRecord>
 
 /// Whether the doctor lets everyone else in the consultation's calls share a screen.
 pub async fn set_guests_share_screen(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
     allowed: bool,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE consultations SET guests_share_screen = $1 WHERE id = $2")
+    crate::db::query("UPDATE consultations SET guests_share_screen = $1 WHERE id = $2")
         .bind(i64::from(allowed))
         .bind(consultation_id.to_string())
         .execute(db)
@@ -116,10 +115,10 @@ pub async fn set_guests_share_screen(
 
 /// Load a consultation by id.
 pub async fn find(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     id: Uuid,
 ) -> anyhow::Result<Option<ConsultationRecord>> {
-    let row = sqlx::query(&format!("{SELECT} WHERE c.id = $1"))
+    let row = crate::db::query(&format!("{SELECT} WHERE c.id = $1"))
         .bind(id.to_string())
         .fetch_optional(db)
         .await?;
@@ -128,10 +127,10 @@ pub async fn find(
 
 /// A doctor's consultations, newest first (at most 500).
 pub async fn of_doctor(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     doctor_id: Uuid,
 ) -> anyhow::Result<Vec<ConsultationRecord>> {
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "{SELECT} WHERE c.doctor_id = $1 ORDER BY c.created_at DESC, c.id LIMIT 500"
     ))
     .bind(doctor_id.to_string())
@@ -159,8 +158,8 @@ pub struct NewConsultation<'a> {
 }
 
 /// Store a new, open consultation.
-pub async fn insert(db: &mut AnyConnection, new: &NewConsultation<'_>) -> anyhow::Result<()> {
-    sqlx::query(
+pub async fn insert(db: &mut crate::db::Tx, new: &NewConsultation<'_>) -> anyhow::Result<()> {
+    crate::db::query(
         "INSERT INTO consultations (id, doctor_id, title, scheduled_at, mode, status, created_at, e2ee,
                                     doctor_participant_id)
          VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8)",
@@ -180,11 +179,11 @@ pub async fn insert(db: &mut AnyConnection, new: &NewConsultation<'_>) -> anyhow
 
 /// End an open consultation; whether it was open.
 pub async fn mark_ended(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     id: Uuid,
     at: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE consultations SET status = 'ended', ended_at = $1 WHERE id = $2 AND status = 'open'",
     )
     .bind(to_unix(at))
@@ -213,8 +212,8 @@ pub struct NewInvite<'a> {
 }
 
 /// Store a new invite.
-pub async fn insert_invite(db: &mut AnyConnection, new: &NewInvite<'_>) -> anyhow::Result<()> {
-    sqlx::query(
+pub async fn insert_invite(db: &mut crate::db::Tx, new: &NewInvite<'_>) -> anyhow::Result<()> {
+    crate::db::query(
         "INSERT INTO invites (id, consultation_id, token_hash, issued_at, expires_at, kind, name)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -243,7 +242,7 @@ pub enum Revoke {
 
 /// Revoke live invites of a consultation; the ids of those revoked.
 pub async fn revoke_invites(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     consultation_id: Uuid,
     which: Revoke,
     at: OffsetDateTime,
@@ -256,7 +255,7 @@ pub async fn revoke_invites(
     let query = format!(
         "UPDATE invites SET revoked_at = $1 WHERE consultation_id = $2 AND revoked_at IS NULL{only} RETURNING id"
     );
-    let mut query = sqlx::query_scalar(&query)
+    let mut query = crate::db::query_scalar(&query)
         .bind(to_unix(at))
         .bind(consultation_id.to_string());
     if let Revoke::One(id) = which {
@@ -292,7 +291,7 @@ const SELECT_INVITE: &str =
      i.kind, i.name \
      FROM invites i";
 
-fn invite_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<InviteRecord> {
+fn invite_from_row(row: crate::db::Row) -> anyhow::Result<InviteRecord> {
     let id: String = row.get(0);
     let consultation_id: String = row.get(1);
     Ok(InviteRecord {
@@ -310,10 +309,10 @@ fn invite_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<InviteRecord> {
 
 /// The most recently issued patient link of a consultation.
 pub async fn latest_invite(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
 ) -> anyhow::Result<Option<InviteRecord>> {
-    let row = sqlx::query(&format!(
+    let row = crate::db::query(&format!(
         "{SELECT_INVITE} WHERE i.consultation_id = $1 AND i.name IS NULL ORDER BY i.issued_at DESC, i.rowid DESC LIMIT 1"
     ))
     .bind(consultation_id.to_string())
@@ -331,11 +330,11 @@ const PROMISES_A_PLACE: &str = "i.revoked_at IS NULL AND (i.expires_at > $2 OR E
 /// The named invites of a consultation that promise a place ([`PROMISES_A_PLACE`]), oldest
 /// first.
 pub async fn named_invites(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<Vec<InviteRecord>> {
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "{SELECT_INVITE} WHERE i.consultation_id = $1 AND i.name IS NOT NULL AND {PROMISES_A_PLACE} \
          ORDER BY i.issued_at, i.rowid"
     ))
@@ -348,10 +347,10 @@ pub async fn named_invites(
 
 /// The invite with this id.
 pub async fn invite_by_id(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     invite_id: Uuid,
 ) -> anyhow::Result<Option<InviteRecord>> {
-    let row = sqlx::query(&format!("{SELECT_INVITE} WHERE i.id = $1"))
+    let row = crate::db::query(&format!("{SELECT_INVITE} WHERE i.id = $1"))
         .bind(invite_id.to_string())
         .fetch_optional(db)
         .await?;
@@ -360,10 +359,10 @@ pub async fn invite_by_id(
 
 /// The invite with this token hash.
 pub async fn invite_by_token(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<InviteRecord>> {
-    let row = sqlx::query(&format!("{SELECT_INVITE} WHERE i.token_hash = $1"))
+    let row = crate::db::query(&format!("{SELECT_INVITE} WHERE i.token_hash = $1"))
         .bind(token_hash)
         .fetch_optional(db)
         .await?;
@@ -393,12 +392,12 @@ pub struct NewParticipant<'a> {
 /// or the invite stopped working (revoked, expired, its consultation ended) since it was
 /// checked — the check is made again here, inside the caller's transaction.
 pub async fn insert_participant(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     place: &NewParticipant<'_>,
 ) -> anyhow::Result<bool> {
     // DO NOTHING rather than catching the unique violation: on PostgreSQL an error would abort
     // the caller's transaction, its audit entry with it.
-    let inserted = sqlx::query(
+    let inserted = crate::db::query(
         "INSERT INTO participants (id, consultation_id, invite_id, name, token_hash, created_at, role)
          SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (
              SELECT 1 FROM invites i JOIN consultations c ON c.id = i.consultation_id
@@ -438,7 +437,7 @@ fn guest_role(stored: &str) -> anyhow::Result<ParticipantRole> {
         .ok_or_else(|| anyhow::anyhow!("a place of an unknown role"))
 }
 
-fn held_place_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<HeldPlace> {
+fn held_place_from_row(row: crate::db::Row) -> anyhow::Result<HeldPlace> {
     Ok(HeldPlace {
         id: Uuid::parse_str(row.get::<&str, _>(0))?,
         consultation_id: Uuid::parse_str(row.get::<&str, _>(1))?,
@@ -451,10 +450,10 @@ fn held_place_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<HeldPlace> {
 /// The unreleased place a participant token (by hash) belongs to, while its invite stands (a
 /// revoked invite voids its place at once, even before the place is released).
 pub async fn held_place(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     token_hash: &str,
 ) -> anyhow::Result<Option<HeldPlace>> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT p.id, p.consultation_id, p.name, p.role, p.invite_id FROM participants p
          JOIN invites i ON i.id = p.invite_id
          WHERE p.token_hash = $1 AND p.released_at IS NULL AND i.revoked_at IS NULL",
@@ -467,11 +466,11 @@ pub async fn held_place(
 
 /// The unreleased place of participant `participant_id` in a consultation.
 pub async fn held_place_by_id(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
     participant_id: Uuid,
 ) -> anyhow::Result<Option<HeldPlace>> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT p.id, p.consultation_id, p.name, p.role, p.invite_id FROM participants p
          WHERE p.id = $1 AND p.consultation_id = $2 AND p.released_at IS NULL",
     )
@@ -484,10 +483,10 @@ pub async fn held_place_by_id(
 
 /// Every place still held, with what a restarted service gives back: (consultation, place).
 pub async fn held_places(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     doctor: Option<Uuid>,
 ) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT p.id, p.consultation_id, p.name, p.admitted_at, p.recording_consent, p.created_at, p.role
          FROM participants p JOIN consultations c ON c.id = p.consultation_id
          JOIN invites i ON i.id = p.invite_id
@@ -517,8 +516,10 @@ pub async fn held_places(
 
 /// The doctors with places held in their consultations (candidates for a new home when the
 /// node that held them is gone).
-pub async fn doctors_with_held_places(db: impl AnyExecutor<'_>) -> anyhow::Result<Vec<Uuid>> {
-    let rows: Vec<String> = sqlx::query_scalar(
+pub async fn doctors_with_held_places(
+    db: impl crate::db::Executor<'_>,
+) -> anyhow::Result<Vec<Uuid>> {
+    let rows: Vec<String> = crate::db::query_scalar(
         "SELECT DISTINCT c.doctor_id FROM participants p
          JOIN consultations c ON c.id = p.consultation_id WHERE p.released_at IS NULL",
     )
@@ -548,25 +549,27 @@ fn consent_from_str(stored: &str) -> Option<Consent> {
 
 /// The doctor admitted a participant (kept, so a restart does not send them back to waiting).
 pub async fn set_admitted(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     participant_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE participants SET admitted_at = $1 WHERE id = $2 AND admitted_at IS NULL")
-        .bind(to_unix(now))
-        .bind(participant_id.to_string())
-        .execute(db)
-        .await?;
+    crate::db::query(
+        "UPDATE participants SET admitted_at = $1 WHERE id = $2 AND admitted_at IS NULL",
+    )
+    .bind(to_unix(now))
+    .bind(participant_id.to_string())
+    .execute(db)
+    .await?;
     Ok(())
 }
 
 /// A patient's answer to the recording question (kept, so a restart does not ask again).
 pub async fn set_recording_consent(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     participant_id: Uuid,
     consent: Consent,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE participants SET recording_consent = $1 WHERE id = $2")
+    crate::db::query("UPDATE participants SET recording_consent = $1 WHERE id = $2")
         .bind(consent_str(consent))
         .bind(participant_id.to_string())
         .execute(db)
@@ -576,25 +579,27 @@ pub async fn set_recording_consent(
 
 /// Release a participant's place; their token stops working.
 pub async fn release_place(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     participant_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE participants SET released_at = $1 WHERE id = $2 AND released_at IS NULL")
-        .bind(to_unix(now))
-        .bind(participant_id.to_string())
-        .execute(db)
-        .await?;
+    crate::db::query(
+        "UPDATE participants SET released_at = $1 WHERE id = $2 AND released_at IS NULL",
+    )
+    .bind(to_unix(now))
+    .bind(participant_id.to_string())
+    .execute(db)
+    .await?;
     Ok(())
 }
 
 /// Release every place of a consultation.
 pub async fn release_places(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE participants SET released_at = $1 WHERE consultation_id = $2 AND released_at IS NULL",
     )
     .bind(to_unix(now))
@@ -606,10 +611,10 @@ pub async fn release_places(
 
 /// Who holds an invite now.
 pub async fn invite_holders(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     invite_id: &str,
 ) -> anyhow::Result<Vec<Uuid>> {
-    let holders: Vec<String> = sqlx::query_scalar(
+    let holders: Vec<String> = crate::db::query_scalar(
         "SELECT id FROM participants WHERE invite_id = $1 AND released_at IS NULL",
     )
     .bind(invite_id)
@@ -639,7 +644,7 @@ const SELECT_COLLEAGUE: &str =
     "SELECT cc.consultation_id, cc.user_id, u.display_name, cc.participant_id, cc.added_at, cc.admitted_at \
      FROM consultation_clinicians cc JOIN users u ON u.id = cc.user_id";
 
-fn colleague_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<ColleagueRecord> {
+fn colleague_from_row(row: crate::db::Row) -> anyhow::Result<ColleagueRecord> {
     Ok(ColleagueRecord {
         consultation_id: Uuid::parse_str(row.get::<&str, _>(0))?,
         user_id: Uuid::parse_str(row.get::<&str, _>(1))?,
@@ -654,13 +659,13 @@ fn colleague_from_row(row: sqlx::any::AnyRow) -> anyhow::Result<ColleagueRecord>
 /// so nothing of their earlier place carries over); their participant id, or `None` if they are
 /// in it already.
 pub async fn add_colleague(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     consultation_id: Uuid,
     user_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<Option<Uuid>> {
     let participant_id = Uuid::new_v4();
-    let done = sqlx::query(
+    let done = crate::db::query(
         "INSERT INTO consultation_clinicians (consultation_id, user_id, participant_id, added_at)
          VALUES ($1, $2, $3, $4)
          ON CONFLICT (consultation_id, user_id) DO UPDATE
@@ -679,12 +684,12 @@ pub async fn add_colleague(
 
 /// Take a colleague off a consultation; their participant id, if they were on it.
 pub async fn remove_colleague(
-    db: &mut AnyConnection,
+    db: &mut crate::db::Tx,
     consultation_id: Uuid,
     user_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<Option<Uuid>> {
-    let removed: Option<String> = sqlx::query_scalar(
+    let removed: Option<String> = crate::db::query_scalar(
         "UPDATE consultation_clinicians SET removed_at = $1, admitted_at = NULL
          WHERE consultation_id = $2 AND user_id = $3 AND removed_at IS NULL RETURNING participant_id",
     )
@@ -698,10 +703,10 @@ pub async fn remove_colleague(
 
 /// The colleagues on a consultation now, in the order they were added.
 pub async fn colleagues_of(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
 ) -> anyhow::Result<Vec<ColleagueRecord>> {
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "{SELECT_COLLEAGUE} WHERE cc.consultation_id = $1 AND cc.removed_at IS NULL ORDER BY cc.added_at, cc.user_id"
     ))
     .bind(consultation_id.to_string())
@@ -712,11 +717,11 @@ pub async fn colleagues_of(
 
 /// The colleague `user_id` on a consultation, if they are on it now.
 pub async fn colleague(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
     user_id: Uuid,
 ) -> anyhow::Result<Option<ColleagueRecord>> {
-    let row = sqlx::query(&format!(
+    let row = crate::db::query(&format!(
         "{SELECT_COLLEAGUE} WHERE cc.consultation_id = $1 AND cc.user_id = $2 AND cc.removed_at IS NULL"
     ))
     .bind(consultation_id.to_string())
@@ -728,11 +733,11 @@ pub async fn colleague(
 
 /// The colleague with participant id `participant_id` on a consultation, if on it now.
 pub async fn colleague_by_participant(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
     participant_id: Uuid,
 ) -> anyhow::Result<Option<ColleagueRecord>> {
-    let row = sqlx::query(&format!(
+    let row = crate::db::query(&format!(
         "{SELECT_COLLEAGUE} WHERE cc.consultation_id = $1 AND cc.participant_id = $2 AND cc.removed_at IS NULL"
     ))
     .bind(consultation_id.to_string())
@@ -745,10 +750,10 @@ pub async fn colleague_by_participant(
 /// The consultations `user_id` was added to as a colleague, newest first (at most 500), with
 /// when they were added.
 pub async fn shared_with(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     user_id: Uuid,
 ) -> anyhow::Result<Vec<(ConsultationRecord, OffsetDateTime)>> {
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT c.id, c.doctor_id, u.display_name, c.title, c.scheduled_at, c.mode, \
          c.status, c.created_at, c.ended_at, c.e2ee, c.doctor_participant_id, \
          c.guests_share_screen, cc.added_at \
@@ -771,25 +776,27 @@ pub async fn shared_with(
 /// A colleague was admitted to the call (`Some`), or left it (`None`): kept, so a restarted
 /// service gives an admitted colleague their place back.
 pub async fn set_colleague_admitted(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     participant_id: Uuid,
     at: Option<OffsetDateTime>,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE consultation_clinicians SET admitted_at = $1 WHERE participant_id = $2")
-        .bind(at.map(to_unix))
-        .bind(participant_id.to_string())
-        .execute(db)
-        .await?;
+    crate::db::query(
+        "UPDATE consultation_clinicians SET admitted_at = $1 WHERE participant_id = $2",
+    )
+    .bind(at.map(to_unix))
+    .bind(participant_id.to_string())
+    .execute(db)
+    .await?;
     Ok(())
 }
 
 /// Colleagues admitted to a call when the previous run stopped, as places to restore:
 /// (consultation, place).
 pub async fn admitted_colleagues(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     doctor: Option<Uuid>,
 ) -> anyhow::Result<Vec<(Uuid, RestoredPlace)>> {
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "{SELECT_COLLEAGUE} JOIN consultations c ON c.id = cc.consultation_id \
          WHERE cc.removed_at IS NULL AND cc.admitted_at IS NOT NULL AND c.status = 'open' \
          AND ($1 IS NULL OR c.doctor_id = $1) \
@@ -818,24 +825,26 @@ pub async fn admitted_colleagues(
 
 /// Nobody of a consultation's colleagues is in its call any more (it ended).
 pub async fn clear_colleagues_admitted(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE consultation_clinicians SET admitted_at = NULL WHERE consultation_id = $1")
-        .bind(consultation_id.to_string())
-        .execute(db)
-        .await?;
+    crate::db::query(
+        "UPDATE consultation_clinicians SET admitted_at = NULL WHERE consultation_id = $1",
+    )
+    .bind(consultation_id.to_string())
+    .execute(db)
+    .await?;
     Ok(())
 }
 
 /// How many people a consultation has promised a place to besides its doctor: every invite not
 /// revoked that is live or still held by a device, and every colleague on it.
 pub async fn places_promised(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
     now: OffsetDateTime,
 ) -> anyhow::Result<usize> {
-    let count: i64 = sqlx::query_scalar(&format!(
+    let count: i64 = crate::db::query_scalar(&format!(
         "SELECT (SELECT COUNT(*) FROM invites i WHERE i.consultation_id = $1 AND {PROMISES_A_PLACE})
               + (SELECT COUNT(*) FROM consultation_clinicians cc
                  WHERE cc.consultation_id = $1 AND cc.removed_at IS NULL)"

@@ -42,7 +42,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     let url = crate::server::public_url(&config, config.bind);
     AppState::new(
         config,
-        crate::db::Pools::of(pool).await?,
+        crate::db::Pools::of(pool)?,
         Arc::new(SystemClock),
         url,
         sealing_key,
@@ -196,7 +196,7 @@ pub async fn export(
             }
             for unopened in &exported.unopened {
                 let name: Option<String> =
-                    sqlx::query_scalar("SELECT name FROM participants WHERE id = $1")
+                    crate::db::query_scalar("SELECT name FROM participants WHERE id = $1")
                         .bind(unopened.participant.to_string())
                         .fetch_optional(&state.pool)
                         .await
@@ -300,7 +300,7 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<consult_vault::Rotat
                 .block_on(async {
                     let mut tx = crate::db::write_transaction(&rows_pool).await?;
                     for (id, sealed) in &rewrapped {
-                        crate::certificates::rows::replace_sealed(&mut *tx, *id, sealed).await?;
+                        crate::certificates::rows::replace_sealed(&mut tx, *id, sealed).await?;
                     }
                     tx.commit().await?;
                     anyhow::Ok(())

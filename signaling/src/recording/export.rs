@@ -337,12 +337,11 @@ impl PreparedExport {
 /// (the doctor's, each invite holder's, each colleague's): the names of a group recording's
 /// tracks.
 pub async fn participant_names(
-    db: &sqlx::AnyPool,
+    db: &crate::db::Db,
     consultation_id: Uuid,
 ) -> anyhow::Result<std::collections::HashMap<Uuid, String>> {
-    use sqlx::Row;
     let mut names = std::collections::HashMap::new();
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT c.doctor_participant_id, u.display_name FROM consultations c
          JOIN users u ON u.id = c.doctor_id WHERE c.id = $1
          UNION ALL SELECT p.id, p.name FROM participants p WHERE p.consultation_id = $1

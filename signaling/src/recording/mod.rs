@@ -226,7 +226,7 @@ pub async fn open_vault(config: &crate::config::Config) -> anyhow::Result<Vault>
 /// single node's start-up; one doctor's when a node takes over their consultations): marked
 /// interrupted (audited), they keep everything up to their last sealed chunk.
 pub async fn close_left_open(
-    pool: &sqlx::AnyPool,
+    pool: &crate::db::Db,
     vault: &Arc<Vault>,
     clock: &Arc<dyn crate::clock::Clock>,
     doctor: Option<Uuid>,

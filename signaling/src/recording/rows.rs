@@ -1,7 +1,6 @@
 //! What the database knows about recordings (the media and keys are in the vault).
 
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyExecutor, AnyPool, Row};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -95,7 +94,7 @@ const SELECT: &str = "SELECT id, consultation_id, state, zero_knowledge, started
 /// one any more; a bound on the walk whatever the database holds).
 pub const MAX_SEGMENTS: usize = 64;
 
-fn from_row(row: sqlx::any::AnyRow) -> anyhow::Result<RecordingRow> {
+fn from_row(row: crate::db::Row) -> anyhow::Result<RecordingRow> {
     Ok(RecordingRow {
         id: Uuid::parse_str(row.get::<&str, _>(0))?,
         consultation_id: Uuid::parse_str(row.get::<&str, _>(1))?,
@@ -133,8 +132,8 @@ pub struct NewRecording {
 }
 
 /// A new recording, in state `recording`.
-pub async fn insert(db: impl AnyExecutor<'_>, new: &NewRecording) -> anyhow::Result<()> {
-    sqlx::query(
+pub async fn insert(db: impl crate::db::Executor<'_>, new: &NewRecording) -> anyhow::Result<()> {
+    crate::db::query(
         "INSERT INTO recordings (id, consultation_id, state, zero_knowledge, started_at, retain_until,
                                  continues)
          VALUES ($1, $2, 'recording', $3, $4, $5, $6)",
@@ -152,7 +151,7 @@ pub async fn insert(db: impl AnyExecutor<'_>, new: &NewRecording) -> anyhow::Res
 
 /// The recording stopped.
 pub async fn finish(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     id: Uuid,
     state: RecordingStatus,
     ended_at: OffsetDateTime,
@@ -160,7 +159,7 @@ pub async fn finish(
     bytes: u64,
     note: Option<&str>,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE recordings SET state = $1, ended_at = $2, chunks = $3, bytes = $4, note = $5 WHERE id = $6",
     )
     .bind(state.as_str())
@@ -175,8 +174,8 @@ pub async fn finish(
 }
 
 /// One recording.
-pub async fn find(pool: &AnyPool, id: Uuid) -> anyhow::Result<Option<RecordingRow>> {
-    sqlx::query(&format!("{SELECT} WHERE id = $1"))
+pub async fn find(pool: &crate::db::Db, id: Uuid) -> anyhow::Result<Option<RecordingRow>> {
+    crate::db::query(&format!("{SELECT} WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(pool)
         .await?
@@ -189,12 +188,12 @@ pub async fn find(pool: &AnyPool, id: Uuid) -> anyhow::Result<Option<RecordingRo
 /// kind (`zero_knowledge`), whose last frame is no older than `since`. A recording interrupted
 /// longer ago than that, or followed by another recording, starts a new one.
 pub async fn to_continue(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     consultation_id: Uuid,
     zero_knowledge: bool,
     since: OffsetDateTime,
 ) -> anyhow::Result<Option<RecordingRow>> {
-    sqlx::query(&format!(
+    crate::db::query(&format!(
         "{SELECT} r WHERE consultation_id = $1 AND state = 'interrupted' AND zero_knowledge = $2
            AND ended_at >= $3
            AND NOT EXISTS (SELECT 1 FROM recordings c WHERE c.continues = r.id)
@@ -221,7 +220,7 @@ pub struct BrokenChain(pub String);
 /// and those that continue it (just `id` when it was never interrupted and continued). Empty
 /// when there is no recording `id`. A chain that cannot be followed is an error holding a
 /// [`BrokenChain`].
-pub async fn segments(pool: &AnyPool, id: Uuid) -> anyhow::Result<Vec<RecordingRow>> {
+pub async fn segments(pool: &crate::db::Db, id: Uuid) -> anyhow::Result<Vec<RecordingRow>> {
     let Some(mut first) = find(pool, id).await? else {
         return Ok(Vec::new());
     };
@@ -242,7 +241,7 @@ pub async fn segments(pool: &AnyPool, id: Uuid) -> anyhow::Result<Vec<RecordingR
     }
     let mut chain = vec![first];
     while let Some(last) = chain.last().map(|r| r.id) {
-        let next = sqlx::query(&format!("{SELECT} WHERE continues = $1"))
+        let next = crate::db::query(&format!("{SELECT} WHERE continues = $1"))
             .bind(last.to_string())
             .fetch_optional(pool)
             .await?
@@ -272,10 +271,10 @@ pub async fn segments(pool: &AnyPool, id: Uuid) -> anyhow::Result<Vec<RecordingR
 
 /// A consultation's recordings, oldest first.
 pub async fn of_consultation(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     consultation_id: Uuid,
 ) -> anyhow::Result<Vec<RecordingRow>> {
-    sqlx::query(&format!(
+    crate::db::query(&format!(
         "{SELECT} WHERE consultation_id = $1 ORDER BY started_at, id"
     ))
     .bind(consultation_id.to_string())
@@ -287,8 +286,8 @@ pub async fn of_consultation(
 }
 
 /// Every recording, newest first (operators).
-pub async fn all(pool: &AnyPool) -> anyhow::Result<Vec<RecordingRow>> {
-    sqlx::query(&format!("{SELECT} ORDER BY started_at DESC, id"))
+pub async fn all(pool: &crate::db::Db) -> anyhow::Result<Vec<RecordingRow>> {
+    crate::db::query(&format!("{SELECT} ORDER BY started_at DESC, id"))
         .fetch_all(pool)
         .await?
         .into_iter()
@@ -298,10 +297,10 @@ pub async fn all(pool: &AnyPool) -> anyhow::Result<Vec<RecordingRow>> {
 
 /// Recordings past their retention and not yet shredded (nor being written).
 pub async fn past_retention(
-    pool: &AnyPool,
+    pool: &crate::db::Db,
     now: OffsetDateTime,
 ) -> anyhow::Result<Vec<RecordingRow>> {
-    sqlx::query(&format!(
+    crate::db::query(&format!(
         "{SELECT} WHERE retain_until <= $1 AND state NOT IN ('shredded', 'recording')"
     ))
     .bind(to_unix(now))
@@ -314,11 +313,11 @@ pub async fn past_retention(
 
 /// The recording's key is destroyed.
 pub async fn set_shredded(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     id: Uuid,
     at: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE recordings SET state = 'shredded', ended_at = COALESCE(ended_at, $1) WHERE id = $2",
     )
     .bind(to_unix(at))
@@ -330,8 +329,11 @@ pub async fn set_shredded(
 
 /// Recordings a process left in state `recording` (it stopped without closing them): every
 /// one at start-up of a single node, one doctor's when a node takes over their consultations.
-pub async fn left_open(pool: &AnyPool, doctor: Option<Uuid>) -> anyhow::Result<Vec<RecordingRow>> {
-    sqlx::query(&format!(
+pub async fn left_open(
+    pool: &crate::db::Db,
+    doctor: Option<Uuid>,
+) -> anyhow::Result<Vec<RecordingRow>> {
+    crate::db::query(&format!(
         "{SELECT} WHERE state = 'recording' AND ($1 IS NULL OR consultation_id IN
            (SELECT id FROM consultations WHERE doctor_id = $1))"
     ))
@@ -345,11 +347,11 @@ pub async fn left_open(pool: &AnyPool, doctor: Option<Uuid>) -> anyhow::Result<V
 
 /// The recording public key registered for a clinician, if any.
 pub async fn recording_key_of(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     user_id: Uuid,
 ) -> anyhow::Result<Option<String>> {
     let key: Option<Option<String>> =
-        sqlx::query_scalar("SELECT recording_public_key FROM users WHERE id = $1")
+        crate::db::query_scalar("SELECT recording_public_key FROM users WHERE id = $1")
             .bind(user_id.to_string())
             .fetch_optional(db)
             .await?;
@@ -358,11 +360,11 @@ pub async fn recording_key_of(
 
 /// Register (or with `None`, remove) a clinician's recording public key.
 pub async fn set_recording_key(
-    db: impl AnyExecutor<'_>,
+    db: impl crate::db::Executor<'_>,
     user_id: Uuid,
     key: Option<&str>,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE users SET recording_public_key = $1 WHERE id = $2")
+    crate::db::query("UPDATE users SET recording_public_key = $1 WHERE id = $2")
         .bind(key)
         .bind(user_id.to_string())
         .execute(db)

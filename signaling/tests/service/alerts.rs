@@ -365,7 +365,7 @@ async fn a_webhook_that_is_down_loses_nothing_and_requests_never_wait_for_it() {
             sqlx::query_as::<_, (i64, Option<String>, Option<String>)>(
                 "SELECT attempts, last_error, delivered_at FROM alert_deliveries",
             )
-            .fetch_all(&pool)
+            .fetch_all(pool.any_pool())
             .await
             .unwrap()
         }

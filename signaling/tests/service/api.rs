@@ -98,17 +98,18 @@ async fn enrolment_link_sets_a_password_once_and_totp_enrolment_yields_a_session
 async fn totp_seeds_are_sealed_in_the_database() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("seal@clinic.test").await;
-    let stored: String = sqlx::query_scalar("SELECT totp_secret FROM users WHERE email = $1")
-        .bind(&doctor.email)
-        .fetch_one(&svc.state().pool)
-        .await
-        .unwrap();
+    let stored: String =
+        consult_signaling::db::query_scalar("SELECT totp_secret FROM users WHERE email = $1")
+            .bind(&doctor.email)
+            .fetch_one(&svc.state().pool)
+            .await
+            .unwrap();
     assert!(stored.starts_with("v1:"), "sealed, not the seed itself");
     assert!(!stored.contains(&doctor.totp_secret));
     // Moving a sealed seed to another account does not work: it is bound to its owner.
     let other = svc.create_account("other@clinic.test", Role::Doctor).await;
     let _ = other;
-    sqlx::query("UPDATE users SET totp_secret = $1, password_hash = (SELECT password_hash FROM users WHERE email = $2) WHERE email = 'other@clinic.test'")
+    consult_signaling::db::query("UPDATE users SET totp_secret = $1, password_hash = (SELECT password_hash FROM users WHERE email = $2) WHERE email = 'other@clinic.test'")
         .bind(&stored)
         .bind(&doctor.email)
         .execute(&svc.state().pool)
@@ -906,7 +907,7 @@ async fn an_organisation_that_requires_e2ee_gets_it_everywhere_and_refuses_optin
 /// Stop every audit write, as a full or failing audit store would.
 async fn break_the_audit_log(svc: &TestService) {
     use consult_signaling::db::Backend;
-    let pool = &svc.state().pool;
+    let pool = svc.state().pool.any_pool();
     let postgres = Backend::of(pool) == Backend::Postgres;
     if postgres {
         sqlx::raw_sql(
@@ -940,7 +941,7 @@ async fn break_the_audit_log(svc: &TestService) {
 }
 
 async fn count(svc: &TestService, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+    consult_signaling::db::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
         .fetch_one(&svc.state().pool)
         .await
         .unwrap()
@@ -999,17 +1000,21 @@ async fn sign_in_sign_out_recovery_codes_redemption_keys_and_accounts_change_not
     svc.next_totp_step();
     let code = totp::code_at(&doctor.totp_secret, svc.now_unix()).unwrap();
     let unused_codes = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM recovery_codes WHERE used_at IS NULL")
-            .fetch_one(&svc.state().pool)
-            .await
-            .unwrap()
+        consult_signaling::db::query_scalar::<i64>(
+            "SELECT COUNT(*) FROM recovery_codes WHERE used_at IS NULL",
+        )
+        .fetch_one(&svc.state().pool)
+        .await
+        .unwrap()
     };
     let failures = || async {
-        sqlx::query_scalar::<_, i64>("SELECT failed_logins FROM users WHERE email = $1")
-            .bind("rollback@example.org")
-            .fetch_one(&svc.state().pool)
-            .await
-            .unwrap()
+        consult_signaling::db::query_scalar::<i64>(
+            "SELECT failed_logins FROM users WHERE email = $1",
+        )
+        .bind("rollback@example.org")
+        .fetch_one(&svc.state().pool)
+        .await
+        .unwrap()
     };
     let (sessions, participants, users, codes) = (
         count(&svc, "sessions").await,

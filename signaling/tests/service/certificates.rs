@@ -525,7 +525,7 @@ async fn a_form_that_is_not_a_certificate_is_refused_with_what_is_wrong() {
 async fn a_clinician_without_a_licence_number_cannot_sign_until_an_operator_sets_one() {
     let svc = TestService::start().await;
     let doctor = svc.doctor("dr.unlicensed@example.org").await;
-    sqlx::query("UPDATE users SET licence_number = NULL")
+    consult_signaling::db::query("UPDATE users SET licence_number = NULL")
         .execute(&svc.state().pool)
         .await
         .unwrap();
@@ -861,10 +861,11 @@ async fn the_holder_fetches_for_the_set_time_and_retention_destroys_the_certific
     let token = session.token.unwrap();
     let listed = svc.api.certificates(&token, consultation.id).await.unwrap();
     assert!(listed[0].claims.is_none());
-    let sealed: Option<String> = sqlx::query_scalar("SELECT sealed FROM certificates")
-        .fetch_one(&svc.state().pool)
-        .await
-        .unwrap();
+    let sealed: Option<String> =
+        consult_signaling::db::query_scalar("SELECT sealed FROM certificates")
+            .fetch_one(&svc.state().pool)
+            .await
+            .unwrap();
     assert!(sealed.is_none());
     assert_eq!(
         svc.api

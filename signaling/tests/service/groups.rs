@@ -794,7 +794,7 @@ async fn a_revoked_invite_voids_its_place_and_removal_always_disconnects() {
 
     // The invite is revoked behind the hub's back (as when disconnecting its holder failed).
     let state = svc.state();
-    let mut connection = state.pool.acquire().await.unwrap();
+    let mut connection = state.pool.begin_write().await.unwrap();
     consult_signaling::consultations::rows::revoke_invites(
         &mut connection,
         cid,
@@ -803,6 +803,7 @@ async fn a_revoked_invite_voids_its_place_and_removal_always_disconnects() {
     )
     .await
     .unwrap();
+    connection.commit().await.unwrap();
     // Its token no longer joins anywhere, nor fetches ICE servers.
     let mut again = svc.connect().await;
     again
@@ -831,6 +832,7 @@ async fn a_revoked_invite_voids_its_place_and_removal_always_disconnects() {
         token_hash: "0000",
         created_at: time::OffsetDateTime::now_utc(),
     };
+    let mut connection = state.pool.begin_write().await.unwrap();
     assert!(
         !consult_signaling::consultations::rows::insert_participant(&mut connection, &place)
             .await

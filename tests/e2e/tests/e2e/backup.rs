@@ -14,7 +14,7 @@ use rand::RngCore;
 struct Installation {
     _dirs: (tempfile::TempDir, tempfile::TempDir),
     config: Config,
-    pool: sqlx::AnyPool,
+    pool: consult_signaling::db::Db,
 }
 
 impl Installation {

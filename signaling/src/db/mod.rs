@@ -2,6 +2,14 @@
 //! nodes), behind one query layer. Every statement is written once, in the SQL both engines
 //! speak (`$1` placeholders, `ON CONFLICT`, `RETURNING`), and runs through sqlx's `Any` driver;
 //! each engine has its own embedded migrations (`migrations/` and `migrations/postgres/`).
+//!
+//! Statements run through [`sql`] ([`query`], [`query_scalar`]) on a [`Db`] or a [`Tx`]:
+//! PostgreSQL's through sqlx, SQLite's on the thread that asks ([`lite`]).
+
+mod lite;
+pub mod sql;
+
+pub use sql::{query, query_scalar, Db, Executor, Row, Tx};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -9,7 +17,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyPool, ConnectOptions, Executor};
+use sqlx::{AnyPool, ConnectOptions, Executor as _};
 use time::OffsetDateTime;
 
 use crate::write_lane::WriteLane;
@@ -52,6 +60,9 @@ pub enum OpenError {
     /// A migration failed.
     #[error("cannot bring the database schema up to date: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// SQLite refused to open the file for statements.
+    #[error("cannot open the database: {0}")]
+    Sqlite(#[source] rusqlite::Error),
     /// The thread the writes run on could not be started.
     #[error("cannot start the thread the database writes run on: {0}")]
     WriteLane(#[source] std::io::Error),
@@ -59,7 +70,7 @@ pub enum OpenError {
 
 /// Open the database and bring its schema up to date: PostgreSQL when `database_url` is given,
 /// otherwise (creating if needed) `DATA_DIR/consult.db`.
-pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<AnyPool, OpenError> {
+pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Db, OpenError> {
     sqlx::any::install_default_drivers();
     let (options, backend) = match database_url {
         Some(url) => {
@@ -83,7 +94,8 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<AnyPool
         options,
         backend,
         match backend {
-            Backend::Sqlite => 8,
+            // Migrations and backup snapshots only: statements go through `lite`.
+            Backend::Sqlite => 2,
             Backend::Postgres => 16,
         },
     )
@@ -98,7 +110,16 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<AnyPool
         .run(&pool)
         .await
         .map_err(OpenError::Migrate)?;
-    Ok(pool)
+    Ok(match backend {
+        Backend::Sqlite => {
+            let lite = lite::Lite::open(&data_dir.join("consult.db")).map_err(OpenError::Sqlite)?;
+            Db(sql::DbInner::Sqlite {
+                lite: std::sync::Arc::new(lite),
+                any: pool,
+            })
+        }
+        Backend::Postgres => Db(sql::DbInner::Postgres(pool)),
+    })
 }
 
 /// A pool of at most `connections` to the database of `options`, each set up for `backend`.
@@ -142,36 +163,27 @@ async fn connect(
         .map_err(OpenError::Connect)
 }
 
-/// The pool a service writes through. SQLite has one writer at a time: when two connections
-/// of one process both want to write, SQLite makes the second sleep in steps of up to 100 ms
-/// (its busy handler), with the CPU idle, and under load most of every write's time went
-/// there (`consult load --signaling-only`: 2,455 such sleeps, 7.4 s of them, in 4 s at 300
-/// admissions a second). So SQLite writes go through a pool of its own with one connection:
-/// writers queue for it in the process, in order, and never sleep. Reads keep `pool`.
-/// PostgreSQL takes concurrent writers itself: its writer is `pool`.
-pub async fn writer(pool: &AnyPool) -> Result<AnyPool, OpenError> {
-    match Backend::of(pool) {
-        Backend::Postgres => Ok(pool.clone()),
-        Backend::Sqlite => connect((*pool.connect_options()).clone(), Backend::Sqlite, 1).await,
-    }
-}
-
-/// A database as the service uses it: `pool` to read, `writer` to write (see [`writer`]).
+/// A database as the service uses it: `pool` to read, `writer` to write (the same database:
+/// SQLite queues its writers in the process, see [`lite`]; PostgreSQL takes concurrent
+/// writers itself), and the lane write transactions run on.
 pub struct Pools {
     /// For reads.
-    pub pool: AnyPool,
+    pub pool: Db,
     /// For writes.
-    pub writer: AnyPool,
+    pub writer: Db,
     /// Where write transactions run (see [`crate::write_lane`]).
     pub lane: WriteLane,
 }
 
 impl Pools {
-    /// `pool`, its writer, and the lane its writes run on.
-    pub async fn of(pool: AnyPool) -> Result<Pools, OpenError> {
-        let writer = writer(&pool).await?;
-        let lane = WriteLane::for_backend(Backend::of(&pool)).map_err(OpenError::WriteLane)?;
-        Ok(Pools { pool, writer, lane })
+    /// `db`, its writer, and the lane its writes run on.
+    pub fn of(db: Db) -> Result<Pools, OpenError> {
+        let lane = WriteLane::for_backend(db.backend()).map_err(OpenError::WriteLane)?;
+        Ok(Pools {
+            writer: db.clone(),
+            pool: db,
+            lane,
+        })
     }
 }
 
@@ -184,68 +196,76 @@ impl Pools {
 struct EmbeddedMigrations(&'static [(i64, &'static str, &'static str)]);
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "initial", include_str!("../migrations/0001_initial.sql")),
-    (2, "e2ee", include_str!("../migrations/0002_e2ee.sql")),
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (2, "e2ee", include_str!("../../migrations/0002_e2ee.sql")),
     (
         3,
         "recordings",
-        include_str!("../migrations/0003_recordings.sql"),
+        include_str!("../../migrations/0003_recordings.sql"),
     ),
     (
         4,
         "recording key",
-        include_str!("../migrations/0004_recording_key.sql"),
+        include_str!("../../migrations/0004_recording_key.sql"),
     ),
     (
         5,
         "trusted devices",
-        include_str!("../migrations/0005_trusted_devices.sql"),
+        include_str!("../../migrations/0005_trusted_devices.sql"),
     ),
     (
         6,
         "disabled accounts",
-        include_str!("../migrations/0006_disabled_accounts.sql"),
+        include_str!("../../migrations/0006_disabled_accounts.sql"),
     ),
     (
         7,
         "passkeys",
-        include_str!("../migrations/0007_passkeys.sql"),
+        include_str!("../../migrations/0007_passkeys.sql"),
     ),
     (
         8,
         "audit checkpoints",
-        include_str!("../migrations/0008_audit_checkpoints.sql"),
+        include_str!("../../migrations/0008_audit_checkpoints.sql"),
     ),
     (
         9,
         "tallies and alerts",
-        include_str!("../migrations/0009_tallies_and_alerts.sql"),
+        include_str!("../../migrations/0009_tallies_and_alerts.sql"),
     ),
-    (10, "resume", include_str!("../migrations/0010_resume.sql")),
+    (
+        10,
+        "resume",
+        include_str!("../../migrations/0010_resume.sql"),
+    ),
     (
         11,
         "recording segments",
-        include_str!("../migrations/0011_recording_segments.sql"),
+        include_str!("../../migrations/0011_recording_segments.sql"),
     ),
     (
         12,
         "installation",
-        include_str!("../migrations/0012_installation.sql"),
+        include_str!("../../migrations/0012_installation.sql"),
     ),
     (
         13,
         "group consultations",
-        include_str!("../migrations/0013_group_consultations.sql"),
+        include_str!("../../migrations/0013_group_consultations.sql"),
     ),
     (
         14,
         "guest screen sharing",
-        include_str!("../migrations/0014_guest_screen_sharing.sql"),
+        include_str!("../../migrations/0014_guest_screen_sharing.sql"),
     ),
     (
         15,
         "certificates",
-        include_str!("../migrations/0015_certificates.sql"),
+        include_str!("../../migrations/0015_certificates.sql"),
     ),
 ];
 
@@ -255,32 +275,32 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "initial",
-        include_str!("../migrations/postgres/0001_initial.sql"),
+        include_str!("../../migrations/postgres/0001_initial.sql"),
     ),
     (
         2,
         "recording segments",
-        include_str!("../migrations/postgres/0002_recording_segments.sql"),
+        include_str!("../../migrations/postgres/0002_recording_segments.sql"),
     ),
     (
         3,
         "installation",
-        include_str!("../migrations/postgres/0003_installation.sql"),
+        include_str!("../../migrations/postgres/0003_installation.sql"),
     ),
     (
         4,
         "group consultations",
-        include_str!("../migrations/postgres/0004_group_consultations.sql"),
+        include_str!("../../migrations/postgres/0004_group_consultations.sql"),
     ),
     (
         5,
         "guest screen sharing",
-        include_str!("../migrations/postgres/0005_guest_screen_sharing.sql"),
+        include_str!("../../migrations/postgres/0005_guest_screen_sharing.sql"),
     ),
     (
         6,
         "certificates",
-        include_str!("../migrations/postgres/0006_certificates.sql"),
+        include_str!("../../migrations/postgres/0006_certificates.sql"),
     ),
 ];
 
@@ -313,7 +333,7 @@ impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
 
 /// Open the database `config` names, saying which one if that fails (never the URL, which may
 /// hold a password).
-pub async fn open_configured(config: &crate::config::Config) -> anyhow::Result<AnyPool> {
+pub async fn open_configured(config: &crate::config::Config) -> anyhow::Result<Db> {
     let which = match config.database_url {
         Some(_) => "the PostgreSQL database of database_url".to_owned(),
         None => format!("the SQLite database in {}", config.data_dir.display()),
@@ -335,56 +355,45 @@ pub fn from_unix(secs: i64) -> OffsetDateTime {
 
 /// This installation's id: made (at random) by the first process to ask, the same for every node
 /// sharing the database ever after. Backups carry it.
-pub async fn installation_id(pool: &AnyPool) -> sqlx::Result<uuid::Uuid> {
-    use sqlx::Row as _;
-    let parse =
-        |id: String| uuid::Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)));
-    // Read first: once made, asking writes nothing (a running service's backups read it with
-    // its read pool, and in SQLite even an insert that inserts nothing takes the write lock).
-    if let Some(row) = sqlx::query("SELECT id FROM installation WHERE one = 1")
-        .fetch_optional(pool)
+pub async fn installation_id(db: &Db) -> sql::Result<uuid::Uuid> {
+    let parse = |id: String| {
+        uuid::Uuid::parse_str(&id).map_err(|e| sql::Error::Decode {
+            column: "id".into(),
+            message: e.to_string(),
+        })
+    };
+    // Read first: once made, asking writes nothing (a running service's backups read it, and
+    // in SQLite even an insert that inserts nothing takes the write lock).
+    if let Some(id) = query_scalar::<String>("SELECT id FROM installation WHERE one = 1")
+        .fetch_optional(db)
         .await?
     {
-        return parse(row.try_get("id")?);
+        return parse(id);
     }
     let fresh = uuid::Uuid::new_v4().to_string();
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    sqlx::query(
+    query(
         "INSERT INTO installation (one, id, created_at) VALUES (1, $1, $2) ON CONFLICT (one) DO NOTHING",
     )
     .bind(&fresh)
     .bind(&now)
-    .execute(pool)
+    .execute(db)
     .await?;
-    let id: String = sqlx::query("SELECT id FROM installation WHERE one = 1")
-        .fetch_one(pool)
-        .await?
-        .try_get("id")?;
+    let id = query_scalar::<String>("SELECT id FROM installation WHERE one = 1")
+        .fetch_one(db)
+        .await?;
     parse(id)
 }
 
 /// Start a transaction that writes, holding the database's one write lock until it ends, so
 /// that read-then-write sequences (redeem an invite once, append to the audit chain) stay
-/// serial whichever node runs them. SQLite: `BEGIN IMMEDIATE` takes the write lock up front
-/// (waiting up to the busy timeout) instead of failing with "database is locked" when a read
-/// transaction later tries to become a write. PostgreSQL: a transaction-scoped advisory lock,
-/// released by commit or rollback, and never left behind by a node that dies mid-transaction.
-pub async fn write_transaction(
-    pool: &AnyPool,
-) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
-    match Backend::of(pool) {
-        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
-        Backend::Postgres => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(WRITE_LOCK)
-                .execute(&mut *tx)
-                .await?;
-            Ok(tx)
-        }
-    }
+/// serial whichever node runs them. SQLite: the process's one writing connection, taken in
+/// turn, then `BEGIN IMMEDIATE`. PostgreSQL: a transaction-scoped advisory lock, released by
+/// commit or rollback, and never left behind by a node that dies mid-transaction.
+pub async fn write_transaction(db: &Db) -> sql::Result<Tx> {
+    db.begin_write().await
 }
 
 /// The PostgreSQL advisory lock key of [`write_transaction`] ("consult" in ASCII).
