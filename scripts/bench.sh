@@ -39,7 +39,7 @@ if $load; then
   # Admissions: a ladder of rates, each for six seconds of ramp-up (clinicians signed in
   # first), up to the first whose p99 admission is 100 ms or more. Every run starts its own
   # service on loopback and stops it.
-  for rate in 100 150 200 250 300 400 500 700 1000; do
+  for rate in 100 150 200 250 300 400 500 600 700 800 1000; do
     mkdir -p "$out/admissions-$rate"
     (cd "$out/admissions-$rate" &&
       "$generator" --signaling-only -n $((rate * 6)) --ramp "$rate" --duration 2s >run.log 2>&1)

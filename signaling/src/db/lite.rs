@@ -168,10 +168,11 @@ impl WriteTx {
 
 impl Drop for WriteTx {
     fn drop(&mut self) {
-        if self.open && !self.connection.is_autocommit() {
-            if let Err(e) = self.connection.execute_batch("ROLLBACK") {
-                tracing::error!(error = %e, "could not roll back a write transaction");
-            }
+        if self.open
+            && !self.connection.is_autocommit()
+            && let Err(e) = self.connection.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "could not roll back a write transaction");
         }
     }
 }

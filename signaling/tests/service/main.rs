@@ -14,6 +14,7 @@ mod limits;
 mod nodes;
 mod operator;
 mod passkeys;
+mod query_layer;
 mod recording;
 mod sessions;
 mod signaling;
