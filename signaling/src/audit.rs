@@ -463,7 +463,7 @@ impl AuditLog {
     /// use consult_signaling::audit::{Action, Actor};
     ///
     /// let mut tx = audit.begin().await?;
-    /// crate::db::query("UPDATE consultations SET title = 'x' WHERE id = 'y'")
+    /// consult_signaling::db::query("UPDATE consultations SET title = 'x' WHERE id = 'y'")
     ///     .execute(tx.connection())
     ///     .await?;
     /// let now = time::OffsetDateTime::now_utc();

@@ -29,8 +29,8 @@ pub struct Shared {
     pub config: Config,
     /// The database, for reading. Write with [`Shared::writer`].
     pub pool: crate::db::Db,
-    /// The database's writer: with SQLite one connection all of the process's writes queue
-    /// for (see [`crate::db::writer`]); with PostgreSQL the same pool as `pool`.
+    /// The database, for writing: the same [`crate::db::Db`] as `pool` (with SQLite, its writes
+    /// queue in the process for its one writing connection; see [`crate::db`]).
     pub writer: crate::db::Db,
     /// Where write transactions run: see [`AppState::write`].
     pub lane: WriteLane,

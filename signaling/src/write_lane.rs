@@ -1,11 +1,13 @@
 //! Where the service's writes run: with SQLite, on a thread of their own.
 //!
-//! SQLite has one writer (see [`crate::db::writer`]): every write of the process queues for one
-//! connection, and a transaction holds it from `BEGIN` to `COMMIT`. Each statement of it is a
-//! hand-off to sqlx's connection thread and back to the task that runs the transaction. On the
-//! service's runtime that task, once woken, waits its turn behind every request and socket
-//! that is ready: under load, hundreds. The connection sat idle, held, for all of those waits,
-//! and every other write waited behind it.
+//! SQLite has one writer (see [`crate::db`]): every write of the process queues for one
+//! connection, and a transaction holds it from `BEGIN` to `COMMIT`. When sqlx ran SQLite's
+//! statements, each was a hand-off to its connection's thread and back to the task that ran the
+//! transaction, and on the service's busy runtime that task, once woken, waited its turn behind
+//! every request and socket that was ready, with the writer held and idle. The statements now
+//! run on the thread that asks, so a transaction no longer yields between them; the lane stays
+//! because a write on it runs to its end whatever happens to the request that asked for it, and
+//! running write transactions on the runtime instead measured no faster.
 //!
 //! A [`WriteLane`] runs write transactions on a runtime of their own, on one thread that does
 //! nothing else. A woken transaction runs at once, so the connection is held for the

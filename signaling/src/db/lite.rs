@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::types::ValueRef;
-use rusqlite::{CachedStatement, Connection};
+use rusqlite::{CachedStatement, Connection, OpenFlags};
 
 use super::sql::{Arg, Output, Row, RowInner, Value, Want};
 
@@ -98,7 +98,12 @@ impl Lite {
 
 /// A connection set up as the service wants every one.
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let connection = Connection::open(path)?;
+    // The migrations made the file: a connection never creates one (a file removed under a
+    // running service is an error, not a new empty database).
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     // NORMAL: durable at each WAL checkpoint, never corrupt; a writer from another process
     // (a command run beside the service) is waited for up to 5 s.
     connection.execute_batch(
