@@ -283,25 +283,24 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<crate::db::sql::Error> for ApiError {
     fn from(e: crate::db::sql::Error) -> Self {
-        match e {
-            crate::db::sql::Error::Sqlx(e) => e.into(),
-            e => Self::Internal(e.into()),
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "the database cannot take the request");
+            return database_unavailable();
         }
+        Self::Internal(e.into())
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        let unreachable = e
-            .chain()
-            .filter_map(|cause| {
-                cause.downcast_ref::<sqlx::Error>().or_else(|| {
-                    cause
-                        .downcast_ref::<crate::db::sql::Error>()
-                        .and_then(crate::db::sql::Error::as_sqlx)
-                })
-            })
-            .any(database_unreachable);
+        let unreachable = e.chain().any(|cause| {
+            cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(database_unreachable)
+                || cause
+                    .downcast_ref::<crate::db::sql::Error>()
+                    .is_some_and(crate::db::sql::Error::is_unavailable)
+        });
         if unreachable {
             tracing::warn!(error = format!("{e:#}"), "the database cannot be reached");
             return database_unavailable();

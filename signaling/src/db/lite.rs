@@ -19,11 +19,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{CachedStatement, Connection, OpenFlags};
 
-use super::sql::{Arg, Output, Row, RowInner, Value, Want};
+use super::sql::{Arg, Error, Output, Row, RowInner, Value, Want};
 
 /// Reading connections kept between statements.
 const IDLE_READERS: usize = 8;
@@ -31,11 +32,17 @@ const IDLE_READERS: usize = 8;
 /// Prepared statements kept per connection (the service has about 170).
 const STATEMENT_CACHE: usize = 256;
 
+/// How long a write waits its turn for the writing connection before it is refused
+/// ([`Error::WriterBusy`]), as long as sqlx's pool waited for a connection. A write that asks
+/// while its own task holds the writer (a mistake) is refused so, not left waiting forever.
+const WRITER_WAIT: Duration = Duration::from_secs(5);
+
 /// A SQLite database file's connections.
 pub(crate) struct Lite {
     path: PathBuf,
     writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
+    writer_wait: Duration,
 }
 
 impl Lite {
@@ -47,6 +54,7 @@ impl Lite {
             path: path.to_path_buf(),
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: Mutex::new(Vec::new()),
+            writer_wait: WRITER_WAIT,
         })
     }
 
@@ -64,19 +72,26 @@ impl Lite {
                 return Ok(run(reader.connection(), &mut statement, args, want)?);
             }
         }
-        let writer = self.writer.lock().await;
+        let writer = self.writer().await?;
         let mut statement = writer.prepare_cached(sql)?;
         Ok(run(&writer, &mut statement, args, want)?)
     }
 
     /// Take the writer (after every writer before) and begin a transaction on it.
-    pub(crate) async fn begin_write(&self) -> rusqlite::Result<WriteTx> {
-        let connection = Arc::clone(&self.writer).lock_owned().await;
+    pub(crate) async fn begin_write(&self) -> super::sql::Result<WriteTx> {
+        let connection = self.writer().await?;
         connection.execute_batch("BEGIN IMMEDIATE")?;
         Ok(WriteTx {
             connection,
             open: true,
         })
+    }
+
+    /// The writing connection, once every writer before has had it.
+    async fn writer(&self) -> super::sql::Result<tokio::sync::OwnedMutexGuard<Connection>> {
+        tokio::time::timeout(self.writer_wait, Arc::clone(&self.writer).lock_owned())
+            .await
+            .map_err(|_| Error::WriterBusy(self.writer_wait))
     }
 
     fn reader(&self) -> rusqlite::Result<Reader<'_>> {
@@ -265,4 +280,44 @@ fn bind(statement: &mut CachedStatement<'_>, args: &[Arg]) -> rusqlite::Result<(
         return Err(rusqlite::Error::InvalidParameterCount(highest, args.len()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_that_waits_too_long_for_the_writer_is_refused_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scratch.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let mut lite = Lite::open(&path).unwrap();
+        lite.writer_wait = Duration::from_millis(100);
+        let held = lite.begin_write().await.unwrap();
+        assert!(matches!(
+            lite.begin_write().await,
+            Err(Error::WriterBusy(_))
+        ));
+        assert!(matches!(
+            lite.run("INSERT INTO t VALUES (1)", &[], Want::Done).await,
+            Err(Error::WriterBusy(_))
+        ));
+        let Ok(Output::Rows(rows)) = lite.run("SELECT COUNT(*) FROM t", &[], Want::First).await
+        else {
+            panic!("a read waited for the writer")
+        };
+        assert_eq!(rows[0].get::<i64, _>(0), 0);
+        drop(held);
+        let mut tx = lite.begin_write().await.unwrap();
+        tx.run("INSERT INTO t VALUES (1)", &[], Want::Done).unwrap();
+        tx.commit().unwrap();
+        let Ok(Output::Rows(rows)) = lite.run("SELECT COUNT(*) FROM t", &[], Want::First).await
+        else {
+            panic!("no count")
+        };
+        assert_eq!(rows[0].get::<i64, _>(0), 1);
+    }
 }

@@ -34,6 +34,9 @@ pub enum Error {
     /// `fetch_one` found no row.
     #[error("no rows returned by a query that expected to return at least one row")]
     RowNotFound,
+    /// SQLite: a write waited this long for the writing connection and was refused.
+    #[error("the database's writer stayed busy for {0:?}")]
+    WriterBusy(std::time::Duration),
 }
 
 impl From<sqlx::Error> for Error {
@@ -51,6 +54,16 @@ impl Error {
         match self {
             Error::Sqlx(e) => Some(e),
             _ => None,
+        }
+    }
+
+    /// Whether the database cannot take the statement right now (down, unreachable, or its
+    /// writer busy too long): the request may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Sqlx(e) => crate::error::database_unreachable(e),
+            Error::WriterBusy(_) => true,
+            _ => false,
         }
     }
 }
