@@ -87,11 +87,18 @@ impl Lite {
         })
     }
 
-    /// The writing connection, once every writer before has had it.
+    /// The writing connection, once every writer before has had it, outside any transaction
+    /// (one left open by a rollback that failed is rolled back here, before anything joins it).
     async fn writer(&self) -> super::sql::Result<tokio::sync::OwnedMutexGuard<Connection>> {
-        tokio::time::timeout(self.writer_wait, Arc::clone(&self.writer).lock_owned())
-            .await
-            .map_err(|_| Error::WriterBusy(self.writer_wait))
+        let connection =
+            tokio::time::timeout(self.writer_wait, Arc::clone(&self.writer).lock_owned())
+                .await
+                .map_err(|_| Error::WriterBusy(self.writer_wait))?;
+        if !connection.is_autocommit() {
+            tracing::error!("the writing connection was left in a transaction: rolling it back");
+            connection.execute_batch("ROLLBACK")?;
+        }
+        Ok(connection)
     }
 
     fn reader(&self) -> rusqlite::Result<Reader<'_>> {
@@ -149,7 +156,9 @@ impl Drop for Reader<'_> {
                 .readers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if idle.len() < IDLE_READERS {
+            // One left inside a transaction (a `BEGIN` run as a statement) would read an old
+            // snapshot for ever and hold back checkpoints: closed instead.
+            if idle.len() < IDLE_READERS && connection.is_autocommit() {
                 idle.push(connection);
             }
         }
@@ -163,10 +172,20 @@ pub(crate) struct WriteTx {
 }
 
 impl WriteTx {
-    /// Run one statement in the transaction.
-    pub(crate) fn run(&mut self, sql: &str, args: &[Arg], want: Want) -> rusqlite::Result<Output> {
+    /// Run one statement in the transaction. After an error that made SQLite end the
+    /// transaction itself (a full disk, an I/O error, `RAISE(ROLLBACK)`), nothing more runs in
+    /// it: a statement would otherwise commit on its own.
+    pub(crate) fn run(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+        want: Want,
+    ) -> super::sql::Result<Output> {
+        if self.connection.is_autocommit() {
+            return Err(Error::TransactionEnded);
+        }
         let mut statement = self.connection.prepare_cached(sql)?;
-        run(&self.connection, &mut statement, args, want)
+        Ok(run(&self.connection, &mut statement, args, want)?)
     }
 
     /// Commit; if that fails, roll back so the writer is left without a transaction.
@@ -222,6 +241,7 @@ fn run(
         .map(str::to_owned)
         .collect();
     let width = columns.len();
+    let readonly = statement.readonly();
     let mut out = Vec::new();
     let mut rows = statement.raw_query();
     while let Some(row) = rows.next()? {
@@ -239,30 +259,41 @@ fn run(
                 ValueRef::Blob(b) => Value::Blob(b.to_vec()),
             });
         }
-        out.push(Row(RowInner::Sqlite {
-            columns: Arc::clone(&columns),
-            values,
-        }));
-        if want == Want::First {
+        if want == Want::All || out.is_empty() {
+            out.push(Row(RowInner::Sqlite {
+                columns: Arc::clone(&columns),
+                values,
+            }));
+        }
+        // A read stops at its first row; a write (`… RETURNING`) is stepped to its end, so
+        // that its last step (and, on its own, its commit) reports any error here rather than
+        // in the reset that would follow.
+        if want == Want::First && readonly {
             break;
         }
     }
     Ok(Output::Rows(out))
 }
 
-/// `$N` is the N-th argument wherever it appears (an unnamed `?` the next in order); every
-/// argument must be used, and no placeholder may lack one.
+/// `$N` is the N-th argument wherever it appears; in a statement of unnamed `?` only, each is
+/// the next argument. Every argument must be used, no placeholder may lack one, and the two
+/// kinds do not mix.
 fn bind(statement: &mut CachedStatement<'_>, args: &[Arg]) -> rusqlite::Result<()> {
-    let mut highest = 0;
-    for index in 1..=statement.parameter_count() {
+    let count = statement.parameter_count();
+    let named = (1..=count).any(|index| statement.parameter_name(index).is_some());
+    let mut used = vec![false; args.len()];
+    for index in 1..=count {
         let n = match statement.parameter_name(index) {
             Some(name) => name
                 .strip_prefix('$')
                 .and_then(|n| n.parse::<usize>().ok())
                 .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_owned()))?,
+            None if named => return Err(rusqlite::Error::InvalidParameterName("?".into())),
             None => index,
         };
-        highest = highest.max(n);
+        if let Some(slot) = n.checked_sub(1).and_then(|i| used.get_mut(i)) {
+            *slot = true;
+        }
         let arg = args
             .get(n.wrapping_sub(1))
             .ok_or(rusqlite::Error::InvalidParameterCount(n, args.len()))?;
@@ -276,8 +307,11 @@ fn bind(statement: &mut CachedStatement<'_>, args: &[Arg]) -> rusqlite::Result<(
             Arg::Blob(v) => statement.raw_bind_parameter(index, v.as_slice())?,
         }
     }
-    if highest != args.len() {
-        return Err(rusqlite::Error::InvalidParameterCount(highest, args.len()));
+    if let Some(unused) = used.iter().position(|used| !used) {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "${} (an argument no placeholder takes)",
+            unused + 1
+        )));
     }
     Ok(())
 }
@@ -319,5 +353,118 @@ mod tests {
             panic!("no count")
         };
         assert_eq!(rows[0].get::<i64, _>(0), 1);
+    }
+
+    fn scratch() -> (tempfile::TempDir, Lite) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scratch.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let lite = Lite::open(&path).unwrap();
+        (dir, lite)
+    }
+
+    async fn count(lite: &Lite) -> i64 {
+        let Ok(Output::Rows(rows)) = lite.run("SELECT COUNT(*) FROM t", &[], Want::First).await
+        else {
+            panic!("no count")
+        };
+        rows[0].get(0)
+    }
+
+    #[tokio::test]
+    async fn placeholders_of_both_kinds_or_arguments_left_over_are_refused() {
+        let (_dir, lite) = scratch();
+        let one = [Arg::I64(1)];
+        let three = [Arg::I64(1), Arg::I64(2), Arg::I64(3)];
+        for (sql, args) in [
+            ("INSERT INTO t VALUES ($1 + ?)", &three[..2]),
+            ("INSERT INTO t VALUES ($1 + $3)", &three[..]),
+            ("INSERT INTO t VALUES ($1)", &three[..2]),
+            ("INSERT INTO t VALUES ($2)", &one[..]),
+            ("INSERT INTO t VALUES (?)", &[][..]),
+        ] {
+            assert!(
+                lite.run(sql, args, Want::Done).await.is_err(),
+                "{sql} with {} arguments",
+                args.len()
+            );
+        }
+        assert_eq!(count(&lite).await, 0);
+        // Unnamed only: in order.
+        lite.run("INSERT INTO t VALUES (? * 10 + ?)", &three[..2], Want::Done)
+            .await
+            .unwrap();
+        let Ok(Output::Rows(rows)) = lite.run("SELECT x FROM t", &[], Want::First).await else {
+            panic!("no row")
+        };
+        assert_eq!(rows[0].get::<i64, _>(0), 12);
+    }
+
+    #[tokio::test]
+    async fn a_write_returning_several_rows_runs_whole_when_one_is_asked_for() {
+        let (_dir, lite) = scratch();
+        let Ok(Output::Rows(rows)) = lite
+            .run(
+                "INSERT INTO t VALUES (1), (2), (3) RETURNING x",
+                &[],
+                Want::First,
+            )
+            .await
+        else {
+            panic!("no rows")
+        };
+        assert_eq!(rows.len(), 1);
+        assert_eq!(count(&lite).await, 3);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_sqlite_ended_runs_nothing_more() {
+        let (_dir, lite) = scratch();
+        lite.run(
+            "CREATE TRIGGER refuse BEFORE INSERT ON t WHEN NEW.x = 99 \
+             BEGIN SELECT RAISE(ROLLBACK, 'refused'); END",
+            &[],
+            Want::Done,
+        )
+        .await
+        .unwrap();
+        let mut tx = lite.begin_write().await.unwrap();
+        tx.run("INSERT INTO t VALUES (1)", &[], Want::Done).unwrap();
+        assert!(tx
+            .run("INSERT INTO t VALUES (99)", &[], Want::Done)
+            .is_err());
+        assert!(matches!(
+            tx.run("INSERT INTO t VALUES (2)", &[], Want::Done),
+            Err(Error::TransactionEnded)
+        ));
+        assert!(tx.commit().is_err());
+        assert_eq!(count(&lite).await, 0);
+    }
+
+    #[tokio::test]
+    async fn connections_left_inside_a_transaction_are_not_used_as_they_are() {
+        let (_dir, lite) = scratch();
+        // The writer, left in a transaction: the next write rolls it back first.
+        Arc::clone(&lite.writer)
+            .lock_owned()
+            .await
+            .execute_batch("BEGIN; INSERT INTO t VALUES (7);")
+            .unwrap();
+        lite.run("INSERT INTO t VALUES (8)", &[], Want::Done)
+            .await
+            .unwrap();
+        let Ok(Output::Rows(rows)) = lite.run("SELECT x FROM t", &[], Want::All).await else {
+            panic!("no rows")
+        };
+        let seen: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+        assert_eq!(seen, [8]);
+        // A reader a `BEGIN` went to is closed, not kept.
+        let idle = || lite.readers.lock().unwrap().len();
+        let before = idle();
+        lite.run("BEGIN", &[], Want::Done).await.unwrap();
+        assert_eq!(idle(), before.saturating_sub(1));
     }
 }

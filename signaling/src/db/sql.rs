@@ -34,6 +34,9 @@ pub enum Error {
     /// `fetch_one` found no row.
     #[error("no rows returned by a query that expected to return at least one row")]
     RowNotFound,
+    /// SQLite ended the write transaction itself after an error; nothing more runs in it.
+    #[error("the write transaction was ended by an earlier error")]
+    TransactionEnded,
     /// SQLite: a write waited this long for the writing connection and was refused.
     #[error("the database's writer stayed busy for {0:?}")]
     WriterBusy(std::time::Duration),
@@ -383,7 +386,7 @@ impl<'q> Query<'q> {
                 DbInner::Postgres(pool) => run_sqlx(pool, self.sql, self.args, want).await,
             },
             Target::Tx(tx) => match &mut tx.0 {
-                TxInner::Sqlite(tx) => Ok(tx.run(self.sql, &self.args, want)?),
+                TxInner::Sqlite(tx) => tx.run(self.sql, &self.args, want),
                 TxInner::Postgres(tx) => run_sqlx(&mut **tx, self.sql, self.args, want).await,
             },
         }
