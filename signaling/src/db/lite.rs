@@ -322,13 +322,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_that_waits_too_long_for_the_writer_is_refused_and_reads_go_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("scratch.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (x INTEGER)")
-            .unwrap();
-        let mut lite = Lite::open(&path).unwrap();
+        let (_dir, mut lite) = scratch();
         lite.writer_wait = Duration::from_millis(100);
         let held = lite.begin_write().await.unwrap();
         assert!(matches!(
@@ -339,20 +333,12 @@ mod tests {
             lite.run("INSERT INTO t VALUES (1)", &[], Want::Done).await,
             Err(Error::WriterBusy(_))
         ));
-        let Ok(Output::Rows(rows)) = lite.run("SELECT COUNT(*) FROM t", &[], Want::First).await
-        else {
-            panic!("a read waited for the writer")
-        };
-        assert_eq!(rows[0].get::<i64, _>(0), 0);
+        assert_eq!(count(&lite).await, 0, "a read waited for the writer");
         drop(held);
         let mut tx = lite.begin_write().await.unwrap();
         tx.run("INSERT INTO t VALUES (1)", &[], Want::Done).unwrap();
         tx.commit().unwrap();
-        let Ok(Output::Rows(rows)) = lite.run("SELECT COUNT(*) FROM t", &[], Want::First).await
-        else {
-            panic!("no count")
-        };
-        assert_eq!(rows[0].get::<i64, _>(0), 1);
+        assert_eq!(count(&lite).await, 1);
     }
 
     fn scratch() -> (tempfile::TempDir, Lite) {
