@@ -14,7 +14,6 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::db;
 use crate::secrets::hex_sha256;
 use crate::write_lane::WriteLane;
 
@@ -473,7 +472,7 @@ impl AuditLog {
     /// ```
     pub async fn begin(&self) -> anyhow::Result<AuditedTransaction<'_>> {
         let head = self.writer.lock().await;
-        let tx = db::write_transaction(&self.pool).await?;
+        let tx = self.pool.begin_write().await?;
         Ok(AuditedTransaction {
             tx,
             appended: None,

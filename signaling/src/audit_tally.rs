@@ -22,7 +22,6 @@ use uuid::Uuid;
 
 use crate::audit::{Action, Actor, AuditLog};
 use crate::config::AuditConfig;
-use crate::db;
 
 /// The key under which events beyond a window's `max_keys` are counted.
 pub const OTHERS: &str = "others";
@@ -203,7 +202,7 @@ pub async fn count_now(
     config: &AuditConfig,
     event: &Unauthenticated<'_>,
 ) -> anyhow::Result<()> {
-    let mut tx = db::write_transaction(pool).await?;
+    let mut tx = pool.begin_write().await?;
     count(&mut tx, now, config, event).await?;
     tx.commit().await?;
     Ok(())
@@ -303,7 +302,7 @@ mod tests {
 
     async fn log() -> (tempfile::TempDir, crate::db::Db, AuditLog) {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(dir.path(), None).await.unwrap();
+        let pool = crate::db::open(dir.path(), None).await.unwrap();
         let audit = AuditLog::new(pool.clone());
         (dir, pool, audit)
     }

@@ -623,7 +623,7 @@ async fn start_mfa_enrolment(state: &AppState, account: &Account) -> Result<Resp
             .seal(&secret, &accounts::totp_owner(account.user.id)),
         expires_at: now + MFA_ENROLMENT_TTL,
     };
-    let mut tx = crate::db::write_transaction(&state.writer).await?;
+    let mut tx = state.writer.begin_write().await?;
     rows::replace_mfa_enrolment(&mut tx, &token.hash().0, &enrolment, now).await?;
     tx.commit().await?;
     let body = LoginResponse::MfaEnrolmentRequired {

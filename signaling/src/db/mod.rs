@@ -387,16 +387,7 @@ pub async fn installation_id(db: &Db) -> sql::Result<uuid::Uuid> {
     parse(id)
 }
 
-/// Start a transaction that writes, holding the database's one write lock until it ends, so
-/// that read-then-write sequences (redeem an invite once, append to the audit chain) stay
-/// serial whichever node runs them. SQLite: the process's one writing connection, taken in
-/// turn, then `BEGIN IMMEDIATE`. PostgreSQL: a transaction-scoped advisory lock, released by
-/// commit or rollback, and never left behind by a node that dies mid-transaction.
-pub async fn write_transaction(db: &Db) -> sql::Result<Tx> {
-    db.begin_write().await
-}
-
-/// The PostgreSQL advisory lock key of [`write_transaction`] ("consult" in ASCII).
+/// The PostgreSQL advisory lock key of [`Db::begin_write`] ("consult" in ASCII).
 const WRITE_LOCK: i64 = 0x0063_6f6e_7375_6c74;
 
 #[cfg(test)]

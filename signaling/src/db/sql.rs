@@ -52,14 +52,6 @@ impl From<sqlx::Error> for Error {
 }
 
 impl Error {
-    /// The sqlx error underneath, if it came from PostgreSQL.
-    pub fn as_sqlx(&self) -> Option<&sqlx::Error> {
-        match self {
-            Error::Sqlx(e) => Some(e),
-            _ => None,
-        }
-    }
-
     /// Whether the database cannot take the statement right now (down, unreachable, or its
     /// writer busy too long): the request may succeed later.
     pub fn is_unavailable(&self) -> bool {
@@ -121,7 +113,12 @@ impl Db {
         self.any_pool().close().await;
     }
 
-    /// Start a write transaction; see [`super::write_transaction`].
+    /// Start a transaction that writes, holding the database's one write lock until it ends,
+    /// so that read-then-write sequences (redeem an invite once, append to the audit chain)
+    /// stay serial whichever node runs them. SQLite: the process's one writing connection,
+    /// taken in turn, then `BEGIN IMMEDIATE`. PostgreSQL: a transaction-scoped advisory lock,
+    /// released by commit or rollback, and never left behind by a node that dies
+    /// mid-transaction.
     pub async fn begin_write(&self) -> Result<Tx> {
         match &self.0 {
             DbInner::Sqlite { lite, .. } => Ok(Tx(TxInner::Sqlite(lite.begin_write().await?))),

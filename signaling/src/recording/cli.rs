@@ -298,7 +298,7 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<consult_vault::Rotat
             }
             runtime
                 .block_on(async {
-                    let mut tx = crate::db::write_transaction(&rows_pool).await?;
+                    let mut tx = rows_pool.begin_write().await?;
                     for (id, sealed) in &rewrapped {
                         crate::certificates::rows::replace_sealed(&mut tx, *id, sealed).await?;
                     }
