@@ -112,18 +112,18 @@ async fn wrong_arguments_and_wrong_types_are_errors() {
     let insert = "INSERT INTO layer (id, big) VALUES ($1, $2)";
     // Too few: refused, and nothing written.
     assert!(query(insert).bind("a").execute(&db).await.is_err());
-    // Too many: SQLite's side refuses too (PostgreSQL takes a parameter it does not use).
-    let too_many = query(insert)
-        .bind("a")
-        .bind(1i64)
-        .bind(2i64)
-        .execute(&db)
-        .await;
+    // Too many: SQLite's side refuses. (PostgreSQL takes a parameter it does not use, and
+    // sqlx would then keep that three-parameter statement for the connection, failing the
+    // two-argument insert below on it: not tried there.)
     if db.backend() == Backend::Sqlite {
+        let too_many = query(insert)
+            .bind("a")
+            .bind(1i64)
+            .bind(2i64)
+            .execute(&db)
+            .await;
         assert!(too_many.is_err());
         assert_eq!(count(&db).await, 0);
-    } else {
-        query("DELETE FROM layer").execute(&db).await.unwrap();
     }
     // Not SQL at all.
     assert!(query("SELEKT 1").fetch_all(&db).await.is_err());
