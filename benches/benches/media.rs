@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consult_benches::{channels_open, negotiated_pair, run_until};
+use consult_benches::{channels_open, negotiated_pair, run_apart, run_until, SocketIo, UdpPeer};
 use consult_codec::pattern::TestPattern;
 use consult_codec::{video_decoder, video_encoder};
 use consult_peer::file_transfer::FileEvent;
@@ -92,7 +92,7 @@ fn connect(c: &mut Criterion) {
         b.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
-                let (mut a, mut b) = negotiated_pair(PeerConfig::default());
+                let (mut a, mut b) = negotiated_pair(PeerConfig::default(), SocketIo::Batched);
                 let started = Instant::now();
                 run_until(&mut a, &mut b, Duration::from_secs(10), |a, b| {
                     a.peer.is_connected() && b.peer.is_connected()
@@ -123,7 +123,7 @@ fn h264_720p30(c: &mut Criterion) {
         video_codecs: vec![VideoCodec::H264],
         ..PeerConfig::default()
     };
-    let (mut a, mut b) = negotiated_pair(config);
+    let (mut a, mut b) = negotiated_pair(config, SocketIo::Batched);
     run_until(&mut a, &mut b, Duration::from_secs(10), |a, b| {
         a.peer.is_connected() && b.peer.is_connected()
     });
@@ -181,26 +181,79 @@ fn file_transfer(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Bytes(SIZE as u64));
 
-    let (mut a, mut b) = negotiated_pair(PeerConfig {
+    let config = PeerConfig {
         audio: false,
         video: false,
         ..PeerConfig::default()
-    });
+    };
+    let offered = |b: &UdpPeer, id| {
+        b.events
+            .iter()
+            .any(|e| matches!(e, PeerEvent::File(FileEvent::Offered { offer }) if offer.id == id))
+    };
+    let sent = |a: &UdpPeer, id| {
+        a.events
+            .iter()
+            .any(|e| matches!(e, PeerEvent::File(FileEvent::Sent { id: sent }) if *sent == id))
+    };
+
+    // Each peer on a thread of its own, as two native clients run (and as webrtc-rs runs below,
+    // on a runtime of two threads).
+    let (mut a, mut b) = negotiated_pair(config.clone(), SocketIo::Batched);
     run_until(&mut a, &mut b, Duration::from_secs(10), channels_open);
     group.bench_function("16MiB/native-native (consult-file protocol)", |bench| {
         bench.iter(|| {
-            let id = a.peer.offer_file("bench.bin", "application/octet-stream", data.clone()).expect("offer");
-            run_until(&mut a, &mut b, Duration::from_secs(10), |_, b| {
-                b.events.iter().any(|e| matches!(e, PeerEvent::File(FileEvent::Offered { offer }) if offer.id == id))
-            });
-            b.peer.accept_file(id).expect("accept");
-            run_until(&mut a, &mut b, Duration::from_secs(60), |a, _| {
-                a.events.iter().any(|e| matches!(e, PeerEvent::File(FileEvent::Sent { id: sent }) if *sent == id))
-            });
+            let id = a
+                .peer
+                .offer_file("bench.bin", "application/octet-stream", data.clone())
+                .expect("offer");
+            let mut accepted = false;
+            run_apart(
+                &mut a,
+                &mut b,
+                Duration::from_secs(60),
+                |a| sent(a, id),
+                |b| {
+                    if !accepted && offered(b, id) {
+                        b.peer.accept_file(id).expect("accept");
+                        accepted = true;
+                    }
+                },
+            );
             a.events.clear();
             b.events.clear();
         })
     });
+
+    // Both peers on one thread: with batched socket I/O, and with a system call a datagram.
+    for (io, name) in [
+        (
+            SocketIo::Batched,
+            "16MiB/native-native (one thread for both)",
+        ),
+        (
+            SocketIo::PerDatagram,
+            "16MiB/native-native (one thread, a system call a datagram)",
+        ),
+    ] {
+        let (mut a, mut b) = negotiated_pair(config.clone(), io);
+        run_until(&mut a, &mut b, Duration::from_secs(10), channels_open);
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                let id = a
+                    .peer
+                    .offer_file("bench.bin", "application/octet-stream", data.clone())
+                    .expect("offer");
+                run_until(&mut a, &mut b, Duration::from_secs(10), |_, b| {
+                    offered(b, id)
+                });
+                b.peer.accept_file(id).expect("accept");
+                run_until(&mut a, &mut b, Duration::from_secs(60), |a, _| sent(a, id));
+                a.events.clear();
+                b.events.clear();
+            })
+        });
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,10 +1,21 @@
 //! Shared pieces of the benchmarks: two sans-IO peers on real loopback UDP sockets.
 
 use std::net::SocketAddr;
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use consult_peer::{Output, Peer, PeerConfig, PeerEvent, RemoteDescriptionOutcome};
-use std::net::UdpSocket;
+use consult_udp::{ReceiveSlots, SendBatch};
+
+/// How a [`UdpPeer`] uses its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketIo {
+    /// One system call per datagram each way, the peer drained after every datagram.
+    PerDatagram,
+    /// Batches each way (`recvmmsg`/GRO in, GSO out, through consult-udp), the peer drained after
+    /// at most [`consult_peer::RECEIVE_BATCH`] datagrams, and 4 MiB socket buffers.
+    Batched,
+}
 
 /// A peer with its own non-blocking UDP socket on 127.0.0.1.
 pub struct UdpPeer {
@@ -16,14 +27,25 @@ pub struct UdpPeer {
     pub addr: SocketAddr,
     /// Events seen so far.
     pub events: Vec<PeerEvent>,
+    outputs: Outputs,
+    io: SocketIo,
+    state: quinn_udp::UdpSocketState,
+}
+
+/// When the peer wants time, and the datagrams it gave for the next batched send.
+struct Outputs {
     next_timeout: Instant,
+    outgoing: SendBatch,
 }
 
 impl UdpPeer {
-    fn new(config: PeerConfig) -> Self {
+    fn new(config: PeerConfig, io: SocketIo) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("socket");
         socket.set_nonblocking(true).expect("non-blocking");
-        // STACK-NOTES: default receive buffers drop packets at data-channel rates.
+        let state = quinn_udp::UdpSocketState::new((&socket).into()).expect("socket state");
+        if io == SocketIo::Batched {
+            consult_udp::enlarge_buffers(&state, &socket).expect("buffers");
+        }
         let addr = socket.local_addr().expect("address");
         let mut peer = Peer::new(config, Instant::now());
         peer.add_host_candidate(addr).expect("candidate");
@@ -32,17 +54,93 @@ impl UdpPeer {
             socket,
             addr,
             events: Vec::new(),
-            next_timeout: Instant::now(),
+            outputs: Outputs {
+                next_timeout: Instant::now(),
+                outgoing: SendBatch::default(),
+            },
+            io,
+            state,
         }
     }
 
-    fn drain(&mut self) {
-        loop {
-            match self.peer.poll_output().expect("poll") {
-                Output::Transmit(t) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination);
+    /// Read what is waiting on the socket and run timers; true if anything happened.
+    pub fn poll(&mut self, slots: &mut ReceiveSlots) -> bool {
+        let mut busy = false;
+        match self.io {
+            SocketIo::PerDatagram => {
+                let mut buffer = [0u8; 2048];
+                while let Ok((n, source)) = self.socket.recv_from(&mut buffer) {
+                    let _ =
+                        self.peer
+                            .handle_receive(Instant::now(), source, self.addr, &buffer[..n]);
+                    self.drain();
+                    busy = true;
                 }
-                Output::Event(e) => self.events.push(e),
+            }
+            SocketIo::Batched => loop {
+                let (peer, events, outputs) = (&mut self.peer, &mut self.events, &mut self.outputs);
+                let mut fed = 0;
+                let read = slots.read(&self.state, &self.socket, |source, datagram| {
+                    let _ = peer.handle_receive(Instant::now(), source, self.addr, datagram);
+                    fed += 1;
+                    if fed % consult_peer::RECEIVE_BATCH == 0 {
+                        outputs.drain(peer, events, self.io, &self.socket);
+                    }
+                });
+                self.drain();
+                self.flush();
+                match read {
+                    Ok((_, more)) => {
+                        busy = true;
+                        if !more {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            },
+        }
+        if Instant::now() >= self.outputs.next_timeout {
+            self.peer.handle_timeout(Instant::now()).expect("timeout");
+            busy = true;
+        }
+        self.drain();
+        self.flush();
+        busy
+    }
+
+    fn drain(&mut self) {
+        self.outputs
+            .drain(&mut self.peer, &mut self.events, self.io, &self.socket);
+    }
+
+    fn flush(&mut self) {
+        if self.outputs.outgoing.is_empty() {
+            return;
+        }
+        // A full send buffer: what it did not take waits for the next poll.
+        let _ = self.outputs.outgoing.flush(&self.state, &self.socket);
+    }
+}
+
+impl Outputs {
+    /// Everything the peer has to say until it waits: datagrams sent (or gathered), events kept.
+    fn drain(
+        &mut self,
+        peer: &mut Peer,
+        events: &mut Vec<PeerEvent>,
+        io: SocketIo,
+        socket: &UdpSocket,
+    ) {
+        loop {
+            match peer.poll_output().expect("poll") {
+                Output::Transmit(t) => match io {
+                    SocketIo::PerDatagram => {
+                        let _ = socket.send_to(&t.contents, t.destination);
+                    }
+                    SocketIo::Batched => self.outgoing.push(t.destination, &t.contents),
+                },
+                Output::Event(e) => events.push(e),
                 Output::Timeout(at) => {
                     self.next_timeout = at;
                     return;
@@ -50,36 +148,24 @@ impl UdpPeer {
             }
         }
     }
-
-    /// Read what is waiting on the socket and run timers; true if anything happened.
-    pub fn poll(&mut self, buffer: &mut [u8]) -> bool {
-        let mut busy = false;
-        while let Ok((n, source)) = self.socket.recv_from(buffer) {
-            let _ = self
-                .peer
-                .handle_receive(Instant::now(), source, self.addr, &buffer[..n]);
-            self.drain();
-            busy = true;
-        }
-        if Instant::now() >= self.next_timeout {
-            self.peer.handle_timeout(Instant::now()).expect("timeout");
-            busy = true;
-        }
-        self.drain();
-        busy
-    }
 }
 
 /// Two peers, negotiated (a offers), not yet connected.
-pub fn negotiated_pair(config: PeerConfig) -> (UdpPeer, UdpPeer) {
-    let mut a = UdpPeer::new(PeerConfig {
-        polite: false,
-        ..config.clone()
-    });
-    let mut b = UdpPeer::new(PeerConfig {
-        polite: true,
-        ..config
-    });
+pub fn negotiated_pair(config: PeerConfig, io: SocketIo) -> (UdpPeer, UdpPeer) {
+    let mut a = UdpPeer::new(
+        PeerConfig {
+            polite: false,
+            ..config.clone()
+        },
+        io,
+    );
+    let mut b = UdpPeer::new(
+        PeerConfig {
+            polite: true,
+            ..config
+        },
+        io,
+    );
     let offer = a
         .peer
         .create_offer()
@@ -107,6 +193,8 @@ pub fn negotiated_pair(config: PeerConfig) -> (UdpPeer, UdpPeer) {
     b.peer.add_remote_candidate(&a_line).expect("candidate");
     a.drain();
     b.drain();
+    a.flush();
+    b.flush();
     (a, b)
 }
 
@@ -118,14 +206,51 @@ pub fn run_until(
     mut done: impl FnMut(&UdpPeer, &UdpPeer) -> bool,
 ) {
     let deadline = Instant::now() + limit;
-    let mut buffer = vec![0u8; 2048];
-    while !done(a, b) {
-        assert!(Instant::now() < deadline, "benchmark setup timed out");
-        let busy = a.poll(&mut buffer) | b.poll(&mut buffer);
-        if !busy {
-            std::thread::sleep(Duration::from_micros(50));
+    consult_udp::with_thread_slots(|slots| {
+        while !done(a, b) {
+            assert!(Instant::now() < deadline, "benchmark setup timed out");
+            let busy = a.poll(slots) | b.poll(slots);
+            if !busy {
+                std::thread::sleep(Duration::from_micros(50));
+            }
         }
-    }
+    })
+}
+
+/// Run each peer on a thread of its own, as two native clients run, until `a_done` holds on `a`;
+/// `b_step` is called on `b` after each of its polls (to answer what it saw). A peer with
+/// nothing to do yields its thread and looks again. Panics after `limit`.
+pub fn run_apart(
+    a: &mut UdpPeer,
+    b: &mut UdpPeer,
+    limit: Duration,
+    mut a_done: impl FnMut(&UdpPeer) -> bool,
+    mut b_step: impl FnMut(&mut UdpPeer) + Send,
+) {
+    let deadline = Instant::now() + limit;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            consult_udp::with_thread_slots(|slots| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    if !b.poll(slots) {
+                        std::thread::yield_now();
+                    }
+                    b_step(b);
+                }
+            })
+        });
+        consult_udp::with_thread_slots(|slots| {
+            while !a_done(a) && Instant::now() < deadline {
+                if !a.poll(slots) {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(a_done(a), "benchmark step timed out");
 }
 
 /// Both data channels are open on both sides.

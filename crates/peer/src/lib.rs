@@ -66,7 +66,7 @@ pub mod simulated;
 
 pub use peer::{
     DtlsCert, E2eeSetup, EncodedFrame, Output, Peer, PeerConfig, PeerError, PeerEvent,
-    RemoteDescriptionOutcome, Stats, TrackKind, Transmit, VideoCodec, VideoSource,
+    RemoteDescriptionOutcome, Stats, TrackKind, Transmit, VideoCodec, VideoSource, RECEIVE_BATCH,
     SCREEN_STREAM_ID,
 };
 /// The WebRTC engine underneath, for candidates and states the peer hands through unchanged.

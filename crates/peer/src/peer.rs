@@ -160,6 +160,12 @@ pub enum VideoSource {
 /// stream of their own (with their microphone in the pages).
 pub const SCREEN_STREAM_ID: &str = "consult-screen";
 
+/// Most datagrams to hand to [`Peer::handle_receive`] between two drains of
+/// [`Peer::poll_output`]. A batch read from a socket is cheaper handed over together: the
+/// data-channel layer (SCTP) then answers once for the batch instead of once a datagram. More than
+/// str0m's DTLS layer holds undelivered (30 records) would be refused.
+pub const RECEIVE_BATCH: usize = 16;
+
 /// The mids of the video sections of a remote SDP that carry a shared screen: those whose
 /// `a=msid` names no stream (`-`) or [`SCREEN_STREAM_ID`], as the web pages decide it too.
 fn remote_screen_mids(sdp: &str) -> Vec<Mid> {
@@ -867,7 +873,8 @@ impl Peer {
         Ok(())
     }
 
-    /// The next thing to do. Drain until [`Output::Timeout`] after every input.
+    /// The next thing to do. Drain until [`Output::Timeout`] after every input (or after at most
+    /// [`RECEIVE_BATCH`] datagrams).
     pub fn poll_output(&mut self) -> Result<Output, PeerError> {
         loop {
             if let Some(event) = self.events.pop_front() {

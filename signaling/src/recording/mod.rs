@@ -10,7 +10,6 @@
 pub mod api;
 pub mod candidates;
 pub mod cli;
-mod datagrams;
 pub mod export;
 pub mod recorder;
 pub mod rows;

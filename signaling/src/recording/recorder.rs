@@ -8,7 +8,6 @@
 //! end-to-end encryption the frames stay SFrame ciphertext: the recorder holds no key.
 
 use super::candidates;
-use super::datagrams;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -525,7 +524,7 @@ impl Recorder {
     fn receive(&mut self) {
         let policy = &self.state.recordings.candidates;
         let now = Instant::now();
-        datagrams::with_thread_slots(|slots| {
+        consult_udp::with_thread_slots(|slots| {
             for remote in self.peers.values_mut() {
                 let mut read = 0;
                 while read < MAX_DATAGRAMS_PER_TICK {

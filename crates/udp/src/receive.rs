@@ -1,5 +1,5 @@
-//! Batched datagram reads for the recorder: every datagram waiting on a socket in one call
-//! (`recvmmsg`, and GRO where the kernel coalesces), through quinn-udp's safe API.
+//! Batched reads: every datagram waiting on a socket in one call (`recvmmsg`, and GRO where the
+//! kernel coalesces), through quinn-udp's safe API.
 
 use std::net::{SocketAddr, UdpSocket};
 
@@ -7,10 +7,10 @@ use std::net::{SocketAddr, UdpSocket};
 /// coalesces (the kernel stops a list at 64 KiB), so nothing is cut short.
 const SLOT_BYTES: usize = 64 * 1024;
 
-/// Where datagrams are read into: [`quinn_udp::BATCH_SIZE`] slots of [`SLOT_BYTES`] (2 MiB on
-/// Linux). One per worker thread, shared by every recorder that thread runs (a read never
-/// crosses an await), not one per recorder.
-pub(super) struct ReceiveSlots {
+/// Where datagrams are read into: [`quinn_udp::BATCH_SIZE`] slots of 64 KiB (2 MiB on Linux).
+/// Keep one per thread and share it among the sockets that thread reads (a read never crosses
+/// an await), not one per socket: [`with_thread_slots`] does that.
+pub struct ReceiveSlots {
     bytes: Vec<u8>,
     meta: [quinn_udp::RecvMeta; quinn_udp::BATCH_SIZE],
 }
@@ -21,12 +21,31 @@ thread_local! {
 }
 
 /// Run `read` with this thread's slots (made the first time). `read` must not await.
-pub(super) fn with_thread_slots<R>(read: impl FnOnce(&mut ReceiveSlots) -> R) -> R {
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// socket.set_nonblocking(true)?;
+/// let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+/// let read = consult_udp::with_thread_slots(|slots| slots.read(&state, &socket, |_, _| {}));
+/// // Nothing was sent: a non-blocking socket has nothing to read.
+/// assert_eq!(read.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+/// # Ok(())
+/// # }
+/// ```
+pub fn with_thread_slots<R>(read: impl FnOnce(&mut ReceiveSlots) -> R) -> R {
     RECEIVE_SLOTS.with_borrow_mut(|slots| read(slots.get_or_insert_with(ReceiveSlots::new)))
 }
 
+impl Default for ReceiveSlots {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ReceiveSlots {
-    fn new() -> Self {
+    /// Slots for one thread's reads.
+    pub fn new() -> Self {
         Self {
             bytes: vec![0; SLOT_BYTES * quinn_udp::BATCH_SIZE],
             meta: [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE],
@@ -36,7 +55,10 @@ impl ReceiveSlots {
     /// Read what waits on `socket` (one `recvmmsg` on Linux) and hand every datagram to
     /// `each`, with its source. Returns how many datagrams were read, and whether the socket
     /// may hold more (every slot was filled).
-    pub(super) fn read(
+    ///
+    /// # Errors
+    /// The socket's: [`std::io::ErrorKind::WouldBlock`] when a non-blocking socket has nothing.
+    pub fn read(
         &mut self,
         state: &quinn_udp::UdpSocketState,
         socket: &UdpSocket,
