@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use consult_proto::api::IceServers;
 use consult_proto::ice_url::{IceUrl, Scheme};
+use consult_udp::SendBatch;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -59,12 +60,19 @@ enum Found {
     },
 }
 
-/// A bound UDP socket and its reader task.
+/// A bound UDP socket, its reader task, and the datagrams gathered for its next send.
 struct HostSocket {
     addr: SocketAddr,
     socket: Arc<UdpSocket>,
+    /// Batched reads and sends (GRO, GSO) on it.
+    state: Arc<quinn_udp::UdpSocketState>,
+    outgoing: SendBatch,
     _reader: AbortOnDrop,
 }
+
+/// Datagrams gathered for one socket before they are sent anyway, even if the peer is still
+/// talking (a burst of a large frame goes out in pieces, not all at the end).
+const SEND_BATCH: usize = 64;
 
 /// The session's sockets and relays. Host sockets are bound at once; relays and STUN answers
 /// come from background tasks ([`Gathered`], fed back with [`Network::absorb`]), so that a slow
@@ -145,7 +153,16 @@ impl Network {
                 Ok(socket) => socket.local_addr().map(|addr| (Arc::new(socket), addr)),
                 Err(e) => Err(e),
             };
-            let (socket, addr) = match bound {
+            let bound = bound.and_then(|(socket, addr)| {
+                let state = quinn_udp::UdpSocketState::new((&*socket).into())?;
+                // Larger buffers than the kernel's default, which drops datagrams at
+                // data-channel rates (the kernel may grant less; that is no error).
+                if let Err(e) = consult_udp::enlarge_buffers(&state, &*socket) {
+                    tracing::debug!(error = %e, "could not enlarge the socket's buffers");
+                }
+                Ok((socket, Arc::new(state), addr))
+            });
+            let (socket, state, addr) = match bound {
                 Ok(bound) => bound,
                 Err(e) if strict => return Err(e.into()),
                 Err(e) => {
@@ -153,10 +170,17 @@ impl Network {
                     continue;
                 }
             };
-            let reader = tokio::spawn(read_socket(socket.clone(), addr, self.datagrams.clone()));
+            let reader = tokio::spawn(read_socket(
+                socket.clone(),
+                state.clone(),
+                addr,
+                self.datagrams.clone(),
+            ));
             self.sockets.push(HostSocket {
                 addr,
                 socket,
+                state,
+                outgoing: SendBatch::default(),
                 _reader: AbortOnDrop(vec![reader]),
             });
             added = true;
@@ -364,8 +388,10 @@ impl Network {
         }
     }
 
-    /// Send one datagram from a local candidate address (a socket, or a TURN allocation).
-    pub fn transmit(&self, transmit: consult_peer::Transmit) {
+    /// Send one datagram from a local candidate address (a socket, or a TURN allocation). From
+    /// a socket it is gathered with the others for one batched send, at [`Network::flush`] (or
+    /// once [`SEND_BATCH`] wait).
+    pub fn transmit(&mut self, transmit: consult_peer::Transmit) {
         if let Some((_, relay)) = self
             .relays
             .iter()
@@ -373,12 +399,32 @@ impl Network {
             .find(|(_, r)| r.relayed == transmit.source)
         {
             relay.send(transmit.contents, transmit.destination);
-        } else if let Some(host) = self.sockets.iter().find(|s| s.addr == transmit.source)
-            && let Err(e) = host
-                .socket
-                .try_send_to(&transmit.contents, transmit.destination)
-        {
+        } else if let Some(host) = self.sockets.iter_mut().find(|s| s.addr == transmit.source) {
+            host.outgoing.push(transmit.destination, &transmit.contents);
+            if host.outgoing.len() >= SEND_BATCH {
+                host.flush();
+            }
+        }
+    }
+
+    /// Send the datagrams gathered on every socket.
+    pub fn flush(&mut self) {
+        for host in &mut self.sockets {
+            host.flush();
+        }
+    }
+}
+
+impl HostSocket {
+    fn flush(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        if let Err(e) = self.outgoing.flush(&self.state, &*self.socket) {
+            // As a network would: what the socket did not take is lost (a full send buffer,
+            // an unreachable address); the protocols above recover.
             tracing::debug!(error = %e, "udp send failed");
+            self.outgoing.clear();
         }
     }
 }
@@ -396,21 +442,40 @@ pub(crate) fn default_ips() -> Vec<IpAddr> {
     ips
 }
 
-async fn read_socket(socket: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender<Datagram>) {
-    let mut buffer = vec![0u8; 2048];
+/// Read every datagram that arrives on `socket` (in batches: `recvmmsg`, GRO) and hand each to
+/// `tx`, until `tx` is closed.
+async fn read_socket(
+    socket: Arc<UdpSocket>,
+    state: Arc<quinn_udp::UdpSocketState>,
+    local: SocketAddr,
+    tx: mpsc::Sender<Datagram>,
+) {
+    let mut received = Vec::new();
     loop {
-        match socket.recv_from(&mut buffer).await {
-            Ok((n, source)) => {
-                let datagram = Datagram {
-                    local,
-                    source,
-                    at: Instant::now(),
-                    bytes: buffer[..n].to_vec(),
-                };
-                if tx.send(datagram).await.is_err() {
-                    return;
+        if socket.readable().await.is_err() && tx.is_closed() {
+            return;
+        }
+        let read = socket.try_io(tokio::io::Interest::READABLE, || {
+            consult_udp::with_thread_slots(|slots| {
+                slots.read(&state, &*socket, |source, bytes| {
+                    received.push(Datagram {
+                        local,
+                        source,
+                        at: Instant::now(),
+                        bytes: bytes.to_vec(),
+                    })
+                })
+            })
+        });
+        match read {
+            Ok(_) => {
+                for datagram in received.drain(..) {
+                    if tx.send(datagram).await.is_err() {
+                        return;
+                    }
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 // ICMP port unreachable and the like surface here on some systems; keep reading.
                 tracing::debug!(error = %e, "udp receive error");

@@ -613,6 +613,12 @@ impl Runner {
                 },
                 Some(datagram) = datagrams.recv() => {
                     self.call.handle_receive(datagram.at, datagram.source, datagram.local, &datagram.bytes);
+                    // What else has arrived, up to a batch, before the call is drained: the
+                    // data channels then answer once for the batch.
+                    for _ in 1..consult_peer::RECEIVE_BATCH {
+                        let Ok(datagram) = datagrams.try_recv() else { break };
+                        self.call.handle_receive(datagram.at, datagram.source, datagram.local, &datagram.bytes);
+                    }
                 }
                 Some(found) = self.gathered.recv() => {
                     if self.net.absorb(found) {
@@ -769,7 +775,12 @@ impl Runner {
     /// Do what the call decided: send, tell the application, decode, adapt the encoder.
     async fn drain_call(&mut self) -> Result<(), SessionError> {
         loop {
-            match self.call.poll_output()? {
+            let output = self.call.poll_output()?;
+            // Datagrams are gathered for one batched send: out before anything that may wait.
+            if !matches!(output, CallOutput::Transmit(_)) {
+                self.net.flush();
+            }
+            match output {
                 CallOutput::Signal(message) => self.send_signal(message).await?,
                 CallOutput::Transmit(transmit) => self.net.transmit(transmit),
                 CallOutput::Event(event) => {

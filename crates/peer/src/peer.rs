@@ -1328,9 +1328,15 @@ impl Peer {
             let Some(mut channel) = self.rtc.channel(id) else {
                 return Ok(wrote);
             };
-            let space = max
-                .saturating_sub(channel.buffered_amount())
-                .min(self.redundancy.file_allowance(self.now));
+            // Chunks go in bursts: once the queue has drained to half, it is filled again, so
+            // SCTP takes a few chunks per pass instead of one each time an acknowledgement
+            // frees one (each pass walks everything in flight). Control frames always go.
+            let buffered = channel.buffered_amount();
+            let space = match buffered > max / 2 {
+                true => 0,
+                false => max - buffered,
+            }
+            .min(self.redundancy.file_allowance(self.now));
             let Some(frame) = self.files.poll_frame(space) else {
                 break;
             };

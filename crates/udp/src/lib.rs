@@ -18,14 +18,15 @@ pub use send::SendBatch;
 /// `net.core.rmem_max`/`wmem_max`, or twice this as Linux counts its bookkeeping).
 pub const BUSY_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-/// Ask for [`BUSY_SOCKET_BUFFER_BYTES`] of receive and send buffer on `socket`.
+/// Ask for [`BUSY_SOCKET_BUFFER_BYTES`] of receive and send buffer on `socket` (a standard or a
+/// tokio socket).
 ///
 /// # Errors
 /// The socket's, if it refuses the option (the kernel grants less without an error).
-pub fn enlarge_buffers(
-    state: &quinn_udp::UdpSocketState,
-    socket: &std::net::UdpSocket,
-) -> std::io::Result<()> {
+pub fn enlarge_buffers<S>(state: &quinn_udp::UdpSocketState, socket: &S) -> std::io::Result<()>
+where
+    for<'s> &'s S: Into<quinn_udp::UdpSockRef<'s>>,
+{
     state.set_recv_buffer_size(socket.into(), BUSY_SOCKET_BUFFER_BYTES)?;
     state.set_send_buffer_size(socket.into(), BUSY_SOCKET_BUFFER_BYTES)
 }

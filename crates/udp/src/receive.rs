@@ -1,7 +1,7 @@
 //! Batched reads: every datagram waiting on a socket in one call (`recvmmsg`, and GRO where the
 //! kernel coalesces), through quinn-udp's safe API.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 
 /// Bytes of one receive slot: the largest UDP datagram, and the largest list of datagrams GRO
 /// coalesces (the kernel stops a list at 64 KiB), so nothing is cut short.
@@ -52,18 +52,21 @@ impl ReceiveSlots {
         }
     }
 
-    /// Read what waits on `socket` (one `recvmmsg` on Linux) and hand every datagram to
+    /// Read what waits on `socket` (a standard or a tokio socket; one `recvmmsg` on Linux) and hand every datagram to
     /// `each`, with its source. Returns how many datagrams were read, and whether the socket
     /// may hold more (every slot was filled).
     ///
     /// # Errors
     /// The socket's: [`std::io::ErrorKind::WouldBlock`] when a non-blocking socket has nothing.
-    pub fn read(
+    pub fn read<S>(
         &mut self,
         state: &quinn_udp::UdpSocketState,
-        socket: &UdpSocket,
+        socket: &S,
         mut each: impl FnMut(SocketAddr, &[u8]),
-    ) -> std::io::Result<(usize, bool)> {
+    ) -> std::io::Result<(usize, bool)>
+    where
+        for<'s> &'s S: Into<quinn_udp::UdpSockRef<'s>>,
+    {
         let filled = {
             let mut chunks = self.bytes.chunks_mut(SLOT_BYTES);
             let mut slices: [std::io::IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
@@ -91,6 +94,7 @@ impl ReceiveSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::UdpSocket;
     use std::time::{Duration, Instant};
 
     /// The batched reads: every datagram once, in order, whole (the largest IPv4 takes too),

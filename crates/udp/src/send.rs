@@ -3,7 +3,7 @@
 //! kernel cuts into datagrams (GSO, `UDP_SEGMENT`), through quinn-udp's safe API.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 
 /// Most bytes of one GSO send: a UDP datagram's limit, less room for the headers.
 const MAX_RUN_BYTES: usize = 65_000;
@@ -67,7 +67,7 @@ impl SendBatch {
         self.sent_bytes = 0;
     }
 
-    /// Send what waits, in order: each run of datagrams of one length to one destination (its
+    /// Send what waits on `socket` (a standard or a tokio socket), in order: each run of datagrams of one length to one destination (its
     /// last may be shorter) in one system call where the socket has GSO, anything else one by
     /// one.
     ///
@@ -77,11 +77,10 @@ impl SendBatch {
     /// - Any other error of the socket's (an unreachable destination, a datagram too large): the
     ///   run it refused is dropped, as a network would drop it, and the flush goes on with the
     ///   rest; the first such error is returned once everything else was sent.
-    pub fn flush(
-        &mut self,
-        state: &quinn_udp::UdpSocketState,
-        socket: &UdpSocket,
-    ) -> io::Result<()> {
+    pub fn flush<S>(&mut self, state: &quinn_udp::UdpSocketState, socket: &S) -> io::Result<()>
+    where
+        for<'s> &'s S: Into<quinn_udp::UdpSockRef<'s>>,
+    {
         let most = state.max_gso_segments().clamp(1, MAX_RUN_DATAGRAMS);
         let mut refused = None;
         while self.sent < self.datagrams.len() {
@@ -171,6 +170,7 @@ fn transmit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::UdpSocket;
     use std::time::{Duration, Instant};
 
     fn batch_of(datagrams: &[(SocketAddr, usize)]) -> SendBatch {
