@@ -12,7 +12,10 @@
 //! * `h264_720p30`: CPU time of one 720p frame through the whole call path — encode, packetize and
 //!   send, receive and depacketize, decode — on one thread; × 30 is the share of a core.
 //! * `file_transfer`: 16 MiB native → native with the file-transfer protocol, and webrtc-rs →
-//!   webrtc-rs over a data channel, both with at most 64 KiB queued, in the same run.
+//!   webrtc-rs over a data channel (on a runtime of two threads), both with at most 64 KiB
+//!   queued, in the same run. The native peers run each on a thread of its own (as two native
+//!   clients do) with the client's batched socket I/O; then both on one thread, with that I/O
+//!   and with one system call a datagram.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

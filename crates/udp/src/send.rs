@@ -332,4 +332,83 @@ mod tests {
             .collect();
         assert_eq!(received, [7, 8]);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Whatever is pushed, the runs cut the batch into consecutive pieces, each one
+        /// destination, equal lengths but a shorter last, no empty datagram among several,
+        /// within the segments and bytes of one send.
+        #[test]
+        fn runs_cut_any_batch_into_sendable_pieces(
+            datagrams in proptest::collection::vec((0u16..3, proptest::sample::select(vec![0usize, 1, 3, 700, 1200, 1229, 1229, 1229, 1500, 9000, 65_507])), 0..300),
+            most in 1usize..=64,
+        ) {
+            let datagrams: Vec<(SocketAddr, usize)> = datagrams
+                .into_iter()
+                .map(|(port, length)| (SocketAddr::from(([127, 0, 0, 1], 1 + port)), length))
+                .collect();
+            let batch = batch_of(&datagrams);
+            let mut first = 0;
+            while first < datagrams.len() {
+                let (count, bytes) = batch.run_at(first, most);
+                let run = &datagrams[first..first + count];
+                proptest::prop_assert!(count >= 1 && count <= most);
+                proptest::prop_assert_eq!(bytes, run.iter().map(|(_, l)| l).sum::<usize>());
+                if count > 1 {
+                    proptest::prop_assert!(bytes <= MAX_RUN_BYTES);
+                    proptest::prop_assert!(run.iter().all(|(to, _)| *to == run[0].0));
+                    proptest::prop_assert!(run[..count - 1].iter().all(|(_, l)| *l == run[0].1));
+                    proptest::prop_assert!(run[count - 1].1 <= run[0].1 && run[count - 1].1 > 0);
+                }
+                first += count;
+            }
+        }
+    }
+
+    /// Random batches through real sockets, against the reference of each datagram on its
+    /// own: every receiver gets exactly what was sent to it, byte for byte and in order.
+    #[test]
+    fn random_batches_arrive_as_datagrams_sent_one_by_one_would() {
+        use rand::{Rng, SeedableRng};
+        let mut random = rand::rngs::StdRng::seed_from_u64(20_261_207);
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = quinn_udp::UdpSocketState::new((&sender).into()).unwrap();
+        crate::enlarge_buffers(&state, &sender).unwrap();
+        let receivers: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for receiver in &receivers {
+            state
+                .set_recv_buffer_size(receiver.into(), crate::BUSY_SOCKET_BUFFER_BYTES)
+                .unwrap();
+        }
+        let mut batch = SendBatch::default();
+        for round in 0..40 {
+            let mut expected: Vec<Vec<Vec<u8>>> = vec![Vec::new(); receivers.len()];
+            let mut length = 1229;
+            for _ in 0..random.gen_range(1..200) {
+                // Mostly runs of one length, as a peer sends; now and then another length.
+                if random.gen_bool(0.2) {
+                    length = random.gen_range(0..1500);
+                }
+                let to = if random.gen_bool(0.8) {
+                    0
+                } else {
+                    random.gen_range(0..receivers.len())
+                };
+                let datagram: Vec<u8> = (0..length).map(|_| random.r#gen()).collect();
+                batch.push(receivers[to].local_addr().unwrap(), &datagram);
+                expected[to].push(datagram);
+            }
+            batch.flush(&state, &sender).unwrap();
+            for (receiver, expected) in receivers.iter().zip(&expected) {
+                let received: Vec<Vec<u8>> = receive_all(receiver, expected.len())
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .collect();
+                assert!(received == *expected, "round {round}");
+            }
+        }
+    }
 }
