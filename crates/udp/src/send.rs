@@ -232,6 +232,24 @@ mod tests {
         assert_eq!(batch.run_at(0, 64), (1, 65_507));
     }
 
+    /// A sender with its batching state and `count` receivers, all with large buffers.
+    fn sender_and_receivers(
+        count: usize,
+    ) -> (UdpSocket, quinn_udp::UdpSocketState, Vec<UdpSocket>) {
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = quinn_udp::UdpSocketState::new((&sender).into()).unwrap();
+        crate::enlarge_buffers(&state, &sender).unwrap();
+        let receivers: Vec<UdpSocket> = (0..count)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for receiver in &receivers {
+            state
+                .set_recv_buffer_size(receiver.into(), crate::BUSY_SOCKET_BUFFER_BYTES)
+                .unwrap();
+        }
+        (sender, state, receivers)
+    }
+
     fn receive_all(socket: &UdpSocket, count: usize) -> Vec<(SocketAddr, Vec<u8>)> {
         socket.set_nonblocking(true).unwrap();
         let mut buffer = vec![0; 65_536];
@@ -253,18 +271,7 @@ mod tests {
     /// of lengths and destinations; the batch is empty after and is reused.
     #[test]
     fn a_flush_delivers_every_datagram_whole_and_in_order() {
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let state = quinn_udp::UdpSocketState::new((&sender).into()).unwrap();
-        crate::enlarge_buffers(&state, &sender).unwrap();
-        let receivers = [
-            UdpSocket::bind("127.0.0.1:0").unwrap(),
-            UdpSocket::bind("127.0.0.1:0").unwrap(),
-        ];
-        for receiver in &receivers {
-            state
-                .set_recv_buffer_size(receiver.into(), crate::BUSY_SOCKET_BUFFER_BYTES)
-                .unwrap();
-        }
+        let (sender, state, receivers) = sender_and_receivers(2);
         let mut batch = SendBatch::default();
         for round in 0..2 {
             let mut expected: [Vec<Vec<u8>>; 2] = Default::default();
@@ -372,17 +379,7 @@ mod tests {
     fn random_batches_arrive_as_datagrams_sent_one_by_one_would() {
         use rand::{Rng, SeedableRng};
         let mut random = rand::rngs::StdRng::seed_from_u64(20_261_207);
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let state = quinn_udp::UdpSocketState::new((&sender).into()).unwrap();
-        crate::enlarge_buffers(&state, &sender).unwrap();
-        let receivers: Vec<UdpSocket> = (0..3)
-            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
-        for receiver in &receivers {
-            state
-                .set_recv_buffer_size(receiver.into(), crate::BUSY_SOCKET_BUFFER_BYTES)
-                .unwrap();
-        }
+        let (sender, state, receivers) = sender_and_receivers(3);
         let mut batch = SendBatch::default();
         for round in 0..40 {
             let mut expected: Vec<Vec<Vec<u8>>> = vec![Vec::new(); receivers.len()];
