@@ -37,7 +37,8 @@ pub enum Error {
     /// SQLite ended the write transaction itself after an error; nothing more runs in it.
     #[error("the write transaction was ended by an earlier error")]
     TransactionEnded,
-    /// SQLite: a write waited this long for the writing connection and was refused.
+    /// SQLite: a write waited this long for the writing connection, or for another process to
+    /// let go of the database's write lock, and was refused.
     #[error("the database's writer stayed busy for {0:?}")]
     WriterBusy(std::time::Duration),
 }
