@@ -236,17 +236,19 @@ pub async fn revoked_indices(db: impl crate::db::Executor<'_>) -> anyhow::Result
         .collect()
 }
 
+/// Which certificates [`past_retention`] finds: still sealed, retention ended by `$1` (by the
+/// index `certificates_retention`).
+const PAST_RETENTION: &str = "WHERE c.sealed IS NOT NULL AND c.retain_until <= $1";
+
 /// Certificates still sealed whose retention ended by `now`.
 pub async fn past_retention(
     db: impl crate::db::Executor<'_>,
     now: OffsetDateTime,
 ) -> anyhow::Result<Vec<CertificateRecord>> {
-    let rows = crate::db::query(&format!(
-        "{SELECT} WHERE c.sealed IS NOT NULL AND c.retain_until <= $1"
-    ))
-    .bind(to_unix(now))
-    .fetch_all(db)
-    .await?;
+    let rows = crate::db::query(&format!("{SELECT} {PAST_RETENTION}"))
+        .bind(to_unix(now))
+        .fetch_all(db)
+        .await?;
     rows.into_iter().map(from_row).collect()
 }
 
@@ -349,4 +351,31 @@ pub async fn licence_number(
             .await?
             .and_then(|row| row.get::<Option<String>, _>(0)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Retention's query reads the certificates past retention by index (SQLite's plan), not
+    /// the whole table.
+    #[tokio::test]
+    async fn retention_finds_its_certificates_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path(), None).await.unwrap();
+        let plan: Vec<String> =
+            crate::db::query(&format!("EXPLAIN QUERY PLAN {SELECT} {PAST_RETENTION}"))
+                .bind(0i64)
+                .fetch_all(&db)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>(3))
+                .collect();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX certificates_retention")),
+            "{plan:?}"
+        );
+    }
 }

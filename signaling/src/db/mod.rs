@@ -267,6 +267,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "certificates",
         include_str!("../../migrations/0015_certificates.sql"),
     ),
+    (
+        16,
+        "certificate retention index",
+        include_str!("../../migrations/0016_certificate_retention_index.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema in `signaling/migrations/postgres`: the SQLite migrations' end state
@@ -301,6 +306,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "certificates",
         include_str!("../../migrations/postgres/0006_certificates.sql"),
+    ),
+    (
+        7,
+        "certificate retention index",
+        include_str!("../../migrations/postgres/0007_certificate_retention_index.sql"),
     ),
 ];
 
