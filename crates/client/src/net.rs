@@ -74,6 +74,9 @@ struct HostSocket {
 /// talking (a burst of a large frame goes out in pieces, not all at the end).
 const SEND_BATCH: usize = 64;
 
+/// Most datagrams held for a socket whose send buffer stays full.
+const HELD_AT_MOST: usize = 1024;
+
 /// The session's sockets and relays. Host sockets are bound at once; relays and STUN answers
 /// come from background tasks ([`Gathered`], fed back with [`Network::absorb`]), so that a slow
 /// or unreachable server delays nothing. Their tasks end when this is dropped.
@@ -420,11 +423,18 @@ impl HostSocket {
         if self.outgoing.is_empty() {
             return;
         }
-        if let Err(e) = self.outgoing.flush(&self.state, &*self.socket) {
-            // As a network would: what the socket did not take is lost (a full send buffer,
-            // an unreachable address); the protocols above recover.
-            tracing::debug!(error = %e, "udp send failed");
-            self.outgoing.clear();
+        match self.outgoing.flush(&self.state, &*self.socket) {
+            Ok(()) => {}
+            // A full send buffer: what it did not take goes at the next flush, unless that much
+            // has piled up (then it is lost, as a network would lose it).
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if self.outgoing.len() > HELD_AT_MOST {
+                    tracing::debug!(held = self.outgoing.len(), "udp send buffer full; dropped");
+                    self.outgoing.clear();
+                }
+            }
+            // A datagram the socket refused (an unreachable address): dropped, the rest went.
+            Err(e) => tracing::debug!(error = %e, "udp send failed"),
         }
     }
 }
@@ -452,7 +462,8 @@ async fn read_socket(
 ) {
     let mut received = Vec::new();
     loop {
-        if socket.readable().await.is_err() && tx.is_closed() {
+        // Only a runtime shutting down fails this.
+        if socket.readable().await.is_err() {
             return;
         }
         let read = socket.try_io(tokio::io::Interest::READABLE, || {

@@ -161,9 +161,11 @@ pub enum VideoSource {
 pub const SCREEN_STREAM_ID: &str = "consult-screen";
 
 /// Most datagrams to hand to [`Peer::handle_receive`] between two drains of
-/// [`Peer::poll_output`]. A batch read from a socket is cheaper handed over together: the
-/// data-channel layer (SCTP) then answers once for the batch instead of once a datagram. More than
-/// str0m's DTLS layer holds undelivered (30 records) would be refused.
+/// [`Peer::poll_output`]. str0m asks for a drain after every input, but what a DTLS datagram
+/// carries is only queued until the next poll (its DTLS layer holds at most 30 datagrams and
+/// refuses more), so a batch read from a socket is cheaper handed over together: the
+/// data-channel layer (SCTP) then walks its queue and answers once for the batch instead of
+/// once a datagram. STUN and media are handled as they come either way.
 pub const RECEIVE_BATCH: usize = 16;
 
 /// The mids of the video sections of a remote SDP that carry a shared screen: those whose
@@ -1328,15 +1330,9 @@ impl Peer {
             let Some(mut channel) = self.rtc.channel(id) else {
                 return Ok(wrote);
             };
-            // Chunks go in bursts: once the queue has drained to half, it is filled again, so
-            // SCTP takes a few chunks per pass instead of one each time an acknowledgement
-            // frees one (each pass walks everything in flight). Control frames always go.
-            let buffered = channel.buffered_amount();
-            let space = match buffered > max / 2 {
-                true => 0,
-                false => max - buffered,
-            }
-            .min(self.redundancy.file_allowance(self.now));
+            let space = max
+                .saturating_sub(channel.buffered_amount())
+                .min(self.redundancy.file_allowance(self.now));
             let Some(frame) = self.files.poll_frame(space) else {
                 break;
             };

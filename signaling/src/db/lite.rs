@@ -53,12 +53,18 @@ impl Lite {
     /// Open `path` (created by the migrations before).
     pub(crate) fn open(path: &Path) -> rusqlite::Result<Lite> {
         let writer = connect(path)?;
-        writer.pragma_update(None, "journal_mode", "WAL")?;
+        let mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         // While another process (a command run beside the service) holds the write lock, SQLite
         // would wait by putting the calling thread — a runtime worker — to sleep. The writer
         // hears "busy" at once instead, and the write waits asleep on the runtime
-        // ([`BusyWait`]).
-        writer.busy_timeout(Duration::ZERO)?;
+        // ([`BusyWait`]). Only in WAL, where a write is refused before it changes anything and
+        // a commit never waits (elsewhere SQLite's own wait stays).
+        if mode.eq_ignore_ascii_case("wal") {
+            writer.busy_timeout(Duration::ZERO)?;
+        } else {
+            tracing::warn!(%mode, "SQLite is not in WAL mode: writes wait inside SQLite");
+        }
         Ok(Lite {
             path: path.to_path_buf(),
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
