@@ -67,23 +67,30 @@ impl SendBatch {
         self.sent_bytes = 0;
     }
 
-    /// Send what waits on `socket` (a standard or a tokio socket), in order: each run of datagrams of one length to one destination (its
-    /// last may be shorter) in one system call where the socket has GSO, anything else one by
-    /// one.
+    /// Send what waits on `socket` (a standard or a tokio socket), in order: each run of
+    /// datagrams of one length to one destination (its last may be shorter) in one system call
+    /// where the socket has GSO, anything else one by one.
     ///
     /// # Errors
     /// - [`io::ErrorKind::WouldBlock`]: the socket's send buffer is full; what it did not take
     ///   still waits, in order, for the next flush.
     /// - Any other error of the socket's (an unreachable destination, a datagram too large): the
-    ///   run it refused is dropped, as a network would drop it, and the flush goes on with the
-    ///   rest; the first such error is returned once everything else was sent.
+    ///   datagram it refused is dropped, as a network would drop it, and the flush goes on with
+    ///   the rest; the first such error is returned once everything else was sent.
     pub fn flush<S>(&mut self, state: &quinn_udp::UdpSocketState, socket: &S) -> io::Result<()>
     where
         for<'s> &'s S: Into<quinn_udp::UdpSockRef<'s>>,
     {
         let most = state.max_gso_segments().clamp(1, MAX_RUN_DATAGRAMS);
+        // Datagrams before this index go one by one (what is left of a run the kernel refused).
+        let mut one_by_one_until = 0;
         let mut refused = None;
         while self.sent < self.datagrams.len() {
+            let most = if self.sent < one_by_one_until {
+                1
+            } else {
+                most
+            };
             let (destination, length) = self.datagrams[self.sent];
             let (count, bytes) = self.run_at(self.sent, most);
             let contents = &self.bytes[self.sent_bytes..self.sent_bytes + bytes];
@@ -92,35 +99,20 @@ impl SendBatch {
                 socket.into(),
                 &transmit(destination, contents, segment_size),
             ) {
-                Ok(()) => {
-                    self.sent += count;
-                    self.sent_bytes += bytes;
-                }
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
                 // The kernel may refuse a run it cannot cut (a segment over the route's MTU, no
                 // GSO on the device): each datagram of it on its own, then.
                 Err(_) if count > 1 => {
-                    for _ in 0..count {
-                        let (destination, length) = self.datagrams[self.sent];
-                        let contents = &self.bytes[self.sent_bytes..self.sent_bytes + length];
-                        match state.try_send(socket.into(), &transmit(destination, contents, None))
-                        {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-                            Err(e) => {
-                                refused.get_or_insert(e);
-                            }
-                        }
-                        self.sent += 1;
-                        self.sent_bytes += length;
-                    }
+                    one_by_one_until = self.sent + count;
+                    continue;
                 }
                 Err(e) => {
                     refused.get_or_insert(e);
-                    self.sent += count;
-                    self.sent_bytes += bytes;
                 }
             }
+            self.sent += count;
+            self.sent_bytes += bytes;
         }
         self.clear();
         refused.map_or(Ok(()), Err)
@@ -303,8 +295,9 @@ mod tests {
         }
     }
 
-    /// A datagram the socket refuses (here one to an address of another family) is dropped with
-    /// its error returned, and everything around it still goes, in order.
+    /// A datagram the socket refuses (here one to an address of another family, and one larger
+    /// than UDP carries) is dropped with its error returned, and everything around it still
+    /// goes, in order.
     #[test]
     fn a_refused_datagram_is_dropped_and_the_rest_still_goes() {
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -318,6 +311,8 @@ mod tests {
         batch.push(elsewhere, &[3; 1200]);
         batch.push(elsewhere, &[4; 1200]);
         batch.push(to, &[5; 1200]);
+        // Larger than any UDP datagram.
+        batch.push(to, &vec![9; 70_000]);
         batch.push(to, &[6; 10]);
         assert!(batch.flush(&state, &sender).is_err());
         assert!(

@@ -128,9 +128,10 @@ async fn wrong_arguments_and_wrong_types_are_errors() {
     // Not SQL at all.
     assert!(query("SELEKT 1").fetch_all(&db).await.is_err());
 
+    let too_big_for_i32 = i64::from(i32::MAX) + 1;
     query(insert)
         .bind("a")
-        .bind(5i64)
+        .bind(too_big_for_i32)
         .execute(&db)
         .await
         .unwrap();
@@ -139,23 +140,10 @@ async fn wrong_arguments_and_wrong_types_are_errors() {
         .await
         .unwrap();
     assert!(row.try_get::<i64, _>(0).is_err(), "text read as a number");
-    query("UPDATE layer SET big = $1")
-        .bind(i64::from(i32::MAX) + 1)
-        .execute(&db)
-        .await
-        .unwrap();
-    let row = query("SELECT id, big FROM layer")
-        .fetch_one(&db)
-        .await
-        .unwrap();
     assert!(
         row.try_get::<i32, _>(1).is_err(),
         "a number too large for i32"
     );
-    query("UPDATE layer SET big = 5")
-        .execute(&db)
-        .await
-        .unwrap();
     assert!(row.try_get::<String, _>("no_such_column").is_err());
     assert!(row.try_get::<String, _>(9usize).is_err());
     assert!(matches!(
@@ -176,7 +164,7 @@ async fn wrong_arguments_and_wrong_types_are_errors() {
         .fetch_one(&db)
         .await
         .unwrap();
-    assert_eq!(big, 5);
+    assert_eq!(big, too_big_for_i32);
 }
 
 #[tokio::test]
