@@ -385,9 +385,68 @@ impl Room {
     }
 }
 
+/// Every room, and which rooms are each doctor's: a doctor's rooms are found (to admit, to list
+/// their waiting room) without walking every room under the hub's lock.
+#[derive(Default)]
+struct Rooms {
+    by_id: HashMap<Uuid, Room>,
+    /// The consultation ids of each doctor's rooms (a room's doctor never changes).
+    by_doctor: HashMap<Uuid, HashSet<Uuid>>,
+}
+
+impl Rooms {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn get(&self, consultation_id: &Uuid) -> Option<&Room> {
+        self.by_id.get(consultation_id)
+    }
+
+    fn get_mut(&mut self, consultation_id: &Uuid) -> Option<&mut Room> {
+        self.by_id.get_mut(consultation_id)
+    }
+
+    /// The consultation's room, made from `info` if it has none.
+    fn get_or_insert(&mut self, info: RoomInfo) -> &mut Room {
+        let (id, doctor) = (info.consultation_id, info.doctor_user_id);
+        self.by_id.entry(id).or_insert_with(|| {
+            self.by_doctor.entry(doctor).or_default().insert(id);
+            Room::new(info)
+        })
+    }
+
+    fn remove(&mut self, consultation_id: &Uuid) -> Option<Room> {
+        let room = self.by_id.remove(consultation_id)?;
+        let doctor = room.info.doctor_user_id;
+        if let Some(ids) = self.by_doctor.get_mut(&doctor) {
+            ids.remove(consultation_id);
+            if ids.is_empty() {
+                self.by_doctor.remove(&doctor);
+            }
+        }
+        Some(room)
+    }
+
+    /// The ids of one doctor's rooms.
+    fn ids_of(&self, doctor_user_id: Uuid) -> impl Iterator<Item = Uuid> + '_ {
+        self.by_doctor
+            .get(&doctor_user_id)
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    /// One doctor's rooms.
+    fn of(&self, doctor_user_id: Uuid) -> impl Iterator<Item = &Room> + '_ {
+        self.ids_of(doctor_user_id)
+            .filter_map(|id| self.by_id.get(&id))
+    }
+}
+
 /// The live state of every consultation with someone in it.
 pub struct Hub {
-    rooms: Mutex<HashMap<Uuid, Room>>,
+    rooms: Mutex<Rooms>,
     /// With several nodes, the doctors whose rooms this node may hold (it is their home); `None`
     /// alone (every doctor). Read and changed under the rooms' lock, so that no room is made
     /// for a doctor this node has just let go of.
@@ -408,7 +467,7 @@ impl Hub {
     /// An empty hub of a single node: it holds every consultation.
     pub fn new(metrics: Metrics) -> Self {
         Self {
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(Rooms::default()),
             served: Mutex::new(None),
             next_connection: AtomicU64::new(1),
             next_generation: AtomicU64::new(1 << 32),
@@ -453,7 +512,7 @@ impl Hub {
         (Connection { id, tx }, rx)
     }
 
-    fn with_rooms<T>(&self, f: impl FnOnce(&mut HashMap<Uuid, Room>) -> T) -> T {
+    fn with_rooms<T>(&self, f: impl FnOnce(&mut Rooms) -> T) -> T {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let result = f(&mut rooms);
         self.metrics.active_consultations.set(rooms.len() as i64);
@@ -476,9 +535,7 @@ impl Hub {
                 return Vec::new();
             }
             let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-            let room = rooms
-                .entry(info.consultation_id)
-                .or_insert_with(|| Room::new(info.clone()));
+            let room = rooms.get_or_insert(info.clone());
             let offline = |id, role, name, admitted, since| Member {
                 id,
                 role,
@@ -538,9 +595,7 @@ impl Hub {
             if !self.serves(info.doctor_user_id) {
                 return Err(NotServedHere);
             }
-            let room = rooms
-                .entry(info.consultation_id)
-                .or_insert_with(|| Room::new(info));
+            let room = rooms.get_or_insert(info);
             let (id, role, name) = match identity {
                 Identity::Doctor => (
                     room.doctor_participant_id,
@@ -732,10 +787,8 @@ impl Hub {
         participant_id: Uuid,
     ) -> Result<(), AdmissionError> {
         self.with_rooms(|rooms| {
-            let busy = rooms.values().any(|room| {
-                room.info.doctor_user_id == doctor_user_id
-                    && room.info.consultation_id != consultation_id
-                    && room.has_admitted_guest()
+            let busy = rooms.of(doctor_user_id).any(|room| {
+                room.info.consultation_id != consultation_id && room.has_admitted_guest()
             });
             let room = rooms
                 .get_mut(&consultation_id)
@@ -957,11 +1010,8 @@ impl Hub {
     /// Everyone waiting for one doctor, across their consultations, longest-waiting first.
     pub fn waiting_for(&self, doctor_user_id: Uuid) -> Vec<WaitingPatient> {
         self.with_rooms(|rooms| {
-            let mut entries: Vec<WaitingPatient> = rooms
-                .values()
-                .filter(|room| room.info.doctor_user_id == doctor_user_id)
-                .flat_map(Room::waiting)
-                .collect();
+            let mut entries: Vec<WaitingPatient> =
+                rooms.of(doctor_user_id).flat_map(Room::waiting).collect();
             entries.sort_by_key(|e| (e.waiting_since, e.participant_id));
             entries
         })
@@ -989,11 +1039,7 @@ impl Hub {
 
     /// Whether any consultation of this doctor has someone in it.
     pub fn has_rooms_of(&self, doctor_user_id: Uuid) -> bool {
-        self.with_rooms(|rooms| {
-            rooms
-                .values()
-                .any(|room| room.info.doctor_user_id == doctor_user_id)
-        })
+        self.with_rooms(|rooms| rooms.ids_of(doctor_user_id).next().is_some())
     }
 
     /// Another node has become this doctor's home: forget their rooms here without anyone
@@ -1010,11 +1056,7 @@ impl Hub {
             {
                 served.remove(&doctor_user_id);
             }
-            let ids: Vec<Uuid> = rooms
-                .values()
-                .filter(|room| room.info.doctor_user_id == doctor_user_id)
-                .map(|room| room.info.consultation_id)
-                .collect();
+            let ids: Vec<Uuid> = rooms.ids_of(doctor_user_id).collect();
             for id in &ids {
                 if let Some(room) = rooms.remove(id) {
                     for member in room.members.values() {
@@ -1040,7 +1082,7 @@ impl Hub {
 }
 
 fn remove_member(
-    rooms: &mut HashMap<Uuid, Room>,
+    rooms: &mut Rooms,
     consultation_id: Uuid,
     participant_id: Uuid,
     reason: LeaveReason,
@@ -1451,6 +1493,59 @@ mod tests {
         );
         f.hub.leave(f.info.consultation_id, p1).unwrap();
         f.hub.admit(second.consultation_id, f.doctor, p2).unwrap();
+    }
+
+    #[test]
+    fn a_doctors_rooms_are_theirs_alone_and_forgotten_with_their_last_member() {
+        let f = fixture();
+        let room = |doctor_user_id| RoomInfo {
+            consultation_id: Uuid::new_v4(),
+            doctor_user_id,
+            doctor_participant_id: Uuid::new_v4(),
+            ..f.info.clone()
+        };
+        let other_doctor = Uuid::new_v4();
+        let (first, second, others) = (room(f.doctor), room(f.doctor), room(other_doctor));
+        let (p1, _r1) = join_patient(&f, &first);
+        let (p2, _r2) = join_patient(&f, &second);
+        let (p3, _r3) = join_patient(&f, &others);
+        // Another doctor in a call does not make this one busy, nor the reverse.
+        f.hub
+            .admit(others.consultation_id, other_doctor, p3)
+            .unwrap();
+        f.hub.admit(first.consultation_id, f.doctor, p1).unwrap();
+        let waiting = |doctor| {
+            let mut ids: Vec<Uuid> = f
+                .hub
+                .waiting_for(doctor)
+                .iter()
+                .map(|w| w.participant_id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(waiting(f.doctor), vec![p2]);
+        assert!(waiting(other_doctor).is_empty());
+        assert_eq!(
+            f.hub.admit(second.consultation_id, f.doctor, p2),
+            Err(AdmissionError::DoctorBusy)
+        );
+        // A room goes with its last member; the doctor's other room stays theirs.
+        f.hub.leave(first.consultation_id, p1).unwrap();
+        assert!(f.hub.has_rooms_of(f.doctor));
+        f.hub.admit(second.consultation_id, f.doctor, p2).unwrap();
+        f.hub.leave(second.consultation_id, p2).unwrap();
+        assert!(!f.hub.has_rooms_of(f.doctor));
+        assert!(waiting(f.doctor).is_empty());
+        // A room made again after it went is found again.
+        let (p4, _r4) = join_patient(&f, &first);
+        assert_eq!(waiting(f.doctor), vec![p4]);
+        f.hub.admit(first.consultation_id, f.doctor, p4).unwrap();
+        // Letting a doctor go forgets exactly their rooms.
+        assert_eq!(f.hub.abandon(other_doctor), vec![others.consultation_id]);
+        assert!(!f.hub.has_rooms_of(other_doctor));
+        assert!(f.hub.has_rooms_of(f.doctor));
+        assert!(f.hub.is_admitted(first.consultation_id, p4));
     }
 
     #[test]
